@@ -1,0 +1,34 @@
+# One Time Chat. `make demo` and `make test` work on a fresh machine: they
+# create .venv and install the project with what they need.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+OTC    := $(VENV)/bin/otc
+STAMP  := $(VENV)/.installed-test
+
+.PHONY: demo test bench lint clean venv
+
+venv: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml
+	@bash scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	@touch $@
+
+demo: $(STAMP)
+	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not hardware" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/bench_engine.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -1,0 +1,211 @@
+"""`otc device ...` and `otc pad ...`: the device's own commands (DESIGN.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+from device import package as fmt
+from device.confirm import MODES, make_source
+from device.engine import Device
+from device.errors import InvalidMessage, StoreError
+from device.storage.padfile import PadFile
+from device.storage.padstore import INITIATOR, RESPONDER, PadStore
+from onetimechat.errors import UsageError
+from onetimechat.progress import Progress
+
+MIN_PAD = 256
+MAX_PAD = 1 << 40
+PAD_CHUNK = 1 << 20
+_SIZE_RE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``1048576``, ``1M``, ``64KiB``, ``2g`` -> bytes (powers of 1024)."""
+    m = _SIZE_RE.fullmatch(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 1048576, 64K or 1M)")
+    return int(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_")
+
+
+def register(parts: argparse._SubParsersAction) -> None:
+    dev = parts.add_parser("device", help="the pad device's own commands",
+                           description="Commands that run on the pad device (or an emulated one).")
+    sub = dev.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("init", help="create a device in a home directory",
+                       description="Create a new pad device in --home (not PIN-locked).")
+    p.add_argument("--home", required=True, type=Path, help="the device's state directory")
+    p.add_argument("--name", required=True, help="this device's name, which its contacts see")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("package", help="encrypt stdin for a contact",
+                       description="Read a message on stdin and print its base64 package on stdout. "
+                       "Run on the device itself, the command is its owner's own act; --confirm "
+                       "asks again through a confirmation source.")
+    p.add_argument("--home", required=True, type=Path, help="the device's state directory")
+    p.add_argument("--confirm", choices=MODES, help="ask for confirmation this way first")
+    p.add_argument("contact", metavar="CONTACT", help="who the message is for")
+    p.set_defaults(func=cmd_package)
+
+    p = sub.add_parser("unpackage", help="verify and decrypt a package from stdin",
+                       description='Read a base64 package on stdin and print '
+                       '{"contact", "kind", "text", "warnings"} as JSON. A refused package '
+                       "exits non-zero with one line on stderr and prints no plaintext.")
+    p.add_argument("--home", required=True, type=Path, help="the device's state directory")
+    p.set_defaults(func=cmd_unpackage)
+
+    p = sub.add_parser("status", help="contacts, pad left per direction, warnings",
+                       description="Show contacts, pad left per direction, warnings and recent events.")
+    p.add_argument("--home", required=True, type=Path, help="the device's state directory")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("log", help="the device's event log",
+                       description="Show the device-local event log (never pad bytes or plaintext).")
+    p.add_argument("--home", required=True, type=Path, help="the device's state directory")
+    p.add_argument("--limit", type=int, default=50, help="how many recent events (default 50)")
+    p.add_argument("--json", action="store_true", help="print JSON, one object per line")
+    p.set_defaults(func=cmd_log)
+
+    pad = parts.add_parser("pad", help="pads between devices",
+                           description="Make pads between devices.")
+    psub = pad.add_subparsers(dest="command", metavar="COMMAND")
+    psub.required = True
+    p = psub.add_parser("pair-local", help="a pad between two devices on one machine (development, demo)",
+                        description="Make a pad shared by two device homes on this machine; "
+                        "HOME_A becomes the initiator. For development and demos: the pad never "
+                        "leaves this machine's disk, but this machine saw it.")
+    p.add_argument("--size", required=True, type=parse_size, help="pad size in bytes (e.g. 1M)")
+    p.add_argument("home_a", metavar="HOME_A", type=Path)
+    p.add_argument("home_b", metavar="HOME_B", type=Path)
+    p.set_defaults(func=cmd_pair_local)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    with PadStore.init(args.home, args.name) as store:
+        print(f"Device {store.device_name} created in {args.home} (not PIN-locked).")
+    return 0
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    confirm = make_source(args.confirm) if args.confirm else None
+    plaintext = sys.stdin.buffer.read()
+    try:
+        plaintext.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidMessage("The message is not valid UTF-8 text.") from None
+    with Device.open(args.home, confirm) as device:
+        result = device.package(args.contact, plaintext)
+    sys.stdout.write(fmt.encode(result.package) + "\n")
+    sys.stdout.flush()
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_unpackage(args: argparse.Namespace) -> int:
+    data = sys.stdin.buffer.read()
+    with Device.open(args.home) as device:
+        result = device.unpackage_base64(data)
+    print(json.dumps(result.to_json(), ensure_ascii=False))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with Device.open(args.home) as device:
+        status = device.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    dev = status["device"]
+    print(f"Device {dev['name']} (id {dev['device_id'][:16]}, not PIN-locked)")
+    if not status["contacts"]:
+        print("No contacts yet: pair with `otc pad pair-local` or `otc pair`.")
+    for contact in status["contacts"]:
+        print(f"Contact {contact['name']} ({len(contact['pads'])} pad(s))")
+        for label, key in (("  send to", "send"), ("  receive from", "receive")):
+            d = contact[key]
+            pct = 100.0 * d["left"] / d["total"] if d["total"] else 0.0
+            print(f"{label:<15} {d['used']} of {d['total']} pad bytes used, {d['left']} left ({pct:.1f}%)")
+    print("Warnings:" if status["warnings"] else "Warnings: none")
+    for warning in status["warnings"]:
+        print(f"  {warning}")
+    if status["events"]:
+        print("Recent events:")
+        for event in status["events"]:
+            print("  " + format_event(event))
+    return 0
+
+
+def format_event(event: dict) -> str:
+    parts = [event["time"], event["event"]]
+    if event["contact"]:
+        parts.append(event["contact"])
+    if event["pad_id"]:
+        parts.append(f"pad {event['pad_id'][:8]}")
+    if event["offset"] is not None:
+        parts.append(f"offset {event['offset']}")
+    if event["length"] is not None:
+        parts.append(f"length {event['length']}")
+    if event["detail"]:
+        parts.append(f"({event['detail']})")
+    return " ".join(parts)
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    with Device.open(args.home) as device:
+        events = device.store.events(max(args.limit, 0))
+    for event in events:
+        print(json.dumps(event) if args.json else format_event(event))
+    return 0
+
+
+def cmd_pair_local(args: argparse.Namespace) -> int:
+    size = args.size
+    if not MIN_PAD <= size <= MAX_PAD:
+        raise UsageError(f"--size must be between {MIN_PAD} bytes and 1 TiB.")
+    if args.home_a.resolve() == args.home_b.resolve():
+        raise UsageError("HOME_A and HOME_B must be two different devices.")
+    with PadStore(args.home_a) as a, PadStore(args.home_b) as b:
+        if a.device_id == b.device_id:
+            raise UsageError("HOME_A and HOME_B are the same device.")
+        for home in {args.home_a.resolve(), args.home_b.resolve()}:
+            if shutil.disk_usage(home).free < 2 * size + (64 << 20):
+                raise StoreError(f"Not enough free disk space in {home} for a {size}-byte pad.")
+        pad_id = secrets.token_bytes(16)
+        mailbox_ab, mailbox_ba = secrets.token_bytes(16), secrets.token_bytes(16)
+        print("otc: pad bytes come from the operating system's CSPRNG, not a hardware RNG: "
+              "development and demo use only", file=sys.stderr)
+        progress = Progress(size, "pad")
+        PadFile.create([a.pad_path(pad_id), b.pad_path(pad_id)], size, _os_random(size), progress.update)
+        progress.finish()
+        try:
+            a.add_pad(contact=b.device_name, peer_device_id=b.device_id, pad_id=pad_id, role=INITIATOR,
+                      size=size, mailbox_out=mailbox_ab, mailbox_in=mailbox_ba)
+            b.add_pad(contact=a.device_name, peer_device_id=a.device_id, pad_id=pad_id, role=RESPONDER,
+                      size=size, mailbox_out=mailbox_ba, mailbox_in=mailbox_ab)
+        except BaseException:
+            a.remove_unused_pad(pad_id)
+            b.pad_path(pad_id).unlink(missing_ok=True)
+            raise
+        half = size // 2
+        print(f"Paired {a.device_name} (initiator) and {b.device_name} (responder): "
+              f"pad {pad_id.hex()[:16]} of {size} bytes, {half} for {a.device_name} to send "
+              f"and {size - half} for {b.device_name}.")
+    return 0
+
+
+def _os_random(size: int):
+    left = size
+    while left:
+        n = min(left, PAD_CHUNK)
+        yield os.urandom(n)
+        left -= n

@@ -1,0 +1,323 @@
+"""The pad engine: DESIGN.md's seven rules of pad use over the pad store.
+
+1. Reserve before use -- a send segment is committed (durably) as consumed
+   before its bytes are read; concurrent senders get disjoint segments because
+   reservations are serialised by SQLite across threads and processes.
+2. Destroy after use -- the segment is overwritten once the package is made,
+   and once a package is verified and decrypted.
+3. Check before reading -- a package overlapping any consumed segment is
+   refused as a replay before its pad bytes are read.
+4. Verify before changing state -- a package that fails its tag changes no
+   pad metadata; only verified packages move the receive state.
+5. Report gaps -- a verified package that skips unreceived pad reports it.
+6. Uniform errors -- refusals are the few codes of :mod:`device.errors`.
+7. Local log -- refusals, gaps, declines and exhaustion go to the event log
+   with pad_id/offset/length, never pad bytes or plaintext.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from device import package as fmt
+from device.confirm import ConfirmRequest, ConfirmSource
+from device.errors import (
+    Declined,
+    DeviceError,
+    InvalidMessage,
+    InvalidPackage,
+    OutOfRange,
+    PadExhausted,
+    Replay,
+    UnknownContact,
+    UnknownPad,
+)
+from device.package import Kind
+from device.storage.padstore import INITIATOR, PadRecord, PadStore
+
+LOW_LEVELS = ((2, 100), (1, 10))  # (level, percent): under 1% is level 2, under 10% level 1
+SECURITY_EVENTS = ("invalid", "replay", "out-of-range", "unknown-pad", "malformed")
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """A package made for a contact, with any warnings about the pad."""
+
+    package: bytes
+    contact: str
+    pad_id: bytes
+    offset: int
+    length: int
+    mailbox: bytes
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def consumed(self) -> int:
+        return fmt.segment_length(self.length)
+
+
+@dataclass(frozen=True)
+class Unpackaged:
+    """A verified, decrypted package."""
+
+    contact: str
+    kind: Kind
+    plaintext: bytes
+    pad_id: bytes
+    offset: int
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """The JSON object of `otc device unpackage` (DESIGN.md)."""
+        warnings = list(self.warnings)
+        text: str | None = None
+        if self.kind == Kind.TEXT:
+            try:
+                text = self.plaintext.decode("utf-8")
+            except UnicodeDecodeError:
+                text = self.plaintext.decode("utf-8", errors="replace")
+                warnings.append("not-utf8: the message is not valid UTF-8; undecodable bytes were replaced")
+        result: dict = {"contact": self.contact, "kind": kind_name(self.kind), "text": text, "warnings": warnings}
+        if self.kind != Kind.TEXT:
+            result["data"] = fmt.encode(self.plaintext)
+        return result
+
+
+def kind_name(kind: Kind) -> str:
+    return kind.name.lower().replace("_", "-")
+
+
+def low_level(left: int, total: int) -> int:
+    """0 while at least 10% is left, 1 under 10%, 2 under 1%."""
+    for level, divisor in LOW_LEVELS:
+        if left * divisor < total:
+            return level
+    return 0
+
+
+def low_warning(contact: str, left: int, total: int) -> str:
+    pct = 100.0 * left / total if total else 0.0
+    return f"pad-low: {left} bytes ({pct:.1f}%) of the pad for sending to {contact} are left"
+
+
+class Device:
+    """A pad device over its home directory."""
+
+    def __init__(self, store: PadStore, confirm: ConfirmSource | None = None) -> None:
+        self.store = store
+        self.confirm = confirm
+
+    @classmethod
+    def open(cls, home: str | os.PathLike[str], confirm: ConfirmSource | None = None) -> Device:
+        return cls(PadStore(Path(home)), confirm)
+
+    @property
+    def name(self) -> str:
+        return self.store.device_name
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sending --------------------------------------------------------------------
+
+    def package(self, contact: str, plaintext: bytes, kind: int = Kind.TEXT) -> Packaged:
+        """Encrypt ``plaintext`` for ``contact`` (after confirmation, if a source is set)."""
+        kind = Kind(kind)
+        if len(plaintext) > fmt.MAX_LENGTH:
+            raise InvalidMessage("The message is too long for one package.")
+        need = fmt.segment_length(len(plaintext))
+        if self.confirm is not None:
+            self._confirm(contact, kind, plaintext, need)
+
+        refusal: DeviceError | None = None
+        with self.store.transaction() as conn:
+            pads = self.store.pads_for_send(conn, contact)
+            chosen = next((p for p in pads if p.reserve_range(need) is not None), None)
+            if chosen is None:
+                left = max((p.send_left for p in pads), default=0)
+                self.store.log(conn, "pad-exhausted", contact=contact, length=len(plaintext),
+                               detail=f"needed {need} pad bytes, {left} left")
+                refusal = PadExhausted(
+                    f"Not enough pad left to send to {contact}: this message needs {need} pad bytes"
+                    f" and {left} are left."
+                )
+            else:
+                start, end = chosen.reserve_range(need)  # type: ignore[misc]
+                warnings = self._reserve(conn, chosen, start, end)
+        if refusal is not None:
+            raise refusal
+
+        pad = chosen
+        try:
+            segment = self.store.pad_file(pad).read(start, need)
+            package = fmt.seal(kind, pad.pad_id, start, segment, plaintext)
+        finally:
+            self.store.wipe(pad, start, end)
+        return Packaged(package, contact, pad.pad_id, start, len(plaintext), pad.mailbox_out, warnings)
+
+    def _reserve(self, conn: sqlite3.Connection, pad: PadRecord, start: int, end: int) -> list[str]:
+        send_next = end if pad.role == INITIATOR else start
+        left = pad.send_left - (end - start)
+        level = low_level(left, pad.send_total)
+        conn.execute(
+            "UPDATE pads SET send_next = ?, send_count = send_count + 1, low_level = max(low_level, ?)"
+            " WHERE pad_id = ?",
+            (send_next, level, pad.pad_id),
+        )
+        self.store.add_consumed(conn, pad.pad_id, start, end)
+        self.store.add_pending_wipe(conn, pad.pad_id, start, end)
+        warnings = []
+        if level:
+            warnings.append(low_warning(pad.contact, left, pad.send_total))
+            if level > pad.low_level:
+                self.store.log(conn, "pad-low", contact=pad.contact, pad_id=pad.pad_id, offset=start,
+                               length=end - start - fmt.KEY_LEN, detail=f"{left} of {pad.send_total} bytes left")
+        return warnings
+
+    def _confirm(self, contact: str, kind: Kind, plaintext: bytes, need: int) -> None:
+        pads = self.store.pads(contact)
+        if not pads and contact not in self.store.contacts():
+            raise UnknownContact(f"No contact named {contact!r} on this device.")
+        fitting = [p for p in pads if p.reserve_range(need) is not None]
+        left_after = (fitting[0].send_left - need) if fitting else 0
+        if fitting:
+            request = ConfirmRequest(contact=contact, kind=kind_name(kind), plaintext=plaintext,
+                                     consumes=need, left_after=left_after)
+            approved = self.confirm.ask(request)  # type: ignore[union-attr]
+            if not approved:
+                self.store.log_event("declined", contact=contact, length=len(plaintext),
+                                     detail="the owner declined or did not answer in time")
+                raise Declined()
+        # A message that cannot fit is refused by the reservation, without asking.
+
+    # -- receiving ------------------------------------------------------------------
+
+    def unpackage(self, data: bytes) -> Unpackaged:
+        """Verify and decrypt a package from a contact."""
+        try:
+            pkg = fmt.parse(data)
+        except DeviceError as exc:
+            self._log_malformed(exc, len(data))
+            raise
+        start, end = pkg.segment
+
+        refusal: DeviceError | None = None
+        result: Unpackaged | None = None
+        with self.store.transaction() as conn:
+            pad = self.store.pad(pkg.pad_id, conn)
+            fields = {"pad_id": pkg.pad_id, "offset": pkg.offset, "length": pkg.length}
+            if pad is None:
+                refusal = UnknownPad()
+                self.store.log(conn, "unknown-pad", **fields)  # type: ignore[arg-type]
+            else:
+                fields["contact"] = pad.contact
+                lo, hi = pad.peer_half
+                if not (lo <= start and end <= hi):
+                    refusal = OutOfRange()
+                    self.store.log(conn, "out-of-range", **fields)  # type: ignore[arg-type]
+                elif self.store.overlaps(conn, pad.pad_id, start, end):
+                    refusal = Replay()
+                    self.store.log(conn, "replay", **fields)  # type: ignore[arg-type]
+                else:
+                    segment = self.store.pad_file(pad).read(start, end - start)
+                    try:
+                        plaintext = fmt.open_package(pkg, segment)
+                    except InvalidPackage as exc:
+                        refusal = exc
+                        self.store.log(conn, "invalid", detail="authentication failed", **fields)  # type: ignore[arg-type]
+                    else:
+                        warnings = self._accept(conn, pad, start, end)
+                        result = Unpackaged(pad.contact, pkg.kind, plaintext, pad.pad_id, start, warnings)
+        if refusal is not None:
+            raise refusal
+        assert result is not None and pad is not None
+        self.store.wipe(pad, start, end)
+        return result
+
+    def unpackage_base64(self, text: str | bytes) -> Unpackaged:
+        """:meth:`unpackage` for a package in its base64 (wire) form."""
+        try:
+            data = fmt.decode(text)
+        except DeviceError as exc:
+            self._log_malformed(exc, len(text))
+            raise
+        return self.unpackage(data)
+
+    def _log_malformed(self, exc: DeviceError, size: int) -> None:
+        self.store.log_event("malformed", length=size, detail=exc.code)
+
+    def _accept(self, conn: sqlite3.Connection, pad: PadRecord, start: int, end: int) -> list[str]:
+        """Record a verified package's segment as consumed; return gap warnings."""
+        frontier = pad.recv_frontier
+        warnings = []
+        if pad.role == INITIATOR:  # the peer sends downward from the top
+            gap = frontier - end
+            new_frontier = min(frontier, start)
+        else:  # the peer sends upward from the split's other side, i.e. from 0
+            gap = start - frontier
+            new_frontier = max(frontier, end)
+        if gap > 0:
+            warnings.append(
+                f"gap: {gap} bytes of {pad.contact}'s pad before this message were never received;"
+                " messages may have been dropped or delayed"
+            )
+            self.store.log(conn, "gap", contact=pad.contact, pad_id=pad.pad_id, offset=start,
+                           length=end - start - fmt.KEY_LEN, detail=f"{gap} bytes skipped")
+        elif new_frontier == frontier:
+            warnings.append("late: this message arrived after messages sent later")
+        conn.execute(
+            "UPDATE pads SET recv_frontier = ?, recv_bytes = recv_bytes + ?, recv_count = recv_count + 1"
+            " WHERE pad_id = ?",
+            (new_frontier, end - start, pad.pad_id),
+        )
+        self.store.add_consumed(conn, pad.pad_id, start, end)
+        self.store.add_pending_wipe(conn, pad.pad_id, start, end)
+        return warnings
+
+    # -- status ---------------------------------------------------------------------
+
+    def status(self, events: int = 10) -> dict:
+        """Contacts, pad left per direction, warnings and recent events (no secrets)."""
+        contacts = []
+        warnings = []
+        pads_by_contact: dict[str, list[PadRecord]] = {}
+        for pad in self.store.pads():
+            pads_by_contact.setdefault(pad.contact, []).append(pad)
+        for name in self.store.contacts():
+            pads = pads_by_contact.get(name, [])
+            send_total = sum(p.send_total for p in pads)
+            send_left = sum(p.send_left for p in pads)
+            contacts.append({
+                "name": name,
+                "send": {"total": send_total, "used": sum(p.send_used for p in pads), "left": send_left},
+                "receive": {"total": sum(p.recv_total for p in pads), "used": sum(p.recv_bytes for p in pads),
+                            "left": sum(p.recv_left for p in pads)},
+                "pads": [p.to_dict() for p in pads],
+            })
+            if send_total and send_left < fmt.segment_length(1):
+                warnings.append(f"pad-exhausted: no pad is left for sending to {name}")
+            elif low_level(send_left, send_total):
+                warnings.append(low_warning(name, send_left, send_total))
+        counts = dict(self.store.read(
+            "SELECT event, count(*) FROM events WHERE event IN (%s) GROUP BY event"
+            % ",".join("?" * len(SECURITY_EVENTS)),
+            SECURITY_EVENTS,
+        ))
+        for event in SECURITY_EVENTS:
+            if counts.get(event):
+                warnings.append(f"{event}: {counts[event]} package(s) refused (see the event log)")
+        return {
+            "device": {"name": self.store.device_name, "device_id": self.store.device_id.hex()},
+            "contacts": contacts,
+            "warnings": warnings,
+            "events": self.store.events(events),
+        }

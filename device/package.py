@@ -1,0 +1,193 @@
+"""The package format v1 (DESIGN.md, "Package format v1").
+
+Pure functions over bytes: nothing here does I/O or knows where pads live.
+
+====== ==== ========== ===================================================
+offset size field      value
+====== ==== ========== ===================================================
+0      4    magic      ``OTC1``
+4      1    kind       1 text, 2 file part, 3 receipt, 4 control
+5      16   pad_id     which pad
+21     8    offset     absolute offset of the segment in the pad (big-endian)
+29     4    length     L, the ciphertext length (big-endian)
+33     L    ciphertext plaintext XOR pad[offset+32 : offset+32+L]
+33+L   16   tag        Poly1305, key pad[offset : offset+32], over [0, 33+L)
+====== ==== ========== ===================================================
+
+A package is ``49 + L`` bytes and consumes the pad segment
+``[offset, offset + 32 + L)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+from device.errors import InvalidPackage, MalformedPackage
+
+MAGIC = b"OTC1"
+HEADER = struct.Struct(">4sB16sQI")
+HEADER_LEN = HEADER.size  # 33
+KEY_LEN = 32
+TAG_LEN = 16
+OVERHEAD = HEADER_LEN + TAG_LEN  # 49
+PAD_ID_LEN = 16
+MAX_LENGTH = 0xFFFFFFFF
+MAX_OFFSET = 0xFFFFFFFFFFFFFFFF
+
+
+class Kind(enum.IntEnum):
+    """What a package carries."""
+
+    TEXT = 1
+    FILE_PART = 2
+    RECEIPT = 3
+    CONTROL = 4
+
+
+@dataclass(frozen=True)
+class Package:
+    """A parsed (not yet verified) package.
+
+    ``authenticated`` is the byte string the tag covers (header and
+    ciphertext), a view into the original bytes, not a copy.
+    """
+
+    kind: Kind
+    pad_id: bytes
+    offset: int
+    ciphertext: memoryview
+    tag: bytes
+    authenticated: memoryview
+
+    @property
+    def length(self) -> int:
+        return len(self.ciphertext)
+
+    @property
+    def segment_length(self) -> int:
+        """Pad bytes this package consumes: 32 + L."""
+        return segment_length(self.length)
+
+    @property
+    def segment(self) -> tuple[int, int]:
+        """The half-open pad range ``[start, end)`` this package consumes."""
+        return self.offset, self.offset + self.segment_length
+
+
+def segment_length(message_length: int) -> int:
+    """Pad bytes a message of ``message_length`` bytes consumes."""
+    return KEY_LEN + message_length
+
+
+def package_length(message_length: int) -> int:
+    """Bytes of the package for a message of ``message_length`` bytes."""
+    return OVERHEAD + message_length
+
+
+def xor(a: bytes | memoryview, b: bytes | memoryview) -> bytes:
+    """XOR two equal-length byte strings."""
+    if len(a) != len(b):
+        raise ValueError("xor of unequal lengths")
+    n = len(a)
+    if n == 0:
+        return b""
+    out = np.frombuffer(a, dtype=np.uint8) ^ np.frombuffer(b, dtype=np.uint8)
+    return out.tobytes()
+
+
+def seal(kind: int, pad_id: bytes, offset: int, segment: bytes | memoryview, plaintext: bytes) -> bytes:
+    """Build the package for ``plaintext`` from its pad ``segment``.
+
+    ``segment`` must be exactly the pad bytes ``[offset, offset + 32 + L)``.
+    """
+    kind = Kind(kind)
+    if len(pad_id) != PAD_ID_LEN:
+        raise ValueError("pad_id must be 16 bytes")
+    length = len(plaintext)
+    if length > MAX_LENGTH:
+        raise ValueError("message too long for one package")
+    if len(segment) != segment_length(length):
+        raise ValueError("segment length does not match the message")
+    if not 0 <= offset <= MAX_OFFSET - segment_length(length):
+        raise ValueError("offset out of range")
+    seg = memoryview(segment)
+    header = HEADER.pack(MAGIC, kind, pad_id, offset, length)
+    ciphertext = xor(plaintext, seg[KEY_LEN:])
+    mac = Poly1305(bytes(seg[:KEY_LEN]))
+    mac.update(header)
+    mac.update(ciphertext)
+    return b"".join((header, ciphertext, mac.finalize()))
+
+
+def parse(data: bytes | bytearray | memoryview) -> Package:
+    """Parse a package's framing; raise :class:`MalformedPackage` if it is not one.
+
+    Parsing checks only the form (magic, kind, lengths); :func:`open_package`
+    checks the tag.
+    """
+    view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+    if len(view) < OVERHEAD:
+        raise MalformedPackage("Package refused: it is truncated.")
+    magic, kind, pad_id, offset, length = HEADER.unpack_from(view, 0)
+    if magic != MAGIC:
+        raise MalformedPackage("Package refused: it is not a One Time Chat v1 package.")
+    try:
+        kind = Kind(kind)
+    except ValueError:
+        raise MalformedPackage("Package refused: unknown package kind.") from None
+    if len(view) != OVERHEAD + length:
+        raise MalformedPackage("Package refused: its length field does not match its size.")
+    if offset > MAX_OFFSET - segment_length(length):
+        raise MalformedPackage("Package refused: its offset is out of range.")
+    end = HEADER_LEN + length
+    return Package(
+        kind=kind,
+        pad_id=bytes(pad_id),
+        offset=offset,
+        ciphertext=view[HEADER_LEN:end],
+        tag=bytes(view[end:]),
+        authenticated=view[:end],
+    )
+
+
+def open_package(package: Package, segment: bytes | memoryview) -> bytes:
+    """Verify ``package`` against its pad ``segment`` and return the plaintext.
+
+    Raises :class:`InvalidPackage` (one error for every way the tag can fail).
+    """
+    if len(segment) != package.segment_length:
+        raise ValueError("segment length does not match the package")
+    seg = memoryview(segment)
+    try:
+        Poly1305.verify_tag(bytes(seg[:KEY_LEN]), package.authenticated, package.tag)
+    except InvalidSignature:
+        raise InvalidPackage() from None
+    return xor(package.ciphertext, seg[KEY_LEN:])
+
+
+def encode(package: bytes) -> str:
+    """A package as it travels in JSON: standard base64 with padding."""
+    return base64.b64encode(package).decode("ascii")
+
+
+def decode(text: str | bytes) -> bytes:
+    """Strictly decode the base64 form of a package (surrounding whitespace allowed)."""
+    if isinstance(text, str):
+        try:
+            raw = text.strip().encode("ascii")
+        except UnicodeEncodeError:
+            raise MalformedPackage("Package refused: it is not valid base64.") from None
+    else:
+        raw = bytes(text).strip()
+    try:
+        return binascii.a2b_base64(raw, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise MalformedPackage("Package refused: it is not valid base64.") from None

@@ -1,0 +1,15 @@
+"""The device's pad store: SQLite metadata beside one preallocated file per pad.
+
+* :mod:`device.storage.schema` -- the versioned schema and its upgrade steps;
+* :mod:`device.storage.padfile` -- reading and destroying pad bytes;
+* :mod:`device.storage.padstore` -- the store: transactions, reservations,
+  the consumed-interval sets, the event log and crash recovery.
+
+Pad bytes are reached only through :class:`~device.storage.padfile.PadFile`,
+so the PIN-locked store (a later issue) can put an encrypting file behind the
+same interface without touching the pad rules.
+"""
+
+from device.storage.padstore import PadRecord, PadStore
+
+__all__ = ["PadRecord", "PadStore"]

@@ -1,0 +1,128 @@
+"""Pad bytes on disk: one preallocated file per pad.
+
+A :class:`PadFile` reads segments and destroys them (overwrites with zeros and
+syncs). It is the only code that touches pad bytes on disk, so an encrypted
+implementation (the PIN-locked store) can replace it behind the same methods.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+_ZERO_CHUNK = 8 << 20
+
+
+class PadFile:
+    """Random access to one pad's bytes."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def _handle(self) -> int:
+        if self._fd is None:
+            with self._lock:
+                if self._fd is None:
+                    fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+                    actual = os.fstat(fd).st_size
+                    if actual != self.size:
+                        os.close(fd)
+                        raise OSError(f"pad file {self.path.name} has the wrong size")
+                    self._fd = fd
+        return self._fd
+
+    def read(self, start: int, length: int) -> bytes:
+        """Return the pad bytes ``[start, start + length)``."""
+        self._check(start, length)
+        fd = self._handle()
+        chunks = []
+        pos, left = start, length
+        while left:
+            chunk = os.pread(fd, min(left, 1 << 30), pos)
+            if not chunk:
+                raise OSError(f"pad file {self.path.name} is shorter than recorded")
+            chunks.append(chunk)
+            pos += len(chunk)
+            left -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def wipe(self, start: int, length: int) -> None:
+        """Overwrite ``[start, start + length)`` with zeros and sync it to disk."""
+        self._check(start, length)
+        fd = self._handle()
+        zeros = bytes(min(length, _ZERO_CHUNK))
+        pos, left = start, length
+        while left:
+            n = os.pwrite(fd, zeros[: min(left, len(zeros))], pos)
+            pos += n
+            left -= n
+        os.fdatasync(fd)
+
+    def _check(self, start: int, length: int) -> None:
+        if start < 0 or length < 0 or start + length > self.size:
+            raise ValueError("segment outside the pad")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    @staticmethod
+    def create(
+        paths: list[Path],
+        size: int,
+        chunks: Iterable[bytes],
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Write the same ``size`` bytes from ``chunks`` to new pad files, atomically.
+
+        The bytes go to temporary files that are synced and then renamed into
+        place, so a pad file either exists whole or not at all.
+        """
+        tmps = [path.with_name(path.name + ".tmp") for path in paths]
+        fds: list[int] = []
+        try:
+            for tmp in tmps:
+                fds.append(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+            written = 0
+            for chunk in chunks:
+                for fd in fds:
+                    _write_all(fd, chunk)
+                written += len(chunk)
+                if progress:
+                    progress(written)
+            if written != size:
+                raise ValueError("pad source gave the wrong number of bytes")
+            for fd in fds:
+                os.fsync(fd)
+        except BaseException:
+            for tmp in tmps:
+                tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            for fd in fds:
+                os.close(fd)
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+            sync_directory(path.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def sync_directory(path: Path) -> None:
+    """fsync a directory so a rename or creation in it survives power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,540 @@
+"""The pad store: metadata in SQLite, pad bytes in one file per pad.
+
+Layout of a device home::
+
+    HOME/device.db           metadata (WAL, synchronous=FULL)
+    HOME/pads/<pad_id>.pad   pad bytes, preallocated, destroyed segment by segment
+    HOME/run/<owner>.lock    one per open store, held with flock while it lives
+
+Every state change runs in a ``BEGIN IMMEDIATE`` transaction, which SQLite
+serialises across threads and processes, and commits durably (the WAL is
+synced on each commit). Segments that must be overwritten are recorded in
+``pending_wipe`` in the same transaction that consumes them; if the process
+dies before it overwrites them, the next store to open the home finds the row
+(its owner's lock is free) and overwrites them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from device.errors import (
+    ContactExists,
+    DeviceExists,
+    DeviceNotInitialised,
+    InvalidName,
+    StoreError,
+    UnknownContact,
+)
+from device.intervals import IntervalSet
+from device.storage import schema
+from device.storage.padfile import PadFile, sync_directory
+
+DB_NAME = "device.db"
+PADS_DIR = "pads"
+RUN_DIR = "run"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+BUSY_TIMEOUT_S = 120.0
+EVENTS_KEPT = 100_000
+
+INITIATOR = "initiator"
+RESPONDER = "responder"
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid device or contact name."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InvalidName()
+    return name
+
+
+@dataclass(frozen=True)
+class PadRecord:
+    """One pad's metadata (never its bytes)."""
+
+    pad_id: bytes
+    contact: str
+    role: str
+    size: int
+    split: int
+    mailbox_out: bytes
+    mailbox_in: bytes
+    send_next: int
+    send_count: int
+    recv_frontier: int
+    recv_bytes: int
+    recv_count: int
+    low_level: int
+    created: float
+
+    @property
+    def send_half(self) -> tuple[int, int]:
+        """The range this device sends from."""
+        return (0, self.split) if self.role == INITIATOR else (self.split, self.size)
+
+    @property
+    def peer_half(self) -> tuple[int, int]:
+        """The range this device decrypts from."""
+        return (self.split, self.size) if self.role == INITIATOR else (0, self.split)
+
+    @property
+    def send_total(self) -> int:
+        lo, hi = self.send_half
+        return hi - lo
+
+    @property
+    def send_used(self) -> int:
+        """Pad bytes consumed from this device's half (sent or reserved)."""
+        if self.role == INITIATOR:
+            return self.send_next
+        return self.size - self.send_next
+
+    @property
+    def send_left(self) -> int:
+        return self.send_total - self.send_used
+
+    @property
+    def recv_total(self) -> int:
+        lo, hi = self.peer_half
+        return hi - lo
+
+    @property
+    def recv_reached(self) -> int:
+        """How far into the peer's half verified packages reach (bytes from its start)."""
+        if self.role == INITIATOR:
+            return self.size - self.recv_frontier
+        return self.recv_frontier
+
+    @property
+    def recv_left(self) -> int:
+        """Pad the peer can still send with, as far as this device has seen."""
+        return self.recv_total - self.recv_reached
+
+    def reserve_range(self, need: int) -> tuple[int, int] | None:
+        """The next segment of ``need`` bytes in this device's half, if it fits."""
+        if need > self.send_left:
+            return None
+        if self.role == INITIATOR:
+            return self.send_next, self.send_next + need
+        return self.send_next - need, self.send_next
+
+    def to_dict(self) -> dict:
+        return {
+            "pad_id": self.pad_id.hex(),
+            "role": self.role,
+            "size": self.size,
+            "split": self.split,
+            "send": {"total": self.send_total, "used": self.send_used, "left": self.send_left,
+                     "messages": self.send_count},
+            "receive": {"total": self.recv_total, "used": self.recv_bytes, "reached": self.recv_reached,
+                        "left": self.recv_left, "messages": self.recv_count},
+        }
+
+
+_PAD_COLUMNS = (
+    "pad_id, contact, role, size, split, mailbox_out, mailbox_in, send_next, send_count, "
+    "recv_frontier, recv_bytes, recv_count, low_level, created"
+)
+
+
+class PadStore:
+    """A device home: its metadata database and pad files."""
+
+    def __init__(self, home: str | os.PathLike[str]) -> None:
+        self.home = Path(home)
+        self.db_path = self.home / DB_NAME
+        if not self.db_path.is_file():
+            raise DeviceNotInitialised()
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._pad_files: dict[bytes, PadFile] = {}
+        self._pad_files_lock = threading.Lock()
+        self._wiped: list[tuple[bytes, int]] = []
+        self._wiped_lock = threading.Lock()
+        self.owner = secrets.token_hex(8)
+        self._owner_fd = self._hold_owner_lock()
+        try:
+            schema.upgrade(self._conn())
+            row = self._conn().execute("SELECT name, device_id FROM device WHERE id = 1").fetchone()
+            if row is None:
+                raise DeviceNotInitialised()
+            self.device_name: str = row[0]
+            self.device_id: bytes = bytes(row[1])
+            self.recover()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- creation -----------------------------------------------------------------
+
+    @classmethod
+    def init(cls, home: str | os.PathLike[str], name: str) -> PadStore:
+        """Create a new device in ``home`` (an empty or missing directory)."""
+        check_name(name)
+        home = Path(home)
+        if (home / DB_NAME).exists():
+            raise DeviceExists()
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (home / PADS_DIR).mkdir(mode=0o700, exist_ok=True)
+        (home / RUN_DIR).mkdir(mode=0o700, exist_ok=True)
+        tmp = home / (DB_NAME + ".new")
+        tmp.unlink(missing_ok=True)
+        conn = _connect(tmp)
+        try:
+            schema.upgrade(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO device (id, name, device_id, created) VALUES (1, ?, ?, ?)",
+                (name, secrets.token_bytes(16), time.time()),
+            )
+            conn.execute(
+                "INSERT INTO events (ts, event, detail) VALUES (?, 'init', ?)",
+                (time.time(), f"device {name} created"),
+            )
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+        for suffix in ("-wal", "-shm"):
+            Path(str(tmp) + suffix).unlink(missing_ok=True)
+        try:
+            os.link(tmp, home / DB_NAME)  # fails if another init won the race
+        except FileExistsError:
+            raise DeviceExists() from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        sync_directory(home)
+        return cls(home)
+
+    # -- connections and transactions ---------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.db_path)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, serialised across threads and processes, committed durably."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError("The device store is busy or unavailable; try again.") from exc
+        with self._wiped_lock:
+            wiped, self._wiped = self._wiped, []
+        try:
+            if wiped:
+                conn.executemany("DELETE FROM pending_wipe WHERE pad_id = ? AND start = ?", wiped)
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            with self._wiped_lock:
+                self._wiped[:0] = wiped
+            raise
+
+    def read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Run a read-only query outside any write transaction."""
+        return self._conn().execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        """Flush bookkeeping and release files and locks."""
+        try:
+            if getattr(self, "_wiped", None) and getattr(self, "db_path", None):
+                with self.transaction():
+                    pass
+        except Exception:  # noqa: BLE001 - recovery redoes the wipes; close must not fail
+            pass
+        with self._pad_files_lock:
+            for pad_file in self._pad_files.values():
+                pad_file.close()
+            self._pad_files.clear()
+        with self._conns_lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+        self._local = threading.local()
+        if getattr(self, "_owner_fd", None) is not None:
+            (self.home / RUN_DIR / f"{self.owner}.lock").unlink(missing_ok=True)
+            os.close(self._owner_fd)
+            self._owner_fd = None
+
+    def __enter__(self) -> PadStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- contacts and pads --------------------------------------------------------
+
+    def contacts(self) -> list[str]:
+        return [r[0] for r in self.read("SELECT name FROM contacts ORDER BY name")]
+
+    def pads(self, contact: str | None = None) -> list[PadRecord]:
+        if contact is None:
+            rows = self.read(f"SELECT {_PAD_COLUMNS} FROM pads ORDER BY contact, created")
+        else:
+            rows = self.read(f"SELECT {_PAD_COLUMNS} FROM pads WHERE contact = ? ORDER BY created", (contact,))
+        return [_pad_record(r) for r in rows]
+
+    def pad(self, pad_id: bytes, conn: sqlite3.Connection | None = None) -> PadRecord | None:
+        row = (conn or self._conn()).execute(f"SELECT {_PAD_COLUMNS} FROM pads WHERE pad_id = ?", (pad_id,)).fetchone()
+        return _pad_record(row) if row else None
+
+    def pads_for_send(self, conn: sqlite3.Connection, contact: str) -> list[PadRecord]:
+        if conn.execute("SELECT 1 FROM contacts WHERE name = ?", (contact,)).fetchone() is None:
+            raise UnknownContact(f"No contact named {contact!r} on this device.")
+        rows = conn.execute(f"SELECT {_PAD_COLUMNS} FROM pads WHERE contact = ? ORDER BY created", (contact,))
+        return [_pad_record(r) for r in rows]
+
+    def pad_path(self, pad_id: bytes) -> Path:
+        return self.home / PADS_DIR / f"{pad_id.hex()}.pad"
+
+    def pad_file(self, pad: PadRecord) -> PadFile:
+        with self._pad_files_lock:
+            pad_file = self._pad_files.get(pad.pad_id)
+            if pad_file is None:
+                pad_file = PadFile(self.pad_path(pad.pad_id), pad.size)
+                self._pad_files[pad.pad_id] = pad_file
+            return pad_file
+
+    def add_pad(
+        self,
+        *,
+        contact: str,
+        peer_device_id: bytes,
+        pad_id: bytes,
+        role: str,
+        size: int,
+        mailbox_out: bytes,
+        mailbox_in: bytes,
+    ) -> PadRecord:
+        """Register a pad whose file is already at :meth:`pad_path`."""
+        check_name(contact)
+        if role not in (INITIATOR, RESPONDER):
+            raise ValueError("role must be initiator or responder")
+        if not self.pad_path(pad_id).is_file():
+            raise StoreError("The pad file is missing.")
+        split = size // 2
+        now = time.time()
+        with self.transaction() as conn:
+            row = conn.execute("SELECT name FROM contacts WHERE peer_device_id = ?", (peer_device_id,)).fetchone()
+            if row is None:
+                if conn.execute("SELECT 1 FROM contacts WHERE name = ?", (contact,)).fetchone():
+                    raise ContactExists(f"A contact named {contact!r} already exists for another device.")
+                conn.execute(
+                    "INSERT INTO contacts (name, peer_device_id, created) VALUES (?, ?, ?)",
+                    (contact, peer_device_id, now),
+                )
+            elif row[0] != contact:
+                raise ContactExists(f"That device is already a contact, named {row[0]!r}.")
+            conn.execute(
+                "INSERT INTO pads (pad_id, contact, role, size, split, mailbox_out, mailbox_in,"
+                " send_next, recv_frontier, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    pad_id, contact, role, size, split, mailbox_out, mailbox_in,
+                    0 if role == INITIATOR else size,
+                    size if role == INITIATOR else 0,
+                    now,
+                ),
+            )
+            self.log(conn, "pad-added", contact=contact, pad_id=pad_id, length=size,
+                     detail=f"{role}, {size} bytes")
+        record = self.pad(pad_id)
+        assert record is not None
+        return record
+
+    def remove_unused_pad(self, pad_id: bytes) -> None:
+        """Undo :meth:`add_pad` for a pad never used (a failed pairing); delete its file."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT contact FROM pads WHERE pad_id = ? AND send_count = 0 AND recv_count = 0", (pad_id,)
+            ).fetchone()
+            if row is not None:
+                conn.execute("DELETE FROM consumed WHERE pad_id = ?", (pad_id,))
+                conn.execute("DELETE FROM pads WHERE pad_id = ?", (pad_id,))
+                conn.execute(
+                    "DELETE FROM contacts WHERE name = ? AND NOT EXISTS (SELECT 1 FROM pads WHERE contact = ?)",
+                    (row[0], row[0]),
+                )
+                self.log(conn, "pad-removed", contact=row[0], pad_id=pad_id, detail="pairing did not complete")
+        self.pad_path(pad_id).unlink(missing_ok=True)
+
+    # -- the consumed-interval set (same algorithm as device.intervals) -------------
+
+    @staticmethod
+    def overlaps(conn: sqlite3.Connection, pad_id: bytes, start: int, end: int) -> bool:
+        """Whether ``[start, end)`` intersects a consumed segment of the pad."""
+        row = conn.execute(
+            'SELECT "end" FROM consumed WHERE pad_id = ? AND start < ? ORDER BY start DESC LIMIT 1',
+            (pad_id, end),
+        ).fetchone()
+        return row is not None and row[0] > start
+
+    @staticmethod
+    def add_consumed(conn: sqlite3.Connection, pad_id: bytes, start: int, end: int) -> None:
+        """Add ``[start, end)`` (disjoint from the set) and merge it with touching neighbours."""
+        left = conn.execute(
+            'SELECT start FROM consumed WHERE pad_id = ? AND "end" = ?', (pad_id, start)
+        ).fetchone()
+        right = conn.execute(
+            'SELECT "end" FROM consumed WHERE pad_id = ? AND start = ?', (pad_id, end)
+        ).fetchone()
+        if right is not None:
+            conn.execute("DELETE FROM consumed WHERE pad_id = ? AND start = ?", (pad_id, end))
+            end = right[0]
+        if left is not None:
+            conn.execute('UPDATE consumed SET "end" = ? WHERE pad_id = ? AND start = ?', (end, pad_id, left[0]))
+        else:
+            conn.execute('INSERT INTO consumed (pad_id, start, "end") VALUES (?, ?, ?)', (pad_id, start, end))
+
+    def consumed(self, pad_id: bytes) -> IntervalSet:
+        rows = self.read('SELECT start, "end" FROM consumed WHERE pad_id = ? ORDER BY start', (pad_id,))
+        return IntervalSet(rows)
+
+    # -- destroying used pad --------------------------------------------------------
+
+    def add_pending_wipe(self, conn: sqlite3.Connection, pad_id: bytes, start: int, end: int) -> None:
+        conn.execute(
+            'INSERT INTO pending_wipe (pad_id, start, "end", owner) VALUES (?, ?, ?, ?)',
+            (pad_id, start, end, self.owner),
+        )
+
+    def wipe(self, pad: PadRecord, start: int, end: int) -> None:
+        """Overwrite a consumed segment; its pending row goes with the next commit."""
+        self.pad_file(pad).wipe(start, end - start)
+        with self._wiped_lock:
+            self._wiped.append((pad.pad_id, start))
+
+    def recover(self) -> int:
+        """Overwrite segments left pending by stores that died; return how many."""
+        rows = self.read('SELECT pad_id, start, "end", owner FROM pending_wipe WHERE owner != ?', (self.owner,))
+        dead: dict[str, bool] = {}
+        done = []
+        for pad_id, start, end, owner in rows:
+            if owner not in dead:
+                dead[owner] = self._owner_is_dead(owner)
+            if not dead[owner]:
+                continue
+            pad = self.pad(bytes(pad_id))
+            if pad is not None:
+                self.pad_file(pad).wipe(start, end - start)
+            done.append((pad_id, start))
+        if done:
+            with self.transaction() as conn:
+                conn.executemany("DELETE FROM pending_wipe WHERE pad_id = ? AND start = ?", done)
+                self.log(conn, "recovered", detail=f"{len(done)} interrupted segment(s) destroyed")
+        for owner, is_dead in dead.items():
+            if is_dead:
+                (self.home / RUN_DIR / f"{owner}.lock").unlink(missing_ok=True)
+        return len(done)
+
+    def _hold_owner_lock(self) -> int:
+        run = self.home / RUN_DIR
+        run.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(run / f"{self.owner}.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def _owner_is_dead(self, owner: str) -> bool:
+        if not re.fullmatch(r"[0-9a-f]{16}", owner):
+            return True
+        try:
+            fd = os.open(self.home / RUN_DIR / f"{owner}.lock", os.O_RDWR)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+        return True
+
+    # -- the event log --------------------------------------------------------------
+
+    def log(
+        self,
+        conn: sqlite3.Connection,
+        event: str,
+        *,
+        contact: str | None = None,
+        pad_id: bytes | None = None,
+        offset: int | None = None,
+        length: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Append to the event log inside ``conn``'s transaction (never secrets)."""
+        cur = conn.execute(
+            'INSERT INTO events (ts, event, contact, pad_id, "offset", length, detail) VALUES (?, ?, ?, ?, ?, ?, ?)',
+            (time.time(), event, contact, pad_id, offset, length, detail),
+        )
+        if cur.lastrowid and cur.lastrowid % 1000 == 0:
+            conn.execute("DELETE FROM events WHERE id <= ?", (cur.lastrowid - EVENTS_KEPT,))
+
+    def log_event(self, event: str, **fields: object) -> None:
+        """Append to the event log in a transaction of its own."""
+        with self.transaction() as conn:
+            self.log(conn, event, **fields)  # type: ignore[arg-type]
+
+    def events(self, limit: int = 50) -> list[dict]:
+        rows = self.read(
+            'SELECT id, ts, event, contact, pad_id, "offset", length, detail FROM events ORDER BY id DESC LIMIT ?',
+            (limit,),
+        )
+        return [
+            {
+                "id": r[0],
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r[1])),
+                "event": r[2],
+                "contact": r[3],
+                "pad_id": bytes(r[4]).hex() if r[4] is not None else None,
+                "offset": r[5],
+                "length": r[6],
+                "detail": r[7],
+            }
+            for r in reversed(rows)
+        ]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _pad_record(row: tuple) -> PadRecord:
+    return PadRecord(
+        pad_id=bytes(row[0]),
+        contact=row[1],
+        role=row[2],
+        size=row[3],
+        split=row[4],
+        mailbox_out=bytes(row[5]),
+        mailbox_in=bytes(row[6]),
+        send_next=row[7],
+        send_count=row[8],
+        recv_frontier=row[9],
+        recv_bytes=row[10],
+        recv_count=row[11],
+        low_level=row[12],
+        created=row[13],
+    )

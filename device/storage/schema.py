@@ -1,0 +1,113 @@
+"""The pad store's versioned SQLite schema.
+
+``STEPS[n]`` upgrades a database from version ``n`` to ``n + 1``; the version
+lives in SQLite's ``user_version``. A database newer than this code is refused
+rather than guessed at. Each step runs in one transaction with the version
+bump, so an interrupted upgrade leaves the old version intact.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from device.errors import StoreError
+
+STEPS: list[str] = [
+    # 0 -> 1: the first schema.
+    """
+    CREATE TABLE device (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        name TEXT NOT NULL,
+        device_id BLOB NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE contacts (
+        name TEXT PRIMARY KEY,
+        peer_device_id BLOB NOT NULL UNIQUE,
+        created REAL NOT NULL
+    );
+    CREATE TABLE pads (
+        pad_id BLOB PRIMARY KEY CHECK (length(pad_id) = 16),
+        contact TEXT NOT NULL REFERENCES contacts(name),
+        role TEXT NOT NULL CHECK (role IN ('initiator', 'responder')),
+        size INTEGER NOT NULL CHECK (size > 0),
+        split INTEGER NOT NULL,
+        mailbox_out BLOB NOT NULL,
+        mailbox_in BLOB NOT NULL,
+        -- Initiator: next free offset, growing up from 0.
+        -- Responder: lowest offset used, growing down from size.
+        send_next INTEGER NOT NULL,
+        send_count INTEGER NOT NULL DEFAULT 0,
+        -- How far into the peer's half verified packages reach.
+        recv_frontier INTEGER NOT NULL,
+        recv_bytes INTEGER NOT NULL DEFAULT 0,
+        recv_count INTEGER NOT NULL DEFAULT 0,
+        -- 0: plenty left; 1: under 10% of our half; 2: under 1%.
+        low_level INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL
+    );
+    CREATE INDEX pads_by_contact ON pads (contact, created);
+    -- Consumed segments of each pad, merged and disjoint (both halves).
+    CREATE TABLE consumed (
+        pad_id BLOB NOT NULL,
+        start INTEGER NOT NULL,
+        "end" INTEGER NOT NULL,
+        PRIMARY KEY (pad_id, start)
+    ) WITHOUT ROWID;
+    -- Segments whose bytes must still be overwritten (crash recovery).
+    CREATE TABLE pending_wipe (
+        pad_id BLOB NOT NULL,
+        start INTEGER NOT NULL,
+        "end" INTEGER NOT NULL,
+        owner TEXT NOT NULL,
+        PRIMARY KEY (pad_id, start)
+    ) WITHOUT ROWID;
+    -- The local event log: never pad bytes, keys or plaintext.
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        event TEXT NOT NULL,
+        contact TEXT,
+        pad_id BLOB,
+        "offset" INTEGER,
+        length INTEGER,
+        detail TEXT
+    );
+    """,
+]
+
+LATEST = len(STEPS)
+
+
+def version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def upgrade(conn: sqlite3.Connection) -> int:
+    """Bring the database to :data:`LATEST`; return the version it had.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = version(conn)
+        if found > LATEST:
+            raise StoreError(
+                f"This device store has schema version {found}, newer than this software "
+                f"understands ({LATEST}); upgrade One Time Chat."
+            )
+        for step in range(found, LATEST):
+            for statement in _statements(STEPS[step]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {step + 1}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return found
+
+
+def _statements(script: str) -> list[str]:
+    """Split a schema step into statements (comments first, then on ';')."""
+    lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]

@@ -1,0 +1,1 @@
+"""The hardware random number generator: sources, health tests and the mixer."""

@@ -1,0 +1,71 @@
+"""The `otc` command: one entry point, subcommands per part.
+
+Errors the user can act on derive from :class:`~onetimechat.errors.OTCError`
+and are printed as one line, ``ERROR: <text>``, with a non-zero exit. Anything
+else is a bug: it is reported by type only (its message could hold secrets),
+with the traceback only when ``OTC_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from onetimechat import __version__
+from onetimechat.errors import OTCError, UsageError
+
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and a UsageError."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> ArgumentParser:
+    from device import cli as device_cli
+
+    parser = ArgumentParser(
+        prog="otc",
+        description="One Time Chat: end-to-end encrypted chat whose keys never touch the laptop.",
+    )
+    parser.add_argument("--version", action="version", version=f"otc {__version__}")
+    parts = parser.add_subparsers(dest="part", metavar="PART", parser_class=ArgumentParser)
+    parts.required = True
+    device_cli.register(parts)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except OTCError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("ERROR: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # noqa: BLE001 - last line of defence: never show secrets
+        if os.environ.get("OTC_DEBUG") == "1":
+            traceback.print_exc()
+        print(f"ERROR: internal error ({type(exc).__name__}); run with OTC_DEBUG=1 for details",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

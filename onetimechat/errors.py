@@ -1,0 +1,38 @@
+"""The exception root of One Time Chat.
+
+Every error a user may see derives from :class:`OTCError`. Its docstring (or
+the message given when it is raised) is the user's text: the CLI prints it
+after ``ERROR:`` on one line and exits non-zero. Anything else that escapes is
+a bug and is reported as such, without its arguments (they could hold
+secrets).
+"""
+
+from __future__ import annotations
+
+
+class OTCError(Exception):
+    """Something went wrong."""
+
+    #: A short stable identifier for scripts and the RPC (documented per part).
+    code: str = "error"
+    #: The process exit status the CLI uses for this error.
+    exit_status: int = 1
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.user_text())
+        self.message = message
+
+    @classmethod
+    def user_text(cls) -> str:
+        doc = (cls.__doc__ or cls.code).strip()
+        return " ".join(doc.split("\n\n")[0].split())
+
+    def __str__(self) -> str:
+        return self.message or self.user_text()
+
+
+class UsageError(OTCError):
+    """The command line was not understood."""
+
+    code = "usage"
+    exit_status = 2

@@ -1,0 +1,1 @@
+"""Pairing in person: two devices make and share a pad."""

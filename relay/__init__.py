@@ -1,0 +1,1 @@
+"""The untrusted relay: a store-and-forward mailbox server for packages."""

@@ -1,0 +1,24 @@
+"""One Time Chat: end-to-end encrypted chat whose keys never touch the laptop."""
+
+from setuptools import find_packages, setup
+
+PARTS = ("onetimechat", "device", "client", "relay", "hrng", "provisioning")
+
+setup(
+    name="onetimechat",
+    version="0.1.0",
+    description="End-to-end encrypted one-time-pad chat whose keys never touch the laptop",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=[f"{part}*" for part in PARTS]),
+    install_requires=[
+        "cryptography>=42",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "dev": ["ruff>=0.5", "mypy>=1.10"],
+    },
+    entry_points={"console_scripts": ["otc = onetimechat.cli:run"]},
+)
