@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import secrets
-import shutil
 import sys
 from pathlib import Path
 
 from device import package as fmt
 from device.confirm import MODES, make_source
 from device.engine import Device
-from device.errors import InvalidMessage, StoreError
-from device.storage.padfile import PadFile
-from device.storage.padstore import INITIATOR, RESPONDER, PadStore
+from device.errors import InvalidMessage
+from device.localpair import pair_local
+from device.storage.padstore import PadStore
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
 
-MIN_PAD = 256
-MAX_PAD = 1 << 40
-PAD_CHUNK = 1 << 20
 _SIZE_RE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 
 
@@ -169,43 +163,16 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_pair_local(args: argparse.Namespace) -> int:
-    size = args.size
-    if not MIN_PAD <= size <= MAX_PAD:
-        raise UsageError(f"--size must be between {MIN_PAD} bytes and 1 TiB.")
     if args.home_a.resolve() == args.home_b.resolve():
         raise UsageError("HOME_A and HOME_B must be two different devices.")
     with PadStore(args.home_a) as a, PadStore(args.home_b) as b:
-        if a.device_id == b.device_id:
-            raise UsageError("HOME_A and HOME_B are the same device.")
-        for home in {args.home_a.resolve(), args.home_b.resolve()}:
-            if shutil.disk_usage(home).free < 2 * size + (64 << 20):
-                raise StoreError(f"Not enough free disk space in {home} for a {size}-byte pad.")
-        pad_id = secrets.token_bytes(16)
-        mailbox_ab, mailbox_ba = secrets.token_bytes(16), secrets.token_bytes(16)
         print("otc: pad bytes come from the operating system's CSPRNG, not a hardware RNG: "
               "development and demo use only", file=sys.stderr)
-        progress = Progress(size, "pad")
-        PadFile.create([a.pad_path(pad_id), b.pad_path(pad_id)], size, _os_random(size), progress.update)
+        progress = Progress(args.size, "pad")
+        pad_id = pair_local(a, b, args.size, progress=progress.update)
         progress.finish()
-        try:
-            a.add_pad(contact=b.device_name, peer_device_id=b.device_id, pad_id=pad_id, role=INITIATOR,
-                      size=size, mailbox_out=mailbox_ab, mailbox_in=mailbox_ba)
-            b.add_pad(contact=a.device_name, peer_device_id=a.device_id, pad_id=pad_id, role=RESPONDER,
-                      size=size, mailbox_out=mailbox_ba, mailbox_in=mailbox_ab)
-        except BaseException:
-            a.remove_unused_pad(pad_id)
-            b.pad_path(pad_id).unlink(missing_ok=True)
-            raise
-        half = size // 2
+        half = args.size // 2
         print(f"Paired {a.device_name} (initiator) and {b.device_name} (responder): "
-              f"pad {pad_id.hex()[:16]} of {size} bytes, {half} for {a.device_name} to send "
-              f"and {size - half} for {b.device_name}.")
+              f"pad {pad_id.hex()[:16]} of {args.size} bytes, {half} for {a.device_name} to send "
+              f"and {args.size - half} for {b.device_name}.")
     return 0
-
-
-def _os_random(size: int):
-    left = size
-    while left:
-        n = min(left, PAD_CHUNK)
-        yield os.urandom(n)
-        left -= n

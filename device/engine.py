@@ -307,10 +307,9 @@ class Device:
                 warnings.append(f"pad-exhausted: no pad is left for sending to {name}")
             elif low_level(send_left, send_total):
                 warnings.append(low_warning(name, send_left, send_total))
+        marks = ",".join("?" * len(SECURITY_EVENTS))
         counts = dict(self.store.read(
-            "SELECT event, count(*) FROM events WHERE event IN (%s) GROUP BY event"
-            % ",".join("?" * len(SECURITY_EVENTS)),
-            SECURITY_EVENTS,
+            f"SELECT event, count(*) FROM events WHERE event IN ({marks}) GROUP BY event", SECURITY_EVENTS
         ))
         for event in SECURITY_EVENTS:
             if counts.get(event):

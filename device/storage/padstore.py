@@ -46,6 +46,7 @@ RUN_DIR = "run"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 BUSY_TIMEOUT_S = 120.0
 EVENTS_KEPT = 100_000
+SQLITE_MAX_INT = (1 << 63) - 1
 
 INITIATOR = "initiator"
 RESPONDER = "responder"
@@ -259,7 +260,7 @@ class PadStore:
             if getattr(self, "_wiped", None) and getattr(self, "db_path", None):
                 with self.transaction():
                     pass
-        except Exception:  # noqa: BLE001 - recovery redoes the wipes; close must not fail
+        except Exception:  # noqa: BLE001, S110 - recovery redoes the wipes; close must not fail
             pass
         with self._pad_files_lock:
             for pad_file in self._pad_files.values():
@@ -481,6 +482,10 @@ class PadStore:
         detail: str | None = None,
     ) -> None:
         """Append to the event log inside ``conn``'s transaction (never secrets)."""
+        if offset is not None and offset > SQLITE_MAX_INT:
+            # A hostile package's offset may not fit SQLite's integers; keep it as text.
+            detail = f"offset {offset}" + (f"; {detail}" if detail else "")
+            offset = None
         cur = conn.execute(
             'INSERT INTO events (ts, event, contact, pad_id, "offset", length, detail) VALUES (?, ?, ?, ?, ?, ?, ?)',
             (time.time(), event, contact, pad_id, offset, length, detail),

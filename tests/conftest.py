@@ -1,0 +1,95 @@
+"""Shared fixtures: real device homes on real files in a temporary folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from device.engine import Device
+from device.localpair import pair_local
+from device.storage.padstore import PadStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def det_bytes(label: str | bytes, n: int) -> bytes:
+    """Deterministic test bytes (never the `random` module)."""
+    if isinstance(label, str):
+        label = label.encode()
+    return hashlib.shake_256(label).digest(n)
+
+
+class Counter:
+    """An injectable random source that yields pinned, distinct bytes."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.calls = 0
+
+    def __call__(self, n: int) -> bytes:
+        self.calls += 1
+        return det_bytes(f"{self.label}/{self.calls}", n)
+
+
+def make_pair(tmp_path: Path, size: int = 1 << 16, names: tuple[str, str] = ("alice", "bob"),
+              random_bytes=None) -> tuple[Path, Path, bytes]:
+    """Two device homes sharing one pad; returns (home_a, home_b, pad_id)."""
+    home_a, home_b = tmp_path / names[0], tmp_path / names[1]
+    for home, name in ((home_a, names[0]), (home_b, names[1])):
+        if not (home / "device.db").exists():
+            PadStore.init(home, name).close()
+    with PadStore(home_a) as a, PadStore(home_b) as b:
+        pad_id = pair_local(a, b, size, random_bytes=random_bytes or os.urandom)
+    return home_a, home_b, pad_id
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """(alice, bob, pad_id): open Devices sharing a 64 KiB pad; alice is the initiator."""
+    home_a, home_b, pad_id = make_pair(tmp_path)
+    a, b = Device.open(home_a), Device.open(home_b)
+    yield a, b, pad_id
+    a.close()
+    b.close()
+
+
+def receive_state(home: Path) -> dict:
+    """Everything that makes up a device's pad state, except the event log."""
+    conn = sqlite3.connect(home / "device.db")
+    try:
+        state = {
+            table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+            for table in ("contacts", "pads", "consumed", "pending_wipe")
+        }
+    finally:
+        conn.close()
+    state["pad_files"] = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((home / "pads").glob("*.pad"))
+    }
+    return state
+
+
+def pad_bytes(home: Path, pad_id: bytes) -> bytes:
+    return (home / "pads" / f"{pad_id.hex()}.pad").read_bytes()
+
+
+def otc(*args: str, input: bytes | None = None, env: dict | None = None, check: bool = False,
+        timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the real `otc` command."""
+    result = subprocess.run(
+        [sys.executable, "-m", "onetimechat.cli", *args],
+        input=input if input is not None else b"",
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"otc {' '.join(args)} failed: {result.stderr.decode()}")
+    return result
