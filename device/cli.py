@@ -12,7 +12,7 @@ from device import package as fmt
 from device.confirm import MODES, make_source
 from device.engine import Device
 from device.errors import InvalidMessage
-from device.localpair import pair_local
+from device.localpair import check_size, pair_local
 from device.storage.padstore import PadStore
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
@@ -165,6 +165,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 def cmd_pair_local(args: argparse.Namespace) -> int:
     if args.home_a.resolve() == args.home_b.resolve():
         raise UsageError("HOME_A and HOME_B must be two different devices.")
+    check_size(args.size)
     with PadStore(args.home_a) as a, PadStore(args.home_b) as b:
         print("otc: pad bytes come from the operating system's CSPRNG, not a hardware RNG: "
               "development and demo use only", file=sys.stderr)

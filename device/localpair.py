@@ -34,8 +34,7 @@ def pair_local(
     ``random_bytes(n)`` supplies pad bytes, ids and mailbox ids (injectable so
     tests can pin them).
     """
-    if not MIN_PAD <= size <= MAX_PAD:
-        raise StoreError(f"A pad must be between {MIN_PAD} bytes and 1 TiB.")
+    check_size(size)
     if a.device_id == b.device_id:
         raise StoreError("A pad needs two different devices.")
     _check_contact(a, b)
@@ -61,6 +60,11 @@ def pair_local(
         b.pad_path(pad_id).unlink(missing_ok=True)
         raise
     return pad_id
+
+
+def check_size(size: int) -> None:
+    if not MIN_PAD <= size <= MAX_PAD:
+        raise StoreError(f"A pad must be between {MIN_PAD} bytes and 1 TiB.")
 
 
 def _check_contact(store: PadStore, peer: PadStore) -> None:

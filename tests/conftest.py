@@ -80,7 +80,7 @@ def pad_bytes(home: Path, pad_id: bytes) -> bytes:
 
 
 def otc(*args: str, input: bytes | None = None, env: dict | None = None, check: bool = False,
-        timeout: float = 60) -> subprocess.CompletedProcess:
+        timeout: float = 60, new_session: bool = False) -> subprocess.CompletedProcess:
     """Run the real `otc` command."""
     result = subprocess.run(
         [sys.executable, "-m", "onetimechat.cli", *args],
@@ -89,6 +89,7 @@ def otc(*args: str, input: bytes | None = None, env: dict | None = None, check: 
         env={**os.environ, **(env or {})},
         timeout=timeout,
         cwd=ROOT,
+        start_new_session=new_session,  # no controlling terminal
     )
     if check and result.returncode != 0:
         raise AssertionError(f"otc {' '.join(args)} failed: {result.stderr.decode()}")
