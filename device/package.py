@@ -92,21 +92,28 @@ def package_length(message_length: int) -> int:
     return OVERHEAD + message_length
 
 
-def xor(a: bytes | memoryview, b: bytes | memoryview) -> bytes:
+def xor(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bytes:
     """XOR two equal-length byte strings."""
-    if len(a) != len(b):
+    out = bytearray(len(a))
+    xor_into(a, b, out)
+    return bytes(out)
+
+
+def xor_into(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview,
+             out: bytearray | memoryview) -> None:
+    """Write ``a XOR b`` into ``out`` (all three the same length), in one pass."""
+    if not len(a) == len(b) == len(out):
         raise ValueError("xor of unequal lengths")
-    n = len(a)
-    if n == 0:
-        return b""
-    out = np.frombuffer(a, dtype=np.uint8) ^ np.frombuffer(b, dtype=np.uint8)
-    return out.tobytes()
+    if len(out):
+        np.bitwise_xor(np.frombuffer(a, dtype=np.uint8), np.frombuffer(b, dtype=np.uint8),
+                       out=np.frombuffer(out, dtype=np.uint8))
 
 
-def seal(kind: int, pad_id: bytes, offset: int, segment: bytes | memoryview, plaintext: bytes) -> bytes:
+def seal(kind: int, pad_id: bytes, offset: int, segment: bytes | memoryview, plaintext: bytes) -> bytearray:
     """Build the package for ``plaintext`` from its pad ``segment``.
 
     ``segment`` must be exactly the pad bytes ``[offset, offset + 32 + L)``.
+    The package is returned as a ``bytearray`` (no copy of large messages).
     """
     kind = Kind(kind)
     if len(pad_id) != PAD_ID_LEN:
@@ -119,12 +126,15 @@ def seal(kind: int, pad_id: bytes, offset: int, segment: bytes | memoryview, pla
     if not 0 <= offset <= MAX_OFFSET - segment_length(length):
         raise ValueError("offset out of range")
     seg = memoryview(segment)
-    header = HEADER.pack(MAGIC, kind, pad_id, offset, length)
-    ciphertext = xor(plaintext, seg[KEY_LEN:])
+    # One buffer for the whole package: header, ciphertext XORed in place, tag.
+    out = bytearray(OVERHEAD + length)
+    HEADER.pack_into(out, 0, MAGIC, kind, pad_id, offset, length)
+    view = memoryview(out)
+    xor_into(plaintext, seg[KEY_LEN:], view[HEADER_LEN : HEADER_LEN + length])
     mac = Poly1305(bytes(seg[:KEY_LEN]))
-    mac.update(header)
-    mac.update(ciphertext)
-    return b"".join((header, ciphertext, mac.finalize()))
+    mac.update(view[: HEADER_LEN + length])
+    view[HEADER_LEN + length :] = mac.finalize()
+    return out
 
 
 def parse(data: bytes | bytearray | memoryview) -> Package:
@@ -158,7 +168,7 @@ def parse(data: bytes | bytearray | memoryview) -> Package:
     )
 
 
-def open_package(package: Package, segment: bytes | memoryview) -> bytes:
+def open_package(package: Package, segment: bytes | memoryview) -> bytearray:
     """Verify ``package`` against its pad ``segment`` and return the plaintext.
 
     Raises :class:`InvalidPackage` (one error for every way the tag can fail).
@@ -170,7 +180,9 @@ def open_package(package: Package, segment: bytes | memoryview) -> bytes:
         Poly1305.verify_tag(bytes(seg[:KEY_LEN]), package.authenticated, package.tag)
     except InvalidSignature:
         raise InvalidPackage() from None
-    return xor(package.ciphertext, seg[KEY_LEN:])
+    plaintext = bytearray(package.length)
+    xor_into(package.ciphertext, seg[KEY_LEN:], plaintext)
+    return plaintext
 
 
 def encode(package: bytes) -> str:
