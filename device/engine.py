@@ -46,7 +46,7 @@ SECURITY_EVENTS = ("invalid", "replay", "out-of-range", "unknown-pad", "malforme
 class Packaged:
     """A package made for a contact, with any warnings about the pad."""
 
-    package: bytes
+    package: bytes | bytearray
     contact: str
     pad_id: bytes
     offset: int
@@ -65,7 +65,7 @@ class Unpackaged:
 
     contact: str
     kind: Kind
-    plaintext: bytes
+    plaintext: bytes | bytearray
     pad_id: bytes
     offset: int
     warnings: list[str] = field(default_factory=list)
@@ -138,31 +138,30 @@ class Device:
         if self.confirm is not None:
             self._confirm(contact, kind, plaintext, need)
 
-        refusal: DeviceError | None = None
-        with self.store.transaction() as conn:
-            pads = self.store.pads_for_send(conn, contact)
-            chosen = next((p for p in pads if p.reserve_range(need) is not None), None)
-            if chosen is None:
-                left = max((p.send_left for p in pads), default=0)
-                self.store.log(conn, "pad-exhausted", contact=contact, length=len(plaintext),
-                               detail=f"needed {need} pad bytes, {left} left")
-                refusal = PadExhausted(
-                    f"Not enough pad left to send to {contact}: this message needs {need} pad bytes"
-                    f" and {left} are left."
-                )
-            else:
-                start, end = chosen.reserve_range(need)  # type: ignore[misc]
-                warnings = self._reserve(conn, chosen, start, end)
-        if refusal is not None:
-            raise refusal
-
-        pad = chosen
+        pad, start, end, warnings = self._reserve_segment(contact, len(plaintext))
         try:
             segment = self.store.pad_file(pad).read(start, need)
             package = fmt.seal(kind, pad.pad_id, start, segment, plaintext)
         finally:
             self.store.wipe(pad, start, end)
         return Packaged(package, contact, pad.pad_id, start, len(plaintext), pad.mailbox_out, warnings)
+
+    def _reserve_segment(self, contact: str, length: int) -> tuple[PadRecord, int, int, list[str]]:
+        """Durably reserve the next segment for a message of ``length`` bytes (rule 1)."""
+        need = fmt.segment_length(length)
+        with self.store.transaction() as conn:
+            pads = self.store.pads_for_send(conn, contact)
+            for pad in pads:
+                segment = pad.reserve_range(need)
+                if segment is not None:
+                    start, end = segment
+                    return pad, start, end, self._reserve(conn, pad, start, end)
+            left = max((p.send_left for p in pads), default=0)
+            self.store.log(conn, "pad-exhausted", contact=contact, length=length,
+                           detail=f"needed {need} pad bytes, {left} left")
+        raise PadExhausted(
+            f"Not enough pad left to send to {contact}: this message needs {need} pad bytes and {left} are left."
+        )
 
     def _reserve(self, conn: sqlite3.Connection, pad: PadRecord, start: int, end: int) -> list[str]:
         send_next = end if pad.role == INITIATOR else start

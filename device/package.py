@@ -185,7 +185,7 @@ def open_package(package: Package, segment: bytes | memoryview) -> bytearray:
     return plaintext
 
 
-def encode(package: bytes) -> str:
+def encode(package: bytes | bytearray | memoryview) -> str:
     """A package as it travels in JSON: standard base64 with padding."""
     return base64.b64encode(package).decode("ascii")
 

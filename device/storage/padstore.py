@@ -164,7 +164,7 @@ class PadStore:
         self._wiped: list[tuple[bytes, int]] = []
         self._wiped_lock = threading.Lock()
         self.owner = secrets.token_hex(8)
-        self._owner_fd = self._hold_owner_lock()
+        self._owner_fd: int | None = self._hold_owner_lock()
         try:
             schema.upgrade(self._conn())
             row = self._conn().execute("SELECT name, device_id FROM device WHERE id = 1").fetchone()
@@ -271,9 +271,10 @@ class PadStore:
                 conn.close()
             self._conns.clear()
         self._local = threading.local()
-        if getattr(self, "_owner_fd", None) is not None:
+        owner_fd = getattr(self, "_owner_fd", None)
+        if owner_fd is not None:
             (self.home / RUN_DIR / f"{self.owner}.lock").unlink(missing_ok=True)
-            os.close(self._owner_fd)
+            os.close(owner_fd)
             self._owner_fd = None
 
     def __enter__(self) -> PadStore:
