@@ -41,6 +41,7 @@ OVERHEAD = HEADER_LEN + TAG_LEN  # 49
 PAD_ID_LEN = 16
 MAX_LENGTH = 0xFFFFFFFF
 MAX_OFFSET = 0xFFFFFFFFFFFFFFFF
+_WHITESPACE = " \t\r\n"
 
 
 class Kind(enum.IntEnum):
@@ -194,11 +195,11 @@ def decode(text: str | bytes) -> bytes:
     """Strictly decode the base64 form of a package (surrounding whitespace allowed)."""
     if isinstance(text, str):
         try:
-            raw = text.strip().encode("ascii")
+            raw = text.strip(_WHITESPACE).encode("ascii")
         except UnicodeEncodeError:
             raise MalformedPackage("Package refused: it is not valid base64.") from None
     else:
-        raw = bytes(text).strip()
+        raw = bytes(text).strip(_WHITESPACE.encode())
     try:
         return binascii.a2b_base64(raw, strict_mode=True)
     except (binascii.Error, ValueError):

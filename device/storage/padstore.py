@@ -383,6 +383,8 @@ class PadStore:
     @staticmethod
     def overlaps(conn: sqlite3.Connection, pad_id: bytes, start: int, end: int) -> bool:
         """Whether ``[start, end)`` intersects a consumed segment of the pad."""
+        if start >= end:
+            return False
         row = conn.execute(
             'SELECT "end" FROM consumed WHERE pad_id = ? AND start < ? ORDER BY start DESC LIMIT 1',
             (pad_id, end),
@@ -392,6 +394,8 @@ class PadStore:
     @staticmethod
     def add_consumed(conn: sqlite3.Connection, pad_id: bytes, start: int, end: int) -> None:
         """Add ``[start, end)`` (disjoint from the set) and merge it with touching neighbours."""
+        if start >= end:
+            return
         left = conn.execute(
             'SELECT start FROM consumed WHERE pad_id = ? AND "end" = ?', (pad_id, start)
         ).fetchone()
