@@ -21,6 +21,7 @@ demo: $(STAMP)
 	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
 test: $(STAMP)
+	@bash scripts/ensure-test-deps.sh
 	$(PY) -m pytest -m "not hardware" $(PYTEST_ARGS)
 
 bench: $(STAMP)

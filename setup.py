@@ -15,9 +15,16 @@ setup(
     install_requires=[
         "cryptography>=42",
         "numpy>=1.26",
+        "flask>=3.0",
+        "waitress>=3.0",
+        "requests>=2.31",
+        "spake2>=0.9",
+        "pyserial>=3.5",
+        "platformdirs>=4",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "postgres": ["psycopg[binary]>=3.1"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "psycopg[binary]>=3.1", "pexpect>=4.9"],
         "dev": ["ruff>=0.5", "mypy>=1.10"],
     },
     entry_points={"console_scripts": ["otc = onetimechat.cli:run"]},

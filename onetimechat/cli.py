@@ -9,6 +9,7 @@ with the traceback only when ``OTC_DEBUG=1``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
@@ -28,9 +29,11 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def build_parser() -> ArgumentParser:
-    from device import cli as device_cli
+# Each part's CLI module has register(parts), adding its subcommands.
+PART_MODULES = ("device.cli",)
 
+
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="otc",
         description="One Time Chat: end-to-end encrypted chat whose keys never touch the laptop.",
@@ -38,7 +41,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--version", action="version", version=f"otc {__version__}")
     parts = parser.add_subparsers(dest="part", metavar="PART", parser_class=ArgumentParser)
     parts.required = True
-    device_cli.register(parts)
+    for name in PART_MODULES:
+        importlib.import_module(name).register(parts)
     return parser
 
 
