@@ -25,7 +25,8 @@ test: $(STAMP)
 	$(PY) -m pytest -m "not hardware" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) bench/bench_engine.py
+	@bash scripts/ensure-test-deps.sh
+	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
