@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 
 from device import package as fmt
-from device.confirm import MODES, make_source
+from device.clients import ClientRegistry
+from device.confirm import DEFAULT_TIMEOUT_S, MODES, ConfirmBroker, make_source
 from device.engine import Device
 from device.errors import InvalidMessage
 from device.localpair import check_size, pair_local
 from device.storage.padstore import PadStore
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
+from onetimechat.text import format_event
 
 _SIZE_RE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 
@@ -69,6 +72,28 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON, one object per line")
     p.set_defaults(func=cmd_log)
 
+    p = sub.add_parser("serve", help="serve the device RPC to paired laptops",
+                       description="Serve the device RPC on exactly one address (the cable-side one). "
+                       "Every package call waits for the owner's confirmation.")
+    p.add_argument("--home", required=True, type=Path, help="the device's state directory")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="the address to serve on (a literal IP)")
+    p.add_argument("--confirm", required=True, choices=MODES, help="where confirmations come from")
+    p.add_argument("--confirm-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"decline when the owner does not answer in time (default {DEFAULT_TIMEOUT_S:.0f})")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("clients", help="list the laptops paired with this device",
+                       description="List paired laptops (never their keys).")
+    p.add_argument("--home", required=True, type=Path, help="the device's state directory")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_clients)
+
+    p = sub.add_parser("revoke", help="revoke a paired laptop",
+                       description="Revoke a paired laptop: its calls are refused from now on.")
+    p.add_argument("--home", required=True, type=Path, help="the device's state directory")
+    p.add_argument("client_id", metavar="CLIENT_ID", help="the client's id, or a unique prefix of it")
+    p.set_defaults(func=cmd_revoke)
+
     pad = parts.add_parser("pad", help="pads between devices",
                            description="Make pads between devices.")
     psub = pad.add_subparsers(dest="command", metavar="COMMAND")
@@ -83,6 +108,61 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_pair_local)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from device.server import Server, ServerConfig, parse_listen
+
+    host, port = parse_listen(args.listen)
+    if args.confirm_timeout <= 0:
+        raise UsageError("--confirm-timeout must be positive.")
+    with PadStore(args.home):
+        pass  # a clear error now if the home holds no device
+    source = make_source(args.confirm, args.home)
+    server = Server(ServerConfig(home=args.home, source=source, confirm_timeout=args.confirm_timeout), host, port)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    name = server.app.extensions["otc"].store.device_name
+    print(f"otc: device {name} serving on {server.url} (confirm mode: {args.confirm}, "
+          f"timeout {args.confirm_timeout:g} s)", flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        print("otc: device server stopped", file=sys.stderr)
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    with PadStore(args.home) as store:
+        clients = [c.to_dict() for c in ClientRegistry(store).list()]
+    if args.json:
+        print(json.dumps(clients, indent=2))
+        return 0
+    if not clients:
+        print("No paired laptops.")
+    for c in clients:
+        state = f"revoked {c['revoked']}" if c["revoked"] else f"last used {c['last_used'] or 'never'}"
+        print(f"{c['client_id']}  {c['name']:<20} paired {c['created']}, {state}")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    with PadStore(args.home) as store:
+        registry = ClientRegistry(store)
+        client = registry.find(args.client_id)
+        if client is None:
+            raise UsageError("No single paired laptop matches that id; see `otc device clients`.")
+        if not registry.revoke(client.client_id):
+            print(f"Laptop {client.name} ({client.client_id.hex()}) was already revoked.")
+        else:
+            print(f"Revoked laptop {client.name} ({client.client_id.hex()}).")
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     with PadStore.init(args.home, args.name) as store:
         print(f"Device {store.device_name} created in {args.home} (not PIN-locked).")
@@ -90,7 +170,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    confirm = make_source(args.confirm) if args.confirm else None
+    confirm = ConfirmBroker(make_source(args.confirm, args.home)) if args.confirm else None
     plaintext = sys.stdin.buffer.read()
     try:
         plaintext.decode("utf-8")
@@ -137,21 +217,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         for event in status["events"]:
             print("  " + format_event(event))
     return 0
-
-
-def format_event(event: dict) -> str:
-    parts = [event["time"], event["event"]]
-    if event["contact"]:
-        parts.append(event["contact"])
-    if event["pad_id"]:
-        parts.append(f"pad {event['pad_id'][:8]}")
-    if event["offset"] is not None:
-        parts.append(f"offset {event['offset']}")
-    if event["length"] is not None:
-        parts.append(f"length {event['length']}")
-    if event["detail"]:
-        parts.append(f"({event['detail']})")
-    return " ".join(parts)
 
 
 def cmd_log(args: argparse.Namespace) -> int:

@@ -1,13 +1,17 @@
-"""Confirmation sources: the device's owner approves every encryption.
+"""Confirmation: the device's owner approves every encryption.
 
-A source answers :meth:`ConfirmSource.ask` with True (approve) or False
-(decline, or no answer before the timeout). The sources of DESIGN.md:
+A *source* is where the owner's decisions come from, and where the device
+shows what its owner must see (pairing codes). The sources of DESIGN.md:
 
-* ``tty`` -- a prompt on the controlling terminal (a device run on a laptop);
-* ``auto`` -- approves everything; for tests and the local demo only, and it
-  says so on stderr whenever it is chosen;
+* ``tty`` -- a prompt on the device's terminal (a device run on a laptop);
+* ``auto`` -- approves everything; tests and the local demo only. It says so
+  when chosen, and writes each pairing code to ``HOME/pairing-code``;
 * ``touchscreen`` and ``gpio`` -- the device's own screen and buttons (their
-  own issue; asking for them before they exist is a clear error).
+  own issue plugs them in here).
+
+The :class:`ConfirmBroker` sits between the engine and a source: one decision
+at a time, the rest queue in arrival order, and no answer within the timeout
+is a decline.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ from __future__ import annotations
 import os
 import select
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from device.errors import DeviceError
 
 MODES = ("touchscreen", "gpio", "tty", "auto")
 DEFAULT_TIMEOUT_S = 60.0
+PAIRING_CODE_FILE = "pairing-code"
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,23 @@ class ConfirmRequest:
 
 
 class ConfirmSource(Protocol):
+    """Where decisions come from and codes are shown."""
+
+    name: str
+
+    def ask(self, request: ConfirmRequest, timeout: float) -> bool:
+        """Show ``request``; True only if the owner approves within ``timeout`` seconds."""
+
+    def show_code(self, code: str) -> None:
+        """Show a client pairing code to the owner."""
+
+    def clear_code(self) -> None:
+        """The pairing code is used or expired: stop showing it."""
+
+
+class Confirmer(Protocol):
+    """What the engine asks (the broker, or a test's stand-in)."""
+
     def ask(self, request: ConfirmRequest) -> bool: ...
 
 
@@ -49,22 +73,46 @@ class ConfirmUnavailable(DeviceError):
 class AutoConfirm:
     """Approves every request: tests and the local demo only."""
 
-    def ask(self, request: ConfirmRequest) -> bool:
+    name = "auto"
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home
+
+    def ask(self, request: ConfirmRequest, timeout: float) -> bool:
         return True
+
+    def show_code(self, code: str) -> None:
+        print(f"otc: client pairing code: {code}", file=sys.stderr, flush=True)
+        if self.home is not None:
+            path = self.home / PAIRING_CODE_FILE
+            tmp = path.with_name(path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(code + "\n")
+            os.replace(tmp, path)
+
+    def clear_code(self) -> None:
+        if self.home is not None:
+            (self.home / PAIRING_CODE_FILE).unlink(missing_ok=True)
 
 
 class TtyConfirm:
-    """Asks on the controlling terminal, declining after ``timeout`` seconds."""
+    """Asks on the device's terminal."""
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT_S, tty_path: str = "/dev/tty") -> None:
-        self.timeout = timeout
+    name = "tty"
+
+    def __init__(self, tty_path: str = "/dev/tty") -> None:
         self.tty_path = tty_path
+        self._lock = threading.Lock()
 
-    def ask(self, request: ConfirmRequest) -> bool:
+    def _open(self) -> int:
         try:
-            fd = os.open(self.tty_path, os.O_RDWR | os.O_NOCTTY)
+            return os.open(self.tty_path, os.O_RDWR | os.O_NOCTTY)
         except OSError:
             raise ConfirmUnavailable("There is no terminal to confirm on; choose another --confirm mode.") from None
+
+    def ask(self, request: ConfirmRequest, timeout: float) -> bool:
+        fd = self._open()
         try:
             text = request.plaintext.decode("utf-8", errors="replace")
             lines = [
@@ -74,33 +122,88 @@ class TtyConfirm:
                 *text.splitlines(),
                 "-" * 60,
                 f"It uses {request.consumes} pad bytes; {request.left_after} will be left.",
-                f"Approve? [y/N] (declines in {int(self.timeout)} s) ",
+                f"Approve? [y/N] (declines in {int(timeout)} s) ",
             ]
-            os.write(fd, "\n".join(lines).encode("utf-8", errors="replace"))
-            deadline = time.monotonic() + self.timeout
-            answer = b""
-            while not answer.endswith(b"\n"):
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([fd], [], [], left)[0]:
-                    os.write(fd, b"\nNo answer: declined.\n")
-                    return False
-                chunk = os.read(fd, 64)
-                if not chunk:
-                    return False
-                answer += chunk
-            return answer.strip().lower() in (b"y", b"yes")
+            with self._lock:
+                os.write(fd, "\n".join(lines).encode("utf-8", errors="replace"))
+            return self._answer(fd, timeout)
         finally:
             os.close(fd)
 
+    def _answer(self, fd: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        answer = b""
+        while not answer.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                os.write(fd, b"\nNo answer: declined.\n")
+                return False
+            chunk = os.read(fd, 64)
+            if not chunk:
+                return False
+            answer += chunk
+        approved = answer.strip().lower() in (b"y", b"yes")
+        os.write(fd, b"Approved.\n" if approved else b"Declined.\n")
+        return approved
 
-def make_source(mode: str, timeout: float = DEFAULT_TIMEOUT_S) -> ConfirmSource:
+    def show_code(self, code: str) -> None:
+        fd = self._open()
+        try:
+            with self._lock:
+                os.write(fd, f"\nA laptop asks to pair. Pairing code: {code}\n".encode())
+        finally:
+            os.close(fd)
+
+    def clear_code(self) -> None:
+        pass
+
+
+def make_source(mode: str, home: Path | None = None) -> ConfirmSource:
     """The confirmation source for ``mode`` (one of :data:`MODES`)."""
     if mode == "auto":
         print("otc: confirmation mode 'auto': every message is approved without asking "
               "(tests and demos only)", file=sys.stderr)
-        return AutoConfirm()
+        return AutoConfirm(home)
     if mode == "tty":
-        return TtyConfirm(timeout)
+        return TtyConfirm()
     if mode in ("touchscreen", "gpio"):
         raise ConfirmUnavailable(f"The {mode} confirmation source is not part of this build yet.")
     raise ConfirmUnavailable(f"Unknown confirmation mode {mode!r}.")
+
+
+class ConfirmBroker:
+    """One decision at a time, in arrival order; no answer in time is a decline."""
+
+    def __init__(self, source: ConfirmSource, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        if timeout <= 0:
+            raise ValueError("the confirmation timeout must be positive")
+        self.source = source
+        self.timeout = timeout
+        self._cond = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+        self.current: ConfirmRequest | None = None
+
+    @property
+    def mode(self) -> str:
+        return self.source.name
+
+    def queued(self) -> int:
+        """Requests waiting behind the one on screen."""
+        with self._cond:
+            return max(self._next_ticket - self._serving - 1, 0)
+
+    def ask(self, request: ConfirmRequest) -> bool:
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while self._serving != ticket:
+                self._cond.wait()
+            self.current = request
+        try:
+            return bool(self.source.ask(request, self.timeout))
+        finally:
+            with self._cond:
+                self.current = None
+                self._serving += 1
+                self._cond.notify_all()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from device import package as fmt
-from device.confirm import ConfirmRequest, ConfirmSource
+from device.confirm import Confirmer, ConfirmRequest
 from device.errors import (
     Declined,
     DeviceError,
@@ -106,12 +106,12 @@ def low_warning(contact: str, left: int, total: int) -> str:
 class Device:
     """A pad device over its home directory."""
 
-    def __init__(self, store: PadStore, confirm: ConfirmSource | None = None) -> None:
+    def __init__(self, store: PadStore, confirm: Confirmer | None = None) -> None:
         self.store = store
         self.confirm = confirm
 
     @classmethod
-    def open(cls, home: str | os.PathLike[str], confirm: ConfirmSource | None = None) -> Device:
+    def open(cls, home: str | os.PathLike[str], confirm: Confirmer | None = None) -> Device:
         return cls(PadStore(Path(home)), confirm)
 
     @property

@@ -151,8 +151,9 @@ def _answer_on_pty(answer: bytes | None, timeout: float = 5.0) -> tuple[bool, by
     t = threading.Thread(target=operator)
     t.start()
     try:
-        approved = TtyConfirm(timeout=timeout, tty_path=os.ttyname(slave)).ask(
-            ConfirmRequest(contact="bob", kind="text", plaintext=b"line one\nline two", consumes=49, left_after=951)
+        approved = TtyConfirm(tty_path=os.ttyname(slave)).ask(
+            ConfirmRequest(contact="bob", kind="text", plaintext=b"line one\nline two", consumes=49, left_after=951),
+            timeout,
         )
     finally:
         t.join()

@@ -473,6 +473,19 @@ class PadStore:
             os.close(fd)
         return True
 
+    # -- settings -------------------------------------------------------------------
+
+    def setting(self, name: str, default: str | None = None) -> str | None:
+        rows = self.read("SELECT value FROM settings WHERE name = ?", (name,))
+        return rows[0][0] if rows else default
+
+    @staticmethod
+    def set_setting(conn: sqlite3.Connection, name: str, value: str) -> None:
+        conn.execute(
+            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
     # -- the event log --------------------------------------------------------------
 
     def log(

@@ -74,6 +74,23 @@ STEPS: list[str] = [
         detail TEXT
     );
     """,
+    # 1 -> 2: paired laptops (the device RPC) and device settings.
+    """
+    CREATE TABLE clients (
+        client_id BLOB PRIMARY KEY CHECK (length(client_id) = 16),
+        name TEXT NOT NULL,
+        -- The pairing key: it authenticates the laptop; it never leaves the device.
+        key BLOB NOT NULL CHECK (length(key) = 32),
+        last_counter INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL,
+        last_used REAL,
+        revoked REAL
+    );
+    CREATE TABLE settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 ]
 
 LATEST = len(STEPS)

@@ -1,0 +1,49 @@
+"""Errors of the laptop client."""
+
+from __future__ import annotations
+
+from onetimechat.errors import OTCError
+
+
+class ClientError(OTCError):
+    """The client could not do that."""
+
+    code = "client"
+
+
+class NotPaired(ClientError):
+    """This laptop is not paired with that device; run `otc client pair --device URL` first."""
+
+    code = "not-paired"
+
+
+class DeviceUnreachable(ClientError):
+    """The device does not answer; is it plugged in and serving?"""
+
+    code = "device-unreachable"
+
+
+class DeviceRefused(ClientError):
+    """The device refused this laptop (unpaired or revoked); pair again with `otc client pair`."""
+
+    code = "unauthorized"
+
+
+class ForgedResponse(ClientError):
+    """The device's answer did not authenticate; something between this laptop and the device altered it."""
+
+    code = "forged-response"
+
+
+class PairingError(ClientError):
+    """Pairing failed: the code was wrong, already used or expired. Start again for a new code."""
+
+    code = "pairing-failed"
+
+
+class RemoteError(ClientError):
+    """The device refused the request."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code  # the device's documented error code
+        super().__init__(message)

@@ -1,0 +1,173 @@
+"""The client side of the device RPC: pairing, and sealed calls.
+
+    creds = pair("http://192.168.7.1:8470", code="1234-5678", name="laptop")
+    device = DeviceClient("http://192.168.7.1:8470")
+    b64 = device.package("bob", "hello")["package"]
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from spake2 import SPAKE2_A
+
+from client.errors import (
+    ClientError,
+    DeviceRefused,
+    DeviceUnreachable,
+    ForgedResponse,
+    PairingError,
+    RemoteError,
+)
+from client.state import ClientState, Credentials, normalise_url
+from onetimechat import rpc
+from onetimechat.crypto import equal
+
+DEFAULT_TIMEOUT_S = 300.0  # a package call waits for the owner's decision
+CONNECT_TIMEOUT_S = 5.0
+
+
+class DeviceClient:
+    """Sealed calls to one paired device."""
+
+    def __init__(self, url: str, state: ClientState | None = None, timeout: float = DEFAULT_TIMEOUT_S,
+                 session: requests.Session | None = None) -> None:
+        self.url = normalise_url(url)
+        self.state = state or ClientState()
+        self.creds = self.state.load(self.url)
+        self.keys = self.creds.keys
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self._lock = threading.Lock()
+
+    def call(self, method: str, **params: Any) -> Any:
+        """Run ``method`` on the device; raise RemoteError with the device's code if it refuses."""
+        for attempt in range(2):
+            counter = self.state.next_counter(self.url)
+            body = rpc.seal_request(self.keys, self.creds.client_id, counter, {"method": method, "params": params})
+            response = self._post("/v1/call", data=body, headers={"Content-Type": "application/octet-stream"})
+            if response.status_code == 401:
+                # Another call from this laptop may have overtaken this one (counters must
+                # rise); a refused call did nothing, so one retry with a new counter is safe.
+                if attempt == 0:
+                    continue
+                raise DeviceRefused()
+            if response.status_code != 200:
+                raise ClientError(f"The device answered {response.status_code}: {_error_text(response)}")
+            try:
+                answer = rpc.open_response(self.keys, counter, response.content)
+            except rpc.Unauthorized:
+                raise ForgedResponse() from None
+            if answer.get("ok"):
+                return answer.get("result")
+            raise RemoteError(str(answer.get("error", "error")), str(answer.get("message", "The device refused.")))
+        raise AssertionError("unreachable")
+
+    def _post(self, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            return self.session.post(self.url + path, timeout=(CONNECT_TIMEOUT_S, self.timeout), **kwargs)
+        except requests.RequestException:
+            raise DeviceUnreachable(f"The device at {self.url} does not answer; is it plugged in and serving?") \
+                from None
+
+    # -- the methods ------------------------------------------------------------------
+
+    def ping(self) -> dict:
+        return self.call("ping")
+
+    def status(self, events: int = 10) -> dict:
+        return self.call("status", events=events)
+
+    def contacts(self) -> list[dict]:
+        return self.call("contacts")
+
+    def package(self, contact: str, text: str) -> dict:
+        return self.call("package", contact=contact, text=text)
+
+    def unpackage(self, package_b64: str) -> dict:
+        return self.call("unpackage", package=package_b64)
+
+    def events(self, limit: int = 50) -> list[dict]:
+        return self.call("events", limit=limit)
+
+    def clients(self) -> list[dict]:
+        return self.call("clients")
+
+    def revoke(self, client_id: str) -> dict:
+        return self.call("revoke", client_id=client_id)
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        data = response.json()
+        return str(data.get("message") or data.get("error"))
+    except ValueError:
+        return "no details"
+
+
+def pair(url: str, name: str, code: str | None = None, ask_code: Callable[[], str] | None = None,
+         state: ClientState | None = None, session: requests.Session | None = None) -> Credentials:
+    """Pair this laptop with the device at ``url``; store and return the credentials.
+
+    The device shows a code when pairing begins: pass it as ``code`` if it is
+    already known (scripts read ``HOME/pairing-code`` in auto mode), or give
+    ``ask_code`` to ask the owner once the device shows it.
+    """
+    url = normalise_url(url)
+    state = state or ClientState()
+    http = session or requests.Session()
+
+    def post(path: str, payload: dict) -> dict:
+        try:
+            response = http.post(url + path, json=payload, timeout=(CONNECT_TIMEOUT_S, 60))
+        except requests.RequestException:
+            raise DeviceUnreachable(f"The device at {url} does not answer; is it plugged in and serving?") from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        if response.status_code == 429:
+            raise PairingError(str(data.get("message", "Pairing is locked; try again later.")))
+        if response.status_code in (400, 401):
+            raise PairingError(str(data.get("message", PairingError.user_text())))
+        if response.status_code != 200 or not isinstance(data, dict):
+            raise ClientError(f"The device answered {response.status_code} to pairing.")
+        return data
+
+    started = post("/v1/pair/begin", {"name": name})
+    session_id = str(started.get("session", ""))
+    if code is None:
+        if ask_code is None:
+            raise PairingError("A pairing code is needed: the device shows it now.")
+        code = ask_code()
+    digits = rpc.normalise_code(code)
+    if digits is None:
+        raise PairingError(f"A pairing code is {rpc.CODE_DIGITS} digits, like 1234-5678.")
+    spake = SPAKE2_A(digits.encode(), idA=rpc.SPAKE2_ID_CLIENT, idB=rpc.SPAKE2_ID_DEVICE)
+    msg_a = spake.start()
+    exchanged = post("/v1/pair/exchange", {"session": session_id, "message": base64.b64encode(msg_a).decode()})
+    try:
+        msg_b = base64.b64decode(str(exchanged.get("message", "")), validate=True)
+        key = spake.finish(msg_b)
+    except Exception:  # noqa: BLE001 - spake2 raises several types for a bad message
+        raise PairingError() from None
+    transcript = rpc.transcript_of(bytes.fromhex(session_id), msg_a, msg_b, name)
+    proof = rpc.confirmation(key, b"client", transcript)
+    confirmed = post("/v1/pair/confirm", {"session": session_id, "confirm": base64.b64encode(proof).decode()})
+    try:
+        client_id = bytes.fromhex(str(confirmed["client_id"]))
+        device_proof = base64.b64decode(str(confirmed["confirm"]), validate=True)
+    except (KeyError, ValueError):
+        raise PairingError() from None
+    if not equal(device_proof, rpc.confirmation(key, b"device", transcript + client_id)):
+        raise PairingError("The device could not prove it holds the same key; do not use this connection.")
+    creds = Credentials(url=url, client_id=client_id, key=key, name=name, device_name="")
+    state.save(creds)
+    device_name = DeviceClient(url, state=state, session=http).ping().get("device", "")
+    creds = Credentials(url=url, client_id=client_id, key=key, name=name, device_name=str(device_name))
+    state.save(creds)
+    return creds

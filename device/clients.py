@@ -1,0 +1,108 @@
+"""Paired laptops: the device's registry of clients allowed to call its RPC."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from device.storage.padstore import PadStore, check_name
+from onetimechat.rpc import Keys
+
+
+@dataclass(frozen=True)
+class PairedClient:
+    client_id: bytes
+    name: str
+    keys: Keys
+    created: float
+    last_used: float | None
+    revoked: float | None
+
+    def to_dict(self) -> dict:
+        """What may be shown about a client (never its key)."""
+        return {
+            "client_id": self.client_id.hex(),
+            "name": self.name,
+            "created": _iso(self.created),
+            "last_used": _iso(self.last_used),
+            "revoked": _iso(self.revoked),
+        }
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class ClientRegistry:
+    """Paired clients, their keys and their call counters, in the device store."""
+
+    def __init__(self, store: PadStore) -> None:
+        self.store = store
+
+    def add(self, name: str, key: bytes) -> bytes:
+        """Store a newly paired client; return its id."""
+        check_name(name)
+        client_id = secrets.token_bytes(16)
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO clients (client_id, name, key, created) VALUES (?, ?, ?, ?)",
+                (client_id, name, key, time.time()),
+            )
+            self.store.log(conn, "client-paired", detail=f"laptop {name} ({client_id.hex()[:8]})")
+        return client_id
+
+    def get(self, client_id: bytes) -> PairedClient | None:
+        """An active (not revoked) client, or None."""
+        rows = self.store.read(
+            "SELECT client_id, name, key, created, last_used, revoked FROM clients"
+            " WHERE client_id = ? AND revoked IS NULL",
+            (client_id,),
+        )
+        return _client(rows[0]) if rows else None
+
+    def accept_counter(self, client_id: bytes, counter: int) -> bool:
+        """Record ``counter`` as the client's latest, if it is above every earlier one.
+
+        Atomic and durable: of two calls with one counter, exactly one passes,
+        and a restart cannot roll the counter back.
+        """
+        with self.store.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE clients SET last_counter = ?, last_used = ?"
+                " WHERE client_id = ? AND revoked IS NULL AND last_counter < ?",
+                (counter, time.time(), client_id, counter),
+            )
+            return cur.rowcount == 1
+
+    def list(self) -> list[PairedClient]:
+        rows = self.store.read(
+            "SELECT client_id, name, key, created, last_used, revoked FROM clients ORDER BY created"
+        )
+        return [_client(r) for r in rows]
+
+    def find(self, prefix: str) -> PairedClient | None:
+        """The one client whose id starts with ``prefix`` (hex), if exactly one does."""
+        prefix = prefix.lower()
+        matches = [c for c in self.list() if c.client_id.hex().startswith(prefix)] if prefix else []
+        return matches[0] if len(matches) == 1 else None
+
+    def revoke(self, client_id: bytes) -> bool:
+        with self.store.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE clients SET revoked = ? WHERE client_id = ? AND revoked IS NULL", (time.time(), client_id)
+            )
+            if cur.rowcount:
+                self.store.log(conn, "client-revoked", detail=f"client {client_id.hex()[:8]}")
+            return cur.rowcount == 1
+
+
+def _client(row: tuple) -> PairedClient:
+    return PairedClient(
+        client_id=bytes(row[0]),
+        name=row[1],
+        keys=Keys.from_pairing_key(bytes(row[2])),
+        created=row[3],
+        last_used=row[4],
+        revoked=row[5],
+    )

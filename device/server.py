@@ -1,0 +1,332 @@
+"""The device RPC: a Flask app factory, served by waitress (docs/device-rpc.md).
+
+Endpoints (protocol version 1):
+
+    GET  /v1/health          no pairing needed: {"status": "ok", "protocol": 1}
+    POST /v1/pair/begin      {"name"}                -> {"session", "digits", "expires_in"}
+    POST /v1/pair/exchange   {"session", "message"}  -> {"message"}
+    POST /v1/pair/confirm    {"session", "confirm"}  -> {"client_id", "confirm"}
+    POST /v1/call            a sealed call (onetimechat.rpc) -> a sealed response
+
+Every other answer is JSON ``{"error": code, "message": text}`` with a 4xx
+status. Whatever fails inside /v1/call -- unknown or revoked client, altered
+bytes, a replayed or reordered counter -- is the same 401, and nothing
+changes. Errors of authenticated calls travel inside the sealed response, so
+only the paired laptop learns them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from device import package as fmt
+from device.clients import ClientRegistry, PairedClient
+from device.confirm import DEFAULT_TIMEOUT_S, ConfirmBroker, ConfirmSource
+from device.engine import Device
+from device.errors import DeviceError, UnknownContact
+from device.pairing import PairingLocked, PairingManager
+from device.storage.padstore import PadStore
+from onetimechat import rpc
+from onetimechat.errors import OTCError
+
+log = logging.getLogger("otc.device")
+
+PROTOCOL = 1
+DEFAULT_MAX_REQUEST = 48 << 20  # a 32 MiB message, base64 and sealed, fits
+
+
+class BadRequest(DeviceError):
+    """The request is not well formed."""
+
+    code = "bad-request"
+
+
+@dataclass
+class ServerConfig:
+    home: Path
+    source: ConfirmSource
+    confirm_timeout: float = DEFAULT_TIMEOUT_S
+    max_request_bytes: int = DEFAULT_MAX_REQUEST
+    pairing_ttl: float = 300.0
+
+
+class DeviceService:
+    """Everything the RPC serves, built once per app."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.store = PadStore(config.home)
+        self.broker = ConfirmBroker(config.source, config.confirm_timeout)
+        self.device = Device(self.store, self.broker)
+        self.clients = ClientRegistry(self.store)
+        self.pairing = PairingManager(self.store, self.clients, config.source, ttl=config.pairing_ttl,
+                                      in_advance=config.source.name == "auto")
+        self.methods: dict[str, Callable[[PairedClient, dict], Any]] = {
+            "ping": self.ping,
+            "status": self.status,
+            "contacts": self.contacts,
+            "package": self.package,
+            "unpackage": self.unpackage,
+            "events": self.events,
+            "clients": self.list_clients,
+            "revoke": self.revoke,
+        }
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- methods (each gets the calling client and its params) ------------------------
+
+    def ping(self, client: PairedClient, params: dict) -> dict:
+        return {"device": self.store.device_name, "client": client.name}
+
+    def status(self, client: PairedClient, params: dict) -> dict:
+        status = self.device.status(events=_int(params, "events", 10, 0, 1000))
+        status["confirm"] = {"mode": self.broker.mode, "timeout": self.broker.timeout,
+                             "queued": self.broker.queued()}
+        return status
+
+    def contacts(self, client: PairedClient, params: dict) -> list[dict]:
+        by_name: dict[str, dict] = {}
+        for name in self.store.contacts():
+            by_name[name] = {"name": name, "send_left": 0, "receive_left": 0, "mailboxes_out": [],
+                             "mailboxes_in": []}
+        for pad in self.store.pads():
+            entry = by_name[pad.contact]
+            entry["send_left"] += pad.send_left
+            entry["receive_left"] += pad.recv_left
+            entry["mailboxes_out"].append(pad.mailbox_out.hex())
+            entry["mailboxes_in"].append(pad.mailbox_in.hex())
+        return list(by_name.values())
+
+    def package(self, client: PairedClient, params: dict) -> dict:
+        contact = _str(params, "contact")
+        text = _str(params, "text", allow_empty=True)
+        if contact not in self.store.contacts():
+            raise UnknownContact(f"No contact named {contact!r} on this device.")
+        result = self.device.package(contact, text.encode("utf-8"))
+        return {
+            "contact": contact,
+            "package": fmt.encode(result.package),
+            "mailbox": result.mailbox.hex(),
+            "length": result.length,
+            "consumed": result.consumed,
+            "warnings": result.warnings,
+        }
+
+    def unpackage(self, client: PairedClient, params: dict) -> dict:
+        return self.device.unpackage_base64(_str(params, "package")).to_json()
+
+    def events(self, client: PairedClient, params: dict) -> list[dict]:
+        return self.store.events(_int(params, "limit", 50, 0, 10_000))
+
+    def list_clients(self, client: PairedClient, params: dict) -> list[dict]:
+        return [dict(c.to_dict(), this=c.client_id == client.client_id) for c in self.clients.list()]
+
+    def revoke(self, client: PairedClient, params: dict) -> dict:
+        target = self.clients.find(_str(params, "client_id"))
+        if target is None:
+            raise BadRequest("No single paired client matches that id.")
+        return {"revoked": self.clients.revoke(target.client_id), "client_id": target.client_id.hex()}
+
+    # -- the sealed call ----------------------------------------------------------------
+
+    def call(self, body: bytes) -> bytes:
+        """Authenticate, check the counter, run the method, seal the answer."""
+        client_id, counter = rpc.parse_request_header(body)
+        client = self.clients.get(client_id)
+        if client is None:
+            self._refused("unpaired or revoked client", client_id)
+        assert client is not None
+        try:
+            payload = rpc.open_request(client.keys, body)
+        except rpc.Unauthorized:
+            self._refused("a call that did not authenticate", client_id)
+        if not self.clients.accept_counter(client_id, counter):
+            self._refused("a replayed or reordered call", client_id)
+        try:
+            method = payload.get("method")
+            params = payload.get("params", {})
+            if not isinstance(method, str) or method not in self.methods or not isinstance(params, dict):
+                raise BadRequest("Unknown method or malformed parameters.")
+            answer = {"ok": True, "result": self.methods[method](client, params)}
+        except OTCError as exc:
+            answer = {"ok": False, "error": exc.code, "message": str(exc)}
+        return rpc.seal_response(client.keys, counter, answer)
+
+    def _refused(self, why: str, client_id: bytes) -> None:
+        self.store.log_event("rpc-refused", detail=f"{why} (client {client_id.hex()[:8]})")
+        raise rpc.Unauthorized()
+
+
+def _str(params: dict, name: str, allow_empty: bool = False) -> str:
+    value = params.get(name)
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise BadRequest(f"The parameter {name!r} must be a {'' if allow_empty else 'non-empty '}string.")
+    return value
+
+
+def _int(params: dict, name: str, default: int, lo: int, hi: int) -> int:
+    value = params.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise BadRequest(f"The parameter {name!r} must be a whole number from {lo} to {hi}.")
+    return value
+
+
+def _b64_field(data: dict, name: str, max_len: int = 4096) -> bytes:
+    value = data.get(name)
+    if not isinstance(value, str) or len(value) > max_len:
+        raise BadRequest(f"The field {name!r} must be a base64 string.")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"The field {name!r} must be a base64 string.") from None
+
+
+def _hex_field(data: dict, name: str, length: int) -> bytes:
+    value = data.get(name)
+    try:
+        raw = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != length:
+        raise BadRequest(f"The field {name!r} must be {length} bytes of hex.")
+    return raw
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> Response:
+    response = jsonify({"error": code, "message": message, **extra})
+    response.status_code = status
+    return response
+
+
+def create_app(config: ServerConfig) -> Flask:
+    """The device RPC app over the home in ``config``."""
+    service = DeviceService(config)
+    app = Flask("otc-device")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
+    app.extensions["otc"] = service
+
+    def json_body() -> dict:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise BadRequest("The body must be a JSON object.")
+        return data
+
+    @app.get("/v1/health")
+    def health() -> Response:
+        return jsonify({"status": "ok", "protocol": PROTOCOL})
+
+    @app.post("/v1/pair/begin")
+    def pair_begin() -> Response:
+        data = json_body()
+        name = data.get("name")
+        if not isinstance(name, str):
+            raise BadRequest("The field 'name' must be a string.")
+        return jsonify(service.pairing.begin(name))
+
+    @app.post("/v1/pair/exchange")
+    def pair_exchange() -> Response:
+        data = json_body()
+        session = _hex_field(data, "session", 16)
+        msg_b = service.pairing.exchange(session, _b64_field(data, "message"))
+        return jsonify({"message": base64.b64encode(msg_b).decode()})
+
+    @app.post("/v1/pair/confirm")
+    def pair_confirm() -> Response:
+        data = json_body()
+        session = _hex_field(data, "session", 16)
+        client_id, proof = service.pairing.confirm(session, _b64_field(data, "confirm"))
+        return jsonify({"client_id": client_id.hex(), "confirm": base64.b64encode(proof).decode()})
+
+    @app.post("/v1/call")
+    def call() -> Response:
+        try:
+            sealed = service.call(request.get_data(cache=False))
+        except rpc.Unauthorized:
+            return error(401, "unauthorized", "Unauthorized.")
+        return Response(sealed, status=200, mimetype="application/octet-stream")
+
+    @app.errorhandler(PairingLocked)
+    def locked(exc: PairingLocked) -> Response:
+        response = error(429, exc.code, str(exc), retry_after=exc.retry_after)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @app.errorhandler(DeviceError)
+    def refused(exc: DeviceError) -> Response:
+        status = 401 if exc.code == "pairing-failed" else 400
+        return error(status, exc.code, str(exc))
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        code = (exc.name or "error").lower().replace(" ", "-")
+        return error(exc.code or 400, code, exc.name or "Error.")
+
+    @app.errorhandler(Exception)
+    def internal(exc: Exception) -> Response:
+        # Never the message: it could hold secrets. The type is enough to look further.
+        log.error("internal error in %s: %s", request.path, type(exc).__name__)
+        return error(500, "internal", "Internal error.")
+
+    return app
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT with HOST a literal IP address; a wildcard address is refused."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise BadRequest("--listen takes HOST:PORT, such as 192.168.7.1:8470.")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise BadRequest("--listen needs a literal IP address (the cable-side address), not a name.") from None
+    if address.is_unspecified:
+        raise BadRequest("The device serves on one address only: give the cable-side address, not a wildcard.")
+    return str(address), int(port_text)
+
+
+class Server:
+    """The app under waitress, bound to exactly one address."""
+
+    def __init__(self, config: ServerConfig, host: str, port: int, threads: int = 16) -> None:
+        from waitress.server import create_server
+
+        self.app = create_app(config)
+        self.server = create_server(self.app, host=host, port=port, threads=threads, ident="otc-device",
+                                    clear_untrusted_proxy_headers=True)
+        self.host = host
+        self.port = int(self.server.effective_port)  # type: ignore[union-attr]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def run(self) -> None:
+        self.server.run()
+
+    def start(self) -> Server:
+        """Serve in a background thread (tests, benchmarks)."""
+        self._thread = threading.Thread(target=self.run, name="otc-device-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.server.close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.app.extensions["otc"].close()
