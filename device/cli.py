@@ -16,6 +16,8 @@ from device.engine import Device
 from device.errors import InvalidMessage
 from device.localpair import check_size, pair_local
 from device.storage.padstore import PadStore
+from hrng.errors import HRNGError
+from hrng.mixer import pad_random
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
 from onetimechat.text import format_event
@@ -103,6 +105,9 @@ def register(parts: argparse._SubParsersAction) -> None:
                         "HOME_A becomes the initiator. For development and demos: the pad never "
                         "leaves this machine's disk, but this machine saw it.")
     p.add_argument("--size", required=True, type=parse_size, help="pad size in bytes (e.g. 1M)")
+    p.add_argument("--hrng", action="append", default=[], metavar="URL",
+                   help="take pad bytes from this hardware random source XOR the OS CSPRNG (repeatable; "
+                   "e.g. serial:///dev/ttyACM0, see `otc hrng test --help`); without it, the OS CSPRNG alone")
     p.add_argument("home_a", metavar="HOME_A", type=Path)
     p.add_argument("home_b", metavar="HOME_B", type=Path)
     p.set_defaults(func=cmd_pair_local)
@@ -118,11 +123,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass  # a clear error now if the home holds no device
     source = make_source(args.confirm, args.home)
     server = Server(ServerConfig(home=args.home, source=source, confirm_timeout=args.confirm_timeout), host, port)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     name = server.app.extensions["otc"].store.device_name
-    print(f"otc: device {name} serving on {server.url} (confirm mode: {args.confirm}, "
-          f"timeout {args.confirm_timeout:g} s)", flush=True)
     try:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        print(f"otc: device {name} serving on {server.url} (confirm mode: {args.confirm}, "
+              f"timeout {args.confirm_timeout:g} s)", flush=True)
         server.run()
     except KeyboardInterrupt:
         pass
@@ -133,6 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop is enough
     raise KeyboardInterrupt
 
 
@@ -232,10 +238,13 @@ def cmd_pair_local(args: argparse.Namespace) -> int:
         raise UsageError("HOME_A and HOME_B must be two different devices.")
     check_size(args.size)
     with PadStore(args.home_a) as a, PadStore(args.home_b) as b:
-        print("otc: pad bytes come from the operating system's CSPRNG, not a hardware RNG: "
-              "development and demo use only", file=sys.stderr)
-        progress = Progress(args.size, "pad")
-        pad_id = pair_local(a, b, args.size, progress=progress.update)
+        def log_alarm(alarm: HRNGError) -> None:  # the HRNG stopped: both devices log why
+            for store in (a, b):
+                store.log_event(alarm.code, detail=str(alarm))
+
+        with pad_random(args.hrng, on_alarm=log_alarm) as random_bytes:
+            progress = Progress(args.size, "pad")
+            pad_id = pair_local(a, b, args.size, random_bytes=random_bytes, progress=progress.update)
         progress.finish()
         half = args.size // 2
         print(f"Paired {a.device_name} (initiator) and {b.device_name} (responder): "

@@ -65,7 +65,7 @@ class Unpackaged:
 
     contact: str
     kind: Kind
-    plaintext: bytes | bytearray
+    plaintext: bytes
     pad_id: bytes
     offset: int
     warnings: list[str] = field(default_factory=list)

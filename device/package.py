@@ -101,13 +101,13 @@ def xor(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) ->
 
 
 def xor_into(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview,
-             out: bytearray | memoryview) -> None:
+             out: bytearray | memoryview | np.ndarray) -> None:
     """Write ``a XOR b`` into ``out`` (all three the same length), in one pass."""
     if not len(a) == len(b) == len(out):
         raise ValueError("xor of unequal lengths")
     if len(out):
-        np.bitwise_xor(np.frombuffer(a, dtype=np.uint8), np.frombuffer(b, dtype=np.uint8),
-                       out=np.frombuffer(out, dtype=np.uint8))
+        target = out if isinstance(out, np.ndarray) else np.frombuffer(out, dtype=np.uint8)
+        np.bitwise_xor(np.frombuffer(a, dtype=np.uint8), np.frombuffer(b, dtype=np.uint8), out=target)
 
 
 def seal(kind: int, pad_id: bytes, offset: int, segment: bytes | memoryview, plaintext: bytes) -> bytearray:
@@ -169,7 +169,7 @@ def parse(data: bytes | bytearray | memoryview) -> Package:
     )
 
 
-def open_package(package: Package, segment: bytes | memoryview) -> bytearray:
+def open_package(package: Package, segment: bytes | memoryview) -> bytes:
     """Verify ``package`` against its pad ``segment`` and return the plaintext.
 
     Raises :class:`InvalidPackage` (one error for every way the tag can fail).
@@ -181,9 +181,11 @@ def open_package(package: Package, segment: bytes | memoryview) -> bytearray:
         Poly1305.verify_tag(bytes(seg[:KEY_LEN]), package.authenticated, package.tag)
     except InvalidSignature:
         raise InvalidPackage() from None
-    plaintext = bytearray(package.length)
+    # numpy's uninitialised (and, for large sizes, huge-page backed) buffer spares a
+    # zero-filling pass over memory the XOR overwrites anyway.
+    plaintext = np.empty(package.length, dtype=np.uint8)
     xor_into(package.ciphertext, seg[KEY_LEN:], plaintext)
-    return plaintext
+    return plaintext.tobytes()
 
 
 def encode(package: bytes | bytearray | memoryview) -> str:

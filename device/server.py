@@ -310,6 +310,7 @@ class Server:
         self.host = host
         self.port = int(self.server.effective_port)  # type: ignore[union-attr]
         self._thread: threading.Thread | None = None
+        self._closing = False
 
     @property
     def url(self) -> str:
@@ -317,7 +318,12 @@ class Server:
         return f"http://{host}:{self.port}"
 
     def run(self) -> None:
-        self.server.run()
+        try:
+            self.server.run()
+        except Exception:
+            # Closing from another thread pulls sockets from under the loop; that is the stop.
+            if not self._closing:
+                raise
 
     def start(self) -> Server:
         """Serve in a background thread (tests, benchmarks)."""
@@ -326,7 +332,10 @@ class Server:
         return self
 
     def close(self) -> None:
-        self.server.close()
+        self._closing = True
+        for channel in list(self.server._map.values()):  # type: ignore[union-attr]
+            channel.close()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.server.task_dispatcher.shutdown()  # type: ignore[union-attr]
         self.app.extensions["otc"].close()

@@ -17,6 +17,8 @@ from device.storage.padstore import PadStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ("tests.rpc_fixtures",)
+
 
 def det_bytes(label: str | bytes, n: int) -> bytes:
     """Deterministic test bytes (never the `random` module)."""

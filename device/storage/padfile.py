@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
+
 _ZERO_CHUNK = 8 << 20
 
 
@@ -36,20 +38,20 @@ class PadFile:
                     self._fd = fd
         return self._fd
 
-    def read(self, start: int, length: int) -> bytes:
-        """Return the pad bytes ``[start, start + length)``."""
+    def read(self, start: int, length: int) -> memoryview:
+        """Return the pad bytes ``[start, start + length)`` (a read-only view)."""
         self._check(start, length)
         fd = self._handle()
-        chunks = []
-        pos, left = start, length
-        while left:
-            chunk = os.pread(fd, min(left, 1 << 30), pos)
-            if not chunk:
+        # Read straight into numpy's uninitialised buffer: no zero-filling pass first.
+        buf = np.empty(length, dtype=np.uint8)
+        view = buf.data.cast("B")
+        done = 0
+        while done < length:
+            n = os.preadv(fd, [view[done : done + min(length - done, 1 << 30)]], start + done)
+            if n <= 0:
                 raise OSError(f"pad file {self.path.name} is shorter than recorded")
-            chunks.append(chunk)
-            pos += len(chunk)
-            left -= len(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            done += n
+        return view.toreadonly()
 
     def wipe(self, start: int, length: int) -> None:
         """Overwrite ``[start, start + length)`` with zeros and sync it to disk."""
