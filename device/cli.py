@@ -16,8 +16,6 @@ from device.engine import Device
 from device.errors import InvalidMessage
 from device.localpair import check_size, pair_local
 from device.storage.padstore import PadStore
-from hrng.errors import HRNGError
-from hrng.mixer import pad_random
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
 from onetimechat.text import format_event
@@ -105,9 +103,6 @@ def register(parts: argparse._SubParsersAction) -> None:
                         "HOME_A becomes the initiator. For development and demos: the pad never "
                         "leaves this machine's disk, but this machine saw it.")
     p.add_argument("--size", required=True, type=parse_size, help="pad size in bytes (e.g. 1M)")
-    p.add_argument("--hrng", action="append", default=[], metavar="URL",
-                   help="take pad bytes from this hardware random source XOR the OS CSPRNG (repeatable; "
-                   "e.g. serial:///dev/ttyACM0, see `otc hrng test --help`); without it, the OS CSPRNG alone")
     p.add_argument("home_a", metavar="HOME_A", type=Path)
     p.add_argument("home_b", metavar="HOME_B", type=Path)
     p.set_defaults(func=cmd_pair_local)
@@ -238,13 +233,10 @@ def cmd_pair_local(args: argparse.Namespace) -> int:
         raise UsageError("HOME_A and HOME_B must be two different devices.")
     check_size(args.size)
     with PadStore(args.home_a) as a, PadStore(args.home_b) as b:
-        def log_alarm(alarm: HRNGError) -> None:  # the HRNG stopped: both devices log why
-            for store in (a, b):
-                store.log_event(alarm.code, detail=str(alarm))
-
-        with pad_random(args.hrng, on_alarm=log_alarm) as random_bytes:
-            progress = Progress(args.size, "pad")
-            pad_id = pair_local(a, b, args.size, random_bytes=random_bytes, progress=progress.update)
+        print("otc: pad bytes come from the operating system's CSPRNG, not a hardware RNG: "
+              "development and demo use only", file=sys.stderr)
+        progress = Progress(args.size, "pad")
+        pad_id = pair_local(a, b, args.size, progress=progress.update)
         progress.finish()
         half = args.size // 2
         print(f"Paired {a.device_name} (initiator) and {b.device_name} (responder): "
