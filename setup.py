@@ -21,9 +21,12 @@ setup(
         "spake2>=0.9",
         "pyserial>=3.5",
         "platformdirs>=4",
+        "pygame>=2.5",
     ],
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],
+        # On the Pi only: RPi.GPIO over the kernel's gpiochip (Debian's arm64 kernel has no /dev/gpiomem).
+        "pi": ["rpi-lgpio>=0.6"],
         "test": ["pytest>=8", "hypothesis>=6.100", "psycopg[binary]>=3.1", "pexpect>=4.9"],
         "dev": ["ruff>=0.5", "mypy>=1.10"],
     },

@@ -1,0 +1,330 @@
+"""What the device's own screen and buttons show and do: one hub, many views.
+
+The screen (``device/touchscreen/``) and the buttons (``device/gpio.py``) are
+views of :class:`Console`: they read :meth:`Console.snapshot` -- everything a
+screen shows, as plain data -- and act through its methods (enter a PIN,
+approve or decline, compare a pairing string). The RPC threads never draw:
+they put requests into the console and wait for the owner's decision, so the
+screen is a function of device state, not of whoever called.
+
+:class:`PanelSource` is the confirmation source (``touchscreen`` and ``gpio``
+modes) that the broker asks; it shows requests and codes through the console.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from device.confirm import ConfirmRequest
+
+
+class LockState(enum.Enum):
+    NO_PIN = "no-pin"  # first start: the owner sets a PIN
+    LOCKED = "locked"
+    UNLOCKED = "unlocked"
+    WIPED = "wiped"  # too many wrong PINs: pads and keys are gone
+    UNLOCKABLE = "unlockable"  # a home made without a PIN (emulated devices, tests, demo)
+
+
+@dataclass(frozen=True)
+class PinStatus:
+    """The lock as the PIN screen shows it."""
+
+    state: LockState
+    failures: int = 0  # wrong PINs in a row
+    retry_at: float = 0.0  # time.time() before which no PIN is accepted
+    wipe_after: int = 10  # wrong PINs in a row that wipe the device
+    warn_from: int = 7  # failures from which the screen warns of the wipe
+
+    @property
+    def attempts_left(self) -> int:
+        return max(self.wipe_after - self.failures, 0)
+
+    @property
+    def warning(self) -> bool:
+        return self.failures >= self.warn_from
+
+
+@dataclass(frozen=True)
+class PinResult:
+    ok: bool
+    status: PinStatus
+    message: str
+
+
+class PinLock(Protocol):
+    """The PIN lock of the store (device/storage/lock.py implements it)."""
+
+    def status(self) -> PinStatus: ...
+
+    def unlock(self, pin: str) -> PinResult: ...
+
+    def set_pin(self, pin: str) -> PinResult: ...
+
+    def change_pin(self, old: str, new: str) -> PinResult: ...
+
+
+class NoLock:
+    """The lock of a home made without a PIN: always open."""
+
+    def status(self) -> PinStatus:
+        return PinStatus(LockState.UNLOCKABLE)
+
+    def unlock(self, pin: str) -> PinResult:
+        return PinResult(True, self.status(), "This device has no PIN.")
+
+    def set_pin(self, pin: str) -> PinResult:
+        return PinResult(False, self.status(), "This device was made without a PIN.")
+
+    def change_pin(self, old: str, new: str) -> PinResult:
+        return self.set_pin(new)
+
+
+@dataclass(frozen=True)
+class ContactView:
+    name: str
+    send_left: int
+    send_total: int
+    receive_left: int
+    receive_total: int
+
+
+@dataclass(frozen=True)
+class ConfirmView:
+    """The message waiting for the owner's decision."""
+
+    request_id: int
+    contact: str
+    kind: str
+    text: str
+    consumes: int
+    left_after: int
+    deadline: float  # time.monotonic() at which it declines by itself
+    queued: int  # further requests waiting behind this one
+
+
+@dataclass(frozen=True)
+class CeremonyView:
+    """In-person pairing as the screen shows it (provisioning fills it in)."""
+
+    peer: str
+    stage: str  # "compare", "transfer", "verify", "done", "failed"
+    sas: str | None = None  # the short authentication string both owners compare
+    done: int = 0
+    total: int = 0
+    rate: float = 0.0  # bytes per second
+    eta: float = 0.0  # seconds left
+    fingerprint: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Alarm:
+    alarm_id: int
+    kind: str  # "hrng", "replay", "invalid", "tamper", "pad-low", "pad-exhausted", "wipe"
+    text: str
+    time: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the screens show, at one moment."""
+
+    device_name: str
+    lock: PinStatus
+    confirm_mode: str
+    contacts: tuple[ContactView, ...] = ()
+    clients: tuple[str, ...] = ()
+    hrng: str = "no hardware RNG"
+    confirm: ConfirmView | None = None
+    pairing_code: str | None = None
+    ceremony: CeremonyView | None = None
+    alarms: tuple[Alarm, ...] = ()
+
+
+StatusProvider = Callable[[], tuple[tuple[ContactView, ...], tuple[str, ...], str]]
+
+
+class Console:
+    """The hub between the device's state and its screen and buttons."""
+
+    def __init__(self, device_name: str, confirm_mode: str, lock: PinLock | None = None,
+                 status: StatusProvider | None = None) -> None:
+        self.device_name = device_name
+        self.confirm_mode = confirm_mode
+        self.lock = lock or NoLock()
+        self._status = status
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._confirm: ConfirmView | None = None
+        self._decision: bool | None = None
+        self._pairing_code: str | None = None
+        self._ceremony: CeremonyView | None = None
+        self._ceremony_answer: bool | None = None
+        self._alarms: list[Alarm] = []
+        self._queued = 0
+        self.changed = threading.Event()  # set whenever something on screen changes
+
+    # -- what the screens read -----------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        contacts, clients, hrng = self._status() if self._status else ((), (), "no hardware RNG")
+        with self._cond:
+            confirm = replace(self._confirm, queued=self._queued) if self._confirm else None
+            return Snapshot(
+                device_name=self.device_name,
+                lock=self.lock.status(),
+                confirm_mode=self.confirm_mode,
+                contacts=contacts,
+                clients=clients,
+                hrng=hrng,
+                confirm=confirm,
+                pairing_code=self._pairing_code,
+                ceremony=self._ceremony,
+                alarms=tuple(self._alarms),
+            )
+
+    def _touch(self) -> None:
+        self.changed.set()
+
+    # -- what the owner does -------------------------------------------------------
+
+    def decide(self, approve: bool, request_id: int | None = None) -> bool:
+        """Answer the confirmation on screen; False if there is none (or it is another one)."""
+        with self._cond:
+            if self._confirm is None or (request_id is not None and request_id != self._confirm.request_id):
+                return False
+            if self.lock.status().state in (LockState.LOCKED, LockState.NO_PIN, LockState.WIPED):
+                return False  # nothing is approved on a locked device
+            self._decision = approve
+            self._cond.notify_all()
+            return True
+
+    def answer_ceremony(self, same: bool) -> bool:
+        """The owner compared the pairing string: True if both screens match."""
+        with self._cond:
+            if self._ceremony is None or self._ceremony.stage != "compare":
+                return False
+            self._ceremony_answer = same
+            self._cond.notify_all()
+            return True
+
+    def dismiss_alarm(self, alarm_id: int) -> None:
+        with self._cond:
+            self._alarms = [a for a in self._alarms if a.alarm_id != alarm_id]
+        self._touch()
+
+    def unlock(self, pin: str) -> PinResult:
+        result = self.lock.unlock(pin)
+        self._touch()
+        return result
+
+    def set_pin(self, pin: str) -> PinResult:
+        result = self.lock.set_pin(pin)
+        self._touch()
+        return result
+
+    def change_pin(self, old: str, new: str) -> PinResult:
+        result = self.lock.change_pin(old, new)
+        self._touch()
+        return result
+
+    # -- what the device does --------------------------------------------------------
+
+    def ask(self, request: ConfirmRequest, timeout: float, queued: int = 0) -> bool:
+        """Show ``request`` and wait for the owner; False on decline or timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._confirm = ConfirmView(
+                request_id=next(self._ids),
+                contact=request.contact,
+                kind=request.kind,
+                text=request.plaintext.decode("utf-8", errors="replace"),
+                consumes=request.consumes,
+                left_after=request.left_after,
+                deadline=deadline,
+                queued=queued,
+            )
+            self._decision = None
+            self._touch()
+            try:
+                while self._decision is None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(left)
+                return self._decision
+            finally:
+                self._confirm = None
+                self._decision = None
+                self._touch()
+
+    def set_queued(self, queued: int) -> None:
+        with self._cond:
+            self._queued = queued
+        self._touch()
+
+    def waiting(self) -> bool:
+        """Whether a decision is waiting (the LED blinks)."""
+        with self._cond:
+            return self._confirm is not None
+
+    def show_code(self, code: str) -> None:
+        with self._cond:
+            self._pairing_code = code
+        self._touch()
+
+    def clear_code(self) -> None:
+        with self._cond:
+            self._pairing_code = None
+        self._touch()
+
+    def show_ceremony(self, view: CeremonyView | None) -> None:
+        with self._cond:
+            self._ceremony = view
+            if view is None or view.stage != "compare":
+                self._ceremony_answer = None
+        self._touch()
+
+    def wait_ceremony_answer(self, timeout: float) -> bool:
+        """Wait for the owner to compare the pairing string; False on mismatch or timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._ceremony_answer is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            answer, self._ceremony_answer = self._ceremony_answer, None
+            return answer
+
+    def raise_alarm(self, kind: str, text: str) -> Alarm:
+        with self._cond:
+            alarm = Alarm(next(self._ids), kind, text, time.time())
+            self._alarms = [*self._alarms[-9:], alarm]  # the ten newest
+        self._touch()
+        return alarm
+
+
+@dataclass
+class PanelSource:
+    """The ``touchscreen`` and ``gpio`` confirmation sources: the console decides."""
+
+    console: Console
+    name: str = "touchscreen"
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def ask(self, request: ConfirmRequest, timeout: float) -> bool:
+        return self.console.ask(request, timeout)
+
+    def show_code(self, code: str) -> None:
+        self.console.show_code(code)
+
+    def clear_code(self) -> None:
+        self.console.clear_code()
