@@ -44,10 +44,11 @@ class ClientRegistry:
         """Store a newly paired client; return its id."""
         check_name(name)
         client_id = secrets.token_bytes(16)
+        stored = self.store.secrets.seal(key, client_id) if self.store.secrets else key
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT INTO clients (client_id, name, key, created) VALUES (?, ?, ?, ?)",
-                (client_id, name, key, time.time()),
+                (client_id, name, stored, time.time()),
             )
             self.store.log(conn, "client-paired", detail=f"laptop {name} ({client_id.hex()[:8]})")
         return client_id
@@ -59,7 +60,7 @@ class ClientRegistry:
             " WHERE client_id = ? AND revoked IS NULL",
             (client_id,),
         )
-        return _client(rows[0]) if rows else None
+        return self._client(rows[0]) if rows else None
 
     def accept_counter(self, client_id: bytes, counter: int) -> bool:
         """Record ``counter`` as the client's latest, if it is above every earlier one.
@@ -79,7 +80,7 @@ class ClientRegistry:
         rows = self.store.read(
             "SELECT client_id, name, key, created, last_used, revoked FROM clients ORDER BY created"
         )
-        return [_client(r) for r in rows]
+        return [self._client(r) for r in rows]
 
     def find(self, prefix: str) -> PairedClient | None:
         """The one client whose id starts with ``prefix`` (hex), if exactly one does."""
@@ -96,13 +97,14 @@ class ClientRegistry:
                 self.store.log(conn, "client-revoked", detail=f"client {client_id.hex()[:8]}")
             return cur.rowcount == 1
 
-
-def _client(row: tuple) -> PairedClient:
-    return PairedClient(
-        client_id=bytes(row[0]),
-        name=row[1],
-        keys=Keys.from_pairing_key(bytes(row[2])),
-        created=row[3],
-        last_used=row[4],
-        revoked=row[5],
-    )
+    def _client(self, row: tuple) -> PairedClient:
+        client_id, stored = bytes(row[0]), bytes(row[2])
+        key = self.store.secrets.open(stored, client_id) if self.store.secrets else stored
+        return PairedClient(
+            client_id=client_id,
+            name=row[1],
+            keys=Keys.from_pairing_key(key),
+            created=row[3],
+            last_used=row[4],
+            revoked=row[5],
+        )

@@ -167,7 +167,7 @@ def make_source(mode: str, home: Path | None = None) -> ConfirmSource:
     if mode == "tty":
         return TtyConfirm()
     if mode in ("touchscreen", "gpio"):
-        raise ConfirmUnavailable(f"The {mode} confirmation source is not part of this build yet.")
+        raise ConfirmUnavailable(f"The {mode} source belongs to the device server (`otc device serve`).")
     raise ConfirmUnavailable(f"Unknown confirmation mode {mode!r}.")
 
 

@@ -44,7 +44,8 @@ def pair_local(
             raise StoreError(f"Not enough free disk space in {store.home} for a {size}-byte pad.")
     pad_id = random_bytes(16)
     mailbox_ab, mailbox_ba = random_bytes(16), random_bytes(16)
-    PadFile.create([a.pad_path(pad_id), b.pad_path(pad_id)], size, _chunks(random_bytes, size), progress)
+    PadFile.create([a.pad_path(pad_id), b.pad_path(pad_id)], size, _chunks(random_bytes, size), progress,
+                   ciphers=[a.pad_cipher(pad_id), b.pad_cipher(pad_id)])
     try:
         a.add_pad(contact=b.device_name, peer_device_id=b.device_id, pad_id=pad_id, role=INITIATOR,
                   size=size, mailbox_out=mailbox_ab, mailbox_in=mailbox_ba)

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -35,8 +35,11 @@ from device.clients import ClientRegistry, PairedClient
 from device.confirm import DEFAULT_TIMEOUT_S, ConfirmBroker, ConfirmSource
 from device.engine import Device
 from device.errors import DeviceError, UnknownContact
+from device.home import WrongPin
 from device.pairing import PairingLocked, PairingManager
+from device.storage.lock import DeviceLocked, DeviceWiped, StoreLock
 from device.storage.padstore import PadStore
+from device.ui import Console, ContactView, LockState
 from onetimechat import rpc
 from onetimechat.errors import OTCError
 
@@ -59,19 +62,40 @@ class ServerConfig:
     confirm_timeout: float = DEFAULT_TIMEOUT_S
     max_request_bytes: int = DEFAULT_MAX_REQUEST
     pairing_ttl: float = 300.0
+    pin: str | None = None  # unlock a PIN-locked home at start
+    console: Console | None = None  # the device's screen and buttons, if it has them
+
+
+# Events that the owner should see on the device's own screen at once.
+ALARM_EVENTS = {
+    "replay": "A replayed message was refused",
+    "invalid": "A forged or altered message was refused",
+    "out-of-range": "A message outside its pad was refused",
+    "unknown-pad": "A message for an unknown pad was refused",
+    "pad-low": "Pad is running low",
+    "pad-exhausted": "Pad exhausted",
+}
 
 
 class DeviceService:
-    """Everything the RPC serves, built once per app."""
+    """Everything the RPC serves, built once per app; the store opens once unlocked."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.store = PadStore(config.home)
+        self.device_name = PadStore.peek_name(config.home)
+        self.lock = StoreLock(config.home)
         self.broker = ConfirmBroker(config.source, config.confirm_timeout)
-        self.device = Device(self.store, self.broker)
-        self.clients = ClientRegistry(self.store)
-        self.pairing = PairingManager(self.store, self.clients, config.source, ttl=config.pairing_ttl,
-                                      in_advance=config.source.name == "auto")
+        self.console = config.console
+        self._open_lock = threading.Lock()
+        self.store: PadStore | None = None
+        self.lock.on_unlock.append(self._open)
+        self.lock.on_wipe.append(self._wiped)
+        if not self.lock.locked_home:
+            self._open(None)
+        elif config.pin is not None:
+            result = self.lock.unlock(config.pin)
+            if not result.ok:
+                raise WrongPin(result.message)
         self.methods: dict[str, Callable[[PairedClient, dict], Any]] = {
             "ping": self.ping,
             "status": self.status,
@@ -83,13 +107,64 @@ class DeviceService:
             "revoke": self.revoke,
         }
 
+    def _open(self, key: bytes | None) -> None:
+        with self._open_lock:
+            if self.store is not None:
+                return
+            store = PadStore(self.config.home, storage_key=key)
+            self.device = Device(store, self.broker)
+            self.clients = ClientRegistry(store)
+            self.pairing = PairingManager(store, self.clients, self.config.source, ttl=self.config.pairing_ttl,
+                                          in_advance=self.config.source.name == "auto")
+            store.listeners.append(self._on_event)
+            self.store = store
+
+    def _wiped(self) -> None:
+        with self._open_lock:
+            store, self.store = self.store, None
+        if store is not None:
+            store.close()
+        if self.console is not None:
+            self.console.raise_alarm("wipe", "Too many wrong PINs: this device erased its pads and keys.")
+
+    def _on_event(self, event: str, fields: dict) -> None:
+        if self.console is not None and event in ALARM_EVENTS:
+            who = f" ({fields['contact']})" if fields.get("contact") else ""
+            self.console.raise_alarm(event, ALARM_EVENTS[event] + who + ".")
+
+    def ready(self) -> PadStore:
+        """The open store; raises if the device is locked or wiped."""
+        store = self.store
+        if store is None:
+            if self.lock.status().state == LockState.WIPED:
+                raise DeviceWiped()
+            raise DeviceLocked("The device is locked: enter its PIN on the device.")
+        return store
+
+    def panel_status(self) -> tuple[tuple[ContactView, ...], tuple[str, ...], str]:
+        """What the home screen shows: contacts with pad left, paired laptops, HRNG state."""
+        store = self.store
+        if store is None:
+            return (), (), "no hardware RNG"
+        views: dict[str, list[int]] = {}
+        for pad in store.pads():
+            v = views.setdefault(pad.contact, [0, 0, 0, 0])
+            v[0] += pad.send_left
+            v[1] += pad.send_total
+            v[2] += pad.recv_left
+            v[3] += pad.recv_total
+        contacts = tuple(ContactView(name, *views.get(name, [0, 0, 0, 0])) for name in store.contacts())
+        clients = tuple(c.name for c in self.clients.list() if c.revoked is None)
+        return contacts, clients, "no hardware RNG"
+
     def close(self) -> None:
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
 
     # -- methods (each gets the calling client and its params) ------------------------
 
     def ping(self, client: PairedClient, params: dict) -> dict:
-        return {"device": self.store.device_name, "client": client.name}
+        return {"device": self.device_name, "client": client.name}
 
     def status(self, client: PairedClient, params: dict) -> dict:
         status = self.device.status(events=_int(params, "events", 10, 0, 1000))
@@ -99,10 +174,11 @@ class DeviceService:
 
     def contacts(self, client: PairedClient, params: dict) -> list[dict]:
         by_name: dict[str, dict] = {}
-        for name in self.store.contacts():
+        store = self.ready()
+        for name in store.contacts():
             by_name[name] = {"name": name, "send_left": 0, "receive_left": 0, "mailboxes_out": [],
                              "mailboxes_in": []}
-        for pad in self.store.pads():
+        for pad in store.pads():
             entry = by_name[pad.contact]
             entry["send_left"] += pad.send_left
             entry["receive_left"] += pad.recv_left
@@ -113,7 +189,7 @@ class DeviceService:
     def package(self, client: PairedClient, params: dict) -> dict:
         contact = _str(params, "contact")
         text = _str(params, "text", allow_empty=True)
-        if contact not in self.store.contacts():
+        if contact not in self.ready().contacts():
             raise UnknownContact(f"No contact named {contact!r} on this device.")
         result = self.device.package(contact, text.encode("utf-8"))
         return {
@@ -129,7 +205,7 @@ class DeviceService:
         return self.device.unpackage_base64(_str(params, "package")).to_json()
 
     def events(self, client: PairedClient, params: dict) -> list[dict]:
-        return self.store.events(_int(params, "limit", 50, 0, 10_000))
+        return self.ready().events(_int(params, "limit", 50, 0, 10_000))
 
     def list_clients(self, client: PairedClient, params: dict) -> list[dict]:
         return [dict(c.to_dict(), this=c.client_id == client.client_id) for c in self.clients.list()]
@@ -144,11 +220,11 @@ class DeviceService:
 
     def call(self, body: bytes) -> bytes:
         """Authenticate, check the counter, run the method, seal the answer."""
+        self.ready()
         client_id, counter = rpc.parse_request_header(body)
         client = self.clients.get(client_id)
         if client is None:
             self._refused("unpaired or revoked client", client_id)
-        assert client is not None
         try:
             payload = rpc.open_request(client.keys, body)
         except rpc.Unauthorized:
@@ -165,8 +241,8 @@ class DeviceService:
             answer = {"ok": False, "error": exc.code, "message": str(exc)}
         return rpc.seal_response(client.keys, counter, answer)
 
-    def _refused(self, why: str, client_id: bytes) -> None:
-        self.store.log_event("rpc-refused", detail=f"{why} (client {client_id.hex()[:8]})")
+    def _refused(self, why: str, client_id: bytes) -> NoReturn:
+        self.ready().log_event("rpc-refused", detail=f"{why} (client {client_id.hex()[:8]})")
         raise rpc.Unauthorized()
 
 
@@ -224,6 +300,12 @@ def create_app(config: ServerConfig) -> Flask:
             raise BadRequest("The body must be a JSON object.")
         return data
 
+    @app.before_request
+    def only_health_while_locked() -> Response | None:
+        if request.path != "/v1/health":
+            service.ready()  # raises DeviceLocked / DeviceWiped: 423
+        return None
+
     @app.get("/v1/health")
     def health() -> Response:
         return jsonify({"status": "ok", "protocol": PROTOCOL})
@@ -266,7 +348,7 @@ def create_app(config: ServerConfig) -> Flask:
 
     @app.errorhandler(DeviceError)
     def refused(exc: DeviceError) -> Response:
-        status = 401 if exc.code == "pairing-failed" else 400
+        status = {"pairing-failed": 401, "locked": 423, "wiped": 423}.get(exc.code, 400)
         return error(status, exc.code, str(exc))
 
     @app.errorhandler(HTTPException)

@@ -171,6 +171,12 @@ class Console:
         self._queued = 0
         self.changed = threading.Event()  # set whenever something on screen changes
 
+    def attach(self, lock: PinLock, status: StatusProvider) -> None:
+        """Connect the console to the device's lock and status (once the device is built)."""
+        self.lock = lock
+        self._status = status
+        self._touch()
+
     # -- what the screens read -----------------------------------------------------
 
     def snapshot(self) -> Snapshot:

@@ -14,15 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
+from device.storage.atrest import PadCipher
+
 _ZERO_CHUNK = 8 << 20
 
 
 class PadFile:
     """Random access to one pad's bytes."""
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, path: Path, size: int, cipher: PadCipher | None = None) -> None:
         self.path = path
         self.size = size
+        self.cipher = cipher
         self._fd: int | None = None
         self._lock = threading.Lock()
 
@@ -51,10 +54,15 @@ class PadFile:
             if n <= 0:
                 raise OSError(f"pad file {self.path.name} is shorter than recorded")
             done += n
+        if self.cipher is not None:
+            return memoryview(self.cipher.crypt(view, start))
         return view.toreadonly()
 
     def wipe(self, start: int, length: int) -> None:
-        """Overwrite ``[start, start + length)`` with zeros and sync it to disk."""
+        """Overwrite ``[start, start + length)`` with zeros and sync it to disk.
+
+        In an encrypted file the zeros replace the ciphertext: the pad is gone either way.
+        """
         self._check(start, length)
         fd = self._handle()
         zeros = bytes(min(length, _ZERO_CHUNK))
@@ -81,8 +89,12 @@ class PadFile:
         size: int,
         chunks: Iterable[bytes],
         progress: Callable[[int], None] | None = None,
+        ciphers: list[PadCipher | None] | None = None,
     ) -> None:
         """Write the same ``size`` bytes from ``chunks`` to new pad files, atomically.
+
+        ``ciphers`` (one per path, None for a home without a PIN) encrypt each
+        copy under its own home's storage key.
 
         The bytes go to temporary files that are synced and then renamed into
         place, so a pad file either exists whole or not at all.
@@ -93,9 +105,10 @@ class PadFile:
             for tmp in tmps:
                 fds.append(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
             written = 0
+            ciphers = ciphers or [None] * len(paths)
             for chunk in chunks:
-                for fd in fds:
-                    _write_all(fd, chunk)
+                for fd, cipher in zip(fds, ciphers):
+                    _write_all(fd, cipher.crypt(chunk, written) if cipher else chunk)
                 written += len(chunk)
                 if progress:
                     progress(written)

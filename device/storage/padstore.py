@@ -23,7 +23,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,8 @@ from device.errors import (
 )
 from device.intervals import IntervalSet
 from device.storage import schema
+from device.storage.atrest import PadCipher, SecretBox
+from device.storage.lock import LOCK_FILE, WIPED_FILE, DeviceLocked, DeviceWiped
 from device.storage.padfile import PadFile, sync_directory
 
 DB_NAME = "device.db"
@@ -151,11 +153,17 @@ _PAD_COLUMNS = (
 class PadStore:
     """A device home: its metadata database and pad files."""
 
-    def __init__(self, home: str | os.PathLike[str]) -> None:
+    def __init__(self, home: str | os.PathLike[str], storage_key: bytes | None = None) -> None:
         self.home = Path(home)
         self.db_path = self.home / DB_NAME
         if not self.db_path.is_file():
             raise DeviceNotInitialised()
+        if (self.home / WIPED_FILE).exists():
+            raise DeviceWiped()
+        if (self.home / LOCK_FILE).exists() and storage_key is None:
+            raise DeviceLocked()
+        self._storage_key = storage_key
+        self.secrets = SecretBox(storage_key) if storage_key else None
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -164,6 +172,9 @@ class PadStore:
         self._wiped: list[tuple[bytes, int]] = []
         self._wiped_lock = threading.Lock()
         self.owner = secrets.token_hex(8)
+        #: Called as listener(event, fields) for each event, once its transaction commits.
+        self.listeners: list[Callable[[str, dict], None]] = []
+        self._logged = threading.local()
         self._owner_fd: int | None = self._hold_owner_lock()
         try:
             schema.upgrade(self._conn())
@@ -180,8 +191,8 @@ class PadStore:
     # -- creation -----------------------------------------------------------------
 
     @classmethod
-    def init(cls, home: str | os.PathLike[str], name: str) -> PadStore:
-        """Create a new device in ``home`` (an empty or missing directory)."""
+    def init(cls, home: str | os.PathLike[str], name: str, pin: str | None = None) -> PadStore:
+        """Create a new device in ``home`` (an empty or missing directory), PIN-locked if ``pin``."""
         check_name(name)
         home = Path(home)
         if (home / DB_NAME).exists():
@@ -216,7 +227,30 @@ class PadStore:
         finally:
             tmp.unlink(missing_ok=True)
         sync_directory(home)
-        return cls(home)
+        if pin is None:
+            return cls(home)
+        from device.storage.lock import StoreLock
+
+        lock = StoreLock(home)
+        lock.set_pin(pin)
+        return cls(home, storage_key=lock.key)
+
+    @staticmethod
+    def peek_name(home: str | os.PathLike[str]) -> str:
+        """The device's name, read without opening (or unlocking) the store."""
+        path = Path(home) / DB_NAME
+        if not path.is_file():
+            raise DeviceNotInitialised()
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT name FROM device WHERE id = 1").fetchone()
+        except sqlite3.Error:
+            row = None
+        finally:
+            conn.close()
+        if row is None:
+            raise DeviceNotInitialised()
+        return str(row[0])
 
     # -- connections and transactions ---------------------------------------------
 
@@ -239,6 +273,7 @@ class PadStore:
             raise StoreError("The device store is busy or unavailable; try again.") from exc
         with self._wiped_lock:
             wiped, self._wiped = self._wiped, []
+        self._logged.events = []
         try:
             if wiped:
                 conn.executemany("DELETE FROM pending_wipe WHERE pad_id = ? AND start = ?", wiped)
@@ -249,6 +284,11 @@ class PadStore:
             with self._wiped_lock:
                 self._wiped[:0] = wiped
             raise
+        finally:
+            logged, self._logged.events = self._logged.events, []
+        for event, fields in logged if self.listeners else ():
+            for listener in self.listeners:
+                listener(event, fields)
 
     def read(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Run a read-only query outside any write transaction."""
@@ -308,11 +348,15 @@ class PadStore:
     def pad_path(self, pad_id: bytes) -> Path:
         return self.home / PADS_DIR / f"{pad_id.hex()}.pad"
 
+    def pad_cipher(self, pad_id: bytes) -> PadCipher | None:
+        """How this home encrypts a pad at rest (None without a PIN)."""
+        return PadCipher(self._storage_key, pad_id) if self._storage_key else None
+
     def pad_file(self, pad: PadRecord) -> PadFile:
         with self._pad_files_lock:
             pad_file = self._pad_files.get(pad.pad_id)
             if pad_file is None:
-                pad_file = PadFile(self.pad_path(pad.pad_id), pad.size)
+                pad_file = PadFile(self.pad_path(pad.pad_id), pad.size, self.pad_cipher(pad.pad_id))
                 self._pad_files[pad.pad_id] = pad_file
             return pad_file
 
@@ -508,6 +552,10 @@ class PadStore:
             'INSERT INTO events (ts, event, contact, pad_id, "offset", length, detail) VALUES (?, ?, ?, ?, ?, ?, ?)',
             (time.time(), event, contact, pad_id, offset, length, detail),
         )
+        events = getattr(self._logged, "events", None)
+        if events is not None:
+            events.append((event, {"contact": contact, "pad_id": pad_id, "offset": offset, "length": length,
+                                   "detail": detail}))
         if cur.lastrowid and cur.lastrowid % 1000 == 0:
             conn.execute("DELETE FROM events WHERE id <= ?", (cur.lastrowid - EVENTS_KEPT,))
 

@@ -79,8 +79,9 @@ STEPS: list[str] = [
     CREATE TABLE clients (
         client_id BLOB PRIMARY KEY CHECK (length(client_id) = 16),
         name TEXT NOT NULL,
-        -- The pairing key: it authenticates the laptop; it never leaves the device.
-        key BLOB NOT NULL CHECK (length(key) = 32),
+        -- The pairing key (sealed under the storage key in a PIN-locked home):
+        -- it authenticates the laptop; it never leaves the device.
+        key BLOB NOT NULL,
         last_counter INTEGER NOT NULL DEFAULT 0,
         created REAL NOT NULL,
         last_used REAL,
