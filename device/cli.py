@@ -11,11 +11,15 @@ from pathlib import Path
 
 from device import package as fmt
 from device.clients import ClientRegistry
-from device.confirm import DEFAULT_TIMEOUT_S, MODES, ConfirmBroker, make_source
+from device.confirm import DEFAULT_TIMEOUT_S, MODES, ConfirmBroker, ConfirmSource, make_source
 from device.engine import Device
 from device.errors import InvalidMessage
+from device.home import WrongPin, open_home
 from device.localpair import check_size, pair_local
+from device.storage.lock import StoreLock, read_pin_file
 from device.storage.padstore import PadStore
+from hrng.errors import HRNGError
+from hrng.mixer import pad_random
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
 from onetimechat.text import format_event
@@ -41,6 +45,7 @@ def register(parts: argparse._SubParsersAction) -> None:
                        description="Create a new pad device in --home (not PIN-locked).")
     p.add_argument("--home", required=True, type=Path, help="the device's state directory")
     p.add_argument("--name", required=True, help="this device's name, which its contacts see")
+    p.add_argument("--pin-file", type=Path, help="lock the device with the PIN in this file (4-16 digits)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("package", help="encrypt stdin for a contact",
@@ -50,6 +55,7 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("--home", required=True, type=Path, help="the device's state directory")
     p.add_argument("--confirm", choices=MODES, help="ask for confirmation this way first")
     p.add_argument("contact", metavar="CONTACT", help="who the message is for")
+    p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
     p.set_defaults(func=cmd_package)
 
     p = sub.add_parser("unpackage", help="verify and decrypt a package from stdin",
@@ -57,12 +63,14 @@ def register(parts: argparse._SubParsersAction) -> None:
                        '{"contact", "kind", "text", "warnings"} as JSON. A refused package '
                        "exits non-zero with one line on stderr and prints no plaintext.")
     p.add_argument("--home", required=True, type=Path, help="the device's state directory")
+    p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
     p.set_defaults(func=cmd_unpackage)
 
     p = sub.add_parser("status", help="contacts, pad left per direction, warnings",
                        description="Show contacts, pad left per direction, warnings and recent events.")
     p.add_argument("--home", required=True, type=Path, help="the device's state directory")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("log", help="the device's event log",
@@ -70,6 +78,7 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("--home", required=True, type=Path, help="the device's state directory")
     p.add_argument("--limit", type=int, default=50, help="how many recent events (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON, one object per line")
+    p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
     p.set_defaults(func=cmd_log)
 
     p = sub.add_parser("serve", help="serve the device RPC to paired laptops",
@@ -80,18 +89,29 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("--confirm", required=True, choices=MODES, help="where confirmations come from")
     p.add_argument("--confirm-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help=f"decline when the owner does not answer in time (default {DEFAULT_TIMEOUT_S:.0f})")
+    p.add_argument("--pin-file", type=Path, help="unlock a PIN-locked device at start with this PIN "
+                   "(otherwise it stays locked until its owner unlocks it)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("pin", help="change the device's PIN",
+                       description="Change the PIN of a PIN-locked device.")
+    p.add_argument("--home", required=True, type=Path, help="the device's state directory")
+    p.add_argument("--pin-file", required=True, type=Path, help="the current PIN")
+    p.add_argument("--new-pin-file", required=True, type=Path, help="the new PIN")
+    p.set_defaults(func=cmd_pin)
 
     p = sub.add_parser("clients", help="list the laptops paired with this device",
                        description="List paired laptops (never their keys).")
     p.add_argument("--home", required=True, type=Path, help="the device's state directory")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
     p.set_defaults(func=cmd_clients)
 
     p = sub.add_parser("revoke", help="revoke a paired laptop",
                        description="Revoke a paired laptop: its calls are refused from now on.")
     p.add_argument("--home", required=True, type=Path, help="the device's state directory")
     p.add_argument("client_id", metavar="CLIENT_ID", help="the client's id, or a unique prefix of it")
+    p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
     p.set_defaults(func=cmd_revoke)
 
     pad = parts.add_parser("pad", help="pads between devices",
@@ -103,33 +123,88 @@ def register(parts: argparse._SubParsersAction) -> None:
                         "HOME_A becomes the initiator. For development and demos: the pad never "
                         "leaves this machine's disk, but this machine saw it.")
     p.add_argument("--size", required=True, type=parse_size, help="pad size in bytes (e.g. 1M)")
+    p.add_argument("--hrng", action="append", default=[], metavar="URL",
+                   help="take pad bytes from this hardware random source XOR the OS CSPRNG (repeatable; "
+                   "e.g. serial:///dev/ttyACM0, see `otc hrng test --help`); without it, the OS CSPRNG alone")
     p.add_argument("home_a", metavar="HOME_A", type=Path)
     p.add_argument("home_b", metavar="HOME_B", type=Path)
+    p.add_argument("--pin-file-a", type=Path, help="the PIN of HOME_A, if it is PIN-locked")
+    p.add_argument("--pin-file-b", type=Path, help="the PIN of HOME_B, if it is PIN-locked")
     p.set_defaults(func=cmd_pair_local)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from device.server import Server, ServerConfig, parse_listen
+    from device.ui import Console, PanelSource
 
     host, port = parse_listen(args.listen)
     if args.confirm_timeout <= 0:
         raise UsageError("--confirm-timeout must be positive.")
-    with PadStore(args.home):
-        pass  # a clear error now if the home holds no device
-    source = make_source(args.confirm, args.home)
-    server = Server(ServerConfig(home=args.home, source=source, confirm_timeout=args.confirm_timeout), host, port)
-    name = server.app.extensions["otc"].store.device_name
+    name = PadStore.peek_name(args.home)  # a clear error now if the home holds no device
+    pin = read_pin_file(args.pin_file) if args.pin_file else None
+    console: Console | None = None
+    if args.confirm in ("touchscreen", "gpio"):
+        console = Console(name, args.confirm)
+        source: ConfirmSource = PanelSource(console, name=args.confirm)
+        panel = _start_panel(args.confirm, console)  # fails early if the hardware is missing
+    else:
+        source = make_source(args.confirm, args.home)
+        panel = None
+    config = ServerConfig(home=args.home, source=source, confirm_timeout=args.confirm_timeout, pin=pin,
+                          console=console)
+    server = Server(config, host, port)
+    service = server.app.extensions["otc"]
+    if console is not None:
+        console.attach(service.lock, service.panel_status)
     try:
         signal.signal(signal.SIGTERM, _raise_interrupt)
         print(f"otc: device {name} serving on {server.url} (confirm mode: {args.confirm}, "
               f"timeout {args.confirm_timeout:g} s)", flush=True)
-        server.run()
+        if service.store is None:
+            print("otc: the device is PIN-locked: it answers only health until its owner unlocks it",
+                  file=sys.stderr, flush=True)
+            if args.confirm == "tty":
+                _unlock_on_tty(service.lock)
+        if args.confirm == "touchscreen":
+            server.start()
+            panel.run()  # type: ignore[union-attr]  # the screen owns the main thread
+        else:
+            if panel is not None:
+                panel.start()
+            server.run()
     except KeyboardInterrupt:
         pass
     finally:
+        if panel is not None and hasattr(panel, "stop"):
+            panel.stop()
         server.close()
         print("otc: device server stopped", file=sys.stderr)
     return 0
+
+
+def _start_panel(mode: str, console: object) -> object:
+    if mode == "gpio":
+        from device.gpio import GpioPanel, make_pins
+
+        return GpioPanel(console, make_pins())  # type: ignore[arg-type]
+    from device.touchscreen.app import TouchscreenApp
+
+    return TouchscreenApp(console, fullscreen=True)  # type: ignore[arg-type]
+
+
+def _unlock_on_tty(lock: StoreLock) -> None:
+    """Ask for the PIN on the device's terminal until it unlocks (or the device wipes itself)."""
+    import getpass
+
+    from device.ui import LockState
+
+    while lock.status().state == LockState.LOCKED:
+        try:
+            pin = getpass.getpass("Device PIN: ")
+        except (EOFError, OSError):
+            return
+        result = lock.unlock(pin)
+        print(result.message, file=sys.stderr, flush=True)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -138,7 +213,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def cmd_clients(args: argparse.Namespace) -> int:
-    with PadStore(args.home) as store:
+    with open_home(args.home, args.pin_file) as store:
         clients = [c.to_dict() for c in ClientRegistry(store).list()]
     if args.json:
         print(json.dumps(clients, indent=2))
@@ -152,7 +227,7 @@ def cmd_clients(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    with PadStore(args.home) as store:
+    with open_home(args.home, args.pin_file) as store:
         registry = ClientRegistry(store)
         client = registry.find(args.client_id)
         if client is None:
@@ -164,9 +239,22 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pin(args: argparse.Namespace) -> int:
+    lock = StoreLock(args.home)
+    if not lock.locked_home:
+        raise UsageError("This device has no PIN (it was made without --pin-file).")
+    result = lock.change_pin(read_pin_file(args.pin_file), read_pin_file(args.new_pin_file))
+    if not result.ok:
+        raise WrongPin(result.message)
+    print("PIN changed.")
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
-    with PadStore.init(args.home, args.name) as store:
-        print(f"Device {store.device_name} created in {args.home} (not PIN-locked).")
+    pin = read_pin_file(args.pin_file) if args.pin_file else None
+    with PadStore.init(args.home, args.name, pin=pin) as store:
+        locked = "PIN-locked" if pin else "not PIN-locked"
+        print(f"Device {store.device_name} created in {args.home} ({locked}).")
     return 0
 
 
@@ -177,7 +265,7 @@ def cmd_package(args: argparse.Namespace) -> int:
         plaintext.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidMessage("The message is not valid UTF-8 text.") from None
-    with Device.open(args.home, confirm) as device:
+    with Device(open_home(args.home, args.pin_file), confirm) as device:
         result = device.package(args.contact, plaintext)
     sys.stdout.write(fmt.encode(result.package) + "\n")
     sys.stdout.flush()
@@ -188,20 +276,22 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 def cmd_unpackage(args: argparse.Namespace) -> int:
     data = sys.stdin.buffer.read()
-    with Device.open(args.home) as device:
+    with Device(open_home(args.home, args.pin_file)) as device:
         result = device.unpackage_base64(data)
     print(json.dumps(result.to_json(), ensure_ascii=False))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with Device.open(args.home) as device:
+    with Device(open_home(args.home, args.pin_file)) as device:
         status = device.status()
+        status["device"]["pin_locked"] = StoreLock(args.home).locked_home
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
     dev = status["device"]
-    print(f"Device {dev['name']} (id {dev['device_id'][:16]}, not PIN-locked)")
+    locked = "PIN-locked" if dev["pin_locked"] else "not PIN-locked"
+    print(f"Device {dev['name']} (id {dev['device_id'][:16]}, {locked})")
     if not status["contacts"]:
         print("No contacts yet: pair with `otc pad pair-local` or `otc pair`.")
     for contact in status["contacts"]:
@@ -221,7 +311,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    with Device.open(args.home) as device:
+    with Device(open_home(args.home, args.pin_file)) as device:
         events = device.store.events(max(args.limit, 0))
     for event in events:
         print(json.dumps(event) if args.json else format_event(event))
@@ -232,11 +322,14 @@ def cmd_pair_local(args: argparse.Namespace) -> int:
     if args.home_a.resolve() == args.home_b.resolve():
         raise UsageError("HOME_A and HOME_B must be two different devices.")
     check_size(args.size)
-    with PadStore(args.home_a) as a, PadStore(args.home_b) as b:
-        print("otc: pad bytes come from the operating system's CSPRNG, not a hardware RNG: "
-              "development and demo use only", file=sys.stderr)
-        progress = Progress(args.size, "pad")
-        pad_id = pair_local(a, b, args.size, progress=progress.update)
+    with open_home(args.home_a, args.pin_file_a) as a, open_home(args.home_b, args.pin_file_b) as b:
+        def log_alarm(alarm: HRNGError) -> None:  # the HRNG stopped: both devices log why
+            for store in (a, b):
+                store.log_event(alarm.code, detail=str(alarm))
+
+        with pad_random(args.hrng, on_alarm=log_alarm) as random_bytes:
+            progress = Progress(args.size, "pad")
+            pad_id = pair_local(a, b, args.size, random_bytes=random_bytes, progress=progress.update)
         progress.finish()
         half = args.size // 2
         print(f"Paired {a.device_name} (initiator) and {b.device_name} (responder): "
