@@ -1,0 +1,320 @@
+"""The relay's Flask app: the 2015 endpoints and protocol v1 (docs/relay-protocol.md).
+
+    GET  /check                                   2015: {"status": "ok"}
+    POST /send        form or JSON                2015: {"received": true, "ref"}
+    GET  /getmessages ?recipient_uid&start_ref[&maxcount]   2015 shape
+    GET  /getnextref  ?recipient_uid              2015: {"nextref"}
+
+    GET  /v1/info                                 protocol, limits, server time
+    POST /v1/send      {"mailbox", "contents", ["sender"], ["id"]}
+    POST /v1/receive   {"mailboxes": {id: after_ref}, ["wait"], ["limit"], ["ack"]}   long poll
+    POST /v1/ack       {"mailbox", ["through"], ["refs"]}                    delete delivered
+    POST /v1/announce  {"handle", "token", ["ttl"]}                          opt-in presence
+    POST /v1/withdraw  {"handle", "token"}
+    GET  /v1/list      [?limit]                                              who is online
+
+Every refusal is a 4xx with ``{"error": code, "message": text}``; a store
+that cannot be reached is a 503 the client may retry. Unexpected errors are
+logged by type only (never contents) and answered with a JSON 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from relay import protocol as p
+from relay.config import RelayConfig
+from relay.errors import BadRequest, HandleTaken, RateLimited, RelayError
+from relay.notify import Notifier
+from relay.ratelimit import RateLimiter, client_key
+from relay.storage import Limits, Message, Sent, Store, open_store
+
+log = logging.getLogger("otc.relay")
+
+_HTTP_CODES = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 413: "too-large",
+               414: "too-large", 431: "too-large"}
+
+
+class Relay:
+    """Everything one app serves: the store, waiting requests, limits and the expiry sweeper."""
+
+    def __init__(self, config: RelayConfig, store: Store | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store if store is not None else open_store(config.db, pool_size=config.db_pool)
+        self.clock = clock
+        self.notifier = Notifier(config.max_waits, config.max_waits_per_address)
+        self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
+        self.limits = Limits(config.mailbox_max_messages, config.mailbox_max_bytes)
+        self._stop = threading.Event()
+        self.store.watch(self.notifier.notify, self.notifier.notify_all)
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="otc-relay-sweep", daemon=True)
+        self._sweeper.start()
+
+    def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None) -> Sent:
+        now = self.clock()
+        sent = self.store.send(mailbox, sender, contents, client_id, now, now + self.config.expire_seconds,
+                               self.limits)
+        if not sent.duplicate:
+            self.notifier.notify(mailbox)
+        return sent
+
+    def receive(self, cursors: Sequence[tuple[str, int]], limit: int, wait: float,
+                address: str) -> tuple[list[Message], bool]:
+        """Messages after each cursor; with ``wait``, hold the request until some arrive."""
+        size = self.config.max_answer_bytes
+        if wait <= 0:
+            return self.store.fetch(cursors, limit, size, self.clock())
+        watch = self.notifier.watch([m for m, _ in cursors], address)
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                watch.clear()  # before looking, so a send landing meanwhile still wakes us
+                found, complete = self.store.fetch(cursors, limit, size, self.clock())
+                left = deadline - time.monotonic()
+                if found or left <= 0 or self.notifier.closed:
+                    return found, complete
+                watch.wait(left)
+        finally:
+            self.notifier.unwatch(watch)
+
+    def sweep(self) -> dict[str, int]:
+        now = self.clock()
+        return self.store.sweep(now, idle_before=now - self.config.expire_seconds)
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                counts = self.sweep()
+                if any(counts.values()):
+                    log.info("expired: %(messages)d messages, %(ids)d idempotency keys, %(presence)d "
+                             "presence entries, %(mailboxes)d idle mailboxes", counts)
+            except RelayError as exc:
+                log.warning("expiry sweep skipped: %s", exc.code)
+            except Exception as exc:  # noqa: BLE001 - the sweeper must outlive one bad sweep
+                log.error("expiry sweep failed: %s", type(exc).__name__)
+            self._stop.wait(self.config.sweep_interval)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.notifier.close()
+        self._sweeper.join(timeout=10)
+        self.store.close()
+
+
+def presence_token_hash(token: str) -> bytes:
+    """The relay keeps only this hash of a presence token."""
+    return hashlib.sha256(b"otc-relay presence token\x00" + token.encode("utf-8")).digest()
+
+
+def error_response(status: int, code: str, message: str, retry_after: float | None = None) -> Response:
+    response = jsonify({"error": code, "message": message})
+    response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
+
+
+def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: Store | None = None,
+               clock: Callable[[], float] = time.time) -> Flask:
+    """The relay app. ``app.extensions["otc_relay"].close()`` stops its threads and store."""
+    if config is None:
+        config = RelayConfig()
+    elif not isinstance(config, RelayConfig):
+        config = RelayConfig.from_mapping(config)
+    relay = Relay(config, store=store, clock=clock)
+    app = Flask("otc-relay", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes()
+    app.config["MAX_FORM_MEMORY_SIZE"] = config.max_request_bytes()
+    app.config["MAX_FORM_PARTS"] = 100
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False  # every answer is JSON; OPTIONS is a 405 like PUT
+    app.extensions["otc_relay"] = relay
+    # No redirects (they answer in HTML): "/v1/send/" is simply not found.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = True
+
+    def address() -> str:
+        return client_key(request.remote_addr)
+
+    def body() -> dict[str, Any]:
+        return p.json_object(request.get_data(cache=False))
+
+    def form_or_json() -> Mapping[str, Any]:
+        if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            return request.form
+        return body()
+
+    @app.before_request
+    def rate_limit() -> None:
+        retry = relay.limiter.take(address())
+        if retry:
+            exc = RateLimited()
+            exc.retry_after = max(1, math.ceil(retry))
+            raise exc
+
+    # -- the 2015 endpoints, unchanged for 2015 clients --------------------------------
+
+    @app.get("/check")
+    def check() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.post("/send")
+    def send_2015() -> Response:
+        fields = form_or_json()
+        recipient = p.ident(fields.get("recipient_uid"), "recipient_uid")
+        sender = p.ident(fields.get("sender_uid", ""), "sender_uid", allow_empty=True)
+        contents = p.contents(fields.get("contents"), config.max_message_bytes)
+        sent = relay.send(recipient, sender, contents, None)
+        return jsonify({"received": True, "ref": sent.ref})
+
+    @app.get("/getmessages")
+    def getmessages_2015() -> Response:
+        recipient = p.ident(request.args.get("recipient_uid"), "recipient_uid")
+        start = p.query_number(request.args.get("start_ref"), "start_ref")
+        maxcount = request.args.get("maxcount")
+        limit = config.max_batch if maxcount is None else min(p.query_number(maxcount, "maxcount"),
+                                                              config.max_batch)
+        after = max(start - 1, 0)  # 2015's start_ref is inclusive
+        found: list[Message]
+        if limit == 0:
+            peek, _ = relay.receive([(recipient, after)], 1, 0, address())
+            found, complete = [], not peek
+        else:
+            found, complete = relay.receive([(recipient, after)], limit, 0, address())
+        return jsonify({"recipient_uid": recipient, "count": len(found),
+                        "messages": [p.message_2015(m) for m in found], "complete": complete})
+
+    @app.get("/getnextref")
+    def getnextref_2015() -> Response:
+        recipient = p.ident(request.args.get("recipient_uid"), "recipient_uid")
+        return jsonify({"nextref": relay.store.next_ref(recipient)})
+
+    # -- protocol v1 ----------------------------------------------------------------------
+
+    @app.get("/")
+    @app.get("/v1/info")
+    def info() -> Response:
+        return jsonify({
+            "service": "otc-relay",
+            "protocol": p.PROTOCOL,
+            "time": round(relay.clock(), 3),
+            "limits": {
+                "max_message_bytes": config.max_message_bytes,
+                "mailbox_max_messages": config.mailbox_max_messages,
+                "mailbox_max_bytes": config.mailbox_max_bytes,
+                "expire_seconds": config.expire_seconds,
+                "max_wait": config.max_wait,
+                "max_batch": config.max_batch,
+                "max_mailboxes": config.max_mailboxes,
+                "presence_max_ttl": config.presence_max_ttl,
+                "rate_limit": config.rate_limit,
+                "rate_burst": config.rate_burst,
+            },
+        })
+
+    @app.post("/v1/send")
+    def send_v1() -> Response:
+        data = body()
+        mailbox = p.ident(data.get("mailbox"), "mailbox")
+        sender = p.ident(data.get("sender", ""), "sender", allow_empty=True)
+        client_id = p.optional_ident(data, "id")
+        contents = p.contents(data.get("contents"), config.max_message_bytes)
+        sent = relay.send(mailbox, sender, contents, client_id)
+        return jsonify({"mailbox": mailbox, "ref": sent.ref, "expires_at": round(sent.expires_at, 3),
+                        "duplicate": sent.duplicate})
+
+    @app.post("/v1/receive")
+    def receive_v1() -> Response:
+        data = body()
+        cursors = p.cursors(data.get("mailboxes"), config.max_mailboxes)
+        wait = p.seconds(data.get("wait", 0), "wait", config.max_wait)
+        limit = min(p.number(data.get("limit", config.max_batch), "limit", 1), config.max_batch)
+        ack = data.get("ack", False)
+        if not isinstance(ack, bool):
+            raise BadRequest("The field 'ack' must be true or false.")
+        if ack:
+            # The reader has everything up to its cursors: delete it (one round trip, not two).
+            relay.store.ack_cursors(cursors, relay.clock())
+        found, complete = relay.receive(cursors, limit, wait, address())
+        return jsonify({"messages": [p.message_v1(m) for m in found], "complete": complete})
+
+    @app.post("/v1/ack")
+    def ack_v1() -> Response:
+        data = body()
+        mailbox = p.ident(data.get("mailbox"), "mailbox")
+        through = data.get("through")
+        through = None if through is None else p.number(through, "through")
+        refs = data.get("refs", [])
+        if not isinstance(refs, list) or len(refs) > config.max_batch:
+            raise BadRequest(f"The field 'refs' must be a list of at most {config.max_batch} refs.")
+        refs = sorted({p.number(r, "refs") for r in refs})
+        if through is None and not refs:
+            raise BadRequest("Say which messages to delete: 'through' (a ref) and/or 'refs' (a list).")
+        deleted = relay.store.ack(mailbox, through, refs, relay.clock())
+        return jsonify({"mailbox": mailbox, "deleted": deleted})
+
+    @app.post("/v1/announce")
+    def announce_v1() -> Response:
+        data = body()
+        handle = p.handle(data.get("handle"))
+        token = p.token(data.get("token"))
+        ttl = max(1.0, p.seconds(data.get("ttl", config.presence_ttl), "ttl", config.presence_max_ttl))
+        now = relay.clock()
+        presence = relay.store.announce(handle, presence_token_hash(token), now, now + ttl)
+        if presence is None:
+            raise HandleTaken()
+        return jsonify(p.presence_v1(presence))
+
+    @app.post("/v1/withdraw")
+    def withdraw_v1() -> Response:
+        data = body()
+        handle = p.handle(data.get("handle"))
+        token = p.token(data.get("token"))
+        withdrawn = relay.store.withdraw(handle, presence_token_hash(token), relay.clock())
+        if withdrawn is False:
+            raise HandleTaken()
+        return jsonify({"handle": handle, "withdrawn": bool(withdrawn)})
+
+    @app.get("/v1/list")
+    def list_v1() -> Response:
+        text = request.args.get("limit")
+        limit = config.max_presence_list if text is None else min(
+            p.query_number(text, "limit", 1), config.max_presence_list)
+        online = relay.store.online(relay.clock(), limit + 1)
+        return jsonify({"online": [p.presence_v1(x) for x in online[:limit]], "count": min(len(online), limit),
+                        "complete": len(online) <= limit})
+
+    # -- errors: always JSON, never a traceback -------------------------------------------
+
+    @app.errorhandler(RelayError)
+    def refused(exc: RelayError) -> Response:
+        return error_response(exc.status, exc.code, str(exc), exc.retry_after)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 400
+        if status >= 500:
+            log.error("internal HTTP error on %s %s: %s", request.method, request.path, type(exc).__name__)
+            return error_response(500, "internal", "Internal error.")
+        response = error_response(status, _HTTP_CODES.get(status, f"http-{status}"), exc.name or "Refused.")
+        for name, value in exc.get_headers():
+            if name.lower() == "allow":
+                response.headers["Allow"] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def internal(exc: Exception) -> Response:
+        # The type only: a message could quote contents or ids.
+        log.error("internal error on %s %s: %s", request.method, request.path, type(exc).__name__)
+        return error_response(500, "internal", "Internal error.")
+
+    return app

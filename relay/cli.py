@@ -1,0 +1,117 @@
+"""`otc relay ...`: run the untrusted relay (DESIGN.md, docs/relay-protocol.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+from types import FrameType
+
+from relay.config import DAY, RelayConfig, describe_db
+from relay.errors import ConfigError
+from relay.server import DEFAULT_THREADS, RelayServer, parse_listen
+from relay.storage.schema import LATEST
+
+_SIZE_RE = re.compile(r"(\d+)\s*([kmg]?)(i?b)?", re.IGNORECASE)
+
+
+def _size(text: str) -> int:
+    """``2097152``, ``2M``, ``64KiB`` -> bytes (powers of 1024)."""
+    m = _SIZE_RE.fullmatch(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 65536, 64K or 2M)")
+    return int(m.group(1)) * 1024 ** "_kmg".index(m.group(2).lower() or "_")
+
+
+def _positive(kind: type) -> object:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+        return value
+
+    return parse
+
+
+def register(parts: argparse._SubParsersAction) -> None:
+    relay = parts.add_parser("relay", help="the untrusted relay (a mailbox server)",
+                             description="The relay stores and forwards packages between mailboxes. "
+                             "It never sees plaintext or keys; see docs/relay-protocol.md for what it sees.")
+    sub = relay.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    d = RelayConfig()
+    p = sub.add_parser("serve", help="run the relay",
+                       description="Serve the relay on exactly one address with a production WSGI server "
+                       "(waitress). Storage is a SQLite file by default; a postgresql:// URL lets several "
+                       "relay processes share one store.")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT",
+                   help="the address to bind, such as 127.0.0.1:8080 or 0.0.0.0:8080 (port 0: any free port)")
+    p.add_argument("--db", default="", metavar="URL",
+                   help="sqlite:///relative.db, sqlite:////absolute.db or postgresql://... "
+                   "(default: onetimechat/relay/relay.db in the user data directory)")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"server threads; each long poll holds one (default {DEFAULT_THREADS})")
+    p.add_argument("--max-waits", type=_positive(int), default=None,
+                   help="long polls held at once (default: three quarters of --threads)")
+    p.add_argument("--waits-per-address", type=_positive(int), default=d.max_waits_per_address,
+                   help=f"long polls held at once per client address, 0 for no cap (default {d.max_waits_per_address})")
+    p.add_argument("--rate-limit", type=_positive(float), default=d.rate_limit, metavar="PER_SECOND",
+                   help=f"requests per second per client address, 0 for no limit (default {d.rate_limit:g})")
+    p.add_argument("--burst", type=_positive(int), default=d.rate_burst,
+                   help=f"requests a client address may make at once (default {d.rate_burst})")
+    p.add_argument("--trusted-proxy", metavar="ADDRESS",
+                   help="a load balancer's address whose X-Forwarded-For names the client")
+    p.add_argument("--max-message", type=_size, default=d.max_message_bytes, metavar="BYTES",
+                   help=f"largest message (default {d.max_message_bytes >> 20}M)")
+    p.add_argument("--mailbox-messages", type=_positive(int), default=d.mailbox_max_messages,
+                   help=f"most messages one mailbox holds (default {d.mailbox_max_messages})")
+    p.add_argument("--mailbox-bytes", type=_size, default=d.mailbox_max_bytes, metavar="BYTES",
+                   help=f"most bytes one mailbox holds (default {d.mailbox_max_bytes >> 20}M)")
+    p.add_argument("--expire-days", type=_positive(float), default=d.expire_seconds / DAY,
+                   help=f"days an unacknowledged message is kept (default {d.expire_seconds / DAY:g})")
+    p.add_argument("--db-pool", type=_positive(int), default=d.db_pool,
+                   help=f"store connections per process (default {d.db_pool})")
+    p.set_defaults(func=cmd_serve)
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from relay.app import create_app
+
+    host, port = parse_listen(args.listen)
+    threads = max(4, args.threads)
+    config = RelayConfig(
+        db=args.db, max_message_bytes=args.max_message, mailbox_max_messages=args.mailbox_messages,
+        mailbox_max_bytes=args.mailbox_bytes, expire_seconds=args.expire_days * DAY,
+        rate_limit=args.rate_limit, rate_burst=args.burst,
+        max_waits=args.max_waits if args.max_waits is not None else threads * 3 // 4,
+        max_waits_per_address=args.waits_per_address, db_pool=max(1, args.db_pool))
+    logging.basicConfig(level=logging.INFO, format="otc relay: %(levelname)s %(message)s", stream=sys.stderr)
+    app = create_app(config)
+    relay = app.extensions["otc_relay"]
+    try:
+        server = RelayServer(app, host, port, threads=threads, trusted_proxy=args.trusted_proxy)
+    except OSError as exc:
+        relay.close()
+        raise ConfigError(f"Cannot listen on {args.listen}: {exc.strerror or type(exc).__name__}.") from None
+    found = relay.store.found_version
+    state = "new" if found == 0 else f"upgraded from v{found}" if found < LATEST else "existing"
+    print(f"otc relay: storage {describe_db(config.db)} (schema v{LATEST}, {state})", flush=True)
+    print(f"otc relay: listening on {server.url} ({threads} threads)", flush=True)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    print("otc relay: stopped", flush=True)
+    return 0

@@ -1,0 +1,132 @@
+"""The relay's wire formats: checking what comes in, shaping what goes out.
+
+No I/O here: these are pure functions over request fields, so the checks can
+be tested and fuzzed alone. Every refusal is a :class:`~relay.errors.BadRequest`
+(or :class:`~relay.errors.TooLarge`) naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from typing import Any
+
+from relay.errors import BadRequest, TooLarge
+from relay.storage import Message, Presence
+
+PROTOCOL = 1
+#: Mailbox ids, 2015 uids, senders and idempotency keys: at most this many characters.
+MAX_ID_CHARS = 128
+#: Refs and cursors stay within what every JSON reader holds exactly.
+MAX_REF = 2**53 - 1
+HANDLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+MIN_TOKEN, MAX_TOKEN = 16, 256
+_DIGITS = re.compile(r"[0-9]{1,16}")
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("The body must be a JSON object.") from None
+    if not isinstance(data, dict):
+        raise BadRequest("The body must be a JSON object.")
+    return data
+
+
+def _printable(text: str) -> bool:
+    # No control characters, no lone surrogates: ids travel in logs-free but text-typed columns.
+    return not any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
+
+
+def ident(value: Any, name: str, allow_empty: bool = False) -> str:
+    """A mailbox id, 2015 uid, sender or idempotency key: 1 to 128 printable characters."""
+    if not isinstance(value, str) or len(value) > MAX_ID_CHARS or (not value and not allow_empty) \
+            or not _printable(value):
+        what = "0" if allow_empty else "1"
+        raise BadRequest(f"The field {name!r} must be {what} to {MAX_ID_CHARS} printable characters.")
+    return value
+
+
+def optional_ident(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    return None if value is None else ident(value, name)
+
+
+def contents(value: Any, max_bytes: int, name: str = "contents") -> bytes:
+    """Message contents (a package in base64, or a 2015 client's text) as UTF-8 bytes."""
+    if not isinstance(value, str):
+        raise BadRequest(f"The field {name!r} must be a string.")
+    if len(value) > max_bytes:  # a cheap check before encoding
+        raise TooLarge(f"The message is larger than this relay accepts ({max_bytes} bytes).")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"The field {name!r} must be valid Unicode text.") from None
+    if len(raw) > max_bytes:
+        raise TooLarge(f"The message is larger than this relay accepts ({max_bytes} bytes).")
+    return raw
+
+
+def number(value: Any, name: str, lo: int = 0, hi: int = MAX_REF) -> int:
+    """A whole number from JSON (booleans are not numbers here)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise BadRequest(f"The field {name!r} must be a whole number from {lo} to {hi}.")
+    return value
+
+
+def query_number(text: str | None, name: str, lo: int = 0, hi: int = MAX_REF) -> int:
+    """A whole number from the query string: digits only."""
+    if text is None or not _DIGITS.fullmatch(text) or not lo <= int(text) <= hi:
+        raise BadRequest(f"The parameter {name!r} must be a whole number from {lo} to {hi}.")
+    return int(text)
+
+
+def seconds(value: Any, name: str, most: float) -> float:
+    """A duration in seconds, 0 or more; longer ones are cut to ``most``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise BadRequest(f"The field {name!r} must be a number of seconds, 0 or more.")
+    return min(float(value), most)
+
+
+def handle(value: Any) -> str:
+    if not isinstance(value, str) or not HANDLE_RE.fullmatch(value):
+        raise BadRequest("A handle is 1 to 64 letters, digits, '.', '_', '@', '+' or '-', "
+                         "starting with a letter or digit.")
+    return value
+
+
+def token(value: Any) -> str:
+    if not isinstance(value, str) or not MIN_TOKEN <= len(value) <= MAX_TOKEN or not _printable(value):
+        raise BadRequest(f"The field 'token' must be a secret of {MIN_TOKEN} to {MAX_TOKEN} printable characters.")
+    return value
+
+
+def cursors(value: Any, max_mailboxes: int) -> list[tuple[str, int]]:
+    """``{"mailbox": after_ref, ...}`` (or a list of mailboxes, read from the start)."""
+    if isinstance(value, list):
+        value = {m: 0 for m in value} if all(isinstance(m, str) for m in value) else None
+    if not isinstance(value, dict) or not value:
+        raise BadRequest("The field 'mailboxes' must map mailbox ids to the last ref seen (0 for none).")
+    if len(value) > max_mailboxes:
+        raise BadRequest(f"At most {max_mailboxes} mailboxes per request.")
+    return [(ident(m, "mailboxes"), number(after, "mailboxes")) for m, after in value.items()]
+
+
+# -- answers ----------------------------------------------------------------------------
+
+
+def message_2015(m: Message) -> dict[str, Any]:
+    return {"ref": m.ref, "recipient_uid": m.mailbox, "sender_uid": m.sender, "contents": m.contents}
+
+
+def message_v1(m: Message) -> dict[str, Any]:
+    return {"mailbox": m.mailbox, "ref": m.ref, "sender": m.sender, "contents": m.contents,
+            "sent_at": round(m.sent_at, 3), "expires_at": round(m.expires_at, 3)}
+
+
+def presence_v1(p: Presence) -> dict[str, Any]:
+    return {"handle": p.handle, "since": round(p.since, 3), "expires_at": round(p.expires_at, 3)}

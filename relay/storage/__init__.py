@@ -1,0 +1,121 @@
+"""The relay's store: one interface, two implementations.
+
+:class:`Store` is everything the relay keeps: mailboxes (a name and the ref
+the next message will get), messages (ciphertext with its routing id, an
+optional self-declared sender and two times), idempotency keys and presence.
+``sqlite.py`` is the embedded default (WAL, synced commits); ``postgres.py``
+lets several relay processes share one store. ``sql.py`` holds the algorithms
+both run, so the two differ only in connections, locking and schema DDL.
+
+Refs are numbered per mailbox, from 1, in commit order: a reader that keeps
+the last ref it saw never misses a message, even with many writers.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from relay.config import parse_db_url
+
+
+@dataclass(frozen=True)
+class Message:
+    mailbox: str
+    ref: int
+    sender: str
+    contents: str
+    sent_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The outcome of a send: its ref, and whether the idempotency key had been seen."""
+
+    ref: int
+    expires_at: float
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Presence:
+    handle: str
+    since: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-mailbox quotas the store enforces inside the send transaction."""
+
+    max_messages: int
+    max_bytes: int
+
+
+class Store(abc.ABC):
+    """What the relay keeps. Every method is safe to call from many threads."""
+
+    #: "sqlite" or "postgresql".
+    kind: str = ""
+    #: The schema version the store had before this process opened it (0: a new store).
+    found_version: int = 0
+
+    @abc.abstractmethod
+    def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None, now: float,
+             expires_at: float, limits: Limits) -> Sent:
+        """Store one message durably and return its ref; raises MailboxFull over quota."""
+
+    @abc.abstractmethod
+    def fetch(self, cursors: Sequence[tuple[str, int]], limit: int, max_bytes: int,
+              now: float) -> tuple[list[Message], bool]:
+        """Live messages with ref > cursor, per mailbox in the order given; and whether that was all."""
+
+    @abc.abstractmethod
+    def next_ref(self, mailbox: str) -> int:
+        """The ref the next message to ``mailbox`` will get."""
+
+    @abc.abstractmethod
+    def ack(self, mailbox: str, through: int | None, refs: Sequence[int], now: float) -> int:
+        """Delete delivered messages (all up to ``through``, and each of ``refs``); how many went."""
+
+    @abc.abstractmethod
+    def ack_cursors(self, cursors: Sequence[tuple[str, int]], now: float) -> int:
+        """Delete every message up to each (mailbox, ref) cursor, in one transaction."""
+
+    @abc.abstractmethod
+    def announce(self, handle: str, token_hash: bytes, now: float, expires_at: float) -> Presence | None:
+        """Mark ``handle`` online until ``expires_at``; None if it is online under another token."""
+
+    @abc.abstractmethod
+    def withdraw(self, handle: str, token_hash: bytes, now: float) -> bool | None:
+        """Take ``handle`` offline: True; False if online under another token; None if not online."""
+
+    @abc.abstractmethod
+    def online(self, now: float, limit: int) -> list[Presence]:
+        """Handles online now, by name."""
+
+    @abc.abstractmethod
+    def sweep(self, now: float, idle_before: float) -> dict[str, int]:
+        """Delete what has expired, and mailboxes empty and untouched since ``idle_before``."""
+
+    @abc.abstractmethod
+    def watch(self, changed: Callable[[str], None], unknown: Callable[[], None]) -> None:
+        """Report commits by other processes: ``changed(mailbox)``, or ``unknown()`` when unsure."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop watching and close every connection."""
+
+
+def open_store(url: str, pool_size: int = 16) -> Store:
+    """The store a ``--db`` URL names, its schema brought up to date."""
+    kind, target = parse_db_url(url)
+    if kind == "postgresql":
+        from relay.storage.postgres import PostgresStore
+
+        return PostgresStore(target, pool_size=pool_size)
+    from relay.storage.sqlite import SQLiteStore
+
+    return SQLiteStore(target, pool_size=pool_size)

@@ -1,0 +1,210 @@
+"""The shared store: PostgreSQL through psycopg 3, for several relay processes.
+
+Every process keeps a small pool of connections and one more that LISTENs:
+a send queues ``NOTIFY otc_relay, '<mailbox>'`` in its transaction, so long
+polls in every process wake when the commit lands. Commits are synchronous
+(``synchronous_commit = on`` for our sessions whatever the server default),
+so a ref is only answered once the message is durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from relay.errors import RelayError, StoreError, Unavailable
+from relay.storage import schema
+from relay.storage.sql import Op, SQLStore
+
+log = logging.getLogger("otc.relay")
+
+CHANNEL = "otc_relay"
+# pg_advisory_xact_lock key for schema upgrades (any fixed number; ours spells "otc-rely").
+UPGRADE_LOCK = 0x6F74632D72656C79
+POOL_WAIT_S = 30.0
+CONNECT_TIMEOUT_S = 10
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise StoreError("A PostgreSQL store needs psycopg 3: install onetimechat[postgres].") from None
+    return psycopg
+
+
+class _Tx:
+    __slots__ = ("cur",)
+    _converted: dict[str, str] = {}
+
+    def __init__(self, cur: Any) -> None:
+        self.cur = cur
+
+    @classmethod
+    def _sql(cls, sql: str) -> str:
+        # Statements are written with '?' (sqlite3's style); psycopg takes %s.
+        out = cls._converted.get(sql)
+        if out is None:
+            out = cls._converted[sql] = sql.replace("?", "%s")
+        return out
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        return self.cur.execute(self._sql(sql), params).fetchone()
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self.cur.execute(self._sql(sql), params).fetchall()
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self.cur.execute(self._sql(sql), params).rowcount
+
+
+class PostgresStore(SQLStore):
+    kind = "postgresql"
+    LOCK = " FOR UPDATE"
+    SHARE = " FOR SHARE"
+    LOCK_MAILBOX = " FOR UPDATE OF m"
+
+    def __init__(self, conninfo: str, pool_size: int = 8) -> None:
+        self._pg = _psycopg()
+        self._conninfo = conninfo
+        self._idle: list[Any] = []
+        self._pool_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max(1, pool_size))
+        self._closed = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._init_group_commit()
+        self._instance = secrets.token_hex(8)  # tells this process's notifications from others'
+        try:
+            conn = self._connect()
+        except self._pg.Error as exc:
+            raise StoreError(f"Cannot connect to the PostgreSQL store: {_first_line(exc)}") from None
+        try:
+            self.found_version = self._upgrade(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._idle.append(conn)
+
+    def _connect(self) -> Any:
+        conn = self._pg.connect(self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                                application_name="otc-relay")
+        conn.execute("SET synchronous_commit = on")
+        return conn
+
+    def _upgrade(self, conn: Any) -> int:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (UPGRADE_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS relay_schema (version integer NOT NULL)")
+            row = conn.execute("SELECT version FROM relay_schema").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO relay_schema (version) VALUES (0)")
+            found = int(row[0]) if row else 0
+            if found > schema.LATEST:
+                raise StoreError(schema.too_new(found))
+            for step in range(found, schema.LATEST):
+                for statement in schema.statements(schema.STEPS[step]["postgresql"]):
+                    conn.execute(statement)
+                conn.execute("UPDATE relay_schema SET version = %s", (step + 1,))
+        return found
+
+    # -- connections ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[Any]:
+        if self._closed.is_set() or not self._slots.acquire(timeout=POOL_WAIT_S):
+            raise Unavailable()
+        conn = None
+        try:
+            with self._pool_lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is not None and conn.closed:
+                conn = None
+            if conn is None:
+                conn = self._connect()
+            yield conn
+        except (self._pg.OperationalError, self._pg.errors.DeadlockDetected,
+                self._pg.errors.SerializationFailure) as exc:
+            # Connection lost, server restarting, or a transaction the server chose to abort.
+            log.warning("store unavailable: %s", type(exc).__name__)
+            if conn is not None and (conn.closed or isinstance(exc, self._pg.OperationalError)):
+                conn.close()
+                conn = None
+            raise Unavailable() from None
+        finally:
+            if conn is not None:
+                with self._pool_lock:
+                    if self._closed.is_set() or conn.closed:
+                        conn.close()
+                    else:
+                        self._idle.append(conn)
+            self._slots.release()
+
+    def _commit(self, batch: list[Op]) -> None:
+        # Pipeline mode: statements whose results are not read (savepoints, writes) travel
+        # with the next one that is, so a send costs one round trip, and the batch one more.
+        with self._conn() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+            tx = _Tx(cur)
+            for op in batch:
+                cur.execute("SAVEPOINT op")
+                try:
+                    op.value = op.fn(tx)
+                except RelayError as exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT op")
+                    op.error = exc
+                cur.execute("RELEASE SAVEPOINT op")
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[_Tx]:
+        with self._conn() as conn, conn.cursor() as cur:
+            yield _Tx(cur)
+
+    def _after_send(self, tx: Any, mailbox: str) -> None:
+        # Delivered at commit to every listening relay process; ours skips its own.
+        tx.run("SELECT pg_notify(?, ?)", (CHANNEL, f"{self._instance} {mailbox}"))
+
+    # -- watching other processes -------------------------------------------------------
+
+    def watch(self, changed: Callable[[str], None], unknown: Callable[[], None]) -> None:
+        self._watcher = threading.Thread(target=self._listen, args=(changed, unknown),
+                                         name="otc-relay-pg-listen", daemon=True)
+        self._watcher.start()
+
+    def _listen(self, changed: Callable[[str], None], unknown: Callable[[], None]) -> None:
+        while not self._closed.is_set():
+            try:
+                with self._pg.connect(self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                                      application_name="otc-relay-listen") as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    unknown()  # notifications sent while we were not listening are lost
+                    while not self._closed.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            if self._closed.is_set():
+                                break
+                            sender, _, mailbox = note.payload.partition(" ")
+                            if sender != self._instance:
+                                changed(mailbox)
+            except self._pg.Error as exc:
+                log.warning("store listener: %s; reconnecting", type(exc).__name__)
+                self._closed.wait(1.0)
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._watcher is not None:
+            if self._watcher.is_alive() and self._idle:
+                # Wake the listener now rather than at its next timeout (pool connections notify too).
+                with contextlib.suppress(self._pg.Error):
+                    self._idle[-1].execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+            self._watcher.join(timeout=5)
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,298 @@
+"""The store's algorithms in SQL that SQLite and PostgreSQL both run.
+
+Every write is a function of one transaction handed to :meth:`SQLStore._transact`.
+Writes go through a group commit: each request queues its function; one
+thread at a time leads, running everything queued so far in one transaction
+(each function under its own savepoint, so a refusal undoes only its own
+writes) with one durable commit for all, then wakes their threads and hands
+the lead to the next one waiting. Nobody gets an answer before that commit.
+One commit (one sync) per batch instead of per request, and one thread doing
+store work instead of many contending for it. Reads use :meth:`SQLStore._read`.
+Statements are written with ``?`` placeholders.
+
+Ordering: a send locks its mailbox's row (PostgreSQL ``FOR UPDATE``; SQLite
+has one writer at a time) before taking the next ref, and holds it until the
+commit, so refs within a mailbox become visible in order and a reader's
+"after ref N" cursor never skips a message committed late. A batch runs its
+functions sorted by mailbox, so batches of two relay processes sharing a
+PostgreSQL store take row locks in the same order.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from relay.errors import MailboxFull
+from relay.storage import Limits, Message, Presence, Sent, Store
+
+# How many mailboxes with expired messages one sweep clears (the next sweep does the rest).
+SWEEP_MAILBOXES = 1000
+# Most transaction functions committed together.
+MAX_BATCH = 256
+T = TypeVar("T")
+
+
+class Tx(Protocol):
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None: ...
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]: ...
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int: ...  # rowcount; -1 if not known yet
+
+
+class Op:
+    """One queued transaction function and, once committed, its outcome."""
+
+    __slots__ = ("fn", "key", "done", "value", "error", "wake")
+
+    def __init__(self, fn: Callable[[Any], Any], key: str) -> None:
+        self.fn = fn
+        self.key = key
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.wake = threading.Event()
+
+
+class SQLStore(Store):
+    #: Row-lock clauses (PostgreSQL); SQLite's write transactions are already exclusive.
+    LOCK = ""
+    SHARE = ""
+    LOCK_MAILBOX = ""  # the mailbox row only, in a join aliased m
+
+    _queue: list[Op]
+    _queue_lock: threading.Lock
+    _leading: bool
+
+    def _init_group_commit(self) -> None:
+        self._queue = []
+        self._queue_lock = threading.Lock()
+        self._leading = False  # a thread is committing; the others wait for it
+
+    def _transact(self, fn: Callable[[Tx], T], key: str = "") -> T:
+        """Run ``fn`` in a write transaction; its result once durably committed.
+
+        If ``fn`` raises, nothing it wrote is kept and the error is raised here.
+        ``key`` (the mailbox) orders functions within a batch.
+        """
+        mine = Op(fn, key)
+        with self._queue_lock:
+            self._queue.append(mine)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            # Woken when a leader has committed our function, or when we are to lead next.
+            mine.wake.wait()
+        if not mine.done:
+            self._lead()
+        if mine.error is not None:
+            raise mine.error
+        return mine.value
+
+    def _lead(self) -> None:
+        with self._queue_lock:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        try:
+            self._commit(sorted(batch, key=lambda op: op.key))
+        except BaseException as exc:  # noqa: BLE001 - the commit failed: nothing in the batch was kept
+            for op in batch:
+                op.value, op.error = None, exc
+        finally:
+            for op in batch:
+                op.done = True
+                op.wake.set()
+            with self._queue_lock:
+                if self._queue:
+                    self._queue[0].wake.set()  # still leading: the next thread takes over
+                else:
+                    self._leading = False
+
+    @abc.abstractmethod
+    def _commit(self, batch: list[Op]) -> None:
+        """Run each function of ``batch`` under a savepoint in one transaction and commit it.
+
+        A function that raises a RelayError (a refusal) has its writes undone and the error
+        stored in its Op; any other failure is raised and fails the whole batch.
+        """
+
+    @abc.abstractmethod
+    def _read(self) -> contextlib.AbstractContextManager[Tx]:
+        """A connection for reads."""
+
+    def _after_send(self, tx: Tx, mailbox: str) -> None:
+        """Called inside the send transaction, after the message's row is written."""
+
+    # -- messages ---------------------------------------------------------------------
+
+    def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None, now: float,
+             expires_at: float, limits: Limits) -> Sent:
+        size = len(contents)
+
+        def op(tx: Tx) -> Sent:
+            next_ref, count, nbytes, seen_ref, seen_expires = self._lock_mailbox(tx, mailbox, client_id, now)
+            if seen_ref is not None:
+                return Sent(int(seen_ref), float(seen_expires), duplicate=True)
+            ref, count, nbytes = int(next_ref), int(count), int(nbytes)
+            if count + 1 > limits.max_messages or nbytes + size > limits.max_bytes:
+                raise MailboxFull()
+            tx.run("UPDATE mailboxes SET next_ref = ?, count = count + 1, bytes = bytes + ?, touched = ? "
+                   "WHERE mailbox = ?", (ref + 1, size, now, mailbox))
+            tx.run("INSERT INTO messages (mailbox, ref, sender, contents, size, created, expires) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (mailbox, ref, sender, contents, size, now, expires_at))
+            self._after_send(tx, mailbox)
+            if client_id is not None:
+                tx.run("INSERT INTO sent_ids (mailbox, client_id, ref, expires) VALUES (?, ?, ?, ?)",
+                       (mailbox, client_id, ref, expires_at))
+            return Sent(ref, expires_at)
+
+        return self._transact(op, mailbox)
+
+    def _lock_mailbox(self, tx: Tx, mailbox: str, client_id: str | None, now: float) -> tuple:
+        """The mailbox's (next_ref, count, bytes), locked for this transaction and made if new,
+        with the (ref, expires) an earlier send with this idempotency key got, if any."""
+        select = ("SELECT m.next_ref, m.count, m.bytes, s.ref, s.expires FROM mailboxes m "
+                  "LEFT JOIN sent_ids s ON s.mailbox = m.mailbox AND s.client_id = ? "
+                  "WHERE m.mailbox = ?" + self.LOCK_MAILBOX)
+        row = tx.one(select, (client_id, mailbox))
+        if row is None:
+            # The floor is read under a share lock: a sweep forgetting mailboxes raises it under
+            # an exclusive one, so a mailbox made again never reuses a ref it had before.
+            floor = tx.one("SELECT value FROM relay_meta WHERE key = 'ref_floor'" + self.SHARE)
+            tx.run("INSERT INTO mailboxes (mailbox, next_ref, count, bytes, touched) VALUES (?, ?, 0, 0, ?) "
+                   "ON CONFLICT (mailbox) DO NOTHING", (mailbox, int(floor[0]) if floor else 1, now))
+            row = tx.one(select, (client_id, mailbox))
+        assert row is not None
+        return row
+
+    def fetch(self, cursors: Sequence[tuple[str, int]], limit: int, max_bytes: int,
+              now: float) -> tuple[list[Message], bool]:
+        found: list[Message] = []
+        total = 0
+        with self._read() as tx:
+            for mailbox, after in cursors:
+                room = limit - len(found)
+                if room <= 0 or (found and total >= max_bytes):
+                    return found, False
+                rows = tx.all("SELECT ref, sender, contents, created, expires FROM messages "
+                              "WHERE mailbox = ? AND ref > ? AND expires > ? ORDER BY ref LIMIT ?",
+                              (mailbox, after, now, room + 1))
+                for n, (ref, sender, contents, created, expires) in enumerate(rows):
+                    if n == room or (found and total + len(contents) > max_bytes):
+                        return found, False
+                    total += len(contents)
+                    found.append(Message(mailbox, int(ref), sender, bytes(contents).decode("utf-8"),
+                                         float(created), float(expires)))
+        return found, True
+
+    def next_ref(self, mailbox: str) -> int:
+        with self._read() as tx:
+            row = tx.one("SELECT next_ref FROM mailboxes WHERE mailbox = ?", (mailbox,))
+            if row is None:
+                row = tx.one("SELECT value FROM relay_meta WHERE key = 'ref_floor'")
+        return int(row[0]) if row else 1
+
+    def ack(self, mailbox: str, through: int | None, refs: Sequence[int], now: float) -> int:
+        return self._transact(lambda tx: self._delete(tx, mailbox, through, refs, now), mailbox)
+
+    def ack_cursors(self, cursors: Sequence[tuple[str, int]], now: float) -> int:
+        """Delete everything up to each cursor, in one transaction."""
+        cursors = [(m, c) for m, c in cursors if c > 0]
+        if not cursors:
+            return 0
+        cursors.sort()
+        return self._transact(lambda tx: sum(self._delete(tx, m, c, (), now) for m, c in cursors), cursors[0][0])
+
+    def _delete(self, tx: Tx, mailbox: str, through: int | None, refs: Sequence[int], now: float) -> int:
+        # Messages first, then the mailbox's counters, and only if something went: a poll that
+        # acknowledges nothing new writes nothing (no lock, no sync).
+        sizes: list[tuple] = []
+        if through is not None:
+            sizes += tx.all("DELETE FROM messages WHERE mailbox = ? AND ref <= ? RETURNING size", (mailbox, through))
+        if refs:
+            marks = ", ".join("?" * len(refs))
+            sizes += tx.all(f"DELETE FROM messages WHERE mailbox = ? AND ref IN ({marks}) RETURNING size",
+                            (mailbox, *refs))
+        self._uncount(tx, mailbox, sizes, now)
+        return len(sizes)
+
+    @staticmethod
+    def _uncount(tx: Tx, mailbox: str, sizes: list[tuple], now: float) -> None:
+        if sizes:
+            tx.run("UPDATE mailboxes SET count = count - ?, bytes = bytes - ?, touched = ? WHERE mailbox = ?",
+                   (len(sizes), sum(int(s[0]) for s in sizes), now, mailbox))
+
+    # -- presence ---------------------------------------------------------------------
+
+    def announce(self, handle: str, token_hash: bytes, now: float, expires_at: float) -> Presence | None:
+        def op(tx: Tx) -> Presence | None:
+            # One upsert: a live handle is only renewed under its own token.
+            row = tx.one(
+                "INSERT INTO presence (handle, token_hash, since, expires) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (handle) DO UPDATE SET "
+                "since = CASE WHEN presence.expires > ? THEN presence.since ELSE excluded.since END, "
+                "token_hash = excluded.token_hash, expires = excluded.expires "
+                "WHERE presence.expires <= ? OR presence.token_hash = excluded.token_hash "
+                "RETURNING since",
+                (handle, token_hash, now, expires_at, now, now))
+            return None if row is None else Presence(handle, float(row[0]), expires_at)
+
+        return self._transact(op)
+
+    def withdraw(self, handle: str, token_hash: bytes, now: float) -> bool | None:
+        def op(tx: Tx) -> bool | None:
+            row = tx.one("SELECT token_hash FROM presence WHERE handle = ? AND expires > ?" + self.LOCK,
+                         (handle, now))
+            if row is None:
+                return None
+            if bytes(row[0]) != token_hash:
+                return False
+            tx.run("DELETE FROM presence WHERE handle = ?", (handle,))
+            return True
+
+        return self._transact(op)
+
+    def online(self, now: float, limit: int) -> list[Presence]:
+        with self._read() as tx:
+            rows = tx.all("SELECT handle, since, expires FROM presence WHERE expires > ? ORDER BY handle LIMIT ?",
+                          (now, limit))
+        return [Presence(h, float(s), float(e)) for h, s, e in rows]
+
+    # -- expiry -----------------------------------------------------------------------
+
+    def sweep(self, now: float, idle_before: float) -> dict[str, int]:
+        counts = {"messages": 0, "ids": 0, "presence": 0, "mailboxes": 0}
+        with self._read() as tx:
+            expired = [r[0] for r in tx.all("SELECT DISTINCT mailbox FROM messages WHERE expires <= ? LIMIT ?",
+                                             (now, SWEEP_MAILBOXES))]
+
+        def expire(mailbox: str) -> Callable[[Tx], int]:
+            # One mailbox per transaction, like an acknowledgement.
+            def op(tx: Tx) -> int:
+                sizes = tx.all("DELETE FROM messages WHERE mailbox = ? AND expires <= ? RETURNING size",
+                               (mailbox, now))
+                self._uncount(tx, mailbox, sizes, now)
+                return len(sizes)
+
+            return op
+
+        for mailbox in expired:
+            counts["messages"] += self._transact(expire(mailbox), mailbox)
+
+        def forget(tx: Tx) -> tuple[int, int, int]:
+            # Counted through RETURNING: rowcounts are not known yet in PostgreSQL's pipeline mode.
+            ids = len(tx.all("DELETE FROM sent_ids WHERE expires <= ? RETURNING 1", (now,)))
+            presence = len(tx.all("DELETE FROM presence WHERE expires <= ? RETURNING 1", (now,)))
+            floor = tx.one("SELECT value FROM relay_meta WHERE key = 'ref_floor'" + self.LOCK)
+            gone = tx.all("DELETE FROM mailboxes WHERE count = 0 AND touched <= ? RETURNING next_ref",
+                          (idle_before,))
+            if gone:
+                top = max([int(floor[0]) if floor else 1] + [int(r[0]) for r in gone])
+                tx.run("UPDATE relay_meta SET value = ? WHERE key = 'ref_floor'", (top,))
+            return ids, presence, len(gone)
+
+        counts["ids"], counts["presence"], counts["mailboxes"] = self._transact(forget)
+        return counts

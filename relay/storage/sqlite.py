@@ -1,0 +1,214 @@
+"""The embedded store: one SQLite file in WAL mode, every commit synced.
+
+SQLite has one writer at a time; the group commit (``sql.py``) makes this
+process's writers take turns without sleeping in SQLite's busy handler, while
+other processes on the same file wait in it. ``synchronous=FULL`` syncs the
+WAL on every commit: a ref is only answered once the message is on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from relay.errors import RelayError, StoreError, Unavailable
+from relay.storage import schema
+from relay.storage.sql import Op, SQLStore
+
+log = logging.getLogger("otc.relay")
+
+BUSY_TIMEOUT_S = 30.0
+# How often the watcher looks for commits by other processes.
+WATCH_INTERVAL_S = 0.05
+
+
+class _Tx:
+    __slots__ = ("conn", "last_id")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.last_id: int | None = None
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        return self.conn.execute(sql, params).fetchone()
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cur = self.conn.execute(sql, params)
+        self.last_id = cur.lastrowid
+        return cur.rowcount
+
+
+class SQLiteStore(SQLStore):
+    kind = "sqlite"
+
+    def __init__(self, path: str | Path, pool_size: int = 8) -> None:
+        self.path = Path(path)
+        self._idle: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._init_group_commit()
+        self._own_ids: set[int] = set()  # messages this process wrote, which its watcher skips
+        self._closed = threading.Event()
+        self._watcher: threading.Thread | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StoreError(f"Cannot create the relay store's folder {self.path.parent}: {exc.strerror}.") from None
+        conn = self._connect()
+        try:
+            self.found_version = self._upgrade(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._idle.append(conn)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=BUSY_TIMEOUT_S)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} cannot be used as a relay store ({type(exc).__name__}).") from None
+        if str(mode).lower() != "wal":
+            conn.close()
+            raise StoreError(f"{self.path} cannot be put in WAL mode (it is in {mode} mode).")
+        return conn
+
+    @staticmethod
+    def _upgrade(conn: sqlite3.Connection) -> int:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if found > schema.LATEST:
+                raise StoreError(schema.too_new(found))
+            for step in range(found, schema.LATEST):
+                for statement in schema.statements(schema.STEPS[step]["sqlite"]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {step + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return found
+
+    # -- connections ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        if self._closed.is_set():
+            raise Unavailable()
+        with self._pool_lock:
+            conn = self._idle.pop() if self._idle else None
+        try:
+            if conn is None:
+                conn = self._connect()
+            yield conn
+        except sqlite3.OperationalError as exc:
+            # Locked past the timeout, disk full, I/O error: the request can be retried.
+            log.warning("store unavailable: %s", type(exc).__name__)
+            raise Unavailable() from None
+        finally:
+            if conn is not None:
+                with self._pool_lock:
+                    if self._closed.is_set():
+                        conn.close()
+                    else:
+                        self._idle.append(conn)
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[_Tx]:
+        with self._conn() as conn:
+            yield _Tx(conn)
+
+    # -- group commit (SQLStore._transact) ----------------------------------------------
+
+    def _commit(self, batch: list[Op]) -> None:
+        try:
+            with self._conn() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    tx = _Tx(conn)
+                    for op in batch:
+                        conn.execute("SAVEPOINT op")
+                        try:
+                            op.value = op.fn(tx)
+                        except RelayError as exc:
+                            conn.execute("ROLLBACK TO op")
+                            op.error = exc
+                        conn.execute("RELEASE op")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
+        except BaseException:
+            self._own_ids.clear()  # their ids may be reused, possibly by another process
+            raise
+
+    def _after_send(self, tx: Any, mailbox: str) -> None:
+        if tx.last_id is not None:
+            self._own_ids.add(tx.last_id)
+
+    # -- watching other processes ---------------------------------------------------------
+
+    def watch(self, changed: Callable[[str], None], unknown: Callable[[], None]) -> None:
+        self._watcher = threading.Thread(target=self._watch, args=(changed, unknown),
+                                         name="otc-relay-sqlite-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self, changed: Callable[[str], None], unknown: Callable[[], None]) -> None:
+        # PRAGMA data_version changes when another connection commits; message ids
+        # (AUTOINCREMENT, never reused) then say which mailboxes got something. Our own
+        # process's sends have already woken their readers.
+        conn: sqlite3.Connection | None = None
+        version, last_id = None, 0
+        while not self._closed.wait(WATCH_INTERVAL_S):
+            try:
+                if conn is None:
+                    conn = self._connect()
+                    top = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+                    last_id = int(top[0]) if top else 0
+                    version = None
+                    unknown()
+                now_version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if now_version == version:
+                    continue
+                version = now_version
+                conn.execute("BEGIN")  # one snapshot for both reads
+                try:
+                    top = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+                    rows = conn.execute("SELECT id, mailbox FROM messages WHERE id > ?", (last_id,)).fetchall()
+                finally:
+                    conn.execute("COMMIT")
+                own = self._own_ids
+                for mailbox in {m for i, m in rows if i not in own}:
+                    changed(mailbox)
+                # Every id up to the sequence's top has been seen or deleted: forget those.
+                last_id = max(last_id, int(top[0]) if top else 0)
+                if own:
+                    self._own_ids = {i for i in list(own) if i > last_id}
+            except (sqlite3.Error, StoreError) as exc:
+                log.warning("store watcher: %s; retrying", type(exc).__name__)
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
