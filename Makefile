@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 OTC    := $(VENV)/bin/otc
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: demo test bench lint clean venv
+.PHONY: demo test bench lint clean venv screenshots
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	@bash scripts/ensure-test-deps.sh
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+# Every screen of the device's touchscreen, with realistic content, as PNGs (SDL's dummy driver: no display needed).
+screenshots: $(STAMP)
+	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(PY) scripts/screenshots.py docs/screenshots
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -175,8 +175,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        if panel is not None and hasattr(panel, "stop"):
-            panel.stop()
+        if panel is not None:
+            (panel.stop if hasattr(panel, "stop") else panel.close)()
         server.close()
         print("otc: device server stopped", file=sys.stderr)
     return 0
@@ -189,6 +189,7 @@ def _start_panel(mode: str, console: object) -> object:
         return GpioPanel(console, make_pins())  # type: ignore[arg-type]
     from device.touchscreen.app import TouchscreenApp
 
+    # SDL_VIDEODRIVER picks the driver: kmsdrm on the Pi (set by its service), dummy in tests.
     return TouchscreenApp(console, fullscreen=True)  # type: ignore[arg-type]
 
 

@@ -1,0 +1,458 @@
+"""The screens: which one applies, and how each is drawn from a snapshot.
+
+Priority, highest first: the PIN (wiped, first start, locked), a message
+waiting for confirmation, the pairing ceremony, a client pairing code, then
+home (or the PIN change started from it). Alarms cover home and show as a
+badge everywhere else.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from device.touchscreen.canvas import (
+    ACCENT,
+    BACKGROUND,
+    BAD,
+    GOOD,
+    HEIGHT,
+    MARGIN,
+    MUTED,
+    PANEL,
+    TEXT,
+    WARN,
+    WIDTH,
+    Canvas,
+)
+from device.touchscreen.controller import MAX_PIN, MIN_PIN, Controller
+from device.ui import ContactView, LockState, Snapshot
+
+ALARM_TITLES = {
+    "hrng": "Random source failed",
+    "replay": "Replayed message refused",
+    "invalid": "Forged or damaged message refused",
+    "tamper": "Tampering detected",
+    "pad-low": "Pad nearly used up",
+    "pad-exhausted": "Pad used up",
+    "wipe": "Pads erased",
+}
+
+# The confirm screen's message box: 8 lines of the message at a time.
+MESSAGE_SIZE = 26
+MESSAGE_BOX = (MARGIN, 68, 692, 248)
+MESSAGE_TEXT = (MARGIN + 12, 76, 668, 232)
+
+
+def human_bytes(n: float) -> str:
+    if n < 1024:
+        return "1 byte" if n == 1 else f"{int(n):,} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            break
+    return f"{n:.0f} {unit}" if n >= 100 else f"{n:.1f} {unit}"
+
+
+def duration(seconds: float) -> str:
+    s = max(math.ceil(seconds), 0)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def choose(snap: Snapshot, ctl: Controller) -> tuple[str, str]:
+    """(screen, key) for ``snap``; a new key is something new for the owner to read."""
+    state = snap.lock.state
+    if state == LockState.WIPED:
+        return "wiped", "wiped"
+    if state == LockState.NO_PIN:
+        return "first-start", "first-start"
+    if state == LockState.LOCKED:
+        return "lock", "lock"
+    if snap.confirm is not None:
+        return "confirm", f"confirm:{snap.confirm.request_id}"
+    if snap.ceremony is not None:
+        return "ceremony", f"ceremony:{snap.ceremony.stage}"
+    if snap.pairing_code is not None:
+        return "pairing-code", f"pairing-code:{snap.pairing_code}"
+    if ctl.changing_pin:
+        return "change-pin", "change-pin"
+    if snap.alarms:
+        return "home", f"home:alarm:{snap.alarms[0].alarm_id}"
+    return "home", "home"
+
+
+def alarm_badge(c: Canvas, snap: Snapshot, right: int, y: int) -> int:
+    """A red "N alarms" pill ending at ``right``; returns its left edge."""
+    if not snap.alarms:
+        return right
+    font_size = 20
+    text = plural(len(snap.alarms), "alarm")
+    w = c.fonts.get(font_size).size(text)[0] + 28
+    c.fill(BAD, (right - w, y, w, 32), radius=16)
+    c.text(text, (right - w // 2, y + 16), font_size, TEXT, anchor="center", role="alarm-badge")
+    return right - w
+
+
+# -- PIN screens --------------------------------------------------------------------------
+
+PIN_PROMPTS = {
+    ("unlock", "unlock"): "Enter your PIN",
+    ("first", "new"): "Choose a PIN for this device",
+    ("first", "repeat"): "Type the same PIN again",
+    ("change", "old"): "Type your current PIN",
+    ("change", "new"): "Choose a new PIN",
+    ("change", "repeat"): "Type the new PIN again",
+}
+
+
+def draw_pin(c: Canvas, snap: Snapshot, ctl: Controller, title: str, cancel: bool = False) -> None:
+    pin = ctl.pin
+    wait = ctl.retry_in(snap)
+    c.fill(BACKGROUND)
+    x, w = MARGIN, 368
+    c.text(title, (x, 16), 38, role="title", width=w)
+    badge_left = alarm_badge(c, snap, x + w, 66)
+    c.text(snap.device_name, (x, 68), 22, MUTED, role="device", width=badge_left - x - 12)
+    c.text(PIN_PROMPTS.get((pin.flow, pin.stage), "Enter your PIN"), (x, 106), 26, role="prompt", width=w)
+
+    box = (x, 146, w, 64)
+    c.fill(PANEL, box, radius=12)
+    if pin.digits:
+        c.dots(len(pin.digits), box, TEXT, "•" * len(pin.digits))
+    elif pin.stage == "new":
+        c.text(f"{MIN_PIN} to {MAX_PIN} digits", (x + w // 2, 178), 22, MUTED, anchor="center", role="hint")
+
+    y = 224
+    if ctl.busy:
+        y = c.paragraph(ctl.busy, (x, y, w, 60), 24, ACCENT, role="busy")
+    if pin.note:
+        y = c.paragraph(pin.note, (x, y, w, 90), 24, BAD if pin.error else MUTED, role="note")
+    if wait > 0:
+        y = c.paragraph(f"Try again in {duration(wait)}.", (x, y, w, 60), 24, WARN, role="delay")
+        c.frame.redraw_at = ctl.monotonic() + min(wait, 0.25)
+    elif snap.lock.failures and not snap.lock.warning and not ctl.busy:
+        c.paragraph(f"{plural(snap.lock.failures, 'wrong PIN')} in a row.", (x, y, w, 60), 22, MUTED, role="note")
+
+    bottom = HEIGHT - MARGIN
+    if cancel:
+        c.button("cancel", "Cancel", (x, bottom - 64, w, 64), ctl.cancel_change_pin, kind="plain", size=30,
+                 enabled=not ctl.busy)
+        bottom -= 76
+    if snap.lock.warning and snap.lock.state != LockState.WIPED:
+        left = snap.lock.attempts_left
+        box = (x, bottom - 88, w, 88)
+        c.fill(BAD, box, radius=12)
+        c.paragraph(f"{plural(left, 'attempt')} left before this device erases its pads", (x + 12, box[1] + 14,
+                    w - 24, 64), 24, TEXT, role="warning", align="center")
+
+    keys_on = wait <= 0 and not ctl.busy
+    keypad(c, ctl, keys_on)
+
+
+def keypad(c: Canvas, ctl: Controller, enabled: bool) -> None:
+    """3 by 4 keys filling the right half: large enough for a thumb."""
+    x0, y0, kw, kh, gap = 404, 12, 120, 106, 10
+    digits = ctl.pin.digits
+    more = enabled and len(digits) < MAX_PIN
+
+    def key(row: int, col: int) -> tuple[int, int, int, int]:
+        return (x0 + col * (kw + gap), y0 + row * (kh + gap), kw, kh)
+
+    for i, d in enumerate("123456789"):
+        c.button(f"key-{d}", d, key(i // 3, i % 3), _bind(ctl.digit, d), enabled=more, size=48)
+    c.button("delete", "Delete", key(3, 0), ctl.delete, enabled=enabled and bool(digits), size=28)
+    c.button("key-0", "0", key(3, 1), _bind(ctl.digit, "0"), enabled=more, size=48)
+    least = 1 if ctl.pin.stage in ("unlock", "old") else MIN_PIN
+    c.button("ok", "OK", key(3, 2), ctl.submit, kind="good", enabled=enabled and len(digits) >= least, size=36)
+
+
+def _bind(act: Callable[[str], None], value: str) -> Callable[[], None]:
+    return lambda: act(value)
+
+
+def draw_lock(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
+    draw_pin(c, snap, ctl, "Locked")
+
+
+def draw_first_start(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
+    draw_pin(c, snap, ctl, "Welcome")
+
+
+def draw_change_pin(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
+    draw_pin(c, snap, ctl, "Change PIN", cancel=True)
+
+
+def draw_wiped(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
+    c.fill(BACKGROUND)
+    c.text("This device erased its pads", (WIDTH // 2, 64), 40, BAD, anchor="midtop", role="title")
+    c.paragraph(f"After {plural(snap.lock.wipe_after, 'wrong PIN')} in a row it erased its pads and keys, as it "
+                "was set to. Nothing that was on it can be read any more.", (80, 150, 640, 130), 28,
+                role="text", align="center")
+    c.paragraph("To use it again, set it up anew and pair in person with your contacts for new pads.",
+                (80, 320, 640, 100), 24, MUTED, role="text", align="center")
+
+
+# -- home ---------------------------------------------------------------------------------
+
+
+def level_color(left: int, total: int) -> tuple[int, int, int]:
+    fraction = left / total if total else 0.0
+    if fraction > 0.10:
+        return GOOD
+    return WARN if fraction > 0.02 else BAD
+
+
+def contact_card(c: Canvas, contact: ContactView, rect: tuple[int, int, int, int]) -> None:
+    x, y, w, h = rect
+    c.fill(PANEL, rect, radius=12)
+    c.text(contact.name, (x + 14, y + 6), 26, role="contact", width=w - 28)
+    rows = (("Send", contact.send_left, contact.send_total), ("Receive", contact.receive_left, contact.receive_total))
+    for i, (label, left, total) in enumerate(rows):
+        ry = y + 40 + i * 22
+        c.text(label, (x + 14, ry), 18, MUTED, role="label")
+        c.bar((x + 96, ry + 3, 216, 14), left / total if total else 0.0, level_color(left, total))
+        c.text(f"{human_bytes(left)} of {human_bytes(total)}", (x + 326, ry), 18, role="pad-left", width=w - 340)
+
+
+def draw_home(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
+    c.fill(BACKGROUND)
+    c.fill(PANEL, (0, 0, WIDTH, 64))
+    mode_color = WARN if snap.confirm_mode == "auto" else MUTED
+    mode = "Confirm: auto (approves everything)" if snap.confirm_mode == "auto" else f"Confirm: {snap.confirm_mode}"
+    mode_rect = c.text(mode, (WIDTH - MARGIN, 22), 22, mode_color, anchor="topright", role="confirm-mode")
+    c.text(snap.device_name, (MARGIN, 12), 36, role="title", width=mode_rect.left - MARGIN - 20)
+
+    # Contacts, a page at a time.
+    col_w = 544
+    c.text("Contacts", (MARGIN, 74), 22, MUTED, role="heading")
+    contacts = snap.contacts
+    if not contacts:
+        c.paragraph("No contacts yet. Pair in person with someone to share a pad.", (MARGIN, 110, col_w, 90), 24,
+                    MUTED, role="text")
+    per_page = 4 if len(contacts) <= 4 else 3
+    first = min(ctl.contacts_first, max(len(contacts) - per_page, 0))
+    for i, contact in enumerate(contacts[first:first + per_page]):
+        contact_card(c, contact, (MARGIN, 104 + i * 92, col_w, 84))
+    if len(contacts) > per_page:
+        y = 104 + 3 * 92
+        c.button("contacts-up", "Previous contacts", (MARGIN, y, 120, 84), _page(ctl, first - per_page),
+                 enabled=first > 0, icon="up")
+        c.button("contacts-down", "Next contacts", (MARGIN + 132, y, 120, 84), _page(ctl, first + per_page),
+                 enabled=first + per_page < len(contacts), icon="down")
+        last = min(first + per_page, len(contacts))
+        c.text(f"{first + 1}–{last} of {len(contacts)}", (MARGIN + 272, y + 42), 22, MUTED, anchor="midleft",
+               role="paging")
+
+    # The device: laptops, random source, PIN.
+    x, w = 576, WIDTH - MARGIN - 576
+    c.text("Paired laptops", (x, 74), 22, MUTED, role="heading")
+    y = 104
+    if not snap.clients:
+        c.text("None", (x, y), 22, role="client")
+        y += 28
+    for name in snap.clients[:3]:
+        c.text(name, (x, y), 22, role="client", width=w)
+        y += 28
+    if len(snap.clients) > 3:
+        c.text(f"and {len(snap.clients) - 3} more", (x, y), 20, MUTED, role="client")
+        y += 28
+    c.text("Random source", (x, y + 14), 22, MUTED, role="heading")
+    c.paragraph(snap.hrng, (x, y + 44, w, 84), 22, role="hrng")
+
+    if ctl.notice:
+        c.paragraph(ctl.notice[0], (x, 330, w, 50), 22, GOOD, role="notice")
+    if snap.lock.state == LockState.UNLOCKED:
+        c.button("change-pin", "Change PIN", (x, HEIGHT - MARGIN - 72, w, 72), ctl.start_change_pin, kind="plain",
+                 size=28)
+    else:
+        c.paragraph("No PIN: this home was made without one.", (x, HEIGHT - MARGIN - 56, w, 56), 18, MUTED,
+                    role="text")
+
+    if snap.alarms:
+        draw_alarm(c, snap, ctl)
+
+
+def _page(ctl: Controller, first: int) -> Callable[[], None]:
+    return lambda: ctl.page_contacts(first)
+
+
+def draw_alarm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
+    """The oldest alarm over home, with a large Dismiss."""
+    alarm = snap.alarms[0]
+    c.dim()
+    c.modal()
+    c.frame.overlay = "alarm"
+    panel = (60, 36, 680, 408)
+    c.fill(PANEL, panel, radius=16)
+    c.fill(BAD, (60, 36, 680, 64), radius=16)
+    c.fill(BAD, (60, 76, 680, 24))
+    c.fill(BAD, panel, radius=16, width=4)
+    c.text(ALARM_TITLES.get(alarm.kind, "Alarm"), (WIDTH // 2, 50), 32, anchor="midtop", role="alarm-title",
+           width=640)
+    c.paragraph(alarm.text, (92, 120, 616, 170), 26, role="alarm")
+    when = time.strftime("%H:%M:%S", time.localtime(alarm.time))
+    more = len(snap.alarms) - 1
+    c.text(f"At {when}" + (f" · {plural(more, 'more alarm')}" if more else ""), (92, 300), 22, MUTED,
+           role="alarm-time")
+    c.button("dismiss", "Dismiss", (240, 346, 320, 80), lambda: ctl.dismiss(alarm.alarm_id), kind="plain", size=34)
+
+
+# -- confirm --------------------------------------------------------------------------------
+
+
+def draw_confirm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
+    view = snap.confirm
+    assert view is not None
+    c.fill(BACKGROUND)
+    now = ctl.monotonic()
+    left = max(view.deadline - now, 0.0)
+    msg = ctl.message_view(view, MESSAGE_SIZE, MESSAGE_TEXT[2])
+    layout = msg.layout
+
+    # Who it is for, and how long the owner has.
+    countdown = c.text(f"Declines in {duration(left)}", (WIDTH - MARGIN, 16), 26, WARN if left < 10 else MUTED,
+                       anchor="topright", role="countdown")
+    badge_left = alarm_badge(c, snap, countdown.left - 14, 14)
+    head = c.text("Encrypt for", (MARGIN, 16), 28, MUTED, role="title")
+    kind = "" if view.kind == "text" else f" ({view.kind})"
+    c.text(view.contact + kind, (head.right + 10, 10), 36, role="recipient",
+           width=badge_left - head.right - 24, min_size=20)
+    full = msg.countdown_from or 1.0
+    c.fill(PANEL, (0, 58, WIDTH, 4))
+    c.fill(WARN if left < 10 else ACCENT, (0, 58, round(WIDTH * min(left / full, 1.0)), 4))
+    c.frame.redraw_at = now + 0.2
+
+    # The whole message: dragged or paged through.
+    c.fill(PANEL, MESSAGE_BOX, radius=10)
+    viewport = MESSAGE_TEXT[3]
+    c.message(layout, MESSAGE_TEXT, msg.offset, TEXT, WARN)
+    if not view.text:
+        c.text("(an empty message)", MESSAGE_TEXT[:2], MESSAGE_SIZE, MUTED, role="message-empty")
+    c.scroller("message", MESSAGE_BOX, lambda dy: ctl.scroll(view.request_id, -dy, viewport))
+    at_end = layout.complete and msg.offset + viewport >= layout.known_height
+    msg.seen_end = msg.seen_end or at_end
+    if not (layout.complete and layout.known_height <= viewport):
+        scroll_column(c, ctl, view.request_id, msg.offset, viewport, at_end, len(layout.lines), layout.complete,
+                      layout.line_height)
+
+    # What it costs.
+    # Exact while every byte counts; rounded once the figures are too long to read at a glance.
+    left_after = f"{view.left_after:,} bytes" if view.left_after < 100_000 else human_bytes(view.left_after)
+    c.text(f"Uses {view.consumes:,} pad bytes · {left_after} left after", (MARGIN, 326), 24,
+           role="pad", width=560)
+    if view.queued:
+        c.text(f"{view.queued} more waiting", (WIDTH - MARGIN, 326), 24, WARN, anchor="topright", role="queued")
+
+    decided = msg.decided
+    open_ = decided is None
+    c.button("decline", "Declined" if decided is False else "Decline", (MARGIN, 368, 376, 100),
+             lambda: ctl.decide(view.request_id, False), kind="bad", enabled=open_, size=40)
+    if decided is True:
+        accept = "Accepted"
+    else:
+        accept = "Accept" if msg.seen_end else "Scroll to the end first"
+    c.button("accept", accept, (408, 368, 376, 100), lambda: ctl.decide(view.request_id, True), kind="good",
+             enabled=open_ and msg.seen_end, size=40)
+
+
+def scroll_column(c: Canvas, ctl: Controller, request_id: int, offset: int, viewport: int, at_end: bool,
+                  lines: int, complete: bool, line_height: int) -> None:
+    x, y, w, h = MESSAGE_BOX[0] + MESSAGE_BOX[2] + 8, MESSAGE_BOX[1], 68, MESSAGE_BOX[3]
+    page = viewport - line_height  # a page less one line, so the owner keeps their place
+    c.button("scroll-up", "Scroll up", (x, y, w, 96), lambda: ctl.scroll(request_id, -page, viewport),
+             enabled=offset > 0, icon="up")
+    c.button("scroll-down", "Scroll down", (x, y + h - 96, w, 96), lambda: ctl.scroll(request_id, page, viewport),
+             enabled=not at_end, icon="down")
+    first = offset // line_height + 1
+    last = min((offset + viewport) // line_height, lines)
+    total = f"{lines}" if complete else f"{lines}+"
+    c.text(f"{first}–{last}", (x + w // 2, y + h // 2 - 12), 18, MUTED, anchor="center", role="position")
+    c.text(f"of {total}", (x + w // 2, y + h // 2 + 12), 18, MUTED, anchor="center", role="position")
+
+
+# -- pairing ------------------------------------------------------------------------------
+
+
+def draw_pairing_code(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
+    c.fill(BACKGROUND)
+    alarm_badge(c, snap, WIDTH - MARGIN, MARGIN)
+    c.text("Pair a laptop", (WIDTH // 2, 28), 38, anchor="midtop", role="title")
+    c.text("Type this code on your laptop:", (WIDTH // 2, 96), 28, MUTED, anchor="midtop", role="text")
+    c.fill(PANEL, (40, 148, 720, 176), radius=16)
+    c.text(snap.pairing_code or "", (WIDTH // 2, 236), 120, ACCENT, anchor="center", role="code", width=680)
+    c.paragraph("It works once, for a few minutes. Nobody else needs it: never read it out or type it anywhere else.",
+                (60, 350, 680, 100), 24, MUTED, role="text", align="center")
+
+
+def draw_ceremony(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
+    view = snap.ceremony
+    assert view is not None
+    c.fill(BACKGROUND)
+    badge_left = alarm_badge(c, snap, WIDTH - MARGIN, MARGIN)
+    c.text(f"Pairing with {view.peer}", (MARGIN, 16), 34, role="title", width=badge_left - 2 * MARGIN)
+    if view.stage == "compare":
+        c.text("Does the other device show exactly this?", (WIDTH // 2, 72), 28, anchor="midtop", role="text")
+        c.fill(PANEL, (40, 118, 720, 160), radius=16)
+        c.paragraph(view.sas or "", (60, 126, 680, 144), 64, ACCENT, role="sas", align="center", middle=True)
+        hint = ("Waiting for the other device…" if ctl.ceremony_answered else
+                "If anything differs, someone may be in between.\nTap Different.")
+        c.paragraph(hint, (40, 300, 720, 56), 24, MUTED, role="hint", align="center")
+        on = not ctl.ceremony_answered
+        c.button("different", "Different", (MARGIN, 368, 376, 100), lambda: ctl.answer_ceremony(False), kind="bad",
+                 enabled=on, size=40)
+        c.button("same", "Same", (408, 368, 376, 100), lambda: ctl.answer_ceremony(True), kind="good", enabled=on,
+                 size=40)
+    elif view.stage in ("transfer", "verify"):
+        checking = view.stage == "verify"
+        c.text("Checking the pad…" if checking else "Making the shared pad", (MARGIN, 90), 30, role="stage")
+        fraction = 1.0 if checking else (view.done / view.total if view.total else 0.0)
+        c.bar((40, 150, 720, 48), fraction, ACCENT)
+        c.text(f"{human_bytes(view.done)} of {human_bytes(view.total)} ({fraction:.0%})", (WIDTH // 2, 222), 32,
+               anchor="midtop", role="progress")
+        if not checking:
+            c.text(f"{human_bytes(view.rate)}/s · about {duration(view.eta)} left", (WIDTH // 2, 270), 26, MUTED,
+                   anchor="midtop", role="rate")
+        c.paragraph("Keep both devices together until this finishes.", (40, 340, 720, 40), 22, MUTED,
+                    role="hint", align="center")
+    elif view.stage == "done":
+        c.text("The pad is ready", (WIDTH // 2, 80), 34, GOOD, anchor="midtop", role="stage")
+        c.text("Check that the other screen shows the same fingerprint:", (WIDTH // 2, 130), 24, MUTED,
+               anchor="midtop", role="text", width=720)
+        c.fill(PANEL, (40, 172, 720, 170), radius=16)
+        c.paragraph(group(view.fingerprint or ""), (60, 182, 680, 150), 44, ACCENT, role="fingerprint",
+                    align="center", middle=True)
+        if view.total:
+            c.text(f"{human_bytes(view.total)} shared", (WIDTH // 2, 356), 24, role="text", anchor="midtop")
+    else:
+        c.text("Pairing failed", (WIDTH // 2, 110), 40, BAD, anchor="midtop", role="stage")
+    if view.message:
+        c.paragraph(view.message, (40, 400 if view.stage != "failed" else 180, 720, 64), 22,
+                    BAD if view.stage == "failed" else MUTED, role="ceremony-message", align="center")
+
+
+def group(fingerprint: str) -> str:
+    """A fingerprint with no spaces in groups of four, easier to compare aloud."""
+    if " " in fingerprint or len(fingerprint) <= 16:
+        return fingerprint
+    return " ".join(fingerprint[i:i + 4] for i in range(0, len(fingerprint), 4))
+
+
+DRAW: dict[str, Callable[[Canvas, Snapshot, Controller], None]] = {
+    "wiped": draw_wiped,
+    "first-start": draw_first_start,
+    "lock": draw_lock,
+    "change-pin": draw_change_pin,
+    "confirm": draw_confirm,
+    "ceremony": draw_ceremony,
+    "pairing-code": draw_pairing_code,
+    "home": draw_home,
+}
