@@ -4,7 +4,7 @@
 set -euo pipefail
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/otc-demo.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 alice="$work/alice" bob="$work/bob"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -13,8 +13,14 @@ step "Two devices are set up"
 otc device init --home "$alice" --name alice
 otc device init --home "$bob" --name bob
 
-step "They share a 1 MiB pad (alice hosts, so she is the initiator)"
-otc pad pair-local --size 1M "$alice" "$bob"
+step "They pair in person over loopback and make a 1 MiB pad (alice hosts, so she is the initiator)"
+otc pair host --home "$alice" --listen 127.0.0.1:0 --size 1M --confirm auto > "$work/host.out" 2> "$work/host.err" &
+host_pid=$!
+until grep -q "waiting for the other device on" "$work/host.out" 2>/dev/null; do sleep 0.1; done
+port=$(sed -n 's/.*waiting for the other device on 127.0.0.1:\([0-9]*\).*/\1/p' "$work/host.out")
+otc pair join --home "$bob" --connect "127.0.0.1:$port" --confirm auto
+wait "$host_pid"
+grep -v "waiting for" "$work/host.out"
 
 # send FROM_HOME FROM TO_HOME MESSAGE: package on the sender, unpackage on the receiver.
 send() {

@@ -1,0 +1,98 @@
+"""Pairing ceremony benchmark (`make bench`): figures printed, never asserted.
+
+Two device homes pair over loopback with the real ceremony (the OS CSPRNG
+standing in for the HRNG, auto confirmation), making a 256 MiB pad; beside it,
+in the same run, a plain TCP copy of 256 MiB (a file read, sent over loopback,
+written and synced). Target (issue 8): at least half the plain copy's rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from device.storage.padstore import PadStore  # noqa: E402
+from provisioning.ceremony import HOST, JOIN, Ceremony  # noqa: E402
+from provisioning.wire import Wire  # noqa: E402
+
+MiB = 1 << 20
+
+
+def plain_copy(root: Path, size: int) -> float:
+    source = root / "source"
+    with open(source, "wb") as f:
+        for _ in range(size // MiB):
+            f.write(os.urandom(MiB))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def receive() -> None:
+        conn, _ = listener.accept()
+        with conn, open(root / "copy", "wb") as out:
+            buf = bytearray(MiB)
+            view = memoryview(buf)
+            while True:
+                n = conn.recv_into(view)
+                if not n:
+                    break
+                out.write(view[:n])
+            out.flush()
+            os.fsync(out.fileno())
+
+    t0 = time.perf_counter()
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    with socket.create_connection(("127.0.0.1", port)) as sock, open(source, "rb") as f:
+        sock.sendfile(f)
+    receiver.join()
+    elapsed = time.perf_counter() - t0
+    listener.close()
+    return size / elapsed / 1e6
+
+
+def ceremony(root: Path, size: int) -> float:
+    a, b = PadStore.init(root / "a", "alice"), PadStore.init(root / "b", "bob")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    result: dict[str, object] = {}
+
+    def join() -> None:
+        sock = socket.create_connection(("127.0.0.1", port))
+        result["join"] = Ceremony(b, JOIN, random_bytes=os.urandom, compare=lambda sas: True).run(Wire(sock))
+
+    t0 = time.perf_counter()
+    joiner = threading.Thread(target=join)
+    joiner.start()
+    conn, _ = listener.accept()
+    Ceremony(a, HOST, random_bytes=os.urandom, compare=lambda sas: True, size=size).run(Wire(conn))
+    joiner.join()
+    elapsed = time.perf_counter() - t0
+    listener.close()
+    a.close()
+    b.close()
+    return size / elapsed / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256, help="pad size in MiB")
+    args = parser.parse_args()
+    size = args.size * MiB
+    with tempfile.TemporaryDirectory(prefix="otc-bench-pair-") as tmp:
+        copy_rate = plain_copy(Path(tmp), size)
+        pair_rate = ceremony(Path(tmp), size)
+    print(f"plain TCP copy of {args.size} MiB over loopback (read, send, write, sync): {copy_rate:,.0f} MB/s")
+    print(f"pairing ceremony, {args.size} MiB pad over loopback (both shares generated, sealed, sent, "
+          f"XORed, written and verified): {pair_rate:,.0f} MB/s ({pair_rate / copy_rate:.0%} of the plain copy)")
+
+
+if __name__ == "__main__":
+    main()

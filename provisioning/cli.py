@@ -1,0 +1,137 @@
+"""`otc pair host` and `otc pair join`: the pairing ceremony, one on each device."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import time
+from pathlib import Path
+
+from device.cli import parse_size
+from device.confirm import MODES
+from device.home import open_home
+from device.ui import CeremonyView
+from hrng.errors import HRNGError
+from hrng.mixer import pad_random
+from onetimechat.errors import UsageError
+from onetimechat.progress import Progress
+from provisioning.ceremony import HOST, JOIN, Ceremony
+from provisioning.errors import CeremonyBroken
+from provisioning.wire import Wire
+
+CONNECT_WAIT_S = 60.0
+IDLE_TIMEOUT_S = 600.0  # an owner may take a while to compare the pairing string
+
+
+def register(parts: argparse._SubParsersAction) -> None:
+    pair = parts.add_parser("pair", help="pair two devices in person and make a pad",
+                            description="Pair two devices in person: run `otc pair host` on one and "
+                            "`otc pair join` on the other, compare the pairing string both show, and "
+                            "they make a pad from both HRNGs.")
+    sub = pair.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, helptext in (("host", "host the ceremony (this device becomes the initiator)"),
+                           ("join", "join a ceremony hosted by the other device")):
+        p = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        p.add_argument("--home", required=True, type=Path, help="this device's state directory")
+        if name == "host":
+            p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to wait for the other device")
+            p.add_argument("--size", required=True, type=parse_size, help="pad size in bytes (e.g. 64M)")
+        else:
+            p.add_argument("--connect", required=True, metavar="HOST:PORT", help="the hosting device")
+        p.add_argument("--name", help="the contact's name here (default: the other device's name)")
+        p.add_argument("--confirm", choices=MODES, default="tty",
+                       help="who confirms the pairing string (default: tty)")
+        p.add_argument("--hrng", action="append", default=[], metavar="URL",
+                       help="a hardware random source to mix in (repeatable); without it, the OS CSPRNG alone")
+        p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
+        p.set_defaults(func=cmd_host if name == "host" else cmd_join)
+
+
+def _compare(mode: str):
+    if mode == "auto":
+        def approve(sas: str) -> bool:
+            print("otc: confirmation mode 'auto': the pairing string is accepted without comparing "
+                  "(tests and demos only)", file=sys.stderr)
+            return True
+        return approve
+    if mode == "tty":
+        def ask(sas: str) -> bool:
+            try:
+                with open("/dev/tty", "r+") as tty:
+                    tty.write(f"Does the other device show {sas}? [y/N] ")
+                    tty.flush()
+                    return tty.readline().strip().lower() in ("y", "yes")
+            except OSError:
+                raise UsageError("No terminal to confirm the pairing string on; choose another --confirm.") from None
+        return ask
+    raise UsageError(f"`otc pair` confirms with tty or auto; {mode} runs through `otc device serve`.")
+
+
+def _run(args: argparse.Namespace, role: str, sock: socket.socket) -> int:
+    sock.settimeout(IDLE_TIMEOUT_S)
+    wire = Wire(sock)
+    bar: Progress | None = None
+
+    def on_progress(view: CeremonyView) -> None:
+        nonlocal bar
+        if view.stage == "transfer":
+            if bar is None:
+                bar = Progress(view.total, "pad")
+            bar.update(view.done)
+
+    with open_home(args.home, args.pin_file) as store:
+        def log_alarm(alarm: HRNGError) -> None:
+            store.log_event(alarm.code, detail=str(alarm))
+
+        with pad_random(args.hrng, on_alarm=log_alarm) as random_bytes:
+            ceremony = Ceremony(
+                store, role, random_bytes=random_bytes, compare=_compare(args.confirm),
+                size=getattr(args, "size", None), name=args.name, on_progress=on_progress,
+                on_sas=lambda sas: print(f"Pairing string: {sas} (the other device must show the same)",
+                                         flush=True),
+            )
+            try:
+                record = ceremony.run(wire)
+            finally:
+                wire.close()
+        if bar is not None:
+            bar.finish()
+        print(f"Paired with {record.contact}: pad {record.pad_id.hex()[:16]} of {record.size} bytes, "
+              f"{'initiator' if role == HOST else 'responder'}.")
+        print(f"Pad fingerprint: {ceremony.fingerprint} (the other device must show the same)", flush=True)
+    return 0
+
+
+def _address(text: str) -> tuple[str, int]:
+    from device.server import parse_listen
+
+    return parse_listen(text)
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    host, port = _address(args.listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(1)
+        bound = listener.getsockname()[1]
+        print(f"otc: waiting for the other device on {host}:{bound}", flush=True)
+        sock, peer = listener.accept()
+    return _run(args, HOST, sock)
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    host, port = _address(args.connect)
+    deadline = time.monotonic() + CONNECT_WAIT_S
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=10)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise CeremonyBroken(f"No device hosts a pairing at {host}:{port}.") from None
+            time.sleep(0.2)
+    return _run(args, JOIN, sock)

@@ -1,0 +1,339 @@
+"""Pairing in person: the real ceremony over real sockets."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from device.engine import Device
+from device.storage.padstore import INITIATOR, RESPONDER, PadStore
+from provisioning.ceremony import HOST, JOIN, Ceremony, Partial
+from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyError, CeremonyRefused
+from provisioning.wire import Wire
+from tests.conftest import ROOT
+
+MiB = 1 << 20
+
+
+def run_on(ceremony: Ceremony, sock: socket.socket):
+    """Run a ceremony on a socket, closing it afterwards (the caller owns the connection)."""
+    wire = Wire(sock)
+    try:
+        return ceremony.run(wire)
+    finally:
+        wire.close()
+
+
+def homes(tmp_path: Path, *names: str) -> list[Path]:
+    out = []
+    for name in names:
+        PadStore.init(tmp_path / name, name).close()
+        out.append(tmp_path / name)
+    return out
+
+
+class Owners:
+    """Two owners side by side: each says yes only if the other screen shows the same string."""
+
+    def __init__(self) -> None:
+        self.shown: dict[str, str] = {}
+        self.cond = threading.Condition()
+
+    def compare_for(self, me: str, other: str):
+        def compare(sas: str) -> bool:
+            with self.cond:
+                self.shown[me] = sas
+                self.cond.notify_all()
+                self.cond.wait_for(lambda: other in self.shown, timeout=30)
+                return self.shown.get(other) == sas
+        return compare
+
+
+def run_pair(home_a: Path, home_b: Path, size: int, connect=None, chunk: int = 64 * 1024):
+    """Host on home_a, join from home_b over loopback; returns (host result, join result) or errors."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    owners = Owners()
+    results: dict[str, object] = {}
+
+    def side(role: str, home: Path, sock_factory) -> None:
+        try:
+            with PadStore(home) as store:
+                ceremony = Ceremony(store, role, random_bytes=os.urandom, size=size if role == HOST else None,
+                                    compare=owners.compare_for(role, JOIN if role == HOST else HOST), chunk=chunk)
+                record = run_on(ceremony, sock_factory())
+                results[role] = (record, ceremony.fingerprint, ceremony.sas)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            results[role] = exc
+
+    def accept() -> socket.socket:
+        conn, _ = listener.accept()
+        return conn
+
+    host = threading.Thread(target=side, args=(HOST, home_a, accept))
+    host.start()
+    join = threading.Thread(target=side, args=(JOIN, home_b,
+                                               lambda: (connect or socket.create_connection)(("127.0.0.1", port))))
+    join.start()
+    host.join(120)
+    join.join(120)
+    listener.close()
+    return results[HOST], results[JOIN]
+
+
+def pad_of(home: Path, record) -> bytes:
+    return (home / "pads" / f"{record.pad_id.hex()}.pad").read_bytes()
+
+
+def test_loopback_pairing_makes_identical_pads_with_mirrored_roles(tmp_path):
+    a, b = homes(tmp_path, "alice", "bob")
+    (ra, fa, sa), (rb, fb, sb) = run_pair(a, b, 3 * MiB + 1234)
+    assert sa == sb and fa == fb
+    assert pad_of(a, ra) == pad_of(b, rb) and len(pad_of(a, ra)) == 3 * MiB + 1234
+    assert (ra.role, rb.role) == (INITIATOR, RESPONDER) and ra.pad_id == rb.pad_id
+    assert (ra.contact, rb.contact) == ("bob", "alice")
+    assert (ra.mailbox_out, ra.mailbox_in) == (rb.mailbox_in, rb.mailbox_out)
+    assert not list((a / "pads").glob("*.partial")) and not list((b / "pads").glob("*.ceremony.json"))
+    with Device.open(a) as alice, Device.open(b) as bob:
+        assert bob.unpackage(alice.package("bob", b"made in person").package).plaintext == b"made in person"
+        assert alice.unpackage(bob.package("alice", b"and back").package).plaintext == b"and back"
+
+
+class Mallory:
+    """A man in the middle: he runs his own key agreement with each side and relays nothing honest."""
+
+    def __init__(self, tmp_path: Path, host_port: int) -> None:
+        (self.home,) = homes(tmp_path, "mallory")
+        self.host_port = host_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sas: dict[str, str] = {}
+
+    def run(self) -> None:
+        def toward_host() -> None:
+            with PadStore(self.home) as store:
+                c = Ceremony(store, JOIN, random_bytes=os.urandom, compare=lambda sas: True, name="alice")
+                try:
+                    run_on(c, socket.create_connection(("127.0.0.1", self.host_port)))
+                except CeremonyError:
+                    pass
+                self.sas["host"] = c.sas
+
+        def toward_join() -> None:
+            conn, _ = self.listener.accept()
+            with PadStore(self.home) as store:
+                c = Ceremony(store, HOST, random_bytes=os.urandom, compare=lambda sas: True, size=1 * MiB,
+                             name="bob")
+                try:
+                    run_on(c, conn)
+                except CeremonyError:
+                    pass
+                self.sas["join"] = c.sas
+
+        threads = [threading.Thread(target=toward_host), threading.Thread(target=toward_join)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+
+
+def test_a_man_in_the_middle_is_caught_by_the_pairing_string(tmp_path):
+    a, b = homes(tmp_path, "alice", "bob")
+    listener = socket.create_server(("127.0.0.1", 0))
+    mallory = Mallory(tmp_path, listener.getsockname()[1])
+    owners = Owners()
+    results: dict[str, object] = {}
+
+    def side(role: str, home: Path, sock_factory) -> None:
+        try:
+            with PadStore(home) as store:
+                other = JOIN if role == HOST else HOST
+                ceremony = Ceremony(store, role, random_bytes=os.urandom, size=MiB if role == HOST else None,
+                         compare=owners.compare_for(role, other))
+                run_on(ceremony, sock_factory())
+                results[role] = "paired"
+        except CeremonyError as exc:
+            results[role] = exc
+
+    m = threading.Thread(target=mallory.run)
+    m.start()
+    host = threading.Thread(target=side, args=(HOST, a, lambda: listener.accept()[0]))
+    join = threading.Thread(target=side, args=(JOIN, b, lambda: socket.create_connection(("127.0.0.1", mallory.port))))
+    host.start()
+    join.start()
+    for t in (host, join, m):
+        t.join(60)
+    listener.close()
+    mallory.listener.close()
+    assert owners.shown[HOST] != owners.shown[JOIN]  # the strings differ, so the owners say no
+    assert isinstance(results[HOST], CeremonyAborted) and isinstance(results[JOIN], CeremonyAborted)
+    for home in (a, b):
+        assert not list((home / "pads").iterdir())  # nothing stored, not even a partial
+        with PadStore(home) as store:
+            assert store.contacts() == [] and store.pads() == []
+
+
+class CuttingProxy:
+    """Forwards both ways and cuts the connection once ``limit`` bytes went from host to join."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def connect(self, address):
+        upstream = socket.create_connection(address)
+        ours, theirs = socket.socketpair()
+
+        def pump(src: socket.socket, dst: socket.socket, counted: bool) -> None:
+            sent = 0
+            try:
+                while True:
+                    data = src.recv(65536)
+                    if not data:
+                        break
+                    if counted and sent + len(data) > self.limit:
+                        dst.sendall(data[: self.limit - sent])
+                        break
+                    dst.sendall(data)
+                    sent += len(data)
+            except OSError:
+                pass
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+        threading.Thread(target=pump, args=(upstream, theirs, True), daemon=True).start()
+        threading.Thread(target=pump, args=(theirs, upstream, False), daemon=True).start()
+        return ours
+
+
+def test_a_transfer_cut_halfway_resumes_and_completes(tmp_path):
+    a, b = homes(tmp_path, "alice", "bob")
+    size = 4 * MiB
+    host, join = run_pair(a, b, size, connect=CuttingProxy(size // 2).connect)
+    assert isinstance(host, CeremonyBroken) and isinstance(join, CeremonyBroken)
+    with PadStore(a) as store:
+        partial = Partial.for_peer(store, PadStore(b).device_id)
+        assert partial is not None and 0 < len(partial.hashes) < size // (64 * 1024)
+        assert store.pads() == []  # nothing usable yet
+        resumed_from = len(partial.hashes)
+    (ra, fa, _), (rb, fb, _) = run_pair(a, b, size)
+    assert fa == fb and pad_of(a, ra) == pad_of(b, rb)
+    assert ra.pad_id.hex() == partial.pad_id  # the same pad, finished
+    assert resumed_from > 0
+
+
+def test_contact_conflicts_are_refused_before_any_transfer(tmp_path):
+    a, b, c = homes(tmp_path, "alice", "bob", "carol")
+    run_pair(a, b, MiB)
+    # carol renames herself "bob" on a new device: alice already has a bob.
+    impostor = tmp_path / "bob2"
+    PadStore.init(impostor, "bob").close()
+    host, join = run_pair(a, impostor, MiB)
+    assert isinstance(host, CeremonyRefused) and isinstance(join, CeremonyRefused)
+    assert not list((impostor / "pads").iterdir())
+
+
+def _cli(home: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "onetimechat.cli", "pair", *args, "--home", str(home),
+                             "--confirm", "auto"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
+                            text=True)
+
+
+def _usable(home: Path) -> dict[bytes, bytes]:
+    with PadStore(home) as store:
+        return {p.pad_id: (home / "pads" / f"{p.pad_id.hex()}.pad").read_bytes() for p in store.pads()}
+
+
+@pytest.mark.slow
+def test_a_ceremony_killed_at_random_moments_never_leaves_a_half_pad_in_use(tmp_path):
+    a, b = homes(tmp_path, "alice", "bob")
+    size = 8 * MiB
+    for _ in range(6):
+        host = _cli(a, "host", "--listen", "127.0.0.1:0", "--size", str(size))
+        line = host.stdout.readline()
+        port = line.strip().rsplit(":", 1)[1]
+        join = _cli(b, "join", "--connect", f"127.0.0.1:{port}")
+        time.sleep(secrets.randbelow(400) / 1000)
+        victim = host if secrets.randbelow(2) else join
+        victim.send_signal(signal.SIGKILL)
+        for proc in (host, join):
+            try:
+                proc.wait(timeout=5)  # the survivor sees the broken connection and stops
+            except subprocess.TimeoutExpired:
+                proc.kill()  # a host still waiting for a joiner that died before connecting
+                proc.wait()
+            proc.stdout.close()
+        usable_a, usable_b = _usable(a), _usable(b)
+        for pads in (usable_a, usable_b):
+            assert all(len(pad) == size for pad in pads.values())  # never a half pad
+        for pad_id in usable_a.keys() & usable_b.keys():
+            assert usable_a[pad_id] == usable_b[pad_id]
+    host = _cli(a, "host", "--listen", "127.0.0.1:0", "--size", str(size))
+    port = host.stdout.readline().strip().rsplit(":", 1)[1]
+    join = _cli(b, "join", "--connect", f"127.0.0.1:{port}")
+    assert host.wait(timeout=60) == 0 and join.wait(timeout=60) == 0
+    host.stdout.close()
+    join.stdout.close()
+    usable_a, usable_b = _usable(a), _usable(b)
+    shared = usable_a.keys() & usable_b.keys()
+    assert shared and all(usable_a[p] == usable_b[p] for p in shared)
+
+
+def _netns_available() -> str | None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "network namespaces need root and iproute2"
+    probe = subprocess.run(["ip", "netns", "add", "otc-probe"], capture_output=True)
+    if probe.returncode != 0:
+        return f"cannot create network namespaces here: {probe.stderr.decode().strip()}"
+    subprocess.run(["ip", "netns", "del", "otc-probe"], capture_output=True)
+    return None
+
+
+@pytest.mark.skipif(_netns_available() is not None, reason=str(_netns_available()))
+def test_two_devices_in_two_network_namespaces(tmp_path):
+    a, b = homes(tmp_path, "alice", "bob")
+    tag = secrets.token_hex(3)
+    ns_a, ns_b = f"otc-a-{tag}", f"otc-b-{tag}"
+    veth_a, veth_b = f"otca{tag}", f"otcb{tag}"
+    run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True)  # noqa: E731
+    try:
+        run("ip", "netns", "add", ns_a)
+        run("ip", "netns", "add", ns_b)
+        run("ip", "link", "add", veth_a, "type", "veth", "peer", "name", veth_b)
+        run("ip", "link", "set", veth_a, "netns", ns_a)
+        run("ip", "link", "set", veth_b, "netns", ns_b)
+        run("ip", "-n", ns_a, "addr", "add", "10.77.0.1/30", "dev", veth_a)
+        run("ip", "-n", ns_b, "addr", "add", "10.77.0.2/30", "dev", veth_b)
+        for ns, veth in ((ns_a, veth_a), (ns_b, veth_b)):
+            run("ip", "-n", ns, "link", "set", veth, "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        otc = [sys.executable, "-m", "onetimechat.cli", "pair"]
+        host = subprocess.Popen(["ip", "netns", "exec", ns_a, *otc, "host", "--home", str(a), "--listen",
+                                 "10.77.0.1:8471", "--size", str(2 * MiB), "--confirm", "auto"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, text=True)
+        host.stdout.readline()  # waiting
+        join = subprocess.run(["ip", "netns", "exec", ns_b, *otc, "join", "--home", str(b), "--connect",
+                               "10.77.0.1:8471", "--confirm", "auto"], capture_output=True, cwd=ROOT, text=True,
+                              timeout=120)
+        out, err = host.communicate(timeout=120)
+        assert host.returncode == 0 and join.returncode == 0, (err, join.stderr)
+        fp_host = [ln for ln in out.splitlines() if ln.startswith("Pad fingerprint")]
+        fp_join = [ln for ln in join.stdout.splitlines() if ln.startswith("Pad fingerprint")]
+        assert fp_host == fp_join and fp_host
+        assert _usable(a) == _usable(b) != {}
+    finally:
+        subprocess.run(["ip", "netns", "del", ns_a], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns_b], capture_output=True)
