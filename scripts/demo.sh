@@ -4,7 +4,7 @@
 set -euo pipefail
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/otc-demo.XXXXXX")
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 alice="$work/alice" bob="$work/bob"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }

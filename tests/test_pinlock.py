@@ -154,7 +154,8 @@ def test_the_right_pin_resets_the_count(tmp_path):
 def test_pin_change(tmp_path):
     home_a, *_ = pinned_pair(tmp_path)
     old, new = write_pin(tmp_path, PIN, "old"), write_pin(tmp_path, "73105", "new")
-    assert otc("device", "pin", "--home", str(home_a), "--pin-file", str(old), "--new-pin-file", str(new)).returncode == 0
+    changed = otc("device", "pin", "--home", str(home_a), "--pin-file", str(old), "--new-pin-file", str(new))
+    assert changed.returncode == 0
     with pytest.raises(WrongPin):
         open_home(home_a, old)
     assert StoreLock(home_a).status().failures == 1
