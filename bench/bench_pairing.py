@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from device.storage.padstore import PadStore  # noqa: E402
-from provisioning.ceremony import HOST, JOIN, Ceremony  # noqa: E402
+from provisioning.ceremony import HOST, Ceremony  # noqa: E402
 from provisioning.wire import Wire  # noqa: E402
 
 MiB = 1 << 20
@@ -59,25 +60,28 @@ def plain_copy(root: Path, size: int) -> float:
 
 
 def ceremony(root: Path, size: int) -> float:
+    """The host here, the joiner as its own process (two devices: two processes, as in life)."""
     a, b = PadStore.init(root / "a", "alice"), PadStore.init(root / "b", "bob")
+    b.close()
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    result: dict[str, object] = {}
-
-    def join() -> None:
-        sock = socket.create_connection(("127.0.0.1", port))
-        result["join"] = Ceremony(b, JOIN, random_bytes=os.urandom, compare=lambda sas: True).run(Wire(sock))
-
-    t0 = time.perf_counter()
-    joiner = threading.Thread(target=join)
-    joiner.start()
+    joiner = subprocess.Popen(
+        [sys.executable, "-m", "onetimechat.cli", "pair", "join", "--home", str(root / "b"),
+         "--connect", f"127.0.0.1:{port}", "--confirm", "auto"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent,
+    )
     conn, _ = listener.accept()
-    Ceremony(a, HOST, random_bytes=os.urandom, compare=lambda sas: True, size=size).run(Wire(conn))
-    joiner.join()
+    t0 = time.perf_counter()
+    wire = Wire(conn)
+    try:
+        Ceremony(a, HOST, random_bytes=os.urandom, compare=lambda sas: True, size=size).run(wire)
+    finally:
+        wire.close()
     elapsed = time.perf_counter() - t0
+    if joiner.wait(timeout=120) != 0:
+        raise SystemExit("the joining device failed")
     listener.close()
     a.close()
-    b.close()
     return size / elapsed / 1e6
 
 

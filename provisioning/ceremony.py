@@ -48,7 +48,7 @@ from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyError, 
 from provisioning.wire import COMMIT, HELLO, REVEAL, Wire
 
 PROTOCOL = "otc-pairing-v1"
-CHUNK = 1 << 20
+CHUNK = 4 << 20
 MAX_CHUNK = 4 << 20
 WINDOW = 8  # own shares generated ahead of the peer's
 HOST, JOIN = "host", "join"
