@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import sys
 from pathlib import Path
@@ -22,17 +21,7 @@ from hrng.errors import HRNGError
 from hrng.mixer import pad_random
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
-from onetimechat.text import format_event
-
-_SIZE_RE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``1048576``, ``1M``, ``64KiB``, ``2g`` -> bytes (powers of 1024)."""
-    m = _SIZE_RE.fullmatch(text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 1048576, 64K or 1M)")
-    return int(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_")
+from onetimechat.text import format_event, parse_size
 
 
 def register(parts: argparse._SubParsersAction) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import signal
 import sys
 import time
@@ -17,23 +16,13 @@ from hrng.mixer import INSECURE_NOTICE, CheckedSource
 from hrng.sources import open_source, parse_url
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress, human_bytes
+from onetimechat.text import parse_size
 
 SOURCE_HELP = ("serial:///dev/ttyACM0 (TrueRNG-style), onerng:///dev/ttyACM0, file:///dev/hwrng, or os: "
                "(the OS CSPRNG, with --insecure); parameters ?h=BITS claimed min-entropy per byte (default 8), "
                "&timeout=SECONDS (serial, default 2), &mode=N (OneRNG, default 0)")
 CHUNK = 1 << 16
 MIN_BYTES = 1024  # fewer say nothing about a source
-_SIZE_RE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``1048576``, ``1M``, ``64KiB`` -> bytes (powers of 1024)."""
-    m = _SIZE_RE.fullmatch(text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 1048576, 64K or 1M)")
-    return int(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_")
-
-
 def register(parts: argparse._SubParsersAction) -> None:
     hrng = parts.add_parser("hrng", help="the hardware random source",
                             description="Test a random source, or emulate a serial HRNG for tests and demos.")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import re
+
 
 def format_event(event: dict) -> str:
     parts = [event["time"], event["event"]]
@@ -16,3 +19,14 @@ def format_event(event: dict) -> str:
     if event["detail"]:
         parts.append(f"({event['detail']})")
     return " ".join(parts)
+
+
+_SIZE_RE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``1048576``, ``1M``, ``64KiB``, ``2g`` -> bytes (powers of 1024); an argparse type."""
+    m = _SIZE_RE.fullmatch(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 1048576, 64K or 1M)")
+    return int(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_")

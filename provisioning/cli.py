@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from device.cli import parse_size
 from device.confirm import MODES
 from device.home import open_home
 from device.ui import CeremonyView
@@ -16,6 +15,7 @@ from hrng.errors import HRNGError
 from hrng.mixer import pad_random
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
+from onetimechat.text import parse_size
 from provisioning.ceremony import HOST, JOIN, Ceremony
 from provisioning.errors import CeremonyBroken
 from provisioning.wire import Wire
