@@ -47,3 +47,15 @@ class RemoteError(ClientError):
     def __init__(self, code: str, message: str) -> None:
         self.code = code  # the device's documented error code
         super().__init__(message)
+
+
+class RelayUnavailable(ClientError):
+    """The relay does not answer or is busy; messages wait and are retried."""
+
+    code = "relay-unavailable"
+
+
+class RelayRefused(ClientError):
+    """The relay refused the request."""
+
+    code = "relay-refused"

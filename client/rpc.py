@@ -88,8 +88,8 @@ class DeviceClient:
     def package(self, contact: str, text: str) -> dict:
         return self.call("package", contact=contact, text=text)
 
-    def unpackage(self, package_b64: str) -> dict:
-        return self.call("unpackage", package=package_b64)
+    def unpackage(self, package_b64: str, receipt: bool = False) -> dict:
+        return self.call("unpackage", package=package_b64, receipt=receipt)
 
     def events(self, limit: int = 50) -> list[dict]:
         return self.call("events", limit=limit)

@@ -81,6 +81,13 @@ class Unpackaged:
                 text = self.plaintext.decode("utf-8", errors="replace")
                 warnings.append("not-utf8: the message is not valid UTF-8; undecodable bytes were replaced")
         result: dict = {"contact": self.contact, "kind": kind_name(self.kind), "text": text, "warnings": warnings}
+        if self.kind == Kind.RECEIPT:
+            try:
+                pad_id, offset = fmt.parse_receipt(self.plaintext)
+            except DeviceError:
+                warnings.append("bad-receipt: a receipt from this contact could not be read")
+            else:
+                result["receipt_for"] = {"pad_id": pad_id.hex(), "offset": offset}
         if self.kind != Kind.TEXT:
             result["data"] = fmt.encode(self.plaintext)
         return result
@@ -137,7 +144,19 @@ class Device:
         need = fmt.segment_length(len(plaintext))
         if self.confirm is not None:
             self._confirm(contact, kind, plaintext, need)
+        return self._seal(contact, kind, plaintext)
 
+    def receipt(self, received: Unpackaged) -> Packaged:
+        """A delivery receipt (kind 3) for a message just received, sent back to its sender.
+
+        It needs no confirmation: its body is made here from the received
+        package's pad_id and offset, so a laptop cannot choose what it says,
+        and it is made only in the call that opened that message.
+        """
+        return self._seal(received.contact, Kind.RECEIPT, fmt.receipt_body(received.pad_id, received.offset))
+
+    def _seal(self, contact: str, kind: Kind, plaintext: bytes) -> Packaged:
+        need = fmt.segment_length(len(plaintext))
         pad, start, end, warnings = self._reserve_segment(contact, len(plaintext))
         try:
             segment = self.store.pad_file(pad).read(start, need)

@@ -188,6 +188,30 @@ def open_package(package: Package, segment: bytes | memoryview) -> bytes:
     return plaintext.tobytes()
 
 
+# A delivery receipt (kind 3) names the package it confirms: a version byte, then
+# that package's pad_id and offset. The recipient's device makes it, so its body
+# is never chosen by a laptop.
+RECEIPT = struct.Struct(">B16sQ")
+RECEIPT_VERSION = 1
+
+
+def receipt_body(pad_id: bytes, offset: int) -> bytes:
+    """The plaintext of a receipt for the package at ``offset`` of pad ``pad_id``."""
+    if len(pad_id) != PAD_ID_LEN:
+        raise ValueError("pad_id must be 16 bytes")
+    return RECEIPT.pack(RECEIPT_VERSION, pad_id, offset)
+
+
+def parse_receipt(body: bytes) -> tuple[bytes, int]:
+    """(pad_id, offset) of the package a receipt confirms; MalformedPackage if it is not one."""
+    if len(body) != RECEIPT.size:
+        raise MalformedPackage("Receipt refused: it has the wrong length.")
+    version, pad_id, offset = RECEIPT.unpack(body)
+    if version != RECEIPT_VERSION:
+        raise MalformedPackage("Receipt refused: unknown receipt version.")
+    return bytes(pad_id), offset
+
+
 def encode(package: bytes | bytearray | memoryview) -> str:
     """A package as it travels in JSON: standard base64 with padding."""
     return base64.b64encode(package).decode("ascii")

@@ -34,8 +34,9 @@ from device import package as fmt
 from device.clients import ClientRegistry, PairedClient
 from device.confirm import DEFAULT_TIMEOUT_S, ConfirmBroker, ConfirmSource
 from device.engine import Device
-from device.errors import DeviceError, UnknownContact
+from device.errors import DeviceError, PadExhausted, UnknownContact
 from device.home import WrongPin
+from device.package import Kind
 from device.pairing import PairingLocked, PairingManager
 from device.storage.lock import DeviceLocked, DeviceWiped, StoreLock
 from device.storage.padstore import PadStore
@@ -202,7 +203,18 @@ class DeviceService:
         }
 
     def unpackage(self, client: PairedClient, params: dict) -> dict:
-        return self.device.unpackage_base64(_str(params, "package")).to_json()
+        received = self.device.unpackage_base64(_str(params, "package"))
+        answer = received.to_json()
+        if params.get("receipt") is True and received.kind == Kind.TEXT:
+            # The message is already opened; a receipt that cannot be made only costs a warning.
+            try:
+                receipt = self.device.receipt(received)
+            except PadExhausted:
+                answer["warnings"].append("receipt-not-sent: no pad left to send a delivery receipt")
+            else:
+                answer["receipt"] = {"package": fmt.encode(receipt.package), "mailbox": receipt.mailbox.hex(),
+                                     "consumed": receipt.consumed}
+        return answer
 
     def events(self, client: PairedClient, params: dict) -> list[dict]:
         return self.ready().events(_int(params, "limit", 50, 0, 10_000))

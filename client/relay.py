@@ -1,0 +1,92 @@
+"""The client side of the relay's protocol v1 (docs/relay-protocol.md).
+
+The relay is trusted with nothing: it only ever gets packages (base64) and
+mailbox ids from here, and everything it answers is checked for shape before
+use. Transient trouble (no answer, 429, 503) is :class:`RelayUnavailable`, so
+callers keep what they have and try again; a refusal of the request itself
+is :class:`RelayRefused`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from client.errors import RelayRefused, RelayUnavailable
+from client.state import normalise_url
+
+CONNECT_TIMEOUT_S = 5.0
+MAX_WAIT_S = 60
+
+
+@dataclass(frozen=True)
+class RelayMessage:
+    mailbox: str
+    ref: int
+    contents: str
+
+
+class RelayClient:
+    """Send to, receive from and acknowledge mailboxes on one relay."""
+
+    def __init__(self, url: str, session: requests.Session | None = None, timeout: float = 30.0) -> None:
+        self.url = normalise_url(url)
+        self.session = session or requests.Session()
+        self.timeout = timeout
+
+    def send(self, mailbox: str, contents: str, message_id: str) -> int:
+        """Store ``contents`` in ``mailbox``; the ref it got. Safe to repeat with the same ``message_id``."""
+        answer = self._post("/v1/send", {"mailbox": mailbox, "contents": contents, "id": message_id})
+        ref = answer.get("ref")
+        if not isinstance(ref, int) or isinstance(ref, bool) or ref < 1:
+            raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer.")
+        return ref
+
+    def receive(self, cursors: dict[str, int], wait: float = 0, limit: int = 100,
+                ack: bool = False) -> tuple[list[RelayMessage], bool]:
+        """Messages after each mailbox's cursor, waiting up to ``wait`` seconds for the first one."""
+        if not cursors:
+            return [], True
+        wait_s = max(0, min(int(wait), MAX_WAIT_S))
+        answer = self._post("/v1/receive", {"mailboxes": cursors, "wait": wait_s, "limit": limit, "ack": ack},
+                            timeout=wait_s + self.timeout)
+        raw = answer.get("messages")
+        if not isinstance(raw, list):
+            raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer.")
+        messages = []
+        for item in raw:
+            # A hostile relay may answer anything; what is not a message for a mailbox we
+            # asked about, after its cursor, is ignored.
+            if not isinstance(item, dict):
+                continue
+            mailbox, ref, contents = item.get("mailbox"), item.get("ref"), item.get("contents")
+            if (mailbox in cursors and isinstance(ref, int) and not isinstance(ref, bool)
+                    and ref > cursors[mailbox] and isinstance(contents, str)):
+                messages.append(RelayMessage(mailbox, ref, contents))
+        messages.sort(key=lambda m: (list(cursors).index(m.mailbox), m.ref))
+        return messages, bool(answer.get("complete", True))
+
+    def ack(self, mailbox: str, through: int) -> None:
+        """Delete the mailbox's messages up to ``through`` (the reader has them)."""
+        self._post("/v1/ack", {"mailbox": mailbox, "through": through})
+
+    def _post(self, path: str, payload: dict[str, Any], timeout: float | None = None) -> dict:
+        try:
+            response = self.session.post(self.url + path, json=payload,
+                                         timeout=(CONNECT_TIMEOUT_S, timeout or self.timeout))
+        except requests.RequestException:
+            raise RelayUnavailable(f"The relay at {self.url} does not answer.") from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code in (429, 503) or response.status_code >= 500:
+            raise RelayUnavailable(f"The relay at {self.url} is busy or unavailable ({response.status_code}).")
+        if not isinstance(data, dict):
+            raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer ({response.status_code}).")
+        if response.status_code != 200:
+            message = str(data.get("message") or data.get("error") or "no details")[:200]
+            raise RelayRefused(f"The relay refused the request ({response.status_code}): {message}")
+        return data
