@@ -34,34 +34,26 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-
 from device import package as fmt
 from device.errors import ContactExists
 from device.localpair import check_size
 from device.storage.padfile import sync_directory
 from device.storage.padstore import INITIATOR, RESPONDER, PadRecord, PadStore, check_name
 from device.ui import CeremonyView
-from onetimechat.crypto import derive_key
 from onetimechat.errors import OTCError
+from provisioning.agree import HOST, JOIN, agree
+from provisioning.agree import format_sas as format_sas
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyError, CeremonyRefused
-from provisioning.wire import COMMIT, HELLO, REVEAL, Wire
+from provisioning.wire import Wire
 
 PROTOCOL = "otc-pairing-v1"
 CHUNK = 4 << 20
 MAX_CHUNK = 4 << 20
 WINDOW = 8  # own shares generated ahead of the peer's
-HOST, JOIN = "host", "join"
 
 RandomBytes = Callable[[int], bytes]
 Compare = Callable[[str], bool]
 ProgressHook = Callable[[CeremonyView], None]
-
-
-def format_sas(transcript: bytes) -> str:
-    value = int.from_bytes(hashlib.sha256(b"otc ceremony v1 sas" + transcript).digest()[:8], "big") % 10**9
-    digits = f"{value:09d}"
-    return f"{digits[:3]}-{digits[3:6]}-{digits[6:]}"
 
 
 def fingerprint(pad_id: bytes, chunk_hashes: list[bytes]) -> str:
@@ -166,50 +158,9 @@ class Ceremony:
     # -- 1. key agreement ---------------------------------------------------------------
 
     def _agree(self, wire: Wire) -> bytes:
-        secret = X25519PrivateKey.from_private_bytes(self.random_bytes(32))
-        hello = {
-            "protocol": PROTOCOL,
-            "role": self.role,
-            "device_id": self.store.device_id.hex(),
-            "name": self.store.device_name,
-            "pk": secret.public_key().public_bytes_raw().hex(),
-            "nonce": self.random_bytes(16).hex(),
-        }
-        if self.role == HOST:
-            mine = json.dumps(hello, separators=(",", ":"), sort_keys=True).encode()
-            commit = wire.send_plain(COMMIT, {"protocol": PROTOCOL, "commit": hashlib.sha256(mine).hexdigest()})
-            theirs, their_body = wire.recv_plain(HELLO)
-            reveal = wire.send_plain(REVEAL, hello)
-            parts = (commit, their_body, reveal)
-        else:
-            commit_msg, commit = wire.recv_plain(COMMIT)
-            if commit_msg.get("protocol") != PROTOCOL:
-                raise CeremonyRefused("The other device speaks another pairing protocol; update both devices.")
-            mine_body = wire.send_plain(HELLO, hello)
-            theirs, reveal = wire.recv_plain(REVEAL)
-            canonical = json.dumps(theirs, separators=(",", ":"), sort_keys=True).encode()
-            if not hmac.compare_digest(hashlib.sha256(canonical).hexdigest(), str(commit_msg.get("commit"))):
-                raise CeremonyBroken("The other device did not keep its commitment: the link is not to be trusted.")
-            parts = (commit, mine_body, reveal)
-        try:
-            peer_pk = X25519PublicKey.from_public_bytes(bytes.fromhex(str(theirs["pk"])))
-            peer_device_id = bytes.fromhex(str(theirs["device_id"]))
-            self.peer_name = check_name(str(theirs["name"]))
-        except (KeyError, ValueError, TypeError, OTCError):
-            raise CeremonyBroken("The other device sent a malformed hello.") from None
-        if theirs.get("protocol") != PROTOCOL or theirs.get("role") != (JOIN if self.role == HOST else HOST):
-            raise CeremonyRefused("Both devices must run the same pairing protocol, one hosting and one joining.")
-        if len(peer_device_id) != 16 or peer_device_id == self.store.device_id:
-            raise CeremonyRefused("A device cannot pair with itself.")
-        transcript = hashlib.sha256(b"otc ceremony v1" + b"".join(len(p).to_bytes(4, "big") + p
-                                                                    for p in parts)).digest()
-        shared = secret.exchange(peer_pk)
-        master = derive_key(shared + transcript, "otc ceremony v1 master")
-        h2j = derive_key(master, "otc ceremony v1 host to join")
-        j2h = derive_key(master, "otc ceremony v1 join to host")
-        wire.set_keys(*((h2j, j2h) if self.role == HOST else (j2h, h2j)))
-        self.sas = format_sas(transcript)
-        return peer_device_id
+        agreed = agree(wire, self.role, self.store, self.random_bytes, PROTOCOL)
+        self.peer_name, self.sas = agreed.peer_name, agreed.sas
+        return agreed.peer_device_id
 
     # -- 2. what to make, or where to resume -----------------------------------------------
 

@@ -1,0 +1,90 @@
+"""The authenticated key agreement every in-person ceremony starts with.
+
+The host commits to its hello (X25519 key, nonce, device id and name) before it
+sees the joiner's, then reveals it; both derive per-direction keys for the
+:class:`~provisioning.wire.Wire` and a short authentication string (SAS) from
+the transcript. Pad pairing (``otc-pairing-v1``) and attribute-key grants
+(``otc-abe-grant-v1``) run the same agreement under different protocol names,
+which are part of the transcript: a grant can never be mistaken for a pairing.
+docs/pairing.md has the protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from device.storage.padstore import PadStore, check_name
+from onetimechat.crypto import derive_key
+from onetimechat.errors import OTCError
+from provisioning.errors import CeremonyBroken, CeremonyRefused
+from provisioning.wire import COMMIT, HELLO, REVEAL, Wire
+
+HOST, JOIN = "host", "join"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """What the key agreement established (the wire's keys are set)."""
+
+    peer_device_id: bytes
+    peer_name: str
+    sas: str
+
+
+def format_sas(transcript: bytes) -> str:
+    value = int.from_bytes(hashlib.sha256(b"otc ceremony v1 sas" + transcript).digest()[:8], "big") % 10**9
+    digits = f"{value:09d}"
+    return f"{digits[:3]}-{digits[3:6]}-{digits[6:]}"
+
+
+def agree(wire: Wire, role: str, store: PadStore, random_bytes: Callable[[int], bytes], protocol: str) -> Agreement:
+    """Run the committed X25519 agreement as ``role`` (host or join) and key ``wire``."""
+    secret = X25519PrivateKey.from_private_bytes(random_bytes(32))
+    hello = {
+        "protocol": protocol,
+        "role": role,
+        "device_id": store.device_id.hex(),
+        "name": store.device_name,
+        "pk": secret.public_key().public_bytes_raw().hex(),
+        "nonce": random_bytes(16).hex(),
+    }
+    if role == HOST:
+        mine = json.dumps(hello, separators=(",", ":"), sort_keys=True).encode()
+        commit = wire.send_plain(COMMIT, {"protocol": protocol, "commit": hashlib.sha256(mine).hexdigest()})
+        theirs, their_body = wire.recv_plain(HELLO)
+        reveal = wire.send_plain(REVEAL, hello)
+        parts = (commit, their_body, reveal)
+    else:
+        commit_msg, commit = wire.recv_plain(COMMIT)
+        if commit_msg.get("protocol") != protocol:
+            raise CeremonyRefused("The other device speaks another pairing protocol; update both devices.")
+        mine_body = wire.send_plain(HELLO, hello)
+        theirs, reveal = wire.recv_plain(REVEAL)
+        canonical = json.dumps(theirs, separators=(",", ":"), sort_keys=True).encode()
+        if not hmac.compare_digest(hashlib.sha256(canonical).hexdigest(), str(commit_msg.get("commit"))):
+            raise CeremonyBroken("The other device did not keep its commitment: the link is not to be trusted.")
+        parts = (commit, mine_body, reveal)
+    try:
+        peer_pk = X25519PublicKey.from_public_bytes(bytes.fromhex(str(theirs["pk"])))
+        peer_device_id = bytes.fromhex(str(theirs["device_id"]))
+        peer_name = check_name(str(theirs["name"]))
+    except (KeyError, ValueError, TypeError, OTCError):
+        raise CeremonyBroken("The other device sent a malformed hello.") from None
+    if theirs.get("protocol") != protocol or theirs.get("role") != (JOIN if role == HOST else HOST):
+        raise CeremonyRefused("Both devices must run the same pairing protocol, one hosting and one joining.")
+    if len(peer_device_id) != 16 or peer_device_id == store.device_id:
+        raise CeremonyRefused("A device cannot pair with itself.")
+    transcript = hashlib.sha256(b"otc ceremony v1" + b"".join(len(p).to_bytes(4, "big") + p
+                                                                for p in parts)).digest()
+    shared = secret.exchange(peer_pk)
+    master = derive_key(shared + transcript, "otc ceremony v1 master")
+    h2j = derive_key(master, "otc ceremony v1 host to join")
+    j2h = derive_key(master, "otc ceremony v1 join to host")
+    wire.set_keys(*((h2j, j2h) if role == HOST else (j2h, h2j)))
+    return Agreement(peer_device_id=peer_device_id, peer_name=peer_name, sas=format_sas(transcript))
