@@ -22,12 +22,17 @@ setup(
         "pyserial>=3.5",
         "platformdirs>=4",
         "pygame>=2.5",
+        "prompt_toolkit>=3.0.36",
+        # BLS12-381 pairings for attribute-based keys (wheels for x86_64 and aarch64).
+        "py-arkworks-bls12381>=0.5,<0.6",
     ],
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],
         # On the Pi only: RPi.GPIO over the kernel's gpiochip (Debian's arm64 kernel has no /dev/gpiomem).
         "pi": ["rpi-lgpio>=0.6"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "psycopg[binary]>=3.1", "pexpect>=4.9"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "psycopg[binary]>=3.1", "pexpect>=4.9", "pyte>=0.8",
+                 # Charm's policy parser, for the differential test of ours (fetched at test time).
+                 "pyparsing>=3.0"],
         "dev": ["ruff>=0.5", "mypy>=1.10"],
     },
     entry_points={"console_scripts": ["otc = onetimechat.cli:run"]},

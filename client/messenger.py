@@ -139,12 +139,15 @@ class Messenger:
         out.state = "sent" if self._try_send(item) else "queued"
         return out
 
-    def flush(self) -> tuple[int, int]:
-        """Send what waits in the outbox; (sent, still waiting)."""
-        sent = waiting = 0
+    def flush(self) -> tuple[list[Queued], int]:
+        """Send what waits in the outbox, oldest first; (what went, how many still wait)."""
+        sent: list[Queued] = []
+        waiting = 0
         for item in self.store.queued(self.relay.url):
-            if self._try_send(item):
-                sent += 1
+            if waiting:  # the relay is down: keep the order, try again later
+                waiting += 1
+            elif self._try_send(item):
+                sent.append(item)
             else:
                 waiting += 1
         return sent, waiting
@@ -210,7 +213,7 @@ class Messenger:
         """Open one message on the device: what to show, and the receipt the device made (if any)."""
         contact = self.inbound.get(message.mailbox, "?")
         again = self.store.begin_open(self.relay.url, message.mailbox, message.ref)
-        base = {"contact": contact, "ref": message.ref, "mailbox": message.mailbox}
+        base: dict[str, Any] = {"contact": contact, "ref": message.ref, "mailbox": message.mailbox}
         try:
             answer = self.device.unpackage(message.contents, receipt=self.receipts)
         except RemoteError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -33,6 +34,9 @@ class RelayClient:
 
     def __init__(self, url: str, session: requests.Session | None = None, timeout: float = 30.0) -> None:
         self.url = normalise_url(url)
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RelayRefused(f"A relay URL looks like http://HOST:PORT, not {url[:60]!r}.")
         self.session = session or requests.Session()
         self.timeout = timeout
 

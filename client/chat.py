@@ -1,0 +1,465 @@
+"""`otc chat`: an interactive chat in the terminal (prompt_toolkit, full screen).
+
+Incoming messages appear as they arrive (a background long poll) while the
+owner types. Each sent message shows where it stands: waiting for the
+owner's confirmation on the device, sent (✓), delivered (✓✓, from the
+recipient device's receipt), waiting in the outbox, or declined. Warnings
+from the device are shown in red under the message they concern.
+
+Typed lines stay in memory only (no history file): the laptop keeps no
+plaintext.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from prompt_toolkit.application import Application
+from prompt_toolkit.buffer import Buffer
+from prompt_toolkit.completion import Completer, Completion
+from prompt_toolkit.data_structures import Point
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.layout import HSplit, Layout, Window
+from prompt_toolkit.layout.containers import Float, FloatContainer
+from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl
+from prompt_toolkit.layout.menus import CompletionsMenu
+from prompt_toolkit.layout.processors import BeforeInput
+from prompt_toolkit.styles import Style
+
+from client.errors import ClientError, DeviceRefused, RelayRefused, RelayUnavailable, RemoteError
+from client.messenger import Event, Messenger, Outgoing
+from onetimechat.text import format_event
+
+POLL_WAIT_S = 25
+MAX_BACKOFF_S = 10.0
+COMMANDS = ("send", "ms", "group", "gs", "contacts", "log", "receipts", "help", "exit")
+HELP = """commands:
+  <contact>: <message>        send a message (also: send <contact> <message>)
+  ms <a,b,...> <message>      send the same message to several contacts (each confirmed on the device)
+  group <name> <a,b,...>      save a group;  gs <group> <message>  send to a saved group
+  contacts                    contacts and the pad left each way
+  log                         the device's event log
+  receipts on|off             ask for delivery receipts (each costs 57 bytes of the sender's pad)
+  help, exit                  this text; leave (also Ctrl-D)
+marks: … confirm on your device   ✓ sent   ✓✓ delivered   ⧗ waiting to reach the relay   ✗ not sent"""
+
+STYLE = Style.from_dict({
+    "time": "#888888",
+    "me": "bold ansiblue",
+    "them": "bold ansigreen",
+    "mark": "ansigreen",
+    "pending": "ansiyellow",
+    "failed": "bold ansired",
+    "warning": "bold ansiwhite bg:ansired",
+    "system": "#888888 italic",
+    "status": "reverse",
+    "status.bad": "bold ansiwhite bg:ansired",
+})
+
+
+@dataclass(frozen=True)
+class Command:
+    """One typed line, parsed."""
+
+    name: str  # send | group | contacts | log | receipts | help | exit | error | empty
+    contacts: tuple[str, ...] = ()
+    text: str = ""
+    group: str = ""
+
+
+def parse_command(line: str, groups: dict[str, list[str]]) -> Command:
+    """Parse a line typed into the chat (pure, so it is tested on its own)."""
+    line = line.strip()
+    if not line:
+        return Command("empty")
+    head, _, rest = line.partition(" ")
+    rest = rest.strip()
+    word = head.lower()
+    if word in ("exit", "quit") and not rest:
+        return Command("exit")
+    if word in ("help", "?") and not rest:
+        return Command("help")
+    if word in ("contacts", "log") and not rest:
+        return Command(word)
+    if word == "receipts":
+        if rest.lower() in ("on", "off"):
+            return Command("receipts", text=rest.lower())
+        return Command("error", text="usage: receipts on|off")
+    if word == "send":
+        contact, _, text = rest.partition(" ")
+        if not contact or not text.strip():
+            return Command("error", text="usage: send <contact> <message>")
+        return Command("send", (contact,), text.strip())
+    if word == "ms":
+        names, _, text = rest.partition(" ")
+        contacts = _names(names)
+        if not contacts or not text.strip():
+            return Command("error", text="usage: ms <a,b,...> <message>")
+        return Command("send", contacts, text.strip())
+    if word == "group":
+        name, _, members = rest.partition(" ")
+        contacts = _names(members)
+        if not name or not contacts or " " in members.strip():
+            return Command("error", text="usage: group <name> <a,b,...>")
+        return Command("group", contacts, group=name)
+    if word == "gs":
+        name, _, text = rest.partition(" ")
+        if not name or not text.strip():
+            return Command("error", text="usage: gs <group> <message>")
+        if name not in groups:
+            return Command("error", text=f"no group named {name!r}; make one with: group {name} <a,b,...>")
+        return Command("send", tuple(groups[name]), text.strip(), group=name)
+    if head.endswith(":") and len(head) > 1 and rest:
+        return Command("send", (head[:-1],), rest)
+    return Command("error", text=f"unknown command {head!r}; type help")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        return ()
+    return tuple(dict.fromkeys(names))  # each contact once, in the order given
+
+
+class ChatCompleter(Completer):
+    """Commands first, then contact and group names where they fit."""
+
+    def __init__(self, chat: Chat) -> None:
+        self.chat = chat
+
+    def get_completions(self, document: Document, complete_event: object):  # type: ignore[override]
+        text = document.text_before_cursor
+        words = text.split(" ")
+        contacts = self.chat.contact_names()
+        if len(words) == 1:
+            word = words[0]
+            for cmd in COMMANDS:
+                if cmd.startswith(word.lower()):
+                    yield Completion(cmd + " ", start_position=-len(word))
+            for name in contacts:
+                if name.startswith(word):
+                    yield Completion(name + ": ", start_position=-len(word))
+            return
+        first, current = words[0].lower(), words[-1]
+        if len(words) == 2 and first in ("send", "ms", "group") or (len(words) == 3 and first == "group"):
+            part = current.rsplit(",", 1)[-1]
+            for name in contacts:
+                if name.startswith(part):
+                    yield Completion(name, start_position=-len(part))
+        elif len(words) == 2 and first == "gs":
+            for name in self.chat.messenger.store.groups():
+                if name.startswith(current):
+                    yield Completion(name + " ", start_position=-len(current))
+        elif len(words) == 2 and first == "receipts":
+            for choice in ("on", "off"):
+                if choice.startswith(current):
+                    yield Completion(choice, start_position=-len(current))
+
+
+@dataclass
+class Line:
+    """One entry of the conversation pane."""
+
+    at: float
+    kind: str  # in | out | system | error
+    contact: str = ""
+    text: str = ""
+    out: Outgoing | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class Chat:
+    def __init__(self, messenger: Messenger) -> None:
+        self.messenger = messenger
+        self.lines: list[Line] = []
+        self.by_segment: dict[tuple[str, int], Outgoing] = {}
+        self.lock = threading.RLock()
+        self.status = "connecting…"
+        self.status_bad = False
+        self.stop = threading.Event()
+        self.sends: queue.Queue[Command] = queue.Queue()
+        self.input = Buffer(multiline=False, history=InMemoryHistory(), completer=ChatCompleter(self),
+                            complete_while_typing=False, accept_handler=self._accept)
+        self.app: Application = self._build()
+
+    # -- the screen -----------------------------------------------------------------
+
+    def _build(self) -> Application:
+        keys = KeyBindings()
+
+        @keys.add("c-c")
+        @keys.add("c-d")
+        def _(event: object) -> None:
+            self.app.exit()
+
+        @keys.add("tab")
+        def _(event: object) -> None:
+            state = self.input.complete_state
+            if state and len(state.completions) == 1:
+                self.input.apply_completion(state.completions[0])
+            elif state:
+                self.input.complete_next()
+            else:
+                self.input.start_completion(select_first=False)
+                state = self.input.complete_state
+                if state and len(state.completions) == 1:
+                    self.input.apply_completion(state.completions[0])
+
+        messages = Window(FormattedTextControl(self._render, get_cursor_position=self._bottom, focusable=False),
+                          wrap_lines=True)
+        status = Window(FormattedTextControl(self._render_status), height=1, style="class:status")
+        entry = Window(BufferControl(self.input, input_processors=[BeforeInput("> ")]), height=1)
+        body = FloatContainer(HSplit([messages, status, entry]),
+                              floats=[Float(xcursor=True, ycursor=True, content=CompletionsMenu(max_height=8))])
+        return Application(layout=Layout(body, focused_element=entry), key_bindings=keys, style=STYLE,
+                           full_screen=True, mouse_support=False)
+
+    def _bottom(self) -> Point:
+        return Point(0, max(self._line_count - 1, 0))
+
+    def _render(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        with self.lock:
+            for line in self.lines:
+                out.extend(self._render_line(line))
+        self._line_count = sum(text.count("\n") for _, text in out) + 1
+        if out and out[-1][1].endswith("\n"):
+            out[-1] = (out[-1][0], out[-1][1][:-1])
+            self._line_count -= 1
+        return out
+
+    _line_count = 1
+
+    def _render_line(self, line: Line) -> list[tuple[str, str]]:
+        stamp = ("class:time", time.strftime("%H:%M ", time.localtime(line.at)))
+        parts: list[tuple[str, str]] = [stamp]
+        if line.kind == "in":
+            parts += [("class:them", f"{line.contact}: "), ("", line.text)]
+        elif line.kind == "out" and line.out is not None:
+            parts += [("class:me", f"me → {line.contact}: "), ("", line.text + "  ")]
+            parts.append(self._mark(line.out))
+        elif line.kind == "error":
+            parts.append(("class:failed", line.text))
+        else:
+            parts.append(("class:system", line.text))
+        parts.append(("", "\n"))
+        warnings = list(line.warnings) + (line.out.warnings if line.out is not None else [])
+        for warning in warnings:
+            parts += [("", "      "), ("class:warning", f" ⚠ {warning} "), ("", "\n")]
+        return parts
+
+    @staticmethod
+    def _mark(out: Outgoing) -> tuple[str, str]:
+        if out.delivered:
+            return ("class:mark", "✓✓")
+        return {
+            "confirming": ("class:pending", "… confirm on your device"),
+            "sent": ("class:mark", "✓"),
+            "queued": ("class:pending", "⧗ waiting for the relay"),
+            "declined": ("class:failed", "✗ declined on the device (or not confirmed in time)"),
+            "failed": ("class:failed", f"✗ not sent: {out.error}"),
+        }.get(out.state, ("", out.state))
+
+    def _render_status(self) -> list[tuple[str, str]]:
+        device = self.messenger.device.creds.device_name or self.messenger.device.url
+        receipts = "receipts on" if self._receipts else "receipts off"
+        left = f" device {device} · {receipts} · "
+        style = "class:status.bad" if self.status_bad else "class:status"
+        return [("class:status", left), (style, f" {self.status} "), ("class:status", "  (help: commands)")]
+
+    _receipts = True
+
+    def refresh(self) -> None:
+        self.app.invalidate()  # safe from any thread; a no-op once the app has stopped
+
+    def add(self, line: Line) -> None:
+        with self.lock:
+            self.lines.append(line)
+            del self.lines[:-2000]
+        self.refresh()
+
+    def system(self, text: str, kind: str = "system") -> None:
+        for part in text.splitlines() or [""]:
+            self.add(Line(time.time(), kind, text=part))
+
+    def set_status(self, text: str, bad: bool = False) -> None:
+        self.status, self.status_bad = text, bad
+        self.refresh()
+
+    def contact_names(self) -> list[str]:
+        return [str(c["name"]) for c in self.messenger.contacts]
+
+    # -- typed lines ----------------------------------------------------------------
+
+    def _accept(self, buffer: Buffer) -> bool:
+        line = buffer.text
+        command = parse_command(line, self.messenger.store.groups())
+        if command.name == "exit":
+            self.app.exit()
+        elif command.name == "help":
+            self.system(HELP)
+        elif command.name == "error":
+            self.system(command.text, "error")
+        elif command.name == "send":
+            unknown = [c for c in command.contacts if self.messenger.contacts and c not in self.contact_names()]
+            if unknown:
+                self.system(f"no contact named {', '.join(unknown)} on the device; type contacts", "error")
+            else:
+                self.sends.put(command)
+        elif command.name in ("contacts", "log", "receipts", "group"):
+            threading.Thread(target=self._local, args=(command,), daemon=True).start()
+        return False  # clear the line; it stays in the (in-memory) history
+
+    def _local(self, command: Command) -> None:
+        try:
+            if command.name == "contacts":
+                contacts = self.messenger.refresh_contacts()
+                if not contacts:
+                    self.system("no contacts yet: pair with someone in person (otc pair host/join on the devices)")
+                for c in contacts:
+                    self.system(f"{c['name']}: {c['send_left']} bytes of pad left to send, "
+                                f"{c['receive_left']} to receive")
+                groups = self.messenger.store.groups()
+                for name, members in groups.items():
+                    self.system(f"group {name}: {', '.join(members)}")
+            elif command.name == "log":
+                events = self.messenger.device.events(limit=20)
+                for event in events or [{"event": "(empty)"}]:
+                    self.system(format_event(event) if event.get("time") else "the device's log is empty")
+            elif command.name == "receipts":
+                self.messenger.receipts = command.text == "on"
+                self._receipts = command.text == "on"
+                self.system(f"delivery receipts {command.text}")
+                self.refresh()
+            elif command.name == "group":
+                known = self.contact_names()
+                unknown = [c for c in command.contacts if known and c not in known]
+                if unknown:
+                    self.system(f"no contact named {', '.join(unknown)} on the device; group not saved", "error")
+                    return
+                self.messenger.store.save_group(command.group, list(command.contacts))
+                self.system(f"group {command.group}: {', '.join(command.contacts)} (saved)")
+        except ClientError as exc:
+            self.system(str(exc), "error")
+
+    # -- background work ------------------------------------------------------------
+
+    def sender(self) -> None:
+        """Send typed messages one at a time (the device confirms one at a time anyway)."""
+        while not self.stop.is_set():
+            try:
+                command = self.sends.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            for contact in command.contacts:
+                out = Outgoing(contact, command.text)
+                self.add(Line(out.at, "out", contact, command.text, out=out))
+                try:
+                    sent = self.messenger.send(contact, command.text)
+                except RemoteError as exc:
+                    out.state, out.error = ("declined", "") if exc.code == "declined" else ("failed", str(exc))
+                except (ClientError, RelayRefused) as exc:
+                    out.state, out.error = "failed", str(exc)
+                else:
+                    out.state, out.pad_id, out.offset, out.warnings = sent.state, sent.pad_id, sent.offset, \
+                        sent.warnings
+                    with self.lock:
+                        self.by_segment[(sent.pad_id, sent.offset)] = out
+                    if sent.state == "queued":
+                        self.set_status("the relay does not answer: messages wait in the outbox", bad=True)
+                self.refresh()
+
+    def receiver(self) -> None:
+        """Long-poll the relay, have the device open what arrives, and keep the outbox moving."""
+        backoff = 1.0
+        while not self.stop.is_set():
+            try:
+                if not self.messenger.inbound:
+                    self.messenger.refresh_contacts()
+                self._flush()
+                self.set_status("connected")
+                result = self.messenger.poll(self._deliver, wait=POLL_WAIT_S)
+                if result.waiting:
+                    self.set_status(f"{result.waiting} message(s) wait: the device does not answer", bad=True)
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
+                self._flush()
+                backoff = 1.0
+            except DeviceRefused as exc:
+                self.set_status("this laptop is not paired with the device any more", bad=True)
+                self.system(str(exc), "error")
+                return
+            except RelayUnavailable:
+                self.set_status("the relay does not answer; retrying", bad=True)
+            except ClientError as exc:
+                self.set_status(f"the device does not answer; retrying ({exc.code})", bad=True)
+            else:
+                continue
+            self.stop.wait(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def _flush(self) -> None:
+        sent, waiting = self.messenger.flush()
+        if sent:
+            with self.lock:
+                for item in sent:
+                    out = self.by_segment.get((item.pad_id, item.offset))
+                    if out is not None and out.state == "queued":
+                        out.state = "sent"
+            self.refresh()
+        if waiting:
+            raise RelayUnavailable()
+
+    def _deliver(self, event: Event) -> None:
+        if event.kind == "text":
+            self.add(Line(event.at, "in", event.contact, event.text or "", warnings=event.warnings))
+        elif event.kind == "receipt":
+            target = event.receipt_for or {}
+            with self.lock:
+                out = self.by_segment.get((str(target.get("pad_id")), int(target.get("offset", -1))))
+            if out is not None:
+                out.delivered = True
+                self.refresh()
+            elif event.sent is not None:
+                self.system(f"{event.contact} received your message of "
+                            f"{time.strftime('%H:%M', time.localtime(event.sent.created))} ✓✓")
+            if event.warnings:
+                self.add(Line(event.at, "system", event.contact, f"a receipt from {event.contact}",
+                              warnings=event.warnings))
+        else:
+            label = {"refused": f"a message for you from {event.contact} was refused",
+                     "reopened": f"a message from {event.contact} cannot be shown",
+                     "other": f"{event.contact} sent something this client cannot show"}.get(event.kind, "")
+            self.add(Line(event.at, "error", event.contact, label, warnings=event.warnings))
+
+    def run(self) -> int:
+        self._receipts = self.messenger.receipts
+        self.system(f"One Time Chat with device at {self.messenger.device.url} via relay "
+                    f"{self.messenger.relay.url}. Type help for commands.")
+        try:
+            self.messenger.refresh_contacts()
+            names = ", ".join(self.contact_names()) or "none yet"
+            self.system(f"contacts: {names}")
+        except DeviceRefused:
+            raise
+        except ClientError as exc:
+            self.set_status(f"the device does not answer ({exc.code})", bad=True)
+        threads = [threading.Thread(target=self.receiver, name="otc-chat-receive", daemon=True),
+                   threading.Thread(target=self.sender, name="otc-chat-send", daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            self.app.run()
+        finally:
+            self.stop.set()
+        return 0
+
+
+def run_chat(messenger: Messenger) -> int:
+    return Chat(messenger).run()

@@ -1,0 +1,83 @@
+"""Two `otc chat` sessions in real pseudo-terminals hold a conversation.
+
+A real relay and real device servers (tests/chat_fixtures.py); what is
+checked is what a person sees on each screen.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chat_fixtures import make_world
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = make_world(tmp_path)
+    yield w
+    w.close()
+
+
+def test_two_chats_hold_a_conversation(world, tmp_path):
+    alice = world.chat("alice")
+    bob = world.chat("bob")
+    alice.wait_for("contacts: bob, carol")
+    bob.wait_for("contacts: alice")
+
+    # Plain messages both ways, as they arrive, with delivery marks.
+    alice.type("bob: hello bob")
+    bob.wait_for("alice: hello bob")
+    alice.wait_for("me → bob: hello bob  ✓✓")
+    bob.type("send alice hi alice, all good here")
+    alice.wait_for("bob: hi alice, all good here")
+    bob.wait_for("me → alice: hi alice, all good here  ✓✓")
+
+    # Multisend: one confirmation per contact, each delivered on its own.
+    alice.type("ms bob,carol lunch at noon?")
+    bob.wait_for("alice: lunch at noon?")
+    alice.wait_for("me → carol: lunch at noon?  ✓")
+    assert world.people["alice"].source.asked.count("lunch at noon?") == 2
+
+    # A saved group.
+    alice.type("group team bob,carol")
+    alice.wait_for("group team: bob, carol (saved)")
+    alice.type("gs team standup moved to 10")
+    bob.wait_for("alice: standup moved to 10")
+    alice.wait_for("me → carol: standup moved to 10")
+
+    # A decline on the device is reported plainly, and nothing reaches bob.
+    world.people["alice"].source.decline.add("this one I regret")
+    alice.type("bob: this one I regret")
+    alice.wait_for("✗ declined on the device")
+    alice.type("bob: but this one is fine")
+    bob.wait_for("alice: but this one is fine")
+    assert "this one I regret" not in bob.text()
+
+    # Bob's device goes away; a message sent meanwhile waits on the relay and is shown once it is back.
+    world.people["bob"].stop()
+    alice.type("bob: are you there?")
+    alice.wait_for("me → bob: are you there?  ✓")
+    bob.wait_for("the device does not answer")
+    assert "alice: are you there?" not in bob.text()
+    world.people["bob"].start()
+    bob.wait_for("alice: are you there?", timeout=45)
+    bob.wait_for("connected")
+
+    # Contacts with pad left each way, the device log, help.
+    alice.type("contacts")
+    alice.wait_for("bytes of pad left to send")
+    alice.type("log")
+    alice.wait_for("declined")
+    alice.type("help")
+    alice.wait_for("ms <a,b,...> <message>")
+
+    # Mistakes get one clear line.
+    alice.type("frobnicate now")
+    alice.wait_for("unknown command 'frobnicate'")
+    alice.type("dave: hi")
+    alice.wait_for("no contact named dave")
+
+    alice.type("exit")
+    assert alice.close() == 0
+    assert bob.close() == 0
+    assert "Traceback" not in alice.text() + bob.text()
