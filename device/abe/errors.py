@@ -1,0 +1,52 @@
+"""Errors of the attribute-based part of the device (all are DeviceErrors)."""
+
+from __future__ import annotations
+
+from device.errors import DeviceError
+
+
+class AbeError(DeviceError):
+    """The attribute-based request was refused."""
+
+    code = "abe"
+
+
+class PolicyError(AbeError):
+    """The policy is not valid."""
+
+    code = "abe-policy"
+
+    def __init__(self, message: str, position: int) -> None:
+        #: 0-based offset of the offending character in the policy text.
+        self.position = position
+        super().__init__(f"Policy error at character {position + 1}: {message}")
+
+
+class MalformedAbeData(AbeError):
+    """The attribute-based data is malformed or not for this device."""
+
+    code = "abe-malformed"
+
+
+class NotSatisfied(AbeError):
+    """This device holds no key whose attributes satisfy the ciphertext's policy."""
+
+    code = "abe-not-satisfied"
+
+
+class DecapsulationFailed(AbeError):
+    """The ciphertext was refused: it does not decapsulate under this device's key."""
+
+    code = "abe-refused"
+
+
+class UnknownAuthority(AbeError):
+    """This device knows no attribute authority by that name."""
+
+    code = "abe-unknown-authority"
+
+
+class NotAnAuthority(AbeError):
+    """This device is not an attribute authority; run `otc abe authority` first."""
+
+    code = "abe-not-authority"

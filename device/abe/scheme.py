@@ -1,0 +1,164 @@
+"""CP-ABE as a KEM: Waters 2011 (large universe) over BLS12-381, in Charm's CPabe09 layout.
+
+    setup:   alpha, a random; public (g1^a, e(g1,g2)^alpha); master (alpha, a)
+    keygen:  t random; K = g2^(alpha + a t), L = g2^t, K_x = H(x)^t for each attribute x (H into G1)
+    encaps:  s random, shares lambda_i of s by the policy's LSSS, r_i random per row;
+             C0 = g1^s, C_i = g1^(a lambda_i) H(rho(i))^(-r_i), D_i = g2^(r_i);
+             Z = e(g1,g2)^(alpha s) (fixed-base table), the key and tag from Z and the ciphertext
+    decaps:  with the pruned rows' coefficients w_i (sum w_i lambda_i = s),
+             Z = e(C0, K) * e(-sum w_i C_i, L) * prod_i e(-w_i K_rho(i), D_i)
+             -- one multi-pairing of k+2 pairs, the coefficients as exponents in G1.
+
+Correctness: e(C0, K) = e(g,g)^(alpha s + a s t) and the other k+1 pairs give
+e(g,g)^(-a t sum w_i lambda_i) = e(g,g)^(-a s t).
+
+The key and a 16-byte confirmation tag are HKDF (``derive_key``) of the
+canonical encoding of Z together with a hash of the ciphertext body, so a
+ciphertext altered anywhere yields another key and is refused by its tag;
+decapsulation compares tags in constant time. Waters' scheme is secure
+against chosen-plaintext attacks (selectively, under the decisional parallel
+BDHE assumption); the room protocol authenticates what it carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from py_arkworks_bls12381 import GT, G1Point, G2Point
+
+from device.abe.encoding import ID_BYTES, TAG_BYTES, Ciphertext, MasterKey, MemberKey, PublicKey
+from device.abe.errors import DecapsulationFailed, MalformedAbeData, NotSatisfied
+from device.abe.group import (
+    G1_GENERATOR,
+    G2_GENERATOR,
+    RandomBytes,
+    gt_encode,
+    hash_attribute,
+    random_scalar,
+    scalar,
+)
+from device.abe.policy import ORDER, Policy, parse_attributes
+from device.storage.padstore import check_name
+from onetimechat.crypto import derive_key, equal
+
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Encapsulation:
+    """A fresh key and the ciphertext that carries it (the key stays on the device)."""
+
+    ciphertext: Ciphertext
+    key: bytes = field(repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        return key_fingerprint(self.key)
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A hash of a derived key that reveals nothing about it (hex)."""
+    return derive_key(key, "otc abe key fingerprint v1", 16).hex()
+
+
+def setup(name: str, random_bytes: RandomBytes = os.urandom) -> MasterKey:
+    """A new authority called ``name`` (its device's name)."""
+    check_name(name)
+    alpha, a = random_scalar(random_bytes), random_scalar(random_bytes)
+    public = PublicKey(
+        authority_id=random_bytes(ID_BYTES),
+        name=name,
+        g1_a=G1_GENERATOR * scalar(a),
+        egg_alpha=GT.pairing(G1_GENERATOR * scalar(alpha), G2_GENERATOR),
+    )
+    return MasterKey(public=public, alpha=alpha, a=a)
+
+
+def keygen(master: MasterKey, attributes: str | list[str] | tuple[str, ...],
+           random_bytes: RandomBytes = os.urandom) -> MemberKey:
+    """A member key for ``attributes`` (normalised, at least one)."""
+    names = parse_attributes(attributes)
+    if not names:
+        raise MalformedAbeData("A key needs at least one attribute.")
+    t = random_scalar(random_bytes)
+    st = scalar(t)
+    return MemberKey(
+        authority_id=master.public.authority_id,
+        key_id=random_bytes(ID_BYTES),
+        K=G2_GENERATOR * scalar(master.alpha + master.a * t),
+        L=G2_GENERATOR * st,
+        Kx={x: hash_attribute(x) * st for x in names},
+    )
+
+
+def _derive(z: GT, body: bytes) -> tuple[bytes, bytes]:
+    secret = gt_encode(z) + hashlib.sha256(b"otc abe ciphertext v1" + body).digest()
+    return derive_key(secret, "otc abe kem v1 key", KEY_BYTES), derive_key(secret, "otc abe kem v1 confirm",
+                                                                            TAG_BYTES)
+
+
+def encapsulate(public: PublicKey, policy: Policy | str, random_bytes: RandomBytes = os.urandom) -> Encapsulation:
+    """A fresh key under ``policy`` for the holders of ``public``'s member keys."""
+    if isinstance(policy, str):
+        policy = Policy.parse(policy)
+    s = random_scalar(random_bytes)
+    shares = policy.shares(s, lambda: random_scalar(random_bytes))
+    rows = []
+    for attribute, share in zip(policy.rows, shares):
+        r = random_scalar(random_bytes)
+        c = G1Point.multiexp_unchecked([public.g1_a, hash_attribute(attribute)], [scalar(share), scalar(-r)])
+        rows.append((c, G2_GENERATOR * scalar(r)))
+    unsealed = Ciphertext(authority_id=public.authority_id, policy=policy, c0=G1_GENERATOR * scalar(s),
+                          rows=tuple(rows), tag=b"")
+    body = unsealed.body()
+    key, tag = _derive(public.powers.pow(s), body)
+    ciphertext = Ciphertext(authority_id=unsealed.authority_id, policy=policy, c0=unsealed.c0,
+                            rows=unsealed.rows, tag=tag)
+    return Encapsulation(ciphertext=ciphertext, key=key)
+
+
+def pairing_inputs(member: MemberKey, ciphertext: Ciphertext) -> tuple[list[G1Point], list[G2Point]]:
+    """The k+2 pairs whose product is e(g,g)^(alpha s); NotSatisfied if the key's attributes fall short."""
+    if not equal(member.authority_id, ciphertext.authority_id):
+        raise NotSatisfied("This key is from another attribute authority than the ciphertext.")
+    coefficients = ciphertext.policy.prune(member.Kx)
+    if coefficients is None:
+        raise NotSatisfied()
+    used = sorted(coefficients)
+    cs = [ciphertext.rows[i][0] for i in used]
+    ws = [coefficients[i] for i in used]
+    if all(w == 1 for w in ws):
+        aggregate = cs[0]
+        for c in cs[1:]:
+            aggregate = aggregate + c
+    else:
+        aggregate = G1Point.multiexp_unchecked(cs, [scalar(w) for w in ws])
+    g1s = [ciphertext.c0, -aggregate]
+    g2s = [member.K, member.L]
+    for i, w in zip(used, ws):
+        kx = member.Kx[ciphertext.policy.rows[i]]
+        g1s.append(-kx if w == 1 else kx * scalar(ORDER - w))
+        g2s.append(ciphertext.rows[i][1])
+    return g1s, g2s
+
+
+def decapsulate(member: MemberKey, ciphertext: Ciphertext) -> bytes:
+    """The key in ``ciphertext``; NotSatisfied or DecapsulationFailed (a wrong tag) otherwise."""
+    g1s, g2s = pairing_inputs(member, ciphertext)
+    key, tag = _derive(GT.multi_pairing(g1s, g2s), ciphertext.body())
+    if not equal(tag, ciphertext.tag):
+        raise DecapsulationFailed()
+    return key
+
+
+def check_member_key(public: PublicKey, member: MemberKey) -> None:
+    """Verify a key from its authority: e(g1, K) = e(g,g)^alpha e(g1^a, L) and e(K_x, g2) = e(H(x), L)."""
+    if not equal(member.authority_id, public.authority_id):
+        raise MalformedAbeData("The key is not from this authority.")
+    if GT.multi_pairing([G1_GENERATOR, -public.g1_a], [member.K, member.L]) != public.egg_alpha:
+        raise MalformedAbeData("The key does not match its authority's public key.")
+    for name, kx in member.Kx.items():
+        if not GT.pairing_check([kx, -hash_attribute(name)], [G2_GENERATOR, member.L]):
+            raise MalformedAbeData("The key does not match its authority's public key.")
