@@ -24,6 +24,7 @@ from prompt_toolkit.data_structures import Point
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.key_binding.bindings.completion import generate_completions
 from prompt_toolkit.layout import HSplit, Layout, Window
 from prompt_toolkit.layout.containers import Float, FloatContainer
 from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl
@@ -197,18 +198,8 @@ class Chat:
         def _(event: object) -> None:
             self.app.exit()
 
-        @keys.add("tab")
-        def _(event: object) -> None:
-            state = self.input.complete_state
-            if state and len(state.completions) == 1:
-                self.input.apply_completion(state.completions[0])
-            elif state:
-                self.input.complete_next()
-            else:
-                self.input.start_completion(select_first=False)
-                state = self.input.complete_state
-                if state and len(state.completions) == 1:
-                    self.input.apply_completion(state.completions[0])
+        # Tab completes: the common part at once (all of it when one choice fits), then cycles.
+        keys.add("tab")(generate_completions)
 
         messages = Window(FormattedTextControl(self._render, get_cursor_position=self._bottom, focusable=False),
                           wrap_lines=True)

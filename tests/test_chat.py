@@ -7,7 +7,10 @@ checked is what a person sees on each screen.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from client.chat import Command, parse_command
 from tests.chat_fixtures import make_world
 
 
@@ -63,6 +66,15 @@ def test_two_chats_hold_a_conversation(world, tmp_path):
     bob.wait_for("alice: are you there?", timeout=45)
     bob.wait_for("connected")
 
+    # Tab completes contacts and commands.
+    alice.child.send("ca\t")
+    alice.wait_for("> carol:")
+    alice.type("completed by tab")
+    alice.wait_for("me → carol: completed by tab")
+    alice.child.send("cont\t")
+    alice.wait_for("> contacts")
+    alice.child.send("\x15")  # Ctrl-U clears the line
+
     # Contacts with pad left each way, the device log, help.
     alice.type("contacts")
     alice.wait_for("bytes of pad left to send")
@@ -81,3 +93,46 @@ def test_two_chats_hold_a_conversation(world, tmp_path):
     assert alice.close() == 0
     assert bob.close() == 0
     assert "Traceback" not in alice.text() + bob.text()
+
+
+GROUPS = {"team": ["bob", "carol"]}
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("bob: hi there", Command("send", ("bob",), "hi there")),
+    ("send bob hi there", Command("send", ("bob",), "hi there")),
+    ("ms bob,carol,bob  lunch?", Command("send", ("bob", "carol"), "lunch?")),
+    ("gs team standup", Command("send", ("bob", "carol"), "standup", group="team")),
+    ("group team bob,carol", Command("group", ("bob", "carol"), group="team")),
+    ("contacts", Command("contacts")),
+    ("LOG", Command("log")),
+    ("receipts off", Command("receipts", text="off")),
+    ("exit", Command("exit")),
+    ("   ", Command("empty")),
+])
+def test_parse_command(line, expected):
+    assert parse_command(line, GROUPS) == expected
+
+
+@pytest.mark.parametrize("line, error", [
+    ("send bob", "usage: send"),
+    ("ms bob,,carol hi", "usage: ms"),
+    ("ms bob", "usage: ms"),
+    ("group team", "usage: group"),
+    ("group team bob, carol", "usage: group"),
+    ("gs nobody hi", "no group named 'nobody'"),
+    ("receipts maybe", "usage: receipts"),
+    ("bob:", "unknown command"),
+    ("hello there", "unknown command 'hello'"),
+])
+def test_parse_command_errors(line, error):
+    command = parse_command(line, GROUPS)
+    assert command.name == "error" and command.text.startswith(error)
+
+
+@given(st.text(max_size=80))
+def test_parse_command_never_crashes(line):
+    command = parse_command(line, GROUPS)
+    assert command.name in {"send", "group", "contacts", "log", "receipts", "help", "exit", "error", "empty"}
+    if command.name == "send":
+        assert command.contacts and all(command.contacts) and command.text
