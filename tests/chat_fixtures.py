@@ -38,11 +38,15 @@ class OwnerSource:
         self.decline: set[str] = set()
         self.asked: list[str] = []
         self.codes: list[str] = []
+        self.present = threading.Event()  # cleared: the owner is away and answers nothing yet
+        self.present.set()
 
     def ask(self, request: ConfirmRequest, timeout: float) -> bool:
         text = request.plaintext.decode("utf-8", "replace")
         self.asked.append(text)
         time.sleep(0.2)  # the owner reads the screen
+        if not self.present.wait(timeout):
+            return False
         return text not in self.decline
 
     def show_code(self, code: str) -> None:

@@ -48,6 +48,14 @@ def test_two_chats_hold_a_conversation(world, tmp_path):
     bob.wait_for("alice: standup moved to 10")
     alice.wait_for("me → carol: standup moved to 10")
 
+    # While the device waits for its owner, the chat says so.
+    world.people["alice"].source.present.clear()
+    alice.type("bob: wait for me")
+    alice.wait_for("me → bob: wait for me  … confirm on your device")
+    world.people["alice"].source.present.set()
+    alice.wait_for("me → bob: wait for me  ✓")
+    bob.wait_for("alice: wait for me")
+
     # A decline on the device is reported plainly, and nothing reaches bob.
     world.people["alice"].source.decline.add("this one I regret")
     alice.type("bob: this one I regret")

@@ -25,6 +25,7 @@ from device.errors import (
     UnknownPad,
 )
 from device.localpair import pair_local
+from device.package import Kind
 from device.storage.padstore import PadStore
 from tests.conftest import Counter, det_bytes, make_pair, pad_bytes, receive_state
 
@@ -405,3 +406,35 @@ def test_a_live_stores_pending_wipes_are_left_to_it(tmp_path):
         with PadStore(home_a) as other:
             assert other.read("SELECT count(*) FROM pending_wipe")[0][0] == 1
         assert pad_bytes(home_a, pad_id)[:64] != bytes(64)
+
+
+# -- delivery receipts (kind 3) ------------------------------------------------------------
+
+def test_receipt_names_the_package_it_confirms(pair):
+    alice, bob, pad_id = pair
+    sent = alice.package("bob", b"hello")
+    received = bob.unpackage(bytes(sent.package))
+    receipt = bob.receipt(received)
+    assert fmt.parse(bytes(receipt.package)).kind == Kind.RECEIPT
+    assert receipt.mailbox == bob.store.pads("alice")[0].mailbox_out
+    opened = alice.unpackage(bytes(receipt.package)).to_json()
+    assert opened["kind"] == "receipt" and opened["text"] is None
+    assert opened["receipt_for"] == {"pad_id": pad_id.hex(), "offset": sent.offset}
+    # 1 + 16 + 8 body bytes, plus the 32-byte MAC key: 57 pad bytes.
+    assert receipt.consumed == 57
+
+
+def test_receipt_body_known_answer_and_malformed():
+    body = fmt.receipt_body(bytes(range(16)), 0x0102030405060708)
+    assert body.hex() == "01" + bytes(range(16)).hex() + "0102030405060708"
+    assert fmt.parse_receipt(body) == (bytes(range(16)), 0x0102030405060708)
+    for bad in (body[:-1], b"\x02" + body[1:], b""):
+        with pytest.raises(MalformedPackage):
+            fmt.parse_receipt(bad)
+
+
+def test_unreadable_receipt_is_a_warning(pair):
+    alice, bob, _ = pair
+    package = bob.package("alice", b"not a receipt", kind=Kind.RECEIPT).package
+    opened = alice.unpackage(bytes(package)).to_json()
+    assert "receipt_for" not in opened and opened["warnings"][0].startswith("bad-receipt")

@@ -18,6 +18,7 @@ from client.rpc import DeviceClient, pair
 from client.state import ClientState
 from device import package as fmt
 from device.engine import Device
+from device.package import Kind
 from device.pairing import lockout_delay
 from onetimechat import rpc
 from tests.conftest import otc, pad_bytes, receive_state
@@ -333,3 +334,19 @@ def test_fuzzed_requests_never_get_a_5xx(rpc_device, path, body):
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert response.json()["error"] in DOCUMENTED_HTTP_ERRORS
+
+
+def test_unpackage_with_receipt(rpc_device):
+    client = rpc_device.pair_client()
+    with Device.open(rpc_device.peer_home) as bob:
+        text = bob.package("alice", b"hi alice")
+        receipt_kind = bob.package("alice", fmt.receipt_body(b"\0" * 16, 0), kind=Kind.RECEIPT)
+    answer = client.unpackage(fmt.encode(text.package), receipt=True)
+    assert answer["text"] == "hi alice" and answer["receipt"]["consumed"] == 57
+    with Device.open(rpc_device.peer_home) as bob:
+        opened = bob.unpackage_base64(answer["receipt"]["package"]).to_json()
+    assert opened["receipt_for"] == {"pad_id": rpc_device.pad_id.hex(), "offset": text.offset}
+    # A receipt is never answered with a receipt; no receipt unless asked.
+    answer = client.unpackage(fmt.encode(receipt_kind.package), receipt=True)
+    assert answer["kind"] == "receipt" and "receipt" not in answer
+    assert rpc_device.source.asked == []  # receipts never ask the owner
