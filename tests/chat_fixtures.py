@@ -97,6 +97,15 @@ class World:
         self.chats.append(session)
         return session
 
+    def stop_relay(self) -> None:
+        self.relay.close()
+
+    def start_relay(self) -> None:
+        """The relay again, on the same port and store (what clients know of it stays valid)."""
+        port = int(self.relay_url.rsplit(":", 1)[1])
+        app = create_app(RelayConfig(db=f"sqlite:///{self.relay_db}"))
+        self.relay = RelayServer(app, "127.0.0.1", port, threads=32).start()
+
     def close(self) -> None:
         for chat in self.chats:
             chat.close()

@@ -74,6 +74,15 @@ def test_two_chats_hold_a_conversation(world, tmp_path):
     bob.wait_for("alice: are you there?", timeout=45)
     bob.wait_for("connected")
 
+    # The relay goes down: the message waits in the outbox (⧗) and goes out when the relay is back.
+    world.stop_relay()
+    alice.type("bob: while the relay was down")
+    alice.wait_for("me → bob: while the relay was down  ⧗ waiting for the relay")
+    alice.wait_for("the relay does not answer")
+    world.start_relay()
+    bob.wait_for("alice: while the relay was down", timeout=45)
+    alice.wait_for("me → bob: while the relay was down  ✓✓", timeout=45)
+
     # Tab completes contacts and commands.
     alice.child.send("ca\t")
     alice.wait_for("> carol:")
