@@ -37,6 +37,7 @@ from client.messenger import Event, Messenger, Outgoing
 from onetimechat.text import format_event
 
 POLL_WAIT_S = 25
+CONTACTS_REFRESH_S = 60
 MAX_BACKOFF_S = 10.0
 COMMANDS = ("send", "ms", "group", "gs", "contacts", "log", "receipts", "help", "exit")
 HELP = """commands:
@@ -368,10 +369,12 @@ class Chat:
     def receiver(self) -> None:
         """Long-poll the relay, have the device open what arrives, and keep the outbox moving."""
         backoff = 1.0
+        refreshed = 0.0
         while not self.stop.is_set():
             try:
-                if not self.messenger.inbound:
-                    self.messenger.refresh_contacts()
+                if not self.messenger.inbound or time.monotonic() - refreshed > CONTACTS_REFRESH_S:
+                    self.messenger.refresh_contacts()  # a pad paired meanwhile brings new mailboxes
+                    refreshed = time.monotonic()
                 self._flush()
                 self.set_status("connected")
                 result = self.messenger.poll(self._deliver, wait=POLL_WAIT_S)
