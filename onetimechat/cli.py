@@ -30,7 +30,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # Each part's CLI module has register(parts), adding its subcommands.
-PART_MODULES = ("device.cli", "client.cli", "client.messages_cli", "hrng.cli", "relay.cli", "provisioning.cli",)
+PART_MODULES = ("device.cli", "client.cli", "client.messages_cli", "hrng.cli", "relay.cli", "provisioning.cli",
+                "device.abe.cli",)
 
 
 def build_parser() -> ArgumentParser:

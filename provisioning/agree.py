@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +28,7 @@ from provisioning.errors import CeremonyBroken, CeremonyRefused
 from provisioning.wire import COMMIT, HELLO, REVEAL, Wire
 
 HOST, JOIN = "host", "join"
+CONNECT_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -88,3 +91,38 @@ def agree(wire: Wire, role: str, store: PadStore, random_bytes: Callable[[int], 
     j2h = derive_key(master, "otc ceremony v1 join to host")
     wire.set_keys(*((h2j, j2h) if role == HOST else (j2h, h2j)))
     return Agreement(peer_device_id=peer_device_id, peer_name=peer_name, sas=format_sas(transcript))
+
+
+# -- the link: one TCP connection between the two devices ---------------------------------
+
+
+def _address(text: str) -> tuple[str, int]:
+    from device.server import parse_listen
+
+    return parse_listen(text)
+
+
+def accept_one(listen: str) -> socket.socket:
+    """Wait on ``HOST:PORT`` for the other device (port 0 picks a free one); say where on stdout."""
+    host, port = _address(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(1)
+        print(f"otc: waiting for the other device on {host}:{listener.getsockname()[1]}", flush=True)
+        sock, _ = listener.accept()
+    return sock
+
+
+def connect(address: str, what: str, wait: float = CONNECT_WAIT_S) -> socket.socket:
+    """Connect to the hosting device, retrying for ``wait`` seconds while it starts."""
+    host, port = _address(address)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return socket.create_connection((host, port), timeout=10)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise CeremonyBroken(f"No device hosts {what} at {host}:{port}.") from None
+            time.sleep(0.2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-import time
 from pathlib import Path
 
 from device.confirm import MODES
@@ -16,11 +15,10 @@ from hrng.mixer import pad_random
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
 from onetimechat.text import parse_size
+from provisioning.agree import accept_one, connect
 from provisioning.ceremony import HOST, JOIN, Ceremony
-from provisioning.errors import CeremonyBroken
 from provisioning.wire import Wire
 
-CONNECT_WAIT_S = 60.0
 IDLE_TIMEOUT_S = 600.0  # an owner may take a while to compare the pairing string
 
 
@@ -104,34 +102,9 @@ def _run(args: argparse.Namespace, role: str, sock: socket.socket) -> int:
     return 0
 
 
-def _address(text: str) -> tuple[str, int]:
-    from device.server import parse_listen
-
-    return parse_listen(text)
-
-
 def cmd_host(args: argparse.Namespace) -> int:
-    host, port = _address(args.listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as listener:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host, port))
-        listener.listen(1)
-        bound = listener.getsockname()[1]
-        print(f"otc: waiting for the other device on {host}:{bound}", flush=True)
-        sock, peer = listener.accept()
-    return _run(args, HOST, sock)
+    return _run(args, HOST, accept_one(args.listen))
 
 
 def cmd_join(args: argparse.Namespace) -> int:
-    host, port = _address(args.connect)
-    deadline = time.monotonic() + CONNECT_WAIT_S
-    while True:
-        try:
-            sock = socket.create_connection((host, port), timeout=10)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise CeremonyBroken(f"No device hosts a pairing at {host}:{port}.") from None
-            time.sleep(0.2)
-    return _run(args, JOIN, sock)
+    return _run(args, JOIN, connect(args.connect, "a pairing"))

@@ -92,6 +92,36 @@ STEPS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2 -> 3: attribute-based keys (device/abe, docs/abe.md).
+    """
+    -- Authorities this device knows: its own (with the master key) and those it holds keys from.
+    CREATE TABLE abe_authorities (
+        authority_id BLOB PRIMARY KEY CHECK (length(authority_id) = 16),
+        name TEXT NOT NULL UNIQUE,
+        public_key BLOB NOT NULL,
+        -- Only on the authority's own device, sealed in a PIN-locked home; it never leaves the device.
+        master_key BLOB,
+        created REAL NOT NULL
+    );
+    -- This device's member keys, sealed in a PIN-locked home; they never leave the device.
+    CREATE TABLE abe_keys (
+        key_id BLOB PRIMARY KEY CHECK (length(key_id) = 16),
+        authority_id BLOB NOT NULL REFERENCES abe_authorities(authority_id),
+        attributes TEXT NOT NULL,
+        secret BLOB NOT NULL,
+        created REAL NOT NULL
+    );
+    -- What this device, as an authority, issued (never the keys themselves).
+    CREATE TABLE abe_issued (
+        key_id BLOB PRIMARY KEY CHECK (length(key_id) = 16),
+        authority_id BLOB NOT NULL REFERENCES abe_authorities(authority_id),
+        member TEXT NOT NULL,
+        member_device_id BLOB,
+        attributes TEXT NOT NULL,
+        how TEXT NOT NULL,
+        issued REAL NOT NULL
+    );
+    """,
 ]
 
 LATEST = len(STEPS)

@@ -1,0 +1,234 @@
+"""`otc abe ...`: attribute-based keys on the device (DESIGN.md "Attribute-based rooms")."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+from device.abe.errors import MalformedAbeData
+from device.abe.grant import GrantView, grant_host, grant_join
+from device.abe.store import AbeKeys, grant_local
+from device.confirm import MODES
+from device.home import open_home
+from hrng.mixer import pad_random
+from onetimechat.errors import UsageError
+from provisioning.agree import accept_one, connect
+from provisioning.wire import Wire
+
+IDLE_TIMEOUT_S = 600.0  # an owner may take a while to compare the screens
+MAX_STDIN = 1 << 20
+
+
+def register(parts: argparse._SubParsersAction) -> None:
+    abe = parts.add_parser("abe", help="attribute-based keys on this device",
+                           description="Attribute-based keys: this device as an authority, keys issued in "
+                           "person, and encapsulation under policies. Keys never leave the device.")
+    sub = abe.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("authority", help="make this device an attribute authority",
+                       description="Make this device an attribute authority, named after the device. "
+                       "Its master key never leaves it.")
+    _home(p)
+    p.set_defaults(func=cmd_authority)
+
+    p = sub.add_parser("grant-local", help="issue a key on one machine (development, tests)",
+                       description="Issue a key for --attributes from the authority in AUTH_HOME to the "
+                       "device in MEMBER_HOME, both on this machine (development and tests: this machine "
+                       "sees the key).")
+    p.add_argument("--attributes", required=True, help="comma-separated attributes, e.g. STAFF,ADMIN")
+    p.add_argument("auth_home", metavar="AUTH_HOME", type=Path)
+    p.add_argument("member_home", metavar="MEMBER_HOME", type=Path)
+    p.add_argument("--auth-pin-file", type=Path, help="the PIN of AUTH_HOME, if it is PIN-locked")
+    p.add_argument("--member-pin-file", type=Path, help="the PIN of MEMBER_HOME, if it is PIN-locked")
+    p.set_defaults(func=cmd_grant_local)
+
+    grant = sub.add_parser("grant", help="issue a key in person",
+                           description="Issue a key in person: `otc abe grant host` on the authority, "
+                           "`otc abe grant join` on the member's device; both show the pairing string and "
+                           "the attributes, and both owners confirm.")
+    gsub = grant.add_subparsers(dest="role", metavar="ROLE")
+    gsub.required = True
+    for role, helptext in (("host", "on the authority: offer a key for --attributes"),
+                           ("join", "on the member's device: receive the key")):
+        p = gsub.add_parser(role, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        _home(p)
+        if role == "host":
+            p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to wait for the member")
+            p.add_argument("--attributes", required=True, help="comma-separated attributes, e.g. STAFF,ADMIN")
+        else:
+            p.add_argument("--connect", required=True, metavar="HOST:PORT", help="the authority's device")
+        p.add_argument("--confirm", choices=MODES, default="tty",
+                       help="who confirms the pairing string and attributes (default: tty)")
+        p.add_argument("--hrng", action="append", default=[], metavar="URL",
+                       help="a hardware random source to mix in (repeatable); without it, the OS CSPRNG alone")
+        p.set_defaults(func=cmd_grant_host if role == "host" else cmd_grant_join)
+
+    p = sub.add_parser("encaps", help="a fresh key under a policy",
+                       description='Make a fresh key under --policy for --authority\'s members and print '
+                       '{"ciphertext": base64, "key_fingerprint": hex}. The key stays on the device.')
+    _home(p)
+    p.add_argument("--authority", required=True, metavar="NAME", help="the attribute authority")
+    p.add_argument("--policy", required=True, help="e.g. 'STAFF and (ADMIN or 2 of (A, B, C))'")
+    p.set_defaults(func=cmd_encaps)
+
+    p = sub.add_parser("decaps", help="recover the key of a ciphertext from stdin",
+                       description='Read a base64 ciphertext (or the JSON `otc abe encaps` prints) on stdin '
+                       'and print {"key_fingerprint": hex}. A refusal exits non-zero with one line on stderr.')
+    _home(p)
+    p.set_defaults(func=cmd_decaps)
+
+    p = sub.add_parser("status", help="authorities, keys held and keys issued",
+                       description="Show the authorities this device knows, the attributes of the keys it "
+                       "holds and, for an authority, what it issued (never a key).")
+    _home(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+
+def _home(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", required=True, type=Path, help="the device's state directory")
+    p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
+
+
+def cmd_authority(args: argparse.Namespace) -> int:
+    with open_home(args.home, args.pin_file) as store:
+        public = AbeKeys(store).become_authority()
+    print(f"Device {public.name} is now an attribute authority (fingerprint {public.fingerprint}).")
+    return 0
+
+
+def cmd_grant_local(args: argparse.Namespace) -> int:
+    if args.auth_home.resolve() == args.member_home.resolve():
+        raise UsageError("AUTH_HOME and MEMBER_HOME must be two different devices.")
+    with open_home(args.auth_home, args.auth_pin_file) as auth, \
+            open_home(args.member_home, args.member_pin_file) as member:
+        key = grant_local(auth, member, args.attributes)
+        print(f"Issued a key for {', '.join(key.attributes)} from authority {auth.device_name} "
+              f"to {member.device_name} (key {key.key_id.hex()[:16]}).")
+    return 0
+
+
+def cmd_encaps(args: argparse.Namespace) -> int:
+    with open_home(args.home, args.pin_file) as store:
+        sealed = AbeKeys(store).encapsulate(args.authority, args.policy)
+    ciphertext = base64.b64encode(sealed.ciphertext.encode()).decode()
+    print(json.dumps({"ciphertext": ciphertext, "key_fingerprint": sealed.fingerprint}))
+    return 0
+
+
+def read_ciphertext(raw: bytes) -> bytes:
+    """A ciphertext from stdin: base64, or the JSON object `otc abe encaps` prints."""
+    if len(raw) > MAX_STDIN:
+        raise MalformedAbeData("The ciphertext is too large.")
+    text = raw.strip()
+    try:
+        if text.startswith(b"{"):
+            text = str(json.loads(text)["ciphertext"]).encode()
+        return base64.b64decode(text, validate=True)
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise MalformedAbeData("The ciphertext is not base64 (nor the JSON of `otc abe encaps`).") from None
+
+
+def cmd_decaps(args: argparse.Namespace) -> int:
+    from device.abe.scheme import key_fingerprint
+
+    data = read_ciphertext(sys.stdin.buffer.read(MAX_STDIN + 1))
+    with open_home(args.home, args.pin_file) as store:
+        key = AbeKeys(store).decapsulate(data)
+    print(json.dumps({"key_fingerprint": key_fingerprint(key)}))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with open_home(args.home, args.pin_file) as store:
+        keys = AbeKeys(store)
+        status = {"authorities": keys.authorities(), "issued": [i.to_dict() for i in keys.issued()]}
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    if not status["authorities"]:
+        print("No attribute authorities: run `otc abe authority` or receive a key with `otc abe grant join`.")
+    for a in status["authorities"]:
+        own = " (this device)" if a["own"] else ""
+        print(f"Authority {a['name']}{own}, fingerprint {a['fingerprint']}")
+        for attrs in a["keys"]:
+            print(f"  key held for {', '.join(attrs)}")
+    if status["issued"]:
+        print("Issued:")
+    for i in status["issued"]:
+        print(f"  {i['issued']}  {i['member']:<20} {', '.join(i['attributes'])} ({i['how']}, key {i['key_id'][:16]})")
+    return 0
+
+
+# -- in person ---------------------------------------------------------------------------
+
+
+def _confirmer(mode: str):  # type: ignore[no-untyped-def]
+    def show(view: GrantView) -> None:
+        for line in view.lines():
+            print(line, flush=True)
+
+    if mode == "auto":
+        def approve(view: GrantView) -> bool:
+            show(view)
+            print("otc: confirmation mode 'auto': the grant is accepted without comparing "
+                  "(tests and demos only)", file=sys.stderr)
+            return True
+        return approve
+    if mode == "tty":
+        def ask(view: GrantView) -> bool:
+            show(view)
+            try:
+                with open("/dev/tty", "r+") as tty:
+                    tty.write(f"Does the other device show {view.sas} and the same attributes? [y/N] ")
+                    tty.flush()
+                    return tty.readline().strip().lower() in ("y", "yes")
+            except OSError:
+                raise UsageError("No terminal to confirm the grant on; choose another --confirm.") from None
+        return ask
+    raise UsageError(f"`otc abe grant` confirms with tty or auto; {mode} runs through `otc device serve`.")
+
+
+def _timed(sock: socket.socket) -> socket.socket:
+    sock.settimeout(IDLE_TIMEOUT_S)
+    return sock
+
+
+def _randomness(urls: list[str]):  # type: ignore[no-untyped-def]
+    """The key material's randomness: the HRNG mixer when given sources, else the OS CSPRNG."""
+    return pad_random(urls) if urls else contextlib.nullcontext(os.urandom)
+
+
+def cmd_grant_host(args: argparse.Namespace) -> int:
+    confirm = _confirmer(args.confirm)
+    with open_home(args.home, args.pin_file) as store:
+        AbeKeys(store).master()  # a clear error before waiting if this device is no authority
+        with _randomness(args.hrng) as random_bytes:
+            wire = Wire(_timed(accept_one(args.listen)))
+            try:
+                key = grant_host(store, wire, args.attributes, confirm, random_bytes)
+            finally:
+                wire.close()
+    print(f"Issued a key for {', '.join(key.attributes)} (key {key.key_id.hex()[:16]}).")
+    return 0
+
+
+def cmd_grant_join(args: argparse.Namespace) -> int:
+    confirm = _confirmer(args.confirm)
+    with open_home(args.home, args.pin_file) as store:
+        with _randomness(args.hrng) as random_bytes:
+            wire = Wire(_timed(connect(args.connect, "a grant")))
+            try:
+                key = grant_join(store, wire, confirm, random_bytes)
+            finally:
+                wire.close()
+    print(f"Stored a key for {', '.join(key.attributes)} (key {key.key_id.hex()[:16]}).")
+    return 0

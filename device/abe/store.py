@@ -1,0 +1,212 @@
+"""Attribute-based keys in the device store, and the device-side KEM calls.
+
+Master and member keys live in the device's SQLite store (schema step 3),
+sealed under the storage key when the home is PIN-locked, exactly like paired
+laptops' keys (:class:`~device.storage.atrest.SecretBox`, bound to their row).
+They never leave the device: :meth:`AbeKeys.encapsulate` and
+:meth:`AbeKeys.decapsulate` return keys to callers inside the device (the CLI
+prints only fingerprints; the room protocol keeps them in memory).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from device.abe.encoding import (
+    Ciphertext,
+    MasterKey,
+    MemberKey,
+    PublicKey,
+    decode_ciphertext,
+    decode_master_key,
+    decode_member_key,
+    decode_public_key,
+)
+from device.abe.errors import AbeError, DecapsulationFailed, NotAnAuthority, NotSatisfied, UnknownAuthority
+from device.abe.group import RandomBytes
+from device.abe.policy import Policy, parse_attributes
+from device.abe.scheme import Encapsulation, check_member_key, decapsulate, encapsulate, keygen, setup
+from device.storage.padstore import PadStore
+from onetimechat.crypto import equal
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A key an authority issued (what may be shown: never the key)."""
+
+    key_id: bytes
+    member: str
+    member_device_id: bytes | None
+    attributes: tuple[str, ...]
+    how: str
+    issued: float
+
+    def to_dict(self) -> dict:
+        return {
+            "key_id": self.key_id.hex(),
+            "member": self.member,
+            "member_device_id": self.member_device_id.hex() if self.member_device_id else None,
+            "attributes": list(self.attributes),
+            "how": self.how,
+            "issued": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.issued)),
+        }
+
+
+class AbeKeys:
+    """The attribute-based keys of one device."""
+
+    def __init__(self, store: PadStore) -> None:
+        self.store = store
+
+    # -- sealing ------------------------------------------------------------------------
+
+    def _seal(self, secret: bytes, context: bytes) -> bytes:
+        return self.store.secrets.seal(secret, context) if self.store.secrets else secret
+
+    def _open(self, stored: bytes, context: bytes) -> bytes:
+        return self.store.secrets.open(bytes(stored), context) if self.store.secrets else bytes(stored)
+
+    # -- authorities ----------------------------------------------------------------------
+
+    def become_authority(self, random_bytes: RandomBytes = os.urandom) -> PublicKey:
+        """Make this device an attribute authority named after it (once)."""
+        if self._own_row() is not None:
+            raise AbeError("This device is already an attribute authority.")
+        if self.store.read("SELECT 1 FROM abe_authorities WHERE name = ?", (self.store.device_name,)):
+            raise AbeError(f"This device already holds keys from another authority named "
+                           f"{self.store.device_name!r}; an authority needs a unique name.")
+        master = setup(self.store.device_name, random_bytes)
+        aid = master.public.authority_id
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO abe_authorities (authority_id, name, public_key, master_key, created)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (aid, master.public.name, master.public.encode(), self._seal(master.encode(), b"abe master " + aid),
+                 time.time()),
+            )
+            self.store.log(conn, "abe-authority", detail=f"attribute authority {master.public.fingerprint}")
+        return master.public
+
+    def _own_row(self) -> tuple | None:
+        rows = self.store.read("SELECT authority_id, master_key FROM abe_authorities WHERE master_key IS NOT NULL")
+        return rows[0] if rows else None
+
+    def master(self) -> MasterKey:
+        row = self._own_row()
+        if row is None:
+            raise NotAnAuthority()
+        aid = bytes(row[0])
+        return decode_master_key(self._open(row[1], b"abe master " + aid))
+
+    def public_key(self, name: str) -> PublicKey:
+        rows = self.store.read("SELECT public_key FROM abe_authorities WHERE name = ?", (name,))
+        if not rows:
+            raise UnknownAuthority(f"This device knows no attribute authority named {name!r}.")
+        return decode_public_key(bytes(rows[0][0]))
+
+    def check_authority(self, public: PublicKey) -> None:
+        """Refuse a public key whose name belongs to another authority here."""
+        rows = self.store.read(
+            "SELECT authority_id, public_key FROM abe_authorities WHERE name = ? OR authority_id = ?",
+            (public.name, public.authority_id))
+        for aid, stored in rows:
+            if not (equal(bytes(aid), public.authority_id) and equal(bytes(stored), public.encode())):
+                raise AbeError(f"This device already knows another attribute authority named {public.name!r}.")
+
+    def authorities(self) -> list[dict]:
+        out = []
+        for aid, name, pk, master in self.store.read(
+                "SELECT authority_id, name, public_key, master_key FROM abe_authorities ORDER BY created"):
+            public = decode_public_key(bytes(pk))
+            keys = [k.attributes for k in self.member_keys(bytes(aid))]
+            out.append({"name": name, "authority_id": bytes(aid).hex(), "fingerprint": public.fingerprint,
+                        "own": master is not None, "keys": [list(a) for a in keys]})
+        return out
+
+    # -- member keys ------------------------------------------------------------------------
+
+    def add_member_key(self, public: PublicKey, key: MemberKey) -> None:
+        """Store a key received from its authority, after checking it against the public key."""
+        self.check_authority(public)
+        check_member_key(public, key)
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO abe_authorities (authority_id, name, public_key, master_key, created)"
+                " VALUES (?, ?, ?, NULL, ?)",
+                (public.authority_id, public.name, public.encode(), time.time()),
+            )
+            conn.execute(
+                "INSERT INTO abe_keys (key_id, authority_id, attributes, secret, created) VALUES (?, ?, ?, ?, ?)",
+                (key.key_id, key.authority_id, ",".join(key.attributes),
+                 self._seal(key.encode(), b"abe key " + key.key_id), time.time()),
+            )
+            self.store.log(conn, "abe-key-received",
+                           detail=f"key for {', '.join(key.attributes)} from authority {public.name}")
+
+    def member_keys(self, authority_id: bytes | None = None) -> list[MemberKey]:
+        sql = "SELECT key_id, secret FROM abe_keys"
+        params: tuple = ()
+        if authority_id is not None:
+            sql += " WHERE authority_id = ?"
+            params = (authority_id,)
+        rows = self.store.read(sql + " ORDER BY created", params)
+        return [decode_member_key(self._open(secret, b"abe key " + bytes(kid))) for kid, secret in rows]
+
+    # -- issuing (the authority) -------------------------------------------------------------
+
+    def issue(self, attributes: str | list[str] | tuple[str, ...], member: str, member_device_id: bytes | None,
+              how: str, random_bytes: RandomBytes = os.urandom) -> MemberKey:
+        """A new member key, recorded as issued before it leaves (the authority keeps no copy)."""
+        master = self.master()
+        key = keygen(master, parse_attributes(attributes), random_bytes)
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO abe_issued (key_id, authority_id, member, member_device_id, attributes, how, issued)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key.key_id, key.authority_id, member, member_device_id, ",".join(key.attributes), how, time.time()),
+            )
+            self.store.log(conn, "abe-key-issued",
+                           detail=f"key for {', '.join(key.attributes)} to {member} ({how})")
+        return key
+
+    def issued(self) -> list[Issued]:
+        rows = self.store.read("SELECT key_id, member, member_device_id, attributes, how, issued FROM abe_issued"
+                               " ORDER BY issued")
+        return [Issued(key_id=bytes(r[0]), member=r[1], member_device_id=bytes(r[2]) if r[2] else None,
+                       attributes=tuple(r[3].split(",")), how=r[4], issued=r[5]) for r in rows]
+
+    # -- the KEM, inside the device ------------------------------------------------------------
+
+    def encapsulate(self, authority: str, policy: str | Policy, random_bytes: RandomBytes = os.urandom
+                    ) -> Encapsulation:
+        """A fresh key under ``policy`` for ``authority``'s members; the key stays with the caller."""
+        parsed = Policy.parse(policy) if isinstance(policy, str) else policy
+        return encapsulate(self.public_key(authority), parsed, random_bytes)
+
+    def decapsulate(self, ciphertext: bytes | Ciphertext) -> bytes:
+        """The key a ciphertext carries, with a key of this device that satisfies its policy."""
+        ct = decode_ciphertext(ciphertext) if isinstance(ciphertext, (bytes, bytearray)) else ciphertext
+        keys = [k for k in self.member_keys(ct.authority_id) if ct.policy.prune(k.Kx) is not None]
+        if not keys:
+            raise NotSatisfied()
+        failure: AbeError = DecapsulationFailed()
+        for key in keys:
+            try:
+                return decapsulate(key, ct)
+            except DecapsulationFailed as exc:
+                failure = exc
+        raise failure
+
+
+def grant_local(authority: PadStore, member: PadStore, attributes: str | list[str]) -> MemberKey:
+    """Issue a key on one machine (development, tests): the key goes straight into the member's store."""
+    auth = AbeKeys(authority)
+    public = auth.master().public
+    if authority.device_id == member.device_id:
+        raise AbeError("The authority and the member must be two different devices.")
+    AbeKeys(member).check_authority(public)
+    key = auth.issue(attributes, member=member.device_name, member_device_id=member.device_id, how="local")
+    AbeKeys(member).add_member_key(public, key)
+    return key

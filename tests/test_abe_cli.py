@@ -1,0 +1,149 @@
+"""`otc abe ...` as a user runs it, and keys at rest in the device store."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from device.abe.store import AbeKeys
+from device.home import open_home
+from tests.conftest import ROOT, otc
+from tests.test_cli import one_line_error
+
+PIN = "493817"
+
+
+@pytest.fixture
+def homes(tmp_path):
+    """An authority 'campus' with a key for STAFF,ADMIN issued to 'alice'; 'bob' holds nothing."""
+    auth, alice, bob = tmp_path / "campus", tmp_path / "alice", tmp_path / "bob"
+    for home in (auth, alice, bob):
+        otc("device", "init", "--home", str(home), "--name", home.name, check=True)
+    out = otc("abe", "authority", "--home", str(auth), check=True).stdout.decode()
+    assert "campus is now an attribute authority" in out
+    out = otc("abe", "grant-local", "--attributes", "staff, Admin", str(auth), str(alice), check=True).stdout.decode()
+    assert "ADMIN, STAFF" in out and "alice" in out
+    return auth, alice, bob
+
+
+def encaps(home, policy: str, authority: str = "campus") -> dict:
+    result = otc("abe", "encaps", "--home", str(home), "--authority", authority, "--policy", policy, check=True)
+    return json.loads(result.stdout)
+
+
+def decaps(home, data: str):
+    return otc("abe", "decaps", "--home", str(home), input=data.encode())
+
+
+def test_encaps_then_decaps_agree_on_the_key(homes):
+    auth, alice, bob = homes
+    sealed = encaps(auth, "STAFF and (ADMIN or 2 of (X, Y, Z))")
+    assert set(sealed) == {"ciphertext", "key_fingerprint"}
+    assert base64.b64decode(sealed["ciphertext"], validate=True).startswith(b"OABE\x01\x04")
+    assert len(sealed["key_fingerprint"]) == 32 and int(sealed["key_fingerprint"], 16) >= 0
+    result = decaps(alice, sealed["ciphertext"] + "\n")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"key_fingerprint": sealed["key_fingerprint"]}
+    # The JSON that encaps prints pipes straight in, too; and a member can encapsulate.
+    again = encaps(alice, "ADMIN")
+    assert json.loads(decaps(alice, json.dumps(again)).stdout)["key_fingerprint"] == again["key_fingerprint"]
+
+
+@pytest.mark.parametrize(("who", "policy"), [("alice", "STAFF and X"), ("bob", "STAFF")])
+def test_refused_decaps_is_one_line(homes, who, policy):
+    auth, alice, bob = homes
+    sealed = encaps(auth, policy)
+    line = one_line_error(decaps(alice if who == "alice" else bob, sealed["ciphertext"]))
+    assert "no key whose attributes satisfy" in line
+    assert sealed["key_fingerprint"] not in line
+
+
+def test_tampered_and_garbage_ciphertexts_are_one_line_errors(homes):
+    auth, alice, _ = homes
+    raw = bytearray(base64.b64decode(encaps(auth, "STAFF or X")["ciphertext"]))
+    raw[-20] ^= 0x40  # inside the last row's D
+    line = one_line_error(decaps(alice, base64.b64encode(bytes(raw)).decode()))
+    assert "malformed" in line or "refused" in line
+    raw = bytearray(base64.b64decode(encaps(auth, "STAFF or X")["ciphertext"]))
+    raw[-1] ^= 0x01  # the tag
+    assert "refused" in one_line_error(decaps(alice, base64.b64encode(bytes(raw)).decode()))
+    for junk in ("", "not base64!", base64.b64encode(b"OABE\x01\x04short").decode(), '{"ciphertext": 5}'):
+        one_line_error(decaps(alice, junk))
+
+
+def test_policy_errors_name_their_position(homes):
+    auth, _, _ = homes
+    result = otc("abe", "encaps", "--home", str(auth), "--authority", "campus", "--policy", "STAFF and X or Y")
+    assert "Policy error at character 13" in one_line_error(result)
+    result = otc("abe", "encaps", "--home", str(auth), "--authority", "campus", "--policy", "2 of (A, B")
+    assert "at character 11" in one_line_error(result)
+
+
+def test_other_refusals(homes, tmp_path):
+    auth, alice, bob = homes
+    assert "no attribute authority named 'nobody'" in one_line_error(
+        otc("abe", "encaps", "--home", str(alice), "--authority", "nobody", "--policy", "A"))
+    assert "not an attribute authority" in one_line_error(
+        otc("abe", "grant-local", "--attributes", "A", str(alice), str(bob)))
+    assert "already an attribute authority" in one_line_error(otc("abe", "authority", "--home", str(auth)))
+    assert "Policy error" in one_line_error(otc("abe", "grant-local", "--attributes", "A,B-C", str(auth), str(bob)))
+    assert "two different devices" in one_line_error(otc("abe", "grant-local", "--attributes", "A", str(auth),
+                                                         str(auth)))
+    # A second authority called "campus" cannot hand alice a key: names must not be ambiguous.
+    other = tmp_path / "x" / "campus"
+    otc("device", "init", "--home", str(other), "--name", "campus", check=True)
+    otc("abe", "authority", "--home", str(other), check=True)
+    assert "another attribute authority named 'campus'" in one_line_error(
+        otc("abe", "grant-local", "--attributes", "A", str(other), str(alice)))
+
+
+def test_status_lists_what_was_issued_and_held(homes):
+    auth, alice, _ = homes
+    status = json.loads(otc("abe", "status", "--home", str(auth), "--json", check=True).stdout)
+    assert [a["own"] for a in status["authorities"]] == [True]
+    (issued,) = status["issued"]
+    assert issued["member"] == "alice" and issued["attributes"] == ["ADMIN", "STAFF"] and issued["how"] == "local"
+    held = json.loads(otc("abe", "status", "--home", str(alice), "--json", check=True).stdout)
+    assert held["authorities"][0]["keys"] == [["ADMIN", "STAFF"]] and held["issued"] == []
+    assert held["authorities"][0]["fingerprint"] == status["authorities"][0]["fingerprint"]
+    text = otc("abe", "status", "--home", str(auth), check=True).stdout.decode()
+    assert "alice" in text and "ADMIN, STAFF" in text
+
+
+def test_keys_are_sealed_at_rest_in_a_pin_locked_home(tmp_path):
+    pin = tmp_path / "pin"
+    pin.write_text(PIN + "\n")
+    auth, alice = tmp_path / "campus", tmp_path / "alice"
+    for home in (auth, alice):
+        otc("device", "init", "--home", str(home), "--name", home.name, "--pin-file", str(pin), check=True)
+    assert "PIN-locked" in one_line_error(otc("abe", "authority", "--home", str(auth)))
+    otc("abe", "authority", "--home", str(auth), "--pin-file", str(pin), check=True)
+    otc("abe", "grant-local", "--attributes", "STAFF", str(auth), str(alice), "--auth-pin-file", str(pin),
+        "--member-pin-file", str(pin), check=True)
+    sealed = json.loads(otc("abe", "encaps", "--home", str(alice), "--pin-file", str(pin), "--authority", "campus",
+                            "--policy", "STAFF", check=True).stdout)
+    result = otc("abe", "decaps", "--home", str(alice), "--pin-file", str(pin), input=sealed["ciphertext"].encode())
+    assert json.loads(result.stdout)["key_fingerprint"] == sealed["key_fingerprint"]
+    with open_home(auth, pin) as store:
+        master = AbeKeys(store).master()
+    with open_home(alice, pin) as store:
+        (key,) = AbeKeys(store).member_keys()
+    with sqlite3.connect(auth / "device.db") as db:
+        (stored_master,) = db.execute("SELECT master_key FROM abe_authorities").fetchone()
+    with sqlite3.connect(alice / "device.db") as db:
+        (stored_key,) = db.execute("SELECT secret FROM abe_keys").fetchone()
+    assert master.alpha.to_bytes(32, "big") not in stored_master and master.a.to_bytes(32, "big") not in stored_master
+    assert bytes(key.K.to_compressed_bytes()) not in stored_key and bytes(key.L.to_compressed_bytes()) not in stored_key
+
+
+def test_help_for_every_subcommand():
+    for args in (("abe",), ("abe", "grant"), ("abe", "grant", "host"), ("abe", "grant", "join"), ("abe", "encaps"),
+                 ("abe", "decaps"), ("abe", "authority"), ("abe", "grant-local"), ("abe", "status")):
+        result = subprocess.run([sys.executable, "-m", "onetimechat.cli", *args, "--help"], capture_output=True,
+                                cwd=ROOT, timeout=60)
+        assert result.returncode == 0 and b"usage:" in result.stdout
