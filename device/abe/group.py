@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 from py_arkworks_bls12381 import GT, G1Point, G2Point, Scalar
 
@@ -68,7 +69,7 @@ def hash_attribute(attribute: str) -> G1Point:
     return G1Point.hash_to_curve(attribute.encode("ascii"), ATTRIBUTE_DST)
 
 
-def _decode_point(cls: type, size: int, data: bytes):  # type: ignore[no-untyped-def]
+def _decode_point(cls: Any, size: int, data: bytes) -> Any:
     if len(data) != size:
         raise MalformedAbeData()
     try:
@@ -82,12 +83,12 @@ def _decode_point(cls: type, size: int, data: bytes):  # type: ignore[no-untyped
 
 def g1_decode(data: bytes) -> G1Point:
     """A G1 point from outside: on the curve, in the subgroup, not the identity."""
-    return _decode_point(G1Point, G1_BYTES, data)  # type: ignore[no-any-return]
+    return _decode_point(G1Point, G1_BYTES, data)
 
 
 def g2_decode(data: bytes) -> G2Point:
     """A G2 point from outside: on the curve, in the subgroup, not the identity."""
-    return _decode_point(G2Point, G2_BYTES, data)  # type: ignore[no-any-return]
+    return _decode_point(G2Point, G2_BYTES, data)
 
 
 # -- GT ------------------------------------------------------------------------------------
