@@ -33,18 +33,49 @@ def member_keys(authority):
     return {n: keygen(authority, NAMES[:n]) for n in range(1, len(NAMES) + 1)}
 
 
-@given(policy_trees(max_leaves=6), st.integers(1, len(NAMES)), st.booleans())
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_round_trip_succeeds_exactly_when_satisfied(authority, member_keys, tree, n, via_bytes):
-    key = member_keys[n]
+@given(policy_trees(max_leaves=6), st.sets(st.sampled_from(NAMES), min_size=1), st.booleans())
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_round_trip_succeeds_exactly_when_satisfied(authority, tree, attributes, via_bytes):
+    key = keygen(authority, sorted(attributes))
     policy = Policy.parse(render(tree))
     sealed = encapsulate(authority.public, policy)
     ciphertext = decode_ciphertext(sealed.ciphertext.encode()) if via_bytes else sealed.ciphertext
-    if evaluate(tree, set(NAMES[:n])):
+    if evaluate(tree, attributes):
         assert decapsulate(key, ciphertext) == sealed.key
     else:
         with pytest.raises(NotSatisfied):
             decapsulate(key, ciphertext)
+
+
+@given(st.data())
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_decoders_refuse_junk_cleanly(authority, member_keys, data):
+    """Random bytes and random edits of valid encodings: decoded, or refused with MalformedAbeData."""
+    valid = [encapsulate(authority.public, "A0 and (A1 or 2 of (A2, A3, A4))").ciphertext.encode(),
+             authority.public.encode(), member_keys[3].encode()]
+    decoders = [decode_ciphertext, decode_public_key, decode_member_key]
+    i = data.draw(st.integers(0, 2))
+    blob = bytearray(valid[i])
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert", "random"]))
+        pos = data.draw(st.integers(0, max(len(blob) - 1, 0)))
+        if kind == "flip" and blob:
+            blob[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "cut":
+            del blob[pos:]
+        elif kind == "insert":
+            blob[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+        else:
+            blob = bytearray(data.draw(st.binary(max_size=200)))
+    try:
+        decoded = decoders[i](bytes(blob))
+    except MalformedAbeData:
+        return
+    if i == 0:  # a ciphertext that still decodes must not decapsulate to a different key unnoticed
+        try:
+            decapsulate(member_keys[len(NAMES)], decoded)
+        except AbeError:
+            pass
 
 
 def test_fresh_keys_every_time(authority, member_keys):
