@@ -21,6 +21,7 @@ import select
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -174,11 +175,13 @@ def make_source(mode: str, home: Path | None = None) -> ConfirmSource:
 class ConfirmBroker:
     """One decision at a time, in arrival order; no answer in time is a decline."""
 
-    def __init__(self, source: ConfirmSource, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, source: ConfirmSource, timeout: float = DEFAULT_TIMEOUT_S,
+                 on_queue: Callable[[int], None] | None = None) -> None:
         if timeout <= 0:
             raise ValueError("the confirmation timeout must be positive")
         self.source = source
         self.timeout = timeout
+        self.on_queue = on_queue  # told how many wait behind the one on screen (the screen shows it)
         self._cond = threading.Condition()
         self._next_ticket = 0
         self._serving = 0
@@ -197,6 +200,7 @@ class ConfirmBroker:
         with self._cond:
             ticket = self._next_ticket
             self._next_ticket += 1
+            self._tell_queue()
             while self._serving != ticket:
                 self._cond.wait()
             self.current = request
@@ -206,4 +210,9 @@ class ConfirmBroker:
             with self._cond:
                 self.current = None
                 self._serving += 1
+                self._tell_queue()
                 self._cond.notify_all()
+
+    def _tell_queue(self) -> None:
+        if self.on_queue is not None:
+            self.on_queue(max(self._next_ticket - self._serving - 1, 0))

@@ -85,7 +85,8 @@ class DeviceService:
         self.config = config
         self.device_name = PadStore.peek_name(config.home)
         self.lock = StoreLock(config.home)
-        self.broker = ConfirmBroker(config.source, config.confirm_timeout)
+        self.broker = ConfirmBroker(config.source, config.confirm_timeout,
+                                    on_queue=config.console.set_queued if config.console is not None else None)
         self.console = config.console
         self._open_lock = threading.Lock()
         self.store: PadStore | None = None

@@ -125,7 +125,7 @@ def device():
     def make(lock=None, timeout: float = 10.0, **app_args):
         console = Console("alice", "touchscreen", lock=lock,
                           status=lambda: ((ContactView("bob", 10_000, 20_000, 20_000, 20_000),), (), "ok"))
-        broker = ConfirmBroker(PanelSource(console), timeout=timeout)
+        broker = ConfirmBroker(PanelSource(console), timeout=timeout, on_queue=console.set_queued)
         app = open_app(console, **app_args)
         apps.append(app)
         return console, broker, Screen(app)
@@ -158,6 +158,26 @@ def test_decline_by_touch_reaches_the_broker(device, via):
     screen.wait_screen("confirm")
     screen.tap("decline", via=via)
     assert asker.result() is False
+
+
+def queued(frame) -> list[str]:
+    return [item.text for item in frame.texts if item.role == "queued"]
+
+
+def test_the_screen_counts_requests_waiting_behind(device):
+    console, broker, screen = device()
+    first = Asker(broker, request("first"))
+    screen.wait_for(lambda f: f.screen == "confirm" and "first" in f.text())
+    second, third = Asker(broker, request("second")), Asker(broker, request("third"))
+    screen.wait_for(lambda f: queued(f) == ["2 more waiting"])
+    screen.tap("accept")
+    assert first.result() is True
+    screen.wait_for(lambda f: "second" in f.text() and queued(f) == ["1 more waiting"])
+    screen.tap("decline")
+    assert second.result() is False
+    screen.wait_for(lambda f: "third" in f.text() and queued(f) == [])
+    screen.tap("accept")
+    assert third.result() is True
 
 
 def test_a_touch_and_its_synthesised_mouse_copy_act_once(device):
