@@ -1,0 +1,41 @@
+"""Errors of the room protocol (all are DeviceErrors; texts never carry secrets)."""
+
+from __future__ import annotations
+
+from device.errors import DeviceError
+
+
+class RoomError(DeviceError):
+    """The room request was refused."""
+
+    code = "room"
+
+
+class MalformedRoomData(RoomError):
+    """The room data is malformed or not for this room."""
+
+    code = "room-malformed"
+
+
+class RoomItemRefused(RoomError):
+    """The room item was refused: it is forged, altered, replayed or not for this member."""
+
+    code = "room-refused"
+
+
+class UnknownRoom(RoomError):
+    """This device knows no room by that name or id."""
+
+    code = "room-unknown"
+
+
+class NotJoined(RoomError):
+    """This device is not a member of that room (join it first)."""
+
+    code = "room-not-joined"
+
+
+class NoEpochKey(RoomError):
+    """The room has no epoch key yet: wait for its leader's distribution."""
+
+    code = "room-no-key"

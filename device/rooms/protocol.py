@@ -1,0 +1,455 @@
+"""The room protocol as a pure state machine: relay items in, events and items to post out.
+
+One :class:`RoomMember` is one device's view of one room. It does no I/O: the
+caller feeds it the room mailbox's items in relay order (:meth:`receive`),
+posts what :meth:`join`, :meth:`send`, :meth:`leave` and :meth:`duties`
+return, and saves :meth:`to_dict` through a :class:`~device.rooms.storage.RoomStore`.
+The clock and the random source are injected.
+
+The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
+
+* **Roster.** Contributions in relay order, minus those that left. A
+  contribution whose ciphertext is not under the room's policy and authority,
+  does not decapsulate, or whose bind tag is wrong, is skipped; every member
+  who can decapsulate decides the same way, because every satisfying key
+  yields the same k_j (or the same refusal). A contribution is decapsulated
+  once, and only when needed: a member decapsulates each newcomer's; a
+  newcomer, when its own contribution comes back, decapsulates each
+  contribution then on the roster. Before that it only keeps them.
+* **Epochs.** Every roster change starts an epoch, numbered by the relay ref
+  of the item that made it. K_abe = XOR of HMAC(k_j, sid) over the roster.
+* **Leader.** The roster's first member draws G_e and posts the distribution.
+  If none is accepted within ``leader_timeout`` of the change, the member at
+  rank r takes the duty after r timeouts. The first valid distribution in
+  relay order wins (a signed, K_abe-authenticated one from a roster member,
+  sealing to exactly the roster), so every member installs the same key.
+* **Messages.** Only under the current epoch's key (never an old one after a
+  roster change). Nonce = sender's roster slot || counter; each sender's
+  counters must rise, each message is signed by its sender's membership key.
+* **Deletion.** Installing epoch e's key schedules every older epoch's key
+  for deletion after ``grace``; K_abe values are dropped once used; a leaver
+  drops its X25519 and Ed25519 keys, its k_j and everyone's k_j at once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from device.abe.encoding import Ciphertext, PublicKey, decode_ciphertext
+from device.abe.errors import AbeError, NotSatisfied
+from device.rooms import wire
+from device.rooms.errors import MalformedRoomData, NoEpochKey, NotJoined, RoomError, RoomItemRefused
+from device.rooms.wire import Room
+from onetimechat.crypto import equal
+
+DEFAULT_LEADER_TIMEOUT_S = 30.0
+DEFAULT_GRACE_S = 300.0
+MAX_TEXT_BYTES = 64 << 10
+
+VALID, PENDING, UNKNOWN = "valid", "pending", "unknown"
+
+
+class Keys(Protocol):
+    """The device's attribute-based keys (device.abe.store.AbeKeys)."""
+
+    def public_key(self, name: str) -> PublicKey: ...
+
+    def decapsulate(self, ciphertext: bytes | Ciphertext) -> bytes: ...
+
+
+@dataclass
+class Event:
+    """What one relay item did (never a secret; ``text`` only for a message this member opened)."""
+
+    ref: int
+    kind: str  # contribution, leave, distribution, message
+    outcome: str  # accepted, skipped, ignored, unreadable, refused
+    epoch: int | None = None
+    sender: str | None = None  # a member's short id (hex)
+    own: bool = False
+    text: str | None = None
+    members: int | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class _Member:
+    ref: int
+    x_pub: bytes
+    sig_pub: bytes
+    bind: bytes
+    status: str
+    ciphertext: bytes | None = None  # kept only while pending
+
+
+@dataclass
+class _Epoch:
+    roster: list[bytes]
+    seen_at: float
+    kabe: bytes | None = field(default=None, repr=False)
+    key: bytes | None = field(default=None, repr=False)
+    delete_at: float | None = None
+    distributed: bool = False
+    sent: int = 0
+    highest: dict[bytes, int] = field(default_factory=dict)
+
+
+def short(member: bytes) -> str:
+    return member[:6].hex()
+
+
+class RoomMember:
+    """One device's state in one room."""
+
+    def __init__(self, room: Room, keys: Keys, *, clock: Callable[[], float] = time.time,
+                 random_bytes: Callable[[int], bytes] = os.urandom,
+                 leader_timeout: float = DEFAULT_LEADER_TIMEOUT_S, grace: float = DEFAULT_GRACE_S) -> None:
+        self.room = room
+        self.keys = keys
+        self.clock = clock
+        self.random_bytes = random_bytes
+        self.leader_timeout = leader_timeout
+        self.grace = grace
+        self.last_ref = 0
+        self.members: dict[bytes, _Member] = {}
+        self.ciphertexts: set[bytes] = set()
+        self.roster: list[bytes] = []
+        self.epochs: dict[int, _Epoch] = {}
+        self.me: bytes | None = None
+        self._x: bytes | None = None  # X25519 private key (raw)
+        self._sig: bytes | None = None  # Ed25519 private key (raw)
+        self._k: bytes | None = None
+        self._pending: bytes | None = None  # my contribution, not yet back from the relay
+        self._ks: dict[bytes, bytes] = {}
+        #: Decapsulations this member computed (each is one multi-pairing).
+        self.decapsulations = 0
+
+    # -- what callers see -------------------------------------------------------------------
+
+    @property
+    def joined(self) -> bool:
+        return self.me is not None
+
+    @property
+    def current_epoch(self) -> int | None:
+        return max(self.epochs) if self.epochs else None
+
+    def status(self) -> dict:
+        e = self.current_epoch
+        epoch = self.epochs.get(e) if e is not None else None
+        return {"room": self.room.name, "room_id": self.room.room_id.hex(), "policy": self.room.policy.text,
+                "joined": self.joined, "joining": self._pending is not None, "me": short(self.me) if self.me else None,
+                "members": len(self.roster), "epoch": e, "epoch_members": len(epoch.roster) if epoch else None,
+                "keyed": bool(epoch and epoch.key), "last_ref": self.last_ref,
+                "epochs_with_keys": sorted(n for n, ep in self.epochs.items() if ep.key)}
+
+    # -- making items -----------------------------------------------------------------------
+
+    def join(self) -> bytes:
+        """A contribution to post: k_j under the room policy, fresh X25519 and Ed25519 keys."""
+        if self.joined or self._pending is not None:
+            raise RoomError("This device is already in that room (or joining it).")
+        public = self.keys.public_key(self.room.authority)
+        if not equal(public.authority_id, self.room.authority_id):
+            raise RoomError("This device's authority of that name is not the room's.")
+        from device.abe.scheme import encapsulate
+
+        enc = encapsulate(public, self.room.policy, self.random_bytes)
+        x = X25519PrivateKey.from_private_bytes(self.random_bytes(32))
+        sig = Ed25519PrivateKey.from_private_bytes(self.random_bytes(32))
+        raw = wire.contribution(self.room.room_id, enc.ciphertext.encode(), enc.key, x, sig)
+        self._x, self._sig, self._k, self._pending = _raw(x), _raw(sig), enc.key, raw
+        return raw
+
+    def leave(self) -> bytes:
+        """A leave item to post; this member's keys are deleted at once."""
+        if not self.joined or self._sig is None:
+            raise NotJoined()
+        assert self.me is not None
+        raw = wire.leave(self.room.room_id, self.me, Ed25519PrivateKey.from_private_bytes(self._sig))
+        self._forget_membership()
+        return raw
+
+    def send(self, text: str) -> bytes:
+        """A message under the current epoch's key (never an older one)."""
+        data = text.encode("utf-8")
+        if len(data) > MAX_TEXT_BYTES:
+            raise RoomError(f"A room message holds at most {MAX_TEXT_BYTES} bytes.")
+        if not self.joined or self._sig is None:
+            raise NotJoined()
+        assert self.me is not None
+        e = self.current_epoch
+        epoch = self.epochs.get(e) if e is not None else None
+        if epoch is None or epoch.key is None or e is None:
+            raise NoEpochKey()
+        epoch.sent += 1
+        return wire.message(self.room.room_id, e, self.me, epoch.roster.index(self.me), epoch.sent, epoch.key, data,
+                            Ed25519PrivateKey.from_private_bytes(self._sig))
+
+    def duties(self) -> list[bytes]:
+        """The distribution this member owes now (leader, or the next after timeouts), if any."""
+        e = self.current_epoch
+        if e is None or not self.joined or self._sig is None:
+            return []
+        epoch = self.epochs[e]
+        if epoch.key is not None or epoch.kabe is None or epoch.distributed or self.me not in epoch.roster:
+            return []
+        rank = epoch.roster.index(self.me)
+        if self.clock() < epoch.seen_at + rank * self.leader_timeout:
+            return []
+        targets = [(m, self.members[m].x_pub) for m in epoch.roster]
+        g = self.random_bytes(wire.KEY_BYTES)
+        eph = X25519PrivateKey.from_private_bytes(self.random_bytes(32))
+        assert self.me is not None
+        raw = wire.distribution(self.room.room_id, e, wire.sid(self.room.room_id, e, epoch.roster), self.me,
+                                targets, g, epoch.kabe, Ed25519PrivateKey.from_private_bytes(self._sig), eph)
+        epoch.distributed = True
+        return [raw]
+
+    # -- taking items -----------------------------------------------------------------------
+
+    def receive(self, ref: int, contents: str) -> Event:
+        """One item of the room's mailbox, in relay order. Refusals change nothing."""
+        if ref <= self.last_ref:
+            return Event(ref, "item", "ignored")
+        try:
+            item = wire.decode(wire.from_text(contents), self.room.room_id)
+        except MalformedRoomData:
+            self.last_ref = ref
+            return Event(ref, "item", "refused")
+        kind = type(item).__name__.lower()
+        try:
+            if isinstance(item, wire.Contribution):
+                event = self._contribution(ref, item)
+            elif isinstance(item, wire.Leave):
+                event = self._leave(ref, item)
+            elif isinstance(item, wire.Distribution):
+                event = self._distribution(ref, item)
+            else:
+                event = self._message(ref, item)
+        except RoomItemRefused:
+            event = Event(ref, kind, "refused")
+        self.last_ref = ref
+        self.expire()
+        return event
+
+    def _contribution(self, ref: int, item: wire.Contribution) -> Event:
+        wire.verify(item.sig_pub, item.raw[-wire.SIG_BYTES:], item.raw[:-wire.SIG_BYTES])
+        mid = item.member_id
+        ct = item.ciphertext
+        if ct.policy != self.room.policy or not equal(ct.authority_id, self.room.authority_id):
+            return Event(ref, "contribution", "skipped", sender=short(mid))
+        if mid in self.members or item.ciphertext_bytes in self.ciphertexts:
+            return Event(ref, "contribution", "ignored", sender=short(mid))
+        own = self._pending is not None and equal(wire.member_id(self._pending), mid)
+        if own:
+            assert self._k is not None
+            self._admit(ref, item, VALID)
+            self._ks[mid] = self._k
+            self.me, self._pending = mid, None
+            # The newcomer's one pass: each contribution on the roster, decapsulated once.
+            for other in list(self.roster):
+                if self.members[other].status == PENDING:
+                    self._settle(other)
+            self._new_epoch(ref)
+            return Event(ref, "contribution", "accepted", epoch=ref, sender=short(mid), own=True,
+                         members=len(self.roster))
+        if not self.joined:
+            self._admit(ref, item, PENDING)
+            self.members[mid].ciphertext = item.ciphertext_bytes
+            return Event(ref, "contribution", "accepted", sender=short(mid), members=len(self.roster))
+        self._admit(ref, item, PENDING)
+        self.members[mid].ciphertext = item.ciphertext_bytes
+        if not self._settle(mid):
+            return Event(ref, "contribution", "skipped", sender=short(mid))
+        self._new_epoch(ref)
+        return Event(ref, "contribution", "accepted", epoch=ref, sender=short(mid), members=len(self.roster))
+
+    def _admit(self, ref: int, item: wire.Contribution, status: str) -> None:
+        self.members[item.member_id] = _Member(ref, item.x_pub, item.sig_pub, item.bind, status)
+        self.ciphertexts.add(item.ciphertext_bytes)
+        self.roster.append(item.member_id)
+
+    def _settle(self, mid: bytes) -> bool:
+        """Decapsulate a pending contribution once: keep it (valid or undecidable here) or drop it."""
+        member = self.members[mid]
+        assert member.ciphertext is not None
+        try:
+            k = self._decapsulate(member.ciphertext)
+        except NotSatisfied:
+            member.status, member.ciphertext = UNKNOWN, None
+            return True
+        except AbeError:
+            k = None
+        member.ciphertext = None
+        if k is None or not equal(wire.bind_tag(k, self.room.room_id, member.x_pub, member.sig_pub),
+                                  member.bind):
+            self.roster.remove(mid)
+            del self.members[mid]
+            return False
+        member.status = VALID
+        self._ks[mid] = k
+        return True
+
+    def _decapsulate(self, ciphertext: bytes) -> bytes:
+        ct = decode_ciphertext(ciphertext)
+        try:
+            key = self.keys.decapsulate(ct)
+        except NotSatisfied:
+            raise  # no key of this device fits: refused before any pairing
+        except AbeError:
+            self.decapsulations += 1  # the pairing was computed; the tag refused it
+            raise
+        self.decapsulations += 1
+        return key
+
+    def _new_epoch(self, ref: int) -> None:
+        roster = list(self.roster)
+        epoch = _Epoch(roster=roster, seen_at=self.clock())
+        if all(m in self._ks for m in roster):
+            epoch.kabe = wire.k_abe([self._ks[m] for m in roster], wire.sid(self.room.room_id, ref, roster))
+        self.epochs[ref] = epoch
+
+    def _leave(self, ref: int, item: wire.Leave) -> Event:
+        member = self.members.get(item.member)
+        if member is None or item.member not in self.roster:
+            return Event(ref, "leave", "ignored")
+        wire.verify(member.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
+        self.roster.remove(item.member)
+        self._ks.pop(item.member, None)
+        if not self.joined:
+            return Event(ref, "leave", "accepted", sender=short(item.member), members=len(self.roster))
+        self._new_epoch(ref)
+        return Event(ref, "leave", "accepted", epoch=ref, sender=short(item.member), members=len(self.roster))
+
+    def _distribution(self, ref: int, item: wire.Distribution) -> Event:
+        epoch = self.epochs.get(item.epoch)
+        if epoch is None or not self.joined or self.me not in epoch.roster or epoch.key is not None:
+            return Event(ref, "distribution", "ignored", epoch=item.epoch)
+        newest = max((n for n, ep in self.epochs.items() if ep.key is not None), default=-1)
+        if item.epoch < newest:
+            return Event(ref, "distribution", "ignored", epoch=item.epoch)
+        session = wire.sid(self.room.room_id, item.epoch, epoch.roster)
+        if not equal(item.sid, session) or item.leader not in epoch.roster:
+            raise RoomItemRefused()
+        wire.verify(self.members[item.leader].sig_pub, item.signature, item.signed)
+        if [m for m, _ in item.sealed] != epoch.roster:
+            raise RoomItemRefused()
+        if epoch.kabe is None or self._x is None:
+            return Event(ref, "distribution", "unreadable", epoch=item.epoch)
+        wire.check_distribution_mac(item, epoch.kabe)
+        assert self.me is not None
+        g = wire.open_sealed(item, self.me, X25519PrivateKey.from_private_bytes(self._x))
+        epoch.key = wire.epoch_key(epoch.kabe, g, self.room.room_id, item.epoch)
+        epoch.kabe = None
+        now = self.clock()
+        for n, older in self.epochs.items():
+            if n < item.epoch:
+                older.kabe = None
+                if older.key is not None and older.delete_at is None:
+                    older.delete_at = now + self.grace
+        return Event(ref, "distribution", "accepted", epoch=item.epoch, sender=short(item.leader),
+                     own=item.leader == self.me, members=len(epoch.roster))
+
+    def _message(self, ref: int, item: wire.Message) -> Event:
+        epoch = self.epochs.get(item.epoch)
+        if epoch is None or epoch.key is None:
+            return Event(ref, "message", "unreadable", epoch=item.epoch)
+        if item.sender not in epoch.roster:
+            raise RoomItemRefused()
+        wire.verify(self.members[item.sender].sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
+        if item.counter <= epoch.highest.get(item.sender, 0):
+            raise RoomItemRefused()
+        data = wire.open_message(item, epoch.roster.index(item.sender), epoch.key)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RoomItemRefused() from None
+        epoch.highest[item.sender] = item.counter
+        return Event(ref, "message", "accepted", epoch=item.epoch, sender=short(item.sender),
+                     own=item.sender == self.me, text=text, members=len(epoch.roster))
+
+    # -- deletion ---------------------------------------------------------------------------
+
+    def expire(self) -> list[int]:
+        """Delete epoch keys whose grace period is over; the epochs deleted."""
+        now = self.clock()
+        gone = [n for n, ep in self.epochs.items() if ep.delete_at is not None and ep.delete_at <= now]
+        newest = max((n for n, ep in self.epochs.items() if ep.key is not None), default=None)
+        # An older epoch that never got its key never will (distributions for it are ignored).
+        gone += [n for n, ep in self.epochs.items()
+                 if ep.key is None and newest is not None and n < newest and n not in gone]
+        for n in gone:
+            epoch = self.epochs.pop(n)
+            epoch.key = epoch.kabe = None
+        return sorted(gone)
+
+    def _forget_membership(self) -> None:
+        self.me = None
+        self._x = self._sig = self._k = self._pending = None
+        self._ks.clear()
+        now = self.clock()
+        for epoch in self.epochs.values():
+            epoch.kabe = None
+            if epoch.key is not None and epoch.delete_at is None:
+                epoch.delete_at = now + self.grace
+        self.expire()
+
+    # -- storage ----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """The whole state, secrets included: only for the device's own (sealed) store."""
+        def hx(b: bytes | None) -> str | None:
+            return b.hex() if b is not None else None
+
+        return {
+            "version": 1, "room": self.room.to_dict(), "last_ref": self.last_ref,
+            "members": [[m.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status, hx(r.ciphertext)]
+                        for m, r in self.members.items()],
+            "ciphertexts": sorted(c.hex() for c in self.ciphertexts),
+            "roster": [m.hex() for m in self.roster],
+            "epochs": [[n, [m.hex() for m in ep.roster], ep.seen_at, hx(ep.kabe), hx(ep.key), ep.delete_at,
+                        ep.distributed, ep.sent, {m.hex(): c for m, c in ep.highest.items()}]
+                       for n, ep in self.epochs.items()],
+            "me": hx(self.me), "x": hx(self._x), "sig": hx(self._sig), "k": hx(self._k),
+            "pending": hx(self._pending), "ks": {m.hex(): k.hex() for m, k in self._ks.items()},
+            "decapsulations": self.decapsulations,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, keys: Keys, **kwargs: object) -> RoomMember:
+        def bx(s: str | None) -> bytes | None:
+            return bytes.fromhex(s) if s is not None else None
+
+        if not isinstance(data, dict) or data.get("version") != 1:
+            raise RoomError("The stored room state is of an unknown version.")
+        member = cls(Room.from_dict(data["room"]), keys, **kwargs)  # type: ignore[arg-type]
+        member.last_ref = data["last_ref"]
+        for m, ref, x_pub, sig_pub, bind, status, ct in data["members"]:
+            member.members[bytes.fromhex(m)] = _Member(ref, bytes.fromhex(x_pub), bytes.fromhex(sig_pub),
+                                                       bytes.fromhex(bind), status, bx(ct))
+        member.ciphertexts = {bytes.fromhex(c) for c in data["ciphertexts"]}
+        member.roster = [bytes.fromhex(m) for m in data["roster"]]
+        for n, roster, seen_at, kabe, key, delete_at, distributed, sent, highest in data["epochs"]:
+            member.epochs[n] = _Epoch([bytes.fromhex(m) for m in roster], seen_at, bx(kabe), bx(key), delete_at,
+                                      distributed, sent, {bytes.fromhex(m): c for m, c in highest.items()})
+        member.me, member._x, member._sig = bx(data["me"]), bx(data["x"]), bx(data["sig"])
+        member._k, member._pending = bx(data["k"]), bx(data["pending"])
+        member._ks = {bytes.fromhex(m): bytes.fromhex(k) for m, k in data["ks"].items()}
+        member.decapsulations = data["decapsulations"]
+        return member
+
+
+def _raw(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())

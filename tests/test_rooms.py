@@ -1,0 +1,291 @@
+"""The room protocol as a state machine: epochs, leader duty, counting, refusals, deletion, storage."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from device.abe.scheme import encapsulate, keygen
+from device.rooms import wire
+from device.rooms.errors import MalformedRoomData, NoEpochKey, NotJoined
+from device.rooms.protocol import RoomMember
+from device.rooms.storage import MemoryRoomStore
+from device.rooms.wire import Room
+from tests.rooms_helpers import Keys, World
+
+ATTRS = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS", "OPS"]  # the last does not satisfy the policy
+
+
+def joined_world(attrs=ATTRS) -> World:
+    w = World(attrs)
+    for m in w.members:
+        w.log.post(m.join())
+        w.log.sync()
+    return w
+
+
+def outcomes(events, kind=None):
+    return [(e.kind, e.outcome) for e in events if kind is None or e.kind == kind]
+
+
+def test_satisfying_members_share_the_epoch_key_and_read_each_other():
+    w = joined_world()
+    a, b, c, d = w.members
+    e = a.current_epoch
+    assert {m.current_epoch for m in w.members} == {e}
+    keys = {m.epochs[e].key for m in (a, b, c)}
+    assert len(keys) == 1 and None not in keys
+    assert d.epochs[e].key is None
+    for m, text in ((a, "from a"), (b, "from b"), (c, "from c")):
+        w.log.post(m.send(text))
+    w.log.sync()
+    for m in (a, b, c):
+        assert w.log.texts(m) == ["from a", "from b", "from c"]
+    # The fourth posted a contribution (it is on everyone's roster) but reads nothing.
+    assert w.log.texts(d) == []
+    assert a.status()["members"] == 4
+    with pytest.raises(NoEpochKey):
+        d.send("let me in")
+
+
+def test_a_join_costs_each_existing_member_exactly_one_decapsulation():
+    w = World(["STAFF,ADMIN"] * 6)
+    for n, newcomer in enumerate(w.members):
+        before = [m.decapsulations for m in w.members]
+        w.log.post(newcomer.join())
+        w.log.sync()
+        after = [m.decapsulations for m in w.members]
+        for i in range(n):
+            assert after[i] - before[i] == 1
+        assert after[n] - before[n] == n  # the newcomer: each contribution on the roster, once
+        assert all(after[i] == 0 for i in range(n + 1, len(w.members)))  # not yet members: nothing
+    e = w.members[0].current_epoch
+    assert len({m.epochs[e].key for m in w.members}) == 1
+
+
+def test_a_leaver_cannot_read_the_next_epoch_even_with_everything_it_had():
+    w = joined_world()
+    a, b, c, d = w.members
+    # The leaver's whole device as it was just before it left: X25519, Ed25519, k_j values, epoch keys.
+    snapshot = json.loads(json.dumps(b.to_dict()))
+    w.log.post(b.leave())
+    w.log.sync()
+    assert not b.joined and b._x is None and b._ks == {}
+    e = a.current_epoch
+    assert a.epochs[e].key is not None and a.status()["epoch_members"] == 3
+    w.log.post(a.send("b is gone"))
+    w.log.sync()
+    assert w.log.texts(c)[-1] == "b is gone"
+    assert "b is gone" not in w.log.texts(b)
+    # A copy that kept the leaver's keys, with its attribute key, reads the next epoch's items: nothing opens.
+    thief = RoomMember.from_dict(snapshot, b.keys, clock=w.clock)
+    events = [thief.receive(ref, text) for ref, text in enumerate(w.log.items, 1) if ref > thief.last_ref]
+    assert ("distribution", "accepted") not in outcomes(events)
+    assert all(ev.text is None for ev in events)
+    assert thief.epochs[e].key is None
+
+
+def test_stolen_attribute_key_after_deletion_opens_no_recorded_message():
+    w = joined_world()
+    a, b, c, d = w.members
+    old = a.current_epoch
+    w.log.post(a.send("secret of the old epoch"))
+    w.log.sync()
+    w.log.post(c.leave())
+    w.log.sync()
+    w.clock.now += a.grace + 1
+    w.log.post(a.send("tick"))
+    w.log.sync()
+    assert old not in a.epochs and old not in c.epochs  # deleted on schedule, everywhere
+    assert c._x is None and c._ks == {}
+    # The thief takes c's attribute key and c's device state after deletion, and has recorded the relay.
+    thief = RoomMember.from_dict(json.loads(json.dumps(c.to_dict())), c.keys, clock=w.clock)
+    thief.last_ref = 0
+    texts = [thief.receive(ref, t).text for ref, t in enumerate(w.log.items, 1)]
+    assert "secret of the old epoch" not in texts
+    # Nor does a fresh start with c's attribute key (and a's, still a member) open it: K_abe is
+    # computable from the recorded contributions, but G_e was sealed to X25519 keys the thief lacks.
+    for keys in (c.keys, a.keys):
+        fresh = w.member(keys)
+        events = [fresh.receive(ref, t) for ref, t in enumerate(w.log.items, 1)]
+        assert all(ev.text is None for ev in events)
+
+
+def test_leader_that_cannot_distribute_is_replaced_after_the_timeout():
+    w = World(["OPS", "STAFF,ADMIN", "STAFF,OPS"])  # the leader (first on the roster) is not satisfied
+    d, a, b = w.members
+    for m in w.members:
+        w.log.post(m.join())
+        w.log.sync()
+    e = a.current_epoch
+    assert a.epochs[e].roster[0] == d.me and a.epochs[e].key is None
+    # a is second: its turn comes after one timeout; b's after two.
+    w.clock.now += a.leader_timeout
+    w.log.sync()
+    assert a.epochs[e].key is not None and a.epochs[e].key == b.epochs[e].key
+    leaders = [ev.sender for ev in w.log.events[id(b)] if ev.kind == "distribution" and ev.outcome == "accepted"]
+    assert leaders[-1] == a.me[:6].hex()
+
+
+def tamper(text: str, at: int) -> str:
+    raw = bytearray(base64.b64decode(text))
+    raw[at] ^= 1
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def test_tampered_and_forged_distributions_are_refused_cleanly():
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "OPS"])
+    a, b, d = w.members
+    for m in w.members:
+        w.log.post(m.join())
+        w.log.deliver(a), w.log.deliver(b), w.log.deliver(d)
+    e = a.current_epoch
+    (genuine,) = a.duties()
+    text = wire.to_text(genuine)
+    n = len(base64.b64decode(text))
+    # Altered anywhere: header, sid, a sealed G_e, the MAC, the signature.
+    for at in (30, 40, n - 150, n - 80, n - 5):
+        ref = w.log.post(tamper(text, at))
+        assert b.receive(ref, w.log.items[ref - 1]).outcome == "refused"
+    # One that leaves out a member, made by a real member with the real K_abe: refused.
+    roster = b.epochs[e].roster
+    short = wire.distribution(w.room.room_id, e, wire.sid(w.room.room_id, e, roster), a.me,
+                              [(m, a.members[m].x_pub) for m in roster[:-1]], os.urandom(32), a.epochs[e].kabe,
+                              _sig(a), _x())
+    ref = w.log.post(short)
+    assert b.receive(ref, w.log.items[ref - 1]).outcome == "refused"
+    # A forgery by the unsatisfied member: it is on the roster and signs, but cannot know K_abe.
+    forged = wire.distribution(w.room.room_id, e, wire.sid(w.room.room_id, e, roster), d.me,
+                               [(m, a.members[m].x_pub) for m in roster], os.urandom(32), os.urandom(32),
+                               _sig(d), _x())
+    ref = w.log.post(forged)
+    assert b.receive(ref, w.log.items[ref - 1]).outcome == "refused"
+    assert b.epochs[e].key is None  # nothing changed
+    ref = w.log.post(genuine)
+    assert b.receive(ref, w.log.items[ref - 1]).outcome == "accepted"
+    assert a.receive(ref, w.log.items[ref - 1]).outcome == "accepted"
+    assert a.epochs[e].key == b.epochs[e].key
+    # Replayed later: ignored, the key stays.
+    ref = w.log.post(genuine)
+    assert b.receive(ref, w.log.items[ref - 1]).outcome == "ignored"
+
+
+def _sig(member: RoomMember):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(member._sig)
+
+
+def _x():
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return X25519PrivateKey.generate()
+
+
+def test_tampered_replayed_and_forged_messages_are_refused_cleanly():
+    w = joined_world()
+    a, b, c, d = w.members
+    genuine = wire.to_text(a.send("hello"))
+    n = len(base64.b64decode(genuine))
+    for at in (25, 30, 60, n - 70, n - 5):
+        ref = w.log.post(tamper(genuine, at))
+        assert b.receive(ref, w.log.items[ref - 1]).outcome in ("refused", "unreadable")
+    ref = w.log.post(genuine)
+    assert b.receive(ref, genuine).text == "hello"
+    ref = w.log.post(genuine)  # the relay replays it
+    assert b.receive(ref, genuine).outcome == "refused"
+    # A member signing as itself but sealed with the wrong slot, or the unsatisfied member guessing a key.
+    e = a.current_epoch
+    fake = wire.message(w.room.room_id, e, d.me, a.epochs[e].roster.index(d.me), 1, os.urandom(32), b"hi", _sig(d))
+    ref = w.log.post(fake)
+    assert b.receive(ref, w.log.items[ref - 1]).outcome == "refused"
+    ref = w.log.post(a.send("still fine"))
+    assert b.receive(ref, w.log.items[ref - 1]).text == "still fine"
+    ref = w.log.post("not base64!")
+    assert b.receive(ref, "not base64!").outcome == "refused"
+
+
+def test_contributions_that_do_not_decapsulate_are_skipped_by_every_member():
+    w = joined_world(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    a, b, c = w.members
+    e = a.current_epoch
+    # Under another policy; a copied ciphertext with the copier's own keys (bind fails); garbage.
+    other = encapsulate(w.master.public, "STAFF")
+    x, s = _x(), _sig(a)
+    ref1 = w.log.post(wire.contribution(w.room.room_id, other.ciphertext.encode(), other.key, x, s))
+    mine = encapsulate(w.master.public, w.room.policy)
+    honest = wire.contribution(w.room.room_id, mine.ciphertext.encode(), mine.key, x, s)
+    copied = honest[:-wire.SIG_BYTES - 32] + os.urandom(32)
+    ref2 = w.log.post(copied + s.sign(copied))
+    w.log.sync()
+    for m in w.members:
+        ev = {x.ref: x.outcome for x in w.log.events[id(m)]}
+        assert ev[ref1] == "skipped" and ev[ref2] == "skipped"
+        assert m.current_epoch == e and len(m.roster) == 3
+    # A late newcomer, reading the history, skips the copy in its one pass too.
+    late = w.member(Keys(w.master.public, keygen(w.master, "STAFF,OPS")))
+    w.log.members.append(late)
+    w.log.post(late.join())
+    w.log.sync()
+    assert late.roster == a.roster and late.decapsulations == 4  # three members and the bad copy
+    assert late.epochs[late.current_epoch].key == a.epochs[a.current_epoch].key
+
+
+def test_state_survives_the_store_midway():
+    w = joined_world(["STAFF,ADMIN", "STAFF,OPS"])
+    a, b = w.members
+    store = MemoryRoomStore()
+    store.save(w.room.room_id, b.to_dict())
+    b2 = RoomMember.from_dict(store.load_all()[w.room.room_id], b.keys, clock=w.clock)
+    w.log.members[1] = b2
+    w.log.events[id(b2)] = []
+    w.log.post(a.send("one"))
+    w.log.post(b2.send("two"))
+    w.log.sync()
+    assert w.log.texts(b2) == ["one", "two"] and w.log.texts(a)[-2:] == ["one", "two"]
+    store.delete(w.room.room_id)
+    assert store.load_all() == {}
+
+
+def test_not_joined_cannot_send_or_leave():
+    w = World(["STAFF,ADMIN"])
+    (a,) = w.members
+    with pytest.raises(NotJoined):
+        a.send("x")
+    with pytest.raises(NotJoined):
+        a.leave()
+
+
+def test_invite_round_trip_and_refusals():
+    w = World(["STAFF"])
+    invite = w.room.invite()
+    assert Room.from_invite(invite) == w.room
+    for bad in ("", "otcroom1.", "otcroom1.!!!", "hello", "otcroom1." + "A" * 9000,
+                "otcroom1." + base64.urlsafe_b64encode(b'{"room_id": 1}').decode()):
+        with pytest.raises(MalformedRoomData):
+            Room.from_invite(bad)
+
+
+@given(st.binary(max_size=400))
+@settings(max_examples=200, deadline=None)
+def test_decoding_refuses_garbage_with_one_error(data):
+    room_id = bytes(16)
+    for raw in (data, wire.MAGIC + bytes([data[0] % 5 if data else 1]) + room_id + data):
+        try:
+            wire.decode(raw, room_id)
+        except MalformedRoomData:
+            pass
+
+
+@given(st.text(max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_invite_parser_refuses_garbage_with_one_error(text):
+    try:
+        Room.from_invite("otcroom1." + text)
+    except MalformedRoomData:
+        pass
