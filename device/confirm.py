@@ -42,6 +42,10 @@ class ConfirmRequest:
     plaintext: bytes
     consumes: int
     left_after: int
+    # Room messages (device/rooms): the room, its policy and the epoch's member count.
+    room: str | None = None
+    policy: str | None = None
+    members: int | None = None
 
 
 class ConfirmSource(Protocol):

@@ -1,0 +1,131 @@
+"""The device's rooms: the protocol state machines, kept in the store, behind one lock.
+
+What the RPC (and the device-local CLI) call. Items go in and out as relay
+text (base64); keys, k_j values and epoch keys stay here. Every room message
+is confirmed by the owner first, showing the room, its policy and the member
+count of the epoch it is sent in.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from device.abe.policy import Policy
+from device.abe.store import AbeKeys
+from device.confirm import Confirmer, ConfirmRequest
+from device.errors import Declined
+from device.rooms.errors import NoEpochKey, RoomError, UnknownRoom
+from device.rooms.protocol import DEFAULT_GRACE_S, DEFAULT_LEADER_TIMEOUT_S, RoomMember
+from device.rooms.storage import DeviceRoomStore, RoomStore
+from device.rooms.wire import ROOM_ID_BYTES, Room, to_text
+from device.storage.padstore import PadStore, check_name
+
+MAX_ITEMS_PER_CALL = 500
+
+
+class DeviceRooms:
+    """All rooms of one device."""
+
+    def __init__(self, store: PadStore, confirm: Confirmer, *, rooms: RoomStore | None = None,
+                 clock: Callable[[], float] = time.time, random_bytes: Callable[[int], bytes] = os.urandom,
+                 leader_timeout: float = DEFAULT_LEADER_TIMEOUT_S, grace: float = DEFAULT_GRACE_S) -> None:
+        self.pads = store
+        self.keys = AbeKeys(store)
+        self.confirm = confirm
+        self.store = rooms if rooms is not None else DeviceRoomStore(store)
+        self.options = {"clock": clock, "random_bytes": random_bytes, "leader_timeout": leader_timeout,
+                        "grace": grace}
+        self._lock = threading.RLock()
+        self.rooms: dict[bytes, RoomMember] = {
+            rid: RoomMember.from_dict(state, self.keys, **self.options)  # type: ignore[arg-type]
+            for rid, state in self.store.load_all().items()}
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    def create(self, name: str, policy: str) -> Room:
+        """A new room of this device's authority (the descriptor is public)."""
+        public = self.keys.master().public
+        room = Room(os.urandom(ROOM_ID_BYTES), check_name(name), Policy.parse(policy), public.name,
+                    public.authority_id)
+        return self.add(room)
+
+    def add(self, room: Room) -> Room:
+        with self._lock:
+            if room.room_id in self.rooms:
+                return self.rooms[room.room_id].room
+            if any(m.room.name == room.name for m in self.rooms.values()):
+                raise RoomError(f"This device already has a room named {room.name!r}.")
+            member = RoomMember(room, self.keys, **self.options)  # type: ignore[arg-type]
+            self.rooms[room.room_id] = member
+            self._save(member)
+            self.pads.log_event("room-added", detail=f"room {room.name} ({room.policy.text})")
+            return room
+
+    def find(self, name_or_id: str) -> RoomMember:
+        for member in self.rooms.values():
+            if name_or_id in (member.room.name, member.room.room_id.hex()):
+                return member
+        raise UnknownRoom(f"This device knows no room {name_or_id[:64]!r}.")
+
+    def list(self) -> list[dict]:
+        with self._lock:
+            return [dict(m.status(), invite=m.room.invite(), mailbox=m.room.mailbox) for m in self.rooms.values()]
+
+    # -- the protocol -----------------------------------------------------------------------
+
+    def join(self, name: str) -> str:
+        with self._lock:
+            member = self.find(name)
+            raw = member.join()
+            self._save(member)
+            return to_text(raw)
+
+    def leave(self, name: str) -> str:
+        with self._lock:
+            member = self.find(name)
+            raw = member.leave()
+            self._save(member)
+            self.pads.log_event("room-left", detail=f"room {member.room.name}: membership keys deleted")
+            return to_text(raw)
+
+    def receive(self, name: str, items: list[tuple[int, str]]) -> dict:
+        """Relay items in ref order -> events (texts of messages opened) and items this device must post."""
+        if len(items) > MAX_ITEMS_PER_CALL:
+            raise RoomError(f"At most {MAX_ITEMS_PER_CALL} room items per call.")
+        with self._lock:
+            member = self.find(name)
+            events = [member.receive(ref, text) for ref, text in sorted(items)]
+            member.expire()
+            post = [to_text(raw) for raw in member.duties()]
+            self._save(member)
+            refused = sum(e.outcome == "refused" for e in events)
+            if refused:
+                self.pads.log_event("room-refused", detail=f"room {member.room.name}: {refused} item(s) refused")
+            return {"events": [e.to_dict() for e in events], "post": post, "status": member.status()}
+
+    def send(self, name: str, text: str) -> str:
+        """A room message, after the owner confirms it (room, policy, member count shown)."""
+        with self._lock:
+            member = self.find(name)
+            status = member.status()
+            if not status["keyed"]:
+                raise NoEpochKey()
+        # The contact line carries the policy and member count too, so every confirm screen shows them.
+        members = status["epoch_members"]
+        contact = f"room {member.room.name} ({member.room.policy.text}; {members} members)"
+        request = ConfirmRequest(contact=contact, kind="room", plaintext=text.encode("utf-8"),
+                                 consumes=0, left_after=0, room=member.room.name, policy=member.room.policy.text,
+                                 members=members)
+        if not self.confirm.ask(request):
+            self.pads.log_event("declined", detail=f"room message to {member.room.name}")
+            raise Declined()
+        with self._lock:
+            raw = member.send(text)
+            self._save(member)
+            return to_text(raw)
+
+    def _save(self, member: RoomMember) -> None:
+        self.store.save(member.room.room_id, member.to_dict())

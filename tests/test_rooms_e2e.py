@@ -1,0 +1,179 @@
+"""Rooms end to end: a real relay, an authority and four emulated devices with different attributes.
+
+Each device is a real device store (device.abe.store keys, room states in the
+store) behind :class:`~device.rooms.service.DeviceRooms`; the room's traffic
+goes through the relay's mailbox ``room_id`` with the ordinary relay client.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from client.relay import RelayClient
+from device.abe.scheme import decapsulate
+from device.abe.store import AbeKeys, grant_local
+from device.errors import Declined
+from device.rooms import wire
+from device.rooms.protocol import RoomMember
+from device.rooms.service import DeviceRooms
+from device.rooms.wire import Room
+from device.storage.padstore import PadStore
+from relay.app import create_app
+from relay.config import RelayConfig
+from relay.server import RelayServer
+
+POLICY = "STAFF and (ADMIN or OPS)"
+PEOPLE = {"alice": "STAFF,ADMIN", "bob": "STAFF,OPS", "carol": "STAFF,ADMIN,OPS", "dave": "OPS"}
+
+
+class Owner:
+    def __init__(self) -> None:
+        self.asked: list = []
+        self.decline = False
+
+    def ask(self, request) -> bool:
+        self.asked.append(request)
+        return not self.decline
+
+
+class Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Device:
+    """An emulated device and the laptop loop that moves its room items through the relay."""
+
+    def __init__(self, home, relay: RelayClient, clock: Clock) -> None:
+        self.store = PadStore(home)
+        self.owner = Owner()
+        self.rooms = DeviceRooms(self.store, self.owner, clock=clock)
+        self.relay = relay
+        self.read: list[str] = []
+        self.events: list[dict] = []
+
+    def post(self, room: Room, text: str) -> None:
+        self.relay.send(room.mailbox, text, wire.member_id(text.encode())[:16].hex() + str(len(self.events)))
+
+    def sync(self, room: Room) -> None:
+        member = self.rooms.find(room.name)
+        messages, _ = self.relay.receive({room.mailbox: member.last_ref}, limit=500)
+        answer = self.rooms.receive(room.name, [(m.ref, m.contents) for m in messages])
+        self.events += answer["events"]
+        self.read += [e["text"] for e in answer["events"] if e.get("text") is not None]
+        for item in answer["post"]:
+            self.post(room, item)
+
+
+@pytest.fixture
+def world(tmp_path):
+    db = tmp_path / "relay.db"
+    server = RelayServer(create_app(RelayConfig(db=f"sqlite:///{db}")), "127.0.0.1", 0, threads=8).start()
+    relay = RelayClient(server.url)
+    clock = Clock()
+    auth = PadStore.init(tmp_path / "auth", "auth")
+    AbeKeys(auth).become_authority()
+    devices = {}
+    for name, attributes in PEOPLE.items():
+        PadStore.init(tmp_path / name, name).close()
+        devices[name] = Device(tmp_path / name, relay, clock)
+        grant_local(auth, devices[name].store, attributes)
+    room = DeviceRooms(auth, Owner()).create("ops", POLICY)
+    for d in devices.values():
+        d.rooms.add(Room.from_invite(room.invite()))
+    yield room, devices, clock, relay, auth
+    for d in devices.values():
+        d.store.close()
+    auth.close()
+    server.close()
+
+
+def sync_all(room, devices, rounds=3):
+    for _ in range(rounds):
+        for d in devices.values():
+            d.sync(room)
+
+
+def test_rooms_end_to_end(world):
+    room, devices, clock, relay, auth = world
+    alice, bob, carol, dave = (devices[n] for n in PEOPLE)
+    for d in devices.values():
+        d.post(room, d.rooms.join("ops"))
+        sync_all(room, devices)
+    members = {n: d.rooms.find("ops") for n, d in devices.items()}
+    e = members["alice"].current_epoch
+    key = members["alice"].epochs[e].key
+    assert key is not None
+    assert all(members[n].epochs[e].key == key for n in ("bob", "carol"))
+    assert members["dave"].epochs[e].key is None
+
+    # The three satisfying the policy read each other; dave posted a contribution but reads nothing.
+    for d, text in ((alice, "hi from alice"), (bob, "hi from bob"), (carol, "hi from carol")):
+        d.post(room, d.rooms.send("ops", text))
+        sync_all(room, devices, 1)
+    for d in (alice, bob, carol):
+        assert d.read == ["hi from alice", "hi from bob", "hi from carol"]
+    assert dave.read == []
+    shown = alice.owner.asked[-1]
+    assert (shown.room, shown.policy, shown.members) == ("ops", POLICY, 4)
+    assert "ops" in shown.contact and POLICY in shown.contact and "4 members" in shown.contact
+
+    # The states are in the device stores, and come back the same after a restart.
+    again = DeviceRooms(bob.store, bob.owner, clock=clock).find("ops")
+    assert again.epochs[e].key == key
+
+    # Carol leaves: the next epoch is out of her reach, even with the keys she had and her attribute key.
+    before_leave = json.loads(json.dumps(members["carol"].to_dict()))
+    carol.post(room, carol.rooms.leave("ops"))
+    sync_all(room, devices)
+    e2 = members["alice"].current_epoch
+    assert e2 != e and members["alice"].epochs[e2].key == members["bob"].epochs[e2].key
+    alice.post(room, alice.rooms.send("ops", "carol is gone"))
+    sync_all(room, devices, 1)
+    assert bob.read[-1] == "carol is gone" and "carol is gone" not in carol.read
+    recorded, _ = relay.receive({room.mailbox: 0}, limit=500)
+    thief = RoomMember.from_dict(before_leave, AbeKeys(carol.store), clock=clock)
+    opened = [thief.receive(m.ref, m.contents).text for m in recorded if m.ref > thief.last_ref]
+    assert "carol is gone" not in opened and thief.epochs[e2].key is None
+
+    # After the grace period every old epoch key is deleted on every device.
+    clock.now += members["alice"].grace + 1
+    alice.post(room, alice.rooms.send("ops", "later"))
+    sync_all(room, devices, 1)
+    for n in ("alice", "bob", "carol"):
+        assert e not in members[n].epochs
+    # A thief who now steals carol's attribute key (and her whole device) and has recorded the relay
+    # opens none of the ended epochs' messages: G_e was sealed to X25519 keys that are gone.
+    carol_key = AbeKeys(carol.store).member_keys()[0]
+    recorded, _ = relay.receive({room.mailbox: 0}, limit=500)
+    for stolen_state in (members["carol"].to_dict(), None):
+        thief = (RoomMember.from_dict(json.loads(json.dumps(stolen_state)), AbeKeys(carol.store), clock=clock)
+                 if stolen_state else RoomMember(room, AbeKeys(carol.store), clock=clock))
+        thief.last_ref = 0
+        opened = [thief.receive(m.ref, m.contents).text for m in recorded]
+        assert not any(opened)
+    # What the attribute key does open: every k_j, so K_abe; never G_e.
+    first = wire.decode(wire.from_text(recorded[0].contents), room.room_id)
+    assert isinstance(first, wire.Contribution) and decapsulate(carol_key, first.ciphertext)
+
+    # A declined message is not encrypted.
+    bob.owner.decline = True
+    with pytest.raises(Declined):
+        bob.rooms.send("ops", "no")
+
+
+def test_a_join_costs_each_existing_member_one_decapsulation_over_the_relay(world):
+    room, devices, clock, relay, auth = world
+    order = ["alice", "bob", "carol"]
+    for i, name in enumerate(order):
+        before = {n: devices[n].rooms.find("ops").decapsulations for n in order}
+        devices[name].post(room, devices[name].rooms.join("ops"))
+        sync_all(room, devices)
+        after = {n: devices[n].rooms.find("ops").decapsulations for n in order}
+        for old in order[:i]:
+            assert after[old] - before[old] == 1
+        assert after[name] - before[name] == i
