@@ -38,6 +38,7 @@ from device.errors import DeviceError, PadExhausted, UnknownContact
 from device.home import WrongPin
 from device.package import Kind
 from device.pairing import PairingLocked, PairingManager
+from device.rooms.rpc import room_methods
 from device.storage.lock import DeviceLocked, DeviceWiped, StoreLock
 from device.storage.padstore import PadStore
 from device.ui import Console, ContactView, LockState
@@ -107,6 +108,7 @@ class DeviceService:
             "events": self.events,
             "clients": self.list_clients,
             "revoke": self.revoke,
+            **room_methods(self),  # device/rooms/rpc.py
         }
 
     def _open(self, key: bytes | None) -> None:

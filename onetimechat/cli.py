@@ -31,7 +31,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 # Each part's CLI module has register(parts), adding its subcommands.
 PART_MODULES = ("device.cli", "client.cli", "client.messages_cli", "hrng.cli", "relay.cli", "provisioning.cli",
-                "device.abe.cli",)
+                "device.abe.cli", "client.rooms_cli",)
 
 
 def build_parser() -> ArgumentParser:

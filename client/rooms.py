@@ -1,0 +1,67 @@
+"""Rooms from the laptop: move room items between the relay and the device, nothing else.
+
+The device keeps every key and the cursor of each room (its last relay ref);
+the laptop reads the room's mailbox after that ref, hands the items to the
+device in relay order, and posts what the device answers (contributions,
+distributions it owes as leader, leave items and messages). Room mailboxes are
+never acknowledged: members read them at their own pace.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from client.errors import ClientError
+from client.relay import RelayClient
+from client.rpc import DeviceClient
+
+BATCH = 200
+
+
+class RoomClient:
+    def __init__(self, device: DeviceClient, relay: RelayClient) -> None:
+        self.device = device
+        self.relay = relay
+
+    def rooms(self) -> list[dict]:
+        return self.device.call("rooms")
+
+    def room(self, name: str) -> dict:
+        for room in self.rooms():
+            if name in (room["room"], room["room_id"]):
+                return room
+        raise ClientError(f"The device knows no room {name!r} (add it with its invite first).")
+
+    def _post(self, mailbox: str, items: list[str]) -> None:
+        for item in items:
+            self.relay.send(mailbox, item, secrets.token_hex(16))
+
+    def sync(self, name: str, wait: float = 0) -> list[dict]:
+        """Everything new in the room, through the device; the events it reports."""
+        room = self.room(name)
+        mailbox, cursor = room["mailbox"], room["last_ref"]
+        events: list[dict] = []
+        while True:
+            messages, complete = self.relay.receive({mailbox: cursor}, wait=wait, limit=BATCH)
+            wait = 0
+            answer: dict[str, Any] = self.device.call("room_receive", room=room["room_id"],
+                                                      items=[[m.ref, m.contents] for m in messages])
+            events += answer["events"]
+            self._post(mailbox, answer["post"])
+            cursor = answer["status"]["last_ref"]
+            if complete or not messages:
+                return events
+
+    def join(self, name: str) -> None:
+        room = self.room(name)
+        self._post(room["mailbox"], self.device.call("room_join", room=room["room_id"])["post"])
+
+    def leave(self, name: str) -> None:
+        room = self.room(name)
+        self._post(room["mailbox"], self.device.call("room_leave", room=room["room_id"])["post"])
+
+    def send(self, name: str, text: str) -> None:
+        self.sync(name)
+        room = self.room(name)
+        self._post(room["mailbox"], self.device.call("room_send", room=room["room_id"], text=text)["post"])

@@ -1,0 +1,132 @@
+"""`otc room ...`: attribute-based rooms (DESIGN.md "Attribute-based rooms").
+
+``create`` runs on the authority's device (like `otc abe`); the others go
+through a paired device and a relay, moving only room items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from client.relay import MAX_WAIT_S, RelayClient
+from client.rooms import RoomClient
+from client.rpc import DeviceClient
+
+
+def register(parts: argparse._SubParsersAction) -> None:
+    room = parts.add_parser("room", help="attribute-based rooms",
+                            description="Group rooms whose members are defined by attributes. Keys and epoch "
+                            "secrets stay on the device; the laptop moves room items through the relay.")
+    sub = room.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("create", help="create a room on this authority's device",
+                       description="Create a room of this device's attribute authority; prints its invite "
+                       "(public: it lets a device with matching keys join, and opens nothing by itself).")
+    p.add_argument("--home", required=True, type=Path, help="the authority device's home")
+    p.add_argument("--pin-file", type=Path, help="the home's PIN, if it is PIN-locked")
+    p.add_argument("--name", required=True, help="the room's name")
+    p.add_argument("--policy", required=True, help="who may read, e.g. 'STAFF and (ADMIN or OPS)'")
+    p.set_defaults(func=cmd_create)
+
+    for name, help_text, extra in (
+            ("add", "add a room to the device from its invite", "invite"),
+            ("join", "post this device's contribution to a room", "room"),
+            ("leave", "leave a room (the device deletes its membership keys)", "room"),
+            ("list", "the device's rooms: members, epoch, whether it holds the epoch key", None)):
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        _common(p)
+        if extra:
+            p.add_argument(extra, metavar=extra.upper())
+        p.set_defaults(func=globals()[f"cmd_{name}"])
+
+    p = sub.add_parser("send", help="send a message to a room (confirmed on the device)",
+                       description="Send MESSAGE to ROOM under its current epoch key, after the device's owner "
+                       "confirms it (the screen shows the room, its policy and the member count).")
+    _common(p)
+    p.add_argument("room", metavar="ROOM")
+    p.add_argument("message", metavar="MESSAGE")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("recv", help="receive room messages",
+                       description="Read every room's new items through the device; print the messages it opened.")
+    _common(p)
+    p.add_argument("--wait", type=float, default=0, metavar="S",
+                   help=f"wait up to S seconds for something new (at most {MAX_WAIT_S})")
+    p.add_argument("--json", action="store_true", help="one JSON object per message")
+    p.set_defaults(func=cmd_recv)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", required=True, metavar="URL", help="the paired device")
+    p.add_argument("--relay", required=True, metavar="URL", help="the relay")
+
+
+def _client(args: argparse.Namespace) -> RoomClient:
+    return RoomClient(DeviceClient(args.device), RelayClient(args.relay))
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from device.confirm import AutoConfirm
+    from device.home import open_home
+    from device.rooms.service import DeviceRooms
+
+    with open_home(args.home, args.pin_file) as store:
+        room = DeviceRooms(store, AutoConfirm()).create(args.name, args.policy)  # creating encrypts nothing
+    print(f"Room {room.name} ({room.policy.text}) of authority {room.authority}. Invite:")
+    print(room.invite())
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    status = _client(args).device.call("room_add", invite=args.invite)
+    print(f"Added room {status['room']} ({status['policy']}).")
+    return 0
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    client = _client(args)
+    client.sync(args.room)
+    client.join(args.room)
+    client.sync(args.room)
+    print(f"Joined {args.room}: the room's key comes with its leader's next distribution.")
+    return 0
+
+
+def cmd_leave(args: argparse.Namespace) -> int:
+    client = _client(args)
+    client.leave(args.room)
+    print(f"Left {args.room}; this device deleted its keys for it.")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for room in _client(args).rooms():
+        state = "member" if room["joined"] else "joining" if room["joining"] else "not joined"
+        print(f"{room['room']}: {room['policy']} -- {state}, {room['members']} on the roster, epoch "
+              f"{room['epoch']} ({room['epoch_members']} members, {'key held' if room['keyed'] else 'no key'})")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    client = _client(args)
+    client.send(args.room, args.message)
+    client.sync(args.room)
+    return 0
+
+
+def cmd_recv(args: argparse.Namespace) -> int:
+    client = _client(args)
+    for room in client.rooms():
+        for event in client.sync(room["room_id"], wait=args.wait):
+            if event.get("text") is None:
+                continue
+            if args.json:
+                print(json.dumps({"room": room["room"], **event}))
+            else:
+                print(f"[{room['room']}] {event['sender']}{' (me)' if event.get('own') else ''}: {event['text']}")
+    sys.stdout.flush()
+    return 0

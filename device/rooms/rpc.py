@@ -1,0 +1,82 @@
+"""The device RPC's room methods (added to DeviceService.methods by device/server.py).
+
+    rooms          {}                         -> [status of each room, with its invite]
+    room_add       {"invite"}                 -> status
+    room_join      {"room"}                   -> {"post": [item]}
+    room_leave     {"room"}                   -> {"post": [item]}
+    room_receive   {"room", "items": [[ref, contents], ...]} -> {"events", "post", "status"}
+    room_send      {"room", "text"}           -> {"post": [item]}   (confirmed by the owner first)
+
+Items are relay text; the laptop moves them and nothing else. ``room`` is a
+room's name or id on this device.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from device.errors import DeviceError
+from device.rooms.service import MAX_ITEMS_PER_CALL, DeviceRooms
+from device.rooms.wire import Room
+
+_lock = threading.Lock()
+
+
+class BadRoomRequest(DeviceError):
+    """The room request is not well formed."""
+
+    code = "bad-request"
+
+
+def _param(params: dict, name: str, allow_empty: bool = False) -> str:
+    value = params.get(name)
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise BadRoomRequest(f"The parameter {name!r} must be a non-empty string.")
+    return value
+
+
+def rooms_for(service: Any) -> DeviceRooms:
+    """The service's rooms, made once for its open store."""
+    store = service.ready()
+    with _lock:
+        rooms = getattr(service, "_otc_rooms", None)
+        if rooms is None or rooms.pads is not store:
+            rooms = DeviceRooms(store, service.broker)
+            service._otc_rooms = rooms
+        return rooms
+
+
+def room_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
+    def rooms(client: Any, params: dict) -> list[dict]:
+        return rooms_for(service).list()
+
+    def room_add(client: Any, params: dict) -> dict:
+        r = rooms_for(service)
+        room = r.add(Room.from_invite(_param(params, "invite")))
+        return r.find(room.room_id.hex()).status()
+
+    def room_join(client: Any, params: dict) -> dict:
+        return {"post": [rooms_for(service).join(_param(params, "room"))]}
+
+    def room_leave(client: Any, params: dict) -> dict:
+        return {"post": [rooms_for(service).leave(_param(params, "room"))]}
+
+    def room_receive(client: Any, params: dict) -> dict:
+        raw = params.get("items")
+        if not isinstance(raw, list) or len(raw) > MAX_ITEMS_PER_CALL:
+            raise BadRoomRequest(f"'items' must be a list of at most {MAX_ITEMS_PER_CALL} [ref, contents] pairs.")
+        items = []
+        for item in raw:
+            if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], int)
+                    or isinstance(item[0], bool) or item[0] < 1 or not isinstance(item[1], str)):
+                raise BadRoomRequest("Each item is [ref, contents].")
+            items.append((item[0], item[1]))
+        return rooms_for(service).receive(_param(params, "room"), items)
+
+    def room_send(client: Any, params: dict) -> dict:
+        return {"post": [rooms_for(service).send(_param(params, "room"), _param(params, "text", True))]}
+
+    return {"rooms": rooms, "room_add": room_add, "room_join": room_join, "room_leave": room_leave,
+            "room_receive": room_receive, "room_send": room_send}

@@ -1,0 +1,72 @@
+"""Rooms through the device RPC and the laptop: otc room create, add, join, send, recv against a real relay."""
+
+from __future__ import annotations
+
+import json
+
+from client.relay import RelayClient
+from client.rooms import RoomClient
+from client.rpc import DeviceClient, pair
+from client.state import ClientState
+from device.abe.store import grant_local
+from device.storage.padstore import PadStore
+from onetimechat.cli import main
+from relay.app import create_app
+from relay.config import RelayConfig
+from relay.server import RelayServer
+from tests.chat_fixtures import OwnerSource, Person
+
+POLICY = "STAFF and (ADMIN or OPS)"
+
+
+def test_rooms_over_the_rpc(tmp_path, capsys, monkeypatch):
+    PadStore.init(tmp_path / "auth", "auth").close()
+    assert main(["abe", "authority", "--home", str(tmp_path / "auth")]) == 0
+    people = {}
+    relay_server = RelayServer(create_app(RelayConfig(db=f"sqlite:///{tmp_path / 'relay.db'}")), "127.0.0.1", 0,
+                               threads=8).start()
+    try:
+        for name, attributes in (("alice", "STAFF,ADMIN"), ("bob", "STAFF,OPS"), ("dave", "OPS")):
+            PadStore.init(tmp_path / name, name).close()
+            with PadStore(tmp_path / "auth") as auth, PadStore(tmp_path / name) as member:
+                grant_local(auth, member, attributes)
+            person = Person(name, tmp_path / name, tmp_path / f"{name}-laptop", OwnerSource())
+            person.start()
+            state = ClientState(person.laptop)
+            pair(person.url, name=f"{name}-laptop", ask_code=lambda p=person: p.source.codes[-1], state=state)
+            people[name] = (person, RoomClient(DeviceClient(person.url, state=state), RelayClient(relay_server.url)))
+        capsys.readouterr()
+        assert main(["room", "create", "--home", str(tmp_path / "auth"), "--name", "ops", "--policy", POLICY]) == 0
+        invite = capsys.readouterr().out.strip().splitlines()[-1]
+        for person, client in people.values():
+            client.device.call("room_add", invite=invite)
+        for person, client in people.values():
+            client.join("ops")
+            for _ in range(2):
+                for _, c in people.values():
+                    c.sync("ops")
+        alice, bob, dave = (people[n][1] for n in ("alice", "bob", "dave"))
+        assert alice.room("ops")["keyed"] and bob.room("ops")["keyed"] and not dave.room("ops")["keyed"]
+        alice.send("ops", "hello room")
+        got = [e.get("text") for e in bob.sync("ops")]
+        assert "hello room" in got
+        assert all(e.get("text") is None for e in dave.sync("ops"))
+        assert people["alice"][0].source.asked[-1] == "hello room"
+        # The same through the command line, as a script would.
+        monkeypatch.setenv("OTC_CLIENT_HOME", str(people["bob"][0].laptop))
+        assert main(["room", "send", "--device", people["bob"][0].url, "--relay", relay_server.url, "ops",
+                     "from the cli"]) == 0
+        monkeypatch.setenv("OTC_CLIENT_HOME", str(people["alice"][0].laptop))
+        capsys.readouterr()
+        assert main(["room", "recv", "--device", people["alice"][0].url, "--relay", relay_server.url,
+                     "--json"]) == 0
+        lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        assert [x["text"] for x in lines] == ["hello room", "from the cli"] and lines[0]["room"] == "ops"
+        # Errors are one line.
+        assert main(["room", "send", "--device", people["bob"][0].url, "--relay", relay_server.url, "nosuch",
+                     "x"]) != 0
+        assert capsys.readouterr().err.startswith("ERROR: ")
+    finally:
+        for person, _ in people.values():
+            person.stop()
+        relay_server.close()
