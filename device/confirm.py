@@ -31,6 +31,9 @@ from device.errors import DeviceError
 MODES = ("touchscreen", "gpio", "tty", "auto")
 DEFAULT_TIMEOUT_S = 60.0
 PAIRING_CODE_FILE = "pairing-code"
+# Present on the device image (image/rootfs/etc/otc/production): a real device,
+# where approving without asking must be impossible. No flag or variable unsets it.
+PRODUCTION_MARKER = Path("/etc/otc/production")
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,25 @@ class ConfirmUnavailable(DeviceError):
     code = "confirm-unavailable"
 
 
+class AutoRefused(ConfirmUnavailable):
+    """Confirmation mode 'auto' is for tests and demos; this is a real device, where every message is confirmed."""
+
+    code = "auto-refused"
+
+
+def refuse_auto_in_production() -> None:
+    """Raise :class:`AutoRefused` on the device image: ``auto`` must never approve there."""
+    if PRODUCTION_MARKER.exists():
+        raise AutoRefused()
+
+
 class AutoConfirm:
     """Approves every request: tests and the local demo only."""
 
     name = "auto"
 
     def __init__(self, home: Path | None = None) -> None:
+        refuse_auto_in_production()
         self.home = home
 
     def ask(self, request: ConfirmRequest, timeout: float) -> bool:
@@ -166,6 +182,7 @@ class TtyConfirm:
 def make_source(mode: str, home: Path | None = None) -> ConfirmSource:
     """The confirmation source for ``mode`` (one of :data:`MODES`)."""
     if mode == "auto":
+        refuse_auto_in_production()
         print("otc: confirmation mode 'auto': every message is approved without asking "
               "(tests and demos only)", file=sys.stderr)
         return AutoConfirm(home)

@@ -7,7 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
-from device.confirm import MODES
+from device.confirm import MODES, refuse_auto_in_production
 from device.home import open_home
 from device.ui import CeremonyView
 from hrng.errors import HRNGError
@@ -49,6 +49,7 @@ def register(parts: argparse._SubParsersAction) -> None:
 
 def _compare(mode: str):
     if mode == "auto":
+        refuse_auto_in_production()
         def approve(sas: str) -> bool:
             print("otc: confirmation mode 'auto': the pairing string is accepted without comparing "
                   "(tests and demos only)", file=sys.stderr)

@@ -100,12 +100,17 @@ class TouchscreenApp:
         self._snapshot = snapshot
         return self._draw(snapshot)
 
+    def choose_screen(self, snap: Snapshot) -> tuple[str, str, Callable[[Canvas, Snapshot, Controller], None]]:
+        """(screen, key, how to draw it) for ``snap``; the first-boot set-up adds a screen of its own."""
+        screen, key = choose(snap, self.controller)
+        return screen, key, DRAW[screen]
+
     def _draw(self, snap: Snapshot) -> Frame:
         self.controller.sync(snap)
-        screen, key = choose(snap, self.controller)
+        screen, key, draw = self.choose_screen(snap)
         frame = Frame(screen, key)
         canvas = Canvas(self.surface, self.fonts, frame)
-        DRAW[screen](canvas, snap, self.controller)
+        draw(canvas, snap, self.controller)
         if key != self.frame.key:
             self._shown_at = self.monotonic()
         self.frame = frame
