@@ -80,6 +80,8 @@ def register(parts: argparse._SubParsersAction) -> None:
                    help=f"decline when the owner does not answer in time (default {DEFAULT_TIMEOUT_S:.0f})")
     p.add_argument("--pin-file", type=Path, help="unlock a PIN-locked device at start with this PIN "
                    "(otherwise it stays locked until its owner unlocks it)")
+    p.add_argument("--hrng", action="append", default=[], metavar="URL",
+                   help="a hardware random source for pads made in person (repeatable; see `otc hrng test`)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("pin", help="change the device's PIN",
@@ -140,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         source = make_source(args.confirm, args.home)
         panel = None
     config = ServerConfig(home=args.home, source=source, confirm_timeout=args.confirm_timeout, pin=pin,
-                          console=console)
+                          console=console, hrng=tuple(args.hrng))
     server = Server(config, host, port)
     service = server.app.extensions["otc"]
     if console is not None:

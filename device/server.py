@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -31,6 +32,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from device import package as fmt
+from device.ceremonies import CeremonyRunner
 from device.clients import ClientRegistry, PairedClient
 from device.confirm import DEFAULT_TIMEOUT_S, ConfirmBroker, ConfirmSource
 from device.engine import Device
@@ -42,6 +44,7 @@ from device.rooms.rpc import room_methods
 from device.storage.lock import DeviceLocked, DeviceWiped, StoreLock
 from device.storage.padstore import PadStore
 from device.ui import Console, ContactView, LockState
+from hrng.mixer import pad_random
 from onetimechat import rpc
 from onetimechat.errors import OTCError
 
@@ -66,6 +69,7 @@ class ServerConfig:
     pairing_ttl: float = 300.0
     pin: str | None = None  # unlock a PIN-locked home at start
     console: Console | None = None  # the device's screen and buttons, if it has them
+    hrng: tuple[str, ...] = ()  # hardware random sources for pads made in person (none: the OS CSPRNG)
 
 
 # Events that the owner should see on the device's own screen at once.
@@ -109,7 +113,11 @@ class DeviceService:
             "clients": self.list_clients,
             "revoke": self.revoke,
             **room_methods(self),  # device/rooms/rpc.py
+            "ceremony_start": self.ceremony_start,
+            "ceremony_status": self.ceremony_status,
         }
+        self.ceremonies = CeremonyRunner(self.ready, "127.0.0.1", self.console, _ceremony_compare(config.source),
+                                         self._pad_random)
 
     def _open(self, key: bytes | None) -> None:
         with self._open_lock:
@@ -231,6 +239,29 @@ class DeviceService:
             raise BadRequest("No single paired client matches that id.")
         return {"revoked": self.clients.revoke(target.client_id), "client_id": target.client_id.hex()}
 
+    def ceremony_start(self, client: PairedClient, params: dict) -> dict:
+        """Take part in pairing in person, carried by this laptop (device/ceremonies.py)."""
+        role = _str(params, "role")
+        size = params.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
+            raise BadRequest("size must be a number of bytes.")
+        name = params.get("name")
+        if name is not None and not isinstance(name, str):
+            raise BadRequest("name must be a string.")
+        self.ready().log_event("ceremony-started", detail=f"{role}, carried by laptop {client.name}")
+        return self.ceremonies.start(role, size, name)
+
+    def ceremony_status(self, client: PairedClient, params: dict) -> dict:
+        return self.ceremonies.status()
+
+    def _pad_random(self) -> AbstractContextManager[Callable[[int], bytes]]:
+        def on_alarm(alarm: Exception) -> None:
+            self.ready().log_event("hrng-alarm", detail=str(alarm))
+            if self.console is not None:
+                self.console.raise_alarm("hrng", str(alarm))
+
+        return pad_random(list(self.config.hrng), on_alarm=on_alarm)
+
     # -- the sealed call ----------------------------------------------------------------
 
     def call(self, body: bytes) -> bytes:
@@ -259,6 +290,15 @@ class DeviceService:
     def _refused(self, why: str, client_id: bytes) -> NoReturn:
         self.ready().log_event("rpc-refused", detail=f"{why} (client {client_id.hex()[:8]})")
         raise rpc.Unauthorized()
+
+
+def _ceremony_compare(source: ConfirmSource) -> Callable[[str], bool] | None:
+    """How the owner compares a pairing string when the device has no screen of its own."""
+    if source.name in ("auto", "tty"):
+        from provisioning.cli import _compare
+
+        return _compare(source.name)
+    return None
 
 
 def _str(params: dict, name: str, allow_empty: bool = False) -> str:

@@ -1,0 +1,178 @@
+"""Pairing in person between two served devices, carried by their laptops.
+
+Each device runs under `otc device serve`'s server with its own screen (the
+console the touchscreen draws); each owner's laptop runs the real
+`otc pair host|join --device URL`; the owners compare the pairing string on
+the devices' screens and answer there.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from client.rpc import pair
+from client.state import ClientState
+from device.server import Server, ServerConfig
+from device.storage.padstore import INITIATOR, RESPONDER, PadStore
+from device.ui import Console, PanelSource
+from tests.conftest import ROOT, otc, pad_bytes
+
+
+@dataclass
+class Served:
+    name: str
+    home: Path
+    laptop: Path
+    console: Console
+    server: Server
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"OTC_CLIENT_HOME": str(self.laptop)}
+
+
+def serve(tmp_path: Path, name: str) -> Served:
+    home = tmp_path / name
+    PadStore.init(home, name).close()
+    console = Console(name, "touchscreen")
+    source = PanelSource(console)
+    server = Server(ServerConfig(home=home, source=source, console=console, confirm_timeout=30), "127.0.0.1",
+                    0).start()
+    service = server.app.extensions["otc"]
+    console.attach(service.lock, service.panel_status)
+    laptop = tmp_path / f"{name}-laptop"
+    pair(server.url, name=f"{name}-laptop", ask_code=lambda: console.snapshot().pairing_code or "",
+         state=ClientState(laptop))
+    return Served(name, home, laptop, console, server)
+
+
+@pytest.fixture
+def devices(tmp_path):
+    alice, bob = serve(tmp_path, "alice"), serve(tmp_path, "bob")
+    yield alice, bob
+    alice.server.close()
+    bob.server.close()
+
+
+def owner(device: Served, answer: bool, seen: list[str]) -> threading.Thread:
+    """The device's owner: waits for the pairing string on the screen and answers it there."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            view = device.console.snapshot().ceremony
+            if view is not None and view.stage == "compare" and view.sas:
+                seen.append(view.sas)
+                device.console.answer_ceremony(answer)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def laptops(alice: Served, bob: Served, size: str = "256K") -> tuple[subprocess.Popen, subprocess.Popen]:
+    def popen(device: Served, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "onetimechat.cli", "pair", *args], cwd=ROOT,
+                                env={**__import__("os").environ, **device.env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+    host = popen(alice, "host", "--device", alice.url, "--listen", "127.0.0.1:0", "--size", size)
+    assert host.stdout is not None
+    line = host.stdout.readline()
+    port = re.search(r"127\.0\.0\.1:(\d+)", line)
+    assert port, line
+    join = popen(bob, "join", "--device", bob.url, "--connect", f"127.0.0.1:{port.group(1)}")
+    return host, join
+
+
+def test_laptops_carry_a_ceremony_confirmed_on_the_devices_screens(devices):
+    alice, bob = devices
+    seen: list[str] = []
+    owners = [owner(alice, True, seen), owner(bob, True, seen)]
+    host, join = laptops(alice, bob)
+    host_out, host_err = host.communicate(timeout=120)
+    join_out, join_err = join.communicate(timeout=120)
+    for t in owners:
+        t.join(5)
+    assert host.returncode == 0, host_err
+    assert join.returncode == 0, join_err
+    # Both screens showed the same string, and each laptop showed it too.
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert f"Pairing string: {seen[0]}" in host_out and f"Pairing string: {seen[0]}" in join_out
+    prints = [re.search(r"Pad fingerprint: ([0-9a-f ]+) \(", out).group(1) for out in (host_out, join_out)]
+    assert prints[0] == prints[1]
+    # Both screens end on the same fingerprint.
+    views = [d.console.snapshot().ceremony for d in (alice, bob)]
+    assert [v.stage for v in views] == ["done", "done"] and views[0].fingerprint == views[1].fingerprint
+    with PadStore(alice.home) as a, PadStore(bob.home) as b:
+        (pa,), (pb,) = a.pads(), b.pads()
+        assert (pa.contact, pa.role, pb.contact, pb.role) == ("bob", INITIATOR, "alice", RESPONDER)
+        assert pa.pad_id == pb.pad_id and pa.size == 256 * 1024
+        assert (pa.mailbox_out, pa.mailbox_in) == (pb.mailbox_in, pb.mailbox_out)
+    assert pad_bytes(alice.home, pa.pad_id) == pad_bytes(bob.home, pb.pad_id)
+    # The pad works: a message from alice's device opens on bob's.
+    package = otc("device", "package", "--home", str(alice.home), "bob", input=b"we met", check=True).stdout
+    opened = otc("device", "unpackage", "--home", str(bob.home), input=package, check=True).stdout
+    assert b'"text": "we met"' in opened
+
+
+def test_a_no_on_either_screen_stores_nothing(devices):
+    alice, bob = devices
+    seen: list[str] = []
+    owners = [owner(alice, True, seen), owner(bob, False, seen)]
+    host, join = laptops(alice, bob)
+    _, host_err = host.communicate(timeout=120)
+    _, join_err = join.communicate(timeout=120)
+    for t in owners:
+        t.join(5)
+    for proc, err in ((host, host_err), (join, join_err)):
+        assert proc.returncode == 1
+        assert len(err.strip().splitlines()) == 1 and err.startswith("ERROR: Pairing stopped")
+    assert bob.console.snapshot().ceremony.stage == "failed"
+    for device in (alice, bob):
+        with PadStore(device.home) as store:
+            assert store.pads() == [] and store.contacts() == []
+
+
+def test_a_ceremony_needs_the_laptop_that_armed_it(devices):
+    """The device's pairing port takes only the connection that shows the one-time token."""
+    import socket
+
+    from client.rpc import DeviceClient
+
+    alice, _ = devices
+    client = DeviceClient(alice.url, state=ClientState(alice.laptop), timeout=30)
+    armed = client.call("ceremony_start", role="host", size=65536)
+    with socket.create_connection(("127.0.0.1", armed["port"])) as intruder:
+        intruder.sendall(b"\0" * 32)
+        intruder.settimeout(5)
+        assert intruder.recv(1) == b""  # dropped
+    assert client.call("ceremony_status")["stage"] == "waiting"
+    with pytest.raises(Exception, match="already under way"):
+        client.call("ceremony_start", role="join")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["host", "--listen", "127.0.0.1:0", "--size", "64K"], "one of the arguments --home --device is required"),
+    (["join", "--device", "{url}", "--home", "/tmp/x", "--connect", "127.0.0.1:9"], "not allowed with"),
+    (["join", "--device", "{url}", "--connect", "127.0.0.1:9", "--confirm", "auto"], "With --device"),
+])
+def test_pair_from_laptop_usage_errors(devices, args, needle):
+    alice, _ = devices
+    result = otc("pair", *[a.format(url=alice.url) for a in args], env=alice.env)
+    err = result.stderr.decode().strip()
+    assert result.returncode != 0 and len(err.splitlines()) == 1 and needle in err, err
