@@ -26,13 +26,18 @@ def register(parts: argparse._SubParsersAction) -> None:
     pair = parts.add_parser("pair", help="pair two devices in person and make a pad",
                             description="Pair two devices in person: run `otc pair host` on one and "
                             "`otc pair join` on the other, compare the pairing string both show, and "
-                            "they make a pad from both HRNGs.")
+                            "they make a pad from both HRNGs. With --home, on the device itself; with "
+                            "--device, from the laptop paired with it: the laptops carry the ceremony "
+                            "and each owner compares and confirms on the device's own screen.")
     sub = pair.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, helptext in (("host", "host the ceremony (this device becomes the initiator)"),
                            ("join", "join a ceremony hosted by the other device")):
         p = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
-        p.add_argument("--home", required=True, type=Path, help="this device's state directory")
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--home", type=Path, help="this device's state directory (run on the device)")
+        where.add_argument("--device", metavar="URL",
+                           help="the device this laptop is paired with (it runs the ceremony and asks its owner)")
         if name == "host":
             p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to wait for the other device")
             p.add_argument("--size", required=True, type=parse_size, help="pad size in bytes (e.g. 64M)")
@@ -103,9 +108,47 @@ def _run(args: argparse.Namespace, role: str, sock: socket.socket) -> int:
     return 0
 
 
+def _run_from_laptop(args: argparse.Namespace, role: str, sock: socket.socket) -> int:
+    from client.ceremony import carry
+    from client.rpc import DeviceClient
+
+    bar: Progress | None = None
+    shown = ""
+
+    def on_status(status: dict) -> None:
+        nonlocal bar, shown
+        if status.get("sas") and not shown:
+            shown = str(status["sas"])
+            print(f"Pairing string: {shown}: compare it on both devices' screens and confirm there", flush=True)
+        if status.get("stage") == "transfer" and status.get("total"):
+            if bar is None:
+                bar = Progress(int(status["total"]), "pad")
+            bar.update(int(status.get("done", 0)))
+
+    status = carry(DeviceClient(args.device), role, sock, size=getattr(args, "size", None), name=args.name,
+                   on_status=on_status)
+    if bar is not None:
+        bar.finish()
+    print(f"Paired with {status.get('contact')}: pad {str(status.get('pad_id'))[:16]} of {status.get('size')} "
+          f"bytes, {'initiator' if role == HOST else 'responder'}.")
+    print(f"Pad fingerprint: {status.get('fingerprint')} (the other device must show the same)", flush=True)
+    return 0
+
+
+def _runner(args: argparse.Namespace):
+    if not args.device:
+        return _run
+    if args.confirm != "tty" or args.hrng or args.pin_file:
+        raise UsageError("With --device, the device confirms on its own screen and uses its own HRNG and PIN; "
+                         "--confirm, --hrng and --pin-file are for --home.")
+    return _run_from_laptop
+
+
 def cmd_host(args: argparse.Namespace) -> int:
-    return _run(args, HOST, accept_one(args.listen))
+    run = _runner(args)
+    return run(args, HOST, accept_one(args.listen))
 
 
 def cmd_join(args: argparse.Namespace) -> int:
-    return _run(args, JOIN, connect(args.connect, "a pairing"))
+    run = _runner(args)
+    return run(args, JOIN, connect(args.connect, "a pairing"))
