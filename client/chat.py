@@ -34,18 +34,21 @@ from prompt_toolkit.styles import Style
 
 from client.errors import ClientError, DeviceRefused, RelayRefused, RelayUnavailable, RemoteError
 from client.messenger import Event, Messenger, Outgoing
+from client.rooms import RoomClient
 from onetimechat.text import format_event
 
 POLL_WAIT_S = 25
 CONTACTS_REFRESH_S = 60
 MAX_BACKOFF_S = 10.0
-COMMANDS = ("send", "ms", "group", "gs", "contacts", "log", "receipts", "help", "exit")
+COMMANDS = ("send", "ms", "group", "gs", "contacts", "log", "rooms", "join", "leave", "receipts", "help", "exit")
 HELP = """commands:
   <contact>: <message>        send a message (also: send <contact> <message>)
   ms <a,b,...> <message>      send the same message to several contacts (each confirmed on the device)
   group <name> <a,b,...>      save a group;  gs <group> <message>  send to a saved group
   contacts                    contacts and the pad left each way
   log                         the device's event log
+  rooms; join <room>; leave <room>   attribute-based rooms (invites added with otc room add)
+  #<room>: <message>          send to a room you joined (confirmed on the device)
   receipts on|off             ask for delivery receipts (each costs 57 bytes of the sender's pad)
   help, exit                  this text; leave (also Ctrl-D)
 marks: … confirm on your device   ✓ sent   ✓✓ delivered   ⧗ waiting to reach the relay   ✗ not sent"""
@@ -68,10 +71,11 @@ STYLE = Style.from_dict({
 class Command:
     """One typed line, parsed."""
 
-    name: str  # send | group | contacts | log | receipts | help | exit | error | empty
+    name: str  # send | group | contacts | log | receipts | help | exit | error | empty | rooms | join | leave | room
     contacts: tuple[str, ...] = ()
     text: str = ""
     group: str = ""
+    room: str = ""
 
 
 def parse_command(line: str, groups: dict[str, list[str]]) -> Command:
@@ -86,8 +90,17 @@ def parse_command(line: str, groups: dict[str, list[str]]) -> Command:
         return Command("exit")
     if word in ("help", "?") and not rest:
         return Command("help")
-    if word in ("contacts", "log") and not rest:
+    if word in ("contacts", "log", "rooms") and not rest:
         return Command(word)
+    if word in ("join", "leave"):
+        if not rest or " " in rest:
+            return Command("error", text=f"usage: {word} <room>")
+        return Command(word, room=rest.lstrip("#"))
+    if head.startswith("#") and len(head) > 1:
+        room = head[1:].rstrip(":")
+        if not room or not rest:
+            return Command("error", text="usage: #<room>: <message>")
+        return Command("room", text=rest, room=room)
     if word == "receipts":
         if rest.lower() in ("on", "off"):
             return Command("receipts", text=rest.lower())
@@ -146,6 +159,9 @@ class ChatCompleter(Completer):
             for name in contacts:
                 if name.startswith(word):
                     yield Completion(name + ": ", start_position=-len(word))
+            for name in self.chat.room_names:
+                if f"#{name}".startswith(word):
+                    yield Completion(f"#{name}: ", start_position=-len(word))
             return
         first, current = words[0].lower(), words[-1]
         if len(words) == 2 and first in ("send", "ms", "group") or (len(words) == 3 and first == "group"):
@@ -157,6 +173,10 @@ class ChatCompleter(Completer):
             for name in self.chat.messenger.store.groups():
                 if name.startswith(current):
                     yield Completion(name + " ", start_position=-len(current))
+        elif len(words) == 2 and first in ("join", "leave"):
+            for name in self.chat.room_names:
+                if name.startswith(current):
+                    yield Completion(name, start_position=-len(current))
         elif len(words) == 2 and first == "receipts":
             for choice in ("on", "off"):
                 if choice.startswith(current):
@@ -185,6 +205,9 @@ class Chat:
         self.status_bad = False
         self.stop = threading.Event()
         self.sends: queue.Queue[Command] = queue.Queue()
+        self.rooms = RoomClient(messenger.device, messenger.relay)
+        self.room_names: list[str] = []
+        self.watching: dict[str, threading.Event] = {}  # room_id -> stop
         self.input = Buffer(multiline=False, history=InMemoryHistory(), completer=ChatCompleter(self),
                             complete_while_typing=False, accept_handler=self._accept)
         self.app: Application = self._build()
@@ -297,13 +320,15 @@ class Chat:
             self.system(HELP)
         elif command.name == "error":
             self.system(command.text, "error")
+        elif command.name == "room":
+            self.sends.put(command)
         elif command.name == "send":
             unknown = [c for c in command.contacts if self.messenger.contacts and c not in self.contact_names()]
             if unknown:
                 self.system(f"no contact named {', '.join(unknown)} on the device; type contacts", "error")
             else:
                 self.sends.put(command)
-        elif command.name in ("contacts", "log", "receipts", "group"):
+        elif command.name in ("contacts", "log", "receipts", "group", "rooms", "join", "leave"):
             threading.Thread(target=self._local, args=(command,), daemon=True).start()
         return False  # clear the line; it stays in the (in-memory) history
 
@@ -328,6 +353,28 @@ class Chat:
                 self._receipts = command.text == "on"
                 self.system(f"delivery receipts {command.text}")
                 self.refresh()
+            elif command.name == "rooms":
+                rooms = self.refresh_rooms()
+                if not rooms:
+                    self.system("no rooms on the device: add an invite with otc room add")
+                for room in rooms:
+                    state = "member" if room["joined"] else "joining" if room["joining"] else "not joined"
+                    self.system(f"#{room['room']}: {room['policy']} · {state} · {room['members']} on the roster · "
+                                f"epoch {room['epoch']}: {room['epoch_members']} members"
+                                f"{'' if room['keyed'] else ' (no key here)'}")
+            elif command.name == "join":
+                room = self.rooms.room(command.room)
+                self.rooms.join(command.room)
+                self.system(f"#{room['room']}: joining; members decapsulate your contribution and the leader "
+                            "sends the new epoch key")
+                self.watch(room)
+            elif command.name == "leave":
+                room = self.rooms.room(command.room)
+                self.rooms.leave(command.room)
+                stop = self.watching.pop(room["room_id"], None)
+                if stop is not None:
+                    stop.set()
+                self.system(f"#{room['room']}: left; the device deleted its keys for this room")
             elif command.name == "group":
                 known = self.contact_names()
                 unknown = [c for c in command.contacts if known and c not in known]
@@ -348,6 +395,9 @@ class Chat:
                 command = self.sends.get(timeout=0.5)
             except queue.Empty:
                 continue
+            if command.name == "room":
+                self._send_room(command)
+                continue
             for contact in command.contacts:
                 out = Outgoing(contact, command.text)
                 self.add(Line(out.at, "out", contact, command.text, out=out))
@@ -365,6 +415,70 @@ class Chat:
                     if sent.state == "queued":
                         self.set_status("the relay does not answer: messages wait in the outbox", bad=True)
                 self.refresh()
+
+    def _send_room(self, command: Command) -> None:
+        out = Outgoing(f"#{command.room}", command.text)
+        self.add(Line(out.at, "out", out.contact, command.text, out=out))
+        try:
+            self.rooms.send(command.room, command.text)
+        except RemoteError as exc:
+            out.state, out.error = ("declined", "") if exc.code == "declined" else ("failed", str(exc))
+        except ClientError as exc:
+            out.state, out.error = "failed", str(exc)
+        else:
+            out.state = "sent"
+        self.refresh()
+
+    # -- rooms ----------------------------------------------------------------------
+
+    def refresh_rooms(self) -> list[dict]:
+        rooms = self.rooms.rooms()
+        self.room_names = [str(r["room"]) for r in rooms]
+        return rooms
+
+    def watch(self, room: dict) -> None:
+        """Follow a room's traffic through the device, as it arrives (one long poll per room)."""
+        if room["room_id"] in self.watching:
+            return
+        stop = threading.Event()
+        self.watching[room["room_id"]] = stop
+        threading.Thread(target=self._watch, args=(room["room_id"], str(room["room"]), stop),
+                         name="otc-chat-room", daemon=True).start()
+
+    def _watch(self, room_id: str, name: str, stop: threading.Event) -> None:
+        backoff = 1.0
+        while not (self.stop.is_set() or stop.is_set()):
+            try:
+                events = self.rooms.sync(room_id, wait=POLL_WAIT_S)
+            except DeviceRefused:
+                return
+            except ClientError:
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            backoff = 1.0
+            for event in events:
+                self._room_event(name, event)
+
+    def _room_event(self, name: str, event: dict) -> None:
+        kind, outcome, own = event.get("kind"), event.get("outcome"), bool(event.get("own"))
+        members = event.get("members")
+        if kind == "message" and outcome == "accepted" and not own:
+            self.add(Line(time.time(), "in", f"#{name} {event.get('sender', '?')}", str(event.get("text", ""))))
+        elif kind == "message" and outcome == "unreadable":
+            self.system(f"#{name}: a message this device cannot read (sent under a key it does not hold)")
+        elif kind == "contribution" and outcome == "accepted":
+            who = "you joined" if own else "a member joined"
+            self.system(f"#{name}: {who} ({members} on the roster)")
+        elif kind == "contribution" and outcome == "skipped":
+            self.system(f"#{name}: a contribution that does not satisfy the room's policy was skipped")
+        elif kind == "distribution" and outcome == "accepted":
+            self.system(f"#{name}: epoch {event.get('epoch')}: {members} members share a new key")
+        elif kind == "leave" and outcome == "accepted":
+            self.system(f"#{name}: a member left ({members} on the roster)")
+        elif outcome == "refused":
+            self.add(Line(time.time(), "error", name, f"#{name}: an item was refused",
+                          warnings=["tamper: a forged or altered room item was refused"]))
 
     def receiver(self) -> None:
         """Long-poll the relay, have the device open what arrives, and keep the outbox moving."""
@@ -444,6 +558,14 @@ class Chat:
             raise
         except ClientError as exc:
             self.set_status(f"the device does not answer ({exc.code})", bad=True)
+        try:
+            for room in self.refresh_rooms():
+                if room["joined"] or room["joining"]:
+                    self.watch(room)
+        except DeviceRefused:
+            raise
+        except ClientError:
+            pass  # the device is away; rooms are followed once `rooms` or `join` reaches it
         threads = [threading.Thread(target=self.receiver, name="otc-chat-receive", daemon=True),
                    threading.Thread(target=self.sender, name="otc-chat-send", daemon=True)]
         for t in threads:

@@ -125,6 +125,11 @@ GROUPS = {"team": ["bob", "carol"]}
     ("LOG", Command("log")),
     ("receipts off", Command("receipts", text="off")),
     ("exit", Command("exit")),
+    ("rooms", Command("rooms")),
+    ("join ops", Command("join", room="ops")),
+    ("leave #ops", Command("leave", room="ops")),
+    ("#ops: hello room", Command("room", text="hello room", room="ops")),
+    ("#ops hello", Command("room", text="hello", room="ops")),
     ("   ", Command("empty")),
 ])
 def test_parse_command(line, expected):
@@ -141,6 +146,8 @@ def test_parse_command(line, expected):
     ("receipts maybe", "usage: receipts"),
     ("bob:", "unknown command"),
     ("hello there", "unknown command 'hello'"),
+    ("join", "usage: join"),
+    ("#ops:", "usage: #<room>"),
 ])
 def test_parse_command_errors(line, error):
     command = parse_command(line, GROUPS)
@@ -150,6 +157,61 @@ def test_parse_command_errors(line, error):
 @given(st.text(max_size=80))
 def test_parse_command_never_crashes(line):
     command = parse_command(line, GROUPS)
-    assert command.name in {"send", "group", "contacts", "log", "receipts", "help", "exit", "error", "empty"}
+    assert command.name in {"send", "group", "contacts", "log", "receipts", "help", "exit", "error", "empty", "rooms",
+                            "join", "leave", "room"}
     if command.name == "send":
         assert command.contacts and all(command.contacts) and command.text
+
+
+def test_rooms_in_the_chat(tmp_path):
+    """Three devices with different attributes in one room: the two that satisfy its policy talk."""
+    from client.rpc import DeviceClient
+    from client.state import ClientState
+    from device.abe.store import grant_local
+    from device.storage.padstore import PadStore
+    from onetimechat.cli import main
+
+    world = make_world(tmp_path, names=("alice", "bob", "dave"))
+    try:
+        auth = tmp_path / "auth"
+        PadStore.init(auth, "auth").close()
+        assert main(["abe", "authority", "--home", str(auth)]) == 0
+        for name, attributes in (("alice", "STAFF,ADMIN"), ("bob", "STAFF,OPS"), ("dave", "OPS")):
+            with PadStore(auth) as a, PadStore(world.people[name].home) as member:
+                grant_local(a, member, attributes)
+        invite = otc_out(["room", "create", "--home", str(auth), "--name", "ops", "--policy",
+                          "STAFF and (ADMIN or OPS)"]).strip().splitlines()[-1]
+        for person in world.people.values():
+            DeviceClient(person.url, state=ClientState(person.laptop)).call("room_add", invite=invite)
+        chats = {name: world.chat(name) for name in ("alice", "bob", "dave")}
+        for chat in chats.values():
+            chat.wait_for("contacts:")
+        chats["alice"].type("rooms")
+        chats["alice"].wait_for("#ops: STAFF and (ADMIN or OPS) · not joined")
+        for name in ("alice", "bob", "dave"):
+            chats[name].type("join ops")
+            chats[name].wait_for("#ops: you joined")
+        chats["bob"].wait_for("members share a new key", timeout=60)
+        chats["alice"].wait_for("#ops: a member joined", count=1, timeout=60)
+        chats["alice"].type("#ops: hello room")
+        chats["alice"].wait_for("me → #ops: hello room  ✓", timeout=60)
+        chats["bob"].wait_for(": hello room", timeout=60)
+        assert world.people["alice"].source.asked[-1] == "hello room"
+        chats["dave"].wait_for("a message this device cannot read", timeout=60)
+        assert "hello room" not in chats["dave"].text().replace("#ops: hello room", "")
+        chats["bob"].type("leave ops")
+        chats["bob"].wait_for("#ops: left")
+        chats["alice"].wait_for("#ops: a member left", timeout=60)
+        for chat in chats.values():
+            assert chat.close() == 0
+            assert "Traceback" not in chat.text()
+    finally:
+        world.close()
+
+
+def otc_out(argv: list[str]) -> str:
+    from tests.conftest import otc
+
+    result = otc(*argv)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode()
