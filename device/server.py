@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import ipaddress
 import logging
+import os
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -116,6 +118,7 @@ class DeviceService:
             "ceremony_start": self.ceremony_start,
             "ceremony_status": self.ceremony_status,
         }
+        self._lock_random = threading.Lock()
         self.ceremonies = CeremonyRunner(self.ready, "127.0.0.1", self.console, _ceremony_compare(config.source),
                                          self._pad_random)
 
@@ -254,13 +257,21 @@ class DeviceService:
     def ceremony_status(self, client: PairedClient, params: dict) -> dict:
         return self.ceremonies.status()
 
-    def _pad_random(self) -> AbstractContextManager[Callable[[int], bytes]]:
+    def _pad_random(self, stream: TextIO | None = None) -> AbstractContextManager[Callable[[int], bytes]]:
         def on_alarm(alarm: Exception) -> None:
             self.ready().log_event("hrng-alarm", detail=str(alarm))
             if self.console is not None:
                 self.console.raise_alarm("hrng", str(alarm))
 
-        return pad_random(list(self.config.hrng), on_alarm=on_alarm)
+        return pad_random(list(self.config.hrng), on_alarm=on_alarm, stream=stream)
+
+    def session_random(self, n: int) -> bytes:
+        """Bytes for session keys (room keys): from the HRNG mixer like pads (DESIGN.md), or the OS CSPRNG alone
+        when the device has no HRNG configured. A failing HRNG stops the draw with its alarm."""
+        if not self.config.hrng:
+            return os.urandom(n)
+        with self._lock_random, self._pad_random(stream=io.StringIO()) as draw:
+            return draw(n)
 
     # -- the sealed call ----------------------------------------------------------------
 

@@ -70,3 +70,33 @@ def test_rooms_over_the_rpc(tmp_path, capsys, monkeypatch):
         for person, _ in people.values():
             person.stop()
         relay_server.close()
+
+
+def test_room_keys_come_from_the_devices_hrng(tmp_path):
+    """With an HRNG configured, room keys are drawn through its mixer; a failing source stops the draw."""
+    import os
+
+    import pytest
+
+    from device.rooms.rpc import rooms_for
+    from device.server import Server, ServerConfig
+    from hrng.errors import HRNGError
+
+    good, stuck = tmp_path / "good", tmp_path / "stuck"
+    good.write_bytes(os.urandom(1 << 20))
+    stuck.write_bytes(b"\0" * (1 << 20))  # a source stuck at zero fails the start-up health test
+    for source, ok in ((good, True), (stuck, False)):
+        home = tmp_path / f"home-{source.name}"
+        PadStore.init(home, "alice").close()
+        server = Server(ServerConfig(home=home, source=OwnerSource(), hrng=(f"file://{source}",)), "127.0.0.1", 0)
+        try:
+            service = server.app.extensions["otc"]
+            assert rooms_for(service).options["random_bytes"] == service.session_random
+            if ok:
+                assert len(service.session_random(32)) == 32
+            else:
+                with pytest.raises(HRNGError):
+                    service.session_random(32)
+                assert any(e["event"] == "hrng-alarm" for e in service.ready().events())
+        finally:
+            server.close()

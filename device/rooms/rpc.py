@@ -43,7 +43,8 @@ def rooms_for(service: Any) -> DeviceRooms:
     with _lock:
         rooms = getattr(service, "_otc_rooms", None)
         if rooms is None or rooms.pads is not store:
-            rooms = DeviceRooms(store, service.broker)
+            # Room keys (G_e, contributions) come from the device's HRNG mixer, as its pads do.
+            rooms = DeviceRooms(store, service.broker, random_bytes=service.session_random)
             service._otc_rooms = rooms
         return rooms
 
