@@ -8,6 +8,7 @@ count of the epoch it is sent in.
 
 from __future__ import annotations
 
+import builtins
 import os
 import threading
 import time
@@ -91,7 +92,7 @@ class DeviceRooms:
             self.pads.log_event("room-left", detail=f"room {member.room.name}: membership keys deleted")
             return to_text(raw)
 
-    def receive(self, name: str, items: list[tuple[int, str]]) -> dict:
+    def receive(self, name: str, items: builtins.list[tuple[int, str]]) -> dict:
         """Relay items in ref order -> events (texts of messages opened) and items this device must post."""
         if len(items) > MAX_ITEMS_PER_CALL:
             raise RoomError(f"At most {MAX_ITEMS_PER_CALL} room items per call.")
