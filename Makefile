@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 OTC    := $(VENV)/bin/otc
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: demo test bench lint clean venv screenshots
+.PHONY: demo test bench lint clean venv screenshots image image-test
 
 venv: $(STAMP)
 
@@ -31,6 +31,15 @@ bench: $(STAMP)
 # Every screen of the device's touchscreen, with realistic content, as PNGs (SDL's dummy driver: no display needed).
 screenshots: $(STAMP)
 	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(PY) scripts/screenshots.py docs/screenshots
+
+# The Raspberry Pi 3/4 SD-card image, from Debian bookworm packages (image/build.sh; root, about
+# 20 minutes, downloads cached in ~/.cache/onetimechat-image), and its boot test under QEMU.
+# Neither is part of `make test`, which checks the recipe's parts that need no build.
+image: $(STAMP)
+	PY="$(CURDIR)/$(PY)" bash image/build.sh
+
+image-test: $(STAMP)
+	PY="$(CURDIR)/$(PY)" bash image/test.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -102,6 +102,12 @@ step "systemd units, network, first boot"
     case "$f" in ./usr/local/bin/* | ./usr/local/sbin/*) mode=755 ;; esac
     install -D -o root -g root -m "$mode" "$HERE/rootfs/$f" "$ROOT/$f"
 done
+# The screens are tested with pygame's bundled font; Debian's pygame links fonts-freefont's newer
+# FreeSansBold, which draws characters (U+FFFD) the screens must show as markers. The device gets
+# the font its tests ran with.
+font=$("$PY" -c 'import pathlib, pygame; print(pathlib.Path(pygame.__file__).parent / "freesansbold.ttf")')
+chroot "$ROOT" dpkg-divert --quiet --local --rename --add /usr/lib/python3/dist-packages/pygame/freesansbold.ttf
+install -o root -g root -m 644 "$font" "$ROOT/usr/lib/python3/dist-packages/pygame/freesansbold.ttf"
 echo otc-device > "$ROOT/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\totc-device\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$ROOT/etc/hosts"
 cat > "$ROOT/etc/fstab" <<FSTAB
@@ -144,8 +150,8 @@ mkdir -p "$OUT/bootfiles"
 rm -rf "$OUT/bootfiles"/*
 cp -a "$ROOT"/boot/firmware/. "$OUT/bootfiles/"  # kept for the boot test's -kernel/-initrd
 find "$ROOT/boot/firmware" -mindepth 1 -delete  # a mount point on the root partition
-used_kib=$(du -s -k --apparent-size "$ROOT" | cut -f1)
-root_mib=$(( (used_kib * 13 / 10) / 1024 + 256 ))  # 30 % for ext4's own needs, and 256 MiB free
+used_kib=$(du -s -k "$ROOT" | cut -f1)  # blocks in use here, 4 KiB each as on ext4
+root_mib=$(( (used_kib * 112 / 100) / 1024 + 200 ))  # inode tables, journal; the rest free until otc-growroot
 mkfs.ext4 -q -F -L "$ROOT_LABEL" -i 8192 -m 1 -d "$ROOT" "$parts/root.ext4" "${root_mib}M"
 total_mib=$((ALIGN_MIB + FIRMWARE_MIB + root_mib))
 [ "$total_mib" -le 2048 ] || die "the image would be ${total_mib} MiB, over 2 GiB"

@@ -13,6 +13,7 @@ the cable-side interface.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass, field
 
@@ -34,7 +35,9 @@ class Report:
 def parse(text: str) -> Report:
     report = Report()
     for raw in text.splitlines():
-        kind, _, rest = raw.strip().partition(" ")
+        # A line the journal echoed to the console starts "[  52.42] unit[pid]: ".
+        line = re.sub(r"^\s*\[\s*[0-9.]+\]\s+[^:\s]+:\s", "", raw.strip())
+        kind, _, rest = line.partition(" ")
         if kind == "unit":
             name, _, state = rest.partition(" ")
             report.units[name] = state.strip()

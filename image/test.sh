@@ -38,8 +38,8 @@ disk=$WORK/disk.img
 cp --sparse=always "$IMAGE" "$disk"
 truncate -s +512M "$disk"  # room for otc-growroot to grow the root into, as on a bigger SD card
 # Partition starts and sizes in sectors, from the image's own partition table.
-read -r fat_start root_start < <(sfdisk --dump "$disk" |
-    sed -n 's/.*start= *\([0-9]*\),.*/\1/p' | tr '\n' ' ')
+starts=$(sfdisk --dump "$disk" | sed -n 's/.*start= *\([0-9]*\),.*/\1/p' | tr '\n' ' ')
+read -r fat_start root_start <<<"$starts"
 [ -n "${root_start:-}" ] || die "the image has no second partition"
 fat="$disk@@$((fat_start * 512))"
 root="$disk?offset=$((root_start * 512))"
@@ -95,7 +95,7 @@ qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 2048 -nodefaults -display 
     -netdev "user,id=net0,net=10.77.0.0/24,host=10.77.0.2,dhcpstart=10.77.0.100,hostfwd=tcp:127.0.0.1:$port-10.77.0.1:$DEVICE_PORT" \
     -device virtio-net-pci,netdev=net0 \
     -device virtio-rng-pci -device virtio-gpu-pci -device virtio-keyboard-pci -device virtio-tablet-pci \
-    -serial "file:$serial" -monitor none &
+    -serial "file:$serial" -monitor "unix:$WORK/monitor.sock,server,nowait" &
 qemu=$!
 trap 'kill "$qemu" 2>/dev/null || true' EXIT
 echo "  qemu pid $qemu; serial console in $serial; the device's port $DEVICE_PORT is 127.0.0.1:$port here"
@@ -129,9 +129,27 @@ while ! grep -aq OTC-REPORT-END "$serial"; do
     kill -0 "$qemu" 2>/dev/null || die "qemu exited; see $serial"
     sleep 3
 done
-report=$(sed -n '/OTC-REPORT-BEGIN/,/OTC-REPORT-END/p' "$serial" | tr -d '\r' | sed 's/^.*\(OTC-REPORT\)/\1/')
+report=$(sed -n '/OTC-REPORT-BEGIN/,/OTC-REPORT-END/p' "$serial" | tr -d '\r' | grep -av '^\s*\[.*\(OK\|FAILED\).*\]')
 while IFS= read -r line; do echo "  $line"; done <<<"$report"
 "$PY" "$HERE/check_report.py" --listen "10.77.0.1:$DEVICE_PORT" <<<"$report"
+
+# What the panel shows (the device is locked: the PIN screen), for a person to look at.
+"$PY" - "$WORK" <<'PY' || echo "  (no screenshot: $WORK/screen.ppm could not be made)"
+import os, socket, sys, time
+work = sys.argv[1]
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(os.path.join(work, "monitor.sock"))
+sock.sendall(f"screendump {work}/screen.ppm\n".encode())
+for _ in range(50):
+    if os.path.exists(f"{work}/screen.ppm") and os.path.getsize(f"{work}/screen.ppm") > 0:
+        break
+    time.sleep(0.2)
+time.sleep(1)
+os.environ["PYGAME_HIDE_SUPPORT_PROMPT"] = "1"
+import pygame
+pygame.image.save(pygame.image.load(f"{work}/screen.ppm"), f"{work}/screen.png")
+print(f"  the panel: {work}/screen.png")
+PY
 
 step "done: the image boots and its device answers"
 echo "image-test: passed in $(elapsed $((SECONDS - START)))"

@@ -24,6 +24,9 @@ import pygame
 # pygame's bundled font: the same glyphs on the Pi, a laptop and in CI.
 FONT_PATH = Path(pygame.__file__).resolve().parent / pygame.font.get_default_font()
 
+# pygame 2.1.3 renamed image.tostring to tobytes; the device image has Debian bookworm's 2.1.2.
+_image_bytes = getattr(pygame.image, "tobytes", None) or pygame.image.tostring
+
 # Characters that draw nothing, or something that hides what follows.
 _HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _PROBE_SIZE = 24
@@ -61,7 +64,7 @@ class Fonts:
 
     def _pixels(self, ch: str) -> bytes:
         surface = self.get(_PROBE_SIZE).render(ch, True, (255, 255, 255), (0, 0, 0))
-        return pygame.image.tobytes(surface, "RGB") + repr(surface.get_size()).encode()
+        return _image_bytes(surface, "RGB") + repr(surface.get_size()).encode()
 
     def drawable(self, ch: str) -> bool:
         """Whether ``ch`` draws as itself (not as nothing, not as the missing-glyph box)."""
