@@ -1,7 +1,8 @@
 """Pairing ceremony benchmark (`make bench`): figures printed, never asserted.
 
 Two device homes pair over loopback with the real ceremony (the OS CSPRNG
-standing in for the HRNG, auto confirmation), making a 256 MiB pad; beside it,
+standing in for the HRNG as `otc pair` uses it without --hrng: hrng.mixer's
+os_stream, auto confirmation), making a 256 MiB pad; beside it,
 in the same run, a plain TCP copy of 256 MiB (a file read, sent over loopback,
 written and synced). Target (issue 8): at least half the plain copy's rate.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from device.storage.padstore import PadStore  # noqa: E402
+from hrng.mixer import os_stream  # noqa: E402
 from provisioning.ceremony import HOST, Ceremony  # noqa: E402
 from provisioning.wire import Wire  # noqa: E402
 
@@ -74,7 +76,7 @@ def ceremony(root: Path, size: int) -> float:
     t0 = time.perf_counter()
     wire = Wire(conn)
     try:
-        Ceremony(a, HOST, random_bytes=os.urandom, compare=lambda sas: True, size=size).run(wire)
+        Ceremony(a, HOST, random_bytes=os_stream, compare=lambda sas: True, size=size).run(wire)
     finally:
         wire.close()
     elapsed = time.perf_counter() - t0

@@ -22,7 +22,7 @@ from hrng.errors import (
     SourceUnavailable,
 )
 from hrng.health import STARTUP_SAMPLES
-from hrng.mixer import Mixer, pad_random
+from hrng.mixer import Mixer, os_stream, pad_random
 from hrng.sources import BytesSource, SourceURL, open_source, parse_url
 from tests.conftest import ROOT
 
@@ -278,7 +278,7 @@ def test_mixer_is_safe_to_share_between_threads():
 
 def test_pad_random_without_urls_is_the_os_csprng_and_says_so(capsys):
     with pad_random([]) as random_bytes:
-        assert random_bytes is os.urandom
+        assert random_bytes is os_stream  # the OS CSPRNG, stretched (tests/test_hrng_osstream.py)
     assert "CSPRNG, not a hardware RNG" in capsys.readouterr().err
 
 

@@ -59,8 +59,13 @@ class Owners:
         return compare
 
 
-def run_pair(home_a: Path, home_b: Path, size: int, connect=None, chunk: int = 64 * 1024):
-    """Host on home_a, join from home_b over loopback; returns (host result, join result) or errors."""
+def run_pair(home_a: Path, home_b: Path, size: int, connect=None, chunk: int = 64 * 1024, opener=PadStore,
+             buffers: int = 0, **options):
+    """Host on home_a, join from home_b over loopback; returns (host result, join result) or errors.
+
+    ``opener`` opens a home's store; ``buffers`` (bytes) shrinks both sockets' buffers; ``options`` go to
+    both ceremonies.
+    """
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     owners = Owners()
@@ -68,10 +73,15 @@ def run_pair(home_a: Path, home_b: Path, size: int, connect=None, chunk: int = 6
 
     def side(role: str, home: Path, sock_factory) -> None:
         try:
-            with PadStore(home) as store:
+            with opener(home) as store:
                 ceremony = Ceremony(store, role, random_bytes=os.urandom, size=size if role == HOST else None,
-                                    compare=owners.compare_for(role, JOIN if role == HOST else HOST), chunk=chunk)
-                record = run_on(ceremony, sock_factory())
+                                    compare=owners.compare_for(role, JOIN if role == HOST else HOST), chunk=chunk,
+                                    **options)
+                sock = sock_factory()
+                if buffers:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffers)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffers)
+                record = run_on(ceremony, sock)
                 results[role] = (record, ceremony.fingerprint, ceremony.sas)
         except Exception as exc:  # noqa: BLE001 - the test inspects it
             results[role] = exc
@@ -233,6 +243,125 @@ def test_a_transfer_cut_halfway_resumes_and_completes(tmp_path):
     assert fa == fb and pad_of(a, ra) == pad_of(b, rb)
     assert ra.pad_id.hex() == partial.pad_id  # the same pad, finished
     assert resumed_from > 0
+
+
+def test_both_devices_sending_through_full_buffers_never_deadlock(tmp_path):
+    # Each device sends its shares while the other's arrive; with buffers far smaller than a chunk both
+    # sends block at once, and each device must still read (an earlier version then hung for good).
+    a, b = homes(tmp_path, "alice", "bob")
+    (ra, fa, _), (rb, fb, _) = run_pair(a, b, 8 * MiB, chunk=MiB, buffers=64 * 1024)
+    assert fa == fb and pad_of(a, ra) == pad_of(b, rb)
+
+
+def _overwrite(path: Path, start: int) -> None:
+    """Other bytes from ``start`` on: chunks a device wrote but never recorded (it was killed first)."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(os.urandom(size - start))
+
+
+def test_a_resume_starts_at_the_last_record_whatever_was_written_after_it(tmp_path):
+    # Progress is recorded every few chunks, so a killed device may hold chunks on disk that its record
+    # does not count, and the two records may differ: the resume starts where both records agree.
+    a, b = homes(tmp_path, "alice", "bob")
+    size, chunk = 4 * MiB, 64 * 1024
+    host, join = run_pair(a, b, size, connect=CuttingProxy(size // 2).connect, persist_every=5)
+    assert isinstance(host, CeremonyBroken) and isinstance(join, CeremonyBroken)
+    with PadStore(a) as store_a, PadStore(b) as store_b:
+        partial_a = Partial.for_peer(store_a, store_b.device_id)
+        partial_b = Partial.for_peer(store_b, store_a.device_id)
+    assert partial_a is not None and partial_b is not None and partial_a.pad_id == partial_b.pad_id
+    recorded = min(len(partial_a.hashes), len(partial_b.hashes))
+    assert recorded > 3  # a break (not a kill) records everything both devices verified
+    partial_a.hashes = partial_a.hashes[: recorded - 3]  # alice's last record lagged three chunks behind
+    with PadStore(a) as store_a:
+        partial_a.save(store_a)
+        _overwrite(Partial.data_path(store_a, partial_a.pad_id), (recorded - 3) * chunk)
+    with PadStore(b) as store_b:
+        _overwrite(Partial.data_path(store_b, partial_b.pad_id), len(partial_b.hashes) * chunk)
+    views: list = []
+    (ra, fa, _), (rb, fb, _) = run_pair(a, b, size, on_progress=views.append)
+    assert ra.pad_id.hex() == partial_a.pad_id and fa == fb and pad_of(a, ra) == pad_of(b, rb)
+    assert min(v.done for v in views if v.stage == "transfer") == (recorded - 3) * chunk
+
+
+def test_progress_is_recorded_every_few_chunks_and_never_ahead_of_the_disk(tmp_path, monkeypatch):
+    import provisioning.ceremony as ceremony_module
+
+    monkeypatch.setattr(ceremony_module, "PERSIST_SECONDS", 10.0**9)  # by count alone, for this test
+    events: list[tuple[str, int]] = []
+    written = ceremony_module._Writer._write_chunk
+    sync, save = os.fdatasync, Partial.save
+
+    def write_chunk(self, i, buf, chunk):
+        written(self, i, buf, chunk)
+        events.append(("write", i))
+
+    def fdatasync(fd):
+        events.append(("sync", -1))
+        sync(fd)
+
+    def record(self, store):
+        events.append(("save", len(self.hashes)))
+        save(self, store)
+
+    # Only the host runs in this process (the joiner is `otc pair join`), so every event is the host's.
+    monkeypatch.setattr(ceremony_module._Writer, "_write_chunk", write_chunk)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(Partial, "save", record)
+    a, b = homes(tmp_path, "alice", "bob")
+    size, chunk, every = 2 * MiB + 5000, 64 * 1024, 4
+    total = -(-size // chunk)
+    listener = socket.create_server(("127.0.0.1", 0))
+    join = _cli(b, "join", "--connect", f"127.0.0.1:{listener.getsockname()[1]}")
+    conn, _ = listener.accept()
+    listener.close()
+    with PadStore(a) as store:
+        ceremony = Ceremony(store, HOST, random_bytes=os.urandom, compare=lambda sas: True, size=size, chunk=chunk,
+                            persist_every=every)
+        record = run_on(ceremony, conn)
+    assert join.wait(timeout=60) == 0
+    join.stdout.close()
+    assert pad_of(a, record) == next(iter(_usable(b).values()))
+    done, synced, counts = 0, 0, []
+    for kind, value in events:
+        if kind == "write":
+            assert value == done  # in order
+            done += 1
+        elif kind == "sync":
+            synced = done
+        else:
+            assert value <= synced  # a record never counts a chunk that is not yet on disk
+            counts.append(value)
+    progress = [c for c in counts if c > 0]
+    assert progress == sorted(set(progress)) and progress[-1] == total
+    assert all(later - earlier >= every for earlier, later in zip(progress, progress[1:-1]))
+    assert len(progress) <= total // every + 1  # not a record per chunk
+
+
+def test_a_pin_locked_home_pairs_with_the_pad_encrypted_at_rest(tmp_path):
+    from device.storage.lock import StoreLock
+
+    pins = {"alice": "246810", "bob": "135790"}
+    for name in pins:
+        PadStore.init(tmp_path / name, name, pin=pins[name]).close()
+
+    def unlocked(home: Path) -> PadStore:
+        lock = StoreLock(home)
+        assert lock.unlock(pins[home.name]).ok
+        return PadStore(home, storage_key=lock.key)
+
+    a, b = tmp_path / "alice", tmp_path / "bob"
+    size = MiB + 4096 + 77  # an odd-sized last chunk
+    (ra, fa, _), (rb, fb, _) = run_pair(a, b, size, opener=unlocked)
+    assert fa == fb
+    with unlocked(a) as store_a, unlocked(b) as store_b:
+        pad_a = bytes(store_a.pad_file(store_a.pad(ra.pad_id)).read(0, size))
+        pad_b = bytes(store_b.pad_file(store_b.pad(rb.pad_id)).read(0, size))
+    assert pad_a == pad_b and len(pad_a) == size
+    raw_a, raw_b = pad_of(a, ra), pad_of(b, rb)
+    assert len(raw_a) == size and raw_a != pad_a and raw_b != pad_b and raw_a != raw_b  # each under its own key
 
 
 def test_contact_conflicts_are_refused_before_any_transfer(tmp_path):

@@ -35,6 +35,17 @@ class PadCipher:
             ctx.update(bytes(skip))
         return ctx.update(data) + ctx.finalize()
 
+    def crypt_into(self, data: bytes | memoryview, offset: int, out: bytearray | memoryview) -> memoryview:
+        """:meth:`crypt` into ``out`` (at least ``len(data)`` bytes, reused by the caller): a view of the result."""
+        skip = offset % BLOCK
+        counter = (offset // BLOCK).to_bytes(BLOCK, "big")
+        ctx = Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
+        if skip:
+            ctx.update(bytes(skip))
+        n = ctx.update_into(data, out)
+        ctx.finalize()
+        return memoryview(out)[:n]
+
 
 class SecretBox:
     """Seals small secrets (client keys) under the storage key."""
