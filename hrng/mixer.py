@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import TextIO
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hrng.errors import HRNGError, InsecureSource, SourceHalted
 from hrng.health import ALPHA, Cutoffs, HealthMonitor, HealthStats
@@ -38,10 +38,17 @@ class OSStream:
     """The OS CSPRNG for bulk pad bytes where no hardware source is mixed in (the stand-in).
 
     Requests below ``SMALL`` bytes are ``os.urandom`` itself. Larger ones are
-    the AES-256-CTR keystream under a key drawn from ``os.urandom`` for that
+    an AES-256-CTR keystream under a key drawn from ``os.urandom`` for that
     request (a new key for every ``SEGMENT`` bytes of it) and dropped at once:
     the construction the kernel's own generator uses (a stream cipher keyed
-    from its pool), at AES-NI speed instead of one ``getrandom`` copy at a time.
+    from its pool), at AES speed instead of one ``getrandom`` copy at a time.
+
+    The keystream comes out of the AES-GCM engine (the encryption of zeros
+    under nonce ``j`` is the CTR keystream from counter block ``j || 2``, one
+    nonce per ``PIECE``), which on CPUs with vector AES runs twice as fast as
+    the plain CTR one. Each piece's 16-byte tag lands where the next piece
+    then writes; the last 16 bytes of a request are ``os.urandom``.
+
     No state outlives a call, so it is safe across threads and forks, and
     nothing kept in memory reproduces bytes already handed out. It is only
     for the no-hardware case (``pad_random`` without URLs): with a hardware
@@ -50,7 +57,8 @@ class OSStream:
 
     SMALL = 4096
     SEGMENT = 64 << 20  # keystream per key: 2^22 blocks, far inside AES-CTR's bounds
-    PIECE = 1 << 20  # the keystream is made this much at a time (from as many zero bytes, kept in cache)
+    PIECE = 1 << 20  # keystream per nonce (from as many zero bytes, kept in cache)
+    TAG = 16
 
     _zeros = memoryview(bytes(PIECE))
 
@@ -69,13 +77,14 @@ class OSStream:
         if len(view) < self.SMALL:
             view[:] = os.urandom(len(view))
             return
-        for start in range(0, len(view), self.SEGMENT):
-            ctx = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(bytes(16))).encryptor()
-            for at in range(start, min(start + self.SEGMENT, len(view)), self.PIECE):
-                piece = view[at : min(at + self.PIECE, start + self.SEGMENT, len(view))]
-                if ctx.update_into(self._zeros[: len(piece)], piece) != len(piece):
-                    raise RuntimeError("short keystream")
-            ctx.finalize()
+        stream = len(view) - self.TAG  # the last piece's tag needs room: these bytes come last
+        for start in range(0, stream, self.SEGMENT):
+            aead = AESGCM(os.urandom(32))
+            end = min(start + self.SEGMENT, stream)
+            for nonce, at in enumerate(range(start, end, self.PIECE)):
+                n = min(self.PIECE, end - at)
+                aead.encrypt_into(nonce.to_bytes(12, "big"), self._zeros[:n], None, view[at : at + n + self.TAG])
+        view[stream:] = os.urandom(self.TAG)
 
 
 os_stream = OSStream()

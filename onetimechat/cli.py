@@ -15,8 +15,13 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from onetimechat import __version__
-from onetimechat.errors import OTCError, UsageError
+# numpy's OpenBLAS otherwise starts a thread per core that spins for about half a second after
+# import; otc multiplies no matrices, and on a two- or four-core device that spin takes CPU from
+# the work at hand (the pairing ceremony starts right after). Set before any part imports numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from onetimechat import __version__  # noqa: E402
+from onetimechat.errors import OTCError, UsageError  # noqa: E402
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130

@@ -13,8 +13,10 @@ from hrng import mixer
 from hrng.mixer import Mixer, OSStream, os_stream
 
 
-def keystream(key: bytes, n: int) -> bytes:
-    return Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(n))
+def keystream(key: bytes, n: int, piece: int) -> bytes:
+    """AES-256-CTR under ``key``: nonce j (12 bytes) and counter 2 on for each ``piece`` bytes."""
+    return b"".join(Cipher(algorithms.AES(key), modes.CTR(j.to_bytes(12, "big") + (2).to_bytes(4, "big")))
+                    .encryptor().update(bytes(min(piece, n - at))) for j, at in enumerate(range(0, n, piece)))
 
 
 class Small(OSStream):
@@ -54,9 +56,11 @@ def test_large_requests_are_aes_ctr_under_a_fresh_os_key_per_segment(monkeypatch
     monkeypatch.setattr(mixer.os, "urandom", fake_urandom)
     n = 2 * Small.SEGMENT + 1234  # three segments, the last one short; pieces cross no segment
     out = Small()(n)
-    assert len(keys) == 3 and all(len(k) == 32 for k in keys)
-    expected = b"".join(keystream(k, min(Small.SEGMENT, n - i * Small.SEGMENT)) for i, k in enumerate(keys))
-    assert out == expected
+    assert len(keys) == 4 and all(len(k) == 32 for k in keys[:3]) and len(keys[3]) == 16
+    stream = n - 16
+    expected = b"".join(keystream(k, min(Small.SEGMENT, stream - i * Small.SEGMENT), Small.PIECE)
+                        for i, k in enumerate(keys[:3]))
+    assert out == expected + keys[3]  # the last 16 bytes straight from os.urandom
 
 
 def test_into_fills_a_slice_in_place_and_nothing_around_it():
