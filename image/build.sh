@@ -105,7 +105,8 @@ done
 # The screens are tested with pygame's bundled font; Debian's pygame links fonts-freefont's newer
 # FreeSansBold, which draws characters (U+FFFD) the screens must show as markers. The device gets
 # the font its tests ran with.
-font=$("$PY" -c 'import pathlib, pygame; print(pathlib.Path(pygame.__file__).parent / "freesansbold.ttf")')
+font=$("$PY" -c 'import importlib.util as u; print(u.find_spec("pygame").submodule_search_locations[0])')/freesansbold.ttf
+[ -f "$font" ] || die "no pygame font at $font"
 chroot "$ROOT" dpkg-divert --quiet --local --rename --add /usr/lib/python3/dist-packages/pygame/freesansbold.ttf
 install -o root -g root -m 644 "$font" "$ROOT/usr/lib/python3/dist-packages/pygame/freesansbold.ttf"
 echo otc-device > "$ROOT/etc/hostname"

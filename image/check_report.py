@@ -4,7 +4,7 @@
 
 The report (image/test/otc-image-test-report) has one fact a line:
 ``unit NAME STATE``, ``listen PROTO LOCAL-ADDRESS``, ``failed N``,
-``failed-unit ...``, ``root-mib N`` and ``log ...``. The image passes when the
+``failed-unit ...``, ``imports ok``, ``root-mib N`` and ``log ...``. The image passes when the
 device's units are active, no unit failed, the device RPC listens on the
 cable-side address, and nothing else listens anywhere but the DHCP server on
 the cable-side interface.
@@ -29,6 +29,7 @@ class Report:
     failed: int | None = None
     failed_units: list[str] = field(default_factory=list)
     root_mib: int | None = None
+    imports: str = ""
     log: list[str] = field(default_factory=list)
 
 
@@ -50,6 +51,8 @@ def parse(text: str) -> Report:
             report.failed_units.append(rest)
         elif kind == "root-mib" and rest.strip().isdigit():
             report.root_mib = int(rest)
+        elif kind == "imports":
+            report.imports = rest.strip()
         elif kind == "log":
             report.log.append(rest)
     return report
@@ -72,6 +75,8 @@ def problems(report: Report, listen: str) -> list[str]:
     if report.failed != 0:
         found.append(f"failed units: {report.failed if report.failed is not None else 'not reported'} "
                      f"{' '.join(report.failed_units)}".rstrip())
+    if report.imports != "ok":
+        found.append(f"the image's Python packages do not all import: {report.imports or 'not reported'}")
     if ("tcp", listen) not in report.listening:
         found.append(f"the device RPC does not listen on {listen}")
     for proto, local in report.listening:

@@ -367,12 +367,15 @@ def test_the_boot_report_check():
         "listen udp 0.0.0.0%eth0:67",
         "listen tcp 10.77.0.1:8470",
         "failed 0",
+        "imports ok",
         "root-mib 1900",
         "OTC-REPORT-END",
     ])
     assert module.problems(module.parse(good), "10.77.0.1:8470") == []
-    bad = good.replace("unit otc-hrng active", "unit otc-hrng failed").replace("failed 0", "failed 1") + \
+    bad = good.replace("unit otc-hrng active", "unit otc-hrng failed").replace("failed 0", "failed 1") \
+        .replace("imports ok", "imports failed ImportError: lgpio") + \
         "\nlisten tcp 0.0.0.0:22\nlisten udp 0.0.0.0:67"
     found = module.problems(module.parse(bad), "10.77.0.1:8470")
     assert found == ["otc-hrng.service is failed, not active", "failed units: 1",
+                     "the image's Python packages do not all import: failed ImportError: lgpio",
                      "something else listens: tcp 0.0.0.0:22", "something else listens: udp 0.0.0.0:67"]
