@@ -465,6 +465,59 @@ def test_a_ceremony_killed_at_random_moments_never_leaves_a_half_pad_in_use(tmp_
     assert shared and all(usable_a[p] == usable_b[p] for p in shared)
 
 
+_SMALL_CHUNK_HOST = """
+import socket, sys
+from device.storage.padstore import PadStore
+from hrng.mixer import os_stream
+from provisioning.ceremony import HOST, Ceremony
+from provisioning.wire import Wire
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+print("connected", flush=True)
+with PadStore(sys.argv[1]) as store:
+    Ceremony(store, HOST, random_bytes=os_stream, compare=lambda sas: True, size=int(sys.argv[2]),
+             chunk=64 * 1024, persist_every=5).run(Wire(conn))
+"""
+
+
+@pytest.mark.slow
+def test_killed_while_recording_every_few_chunks_it_still_resumes_to_equal_pads(tmp_path):
+    # 512 chunks of 64 KiB, recorded every 5: kills land between records, with chunks on disk that no
+    # record counts, and the two devices' records apart. Whatever survives must resume to one pad.
+    a, b = homes(tmp_path, "alice", "bob")
+    size = 32 * MiB
+
+    def host() -> tuple[subprocess.Popen, str]:
+        proc = subprocess.Popen([sys.executable, "-c", _SMALL_CHUNK_HOST, str(a), str(size)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return proc, proc.stdout.readline().strip()
+
+    for _ in range(6):
+        proc, port = host()
+        join = _cli(b, "join", "--connect", f"127.0.0.1:{port}")
+        proc.stdout.readline()  # connected: the ceremony is under way
+        time.sleep(secrets.randbelow(200) / 1000)
+        (proc if secrets.randbelow(2) else join).send_signal(signal.SIGKILL)
+        for p in (proc, join):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+        for pads in (_usable(a), _usable(b)):
+            assert all(len(pad) == size for pad in pads.values())  # never a half pad
+    proc, port = host()
+    join = _cli(b, "join", "--connect", f"127.0.0.1:{port}")
+    assert proc.wait(timeout=60) == 0 and join.wait(timeout=60) == 0, "the last, undisturbed ceremony completes"
+    proc.stdout.close()
+    join.stdout.close()
+    usable_a, usable_b = _usable(a), _usable(b)
+    assert usable_a.keys() & usable_b.keys()
+    assert all(usable_a[p] == usable_b[p] for p in usable_a.keys() & usable_b.keys())
+
+
 def _netns_available() -> str | None:
     if os.geteuid() != 0 or shutil.which("ip") is None:
         return "network namespaces need root and iproute2"
