@@ -303,6 +303,14 @@ def test_pairing_in_person_with_auto_is_refused_on_the_image(production):
         pcli._compare("auto")
 
 
+def test_attribute_grants_with_auto_are_refused_on_the_image(production):
+    from device.abe import cli as abecli
+
+    with pytest.raises(confirm.AutoRefused):
+        abecli._confirmer("auto")
+    assert callable(abecli._confirmer("tty"))
+
+
 # -- the scripts ----------------------------------------------------------------------------------
 
 SCRIPTS = sorted([*IMAGE.glob("*.sh"), IMAGE / "test/otc-image-test-report",

@@ -15,7 +15,7 @@ from pathlib import Path
 from device.abe.errors import MalformedAbeData
 from device.abe.grant import GrantView, grant_host, grant_join
 from device.abe.store import AbeKeys, grant_local
-from device.confirm import MODES
+from device.confirm import MODES, refuse_auto_in_production
 from device.home import open_home
 from hrng.mixer import pad_random
 from onetimechat.errors import UsageError
@@ -177,6 +177,7 @@ def _confirmer(mode: str):  # type: ignore[no-untyped-def]
             print(line, flush=True)
 
     if mode == "auto":
+        refuse_auto_in_production()
         def approve(view: GrantView) -> bool:
             show(view)
             print("otc: confirmation mode 'auto': the grant is accepted without comparing "
