@@ -24,8 +24,8 @@ import ipaddress
 import logging
 import os
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -46,7 +46,9 @@ from device.rooms.rpc import room_methods
 from device.storage.lock import DeviceLocked, DeviceWiped, StoreLock
 from device.storage.padstore import PadStore
 from device.ui import Console, ContactView, LockState
+from hrng.errors import HRNGError
 from hrng.mixer import pad_random
+from hrng.sources import parse_url
 from onetimechat import rpc
 from onetimechat.errors import OTCError
 
@@ -119,6 +121,7 @@ class DeviceService:
             "ceremony_status": self.ceremony_status,
         }
         self._lock_random = threading.Lock()
+        self._hrng_state: str | None = None  # None until the first draw; then "healthy" or the last alarm
         self.ceremonies = CeremonyRunner(self.ready, "127.0.0.1", self.console, _ceremony_compare(config.source),
                                          self._pad_random)
 
@@ -160,7 +163,7 @@ class DeviceService:
         """What the home screen shows: contacts with pad left, paired laptops, HRNG state."""
         store = self.store
         if store is None:
-            return (), (), "no hardware RNG"
+            return (), (), self.hrng_status()
         views: dict[str, list[int]] = {}
         for pad in store.pads():
             v = views.setdefault(pad.contact, [0, 0, 0, 0])
@@ -170,7 +173,24 @@ class DeviceService:
             v[3] += pad.recv_total
         contacts = tuple(ContactView(name, *views.get(name, [0, 0, 0, 0])) for name in store.contacts())
         clients = tuple(c.name for c in self.clients.list() if c.revoked is None)
-        return contacts, clients, "no hardware RNG"
+        return contacts, clients, self.hrng_status()
+
+    def hrng_status(self) -> str:
+        """One line for the home screen: which random sources the device mixes, and how the last draw went."""
+        if not self.config.hrng:
+            return "No hardware RNG: pads and keys from the OS CSPRNG alone"
+        names = []
+        for url in self.config.hrng:
+            try:
+                names.append(parse_url(url).path or url)
+            except HRNGError:
+                names.append("an unreadable source URL")
+        sources = ", ".join(names)
+        if self._hrng_state is None:
+            return f"{sources}: health-tested at the first draw"
+        if self._hrng_state == "healthy":
+            return f"{sources}: healthy at the last draw"
+        return f"{sources}: ALARM, {self._hrng_state}"
 
     def close(self) -> None:
         if self.store is not None:
@@ -259,11 +279,19 @@ class DeviceService:
 
     def _pad_random(self, stream: TextIO | None = None) -> AbstractContextManager[Callable[[int], bytes]]:
         def on_alarm(alarm: Exception) -> None:
+            self._hrng_state = str(alarm)
             self.ready().log_event("hrng-alarm", detail=str(alarm))
             if self.console is not None:
                 self.console.raise_alarm("hrng", str(alarm))
 
-        return pad_random(list(self.config.hrng), on_alarm=on_alarm, stream=stream)
+        @contextmanager
+        def draw() -> Iterator[Callable[[int], bytes]]:
+            with pad_random(list(self.config.hrng), on_alarm=on_alarm, stream=stream) as random_bytes:
+                yield random_bytes
+            if self.config.hrng:
+                self._hrng_state = "healthy"  # the draw ran to its end without an alarm
+
+        return draw()
 
     def session_random(self, n: int) -> bytes:
         """Bytes for session keys (room keys): from the HRNG mixer like pads (DESIGN.md), or the OS CSPRNG alone

@@ -94,6 +94,8 @@ def test_device_unit_serves_the_touchscreen_on_the_cable_address_only():
     assert args.confirm == "touchscreen"
     assert str(args.home) == HOME
     assert args.pin_file is None  # the owner unlocks on the screen; no PIN on disk
+    assert [parse_url(u).path for u in args.hrng] == ["/dev/hwrng"]  # pads and room keys mix the Pi's HRNG
+    assert all(parse_url(u).hardware for u in args.hrng)
     host, port = parse_listen(args.listen)
     assert ipaddress.ip_address(host) == cable_address().ip
     assert 1024 < port < 65536

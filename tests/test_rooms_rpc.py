@@ -92,11 +92,14 @@ def test_room_keys_come_from_the_devices_hrng(tmp_path):
         try:
             service = server.app.extensions["otc"]
             assert rooms_for(service).options["random_bytes"] == service.session_random
+            assert service.panel_status()[2] == f"{source}: health-tested at the first draw"
             if ok:
                 assert len(service.session_random(32)) == 32
+                assert service.panel_status()[2] == f"{source}: healthy at the last draw"
             else:
                 with pytest.raises(HRNGError):
                     service.session_random(32)
                 assert any(e["event"] == "hrng-alarm" for e in service.ready().events())
+                assert service.panel_status()[2].startswith(f"{source}: ALARM, ")
         finally:
             server.close()
