@@ -21,6 +21,7 @@ import base64
 import binascii
 import io
 import ipaddress
+import json
 import logging
 import os
 import threading
@@ -321,6 +322,7 @@ class DeviceService:
             params = payload.get("params", {})
             if not isinstance(method, str) or method not in self.methods or not isinstance(params, dict):
                 raise BadRequest("Unknown method or malformed parameters.")
+            _check_unicode(params)
             answer = {"ok": True, "result": self.methods[method](client, params)}
         except OTCError as exc:
             answer = {"ok": False, "error": exc.code, "message": str(exc)}
@@ -338,6 +340,14 @@ def _ceremony_compare(source: ConfirmSource) -> Callable[[str], bool] | None:
 
         return _compare(source.name)
     return None
+
+
+def _check_unicode(params: dict) -> None:
+    """JSON can carry lone surrogates (\\ud800) that no UTF-8 text holds: refuse them before any method runs."""
+    try:
+        json.dumps(params, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("The call's text is not valid Unicode (it holds lone surrogates).") from None
 
 
 def _str(params: dict, name: str, allow_empty: bool = False) -> str:
