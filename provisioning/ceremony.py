@@ -59,6 +59,7 @@ PROTOCOL = "otc-pairing-v2"  # v2: chunks verified by session-keyed GMAC tags (v
 CHUNK = 4 << 20
 MAX_CHUNK = 4 << 20
 WINDOW = 4  # own shares generated (and sealed) ahead of the peer's
+ORPHAN_AGE_S = 600.0  # a pad file with no record beside it, untouched this long, is a killed ceremony's
 PERSIST_CHUNKS = 16  # verified progress is synced and recorded every this many chunks,
 PERSIST_SECONDS = 1.0  # or after this long, whichever comes first, and when the transfer ends or breaks
 PROGRESS_SECONDS = 0.1  # the progress view changes at most this often
@@ -123,6 +124,31 @@ class Partial:
                 return partial
         return None
 
+    @classmethod
+    def sweep_orphans(cls, store: PadStore, min_age: float = ORPHAN_AGE_S) -> list[str]:
+        """Delete what a ceremony killed before its first record left: a pad file with no record beside it
+        (and half-written records). Nothing can resume from them; a live ceremony records its file within a
+        second of making it, so only files untouched for ``min_age`` seconds go. Returns the pad ids swept."""
+        pads = store.home / "pads"
+        now = time.time()
+        swept = []
+
+        def old(path: Path) -> bool:
+            try:
+                return now - path.stat().st_mtime >= min_age
+            except FileNotFoundError:
+                return False
+
+        for data in sorted(pads.glob("*.pad.partial")):
+            pad_id = data.name[: -len(".pad.partial")]
+            if not cls.state_path(store, pad_id).exists() and old(data):
+                data.unlink(missing_ok=True)
+                swept.append(pad_id)
+        for tmp in pads.glob("*.ceremony.json.tmp"):
+            if old(tmp):
+                tmp.unlink(missing_ok=True)
+        return swept
+
     def save(self, store: PadStore) -> None:
         path = self.state_path(store, self.pad_id)
         tmp = path.with_name(path.name + ".tmp")
@@ -172,6 +198,8 @@ class Ceremony:
     # -- the whole ceremony ------------------------------------------------------------
 
     def run(self, wire: Wire) -> PadRecord:
+        for pad_id in Partial.sweep_orphans(self.store):
+            self.store.log_event("ceremony-swept", detail=f"an unrecorded partial pad {pad_id[:8]} was deleted")
         peer_device_id = self._agree(wire)
         self.on_sas(self.sas)
         self._view("compare", sas=self.sas)

@@ -245,6 +245,32 @@ def test_a_transfer_cut_halfway_resumes_and_completes(tmp_path):
     assert resumed_from > 0
 
 
+def test_a_pad_file_left_with_no_record_is_swept_by_the_next_ceremony(tmp_path):
+    # A ceremony killed between making its pad file and its first record leaves a file nothing can
+    # resume from; the next ceremony deletes it once it is old, and keeps what can still resume.
+    a, b, c = homes(tmp_path, "alice", "bob", "carol")
+    size = 4 * MiB
+    run_pair(a, c, size, connect=CuttingProxy(size // 2).connect)  # resumable: its record stays
+    pads = a / "pads"
+    resumable = sorted(pads.glob("*.pad.partial"))
+    assert len(resumable) == 1
+    orphan, young, tmp = pads / f"{'ab' * 16}.pad.partial", pads / f"{'cd' * 16}.pad.partial", \
+        pads / f"{'ef' * 16}.ceremony.json.tmp"
+    for path in (orphan, young, tmp):
+        path.write_bytes(os.urandom(8192))
+    long_ago = time.time() - 3600
+    os.utime(orphan, (long_ago, long_ago))
+    os.utime(tmp, (long_ago, long_ago))
+    (ra, fa, _), (rb, fb, _) = run_pair(a, b, 1 * MiB)
+    assert fa == fb
+    assert not orphan.exists() and not tmp.exists()
+    assert young.exists()  # it could be a ceremony that is running right now
+    assert sorted(pads.glob("*.pad.partial")) == sorted([*resumable, young])
+    with PadStore(a) as store:
+        assert any(e["event"] == "ceremony-swept" and "abababab" in e["detail"] for e in store.events())
+        assert Partial.for_peer(store, PadStore(c).device_id) is not None  # carol's pad can still resume
+
+
 def test_both_devices_sending_through_full_buffers_never_deadlock(tmp_path):
     # Each device sends its shares while the other's arrive; with buffers far smaller than a chunk both
     # sends block at once, and each device must still read (an earlier version then hung for good).
