@@ -59,6 +59,7 @@ PROTOCOL = "otc-pairing-v2"  # v2: chunks verified by session-keyed GMAC tags (v
 CHUNK = 4 << 20
 MAX_CHUNK = 4 << 20
 WINDOW = 4  # own shares generated (and sealed) ahead of the peer's
+TAG_BYTES = 16  # a chunk's GMAC tag
 ORPHAN_AGE_S = 600.0  # a pad file with no record beside it, untouched this long, is a killed ceremony's
 PERSIST_CHUNKS = 16  # verified progress is synced and recorded every this many chunks,
 PERSIST_SECONDS = 1.0  # or after this long, whichever comes first, and when the transfer ends or breaks
@@ -259,8 +260,10 @@ class Ceremony:
                 size=self.size, chunk=self.chunk, mailbox_h2j=self.random_bytes(16).hex(),
                 mailbox_j2h=self.random_bytes(16).hex(), contact=contact,
             )
-        offer = {k: v for k, v in asdict(partial).items() if k not in ("peer_device_id", "role", "contact")}
-        wire.send({"t": "offer", **offer})
+        offer = {k: v for k, v in asdict(partial).items() if k not in ("peer_device_id", "role", "contact", "hashes")}
+        # The recorded tags travel as the frame's binary payload (16 bytes each): a 1 TiB pad's 262,144 fit.
+        wire.send({"t": "offer", **offer, "tags": len(partial.hashes)},
+                  b"".join(bytes.fromhex(h) for h in partial.hashes))
         reply, _ = self._expect(wire, "accept")
         start = reply.get("resume_from")
         if not isinstance(start, int) or not 0 <= start <= len(partial.hashes):
@@ -269,14 +272,17 @@ class Ceremony:
         return partial, start
 
     def _accept(self, wire: Wire, peer_device_id: bytes) -> tuple[Partial, int]:
-        offer, _ = self._expect(wire, "offer")
+        offer, tag_data = self._expect(wire, "offer")
         try:
             pad_id = bytes.fromhex(str(offer["pad_id"]))
             size, chunk = int(offer["size"]), int(offer["chunk"])
             mailboxes = [bytes.fromhex(str(offer[k])) for k in ("mailbox_h2j", "mailbox_j2h")]
-            hashes = [bytes.fromhex(str(h)) for h in offer.get("hashes", [])]
+            count = offer["tags"]
         except (KeyError, ValueError, TypeError):
             raise CeremonyBroken("The other device sent a malformed offer.") from None
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0 or len(tag_data) != TAG_BYTES * count:
+            raise CeremonyBroken("The other device sent a malformed offer.")
+        hashes = [bytes(tag_data[i : i + TAG_BYTES]) for i in range(0, len(tag_data), TAG_BYTES)]
         if len(pad_id) != 16 or any(len(m) != 16 for m in mailboxes) or not 4096 <= chunk <= MAX_CHUNK:
             raise CeremonyBroken("The other device sent a malformed offer.")
         try:

@@ -271,6 +271,35 @@ def test_a_pad_file_left_with_no_record_is_swept_by_the_next_ceremony(tmp_path):
         assert Partial.for_peer(store, PadStore(c).device_id) is not None  # carol's pad can still resume
 
 
+def test_resuming_the_largest_pad_offers_every_recorded_tag_in_one_frame(tmp_path, monkeypatch):
+    # A 1 TiB pad has 262,144 chunks of 4 MiB: both records' tags must cross in the offer (a list of
+    # hex strings in the frame's JSON once outgrew the 8 MiB frame) and the resume point is exact.
+    a, b = homes(tmp_path, "alice", "bob")
+    size, chunk = 1 << 40, 4 << 20
+    count = size // chunk
+    tags = [os.urandom(16).hex() for _ in range(count)]
+    theirs = list(tags)
+    theirs[200_000] = os.urandom(16).hex()  # the records part at chunk 200,000
+    pad_id, boxes = os.urandom(16).hex(), (os.urandom(16).hex(), os.urandom(16).hex())
+    for home, peer, role, recorded in ((a, b, HOST, tags), (b, a, JOIN, theirs)):
+        with PadStore(home) as store, PadStore(peer) as other:
+            Partial(pad_id=pad_id, peer_device_id=other.device_id.hex(), role=role, size=size, chunk=chunk,
+                    mailbox_h2j=boxes[0], mailbox_j2h=boxes[1], contact=other.device_name,
+                    hashes=recorded).save(store)
+            Partial.data_path(store, pad_id).touch()
+    starts = {}
+
+    def transfer(self, wire, partial, start):
+        starts[self.role] = (start, len(partial.hashes))
+        raise CeremonyBroken("stopped by the test")
+
+    monkeypatch.setattr(Ceremony, "_check_space", lambda self, size: None)
+    monkeypatch.setattr(Ceremony, "_transfer", transfer)
+    host, join = run_pair(a, b, size, chunk=chunk)
+    assert isinstance(host, CeremonyBroken) and isinstance(join, CeremonyBroken), (host, join)
+    assert starts == {HOST: (200_000, 200_000), JOIN: (200_000, 200_000)}
+
+
 def test_both_devices_sending_through_full_buffers_never_deadlock(tmp_path):
     # Each device sends its shares while the other's arrive; with buffers far smaller than a chunk both
     # sends block at once, and each device must still read (an earlier version then hung for good).
