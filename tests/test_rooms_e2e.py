@@ -7,7 +7,9 @@ goes through the relay's mailbox ``room_id`` with the ordinary relay client.
 
 from __future__ import annotations
 
+import base64
 import json
+import sqlite3
 
 import pytest
 
@@ -15,6 +17,7 @@ from client.relay import RelayClient
 from device.abe.scheme import decapsulate
 from device.abe.store import AbeKeys, grant_local
 from device.errors import Declined
+from device.home import open_home
 from device.rooms import wire
 from device.rooms.protocol import RoomMember
 from device.rooms.service import DeviceRooms
@@ -48,8 +51,8 @@ class Clock:
 class Device:
     """An emulated device and the laptop loop that moves its room items through the relay."""
 
-    def __init__(self, home, relay: RelayClient, clock: Clock) -> None:
-        self.store = PadStore(home)
+    def __init__(self, home, relay: RelayClient, clock: Clock, store: PadStore | None = None) -> None:
+        self.store = store or PadStore(home)
         self.owner = Owner()
         self.rooms = DeviceRooms(self.store, self.owner, clock=clock)
         self.relay = relay
@@ -177,3 +180,49 @@ def test_a_join_costs_each_existing_member_one_decapsulation_over_the_relay(worl
         for old in order[:i]:
             assert after[old] - before[old] == 1
         assert after[name] - before[name] == i
+
+
+def test_room_states_are_sealed_at_rest_in_a_pin_locked_home(tmp_path):
+    # Epoch keys, k_j and the membership's X25519 and Ed25519 keys never reach the disk in the clear
+    # when the home is PIN-locked; with the PIN the room comes back keyed, as it was.
+    pin = tmp_path / "pin"
+    pin.write_text("482916\n")
+    server = RelayServer(create_app(RelayConfig(db=f"sqlite:///{tmp_path / 'relay.db'}")), "127.0.0.1", 0,
+                         threads=4).start()
+    clock = Clock()
+    try:
+        for name in ("auth", "alice", "bob"):
+            PadStore.init(tmp_path / name, name, pin="482916").close()
+        devices = {}
+        with open_home(tmp_path / "auth", pin) as auth:
+            AbeKeys(auth).become_authority()
+            for name in ("alice", "bob"):
+                devices[name] = Device(tmp_path / name, RelayClient(server.url), clock,
+                                       store=open_home(tmp_path / name, pin))
+                grant_local(auth, devices[name].store, "STAFF,OPS")
+            room = DeviceRooms(auth, Owner()).create("ops", POLICY)
+        for d in devices.values():
+            d.rooms.add(Room.from_invite(room.invite()))
+        for d in devices.values():
+            d.post(room, d.rooms.join("ops"))
+            sync_all(room, devices)
+        alice = devices["alice"].rooms.find("ops")
+        state = alice.to_dict()
+        key = alice.epochs[alice.current_epoch].key
+        assert key is not None and state["x"] and state["sig"] and state["k"]
+        secrets = [key, *(bytes.fromhex(state[k]) for k in ("x", "sig", "k"))]
+        for d in devices.values():
+            d.store.close()
+        stored = b"".join(p.read_bytes() for p in (tmp_path / "alice").iterdir() if p.name.startswith("device.db"))
+        with sqlite3.connect(tmp_path / "alice" / "device.db") as db:
+            rows = db.execute("SELECT value FROM settings WHERE name LIKE 'room:%'").fetchall()
+        assert len(rows) == 1  # the room's row is there (its value is base64)...
+        stored += base64.b64decode(rows[0][0])
+        for secret in secrets:  # ...but none of its secrets, raw, in hex or in base64
+            for form in (secret, secret.hex().encode(), base64.b64encode(secret)):
+                assert form not in stored
+        with open_home(tmp_path / "alice", pin) as store:
+            again = DeviceRooms(store, Owner(), clock=clock).find("ops")
+            assert again.epochs[again.current_epoch].key == key
+    finally:
+        server.close()
