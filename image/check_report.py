@@ -4,10 +4,11 @@
 
 The report (image/test/otc-image-test-report) has one fact a line:
 ``unit NAME STATE``, ``listen PROTO LOCAL-ADDRESS``, ``failed N``,
-``failed-unit ...``, ``imports ok``, ``root-mib N`` and ``log ...``. The image passes when the
-device's units are active, no unit failed, the device RPC listens on the
-cable-side address, and nothing else listens anywhere but the DHCP server on
-the cable-side interface.
+``failed-unit ...``, ``imports ok``, ``panel-fds N``, ``root-mib N`` and ``log ...``. The
+image passes when the device's units are active, no unit failed, the device's
+process holds the display (its touchscreen opened the DRM card through SDL's
+kmsdrm), the device RPC listens on the cable-side address, and nothing else
+listens anywhere but the DHCP server on the cable-side interface.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Report:
     failed_units: list[str] = field(default_factory=list)
     root_mib: int | None = None
     imports: str = ""
+    panel_fds: int | None = None
     log: list[str] = field(default_factory=list)
 
 
@@ -51,6 +53,8 @@ def parse(text: str) -> Report:
             report.failed_units.append(rest)
         elif kind == "root-mib" and rest.strip().isdigit():
             report.root_mib = int(rest)
+        elif kind == "panel-fds" and rest.strip().isdigit():
+            report.panel_fds = int(rest)
         elif kind == "imports":
             report.imports = rest.strip()
         elif kind == "log":
@@ -77,6 +81,8 @@ def problems(report: Report, listen: str) -> list[str]:
                      f"{' '.join(report.failed_units)}".rstrip())
     if report.imports != "ok":
         found.append(f"the image's Python packages do not all import: {report.imports or 'not reported'}")
+    if not report.panel_fds:
+        found.append("the device's touchscreen does not hold the display (no DRM card open in its process)")
     if ("tcp", listen) not in report.listening:
         found.append(f"the device RPC does not listen on {listen}")
     for proto, local in report.listening:
@@ -93,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     for problem in found:
         print(f"image-test: FAILED: {problem}", file=sys.stderr)
     if not found:
-        print(f"image-test: units active, the RPC listens on {args.listen} only, nothing else but the cable's DHCP")
+        print(f"image-test: units active, the touchscreen holds the display, the RPC listens on {args.listen} only, "
+              "nothing else but the cable's DHCP")
     return 1 if found else 0
 
 

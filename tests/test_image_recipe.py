@@ -378,14 +378,16 @@ def test_the_boot_report_check():
         "listen tcp 10.77.0.1:8470",
         "failed 0",
         "imports ok",
+        "panel-fds 3",
         "root-mib 1900",
         "OTC-REPORT-END",
     ])
     assert module.problems(module.parse(good), "10.77.0.1:8470") == []
     bad = good.replace("unit otc-hrng active", "unit otc-hrng failed").replace("failed 0", "failed 1") \
-        .replace("imports ok", "imports failed ImportError: lgpio") + \
+        .replace("imports ok", "imports failed ImportError: lgpio").replace("panel-fds 3", "panel-fds 0") + \
         "\nlisten tcp 0.0.0.0:22\nlisten udp 0.0.0.0:67"
     found = module.problems(module.parse(bad), "10.77.0.1:8470")
     assert found == ["otc-hrng.service is failed, not active", "failed units: 1",
                      "the image's Python packages do not all import: failed ImportError: lgpio",
+                     "the device's touchscreen does not hold the display (no DRM card open in its process)",
                      "something else listens: tcp 0.0.0.0:22", "something else listens: udp 0.0.0.0:67"]
