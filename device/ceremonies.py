@@ -23,12 +23,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from device.errors import DeviceError
 from device.storage.padstore import PadStore
 from device.ui import CeremonyView, Console
 from onetimechat.errors import OTCError
+
+if TYPE_CHECKING:
+    from provisioning.wire import Wire
 
 TOKEN_LEN = 32
 ACCEPT_TIMEOUT_S = 120.0  # for the laptop to connect after arming
@@ -36,6 +39,8 @@ IDLE_TIMEOUT_S = 600.0  # an owner may take a while to compare the pairing strin
 COMPARE_TIMEOUT_S = 300.0
 
 RandomSource = Callable[[], AbstractContextManager[Callable[[int], bytes]]]
+# What runs over the carried connection: the store, the keyed wire and the random source in; the final status out.
+Job = Callable[[PadStore, "Wire", Callable[[int], bytes]], dict]
 
 
 class CeremonyBusy(DeviceError):
@@ -59,24 +64,41 @@ class CeremonyRunner:
         self._state: dict[str, Any] = {"stage": "idle"}
 
     def start(self, role: str, size: int | None, name: str | None) -> dict:
-        """Arm a ceremony: listen for this laptop's connection; its port and one-time token."""
+        """Arm a pad ceremony: listen for this laptop's connection; its port and one-time token."""
         from provisioning.ceremony import HOST, JOIN, Ceremony  # provisioning builds on the device
 
         if role not in (HOST, JOIN):
             raise DeviceError("A ceremony role is host or join.")
+        # Check what the ceremony would refuse before anyone connects.
+        Ceremony(self._store(), role, random_bytes=lambda n: b"", compare=lambda sas: False, size=size, name=name)
+
+        def pair(store: PadStore, wire: Wire, random_bytes: Callable[[int], bytes]) -> dict:
+            def on_progress(view: CeremonyView) -> None:
+                self.update(**view_fields(view))
+                if self.console is not None:
+                    self.console.show_ceremony(view)
+
+            ceremony = Ceremony(store, role, random_bytes=random_bytes, compare=self._compare, size=size,
+                                name=name, on_progress=on_progress)
+            record = ceremony.run(wire)
+            return {"contact": record.contact, "fingerprint": ceremony.fingerprint, "size": record.size,
+                    "pad_id": record.pad_id.hex()}
+
+        return self.arm("pad", role, pair)
+
+    def arm(self, kind: str, role: str, job: Job) -> dict:
+        """Listen for this laptop's connection, then run ``job`` over it (a pad ceremony or a grant)."""
         store = self._store()
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 raise CeremonyBusy()
-            # Check what the ceremony would refuse before anyone connects.
-            Ceremony(store, role, random_bytes=lambda n: b"", compare=lambda sas: False, size=size, name=name)
             family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
             listener = socket.socket(family, socket.SOCK_STREAM)
             listener.bind((self.host, 0))
             listener.listen(1)
             token = secrets.token_bytes(TOKEN_LEN)
-            self._state = {"stage": "waiting", "role": role}
-            self._thread = threading.Thread(target=self._run, args=(listener, token, role, size, name),
+            self._state = {"stage": "waiting", "kind": kind, "role": role}
+            self._thread = threading.Thread(target=self._run, args=(listener, token, store, job),
                                             name="otc-ceremony", daemon=True)
             self._thread.start()
         return {"port": listener.getsockname()[1], "token": token.hex()}
@@ -85,46 +107,47 @@ class CeremonyRunner:
         with self._lock:
             return dict(self._state)
 
-    def _set(self, **state: Any) -> None:
+    def update(self, **state: Any) -> None:
+        """Add to what `ceremony_status` reports (never key material)."""
         with self._lock:
             self._state = {**self._state, **state}
 
-    def _run(self, listener: socket.socket, token: bytes, role: str, size: int | None, name: str | None) -> None:
-        from provisioning.ceremony import Ceremony
+    def ask_owner(self, view: CeremonyView, fallback: Callable[[], bool] | None) -> bool:
+        """Show ``view`` (stage "compare") and wait for the owner's answer on the device's screen, or ask
+        ``fallback`` on a device without one (tty, auto)."""
+        self.update(**view_fields(view))
+        if self.console is not None:
+            self.console.show_ceremony(view)
+            return self.console.wait_ceremony_answer(COMPARE_TIMEOUT_S)
+        return fallback() if fallback is not None else False
+
+    def _run(self, listener: socket.socket, token: bytes, store: PadStore, job: Job) -> None:
         from provisioning.wire import Wire
 
+        what = "Pairing" if self._state.get("kind") == "pad" else "The grant"
         try:
             sock = self._accept(listener, token)
             sock.settimeout(IDLE_TIMEOUT_S)
-            store = self._store()
-
-            def on_progress(view: CeremonyView) -> None:
-                self._set(**{k: v for k, v in asdict(view).items() if v is not None})
-                if self.console is not None:
-                    self.console.show_ceremony(view)
-
             with self.random_source() as random_bytes:
-                ceremony = Ceremony(store, role, random_bytes=random_bytes, compare=self._compare, size=size,
-                                    name=name, on_progress=on_progress)
                 wire = Wire(sock)
                 try:
-                    record = ceremony.run(wire)
+                    result = job(store, wire, random_bytes)
                 finally:
                     wire.close()
-            self._set(stage="done", contact=record.contact, fingerprint=ceremony.fingerprint, size=record.size,
-                      pad_id=record.pad_id.hex())
+            self.update(stage="done", **result)
         except OTCError as exc:
             self._fail(str(exc))
         except OSError:
-            self._fail("The connection to the other device broke: pairing stopped.")
+            self._fail(f"The connection to the other device broke: {what.lower()} stopped.")
         except Exception as exc:  # noqa: BLE001 - a thread's last word, by type only (no secrets)
-            self._fail(f"Pairing stopped by an internal error ({type(exc).__name__}).")
+            self._fail(f"{what} stopped by an internal error ({type(exc).__name__}).")
 
     def _fail(self, message: str) -> None:
-        self._set(stage="failed", message=message)
+        self.update(stage="failed", message=message)
         if self.console is not None:
-            peer = str(self._state.get("peer", ""))
-            self.console.show_ceremony(CeremonyView(peer=peer, stage="failed", message=message))
+            state = self.status()
+            self.console.show_ceremony(CeremonyView(peer=str(state.get("peer", "")), stage="failed", message=message,
+                                                    kind=str(state.get("kind", "pad")), role=state.get("role")))
 
     def _accept(self, listener: socket.socket, token: bytes) -> socket.socket:
         """The one connection that presents the token (others are dropped) within the time allowed."""
@@ -154,6 +177,12 @@ class CeremonyRunner:
         if self.compare is not None:
             return self.compare(sas)
         return False
+
+
+def view_fields(view: CeremonyView) -> dict[str, Any]:
+    """What `ceremony_status` reports of a screen view: the fields it has."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(view).items()
+            if v is not None and v != ()}
 
 
 def _read_exactly(sock: socket.socket, n: int) -> Iterator[bytes]:

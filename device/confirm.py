@@ -136,12 +136,14 @@ class TtyConfirm:
         fd = self._open()
         try:
             text = request.plaintext.decode("utf-8", errors="replace")
+            question = request.kind == "authority"  # a yes-or-no question (device/abe/rpc.py), not a message
             lines = [
                 "",
-                f"Encrypt this {request.kind} message to {request.contact}?",
+                "Confirm:" if question else f"Encrypt this {request.kind} message to {request.contact}?",
                 "-" * 60,
                 *text.splitlines(),
                 "-" * 60,
+                "Nothing is encrypted; no pad is used." if question else
                 f"It uses {request.consumes} pad bytes; {request.left_after} will be left.",
                 f"Approve? [y/N] (declines in {int(timeout)} s) ",
             ]

@@ -35,6 +35,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from device import package as fmt
+from device.abe.rpc import abe_methods, start_grant
 from device.ceremonies import CeremonyRunner
 from device.clients import ClientRegistry, PairedClient
 from device.confirm import DEFAULT_TIMEOUT_S, ConfirmBroker, ConfirmSource
@@ -118,6 +119,7 @@ class DeviceService:
             "clients": self.list_clients,
             "revoke": self.revoke,
             **room_methods(self),  # device/rooms/rpc.py
+            **abe_methods(self),  # device/abe/rpc.py
             "ceremony_start": self.ceremony_start,
             "ceremony_status": self.ceremony_status,
         }
@@ -264,7 +266,14 @@ class DeviceService:
         return {"revoked": self.clients.revoke(target.client_id), "client_id": target.client_id.hex()}
 
     def ceremony_start(self, client: PairedClient, params: dict) -> dict:
-        """Take part in pairing in person, carried by this laptop (device/ceremonies.py)."""
+        """Take part in pairing in person, or in a grant, carried by this laptop (device/ceremonies.py)."""
+        kind = params.get("kind", "pad")
+        if kind == "grant":
+            return start_grant(self, client, params)  # device/abe/rpc.py
+        if kind != "pad":
+            raise BadRequest("A ceremony's kind is pad or grant.")
+        if params.get("attributes") is not None:
+            raise BadRequest("Attributes are for grants (kind grant).")
         role = _str(params, "role")
         size = params.get("size")
         if size is not None and (not isinstance(size, int) or isinstance(size, bool)):

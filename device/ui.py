@@ -122,6 +122,14 @@ class CeremonyView:
     eta: float = 0.0  # seconds left
     fingerprint: str | None = None
     message: str = ""
+    # An attribute-key grant (device/abe/rpc.py) is a ceremony too: the owners compare the pairing string and
+    # what is granted, who by and to whom.
+    kind: str = "pad"  # "pad" or "grant"
+    role: str | None = None  # "host" (the authority) or "join" (the member)
+    authority: str | None = None
+    authority_fingerprint: str | None = None
+    member: str | None = None
+    attributes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,14 @@ from onetimechat.cli import main
 from tests.rpc_fixtures import rpc_device  # noqa: F401  (the fixture)
 
 # Every method a laptop may call, except those a fuzzer must not drive: `revoke` (it could revoke
-# the fuzzing laptop itself) and `ceremony_start` (it would open a listening ceremony).
+# the fuzzing laptop itself), `ceremony_start` (it would open a listening ceremony) and `abe_authority`
+# (it waits for the owner; tests/test_abe_from_laptop.py checks its parameters).
 METHODS = ["ping", "status", "contacts", "package", "unpackage", "events", "clients", "ceremony_status",
-           "rooms", "room_add", "room_join", "room_leave", "room_receive", "room_send"]
+           "rooms", "room_add", "room_join", "room_leave", "room_receive", "room_send", "abe_status", "room_create"]
 REFUSALS = {"bad-request", "malformed", "unknown-contact", "invalid", "out-of-range", "unknown-pad", "replay",
             "room", "room-malformed", "room-no-key", "room-not-joined", "room-refused", "room-unknown",
-            "abe-malformed", "abe-policy", "abe-unknown-authority", "invalid-name"}
-NAMES = ["contact", "text", "package", "limit", "receipt", "invite", "room", "items", "name", "since"]
+            "abe-malformed", "abe-policy", "abe-unknown-authority", "abe-not-authority", "invalid-name"}
+NAMES = ["contact", "text", "package", "limit", "receipt", "invite", "room", "items", "name", "since", "policy"]
 
 # Text with the characters JSON can carry and Python strings hold but UTF-8 cannot: lone surrogates.
 texts = st.one_of(st.text(max_size=30), st.sampled_from(["ops", "carol", "", "\ud800", "ops\udfff", "A" * 5000]),
@@ -35,10 +36,12 @@ params = st.dictionaries(st.sampled_from(NAMES), values, max_size=4)
 
 @pytest.fixture
 def fuzzed(rpc_device, tmp_path, capsys):  # noqa: F811
-    """The RPC device with a laptop paired and a room added from another device's authority."""
+    """The RPC device, an authority itself (so room_create runs), with a laptop paired and a room added from
+    another device's authority."""
     auth = tmp_path / "authority"
     PadStore.init(auth, "auth").close()
     assert main(["abe", "authority", "--home", str(auth)]) == 0
+    assert main(["abe", "authority", "--home", str(rpc_device.home)]) == 0
     capsys.readouterr()
     assert main(["room", "create", "--home", str(auth), "--name", "ops", "--policy", "A and B"]) == 0
     invite = capsys.readouterr().out.strip().splitlines()[-1]

@@ -50,3 +50,9 @@ class NotAnAuthority(AbeError):
     """This device is not an attribute authority; run `otc abe authority` first."""
 
     code = "abe-not-authority"
+
+
+class AlreadyAuthority(AbeError):
+    """This device is already an attribute authority."""
+
+    code = "abe-already-authority"

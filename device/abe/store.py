@@ -24,7 +24,14 @@ from device.abe.encoding import (
     decode_member_key,
     decode_public_key,
 )
-from device.abe.errors import AbeError, DecapsulationFailed, NotAnAuthority, NotSatisfied, UnknownAuthority
+from device.abe.errors import (
+    AbeError,
+    AlreadyAuthority,
+    DecapsulationFailed,
+    NotAnAuthority,
+    NotSatisfied,
+    UnknownAuthority,
+)
 from device.abe.group import RandomBytes
 from device.abe.policy import Policy, parse_attributes
 from device.abe.scheme import Encapsulation, check_member_key, decapsulate, encapsulate, keygen, setup
@@ -73,7 +80,7 @@ class AbeKeys:
     def become_authority(self, random_bytes: RandomBytes = os.urandom) -> PublicKey:
         """Make this device an attribute authority named after it (once)."""
         if self._own_row() is not None:
-            raise AbeError("This device is already an attribute authority.")
+            raise AlreadyAuthority()
         if self.store.read("SELECT 1 FROM abe_authorities WHERE name = ?", (self.store.device_name,)):
             raise AbeError(f"This device already holds keys from another authority named "
                            f"{self.store.device_name!r}; an authority needs a unique name.")

@@ -73,7 +73,17 @@ class DeviceRooms:
 
     def list(self) -> list[dict]:
         with self._lock:
-            return [dict(m.status(), invite=m.room.invite(), mailbox=m.room.mailbox) for m in self.rooms.values()]
+            return [self._describe(m) for m in self.rooms.values()]
+
+    def describe(self, name_or_id: str) -> dict:
+        """A room's status with its invite and relay mailbox."""
+        with self._lock:
+            return self._describe(self.find(name_or_id))
+
+    @staticmethod
+    def _describe(member: RoomMember) -> dict:
+        return dict(member.status(), authority=member.room.authority, invite=member.room.invite(),
+                    mailbox=member.room.mailbox)
 
     # -- the protocol -----------------------------------------------------------------------
 

@@ -322,8 +322,10 @@ def draw_confirm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     countdown = c.text(f"Declines in {duration(left)}", (WIDTH - MARGIN, 16), 26, WARN if left < 10 else MUTED,
                        anchor="topright", role="countdown")
     badge_left = alarm_badge(c, snap, countdown.left - 14, 14)
-    head = c.text("Encrypt for", (MARGIN, 16), 28, MUTED, role="title")
-    kind = "" if view.kind == "text" else f" ({view.kind})"
+    # Making this device an authority (device/abe/rpc.py) is a yes-or-no question, not a message to encrypt.
+    question = view.kind == "authority"
+    head = c.text("Confirm" if question else "Encrypt for", (MARGIN, 16), 28, MUTED, role="title")
+    kind = "" if view.kind == "text" or question else f" ({view.kind})"
     c.text(view.contact + kind, (head.right + 10, 10), 36, role="recipient",
            width=badge_left - head.right - 24, min_size=20)
     full = msg.countdown_from or 1.0
@@ -347,8 +349,8 @@ def draw_confirm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     # What it costs.
     # Exact while every byte counts; rounded once the figures are too long to read at a glance.
     left_after = f"{view.left_after:,} bytes" if view.left_after < 100_000 else human_bytes(view.left_after)
-    c.text(f"Uses {view.consumes:,} pad bytes · {left_after} left after", (MARGIN, 326), 24,
-           role="pad", width=560)
+    c.text("Nothing is encrypted; no pad is used" if question else
+           f"Uses {view.consumes:,} pad bytes · {left_after} left after", (MARGIN, 326), 24, role="pad", width=560)
     if view.queued:
         c.text(f"{view.queued} more waiting", (WIDTH - MARGIN, 326), 24, WARN, anchor="topright", role="queued")
 
@@ -396,6 +398,9 @@ def draw_pairing_code(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
 def draw_ceremony(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     view = snap.ceremony
     assert view is not None
+    if view.kind == "grant":
+        draw_grant(c, snap, ctl)
+        return
     c.fill(BACKGROUND)
     badge_left = alarm_badge(c, snap, WIDTH - MARGIN, MARGIN)
     c.text(f"Pairing with {view.peer}", (MARGIN, 16), 34, role="title", width=badge_left - 2 * MARGIN)
@@ -436,6 +441,45 @@ def draw_ceremony(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
         c.text("Pairing failed", (WIDTH // 2, 110), 40, BAD, anchor="midtop", role="stage")
     if view.message:
         c.paragraph(view.message, (40, 400 if view.stage != "failed" else 180, 720, 64), 22,
+                    BAD if view.stage == "failed" else MUTED, role="ceremony-message", align="center")
+
+
+def draw_grant(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
+    """An attribute key granted in person: the owner compares the pairing string and what is granted."""
+    view = snap.ceremony
+    assert view is not None
+    c.fill(BACKGROUND)
+    badge_left = alarm_badge(c, snap, WIDTH - MARGIN, MARGIN)
+    title = (f"Grant a key to {view.member or view.peer}" if view.role == "host"
+             else f"Accept a key from {view.authority or view.peer}")
+    c.text(title, (MARGIN, 16), 34, role="title", width=badge_left - 2 * MARGIN)
+    if view.stage == "compare":
+        c.text("Does the other device show exactly this?", (WIDTH // 2, 64), 24, MUTED, anchor="midtop",
+               role="text")
+        c.fill(PANEL, (40, 96, 720, 92), radius=16)
+        c.paragraph(", ".join(view.attributes), (56, 100, 688, 84), 34, ACCENT, role="attributes", align="center",
+                    middle=True)
+        c.text(f"Authority {view.authority} · {view.authority_fingerprint or ''}", (MARGIN, 198), 24,
+               role="grant-authority", width=WIDTH - 2 * MARGIN)
+        c.text(f"Member {view.member}", (MARGIN, 230), 24, role="grant-member", width=WIDTH - 2 * MARGIN)
+        c.fill(PANEL, (40, 266, 720, 88), radius=16)
+        c.text(view.sas or "", (WIDTH // 2, 310), 56, ACCENT, anchor="center", role="sas", width=680)
+        on = not ctl.ceremony_answered
+        c.button("different", "Different", (MARGIN, 368, 376, 100), lambda: ctl.answer_ceremony(False), kind="bad",
+                 enabled=on, size=40)
+        c.button("same", "Same", (408, 368, 376, 100), lambda: ctl.answer_ceremony(True), kind="good", enabled=on,
+                 size=40)
+    elif view.stage == "done":
+        done = "The key is issued" if view.role == "host" else "The key is stored"
+        c.text(done, (WIDTH // 2, 100), 36, GOOD, anchor="midtop", role="stage")
+        c.paragraph(", ".join(view.attributes), (40, 170, 720, 120), 34, ACCENT, role="attributes",
+                    align="center", middle=True)
+    elif view.stage == "failed":
+        c.text("Grant failed", (WIDTH // 2, 110), 40, BAD, anchor="midtop", role="stage")
+    else:
+        c.text("Waiting for the other device…", (WIDTH // 2, 140), 30, MUTED, anchor="midtop", role="stage")
+    if view.message:
+        c.paragraph(view.message, (40, 180 if view.stage == "failed" else 400, 720, 64), 22,
                     BAD if view.stage == "failed" else MUTED, role="ceremony-message", align="center")
 
 

@@ -1,0 +1,142 @@
+"""The device RPC's attribute-authority methods (added to DeviceService.methods by device/server.py).
+
+    abe_status      {}                    -> {"authorities": [...], "issued": [...]}   (never a key)
+    abe_authority   {"name"?}             -> {"name", "fingerprint"}   (the owner confirms first)
+    room_create     {"name", "policy"}    -> the room's status, with its invite
+
+and grants carried by laptops: ``ceremony_start`` with ``{"kind": "grant",
+"role": "host"|"join", "attributes": "A,B"}`` (attributes on the authority's
+side only) runs :func:`~device.abe.grant.grant_host` or
+:func:`~device.abe.grant.grant_join` over the connection the laptop carries,
+like a pad ceremony (device/ceremonies.py). The owner confirms on the
+device's own screen, which shows the pairing string, the authority and its
+fingerprint, the member and the attributes.
+
+A Pi has no shell: these are how its owner, through the paired laptop, makes
+it an authority, issues keys and creates rooms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from device.abe.errors import AlreadyAuthority
+from device.abe.grant import GrantView, grant_host, grant_join
+from device.abe.policy import parse_attributes
+from device.abe.store import AbeKeys
+from device.confirm import ConfirmRequest, ConfirmSource
+from device.errors import Declined, DeviceError
+from device.rooms.rpc import rooms_for
+from device.storage.padstore import PadStore
+from device.ui import CeremonyView
+from provisioning.agree import HOST, JOIN
+from provisioning.wire import Wire
+
+
+class BadAbeRequest(DeviceError):
+    """The attribute-authority request is not well formed."""
+
+    code = "bad-request"
+
+
+def _text(params: dict, name: str) -> str:
+    value = params.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadAbeRequest(f"The parameter {name!r} must be a non-empty string.")
+    return value
+
+
+def abe_status(store: PadStore) -> dict:
+    """What `otc abe status --json` prints: authorities with the attributes of the keys held, keys issued."""
+    keys = AbeKeys(store)
+    return {"authorities": keys.authorities(), "issued": [i.to_dict() for i in keys.issued()]}
+
+
+def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
+    def status(client: Any, params: dict) -> dict:
+        return abe_status(service.ready())
+
+    def authority(client: Any, params: dict) -> dict:
+        store = service.ready()
+        name = params.get("name")
+        if name is not None and name != store.device_name:
+            raise BadAbeRequest(f"An authority is named after its device: this one is {store.device_name!r}.")
+        keys = AbeKeys(store)
+        if any(a["own"] for a in keys.authorities()):
+            raise AlreadyAuthority()
+        request = ConfirmRequest(
+            contact="attribute authority", kind="authority",
+            plaintext=(f"Make {store.device_name} an attribute authority?\n\n"
+                       "It makes a master key that never leaves this device. With it, this device issues "
+                       "attribute keys in person and creates rooms.\n\n"
+                       f"Asked by the laptop {client.name}.").encode(),
+            consumes=0, left_after=0)
+        if not service.broker.ask(request):
+            store.log_event("declined", detail=f"becoming an attribute authority, asked by laptop {client.name}")
+            raise Declined("The owner did not approve: this device is not an attribute authority.")
+        public = keys.become_authority(random_bytes=service.session_random)
+        return {"name": public.name, "fingerprint": public.fingerprint}
+
+    def room_create(client: Any, params: dict) -> dict:
+        name, policy = _text(params, "name"), _text(params, "policy")
+        rooms = rooms_for(service)
+        room = rooms.create(name, policy)
+        return rooms.describe(room.room_id.hex())
+
+    return {"abe_status": status, "abe_authority": authority, "room_create": room_create}
+
+
+# -- grants carried by laptops -------------------------------------------------------------
+
+
+def start_grant(service: Any, client: Any, params: dict) -> dict:
+    """``ceremony_start`` for ``{"kind": "grant"}``: check, then arm the runner with a grant."""
+    role = params.get("role")
+    if role not in (HOST, JOIN):
+        raise BadAbeRequest("A grant's role is host (the authority) or join (the member).")
+    if params.get("size") is not None or params.get("name") is not None:
+        raise BadAbeRequest("A grant takes no size or name.")
+    store = service.ready()
+    attributes: tuple[str, ...] = ()
+    if role == HOST:
+        attributes = parse_attributes(_text(params, "attributes"))  # abe-policy, with its position
+        AbeKeys(store).master()  # abe-not-authority before anyone connects
+    elif params.get("attributes") is not None:
+        raise BadAbeRequest("Only the authority's side (host) offers attributes.")
+    fallback = _fallback(service.config.source)
+    runner = service.ceremonies
+
+    def confirm(view: GrantView) -> bool:
+        shown = CeremonyView(peer=view.member if view.role == HOST else view.authority, stage="compare",
+                             sas=view.sas, kind="grant", role=view.role, authority=view.authority,
+                             authority_fingerprint=view.fingerprint, member=view.member,
+                             attributes=view.attributes)
+        return runner.ask_owner(shown, (lambda: fallback(view)) if fallback is not None else None)
+
+    def grant(store: PadStore, wire: Wire, random_bytes: Callable[[int], bytes]) -> dict:
+        if role == HOST:
+            key = grant_host(store, wire, list(attributes), confirm, random_bytes)
+        else:
+            key = grant_join(store, wire, confirm, random_bytes)
+        state = runner.status()
+        outcome = "issued" if role == HOST else "stored"
+        if runner.console is not None:
+            runner.console.show_ceremony(CeremonyView(
+                peer=str(state.get("peer", "")), stage="done", kind="grant", role=role,
+                authority=state.get("authority"), authority_fingerprint=state.get("authority_fingerprint"),
+                member=state.get("member"), attributes=key.attributes))
+        return {"outcome": outcome, "attributes": list(key.attributes), "key_id": key.key_id.hex()}
+
+    what = f"attributes {', '.join(attributes)}" if role == HOST else "a key"
+    store.log_event("grant-started", detail=f"{role}, {what}, carried by laptop {client.name}")
+    return runner.arm("grant", role, grant)
+
+
+def _fallback(source: ConfirmSource) -> Callable[[GrantView], bool] | None:
+    """How the owner confirms a grant when the device has no screen of its own (tty; auto in tests)."""
+    if source.name in ("auto", "tty"):
+        from device.abe.cli import _confirmer
+
+        return _confirmer(source.name)  # type: ignore[no-any-return]
+    return None
