@@ -9,23 +9,29 @@ authenticated between the two devices.
 
 from __future__ import annotations
 
+import argparse
 import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from client.errors import ClientError
 from client.rpc import DeviceClient
+from onetimechat.errors import UsageError
 
 POLL_S = 0.3
 BUFFER = 1 << 20
 
 
-def carry(device: DeviceClient, role: str, peer: socket.socket, size: int | None = None, name: str | None = None,
-          on_status: Callable[[dict], None] | None = None) -> dict:
-    """Have ``device`` take part in a ceremony as ``role``, its bytes piped to ``peer``; its final status."""
-    armed = device.call("ceremony_start", role=role, size=size, name=name)
+def carry(device: DeviceClient, role: str, peer: socket.socket, on_status: Callable[[dict], None] | None = None,
+          **params: Any) -> dict:
+    """Have ``device`` take part in a ceremony as ``role``, its bytes piped to ``peer``; its final status.
+
+    ``params`` go to ``ceremony_start``: ``size`` and ``name`` for a pad, ``kind="grant"`` and
+    ``attributes`` for an attribute key (device/abe/rpc.py)."""
+    armed = device.call("ceremony_start", role=role, **params)
     host = urlsplit(device.url).hostname or "127.0.0.1"
     try:
         link = socket.create_connection((host, int(armed["port"])), timeout=10)
@@ -51,8 +57,21 @@ def carry(device: DeviceClient, role: str, peer: socket.socket, size: int | None
         for pipe in pipes:
             pipe.join(timeout=5)
     if status.get("stage") == "failed":
-        raise ClientError(str(status.get("message") or "Pairing stopped."))
+        raise ClientError(str(status.get("message") or "The ceremony stopped."))
     return status
+
+
+def from_laptop(args: argparse.Namespace) -> bool:
+    """Whether a ceremony command runs from the laptop (``--device``) rather than on the device (``--home``).
+
+    From the laptop, the device confirms on its own screen and uses its own HRNG and PIN, so the options
+    that say how are refused."""
+    if not args.device:
+        return False
+    if args.confirm != "tty" or args.hrng or args.pin_file:
+        raise UsageError("With --device, the device confirms on its own screen and uses its own HRNG and PIN; "
+                         "--confirm, --hrng and --pin-file are for --home.")
+    return True
 
 
 def _pipe(source: socket.socket, sink: socket.socket) -> None:

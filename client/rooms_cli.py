@@ -14,6 +14,7 @@ from pathlib import Path
 from client.relay import MAX_WAIT_S, RelayClient
 from client.rooms import RoomClient
 from client.rpc import DeviceClient
+from onetimechat.errors import UsageError
 
 
 def register(parts: argparse._SubParsersAction) -> None:
@@ -25,9 +26,12 @@ def register(parts: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("create", help="create a room on this authority's device",
                        description="Create a room of this device's attribute authority; prints its invite "
-                       "(public: it lets a device with matching keys join, and opens nothing by itself).")
-    p.add_argument("--home", required=True, type=Path, help="the authority device's home")
-    p.add_argument("--pin-file", type=Path, help="the home's PIN, if it is PIN-locked")
+                       "(public: it lets a device with matching keys join, and opens nothing by itself). With "
+                       "--device, on the authority device this laptop is paired with.")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--home", type=Path, help="the authority device's home (run on the device)")
+    where.add_argument("--device", metavar="URL", help="the authority device this laptop is paired with")
+    p.add_argument("--pin-file", type=Path, help="the home's PIN, if it is PIN-locked (with --home)")
     p.add_argument("--name", required=True, help="the room's name")
     p.add_argument("--policy", required=True, help="who may read, e.g. 'STAFF and (ADMIN or OPS)'")
     p.set_defaults(func=cmd_create)
@@ -70,14 +74,21 @@ def _client(args: argparse.Namespace) -> RoomClient:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from device.confirm import AutoConfirm
-    from device.home import open_home
-    from device.rooms.service import DeviceRooms
+    if args.device:
+        if args.pin_file:
+            raise UsageError("With --device, the device uses its own PIN; --pin-file is for --home.")
+        status = DeviceClient(args.device).call("room_create", name=args.name, policy=args.policy)
+        name, policy, authority, invite = status["room"], status["policy"], status["authority"], status["invite"]
+    else:
+        from device.confirm import AutoConfirm
+        from device.home import open_home
+        from device.rooms.service import DeviceRooms
 
-    with open_home(args.home, args.pin_file) as store:
-        room = DeviceRooms(store, AutoConfirm()).create(args.name, args.policy)  # creating encrypts nothing
-    print(f"Room {room.name} ({room.policy.text}) of authority {room.authority}. Invite:")
-    print(room.invite())
+        with open_home(args.home, args.pin_file) as store:
+            room = DeviceRooms(store, AutoConfirm()).create(args.name, args.policy)  # creating encrypts nothing
+        name, policy, authority, invite = room.name, room.policy.text, room.authority, room.invite()
+    print(f"Room {name} ({policy}) of authority {authority}. Invite:")
+    print(invite)
     return 0
 
 

@@ -136,12 +136,9 @@ def _run_from_laptop(args: argparse.Namespace, role: str, sock: socket.socket) -
 
 
 def _runner(args: argparse.Namespace):
-    if not args.device:
-        return _run
-    if args.confirm != "tty" or args.hrng or args.pin_file:
-        raise UsageError("With --device, the device confirms on its own screen and uses its own HRNG and PIN; "
-                         "--confirm, --hrng and --pin-file are for --home.")
-    return _run_from_laptop
+    from client.ceremony import from_laptop
+
+    return _run_from_laptop if from_laptop(args) else _run
 
 
 def cmd_host(args: argparse.Namespace) -> int:

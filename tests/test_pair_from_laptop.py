@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from client.rpc import pair
 from client.state import ClientState
 from device.server import Server, ServerConfig
 from device.storage.padstore import INITIATOR, RESPONDER, PadStore
-from device.ui import Console, PanelSource
+from device.ui import Console, PanelSource, Snapshot
 from tests.conftest import ROOT, otc, pad_bytes
 
 
@@ -58,23 +59,31 @@ def serve(tmp_path: Path, name: str) -> Served:
     return Served(name, home, laptop, console, server)
 
 
+def served(tmp_path: Path, *names: str) -> Iterator[list[Served]]:
+    """Served devices, closed after the test (for fixtures: ``yield from``)."""
+    devices = [serve(tmp_path, name) for name in names]
+    yield devices
+    for device in devices:
+        device.server.close()
+
+
 @pytest.fixture
 def devices(tmp_path):
-    alice, bob = serve(tmp_path, "alice"), serve(tmp_path, "bob")
-    yield alice, bob
-    alice.server.close()
-    bob.server.close()
+    yield from served(tmp_path, "alice", "bob")
 
 
-def owner(device: Served, answer: bool, seen: list[str]) -> threading.Thread:
-    """The device's owner: waits for the pairing string on the screen and answers it there."""
+def owner(device: Served, answer: bool, seen: list, keep: Callable[[Snapshot], object] = lambda snap: snap.ceremony.sas
+          ) -> threading.Thread:
+    """The device's owner: waits for the pairing string on the screen, keeps what ``keep`` takes of the screen
+    in ``seen`` and answers there."""
 
     def run() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            view = device.console.snapshot().ceremony
+            snap = device.console.snapshot()
+            view = snap.ceremony
             if view is not None and view.stage == "compare" and view.sas:
-                seen.append(view.sas)
+                seen.append(keep(snap))
                 device.console.answer_ceremony(answer)
                 return
             time.sleep(0.05)
@@ -85,12 +94,19 @@ def owner(device: Served, answer: bool, seen: list[str]) -> threading.Thread:
 
 
 def laptops(alice: Served, bob: Served, size: str = "256K") -> tuple[subprocess.Popen, subprocess.Popen]:
+    return carried(alice, bob, ["pair"], ["--size", size])
+
+
+def carried(alice: Served, bob: Served, command: list[str], host_args: list[str]
+            ) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """Both laptops run ``otc COMMAND host|join --device``: alice's hosts, bob's joins."""
+
     def popen(device: Served, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "onetimechat.cli", "pair", *args], cwd=ROOT,
+        return subprocess.Popen([sys.executable, "-m", "onetimechat.cli", *command, *args], cwd=ROOT,
                                 env={**__import__("os").environ, **device.env}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
 
-    host = popen(alice, "host", "--device", alice.url, "--listen", "127.0.0.1:0", "--size", size)
+    host = popen(alice, "host", "--device", alice.url, "--listen", "127.0.0.1:0", *host_args)
     assert host.stdout is not None
     line = host.stdout.readline()
     port = re.search(r"127\.0\.0\.1:(\d+)", line)
@@ -99,15 +115,21 @@ def laptops(alice: Served, bob: Served, size: str = "256K") -> tuple[subprocess.
     return host, join
 
 
+def finish(host: subprocess.Popen, join: subprocess.Popen, owners: list[threading.Thread]
+           ) -> tuple[tuple[str, str], tuple[str, str]]:
+    """Wait for both laptops and both owners; (stdout, stderr) of each laptop."""
+    outs = host.communicate(timeout=120), join.communicate(timeout=120)
+    for t in owners:
+        t.join(5)
+    return outs
+
+
 def test_laptops_carry_a_ceremony_confirmed_on_the_devices_screens(devices):
     alice, bob = devices
     seen: list[str] = []
     owners = [owner(alice, True, seen), owner(bob, True, seen)]
     host, join = laptops(alice, bob)
-    host_out, host_err = host.communicate(timeout=120)
-    join_out, join_err = join.communicate(timeout=120)
-    for t in owners:
-        t.join(5)
+    (host_out, host_err), (join_out, join_err) = finish(host, join, owners)
     assert host.returncode == 0, host_err
     assert join.returncode == 0, join_err
     # Both screens showed the same string, and each laptop showed it too.
@@ -135,10 +157,7 @@ def test_a_no_on_either_screen_stores_nothing(devices):
     seen: list[str] = []
     owners = [owner(alice, True, seen), owner(bob, False, seen)]
     host, join = laptops(alice, bob)
-    _, host_err = host.communicate(timeout=120)
-    _, join_err = join.communicate(timeout=120)
-    for t in owners:
-        t.join(5)
+    (_, host_err), (_, join_err) = finish(host, join, owners)
     for proc, err in ((host, host_err), (join, join_err)):
         assert proc.returncode == 1
         assert len(err.strip().splitlines()) == 1 and err.startswith("ERROR: Pairing stopped")

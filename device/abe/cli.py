@@ -35,8 +35,9 @@ def register(parts: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("authority", help="make this device an attribute authority",
                        description="Make this device an attribute authority, named after the device. "
-                       "Its master key never leaves it.")
-    _home(p)
+                       "Its master key never leaves it. With --device, from the laptop paired with it: the "
+                       "owner confirms on the device's screen.")
+    _home_or_device(p)
     p.set_defaults(func=cmd_authority)
 
     p = sub.add_parser("grant-local", help="issue a key on one machine (development, tests)",
@@ -53,13 +54,15 @@ def register(parts: argparse._SubParsersAction) -> None:
     grant = sub.add_parser("grant", help="issue a key in person",
                            description="Issue a key in person: `otc abe grant host` on the authority, "
                            "`otc abe grant join` on the member's device; both show the pairing string and "
-                           "the attributes, and both owners confirm.")
+                           "the attributes, and both owners confirm. With --home, on the device itself; with "
+                           "--device, from the laptop paired with it: the laptops carry the grant and each "
+                           "owner compares and confirms on the device's own screen.")
     gsub = grant.add_subparsers(dest="role", metavar="ROLE")
     gsub.required = True
     for role, helptext in (("host", "on the authority: offer a key for --attributes"),
                            ("join", "on the member's device: receive the key")):
         p = gsub.add_parser(role, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
-        _home(p)
+        _home_or_device(p)
         if role == "host":
             p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to wait for the member")
             p.add_argument("--attributes", required=True, help="comma-separated attributes, e.g. STAFF,ADMIN")
@@ -88,7 +91,7 @@ def register(parts: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="authorities, keys held and keys issued",
                        description="Show the authorities this device knows, the attributes of the keys it "
                        "holds and, for an authority, what it issued (never a key).")
-    _home(p)
+    _home_or_device(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
 
@@ -98,10 +101,33 @@ def _home(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
 
 
+def _home_or_device(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--home", type=Path, help="the device's state directory (run on the device)")
+    where.add_argument("--device", metavar="URL",
+                       help="the device this laptop is paired with (its owner confirms on its screen)")
+    p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device (with --home)")
+
+
+def _device(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The paired device of ``--device`` (a PIN is entered on the device itself, never sent)."""
+    from client.rpc import DeviceClient
+
+    if args.pin_file:
+        raise UsageError("With --device, the device uses its own PIN; --pin-file is for --home.")
+    return DeviceClient(args.device)
+
+
 def cmd_authority(args: argparse.Namespace) -> int:
-    with open_home(args.home, args.pin_file) as store:
-        public = AbeKeys(store).become_authority()
-    print(f"Device {public.name} is now an attribute authority (fingerprint {public.fingerprint}).")
+    if args.device:
+        print("Confirm on the device's screen.", flush=True)
+        made = _device(args).call("abe_authority")
+        name, fingerprint = made["name"], made["fingerprint"]
+    else:
+        with open_home(args.home, args.pin_file) as store:
+            public = AbeKeys(store).become_authority()
+        name, fingerprint = public.name, public.fingerprint
+    print(f"Device {name} is now an attribute authority (fingerprint {fingerprint}).")
     return 0
 
 
@@ -148,9 +174,13 @@ def cmd_decaps(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with open_home(args.home, args.pin_file) as store:
-        keys = AbeKeys(store)
-        status = {"authorities": keys.authorities(), "issued": [i.to_dict() for i in keys.issued()]}
+    if args.device:
+        status = _device(args).call("abe_status")
+    else:
+        from device.abe.rpc import abe_status
+
+        with open_home(args.home, args.pin_file) as store:
+            status = abe_status(store)
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -208,7 +238,36 @@ def _randomness(urls: list[str]):  # type: ignore[no-untyped-def]
     return pad_random(urls) if urls else contextlib.nullcontext(os.urandom)
 
 
+def _grant_from_laptop(args: argparse.Namespace, role: str, sock: socket.socket) -> int:
+    """The laptop carries the grant between its device and the other laptop; the owners confirm on the devices."""
+    from client.ceremony import carry
+
+    shown = False
+
+    def on_status(status: dict) -> None:
+        nonlocal shown
+        if status.get("sas") and not shown:
+            shown = True
+            print(f"Pairing string: {status.get('sas')}; attributes {', '.join(status.get('attributes', []))} "
+                  f"from authority {status.get('authority')} (fingerprint {status.get('authority_fingerprint')}) "
+                  f"to {status.get('member')}: compare them on both devices' screens and confirm there", flush=True)
+
+    params = {"attributes": args.attributes} if role == "host" else {}
+    status = carry(_device(args), role, sock, on_status=on_status, kind="grant", **params)
+    attributes = ", ".join(status.get("attributes", []))
+    if role == "host":
+        print(f"Issued a key for {attributes} to {status.get('member')} (key {str(status.get('key_id'))[:16]}).")
+    else:
+        print(f"Stored a key for {attributes} from authority {status.get('authority')} "
+              f"(key {str(status.get('key_id'))[:16]}).")
+    return 0
+
+
 def cmd_grant_host(args: argparse.Namespace) -> int:
+    from client.ceremony import from_laptop
+
+    if from_laptop(args):
+        return _grant_from_laptop(args, "host", accept_one(args.listen))
     confirm = _confirmer(args.confirm)
     with open_home(args.home, args.pin_file) as store:
         AbeKeys(store).master()  # a clear error before waiting if this device is no authority
@@ -223,6 +282,10 @@ def cmd_grant_host(args: argparse.Namespace) -> int:
 
 
 def cmd_grant_join(args: argparse.Namespace) -> int:
+    from client.ceremony import from_laptop
+
+    if from_laptop(args):
+        return _grant_from_laptop(args, "join", connect(args.connect, "a grant"))
     confirm = _confirmer(args.confirm)
     with open_home(args.home, args.pin_file) as store:
         with _randomness(args.hrng) as random_bytes:
