@@ -23,6 +23,7 @@ from client.relay import RelayClient
 from client.rooms import RoomClient
 from client.rpc import DeviceClient
 from client.state import ClientState
+from device.abe.errors import NotAnAuthority
 from device.abe.store import grant_local
 from device.storage.padstore import PadStore
 from device.ui import Console, Snapshot
@@ -193,6 +194,15 @@ def test_an_authority_on_a_device_without_a_shell(devices, tmp_path):
         approver.join(5)
         carol.server.close()
         relay.close()
+
+
+def test_a_grant_host_on_a_device_that_is_no_authority_stops_before_waiting(devices):
+    _, bob = devices
+    result = otc("abe", "grant", "host", "--device", bob.url, "--listen", "127.0.0.1:0", "--attributes", "A",
+                 env=bob.env, timeout=30)
+    err = result.stderr.decode().strip()
+    assert result.returncode == 1 and err.splitlines() == ["ERROR: " + NotAnAuthority.user_text()]
+    assert b"waiting for the other device" not in result.stdout
 
 
 def test_a_no_on_either_screen_issues_nothing(devices):

@@ -11,8 +11,9 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from device.abe.errors import MalformedAbeData
+from device.abe.errors import MalformedAbeData, NotAnAuthority
 from device.abe.grant import GrantView, grant_host, grant_join
 from device.abe.store import AbeKeys, grant_local
 from device.confirm import MODES, refuse_auto_in_production
@@ -21,6 +22,9 @@ from hrng.mixer import pad_random
 from onetimechat.errors import UsageError
 from provisioning.agree import accept_one, connect
 from provisioning.wire import Wire
+
+if TYPE_CHECKING:
+    from client.rpc import DeviceClient
 
 IDLE_TIMEOUT_S = 600.0  # an owner may take a while to compare the screens
 MAX_STDIN = 1 << 20
@@ -109,7 +113,7 @@ def _home_or_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device (with --home)")
 
 
-def _device(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _device(args: argparse.Namespace) -> DeviceClient:
     """The paired device of ``--device`` (a PIN is entered on the device itself, never sent)."""
     from client.rpc import DeviceClient
 
@@ -238,7 +242,7 @@ def _randomness(urls: list[str]):  # type: ignore[no-untyped-def]
     return pad_random(urls) if urls else contextlib.nullcontext(os.urandom)
 
 
-def _grant_from_laptop(args: argparse.Namespace, role: str, sock: socket.socket) -> int:
+def _grant_from_laptop(args: argparse.Namespace, role: str, device: DeviceClient, sock: socket.socket) -> int:
     """The laptop carries the grant between its device and the other laptop; the owners confirm on the devices."""
     from client.ceremony import carry
 
@@ -253,7 +257,7 @@ def _grant_from_laptop(args: argparse.Namespace, role: str, sock: socket.socket)
                   f"to {status.get('member')}: compare them on both devices' screens and confirm there", flush=True)
 
     params = {"attributes": args.attributes} if role == "host" else {}
-    status = carry(_device(args), role, sock, on_status=on_status, kind="grant", **params)
+    status = carry(device, role, sock, on_status=on_status, kind="grant", **params)
     attributes = ", ".join(status.get("attributes", []))
     if role == "host":
         print(f"Issued a key for {attributes} to {status.get('member')} (key {str(status.get('key_id'))[:16]}).")
@@ -267,7 +271,10 @@ def cmd_grant_host(args: argparse.Namespace) -> int:
     from client.ceremony import from_laptop
 
     if from_laptop(args):
-        return _grant_from_laptop(args, "host", accept_one(args.listen))
+        device = _device(args)
+        if not any(a["own"] for a in device.call("abe_status")["authorities"]):
+            raise NotAnAuthority()  # a clear error before waiting for the member
+        return _grant_from_laptop(args, "host", device, accept_one(args.listen))
     confirm = _confirmer(args.confirm)
     with open_home(args.home, args.pin_file) as store:
         AbeKeys(store).master()  # a clear error before waiting if this device is no authority
@@ -285,7 +292,7 @@ def cmd_grant_join(args: argparse.Namespace) -> int:
     from client.ceremony import from_laptop
 
     if from_laptop(args):
-        return _grant_from_laptop(args, "join", connect(args.connect, "a grant"))
+        return _grant_from_laptop(args, "join", _device(args), connect(args.connect, "a grant"))
     confirm = _confirmer(args.confirm)
     with open_home(args.home, args.pin_file) as store:
         with _randomness(args.hrng) as random_bytes:
