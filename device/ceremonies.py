@@ -124,7 +124,7 @@ class CeremonyRunner:
     def _run(self, listener: socket.socket, token: bytes, store: PadStore, job: Job) -> None:
         from provisioning.wire import Wire
 
-        what = "Pairing" if self._state.get("kind") == "pad" else "The grant"
+        what = "Pairing" if self.status().get("kind") == "pad" else "The grant"
         try:
             sock = self._accept(listener, token)
             sock.settimeout(IDLE_TIMEOUT_S)
