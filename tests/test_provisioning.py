@@ -17,6 +17,8 @@ import pytest
 
 from device.engine import Device
 from device.storage.padstore import INITIATOR, RESPONDER, PadStore
+from onetimechat.errors import UsageError
+from provisioning.agree import connect_address, listen_address
 from provisioning.ceremony import HOST, JOIN, Ceremony, Partial
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyError, CeremonyRefused
 from provisioning.wire import Wire
@@ -461,6 +463,41 @@ def test_a_pin_locked_home_pairs_with_the_pad_encrypted_at_rest(tmp_path):
     assert pad_a == pad_b and len(pad_a) == size
     raw_a, raw_b = pad_of(a, ra), pad_of(b, rb)
     assert len(raw_a) == size and raw_a != pad_a and raw_b != pad_b and raw_a != raw_b  # each under its own key
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0.0.0.0:7000", ("0.0.0.0", 7000)),  # every address: the ceremony trusts no link anyway
+    ("[::]:7000", ("::", 7000)),
+    ("192.168.7.1:0", ("192.168.7.1", 0)),
+    ("[fe80::1]:7000", ("fe80::1", 7000)),
+])
+def test_a_laptop_listens_on_an_address_of_its_own_or_all_of_them(text, expected):
+    assert listen_address(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("192.168.7.1:7000", ("192.168.7.1", 7000)),
+    ("alice-laptop.local:7000", ("alice-laptop.local", 7000)),  # names are resolved when connecting
+    ("[fe80::1]:7000", ("fe80::1", 7000)),
+])
+def test_the_joining_side_connects_to_an_address_or_a_name(text, expected):
+    assert connect_address(text) == expected
+
+
+@pytest.mark.parametrize("parse, text, message", [
+    (listen_address, "laptop.local:7000", "literal IP address"),
+    (listen_address, "7000", "HOST:PORT"),
+    (listen_address, "1.2.3.4:70000", "HOST:PORT"),
+    (listen_address, ":7000", "HOST:PORT"),
+    (connect_address, "0.0.0.0:7000", "not a wildcard"),
+    (connect_address, "192.168.7.1:0", "not a wildcard"),
+    (connect_address, "192.168.7.1", "HOST:PORT"),
+    (connect_address, "[::]:7000", "not a wildcard"),
+])
+def test_bad_addresses_get_one_clear_line(parse, text, message):
+    with pytest.raises(UsageError) as info:
+        parse(text)
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_contact_conflicts_are_refused_before_any_transfer(tmp_path):
