@@ -107,6 +107,10 @@ class ConfirmView:
     left_after: int
     deadline: float  # time.monotonic() at which it declines by itself
     queued: int  # further requests waiting behind this one
+    # A room message (device/rooms): the room, its policy and the epoch's member count.
+    room: str | None = None
+    policy: str | None = None
+    members: int | None = None
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,9 @@ class Console:
                 left_after=request.left_after,
                 deadline=deadline,
                 queued=queued,
+                room=request.room,
+                policy=request.policy,
+                members=request.members,
             )
             self._decision = None
             self._touch()

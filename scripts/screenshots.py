@@ -145,6 +145,10 @@ def main(out: Path) -> None:
     app.render(long)
     ctl.scroll(12, 5 * 29, 232)
     shot("confirm-long", long)
+    room = ConfirmView(request_id=13, contact="room ops (STAFF and (ADMIN or OPS); 4 members)", kind="room",
+                       text="Deploy window moved to 14:00; Bob has the rollback plan.", consumes=0, left_after=0,
+                       deadline=MONO + 51, queued=0, room="ops", policy="STAFF and (ADMIN or OPS)", members=4)
+    shot("confirm-room", base(confirm=room))
 
     # A laptop pairing, and the in-person ceremony at each stage.
     shot("pairing-code", base(pairing_code="4071-9352"))

@@ -129,6 +129,20 @@ def test_confirm_names_other_kinds_and_long_recipients(screen):
     assert screen.texts("recipient") == ["bob-at-the-office (file part)"]
 
 
+def test_confirm_of_a_room_message_shows_the_room_policy_and_members_and_no_pad(screen):
+    contact = "room ops (STAFF and (ADMIN or OPS); 4 members)"  # as device/rooms/service.py words it
+    show(screen, snap(confirm=confirm_view("hello room", kind="room", contact=contact, consumes=0, left_after=0,
+                                           room="ops", policy="STAFF and (ADMIN or OPS)", members=4)))
+    assert screen.texts("recipient") == ["room ops"]
+    assert screen.texts("pad") == ["4 members · policy STAFF and (ADMIN or OPS) · no pad is used"]
+    assert screen.shows("hello room")
+    # A long policy shrinks to fit; the member count comes first, so it always shows.
+    policy = " or ".join(f"(DEPT{i} and CLEARANCE{i})" for i in range(6))
+    show(screen, snap(confirm=confirm_view("x", kind="room", contact=contact, room="ops", policy=policy,
+                                           members=12, queued=1)))
+    assert screen.texts("pad")[0].startswith("12 members · policy (DEPT0 and CLEARANCE0)")
+
+
 def test_confirm_wraps_long_lines_and_words(screen):
     text = "word " * 20 + "x" * 120
     show(screen, snap(confirm=confirm_view(text)))

@@ -325,8 +325,9 @@ def draw_confirm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     # Making this device an authority (device/abe/rpc.py) is a yes-or-no question, not a message to encrypt.
     question = view.kind == "authority"
     head = c.text("Confirm" if question else "Encrypt for", (MARGIN, 16), 28, MUTED, role="title")
-    kind = "" if view.kind == "text" or question else f" ({view.kind})"
-    c.text(view.contact + kind, (head.right + 10, 10), 36, role="recipient",
+    room = view.kind == "room" and view.room is not None  # its policy and member count go on the cost line
+    kind = "" if view.kind == "text" or question or room else f" ({view.kind})"
+    c.text(f"room {view.room}" if room else view.contact + kind, (head.right + 10, 10), 36, role="recipient",
            width=badge_left - head.right - 24, min_size=20)
     full = msg.countdown_from or 1.0
     c.fill(PANEL, (0, 58, WIDTH, 4))
@@ -349,8 +350,10 @@ def draw_confirm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     # What it costs.
     # Exact while every byte counts; rounded once the figures are too long to read at a glance.
     left_after = f"{view.left_after:,} bytes" if view.left_after < 100_000 else human_bytes(view.left_after)
-    c.text("Nothing is encrypted; no pad is used" if question else
-           f"Uses {view.consumes:,} pad bytes · {left_after} left after", (MARGIN, 326), 24, role="pad", width=560)
+    cost = ("Nothing is encrypted; no pad is used" if question else
+            f"{view.members} members · policy {view.policy} · no pad is used" if room else
+            f"Uses {view.consumes:,} pad bytes · {left_after} left after")
+    c.text(cost, (MARGIN, 326), 24, role="pad", width=560 if view.queued else WIDTH - 2 * MARGIN, min_size=14)
     if view.queued:
         c.text(f"{view.queued} more waiting", (WIDTH - MARGIN, 326), 24, WARN, anchor="topright", role="queued")
 
