@@ -6,10 +6,10 @@ set -euo pipefail
 work=$(mktemp -d "${TMPDIR:-/tmp}/otc-demo.XXXXXX")
 cleanup() {
     local pids
-    pids=$(jobs -p)
-    if [ -n "$pids" ]; then
-        kill $pids 2>/dev/null || true
-        wait $pids 2>/dev/null || true
+    mapfile -t pids < <(jobs -p)
+    if [ ${#pids[@]} -gt 0 ]; then
+        kill "${pids[@]}" 2>/dev/null || true
+        wait "${pids[@]}" 2>/dev/null || true
     fi
     rm -rf "$work"
 }
@@ -20,8 +20,8 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 # wait_url FILE PATTERN: the URL a background server printed after PATTERN.
 wait_url() {
-    local file=$1 pattern=$2 i
-    for i in $(seq 1 300); do
+    local file=$1 pattern=$2 _
+    for _ in $(seq 1 300); do
         if grep -q "$pattern" "$file" 2>/dev/null; then
             sed -n "s|.*$pattern \(http://[0-9.:]*\).*|\1|p" "$file" | head -n 1
             return 0

@@ -4,6 +4,7 @@
 set -euo pipefail
 need=()
 command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)  # the image recipe's shell scripts
 if [ ${#need[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
         echo "make: installing ${need[*]} with apt-get" >&2
