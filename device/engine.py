@@ -32,12 +32,14 @@ from device.errors import (
     OutOfRange,
     PadExhausted,
     Replay,
+    RetiredPad,
     UnknownContact,
     UnknownPad,
 )
 from device.package import Kind
 from device.storage.padstore import INITIATOR, PadRecord, PadStore
 
+FORGERY_ALARM_AT = 3  # tag failures on one pad that raise the alarm (DESIGN.md)
 LOW_LEVELS = ((2, 100), (1, 10))  # (level, percent): under 1% is level 2, under 10% level 1
 SECURITY_EVENTS = ("invalid", "replay", "out-of-range", "unknown-pad", "malformed")
 
@@ -91,6 +93,21 @@ class Unpackaged:
         if self.kind != Kind.TEXT:
             result["data"] = fmt.encode(self.plaintext)
         return result
+
+
+def retired_text(contact: str) -> str:
+    return (f"The pad shared with {contact} was made before package format v2 and is retired:"
+            f" pair with {contact} again.")
+
+
+def forgery_text(contact: str, failures: int) -> str:
+    return (f"forgery-alarm: {failures} packages from {contact}'s side failed authentication:"
+            " someone is forging messages (see the event log)")
+
+
+def _span(bounds: tuple[int, int]) -> tuple[int, int]:
+    """(start, length) of a half-open range, as the pad file reads it."""
+    return bounds[0], bounds[1] - bounds[0]
 
 
 def kind_name(kind: Kind) -> str:
@@ -159,8 +176,9 @@ class Device:
         need = fmt.segment_length(len(plaintext))
         pad, start, end, warnings = self._reserve_segment(contact, len(plaintext))
         try:
-            segment = self.store.pad_file(pad).read(start, need)
-            package = fmt.seal(kind, pad.pad_id, start, segment, plaintext)
+            pad_file = self.store.pad_file(pad)
+            segment = pad_file.read(start, need)
+            package = fmt.seal(kind, pad.pad_id, start, segment, plaintext, pad_file.read(*_span(pad.own_auth_key)))
         finally:
             self.store.wipe(pad, start, end)
         return Packaged(package, contact, pad.pad_id, start, len(plaintext), pad.mailbox_out, warnings)
@@ -176,6 +194,8 @@ class Device:
                     start, end = segment
                     return pad, start, end, self._reserve(conn, pad, start, end)
             left = max((p.send_left for p in pads), default=0)
+            if not pads and any(p.retired for p in self.store.pads(contact)):
+                raise RetiredPad(retired_text(contact))
             self.store.log(conn, "pad-exhausted", contact=contact, length=length,
                            detail=f"needed {need} pad bytes, {left} left")
         raise PadExhausted(
@@ -198,7 +218,7 @@ class Device:
             warnings.append(low_warning(pad.contact, left, pad.send_total))
             if level > pad.low_level:
                 self.store.log(conn, "pad-low", contact=pad.contact, pad_id=pad.pad_id, offset=start,
-                               length=end - start - fmt.KEY_LEN, detail=f"{left} of {pad.send_total} bytes left")
+                               length=end - start - fmt.MASK_LEN, detail=f"{left} of {pad.send_total} bytes left")
         return warnings
 
     def _confirm(self, contact: str, kind: Kind, plaintext: bytes, need: int) -> None:
@@ -239,19 +259,23 @@ class Device:
             else:
                 fields["contact"] = pad.contact
                 lo, hi = pad.peer_half
-                if not (lo <= start and end <= hi):
+                if pad.retired:
+                    refusal = RetiredPad(retired_text(pad.contact))
+                    self.store.log(conn, "retired-pad", **fields)  # type: ignore[arg-type]
+                elif not (lo <= start and end <= hi):
                     refusal = OutOfRange()
                     self.store.log(conn, "out-of-range", **fields)  # type: ignore[arg-type]
                 elif self.store.overlaps(conn, pad.pad_id, start, end):
                     refusal = Replay()
                     self.store.log(conn, "replay", **fields)  # type: ignore[arg-type]
                 else:
-                    segment = self.store.pad_file(pad).read(start, end - start)
+                    pad_file = self.store.pad_file(pad)
+                    segment = pad_file.read(start, end - start)
                     try:
-                        plaintext = fmt.open_package(pkg, segment)
+                        plaintext = fmt.open_package(pkg, segment, pad_file.read(*_span(pad.peer_auth_key)))
                     except InvalidPackage as exc:
                         refusal = exc
-                        self.store.log(conn, "invalid", detail="authentication failed", **fields)  # type: ignore[arg-type]
+                        self._tag_failed(conn, pad, fields)
                     else:
                         warnings = self._accept(conn, pad, start, end)
                         result = Unpackaged(pad.contact, pkg.kind, plaintext, pad.pad_id, start, warnings)
@@ -260,6 +284,14 @@ class Device:
         assert result is not None and pad is not None
         self.store.wipe(pad, start, end)
         return result
+
+    def _tag_failed(self, conn: sqlite3.Connection, pad: PadRecord, fields: dict) -> None:
+        """Log a package that failed its tag, count it for the pad, and raise the alarm from the third."""
+        self.store.log(conn, "invalid", detail="authentication failed", **fields)
+        failures = self.store.count_tag_failure(conn, pad.pad_id)
+        if failures >= FORGERY_ALARM_AT:
+            self.store.log(conn, "forgery-alarm", contact=pad.contact, pad_id=pad.pad_id,
+                           detail=f"{failures} packages on this pad failed authentication: someone is forging")
 
     def unpackage_base64(self, text: str | bytes) -> Unpackaged:
         """:meth:`unpackage` for a package in its base64 (wire) form."""
@@ -289,7 +321,7 @@ class Device:
                 " messages may have been dropped or delayed"
             )
             self.store.log(conn, "gap", contact=pad.contact, pad_id=pad.pad_id, offset=start,
-                           length=end - start - fmt.KEY_LEN, detail=f"{gap} bytes skipped")
+                           length=end - start - fmt.MASK_LEN, detail=f"{gap} bytes skipped")
         elif new_frontier == frontier:
             warnings.append("late: this message arrived after messages sent later")
         conn.execute(
@@ -310,21 +342,34 @@ class Device:
         pads_by_contact: dict[str, list[PadRecord]] = {}
         for pad in self.store.pads():
             pads_by_contact.setdefault(pad.contact, []).append(pad)
+        failures = self.store.tag_failures()
+        alarms = []
         for name in self.store.contacts():
-            pads = pads_by_contact.get(name, [])
+            every = pads_by_contact.get(name, [])
+            pads = [p for p in every if not p.retired]
             send_total = sum(p.send_total for p in pads)
             send_left = sum(p.send_left for p in pads)
+            forged = sum(failures.get(p.pad_id, 0) for p in every)
+            retired = len(every) - len(pads)
             contacts.append({
                 "name": name,
                 "send": {"total": send_total, "used": sum(p.send_used for p in pads), "left": send_left},
                 "receive": {"total": sum(p.recv_total for p in pads), "used": sum(p.recv_bytes for p in pads),
                             "left": sum(p.recv_left for p in pads)},
-                "pads": [p.to_dict() for p in pads],
+                "pads": [dict(p.to_dict(), tag_failures=failures.get(p.pad_id, 0)) for p in every],
+                "tag_failures": forged,
+                "forgery_alarm": forged >= FORGERY_ALARM_AT,
+                "must_pair_again": bool(retired) and not pads,
             })
-            if send_total and send_left < fmt.segment_length(1):
+            if forged >= FORGERY_ALARM_AT:
+                alarms.append(forgery_text(name, forged))
+            if retired and not pads:
+                warnings.append(f"retired-pad: {retired_text(name)}")
+            elif send_total and send_left < fmt.segment_length(1):
                 warnings.append(f"pad-exhausted: no pad is left for sending to {name}")
             elif low_level(send_left, send_total):
                 warnings.append(low_warning(name, send_left, send_total))
+        warnings[:0] = alarms
         marks = ",".join("?" * len(SECURITY_EVENTS))
         counts = dict(self.store.read(
             f"SELECT event, count(*) FROM events WHERE event IN ({marks}) GROUP BY event", SECURITY_EVENTS
@@ -336,5 +381,6 @@ class Device:
             "device": {"name": self.store.device_name, "device_id": self.store.device_id.hex()},
             "contacts": contacts,
             "warnings": warnings,
+            "alarms": alarms,
             "events": self.store.events(events),
         }

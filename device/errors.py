@@ -70,6 +70,18 @@ class MalformedPackage(MessageRejected):
     code = "malformed"
 
 
+class WithdrawnFormat(MalformedPackage):
+    """Package refused: it is an OTC1 (package format v1) package, which is withdrawn; the sender must pair again."""
+
+    code = "withdrawn-format"
+
+
+class RetiredPad(MessageRejected):
+    """This pad was made before package format v2 and is retired; pair with this contact again."""
+
+    code = "retired-pad"
+
+
 class UnknownPad(MessageRejected):
     """Package refused: it was made with a pad this device does not hold."""
 

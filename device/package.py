@@ -1,21 +1,29 @@
-"""The package format v1 (DESIGN.md, "Package format v1").
+"""The package format v2 (DESIGN.md, "Package format v2").
 
 Pure functions over bytes: nothing here does I/O or knows where pads live.
 
 ====== ==== ========== ===================================================
 offset size field      value
 ====== ==== ========== ===================================================
-0      4    magic      ``OTC1``
+0      4    magic      ``OTC2``
 4      1    kind       1 text, 2 file part, 3 receipt, 4 control
 5      16   pad_id     which pad
 21     8    offset     absolute offset of the segment in the pad (big-endian)
 29     4    length     L, the ciphertext length (big-endian)
-33     L    ciphertext plaintext XOR pad[offset+32 : offset+32+L]
-33+L   16   tag        Poly1305, key pad[offset : offset+32], over [0, 33+L)
+33     L    ciphertext plaintext XOR pad[offset+16 : offset+16+L]
+33+L   16   tag        Poly1305, key R || pad[offset : offset+16], over [0, 33+L)
 ====== ==== ========== ===================================================
 
+R is the sender's 16-byte authentication key: ``pad[0:16]`` for the pad's
+initiator, ``pad[N-16:N]`` for its responder. It is set aside when the pad is
+made and is never keystream, so it stays secret however much keystream a
+relay learns (a Wegman-Carter MAC: the polynomial key R is fixed for the
+direction, each tag is masked by 16 fresh pad bytes ``s``).
+
 A package is ``49 + L`` bytes and consumes the pad segment
-``[offset, offset + 32 + L)``.
+``[offset, offset + 16 + L)``. ``OTC1`` packages (v1, withdrawn: their MAC key
+was the segment's own first 32 bytes, which a relay that knows a message's
+text could forge inside) are refused with their own error.
 """
 
 from __future__ import annotations
@@ -30,12 +38,14 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from device.errors import InvalidPackage, MalformedPackage
+from device.errors import InvalidPackage, MalformedPackage, WithdrawnFormat
 
-MAGIC = b"OTC1"
+MAGIC = b"OTC2"
+MAGIC_V1 = b"OTC1"  # withdrawn: refused with WithdrawnFormat
 HEADER = struct.Struct(">4sB16sQI")
 HEADER_LEN = HEADER.size  # 33
-KEY_LEN = 32
+AUTH_KEY_LEN = 16  # R, the sender's Poly1305 "r" half, set aside per direction
+MASK_LEN = 16  # s, the segment's first bytes: Poly1305's "s" half, masking the tag
 TAG_LEN = 16
 OVERHEAD = HEADER_LEN + TAG_LEN  # 49
 PAD_ID_LEN = 16
@@ -74,7 +84,7 @@ class Package:
 
     @property
     def segment_length(self) -> int:
-        """Pad bytes this package consumes: 32 + L."""
+        """Pad bytes this package consumes: 16 + L."""
         return segment_length(self.length)
 
     @property
@@ -85,7 +95,17 @@ class Package:
 
 def segment_length(message_length: int) -> int:
     """Pad bytes a message of ``message_length`` bytes consumes."""
-    return KEY_LEN + message_length
+    return MASK_LEN + message_length
+
+
+def auth_key_range(role_is_initiator: bool, pad_size: int) -> tuple[int, int]:
+    """Where a sender's authentication key R lies: ``[0, 16)`` (initiator), ``[N-16, N)`` (responder)."""
+    return (0, AUTH_KEY_LEN) if role_is_initiator else (pad_size - AUTH_KEY_LEN, pad_size)
+
+
+def halves(pad_size: int, split: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(initiator's segments, responder's segments): ``[16, split)`` and ``[split, N-16)``."""
+    return (AUTH_KEY_LEN, split), (split, pad_size - AUTH_KEY_LEN)
 
 
 def package_length(message_length: int) -> int:
@@ -110,13 +130,17 @@ def xor_into(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryvie
         np.bitwise_xor(np.frombuffer(a, dtype=np.uint8), np.frombuffer(b, dtype=np.uint8), out=target)
 
 
-def seal(kind: int, pad_id: bytes, offset: int, segment: bytes | memoryview, plaintext: bytes) -> bytearray:
-    """Build the package for ``plaintext`` from its pad ``segment``.
+def seal(kind: int, pad_id: bytes, offset: int, segment: bytes | memoryview, plaintext: bytes,
+         auth_key: bytes | memoryview) -> bytearray:
+    """Build the package for ``plaintext`` from its pad ``segment`` and the sender's R.
 
-    ``segment`` must be exactly the pad bytes ``[offset, offset + 32 + L)``.
+    ``segment`` must be exactly the pad bytes ``[offset, offset + 16 + L)``;
+    ``auth_key`` the sender's 16-byte authentication key R.
     The package is returned as a ``bytearray`` (no copy of large messages).
     """
     kind = Kind(kind)
+    if len(auth_key) != AUTH_KEY_LEN:
+        raise ValueError("the authentication key must be 16 bytes")
     if len(pad_id) != PAD_ID_LEN:
         raise ValueError("pad_id must be 16 bytes")
     length = len(plaintext)
@@ -131,8 +155,8 @@ def seal(kind: int, pad_id: bytes, offset: int, segment: bytes | memoryview, pla
     out = bytearray(OVERHEAD + length)
     HEADER.pack_into(out, 0, MAGIC, kind, pad_id, offset, length)
     view = memoryview(out)
-    xor_into(plaintext, seg[KEY_LEN:], view[HEADER_LEN : HEADER_LEN + length])
-    mac = Poly1305(bytes(seg[:KEY_LEN]))
+    xor_into(plaintext, seg[MASK_LEN:], view[HEADER_LEN : HEADER_LEN + length])
+    mac = Poly1305(_mac_key(auth_key, seg))
     mac.update(view[: HEADER_LEN + length])
     view[HEADER_LEN + length :] = mac.finalize()
     return out
@@ -149,7 +173,9 @@ def parse(data: bytes | bytearray | memoryview) -> Package:
         raise MalformedPackage("Package refused: it is truncated.")
     magic, kind, pad_id, offset, length = HEADER.unpack_from(view, 0)
     if magic != MAGIC:
-        raise MalformedPackage("Package refused: it is not a One Time Chat v1 package.")
+        if magic == MAGIC_V1:
+            raise WithdrawnFormat()
+        raise MalformedPackage("Package refused: it is not a One Time Chat v2 package.")
     try:
         kind = Kind(kind)
     except ValueError:
@@ -169,22 +195,29 @@ def parse(data: bytes | bytearray | memoryview) -> Package:
     )
 
 
-def open_package(package: Package, segment: bytes | memoryview) -> bytes:
-    """Verify ``package`` against its pad ``segment`` and return the plaintext.
+def _mac_key(auth_key: bytes | memoryview, segment: memoryview) -> bytes:
+    """Poly1305's one-time key: r = the sender's R (never keystream), s = the segment's first 16 bytes."""
+    return bytes(auth_key) + bytes(segment[:MASK_LEN])
+
+
+def open_package(package: Package, segment: bytes | memoryview, auth_key: bytes | memoryview) -> bytes:
+    """Verify ``package`` against its pad ``segment`` and the sender's R; return the plaintext.
 
     Raises :class:`InvalidPackage` (one error for every way the tag can fail).
     """
     if len(segment) != package.segment_length:
         raise ValueError("segment length does not match the package")
+    if len(auth_key) != AUTH_KEY_LEN:
+        raise ValueError("the authentication key must be 16 bytes")
     seg = memoryview(segment)
     try:
-        Poly1305.verify_tag(bytes(seg[:KEY_LEN]), package.authenticated, package.tag)
+        Poly1305.verify_tag(_mac_key(auth_key, seg), package.authenticated, package.tag)
     except InvalidSignature:
         raise InvalidPackage() from None
     # numpy's uninitialised (and, for large sizes, huge-page backed) buffer spares a
     # zero-filling pass over memory the XOR overwrites anyway.
     plaintext = np.empty(package.length, dtype=np.uint8)
-    xor_into(package.ciphertext, seg[KEY_LEN:], plaintext)
+    xor_into(package.ciphertext, seg[MASK_LEN:], plaintext)
     return plaintext.tobytes()
 
 

@@ -57,11 +57,11 @@ def test_round_trip_and_exact_accounting(devices):
     assert json.loads(result.stdout) == {"contact": "alice", "kind": "text", "text": message.decode(), "warnings": []}
     status = json.loads(otc("device", "status", "--home", str(a), "--json", check=True).stdout)
     assert status["contacts"][0]["name"] == "bob"
-    assert status["contacts"][0]["send"]["used"] == 32 + len(message)
+    assert status["contacts"][0]["send"]["used"] == 16 + len(message)
     text = otc("device", "status", "--home", str(a), check=True).stdout.decode()
-    assert f"send to       {32 + len(message)} of 32768 pad bytes used" in text
+    assert f"send to       {16 + len(message)} of 32752 pad bytes used" in text
     text = otc("device", "status", "--home", str(b), check=True).stdout.decode()
-    assert f"receive from  {32 + len(message)} of 32768 pad bytes used" in text
+    assert f"receive from  {16 + len(message)} of 32752 pad bytes used" in text
 
 
 def test_refusals_are_one_line_and_release_nothing(devices):
@@ -92,7 +92,7 @@ def test_gap_warning_in_json(devices):
     package(a, "bob", b"one")
     second = package(a, "bob", b"two")
     out = json.loads(unpackage(b, second).stdout)
-    assert out["text"] == "two" and out["warnings"][0].startswith("gap: 35 bytes")
+    assert out["text"] == "two" and out["warnings"][0].startswith("gap: 19 bytes")
 
 
 def test_command_errors(devices, tmp_path):

@@ -56,20 +56,21 @@ def test_package_size_and_exact_consumption(pair, length):
     sent = a.package("bob", message)
     assert len(sent.package) == 49 + length
     contact = a.status()["contacts"][0]
-    assert contact["send"]["used"] == 32 + length
-    assert contact["pads"][0]["send"]["used"] == 32 + length
+    assert contact["send"]["used"] == 16 + length
+    assert contact["pads"][0]["send"]["used"] == 16 + length
     assert b.unpackage(sent.package).plaintext == message
-    assert b.status()["contacts"][0]["receive"]["used"] == 32 + length
+    assert b.status()["contacts"][0]["receive"]["used"] == 16 + length
 
 
-def test_initiator_allocates_up_from_zero_responder_down_from_the_end(pair):
+def test_initiator_allocates_up_from_16_responder_down_from_the_end_less_16(pair):
+    """Each side's first 16 bytes (R) are set aside: [0, 16) and [N-16, N) are never segments."""
     a, b, pad_id = pair
     size = 1 << 16
     first, second = a.package("bob", b"x" * 10), a.package("bob", b"y" * 5)
-    assert (first.offset, second.offset) == (0, 42)
+    assert (first.offset, second.offset) == (16, 16 + 26)
     first, second = b.package("alice", b"x" * 10), b.package("alice", b"y" * 5)
-    assert first.offset == size - 42
-    assert second.offset == size - 42 - 37
+    assert first.offset == size - 16 - 26
+    assert second.offset == size - 16 - 26 - 21
 
 
 def test_used_segment_reads_back_as_zeros(tmp_path):
@@ -173,23 +174,26 @@ def test_first_message_after_a_drop_reports_the_gap(pair):
 
 
 def _forge_at(home_sender, pad_id: bytes, offset: int, message: bytes, original: bytes) -> bytes:
-    """A correctly tagged package at any offset, made from a copy of the pad."""
-    segment = original[offset : offset + 32 + len(message)]
-    return fmt.seal(fmt.Kind.TEXT, pad_id, offset, segment, message)
+    """A correctly tagged package at any offset, made from a copy of the pad with the initiator's R."""
+    segment = original[offset : offset + 16 + len(message)]
+    return fmt.seal(fmt.Kind.TEXT, pad_id, offset, segment, message, original[:16])
 
 
-@pytest.mark.parametrize("where", ["own-half", "straddles-split", "past-end", "huge-offset"])
+@pytest.mark.parametrize("where", ["own-half", "straddles-split", "past-end", "huge-offset", "on-senders-r",
+                                   "overlaps-senders-r", "ends-in-senders-r", "on-receivers-r"])
 def test_segment_outside_the_peers_half_is_refused(tmp_path, where):
     home_a, home_b, pad_id = make_pair(tmp_path, size=4096)
     original = pad_bytes(home_b, pad_id)
     split = 2048
     offset = {"own-half": split + 100, "straddles-split": split - 20, "past-end": 4096 - 20,
-              "huge-offset": 2**63}[where]
+              "huge-offset": 2**63, "on-senders-r": 0, "overlaps-senders-r": 15, "ends-in-senders-r": 0,
+              "on-receivers-r": 4096 - 16 - 24}[where]
     if where in ("past-end", "huge-offset"):
         header = fmt.HEADER.pack(fmt.MAGIC, 1, pad_id, offset, 8)
         package = header + bytes(8) + bytes(16)
     else:
-        package = _forge_at(home_a, pad_id, offset, b"12345678", original)
+        package = _forge_at(home_a, pad_id, offset, b"" if where == "ends-in-senders-r" else b"12345678",
+                            original)
     with Device.open(home_b) as b:
         b.store.close()
         state = receive_state(home_b)
@@ -279,8 +283,8 @@ def test_confirmation_sees_the_message_and_a_decline_consumes_nothing(pair):
     approve = _Approve()
     Device(a.store, approve).package("bob", b"first")
     request = approve.asked[0]
-    assert (request.contact, request.plaintext, request.consumes) == ("bob", b"first", 37)
-    assert request.left_after == (1 << 15) - 37
+    assert (request.contact, request.plaintext, request.consumes) == ("bob", b"first", 21)
+    assert request.left_after == (1 << 15) - 16 - 21
     before = a.status()["contacts"][0]["send"]
     decline = _Decline()
     with pytest.raises(Declined):
@@ -298,28 +302,28 @@ def test_unknown_contact(pair):
 
 
 def test_exhaustion_warnings_at_10_and_1_percent_and_a_clear_refusal(tmp_path):
-    home_a, home_b, pad_id = make_pair(tmp_path, size=20_000)  # 10,000 bytes per half
+    home_a, home_b, pad_id = make_pair(tmp_path, size=20_000)  # 10,000 bytes per half, 9,984 after R
     with Device.open(home_a) as a, Device.open(home_b) as b:
         lefts_with_warning = []
-        for i in range(98):  # 100 pad bytes each: 9,800 used, 200 left
-            sent = a.package("bob", bytes(68))
+        for i in range(98):  # 100 pad bytes each: 9,800 used, 184 left
+            sent = a.package("bob", bytes(84))
             b.unpackage(sent.package)
             if sent.warnings:
                 assert sent.warnings[0].startswith("pad-low: ")
-                lefts_with_warning.append(10_000 - 100 * (i + 1))
-        # Warned from the first message that left under 10% (1,000 bytes), on.
-        assert lefts_with_warning == list(range(900, 100, -100))
+                lefts_with_warning.append(9_984 - 100 * (i + 1))
+        # Warned from the first message that left under 10% (998.4 bytes), on.
+        assert lefts_with_warning == list(range(984, 84, -100))
         low_events = [e for e in events(a) if e["event"] == "pad-low"]
         assert len(low_events) == 1  # 10% crossed; 1% not yet
         assert any("pad-low" in w for w in a.status()["warnings"])
-        sent = a.package("bob", bytes(68 + 30))  # leaves 70 bytes: under 1%
+        sent = a.package("bob", bytes(84 + 30))  # leaves 54 bytes: under 1%
         assert [e["event"] for e in events(a)].count("pad-low") == 2
         with a.store.transaction():
             pass  # settle the bookkeeping of the last wipe before the snapshot
         state = receive_state(home_a)
         with pytest.raises(PadExhausted) as info:
-            a.package("bob", bytes(39))  # needs 71 bytes, 70 left
-        assert "needs 71 pad bytes" in str(info.value) and "70 are left" in str(info.value)
+            a.package("bob", bytes(39))  # needs 55 bytes, 54 left
+        assert "needs 55 pad bytes" in str(info.value) and "54 are left" in str(info.value)
         assert event_names(a)[-1] == "pad-exhausted"
         a.store.close()
         assert receive_state(home_a) == state
@@ -335,8 +339,8 @@ def test_a_second_pad_takes_over_when_the_first_runs_out(tmp_path):
     with PadStore(home_a) as sa, PadStore(home_b) as sb:
         second = pair_local(sa, sb, 4096)
     with Device.open(home_a) as a, Device.open(home_b) as b:
-        sent = [a.package("bob", bytes(100)) for _ in range(4)]
-        assert [s.pad_id for s in sent] == [first, second, second, second]  # 132 bytes each, 256 a half
+        sent = [a.package("bob", bytes(120)) for _ in range(4)]
+        assert [s.pad_id for s in sent] == [first, second, second, second]  # 136 bytes each, 240 a half
         for s in sent:
             b.unpackage(s.package)
         assert len(a.status()["contacts"]) == 1
@@ -420,8 +424,8 @@ def test_receipt_names_the_package_it_confirms(pair):
     opened = alice.unpackage(bytes(receipt.package)).to_json()
     assert opened["kind"] == "receipt" and opened["text"] is None
     assert opened["receipt_for"] == {"pad_id": pad_id.hex(), "offset": sent.offset}
-    # 1 + 16 + 8 body bytes, plus the 32-byte MAC key: 57 pad bytes.
-    assert receipt.consumed == 57
+    # 1 + 16 + 8 body bytes, plus the 16-byte tag mask: 41 pad bytes.
+    assert receipt.consumed == 41
 
 
 def test_receipt_body_known_answer_and_malformed():

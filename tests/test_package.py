@@ -1,7 +1,10 @@
-"""Package format v1 (device/package.py) against DESIGN.md, "Package format v1".
+"""Package format v2 (device/package.py) against DESIGN.md, "Package format v2".
 
-Known answers come from tests/vectors/package_v1.json, which
-tests/vectors/make_package_v1.py builds without importing device.package.
+Known answers come from tests/vectors/package_v2.json, which
+tests/vectors/make_package_v2.py builds without importing device.package or
+the cryptography package (its Poly1305 is RFC 8439's arithmetic, written out).
+The withdrawn v1 vectors (tests/vectors/package_v1.json) are kept to show that
+every OTC1 package is refused with its own error.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from device import package as pkg
-from device.errors import InvalidPackage, MalformedPackage
+from device.errors import InvalidPackage, MalformedPackage, WithdrawnFormat
 from device.package import Kind, Package, decode, encode, open_package, parse, seal, xor
 
 VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
-VECTORS_FILE = VECTORS_DIR / "package_v1.json"
+VECTORS_FILE = VECTORS_DIR / "package_v2.json"
+V1_VECTORS = json.loads((VECTORS_DIR / "package_v1.json").read_text(encoding="utf-8"))["vectors"]
 DOCUMENT = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))
 VECTORS = DOCUMENT["vectors"]
 
@@ -41,13 +45,16 @@ def det(label: bytes | str, n: int) -> bytes:
 def make(
     plaintext: bytes, kind: int = Kind.TEXT, offset: int = 0, label: bytes = b"default"
 ) -> tuple[bytes, bytes, bytes]:
-    """(package, pad_id, segment) for ``plaintext`` with a pinned segment."""
+    """(package, pad_id, segment) for ``plaintext`` with a pinned segment and R (:data:`AUTH`)."""
     pad_id = det(b"pad_id/" + label, 16)
-    segment = det(b"segment/" + label, 32 + len(plaintext))
-    return seal(kind, pad_id, offset, segment, plaintext), pad_id, segment
+    segment = det(b"segment/" + label, 16 + len(plaintext))
+    return seal(kind, pad_id, offset, segment, plaintext, AUTH), pad_id, segment
 
 
-def header(kind: int, pad_id: bytes, offset: int, length: int, magic: bytes = b"OTC1") -> bytes:
+AUTH = det(b"the sender's R", 16)
+
+
+def header(kind: int, pad_id: bytes, offset: int, length: int, magic: bytes = b"OTC2") -> bytes:
     return magic + struct.pack(">B16sQI", kind, pad_id, offset, length)
 
 
@@ -72,20 +79,23 @@ def test_poly1305_rfc8439_2_5_2() -> None:
 
 
 def test_vector_file_is_documented_and_complete() -> None:
-    assert "make_package_v1.py" in DOCUMENT["source"]
+    assert "make_package_v2.py" in DOCUMENT["source"]
     names = {v["name"] for v in VECTORS}
     assert len(names) == len(VECTORS)
     assert {v["kind"] for v in VECTORS} == {1, 2, 3, 4}
-    assert any(v["plaintext"] == "" and v["offset"] == 0 for v in VECTORS)
-    assert any(v["offset"] != 0 for v in VECTORS)
+    assert {v["sender"] for v in VECTORS} == {"initiator", "responder"}
+    assert any(v["plaintext"] == "" and v["offset"] == 16 for v in VECTORS)  # the first segment after R
     assert any(len(bytes.fromhex(v["plaintext"])) >= 300 for v in VECTORS)
-    assert any(v["offset"] + 32 + len(v["plaintext"]) // 2 == len(v["pad"]) // 2 for v in VECTORS)
+    # Segments that end at the split, start at it, and end just below the responder's R.
+    assert any(v["offset"] + 16 + len(v["plaintext"]) // 2 == len(v["pad"]) // 4 for v in VECTORS)
+    assert any(v["offset"] == len(v["pad"]) // 4 and v["sender"] == "responder" for v in VECTORS)
+    assert any(v["offset"] + 16 + len(v["plaintext"]) // 2 == len(v["pad"]) // 2 - 16 for v in VECTORS)
     assert any(v["pad"] == (bytes(range(256)) * 2).hex() and bytes.fromhex(v["plaintext"]) == b"hello" for v in VECTORS)
 
 
 def test_vector_file_matches_its_generator() -> None:
     """The committed JSON is exactly what the independent script builds."""
-    spec = importlib.util.spec_from_file_location("make_package_v1", VECTORS_DIR / "make_package_v1.py")
+    spec = importlib.util.spec_from_file_location("make_package_v2", VECTORS_DIR / "make_package_v2.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -100,10 +110,13 @@ def test_known_answer(vector: dict) -> None:
     plaintext = bytes.fromhex(vector["plaintext"])
     expected = bytes.fromhex(vector["package"])
     length = len(plaintext)
-    segment = pad[offset : offset + 32 + length]
-    assert len(segment) == 32 + length  # the vector's segment lies inside its pad
+    segment = pad[offset : offset + 16 + length]
+    assert len(segment) == 16 + length  # the vector's segment lies inside its pad
+    lo, hi = pkg.auth_key_range(vector["sender"] == "initiator", len(pad))
+    r_key = pad[lo:hi]
+    assert lo + 16 == hi and (lo == 0 or hi == len(pad))
 
-    assert seal(kind, pad_id, offset, segment, plaintext) == expected
+    assert seal(kind, pad_id, offset, segment, plaintext, r_key) == expected
     assert len(expected) == 49 + length == pkg.package_length(length)
 
     parsed = parse(expected)
@@ -111,12 +124,16 @@ def test_known_answer(vector: dict) -> None:
     assert parsed.pad_id == pad_id
     assert parsed.offset == offset
     assert parsed.length == length
-    assert parsed.segment == (offset, offset + 32 + length)
-    assert parsed.segment_length == 32 + length == pkg.segment_length(length)
+    assert parsed.segment == (offset, offset + 16 + length)
+    assert parsed.segment_length == 16 + length == pkg.segment_length(length)
     assert bytes(parsed.authenticated) == expected[: 33 + length]
     assert parsed.tag == expected[-16:]
-    assert open_package(parsed, segment) == plaintext
-    assert open_package(parsed, memoryview(pad)[offset : offset + 32 + length]) == plaintext
+    assert open_package(parsed, segment, r_key) == plaintext
+    assert open_package(parsed, memoryview(pad)[offset : offset + 16 + length], memoryview(pad)[lo:hi]) == plaintext
+    # The other direction's R never opens it.
+    other_lo, other_hi = pkg.auth_key_range(vector["sender"] != "initiator", len(pad))
+    with pytest.raises(InvalidPackage):
+        open_package(parsed, segment, pad[other_lo:other_hi])
 
     assert decode(encode(expected)) == expected
     assert encode(expected) == base64.b64encode(expected).decode("ascii")
@@ -139,15 +156,15 @@ def test_known_answer(vector: dict) -> None:
 @example(size=MIB, seed=b"", kind=Kind.FILE_PART, offset=0)
 @example(size=MIB, seed=b"top", kind=Kind.TEXT, offset=U64)
 def test_round_trip(size: int, seed: bytes, kind: Kind, offset: int) -> None:
-    offset = min(offset, U64 - (32 + size))  # the largest offset whose segment still fits in u64
+    offset = min(offset, U64 - (16 + size))  # the largest offset whose segment still fits in u64
     plaintext = det(b"plaintext/" + seed, size)
-    segment = det(b"segment/" + seed, 32 + size)
+    segment = det(b"segment/" + seed, 16 + size)
     pad_id = det(b"pad_id/" + seed, 16)
 
-    data = seal(kind, pad_id, offset, segment, plaintext)
+    data = seal(kind, pad_id, offset, segment, plaintext, AUTH)
     assert len(data) == 49 + size
-    assert data[:4] == b"OTC1"
-    assert data[33 : 33 + size] == xor(plaintext, segment[32:])
+    assert data[:4] == b"OTC2"
+    assert data[33 : 33 + size] == xor(plaintext, segment[16:])
 
     wire = encode(data)
     assert decode(wire) == data
@@ -155,14 +172,16 @@ def test_round_trip(size: int, seed: bytes, kind: Kind, offset: int) -> None:
 
     parsed = parse(data)
     assert (parsed.kind, parsed.pad_id, parsed.offset, parsed.length) == (kind, pad_id, offset, size)
-    assert parsed.segment == (offset, offset + 32 + size)
-    assert open_package(parsed, segment) == plaintext
-    assert open_package(parse(bytearray(data)), memoryview(segment)) == plaintext
+    assert parsed.segment == (offset, offset + 16 + size)
+    assert open_package(parsed, segment, AUTH) == plaintext
+    assert open_package(parse(bytearray(data)), memoryview(segment), memoryview(AUTH)) == plaintext
 
-    # Another key (first segment byte changed) never opens it.
+    # Another mask (first segment byte changed) or another R never opens it.
     wrong = bytes([segment[0] ^ 1]) + segment[1:]
     with pytest.raises(InvalidPackage):
-        open_package(parsed, wrong)
+        open_package(parsed, wrong, AUTH)
+    with pytest.raises(InvalidPackage):
+        open_package(parsed, segment, bytes([AUTH[0] ^ 1]) + AUTH[1:])
 
 
 # -- tampering ----------------------------------------------------------------------------
@@ -188,7 +207,7 @@ def _field(position: int, length: int) -> str:
 def test_every_single_bit_flip_is_refused(kind: Kind) -> None:
     plaintext = det(b"bit flip message", 20)
     data, _, segment = make(plaintext, kind=kind, offset=4096, label=b"flip")
-    assert open_package(parse(data), segment) == plaintext
+    assert open_package(parse(data), segment, AUTH) == plaintext
     outcomes: dict[str, set[str]] = {}
     for bit in range(len(data) * 8):
         flipped = bytearray(data)
@@ -202,7 +221,7 @@ def test_every_single_bit_flip_is_refused(kind: Kind) -> None:
         # A changed offset/pad_id would select another segment; here the
         # original segment is used, and the tag must fail.
         with pytest.raises(InvalidPackage):
-            open_package(parsed, segment)
+            open_package(parsed, segment, AUTH)
         outcomes.setdefault(field, set()).add("invalid")
     assert outcomes["magic"] == {"malformed"}
     assert outcomes["length"] == {"malformed"}
@@ -218,7 +237,7 @@ def test_tag_failure_is_one_uniform_error() -> None:
         flipped = bytearray(data)
         flipped[position] ^= 0x80
         with pytest.raises(InvalidPackage) as info:
-            open_package(parse(bytes(flipped)), segment)
+            open_package(parse(bytes(flipped)), segment, AUTH)
         messages.add(str(info.value))
     assert len(messages) == 1
 
@@ -228,7 +247,10 @@ def test_open_with_wrong_segment_length_is_a_value_error() -> None:
     parsed = parse(data)
     for bad in (segment[:-1], segment + b"\x00", b""):
         with pytest.raises(ValueError):
-            open_package(parsed, bad)
+            open_package(parsed, bad, AUTH)
+    for bad_key in (AUTH[:-1], AUTH + b"\x00", b""):
+        with pytest.raises(ValueError):
+            open_package(parsed, segment, bad_key)
 
 
 # -- parse -----------------------------------------------------------------------------------
@@ -242,7 +264,7 @@ def _parse_is_total(data: bytes | bytearray | memoryview) -> Package | None:
         return None
     raw = bytes(data)
     assert isinstance(parsed, Package)
-    assert raw[:4] == b"OTC1"
+    assert raw[:4] == b"OTC2"
     assert parsed.kind in set(Kind)
     assert len(raw) == 49 + parsed.length
     assert parsed.offset + parsed.segment_length <= U64
@@ -269,7 +291,7 @@ def test_parse_arbitrary_bytes(data: bytes) -> None:
 def test_parse_header_shaped_bytes(kind: int, pad_id: bytes, offset: int, length: int, body: bytes) -> None:
     data = header(kind, pad_id, offset, length) + body
     parsed = _parse_is_total(data)
-    well_formed = 1 <= kind <= 4 and len(body) == length + 16 and offset + 32 + length <= U64
+    well_formed = 1 <= kind <= 4 and len(body) == length + 16 and offset + 16 + length <= U64
     assert (parsed is not None) == well_formed
 
 
@@ -318,13 +340,13 @@ def test_parse_mutated_packages(size: int, mutations: list[tuple[str, object]]) 
         pytest.param(lambda d: d[:4] + b"\x00" + d[5:], id="kind-0"),
         pytest.param(lambda d: d[:4] + b"\x05" + d[5:], id="kind-5"),
         pytest.param(lambda d: d[:4] + b"\xff" + d[5:], id="kind-255"),
-        pytest.param(lambda d: b"OTC2" + d[4:], id="magic-OTC2"),
-        pytest.param(lambda d: b"otc1" + d[4:], id="magic-lowercase"),
+        pytest.param(lambda d: b"OTC3" + d[4:], id="magic-OTC3"),
+        pytest.param(lambda d: b"otc2" + d[4:], id="magic-lowercase"),
         pytest.param(lambda d: d[:29] + struct.pack(">I", 6) + d[33:], id="length-plus-one"),
         pytest.param(lambda d: d[:29] + struct.pack(">I", 4) + d[33:], id="length-minus-one"),
         pytest.param(lambda d: d[:29] + b"\xff\xff\xff\xff" + d[33:], id="length-max"),
         pytest.param(lambda d: d[:21] + b"\xff" * 8 + d[29:], id="offset-max"),
-        pytest.param(lambda d: d[:21] + struct.pack(">Q", U64 - 36) + d[29:], id="offset-one-too-far"),
+        pytest.param(lambda d: d[:21] + struct.pack(">Q", U64 - 20) + d[29:], id="offset-one-too-far"),
     ],
 )
 def test_parse_refuses_malformed(mutate) -> None:
@@ -334,10 +356,10 @@ def test_parse_refuses_malformed(mutate) -> None:
 
 
 def test_parse_accepts_the_largest_offset() -> None:
-    data, _, segment = make(b"hello", offset=U64 - 37, label=b"largest")
+    data, _, segment = make(b"hello", offset=U64 - 21, label=b"largest")
     parsed = parse(data)
-    assert parsed.segment == (U64 - 37, U64)
-    assert open_package(parsed, segment) == b"hello"
+    assert parsed.segment == (U64 - 21, U64)
+    assert open_package(parsed, segment, AUTH) == b"hello"
 
 
 def test_parse_is_a_view_not_a_copy() -> None:
@@ -417,27 +439,33 @@ def test_decode_is_total(text: str | bytes) -> None:
 
 def test_seal_refuses_wrong_segment_length() -> None:
     pad_id = det(b"seal pad_id", 16)
-    for segment in (det(b"s", 36), det(b"s", 38), b"", det(b"s", 5)):
+    for segment in (det(b"s", 20), det(b"s", 22), det(b"s", 37), b"", det(b"s", 5)):
         with pytest.raises(ValueError):
-            seal(Kind.TEXT, pad_id, 0, segment, b"hello")
+            seal(Kind.TEXT, pad_id, 0, segment, b"hello", AUTH)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 17, 32])
+def test_seal_refuses_bad_auth_key(n: int) -> None:
+    with pytest.raises(ValueError):
+        seal(Kind.TEXT, det(b"pad_id", 16), 0, det(b"s", 21), b"hello", det(b"r", n))
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, 17, 32])
 def test_seal_refuses_bad_pad_id(n: int) -> None:
     with pytest.raises(ValueError):
-        seal(Kind.TEXT, det(b"pad_id", n), 0, det(b"s", 37), b"hello")
+        seal(Kind.TEXT, det(b"pad_id", n), 0, det(b"s", 21), b"hello", AUTH)
 
 
 @pytest.mark.parametrize("kind", [0, 5, 6, 255, -1, 256])
 def test_seal_refuses_unknown_kind(kind: int) -> None:
     with pytest.raises(ValueError):
-        seal(kind, det(b"pad_id", 16), 0, det(b"s", 37), b"hello")
+        seal(kind, det(b"pad_id", 16), 0, det(b"s", 21), b"hello", AUTH)
 
 
-@pytest.mark.parametrize("offset", [-1, U64 - 36, U64, U64 + 1])
+@pytest.mark.parametrize("offset", [-1, U64 - 20, U64, U64 + 1])
 def test_seal_refuses_offset_out_of_range(offset: int) -> None:
     with pytest.raises(ValueError):
-        seal(Kind.TEXT, det(b"pad_id", 16), offset, det(b"s", 37), b"hello")
+        seal(Kind.TEXT, det(b"pad_id", 16), offset, det(b"s", 21), b"hello", AUTH)
 
 
 @pytest.mark.parametrize("a,b", [(b"a", b""), (b"", b"a"), (b"abc", b"ab"), (bytes(10), bytes(11))])
@@ -459,3 +487,31 @@ def test_xor_matches_bytewise(n: int) -> None:
     assert xor(a, b) == expected
     assert xor(memoryview(a), bytearray(b)) == expected
     assert xor(xor(a, b), b) == a
+
+
+# -- v1 is withdrawn ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vector", V1_VECTORS, ids=[v["name"] for v in V1_VECTORS])
+def test_v1_packages_are_refused_with_their_own_error(vector: dict) -> None:
+    data = bytes.fromhex(vector["package"])
+    assert data[:4] == b"OTC1"
+    with pytest.raises(WithdrawnFormat) as info:
+        parse(data)
+    assert isinstance(info.value, MalformedPackage)
+    assert "OTC1" in str(info.value) and "pair again" in str(info.value)
+    with pytest.raises(WithdrawnFormat):
+        parse(decode(encode(data)))
+
+
+def test_v2_poly1305_matches_the_independent_one() -> None:
+    """The vectors' RFC 8439 arithmetic agrees with cryptography's Poly1305 on assorted keys and lengths."""
+    spec = importlib.util.spec_from_file_location("make_package_v2", VECTORS_DIR / "make_package_v2.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for n in (0, 1, 15, 16, 17, 33, 100, 257):
+        key, message = det(f"key/{n}", 32), det(f"msg/{n}", n)
+        mac = Poly1305(key)
+        mac.update(message)
+        assert module.poly1305(key, message) == mac.finalize()

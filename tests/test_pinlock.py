@@ -92,7 +92,8 @@ def test_encrypted_homes_exchange_messages_like_plain_ones(tmp_path):
     # The package is exactly what the unencrypted engine makes from the same pad.
     from device import package as fmt
 
-    assert bytes(sent.package) == bytes(fmt.seal(1, pad_id, 0, pad[:32 + 33], b"sealed at rest, plain on the wire"))
+    assert bytes(sent.package) == bytes(fmt.seal(1, pad_id, 16, pad[16 : 16 + 16 + 33], b"sealed at rest, plain on the wire",
+                                                 pad[:16]))
 
 
 def test_locked_home_refuses_without_its_pin(tmp_path):
@@ -236,7 +237,7 @@ def test_gpio_buttons_confirm_and_decline_through_the_rpc(tmp_path):
             pins.press(button)
             t.join(20)
             assert outcome == [expect]
-        assert client.status()["contacts"][0]["send"]["used"] == 32 + len("pressed")
+        assert client.status()["contacts"][0]["send"]["used"] == 16 + len("pressed")
         assert not pins.leds[LED_PIN] or console.waiting()
     finally:
         panel.stop()

@@ -111,10 +111,11 @@ def test_sigkill_while_packaging_never_hands_out_pad_twice(tmp_path):
         pad = store.pads("bob")[0]
         assert store.read("SELECT count(*) FROM pending_wipe")[0][0] == 0
         reserved = store.consumed(pad_id)
-    assert list(reserved) == [(0, pad.send_next)]  # one run of reserved pad from 0
-    assert all(s >= 0 and e <= pad.send_next for s, e in segments)
+    assert list(reserved) == [(16, pad.send_next)]  # one run of reserved pad from 16 (after R)
+    assert all(s >= 16 and e <= pad.send_next for s, e in segments)
     sender_pad = pad_bytes(home_a, pad_id)
-    assert sender_pad[: pad.send_next] == bytes(pad.send_next)  # everything reserved is destroyed
+    assert sender_pad[:16] == original[:16]  # R, the authentication key, is never touched
+    assert sender_pad[16 : pad.send_next] == bytes(pad.send_next - 16)  # everything reserved is destroyed
     assert sender_pad[pad.send_next :] == original[pad.send_next :]  # nothing else touched
     assert not [p for p in (home_a / "run").iterdir() if p.suffix == ".lock"]
 
@@ -150,5 +151,5 @@ def test_sigkill_while_unpackaging_never_releases_plaintext_twice(tmp_path):
     with PadStore(home_b) as store:
         consumed = store.consumed(pad_id)
     receiver_pad = pad_bytes(home_b, pad_id)
-    assert consumed.total() == 32 * len(messages) + sum(map(len, messages))  # every package consumed once
+    assert consumed.total() == 16 * len(messages) + sum(map(len, messages))  # every package consumed once
     assert all(receiver_pad[s:e] == bytes(e - s) for s, e in consumed)

@@ -37,6 +37,7 @@ from device.errors import (
     UnknownContact,
 )
 from device.intervals import IntervalSet
+from device.package import auth_key_range, halves
 from device.storage import schema
 from device.storage.atrest import PadCipher, SecretBox
 from device.storage.lock import LOCK_FILE, WIPED_FILE, DeviceLocked, DeviceWiped
@@ -49,6 +50,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 BUSY_TIMEOUT_S = 120.0
 EVENTS_KEPT = 100_000
 SQLITE_MAX_INT = (1 << 63) - 1
+
+PAD_FORMAT = 2  # package format v2: both authentication keys set aside
 
 INITIATOR = "initiator"
 RESPONDER = "responder"
@@ -80,15 +83,35 @@ class PadRecord:
     low_level: int
     created: float
 
+    #: 2 for pads made with authentication keys set aside (package v2); 1 for retired v1 pads.
+    format: int = PAD_FORMAT
+
+    @property
+    def retired(self) -> bool:
+        """A pad made before package format v2: it can no longer send or receive."""
+        return self.format < PAD_FORMAT
+
     @property
     def send_half(self) -> tuple[int, int]:
-        """The range this device sends from."""
-        return (0, self.split) if self.role == INITIATOR else (self.split, self.size)
+        """The range this device sends from (its authentication key R excluded)."""
+        initiator, responder = halves(self.size, self.split)
+        return initiator if self.role == INITIATOR else responder
 
     @property
     def peer_half(self) -> tuple[int, int]:
-        """The range this device decrypts from."""
-        return (self.split, self.size) if self.role == INITIATOR else (0, self.split)
+        """The range this device decrypts from (the peer's authentication key R excluded)."""
+        initiator, responder = halves(self.size, self.split)
+        return responder if self.role == INITIATOR else initiator
+
+    @property
+    def own_auth_key(self) -> tuple[int, int]:
+        """Where this device's authentication key R lies in the pad."""
+        return auth_key_range(self.role == INITIATOR, self.size)
+
+    @property
+    def peer_auth_key(self) -> tuple[int, int]:
+        """Where the peer's authentication key R lies in the pad."""
+        return auth_key_range(self.role != INITIATOR, self.size)
 
     @property
     def send_total(self) -> int:
@@ -98,12 +121,15 @@ class PadRecord:
     @property
     def send_used(self) -> int:
         """Pad bytes consumed from this device's half (sent or reserved)."""
+        lo, hi = self.send_half
         if self.role == INITIATOR:
-            return self.send_next
-        return self.size - self.send_next
+            return self.send_next - lo
+        return hi - self.send_next
 
     @property
     def send_left(self) -> int:
+        if self.retired:
+            return 0
         return self.send_total - self.send_used
 
     @property
@@ -114,13 +140,16 @@ class PadRecord:
     @property
     def recv_reached(self) -> int:
         """How far into the peer's half verified packages reach (bytes from its start)."""
+        lo, hi = self.peer_half
         if self.role == INITIATOR:
-            return self.size - self.recv_frontier
-        return self.recv_frontier
+            return hi - self.recv_frontier
+        return self.recv_frontier - lo
 
     @property
     def recv_left(self) -> int:
         """Pad the peer can still send with, as far as this device has seen."""
+        if self.retired:
+            return 0
         return self.recv_total - self.recv_reached
 
     def reserve_range(self, need: int) -> tuple[int, int] | None:
@@ -137,6 +166,8 @@ class PadRecord:
             "role": self.role,
             "size": self.size,
             "split": self.split,
+            "format": self.format,
+            "retired": self.retired,
             "send": {"total": self.send_total, "used": self.send_used, "left": self.send_left,
                      "messages": self.send_count},
             "receive": {"total": self.recv_total, "used": self.recv_bytes, "reached": self.recv_reached,
@@ -146,7 +177,7 @@ class PadRecord:
 
 _PAD_COLUMNS = (
     "pad_id, contact, role, size, split, mailbox_out, mailbox_in, send_next, send_count, "
-    "recv_frontier, recv_bytes, recv_count, low_level, created"
+    "recv_frontier, recv_bytes, recv_count, low_level, created, format"
 )
 
 
@@ -184,6 +215,7 @@ class PadStore:
             self.device_name: str = row[0]
             self.device_id: bytes = bytes(row[1])
             self.recover()
+            self.destroy_retired()
         except BaseException:
             self.close()
             raise
@@ -340,10 +372,52 @@ class PadStore:
         return _pad_record(row) if row else None
 
     def pads_for_send(self, conn: sqlite3.Connection, contact: str) -> list[PadRecord]:
+        """The contact's pads that can send (retired ones left out), oldest first."""
         if conn.execute("SELECT 1 FROM contacts WHERE name = ?", (contact,)).fetchone() is None:
             raise UnknownContact(f"No contact named {contact!r} on this device.")
-        rows = conn.execute(f"SELECT {_PAD_COLUMNS} FROM pads WHERE contact = ? ORDER BY created", (contact,))
+        rows = conn.execute(f"SELECT {_PAD_COLUMNS} FROM pads WHERE contact = ? AND format >= ? ORDER BY created",
+                            (contact, PAD_FORMAT))
         return [_pad_record(r) for r in rows]
+
+    def destroy_retired(self) -> int:
+        """Overwrite, sync and remove the bytes of retired (pre-v2) pads; return how many.
+
+        Their metadata stays, so status can say the contact must pair again.
+        """
+        done = 0
+        for pad_id, contact in self.read("SELECT pad_id, contact FROM pads WHERE format < ?", (PAD_FORMAT,)):
+            path = self.pad_path(bytes(pad_id))
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            pad_file = PadFile(path, size)
+            try:
+                pad_file.wipe(0, size)
+            finally:
+                pad_file.close()
+            path.unlink()
+            sync_directory(path.parent)
+            self.log_event("pad-retired", contact=contact, pad_id=bytes(pad_id), length=size,
+                           detail="made before package format v2; its bytes were destroyed: pair again")
+            done += 1
+        return done
+
+    # -- tag failures ---------------------------------------------------------------
+
+    @staticmethod
+    def count_tag_failure(conn: sqlite3.Connection, pad_id: bytes) -> int:
+        """Count one more package that failed its tag on ``pad_id``; return the total so far."""
+        conn.execute(
+            "INSERT INTO tag_failures (pad_id, count, last) VALUES (?, 1, ?)"
+            " ON CONFLICT (pad_id) DO UPDATE SET count = count + 1, last = excluded.last",
+            (pad_id, time.time()),
+        )
+        return int(conn.execute("SELECT count FROM tag_failures WHERE pad_id = ?", (pad_id,)).fetchone()[0])
+
+    def tag_failures(self) -> dict[bytes, int]:
+        """Packages that failed their tag, per pad (kept across restarts)."""
+        return {bytes(pad_id): count for pad_id, count in self.read("SELECT pad_id, count FROM tag_failures")}
 
     def pad_path(self, pad_id: bytes) -> Path:
         return self.home / PADS_DIR / f"{pad_id.hex()}.pad"
@@ -390,14 +464,17 @@ class PadStore:
                 )
             elif row[0] != contact:
                 raise ContactExists(f"That device is already a contact, named {row[0]!r}.")
+            # Both authentication keys are set aside: the initiator sends from [16, split) upward,
+            # the responder from [split, N-16) downward (package format v2).
+            (init_lo, _), (_, resp_hi) = halves(size, split)
             conn.execute(
                 "INSERT INTO pads (pad_id, contact, role, size, split, mailbox_out, mailbox_in,"
-                " send_next, recv_frontier, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " send_next, recv_frontier, created, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     pad_id, contact, role, size, split, mailbox_out, mailbox_in,
-                    0 if role == INITIATOR else size,
-                    size if role == INITIATOR else 0,
-                    now,
+                    init_lo if role == INITIATOR else resp_hi,
+                    resp_hi if role == INITIATOR else init_lo,
+                    now, PAD_FORMAT,
                 ),
             )
             self.log(conn, "pad-added", contact=contact, pad_id=pad_id, length=size,
@@ -608,4 +685,5 @@ def _pad_record(row: tuple) -> PadRecord:
         recv_count=row[11],
         low_level=row[12],
         created=row[13],
+        format=row[14],
     )

@@ -122,6 +122,18 @@ STEPS: list[str] = [
         issued REAL NOT NULL
     );
     """,
+    # 3 -> 4: package format v2 (DESIGN.md). Pads made before it have no authentication keys set
+    # aside and cannot be converted safely: they are retired (format 1). The store destroys a
+    # retired pad's bytes when it next opens. Tag failures are counted per pad, apart from the
+    # pad's receive state (a failed tag moves no receive state).
+    """
+    ALTER TABLE pads ADD COLUMN format INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE tag_failures (
+        pad_id BLOB PRIMARY KEY,
+        count INTEGER NOT NULL,
+        last REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 LATEST = len(STEPS)
