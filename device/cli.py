@@ -292,6 +292,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             d = contact[key]
             pct = 100.0 * d["left"] / d["total"] if d["total"] else 0.0
             print(f"{label:<15} {d['used']} of {d['total']} pad bytes used, {d['left']} left ({pct:.1f}%)")
+        if contact["must_pair_again"]:
+            print("  pad retired: it was made before package format v2; pair with this contact again")
+        if contact["forgery_alarm"]:
+            print(f"  FORGERY ALARM: {contact['tag_failures']} packages failed authentication")
     print("Warnings:" if status["warnings"] else "Warnings: none")
     for warning in status["warnings"]:
         print(f"  {warning}")

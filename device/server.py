@@ -39,7 +39,7 @@ from device.abe.rpc import abe_methods, start_grant
 from device.ceremonies import CeremonyRunner
 from device.clients import ClientRegistry, PairedClient
 from device.confirm import DEFAULT_TIMEOUT_S, ConfirmBroker, ConfirmSource
-from device.engine import Device
+from device.engine import FORGERY_ALARM_AT, Device
 from device.errors import DeviceError, PadExhausted, UnknownContact
 from device.home import WrongPin
 from device.package import Kind
@@ -86,6 +86,7 @@ ALARM_EVENTS = {
     "unknown-pad": "A message for an unknown pad was refused",
     "pad-low": "Pad is running low",
     "pad-exhausted": "Pad exhausted",
+    "forgery-alarm": "Someone is forging messages: three or more failed authentication",
 }
 
 
@@ -139,6 +140,13 @@ class DeviceService:
                                           in_advance=self.config.source.name == "auto")
             store.listeners.append(self._on_event)
             self.store = store
+        if self.console is not None:
+            # A forgery alarm outlives restarts: tag failures are counted on disk.
+            names = {pad.pad_id: pad.contact for pad in store.pads()}
+            for pad_id, failures in store.tag_failures().items():
+                if failures >= FORGERY_ALARM_AT and pad_id in names:
+                    self.console.raise_alarm("forgery-alarm", f"{ALARM_EVENTS['forgery-alarm']} ({names[pad_id]}):"
+                                             f" {failures} packages refused.")
 
     def _wiped(self) -> None:
         with self._open_lock:
@@ -168,13 +176,29 @@ class DeviceService:
         if store is None:
             return (), (), self.hrng_status()
         views: dict[str, list[int]] = {}
+        retired: dict[str, int] = {}
+        forged: dict[str, int] = {}
+        failures = store.tag_failures()
         for pad in store.pads():
+            forged[pad.contact] = forged.get(pad.contact, 0) + failures.get(pad.pad_id, 0)
+            if pad.retired:
+                retired[pad.contact] = retired.get(pad.contact, 0) + 1
+                continue
             v = views.setdefault(pad.contact, [0, 0, 0, 0])
             v[0] += pad.send_left
             v[1] += pad.send_total
             v[2] += pad.recv_left
             v[3] += pad.recv_total
-        contacts = tuple(ContactView(name, *views.get(name, [0, 0, 0, 0])) for name in store.contacts())
+
+        def note(name: str) -> str:
+            if forged.get(name, 0) >= FORGERY_ALARM_AT:
+                return f"Forgery alarm: {forged[name]} forged messages refused. Someone is forging."
+            if retired.get(name) and name not in views:
+                return "Pad retired (made before package v2): pair again in person."
+            return ""
+
+        contacts = tuple(ContactView(name, *views.get(name, [0, 0, 0, 0]), note=note(name))
+                         for name in store.contacts())
         clients = tuple(c.name for c in self.clients.list() if c.revoked is None)
         return contacts, clients, self.hrng_status()
 

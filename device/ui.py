@@ -93,6 +93,8 @@ class ContactView:
     send_total: int
     receive_left: int
     receive_total: int
+    #: Shown instead of the pad bars: a retired pad ("pair again") or a forgery alarm.
+    note: str = ""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ ALARM_TITLES = {
     "pad-low": "Pad nearly used up",
     "pad-exhausted": "Pad used up",
     "wipe": "Pads erased",
+    "forgery-alarm": "Someone is forging messages",
 }
 
 # The confirm screen's message box: 8 lines of the message at a time.
@@ -215,6 +216,9 @@ def contact_card(c: Canvas, contact: ContactView, rect: tuple[int, int, int, int
     x, y, w, h = rect
     c.fill(PANEL, rect, radius=12)
     c.text(contact.name, (x + 14, y + 6), 26, role="contact", width=w - 28)
+    if contact.note:
+        c.paragraph(contact.note, (x + 14, y + 38, w - 28, 48), 18, BAD, role="contact-note")
+        return
     rows = (("Send", contact.send_left, contact.send_total), ("Receive", contact.receive_left, contact.receive_total))
     for i, (label, left, total) in enumerate(rows):
         ry = y + 40 + i * 22
