@@ -339,8 +339,15 @@ class Chat:
                 if not contacts:
                     self.system("no contacts yet: pair with someone in person (otc pair host/join on the devices)")
                 for c in contacts:
+                    if c.get("must_pair_again"):
+                        self.system(f"{c['name']}: pad retired (made before package format v2):"
+                                    " pair with them again in person", "error")
+                        continue
                     self.system(f"{c['name']}: {c['send_left']} bytes of pad left to send, "
                                 f"{c['receive_left']} to receive")
+                    if c.get("forgery_alarm"):
+                        self.system(f"{c['name']}: FORGERY ALARM: packages on this pad failed authentication;"
+                                    " someone is forging messages (see log)", "error")
                 groups = self.messenger.store.groups()
                 for name, members in groups.items():
                     self.system(f"group {name}: {', '.join(members)}")

@@ -239,13 +239,21 @@ class DeviceService:
         store = self.ready()
         for name in store.contacts():
             by_name[name] = {"name": name, "send_left": 0, "receive_left": 0, "mailboxes_out": [],
-                             "mailboxes_in": []}
+                             "mailboxes_in": [], "must_pair_again": False, "forgery_alarm": False}
+        failures = store.tag_failures()
+        usable: set[str] = set()
         for pad in store.pads():
             entry = by_name[pad.contact]
+            entry["forgery_alarm"] |= failures.get(pad.pad_id, 0) >= FORGERY_ALARM_AT
+            entry["must_pair_again"] |= pad.retired
+            if not pad.retired:
+                usable.add(pad.contact)
             entry["send_left"] += pad.send_left
             entry["receive_left"] += pad.recv_left
             entry["mailboxes_out"].append(pad.mailbox_out.hex())
             entry["mailboxes_in"].append(pad.mailbox_in.hex())
+        for name in usable:
+            by_name[name]["must_pair_again"] = False  # a new pad replaced the retired one
         return list(by_name.values())
 
     def package(self, client: PairedClient, params: dict) -> dict:

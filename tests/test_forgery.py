@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import struct
 
 import pytest
@@ -23,9 +24,14 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from client.rpc import DeviceClient, pair
+from client.state import ClientState
 from device.engine import Device
-from device.errors import InvalidPackage, PadExhausted, WithdrawnFormat
+from device.errors import InvalidPackage, PadExhausted, RetiredPad, WithdrawnFormat
+from device.localpair import pair_local
+from device.storage.padstore import PadStore
 from tests.conftest import make_pair, otc, pad_bytes, receive_state
+from tests.rpc_fixtures import ScriptedSource, start_server
 
 HEADER = struct.Struct(">4sB16sQI")  # magic, kind, pad_id, offset, length (DESIGN.md)
 KNOWN_TEXT = (b"Hi Bob, it's Alice. Meet at the usual cafe at noon tomorrow; "
@@ -256,3 +262,64 @@ def test_four_mib_pad_after_one_100_byte_message(tmp_path):
     assert status["contacts"][0]["send"]["left"] == 2_097_152 - 16 - 116 == 2_097_020
     text = otc("device", "status", "--home", str(a), check=True).stdout.decode()
     assert "2097020 left" in text
+
+
+# -- pads made before v2 -------------------------------------------------------------------------
+
+
+def _as_made_before_v2(home) -> None:
+    """Turn a home back into schema 3 (package v1's), exactly as such a home looks on disk."""
+    conn = sqlite3.connect(home / "device.db")
+    try:
+        conn.executescript("DROP TABLE tag_failures; ALTER TABLE pads DROP COLUMN format; PRAGMA user_version = 3;")
+    finally:
+        conn.close()
+
+
+def test_pads_made_before_v2_are_retired_and_destroyed(tmp_path):
+    home_a, home_b, pad_id = make_pair(tmp_path, size=4096)
+    for home in (home_a, home_b):
+        _as_made_before_v2(home)
+    pad_file = home_b / "pads" / f"{pad_id.hex()}.pad"
+    assert pad_file.stat().st_size == 4096
+
+    with Device.open(home_b) as bob:  # the upgrade retires the pad and destroys its bytes
+        assert not pad_file.exists()
+        assert [e["event"] for e in bob.store.events()][-1] == "pad-retired"
+        with pytest.raises(RetiredPad) as info:
+            bob.package("alice", b"hello")
+        assert "pair with alice again" in str(info.value)
+        status = bob.status()
+        assert status["contacts"][0]["must_pair_again"] is True
+        assert status["contacts"][0]["send"]["left"] == 0
+        assert any(w.startswith("retired-pad:") for w in status["warnings"])
+        v2_on_old_pad = forge(b"OTC2", pad_id, 100, b"hi", b"\0\0", bytes(32))
+        with pytest.raises(RetiredPad):
+            bob.unpackage(v2_on_old_pad)
+        with pytest.raises(WithdrawnFormat):
+            bob.unpackage(b"OTC1" + v2_on_old_pad[4:])
+
+    text = otc("device", "status", "--home", str(home_b), check=True).stdout.decode()
+    assert "pad retired" in text and "pair with this contact again" in text
+    refused = otc("device", "package", "--home", str(home_b), "alice", input=b"hi")
+    assert refused.returncode == 1 and refused.stderr.decode().count("\n") == 1
+    assert "pair with alice again" in refused.stderr.decode()
+
+    # The device's RPC says so to the laptop (the chat's `contacts`); pairing again mends it.
+    source = ScriptedSource()
+    server = start_server(home_b, source)
+    try:
+        state = ClientState(tmp_path / "laptop")
+        pair(server.url, name="laptop", ask_code=lambda: source.codes[-1], state=state)
+        client = DeviceClient(server.url, state=state, timeout=30)
+        assert client.call("contacts")[0]["must_pair_again"] is True
+        with PadStore(home_a) as a, PadStore(home_b) as b:
+            new_pad = pair_local(a, b, 4096)
+        contact = client.call("contacts")[0]
+        assert contact["must_pair_again"] is False and contact["send_left"] == 2048 - 16
+    finally:
+        server.close()
+    with Device.open(home_a) as alice, Device.open(home_b) as bob:
+        sent = alice.package("bob", b"on the new pad")
+        assert sent.pad_id == new_pad
+        assert bob.unpackage(sent.package).plaintext == b"on the new pad"
