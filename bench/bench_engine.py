@@ -39,7 +39,7 @@ def devices(root: Path, size: int, pin: str | None = None) -> tuple[Device, Devi
 
 
 def small_messages(root: Path, count: int) -> None:
-    a, b = devices(root, 2 * count * 132 + 4096)
+    a, b = devices(root, 2 * count * 116 + 4096)
     message = b"m" * 100
     t0 = time.perf_counter()
     packages = [a.package("bob", message).package for _ in range(count)]
@@ -55,7 +55,7 @@ def small_messages(root: Path, count: int) -> None:
 
 def large_message(root: Path, size: int, rounds: int, pin: str | None = None) -> float:
     """The first round runs on cold memory (fresh pages); later rounds are the steady state."""
-    a, b = devices(root, 2 * rounds * (size + 32) + 4096, pin)
+    a, b = devices(root, 2 * rounds * (size + 16) + 4096, pin)
     message = os.urandom(size)
     mb = size / 1e6
     figures = []

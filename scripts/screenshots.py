@@ -83,7 +83,7 @@ def base(**changes: object) -> Snapshot:
 
 
 def confirm(text: str, request_id: int, queued: int = 0) -> ConfirmView:
-    consumes = len(text.encode()) + 32
+    consumes = len(text.encode()) + 16
     return ConfirmView(request_id=request_id, contact="bob", kind="text", text=text, consumes=consumes,
                        left_after=int(498.3 * MiB) - consumes, deadline=MONO + 47, queued=queued)
 
@@ -138,6 +138,17 @@ def main(out: Path) -> None:
               "again.", WALL - 125),
         Alarm(2, "replay", "A package for bob at offset 65,568 was refused as a replay.", WALL - 20),
     )))
+    # Package v2: a forger at work (the alarm, then the home screen's cards), and a pad retired with v1.
+    forged = base(contacts=(
+        ContactView("bob", 0, 0, 0, 0, note="Forgery alarm: 3 forged messages refused. Someone is forging."),
+        ContactView("carol", 0, 0, 0, 0, note="Pad retired (made before package v2): pair again in person."),
+        *CONTACTS[2:],
+    ))
+    shot("forgery-alarm", replace(forged, alarms=(
+        Alarm(4, "forgery-alarm", "Someone is forging messages: three or more failed authentication (bob): "
+              "3 packages refused.", WALL - 5),
+    )))
+    shot("home-forgery-retired", forged)
 
     # Confirmations: a short message with one more waiting, and a long one scrolled part-way.
     shot("confirm", base(confirm=confirm(MESSAGE, 11, queued=1)))

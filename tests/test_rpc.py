@@ -180,9 +180,9 @@ def test_confirmation_shows_the_message_and_approval_packages(rpc_device):
     rpc_device.source.decisions.put(True)
     result = client.package("bob", "meet at noon")
     request = rpc_device.source.asked[-1]
-    assert (request.contact, request.plaintext, request.consumes) == ("bob", b"meet at noon", 44)
-    assert request.left_after == (1 << 15) - 44
-    assert result["consumed"] == 44 and result["mailbox"]
+    assert (request.contact, request.plaintext, request.consumes) == ("bob", b"meet at noon", 28)
+    assert request.left_after == (1 << 15) - 16 - 28
+    assert result["consumed"] == 28 and result["mailbox"]
     with Device.open(rpc_device.peer_home) as bob:
         assert bob.unpackage_base64(result["package"]).plaintext == b"meet at noon"
 
@@ -342,7 +342,7 @@ def test_unpackage_with_receipt(rpc_device):
         text = bob.package("alice", b"hi alice")
         receipt_kind = bob.package("alice", fmt.receipt_body(b"\0" * 16, 0), kind=Kind.RECEIPT)
     answer = client.unpackage(fmt.encode(text.package), receipt=True)
-    assert answer["text"] == "hi alice" and answer["receipt"]["consumed"] == 57
+    assert answer["text"] == "hi alice" and answer["receipt"]["consumed"] == 41
     with Device.open(rpc_device.peer_home) as bob:
         opened = bob.unpackage_base64(answer["receipt"]["package"]).to_json()
     assert opened["receipt_for"] == {"pad_id": rpc_device.pad_id.hex(), "offset": text.offset}

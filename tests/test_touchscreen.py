@@ -36,7 +36,7 @@ def snap(**changes) -> Snapshot:
 
 def confirm_view(text: str = "See you at eight.", request_id: int = 1, **changes) -> ConfirmView:
     view = ConfirmView(request_id=request_id, contact="bob", kind="text", text=text,
-                       consumes=len(text.encode()) + 32, left_after=32_000, deadline=NOW + 42.5, queued=0)
+                       consumes=len(text.encode()) + 16, left_after=32_000, deadline=NOW + 42.5, queued=0)
     return replace(view, **changes)
 
 
@@ -116,7 +116,7 @@ def test_confirm_shows_recipient_whole_message_cost_and_countdown(screen):
     assert screen.shows("Encrypt for bob")
     assert screen.texts("message") == ["Hi Bob,", "", "The keys are under the blue flowerpot.",
                                        "See you soon, Alice"]
-    assert screen.texts("pad") == [f"Uses {len(text.encode()) + 32} pad bytes · 32,000 bytes left after"]
+    assert screen.texts("pad") == [f"Uses {len(text.encode()) + 16} pad bytes · 32,000 bytes left after"]
     assert screen.texts("countdown") == ["Declines in 43 s"]
     assert screen.texts("queued") == ["2 more waiting"]
     assert screen.target("accept").enabled and screen.target("decline").enabled

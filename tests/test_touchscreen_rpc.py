@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from client.errors import RemoteError
+from device.engine import Device
+from device.errors import InvalidPackage
 from device.server import Server, ServerConfig
 from device.touchscreen.testing import Screen, open_app
 from device.ui import Console, PanelSource
@@ -46,7 +50,47 @@ def test_touch_accepts_and_declines_a_laptops_package_call(tmp_path):
             screen.tap(button)
             t.join(20)
             assert outcome == [expected]
-        assert client.status()["contacts"][0]["send"]["used"] == 32 + len("dinner at eight?")
+        assert client.status()["contacts"][0]["send"]["used"] == 16 + len("dinner at eight?")
     finally:
         app.close()
         server.close()
+
+
+def test_forgery_alarm_on_the_screen_and_after_a_restart(tmp_path):
+    """Three packages from the relay that fail their tag raise the forgery alarm, which a restart keeps."""
+    home_a, home_b, pad_id = make_pair(tmp_path)
+    with Device.open(home_b) as bob:
+        genuine = bytes(bob.package("alice", b"see you at eight").package)
+    for attempt in range(2):
+        console = Console("alice", "touchscreen")
+        source = PanelSource(console)
+        server = Server(ServerConfig(home=home_a, source=source, console=console, confirm_timeout=30),
+                        "127.0.0.1", 0).start()
+        service = server.app.extensions["otc"]
+        console.attach(service.lock, service.panel_status)
+        app = open_app(console)
+        screen = Screen(app)
+        try:
+            if attempt == 0:
+                for n in range(3):
+                    forged = bytearray(genuine)
+                    forged[40] ^= 1 << n  # a relay's altered copy: the tag fails
+                    with pytest.raises(InvalidPackage):
+                        service.device.unpackage(bytes(forged))
+            seen = []
+            while True:  # the oldest alarm shows first: each refusal, then the forgery alarm
+                screen.wait_for(lambda f: f.overlay == "alarm", timeout=20)
+                seen.append(screen.texts("alarm-title")[0])
+                screen.tap("dismiss")
+                if seen[-1] == "Someone is forging messages" or len(seen) > 4:
+                    break
+            assert seen[-1] == "Someone is forging messages"
+            assert len(seen) == (4 if attempt == 0 else 1)  # after a restart, the standing alarm alone
+            screen.wait_for(lambda f: f.screen == "home" and f.overlay is None, timeout=20)
+            assert " ".join(screen.texts("contact-note")) == (
+                "Forgery alarm: 3 forged messages refused. Someone is forging.")
+        finally:
+            app.close()
+            server.close()
+    with Device.open(home_a) as alice:
+        assert alice.unpackage(genuine).plaintext == b"see you at eight"

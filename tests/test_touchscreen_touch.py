@@ -96,7 +96,7 @@ class FakeLock:
 
 
 def request(text: str = "See you at eight.") -> ConfirmRequest:
-    return ConfirmRequest(contact="bob", kind="text", plaintext=text.encode(), consumes=len(text) + 32,
+    return ConfirmRequest(contact="bob", kind="text", plaintext=text.encode(), consumes=len(text) + 16,
                           left_after=10_000)
 
 
