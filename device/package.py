@@ -141,6 +141,8 @@ def seal(kind: int, pad_id: bytes, offset: int, segment: bytes | memoryview, pla
     kind = Kind(kind)
     if len(auth_key) != AUTH_KEY_LEN:
         raise ValueError("the authentication key must be 16 bytes")
+    if bytes(auth_key) == bytes(AUTH_KEY_LEN):
+        raise ValueError("the authentication key is destroyed (all zeros)")
     if len(pad_id) != PAD_ID_LEN:
         raise ValueError("pad_id must be 16 bytes")
     length = len(plaintext)
@@ -196,8 +198,15 @@ def parse(data: bytes | bytearray | memoryview) -> Package:
 
 
 def _mac_key(auth_key: bytes | memoryview, segment: memoryview) -> bytes:
-    """Poly1305's one-time key: r = the sender's R (never keystream), s = the segment's first 16 bytes."""
-    return bytes(auth_key) + bytes(segment[:MASK_LEN])
+    """Poly1305's one-time key: r = the sender's R (never keystream), s = the segment's first 16 bytes.
+
+    An all-zero R is a destroyed one (a wiped pad reads as zeros): with r = 0 the tag would be s
+    alone, so it is refused rather than used (a random R is zero with probability 2^-128).
+    """
+    r_key = bytes(auth_key)
+    if r_key == bytes(AUTH_KEY_LEN):
+        raise InvalidPackage()
+    return r_key + bytes(segment[:MASK_LEN])
 
 
 def open_package(package: Package, segment: bytes | memoryview, auth_key: bytes | memoryview) -> bytes:

@@ -515,3 +515,17 @@ def test_v2_poly1305_matches_the_independent_one() -> None:
         mac = Poly1305(key)
         mac.update(message)
         assert module.poly1305(key, message) == mac.finalize()
+
+
+def test_a_destroyed_r_never_authenticates() -> None:
+    """With R all zeros (a wiped pad) the tag would be the mask alone: refused both ways."""
+    segment = det(b"zero r", 16 + 5)
+    with pytest.raises(ValueError):
+        seal(Kind.TEXT, det(b"pad_id", 16), 16, segment, b"hello", bytes(16))
+    data = seal(Kind.TEXT, det(b"pad_id", 16), 16, segment, b"hello", AUTH)
+    header_and_body = data[:-16]
+    mac = Poly1305(bytes(16) + segment[:16])
+    mac.update(header_and_body)
+    forged = header_and_body + mac.finalize()
+    with pytest.raises(InvalidPackage):
+        open_package(parse(forged), segment, bytes(16))
