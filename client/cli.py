@@ -6,8 +6,8 @@ import argparse
 import json
 import socket
 
-from client.errors import PairingError
 from client.rpc import DeviceClient, pair
+from onetimechat import terminal
 from onetimechat.text import format_event
 
 
@@ -48,13 +48,8 @@ def _default_name() -> str:
 
 
 def _ask_code() -> str:
-    try:
-        with open("/dev/tty", "r+") as tty:
-            tty.write("Type the pairing code the device shows: ")
-            tty.flush()
-            return tty.readline().strip()
-    except OSError:
-        raise PairingError("No terminal to type the code on; pass it with --code.") from None
+    return terminal.ask("Type the pairing code the device shows: ",
+                        no_terminal="No terminal to type the code on; pass it with --code.").strip()
 
 
 def cmd_pair(args: argparse.Namespace) -> int:

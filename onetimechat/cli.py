@@ -60,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ERROR: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
-        print("ERROR: interrupted", file=sys.stderr)
+        # At a terminal the ^C the terminal echoed stays on the prompt's line; the error gets its own.
+        print(("\n" if sys.stderr.isatty() else "") + "ERROR: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 1

@@ -12,6 +12,7 @@ from device.home import open_home
 from device.ui import CeremonyView
 from hrng.errors import HRNGError
 from hrng.mixer import pad_random
+from onetimechat import terminal
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
 from onetimechat.text import parse_size
@@ -61,14 +62,12 @@ def _compare(mode: str):
             return True
         return approve
     if mode == "tty":
+        no_terminal = "No terminal to confirm the pairing string on; choose another --confirm."
+        if not terminal.has_terminal():
+            raise UsageError(no_terminal)  # before anything listens or connects
+
         def ask(sas: str) -> bool:
-            try:
-                with open("/dev/tty", "r+") as tty:
-                    tty.write(f"Does the other device show {sas}? [y/N] ")
-                    tty.flush()
-                    return tty.readline().strip().lower() in ("y", "yes")
-            except OSError:
-                raise UsageError("No terminal to confirm the pairing string on; choose another --confirm.") from None
+            return terminal.yes(f"Does the other device show {sas}? [y/N] ", no_terminal=no_terminal)
         return ask
     raise UsageError(f"`otc pair` confirms with tty or auto; {mode} runs through `otc device serve`.")
 
@@ -138,7 +137,10 @@ def _run_from_laptop(args: argparse.Namespace, role: str, sock: socket.socket) -
 def _runner(args: argparse.Namespace):
     from client.ceremony import from_laptop
 
-    return _run_from_laptop if from_laptop(args) else _run
+    if from_laptop(args):
+        return _run_from_laptop
+    _compare(args.confirm)  # a mode that cannot work is refused before anything listens or connects
+    return _run
 
 
 def cmd_host(args: argparse.Namespace) -> int:

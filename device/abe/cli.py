@@ -19,6 +19,7 @@ from device.abe.store import AbeKeys, grant_local
 from device.confirm import MODES, refuse_auto_in_production
 from device.home import open_home
 from hrng.mixer import pad_random
+from onetimechat import terminal
 from onetimechat.errors import UsageError
 from provisioning.agree import accept_one, connect
 from provisioning.wire import Wire
@@ -219,15 +220,14 @@ def _confirmer(mode: str):  # type: ignore[no-untyped-def]
             return True
         return approve
     if mode == "tty":
+        no_terminal = "No terminal to confirm the grant on; choose another --confirm."
+        if not terminal.has_terminal():
+            raise UsageError(no_terminal)  # before anything listens or connects
+
         def ask(view: GrantView) -> bool:
             show(view)
-            try:
-                with open("/dev/tty", "r+") as tty:
-                    tty.write(f"Does the other device show {view.sas} and the same attributes? [y/N] ")
-                    tty.flush()
-                    return tty.readline().strip().lower() in ("y", "yes")
-            except OSError:
-                raise UsageError("No terminal to confirm the grant on; choose another --confirm.") from None
+            return terminal.yes(f"Does the other device show {view.sas} and the same attributes? [y/N] ",
+                                no_terminal=no_terminal)
         return ask
     raise UsageError(f"`otc abe grant` confirms with tty or auto; {mode} runs through `otc device serve`.")
 
