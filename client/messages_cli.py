@@ -12,6 +12,7 @@ from client.mailstore import MailStore
 from client.messenger import Event, Messenger
 from client.relay import MAX_WAIT_S, RelayClient
 from client.rpc import DeviceClient
+from onetimechat.errors import UsageError
 
 
 def register(parts: argparse._SubParsersAction) -> None:
@@ -123,4 +124,6 @@ def cmd_recv(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from client.chat import run_chat
 
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("otc chat needs a terminal to type in; in scripts use otc send and otc recv.")
     return run_chat(messenger_for(args))

@@ -52,7 +52,8 @@ from hrng.errors import HRNGError
 from hrng.mixer import pad_random
 from hrng.sources import parse_url
 from onetimechat import rpc
-from onetimechat.errors import OTCError
+from onetimechat.errors import OTCError, UsageError
+from onetimechat.net import listen_failure
 
 log = logging.getLogger("otc.device")
 
@@ -532,8 +533,13 @@ class Server:
         from waitress.server import create_server
 
         self.app = create_app(config)
-        self.server = create_server(self.app, host=host, port=port, threads=threads, ident="otc-device",
-                                    clear_untrusted_proxy_headers=True)
+        try:
+            self.server = create_server(self.app, host=host, port=port, threads=threads, ident="otc-device",
+                                        clear_untrusted_proxy_headers=True)
+        except OSError as exc:
+            self.app.extensions["otc"].close()
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise UsageError(listen_failure(shown, exc)) from None
         self.host = host
         self.port = int(self.server.effective_port)  # type: ignore[union-attr]
         self._thread: threading.Thread | None = None

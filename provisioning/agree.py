@@ -16,6 +16,7 @@ import hmac
 import ipaddress
 import json
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from device.storage.padstore import PadStore, check_name
 from onetimechat.crypto import derive_key
 from onetimechat.errors import OTCError, UsageError
+from onetimechat.net import listen_failure
 from provisioning.errors import CeremonyBroken, CeremonyRefused
 from provisioning.wire import COMMIT, HELLO, REVEAL, Wire
 
@@ -135,8 +137,11 @@ def accept_one(listen: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host, port))
-        listener.listen(1)
+        try:
+            listener.bind((host, port))
+            listener.listen(1)
+        except OSError as exc:
+            raise UsageError(listen_failure(listen, exc)) from None
         shown = f"[{host}]" if ":" in host else host
         every = " (every address of this machine)" if ipaddress.ip_address(host).is_unspecified else ""
         print(f"otc: waiting for the other device on {shown}:{listener.getsockname()[1]}{every}", flush=True)
@@ -147,11 +152,21 @@ def accept_one(listen: str) -> socket.socket:
 def connect(address: str, what: str, wait: float = CONNECT_WAIT_S) -> socket.socket:
     """Connect to the hosting device, retrying for ``wait`` seconds while it starts."""
     host, port = connect_address(address)
-    deadline = time.monotonic() + wait
+    start = time.monotonic()
+    deadline = start + wait
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    print(f"otc: connecting to {shown} for {what}…", file=sys.stderr, flush=True)
+    told = False
     while True:
         try:
             return socket.create_connection((host, port), timeout=10)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise CeremonyBroken(f"No device hosts {what} at {host}:{port}.") from None
+        except OSError as exc:
+            now = time.monotonic()
+            if now > deadline:
+                reason = exc.strerror or type(exc).__name__
+                raise CeremonyBroken(f"No device hosts {what} at {shown} ({reason}; tried for {wait:.0f} s).") from None
+            if not told and now - start > 3:
+                told = True
+                print(f"otc: nothing answers at {shown} yet ({exc.strerror or 'no answer'}); still trying for up to "
+                      f"{wait:.0f} s (is the other side hosting, on that address?)", file=sys.stderr, flush=True)
             time.sleep(0.2)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from device.confirm import MODES, refuse_auto_in_production
 from device.home import open_home
+from device.localpair import check_size
 from device.ui import CeremonyView
 from hrng.errors import HRNGError
 from hrng.mixer import pad_random
@@ -16,7 +17,7 @@ from onetimechat import terminal
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
 from onetimechat.text import parse_size
-from provisioning.agree import accept_one, connect
+from provisioning.agree import CONNECT_WAIT_S, accept_one, connect
 from provisioning.ceremony import HOST, JOIN, Ceremony
 from provisioning.wire import Wire
 
@@ -44,6 +45,8 @@ def register(parts: argparse._SubParsersAction) -> None:
             p.add_argument("--size", required=True, type=parse_size, help="pad size in bytes (e.g. 64M)")
         else:
             p.add_argument("--connect", required=True, metavar="HOST:PORT", help="the hosting device")
+            p.add_argument("--wait", type=float, default=CONNECT_WAIT_S, metavar="SECONDS",
+                           help=f"keep trying to reach the host this long (default {CONNECT_WAIT_S:.0f})")
         p.add_argument("--name", help="the contact's name here (default: the other device's name)")
         p.add_argument("--confirm", choices=MODES, default="tty",
                        help="who confirms the pairing string (default: tty)")
@@ -144,10 +147,13 @@ def _runner(args: argparse.Namespace):
 
 
 def cmd_host(args: argparse.Namespace) -> int:
+    check_size(args.size)  # before anything listens: a joiner never waits for a refusal
     run = _runner(args)
     return run(args, HOST, accept_one(args.listen))
 
 
 def cmd_join(args: argparse.Namespace) -> int:
     run = _runner(args)
-    return run(args, JOIN, connect(args.connect, "a pairing"))
+    if not 0 < args.wait <= 3600:
+        raise UsageError("--wait is a number of seconds above 0, at most 3600.")
+    return run(args, JOIN, connect(args.connect, "a pairing", wait=args.wait))

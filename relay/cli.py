@@ -9,6 +9,7 @@ import signal
 import sys
 from types import FrameType
 
+from onetimechat.net import listen_failure
 from relay.config import DAY, RelayConfig, describe_db
 from relay.errors import ConfigError
 from relay.server import DEFAULT_THREADS, RelayServer, parse_listen
@@ -101,7 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server = RelayServer(app, host, port, threads=threads, trusted_proxy=args.trusted_proxy)
     except OSError as exc:
         relay.close()
-        raise ConfigError(f"Cannot listen on {args.listen}: {exc.strerror or type(exc).__name__}.") from None
+        raise ConfigError(listen_failure(args.listen, exc)) from None
     found = relay.store.found_version
     state = "new" if found == 0 else f"upgraded from v{found}" if found < LATEST else "existing"
     print(f"otc relay: storage {describe_db(config.db)} (schema v{LATEST}, {state})", flush=True)

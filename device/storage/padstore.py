@@ -227,11 +227,16 @@ class PadStore:
         """Create a new device in ``home`` (an empty or missing directory), PIN-locked if ``pin``."""
         check_name(name)
         home = Path(home)
+        if home.exists() and not home.is_dir():
+            raise StoreError(f"{home} is a file, not a folder: give --home a new or empty folder.")
         if (home / DB_NAME).exists():
             raise DeviceExists()
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (home / PADS_DIR).mkdir(mode=0o700, exist_ok=True)
-        (home / RUN_DIR).mkdir(mode=0o700, exist_ok=True)
+        try:
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (home / PADS_DIR).mkdir(mode=0o700, exist_ok=True)
+            (home / RUN_DIR).mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"Cannot make the device home {home}: {exc.strerror or type(exc).__name__}.") from None
         tmp = home / (DB_NAME + ".new")
         tmp.unlink(missing_ok=True)
         conn = _connect(tmp)
