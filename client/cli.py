@@ -6,21 +6,25 @@ import argparse
 import json
 import socket
 
+from client.errors import ClientError
 from client.rpc import DeviceClient, pair
+from client.state import ClientState, home_help
 from onetimechat import terminal
 from onetimechat.text import format_event
 
 
 def register(parts: argparse._SubParsersAction) -> None:
     cli = parts.add_parser("client", help="this laptop's link to its device",
-                           description="Pair this laptop with a pad device and look at the device.")
+                           description="Pair this laptop with a pad device and look at the device. "
+                           "`otc client` alone shows what this laptop remembers.", epilog=home_help())
+    cli.set_defaults(func=cmd_show)
     sub = cli.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
 
     p = sub.add_parser("pair", help="pair this laptop with a device",
                        description="Pair this laptop with a device: the device shows a one-time code, "
-                       "which you type here (or pass with --code).")
-    p.add_argument("--device", required=True, metavar="URL", help="the device, e.g. http://192.168.7.1:8470")
+                       "which you type here (or pass with --code). The device is remembered: later "
+                       "commands need no --device (or take the device's name).", epilog=home_help())
+    p.add_argument("--device", required=True, metavar="URL", help="the device, e.g. http://10.77.0.1:8470")
     p.add_argument("--code", help="the code the device shows (asked for if left out)")
     p.add_argument("--name", default=_default_name(), help="this laptop's name on the device (default: hostname)")
     p.set_defaults(func=cmd_pair)
@@ -31,15 +35,29 @@ def register(parts: argparse._SubParsersAction) -> None:
         ("clients", "the laptops paired with the device", cmd_clients),
     ):
         p = sub.add_parser(name, help=helptext, description=f"Show {helptext}.")
-        p.add_argument("--device", required=True, metavar="URL", help="the paired device")
+        p.add_argument("--device", metavar="NAME|URL", help=DEVICE_HELP)
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
 
     p = sub.add_parser("revoke", help="revoke a laptop paired with the device",
                        description="Revoke a paired laptop (this one too, if you name it).")
-    p.add_argument("--device", required=True, metavar="URL", help="the paired device")
+    p.add_argument("--device", metavar="NAME|URL", help=DEVICE_HELP)
     p.add_argument("client_id", metavar="CLIENT_ID", help="the client's id, or a unique prefix of it")
     p.set_defaults(func=cmd_revoke)
+
+    p = sub.add_parser("show", help="what this laptop remembers: paired devices, the one in use, the relay",
+                       description="Show the devices this laptop is paired with, the one used when --device "
+                       "is left out, and the remembered relay.", epilog=home_help())
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("use", help="choose the device used when --device is left out",
+                       description="Choose which paired device commands use when --device is left out.")
+    p.add_argument("device", metavar="NAME|URL", help="a paired device's name or URL")
+    p.set_defaults(func=cmd_use)
+
+
+DEVICE_HELP = "the paired device's name or URL (default: the one remembered; see `otc client`)"
 
 
 def _default_name() -> str:
@@ -55,6 +73,45 @@ def _ask_code() -> str:
 def cmd_pair(args: argparse.Namespace) -> int:
     creds = pair(args.device, name=args.name, code=args.code, ask_code=_ask_code)
     print(f"Paired this laptop ({creds.name}) with device {creds.device_name} at {creds.url}.")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    state = ClientState()
+    config = state.config()
+    paired = state.paired()
+    try:
+        current = state.resolve_device(None) if paired else None
+    except ClientError:
+        current = None
+    if getattr(args, "json", False):
+        print(json.dumps({
+            "home": str(state.home),
+            "devices": [{"name": c.device_name, "url": c.url, "this_laptop": c.name, "in_use": c.url == current}
+                        for c in paired],
+            "relay": config.get("relay"),
+        }, indent=2))
+        return 0
+    print(f"Client home: {state.home} (set OTC_CLIENT_HOME to use another)")
+    if not paired:
+        print("Paired devices: none yet; run `otc client pair --device URL`.")
+    else:
+        print("Paired devices:")
+        for c in paired:
+            mark = "  (in use when --device is left out)" if c.url == current else ""
+            print(f"  {c.device_name:<16} {c.url}  as {c.name}{mark}")
+        if current is None:
+            print("  (several: name one with --device NAME, or `otc client use NAME`)")
+    print(f"Relay: {config.get('relay') or 'none remembered yet (give --relay URL once)'}")
+    return 0
+
+
+def cmd_use(args: argparse.Namespace) -> int:
+    state = ClientState()
+    url = state.resolve_device(args.device)
+    creds = state.load(url)
+    state.remember(device=url)
+    print(f"Using device {creds.device_name} at {url} when --device is left out.")
     return 0
 
 

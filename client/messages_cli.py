@@ -12,6 +12,7 @@ from client.mailstore import MailStore
 from client.messenger import Event, Messenger
 from client.relay import MAX_WAIT_S, RelayClient
 from client.rpc import DeviceClient
+from client.state import home_help
 from onetimechat.errors import UsageError
 
 
@@ -41,8 +42,11 @@ def register(parts: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", required=True, metavar="URL", help="the paired device, e.g. http://10.77.0.1:8470")
-    p.add_argument("--relay", required=True, metavar="URL", help="the relay, e.g. https://relay.example:8080")
+    p.epilog = home_help()
+    p.add_argument("--device", metavar="NAME|URL",
+                   help="the paired device's name or URL, e.g. http://10.77.0.1:8470 (default: the one remembered)")
+    p.add_argument("--relay", metavar="URL",
+                   help="the relay, e.g. https://relay.example:8080 (remembered; default: the last one given)")
     p.add_argument("--no-receipts", action="store_true",
                    help="do not have the device answer received messages with delivery receipts (saves pad)")
 
@@ -50,7 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def messenger_for(args: argparse.Namespace, device_timeout: float | None = None) -> Messenger:
     device = DeviceClient(args.device) if device_timeout is None else DeviceClient(args.device,
                                                                                    timeout=device_timeout)
-    messenger = Messenger(device, RelayClient(args.relay), MailStore(device.url))
+    messenger = Messenger(device, RelayClient(device.state.resolve_relay(args.relay)), MailStore(device.url))
     if args.no_receipts:
         messenger.receipts = False
     return messenger

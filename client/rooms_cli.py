@@ -65,12 +65,13 @@ def register(parts: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", required=True, metavar="URL", help="the paired device")
-    p.add_argument("--relay", required=True, metavar="URL", help="the relay")
+    p.add_argument("--device", metavar="NAME|URL", help="the paired device (default: the one remembered)")
+    p.add_argument("--relay", metavar="URL", help="the relay (default: the last one given)")
 
 
 def _client(args: argparse.Namespace) -> RoomClient:
-    return RoomClient(DeviceClient(args.device), RelayClient(args.relay))
+    device = DeviceClient(args.device)
+    return RoomClient(device, RelayClient(device.state.resolve_relay(args.relay)))
 
 
 def cmd_create(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from client.errors import (
     PairingError,
     RemoteError,
 )
-from client.state import ClientState, Credentials, normalise_url
+from client.state import ClientState, Credentials
 from onetimechat import rpc
 from onetimechat.crypto import equal
 
@@ -34,10 +34,11 @@ CONNECT_TIMEOUT_S = 5.0
 class DeviceClient:
     """Sealed calls to one paired device."""
 
-    def __init__(self, url: str, state: ClientState | None = None, timeout: float = DEFAULT_TIMEOUT_S,
+    def __init__(self, url: str | None, state: ClientState | None = None, timeout: float = DEFAULT_TIMEOUT_S,
                  session: requests.Session | None = None) -> None:
-        self.url = normalise_url(url)
+        """``url``: the device's URL (any spelling), its name, or None for the remembered one."""
         self.state = state or ClientState()
+        self.url = self.state.resolve_device(url)
         self.creds = self.state.load(self.url)
         self.keys = self.creds.keys
         self.timeout = timeout
@@ -117,8 +118,8 @@ def pair(url: str, name: str, code: str | None = None, ask_code: Callable[[], st
     already known (scripts read ``HOME/pairing-code`` in auto mode), or give
     ``ask_code`` to ask the owner once the device shows it.
     """
-    url = normalise_url(url)
     state = state or ClientState()
+    url = state.resolve_device(url)  # a device paired before keeps the URL it was paired under
     http = session or requests.Session()
 
     def post(path: str, payload: dict) -> dict:
@@ -170,4 +171,7 @@ def pair(url: str, name: str, code: str | None = None, ask_code: Callable[[], st
     device_name = DeviceClient(url, state=state, session=http).ping().get("device", "")
     creds = Credentials(url=url, client_id=client_id, key=key, name=name, device_name=str(device_name))
     state.save(creds)
+    chosen = state.config().get("device")
+    if not chosen or chosen not in {c.url for c in state.paired()}:
+        state.remember(device=url)  # the first device: used when --device is left out
     return creds

@@ -4,6 +4,13 @@ It lives in ``$OTC_CLIENT_HOME``, by default the platform's user config
 directory. One file per paired device (mode 0600), named by a hash of the
 device URL. The pairing key authenticates this laptop to its device; it is
 not a pad key and opens no message.
+
+``config.json`` remembers the rest: which paired device to use when
+``--device`` is left out and the last relay given with ``--relay``, so both
+flags are needed once, not on every command. A device may be named by its
+name (``alice``) or by any spelling of its URL (``localhost`` or
+``127.0.0.1``, with or without ``http://``, a trailing slash or the default
+port): each resolves to the URL it was paired under.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from pathlib import Path
 from client.errors import NotPaired
 from onetimechat.rpc import MAX_COUNTER, Keys
 
+CONFIG = "config.json"
+
 
 def client_home() -> Path:
     env = os.environ.get("OTC_CLIENT_HOME")
@@ -32,8 +41,42 @@ def client_home() -> Path:
     return Path(platformdirs.user_config_dir("onetimechat"))
 
 
+HOME_HELP = ("This laptop's state (pairing keys, the remembered device and relay, the outbox) lives in "
+             "$OTC_CLIENT_HOME, by default the user config folder ({}).")
+
+
+def home_help() -> str:
+    """One sentence for --help saying where the client keeps its state."""
+    import platformdirs
+
+    return HOME_HELP.format(platformdirs.user_config_dir("onetimechat"))
+
+
 def normalise_url(url: str) -> str:
     return url.strip().rstrip("/")
+
+
+def canonical_url(url: str) -> str:
+    """A URL's identity: scheme added if missing, case and default port dropped, localhost as 127.0.0.1."""
+    from urllib.parse import urlsplit
+
+    text = normalise_url(url)
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return text
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and (scheme, port) not in (("http", 80), ("https", 443)):
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}{parts.path.rstrip('/')}"
 
 
 @dataclass(frozen=True)
@@ -52,6 +95,82 @@ class Credentials:
 class ClientState:
     def __init__(self, home: Path | None = None) -> None:
         self.home = home or client_home()
+
+    # -- what the laptop remembers ----------------------------------------------------
+
+    def paired(self) -> list[Credentials]:
+        """Every device this laptop is paired with, by name."""
+        found = []
+        for path in sorted((self.home / "devices").glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+                found.append(Credentials(url=record["url"], client_id=bytes.fromhex(record["client_id"]),
+                                         key=base64.b64decode(record["key"]), name=record["name"],
+                                         device_name=record["device_name"]))
+            except (OSError, ValueError, KeyError):
+                continue
+        return sorted(found, key=lambda c: (c.device_name, c.url))
+
+    def config(self) -> dict:
+        try:
+            data = json.loads((self.home / CONFIG).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def remember(self, **values: str | None) -> None:
+        path = self.home / CONFIG
+        with self._locked(path):
+            data = self.config()
+            for key, value in values.items():
+                if value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+            _write(path, data)
+
+    def resolve_device(self, given: str | None) -> str:
+        """The URL a device was paired under, from its name, any spelling of its URL, or nothing.
+
+        Nothing means the device chosen with `otc client use`, or the only one paired.
+        """
+        paired = self.paired()
+        if given is None or not given.strip():
+            chosen = self.config().get("device")
+            if chosen and any(c.url == chosen for c in paired):
+                return str(chosen)
+            if len(paired) == 1:
+                return paired[0].url
+            if not paired:
+                raise NotPaired("This laptop is paired with no device yet: run `otc client pair --device URL` "
+                                "(the URL the device's screen shows).")
+            names = ", ".join(c.device_name for c in paired)
+            raise NotPaired(f"This laptop is paired with several devices ({names}): name one with --device NAME, "
+                            "or choose one with `otc client use NAME`.")
+        given = given.strip()
+        by_name = [c for c in paired if c.device_name == given]
+        if len(by_name) == 1:
+            return by_name[0].url
+        if len(by_name) > 1:
+            urls = ", ".join(c.url for c in by_name)
+            raise NotPaired(f"Several paired devices are named {given} ({urls}): give the URL with --device.")
+        wanted = canonical_url(given)
+        for creds in paired:
+            if canonical_url(creds.url) == wanted:
+                return creds.url
+        return wanted if "://" not in given else normalise_url(given)
+
+    def resolve_relay(self, given: str | None) -> str:
+        """The relay given now (remembered for next time), or the one remembered."""
+        if given is not None and given.strip():
+            url = canonical_url(given) if "://" not in given else normalise_url(given)
+            if self.config().get("relay") != url:
+                self.remember(relay=url)
+            return url
+        remembered = self.config().get("relay")
+        if not remembered:
+            raise NotPaired("No relay given and none remembered: pass --relay URL once (it is remembered).")
+        return str(remembered)
 
     def _path(self, url: str) -> Path:
         digest = hashlib.sha256(normalise_url(url).encode()).hexdigest()[:24]

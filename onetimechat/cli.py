@@ -43,6 +43,8 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="otc",
         description="One Time Chat: end-to-end encrypted chat whose keys never touch the laptop.",
+        epilog="Each PART has its own --help. The laptop's state (pairing keys, the remembered device and "
+               "relay, the outbox) lives in $OTC_CLIENT_HOME, by default the user config folder.",
     )
     parser.add_argument("--version", action="version", version=f"otc {__version__}")
     parts = parser.add_subparsers(dest="part", metavar="PART", parser_class=ArgumentParser)
@@ -53,8 +55,13 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        if not argv:
+            parser.print_help()
+            return 0
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except OTCError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
