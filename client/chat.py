@@ -38,6 +38,7 @@ from client.rooms import RoomClient
 from onetimechat.text import format_event
 
 POLL_WAIT_S = 25
+DEVICE_PING_S = 3.0  # how often the status line checks that the device answers
 CONTACTS_REFRESH_S = 60
 MAX_BACKOFF_S = 10.0
 COMMANDS = ("send", "ms", "group", "gs", "contacts", "log", "rooms", "join", "leave", "receipts", "help", "exit")
@@ -203,6 +204,10 @@ class Chat:
         self.lock = threading.RLock()
         self.status = "connecting…"
         self.status_bad = False
+        # What the status line says comes from the latest attempt at each (None: not tried yet).
+        self.device_ok: bool | None = None
+        self.relay_ok: bool | None = None
+        self.device_note = ""
         self.stop = threading.Event()
         self.sends: queue.Queue[Command] = queue.Queue()
         self.rooms = RoomClient(messenger.device, messenger.relay)
@@ -304,6 +309,40 @@ class Chat:
 
     def set_status(self, text: str, bad: bool = False) -> None:
         self.status, self.status_bad = text, bad
+
+    def health(self, *, device: bool | None = None, relay: bool | None = None, note: str = "") -> None:
+        """Record the outcome of an attempt at the device or the relay and show what holds now."""
+        with self.lock:
+            if device is not None:
+                self.device_ok, self.device_note = device, note
+            if relay is not None:
+                self.relay_ok = relay
+            device_ok, relay_ok, device_note = self.device_ok, self.relay_ok, self.device_note
+        waiting = self.messenger.store.waiting()
+        if device_ok is False:
+            self.set_status(device_note or "the device does not answer; retrying", bad=True)
+        elif relay_ok is False:
+            self.set_status(f"the relay does not answer; retrying ({waiting} waiting in the outbox)"
+                            if waiting else "the relay does not answer; retrying", bad=True)
+        elif device_ok and relay_ok:
+            self.set_status("connected")
+        else:
+            self.set_status("connecting…")
+        self.refresh()
+
+    def pinger(self) -> None:
+        """Ask the device every few seconds whether it answers, so the status line is never stale."""
+        while not self.stop.is_set():
+            try:
+                self.messenger.device.ping()
+            except DeviceRefused:
+                self.health(device=False, note="this laptop is not paired with the device any more")
+                return
+            except ClientError as exc:
+                self.health(device=False, note=f"the device does not answer; retrying ({exc.code})")
+            else:
+                self.health(device=True)
+            self.stop.wait(DEVICE_PING_S)
         self.refresh()
 
     def contact_names(self) -> list[str]:
@@ -419,8 +458,7 @@ class Chat:
                         sent.warnings
                     with self.lock:
                         self.by_segment[(sent.pad_id, sent.offset)] = out
-                    if sent.state == "queued":
-                        self.set_status("the relay does not answer: messages wait in the outbox", bad=True)
+                    self.health(relay=sent.state != "queued")
                 self.refresh()
 
     def _send_room(self, command: Command) -> None:
@@ -497,23 +535,24 @@ class Chat:
                     self.messenger.refresh_contacts()  # a pad paired meanwhile brings new mailboxes
                     refreshed = time.monotonic()
                 self._flush()
-                self.set_status("connected")
+                self.health(relay=True)
                 result = self.messenger.poll(self._deliver, wait=POLL_WAIT_S)
+                self.health(relay=True)
                 if result.waiting:
-                    self.set_status(f"{result.waiting} message(s) wait: the device does not answer", bad=True)
+                    self.health(device=False, note=f"{result.waiting} message(s) wait: the device does not answer")
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
                     continue
                 self._flush()
                 backoff = 1.0
             except DeviceRefused as exc:
-                self.set_status("this laptop is not paired with the device any more", bad=True)
+                self.health(device=False, note="this laptop is not paired with the device any more")
                 self.system(str(exc), "error")
                 return
             except RelayUnavailable:
-                self.set_status("the relay does not answer; retrying", bad=True)
+                self.health(relay=False)
             except ClientError as exc:
-                self.set_status(f"the device does not answer; retrying ({exc.code})", bad=True)
+                self.health(device=False, note=f"the device does not answer; retrying ({exc.code})")
             else:
                 continue
             self.stop.wait(backoff)
@@ -574,7 +613,8 @@ class Chat:
         except ClientError:
             pass  # the device is away; rooms are followed once `rooms` or `join` reaches it
         threads = [threading.Thread(target=self.receiver, name="otc-chat-receive", daemon=True),
-                   threading.Thread(target=self.sender, name="otc-chat-send", daemon=True)]
+                   threading.Thread(target=self.sender, name="otc-chat-send", daemon=True),
+                   threading.Thread(target=self.pinger, name="otc-chat-ping", daemon=True)]
         for t in threads:
             t.start()
         try:

@@ -136,11 +136,20 @@ class MailStore:
                 db.execute("INSERT OR IGNORE INTO sent VALUES (?, ?, ?, ?, NULL, NULL)",
                            (item.pad_id, item.offset, item.contact, item.created))
 
-    def queued(self, relay: str) -> list[Queued]:
+    def queued(self) -> list[Queued]:
+        """Everything the relay has not taken yet, oldest first, whichever relay it was first meant for."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM outbox WHERE relay = ? ORDER BY created, rowid",
-                                    (relay,)).fetchall()
+            rows = self._db.execute("SELECT * FROM outbox ORDER BY created, rowid").fetchall()
         return [Queued(*row) for row in rows]
+
+    def waiting(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def find_queued(self, prefix: str) -> Queued | None:
+        """The queued item whose id starts with ``prefix`` (None if none or several)."""
+        matches = [item for item in self.queued() if item.id.startswith(prefix.lower())]
+        return matches[0] if len(matches) == 1 else None
 
     def sent(self, item: Queued, ref: int) -> None:
         with self._tx() as db:
@@ -151,9 +160,11 @@ class MailStore:
         with self._tx() as db:
             db.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
 
-    def attempted(self, item: Queued) -> None:
+    def attempted(self, item: Queued, relay: str | None = None) -> None:
+        """One more failed attempt, at ``relay`` (remembered as where it was last tried)."""
         with self._tx() as db:
-            db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (item.id,))
+            db.execute("UPDATE outbox SET attempts = attempts + 1, relay = coalesce(?, relay) WHERE id = ?",
+                       (relay, item.id))
 
     def delivered(self, pad_id: str, offset: int) -> SentRecord | None:
         """Mark a sent message delivered (a receipt came); its record, if this laptop sent it."""

@@ -34,6 +34,26 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per message")
     p.set_defaults(func=cmd_recv)
 
+    p = parts.add_parser("outbox", help="what waits for the relay: list it, retry it, or drop an item",
+                         description="Packages the relay has not taken yet wait in this laptop's outbox (each "
+                         "already made on the device: its pad is spent). `otc outbox` lists them; `retry` sends "
+                         "them to the relay given now; `drop ID` gives one up.", epilog=home_help())
+    p.add_argument("--device", metavar="NAME|URL",
+                   help="the paired device's name or URL (default: the one remembered)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_outbox, action="list")
+    sub = p.add_subparsers(dest="action", metavar="ACTION")
+    q = sub.add_parser("list", help="list what waits (the default)", description="List what waits for the relay.")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q = sub.add_parser("retry", help="send what waits to the relay now",
+                       description="Send every waiting package, oldest first, to the relay given now "
+                       "(--relay, or the one remembered).")
+    q.add_argument("--relay", metavar="URL", help="the relay (remembered; default: the last one given)")
+    q = sub.add_parser("drop", help="give up one waiting package",
+                       description="Remove one package from the outbox. Its pad is already spent: the "
+                       "contact's device will report a gap where it would have been.")
+    q.add_argument("id", metavar="ID", help="the item's id (or a unique prefix) from `otc outbox`")
+
     p = parts.add_parser("chat", help="interactive chat",
                          description="An interactive chat: messages appear as they arrive while you type. "
                          "Type `help` in the chat for its commands.")
@@ -122,6 +142,55 @@ def cmd_recv(args: argparse.Namespace) -> int:
         messenger.flush()  # the receipts just made
     except RelayUnavailable:
         pass
+    return 0
+
+
+def _size(b64: str) -> int:
+    """Bytes of a package from its base64 form."""
+    return len(b64) * 3 // 4 - (len(b64) - len(b64.rstrip("=")))
+
+
+def _age(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    device = DeviceClient(args.device)
+    store = MailStore(device.url)
+    if args.action == "retry":
+        messenger = Messenger(device, RelayClient(device.state.resolve_relay(args.relay)), store)
+        sent, waiting = messenger.flush()
+        print(f"{len(sent)} sent to {messenger.relay.url}; {waiting} still waiting"
+              + ("" if not waiting else " (the relay does not answer)"))
+        return 0 if not waiting else 1
+    if args.action == "drop":
+        item = store.find_queued(args.id)
+        if item is None:
+            raise UsageError(f"No single outbox item has an id starting with {args.id!r}; see `otc outbox`.")
+        store.drop(item)
+        print(f"Dropped the {item.kind} for {item.contact} ({_size(item.contents)} bytes). Its pad was "
+              f"already spent: {item.contact}'s device will report a gap where it would have been.")
+        return 0
+    items = store.queued()
+    now = time.time()
+    if args.json:
+        for item in items:
+            print(json.dumps({"id": item.id, "contact": item.contact, "kind": item.kind,
+                              "bytes": _size(item.contents), "age_s": round(now - item.created, 1),
+                              "relay": item.relay, "attempts": item.attempts}))
+        return 0
+    if not items:
+        print("The outbox is empty: the relay has everything sent.")
+        return 0
+    print(f"{len(items)} waiting for the relay (oldest first):")
+    for item in items:
+        print(f"  {item.id[:8]}  {item.kind:<7} to {item.contact:<16} {_size(item.contents):>8} bytes  "
+              f"{_age(now - item.created):>6} old  {item.attempts} attempt(s) at {item.relay}")
+    print("`otc outbox retry [--relay URL]` sends them now; `otc outbox drop ID` gives one up.")
     return 0
 
 

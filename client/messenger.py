@@ -143,7 +143,9 @@ class Messenger:
         """Send what waits in the outbox, oldest first; (what went, how many still wait)."""
         sent: list[Queued] = []
         waiting = 0
-        for item in self.store.queued(self.relay.url):
+        # Every waiting package goes to the relay in use now, whichever one it was first meant for:
+        # one queued for a relay that was wrong or gone must not leave the reader a gap for good.
+        for item in self.store.queued():
             if waiting:  # the relay is down: keep the order, try again later
                 waiting += 1
             elif self._try_send(item):
@@ -156,7 +158,7 @@ class Messenger:
         try:
             ref = self.relay.send(item.mailbox, item.contents, item.id)
         except RelayUnavailable:
-            self.store.attempted(item)
+            self.store.attempted(item, self.relay.url)
             return False
         except RelayRefused:
             # The relay will never take this package (too large for it, say): keeping it would

@@ -6,6 +6,8 @@ checked is what a person sees on each screen.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -215,3 +217,36 @@ def otc_out(argv: list[str]) -> str:
     result = otc(*argv)
     assert result.returncode == 0, result.stderr
     return result.stdout.decode()
+
+
+def _status_line(session) -> str:
+    lines = [ln for ln in session.text().splitlines() if "(help: commands)" in ln]
+    return lines[-1] if lines else ""
+
+
+def _wait_status(session, needle: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in _status_line(session):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"status line never said {needle!r}; it says {_status_line(session)!r}")
+
+
+def test_the_status_line_follows_the_device_and_the_relay_with_no_traffic(tmp_path):
+    """The review saw "connected" while the device was down, and a stale line once it was back."""
+    world = make_world(tmp_path, names=("alice", "bob"))
+    try:
+        alice = world.chat("alice")
+        _wait_status(alice, "connected")
+        world.people["alice"].stop()
+        _wait_status(alice, "the device does not answer")
+        world.people["alice"].start()
+        _wait_status(alice, "connected")
+        world.stop_relay()
+        _wait_status(alice, "the relay does not answer", timeout=45)
+        world.start_relay()
+        _wait_status(alice, "connected", timeout=45)
+        assert alice.close() == 0
+    finally:
+        world.close()
