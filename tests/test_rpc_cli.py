@@ -136,11 +136,11 @@ def test_tty_confirmation_end_to_end(homes, tmp_path):
         t.start()
         child.expect("Encrypt this text message to bob")
         child.expect("tty says hi")
-        child.expect(r"It uses 43 pad bytes; (\d+) will be left")
+        child.expect(r"It uses 27 pad bytes; (\d+) will be left")
         child.expect(r"Approve\? \[y/N\]")
         child.sendline("y")
         t.join(30)
-        assert results and results[0]["consumed"] == 43
+        assert results and results[0]["consumed"] == 27
 
         errors: list = []
 
@@ -156,7 +156,7 @@ def test_tty_confirmation_end_to_end(homes, tmp_path):
         child.sendline("n")
         t.join(30)
         assert errors == ["declined"]
-        assert client.status()["contacts"][0]["send"]["used"] == 43
+        assert client.status()["contacts"][0]["send"]["used"] == 27
     finally:
         child.kill(signal.SIGTERM)
         child.close()
