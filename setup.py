@@ -23,6 +23,8 @@ setup(
         "platformdirs>=4",
         "pygame>=2.5",
         "prompt_toolkit>=3.0.36",
+        # Shell completion for bash and zsh (README: one line to turn it on).
+        "argcomplete>=3.1",
         # BLS12-381 pairings for attribute-based keys (wheels for x86_64 and aarch64).
         "py-arkworks-bls12381>=0.5,<0.6",
     ],

@@ -41,16 +41,18 @@ POLL_WAIT_S = 25
 DEVICE_PING_S = 3.0  # how often the status line checks that the device answers
 CONTACTS_REFRESH_S = 60
 MAX_BACKOFF_S = 10.0
-COMMANDS = ("send", "ms", "group", "gs", "contacts", "log", "rooms", "join", "leave", "receipts", "help", "exit")
+COMMANDS = ("send", "ms", "group", "groups", "gs", "contacts", "log", "rooms", "join", "leave", "receipts", "help",
+            "exit")
 HELP = """commands:
   <contact>: <message>        send a message (also: send <contact> <message>)
   ms <a,b,...> <message>      send the same message to several contacts (each confirmed on the device)
   group <name> <a,b,...>      save a group;  gs <group> <message>  send to a saved group
+  groups                      the saved groups
   contacts                    contacts and the pad left each way
   log                         the device's event log
   rooms; join <room>; leave <room>   attribute-based rooms (invites added with otc room add)
   #<room>: <message>          send to a room you joined (confirmed on the device)
-  receipts on|off             ask for delivery receipts (each costs 57 bytes of the sender's pad)
+  receipts on|off             ask for delivery receipts (each costs 41 bytes of the receiver's pad)
   help, exit                  this text; leave (also Ctrl-D)
 marks: … confirm on your device   ✓ sent   ✓✓ delivered   ⧗ waiting to reach the relay   ✗ not sent"""
 
@@ -91,7 +93,7 @@ def parse_command(line: str, groups: dict[str, list[str]]) -> Command:
         return Command("exit")
     if word in ("help", "?") and not rest:
         return Command("help")
-    if word in ("contacts", "log", "rooms") and not rest:
+    if word in ("contacts", "log", "rooms", "groups") and not rest:
         return Command(word)
     if word in ("join", "leave"):
         if not rest or " " in rest:
@@ -357,6 +359,12 @@ class Chat:
             self.app.exit()
         elif command.name == "help":
             self.system(HELP)
+        elif command.name == "groups":
+            groups = self.messenger.store.groups()
+            if not groups:
+                self.system("no saved groups; make one with: group <name> <a,b,...>")
+            for name, members in groups.items():
+                self.system(f"group {name}: {', '.join(members)}")
         elif command.name == "error":
             self.system(command.text, "error")
         elif command.name == "room":

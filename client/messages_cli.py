@@ -22,7 +22,7 @@ def register(parts: argparse._SubParsersAction) -> None:
                          "it; the package goes to the relay (or waits in the local outbox if the relay is down).")
     _common(p)
     p.add_argument("contact", metavar="CONTACT", help="the contact's name on the device")
-    p.add_argument("message", metavar="MESSAGE", help="the text to send")
+    p.add_argument("message", metavar="MESSAGE", help="the text to send; - reads it from stdin")
     p.set_defaults(func=cmd_send)
 
     p = parts.add_parser("recv", help="receive waiting messages",
@@ -99,7 +99,22 @@ def describe(event: Event) -> list[str]:
     return lines
 
 
+def message_text(given: str) -> str:
+    """MESSAGE as given, or stdin for ``-``; an empty message is refused before anything is asked."""
+    text = given
+    if given == "-":
+        try:
+            text = sys.stdin.read()
+        except UnicodeDecodeError:
+            raise UsageError("The message on stdin is not UTF-8 text.") from None
+        text = text[:-1] if text.endswith("\n") else text
+    if not text.strip():
+        raise UsageError("An empty message is not sent: give some text (or - to read it from stdin).")
+    return text
+
+
 def cmd_send(args: argparse.Namespace) -> int:
+    args.message = message_text(args.message)
     messenger = messenger_for(args)
     messenger.flush()
     if sys.stderr.isatty():

@@ -44,15 +44,17 @@ def register(parts: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         _common(p)
         if extra:
-            p.add_argument(extra, metavar=extra.upper())
+            p.add_argument(extra, metavar=extra.upper(),
+                           help="the invite string `otc room create` printed" if extra == "invite"
+                           else "the room's name (or its id)")
         p.set_defaults(func=globals()[f"cmd_{name}"])
 
     p = sub.add_parser("send", help="send a message to a room (confirmed on the device)",
                        description="Send MESSAGE to ROOM under its current epoch key, after the device's owner "
                        "confirms it (the screen shows the room, its policy and the member count).")
     _common(p)
-    p.add_argument("room", metavar="ROOM")
-    p.add_argument("message", metavar="MESSAGE")
+    p.add_argument("room", metavar="ROOM", help="the room's name (or its id)")
+    p.add_argument("message", metavar="MESSAGE", help="the text to send; - reads it from stdin")
     p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("recv", help="receive room messages",
@@ -124,8 +126,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    from client.messages_cli import message_text
+
+    text = message_text(args.message)
     client = _client(args)
-    client.send(args.room, args.message)
+    client.send(args.room, text)
     client.sync(args.room)
     return 0
 

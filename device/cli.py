@@ -117,8 +117,8 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("--hrng", action="append", default=[], metavar="URL",
                    help="take pad bytes from this hardware random source XOR the OS CSPRNG (repeatable; "
                    "e.g. serial:///dev/ttyACM0, see `otc hrng test --help`); without it, the OS CSPRNG alone")
-    p.add_argument("home_a", metavar="HOME_A", type=Path)
-    p.add_argument("home_b", metavar="HOME_B", type=Path)
+    p.add_argument("home_a", metavar="HOME_A", type=Path, help="the initiator's home (a device made with init)")
+    p.add_argument("home_b", metavar="HOME_B", type=Path, help="the responder's home")
     p.add_argument("--pin-file-a", type=Path, help="the PIN of HOME_A, if it is PIN-locked")
     p.add_argument("--pin-file-b", type=Path, help="the PIN of HOME_B, if it is PIN-locked")
     p.set_defaults(func=cmd_pair_local)

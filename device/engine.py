@@ -350,6 +350,7 @@ class Device:
             send_total = sum(p.send_total for p in pads)
             send_left = sum(p.send_left for p in pads)
             forged = sum(failures.get(p.pad_id, 0) for p in every)
+            alarmed = any(failures.get(p.pad_id, 0) >= FORGERY_ALARM_AT for p in every)  # per pad (DESIGN.md)
             retired = len(every) - len(pads)
             contacts.append({
                 "name": name,
@@ -358,10 +359,10 @@ class Device:
                             "left": sum(p.recv_left for p in pads)},
                 "pads": [dict(p.to_dict(), tag_failures=failures.get(p.pad_id, 0)) for p in every],
                 "tag_failures": forged,
-                "forgery_alarm": forged >= FORGERY_ALARM_AT,
+                "forgery_alarm": alarmed,
                 "must_pair_again": bool(retired) and not pads,
             })
-            if forged >= FORGERY_ALARM_AT:
+            if alarmed:
                 alarms.append(forgery_text(name, forged))
             if retired and not pads:
                 warnings.append(f"retired-pad: {retired_text(name)}")

@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 
 from device.errors import ContactExists, StoreError
 from device.storage.padfile import PadFile
-from device.storage.padstore import INITIATOR, RESPONDER, PadStore
+from device.storage.padstore import INITIATOR, MIN_PAD_SIZE, RESPONDER, PadStore
 
 CHUNK = 1 << 20
-MIN_PAD = 256
+MIN_PAD = MIN_PAD_SIZE
 MAX_PAD = 1 << 40
 
 RandomBytes = Callable[[int], bytes]

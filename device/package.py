@@ -171,6 +171,8 @@ def parse(data: bytes | bytearray | memoryview) -> Package:
     checks the tag.
     """
     view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+    if bytes(view[:4]) == MAGIC_V1:
+        raise WithdrawnFormat()  # however short: v1 is refused as v1
     if len(view) < OVERHEAD:
         raise MalformedPackage("Package refused: it is truncated.")
     magic, kind, pad_id, offset, length = HEADER.unpack_from(view, 0)

@@ -179,9 +179,12 @@ class DeviceService:
         views: dict[str, list[int]] = {}
         retired: dict[str, int] = {}
         forged: dict[str, int] = {}
+        alarmed: set[str] = set()
         failures = store.tag_failures()
         for pad in store.pads():
             forged[pad.contact] = forged.get(pad.contact, 0) + failures.get(pad.pad_id, 0)
+            if failures.get(pad.pad_id, 0) >= FORGERY_ALARM_AT:  # the alarm is per pad (DESIGN.md)
+                alarmed.add(pad.contact)
             if pad.retired:
                 retired[pad.contact] = retired.get(pad.contact, 0) + 1
                 continue
@@ -192,7 +195,7 @@ class DeviceService:
             v[3] += pad.recv_total
 
         def note(name: str) -> str:
-            if forged.get(name, 0) >= FORGERY_ALARM_AT:
+            if name in alarmed:
                 return f"Forgery alarm: {forged[name]} forged messages refused. Someone is forging."
             if retired.get(name) and name not in views:
                 return "Pad retired (made before package v2): pair again in person."

@@ -58,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         parser = build_parser()
+        if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (argcomplete); otherwise not imported
+            import argcomplete
+
+            argcomplete.autocomplete(parser)
         if not argv:
             parser.print_help()
             return 0

@@ -68,7 +68,8 @@ class Progress:
 
     def _emit(self) -> None:
         if self.interactive:
-            self.stream.write("\r" + self.line())
+            # Redrawn in place; the rest of the line is cleared so a shorter line leaves nothing behind.
+            self.stream.write("\r" + self.line() + "\x1b[K")
         else:
             self.stream.write(self.line() + "\n")
         self.stream.flush()

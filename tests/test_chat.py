@@ -101,6 +101,11 @@ def test_two_chats_hold_a_conversation(world, tmp_path):
     alice.wait_for("declined")
     alice.type("help")
     alice.wait_for("ms <a,b,...> <message>")
+    alice.type("groups")
+    alice.wait_for("no saved groups")
+    alice.type("group pals bob,carol")
+    alice.type("groups")
+    alice.wait_for("group pals: bob, carol")
 
     # Mistakes get one clear line.
     alice.type("frobnicate now")
@@ -128,6 +133,7 @@ GROUPS = {"team": ["bob", "carol"]}
     ("receipts off", Command("receipts", text="off")),
     ("exit", Command("exit")),
     ("rooms", Command("rooms")),
+    ("groups", Command("groups")),
     ("join ops", Command("join", room="ops")),
     ("leave #ops", Command("leave", room="ops")),
     ("#ops: hello room", Command("room", text="hello room", room="ops")),
@@ -159,8 +165,8 @@ def test_parse_command_errors(line, error):
 @given(st.text(max_size=80))
 def test_parse_command_never_crashes(line):
     command = parse_command(line, GROUPS)
-    assert command.name in {"send", "group", "contacts", "log", "receipts", "help", "exit", "error", "empty", "rooms",
-                            "join", "leave", "room"}
+    assert command.name in {"send", "group", "groups", "contacts", "log", "receipts", "help", "exit", "error", "empty",
+                            "rooms", "join", "leave", "room"}
     if command.name == "send":
         assert command.contacts and all(command.contacts) and command.text
 

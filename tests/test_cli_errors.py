@@ -94,3 +94,40 @@ def test_join_says_it_is_connecting_and_keeps_trying(home):
 def test_chat_without_a_terminal(tmp_path):
     result = otc("chat", "--device", "http://127.0.0.1:1", "--relay", "http://127.0.0.1:2", new_session=True)
     assert one_line(result) == "ERROR: otc chat needs a terminal to type in; in scripts use otc send and otc recv."
+
+
+def test_an_empty_message_is_refused_before_the_device_is_asked(tmp_path):
+    for text, given in (("", None), ("   ", None), ("-", b"\n"), ("-", b"")):
+        result = otc("send", "--device", "http://127.0.0.1:1", "--relay", "http://127.0.0.1:2", "bob", text,
+                     input=given, env={"OTC_CLIENT_HOME": str(tmp_path / "laptop")})
+        assert one_line(result) == "ERROR: An empty message is not sent: give some text (or - to read it from stdin)."
+        assert result.returncode == 2
+
+
+def test_every_positional_argument_has_help():
+    import argparse
+
+    from onetimechat.cli import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, [*path, name])
+            elif not action.option_strings and not action.help:
+                yield " ".join(path), action.dest
+
+    assert list(walk(build_parser(), ["otc"])) == []
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("otc pa", {"pad", "pair"}),
+    ("otc client ", {"pair", "status", "log", "clients", "revoke", "show", "use"}),
+    ("otc outbox ", {"list", "retry", "drop"}),
+])
+def test_shell_completion(tmp_path, line, expected):
+    out = tmp_path / "completions"
+    result = otc(env={"_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line)),
+                      "_ARGCOMPLETE_STDOUT_FILENAME": str(out), "_ARGCOMPLETE_IFS": "\n"})
+    assert result.returncode == 0
+    assert expected <= set(out.read_text().split("\n"))

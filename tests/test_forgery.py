@@ -323,3 +323,84 @@ def test_pads_made_before_v2_are_retired_and_destroyed(tmp_path):
         sent = alice.package("bob", b"on the new pad")
         assert sent.pad_id == new_pad
         assert bob.unpackage(sent.package).plaintext == b"on the new pad"
+
+
+def test_opening_an_old_home_from_several_processes_at_once(tmp_path):
+    """Two commands upgrading the same pre-v2 home race to destroy its pad: neither fails."""
+    import threading
+
+    home_a, home_b, pad_id = make_pair(tmp_path, size=1 << 20)
+    _as_made_before_v2(home_b)
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def open_it() -> None:
+        start.wait()
+        try:
+            PadStore(home_b).close()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert not (home_b / "pads" / f"{pad_id.hex()}.pad").exists()
+
+
+def test_the_alarm_is_per_pad_on_every_surface(tmp_path):
+    """Two pads for one contact, two failures on each: no alarm anywhere; a third on one: the alarm everywhere."""
+    home_a, home_b, first = make_pair(tmp_path, size=4096)
+    with PadStore(home_a) as a, PadStore(home_b) as b:
+        second = pair_local(a, b, 4096)
+    pad = {first: pad_bytes(home_b, first), second: pad_bytes(home_b, second)}
+
+    def attempt(bob, pad_id: bytes, n: int) -> None:
+        forged = forge(b"OTC2", pad_id, 100 + n, b"x", b"\0", bytes(16) + pad[pad_id][100 + n : 116 + n])
+        with pytest.raises(InvalidPackage):
+            bob.unpackage(forged)
+
+    source = ScriptedSource()
+    server = start_server(home_b, source)
+    try:
+        state = ClientState(tmp_path / "laptop")
+        pair(server.url, name="laptop", ask_code=lambda: source.codes[-1], state=state)
+        client = DeviceClient(server.url, state=state, timeout=30)
+        service = server.app.extensions["otc"]
+        for n in range(2):
+            attempt(service.device, first, n)
+            attempt(service.device, second, n)
+        status = service.device.status()
+        assert status["contacts"][0]["tag_failures"] == 4
+        assert not status["alarms"] and not status["contacts"][0]["forgery_alarm"]
+        assert client.call("contacts")[0]["forgery_alarm"] is False
+        assert all(note == "" for note in (c.note for c in service.panel_status()[0]))
+        attempt(service.device, second, 2)
+        status = service.device.status()
+        assert status["alarms"] and status["contacts"][0]["forgery_alarm"]
+        assert client.call("contacts")[0]["forgery_alarm"] is True
+        assert service.panel_status()[0][0].note.startswith("Forgery alarm")
+        assert [e["event"] for e in service.device.store.events()].count("forgery-alarm") == 1
+    finally:
+        server.close()
+
+
+def test_a_truncated_v1_package_is_still_refused_as_v1(pair):
+    with pytest.raises(WithdrawnFormat):
+        pair[1].unpackage(b"OTC1")
+    with pytest.raises(WithdrawnFormat):
+        pair[1].unpackage(b"OTC1" + bytes(20))
+
+
+def test_a_pad_too_small_for_both_keys_is_refused_by_the_store(tmp_path):
+    from device.errors import StoreError
+
+    PadStore.init(tmp_path / "a", "alice").close()
+    with PadStore(tmp_path / "a") as store:
+        pad_id = bytes(range(16))
+        store.pad_path(pad_id).write_bytes(bytes(24))
+        with pytest.raises(StoreError):
+            store.add_pad(contact="bob", peer_device_id=bytes(16), pad_id=pad_id, role="initiator", size=24,
+                          mailbox_out=bytes(16), mailbox_in=bytes(16))

@@ -50,8 +50,8 @@ def register(parts: argparse._SubParsersAction) -> None:
                        "device in MEMBER_HOME, both on this machine (development and tests: this machine "
                        "sees the key).")
     p.add_argument("--attributes", required=True, help="comma-separated attributes, e.g. STAFF,ADMIN")
-    p.add_argument("auth_home", metavar="AUTH_HOME", type=Path)
-    p.add_argument("member_home", metavar="MEMBER_HOME", type=Path)
+    p.add_argument("auth_home", metavar="AUTH_HOME", type=Path, help="the attribute authority's home")
+    p.add_argument("member_home", metavar="MEMBER_HOME", type=Path, help="the member device's home")
     p.add_argument("--auth-pin-file", type=Path, help="the PIN of AUTH_HOME, if it is PIN-locked")
     p.add_argument("--member-pin-file", type=Path, help="the PIN of MEMBER_HOME, if it is PIN-locked")
     p.set_defaults(func=cmd_grant_local)

@@ -52,6 +52,7 @@ EVENTS_KEPT = 100_000
 SQLITE_MAX_INT = (1 << 63) - 1
 
 PAD_FORMAT = 2  # package format v2: both authentication keys set aside
+MIN_PAD_SIZE = 256  # both authentication keys and room for messages each way
 
 INITIATOR = "initiator"
 RESPONDER = "responder"
@@ -392,16 +393,18 @@ class PadStore:
         done = 0
         for pad_id, contact in self.read("SELECT pad_id, contact FROM pads WHERE format < ?", (PAD_FORMAT,)):
             path = self.pad_path(bytes(pad_id))
-            try:
+            try:  # another process opening the home may be destroying the same file: either one finishes
                 size = path.stat().st_size
-            except FileNotFoundError:
+                pad_file = PadFile(path, size)
+                try:
+                    pad_file.wipe(0, size)
+                finally:
+                    pad_file.close()
+                path.unlink()
+            except OSError as exc:
+                if path.exists():
+                    raise StoreError(f"A retired pad's file could not be destroyed: {exc.strerror}.") from None
                 continue
-            pad_file = PadFile(path, size)
-            try:
-                pad_file.wipe(0, size)
-            finally:
-                pad_file.close()
-            path.unlink()
             sync_directory(path.parent)
             self.log_event("pad-retired", contact=contact, pad_id=bytes(pad_id), length=size,
                            detail="made before package format v2; its bytes were destroyed: pair again")
@@ -452,6 +455,8 @@ class PadStore:
     ) -> PadRecord:
         """Register a pad whose file is already at :meth:`pad_path`."""
         check_name(contact)
+        if size < MIN_PAD_SIZE:
+            raise StoreError(f"A pad must be at least {MIN_PAD_SIZE} bytes.")
         if role not in (INITIATOR, RESPONDER):
             raise ValueError("role must be initiator or responder")
         if not self.pad_path(pad_id).is_file():
