@@ -136,15 +136,20 @@ class ChatSession:
 
     ROWS, COLS = 40, 150
 
-    def __init__(self, person: Person, relay_url: str, *extra: str) -> None:
+    def __init__(self, person: Person | None, relay_url: str = "", *extra: str,
+                 command: tuple[str, list[str]] | None = None, env: dict[str, str] | None = None) -> None:
+        """`otc chat` for ``person`` via ``relay_url``, or any ``command`` (program, args) with ``env``."""
         self.screen = pyte.Screen(self.COLS, self.ROWS)
         self.stream = pyte.ByteStream(self.screen)
         self.lock = threading.Lock()
-        env = {**os.environ, **person.env, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1",
-               "PYTHONPATH": str(ROOT)}
-        self.child = pexpect.spawn(sys.executable, ["-m", "onetimechat.cli", "chat", "--device", person.url,
-                                                    "--relay", relay_url, *extra],
-                                   env=env, cwd=str(ROOT), dimensions=(self.ROWS, self.COLS))
+        base = {**os.environ, **(person.env if person else {}), **(env or {})}
+        env = {**base, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1", "PYTHONPATH": str(ROOT)}
+        if command is None:
+            assert person is not None
+            command = (sys.executable, ["-m", "onetimechat.cli", "chat", "--device", person.url,
+                                        "--relay", relay_url, *extra])
+        self.child = pexpect.spawn(command[0], command[1], env=env, cwd=str(ROOT),
+                                   dimensions=(self.ROWS, self.COLS))
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
