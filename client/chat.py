@@ -32,6 +32,7 @@ from prompt_toolkit.layout.menus import CompletionsMenu
 from prompt_toolkit.layout.processors import BeforeInput
 from prompt_toolkit.styles import Style
 
+from client import presence
 from client.errors import ClientError, DeviceRefused, RelayRefused, RelayUnavailable, RemoteError
 from client.messenger import Event, Messenger, Outgoing
 from client.rooms import RoomClient
@@ -41,13 +42,14 @@ POLL_WAIT_S = 25
 DEVICE_PING_S = 3.0  # how often the status line checks that the device answers
 CONTACTS_REFRESH_S = 60
 MAX_BACKOFF_S = 10.0
-COMMANDS = ("send", "ms", "group", "groups", "gs", "contacts", "log", "rooms", "join", "leave", "receipts", "help",
-            "exit")
+COMMANDS = ("send", "ms", "group", "groups", "gs", "contacts", "who", "share", "log", "rooms", "join", "leave",
+            "receipts", "help", "exit")
 HELP = """commands:
   <contact>: <message>        send a message (also: send <contact> <message>)
   ms <a,b,...> <message>      send the same message to several contacts (each confirmed on the device)
   group <name> <a,b,...>      save a group;  gs <group> <message>  send to a saved group
   groups                      the saved groups
+  who; share <contact> on|off contacts online now; tell a contact when you are (off by default)
   contacts                    contacts and the pad left each way
   log                         the device's event log
   rooms; join <room>; leave <room>   attribute-based rooms (invites added with otc room add)
@@ -93,8 +95,13 @@ def parse_command(line: str, groups: dict[str, list[str]]) -> Command:
         return Command("exit")
     if word in ("help", "?") and not rest:
         return Command("help")
-    if word in ("contacts", "log", "rooms", "groups") and not rest:
+    if word in ("contacts", "log", "rooms", "groups", "who") and not rest:
         return Command(word)
+    if word == "share":
+        contact, _, value = rest.partition(" ")
+        if not contact or value.strip().lower() not in ("on", "off"):
+            return Command("error", text="usage: share <contact> on|off")
+        return Command("share", (contact,), value.strip().lower())
     if word in ("join", "leave"):
         if not rest or " " in rest:
             return Command("error", text=f"usage: {word} <room>")
@@ -333,8 +340,19 @@ class Chat:
         self.refresh()
 
     def pinger(self) -> None:
-        """Ask the device every few seconds whether it answers, so the status line is never stale."""
+        """Ask the device every few seconds whether it answers, so the status line is never stale.
+
+        It also renews this laptop's presence for the contacts it shares it with (opt-in).
+        """
+        announced = 0.0
         while not self.stop.is_set():
+            if (self.messenger.contacts and presence.sharing(self.messenger.store)
+                    and time.monotonic() - announced > presence.RENEW_EVERY_S):
+                try:
+                    presence.announce(self.messenger.relay, self.messenger.store, self.messenger.contacts)
+                    announced = time.monotonic()
+                except (RelayUnavailable, RelayRefused):
+                    pass  # the relay's own status shows through the receiver
             try:
                 self.messenger.device.ping()
             except DeviceRefused:
@@ -375,7 +393,7 @@ class Chat:
                 self.system(f"no contact named {', '.join(unknown)} on the device; type contacts", "error")
             else:
                 self.sends.put(command)
-        elif command.name in ("contacts", "log", "receipts", "group", "rooms", "join", "leave"):
+        elif command.name in ("contacts", "log", "receipts", "group", "rooms", "join", "leave", "who", "share"):
             threading.Thread(target=self._local, args=(command,), daemon=True).start()
         return False  # clear the line; it stays in the (in-memory) history
 
@@ -398,6 +416,20 @@ class Chat:
                 groups = self.messenger.store.groups()
                 for name, members in groups.items():
                     self.system(f"group {name}: {', '.join(members)}")
+            elif command.name == "who":
+                here = presence.online(self.messenger.relay, self.messenger.refresh_contacts())
+                shared = sorted(presence.sharing(self.messenger.store))
+                self.system(f"online now: {', '.join(here) if here else 'none of your contacts'}"
+                            f" · you share your presence with {', '.join(shared) if shared else 'nobody'}")
+            elif command.name == "share":
+                contact = command.contacts[0]
+                if contact not in self.contact_names():
+                    self.system(f"no contact named {contact} on the device; type contacts", "error")
+                    return
+                presence.share(self.messenger.store, contact, command.text == "on")
+                presence.announce(self.messenger.relay, self.messenger.store, self.messenger.contacts)
+                self.system(f"{contact} {'now sees' if command.text == 'on' else 'no longer sees'} when you are "
+                            "online")
             elif command.name == "log":
                 events = self.messenger.device.events(limit=20)
                 for event in events or [{"event": "(empty)"}]:

@@ -54,6 +54,18 @@ def register(parts: argparse._SubParsersAction) -> None:
                        "contact's device will report a gap where it would have been.")
     q.add_argument("id", metavar="ID", help="the item's id (or a unique prefix) from `otc outbox`")
 
+    p = parts.add_parser("who", help="which contacts are online now (opt-in presence)",
+                         description="List the contacts whose laptops say they are online now (only those who "
+                         "share their presence with you). --share tells a contact when you are online (while "
+                         "otc chat runs); --stop ends it. Off by default; docs/client.md says what the relay "
+                         "learns.", epilog=home_help())
+    _common(p)
+    p.add_argument("--share", metavar="CONTACT", action="append", default=[],
+                   help="share your presence with CONTACT (repeatable)")
+    p.add_argument("--stop", metavar="CONTACT", action="append", default=[],
+                   help="stop sharing your presence with CONTACT (repeatable)")
+    p.set_defaults(func=cmd_who)
+
     p = parts.add_parser("chat", help="interactive chat",
                          description="An interactive chat: messages appear as they arrive while you type. "
                          "Type `help` in the chat for its commands.")
@@ -206,6 +218,28 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         print(f"  {item.id[:8]}  {item.kind:<7} to {item.contact:<16} {_size(item.contents):>8} bytes  "
               f"{_age(now - item.created):>6} old  {item.attempts} attempt(s) at {item.relay}")
     print("`otc outbox retry [--relay URL]` sends them now; `otc outbox drop ID` gives one up.")
+    return 0
+
+
+def cmd_who(args: argparse.Namespace) -> int:
+    from client import presence
+
+    messenger = messenger_for(args)
+    contacts = messenger.refresh_contacts()
+    names = {str(c["name"]) for c in contacts}
+    for name in args.share + args.stop:
+        if name not in names:
+            raise UsageError(f"No contact named {name!r} on the device.")
+    for name in args.share:
+        presence.share(messenger.store, name, True)
+    for name in args.stop:
+        presence.share(messenger.store, name, False)
+    if args.share or args.stop:
+        presence.announce(messenger.relay, messenger.store, contacts)
+    shared = sorted(presence.sharing(messenger.store))
+    print(f"Sharing your presence with: {', '.join(shared) if shared else 'nobody (otc who --share CONTACT)'}")
+    here = presence.online(messenger.relay, contacts)
+    print(f"Online now: {', '.join(here) if here else 'none of your contacts'}")
     return 0
 
 

@@ -76,6 +76,24 @@ class RelayClient:
         """Delete the mailbox's messages up to ``through`` (the reader has them)."""
         self._post("/v1/ack", {"mailbox": mailbox, "through": through})
 
+    def announce(self, handle: str, token: str, ttl: float) -> None:
+        """Say ``handle`` is online for ``ttl`` seconds (opt-in presence)."""
+        self._post("/v1/announce", {"handle": handle, "token": token, "ttl": ttl})
+
+    def withdraw(self, handle: str, token: str) -> None:
+        self._post("/v1/withdraw", {"handle": handle, "token": token})
+
+    def online(self) -> set[str]:
+        """The handles online now."""
+        try:
+            response = self.session.get(self.url + "/v1/list", timeout=(CONNECT_TIMEOUT_S, self.timeout))
+            data = response.json()
+        except (requests.RequestException, ValueError):
+            raise RelayUnavailable(f"The relay at {self.url} does not answer.") from None
+        if response.status_code != 200 or not isinstance(data, dict) or not isinstance(data.get("online"), list):
+            raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer ({response.status_code}).")
+        return {str(item["handle"]) for item in data["online"] if isinstance(item, dict) and "handle" in item}
+
     def _post(self, path: str, payload: dict[str, Any], timeout: float | None = None) -> dict:
         try:
             response = self.session.post(self.url + path, json=payload,

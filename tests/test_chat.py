@@ -101,11 +101,11 @@ def test_two_chats_hold_a_conversation(world, tmp_path):
     alice.wait_for("declined")
     alice.type("help")
     alice.wait_for("ms <a,b,...> <message>")
-    alice.type("groups")
-    alice.wait_for("no saved groups")
     alice.type("group pals bob,carol")
+    alice.wait_for("group pals: bob, carol (saved)")
     alice.type("groups")
-    alice.wait_for("group pals: bob, carol")
+    alice.wait_for("group pals: bob, carol", count=2)
+    alice.wait_for("group team: bob, carol", count=2)
 
     # Mistakes get one clear line.
     alice.type("frobnicate now")
@@ -253,6 +253,17 @@ def test_the_status_line_follows_the_device_and_the_relay_with_no_traffic(tmp_pa
         _wait_status(alice, "the relay does not answer", timeout=45)
         world.start_relay()
         _wait_status(alice, "connected", timeout=45)
+        assert alice.close() == 0
+    finally:
+        world.close()
+
+
+def test_groups_when_none_are_saved(tmp_path):
+    world = make_world(tmp_path, names=("alice", "bob"))
+    try:
+        alice = world.chat("alice")
+        alice.type("groups")
+        alice.wait_for("no saved groups; make one with: group <name> <a,b,...>")
         assert alice.close() == 0
     finally:
         world.close()
