@@ -300,3 +300,29 @@ def test_schema_upgrade_on_file_survives_reopen(tmp_path) -> None:
         assert "consumed" in tables(second)
     finally:
         second.close()
+
+
+def test_merging_finds_the_left_neighbour_by_the_primary_key(tmp_path):
+    """add_consumed's lookups use the (pad_id, start) index, never a scan of every range (issue 21)."""
+    from device.storage.padstore import PadStore
+
+    PadStore.init(tmp_path / "a", "alice").close()
+    with PadStore(tmp_path / "a") as store, store.transaction() as conn:
+        pad_id = bytes(16)
+        for i in range(50):
+            store.add_consumed(conn, pad_id, 10 * i, 10 * i + 5)  # 50 ranges with gaps
+        plans = []
+        original = conn.execute
+
+        def spy(sql, *args):
+            if sql.lstrip().upper().startswith("SELECT") and "consumed" in sql:
+                plans.extend(row[-1] for row in original("EXPLAIN QUERY PLAN " + sql, *args).fetchall())
+            return original(sql, *args)
+
+        proxy = type("Spy", (), {"execute": staticmethod(spy)})()
+        store.add_consumed(proxy, pad_id, 495, 500)  # touches the last range: a merge
+        store.add_consumed(proxy, pad_id, 1000, 1005)  # touches nothing
+        assert plans and all("USING PRIMARY KEY" in p or "USING INDEX" in p for p in plans), plans
+        assert not any(p.startswith("SCAN") for p in plans), plans
+        ranges = conn.execute('SELECT start, "end" FROM consumed ORDER BY start').fetchall()
+        assert ranges[-2:] == [(490, 500), (1000, 1005)]

@@ -527,9 +527,14 @@ class PadStore:
         """Add ``[start, end)`` (disjoint from the set) and merge it with touching neighbours."""
         if start >= end:
             return
-        left = conn.execute(
-            'SELECT start FROM consumed WHERE pad_id = ? AND "end" = ?', (pad_id, start)
+        # Both neighbours by the primary key (pad_id, start): the range just before ``start`` (touching
+        # only if it ends there) and the one starting at ``end``. One ordered index lookup each, however
+        # many ranges gaps have left (a lookup by "end" would scan every range of the pad).
+        before = conn.execute(
+            'SELECT start, "end" FROM consumed WHERE pad_id = ? AND start < ? ORDER BY start DESC LIMIT 1',
+            (pad_id, start),
         ).fetchone()
+        left = before if before is not None and before[1] == start else None
         right = conn.execute(
             'SELECT "end" FROM consumed WHERE pad_id = ? AND start = ?', (pad_id, end)
         ).fetchone()
