@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
-from spake2 import SPAKE2_A
 
 from client.errors import (
     ClientError,
@@ -148,6 +147,8 @@ def pair(url: str, name: str, code: str | None = None, ask_code: Callable[[], st
     digits = rpc.normalise_code(code)
     if digits is None:
         raise PairingError(f"A pairing code is {rpc.CODE_DIGITS} digits, like 1234-5678.")
+    from spake2 import SPAKE2_A  # only pairing needs it
+
     spake = SPAKE2_A(digits.encode(), idA=rpc.SPAKE2_ID_CLIENT, idB=rpc.SPAKE2_ID_DEVICE)
     msg_a = spake.start()
     exchanged = post("/v1/pair/exchange", {"session": session_id, "message": base64.b64encode(msg_a).decode()})

@@ -33,12 +33,15 @@ import binascii
 import enum
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from device.errors import InvalidPackage, MalformedPackage, WithdrawnFormat
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAGIC = b"OTC2"
 MAGIC_V1 = b"OTC1"  # withdrawn: refused with WithdrawnFormat
@@ -123,6 +126,8 @@ def xor(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) ->
 def xor_into(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview,
              out: bytearray | memoryview | np.ndarray) -> None:
     """Write ``a XOR b`` into ``out`` (all three the same length), in one pass."""
+    import numpy as np  # here, not at the top: a laptop reading a package's header never loads numpy
+
     if not len(a) == len(b) == len(out):
         raise ValueError("xor of unequal lengths")
     if len(out):
@@ -227,6 +232,8 @@ def open_package(package: Package, segment: bytes | memoryview, auth_key: bytes 
         raise InvalidPackage() from None
     # numpy's uninitialised (and, for large sizes, huge-page backed) buffer spares a
     # zero-filling pass over memory the XOR overwrites anyway.
+    import numpy as np
+
     plaintext = np.empty(package.length, dtype=np.uint8)
     xor_into(package.ciphertext, seg[MASK_LEN:], plaintext)
     return plaintext.tobytes()

@@ -38,8 +38,31 @@ class ArgumentParser(argparse.ArgumentParser):
 PART_MODULES = ("device.cli", "client.cli", "client.messages_cli", "hrng.cli", "relay.cli", "provisioning.cli",
                 "device.abe.cli", "client.rooms_cli",)
 
+# Which module registers each top-level command, with its one-line help: `otc X` imports only X's
+# module, and `otc`, `otc --help` and `otc --version` import none (tests check this table against
+# what the modules register).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "device": ("device.cli", "the pad device's own commands"),
+    "pad": ("device.cli", "pads between devices"),
+    "client": ("client.cli", "this laptop's link to its device"),
+    "send": ("client.messages_cli", "send a message (the device asks its owner to confirm it)"),
+    "recv": ("client.messages_cli", "receive waiting messages"),
+    "outbox": ("client.messages_cli", "what waits for the relay: list it, retry it, or drop an item"),
+    "who": ("client.messages_cli", "which contacts are online now (opt-in presence)"),
+    "chat": ("client.messages_cli", "interactive chat"),
+    "hrng": ("hrng.cli", "the hardware random source"),
+    "relay": ("relay.cli", "the untrusted relay (a mailbox server)"),
+    "pair": ("provisioning.cli", "pair two devices in person and make a pad"),
+    "abe": ("device.abe.cli", "attribute-based keys on this device"),
+    "room": ("client.rooms_cli", "attribute-based rooms"),
+}
 
-def build_parser() -> ArgumentParser:
+
+def build_parser(command: str | None = None, *, everything: bool = True) -> ArgumentParser:
+    """The `otc` parser: every part (``everything``), only ``command``'s part, or none imported.
+
+    Parts not imported get a placeholder with their help line, so `otc --help` lists them all.
+    """
     parser = ArgumentParser(
         prog="otc",
         description="One Time Chat: end-to-end encrypted chat whose keys never touch the laptop.",
@@ -49,19 +72,26 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--version", action="version", version=f"otc {__version__}")
     parts = parser.add_subparsers(dest="part", metavar="PART", parser_class=ArgumentParser)
     parts.required = True
+    wanted = set(PART_MODULES) if everything else {COMMANDS[command][0]} if command in COMMANDS else set()
     for name in PART_MODULES:
-        importlib.import_module(name).register(parts)
+        if name in wanted:
+            importlib.import_module(name).register(parts)
+    registered = set(parts.choices)
+    for name, (_module, help_text) in COMMANDS.items():
+        if name not in registered:
+            parts.add_parser(name, help=help_text)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        parser = build_parser()
         if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (argcomplete); otherwise not imported
             import argcomplete
 
-            argcomplete.autocomplete(parser)
+            argcomplete.autocomplete(build_parser())
+        first = next((arg for arg in argv if not arg.startswith("-")), None)
+        parser = build_parser(first, everything=False)
         if not argv:
             parser.print_help()
             return 0
