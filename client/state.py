@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.errors import NotPaired
+from onetimechat.errors import UsageError
 from onetimechat.rpc import MAX_COUNTER, Keys
 
 CONFIG = "config.json"
@@ -54,6 +56,18 @@ def home_help() -> str:
 
 def normalise_url(url: str) -> str:
     return url.strip().rstrip("/")
+
+
+def _looks_like_http(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    return parts.scheme in ("http", "https") and bool(re.fullmatch(r"[A-Za-z0-9._:\-]+", host))
 
 
 def canonical_url(url: str) -> str:
@@ -164,6 +178,8 @@ class ClientState:
         """The relay given now (remembered for next time), or the one remembered."""
         if given is not None and given.strip():
             url = canonical_url(given) if "://" not in given else normalise_url(given)
+            if not _looks_like_http(url):
+                raise UsageError(f"A relay URL looks like http://HOST:PORT, not {given.strip()[:60]!r}.")
             if self.config().get("relay") != url:
                 self.remember(relay=url)
             return url

@@ -91,3 +91,17 @@ def test_otc_alone_prints_help():
     result = otc(check=True)
     out = result.stdout.decode()
     assert out.startswith("usage: otc") and "OTC_CLIENT_HOME" in out
+
+
+@pytest.mark.parametrize("relay", ["not a url", "ftp://relay:1", "http://", "relay host:80", "http://h:99999"])
+def test_a_relay_that_is_no_url_is_refused_and_not_remembered(tmp_path, relay):
+    result = client(tmp_path / "laptop", "recv", "--device", "http://127.0.0.1:9", "--relay", relay, check=False)
+    err = result.stderr.decode()
+    assert result.returncode != 0 and len(err.splitlines()) == 1
+    assert "not paired" in err or "A relay URL looks like" in err
+    from client.state import ClientState
+
+    state = ClientState(tmp_path / "laptop")
+    with pytest.raises(Exception, match="A relay URL looks like"):
+        state.resolve_relay(relay)
+    assert "relay" not in state.config()

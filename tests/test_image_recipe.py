@@ -26,7 +26,8 @@ from device.touchscreen import firstboot
 from device.touchscreen.testing import Screen, use_dummy_drivers
 from device.ui import LockState
 from hrng.sources import parse_url
-from onetimechat import cli
+from onetimechat import cli, terminal
+from onetimechat.errors import UsageError
 from tests.conftest import ROOT
 
 IMAGE = ROOT / "image"
@@ -310,7 +311,11 @@ def test_attribute_grants_with_auto_are_refused_on_the_image(production):
 
     with pytest.raises(confirm.AutoRefused):
         abecli._confirmer("auto")
-    assert callable(abecli._confirmer("tty"))
+    if terminal.has_terminal():
+        assert callable(abecli._confirmer("tty"))
+    else:  # tty is allowed on the image; here there is no terminal to ask on, and it says so
+        with pytest.raises(UsageError, match="No terminal"):
+            abecli._confirmer("tty")
 
 
 # -- the scripts ----------------------------------------------------------------------------------
