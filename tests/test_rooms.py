@@ -289,3 +289,36 @@ def test_invite_parser_refuses_garbage_with_one_error(text):
         Room.from_invite("otcroom1." + text)
     except MalformedRoomData:
         pass
+
+
+def test_a_member_that_leaves_and_rejoins_reads_what_follows_and_nothing_from_while_away():
+    """Issue 22: leaving deleted every k_j but left the contributions marked settled, so a rejoin never keyed."""
+    w = joined_world()
+    a, b, c, d = w.members
+    first_membership = b.me
+    w.log.post(b.leave())
+    w.log.sync()
+    w.log.post(a.send("while b was away"))
+    w.log.sync()
+    old_me = a.status()["members"]  # 3 on the roster while b is away
+    w.log.post(b.join())
+    w.log.sync()
+    assert old_me == 3 and b.joined and b.me != first_membership  # a fresh membership key
+    e = a.current_epoch
+    assert b.current_epoch == e and b.epochs[e].key is not None and b.epochs[e].key == a.epochs[e].key
+    assert b.status()["keyed"] and b.status()["epoch_members"] == 4
+    w.log.post(a.send("welcome back"))
+    w.log.post(b.send("glad to be back"))
+    w.log.sync()
+    assert "welcome back" in w.log.texts(b) and "glad to be back" in w.log.texts(c)
+    assert "while b was away" not in w.log.texts(b)
+    # A second leave and rejoin works the same way, through the store too.
+    w.log.post(b.leave())
+    w.log.sync()
+    b2 = RoomMember.from_dict(json.loads(json.dumps(b.to_dict())), b.keys, clock=w.clock)
+    w.log.members[w.log.members.index(b)] = b2
+    w.log.post(b2.join())
+    w.log.sync()
+    w.log.post(c.send("third time"))
+    w.log.sync()
+    assert w.log.texts(b2)[-1] == "third time"

@@ -88,7 +88,9 @@ class _Member:
     sig_pub: bytes
     bind: bytes
     status: str
-    ciphertext: bytes | None = None  # kept only while pending
+    # The contribution's ciphertext (public: it is on the relay). Kept while the member is on the roster,
+    # so a device that leaves and rejoins can decapsulate it again (leaving deleted every k_j).
+    ciphertext: bytes | None = None
 
 
 @dataclass
@@ -286,11 +288,10 @@ class RoomMember:
         try:
             k = self._decapsulate(member.ciphertext)
         except NotSatisfied:
-            member.status, member.ciphertext = UNKNOWN, None
+            member.status = UNKNOWN
             return True
         except AbeError:
             k = None
-        member.ciphertext = None
         if k is None or not equal(wire.bind_tag(k, self.room.room_id, member.x_pub, member.sig_pub),
                                   member.bind):
             self.roster.remove(mid)
@@ -397,6 +398,11 @@ class RoomMember:
         self.me = None
         self._x = self._sig = self._k = self._pending = None
         self._ks.clear()
+        # Every k_j is gone: the others' contributions are undecided again, to be decapsulated anew
+        # (once each) if this device rejoins.
+        for member in self.members.values():
+            if member.status in (VALID, UNKNOWN) and member.ciphertext is not None:
+                member.status = PENDING
         now = self.clock()
         for epoch in self.epochs.values():
             epoch.kabe = None
