@@ -36,7 +36,7 @@ from client import presence
 from client.errors import ClientError, DeviceRefused, RelayRefused, RelayUnavailable, RemoteError
 from client.messenger import Event, Messenger, Outgoing
 from client.rooms import RoomClient
-from onetimechat.text import format_event
+from onetimechat.text import format_event, plural
 
 POLL_WAIT_S = 25
 DEVICE_PING_S = 3.0  # how often the status line checks that the device answers
@@ -446,7 +446,7 @@ class Chat:
                 for room in rooms:
                     state = "member" if room["joined"] else "joining" if room["joining"] else "not joined"
                     self.system(f"#{room['room']}: {room['policy']} · {state} · {room['members']} on the roster · "
-                                f"epoch {room['epoch']}: {room['epoch_members']} members"
+                                f"epoch {room['epoch']}: {plural(room['epoch_members'] or 0, 'member')}"
                                 f"{'' if room['keyed'] else ' (no key here)'}")
             elif command.name == "join":
                 room = self.rooms.room(command.room)
@@ -558,7 +558,7 @@ class Chat:
         elif kind == "contribution" and outcome == "skipped":
             self.system(f"#{name}: a contribution that does not satisfy the room's policy was skipped")
         elif kind == "distribution" and outcome == "accepted":
-            self.system(f"#{name}: epoch {event.get('epoch')}: {members} members share a new key")
+            self.system(f"#{name}: epoch {event.get('epoch')}: {plural(members or 0, 'member')} share a new key")
         elif kind == "leave" and outcome == "accepted":
             self.system(f"#{name}: a member left ({members} on the roster)")
         elif outcome == "refused":

@@ -10,6 +10,8 @@ never acknowledged: members read them at their own pace.
 from __future__ import annotations
 
 import secrets
+import time
+from collections.abc import Callable
 from typing import Any
 
 from client.errors import ClientError
@@ -17,6 +19,7 @@ from client.relay import RelayClient
 from client.rpc import DeviceClient
 
 BATCH = 200
+KEY_WAIT_S = 30.0  # how long a send waits for the epoch key after a membership change
 
 
 class RoomClient:
@@ -61,7 +64,18 @@ class RoomClient:
         room = self.room(name)
         self._post(room["mailbox"], self.device.call("room_leave", room=room["room_id"])["post"])
 
-    def send(self, name: str, text: str) -> None:
+    def send(self, name: str, text: str, wait: float = KEY_WAIT_S, on_wait: Callable[[dict], None] | None = None
+             ) -> None:
+        """Send under the current epoch key, first fetching (or waiting up to ``wait`` s for) the key a
+        membership change calls for: a leader's own distribution comes back from the relay, a member waits
+        for the leader's."""
         self.sync(name)
         room = self.room(name)
+        deadline = time.monotonic() + wait
+        while room["joined"] and not room["keyed"] and time.monotonic() < deadline:
+            if on_wait is not None:
+                on_wait(room)
+                on_wait = None
+            self.sync(name, wait=max(1.0, min(5.0, deadline - time.monotonic())))
+            room = self.room(name)
         self._post(room["mailbox"], self.device.call("room_send", room=room["room_id"], text=text)["post"])

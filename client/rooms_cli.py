@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 from client.relay import MAX_WAIT_S, RelayClient
-from client.rooms import RoomClient
+from client.rooms import KEY_WAIT_S, RoomClient
 from client.rpc import DeviceClient
 from onetimechat.errors import UsageError
+from onetimechat.text import plural
 
 
 def register(parts: argparse._SubParsersAction) -> None:
@@ -121,8 +122,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     for room in _client(args).rooms():
         state = "member" if room["joined"] else "joining" if room["joining"] else "not joined"
         print(f"{room['room']}: {room['policy']} -- {state}, {room['members']} on the roster, epoch "
-              f"{room['epoch']} ({room['epoch_members']} members, {'key held' if room['keyed'] else 'no key'})")
+              f"{room['epoch']} ({_members(room['epoch_members'])}, {'key held' if room['keyed'] else 'no key'})")
     return 0
+
+
+def _members(n: int | None) -> str:
+    return plural(n or 0, "member")
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -130,7 +135,12 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     text = message_text(args.message)
     client = _client(args)
-    client.send(args.room, text)
+
+    def waiting(room: dict) -> None:
+        print(f"otc: {room['room']}: waiting for the epoch key the membership change calls for (up to "
+              f"{KEY_WAIT_S:.0f} s)…", file=sys.stderr, flush=True)
+
+    client.send(args.room, text, on_wait=waiting)
     client.sync(args.room)
     return 0
 
@@ -139,6 +149,14 @@ def cmd_recv(args: argparse.Namespace) -> int:
     client = _client(args)
     for room in client.rooms():
         for event in client.sync(room["room_id"], wait=args.wait):
+            if event.get("kind") == "message" and event.get("outcome") in ("unreadable", "refused"):
+                why = ("sent under an epoch this device holds no key for"
+                       if event["outcome"] == "unreadable" else "refused: forged or altered")
+                if args.json:
+                    print(json.dumps({"room": room["room"], **event}))
+                else:
+                    print(f"[{room['room']}] a message this device cannot open ({why})")
+                continue
             if event.get("text") is None:
                 continue
             if args.json:

@@ -6,6 +6,11 @@ import argparse
 import re
 
 
+def plural(n: int, word: str) -> str:
+    """``1 member``, ``3 members``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def format_event(event: dict) -> str:
     parts = [event["time"], event["event"]]
     if event["contact"]:

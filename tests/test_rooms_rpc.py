@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from client.errors import RemoteError
 from client.relay import RelayClient
 from client.rooms import RoomClient
 from client.rpc import DeviceClient, pair
@@ -40,17 +43,23 @@ def test_rooms_over_the_rpc(tmp_path, capsys, monkeypatch):
         invite = capsys.readouterr().out.strip().splitlines()[-1]
         for person, client in people.values():
             client.device.call("room_add", invite=invite)
-        for person, client in people.values():
-            client.join("ops")
-            for _ in range(2):
-                for _, c in people.values():
-                    c.sync("ops")
+        with pytest.raises(RemoteError, match="do not satisfy the room's policy"):
+            people["dave"][1].join("ops")  # refused before anything is posted
+        for name in ("alice", "bob"):
+            people[name][1].join("ops")
+        # Right after the change the leader sends: the client fetches the key it needs first.
+        people["alice"][1].send("ops", "straight after the join")
+        assert "straight after the join" in [e.get("text") for e in people["bob"][1].sync("ops")]
+        for _ in range(2):
+            for _, c in people.values():
+                c.sync("ops")
         alice, bob, dave = (people[n][1] for n in ("alice", "bob", "dave"))
         assert alice.room("ops")["keyed"] and bob.room("ops")["keyed"] and not dave.room("ops")["keyed"]
         alice.send("ops", "hello room")
         got = [e.get("text") for e in bob.sync("ops")]
         assert "hello room" in got
-        assert all(e.get("text") is None for e in dave.sync("ops"))
+        seen = dave.sync("ops")
+        assert all(e.get("text") is None for e in seen)
         assert people["alice"][0].source.asked[-1] == "hello room"
         # The same through the command line, as a script would.
         monkeypatch.setenv("OTC_CLIENT_HOME", str(people["bob"][0].laptop))
@@ -62,6 +71,16 @@ def test_rooms_over_the_rpc(tmp_path, capsys, monkeypatch):
                      "--json"]) == 0
         lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
         assert [x["text"] for x in lines] == ["hello room", "from the cli"] and lines[0]["room"] == "ops"
+        # Dave, who could not join, is told of each message he cannot open rather than shown nothing.
+        monkeypatch.setenv("OTC_CLIENT_HOME", str(people["dave"][0].laptop))
+        assert main(["room", "recv", "--device", people["dave"][0].url, "--relay", relay_server.url]) == 0
+        shown = capsys.readouterr().out.splitlines()
+        assert shown and all(x == "[ops] a message this device cannot open (sent under an epoch this device holds "
+                                  "no key for)" for x in shown)
+        # The list says "1 member" / "2 members".
+        monkeypatch.setenv("OTC_CLIENT_HOME", str(people["alice"][0].laptop))
+        assert main(["room", "list", "--device", people["alice"][0].url, "--relay", relay_server.url]) == 0
+        assert "(2 members, key held)" in capsys.readouterr().out
         # Errors are one line.
         assert main(["room", "send", "--device", people["bob"][0].url, "--relay", relay_server.url, "nosuch",
                      "x"]) != 0

@@ -23,6 +23,7 @@ from device.rooms.protocol import DEFAULT_GRACE_S, DEFAULT_LEADER_TIMEOUT_S, Roo
 from device.rooms.storage import DeviceRoomStore, RoomStore
 from device.rooms.wire import ROOM_ID_BYTES, Room, to_text
 from device.storage.padstore import PadStore, check_name
+from onetimechat.text import plural
 
 MAX_ITEMS_PER_CALL = 500
 
@@ -90,6 +91,12 @@ class DeviceRooms:
     def join(self, name: str) -> str:
         with self._lock:
             member = self.find(name)
+            room = member.room
+            held = [k.attributes for k in self.keys.member_keys(room.authority_id)]
+            if not any(room.policy.satisfied_by(attributes) for attributes in held):
+                what = "; ".join(", ".join(a) for a in held) if held else "no key of this authority"
+                raise RoomError(f"This device's keys from {room.authority} ({what}) do not satisfy the room's "
+                                f"policy {room.policy.text}: it could not read the room, so it does not join.")
             raw = member.join()
             self._save(member)
             return to_text(raw)
@@ -126,7 +133,7 @@ class DeviceRooms:
                 raise NoEpochKey()
         # The contact line carries the policy and member count too, so every confirm screen shows them.
         members = status["epoch_members"]
-        contact = f"room {member.room.name} ({member.room.policy.text}; {members} members)"
+        contact = f"room {member.room.name} ({member.room.policy.text}; {plural(members, 'member')})"
         request = ConfirmRequest(contact=contact, kind="room", plaintext=text.encode("utf-8"),
                                  consumes=0, left_after=0, room=member.room.name, policy=member.room.policy.text,
                                  members=members)

@@ -28,6 +28,7 @@ from device.touchscreen.canvas import (
 )
 from device.touchscreen.controller import MAX_PIN, MIN_PIN, Controller
 from device.ui import ContactView, LockState, Snapshot
+from onetimechat.text import plural
 
 ALARM_TITLES = {
     "hrng": "Random source failed",
@@ -63,10 +64,6 @@ def duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def choose(snap: Snapshot, ctl: Controller) -> tuple[str, str]:
@@ -355,7 +352,7 @@ def draw_confirm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     # Exact while every byte counts; rounded once the figures are too long to read at a glance.
     left_after = f"{view.left_after:,} bytes" if view.left_after < 100_000 else human_bytes(view.left_after)
     cost = ("Nothing is encrypted; no pad is used" if question else
-            f"{view.members} members · policy {view.policy} · no pad is used" if room else
+            f"{plural(view.members, 'member')} · policy {view.policy} · no pad is used" if room else
             f"Uses {view.consumes:,} pad bytes · {left_after} left after")
     c.text(cost, (MARGIN, 326), 24, role="pad", width=560 if view.queued else WIDTH - 2 * MARGIN, min_size=14)
     if view.queued:
