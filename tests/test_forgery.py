@@ -18,20 +18,19 @@ import base64
 import json
 import sqlite3
 import struct
+from contextlib import contextmanager
 
 import pytest
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.rpc import DeviceClient, pair
-from client.state import ClientState
 from device.engine import Device
 from device.errors import InvalidPackage, PadExhausted, RetiredPad, WithdrawnFormat
 from device.localpair import pair_local
 from device.storage.padstore import PadStore
 from tests.conftest import make_pair, otc, pad_bytes, receive_state
-from tests.rpc_fixtures import ScriptedSource, start_server
+from tests.rpc_fixtures import RpcDevice, ScriptedSource, start_server
 
 HEADER = struct.Struct(">4sB16sQI")  # magic, kind, pad_id, offset, length (DESIGN.md)
 KNOWN_TEXT = (b"Hi Bob, it's Alice. Meet at the usual cafe at noon tomorrow; "
@@ -264,6 +263,17 @@ def test_four_mib_pad_after_one_100_byte_message(tmp_path):
     assert "2097020 left" in text
 
 
+@contextmanager
+def served(home, tmp_path):
+    """The device at ``home`` serving its RPC, with a laptop paired: (server, client)."""
+    source = ScriptedSource()
+    server = start_server(home, source)
+    try:
+        yield server, RpcDevice(home, home, b"", source, server, tmp_path).pair_client()
+    finally:
+        server.close()
+
+
 # -- pads made before v2 -------------------------------------------------------------------------
 
 
@@ -306,19 +316,12 @@ def test_pads_made_before_v2_are_retired_and_destroyed(tmp_path):
     assert "pair with alice again" in refused.stderr.decode()
 
     # The device's RPC says so to the laptop (the chat's `contacts`); pairing again mends it.
-    source = ScriptedSource()
-    server = start_server(home_b, source)
-    try:
-        state = ClientState(tmp_path / "laptop")
-        pair(server.url, name="laptop", ask_code=lambda: source.codes[-1], state=state)
-        client = DeviceClient(server.url, state=state, timeout=30)
+    with served(home_b, tmp_path) as (_, client):
         assert client.call("contacts")[0]["must_pair_again"] is True
         with PadStore(home_a) as a, PadStore(home_b) as b:
             new_pad = pair_local(a, b, 4096)
         contact = client.call("contacts")[0]
         assert contact["must_pair_again"] is False and contact["send_left"] == 2048 - 16
-    finally:
-        server.close()
     with Device.open(home_a) as alice, Device.open(home_b) as bob:
         sent = alice.package("bob", b"on the new pad")
         assert sent.pad_id == new_pad
@@ -362,12 +365,7 @@ def test_the_alarm_is_per_pad_on_every_surface(tmp_path):
         with pytest.raises(InvalidPackage):
             bob.unpackage(forged)
 
-    source = ScriptedSource()
-    server = start_server(home_b, source)
-    try:
-        state = ClientState(tmp_path / "laptop")
-        pair(server.url, name="laptop", ask_code=lambda: source.codes[-1], state=state)
-        client = DeviceClient(server.url, state=state, timeout=30)
+    with served(home_b, tmp_path) as (server, client):
         service = server.app.extensions["otc"]
         for n in range(2):
             attempt(service.device, first, n)
@@ -383,8 +381,6 @@ def test_the_alarm_is_per_pad_on_every_surface(tmp_path):
         assert client.call("contacts")[0]["forgery_alarm"] is True
         assert service.panel_status()[0][0].note.startswith("Forgery alarm")
         assert [e["event"] for e in service.device.store.events()].count("forgery-alarm") == 1
-    finally:
-        server.close()
 
 
 def test_a_truncated_v1_package_is_still_refused_as_v1(pair):

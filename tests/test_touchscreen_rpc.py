@@ -16,16 +16,21 @@ from tests.conftest import make_pair
 from tests.rpc_fixtures import RpcDevice
 
 
-def test_touch_accepts_and_declines_a_laptops_package_call(tmp_path):
-    home_a, home_b, pad_id = make_pair(tmp_path)
+def on_screen(home):
+    """The device at ``home`` serving with its touchscreen: (source, server, service, app, screen)."""
     console = Console("alice", "touchscreen")
     source = PanelSource(console)
-    server = Server(ServerConfig(home=home_a, source=source, console=console, confirm_timeout=30),
+    server = Server(ServerConfig(home=home, source=source, console=console, confirm_timeout=30),
                     "127.0.0.1", 0).start()
     service = server.app.extensions["otc"]
     console.attach(service.lock, service.panel_status)
     app = open_app(console)
-    screen = Screen(app)
+    return source, server, service, app, Screen(app)
+
+
+def test_touch_accepts_and_declines_a_laptops_package_call(tmp_path):
+    home_a, home_b, pad_id = make_pair(tmp_path)
+    source, server, service, app, screen = on_screen(home_a)
     try:
         codes: list[str] = []
         show = source.show_code
@@ -62,14 +67,7 @@ def test_forgery_alarm_on_the_screen_and_after_a_restart(tmp_path):
     with Device.open(home_b) as bob:
         genuine = bytes(bob.package("alice", b"see you at eight").package)
     for attempt in range(2):
-        console = Console("alice", "touchscreen")
-        source = PanelSource(console)
-        server = Server(ServerConfig(home=home_a, source=source, console=console, confirm_timeout=30),
-                        "127.0.0.1", 0).start()
-        service = server.app.extensions["otc"]
-        console.attach(service.lock, service.panel_status)
-        app = open_app(console)
-        screen = Screen(app)
+        _, server, service, app, screen = on_screen(home_a)
         try:
             if attempt == 0:
                 for n in range(3):
