@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ log = logging.getLogger("otc.device")
 
 PROTOCOL = 1
 DEFAULT_MAX_REQUEST = 48 << 20  # a 32 MiB message, base64 and sealed, fits
+REFUSALS_FLUSH_S = 60.0  # unauthenticated refusals reach the event log at most once a minute, in aggregate
 
 
 class BadRequest(DeviceError):
@@ -89,6 +91,37 @@ ALARM_EVENTS = {
     "pad-exhausted": "Pad exhausted",
     "forgery-alarm": "Someone is forging messages: three or more failed authentication",
 }
+
+
+class RefusalCounter:
+    """Unauthenticated refusals, counted in memory and written as one aggregate event per interval.
+
+    Anyone who reaches the RPC port can send calls that fail; writing (and syncing) each one would let them wear
+    the SD card and flood the log, so a refusal costs a counter bump and the log gets one ``rpc-refused`` row per
+    ``interval`` seconds at most (and when the owner reads the log or status, and at close).
+    """
+
+    def __init__(self, interval: float = REFUSALS_FLUSH_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._last_flush = clock()
+        self.total = 0  # since start, for status
+
+    def count(self, why: str) -> bool:
+        """Count one refusal; True when an aggregate is due to be written."""
+        with self._lock:
+            self._counts[why] = self._counts.get(why, 0) + 1
+            self.total += 1
+            return self.clock() - self._last_flush >= self.interval
+
+    def take(self) -> dict[str, int]:
+        """The counts since the last flush, reset."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            self._last_flush = self.clock()
+            return counts
 
 
 class DeviceService:
@@ -125,6 +158,7 @@ class DeviceService:
             "ceremony_start": self.ceremony_start,
             "ceremony_status": self.ceremony_status,
         }
+        self.refusals = RefusalCounter()
         self._lock_random = threading.Lock()
         self._hrng_state: str | None = None  # None until the first draw; then "healthy" or the last alarm
         self.ceremonies = CeremonyRunner(self.ready, "127.0.0.1", self.console, _ceremony_compare(config.source),
@@ -225,7 +259,19 @@ class DeviceService:
 
     def close(self) -> None:
         if self.store is not None:
+            self.flush_refusals()
             self.store.close()
+
+    def flush_refusals(self) -> None:
+        """Write the refusals counted since the last flush as one event (nothing if there were none)."""
+        store = self.store
+        if store is None:
+            return
+        counts = self.refusals.take()
+        if counts:
+            detail = "; ".join(f"{n} {why}" for why, n in sorted(counts.items()))
+            store.log_event("rpc-refused", length=sum(counts.values()),
+                            detail=f"unauthenticated calls refused: {detail}")
 
     # -- methods (each gets the calling client and its params) ------------------------
 
@@ -233,6 +279,7 @@ class DeviceService:
         return {"device": self.device_name, "client": client.name}
 
     def status(self, client: PairedClient, params: dict) -> dict:
+        self.flush_refusals()
         status = self.device.status(events=_int(params, "events", 10, 0, 1000))
         status["confirm"] = {"mode": self.broker.mode, "timeout": self.broker.timeout,
                              "queued": self.broker.queued()}
@@ -290,6 +337,7 @@ class DeviceService:
         return answer
 
     def events(self, client: PairedClient, params: dict) -> list[dict]:
+        self.flush_refusals()
         return self.ready().events(_int(params, "limit", 50, 0, 10_000))
 
     def list_clients(self, client: PairedClient, params: dict) -> list[dict]:
@@ -352,16 +400,19 @@ class DeviceService:
     def call(self, body: bytes) -> bytes:
         """Authenticate, check the counter, run the method, seal the answer."""
         self.ready()
-        client_id, counter = rpc.parse_request_header(body)
+        try:
+            client_id, counter = rpc.parse_request_header(body)
+        except rpc.Unauthorized:
+            self._refused("malformed")
         client = self.clients.get(client_id)
         if client is None:
-            self._refused("unpaired or revoked client", client_id)
+            self._refused("from an unpaired or revoked client")
         try:
             payload = rpc.open_request(client.keys, body)
         except rpc.Unauthorized:
-            self._refused("a call that did not authenticate", client_id)
+            self._refused("that did not authenticate")
         if not self.clients.accept_counter(client_id, counter):
-            self._refused("a replayed or reordered call", client_id)
+            self._refused("replayed or reordered")
         try:
             method = payload.get("method")
             params = payload.get("params", {})
@@ -373,8 +424,10 @@ class DeviceService:
             answer = {"ok": False, "error": exc.code, "message": str(exc)}
         return rpc.seal_response(client.keys, counter, answer)
 
-    def _refused(self, why: str, client_id: bytes) -> NoReturn:
-        self.ready().log_event("rpc-refused", detail=f"{why} (client {client_id.hex()[:8]})")
+    def _refused(self, why: str) -> NoReturn:
+        # Counted, not written: the log gets the aggregate (RefusalCounter).
+        if self.refusals.count(why):
+            self.flush_refusals()
         raise rpc.Unauthorized()
 
 

@@ -49,6 +49,18 @@ RUN_DIR = "run"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 BUSY_TIMEOUT_S = 120.0
 EVENTS_KEPT = 100_000
+# Evidence (DESIGN.md, "Devices, relays and stores under attack"): these events are kept for the pad's life and
+# never rotated out by other events, so no flood of ordinary events can erase a forgery or a replay.
+SECURITY_EVENTS = frozenset({
+    "invalid", "replay", "gap", "out-of-range", "unknown-pad", "malformed", "pairing-failed", "rpc-refused",
+    "alarm", "tamper", "wipe",
+})
+SECURITY_EVENT_PREFIXES = ("hrng",)  # every HRNG alarm code (hrng/errors.py) is one
+
+
+def is_security_event(event: str) -> bool:
+    """Whether ``event`` is evidence the log keeps for good."""
+    return event in SECURITY_EVENTS or event.startswith(SECURITY_EVENT_PREFIXES)
 SQLITE_MAX_INT = (1 << 63) - 1
 
 PAD_FORMAT = 2  # package format v2: both authentication keys set aside
@@ -649,7 +661,13 @@ class PadStore:
             events.append((event, {"contact": contact, "pad_id": pad_id, "offset": offset, "length": length,
                                    "detail": detail}))
         if cur.lastrowid and cur.lastrowid % 1000 == 0:
-            conn.execute("DELETE FROM events WHERE id <= ?", (cur.lastrowid - EVENTS_KEPT,))
+            # Only ordinary events rotate; evidence stays (SECURITY_EVENTS).
+            marks = ",".join("?" * len(SECURITY_EVENTS))
+            likes = "".join(" AND event NOT LIKE ?" for _ in SECURITY_EVENT_PREFIXES)
+            conn.execute(
+                f"DELETE FROM events WHERE id <= ? AND event NOT IN ({marks}){likes}",
+                (cur.lastrowid - EVENTS_KEPT, *sorted(SECURITY_EVENTS), *(p + "%" for p in SECURITY_EVENT_PREFIXES)),
+            )
 
     def log_event(self, event: str, **fields: object) -> None:
         """Append to the event log in a transaction of its own."""
