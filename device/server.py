@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -55,11 +55,13 @@ from hrng.sources import parse_url
 from onetimechat import rpc
 from onetimechat.errors import OTCError, UsageError
 from onetimechat.net import listen_failure
+from onetimechat.serving import Guard, guarded_server
 
 log = logging.getLogger("otc.device")
 
 PROTOCOL = 1
 DEFAULT_MAX_REQUEST = 48 << 20  # a 32 MiB message, base64 and sealed, fits
+CONNECTION_LIMIT = 512  # in all; one address holds at most ServerConfig.guard.per_address of them
 REFUSALS_FLUSH_S = 60.0  # unauthenticated refusals reach the event log at most once a minute, in aggregate
 
 
@@ -79,6 +81,8 @@ class ServerConfig:
     pin: str | None = None  # unlock a PIN-locked home at start
     console: Console | None = None  # the device's screen and buttons, if it has them
     hrng: tuple[str, ...] = ()  # hardware random sources for pads made in person (none: the OS CSPRNG)
+    # Connections per client address and how long a request may take to arrive (onetimechat/serving.py).
+    guard: Guard = field(default_factory=lambda: Guard(per_address=16, header_timeout=10.0, request_timeout=300.0))
 
 
 # Events that the owner should see on the device's own screen at once.
@@ -586,12 +590,11 @@ class Server:
     """The app under waitress, bound to exactly one address."""
 
     def __init__(self, config: ServerConfig, host: str, port: int, threads: int = 16) -> None:
-        from waitress.server import create_server
-
         self.app = create_app(config)
         try:
-            self.server = create_server(self.app, host=host, port=port, threads=threads, ident="otc-device",
-                                        clear_untrusted_proxy_headers=True)
+            self.server = guarded_server(self.app, host, port, config.guard, threads=threads, ident="otc-device",
+                                         connection_limit=CONNECTION_LIMIT, channel_timeout=60,
+                                         clear_untrusted_proxy_headers=True)
         except OSError as exc:
             self.app.extensions["otc"].close()
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -40,6 +40,11 @@ class RelayConfig:
     #: Long polls held at once per process, and per client address (0: no per-address cap).
     max_waits: int = 96
     max_waits_per_address: int = 32
+    #: Open connections per client address (more are closed at once), and how long a client has to send a
+    #: request's headers, and the whole request, once it starts one (slowloris; onetimechat/serving.py).
+    connections_per_address: int = 64
+    header_timeout: float = 10.0
+    request_timeout: float = 300.0
     #: Presence: default and longest time an announcement lasts without renewal.
     presence_ttl: float = 120.0
     presence_max_ttl: float = 3600.0

@@ -7,6 +7,7 @@ import threading
 
 from flask import Flask
 
+from onetimechat.serving import Guard, guarded_server
 from relay.config import RelayConfig
 from relay.errors import ConfigError
 
@@ -59,8 +60,6 @@ class RelayServer:
 
     def __init__(self, app: Flask, host: str, port: int, threads: int = DEFAULT_THREADS,
                  trusted_proxy: str | None = None) -> None:
-        from waitress.server import create_server
-
         config: RelayConfig = app.extensions["otc_relay"].config
         proxy = {}
         if trusted_proxy:
@@ -68,15 +67,19 @@ class RelayServer:
             proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_count": 1,
                      "trusted_proxy_headers": {"x-forwarded-for"}}
         self.app = app
-        self.server = create_server(
-            app, host=host, port=port, threads=threads, ident="otc-relay",
+        # One address holds at most so many connections and must send its headers in time
+        # (onetimechat/serving.py); a trusted proxy carries many clients, so it is not capped.
+        guard = Guard(per_address=config.connections_per_address, header_timeout=config.header_timeout,
+                      request_timeout=config.request_timeout,
+                      exempt=frozenset({trusted_proxy}) if trusted_proxy else frozenset())
+        self.server = guarded_server(
+            app, host, port, guard, channel_class=_channel_class(), threads=threads, ident="otc-relay",
             # Long polls hold a thread each and a connection; leave room for both.
-            connection_limit=max(1000, 4 * threads), backlog=1024, asyncore_use_poll=True,
+            connection_limit=max(1000, 4 * threads), backlog=1024,
             channel_timeout=int(config.max_wait) + 60,
             # Up to twice the app's limit the app answers 413 in JSON; beyond, waitress does.
             max_request_body_size=2 * config.max_request_bytes(),
             clear_untrusted_proxy_headers=True, **proxy)
-        self.server.channel_class = _channel_class()  # type: ignore[union-attr]
         self.host = host
         self.port = int(self.server.effective_port)  # type: ignore[union-attr]
         self._thread: threading.Thread | None = None

@@ -1,0 +1,133 @@
+"""waitress, guarded against clients that hoard connections (used by the device RPC and the relay).
+
+DESIGN.md ("Devices, relays and stores under attack"): both servers cap
+connections per client address and time out requests whose headers do not
+arrive. waitress alone has one global connection limit and one idle timeout,
+so one address opening connections and sending nothing (slowloris) stops it
+for everyone. :func:`guarded_server` adds:
+
+* ``per_address`` -- open connections per client address; the next one is
+  closed as soon as it is accepted (``exempt`` addresses, such as a trusted
+  proxy that carries many clients, are not capped);
+* ``header_timeout`` -- seconds a connection has to deliver the headers of a
+  request it started (or, once opened, of its first request);
+* ``request_timeout`` -- seconds a connection has to deliver a whole request
+  (headers and body) once it started it;
+* waitress's own ``channel_timeout`` closes keep-alive connections idle between requests.
+
+Maintenance runs every second (waitress's ``cleanup_interval``), so a timed out
+connection is closed within a second of its deadline. Sockets are polled with
+``poll`` (``select`` cannot watch more than 1024). Nothing here imports waitress
+until a server is built: the laptop's plain install has no server.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Guard:
+    """How much one client address may hold, and how long a request may take to arrive."""
+
+    per_address: int = 16
+    header_timeout: float = 10.0
+    request_timeout: float = 300.0
+    exempt: frozenset[str] = frozenset()  # addresses not capped ("*": none is)
+
+    def exempts(self, address: str) -> bool:
+        return address in self.exempt or "*" in self.exempt
+
+
+def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: type | None = None,
+                   **adjustments: Any) -> Any:
+    """A waitress TCP server for ``app`` on ``host:port`` that enforces ``guard``."""
+    from waitress.adjustments import Adjustments
+    from waitress.channel import HTTPChannel
+    from waitress.server import TcpWSGIServer
+
+    base_channel = channel_class or HTTPChannel
+
+    class GuardedChannel(base_channel):  # type: ignore[valid-type, misc]
+        """A connection that knows when its current request started and counts itself per address."""
+
+        def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:  # noqa: A002
+            self.otc_address = addr[0] if isinstance(addr, tuple) else str(addr)
+            self.otc_started = time.time()  # the first request's clock starts when the connection opens
+            self.otc_between = False  # True once a request arrived whole and no next one has begun
+            self.otc_counted = True
+            super().__init__(server, sock, addr, adj, map=map)
+
+        def received(self, data: bytes) -> bool:
+            before = self.request
+            result = bool(super().received(data))
+            if self.request is None:
+                self.otc_between = True
+            elif self.request is not before and self.otc_between:
+                self.otc_between = False
+                self.otc_started = time.time()  # the next request began in this chunk
+            return result
+
+        def del_channel(self, map: Any = None) -> None:  # noqa: A002
+            if self.otc_counted:
+                self.otc_counted = False
+                self.server.otc_release(self.otc_address)
+            super().del_channel(map)
+
+    class GuardedServer(TcpWSGIServer):  # type: ignore[misc]
+        channel_class = GuardedChannel
+
+        def __init__(self) -> None:
+            self.otc_guard = guard
+            self.otc_open: dict[str, int] = {}
+            self.otc_lock = threading.Lock()
+            self.otc_refused = 0  # connections closed at accept for being over the per-address cap
+            adj = Adjustments(host=host, port=port, cleanup_interval=1, asyncore_use_poll=True, **adjustments)
+            super().__init__(app, adj=adj)
+
+        def handle_accept(self) -> None:
+            try:
+                accepted = self.accept()
+                if accepted is None:
+                    return
+                conn, addr = accepted
+                self.set_socket_options(conn)
+            except OSError:
+                return  # the peer left before we got to it (as waitress does)
+            address = addr[0] if isinstance(addr, tuple) else str(addr)
+            with self.otc_lock:
+                over = self.otc_open.get(address, 0) >= guard.per_address and not guard.exempts(address)
+                if not over:
+                    self.otc_open[address] = self.otc_open.get(address, 0) + 1
+            if over:
+                self.otc_refused += 1
+                conn.close()
+                return
+            self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+
+        def otc_release(self, address: str) -> None:
+            with self.otc_lock:
+                left = self.otc_open.get(address, 0) - 1
+                if left > 0:
+                    self.otc_open[address] = left
+                else:
+                    self.otc_open.pop(address, None)
+
+        def maintenance(self, now: float) -> None:
+            super().maintenance(now)
+            for channel in list(self.active_channels.values()):
+                if channel.requests or channel.will_close:
+                    continue  # a request is being served; its answer is the app's business
+                partial = channel.request
+                if partial is None and channel.otc_between:
+                    continue  # idle between requests: waitress's channel_timeout handles it
+                waited = now - channel.otc_started
+                if (partial is None or not partial.headers_finished) and waited > guard.header_timeout:
+                    channel.will_close = True
+                elif waited > guard.request_timeout:
+                    channel.will_close = True
+
+    return GuardedServer()
