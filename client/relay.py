@@ -17,6 +17,7 @@ import requests
 
 from client.errors import RelayRefused, RelayUnavailable
 from client.state import normalise_url
+from onetimechat import boundedjson
 
 CONNECT_TIMEOUT_S = 5.0
 MAX_WAIT_S = 60
@@ -101,8 +102,8 @@ class RelayClient:
         except requests.RequestException:
             raise RelayUnavailable(f"The relay at {self.url} does not answer.") from None
         try:
-            data = response.json()
-        except ValueError:
+            data = boundedjson.loads(response.content)
+        except ValueError:  # not JSON, or nested too deep for a hostile relay to crash us
             data = None
         if response.status_code in (429, 503) or response.status_code >= 500:
             raise RelayUnavailable(f"The relay at {self.url} is busy or unavailable ({response.status_code}).")

@@ -23,7 +23,7 @@ from client.errors import (
     RemoteError,
 )
 from client.state import ClientState, Credentials
-from onetimechat import rpc
+from onetimechat import boundedjson, rpc
 from onetimechat.crypto import equal
 
 DEFAULT_TIMEOUT_S = 300.0  # a package call waits for the owner's decision
@@ -103,10 +103,10 @@ class DeviceClient:
 
 def _error_text(response: requests.Response) -> str:
     try:
-        data = response.json()
-        return str(data.get("message") or data.get("error"))
+        data = boundedjson.loads(response.content)
     except ValueError:
         return "no details"
+    return str(data.get("message") or data.get("error"))[:200] if isinstance(data, dict) else "no details"
 
 
 def pair(url: str, name: str, code: str | None = None, ask_code: Callable[[], str] | None = None,
@@ -127,8 +127,10 @@ def pair(url: str, name: str, code: str | None = None, ask_code: Callable[[], st
         except requests.RequestException:
             raise DeviceUnreachable(f"The device at {url} does not answer; is it plugged in and serving?") from None
         try:
-            data = response.json()
+            data = boundedjson.loads(response.content)
         except ValueError:
+            data = {}
+        if not isinstance(data, dict):
             data = {}
         if response.status_code == 429:
             raise PairingError(str(data.get("message", "Pairing is locked; try again later.")))

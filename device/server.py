@@ -52,7 +52,7 @@ from device.ui import Console, ContactView, LockState
 from hrng.errors import HRNGError
 from hrng.mixer import pad_random
 from hrng.sources import parse_url
-from onetimechat import rpc
+from onetimechat import boundedjson, rpc
 from onetimechat.errors import OTCError, UsageError
 from onetimechat.net import listen_failure
 from onetimechat.serving import Guard, guarded_server
@@ -501,7 +501,10 @@ def create_app(config: ServerConfig) -> Flask:
     app.extensions["otc"] = service
 
     def json_body() -> dict:
-        data = request.get_json(silent=True)
+        try:
+            data = boundedjson.loads(request.get_data(cache=False))
+        except ValueError:  # not JSON, or nested too deep (boundedjson.TooDeep)
+            data = None
         if not isinstance(data, dict):
             raise BadRequest("The body must be a JSON object.")
         return data

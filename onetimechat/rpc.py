@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from onetimechat import boundedjson
 from onetimechat.crypto import derive_key, mac
 
 VERSION = 1
@@ -87,7 +88,7 @@ def open_request(keys: Keys, body: bytes) -> dict:
     _, counter = parse_request_header(body)
     try:
         plain = ChaCha20Poly1305(keys.request).decrypt(_nonce(counter), body[REQUEST_HEADER.size :], header)
-        payload = json.loads(plain)
+        payload = boundedjson.loads(plain)
     except (InvalidTag, ValueError):
         raise Unauthorized() from None
     if not isinstance(payload, dict):
@@ -111,7 +112,7 @@ def open_response(keys: Keys, counter: int, body: bytes) -> dict:
         raise Unauthorized()
     try:
         plain = ChaCha20Poly1305(keys.response).decrypt(_nonce(counter), body[RESPONSE_HEADER.size :], header)
-        payload = json.loads(plain)
+        payload = boundedjson.loads(plain)
     except (InvalidTag, ValueError):
         raise Unauthorized() from None
     if not isinstance(payload, dict):

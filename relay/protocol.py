@@ -7,12 +7,12 @@ be tested and fuzzed alone. Every refusal is a :class:`~relay.errors.BadRequest`
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import unicodedata
 from typing import Any
 
+from onetimechat import boundedjson
 from relay.errors import BadRequest, TooLarge
 from relay.storage import Message, Presence
 
@@ -29,8 +29,8 @@ _DIGITS = re.compile(r"[0-9]{1,16}")
 def json_object(body: bytes) -> dict[str, Any]:
     """A request body that must be one JSON object."""
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
+        data = boundedjson.loads(body)
+    except ValueError:  # not JSON, or nested too deep (boundedjson.TooDeep)
         raise BadRequest("The body must be a JSON object.") from None
     if not isinstance(data, dict):
         raise BadRequest("The body must be a JSON object.")

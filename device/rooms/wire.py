@@ -38,6 +38,7 @@ from device.abe.errors import AbeError
 from device.abe.policy import Policy
 from device.rooms.errors import MalformedRoomData, RoomItemRefused
 from device.storage.padstore import check_name
+from onetimechat import boundedjson
 from onetimechat.crypto import derive_key, equal, mac
 
 MAGIC = b"ORM1"
@@ -102,7 +103,7 @@ class Room:
         body = text[len(INVITE_PREFIX):]
         try:
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-            data = json.loads(raw)
+            data = boundedjson.loads(raw)
         except (binascii.Error, ValueError):
             raise MalformedRoomData("The room invite is malformed.") from None
         return cls.from_dict(data)
