@@ -88,7 +88,7 @@ def test_warnings_survive_150000_unauthenticated_calls(rpc_device):
 def test_security_events_are_never_rotated_out_by_ordinary_ones(tmp_path):
     PadStore.init(tmp_path / "home", "alice").close()
     with PadStore(tmp_path / "home") as store:
-        for event in ("replay", "invalid", "gap", "pairing-failed", "hrng-alarm", "wipe"):
+        for event in ("replay", "invalid", "gap", "pairing-failed", "hrng-alarm", "wipe", "forgery-alarm"):
             store.log_event(event, detail="evidence")
         store.log_event("declined", detail="an ordinary event, old enough to rotate")
         with store.transaction() as conn:
@@ -96,6 +96,6 @@ def test_security_events_are_never_rotated_out_by_ordinary_ones(tmp_path):
                 store.log(conn, "ceremony-started", detail="flood")
         kept = {row[0] for row in store.read("SELECT DISTINCT event FROM events")}
         ordinary = store.read("SELECT count(*) FROM events WHERE event = 'ceremony-started'")[0][0]
-    assert {"replay", "invalid", "gap", "pairing-failed", "hrng-alarm", "wipe"} <= kept
+    assert {"replay", "invalid", "gap", "pairing-failed", "hrng-alarm", "wipe", "forgery-alarm"} <= kept
     assert "declined" not in kept and "init" not in kept  # ordinary events do rotate
     assert ordinary < EVENTS_KEPT + 1000  # rotation runs every thousandth row
