@@ -173,7 +173,7 @@ def start_relay(db: str, log: Path) -> tuple[subprocess.Popen, int]:
     with log.open("ab") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "onetimechat.cli", "relay", "serve", "--listen", "127.0.0.1:0", "--db", db,
-             "--rate-limit", "0", "--waits-per-address", "0"],
+             "--rate-limit", "0", "--waits-per-address", "0", "--connections-per-address", "0"],
             stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
     assert proc.stdout is not None
     for line in proc.stdout:

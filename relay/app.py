@@ -21,8 +21,10 @@ logged by type only (never contents) and answered with a JSON 500.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +35,7 @@ from werkzeug.exceptions import HTTPException
 
 from relay import protocol as p
 from relay.config import RelayConfig
-from relay.errors import BadRequest, HandleTaken, RateLimited, RelayError
+from relay.errors import BadRequest, HandleTaken, InsufficientStorage, RateLimited, RelayError
 from relay.notify import Notifier
 from relay.ratelimit import RateLimiter, client_key
 from relay.storage import Limits, Message, Sent, Store, open_store
@@ -54,16 +56,37 @@ class Relay:
         self.clock = clock
         self.notifier = Notifier(config.max_waits, config.max_waits_per_address)
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
-        self.limits = Limits(config.mailbox_max_messages, config.mailbox_max_bytes)
+        self.limits = Limits(config.mailbox_max_messages, config.mailbox_max_bytes,
+                             origin_max_bytes=config.address_max_bytes,
+                             origin_new_mailboxes=config.address_new_mailboxes)
+        # Addresses are kept only as a keyed hash (the origin), under a secret of the store's.
+        self._origin_key = self.store.origin_key().to_bytes(8, "big")
+        self._disk_path = self.store.disk_path() if config.min_free_bytes else None
         self._stop = threading.Event()
         self.store.watch(self.notifier.notify, self.notifier.notify_all)
         self._sweeper = threading.Thread(target=self._sweep_loop, name="otc-relay-sweep", daemon=True)
         self._sweeper.start()
 
-    def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None) -> Sent:
+    def origin(self, address: str) -> str:
+        """The keyed hash that stands for a client address in the store."""
+        return hmac.new(self._origin_key, address.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+    def check_disk(self) -> None:
+        """Refuse new messages while the store's disk has less free space than the watermark."""
+        if self._disk_path is None:
+            return
+        try:
+            st = os.statvfs(self._disk_path)
+        except OSError:
+            return  # the store itself reports a disk it cannot use
+        if st.f_bavail * st.f_frsize < self.config.min_free_bytes:
+            raise InsufficientStorage()
+
+    def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None, address: str = "") -> Sent:
+        self.check_disk()
         now = self.clock()
         sent = self.store.send(mailbox, sender, contents, client_id, now, now + self.config.expire_seconds,
-                               self.limits)
+                               self.limits, self.origin(address) if address else "")
         if not sent.duplicate:
             self.notifier.notify(mailbox)
         return sent
@@ -173,7 +196,7 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
         recipient = p.ident(fields.get("recipient_uid"), "recipient_uid")
         sender = p.ident(fields.get("sender_uid", ""), "sender_uid", allow_empty=True)
         contents = p.contents(fields.get("contents"), config.max_message_bytes)
-        sent = relay.send(recipient, sender, contents, None)
+        sent = relay.send(recipient, sender, contents, None, address())
         return jsonify({"received": True, "ref": sent.ref})
 
     @app.get("/getmessages")
@@ -218,6 +241,8 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
                 "presence_max_ttl": config.presence_max_ttl,
                 "rate_limit": config.rate_limit,
                 "rate_burst": config.rate_burst,
+                "address_max_bytes": config.address_max_bytes,
+                "address_new_mailboxes": config.address_new_mailboxes,
             },
         })
 
@@ -228,7 +253,7 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
         sender = p.ident(data.get("sender", ""), "sender", allow_empty=True)
         client_id = p.optional_ident(data, "id")
         contents = p.contents(data.get("contents"), config.max_message_bytes)
-        sent = relay.send(mailbox, sender, contents, client_id)
+        sent = relay.send(mailbox, sender, contents, client_id, address())
         return jsonify({"mailbox": mailbox, "ref": sent.ref, "expires_at": round(sent.expires_at, 3),
                         "duplicate": sent.duplicate})
 

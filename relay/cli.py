@@ -75,6 +75,18 @@ def register(parts: argparse._SubParsersAction) -> None:
                    help=f"most bytes one mailbox holds (default {d.mailbox_max_bytes >> 20}M)")
     p.add_argument("--expire-days", type=_positive(float), default=d.expire_seconds / DAY,
                    help=f"days an unacknowledged message is kept (default {d.expire_seconds / DAY:g})")
+    p.add_argument("--connections-per-address", type=_positive(int), default=d.connections_per_address,
+                   help="open connections per client address, 0 for no cap "
+                        f"(default {d.connections_per_address})")
+    p.add_argument("--address-bytes", type=_size, default=d.address_max_bytes, metavar="BYTES",
+                   help="most bytes of messages stored from one client address, 0 for no cap "
+                        f"(default {d.address_max_bytes >> 20}M)")
+    p.add_argument("--address-mailboxes", type=_positive(int), default=d.address_new_mailboxes,
+                   help="most new mailboxes one client address may make a day, 0 for no cap "
+                        f"(default {d.address_new_mailboxes})")
+    p.add_argument("--min-free", type=_size, default=d.min_free_bytes, metavar="BYTES",
+                   help="refuse new messages (507) while the store's disk has less free than this, 0 for no "
+                        f"check (default {d.min_free_bytes >> 20}M; SQLite only)")
     p.add_argument("--db-pool", type=_positive(int), default=d.db_pool,
                    help=f"store connections per process (default {d.db_pool})")
     p.set_defaults(func=cmd_serve)
@@ -94,7 +106,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         mailbox_max_bytes=args.mailbox_bytes, expire_seconds=args.expire_days * DAY,
         rate_limit=args.rate_limit, rate_burst=args.burst,
         max_waits=args.max_waits if args.max_waits is not None else threads * 3 // 4,
-        max_waits_per_address=args.waits_per_address, db_pool=max(1, args.db_pool))
+        max_waits_per_address=args.waits_per_address, db_pool=max(1, args.db_pool),
+        connections_per_address=args.connections_per_address, address_max_bytes=args.address_bytes,
+        address_new_mailboxes=args.address_mailboxes, min_free_bytes=args.min_free)
     logging.basicConfig(level=logging.INFO, format="otc relay: %(levelname)s %(message)s", stream=sys.stderr)
     app = create_app(config)
     relay = app.extensions["otc_relay"]

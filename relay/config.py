@@ -42,7 +42,14 @@ class RelayConfig:
     max_waits_per_address: int = 32
     #: Open connections per client address (more are closed at once), and how long a client has to send a
     #: request's headers, and the whole request, once it starts one (slowloris; onetimechat/serving.py).
-    connections_per_address: int = 64
+    connections_per_address: int = 64  # 0: no cap
+    #: Per client address (per /64 for IPv6): most bytes of messages it may have stored at once, counted until
+    #: they are acknowledged or expire, and most new mailboxes it may make per day. 0 turns either off.
+    address_max_bytes: int = 256 * MiB
+    address_new_mailboxes: int = 1000
+    #: New messages are refused (507, Retry-After) while the store's filesystem has less free space than this
+    #: (SQLite; a PostgreSQL server watches its own disk). 0 turns the check off.
+    min_free_bytes: int = 1024 * MiB
     header_timeout: float = 10.0
     request_timeout: float = 300.0
     #: Presence: default and longest time an announcement lasts without renewal.

@@ -55,6 +55,30 @@ class MailboxFull(RelayError):
     retry_after = 60
 
 
+class AddressQuota(RelayError):
+    """This address has as many bytes stored on this relay as it may; try again once its messages are read."""
+
+    code = "address-quota"
+    status = 429
+    retry_after = 60
+
+
+class TooManyMailboxes(RelayError):
+    """This address has made as many new mailboxes today as it may; try again later."""
+
+    code = "address-mailboxes"
+    status = 429
+    retry_after = 3600
+
+
+class InsufficientStorage(RelayError):
+    """The relay's disk is nearly full; new messages wait until it has room (nothing stored is dropped)."""
+
+    code = "insufficient-storage"
+    status = 507
+    retry_after = 60
+
+
 class RateLimited(RelayError):
     """Too many requests from this address; slow down."""
 

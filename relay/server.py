@@ -69,7 +69,7 @@ class RelayServer:
         self.app = app
         # One address holds at most so many connections and must send its headers in time
         # (onetimechat/serving.py); a trusted proxy carries many clients, so it is not capped.
-        guard = Guard(per_address=config.connections_per_address, header_timeout=config.header_timeout,
+        guard = Guard(per_address=config.connections_per_address or 1 << 30, header_timeout=config.header_timeout,
                       request_timeout=config.request_timeout,
                       exempt=frozenset({trusted_proxy}) if trusted_proxy else frozenset())
         self.server = guarded_server(

@@ -95,7 +95,7 @@ class Client:
 
 
 # Tests turn off the per-address limits (every test client is 127.0.0.1) unless they test them.
-TEST_SETTINGS = {"rate_limit": 0, "max_waits_per_address": 0, "sweep_interval": 3600.0}
+TEST_SETTINGS = {"rate_limit": 0, "max_waits_per_address": 0, "address_new_mailboxes": 0, "sweep_interval": 3600.0}
 
 
 @pytest.fixture(name="relay_factory")

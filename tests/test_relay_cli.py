@@ -7,6 +7,7 @@ import socket
 import pytest
 import requests
 
+from relay.storage.schema import LATEST
 from tests.conftest import otc
 from tests.relay_fixtures import (  # noqa: F401 - fixtures
     RelayProcess,
@@ -52,7 +53,7 @@ def test_serve_says_where_its_default_store_is_and_stops_on_sigterm(tmp_path, mo
     relay.start()
     try:
         expected = tmp_path / "data" / "onetimechat" / "relay" / "relay.db"
-        assert f"storage SQLite file {expected} (schema v1, new)" in relay.banner[0]
+        assert f"storage SQLite file {expected} (schema v{LATEST}, new)" in relay.banner[0]
         assert expected.exists()
         response = requests.post(relay.url + "/send", data={"recipient_uid": "bob", "sender_uid": "alice",
                                                             "contents": "hi"}, timeout=30)
@@ -73,7 +74,7 @@ def test_serve_keeps_messages_across_restarts(db_url, tmp_path):
         relay.kill()  # no clean shutdown: every answered ref must already be on disk
     relay.start()
     try:
-        assert "(schema v1, existing)" in relay.banner[0]
+        assert f"(schema v{LATEST}, existing)" in relay.banner[0]
         with requests.Session() as http:
             got = http.post(relay.url + "/v1/receive", json={"mailboxes": {"m": 0}}, timeout=30).json()
         assert [(m["ref"], m["contents"]) for m in got["messages"]] == [(1, "c0"), (2, "c1"), (3, "c2")]

@@ -48,10 +48,17 @@ class Presence:
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-mailbox quotas the store enforces inside the send transaction."""
+    """Quotas the store enforces inside the send transaction: per mailbox, and per client address (origin)."""
 
     max_messages: int
     max_bytes: int
+    origin_max_bytes: int = 0  # bytes stored from one origin, MESSAGE_OVERHEAD a message included; 0: no cap
+    origin_new_mailboxes: int = 0  # mailboxes one origin may make per window; 0: no cap
+    new_mailbox_window: float = 86400.0
+
+
+#: What one stored message costs its origin besides its contents (its row, ids and index entries).
+MESSAGE_OVERHEAD = 256
 
 
 class Store(abc.ABC):
@@ -64,8 +71,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None, now: float,
-             expires_at: float, limits: Limits) -> Sent:
-        """Store one message durably and return its ref; raises MailboxFull over quota."""
+             expires_at: float, limits: Limits, origin: str = "") -> Sent:
+        """Store one message durably and return its ref; raises MailboxFull, AddressQuota or
+        TooManyMailboxes over quota. ``origin`` names the sending address (a keyed hash of it)."""
+
+    @abc.abstractmethod
+    def origin_key(self) -> int:
+        """The store's secret for hashing client addresses into origins (made on first use)."""
+
+    def disk_path(self) -> str | None:
+        """A path on the filesystem the store writes to, if it is local (for the free-space watermark)."""
+        return None
 
     @abc.abstractmethod
     def fetch(self, cursors: Sequence[tuple[str, int]], limit: int, max_bytes: int,

@@ -97,6 +97,28 @@ STEPS: list[dict[str, str]] = [
         CREATE INDEX presence_by_expiry ON presence (expires);
         """,
     },
+    # 1 -> 2: what each client address has stored and how many mailboxes it made (a greedy sender, issue 19).
+    # ``origin`` is a keyed hash of the address (relay_meta 'origin_key'), never the address itself.
+    {
+        "sqlite": """
+        ALTER TABLE messages ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+        CREATE TABLE origins (
+            origin TEXT PRIMARY KEY,
+            bytes INTEGER NOT NULL DEFAULT 0,
+            new_mailboxes INTEGER NOT NULL DEFAULT 0,
+            window_start REAL NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        """,
+        "postgresql": """
+        ALTER TABLE messages ADD COLUMN origin text NOT NULL DEFAULT '';
+        CREATE TABLE origins (
+            origin text PRIMARY KEY,
+            bytes bigint NOT NULL DEFAULT 0,
+            new_mailboxes bigint NOT NULL DEFAULT 0,
+            window_start double precision NOT NULL DEFAULT 0
+        );
+        """,
+    },
 ]
 
 LATEST = len(STEPS)

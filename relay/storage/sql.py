@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import secrets
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from relay.errors import MailboxFull
-from relay.storage import Limits, Message, Presence, Sent, Store
+from relay.errors import AddressQuota, MailboxFull, TooManyMailboxes
+from relay.storage import MESSAGE_OVERHEAD, Limits, Message, Presence, Sent, Store
 
 # How many mailboxes with expired messages one sweep clears (the next sweep does the rest).
 SWEEP_MAILBOXES = 1000
@@ -129,20 +130,28 @@ class SQLStore(Store):
     # -- messages ---------------------------------------------------------------------
 
     def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None, now: float,
-             expires_at: float, limits: Limits) -> Sent:
+             expires_at: float, limits: Limits, origin: str = "") -> Sent:
         size = len(contents)
 
         def op(tx: Tx) -> Sent:
-            next_ref, count, nbytes, seen_ref, seen_expires = self._lock_mailbox(tx, mailbox, client_id, now)
+            next_ref, count, nbytes, seen_ref, seen_expires = self._lock_mailbox(tx, mailbox, client_id, now,
+                                                                                 origin, limits)
             if seen_ref is not None:
                 return Sent(int(seen_ref), float(seen_expires), duplicate=True)
             ref, count, nbytes = int(next_ref), int(count), int(nbytes)
             if count + 1 > limits.max_messages or nbytes + size > limits.max_bytes:
                 raise MailboxFull()
+            if origin:
+                # Charged and checked in one statement; a refusal undoes the charge with the rest of the send.
+                used = tx.one("INSERT INTO origins (origin, bytes, new_mailboxes, window_start) VALUES (?, ?, 0, ?) "
+                              "ON CONFLICT (origin) DO UPDATE SET bytes = origins.bytes + excluded.bytes "
+                              "RETURNING bytes", (origin, size + MESSAGE_OVERHEAD, now))
+                if limits.origin_max_bytes and used is not None and int(used[0]) > limits.origin_max_bytes:
+                    raise AddressQuota()
             tx.run("UPDATE mailboxes SET next_ref = ?, count = count + 1, bytes = bytes + ?, touched = ? "
                    "WHERE mailbox = ?", (ref + 1, size, now, mailbox))
-            tx.run("INSERT INTO messages (mailbox, ref, sender, contents, size, created, expires) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (mailbox, ref, sender, contents, size, now, expires_at))
+            tx.run("INSERT INTO messages (mailbox, ref, sender, contents, size, created, expires, origin) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (mailbox, ref, sender, contents, size, now, expires_at, origin))
             self._after_send(tx, mailbox)
             if client_id is not None:
                 tx.run("INSERT INTO sent_ids (mailbox, client_id, ref, expires) VALUES (?, ?, ?, ?)",
@@ -151,9 +160,11 @@ class SQLStore(Store):
 
         return self._transact(op, mailbox)
 
-    def _lock_mailbox(self, tx: Tx, mailbox: str, client_id: str | None, now: float) -> tuple:
-        """The mailbox's (next_ref, count, bytes), locked for this transaction and made if new,
-        with the (ref, expires) an earlier send with this idempotency key got, if any."""
+    def _lock_mailbox(self, tx: Tx, mailbox: str, client_id: str | None, now: float, origin: str,
+                      limits: Limits) -> tuple:
+        """The mailbox's (next_ref, count, bytes), locked for this transaction and made if new (counted
+        against ``origin``'s new mailboxes), with the (ref, expires) an earlier send with this idempotency
+        key got, if any."""
         select = ("SELECT m.next_ref, m.count, m.bytes, s.ref, s.expires FROM mailboxes m "
                   "LEFT JOIN sent_ids s ON s.mailbox = m.mailbox AND s.client_id = ? "
                   "WHERE m.mailbox = ?" + self.LOCK_MAILBOX)
@@ -164,9 +175,30 @@ class SQLStore(Store):
             floor = tx.one("SELECT value FROM relay_meta WHERE key = 'ref_floor'" + self.SHARE)
             tx.run("INSERT INTO mailboxes (mailbox, next_ref, count, bytes, touched) VALUES (?, ?, 0, 0, ?) "
                    "ON CONFLICT (mailbox) DO NOTHING", (mailbox, int(floor[0]) if floor else 1, now))
+            if origin and limits.origin_new_mailboxes:
+                window_opened_before = now - limits.new_mailbox_window
+                made = tx.one(
+                    "INSERT INTO origins (origin, bytes, new_mailboxes, window_start) VALUES (?, 0, 1, ?) "
+                    "ON CONFLICT (origin) DO UPDATE SET "
+                    "new_mailboxes = CASE WHEN origins.window_start <= ? THEN 1 ELSE origins.new_mailboxes + 1 END, "
+                    "window_start = CASE WHEN origins.window_start <= ? THEN excluded.window_start "
+                    "ELSE origins.window_start END RETURNING new_mailboxes",
+                    (origin, now, window_opened_before, window_opened_before))
+                if made is not None and int(made[0]) > limits.origin_new_mailboxes:
+                    raise TooManyMailboxes()
             row = tx.one(select, (client_id, mailbox))
         assert row is not None
         return row
+
+    def origin_key(self) -> int:
+        def op(tx: Tx) -> int:
+            tx.run("INSERT INTO relay_meta (key, value) VALUES ('origin_key', ?) ON CONFLICT (key) DO NOTHING",
+                   (secrets.randbits(63),))
+            row = tx.one("SELECT value FROM relay_meta WHERE key = 'origin_key'")
+            assert row is not None
+            return int(row[0])
+
+        return self._transact(op)
 
     def fetch(self, cursors: Sequence[tuple[str, int]], limit: int, max_bytes: int,
               now: float) -> tuple[list[Message], bool]:
@@ -211,19 +243,27 @@ class SQLStore(Store):
         # acknowledges nothing new writes nothing (no lock, no sync).
         sizes: list[tuple] = []
         if through is not None:
-            sizes += tx.all("DELETE FROM messages WHERE mailbox = ? AND ref <= ? RETURNING size", (mailbox, through))
+            sizes += tx.all("DELETE FROM messages WHERE mailbox = ? AND ref <= ? RETURNING size, origin",
+                            (mailbox, through))
         if refs:
             marks = ", ".join("?" * len(refs))
-            sizes += tx.all(f"DELETE FROM messages WHERE mailbox = ? AND ref IN ({marks}) RETURNING size",
+            sizes += tx.all(f"DELETE FROM messages WHERE mailbox = ? AND ref IN ({marks}) RETURNING size, origin",
                             (mailbox, *refs))
         self._uncount(tx, mailbox, sizes, now)
         return len(sizes)
 
     @staticmethod
     def _uncount(tx: Tx, mailbox: str, sizes: list[tuple], now: float) -> None:
+        """Take deleted messages, as (size, origin) rows, off their mailbox's and their origins' counts."""
         if sizes:
             tx.run("UPDATE mailboxes SET count = count - ?, bytes = bytes - ?, touched = ? WHERE mailbox = ?",
                    (len(sizes), sum(int(s[0]) for s in sizes), now, mailbox))
+            freed: dict[str, int] = {}
+            for size, origin in sizes:
+                if origin:  # messages stored before origins were counted have none
+                    freed[origin] = freed.get(origin, 0) + int(size) + MESSAGE_OVERHEAD
+            for origin in sorted(freed):
+                tx.run("UPDATE origins SET bytes = bytes - ? WHERE origin = ?", (freed[origin], origin))
 
     # -- presence ---------------------------------------------------------------------
 
@@ -272,7 +312,7 @@ class SQLStore(Store):
         def expire(mailbox: str) -> Callable[[Tx], int]:
             # One mailbox per transaction, like an acknowledgement.
             def op(tx: Tx) -> int:
-                sizes = tx.all("DELETE FROM messages WHERE mailbox = ? AND expires <= ? RETURNING size",
+                sizes = tx.all("DELETE FROM messages WHERE mailbox = ? AND expires <= ? RETURNING size, origin",
                                (mailbox, now))
                 self._uncount(tx, mailbox, sizes, now)
                 return len(sizes)
@@ -292,6 +332,8 @@ class SQLStore(Store):
             if gone:
                 top = max([int(floor[0]) if floor else 1] + [int(r[0]) for r in gone])
                 tx.run("UPDATE relay_meta SET value = ? WHERE key = 'ref_floor'", (top,))
+            # An address with nothing stored and no recent new mailbox is forgotten.
+            tx.run("DELETE FROM origins WHERE bytes <= 0 AND window_start <= ?", (idle_before,))
             return ids, presence, len(gone)
 
         counts["ids"], counts["presence"], counts["mailboxes"] = self._transact(forget)

@@ -154,6 +154,9 @@ class SQLiteStore(SQLStore):
             self._own_ids.clear()  # their ids may be reused, possibly by another process
             raise
 
+    def disk_path(self) -> str | None:
+        return str(self.path.parent)
+
     def _after_send(self, tx: Any, mailbox: str) -> None:
         if tx.last_id is not None:
             self._own_ids.add(tx.last_id)
