@@ -146,7 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = Server(config, host, port)
     service = server.app.extensions["otc"]
     if console is not None:
-        console.attach(service.lock, service.panel_status)
+        console.attach(service.lock, service.panel_status, service.panel_laptops, service.revoke_from_panel)
     try:
         signal.signal(signal.SIGTERM, _raise_interrupt)
         print(f"otc: device {name} serving on {server.url} (confirm mode: {args.confirm}, "

@@ -88,13 +88,14 @@ class ClientRegistry:
         matches = [c for c in self.list() if c.client_id.hex().startswith(prefix)] if prefix else []
         return matches[0] if len(matches) == 1 else None
 
-    def revoke(self, client_id: bytes) -> bool:
+    def revoke(self, client_id: bytes, how: str | None = None) -> bool:
         with self.store.transaction() as conn:
             cur = conn.execute(
                 "UPDATE clients SET revoked = ? WHERE client_id = ? AND revoked IS NULL", (time.time(), client_id)
             )
             if cur.rowcount:
-                self.store.log(conn, "client-revoked", detail=f"client {client_id.hex()[:8]}")
+                self.store.log(conn, "client-revoked",
+                               detail=f"client {client_id.hex()[:8]}" + (f", {how}" if how else ""))
             return cur.rowcount == 1
 
     def _client(self, row: tuple) -> PairedClient:

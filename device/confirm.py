@@ -29,6 +29,9 @@ from typing import Protocol
 from device.errors import DeviceError
 
 MODES = ("touchscreen", "gpio", "tty", "auto")
+# Requests that are a yes-or-no question to the owner, not a message to encrypt: becoming an attribute authority
+# (device/abe/rpc.py), revoking a paired laptop (device/server.py) and creating a room (device/abe/rpc.py).
+QUESTION_KINDS = frozenset({"authority", "revoke", "room-create"})
 DEFAULT_TIMEOUT_S = 60.0
 PAIRING_CODE_FILE = "pairing-code"
 # Present on the device image (image/rootfs/etc/otc/production): a real device,
@@ -136,7 +139,7 @@ class TtyConfirm:
         fd = self._open()
         try:
             text = request.plaintext.decode("utf-8", errors="replace")
-            question = request.kind == "authority"  # a yes-or-no question (device/abe/rpc.py), not a message
+            question = request.kind in QUESTION_KINDS
             lines = [
                 "",
                 "Confirm:" if question else f"Encrypt this {request.kind} message to {request.contact}?",

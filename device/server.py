@@ -39,16 +39,16 @@ from device import package as fmt
 from device.abe.rpc import abe_methods, start_grant
 from device.ceremonies import CeremonyRunner
 from device.clients import ClientRegistry, PairedClient
-from device.confirm import DEFAULT_TIMEOUT_S, ConfirmBroker, ConfirmSource
+from device.confirm import DEFAULT_TIMEOUT_S, ConfirmBroker, ConfirmRequest, ConfirmSource
 from device.engine import FORGERY_ALARM_AT, Device
-from device.errors import DeviceError, PadExhausted, UnknownContact
+from device.errors import Declined, DeviceError, PadExhausted, UnknownContact
 from device.home import WrongPin
 from device.package import Kind
 from device.pairing import PairingLocked, PairingManager
 from device.rooms.rpc import room_methods
 from device.storage.lock import DeviceLocked, DeviceWiped, StoreLock
 from device.storage.padstore import PadStore
-from device.ui import Console, ContactView, LockState
+from device.ui import Console, ContactView, LaptopView, LockState
 from hrng.errors import HRNGError
 from hrng.mixer import pad_random
 from hrng.sources import parse_url
@@ -348,10 +348,37 @@ class DeviceService:
         return [dict(c.to_dict(), this=c.client_id == client.client_id) for c in self.clients.list()]
 
     def revoke(self, client: PairedClient, params: dict) -> dict:
+        """Revoke a paired laptop, once the owner approves on the device (an unconfirmed revoke changes nothing)."""
         target = self.clients.find(_str(params, "client_id"))
         if target is None:
             raise BadRequest("No single paired client matches that id.")
+        if target.revoked is None:
+            itself = " (the laptop asking)" if target.client_id == client.client_id else ""
+            request = ConfirmRequest(
+                contact="paired laptops", kind="revoke",
+                plaintext=(f"Revoke the laptop {target.name}{itself}, id {target.client_id.hex()[:8]}?\n\n"
+                           "It will no longer reach this device; to use it again, pair it again with a code "
+                           f"from this screen.\n\nAsked by the laptop {client.name}.").encode(),
+                consumes=0, left_after=0)
+            if not self.broker.ask(request):
+                self.ready().log_event("declined", detail=f"revoking laptop {target.name}, asked by laptop "
+                                                          f"{client.name}")
+                raise Declined("The owner did not approve: no laptop was revoked.")
         return {"revoked": self.clients.revoke(target.client_id), "client_id": target.client_id.hex()}
+
+    def panel_laptops(self) -> tuple[LaptopView, ...]:
+        """The paired laptops the touchscreen lists (never a key)."""
+        if self.store is None:
+            return ()
+        return tuple(LaptopView(c.client_id.hex(), c.name, c.to_dict()["last_used"])
+                     for c in self.clients.list() if c.revoked is None)
+
+    def revoke_from_panel(self, client_id: str) -> bool:
+        """Revoke a laptop from the device's own screen: the owner's tap there is the confirmation."""
+        target = self.clients.find(client_id) if self.store is not None else None
+        if target is None or target.revoked is not None:
+            return False
+        return self.clients.revoke(target.client_id, how="on the device's screen")
 
     def ceremony_start(self, client: PairedClient, params: dict) -> dict:
         """Take part in pairing in person, or in a grant, carried by this laptop (device/ceremonies.py)."""

@@ -98,6 +98,15 @@ class ContactView:
 
 
 @dataclass(frozen=True)
+class LaptopView:
+    """A paired laptop as the touchscreen lists it (never its key)."""
+
+    client_id: str  # hex
+    name: str
+    last_used: str | None  # ISO time of its last call
+
+
+@dataclass(frozen=True)
 class ConfirmView:
     """The message waiting for the owner's decision."""
 
@@ -160,9 +169,11 @@ class Snapshot:
     pairing_code: str | None = None
     ceremony: CeremonyView | None = None
     alarms: tuple[Alarm, ...] = ()
+    laptops: tuple[LaptopView, ...] = ()  # paired laptops, with ids, for the screen that revokes them
 
 
 StatusProvider = Callable[[], tuple[tuple[ContactView, ...], tuple[str, ...], str]]
+LaptopsProvider = Callable[[], tuple[LaptopView, ...]]
 
 
 class Console:
@@ -183,12 +194,18 @@ class Console:
         self._ceremony_answer: bool | None = None
         self._alarms: list[Alarm] = []
         self._queued = 0
+        self._laptops: LaptopsProvider | None = None
+        self._revoke: Callable[[str], bool] | None = None
         self.changed = threading.Event()  # set whenever something on screen changes
 
-    def attach(self, lock: PinLock, status: StatusProvider) -> None:
-        """Connect the console to the device's lock and status (once the device is built)."""
+    def attach(self, lock: PinLock, status: StatusProvider, laptops: LaptopsProvider | None = None,
+               revoke: Callable[[str], bool] | None = None) -> None:
+        """Connect the console to the device's lock and status (once the device is built), and to its list of
+        paired laptops and a way to revoke one."""
         self.lock = lock
         self._status = status
+        self._laptops = laptops
+        self._revoke = revoke
         self._touch()
 
     # -- what the screens read -----------------------------------------------------
@@ -208,6 +225,7 @@ class Console:
                 pairing_code=self._pairing_code,
                 ceremony=self._ceremony,
                 alarms=tuple(self._alarms),
+                laptops=self._laptops() if self._laptops else (),
             )
 
     def _touch(self) -> None:
@@ -225,6 +243,14 @@ class Console:
             self._decision = approve
             self._cond.notify_all()
             return True
+
+    def revoke_laptop(self, client_id: str) -> bool:
+        """Revoke a paired laptop from the device's own screen (only while it is unlocked)."""
+        if self._revoke is None or self.lock.status().state not in (LockState.UNLOCKED, LockState.UNLOCKABLE):
+            return False
+        done = self._revoke(client_id)
+        self._touch()
+        return done
 
     def answer_ceremony(self, same: bool) -> bool:
         """The owner compared the pairing string: True if both screens match."""

@@ -122,7 +122,11 @@ def test_an_authority_on_a_device_without_a_shell(devices, tmp_path):
     assert info.value.code == "abe-already-authority"
 
     # A room, created on the authority through its laptop.
+    seen_room: list = []
+    answering = answer_confirm(auth.console, True, seen_room)  # creating a room is confirmed on the device
     made = otc("room", "create", "--device", auth.url, "--name", "ops", "--policy", POLICY, env=auth.env, check=True)
+    answering.join(5)
+    assert seen_room[0].kind == "room-create" and "Create the room ops?" in seen_room[0].text
     invite = made.stdout.decode().strip().splitlines()[-1]
     assert invite.startswith("otcroom1.")
     assert "Room ops (STAFF and (OPS or ADMIN)) of authority auth" in made.stdout.decode()

@@ -163,6 +163,7 @@ def test_a_response_cannot_be_swapped_for_another(rpc_device):
 
 def test_revoked_client_gets_401(rpc_device):
     keeper, doomed = rpc_device.pair_client("keeper"), rpc_device.pair_client("doomed")
+    rpc_device.source.decisions.put(True)  # the owner approves on the device
     assert keeper.revoke(doomed.creds.client_id.hex()[:8])["revoked"]
     with pytest.raises(DeviceRefused):
         doomed.ping()

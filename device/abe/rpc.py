@@ -23,12 +23,12 @@ from typing import Any
 
 from device.abe.errors import AlreadyAuthority
 from device.abe.grant import GrantView, grant_host, grant_join
-from device.abe.policy import parse_attributes
+from device.abe.policy import Policy, parse_attributes
 from device.abe.store import AbeKeys
 from device.confirm import ConfirmRequest, ConfirmSource
 from device.errors import Declined, DeviceError
 from device.rooms.rpc import rooms_for
-from device.storage.padstore import PadStore
+from device.storage.padstore import PadStore, check_name
 from device.ui import CeremonyView
 from provisioning.agree import HOST, JOIN
 from provisioning.wire import Wire
@@ -80,7 +80,19 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
 
     def room_create(client: Any, params: dict) -> dict:
         name, policy = _text(params, "name"), _text(params, "policy")
+        store = service.ready()
+        check_name(name)
+        parsed = Policy.parse(policy)  # its error, with the position, before the owner is asked
+        AbeKeys(store).master()  # abe-not-authority, likewise
         rooms = rooms_for(service)
+        request = ConfirmRequest(
+            contact=name, kind="room-create",
+            plaintext=(f"Create the room {name}?\n\nPolicy: {parsed.text}\n\nAnyone whose attribute keys from "
+                       f"this authority satisfy the policy can join it. Asked by the laptop {client.name}.").encode(),
+            consumes=0, left_after=0)
+        if not service.broker.ask(request):
+            store.log_event("declined", detail=f"creating room {name}, asked by laptop {client.name}")
+            raise Declined("The owner did not approve: no room was created.")
         room = rooms.create(name, policy)
         return rooms.describe(room.room_id.hex())
 

@@ -69,6 +69,8 @@ class Controller:
         self.message: MessageView | None = None
         self.ceremony_answered = False
         self.contacts_first = 0
+        self.laptops_open = False  # the screen that lists paired laptops
+        self.revoking: str | None = None  # the laptop (client id) whose revocation waits for a second tap
         self.notice: tuple[str, float] | None = None  # (text, monotonic time it goes) on the home screen
         self.redraw: Callable[[], None] = lambda: None  # the app draws at once (before a slow act)
 
@@ -92,6 +94,10 @@ class Controller:
             self.ceremony_answered = False
         if snap.confirm is None:
             self.message = None
+        if state not in (LockState.UNLOCKED, LockState.UNLOCKABLE):
+            self.laptops_open, self.revoking = False, None
+        if self.revoking is not None and all(lap.client_id != self.revoking for lap in snap.laptops):
+            self.revoking = None
         if self.notice is not None and self.monotonic() >= self.notice[1]:
             self.notice = None
 
@@ -201,3 +207,26 @@ class Controller:
 
     def page_contacts(self, first: int) -> None:
         self.contacts_first = max(first, 0)
+
+    # -- paired laptops --------------------------------------------------------------------
+
+    def open_laptops(self) -> None:
+        self.laptops_open, self.revoking = True, None
+
+    def close_laptops(self) -> None:
+        self.laptops_open, self.revoking = False, None
+
+    def ask_revoke(self, client_id: str) -> None:
+        """The first tap on Revoke: the row asks again before anything changes."""
+        self.revoking = client_id
+
+    def keep(self) -> None:
+        self.revoking = None
+
+    def revoke(self, client_id: str, name: str) -> None:
+        """The second tap: revoke it through the console."""
+        if self.revoking != client_id:
+            return
+        self.revoking = None
+        if self.console.revoke_laptop(client_id):
+            self.notice = (f"Laptop {name} revoked.", self.monotonic() + 5.0)

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 
+from device.confirm import QUESTION_KINDS
 from device.touchscreen.canvas import (
     ACCENT,
     BACKGROUND,
@@ -81,6 +82,8 @@ def choose(snap: Snapshot, ctl: Controller) -> tuple[str, str]:
         return "ceremony", f"ceremony:{snap.ceremony.stage}"
     if snap.pairing_code is not None:
         return "pairing-code", f"pairing-code:{snap.pairing_code}"
+    if ctl.laptops_open:
+        return "laptops", "laptops"
     if ctl.changing_pin:
         return "change-pin", "change-pin"
     if snap.alarms:
@@ -260,12 +263,16 @@ def draw_home(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     if not snap.clients:
         c.text("None", (x, y), 22, role="client")
         y += 28
-    for name in snap.clients[:3]:
+    shown = 3 if len(snap.clients) <= 3 else 2  # the rest are on the laptops screen
+    for name in snap.clients[:shown]:
         c.text(name, (x, y), 22, role="client", width=w)
         y += 28
-    if len(snap.clients) > 3:
-        c.text(f"and {len(snap.clients) - 3} more", (x, y), 20, MUTED, role="client")
+    if len(snap.clients) > shown:
+        c.text(f"and {len(snap.clients) - shown} more", (x, y), 20, MUTED, role="client")
         y += 28
+    if snap.lock.state in (LockState.UNLOCKED, LockState.UNLOCKABLE):
+        c.button("laptops", "Laptops…", (x, y + 4, w, 56), ctl.open_laptops, kind="plain", size=24)
+        y += 64
     c.text("Random source", (x, y + 14), 22, MUTED, role="heading")
     c.paragraph(snap.hrng, (x, y + 44, w, 84), 22, role="hrng")
 
@@ -280,6 +287,49 @@ def draw_home(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
 
     if snap.alarms:
         draw_alarm(c, snap, ctl)
+
+
+LAPTOP_ROWS = 5
+
+
+def draw_laptops(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
+    """Paired laptops, each with Revoke; a revocation asks once more on its own row before it happens."""
+    c.fill(BACKGROUND)
+    c.fill(PANEL, (0, 0, WIDTH, 64))
+    back = (WIDTH - MARGIN - 120, 4, 120, 56)
+    c.button("back", "Back", back, ctl.close_laptops, kind="plain", size=26)
+    badge_left = alarm_badge(c, snap, back[0] - 12, 16)
+    c.text("Paired laptops", (MARGIN, 12), 36, role="title", width=badge_left - MARGIN - 12)
+    if not snap.laptops:
+        c.paragraph("No laptop is paired. A laptop pairs with `otc client pair`, with a code this screen shows.",
+                    (MARGIN, 100, WIDTH - 2 * MARGIN, 90), 24, MUTED, role="text")
+    for i, laptop in enumerate(snap.laptops[:LAPTOP_ROWS]):
+        y = 76 + i * 72
+        row = (MARGIN, y, WIDTH - 2 * MARGIN, 64)
+        c.fill(PANEL, row, radius=12)
+        if ctl.revoking == laptop.client_id:
+            c.text(f"Revoke {laptop.name}? It can no longer reach this device.", (MARGIN + 14, y + 20), 22, WARN,
+                   role="laptop-confirm", width=WIDTH - 2 * MARGIN - 300)
+            c.button(f"keep-{laptop.client_id[:8]}", "Keep", (WIDTH - MARGIN - 276, y + 4, 128, 56), ctl.keep,
+                     kind="plain", size=26)
+            c.button(f"revoke-yes-{laptop.client_id[:8]}", "Revoke", (WIDTH - MARGIN - 140, y + 4, 132, 56),
+                     _bind2(ctl.revoke, laptop.client_id, laptop.name), kind="bad", size=26)
+            continue
+        c.text(laptop.name, (MARGIN + 14, y + 6), 26, role="laptop", width=WIDTH - 2 * MARGIN - 200)
+        used = f"last call {laptop.last_used.replace('T', ' ').rstrip('Z')} UTC" if laptop.last_used else "no call yet"
+        c.text(f"{laptop.client_id[:8]} · {used}", (MARGIN + 14, y + 38), 18, MUTED, role="laptop-detail",
+               width=WIDTH - 2 * MARGIN - 200)
+        c.button(f"revoke-{laptop.client_id[:8]}", "Revoke", (WIDTH - MARGIN - 140, y + 4, 132, 56),
+                 _bind(ctl.ask_revoke, laptop.client_id), kind="bad", size=26)
+    if len(snap.laptops) > LAPTOP_ROWS:
+        c.text(f"and {len(snap.laptops) - LAPTOP_ROWS} more (revoke from a laptop: otc client revoke)",
+               (MARGIN, 76 + LAPTOP_ROWS * 72), 20, MUTED, role="text")
+    if ctl.notice:
+        c.text(ctl.notice[0], (MARGIN, HEIGHT - MARGIN - 28), 22, GOOD, role="notice")
+
+
+def _bind2(act: Callable[[str, str], None], a: str, b: str) -> Callable[[], None]:
+    return lambda: act(a, b)
 
 
 def _page(ctl: Controller, first: int) -> Callable[[], None]:
@@ -323,8 +373,8 @@ def draw_confirm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     countdown = c.text(f"Declines in {duration(left)}", (WIDTH - MARGIN, 16), 26, WARN if left < 10 else MUTED,
                        anchor="topright", role="countdown")
     badge_left = alarm_badge(c, snap, countdown.left - 14, 14)
-    # Making this device an authority (device/abe/rpc.py) is a yes-or-no question, not a message to encrypt.
-    question = view.kind == "authority"
+    # Becoming an authority, revoking a laptop, creating a room: a yes-or-no question, not a message to encrypt.
+    question = view.kind in QUESTION_KINDS
     head = c.text("Confirm" if question else "Encrypt for", (MARGIN, 16), 28, MUTED, role="title")
     room = view.kind == "room" and view.room is not None  # its policy and member count go on the cost line
     kind = "" if view.kind == "text" or question or room else f" ({view.kind})"
@@ -502,5 +552,6 @@ DRAW: dict[str, Callable[[Canvas, Snapshot, Controller], None]] = {
     "confirm": draw_confirm,
     "ceremony": draw_ceremony,
     "pairing-code": draw_pairing_code,
+    "laptops": draw_laptops,
     "home": draw_home,
 }
