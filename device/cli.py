@@ -156,7 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
             if args.confirm == "tty":
                 _unlock_on_tty(service.lock)
-        if args.confirm == "touchscreen":
+        if args.confirm in ("touchscreen", "gpio"):
             server.start()
             panel.run()  # type: ignore[union-attr]  # the screen owns the main thread
         else:
@@ -174,14 +174,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _start_panel(mode: str, console: object) -> object:
-    if mode == "gpio":
-        from device.gpio import GpioPanel, make_pins
-
-        return GpioPanel(console, make_pins())  # type: ignore[arg-type]
+    """The screen (touchscreen), or the screen and the buttons (gpio: a press answers only what the screen shows;
+    without a screen, gpio is refused rather than approving blind)."""
     from device.touchscreen.app import TouchscreenApp
 
     # SDL_VIDEODRIVER picks the driver: kmsdrm on the Pi (set by its service), dummy in tests.
-    return TouchscreenApp(console, fullscreen=True)  # type: ignore[arg-type]
+    screen = TouchscreenApp(console, fullscreen=True)  # type: ignore[arg-type]
+    if mode == "gpio":
+        from device.gpio import GpioPanel, make_pins
+
+        try:
+            buttons = GpioPanel(console, make_pins())  # type: ignore[arg-type]
+        except BaseException:
+            screen.close()
+            raise
+        return ScreenAndButtons(screen, buttons)
+    return screen
+
+
+class ScreenAndButtons:
+    """``gpio`` mode: the screen shows each request (main thread), the buttons answer it (their own thread)."""
+
+    def __init__(self, screen: object, buttons: object) -> None:
+        self.screen, self.buttons = screen, buttons
+
+    def run(self) -> None:
+        self.buttons.start()  # type: ignore[attr-defined]
+        self.screen.run()  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        self.buttons.stop()  # type: ignore[attr-defined]
+        self.screen.close()  # type: ignore[attr-defined]
 
 
 def _unlock_on_tty(lock: StoreLock) -> None:

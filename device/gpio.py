@@ -4,6 +4,12 @@ A confirm button, a decline button and an LED, through the RPi.GPIO API
 (on Debian's arm64 kernel the `rpi-lgpio` package provides it over the
 gpiochip device). The LED blinks while a decision waits; a press answers it.
 
+Buttons never approve blind (DESIGN.md, "under attack"): ``gpio`` runs with
+the device's screen, and a press answers only the request that screen showed
+when the press began, and only if it had been shown for ``ARM_S`` seconds. A
+press held across a timeout answers nothing, not the next request in the
+queue.
+
 Pins are reached through :class:`Pins`: :class:`RPiPins` on the Pi, and
 :class:`FakePins` for tests and laptops, chosen explicitly (``OTC_GPIO=fake``
 or by passing it), never as a silent fallback. Nothing touches hardware at
@@ -27,6 +33,9 @@ LED_PIN = 22
 POLL_S = 0.01
 DEBOUNCE_S = 0.05
 BLINK_S = 0.4
+# A press counts only if it began once the request had been on the screen this long: a finger already on its
+# way for a request that just timed out cannot land on the next one.
+ARM_S = 0.6
 
 
 class GpioUnavailable(DeviceError):
@@ -130,6 +139,7 @@ class _Button:
     approve: bool
     down: bool = False
     since: float = 0.0
+    request_id: int | None = None  # the request on screen when this press began (None: it answers nothing)
 
 
 class GpioPanel:
@@ -169,10 +179,14 @@ class GpioPanel:
                 down = self.pins.pressed(button.pin)
                 if down and not button.down:
                     button.down, button.since = True, now
+                    shown = self.console.displayed()
+                    # Bound to the request on screen now, if it has been there long enough to be read.
+                    button.request_id = shown[0] if shown is not None and now - shown[1] >= ARM_S else None
                 elif not down and button.down:
                     button.down = False
-                    if now - button.since >= DEBOUNCE_S:  # a press, not a bounce
-                        self.console.decide(button.approve)
+                    request_id, button.request_id = button.request_id, None
+                    if request_id is not None and now - button.since >= DEBOUNCE_S:  # a press, not a bounce
+                        self.console.decide(button.approve, request_id)
 
     def stop(self) -> None:
         self._stop.set()

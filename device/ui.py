@@ -194,6 +194,7 @@ class Console:
         self._ceremony_answer: bool | None = None
         self._alarms: list[Alarm] = []
         self._queued = 0
+        self._displayed: tuple[int, float] | None = None  # (request id, monotonic time a screen first drew it)
         self._laptops: LaptopsProvider | None = None
         self._revoke: Callable[[str], bool] | None = None
         self.changed = threading.Event()  # set whenever something on screen changes
@@ -313,6 +314,22 @@ class Console:
                 self._confirm = None
                 self._decision = None
                 self._touch()
+
+    def displaying(self, request_id: int) -> None:
+        """A screen drew the confirmation ``request_id`` (the touchscreen calls this as it draws it)."""
+        with self._cond:
+            if self._confirm is not None and self._confirm.request_id == request_id and \
+                    (self._displayed is None or self._displayed[0] != request_id):
+                self._displayed = (request_id, time.monotonic())
+
+    def displayed(self) -> tuple[int, float] | None:
+        """(request id, when a screen first drew it) of the confirmation on screen now; None if no screen shows one.
+
+        Buttons (device/gpio.py) answer only a request a screen shows, so the owner sees what they approve."""
+        with self._cond:
+            if self._confirm is None or self._displayed is None or self._displayed[0] != self._confirm.request_id:
+                return None
+            return self._displayed
 
     def set_queued(self, queued: int) -> None:
         with self._cond:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,13 @@ import requests
 
 from client.errors import RemoteError
 from device.engine import Device
-from device.gpio import CONFIRM_PIN, DECLINE_PIN, LED_PIN, FakePins, GpioPanel
+from device.gpio import ARM_S, CONFIRM_PIN, DECLINE_PIN, LED_PIN, FakePins, GpioPanel
 from device.home import WrongPin, open_home
 from device.localpair import pair_local
 from device.server import Server, ServerConfig
 from device.storage.lock import DeviceLocked, DeviceWiped, StoreLock
 from device.storage.padstore import PadStore
+from device.touchscreen.testing import Screen, open_app
 from device.ui import Console, LockState, PanelSource
 from tests.conftest import Counter, det_bytes, otc
 
@@ -210,6 +212,8 @@ def test_gpio_buttons_confirm_and_decline_through_the_rpc(tmp_path):
     console.attach(service.lock, service.panel_status)
     pins = FakePins()
     panel = GpioPanel(console, pins).start()
+    app = open_app(console)
+    screen = Screen(app)
     try:
         codes: list[str] = []
         source.show_code = codes.append  # type: ignore[method-assign]  # read the code off the "screen"
@@ -228,9 +232,11 @@ def test_gpio_buttons_confirm_and_decline_through_the_rpc(tmp_path):
 
             t = threading.Thread(target=send)
             t.start()
-            for _ in range(2000):
-                if console.waiting() and pins.led_changes[LED_PIN] >= 2:
-                    break
+            # The screen shows the request (the buttons answer only what it shows), long enough to be read.
+            screen.wait_for(lambda f: f.screen == "confirm", timeout=20)
+            shown_at = time.monotonic()
+            while console.waiting() and (pins.led_changes[LED_PIN] < 2 or time.monotonic() - shown_at < ARM_S + 0.1):
+                screen.refresh()
                 threading.Event().wait(0.01)
             assert console.snapshot().confirm.text == "pressed"
             assert pins.led_changes[LED_PIN] >= 2  # the LED blinks while the decision waits
@@ -240,6 +246,7 @@ def test_gpio_buttons_confirm_and_decline_through_the_rpc(tmp_path):
         assert client.status()["contacts"][0]["send"]["used"] == 16 + len("pressed")
         assert not pins.leds[LED_PIN] or console.waiting()
     finally:
+        app.close()
         panel.stop()
         server.close()
 

@@ -111,6 +111,8 @@ class TouchscreenApp:
         frame = Frame(screen, key)
         canvas = Canvas(self.surface, self.fonts, frame)
         draw(canvas, snap, self.controller)
+        if screen == "confirm" and snap.confirm is not None:
+            self.console.displaying(snap.confirm.request_id)  # the buttons may now answer it (device/gpio.py)
         if key != self.frame.key:
             self._shown_at = self.monotonic()
         self.frame = frame
