@@ -14,6 +14,7 @@ from client.relay import MAX_WAIT_S, RelayClient
 from client.rpc import DeviceClient
 from client.state import home_help
 from onetimechat.errors import UsageError
+from onetimechat.text import visible
 
 
 def register(parts: argparse._SubParsersAction) -> None:
@@ -100,7 +101,7 @@ def describe(event: Event) -> list[str]:
     """The plain-text lines of one received event (warnings on their own lines)."""
     lines = []
     if event.kind == "text":
-        lines.append(f"{event.contact}: {event.text}")
+        lines.append(f"{event.contact}: {visible(event.text)}")
     elif event.kind == "receipt":
         when = f" (sent {clock(event.sent.created)})" if event.sent else ""
         lines.append(f"{event.contact}: ✓✓ delivered{when}")

@@ -15,7 +15,7 @@ from client.relay import MAX_WAIT_S, RelayClient
 from client.rooms import KEY_WAIT_S, RoomClient
 from client.rpc import DeviceClient
 from onetimechat.errors import UsageError
-from onetimechat.text import plural
+from onetimechat.text import plural, visible
 
 
 def register(parts: argparse._SubParsersAction) -> None:
@@ -162,6 +162,8 @@ def cmd_recv(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"room": room["room"], **event}))
             else:
-                print(f"[{room['room']}] {event['sender']}{' (me)' if event.get('own') else ''}: {event['text']}")
+                # A member's text as it came could drive the terminal: every hidden character shown visibly.
+                print(visible(f"[{room['room']}] {event['sender']}{' (me)' if event.get('own') else ''}: "
+                              f"{event['text']}"))
     sys.stdout.flush()
     return 0

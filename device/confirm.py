@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from device.errors import DeviceError
+from onetimechat.text import visible
 
 MODES = ("touchscreen", "gpio", "tty", "auto")
 # Requests that are a yes-or-no question to the owner, not a message to encrypt: becoming an attribute authority
@@ -138,13 +139,14 @@ class TtyConfirm:
     def ask(self, request: ConfirmRequest, timeout: float) -> bool:
         fd = self._open()
         try:
-            text = request.plaintext.decode("utf-8", errors="replace")
+            # What the message holds, all of it visible: a control or bidirectional character shows as <U+XXXX>.
+            text = visible(request.plaintext.decode("utf-8", errors="replace"))
             question = request.kind in QUESTION_KINDS
             lines = [
                 "",
                 "Confirm:" if question else f"Encrypt this {request.kind} message to {request.contact}?",
                 "-" * 60,
-                *text.splitlines(),
+                *text.split("\n"),
                 "-" * 60,
                 "Nothing is encrypted; no pad is used." if question else
                 f"It uses {request.consumes} pad bytes; {request.left_after} will be left.",

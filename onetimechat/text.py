@@ -4,6 +4,28 @@ from __future__ import annotations
 
 import argparse
 import re
+import unicodedata
+
+# What a terminal would act on or draw as nothing: controls (escape sequences, carriage returns, backspaces),
+# format characters (bidirectional overrides and isolates, zero-width joiners), separators and code points
+# with no character. The touchscreen (device/touchscreen/text.py) shows the same ones as markers.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+TAB = "    "
+
+
+def visible(text: str) -> str:
+    """``text`` safe to print to a terminal: each hidden character as a visible ``<U+XXXX>`` marker.
+
+    Line feeds stay line feeds and a tab becomes four spaces; everything in :data:`_HIDDEN_CATEGORIES`
+    (ESC, CR, BS, U+202E RIGHT-TO-LEFT OVERRIDE, U+200B ZERO WIDTH SPACE, ...) is shown by its code, so a
+    message can neither drive the terminal nor show less than it holds.
+    """
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if not line.isprintable():  # the fast path: most lines hold nothing to show
+            lines[i] = "".join(TAB if ch == "\t" else f"<U+{ord(ch):04X}>"
+                               if unicodedata.category(ch) in _HIDDEN_CATEGORIES else ch for ch in line)
+    return "\n".join(lines)
 
 
 def plural(n: int, word: str) -> str:

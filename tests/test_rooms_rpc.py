@@ -81,6 +81,17 @@ def test_rooms_over_the_rpc(tmp_path, capsys, monkeypatch):
         monkeypatch.setenv("OTC_CLIENT_HOME", str(people["alice"][0].laptop))
         assert main(["room", "list", "--device", people["alice"][0].url, "--relay", relay_server.url]) == 0
         assert "(2 members, key held)" in capsys.readouterr().out
+        # An anonymous member's hidden text shows visibly, never raw (issue 19).
+        monkeypatch.setenv("OTC_CLIENT_HOME", str(people["bob"][0].laptop))
+        hidden = "Sell all shares\r\x1b[2KLunch at 1?\u202e"
+        assert main(["room", "send", "--device", people["bob"][0].url, "--relay", relay_server.url, "ops",
+                     hidden]) == 0
+        monkeypatch.setenv("OTC_CLIENT_HOME", str(people["alice"][0].laptop))
+        capsys.readouterr()
+        assert main(["room", "recv", "--device", people["alice"][0].url, "--relay", relay_server.url]) == 0
+        out = capsys.readouterr().out
+        assert "Sell all shares<U+000D><U+001B>[2KLunch at 1?<U+202E>" in out
+        assert "\x1b" not in out and "\u202e" not in out and "\r" not in out
         # Errors are one line.
         assert main(["room", "send", "--device", people["bob"][0].url, "--relay", relay_server.url, "nosuch",
                      "x"]) != 0
