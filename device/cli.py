@@ -34,7 +34,8 @@ def register(parts: argparse._SubParsersAction) -> None:
                        description="Create a new pad device in --home (not PIN-locked).")
     p.add_argument("--home", required=True, type=Path, help="the device's state directory")
     p.add_argument("--name", required=True, help="this device's name, which its contacts see")
-    p.add_argument("--pin-file", type=Path, help="lock the device with the PIN in this file (4-16 digits)")
+    p.add_argument("--pin-file", type=Path, help="lock the device with the PIN (6+ digits) or passphrase "
+                   "(8+ characters) on this file's first line")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("package", help="encrypt stdin for a contact",
@@ -258,7 +259,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
     lock = StoreLock(args.home)
     if not lock.locked_home:
         raise UsageError("This device has no PIN (it was made without --pin-file).")
-    result = lock.change_pin(read_pin_file(args.pin_file), read_pin_file(args.new_pin_file))
+    result = lock.change_pin(read_pin_file(args.pin_file), read_pin_file(args.new_pin_file, new=True))
     if not result.ok:
         raise WrongPin(result.message)
     print("PIN changed.")
@@ -266,7 +267,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    pin = read_pin_file(args.pin_file) if args.pin_file else None
+    pin = read_pin_file(args.pin_file, new=True) if args.pin_file else None
     with PadStore.init(args.home, args.name, pin=pin) as store:
         locked = "PIN-locked" if pin else "not PIN-locked"
         print(f"Device {store.device_name} created in {args.home} ({locked}).")

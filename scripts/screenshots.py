@@ -103,7 +103,7 @@ def main(out: Path) -> None:
     # The PIN: first start, locked, locked after wrong PINs with the wipe warning, wiped, changing it.
     first = base(lock=PinStatus(LockState.NO_PIN))
     app.render(first)
-    ctl.pin.digits = "4827"
+    ctl.pin.digits = "482716"
     ctl.submit()  # the first entry: now it asks for the same PIN again
     ctl.pin.digits = "48"
     shot("first-start", first)
@@ -125,7 +125,7 @@ def main(out: Path) -> None:
     home = base()
     ctl.start_change_pin()
     app.render(home)
-    ctl.pin.old = "4827"
+    ctl.pin.old = "482716"
     ctl.pin.digits = "19"
     shot("change-pin", home)
     ctl.cancel_change_pin()

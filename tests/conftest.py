@@ -17,6 +17,11 @@ from device.storage.padstore import PadStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The test-only scrypt knob (device/storage/lock.py): new PIN locks in tests derive with n=2^10, not the real
+# cost (about a second a try on a Pi). Subprocesses inherit it. tests/test_pin_strength.py runs the real
+# default once.
+os.environ["OTC_TEST_CHEAP_KDF"] = "1"
+
 pytest_plugins = ("tests.rpc_fixtures",)
 
 

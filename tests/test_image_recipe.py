@@ -216,16 +216,16 @@ def test_first_boot_names_the_device_and_creates_it_pin_locked(setup_screen, tmp
     screen.tap("next")
     assert screen.refresh().screen == "first-start"  # the touchscreen's own PIN screen
     assert screen.shows("Alice-pi") and screen.shows("Choose a PIN for this device")
-    screen.type_pin("2468")
+    screen.type_pin("246813")
     assert screen.shows("Type the same PIN again")
-    screen.type_pin("2468")
+    screen.type_pin("246813")
     home = tmp_path / "otc"
     assert screen.app.done.is_set()
     assert PadStore.peek_name(home) == "Alice-pi"
     lock = StoreLock(home)
     assert lock.locked_home and lock.status().state == LockState.LOCKED
-    assert lock.unlock("2468").ok
-    assert "2468" not in "".join(p.read_text(errors="replace") for p in home.iterdir() if p.is_file())
+    assert lock.unlock("246813").ok
+    assert "246813" not in "".join(p.read_text(errors="replace") for p in home.iterdir() if p.is_file())
 
 
 def test_first_boot_pins_must_match_and_names_must_be_valid(setup_screen, tmp_path):
@@ -237,12 +237,12 @@ def test_first_boot_pins_must_match_and_names_must_be_valid(setup_screen, tmp_pa
     assert screen.texts("name") == ["bo"]
     screen.tap("next")
     screen.refresh()
-    screen.type_pin("1357")
-    screen.type_pin("1358")
+    screen.type_pin("135792")
+    screen.type_pin("135793")
     assert screen.shows("The two PINs differ")
     assert not (tmp_path / "otc" / DB_NAME).exists()
-    screen.type_pin("1357")
-    screen.type_pin("1357")
+    screen.type_pin("135792")
+    screen.type_pin("135792")
     assert PadStore.peek_name(tmp_path / "otc") == "bo"
 
 

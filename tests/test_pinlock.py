@@ -156,23 +156,26 @@ def test_the_right_pin_resets_the_count(tmp_path):
 
 def test_pin_change(tmp_path):
     home_a, *_ = pinned_pair(tmp_path)
-    old, new = write_pin(tmp_path, PIN, "old"), write_pin(tmp_path, "73105", "new")
+    old, new = write_pin(tmp_path, PIN, "old"), write_pin(tmp_path, "731052", "new")
     changed = otc("device", "pin", "--home", str(home_a), "--pin-file", str(old), "--new-pin-file", str(new))
     assert changed.returncode == 0
     with pytest.raises(WrongPin):
         open_home(home_a, old)
     assert StoreLock(home_a).status().failures == 1
     later = StoreLock(home_a, clock=lambda: 10**12)  # past the wait the wrong PIN earned
-    assert later.unlock("73105").ok
+    assert later.unlock("731052").ok
     with PadStore(home_a, storage_key=later.key) as store:
         assert store.contacts() == ["bob"]
 
 
 def test_bad_pins_are_refused_before_use(tmp_path):
-    for pin in ("123", "12345678901234567", "12a4", "", "１２３４"):
-        result = otc("device", "init", "--home", str(tmp_path / f"h{len(pin)}"), "--name", "x",
-                     "--pin-file", str(write_pin(tmp_path, pin, f"p{len(pin)}")))
-        assert result.returncode != 0 and "4 to 16 digits" in result.stderr.decode()
+    for n, pin in enumerate(("123", "1234", "12345", "1" * 65, "12a4", "", "１２３４", "short p", "tab\there!")):
+        result = otc("device", "init", "--home", str(tmp_path / f"h{n}"), "--name", "x",
+                     "--pin-file", str(write_pin(tmp_path, pin, f"p{n}")))
+        err = result.stderr.decode().strip()
+        assert result.returncode != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert "6 to 64 digits" in err and "passphrase is 8 to 256 characters" in err
+        assert not (tmp_path / f"h{n}" / "device.db").exists()
 
 
 def test_a_locked_server_answers_only_health_until_unlocked_on_its_screen(tmp_path):

@@ -286,7 +286,8 @@ def test_first_start_asks_for_a_new_pin(screen):
     show(screen, snap(lock=PinStatus(LockState.NO_PIN)))
     assert screen.shows("Welcome")
     assert screen.shows("Choose a PIN for this device")
-    assert screen.shows("4 to 12 digits")
+    assert screen.shows("6+ digits, or a passphrase")
+    assert screen.target("letters").enabled  # the keyboard offers a passphrase too
     assert not screen.target("ok").enabled
 
 

@@ -394,19 +394,19 @@ def test_first_start_sets_the_pin_typed_twice(device):
     lock = FakeLock(clock, pin=None)
     console, broker, screen = device(lock=lock, wall=clock)
     assert screen.refresh().screen == "first-start"
-    for d in "135":
+    for d in "13579":
         screen.tap(f"key-{d}")
-    assert not screen.target("ok").enabled  # four digits at least
-    screen.tap("key-7")
+    assert not screen.target("ok").enabled  # six digits at least
+    screen.tap("key-2")
     screen.tap("ok")
     assert screen.shows("Type the same PIN again")
-    screen.type_pin("1350")
+    screen.type_pin("135790")
     assert screen.shows("The two PINs differ. Start again.")
     assert screen.shows("Choose a PIN for this device")
     assert lock.calls == []
-    screen.type_pin("1357")
-    frame = screen.type_pin("1357")
-    assert lock.calls == [("set_pin", "1357")]
+    screen.type_pin("135792")
+    frame = screen.type_pin("135792")
+    assert lock.calls == [("set_pin", "135792")]
     assert frame.screen == "home"
 
 
@@ -426,10 +426,10 @@ def test_change_pin_from_home(device):
     assert screen.texts("pin") == []  # nothing kept from the cancelled attempt
     screen.type_pin("2468")
     assert screen.shows("Choose a new PIN")
-    screen.type_pin("97531")
+    screen.type_pin("975312")
     assert screen.shows("Type the new PIN again")
-    frame = screen.type_pin("97531")
-    assert lock.calls == [("change_pin", "2468", "97531")]
+    frame = screen.type_pin("975312")
+    assert lock.calls == [("change_pin", "2468", "975312")]
     assert frame.screen == "home"
     assert screen.shows("PIN changed.")
 
@@ -442,8 +442,8 @@ def test_change_pin_with_a_wrong_current_pin(device):
     screen.refresh()
     screen.tap("change-pin")
     screen.type_pin("1111")
-    screen.type_pin("5555")
-    frame = screen.type_pin("5555")
+    screen.type_pin("555555")
+    frame = screen.type_pin("555555")
     assert frame.screen == "change-pin"
     assert screen.shows("Wrong PIN.")
     assert screen.shows("Try again in 1 s.")

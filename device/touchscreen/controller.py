@@ -11,16 +11,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from device.storage.lock import MIN_PASSPHRASE, MIN_PIN, pin_problem
 from device.touchscreen.text import Fonts, MessageLayout
 from device.ui import ConfirmView, Console, LockState, Snapshot
 
-MIN_PIN = 4
-MAX_PIN = 12
+MAX_PIN = 64  # characters typed on the screen: a PIN's digits or a passphrase's characters
+__all__ = ["MIN_PASSPHRASE", "MIN_PIN", "MAX_PIN", "Controller", "MessageView", "PinEntry"]
 
 
 @dataclass
 class PinEntry:
-    """A PIN being typed. ``flow`` is "unlock", "first" (set the first PIN) or "change"."""
+    """A PIN or passphrase being typed (``digits`` holds whatever is typed: digits, letters, spaces, punctuation).
+    ``flow`` is "unlock", "first" (set the first PIN) or "change"."""
 
     flow: str
     digits: str = ""
@@ -64,6 +66,8 @@ class Controller:
         self.wall = wall
         self.monotonic = monotonic
         self.pin = PinEntry("")
+        self.letters = False  # the PIN screen shows the letter keyboard (a passphrase), not the keypad
+        self.shift = False  # capitals on the letter keyboard
         self.changing_pin = False
         self.busy: str | None = None  # shown while a slow act (deriving a key from a PIN) runs
         self.message: MessageView | None = None
@@ -90,6 +94,7 @@ class Controller:
             self.changing_pin = False
         if flow != self.pin.flow:
             self.pin = PinEntry(flow)
+            self.letters = self.shift = False
         if snap.ceremony is None or snap.ceremony.stage != "compare":
             self.ceremony_answered = False
         if snap.confirm is None:
@@ -118,6 +123,17 @@ class Controller:
         if len(self.pin.digits) < MAX_PIN:
             self.pin.digits += d
             self.pin.note, self.pin.error = "", False
+
+    def char(self, ch: str) -> None:
+        """A key of the letter keyboard (capital while shift is on)."""
+        self.digit(ch.upper() if self.shift else ch)
+
+    def toggle_letters(self) -> None:
+        """Switch between the keypad (a PIN) and the letter keyboard (a passphrase); what is typed stays."""
+        self.letters, self.shift = not self.letters, False
+
+    def toggle_shift(self) -> None:
+        self.shift = not self.shift
 
     def delete(self) -> None:
         self.pin.digits = self.pin.digits[:-1]
@@ -148,8 +164,9 @@ class Controller:
             pin.old = digits
             self._say("", False)
         elif stage == "new":
-            if len(digits) < MIN_PIN:
-                self._say(f"Use at least {MIN_PIN} digits.")
+            problem = pin_problem(digits)
+            if problem is not None:
+                self._say(problem)
                 return
             pin.first = digits
             self._say("", False)

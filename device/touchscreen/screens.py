@@ -27,7 +27,7 @@ from device.touchscreen.canvas import (
     WIDTH,
     Canvas,
 )
-from device.touchscreen.controller import MAX_PIN, MIN_PIN, Controller
+from device.touchscreen.controller import MAX_PIN, MIN_PASSPHRASE, MIN_PIN, Controller
 from device.ui import ContactView, LockState, Snapshot
 from onetimechat.text import plural
 
@@ -116,6 +116,9 @@ PIN_PROMPTS = {
 
 
 def draw_pin(c: Canvas, snap: Snapshot, ctl: Controller, title: str, cancel: bool = False) -> None:
+    if ctl.letters:
+        draw_pin_letters(c, snap, ctl, title, cancel)
+        return
     pin = ctl.pin
     wait = ctl.retry_in(snap)
     c.fill(BACKGROUND)
@@ -128,9 +131,9 @@ def draw_pin(c: Canvas, snap: Snapshot, ctl: Controller, title: str, cancel: boo
     box = (x, 146, w, 64)
     c.fill(PANEL, box, radius=12)
     if pin.digits:
-        c.dots(len(pin.digits), box, TEXT, "•" * len(pin.digits))
+        c.dots(min(len(pin.digits), 10), box, TEXT, "•" * len(pin.digits))  # at most 10 dots fit
     elif pin.stage == "new":
-        c.text(f"{MIN_PIN} to {MAX_PIN} digits", (x + w // 2, 178), 22, MUTED, anchor="center", role="hint")
+        c.text(f"{MIN_PIN}+ digits, or a passphrase", (x + w // 2, 178), 22, MUTED, anchor="center", role="hint")
 
     y = 224
     if ctl.busy:
@@ -160,13 +163,13 @@ def draw_pin(c: Canvas, snap: Snapshot, ctl: Controller, title: str, cancel: boo
 
 
 def keypad(c: Canvas, ctl: Controller, enabled: bool) -> None:
-    """3 by 4 keys filling the right half: large enough for a thumb."""
-    x0, y0, kw, kh, gap = 404, 12, 120, 106, 10
+    """3 by 4 keys filling the right half, large enough for a thumb, and a switch to letters (a passphrase)."""
+    x0, y0, kw, kh, gap = 404, 12, 120, 84, 8
     digits = ctl.pin.digits
     more = enabled and len(digits) < MAX_PIN
 
-    def key(row: int, col: int) -> tuple[int, int, int, int]:
-        return (x0 + col * (kw + gap), y0 + row * (kh + gap), kw, kh)
+    def key(row: int, col: int, span: int = 1) -> tuple[int, int, int, int]:
+        return (x0 + col * (kw + gap), y0 + row * (kh + gap), span * kw + (span - 1) * gap, kh)
 
     for i, d in enumerate("123456789"):
         c.button(f"key-{d}", d, key(i // 3, i % 3), _bind(ctl.digit, d), enabled=more, size=48)
@@ -174,6 +177,69 @@ def keypad(c: Canvas, ctl: Controller, enabled: bool) -> None:
     c.button("key-0", "0", key(3, 1), _bind(ctl.digit, "0"), enabled=more, size=48)
     least = 1 if ctl.pin.stage in ("unlock", "old") else MIN_PIN
     c.button("ok", "OK", key(3, 2), ctl.submit, kind="good", enabled=enabled and len(digits) >= least, size=36)
+    c.button("letters", "ABC · a passphrase", key(4, 0, 3), ctl.toggle_letters, kind="plain", enabled=enabled,
+             size=28)
+
+
+LETTER_ROWS = ("qwertyuiop", "asdfghjkl-", "zxcvbnm.,")
+
+
+def draw_pin_letters(c: Canvas, snap: Snapshot, ctl: Controller, title: str, cancel: bool) -> None:
+    """The PIN screen with a letter keyboard across its width: a passphrase (digits through the keypad)."""
+    pin = ctl.pin
+    wait = ctl.retry_in(snap)
+    c.fill(BACKGROUND)
+    x = MARGIN
+    right = WIDTH - MARGIN - (196 if cancel else 0)
+    c.text(title, (x, 8), 30, role="title", width=right - x - 140)
+    alarm_badge(c, snap, right - 8, 12)
+    if cancel:
+        c.button("cancel", "Cancel", (WIDTH - MARGIN - 184, 8, 184, 56), ctl.cancel_change_pin, kind="plain",
+                 size=28, enabled=not ctl.busy)
+    prompt = PIN_PROMPTS.get((pin.flow, pin.stage), "Enter your PIN").replace("PIN", "PIN or passphrase")
+    c.text(prompt, (x, 48), 24, role="prompt", width=right - x)
+    box = (x, 80, WIDTH - 2 * MARGIN, 56)
+    c.fill(PANEL, box, radius=12)
+    if pin.digits:
+        c.dots(min(len(pin.digits), 20), box, TEXT, "•" * len(pin.digits))  # at most 20 dots fit
+    elif pin.stage == "new":
+        c.text(f"a passphrase: {MIN_PASSPHRASE}+ characters", (WIDTH // 2, 108), 22, MUTED, anchor="center",
+               role="hint")
+    # One line for what the owner must know now, most urgent first.
+    line: tuple[str, tuple[int, int, int], str] | None = None
+    if ctl.busy:
+        line = (ctl.busy, ACCENT, "busy")
+    elif wait > 0:
+        line = (f"Try again in {duration(wait)}.", WARN, "delay")
+        c.frame.redraw_at = ctl.monotonic() + min(wait, 0.25)
+    elif pin.note:
+        line = (pin.note, BAD if pin.error else MUTED, "note")
+    elif snap.lock.warning and snap.lock.state != LockState.WIPED:
+        line = (f"{plural(snap.lock.attempts_left, 'attempt')} left before this device erases its pads", BAD,
+                "warning")
+    if line is not None:
+        c.paragraph(line[0], (x, 142, WIDTH - 2 * MARGIN, 58), 20, line[1], role=line[2])
+
+    enabled = wait <= 0 and not ctl.busy
+    typed = ctl.pin.digits
+    more = enabled and len(typed) < MAX_PIN
+    unit, gap, y0, kh = 71, 6, 206, 62
+
+    def key(row: int, col: int, span: int = 1) -> tuple[int, int, int, int]:
+        return (MARGIN + col * (unit + gap), y0 + row * (kh + gap), span * unit + (span - 1) * gap, kh)
+
+    for row, letters in enumerate(LETTER_ROWS):
+        first = 1 if row == 2 else 0
+        for col, ch in enumerate(letters):
+            shown = ch.upper() if ctl.shift else ch
+            c.button(f"key-{ch}", shown, key(row, first + col), _bind(ctl.char, ch), enabled=more, size=30)
+    c.button("shift", "⇧" if not ctl.shift else "⇩", key(2, 0), ctl.toggle_shift, kind="plain", enabled=enabled,
+             size=30)
+    c.button("digits", "123", key(3, 0), ctl.toggle_letters, kind="plain", enabled=enabled, size=26)
+    c.button("key-space", "space", key(3, 1, 4), _bind(ctl.digit, " "), enabled=more, size=24)
+    c.button("delete", "Delete", key(3, 5, 2), ctl.delete, enabled=enabled and bool(typed), size=24)
+    least = 1 if pin.stage in ("unlock", "old") else MIN_PIN
+    c.button("ok", "OK", key(3, 7, 3), ctl.submit, kind="good", enabled=enabled and len(typed) >= least, size=30)
 
 
 def _bind(act: Callable[[str], None], value: str) -> Callable[[], None]:

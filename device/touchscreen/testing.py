@@ -134,6 +134,23 @@ class Screen:
             self.tap(f"key-{d}", via)
         return self.tap("ok", via)
 
+    def type_passphrase(self, text: str, via: str = "finger") -> Frame:
+        """Type ``text`` on the letter keyboard (digits on the keypad, capitals with shift), then OK."""
+        for ch in text:
+            on_letters = self.has_target("shift")
+            if ch.isdigit():
+                if on_letters:
+                    self.tap("digits", via)
+                self.tap(f"key-{ch}", via)
+                continue
+            if not on_letters:
+                self.tap("letters", via)
+            capital = ch.isupper()
+            if capital != self.app.controller.shift:
+                self.tap("shift", via)
+            self.tap("key-space" if ch == " " else f"key-{ch.lower()}", via)
+        return self.tap("ok", via)
+
     def drag(self, start: tuple[int, int], end: tuple[int, int], via: str = "finger", steps: int = 4) -> Frame:
         self.press(start, via)
         for i in range(1, steps + 1):
