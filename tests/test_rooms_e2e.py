@@ -230,3 +230,33 @@ def test_room_states_are_sealed_at_rest_in_a_pin_locked_home(tmp_path):
             assert again.epochs[again.current_epoch].key == key
     finally:
         server.close()
+
+
+def test_the_member_count_shown_is_the_one_the_message_is_sent_to(world):
+    """The roster changes while the owner looks at the confirm screen: the approved count no longer holds,
+    so nothing is sent (issue 19); sending again shows the new count."""
+    from device.rooms.errors import EpochChanged
+
+    room, devices, clock, relay, auth = world
+    alice, carol = devices["alice"], devices["carol"]
+    for d in (alice, devices["bob"], carol):  # dave's attributes do not satisfy the policy
+        d.post(room, d.rooms.join("ops"))
+        sync_all(room, devices)
+    carol.post(room, carol.rooms.leave("ops"))  # on its way through the relay
+
+    class OwnerWhileTheRosterChanges(Owner):
+        def ask(self, request) -> bool:
+            self.asked.append(request)
+            alice.sync(room)  # another RPC thread delivers carol's leave while the question is on screen
+            return True
+
+    alice.rooms.confirm = alice.owner = OwnerWhileTheRosterChanges()
+    with pytest.raises(EpochChanged, match=r"\(3 shown, 2 now\)"):
+        alice.rooms.send("ops", "for the three of us")
+    assert alice.owner.asked[-1].members == 3
+    sync_all(room, devices)
+    alice.rooms.confirm = alice.owner = Owner()
+    alice.post(room, alice.rooms.send("ops", "for the two of us"))
+    assert alice.owner.asked[-1].members == 2
+    sync_all(room, devices, 1)
+    assert "for the two of us" in devices["bob"].read and "for the three of us" not in devices["bob"].read

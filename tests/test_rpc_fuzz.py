@@ -18,7 +18,8 @@ from tests.rpc_fixtures import rpc_device  # noqa: F401  (the fixture)
 METHODS = ["ping", "status", "contacts", "package", "unpackage", "events", "clients", "ceremony_status",
            "rooms", "room_add", "room_join", "room_leave", "room_receive", "room_send", "abe_status", "room_create"]
 REFUSALS = {"bad-request", "malformed", "unknown-contact", "invalid", "out-of-range", "unknown-pad", "replay",
-            "room", "room-malformed", "room-no-key", "room-not-joined", "room-refused", "room-unknown",
+            "room", "room-epoch-changed", "room-malformed", "room-no-key", "room-not-joined", "room-refused",
+            "room-unknown",
             "abe-malformed", "abe-policy", "abe-unknown-authority", "abe-not-authority", "invalid-name"}
 NAMES = ["contact", "text", "package", "limit", "receipt", "invite", "room", "items", "name", "since", "policy"]
 

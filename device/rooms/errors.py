@@ -35,6 +35,12 @@ class NotJoined(RoomError):
     code = "room-not-joined"
 
 
+class EpochChanged(RoomError):
+    """The room's members changed while its owner decided; nothing was sent: send again to confirm the new count."""
+
+    code = "room-epoch-changed"
+
+
 class NoEpochKey(RoomError):
     """The room has no epoch key yet: wait for its leader's distribution."""
 

@@ -45,7 +45,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from device.abe.encoding import Ciphertext, PublicKey, decode_ciphertext
 from device.abe.errors import AbeError, NotSatisfied
 from device.rooms import wire
-from device.rooms.errors import MalformedRoomData, NoEpochKey, NotJoined, RoomError, RoomItemRefused
+from device.rooms.errors import (
+    EpochChanged,
+    MalformedRoomData,
+    NoEpochKey,
+    NotJoined,
+    RoomError,
+    RoomItemRefused,
+)
 from device.rooms.wire import Room
 from onetimechat.crypto import equal
 
@@ -181,8 +188,9 @@ class RoomMember:
         self._forget_membership()
         return raw
 
-    def send(self, text: str) -> bytes:
-        """A message under the current epoch's key (never an older one)."""
+    def send(self, text: str, epoch: int | None = None) -> bytes:
+        """A message under the current epoch's key (never an older one); with ``epoch``, only if that epoch (the
+        one whose member count the owner approved) is still the current one."""
         data = text.encode("utf-8")
         if len(data) > MAX_TEXT_BYTES:
             raise RoomError(f"A room message holds at most {MAX_TEXT_BYTES} bytes.")
@@ -190,12 +198,14 @@ class RoomMember:
             raise NotJoined()
         assert self.me is not None
         e = self.current_epoch
-        epoch = self.epochs.get(e) if e is not None else None
-        if epoch is None or epoch.key is None or e is None:
+        if epoch is not None and e != epoch:
+            raise EpochChanged()
+        current = self.epochs.get(e) if e is not None else None
+        if current is None or current.key is None or e is None:
             raise NoEpochKey()
-        epoch.sent += 1
-        return wire.message(self.room.room_id, e, self.me, epoch.roster.index(self.me), epoch.sent, epoch.key, data,
-                            Ed25519PrivateKey.from_private_bytes(self._sig))
+        current.sent += 1
+        return wire.message(self.room.room_id, e, self.me, current.roster.index(self.me), current.sent, current.key,
+                            data, Ed25519PrivateKey.from_private_bytes(self._sig))
 
     def duties(self) -> list[bytes]:
         """The distribution this member owes now (leader, or the next after timeouts), if any."""

@@ -18,7 +18,7 @@ from device.abe.policy import Policy
 from device.abe.store import AbeKeys
 from device.confirm import Confirmer, ConfirmRequest
 from device.errors import Declined
-from device.rooms.errors import NoEpochKey, RoomError, UnknownRoom
+from device.rooms.errors import EpochChanged, NoEpochKey, RoomError, UnknownRoom
 from device.rooms.protocol import DEFAULT_GRACE_S, DEFAULT_LEADER_TIMEOUT_S, RoomMember
 from device.rooms.storage import DeviceRoomStore, RoomStore
 from device.rooms.wire import ROOM_ID_BYTES, Room, to_text
@@ -131,8 +131,9 @@ class DeviceRooms:
             status = member.status()
             if not status["keyed"]:
                 raise NoEpochKey()
-        # The contact line carries the policy and member count too, so every confirm screen shows them.
-        members = status["epoch_members"]
+        # The contact line carries the policy and member count too, so every confirm screen shows them. The
+        # message goes out under this epoch only: if the roster changes while the owner decides, nothing is sent.
+        members, shown_epoch = status["epoch_members"], status["epoch"]
         contact = f"room {member.room.name} ({member.room.policy.text}; {plural(members, 'member')})"
         request = ConfirmRequest(contact=contact, kind="room", plaintext=text.encode("utf-8"),
                                  consumes=0, left_after=0, room=member.room.name, policy=member.room.policy.text,
@@ -141,7 +142,14 @@ class DeviceRooms:
             self.pads.log_event("declined", detail=f"room message to {member.room.name}")
             raise Declined()
         with self._lock:
-            raw = member.send(text)
+            try:
+                raw = member.send(text, epoch=shown_epoch)
+            except EpochChanged:
+                now = member.status()["epoch_members"]
+                self.pads.log_event("room-epoch-changed", detail=f"room message to {member.room.name} not sent: "
+                                                                 f"{members} members shown, {now} now")
+                raise EpochChanged(f"The room's members changed while you decided ({members} shown, {now} now); "
+                                   "nothing was sent: send again to confirm the new count.") from None
             self._save(member)
             return to_text(raw)
 
