@@ -16,6 +16,7 @@ import requests
 from relay.app import create_app
 from relay.config import RelayConfig
 from relay.server import RelayServer
+from tests.relay_fixtures import db_url_fixture, postgres_fixture  # noqa: F401 - fixtures
 
 ATTACKER = "127.0.0.2"
 MiB = 1 << 20
@@ -155,3 +156,28 @@ def test_a_store_from_before_origins_upgrades_and_its_messages_still_go(tmp_path
     assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.LATEST
     assert conn.execute("SELECT count(*) FROM origins WHERE bytes < 0").fetchone()[0] == 0
     conn.close()
+
+
+def test_both_stores_charge_refuse_and_credit_an_address(db_url):
+    """The same budget and mailbox limit on SQLite and PostgreSQL (small figures, same rules)."""
+    config = RelayConfig(db=db_url, rate_limit=0, address_max_bytes=64 * 1024, address_new_mailboxes=5)
+    server = RelayServer(create_app(config), "127.0.0.1", 0, threads=8).start()
+    attacker = Attacker(server.port)
+    try:
+        sent = 0
+        while True:
+            status, data, _ = attacker.post("/v1/send", {"mailbox": f"box-{sent % 3}", "contents": "B" * 8192})
+            if status != 200:
+                break
+            sent += 1
+        assert status == 429 and data["error"] == "address-quota" and sent * 8192 <= 64 * 1024
+        for n in range(3, 5):
+            assert attacker.post("/v1/send", {"mailbox": f"box-{n}", "contents": "c"})[0] == 200
+        status, data, _ = attacker.post("/v1/send", {"mailbox": "box-5", "contents": "c"})
+        assert status == 429 and data["error"] == "address-mailboxes"
+        assert requests.post(server.url + "/v1/ack", json={"mailbox": "box-0", "through": 1 << 40},
+                             timeout=60).json()["deleted"] >= 1
+        assert attacker.post("/v1/send", {"mailbox": "box-0", "contents": "B" * 8192})[0] == 200
+    finally:
+        attacker.close()
+        server.close()
