@@ -239,8 +239,11 @@ class DeviceService:
                 return "Pad retired (made before package v2): pair again in person."
             return ""
 
-        contacts = tuple(ContactView(name, *views.get(name, [0, 0, 0, 0]), note=note(name))
-                         for name in store.contacts())
+        def view(name: str) -> ContactView:
+            send_left, send_total, receive_left, receive_total = views.get(name, [0, 0, 0, 0])
+            return ContactView(name, send_left, send_total, receive_left, receive_total, note=note(name))
+
+        contacts = tuple(view(name) for name in store.contacts())
         clients = tuple(c.name for c in self.clients.list() if c.revoked is None)
         return contacts, clients, self.hrng_status()
 
