@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +43,8 @@ from device.package import Kind
 from device.storage.padstore import INITIATOR, PadRecord, PadStore
 
 FORGERY_ALARM_AT = 3  # tag failures on one pad that raise the alarm (DESIGN.md)
+REFUSAL_ROWS = 30  # package refusals logged one by one per interval; the rest are counted
+REFUSALS_INTERVAL_S = 60.0
 LOW_LEVELS = ((2, 100), (1, 10))  # (level, percent): under 1% is level 2, under 10% level 1
 SECURITY_EVENTS = ("invalid", "replay", "out-of-range", "unknown-pad", "malformed")
 
@@ -127,12 +132,66 @@ def low_warning(contact: str, left: int, total: int) -> str:
     return f"pad-low: {left} bytes ({pct:.1f}%) of the pad for sending to {contact} are left"
 
 
+class RefusalBudget:
+    """Package refusals: the first few of each interval are logged one by one (pad, offset, length), the rest
+    counted and written as one ``package-refusals`` row an interval.
+
+    A flood of junk packages (from a hostile laptop, or from the relay through an honest one) could otherwise
+    cost a synced commit each, wearing the SD card, and fill the log with rows that are never rotated out.
+    Tag failures beyond the budget are counted per pad in memory and added with the aggregate, so the
+    forgery alarm still counts every one (the first ``REFUSAL_ROWS`` of an interval are durable at once).
+    """
+
+    def __init__(self, rows: int = REFUSAL_ROWS, interval: float = REFUSALS_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rows, self.interval, self.clock = rows, interval, clock
+        self._lock = threading.Lock()
+        self._window = clock()
+        self._used = 0
+        self._last_flush = clock()
+        self._counts: dict[str, int] = {}
+        self._failures: dict[bytes, int] = {}
+
+    def allow(self) -> bool:
+        """Whether this refusal may be written as a row of its own now."""
+        with self._lock:
+            now = self.clock()
+            if now - self._window >= self.interval:
+                self._window, self._used = now, 0
+            if self._used < self.rows:
+                self._used += 1
+                return True
+            return False
+
+    def defer(self, event: str, pad_id: bytes | None = None) -> None:
+        with self._lock:
+            self._counts[event] = self._counts.get(event, 0) + 1
+            if event == "invalid" and pad_id is not None:
+                self._failures[pad_id] = self._failures.get(pad_id, 0) + 1
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+    def due(self) -> bool:
+        with self._lock:
+            return bool(self._counts) and self.clock() - self._last_flush >= self.interval
+
+    def take(self) -> tuple[dict[str, int], dict[bytes, int]]:
+        with self._lock:
+            counts, failures = self._counts, self._failures
+            self._counts, self._failures, self._last_flush = {}, {}, self.clock()
+            return counts, failures
+
+
 class Device:
     """A pad device over its home directory."""
 
-    def __init__(self, store: PadStore, confirm: Confirmer | None = None) -> None:
+    def __init__(self, store: PadStore, confirm: Confirmer | None = None,
+                 refusals: RefusalBudget | None = None) -> None:
         self.store = store
         self.confirm = confirm
+        self.refusals = refusals or RefusalBudget()
 
     @classmethod
     def open(cls, home: str | os.PathLike[str], confirm: Confirmer | None = None) -> Device:
@@ -143,7 +202,34 @@ class Device:
         return self.store.device_name
 
     def close(self) -> None:
+        self.flush_refusals()
         self.store.close()
+
+    def flush_refusals(self, force: bool = True) -> None:
+        """Write the package refusals counted beyond the budget as one row (when due, or ``force``)."""
+        if not force and not self.refusals.due():
+            return
+        counts, failures = self.refusals.take()
+        if not counts:
+            return
+        with self.store.transaction() as conn:
+            detail = "; ".join(f"{n} {event}" for event, n in sorted(counts.items()))
+            self.store.log(conn, "package-refusals", length=sum(counts.values()),
+                           detail=f"refused beyond the per-minute log budget: {detail}")
+            names = {p.pad_id: p.contact for p in self.store.pads()}
+            for pad_id, n in failures.items():
+                if pad_id in names:
+                    total = self.store.count_tag_failure(conn, pad_id, n)
+                    if total >= FORGERY_ALARM_AT > total - n:
+                        self.store.log(conn, "forgery-alarm", contact=names[pad_id], pad_id=pad_id,
+                                       detail=f"{total} packages on this pad failed authentication: someone is forging")
+
+    def _refusal(self, conn: sqlite3.Connection, event: str, **fields: object) -> None:
+        """Log one package refusal, within the budget; count it beyond."""
+        if self.refusals.allow():
+            self.store.log(conn, event, **fields)  # type: ignore[arg-type]
+        else:
+            self.refusals.defer(event)
 
     def __enter__(self) -> Device:
         return self
@@ -255,19 +341,19 @@ class Device:
             fields = {"pad_id": pkg.pad_id, "offset": pkg.offset, "length": pkg.length}
             if pad is None:
                 refusal = UnknownPad()
-                self.store.log(conn, "unknown-pad", **fields)  # type: ignore[arg-type]
+                self._refusal(conn, "unknown-pad", **fields)
             else:
                 fields["contact"] = pad.contact
                 lo, hi = pad.peer_half
                 if pad.retired:
                     refusal = RetiredPad(retired_text(pad.contact))
-                    self.store.log(conn, "retired-pad", **fields)  # type: ignore[arg-type]
+                    self._refusal(conn, "retired-pad", **fields)
                 elif not (lo <= start and end <= hi):
                     refusal = OutOfRange()
-                    self.store.log(conn, "out-of-range", **fields)  # type: ignore[arg-type]
+                    self._refusal(conn, "out-of-range", **fields)
                 elif self.store.overlaps(conn, pad.pad_id, start, end):
                     refusal = Replay()
-                    self.store.log(conn, "replay", **fields)  # type: ignore[arg-type]
+                    self._refusal(conn, "replay", **fields)
                 else:
                     pad_file = self.store.pad_file(pad)
                     segment = pad_file.read(start, end - start)
@@ -280,6 +366,7 @@ class Device:
                         warnings = self._accept(conn, pad, start, end)
                         result = Unpackaged(pad.contact, pkg.kind, plaintext, pad.pad_id, start, warnings)
         if refusal is not None:
+            self.flush_refusals(force=False)
             raise refusal
         assert result is not None and pad is not None
         self.store.wipe(pad, start, end)
@@ -287,6 +374,9 @@ class Device:
 
     def _tag_failed(self, conn: sqlite3.Connection, pad: PadRecord, fields: dict) -> None:
         """Log a package that failed its tag, count it for the pad, and raise the alarm from the third."""
+        if not self.refusals.allow():
+            self.refusals.defer("invalid", pad.pad_id)  # counted for the alarm with the next aggregate
+            return
         self.store.log(conn, "invalid", detail="authentication failed", **fields)
         failures = self.store.count_tag_failure(conn, pad.pad_id)
         if failures >= FORGERY_ALARM_AT:
@@ -303,7 +393,11 @@ class Device:
         return self.unpackage(data)
 
     def _log_malformed(self, exc: DeviceError, size: int) -> None:
-        self.store.log_event("malformed", length=size, detail=exc.code)
+        if self.refusals.allow():
+            self.store.log_event("malformed", length=size, detail=exc.code)
+        else:
+            self.refusals.defer("malformed")
+            self.flush_refusals(force=False)
 
     def _accept(self, conn: sqlite3.Connection, pad: PadRecord, start: int, end: int) -> list[str]:
         """Record a verified package's segment as consumed; return gap warnings."""
@@ -337,6 +431,7 @@ class Device:
 
     def status(self, events: int = 10) -> dict:
         """Contacts, pad left per direction, warnings and recent events (no secrets)."""
+        self.flush_refusals(force=False)
         contacts = []
         warnings = []
         pads_by_contact: dict[str, list[PadRecord]] = {}
@@ -383,5 +478,6 @@ class Device:
             "contacts": contacts,
             "warnings": warnings,
             "alarms": alarms,
+            "refusals_pending": self.refusals.pending(),  # beyond the log budget, written within a minute
             "events": self.store.events(events),
         }

@@ -113,6 +113,10 @@ class RefusalCounter:
         self._last_flush = clock()
         self.total = 0  # since start, for status
 
+    def due(self) -> bool:
+        with self._lock:
+            return bool(self._counts) and self.clock() - self._last_flush >= self.interval
+
     def count(self, why: str) -> bool:
         """Count one refusal; True when an aggregate is due to be written."""
         with self._lock:
@@ -267,12 +271,17 @@ class DeviceService:
     def close(self) -> None:
         if self.store is not None:
             self.flush_refusals()
+            self.device.flush_refusals()
             self.store.close()
 
-    def flush_refusals(self) -> None:
-        """Write the refusals counted since the last flush as one event (nothing if there were none)."""
+    def flush_refusals(self, force: bool = True) -> None:
+        """Write the refusals counted since the last flush as one event (nothing if there were none).
+
+        Reading status or the log writes them only once they are due: a caller interleaving one refused call
+        with each read must not get a row per read.
+        """
         store = self.store
-        if store is None:
+        if store is None or not (force or self.refusals.due()):
             return
         counts = self.refusals.take()
         if counts:
@@ -286,7 +295,7 @@ class DeviceService:
         return {"device": self.device_name, "client": client.name}
 
     def status(self, client: PairedClient, params: dict) -> dict:
-        self.flush_refusals()
+        self.flush_refusals(force=False)
         status = self.device.status(events=_int(params, "events", 10, 0, 1000))
         status["confirm"] = {"mode": self.broker.mode, "timeout": self.broker.timeout,
                              "queued": self.broker.queued()}
@@ -344,7 +353,7 @@ class DeviceService:
         return answer
 
     def events(self, client: PairedClient, params: dict) -> list[dict]:
-        self.flush_refusals()
+        self.flush_refusals(force=False)
         return self.ready().events(_int(params, "limit", 50, 0, 10_000))
 
     def list_clients(self, client: PairedClient, params: dict) -> list[dict]:

@@ -6,6 +6,7 @@ docs/device-rpc.md with random client ids and random seals), without the client 
 
 from __future__ import annotations
 
+import base64
 import os
 import sqlite3
 import struct
@@ -15,7 +16,7 @@ import requests
 
 from client.errors import RemoteError
 from device import package as fmt
-from device.engine import Device
+from device.engine import REFUSAL_ROWS, Device
 from device.storage.padstore import EVENTS_KEPT, PadStore
 
 ATTACK_CALLS = 150_000
@@ -78,6 +79,7 @@ def test_warnings_survive_150000_unauthenticated_calls(rpc_device):
 
     # Nothing was written one by one: the log holds at most a few aggregate rows (one a minute at most).
     assert event_rows(rpc_device.home) - rows_before <= 5
+    service.flush_refusals()  # what the next minute (or closing the device) does
     status = client.status(events=1000)
     assert {"replay", "invalid"} <= warning_names(status)
     aggregates = [e for e in status["events"] if e["event"] == "rpc-refused"]
@@ -99,3 +101,40 @@ def test_security_events_are_never_rotated_out_by_ordinary_ones(tmp_path):
     assert {"replay", "invalid", "gap", "pairing-failed", "hrng-alarm", "wipe", "forgery-alarm"} <= kept
     assert "declined" not in kept and "init" not in kept  # ordinary events do rotate
     assert ordinary < EVENTS_KEPT + 1000  # rotation runs every thousandth row
+
+
+def test_reading_status_between_refusals_writes_no_row_per_read(rpc_device):
+    """An outside review interleaved one refused call with each status call: a row per read. Not any more."""
+    client = rpc_device.pair_client()
+    rows_before = event_rows(rpc_device.home)
+    session = requests.Session()
+    for _ in range(100):
+        response = session.post(rpc_device.url + "/v1/call", data=forged_call(), timeout=30,
+                                headers={"Content-Type": "application/octet-stream"})
+        assert response.status_code == 401
+        client.status()
+    assert event_rows(rpc_device.home) - rows_before <= 1
+
+
+def test_a_flood_of_junk_packages_from_a_paired_laptop_is_counted_not_written(rpc_device):
+    """Junk packages through a paired laptop (or from the relay through an honest one): the first few of a
+    minute are logged one by one, the rest counted into one row; the forgery alarm still counts every tag."""
+    client = rpc_device.pair_client()
+    rows_before = event_rows(rpc_device.home)
+    junk = base64.b64encode(b"XXXX" + bytes(60)).decode()
+    header = struct.pack(">4sB16sQI", b"OTC2", 1, rpc_device.pad_id, 40_000, 4)  # inside bob's half
+    forged = base64.b64encode(header + b"abcd" + bytes(16)).decode()  # a tag that fails on a real pad
+    for package in [junk] * 300 + [forged] * 100:
+        with pytest.raises(RemoteError):
+            client.unpackage(package)
+    written = event_rows(rpc_device.home) - rows_before
+    assert written <= REFUSAL_ROWS + 5, written  # the budget, a forgery-alarm row, an aggregate at most
+    service = rpc_device.server.app.extensions["otc"]
+    status = client.status()
+    assert status["refusals_pending"] == 400 - REFUSAL_ROWS
+    service.device.flush_refusals()  # a minute later, or at close
+    status = client.status(events=100)
+    aggregate = [e for e in status["events"] if e["event"] == "package-refusals"]
+    assert len(aggregate) == 1 and aggregate[0]["length"] == 400 - REFUSAL_ROWS
+    assert status["contacts"][0]["tag_failures"] == 100  # every forged tag counted for the alarm
+    assert status["contacts"][0]["forgery_alarm"] is True

@@ -53,7 +53,7 @@ EVENTS_KEPT = 100_000
 # never rotated out by other events, so no flood of ordinary events can erase a forgery or a replay.
 SECURITY_EVENTS = frozenset({
     "invalid", "replay", "gap", "out-of-range", "unknown-pad", "malformed", "pairing-failed", "rpc-refused",
-    "forgery-alarm", "retired-pad", "alarm", "tamper", "wipe",
+    "forgery-alarm", "retired-pad", "alarm", "tamper", "wipe", "package-refusals",
 })
 SECURITY_EVENT_PREFIXES = ("hrng",)  # every HRNG alarm code (hrng/errors.py) is one
 
@@ -426,12 +426,12 @@ class PadStore:
     # -- tag failures ---------------------------------------------------------------
 
     @staticmethod
-    def count_tag_failure(conn: sqlite3.Connection, pad_id: bytes) -> int:
-        """Count one more package that failed its tag on ``pad_id``; return the total so far."""
+    def count_tag_failure(conn: sqlite3.Connection, pad_id: bytes, n: int = 1) -> int:
+        """Count ``n`` more packages that failed their tag on ``pad_id``; return the total so far."""
         conn.execute(
-            "INSERT INTO tag_failures (pad_id, count, last) VALUES (?, 1, ?)"
-            " ON CONFLICT (pad_id) DO UPDATE SET count = count + 1, last = excluded.last",
-            (pad_id, time.time()),
+            "INSERT INTO tag_failures (pad_id, count, last) VALUES (?, ?, ?)"
+            " ON CONFLICT (pad_id) DO UPDATE SET count = count + excluded.count, last = excluded.last",
+            (pad_id, n, time.time()),
         )
         return int(conn.execute("SELECT count FROM tag_failures WHERE pad_id = ?", (pad_id,)).fetchone()[0])
 
