@@ -149,3 +149,18 @@ def test_after_a_wipe_no_byte_of_the_wrapped_key_remains_in_the_homes_files(tmp_
     conn = sqlite3.connect(home / "device.db")
     assert conn.execute("SELECT count(*) FROM events WHERE event = 'wipe'").fetchone()[0] == 1
     conn.close()
+
+
+def test_a_home_wrapped_at_a_cheaper_cost_is_wrapped_again_at_full_cost_on_unlock(tmp_path):
+    """An outside review: unlocking trusted the stored scrypt cost, so a cheaply wrapped home stayed cheap."""
+    PadStore.init(tmp_path / "h", "alice", pin="482916").close()  # the suite's cheap cost (TEST_KDF_PARAMS)
+    assert json.loads((tmp_path / "h" / LOCK_FILE).read_text())["kdf"]["n"] == TEST_KDF_PARAMS["n"]
+    stronger = {"n": TEST_KDF_PARAMS["n"] * 4, "r": 8, "p": 1}
+    lock = StoreLock(tmp_path / "h", kdf_params=stronger)
+    assert lock.unlock("482916").ok
+    key = lock.key
+    record = json.loads((tmp_path / "h" / LOCK_FILE).read_text())
+    assert record["kdf"] == {"name": "scrypt", **stronger}
+    again = StoreLock(tmp_path / "h", kdf_params=stronger)
+    assert again.unlock("482916").ok and again.key == key  # the same storage key, now behind the dearer wrap
+    assert not StoreLock(tmp_path / "h", kdf_params=stronger).unlock("000000").ok

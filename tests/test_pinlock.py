@@ -247,6 +247,10 @@ def test_gpio_buttons_confirm_and_decline_through_the_rpc(tmp_path):
             t.join(20)
             assert outcome == [expect]
         assert client.status()["contacts"][0]["send"]["used"] == 16 + len("pressed")
+        # Nothing waits: the LED goes out at the panel's next tick.
+        deadline = time.monotonic() + 5
+        while pins.leds[LED_PIN] and not console.waiting() and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
         assert not pins.leds[LED_PIN] or console.waiting()
     finally:
         app.close()

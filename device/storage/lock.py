@@ -126,6 +126,15 @@ def read_pin_file(path: str | os.PathLike[str], new: bool = False) -> str:
     return check_pin(secret) if new else _tried(secret)
 
 
+def _weaker(stored: dict, wanted: dict) -> bool:
+    """Whether scrypt parameters ``stored`` cost less than ``wanted`` (memory n*r, or n or r alone)."""
+    try:
+        n, r = int(stored["n"]), int(stored["r"])
+    except (KeyError, TypeError, ValueError):
+        return True
+    return n * r < wanted["n"] * wanted["r"] or n < wanted["n"] or r < wanted["r"]
+
+
 def _derive(pin: str, salt: bytes, params: dict) -> bytes:
     # NFC: a passphrase typed on another keyboard (a composed or a decomposed é) derives the same key.
     secret = unicodedata.normalize("NFC", pin).encode("utf-8")
@@ -233,6 +242,11 @@ class StoreLock:
             except (BadPin, InvalidTag, ValueError, KeyError):
                 return self._wrong(record)
             record["failures"], record["retry_at"] = 0, 0
+            if _weaker(record["kdf"], self.kdf_params):
+                # Wrapped at a lower scrypt cost than this software's (a home made with the test-only cheap
+                # cost, or by an older version): wrap it again at today's cost now that the PIN is known.
+                record = self._wrap(pin, key, {k: record[k] for k in ("failures", "retry_at", "wipe_after")
+                                               if k in record})
             self._write(record)
             self.key = key
         for callback in self.on_unlock:
