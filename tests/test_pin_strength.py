@@ -164,3 +164,12 @@ def test_a_home_wrapped_at_a_cheaper_cost_is_wrapped_again_at_full_cost_on_unloc
     again = StoreLock(tmp_path / "h", kdf_params=stronger)
     assert again.unlock("482916").ok and again.key == key  # the same storage key, now behind the dearer wrap
     assert not StoreLock(tmp_path / "h", kdf_params=stronger).unlock("000000").ok
+
+
+def test_a_passphrase_is_counted_as_the_key_derivation_sees_it():
+    """Eight code points that NFC composes into four characters are not an eight-character passphrase."""
+    from device.storage.lock import pin_problem
+
+    decomposed = "e\u0301" * 4  # "éééé" typed with combining accents: 8 code points, 4 characters
+    assert len(decomposed) == 8 and pin_problem(decomposed) is not None
+    assert pin_problem("e\u0301" * 8) is None

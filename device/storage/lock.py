@@ -74,7 +74,11 @@ class BadPin(DeviceError):
 
 
 def pin_problem(secret: str) -> str | None:
-    """Why ``secret`` cannot be a new PIN or passphrase, or None if it can."""
+    """Why ``secret`` cannot be a new PIN or passphrase, or None if it can.
+
+    Lengths count the NFC form, which is what derives the key (a decomposed é is one character).
+    """
+    secret = unicodedata.normalize("NFC", secret)
     if secret.isascii() and secret.isdigit():
         if len(secret) < MIN_PIN:
             return f"Use at least {MIN_PIN} digits, or a passphrase of at least {MIN_PASSPHRASE} characters."
