@@ -55,7 +55,7 @@ from provisioning.agree import format_sas as format_sas
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyError, CeremonyRefused
 from provisioning.wire import PAYLOAD_OFFSET, Wire
 
-PROTOCOL = "otc-pairing-v2"  # v2: chunks verified by session-keyed GMAC tags (v1: SHA-256)
+PROTOCOL = "otc-pairing-v3"  # v3: commitments bind bytes, shares committed ahead, pads confirmed by both
 CHUNK = 4 << 20
 MAX_CHUNK = 4 << 20
 WINDOW = 4  # own shares generated (and sealed) ahead of the peer's

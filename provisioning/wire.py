@@ -90,22 +90,16 @@ class Wire:
 
     # -- plain frames (before the keys) --------------------------------------------------
 
-    def send_plain(self, kind: int, message: dict) -> bytes:
-        body = json.dumps(message, separators=(",", ":")).encode()
+    def send_raw(self, kind: int, body: bytes) -> None:
+        """Send an agreement message: exactly ``body``, in the clear."""
         self._send(kind, body)
-        return body
 
-    def recv_plain(self, kind: int) -> tuple[dict, bytes]:
+    def recv_raw(self, kind: int) -> bytes:
+        """The body of the next frame, which must be of type ``kind``, byte for byte as received."""
         got, body = self._recv()
         if got != kind:
             raise CeremonyBroken("The other device broke the pairing protocol.")
-        try:
-            message = json.loads(body)
-        except ValueError:
-            raise CeremonyBroken("The other device sent a malformed message.") from None
-        if not isinstance(message, dict):
-            raise CeremonyBroken("The other device sent a malformed message.")
-        return message, body
+        return body
 
     # -- sealed frames ---------------------------------------------------------------------
 

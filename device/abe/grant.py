@@ -2,7 +2,7 @@
 
 The two devices run the same authenticated key agreement as pad pairing
 (provisioning/agree.py: a committed X25519 exchange and a short
-authentication string), under the protocol name ``otc-abe-grant-v1``. Then,
+authentication string), under the protocol name ``otc-abe-grant-v2``. Then,
 over the sealed link:
 
 1. the authority sends its public key and the attributes it offers;
@@ -29,7 +29,7 @@ from provisioning.agree import HOST, JOIN, agree
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyRefused
 from provisioning.wire import Wire
 
-PROTOCOL = "otc-abe-grant-v1"
+PROTOCOL = "otc-abe-grant-v2"
 
 
 @dataclass(frozen=True)
