@@ -31,6 +31,7 @@ import hmac
 import json
 import mmap
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -75,6 +76,39 @@ def fingerprint(pad_id: bytes, chunk_hashes: list[bytes]) -> str:
     """The pad's fingerprint: a hash over its chunks' tags, shown in groups of four."""
     digest = hashlib.sha256(b"otc pad fingerprint v2" + pad_id + b"".join(chunk_hashes)).hexdigest()
     return " ".join(digest[i : i + 4] for i in range(0, 20, 4))
+
+
+SHARE_KEY_LABEL = b"otc pairing v3 share key\x00"
+SHARE_LABEL = b"otc pairing v3 share\x00"
+SHARE_NONCE = bytes(12)  # every share is sealed under a key of its own
+SEALED_EXTRA = 16  # a sealed share's GCM tag
+
+
+def share_context(pad_id: bytes, role: str, index: int) -> bytes:
+    """What a share's commitment binds besides its bytes: the pad, the sender's role and the chunk."""
+    return pad_id + role.encode() + index.to_bytes(8, "big")
+
+
+def key_commitment(pad_id: bytes, role: str, index: int, key: bytes) -> bytes:
+    """The hash a device sends with its sealed share ``index``: it binds the key it reveals later."""
+    return hashlib.sha256(SHARE_KEY_LABEL + share_context(pad_id, role, index) + key).digest()
+
+
+def open_share(pad_id: bytes, role: str, index: int, commitment: bytes, key: bytes,
+               sealed: memoryview) -> memoryview:
+    """The peer's share ``index``, opened in place from ``sealed`` with the key it revealed.
+
+    ``commitment`` came with the sealed share, before this device revealed its own share's key; the key
+    must match it, so the share is the one the peer fixed before it could see this device's.
+    """
+    if len(key) != 32 or not hmac.compare_digest(key_commitment(pad_id, role, index, key), commitment):
+        raise CeremonyError("The other device did not keep its commitment to its share: pairing stopped.")
+    share = sealed[: len(sealed) - SEALED_EXTRA]
+    try:
+        AESGCM(key).decrypt_into(SHARE_NONCE, sealed, SHARE_LABEL + share_context(pad_id, role, index), share)
+    except Exception:  # noqa: BLE001 - InvalidTag, or a length cryptography refuses: one error
+        raise CeremonyError("The other device did not keep its commitment to its share: pairing stopped.") from None
+    return share
 
 
 def chunk_tag(tag_key: AESGCM, index: int, chunk: bytes | memoryview) -> bytes:
@@ -341,30 +375,61 @@ class Ceremony:
             os.ftruncate(fd, partial.size)
             partial.save(store)
             sync_directory(path.parent)
-            tag_key = AESGCM(wire.export("otc ceremony v2 chunk tags"))
-            sender = _Sender(wire, _filler(self.random_bytes), range(start, total_chunks), length_of, step)
+            tag_key = AESGCM(wire.export("otc ceremony v3 chunk tags"))
+            peer_role = JOIN if self.role == HOST else HOST
+            sender = _Sender(wire, _filler(self.random_bytes), range(start, total_chunks), length_of, step,
+                             pad_id, self.role)
             writer = _Writer(path, fd, store.pad_cipher(pad_id), step, start, sender.give_back)
             persister = _Persister(store, partial, fd, start)
             mine: dict[int, bytes] = {}
             theirs: dict[int, bytes] = {}
+            # The peer's sealed shares, each held with its commitment until the peer reveals its key; this
+            # device's shares, each held until then too.
+            held: dict[int, tuple[bytearray, memoryview, bytes]] = {}
+            own: dict[int, memoryview] = {}
+            spare: list[bytearray] = []
+            room = PAYLOAD_OFFSET + step + SEALED_EXTRA
+            into = bytearray(room)
             verified = next_chunk = start
             started = time.monotonic()
             self._progress(partial, verified, start, started, force=True)
             try:
                 while verified < total_chunks:
-                    message, data = wire.recv_view()
+                    message, data = wire.recv_view(into)
                     kind = message.get("t")
                     i = message.get("i")
                     if not isinstance(i, int) or isinstance(i, bool) or not start <= i < total_chunks:
                         raise CeremonyBroken("The other device sent a malformed chunk.")
                     if kind == "chunk":
+                        # The peer's share i, sealed under a key it committed to. Only now, with the peer
+                        # bound to its share, does this device reveal the key to its own share i.
                         n = length_of(i)
-                        if i != next_chunk or len(data) != n:  # shares come in order, whole
-                            raise CeremonyBroken("The other device sent a malformed chunk.")
+                        try:
+                            commitment = bytes.fromhex(str(message.get("c")))
+                        except ValueError:
+                            commitment = b""
+                        if i != next_chunk or len(data) != n + SEALED_EXTRA or len(commitment) != 32:
+                            raise CeremonyBroken("The other device sent a malformed chunk.")  # in order, whole
                         next_chunk += 1
-                        buf = sender.take(i)
+                        held[i] = (into, data, commitment)
+                        into = spare.pop() if spare else bytearray(room)
+                        buf, key = sender.take(i)
+                        own[i] = buf
+                        sender.post({"t": "key", "i": i, "k": key.hex()})
+                    elif kind == "key":
+                        if i not in held:  # a key before its share, or twice
+                            raise CeremonyBroken("The other device broke the pairing protocol.")
+                        try:
+                            key = bytes.fromhex(str(message.get("k")))
+                        except ValueError:
+                            key = b""
+                        kept, sealed, commitment = held.pop(i)
+                        share = open_share(pad_id, peer_role, i, commitment, key, sealed)
+                        n = length_of(i)
+                        buf = own.pop(i)
                         pad = np.frombuffer(buf, np.uint8, n, PAYLOAD_OFFSET)
-                        np.bitwise_xor(pad, np.frombuffer(data, np.uint8), out=pad)  # our share becomes the pad
+                        np.bitwise_xor(pad, np.frombuffer(share, np.uint8), out=pad)  # our share becomes the pad
+                        spare.append(kept)
                         chunk = buf[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n]
                         mine[i] = tag = chunk_tag(tag_key, i, chunk)
                         sender.post({"t": "verify", "i": i, "h": tag.hex()})
@@ -546,25 +611,29 @@ class _Worker:
 
 
 class _Sender(_Worker):
-    """The sending half of the transfer: this device's shares and the receiving thread's messages.
+    """The sending half of the transfer: this device's committed shares and the receiving thread's messages.
 
-    Each share is drawn straight into one of ``WINDOW`` buffers, sealed from
-    there, and handed to the receiving thread (:meth:`take`) as soon as it is
-    sealed, before it is sent, so the receiver never waits on the connection.
-    Messages the receiver posts go out before the next share. Only this thread
-    sends while the transfer runs.
+    Each share is drawn straight into one of ``WINDOW`` buffers and sealed
+    under a key of its own (AES-256-GCM), which is committed to by a hash sent
+    with it and revealed only once the peer's matching share has arrived
+    (the receiving thread posts the key). The share is handed to the receiving
+    thread (:meth:`take`) as soon as its frame is sealed, before it is sent, so
+    the receiver never waits on the connection. Messages the receiver posts go
+    out before the next share. Only this thread sends while the transfer runs.
     """
 
     name = "otc-ceremony-send"
 
     def __init__(self, wire: Wire, fill: Callable[[memoryview], None], chunks: range,
-                 length_of: Callable[[int], int], chunk: int) -> None:
+                 length_of: Callable[[int], int], chunk: int, pad_id: bytes, role: str) -> None:
         super().__init__()
         self.wire, self.fill, self.length_of = wire, fill, length_of
+        self.pad_id, self.role = pad_id, role
         self.todo = iter(chunks)
         self.remaining = len(chunks)
         self.free = [_aligned_buffer(PAYLOAD_OFFSET + chunk) for _ in range(min(WINDOW, len(chunks)))]
-        self.sealed: dict[int, memoryview] = {}
+        self.out = bytearray(PAYLOAD_OFFSET + chunk + SEALED_EXTRA)  # the sealed share, reused (this thread's)
+        self.sealed: dict[int, tuple[memoryview, bytes]] = {}
         self.outbox: deque[dict] = deque()
         self.thread.start()
 
@@ -587,16 +656,24 @@ class _Sender(_Worker):
             self.wire.send(message)
         if i is not None and buf is not None:
             n = self.length_of(i)
-            self.fill(buf[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n])
-            self.wire.send_payload({"t": "chunk", "i": i}, buf, n, on_sealed=bind(self._sealed, i, buf))
+            share = buf[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n]
+            self.fill(share)
+            key = secrets.token_bytes(32)
+            out = memoryview(self.out)
+            AESGCM(key).encrypt_into(SHARE_NONCE, share, SHARE_LABEL + share_context(self.pad_id, self.role, i),
+                                     out[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n + SEALED_EXTRA])
+            commitment = key_commitment(self.pad_id, self.role, i, key)
+            self.wire.send_payload({"t": "chunk", "i": i, "c": commitment.hex()}, out, n + SEALED_EXTRA,
+                                   on_sealed=bind(self._sealed, i, buf, key))
 
-    def _sealed(self, i: int, buf: memoryview) -> None:
+    def _sealed(self, i: int, buf: memoryview, key: bytes) -> None:
         with self.cond:
-            self.sealed[i] = buf
+            self.sealed[i] = (buf, key)
             self.cond.notify_all()
 
-    def take(self, i: int) -> memoryview:
-        """This device's share ``i`` (once sealed); the caller may overwrite it, then :meth:`give_back` it."""
+    def take(self, i: int) -> tuple[memoryview, bytes]:
+        """This device's share ``i`` (once sealed) and its key; the caller may overwrite the share, then
+        :meth:`give_back` its buffer."""
         with self.cond:
             while i not in self.sealed and self.failure is None:
                 self.cond.wait(1.0)

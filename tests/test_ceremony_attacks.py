@@ -17,12 +17,15 @@ import threading
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from device.storage.padstore import PadStore
 from onetimechat.errors import OTCError
 from provisioning.agree import HOST, JOIN, Agreement, agree, joiner_sas
-from provisioning.ceremony import PROTOCOL
+from provisioning.ceremony import PROTOCOL, Ceremony
 from provisioning.errors import CeremonyBroken
 from provisioning.wire import Wire
 
@@ -241,3 +244,149 @@ def test_a_man_in_the_middle_grinding_100000_variants_never_matches_the_strings(
     assert isinstance(results[JOIN], Agreement) and results[JOIN].sas != target.sas
     for sock in (host_end, join_end, mitm_h, mitm_j):
         sock.close()
+
+
+# -- a joining device that tries to choose the pad ----------------------------------------
+
+
+def hkdf(key: bytes, purpose: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(key)
+
+
+class HostileJoiner:
+    """A joining device written from the protocol's description, free to break its rules."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.counters = [0, 0]  # sent, received
+
+    def frame(self, kind: int, body: bytes) -> None:
+        self.sock.sendall(struct.pack(">IB", len(body), kind) + body)
+
+    def agree(self) -> None:
+        secret = X25519PrivateKey.generate()
+        commit = read_frame(self.sock)[5:]
+        hello = json.dumps({"device_id": os.urandom(16).hex(), "name": "mallory", "nonce": os.urandom(16).hex(),
+                            "pk": secret.public_key().public_bytes_raw().hex(), "protocol": "otc-pairing-v3",
+                            "role": "join"}).encode()
+        self.frame(1, hello)
+        reveal = read_frame(self.sock)[5:]
+        transcript = hashlib.sha256(b"otc ceremony v3 transcript\x00" + b"".join(
+            len(p).to_bytes(4, "big") + p for p in (commit, hello, reveal))).digest()
+        peer = X25519PublicKey.from_public_bytes(bytes.fromhex(json.loads(reveal)["pk"]))
+        master = hkdf(secret.exchange(peer) + transcript, "otc ceremony v3 master")
+        self.send_key = AESGCM(hkdf(master, "otc ceremony v3 join to host"))
+        self.recv_key = AESGCM(hkdf(master, "otc ceremony v3 host to join"))
+
+    def send(self, message: dict, payload: bytes = b"") -> None:
+        head = json.dumps(message).encode()
+        nonce = self.counters[0].to_bytes(12, "big")
+        self.counters[0] += 1
+        self.frame(4, self.send_key.encrypt(nonce, struct.pack(">I", len(head)) + head + payload,
+                                            b"otc ceremony frame"))
+
+    def recv(self) -> tuple[dict, bytes]:
+        body = read_frame(self.sock)[5:]
+        nonce = self.counters[1].to_bytes(12, "big")
+        self.counters[1] += 1
+        plain = self.recv_key.decrypt(nonce, body, b"otc ceremony frame")
+        (n,) = struct.unpack(">I", plain[:4])
+        return json.loads(plain[4 : 4 + n]), plain[4 + n :]
+
+
+def seal_share(pad_id: bytes, role: str, index: int, key: bytes, share: bytes) -> tuple[bytes, bytes]:
+    """A share sealed and committed to as the protocol describes: (sealed bytes, commitment)."""
+    context = pad_id + role.encode() + index.to_bytes(8, "big")
+    sealed = AESGCM(key).encrypt(bytes(12), share, b"otc pairing v3 share\x00" + context)
+    return sealed, hashlib.sha256(b"otc pairing v3 share key\x00" + context + key).digest()
+
+
+def open_host_share(pad_id: bytes, index: int, key: bytes, sealed: bytes) -> bytes:
+    context = pad_id + b"host" + index.to_bytes(8, "big")
+    return AESGCM(key).decrypt(bytes(12), sealed, b"otc pairing v3 share\x00" + context)
+
+
+CHUNK = 64 * 1024
+
+
+@pytest.mark.parametrize("strategy", ["honest-control", "another-key", "mirror", "no-commitment"])
+def test_a_joiner_answering_with_chosen_xor_host_share_is_caught_and_no_such_pad_is_stored(tmp_path, strategy):
+    PadStore.init(tmp_path / "host", "hosting").close()
+    host_sock, evil_sock = socket.socketpair()
+    host_sock.settimeout(10)
+    evil_sock.settimeout(10)
+    outcome: dict[str, object] = {}
+
+    def host() -> None:
+        with PadStore(tmp_path / "host") as store:
+            wire = Wire(host_sock)
+            try:
+                outcome["host"] = Ceremony(store, HOST, random_bytes=os.urandom, compare=lambda sas: True,
+                                           size=4 * CHUNK, chunk=CHUNK).run(wire)
+            except Exception as exc:  # noqa: BLE001 - the test inspects it
+                outcome["host"] = exc
+            finally:
+                wire.close()
+
+    thread = threading.Thread(target=host)
+    thread.start()
+    evil = HostileJoiner(evil_sock)
+    evil.agree()
+    evil.send({"t": "sas", "ok": True})
+    assert evil.recv()[0]["ok"] is True
+    offer, _ = evil.recv()
+    pad_id = bytes.fromhex(offer["pad_id"])
+    evil.send({"t": "accept", "resume_from": 0})
+    chosen = hashlib.shake_256(b"the pad mallory wants").digest(CHUNK)
+
+    # It wants the host's share 0 before it gives its own: the host sends its shares, sealed, and no key.
+    host_chunks: dict[int, tuple[bytes, bytes]] = {}
+    evil_sock.settimeout(1.0)
+    try:
+        while True:
+            message, data = evil.recv()
+            assert message["t"] == "chunk", "the host revealed something before the joiner committed"
+            host_chunks[message["i"]] = (bytes.fromhex(message["c"]), data)
+    except TimeoutError:
+        pass
+    evil_sock.settimeout(10)
+    assert 0 in host_chunks
+    # So it must commit first.
+    mine_key = os.urandom(32)
+    committed_share = os.urandom(CHUNK)
+    sealed, commitment = seal_share(pad_id, "join", 0, mine_key, committed_share)
+    if strategy == "mirror":  # the host's own sealed share and commitment, played back as the joiner's
+        commitment, sealed = host_chunks[0]
+    if strategy == "no-commitment":  # its "share" in the clear, to be fixed later
+        sealed, commitment = bytes(CHUNK + 16), bytes(32)
+    evil.send({"t": "chunk", "i": 0, "c": commitment.hex()}, sealed)
+    while True:
+        message, data = evil.recv()
+        if message["t"] == "key" and message["i"] == 0:
+            host_key = bytes.fromhex(message["k"])
+            break
+    host_share = open_host_share(pad_id, 0, host_key, host_chunks[0][1])
+    wanted = bytes(a ^ b for a, b in zip(chosen, host_share))  # its share would have to be this
+    if strategy == "honest-control":
+        evil.send({"t": "key", "i": 0, "k": mine_key.hex()})
+        message, _ = evil.recv()
+        while message["t"] != "verify":
+            message, _ = evil.recv()
+        assert message["i"] == 0  # the host took a share kept to its commitment
+        evil_sock.close()
+        thread.join(30)
+        assert isinstance(outcome["host"], OTCError)  # the joiner left: no pad
+    else:
+        # Whatever key it reveals, its share is the one fixed before it saw the host's: it tries its best.
+        key = host_key if strategy == "mirror" else os.urandom(32)
+        evil.send({"t": "key", "i": 0, "k": key.hex()}, wanted)
+        thread.join(30)
+        result = outcome["host"]
+        assert isinstance(result, OTCError) and "commitment" in str(result), repr(result)
+        evil_sock.close()
+    assert not thread.is_alive()
+    with PadStore(tmp_path / "host") as store:
+        assert store.pads() == []
+    for path in (tmp_path / "host").rglob("*"):
+        if path.is_file():
+            assert chosen[:4096] not in path.read_bytes(), path
