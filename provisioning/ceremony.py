@@ -149,15 +149,29 @@ class Partial:
         return store.home / "pads" / f"{pad_id}.pad.partial"
 
     @classmethod
-    def for_peer(cls, store: PadStore, peer_device_id: bytes) -> Partial | None:
+    def all_for_peer(cls, store: PadStore, peer_device_id: bytes) -> list[Partial]:
+        out = []
         for path in sorted((store.home / "pads").glob("*.ceremony.json")):
             try:
                 partial = cls(**json.loads(path.read_text()))
             except (OSError, ValueError, TypeError):
                 continue
             if partial.peer_device_id == peer_device_id.hex() and cls.data_path(store, partial.pad_id).exists():
-                return partial
-        return None
+                out.append(partial)
+        return out
+
+    @classmethod
+    def for_peer(cls, store: PadStore, peer_device_id: bytes) -> Partial | None:
+        found = cls.all_for_peer(store, peer_device_id)
+        return found[0] if found else None
+
+    @property
+    def complete(self) -> bool:
+        """Whether every chunk is verified by both devices (the fingerprints are then equal)."""
+        return len(self.hashes) == -(-self.size // self.chunk)
+
+    def fingerprint(self) -> str:
+        return fingerprint(bytes.fromhex(self.pad_id), [bytes.fromhex(h) for h in self.hashes])
 
     @classmethod
     def sweep_orphans(cls, store: PadStore, min_age: float = ORPHAN_AGE_S) -> list[str]:
@@ -247,6 +261,13 @@ class Ceremony:
         if not message.get("ok"):
             self._view("failed", message="The other device's owner did not confirm the pairing string.")
             raise CeremonyAborted("Pairing stopped: the other device's owner did not confirm the pairing string.")
+        finished = self._settle(wire, peer_device_id)
+        if finished is not None:  # an earlier ceremony's pad, finished on both devices now
+            self._view("done", sas=self.sas, done=finished.size, total=finished.size, fingerprint=self.fingerprint)
+            if not self.store.peer_pads(peer_device_id).get(finished.pad_id, (False, None))[0]:
+                raise CeremonyBroken("The earlier pad is stored but not usable yet: run the ceremony again to "
+                                     "finish it.")
+            return finished
         partial, start = (self._offer if self.role == HOST else self._accept)(wire, peer_device_id)
         self._transfer(wire, partial, start)
         return self._finish(wire, partial)
@@ -481,33 +502,110 @@ class Ceremony:
     # -- 4. all or nothing ----------------------------------------------------------------------
 
     def _finish(self, wire: Wire, partial: Partial) -> PadRecord:
+        """Compare fingerprints, store the pad (not usable yet), then trade proofs that both hold it."""
         pad_id = bytes.fromhex(partial.pad_id)
-        hashes = [bytes.fromhex(h) for h in partial.hashes]
-        self.fingerprint = fingerprint(pad_id, hashes)
+        self.fingerprint = partial.fingerprint()
         self._view("verify", sas=self.sas, done=partial.size, total=partial.size, fingerprint=self.fingerprint)
         wire.send({"t": "final", "fingerprint": self.fingerprint})
         message, _ = self._expect(wire, "final")
         if not hmac.compare_digest(str(message.get("fingerprint")), self.fingerprint):
             partial.discard(self.store)
             raise CeremonyError("The two devices computed different pads: pairing stopped, nothing stored.")
-        # Both devices hold the same pad: make it usable.
+        record = self._store_pad(partial)
+        # Stored here; it sends only once this device knows the other holds it too.
+        wire.send({"t": "stored", "fingerprint": self.fingerprint})
+        try:
+            message, _ = self._expect(wire, "stored")
+        except CeremonyBroken:
+            raise CeremonyBroken(
+                "The pad is stored but not usable yet: the other device did not confirm that it holds it too. "
+                "Run the ceremony again with it to finish the pad (or it becomes usable with the other "
+                "device's first message on it).") from None
+        if not hmac.compare_digest(str(message.get("fingerprint")), self.fingerprint):
+            raise CeremonyBroken("The other device broke the pairing protocol.")
+        self.store.confirm_pad(pad_id, "the peer's proof at the end of the ceremony")
+        self._view("done", sas=self.sas, done=partial.size, total=partial.size, fingerprint=self.fingerprint)
+        return self.store.pad(pad_id) or record
+
+    def _store_pad(self, partial: Partial) -> PadRecord:
+        """Move a wholly verified partial pad into place and record it, not yet confirmed."""
+        pad_id = bytes.fromhex(partial.pad_id)
         final = self.store.pad_path(pad_id)
         os.replace(Partial.data_path(self.store, partial.pad_id), final)
         sync_directory(final.parent)
         h2j, j2h = bytes.fromhex(partial.mailbox_h2j), bytes.fromhex(partial.mailbox_j2h)
+        hosted = partial.role == HOST
+        fp = partial.fingerprint()
         record = self.store.add_pad(
             contact=partial.contact, peer_device_id=bytes.fromhex(partial.peer_device_id), pad_id=pad_id,
-            role=INITIATOR if self.role == HOST else RESPONDER, size=partial.size,
-            mailbox_out=h2j if self.role == HOST else j2h, mailbox_in=j2h if self.role == HOST else h2j,
+            role=INITIATOR if hosted else RESPONDER, size=partial.size,
+            mailbox_out=h2j if hosted else j2h, mailbox_in=j2h if hosted else h2j,
+            confirmed=False, fingerprint=fp,
         )
         Partial.state_path(self.store, partial.pad_id).unlink(missing_ok=True)
         self.store.log_event("pad-paired", contact=partial.contact, pad_id=pad_id, length=partial.size,
-                             detail=f"in person, fingerprint {self.fingerprint}")
-        self._view("done", sas=self.sas, done=partial.size, total=partial.size, fingerprint=self.fingerprint)
-        try:
-            wire.send({"t": "committed"})
-        except CeremonyBroken:
-            pass  # the pad is committed here; the other side committed on our fingerprint
+                             detail=f"in person, fingerprint {fp}")
+        return record
+
+    # -- 0. after a cut: finish what both hold, discard what one lacks ---------------------------
+
+    def _settle(self, wire: Wire, peer_device_id: bytes) -> PadRecord | None:
+        """Settle what an earlier ceremony with this peer left unfinished; the pad finished, if any.
+
+        Each device lists the pads it shares with the peer (stored, confirmed or not) and its wholly
+        verified partial ones, with fingerprints. A pending pad (unconfirmed or partial on either side)
+        that both hold with the same fingerprint is finished on both: stored, then confirmed once the
+        other's second list shows it stored. One that only one side holds is discarded there (it never
+        sent: it was not confirmed). Both lists are known to both, so both decide alike: if any pending
+        pad was finished, this ceremony ends with it; otherwise it goes on to make a new pad.
+        """
+        stored = self.store.peer_pads(peer_device_id)
+        complete = [p for p in Partial.all_for_peer(self.store, peer_device_id) if p.complete]
+        mine: dict[str, dict] = {pid.hex(): {"state": "confirmed" if ok else "unconfirmed", "fingerprint": fp}
+                                 for pid, (ok, fp) in stored.items()}
+        mine.update({p.pad_id: {"state": "partial", "fingerprint": p.fingerprint()} for p in complete})
+        wire.send({"t": "holding", "pads": mine})
+        message, _ = self._expect(wire, "holding")
+        theirs = message.get("pads")
+        if not isinstance(theirs, dict) or not all(isinstance(v, dict) for v in theirs.values()):
+            raise CeremonyBroken("The other device sent a malformed list of pads.")
+
+        def pending(entry: dict) -> bool:
+            return entry.get("state") in ("unconfirmed", "partial")
+
+        def both_hold(pad_id: str) -> bool:
+            a, b = mine.get(pad_id), theirs.get(pad_id)
+            return (a is not None and b is not None and isinstance(a.get("fingerprint"), str)
+                    and hmac.compare_digest(str(a["fingerprint"]), str(b.get("fingerprint"))))
+
+        finishing = sorted(p for p in set(mine) | set(theirs)
+                           if (pending(mine.get(p, {})) or pending(theirs.get(p, {}))) and both_hold(p))
+        for partial in complete:
+            if partial.pad_id in finishing:
+                self._store_pad(partial)
+            else:
+                partial.discard(self.store)
+                self.store.log_event("ceremony-discarded", pad_id=bytes.fromhex(partial.pad_id),
+                                     detail="a verified partial pad the other device does not hold")
+        for pad_id, (ok, _fp) in stored.items():
+            if not ok and pad_id.hex() not in finishing:
+                self.store.remove_unused_pad(pad_id)  # never sent on: it was never confirmed
+        now = self.store.peer_pads(peer_device_id)
+        wire.send({"t": "held", "pads": sorted(pid.hex() for pid in now)})
+        message, _ = self._expect(wire, "held")
+        held = message.get("pads")
+        if not isinstance(held, list):
+            raise CeremonyBroken("The other device sent a malformed list of pads.")
+        for pad_id, (ok, _fp) in now.items():
+            if not ok and pad_id.hex() in held:
+                self.store.confirm_pad(pad_id, "the next ceremony with the peer")
+        if not finishing:
+            return None
+        record = self.store.pad(bytes.fromhex(finishing[-1]))
+        if record is None:
+            raise CeremonyBroken("The pad could not be finished: run the ceremony again.")
+        _ok, fp = self.store.peer_pads(peer_device_id).get(record.pad_id, (False, None))
+        self.fingerprint = fp or ""
         return record
 
     # -- helpers ----------------------------------------------------------------------------

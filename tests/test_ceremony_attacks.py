@@ -390,3 +390,138 @@ def test_a_joiner_answering_with_chosen_xor_host_share_is_caught_and_no_such_pad
     for path in (tmp_path / "host").rglob("*"):
         if path.is_file():
             assert chosen[:4096] not in path.read_bytes(), path
+
+
+# -- a link that drops a frame of the finish, then the owners run the ceremony again -------------
+
+
+def cutting_connect(drop: tuple[str, int] | None, counts: dict[str, int], cut_at_drop: bool = True):
+    """The joiner's way to the host through a proxy that passes whole frames and, at ``drop`` (direction,
+    frame number), drops that frame and cuts the link both ways (or, ``cut_at_drop`` false, drops just
+    that frame and passes the rest). It counts the frames it passed."""
+
+    def connect(address):
+        upstream = socket.create_connection(address)
+        joiner_end, proxy_end = socket.socketpair()
+        ends = (upstream, proxy_end)
+        done = []
+
+        def cut() -> None:
+            for sock in ends:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            done.append(1)
+            if len(done) == 2:  # both pumps have stopped
+                for sock in ends:
+                    sock.close()
+
+        def pump(src: socket.socket, dst: socket.socket, direction: str) -> None:
+            n = 0
+            try:
+                while True:
+                    frame = read_frame(src)
+                    if drop == (direction, n):
+                        drop_now = True
+                        if cut_at_drop:
+                            break
+                    else:
+                        drop_now = False
+                    if not drop_now:
+                        dst.sendall(frame)
+                    n += 1
+            except OSError:
+                pass
+            finally:
+                counts[direction] = n
+                cut()
+
+        for args in ((upstream, proxy_end, "h2j"), (proxy_end, upstream, "j2h")):
+            threading.Thread(target=pump, args=args, daemon=True).start()
+        return joiner_end
+
+    return connect
+
+
+def holdings(home: Path) -> dict[bytes, bool]:
+    with PadStore(home) as store:
+        return {p.pad_id: bool(store.read("SELECT confirmed FROM pads WHERE pad_id = ?", (p.pad_id,))[0][0])
+                for p in store.pads()}
+
+
+FINISH = [("h2j", -2), ("h2j", -1), ("j2h", -2), ("j2h", -1)]  # each side's "final", then its "stored" proof
+
+
+@pytest.mark.parametrize("cut", [True, False], ids=["then-cut", "only"])
+@pytest.mark.parametrize("drop", FINISH, ids=[f"{d}{i}" for d, i in FINISH])
+def test_dropping_any_frame_of_the_finish_then_pairing_again_ends_with_the_same_pad_on_both_or_neither(
+        tmp_path, drop, cut):
+    from device.engine import Device
+    from device.errors import PadUnconfirmed
+    from tests.test_provisioning import homes, run_pair
+
+    size = 6 * CHUNK
+    # An honest run through the same proxy counts each direction's frames.
+    counts: dict[str, int] = {}
+    a0, b0 = homes(tmp_path, "a0", "b0")
+    run_pair(a0, b0, size, chunk=CHUNK, connect=cutting_connect(None, counts))
+    direction, back = drop
+    a, b = homes(tmp_path, "alice", "bob")
+    host, join = run_pair(a, b, size, chunk=CHUNK, connect=cutting_connect((direction, counts[direction] + back),
+                                                                           {}, cut))
+    assert isinstance(host, Exception) or isinstance(join, Exception)
+    for result in (host, join):
+        if isinstance(result, Exception):
+            assert isinstance(result, OTCError), repr(result)
+
+    # Between the cut and the next ceremony: a pad is usable only where the peer holds it too.
+    held = {"alice": holdings(a), "bob": holdings(b)}
+    for me, peer, home, contact in (("alice", "bob", a, "bob"), ("bob", "alice", b, "alice")):
+        for pad_id, confirmed in held[me].items():
+            if confirmed:
+                assert pad_id in held[peer], f"{me} may send on a pad {peer} lacks"
+        if held[me] and not any(held[me].values()):
+            with Device.open(home) as device, pytest.raises(PadUnconfirmed):
+                device.package(contact, b"too early")
+    cut_pads = set(held["alice"]) | set(held["bob"])
+    cut_pads |= {bytes.fromhex(p.name.split(".")[0]) for p in (a / "pads").glob("*.pad.partial")}
+
+    # The owners pair again: the same pad ends on both devices, or on neither.
+    host, join = run_pair(a, b, size, chunk=CHUNK)
+    assert not isinstance(host, Exception) and not isinstance(join, Exception), (host, join)
+    assert host[0].pad_id == join[0].pad_id and host[1] == join[1]
+    after = {"alice": holdings(a), "bob": holdings(b)}
+    assert set(after["alice"]) == set(after["bob"]) and all(after["alice"].values()) and all(after["bob"].values())
+    for pad_id in cut_pads:
+        assert (pad_id in after["alice"]) == (pad_id in after["bob"])
+    for pad_id in after["alice"]:
+        assert (a / "pads" / f"{pad_id.hex()}.pad").read_bytes() == (b / "pads" / f"{pad_id.hex()}.pad").read_bytes()
+    assert not list(a.glob("pads/*.partial")) and not list(b.glob("pads/*.partial"))
+    # And messages open both ways.
+    with Device.open(a) as alice, Device.open(b) as bob:
+        assert bob.unpackage(alice.package("bob", b"to bob").package).plaintext == b"to bob"
+        assert alice.unpackage(bob.package("alice", b"to alice").package).plaintext == b"to alice"
+
+
+def test_after_a_lost_proof_the_peers_first_valid_message_makes_the_pad_usable(tmp_path):
+    from device.engine import Device
+    from device.errors import PadUnconfirmed
+    from tests.test_provisioning import homes, run_pair
+
+    counts: dict[str, int] = {}
+    a0, b0 = homes(tmp_path, "a0", "b0")
+    run_pair(a0, b0, 4 * CHUNK, chunk=CHUNK, connect=cutting_connect(None, counts))
+    a, b = homes(tmp_path, "alice", "bob")
+    run_pair(a, b, 4 * CHUNK, chunk=CHUNK, connect=cutting_connect(("h2j", counts["h2j"] - 1), {}, False))
+    assert list(holdings(a).values()) == [True] and list(holdings(b).values()) == [False]  # bob lost the proof
+    with Device.open(a) as alice, Device.open(b) as bob:
+        with pytest.raises(PadUnconfirmed):
+            bob.package("alice", b"not yet")
+        package = alice.package("bob", b"first").package
+        with pytest.raises(Exception):  # noqa: B017 - a forged copy proves nothing and confirms nothing
+            bob.unpackage(package[:-1] + bytes([package[-1] ^ 1]))
+        assert list(holdings(b).values()) == [False]
+        assert bob.unpackage(package).plaintext == b"first"
+        assert list(holdings(b).values()) == [True]
+        assert alice.unpackage(bob.package("alice", b"now").package).plaintext == b"now"

@@ -134,6 +134,14 @@ STEPS: list[str] = [
         last REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 4 -> 5: pairing in person v3 (issue 17). A pad sends only once this device knows its peer holds it
+    # too (confirmed: the peer's proof at the end of the ceremony, the next ceremony between the two, or
+    # the first valid package from the peer); pads from before were confirmed by their ceremony. The
+    # fingerprint both screens showed lets the next ceremony match what each side holds.
+    """
+    ALTER TABLE pads ADD COLUMN confirmed INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE pads ADD COLUMN fingerprint TEXT;
+    """,
 ]
 
 LATEST = len(STEPS)
