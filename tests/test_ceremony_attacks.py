@@ -525,3 +525,97 @@ def test_after_a_lost_proof_the_peers_first_valid_message_makes_the_pad_usable(t
         assert bob.unpackage(package).plaintext == b"first"
         assert list(holdings(b).values()) == [True]
         assert alice.unpackage(bob.package("alice", b"now").package).plaintext == b"now"
+
+
+# -- the same for attribute-key grants -------------------------------------------------------------
+
+
+def run_grant(auth: Path, member: Path, attributes: str, connect):
+    from device.abe.grant import grant_host, grant_join
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    results: dict[str, object] = {}
+
+    def side(role: str, sock_factory) -> None:
+        try:
+            sock = sock_factory()
+            sock.settimeout(30)
+            wire = Wire(sock)
+            try:
+                if role == HOST:
+                    with PadStore(auth) as store:
+                        results[role] = grant_host(store, wire, attributes, lambda view: True)
+                else:
+                    with PadStore(member) as store:
+                        results[role] = grant_join(store, wire, lambda view: True)
+            finally:
+                wire.close()
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            results[role] = exc
+
+    threads = [threading.Thread(target=side, args=(HOST, lambda: listener.accept()[0])),
+               threading.Thread(target=side, args=(JOIN, lambda: connect(("127.0.0.1", port))))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    listener.close()
+    return results[HOST], results[JOIN]
+
+
+def grants(auth: Path, member: Path) -> tuple[dict[bytes, bool], dict[bytes, bool]]:
+    """(the authority's issued records, the member's keys): key id -> confirmed."""
+    from device.abe.store import AbeKeys
+
+    with PadStore(auth) as a, PadStore(member) as m:
+        authority_id = AbeKeys(a).master().public.authority_id
+        issued = {k: v[0] for k, v in AbeKeys(a).grants_with(m.device_id, as_authority=True).items()}
+        held = {k: v[0] for k, v in AbeKeys(m).grants_with(authority_id, as_authority=False).items()}
+    return issued, held
+
+
+GRANT_FINISH = [("h2j", -2), ("j2h", -1), ("h2j", -1)]  # the key, the member's "stored", the authority's "confirmed"
+
+
+@pytest.mark.parametrize("cut", [True, False], ids=["then-cut", "only"])
+@pytest.mark.parametrize("drop", GRANT_FINISH, ids=["key", "stored", "confirmed"])
+def test_dropping_any_frame_of_a_grants_finish_then_granting_again_ends_with_the_grant_on_both_or_neither(
+        tmp_path, drop, cut):
+    from device.abe.grant import Granted
+    from device.abe.store import AbeKeys
+    from tests.test_provisioning import homes
+
+    auth, member, auth0, member0 = homes(tmp_path, "campus", "alice", "campus0", "alice0")
+    for home in (auth, auth0):
+        with PadStore(home) as store:
+            AbeKeys(store).become_authority()
+    counts: dict[str, int] = {}
+    first = run_grant(auth0, member0, "STAFF", cutting_connect(None, counts))
+    assert all(isinstance(r, Granted) for r in first) and first[0].fingerprint == first[1].fingerprint
+    direction, back = drop
+    run_grant(auth, member, "STAFF", cutting_connect((direction, counts[direction] + back), {}, cut))
+    issued, held = grants(auth, member)
+    # A member uses a key only once the authority is known to have it recorded; and the reverse.
+    for kid, confirmed in held.items():
+        if confirmed:
+            assert kid in issued
+    for kid, confirmed in issued.items():
+        if confirmed:
+            assert kid in held
+    with PadStore(member) as store:
+        usable = {k.key_id for k in AbeKeys(store).member_keys()}
+    assert usable == {k for k, ok in held.items() if ok}
+    cut_keys = set(issued) | set(held)
+
+    # Granting again: the grant ends on both devices, or on neither, and both screens show one fingerprint.
+    host, join = run_grant(auth, member, "STAFF", socket.create_connection)
+    assert isinstance(host, Granted) and isinstance(join, Granted), (host, join)
+    assert host.key_id == join.key_id and host.fingerprint == join.fingerprint
+    issued, held = grants(auth, member)
+    assert issued == held and all(issued.values())
+    for kid in cut_keys:
+        assert (kid in issued) == (kid in held)
+    with PadStore(auth) as a, PadStore(member) as m:
+        sealed = AbeKeys(a).encapsulate("campus", "STAFF")
+        assert AbeKeys(m).decapsulate(sealed.ciphertext.encode()) == sealed.key

@@ -592,8 +592,14 @@ def draw_grant(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     elif view.stage == "done":
         done = "The key is issued" if view.role == "host" else "The key is stored"
         c.text(done, (WIDTH // 2, 100), 36, GOOD, anchor="midtop", role="stage")
-        c.paragraph(", ".join(view.attributes), (40, 170, 720, 120), 34, ACCENT, role="attributes",
+        c.paragraph(", ".join(view.attributes), (40, 150, 720, 80), 34, ACCENT, role="attributes",
                     align="center", middle=True)
+        if view.fingerprint:
+            c.text("Check that the other screen shows the same fingerprint:", (WIDTH // 2, 240), 24, MUTED,
+                   anchor="midtop", role="text", width=720)
+            c.fill(PANEL, (40, 276, 720, 100), radius=16)
+            c.paragraph(view.fingerprint, (60, 282, 680, 88), 40, ACCENT, role="fingerprint", align="center",
+                        middle=True)
     elif view.stage == "failed":
         c.text("Grant failed", (WIDTH // 2, 110), 40, BAD, anchor="midtop", role="stage")
     else:
