@@ -415,9 +415,14 @@ class DeviceService:
             if self.console is not None:
                 self.console.raise_alarm("hrng", str(alarm))
 
+        def on_recovered(alarm: Exception) -> None:
+            recovered = getattr(alarm, "recovered", None)
+            self.ready().log_event("hrng-recovered", detail=recovered() if callable(recovered) else str(alarm))
+
         @contextmanager
         def draw() -> Iterator[Callable[[int], bytes]]:
-            with pad_random(list(self.config.hrng), on_alarm=on_alarm, stream=stream) as random_bytes:
+            with pad_random(list(self.config.hrng), on_alarm=on_alarm, stream=stream,
+                            on_recovered=on_recovered) as random_bytes:
                 yield random_bytes
             if self.config.hrng:
                 self._hrng_state = "healthy"  # the draw ran to its end without an alarm
