@@ -334,6 +334,10 @@ def test_a_joiner_answering_with_chosen_xor_host_share_is_caught_and_no_such_pad
     evil.agree()
     evil.send({"t": "sas", "ok": True})
     assert evil.recv()[0]["ok"] is True
+    evil.send({"t": "holding", "pads": {}})  # nothing left over from an earlier ceremony
+    assert evil.recv()[0] == {"t": "holding", "pads": {}}
+    evil.send({"t": "held", "pads": []})
+    assert evil.recv()[0] == {"t": "held", "pads": []}
     offer, _ = evil.recv()
     pad_id = bytes.fromhex(offer["pad_id"])
     evil.send({"t": "accept", "resume_from": 0})
