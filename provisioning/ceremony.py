@@ -60,6 +60,7 @@ PROTOCOL = "otc-pairing-v3"  # v3: commitments bind bytes, shares committed ahea
 CHUNK = 4 << 20
 MAX_CHUNK = 4 << 20
 WINDOW = 4  # own shares generated (and sealed) ahead of the peer's
+MAX_HELD = 2 * WINDOW + 2  # the peer's sealed shares held for their keys, at most (memory stays bounded)
 TAG_BYTES = 16  # a chunk's GMAC tag
 ORPHAN_AGE_S = 600.0  # a pad file with no record beside it, untouched this long, is a killed ceremony's
 PERSIST_CHUNKS = 16  # verified progress is synced and recorded every this many chunks,
@@ -432,6 +433,11 @@ class Ceremony:
                         if i != next_chunk or len(data) != n + SEALED_EXTRA or len(commitment) != 32:
                             raise CeremonyBroken("The other device sent a malformed chunk.")  # in order, whole
                         next_chunk += 1
+                        # An honest peer's key for chunk i - WINDOW comes before its share i (it sends what it
+                        # owes before each share), so this device then holds fewer than WINDOW shares of its own
+                        # for keys: waiting for another share of its own now would wait for ever.
+                        if len(held) >= MAX_HELD or len(own) >= WINDOW:
+                            raise CeremonyBroken("The other device sent shares too far ahead of their keys.")
                         held[i] = (into, data, commitment)
                         into = spare.pop() if spare else bytearray(room)
                         buf, key = sender.take(i)

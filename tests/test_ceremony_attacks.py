@@ -623,3 +623,52 @@ def test_dropping_any_frame_of_a_grants_finish_then_granting_again_ends_with_the
     with PadStore(auth) as a, PadStore(member) as m:
         sealed = AbeKeys(a).encapsulate("campus", "STAFF")
         assert AbeKeys(m).decapsulate(sealed.ciphertext.encode()) == sealed.key
+
+
+def test_a_joiner_sending_shares_far_ahead_of_its_keys_cannot_fill_the_hosts_memory(tmp_path):
+    PadStore.init(tmp_path / "host", "hosting").close()
+    host_sock, evil_sock = socket.socketpair()
+    host_sock.settimeout(10)
+    outcome: dict[str, object] = {}
+
+    def host() -> None:
+        with PadStore(tmp_path / "host") as store:
+            wire = Wire(host_sock)
+            try:
+                outcome["host"] = Ceremony(store, HOST, random_bytes=os.urandom, compare=lambda sas: True,
+                                           size=64 * CHUNK, chunk=CHUNK).run(wire)
+            except Exception as exc:  # noqa: BLE001 - the test inspects it
+                outcome["host"] = exc
+            finally:
+                wire.close()
+
+    thread = threading.Thread(target=host)
+    thread.start()
+    evil = HostileJoiner(evil_sock)
+    evil.agree()
+    evil.send({"t": "sas", "ok": True})
+    evil.recv()
+    evil.send({"t": "holding", "pads": {}})
+    evil.recv()
+    evil.send({"t": "held", "pads": []})
+    evil.recv()
+    evil.recv()  # the offer
+    evil.send({"t": "accept", "resume_from": 0})
+
+    def drain() -> None:  # it reads (and drops) all the host sends, so the host is never held up
+        try:
+            while True:
+                read_frame(evil_sock)
+        except OSError:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        for i in range(64):  # every share, never a key
+            evil.send({"t": "chunk", "i": i, "c": os.urandom(32).hex()}, os.urandom(CHUNK + 16))
+    except OSError:
+        pass  # the host hung up
+    thread.join(30)
+    evil_sock.close()
+    result = outcome["host"]
+    assert isinstance(result, OTCError) and "too far ahead" in str(result), repr(result)
