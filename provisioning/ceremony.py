@@ -1,26 +1,34 @@
-"""Pairing in person: two devices agree keys, compare a string, and make a pad.
+"""Pairing in person: two devices agree keys, compare a string, and make a pad (``otc-pairing-v3``).
 
-The ceremony (docs/pairing.md has the full protocol):
+The ceremony (docs/pairing.md has the full protocol and the attacks it stops):
 
-1. **Key agreement with a commitment.** The host commits to its hello (its
-   X25519 key, a nonce, its device id and name) before it sees the joiner's;
-   then it reveals it. A man in the middle must fix his keys before he learns
-   the ones that decide the short authentication string (SAS), so he matches
-   it with probability 10^-9.
+1. **Key agreement with a commitment** (provisioning/agree.py). The host
+   commits to the exact bytes of its hello (its X25519 key, a nonce, its
+   device id and name) before it sees the joiner's; then it reveals those
+   bytes, which the joiner checks and hashes into the transcript as received.
+   A man in the middle gets one guess at the string, 10^-9.
 2. **The SAS.** Both devices show ``123-456-789`` derived from the transcript;
    each owner confirms through the device's confirm source that both screens
    match. Either "no" stops the ceremony; nothing is stored.
-3. **The pad.** Each device draws its share from its HRNG mixer; the pad is the
-   XOR of both shares, so neither HRNG alone has to be trusted. Shares travel
-   sealed (AES-256-GCM, per-direction keys, counter nonces) chunk by
-   chunk; each side writes ``share XOR peer share`` and both compare every
-   chunk's tag (GMAC under a key from the session). Verified
-   progress is synced and recorded every few chunks (and whenever the
-   transfer ends or breaks), so a broken ceremony resumes from the last
-   recorded verified chunk when both run it again.
-4. **All or nothing.** The pad stays a ``.partial`` file that no rule of the
-   device will use until both devices have computed the same fingerprint over
-   the whole pad; then each commits it (renames the file, records the pad).
+3. **Settle** what an earlier, cut ceremony with this peer left: a pad both
+   hold is finished on both (and this ceremony ends with it), one only a side
+   holds is discarded there.
+4. **The pad.** Each device draws its share from its HRNG mixer; the pad is the
+   XOR of both shares, so neither HRNG alone has to be trusted. Each share is
+   sealed under a key of its own and committed to (a hash of that key) before
+   the peer's matching share can be opened: a key is revealed only once the
+   peer's sealed share has arrived, and checked against its commitment, so
+   neither device can choose pad bytes. Shares travel inside frames sealed
+   per direction (AES-256-GCM, counter nonces); each side writes ``share XOR
+   peer share`` and both compare every chunk's tag (GMAC under a key from the
+   session). Verified progress is synced and recorded every few chunks (and
+   whenever the transfer ends or breaks), so a broken ceremony resumes.
+5. **All or nothing, then proofs.** The pad stays a ``.partial`` file that no
+   rule of the device uses until both devices have computed the same
+   fingerprint; then each stores it unconfirmed and sends a proof that it
+   holds it. A device sends on the pad only once it has the peer's proof (or
+   the next ceremony, or the peer's first valid package, says the peer holds
+   it).
 """
 
 from __future__ import annotations
