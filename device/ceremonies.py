@@ -125,8 +125,26 @@ class CeremonyRunner:
         from provisioning.wire import Wire
 
         what = "Pairing" if self.status().get("kind") == "pad" else "The grant"
+        cancelled = threading.Event()
+        open_sockets = [listener]
+
+        def cancel() -> None:
+            """Cancel on the device's screen: the sockets close under the ceremony, which stops there."""
+            cancelled.set()
+            for sock in open_sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            listener.close()
+
+        if self.console is not None:
+            self.console.on_ceremony_cancel(cancel)
         try:
             sock = self._accept(listener, token)
+            open_sockets.append(sock)
+            if cancelled.is_set():
+                cancel()
             sock.settimeout(IDLE_TIMEOUT_S)
             with self.random_source() as random_bytes:
                 wire = Wire(sock)
@@ -135,12 +153,18 @@ class CeremonyRunner:
                 finally:
                     wire.close()
             self.update(stage="done", **result)
-        except OTCError as exc:
-            self._fail(str(exc))
-        except OSError:
-            self._fail(f"The connection to the other device broke: {what.lower()} stopped.")
+        except (OTCError, OSError) as exc:
+            if cancelled.is_set():
+                self._fail(f"{what} was cancelled on this device.")
+            elif isinstance(exc, OTCError):
+                self._fail(str(exc))
+            else:
+                self._fail(f"The connection to the other device broke: {what.lower()} stopped.")
         except Exception as exc:  # noqa: BLE001 - a thread's last word, by type only (no secrets)
             self._fail(f"{what} stopped by an internal error ({type(exc).__name__}).")
+        finally:
+            if self.console is not None:
+                self.console.on_ceremony_cancel(None)
 
     def _fail(self, message: str) -> None:
         self.update(stage="failed", message=message)

@@ -419,8 +419,9 @@ class Device:
         elif new_frontier == frontier:
             warnings.append("late: this message arrived after messages sent later")
         conn.execute(
-            "UPDATE pads SET recv_frontier = ?, recv_bytes = recv_bytes + ?, recv_count = recv_count + 1"
-            " WHERE pad_id = ?",
+            # A valid package from the peer on a pad proves the peer holds it: it may send now (confirmed).
+            "UPDATE pads SET recv_frontier = ?, recv_bytes = recv_bytes + ?, recv_count = recv_count + 1,"
+            " confirmed = 1 WHERE pad_id = ?",
             (new_frontier, end - start, pad.pad_id),
         )
         self.store.add_consumed(conn, pad.pad_id, start, end)

@@ -58,6 +58,12 @@ class PadExhausted(DeviceError):
     code = "pad-exhausted"
 
 
+class PadUnconfirmed(PadExhausted):
+    """The pad is not usable yet: this device does not know that the peer's device holds it too."""
+
+    code = "pad-unconfirmed"
+
+
 class MessageRejected(DeviceError):
     """Package refused: it is not a valid package for this device."""
 

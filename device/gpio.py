@@ -140,6 +140,7 @@ class _Button:
     down: bool = False
     since: float = 0.0
     request_id: int | None = None  # the request on screen when this press began (None: it answers nothing)
+    comparing: str | None = None  # the pairing string on screen when this press began, if no request was
 
 
 class GpioPanel:
@@ -182,11 +183,17 @@ class GpioPanel:
                     shown = self.console.displayed()
                     # Bound to the request on screen now, if it has been there long enough to be read.
                     button.request_id = shown[0] if shown is not None and now - shown[1] >= ARM_S else None
+                    button.comparing = self.console.comparing() if shown is None else None
                 elif not down and button.down:
                     button.down = False
                     request_id, button.request_id = button.request_id, None
-                    if request_id is not None and now - button.since >= DEBOUNCE_S:  # a press, not a bounce
-                        self.console.decide(button.approve, request_id)
+                    comparing, button.comparing = button.comparing, None
+                    if now - button.since >= DEBOUNCE_S:  # a press, not a bounce
+                        if request_id is not None:
+                            self.console.decide(button.approve, request_id)
+                        elif comparing is not None and self.console.comparing() == comparing:
+                            # No message on screen: the press answers the pairing string shown when it began.
+                            self.console.answer_ceremony(button.approve)
 
     def stop(self) -> None:
         self._stop.set()

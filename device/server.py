@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -83,6 +83,9 @@ class ServerConfig:
     hrng: tuple[str, ...] = ()  # hardware random sources for pads made in person (none: the OS CSPRNG)
     # Connections per client address and how long a request may take to arrive (onetimechat/serving.py).
     guard: Guard = field(default_factory=lambda: Guard(per_address=16, header_timeout=10.0, request_timeout=300.0))
+    # The address the RPC is served on (the cable-side address on the image): ceremonies carried by the
+    # laptop listen there too, since that is where the laptop reaches the device. Server sets it.
+    address: str = "127.0.0.1"
 
 
 # Events that the owner should see on the device's own screen at once.
@@ -169,7 +172,7 @@ class DeviceService:
         self.refusals = RefusalCounter()
         self._lock_random = threading.Lock()
         self._hrng_state: str | None = None  # None until the first draw; then "healthy" or the last alarm
-        self.ceremonies = CeremonyRunner(self.ready, "127.0.0.1", self.console, _ceremony_compare(config.source),
+        self.ceremonies = CeremonyRunner(self.ready, config.address, self.console, _ceremony_compare(config.source),
                                          self._pad_random)
 
     def _open(self, key: bytes | None) -> None:
@@ -421,9 +424,14 @@ class DeviceService:
             if self.console is not None:
                 self.console.raise_alarm("hrng", str(alarm))
 
+        def on_recovered(alarm: Exception) -> None:
+            recovered = getattr(alarm, "recovered", None)
+            self.ready().log_event("hrng-recovered", detail=recovered() if callable(recovered) else str(alarm))
+
         @contextmanager
         def draw() -> Iterator[Callable[[int], bytes]]:
-            with pad_random(list(self.config.hrng), on_alarm=on_alarm, stream=stream) as random_bytes:
+            with pad_random(list(self.config.hrng), on_alarm=on_alarm, stream=stream,
+                            on_recovered=on_recovered) as random_bytes:
                 yield random_bytes
             if self.config.hrng:
                 self._hrng_state = "healthy"  # the draw ran to its end without an alarm
@@ -632,7 +640,7 @@ class Server:
     """The app under waitress, bound to exactly one address."""
 
     def __init__(self, config: ServerConfig, host: str, port: int, threads: int = 16) -> None:
-        self.app = create_app(config)
+        self.app = create_app(replace(config, address=host))
         try:
             self.server = guarded_server(self.app, host, port, config.guard, threads=threads, ident="otc-device",
                                          connection_limit=CONNECTION_LIMIT, channel_timeout=60,

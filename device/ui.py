@@ -192,6 +192,7 @@ class Console:
         self._pairing_code: str | None = None
         self._ceremony: CeremonyView | None = None
         self._ceremony_answer: bool | None = None
+        self._ceremony_cancel: Callable[[], None] | None = None  # set while a ceremony can be cancelled
         self._alarms: list[Alarm] = []
         self._queued = 0
         self._displayed: tuple[int, float] | None = None  # (request id, monotonic time a screen first drew it)
@@ -262,6 +263,33 @@ class Console:
             self._cond.notify_all()
             return True
 
+    def cancel_ceremony(self) -> bool:
+        """The owner tapped Cancel while the ceremony runs: it stops (the peer sees the link close)."""
+        with self._cond:
+            cancel = self._ceremony_cancel
+            if self._ceremony is None or self._ceremony.stage in ("done", "failed") or cancel is None:
+                return False
+            if self._ceremony.stage == "compare":
+                self._ceremony_answer = False  # a cancelled comparison is a "no"
+                self._cond.notify_all()
+        cancel()
+        return True
+
+    def close_ceremony(self) -> bool:
+        """The owner read the ceremony's end (done or failed): back to the home screen."""
+        with self._cond:
+            if self._ceremony is None or self._ceremony.stage not in ("done", "failed"):
+                return False
+            self._ceremony = None
+            self._ceremony_answer = None
+        self._touch()
+        return True
+
+    def on_ceremony_cancel(self, cancel: Callable[[], None] | None) -> None:
+        """What Cancel does for the ceremony under way (None once it is over)."""
+        with self._cond:
+            self._ceremony_cancel = cancel
+
     def dismiss_alarm(self, alarm_id: int) -> None:
         with self._cond:
             self._alarms = [a for a in self._alarms if a.alarm_id != alarm_id]
@@ -322,6 +350,14 @@ class Console:
                     (self._displayed is None or self._displayed[0] != request_id):
                 self._displayed = (request_id, time.monotonic())
 
+    def comparing(self) -> str | None:
+        """The pairing string a ceremony waits for the owner to compare, if one does (buttons answer it)."""
+        with self._cond:
+            view = self._ceremony
+            if view is None or view.stage != "compare" or self._ceremony_answer is not None:
+                return None
+            return view.sas or ""
+
     def displayed(self) -> tuple[int, float] | None:
         """(request id, when a screen first drew it) of the confirmation on screen now; None if no screen shows one.
 
@@ -337,9 +373,11 @@ class Console:
         self._touch()
 
     def waiting(self) -> bool:
-        """Whether a decision is waiting (the LED blinks)."""
+        """Whether a decision is waiting (the LED blinks): a message to confirm, or a pairing string to compare."""
         with self._cond:
-            return self._confirm is not None
+            comparing = (self._ceremony is not None and self._ceremony.stage == "compare"
+                         and self._ceremony_answer is None)
+            return self._confirm is not None or comparing
 
     def show_code(self, code: str) -> None:
         with self._cond:

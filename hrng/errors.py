@@ -68,12 +68,28 @@ class HealthTestFailure(HRNGError):
         self.sample = sample  # index of the failing sample in the source's stream, from 0
         self.cutoff = cutoff
         self.startup = startup
+        self.first: HealthTestFailure | None = None  # set on a second alarm: the one the draw recovered from
+        super().__init__(self._text("generation stopped and nothing since its last passing window was used."))
+
+    def _what(self) -> str:
         what = {
-            "RCT": f"Repetition Count Test (one value {cutoff} times in a row)",
-            "APT": f"Adaptive Proportion Test (one value {cutoff} times in a window)",
-        }[test]
-        phase = "start-up test" if startup else "continuous test"
-        super().__init__(
-            f"HRNG ALARM: {source} failed the {what} at sample {sample} ({phase}); generation stopped "
-            "and nothing since its last passing window was used."
-        )
+            "RCT": f"Repetition Count Test (one value {self.cutoff} times in a row)",
+            "APT": f"Adaptive Proportion Test (one value {self.cutoff} times in a window)",
+        }[self.test]
+        phase = "start-up test" if self.startup else "continuous test"
+        return f"the {what} at sample {self.sample} ({phase})"
+
+    def _text(self, outcome: str) -> str:
+        return f"HRNG ALARM: {self.source} failed {self._what()}; {outcome}"
+
+    def after(self, first: HealthTestFailure) -> HealthTestFailure:
+        """This alarm as the second in one draw, after ``first`` (which the draw recovered from): it stops."""
+        self.first = first
+        self.message = (f"HRNG ALARM: {self.source} failed {self._what()}, a second alarm in one draw (the first: "
+                        f"{first._what()}); generation stopped and nothing since its last passing window was used.")
+        self.args = (self.message,)
+        return self
+
+    def recovered(self) -> str:
+        """What is logged for a first alarm, which discards the batch and reruns the start-up test."""
+        return self._text("the batch being drawn was discarded and the start-up test runs again.")

@@ -24,7 +24,10 @@ import numpy as np
 
 from hrng.errors import HealthTestFailure, SourceHalted
 
-ALPHA = 2.0**-30  # false-alarm probability per test, as SP 800-90B recommends
+# False-alarm probability per sample, the strict end of SP 800-90B's recommended 2^-20..2^-40: at 2^-30 a
+# healthy source raised a false alarm in about one 1 GiB pad in four. For 8 bits per byte the RCT cutoff is
+# 1 + ceil(40 / 8) = 6 and the APT cutoff over its 512-sample window 1 + CRITBINOM(512, 2^-8, 1 - 2^-40).
+ALPHA = 2.0**-40
 APT_WINDOW = 512  # SP 800-90B 4.4.2: W = 512 for non-binary samples
 SAMPLE_BITS = 8  # the sources give byte samples
 STARTUP_SAMPLES = 1024  # SP 800-90B 4.3: the start-up test covers at least 1024 samples
@@ -95,6 +98,7 @@ class HealthStats:
     longest_run: int = 0  # the RCT's highest count
     highest_apt: int = 0  # the APT's highest count in a window
     startup_passed: bool = False
+    alarms: int = 0  # alarms raised (each one restarts the tests with a new start-up test, or stops them)
 
 
 class HealthMonitor:
@@ -105,12 +109,27 @@ class HealthMonitor:
             raise ValueError("the start-up test must cover whole APT windows")
         self.cutoffs = cutoffs
         self.source = source
-        self.startup = startup
+        self.startup = startup  # the stream index where the (latest) start-up test ends
+        self._startup_length = startup
         self.stats = HealthStats()
         self.failure: HealthTestFailure | None = None
         self._pending = b""  # samples of the current, incomplete window (already RCT-tested)
         self._last = -1  # the RCT's previous sample (-1: none yet)
         self._run = 0  # the RCT's count B
+        self._fed_end = 0  # after a failure: the stream index just past the failing feed
+
+    def restart(self) -> None:
+        """After an alarm: forget the failing window and run the start-up test again from the next sample.
+
+        The rest of the failing feed is discarded; the stream's count goes on (sample indices stay those of
+        the source's stream); the RCT starts afresh and the APT's windows are aligned to the restart.
+        """
+        self.stats.samples = max(self.stats.samples, self._fed_end)
+        self.failure = None
+        self._pending = b""
+        self._last, self._run = -1, 0
+        self.startup = self.stats.samples + self._startup_length
+        self.stats.startup_passed = False
 
     def feed(self, data: bytes) -> bytes:
         """Test ``data`` (the next samples of the stream); return the samples now released.
@@ -134,6 +153,8 @@ class HealthMonitor:
             index, test = min(fails)
             sample = base + index
             self.stats.samples = sample + 1
+            self._fed_end = base + len(buf)  # the rest of this feed is discarded with it
+            self.stats.alarms += 1
             self._pending = b""
             self.failure = HealthTestFailure(
                 test=test,

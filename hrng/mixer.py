@@ -5,9 +5,12 @@ least as unpredictable as its best input, so neither the hardware nor the
 kernel alone has to be trusted; the health tests make sure the hardware input
 is still there and still noisy.
 
-Any failure of a source (a health-test alarm, a disconnect, a stall) stops the
-mixer for good: it raises at once, calls the ``on_alarm`` hook (the device
-logs it and puts it on its screen), and refuses every later read.
+A health-test alarm discards the batch being drawn and reruns the source's
+start-up test (the ``on_recovered`` hook hears of it: the device logs it); a
+second alarm in the same draw (the mixer's life: one pad, one key), or any
+other failure of a source (a disconnect, a stall), stops the mixer for good:
+it raises at once, calls the ``on_alarm`` hook (the device logs it and puts it
+on its screen), and refuses every later read.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import TextIO
 import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from hrng.errors import HRNGError, InsecureSource, SourceHalted
+from hrng.errors import HealthTestFailure, HRNGError, InsecureSource, SourceHalted
 from hrng.health import ALPHA, Cutoffs, HealthMonitor, HealthStats
 from hrng.sources import Source, SourceURL, open_source, parse_url
 
@@ -91,14 +94,21 @@ os_stream = OSStream()
 
 
 class CheckedSource:
-    """A hardware source behind the health tests: :meth:`read` gives only samples of passing windows."""
+    """A hardware source behind the health tests: :meth:`read` gives only samples of passing windows.
 
-    def __init__(self, source: Source, *, alpha: float = ALPHA) -> None:
+    Its life is one draw. The first alarm discards the batch being read and reruns the start-up test
+    (``on_recovered`` hears of it); a second alarm stops the source, with both alarms in its text.
+    """
+
+    def __init__(self, source: Source, *, alpha: float = ALPHA,
+                 on_recovered: Callable[[HealthTestFailure], None] | None = None) -> None:
         self.source = source
         self.cutoffs = Cutoffs.for_entropy(source.claimed_entropy, alpha)
         self.monitor = HealthMonitor(self.cutoffs, source=source.url)
+        self.on_recovered = on_recovered
         self._ready = bytearray()
         self.failure: HRNGError | None = None
+        self.first_alarm: HealthTestFailure | None = None
 
     @property
     def stats(self) -> HealthStats:
@@ -108,17 +118,29 @@ class CheckedSource:
         """Exactly ``n`` checked bytes; raises the source's failure (and keeps raising after it)."""
         if self.failure is not None:
             raise SourceHalted(f"{self.source.url} stopped after a failure; open it again to restart it.")
-        try:
-            parts = [bytes(self._ready)] if self._ready else []
-            have = len(self._ready)
-            self._ready.clear()
-            while have < n:
-                released = self.monitor.feed(self.source.read(n - have + self.cutoffs.window))
-                parts.append(released)
-                have += len(released)
-        except HRNGError as exc:
-            self.failure = exc
-            raise
+        while True:
+            try:
+                parts = [bytes(self._ready)] if self._ready else []
+                have = len(self._ready)
+                self._ready.clear()
+                while have < n:
+                    released = self.monitor.feed(self.source.read(n - have + self.cutoffs.window))
+                    parts.append(released)
+                    have += len(released)
+                break
+            except HealthTestFailure as exc:
+                if self.first_alarm is None:  # the batch is discarded and the start-up test runs again
+                    self.first_alarm = exc
+                    parts.clear()
+                    self.monitor.restart()
+                    if self.on_recovered is not None:
+                        self.on_recovered(exc)
+                    continue
+                self.failure = exc.after(self.first_alarm)
+                raise self.failure from None
+            except HRNGError as exc:
+                self.failure = exc
+                raise
         data = b"".join(parts)
         self._ready += data[n:]
         return data[:n]
@@ -139,6 +161,7 @@ class Mixer:
         on_alarm: AlarmHook | None = None,
         os_random: RandomBytes = os.urandom,
         alpha: float = ALPHA,
+        on_recovered: AlarmHook | None = None,
     ) -> None:
         sources = list(sources)
         hardware = [s for s in sources if s.hardware]
@@ -148,7 +171,7 @@ class Mixer:
             raise ValueError("insecure_os_only is only for a mixer without hardware sources")
         self.insecure = not hardware
         self.others = [s for s in sources if not s.hardware]  # os: named explicitly; it is always mixed in
-        self.checked = [CheckedSource(s, alpha=alpha) for s in hardware]
+        self.checked = [CheckedSource(s, alpha=alpha, on_recovered=on_recovered) for s in hardware]
         self.on_alarm = on_alarm
         self._os_random = os_random
         self._lock = threading.Lock()
@@ -164,6 +187,7 @@ class Mixer:
         insecure_os_only: bool = False,
         on_alarm: AlarmHook | None = None,
         alpha: float = ALPHA,
+        on_recovered: AlarmHook | None = None,
     ) -> Mixer:
         """Open every source the URLs name (all URLs are checked before any hardware is touched)."""
         specs = [u if isinstance(u, SourceURL) else parse_url(u) for u in urls]
@@ -173,7 +197,8 @@ class Mixer:
         try:
             for spec in specs:
                 opened.append(open_source(spec))
-            return cls(opened, insecure_os_only=insecure_os_only, on_alarm=on_alarm, alpha=alpha)
+            return cls(opened, insecure_os_only=insecure_os_only, on_alarm=on_alarm, alpha=alpha,
+                       on_recovered=on_recovered)
         except BaseException:
             for source in opened:
                 source.close()
@@ -250,7 +275,8 @@ class Mixer:
 
 @contextmanager
 def pad_random(
-    urls: Sequence[str], *, on_alarm: AlarmHook | None = None, stream: TextIO | None = None
+    urls: Sequence[str], *, on_alarm: AlarmHook | None = None, stream: TextIO | None = None,
+    on_recovered: AlarmHook | None = None,
 ) -> Iterator[RandomBytes]:
     """Where a pad's bytes come from, said on ``stream`` (stderr): the mixer over ``urls``.
 
@@ -262,6 +288,6 @@ def pad_random(
         print(OS_ONLY_PAD_NOTICE, file=stream)
         yield os_stream
         return
-    with Mixer.from_urls(urls, on_alarm=on_alarm) as mixer:
+    with Mixer.from_urls(urls, on_alarm=on_alarm, on_recovered=on_recovered) as mixer:
         print(f"otc: pad bytes come from {mixer.describe()}", file=stream)
         yield mixer.random_bytes

@@ -1,12 +1,21 @@
-"""The authenticated key agreement every in-person ceremony starts with.
+"""The authenticated key agreement every in-person ceremony starts with (``otc ceremony v3``).
 
 The host commits to its hello (X25519 key, nonce, device id and name) before it
 sees the joiner's, then reveals it; both derive per-direction keys for the
 :class:`~provisioning.wire.Wire` and a short authentication string (SAS) from
-the transcript. Pad pairing (``otc-pairing-v1``) and attribute-key grants
-(``otc-abe-grant-v1``) run the same agreement under different protocol names,
+the transcript. Pad pairing (``otc-pairing-v3``) and attribute-key grants
+(``otc-abe-grant-v2``) run the same agreement under different protocol names,
 which are part of the transcript: a grant can never be mistaken for a pairing.
 docs/pairing.md has the protocol.
+
+Version 3 binds bytes, not meanings: the commitment is a domain-separated hash
+of the exact REVEAL body the host will send; the joiner checks that hash over
+the bytes it received, and the very same bytes (never a parse re-serialised)
+go into the transcript. Any byte a man in the middle changes in any of the
+three messages is caught at the commitment or changes the transcript, so he
+gets one guess at the string per ceremony, never a search (version 1 checked a
+re-serialised parse and hashed the raw bytes: trailing whitespace gave him
+unlimited variants after both hellos were known).
 """
 
 from __future__ import annotations
@@ -32,6 +41,10 @@ from provisioning.wire import COMMIT, HELLO, REVEAL, Wire
 
 HOST, JOIN = "host", "join"
 CONNECT_WAIT_S = 60.0
+AGREEMENT = "otc ceremony v3"  # the prefix of every label this agreement hashes or derives under
+COMMIT_LABEL = b"otc ceremony v3 commitment\x00"
+TRANSCRIPT_LABEL = b"otc ceremony v3 transcript\x00"
+SAS_LABEL = b"otc ceremony v3 sas\x00"
 
 
 @dataclass(frozen=True)
@@ -41,41 +54,86 @@ class Agreement:
     peer_device_id: bytes
     peer_name: str
     sas: str
+    transcript: bytes  # a hash of the three agreement messages, as sent and received
+
+
+def commitment(reveal: bytes) -> bytes:
+    """The host's commitment to the exact bytes of the REVEAL body it will send."""
+    return hashlib.sha256(COMMIT_LABEL + reveal).digest()
+
+
+def transcript_of(commit: bytes, hello: bytes, reveal: bytes) -> bytes:
+    """The transcript hash over the three agreement bodies, byte for byte as they went over the link."""
+    return hashlib.sha256(TRANSCRIPT_LABEL + b"".join(len(p).to_bytes(4, "big") + p
+                                                      for p in (commit, hello, reveal))).digest()
 
 
 def format_sas(transcript: bytes) -> str:
-    value = int.from_bytes(hashlib.sha256(b"otc ceremony v1 sas" + transcript).digest()[:8], "big") % 10**9
+    value = int.from_bytes(hashlib.sha256(SAS_LABEL + transcript).digest()[:8], "big") % 10**9
     digits = f"{value:09d}"
     return f"{digits[:3]}-{digits[3:6]}-{digits[6:]}"
+
+
+def commit_message(protocol: str, reveal: bytes) -> bytes:
+    """The COMMIT body: the protocol's name and the commitment to ``reveal``."""
+    return _encode({"protocol": protocol, "commit": commitment(reveal).hex()})
+
+
+def check_commit(commit: bytes, protocol: str) -> bytes:
+    """The commitment a COMMIT body carries, once it names ``protocol``; raises otherwise."""
+    message = _decode(commit)
+    if message.get("protocol") != protocol:
+        raise CeremonyRefused("The other device speaks another pairing protocol; update both devices.")
+    try:
+        value = bytes.fromhex(str(message["commit"]))
+    except (KeyError, ValueError):
+        raise CeremonyBroken("The other device sent a malformed commitment.") from None
+    if len(value) != 32:
+        raise CeremonyBroken("The other device sent a malformed commitment.")
+    return value
+
+
+def check_reveal(commit: bytes, reveal: bytes, protocol: str) -> dict:
+    """The host's hello from the REVEAL body ``reveal``, once those exact bytes match the commitment.
+
+    The bytes checked are the bytes parsed and the bytes the caller puts in the transcript.
+    """
+    if not hmac.compare_digest(commitment(reveal), check_commit(commit, protocol)):
+        raise CeremonyBroken("The other device did not keep its commitment: the link is not to be trusted.")
+    return _decode(reveal)
+
+
+def joiner_sas(commit: bytes, hello: bytes, reveal: bytes, protocol: str) -> str:
+    """The string the joiner shows for these three bodies (raises where the joiner stops first)."""
+    check_reveal(commit, reveal, protocol)
+    return format_sas(transcript_of(commit, hello, reveal))
 
 
 def agree(wire: Wire, role: str, store: PadStore, random_bytes: Callable[[int], bytes], protocol: str) -> Agreement:
     """Run the committed X25519 agreement as ``role`` (host or join) and key ``wire``."""
     secret = X25519PrivateKey.from_private_bytes(random_bytes(32))
-    hello = {
+    mine = _encode({
         "protocol": protocol,
         "role": role,
         "device_id": store.device_id.hex(),
         "name": store.device_name,
         "pk": secret.public_key().public_bytes_raw().hex(),
         "nonce": random_bytes(16).hex(),
-    }
+    })
     if role == HOST:
-        mine = json.dumps(hello, separators=(",", ":"), sort_keys=True).encode()
-        commit = wire.send_plain(COMMIT, {"protocol": protocol, "commit": hashlib.sha256(mine).hexdigest()})
-        theirs, their_body = wire.recv_plain(HELLO)
-        reveal = wire.send_plain(REVEAL, hello)
-        parts = (commit, their_body, reveal)
+        commit = commit_message(protocol, mine)
+        wire.send_raw(COMMIT, commit)
+        hello = wire.recv_raw(HELLO)
+        wire.send_raw(REVEAL, mine)
+        reveal = mine
+        theirs = _decode(hello)
     else:
-        commit_msg, commit = wire.recv_plain(COMMIT)
-        if commit_msg.get("protocol") != protocol:
-            raise CeremonyRefused("The other device speaks another pairing protocol; update both devices.")
-        mine_body = wire.send_plain(HELLO, hello)
-        theirs, reveal = wire.recv_plain(REVEAL)
-        canonical = json.dumps(theirs, separators=(",", ":"), sort_keys=True).encode()
-        if not hmac.compare_digest(hashlib.sha256(canonical).hexdigest(), str(commit_msg.get("commit"))):
-            raise CeremonyBroken("The other device did not keep its commitment: the link is not to be trusted.")
-        parts = (commit, mine_body, reveal)
+        commit = wire.recv_raw(COMMIT)
+        check_commit(commit, protocol)
+        hello = mine
+        wire.send_raw(HELLO, hello)
+        reveal = wire.recv_raw(REVEAL)
+        theirs = check_reveal(commit, reveal, protocol)
     try:
         peer_pk = X25519PublicKey.from_public_bytes(bytes.fromhex(str(theirs["pk"])))
         peer_device_id = bytes.fromhex(str(theirs["device_id"]))
@@ -86,14 +144,28 @@ def agree(wire: Wire, role: str, store: PadStore, random_bytes: Callable[[int], 
         raise CeremonyRefused("Both devices must run the same pairing protocol, one hosting and one joining.")
     if len(peer_device_id) != 16 or peer_device_id == store.device_id:
         raise CeremonyRefused("A device cannot pair with itself.")
-    transcript = hashlib.sha256(b"otc ceremony v1" + b"".join(len(p).to_bytes(4, "big") + p
-                                                                for p in parts)).digest()
+    transcript = transcript_of(commit, hello, reveal)
     shared = secret.exchange(peer_pk)
-    master = derive_key(shared + transcript, "otc ceremony v1 master")
-    h2j = derive_key(master, "otc ceremony v1 host to join")
-    j2h = derive_key(master, "otc ceremony v1 join to host")
+    master = derive_key(shared + transcript, f"{AGREEMENT} master")
+    h2j = derive_key(master, f"{AGREEMENT} host to join")
+    j2h = derive_key(master, f"{AGREEMENT} join to host")
     wire.set_keys(*((h2j, j2h) if role == HOST else (j2h, h2j)))
-    return Agreement(peer_device_id=peer_device_id, peer_name=peer_name, sas=format_sas(transcript))
+    return Agreement(peer_device_id=peer_device_id, peer_name=peer_name, sas=format_sas(transcript),
+                     transcript=transcript)
+
+
+def _encode(message: dict) -> bytes:
+    return json.dumps(message, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _decode(body: bytes) -> dict:
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        raise CeremonyBroken("The other device sent a malformed message.") from None
+    if not isinstance(message, dict):
+        raise CeremonyBroken("The other device sent a malformed message.")
+    return message
 
 
 # -- the link: one TCP connection between the two devices ---------------------------------

@@ -1,26 +1,34 @@
-"""Pairing in person: two devices agree keys, compare a string, and make a pad.
+"""Pairing in person: two devices agree keys, compare a string, and make a pad (``otc-pairing-v3``).
 
-The ceremony (docs/pairing.md has the full protocol):
+The ceremony (docs/pairing.md has the full protocol and the attacks it stops):
 
-1. **Key agreement with a commitment.** The host commits to its hello (its
-   X25519 key, a nonce, its device id and name) before it sees the joiner's;
-   then it reveals it. A man in the middle must fix his keys before he learns
-   the ones that decide the short authentication string (SAS), so he matches
-   it with probability 10^-9.
+1. **Key agreement with a commitment** (provisioning/agree.py). The host
+   commits to the exact bytes of its hello (its X25519 key, a nonce, its
+   device id and name) before it sees the joiner's; then it reveals those
+   bytes, which the joiner checks and hashes into the transcript as received.
+   A man in the middle gets one guess at the string, 10^-9.
 2. **The SAS.** Both devices show ``123-456-789`` derived from the transcript;
    each owner confirms through the device's confirm source that both screens
    match. Either "no" stops the ceremony; nothing is stored.
-3. **The pad.** Each device draws its share from its HRNG mixer; the pad is the
-   XOR of both shares, so neither HRNG alone has to be trusted. Shares travel
-   sealed (AES-256-GCM, per-direction keys, counter nonces) chunk by
-   chunk; each side writes ``share XOR peer share`` and both compare every
-   chunk's tag (GMAC under a key from the session). Verified
-   progress is synced and recorded every few chunks (and whenever the
-   transfer ends or breaks), so a broken ceremony resumes from the last
-   recorded verified chunk when both run it again.
-4. **All or nothing.** The pad stays a ``.partial`` file that no rule of the
-   device will use until both devices have computed the same fingerprint over
-   the whole pad; then each commits it (renames the file, records the pad).
+3. **Settle** what an earlier, cut ceremony with this peer left: a pad both
+   hold is finished on both (and this ceremony ends with it), one only a side
+   holds is discarded there.
+4. **The pad.** Each device draws its share from its HRNG mixer; the pad is the
+   XOR of both shares, so neither HRNG alone has to be trusted. Each share is
+   sealed under a key of its own and committed to (a hash of that key) before
+   the peer's matching share can be opened: a key is revealed only once the
+   peer's sealed share has arrived, and checked against its commitment, so
+   neither device can choose pad bytes. Shares travel inside frames sealed
+   per direction (AES-256-GCM, counter nonces); each side writes ``share XOR
+   peer share`` and both compare every chunk's tag (GMAC under a key from the
+   session). Verified progress is synced and recorded every few chunks (and
+   whenever the transfer ends or breaks), so a broken ceremony resumes.
+5. **All or nothing, then proofs.** The pad stays a ``.partial`` file that no
+   rule of the device uses until both devices have computed the same
+   fingerprint; then each stores it unconfirmed and sends a proof that it
+   holds it. A device sends on the pad only once it has the peer's proof (or
+   the next ceremony, or the peer's first valid package, says the peer holds
+   it).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import hmac
 import json
 import mmap
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -55,10 +64,11 @@ from provisioning.agree import format_sas as format_sas
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyError, CeremonyRefused
 from provisioning.wire import PAYLOAD_OFFSET, Wire
 
-PROTOCOL = "otc-pairing-v2"  # v2: chunks verified by session-keyed GMAC tags (v1: SHA-256)
+PROTOCOL = "otc-pairing-v3"  # v3: commitments bind bytes, shares committed ahead, pads confirmed by both
 CHUNK = 4 << 20
 MAX_CHUNK = 4 << 20
 WINDOW = 4  # own shares generated (and sealed) ahead of the peer's
+MAX_HELD = 2 * WINDOW + 2  # the peer's sealed shares held for their keys, at most (memory stays bounded)
 TAG_BYTES = 16  # a chunk's GMAC tag
 ORPHAN_AGE_S = 600.0  # a pad file with no record beside it, untouched this long, is a killed ceremony's
 PERSIST_CHUNKS = 16  # verified progress is synced and recorded every this many chunks,
@@ -75,6 +85,39 @@ def fingerprint(pad_id: bytes, chunk_hashes: list[bytes]) -> str:
     """The pad's fingerprint: a hash over its chunks' tags, shown in groups of four."""
     digest = hashlib.sha256(b"otc pad fingerprint v2" + pad_id + b"".join(chunk_hashes)).hexdigest()
     return " ".join(digest[i : i + 4] for i in range(0, 20, 4))
+
+
+SHARE_KEY_LABEL = b"otc pairing v3 share key\x00"
+SHARE_LABEL = b"otc pairing v3 share\x00"
+SHARE_NONCE = bytes(12)  # every share is sealed under a key of its own
+SEALED_EXTRA = 16  # a sealed share's GCM tag
+
+
+def share_context(pad_id: bytes, role: str, index: int) -> bytes:
+    """What a share's commitment binds besides its bytes: the pad, the sender's role and the chunk."""
+    return pad_id + role.encode() + index.to_bytes(8, "big")
+
+
+def key_commitment(pad_id: bytes, role: str, index: int, key: bytes) -> bytes:
+    """The hash a device sends with its sealed share ``index``: it binds the key it reveals later."""
+    return hashlib.sha256(SHARE_KEY_LABEL + share_context(pad_id, role, index) + key).digest()
+
+
+def open_share(pad_id: bytes, role: str, index: int, commitment: bytes, key: bytes,
+               sealed: memoryview) -> memoryview:
+    """The peer's share ``index``, opened in place from ``sealed`` with the key it revealed.
+
+    ``commitment`` came with the sealed share, before this device revealed its own share's key; the key
+    must match it, so the share is the one the peer fixed before it could see this device's.
+    """
+    if len(key) != 32 or not hmac.compare_digest(key_commitment(pad_id, role, index, key), commitment):
+        raise CeremonyError("The other device did not keep its commitment to its share: pairing stopped.")
+    share = sealed[: len(sealed) - SEALED_EXTRA]
+    try:
+        AESGCM(key).decrypt_into(SHARE_NONCE, sealed, SHARE_LABEL + share_context(pad_id, role, index), share)
+    except Exception:  # noqa: BLE001 - InvalidTag, or a length cryptography refuses: one error
+        raise CeremonyError("The other device did not keep its commitment to its share: pairing stopped.") from None
+    return share
 
 
 def chunk_tag(tag_key: AESGCM, index: int, chunk: bytes | memoryview) -> bytes:
@@ -115,15 +158,29 @@ class Partial:
         return store.home / "pads" / f"{pad_id}.pad.partial"
 
     @classmethod
-    def for_peer(cls, store: PadStore, peer_device_id: bytes) -> Partial | None:
+    def all_for_peer(cls, store: PadStore, peer_device_id: bytes) -> list[Partial]:
+        out = []
         for path in sorted((store.home / "pads").glob("*.ceremony.json")):
             try:
                 partial = cls(**json.loads(path.read_text()))
             except (OSError, ValueError, TypeError):
                 continue
             if partial.peer_device_id == peer_device_id.hex() and cls.data_path(store, partial.pad_id).exists():
-                return partial
-        return None
+                out.append(partial)
+        return out
+
+    @classmethod
+    def for_peer(cls, store: PadStore, peer_device_id: bytes) -> Partial | None:
+        found = cls.all_for_peer(store, peer_device_id)
+        return found[0] if found else None
+
+    @property
+    def complete(self) -> bool:
+        """Whether every chunk is verified by both devices (the fingerprints are then equal)."""
+        return len(self.hashes) == -(-self.size // self.chunk)
+
+    def fingerprint(self) -> str:
+        return fingerprint(bytes.fromhex(self.pad_id), [bytes.fromhex(h) for h in self.hashes])
 
     @classmethod
     def sweep_orphans(cls, store: PadStore, min_age: float = ORPHAN_AGE_S) -> list[str]:
@@ -213,6 +270,13 @@ class Ceremony:
         if not message.get("ok"):
             self._view("failed", message="The other device's owner did not confirm the pairing string.")
             raise CeremonyAborted("Pairing stopped: the other device's owner did not confirm the pairing string.")
+        finished = self._settle(wire, peer_device_id)
+        if finished is not None:  # an earlier ceremony's pad, finished on both devices now
+            self._view("done", sas=self.sas, done=finished.size, total=finished.size, fingerprint=self.fingerprint)
+            if not self.store.peer_pads(peer_device_id).get(finished.pad_id, (False, None))[0]:
+                raise CeremonyBroken("The earlier pad is stored but not usable yet: run the ceremony again to "
+                                     "finish it.")
+            return finished
         partial, start = (self._offer if self.role == HOST else self._accept)(wire, peer_device_id)
         self._transfer(wire, partial, start)
         return self._finish(wire, partial)
@@ -341,30 +405,66 @@ class Ceremony:
             os.ftruncate(fd, partial.size)
             partial.save(store)
             sync_directory(path.parent)
-            tag_key = AESGCM(wire.export("otc ceremony v2 chunk tags"))
-            sender = _Sender(wire, _filler(self.random_bytes), range(start, total_chunks), length_of, step)
+            tag_key = AESGCM(wire.export("otc ceremony v3 chunk tags"))
+            peer_role = JOIN if self.role == HOST else HOST
+            sender = _Sender(wire, _filler(self.random_bytes), range(start, total_chunks), length_of, step,
+                             pad_id, self.role)
             writer = _Writer(path, fd, store.pad_cipher(pad_id), step, start, sender.give_back)
             persister = _Persister(store, partial, fd, start)
             mine: dict[int, bytes] = {}
             theirs: dict[int, bytes] = {}
+            # The peer's sealed shares, each held with its commitment until the peer reveals its key; this
+            # device's shares, each held until then too.
+            held: dict[int, tuple[bytearray, memoryview, bytes]] = {}
+            own: dict[int, memoryview] = {}
+            spare: list[bytearray] = []
+            room = PAYLOAD_OFFSET + step + SEALED_EXTRA
+            into = bytearray(room)
             verified = next_chunk = start
             started = time.monotonic()
             self._progress(partial, verified, start, started, force=True)
             try:
                 while verified < total_chunks:
-                    message, data = wire.recv_view()
+                    message, data = wire.recv_view(into)
                     kind = message.get("t")
                     i = message.get("i")
                     if not isinstance(i, int) or isinstance(i, bool) or not start <= i < total_chunks:
                         raise CeremonyBroken("The other device sent a malformed chunk.")
                     if kind == "chunk":
+                        # The peer's share i, sealed under a key it committed to. Only now, with the peer
+                        # bound to its share, does this device reveal the key to its own share i.
                         n = length_of(i)
-                        if i != next_chunk or len(data) != n:  # shares come in order, whole
-                            raise CeremonyBroken("The other device sent a malformed chunk.")
+                        try:
+                            commitment = bytes.fromhex(str(message.get("c")))
+                        except ValueError:
+                            commitment = b""
+                        if i != next_chunk or len(data) != n + SEALED_EXTRA or len(commitment) != 32:
+                            raise CeremonyBroken("The other device sent a malformed chunk.")  # in order, whole
                         next_chunk += 1
-                        buf = sender.take(i)
+                        # An honest peer's key for chunk i - WINDOW comes before its share i (it sends what it
+                        # owes before each share), so this device then holds fewer than WINDOW shares of its own
+                        # for keys: waiting for another share of its own now would wait for ever.
+                        if len(held) >= MAX_HELD or len(own) >= WINDOW:
+                            raise CeremonyBroken("The other device sent shares too far ahead of their keys.")
+                        held[i] = (into, data, commitment)
+                        into = spare.pop() if spare else bytearray(room)
+                        buf, key = sender.take(i)
+                        own[i] = buf
+                        sender.post({"t": "key", "i": i, "k": key.hex()})
+                    elif kind == "key":
+                        if i not in held:  # a key before its share, or twice
+                            raise CeremonyBroken("The other device broke the pairing protocol.")
+                        try:
+                            key = bytes.fromhex(str(message.get("k")))
+                        except ValueError:
+                            key = b""
+                        kept, sealed, commitment = held.pop(i)
+                        share = open_share(pad_id, peer_role, i, commitment, key, sealed)
+                        n = length_of(i)
+                        buf = own.pop(i)
                         pad = np.frombuffer(buf, np.uint8, n, PAYLOAD_OFFSET)
-                        np.bitwise_xor(pad, np.frombuffer(data, np.uint8), out=pad)  # our share becomes the pad
+                        np.bitwise_xor(pad, np.frombuffer(share, np.uint8), out=pad)  # our share becomes the pad
+                        spare.append(kept)
                         chunk = buf[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n]
                         mine[i] = tag = chunk_tag(tag_key, i, chunk)
                         sender.post({"t": "verify", "i": i, "h": tag.hex()})
@@ -416,33 +516,110 @@ class Ceremony:
     # -- 4. all or nothing ----------------------------------------------------------------------
 
     def _finish(self, wire: Wire, partial: Partial) -> PadRecord:
+        """Compare fingerprints, store the pad (not usable yet), then trade proofs that both hold it."""
         pad_id = bytes.fromhex(partial.pad_id)
-        hashes = [bytes.fromhex(h) for h in partial.hashes]
-        self.fingerprint = fingerprint(pad_id, hashes)
+        self.fingerprint = partial.fingerprint()
         self._view("verify", sas=self.sas, done=partial.size, total=partial.size, fingerprint=self.fingerprint)
         wire.send({"t": "final", "fingerprint": self.fingerprint})
         message, _ = self._expect(wire, "final")
         if not hmac.compare_digest(str(message.get("fingerprint")), self.fingerprint):
             partial.discard(self.store)
             raise CeremonyError("The two devices computed different pads: pairing stopped, nothing stored.")
-        # Both devices hold the same pad: make it usable.
+        record = self._store_pad(partial)
+        # Stored here; it sends only once this device knows the other holds it too.
+        wire.send({"t": "stored", "fingerprint": self.fingerprint})
+        try:
+            message, _ = self._expect(wire, "stored")
+        except CeremonyBroken:
+            raise CeremonyBroken(
+                "The pad is stored but not usable yet: the other device did not confirm that it holds it too. "
+                "Run the ceremony again with it to finish the pad (or it becomes usable with the other "
+                "device's first message on it).") from None
+        if not hmac.compare_digest(str(message.get("fingerprint")), self.fingerprint):
+            raise CeremonyBroken("The other device broke the pairing protocol.")
+        self.store.confirm_pad(pad_id, "the peer's proof at the end of the ceremony")
+        self._view("done", sas=self.sas, done=partial.size, total=partial.size, fingerprint=self.fingerprint)
+        return self.store.pad(pad_id) or record
+
+    def _store_pad(self, partial: Partial) -> PadRecord:
+        """Move a wholly verified partial pad into place and record it, not yet confirmed."""
+        pad_id = bytes.fromhex(partial.pad_id)
         final = self.store.pad_path(pad_id)
         os.replace(Partial.data_path(self.store, partial.pad_id), final)
         sync_directory(final.parent)
         h2j, j2h = bytes.fromhex(partial.mailbox_h2j), bytes.fromhex(partial.mailbox_j2h)
+        hosted = partial.role == HOST
+        fp = partial.fingerprint()
         record = self.store.add_pad(
             contact=partial.contact, peer_device_id=bytes.fromhex(partial.peer_device_id), pad_id=pad_id,
-            role=INITIATOR if self.role == HOST else RESPONDER, size=partial.size,
-            mailbox_out=h2j if self.role == HOST else j2h, mailbox_in=j2h if self.role == HOST else h2j,
+            role=INITIATOR if hosted else RESPONDER, size=partial.size,
+            mailbox_out=h2j if hosted else j2h, mailbox_in=j2h if hosted else h2j,
+            confirmed=False, fingerprint=fp,
         )
         Partial.state_path(self.store, partial.pad_id).unlink(missing_ok=True)
         self.store.log_event("pad-paired", contact=partial.contact, pad_id=pad_id, length=partial.size,
-                             detail=f"in person, fingerprint {self.fingerprint}")
-        self._view("done", sas=self.sas, done=partial.size, total=partial.size, fingerprint=self.fingerprint)
-        try:
-            wire.send({"t": "committed"})
-        except CeremonyBroken:
-            pass  # the pad is committed here; the other side committed on our fingerprint
+                             detail=f"in person, fingerprint {fp}")
+        return record
+
+    # -- 0. after a cut: finish what both hold, discard what one lacks ---------------------------
+
+    def _settle(self, wire: Wire, peer_device_id: bytes) -> PadRecord | None:
+        """Settle what an earlier ceremony with this peer left unfinished; the pad finished, if any.
+
+        Each device lists the pads it shares with the peer (stored, confirmed or not) and its wholly
+        verified partial ones, with fingerprints. A pending pad (unconfirmed or partial on either side)
+        that both hold with the same fingerprint is finished on both: stored, then confirmed once the
+        other's second list shows it stored. One that only one side holds is discarded there (it never
+        sent: it was not confirmed). Both lists are known to both, so both decide alike: if any pending
+        pad was finished, this ceremony ends with it; otherwise it goes on to make a new pad.
+        """
+        stored = self.store.peer_pads(peer_device_id)
+        complete = [p for p in Partial.all_for_peer(self.store, peer_device_id) if p.complete]
+        mine: dict[str, dict] = {pid.hex(): {"state": "confirmed" if ok else "unconfirmed", "fingerprint": fp}
+                                 for pid, (ok, fp) in stored.items()}
+        mine.update({p.pad_id: {"state": "partial", "fingerprint": p.fingerprint()} for p in complete})
+        wire.send({"t": "holding", "pads": mine})
+        message, _ = self._expect(wire, "holding")
+        theirs = message.get("pads")
+        if not isinstance(theirs, dict) or not all(isinstance(v, dict) for v in theirs.values()):
+            raise CeremonyBroken("The other device sent a malformed list of pads.")
+
+        def pending(entry: dict) -> bool:
+            return entry.get("state") in ("unconfirmed", "partial")
+
+        def both_hold(pad_id: str) -> bool:
+            a, b = mine.get(pad_id), theirs.get(pad_id)
+            return (a is not None and b is not None and isinstance(a.get("fingerprint"), str)
+                    and hmac.compare_digest(str(a["fingerprint"]), str(b.get("fingerprint"))))
+
+        finishing = sorted(p for p in set(mine) | set(theirs)
+                           if (pending(mine.get(p, {})) or pending(theirs.get(p, {}))) and both_hold(p))
+        for partial in complete:
+            if partial.pad_id in finishing:
+                self._store_pad(partial)
+            else:
+                partial.discard(self.store)
+                self.store.log_event("ceremony-discarded", pad_id=bytes.fromhex(partial.pad_id),
+                                     detail="a verified partial pad the other device does not hold")
+        for pad_id, (ok, _fp) in stored.items():
+            if not ok and pad_id.hex() not in finishing:
+                self.store.remove_unused_pad(pad_id)  # never sent on: it was never confirmed
+        now = self.store.peer_pads(peer_device_id)
+        wire.send({"t": "held", "pads": sorted(pid.hex() for pid in now)})
+        message, _ = self._expect(wire, "held")
+        held = message.get("pads")
+        if not isinstance(held, list):
+            raise CeremonyBroken("The other device sent a malformed list of pads.")
+        for pad_id, (ok, _fp) in now.items():
+            if not ok and pad_id.hex() in held:
+                self.store.confirm_pad(pad_id, "the next ceremony with the peer")
+        if not finishing:
+            return None
+        record = self.store.pad(bytes.fromhex(finishing[-1]))
+        if record is None:
+            raise CeremonyBroken("The pad could not be finished: run the ceremony again.")
+        _ok, fp = self.store.peer_pads(peer_device_id).get(record.pad_id, (False, None))
+        self.fingerprint = fp or ""
         return record
 
     # -- helpers ----------------------------------------------------------------------------
@@ -546,25 +723,29 @@ class _Worker:
 
 
 class _Sender(_Worker):
-    """The sending half of the transfer: this device's shares and the receiving thread's messages.
+    """The sending half of the transfer: this device's committed shares and the receiving thread's messages.
 
-    Each share is drawn straight into one of ``WINDOW`` buffers, sealed from
-    there, and handed to the receiving thread (:meth:`take`) as soon as it is
-    sealed, before it is sent, so the receiver never waits on the connection.
-    Messages the receiver posts go out before the next share. Only this thread
-    sends while the transfer runs.
+    Each share is drawn straight into one of ``WINDOW`` buffers and sealed
+    under a key of its own (AES-256-GCM), which is committed to by a hash sent
+    with it and revealed only once the peer's matching share has arrived
+    (the receiving thread posts the key). The share is handed to the receiving
+    thread (:meth:`take`) as soon as its frame is sealed, before it is sent, so
+    the receiver never waits on the connection. Messages the receiver posts go
+    out before the next share. Only this thread sends while the transfer runs.
     """
 
     name = "otc-ceremony-send"
 
     def __init__(self, wire: Wire, fill: Callable[[memoryview], None], chunks: range,
-                 length_of: Callable[[int], int], chunk: int) -> None:
+                 length_of: Callable[[int], int], chunk: int, pad_id: bytes, role: str) -> None:
         super().__init__()
         self.wire, self.fill, self.length_of = wire, fill, length_of
+        self.pad_id, self.role = pad_id, role
         self.todo = iter(chunks)
         self.remaining = len(chunks)
         self.free = [_aligned_buffer(PAYLOAD_OFFSET + chunk) for _ in range(min(WINDOW, len(chunks)))]
-        self.sealed: dict[int, memoryview] = {}
+        self.out = bytearray(PAYLOAD_OFFSET + chunk + SEALED_EXTRA)  # the sealed share, reused (this thread's)
+        self.sealed: dict[int, tuple[memoryview, bytes]] = {}
         self.outbox: deque[dict] = deque()
         self.thread.start()
 
@@ -587,16 +768,24 @@ class _Sender(_Worker):
             self.wire.send(message)
         if i is not None and buf is not None:
             n = self.length_of(i)
-            self.fill(buf[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n])
-            self.wire.send_payload({"t": "chunk", "i": i}, buf, n, on_sealed=bind(self._sealed, i, buf))
+            share = buf[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n]
+            self.fill(share)
+            key = secrets.token_bytes(32)
+            out = memoryview(self.out)
+            AESGCM(key).encrypt_into(SHARE_NONCE, share, SHARE_LABEL + share_context(self.pad_id, self.role, i),
+                                     out[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n + SEALED_EXTRA])
+            commitment = key_commitment(self.pad_id, self.role, i, key)
+            self.wire.send_payload({"t": "chunk", "i": i, "c": commitment.hex()}, out, n + SEALED_EXTRA,
+                                   on_sealed=bind(self._sealed, i, buf, key))
 
-    def _sealed(self, i: int, buf: memoryview) -> None:
+    def _sealed(self, i: int, buf: memoryview, key: bytes) -> None:
         with self.cond:
-            self.sealed[i] = buf
+            self.sealed[i] = (buf, key)
             self.cond.notify_all()
 
-    def take(self, i: int) -> memoryview:
-        """This device's share ``i`` (once sealed); the caller may overwrite it, then :meth:`give_back` it."""
+    def take(self, i: int) -> tuple[memoryview, bytes]:
+        """This device's share ``i`` (once sealed) and its key; the caller may overwrite the share, then
+        :meth:`give_back` its buffer."""
         with self.cond:
             while i not in self.sealed and self.failure is None:
                 self.cond.wait(1.0)

@@ -90,22 +90,16 @@ class Wire:
 
     # -- plain frames (before the keys) --------------------------------------------------
 
-    def send_plain(self, kind: int, message: dict) -> bytes:
-        body = json.dumps(message, separators=(",", ":")).encode()
+    def send_raw(self, kind: int, body: bytes) -> None:
+        """Send an agreement message: exactly ``body``, in the clear."""
         self._send(kind, body)
-        return body
 
-    def recv_plain(self, kind: int) -> tuple[dict, bytes]:
+    def recv_raw(self, kind: int) -> bytes:
+        """The body of the next frame, which must be of type ``kind``, byte for byte as received."""
         got, body = self._recv()
         if got != kind:
             raise CeremonyBroken("The other device broke the pairing protocol.")
-        try:
-            message = json.loads(body)
-        except ValueError:
-            raise CeremonyBroken("The other device sent a malformed message.") from None
-        if not isinstance(message, dict):
-            raise CeremonyBroken("The other device sent a malformed message.")
-        return message, body
+        return body
 
     # -- sealed frames ---------------------------------------------------------------------
 
@@ -154,8 +148,12 @@ class Wire:
         message, payload = self.recv_view()
         return message, bytes(payload)
 
-    def recv_view(self) -> tuple[dict[str, Any], memoryview]:
-        """:meth:`recv` without copying: the payload is a view valid until the next receive."""
+    def recv_view(self, into: bytearray | None = None) -> tuple[dict[str, Any], memoryview]:
+        """:meth:`recv` without copying: the payload is a view valid until the next receive.
+
+        With ``into``, the frame is opened into that buffer instead (the payload a view of it, which
+        stays the caller's); it must hold the message, or the frame is refused as oversized.
+        """
         assert self._recv_key is not None
         kind, body = self._recv_into()
         if kind != SEALED:
@@ -165,8 +163,12 @@ class Wire:
         try:
             if len(body) < TAG:
                 raise ValueError("short frame")
-            self._plain_in = _grown(self._plain_in, len(body) - TAG)
-            plain = memoryview(self._plain_in)[: len(body) - TAG]
+            if into is None:
+                self._plain_in = _grown(self._plain_in, len(body) - TAG)
+                into = self._plain_in
+            elif len(into) < len(body) - TAG:
+                raise ValueError("frame too large")
+            plain = memoryview(into)[: len(body) - TAG]
             self._recv_key.decrypt_into(nonce, body, AAD, plain)
             (head_len,) = struct.unpack_from(">I", plain, 0)
             if 4 + head_len > len(plain):

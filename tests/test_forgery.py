@@ -281,7 +281,11 @@ def _as_made_before_v2(home) -> None:
     """Turn a home back into schema 3 (package v1's), exactly as such a home looks on disk."""
     conn = sqlite3.connect(home / "device.db")
     try:
-        conn.executescript("DROP TABLE tag_failures; ALTER TABLE pads DROP COLUMN format; PRAGMA user_version = 3;")
+        conn.executescript("ALTER TABLE pads DROP COLUMN confirmed; ALTER TABLE pads DROP COLUMN fingerprint;"  # 5
+                           "ALTER TABLE abe_keys DROP COLUMN confirmed; ALTER TABLE abe_keys DROP COLUMN fingerprint;"
+                           "ALTER TABLE abe_issued DROP COLUMN confirmed;"
+                           "ALTER TABLE abe_issued DROP COLUMN fingerprint;"
+                           "DROP TABLE tag_failures; ALTER TABLE pads DROP COLUMN format; PRAGMA user_version = 3;")
     finally:
         conn.close()
 

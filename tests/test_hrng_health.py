@@ -42,11 +42,11 @@ def biased(label: str, n: int) -> bytes:
 
 @pytest.mark.parametrize(
     ("h", "expected"),
-    [(8, 5), (7.5, 5), (7, 6), (6, 6), (4, 9), (3, 11), (2, 16), (1, 31), (0.5, 61), (0.3, 101)],
+    [(8, 6), (7.5, 7), (7, 7), (6, 8), (5, 9), (4, 11), (3, 15), (2, 21), (1, 41), (0.5, 81), (0.3, 135)],
 )
-def test_rct_cutoff_is_one_plus_ceil_30_over_h(h, expected):
+def test_rct_cutoff_is_one_plus_ceil_40_over_h(h, expected):
     assert rct_cutoff(h) == expected
-    assert expected == 1 + math.ceil(Fraction(30) / Fraction(str(h)))
+    assert expected == 1 + math.ceil(Fraction(40) / Fraction(str(h)))
 
 
 def test_rct_cutoff_at_other_alphas():
@@ -57,10 +57,12 @@ def test_rct_cutoff_at_other_alphas():
     assert rct_cutoff(8, 2.0**-20) == 4
 
 
-# The issue pins RCT 5 and APT 16 for bytes at 8 bits; the rest follow from the same formula.
+# Issue 17 pins alpha = 2^-40 (RCT 6, APT 19 for bytes at 8 bits); earlier rounds pinned 2^-30 (RCT 5,
+# APT 16); the rest follow from the same formula (checked in exact arithmetic below).
 @pytest.mark.parametrize(
     ("h", "alpha_log2", "window", "expected"),
     [
+        (8, -40, 512, 19),
         (8, -30, 512, 16),
         (7, -30, 512, 22),
         (6, -30, 512, 31),
@@ -131,7 +133,10 @@ def test_impossible_claims_are_refused(h):
 
 
 def test_default_cutoffs_for_bytes():
-    assert (BYTES.rct, BYTES.apt, BYTES.window, BYTES.alpha) == (5, 16, 512, ALPHA)
+    # SP 800-90B at alpha = 2^-40 for 8 bits per byte: RCT 1 + ceil(40 / 8) = 6; APT 1 + CRITBINOM(512, 2^-8,
+    # 1 - 2^-40) = 19 (P(Binomial(512, 1/256) > 18) is below 2^-40, P(> 17) above it).
+    assert ALPHA == 2.0**-40
+    assert (BYTES.rct, BYTES.apt, BYTES.window, BYTES.alpha) == (6, 19, 512, ALPHA)
 
 
 # -- the monitor against a sample-by-sample reference ---------------------------------
@@ -297,14 +302,14 @@ def test_apt_fails_exactly_at_the_cutoff(count):
 def test_a_failure_mid_stream_releases_nothing_from_the_failing_window():
     stream = bytearray(shake("mid", 20 * 512))
     fail_at = 13 * 512 + 200
-    stream[fail_at : fail_at + 5] = b"\x99" * 5
+    stream[fail_at : fail_at + 6] = b"\x99" * 6
     monitor = HealthMonitor(BYTES)
     released = []
     with pytest.raises(HealthTestFailure) as info:
         for i in range(0, len(stream), 64):
             released.append(monitor.feed(bytes(stream[i : i + 64])))
     out = b"".join(released)
-    assert info.value.sample <= fail_at + 4
+    assert info.value.sample <= fail_at + 5
     assert out == bytes(stream[STARTUP_SAMPLES : 13 * 512])  # every whole window before, none after
     assert bytes(stream[13 * 512 : 13 * 512 + 64]) not in out
 

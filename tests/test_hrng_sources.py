@@ -230,20 +230,33 @@ def test_a_failed_open_closes_the_sources_already_opened(tmp_path):
     assert len(os.listdir("/proc/self/fd")) <= before
 
 
-def test_an_alarm_stops_the_mixer_for_good_and_calls_the_hook_once():
-    stream = shake("good", 6000) + bytes([7]) * 100 + shake("more", 100_000)
+def test_one_alarm_discards_the_batch_and_reruns_the_startup_test_and_a_second_stops_the_draw():
+    burst = bytes([7]) * 100
+    stream = shake("good", 6000) + burst + shake("more", 20_000) + burst + shake("rest", 100_000)
     alarms: list[HRNGError] = []
+    recovered: list[HRNGError] = []
     mixer = Mixer([BytesSource(stream, url="serial:///dev/fake", chunk=512)], on_alarm=alarms.append,
-                  os_random=zeros)
+                  os_random=zeros, on_recovered=recovered.append)
     out = mixer.read(3584)
     assert out == stream[STARTUP_SAMPLES : STARTUP_SAMPLES + 3584]
+    # The first alarm: the batch being drawn is thrown away, the start-up test runs again, the draw goes on.
+    batch = mixer.read(10_000)
+    (first,) = recovered
+    assert alarms == [] and first.test == "RCT" and 6000 <= first.sample < 6000 + 6
+    # The rest of the failing read is dropped with it, and the 1024 samples after go to the start-up test.
+    at = stream.find(batch[:64])
+    assert at >= first.sample + 1 + STARTUP_SAMPLES and batch == stream[at : at + 10_000]
+    assert stream[4608 : 4608 + 64] not in batch  # what was read before the alarm is not handed out
+    assert "the start-up test runs again" in first.recovered()
+    # A second alarm within the same draw stops it, with both alarms shown.
     with pytest.raises(HealthTestFailure) as info:
-        mixer.read(10_000)
-    assert alarms == [info.value] and info.value.test == "RCT"
+        mixer.read(20_000)
+    assert alarms == [info.value] and info.value.first is first and info.value.test == "RCT"
+    assert "a second alarm in one draw" in str(info.value) and f"sample {first.sample}" in str(info.value)
     with pytest.raises(SourceHalted):
         mixer.read(1)
-    assert alarms == [info.value]
-    assert mixer.produced == 3584
+    assert alarms == [info.value] and len(recovered) == 1
+    assert mixer.produced == 3584 + 10_000
     mixer.close()
 
 

@@ -44,12 +44,13 @@ class Served:
         return {"OTC_CLIENT_HOME": str(self.laptop)}
 
 
-def serve(tmp_path: Path, name: str) -> Served:
+def serve(tmp_path: Path, name: str, address: str = "127.0.0.1") -> Served:
+    """A device serving its RPC on ``address`` (its cable-side address), its laptop paired with it."""
     home = tmp_path / name
     PadStore.init(home, name).close()
     console = Console(name, "touchscreen")
     source = PanelSource(console)
-    server = Server(ServerConfig(home=home, source=source, console=console, confirm_timeout=30), "127.0.0.1",
+    server = Server(ServerConfig(home=home, source=source, console=console, confirm_timeout=30), address,
                     0).start()
     service = server.app.extensions["otc"]
     console.attach(service.lock, service.panel_status)
@@ -97,21 +98,22 @@ def laptops(alice: Served, bob: Served, size: str = "256K") -> tuple[subprocess.
     return carried(alice, bob, ["pair"], ["--size", size])
 
 
-def carried(alice: Served, bob: Served, command: list[str], host_args: list[str]
+def carried(alice: Served, bob: Served, command: list[str], host_args: list[str], laptop: str = "127.0.0.1"
             ) -> tuple[subprocess.Popen, subprocess.Popen]:
-    """Both laptops run ``otc COMMAND host|join --device``: alice's hosts, bob's joins."""
+    """Both laptops run ``otc COMMAND host|join --device``: alice's hosts (listening on ``laptop``, its own
+    address), bob's joins."""
 
     def popen(device: Served, *args: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "onetimechat.cli", *command, *args], cwd=ROOT,
                                 env={**__import__("os").environ, **device.env}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
 
-    host = popen(alice, "host", "--device", alice.url, "--listen", "127.0.0.1:0", *host_args)
+    host = popen(alice, "host", "--device", alice.url, "--listen", f"{laptop}:0", *host_args)
     assert host.stdout is not None
     line = host.stdout.readline()
-    port = re.search(r"127\.0\.0\.1:(\d+)", line)
+    port = re.search(re.escape(laptop) + r":(\d+)", line)
     assert port, line
-    join = popen(bob, "join", "--device", bob.url, "--connect", f"127.0.0.1:{port.group(1)}")
+    join = popen(bob, "join", "--device", bob.url, "--connect", f"{laptop}:{port.group(1)}")
     return host, join
 
 

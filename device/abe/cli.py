@@ -264,6 +264,7 @@ def _grant_from_laptop(args: argparse.Namespace, role: str, device: DeviceClient
     else:
         print(f"Stored a key for {attributes} from authority {status.get('authority')} "
               f"(key {str(status.get('key_id'))[:16]}).")
+    print(f"Grant fingerprint {status.get('fingerprint')}: both devices' screens show it; compare them.")
     return 0
 
 
@@ -284,7 +285,8 @@ def cmd_grant_host(args: argparse.Namespace) -> int:
                 key = grant_host(store, wire, args.attributes, confirm, random_bytes)
             finally:
                 wire.close()
-    print(f"Issued a key for {', '.join(key.attributes)} (key {key.key_id.hex()[:16]}).")
+    print(f"Issued a key for {', '.join(key.attributes)} (key {key.key_id.hex()[:16]}); grant fingerprint "
+          f"{key.fingerprint}: the other screen must show the same.")
     return 0
 
 
@@ -301,5 +303,6 @@ def cmd_grant_join(args: argparse.Namespace) -> int:
                 key = grant_join(store, wire, confirm, random_bytes)
             finally:
                 wire.close()
-    print(f"Stored a key for {', '.join(key.attributes)} (key {key.key_id.hex()[:16]}).")
+    print(f"Stored a key for {', '.join(key.attributes)} (key {key.key_id.hex()[:16]}); grant fingerprint "
+          f"{key.fingerprint}: the other screen must show the same.")
     return 0

@@ -2,34 +2,45 @@
 
 The two devices run the same authenticated key agreement as pad pairing
 (provisioning/agree.py: a committed X25519 exchange and a short
-authentication string), under the protocol name ``otc-abe-grant-v1``. Then,
+authentication string), under the protocol name ``otc-abe-grant-v2``. Then,
 over the sealed link:
 
 1. the authority sends its public key and the attributes it offers;
 2. both devices show the pairing string, the authority's name and
    fingerprint, the member's name and the attributes; each owner confirms on
    his own device (either "no" stops the grant, nothing is issued);
-3. the authority makes the key, records it as issued (never the key itself)
-   and sends it; the member checks it against the public key with pairings,
-   stores it (sealed in a PIN-locked home) and says so.
+3. both settle what an earlier grant between them left unfinished (below);
+4. the authority makes the key, records it as issued but pending (never the
+   key itself) and sends it; the member checks it against the public key with
+   pairings, stores it pending (sealed in a PIN-locked home) and answers with
+   the grant's fingerprint; the authority checks it, counts the key as issued
+   and says so; the member then uses the key. Both screens end showing the
+   grant's fingerprint.
+
+A grant cut short leaves a pending record or key that nothing uses. The next
+grant between the same two devices settles it: each lists the grants it holds
+with the other, with their fingerprints; one both hold is confirmed on both
+(and that grant ends there, showing its fingerprint), one only a side holds is
+discarded there.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from device.abe.encoding import MemberKey, decode_member_key, decode_public_key
+from device.abe.encoding import decode_member_key, decode_public_key
 from device.abe.errors import AbeError, PolicyError
 from device.abe.policy import parse_attributes
-from device.abe.store import AbeKeys
+from device.abe.store import AbeKeys, grant_fingerprint
 from device.storage.padstore import PadStore
 from provisioning.agree import HOST, JOIN, agree
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyRefused
 from provisioning.wire import Wire
 
-PROTOCOL = "otc-abe-grant-v1"
+PROTOCOL = "otc-abe-grant-v2"
 
 
 @dataclass(frozen=True)
@@ -75,8 +86,69 @@ def _both_confirm(wire: Wire, view: GrantView, confirm: Confirm) -> None:
         raise CeremonyAborted("Grant stopped: the other device's owner did not confirm; nothing was issued.")
 
 
+@dataclass(frozen=True)
+class Granted:
+    """What a grant left on this device: the key's id and attributes, and the fingerprint both screens show."""
+
+    key_id: bytes
+    attributes: tuple[str, ...]
+    fingerprint: str
+    earlier: bool = False  # an earlier, cut grant finished now rather than a new one
+
+
+def _settle(wire: Wire, keys: AbeKeys, peer: bytes, as_authority: bool) -> Granted | None:
+    """Settle the grants an earlier ceremony between these two devices left pending; the one finished, if any.
+
+    Both sides see both lists, so both decide alike: a pending grant (on either side) that both hold with
+    the same fingerprint is confirmed on both, and this grant ends with it; one held on one side only is
+    discarded there.
+    """
+    mine = keys.grants_with(peer, as_authority)
+    listed = {kid.hex(): {"state": "confirmed" if ok else "pending", "fingerprint": fp}
+              for kid, (ok, fp, _attrs) in mine.items()}
+    wire.send({"t": "holding", "keys": listed})
+    message, _ = _expect(wire, "holding")
+    theirs = message.get("keys")
+    if not isinstance(theirs, dict) or not all(isinstance(v, dict) for v in theirs.values()):
+        raise CeremonyBroken("The other device sent a malformed list of grants.")
+
+    def pending(entry: dict | None) -> bool:
+        return bool(entry) and entry.get("state") == "pending"  # type: ignore[union-attr]
+
+    finished = None
+    for kid, (ok, fp, attrs) in sorted(mine.items()):
+        other = theirs.get(kid.hex())
+        both = isinstance(other, dict) and fp is not None and hmac.compare_digest(fp, str(other.get("fingerprint")))
+        if both and (not ok or pending(other)):
+            keys.confirm_grant(kid, as_authority)
+            finished = Granted(key_id=kid, attributes=attrs, fingerprint=fp or "", earlier=True)
+        elif not ok and not both:
+            keys.discard_grant(kid, as_authority)
+    return finished
+
+
+def _finish(wire: Wire, keys: AbeKeys, key_id: bytes, fingerprint: str, as_authority: bool) -> None:
+    """Trade the grant's fingerprint: the member says it stored the key, the authority that it counts it."""
+    if as_authority:
+        message, _ = _expect(wire, "stored")
+        if not hmac.compare_digest(str(message.get("fingerprint")), fingerprint):
+            raise CeremonyBroken("The two devices hold different grants: the link is not to be trusted.")
+        keys.confirm_grant(key_id, as_authority=True)
+        wire.send({"t": "confirmed", "fingerprint": fingerprint})
+        return
+    wire.send({"t": "stored", "fingerprint": fingerprint})
+    try:
+        message, _ = _expect(wire, "confirmed")
+    except CeremonyBroken:
+        raise CeremonyBroken("The key is stored but not usable yet: the authority did not confirm the grant. "
+                             "Run the grant again with it to finish it.") from None
+    if not hmac.compare_digest(str(message.get("fingerprint")), fingerprint):
+        raise CeremonyBroken("The two devices hold different grants: the link is not to be trusted.")
+    keys.confirm_grant(key_id, as_authority=False)
+
+
 def grant_host(store: PadStore, wire: Wire, attributes: str | list[str], confirm: Confirm,
-               random_bytes: Callable[[int], bytes] = os.urandom) -> MemberKey:
+               random_bytes: Callable[[int], bytes] = os.urandom) -> Granted:
     """The authority's side: offer ``attributes``, and issue the key once both owners confirm."""
     keys = AbeKeys(store)
     public = keys.master().public  # NotAnAuthority before anything is sent
@@ -86,15 +158,19 @@ def grant_host(store: PadStore, wire: Wire, attributes: str | list[str], confirm
     view = GrantView(role=HOST, sas=agreed.sas, authority=public.name, fingerprint=public.fingerprint,
                      member=agreed.peer_name, attributes=names)
     _both_confirm(wire, view, confirm)
+    earlier = _settle(wire, keys, agreed.peer_device_id, as_authority=True)
+    if earlier is not None:
+        return earlier
     key = keys.issue(names, member=agreed.peer_name, member_device_id=agreed.peer_device_id, how="in person",
-                     random_bytes=random_bytes)
+                     random_bytes=random_bytes, pending=True)
+    fingerprint = grant_fingerprint(public.authority_id, key, agreed.peer_device_id)
     wire.send({"t": "key"}, key.encode())
-    _expect(wire, "stored")
-    return key
+    _finish(wire, keys, key.key_id, fingerprint, as_authority=True)
+    return Granted(key_id=key.key_id, attributes=key.attributes, fingerprint=fingerprint)
 
 
 def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
-               random_bytes: Callable[[int], bytes] = os.urandom) -> MemberKey:
+               random_bytes: Callable[[int], bytes] = os.urandom) -> Granted:
     """The member's side: see what is offered, confirm, check and store the key."""
     keys = AbeKeys(store)
     agreed = agree(wire, JOIN, store, random_bytes, PROTOCOL)
@@ -114,13 +190,16 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
     view = GrantView(role=JOIN, sas=agreed.sas, authority=public.name, fingerprint=public.fingerprint,
                      member=store.device_name, attributes=names)
     _both_confirm(wire, view, confirm)
+    earlier = _settle(wire, keys, public.authority_id, as_authority=False)
+    if earlier is not None:
+        return earlier
     _, data = _expect(wire, "key")
     try:
         key = decode_member_key(data)
         if key.attributes != names:
             raise CeremonyBroken("The key does not carry the attributes both owners confirmed.")
-        keys.add_member_key(public, key)
+        fingerprint = keys.add_member_key(public, key, pending=True)
     except AbeError:
         raise CeremonyBroken("The other device sent a key that does not match its authority.") from None
-    wire.send({"t": "stored"})
-    return key
+    _finish(wire, keys, key.key_id, fingerprint, as_authority=False)
+    return Granted(key_id=key.key_id, attributes=key.attributes, fingerprint=fingerprint)

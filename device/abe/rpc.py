@@ -137,8 +137,9 @@ def start_grant(service: Any, client: Any, params: dict) -> dict:
             runner.console.show_ceremony(CeremonyView(
                 peer=str(state.get("peer", "")), stage="done", kind="grant", role=role,
                 authority=state.get("authority"), authority_fingerprint=state.get("authority_fingerprint"),
-                member=state.get("member"), attributes=key.attributes))
-        return {"outcome": outcome, "attributes": list(key.attributes), "key_id": key.key_id.hex()}
+                member=state.get("member"), attributes=key.attributes, fingerprint=key.fingerprint))
+        return {"outcome": outcome, "attributes": list(key.attributes), "key_id": key.key_id.hex(),
+                "fingerprint": key.fingerprint, "earlier": key.earlier}
 
     what = f"attributes {', '.join(attributes)}" if role == HOST else "a key"
     store.log_event("grant-started", detail=f"{role}, {what}, carried by laptop {client.name}")

@@ -10,6 +10,7 @@ prints only fingerprints; the room protocol keeps them in memory).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -37,6 +38,14 @@ from device.abe.policy import Policy, parse_attributes
 from device.abe.scheme import Encapsulation, check_member_key, decapsulate, encapsulate, keygen, setup
 from device.storage.padstore import PadStore
 from onetimechat.crypto import equal
+
+
+def grant_fingerprint(authority_id: bytes, key: MemberKey, member_device_id: bytes) -> str:
+    """What both screens show at the end of a grant: a hash of the key granted, who by and to whom."""
+    digest = hashlib.sha256(b"otc grant fingerprint v1\x00" + authority_id + member_device_id + key.key_id
+                            + ",".join(key.attributes).encode() + b"\x00"
+                            + hashlib.sha256(key.encode()).digest()).hexdigest()
+    return " ".join(digest[i : i + 4] for i in range(0, 20, 4))
 
 
 @dataclass(frozen=True)
@@ -134,8 +143,10 @@ class AbeKeys:
 
     # -- member keys ------------------------------------------------------------------------
 
-    def add_member_key(self, public: PublicKey, key: MemberKey) -> None:
-        """Store a key received from its authority, after checking it against the public key."""
+    def add_member_key(self, public: PublicKey, key: MemberKey, pending: bool = False) -> str:
+        """Store a key received from its authority, after checking it against the public key; its grant
+        fingerprint. A ``pending`` key is not used until :meth:`confirm_grant` (the authority holds the
+        grant too)."""
         self.check_authority(public)
         check_member_key(public, key)
         with self.store.transaction() as conn:
@@ -144,19 +155,23 @@ class AbeKeys:
                 " VALUES (?, ?, ?, NULL, ?)",
                 (public.authority_id, public.name, public.encode(), time.time()),
             )
+            fingerprint = grant_fingerprint(public.authority_id, key, self.store.device_id)
             conn.execute(
-                "INSERT INTO abe_keys (key_id, authority_id, attributes, secret, created) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO abe_keys (key_id, authority_id, attributes, secret, created, confirmed, fingerprint)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (key.key_id, key.authority_id, ",".join(key.attributes),
-                 self._seal(key.encode(), b"abe key " + key.key_id), time.time()),
+                 self._seal(key.encode(), b"abe key " + key.key_id), time.time(), int(not pending), fingerprint),
             )
             self.store.log(conn, "abe-key-received",
                            detail=f"key for {', '.join(key.attributes)} from authority {public.name}")
+        return fingerprint
 
     def member_keys(self, authority_id: bytes | None = None) -> list[MemberKey]:
-        sql = "SELECT key_id, secret FROM abe_keys"
+        """This device's keys (those whose grant both devices are known to hold)."""
+        sql = "SELECT key_id, secret FROM abe_keys WHERE confirmed = 1"
         params: tuple = ()
         if authority_id is not None:
-            sql += " WHERE authority_id = ?"
+            sql += " AND authority_id = ?"
             params = (authority_id,)
         rows = self.store.read(sql + " ORDER BY created", params)
         return [decode_member_key(self._open(secret, b"abe key " + bytes(kid))) for kid, secret in rows]
@@ -164,23 +179,56 @@ class AbeKeys:
     # -- issuing (the authority) -------------------------------------------------------------
 
     def issue(self, attributes: str | list[str] | tuple[str, ...], member: str, member_device_id: bytes | None,
-              how: str, random_bytes: RandomBytes = os.urandom) -> MemberKey:
-        """A new member key, recorded as issued before it leaves (the authority keeps no copy)."""
+              how: str, random_bytes: RandomBytes = os.urandom, pending: bool = False) -> MemberKey:
+        """A new member key, recorded as issued before it leaves (the authority keeps no copy). A
+        ``pending`` record counts once :meth:`confirm_grant` says the member holds the key."""
         master = self.master()
         key = keygen(master, parse_attributes(attributes), random_bytes)
+        fingerprint = grant_fingerprint(key.authority_id, key, member_device_id) if member_device_id else None
         with self.store.transaction() as conn:
             conn.execute(
-                "INSERT INTO abe_issued (key_id, authority_id, member, member_device_id, attributes, how, issued)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key.key_id, key.authority_id, member, member_device_id, ",".join(key.attributes), how, time.time()),
+                "INSERT INTO abe_issued (key_id, authority_id, member, member_device_id, attributes, how, issued,"
+                " confirmed, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key.key_id, key.authority_id, member, member_device_id, ",".join(key.attributes), how, time.time(),
+                 int(not pending), fingerprint),
             )
             self.store.log(conn, "abe-key-issued",
                            detail=f"key for {', '.join(key.attributes)} to {member} ({how})")
         return key
 
+    # -- grants both devices hold (in person, v2) -------------------------------------------------
+
+    def grants_with(self, peer: bytes, as_authority: bool) -> dict[bytes, tuple[bool, str | None, tuple[str, ...]]]:
+        """The grants between this device and another: as the authority, the keys issued to the device
+        ``peer``; as a member, the keys held from the authority ``peer`` (an authority id). Each key id
+        maps to (confirmed, fingerprint, attributes)."""
+        if as_authority:
+            rows = self.store.read("SELECT key_id, confirmed, fingerprint, attributes FROM abe_issued"
+                                   " WHERE member_device_id = ?", (peer,))
+        else:
+            rows = self.store.read("SELECT key_id, confirmed, fingerprint, attributes FROM abe_keys"
+                                   " WHERE authority_id = ?", (peer,))
+        return {bytes(r[0]): (bool(r[1]), r[2], tuple(r[3].split(","))) for r in rows}
+
+    def confirm_grant(self, key_id: bytes, as_authority: bool) -> None:
+        """The other device holds this grant too: the key may be used (member), the issue counts (authority)."""
+        table = "abe_issued" if as_authority else "abe_keys"
+        with self.store.transaction() as conn:
+            if conn.execute(f"UPDATE {table} SET confirmed = 1 WHERE key_id = ? AND confirmed = 0",
+                            (key_id,)).rowcount:
+                self.store.log(conn, "abe-grant-confirmed", detail=f"key {key_id.hex()[:16]}")
+
+    def discard_grant(self, key_id: bytes, as_authority: bool) -> None:
+        """Forget a grant the other device does not hold (never one both were known to hold)."""
+        table = "abe_issued" if as_authority else "abe_keys"
+        with self.store.transaction() as conn:
+            if conn.execute(f"DELETE FROM {table} WHERE key_id = ? AND confirmed = 0", (key_id,)).rowcount:
+                self.store.log(conn, "abe-grant-discarded",
+                               detail=f"key {key_id.hex()[:16]}: the other device does not hold it")
+
     def issued(self) -> list[Issued]:
         rows = self.store.read("SELECT key_id, member, member_device_id, attributes, how, issued FROM abe_issued"
-                               " ORDER BY issued")
+                               " WHERE confirmed = 1 ORDER BY issued")
         return [Issued(key_id=bytes(r[0]), member=r[1], member_device_id=bytes(r[2]) if r[2] else None,
                        attributes=tuple(r[3].split(",")), how=r[4], issued=r[5]) for r in rows]
 

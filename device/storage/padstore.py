@@ -33,6 +33,7 @@ from device.errors import (
     DeviceExists,
     DeviceNotInitialised,
     InvalidName,
+    PadUnconfirmed,
     StoreError,
     UnknownContact,
 )
@@ -390,12 +391,36 @@ class PadStore:
         return _pad_record(row) if row else None
 
     def pads_for_send(self, conn: sqlite3.Connection, contact: str) -> list[PadRecord]:
-        """The contact's pads that can send (retired ones left out), oldest first."""
+        """The contact's pads that can send (retired ones, and ones the peer is not yet known to hold, left
+        out), oldest first."""
         if conn.execute("SELECT 1 FROM contacts WHERE name = ?", (contact,)).fetchone() is None:
             raise UnknownContact(f"No contact named {contact!r} on this device.")
-        rows = conn.execute(f"SELECT {_PAD_COLUMNS} FROM pads WHERE contact = ? AND format >= ? ORDER BY created",
-                            (contact, PAD_FORMAT))
+        rows = conn.execute(f"SELECT {_PAD_COLUMNS} FROM pads WHERE contact = ? AND format >= ? AND confirmed = 1"
+                            " ORDER BY created", (contact, PAD_FORMAT)).fetchall()
+        if not rows and conn.execute("SELECT 1 FROM pads WHERE contact = ? AND format >= ? AND confirmed = 0",
+                                     (contact, PAD_FORMAT)).fetchone():
+            raise PadUnconfirmed(f"The pad with {contact} is not usable yet: this device does not know that "
+                                 f"{contact}'s device holds it too. Pair again in person to finish it, or wait "
+                                 f"for {contact}'s first message on it.")
         return [_pad_record(r) for r in rows]
+
+    # -- whether the peer holds a pad (pairing in person v3) ---------------------------
+
+    def peer_pads(self, peer_device_id: bytes) -> dict[bytes, tuple[bool, str | None]]:
+        """Every pad this device shares with the device ``peer_device_id``: whether it is confirmed, and its
+        fingerprint (None for pads made before pairing recorded it)."""
+        rows = self.read("SELECT p.pad_id, p.confirmed, p.fingerprint FROM pads p JOIN contacts c"
+                         " ON p.contact = c.name WHERE c.peer_device_id = ?", (peer_device_id,))
+        return {bytes(r[0]): (bool(r[1]), r[2]) for r in rows}
+
+    def confirm_pad(self, pad_id: bytes, how: str) -> bool:
+        """Mark a pad usable: its peer holds it too (``how`` says how this device knows). Whether it changed."""
+        with self.transaction() as conn:
+            changed = conn.execute("UPDATE pads SET confirmed = 1 WHERE pad_id = ? AND confirmed = 0",
+                                   (pad_id,)).rowcount
+            if changed:
+                self.log(conn, "pad-confirmed", pad_id=pad_id, detail=how)
+        return bool(changed)
 
     def destroy_retired(self) -> int:
         """Overwrite, sync and remove the bytes of retired (pre-v2) pads; return how many.
@@ -464,8 +489,13 @@ class PadStore:
         size: int,
         mailbox_out: bytes,
         mailbox_in: bytes,
+        confirmed: bool = True,
+        fingerprint: str | None = None,
     ) -> PadRecord:
-        """Register a pad whose file is already at :meth:`pad_path`."""
+        """Register a pad whose file is already at :meth:`pad_path`.
+
+        A pad made in person is added unconfirmed (it does not send) until the peer is known to hold it.
+        """
         check_name(contact)
         if size < MIN_PAD_SIZE:
             raise StoreError(f"A pad must be at least {MIN_PAD_SIZE} bytes.")
@@ -499,6 +529,9 @@ class PadStore:
                     now, PAD_FORMAT,
                 ),
             )
+            if not confirmed or fingerprint is not None:
+                conn.execute("UPDATE pads SET confirmed = ?, fingerprint = ? WHERE pad_id = ?",
+                             (int(confirmed), fingerprint, pad_id))
             self.log(conn, "pad-added", contact=contact, pad_id=pad_id, length=size,
                      detail=f"{role}, {size} bytes")
         record = self.pad(pad_id)

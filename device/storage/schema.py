@@ -134,6 +134,19 @@ STEPS: list[str] = [
         last REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 4 -> 5: ceremonies in person v3 (issue 17). A pad sends only once this device knows its peer holds it
+    # too (confirmed: the peer's proof at the end of the ceremony, the next ceremony between the two, or
+    # the first valid package from the peer); a granted key is used, and an issued one counted, only once
+    # both devices are known to hold the grant. Those from before were confirmed by their ceremony. The
+    # fingerprint both screens showed lets the next ceremony match what each side holds.
+    """
+    ALTER TABLE pads ADD COLUMN confirmed INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE pads ADD COLUMN fingerprint TEXT;
+    ALTER TABLE abe_keys ADD COLUMN confirmed INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE abe_keys ADD COLUMN fingerprint TEXT;
+    ALTER TABLE abe_issued ADD COLUMN confirmed INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE abe_issued ADD COLUMN fingerprint TEXT;
+    """,
 ]
 
 LATEST = len(STEPS)

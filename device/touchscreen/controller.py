@@ -219,6 +219,12 @@ class Controller:
         if self.console.answer_ceremony(same):
             self.ceremony_answered = True
 
+    def cancel_ceremony(self) -> None:
+        self.console.cancel_ceremony()
+
+    def close_ceremony(self) -> None:
+        self.console.close_ceremony()
+
     def dismiss(self, alarm_id: int) -> None:
         self.console.dismiss_alarm(alarm_id)
 

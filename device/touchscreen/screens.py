@@ -546,8 +546,9 @@ def draw_ceremony(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
         if not checking:
             c.text(f"{human_bytes(view.rate)}/s · about {duration(view.eta)} left", (WIDTH // 2, 270), 26, MUTED,
                    anchor="midtop", role="rate")
-        c.paragraph("Keep both devices together until this finishes.", (40, 340, 720, 40), 22, MUTED,
+        c.paragraph("Keep both devices together until this finishes.", (40, 320, 720, 40), 22, MUTED,
                     role="hint", align="center")
+        c.button("cancel", "Cancel", (WIDTH // 2 - 150, 372, 300, 88), ctl.cancel_ceremony, kind="bad", size=36)
     elif view.stage == "done":
         c.text("The pad is ready", (WIDTH // 2, 80), 34, GOOD, anchor="midtop", role="stage")
         c.text("Check that the other screen shows the same fingerprint:", (WIDTH // 2, 130), 24, MUTED,
@@ -556,9 +557,12 @@ def draw_ceremony(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
         c.paragraph(group(view.fingerprint or ""), (60, 182, 680, 150), 44, ACCENT, role="fingerprint",
                     align="center", middle=True)
         if view.total:
-            c.text(f"{human_bytes(view.total)} shared", (WIDTH // 2, 356), 24, role="text", anchor="midtop")
+            c.text(f"{human_bytes(view.total)} shared", (WIDTH // 2, 352), 24, role="text", anchor="midtop")
+        c.button("back", "Done", (WIDTH // 2 - 150, 392, 300, 80), ctl.close_ceremony, kind="good", size=36)
+        return
     else:
         c.text("Pairing failed", (WIDTH // 2, 110), 40, BAD, anchor="midtop", role="stage")
+        c.button("back", "Back", (WIDTH // 2 - 150, 380, 300, 88), ctl.close_ceremony, size=36)
     if view.message:
         c.paragraph(view.message, (40, 400 if view.stage != "failed" else 180, 720, 64), 22,
                     BAD if view.stage == "failed" else MUTED, role="ceremony-message", align="center")
@@ -592,12 +596,22 @@ def draw_grant(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     elif view.stage == "done":
         done = "The key is issued" if view.role == "host" else "The key is stored"
         c.text(done, (WIDTH // 2, 100), 36, GOOD, anchor="midtop", role="stage")
-        c.paragraph(", ".join(view.attributes), (40, 170, 720, 120), 34, ACCENT, role="attributes",
+        c.paragraph(", ".join(view.attributes), (40, 150, 720, 80), 34, ACCENT, role="attributes",
                     align="center", middle=True)
+        if view.fingerprint:
+            c.text("Check that the other screen shows the same fingerprint:", (WIDTH // 2, 240), 24, MUTED,
+                   anchor="midtop", role="text", width=720)
+            c.fill(PANEL, (40, 276, 720, 100), radius=16)
+            c.paragraph(view.fingerprint, (60, 282, 680, 88), 40, ACCENT, role="fingerprint", align="center",
+                        middle=True)
+        c.button("back", "Done", (WIDTH // 2 - 150, 392, 300, 80), ctl.close_ceremony, kind="good", size=36)
+        return
     elif view.stage == "failed":
         c.text("Grant failed", (WIDTH // 2, 110), 40, BAD, anchor="midtop", role="stage")
+        c.button("back", "Back", (WIDTH // 2 - 150, 380, 300, 88), ctl.close_ceremony, size=36)
     else:
         c.text("Waiting for the other device…", (WIDTH // 2, 140), 30, MUTED, anchor="midtop", role="stage")
+        c.button("cancel", "Cancel", (WIDTH // 2 - 150, 372, 300, 88), ctl.cancel_ceremony, kind="bad", size=36)
     if view.message:
         c.paragraph(view.message, (40, 180 if view.stage == "failed" else 400, 720, 64), 22,
                     BAD if view.stage == "failed" else MUTED, role="ceremony-message", align="center")
