@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 from device import package as fmt
@@ -214,7 +215,10 @@ def _unlock_on_tty(lock: StoreLock) -> None:
 
     from device.ui import LockState
 
-    while lock.status().state == LockState.LOCKED:
+    while (status := lock.status()).state == LockState.LOCKED:
+        wait = status.retry_at - lock.clock()
+        if wait > 0:  # after a wrong PIN: ask again once a try is allowed, not before
+            time.sleep(wait)
         try:
             pin = getpass.getpass("Device PIN: ")
         except (EOFError, OSError):

@@ -194,3 +194,46 @@ def test_a_ceremony_without_a_terminal_is_refused_before_it_listens(tmp_path, ki
     result = otc(*args, new_session=True, timeout=30)
     assert result.returncode == 2
     assert "No terminal" in error_line(result.stderr.decode())
+
+
+# -- the device's PIN at its own terminal ----------------------------------------------------------
+
+
+def _locked_home(tmp_path: Path) -> Path:
+    pin_file = tmp_path / "pin"
+    pin_file.write_text("482916\n")
+    otc("device", "init", "--home", str(tmp_path / "alice"), "--name", "alice", "--pin-file", str(pin_file),
+        check=True)
+    return tmp_path / "alice"
+
+
+def test_a_locked_device_asks_for_its_pin_at_its_terminal(tmp_path):
+    home = _locked_home(tmp_path)
+    child = spawn("device", "serve", "--home", str(home), "--listen", "127.0.0.1:0", "--confirm", "tty")
+    try:
+        child.expect(r"serving on (http://\S+) ")
+        url = child.match.group(1)
+        child.expect_exact("Device PIN: ")
+        child.sendline("000000")  # a wrong one: said so, and asked again
+        child.expect("Wrong PIN")
+        child.expect_exact("Device PIN: ")
+        child.sendline("482916")
+        child.expect("Unlocked")
+        import requests
+
+        assert requests.get(url + "/v1/health", timeout=10).json()["status"] == "ok"
+        child.sendcontrol("c")
+        status, _ = finish(child)
+        assert status in (0, 130)
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+
+
+def test_ctrl_c_at_the_devices_pin_prompt_stops_it_cleanly(tmp_path):
+    home = _locked_home(tmp_path)
+    child = spawn("device", "serve", "--home", str(home), "--listen", "127.0.0.1:0", "--confirm", "tty")
+    child.expect_exact("Device PIN: ")
+    child.sendcontrol("c")
+    status, out = finish(child)
+    assert status in (0, 130) and "Traceback" not in out and "internal error" not in out
