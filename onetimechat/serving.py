@@ -10,10 +10,14 @@ for everyone. :func:`guarded_server` adds:
   closed as soon as it is accepted (``exempt`` addresses, such as a trusted
   proxy that carries many clients, are not capped);
 * ``header_timeout`` -- seconds a connection has to deliver the headers of a
-  request it started (or, once opened, of its first request);
+  request, counted from its first byte after the previous response (or, for a
+  new connection, from when it opened). Bytes that complete no request (a bare
+  CRLF, a header line) never count as progress: only a response served resets
+  the clock;
 * ``request_timeout`` -- seconds a connection has to deliver a whole request
-  (headers and body) once it started it;
-* waitress's own ``channel_timeout`` closes keep-alive connections idle between requests.
+  (headers and body), counted the same way;
+* waitress's ``channel_timeout`` closes keep-alive connections idle between
+  requests, measured here from the last response served, not the last byte;
 
 Maintenance runs every second (waitress's ``cleanup_interval``), so a timed out
 connection is closed within a second of its deadline. Sockets are polled with
@@ -56,20 +60,25 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
 
         def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:  # noqa: A002
             self.otc_address = addr[0] if isinstance(addr, tuple) else str(addr)
-            self.otc_started = time.time()  # the first request's clock starts when the connection opens
-            self.otc_between = False  # True once a request arrived whole and no next one has begun
+            # The clock of the current phase: when the connection opened, when the first byte after the
+            # previous response arrived (otc_pending), or when the previous response was served (idle).
+            self.otc_started = time.time()
+            self.otc_pending = True  # the first request's clock starts when the connection opens
             self.otc_counted = True
             super().__init__(server, sock, addr, adj, map=map)
 
         def received(self, data: bytes) -> bool:
-            before = self.request
-            result = bool(super().received(data))
-            if self.request is None:
-                self.otc_between = True
-            elif self.request is not before and self.otc_between:
-                self.otc_between = False
-                self.otc_started = time.time()  # the next request began in this chunk
-            return result
+            if data and not self.otc_pending:
+                self.otc_pending = True  # the first byte after a response starts the header deadline
+                self.otc_started = time.time()
+            return bool(super().received(data))
+
+        def service(self) -> None:
+            super().service()
+            with self.requests_lock:
+                if not self.requests:  # a response was served and no further request waits
+                    self.otc_started = time.time()
+                    self.otc_pending = self.request is not None  # a next request had already begun
 
         def del_channel(self, map: Any = None) -> None:  # noqa: A002
             if self.otc_counted:
@@ -122,9 +131,11 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
                 if channel.requests or channel.will_close:
                     continue  # a request is being served; its answer is the app's business
                 partial = channel.request
-                if partial is None and channel.otc_between:
-                    continue  # idle between requests: waitress's channel_timeout handles it
                 waited = now - channel.otc_started
+                if not channel.otc_pending and partial is None:  # idle since its last response
+                    if waited > self.adj.channel_timeout:
+                        channel.will_close = True
+                    continue
                 if (partial is None or not partial.headers_finished) and waited > guard.header_timeout:
                     channel.will_close = True
                 elif waited > guard.request_timeout:
