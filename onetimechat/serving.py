@@ -18,6 +18,11 @@ for everyone. :func:`guarded_server` adds:
   (headers and body), counted the same way;
 * waitress's ``channel_timeout`` closes keep-alive connections idle between
   requests, measured here from the last response served, not the last byte;
+* a full server makes room: when a new connection arrives while the server
+  holds waitress's ``connection_limit``, the connection that has waited longest
+  without being served (idle, or slowest to send its request) is closed to
+  admit it, so many addresses each within their cap cannot starve a fresh
+  client (a connection whose request is being answered is never closed).
 
 Maintenance runs every second (waitress's ``cleanup_interval``), so a timed out
 connection is closed within a second of its deadline. Sockets are polled with
@@ -94,8 +99,29 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
             self.otc_open: dict[str, int] = {}
             self.otc_lock = threading.Lock()
             self.otc_refused = 0  # connections closed at accept for being over the per-address cap
+            self.otc_evicted = 0  # connections closed to make room for a new one at the connection limit
             adj = Adjustments(host=host, port=port, cleanup_interval=1, asyncore_use_poll=True, **adjustments)
             super().__init__(app, adj=adj)
+
+        def readable(self) -> bool:
+            # waitress stops accepting at connection_limit; here the server keeps accepting and makes room
+            # in handle_accept instead (see the module docstring).
+            now = time.time()
+            if now >= getattr(self, "next_channel_cleanup", 0.0):
+                self.next_channel_cleanup = now + self.adj.cleanup_interval
+                self.maintenance(now)
+            return bool(self.accepting)
+
+        def otc_make_room(self) -> bool:
+            """Close the connection waiting longest without being served; False if every one is being served."""
+            waiting = [channel for channel in list(self.active_channels.values())
+                       if not channel.requests and not channel.will_close and not channel.close_when_flushed]
+            if not waiting:
+                return False
+            victim = min(waiting, key=lambda channel: channel.otc_started)
+            self.otc_evicted += 1
+            victim.handle_close()
+            return True
 
         def handle_accept(self) -> None:
             try:
@@ -111,6 +137,9 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
                 over = self.otc_open.get(address, 0) >= guard.per_address and not guard.exempts(address)
                 if not over:
                     self.otc_open[address] = self.otc_open.get(address, 0) + 1
+            if not over and len(self._map) >= self.adj.connection_limit and not self.otc_make_room():
+                self.otc_release(address)
+                over = True  # every connection is being served: the new one waits its turn elsewhere
             if over:
                 self.otc_refused += 1
                 conn.close()
