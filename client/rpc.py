@@ -134,7 +134,7 @@ def pair(url: str, name: str, code: str | None = None, ask_code: Callable[[], st
             data = {}
         if not isinstance(data, dict):
             data = {}
-        if response.status_code == 429:
+        if response.status_code in (409, 429):  # another pairing in progress; locked after wrong codes
             raise PairingError(from_server(data.get("message", "Pairing is locked; try again later.")))
         if response.status_code in (400, 401):
             raise PairingError(from_server(data.get("message", PairingError.user_text())))
