@@ -194,3 +194,17 @@ def test_the_cli_prints_any_errors_text_visibly(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\u202e" not in err and "\u3164" not in err
     assert err.startswith("ERROR: <U+001B>]0;owned<U+0007>")
+
+
+def test_the_touchscreen_marks_characters_that_draw_as_nothing():
+    from device.touchscreen.testing import use_dummy_drivers
+
+    use_dummy_drivers()
+    import pygame
+
+    from device.touchscreen.text import Fonts
+
+    pygame.font.init()
+    fonts = Fonts()
+    for ch in BLANK:
+        assert fonts.visible(f"pay {ch}bob") == f"pay <U+{ord(ch):04X}>bob"  # never blank, never a crash
