@@ -115,7 +115,8 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
         def otc_make_room(self) -> bool:
             """Close the connection waiting longest without being served; False if every one is being served."""
             waiting = [channel for channel in list(self.active_channels.values())
-                       if not channel.requests and not channel.will_close and not channel.close_when_flushed]
+                       if not channel.requests and not channel.will_close and not channel.close_when_flushed
+                       and not channel.total_outbufs_len]  # never cut an answer short
             if not waiting:
                 return False
             victim = min(waiting, key=lambda channel: channel.otc_started)
