@@ -18,6 +18,7 @@ import requests
 from client.errors import RelayRefused, RelayUnavailable
 from client.state import normalise_url
 from onetimechat import boundedjson
+from onetimechat.text import from_server
 
 CONNECT_TIMEOUT_S = 5.0
 MAX_WAIT_S = 60
@@ -110,6 +111,6 @@ class RelayClient:
         if not isinstance(data, dict):
             raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer ({response.status_code}).")
         if response.status_code != 200:
-            message = str(data.get("message") or data.get("error") or "no details")[:200]
+            message = from_server(data.get("message") or data.get("error") or "no details")
             raise RelayRefused(f"The relay refused the request ({response.status_code}): {message}")
         return data

@@ -25,6 +25,7 @@ from client.errors import (
 from client.state import ClientState, Credentials
 from onetimechat import boundedjson, rpc
 from onetimechat.crypto import equal
+from onetimechat.text import from_server
 
 DEFAULT_TIMEOUT_S = 300.0  # a package call waits for the owner's decision
 CONNECT_TIMEOUT_S = 5.0
@@ -64,7 +65,8 @@ class DeviceClient:
                 raise ForgedResponse() from None
             if answer.get("ok"):
                 return answer.get("result")
-            raise RemoteError(str(answer.get("error", "error")), str(answer.get("message", "The device refused.")))
+            raise RemoteError(from_server(answer.get("error", "error"), 60),
+                              from_server(answer.get("message", "The device refused.")))
         raise AssertionError("unreachable")
 
     def _post(self, path: str, **kwargs: Any) -> requests.Response:
@@ -106,7 +108,7 @@ def _error_text(response: requests.Response) -> str:
         data = boundedjson.loads(response.content)
     except ValueError:
         return "no details"
-    return str(data.get("message") or data.get("error"))[:200] if isinstance(data, dict) else "no details"
+    return from_server(data.get("message") or data.get("error")) if isinstance(data, dict) else "no details"
 
 
 def pair(url: str, name: str, code: str | None = None, ask_code: Callable[[], str] | None = None,
@@ -132,10 +134,10 @@ def pair(url: str, name: str, code: str | None = None, ask_code: Callable[[], st
             data = {}
         if not isinstance(data, dict):
             data = {}
-        if response.status_code == 429:
-            raise PairingError(str(data.get("message", "Pairing is locked; try again later.")))
+        if response.status_code in (409, 429):  # another pairing in progress; locked after wrong codes
+            raise PairingError(from_server(data.get("message", "Pairing is locked; try again later.")))
         if response.status_code in (400, 401):
-            raise PairingError(str(data.get("message", PairingError.user_text())))
+            raise PairingError(from_server(data.get("message", PairingError.user_text())))
         if response.status_code != 200 or not isinstance(data, dict):
             raise ClientError(f"The device answered {response.status_code} to pairing.")
         return data

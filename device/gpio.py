@@ -10,6 +10,12 @@ when the press began, and only if it had been shown for ``ARM_S`` seconds. A
 press held across a timeout answers nothing, not the next request in the
 queue.
 
+Nor do they approve unread (the touchscreen's Accept waits until the owner
+scrolled to the end of a long request): until the screen has shown the
+request's end, a press of Confirm scrolls it down one page instead of
+approving; once the end is shown, a press of Confirm that began ``ARM_S`` later
+approves. Decline always declines. The screen says so while it waits.
+
 Pins are reached through :class:`Pins`: :class:`RPiPins` on the Pi, and
 :class:`FakePins` for tests and laptops, chosen explicitly (``OTC_GPIO=fake``
 or by passing it), never as a silent fallback. Nothing touches hardware at
@@ -190,10 +196,22 @@ class GpioPanel:
                     comparing, button.comparing = button.comparing, None
                     if now - button.since >= DEBOUNCE_S:  # a press, not a bounce
                         if request_id is not None:
-                            self.console.decide(button.approve, request_id)
+                            self._pressed(button, request_id)
                         elif comparing is not None and self.console.comparing() == comparing:
                             # No message on screen: the press answers the pairing string shown when it began.
                             self.console.answer_ceremony(button.approve)
+
+    def _pressed(self, button: _Button, request_id: int) -> None:
+        """A press of ``button`` that began while request ``request_id`` was on screen."""
+        if not button.approve:
+            self.console.decide(False, request_id)
+            return
+        whole = self.console.shown_whole()
+        if whole is None or whole[0] != request_id:
+            self.console.scroll_down(request_id)  # not all of it shown yet: Confirm pages down
+        elif button.since - whole[1] >= ARM_S:
+            self.console.decide(True, request_id)
+        # else: the end appeared as the press began, too soon to have been read: the press answers nothing
 
     def stop(self) -> None:
         self._stop.set()

@@ -11,7 +11,16 @@
    key back so the laptop stores it too.
 
 A code serves one attempt: a wrong confirmation burns it, is logged, and
-counts towards a lockout that grows with every further failure.
+counts towards a lockout that grows with every further failure, up to
+``MAX_DELAY_S``. The count is forgotten after ``FAILURE_MEMORY_S`` without a
+failure, so one stray failure an hour never keeps pairing locked. At most
+``LOGGED_PER_WINDOW`` failures an hour are logged one by one; the rest are
+counted and the count goes into the next row logged.
+
+One pairing at a time: while a session is in progress (begun, not yet
+completed, failed or expired) a further ``begin`` is refused (``pairing-busy``)
+rather than replacing it, so nobody on the cable can cut off a laptop whose
+owner is typing the code.
 """
 
 from __future__ import annotations
@@ -36,7 +45,10 @@ from onetimechat.rpc import CODE_DIGITS, format_code, transcript_of
 SESSION_TTL_S = 300.0
 FREE_FAILURES = 3  # failures before any delay
 FIRST_DELAY_S = 5.0
-MAX_DELAY_S = 3600.0
+MAX_DELAY_S = 900.0
+FAILURE_MEMORY_S = 3600.0  # failures are forgotten after this long without one
+LOG_WINDOW_S = 3600.0
+LOGGED_PER_WINDOW = 5  # pairing-failed rows per window; further failures are counted into the next row
 
 
 class PairingFailed(DeviceError):
@@ -53,6 +65,17 @@ class PairingLocked(DeviceError):
     def __init__(self, retry_after: float) -> None:
         self.retry_after = max(int(retry_after + 0.999), 1)
         super().__init__(f"Pairing is locked after repeated wrong codes; try again in {self.retry_after} s.")
+
+
+class PairingBusy(DeviceError):
+    """Another pairing is in progress on this device; wait until it completes or its code expires."""
+
+    code = "pairing-busy"
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = max(int(retry_after + 0.999), 1)
+        super().__init__("Another pairing is in progress on this device (its code is on the screen); try again "
+                         f"when it is done or in {self.retry_after} s, when its code expires.")
 
 
 def lockout_delay(failures: int) -> float:
@@ -103,7 +126,12 @@ class PairingManager:
         check_name(name)
         with self._lock:
             self._check_lock()
-            self._session = None
+            current = self._session
+            if current is not None:
+                left = self.ttl - (self.clock() - current.started)
+                if left > 0:
+                    raise PairingBusy(left)  # never replace a session in progress
+                self._drop()  # expired: no failure counted
             digits = self._fresh_code()
             session = _Session(
                 session_id=secrets.token_bytes(16),
@@ -174,15 +202,36 @@ class PairingManager:
 
     def _fail(self, why: str) -> NoReturn:
         """Burn the code, count the failure, lock if due; always raises."""
-        failures = int(self.store.setting("pairing_failures", "0") or 0) + 1
+        now = self.clock()
+        setting = self.store.setting
+        last = float(setting("pairing_last_failure", "0") or 0)
+        failures = int(setting("pairing_failures", "0") or 0)
+        if now - last > FAILURE_MEMORY_S:
+            failures = 0  # a quiet hour: earlier failures are forgotten
+        failures += 1
         delay = lockout_delay(failures)
+        window = float(setting("pairing_log_window", "0") or 0)
+        logged = int(setting("pairing_log_count", "0") or 0)
+        unlogged = int(setting("pairing_unlogged", "0") or 0)
+        if now - window >= LOG_WINDOW_S or now < window:
+            window, logged = now, 0
         with self.store.transaction() as conn:
             self.store.set_setting(conn, "pairing_failures", str(failures))
-            self.store.set_setting(conn, "pairing_locked_until", str(self.clock() + delay))
-            detail = f"{why}; {failures} failure(s) in a row"
-            if delay:
-                detail += f"; pairing locked for {int(delay)} s"
-            self.store.log(conn, "pairing-failed", detail=detail)
+            self.store.set_setting(conn, "pairing_last_failure", str(now))
+            self.store.set_setting(conn, "pairing_locked_until", str(now + delay))
+            if logged < LOGGED_PER_WINDOW:
+                detail = f"{why}; {failures} failure(s) in a row"
+                if delay:
+                    detail += f"; pairing locked for {int(delay)} s"
+                if unlogged:
+                    detail += f"; {unlogged} earlier failure(s) counted but not logged one by one"
+                self.store.log(conn, "pairing-failed", detail=detail)
+                logged, unlogged = logged + 1, 0
+            else:
+                unlogged += 1  # past the hour's rows: counted, told in the next row
+            self.store.set_setting(conn, "pairing_log_window", str(window))
+            self.store.set_setting(conn, "pairing_log_count", str(logged))
+            self.store.set_setting(conn, "pairing_unlogged", str(unlogged))
         self._drop()
         raise PairingFailed()
 

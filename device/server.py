@@ -44,7 +44,7 @@ from device.engine import FORGERY_ALARM_AT, Device
 from device.errors import Declined, DeviceError, PadExhausted, UnknownContact
 from device.home import WrongPin
 from device.package import Kind
-from device.pairing import PairingLocked, PairingManager
+from device.pairing import PairingBusy, PairingLocked, PairingManager
 from device.rooms.rpc import room_methods
 from device.storage.lock import DeviceLocked, DeviceWiped, StoreLock
 from device.storage.padstore import PadStore
@@ -599,6 +599,12 @@ def create_app(config: ServerConfig) -> Flask:
     @app.errorhandler(PairingLocked)
     def locked(exc: PairingLocked) -> Response:
         response = error(429, exc.code, str(exc), retry_after=exc.retry_after)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @app.errorhandler(PairingBusy)
+    def busy(exc: PairingBusy) -> Response:
+        response = error(409, exc.code, str(exc), retry_after=exc.retry_after)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
 

@@ -196,6 +196,8 @@ class Console:
         self._alarms: list[Alarm] = []
         self._queued = 0
         self._displayed: tuple[int, float] | None = None  # (request id, monotonic time a screen first drew it)
+        self._whole: tuple[int, float] | None = None  # (request id, monotonic time a screen first showed its end)
+        self._scroll: tuple[int, int] = (0, 0)  # (request id, pages the buttons asked the screen to scroll down)
         self._laptops: LaptopsProvider | None = None
         self._revoke: Callable[[str], bool] | None = None
         self.changed = threading.Event()  # set whenever something on screen changes
@@ -343,12 +345,42 @@ class Console:
                 self._decision = None
                 self._touch()
 
-    def displaying(self, request_id: int) -> None:
-        """A screen drew the confirmation ``request_id`` (the touchscreen calls this as it draws it)."""
+    def displaying(self, request_id: int, whole: bool = False) -> None:
+        """A screen drew the confirmation ``request_id`` (the touchscreen calls this as it draws it).
+
+        ``whole``: the screen has shown the request to its end (the owner scrolled through all of it)."""
         with self._cond:
-            if self._confirm is not None and self._confirm.request_id == request_id and \
-                    (self._displayed is None or self._displayed[0] != request_id):
-                self._displayed = (request_id, time.monotonic())
+            if self._confirm is None or self._confirm.request_id != request_id:
+                return
+            now = time.monotonic()
+            if self._displayed is None or self._displayed[0] != request_id:
+                self._displayed = (request_id, now)
+            if whole and (self._whole is None or self._whole[0] != request_id):
+                self._whole = (request_id, now)
+
+    def shown_whole(self) -> tuple[int, float] | None:
+        """(request id, when a screen first showed its end) of the confirmation on screen now, if it has been."""
+        with self._cond:
+            if self._confirm is None or self._whole is None or self._whole[0] != self._confirm.request_id:
+                return None
+            return self._whole
+
+    def scroll_down(self, request_id: int) -> None:
+        """The buttons ask the screen to show the next page of request ``request_id``."""
+        with self._cond:
+            if self._confirm is None or self._confirm.request_id != request_id:
+                return
+            pages = self._scroll[1] if self._scroll[0] == request_id else 0
+            self._scroll = (request_id, pages + 1)
+        self._touch()
+
+    def take_scroll(self, request_id: int) -> int:
+        """Pages the buttons asked the screen to scroll request ``request_id`` down since it last asked."""
+        with self._cond:
+            if self._scroll[0] != request_id:
+                return 0
+            pages, self._scroll = self._scroll[1], (request_id, 0)
+            return pages
 
     def comparing(self) -> str | None:
         """The pairing string a ceremony waits for the owner to compare, if one does (buttons answer it)."""

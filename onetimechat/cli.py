@@ -22,6 +22,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from onetimechat import __version__  # noqa: E402
 from onetimechat.errors import OTCError, UsageError  # noqa: E402
+from onetimechat.text import visible  # noqa: E402
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
@@ -98,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except OTCError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
+        # An error's text may come from a server (a hostile relay or device): never print it raw.
+        print(f"ERROR: {visible(str(exc))}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         # At a terminal the ^C the terminal echoed stays on the prompt's line; the error gets its own.

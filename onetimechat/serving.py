@@ -10,10 +10,19 @@ for everyone. :func:`guarded_server` adds:
   closed as soon as it is accepted (``exempt`` addresses, such as a trusted
   proxy that carries many clients, are not capped);
 * ``header_timeout`` -- seconds a connection has to deliver the headers of a
-  request it started (or, once opened, of its first request);
+  request, counted from its first byte after the previous response (or, for a
+  new connection, from when it opened). Bytes that complete no request (a bare
+  CRLF, a header line) never count as progress: only a response served resets
+  the clock;
 * ``request_timeout`` -- seconds a connection has to deliver a whole request
-  (headers and body) once it started it;
-* waitress's own ``channel_timeout`` closes keep-alive connections idle between requests.
+  (headers and body), counted the same way;
+* waitress's ``channel_timeout`` closes keep-alive connections idle between
+  requests, measured here from the last response served, not the last byte;
+* a full server makes room: when a new connection arrives while the server
+  holds waitress's ``connection_limit``, the connection that has waited longest
+  without being served (idle, or slowest to send its request) is closed to
+  admit it, so many addresses each within their cap cannot starve a fresh
+  client (a connection whose request is being answered is never closed).
 
 Maintenance runs every second (waitress's ``cleanup_interval``), so a timed out
 connection is closed within a second of its deadline. Sockets are polled with
@@ -56,20 +65,25 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
 
         def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:  # noqa: A002
             self.otc_address = addr[0] if isinstance(addr, tuple) else str(addr)
-            self.otc_started = time.time()  # the first request's clock starts when the connection opens
-            self.otc_between = False  # True once a request arrived whole and no next one has begun
+            # The clock of the current phase: when the connection opened, when the first byte after the
+            # previous response arrived (otc_pending), or when the previous response was served (idle).
+            self.otc_started = time.time()
+            self.otc_pending = True  # the first request's clock starts when the connection opens
             self.otc_counted = True
             super().__init__(server, sock, addr, adj, map=map)
 
         def received(self, data: bytes) -> bool:
-            before = self.request
-            result = bool(super().received(data))
-            if self.request is None:
-                self.otc_between = True
-            elif self.request is not before and self.otc_between:
-                self.otc_between = False
-                self.otc_started = time.time()  # the next request began in this chunk
-            return result
+            if data and not self.otc_pending:
+                self.otc_pending = True  # the first byte after a response starts the header deadline
+                self.otc_started = time.time()
+            return bool(super().received(data))
+
+        def service(self) -> None:
+            super().service()
+            with self.requests_lock:
+                if not self.requests:  # a response was served and no further request waits
+                    self.otc_started = time.time()
+                    self.otc_pending = self.request is not None  # a next request had already begun
 
         def del_channel(self, map: Any = None) -> None:  # noqa: A002
             if self.otc_counted:
@@ -85,8 +99,30 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
             self.otc_open: dict[str, int] = {}
             self.otc_lock = threading.Lock()
             self.otc_refused = 0  # connections closed at accept for being over the per-address cap
+            self.otc_evicted = 0  # connections closed to make room for a new one at the connection limit
             adj = Adjustments(host=host, port=port, cleanup_interval=1, asyncore_use_poll=True, **adjustments)
             super().__init__(app, adj=adj)
+
+        def readable(self) -> bool:
+            # waitress stops accepting at connection_limit; here the server keeps accepting and makes room
+            # in handle_accept instead (see the module docstring).
+            now = time.time()
+            if now >= getattr(self, "next_channel_cleanup", 0.0):
+                self.next_channel_cleanup = now + self.adj.cleanup_interval
+                self.maintenance(now)
+            return bool(self.accepting)
+
+        def otc_make_room(self) -> bool:
+            """Close the connection waiting longest without being served; False if every one is being served."""
+            waiting = [channel for channel in list(self.active_channels.values())
+                       if not channel.requests and not channel.will_close and not channel.close_when_flushed
+                       and not channel.total_outbufs_len]  # never cut an answer short
+            if not waiting:
+                return False
+            victim = min(waiting, key=lambda channel: channel.otc_started)
+            self.otc_evicted += 1
+            victim.handle_close()
+            return True
 
         def handle_accept(self) -> None:
             try:
@@ -102,6 +138,9 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
                 over = self.otc_open.get(address, 0) >= guard.per_address and not guard.exempts(address)
                 if not over:
                     self.otc_open[address] = self.otc_open.get(address, 0) + 1
+            if not over and len(self._map) >= self.adj.connection_limit and not self.otc_make_room():
+                self.otc_release(address)
+                over = True  # every connection is being served: the new one waits its turn elsewhere
             if over:
                 self.otc_refused += 1
                 conn.close()
@@ -122,9 +161,11 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
                 if channel.requests or channel.will_close:
                     continue  # a request is being served; its answer is the app's business
                 partial = channel.request
-                if partial is None and channel.otc_between:
-                    continue  # idle between requests: waitress's channel_timeout handles it
                 waited = now - channel.otc_started
+                if not channel.otc_pending and partial is None:  # idle since its last response
+                    if waited > self.adj.channel_timeout:
+                        channel.will_close = True
+                    continue
                 if (partial is None or not partial.headers_finished) and waited > guard.header_timeout:
                     channel.will_close = True
                 elif waited > guard.request_timeout:

@@ -105,3 +105,30 @@ def test_gpio_serve_opens_the_screen_with_the_buttons(tmp_path, monkeypatch):
     finally:
         panel.buttons.pins.cleanup()
         panel.screen.close()
+
+
+def test_a_press_approves_a_long_request_only_once_the_screen_showed_its_end(device):
+    """The touchscreen's Accept waits until the owner scrolled to the end; the Confirm button pages down till then."""
+    console, _, pins, screen = device
+    broker = ConfirmBroker(PanelSource(console, name="gpio"), timeout=60.0)
+    text = "Lunch at 12?" + "\n" * 80 + "PS: and wire 50k to account X."
+    answers: dict[str, bool] = {}
+    thread = ask_in_background(broker, text, answers)
+    frame = screen.wait_for(showing("Lunch at 12?"), timeout=10)
+    accept = next(t for t in frame.targets if t.name == "accept")
+    assert "the Confirm button pages down" in accept.label and not accept.enabled  # the screen says what to press
+    presses = 0
+    while "wire 50k" not in frame.text():
+        time.sleep(ARM_S + 0.1)  # long enough to have read the page shown
+        pins.press(CONFIRM_PIN)  # the owner presses Confirm without having seen the end
+        presses += 1
+        for _ in range(10):
+            frame = screen.refresh()
+            time.sleep(0.02)
+        assert thread.is_alive() and answers == {}, "a press approved a request whose end was never shown"
+        assert presses < 40
+    assert presses >= 2
+    time.sleep(ARM_S + 0.1)  # the end has been on screen long enough to be read
+    pins.press(CONFIRM_PIN)
+    thread.join(5)
+    assert answers == {text: True}

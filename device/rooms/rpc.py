@@ -1,14 +1,17 @@
 """The device RPC's room methods (added to DeviceService.methods by device/server.py).
 
     rooms          {}                         -> [status of each room, with its invite]
-    room_add       {"invite"}                 -> status
+    room_add       {"invite"}                 -> status             (confirmed by the owner first)
     room_join      {"room"}                   -> {"post": [item]}
-    room_leave     {"room"}                   -> {"post": [item]}
+    room_leave     {"room"}                   -> {"post": [item]}   (confirmed by the owner first)
     room_receive   {"room", "items": [[ref, contents], ...]} -> {"events", "post", "status"}
     room_send      {"room", "text"}           -> {"post": [item]}   (confirmed by the owner first)
 
 Items are relay text; the laptop moves them and nothing else. ``room`` is a
-room's name or id on this device.
+room's name or id on this device. Adding a room and leaving one (its membership
+keys are deleted) change what the device holds, so the owner approves them on
+the device; declined, they change nothing (``declined``). Joining a room the
+owner added, receiving and the read-only methods are not asked.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from device.errors import DeviceError
+from device.confirm import ConfirmRequest
+from device.errors import Declined, DeviceError
 from device.rooms.service import MAX_ITEMS_PER_CALL, DeviceRooms
 from device.rooms.wire import Room
 
@@ -53,16 +57,37 @@ def room_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
     def rooms(client: Any, params: dict) -> list[dict]:
         return rooms_for(service).list()
 
+    def ask(client: Any, kind: str, room: Room, question: str, declined: str) -> None:
+        request = ConfirmRequest(contact=room.name, kind=kind,
+                                 plaintext=f"{question}\n\nAsked by the laptop {client.name}.".encode(),
+                                 consumes=0, left_after=0)
+        if not service.broker.ask(request):
+            service.ready().log_event("declined", detail=f"{kind} {room.name}, asked by laptop {client.name}")
+            raise Declined(f"The owner did not approve: {declined}.")
+
     def room_add(client: Any, params: dict) -> dict:
         r = rooms_for(service)
-        room = r.add(Room.from_invite(_param(params, "invite")))
+        invite = Room.from_invite(_param(params, "invite"))
+        if invite.room_id not in r.rooms:  # adding one the device has changes nothing: not asked
+            ask(client, "room-add", invite,
+                f"Add the room {invite.name}?\n\nPolicy: {invite.policy.text}\nAuthority: {invite.authority}\n\n"
+                "A paired laptop can then join it if this device's attribute keys satisfy the policy.",
+                "no room was added")
+        room = r.add(invite)
         return r.find(room.room_id.hex()).status()
 
     def room_join(client: Any, params: dict) -> dict:
         return {"post": [rooms_for(service).join(_param(params, "room"))]}
 
     def room_leave(client: Any, params: dict) -> dict:
-        return {"post": [rooms_for(service).leave(_param(params, "room"))]}
+        r = rooms_for(service)
+        name = _param(params, "room")
+        room = r.find(name).room  # an unknown room's error before the owner is asked
+        ask(client, "room-leave", room,
+            f"Leave the room {room.name}?\n\nThis device deletes its membership keys for it at once: it can no "
+            "longer read the room's messages, and joining again needs new keys from the room.",
+            "the device did not leave the room")
+        return {"post": [r.leave(name)]}
 
     def room_receive(client: Any, params: dict) -> dict:
         raw = params.get("items")

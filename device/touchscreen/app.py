@@ -112,7 +112,10 @@ class TouchscreenApp:
         canvas = Canvas(self.surface, self.fonts, frame)
         draw(canvas, snap, self.controller)
         if screen == "confirm" and snap.confirm is not None:
-            self.console.displaying(snap.confirm.request_id)  # the buttons may now answer it (device/gpio.py)
+            # The buttons may now answer it (device/gpio.py); Confirm approves once its end was shown.
+            message = self.controller.message
+            whole = message is not None and message.request_id == snap.confirm.request_id and message.seen_end
+            self.console.displaying(snap.confirm.request_id, whole=whole)
         if key != self.frame.key:
             self._shown_at = self.monotonic()
         self.frame = frame

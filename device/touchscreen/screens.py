@@ -454,6 +454,8 @@ def draw_confirm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     # The whole message: dragged or paged through.
     c.fill(PANEL, MESSAGE_BOX, radius=10)
     viewport = MESSAGE_TEXT[3]
+    for _ in range(ctl.console.take_scroll(view.request_id)):  # pages the Confirm button asked for (gpio)
+        ctl.scroll(view.request_id, viewport - layout.line_height, viewport)
     c.message(layout, MESSAGE_TEXT, msg.offset, TEXT, WARN)
     if not view.text:
         c.text("(an empty message)", MESSAGE_TEXT[:2], MESSAGE_SIZE, MUTED, role="message-empty")
@@ -478,12 +480,15 @@ def draw_confirm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     open_ = decided is None
     c.button("decline", "Declined" if decided is False else "Decline", (MARGIN, 368, 376, 100),
              lambda: ctl.decide(view.request_id, False), kind="bad", enabled=open_, size=40)
+    buttons = snap.confirm_mode == "gpio"  # the Confirm button pages down until the end was shown (device/gpio.py)
     if decided is True:
         accept = "Accepted"
+    elif msg.seen_end:
+        accept = "Accept"
     else:
-        accept = "Accept" if msg.seen_end else "Scroll to the end first"
+        accept = "Scroll to the end first: the Confirm button pages down" if buttons else "Scroll to the end first"
     c.button("accept", accept, (408, 368, 376, 100), lambda: ctl.decide(view.request_id, True), kind="good",
-             enabled=open_ and msg.seen_end, size=40)
+             enabled=open_ and msg.seen_end, size=22 if buttons and accept.startswith("Scroll") else 40)
 
 
 def scroll_column(c: Canvas, ctl: Controller, request_id: int, offset: int, viewport: int, at_end: bool,

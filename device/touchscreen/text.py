@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pygame
 
+from onetimechat.text import BLANK
+
 # pygame's bundled font: the same glyphs on the Pi, a laptop and in CI.
 FONT_PATH = Path(pygame.__file__).resolve().parent / pygame.font.get_default_font()
 
@@ -71,7 +73,8 @@ class Fonts:
         known = self._glyphs.get(ch)
         if known is not None:
             return known
-        ok = unicodedata.category(ch) not in _HIDDEN_CATEGORIES
+        # BLANK: printable by category but drawn as nothing or blank (Hangul fillers, variation selectors, ...).
+        ok = unicodedata.category(ch) not in _HIDDEN_CATEGORIES and ord(ch) not in BLANK
         if ok:
             metrics = self.get(_PROBE_SIZE).metrics(ch)
             if not metrics or metrics[0] is None:

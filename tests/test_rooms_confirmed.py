@@ -1,0 +1,88 @@
+"""Adding and leaving a room are confirmed on the device (issue 19): a hostile paired laptop cannot do either alone.
+
+The hostile laptop is written here: it calls ``room_add`` and ``room_leave`` over the RPC directly. While the
+owner declines (or is away), nothing changes: no room is added, no membership key is deleted.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from client.errors import RemoteError
+from client.relay import RelayClient
+from client.rooms import RoomClient
+from client.rpc import DeviceClient, pair
+from client.state import ClientState
+from device.abe.store import grant_local
+from device.confirm import ConfirmRequest
+from device.storage.padstore import PadStore
+from onetimechat.cli import main
+from relay.app import create_app
+from relay.config import RelayConfig
+from relay.server import RelayServer
+from tests.chat_fixtures import OwnerSource, Person
+
+
+class Owner(OwnerSource):
+    """Declines the kinds in ``decline_kinds``; records every kind asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decline_kinds: set[str] = set()
+        self.kinds: list[str] = []
+
+    def ask(self, request: ConfirmRequest, timeout: float) -> bool:
+        self.kinds.append(request.kind)
+        return super().ask(request, timeout) and request.kind not in self.decline_kinds
+
+
+def test_room_add_and_room_leave_need_the_owners_approval(tmp_path, capsys):
+    PadStore.init(tmp_path / "auth", "auth").close()
+    assert main(["abe", "authority", "--home", str(tmp_path / "auth")]) == 0
+    relay = RelayServer(create_app(RelayConfig(db=f"sqlite:///{tmp_path / 'relay.db'}", min_free_bytes=0)),
+                        "127.0.0.1", 0, threads=4).start()
+    PadStore.init(tmp_path / "bob", "bob").close()
+    with PadStore(tmp_path / "auth") as auth, PadStore(tmp_path / "bob") as member:
+        grant_local(auth, member, "STAFF")
+    owner = Owner()
+    bob = Person("bob", tmp_path / "bob", tmp_path / "bob-laptop", owner)
+    bob.start()
+    try:
+        state = ClientState(bob.laptop)
+        pair(bob.url, name="bob-laptop", ask_code=lambda: owner.codes[-1], state=state)
+        hostile = DeviceClient(bob.url, state=state)
+        capsys.readouterr()
+        assert main(["room", "create", "--home", str(tmp_path / "auth"), "--name", "ops", "--policy", "STAFF"]) == 0
+        invite = capsys.readouterr().out.strip().splitlines()[-1]
+
+        owner.decline_kinds = {"room-add"}
+        with pytest.raises(RemoteError) as declined:
+            hostile.call("room_add", invite=invite)
+        assert declined.value.code == "declined"
+        assert owner.kinds[-1] == "room-add" and "Add the room ops?" in owner.asked[-1]
+        assert hostile.call("rooms") == []
+
+        owner.decline_kinds = set()
+        assert hostile.call("room_add", invite=invite)["room"] == "ops"
+        asked = len(owner.kinds)
+        assert hostile.call("room_add", invite=invite)["room"] == "ops"  # already there: nothing to ask
+        assert len(owner.kinds) == asked
+        rooms = RoomClient(hostile, RelayClient(relay.url))
+        rooms.join("ops")
+        for _ in range(2):
+            rooms.sync("ops")
+        assert rooms.room("ops")["joined"]
+
+        owner.decline_kinds = {"room-leave"}
+        with pytest.raises(RemoteError) as declined:
+            hostile.call("room_leave", room="ops")
+        assert declined.value.code == "declined"
+        assert owner.kinds[-1] == "room-leave" and "Leave the room ops?" in owner.asked[-1]
+        assert rooms.room("ops")["joined"]  # its membership keys are still there
+
+        owner.decline_kinds = set()
+        assert hostile.call("room_leave", room="ops")["post"]
+        assert not rooms.room("ops")["joined"]
+    finally:
+        bob.stop()
+        relay.close()
