@@ -33,7 +33,7 @@ screenshots: $(STAMP)
 	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(PY) scripts/screenshots.py docs/screenshots
 
 # The Raspberry Pi 3/4 SD-card image, from Debian bookworm packages (image/build.sh; root, about
-# 15 minutes, downloads cached in ~/.cache/onetimechat-image), and its boot test under QEMU.
+# 10 to 15 minutes, downloads cached in ~/.cache/onetimechat-image), and its boot test under QEMU.
 # Neither is part of `make test`, which checks the recipe's parts that need no build.
 image: $(STAMP)
 	PY="$(CURDIR)/$(PY)" bash image/build.sh

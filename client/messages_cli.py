@@ -87,7 +87,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def messenger_for(args: argparse.Namespace, device_timeout: float | None = None) -> Messenger:
     device = DeviceClient(args.device) if device_timeout is None else DeviceClient(args.device,
                                                                                    timeout=device_timeout)
-    messenger = Messenger(device, RelayClient(device.state.resolve_relay(args.relay)), MailStore(device.url))
+    relay = RelayClient(device.state.resolve_relay(args.relay), on_answer=device.state.relay_answered)
+    messenger = Messenger(device, relay, MailStore(device.url))
     if args.no_receipts:
         messenger.receipts = False
     return messenger
@@ -190,7 +191,8 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     device = DeviceClient(args.device)
     store = MailStore(device.url)
     if args.action == "retry":
-        messenger = Messenger(device, RelayClient(device.state.resolve_relay(args.relay)), store)
+        relay = RelayClient(device.state.resolve_relay(args.relay), on_answer=device.state.relay_answered)
+        messenger = Messenger(device, relay, store)
         sent, waiting = messenger.flush()
         print(f"{len(sent)} sent to {messenger.relay.url}; {waiting} still waiting"
               + ("" if not waiting else " (the relay does not answer)"))

@@ -9,6 +9,7 @@ is :class:`RelayRefused`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,8 +35,11 @@ class RelayMessage:
 class RelayClient:
     """Send to, receive from and acknowledge mailboxes on one relay."""
 
-    def __init__(self, url: str, session: requests.Session | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, session: requests.Session | None = None, timeout: float = 30.0,
+                 on_answer: Callable[[str], None] | None = None) -> None:
+        """``on_answer(url)`` is called once, after the relay's first well-formed answer."""
         self.url = normalise_url(url)
+        self.on_answer = on_answer
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RelayRefused(f"A relay URL looks like http://HOST:PORT, not {url[:60]!r}.")
@@ -85,6 +89,11 @@ class RelayClient:
     def withdraw(self, handle: str, token: str) -> None:
         self._post("/v1/withdraw", {"handle": handle, "token": token})
 
+    def _answered(self) -> None:
+        if self.on_answer is not None:
+            answered, self.on_answer = self.on_answer, None
+            answered(self.url)
+
     def online(self) -> set[str]:
         """The handles online now."""
         try:
@@ -94,6 +103,7 @@ class RelayClient:
             raise RelayUnavailable(f"The relay at {self.url} does not answer.") from None
         if response.status_code != 200 or not isinstance(data, dict) or not isinstance(data.get("online"), list):
             raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer ({response.status_code}).")
+        self._answered()
         return {str(item["handle"]) for item in data["online"] if isinstance(item, dict) and "handle" in item}
 
     def _post(self, path: str, payload: dict[str, Any], timeout: float | None = None) -> dict:
@@ -110,6 +120,8 @@ class RelayClient:
             raise RelayUnavailable(f"The relay at {self.url} is busy or unavailable ({response.status_code}).")
         if not isinstance(data, dict):
             raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer ({response.status_code}).")
+        if response.status_code == 200:
+            self._answered()
         if response.status_code != 200:
             message = from_server(data.get("message") or data.get("error") or "no details")
             raise RelayRefused(f"The relay refused the request ({response.status_code}): {message}")

@@ -29,9 +29,10 @@ def register(parts: argparse._SubParsersAction) -> None:
                        description="Create a room of this device's attribute authority; prints its invite "
                        "(public: it lets a device with matching keys join, and opens nothing by itself). With "
                        "--device, on the authority device this laptop is paired with.")
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--home", type=Path, help="the authority device's home (run on the device)")
-    where.add_argument("--device", metavar="URL", help="the authority device this laptop is paired with")
+    where.add_argument("--device", metavar="NAME|URL", help="the authority device this laptop is paired with "
+                       "(with neither --home nor --device, the one `otc client` remembers)")
     p.add_argument("--pin-file", type=Path, help="the home's PIN, if it is PIN-locked (with --home)")
     p.add_argument("--name", required=True, help="the room's name")
     p.add_argument("--policy", required=True, help="who may read, e.g. 'STAFF and (ADMIN or OPS)'")
@@ -74,7 +75,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _client(args: argparse.Namespace) -> RoomClient:
     device = DeviceClient(args.device)
-    return RoomClient(device, RelayClient(device.state.resolve_relay(args.relay)))
+    relay = RelayClient(device.state.resolve_relay(args.relay), on_answer=device.state.relay_answered)
+    return RoomClient(device, relay)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -121,8 +123,10 @@ def cmd_leave(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     for room in _client(args).rooms():
         state = "member" if room["joined"] else "joining" if room["joining"] else "not joined"
-        print(f"{room['room']}: {room['policy']} -- {state}, {room['members']} on the roster, epoch "
-              f"{room['epoch']} ({_members(room['epoch_members'])}, {'key held' if room['keyed'] else 'no key'})")
+        epoch = ("no epoch yet" if room["epoch"] is None else
+                 f"epoch {room['epoch']} ({_members(room['epoch_members'])}, "
+                 f"{'key held' if room['keyed'] else 'no key'})")
+        print(f"{room['room']}: {room['policy']} -- {state}, {room['members']} on the roster, {epoch}")
     return 0
 
 
@@ -142,6 +146,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     client.send(args.room, text, on_wait=waiting)
     client.sync(args.room)
+    print(f"sent to #{args.room}")
     return 0
 
 

@@ -143,6 +143,11 @@ class ClientState:
                     data[key] = value
             _write(path, data)
 
+    def relay_answered(self, url: str) -> None:
+        """Remember ``url`` as the relay to use when --relay is left out: it has just answered."""
+        if self.config().get("relay") != url:
+            self.remember(relay=url)
+
     def resolve_device(self, given: str | None) -> str:
         """The URL a device was paired under, from its name, any spelling of its URL, or nothing.
 
@@ -172,16 +177,20 @@ class ClientState:
         for creds in paired:
             if canonical_url(creds.url) == wanted:
                 return creds.url
+        if "://" not in given and ":" not in given and "/" not in given:
+            # Not a URL (no scheme, no port): a device name, and no paired device has it.
+            names = ", ".join(c.device_name for c in paired) or "none yet"
+            raise NotPaired(f"No paired device is named {given!r} (paired: {names}); `otc client` lists them, "
+                            "`otc client pair --device URL` pairs another.")
         return wanted if "://" not in given else normalise_url(given)
 
     def resolve_relay(self, given: str | None) -> str:
-        """The relay given now (remembered for next time), or the one remembered."""
+        """The relay given now, or the one remembered (a relay is remembered once it has answered:
+        :meth:`relay_answered`, so a mistyped one is not kept)."""
         if given is not None and given.strip():
             url = canonical_url(given) if "://" not in given else normalise_url(given)
             if not _looks_like_http(url):
                 raise UsageError(f"A relay URL looks like http://HOST:PORT, not {given.strip()[:60]!r}.")
-            if self.config().get("relay") != url:
-                self.remember(relay=url)
             return url
         remembered = self.config().get("relay")
         if not remembered:

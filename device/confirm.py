@@ -150,6 +150,7 @@ class TtyConfirm:
                 *text.split("\n"),
                 "-" * 60,
                 "Nothing is encrypted; no pad is used." if question else
+                "It goes under the room's key; no pad is used." if request.kind == "room" else
                 f"It uses {request.consumes} pad bytes; {request.left_after} will be left.",
                 f"Approve? [y/N] (declines in {int(timeout)} s) ",
             ]

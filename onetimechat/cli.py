@@ -97,6 +97,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         args = parser.parse_args(argv)
+        if "home" in vars(args) and "device" in vars(args) and args.home is None and args.device is None:
+            # A command that runs either on the device (--home) or from its laptop (--device), given neither:
+            # the laptop's remembered device (`otc client`), or a clear error when it has none.
+            from client.errors import NotPaired
+            from client.state import ClientState
+
+            try:
+                args.device = ClientState().resolve_device(None)
+            except NotPaired as exc:
+                raise UsageError(f"Give --home DIR (on the device) or --device NAME|URL (from its laptop): {exc}"
+                                 ) from None
         return int(args.func(args) or 0)
     except OTCError as exc:
         # An error's text may come from a server (a hostile relay or device): never print it raw.

@@ -36,10 +36,11 @@ def register(parts: argparse._SubParsersAction) -> None:
     for name, helptext in (("host", "host the ceremony (this device becomes the initiator)"),
                            ("join", "join a ceremony hosted by the other device")):
         p = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
-        where = p.add_mutually_exclusive_group(required=True)
+        where = p.add_mutually_exclusive_group()
         where.add_argument("--home", type=Path, help="this device's state directory (run on the device)")
-        where.add_argument("--device", metavar="URL",
-                           help="the device this laptop is paired with (it runs the ceremony and asks its owner)")
+        where.add_argument("--device", metavar="NAME|URL",
+                           help="the device this laptop is paired with (it runs the ceremony and asks its owner); "
+                           "with neither --home nor --device, the one `otc client` remembers")
         if name == "host":
             p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to wait for the other device")
             p.add_argument("--size", required=True, type=parse_size, help="pad size in bytes (e.g. 64M)")

@@ -264,7 +264,8 @@ def test_bad_params_get_a_documented_code(devices, who, method, params, code):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["abe", "authority"], "one of the arguments --home --device is required"),
+    (["abe", "authority", "--laptop-with-no-device"],
+     "Give --home DIR (on the device) or --device NAME|URL (from its laptop)"),
     (["abe", "status", "--device", "{url}", "--home", "/tmp/x"], "not allowed with"),
     (["abe", "grant", "join", "--device", "{url}", "--connect", "127.0.0.1:9", "--confirm", "auto"], "With --device"),
     (["abe", "status", "--device", "{url}", "--pin-file", "/tmp/pin"], "With --device"),
@@ -278,7 +279,10 @@ def test_usage_errors_from_the_laptop(devices, args, needle):
         from device.abe.store import AbeKeys
 
         AbeKeys(store).become_authority()
-    result = otc(*[a.format(url=auth.url) for a in args], env=auth.env)
+    env = auth.env
+    if "--laptop-with-no-device" in args:  # neither flag, on a laptop paired with nothing: nothing to fall back on
+        args, env = [a for a in args if a != "--laptop-with-no-device"], {"OTC_CLIENT_HOME": str(auth.laptop) + "-new"}
+    result = otc(*[a.format(url=auth.url) for a in args], env=env)
     err = result.stderr.decode().strip()
     assert result.returncode != 0 and len(err.splitlines()) == 1 and needle in err, err
 

@@ -59,7 +59,7 @@ def test_several_devices_are_chosen_by_name(served, tmp_path):
     shown = json.loads(client(laptop, "client", "show", "--json").stdout)
     assert [(d["name"], d["in_use"]) for d in shown["devices"]] == [("alice", False), ("work", True)]
     unknown = client(laptop, "client", "status", "--device", "carol", check=False)
-    assert unknown.returncode == 1 and b"not paired" in unknown.stderr
+    assert unknown.returncode == 1 and b"No paired device is named 'carol'" in unknown.stderr
 
 
 def test_no_device_paired_is_one_clear_line(tmp_path):
@@ -105,3 +105,16 @@ def test_a_relay_that_is_no_url_is_refused_and_not_remembered(tmp_path, relay):
     with pytest.raises(Exception, match="A relay URL looks like"):
         state.resolve_relay(relay)
     assert "relay" not in state.config()
+
+
+def test_device_side_commands_use_the_remembered_device(served, tmp_path):
+    """`otc abe status`, `otc pair host|join` and `otc room create` take --home on the device or --device from
+    the laptop; on a laptop with neither flag they use the device it remembers."""
+    (home, server), _ = served
+    laptop = tmp_path / "laptop"
+    client(laptop, "client", "pair", "--device", server.url, "--code", code(home))
+    out = client(laptop, "abe", "status").stdout.decode()
+    named = client(laptop, "abe", "status", "--device", "alice").stdout.decode()
+    assert out == named and out.strip()
+    nothing = client(tmp_path / "empty-laptop", "abe", "status", check=False)
+    assert nothing.returncode == 2 and b"Give --home DIR (on the device) or --device NAME|URL" in nothing.stderr

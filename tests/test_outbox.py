@@ -66,7 +66,8 @@ def test_a_retry_to_a_relay_still_down_keeps_the_item(tmp_path):
         alice = world.people["alice"].laptop
         dead = dead_relay()
         run(alice, "send", "--relay", dead, "bob", "waiting")
-        failed = run(alice, "outbox", "retry", check=False)
+        assert "none remembered" in run(alice, "client").stdout.decode()  # a relay that never answered is not kept
+        failed = run(alice, "outbox", "retry", "--relay", dead, check=False)
         out = failed.stdout.decode()
         assert failed.returncode == 1 and "0 sent" in out and "1 still waiting" in out
         assert json.loads(run(alice, "outbox", "--json").stdout)["attempts"] >= 2

@@ -189,12 +189,16 @@ def test_a_ceremony_needs_the_laptop_that_armed_it(devices):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["host", "--listen", "127.0.0.1:0", "--size", "64K"], "one of the arguments --home --device is required"),
+    (["host", "--listen", "127.0.0.1:0", "--size", "64K", "--laptop-with-no-device"],
+     "Give --home DIR (on the device) or --device NAME|URL (from its laptop)"),
     (["join", "--device", "{url}", "--home", "/tmp/x", "--connect", "127.0.0.1:9"], "not allowed with"),
     (["join", "--device", "{url}", "--connect", "127.0.0.1:9", "--confirm", "auto"], "With --device"),
 ])
 def test_pair_from_laptop_usage_errors(devices, args, needle):
     alice, _ = devices
-    result = otc("pair", *[a.format(url=alice.url) for a in args], env=alice.env)
+    env = alice.env
+    if "--laptop-with-no-device" in args:  # neither flag, on a laptop paired with nothing: nothing to fall back on
+        args, env = [a for a in args if a != "--laptop-with-no-device"], {"OTC_CLIENT_HOME": str(alice.laptop) + "-new"}
+    result = otc("pair", *[a.format(url=alice.url) for a in args], env=env)
     err = result.stderr.decode().strip()
     assert result.returncode != 0 and len(err.splitlines()) == 1 and needle in err, err

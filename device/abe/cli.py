@@ -107,10 +107,11 @@ def _home(p: argparse.ArgumentParser) -> None:
 
 
 def _home_or_device(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--home", type=Path, help="the device's state directory (run on the device)")
-    where.add_argument("--device", metavar="URL",
-                       help="the device this laptop is paired with (its owner confirms on its screen)")
+    where.add_argument("--device", metavar="NAME|URL",
+                       help="the device this laptop is paired with (its owner confirms on its screen); with "
+                       "neither --home nor --device, the one `otc client` remembers")
     p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device (with --home)")
 
 
