@@ -189,7 +189,9 @@ class GpioPanel:
                     shown = self.console.displayed()
                     # Bound to the request on screen now, if it has been there long enough to be read.
                     button.request_id = shown[0] if shown is not None and now - shown[1] >= ARM_S else None
-                    button.comparing = self.console.comparing() if shown is None else None
+                    # No request: the pairing string a screen shows, drawn long enough ago to have been read.
+                    sas = self.console.comparing_shown() if shown is None else None
+                    button.comparing = sas[0] if sas is not None and now - sas[1] >= ARM_S else None
                 elif not down and button.down:
                     button.down = False
                     request_id, button.request_id = button.request_id, None

@@ -196,6 +196,7 @@ class Console:
         self._alarms: list[Alarm] = []
         self._queued = 0
         self._displayed: tuple[int, float] | None = None  # (request id, monotonic time a screen first drew it)
+        self._sas_displayed: tuple[str, float] | None = None  # (pairing string, when a screen first drew it)
         self._whole: tuple[int, float] | None = None  # (request id, monotonic time a screen first showed its end)
         self._scroll: tuple[int, int] = (0, 0)  # (request id, pages the buttons asked the screen to scroll down)
         self._laptops: LaptopsProvider | None = None
@@ -381,6 +382,19 @@ class Console:
                 return 0
             pages, self._scroll = self._scroll[1], (request_id, 0)
             return pages
+
+    def displaying_sas(self, sas: str) -> None:
+        """A screen drew the pairing string ``sas`` for the owner to compare."""
+        with self._cond:
+            if self._sas_displayed is None or self._sas_displayed[0] != sas:
+                self._sas_displayed = (sas, time.monotonic())
+
+    def comparing_shown(self) -> tuple[str, float] | None:
+        """(pairing string, when a screen first drew it) of the string waiting to be compared, if a screen shows it."""
+        sas = self.comparing()
+        with self._cond:
+            shown = self._sas_displayed
+        return shown if sas is not None and shown is not None and shown[0] == sas else None
 
     def comparing(self) -> str | None:
         """The pairing string a ceremony waits for the owner to compare, if one does (buttons answer it)."""

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from device.gpio import CONFIRM_PIN, DECLINE_PIN, FakePins, GpioPanel
+from device.gpio import ARM_S, CONFIRM_PIN, DECLINE_PIN, FakePins, GpioPanel
 from device.storage.padstore import PadStore
 from device.touchscreen.testing import Screen, open_app
-from device.ui import CeremonyView, Console
+from device.ui import CeremonyView, Console, LockState, PinStatus, Snapshot
 from tests.test_pair_from_laptop import finish, laptops, owner, served
 
 
@@ -83,14 +83,51 @@ def test_the_gpio_buttons_answer_the_pairing_string(pin, answer):
     console = Console("alice", "gpio")
     pins = FakePins()
     panel = GpioPanel(console, pins).start()
+    app = open_app(console)
+    screen = Screen(app)
     try:
         console.show_ceremony(CeremonyView("bob", "compare", sas="123-456-789"))
         got: list[bool] = []
         waiter = threading.Thread(target=lambda: got.append(console.wait_ceremony_answer(10)))
         waiter.start()
         assert wait_for(lambda: console.waiting(), 5)  # the LED blinks for the string too
+        screen.wait_for(lambda f: f.screen == "ceremony" and screen.shows("123-456-789"), timeout=10)
+        time.sleep(ARM_S + 0.1)  # on screen long enough to have been read
         pins.press(pin)
         waiter.join(10)
         assert got == [answer]
     finally:
+        app.close()
         panel.stop()
+
+
+def test_a_gpio_press_answers_no_string_a_screen_has_not_shown_long_enough():
+    """An outside review: a button approved a pairing string no screen had drawn, 0.09 s after it arrived."""
+    console = Console("alice", "gpio")
+    pins = FakePins()
+    panel = GpioPanel(console, pins).start()
+    try:
+        console.show_ceremony(CeremonyView("bob", "compare", sas="123-456-789"))
+        got: list[bool] = []
+        waiter = threading.Thread(target=lambda: got.append(console.wait_ceremony_answer(3)))
+        waiter.start()
+        assert wait_for(lambda: console.waiting(), 5)
+        pins.press(CONFIRM_PIN)  # no screen drew it: the press answers nothing
+        console.displaying_sas("123-456-789")
+        pins.press(CONFIRM_PIN)  # drawn just now: too soon to have been read
+        waiter.join(10)
+        assert got == [False]  # no answer: the wait ran out
+    finally:
+        panel.stop()
+
+
+def test_a_tap_on_one_pairing_string_never_answers_another():
+    """The screen's key names the string: a tap begun on one frame is dropped if the string changed under it."""
+    from device.touchscreen.screens import choose
+
+    def key(sas: str) -> str:
+        snap = Snapshot(device_name="alice", lock=PinStatus(LockState.UNLOCKED), confirm_mode="touchscreen",
+                        ceremony=CeremonyView("bob", "compare", sas=sas))
+        return choose(snap, None)[1]  # type: ignore[arg-type]
+
+    assert key("111-111-111") != key("999-999-999")

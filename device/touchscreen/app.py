@@ -116,6 +116,8 @@ class TouchscreenApp:
             message = self.controller.message
             whole = message is not None and message.request_id == snap.confirm.request_id and message.seen_end
             self.console.displaying(snap.confirm.request_id, whole=whole)
+        if screen == "ceremony" and snap.ceremony is not None and snap.ceremony.stage == "compare":
+            self.console.displaying_sas(snap.ceremony.sas or "")  # the buttons may now answer this string
         if key != self.frame.key:
             self._shown_at = self.monotonic()
         self.frame = frame

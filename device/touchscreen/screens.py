@@ -79,7 +79,8 @@ def choose(snap: Snapshot, ctl: Controller) -> tuple[str, str]:
     if snap.confirm is not None:
         return "confirm", f"confirm:{snap.confirm.request_id}"
     if snap.ceremony is not None:
-        return "ceremony", f"ceremony:{snap.ceremony.stage}"
+        # The pairing string is part of the key: a tap that began on one string never answers another.
+        return "ceremony", f"ceremony:{snap.ceremony.stage}:{snap.ceremony.sas or ''}"
     if snap.pairing_code is not None:
         return "pairing-code", f"pairing-code:{snap.pairing_code}"
     if ctl.laptops_open:
