@@ -145,7 +145,10 @@ def agree(wire: Wire, role: str, store: PadStore, random_bytes: Callable[[int], 
     if len(peer_device_id) != 16 or peer_device_id == store.device_id:
         raise CeremonyRefused("A device cannot pair with itself.")
     transcript = transcript_of(commit, hello, reveal)
-    shared = secret.exchange(peer_pk)
+    try:
+        shared = secret.exchange(peer_pk)
+    except ValueError:  # a low-order point: the shared secret would be all zeros
+        raise CeremonyBroken("The other device sent a malformed hello.") from None
     master = derive_key(shared + transcript, f"{AGREEMENT} master")
     h2j = derive_key(master, f"{AGREEMENT} host to join")
     j2h = derive_key(master, f"{AGREEMENT} join to host")

@@ -672,3 +672,16 @@ def test_a_joiner_sending_shares_far_ahead_of_its_keys_cannot_fill_the_hosts_mem
     evil_sock.close()
     result = outcome["host"]
     assert isinstance(result, OTCError) and "too far ahead" in str(result), repr(result)
+
+
+def test_a_low_order_public_key_in_a_hello_is_a_malformed_hello_not_a_crash(stores):
+    """An outside review: an all-zero X25519 key in the HELLO escaped as a raw ValueError (internal error)."""
+    import re
+
+    def zero_key(index: int, frame: bytes) -> bytes:
+        if index != 1:
+            return frame
+        return re.sub(rb'("pk":\s*")([0-9a-f]{64})"', lambda m: m.group(1) + b"0" * 64 + b'"', frame)
+
+    host, join = run_agreement(stores, zero_key)
+    assert isinstance(host, CeremonyBroken) and "malformed hello" in str(host)  # the joiner learns at its next frame
