@@ -117,10 +117,7 @@ class ClientState:
         found = []
         for path in sorted((self.home / "devices").glob("*.json")):
             try:
-                record = json.loads(path.read_text())
-                found.append(Credentials(url=record["url"], client_id=bytes.fromhex(record["client_id"]),
-                                         key=base64.b64decode(record["key"]), name=record["name"],
-                                         device_name=record["device_name"]))
+                found.append(_read_credentials(path))
             except (OSError, ValueError, KeyError):
                 continue
         return sorted(found, key=lambda c: (c.device_name, c.url))
@@ -222,16 +219,8 @@ class ClientState:
             _write(path, record)
 
     def load(self, url: str) -> Credentials:
-        path = self._path(url)
         try:
-            record = json.loads(path.read_text())
-            return Credentials(
-                url=record["url"],
-                client_id=bytes.fromhex(record["client_id"]),
-                key=base64.b64decode(record["key"]),
-                name=record["name"],
-                device_name=record["device_name"],
-            )
+            return _read_credentials(self._path(url))
         except (OSError, ValueError, KeyError):
             raise NotPaired(
                 f"This laptop is not paired with {normalise_url(url)}; run `otc client pair --device {url}` first."
@@ -262,6 +251,13 @@ class ClientState:
             yield
         finally:
             os.close(fd)
+
+
+def _read_credentials(path: Path) -> Credentials:
+    """One paired device's record; OSError, ValueError or KeyError if it is missing or damaged."""
+    record = json.loads(path.read_text())
+    return Credentials(url=record["url"], client_id=bytes.fromhex(record["client_id"]),
+                       key=base64.b64decode(record["key"]), name=record["name"], device_name=record["device_name"])
 
 
 def _write(path: Path, record: dict) -> None:

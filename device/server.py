@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
@@ -40,7 +39,7 @@ from device.abe.rpc import abe_methods, start_grant
 from device.ceremonies import CeremonyRunner
 from device.clients import ClientRegistry, PairedClient
 from device.confirm import DEFAULT_TIMEOUT_S, ConfirmBroker, ConfirmRequest, ConfirmSource
-from device.engine import FORGERY_ALARM_AT, Device
+from device.engine import FORGERY_ALARM_AT, Device, RefusalBudget
 from device.errors import Declined, DeviceError, PadExhausted, UnknownContact
 from device.home import WrongPin
 from device.package import Kind
@@ -100,41 +99,6 @@ ALARM_EVENTS = {
 }
 
 
-class RefusalCounter:
-    """Unauthenticated refusals, counted in memory and written as one aggregate event per interval.
-
-    Anyone who reaches the RPC port can send calls that fail; writing (and syncing) each one would let them wear
-    the SD card and flood the log, so a refusal costs a counter bump and the log gets one ``rpc-refused`` row per
-    ``interval`` seconds at most (and when the owner reads the log or status, and at close).
-    """
-
-    def __init__(self, interval: float = REFUSALS_FLUSH_S, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
-        self._last_flush = clock()
-        self.total = 0  # since start, for status
-
-    def due(self) -> bool:
-        with self._lock:
-            return bool(self._counts) and self.clock() - self._last_flush >= self.interval
-
-    def count(self, why: str) -> bool:
-        """Count one refusal; True when an aggregate is due to be written."""
-        with self._lock:
-            self._counts[why] = self._counts.get(why, 0) + 1
-            self.total += 1
-            return self.clock() - self._last_flush >= self.interval
-
-    def take(self) -> dict[str, int]:
-        """The counts since the last flush, reset."""
-        with self._lock:
-            counts, self._counts = self._counts, {}
-            self._last_flush = self.clock()
-            return counts
-
-
 class DeviceService:
     """Everything the RPC serves, built once per app; the store opens once unlocked."""
 
@@ -169,7 +133,9 @@ class DeviceService:
             "ceremony_start": self.ceremony_start,
             "ceremony_status": self.ceremony_status,
         }
-        self.refusals = RefusalCounter()
+        # Unauthenticated refusals: none written one by one (a row per call would let anyone who reaches the
+        # port wear the SD card and flood the log); one ``rpc-refused`` row an interval, and at close.
+        self.refusals = RefusalBudget(rows=0, interval=REFUSALS_FLUSH_S)
         self._lock_random = threading.Lock()
         self._hrng_state: str | None = None  # None until the first draw; then "healthy" or the last alarm
         self.ceremonies = CeremonyRunner(self.ready, config.address, self.console, _ceremony_compare(config.source),
@@ -286,7 +252,7 @@ class DeviceService:
         store = self.store
         if store is None or not (force or self.refusals.due()):
             return
-        counts = self.refusals.take()
+        counts, _ = self.refusals.take()
         if counts:
             detail = "; ".join(f"{n} {why}" for why, n in sorted(counts.items()))
             store.log_event("rpc-refused", length=sum(counts.values()),
@@ -476,8 +442,9 @@ class DeviceService:
         return rpc.seal_response(client.keys, counter, answer)
 
     def _refused(self, why: str) -> NoReturn:
-        # Counted, not written: the log gets the aggregate (RefusalCounter).
-        if self.refusals.count(why):
+        # Counted, not written: the log gets the aggregate (flush_refusals).
+        self.refusals.defer(why)
+        if self.refusals.due():
             self.flush_refusals()
         raise rpc.Unauthorized()
 
