@@ -137,6 +137,7 @@ class CeremonyView:
     eta: float = 0.0  # seconds left
     fingerprint: str | None = None
     message: str = ""
+    existing: bool = False  # the peer's device is a contact already: the pad is added to it
     # An attribute-key grant (device/abe/rpc.py) is a ceremony too: the owners compare the pairing string and
     # what is granted, who by and to whom.
     kind: str = "pad"  # "pad" or "grant"

@@ -54,8 +54,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from device.errors import ContactExists
 from device.localpair import check_size
+from device.package import auth_key_range
 from device.storage.atrest import PadCipher
-from device.storage.padfile import sync_directory
+from device.storage.padfile import PadFile, sync_directory
 from device.storage.padstore import INITIATOR, RESPONDER, PadRecord, PadStore, check_name
 from device.ui import CeremonyView
 from onetimechat.errors import OTCError
@@ -64,7 +65,8 @@ from provisioning.agree import format_sas as format_sas
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyError, CeremonyRefused
 from provisioning.wire import PAYLOAD_OFFSET, Wire
 
-PROTOCOL = "otc-pairing-v3"  # v3: commitments bind bytes, shares committed ahead, pads confirmed by both
+PROTOCOL = "otc-pairing-v4"  # v3: commitments bind bytes, shares committed ahead, pads confirmed by both;
+# v4: what an earlier ceremony left is settled on proofs of holding the pad, never on a claimed device id
 CHUNK = 4 << 20
 MAX_CHUNK = 4 << 20
 WINDOW = 4  # own shares generated (and sealed) ahead of the peer's
@@ -118,6 +120,26 @@ def open_share(pad_id: bytes, role: str, index: int, commitment: bytes, key: byt
     except Exception:  # noqa: BLE001 - InvalidTag, or a length cryptography refuses: one error
         raise CeremonyError("The other device did not keep its commitment to its share: pairing stopped.") from None
     return share
+
+
+SETTLE_BINDING = "otc ceremony v4 settle"
+SETTLE_PROOF_LABEL = b"otc ceremony v4 settle proof\x00"
+
+
+def proof_key(pad_file: PadFile, size: int) -> bytes:
+    """A pad's proof key: its two authentication keys R (initiator's, then responder's).
+
+    Both devices hold them, nobody else does, and no package ever spends them as keystream or wipes them,
+    so they prove that a device holds the pad for as long as it exists, used up or not.
+    """
+    return b"".join(bytes(pad_file.read(lo, hi - lo)) for lo, hi in (auth_key_range(True, size),
+                                                                        auth_key_range(False, size)))
+
+
+def settle_proof(key: bytes, binding: bytes, role: str, pad_id: str) -> str:
+    """A device's proof, in this session and role, that it holds the pad ``pad_id`` (hex) keyed ``key``."""
+    return hmac.new(key, SETTLE_PROOF_LABEL + binding + role.encode() + b"\x00" + bytes.fromhex(pad_id),
+                    hashlib.sha256).hexdigest()
 
 
 def chunk_tag(tag_key: AESGCM, index: int, chunk: bytes | memoryview) -> bytes:
@@ -181,6 +203,15 @@ class Partial:
 
     def fingerprint(self) -> str:
         return fingerprint(bytes.fromhex(self.pad_id), [bytes.fromhex(h) for h in self.hashes])
+
+    def proof_key(self, store: PadStore) -> bytes:
+        """The proof key of a wholly verified partial pad (see :func:`proof_key`)."""
+        pad_id = bytes.fromhex(self.pad_id)
+        pad_file = PadFile(self.data_path(store, self.pad_id), self.size, store.pad_cipher(pad_id))
+        try:
+            return proof_key(pad_file, self.size)
+        finally:
+            pad_file.close()
 
     @classmethod
     def sweep_orphans(cls, store: PadStore, min_age: float = ORPHAN_AGE_S) -> list[str]:
@@ -250,6 +281,7 @@ class Ceremony:
         self.persist_every = persist_every
         self._last_view = 0.0
         self.peer_name = ""
+        self.known_contact: str | None = None
         self.sas = ""
         self.fingerprint = ""
 
@@ -259,6 +291,9 @@ class Ceremony:
         for pad_id in Partial.sweep_orphans(self.store):
             self.store.log_event("ceremony-swept", detail=f"an unrecorded partial pad {pad_id[:8]} was deleted")
         peer_device_id = self._agree(wire)
+        # A device id already filed under a contact: the screen says the pad joins that contact, so an owner
+        # facing someone else sees it (and the settle below stops a device that cannot prove the id).
+        self.known_contact = self._known_contact(peer_device_id)
         self.on_sas(self.sas)
         self._view("compare", sas=self.sas)
         approved = bool(self.compare(self.sas))
@@ -290,13 +325,18 @@ class Ceremony:
 
     # -- 2. what to make, or where to resume -----------------------------------------------
 
+    def _known_contact(self, peer_device_id: bytes) -> str | None:
+        """The contact this device files the peer's device id under, if any (the id is the peer's word)."""
+        rows = self.store.read("SELECT name FROM contacts WHERE peer_device_id = ?", (peer_device_id,))
+        return str(rows[0][0]) if rows else None
+
     def _contact_name(self, peer_device_id: bytes) -> str:
         name = self.name or self.peer_name
-        rows = self.store.read("SELECT name FROM contacts WHERE peer_device_id = ?", (peer_device_id,))
-        if rows:
-            if self.name and rows[0][0] != self.name:
-                raise ContactExists(f"That device is already a contact, named {rows[0][0]!r}.")
-            return str(rows[0][0])
+        known = self._known_contact(peer_device_id)
+        if known is not None:
+            if self.name and known != self.name:
+                raise ContactExists(f"That device is already a contact, named {known!r}.")
+            return known
         if self.store.read("SELECT 1 FROM contacts WHERE name = ?", (name,)):
             raise ContactExists(f"A contact named {name!r} already exists for another device; "
                                 "choose another with --name.")
@@ -566,44 +606,72 @@ class Ceremony:
     def _settle(self, wire: Wire, peer_device_id: bytes) -> PadRecord | None:
         """Settle what an earlier ceremony with this peer left unfinished; the pad finished, if any.
 
-        Each device lists the pads it shares with the peer (stored, confirmed or not) and its wholly
-        verified partial ones, with fingerprints. A pending pad (unconfirmed or partial on either side)
-        that both hold with the same fingerprint is finished on both: stored, then confirmed once the
-        other's second list shows it stored. One that only one side holds is discarded there (it never
-        sent: it was not confirmed). Both lists are known to both, so both decide alike: if any pending
-        pad was finished, this ceremony ends with it; otherwise it goes on to make a new pad.
+        The peer's device id is only its word, so nothing here rests on it. Each device lists the pads it
+        holds with the device the peer says it is (stored, confirmed or not, and wholly verified partial
+        ones), each with a proof that it holds that pad: an HMAC keyed with the pad's two authentication
+        keys (R, never used as keystream and never wiped) over this session's binding and its role. A pad
+        counts as held by both only when the peer's proof for it verifies. A peer that proves none of the
+        pads this device has confirmed with that id is not that device: the ceremony stops, nothing
+        changed. A pending pad (unconfirmed or partial on either side) that both hold is finished on both:
+        stored, then confirmed once the other's second list shows it stored. One that only this side holds
+        is discarded there if it is a partial (the peer cannot have confirmed a pad this device never
+        stored), and if it is stored only once the peer has proved who it is (it holds another pad of
+        ours): a stranger's word never destroys a pad the real peer may use. If any pending pad was
+        finished, this ceremony ends with it; otherwise it goes on to make a new pad.
         """
-        stored = self.store.peer_pads(peer_device_id)
+        bind = wire.export(SETTLE_BINDING)
+        peer_role = JOIN if self.role == HOST else HOST
+        keys: dict[str, bytes] = {}  # pad id (hex) -> the pad's proof key
+        states: dict[str, str] = {}
+        confirmed: set[str] = set()
+        for raw_id, (ok, _fp) in self.store.peer_pads(peer_device_id).items():
+            record = self.store.pad(raw_id)
+            if record is None or record.retired:  # a retired pad's bytes are destroyed: it proves nothing
+                continue
+            keys[raw_id.hex()] = proof_key(self.store.pad_file(record), record.size)
+            states[raw_id.hex()] = "confirmed" if ok else "unconfirmed"
+            if ok:
+                confirmed.add(raw_id.hex())
         complete = [p for p in Partial.all_for_peer(self.store, peer_device_id) if p.complete]
-        mine: dict[str, dict] = {pid.hex(): {"state": "confirmed" if ok else "unconfirmed", "fingerprint": fp}
-                                 for pid, (ok, fp) in stored.items()}
-        mine.update({p.pad_id: {"state": "partial", "fingerprint": p.fingerprint()} for p in complete})
-        wire.send({"t": "holding", "pads": mine})
+        for partial in complete:
+            keys[partial.pad_id] = partial.proof_key(self.store)
+            states[partial.pad_id] = "partial"
+        wire.send({"t": "holding", "pads": {pid: {"state": states[pid],
+                                                  "proof": settle_proof(keys[pid], bind, self.role, pid)}
+                                            for pid in keys}})
         message, _ = self._expect(wire, "holding")
         theirs = message.get("pads")
         if not isinstance(theirs, dict) or not all(isinstance(v, dict) for v in theirs.values()):
             raise CeremonyBroken("The other device sent a malformed list of pads.")
+        proven = {pid for pid in keys if isinstance(theirs.get(pid), dict)
+                  and hmac.compare_digest(str(theirs[pid].get("proof")).encode(),
+                                          settle_proof(keys[pid], bind, peer_role, pid).encode())}
+        if confirmed and not proven & confirmed:
+            contact = self._known_contact(peer_device_id) or "a contact"
+            wire.send({"t": "refuse", "reason": "the other device did not prove it is the device it says"})
+            self.store.log_event("ceremony-impostor", contact=contact,
+                                 detail="a device gave the id of a contact's device but proved none of its pads")
+            raise CeremonyRefused(
+                f"The other device says it is {contact}'s device but proved it holds none of the pads shared with "
+                f"{contact}: pairing stopped, nothing changed.")
 
-        def pending(entry: dict) -> bool:
-            return entry.get("state") in ("unconfirmed", "partial")
+        def pending(pid: str) -> bool:
+            return states.get(pid) in ("unconfirmed", "partial") or \
+                str(theirs[pid].get("state")) in ("unconfirmed", "partial")
 
-        def both_hold(pad_id: str) -> bool:
-            a, b = mine.get(pad_id), theirs.get(pad_id)
-            return (a is not None and b is not None and isinstance(a.get("fingerprint"), str)
-                    and hmac.compare_digest(str(a["fingerprint"]), str(b.get("fingerprint"))))
-
-        finishing = sorted(p for p in set(mine) | set(theirs)
-                           if (pending(mine.get(p, {})) or pending(theirs.get(p, {}))) and both_hold(p))
+        finishing = sorted(pid for pid in proven if pending(pid))
         for partial in complete:
             if partial.pad_id in finishing:
                 self._store_pad(partial)
-            else:
+            else:  # on the peer's word: it cannot have confirmed a pad this device never stored (no proof sent)
                 partial.discard(self.store)
                 self.store.log_event("ceremony-discarded", pad_id=bytes.fromhex(partial.pad_id),
                                      detail="a verified partial pad the other device does not hold")
-        for pad_id, (ok, _fp) in stored.items():
-            if not ok and pad_id.hex() not in finishing:
-                self.store.remove_unused_pad(pad_id)  # never sent on: it was never confirmed
+        for pid, state in states.items():
+            # A stored pad may be confirmed on the peer (it had this device's proof): it goes only once the peer
+            # has proved who it is. Never sent on here: it was never confirmed.
+            if state == "unconfirmed" and pid not in finishing and proven:
+                self.store.remove_unused_pad(bytes.fromhex(pid))
         now = self.store.peer_pads(peer_device_id)
         wire.send({"t": "held", "pads": sorted(pid.hex() for pid in now)})
         message, _ = self._expect(wire, "held")
@@ -611,7 +679,7 @@ class Ceremony:
         if not isinstance(held, list):
             raise CeremonyBroken("The other device sent a malformed list of pads.")
         for pad_id, (ok, _fp) in now.items():
-            if not ok and pad_id.hex() in held:
+            if not ok and pad_id.hex() in held and pad_id.hex() in proven:
                 self.store.confirm_pad(pad_id, "the next ceremony with the peer")
         if not finishing:
             return None
@@ -633,7 +701,9 @@ class Ceremony:
         return message, data
 
     def _view(self, stage: str, **fields: object) -> None:
-        self.on_progress(CeremonyView(peer=self.name or self.peer_name, stage=stage, **fields))  # type: ignore[arg-type]
+        self.on_progress(CeremonyView(peer=self.known_contact or self.name or self.peer_name,
+                                      existing=self.known_contact is not None, stage=stage,
+                                      **fields))  # type: ignore[arg-type]
 
 
 # -- the transfer's helpers -----------------------------------------------------------------

@@ -267,7 +267,7 @@ class HostileJoiner:
         secret = X25519PrivateKey.generate()
         commit = read_frame(self.sock)[5:]
         hello = json.dumps({"device_id": os.urandom(16).hex(), "name": "mallory", "nonce": os.urandom(16).hex(),
-                            "pk": secret.public_key().public_bytes_raw().hex(), "protocol": "otc-pairing-v3",
+                            "pk": secret.public_key().public_bytes_raw().hex(), "protocol": "otc-pairing-v4",
                             "role": "join"}).encode()
         self.frame(1, hello)
         reveal = read_frame(self.sock)[5:]

@@ -2,7 +2,7 @@
 
 The two devices run the same authenticated key agreement as pad pairing
 (provisioning/agree.py: a committed X25519 exchange and a short
-authentication string), under the protocol name ``otc-abe-grant-v2``. Then,
+authentication string), under the protocol name ``otc-abe-grant-v3``. Then,
 over the sealed link:
 
 1. the authority sends its public key and the attributes it offers;
@@ -19,13 +19,17 @@ over the sealed link:
 
 A grant cut short leaves a pending record or key that nothing uses. The next
 grant between the same two devices settles it: each lists the grants it holds
-with the other, with their fingerprints; one both hold is confirmed on both
-(and that grant ends there, showing its fingerprint), one only a side holds is
-discarded there.
+with the other, each with a proof that it holds it (an HMAC keyed with the
+grant's proof key, which only the member's key and the authority's record
+give, over this session); one both provably hold is confirmed on both (and
+that grant ends there, showing its fingerprint), one only a side holds is
+discarded there once the other has proved who it is. A device that claims
+another's id but proves none of its confirmed grants is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 from collections.abc import Callable
@@ -40,7 +44,7 @@ from provisioning.agree import HOST, JOIN, agree
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyRefused
 from provisioning.wire import Wire
 
-PROTOCOL = "otc-abe-grant-v2"
+PROTOCOL = "otc-abe-grant-v3"  # v3: what an earlier grant left is settled on proofs, never on an id
 
 
 @dataclass(frozen=True)
@@ -96,33 +100,58 @@ class Granted:
     earlier: bool = False  # an earlier, cut grant finished now rather than a new one
 
 
+SETTLE_BINDING = "otc abe grant v3 settle"
+SETTLE_PROOF_LABEL = b"otc abe grant v3 settle proof\x00"
+
+
+def settle_proof(key: bytes, binding: bytes, as_authority: bool, key_id: str) -> str:
+    """A device's proof, in this session and role, that it holds the grant ``key_id`` (hex)."""
+    role = b"authority" if as_authority else b"member"
+    return hmac.new(key, SETTLE_PROOF_LABEL + binding + role + b"\x00" + bytes.fromhex(key_id),
+                    hashlib.sha256).hexdigest()
+
+
 def _settle(wire: Wire, keys: AbeKeys, peer: bytes, as_authority: bool) -> Granted | None:
     """Settle the grants an earlier ceremony between these two devices left pending; the one finished, if any.
 
-    Both sides see both lists, so both decide alike: a pending grant (on either side) that both hold with
-    the same fingerprint is confirmed on both, and this grant ends with it; one held on one side only is
-    discarded there.
+    Who the peer is rests on its word (a device id, an authority's public key), so nothing here takes the
+    word alone: each lists its grants with the other, each with a proof that it holds it (an HMAC keyed with
+    the grant's proof key over this session's binding and its role). A grant counts as held by both only
+    when the other's proof verifies. A peer that proves none of the grants this device has confirmed with
+    it is not that device: the grant stops, nothing changed. Both sides see both lists, so both decide
+    alike: a pending grant (on either side) that both hold is confirmed on both, and this grant ends with
+    it; one only this side holds is discarded there, a member's key only once the authority has proved who it
+    is (the authority may already count it).
     """
+    binding = wire.export(SETTLE_BINDING)
     mine = keys.grants_with(peer, as_authority)
-    listed = {kid.hex(): {"state": "confirmed" if ok else "pending", "fingerprint": fp}
-              for kid, (ok, fp, _attrs) in mine.items()}
+    proof_keys = {kid.hex(): pk for kid, pk in keys.grant_proof_keys(peer, as_authority).items() if kid in mine}
+    listed = {kid: {"state": "confirmed" if mine[bytes.fromhex(kid)][0] else "pending",
+                    "proof": settle_proof(pk, binding, as_authority, kid)} for kid, pk in proof_keys.items()}
     wire.send({"t": "holding", "keys": listed})
     message, _ = _expect(wire, "holding")
     theirs = message.get("keys")
     if not isinstance(theirs, dict) or not all(isinstance(v, dict) for v in theirs.values()):
         raise CeremonyBroken("The other device sent a malformed list of grants.")
-
-    def pending(entry: dict | None) -> bool:
-        return bool(entry) and entry.get("state") == "pending"  # type: ignore[union-attr]
-
+    proven = {kid for kid, pk in proof_keys.items() if isinstance(theirs.get(kid), dict)
+              and hmac.compare_digest(str(theirs[kid].get("proof")).encode(),
+                                      settle_proof(pk, binding, not as_authority, kid).encode())}
+    confirmed = {kid for kid in proof_keys if mine[bytes.fromhex(kid)][0]}
+    if confirmed and not proven & confirmed:
+        wire.send({"t": "refuse", "reason": "the other device did not prove it is the device it says"})
+        keys.store.log_event("ceremony-impostor", detail="a grant's peer gave the id of a device this one has "
+                                                         "grants with, but proved none of them")
+        raise CeremonyRefused("The other device says it is one this device has granted keys with, but proved "
+                              "it holds none of them: the grant stopped, nothing changed.")
     finished = None
     for kid, (ok, fp, attrs) in sorted(mine.items()):
-        other = theirs.get(kid.hex())
-        both = isinstance(other, dict) and fp is not None and hmac.compare_digest(fp, str(other.get("fingerprint")))
-        if both and (not ok or pending(other)):
+        both = kid.hex() in proven
+        if both and (not ok or theirs[kid.hex()].get("state") == "pending"):
             keys.confirm_grant(kid, as_authority)
             finished = Granted(key_id=kid, attributes=attrs, fingerprint=fp or "", earlier=True)
-        elif not ok and not both:
+        elif not ok and not both and (as_authority or proven):
+            # An authority's pending record goes on the other's word (a member confirms only after the
+            # authority has); a member's pending key only once the authority has proved who it is.
             keys.discard_grant(kid, as_authority)
     return finished
 

@@ -15,6 +15,9 @@ import os
 import time
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from device.abe.encoding import (
     Ciphertext,
     MasterKey,
@@ -46,6 +49,13 @@ def grant_fingerprint(authority_id: bytes, key: MemberKey, member_device_id: byt
                             + ",".join(key.attributes).encode() + b"\x00"
                             + hashlib.sha256(key.encode()).digest()).hexdigest()
     return " ".join(digest[i : i + 4] for i in range(0, 20, 4))
+
+
+def grant_proof_key(key: MemberKey) -> bytes:
+    """A grant's proof key: derived from the member key, so only the member (from its key) and the authority
+    (which keeps this, never the key) hold it. The next grant between the two proves possession with it."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=b"otc grant proof key v1").derive(key.encode())
 
 
 @dataclass(frozen=True)
@@ -185,12 +195,13 @@ class AbeKeys:
         master = self.master()
         key = keygen(master, parse_attributes(attributes), random_bytes)
         fingerprint = grant_fingerprint(key.authority_id, key, member_device_id) if member_device_id else None
+        proof = self._seal(grant_proof_key(key), b"abe proof " + key.key_id)
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT INTO abe_issued (key_id, authority_id, member, member_device_id, attributes, how, issued,"
-                " confirmed, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " confirmed, fingerprint, proof_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key.key_id, key.authority_id, member, member_device_id, ",".join(key.attributes), how, time.time(),
-                 int(not pending), fingerprint),
+                 int(not pending), fingerprint, proof),
             )
             self.store.log(conn, "abe-key-issued",
                            detail=f"key for {', '.join(key.attributes)} to {member} ({how})")
@@ -209,6 +220,17 @@ class AbeKeys:
             rows = self.store.read("SELECT key_id, confirmed, fingerprint, attributes FROM abe_keys"
                                    " WHERE authority_id = ?", (peer,))
         return {bytes(r[0]): (bool(r[1]), r[2], tuple(r[3].split(","))) for r in rows}
+
+    def grant_proof_keys(self, peer: bytes, as_authority: bool) -> dict[bytes, bytes]:
+        """The proof key of each grant with ``peer`` (as in :meth:`grants_with`) that has one: a member derives
+        it from its key, an authority keeps it (records from before schema step 6 have none)."""
+        if as_authority:
+            rows = self.store.read("SELECT key_id, proof_key FROM abe_issued WHERE member_device_id = ?"
+                                   " AND proof_key IS NOT NULL", (peer,))
+            return {bytes(kid): self._open(proof, b"abe proof " + bytes(kid)) for kid, proof in rows}
+        rows = self.store.read("SELECT key_id, secret FROM abe_keys WHERE authority_id = ?", (peer,))
+        return {bytes(kid): grant_proof_key(decode_member_key(self._open(secret, b"abe key " + bytes(kid))))
+                for kid, secret in rows}
 
     def confirm_grant(self, key_id: bytes, as_authority: bool) -> None:
         """The other device holds this grant too: the key may be used (member), the issue counts (authority)."""

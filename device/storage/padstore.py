@@ -54,7 +54,7 @@ EVENTS_KEPT = 100_000
 # never rotated out by other events, so no flood of ordinary events can erase a forgery or a replay.
 SECURITY_EVENTS = frozenset({
     "invalid", "replay", "gap", "out-of-range", "unknown-pad", "malformed", "pairing-failed", "rpc-refused",
-    "forgery-alarm", "retired-pad", "alarm", "tamper", "wipe", "package-refusals",
+    "forgery-alarm", "retired-pad", "alarm", "tamper", "wipe", "package-refusals", "ceremony-impostor",
 })
 SECURITY_EVENT_PREFIXES = ("hrng",)  # every HRNG alarm code (hrng/errors.py) is one
 

@@ -147,6 +147,12 @@ STEPS: list[str] = [
     ALTER TABLE abe_issued ADD COLUMN confirmed INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE abe_issued ADD COLUMN fingerprint TEXT;
     """,
+    # 5 -> 6: grants settled on proofs (issue 17). The authority keeps no issued key, so it keeps the key's
+    # proof key (sealed in a PIN-locked home): the next grant between the two devices proves with it that
+    # each holds the grant, instead of taking the other's word. Records from before have none.
+    """
+    ALTER TABLE abe_issued ADD COLUMN proof_key BLOB;
+    """,
 ]
 
 LATEST = len(STEPS)

@@ -529,7 +529,8 @@ def draw_ceremony(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
         return
     c.fill(BACKGROUND)
     badge_left = alarm_badge(c, snap, WIDTH - MARGIN, MARGIN)
-    c.text(f"Pairing with {view.peer}", (MARGIN, 16), 34, role="title", width=badge_left - 2 * MARGIN)
+    title = f"Adding a pad for {view.peer}" if view.existing else f"Pairing with {view.peer}"
+    c.text(title, (MARGIN, 16), 34, role="title", width=badge_left - 2 * MARGIN)
     if view.stage == "compare":
         c.text("Does the other device show exactly this?", (WIDTH // 2, 72), 28, anchor="midtop", role="text")
         c.fill(PANEL, (40, 118, 720, 160), radius=16)
