@@ -3,8 +3,8 @@
 The host commits to its hello (X25519 key, nonce, device id and name) before it
 sees the joiner's, then reveals it; both derive per-direction keys for the
 :class:`~provisioning.wire.Wire` and a short authentication string (SAS) from
-the transcript. Pad pairing (``otc-pairing-v3``) and attribute-key grants
-(``otc-abe-grant-v2``) run the same agreement under different protocol names,
+the transcript. Pad pairing (``otc-pairing-v4``) and attribute-key grants
+(``otc-abe-grant-v3``) run the same agreement under different protocol names,
 which are part of the transcript: a grant can never be mistaken for a pairing.
 docs/pairing.md has the protocol.
 

@@ -1,4 +1,4 @@
-"""Pairing in person: two devices agree keys, compare a string, and make a pad (``otc-pairing-v3``).
+"""Pairing in person: two devices agree keys, compare a string, and make a pad (``otc-pairing-v4``).
 
 The ceremony (docs/pairing.md has the full protocol and the attacks it stops):
 
@@ -10,9 +10,10 @@ The ceremony (docs/pairing.md has the full protocol and the attacks it stops):
 2. **The SAS.** Both devices show ``123-456-789`` derived from the transcript;
    each owner confirms through the device's confirm source that both screens
    match. Either "no" stops the ceremony; nothing is stored.
-3. **Settle** what an earlier, cut ceremony with this peer left: a pad both
-   hold is finished on both (and this ceremony ends with it), one only a side
-   holds is discarded there.
+3. **Settle** what an earlier, cut ceremony with this peer left, on proofs of
+   holding each pad (never on the device id the peer gives): a pad both
+   provably hold is finished on both (and this ceremony ends with it), one
+   only a side holds is discarded there when that cannot hurt the real peer.
 4. **The pad.** Each device draws its share from its HRNG mixer; the pad is the
    XOR of both shares, so neither HRNG alone has to be trusted. Each share is
    sealed under a key of its own and committed to (a hash of that key) before
