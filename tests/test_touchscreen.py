@@ -184,6 +184,11 @@ def test_ceremony_compare_shows_the_string_and_same_and_different(screen):
     assert screen.target("same").enabled and screen.target("different").enabled
 
 
+def test_ceremony_compare_names_the_contact_a_pad_would_join(screen):
+    show(screen, snap(ceremony=CeremonyView("frank", "compare", sas="482-193-067", existing=True)))
+    assert screen.shows("Adding a pad for frank") and not screen.shows("Pairing with frank")
+
+
 def test_ceremony_transfer_shows_progress_rate_and_time_left(screen):
     show(screen, snap(ceremony=CeremonyView("frank", "transfer", done=128 * MiB, total=512 * MiB,
                                             rate=1.9 * MiB, eta=195)))
