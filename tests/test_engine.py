@@ -318,8 +318,9 @@ def test_exhaustion_warnings_at_10_and_1_percent_and_a_clear_refusal(tmp_path):
         assert any("pad-low" in w for w in a.status()["warnings"])
         sent = a.package("bob", bytes(84 + 30))  # leaves 54 bytes: under 1%
         assert [e["event"] for e in events(a)].count("pad-low") == 2
+        a.store.sync_wipes()  # the wipes' batched sync, then their bookkeeping, before the snapshot
         with a.store.transaction():
-            pass  # settle the bookkeeping of the last wipe before the snapshot
+            pass
         state = receive_state(home_a)
         with pytest.raises(PadExhausted) as info:
             a.package("bob", bytes(39))  # needs 55 bytes, 54 left

@@ -129,6 +129,35 @@ def test_sigkill_while_packaging_never_hands_out_pad_twice(tmp_path):
             b.unpackage(package)
 
 
+@pytest.mark.parametrize("where", ["before-wipe", "before-sync"])
+def test_sigkill_between_a_packages_commit_and_its_wipe_still_destroys_the_segment(tmp_path, where):
+    """One sync per call (issue 21): the wipe's sync is batched after the commit. A process killed between
+    the two leaves the segment's pending row; whoever opens the store next overwrites it."""
+    import sqlite3
+
+    home_a, home_b, pad_id = make_pair(tmp_path, size=1 << 16)
+    original = pad_bytes(home_a, pad_id)
+    out = tmp_path / "packages"
+    proc = subprocess.run([sys.executable, WORKER, "package-die", str(home_a), "bob", "5", str(out), where],
+                          timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    with sqlite3.connect(home_a / "device.db") as db:
+        [(start, end)] = db.execute('SELECT start, "end" FROM pending_wipe').fetchall()
+        send_next = db.execute("SELECT send_next FROM pads").fetchone()[0]
+    db.close()
+    assert end == send_next  # the last call's reservation committed
+    if where == "before-wipe":
+        assert pad_bytes(home_a, pad_id)[start:end] == original[start:end]  # its pad still there
+    with PadStore(home_a) as store:  # the next opener finishes it
+        assert store.read("SELECT count(*) FROM pending_wipe")[0][0] == 0
+    assert pad_bytes(home_a, pad_id)[16:end] == bytes(end - 16)
+    assert pad_bytes(home_a, pad_id)[end:] == original[end:]
+    with Device.open(home_b) as b:  # the five before it open; none of them reused the segment
+        for package in read_packages(out):
+            assert fmt.parse(package).segment[1] <= start
+            b.unpackage(package)
+
+
 @pytest.mark.slow
 def test_sigkill_while_unpackaging_never_releases_plaintext_twice(tmp_path):
     home_a, home_b, pad_id = make_pair(tmp_path, size=4 << 20)

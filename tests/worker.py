@@ -3,6 +3,11 @@
     python tests/worker.py package HOME CONTACT COUNT OUT [START_AT]
         packages COUNT messages (endless if COUNT is 0), appending one
         base64 package per line to OUT as each is made.
+    python tests/worker.py package-die HOME CONTACT COUNT OUT WHERE
+        packages COUNT messages, then SIGKILLs itself in the next call, at
+        WHERE: "before-wipe" (its reservation committed, nothing of the
+        segment overwritten yet) or "before-sync" (overwritten, the batched
+        sync of the zeros not yet done).
     python tests/worker.py unpackage HOME IN OUT
         unpackages every line of IN, appending "ok <sha256 of plaintext>" or
         "refused <code>" per line to OUT.
@@ -36,6 +41,26 @@ def main(argv: list[str]) -> int:
                 message = f"message {os.getpid()}-{i} ".encode() * (1 + i % 3)
                 sink.write(fmt.encode(device.package(contact, message).package) + "\n")
         return 0
+    if mode == "package-die":
+        import signal
+
+        from device.storage.padfile import PadFile
+
+        home, contact, count, out, where = argv[1], argv[2], int(argv[3]), argv[4], argv[5]
+        with Device.open(home) as device, open(out, "a", buffering=1) as sink:
+            for i in range(count):
+                sink.write(fmt.encode(device.package(contact, f"message {i}".encode()).package) + "\n")
+            device.store.sync_wipes()
+            real_wipe = PadFile.wipe
+
+            def die_in_wipe(self, start, length, sync=True):
+                if where == "before-sync":
+                    real_wipe(self, start, length, sync)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            PadFile.wipe = die_in_wipe  # type: ignore[method-assign]
+            device.package(contact, b"the last message")
+        return 1
     if mode == "unpackage":
         home, source, out = argv[1], argv[2], argv[3]
         with Device.open(home) as device, open(source) as lines, open(out, "a", buffering=1) as sink:

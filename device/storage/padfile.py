@@ -58,8 +58,9 @@ class PadFile:
             return memoryview(self.cipher.crypt(view, start))
         return view.toreadonly()
 
-    def wipe(self, start: int, length: int) -> None:
-        """Overwrite ``[start, start + length)`` with zeros and sync it to disk.
+    def wipe(self, start: int, length: int, sync: bool = True) -> None:
+        """Overwrite ``[start, start + length)`` with zeros and sync it to disk (or leave the sync to
+        :meth:`sync`, for a caller that batches them).
 
         In an encrypted file the zeros replace the ciphertext: the pad is gone either way.
         """
@@ -71,17 +72,28 @@ class PadFile:
             n = os.pwrite(fd, zeros[: min(left, len(zeros))], pos)
             pos += n
             left -= n
-        os.fdatasync(fd)
+        if sync:
+            os.fdatasync(fd)
+
+    def sync(self) -> None:
+        """Make every wipe so far durable (a closed file was synced as it closed)."""
+        with self._lock:
+            if self._fd is not None:
+                os.fdatasync(self._fd)
 
     def _check(self, start: int, length: int) -> None:
         if start < 0 or length < 0 or start + length > self.size:
             raise ValueError("segment outside the pad")
 
     def close(self) -> None:
+        """Close the file, syncing first: a wipe left to a batched :meth:`sync` is durable either way."""
         with self._lock:
             if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+                try:
+                    os.fdatasync(self._fd)
+                finally:
+                    os.close(self._fd)
+                    self._fd = None
 
     @staticmethod
     def create(

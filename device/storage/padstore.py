@@ -63,6 +63,8 @@ def is_security_event(event: str) -> bool:
     """Whether ``event`` is evidence the log keeps for good."""
     return event in SECURITY_EVENTS or event.startswith(SECURITY_EVENT_PREFIXES)
 SQLITE_MAX_INT = (1 << 63) - 1
+WIPE_SYNC_DELAY_S = 0.2  # a used segment's zeros are durable this soon after its call, synced in batches
+WIPE_SYNC_BATCH = 64  # or after this many segments, whichever comes first
 
 PAD_FORMAT = 2  # package format v2: both authentication keys set aside
 MIN_PAD_SIZE = 256  # both authentication keys and room for messages each way
@@ -214,8 +216,12 @@ class PadStore:
         self._conns_lock = threading.Lock()
         self._pad_files: dict[bytes, PadFile] = {}
         self._pad_files_lock = threading.Lock()
-        self._wiped: list[tuple[bytes, int]] = []
+        self._wiped: list[tuple[bytes, int]] = []  # wiped and synced: their pending rows go with the next commit
+        self._unsynced: list[tuple[bytes, int]] = []  # wiped, the sync still to come (batched)
+        self._unsynced_files: dict[bytes, PadFile] = {}
+        self._wipe_timer: threading.Timer | None = None
         self._wiped_lock = threading.Lock()
+        self._wipe_sync_lock = threading.Lock()
         self.owner = secrets.token_hex(8)
         #: Called as listener(event, fields) for each event, once its transaction commits.
         self.listeners: list[Callable[[str, dict], None]] = []
@@ -347,6 +353,11 @@ class PadStore:
 
     def close(self) -> None:
         """Flush bookkeeping and release files and locks."""
+        try:
+            if getattr(self, "_unsynced", None) is not None:
+                self.sync_wipes()
+        except OSError:  # recovery redoes the wipes
+            pass
         try:
             if getattr(self, "_wiped", None) and getattr(self, "db_path", None):
                 with self.transaction():
@@ -604,10 +615,43 @@ class PadStore:
         )
 
     def wipe(self, pad: PadRecord, start: int, end: int) -> None:
-        """Overwrite a consumed segment; its pending row goes with the next commit."""
-        self.pad_file(pad).wipe(start, end - start)
+        """Overwrite a consumed segment now; make it durable within :data:`WIPE_SYNC_DELAY_S` (or
+        :data:`WIPE_SYNC_BATCH` segments), batched; its pending row goes with the first commit after that.
+
+        So a call costs one sync (its commit), not two. The rule still holds across a crash: the segment's
+        pending row, committed with its reservation, stays until its zeros are on disk, and whoever opens
+        the store next overwrites every segment still pending (:meth:`recover`).
+        """
+        pad_file = self.pad_file(pad)
+        pad_file.wipe(start, end - start, sync=False)
         with self._wiped_lock:
-            self._wiped.append((pad.pad_id, start))
+            self._unsynced.append((pad.pad_id, start))
+            self._unsynced_files[pad.pad_id] = pad_file
+            due = len(self._unsynced) >= WIPE_SYNC_BATCH
+            if not due and self._wipe_timer is None:
+                self._wipe_timer = threading.Timer(WIPE_SYNC_DELAY_S, self.sync_wipes)
+                self._wipe_timer.daemon = True
+                self._wipe_timer.start()
+        if due:
+            self.sync_wipes()
+
+    def sync_wipes(self) -> None:
+        """Sync every segment wiped so far; their pending rows go with the next commit."""
+        with self._wipe_sync_lock:
+            with self._wiped_lock:
+                entries, self._unsynced = self._unsynced, []
+                files, self._unsynced_files = self._unsynced_files, {}
+                timer, self._wipe_timer = self._wipe_timer, None
+            if timer is not None:
+                timer.cancel()
+            for pad_file in files.values():
+                try:
+                    pad_file.sync()
+                except OSError:  # closed or gone: the rows stay pending and recovery overwrites them again
+                    entries = [e for e in entries if e[0] not in files]
+                    break
+            with self._wiped_lock:
+                self._wiped.extend(entries)
 
     def recover(self) -> int:
         """Overwrite segments left pending by stores that died; return how many."""
