@@ -60,6 +60,8 @@ def pair_local(
         a.remove_unused_pad(pad_id)
         b.pad_path(pad_id).unlink(missing_ok=True)
         raise
+    a.bind_identity(b.device_id, b.identity_public)  # each contact remembers the other's identity
+    b.bind_identity(a.device_id, a.identity_public)
     return pad_id
 
 

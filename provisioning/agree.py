@@ -30,9 +30,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from device.storage.padstore import PadStore, check_name
+from device.storage.padstore import PadStore, check_name, device_id_for
 from onetimechat.crypto import derive_key
 from onetimechat.errors import OTCError, UsageError
 from onetimechat.net import listen_failure
@@ -45,6 +47,7 @@ AGREEMENT = "otc ceremony v3"  # the prefix of every label this agreement hashes
 COMMIT_LABEL = b"otc ceremony v3 commitment\x00"
 TRANSCRIPT_LABEL = b"otc ceremony v3 transcript\x00"
 SAS_LABEL = b"otc ceremony v3 sas\x00"
+IDENTITY_LABEL = b"otc ceremony v4 identity\x00"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class Agreement:
     peer_name: str
     sas: str
     transcript: bytes  # a hash of the three agreement messages, as sent and received
+    peer_identity: bytes = b""  # the Ed25519 key the peer signed this session's transcript with
+    peer_certified: bool = False  # its device id is the hash of that key: nobody else can give that id
 
 
 def commitment(reveal: bytes) -> bytes:
@@ -119,6 +124,7 @@ def agree(wire: Wire, role: str, store: PadStore, random_bytes: Callable[[int], 
         "name": store.device_name,
         "pk": secret.public_key().public_bytes_raw().hex(),
         "nonce": random_bytes(16).hex(),
+        "identity": store.identity_public.hex(),
     })
     if role == HOST:
         commit = commit_message(protocol, mine)
@@ -138,6 +144,7 @@ def agree(wire: Wire, role: str, store: PadStore, random_bytes: Callable[[int], 
         peer_pk = X25519PublicKey.from_public_bytes(bytes.fromhex(str(theirs["pk"])))
         peer_device_id = bytes.fromhex(str(theirs["device_id"]))
         peer_name = check_name(str(theirs["name"]))
+        peer_identity = Ed25519PublicKey.from_public_bytes(bytes.fromhex(str(theirs["identity"])))
     except (KeyError, ValueError, TypeError, OTCError):
         raise CeremonyBroken("The other device sent a malformed hello.") from None
     if theirs.get("protocol") != protocol or theirs.get("role") != (JOIN if role == HOST else HOST):
@@ -153,8 +160,28 @@ def agree(wire: Wire, role: str, store: PadStore, random_bytes: Callable[[int], 
     h2j = derive_key(master, f"{AGREEMENT} host to join")
     j2h = derive_key(master, f"{AGREEMENT} join to host")
     wire.set_keys(*((h2j, j2h) if role == HOST else (j2h, h2j)))
+    # Each device signs this session's transcript, its protocol and its own role with its identity key: the
+    # peer learns that whoever it agreed keys with holds the identity its hello named (and, for a device id
+    # that is the hash of that identity, that it is the device with that id).
+    wire.send({"t": "identity", "sig": store.sign_identity(identity_message(protocol, role, transcript)).hex()})
+    message, _ = wire.recv()
+    peer_role = JOIN if role == HOST else HOST
+    try:
+        if message.get("t") != "identity":
+            raise ValueError
+        peer_identity.verify(bytes.fromhex(str(message.get("sig"))), identity_message(protocol, peer_role, transcript))
+    except (ValueError, InvalidSignature):
+        raise CeremonyBroken("The other device did not prove the identity it gave: the link is not to be "
+                             "trusted.") from None
+    identity = peer_identity.public_bytes_raw()
     return Agreement(peer_device_id=peer_device_id, peer_name=peer_name, sas=format_sas(transcript),
-                     transcript=transcript)
+                     transcript=transcript, peer_identity=identity,
+                     peer_certified=hmac.compare_digest(device_id_for(identity), peer_device_id))
+
+
+def identity_message(protocol: str, role: str, transcript: bytes) -> bytes:
+    """What a device signs with its identity key in a ceremony: this session, the protocol and its role."""
+    return IDENTITY_LABEL + protocol.encode() + b"\x00" + role.encode() + b"\x00" + transcript
 
 
 def _encode(message: dict) -> bytes:

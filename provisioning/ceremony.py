@@ -58,7 +58,7 @@ from device.localpair import check_size
 from device.package import auth_key_range
 from device.storage.atrest import PadCipher
 from device.storage.padfile import PadFile, sync_directory
-from device.storage.padstore import INITIATOR, RESPONDER, PadRecord, PadStore, check_name
+from device.storage.padstore import INITIATOR, RESPONDER, PadRecord, PadStore, check_name, device_id_for
 from device.ui import CeremonyView
 from onetimechat.errors import OTCError
 from provisioning.agree import HOST, JOIN, agree
@@ -73,6 +73,7 @@ MAX_CHUNK = 4 << 20
 WINDOW = 4  # own shares generated (and sealed) ahead of the peer's
 MAX_HELD = 2 * WINDOW + 2  # the peer's sealed shares held for their keys, at most (memory stays bounded)
 TAG_BYTES = 16  # a chunk's GMAC tag
+MAX_LISTED = 65536  # pads a device may list when settling (far above any real device's count)
 ORPHAN_AGE_S = 600.0  # a pad file with no record beside it, untouched this long, is a killed ceremony's
 PERSIST_CHUNKS = 16  # verified progress is synced and recorded every this many chunks,
 PERSIST_SECONDS = 1.0  # or after this long, whichever comes first, and when the transfer ends or breaks
@@ -282,6 +283,8 @@ class Ceremony:
         self.persist_every = persist_every
         self._last_view = 0.0
         self.peer_name = ""
+        self.peer_identity = b""
+        self.trusted = False  # the peer is proved to be the device its id names (see _check_identity)
         self.known_contact: str | None = None
         self.sas = ""
         self.fingerprint = ""
@@ -291,9 +294,9 @@ class Ceremony:
     def run(self, wire: Wire) -> PadRecord:
         for pad_id in Partial.sweep_orphans(self.store):
             self.store.log_event("ceremony-swept", detail=f"an unrecorded partial pad {pad_id[:8]} was deleted")
-        peer_device_id = self._agree(wire)
+        peer_device_id = self._check_identity(wire, self._agree(wire))
         # A device id already filed under a contact: the screen says the pad joins that contact, so an owner
-        # facing someone else sees it (and the settle below stops a device that cannot prove the id).
+        # facing someone else sees it.
         self.known_contact = self._known_contact(peer_device_id)
         self.on_sas(self.sas)
         self._view("compare", sas=self.sas)
@@ -321,10 +324,37 @@ class Ceremony:
 
     def _agree(self, wire: Wire) -> bytes:
         agreed = agree(wire, self.role, self.store, self.random_bytes, PROTOCOL)
-        self.peer_name, self.sas = agreed.peer_name, agreed.sas
+        self.peer_name, self.sas, self.peer_identity = agreed.peer_name, agreed.sas, agreed.peer_identity
+        self.trusted = agreed.peer_certified
         return agreed.peer_device_id
 
-    # -- 2. what to make, or where to resume -----------------------------------------------
+    def _check_identity(self, wire: Wire, claimed: bytes) -> bytes:
+        """Whose device this is; the device id this ceremony files the peer under.
+
+        The agreement proved that the peer holds the identity key its hello named. Its device id is
+        *certified* when it is the hash of that key (every device made since identities): nobody else can
+        give it. Otherwise (a device from before identities, or a stranger giving someone's id) the id is
+        used only where a contact made before identities has it: there the peer is not *trusted* and must
+        prove holding that contact's pads (:meth:`_settle`). Anywhere else the peer is filed under the hash
+        of its own key instead, so nobody can squat on another device's id. A contact that remembers an
+        identity refuses any other key giving its id, before anything is shown or changed.
+        """
+        known = self.store.peer_identity(claimed)
+        if known is not None and known[1] is not None:
+            if not hmac.compare_digest(known[1], self.peer_identity):
+                wire.send({"t": "refuse", "reason": "this device knows another device by that id"})
+                self.store.log_event("ceremony-impostor", contact=known[0],
+                                     detail="a device gave the id of a contact's device under another identity")
+                raise CeremonyRefused(f"The other device gives the id of {known[0]}'s device but is not that "
+                                      "device (another identity key): pairing stopped, nothing changed.")
+            self.trusted = True
+            return claimed
+        if self.trusted:  # certified: the id is its key's
+            return claimed
+        if known is not None:  # a contact from before identities: its pads decide
+            return claimed
+        self.trusted = True  # filed under its own key's id, which only it can give
+        return device_id_for(self.peer_identity)
 
     def _known_contact(self, peer_device_id: bytes) -> str | None:
         """The contact this device files the peer's device id under, if any (the id is the peer's word)."""
@@ -353,7 +383,9 @@ class Ceremony:
         except ContactExists as exc:
             wire.send({"t": "refuse", "reason": "the host cannot store this contact"})
             raise CeremonyRefused(str(exc)) from None
-        partial = Partial.for_peer(self.store, peer_device_id)
+        # A broken ceremony resumes only with a peer proved to be the device it was with (a stranger giving
+        # its id would otherwise be handed the recorded tags, and make the rest of that pad with this device).
+        partial = Partial.for_peer(self.store, peer_device_id) if self.trusted else None
         if partial is not None and (partial.role != HOST or partial.size != self.size):
             partial.discard(self.store)  # another pad was being made: start afresh
             partial = None
@@ -400,7 +432,7 @@ class Ceremony:
         if self.store.pad(pad_id) is not None:
             wire.send({"t": "refuse", "reason": "pad id already in use"})
             raise CeremonyRefused("The offered pad id is already in use.")
-        partial = Partial.for_peer(self.store, peer_device_id)
+        partial = Partial.for_peer(self.store, peer_device_id) if self.trusted else None
         start = 0
         if partial is not None and partial.pad_id == pad_id.hex() and partial.size == size \
                 and partial.chunk == chunk and partial.role == JOIN:
@@ -598,6 +630,8 @@ class Ceremony:
             confirmed=False, fingerprint=fp,
         )
         Partial.state_path(self.store, partial.pad_id).unlink(missing_ok=True)
+        if self.peer_identity:  # the contact's device, from now on, is the one holding this identity
+            self.store.bind_identity(bytes.fromhex(partial.peer_device_id), self.peer_identity)
         self.store.log_event("pad-paired", contact=partial.contact, pad_id=pad_id, length=partial.size,
                              detail=f"in person, fingerprint {fp}")
         return record
@@ -642,12 +676,13 @@ class Ceremony:
                                             for pid in keys}})
         message, _ = self._expect(wire, "holding")
         theirs = message.get("pads")
-        if not isinstance(theirs, dict) or not all(isinstance(v, dict) for v in theirs.values()):
+        if not isinstance(theirs, dict) or len(theirs) > MAX_LISTED or \
+                not all(isinstance(v, dict) for v in theirs.values()):
             raise CeremonyBroken("The other device sent a malformed list of pads.")
         proven = {pid for pid in keys if isinstance(theirs.get(pid), dict)
                   and hmac.compare_digest(str(theirs[pid].get("proof")).encode(),
                                           settle_proof(keys[pid], bind, peer_role, pid).encode())}
-        if confirmed and not proven & confirmed:
+        if confirmed and not proven & confirmed and not self.trusted:
             contact = self._known_contact(peer_device_id) or "a contact"
             wire.send({"t": "refuse", "reason": "the other device did not prove it is the device it says"})
             self.store.log_event("ceremony-impostor", contact=contact,
@@ -661,27 +696,33 @@ class Ceremony:
                 str(theirs[pid].get("state")) in ("unconfirmed", "partial")
 
         finishing = sorted(pid for pid in proven if pending(pid))
+        # What only this side holds goes on the word of a peer proved to be the device it says (its identity,
+        # or another pad of ours), never on a stranger's.
+        sure = self.trusted or bool(proven)
         for partial in complete:
             if partial.pad_id in finishing:
                 self._store_pad(partial)
-            else:  # on the peer's word: it cannot have confirmed a pad this device never stored (no proof sent)
+            elif sure:
                 partial.discard(self.store)
                 self.store.log_event("ceremony-discarded", pad_id=bytes.fromhex(partial.pad_id),
                                      detail="a verified partial pad the other device does not hold")
         for pid, state in states.items():
             # A stored pad may be confirmed on the peer (it had this device's proof): it goes only once the peer
             # has proved who it is. Never sent on here: it was never confirmed.
-            if state == "unconfirmed" and pid not in finishing and proven:
+            if state == "unconfirmed" and pid not in finishing and sure:
                 self.store.remove_unused_pad(bytes.fromhex(pid))
         now = self.store.peer_pads(peer_device_id)
         wire.send({"t": "held", "pads": sorted(pid.hex() for pid in now)})
         message, _ = self._expect(wire, "held")
         held = message.get("pads")
-        if not isinstance(held, list):
+        if not isinstance(held, list) or len(held) > MAX_LISTED:
             raise CeremonyBroken("The other device sent a malformed list of pads.")
         for pad_id, (ok, _fp) in now.items():
             if not ok and pad_id.hex() in held and pad_id.hex() in proven:
                 self.store.confirm_pad(pad_id, "the next ceremony with the peer")
+        if proven:  # a contact from before identities learns its peer's now
+            self.store.bind_identity(peer_device_id, self.peer_identity)
+            self.trusted = True
         if not finishing:
             return None
         record = self.store.pad(bytes.fromhex(finishing[-1]))

@@ -27,6 +27,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from onetimechat import boundedjson
 from onetimechat.crypto import derive_key
 from provisioning.errors import CeremonyBroken
 
@@ -173,10 +174,13 @@ class Wire:
             (head_len,) = struct.unpack_from(">I", plain, 0)
             if 4 + head_len > len(plain):
                 raise ValueError("head beyond the frame")
-            message = json.loads(bytes(plain[4 : 4 + head_len]))
         except (InvalidTag, ValueError, struct.error):
             raise CeremonyBroken("A message from the other device failed authentication: "
                                  "the link is not to be trusted.") from None
+        try:  # authentic, so from the other device itself: nesting bounded, so never a RecursionError
+            message = boundedjson.loads(bytes(plain[4 : 4 + head_len]))
+        except ValueError:
+            raise CeremonyBroken("The other device sent a malformed message.") from None
         if not isinstance(message, dict):
             raise CeremonyBroken("The other device sent a malformed message.")
         return message, plain[4 + head_len :]

@@ -281,7 +281,10 @@ def _as_made_before_v2(home) -> None:
     """Turn a home back into schema 3 (package v1's), exactly as such a home looks on disk."""
     conn = sqlite3.connect(home / "device.db")
     try:
-        conn.executescript("ALTER TABLE pads DROP COLUMN confirmed; ALTER TABLE pads DROP COLUMN fingerprint;"  # 5
+        conn.executescript("ALTER TABLE device DROP COLUMN identity; ALTER TABLE contacts DROP COLUMN peer_identity;"
+                           "ALTER TABLE abe_authorities DROP COLUMN device_identity;"  # 7
+                           "ALTER TABLE abe_issued DROP COLUMN proof_key;"  # 6
+                           "ALTER TABLE pads DROP COLUMN confirmed; ALTER TABLE pads DROP COLUMN fingerprint;"  # 5
                            "ALTER TABLE abe_keys DROP COLUMN confirmed; ALTER TABLE abe_keys DROP COLUMN fingerprint;"
                            "ALTER TABLE abe_issued DROP COLUMN confirmed;"
                            "ALTER TABLE abe_issued DROP COLUMN fingerprint;"

@@ -39,7 +39,7 @@ from device.abe.encoding import decode_member_key, decode_public_key
 from device.abe.errors import AbeError, PolicyError
 from device.abe.policy import parse_attributes
 from device.abe.store import AbeKeys, grant_fingerprint
-from device.storage.padstore import PadStore
+from device.storage.padstore import PadStore, device_id_for
 from provisioning.agree import HOST, JOIN, agree
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyRefused
 from provisioning.wire import Wire
@@ -101,6 +101,7 @@ class Granted:
 
 
 SETTLE_BINDING = "otc abe grant v3 settle"
+MAX_LISTED = 65536  # grants a device may list when settling
 SETTLE_PROOF_LABEL = b"otc abe grant v3 settle proof\x00"
 
 
@@ -111,17 +112,17 @@ def settle_proof(key: bytes, binding: bytes, as_authority: bool, key_id: str) ->
                     hashlib.sha256).hexdigest()
 
 
-def _settle(wire: Wire, keys: AbeKeys, peer: bytes, as_authority: bool) -> Granted | None:
+def _settle(wire: Wire, keys: AbeKeys, peer: bytes, as_authority: bool, trusted: bool) -> Granted | None:
     """Settle the grants an earlier ceremony between these two devices left pending; the one finished, if any.
 
-    Who the peer is rests on its word (a device id, an authority's public key), so nothing here takes the
-    word alone: each lists its grants with the other, each with a proof that it holds it (an HMAC keyed with
-    the grant's proof key over this session's binding and its role). A grant counts as held by both only
-    when the other's proof verifies. A peer that proves none of the grants this device has confirmed with
-    it is not that device: the grant stops, nothing changed. Both sides see both lists, so both decide
-    alike: a pending grant (on either side) that both hold is confirmed on both, and this grant ends with
-    it; one only this side holds is discarded there, a member's key only once the authority has proved who it
-    is (the authority may already count it).
+    Who the peer is is proved by its identity (``trusted``: a member's self-certifying device id, or the
+    device an authority's keys came from) or by the grants it proves holding; never by its word. Each lists
+    its grants with the other, each with a proof that it holds it (an HMAC keyed with the grant's proof key
+    over this session's binding and its role). A grant counts as held by both only when the other's proof
+    verifies. An untrusted member that proves none of the grants the authority has confirmed with that id
+    is not that device: the grant stops, nothing changed. Both sides see both lists, so both decide alike:
+    a pending grant (on either side) that both hold is confirmed on both, and this grant ends with it; one
+    only this side holds is discarded there once the peer is trusted or has proved another grant.
     """
     binding = wire.export(SETTLE_BINDING)
     mine = keys.grants_with(peer, as_authority)
@@ -131,13 +132,14 @@ def _settle(wire: Wire, keys: AbeKeys, peer: bytes, as_authority: bool) -> Grant
     wire.send({"t": "holding", "keys": listed})
     message, _ = _expect(wire, "holding")
     theirs = message.get("keys")
-    if not isinstance(theirs, dict) or not all(isinstance(v, dict) for v in theirs.values()):
+    if not isinstance(theirs, dict) or len(theirs) > MAX_LISTED or \
+            not all(isinstance(v, dict) for v in theirs.values()):
         raise CeremonyBroken("The other device sent a malformed list of grants.")
     proven = {kid for kid, pk in proof_keys.items() if isinstance(theirs.get(kid), dict)
               and hmac.compare_digest(str(theirs[kid].get("proof")).encode(),
                                       settle_proof(pk, binding, not as_authority, kid).encode())}
     confirmed = {kid for kid in proof_keys if mine[bytes.fromhex(kid)][0]}
-    if confirmed and not proven & confirmed:
+    if as_authority and confirmed and not proven & confirmed and not trusted:
         wire.send({"t": "refuse", "reason": "the other device did not prove it is the device it says"})
         keys.store.log_event("ceremony-impostor", detail="a grant's peer gave the id of a device this one has "
                                                          "grants with, but proved none of them")
@@ -149,9 +151,7 @@ def _settle(wire: Wire, keys: AbeKeys, peer: bytes, as_authority: bool) -> Grant
         if both and (not ok or theirs[kid.hex()].get("state") == "pending"):
             keys.confirm_grant(kid, as_authority)
             finished = Granted(key_id=kid, attributes=attrs, fingerprint=fp or "", earlier=True)
-        elif not ok and not both and (as_authority or proven):
-            # An authority's pending record goes on the other's word (a member confirms only after the
-            # authority has); a member's pending key only once the authority has proved who it is.
+        elif not ok and not both and (trusted or proven):
             keys.discard_grant(kid, as_authority)
     return finished
 
@@ -187,12 +187,15 @@ def grant_host(store: PadStore, wire: Wire, attributes: str | list[str], confirm
     view = GrantView(role=HOST, sas=agreed.sas, authority=public.name, fingerprint=public.fingerprint,
                      member=agreed.peer_name, attributes=names)
     _both_confirm(wire, view, confirm)
-    earlier = _settle(wire, keys, agreed.peer_device_id, as_authority=True)
+    # The member is filed under its identity's hash (its device id, for every device made since identities):
+    # only the holder of that identity key can speak for the grants filed under it.
+    member_id = device_id_for(agreed.peer_identity)
+    earlier = _settle(wire, keys, member_id, as_authority=True, trusted=True)
     if earlier is not None:
         return earlier
-    key = keys.issue(names, member=agreed.peer_name, member_device_id=agreed.peer_device_id, how="in person",
+    key = keys.issue(names, member=agreed.peer_name, member_device_id=member_id, how="in person",
                      random_bytes=random_bytes, pending=True)
-    fingerprint = grant_fingerprint(public.authority_id, key, agreed.peer_device_id)
+    fingerprint = grant_fingerprint(public.authority_id, key, member_id)
     wire.send({"t": "key"}, key.encode())
     _finish(wire, keys, key.key_id, fingerprint, as_authority=True)
     return Granted(key_id=key.key_id, attributes=key.attributes, fingerprint=fingerprint)
@@ -216,11 +219,21 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
     except AbeError as exc:
         wire.send({"t": "refuse", "reason": "the member already knows another authority by that name"})
         raise CeremonyRefused(str(exc)) from None
+    # The authority's public key is public: what proves the device offering it is the authority's is the
+    # identity its earlier grants came from.
+    known = keys.authority_identity(public.authority_id)
+    if known is not None and not hmac.compare_digest(known, agreed.peer_identity):
+        wire.send({"t": "refuse", "reason": "the member knows this authority's device by another identity"})
+        store.log_event("ceremony-impostor", detail=f"a device offered authority {public.name}'s key under "
+                                                    "another identity")
+        raise CeremonyRefused(f"The other device offers authority {public.name}'s key but is not the device its "
+                              "keys came from (another identity key): the grant stopped, nothing changed.")
     view = GrantView(role=JOIN, sas=agreed.sas, authority=public.name, fingerprint=public.fingerprint,
                      member=store.device_name, attributes=names)
     _both_confirm(wire, view, confirm)
-    earlier = _settle(wire, keys, public.authority_id, as_authority=False)
+    earlier = _settle(wire, keys, public.authority_id, as_authority=False, trusted=known is not None)
     if earlier is not None:
+        keys.bind_authority_identity(public.authority_id, agreed.peer_identity)
         return earlier
     _, data = _expect(wire, "key")
     try:
@@ -230,5 +243,8 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
         fingerprint = keys.add_member_key(public, key, pending=True)
     except AbeError:
         raise CeremonyBroken("The other device sent a key that does not match its authority.") from None
+    # Only the authority's own device can make a key that checks against its public key: its identity is
+    # the one this authority's keys come from, from now on.
+    keys.bind_authority_identity(public.authority_id, agreed.peer_identity)
     _finish(wire, keys, key.key_id, fingerprint, as_authority=False)
     return Granted(key_id=key.key_id, attributes=key.attributes, fingerprint=fingerprint)

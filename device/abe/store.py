@@ -39,7 +39,7 @@ from device.abe.errors import (
 from device.abe.group import RandomBytes
 from device.abe.policy import Policy, parse_attributes
 from device.abe.scheme import Encapsulation, check_member_key, decapsulate, encapsulate, keygen, setup
-from device.storage.padstore import PadStore
+from device.storage.padstore import PadStore, device_id_for
 from onetimechat.crypto import equal
 
 
@@ -165,7 +165,8 @@ class AbeKeys:
                 " VALUES (?, ?, ?, NULL, ?)",
                 (public.authority_id, public.name, public.encode(), time.time()),
             )
-            fingerprint = grant_fingerprint(public.authority_id, key, self.store.device_id)
+            # The authority files this device under its identity's hash (its id, unless made before identities).
+            fingerprint = grant_fingerprint(public.authority_id, key, device_id_for(self.store.identity_public))
             conn.execute(
                 "INSERT INTO abe_keys (key_id, authority_id, attributes, secret, created, confirmed, fingerprint)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -232,6 +233,18 @@ class AbeKeys:
         return {bytes(kid): grant_proof_key(decode_member_key(self._open(secret, b"abe key " + bytes(kid))))
                 for kid, secret in rows}
 
+    def authority_identity(self, authority_id: bytes) -> bytes | None:
+        """The identity of the device an authority's keys came from, once known (see schema step 7)."""
+        rows = self.store.read("SELECT device_identity FROM abe_authorities WHERE authority_id = ?",
+                               (authority_id,))
+        return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def bind_authority_identity(self, authority_id: bytes, identity: bytes) -> None:
+        """Remember which device an authority's keys come from (only where none is known)."""
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE abe_authorities SET device_identity = ? WHERE authority_id = ?"
+                         " AND device_identity IS NULL AND master_key IS NULL", (identity, authority_id))
+
     def confirm_grant(self, key_id: bytes, as_authority: bool) -> None:
         """The other device holds this grant too: the key may be used (member), the issue counts (authority)."""
         table = "abe_issued" if as_authority else "abe_keys"
@@ -284,6 +297,7 @@ def grant_local(authority: PadStore, member: PadStore, attributes: str | list[st
     if authority.device_id == member.device_id:
         raise AbeError("The authority and the member must be two different devices.")
     AbeKeys(member).check_authority(public)
-    key = auth.issue(attributes, member=member.device_name, member_device_id=member.device_id, how="local")
+    key = auth.issue(attributes, member=member.device_name, member_device_id=device_id_for(member.identity_public),
+                     how="local")
     AbeKeys(member).add_member_key(public, key)
     return key

@@ -17,6 +17,7 @@ dies before it overwrites them, the next store to open the home finds the row
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import secrets
@@ -27,6 +28,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device.errors import (
     ContactExists,
@@ -57,6 +60,15 @@ SECURITY_EVENTS = frozenset({
     "forgery-alarm", "retired-pad", "alarm", "tamper", "wipe", "package-refusals", "ceremony-impostor",
 })
 SECURITY_EVENT_PREFIXES = ("hrng",)  # every HRNG alarm code (hrng/errors.py) is one
+
+
+DEVICE_ID_LABEL = b"otc device id v1\x00"
+IDENTITY_CONTEXT = b"device identity"
+
+
+def device_id_for(identity_public: bytes) -> bytes:
+    """The id a device made since schema step 7 has: a hash of its identity's public key (self-certifying)."""
+    return hashlib.sha256(DEVICE_ID_LABEL + identity_public).digest()[:16]
 
 
 def is_security_event(event: str) -> bool:
@@ -200,7 +212,8 @@ _PAD_COLUMNS = (
 class PadStore:
     """A device home: its metadata database and pad files."""
 
-    def __init__(self, home: str | os.PathLike[str], storage_key: bytes | None = None) -> None:
+    def __init__(self, home: str | os.PathLike[str], storage_key: bytes | None = None,
+                 identity_seed: bytes | None = None) -> None:
         self.home = Path(home)
         self.db_path = self.home / DB_NAME
         if not self.db_path.is_file():
@@ -234,11 +247,51 @@ class PadStore:
                 raise DeviceNotInitialised()
             self.device_name: str = row[0]
             self.device_id: bytes = bytes(row[1])
+            self._identity = self._load_identity(identity_seed)
             self.recover()
             self.destroy_retired()
         except BaseException:
             self.close()
             raise
+
+    # -- identity -----------------------------------------------------------------
+
+    def _load_identity(self, fresh_seed: bytes | None) -> Ed25519PrivateKey:
+        """This device's identity key: stored at init (sealed in a PIN-locked home); made at the first opening
+        of a device from before schema step 7 (which keeps its id)."""
+        (stored,) = self._conn().execute("SELECT identity FROM device WHERE id = 1").fetchone()
+        if stored is not None:
+            seed = self.secrets.open(bytes(stored), IDENTITY_CONTEXT) if self.secrets else bytes(stored)
+            return Ed25519PrivateKey.from_private_bytes(seed)
+        seed = fresh_seed or secrets.token_bytes(32)
+        with self.transaction() as conn:
+            conn.execute("UPDATE device SET identity = ? WHERE id = 1 AND identity IS NULL",
+                         (self.secrets.seal(seed, IDENTITY_CONTEXT) if self.secrets else seed,))
+            if fresh_seed is None:
+                self.log(conn, "identity", detail="this device's identity key was made (its id stays)")
+        return Ed25519PrivateKey.from_private_bytes(seed)
+
+    @property
+    def identity_public(self) -> bytes:
+        """This device's identity (public key, 32 bytes): what it signs ceremonies with."""
+        return self._identity.public_key().public_bytes_raw()
+
+    def sign_identity(self, message: bytes) -> bytes:
+        return self._identity.sign(message)
+
+    def peer_identity(self, peer_device_id: bytes) -> tuple[str, bytes | None] | None:
+        """(contact name, the identity it was made with, or None for a contact from before) for a device id."""
+        rows = self.read("SELECT name, peer_identity FROM contacts WHERE peer_device_id = ?", (peer_device_id,))
+        if not rows:
+            return None
+        return str(rows[0][0]), bytes(rows[0][1]) if rows[0][1] is not None else None
+
+    def bind_identity(self, peer_device_id: bytes, identity: bytes) -> None:
+        """Remember the identity of the contact with ``peer_device_id`` (only where none is known)."""
+        with self.transaction() as conn:
+            if conn.execute("UPDATE contacts SET peer_identity = ? WHERE peer_device_id = ? AND peer_identity IS NULL",
+                            (identity, peer_device_id)).rowcount:
+                self.log(conn, "contact-identity", detail="a contact's device identity is known from now on")
 
     # -- creation -----------------------------------------------------------------
 
@@ -263,9 +316,11 @@ class PadStore:
         try:
             schema.upgrade(conn)
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT INTO device (id, name, device_id, created) VALUES (1, ?, ?, ?)",
-                (name, secrets.token_bytes(16), time.time()),
+            seed = secrets.token_bytes(32)
+            public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+            conn.execute(  # a PIN-locked home gets its identity sealed once the storage key exists (below)
+                "INSERT INTO device (id, name, device_id, created, identity) VALUES (1, ?, ?, ?, ?)",
+                (name, device_id_for(public), time.time(), None if pin else seed),
             )
             conn.execute(
                 "INSERT INTO events (ts, event, detail) VALUES (?, 'init', ?)",
@@ -290,7 +345,8 @@ class PadStore:
 
         lock = StoreLock(home)
         lock.set_pin(pin)
-        return cls(home, storage_key=lock.key)
+        store = cls(home, storage_key=lock.key, identity_seed=seed)
+        return store
 
     @staticmethod
     def peek_name(home: str | os.PathLike[str]) -> str:

@@ -153,6 +153,17 @@ STEPS: list[str] = [
     """
     ALTER TABLE abe_issued ADD COLUMN proof_key BLOB;
     """,
+    # 6 -> 7: device identities (issue 17). Each device holds an Ed25519 identity key (sealed in a
+    # PIN-locked home) and signs every ceremony's transcript with it; a device made from now on has the id
+    # SHA-256(label | public key)[:16], so nobody else can give its id. A contact, and an authority a member
+    # holds keys from, remembers the identity it was made with: another key giving that id is refused.
+    # Devices made before keep their ids (they get a key at their next opening), and a contact made before
+    # learns its peer's key at the next ceremony that proves it.
+    """
+    ALTER TABLE device ADD COLUMN identity BLOB;
+    ALTER TABLE contacts ADD COLUMN peer_identity BLOB;
+    ALTER TABLE abe_authorities ADD COLUMN device_identity BLOB;
+    """,
 ]
 
 LATEST = len(STEPS)
