@@ -1,9 +1,10 @@
 """The ceremony as the device runs it for a laptop, against hostile peers and laptops (an outside red team).
 
 Each attacker is written here: a peer that trickles the agreement's bytes, one that makes the pad far too
-slowly, strangers who reach the ceremony listener before the laptop does, and a second laptop reading a
-ceremony's status. The budgets are shrunk for the tests (``Limits``); the arithmetic at the real budgets, a
-256 MiB pad at the slowest HRNG's pace included, is checked on a clock the test moves.
+slowly, strangers who reach the ceremony listener before the laptop does, a peer that cuts each ceremony
+after the offer under a new device id, and a second laptop reading a ceremony's status. The budgets are
+shrunk for the tests (``Limits``); the arithmetic at the real budgets, a 256 MiB pad at the slowest HRNG's
+pace included, is checked on a clock the test moves.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,8 +26,8 @@ from client.rpc import DeviceClient, pair
 from client.state import ClientState
 from device.ceremonies import Budget, CeremonyRunner, Limits
 from device.storage.padstore import PadStore
-from provisioning.ceremony import CHUNK, JOIN, Ceremony
-from provisioning.errors import CeremonyError
+from provisioning.ceremony import CHUNK, HOST, JOIN, MAX_PARTIALS, Ceremony, Partial
+from provisioning.errors import CeremonyBroken, CeremonyError, CeremonyRefused
 from provisioning.wire import Wire
 from tests.test_pair_from_laptop import Served, owner, serve
 
@@ -338,6 +341,112 @@ def test_no_token_before_the_deadline_ends_the_ceremony_and_frees_the_slot(arm):
         runner.arm("pad", "host", lambda store, wire, random_bytes: {}, owner="laptop")  # not busy
     finally:
         stranger.close()
+
+
+# -- 3. partial pads a peer leaves behind ---------------------------------------------------------------
+
+
+class CutAfterTheOffer(Ceremony):
+    """A hostile host: its pad is offered and accepted, then it cuts the connection before the first chunk, so
+    the joining device is left holding a recorded partial pad (a sparse file of the whole size)."""
+
+    def _transfer(self, wire: Wire, partial: object, start: int) -> None:
+        raise CeremonyBroken("cut by the attacker after the offer")
+
+
+def hostile_ceremony(alice: PadStore, peer: Path, size: int) -> Exception | None:
+    """``peer`` (a device id of its own each time it is a new home) hosts a pad of ``size`` for alice, then
+    cuts; what alice's side ended with."""
+    ours, theirs = socket.socketpair()
+    outcome: list[Exception | None] = []
+
+    def host() -> None:
+        with PadStore(peer) as store:
+            wire = Wire(theirs)
+            try:
+                CutAfterTheOffer(store, HOST, random_bytes=os.urandom, compare=lambda sas: True, size=size).run(wire)
+            except CeremonyError:
+                pass
+            finally:
+                wire.close()
+
+    thread = threading.Thread(target=host, daemon=True)
+    thread.start()
+    wire = Wire(ours)
+    try:
+        Ceremony(alice, JOIN, random_bytes=os.urandom, compare=lambda sas: True).run(wire)
+        outcome.append(None)
+    except CeremonyError as exc:
+        outcome.append(exc)
+    finally:
+        wire.close()
+        thread.join(30)
+    return outcome[0]
+
+
+def peers(tmp_path: Path, count: int) -> list[Path]:
+    out = []
+    for i in range(count):
+        PadStore.init(tmp_path / f"claimed-{i}", f"claimed-{i}").close()
+        out.append(tmp_path / f"claimed-{i}")
+    return out
+
+
+def partials_of(store: PadStore) -> dict[str, str]:
+    """Alice's partial pads, pad id to the peer's device id, with their files."""
+    kept = {p.pad_id: p.peer_device_id for p in Partial.recorded(store)}
+    files = {path.name[: -len(".pad.partial")] for path in (store.home / "pads").glob("*.pad.partial")}
+    assert files == set(kept)  # no file without its record, none swept only halfway
+    return kept
+
+
+def test_a_peer_cutting_after_the_offer_under_many_claimed_ids_leaves_a_bounded_number_of_partials(tmp_path):
+    alice = tmp_path / "alice"
+    PadStore.init(alice, "alice").close()
+    claimed = peers(tmp_path, MAX_PARTIALS + 3)
+    with PadStore(alice) as store:
+        ids = []
+        for peer in claimed:
+            assert isinstance(hostile_ceremony(store, peer, 64 * MiB), CeremonyBroken)
+            with PadStore(peer) as other:
+                ids.append(other.device_id.hex())
+            assert len(partials_of(store)) <= MAX_PARTIALS
+        # The last MAX_PARTIALS peers' partials are kept (any of them may be an honest resume); the older went.
+        assert sorted(partials_of(store).values()) == sorted(ids[-MAX_PARTIALS:])
+        swept = [e for e in store.events(200) if e["event"] == "ceremony-swept"]
+        assert len(swept) == 3 and all(f"at most {MAX_PARTIALS} unfinished pads" in e["detail"] for e in swept)
+        # The same claimed id again, with another pad: one partial per peer, the newer.
+        before = partials_of(store)
+        assert isinstance(hostile_ceremony(store, claimed[-1], 32 * MiB), CeremonyBroken)
+        after = partials_of(store)
+        (new,) = set(after) - set(before)
+        (old,) = set(before) - set(after)
+        assert after[new] == before[old] == ids[-1] and list(after.values()).count(ids[-1]) == 1
+
+
+def test_the_free_space_check_counts_what_kept_partials_may_still_fill(tmp_path, monkeypatch):
+    # The partials' files are sparse: they take no space yet, but a resume fills them. With 300 MiB free,
+    # before, every 64 MiB offer passed (300 >= 64 + 64) however many were kept.
+    alice = tmp_path / "alice"
+    monkeypatch.setattr("provisioning.ceremony.shutil.disk_usage",
+                        lambda path: SimpleNamespace(free=300 * MiB if Path(path) == alice else 1 << 50))
+    PadStore.init(alice, "alice").close()
+    claimed = peers(tmp_path, 4)
+    with PadStore(alice) as store:
+        for peer in claimed[:3]:
+            hostile_ceremony(store, peer, 64 * MiB)
+        kept = partials_of(store)
+        assert len(kept) == 3  # 192 MiB they may still fill, 108 MiB left beside them
+        # A fourth 64 MiB pad needs 64 MiB and the margin: the stalest partial goes to make room.
+        assert isinstance(hostile_ceremony(store, claimed[3], 64 * MiB), CeremonyBroken)
+        now = partials_of(store)
+        assert len(now) == 3 and len(set(kept) - set(now)) == 1
+        (swept,) = [e for e in store.events(200) if e["event"] == "ceremony-swept"]
+        assert "its space is needed" in swept["detail"]
+        # A pad that would not fit even with every partial swept is refused, and nothing is swept for it.
+        refused = hostile_ceremony(store, claimed[0], 512 * MiB)
+        assert isinstance(refused, CeremonyRefused) and "beside" in str(refused), refused
+        assert partials_of(store) == now
 
 
 # -- 4. a ceremony's status is its own ------------------------------------------------------------------
