@@ -36,6 +36,7 @@ def carry(device: DeviceClient, role: str, peer: socket.socket, on_status: Calla
     try:
         link = socket.create_connection((host, int(armed["port"])), timeout=10)
         link.sendall(bytes.fromhex(str(armed["token"])))
+        ceremony = str(armed["ceremony"])
     except (OSError, KeyError, ValueError):
         raise ClientError("Could not reach the device's pairing port over the cable.") from None
     link.settimeout(None)
@@ -45,7 +46,7 @@ def carry(device: DeviceClient, role: str, peer: socket.socket, on_status: Calla
         pipe.start()
     try:
         while True:
-            status = device.call("ceremony_status")
+            status = device.call("ceremony_status", ceremony=ceremony)
             if on_status is not None:
                 on_status(status)
             if status.get("stage") in ("done", "failed"):

@@ -238,6 +238,7 @@ class DeviceService:
         return f"{sources}: ALARM, {self._hrng_state}"
 
     def close(self) -> None:
+        self.ceremonies.close()
         if self.store is not None:
             self.flush_refusals()
             self.device.flush_refusals()
@@ -378,10 +379,15 @@ class DeviceService:
         if name is not None and not isinstance(name, str):
             raise BadRequest("name must be a string.")
         self.ready().log_event("ceremony-started", detail=f"{role}, carried by laptop {client.name}")
-        return self.ceremonies.start(role, size, name)
+        return self.ceremonies.start(role, size, name, owner=client.client_id.hex())
 
     def ceremony_status(self, client: PairedClient, params: dict) -> dict:
-        return self.ceremonies.status()
+        """The state of the ceremony ``ceremony`` (the id ``ceremony_start`` returned) if this laptop armed it;
+        with no id, only whether one is under way."""
+        ceremony = params.get("ceremony")
+        if ceremony is not None and not isinstance(ceremony, str):
+            raise BadRequest("ceremony is the id ceremony_start returned.")
+        return self.ceremonies.report(ceremony, client.client_id.hex())
 
     def _pad_random(self, stream: TextIO | None = None) -> AbstractContextManager[Callable[[int], bytes]]:
         def on_alarm(alarm: Exception) -> None:

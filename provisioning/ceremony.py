@@ -75,6 +75,8 @@ MAX_HELD = 2 * WINDOW + 2  # the peer's sealed shares held for their keys, at mo
 TAG_BYTES = 16  # a chunk's GMAC tag
 MAX_LISTED = 65536  # pads a device may list when settling (far above any real device's count)
 ORPHAN_AGE_S = 600.0  # a pad file with no record beside it, untouched this long, is a killed ceremony's
+MAX_PARTIALS = 4  # unfinished pads kept, all peers together (a peer has one at a time); the stalest go first
+SPACE_MARGIN = 64 << 20  # free space a ceremony leaves beyond its pad and every kept partial's remainder
 PERSIST_CHUNKS = 16  # verified progress is synced and recorded every this many chunks,
 PERSIST_SECONDS = 1.0  # or after this long, whichever comes first, and when the transfer ends or breaks
 PROGRESS_SECONDS = 0.1  # the progress view changes at most this often
@@ -182,16 +184,32 @@ class Partial:
         return store.home / "pads" / f"{pad_id}.pad.partial"
 
     @classmethod
-    def all_for_peer(cls, store: PadStore, peer_device_id: bytes) -> list[Partial]:
-        out = []
+    def recorded(cls, store: PadStore) -> list[Partial]:
+        """Every partial pad with its record and its file, the least recently advanced first (a record is
+        rewritten as the transfer verifies chunks)."""
+        found = []
         for path in sorted((store.home / "pads").glob("*.ceremony.json")):
             try:
                 partial = cls(**json.loads(path.read_text()))
+                advanced = path.stat().st_mtime
             except (OSError, ValueError, TypeError):
                 continue
-            if partial.peer_device_id == peer_device_id.hex() and cls.data_path(store, partial.pad_id).exists():
-                out.append(partial)
-        return out
+            if cls.data_path(store, partial.pad_id).exists():
+                found.append((advanced, partial))
+        return [partial for _, partial in sorted(found, key=lambda item: item[0])]
+
+    @classmethod
+    def all_for_peer(cls, store: PadStore, peer_device_id: bytes) -> list[Partial]:
+        return [p for p in cls.recorded(store) if p.peer_device_id == peer_device_id.hex()]
+
+    def unwritten(self, store: PadStore) -> int:
+        """Bytes of the pad not on disk yet: its file is made sparse at the pad's size (``ftruncate``), so a
+        resume may still need the rest of it."""
+        try:
+            held = os.stat(self.data_path(store, self.pad_id)).st_blocks * 512
+        except FileNotFoundError:
+            held = 0
+        return max(self.size - held, 0)
 
     @classmethod
     def for_peer(cls, store: PadStore, peer_device_id: bytes) -> Partial | None:
@@ -373,9 +391,51 @@ class Ceremony:
                                 "choose another with --name.")
         return name
 
-    def _check_space(self, size: int) -> None:
-        if shutil.disk_usage(self.store.home).free < size + (64 << 20):
-            raise CeremonyRefused(f"Not enough free disk space for a {size}-byte pad.")
+    def _check_space(self, size: int, kept: int = 0) -> None:
+        """Refuse unless the disk holds ``size`` more bytes beside ``kept``, what kept partial pads may still
+        fill, and the margin."""
+        if shutil.disk_usage(self.store.home).free - kept < size + SPACE_MARGIN:
+            beside = f" beside {kept} bytes that unfinished pads may still fill" if kept else ""
+            raise CeremonyRefused(f"Not enough free disk space for a {size}-byte pad{beside}.")
+
+    def _make_room(self, peer_device_id: bytes, resuming: Partial | None, size: int) -> None:
+        """Bound the partial pads before one with this peer is made (``size`` bytes) or resumed, and check
+        that it fits.
+
+        A peer has one partial pad at a time: any other with it goes. All peers together keep at most
+        ``MAX_PARTIALS``, this one included, the least recently advanced going first, so a peer that claims
+        a new device id for each ceremony it cuts leaves no more than that. The disk must hold what this pad
+        still needs beside what the kept ones may still fill (their files are sparse: what they lack is
+        counted too); if sweeping the stalest would make room, they go, oldest first; if even sweeping all
+        would not, nothing is swept and the pad is refused. Each sweep is logged (``ceremony-swept``).
+        """
+        store = self.store
+        others = []
+        for partial in Partial.recorded(store):
+            if resuming is not None and partial.pad_id == resuming.pad_id:
+                continue
+            if partial.peer_device_id == peer_device_id.hex():
+                self._sweep(partial, "a newer pad with the same device replaces it")
+            else:
+                others.append(partial)
+        while len(others) >= MAX_PARTIALS:
+            self._sweep(others.pop(0), f"at most {MAX_PARTIALS} unfinished pads are kept")
+        need = resuming.unwritten(store) if resuming is not None else size
+        free = shutil.disk_usage(store.home).free
+        left = [p.unwritten(store) for p in others]
+        # Sweeping a partial frees what it wrote and what it may still fill: its whole size.
+        if free - sum(left) + sum(p.size for p in others) >= need + SPACE_MARGIN:
+            while others and free - sum(left) < need + SPACE_MARGIN:
+                swept = others.pop(0)
+                free += swept.size - left.pop(0)
+                self._sweep(swept, "its space is needed for a new pad")
+        self._check_space(need, sum(p.unwritten(store) for p in others))
+
+    def _sweep(self, partial: Partial, why: str) -> None:
+        partial.discard(self.store)
+        self.store.log_event("ceremony-swept", pad_id=bytes.fromhex(partial.pad_id), length=partial.size,
+                             detail=f"an unfinished pad {partial.pad_id[:8]} with device "
+                                    f"{partial.peer_device_id[:8]} was deleted: {why}")
 
     def _offer(self, wire: Wire, peer_device_id: bytes) -> tuple[Partial, int]:
         try:
@@ -389,9 +449,13 @@ class Ceremony:
         if partial is not None and (partial.role != HOST or partial.size != self.size):
             partial.discard(self.store)  # another pad was being made: start afresh
             partial = None
+        assert self.size is not None
+        try:
+            self._make_room(peer_device_id, partial, self.size)
+        except CeremonyRefused:
+            wire.send({"t": "refuse", "reason": "the host has no room for this pad"})
+            raise
         if partial is None:
-            assert self.size is not None
-            self._check_space(self.size)
             partial = Partial(
                 pad_id=self.random_bytes(16).hex(), peer_device_id=peer_device_id.hex(), role=HOST,
                 size=self.size, chunk=self.chunk, mailbox_h2j=self.random_bytes(16).hex(),
@@ -425,25 +489,32 @@ class Ceremony:
         try:
             check_size(size)
             contact = self._contact_name(peer_device_id)
-            self._check_space(size)
-        except (ContactExists, CeremonyRefused, OTCError) as exc:
+        except (ContactExists, OTCError) as exc:
             wire.send({"t": "refuse", "reason": "the joining device cannot take this pad"})
             raise CeremonyRefused(str(exc)) from None
         if self.store.pad(pad_id) is not None:
             wire.send({"t": "refuse", "reason": "pad id already in use"})
             raise CeremonyRefused("The offered pad id is already in use.")
+        # Resumed only with a peer proved to be the device it was with (see _offer).
         partial = Partial.for_peer(self.store, peer_device_id) if self.trusted else None
+        resuming = partial is not None and partial.pad_id == pad_id.hex() and partial.size == size \
+            and partial.chunk == chunk and partial.role == JOIN
+        if partial is not None and not resuming:
+            partial.discard(self.store)
+            partial = None
+        try:
+            self._make_room(peer_device_id, partial, size)
+        except CeremonyRefused:
+            wire.send({"t": "refuse", "reason": "the joining device cannot take this pad"})
+            raise
         start = 0
-        if partial is not None and partial.pad_id == pad_id.hex() and partial.size == size \
-                and partial.chunk == chunk and partial.role == JOIN:
+        if partial is not None:
             for mine, theirs in zip(partial.hashes, hashes):
                 if not hmac.compare_digest(bytes.fromhex(mine), theirs):
                     break
                 start += 1
             del partial.hashes[start:]
         else:
-            if partial is not None:
-                partial.discard(self.store)
             partial = Partial(
                 pad_id=pad_id.hex(), peer_device_id=peer_device_id.hex(), role=JOIN, size=size, chunk=chunk,
                 mailbox_h2j=mailboxes[0].hex(), mailbox_j2h=mailboxes[1].hex(), contact=contact,

@@ -183,7 +183,7 @@ def test_a_ceremony_needs_the_laptop_that_armed_it(devices):
         intruder.sendall(b"\0" * 32)
         intruder.settimeout(5)
         assert intruder.recv(1) == b""  # dropped
-    assert client.call("ceremony_status")["stage"] == "waiting"
+    assert client.call("ceremony_status", ceremony=armed["ceremony"])["stage"] == "waiting"
     with pytest.raises(Exception, match="already under way"):
         client.call("ceremony_start", role="join")
 

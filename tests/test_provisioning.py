@@ -295,7 +295,7 @@ def test_resuming_the_largest_pad_offers_every_recorded_tag_in_one_frame(tmp_pat
         starts[self.role] = (start, len(partial.hashes))
         raise CeremonyBroken("stopped by the test")
 
-    monkeypatch.setattr(Ceremony, "_check_space", lambda self, size: None)
+    monkeypatch.setattr(Ceremony, "_check_space", lambda self, size, kept=0: None)
     monkeypatch.setattr(Ceremony, "_transfer", transfer)
     host, join = run_pair(a, b, size, chunk=chunk)
     assert isinstance(host, CeremonyBroken) and isinstance(join, CeremonyBroken), (host, join)

@@ -143,7 +143,7 @@ def start_grant(service: Any, client: Any, params: dict) -> dict:
 
     what = f"attributes {', '.join(attributes)}" if role == HOST else "a key"
     store.log_event("grant-started", detail=f"{role}, {what}, carried by laptop {client.name}")
-    return runner.arm("grant", role, grant)
+    return runner.arm("grant", role, grant, owner=client.client_id.hex())
 
 
 def _fallback(source: ConfirmSource) -> Callable[[GrantView], bool] | None:
