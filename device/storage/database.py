@@ -51,15 +51,6 @@ def operational_errors() -> tuple[type[Exception], ...]:
     return found
 
 
-def errors() -> tuple[type[Exception], ...]:
-    """The base Error classes of every SQLite module a store may be using."""
-    found: tuple[type[Exception], ...] = (sqlite3.Error,)
-    module = sys.modules.get("sqlcipher3.dbapi2")
-    if module is not None:
-        found += (module.Error,)
-    return found
-
-
 def is_plain(path: Path) -> bool:
     """Whether ``path`` is a plaintext SQLite database (a sealed one starts with its random salt)."""
     with open(path, "rb") as f:

@@ -6,7 +6,7 @@ Layout of a device home::
     HOME/pads/<name>.pad     pad bytes, preallocated, destroyed segment by segment; <name> is the pad
                              id in hex, or in a PIN-locked home an HMAC of it (atrest.FileNames)
     HOME/run/<owner>.lock    one per open store, held with flock while it lives
-    HOME/run/open.lock       held while a store opens (and seals an older locked home's files)
+    HOME/run/open.flock      held while a store opens (and seals an older locked home's files)
 
 Every state change runs in a ``BEGIN IMMEDIATE`` transaction, which SQLite
 serialises across threads and processes, and commits durably (the WAL is
@@ -50,7 +50,7 @@ from device.storage.padfile import PadFile, sync_directory
 DB_NAME = "device.db"
 PADS_DIR = "pads"
 RUN_DIR = "run"
-OPEN_LOCK = "open.lock"
+OPEN_LOCK = "open.flock"  # not *.lock: those are the owners' locks
 PAD_SUFFIX = ".pad"
 # A pairing ceremony's files while it runs (provisioning/ceremony.py, Partial): the pad so far, and its state.
 PARTIAL_SUFFIX = ".pad.partial"
@@ -271,7 +271,7 @@ class PadStore:
             raise StoreError(f"Cannot make the device home {home}: {exc.strerror or type(exc).__name__}.") from None
         # A PIN-locked home's store is sealed from its first byte: its key exists before the database does.
         key = secrets.token_bytes(KEY_LEN) if pin is not None else None
-        with _flocked(home / RUN_DIR / "init.lock"):
+        with _flocked(home / RUN_DIR / "init.flock"):
             if (home / DB_NAME).exists():
                 raise DeviceExists()
             tmp = home / (DB_NAME + ".new")
