@@ -344,7 +344,7 @@ class PadStore:
         """Open a PIN-locked home's store sealed; seal what an older version left in the clear first.
 
         Sealing replaces device.db and renames files, so it runs only while no other store of this home is
-        open (each holds its owner lock; ``run/open.lock`` keeps a store from opening meanwhile). If one is,
+        open (each holds its owner lock; ``run/open.flock`` keeps a store from opening meanwhile). If one is,
         this store opens the home as that one found it, and a later open seals it.
         """
         with _flocked(self.home / RUN_DIR / OPEN_LOCK):
