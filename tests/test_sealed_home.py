@@ -234,3 +234,13 @@ def test_a_pin_set_on_a_served_device_seals_its_store_at_once(tmp_path):
         server.close()
     assert leaks([home], {"alice's name": ALICE}) == []
     assert PadStore.peek_name(home) is None
+
+
+def test_a_sealed_store_opens_with_its_own_key_only(tmp_path):
+    from device.errors import StoreError
+
+    PadStore.init(tmp_path / ALICE, ALICE, pin=PINS[ALICE]).close()
+    with pytest.raises(StoreError, match="cannot be opened with this home's key"):
+        PadStore(tmp_path / ALICE, storage_key=os.urandom(32))
+    with unlocked(tmp_path / ALICE) as store:
+        assert store.device_name == ALICE
