@@ -27,6 +27,9 @@ setup(
         "argcomplete>=3.1",
         # BLS12-381 pairings for attribute-based keys (wheels for x86_64 and aarch64).
         "py-arkworks-bls12381>=0.5,<0.6",
+        # SQLCipher: a PIN-locked device home's store sealed whole (docs/pin-lock.md). Self-contained
+        # manylinux wheels (SQLCipher 4 with OpenSSL built in) for cp311 on x86_64 and aarch64 since 0.6.2.
+        "sqlcipher3>=0.6.2",
     ],
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],

@@ -128,16 +128,16 @@ def register(parts: argparse._SubParsersAction) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from device.server import Server, ServerConfig, parse_listen
-    from device.ui import Console, PanelSource
+    from device.ui import LOCKED_NAME, Console, PanelSource
 
     host, port = parse_listen(args.listen)
     if args.confirm_timeout <= 0:
         raise UsageError("--confirm-timeout must be positive.")
-    name = PadStore.peek_name(args.home)  # a clear error now if the home holds no device
+    name = PadStore.peek_name(args.home)  # a clear error now if the home holds no device; None if PIN-locked
     pin = read_pin_file(args.pin_file) if args.pin_file else None
     console: Console | None = None
     if args.confirm in ("touchscreen", "gpio"):
-        console = Console(name, args.confirm)
+        console = Console(name or LOCKED_NAME, args.confirm)
         source: ConfirmSource = PanelSource(console, name=args.confirm)
         panel = _start_panel(args.confirm, console)  # fails early if the hardware is missing
     else:
@@ -151,7 +151,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         console.attach(service.lock, service.panel_status, service.panel_laptops, service.revoke_from_panel)
     try:
         signal.signal(signal.SIGTERM, _raise_interrupt)
-        print(f"otc: device {name} serving on {server.url} (confirm mode: {args.confirm}, "
+        # Not the name of a PIN-locked device: this line goes to the system journal, on the same SD card.
+        print(f"otc: device {name + ' ' if name else ''}serving on {server.url} (confirm mode: {args.confirm}, "
               f"timeout {args.confirm_timeout:g} s)", flush=True)
         if service.store is None:
             print("otc: the device is PIN-locked: it answers only health until its owner unlocks it",

@@ -104,7 +104,7 @@ class DeviceService:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.device_name = PadStore.peek_name(config.home)
+        PadStore.peek_name(config.home)  # a clear error now if the home holds no device
         self.lock = StoreLock(config.home)
         self.broker = ConfirmBroker(config.source, config.confirm_timeout,
                                     on_queue=config.console.set_queued if config.console is not None else None)
@@ -141,10 +141,21 @@ class DeviceService:
         self.ceremonies = CeremonyRunner(self.ready, config.address, self.console, _ceremony_compare(config.source),
                                          self._pad_random)
 
+    @property
+    def device_name(self) -> str | None:
+        """The device's name; None while a PIN-locked home is locked (its name is sealed)."""
+        store = self.store
+        return store.device_name if store is not None else PadStore.peek_name(self.config.home)
+
     def _open(self, key: bytes | None) -> None:
         with self._open_lock:
-            if self.store is not None:
+            if self.store is not None and (key is None or self.store.sealed):
                 return
+            if self.store is not None:
+                # A PIN was just set on a home served without one: open it again with the key, which seals
+                # its store and files (DESIGN.md: nothing identifying readable in a locked home).
+                self.store.close()
+                self.store = None
             store = PadStore(self.config.home, storage_key=key)
             self.device = Device(store, self.broker)
             self.clients = ClientRegistry(store)
@@ -153,6 +164,7 @@ class DeviceService:
             store.listeners.append(self._on_event)
             self.store = store
         if self.console is not None:
+            self.console.set_device_name(store.device_name)
             # A forgery alarm outlives restarts: tag failures are counted on disk.
             names = {pad.pad_id: pad.contact for pad in store.pads()}
             for pad_id, failures in store.tag_failures().items():

@@ -177,6 +177,11 @@ StatusProvider = Callable[[], tuple[tuple[ContactView, ...], tuple[str, ...], st
 LaptopsProvider = Callable[[], tuple[LaptopView, ...]]
 
 
+# What the screens call a device whose name they cannot read: a PIN-locked one keeps its name sealed until
+# it is unlocked (docs/pin-lock.md), so its lock screen does not say whose device it is.
+LOCKED_NAME = "One Time Chat"
+
+
 class Console:
     """The hub between the device's state and its screen and buttons."""
 
@@ -236,6 +241,11 @@ class Console:
 
     def _touch(self) -> None:
         self.changed.set()
+
+    def set_device_name(self, name: str) -> None:
+        """The device's name, once its store is open (a PIN-locked home's is sealed until then)."""
+        self.device_name = name
+        self._touch()
 
     # -- what the owner does -------------------------------------------------------
 

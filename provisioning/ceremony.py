@@ -58,7 +58,16 @@ from device.localpair import check_size
 from device.package import auth_key_range
 from device.storage.atrest import PadCipher
 from device.storage.padfile import PadFile, sync_directory
-from device.storage.padstore import INITIATOR, RESPONDER, PadRecord, PadStore, check_name, device_id_for
+from device.storage.padstore import (
+    INITIATOR,
+    PARTIAL_STATE_SUFFIX,
+    PARTIAL_SUFFIX,
+    RESPONDER,
+    PadRecord,
+    PadStore,
+    check_name,
+    device_id_for,
+)
 from device.ui import CeremonyView
 from onetimechat.errors import OTCError
 from provisioning.agree import HOST, JOIN, agree
@@ -175,22 +184,24 @@ class Partial:
     contact: str
     hashes: list[str] = field(default_factory=list)  # the verified chunks' tags, in order (a prefix of them)
 
+    # In a PIN-locked home both files are named by an HMAC of the pad id and the state is sealed
+    # (PadStore.pad_path, PadStore.seal_file): the pads folder shows no pad id, peer, mailbox or contact.
     @staticmethod
     def state_path(store: PadStore, pad_id: str) -> Path:
-        return store.home / "pads" / f"{pad_id}.ceremony.json"
+        return store.pad_path(bytes.fromhex(pad_id), PARTIAL_STATE_SUFFIX)
 
     @staticmethod
     def data_path(store: PadStore, pad_id: str) -> Path:
-        return store.home / "pads" / f"{pad_id}.pad.partial"
+        return store.pad_path(bytes.fromhex(pad_id), PARTIAL_SUFFIX)
 
     @classmethod
     def recorded(cls, store: PadStore) -> list[Partial]:
         """Every partial pad with its record and its file, the least recently advanced first (a record is
         rewritten as the transfer verifies chunks)."""
         found = []
-        for path in sorted((store.home / "pads").glob("*.ceremony.json")):
+        for path in sorted((store.home / "pads").glob("*" + PARTIAL_STATE_SUFFIX)):
             try:
-                partial = cls(**json.loads(path.read_text()))
+                partial = cls(**json.loads(store.open_file(path.read_bytes(), path.name)))
                 advanced = path.stat().st_mtime
             except (OSError, ValueError, TypeError):
                 continue
@@ -248,24 +259,18 @@ class Partial:
             except FileNotFoundError:
                 return False
 
-        for data in sorted(pads.glob("*.pad.partial")):
-            pad_id = data.name[: -len(".pad.partial")]
-            if not cls.state_path(store, pad_id).exists() and old(data):
+        for data in sorted(pads.glob("*" + PARTIAL_SUFFIX)):
+            pad_id = data.name[: -len(PARTIAL_SUFFIX)]  # the file's name: in a PIN-locked home, not the pad id
+            if not data.with_name(pad_id + PARTIAL_STATE_SUFFIX).exists() and old(data):
                 data.unlink(missing_ok=True)
                 swept.append(pad_id)
-        for tmp in pads.glob("*.ceremony.json.tmp"):
+        for tmp in pads.glob("*" + PARTIAL_STATE_SUFFIX + ".tmp"):
             if old(tmp):
                 tmp.unlink(missing_ok=True)
         return swept
 
     def save(self, store: PadStore) -> None:
-        path = self.state_path(store, self.pad_id)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(asdict(self), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        store.write_sealed(self.state_path(store, self.pad_id), json.dumps(asdict(self)).encode())
 
     def discard(self, store: PadStore) -> None:
         self.data_path(store, self.pad_id).unlink(missing_ok=True)

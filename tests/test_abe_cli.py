@@ -129,14 +129,16 @@ def test_keys_are_sealed_at_rest_in_a_pin_locked_home(tmp_path):
                             "--policy", "STAFF", check=True).stdout)
     result = otc("abe", "decaps", "--home", str(alice), "--pin-file", str(pin), input=sealed["ciphertext"].encode())
     assert json.loads(result.stdout)["key_fingerprint"] == sealed["key_fingerprint"]
+    # The rows are sealed under the storage key, inside a database sealed whole (docs/pin-lock.md).
     with open_home(auth, pin) as store:
         master = AbeKeys(store).master()
+        ((stored_master,),) = store.read("SELECT master_key FROM abe_authorities")
     with open_home(alice, pin) as store:
         (key,) = AbeKeys(store).member_keys()
-    with sqlite3.connect(auth / "device.db") as db:
-        (stored_master,) = db.execute("SELECT master_key FROM abe_authorities").fetchone()
-    with sqlite3.connect(alice / "device.db") as db:
-        (stored_key,) = db.execute("SELECT secret FROM abe_keys").fetchone()
+        ((stored_key,),) = store.read("SELECT secret FROM abe_keys")
+    for home in (auth, alice):
+        with pytest.raises(sqlite3.DatabaseError):
+            sqlite3.connect(home / "device.db").execute("SELECT 1 FROM abe_keys").fetchone()
     assert master.alpha.to_bytes(32, "big") not in stored_master and master.a.to_bytes(32, "big") not in stored_master
     assert bytes(key.K.to_compressed_bytes()) not in stored_key and bytes(key.L.to_compressed_bytes()) not in stored_key
 

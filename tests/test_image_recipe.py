@@ -221,10 +221,12 @@ def test_first_boot_names_the_device_and_creates_it_pin_locked(setup_screen, tmp
     screen.type_pin("246813")
     home = tmp_path / "otc"
     assert screen.app.done.is_set()
-    assert PadStore.peek_name(home) == "Alice-pi"
+    assert PadStore.peek_name(home) is None  # sealed with the PIN
     lock = StoreLock(home)
     assert lock.locked_home and lock.status().state == LockState.LOCKED
     assert lock.unlock("246813").ok
+    with PadStore(home, storage_key=lock.key) as store:
+        assert store.device_name == "Alice-pi" and store.sealed
     assert "246813" not in "".join(p.read_text(errors="replace") for p in home.iterdir() if p.is_file())
 
 
@@ -243,7 +245,10 @@ def test_first_boot_pins_must_match_and_names_must_be_valid(setup_screen, tmp_pa
     assert not (tmp_path / "otc" / DB_NAME).exists()
     screen.type_pin("135792")
     screen.type_pin("135792")
-    assert PadStore.peek_name(tmp_path / "otc") == "bo"
+    lock = StoreLock(tmp_path / "otc")
+    assert lock.unlock("135792").ok
+    with PadStore(tmp_path / "otc", storage_key=lock.key) as store:
+        assert store.device_name == "bo"
 
 
 def test_first_boot_stops_at_32_characters(setup_screen):

@@ -460,8 +460,10 @@ def test_a_pin_locked_home_pairs_with_the_pad_encrypted_at_rest(tmp_path):
     with unlocked(a) as store_a, unlocked(b) as store_b:
         pad_a = bytes(store_a.pad_file(store_a.pad(ra.pad_id)).read(0, size))
         pad_b = bytes(store_b.pad_file(store_b.pad(rb.pad_id)).read(0, size))
+        paths = store_a.pad_path(ra.pad_id), store_b.pad_path(rb.pad_id)
     assert pad_a == pad_b and len(pad_a) == size
-    raw_a, raw_b = pad_of(a, ra), pad_of(b, rb)
+    assert all(ra.pad_id.hex() not in path.name for path in paths)  # named by an HMAC of the id, not by it
+    raw_a, raw_b = paths[0].read_bytes(), paths[1].read_bytes()
     assert len(raw_a) == size and raw_a != pad_a and raw_b != pad_b and raw_a != raw_b  # each under its own key
 
 

@@ -218,9 +218,11 @@ def test_room_states_are_sealed_at_rest_in_a_pin_locked_home(tmp_path):
         for d in devices.values():
             d.store.close()
         stored = b"".join(p.read_bytes() for p in (tmp_path / "alice").iterdir() if p.name.startswith("device.db"))
-        with sqlite3.connect(tmp_path / "alice" / "device.db") as db:
-            rows = db.execute("SELECT value FROM settings WHERE name LIKE 'room:%'").fetchall()
-        assert len(rows) == 1  # the room's row is there (its value is base64)...
+        with pytest.raises(sqlite3.DatabaseError):  # the database is sealed whole (docs/pin-lock.md)...
+            sqlite3.connect(tmp_path / "alice" / "device.db").execute("SELECT 1 FROM settings").fetchone()
+        with open_home(tmp_path / "alice", pin) as store:
+            rows = store.read("SELECT value FROM settings WHERE name LIKE 'room:%'")
+        assert len(rows) == 1  # ...and inside it the room's row (its value is base64)...
         stored += base64.b64decode(rows[0][0])
         for secret in secrets:  # ...but none of its secrets, raw, in hex or in base64
             for form in (secret, secret.hex().encode(), base64.b64encode(secret)):

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from device.errors import DeviceError
+from device.storage.database import is_plain, overwrite_and_unlink
 from device.storage.padfile import sync_directory
 from device.ui import LockState, PinResult, PinStatus
 
@@ -145,27 +146,18 @@ def _derive(pin: str, salt: bytes, params: dict) -> bytes:
     return Scrypt(salt=salt, length=KEY_LEN, n=params["n"], r=params["r"], p=params["p"]).derive(secret)
 
 
-def _overwrite_and_unlink(path: Path) -> None:
-    """Overwrite ``path`` with zeros, sync, then unlink it (nothing if it is missing)."""
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except FileNotFoundError:
-        return
-    try:
-        size = os.fstat(fd).st_size
-        os.write(fd, bytes(size))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    path.unlink(missing_ok=True)
-
-
 def _log_wipe(home: Path) -> None:
-    """Record the wipe in the event log (a security event, never rotated out); best effort."""
+    """Record the wipe in the event log (a security event, never rotated out); best effort.
+
+    A sealed store (a PIN-locked home's) cannot take it: its key went with the storage key. There the
+    marker file alone records the wipe, with its time."""
     import sqlite3
 
     db = home / "device.db"
-    if not db.is_file():
+    try:
+        if not is_plain(db):
+            return
+    except OSError:
         return
     try:
         conn = sqlite3.connect(db, timeout=10, isolation_level=None)
@@ -272,8 +264,11 @@ class StoreLock:
             message += f" {status.attempts_left} more wrong PIN(s) erase this device."
         return PinResult(False, status, message)
 
-    def set_pin(self, pin: str) -> PinResult:
-        """Give a home without a PIN its first one (before it holds any pad)."""
+    def set_pin(self, pin: str, key: bytes | None = None) -> PinResult:
+        """Give a home without a PIN its first one (before it holds any pad).
+
+        ``key`` is the storage key to wrap (a new home's store is sealed under it before its PIN is set);
+        a new random one without it."""
         check_pin(pin)
         with self._mutex:
             status = self.status()
@@ -281,7 +276,7 @@ class StoreLock:
                 return PinResult(False, status, "This device already has a PIN; change it instead.")
             if any((self.home / "pads").glob("*.pad")):
                 return PinResult(False, status, "Set the PIN before the device holds any pad.")
-            key = secrets.token_bytes(KEY_LEN)
+            key = key if key is not None else secrets.token_bytes(KEY_LEN)
             self._write(self._wrap(pin, key, {"failures": 0, "retry_at": 0, "wipe_after": self.wipe_after}))
             (self.home / PIN_REQUIRED_FILE).unlink(missing_ok=True)
             self.key = key
@@ -349,13 +344,16 @@ class StoreLock:
         docs/pin-lock.md). Without the storage key every pad byte and sealed key left is noise."""
         marker = self.home / WIPED_FILE
         with open(marker, "w") as f:
-            f.write("erased after too many wrong PINs\n")
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))
+            f.write(f"erased after too many wrong PINs at {when}\n")
             f.flush()
             os.fsync(f.fileno())
         for path in (self.path, self.path.with_name(self.path.name + ".tmp")):
-            _overwrite_and_unlink(path)
-        for pad in (self.home / "pads").glob("*.pad*"):
-            pad.unlink(missing_ok=True)
+            overwrite_and_unlink(path)
+        # Pad files, a ceremony's partial pad and its sealed state: noise without the storage key, unlinked.
+        for pad in (self.home / "pads").glob("*"):
+            if pad.is_file():
+                pad.unlink(missing_ok=True)
         self.key = None
         sync_directory(self.home)
         sync_directory(self.home / "pads")

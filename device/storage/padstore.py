@@ -2,9 +2,11 @@
 
 Layout of a device home::
 
-    HOME/device.db           metadata (WAL, synchronous=FULL)
-    HOME/pads/<pad_id>.pad   pad bytes, preallocated, destroyed segment by segment
+    HOME/device.db           metadata (WAL, synchronous=FULL); sealed whole in a PIN-locked home
+    HOME/pads/<name>.pad     pad bytes, preallocated, destroyed segment by segment; <name> is the pad
+                             id in hex, or in a PIN-locked home an HMAC of it (atrest.FileNames)
     HOME/run/<owner>.lock    one per open store, held with flock while it lives
+    HOME/run/open.flock      held while a store opens (and seals an older locked home's files)
 
 Every state change runs in a ``BEGIN IMMEDIATE`` transaction, which SQLite
 serialises across threads and processes, and commits durably (the WAL is
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -42,14 +45,22 @@ from device.errors import (
 )
 from device.intervals import IntervalSet
 from device.package import auth_key_range, halves
-from device.storage import schema
-from device.storage.atrest import PadCipher, SecretBox
-from device.storage.lock import LOCK_FILE, WIPED_FILE, DeviceLocked, DeviceWiped
+from device.storage import database, schema
+from device.storage.atrest import FileNames, PadCipher, SecretBox, database_key
+from device.storage.lock import KEY_LEN, LOCK_FILE, WIPED_FILE, DeviceLocked, DeviceWiped, StoreLock, check_pin
 from device.storage.padfile import PadFile, sync_directory
 
 DB_NAME = "device.db"
 PADS_DIR = "pads"
 RUN_DIR = "run"
+OPEN_LOCK = "open.flock"  # not *.lock: those are the owners' locks
+PAD_SUFFIX = ".pad"
+# A pairing ceremony's files while it runs (provisioning/ceremony.py, Partial): the pad so far, and its state.
+PARTIAL_SUFFIX = ".pad.partial"
+PARTIAL_STATE_SUFFIX = ".ceremony.json"
+# Set in a sealed store once the pads folder holds no file named by a pad id (a home locked by an older
+# version named them so, and kept a ceremony's state in the clear).
+FILES_SEALED = "files-sealed"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 BUSY_TIMEOUT_S = 120.0
 EVENTS_KEPT = 100_000
@@ -212,8 +223,7 @@ _PAD_COLUMNS = (
 class PadStore:
     """A device home: its metadata database and pad files."""
 
-    def __init__(self, home: str | os.PathLike[str], storage_key: bytes | None = None,
-                 identity_seed: bytes | None = None) -> None:
+    def __init__(self, home: str | os.PathLike[str], storage_key: bytes | None = None) -> None:
         self.home = Path(home)
         self.db_path = self.home / DB_NAME
         if not self.db_path.is_file():
@@ -224,6 +234,9 @@ class PadStore:
             raise DeviceLocked()
         self._storage_key = storage_key
         self.secrets = SecretBox(storage_key) if storage_key else None
+        # Set when device.db is sealed (a PIN-locked home): the database's key, and the pad files' names.
+        self._db_key: bytes | None = None
+        self._names: FileNames | None = None
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -241,13 +254,15 @@ class PadStore:
         self._logged = threading.local()
         self._owner_fd: int | None = self._hold_owner_lock()
         try:
+            if storage_key is not None:
+                self._open_sealed(storage_key)
             schema.upgrade(self._conn())
             row = self._conn().execute("SELECT name, device_id FROM device WHERE id = 1").fetchone()
             if row is None:
                 raise DeviceNotInitialised()
             self.device_name: str = row[0]
             self.device_id: bytes = bytes(row[1])
-            self._identity = self._load_identity(identity_seed)
+            self._identity = self._load_identity()
             self.recover()
             self.destroy_retired()
         except BaseException:
@@ -256,19 +271,18 @@ class PadStore:
 
     # -- identity -----------------------------------------------------------------
 
-    def _load_identity(self, fresh_seed: bytes | None) -> Ed25519PrivateKey:
-        """This device's identity key: stored at init (sealed in a PIN-locked home); made at the first opening
-        of a device from before schema step 7 (which keeps its id)."""
+    def _load_identity(self) -> Ed25519PrivateKey:
+        """This device's identity key: made at init (sealed in a PIN-locked home), or at the first opening of
+        a device from before schema step 7 (which keeps its id)."""
         (stored,) = self._conn().execute("SELECT identity FROM device WHERE id = 1").fetchone()
         if stored is not None:
             seed = self.secrets.open(bytes(stored), IDENTITY_CONTEXT) if self.secrets else bytes(stored)
             return Ed25519PrivateKey.from_private_bytes(seed)
-        seed = fresh_seed or secrets.token_bytes(32)
+        seed = secrets.token_bytes(32)
         with self.transaction() as conn:
             conn.execute("UPDATE device SET identity = ? WHERE id = 1 AND identity IS NULL",
                          (self.secrets.seal(seed, IDENTITY_CONTEXT) if self.secrets else seed,))
-            if fresh_seed is None:
-                self.log(conn, "identity", detail="this device's identity key was made (its id stays)")
+            self.log(conn, "identity", detail="this device's identity key was made (its id stays)")
         return Ed25519PrivateKey.from_private_bytes(seed)
 
     @property
@@ -299,6 +313,8 @@ class PadStore:
     def init(cls, home: str | os.PathLike[str], name: str, pin: str | None = None) -> PadStore:
         """Create a new device in ``home`` (an empty or missing directory), PIN-locked if ``pin``."""
         check_name(name)
+        if pin is not None:
+            check_pin(pin)
         home = Path(home)
         if home.exists() and not home.is_dir():
             raise StoreError(f"{home} is a file, not a folder: give --home a new or empty folder.")
@@ -310,50 +326,62 @@ class PadStore:
             (home / RUN_DIR).mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"Cannot make the device home {home}: {exc.strerror or type(exc).__name__}.") from None
-        tmp = home / (DB_NAME + ".new")
-        tmp.unlink(missing_ok=True)
-        conn = _connect(tmp)
-        try:
-            schema.upgrade(conn)
-            conn.execute("BEGIN IMMEDIATE")
-            seed = secrets.token_bytes(32)
-            public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
-            conn.execute(  # a PIN-locked home gets its identity sealed once the storage key exists (below)
-                "INSERT INTO device (id, name, device_id, created, identity) VALUES (1, ?, ?, ?, ?)",
-                (name, device_id_for(public), time.time(), None if pin else seed),
-            )
-            conn.execute(
-                "INSERT INTO events (ts, event, detail) VALUES (?, 'init', ?)",
-                (time.time(), f"device {name} created"),
-            )
-            conn.execute("COMMIT")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            conn.close()
-        for suffix in ("-wal", "-shm"):
-            Path(str(tmp) + suffix).unlink(missing_ok=True)
-        try:
-            os.link(tmp, home / DB_NAME)  # fails if another init won the race
-        except FileExistsError:
-            raise DeviceExists() from None
-        finally:
-            tmp.unlink(missing_ok=True)
-        sync_directory(home)
-        if pin is None:
-            return cls(home)
-        from device.storage.lock import StoreLock
-
-        lock = StoreLock(home)
-        lock.set_pin(pin)
-        store = cls(home, storage_key=lock.key, identity_seed=seed)
-        return store
+        # A PIN-locked home's store is sealed from its first byte: its key exists before the database does.
+        key = secrets.token_bytes(KEY_LEN) if pin is not None else None
+        with _flocked(home / RUN_DIR / "init.flock"):
+            if (home / DB_NAME).exists():
+                raise DeviceExists()
+            tmp = home / (DB_NAME + ".new")
+            for stale in (tmp, *(Path(str(tmp) + side) for side in database.SIDE_FILES)):
+                stale.unlink(missing_ok=True)
+            conn = database.connect(tmp, database_key(key) if key else None, BUSY_TIMEOUT_S)
+            try:
+                schema.upgrade(conn)
+                conn.execute("BEGIN IMMEDIATE")
+                seed = secrets.token_bytes(32)
+                public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+                conn.execute(  # the identity sealed under the storage key too, in a PIN-locked home
+                    "INSERT INTO device (id, name, device_id, created, identity) VALUES (1, ?, ?, ?, ?)",
+                    (name, device_id_for(public), time.time(),
+                     SecretBox(key).seal(seed, IDENTITY_CONTEXT) if key else seed),
+                )
+                conn.execute(
+                    "INSERT INTO events (ts, event, detail) VALUES (?, 'init', ?)",
+                    (time.time(), f"device {name} created"),
+                )
+                if key is not None:
+                    cls.set_setting(conn, FILES_SEALED, "1")
+                conn.execute("COMMIT")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+            for side in database.SIDE_FILES:
+                Path(str(tmp) + side).unlink(missing_ok=True)
+            try:
+                if key is not None:
+                    # A lock.json with no device.db beside it is what an init that died left: it wraps a key
+                    # nothing was ever sealed under, so it goes.
+                    database.overwrite_and_unlink(home / LOCK_FILE)
+                    result = StoreLock(home).set_pin(pin or "", key=key)
+                    if not result.ok:
+                        raise StoreError(result.message)
+                os.link(tmp, home / DB_NAME)  # fails if another init won the race
+            except FileExistsError:
+                raise DeviceExists() from None
+            finally:
+                tmp.unlink(missing_ok=True)
+            sync_directory(home)
+        return cls(home, storage_key=key)
 
     @staticmethod
-    def peek_name(home: str | os.PathLike[str]) -> str:
-        """The device's name, read without opening (or unlocking) the store."""
+    def peek_name(home: str | os.PathLike[str]) -> str | None:
+        """The device's name, read without opening the store; None in a PIN-locked home, where it is sealed
+        (a lock screen does not know whose device it is)."""
         path = Path(home) / DB_NAME
         if not path.is_file():
             raise DeviceNotInitialised()
+        if (Path(home) / LOCK_FILE).exists() or (Path(home) / WIPED_FILE).exists():
+            return None
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             row = conn.execute("SELECT name FROM device WHERE id = 1").fetchone()
@@ -365,12 +393,100 @@ class PadStore:
             raise DeviceNotInitialised()
         return str(row[0])
 
+    # -- sealing a PIN-locked home ------------------------------------------------
+
+    @property
+    def sealed(self) -> bool:
+        """Whether device.db is sealed and the pad files opaquely named (a PIN-locked home)."""
+        return self._db_key is not None
+
+    def _open_sealed(self, storage_key: bytes) -> None:
+        """Open a PIN-locked home's store sealed; seal what an older version left in the clear first.
+
+        Sealing replaces device.db and renames files, so it runs only while no other store of this home is
+        open (each holds its owner lock; ``run/open.flock`` keeps a store from opening meanwhile). If one is,
+        this store opens the home as that one found it, and a later open seals it.
+        """
+        with _flocked(self.home / RUN_DIR / OPEN_LOCK):
+            alone = not self._others_alive()
+            plain = database.is_plain(self.db_path)
+            if plain and alone:
+                database.seal(self.db_path, database_key(storage_key))
+                plain = False
+            if plain:
+                return
+            self._db_key = database_key(storage_key)
+            self._names = FileNames(storage_key)
+            schema.upgrade(self._conn())
+            if alone and self.setting(FILES_SEALED) is None:
+                self._seal_files()
+                with self.transaction() as conn:
+                    self.set_setting(conn, FILES_SEALED, "1")
+
+    def _seal_files(self) -> None:
+        """Rename the pad files of an older locked home to opaque names; seal its ceremonies' state."""
+        pads = self.home / PADS_DIR
+        for (pad_id,) in self.read("SELECT pad_id FROM pads"):
+            legacy = pads / f"{bytes(pad_id).hex()}{PAD_SUFFIX}"
+            if legacy.exists():
+                os.replace(legacy, self.pad_path(bytes(pad_id)))
+        for state in sorted(pads.glob("*" + PARTIAL_STATE_SUFFIX)):
+            stem = state.name[: -len(PARTIAL_STATE_SUFFIX)]
+            try:
+                raw = state.read_bytes()
+                record = json.loads(raw)
+                pad_id = bytes.fromhex(record["pad_id"])
+            except (OSError, ValueError, TypeError, KeyError):
+                continue  # sealed already (not JSON), or not a ceremony's
+            if record["pad_id"] != stem or len(pad_id) != 16:
+                continue
+            data = pads / f"{stem}{PARTIAL_SUFFIX}"
+            if data.exists():
+                os.replace(data, self.pad_path(pad_id, PARTIAL_SUFFIX))
+            self.write_sealed(self.pad_path(pad_id, PARTIAL_STATE_SUFFIX), raw)
+            database.overwrite_and_unlink(state)
+        for tmp in pads.glob("*.tmp"):  # no other store is open: every one is an interrupted write's
+            if tmp.name.endswith(PARTIAL_STATE_SUFFIX + ".tmp"):
+                database.overwrite_and_unlink(tmp)
+            else:
+                tmp.unlink(missing_ok=True)
+        for data in pads.glob("*" + PARTIAL_SUFFIX):  # a ceremony's pad with no state: nothing resumes it
+            if not data.with_name(data.name[: -len(PARTIAL_SUFFIX)] + PARTIAL_STATE_SUFFIX).exists():
+                data.unlink(missing_ok=True)
+        sync_directory(pads)
+
+    def _others_alive(self) -> bool:
+        """Whether another store of this home is open (holds its owner lock)."""
+        for path in (self.home / RUN_DIR).glob("*.lock"):
+            owner = path.name[: -len(".lock")]
+            if owner != self.owner and re.fullmatch(r"[0-9a-f]{16}", owner) and not self._owner_is_dead(owner):
+                return True
+        return False
+
+    def seal_file(self, data: bytes, name: str) -> bytes:
+        """A small file's contents as this home keeps them: sealed, bound to ``name``, if the store is."""
+        return self.secrets.seal_file(data, name) if self.sealed and self.secrets else data
+
+    def open_file(self, data: bytes, name: str) -> bytes:
+        """What :meth:`seal_file` kept; ValueError if it does not open."""
+        return self.secrets.open_file(data, name) if self.sealed and self.secrets else data
+
+    def write_sealed(self, path: Path, data: bytes) -> None:
+        """Write a small file durably and atomically (through ``path.tmp``), sealed as :meth:`seal_file` does."""
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(self.seal_file(data, path.name))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
     # -- connections and transactions ---------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _connect(self.db_path)
+            conn = database.connect(self.db_path, self._db_key, BUSY_TIMEOUT_S)
             self._local.conn = conn
             with self._conns_lock:
                 self._conns.append(conn)
@@ -382,7 +498,7 @@ class PadStore:
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
+        except database.operational_errors() as exc:
             raise StoreError("The device store is busy or unavailable; try again.") from exc
         with self._wiped_lock:
             wiped, self._wiped = self._wiped, []
@@ -531,8 +647,10 @@ class PadStore:
         """Packages that failed their tag, per pad (kept across restarts)."""
         return {bytes(pad_id): count for pad_id, count in self.read("SELECT pad_id, count FROM tag_failures")}
 
-    def pad_path(self, pad_id: bytes) -> Path:
-        return self.home / PADS_DIR / f"{pad_id.hex()}.pad"
+    def pad_path(self, pad_id: bytes, suffix: str = PAD_SUFFIX) -> Path:
+        """Where a pad's file lies (or, with another ``suffix``, another file of that pad's)."""
+        stem = self._names.stem(pad_id) if self._names is not None else pad_id.hex()
+        return self.home / PADS_DIR / f"{stem}{suffix}"
 
     def pad_cipher(self, pad_id: bytes) -> PadCipher | None:
         """How this home encrypts a pad at rest (None without a PIN)."""
@@ -827,12 +945,15 @@ class PadStore:
         ]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn
+@contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (made if missing)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _pad_record(row: tuple) -> PadRecord:

@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     if not created:
         print("ERROR: the set-up screen was closed before the device was created", file=sys.stderr)
         return 1
-    print(f"otc-firstboot: device {PadStore.peek_name(args.home)} created (PIN-locked)", file=sys.stderr)
+    # No name: this line goes to the system journal, and the device's name is sealed with its PIN.
+    print("otc-firstboot: device created (PIN-locked)", file=sys.stderr)
     return 0
 
 
