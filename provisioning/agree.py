@@ -144,7 +144,10 @@ def agree(wire: Wire, role: str, store: PadStore, random_bytes: Callable[[int], 
         peer_pk = X25519PublicKey.from_public_bytes(bytes.fromhex(str(theirs["pk"])))
         peer_device_id = bytes.fromhex(str(theirs["device_id"]))
         peer_name = check_name(str(theirs["name"]))
-        peer_identity = Ed25519PublicKey.from_public_bytes(bytes.fromhex(str(theirs["identity"])))
+        identity_bytes = bytes.fromhex(str(theirs["identity"]))
+        if weak_identity(identity_bytes):
+            raise ValueError("a weak identity key")
+        peer_identity = Ed25519PublicKey.from_public_bytes(identity_bytes)
     except (KeyError, ValueError, TypeError, OTCError):
         raise CeremonyBroken("The other device sent a malformed hello.") from None
     if theirs.get("protocol") != protocol or theirs.get("role") != (JOIN if role == HOST else HOST):
@@ -177,6 +180,46 @@ def agree(wire: Wire, role: str, store: PadStore, random_bytes: Callable[[int], 
     return Agreement(peer_device_id=peer_device_id, peer_name=peer_name, sas=format_sas(transcript),
                      transcript=transcript, peer_identity=identity,
                      peer_certified=hmac.compare_digest(device_id_for(identity), peer_device_id))
+
+
+ED25519_P = 2**255 - 19
+ED25519_D = (-121665 * pow(121666, -1, ED25519_P)) % ED25519_P
+
+
+def weak_identity(public: bytes) -> bool:
+    """Whether an Ed25519 public key is non-canonical, not on the curve, or of small order.
+
+    Verifiers accept signatures under a small-order key (the identity point, with R = identity and S = 0,
+    "verifies" every message), so such a key would let two devices pass as one. Checked by decoding the
+    point and multiplying it by the cofactor 8: small order is exactly what that sends to the neutral point.
+    """
+    p, d = ED25519_P, ED25519_D
+    if len(public) != 32:
+        return True
+    y = int.from_bytes(public, "little") & ((1 << 255) - 1)
+    sign = public[31] >> 7
+    if y >= p:
+        return True
+    x2 = (y * y - 1) * pow(d * y * y + 1, -1, p) % p
+    x = pow(x2, (p + 3) // 8, p)
+    if (x * x - x2) % p:
+        x = x * pow(2, (p - 1) // 4, p) % p
+    if (x * x - x2) % p:
+        return True  # not on the curve
+    if x == 0 and sign:
+        return True  # -0: non-canonical
+    if x & 1 != sign:
+        x = p - x
+
+    def add(p1: tuple[int, int], p2: tuple[int, int]) -> tuple[int, int]:
+        (x1, y1), (x2_, y2) = p1, p2
+        t = d * x1 * x2_ * y1 * y2 % p
+        return ((x1 * y2 + y1 * x2_) * pow(1 + t, -1, p) % p, (y1 * y2 + x1 * x2_) * pow(1 - t, -1, p) % p)
+
+    point = (x, y)
+    for _ in range(3):
+        point = add(point, point)
+    return point == (0, 1)
 
 
 def identity_message(protocol: str, role: str, transcript: bytes) -> bytes:

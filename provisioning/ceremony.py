@@ -497,13 +497,17 @@ class Ceremony:
         except (ContactExists, OTCError) as exc:
             wire.send({"t": "refuse", "reason": "the joining device cannot take this pad"})
             raise CeremonyRefused(str(exc)) from None
-        if self.store.pad(pad_id) is not None:
-            wire.send({"t": "refuse", "reason": "pad id already in use"})
-            raise CeremonyRefused("The offered pad id is already in use.")
         # Resumed only with a peer proved to be the device it was with (see _offer).
         partial = Partial.for_peer(self.store, peer_device_id) if self.trusted else None
         resuming = partial is not None and partial.pad_id == pad_id.hex() and partial.size == size \
             and partial.chunk == chunk and partial.role == JOIN
+        # A pad id this device holds, or another ceremony's partial pad has, is never reused: a host offering
+        # it would otherwise overwrite that pad's progress (an outside review).
+        if self.store.pad(pad_id) is not None or (not resuming and (
+                Partial.state_path(self.store, pad_id.hex()).exists()
+                or Partial.data_path(self.store, pad_id.hex()).exists())):
+            wire.send({"t": "refuse", "reason": "pad id already in use"})
+            raise CeremonyRefused("The offered pad id is already in use.")
         if partial is not None and not resuming:
             partial.discard(self.store)
             partial = None
@@ -721,9 +725,9 @@ class Ceremony:
         holds with the device the peer says it is (stored, confirmed or not, and wholly verified partial
         ones), each with a proof that it holds that pad: an HMAC keyed with the pad's two authentication
         keys (R, never used as keystream and never wiped) over this session's binding and its role. A pad
-        counts as held by both only when the peer's proof for it verifies. A peer that proves none of the
-        pads this device has confirmed with that id is not that device: the ceremony stops, nothing
-        changed. A pending pad (unconfirmed or partial on either side) that both hold is finished on both:
+        counts as held by both only when the peer's proof for it verifies. An untrusted peer that proves
+        none of the pads this device has stored with that id is not that device: the ceremony stops,
+        nothing changed. A pending pad (unconfirmed or partial on either side) that both hold is finished on both:
         stored, then confirmed once the other's second list shows it stored. One that only this side holds
         is discarded there if it is a partial (the peer cannot have confirmed a pad this device never
         stored), and if it is stored only once the peer has proved who it is (it holds another pad of
@@ -734,15 +738,14 @@ class Ceremony:
         peer_role = JOIN if self.role == HOST else HOST
         keys: dict[str, bytes] = {}  # pad id (hex) -> the pad's proof key
         states: dict[str, str] = {}
-        confirmed: set[str] = set()
+        stored: set[str] = set()  # pads stored here: the real peer holds each (it sent its fingerprint first)
         for raw_id, (ok, _fp) in self.store.peer_pads(peer_device_id).items():
             record = self.store.pad(raw_id)
             if record is None or record.retired:  # a retired pad's bytes are destroyed: it proves nothing
                 continue
             keys[raw_id.hex()] = proof_key(self.store.pad_file(record), record.size)
             states[raw_id.hex()] = "confirmed" if ok else "unconfirmed"
-            if ok:
-                confirmed.add(raw_id.hex())
+            stored.add(raw_id.hex())
         complete = [p for p in Partial.all_for_peer(self.store, peer_device_id) if p.complete]
         for partial in complete:
             keys[partial.pad_id] = partial.proof_key(self.store)
@@ -758,7 +761,7 @@ class Ceremony:
         proven = {pid for pid in keys if isinstance(theirs.get(pid), dict)
                   and hmac.compare_digest(str(theirs[pid].get("proof")).encode(),
                                           settle_proof(keys[pid], bind, peer_role, pid).encode())}
-        if confirmed and not proven & confirmed and not self.trusted:
+        if stored and not proven & stored and not self.trusted:
             contact = self._known_contact(peer_device_id) or "a contact"
             wire.send({"t": "refuse", "reason": "the other device did not prove it is the device it says"})
             self.store.log_event("ceremony-impostor", contact=contact,

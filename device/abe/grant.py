@@ -38,11 +38,21 @@ from dataclasses import dataclass
 from device.abe.encoding import decode_member_key, decode_public_key
 from device.abe.errors import AbeError, PolicyError
 from device.abe.policy import parse_attributes
+from device.abe.scheme import check_member_key, keygen
 from device.abe.store import AbeKeys, grant_fingerprint
 from device.storage.padstore import PadStore, device_id_for
 from provisioning.agree import HOST, JOIN, agree
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyRefused
 from provisioning.wire import Wire
+
+AUTHORITY_PROOF = "otc abe grant authority proof"
+
+
+def _challenge(wire: Wire) -> str:
+    """An attribute name only this session gives: a key for it can be made only with the master key
+    (a member's key cannot be re-randomised onto a new attribute without g2^a, which is not public)."""
+    return "OTCPROOF_" + wire.export(AUTHORITY_PROOF)[:12].hex().upper()
+
 
 PROTOCOL = "otc-abe-grant-v3"  # v3: what an earlier grant left is settled on proofs, never on an id
 
@@ -151,7 +161,9 @@ def _settle(wire: Wire, keys: AbeKeys, peer: bytes, as_authority: bool, trusted:
         if both and (not ok or theirs[kid.hex()].get("state") == "pending"):
             keys.confirm_grant(kid, as_authority)
             finished = Granted(key_id=kid, attributes=attrs, fingerprint=fp or "", earlier=True)
-        elif not ok and not both and (trusted or proven):
+        elif not ok and not both and (proven or (trusted and as_authority)):
+            # A member's pending key goes only once the authority has proved another grant: an authority
+            # that cannot list it (filed before identities under another id) may still count it.
             keys.discard_grant(kid, as_authority)
     return finished
 
@@ -187,6 +199,7 @@ def grant_host(store: PadStore, wire: Wire, attributes: str | list[str], confirm
     view = GrantView(role=HOST, sas=agreed.sas, authority=public.name, fingerprint=public.fingerprint,
                      member=agreed.peer_name, attributes=names)
     _both_confirm(wire, view, confirm)
+    wire.send({"t": "authority-proof"}, keygen(keys.master(), [_challenge(wire)], random_bytes).encode())
     # The member is filed under its identity's hash (its device id, for every device made since identities):
     # only the holder of that identity key can speak for the grants filed under it.
     member_id = device_id_for(agreed.peer_identity)
@@ -231,6 +244,16 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
     view = GrantView(role=JOIN, sas=agreed.sas, authority=public.name, fingerprint=public.fingerprint,
                      member=store.device_name, attributes=names)
     _both_confirm(wire, view, confirm)
+    _, proof = _expect(wire, "authority-proof")
+    try:
+        proof_key = decode_member_key(proof)
+        if proof_key.attributes != (_challenge(wire),):
+            raise AbeError("wrong challenge")
+        check_member_key(public, proof_key)
+    except AbeError:
+        wire.send({"t": "refuse", "reason": "the other device did not prove it holds the authority's master key"})
+        raise CeremonyRefused(f"The other device offers authority {public.name}'s key but did not prove it holds "
+                              "that authority's master key: the grant stopped, nothing changed.") from None
     earlier = _settle(wire, keys, public.authority_id, as_authority=False, trusted=known is not None)
     if earlier is not None:
         keys.bind_authority_identity(public.authority_id, agreed.peer_identity)

@@ -75,6 +75,7 @@ SECURITY_EVENT_PREFIXES = ("hrng",)  # every HRNG alarm code (hrng/errors.py) is
 
 DEVICE_ID_LABEL = b"otc device id v1\x00"
 IDENTITY_CONTEXT = b"device identity"
+IDENTITY_SEED_LEN = 32  # an Ed25519 seed; sealed, it is longer
 
 
 def device_id_for(identity_public: bytes) -> bytes:
@@ -273,16 +274,22 @@ class PadStore:
 
     def _load_identity(self) -> Ed25519PrivateKey:
         """This device's identity key: made at init (sealed in a PIN-locked home), or at the first opening of
-        a device from before schema step 7 (which keeps its id)."""
+        a device from before schema step 7 (which keeps its id). A seed stored in the clear (a home locked
+        after it was made) is sealed now. Every opener ends with the one key stored: a race between two
+        openers making it leaves the first one's."""
         (stored,) = self._conn().execute("SELECT identity FROM device WHERE id = 1").fetchone()
-        if stored is not None:
-            seed = self.secrets.open(bytes(stored), IDENTITY_CONTEXT) if self.secrets else bytes(stored)
-            return Ed25519PrivateKey.from_private_bytes(seed)
-        seed = secrets.token_bytes(32)
-        with self.transaction() as conn:
-            conn.execute("UPDATE device SET identity = ? WHERE id = 1 AND identity IS NULL",
-                         (self.secrets.seal(seed, IDENTITY_CONTEXT) if self.secrets else seed,))
-            self.log(conn, "identity", detail="this device's identity key was made (its id stays)")
+        if stored is None or (self.secrets and len(stored) == IDENTITY_SEED_LEN):
+            seed = secrets.token_bytes(IDENTITY_SEED_LEN) if stored is None else bytes(stored)
+            with self.transaction() as conn:
+                (current,) = conn.execute("SELECT identity FROM device WHERE id = 1").fetchone()
+                if current is None or (self.secrets and len(current) == IDENTITY_SEED_LEN):
+                    seed = seed if current is None else bytes(current)
+                    conn.execute("UPDATE device SET identity = ? WHERE id = 1",
+                                 (self.secrets.seal(seed, IDENTITY_CONTEXT) if self.secrets else seed,))
+                    if current is None:
+                        self.log(conn, "identity", detail="this device's identity key was made (its id stays)")
+                (stored,) = conn.execute("SELECT identity FROM device WHERE id = 1").fetchone()
+        seed = self.secrets.open(bytes(stored), IDENTITY_CONTEXT) if self.secrets else bytes(stored)
         return Ed25519PrivateKey.from_private_bytes(seed)
 
     @property
