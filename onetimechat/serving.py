@@ -8,7 +8,10 @@ for everyone. :func:`guarded_server` adds:
 
 * ``per_address`` -- open connections per client address; the next one is
   closed as soon as it is accepted (``exempt`` addresses, such as a trusted
-  proxy that carries many clients, are not capped);
+  proxy that carries many clients, are not capped). An IPv6 client is counted
+  by its /64, and all the /64s of one /48 together hold at most ``per_block``
+  (by default ``BLOCK_SHARES`` times ``per_address``): a host that owns a /64
+  or a /56 gets no more connections by hopping addresses (onetimechat/net.py);
 * ``header_timeout`` -- seconds a connection has to deliver the headers of a
   request, counted from its first byte after the previous response (or, for a
   new connection, from when it opened). Bytes that complete no request (a bare
@@ -37,6 +40,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from onetimechat.net import BLOCK_SHARES, client_block, client_group
+
 
 @dataclass(frozen=True)
 class Guard:
@@ -46,9 +51,21 @@ class Guard:
     header_timeout: float = 10.0
     request_timeout: float = 300.0
     exempt: frozenset[str] = frozenset()  # addresses not capped ("*": none is)
+    per_block: int = 0  # connections from one IPv6 /48 in all; 0: BLOCK_SHARES times per_address
 
     def exempts(self, address: str) -> bool:
         return address in self.exempt or "*" in self.exempt
+
+    @property
+    def block_cap(self) -> int:
+        return self.per_block or BLOCK_SHARES * self.per_address
+
+    def keys(self, address: str) -> tuple[str, ...]:
+        """What a connection from ``address`` counts against: its group (IPv4 address or IPv6 /64), and its
+        IPv6 /48 if it has one."""
+        block = client_block(address)
+        group = client_group(address)
+        return (group,) if block is None else (group, block)
 
 
 def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: type | None = None,
@@ -65,6 +82,7 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
 
         def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:  # noqa: A002
             self.otc_address = addr[0] if isinstance(addr, tuple) else str(addr)
+            self.otc_keys = guard.keys(self.otc_address)
             # The clock of the current phase: when the connection opened, when the first byte after the
             # previous response arrived (otc_pending), or when the previous response was served (idle).
             self.otc_started = time.time()
@@ -88,7 +106,7 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
         def del_channel(self, map: Any = None) -> None:  # noqa: A002
             if self.otc_counted:
                 self.otc_counted = False
-                self.server.otc_release(self.otc_address)
+                self.server.otc_release(self.otc_keys)
             super().del_channel(map)
 
     class GuardedServer(TcpWSGIServer):  # type: ignore[misc]
@@ -134,26 +152,31 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
             except OSError:
                 return  # the peer left before we got to it (as waitress does)
             address = addr[0] if isinstance(addr, tuple) else str(addr)
+            keys = () if guard.exempts(address) else guard.keys(address)
             with self.otc_lock:
-                over = self.otc_open.get(address, 0) >= guard.per_address and not guard.exempts(address)
+                caps = (guard.per_address, guard.block_cap)
+                over = any(self.otc_open.get(key, 0) >= cap for key, cap in zip(keys, caps, strict=False))
                 if not over:
-                    self.otc_open[address] = self.otc_open.get(address, 0) + 1
+                    for key in keys:
+                        self.otc_open[key] = self.otc_open.get(key, 0) + 1
             if not over and len(self._map) >= self.adj.connection_limit and not self.otc_make_room():
-                self.otc_release(address)
+                self.otc_release(keys)
                 over = True  # every connection is being served: the new one waits its turn elsewhere
             if over:
                 self.otc_refused += 1
                 conn.close()
                 return
-            self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+            channel = self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+            channel.otc_keys = keys  # released as counted (an exempt address was not counted)
 
-        def otc_release(self, address: str) -> None:
+        def otc_release(self, keys: tuple[str, ...]) -> None:
             with self.otc_lock:
-                left = self.otc_open.get(address, 0) - 1
-                if left > 0:
-                    self.otc_open[address] = left
-                else:
-                    self.otc_open.pop(address, None)
+                for key in keys:
+                    left = self.otc_open.get(key, 0) - 1
+                    if left > 0:
+                        self.otc_open[key] = left
+                    else:
+                        self.otc_open.pop(key, None)
 
         def maintenance(self, now: float) -> None:
             super().maintenance(now)
