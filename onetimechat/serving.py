@@ -94,6 +94,8 @@ def _screened_parser(screen: BodyScreen) -> type:
     class ScreenedParser(HTTPRequestParser):  # type: ignore[misc]
         """waitress's request parser, asking ``screen`` about each request before its body is read."""
 
+        completed: bool  # waitress's, declared for the type checker (waitress has no annotations)
+        error: Any
         otc_want = -1  # -1: headers not judged yet; then how many body bytes the screen still waits for
         otc_head = b""
 
