@@ -18,6 +18,7 @@ limits, stored-bytes budgets, new-mailbox limits and presence limits.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 
 REASONS = {
@@ -47,6 +48,13 @@ def _ip(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | 
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+@functools.lru_cache(maxsize=4096)
+def client_keys(address: str | None) -> tuple[str, str | None]:
+    """``(client_group(address), client_block(address))``, remembered for the busiest addresses (every request
+    asks)."""
+    return client_group(address), client_block(address)
 
 
 def client_group(address: str | None) -> str:

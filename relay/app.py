@@ -33,11 +33,12 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from onetimechat.net import client_keys
 from relay import protocol as p
 from relay.config import RelayConfig
 from relay.errors import BadRequest, HandleTaken, InsufficientStorage, PresenceQuota, RateLimited, RelayError
 from relay.notify import Notifier
-from relay.ratelimit import RateLimiter, block_key, client_key
+from relay.ratelimit import RateLimiter, client_key
 from relay.storage import Limits, Message, Sent, Store, open_store
 
 log = logging.getLogger("otc.relay")
@@ -87,17 +88,16 @@ class Relay:
     def origins(self, remote: str | None) -> tuple[str, str]:
         """The (origin, block) a client's address is counted as: its IPv4 address or IPv6 /64, and its IPv6 /48
         ('' for IPv4, or when /48s share nothing)."""
-        group = client_key(remote)
-        block = block_key(remote) if self.config.block_shares else None
-        return self.origin(group), self.origin(block) if block else ""
+        group, block = client_keys(remote)
+        return self.origin(group), self.origin(block) if block and self.config.block_shares else ""
 
     def take(self, remote: str | None, presence: bool = False) -> float:
         """Spend a request (or an announcement) of the client's buckets: 0.0, or the seconds to wait."""
         single, shared = ((self.presence_limiter, self.presence_block_limiter) if presence
                           else (self.limiter, self.block_limiter))
-        wait = single.take(client_key(remote))
-        block = block_key(remote) if self.config.block_shares else None
-        if not wait and block is not None:
+        group, block = client_keys(remote)
+        wait = single.take(group)
+        if not wait and block is not None and self.config.block_shares:
             wait = shared.take(block)
         return wait
 

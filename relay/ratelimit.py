@@ -13,20 +13,15 @@ from __future__ import annotations
 import threading
 import time
 
-from onetimechat.net import client_block, client_group
+from onetimechat.net import client_keys
 
 # Past this many addresses, buckets that have refilled (idle clients) are forgotten.
 MAX_TRACKED = 100_000
 
 
 def client_key(address: str | None) -> str:
-    """The bucket an address counts against: an IPv4 address, or an IPv6 /64."""
-    return client_group(address)
-
-
-def block_key(address: str | None) -> str | None:
-    """The shared bucket of an IPv6 client's /48 (None for IPv4)."""
-    return client_block(address)
+    """The bucket an address counts against: an IPv4 address, or an IPv6 /64 (its /48's: client_keys)."""
+    return client_keys(address)[0]
 
 
 class RateLimiter:
