@@ -12,13 +12,9 @@ import ipaddress
 import secrets
 import socket
 
-import pytest
-
 from onetimechat.net import client_block, client_group
 from onetimechat.serving import Guard, guarded_server
-from relay.app import create_app
-from relay.config import RelayConfig
-from tests.relay_fixtures import db_url_fixture, postgres_fixture  # noqa: F401 - fixtures
+from tests.relay_fixtures import db_url_fixture, postgres_fixture, relay_app_fixture  # noqa: F401 - fixtures
 
 SUBSCRIBER = ipaddress.IPv6Network("2001:db8:77:ab00::/56")  # 256 /64s
 KiB = 1 << 10
@@ -43,21 +39,6 @@ def test_addresses_are_grouped_by_64_and_48_and_mapped_ipv4_is_ipv4():
     assert client_group("::ffff:198.51.100.7") == client_group("198.51.100.7") == "198.51.100.7"
     assert client_block("198.51.100.7") is None and client_block("::ffff:198.51.100.7") is None
     assert client_group("fe80::1%eth0") == client_group("fe80::2") == "fe80::/64"
-
-
-@pytest.fixture(name="relay_app")
-def relay_app_fixture(db_url):
-    apps = []
-
-    def make(**settings):
-        config = RelayConfig(db=db_url, min_free_bytes=0, sweep_interval=3600.0, **settings)
-        app = create_app(config)
-        apps.append(app)
-        return app.test_client()
-
-    yield make
-    for app in apps:
-        app.extensions["otc_relay"].close()
 
 
 def send(client, address: str, mailbox: str, contents: str):

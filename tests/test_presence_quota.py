@@ -9,28 +9,9 @@ from __future__ import annotations
 
 import secrets
 
-import pytest
-
-from relay.app import create_app
-from relay.config import RelayConfig
-from tests.relay_fixtures import db_url_fixture, postgres_fixture  # noqa: F401 - fixtures
+from tests.relay_fixtures import db_url_fixture, postgres_fixture, relay_app_fixture  # noqa: F401 - fixtures
 
 TOKEN = "t" * 32
-
-
-@pytest.fixture(name="relay_app")
-def relay_app_fixture(db_url):
-    apps = []
-
-    def make(**settings):
-        config = RelayConfig(db=db_url, min_free_bytes=0, sweep_interval=3600.0, rate_limit=0, **settings)
-        app = create_app(config)
-        apps.append(app)
-        return app.test_client()
-
-    yield make
-    for app in apps:
-        app.extensions["otc_relay"].close()
 
 
 def announce(client, address: str, handle: str | None = None, token: str = TOKEN):
@@ -45,7 +26,7 @@ def assert_quota(answer) -> None:
 
 
 def test_announcements_are_rate_limited_per_address_and_per_block(relay_app):
-    client = relay_app(presence_rate=0.001, presence_burst=5, presence_per_address=0)
+    client = relay_app(rate_limit=0, presence_rate=0.001, presence_burst=5, presence_per_address=0)
     for _ in range(5):
         assert announce(client, "198.51.100.7").status_code == 200
     assert_quota(announce(client, "198.51.100.7"))
@@ -57,7 +38,7 @@ def test_announcements_are_rate_limited_per_address_and_per_block(relay_app):
 
 
 def test_handles_online_are_capped_per_address_and_in_all(relay_app):
-    client = relay_app(presence_rate=0, presence_per_address=3, max_presence=8)
+    client = relay_app(rate_limit=0, presence_rate=0, presence_per_address=3, max_presence=8)
     mine = ["mine-1", "mine-2", "mine-3"]
     for handle in mine:
         assert announce(client, "198.51.100.7", handle).status_code == 200
