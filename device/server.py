@@ -557,9 +557,12 @@ class CallScreen:
         return 0
 
     def body(self, method: str, path: str, head: bytes) -> Refusal | None:
-        if method == "POST" and not self.service.screen_call(head):
-            return Refusal(401, "unauthorized", "Unauthorized.")
-        return None
+        try:
+            allowed = method != "POST" or self.service.screen_call(head)
+        except Exception as exc:  # noqa: BLE001 - the network loop must not fail; the app answers this request
+            log.warning("call screen: %s; the request goes to the app", type(exc).__name__)
+            return None
+        return None if allowed else Refusal(401, "unauthorized", "Unauthorized.")
 
 
 def create_app(config: ServerConfig) -> Flask:
