@@ -32,11 +32,16 @@ def register(parts: argparse._SubParsersAction) -> None:
     sub.required = True
 
     p = sub.add_parser("init", help="create a device in a home directory",
-                       description="Create a new pad device in --home (not PIN-locked).")
+                       description="Create a new pad device in --home, PIN-locked with --pin-file. Without it "
+                       "the home is not locked (anyone who copies it reads it): the command says so, unless "
+                       "--no-pin says that is meant.")
     p.add_argument("--home", required=True, type=Path, help="the device's state directory")
     p.add_argument("--name", required=True, help="this device's name, which its contacts see")
-    p.add_argument("--pin-file", type=Path, help="lock the device with the PIN (6+ digits) or passphrase "
-                   "(8+ characters) on this file's first line")
+    lock = p.add_mutually_exclusive_group()
+    lock.add_argument("--pin-file", type=Path, help="lock the device with the PIN (6+ digits) or passphrase "
+                      "(8+ characters) on this file's first line")
+    lock.add_argument("--no-pin", action="store_true", help="make a device that is not PIN-locked, on purpose "
+                      "(development, the demo): no warning")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("package", help="encrypt stdin for a contact",
@@ -276,6 +281,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     with PadStore.init(args.home, args.name, pin=pin) as store:
         locked = "PIN-locked" if pin else "not PIN-locked"
         print(f"Device {store.device_name} created in {args.home} ({locked}).")
+    if pin is None and not args.no_pin:
+        # A real device keeps pads and keys: an unlocked home should never be made by accident.
+        print(f"otc: warning: {args.home} is not PIN-locked: whoever copies it reads its pads, keys and contacts; "
+              "to lock a device, create it with --pin-file FILE (a PIN of 6+ digits or a passphrase), or pass "
+              "--no-pin to make an unlocked one on purpose.", file=sys.stderr)
     return 0
 
 

@@ -62,6 +62,14 @@ class ClientRegistry:
         )
         return self._client(rows[0]) if rows else None
 
+    def might_accept(self, client_id: bytes, counter: int) -> bool:
+        """Whether a call from ``client_id`` with ``counter`` could pass, judged before its body is read: the
+        client is paired and not revoked, and the counter is above the last one accepted. One read, no write;
+        :meth:`accept_counter` still decides, once the call authenticates."""
+        rows = self.store.read("SELECT last_counter FROM clients WHERE client_id = ? AND revoked IS NULL",
+                               (client_id,))
+        return bool(rows) and int(rows[0][0] or 0) < counter
+
     def accept_counter(self, client_id: bytes, counter: int) -> bool:
         """Record ``counter`` as the client's latest, if it is above every earlier one.
 

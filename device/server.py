@@ -54,12 +54,15 @@ from hrng.sources import parse_url
 from onetimechat import boundedjson, rpc
 from onetimechat.errors import OTCError, UsageError
 from onetimechat.net import listen_failure
-from onetimechat.serving import Guard, guarded_server
+from onetimechat.serving import Guard, Refusal, guarded_server
 
 log = logging.getLogger("otc.device")
 
 PROTOCOL = 1
 DEFAULT_MAX_REQUEST = 48 << 20  # a 32 MiB message, base64 and sealed, fits
+# Largest body of anything but a sealed call: pairing messages and health are a few hundred bytes. Nobody gets
+# to send (and have buffered) more before the device knows who is asking.
+PREAUTH_MAX_REQUEST = 16 << 10
 CONNECTION_LIMIT = 512  # in all; one address holds at most ServerConfig.guard.per_address of them
 REFUSALS_FLUSH_S = 60.0  # unauthenticated refusals reach the event log at most once a minute, in aggregate
 
@@ -432,6 +435,28 @@ class DeviceService:
 
     # -- the sealed call ----------------------------------------------------------------
 
+    def screen_call(self, head: bytes) -> bool:
+        """Whether a sealed call whose body begins with ``head`` (its header, before the rest is read) may be
+        read: a well formed header from a paired, unrevoked client with a counter above its last. A refusal is
+        counted like any other unauthenticated one. While the device is locked, the call is read and answered
+        423 as before (nothing is opened)."""
+        if self.store is None:
+            return True
+        try:
+            client_id, counter = rpc.parse_request_header(head + bytes(16))  # the tag is not here yet
+        except rpc.Unauthorized:
+            why = "malformed"
+        else:
+            if self.clients.might_accept(client_id, counter):
+                return True
+            why = ("replayed or reordered" if self.clients.get(client_id) is not None
+                   else "from an unpaired or revoked client")
+        self.refusals.defer(why)
+        if self.refusals.due():
+            # Not on the server's network loop: the row is a synced commit.
+            threading.Thread(target=self.flush_refusals, name="otc-refusals", daemon=True).start()
+        return False
+
     def call(self, body: bytes) -> bytes:
         """Authenticate, check the counter, run the method, seal the answer."""
         self.ready()
@@ -525,6 +550,39 @@ def error(status: int, code: str, message: str, **extra: Any) -> Response:
     return response
 
 
+class CallScreen:
+    """The device's :class:`~onetimechat.serving.BodyScreen`: what may be sent before the device reads it.
+
+    Every request but a sealed call has a body of at most :data:`PREAUTH_MAX_REQUEST`; a sealed call may be
+    as large as ``max_request_bytes`` only once its first 29 bytes (the header: client id and counter) name a
+    paired client and a fresh counter. Anything else is refused there, so an unpaired sender cannot make the
+    device take in 48 MiB, nor buffer it to disk. A chunked body (no Content-Length) is refused: the client
+    never sends one.
+    """
+
+    def __init__(self, service: DeviceService) -> None:
+        self.service = service
+
+    def headers(self, method: str, path: str, length: int | None) -> Refusal | int:
+        if length is None:
+            return Refusal(411, "length-required", "Send the body with a Content-Length.")
+        if path == "/v1/call":
+            if length > self.service.config.max_request_bytes:
+                return Refusal(413, "request-entity-too-large", "Request Entity Too Large")
+            return rpc.REQUEST_HEADER.size
+        if length > min(PREAUTH_MAX_REQUEST, self.service.config.max_request_bytes):
+            return Refusal(413, "request-entity-too-large", "Request Entity Too Large")
+        return 0
+
+    def body(self, method: str, path: str, head: bytes) -> Refusal | None:
+        try:
+            allowed = method != "POST" or self.service.screen_call(head)
+        except Exception as exc:  # noqa: BLE001 - the network loop must not fail; the app answers this request
+            log.warning("call screen: %s; the request goes to the app", type(exc).__name__)
+            return None
+        return None if allowed else Refusal(401, "unauthorized", "Unauthorized.")
+
+
 def create_app(config: ServerConfig) -> Flask:
     """The device RPC app over the home in ``config``."""
     service = DeviceService(config)
@@ -533,6 +591,8 @@ def create_app(config: ServerConfig) -> Flask:
     app.extensions["otc"] = service
 
     def json_body() -> dict:
+        # Before pairing: small bodies only (413 past it).
+        request.max_content_length = min(PREAUTH_MAX_REQUEST, config.max_request_bytes)
         try:
             data = boundedjson.loads(request.get_data(cache=False))
         except ValueError:  # not JSON, or nested too deep (boundedjson.TooDeep)
@@ -575,8 +635,16 @@ def create_app(config: ServerConfig) -> Flask:
 
     @app.post("/v1/call")
     def call() -> Response:
+        # The header first: an unpaired client, or a stale counter, is refused before the rest is read (under
+        # waitress the CallScreen has already done this as the bytes arrived).
+        if request.content_length is None:
+            return error(411, "length-required", "Send the body with a Content-Length.")
+        stream = request.stream
+        head = stream.read(rpc.REQUEST_HEADER.size)
+        if not service.screen_call(head):
+            return error(401, "unauthorized", "Unauthorized.")
         try:
-            sealed = service.call(request.get_data(cache=False))
+            sealed = service.call(head + stream.read(config.max_request_bytes))
         except rpc.Unauthorized:
             return error(401, "unauthorized", "Unauthorized.")
         return Response(sealed, status=200, mimetype="application/octet-stream")
@@ -634,6 +702,7 @@ class Server:
         self.app = create_app(replace(config, address=host))
         try:
             self.server = guarded_server(self.app, host, port, config.guard, threads=threads, ident="otc-device",
+                                         screen=CallScreen(self.app.extensions["otc"]),
                                          connection_limit=CONNECTION_LIMIT, channel_timeout=60,
                                          clear_untrusted_proxy_headers=True)
         except OSError as exc:

@@ -8,7 +8,10 @@ for everyone. :func:`guarded_server` adds:
 
 * ``per_address`` -- open connections per client address; the next one is
   closed as soon as it is accepted (``exempt`` addresses, such as a trusted
-  proxy that carries many clients, are not capped);
+  proxy that carries many clients, are not capped). An IPv6 client is counted
+  by its /64, and all the /64s of one /48 together hold at most ``per_block``
+  (by default ``BLOCK_SHARES`` times ``per_address``): a host that owns a /64
+  or a /56 gets no more connections by hopping addresses (onetimechat/net.py);
 * ``header_timeout`` -- seconds a connection has to deliver the headers of a
   request, counted from its first byte after the previous response (or, for a
   new connection, from when it opened). Bytes that complete no request (a bare
@@ -24,6 +27,13 @@ for everyone. :func:`guarded_server` adds:
   admit it, so many addresses each within their cap cannot starve a fresh
   client (a connection whose request is being answered is never closed).
 
+* ``screen`` -- an optional :class:`BodyScreen` that judges a request by its
+  method, path and Content-Length as soon as its headers arrive, and then by
+  the first bytes of its body, before waitress reads (and buffers) the rest:
+  a refusal is answered at once in JSON and the connection closed, so a
+  client that may not send a large body never gets to (the device's
+  unauthenticated ``/v1/call``).
+
 Maintenance runs every second (waitress's ``cleanup_interval``), so a timed out
 connection is closed within a second of its deadline. Sockets are polled with
 ``poll`` (``select`` cannot watch more than 1024). Nothing here imports waitress
@@ -32,10 +42,110 @@ until a server is built: the laptop's plain install has no server.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from http import HTTPStatus
+from typing import Any, Protocol
+
+from onetimechat.net import BLOCK_SHARES, client_block, client_group
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request refused before its body is read: an HTTP status and the JSON error the servers answer with."""
+
+    status: int
+    code: str
+    message: str
+
+
+class BodyScreen(Protocol):
+    """Judges a request before its body is read (see :func:`guarded_server`)."""
+
+    def headers(self, method: str, path: str, length: int | None) -> Refusal | int:
+        """A refusal, or how many first bytes of the body :meth:`body` wants to see (0: none). ``length`` is
+        the Content-Length, None for a chunked body."""
+
+    def body(self, method: str, path: str, head: bytes) -> Refusal | None:
+        """A refusal, or None to read the rest; ``head`` is the bytes asked for (fewer if the body is shorter)."""
+
+
+def _json_error(refusal: Refusal) -> Any:
+    """A waitress error that answers ``refusal`` in JSON (waitress's own errors are plain text)."""
+    from waitress.utilities import Error
+
+    class JsonError(Error):  # type: ignore[misc]
+        code = refusal.status
+        reason = HTTPStatus(refusal.status).phrase
+
+        def to_response(self, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
+            body = json.dumps({"error": refusal.code, "message": refusal.message}).encode()
+            return f"{self.code} {self.reason}", [("Content-Type", "application/json")], body
+
+    return JsonError(refusal.message)
+
+
+def _screened_parser(screen: BodyScreen) -> type:
+    from waitress.parser import HTTPRequestParser
+    from waitress.utilities import RequestEntityTooLarge
+
+    class ScreenedParser(HTTPRequestParser):  # type: ignore[misc]
+        """waitress's request parser, asking ``screen`` about each request before its body is read."""
+
+        completed: bool  # waitress's, declared for the type checker (waitress has no annotations)
+        error: Any
+        otc_want = -1  # -1: headers not judged yet; then how many body bytes the screen still waits for
+        otc_head = b""
+
+        def received(self, data: bytes) -> int:
+            if self.completed:
+                return 0
+            n = int(super().received(data))
+            if isinstance(self.error, RequestEntityTooLarge) and self.headers_finished and self.otc_want < 0:
+                # waitress's own limit: answer it as the screen would (in JSON) if the screen refuses too.
+                self.otc_want = 0
+                verdict = screen.headers(self.command, self.path, None if self.chunked else self.content_length)
+                if isinstance(verdict, Refusal):
+                    self.error = _json_error(verdict)
+                return n
+            if self.error is not None or self.empty or not self.headers_finished:
+                return n
+            if self.otc_want < 0:  # the headers have just arrived; any body comes in later calls
+                length = None if self.chunked else int(self.content_length)
+                verdict = screen.headers(self.command, self.path, length)
+                if isinstance(verdict, Refusal):
+                    return self.otc_refuse(verdict, len(data))
+                self.otc_want = verdict if length else 0
+                if self.otc_want and self.completed:  # an empty body
+                    self.otc_want = 0
+                    return self.otc_judge(b"", len(data), n)
+                return n
+            if self.otc_want > 0:
+                self.otc_head += data[: min(n, self.otc_want - len(self.otc_head))]
+                if len(self.otc_head) >= self.otc_want or self.completed:
+                    self.otc_want = 0
+                    return self.otc_judge(self.otc_head, len(data), n)
+            return n
+
+        def otc_judge(self, head: bytes, size: int, n: int) -> int:
+            verdict = screen.body(self.command, self.path, head)
+            return n if verdict is None else self.otc_refuse(verdict, size)
+
+        def otc_refuse(self, refusal: Refusal, size: int) -> int:
+            # Answered at once, then the connection closes: the rest of the body is never read.
+            self.error = _json_error(refusal)
+            self.completed = True
+            self.connection_close = True
+            self.expect_continue = False
+            receiver: Any = getattr(self, "body_rcv", None)
+            if receiver is not None:
+                receiver.getbuf().close()
+                self.body_rcv = None
+            return size  # whatever else came with this read is dropped with the connection
+
+    return ScreenedParser
 
 
 @dataclass(frozen=True)
@@ -46,14 +156,26 @@ class Guard:
     header_timeout: float = 10.0
     request_timeout: float = 300.0
     exempt: frozenset[str] = frozenset()  # addresses not capped ("*": none is)
+    per_block: int = 0  # connections from one IPv6 /48 in all; 0: BLOCK_SHARES times per_address
 
     def exempts(self, address: str) -> bool:
         return address in self.exempt or "*" in self.exempt
 
+    @property
+    def block_cap(self) -> int:
+        return self.per_block or BLOCK_SHARES * self.per_address
+
+    def keys(self, address: str) -> tuple[str, ...]:
+        """What a connection from ``address`` counts against: its group (IPv4 address or IPv6 /64), and its
+        IPv6 /48 if it has one."""
+        block = client_block(address)
+        group = client_group(address)
+        return (group,) if block is None else (group, block)
+
 
 def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: type | None = None,
-                   **adjustments: Any) -> Any:
-    """A waitress TCP server for ``app`` on ``host:port`` that enforces ``guard``."""
+                   screen: BodyScreen | None = None, **adjustments: Any) -> Any:
+    """A waitress TCP server for ``app`` on ``host:port`` that enforces ``guard`` (and ``screen``, if given)."""
     from waitress.adjustments import Adjustments
     from waitress.channel import HTTPChannel
     from waitress.server import TcpWSGIServer
@@ -63,8 +185,12 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
     class GuardedChannel(base_channel):  # type: ignore[valid-type, misc]
         """A connection that knows when its current request started and counts itself per address."""
 
+        if screen is not None:
+            parser_class = _screened_parser(screen)
+
         def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:  # noqa: A002
             self.otc_address = addr[0] if isinstance(addr, tuple) else str(addr)
+            self.otc_keys = guard.keys(self.otc_address)
             # The clock of the current phase: when the connection opened, when the first byte after the
             # previous response arrived (otc_pending), or when the previous response was served (idle).
             self.otc_started = time.time()
@@ -88,7 +214,7 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
         def del_channel(self, map: Any = None) -> None:  # noqa: A002
             if self.otc_counted:
                 self.otc_counted = False
-                self.server.otc_release(self.otc_address)
+                self.server.otc_release(self.otc_keys)
             super().del_channel(map)
 
     class GuardedServer(TcpWSGIServer):  # type: ignore[misc]
@@ -134,26 +260,31 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
             except OSError:
                 return  # the peer left before we got to it (as waitress does)
             address = addr[0] if isinstance(addr, tuple) else str(addr)
+            keys = () if guard.exempts(address) else guard.keys(address)
             with self.otc_lock:
-                over = self.otc_open.get(address, 0) >= guard.per_address and not guard.exempts(address)
+                caps = (guard.per_address, guard.block_cap)
+                over = any(self.otc_open.get(key, 0) >= cap for key, cap in zip(keys, caps, strict=False))
                 if not over:
-                    self.otc_open[address] = self.otc_open.get(address, 0) + 1
+                    for key in keys:
+                        self.otc_open[key] = self.otc_open.get(key, 0) + 1
             if not over and len(self._map) >= self.adj.connection_limit and not self.otc_make_room():
-                self.otc_release(address)
+                self.otc_release(keys)
                 over = True  # every connection is being served: the new one waits its turn elsewhere
             if over:
                 self.otc_refused += 1
                 conn.close()
                 return
-            self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+            channel = self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+            channel.otc_keys = keys  # released as counted (an exempt address was not counted)
 
-        def otc_release(self, address: str) -> None:
+        def otc_release(self, keys: tuple[str, ...]) -> None:
             with self.otc_lock:
-                left = self.otc_open.get(address, 0) - 1
-                if left > 0:
-                    self.otc_open[address] = left
-                else:
-                    self.otc_open.pop(address, None)
+                for key in keys:
+                    left = self.otc_open.get(key, 0) - 1
+                    if left > 0:
+                        self.otc_open[key] = left
+                    else:
+                        self.otc_open.pop(key, None)
 
         def maintenance(self, now: float) -> None:
             super().maintenance(now)

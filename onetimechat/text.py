@@ -14,7 +14,9 @@ _HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 # selectors, Hangul fillers, the blank Braille pattern and the Khmer inherent vowels.
 BLANK = frozenset({0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x2800, 0x3164, 0xFFA0,
                     *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)})
-#: Combining marks kept on one base character; more would stack over neighbouring lines ("Zalgo").
+#: Combining marks kept on one base character, on the terminal and the touchscreen alike; more would stack over
+#: neighbouring lines ("Zalgo") and slow the layout. Four, not two: Tibetan stacks and pointed Hebrew with
+#: cantillation put three or four on one letter; no script needs more.
 MAX_MARKS = 4
 TAB = "    "
 

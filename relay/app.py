@@ -33,9 +33,10 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from onetimechat.net import client_keys
 from relay import protocol as p
 from relay.config import RelayConfig
-from relay.errors import BadRequest, HandleTaken, InsufficientStorage, RateLimited, RelayError
+from relay.errors import BadRequest, HandleTaken, InsufficientStorage, PresenceQuota, RateLimited, RelayError
 from relay.notify import Notifier
 from relay.ratelimit import RateLimiter, client_key
 from relay.storage import Limits, Message, Sent, Store, open_store
@@ -55,10 +56,23 @@ class Relay:
         self.store = store if store is not None else open_store(config.db, pool_size=config.db_pool)
         self.clock = clock
         self.notifier = Notifier(config.max_waits, config.max_waits_per_address)
+        shares = config.block_shares
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
+        # An IPv6 /48's shared bucket (onetimechat/net.py); with no block shares, none.
+        self.block_limiter = RateLimiter(config.rate_limit * shares, config.rate_burst * shares)
+        self.presence_limiter = RateLimiter(config.presence_rate, config.presence_burst)
+        self.presence_block_limiter = RateLimiter(config.presence_rate * shares, config.presence_burst * shares)
         self.limits = Limits(config.mailbox_max_messages, config.mailbox_max_bytes,
                              origin_max_bytes=config.address_max_bytes,
-                             origin_new_mailboxes=config.address_new_mailboxes)
+                             origin_new_mailboxes=config.address_new_mailboxes,
+                             block_max_bytes=config.address_max_bytes * shares,
+                             block_new_mailboxes=config.address_new_mailboxes * shares,
+                             origin_presence=config.presence_per_address,
+                             block_presence=config.presence_per_address * shares,
+                             max_presence=config.max_presence)
+        # Deletions by acknowledgement since the last sweep, per origin: (requests, messages) (see ack_summary).
+        self._acks: dict[str, list[int]] = {}
+        self._acks_lock = threading.Lock()
         # Addresses are kept only as a keyed hash (the origin), under a secret of the store's.
         self._origin_key = self.store.origin_key().to_bytes(8, "big")
         self._disk_path = self.store.disk_path() if config.min_free_bytes else None
@@ -68,8 +82,45 @@ class Relay:
         self._sweeper.start()
 
     def origin(self, address: str) -> str:
-        """The keyed hash that stands for a client address in the store."""
+        """The keyed hash that stands for a client address (an IPv4 address, an IPv6 /64 or /48) in the store."""
         return hmac.new(self._origin_key, address.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+    def origins(self, remote: str | None) -> tuple[str, str]:
+        """The (origin, block) a client's address is counted as: its IPv4 address or IPv6 /64, and its IPv6 /48
+        ('' for IPv4, or when /48s share nothing)."""
+        group, block = client_keys(remote)
+        return self.origin(group), self.origin(block) if block and self.config.block_shares else ""
+
+    def take(self, remote: str | None, presence: bool = False) -> float:
+        """Spend a request (or an announcement) of the client's buckets: 0.0, or the seconds to wait."""
+        single, shared = ((self.presence_limiter, self.presence_block_limiter) if presence
+                          else (self.limiter, self.block_limiter))
+        group, block = client_keys(remote)
+        wait = single.take(group)
+        if not wait and block is not None and self.config.block_shares:
+            wait = shared.take(block)
+        return wait
+
+    def acknowledge(self, deleted: int, remote: str | None) -> None:
+        """Count a deletion by acknowledgement, for the log's summary (an address's pseudonym, never a mailbox)."""
+        if deleted <= 0:
+            return
+        origin = self.origin(client_key(remote))
+        with self._acks_lock:
+            entry = self._acks.setdefault(origin, [0, 0])
+            entry[0] += 1
+            entry[1] += deleted
+
+    def ack_summary(self) -> str | None:
+        """One line on what acknowledgements deleted since the last summary (None if nothing was)."""
+        with self._acks_lock:
+            acks, self._acks = self._acks, {}
+        if not acks:
+            return None
+        top, (requests, messages) = max(acks.items(), key=lambda item: item[1][1])
+        total = sum(m for _, m in acks.values())
+        return (f"acknowledged: {total} messages deleted by {sum(r for r, _ in acks.values())} requests from "
+                f"{len(acks)} addresses; the most by one, origin {top[:8]}: {messages} in {requests} requests")
 
     def check_disk(self) -> None:
         """Refuse new messages while the store's disk has less free space than the watermark."""
@@ -82,11 +133,14 @@ class Relay:
         if st.f_bavail * st.f_frsize < self.config.min_free_bytes:
             raise InsufficientStorage()
 
-    def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None, address: str = "") -> Sent:
+    def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None,
+             remote: str | None = None) -> Sent:
+        """Store a message from the client at ``remote`` (its address; None: counted against no address)."""
         self.check_disk()
         now = self.clock()
+        origin, block = self.origins(remote) if remote is not None else ("", "")
         sent = self.store.send(mailbox, sender, contents, client_id, now, now + self.config.expire_seconds,
-                               self.limits, self.origin(address) if address else "")
+                               self.limits, origin, block)
         if not sent.duplicate:
             self.notifier.notify(mailbox)
         return sent
@@ -121,6 +175,9 @@ class Relay:
                 if any(counts.values()):
                     log.info("expired: %(messages)d messages, %(ids)d idempotency keys, %(presence)d "
                              "presence entries, %(mailboxes)d idle mailboxes", counts)
+                summary = self.ack_summary()
+                if summary:
+                    log.info("%s", summary)
             except RelayError as exc:
                 log.warning("expiry sweep skipped: %s", exc.code)
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive one bad sweep
@@ -168,6 +225,9 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
     def address() -> str:
         return client_key(request.remote_addr)
 
+    def remote() -> str:
+        return request.remote_addr or "-"
+
     def body() -> dict[str, Any]:
         return p.json_object(request.get_data(cache=False))
 
@@ -178,7 +238,7 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
 
     @app.before_request
     def rate_limit() -> None:
-        retry = relay.limiter.take(address())
+        retry = relay.take(remote())
         if retry:
             exc = RateLimited()
             exc.retry_after = max(1, math.ceil(retry))
@@ -196,7 +256,7 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
         recipient = p.ident(fields.get("recipient_uid"), "recipient_uid")
         sender = p.ident(fields.get("sender_uid", ""), "sender_uid", allow_empty=True)
         contents = p.contents(fields.get("contents"), config.max_message_bytes)
-        sent = relay.send(recipient, sender, contents, None, address())
+        sent = relay.send(recipient, sender, contents, None, remote())
         return jsonify({"received": True, "ref": sent.ref})
 
     @app.get("/getmessages")
@@ -243,6 +303,9 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
                 "rate_burst": config.rate_burst,
                 "address_max_bytes": config.address_max_bytes,
                 "address_new_mailboxes": config.address_new_mailboxes,
+                "block_shares": config.block_shares,
+                "presence_rate": config.presence_rate,
+                "presence_per_address": config.presence_per_address,
             },
         })
 
@@ -253,7 +316,7 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
         sender = p.ident(data.get("sender", ""), "sender", allow_empty=True)
         client_id = p.optional_ident(data, "id")
         contents = p.contents(data.get("contents"), config.max_message_bytes)
-        sent = relay.send(mailbox, sender, contents, client_id, address())
+        sent = relay.send(mailbox, sender, contents, client_id, remote())
         return jsonify({"mailbox": mailbox, "ref": sent.ref, "expires_at": round(sent.expires_at, 3),
                         "duplicate": sent.duplicate})
 
@@ -268,7 +331,7 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
             raise BadRequest("The field 'ack' must be true or false.")
         if ack:
             # The reader has everything up to its cursors: delete it (one round trip, not two).
-            relay.store.ack_cursors(cursors, relay.clock())
+            relay.acknowledge(relay.store.ack_cursors(cursors, relay.clock()), remote())
         found, complete = relay.receive(cursors, limit, wait, address())
         return jsonify({"messages": [p.message_v1(m) for m in found], "complete": complete})
 
@@ -284,7 +347,10 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
         refs = sorted({p.number(r, "refs") for r in refs})
         if through is None and not refs:
             raise BadRequest("Say which messages to delete: 'through' (a ref) and/or 'refs' (a list).")
+        # Idempotent: what is already gone counts 0. Anyone who knows the mailbox id may do this (see
+        # docs/relay-protocol.md, "Who may delete"); deletions are summed per address in the log.
         deleted = relay.store.ack(mailbox, through, refs, relay.clock())
+        relay.acknowledge(deleted, remote())
         return jsonify({"mailbox": mailbox, "deleted": deleted})
 
     @app.post("/v1/announce")
@@ -293,8 +359,15 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
         handle = p.handle(data.get("handle"))
         token = p.token(data.get("token"))
         ttl = max(1.0, p.seconds(data.get("ttl", config.presence_ttl), "ttl", config.presence_max_ttl))
+        retry = relay.take(remote(), presence=True)
+        if retry:
+            exc = PresenceQuota("Too many announcements from this address; slow down.")
+            exc.retry_after = max(1, math.ceil(retry))
+            raise exc
         now = relay.clock()
-        presence = relay.store.announce(handle, presence_token_hash(token), now, now + ttl)
+        origin, block = relay.origins(remote())
+        presence = relay.store.announce(handle, presence_token_hash(token), now, now + ttl, origin, block,
+                                        relay.limits)
         if presence is None:
             raise HandleTaken()
         return jsonify(p.presence_v1(presence))

@@ -47,6 +47,10 @@ class RelayConfig:
     #: they are acknowledged or expire, and most new mailboxes it may make per day. 0 turns either off.
     address_max_bytes: int = 256 * MiB
     address_new_mailboxes: int = 1000
+    #: All the /64s of one IPv6 /48 together get this many times each per-address cap and budget (connections,
+    #: requests per second, stored bytes, new mailboxes, presence), so a /56 (256 /64s) or a /48 (65,536) buys
+    #: no more than this; 0 gives the /48 no cap of its own (onetimechat/net.py).
+    block_shares: int = 4
     #: New messages are refused (507, Retry-After) while the store's filesystem has less free space than this
     #: (SQLite; a PostgreSQL server watches its own disk). 0 turns the check off.
     min_free_bytes: int = 1024 * MiB
@@ -56,6 +60,12 @@ class RelayConfig:
     presence_ttl: float = 120.0
     presence_max_ttl: float = 3600.0
     max_presence_list: int = 1000
+    #: Presence quotas (issue 19): announcements per second per client address (a token bucket of
+    #: ``presence_burst``), handles online at once per address and in all. 0 turns either off.
+    presence_rate: float = 5.0
+    presence_burst: int = 300
+    presence_per_address: int = 256
+    max_presence: int = 100_000
     #: How often expired messages, keys and presence are swept (reads ignore them at once).
     sweep_interval: float = 60.0
     #: Connections to the store per process.

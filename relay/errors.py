@@ -71,6 +71,14 @@ class TooManyMailboxes(RelayError):
     retry_after = 3600
 
 
+class PresenceQuota(RelayError):
+    """This address (or the relay) has as many presence handles online as it may; try again later."""
+
+    code = "presence-quota"
+    status = 429
+    retry_after = 60
+
+
 class InsufficientStorage(RelayError):
     """The relay's disk is nearly full; new messages wait until it has room (nothing stored is dropped)."""
 

@@ -3,32 +3,25 @@
 Behind a load balancer each relay process keeps its own buckets, so N
 processes allow up to N times the rate. IPv6 clients are counted per /64,
 the block one subscriber usually gets, so one host cannot dodge the limit by
-hopping addresses.
+hopping addresses; and all the /64s of one /48 share a bucket of
+``BLOCK_SHARES`` times the rate, so a subscriber with a /56 does not get 256
+(onetimechat/net.py).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 import time
+
+from onetimechat.net import client_keys
 
 # Past this many addresses, buckets that have refilled (idle clients) are forgotten.
 MAX_TRACKED = 100_000
 
 
 def client_key(address: str | None) -> str:
-    """The bucket an address counts against."""
-    if not address:
-        return "-"
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address[:64]
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
-    return str(ip)
+    """The bucket an address counts against: an IPv4 address, or an IPv6 /64 (its /48's: client_keys)."""
+    return client_keys(address)[0]
 
 
 class RateLimiter:

@@ -39,8 +39,8 @@ relay=$(wait_url "$work/relay.out" "listening on")
 echo "relay at $relay"
 
 step "Two devices are set up"
-otc device init --home "$alice" --name alice
-otc device init --home "$bob" --name bob
+otc device init --home "$alice" --name alice --no-pin  # a demo: unlocked homes, on purpose
+otc device init --home "$bob" --name bob --no-pin
 
 step "They pair in person over loopback and make a 1 MiB pad (alice hosts, so she is the initiator)"
 otc pair host --home "$alice" --listen 127.0.0.1:0 --size 1M --confirm auto > "$work/host.out" 2> "$work/host.err" &

@@ -117,6 +117,23 @@ def relay_factory_fixture(db_url):
         server.close()
 
 
+@pytest.fixture(name="relay_app")
+def relay_app_fixture(db_url):
+    """make(**settings) -> Flask test client of a relay app (no server): a test can then name each request's
+    client address (``environ_base={"REMOTE_ADDR": ...}``), IPv6 ones included."""
+    apps = []
+
+    def make(**settings: Any):
+        config = RelayConfig(db=db_url, **{"min_free_bytes": 0, "sweep_interval": 3600.0, **settings})
+        app = create_app(config)
+        apps.append(app)
+        return app.test_client()
+
+    yield make
+    for app in apps:
+        app.extensions["otc_relay"].close()
+
+
 @pytest.fixture(name="relay")
 def relay_fixture(relay_factory) -> Client:
     return relay_factory()[0]

@@ -170,3 +170,20 @@ def test_tty_confirmation_on_a_real_pseudo_terminal():
     assert _answer_on_pty(b"n\n")[0] is False
     assert _answer_on_pty(b"\n")[0] is False
     assert _answer_on_pty(None, timeout=0.3)[0] is False
+
+
+def test_init_without_a_pin_says_in_one_line_the_home_is_not_locked(tmp_path):
+    # Issue 19 (red team): an unlocked home was made silently.
+    made = otc("device", "init", "--home", str(tmp_path / "a"), "--name", "alice", check=True)
+    warning = [ln for ln in made.stderr.decode().splitlines() if ln.strip()]
+    assert len(warning) == 1 and "not PIN-locked" in warning[0] and "--pin-file" in warning[0]
+    assert "not PIN-locked" in made.stdout.decode()
+    # --no-pin says it is meant: no warning. A PIN file: a locked home, no warning.
+    assert otc("device", "init", "--home", str(tmp_path / "b"), "--name", "bob", "--no-pin", check=True).stderr == b""
+    pin = tmp_path / "pin"
+    pin.write_text("482913\n")
+    locked = otc("device", "init", "--home", str(tmp_path / "c"), "--name", "carol", "--pin-file", str(pin),
+                 check=True)
+    assert locked.stderr == b"" and "(PIN-locked)" in locked.stdout.decode()
+    both = otc("device", "init", "--home", str(tmp_path / "d"), "--name", "dave", "--pin-file", str(pin), "--no-pin")
+    assert both.returncode == 2 and not (tmp_path / "d").exists()

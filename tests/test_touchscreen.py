@@ -324,3 +324,17 @@ def test_an_empty_message_says_so(screen):
     show(screen, snap(confirm=confirm_view("")))
     assert screen.texts("message-empty") == ["(an empty message)"]
     assert screen.target("accept").enabled
+
+
+def test_confirm_caps_combining_marks_like_the_terminal(screen):
+    # A hostile laptop's message: one letter under 5,000 marks, then a normal word (issue 19, red team). The
+    # screen shows the letter with four marks (the bundled font draws none, so as codes), how many more there
+    # were, and the word; the terminal prompt keeps the same four and counts the same rest.
+    from onetimechat.text import visible
+
+    zalgo = "a" + "\u0336" * 5000 + " pay bob"
+    show(screen, snap(confirm=confirm_view(zalgo)))
+    lines = screen.texts("message")
+    assert "".join(lines).replace(" ", "") == "a" + "<U+0336>" * 4 + "<+4996marks>paybob"
+    assert len(lines) <= 2
+    assert visible(zalgo) == "a" + "\u0336" * 4 + "<+4996 marks> pay bob"

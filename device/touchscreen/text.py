@@ -4,7 +4,8 @@ The owner approves what the screen shows, so the screen must never show less
 than the message holds. A character the font cannot draw, or one that draws
 nothing (controls, bidirectional overrides, zero-width joiners), appears as a
 visible ``<U+202E>`` marker instead of vanishing or being drawn as a box that
-two different characters would share.
+two different characters would share. Combining marks beyond a few on one
+letter are counted in a marker (``<+4996 marks>``), as on the terminal.
 
 Messages can be long (the RPC takes up to 32 MiB), so :class:`MessageLayout`
 wraps lazily: only the lines scrolled to so far are laid out.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pygame
 
-from onetimechat.text import BLANK
+from onetimechat.text import BLANK, MAX_MARKS
 
 # pygame's bundled font: the same glyphs on the Pi, a laptop and in CI.
 FONT_PATH = Path(pygame.__file__).resolve().parent / pygame.font.get_default_font()
@@ -87,21 +88,42 @@ class Fonts:
         return ok
 
     def runs(self, text: str) -> list[Run]:
-        """``text`` as runs of drawable characters and markers for the rest."""
+        """``text`` as runs of drawable characters and markers for the rest.
+
+        A base character keeps at most :data:`~onetimechat.text.MAX_MARKS` combining marks, as on the
+        terminal; the rest become one ``<+N marks>`` marker, so one letter with thousands of marks neither
+        smears over the lines around it nor takes long to lay out.
+        """
         # Canonically equivalent, and the composed form is the one the font has glyphs for.
         text = unicodedata.normalize("NFC", text)
         out: list[Run] = []
         plain: list[str] = []
+
+        def flush() -> None:
+            if plain:
+                out.append(Run("".join(plain)))
+                plain.clear()
+
+        marks = dropped = 0
         for ch in text:
+            if unicodedata.category(ch)[0] == "M" and ord(ch) not in BLANK:
+                marks += 1
+                if marks > MAX_MARKS:
+                    dropped += 1
+                    continue
+            else:
+                if dropped:
+                    flush()
+                    out.append(Run(f"<+{dropped} marks>", marker=True))
+                marks = dropped = 0
             if self.drawable(ch):
                 plain.append(ch)
                 continue
-            if plain:
-                out.append(Run("".join(plain)))
-                plain = []
+            flush()
             out.append(Run(marker(ch), marker=True))
-        if plain:
-            out.append(Run("".join(plain)))
+        flush()
+        if dropped:
+            out.append(Run(f"<+{dropped} marks>", marker=True))
         return out
 
     def visible(self, text: str) -> str:

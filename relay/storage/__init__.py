@@ -55,6 +55,13 @@ class Limits:
     origin_max_bytes: int = 0  # bytes stored from one origin, MESSAGE_OVERHEAD a message included; 0: no cap
     origin_new_mailboxes: int = 0  # mailboxes one origin may make per window; 0: no cap
     new_mailbox_window: float = 86400.0
+    # The same for all the /64s of one IPv6 /48 together (its "block"); 0: no cap.
+    block_max_bytes: int = 0
+    block_new_mailboxes: int = 0
+    # Presence handles live at once: per origin, per block, and in all; 0: no cap.
+    origin_presence: int = 0
+    block_presence: int = 0
+    max_presence: int = 0
 
 
 #: What one stored message costs its origin besides its contents (its row, ids and index entries).
@@ -71,9 +78,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None, now: float,
-             expires_at: float, limits: Limits, origin: str = "") -> Sent:
+             expires_at: float, limits: Limits, origin: str = "", block: str = "") -> Sent:
         """Store one message durably and return its ref; raises MailboxFull, AddressQuota or
-        TooManyMailboxes over quota. ``origin`` names the sending address (a keyed hash of it)."""
+        TooManyMailboxes over quota. ``origin`` names the sending address (a keyed hash of its IPv4 address
+        or IPv6 /64), ``block`` its IPv6 /48 (likewise; '' for IPv4)."""
 
     @abc.abstractmethod
     def origin_key(self) -> int:
@@ -101,8 +109,10 @@ class Store(abc.ABC):
         """Delete every message up to each (mailbox, ref) cursor, in one transaction."""
 
     @abc.abstractmethod
-    def announce(self, handle: str, token_hash: bytes, now: float, expires_at: float) -> Presence | None:
-        """Mark ``handle`` online until ``expires_at``; None if it is online under another token."""
+    def announce(self, handle: str, token_hash: bytes, now: float, expires_at: float, origin: str = "",
+                 block: str = "", limits: Limits | None = None) -> Presence | None:
+        """Mark ``handle`` online until ``expires_at``; None if it is online under another token. Raises
+        PresenceQuota when a new handle would pass ``limits``' presence caps (a renewal never does)."""
 
     @abc.abstractmethod
     def withdraw(self, handle: str, token_hash: bytes, now: float) -> bool | None:

@@ -119,6 +119,25 @@ STEPS: list[dict[str, str]] = [
         );
         """,
     },
+    # 2 -> 3: IPv6 blocks (issue 19, red team): a message's /48 besides its /64 (``block``, a keyed hash like
+    # ``origin``; '' for IPv4), so a subscriber with many /64s shares one aggregate budget; and who announced
+    # each presence handle, so live handles are capped per address and per block.
+    {
+        "sqlite": """
+        ALTER TABLE messages ADD COLUMN block TEXT NOT NULL DEFAULT '';
+        ALTER TABLE presence ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+        ALTER TABLE presence ADD COLUMN block TEXT NOT NULL DEFAULT '';
+        CREATE INDEX presence_by_origin ON presence (origin);
+        CREATE INDEX presence_by_block ON presence (block);
+        """,
+        "postgresql": """
+        ALTER TABLE messages ADD COLUMN block text NOT NULL DEFAULT '';
+        ALTER TABLE presence ADD COLUMN origin text NOT NULL DEFAULT '';
+        ALTER TABLE presence ADD COLUMN block text NOT NULL DEFAULT '';
+        CREATE INDEX presence_by_origin ON presence (origin);
+        CREATE INDEX presence_by_block ON presence (block);
+        """,
+    },
 ]
 
 LATEST = len(STEPS)

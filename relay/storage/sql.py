@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from relay.errors import AddressQuota, MailboxFull, TooManyMailboxes
+from relay.errors import AddressQuota, MailboxFull, PresenceQuota, TooManyMailboxes
 from relay.storage import MESSAGE_OVERHEAD, Limits, Message, Presence, Sent, Store
 
 # How many mailboxes with expired messages one sweep clears (the next sweep does the rest).
@@ -130,28 +130,31 @@ class SQLStore(Store):
     # -- messages ---------------------------------------------------------------------
 
     def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None, now: float,
-             expires_at: float, limits: Limits, origin: str = "") -> Sent:
+             expires_at: float, limits: Limits, origin: str = "", block: str = "") -> Sent:
         size = len(contents)
 
         def op(tx: Tx) -> Sent:
             next_ref, count, nbytes, seen_ref, seen_expires = self._lock_mailbox(tx, mailbox, client_id, now,
-                                                                                 origin, limits)
+                                                                                 origin, limits, block)
             if seen_ref is not None:
                 return Sent(int(seen_ref), float(seen_expires), duplicate=True)
             ref, count, nbytes = int(next_ref), int(count), int(nbytes)
             if count + 1 > limits.max_messages or nbytes + size > limits.max_bytes:
                 raise MailboxFull()
-            if origin:
-                # Charged and checked in one statement; a refusal undoes the charge with the rest of the send.
-                used = tx.one("INSERT INTO origins (origin, bytes, new_mailboxes, window_start) VALUES (?, ?, 0, ?) "
-                              "ON CONFLICT (origin) DO UPDATE SET bytes = origins.bytes + excluded.bytes "
-                              "RETURNING bytes", (origin, size + MESSAGE_OVERHEAD, now))
-                if limits.origin_max_bytes and used is not None and int(used[0]) > limits.origin_max_bytes:
-                    raise AddressQuota()
+            # Charged and checked in one statement each; a refusal undoes the charges with the rest of the send.
+            for who, cap in ((origin, limits.origin_max_bytes), (block, limits.block_max_bytes)):
+                if who:
+                    used = tx.one("INSERT INTO origins (origin, bytes, new_mailboxes, window_start) "
+                                  "VALUES (?, ?, 0, ?) ON CONFLICT (origin) DO UPDATE SET "
+                                  "bytes = origins.bytes + excluded.bytes RETURNING bytes",
+                                  (who, size + MESSAGE_OVERHEAD, now))
+                    if cap and used is not None and int(used[0]) > cap:
+                        raise AddressQuota()
             tx.run("UPDATE mailboxes SET next_ref = ?, count = count + 1, bytes = bytes + ?, touched = ? "
                    "WHERE mailbox = ?", (ref + 1, size, now, mailbox))
-            tx.run("INSERT INTO messages (mailbox, ref, sender, contents, size, created, expires, origin) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (mailbox, ref, sender, contents, size, now, expires_at, origin))
+            tx.run("INSERT INTO messages (mailbox, ref, sender, contents, size, created, expires, origin, block) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (mailbox, ref, sender, contents, size, now, expires_at, origin, block))
             self._after_send(tx, mailbox)
             if client_id is not None:
                 tx.run("INSERT INTO sent_ids (mailbox, client_id, ref, expires) VALUES (?, ?, ?, ?)",
@@ -161,10 +164,10 @@ class SQLStore(Store):
         return self._transact(op, mailbox)
 
     def _lock_mailbox(self, tx: Tx, mailbox: str, client_id: str | None, now: float, origin: str,
-                      limits: Limits) -> tuple:
+                      limits: Limits, block: str = "") -> tuple:
         """The mailbox's (next_ref, count, bytes), locked for this transaction and made if new (counted
-        against ``origin``'s new mailboxes), with the (ref, expires) an earlier send with this idempotency
-        key got, if any."""
+        against ``origin``'s and ``block``'s new mailboxes), with the (ref, expires) an earlier send with this
+        idempotency key got, if any."""
         select = ("SELECT m.next_ref, m.count, m.bytes, s.ref, s.expires FROM mailboxes m "
                   "LEFT JOIN sent_ids s ON s.mailbox = m.mailbox AND s.client_id = ? "
                   "WHERE m.mailbox = ?" + self.LOCK_MAILBOX)
@@ -175,16 +178,18 @@ class SQLStore(Store):
             floor = tx.one("SELECT value FROM relay_meta WHERE key = 'ref_floor'" + self.SHARE)
             tx.run("INSERT INTO mailboxes (mailbox, next_ref, count, bytes, touched) VALUES (?, ?, 0, 0, ?) "
                    "ON CONFLICT (mailbox) DO NOTHING", (mailbox, int(floor[0]) if floor else 1, now))
-            if origin and limits.origin_new_mailboxes:
-                window_opened_before = now - limits.new_mailbox_window
+            window_opened_before = now - limits.new_mailbox_window
+            for who, cap in ((origin, limits.origin_new_mailboxes), (block, limits.block_new_mailboxes)):
+                if not (who and cap):
+                    continue
                 made = tx.one(
                     "INSERT INTO origins (origin, bytes, new_mailboxes, window_start) VALUES (?, 0, 1, ?) "
                     "ON CONFLICT (origin) DO UPDATE SET "
                     "new_mailboxes = CASE WHEN origins.window_start <= ? THEN 1 ELSE origins.new_mailboxes + 1 END, "
                     "window_start = CASE WHEN origins.window_start <= ? THEN excluded.window_start "
                     "ELSE origins.window_start END RETURNING new_mailboxes",
-                    (origin, now, window_opened_before, window_opened_before))
-                if made is not None and int(made[0]) > limits.origin_new_mailboxes:
+                    (who, now, window_opened_before, window_opened_before))
+                if made is not None and int(made[0]) > cap:
                     raise TooManyMailboxes()
             row = tx.one(select, (client_id, mailbox))
         assert row is not None
@@ -243,44 +248,68 @@ class SQLStore(Store):
         # acknowledges nothing new writes nothing (no lock, no sync).
         sizes: list[tuple] = []
         if through is not None:
-            sizes += tx.all("DELETE FROM messages WHERE mailbox = ? AND ref <= ? RETURNING size, origin",
+            sizes += tx.all("DELETE FROM messages WHERE mailbox = ? AND ref <= ? RETURNING size, origin, block",
                             (mailbox, through))
         if refs:
             marks = ", ".join("?" * len(refs))
-            sizes += tx.all(f"DELETE FROM messages WHERE mailbox = ? AND ref IN ({marks}) RETURNING size, origin",
-                            (mailbox, *refs))
+            sizes += tx.all(f"DELETE FROM messages WHERE mailbox = ? AND ref IN ({marks}) "
+                            "RETURNING size, origin, block", (mailbox, *refs))
         self._uncount(tx, mailbox, sizes, now)
         return len(sizes)
 
     @staticmethod
     def _uncount(tx: Tx, mailbox: str, sizes: list[tuple], now: float) -> None:
-        """Take deleted messages, as (size, origin) rows, off their mailbox's and their origins' counts."""
+        """Take deleted messages, as (size, origin, block) rows, off their mailbox's, origins' and blocks'
+        counts."""
         if sizes:
             tx.run("UPDATE mailboxes SET count = count - ?, bytes = bytes - ?, touched = ? WHERE mailbox = ?",
                    (len(sizes), sum(int(s[0]) for s in sizes), now, mailbox))
             freed: dict[str, int] = {}
-            for size, origin in sizes:
-                if origin:  # messages stored before origins were counted have none
-                    freed[origin] = freed.get(origin, 0) + int(size) + MESSAGE_OVERHEAD
+            for size, *whose in sizes:
+                for who in whose:
+                    if who:  # messages stored before origins (or blocks) were counted have none
+                        freed[who] = freed.get(who, 0) + int(size) + MESSAGE_OVERHEAD
             for origin in sorted(freed):
                 tx.run("UPDATE origins SET bytes = bytes - ? WHERE origin = ?", (freed[origin], origin))
 
     # -- presence ---------------------------------------------------------------------
 
-    def announce(self, handle: str, token_hash: bytes, now: float, expires_at: float) -> Presence | None:
+    def announce(self, handle: str, token_hash: bytes, now: float, expires_at: float, origin: str = "",
+                 block: str = "", limits: Limits | None = None) -> Presence | None:
         def op(tx: Tx) -> Presence | None:
+            if limits is not None:
+                live = tx.one("SELECT token_hash FROM presence WHERE handle = ? AND expires > ?" + self.LOCK,
+                              (handle, now))
+                if live is None:  # a new claim (a renewal never counts): within each cap?
+                    self._presence_room(tx, now, origin, block, limits)
             # One upsert: a live handle is only renewed under its own token.
             row = tx.one(
-                "INSERT INTO presence (handle, token_hash, since, expires) VALUES (?, ?, ?, ?) "
+                "INSERT INTO presence (handle, token_hash, since, expires, origin, block) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (handle) DO UPDATE SET "
                 "since = CASE WHEN presence.expires > ? THEN presence.since ELSE excluded.since END, "
-                "token_hash = excluded.token_hash, expires = excluded.expires "
+                "token_hash = excluded.token_hash, expires = excluded.expires, origin = excluded.origin, "
+                "block = excluded.block "
                 "WHERE presence.expires <= ? OR presence.token_hash = excluded.token_hash "
                 "RETURNING since",
-                (handle, token_hash, now, expires_at, now, now))
+                (handle, token_hash, now, expires_at, origin, block, now, now))
             return None if row is None else Presence(handle, float(row[0]), expires_at)
 
         return self._transact(op)
+
+    @staticmethod
+    def _presence_room(tx: Tx, now: float, origin: str, block: str, limits: Limits) -> None:
+        """Raise PresenceQuota if one more live handle would pass a presence cap."""
+        checks = [("origin", origin, limits.origin_presence), ("block", block, limits.block_presence)]
+        for column, who, cap in checks:
+            if who and cap:
+                row = tx.one(f"SELECT count(*) FROM presence WHERE {column} = ? AND expires > ?", (who, now))
+                if row is not None and int(row[0]) >= cap:
+                    raise PresenceQuota()
+        if limits.max_presence:
+            # Expired rows count until the next sweep (a minute): cheaper than a range count, and errs safe.
+            row = tx.one("SELECT count(*) FROM presence")
+            if row is not None and int(row[0]) >= limits.max_presence:
+                raise PresenceQuota()
 
     def withdraw(self, handle: str, token_hash: bytes, now: float) -> bool | None:
         def op(tx: Tx) -> bool | None:
@@ -312,7 +341,7 @@ class SQLStore(Store):
         def expire(mailbox: str) -> Callable[[Tx], int]:
             # One mailbox per transaction, like an acknowledgement.
             def op(tx: Tx) -> int:
-                sizes = tx.all("DELETE FROM messages WHERE mailbox = ? AND expires <= ? RETURNING size, origin",
+                sizes = tx.all("DELETE FROM messages WHERE mailbox = ? AND expires <= ? RETURNING size, origin, block",
                                (mailbox, now))
                 self._uncount(tx, mailbox, sizes, now)
                 return len(sizes)
