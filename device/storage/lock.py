@@ -20,13 +20,15 @@ that slow; docs/pin-lock.md says how slow.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import secrets
 import threading
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -186,6 +188,20 @@ class StoreLock:
         self.on_unlock: list[Callable[[bytes], None]] = []
         self.on_wipe: list[Callable[[], None]] = []
 
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold this home's PIN lock against every thread and process: each read-modify-write of lock.json
+        (an unlock's counters, a re-wrap, a PIN change, a wipe) runs whole, so none undoes another's."""
+        with self._mutex:
+            run = self.home / "run"
+            run.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(run / "pin.flock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
     # -- state ---------------------------------------------------------------------
 
     @property
@@ -218,7 +234,7 @@ class StoreLock:
     # -- the owner's acts ------------------------------------------------------------
 
     def unlock(self, pin: str) -> PinResult:
-        with self._mutex:
+        with self._exclusive():
             status = self.status()
             if status.state == LockState.WIPED:
                 return PinResult(False, status, "This device erased its pads and keys after too many wrong PINs.")
@@ -270,7 +286,7 @@ class StoreLock:
         ``key`` is the storage key to wrap (a new home's store is sealed under it before its PIN is set);
         a new random one without it."""
         check_pin(pin)
-        with self._mutex:
+        with self._exclusive():
             status = self.status()
             if status.state not in (LockState.NO_PIN, LockState.UNLOCKABLE):
                 return PinResult(False, status, "This device already has a PIN; change it instead.")
@@ -289,7 +305,10 @@ class StoreLock:
         result = self.unlock(old) if self.key is None else None
         if result is not None and not result.ok:
             return result
-        with self._mutex:
+        with self._exclusive():
+            if (self.home / WIPED_FILE).exists():
+                return PinResult(False, self.status(),
+                                 "This device erased its pads and keys after too many wrong PINs.")
             record = self._record()
             try:
                 kek = _derive(_tried(old), base64.b64decode(record["salt"]), record["kdf"])
@@ -321,8 +340,8 @@ class StoreLock:
         except FileNotFoundError:
             old = None
         try:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            tmp = self.path.with_name(f"{self.path.name}.{secrets.token_hex(8)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump(record, f)
                 f.flush()
@@ -348,7 +367,7 @@ class StoreLock:
             f.write(f"erased after too many wrong PINs at {when}\n")
             f.flush()
             os.fsync(f.fileno())
-        for path in (self.path, self.path.with_name(self.path.name + ".tmp")):
+        for path in (self.path, *self.home.glob(self.path.name + "*.tmp")):
             overwrite_and_unlink(path)
         # Pad files, a ceremony's partial pad and its sealed state: noise without the storage key, unlinked.
         for pad in (self.home / "pads").glob("*"):
