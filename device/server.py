@@ -556,8 +556,8 @@ class CallScreen:
     Every request but a sealed call has a body of at most :data:`PREAUTH_MAX_REQUEST`; a sealed call may be
     as large as ``max_request_bytes`` only once its first 29 bytes (the header: client id and counter) name a
     paired client and a fresh counter. Anything else is refused there, so an unpaired sender cannot make the
-    device take in 48 MiB, nor buffer it to disk. A chunked body (no Content-Length) is refused: the client
-    never sends one.
+    device take in 48 MiB, nor buffer it to disk. ``/v1/call`` takes only POST (any other method is
+    refused before its body). A chunked body (no Content-Length) is refused: the client never sends one.
     """
 
     def __init__(self, service: DeviceService) -> None:
@@ -567,6 +567,8 @@ class CallScreen:
         if length is None:
             return Refusal(411, "length-required", "Send the body with a Content-Length.")
         if path == "/v1/call":
+            if method != "POST":  # only a POST is screened and may be large (an outside review)
+                return Refusal(405, "method-not-allowed", "A sealed call is a POST.")
             if length > self.service.config.max_request_bytes:
                 return Refusal(413, "request-entity-too-large", "Request Entity Too Large")
             return rpc.REQUEST_HEADER.size

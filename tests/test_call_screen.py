@@ -20,10 +20,11 @@ from onetimechat import rpc
 MiB = 1 << 20
 
 
-def raw_request(port: int, path: str, length: int, body_head: bytes = b"") -> tuple[int, dict, bytes]:
+def raw_request(port: int, path: str, length: int, body_head: bytes = b"",
+                method: str = "POST") -> tuple[int, dict, bytes]:
     """Send headers for a ``length``-byte body and only ``body_head`` of it; the device's answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: device\r\nContent-Type: application/octet-stream\r\n"
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: device\r\nContent-Type: application/octet-stream\r\n"
                      f"Content-Length: {length}\r\n\r\n".encode() + body_head)
         answer = b""
         while True:  # the device closes the connection after its answer; nothing more is sent from here
@@ -57,6 +58,15 @@ def test_more_than_a_call_may_hold_or_a_large_preauth_body_is_refused_after_the_
     for path in ("/v1/pair/begin", "/v1/pair/exchange", "/v1/health", "/nowhere"):
         status, answer, _ = raw_request(rpc_device.server.port, path, 8 * MiB)
         assert (status, answer["error"]) == (413, "request-entity-too-large")
+
+
+def test_a_large_call_body_under_another_method_is_refused_before_it_is_read(rpc_device):
+    """Only a POST was screened: a PUT (or PATCH, GET, DELETE, OPTIONS) body of 40 MiB was read in full."""
+    for method in ("PUT", "PATCH", "GET", "DELETE", "OPTIONS"):
+        status, answer, head = raw_request(rpc_device.server.port, "/v1/call", 40 * MiB,
+                                           call_header(secrets.token_bytes(16), 1), method=method)
+        assert (status, answer["error"]) == (405, "method-not-allowed"), method
+        assert b"Connection: close" in head
 
 
 def test_a_known_client_with_a_stale_counter_is_refused_before_its_body(rpc_device):
