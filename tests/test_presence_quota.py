@@ -54,3 +54,20 @@ def test_handles_online_are_capped_per_address_and_in_all(relay_app):
     assert_quota(announce(client, "203.0.113.99"))
     assert announce(client, "198.51.100.7", "mine-2").status_code == 200  # renewals still go through
     assert len(client.get("/v1/list").json["online"]) == 8
+
+
+def test_renewing_from_another_address_does_not_move_a_handle_off_its_cap(relay_app):
+    """A renewal skipped the caps and moved the handle to the renewing address: two addresses (one dual-stack
+    host's IPv4 and IPv6) took a per-address cap of 5 to any number of live handles."""
+    cap = 5
+    client = relay_app(rate_limit=0, presence_rate=0, presence_per_address=cap, max_presence=0)
+    first, second = "198.51.100.7", "2001:db8:77::1"
+    held: list[str] = []
+    for round_ in range(4):
+        new = [f"r{round_}-h{i}" for i in range(cap)]
+        accepted = [h for h in new if announce(client, first, h).status_code == 200]
+        held += accepted
+        for handle in held:  # the other address renews everything the first one claimed
+            assert announce(client, second, handle).status_code == 200
+    assert len(held) == cap  # the first address stays at its cap: its handles still count there
+    assert client.get("/v1/list").json["count"] <= 2 * cap

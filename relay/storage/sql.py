@@ -287,11 +287,14 @@ class SQLStore(Store):
                 "INSERT INTO presence (handle, token_hash, since, expires, origin, block) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (handle) DO UPDATE SET "
                 "since = CASE WHEN presence.expires > ? THEN presence.since ELSE excluded.since END, "
-                "token_hash = excluded.token_hash, expires = excluded.expires, origin = excluded.origin, "
-                "block = excluded.block "
+                "token_hash = excluded.token_hash, expires = excluded.expires, "
+                # A renewal keeps the handle counted where it was claimed: renewing from another address
+                # would move it off the first one's cap, which could then claim more (an outside review).
+                "origin = CASE WHEN presence.expires > ? THEN presence.origin ELSE excluded.origin END, "
+                "block = CASE WHEN presence.expires > ? THEN presence.block ELSE excluded.block END "
                 "WHERE presence.expires <= ? OR presence.token_hash = excluded.token_hash "
                 "RETURNING since",
-                (handle, token_hash, now, expires_at, origin, block, now, now))
+                (handle, token_hash, now, expires_at, origin, block, now, now, now, now))
             return None if row is None else Presence(handle, float(row[0]), expires_at)
 
         return self._transact(op)
