@@ -199,6 +199,19 @@ def test_a_home_locked_before_sealing_is_sealed_at_its_next_unlock(tmp_path, mon
         assert store.sealed and store.setting("files-sealed") == "1" and store.pads()[0].pad_id == pad_id
 
 
+def test_a_sealing_cut_after_zeroing_a_ceremonys_old_state_leaves_no_file_named_by_its_pad_id(tmp_path,
+                                                                                                  monkeypatch):
+    """An outside review: a crash between overwriting an old home's ceremony state and unlinking it left a
+    zeroed file named by the partial's pad id for good (the next sealing took the zeros for sealed state)."""
+    home, _, _ = legacy_home(tmp_path, monkeypatch)
+    [state] = (home / "pads").glob("*.ceremony.json")
+    state.write_bytes(bytes(state.stat().st_size))  # what the cut sealing left: overwritten, not unlinked
+    with unlocked(home) as store:
+        assert store.sealed
+    names = [p.name for p in (home / "pads").iterdir()]
+    assert state.name not in names and not any(state.name[:32] in n for n in names)
+
+
 def test_a_legacy_home_is_not_sealed_under_a_store_that_has_it_open(tmp_path, monkeypatch):
     home, _, _ = legacy_home(tmp_path, monkeypatch)
     monkeypatch.setattr(PadStore, "_open_sealed", lambda self, key: None)

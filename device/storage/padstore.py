@@ -441,6 +441,9 @@ class PadStore:
             stem = state.name[: -len(PARTIAL_STATE_SUFFIX)]
             try:
                 raw = state.read_bytes()
+                if not raw.strip(b"\0"):  # zeroed by a sealing a crash cut short before it unlinked it
+                    state.unlink(missing_ok=True)
+                    continue
                 record = json.loads(raw)
                 pad_id = bytes.fromhex(record["pad_id"])
             except (OSError, ValueError, TypeError, KeyError):
