@@ -290,7 +290,7 @@ class StoreLock:
             status = self.status()
             if status.state not in (LockState.NO_PIN, LockState.UNLOCKABLE):
                 return PinResult(False, status, "This device already has a PIN; change it instead.")
-            if any((self.home / "pads").glob("*.pad")):
+            if any((self.home / "pads").glob("*.pad")) or any((self.home / "pads").glob("*.pad.partial")):
                 return PinResult(False, status, "Set the PIN before the device holds any pad.")
             key = key if key is not None else secrets.token_bytes(KEY_LEN)
             self._write(self._wrap(pin, key, {"failures": 0, "retry_at": 0, "wipe_after": self.wipe_after}))
