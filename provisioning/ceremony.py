@@ -64,7 +64,7 @@ from onetimechat.errors import OTCError
 from provisioning.agree import HOST, JOIN, agree
 from provisioning.agree import format_sas as format_sas
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyError, CeremonyRefused
-from provisioning.wire import PAYLOAD_OFFSET, Wire
+from provisioning.wire import PAYLOAD_OFFSET, SHARE, Wire
 
 PROTOCOL = "otc-pairing-v4"  # v3: commitments bind bytes, shares committed ahead, pads confirmed by both;
 # v4: what an earlier ceremony left is settled on proofs of holding the pad, never on a claimed device id
@@ -81,6 +81,7 @@ PERSIST_CHUNKS = 16  # verified progress is synced and recorded every this many 
 PERSIST_SECONDS = 1.0  # or after this long, whichever comes first, and when the transfer ends or breaks
 PROGRESS_SECONDS = 0.1  # the progress view changes at most this often
 DIRECT_ALIGN = 4096  # what direct (page-cache-bypassing) writes need aligned: addresses, offsets, lengths
+WRITE_AHEAD = 4  # chunks verified but not yet written, at most (the receiving thread waits beyond)
 
 RandomBytes = Callable[[int], bytes]
 Compare = Callable[[str], bool]
@@ -553,24 +554,28 @@ class Ceremony:
             peer_role = JOIN if self.role == HOST else HOST
             sender = _Sender(wire, _filler(self.random_bytes), range(start, total_chunks), length_of, step,
                              pad_id, self.role)
-            writer = _Writer(path, fd, store.pad_cipher(pad_id), step, start, sender.give_back)
+            # The peer's shares arrive into page-aligned buffers, are opened and XORed there, and are written
+            # from there; each comes back here once written.
+            room = PAYLOAD_OFFSET + step + SEALED_EXTRA
+            spare: deque[memoryview] = deque()
+            writer = _Writer(path, fd, store.pad_cipher(pad_id), step, start, spare.append)
             persister = _Persister(store, partial, fd, start)
             mine: dict[int, bytes] = {}
             theirs: dict[int, bytes] = {}
             # The peer's sealed shares, each held with its commitment until the peer reveals its key; this
             # device's shares, each held until then too.
-            held: dict[int, tuple[bytearray, memoryview, bytes]] = {}
+            held: dict[int, tuple[memoryview, memoryview, bytes]] = {}
             own: dict[int, memoryview] = {}
-            spare: list[bytearray] = []
-            room = PAYLOAD_OFFSET + step + SEALED_EXTRA
-            into = bytearray(room)
+            into = _aligned_buffer(room)
             verified = next_chunk = start
             started = time.monotonic()
             self._progress(partial, verified, start, started, force=True)
             try:
                 while verified < total_chunks:
-                    message, data = wire.recv_view(into)
+                    frame, message, data = wire.recv_frame(into)
                     kind = message.get("t")
+                    if (kind == "chunk") != (frame == SHARE):  # shares come in share frames, and nothing else
+                        raise CeremonyBroken("The other device broke the pairing protocol.")
                     i = message.get("i")
                     if not isinstance(i, int) or isinstance(i, bool) or not start <= i < total_chunks:
                         raise CeremonyBroken("The other device sent a malformed chunk.")
@@ -591,7 +596,7 @@ class Ceremony:
                         if len(held) >= MAX_HELD or len(own) >= WINDOW:
                             raise CeremonyBroken("The other device sent shares too far ahead of their keys.")
                         held[i] = (into, data, commitment)
-                        into = spare.pop() if spare else bytearray(room)
+                        into = spare.pop() if spare else _aligned_buffer(room)
                         buf, key = sender.take(i)
                         own[i] = buf
                         sender.post({"t": "key", "i": i, "k": key.hex()})
@@ -603,16 +608,14 @@ class Ceremony:
                         except ValueError:
                             key = b""
                         kept, sealed, commitment = held.pop(i)
-                        share = open_share(pad_id, peer_role, i, commitment, key, sealed)
-                        n = length_of(i)
+                        chunk = open_share(pad_id, peer_role, i, commitment, key, sealed)
                         buf = own.pop(i)
-                        pad = np.frombuffer(buf, np.uint8, n, PAYLOAD_OFFSET)
-                        np.bitwise_xor(pad, np.frombuffer(share, np.uint8), out=pad)  # our share becomes the pad
-                        spare.append(kept)
-                        chunk = buf[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n]
+                        pad = np.frombuffer(chunk, np.uint8)
+                        np.bitwise_xor(pad, np.frombuffer(buf, np.uint8, len(chunk)), out=pad)  # the peer's
+                        sender.give_back(buf)  # share becomes the pad where it is; ours is done with
                         mine[i] = tag = chunk_tag(tag_key, i, chunk)
                         sender.post({"t": "verify", "i": i, "h": tag.hex()})
-                        writer.put(i, buf, chunk)  # the buffer goes back to the sender once written
+                        writer.put(i, kept, chunk)  # the buffer comes back here once written
                     elif kind == "verify":
                         try:
                             theirs[i] = bytes.fromhex(str(message.get("h")))
@@ -912,7 +915,7 @@ class _Sender(_Worker):
     under a key of its own (AES-256-GCM), which is committed to by a hash sent
     with it and revealed only once the peer's matching share has arrived
     (the receiving thread posts the key). The share is handed to the receiving
-    thread (:meth:`take`) as soon as its frame is sealed, before it is sent, so
+    thread (:meth:`take`) as soon as it is sealed, before its frame is sent, so
     the receiver never waits on the connection. Messages the receiver posts go
     out before the next share. Only this thread sends while the transfer runs.
     """
@@ -926,7 +929,7 @@ class _Sender(_Worker):
         self.pad_id, self.role = pad_id, role
         self.todo = iter(chunks)
         self.remaining = len(chunks)
-        self.free = [_aligned_buffer(PAYLOAD_OFFSET + chunk) for _ in range(min(WINDOW, len(chunks)))]
+        self.free = [_aligned_buffer(chunk) for _ in range(min(WINDOW, len(chunks)))]
         self.out = bytearray(PAYLOAD_OFFSET + chunk + SEALED_EXTRA)  # the sealed share, reused (this thread's)
         self.sealed: dict[int, tuple[memoryview, bytes]] = {}
         self.outbox: deque[dict] = deque()
@@ -951,23 +954,20 @@ class _Sender(_Worker):
             self.wire.send(message)
         if i is not None and buf is not None:
             n = self.length_of(i)
-            share = buf[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n]
+            share = buf[:n]
             self.fill(share)
             key = secrets.token_bytes(32)
             out = memoryview(self.out)
             AESGCM(key).encrypt_into(SHARE_NONCE, share, SHARE_LABEL + share_context(self.pad_id, self.role, i),
                                      out[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n + SEALED_EXTRA])
             commitment = key_commitment(self.pad_id, self.role, i, key)
-            self.wire.send_payload({"t": "chunk", "i": i, "c": commitment.hex()}, out, n + SEALED_EXTRA,
-                                   on_sealed=bind(self._sealed, i, buf, key))
-
-    def _sealed(self, i: int, buf: memoryview, key: bytes) -> None:
-        with self.cond:
-            self.sealed[i] = (buf, key)
-            self.cond.notify_all()
+            with self.cond:  # the key goes out only after this frame: only this thread sends
+                self.sealed[i] = (buf, key)
+                self.cond.notify_all()
+            self.wire.send_share({"t": "chunk", "i": i, "c": commitment.hex()}, out, n + SEALED_EXTRA)
 
     def take(self, i: int) -> tuple[memoryview, bytes]:
-        """This device's share ``i`` (once sealed) and its key; the caller may overwrite the share, then
+        """This device's share ``i`` (once sealed) and its key; the caller reads the share, then
         :meth:`give_back` its buffer."""
         with self.cond:
             while i not in self.sealed and self.failure is None:
@@ -1017,8 +1017,14 @@ class _Writer(_Worker):
         self.thread.start()
 
     def put(self, i: int, buf: memoryview, chunk: memoryview) -> None:
-        """Write ``chunk`` (a view into ``buf``) as chunk ``i``, then hand ``buf`` back."""
+        """Write ``chunk`` (a view into ``buf``) as chunk ``i``, then hand ``buf`` back.
+
+        Waits while ``WRITE_AHEAD`` chunks are still to be written: a disk slower than the link holds the
+        transfer back instead of the buffers piling up.
+        """
         with self.cond:
+            while i - self.written >= WRITE_AHEAD and self.failure is None and not self.stopping:
+                self.cond.wait()
             self.check()
             self.queue.append((i, buf, chunk))
             self.cond.notify_all()
