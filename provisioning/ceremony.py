@@ -34,7 +34,6 @@ The ceremony (docs/pairing.md has the full protocol and the attacks it stops):
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import hmac
 import json
@@ -80,8 +79,8 @@ SPACE_MARGIN = 64 << 20  # free space a ceremony leaves beyond its pad and every
 PERSIST_CHUNKS = 16  # verified progress is synced and recorded every this many chunks,
 PERSIST_SECONDS = 1.0  # or after this long, whichever comes first, and when the transfer ends or breaks
 PROGRESS_SECONDS = 0.1  # the progress view changes at most this often
-DIRECT_ALIGN = 4096  # what direct (page-cache-bypassing) writes need aligned: addresses, offsets, lengths
 WRITE_AHEAD = 4  # chunks verified but not yet written, at most (the receiving thread waits beyond)
+DROP_BEHIND = 2 * WRITE_AHEAD  # a chunk's pages leave the page cache once this many more are written
 
 RandomBytes = Callable[[int], bytes]
 Compare = Callable[[str], bool]
@@ -554,11 +553,11 @@ class Ceremony:
             peer_role = JOIN if self.role == HOST else HOST
             sender = _Sender(wire, _filler(self.random_bytes), range(start, total_chunks), length_of, step,
                              pad_id, self.role)
-            # The peer's shares arrive into page-aligned buffers, are opened and XORed there, and are written
+            # The peer's shares arrive into reused buffers, are opened and XORed there, and are written
             # from there; each comes back here once written.
             room = PAYLOAD_OFFSET + step + SEALED_EXTRA
             spare: deque[memoryview] = deque()
-            writer = _Writer(path, fd, store.pad_cipher(pad_id), step, start, spare.append)
+            writer = _Writer(fd, store.pad_cipher(pad_id), step, start, spare.append)
             persister = _Persister(store, partial, fd, start)
             mine: dict[int, bytes] = {}
             theirs: dict[int, bytes] = {}
@@ -638,6 +637,7 @@ class Ceremony:
                 sender.finish()  # the last verify messages go out before anything else
                 writer.finish()
                 persister.finish_at(verified)  # the whole pad is on disk and recorded
+                _drop_cache(fd, 0, partial.size)  # and none of it stays cached
             except BaseException:
                 sender.stop()
                 writer.stop()
@@ -847,13 +847,20 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 def _aligned_buffer(size: int) -> memoryview:
-    """``size`` writable bytes at a page-aligned address (anonymous memory, mapped at once), for direct writes."""
+    """``size`` writable bytes at a page-aligned address (anonymous memory, mapped at once)."""
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
     return memoryview(mmap.mmap(-1, size, flags=flags))
 
 
-def _address(view: memoryview) -> int:
-    return int(np.frombuffer(view, np.uint8).__array_interface__["data"][0])
+def _drop_cache(fd: int, offset: int, length: int) -> None:
+    """Start writing ``length`` bytes at ``offset`` back now, and drop those of them already on disk from the
+    page cache (``POSIX_FADV_DONTNEED``: Linux starts the write-back of dirty pages, drops clean ones). Only
+    advice: where it is missing or refused, the next sync writes everything."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
 
 
 class _Worker:
@@ -989,29 +996,23 @@ class _Sender(_Worker):
 
 
 class _Writer(_Worker):
-    """Puts the pad on disk, in order, past the page cache (``O_DIRECT``) where it can.
+    """Puts the pad on disk, in order, and keeps it out of the page cache.
 
-    The pad is written once and read back rarely and in pieces, so caching it
-    buys nothing, and filling hundreds of megabytes of fresh page cache costs
-    more CPU than everything else the transfer does. Aligned runs go direct;
-    the rest (an odd-sized last chunk, a file system that refuses) through
-    the ordinary descriptor, which also does every sync. In a PIN-locked home
-    each chunk is encrypted at rest here, on its way to the disk.
+    The pad is written once and read back rarely and in pieces, so caching
+    it buys nothing. Each chunk goes through the page cache and its write-back
+    starts at once (not at the next sync, which then has little left to do);
+    a few chunks later, written back, its pages are dropped, so the cache
+    never fills with pad. In a PIN-locked home each chunk is encrypted at rest
+    here, on its way to the disk.
     """
 
     name = "otc-ceremony-write"
 
-    def __init__(self, path: Path, fd: int, cipher: PadCipher | None, step: int, start: int,
+    def __init__(self, fd: int, cipher: PadCipher | None, step: int, start: int,
                  done: Callable[[memoryview], None]) -> None:
         super().__init__()
         self.fd, self.cipher, self.step, self.done = fd, cipher, step, done
         self.at_rest = _aligned_buffer(step) if cipher is not None else None
-        self.direct: int | None = None
-        if hasattr(os, "O_DIRECT"):
-            try:
-                self.direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
-            except OSError:
-                self.direct = None
         self.queue: deque[tuple[int, memoryview, memoryview]] = deque()
         self.written = start  # the chunks before this one are written (not yet synced)
         self.thread.start()
@@ -1040,34 +1041,14 @@ class _Writer(_Worker):
         offset = i * self.step
         if self.cipher is not None and self.at_rest is not None:
             chunk = self.cipher.crypt_into(chunk, offset, self.at_rest)
-        self._write(chunk, offset)
+        _pwrite_all(self.fd, chunk, offset)
         self.done(buf)
+        _drop_cache(self.fd, offset, len(chunk))  # its write-back starts now
+        if i >= DROP_BEHIND:
+            _drop_cache(self.fd, offset - DROP_BEHIND * self.step, self.step)  # written back by now: dropped
         with self.cond:
             self.written = i + 1
             self.cond.notify_all()
-
-    def _write(self, data: memoryview, offset: int) -> None:
-        bulk = len(data) - len(data) % DIRECT_ALIGN
-        if self.direct is not None and bulk and offset % DIRECT_ALIGN == 0 and _address(data) % DIRECT_ALIGN == 0:
-            try:
-                _pwrite_all(self.direct, data[:bulk], offset)
-                data, offset = data[bulk:], offset + bulk
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._close_direct()  # this file system takes no direct writes: write through the cache
-        if data:
-            _pwrite_all(self.fd, data, offset)
-
-    def _close_direct(self) -> None:
-        if self.direct is not None:
-            os.close(self.direct)
-            self.direct = None
-
-    def stop(self) -> None:
-        super().stop()
-        if not self.thread.is_alive():
-            self._close_direct()
 
 
 class _Persister(_Worker):

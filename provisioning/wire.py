@@ -91,7 +91,6 @@ class Wire:
         self._recv_counter = 0
         self._exporter = b""
         self._header = bytearray(HEADER.size)
-        self._frame_out = bytearray()  # reused by send_payload (under the send lock)
         self._frame_in = bytearray()  # reused by every receive (one receiving thread)
         self._plain_in = bytearray()
 
