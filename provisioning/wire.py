@@ -209,6 +209,8 @@ class Wire:
 
     def _recv_share(self, length: int, nonce: bytes, into: bytearray | memoryview | None) -> tuple[dict, memoryview]:
         assert self._recv_key is not None
+        if into is None:  # a share where none belongs
+            raise CeremonyBroken("The other device broke the pairing protocol.")
         if length < 4:
             raise _unauthentic()
         self._frame_in = _grown(self._frame_in, MAX_SHARE_HEAD)
@@ -220,7 +222,7 @@ class Wire:
         sealed = frame[:head_len]
         _recv_exact_into(self.sock, sealed)
         size = length - 4 - head_len
-        if into is None or len(into) < PAYLOAD_OFFSET + size:
+        if len(into) < PAYLOAD_OFFSET + size:
             raise CeremonyBroken("The other device sent an oversized message.")
         view = memoryview(into)
         _recv_exact_into(self.sock, view[PAYLOAD_OFFSET : PAYLOAD_OFFSET + size])

@@ -107,6 +107,35 @@ def pad_of(home: Path, record) -> bytes:
     return (home / "pads" / f"{record.pad_id.hex()}.pad").read_bytes()
 
 
+def test_a_share_frame_carries_its_payload_unencrypted_and_only_where_a_share_belongs():
+    from provisioning.wire import PAYLOAD_OFFSET, SEALED, SHARE
+
+    left, right = socket.socketpair()
+    sender, receiver = Wire(left), Wire(right)
+    keys = os.urandom(32), os.urandom(32)
+    sender.set_keys(*keys)
+    receiver.set_keys(keys[1], keys[0])
+    payload = os.urandom(5000)
+    buf = bytearray(PAYLOAD_OFFSET + len(payload))
+    buf[PAYLOAD_OFFSET:] = payload
+    into = bytearray(PAYLOAD_OFFSET + 6000)
+    try:
+        sender.send({"t": "key", "i": 0})
+        sender.send_share({"t": "chunk", "i": 1}, buf, len(payload))
+        assert payload in right.recv(1 << 16, socket.MSG_PEEK)  # as it is: the caller sealed it already
+        kind, message, _ = receiver.recv_frame(into)
+        assert (kind, message) == (SEALED, {"t": "key", "i": 0})
+        kind, message, data = receiver.recv_frame(into)
+        assert (kind, message, bytes(data)) == (SHARE, {"t": "chunk", "i": 1}, payload)
+        assert data.obj is into  # received in place
+        sender.send_share({"t": "chunk", "i": 2}, buf, len(payload))
+        with pytest.raises(CeremonyBroken, match="broke the pairing protocol"):
+            receiver.recv()  # a share where an ordinary message belongs
+    finally:
+        sender.close()
+        receiver.close()
+
+
 def test_loopback_pairing_makes_identical_pads_with_mirrored_roles(tmp_path):
     a, b = homes(tmp_path, "alice", "bob")
     (ra, fa, sa), (rb, fb, sb) = run_pair(a, b, 3 * MiB + 1234)
