@@ -458,6 +458,25 @@ SHARE_TAMPERING = {  # what the proxy does to the second share frame in one dire
 }
 
 
+def cutter(ends: tuple[socket.socket, socket.socket]):
+    """What each of a proxy's two pumps calls when it stops: the link is cut both ways, and the proxy's
+    sockets are closed once both pumps have stopped."""
+    done = []
+
+    def cut() -> None:
+        for sock in ends:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        done.append(1)
+        if len(done) == 2:  # both pumps have stopped
+            for sock in ends:
+                sock.close()
+
+    return cut
+
+
 def tampering_connect(direction: str, how: str):
     """The joiner's way to the host through a proxy that does ``how`` to the second share frame (type 5,
     framed as docs/pairing.md step 4 says) going ``direction``, and passes everything else."""
@@ -465,7 +484,7 @@ def tampering_connect(direction: str, how: str):
     def connect(address):
         upstream = socket.create_connection(address)
         joiner_end, proxy_end = socket.socketpair()
-        stopped: list[int] = []
+        cut = cutter((upstream, proxy_end))
 
         def pump(src: socket.socket, dst: socket.socket, tamper: bool) -> None:
             shares: list[bytes] = []
@@ -488,15 +507,7 @@ def tampering_connect(direction: str, how: str):
             except OSError:
                 pass
             finally:
-                for sock in (src, dst):
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-                stopped.append(1)
-                if len(stopped) == 2:  # both pumps have stopped
-                    upstream.close()
-                    proxy_end.close()
+                cut()
 
         for src, dst, name in ((upstream, proxy_end, "h2j"), (proxy_end, upstream, "j2h")):
             threading.Thread(target=pump, args=(src, dst, name == direction), daemon=True).start()
@@ -531,19 +542,7 @@ def cutting_connect(drop: tuple[str, int] | None, counts: dict[str, int], cut_at
     def connect(address):
         upstream = socket.create_connection(address)
         joiner_end, proxy_end = socket.socketpair()
-        ends = (upstream, proxy_end)
-        done = []
-
-        def cut() -> None:
-            for sock in ends:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            done.append(1)
-            if len(done) == 2:  # both pumps have stopped
-                for sock in ends:
-                    sock.close()
+        cut = cutter((upstream, proxy_end))
 
         def pump(src: socket.socket, dst: socket.socket, direction: str) -> None:
             n = 0
