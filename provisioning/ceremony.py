@@ -19,11 +19,12 @@ The ceremony (docs/pairing.md has the full protocol and the attacks it stops):
    sealed under a key of its own and committed to (a hash of that key) before
    the peer's matching share can be opened: a key is revealed only once the
    peer's sealed share has arrived, and checked against its commitment, so
-   neither device can choose pad bytes. Shares travel inside frames sealed
-   per direction (AES-256-GCM, counter nonces); each side writes ``share XOR
-   peer share`` and both compare every chunk's tag (GMAC under a key from the
-   session). Verified progress is synced and recorded every few chunks (and
-   whenever the transfer ends or breaks), so a broken ceremony resumes.
+   neither device can choose pad bytes. Sealed shares travel in share frames,
+   authenticated per direction (AES-256-GCM, counter nonces) but not
+   encrypted again; each side writes ``share XOR peer share`` and both
+   compare every chunk's tag (GMAC under a key from the session). Verified
+   progress is synced and recorded every few chunks (and whenever the
+   transfer ends or breaks), so a broken ceremony resumes.
 5. **All or nothing, then proofs.** The pad stays a ``.partial`` file that no
    rule of the device uses until both devices have computed the same
    fingerprint; then each stores it unconfirmed and sends a proof that it
