@@ -80,8 +80,8 @@ SPACE_MARGIN = 64 << 20  # free space a ceremony leaves beyond its pad and every
 PERSIST_CHUNKS = 16  # verified progress is synced and recorded every this many chunks,
 PERSIST_SECONDS = 1.0  # or after this long, whichever comes first, and when the transfer ends or breaks
 PROGRESS_SECONDS = 0.1  # the progress view changes at most this often
-WRITE_AHEAD = 4  # chunks verified but not yet written, at most (the receiving thread waits beyond)
-DROP_BEHIND = 2 * WRITE_AHEAD  # a chunk's pages leave the page cache once this many more are written
+WRITE_AHEAD = 2  # chunks verified but not yet written, at most (the receiving thread waits beyond)
+DROP_BEHIND = 8  # a chunk's pages leave the page cache once this many more are written (written back by then)
 
 RandomBytes = Callable[[int], bytes]
 Compare = Callable[[str], bool]
