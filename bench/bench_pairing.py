@@ -4,7 +4,8 @@ Two device homes pair over loopback with the real ceremony (the OS CSPRNG
 standing in for the HRNG as `otc pair` uses it without --hrng: hrng.mixer's
 os_stream, auto confirmation), making a 256 MiB pad; beside it,
 in the same run, a plain TCP copy of 256 MiB (a file read, sent over loopback,
-written and synced). Target (issue 8): at least half the plain copy's rate.
+written and synced). Target (issues 8 and 17, the ceremony's commitments
+included): at least half the plain copy's rate.
 
 The two alternate for ``--rounds`` rounds (each in fresh directories) and the
 medians are compared, so that a burst of other load on a shared machine

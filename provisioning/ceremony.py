@@ -19,11 +19,12 @@ The ceremony (docs/pairing.md has the full protocol and the attacks it stops):
    sealed under a key of its own and committed to (a hash of that key) before
    the peer's matching share can be opened: a key is revealed only once the
    peer's sealed share has arrived, and checked against its commitment, so
-   neither device can choose pad bytes. Shares travel inside frames sealed
-   per direction (AES-256-GCM, counter nonces); each side writes ``share XOR
-   peer share`` and both compare every chunk's tag (GMAC under a key from the
-   session). Verified progress is synced and recorded every few chunks (and
-   whenever the transfer ends or breaks), so a broken ceremony resumes.
+   neither device can choose pad bytes. Sealed shares travel in share frames,
+   authenticated per direction (AES-256-GCM, counter nonces) but not
+   encrypted again; each side writes ``share XOR peer share`` and both
+   compare every chunk's tag (GMAC under a key from the session). Verified
+   progress is synced and recorded every few chunks (and whenever the
+   transfer ends or breaks), so a broken ceremony resumes.
 5. **All or nothing, then proofs.** The pad stays a ``.partial`` file that no
    rule of the device uses until both devices have computed the same
    fingerprint; then each stores it unconfirmed and sends a proof that it
@@ -34,7 +35,6 @@ The ceremony (docs/pairing.md has the full protocol and the attacks it stops):
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import hmac
 import json
@@ -73,7 +73,7 @@ from onetimechat.errors import OTCError
 from provisioning.agree import HOST, JOIN, agree
 from provisioning.agree import format_sas as format_sas
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyError, CeremonyRefused
-from provisioning.wire import PAYLOAD_OFFSET, Wire
+from provisioning.wire import PAYLOAD_OFFSET, SHARE, Wire
 
 PROTOCOL = "otc-pairing-v4"  # v3: commitments bind bytes, shares committed ahead, pads confirmed by both;
 # v4: what an earlier ceremony left is settled on proofs of holding the pad, never on a claimed device id
@@ -89,7 +89,8 @@ SPACE_MARGIN = 64 << 20  # free space a ceremony leaves beyond its pad and every
 PERSIST_CHUNKS = 16  # verified progress is synced and recorded every this many chunks,
 PERSIST_SECONDS = 1.0  # or after this long, whichever comes first, and when the transfer ends or breaks
 PROGRESS_SECONDS = 0.1  # the progress view changes at most this often
-DIRECT_ALIGN = 4096  # what direct (page-cache-bypassing) writes need aligned: addresses, offsets, lengths
+WRITE_AHEAD = 2  # chunks verified but not yet written, at most (the receiving thread waits beyond)
+DROP_BEHIND = 8  # a chunk's pages leave the page cache once this many more are written (written back by then)
 
 RandomBytes = Callable[[int], bytes]
 Compare = Callable[[str], bool]
@@ -562,24 +563,28 @@ class Ceremony:
             peer_role = JOIN if self.role == HOST else HOST
             sender = _Sender(wire, _filler(self.random_bytes), range(start, total_chunks), length_of, step,
                              pad_id, self.role)
-            writer = _Writer(path, fd, store.pad_cipher(pad_id), step, start, sender.give_back)
+            # The peer's shares arrive into reused buffers, are opened and XORed there, and are written
+            # from there; each comes back here once written.
+            room = PAYLOAD_OFFSET + step + SEALED_EXTRA
+            spare: deque[memoryview] = deque()
+            writer = _Writer(fd, store.pad_cipher(pad_id), step, start, spare.append)
             persister = _Persister(store, partial, fd, start)
             mine: dict[int, bytes] = {}
             theirs: dict[int, bytes] = {}
             # The peer's sealed shares, each held with its commitment until the peer reveals its key; this
             # device's shares, each held until then too.
-            held: dict[int, tuple[bytearray, memoryview, bytes]] = {}
+            held: dict[int, tuple[memoryview, memoryview, bytes]] = {}
             own: dict[int, memoryview] = {}
-            spare: list[bytearray] = []
-            room = PAYLOAD_OFFSET + step + SEALED_EXTRA
-            into = bytearray(room)
+            into = _aligned_buffer(room)
             verified = next_chunk = start
             started = time.monotonic()
             self._progress(partial, verified, start, started, force=True)
             try:
                 while verified < total_chunks:
-                    message, data = wire.recv_view(into)
+                    frame, message, data = wire.recv_frame(into)
                     kind = message.get("t")
+                    if (kind == "chunk") != (frame == SHARE):  # shares come in share frames, and nothing else
+                        raise CeremonyBroken("The other device broke the pairing protocol.")
                     i = message.get("i")
                     if not isinstance(i, int) or isinstance(i, bool) or not start <= i < total_chunks:
                         raise CeremonyBroken("The other device sent a malformed chunk.")
@@ -600,7 +605,7 @@ class Ceremony:
                         if len(held) >= MAX_HELD or len(own) >= WINDOW:
                             raise CeremonyBroken("The other device sent shares too far ahead of their keys.")
                         held[i] = (into, data, commitment)
-                        into = spare.pop() if spare else bytearray(room)
+                        into = spare.pop() if spare else _aligned_buffer(room)
                         buf, key = sender.take(i)
                         own[i] = buf
                         sender.post({"t": "key", "i": i, "k": key.hex()})
@@ -612,16 +617,14 @@ class Ceremony:
                         except ValueError:
                             key = b""
                         kept, sealed, commitment = held.pop(i)
-                        share = open_share(pad_id, peer_role, i, commitment, key, sealed)
-                        n = length_of(i)
+                        chunk = open_share(pad_id, peer_role, i, commitment, key, sealed)
                         buf = own.pop(i)
-                        pad = np.frombuffer(buf, np.uint8, n, PAYLOAD_OFFSET)
-                        np.bitwise_xor(pad, np.frombuffer(share, np.uint8), out=pad)  # our share becomes the pad
-                        spare.append(kept)
-                        chunk = buf[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n]
+                        pad = np.frombuffer(chunk, np.uint8)
+                        np.bitwise_xor(pad, np.frombuffer(buf, np.uint8, len(chunk)), out=pad)  # the peer's
+                        sender.give_back(buf)  # share becomes the pad where it is; ours is done with
                         mine[i] = tag = chunk_tag(tag_key, i, chunk)
                         sender.post({"t": "verify", "i": i, "h": tag.hex()})
-                        writer.put(i, buf, chunk)  # the buffer goes back to the sender once written
+                        writer.put(i, kept, chunk)  # the buffer comes back here once written
                     elif kind == "verify":
                         try:
                             theirs[i] = bytes.fromhex(str(message.get("h")))
@@ -644,6 +647,7 @@ class Ceremony:
                 sender.finish()  # the last verify messages go out before anything else
                 writer.finish()
                 persister.finish_at(verified)  # the whole pad is on disk and recorded
+                _drop_cache(fd, 0, partial.size)  # and none of it stays cached
             except BaseException:
                 sender.stop()
                 writer.stop()
@@ -852,13 +856,20 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 def _aligned_buffer(size: int) -> memoryview:
-    """``size`` writable bytes at a page-aligned address (anonymous memory, mapped at once), for direct writes."""
+    """``size`` writable bytes at a page-aligned address (anonymous memory, mapped at once)."""
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
     return memoryview(mmap.mmap(-1, size, flags=flags))
 
 
-def _address(view: memoryview) -> int:
-    return int(np.frombuffer(view, np.uint8).__array_interface__["data"][0])
+def _drop_cache(fd: int, offset: int, length: int) -> None:
+    """Start writing ``length`` bytes at ``offset`` back now, and drop those of them already on disk from the
+    page cache (``POSIX_FADV_DONTNEED``: Linux starts the write-back of dirty pages, drops clean ones). Only
+    advice: where it is missing or refused, the next sync writes everything."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
 
 
 class _Worker:
@@ -920,7 +931,7 @@ class _Sender(_Worker):
     under a key of its own (AES-256-GCM), which is committed to by a hash sent
     with it and revealed only once the peer's matching share has arrived
     (the receiving thread posts the key). The share is handed to the receiving
-    thread (:meth:`take`) as soon as its frame is sealed, before it is sent, so
+    thread (:meth:`take`) as soon as it is sealed, before its frame is sent, so
     the receiver never waits on the connection. Messages the receiver posts go
     out before the next share. Only this thread sends while the transfer runs.
     """
@@ -934,7 +945,7 @@ class _Sender(_Worker):
         self.pad_id, self.role = pad_id, role
         self.todo = iter(chunks)
         self.remaining = len(chunks)
-        self.free = [_aligned_buffer(PAYLOAD_OFFSET + chunk) for _ in range(min(WINDOW, len(chunks)))]
+        self.free = [_aligned_buffer(chunk) for _ in range(min(WINDOW, len(chunks)))]
         self.out = bytearray(PAYLOAD_OFFSET + chunk + SEALED_EXTRA)  # the sealed share, reused (this thread's)
         self.sealed: dict[int, tuple[memoryview, bytes]] = {}
         self.outbox: deque[dict] = deque()
@@ -959,23 +970,20 @@ class _Sender(_Worker):
             self.wire.send(message)
         if i is not None and buf is not None:
             n = self.length_of(i)
-            share = buf[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n]
+            share = buf[:n]
             self.fill(share)
             key = secrets.token_bytes(32)
             out = memoryview(self.out)
             AESGCM(key).encrypt_into(SHARE_NONCE, share, SHARE_LABEL + share_context(self.pad_id, self.role, i),
                                      out[PAYLOAD_OFFSET : PAYLOAD_OFFSET + n + SEALED_EXTRA])
             commitment = key_commitment(self.pad_id, self.role, i, key)
-            self.wire.send_payload({"t": "chunk", "i": i, "c": commitment.hex()}, out, n + SEALED_EXTRA,
-                                   on_sealed=bind(self._sealed, i, buf, key))
-
-    def _sealed(self, i: int, buf: memoryview, key: bytes) -> None:
-        with self.cond:
-            self.sealed[i] = (buf, key)
-            self.cond.notify_all()
+            with self.cond:  # the key goes out only after this frame: only this thread sends
+                self.sealed[i] = (buf, key)
+                self.cond.notify_all()
+            self.wire.send_share({"t": "chunk", "i": i, "c": commitment.hex()}, out, n + SEALED_EXTRA)
 
     def take(self, i: int) -> tuple[memoryview, bytes]:
-        """This device's share ``i`` (once sealed) and its key; the caller may overwrite the share, then
+        """This device's share ``i`` (once sealed) and its key; the caller reads the share, then
         :meth:`give_back` its buffer."""
         with self.cond:
             while i not in self.sealed and self.failure is None:
@@ -997,36 +1005,36 @@ class _Sender(_Worker):
 
 
 class _Writer(_Worker):
-    """Puts the pad on disk, in order, past the page cache (``O_DIRECT``) where it can.
+    """Puts the pad on disk, in order, and keeps it out of the page cache.
 
-    The pad is written once and read back rarely and in pieces, so caching it
-    buys nothing, and filling hundreds of megabytes of fresh page cache costs
-    more CPU than everything else the transfer does. Aligned runs go direct;
-    the rest (an odd-sized last chunk, a file system that refuses) through
-    the ordinary descriptor, which also does every sync. In a PIN-locked home
-    each chunk is encrypted at rest here, on its way to the disk.
+    The pad is written once and read back rarely and in pieces, so caching
+    it buys nothing. Each chunk goes through the page cache and its write-back
+    starts at once (not at the next sync, which then has little left to do);
+    a few chunks later, written back, its pages are dropped, so the cache
+    never fills with pad. In a PIN-locked home each chunk is encrypted at rest
+    here, on its way to the disk.
     """
 
     name = "otc-ceremony-write"
 
-    def __init__(self, path: Path, fd: int, cipher: PadCipher | None, step: int, start: int,
+    def __init__(self, fd: int, cipher: PadCipher | None, step: int, start: int,
                  done: Callable[[memoryview], None]) -> None:
         super().__init__()
         self.fd, self.cipher, self.step, self.done = fd, cipher, step, done
         self.at_rest = _aligned_buffer(step) if cipher is not None else None
-        self.direct: int | None = None
-        if hasattr(os, "O_DIRECT"):
-            try:
-                self.direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
-            except OSError:
-                self.direct = None
         self.queue: deque[tuple[int, memoryview, memoryview]] = deque()
         self.written = start  # the chunks before this one are written (not yet synced)
         self.thread.start()
 
     def put(self, i: int, buf: memoryview, chunk: memoryview) -> None:
-        """Write ``chunk`` (a view into ``buf``) as chunk ``i``, then hand ``buf`` back."""
+        """Write ``chunk`` (a view into ``buf``) as chunk ``i``, then hand ``buf`` back.
+
+        Waits while ``WRITE_AHEAD`` chunks are still to be written: a disk slower than the link holds the
+        transfer back instead of the buffers piling up.
+        """
         with self.cond:
+            while i - self.written >= WRITE_AHEAD and self.failure is None and not self.stopping:
+                self.cond.wait()
             self.check()
             self.queue.append((i, buf, chunk))
             self.cond.notify_all()
@@ -1042,34 +1050,14 @@ class _Writer(_Worker):
         offset = i * self.step
         if self.cipher is not None and self.at_rest is not None:
             chunk = self.cipher.crypt_into(chunk, offset, self.at_rest)
-        self._write(chunk, offset)
+        _pwrite_all(self.fd, chunk, offset)
         self.done(buf)
+        _drop_cache(self.fd, offset, len(chunk))  # its write-back starts now
+        if i >= DROP_BEHIND:
+            _drop_cache(self.fd, offset - DROP_BEHIND * self.step, self.step)  # written back by now: dropped
         with self.cond:
             self.written = i + 1
             self.cond.notify_all()
-
-    def _write(self, data: memoryview, offset: int) -> None:
-        bulk = len(data) - len(data) % DIRECT_ALIGN
-        if self.direct is not None and bulk and offset % DIRECT_ALIGN == 0 and _address(data) % DIRECT_ALIGN == 0:
-            try:
-                _pwrite_all(self.direct, data[:bulk], offset)
-                data, offset = data[bulk:], offset + bulk
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._close_direct()  # this file system takes no direct writes: write through the cache
-        if data:
-            _pwrite_all(self.fd, data, offset)
-
-    def _close_direct(self) -> None:
-        if self.direct is not None:
-            os.close(self.direct)
-            self.direct = None
-
-    def stop(self) -> None:
-        super().stop()
-        if not self.thread.is_alive():
-            self._close_direct()
 
 
 class _Persister(_Worker):

@@ -1,18 +1,31 @@
 """Framing for the pairing ceremony over TCP.
 
 A frame is ``length (4, big-endian) | type (1) | body``. Before the keys are
-agreed, bodies are JSON; after, every frame is sealed with AES-256-GCM
+agreed, bodies are JSON; after, every frame is authenticated with AES-256-GCM
 (several times faster than ChaCha20 where the CPU has AES instructions, and
 on a Pi 4 without them the USB HRNG, not the cipher, sets the pace) under
-the sending direction's key, the nonce being that direction's frame counter,
-so frames cannot be dropped, replayed, reordered or altered without
-the other side noticing.
+the sending direction's key, the nonce being that direction's frame counter
+(one count for every frame, whatever its type), so frames cannot be dropped,
+replayed, reordered or altered without the other side noticing.
+
+Two kinds of authenticated frame:
+
+- ``SEALED``: the whole body is encrypted (``len (4) | message head (JSON) |
+  payload``, associated data ``AAD``). Every message but the shares.
+- ``SHARE``: ``head_len (4) | sealed head | payload``. Only the message head
+  (JSON) is encrypted; the payload, a share already sealed under a key of its
+  own that the link does not need to hide again, travels as it is, and is the
+  head's associated data (behind ``SHARE_AAD``): a changed byte anywhere, a
+  payload moved to another frame, or a frame dropped, replayed or reordered
+  fails the tag as it does for ``SEALED``. GHASH over the payload costs half
+  of what encrypting it again did.
 
 The pad transfer moves hundreds of megabytes through here, so its path copies
-nothing it need not: :meth:`Wire.send_payload` seals a payload where the
-caller keeps it (``PAYLOAD_OFFSET`` bytes into its buffer, the message head
-written in front of it) into one reused frame buffer, and :meth:`Wire.recv_view`
-receives and opens each frame into reused buffers, handing back a view.
+nothing it need not: :meth:`Wire.send_share` authenticates a payload where the
+caller keeps it (``PAYLOAD_OFFSET`` bytes into its buffer) and sends it from
+there, and :meth:`Wire.recv_frame` receives a share's payload straight into the
+caller's buffer at ``PAYLOAD_OFFSET`` (other frames opened into reused buffers),
+handing back a view.
 """
 
 from __future__ import annotations
@@ -21,7 +34,6 @@ import json
 import socket
 import struct
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -35,10 +47,12 @@ HEADER = struct.Struct(">IB")
 MAX_FRAME = 8 << 20  # a chunk (4 MiB at most) and its sealing, with room to spare
 TAG = 16  # AES-GCM's tag
 AAD = b"otc ceremony frame"
-PAYLOAD_OFFSET = 4096  # room before a payload for its sealed message's head (a page: payloads stay aligned)
+SHARE_AAD = b"otc ceremony share frame\x00"  # then the payload: a share frame's head's associated data
+MAX_SHARE_HEAD = 1024  # a share frame's sealed head (a chunk's index and commitment) is far smaller
+PAYLOAD_OFFSET = 4096  # where a share frame's payload sits in its buffers (a page: payloads stay aligned)
 
 # Frame types.
-HELLO, COMMIT, REVEAL, SEALED = 1, 2, 3, 4
+HELLO, COMMIT, REVEAL, SEALED, SHARE = 1, 2, 3, 4, 5
 
 
 def _recv_exact_into(sock: socket.socket, view: memoryview) -> None:
@@ -51,6 +65,10 @@ def _recv_exact_into(sock: socket.socket, view: memoryview) -> None:
         if k == 0:
             raise CeremonyBroken("The other device closed the connection.")
         got += k
+
+
+def _unauthentic() -> CeremonyBroken:
+    return CeremonyBroken("A message from the other device failed authentication: the link is not to be trusted.")
 
 
 def _grown(buf: bytearray, n: int) -> bytearray:
@@ -73,7 +91,6 @@ class Wire:
         self._recv_counter = 0
         self._exporter = b""
         self._header = bytearray(HEADER.size)
-        self._frame_out = bytearray()  # reused by send_payload (under the send lock)
         self._frame_in = bytearray()  # reused by every receive (one receiving thread)
         self._plain_in = bytearray()
 
@@ -113,34 +130,28 @@ class Wire:
             nonce = self._next_send_nonce()
             self._send(SEALED, self._send_key.encrypt(nonce, plain, AAD))
 
-    def send_payload(self, message: dict[str, Any], buf: bytearray | memoryview, length: int,
-                     on_sealed: Callable[[], None] | None = None) -> None:
-        """Send a sealed message whose payload is ``buf[PAYLOAD_OFFSET : PAYLOAD_OFFSET + length]``.
+    def send_share(self, message: dict[str, Any], buf: bytearray | memoryview, length: int) -> None:
+        """Send ``message`` in a ``SHARE`` frame with the payload ``buf[PAYLOAD_OFFSET : PAYLOAD_OFFSET + length]``.
 
-        The same frame as :meth:`send` (the head is written into ``buf`` just
-        before the payload, which is not copied). ``on_sealed`` runs once the
-        payload is encrypted, before the frame goes out: from then on the
-        caller may change ``buf``.
+        The payload is sent from ``buf`` as it is, neither copied nor encrypted (the caller sealed it):
+        the link's tag covers it. ``SHARE_AAD`` is written just before it in ``buf``; the payload must not
+        change until this returns.
         """
         assert self._send_key is not None
         head = json.dumps(message, separators=(",", ":")).encode()
-        start = PAYLOAD_OFFSET - 4 - len(head)
-        if start < 0 or len(buf) < PAYLOAD_OFFSET + length:
+        if len(buf) < PAYLOAD_OFFSET + length or len(head) + TAG > MAX_SHARE_HEAD:
             raise ValueError("the message head or payload does not fit its buffer")
-        buf[start:PAYLOAD_OFFSET] = struct.pack(">I", len(head)) + head
-        plain = memoryview(buf)[start : PAYLOAD_OFFSET + length]
-        sealed = len(plain) + TAG
-        if sealed > MAX_FRAME:
+        total = 4 + len(head) + TAG + length
+        if total > MAX_FRAME:
             raise ValueError("frame too large")
+        view = memoryview(buf)
+        view[PAYLOAD_OFFSET - len(SHARE_AAD) : PAYLOAD_OFFSET] = SHARE_AAD
         with self._send_lock:
-            self._frame_out = out = _grown(self._frame_out, HEADER.size + sealed)
-            view = memoryview(out)
-            HEADER.pack_into(out, 0, sealed, SEALED)
-            self._send_key.encrypt_into(self._next_send_nonce(), plain, AAD, view[HEADER.size : HEADER.size + sealed])
-            if on_sealed is not None:
-                on_sealed()
+            sealed = self._send_key.encrypt(self._next_send_nonce(), head,
+                                            view[PAYLOAD_OFFSET - len(SHARE_AAD) : PAYLOAD_OFFSET + length])
             try:
-                self.sock.sendall(view[: HEADER.size + sealed])
+                self.sock.sendall(HEADER.pack(total, SHARE) + struct.pack(">I", len(sealed)) + sealed)
+                self.sock.sendall(view[PAYLOAD_OFFSET : PAYLOAD_OFFSET + length])
             except OSError as exc:
                 raise CeremonyBroken(f"The connection to the other device broke ({exc.strerror or exc}).") from None
 
@@ -149,18 +160,36 @@ class Wire:
         message, payload = self.recv_view()
         return message, bytes(payload)
 
-    def recv_view(self, into: bytearray | None = None) -> tuple[dict[str, Any], memoryview]:
-        """:meth:`recv` without copying: the payload is a view valid until the next receive.
+    def recv_view(self) -> tuple[dict[str, Any], memoryview]:
+        """:meth:`recv` without copying: the payload is a view valid until the next receive."""
+        kind, message, payload = self.recv_frame()
+        if kind != SEALED:
+            raise CeremonyBroken("The other device broke the pairing protocol.")
+        return message, payload
 
-        With ``into``, the frame is opened into that buffer instead (the payload a view of it, which
-        stays the caller's); it must hold the message, or the frame is refused as oversized.
+    def recv_frame(self, into: bytearray | memoryview | None = None) -> tuple[int, dict[str, Any], memoryview]:
+        """The next authenticated frame: its type (``SEALED`` or ``SHARE``), message and payload.
+
+        A share frame's payload is received into ``into`` at ``PAYLOAD_OFFSET`` (the payload a view of it,
+        which stays the caller's), and must fit there, or the frame is refused as oversized; a sealed
+        frame is opened into ``into`` from its start, or into a reused buffer without it (the payload then
+        a view valid until the next receive).
         """
         assert self._recv_key is not None
-        kind, body = self._recv_into()
-        if kind != SEALED:
+        _recv_exact_into(self.sock, memoryview(self._header))
+        length, kind = HEADER.unpack(self._header)
+        if length > MAX_FRAME:
+            raise CeremonyBroken("The other device sent an oversized message.")
+        if kind not in (SEALED, SHARE):
             raise CeremonyBroken("The other device broke the pairing protocol.")
         nonce = self._recv_counter.to_bytes(12, "big")
         self._recv_counter += 1
+        if kind == SHARE:
+            message, payload = self._recv_share(length, nonce, into)
+            return kind, message, payload
+        self._frame_in = _grown(self._frame_in, length)
+        body = memoryview(self._frame_in)[:length]
+        _recv_exact_into(self.sock, body)
         try:
             if len(body) < TAG:
                 raise ValueError("short frame")
@@ -175,15 +204,44 @@ class Wire:
             if 4 + head_len > len(plain):
                 raise ValueError("head beyond the frame")
         except (InvalidTag, ValueError, struct.error):
-            raise CeremonyBroken("A message from the other device failed authentication: "
-                                 "the link is not to be trusted.") from None
+            raise _unauthentic() from None
+        return kind, self._message(plain[4 : 4 + head_len]), plain[4 + head_len :]
+
+    def _recv_share(self, length: int, nonce: bytes, into: bytearray | memoryview | None) -> tuple[dict, memoryview]:
+        assert self._recv_key is not None
+        if into is None:  # a share where none belongs
+            raise CeremonyBroken("The other device broke the pairing protocol.")
+        if length < 4:
+            raise _unauthentic()
+        self._frame_in = _grown(self._frame_in, MAX_SHARE_HEAD)
+        frame = memoryview(self._frame_in)
+        _recv_exact_into(self.sock, frame[:4])
+        (head_len,) = struct.unpack_from(">I", frame, 0)
+        if not TAG <= head_len <= MAX_SHARE_HEAD or 4 + head_len > length:
+            raise _unauthentic()
+        sealed = frame[:head_len]
+        _recv_exact_into(self.sock, sealed)
+        size = length - 4 - head_len
+        if len(into) < PAYLOAD_OFFSET + size:
+            raise CeremonyBroken("The other device sent an oversized message.")
+        view = memoryview(into)
+        _recv_exact_into(self.sock, view[PAYLOAD_OFFSET : PAYLOAD_OFFSET + size])
+        view[PAYLOAD_OFFSET - len(SHARE_AAD) : PAYLOAD_OFFSET] = SHARE_AAD
+        try:
+            head = self._recv_key.decrypt(nonce, sealed, view[PAYLOAD_OFFSET - len(SHARE_AAD) : PAYLOAD_OFFSET + size])
+        except InvalidTag:
+            raise _unauthentic() from None
+        return self._message(head), view[PAYLOAD_OFFSET : PAYLOAD_OFFSET + size]
+
+    @staticmethod
+    def _message(head: bytes | memoryview) -> dict[str, Any]:
         try:  # authentic, so from the other device itself: nesting bounded, so never a RecursionError
-            message = boundedjson.loads(bytes(plain[4 : 4 + head_len]))
+            message = boundedjson.loads(bytes(head))
         except ValueError:
             raise CeremonyBroken("The other device sent a malformed message.") from None
         if not isinstance(message, dict):
             raise CeremonyBroken("The other device sent a malformed message.")
-        return message, plain[4 + head_len :]
+        return message
 
     def _next_send_nonce(self) -> bytes:
         nonce = self._send_counter.to_bytes(12, "big")
@@ -201,19 +259,13 @@ class Wire:
             raise CeremonyBroken(f"The connection to the other device broke ({exc.strerror or exc}).") from None
 
     def _recv(self) -> tuple[int, bytes]:
-        kind, body = self._recv_into()
-        return kind, bytes(body)
-
-    def _recv_into(self) -> tuple[int, memoryview]:
-        """The next frame's type and body, the body a view of the reused receive buffer."""
         _recv_exact_into(self.sock, memoryview(self._header))
         length, kind = HEADER.unpack(self._header)
         if length > MAX_FRAME:
             raise CeremonyBroken("The other device sent an oversized message.")
-        self._frame_in = _grown(self._frame_in, length)
-        body = memoryview(self._frame_in)[:length]
-        _recv_exact_into(self.sock, body)
-        return kind, body
+        body = bytearray(length)
+        _recv_exact_into(self.sock, memoryview(body))
+        return kind, bytes(body)
 
     def close(self) -> None:
         try:

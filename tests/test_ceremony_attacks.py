@@ -289,20 +289,39 @@ class HostileJoiner:
         self.send({"t": "identity", "sig": identity.sign(signed).hex()})
         assert self.recv()[0]["t"] == "identity"
 
+    def _nonce(self, direction: int) -> bytes:
+        nonce = self.counters[direction].to_bytes(12, "big")
+        self.counters[direction] += 1
+        return nonce
+
     def send(self, message: dict, payload: bytes = b"") -> None:
+        """A sealed frame (type 4); a "chunk" message goes as a share frame (type 5) instead."""
         head = json.dumps(message).encode()
-        nonce = self.counters[0].to_bytes(12, "big")
-        self.counters[0] += 1
-        self.frame(4, self.send_key.encrypt(nonce, struct.pack(">I", len(head)) + head + payload,
+        if message.get("t") == "chunk":
+            sealed = self.send_key.encrypt(self._nonce(0), head, SHARE_AAD + payload)
+            self.frame(5, struct.pack(">I", len(sealed)) + sealed + payload)
+            return
+        self.frame(4, self.send_key.encrypt(self._nonce(0), struct.pack(">I", len(head)) + head + payload,
                                             b"otc ceremony frame"))
 
     def recv(self) -> tuple[dict, bytes]:
-        body = read_frame(self.sock)[5:]
-        nonce = self.counters[1].to_bytes(12, "big")
-        self.counters[1] += 1
-        plain = self.recv_key.decrypt(nonce, body, b"otc ceremony frame")
+        frame = read_frame(self.sock)
+        kind, body = frame[4], frame[5:]
+        if kind == 5:  # a share frame: the head sealed, the payload (a sealed share) only authenticated
+            return share_frame(self.recv_key, self._nonce(1), body)
+        plain = self.recv_key.decrypt(self._nonce(1), body, b"otc ceremony frame")
         (n,) = struct.unpack(">I", plain[:4])
         return json.loads(plain[4 : 4 + n]), plain[4 + n :]
+
+
+SHARE_AAD = b"otc ceremony share frame\x00"
+
+
+def share_frame(key: AESGCM, nonce: bytes, body: bytes) -> tuple[dict, bytes]:
+    """A share frame's message and payload, or InvalidTag."""
+    (n,) = struct.unpack(">I", body[:4])
+    payload = body[4 + n :]
+    return json.loads(key.decrypt(nonce, body[4 : 4 + n], SHARE_AAD + payload)), payload
 
 
 def seal_share(pad_id: bytes, role: str, index: int, key: bytes, share: bytes) -> tuple[bytes, bytes]:
@@ -407,6 +426,111 @@ def test_a_joiner_answering_with_chosen_xor_host_share_is_caught_and_no_such_pad
             assert chosen[:4096] not in path.read_bytes(), path
 
 
+# -- a link that tampers with the shares in transit --------------------------------------------------
+
+
+def _flip(frame: bytes, at: int) -> bytes:
+    return frame[:at] + bytes([frame[at] ^ 0x01]) + frame[at + 1 :]
+
+
+def _share_frame_parts(frame: bytes) -> tuple[bytes, bytes]:
+    """A share frame's ``header | len(sealed head) | sealed head`` and its payload (the sealed share)."""
+    (n,) = struct.unpack(">I", frame[5:9])
+    return frame[: 9 + n], frame[9 + n :]
+
+
+def _head_length(frame: bytes, change: int) -> bytes:
+    return frame[:5] + struct.pack(">I", struct.unpack(">I", frame[5:9])[0] + change) + frame[9:]
+
+
+SHARE_TAMPERING = {  # what the proxy does to the second share frame in one direction (the first is kept)
+    "payload-byte": lambda kept, frame: [_flip(frame, len(frame) - 100)],
+    "payload-tag": lambda kept, frame: [_flip(frame, len(frame) - 1)],  # the share's own GCM tag
+    "head-byte": lambda kept, frame: [_flip(frame, 12)],
+    "head-length-down": lambda kept, frame: [_head_length(frame, -1)],  # the share a byte longer
+    "head-length-up": lambda kept, frame: [_head_length(frame, +1)],
+    "payload-of-another": lambda kept, frame: [_share_frame_parts(frame)[0] + _share_frame_parts(kept)[1]],
+    "retyped-sealed": lambda kept, frame: [frame[:4] + bytes([4]) + frame[5:]],
+    "dropped": lambda kept, frame: [],
+    "replayed": lambda kept, frame: [kept],  # the first share frame again, in place of the second
+    "repeated": lambda kept, frame: [frame, frame],
+    "swapped": None,  # sent after the frame that follows it
+}
+
+
+def cutter(ends: tuple[socket.socket, socket.socket]):
+    """What each of a proxy's two pumps calls when it stops: the link is cut both ways, and the proxy's
+    sockets are closed once both pumps have stopped."""
+    done = []
+
+    def cut() -> None:
+        for sock in ends:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        done.append(1)
+        if len(done) == 2:  # both pumps have stopped
+            for sock in ends:
+                sock.close()
+
+    return cut
+
+
+def tampering_connect(direction: str, how: str):
+    """The joiner's way to the host through a proxy that does ``how`` to the second share frame (type 5,
+    framed as docs/pairing.md step 4 says) going ``direction``, and passes everything else."""
+
+    def connect(address):
+        upstream = socket.create_connection(address)
+        joiner_end, proxy_end = socket.socketpair()
+        cut = cutter((upstream, proxy_end))
+
+        def pump(src: socket.socket, dst: socket.socket, tamper: bool) -> None:
+            shares: list[bytes] = []
+            held: bytes | None = None
+            try:
+                while True:
+                    frame = read_frame(src)
+                    out = [frame]
+                    if tamper and frame[4] == 5:
+                        shares.append(frame)
+                        if len(shares) == 2:
+                            if how == "swapped":
+                                held, out = frame, []
+                            else:
+                                out = SHARE_TAMPERING[how](shares[0], frame)
+                    elif held is not None:
+                        out, held = [frame, held], None
+                    for piece in out:
+                        dst.sendall(piece)
+            except OSError:
+                pass
+            finally:
+                cut()
+
+        for src, dst, name in ((upstream, proxy_end, "h2j"), (proxy_end, upstream, "j2h")):
+            threading.Thread(target=pump, args=(src, dst, name == direction), daemon=True).start()
+        return joiner_end
+
+    return connect
+
+
+@pytest.mark.parametrize("how", sorted(SHARE_TAMPERING))
+@pytest.mark.parametrize("direction", ["h2j", "j2h"])
+def test_a_share_frame_changed_dropped_replayed_or_reordered_on_the_link_is_caught(tmp_path, direction, how):
+    from tests.test_provisioning import homes, run_pair
+
+    a, b = homes(tmp_path, "alice", "bob")
+    host, join = run_pair(a, b, 6 * CHUNK, chunk=CHUNK, connect=tampering_connect(direction, how))
+    receiver = join if direction == "h2j" else host
+    assert isinstance(host, OTCError) and isinstance(join, OTCError), (host, join)
+    # Caught by the tag (or, a share made longer than a chunk, by its size) before a byte of it is used.
+    assert isinstance(receiver, CeremonyBroken), repr(receiver)
+    assert "failed authentication" in str(receiver) or (how == "head-length-down" and "oversized" in str(receiver))
+    assert holdings(a) == {} and holdings(b) == {}
+
+
 # -- a link that drops a frame of the finish, then the owners run the ceremony again -------------
 
 
@@ -418,19 +542,7 @@ def cutting_connect(drop: tuple[str, int] | None, counts: dict[str, int], cut_at
     def connect(address):
         upstream = socket.create_connection(address)
         joiner_end, proxy_end = socket.socketpair()
-        ends = (upstream, proxy_end)
-        done = []
-
-        def cut() -> None:
-            for sock in ends:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            done.append(1)
-            if len(done) == 2:  # both pumps have stopped
-                for sock in ends:
-                    sock.close()
+        cut = cutter((upstream, proxy_end))
 
         def pump(src: socket.socket, dst: socket.socket, direction: str) -> None:
             n = 0
