@@ -22,11 +22,16 @@ class TooDeep(ValueError):
 def loads(data: str | bytes | bytearray, max_depth: int = MAX_DEPTH) -> Any:
     """``json.loads``, raising :class:`TooDeep` (a ValueError) for nesting deeper than ``max_depth``."""
     try:
-        value = json.loads(data)
+        value = json.loads(data, parse_constant=_no_constant)
     except RecursionError:
         raise TooDeep(f"JSON nested deeper than {max_depth} levels.") from None
     check_depth(value, max_depth)
     return value
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (Python's parser takes them): a number from outside is finite."""
+    raise ValueError(f"{name} is not a JSON value.")
 
 
 def check_depth(value: Any, max_depth: int = MAX_DEPTH) -> None:

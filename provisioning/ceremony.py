@@ -422,7 +422,9 @@ class Ceremony:
                 continue
             if partial.peer_device_id == peer_device_id.hex():
                 self._sweep(partial, "a newer pad with the same device replaces it")
-            else:
+            elif not partial.complete:
+                # A wholly verified one is kept: it needs no more space, only its ceremony's end, and another
+                # device's ceremonies must not throw it away (an outside review).
                 others.append(partial)
         while len(others) >= MAX_PARTIALS:
             self._sweep(others.pop(0), f"at most {MAX_PARTIALS} unfinished pads are kept")
@@ -679,7 +681,7 @@ class Ceremony:
         self._view("verify", sas=self.sas, done=partial.size, total=partial.size, fingerprint=self.fingerprint)
         wire.send({"t": "final", "fingerprint": self.fingerprint})
         message, _ = self._expect(wire, "final")
-        if not hmac.compare_digest(str(message.get("fingerprint")), self.fingerprint):
+        if not hmac.compare_digest(str(message.get("fingerprint")).encode(), self.fingerprint.encode()):
             partial.discard(self.store)
             raise CeremonyError("The two devices computed different pads: pairing stopped, nothing stored.")
         record = self._store_pad(partial)
@@ -692,7 +694,7 @@ class Ceremony:
                 "The pad is stored but not usable yet: the other device did not confirm that it holds it too. "
                 "Run the ceremony again with it to finish the pad (or it becomes usable with the other "
                 "device's first message on it).") from None
-        if not hmac.compare_digest(str(message.get("fingerprint")), self.fingerprint):
+        if not hmac.compare_digest(str(message.get("fingerprint")).encode(), self.fingerprint.encode()):
             raise CeremonyBroken("The other device broke the pairing protocol.")
         self.store.confirm_pad(pad_id, "the peer's proof at the end of the ceremony")
         self._view("done", sas=self.sas, done=partial.size, total=partial.size, fingerprint=self.fingerprint)

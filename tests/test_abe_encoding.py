@@ -37,6 +37,9 @@ def test_public_and_master_key_layout():
     g1_a = pk[23 + name_len : 23 + name_len + 48]
     egg = pk[23 + name_len + 48 :]
     assert len(egg) == 576
+    # The id is the key's: SHA-256("otc abe authority id v1\0" | name length | name | g1^a | e(g,g)^alpha)[:16].
+    assert pk[6:22] == hashlib.sha256(b"otc abe authority id v1\x00" + pk[22 : 23 + name_len] + g1_a
+                                      + egg).digest()[:16]
     mk = bytes.fromhex(VECTORS["master_key"])
     assert mk[:6] == b"OABE\x01\x02"
     (pk_len,) = struct.unpack(">H", mk[6:8])

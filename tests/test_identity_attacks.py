@@ -290,3 +290,105 @@ def test_identity_key_is_sealed_in_a_locked_home(tmp_path, unused):
             data = path.read_bytes()
             assert identity not in data and identity.hex().encode() not in data, path
     assert seed_public  # and the key is still there for the device itself
+
+
+# -- a third review: authority ids, odd values, another device's finished partial -----------------------------
+
+
+def test_a_device_cannot_take_an_authoritys_id_for_its_own_key(tmp_path):
+    """Authority ids are public (every ciphertext carries one). Before, rook could set up an authority under
+    campus's id, grant Bob a key honestly, and campus could never grant Bob anything after."""
+    from device.abe.scheme import setup
+
+    campus, bob, rook = homes(tmp_path, "campus", "bob", "rook")
+    with PadStore(campus) as store:
+        campus_public = AbeKeys(store).become_authority()
+    assert campus_public.certified
+    rooks = setup("rook")
+    squatted = dataclasses.replace(rooks.public, authority_id=campus_public.authority_id)
+    assert not squatted.certified
+    member_sock, rook_sock = socket.socketpair()
+    for sock in (member_sock, rook_sock):
+        sock.settimeout(20)
+    out: dict = {}
+
+    def run_member() -> None:
+        with PadStore(bob) as store:
+            wire = Wire(member_sock)
+            try:
+                out["result"] = grant_join(store, wire, lambda view: True)
+            except Exception as exc:  # noqa: BLE001 - the test inspects it
+                out["result"] = exc
+            finally:
+                wire.close()
+
+    thread = threading.Thread(target=run_member)
+    thread.start()
+    with PadStore(rook) as store:
+        wire = Wire(rook_sock)
+        agree(wire, HOST, store, os.urandom, GRANT)
+        wire.send({"t": "offer", "attributes": ["STAFF"]}, squatted.encode())
+        wire.recv()
+        wire.close()
+    thread.join(30)
+    assert isinstance(out["result"], CeremonyRefused), out["result"]
+    with PadStore(bob) as store:
+        assert not AbeKeys(store).authorities()
+    host, join = run_grant(campus, bob, "STAFF", socket.create_connection)  # campus itself still grants
+    assert not isinstance(host, Exception) and not isinstance(join, Exception), (host, join)
+
+
+@pytest.mark.parametrize("offer", [{"size": float("inf")}, {"chunk": float("-inf")}, {"size": float("nan")}])
+def test_a_non_finite_number_in_an_offer_is_a_malformed_message(tmp_path, offer):
+    from tests.test_ceremony_impostor import bob_side
+
+    bob, mallory = homes(tmp_path, "bob", "mallory")
+    bob_sock, her_sock = socket.socketpair()
+    for sock in (bob_sock, her_sock):
+        sock.settimeout(20)
+    out: dict = {}
+    thread = bob_side(bob, "join", bob_sock, out)
+    with PadStore(mallory) as store:
+        wire = Wire(her_sock)
+        agree(wire, HOST, store, os.urandom, "otc-pairing-v4")
+        wire.send({"t": "sas", "ok": True})
+        wire.recv()
+        wire.send({"t": "holding", "pads": {}})
+        wire.recv()
+        wire.send({"t": "held", "pads": []})
+        wire.recv()
+        base = {"t": "offer", "pad_id": os.urandom(16).hex(), "size": 1 << 18, "chunk": CHUNK,
+                "mailbox_h2j": os.urandom(16).hex(), "mailbox_j2h": os.urandom(16).hex(), "tags": 0}
+        wire.send({**base, **offer})
+        thread.join(30)
+        wire.close()
+    assert isinstance(out["result"], CeremonyBroken) and "malformed" in str(out["result"]), out["result"]
+
+
+def test_a_fingerprint_that_is_not_ascii_is_a_mismatch_not_an_internal_error():
+    import hmac
+
+    from provisioning.errors import CeremonyError
+
+    assert not hmac.compare_digest("é".encode(), b"3f9a 0c7e")  # what the ceremony now compares
+    assert issubclass(CeremonyBroken, CeremonyError)
+
+
+def test_other_devices_cut_ceremonies_never_sweep_a_wholly_verified_partial(tmp_path):
+    alice, bob, a0, b0 = homes(tmp_path, "alice", "bob", "a0", "b0")
+    size = 4 * CHUNK
+    counts: dict = {}
+    run_pair(a0, b0, size, chunk=CHUNK, connect=cutting_connect(None, counts))
+    # Alice hosts Bob; the host's "final" is lost: Bob keeps the whole pad verified, not yet stored.
+    run_pair(alice, bob, size, chunk=CHUNK, connect=cutting_connect(("h2j", counts["h2j"] - 2), {}))
+    with PadStore(bob) as store:
+        complete = [p.pad_id for p in Partial.recorded(store) if p.complete]
+    assert complete
+    for i in range(5):  # five strangers each pair with Bob in person, each ceremony cut midway
+        [stranger] = homes(tmp_path, f"stranger{i}")
+        run_pair(stranger, bob, size, chunk=CHUNK, connect=cutting_connect(("h2j", counts["h2j"] // 2), {}))
+    with PadStore(bob) as store:
+        assert set(complete) <= {p.pad_id for p in Partial.recorded(store)}
+    host, join = run_pair(alice, bob, size, chunk=CHUNK)  # and Alice and Bob finish it
+    assert not isinstance(host, Exception) and not isinstance(join, Exception), (host, join)
+    assert host[0].pad_id.hex() in complete

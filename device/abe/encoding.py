@@ -68,11 +68,28 @@ class PublicKey:
         return (_header(PUBLIC_KEY) + self.authority_id + bytes([len(name)]) + name
                 + bytes(self.g1_a.to_compressed_bytes()) + gt_encode(self.egg_alpha))
 
+    @property
+    def certified(self) -> bool:
+        """Whether its id is its key's hash (every authority made since issue 17): nobody can give that id to
+        another key."""
+        return self.authority_id == certified_authority_id(self.name, self.g1_a, self.egg_alpha)
+
     @cached_property
     def fingerprint(self) -> str:
         """A short hash of the public key, for owners to compare."""
         digest = hashlib.sha256(b"otc abe authority fingerprint v1" + self.encode()).hexdigest()
         return " ".join(digest[i : i + 4] for i in range(0, 20, 4))
+
+
+AUTHORITY_ID_LABEL = b"otc abe authority id v1\x00"
+
+
+def certified_authority_id(name: str, g1_a: G1Point, egg_alpha: GT) -> bytes:
+    """An authority's id as a hash of its name and public key: self-certifying, so a device cannot take
+    another authority's id (ids are public: every ciphertext carries its authority's)."""
+    encoded = name.encode()
+    return hashlib.sha256(AUTHORITY_ID_LABEL + bytes([len(encoded)]) + encoded + bytes(g1_a.to_compressed_bytes())
+                          + gt_encode(egg_alpha)).digest()[:ID_BYTES]
 
 
 @dataclass(frozen=True)

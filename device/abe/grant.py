@@ -172,7 +172,7 @@ def _finish(wire: Wire, keys: AbeKeys, key_id: bytes, fingerprint: str, as_autho
     """Trade the grant's fingerprint: the member says it stored the key, the authority that it counts it."""
     if as_authority:
         message, _ = _expect(wire, "stored")
-        if not hmac.compare_digest(str(message.get("fingerprint")), fingerprint):
+        if not hmac.compare_digest(str(message.get("fingerprint")).encode(), fingerprint.encode()):
             raise CeremonyBroken("The two devices hold different grants: the link is not to be trusted.")
         keys.confirm_grant(key_id, as_authority=True)
         wire.send({"t": "confirmed", "fingerprint": fingerprint})
@@ -183,7 +183,7 @@ def _finish(wire: Wire, keys: AbeKeys, key_id: bytes, fingerprint: str, as_autho
     except CeremonyBroken:
         raise CeremonyBroken("The key is stored but not usable yet: the authority did not confirm the grant. "
                              "Run the grant again with it to finish it.") from None
-    if not hmac.compare_digest(str(message.get("fingerprint")), fingerprint):
+    if not hmac.compare_digest(str(message.get("fingerprint")).encode(), fingerprint.encode()):
         raise CeremonyBroken("The two devices hold different grants: the link is not to be trusted.")
     keys.confirm_grant(key_id, as_authority=False)
 
@@ -229,8 +229,14 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
         raise CeremonyBroken("The other device sent a malformed offer.")
     try:
         keys.check_authority(public)
+        if not public.certified and not keys.knows(public):
+            # Ids are public (every ciphertext carries one): an id that is not its key's hash could be another
+            # authority's, taken (an outside review). Only a member that already holds this exact key (an
+            # authority from before) accepts one.
+            raise AbeError(f"Authority {public.name!r} was set up by older software (its id is not its key's): "
+                           "it must become an authority again before granting new members.")
     except AbeError as exc:
-        wire.send({"t": "refuse", "reason": "the member already knows another authority by that name"})
+        wire.send({"t": "refuse", "reason": "the member cannot take a key from this authority"})
         raise CeremonyRefused(str(exc)) from None
     # The authority's public key is public: what proves the device offering it is the authority's is the
     # identity its earlier grants came from.

@@ -28,7 +28,15 @@ from dataclasses import dataclass, field
 
 from py_arkworks_bls12381 import GT, G1Point, G2Point
 
-from device.abe.encoding import ID_BYTES, TAG_BYTES, Ciphertext, MasterKey, MemberKey, PublicKey
+from device.abe.encoding import (
+    ID_BYTES,
+    TAG_BYTES,
+    Ciphertext,
+    MasterKey,
+    MemberKey,
+    PublicKey,
+    certified_authority_id,
+)
 from device.abe.errors import DecapsulationFailed, MalformedAbeData, NotSatisfied
 from device.abe.group import (
     G1_GENERATOR,
@@ -67,12 +75,9 @@ def setup(name: str, random_bytes: RandomBytes = os.urandom) -> MasterKey:
     """A new authority called ``name`` (its device's name)."""
     check_name(name)
     alpha, a = random_scalar(random_bytes), random_scalar(random_bytes)
-    public = PublicKey(
-        authority_id=random_bytes(ID_BYTES),
-        name=name,
-        g1_a=G1_GENERATOR * scalar(a),
-        egg_alpha=GT.pairing(G1_GENERATOR * scalar(alpha), G2_GENERATOR),
-    )
+    g1_a, egg_alpha = G1_GENERATOR * scalar(a), GT.pairing(G1_GENERATOR * scalar(alpha), G2_GENERATOR)
+    public = PublicKey(authority_id=certified_authority_id(name, g1_a, egg_alpha), name=name, g1_a=g1_a,
+                       egg_alpha=egg_alpha)
     return MasterKey(public=public, alpha=alpha, a=a)
 
 

@@ -138,8 +138,18 @@ class AbeKeys:
             "SELECT authority_id, public_key FROM abe_authorities WHERE name = ? OR authority_id = ?",
             (public.name, public.authority_id))
         for aid, stored in rows:
-            if not (equal(bytes(aid), public.authority_id) and equal(bytes(stored), public.encode())):
-                raise AbeError(f"This device already knows another attribute authority named {public.name!r}.")
+            if equal(bytes(aid), public.authority_id) and equal(bytes(stored), public.encode()):
+                continue
+            if equal(bytes(aid), public.authority_id):
+                raise AbeError(f"This device already knows another attribute authority by the id that "
+                               f"{public.name!r} gives: its key is not that authority's.")
+            raise AbeError(f"This device already knows another attribute authority named {public.name!r}.")
+
+    def knows(self, public: PublicKey) -> bool:
+        """Whether this device holds exactly this public key already."""
+        rows = self.store.read("SELECT public_key FROM abe_authorities WHERE authority_id = ?",
+                               (public.authority_id,))
+        return bool(rows) and equal(bytes(rows[0][0]), public.encode())
 
     def authorities(self) -> list[dict]:
         out = []
@@ -159,6 +169,8 @@ class AbeKeys:
         grant too)."""
         self.check_authority(public)
         check_member_key(public, key)
+        if self.store.read("SELECT 1 FROM abe_keys WHERE key_id = ?", (key.key_id,)):
+            raise AbeError("The authority sent a key whose id this device already holds.")
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO abe_authorities (authority_id, name, public_key, master_key, created)"
