@@ -56,9 +56,11 @@ class RoomClient:
             if complete or not messages:
                 return events
 
-    def join(self, name: str) -> None:
+    def join(self, name: str, display: str | None = None) -> None:
+        """Post the device's contribution; ``display`` is the name the room shows (default: the device's)."""
         room = self.room(name)
-        self._post(room["mailbox"], self.device.call("room_join", room=room["room_id"])["post"])
+        params = {"name": display} if display is not None else {}
+        self._post(room["mailbox"], self.device.call("room_join", room=room["room_id"], **params)["post"])
 
     def leave(self, name: str) -> None:
         room = self.room(name)

@@ -128,7 +128,7 @@ def test_leader_that_cannot_distribute_is_replaced_after_the_timeout():
     w.clock.now += a.leader_timeout
     w.log.sync()
     assert a.epochs[e].key is not None and a.epochs[e].key == b.epochs[e].key
-    leaders = [ev.sender for ev in w.log.events[id(b)] if ev.kind == "distribution" and ev.outcome == "accepted"]
+    leaders = [ev.sender_id for ev in w.log.events[id(b)] if ev.kind == "distribution" and ev.outcome == "accepted"]
     assert leaders[-1] == a.me[:6].hex()
 
 
@@ -322,3 +322,81 @@ def test_a_member_that_leaves_and_rejoins_reads_what_follows_and_nothing_from_wh
     w.log.post(c.send("third time"))
     w.log.sync()
     assert w.log.texts(b2)[-1] == "third time"
+
+
+def _events(w: World, member: RoomMember, kind: str = "message") -> list:
+    return [e for e in w.log.events[id(member)] if e.kind == kind and e.outcome == "accepted"]
+
+
+def test_senders_are_shown_by_the_display_name_their_contribution_binds():
+    w = World(ATTRS[:3])
+    a, b, c = w.members
+    for m, name in ((a, "alice"), (b, "bob"), (c, "carol")):
+        w.log.post(m.join(name))
+        w.log.sync()
+    w.log.post(b.send("hello"))
+    w.log.sync()
+    (seen,) = _events(w, a)
+    assert (seen.sender, seen.sender_id, seen.text) == ("bob", b.me[:6].hex(), "hello")
+    assert a.status()["display_name"] == "alice" and b.label(a.me) == "alice"
+    # The name is inside the signed contribution and under its bind tag (a MAC under k_j): nobody can change
+    # the name in bob's item (its signature, and the bind, fail), and a member who learnt bob's k_j (only
+    # once bob's contribution is on the relay) cannot wrap bob's ciphertext in keys and a name of its own:
+    # that ciphertext is taken.
+    raw = next(r for r in map(wire.from_text, w.log.items) if wire.member_id(r) == b.me)
+    item = wire.decode(raw, w.room.room_id)
+    assert isinstance(item, wire.Contribution) and item.name == "bob"
+    renamed = raw.replace(b"\x03bob", b"\x03eve")
+    assert a.receive(len(w.log.items) + 1, wire.to_text(renamed)).outcome == "refused"  # its signature fails
+    k = a._ks[b.me]
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    copied = wire.contribution(w.room.room_id, item.ciphertext_bytes, k, x, sig, "bob2")
+    assert a.receive(len(w.log.items) + 2, wire.to_text(copied)).outcome == "ignored"  # that ciphertext is taken
+
+
+def test_a_name_two_memberships_chose_is_shown_with_each_ones_id():
+    w = World(ATTRS[:3])
+    a, b, c = w.members
+    for m, name in ((a, "alice"), (b, "bob"), (c, "bob")):  # c claims bob's name
+        w.log.post(m.join(name))
+        w.log.sync()
+    w.log.post(b.send("the real bob"))
+    w.log.post(c.send("also bob"))
+    w.log.sync()
+    shown = {e.text: e.sender for e in _events(w, a)}
+    assert shown == {"the real bob": f"bob~{b.me[:6].hex()}", "also bob": f"bob~{c.me[:6].hex()}"}
+    assert shown["the real bob"] != shown["also bob"]
+    # Even once the first bob left, the second is still shown with its id: the name was taken in this room.
+    w.log.post(b.leave())
+    w.log.sync()
+    w.log.post(c.send("only bob now"))
+    w.log.sync()
+    assert _events(w, a)[-1].sender == f"bob~{c.me[:6].hex()}"
+    with pytest.raises(Exception):
+        wire.contribution(w.room.room_id, b"", os.urandom(32), *(_keys()), "bob~123456")  # not a name
+
+
+def _keys():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+
+
+def test_a_type_1_contribution_is_still_read_and_shown_by_its_id():
+    w = World(ATTRS[:2])
+    a, b = w.members
+    w.log.post(a.join("alice"))
+    w.log.sync()
+    w.log.post(b.join())  # no name: a type-1 contribution
+    w.log.sync()
+    w.log.post(b.send("anonymous"))
+    w.log.sync()
+    assert _events(w, a)[-1].sender == f"member~{b.me[:6].hex()}"
+    state = a.to_dict()
+    for row in state["members"]:
+        del row[7:]  # a state stored before names
+    old = RoomMember.from_dict(json.loads(json.dumps(state)), a.keys, clock=w.clock)
+    assert old.label(a.me) == f"member~{a.me[:6].hex()}"

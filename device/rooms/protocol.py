@@ -23,6 +23,11 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   rank r takes the duty after r timeouts. The first valid distribution in
   relay order wins (a signed, K_abe-authenticated one from a roster member,
   sealing to exactly the roster), so every member installs the same key.
+* **Names.** Each membership carries the display name its owner chose at
+  join, inside its signed contribution and under its bind tag: a message is
+  shown under the name of the contribution whose key signed it. A name that
+  more than one membership this member has seen in the room chose is shown
+  with the membership's short id (``name~a1b2c3``), a form no one can choose.
 * **Messages.** Only under the current epoch's key (never an old one after a
   roster change). Nonce = sender's roster slot || counter; each sender's
   counters must rise, each message is signed by its sender's membership key.
@@ -79,7 +84,8 @@ class Event:
     kind: str  # contribution, leave, distribution, message
     outcome: str  # accepted, skipped, ignored, unreadable, refused
     epoch: int | None = None
-    sender: str | None = None  # a member's short id (hex)
+    sender: str | None = None  # a member's display name, disambiguated (see RoomMember.label)
+    sender_id: str | None = None  # a member's short id (hex)
     own: bool = False
     text: str | None = None
     members: int | None = None
@@ -98,6 +104,7 @@ class _Member:
     # The contribution's ciphertext (public: it is on the relay). Kept while the member is on the roster,
     # so a device that leaves and rejoins can decapsulate it again (leaving deleted every k_j).
     ciphertext: bytes | None = None
+    name: str = ""  # the display name in its (signed, bound) contribution; "" for an unnamed one
 
 
 @dataclass
@@ -138,6 +145,7 @@ class RoomMember:
         self._sig: bytes | None = None  # Ed25519 private key (raw)
         self._k: bytes | None = None
         self._pending: bytes | None = None  # my contribution, not yet back from the relay
+        self.name: str | None = None  # the display name of my membership (or the one joining)
         self._ks: dict[bytes, bytes] = {}
         #: Decapsulations this member computed (each is one multi-pairing).
         self.decapsulations = 0
@@ -157,14 +165,33 @@ class RoomMember:
         epoch = self.epochs.get(e) if e is not None else None
         return {"room": self.room.name, "room_id": self.room.room_id.hex(), "policy": self.room.policy.text,
                 "joined": self.joined, "joining": self._pending is not None, "me": short(self.me) if self.me else None,
+                "display_name": self.label(self.me) if self.me else self.name,
                 "members": len(self.roster), "epoch": e, "epoch_members": len(epoch.roster) if epoch else None,
                 "keyed": bool(epoch and epoch.key), "last_ref": self.last_ref,
                 "epochs_with_keys": sorted(n for n, ep in self.epochs.items() if ep.key)}
 
+    def label(self, member: bytes) -> str:
+        """How a member is shown: its display name, with its short id when another membership this member has
+        seen in the room chose the same name (or when it chose none). ``~`` is not allowed in a name, so the
+        disambiguated form cannot be chosen by anyone."""
+        record = self.members.get(member)
+        name = record.name if record is not None else ""
+        if not name:
+            return f"member~{short(member)}"
+        if sum(m.name == name for m in self.members.values()) > 1:
+            return f"{name}~{short(member)}"
+        return name
+
+    def _event(self, ref: int, kind: str, outcome: str, sender: bytes | None = None, **fields: object) -> Event:
+        if sender is not None:
+            fields.update(sender=self.label(sender), sender_id=short(sender))
+        return Event(ref, kind, outcome, **fields)  # type: ignore[arg-type]
+
     # -- making items -----------------------------------------------------------------------
 
-    def join(self) -> bytes:
-        """A contribution to post: k_j under the room policy, fresh X25519 and Ed25519 keys."""
+    def join(self, name: str | None = None) -> bytes:
+        """A contribution to post: k_j under the room policy, fresh X25519 and Ed25519 keys, and the display
+        name ``name`` (bound to them; a type-1 contribution without one if None)."""
         if self.joined or self._pending is not None:
             raise RoomError("This device is already in that room (or joining it).")
         public = self.keys.public_key(self.room.authority)
@@ -175,8 +202,9 @@ class RoomMember:
         enc = encapsulate(public, self.room.policy, self.random_bytes)
         x = X25519PrivateKey.from_private_bytes(self.random_bytes(32))
         sig = Ed25519PrivateKey.from_private_bytes(self.random_bytes(32))
-        raw = wire.contribution(self.room.room_id, enc.ciphertext.encode(), enc.key, x, sig)
+        raw = wire.contribution(self.room.room_id, enc.ciphertext.encode(), enc.key, x, sig, name)
         self._x, self._sig, self._k, self._pending = _raw(x), _raw(sig), enc.key, raw
+        self.name = name
         return raw
 
     def leave(self) -> bytes:
@@ -259,9 +287,9 @@ class RoomMember:
         mid = item.member_id
         ct = item.ciphertext
         if ct.policy != self.room.policy or not equal(ct.authority_id, self.room.authority_id):
-            return Event(ref, "contribution", "skipped", sender=short(mid))
+            return Event(ref, "contribution", "skipped", sender_id=short(mid))
         if mid in self.members or item.ciphertext_bytes in self.ciphertexts:
-            return Event(ref, "contribution", "ignored", sender=short(mid))
+            return Event(ref, "contribution", "ignored", sender_id=short(mid))
         own = self._pending is not None and equal(wire.member_id(self._pending), mid)
         if own:
             assert self._k is not None
@@ -273,21 +301,20 @@ class RoomMember:
                 if self.members[other].status == PENDING:
                     self._settle(other)
             self._new_epoch(ref)
-            return Event(ref, "contribution", "accepted", epoch=ref, sender=short(mid), own=True,
-                         members=len(self.roster))
+            return self._event(ref, "contribution", "accepted", mid, epoch=ref, own=True, members=len(self.roster))
         if not self.joined:
             self._admit(ref, item, PENDING)
             self.members[mid].ciphertext = item.ciphertext_bytes
-            return Event(ref, "contribution", "accepted", sender=short(mid), members=len(self.roster))
+            return self._event(ref, "contribution", "accepted", mid, members=len(self.roster))
         self._admit(ref, item, PENDING)
         self.members[mid].ciphertext = item.ciphertext_bytes
         if not self._settle(mid):
-            return Event(ref, "contribution", "skipped", sender=short(mid))
+            return Event(ref, "contribution", "skipped", sender_id=short(mid))
         self._new_epoch(ref)
-        return Event(ref, "contribution", "accepted", epoch=ref, sender=short(mid), members=len(self.roster))
+        return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
 
     def _admit(self, ref: int, item: wire.Contribution, status: str) -> None:
-        self.members[item.member_id] = _Member(ref, item.x_pub, item.sig_pub, item.bind, status)
+        self.members[item.member_id] = _Member(ref, item.x_pub, item.sig_pub, item.bind, status, name=item.name)
         self.ciphertexts.add(item.ciphertext_bytes)
         self.roster.append(item.member_id)
 
@@ -302,8 +329,8 @@ class RoomMember:
             return True
         except AbeError:
             k = None
-        if k is None or not equal(wire.bind_tag(k, self.room.room_id, member.x_pub, member.sig_pub),
-                                  member.bind):
+        if k is None or not equal(wire.bind_tag(k, self.room.room_id, member.x_pub, member.sig_pub,
+                                                member.name or None), member.bind):
             self.roster.remove(mid)
             del self.members[mid]
             return False
@@ -338,9 +365,9 @@ class RoomMember:
         self.roster.remove(item.member)
         self._ks.pop(item.member, None)
         if not self.joined:
-            return Event(ref, "leave", "accepted", sender=short(item.member), members=len(self.roster))
+            return self._event(ref, "leave", "accepted", item.member, members=len(self.roster))
         self._new_epoch(ref)
-        return Event(ref, "leave", "accepted", epoch=ref, sender=short(item.member), members=len(self.roster))
+        return self._event(ref, "leave", "accepted", item.member, epoch=ref, members=len(self.roster))
 
     def _distribution(self, ref: int, item: wire.Distribution) -> Event:
         epoch = self.epochs.get(item.epoch)
@@ -368,8 +395,8 @@ class RoomMember:
                 older.kabe = None
                 if older.key is not None and older.delete_at is None:
                     older.delete_at = now + self.grace
-        return Event(ref, "distribution", "accepted", epoch=item.epoch, sender=short(item.leader),
-                     own=item.leader == self.me, members=len(epoch.roster))
+        return self._event(ref, "distribution", "accepted", item.leader, epoch=item.epoch,
+                           own=item.leader == self.me, members=len(epoch.roster))
 
     def _message(self, ref: int, item: wire.Message) -> Event:
         epoch = self.epochs.get(item.epoch)
@@ -386,8 +413,8 @@ class RoomMember:
         except UnicodeDecodeError:
             raise RoomItemRefused() from None
         epoch.highest[item.sender] = item.counter
-        return Event(ref, "message", "accepted", epoch=item.epoch, sender=short(item.sender),
-                     own=item.sender == self.me, text=text, members=len(epoch.roster))
+        return self._event(ref, "message", "accepted", item.sender, epoch=item.epoch,
+                           own=item.sender == self.me, text=text, members=len(epoch.roster))
 
     # -- deletion ---------------------------------------------------------------------------
 
@@ -407,6 +434,7 @@ class RoomMember:
     def _forget_membership(self) -> None:
         self.me = None
         self._x = self._sig = self._k = self._pending = None
+        self.name = None
         self._ks.clear()
         # Every k_j is gone: the others' contributions are undecided again, to be decapsulated anew
         # (once each) if this device rejoins.
@@ -429,15 +457,15 @@ class RoomMember:
 
         return {
             "version": 1, "room": self.room.to_dict(), "last_ref": self.last_ref,
-            "members": [[m.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status, hx(r.ciphertext)]
-                        for m, r in self.members.items()],
+            "members": [[m.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status, hx(r.ciphertext),
+                         r.name] for m, r in self.members.items()],
             "ciphertexts": sorted(c.hex() for c in self.ciphertexts),
             "roster": [m.hex() for m in self.roster],
             "epochs": [[n, [m.hex() for m in ep.roster], ep.seen_at, hx(ep.kabe), hx(ep.key), ep.delete_at,
                         ep.distributed, ep.sent, {m.hex(): c for m, c in ep.highest.items()}]
                        for n, ep in self.epochs.items()],
             "me": hx(self.me), "x": hx(self._x), "sig": hx(self._sig), "k": hx(self._k),
-            "pending": hx(self._pending), "ks": {m.hex(): k.hex() for m, k in self._ks.items()},
+            "pending": hx(self._pending), "name": self.name, "ks": {m.hex(): k.hex() for m, k in self._ks.items()},
             "decapsulations": self.decapsulations,
         }
 
@@ -450,9 +478,9 @@ class RoomMember:
             raise RoomError("The stored room state is of an unknown version.")
         member = cls(Room.from_dict(data["room"]), keys, **kwargs)  # type: ignore[arg-type]
         member.last_ref = data["last_ref"]
-        for m, ref, x_pub, sig_pub, bind, status, ct in data["members"]:
+        for m, ref, x_pub, sig_pub, bind, status, ct, *rest in data["members"]:  # a name since issue 22
             member.members[bytes.fromhex(m)] = _Member(ref, bytes.fromhex(x_pub), bytes.fromhex(sig_pub),
-                                                       bytes.fromhex(bind), status, bx(ct))
+                                                       bytes.fromhex(bind), status, bx(ct), rest[0] if rest else "")
         member.ciphertexts = {bytes.fromhex(c) for c in data["ciphertexts"]}
         member.roster = [bytes.fromhex(m) for m in data["roster"]]
         for n, roster, seen_at, kabe, key, delete_at, distributed, sent, highest in data["epochs"]:
@@ -460,6 +488,7 @@ class RoomMember:
                                       distributed, sent, {bytes.fromhex(m): c for m, c in highest.items()})
         member.me, member._x, member._sig = bx(data["me"]), bx(data["x"]), bx(data["sig"])
         member._k, member._pending = bx(data["k"]), bx(data["pending"])
+        member.name = data.get("name")
         member._ks = {bytes.fromhex(m): bytes.fromhex(k) for m, k in data["ks"].items()}
         member.decapsulations = data["decapsulations"]
         return member

@@ -88,7 +88,10 @@ class DeviceRooms:
 
     # -- the protocol -----------------------------------------------------------------------
 
-    def join(self, name: str) -> str:
+    def join(self, name: str, display: str | None = None) -> str:
+        """This device's contribution to the room ``name``, under the display name ``display`` (default: the
+        device's name), which the contribution binds to this membership's keys."""
+        shown = check_name(display) if display is not None else self.pads.device_name
         with self._lock:
             member = self.find(name)
             room = member.room
@@ -97,7 +100,7 @@ class DeviceRooms:
                 what = "; ".join(", ".join(a) for a in held) if held else "no key of this authority"
                 raise RoomError(f"This device's keys from {room.authority} ({what}) do not satisfy the room's "
                                 f"policy {room.policy.text}: it could not read the room, so it does not join.")
-            raw = member.join()
+            raw = member.join(shown)
             self._save(member)
             return to_text(raw)
 
