@@ -193,6 +193,20 @@ def test_an_authority_on_a_device_without_a_shell(devices, tmp_path):
         assert all(m.room("ops")["keyed"] for m in members)
         members[0].send("ops", "granted through the laptops")
         assert "granted through the laptops" in [e.get("text") for e in members[1].sync("ops")]
+        # The authority's view and a revocation, confirmed on its screen (issue 22).
+        listed = json.loads(otc("abe", "members", "--device", auth.url, "--json", env=auth.env, check=True).stdout)
+        assert [(i["member"], i["period"], i["revoked"]) for i in listed["issued"]] == [
+            ("bob", 1, None), ("carol", 1, None)]
+        for approve in (False, True):
+            seen_revoke: list = []
+            answering = answer_confirm(auth.console, approve, seen_revoke)
+            result = otc("abe", "revoke", "--device", auth.url, "bob", env=auth.env)
+            answering.join(5)
+            assert seen_revoke[0].kind == "abe-revoke" and "Revoke the keys of bob?" in seen_revoke[0].text
+            assert (result.returncode == 0) == approve, result.stderr
+        assert "Revoked 1 key of bob" in result.stdout.decode()
+        issued = client_of(auth).call("abe_members")["issued"]
+        assert [i["member"] for i in issued if i["revoked"]] == ["bob"]
     finally:
         stop.set()
         approver.join(5)

@@ -15,6 +15,7 @@ import secrets
 import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -209,7 +210,8 @@ def test_a_device_posing_as_an_authority_cannot_make_a_member_drop_or_confirm_ke
     with PadStore(mallory) as store:
         wire = Wire(her_sock)
         agree(wire, HOST, store, os.urandom, GRANT)
-        wire.send({"t": "offer", "attributes": ["STAFF"]}, public.encode())
+        wire.send({"t": "offer", "attributes": ["STAFF"], "period": [1, time.time(), time.time() + 86400]},
+                  public.encode())
         wire.send({"t": "confirm", "ok": True})
         assert wire.recv()[0]["ok"] is True
         wire.send({"t": "holding", "keys": {}})  # "I issued you nothing": before v3 the member believed it
@@ -279,7 +281,8 @@ def test_a_made_up_proof_of_a_pending_grant_confirms_nothing(tmp_path, poses_as)
             wire.recv()  # the offer
         else:
             agree(wire, HOST, store, os.urandom, GRANT)
-            wire.send({"t": "offer", "attributes": ["STAFF"]}, public.encode())
+            wire.send({"t": "offer", "attributes": ["STAFF"], "period": [1, time.time(), time.time() + 86400]},
+                  public.encode())
         wire.send({"t": "confirm", "ok": True})
         wire.recv()
         wire.send({"t": "holding", "keys": listing})

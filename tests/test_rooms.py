@@ -400,3 +400,95 @@ def test_a_type_1_contribution_is_still_read_and_shown_by_its_id():
         del row[7:]  # a state stored before names
     old = RoomMember.from_dict(json.loads(json.dumps(state)), a.keys, clock=w.clock)
     assert old.label(a.me) == f"member~{a.me[:6].hex()}"
+
+
+def _period_world() -> tuple[World, list[Keys]]:
+    """Three members with keys of period 1; returns the world and a period-2 renewal for each."""
+    w = World(ATTRS[:3])
+    for keys, attrs in zip(w.keys, ATTRS[:3]):
+        keys.member = keygen(w.master, attrs, period=1)
+    for m in w.members:
+        w.log.post(m.join())
+        w.log.sync()
+    renewed = [Keys(w.master.public, keygen(w.master, attrs, period=2)) for attrs in ATTRS[:3]]
+    return w, renewed
+
+
+def _renew(keys: Keys, new: Keys) -> None:
+    """The device now holds its period-1 key and the period-2 one (as a device store would)."""
+    old = keys.member
+    assert old is not None and new.member is not None
+
+    def decaps(ct, old=old, new=new.member):
+        for k in (new, old):
+            if ct.policy.prune(k.Kx) is not None:
+                from device.abe.scheme import decapsulate
+                return decapsulate(k, ct)
+        from device.abe.errors import NotSatisfied
+        raise NotSatisfied()
+
+    keys.decapsulate = decaps  # type: ignore[method-assign]
+    keys.periods_held = lambda aid: {1: (0.0, float("inf")), 2: (0.0, float("inf"))}  # type: ignore[method-assign]
+
+
+def test_renewed_members_move_the_room_to_the_next_period_one_by_one():
+    w, renewed = _period_world()
+    a, b, c = w.members
+    assert a.period == 1 and a.status()["keyed"]
+    _renew(w.keys[0], renewed[0])
+    w.log.sync()  # a re-contributes by itself under period 2: the room moves; b and c hold it aside
+    assert a.period == 2 and a.status()["my_period"] == 2 and a.status()["members"] == 1
+    assert b.period == 1 and b.status()["later_periods"] == [2]
+    w.log.post(a.send("only a can read"))
+    w.log.sync()
+    assert "only a can read" not in w.log.texts(b)
+    _renew(w.keys[1], renewed[1])  # b is renewed later: it catches up from what it held aside
+    w.log.sync()
+    assert b.period == 2 and b.status()["keyed"] and a.status()["epoch_members"] == 2
+    e = a.current_epoch
+    assert a.epochs[e].key == b.epochs[e].key
+    w.log.post(b.send("b is back in"))
+    w.log.sync()
+    assert "b is back in" in w.log.texts(a) and "b is back in" not in w.log.texts(c)
+    # c, not renewed, joins again with its period-1 key: skipped by a and b.
+    w.log.post(c.leave())
+    w.log.sync()
+    w.log.post(c.join())
+    w.clock.now += 3 * a.leader_timeout
+    w.log.sync()
+    assert a.status()["epoch_members"] == 2
+    w.log.post(a.send("still two"))
+    w.log.sync()
+    assert "still two" in w.log.texts(b) and "still two" not in w.log.texts(c)
+
+
+def test_a_contribution_under_a_period_nobody_holds_changes_nothing():
+    """Anyone can encapsulate under any period: one nobody holds keys of is held aside, never moves the room."""
+    w, _ = _period_world()
+    a, b, c = w.members
+    room = RoomMember(w.room, w.keys[0], clock=w.clock)
+    enc = encapsulate(w.master.public, room.policy_for(99))
+    x, sig = _keys()
+    w.log.post(wire.contribution(w.room.room_id, enc.ciphertext.encode(), enc.key, x, sig, "mallory"))
+    w.log.sync()
+    assert [m.period for m in (a, b, c)] == [1, 1, 1] and a.status()["later_periods"] == [99]
+    assert a.status()["members"] == 3 and a.status()["keyed"]
+    w.log.post(c.send("nothing changed"))
+    w.log.sync()
+    assert "nothing changed" in w.log.texts(a)
+    # And the state, with what it holds aside, comes back from the store the same.
+    again = RoomMember.from_dict(json.loads(json.dumps(a.to_dict())), a.keys, clock=w.clock)
+    assert again.period == 1 and list(again.future) == list(a.future)
+
+
+def test_an_honest_member_neither_sends_nor_distributes_once_its_period_has_ended():
+    w, _ = _period_world()
+    a, b, c = w.members
+    for keys in w.keys:
+        keys.windows[1] = (0.0, w.clock.now + 60)
+    w.clock.now += 61
+    with pytest.raises(Exception, match="period has ended"):
+        a.send("too late")
+    w.log.post(c.leave())
+    w.log.sync()
+    assert a.duties() == [] and not a.status()["keyed"]

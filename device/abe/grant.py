@@ -2,10 +2,11 @@
 
 The two devices run the same authenticated key agreement as pad pairing
 (provisioning/agree.py: a committed X25519 exchange and a short
-authentication string), under the protocol name ``otc-abe-grant-v3``. Then,
+authentication string), under the protocol name ``otc-abe-grant-v4``. Then,
 over the sealed link:
 
-1. the authority sends its public key and the attributes it offers;
+1. the authority sends its public key, the attributes it offers and the
+   period the key is for (number, start, end: the key carries PERIOD_<n>);
 2. both devices show the pairing string, the authority's name and
    fingerprint, the member's name and the attributes; each owner confirms on
    his own device (either "no" stops the grant, nothing is issued);
@@ -37,14 +38,15 @@ from dataclasses import dataclass
 
 from device.abe.encoding import decode_member_key, decode_public_key
 from device.abe.errors import AbeError, PolicyError
-from device.abe.policy import parse_attributes
+from device.abe.periods import MAX_PERIOD_S, Period, when
+from device.abe.policy import check_unreserved, parse_attributes
 from device.abe.store import AbeKeys, grant_fingerprint
 from device.storage.padstore import PadStore
 from provisioning.agree import HOST, JOIN, agree
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyRefused
 from provisioning.wire import Wire
 
-PROTOCOL = "otc-abe-grant-v3"  # v3: what an earlier grant left is settled on proofs, never on an id
+PROTOCOL = "otc-abe-grant-v4"  # v4: the key is for a period, offered and shown; v3: settled on proofs
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,15 @@ class GrantView:
     fingerprint: str
     member: str
     attributes: tuple[str, ...]
+    period: Period | None = None
 
     def lines(self) -> list[str]:
         who = (f"Grant a key to {self.member}" if self.role == HOST
                else f"Accept a key from authority {self.authority}")
+        valid = (f" (period {self.period.number}, valid until {when(self.period.ends)})"
+                 if self.period is not None else "")
         return [
-            f"{who} for the attributes: {', '.join(self.attributes)}",
+            f"{who} for the attributes: {', '.join(self.attributes)}{valid}",
             f"Authority {self.authority}, fingerprint {self.fingerprint}",
             f"Pairing string: {self.sas} (the other device must show the same string and attributes)",
         ]
@@ -177,21 +182,25 @@ def _finish(wire: Wire, keys: AbeKeys, key_id: bytes, fingerprint: str, as_autho
 
 
 def grant_host(store: PadStore, wire: Wire, attributes: str | list[str], confirm: Confirm,
-               random_bytes: Callable[[int], bytes] = os.urandom) -> Granted:
-    """The authority's side: offer ``attributes``, and issue the key once both owners confirm."""
+               random_bytes: Callable[[int], bytes] = os.urandom, period: float | None = None) -> Granted:
+    """The authority's side: offer ``attributes`` for the running period (or a new one lasting ``period``
+    seconds, default a month), and issue the key once both owners confirm."""
     keys = AbeKeys(store)
     public = keys.master().public  # NotAnAuthority before anything is sent
     names = parse_attributes(attributes)
+    check_unreserved(names, "a key's attributes")
     agreed = agree(wire, HOST, store, random_bytes, PROTOCOL)
-    wire.send({"t": "offer", "attributes": list(names)}, public.encode())
+    chosen = keys.period_for_grant(period)
+    wire.send({"t": "offer", "attributes": list(names), "period": [chosen.number, chosen.starts, chosen.ends]},
+              public.encode())
     view = GrantView(role=HOST, sas=agreed.sas, authority=public.name, fingerprint=public.fingerprint,
-                     member=agreed.peer_name, attributes=names)
+                     member=agreed.peer_name, attributes=names, period=chosen)
     _both_confirm(wire, view, confirm)
     earlier = _settle(wire, keys, agreed.peer_device_id, as_authority=True)
     if earlier is not None:
         return earlier
     key = keys.issue(names, member=agreed.peer_name, member_device_id=agreed.peer_device_id, how="in person",
-                     random_bytes=random_bytes, pending=True)
+                     random_bytes=random_bytes, pending=True, period=chosen)
     fingerprint = grant_fingerprint(public.authority_id, key, agreed.peer_device_id)
     wire.send({"t": "key"}, key.encode())
     _finish(wire, keys, key.key_id, fingerprint, as_authority=True)
@@ -207,9 +216,13 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
     try:
         public = decode_public_key(data)
         names = parse_attributes([str(a) for a in offer["attributes"]])
-    except (AbeError, PolicyError, KeyError, TypeError):
+        check_unreserved(names, "a key's attributes")
+        number, starts, ends = offer["period"]
+        period = Period(int(number), float(starts), float(ends))
+    except (AbeError, PolicyError, KeyError, TypeError, ValueError):
         raise CeremonyBroken("The other device sent a malformed offer.") from None
-    if public.name != agreed.peer_name or not names:
+    if (public.name != agreed.peer_name or not names or period.number < 1
+            or not 0 < period.ends - period.starts <= MAX_PERIOD_S):
         raise CeremonyBroken("The other device sent a malformed offer.")
     try:
         keys.check_authority(public)
@@ -217,7 +230,7 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
         wire.send({"t": "refuse", "reason": "the member already knows another authority by that name"})
         raise CeremonyRefused(str(exc)) from None
     view = GrantView(role=JOIN, sas=agreed.sas, authority=public.name, fingerprint=public.fingerprint,
-                     member=store.device_name, attributes=names)
+                     member=store.device_name, attributes=names, period=period)
     _both_confirm(wire, view, confirm)
     earlier = _settle(wire, keys, public.authority_id, as_authority=False)
     if earlier is not None:
@@ -225,9 +238,9 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
     _, data = _expect(wire, "key")
     try:
         key = decode_member_key(data)
-        if key.attributes != names:
-            raise CeremonyBroken("The key does not carry the attributes both owners confirmed.")
-        fingerprint = keys.add_member_key(public, key, pending=True)
+        if key.attributes != names or key.period != period.number:
+            raise CeremonyBroken("The key does not carry the attributes and period both owners confirmed.")
+        fingerprint = keys.add_member_key(public, key, pending=True, window=(period.starts, period.ends))
     except AbeError:
         raise CeremonyBroken("The other device sent a key that does not match its authority.") from None
     _finish(wire, keys, key.key_id, fingerprint, as_authority=False)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from device.abe.policy import Policy
+from device.abe.policy import Policy, check_unreserved
 from device.abe.store import AbeKeys
 from device.confirm import Confirmer, ConfirmRequest
 from device.errors import Declined
@@ -50,8 +50,9 @@ class DeviceRooms:
     def create(self, name: str, policy: str) -> Room:
         """A new room of this device's authority (the descriptor is public)."""
         public = self.keys.master().public
-        room = Room(os.urandom(ROOM_ID_BYTES), check_name(name), Policy.parse(policy), public.name,
-                    public.authority_id)
+        parsed = Policy.parse(policy)
+        check_unreserved(parsed.rows, "a room's policy")
+        room = Room(os.urandom(ROOM_ID_BYTES), check_name(name), parsed, public.name, public.authority_id)
         return self.add(room)
 
     def add(self, room: Room) -> Room:

@@ -153,6 +153,25 @@ STEPS: list[str] = [
     """
     ALTER TABLE abe_issued ADD COLUMN proof_key BLOB;
     """,
+    # 6 -> 7: key periods and revocation (issue 22). A key is issued for one of its authority's periods (its
+    # attribute PERIOD_<n> binds it), valid from ``starts`` to ``ends``; the authority keeps its periods and
+    # marks a member's keys revoked (no renewal). Keys from before have no period (NULL).
+    """
+    CREATE TABLE abe_periods (
+        authority_id BLOB NOT NULL,
+        period INTEGER NOT NULL CHECK (period > 0),
+        starts REAL NOT NULL,
+        ends REAL NOT NULL,
+        PRIMARY KEY (authority_id, period)
+    ) WITHOUT ROWID;
+    ALTER TABLE abe_keys ADD COLUMN period INTEGER;
+    ALTER TABLE abe_keys ADD COLUMN starts REAL;
+    ALTER TABLE abe_keys ADD COLUMN ends REAL;
+    ALTER TABLE abe_issued ADD COLUMN period INTEGER;
+    ALTER TABLE abe_issued ADD COLUMN starts REAL;
+    ALTER TABLE abe_issued ADD COLUMN ends REAL;
+    ALTER TABLE abe_issued ADD COLUMN revoked REAL;
+    """,
 ]
 
 LATEST = len(STEPS)
