@@ -157,7 +157,16 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_recv(args: argparse.Namespace) -> int:
+    from client.rooms import fetch_renewals
+
     client = _client(args)
+    # Renewed attribute keys first (sent on the renewal pads): the device moves its rooms to the new period.
+    for got in fetch_renewals(client.device, client.relay):
+        if got["outcome"] == "stored":
+            k = got["key"]
+            line = (f"renewed key stored: {', '.join(k['attributes'])} from {k['authority']}, period {k['period']} "
+                    f"until {k['ends']}")
+            print(json.dumps({"renewal": k}) if args.json else f"[{k['authority']}] {line}")
     for room in client.rooms():
         for event in client.sync(room["room_id"], wait=args.wait):
             if event.get("kind") == "message" and event.get("outcome") in ("unreadable", "refused"):

@@ -182,3 +182,31 @@ def test_periods_members_and_revocation_at_the_command_line(homes, tmp_path):
     assert "renewal due" in out and "WARNING: the key from campus for ADMIN, STAFF (period 1) expires at" in out
     device = json.loads(otc("device", "status", "--home", str(alice), "--json", check=True).stdout)
     assert any(w.startswith("abe-key-period: the key from campus") for w in device["warnings"])
+
+
+def test_renewal_over_the_pad_at_the_command_line(homes, tmp_path):
+    """`otc abe renew --home` on the authority, `otc abe renewals --home` on the member, through a relay."""
+    from relay.app import create_app
+    from relay.config import RelayConfig
+    from relay.server import RelayServer
+
+    auth, alice, bob = homes
+    otc("abe", "grant-local", "--attributes", "OPS", str(auth), str(bob), check=True)
+    otc("abe", "revoke", "--home", str(auth), "bob", check=True)
+    server = RelayServer(create_app(RelayConfig(db=f"sqlite:///{tmp_path / 'relay.db'}")), "127.0.0.1", 0,
+                         threads=4).start()
+    try:
+        out = otc("abe", "renew", "--home", str(auth), "--relay", server.url, check=True).stdout.decode()
+        assert "Renewed 1 member for period 2" in out and ": alice" in out and "Not renewed: bob: revoked" in out
+        assert "bob" in one_line_error(otc("abe", "renew", "--home", str(auth), "bob", "--relay", server.url))
+        got = otc("abe", "renewals", "--home", str(alice), "--relay", server.url, check=True).stdout.decode()
+        assert "Stored a renewed key for ADMIN, STAFF from authority campus (period 2" in got
+        status = json.loads(otc("abe", "status", "--home", str(alice), "--json", check=True).stdout)
+        assert [(k["period"], k["state"]) for k in status["held"]] == [(1, "valid"), (2, "future")]
+        assert "No new renewal." in otc("abe", "renewals", "--home", str(bob), "--relay", server.url,
+                                        check=True).stdout.decode()
+        # Without a relay, the renewals are printed for the owner to carry (none left to send here).
+        printed = otc("abe", "renew", "--home", str(auth), check=True)
+        assert printed.stdout == b"" and "Renewed 0 members for period 2" in printed.stderr.decode()
+    finally:
+        server.close()

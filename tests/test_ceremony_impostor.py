@@ -282,7 +282,7 @@ def test_a_made_up_proof_of_a_pending_grant_confirms_nothing(tmp_path, poses_as)
         else:
             agree(wire, HOST, store, os.urandom, GRANT)
             wire.send({"t": "offer", "attributes": ["STAFF"], "period": [1, time.time(), time.time() + 86400]},
-                  public.encode())
+                      public.encode())
         wire.send({"t": "confirm", "ok": True})
         wire.recv()
         wire.send({"t": "holding", "keys": listing})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sqlite3
 import time
 
@@ -299,9 +300,20 @@ def said(device: Device, text: str) -> None:
     device.post(device.room, device.rooms.send("ops", text))
 
 
+def fetch_renewals(device: Device) -> list[str]:
+    """The member's laptop reads its renewal mailboxes; the device opens each renewal on its pad."""
+    from device import package as fmt
+    from device.abe.renewal import RenewalPads
+
+    pads = RenewalPads(AbeKeys(device.store))
+    messages, _ = device.relay.receive({m: 0 for m in pads.mailboxes()}, limit=100)
+    return [pads.open(fmt.decode(m.contents)).key_id.hex() for m in messages]
+
+
 def test_a_revoked_member_reads_nothing_after_its_period_even_by_rejoining(four):
-    """Issue 22, end to end: rejoining, revocation, the period ended early, renewed members reading on."""
-    from device.abe.store import renew_local
+    """Issue 22, end to end: rejoining, revocation, the period ended early, members renewed over their renewal
+    pads through the relay (without meeting) reading on."""
+    from device.abe.renewal import plan_renewal, renew
 
     room, devices, clock, auth = four
     m1, m2, m3, m4 = (devices[n] for n in FOUR)
@@ -330,19 +342,32 @@ def test_a_revoked_member_reads_nothing_after_its_period_even_by_rejoining(four)
     assert "m2 is back" in m2.read and "while m2 was away" not in m2.read
     assert "while m2 was away" in m4.read
 
-    # The authority revokes m2 and ends the period early; m1 and m4 are renewed for the next one.
+    # The authority revokes m2 and ends the period early for everyone but the revoked: m1, m3 and m4 are
+    # renewed over their renewal pads, through the relay.
     keys = AbeKeys(auth)
     revoked = keys.revoke("m2")
     assert [i.member for i in revoked] == ["m2"] and revoked[0].revoked
     old_key = AbeKeys(m2.store).member_keys()[0]
-    period = keys.next_period(early=True, now=clock.now)
-    assert period.number == 2 and keys.periods()[0].ends == clock.now
+    plan = plan_renewal(keys, end_period=True, now=clock.now)
+    assert [name for _, name in plan.members] == ["m1", "m3", "m4"] and plan.left == ["m2: revoked"]
+    assert "ends NOW" in plan.question() and "Not renewed: m2: revoked" in plan.question()
     with pytest.raises(Exception, match="revoked"):
-        renew_local(auth, m2.store, period)
+        plan_renewal(keys, "m2")
+    renewals = renew(keys, plan, os.urandom, now=clock.now)
+    period = keys.periods()[-1]
+    assert period.number == 2 and keys.periods()[0].ends == clock.now
+    for r in renewals:
+        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    assert renew(keys, plan, os.urandom, now=clock.now) == []  # each member is renewed once per period
+    assert fetch_renewals(m2) == []  # m2's mailbox stays empty
     for d in (m1, m4):
-        renew_local(auth, d.store, period)
+        (key_id,) = fetch_renewals(d)
+        assert AbeKeys(d.store).periods_held(keys.master().public.authority_id)[2] == (period.starts, period.ends)
+        with pytest.raises(Exception, match="opened already"):
+            fetch_renewals(d)  # a renewal opens once
     assert {i.member: i.revoked is not None for i in keys.issued() if i.period == 1} == {
         "m1": False, "m2": True, "m3": False, "m4": False}
+    assert sorted(i.member for i in keys.issued() if i.period == 2) == ["m1", "m3", "m4"]
     sync_all(room, devices)  # m1 and m4 re-contribute by themselves under period 2; the room moves to it
     r1 = m1.rooms.find("ops")
     assert r1.period == 2 and r1.status()["keyed"] and r1.status()["epoch_members"] == 2

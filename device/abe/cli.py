@@ -120,6 +120,28 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("member", metavar="MEMBER|KEY_ID", help="the member's name or a key id")
     p.set_defaults(func=cmd_revoke)
 
+    p = sub.add_parser("renew", help="renew members' keys for the next period, over their renewal pads",
+                       description="Issue the next period's keys to every member not revoked (or to MEMBER), "
+                       "each sent on the renewal pad its grant left, through the relay: no meeting. The next "
+                       "period begins when the running one ends; --end-period ends it now (everyone but the "
+                       "revoked is renewed, and rooms move on as the renewed devices sync). With --device, the "
+                       "owner confirms on the device's screen.")
+    _home_or_device(p)
+    p.add_argument("member", nargs="?", metavar="MEMBER|KEY_ID", help="only this member (default: all)")
+    p.add_argument("--end-period", action="store_true", help="end the running period now")
+    p.add_argument("--period", metavar="DURATION", type=_duration,
+                   help="how long the next period lasts (default: as long as the last one)")
+    p.add_argument("--relay", metavar="URL", help="the relay to post the renewals to (with --device, default the "
+                   "last one given; with --home and no relay, they are printed as JSON lines)")
+    p.set_defaults(func=cmd_renew)
+
+    p = sub.add_parser("renewals", help="receive renewed keys the authority sent",
+                       description="Read this device's renewal mailboxes on the relay and have the device open "
+                       "each renewal on its pad and store the key (`otc room recv` does it too).")
+    _home_or_device(p)
+    p.add_argument("--relay", metavar="URL", help="the relay (with --device, default the last one given)")
+    p.set_defaults(func=cmd_renewals)
+
 
 def _home(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", required=True, type=Path, help="the device's state directory")
@@ -216,16 +238,25 @@ def cmd_decaps(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _shown(args: argparse.Namespace, method: str) -> dict | None:
+    """What the read-only RPC ``method`` answers (from the device, or the home's store with --home); printed
+    and None with --json."""
     if args.device:
-        status = _device(args).call("abe_status")
+        answer = _device(args).call(method)
     else:
-        from device.abe.rpc import abe_status
+        from device.abe import rpc
 
         with open_home(args.home, args.pin_file) as store:
-            status = abe_status(store)
+            answer = getattr(rpc, method)(store)
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps(answer, indent=2))
+        return None
+    return answer  # type: ignore[no-any-return]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _shown(args, "abe_status")
+    if status is None:
         return 0
     if not status["authorities"]:
         print("No attribute authorities: run `otc abe authority` or receive a key with `otc abe grant join`.")
@@ -256,15 +287,8 @@ def _validity(k: dict) -> str:
 
 
 def cmd_members(args: argparse.Namespace) -> int:
-    if args.device:
-        members = _device(args).call("abe_members")
-    else:
-        from device.abe.rpc import abe_members
-
-        with open_home(args.home, args.pin_file) as store:
-            members = abe_members(store)
-    if args.json:
-        print(json.dumps(members, indent=2))
+    members = _shown(args, "abe_members")
+    if members is None:
         return 0
     if not members["issued"]:
         print("This authority has issued no key yet.")
@@ -285,6 +309,90 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     print(f"Revoked {plural(len(revoked), 'key')} of {revoked[0]['member']}: no renewal from now on. Its last "
           f"period ends {max(str(i['ends']) for i in revoked)}.")
     return 0
+
+
+def cmd_renew(args: argparse.Namespace) -> int:
+    from client.relay import RelayClient
+
+    relay: RelayClient | None
+    if args.device:
+        device = _device(args)
+        relay_url = device.state.resolve_relay(args.relay)
+        print("Confirm on the device's screen.", flush=True)
+        answer = device.call("abe_renew", **({"member": args.member} if args.member else {}),
+                             end_period=args.end_period, **({"period": args.period} if args.period else {}))
+        period, renewals, left = answer["period"], answer["renewals"], answer["left"]
+        relay = RelayClient(relay_url, on_answer=device.state.relay_answered)
+    else:
+        from device.abe.renewal import plan_renewal, renew
+
+        with open_home(args.home, args.pin_file) as store:
+            keys = AbeKeys(store)
+            plan = plan_renewal(keys, args.member, args.end_period, args.period)
+            with _randomness([]) as random_bytes:
+                renewals = [r.to_dict() for r in renew(keys, plan, random_bytes)]
+            period, left = plan.period.to_dict(), plan.left
+        relay = RelayClient(args.relay) if args.relay else None
+    if relay is None:
+        for r in renewals:
+            print(json.dumps({"mailbox": r["mailbox"], "package": r["package"], "member": r["member"]}))
+    else:
+        for r in renewals:
+            relay.send(r["mailbox"], r["package"], r["key_id"])
+    print(f"Renewed {plural(len(renewals), 'member')} for period {period['period']} ({period['starts']} to "
+          f"{period['ends']}){': ' + ', '.join(r['member'] for r in renewals) if renewals else ''}"
+          f"{'; sent through the relay' if relay is not None and renewals else ''}.",
+          file=sys.stderr if relay is None else sys.stdout)
+    for why in left:
+        print(f"Not renewed: {why}", file=sys.stderr if relay is None else sys.stdout)
+    return 0
+
+
+def cmd_renewals(args: argparse.Namespace) -> int:
+    from client.relay import RelayClient
+
+    if args.device:
+        from client.rooms import fetch_renewals
+
+        device = _device(args)
+        got = fetch_renewals(device, RelayClient(device.state.resolve_relay(args.relay),
+                                                 on_answer=device.state.relay_answered))
+    else:
+        if not args.relay:
+            raise UsageError("With --home, give --relay URL.")
+        got = _renewals_here(args, RelayClient(args.relay))
+    for g in got:
+        if g["outcome"] == "stored":
+            k = g["key"]
+            print(f"Stored a renewed key for {', '.join(k['attributes'])} from authority {k['authority']} "
+                  f"(period {k['period']}, {k['starts']} to {k['ends']}).")
+        elif g["outcome"] == "refused":
+            print(f"otc: a renewal was refused: {g['reason']}", file=sys.stderr)
+    if not any(g["outcome"] == "stored" for g in got):
+        print("No new renewal.")
+    return 0
+
+
+def _renewals_here(args: argparse.Namespace, relay) -> list[dict]:  # type: ignore[no-untyped-def]
+    import time
+
+    from device import package as fmt
+    from device.abe.renewal import RenewalPads, RenewalRefused
+    from device.errors import DeviceError
+
+    out: list[dict] = []
+    with open_home(args.home, args.pin_file) as store:
+        pads = RenewalPads(AbeKeys(store))
+        cursors = {m: 0 for m in pads.mailboxes()}
+        messages, _ = relay.receive(cursors, limit=500) if cursors else ([], True)
+        for m in messages:
+            try:
+                held = pads.open(fmt.decode(m.contents))
+            except (RenewalRefused, DeviceError) as exc:
+                out.append({"outcome": "used" if "opened already" in str(exc) else "refused", "reason": str(exc)})
+            else:
+                out.append({"outcome": "stored", "key": held.to_dict(time.time())})
+    return out
 
 
 # -- in person ---------------------------------------------------------------------------

@@ -11,6 +11,9 @@ over the sealed link:
    fingerprint, the member's name and the attributes; each owner confirms on
    his own device (either "no" stops the grant, nothing is issued);
 3. both settle what an earlier grant between them left unfinished (below);
+   then, for a new grant, they make a small renewal pad, each device's share
+   committed before it sees the other's (device/abe/renewal.py), which the
+   authority later sends renewed keys on, without meeting;
 4. the authority makes the key, records it as issued but pending (never the
    key itself) and sends it; the member checks it against the public key with
    pairings, stores it pending (sealed in a PIN-locked home) and answers with
@@ -40,13 +43,14 @@ from device.abe.encoding import decode_member_key, decode_public_key
 from device.abe.errors import AbeError, PolicyError
 from device.abe.periods import MAX_PERIOD_S, Period, when
 from device.abe.policy import check_unreserved, parse_attributes
+from device.abe.renewal import RenewalPads, make_pad
 from device.abe.store import AbeKeys, grant_fingerprint
 from device.storage.padstore import PadStore
 from provisioning.agree import HOST, JOIN, agree
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyRefused
 from provisioning.wire import Wire
 
-PROTOCOL = "otc-abe-grant-v4"  # v4: the key is for a period, offered and shown; v3: settled on proofs
+PROTOCOL = "otc-abe-grant-v4"  # v4: a key for a period, and a renewal pad; v3: settled on proofs
 
 
 @dataclass(frozen=True)
@@ -199,8 +203,10 @@ def grant_host(store: PadStore, wire: Wire, attributes: str | list[str], confirm
     earlier = _settle(wire, keys, agreed.peer_device_id, as_authority=True)
     if earlier is not None:
         return earlier
+    pad = make_pad(wire, random_bytes)
     key = keys.issue(names, member=agreed.peer_name, member_device_id=agreed.peer_device_id, how="in person",
                      random_bytes=random_bytes, pending=True, period=chosen)
+    RenewalPads(keys).add(pad, key.key_id, public.authority_id, agreed.peer_device_id, "authority")
     fingerprint = grant_fingerprint(public.authority_id, key, agreed.peer_device_id)
     wire.send({"t": "key"}, key.encode())
     _finish(wire, keys, key.key_id, fingerprint, as_authority=True)
@@ -235,6 +241,7 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
     earlier = _settle(wire, keys, public.authority_id, as_authority=False)
     if earlier is not None:
         return earlier
+    pad = make_pad(wire, random_bytes)
     _, data = _expect(wire, "key")
     try:
         key = decode_member_key(data)
@@ -243,5 +250,6 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
         fingerprint = keys.add_member_key(public, key, pending=True, window=(period.starts, period.ends))
     except AbeError:
         raise CeremonyBroken("The other device sent a key that does not match its authority.") from None
+    RenewalPads(keys).add(pad, key.key_id, public.authority_id, None, "member")
     _finish(wire, keys, key.key_id, fingerprint, as_authority=False)
     return Granted(key_id=key.key_id, attributes=key.attributes, fingerprint=fingerprint)

@@ -3,6 +3,10 @@
     abe_status      {}                    -> {"authorities": [...], "held": [...], "warnings": [...], "issued": [...]}
     abe_members     {}                    -> {"issued": [...]}   (member, attributes, period, revoked; never a key)
     abe_revoke      {"member"}            -> {"revoked": [...]}  (the owner confirms first)
+    abe_renew       {"member"?, "end_period"?, "period"?} -> {"period", "renewals": [{"member", "mailbox",
+                                             "package"}], "left": [...]}   (the owner confirms first)
+    abe_renewal_mailboxes {}              -> {"mailboxes": [hex]}   (a member's renewal pads' relay mailboxes)
+    abe_open_renewal {"package"}          -> {"key": {...}}   (a renewal package from the relay; never the key)
     abe_authority   {"name"?}             -> {"name", "fingerprint"}   (the owner confirms first)
     room_create     {"name", "policy"}    -> the room's status, with its invite
 
@@ -142,8 +146,52 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
             raise Declined("The owner did not approve: nothing was revoked.")
         return {"revoked": [i.to_dict() for i in keys.revoke(who)]}
 
+    def renew_keys(client: Any, params: dict) -> dict:
+        from device.abe.renewal import plan_renewal, renew
+
+        store = service.ready()
+        who = params.get("member")
+        if who is not None:
+            who = _text(params, "member")
+        early = params.get("end_period", False)
+        length = params.get("period")
+        if not isinstance(early, bool) or (length is not None and (isinstance(length, bool)
+                                                                   or not isinstance(length, (int, float)))):
+            raise BadAbeRequest("'end_period' is true or false, 'period' a number of seconds.")
+        if length is not None:
+            length = parse_duration(f"{int(length)}s")
+        keys = AbeKeys(store)
+        keys.master()
+        plan = plan_renewal(keys, who, early, length)  # who gets nothing, and why, before the owner is asked
+        request = ConfirmRequest(contact="attribute authority", kind="abe-renew",
+                                 plaintext=(plan.question() + f"\n\nAsked by the laptop {client.name}.").encode(),
+                                 consumes=0, left_after=0)
+        if not service.broker.ask(request):
+            store.log_event("declined", detail=f"renewing keys, asked by laptop {client.name}")
+            raise Declined("The owner did not approve: nothing was renewed.")
+        renewals = renew(keys, plan, service.session_random)
+        return {"period": plan.period.to_dict(), "renewals": [r.to_dict() for r in renewals], "left": plan.left}
+
+    def renewal_mailboxes(client: Any, params: dict) -> dict:
+        from device.abe.renewal import RenewalPads
+
+        return {"mailboxes": RenewalPads(AbeKeys(service.ready())).mailboxes()}
+
+    def open_renewal(client: Any, params: dict) -> dict:
+        from device import package as fmt
+        from device.abe.renewal import RenewalPads, RenewalRefused
+        from device.errors import MalformedPackage
+
+        try:
+            data = fmt.decode(_text(params, "package"))
+        except MalformedPackage:
+            raise RenewalRefused("That is not a renewal package.") from None
+        held = RenewalPads(AbeKeys(service.ready())).open(data)
+        return {"key": held.to_dict(time.time())}
+
     return {"abe_status": status, "abe_authority": authority, "room_create": room_create,
-            "abe_members": members, "abe_revoke": revoke}
+            "abe_members": members, "abe_revoke": revoke, "abe_renew": renew_keys,
+            "abe_renewal_mailboxes": renewal_mailboxes, "abe_open_renewal": open_renewal}
 
 
 # -- grants carried by laptops -------------------------------------------------------------

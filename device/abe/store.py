@@ -292,15 +292,11 @@ class AbeKeys:
         length is ``length``, or the newest one's."""
         now = time.time() if now is None else now
         aid = self.master().public.authority_id
+        made, new = self.preview_next_period(length, now, early)
+        if not new:
+            return made
         known = self.periods()
         last = known[-1] if known else None
-        if last is not None and last.starts > now and not early:
-            return last  # the next period is already made (a renewal before it begins)
-        if last is not None and early and last.starts > now:
-            raise AbeError("The next period has not begun yet; it cannot end early.")
-        length = length if length is not None else (last.ends - last.starts if last else DEFAULT_PERIOD_S)
-        starts = now if last is None or early or last.ends <= now else last.ends
-        made = Period((last.number if last else 0) + 1, starts, starts + length)
         with self.store.transaction() as conn:
             if last is not None and early and last.ends > now:
                 conn.execute("UPDATE abe_periods SET ends = ? WHERE authority_id = ? AND period = ?",
@@ -313,6 +309,20 @@ class AbeKeys:
             self.store.log(conn, "abe-period",
                            detail=f"period {made.number} from {when(made.starts)} to {when(made.ends)}{note}")
         return made
+
+    def preview_next_period(self, length: float | None = None, now: float | None = None, early: bool = False
+                            ) -> tuple[Period, bool]:
+        """What :meth:`next_period` would give, and whether it would make it (nothing is written)."""
+        now = time.time() if now is None else now
+        known = self.periods()
+        last = known[-1] if known else None
+        if last is not None and last.starts > now and not early:
+            return last, False  # the next period is already made (a renewal before it begins)
+        if last is not None and early and last.starts > now:
+            raise AbeError("The next period has not begun yet; it cannot end early.")
+        length = length if length is not None else (last.ends - last.starts if last else DEFAULT_PERIOD_S)
+        starts = now if last is None or early or last.ends <= now else last.ends
+        return Period((last.number if last else 0) + 1, starts, starts + length), True
 
     def period_for_grant(self, length: float | None = None, now: float | None = None) -> Period:
         """The period a grant issues for: the running one, else a new one of ``length`` (default a month)."""
@@ -404,11 +414,13 @@ class AbeKeys:
             if conn.execute(f"UPDATE {table} SET confirmed = 1 WHERE key_id = ? AND confirmed = 0",
                             (key_id,)).rowcount:
                 self.store.log(conn, "abe-grant-confirmed", detail=f"key {key_id.hex()[:16]}")
+            conn.execute("UPDATE abe_pads SET confirmed = 1 WHERE key_id = ?", (key_id,))  # its renewal pad
 
     def discard_grant(self, key_id: bytes, as_authority: bool) -> None:
         """Forget a grant the other device does not hold (never one both were known to hold)."""
         table = "abe_issued" if as_authority else "abe_keys"
         with self.store.transaction() as conn:
+            conn.execute("DELETE FROM abe_pads WHERE key_id = ? AND confirmed = 0", (key_id,))
             if conn.execute(f"DELETE FROM {table} WHERE key_id = ? AND confirmed = 0", (key_id,)).rowcount:
                 self.store.log(conn, "abe-grant-discarded",
                                detail=f"key {key_id.hex()[:16]}: the other device does not hold it")
@@ -481,4 +493,10 @@ def grant_local(authority: PadStore, member: PadStore, attributes: str | list[st
     key = auth.issue(attributes, member=member.device_name, member_device_id=member.device_id, how="local",
                      period=chosen)
     AbeKeys(member).add_member_key(public, key, window=(chosen.starts, chosen.ends))
+    from device.abe.renewal import PAD_BYTES, RenewalPads
+
+    pad = os.urandom(PAD_BYTES)  # one machine sees it anyway (development, tests)
+    for store, role, peer in ((authority, "authority", member.device_id), (member, "member", None)):
+        RenewalPads(AbeKeys(store)).add(pad, key.key_id, public.authority_id, peer, role)
+        AbeKeys(store).confirm_grant(key.key_id, as_authority=role == "authority")
     return key

@@ -172,6 +172,25 @@ STEPS: list[str] = [
     ALTER TABLE abe_issued ADD COLUMN ends REAL;
     ALTER TABLE abe_issued ADD COLUMN revoked REAL;
     """,
+    # 7 -> 8: renewal pads (issue 22, device/abe/renewal.py). A grant also makes a small pad between authority
+    # and member, kept with the grant (``key_id``) and confirmed with it; the authority sends renewed keys on
+    # it. ``pad`` is sealed in a PIN-locked home and its used bytes are overwritten; ``next`` is the
+    # authority's next free offset, or the member's frontier (below it everything is used).
+    """
+    CREATE TABLE abe_pads (
+        pad_id BLOB PRIMARY KEY CHECK (length(pad_id) = 16),
+        key_id BLOB NOT NULL,
+        authority_id BLOB NOT NULL,
+        peer_device_id BLOB,
+        role TEXT NOT NULL CHECK (role IN ('authority', 'member')),
+        mailbox BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        pad BLOB NOT NULL,
+        next INTEGER NOT NULL,
+        confirmed INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL
+    );
+    """,
 ]
 
 LATEST = len(STEPS)
