@@ -281,7 +281,13 @@ def _as_made_before_v2(home) -> None:
     """Turn a home back into schema 3 (package v1's), exactly as such a home looks on disk."""
     conn = sqlite3.connect(home / "device.db")
     try:
-        conn.executescript("ALTER TABLE pads DROP COLUMN confirmed; ALTER TABLE pads DROP COLUMN fingerprint;"  # 5
+        conn.executescript("DROP TABLE abe_pads;"  # step 8
+                           "DROP TABLE abe_periods; ALTER TABLE abe_keys DROP COLUMN period;"  # step 7
+                           "ALTER TABLE abe_keys DROP COLUMN starts; ALTER TABLE abe_keys DROP COLUMN ends;"
+                           "ALTER TABLE abe_issued DROP COLUMN period; ALTER TABLE abe_issued DROP COLUMN starts;"
+                           "ALTER TABLE abe_issued DROP COLUMN ends; ALTER TABLE abe_issued DROP COLUMN revoked;"
+                           "ALTER TABLE abe_issued DROP COLUMN proof_key;"  # step 6
+                           "ALTER TABLE pads DROP COLUMN confirmed; ALTER TABLE pads DROP COLUMN fingerprint;"  # 5
                            "ALTER TABLE abe_keys DROP COLUMN confirmed; ALTER TABLE abe_keys DROP COLUMN fingerprint;"
                            "ALTER TABLE abe_issued DROP COLUMN confirmed;"
                            "ALTER TABLE abe_issued DROP COLUMN fingerprint;"
