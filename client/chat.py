@@ -52,7 +52,8 @@ HELP = """commands:
   who; share <contact> on|off contacts online now; tell a contact when you are (off by default)
   contacts                    contacts and the pad left each way
   log                         the device's event log
-  rooms; join <room>; leave <room>   attribute-based rooms (invites added with otc room add)
+  rooms; join <room> [as <name>]; leave <room>
+                              attribute-based rooms (invites added with otc room add; a name the room shows)
   #<room>: <message>          send to a room you joined (confirmed on the device)
   receipts on|off             ask for delivery receipts (each costs 41 bytes of the receiver's pad)
   help, exit                  this text; leave (also Ctrl-D)
@@ -102,7 +103,12 @@ def parse_command(line: str, groups: dict[str, list[str]]) -> Command:
         if not contact or value.strip().lower() not in ("on", "off"):
             return Command("error", text="usage: share <contact> on|off")
         return Command("share", (contact,), value.strip().lower())
-    if word in ("join", "leave"):
+    if word == "join":
+        room, _, display = rest.partition(" as ")
+        if not room or " " in room or (display and " " in display.strip()) or (" as " in rest and not display):
+            return Command("error", text="usage: join <room> [as <name>]")
+        return Command("join", room=room.lstrip("#"), text=display.strip())
+    if word == "leave":
         if not rest or " " in rest:
             return Command("error", text=f"usage: {word} <room>")
         return Command(word, room=rest.lstrip("#"))
@@ -450,8 +456,9 @@ class Chat:
                                 f"{'' if room['keyed'] else ' (no key here)'}")
             elif command.name == "join":
                 room = self.rooms.room(command.room)
-                self.rooms.join(command.room)
-                self.system(f"#{room['room']}: joining; members decapsulate your contribution and the leader "
+                self.rooms.join(command.room, command.text or None)
+                self.system(f"#{room['room']}: joining as {command.text or 'this device'}; members decapsulate "
+                            "your contribution and the leader "
                             "sends the new epoch key")
                 self.watch(room)
             elif command.name == "leave":
@@ -553,14 +560,14 @@ class Chat:
         elif kind == "message" and outcome == "unreadable":
             self.system(f"#{name}: a message this device cannot read (sent under a key it does not hold)")
         elif kind == "contribution" and outcome == "accepted":
-            who = "you joined" if own else "a member joined"
+            who = "you joined" if own else f"{event.get('sender', 'a member')} joined"
             self.system(f"#{name}: {who} ({members} on the roster)")
         elif kind == "contribution" and outcome == "skipped":
             self.system(f"#{name}: a contribution that does not satisfy the room's policy was skipped")
         elif kind == "distribution" and outcome == "accepted":
             self.system(f"#{name}: epoch {event.get('epoch')}: {plural(members or 0, 'member')} share a new key")
         elif kind == "leave" and outcome == "accepted":
-            self.system(f"#{name}: a member left ({members} on the roster)")
+            self.system(f"#{name}: {event.get('sender', 'a member')} left ({members} on the roster)")
         elif outcome == "refused":
             self.add(Line(time.time(), "error", name, f"#{name}: an item was refused",
                           warnings=["tamper: a forged or altered room item was refused"]))

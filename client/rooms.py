@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from client.errors import ClientError
+from client.errors import ClientError, RemoteError
 from client.relay import RelayClient
 from client.rpc import DeviceClient
 
@@ -56,9 +56,11 @@ class RoomClient:
             if complete or not messages:
                 return events
 
-    def join(self, name: str) -> None:
+    def join(self, name: str, display: str | None = None) -> None:
+        """Post the device's contribution; ``display`` is the name the room shows (default: the device's)."""
         room = self.room(name)
-        self._post(room["mailbox"], self.device.call("room_join", room=room["room_id"])["post"])
+        params = {"name": display} if display is not None else {}
+        self._post(room["mailbox"], self.device.call("room_join", room=room["room_id"], **params)["post"])
 
     def leave(self, name: str) -> None:
         room = self.room(name)
@@ -79,3 +81,28 @@ class RoomClient:
             self.sync(name, wait=max(1.0, min(5.0, deadline - time.monotonic())))
             room = self.room(name)
         self._post(room["mailbox"], self.device.call("room_send", room=room["room_id"], text=text)["post"])
+
+
+def fetch_renewals(device: DeviceClient, relay: RelayClient) -> list[dict]:
+    """Read the device's renewal mailboxes (the authority's renewed keys, sent on the pads its grants left) and
+    hand each package to the device, which opens it and stores the key. One dict per package: ``outcome``
+    stored (with ``key``: attributes, period, end; never the key), used (opened before) or refused."""
+    mailboxes = device.call("abe_renewal_mailboxes")["mailboxes"]
+    cursors = {m: 0 for m in mailboxes}
+    out: list[dict] = []
+    while cursors:
+        messages, complete = relay.receive(cursors, limit=BATCH)
+        for message in messages:
+            cursors[message.mailbox] = max(cursors[message.mailbox], message.ref)
+            try:
+                key = device.call("abe_open_renewal", package=message.contents)["key"]
+            except RemoteError as exc:
+                if exc.code != "abe-renewal-refused":
+                    raise
+                used = "opened already" in str(exc)
+                out.append({"outcome": "used" if used else "refused", "reason": str(exc)})
+            else:
+                out.append({"outcome": "stored", "key": key})
+        if complete or not messages:
+            break
+    return out

@@ -49,6 +49,11 @@ def register(parts: argparse._SubParsersAction) -> None:
             p.add_argument(extra, metavar=extra.upper(),
                            help="the invite string `otc room create` printed" if extra == "invite"
                            else "the room's name (or its id)")
+        if name == "join":
+            p.add_argument("--name", metavar="NAME", dest="display",
+                           help="the name the room shows for you (letters, digits, . _ -; default: the "
+                           "device's name); bound to this membership's keys, so no other member can use it "
+                           "unnoticed")
         p.set_defaults(func=globals()[f"cmd_{name}"])
 
     p = sub.add_parser("send", help="send a message to a room (confirmed on the device)",
@@ -107,9 +112,10 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_join(args: argparse.Namespace) -> int:
     client = _client(args)
     client.sync(args.room)
-    client.join(args.room)
+    client.join(args.room, args.display)
     client.sync(args.room)
-    print(f"Joined {args.room}: the room's key comes with its leader's next distribution.")
+    shown = client.room(args.room).get("display_name") or args.display
+    print(f"Joined {args.room} as {shown}: the room's key comes with its leader's next distribution.")
     return 0
 
 
@@ -151,7 +157,16 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_recv(args: argparse.Namespace) -> int:
+    from client.rooms import fetch_renewals
+
     client = _client(args)
+    # Renewed attribute keys first (sent on the renewal pads): the device moves its rooms to the new period.
+    for got in fetch_renewals(client.device, client.relay):
+        if got["outcome"] == "stored":
+            k = got["key"]
+            line = (f"renewed key stored: {', '.join(k['attributes'])} from {k['authority']}, period {k['period']} "
+                    f"until {k['ends']}")
+            print(json.dumps({"renewal": k}) if args.json else f"[{k['authority']}] {line}")
     for room in client.rooms():
         for event in client.sync(room["room_id"], wait=args.wait):
             if event.get("kind") == "message" and event.get("outcome") in ("unreadable", "refused"):

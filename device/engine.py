@@ -474,6 +474,9 @@ class Device:
         for event in SECURITY_EVENTS:
             if counts.get(event):
                 warnings.append(f"{event}: {counts[event]} package(s) refused (see the event log)")
+        from device.abe.store import AbeKeys  # attribute keys whose period ends soon, or has ended (issue 22)
+
+        warnings += [f"abe-key-period: {w}" for w in AbeKeys(self.store).key_warnings()]
         return {
             "device": {"name": self.store.device_name, "device_id": self.store.device_id.hex()},
             "contacts": contacts,

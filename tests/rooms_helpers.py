@@ -19,6 +19,7 @@ class Keys:
 
     def __init__(self, public: PublicKey, member: MemberKey | None) -> None:
         self.public, self.member = public, member
+        self.windows: dict[int, tuple[float, float]] = {}  # a key period's (starts, ends), if not forever
 
     def public_key(self, name: str) -> PublicKey:
         return self.public
@@ -28,6 +29,11 @@ class Keys:
         if self.member is None or ciphertext.policy.prune(self.member.Kx) is None:
             raise NotSatisfied()
         return decapsulate(self.member, ciphertext)
+
+    def periods_held(self, authority_id: bytes) -> dict[int, tuple[float, float]]:
+        if self.member is None:
+            return {}
+        return {self.member.period or 0: self.windows.get(self.member.period or 0, (0.0, float("inf")))}
 
 
 class Clock:

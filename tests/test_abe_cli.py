@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -149,3 +150,65 @@ def test_help_for_every_subcommand():
         result = subprocess.run([sys.executable, "-m", "onetimechat.cli", *args, "--help"], capture_output=True,
                                 cwd=ROOT, timeout=60)
         assert result.returncode == 0 and b"usage:" in result.stdout
+
+
+def test_periods_members_and_revocation_at_the_command_line(homes, tmp_path):
+    """Issue 22: a key is for a period; the authority lists what it issued and revokes; the member's device says
+    when its key ends and warns in time."""
+    auth, alice, bob = homes
+    out = otc("abe", "grant-local", "--attributes", "OPS", "--period", "2w", str(auth), str(bob),
+              check=True).stdout.decode()
+    assert "period 1 until" in out  # the period the first grant began (30 days) runs on: bob's key is for it
+    listed = json.loads(otc("abe", "members", "--home", str(auth), "--json", check=True).stdout)
+    assert [(i["member"], i["attributes"], i["period"], i["revoked"]) for i in listed["issued"]] == [
+        ("alice", ["ADMIN", "STAFF"], 1, None), ("bob", ["OPS"], 1, None)]
+    assert len(listed["periods"]) == 1 and listed["periods"][0]["period"] == 1
+    out = otc("abe", "revoke", "--home", str(auth), "bob", check=True).stdout.decode()
+    assert out.startswith("Revoked 1 key of bob: no renewal from now on.")
+    shown = otc("abe", "members", "--home", str(auth), check=True).stdout.decode().splitlines()
+    assert "REVOKED" in shown[1] and "renewable" in shown[0] and "period 1 until" in shown[0]
+    again = otc("abe", "revoke", "--home", str(auth), "bob")
+    assert "already revoked" in one_line_error(again)
+    assert "issued no key" in one_line_error(otc("abe", "revoke", "--home", str(auth), "nobody"))
+    assert "reserved" in one_line_error(otc("abe", "grant-local", "--attributes", "PERIOD_7", str(auth), str(bob)))
+    bad = otc("abe", "grant-local", "--attributes", "OPS", "--period", "forever", str(auth), str(bob))
+    assert bad.returncode != 0 and "30d" in bad.stderr.decode() and "Traceback" not in bad.stderr.decode()
+    # The member's device shows its key's period and warns once renewal is due (here: the last week).
+    status = json.loads(otc("abe", "status", "--home", str(alice), "--json", check=True).stdout)
+    (held,) = status["held"]
+    assert held["period"] == 1 and held["state"] == "valid" and status["warnings"] == []
+    with open_home(alice, None) as store:
+        with store.transaction() as conn:
+            conn.execute("UPDATE abe_keys SET starts = ?, ends = ?", (time.time() - 29 * 86400, time.time() + 3600))
+    out = otc("abe", "status", "--home", str(alice), check=True).stdout.decode()
+    assert "renewal due" in out and "WARNING: the key from campus for ADMIN, STAFF (period 1) expires at" in out
+    device = json.loads(otc("device", "status", "--home", str(alice), "--json", check=True).stdout)
+    assert any(w.startswith("abe-key-period: the key from campus") for w in device["warnings"])
+
+
+def test_renewal_over_the_pad_at_the_command_line(homes, tmp_path):
+    """`otc abe renew --home` on the authority, `otc abe renewals --home` on the member, through a relay."""
+    from relay.app import create_app
+    from relay.config import RelayConfig
+    from relay.server import RelayServer
+
+    auth, alice, bob = homes
+    otc("abe", "grant-local", "--attributes", "OPS", str(auth), str(bob), check=True)
+    otc("abe", "revoke", "--home", str(auth), "bob", check=True)
+    server = RelayServer(create_app(RelayConfig(db=f"sqlite:///{tmp_path / 'relay.db'}")), "127.0.0.1", 0,
+                         threads=4).start()
+    try:
+        out = otc("abe", "renew", "--home", str(auth), "--relay", server.url, check=True).stdout.decode()
+        assert "Renewed 1 member for period 2" in out and ": alice" in out and "Not renewed: bob: revoked" in out
+        assert "bob" in one_line_error(otc("abe", "renew", "--home", str(auth), "bob", "--relay", server.url))
+        got = otc("abe", "renewals", "--home", str(alice), "--relay", server.url, check=True).stdout.decode()
+        assert "Stored a renewed key for ADMIN, STAFF from authority campus (period 2" in got
+        status = json.loads(otc("abe", "status", "--home", str(alice), "--json", check=True).stdout)
+        assert [(k["period"], k["state"]) for k in status["held"]] == [(1, "valid"), (2, "future")]
+        assert "No new renewal." in otc("abe", "renewals", "--home", str(bob), "--relay", server.url,
+                                        check=True).stdout.decode()
+        # Without a relay, the renewals are printed for the owner to carry (none left to send here).
+        printed = otc("abe", "renew", "--home", str(auth), check=True)
+        assert printed.stdout == b"" and "Renewed 0 members for period 2" in printed.stderr.decode()
+    finally:
+        server.close()

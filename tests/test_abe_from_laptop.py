@@ -193,6 +193,43 @@ def test_an_authority_on_a_device_without_a_shell(devices, tmp_path):
         assert all(m.room("ops")["keyed"] for m in members)
         members[0].send("ops", "granted through the laptops")
         assert "granted through the laptops" in [e.get("text") for e in members[1].sync("ops")]
+        # The authority's view and a revocation, confirmed on its screen (issue 22).
+        listed = json.loads(otc("abe", "members", "--device", auth.url, "--json", env=auth.env, check=True).stdout)
+        assert [(i["member"], i["period"], i["revoked"]) for i in listed["issued"]] == [
+            ("bob", 1, None), ("carol", 1, None)]
+        for approve in (False, True):
+            seen_revoke: list = []
+            answering = answer_confirm(auth.console, approve, seen_revoke)
+            result = otc("abe", "revoke", "--device", auth.url, "bob", env=auth.env)
+            answering.join(5)
+            assert seen_revoke[0].kind == "abe-revoke" and "Revoke the keys of bob?" in seen_revoke[0].text
+            assert (result.returncode == 0) == approve, result.stderr
+        assert "Revoked 1 key of bob" in result.stdout.decode()
+        issued = client_of(auth).call("abe_members")["issued"]
+        assert [i["member"] for i in issued if i["revoked"]] == ["bob"]
+        # Bob's grant, carried by the laptops, left a renewal pad on both devices; the authority ends the period
+        # and renews carol (bob is revoked) over hers, confirmed on its screen; carol's laptop fetches it.
+        from device.abe.renewal import RenewalPads
+        from device.abe.store import AbeKeys
+
+        with PadStore(auth.home) as a, PadStore(bob.home) as b:
+            assert [p["confirmed"] for p in RenewalPads(AbeKeys(b)).describe()] == [True]
+            assert len([p for p in RenewalPads(AbeKeys(a)).describe() if p["confirmed"]]) == 2
+        seen_renew: list = []
+        answering = answer_confirm(auth.console, True, seen_renew)
+        result = otc("abe", "renew", "--device", auth.url, "--relay", relay.url, "--end-period", env=auth.env)
+        answering.join(5)
+        assert result.returncode == 0, result.stderr
+        assert seen_renew[0].kind == "abe-renew" and "Renew the keys of carol for period 2" in seen_renew[0].text
+        assert "Not renewed: bob: revoked" in seen_renew[0].text
+        out = result.stdout.decode()
+        assert "Renewed 1 member for period 2" in out and "Not renewed: bob: revoked" in out
+        got = otc("abe", "renewals", "--device", carol.url, "--relay", relay.url, env=carol.env, check=True)
+        assert "Stored a renewed key for ADMIN, STAFF from authority auth (period 2" in got.stdout.decode()
+        assert "No new renewal." in otc("abe", "renewals", "--device", carol.url, "--relay", relay.url,
+                                        env=carol.env, check=True).stdout.decode()
+        assert "No new renewal." in otc("abe", "renewals", "--device", bob.url, "--relay", relay.url,
+                                        env=bob.env, check=True).stdout.decode()
     finally:
         stop.set()
         approver.join(5)

@@ -166,3 +166,82 @@ def test_grant_host_and_join_commands(homes):
                             check=True).stdout)
     result = otc("abe", "decaps", "--home", str(member), input=sealed["ciphertext"].encode(), check=True)
     assert json.loads(result.stdout)["key_fingerprint"] == sealed["key_fingerprint"]
+
+
+def test_a_grant_leaves_a_renewal_pad_that_carries_the_next_periods_key(homes):
+    """Issue 22: the grant also makes a small pad (both shares committed first); the authority renews the key on
+    it without meeting; the member opens it once; a forged or replayed renewal changes nothing."""
+    import sqlite3
+
+    from device import package as fmt
+    from device.abe.renewal import PAD_BYTES, RenewalPads, RenewalRefused, plan_renewal, renew
+
+    auth, member = homes
+    owners = Owners({HOST: True, JOIN: True})
+    issued, received = grant(auth, member, "STAFF", owners)
+    assert not isinstance(issued, Exception) and not isinstance(received, Exception), (issued, received)
+    assert "(period 1, valid until" in owners.views[JOIN].lines()[0]  # both screens show the key's period
+    pads = {}
+    for home in (auth, member):
+        with sqlite3.connect(home / "device.db") as db:
+            pads[home] = db.execute("SELECT pad_id, mailbox, pad, size, confirmed, role FROM abe_pads").fetchall()
+        db.close()
+    (a,), (m,) = pads[auth], pads[member]
+    assert a[0] == m[0] and a[1] == m[1] and a[2] == m[2] and a[3] == PAD_BYTES and a[4] == m[4] == 1
+    assert (a[5], m[5]) == ("authority", "member") and a[2] != bytes(PAD_BYTES)
+    with PadStore(auth) as store:
+        keys = AbeKeys(store)
+        plan = plan_renewal(keys, end_period=True)
+        assert [name for _, name in plan.members] == ["alice"]
+        (renewal,) = renew(keys, plan, os.urandom)
+    data = fmt.decode(renewal.package)
+    with PadStore(member) as store:
+        pads_here = RenewalPads(AbeKeys(store))
+        assert pads_here.mailboxes() == [renewal.mailbox]
+        forged = bytearray(data)
+        forged[40] ^= 1
+        with pytest.raises(RenewalRefused):
+            pads_here.open(bytes(forged))
+        assert [k.period for k in AbeKeys(store).held()] == [1]  # nothing changed
+        held = pads_here.open(data)
+        assert held.period == 2 and held.attributes == ("STAFF",)
+        with pytest.raises(RenewalRefused, match="opened already"):
+            pads_here.open(data)
+        assert sorted(k.period for k in AbeKeys(store).held()) == [1, 2]
+        assert {e["event"] for e in store.events(50)} >= {"abe-renewal-forged", "abe-renewal-replay"}
+    # The used bytes are gone on both devices.
+    for home in (auth, member):
+        with sqlite3.connect(home / "device.db") as db:
+            pad, used_to = db.execute("SELECT pad, next FROM abe_pads").fetchone()
+        db.close()
+        assert used_to == 16 + fmt.segment_length(len(data) - fmt.OVERHEAD)
+        assert pad[16:used_to] == bytes(used_to - 16)
+
+
+def test_a_device_that_chooses_its_pad_share_after_seeing_the_others_is_caught():
+    from device.abe.renewal import PAD_BYTES, make_pad
+    from provisioning.errors import CeremonyBroken
+
+    left, right = socket.socketpair()
+    out: dict = {}
+    k1, k2 = os.urandom(32), os.urandom(32)
+    honest_wire, cheat = Wire(left), Wire(right)
+    honest_wire.set_keys(k1, k2)  # as after the agreement: a sealed link
+    cheat.set_keys(k2, k1)
+
+    def honest() -> None:
+        try:
+            out["honest"] = make_pad(honest_wire, os.urandom)
+        except CeremonyBroken as exc:
+            out["honest"] = exc
+
+    thread = threading.Thread(target=honest)
+    thread.start()
+    cheat.send({"t": "pad-commit"}, bytes(32))  # a commitment to nothing it will reveal
+    cheat.recv()
+    cheat.recv()  # sees the honest share first...
+    cheat.send({"t": "pad-share"}, bytes(PAD_BYTES))  # ...then sends one of its choosing
+    thread.join(10)
+    left.close()
+    right.close()
+    assert isinstance(out["honest"], CeremonyBroken) and "commitment" in str(out["honest"])

@@ -17,7 +17,10 @@ import secrets
 import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
+
+import pytest
 
 from device.abe.store import AbeKeys
 from device.engine import Device
@@ -302,7 +305,8 @@ def test_a_device_posing_as_an_authority_is_refused_and_the_member_keeps_its_key
     with PadStore(mallory) as store:
         wire = Wire(her_sock)
         agree(wire, HOST, store, os.urandom, GRANT)
-        wire.send({"t": "offer", "attributes": ["STAFF"]}, public.encode())
+        wire.send({"t": "offer", "attributes": ["STAFF"], "period": [1, time.time(), time.time() + 86400]},
+                  public.encode())
         wire.send({"t": "confirm", "ok": True})
         wire.send({"t": "holding", "keys": {}})  # "I issued you nothing": before v3 the member believed it
         assert wire.recv()[0]["t"] == "refuse"
@@ -313,3 +317,73 @@ def test_a_device_posing_as_an_authority_is_refused_and_the_member_keeps_its_key
     with PadStore(member) as store:
         assert AbeKeys(store).grants_with(public.authority_id, as_authority=False) == keys_before
         assert [k.key_id for k in AbeKeys(store).member_keys()] == [kid]
+
+
+@pytest.mark.parametrize("poses_as", ["member", "authority"])
+def test_a_made_up_proof_of_a_pending_grant_confirms_nothing(tmp_path, poses_as):
+    """A pending grant is confirmed only on the other side's proof, never on its id and the fingerprint."""
+    from device.abe.grant import PROTOCOL as GRANT
+    from device.abe.grant import grant_host, grant_join
+    from tests.test_ceremony_attacks import GRANT_FINISH, grants
+
+    campus, member, mallory = homes(tmp_path, "campus", "alice", "mallory")
+    with PadStore(campus) as store:
+        public = AbeKeys(store).become_authority()
+    counts: dict[str, int] = {}
+    c0, m0 = homes(tmp_path, "c0", "m0")
+    with PadStore(c0) as store:
+        AbeKeys(store).become_authority()
+    run_grant(c0, m0, "STAFF", cutting_connect(None, counts))
+    direction, back = GRANT_FINISH[1]  # the member's "stored" is lost: pending on both
+    run_grant(campus, member, "STAFF", cutting_connect((direction, counts[direction] + back), {}, True))
+    issued, held = grants(campus, member)
+    assert list(issued.values()) == [False] and list(held.values()) == [False]
+    with PadStore(member) as store:
+        [(kid, (_ok, fingerprint, _attrs))] = AbeKeys(store).grants_with(public.authority_id, False).items()
+    if poses_as == "member":
+        claim_id(mallory, device_id(member))
+    else:
+        with sqlite3.connect(mallory / "device.db") as db:
+            db.execute("UPDATE device SET name = ?", (public.name,))
+        db.close()
+    # Mallory lists the grant with its id and the fingerprint both screens showed, and a made-up proof.
+    listing = {kid.hex(): {"state": "pending", "fingerprint": fingerprint, "proof": secrets.token_hex(32)}}
+    target, target_home = (grant_host, campus) if poses_as == "member" else (grant_join, member)
+    victim_sock, her_sock = socket.socketpair()
+    for s in (victim_sock, her_sock):
+        s.settimeout(20)
+
+    def victim() -> None:
+        with PadStore(target_home) as store:
+            wire = Wire(victim_sock)
+            try:
+                if target is grant_host:
+                    grant_host(store, wire, "STAFF", lambda view: True)
+                else:
+                    grant_join(store, wire, lambda view: True)
+            except Exception:  # noqa: BLE001, S110 - how it ends is not the point; what it kept is
+                pass
+            finally:
+                wire.close()
+
+    thread = threading.Thread(target=victim)
+    thread.start()
+    with PadStore(mallory) as store:
+        wire = Wire(her_sock)
+        if poses_as == "member":
+            agree(wire, JOIN, store, os.urandom, GRANT)
+            wire.recv()  # the offer
+        else:
+            agree(wire, HOST, store, os.urandom, GRANT)
+            wire.send({"t": "offer", "attributes": ["STAFF"], "period": [1, time.time(), time.time() + 86400]},
+                      public.encode())
+        wire.send({"t": "confirm", "ok": True})
+        wire.recv()
+        wire.send({"t": "holding", "keys": listing})
+        wire.recv()
+        wire.close()
+    thread.join(30)
+    issued_after, held_after = grants(campus, member)
+    assert issued_after.get(kid) is not True and held_after.get(kid) is not True
+    with PadStore(member) as store:
+        assert kid not in {k.key_id for k in AbeKeys(store).member_keys()}  # never usable on her word

@@ -135,6 +135,7 @@ GROUPS = {"team": ["bob", "carol"]}
     ("rooms", Command("rooms")),
     ("groups", Command("groups")),
     ("join ops", Command("join", room="ops")),
+    ("join #ops as bob.ops", Command("join", room="ops", text="bob.ops")),
     ("leave #ops", Command("leave", room="ops")),
     ("#ops: hello room", Command("room", text="hello room", room="ops")),
     ("#ops hello", Command("room", text="hello", room="ops")),
@@ -155,6 +156,8 @@ def test_parse_command(line, expected):
     ("bob:", "unknown command"),
     ("hello there", "unknown command 'hello'"),
     ("join", "usage: join"),
+    ("join ops as", "usage: join"),
+    ("join ops bob", "usage: join"),
     ("#ops:", "usage: #<room>"),
 ])
 def test_parse_command_errors(line, error):
@@ -202,15 +205,15 @@ def test_rooms_in_the_chat(tmp_path):
         chats["dave"].type("join ops")  # OPS alone does not satisfy the policy: refused at once, saying why
         chats["dave"].wait_for("do not satisfy the room's policy STAFF and (ADMIN or OPS)")
         chats["bob"].wait_for("members share a new key", timeout=60)
-        chats["alice"].wait_for("#ops: a member joined", count=1, timeout=60)
+        chats["alice"].wait_for("#ops: bob joined", count=1, timeout=60)
         chats["alice"].type("#ops: hello room")
         chats["alice"].wait_for("me → #ops: hello room  ✓", timeout=60)
-        chats["bob"].wait_for(": hello room", timeout=60)
+        chats["bob"].wait_for("#ops alice: hello room", timeout=60)
         assert world.people["alice"].source.asked[-1] == "hello room"
         assert "hello room" not in chats["dave"].text().replace("#ops: hello room", "")
         chats["bob"].type("leave ops")
         chats["bob"].wait_for("#ops: left")
-        chats["alice"].wait_for("#ops: a member left", timeout=60)
+        chats["alice"].wait_for("#ops: bob left", timeout=60)
         for chat in chats.values():
             assert chat.close() == 0
             assert "Traceback" not in chat.text()

@@ -281,9 +281,14 @@ def _as_made_before_v2(home) -> None:
     """Turn a home back into schema 3 (package v1's), exactly as such a home looks on disk."""
     conn = sqlite3.connect(home / "device.db")
     try:
-        conn.executescript("ALTER TABLE device DROP COLUMN identity; ALTER TABLE contacts DROP COLUMN peer_identity;"
-                           "ALTER TABLE abe_authorities DROP COLUMN device_identity;"  # 7
-                           "ALTER TABLE abe_issued DROP COLUMN proof_key;"  # 6
+        conn.executescript("DROP TABLE abe_pads;"  # step 9
+                           "DROP TABLE abe_periods; ALTER TABLE abe_keys DROP COLUMN period;"  # step 8
+                           "ALTER TABLE abe_keys DROP COLUMN starts; ALTER TABLE abe_keys DROP COLUMN ends;"
+                           "ALTER TABLE abe_issued DROP COLUMN period; ALTER TABLE abe_issued DROP COLUMN starts;"
+                           "ALTER TABLE abe_issued DROP COLUMN ends; ALTER TABLE abe_issued DROP COLUMN revoked;"
+                           "ALTER TABLE device DROP COLUMN identity; ALTER TABLE contacts DROP COLUMN peer_identity;"
+                           "ALTER TABLE abe_authorities DROP COLUMN device_identity;"  # step 7
+                           "ALTER TABLE abe_issued DROP COLUMN proof_key;"  # step 6
                            "ALTER TABLE pads DROP COLUMN confirmed; ALTER TABLE pads DROP COLUMN fingerprint;"  # 5
                            "ALTER TABLE abe_keys DROP COLUMN confirmed; ALTER TABLE abe_keys DROP COLUMN fingerprint;"
                            "ALTER TABLE abe_issued DROP COLUMN confirmed;"

@@ -128,7 +128,7 @@ def test_leader_that_cannot_distribute_is_replaced_after_the_timeout():
     w.clock.now += a.leader_timeout
     w.log.sync()
     assert a.epochs[e].key is not None and a.epochs[e].key == b.epochs[e].key
-    leaders = [ev.sender for ev in w.log.events[id(b)] if ev.kind == "distribution" and ev.outcome == "accepted"]
+    leaders = [ev.sender_id for ev in w.log.events[id(b)] if ev.kind == "distribution" and ev.outcome == "accepted"]
     assert leaders[-1] == a.me[:6].hex()
 
 
@@ -322,3 +322,173 @@ def test_a_member_that_leaves_and_rejoins_reads_what_follows_and_nothing_from_wh
     w.log.post(c.send("third time"))
     w.log.sync()
     assert w.log.texts(b2)[-1] == "third time"
+
+
+def _events(w: World, member: RoomMember, kind: str = "message") -> list:
+    return [e for e in w.log.events[id(member)] if e.kind == kind and e.outcome == "accepted"]
+
+
+def test_senders_are_shown_by_the_display_name_their_contribution_binds():
+    w = World(ATTRS[:3])
+    a, b, c = w.members
+    for m, name in ((a, "alice"), (b, "bob"), (c, "carol")):
+        w.log.post(m.join(name))
+        w.log.sync()
+    w.log.post(b.send("hello"))
+    w.log.sync()
+    (seen,) = _events(w, a)
+    assert (seen.sender, seen.sender_id, seen.text) == ("bob", b.me[:6].hex(), "hello")
+    assert a.status()["display_name"] == "alice" and b.label(a.me) == "alice"
+    # The name is inside the signed contribution and under its bind tag (a MAC under k_j): nobody can change
+    # the name in bob's item (its signature, and the bind, fail), and a member who learnt bob's k_j (only
+    # once bob's contribution is on the relay) cannot wrap bob's ciphertext in keys and a name of its own:
+    # that ciphertext is taken.
+    raw = next(r for r in map(wire.from_text, w.log.items) if wire.member_id(r) == b.me)
+    item = wire.decode(raw, w.room.room_id)
+    assert isinstance(item, wire.Contribution) and item.name == "bob"
+    renamed = raw.replace(b"\x03bob", b"\x03eve")
+    assert a.receive(len(w.log.items) + 1, wire.to_text(renamed)).outcome == "refused"  # its signature fails
+    k = a._ks[b.me]
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    copied = wire.contribution(w.room.room_id, item.ciphertext_bytes, k, x, sig, "bob2")
+    assert a.receive(len(w.log.items) + 2, wire.to_text(copied)).outcome == "ignored"  # that ciphertext is taken
+
+
+def test_a_name_two_memberships_chose_is_shown_with_each_ones_id():
+    w = World(ATTRS[:3])
+    a, b, c = w.members
+    for m, name in ((a, "alice"), (b, "bob"), (c, "bob")):  # c claims bob's name
+        w.log.post(m.join(name))
+        w.log.sync()
+    w.log.post(b.send("the real bob"))
+    w.log.post(c.send("also bob"))
+    w.log.sync()
+    shown = {e.text: e.sender for e in _events(w, a)}
+    assert shown == {"the real bob": f"bob~{b.me[:6].hex()}", "also bob": f"bob~{c.me[:6].hex()}"}
+    assert shown["the real bob"] != shown["also bob"]
+    # Even once the first bob left, the second is still shown with its id: the name was taken in this room.
+    w.log.post(b.leave())
+    w.log.sync()
+    w.log.post(c.send("only bob now"))
+    w.log.sync()
+    assert _events(w, a)[-1].sender == f"bob~{c.me[:6].hex()}"
+    with pytest.raises(Exception):
+        wire.contribution(w.room.room_id, b"", os.urandom(32), *(_keys()), "bob~123456")  # not a name
+
+
+def _keys():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+
+
+def test_a_type_1_contribution_is_still_read_and_shown_by_its_id():
+    w = World(ATTRS[:2])
+    a, b = w.members
+    w.log.post(a.join("alice"))
+    w.log.sync()
+    w.log.post(b.join())  # no name: a type-1 contribution
+    w.log.sync()
+    w.log.post(b.send("anonymous"))
+    w.log.sync()
+    assert _events(w, a)[-1].sender == f"member~{b.me[:6].hex()}"
+    state = a.to_dict()
+    for row in state["members"]:
+        del row[7:]  # a state stored before names
+    old = RoomMember.from_dict(json.loads(json.dumps(state)), a.keys, clock=w.clock)
+    assert old.label(a.me) == f"member~{a.me[:6].hex()}"
+
+
+def _period_world() -> tuple[World, list[Keys]]:
+    """Three members with keys of period 1; returns the world and a period-2 renewal for each."""
+    w = World(ATTRS[:3])
+    for keys, attrs in zip(w.keys, ATTRS[:3]):
+        keys.member = keygen(w.master, attrs, period=1)
+    for m in w.members:
+        w.log.post(m.join())
+        w.log.sync()
+    renewed = [Keys(w.master.public, keygen(w.master, attrs, period=2)) for attrs in ATTRS[:3]]
+    return w, renewed
+
+
+def _renew(keys: Keys, new: Keys) -> None:
+    """The device now holds its period-1 key and the period-2 one (as a device store would)."""
+    old = keys.member
+    assert old is not None and new.member is not None
+
+    def decaps(ct, old=old, new=new.member):
+        for k in (new, old):
+            if ct.policy.prune(k.Kx) is not None:
+                from device.abe.scheme import decapsulate
+                return decapsulate(k, ct)
+        from device.abe.errors import NotSatisfied
+        raise NotSatisfied()
+
+    keys.decapsulate = decaps  # type: ignore[method-assign]
+    keys.periods_held = lambda aid: {1: (0.0, float("inf")), 2: (0.0, float("inf"))}  # type: ignore[method-assign]
+
+
+def test_renewed_members_move_the_room_to_the_next_period_one_by_one():
+    w, renewed = _period_world()
+    a, b, c = w.members
+    assert a.period == 1 and a.status()["keyed"]
+    _renew(w.keys[0], renewed[0])
+    w.log.sync()  # a re-contributes by itself under period 2: the room moves; b and c hold it aside
+    assert a.period == 2 and a.status()["my_period"] == 2 and a.status()["members"] == 1
+    assert b.period == 1 and b.status()["later_periods"] == [2]
+    w.log.post(a.send("only a can read"))
+    w.log.sync()
+    assert "only a can read" not in w.log.texts(b)
+    _renew(w.keys[1], renewed[1])  # b is renewed later: it catches up from what it held aside
+    w.log.sync()
+    assert b.period == 2 and b.status()["keyed"] and a.status()["epoch_members"] == 2
+    e = a.current_epoch
+    assert a.epochs[e].key == b.epochs[e].key
+    w.log.post(b.send("b is back in"))
+    w.log.sync()
+    assert "b is back in" in w.log.texts(a) and "b is back in" not in w.log.texts(c)
+    # c, not renewed, joins again with its period-1 key: skipped by a and b.
+    w.log.post(c.leave())
+    w.log.sync()
+    w.log.post(c.join())
+    w.clock.now += 3 * a.leader_timeout
+    w.log.sync()
+    assert a.status()["epoch_members"] == 2
+    w.log.post(a.send("still two"))
+    w.log.sync()
+    assert "still two" in w.log.texts(b) and "still two" not in w.log.texts(c)
+
+
+def test_a_contribution_under_a_period_nobody_holds_changes_nothing():
+    """Anyone can encapsulate under any period: one nobody holds keys of is held aside, never moves the room."""
+    w, _ = _period_world()
+    a, b, c = w.members
+    room = RoomMember(w.room, w.keys[0], clock=w.clock)
+    enc = encapsulate(w.master.public, room.policy_for(99))
+    x, sig = _keys()
+    w.log.post(wire.contribution(w.room.room_id, enc.ciphertext.encode(), enc.key, x, sig, "mallory"))
+    w.log.sync()
+    assert [m.period for m in (a, b, c)] == [1, 1, 1] and a.status()["later_periods"] == [99]
+    assert a.status()["members"] == 3 and a.status()["keyed"]
+    w.log.post(c.send("nothing changed"))
+    w.log.sync()
+    assert "nothing changed" in w.log.texts(a)
+    # And the state, with what it holds aside, comes back from the store the same.
+    again = RoomMember.from_dict(json.loads(json.dumps(a.to_dict())), a.keys, clock=w.clock)
+    assert again.period == 1 and list(again.future) == list(a.future)
+
+
+def test_an_honest_member_neither_sends_nor_distributes_once_its_period_has_ended():
+    w, _ = _period_world()
+    a, b, c = w.members
+    for keys in w.keys:
+        keys.windows[1] = (0.0, w.clock.now + 60)
+    w.clock.now += 61
+    with pytest.raises(Exception, match="period has ended"):
+        a.send("too late")
+    w.log.post(c.leave())
+    w.log.sync()
+    assert a.duties() == [] and not a.status()["keyed"]

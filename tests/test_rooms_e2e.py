@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sqlite3
+import time
 
 import pytest
 
@@ -43,7 +45,10 @@ class Owner:
 
 
 class Clock:
-    now = 1000.0
+    """The devices' clock, from now (keys are issued for a period that begins now), moved by the tests."""
+
+    def __init__(self) -> None:
+        self.now = time.time() + 5  # just after the keys issued in the fixture
 
     def __call__(self) -> float:
         return self.now
@@ -262,3 +267,147 @@ def test_the_member_count_shown_is_the_one_the_message_is_sent_to(world):
     assert alice.owner.asked[-1].members == 2
     sync_all(room, devices, 1)
     assert "for the two of us" in devices["bob"].read and "for the three of us" not in devices["bob"].read
+
+
+FOUR = {"m1": "STAFF,ADMIN", "m2": "STAFF,OPS", "m3": "OPS", "m4": "STAFF,ADMIN,OPS"}  # m3 falls short
+
+
+@pytest.fixture
+def four(tmp_path):
+    """An authority, four member devices (m3's key does not satisfy the policy) and a real relay."""
+    server = RelayServer(create_app(RelayConfig(db=f"sqlite:///{tmp_path / 'relay.db'}")), "127.0.0.1", 0,
+                         threads=8).start()
+    relay = RelayClient(server.url)
+    auth = PadStore.init(tmp_path / "auth", "auth")
+    AbeKeys(auth).become_authority()
+    devices = {}
+    for name, attributes in FOUR.items():
+        PadStore.init(tmp_path / name, name).close()
+        devices[name] = Device(tmp_path / name, relay, Clock())
+        grant_local(auth, devices[name].store, attributes)
+    clock = Clock()
+    for d in devices.values():
+        d.rooms = DeviceRooms(d.store, d.owner, clock=clock)
+    room = DeviceRooms(auth, Owner()).create("ops", POLICY)
+    for d in devices.values():
+        d.rooms.add(Room.from_invite(room.invite()))
+    yield room, devices, clock, auth
+    for d in devices.values():
+        d.store.close()
+    auth.close()
+    server.close()
+
+
+def said(device: Device, text: str) -> None:
+    device.post(device.room, device.rooms.send("ops", text))
+
+
+def fetch_renewals(device: Device) -> list[str]:
+    """The member's laptop reads its renewal mailboxes; the device opens each renewal on its pad."""
+    from device import package as fmt
+    from device.abe.renewal import RenewalPads
+
+    pads = RenewalPads(AbeKeys(device.store))
+    messages, _ = device.relay.receive({m: 0 for m in pads.mailboxes()}, limit=100)
+    return [pads.open(fmt.decode(m.contents)).key_id.hex() for m in messages]
+
+
+def test_a_revoked_member_reads_nothing_after_its_period_even_by_rejoining(four):
+    """Issue 22, end to end: rejoining, revocation, the period ended early, members renewed over their renewal
+    pads through the relay (without meeting) reading on."""
+    from device.abe.renewal import plan_renewal, renew
+
+    room, devices, clock, auth = four
+    m1, m2, m3, m4 = (devices[n] for n in FOUR)
+    for d in devices.values():
+        d.room = room
+    with pytest.raises(RoomError, match=r"do not satisfy the room's policy"):
+        m3.rooms.join("ops")  # refused at once, nothing posted
+    for d in (m1, m2, m4):
+        d.post(room, d.rooms.join("ops"))
+        sync_all(room, devices)
+    said(m1, "all three")
+    sync_all(room, devices, 1)
+    assert all("all three" in d.read for d in (m1, m2, m4)) and m3.read == []
+    shown = [e["sender"] for e in m4.events if e.get("text") == "all three"]
+    assert shown == ["m1"]  # by its display name (its device's), not an id
+
+    # m2 leaves and rejoins: it reads what is sent after, not what was sent while it was away.
+    m2.post(room, m2.rooms.leave("ops"))
+    sync_all(room, devices)
+    said(m1, "while m2 was away")
+    sync_all(room, devices)
+    m2.post(room, m2.rooms.join("ops"))
+    sync_all(room, devices)
+    said(m4, "m2 is back")
+    sync_all(room, devices)
+    assert "m2 is back" in m2.read and "while m2 was away" not in m2.read
+    assert "while m2 was away" in m4.read
+
+    # The authority revokes m2 and ends the period early for everyone but the revoked: m1, m3 and m4 are
+    # renewed over their renewal pads, through the relay.
+    keys = AbeKeys(auth)
+    revoked = keys.revoke("m2")
+    assert [i.member for i in revoked] == ["m2"] and revoked[0].revoked
+    old_key = AbeKeys(m2.store).member_keys()[0]
+    plan = plan_renewal(keys, end_period=True, now=clock.now)
+    assert [name for _, name in plan.members] == ["m1", "m3", "m4"] and plan.left == ["m2: revoked"]
+    assert "ends NOW" in plan.question() and "Not renewed: m2: revoked" in plan.question()
+    with pytest.raises(Exception, match="revoked"):
+        plan_renewal(keys, "m2")
+    renewals = renew(keys, plan, os.urandom, now=clock.now)
+    period = keys.periods()[-1]
+    assert period.number == 2 and keys.periods()[0].ends == clock.now
+    for r in renewals:
+        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    assert renew(keys, plan, os.urandom, now=clock.now) == []  # each member is renewed once per period
+    assert fetch_renewals(m2) == []  # m2's mailbox stays empty
+    for d in (m1, m4):
+        (key_id,) = fetch_renewals(d)
+        assert AbeKeys(d.store).periods_held(keys.master().public.authority_id)[2] == (period.starts, period.ends)
+        with pytest.raises(Exception, match="opened already"):
+            fetch_renewals(d)  # a renewal opens once
+    assert {i.member: i.revoked is not None for i in keys.issued() if i.period == 1} == {
+        "m1": False, "m2": True, "m3": False, "m4": False}
+    assert sorted(i.member for i in keys.issued() if i.period == 2) == ["m1", "m3", "m4"]
+    sync_all(room, devices)  # m1 and m4 re-contribute by themselves under period 2; the room moves to it
+    r1 = m1.rooms.find("ops")
+    assert r1.period == 2 and r1.status()["keyed"] and r1.status()["epoch_members"] == 2
+    said(m1, "period two")
+    sync_all(room, devices)
+    assert "period two" in m4.read and "period two" not in m2.read
+    assert any(e.get("kind") == "message" and e.get("outcome") == "unreadable" for e in m2.events)
+
+    # m2, still holding its old key, leaves and joins again: it reads nothing of the new period.
+    assert AbeKeys(m2.store).member_keys()[0].key_id == old_key.key_id
+    m2.post(room, m2.rooms.leave("ops"))
+    sync_all(room, devices)
+    m2.post(room, m2.rooms.join("ops"))
+    clock.now += 3 * r1.leader_timeout  # long enough for any duty to fall to m2 on its own stale roster
+    sync_all(room, devices)
+    said(m4, "after m2 rejoined")
+    sync_all(room, devices)
+    assert "after m2 rejoined" in m1.read and "after m2 rejoined" not in m2.read
+    assert m1.rooms.find("ops").status()["epoch_members"] == 2  # its period-1 contribution was skipped
+    # Even a contribution m2 makes under period 2 by hand (the public key suffices) earns it no key: it
+    # cannot decapsulate m1's and m4's k_j, so no K_abe.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from device.abe.scheme import encapsulate
+
+    public = AbeKeys(m2.store).public_key("auth")
+    enc = encapsulate(public, r1.policy_for(2))
+    forged = wire.contribution(room.room_id, enc.ciphertext.encode(), enc.key, X25519PrivateKey.generate(),
+                               Ed25519PrivateKey.generate(), "m2")
+    m2.post(room, wire.to_text(forged))
+    sync_all(room, devices)
+    said(m1, "still ours")
+    sync_all(room, devices)
+    assert "still ours" in m4.read and "still ours" not in m2.read
+    recorded, _ = m2.relay.receive({room.mailbox: 0}, limit=500)
+    for item in recorded:
+        decoded = wire.decode(wire.from_text(item.contents), room.room_id)
+        if isinstance(decoded, wire.Contribution) and r1.period_of(decoded.ciphertext) == 2:
+            with pytest.raises(Exception):
+                decapsulate(old_key, decoded.ciphertext)

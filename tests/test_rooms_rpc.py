@@ -45,8 +45,12 @@ def test_rooms_over_the_rpc(tmp_path, capsys, monkeypatch):
             client.device.call("room_add", invite=invite)
         with pytest.raises(RemoteError, match="do not satisfy the room's policy"):
             people["dave"][1].join("ops")  # refused before anything is posted
-        for name in ("alice", "bob"):
-            people[name][1].join("ops")
+        people["alice"][1].join("ops")  # shown as its device's name
+        monkeypatch.setenv("OTC_CLIENT_HOME", str(people["bob"][0].laptop))
+        capsys.readouterr()
+        assert main(["room", "join", "--device", people["bob"][0].url, "--relay", relay_server.url, "ops",
+                     "--name", "bob.ops"]) == 0
+        assert "Joined ops as bob.ops" in capsys.readouterr().out
         # Right after the change the leader sends: the client fetches the key it needs first.
         people["alice"][1].send("ops", "straight after the join")
         assert "straight after the join" in [e.get("text") for e in people["bob"][1].sync("ops")]
@@ -71,6 +75,7 @@ def test_rooms_over_the_rpc(tmp_path, capsys, monkeypatch):
                      "--json"]) == 0
         lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
         assert [x["text"] for x in lines] == ["hello room", "from the cli"] and lines[0]["room"] == "ops"
+        assert [x["sender"] for x in lines] == ["alice", "bob.ops"] and lines[0]["own"]
         # Dave, who could not join, is told of each message he cannot open rather than shown nothing.
         monkeypatch.setenv("OTC_CLIENT_HOME", str(people["dave"][0].laptop))
         assert main(["room", "recv", "--device", people["dave"][0].url, "--relay", relay_server.url]) == 0
@@ -90,6 +95,7 @@ def test_rooms_over_the_rpc(tmp_path, capsys, monkeypatch):
         capsys.readouterr()
         assert main(["room", "recv", "--device", people["alice"][0].url, "--relay", relay_server.url]) == 0
         out = capsys.readouterr().out
+        assert "[ops] bob.ops: Sell all shares" in out
         assert "Sell all shares<U+000D><U+001B>[2KLunch at 1?<U+202E>" in out
         assert "\x1b" not in out and "\u202e" not in out and "\r" not in out
         # Errors are one line.

@@ -13,14 +13,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from device.abe.errors import MalformedAbeData, NotAnAuthority
+from device.abe.errors import AbeError, MalformedAbeData, NotAnAuthority
 from device.abe.grant import GrantView, grant_host, grant_join
+from device.abe.periods import when
 from device.abe.store import AbeKeys, grant_local
 from device.confirm import MODES, refuse_auto_in_production
 from device.home import open_home
 from hrng.mixer import pad_random
 from onetimechat import terminal
 from onetimechat.errors import UsageError
+from onetimechat.text import plural
 from provisioning.agree import accept_one, connect
 from provisioning.wire import Wire
 
@@ -54,6 +56,7 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("member_home", metavar="MEMBER_HOME", type=Path, help="the member device's home")
     p.add_argument("--auth-pin-file", type=Path, help="the PIN of AUTH_HOME, if it is PIN-locked")
     p.add_argument("--member-pin-file", type=Path, help="the PIN of MEMBER_HOME, if it is PIN-locked")
+    _period(p)
     p.set_defaults(func=cmd_grant_local)
 
     grant = sub.add_parser("grant", help="issue a key in person",
@@ -71,6 +74,7 @@ def register(parts: argparse._SubParsersAction) -> None:
         if role == "host":
             p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to wait for the member")
             p.add_argument("--attributes", required=True, help="comma-separated attributes, e.g. STAFF,ADMIN")
+            _period(p)
         else:
             p.add_argument("--connect", required=True, metavar="HOST:PORT", help="the authority's device")
         p.add_argument("--confirm", choices=MODES, default="tty",
@@ -94,11 +98,49 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_decaps)
 
     p = sub.add_parser("status", help="authorities, keys held and keys issued",
-                       description="Show the authorities this device knows, the attributes of the keys it "
-                       "holds and, for an authority, what it issued (never a key).")
+                       description="Show the authorities this device knows, the keys it holds (attributes, "
+                       "period, when it ends, renewal due) and, for an authority, what it issued (never a key).")
     _home_or_device(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("members", help="the keys this authority issued: member, attributes, period, revocation",
+                       description="List the keys this authority issued: member, attributes, the period each is "
+                       "for and when it ends, and whether it is revoked (never a key).")
+    _home_or_device(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_members)
+
+    p = sub.add_parser("revoke", help="revoke a member's keys: no renewal for it",
+                       description="Mark the keys issued to MEMBER (a member's name, or a key id of at least 8 "
+                       "hex digits) revoked: the authority renews them no more, so once the period ends (or "
+                       "is ended early) the member reads no room's new "
+                       "epochs. With --device, the owner confirms on the device's screen.")
+    _home_or_device(p)
+    p.add_argument("member", metavar="MEMBER|KEY_ID", help="the member's name or a key id")
+    p.set_defaults(func=cmd_revoke)
+
+    p = sub.add_parser("renew", help="renew members' keys for the next period, over their renewal pads",
+                       description="Issue the next period's keys to every member not revoked (or to MEMBER), "
+                       "each sent on the renewal pad its grant left, through the relay: no meeting. The next "
+                       "period begins when the running one ends; --end-period ends it now (everyone but the "
+                       "revoked is renewed, and rooms move on as the renewed devices sync). With --device, the "
+                       "owner confirms on the device's screen.")
+    _home_or_device(p)
+    p.add_argument("member", nargs="?", metavar="MEMBER|KEY_ID", help="only this member (default: all)")
+    p.add_argument("--end-period", action="store_true", help="end the running period now")
+    p.add_argument("--period", metavar="DURATION", type=_duration,
+                   help="how long the next period lasts (default: as long as the last one)")
+    p.add_argument("--relay", metavar="URL", help="the relay to post the renewals to (with --device, default the "
+                   "last one given; with --home and no relay, they are printed as JSON lines)")
+    p.set_defaults(func=cmd_renew)
+
+    p = sub.add_parser("renewals", help="receive renewed keys the authority sent",
+                       description="Read this device's renewal mailboxes on the relay and have the device open "
+                       "each renewal on its pad and store the key (`otc room recv` does it too).")
+    _home_or_device(p)
+    p.add_argument("--relay", metavar="URL", help="the relay (with --device, default the last one given)")
+    p.set_defaults(func=cmd_renewals)
 
 
 def _home(p: argparse.ArgumentParser) -> None:
@@ -113,6 +155,21 @@ def _home_or_device(p: argparse.ArgumentParser) -> None:
                        help="the device this laptop is paired with (its owner confirms on its screen); with "
                        "neither --home nor --device, the one `otc client` remembers")
     p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device (with --home)")
+
+
+def _period(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--period", metavar="DURATION", type=_duration,
+                   help="how long a new period lasts, e.g. 30d, 2w, 12h (default 30d); a key is issued for the "
+                   "authority's running period, or a new one of this length when none is running")
+
+
+def _duration(text: str) -> float:
+    from device.abe.periods import parse_duration
+
+    try:
+        return parse_duration(text)
+    except AbeError as exc:  # argparse shows the message as one line
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _device(args: argparse.Namespace) -> DeviceClient:
@@ -142,9 +199,11 @@ def cmd_grant_local(args: argparse.Namespace) -> int:
         raise UsageError("AUTH_HOME and MEMBER_HOME must be two different devices.")
     with open_home(args.auth_home, args.auth_pin_file) as auth, \
             open_home(args.member_home, args.member_pin_file) as member:
-        key = grant_local(auth, member, args.attributes)
+        key = grant_local(auth, member, args.attributes, args.period)
+        period = AbeKeys(auth).current_period()
+        until = f", period {key.period} until {when(period.ends)}" if period is not None else ""
         print(f"Issued a key for {', '.join(key.attributes)} from authority {auth.device_name} "
-              f"to {member.device_name} (key {key.key_id.hex()[:16]}).")
+              f"to {member.device_name} (key {key.key_id.hex()[:16]}{until}).")
     return 0
 
 
@@ -179,29 +238,161 @@ def cmd_decaps(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _shown(args: argparse.Namespace, method: str) -> dict | None:
+    """What the read-only RPC ``method`` answers (from the device, or the home's store with --home); printed
+    and None with --json."""
     if args.device:
-        status = _device(args).call("abe_status")
+        answer = _device(args).call(method)
     else:
-        from device.abe.rpc import abe_status
+        from device.abe import rpc
 
         with open_home(args.home, args.pin_file) as store:
-            status = abe_status(store)
+            answer = getattr(rpc, method)(store)
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps(answer, indent=2))
+        return None
+    return answer  # type: ignore[no-any-return]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _shown(args, "abe_status")
+    if status is None:
         return 0
     if not status["authorities"]:
         print("No attribute authorities: run `otc abe authority` or receive a key with `otc abe grant join`.")
+    held = status.get("held", [])
     for a in status["authorities"]:
         own = " (this device)" if a["own"] else ""
         print(f"Authority {a['name']}{own}, fingerprint {a['fingerprint']}")
-        for attrs in a["keys"]:
-            print(f"  key held for {', '.join(attrs)}")
+        if a["own"] and a.get("period"):
+            p = a["period"]
+            print(f"  period {p['period']} running, until {p['ends']}")
+        for k in held:
+            if k["authority"] == a["name"]:
+                print(f"  key held for {', '.join(k['attributes'])}{_validity(k)}")
+    for warning in status.get("warnings", []):
+        print(f"WARNING: {warning}")
     if status["issued"]:
         print("Issued:")
     for i in status["issued"]:
         print(f"  {i['issued']}  {i['member']:<20} {', '.join(i['attributes'])} ({i['how']}, key {i['key_id'][:16]})")
     return 0
+
+
+def _validity(k: dict) -> str:
+    if k.get("period") is None:
+        return " (no period: from before periods)"
+    state = {"expiring": ", renewal due", "expired": ", EXPIRED", "future": ", not yet begun"}.get(k["state"], "")
+    return f" (period {k['period']}, {k['starts']} to {k['ends']}{state})"
+
+
+def cmd_members(args: argparse.Namespace) -> int:
+    members = _shown(args, "abe_members")
+    if members is None:
+        return 0
+    if not members["issued"]:
+        print("This authority has issued no key yet.")
+    for i in members["issued"]:
+        period = f"period {i['period']} until {i['ends']}" if i["period"] is not None else "no period"
+        revoked = f"REVOKED {i['revoked']}" if i["revoked"] else "renewable"
+        print(f"{i['member']:<20} {', '.join(i['attributes']):<24} {period}  {revoked}  key {i['key_id'][:16]}")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    if args.device:
+        print("Confirm on the device's screen.", flush=True)
+        revoked = _device(args).call("abe_revoke", member=args.member)["revoked"]
+    else:
+        with open_home(args.home, args.pin_file) as store:
+            revoked = [i.to_dict() for i in AbeKeys(store).revoke(args.member)]
+    print(f"Revoked {plural(len(revoked), 'key')} of {revoked[0]['member']}: no renewal from now on. Its last "
+          f"period ends {max(str(i['ends']) for i in revoked)}.")
+    return 0
+
+
+def cmd_renew(args: argparse.Namespace) -> int:
+    from client.relay import RelayClient
+
+    relay: RelayClient | None
+    if args.device:
+        device = _device(args)
+        relay_url = device.state.resolve_relay(args.relay)
+        print("Confirm on the device's screen.", flush=True)
+        answer = device.call("abe_renew", **({"member": args.member} if args.member else {}),
+                             end_period=args.end_period, **({"period": args.period} if args.period else {}))
+        period, renewals, left = answer["period"], answer["renewals"], answer["left"]
+        relay = RelayClient(relay_url, on_answer=device.state.relay_answered)
+    else:
+        from device.abe.renewal import plan_renewal, renew
+
+        with open_home(args.home, args.pin_file) as store:
+            keys = AbeKeys(store)
+            plan = plan_renewal(keys, args.member, args.end_period, args.period)
+            with _randomness([]) as random_bytes:
+                renewals = [r.to_dict() for r in renew(keys, plan, random_bytes)]
+            period, left = plan.period.to_dict(), plan.left
+        relay = RelayClient(args.relay) if args.relay else None
+    if relay is None:
+        for r in renewals:
+            print(json.dumps({"mailbox": r["mailbox"], "package": r["package"], "member": r["member"]}))
+    else:
+        for r in renewals:
+            relay.send(r["mailbox"], r["package"], r["key_id"])
+    print(f"Renewed {plural(len(renewals), 'member')} for period {period['period']} ({period['starts']} to "
+          f"{period['ends']}){': ' + ', '.join(r['member'] for r in renewals) if renewals else ''}"
+          f"{'; sent through the relay' if relay is not None and renewals else ''}.",
+          file=sys.stderr if relay is None else sys.stdout)
+    for why in left:
+        print(f"Not renewed: {why}", file=sys.stderr if relay is None else sys.stdout)
+    return 0
+
+
+def cmd_renewals(args: argparse.Namespace) -> int:
+    from client.relay import RelayClient
+
+    if args.device:
+        from client.rooms import fetch_renewals
+
+        device = _device(args)
+        got = fetch_renewals(device, RelayClient(device.state.resolve_relay(args.relay),
+                                                 on_answer=device.state.relay_answered))
+    else:
+        if not args.relay:
+            raise UsageError("With --home, give --relay URL.")
+        got = _renewals_here(args, RelayClient(args.relay))
+    for g in got:
+        if g["outcome"] == "stored":
+            k = g["key"]
+            print(f"Stored a renewed key for {', '.join(k['attributes'])} from authority {k['authority']} "
+                  f"(period {k['period']}, {k['starts']} to {k['ends']}).")
+        elif g["outcome"] == "refused":
+            print(f"otc: a renewal was refused: {g['reason']}", file=sys.stderr)
+    if not any(g["outcome"] == "stored" for g in got):
+        print("No new renewal.")
+    return 0
+
+
+def _renewals_here(args: argparse.Namespace, relay) -> list[dict]:  # type: ignore[no-untyped-def]
+    import time
+
+    from device import package as fmt
+    from device.abe.renewal import RenewalPads, RenewalRefused
+    from device.errors import DeviceError
+
+    out: list[dict] = []
+    with open_home(args.home, args.pin_file) as store:
+        pads = RenewalPads(AbeKeys(store))
+        cursors = {m: 0 for m in pads.mailboxes()}
+        messages, _ = relay.receive(cursors, limit=500) if cursors else ([], True)
+        for m in messages:
+            try:
+                held = pads.open(fmt.decode(m.contents))
+            except (RenewalRefused, DeviceError) as exc:
+                out.append({"outcome": "used" if "opened already" in str(exc) else "refused", "reason": str(exc)})
+            else:
+                out.append({"outcome": "stored", "key": held.to_dict(time.time())})
+    return out
 
 
 # -- in person ---------------------------------------------------------------------------
@@ -257,7 +448,9 @@ def _grant_from_laptop(args: argparse.Namespace, role: str, device: DeviceClient
                   f"from authority {status.get('authority')} (fingerprint {status.get('authority_fingerprint')}) "
                   f"to {status.get('member')}: compare them on both devices' screens and confirm there", flush=True)
 
-    params = {"attributes": args.attributes} if role == "host" else {}
+    params: dict = {"attributes": args.attributes} if role == "host" else {}
+    if role == "host" and args.period is not None:
+        params["period"] = args.period
     status = carry(device, role, sock, on_status=on_status, kind="grant", **params)
     attributes = ", ".join(status.get("attributes", []))
     if role == "host":
@@ -283,7 +476,7 @@ def cmd_grant_host(args: argparse.Namespace) -> int:
         with _randomness(args.hrng) as random_bytes:
             wire = Wire(_timed(accept_one(args.listen)))
             try:
-                key = grant_host(store, wire, args.attributes, confirm, random_bytes)
+                key = grant_host(store, wire, args.attributes, confirm, random_bytes, args.period)
             finally:
                 wire.close()
     print(f"Issued a key for {', '.join(key.attributes)} (key {key.key_id.hex()[:16]}); grant fingerprint "

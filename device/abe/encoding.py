@@ -37,7 +37,7 @@ from device.abe.group import (
     gt_decode,
     gt_encode,
 )
-from device.abe.policy import MAX_ATTRIBUTES, ORDER, Policy, normalise_attribute
+from device.abe.policy import MAX_ATTRIBUTES, ORDER, Policy, attribute_period, normalise_attribute
 from device.errors import InvalidName
 from device.storage.padstore import check_name
 
@@ -117,14 +117,26 @@ class MemberKey:
     Kx: dict[str, G1Point] = field(repr=False)
 
     @property
-    def attributes(self) -> tuple[str, ...]:
+    def all_attributes(self) -> tuple[str, ...]:
+        """Every attribute the key carries, its period's included (sorted: the encoding's order)."""
         return tuple(sorted(self.Kx))
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        """The attributes granted (without the period's)."""
+        return tuple(a for a in self.all_attributes if attribute_period(a) is None)
+
+    @property
+    def period(self) -> int | None:
+        """The authority's period this key is issued for (None: a key from before periods)."""
+        periods = [p for p in map(attribute_period, self.Kx) if p is not None]
+        return periods[0] if len(periods) == 1 else None
 
     def encode(self) -> bytes:
         out = [_header(MEMBER_KEY), self.authority_id, self.key_id,
                bytes(self.K.to_compressed_bytes()), bytes(self.L.to_compressed_bytes()),
                struct.pack(">H", len(self.Kx))]
-        for name in self.attributes:
+        for name in self.all_attributes:
             raw = name.encode("ascii")
             out += [bytes([len(raw)]), raw, bytes(self.Kx[name].to_compressed_bytes())]
         return b"".join(out)
@@ -235,6 +247,10 @@ def decode_member_key(data: bytes) -> MemberKey:
         previous = name
         kx[name] = g1_decode(r.take(G1_BYTES))
     r.end()
+    if sum(attribute_period(name) is not None for name in kx) > 1:
+        raise MalformedAbeData()  # a key is for one period
+    if all(attribute_period(name) is not None for name in kx):
+        raise MalformedAbeData()  # and carries at least one granted attribute
     return MemberKey(authority_id=authority_id, key_id=key_id, K=K, L=L, Kx=kx)
 
 

@@ -56,3 +56,21 @@ class AlreadyAuthority(AbeError):
     """This device is already an attribute authority."""
 
     code = "abe-already-authority"
+
+
+class BadPeriod(AbeError):
+    """A key period is not a duration this device accepts."""
+
+    code = "abe-period"
+
+
+class UnknownMember(AbeError):
+    """This authority issued no key to that member (or with that key id)."""
+
+    code = "abe-unknown-member"
+
+
+class Revoked(AbeError):
+    """The member's keys are revoked: the authority renews them no more."""
+
+    code = "abe-revoked"

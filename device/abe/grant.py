@@ -2,14 +2,18 @@
 
 The two devices run the same authenticated key agreement as pad pairing
 (provisioning/agree.py: a committed X25519 exchange and a short
-authentication string), under the protocol name ``otc-abe-grant-v3``. Then,
+authentication string), under the protocol name ``otc-abe-grant-v4``. Then,
 over the sealed link:
 
-1. the authority sends its public key and the attributes it offers;
+1. the authority sends its public key, the attributes it offers and the
+   period the key is for (number, start, end: the key carries PERIOD_<n>);
 2. both devices show the pairing string, the authority's name and
    fingerprint, the member's name and the attributes; each owner confirms on
    his own device (either "no" stops the grant, nothing is issued);
 3. both settle what an earlier grant between them left unfinished (below);
+   then, for a new grant, they make a small renewal pad, each device's share
+   committed before it sees the other's (device/abe/renewal.py), which the
+   authority later sends renewed keys on, without meeting;
 4. the authority makes the key, records it as issued but pending (never the
    key itself) and sends it; the member checks it against the public key with
    pairings, stores it pending (sealed in a PIN-locked home) and answers with
@@ -37,7 +41,9 @@ from dataclasses import dataclass
 
 from device.abe.encoding import decode_member_key, decode_public_key
 from device.abe.errors import AbeError, PolicyError
-from device.abe.policy import parse_attributes
+from device.abe.periods import MAX_PERIOD_S, Period, when
+from device.abe.policy import check_unreserved, parse_attributes
+from device.abe.renewal import RenewalPads, make_pad
 from device.abe.scheme import check_member_key, keygen
 from device.abe.store import AbeKeys, grant_fingerprint
 from device.storage.padstore import PadStore, device_id_for
@@ -54,7 +60,7 @@ def _challenge(wire: Wire) -> str:
     return "OTCPROOF_" + wire.export(AUTHORITY_PROOF)[:12].hex().upper()
 
 
-PROTOCOL = "otc-abe-grant-v3"  # v3: what an earlier grant left is settled on proofs, never on an id
+PROTOCOL = "otc-abe-grant-v4"  # v4: a key for a period, and a renewal pad; v3: settled on proofs
 
 
 @dataclass(frozen=True)
@@ -67,12 +73,15 @@ class GrantView:
     fingerprint: str
     member: str
     attributes: tuple[str, ...]
+    period: Period | None = None
 
     def lines(self) -> list[str]:
         who = (f"Grant a key to {self.member}" if self.role == HOST
                else f"Accept a key from authority {self.authority}")
+        valid = (f" (period {self.period.number}, valid until {when(self.period.ends)})"
+                 if self.period is not None else "")
         return [
-            f"{who} for the attributes: {', '.join(self.attributes)}",
+            f"{who} for the attributes: {', '.join(self.attributes)}{valid}",
             f"Authority {self.authority}, fingerprint {self.fingerprint}",
             f"Pairing string: {self.sas} (the other device must show the same string and attributes)",
         ]
@@ -189,15 +198,19 @@ def _finish(wire: Wire, keys: AbeKeys, key_id: bytes, fingerprint: str, as_autho
 
 
 def grant_host(store: PadStore, wire: Wire, attributes: str | list[str], confirm: Confirm,
-               random_bytes: Callable[[int], bytes] = os.urandom) -> Granted:
-    """The authority's side: offer ``attributes``, and issue the key once both owners confirm."""
+               random_bytes: Callable[[int], bytes] = os.urandom, period: float | None = None) -> Granted:
+    """The authority's side: offer ``attributes`` for the running period (or a new one lasting ``period``
+    seconds, default a month), and issue the key once both owners confirm."""
     keys = AbeKeys(store)
     public = keys.master().public  # NotAnAuthority before anything is sent
     names = parse_attributes(attributes)
+    check_unreserved(names, "a key's attributes")
     agreed = agree(wire, HOST, store, random_bytes, PROTOCOL)
-    wire.send({"t": "offer", "attributes": list(names)}, public.encode())
+    chosen = keys.period_for_grant(period)
+    wire.send({"t": "offer", "attributes": list(names), "period": [chosen.number, chosen.starts, chosen.ends]},
+              public.encode())
     view = GrantView(role=HOST, sas=agreed.sas, authority=public.name, fingerprint=public.fingerprint,
-                     member=agreed.peer_name, attributes=names)
+                     member=agreed.peer_name, attributes=names, period=chosen)
     _both_confirm(wire, view, confirm)
     wire.send({"t": "authority-proof"}, keygen(keys.master(), [_challenge(wire)], random_bytes).encode())
     # The member is filed under its identity's hash (its device id, for every device made since identities):
@@ -206,8 +219,10 @@ def grant_host(store: PadStore, wire: Wire, attributes: str | list[str], confirm
     earlier = _settle(wire, keys, member_id, as_authority=True, trusted=True)
     if earlier is not None:
         return earlier
+    pad = make_pad(wire, random_bytes)
     key = keys.issue(names, member=agreed.peer_name, member_device_id=member_id, how="in person",
-                     random_bytes=random_bytes, pending=True)
+                     random_bytes=random_bytes, pending=True, period=chosen)
+    RenewalPads(keys).add(pad, key.key_id, public.authority_id, member_id, "authority")
     fingerprint = grant_fingerprint(public.authority_id, key, member_id)
     wire.send({"t": "key"}, key.encode())
     _finish(wire, keys, key.key_id, fingerprint, as_authority=True)
@@ -223,9 +238,13 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
     try:
         public = decode_public_key(data)
         names = parse_attributes([str(a) for a in offer["attributes"]])
-    except (AbeError, PolicyError, KeyError, TypeError):
+        check_unreserved(names, "a key's attributes")
+        number, starts, ends = offer["period"]
+        period = Period(int(number), float(starts), float(ends))
+    except (AbeError, PolicyError, KeyError, TypeError, ValueError):
         raise CeremonyBroken("The other device sent a malformed offer.") from None
-    if public.name != agreed.peer_name or not names:
+    if (public.name != agreed.peer_name or not names or period.number < 1
+            or not 0 < period.ends - period.starts <= MAX_PERIOD_S):
         raise CeremonyBroken("The other device sent a malformed offer.")
     try:
         keys.check_authority(public)
@@ -248,7 +267,7 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
         raise CeremonyRefused(f"The other device offers authority {public.name}'s key but is not the device its "
                               "keys came from (another identity key): the grant stopped, nothing changed.")
     view = GrantView(role=JOIN, sas=agreed.sas, authority=public.name, fingerprint=public.fingerprint,
-                     member=store.device_name, attributes=names)
+                     member=store.device_name, attributes=names, period=period)
     _both_confirm(wire, view, confirm)
     _, proof = _expect(wire, "authority-proof")
     try:
@@ -264,16 +283,18 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
     if earlier is not None:
         keys.bind_authority_identity(public.authority_id, agreed.peer_identity)
         return earlier
+    pad = make_pad(wire, random_bytes)
     _, data = _expect(wire, "key")
     try:
         key = decode_member_key(data)
-        if key.attributes != names:
-            raise CeremonyBroken("The key does not carry the attributes both owners confirmed.")
-        fingerprint = keys.add_member_key(public, key, pending=True)
+        if key.attributes != names or key.period != period.number:
+            raise CeremonyBroken("The key does not carry the attributes and period both owners confirmed.")
+        fingerprint = keys.add_member_key(public, key, pending=True, window=(period.starts, period.ends))
     except AbeError:
         raise CeremonyBroken("The other device sent a key that does not match its authority.") from None
     # Only the authority's own device can make a key that checks against its public key: its identity is
     # the one this authority's keys come from, from now on.
     keys.bind_authority_identity(public.authority_id, agreed.peer_identity)
+    RenewalPads(keys).add(pad, key.key_id, public.authority_id, None, "member")
     _finish(wire, keys, key.key_id, fingerprint, as_authority=False)
     return Granted(key_id=key.key_id, attributes=key.attributes, fingerprint=fingerprint)

@@ -97,6 +97,33 @@ def parse_attributes(text: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
+# Key periods (issue 22): a key issued for period n of its authority carries the attribute PERIOD_<n> as well
+# as those granted, so a ciphertext under "(policy) and PERIOD_<n>" opens only with a key of that period.
+# The prefix is reserved: no granted attribute and no room policy may use it.
+PERIOD_PREFIX = "PERIOD_"
+_PERIOD = re.compile(r"PERIOD_([1-9][0-9]{0,8})")
+
+
+def period_attribute(period: int) -> str:
+    """The attribute that binds a key to its authority's period ``period`` (1, 2, ...)."""
+    if not isinstance(period, int) or isinstance(period, bool) or not 0 < period < 10**9:
+        raise PolicyError("a key period is a number from 1", 0)
+    return f"{PERIOD_PREFIX}{period}"
+
+
+def attribute_period(name: str) -> int | None:
+    """The period a key attribute names, or None for an ordinary attribute."""
+    match = _PERIOD.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def check_unreserved(names: Iterable[str], what: str) -> None:
+    """Refuse attributes that use the reserved period prefix (granted attributes, room policies)."""
+    for name in names:
+        if name.upper().startswith(PERIOD_PREFIX):
+            raise PolicyError(f"{PERIOD_PREFIX}... is reserved for key periods; it cannot be used in {what}", 0)
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text

@@ -1,6 +1,12 @@
 """The device RPC's attribute-authority methods (added to DeviceService.methods by device/server.py).
 
-    abe_status      {}                    -> {"authorities": [...], "issued": [...]}   (never a key)
+    abe_status      {}                    -> {"authorities": [...], "held": [...], "warnings": [...], "issued": [...]}
+    abe_members     {}                    -> {"issued": [...]}   (member, attributes, period, revoked; never a key)
+    abe_revoke      {"member"}            -> {"revoked": [...]}  (the owner confirms first)
+    abe_renew       {"member"?, "end_period"?, "period"?} -> {"period", "renewals": [{"member", "mailbox",
+                                             "package"}], "left": [...]}   (the owner confirms first)
+    abe_renewal_mailboxes {}              -> {"mailboxes": [hex]}   (a member's renewal pads' relay mailboxes)
+    abe_open_renewal {"package"}          -> {"key": {...}}   (a renewal package from the relay; never the key)
     abe_authority   {"name"?}             -> {"name", "fingerprint"}   (the owner confirms first)
     room_create     {"name", "policy"}    -> the room's status, with its invite
 
@@ -18,12 +24,14 @@ it an authority, issues keys and creates rooms.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
-from device.abe.errors import AlreadyAuthority
+from device.abe.errors import AlreadyAuthority, Revoked
 from device.abe.grant import GrantView, grant_host, grant_join
-from device.abe.policy import Policy, parse_attributes
+from device.abe.periods import parse_duration
+from device.abe.policy import Policy, check_unreserved, parse_attributes
 from device.abe.store import AbeKeys
 from device.confirm import ConfirmRequest, ConfirmSource
 from device.errors import Declined, DeviceError
@@ -48,9 +56,25 @@ def _text(params: dict, name: str) -> str:
 
 
 def abe_status(store: PadStore) -> dict:
-    """What `otc abe status --json` prints: authorities with the attributes of the keys held, keys issued."""
+    """What `otc abe status --json` prints: authorities (an own one with its running period), the keys held
+    with their periods, warnings (renewal due, expired), keys issued."""
     keys = AbeKeys(store)
-    return {"authorities": keys.authorities(), "issued": [i.to_dict() for i in keys.issued()]}
+    now = time.time()
+    authorities = keys.authorities()
+    for a in authorities:
+        if a["own"]:
+            period = keys.current_period(now)
+            a["period"] = period.to_dict() if period is not None else None
+    return {"authorities": authorities, "held": [k.to_dict(now) for k in keys.held()],
+            "warnings": keys.key_warnings(now), "issued": [i.to_dict() for i in keys.issued()]}
+
+
+def abe_members(store: PadStore) -> dict:
+    """What `otc abe members --json` prints: every key this authority issued (never a key)."""
+    keys = AbeKeys(store)
+    keys.master()  # abe-not-authority
+    return {"issued": [i.to_dict() for i in keys.issued()],
+            "periods": [p.to_dict() for p in keys.periods()]}
 
 
 def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
@@ -83,6 +107,7 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
         store = service.ready()
         check_name(name)
         parsed = Policy.parse(policy)  # its error, with the position, before the owner is asked
+        check_unreserved(parsed.rows, "a room's policy")
         AbeKeys(store).master()  # abe-not-authority, likewise
         rooms = rooms_for(service)
         request = ConfirmRequest(
@@ -96,7 +121,77 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
         room = rooms.create(name, policy)
         return rooms.describe(room.room_id.hex())
 
-    return {"abe_status": status, "abe_authority": authority, "room_create": room_create}
+    def members(client: Any, params: dict) -> dict:
+        return abe_members(service.ready())
+
+    def revoke(client: Any, params: dict) -> dict:
+        store = service.ready()
+        who = _text(params, "member")
+        keys = AbeKeys(store)
+        keys.master()
+        found = [i for i in keys.find_issued(who) if i.revoked is None]  # unknown-member before asking
+        if not found:
+            raise Revoked(f"The keys of {who[:40]!r} are already revoked.")
+        request = ConfirmRequest(
+            contact="attribute authority", kind="abe-revoke",
+            plaintext=(f"Revoke the keys of {found[0].member}?\n\n"
+                       + "\n".join(f"{', '.join(i.attributes)} (period {i.period}, key {i.key_id.hex()[:16]})"
+                                   for i in found)
+                       + "\n\nThis authority will renew them no more: once their period ends, or you end it "
+                         f"early, the member reads no room's new epochs.\n\nAsked by the laptop {client.name}."
+                       ).encode(),
+            consumes=0, left_after=0)
+        if not service.broker.ask(request):
+            store.log_event("declined", detail=f"revoking keys, asked by laptop {client.name}")
+            raise Declined("The owner did not approve: nothing was revoked.")
+        return {"revoked": [i.to_dict() for i in keys.revoke(who)]}
+
+    def renew_keys(client: Any, params: dict) -> dict:
+        from device.abe.renewal import plan_renewal, renew
+
+        store = service.ready()
+        who = params.get("member")
+        if who is not None:
+            who = _text(params, "member")
+        early = params.get("end_period", False)
+        length = params.get("period")
+        if not isinstance(early, bool) or (length is not None and (isinstance(length, bool)
+                                                                   or not isinstance(length, (int, float)))):
+            raise BadAbeRequest("'end_period' is true or false, 'period' a number of seconds.")
+        if length is not None:
+            length = parse_duration(f"{int(length)}s")
+        keys = AbeKeys(store)
+        keys.master()
+        plan = plan_renewal(keys, who, early, length)  # who gets nothing, and why, before the owner is asked
+        request = ConfirmRequest(contact="attribute authority", kind="abe-renew",
+                                 plaintext=(plan.question() + f"\n\nAsked by the laptop {client.name}.").encode(),
+                                 consumes=0, left_after=0)
+        if not service.broker.ask(request):
+            store.log_event("declined", detail=f"renewing keys, asked by laptop {client.name}")
+            raise Declined("The owner did not approve: nothing was renewed.")
+        renewals = renew(keys, plan, service.session_random)
+        return {"period": plan.period.to_dict(), "renewals": [r.to_dict() for r in renewals], "left": plan.left}
+
+    def renewal_mailboxes(client: Any, params: dict) -> dict:
+        from device.abe.renewal import RenewalPads
+
+        return {"mailboxes": RenewalPads(AbeKeys(service.ready())).mailboxes()}
+
+    def open_renewal(client: Any, params: dict) -> dict:
+        from device import package as fmt
+        from device.abe.renewal import RenewalPads, RenewalRefused
+        from device.errors import MalformedPackage
+
+        try:
+            data = fmt.decode(_text(params, "package"))
+        except MalformedPackage:
+            raise RenewalRefused("That is not a renewal package.") from None
+        held = RenewalPads(AbeKeys(service.ready())).open(data)
+        return {"key": held.to_dict(time.time())}
+
+    return {"abe_status": status, "abe_authority": authority, "room_create": room_create,
+            "abe_members": members, "abe_revoke": revoke, "abe_renew": renew_keys,
+            "abe_renewal_mailboxes": renewal_mailboxes, "abe_open_renewal": open_renewal}
 
 
 # -- grants carried by laptops -------------------------------------------------------------
@@ -109,6 +204,11 @@ def start_grant(service: Any, client: Any, params: dict) -> dict:
         raise BadAbeRequest("A grant's role is host (the authority) or join (the member).")
     if params.get("size") is not None or params.get("name") is not None:
         raise BadAbeRequest("A grant takes no size or name.")
+    period = params.get("period")
+    if period is not None:
+        if role != HOST or isinstance(period, bool) or not isinstance(period, (int, float)):
+            raise BadAbeRequest("Only the authority's side (host) gives a period, in seconds.")
+        period = parse_duration(f"{int(period)}s")
     store = service.ready()
     attributes: tuple[str, ...] = ()
     if role == HOST:
@@ -128,7 +228,7 @@ def start_grant(service: Any, client: Any, params: dict) -> dict:
 
     def grant(store: PadStore, wire: Wire, random_bytes: Callable[[int], bytes]) -> dict:
         if role == HOST:
-            key = grant_host(store, wire, list(attributes), confirm, random_bytes)
+            key = grant_host(store, wire, list(attributes), confirm, random_bytes, period)
         else:
             key = grant_join(store, wire, confirm, random_bytes)
         state = runner.status()

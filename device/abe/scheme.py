@@ -47,7 +47,7 @@ from device.abe.group import (
     random_scalar,
     scalar,
 )
-from device.abe.policy import ORDER, Policy, parse_attributes
+from device.abe.policy import ORDER, Policy, check_unreserved, parse_attributes, period_attribute
 from device.storage.padstore import check_name
 from onetimechat.crypto import derive_key, equal
 
@@ -82,11 +82,15 @@ def setup(name: str, random_bytes: RandomBytes = os.urandom) -> MasterKey:
 
 
 def keygen(master: MasterKey, attributes: str | list[str] | tuple[str, ...],
-           random_bytes: RandomBytes = os.urandom) -> MemberKey:
-    """A member key for ``attributes`` (normalised, at least one)."""
+           random_bytes: RandomBytes = os.urandom, period: int | None = None) -> MemberKey:
+    """A member key for ``attributes`` (normalised, at least one), bound to the authority's period ``period``
+    (its attribute PERIOD_<n> added) when given."""
     names = parse_attributes(attributes)
     if not names:
         raise MalformedAbeData("A key needs at least one attribute.")
+    check_unreserved(names, "a key's attributes")
+    if period is not None:
+        names = tuple(sorted(names + (period_attribute(period),)))
     t = random_scalar(random_bytes)
     st = scalar(t)
     return MemberKey(

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -32,12 +34,16 @@ from device.abe.errors import (
     AbeError,
     AlreadyAuthority,
     DecapsulationFailed,
+    MalformedAbeData,
     NotAnAuthority,
     NotSatisfied,
+    Revoked,
     UnknownAuthority,
+    UnknownMember,
 )
 from device.abe.group import RandomBytes
-from device.abe.policy import Policy, parse_attributes
+from device.abe.periods import DEFAULT_PERIOD_S, Period, warn_at, when
+from device.abe.policy import Policy, check_unreserved, parse_attributes
 from device.abe.scheme import Encapsulation, check_member_key, decapsulate, encapsulate, keygen, setup
 from device.storage.padstore import PadStore, device_id_for
 from onetimechat.crypto import equal
@@ -46,7 +52,7 @@ from onetimechat.crypto import equal
 def grant_fingerprint(authority_id: bytes, key: MemberKey, member_device_id: bytes) -> str:
     """What both screens show at the end of a grant: a hash of the key granted, who by and to whom."""
     digest = hashlib.sha256(b"otc grant fingerprint v1\x00" + authority_id + member_device_id + key.key_id
-                            + ",".join(key.attributes).encode() + b"\x00"
+                            + ",".join(key.all_attributes).encode() + b"\x00"
                             + hashlib.sha256(key.encode()).digest()).hexdigest()
     return " ".join(digest[i : i + 4] for i in range(0, 20, 4))
 
@@ -68,6 +74,10 @@ class Issued:
     attributes: tuple[str, ...]
     how: str
     issued: float
+    period: int | None = None
+    starts: float | None = None
+    ends: float | None = None
+    revoked: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -76,8 +86,40 @@ class Issued:
             "member_device_id": self.member_device_id.hex() if self.member_device_id else None,
             "attributes": list(self.attributes),
             "how": self.how,
-            "issued": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.issued)),
+            "issued": when(self.issued),
+            "period": self.period,
+            "starts": when(self.starts),
+            "ends": when(self.ends),
+            "revoked": when(self.revoked),
         }
+
+
+@dataclass(frozen=True)
+class HeldKey:
+    """A key this device holds, as shown (never the key): its authority, attributes and period."""
+
+    key_id: bytes
+    authority: str
+    authority_id: bytes
+    attributes: tuple[str, ...]
+    period: int | None
+    starts: float | None
+    ends: float | None
+
+    def state(self, now: float) -> str:
+        """valid, expiring (renewal due), expired, or future (a renewal whose period has not begun)."""
+        if self.ends is None or self.starts is None:
+            return "valid"
+        if now >= self.ends:
+            return "expired"
+        if now < self.starts:
+            return "future"
+        return "expiring" if now >= warn_at(self.starts, self.ends) else "valid"
+
+    def to_dict(self, now: float) -> dict:
+        return {"key_id": self.key_id.hex(), "authority": self.authority, "attributes": list(self.attributes),
+                "period": self.period, "starts": when(self.starts), "ends": when(self.ends),
+                "state": self.state(now)}
 
 
 class AbeKeys:
@@ -163,14 +205,18 @@ class AbeKeys:
 
     # -- member keys ------------------------------------------------------------------------
 
-    def add_member_key(self, public: PublicKey, key: MemberKey, pending: bool = False) -> str:
+    def add_member_key(self, public: PublicKey, key: MemberKey, pending: bool = False,
+                       window: tuple[float, float] | None = None,
+                       after: Callable[[sqlite3.Connection], None] | None = None) -> str:
         """Store a key received from its authority, after checking it against the public key; its grant
         fingerprint. A ``pending`` key is not used until :meth:`confirm_grant` (the authority holds the
-        grant too)."""
+        grant too). ``window`` is (starts, ends) of the key's period, which a key with a period needs."""
         self.check_authority(public)
         check_member_key(public, key)
         if self.store.read("SELECT 1 FROM abe_keys WHERE key_id = ?", (key.key_id,)):
             raise AbeError("The authority sent a key whose id this device already holds.")
+        if (key.period is None) != (window is None) or (window is not None and not window[0] < window[1]):
+            raise MalformedAbeData("The key's period does not match what its authority says of it.")
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO abe_authorities (authority_id, name, public_key, master_key, created)"
@@ -180,13 +226,16 @@ class AbeKeys:
             # The authority files this device under its identity's hash (its id, unless made before identities).
             fingerprint = grant_fingerprint(public.authority_id, key, device_id_for(self.store.identity_public))
             conn.execute(
-                "INSERT INTO abe_keys (key_id, authority_id, attributes, secret, created, confirmed, fingerprint)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO abe_keys (key_id, authority_id, attributes, secret, created, confirmed, fingerprint,"
+                " period, starts, ends) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key.key_id, key.authority_id, ",".join(key.attributes),
-                 self._seal(key.encode(), b"abe key " + key.key_id), time.time(), int(not pending), fingerprint),
+                 self._seal(key.encode(), b"abe key " + key.key_id), time.time(), int(not pending), fingerprint,
+                 key.period, window[0] if window else None, window[1] if window else None),
             )
             self.store.log(conn, "abe-key-received",
                            detail=f"key for {', '.join(key.attributes)} from authority {public.name}")
+            if after is not None:
+                after(conn)  # in the same commit (a renewal destroys its pad bytes with it)
         return fingerprint
 
     def member_keys(self, authority_id: bytes | None = None) -> list[MemberKey]:
@@ -199,26 +248,152 @@ class AbeKeys:
         rows = self.store.read(sql + " ORDER BY created", params)
         return [decode_member_key(self._open(secret, b"abe key " + bytes(kid))) for kid, secret in rows]
 
+    def held(self) -> list[HeldKey]:
+        """The keys this device holds (confirmed), as shown: attributes and periods, never a key."""
+        rows = self.store.read(
+            "SELECT k.key_id, a.name, k.authority_id, k.attributes, k.period, k.starts, k.ends FROM abe_keys k"
+            " JOIN abe_authorities a ON a.authority_id = k.authority_id WHERE k.confirmed = 1 ORDER BY k.created")
+        return [HeldKey(bytes(r[0]), r[1], bytes(r[2]), tuple(r[3].split(",")), r[4], r[5], r[6]) for r in rows]
+
+    def periods_held(self, authority_id: bytes) -> dict[int, tuple[float, float]]:
+        """The periods of ``authority_id`` this device holds a key for: number -> (starts, ends). A key from
+        before periods counts as period 0, without end."""
+        out: dict[int, tuple[float, float]] = {}
+        for key in self.held():
+            if equal(key.authority_id, authority_id):
+                if key.period is None or key.starts is None or key.ends is None:
+                    out.setdefault(0, (0.0, float("inf")))
+                else:
+                    out[key.period] = (key.starts, key.ends)
+        return out
+
+    def key_warnings(self, now: float | None = None) -> list[str]:
+        """What the device's status says of its keys' periods: renewal due, expired (never a key)."""
+        now = time.time() if now is None else now
+        held = self.held()
+        out = []
+        for key in held:
+            newer = any(equal(k.authority_id, key.authority_id) and (k.period or 0) > (key.period or 0)
+                        for k in held)
+            state = key.state(now)
+            if newer or state not in ("expiring", "expired"):
+                continue
+            what = f"the key from {key.authority} for {', '.join(key.attributes)} (period {key.period})"
+            if state == "expired":
+                out.append(f"{what} expired at {when(key.ends)}: ask the authority to renew it")
+            else:
+                out.append(f"{what} expires at {when(key.ends)}: ask the authority to renew it")
+        return out
+    # -- issuing (the authority) -------------------------------------------------------------
+
+    # -- periods (the authority) ---------------------------------------------------------------
+
+    def periods(self) -> list[Period]:
+        aid = self.master().public.authority_id
+        return [Period(r[0], r[1], r[2]) for r in self.store.read(
+            "SELECT period, starts, ends FROM abe_periods WHERE authority_id = ? ORDER BY period", (aid,))]
+
+    def current_period(self, now: float | None = None) -> Period | None:
+        """The authority's running period (the newest that has begun and not ended), if any."""
+        now = time.time() if now is None else now
+        running = [p for p in self.periods() if p.running(now)]
+        return running[-1] if running else None
+
+    def next_period(self, length: float | None = None, now: float | None = None, early: bool = False) -> Period:
+        """The period after the newest (made if need be): it begins when the newest ends, or at once when
+        there is none, it has ended or ``early`` (the newest then ends now: "end the period early"). Its
+        length is ``length``, or the newest one's."""
+        now = time.time() if now is None else now
+        aid = self.master().public.authority_id
+        made, new = self.preview_next_period(length, now, early)
+        if not new:
+            return made
+        known = self.periods()
+        last = known[-1] if known else None
+        with self.store.transaction() as conn:
+            if last is not None and early and last.ends > now:
+                conn.execute("UPDATE abe_periods SET ends = ? WHERE authority_id = ? AND period = ?",
+                             (now, aid, last.number))
+                conn.execute("UPDATE abe_issued SET ends = ? WHERE authority_id = ? AND period = ? AND ends > ?",
+                             (now, aid, last.number, now))
+            conn.execute("INSERT INTO abe_periods (authority_id, period, starts, ends) VALUES (?, ?, ?, ?)",
+                         (aid, made.number, made.starts, made.ends))
+            note = " (the last one ended early)" if early else ""
+            self.store.log(conn, "abe-period",
+                           detail=f"period {made.number} from {when(made.starts)} to {when(made.ends)}{note}")
+        return made
+
+    def preview_next_period(self, length: float | None = None, now: float | None = None, early: bool = False
+                            ) -> tuple[Period, bool]:
+        """What :meth:`next_period` would give, and whether it would make it (nothing is written)."""
+        now = time.time() if now is None else now
+        known = self.periods()
+        last = known[-1] if known else None
+        if last is not None and last.starts > now and not early:
+            return last, False  # the next period is already made (a renewal before it begins)
+        if last is not None and early and last.starts > now:
+            raise AbeError("The next period has not begun yet; it cannot end early.")
+        length = length if length is not None else (last.ends - last.starts if last else DEFAULT_PERIOD_S)
+        starts = now if last is None or early or last.ends <= now else last.ends
+        return Period((last.number if last else 0) + 1, starts, starts + length), True
+
+    def period_for_grant(self, length: float | None = None, now: float | None = None) -> Period:
+        """The period a grant issues for: the running one, else a new one of ``length`` (default a month)."""
+        return self.current_period(now) or self.next_period(length if length is not None else DEFAULT_PERIOD_S,
+                                                            now)
+
     # -- issuing (the authority) -------------------------------------------------------------
 
     def issue(self, attributes: str | list[str] | tuple[str, ...], member: str, member_device_id: bytes | None,
-              how: str, random_bytes: RandomBytes = os.urandom, pending: bool = False) -> MemberKey:
-        """A new member key, recorded as issued before it leaves (the authority keeps no copy). A
-        ``pending`` record counts once :meth:`confirm_grant` says the member holds the key."""
+              how: str, random_bytes: RandomBytes = os.urandom, pending: bool = False,
+              period: Period | None = None) -> MemberKey:
+        """A new member key for ``period`` (the running one, or a new one, when None), recorded as issued before
+        it leaves (the authority keeps no copy). A ``pending`` record counts once :meth:`confirm_grant` says
+        the member holds the key."""
         master = self.master()
-        key = keygen(master, parse_attributes(attributes), random_bytes)
+        names = parse_attributes(attributes)
+        check_unreserved(names, "a key's attributes")
+        period = period if period is not None else self.period_for_grant()
+        key = keygen(master, names, random_bytes, period=period.number)
         fingerprint = grant_fingerprint(key.authority_id, key, member_device_id) if member_device_id else None
         proof = self._seal(grant_proof_key(key), b"abe proof " + key.key_id)
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT INTO abe_issued (key_id, authority_id, member, member_device_id, attributes, how, issued,"
-                " confirmed, fingerprint, proof_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " confirmed, fingerprint, proof_key, period, starts, ends)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key.key_id, key.authority_id, member, member_device_id, ",".join(key.attributes), how, time.time(),
-                 int(not pending), fingerprint, proof),
+                 int(not pending), fingerprint, proof, period.number, period.starts, period.ends),
             )
             self.store.log(conn, "abe-key-issued",
-                           detail=f"key for {', '.join(key.attributes)} to {member} ({how})")
+                           detail=f"key for {', '.join(key.attributes)} to {member} ({how}, period {period.number})")
         return key
+
+    def find_issued(self, who: str) -> list[Issued]:
+        """The confirmed keys issued to the member named ``who``, or the one whose key id starts with ``who``
+        (at least 8 hex digits)."""
+        issued = self.issued()
+        found = [i for i in issued if i.member == who]
+        if not found and len(who) >= 8 and all(c in "0123456789abcdef" for c in who.lower()):
+            found = [i for i in issued if i.key_id.hex().startswith(who.lower())]
+        if not found:
+            raise UnknownMember(f"This authority issued no key to a member or with a key id {who[:40]!r}.")
+        return found
+
+    def revoke(self, who: str) -> list[Issued]:
+        """Mark the keys of member ``who`` (or the key ``who``) revoked: none is renewed again. The keys
+        revoked now (those already revoked are left as they were)."""
+        found = [i for i in self.find_issued(who) if i.revoked is None]
+        if not found:
+            raise Revoked(f"The keys of {who[:40]!r} are already revoked.")
+        now = time.time()
+        with self.store.transaction() as conn:
+            for i in found:
+                conn.execute("UPDATE abe_issued SET revoked = ? WHERE key_id = ? AND revoked IS NULL",
+                             (now, i.key_id))
+            self.store.log(conn, "abe-revoked", detail=f"{len(found)} key(s) of {found[0].member} revoked: "
+                                                       "no renewal")
+        return [Issued(**{**i.__dict__, "revoked": now}) for i in found]
 
     # -- grants both devices hold (in person, v2) -------------------------------------------------
 
@@ -264,20 +439,23 @@ class AbeKeys:
             if conn.execute(f"UPDATE {table} SET confirmed = 1 WHERE key_id = ? AND confirmed = 0",
                             (key_id,)).rowcount:
                 self.store.log(conn, "abe-grant-confirmed", detail=f"key {key_id.hex()[:16]}")
+            conn.execute("UPDATE abe_pads SET confirmed = 1 WHERE key_id = ?", (key_id,))  # its renewal pad
 
     def discard_grant(self, key_id: bytes, as_authority: bool) -> None:
         """Forget a grant the other device does not hold (never one both were known to hold)."""
         table = "abe_issued" if as_authority else "abe_keys"
         with self.store.transaction() as conn:
+            conn.execute("DELETE FROM abe_pads WHERE key_id = ? AND confirmed = 0", (key_id,))
             if conn.execute(f"DELETE FROM {table} WHERE key_id = ? AND confirmed = 0", (key_id,)).rowcount:
                 self.store.log(conn, "abe-grant-discarded",
                                detail=f"key {key_id.hex()[:16]}: the other device does not hold it")
 
     def issued(self) -> list[Issued]:
-        rows = self.store.read("SELECT key_id, member, member_device_id, attributes, how, issued FROM abe_issued"
-                               " WHERE confirmed = 1 ORDER BY issued")
+        rows = self.store.read("SELECT key_id, member, member_device_id, attributes, how, issued, period, starts,"
+                               " ends, revoked FROM abe_issued WHERE confirmed = 1 ORDER BY issued")
         return [Issued(key_id=bytes(r[0]), member=r[1], member_device_id=bytes(r[2]) if r[2] else None,
-                       attributes=tuple(r[3].split(",")), how=r[4], issued=r[5]) for r in rows]
+                       attributes=tuple(r[3].split(",")), how=r[4], issued=r[5], period=r[6], starts=r[7],
+                       ends=r[8], revoked=r[9]) for r in rows]
 
     # -- the KEM, inside the device ------------------------------------------------------------
 
@@ -302,14 +480,48 @@ class AbeKeys:
         raise failure
 
 
-def grant_local(authority: PadStore, member: PadStore, attributes: str | list[str]) -> MemberKey:
-    """Issue a key on one machine (development, tests): the key goes straight into the member's store."""
+def renewal_for(auth: AbeKeys, member_device_id: bytes) -> Issued:
+    """The key a renewal re-issues for the device ``member_device_id``: its newest confirmed one, unless revoked
+    (Revoked) or none (UnknownMember)."""
+    mine = [i for i in auth.issued() if i.member_device_id is not None and equal(i.member_device_id, member_device_id)]
+    if not mine:
+        raise UnknownMember("This authority issued no key to that device.")
+    newest = mine[-1]
+    if any(i.revoked is not None for i in mine):
+        raise Revoked(f"The keys of {newest.member} are revoked: it gets no renewal.")
+    return newest
+
+
+def renew_local(authority: PadStore, member: PadStore, period: Period) -> MemberKey:
+    """Renew a member's key for ``period`` on one machine (development, tests: in person, in effect): the same
+    attributes as its newest key, refused for a revoked member."""
+    auth = AbeKeys(authority)
+    public = auth.master().public
+    prior = renewal_for(auth, member.device_id)
+    key = auth.issue(prior.attributes, member=prior.member, member_device_id=member.device_id, how="renewal, local",
+                     period=period)
+    AbeKeys(member).add_member_key(public, key, window=(period.starts, period.ends))
+    return key
+
+
+def grant_local(authority: PadStore, member: PadStore, attributes: str | list[str],
+                period: Period | float | None = None) -> MemberKey:
+    """Issue a key on one machine (development, tests): the key goes straight into the member's store. It is
+    for ``period`` (a Period), or the running period, or a new one lasting ``period`` seconds (default a
+    month)."""
     auth = AbeKeys(authority)
     public = auth.master().public
     if authority.device_id == member.device_id:
         raise AbeError("The authority and the member must be two different devices.")
     AbeKeys(member).check_authority(public)
-    key = auth.issue(attributes, member=member.device_name, member_device_id=device_id_for(member.identity_public),
-                     how="local")
-    AbeKeys(member).add_member_key(public, key)
+    chosen = period if isinstance(period, Period) else auth.period_for_grant(period)
+    member_id = device_id_for(member.identity_public)
+    key = auth.issue(attributes, member=member.device_name, member_device_id=member_id, how="local", period=chosen)
+    AbeKeys(member).add_member_key(public, key, window=(chosen.starts, chosen.ends))
+    from device.abe.renewal import PAD_BYTES, RenewalPads
+
+    pad = os.urandom(PAD_BYTES)  # one machine sees it anyway (development, tests)
+    for store, role, peer in ((authority, "authority", member_id), (member, "member", None)):
+        RenewalPads(AbeKeys(store)).add(pad, key.key_id, public.authority_id, peer, role)
+        AbeKeys(store).confirm_grant(key.key_id, as_authority=role == "authority")
     return key

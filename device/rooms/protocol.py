@@ -23,6 +23,23 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   rank r takes the duty after r timeouts. The first valid distribution in
   relay order wins (a signed, K_abe-authenticated one from a roster member,
   sealing to exactly the roster), so every member installs the same key.
+* **Names.** Each membership carries the display name its owner chose at
+  join, inside its signed contribution and under its bind tag: a message is
+  shown under the name of the contribution whose key signed it. A name that
+  more than one membership this member has seen in the room chose is shown
+  with the membership's short id (``name~a1b2c3``), a form no one can choose.
+* **Periods.** A contribution is encapsulated under ``(policy) and
+  PERIOD_<n>`` for the period n of its member's key (plain ``policy`` is
+  period 0, a key from before periods). The room is in one period at a
+  time: a contribution of an earlier one is skipped; one of a later one
+  moves the room to that period once this member can tell it is genuine
+  (it decapsulates it with a key of that period, or it is its own), and
+  until then is held aside (so a contribution under a period nobody holds
+  keys for changes nothing). Moving drops every contribution of the earlier
+  period from the roster (a new epoch begins), and a member whose device
+  holds a key of the new period re-contributes by itself. A member without
+  such a key (revoked: not renewed) is left out: it cannot decapsulate the
+  new period's k_j, so no K_abe, so no epoch key, even if it joins again.
 * **Messages.** Only under the current epoch's key (never an old one after a
   roster change). Nonce = sender's roster slot || counter; each sender's
   counters must rise, each message is signed by its sender's membership key.
@@ -44,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device.abe.encoding import Ciphertext, PublicKey, decode_ciphertext
 from device.abe.errors import AbeError, NotSatisfied
+from device.abe.policy import Policy, attribute_period, period_attribute
 from device.rooms import wire
 from device.rooms.errors import (
     EpochChanged,
@@ -70,6 +88,8 @@ class Keys(Protocol):
 
     def decapsulate(self, ciphertext: bytes | Ciphertext) -> bytes: ...
 
+    def periods_held(self, authority_id: bytes) -> dict[int, tuple[float, float]]: ...
+
 
 @dataclass
 class Event:
@@ -79,7 +99,8 @@ class Event:
     kind: str  # contribution, leave, distribution, message
     outcome: str  # accepted, skipped, ignored, unreadable, refused
     epoch: int | None = None
-    sender: str | None = None  # a member's short id (hex)
+    sender: str | None = None  # a member's display name, disambiguated (see RoomMember.label)
+    sender_id: str | None = None  # a member's short id (hex)
     own: bool = False
     text: str | None = None
     members: int | None = None
@@ -98,6 +119,8 @@ class _Member:
     # The contribution's ciphertext (public: it is on the relay). Kept while the member is on the roster,
     # so a device that leaves and rejoins can decapsulate it again (leaving deleted every k_j).
     ciphertext: bytes | None = None
+    name: str = ""  # the display name in its (signed, bound) contribution; "" for an unnamed one
+    period: int = 0  # the key period its ciphertext is under (0: none)
 
 
 @dataclass
@@ -138,6 +161,14 @@ class RoomMember:
         self._sig: bytes | None = None  # Ed25519 private key (raw)
         self._k: bytes | None = None
         self._pending: bytes | None = None  # my contribution, not yet back from the relay
+        self.name: str | None = None  # the display name of my membership (or the one joining)
+        self._next: tuple[bytes, bytes, bytes] | None = None  # (x, sig, k) of my contribution on its way
+        #: The room's key period as this member knows it; contributions of later periods held aside.
+        self.period = 0
+        self.future: dict[bytes, _Member] = {}
+        #: Whether the owner wants this device in the room (it joined and has not left): it then
+        #: re-contributes by itself when its renewed key's period begins.
+        self.wanted = False
         self._ks: dict[bytes, bytes] = {}
         #: Decapsulations this member computed (each is one multi-pairing).
         self.decapsulations = 0
@@ -157,27 +188,91 @@ class RoomMember:
         epoch = self.epochs.get(e) if e is not None else None
         return {"room": self.room.name, "room_id": self.room.room_id.hex(), "policy": self.room.policy.text,
                 "joined": self.joined, "joining": self._pending is not None, "me": short(self.me) if self.me else None,
+                "display_name": self.label(self.me) if self.me else self.name,
+                "period": self.period, "my_period": self.members[self.me].period if self.me else None,
+                "later_periods": sorted({m.period for m in self.future.values()}),
                 "members": len(self.roster), "epoch": e, "epoch_members": len(epoch.roster) if epoch else None,
                 "keyed": bool(epoch and epoch.key), "last_ref": self.last_ref,
                 "epochs_with_keys": sorted(n for n, ep in self.epochs.items() if ep.key)}
 
+    def label(self, member: bytes) -> str:
+        """How a member is shown: its display name, with its short id when another membership this member has
+        seen in the room chose the same name (or when it chose none). ``~`` is not allowed in a name, so the
+        disambiguated form cannot be chosen by anyone."""
+        record = self.members.get(member)
+        name = record.name if record is not None else ""
+        if not name:
+            return f"member~{short(member)}"
+        if sum(m.name == name for m in self.members.values()) > 1:
+            return f"{name}~{short(member)}"
+        return name
+
+    def _event(self, ref: int, kind: str, outcome: str, sender: bytes | None = None, **fields: object) -> Event:
+        if sender is not None:
+            fields.update(sender=self.label(sender), sender_id=short(sender))
+        return Event(ref, kind, outcome, **fields)  # type: ignore[arg-type]
+
     # -- making items -----------------------------------------------------------------------
 
-    def join(self) -> bytes:
-        """A contribution to post: k_j under the room policy, fresh X25519 and Ed25519 keys."""
+    def policy_for(self, period: int) -> Policy:
+        """What a contribution of key period ``period`` is encapsulated under."""
+        if period == 0:
+            return self.room.policy
+        return Policy.parse(f"({self.room.policy.text}) and {period_attribute(period)}")
+
+    def period_of(self, ct: Ciphertext) -> int | None:
+        """The key period a contribution's ciphertext is under, or None if it is not under the room's policy."""
+        if not equal(ct.authority_id, self.room.authority_id):
+            return None
+        if ct.policy == self.room.policy:
+            return 0
+        period = attribute_period(ct.policy.rows[-1])
+        return period if period is not None and ct.policy == self.policy_for(period) else None
+
+    def usable_period(self) -> int | None:
+        """The newest period this device holds a key of that has begun and not ended (0: a key from before
+        periods), or None."""
+        now = self.clock()
+        usable = [p for p, (starts, ends) in self.keys.periods_held(self.room.authority_id).items()
+                  if starts <= now < ends]
+        return max(usable) if usable else None
+
+    def join(self, name: str | None = None) -> bytes:
+        """A contribution to post: k_j under the room policy and this device's key period, fresh X25519 and
+        Ed25519 keys, and the display name ``name`` (bound to them; a type-1 contribution without one if None)."""
         if self.joined or self._pending is not None:
             raise RoomError("This device is already in that room (or joining it).")
+        return self._contribute(name)
+
+    def _contribute(self, name: str | None) -> bytes:
         public = self.keys.public_key(self.room.authority)
         if not equal(public.authority_id, self.room.authority_id):
             raise RoomError("This device's authority of that name is not the room's.")
+        period = self.usable_period()
+        if period is None:
+            raise RoomError(f"This device's keys from {self.room.authority} are all expired (or not begun): ask "
+                            "the authority to renew them.")
+        if period < self.period:
+            raise RoomError(f"The room is in key period {self.period} and this device's key is for period "
+                            f"{period}: ask the authority to renew it.")
         from device.abe.scheme import encapsulate
 
-        enc = encapsulate(public, self.room.policy, self.random_bytes)
+        enc = encapsulate(public, self.policy_for(period), self.random_bytes)
         x = X25519PrivateKey.from_private_bytes(self.random_bytes(32))
         sig = Ed25519PrivateKey.from_private_bytes(self.random_bytes(32))
-        raw = wire.contribution(self.room.room_id, enc.ciphertext.encode(), enc.key, x, sig)
-        self._x, self._sig, self._k, self._pending = _raw(x), _raw(sig), enc.key, raw
+        raw = wire.contribution(self.room.room_id, enc.ciphertext.encode(), enc.key, x, sig, name)
+        self._next, self._pending = (_raw(x), _raw(sig), enc.key), raw
+        self.name, self.wanted = name, True
         return raw
+
+    def _period_ended(self) -> bool:
+        """Whether the key period of my membership has ended (an honest device then neither sends nor
+        distributes in it: the room waits for renewed keys)."""
+        if self.me is None:
+            return False
+        period = self.members[self.me].period
+        window = self.keys.periods_held(self.room.authority_id).get(period)
+        return period > 0 and (window is None or self.clock() >= window[1])
 
     def leave(self) -> bytes:
         """A leave item to post; this member's keys are deleted at once."""
@@ -186,6 +281,7 @@ class RoomMember:
         assert self.me is not None
         raw = wire.leave(self.room.room_id, self.me, Ed25519PrivateKey.from_private_bytes(self._sig))
         self._forget_membership()
+        self.wanted = False
         return raw
 
     def send(self, text: str, epoch: int | None = None) -> bytes:
@@ -203,14 +299,28 @@ class RoomMember:
         current = self.epochs.get(e) if e is not None else None
         if current is None or current.key is None or e is None:
             raise NoEpochKey()
+        if self._period_ended():
+            raise RoomError("This device's key for the room's period has ended: nothing was sent. The "
+                            "authority renews it; the device then rejoins by itself.")
         current.sent += 1
         return wire.message(self.room.room_id, e, self.me, current.roster.index(self.me), current.sent, current.key,
                             data, Ed25519PrivateKey.from_private_bytes(self._sig))
 
     def duties(self) -> list[bytes]:
-        """The distribution this member owes now (leader, or the next after timeouts), if any."""
+        """What this member owes now: a contribution under a newer key period once its renewed key's period has
+        begun (if its owner wants it in the room), and the distribution of the current epoch (leader, or the next
+        after timeouts)."""
+        out = []
+        if self.wanted and self._pending is None:
+            usable = self.usable_period()
+            mine = self.members[self.me].period if self.me is not None else None
+            if usable is not None and usable >= self.period and (mine is None or usable > mine):
+                out.append(self._contribute(self.name))
+        return out + self._distribute()
+
+    def _distribute(self) -> list[bytes]:
         e = self.current_epoch
-        if e is None or not self.joined or self._sig is None:
+        if e is None or not self.joined or self._sig is None or self._period_ended():
             return []
         epoch = self.epochs[e]
         if epoch.key is not None or epoch.kabe is None or epoch.distributed or self.me not in epoch.roster:
@@ -257,39 +367,95 @@ class RoomMember:
     def _contribution(self, ref: int, item: wire.Contribution) -> Event:
         wire.verify(item.sig_pub, item.raw[-wire.SIG_BYTES:], item.raw[:-wire.SIG_BYTES])
         mid = item.member_id
-        ct = item.ciphertext
-        if ct.policy != self.room.policy or not equal(ct.authority_id, self.room.authority_id):
-            return Event(ref, "contribution", "skipped", sender=short(mid))
-        if mid in self.members or item.ciphertext_bytes in self.ciphertexts:
-            return Event(ref, "contribution", "ignored", sender=short(mid))
+        period = self.period_of(item.ciphertext)
+        if period is None or period < self.period:
+            return Event(ref, "contribution", "skipped", sender_id=short(mid))
+        if mid in self.members or mid in self.future or item.ciphertext_bytes in self.ciphertexts:
+            return Event(ref, "contribution", "ignored", sender_id=short(mid))
         own = self._pending is not None and equal(wire.member_id(self._pending), mid)
+        if period > self.period:
+            record = _Member(ref, item.x_pub, item.sig_pub, item.bind, PENDING, item.ciphertext_bytes, item.name,
+                             period)
+            k = None
+            if not own:
+                k = self._check(record) if self.joined else False
+                if k is None:
+                    return Event(ref, "contribution", "skipped", sender_id=short(mid))
+                if k is False:  # undecidable here (no key of that period yet): held aside
+                    self.future[mid] = record
+                    self.ciphertexts.add(item.ciphertext_bytes)
+                    return Event(ref, "contribution", "held", sender_id=short(mid))
+            self._advance(period)
+            if isinstance(k, bytes):
+                self._admit(ref, item, VALID)
+                self._ks[mid] = k
+                if not self.joined:
+                    return self._event(ref, "contribution", "accepted", mid, members=len(self.roster))
+                self._new_epoch(ref)
+                return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
         if own:
-            assert self._k is not None
+            assert self._next is not None
             self._admit(ref, item, VALID)
+            self._x, self._sig, self._k = self._next
             self._ks[mid] = self._k
-            self.me, self._pending = mid, None
+            self.me, self._pending, self._next = mid, None, None
             # The newcomer's one pass: each contribution on the roster, decapsulated once.
             for other in list(self.roster):
                 if self.members[other].status == PENDING:
                     self._settle(other)
             self._new_epoch(ref)
-            return Event(ref, "contribution", "accepted", epoch=ref, sender=short(mid), own=True,
-                         members=len(self.roster))
+            return self._event(ref, "contribution", "accepted", mid, epoch=ref, own=True, members=len(self.roster))
         if not self.joined:
             self._admit(ref, item, PENDING)
             self.members[mid].ciphertext = item.ciphertext_bytes
-            return Event(ref, "contribution", "accepted", sender=short(mid), members=len(self.roster))
+            return self._event(ref, "contribution", "accepted", mid, members=len(self.roster))
         self._admit(ref, item, PENDING)
         self.members[mid].ciphertext = item.ciphertext_bytes
         if not self._settle(mid):
-            return Event(ref, "contribution", "skipped", sender=short(mid))
+            return Event(ref, "contribution", "skipped", sender_id=short(mid))
         self._new_epoch(ref)
-        return Event(ref, "contribution", "accepted", epoch=ref, sender=short(mid), members=len(self.roster))
+        return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
 
     def _admit(self, ref: int, item: wire.Contribution, status: str) -> None:
-        self.members[item.member_id] = _Member(ref, item.x_pub, item.sig_pub, item.bind, status)
+        period = self.period_of(item.ciphertext) or 0
+        self.members[item.member_id] = _Member(ref, item.x_pub, item.sig_pub, item.bind, status, name=item.name,
+                                               period=period)
         self.ciphertexts.add(item.ciphertext_bytes)
         self.roster.append(item.member_id)
+
+    def _check(self, member: _Member) -> bytes | bool | None:
+        """A held contribution's k_j if it is genuine, False if this device cannot tell (no key of its period),
+        None if it is not (it does not decapsulate, or its bind is wrong)."""
+        assert member.ciphertext is not None
+        try:
+            k = self._decapsulate(member.ciphertext)
+        except NotSatisfied:
+            return False
+        except AbeError:
+            return None
+        if not equal(wire.bind_tag(k, self.room.room_id, member.x_pub, member.sig_pub, member.name or None),
+                     member.bind):
+            return None
+        return k
+
+    def _advance(self, period: int) -> None:
+        """The room moves to key ``period``: the earlier period's contributions leave the roster (my membership
+        too, if it was of one: its keys are deleted, as on leave), those held aside for this period join it
+        (undecided, in relay order)."""
+        if self.me is not None and self.members[self.me].period < period:
+            pending, following, name, wanted = self._pending, self._next, self.name, self.wanted
+            self._forget_membership()
+            self._pending, self._next, self.name, self.wanted = pending, following, name, wanted
+        self.period = period
+        for mid in [m for m in self.roster if self.members[m].period < period]:
+            self.roster.remove(mid)
+            self._ks.pop(mid, None)
+        for mid, record in sorted(self.future.items(), key=lambda kv: kv[1].ref):
+            if record.period <= period:
+                del self.future[mid]
+                if record.period == period:
+                    self.members[mid] = record
+                    self.roster.append(mid)
 
     def _settle(self, mid: bytes) -> bool:
         """Decapsulate a pending contribution once: keep it (valid or undecidable here) or drop it."""
@@ -302,8 +468,8 @@ class RoomMember:
             return True
         except AbeError:
             k = None
-        if k is None or not equal(wire.bind_tag(k, self.room.room_id, member.x_pub, member.sig_pub),
-                                  member.bind):
+        if k is None or not equal(wire.bind_tag(k, self.room.room_id, member.x_pub, member.sig_pub,
+                                                member.name or None), member.bind):
             self.roster.remove(mid)
             del self.members[mid]
             return False
@@ -331,6 +497,11 @@ class RoomMember:
         self.epochs[ref] = epoch
 
     def _leave(self, ref: int, item: wire.Leave) -> Event:
+        held = self.future.get(item.member)
+        if held is not None:  # a member of a later period, held aside, leaves before this device can tell
+            wire.verify(held.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
+            del self.future[item.member]
+            return Event(ref, "leave", "held", sender_id=short(item.member))
         member = self.members.get(item.member)
         if member is None or item.member not in self.roster:
             return Event(ref, "leave", "ignored")
@@ -338,9 +509,9 @@ class RoomMember:
         self.roster.remove(item.member)
         self._ks.pop(item.member, None)
         if not self.joined:
-            return Event(ref, "leave", "accepted", sender=short(item.member), members=len(self.roster))
+            return self._event(ref, "leave", "accepted", item.member, members=len(self.roster))
         self._new_epoch(ref)
-        return Event(ref, "leave", "accepted", epoch=ref, sender=short(item.member), members=len(self.roster))
+        return self._event(ref, "leave", "accepted", item.member, epoch=ref, members=len(self.roster))
 
     def _distribution(self, ref: int, item: wire.Distribution) -> Event:
         epoch = self.epochs.get(item.epoch)
@@ -368,8 +539,8 @@ class RoomMember:
                 older.kabe = None
                 if older.key is not None and older.delete_at is None:
                     older.delete_at = now + self.grace
-        return Event(ref, "distribution", "accepted", epoch=item.epoch, sender=short(item.leader),
-                     own=item.leader == self.me, members=len(epoch.roster))
+        return self._event(ref, "distribution", "accepted", item.leader, epoch=item.epoch,
+                           own=item.leader == self.me, members=len(epoch.roster))
 
     def _message(self, ref: int, item: wire.Message) -> Event:
         epoch = self.epochs.get(item.epoch)
@@ -386,8 +557,8 @@ class RoomMember:
         except UnicodeDecodeError:
             raise RoomItemRefused() from None
         epoch.highest[item.sender] = item.counter
-        return Event(ref, "message", "accepted", epoch=item.epoch, sender=short(item.sender),
-                     own=item.sender == self.me, text=text, members=len(epoch.roster))
+        return self._event(ref, "message", "accepted", item.sender, epoch=item.epoch,
+                           own=item.sender == self.me, text=text, members=len(epoch.roster))
 
     # -- deletion ---------------------------------------------------------------------------
 
@@ -406,7 +577,8 @@ class RoomMember:
 
     def _forget_membership(self) -> None:
         self.me = None
-        self._x = self._sig = self._k = self._pending = None
+        self._x = self._sig = self._k = self._pending = self._next = None
+        self.name = None
         self._ks.clear()
         # Every k_j is gone: the others' contributions are undecided again, to be decapsulated anew
         # (once each) if this device rejoins.
@@ -429,15 +601,17 @@ class RoomMember:
 
         return {
             "version": 1, "room": self.room.to_dict(), "last_ref": self.last_ref,
-            "members": [[m.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status, hx(r.ciphertext)]
-                        for m, r in self.members.items()],
+            "members": [_row(m, r) for m, r in self.members.items()],
+            "future": [_row(m, r) for m, r in self.future.items()],
+            "period": self.period, "wanted": self.wanted,
+            "next": [hx(b) for b in self._next] if self._next is not None else None,
             "ciphertexts": sorted(c.hex() for c in self.ciphertexts),
             "roster": [m.hex() for m in self.roster],
             "epochs": [[n, [m.hex() for m in ep.roster], ep.seen_at, hx(ep.kabe), hx(ep.key), ep.delete_at,
                         ep.distributed, ep.sent, {m.hex(): c for m, c in ep.highest.items()}]
                        for n, ep in self.epochs.items()],
             "me": hx(self.me), "x": hx(self._x), "sig": hx(self._sig), "k": hx(self._k),
-            "pending": hx(self._pending), "ks": {m.hex(): k.hex() for m, k in self._ks.items()},
+            "pending": hx(self._pending), "name": self.name, "ks": {m.hex(): k.hex() for m, k in self._ks.items()},
             "decapsulations": self.decapsulations,
         }
 
@@ -450,9 +624,13 @@ class RoomMember:
             raise RoomError("The stored room state is of an unknown version.")
         member = cls(Room.from_dict(data["room"]), keys, **kwargs)  # type: ignore[arg-type]
         member.last_ref = data["last_ref"]
-        for m, ref, x_pub, sig_pub, bind, status, ct in data["members"]:
-            member.members[bytes.fromhex(m)] = _Member(ref, bytes.fromhex(x_pub), bytes.fromhex(sig_pub),
-                                                       bytes.fromhex(bind), status, bx(ct))
+        for row in data["members"]:
+            mid, record = _from_row(row)
+            member.members[mid] = record
+        for row in data.get("future", []):
+            mid, record = _from_row(row)
+            member.future[mid] = record
+        member.period = data.get("period", 0)
         member.ciphertexts = {bytes.fromhex(c) for c in data["ciphertexts"]}
         member.roster = [bytes.fromhex(m) for m in data["roster"]]
         for n, roster, seen_at, kabe, key, delete_at, distributed, sent, highest in data["epochs"]:
@@ -460,9 +638,30 @@ class RoomMember:
                                       distributed, sent, {bytes.fromhex(m): c for m, c in highest.items()})
         member.me, member._x, member._sig = bx(data["me"]), bx(data["x"]), bx(data["sig"])
         member._k, member._pending = bx(data["k"]), bx(data["pending"])
+        member.name = data.get("name")
+        member.wanted = data.get("wanted", member.me is not None or member._pending is not None)
+        following = data.get("next")
+        if following is not None:
+            x, sig, k = (bytes.fromhex(b) for b in following)
+            member._next = (x, sig, k)
+        elif member._pending is not None and member.me is None and member._x and member._sig and member._k:
+            # Stored before issue 22: a joining member's keys were in the membership slot.
+            member._next, member._x, member._sig = (member._x, member._sig, member._k), None, None
         member._ks = {bytes.fromhex(m): bytes.fromhex(k) for m, k in data["ks"].items()}
         member.decapsulations = data["decapsulations"]
         return member
+
+
+def _row(mid: bytes, r: _Member) -> list:
+    return [mid.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status,
+            r.ciphertext.hex() if r.ciphertext is not None else None, r.name, r.period]
+
+
+def _from_row(row: list) -> tuple[bytes, _Member]:
+    m, ref, x_pub, sig_pub, bind, status, ct, *rest = row  # a name since issue 22, then a period
+    return bytes.fromhex(m), _Member(ref, bytes.fromhex(x_pub), bytes.fromhex(sig_pub), bytes.fromhex(bind), status,
+                                     bytes.fromhex(ct) if ct is not None else None, rest[0] if rest else "",
+                                     rest[1] if len(rest) > 1 else 0)
 
 
 def _raw(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:

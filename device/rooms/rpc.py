@@ -2,7 +2,7 @@
 
     rooms          {}                         -> [status of each room, with its invite]
     room_add       {"invite"}                 -> status             (confirmed by the owner first)
-    room_join      {"room"}                   -> {"post": [item]}
+    room_join      {"room", "name"?}          -> {"post": [item]}   (name: a display name; default the device's)
     room_leave     {"room"}                   -> {"post": [item]}   (confirmed by the owner first)
     room_receive   {"room", "items": [[ref, contents], ...]} -> {"events", "post", "status"}
     room_send      {"room", "text"}           -> {"post": [item]}   (confirmed by the owner first)
@@ -77,7 +77,8 @@ def room_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
         return r.find(room.room_id.hex()).status()
 
     def room_join(client: Any, params: dict) -> dict:
-        return {"post": [rooms_for(service).join(_param(params, "room"))]}
+        display = _param(params, "name") if params.get("name") is not None else None
+        return {"post": [rooms_for(service).join(_param(params, "room"), display)]}
 
     def room_leave(client: Any, params: dict) -> dict:
         r = rooms_for(service)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from device.abe.policy import Policy
+from device.abe.policy import Policy, check_unreserved
 from device.abe.store import AbeKeys
 from device.confirm import Confirmer, ConfirmRequest
 from device.errors import Declined
@@ -50,8 +50,9 @@ class DeviceRooms:
     def create(self, name: str, policy: str) -> Room:
         """A new room of this device's authority (the descriptor is public)."""
         public = self.keys.master().public
-        room = Room(os.urandom(ROOM_ID_BYTES), check_name(name), Policy.parse(policy), public.name,
-                    public.authority_id)
+        parsed = Policy.parse(policy)
+        check_unreserved(parsed.rows, "a room's policy")
+        room = Room(os.urandom(ROOM_ID_BYTES), check_name(name), parsed, public.name, public.authority_id)
         return self.add(room)
 
     def add(self, room: Room) -> Room:
@@ -88,7 +89,10 @@ class DeviceRooms:
 
     # -- the protocol -----------------------------------------------------------------------
 
-    def join(self, name: str) -> str:
+    def join(self, name: str, display: str | None = None) -> str:
+        """This device's contribution to the room ``name``, under the display name ``display`` (default: the
+        device's name), which the contribution binds to this membership's keys."""
+        shown = check_name(display) if display is not None else self.pads.device_name
         with self._lock:
             member = self.find(name)
             room = member.room
@@ -97,7 +101,7 @@ class DeviceRooms:
                 what = "; ".join(", ".join(a) for a in held) if held else "no key of this authority"
                 raise RoomError(f"This device's keys from {room.authority} ({what}) do not satisfy the room's "
                                 f"policy {room.policy.text}: it could not read the room, so it does not join.")
-            raw = member.join()
+            raw = member.join(shown)
             self._save(member)
             return to_text(raw)
 

@@ -10,12 +10,15 @@ strict: exact lengths, nothing trailing, the right room.
 | 2 | distribution | epoch 8, sid 32, leader 32, ephemeral X25519 32, n 2, n x (member 32, sealed 48), mac 32, sig 64 |
 | 3 | message | epoch 8, sender id 32, counter 8, ciphertext (ChaCha20-Poly1305), sig 64 |
 | 4 | leave | member id 32, sig 64 |
+| 5 | named contribution | as 1, with name_len 1, name between the Ed25519 pub and bind |
 
 A member's *id* is the hash of its contribution's bytes. ``bind`` is a MAC
-under k_j over the room and the two public keys, so a contribution's
-ciphertext cannot be reposted with someone else's keys (whoever decapsulates
+under k_j over the room and the two public keys (and, in a named
+contribution, the member's display name), so a contribution's ciphertext
+cannot be reposted with someone else's keys or name (whoever decapsulates
 checks it); ``sig`` is by the contribution's own Ed25519 key over everything
-before it. The crypto helpers below (sid, K_abe, sealing G_e, the epoch key
+before it. Devices post named contributions (type 5); type 1 is still read
+(its member has no name and is shown by id). The crypto helpers below (sid, K_abe, sealing G_e, the epoch key
 and message nonces) are the only place these secrets are combined.
 """
 
@@ -36,13 +39,14 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from device.abe.encoding import Ciphertext, decode_ciphertext
 from device.abe.errors import AbeError
 from device.abe.policy import Policy
+from device.errors import InvalidName
 from device.rooms.errors import MalformedRoomData, RoomItemRefused
 from device.storage.padstore import check_name
 from onetimechat import boundedjson
 from onetimechat.crypto import derive_key, equal, mac
 
 MAGIC = b"ORM1"
-CONTRIBUTION, DISTRIBUTION, MESSAGE, LEAVE = 1, 2, 3, 4
+CONTRIBUTION, DISTRIBUTION, MESSAGE, LEAVE, NAMED_CONTRIBUTION = 1, 2, 3, 4, 5
 ROOM_ID_BYTES = 16
 ID_BYTES = 32
 KEY_BYTES = 32
@@ -121,6 +125,7 @@ class Contribution:
     sig_pub: bytes
     bind: bytes
     raw: bytes
+    name: str = ""  # the display name a member chose (a named contribution); "" in a type-1 one
 
     @property
     def member_id(self) -> bytes:
@@ -230,15 +235,22 @@ def decode(raw: bytes, room_id: bytes) -> Item:
     if not equal(raw[5:HEADER_BYTES], room_id):
         raise MalformedRoomData("The item is for another room.")
     kind, r = raw[4], _Reader(raw)
-    if kind == CONTRIBUTION:
+    if kind in (CONTRIBUTION, NAMED_CONTRIBUTION):
         ct_bytes = r.take(r.int(4))
-        x_pub, sig_pub, bind, _ = r.take(32), r.take(32), r.take(KEY_BYTES), r.take(SIG_BYTES)
+        x_pub, sig_pub = r.take(32), r.take(32)
+        name = ""
+        if kind == NAMED_CONTRIBUTION:
+            try:
+                name = check_name(r.take(r.int(1)).decode("ascii"))
+            except (UnicodeDecodeError, InvalidName):
+                raise MalformedRoomData("The room item is malformed.") from None
+        bind, _ = r.take(KEY_BYTES), r.take(SIG_BYTES)
         r.end()
         try:
             ct = decode_ciphertext(ct_bytes)
         except AbeError:
             raise MalformedRoomData("The room item is malformed.") from None
-        return Contribution(room_id, ct, ct_bytes, x_pub, sig_pub, bind, raw)
+        return Contribution(room_id, ct, ct_bytes, x_pub, sig_pub, bind, raw, name)
     if kind == DISTRIBUTION:
         epoch, sid, leader, eph = r.int(8), r.take(32), r.take(ID_BYTES), r.take(32)
         n = r.int(2)
@@ -274,15 +286,24 @@ def verify(sig_pub: bytes, signature: bytes, data: bytes) -> None:
 # -- building items (the secrets stay with the caller) ------------------------------------------
 
 
-def bind_tag(k: bytes, room_id: bytes, x_pub: bytes, sig_pub: bytes) -> bytes:
-    return mac(derive_key(k, "otc room bind v1"), room_id, x_pub, sig_pub)
+def bind_tag(k: bytes, room_id: bytes, x_pub: bytes, sig_pub: bytes, name: str | None = None) -> bytes:
+    """A contribution's bind: type 1 (``name`` None) over the room and keys, type 5 over the name too."""
+    if name is None:
+        return mac(derive_key(k, "otc room bind v1"), room_id, x_pub, sig_pub)
+    return mac(derive_key(k, "otc room bind v2"), room_id, x_pub, sig_pub, name.encode("ascii"))
 
 
 def contribution(room_id: bytes, ciphertext: bytes, k: bytes, x_key: X25519PrivateKey,
-                 sig_key: Ed25519PrivateKey) -> bytes:
+                 sig_key: Ed25519PrivateKey, name: str | None = None) -> bytes:
+    """A contribution; with ``name`` (a display name), a named one (type 5), whose bind covers the name."""
     x_pub, sig_pub = _raw_public(x_key), _raw_public(sig_key)
-    body = (_header(CONTRIBUTION, room_id) + struct.pack(">I", len(ciphertext)) + ciphertext + x_pub + sig_pub
-            + bind_tag(k, room_id, x_pub, sig_pub))
+    head = struct.pack(">I", len(ciphertext)) + ciphertext + x_pub + sig_pub
+    if name is None:
+        body = _header(CONTRIBUTION, room_id) + head
+    else:
+        raw_name = check_name(name).encode("ascii")
+        body = _header(NAMED_CONTRIBUTION, room_id) + head + bytes([len(raw_name)]) + raw_name
+    body += bind_tag(k, room_id, x_pub, sig_pub, name)
     return body + sig_key.sign(body)
 
 

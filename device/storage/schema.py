@@ -164,6 +164,44 @@ STEPS: list[str] = [
     ALTER TABLE contacts ADD COLUMN peer_identity BLOB;
     ALTER TABLE abe_authorities ADD COLUMN device_identity BLOB;
     """,
+    # 7 -> 8: key periods and revocation (issue 22). A key is issued for one of its authority's periods (its
+    # attribute PERIOD_<n> binds it), valid from ``starts`` to ``ends``; the authority keeps its periods and
+    # marks a member's keys revoked (no renewal). Keys from before have no period (NULL).
+    """
+    CREATE TABLE abe_periods (
+        authority_id BLOB NOT NULL,
+        period INTEGER NOT NULL CHECK (period > 0),
+        starts REAL NOT NULL,
+        ends REAL NOT NULL,
+        PRIMARY KEY (authority_id, period)
+    ) WITHOUT ROWID;
+    ALTER TABLE abe_keys ADD COLUMN period INTEGER;
+    ALTER TABLE abe_keys ADD COLUMN starts REAL;
+    ALTER TABLE abe_keys ADD COLUMN ends REAL;
+    ALTER TABLE abe_issued ADD COLUMN period INTEGER;
+    ALTER TABLE abe_issued ADD COLUMN starts REAL;
+    ALTER TABLE abe_issued ADD COLUMN ends REAL;
+    ALTER TABLE abe_issued ADD COLUMN revoked REAL;
+    """,
+    # 8 -> 9: renewal pads (issue 22, device/abe/renewal.py). A grant also makes a small pad between authority
+    # and member, kept with the grant (``key_id``) and confirmed with it; the authority sends renewed keys on
+    # it. ``pad`` is sealed in a PIN-locked home and its used bytes are overwritten; ``next`` is the
+    # authority's next free offset, or the member's frontier (below it everything is used).
+    """
+    CREATE TABLE abe_pads (
+        pad_id BLOB PRIMARY KEY CHECK (length(pad_id) = 16),
+        key_id BLOB NOT NULL,
+        authority_id BLOB NOT NULL,
+        peer_device_id BLOB,
+        role TEXT NOT NULL CHECK (role IN ('authority', 'member')),
+        mailbox BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        pad BLOB NOT NULL,
+        next INTEGER NOT NULL,
+        confirmed INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL
+    );
+    """,
 ]
 
 LATEST = len(STEPS)

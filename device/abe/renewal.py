@@ -1,0 +1,327 @@
+"""Renewing attribute keys over a pad, without meeting (issue 22; DESIGN.md "Devices, relays and stores under attack").
+
+**The renewal pad.** The grant ceremony (device/abe/grant.py) also makes a
+small one-time pad between authority and member, as pad pairing makes its
+pads: over the ceremony's sealed link, each device draws a share from its
+random source (the HRNG mixer when it has one), sends a commitment to the
+whole share (SHA-256 with a label) before it sees the other's, then the
+share; each checks the other's share against its commitment, and the pad is
+the XOR of both. Neither device alone chooses it. Its id and relay mailbox
+are HKDF outputs of the pad (they reveal nothing of it). It is stored with
+the grant, pending until both devices are known to hold the grant (and so
+the pad), sealed under the storage key in a PIN-locked home.
+
+**A renewal** is a package v2 of kind 4 (control) on that pad, from the
+authority (the pad's initiator: R = pad[0:16], segments from offset 16
+upward; the pad has no member-to-authority direction). Its plaintext is::
+
+    "OREN" | version 1 | period (4) | starts (8, float) | ends (8, float) | member key (docs/abe.md kind 3)
+
+The authority reserves the segment, builds the package and overwrites the
+segment's bytes in one transaction before the package leaves the device
+(reserve before use, destroy after use). The member's device opens it only
+at or after the pad's frontier (anything before it is used: refused before
+a pad byte is read), checks the tag (Wegman-Carter, information-theoretic),
+that the key matches the authority's public key and carries the period it
+says, stores the key for that period, and overwrites the bytes up to the
+segment's end, in one transaction. A forged, altered or replayed package
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from device import package as fmt
+from device.abe.encoding import decode_member_key
+from device.abe.errors import AbeError, MalformedAbeData, Revoked, UnknownMember
+from device.abe.periods import MAX_PERIOD_S, Period, when
+from device.abe.store import AbeKeys, HeldKey, renewal_for
+from device.errors import DeviceError, InvalidPackage, MalformedPackage
+from onetimechat.crypto import derive_key, equal
+from provisioning.errors import CeremonyBroken
+from provisioning.wire import Wire
+
+PAD_BYTES = 32 << 10  # about 60 renewals of a key with a few attributes
+COMMIT_LABEL = b"otc abe renewal pad commitment v1\x00"
+BODY = struct.Struct(">4sBIdd")
+BODY_MAGIC = b"OREN"
+BODY_VERSION = 1
+
+
+class RenewalRefused(AbeError):
+    """The renewal package was refused: forged, altered, replayed, or not for this device."""
+
+    code = "abe-renewal-refused"
+
+
+class NoRenewalPad(AbeError):
+    """There is no renewal pad with that member (granted before renewal pads, or on one machine)."""
+
+    code = "abe-no-renewal-pad"
+
+
+# -- the pad, made in the grant ceremony ----------------------------------------------------------------------
+
+
+def _commitment(share: bytes) -> bytes:
+    return hashlib.sha256(COMMIT_LABEL + share).digest()
+
+
+def make_pad(wire: Wire, random_bytes: Callable[[int], bytes]) -> bytes:
+    """Both devices' shares, committed before either sees the other's, XORed: the renewal pad."""
+    share = random_bytes(PAD_BYTES)
+    if len(share) != PAD_BYTES:
+        raise CeremonyBroken("This device's random source gave too few bytes.")
+    wire.send({"t": "pad-commit"}, _commitment(share))
+    message, theirs_commitment = wire.recv()
+    if message.get("t") != "pad-commit" or len(theirs_commitment) != 32:
+        raise CeremonyBroken("The other device broke the grant protocol.")
+    wire.send({"t": "pad-share"}, share)
+    message, theirs = wire.recv()
+    if message.get("t") != "pad-share" or len(theirs) != PAD_BYTES:
+        raise CeremonyBroken("The other device broke the grant protocol.")
+    if not hmac.compare_digest(_commitment(theirs), theirs_commitment):
+        raise CeremonyBroken("The other device's pad share does not match its commitment: it chose it after "
+                             "seeing this one's. The grant stopped.")
+    return fmt.xor(share, theirs)
+
+
+def pad_identity(pad: bytes) -> tuple[bytes, bytes]:
+    """(pad_id, mailbox) of a renewal pad: derived from it, revealing nothing of it."""
+    return derive_key(pad, "otc abe renewal pad id v1", 16), derive_key(pad, "otc abe renewal mailbox v1", 16)
+
+
+# -- the store ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """A renewal package for one member, ready for the relay (never the key)."""
+
+    member: str
+    key_id: bytes
+    mailbox: str
+    package: str  # base64
+
+    def to_dict(self) -> dict:
+        return {"member": self.member, "key_id": self.key_id.hex(), "mailbox": self.mailbox,
+                "package": self.package}
+
+
+class RenewalPads:
+    """The renewal pads of one device (table abe_pads, schema step 8)."""
+
+    def __init__(self, keys: AbeKeys) -> None:
+        self.keys = keys
+        self.store = keys.store
+
+    def _seal(self, pad: bytes, pad_id: bytes) -> bytes:
+        return self.store.secrets.seal(pad, b"abe pad " + pad_id) if self.store.secrets else pad
+
+    def _open(self, stored: bytes, pad_id: bytes) -> bytearray:
+        raw = self.store.secrets.open(bytes(stored), b"abe pad " + pad_id) if self.store.secrets else bytes(stored)
+        return bytearray(raw)
+
+    def add(self, pad: bytes, key_id: bytes, authority_id: bytes, peer_device_id: bytes | None, role: str) -> bytes:
+        """Keep a pad made in a grant, pending with that grant (key ``key_id``); its pad_id."""
+        pad_id, mailbox = pad_identity(pad)
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO abe_pads (pad_id, key_id, authority_id, peer_device_id, role, mailbox, size, pad, next,"
+                " confirmed, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                (pad_id, key_id, authority_id, peer_device_id, role, mailbox, len(pad), self._seal(pad, pad_id),
+                 fmt.AUTH_KEY_LEN, time.time()))
+            self.store.log(conn, "abe-renewal-pad", pad_id=pad_id,
+                           detail=f"renewal pad of {len(pad)} bytes made in a grant ({role})")
+        return pad_id
+
+    def mailboxes(self) -> list[str]:
+        """The member's renewal mailboxes (confirmed pads), for the laptop to read."""
+        return [bytes(r[0]).hex() for r in self.store.read(
+            "SELECT mailbox FROM abe_pads WHERE role = 'member' AND confirmed = 1 ORDER BY created")]
+
+    def describe(self) -> list[dict]:
+        rows = self.store.read("SELECT pad_id, role, size, next, confirmed, peer_device_id FROM abe_pads"
+                               " ORDER BY created")
+        return [{"pad_id": bytes(r[0]).hex(), "role": r[1], "left": max(0, r[2] - r[3]), "confirmed": bool(r[4])}
+                for r in rows]
+
+    # -- the authority ------------------------------------------------------------------------------------
+
+    def plan(self, who: str | None = None) -> tuple[list[tuple[bytes, str]], list[str]]:
+        """Whom a renewal reaches: ([(member device id, name)] with a pad and not revoked, [names left out and
+        why]). ``who``: one member (a name or key id), else every member."""
+        issued = self.keys.find_issued(who) if who is not None else self.keys.issued()
+        devices: dict[bytes, str] = {}
+        for i in issued:
+            if i.member_device_id is not None:
+                devices[i.member_device_id] = i.member
+        with_pad = {bytes(r[0]) for r in self.store.read(
+            "SELECT peer_device_id FROM abe_pads WHERE role = 'authority' AND confirmed = 1")}
+        out, left = [], []
+        for device_id, name in devices.items():
+            try:
+                renewal_for(self.keys, device_id)
+            except Revoked:
+                left.append(f"{name}: revoked")
+                continue
+            if device_id not in with_pad:
+                left.append(f"{name}: no renewal pad (granted before them, or on one machine): renew in person")
+                continue
+            out.append((device_id, name))
+        if who is not None and not out:
+            raise (Revoked if any(x.endswith("revoked") for x in left) else NoRenewalPad)(
+                f"{who[:40]} gets no renewal: {'; '.join(left)}.")
+        return out, left
+
+    def renew(self, device_id: bytes, period: Period, random_bytes: Callable[[int], bytes]) -> Renewal | None:
+        """Issue ``device_id``'s member a key for ``period`` and seal it on their renewal pad (None: it already
+        has one for that period)."""
+        prior = renewal_for(self.keys, device_id)
+        if any(i.member_device_id == device_id and i.period == period.number for i in self.keys.issued()):
+            return None
+        rows = self.store.read("SELECT pad_id FROM abe_pads WHERE role = 'authority' AND confirmed = 1 AND"
+                               " peer_device_id = ? ORDER BY created DESC", (device_id,))
+        if not rows:
+            raise NoRenewalPad(f"There is no renewal pad with {prior.member}.")
+        key = self.keys.issue(prior.attributes, member=prior.member, member_device_id=device_id,
+                              how="renewal over the pad", random_bytes=random_bytes, period=period)
+        body = BODY.pack(BODY_MAGIC, BODY_VERSION, period.number, period.starts, period.ends) + key.encode()
+        for (pad_id,) in rows:
+            pad_id = bytes(pad_id)
+            with self.store.transaction() as conn:  # reserve, build, destroy: one commit, before it leaves
+                size, next_free, stored, mailbox = conn.execute(
+                    "SELECT size, next, pad, mailbox FROM abe_pads WHERE pad_id = ?", (pad_id,)).fetchone()
+                end = next_free + fmt.segment_length(len(body))
+                if end > size:
+                    continue  # this pad is used up: the next one, if any
+                pad = self._open(stored, pad_id)
+                package = fmt.seal(fmt.Kind.CONTROL, pad_id, next_free, bytes(pad[next_free:end]), body,
+                                   bytes(pad[:fmt.AUTH_KEY_LEN]))
+                pad[next_free:end] = bytes(end - next_free)
+                conn.execute("UPDATE abe_pads SET pad = ?, next = ? WHERE pad_id = ?",
+                             (self._seal(bytes(pad), pad_id), end, pad_id))
+                self.store.log(conn, "abe-renewal-sent", pad_id=pad_id, offset=next_free, length=end - next_free,
+                               detail=f"key for period {period.number} to {prior.member}")
+            return Renewal(prior.member, key.key_id, bytes(mailbox).hex(), fmt.encode(bytes(package)))
+        raise NoRenewalPad(f"The renewal pad with {prior.member} is used up: renew in person (a grant makes a "
+                           "new one).")
+
+    # -- the member -----------------------------------------------------------------------------------------
+
+    def open(self, data: bytes) -> HeldKey:
+        """Open a renewal package on this device: the key it carries, stored. RenewalRefused otherwise."""
+        try:
+            parsed = fmt.parse(data)
+        except (MalformedPackage, DeviceError):
+            raise RenewalRefused("That is not a renewal package.") from None
+        rows = self.store.read("SELECT authority_id FROM abe_pads WHERE pad_id = ? AND role = 'member' AND"
+                               " confirmed = 1", (parsed.pad_id,))
+        if parsed.kind != fmt.Kind.CONTROL or not rows:
+            raise RenewalRefused("That renewal is for no renewal pad of this device.")
+        authority_id = bytes(rows[0][0])
+        public = next((p for p in self._publics() if equal(p.authority_id, authority_id)), None)
+        if public is None:
+            raise RenewalRefused("This device no longer knows the renewal's authority.")
+        start, end = parsed.segment
+        size, frontier, stored = self.store.read("SELECT size, next, pad FROM abe_pads WHERE pad_id = ?",
+                                                 (parsed.pad_id,))[0]
+        if start < frontier or end > size:  # used, or outside the pad: refused before a pad byte is read
+            self.store.log_event("abe-renewal-replay", detail=f"renewal pad {parsed.pad_id.hex()[:16]}, offset "
+                                                              f"{start}: used or out of range")
+            raise RenewalRefused("That renewal was opened already (or is out of range): refused.")
+        pad = self._open(stored, parsed.pad_id)
+        try:
+            body = fmt.open_package(parsed, bytes(pad[start:end]), bytes(pad[:fmt.AUTH_KEY_LEN]))
+        except InvalidPackage:
+            self.store.log_event("abe-renewal-forged", detail=f"renewal pad {parsed.pad_id.hex()[:16]}, offset "
+                                                              f"{start}: the tag failed")
+            raise RenewalRefused() from None
+        # Verified: the authority made it. Store the key and destroy the bytes up to its end, in one commit.
+        try:
+            magic, version, number, starts, ends = BODY.unpack_from(body)
+            if magic != BODY_MAGIC or version != BODY_VERSION or not 0 < ends - starts <= MAX_PERIOD_S:
+                raise MalformedAbeData()
+            key = decode_member_key(body[BODY.size:])
+            if key.period != number:
+                raise MalformedAbeData()
+        except (struct.error, AbeError):
+            raise RenewalRefused("The renewal's contents are malformed.") from None
+        period = Period(number, starts, ends)
+        self.keys.add_member_key(public, key, window=(period.starts, period.ends),
+                                 after=lambda conn: self._destroy(conn, parsed.pad_id, end))
+        return next(k for k in self.keys.held() if k.key_id == key.key_id)
+
+    def _destroy(self, conn, pad_id: bytes, end: int) -> None:  # type: ignore[no-untyped-def]
+        size, frontier, stored = conn.execute("SELECT size, next, pad FROM abe_pads WHERE pad_id = ?",
+                                              (pad_id,)).fetchone()
+        if end <= frontier:
+            raise RenewalRefused("That renewal was opened already: refused.")
+        pad = self._open(stored, pad_id)
+        pad[fmt.AUTH_KEY_LEN if frontier < fmt.AUTH_KEY_LEN else frontier:end] = bytes(
+            end - max(frontier, fmt.AUTH_KEY_LEN))
+        conn.execute("UPDATE abe_pads SET pad = ?, next = ? WHERE pad_id = ?",
+                     (self._seal(bytes(pad), pad_id), end, pad_id))
+        self.store.log(conn, "abe-renewal-opened", pad_id=pad_id, detail=f"renewed key stored, pad used to {end}")
+
+    def _publics(self) -> list:
+        from device.abe.encoding import decode_public_key
+
+        return [decode_public_key(bytes(r[0])) for r in self.store.read("SELECT public_key FROM abe_authorities")]
+
+
+def end_text(period: Period) -> str:
+    return f"period {period.number}, {when(period.starts)} to {when(period.ends)}"
+
+
+@dataclass(frozen=True)
+class RenewPlan:
+    """What a renewal will do, shown to the owner before anything is written."""
+
+    period: Period
+    new_period: bool
+    early: bool
+    members: list[tuple[bytes, str]]
+    left: list[str]
+
+    def question(self) -> str:
+        who = ", ".join(name for _, name in self.members) or "nobody"
+        lines = [f"Renew the keys of {who} for {end_text(self.period)}?"]
+        if self.early:
+            lines.append("The running period ends NOW for everyone: members not renewed (revoked) read no room's "
+                         "new epochs from the moment the others' devices move on.")
+        if self.left:
+            lines.append("Not renewed: " + "; ".join(self.left))
+        lines.append("Each renewal is sent on the renewal pad the grant left with that member.")
+        return "\n\n".join(lines)
+
+
+def plan_renewal(keys: AbeKeys, who: str | None = None, end_period: bool = False, length: float | None = None,
+                 now: float | None = None) -> RenewPlan:
+    members, left = RenewalPads(keys).plan(who)
+    period, new = keys.preview_next_period(length, now, early=end_period)
+    return RenewPlan(period, new, end_period, members, left)
+
+
+def renew(keys: AbeKeys, plan: RenewPlan, random_bytes: Callable[[int], bytes], now: float | None = None
+          ) -> list[Renewal]:
+    """Carry out ``plan`` (once its owner approved it): the period made if need be, each member's renewal sealed
+    on its pad (a member that already has a key of that period is skipped)."""
+    known = {p.number: p for p in keys.periods()}
+    if plan.period.number not in known and plan.period.number != max(known, default=0) + 1:
+        raise AbeError("The authority's periods changed since the renewal was planned: nothing was renewed.")
+    period = known.get(plan.period.number) or keys.next_period(plan.period.ends - plan.period.starts, now,
+                                                               early=plan.early)
+    if period.number != plan.period.number:
+        raise AbeError("The authority's periods changed since the renewal was planned: nothing was renewed.")
+    pads = RenewalPads(keys)
+    return [r for device_id, _ in plan.members if (r := pads.renew(device_id, period, random_bytes)) is not None]
+
+
+__all__ = ["PAD_BYTES", "NoRenewalPad", "Renewal", "RenewalPads", "RenewalRefused", "UnknownMember", "make_pad"]
