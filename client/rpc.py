@@ -57,6 +57,8 @@ class DeviceClient:
                 if attempt == 0:
                     continue
                 raise DeviceRefused()
+            if response.status_code == 400:  # a call the device took as malformed: its code, as for a refusal
+                raise RemoteError("bad-request", _error_text(response))
             if response.status_code != 200:
                 raise ClientError(f"The device answered {response.status_code}: {_error_text(response)}")
             try:

@@ -83,16 +83,23 @@ def parse_request_header(body: bytes) -> tuple[bytes, int]:
     return client_id, counter
 
 
+class MalformedPayload(ValueError):
+    """A sealed call that authenticated but whose JSON is not a call (too deep, NaN, not an object)."""
+
+
 def open_request(keys: Keys, body: bytes) -> dict:
     header = body[: REQUEST_HEADER.size]
     _, counter = parse_request_header(body)
     try:
         plain = ChaCha20Poly1305(keys.request).decrypt(_nonce(counter), body[REQUEST_HEADER.size :], header)
-        payload = boundedjson.loads(plain)
     except (InvalidTag, ValueError):
         raise Unauthorized() from None
+    try:
+        payload = boundedjson.loads(plain)
+    except ValueError:
+        raise MalformedPayload() from None
     if not isinstance(payload, dict):
-        raise Unauthorized()
+        raise MalformedPayload()
     return payload
 
 

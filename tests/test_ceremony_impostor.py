@@ -27,7 +27,7 @@ from device.engine import Device
 from device.storage.padstore import PadStore, device_id_for
 from provisioning.agree import HOST, JOIN, agree
 from provisioning.ceremony import PROTOCOL, Ceremony
-from provisioning.errors import CeremonyRefused
+from provisioning.errors import CeremonyBroken, CeremonyRefused
 from provisioning.wire import Wire
 from tests.test_ceremony_attacks import CHUNK, cutting_connect, holdings, run_grant
 from tests.test_provisioning import homes, run_pair
@@ -377,10 +377,13 @@ def test_a_made_up_proof_of_a_pending_grant_confirms_nothing(tmp_path, poses_as)
             agree(wire, HOST, store, os.urandom, GRANT)
             wire.send({"t": "offer", "attributes": ["STAFF"], "period": [1, time.time(), time.time() + 86400]},
                       public.encode())
-        wire.send({"t": "confirm", "ok": True})
-        wire.recv()
-        wire.send({"t": "holding", "keys": listing})
-        wire.recv()
+        try:  # she is refused somewhere (her identity, the master key she lacks): where is not the point
+            wire.send({"t": "confirm", "ok": True})
+            wire.recv()
+            wire.send({"t": "holding", "keys": listing})
+            wire.recv()
+        except CeremonyBroken:
+            pass
         wire.close()
     thread.join(30)
     issued_after, held_after = grants(campus, member)

@@ -15,6 +15,7 @@ import secrets
 import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,8 @@ def pose_as_authority(mallory: Path, member: Path, public, her_key) -> dict:
         wire = Wire(her_sock)
         try:
             agree(wire, HOST, store, os.urandom, GRANT)
-            wire.send({"t": "offer", "attributes": list(her_key.attributes)}, public.encode())
+            wire.send({"t": "offer", "attributes": [a for a in her_key.attributes if not a.startswith("PERIOD_")],
+                       "period": [1, time.time(), time.time() + 86400]}, public.encode())
             wire.send({"t": "confirm", "ok": True})
             wire.recv()
             # The proof that she holds the master key (a key for an attribute named by this session): the
@@ -327,7 +329,8 @@ def test_a_device_cannot_take_an_authoritys_id_for_its_own_key(tmp_path):
     with PadStore(rook) as store:
         wire = Wire(rook_sock)
         agree(wire, HOST, store, os.urandom, GRANT)
-        wire.send({"t": "offer", "attributes": ["STAFF"]}, squatted.encode())
+        wire.send({"t": "offer", "attributes": ["STAFF"], "period": [1, time.time(), time.time() + 86400]},
+                  squatted.encode())
         wire.recv()
         wire.close()
     thread.join(30)
