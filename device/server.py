@@ -715,6 +715,9 @@ class Server:
                                          clear_untrusted_proxy_headers=True)
         except OSError as exc:
             self.app.extensions["otc"].close()
+            clear = getattr(config.source, "clear_code", None)
+            if clear is not None:  # a code shown in advance (auto) belongs to no device: a script must not pair
+                clear()            # with whatever else listens there (a cold run of the README)
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise UsageError(listen_failure(shown, exc)) from None
         self.host = host
