@@ -144,15 +144,27 @@ def pair(url: str, name: str, code: str | None = None, ask_code: Callable[[], st
             raise ClientError(f"The device answered {response.status_code} to pairing.")
         return data
 
+    malformed = f"A pairing code is {rpc.CODE_DIGITS} digits, like 1234-5678."
+    if code is not None and rpc.normalise_code(code) is None:
+        raise PairingError(malformed)  # before the device opens a session for it
     started = post("/v1/pair/begin", {"name": name})
     session_id = str(started.get("session", ""))
-    if code is None:
-        if ask_code is None:
-            raise PairingError("A pairing code is needed: the device shows it now.")
-        code = ask_code()
-    digits = rpc.normalise_code(code)
-    if digits is None:
-        raise PairingError(f"A pairing code is {rpc.CODE_DIGITS} digits, like 1234-5678.")
+    try:
+        if code is None:
+            if ask_code is None:
+                raise PairingError("A pairing code is needed: the device shows it now.")
+            code = ask_code()
+        digits = rpc.normalise_code(code)
+        if digits is None:
+            raise PairingError(malformed)
+    except BaseException:
+        # The owner gave up (Ctrl-C) or typed something that is no code: end the session on the device, so
+        # that it does not keep every pairing waiting until its code expires.
+        try:
+            http.post(url + "/v1/pair/cancel", json={"session": session_id}, timeout=(CONNECT_TIMEOUT_S, 10))
+        except requests.RequestException:
+            pass
+        raise
     from spake2 import SPAKE2_A  # only pairing needs it
 
     spake = SPAKE2_A(digits.encode(), idA=rpc.SPAKE2_ID_CLIENT, idB=rpc.SPAKE2_ID_DEVICE)

@@ -183,6 +183,17 @@ class PairingManager:
             self._drop()
             return client_id, device_proof
 
+    def cancel(self, session_id: bytes) -> bool:
+        """End the session ``session_id`` before its exchange: the laptop that began it gave up (its owner
+        pressed Ctrl-C, or typed a code that is not one). Only the holder of the session id (16 random bytes,
+        given to that laptop alone) can; no failure is counted, and the next laptop may begin at once."""
+        with self._lock:
+            session = self._session
+            if session is None or session.msg_a is not None or not equal(session.session_id, session_id):
+                return False
+            self._drop()
+            return True
+
     # -- internals --------------------------------------------------------------------
 
     def _current(self, session_id: bytes) -> _Session:

@@ -6,6 +6,7 @@ Endpoints (protocol version 1):
     POST /v1/pair/begin      {"name"}                -> {"session", "digits", "expires_in"}
     POST /v1/pair/exchange   {"session", "message"}  -> {"message"}
     POST /v1/pair/confirm    {"session", "confirm"}  -> {"client_id", "confirm"}
+    POST /v1/pair/cancel     {"session"}             -> {"cancelled"}
     POST /v1/call            a sealed call (onetimechat.rpc) -> a sealed response
 
 Every other answer is JSON ``{"error": code, "message": text}`` with a 4xx
@@ -633,6 +634,11 @@ def create_app(config: ServerConfig) -> Flask:
         msg_b = service.pairing.exchange(session, _b64_field(data, "message"))
         return jsonify({"message": base64.b64encode(msg_b).decode()})
 
+    @app.post("/v1/pair/cancel")
+    def pair_cancel() -> Response:
+        data = json_body()
+        return jsonify({"cancelled": service.pairing.cancel(_hex_field(data, "session", 16))})
+
     @app.post("/v1/pair/confirm")
     def pair_confirm() -> Response:
         data = json_body()
@@ -714,6 +720,9 @@ class Server:
                                          clear_untrusted_proxy_headers=True)
         except OSError as exc:
             self.app.extensions["otc"].close()
+            clear = getattr(config.source, "clear_code", None)
+            if clear is not None:  # a code shown in advance (auto) belongs to no device: a script must not pair
+                clear()            # with whatever else listens there (a cold run of the README)
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise UsageError(listen_failure(shown, exc)) from None
         self.host = host

@@ -34,6 +34,7 @@ def taken():
 
 def test_device_port_in_use(home, taken):
     result = otc("device", "serve", "--home", str(home), "--listen", taken, "--confirm", "auto", timeout=30)
+    assert not (home / "pairing-code").exists()  # no code left for a script to pair with whatever listens there
     assert one_line(result) == f"ERROR: Cannot listen on {taken}: another program already listens there " \
                                "(choose another port, or stop it)."
 

@@ -115,3 +115,36 @@ def test_garbage_exchange_over_http_is_refused_and_counted(rpc_device):  # noqa:
                            json={"session": begin["session"], "message": base64.b64encode(b"x").decode()}, timeout=10)
     assert answer.status_code == 401
     assert rpc_device.pair_client("owner").ping()["client"] == "owner"
+
+
+def test_an_owner_giving_up_at_the_code_prompt_does_not_keep_pairing_busy(rpc_device):  # noqa: F811
+    """A cold run of the README: Ctrl-C at the code prompt (or a code that is not one) left the session open,
+    and every pairing, the right code included, was refused as busy for five minutes."""
+    import pytest
+
+    from client.errors import PairingError
+
+    state = ClientState(rpc_device.tmp / "laptop")
+
+    def gives_up() -> str:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pair(rpc_device.url, name="laptop", ask_code=gives_up, state=state)
+    with pytest.raises(PairingError, match="8 digits"):
+        pair(rpc_device.url, name="laptop", ask_code=lambda: "12-34", state=state)
+    with pytest.raises(PairingError, match="8 digits"):  # refused before the device opens a session
+        pair(rpc_device.url, name="laptop", code="000000", state=state)
+    pair(rpc_device.url, name="laptop", ask_code=lambda: rpc_device.source.codes[-1], state=state)
+    assert state.paired()
+
+
+def test_a_stranger_cannot_cancel_someone_elses_pairing(rpc_device):  # noqa: F811
+    started = requests.post(rpc_device.url + "/v1/pair/begin", json={"name": "owner"}, timeout=10).json()
+    other = bytes(16).hex()
+    answer = requests.post(rpc_device.url + "/v1/pair/cancel", json={"session": other}, timeout=10)
+    assert answer.status_code == 200 and answer.json() == {"cancelled": False}
+    busy = requests.post(rpc_device.url + "/v1/pair/begin", json={"name": "evil"}, timeout=10)
+    assert busy.status_code == 409  # the owner's session still stands
+    answer = requests.post(rpc_device.url + "/v1/pair/cancel", json={"session": started["session"]}, timeout=10)
+    assert answer.json() == {"cancelled": True}
