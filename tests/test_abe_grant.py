@@ -245,3 +245,34 @@ def test_a_device_that_chooses_its_pad_share_after_seeing_the_others_is_caught()
     left.close()
     right.close()
     assert isinstance(out["honest"], CeremonyBroken) and "commitment" in str(out["honest"])
+
+
+def test_a_device_that_plays_back_the_others_commitment_and_share_is_caught():
+    """An outside review: echoing the other side's commitment, then its share, passed every check and made the
+    renewal pad all zeros (share XOR share). Commitments now bind the sender's role and the session."""
+    from device.abe.renewal import make_pad
+    from provisioning.errors import CeremonyBroken
+
+    left, right = socket.socketpair()
+    out: dict = {}
+    k1, k2 = os.urandom(32), os.urandom(32)
+    honest_wire, cheat = Wire(left), Wire(right)
+    honest_wire.set_keys(k1, k2)
+    cheat.set_keys(k2, k1)
+
+    def honest() -> None:
+        try:
+            out["honest"] = make_pad(honest_wire, os.urandom, "authority")
+        except CeremonyBroken as exc:
+            out["honest"] = exc
+
+    thread = threading.Thread(target=honest)
+    thread.start()
+    _, commitment = cheat.recv()
+    cheat.send({"t": "pad-commit"}, commitment)  # the honest side's own commitment, played back
+    _, share = cheat.recv()
+    cheat.send({"t": "pad-share"}, share)  # and its own share
+    thread.join(10)
+    left.close()
+    right.close()
+    assert isinstance(out["honest"], CeremonyBroken), out["honest"]

@@ -492,3 +492,20 @@ def test_an_honest_member_neither_sends_nor_distributes_once_its_period_has_ende
     w.log.post(c.leave())
     w.log.sync()
     assert a.duties() == [] and not a.status()["keyed"]
+
+
+def test_a_hostile_relays_huge_item_ref_is_refused_and_changes_nothing():
+    """An outside review: a ref of 2^64 on a contribution raised struct.error inside receive (an internal
+    error), after adding the member with no epoch; the room then failed on every sync."""
+    from device.rooms.wire import to_text
+    from tests.rooms_helpers import World
+
+    world = World(["STAFF,ADMIN", "STAFF,OPS"])
+    a, b = world.members
+    world.log.post(a.join("a"))
+    world.log.sync()
+    before = (a.last_ref, a.status()["members"], a.current_epoch)
+    contribution = to_text(b.join("b"))
+    for ref in (2**63, 2**64, 2**64 + 5, 0, -1):
+        assert a.receive(ref, contribution).outcome == "refused"
+    assert (a.last_ref, a.status()["members"], a.current_epoch) == before

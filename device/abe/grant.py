@@ -219,7 +219,7 @@ def grant_host(store: PadStore, wire: Wire, attributes: str | list[str], confirm
     earlier = _settle(wire, keys, member_id, as_authority=True, trusted=True)
     if earlier is not None:
         return earlier
-    pad = make_pad(wire, random_bytes)
+    pad = make_pad(wire, random_bytes, "authority")
     key = keys.issue(names, member=agreed.peer_name, member_device_id=member_id, how="in person",
                      random_bytes=random_bytes, pending=True, period=chosen)
     RenewalPads(keys).add(pad, key.key_id, public.authority_id, member_id, "authority")
@@ -283,7 +283,7 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
     if earlier is not None:
         keys.bind_authority_identity(public.authority_id, agreed.peer_identity)
         return earlier
-    pad = make_pad(wire, random_bytes)
+    pad = make_pad(wire, random_bytes, "member")
     _, data = _expect(wire, "key")
     try:
         key = decode_member_key(data)

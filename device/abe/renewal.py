@@ -48,6 +48,7 @@ from provisioning.errors import CeremonyBroken
 from provisioning.wire import Wire
 
 PAD_BYTES = 32 << 10  # about 60 renewals of a key with a few attributes
+PAD_BINDING = "otc abe renewal pad binding v1"
 COMMIT_LABEL = b"otc abe renewal pad commitment v1\x00"
 BODY = struct.Struct(">4sBIdd")
 BODY_MAGIC = b"OREN"
@@ -69,16 +70,23 @@ class NoRenewalPad(AbeError):
 # -- the pad, made in the grant ceremony ----------------------------------------------------------------------
 
 
-def _commitment(share: bytes) -> bytes:
-    return hashlib.sha256(COMMIT_LABEL + share).digest()
+def _commitment(share: bytes, role: str, binding: bytes) -> bytes:
+    """A share's commitment, bound to this session and the sender's role: the other side's commitment played
+    back (and then the other's share) is never this side's (an outside review made the pad all zeros so)."""
+    return hashlib.sha256(COMMIT_LABEL + binding + role.encode() + b"\x00" + share).digest()
 
 
-def make_pad(wire: Wire, random_bytes: Callable[[int], bytes]) -> bytes:
-    """Both devices' shares, committed before either sees the other's, XORed: the renewal pad."""
+def make_pad(wire: Wire, random_bytes: Callable[[int], bytes], role: str = "authority") -> bytes:
+    """Both devices' shares, committed before either sees the other's, XORed: the renewal pad. ``role`` is
+    this device's ("authority" or "member")."""
+    if role not in ("authority", "member"):
+        raise ValueError("role is authority or member")
+    peer_role = "member" if role == "authority" else "authority"
+    binding = wire.export(PAD_BINDING)
     share = random_bytes(PAD_BYTES)
     if len(share) != PAD_BYTES:
         raise CeremonyBroken("This device's random source gave too few bytes.")
-    wire.send({"t": "pad-commit"}, _commitment(share))
+    wire.send({"t": "pad-commit"}, _commitment(share, role, binding))
     message, theirs_commitment = wire.recv()
     if message.get("t") != "pad-commit" or len(theirs_commitment) != 32:
         raise CeremonyBroken("The other device broke the grant protocol.")
@@ -86,7 +94,8 @@ def make_pad(wire: Wire, random_bytes: Callable[[int], bytes]) -> bytes:
     message, theirs = wire.recv()
     if message.get("t") != "pad-share" or len(theirs) != PAD_BYTES:
         raise CeremonyBroken("The other device broke the grant protocol.")
-    if not hmac.compare_digest(_commitment(theirs), theirs_commitment):
+    if hmac.compare_digest(theirs, share) or not hmac.compare_digest(_commitment(theirs, peer_role, binding),
+                                                                     theirs_commitment):
         raise CeremonyBroken("The other device's pad share does not match its commitment: it chose it after "
                              "seeing this one's. The grant stopped.")
     return fmt.xor(share, theirs)

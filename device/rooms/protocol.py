@@ -80,6 +80,8 @@ MAX_TEXT_BYTES = 64 << 10
 
 VALID, PENDING, UNKNOWN = "valid", "pending", "unknown"
 
+MAX_REF = (1 << 63) - 1  # the largest item ref a relay can give
+
 
 class Keys(Protocol):
     """The device's attribute-based keys (device.abe.store.AbeKeys)."""
@@ -341,6 +343,8 @@ class RoomMember:
 
     def receive(self, ref: int, contents: str) -> Event:
         """One item of the room's mailbox, in relay order. Refusals change nothing."""
+        if not 1 <= ref <= MAX_REF:  # a relay's refs are SQL integers: a larger one is a hostile relay's
+            return Event(ref, "item", "refused")
         if ref <= self.last_ref:
             return Event(ref, "item", "ignored")
         try:

@@ -22,6 +22,7 @@ from typing import Any
 
 from device.confirm import ConfirmRequest
 from device.errors import Declined, DeviceError
+from device.rooms.protocol import MAX_REF
 from device.rooms.service import MAX_ITEMS_PER_CALL, DeviceRooms
 from device.rooms.wire import Room
 
@@ -97,8 +98,8 @@ def room_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
         items = []
         for item in raw:
             if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], int)
-                    or isinstance(item[0], bool) or item[0] < 1 or not isinstance(item[1], str)):
-                raise BadRoomRequest("Each item is [ref, contents].")
+                    or isinstance(item[0], bool) or not 1 <= item[0] <= MAX_REF or not isinstance(item[1], str)):
+                raise BadRoomRequest("Each item is [ref, contents], ref from 1 to 2^63-1.")
             items.append((item[0], item[1]))
         return rooms_for(service).receive(_param(params, "room"), items)
 
