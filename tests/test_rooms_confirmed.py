@@ -86,3 +86,61 @@ def test_room_add_and_room_leave_need_the_owners_approval(tmp_path, capsys):
     finally:
         bob.stop()
         relay.close()
+
+
+class _Yes:
+    def ask(self, request) -> bool:
+        return True
+
+
+def test_join_counts_only_keys_whose_period_is_running(tmp_path):
+    """An outside review: an expired STAFF,ADMIN key and a current OPS key let a device join a 'STAFF and
+    ADMIN' room it could never read (the check used every key, the contribution the current one)."""
+    import time
+
+    import pytest
+
+    from device.abe.store import AbeKeys, grant_local
+    from device.rooms.errors import RoomError
+    from device.rooms.service import DeviceRooms
+    from device.storage.padstore import PadStore
+
+    auth, member = PadStore.init(tmp_path / "campus", "campus"), PadStore.init(tmp_path / "dora", "dora")
+    try:
+        keys = AbeKeys(auth)
+        keys.become_authority()
+        now = time.time()
+        first = keys.next_period(30 * 86400, now=now - 40 * 86400)  # ended ten days ago
+        grant_local(auth, member, "STAFF,ADMIN", first)
+        grant_local(auth, member, "OPS", keys.next_period(30 * 86400))
+        room = DeviceRooms(auth, _Yes()).create("ops", "STAFF and ADMIN")
+        rooms = DeviceRooms(member, _Yes())
+        rooms.add(room)
+        with pytest.raises(RoomError, match="do not satisfy"):
+            rooms.join("ops", "dora")
+    finally:
+        auth.close()
+        member.close()
+
+
+def test_an_invite_whose_policy_names_a_key_period_is_refused(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from device.abe.policy import Policy
+    from device.abe.store import AbeKeys
+    from device.rooms.errors import RoomError
+    from device.rooms.service import DeviceRooms
+    from device.storage.padstore import PadStore
+
+    auth, member = PadStore.init(tmp_path / "campus", "campus"), PadStore.init(tmp_path / "dora", "dora")
+    try:
+        AbeKeys(auth).become_authority()
+        room = DeviceRooms(auth, _Yes()).create("ops", "OPS")
+        forged = dataclasses.replace(room, policy=Policy.parse("OPS or PERIOD_1"))  # a hand-made invite
+        with pytest.raises(RoomError, match="reserved"):
+            DeviceRooms(member, _Yes()).add(forged)
+    finally:
+        auth.close()
+        member.close()

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from device.abe.errors import PolicyError
 from device.abe.policy import Policy, check_unreserved
 from device.abe.store import AbeKeys
 from device.confirm import Confirmer, ConfirmRequest
@@ -23,6 +24,7 @@ from device.rooms.protocol import DEFAULT_GRACE_S, DEFAULT_LEADER_TIMEOUT_S, Roo
 from device.rooms.storage import DeviceRoomStore, RoomStore
 from device.rooms.wire import ROOM_ID_BYTES, Room, to_text
 from device.storage.padstore import PadStore, check_name
+from onetimechat.crypto import equal
 from onetimechat.text import plural
 
 MAX_ITEMS_PER_CALL = 500
@@ -56,6 +58,10 @@ class DeviceRooms:
         return self.add(room)
 
     def add(self, room: Room) -> Room:
+        try:  # a hand-made invite could carry a period attribute in its policy (an outside review)
+            check_unreserved(room.policy.rows, "a room's policy")
+        except PolicyError as exc:
+            raise RoomError(f"This invite's policy is not a room's: {exc}") from None
         with self._lock:
             if room.room_id in self.rooms:
                 return self.rooms[room.room_id].room
@@ -96,7 +102,11 @@ class DeviceRooms:
         with self._lock:
             member = self.find(name)
             room = member.room
-            held = [k.attributes for k in self.keys.member_keys(room.authority_id)]
+            # Only keys whose period is running count: an expired key that satisfies the policy would let this
+            # device count itself a member it could never read as (an outside review).
+            now = member.clock()
+            held = [k.attributes for k in self.keys.held() if equal(k.authority_id, room.authority_id)
+                    and (k.starts is None or k.ends is None or k.starts <= now < k.ends)]
             if not any(room.policy.satisfied_by(attributes) for attributes in held):
                 what = "; ".join(", ".join(a) for a in held) if held else "no key of this authority"
                 raise RoomError(f"This device's keys from {room.authority} ({what}) do not satisfy the room's "
