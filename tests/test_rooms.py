@@ -509,3 +509,66 @@ def test_a_hostile_relays_huge_item_ref_is_refused_and_changes_nothing():
     for ref in (2**63, 2**64, 2**64 + 5, 0, -1):
         assert a.receive(ref, contribution).outcome == "refused"
     assert (a.last_ref, a.status()["members"], a.current_epoch) == before
+
+
+def test_a_contribution_under_a_period_still_to_come_does_not_move_the_room_early():
+    """An outside review: anyone holding the authority's public key posted a contribution under the next
+    period once members held their renewed (not yet begun) keys; they moved the room, dropped their own
+    memberships and could not send until the period began. Now it is held aside until then."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from device.abe.errors import NotSatisfied
+    from device.abe.scheme import decapsulate, encapsulate, keygen
+    from device.rooms import wire
+    from device.rooms.protocol import RoomMember
+    from tests.rooms_helpers import Keys, World
+
+    attrs = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
+    t1_end, t2_end = 1_000_000.0, 2_000_000.0
+
+    class Renewed(Keys):
+        """Keys of periods 1 and (once renewed) 2, each with its window; decapsulates with any it holds."""
+
+        def __init__(self, public, first) -> None:
+            super().__init__(public, first)
+            self.held, self.windows = [first], {1: (0.0, t1_end)}
+
+        def renew(self, key) -> None:
+            self.held.append(key)
+            self.windows[key.period] = (t1_end, t2_end)
+
+        def decapsulate(self, ct):
+            for key in self.held:
+                if ct.policy.prune(key.Kx) is not None:
+                    return decapsulate(key, ct)
+            raise NotSatisfied()
+
+        def periods_held(self, authority_id):
+            return dict(self.windows)
+
+    w = World(attrs)
+    w.keys = [Renewed(w.master.public, keygen(w.master, a, period=1)) for a in attrs]
+    w.members = [w.member(k) for k in w.keys]
+    w.log.members = w.members
+    w.log.events = {id(m): [] for m in w.members}
+    for m in w.members:
+        w.log.post(m.join(f"m{w.members.index(m)}"))
+        w.log.sync()
+    a, b, _c = w.members
+    for i in (0, 1):  # a and b renewed for period 2 (it begins at t1_end); c is not
+        w.keys[i].renew(keygen(w.master, attrs[i], period=2))
+    # The forger: the public key is all it needs for a contribution under (policy) and PERIOD_2.
+    helper = RoomMember(w.room, w.keys[0], clock=w.clock)
+    enc = encapsulate(w.master.public, helper.policy_for(2))
+    w.log.post(wire.contribution(w.room.room_id, enc.ciphertext.encode(), enc.key, X25519PrivateKey.generate(),
+                                 Ed25519PrivateKey.generate(), "forger"))
+    w.log.sync()
+    assert a.period == b.period == 1 and a.joined and b.joined
+    w.log.post(a.send("still period 1"))
+    w.log.sync()
+    assert "still period 1" in w.log.texts(b)
+    w.clock.now = t1_end + 1  # period 2 begins: the renewed members move the room themselves
+    w.clock.now += 10 * a.leader_timeout
+    w.log.sync(4)
+    assert a.period == 2 and a.joined and b.joined

@@ -382,7 +382,12 @@ class RoomMember:
                              period)
             k = None
             if not own:
-                k = self._check(record) if self.joined else False
+                # A later period counts only once this device's own key of it has begun: a contribution under a
+                # period still to come (anyone can make one from the public key) is held aside until then,
+                # never moves the room early (an outside review stalled rooms for up to a week so).
+                usable = self.usable_period()
+                begun = usable is not None and usable >= period
+                k = self._check(record) if self.joined and begun else False
                 if k is None:
                     return Event(ref, "contribution", "skipped", sender_id=short(mid))
                 if k is False:  # undecidable here (no key of that period yet): held aside
