@@ -73,6 +73,8 @@ from onetimechat.errors import OTCError
 from provisioning.agree import HOST, JOIN, agree
 from provisioning.agree import format_sas as format_sas
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyError, CeremonyRefused
+from provisioning.settle import MAX_LISTED, holding_proof, listing
+from provisioning.settle import proven as settled
 from provisioning.wire import PAYLOAD_OFFSET, SHARE, Wire
 
 PROTOCOL = "otc-pairing-v4"  # v3: commitments bind bytes, shares committed ahead, pads confirmed by both;
@@ -82,7 +84,6 @@ MAX_CHUNK = 4 << 20
 WINDOW = 4  # own shares generated (and sealed) ahead of the peer's
 MAX_HELD = 2 * WINDOW + 2  # the peer's sealed shares held for their keys, at most (memory stays bounded)
 TAG_BYTES = 16  # a chunk's GMAC tag
-MAX_LISTED = 65536  # pads a device may list when settling (far above any real device's count)
 ORPHAN_AGE_S = 600.0  # a pad file with no record beside it, untouched this long, is a killed ceremony's
 MAX_PARTIALS = 4  # unfinished pads kept, all peers together (a peer has one at a time); the stalest go first
 SPACE_MARGIN = 64 << 20  # free space a ceremony leaves beyond its pad and every kept partial's remainder
@@ -148,12 +149,6 @@ def proof_key(pad_file: PadFile, size: int) -> bytes:
     """
     return b"".join(bytes(pad_file.read(lo, hi - lo)) for lo, hi in (auth_key_range(True, size),
                                                                         auth_key_range(False, size)))
-
-
-def settle_proof(key: bytes, binding: bytes, role: str, pad_id: str) -> str:
-    """A device's proof, in this session and role, that it holds the pad ``pad_id`` (hex) keyed ``key``."""
-    return hmac.new(key, SETTLE_PROOF_LABEL + binding + role.encode() + b"\x00" + bytes.fromhex(pad_id),
-                    hashlib.sha256).hexdigest()
 
 
 def chunk_tag(tag_key: AESGCM, index: int, chunk: bytes | memoryview) -> bytes:
@@ -757,16 +752,12 @@ class Ceremony:
             keys[partial.pad_id] = partial.proof_key(self.store)
             states[partial.pad_id] = "partial"
         wire.send({"t": "holding", "pads": {pid: {"state": states[pid],
-                                                  "proof": settle_proof(keys[pid], bind, self.role, pid)}
+                                                  "proof": holding_proof(SETTLE_PROOF_LABEL, keys[pid], bind,
+                                                                         self.role, pid)}
                                             for pid in keys}})
         message, _ = self._expect(wire, "holding")
-        theirs = message.get("pads")
-        if not isinstance(theirs, dict) or len(theirs) > MAX_LISTED or \
-                not all(isinstance(v, dict) for v in theirs.values()):
-            raise CeremonyBroken("The other device sent a malformed list of pads.")
-        proven = {pid for pid in keys if isinstance(theirs.get(pid), dict)
-                  and hmac.compare_digest(str(theirs[pid].get("proof")).encode(),
-                                          settle_proof(keys[pid], bind, peer_role, pid).encode())}
+        theirs = listing(message, "pads", "pads")
+        proven = settled(theirs, keys, SETTLE_PROOF_LABEL, bind, peer_role)
         if stored and not proven & stored and not self.trusted:
             contact = self._known_contact(peer_device_id) or "a contact"
             wire.send({"t": "refuse", "reason": "the other device did not prove it is the device it says"})

@@ -33,7 +33,6 @@ another's id but proves none of its confirmed grants is refused.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from collections.abc import Callable
@@ -49,6 +48,8 @@ from device.abe.store import AbeKeys, grant_fingerprint
 from device.storage.padstore import PadStore, device_id_for
 from provisioning.agree import HOST, JOIN, agree
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyRefused
+from provisioning.settle import holding_proof, listing
+from provisioning.settle import proven as settled
 from provisioning.wire import Wire
 
 AUTHORITY_PROOF = "otc abe grant authority proof"
@@ -120,15 +121,11 @@ class Granted:
 
 
 SETTLE_BINDING = "otc abe grant v3 settle"
-MAX_LISTED = 65536  # grants a device may list when settling
 SETTLE_PROOF_LABEL = b"otc abe grant v3 settle proof\x00"
 
 
-def settle_proof(key: bytes, binding: bytes, as_authority: bool, key_id: str) -> str:
-    """A device's proof, in this session and role, that it holds the grant ``key_id`` (hex)."""
-    role = b"authority" if as_authority else b"member"
-    return hmac.new(key, SETTLE_PROOF_LABEL + binding + role + b"\x00" + bytes.fromhex(key_id),
-                    hashlib.sha256).hexdigest()
+def _role(as_authority: bool) -> str:
+    return "authority" if as_authority else "member"
 
 
 def _settle(wire: Wire, keys: AbeKeys, peer: bytes, as_authority: bool, trusted: bool) -> Granted | None:
@@ -147,16 +144,12 @@ def _settle(wire: Wire, keys: AbeKeys, peer: bytes, as_authority: bool, trusted:
     mine = keys.grants_with(peer, as_authority)
     proof_keys = {kid.hex(): pk for kid, pk in keys.grant_proof_keys(peer, as_authority).items() if kid in mine}
     listed = {kid: {"state": "confirmed" if mine[bytes.fromhex(kid)][0] else "pending",
-                    "proof": settle_proof(pk, binding, as_authority, kid)} for kid, pk in proof_keys.items()}
+                    "proof": holding_proof(SETTLE_PROOF_LABEL, pk, binding, _role(as_authority), kid)}
+              for kid, pk in proof_keys.items()}
     wire.send({"t": "holding", "keys": listed})
     message, _ = _expect(wire, "holding")
-    theirs = message.get("keys")
-    if not isinstance(theirs, dict) or len(theirs) > MAX_LISTED or \
-            not all(isinstance(v, dict) for v in theirs.values()):
-        raise CeremonyBroken("The other device sent a malformed list of grants.")
-    proven = {kid for kid, pk in proof_keys.items() if isinstance(theirs.get(kid), dict)
-              and hmac.compare_digest(str(theirs[kid].get("proof")).encode(),
-                                      settle_proof(pk, binding, not as_authority, kid).encode())}
+    theirs = listing(message, "keys", "grants")
+    proven = settled(theirs, proof_keys, SETTLE_PROOF_LABEL, binding, _role(not as_authority))
     confirmed = {kid for kid in proof_keys if mine[bytes.fromhex(kid)][0]}
     if as_authority and confirmed and not proven & confirmed and not trusted:
         wire.send({"t": "refuse", "reason": "the other device did not prove it is the device it says"})
