@@ -78,6 +78,33 @@ def contact_ids(home: Path) -> dict[str, bytes]:
         return {name: bytes(pid) for name, pid in store.read("SELECT name, peer_device_id FROM contacts")}
 
 
+def linked() -> tuple[socket.socket, socket.socket]:
+    """A victim's end and an attacker's end of one link (both give up after 20 s)."""
+    ends = socket.socketpair()
+    for end in ends:
+        end.settimeout(20)
+    return ends
+
+
+def member_side(home: Path, sock: socket.socket, out: dict) -> threading.Thread:
+    """A member's device running the real grant (``grant_join``) on ``sock``; how it ended goes into ``out``."""
+    from device.abe.grant import grant_join
+
+    def run() -> None:
+        with PadStore(home) as store:
+            wire = Wire(sock)
+            try:
+                out["result"] = grant_join(store, wire, lambda view: True)
+            except Exception as exc:  # noqa: BLE001 - the test inspects it
+                out["result"] = exc
+            finally:
+                wire.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
 def test_a_device_giving_a_contacts_id_under_another_identity_is_refused_before_anything(tmp_path):
     alice, bob, mallory = homes(tmp_path, "alice", "bob", "mallory")
     run_pair(alice, bob, 4 * CHUNK, chunk=CHUNK)
@@ -160,9 +187,7 @@ def test_an_impostor_of_an_old_contact_listing_its_pad_with_a_made_up_proof_is_r
 
     # Mallory hosts, agrees honestly, and then lists Alice's pad: its id (packages carry it) and the
     # fingerprint both screens showed, with a proof she has to make up.
-    bob_sock, her_sock = socket.socketpair()
-    for s in (bob_sock, her_sock):
-        s.settimeout(20)
+    bob_sock, her_sock = linked()
     out: dict = {}
     thread = bob_side(bob, JOIN, bob_sock, out)
     with PadStore(mallory) as store:
@@ -203,9 +228,7 @@ def test_an_impostor_of_an_old_contact_cannot_make_a_device_discard_a_pad_its_re
     claim_id(mallory, device_id(alice))
 
     # Mallory, giving Alice's id, says she holds nothing: before v4 Bob discarded the pad on her word.
-    bob_sock, her_sock = socket.socketpair()
-    for s in (bob_sock, her_sock):
-        s.settimeout(20)
+    bob_sock, her_sock = linked()
     out: dict = {}
     thread = bob_side(bob, JOIN, bob_sock, out)
     with PadStore(mallory) as store:
@@ -229,9 +252,7 @@ def test_a_deeply_nested_list_is_a_malformed_message_not_an_internal_error(tmp_p
     from provisioning.errors import CeremonyBroken
 
     bob, mallory = homes(tmp_path, "bob", "mallory")
-    bob_sock, her_sock = socket.socketpair()
-    for s in (bob_sock, her_sock):
-        s.settimeout(20)
+    bob_sock, her_sock = linked()
     out: dict = {}
     thread = bob_side(bob, JOIN, bob_sock, out)
     nested: dict = {}
@@ -283,25 +304,9 @@ def test_a_device_posing_as_an_authority_is_refused_and_the_member_keeps_its_key
     with sqlite3.connect(mallory / "device.db") as db:
         db.execute("UPDATE device SET name = ?", (public.name,))
     db.close()
-    member_sock, her_sock = socket.socketpair()
-    for s in (member_sock, her_sock):
-        s.settimeout(20)
+    member_sock, her_sock = linked()
     out: dict = {}
-
-    def run_member() -> None:
-        from device.abe.grant import grant_join
-
-        with PadStore(member) as store:
-            wire = Wire(member_sock)
-            try:
-                out["result"] = grant_join(store, wire, lambda view: True)
-            except Exception as exc:  # noqa: BLE001 - the test inspects it
-                out["result"] = exc
-            finally:
-                wire.close()
-
-    thread = threading.Thread(target=run_member)
-    thread.start()
+    thread = member_side(member, member_sock, out)
     with PadStore(mallory) as store:
         wire = Wire(her_sock)
         agree(wire, HOST, store, os.urandom, GRANT)
@@ -349,9 +354,7 @@ def test_a_made_up_proof_of_a_pending_grant_confirms_nothing(tmp_path, poses_as)
     # Mallory lists the grant with its id and the fingerprint both screens showed, and a made-up proof.
     listing = {kid.hex(): {"state": "pending", "fingerprint": fingerprint, "proof": secrets.token_hex(32)}}
     target, target_home = (grant_host, campus) if poses_as == "member" else (grant_join, member)
-    victim_sock, her_sock = socket.socketpair()
-    for s in (victim_sock, her_sock):
-        s.settimeout(20)
+    victim_sock, her_sock = linked()
 
     def victim() -> None:
         with PadStore(target_home) as store:

@@ -22,7 +22,6 @@ import pytest
 
 import device.storage.padstore as padstore_module
 from device.abe.grant import PROTOCOL as GRANT
-from device.abe.grant import grant_join
 from device.abe.store import AbeKeys, grant_local
 from device.engine import Device
 from device.storage.padstore import PadStore, device_id_for
@@ -31,6 +30,7 @@ from provisioning.ceremony import Ceremony, Partial
 from provisioning.errors import CeremonyBroken, CeremonyRefused
 from provisioning.wire import Wire
 from tests.test_ceremony_attacks import CHUNK, cutting_connect, run_grant
+from tests.test_ceremony_impostor import linked, member_side
 from tests.test_provisioning import homes, run_pair
 
 # -- a member of an authority poses as the authority --------------------------------------------------------
@@ -48,23 +48,9 @@ def pose_as_authority(mallory: Path, member: Path, public, her_key) -> dict:
     with sqlite3.connect(mallory / "device.db") as db:
         db.execute("UPDATE device SET name = ?", (public.name,))
     db.close()
-    her_sock, member_sock = socket.socketpair()
-    for sock in (her_sock, member_sock):
-        sock.settimeout(20)
+    her_sock, member_sock = linked()
     out: dict = {}
-
-    def run_member() -> None:
-        with PadStore(member) as store:
-            wire = Wire(member_sock)
-            try:
-                out["result"] = grant_join(store, wire, lambda view: True)
-            except Exception as exc:  # noqa: BLE001 - the test inspects it
-                out["result"] = exc
-            finally:
-                wire.close()
-
-    thread = threading.Thread(target=run_member)
-    thread.start()
+    thread = member_side(member, member_sock, out)
     with PadStore(mallory) as store:
         wire = Wire(her_sock)
         try:
@@ -309,23 +295,9 @@ def test_a_device_cannot_take_an_authoritys_id_for_its_own_key(tmp_path):
     rooks = setup("rook")
     squatted = dataclasses.replace(rooks.public, authority_id=campus_public.authority_id)
     assert not squatted.certified
-    member_sock, rook_sock = socket.socketpair()
-    for sock in (member_sock, rook_sock):
-        sock.settimeout(20)
+    member_sock, rook_sock = linked()
     out: dict = {}
-
-    def run_member() -> None:
-        with PadStore(bob) as store:
-            wire = Wire(member_sock)
-            try:
-                out["result"] = grant_join(store, wire, lambda view: True)
-            except Exception as exc:  # noqa: BLE001 - the test inspects it
-                out["result"] = exc
-            finally:
-                wire.close()
-
-    thread = threading.Thread(target=run_member)
-    thread.start()
+    thread = member_side(bob, member_sock, out)
     with PadStore(rook) as store:
         wire = Wire(rook_sock)
         agree(wire, HOST, store, os.urandom, GRANT)
@@ -346,9 +318,7 @@ def test_a_non_finite_number_in_an_offer_is_a_malformed_message(tmp_path, offer)
     from tests.test_ceremony_impostor import bob_side
 
     bob, mallory = homes(tmp_path, "bob", "mallory")
-    bob_sock, her_sock = socket.socketpair()
-    for sock in (bob_sock, her_sock):
-        sock.settimeout(20)
+    bob_sock, her_sock = linked()
     out: dict = {}
     thread = bob_side(bob, "join", bob_sock, out)
     with PadStore(mallory) as store:
