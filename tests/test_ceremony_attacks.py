@@ -339,20 +339,15 @@ def open_host_share(pad_id: bytes, index: int, key: bytes, sealed: bytes) -> byt
 CHUNK = 64 * 1024
 
 
-@pytest.mark.parametrize("strategy", ["honest-control", "another-key", "mirror", "no-commitment"])
-def test_a_joiner_answering_with_chosen_xor_host_share_is_caught_and_no_such_pad_is_stored(tmp_path, strategy):
-    PadStore.init(tmp_path / "host", "hosting").close()
-    host_sock, evil_sock = socket.socketpair()
-    host_sock.settimeout(10)
-    evil_sock.settimeout(10)
-    outcome: dict[str, object] = {}
+def hosting(home: Path, sock: socket.socket, size: int, outcome: dict) -> threading.Thread:
+    """The host's device running the real ceremony on ``sock``; its record or error goes into ``outcome``."""
 
     def host() -> None:
-        with PadStore(tmp_path / "host") as store:
-            wire = Wire(host_sock)
+        with PadStore(home) as store:
+            wire = Wire(sock)
             try:
                 outcome["host"] = Ceremony(store, HOST, random_bytes=os.urandom, compare=lambda sas: True,
-                                           size=4 * CHUNK, chunk=CHUNK).run(wire)
+                                           size=size, chunk=CHUNK).run(wire)
             except Exception as exc:  # noqa: BLE001 - the test inspects it
                 outcome["host"] = exc
             finally:
@@ -360,6 +355,17 @@ def test_a_joiner_answering_with_chosen_xor_host_share_is_caught_and_no_such_pad
 
     thread = threading.Thread(target=host)
     thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("strategy", ["honest-control", "another-key", "mirror", "no-commitment"])
+def test_a_joiner_answering_with_chosen_xor_host_share_is_caught_and_no_such_pad_is_stored(tmp_path, strategy):
+    PadStore.init(tmp_path / "host", "hosting").close()
+    host_sock, evil_sock = socket.socketpair()
+    host_sock.settimeout(10)
+    evil_sock.settimeout(10)
+    outcome: dict[str, object] = {}
+    thread = hosting(tmp_path / "host", host_sock, 4 * CHUNK, outcome)
     evil = HostileJoiner(evil_sock)
     evil.agree()
     evil.send({"t": "sas", "ok": True})
@@ -753,20 +759,7 @@ def test_a_joiner_sending_shares_far_ahead_of_its_keys_cannot_fill_the_hosts_mem
     host_sock, evil_sock = socket.socketpair()
     host_sock.settimeout(10)
     outcome: dict[str, object] = {}
-
-    def host() -> None:
-        with PadStore(tmp_path / "host") as store:
-            wire = Wire(host_sock)
-            try:
-                outcome["host"] = Ceremony(store, HOST, random_bytes=os.urandom, compare=lambda sas: True,
-                                           size=64 * CHUNK, chunk=CHUNK).run(wire)
-            except Exception as exc:  # noqa: BLE001 - the test inspects it
-                outcome["host"] = exc
-            finally:
-                wire.close()
-
-    thread = threading.Thread(target=host)
-    thread.start()
+    thread = hosting(tmp_path / "host", host_sock, 64 * CHUNK, outcome)
     evil = HostileJoiner(evil_sock)
     evil.agree()
     evil.send({"t": "sas", "ok": True})
