@@ -377,8 +377,8 @@ class Ceremony:
 
     def _known_contact(self, peer_device_id: bytes) -> str | None:
         """The contact this device files the peer's device id under, if any (the id is the peer's word)."""
-        rows = self.store.read("SELECT name FROM contacts WHERE peer_device_id = ?", (peer_device_id,))
-        return str(rows[0][0]) if rows else None
+        known = self.store.peer_identity(peer_device_id)
+        return known[0] if known is not None else None
 
     def _contact_name(self, peer_device_id: bytes) -> str:
         name = self.name or self.peer_name
