@@ -142,6 +142,9 @@ class ChatSession:
         self.screen = pyte.Screen(self.COLS, self.ROWS)
         self.stream = pyte.ByteStream(self.screen)
         self.lock = threading.Lock()
+        # pexpect reaps the child with waitpid from whichever thread asks first: the reader (at EOF)
+        # and the test thread (isalive, close) must never ask at once, or the loser gets ECHILD.
+        self.proc_lock = threading.Lock()
         base = {**os.environ, **(person.env if person else {}), **(env or {})}
         env = {**base, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1", "PYTHONPATH": str(ROOT)}
         if command is None:
@@ -156,13 +159,18 @@ class ChatSession:
     def _read(self) -> None:
         while True:
             try:
-                data = self.child.read_nonblocking(65536, timeout=0.2)
+                with self.proc_lock:
+                    data = self.child.read_nonblocking(65536, timeout=0.2)
             except pexpect.TIMEOUT:
                 continue
-            except (pexpect.EOF, OSError, ValueError):
+            except (pexpect.ExceptionPexpect, OSError, ValueError):
                 return
             with self.lock:
                 self.stream.feed(data)
+
+    def alive(self) -> bool:
+        with self.proc_lock:
+            return self.child.isalive()
 
     def text(self) -> str:
         with self.lock:
@@ -174,7 +182,7 @@ class ChatSession:
             text = self.text()
             if text.count(needle) >= count:
                 return text
-            if not self.child.isalive():
+            if not self.alive():
                 time.sleep(0.5)  # the last output
                 if self.text().count(needle) >= count:
                     return self.text()
@@ -188,13 +196,15 @@ class ChatSession:
         self.child.send("\r")
 
     def close(self) -> int | None:
-        if self.child.isalive():
+        if self.alive():
             self.child.send("\x04")  # Ctrl-D leaves the chat
             deadline = time.monotonic() + 10
-            while self.child.isalive() and time.monotonic() < deadline:
+            while self.alive() and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if self.child.isalive():
-                self.child.terminate(force=True)
+            if self.alive():
+                with self.proc_lock:
+                    self.child.terminate(force=True)
         self.reader.join(timeout=5)
-        self.child.close()
+        with self.proc_lock:
+            self.child.close()
         return self.child.exitstatus
