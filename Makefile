@@ -20,7 +20,7 @@ $(STAMP): setup.py pyproject.toml
 demo: $(STAMP)
 	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
-test: $(STAMP)
+test: lint
 	@bash scripts/ensure-test-deps.sh
 	$(PY) -m pytest -m "not hardware" $(PYTEST_ARGS)
 
@@ -41,9 +41,11 @@ image: $(STAMP)
 image-test: $(STAMP)
 	PY="$(CURDIR)/$(PY)" bash image/test.sh
 
+# ruff; mypy over every module; the import-linter contracts of the layers (.importlinter, docs/architecture.md).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -38,7 +38,7 @@ setup(
         "test": ["pytest>=8", "hypothesis>=6.100", "psycopg[binary]>=3.1", "pexpect>=4.9", "pyte>=0.8",
                  # Charm's policy parser, for the differential test of ours (fetched at test time).
                  "pyparsing>=3.0"],
-        "dev": ["ruff>=0.5", "mypy>=1.10"],
+        "dev": ["ruff>=0.5", "mypy>=1.10", "import-linter>=2.1"],
     },
     entry_points={"console_scripts": ["otc = onetimechat.cli:run"]},
 )

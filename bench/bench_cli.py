@@ -1,6 +1,6 @@
 """Command-line start-up (`make bench`): figures printed, never asserted.
 
-`otc` imports only the part it runs (onetimechat/cli.py). Timed here, as whole
+`otc` imports only the part it runs (onetimechat/cli/__init__.py). Timed here, as whole
 processes like a user starts them: `otc --version` and `otc --help` (target:
 under 80 ms on the project's 2-core machine) and `otc send` up to the point
 where it would talk to the device (`otc send --help` imports everything

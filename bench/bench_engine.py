@@ -26,11 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from device import package as fmt  # noqa: E402
 from device.engine import Device  # noqa: E402
 from device.localpair import pair_local  # noqa: E402
 from device.storage.lock import KDF_PARAMS, StoreLock  # noqa: E402
 from device.storage.padstore import PadStore  # noqa: E402
+from onetimechat import package as fmt  # noqa: E402
 
 MiB = 1 << 20
 

@@ -78,6 +78,7 @@ def emulated(rate: int, seconds: float) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
     )
     try:
+        assert proc.stdout is not None
         url = proc.stdout.readline().strip()
         with Mixer.from_urls([url]) as mixer:
             mixer.read(64 * 1024)  # past the start-up test and the device's first FIFO burst

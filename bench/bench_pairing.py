@@ -59,8 +59,8 @@ def plain_copy(root: Path, size: int) -> float:
     t0 = time.perf_counter()
     receiver = threading.Thread(target=receive)
     receiver.start()
-    with socket.create_connection(("127.0.0.1", port)) as sock, open(source, "rb") as f:
-        sock.sendfile(f)
+    with socket.create_connection(("127.0.0.1", port)) as sock, open(source, "rb") as src:
+        sock.sendfile(src)
     receiver.join()
     elapsed = time.perf_counter() - t0
     listener.close()

@@ -157,10 +157,10 @@ def renewals() -> None:
     """The authority renews 50 members over their renewal pads (real device stores)."""
     import tempfile
 
-    from device import package as fmt
     from device.abe.renewal import RenewalPads
     from device.abe.store import AbeKeys, grant_local
     from device.storage.padstore import PadStore
+    from onetimechat import package as fmt
 
     with tempfile.TemporaryDirectory() as tmp:
         auth = PadStore.init(Path(tmp) / "auth", "auth")

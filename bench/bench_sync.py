@@ -94,7 +94,7 @@ def child(count: int) -> None:
         alice, bob = Device(a), Device(b)
         message = "ü€ message ".encode() * 8  # 100 bytes of non-ASCII text
         message = message[:100]
-        packages: list[bytes] = []
+        packages: list[bytes | bytearray] = []
         samples, syncs = timed(lambda: packages.append(alice.package("bob", message).package), count, counter)
         print(f"  [{label}] engine package:   {syncs:.2f} syncs/call, {summary(samples)}")
         feed = iter(packages)

@@ -22,6 +22,7 @@ from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.data_structures import Point
 from prompt_toolkit.document import Document
+from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.key_binding.bindings.completion import generate_completions
@@ -257,12 +258,12 @@ class Chat:
     def _bottom(self) -> Point:
         return Point(0, max(self._line_count - 1, 0))
 
-    def _render(self) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
+    def _render(self) -> StyleAndTextTuples:
+        out: StyleAndTextTuples = []
         with self.lock:
             for line in self.lines:
                 out.extend(self._render_line(line))
-        self._line_count = sum(text.count("\n") for _, text in out) + 1
+        self._line_count = sum(fragment[1].count("\n") for fragment in out) + 1
         if out and out[-1][1].endswith("\n"):
             out[-1] = (out[-1][0], out[-1][1][:-1])
             self._line_count -= 1
@@ -300,7 +301,7 @@ class Chat:
             "failed": ("class:failed", f"✗ not sent: {out.error}"),
         }.get(out.state, ("", out.state))
 
-    def _render_status(self) -> list[tuple[str, str]]:
+    def _render_status(self) -> StyleAndTextTuples:
         device = self.messenger.device.creds.device_name or self.messenger.device.url
         receipts = "receipts on" if self._receipts else "receipts off"
         left = f" device {device} · {receipts} · "

@@ -26,7 +26,7 @@ from client.errors import ClientError, DeviceRefused, RelayRefused, RelayUnavail
 from client.mailstore import MailStore, Queued, SentRecord
 from client.relay import RelayClient, RelayMessage
 from client.rpc import DeviceClient
-from device import package as fmt
+from onetimechat import package as fmt
 
 # The device's refusals of a package that will never change: the message is finished with.
 FINAL_REFUSALS = {

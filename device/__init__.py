@@ -2,9 +2,9 @@
 
 Layers, from the inside out:
 
-* :mod:`device.package` -- the package format v1, pure functions over bytes;
+* :mod:`onetimechat.package` (shared with the laptop) -- the package format, pure functions over bytes;
 * :mod:`device.intervals` -- the interval set that records consumed pad;
 * :mod:`device.storage` -- the pad store (SQLite metadata, one pad file each);
 * :mod:`device.engine` -- the pad rules of DESIGN.md over the store;
-* :mod:`device.cli` -- the ``otc device`` and ``otc pad`` commands.
+* :mod:`onetimechat.cli.device` -- the ``otc device`` and ``otc pad`` commands.
 """

@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 from device.errors import DeviceError
 from device.storage.padstore import PadStore
-from device.ui import CeremonyView, Console
+from device.ui import Console
 from onetimechat.errors import OTCError
+from provisioning.view import CeremonyView
 
 if TYPE_CHECKING:
     from provisioning.wire import Wire
@@ -176,12 +177,13 @@ class CeremonyRunner:
 
     def start(self, role: str, size: int | None, name: str | None, owner: str | None = None) -> dict:
         """Arm a pad ceremony: listen for this laptop's connection; its id, port and one-time token."""
-        from provisioning.ceremony import HOST, JOIN, Ceremony  # provisioning builds on the device
+        # The ceremony's code (and numpy) loads with the first ceremony, not with the device server.
+        from provisioning.ceremony import HOST, JOIN, Ceremony, check_request
 
         if role not in (HOST, JOIN):
             raise DeviceError("A ceremony role is host or join.")
-        # Check what the ceremony would refuse before anyone connects.
-        Ceremony(self._store(), role, random_bytes=lambda n: b"", compare=lambda sas: False, size=size, name=name)
+        self._store()  # a locked device refuses now
+        check_request(role, size, name)  # what the ceremony would refuse, before anyone connects
 
         def pair(store: PadStore, wire: Wire, random_bytes: Callable[[int], bytes]) -> dict:
             def on_progress(view: CeremonyView) -> None:

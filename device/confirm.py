@@ -24,10 +24,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from device import production
 from device.errors import DeviceError
+from onetimechat import terminal
+from onetimechat.errors import UsageError
 from onetimechat.text import visible
+
+T = TypeVar("T")
 
 MODES = ("touchscreen", "gpio", "tty", "auto")
 # Requests that are a yes-or-no question to the owner, not a message to encrypt: becoming an attribute authority
@@ -36,9 +41,6 @@ MODES = ("touchscreen", "gpio", "tty", "auto")
 QUESTION_KINDS = frozenset({"authority", "revoke", "room-create", "room-add", "room-leave"})
 DEFAULT_TIMEOUT_S = 60.0
 PAIRING_CODE_FILE = "pairing-code"
-# Present on the device image (image/rootfs/etc/otc/production): a real device,
-# where approving without asking must be impossible. No flag or variable unsets it.
-PRODUCTION_MARKER = Path("/etc/otc/production")
 
 
 @dataclass(frozen=True)
@@ -56,25 +58,26 @@ class ConfirmRequest:
     members: int | None = None
 
 
-class ConfirmSource(Protocol):
-    """Where decisions come from and codes are shown."""
+class Confirmer(Protocol):
+    """The one way anything asks the owner: the engine asks the broker, the broker asks a source.
+
+    True only if the owner approves ``request`` within ``timeout`` seconds (None: the asker's own
+    default). Every source, the broker and a test's stand-in take the same call.
+    """
+
+    def ask(self, request: ConfirmRequest, timeout: float | None = None) -> bool: ...
+
+
+class ConfirmSource(Confirmer, Protocol):
+    """A :class:`Confirmer` that is a place: where decisions come from and codes are shown."""
 
     name: str
-
-    def ask(self, request: ConfirmRequest, timeout: float) -> bool:
-        """Show ``request``; True only if the owner approves within ``timeout`` seconds."""
 
     def show_code(self, code: str) -> None:
         """Show a client pairing code to the owner."""
 
     def clear_code(self) -> None:
         """The pairing code is used or expired: stop showing it."""
-
-
-class Confirmer(Protocol):
-    """What the engine asks (the broker, or a test's stand-in)."""
-
-    def ask(self, request: ConfirmRequest) -> bool: ...
 
 
 class ConfirmUnavailable(DeviceError):
@@ -91,8 +94,45 @@ class AutoRefused(ConfirmUnavailable):
 
 def refuse_auto_in_production() -> None:
     """Raise :class:`AutoRefused` on the device image: ``auto`` must never approve there."""
-    if PRODUCTION_MARKER.exists():
+    if production.is_production():
         raise AutoRefused()
+
+
+def terminal_check(mode: str, *, what: str, command: str, question: Callable[[T], str],
+                   show: Callable[[T], None] | None = None) -> Callable[[T], bool]:
+    """How the owner confirms a ceremony's ``what`` (a pairing string, a grant) on the device's terminal.
+
+    ``tty`` asks ``question(item)`` there (refused at once when there is no terminal, before anything
+    listens or connects); ``auto`` (tests and demos, never on the image) accepts and says so. The
+    device's own screen confirms ceremonies itself (``otc device serve``).
+    """
+    if mode == "auto":
+        refuse_auto_in_production()
+
+        def approve(item: T) -> bool:
+            if show is not None:
+                show(item)
+            print(f"otc: confirmation mode 'auto': the {what} is accepted without comparing "
+                  "(tests and demos only)", file=sys.stderr)
+            return True
+        return approve
+    if mode == "tty":
+        no_terminal = f"No terminal to confirm the {what} on; choose another --confirm."
+        if not terminal.has_terminal():
+            raise UsageError(no_terminal)
+
+        def ask(item: T) -> bool:
+            if show is not None:
+                show(item)
+            return terminal.yes(question(item), no_terminal=no_terminal)
+        return ask
+    raise UsageError(f"`{command}` confirms with tty or auto; {mode} runs through `otc device serve`.")
+
+
+def compare_pairing_string(mode: str) -> Callable[[str], bool]:
+    """:func:`terminal_check` for a pairing ceremony's string (`otc pair`, and a device with no screen)."""
+    return terminal_check(mode, what="pairing string", command="otc pair",
+                          question=lambda sas: f"Does the other device show {sas}? [y/N] ")
 
 
 class AutoConfirm:
@@ -104,7 +144,7 @@ class AutoConfirm:
         refuse_auto_in_production()
         self.home = home
 
-    def ask(self, request: ConfirmRequest, timeout: float) -> bool:
+    def ask(self, request: ConfirmRequest, timeout: float | None = None) -> bool:
         return True
 
     def show_code(self, code: str) -> None:
@@ -137,7 +177,8 @@ class TtyConfirm:
         except OSError:
             raise ConfirmUnavailable("There is no terminal to confirm on; choose another --confirm mode.") from None
 
-    def ask(self, request: ConfirmRequest, timeout: float) -> bool:
+    def ask(self, request: ConfirmRequest, timeout: float | None = None) -> bool:
+        timeout = DEFAULT_TIMEOUT_S if timeout is None else timeout
         fd = self._open()
         try:
             # What the message holds, all of it visible: a control or bidirectional character shows as <U+XXXX>.
@@ -226,7 +267,7 @@ class ConfirmBroker:
         with self._cond:
             return max(self._next_ticket - self._serving - 1, 0)
 
-    def ask(self, request: ConfirmRequest) -> bool:
+    def ask(self, request: ConfirmRequest, timeout: float | None = None) -> bool:
         with self._cond:
             ticket = self._next_ticket
             self._next_ticket += 1
@@ -235,7 +276,7 @@ class ConfirmBroker:
                 self._cond.wait()
             self.current = request
         try:
-            return bool(self.source.ask(request, self.timeout))
+            return bool(self.source.ask(request, self.timeout if timeout is None else timeout))
         finally:
             with self._cond:
                 self.current = None

@@ -25,13 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from device import package as fmt
 from device.confirm import Confirmer, ConfirmRequest
 from device.errors import (
     Declined,
-    DeviceError,
     InvalidMessage,
-    InvalidPackage,
     OutOfRange,
     PadExhausted,
     Replay,
@@ -39,8 +36,10 @@ from device.errors import (
     UnknownContact,
     UnknownPad,
 )
-from device.package import Kind
 from device.storage.padstore import INITIATOR, PadRecord, PadStore
+from onetimechat import package as fmt
+from onetimechat.errors import InvalidPackage, PackageRefused
+from onetimechat.package import Kind
 
 FORGERY_ALARM_AT = 3  # tag failures on one pad that raise the alarm (DESIGN.md)
 REFUSAL_ROWS = 30  # package refusals logged one by one per interval; the rest are counted
@@ -91,7 +90,7 @@ class Unpackaged:
         if self.kind == Kind.RECEIPT:
             try:
                 pad_id, offset = fmt.parse_receipt(self.plaintext)
-            except DeviceError:
+            except PackageRefused:
                 warnings.append("bad-receipt: a receipt from this contact could not be read")
             else:
                 result["receipt_for"] = {"pad_id": pad_id.hex(), "offset": offset}
@@ -325,16 +324,16 @@ class Device:
 
     # -- receiving ------------------------------------------------------------------
 
-    def unpackage(self, data: bytes) -> Unpackaged:
+    def unpackage(self, data: bytes | bytearray | memoryview) -> Unpackaged:
         """Verify and decrypt a package from a contact."""
         try:
             pkg = fmt.parse(data)
-        except DeviceError as exc:
+        except PackageRefused as exc:
             self._log_malformed(exc, len(data))
             raise
         start, end = pkg.segment
 
-        refusal: DeviceError | None = None
+        refusal: PackageRefused | None = None
         result: Unpackaged | None = None
         with self.store.transaction() as conn:
             pad = self.store.pad(pkg.pad_id, conn)
@@ -387,12 +386,12 @@ class Device:
         """:meth:`unpackage` for a package in its base64 (wire) form."""
         try:
             data = fmt.decode(text)
-        except DeviceError as exc:
+        except PackageRefused as exc:
             self._log_malformed(exc, len(text))
             raise
         return self.unpackage(data)
 
-    def _log_malformed(self, exc: DeviceError, size: int) -> None:
+    def _log_malformed(self, exc: PackageRefused, size: int) -> None:
         if self.refusals.allow():
             self.store.log_event("malformed", length=size, detail=exc.code)
         else:

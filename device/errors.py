@@ -7,7 +7,7 @@ or the reason a tag check failed. ``docs/pad-engine.md`` lists them.
 
 from __future__ import annotations
 
-from onetimechat.errors import OTCError
+from onetimechat.errors import OTCError, PackageRefused
 
 
 class DeviceError(OTCError):
@@ -64,22 +64,17 @@ class PadUnconfirmed(PadExhausted):
     code = "pad-unconfirmed"
 
 
-class MessageRejected(DeviceError):
-    """Package refused: it is not a valid package for this device."""
+class MessageRejected(DeviceError, PackageRefused):
+    """Package refused: it is not a valid package for this device.
+
+    The refusals only a device holding the pad can give (replay, unknown or retired pad, out of its
+    range); the ones anyone can see from the bytes (malformed, withdrawn format, failed tag) are the
+    package format's own, in :mod:`onetimechat.errors`. ``except PackageRefused`` catches both.
+    """
 
     code = "rejected"
 
 
-class MalformedPackage(MessageRejected):
-    """Package refused: it is not a well-formed package."""
-
-    code = "malformed"
-
-
-class WithdrawnFormat(MalformedPackage):
-    """Package refused: it is an OTC1 (package format v1) package, which is withdrawn; the sender must pair again."""
-
-    code = "withdrawn-format"
 
 
 class RetiredPad(MessageRejected):
@@ -105,11 +100,6 @@ class Replay(MessageRejected):
 
     code = "replay"
 
-
-class InvalidPackage(MessageRejected):
-    """Package refused: it failed authentication; nothing was decrypted."""
-
-    code = "invalid"
 
 
 class Declined(DeviceError):

@@ -35,15 +35,13 @@ from typing import Any, NoReturn, TextIO
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from device import package as fmt
 from device.abe.rpc import abe_methods, start_grant
 from device.ceremonies import CeremonyRunner
 from device.clients import ClientRegistry, PairedClient
-from device.confirm import DEFAULT_TIMEOUT_S, ConfirmBroker, ConfirmRequest, ConfirmSource
+from device.confirm import DEFAULT_TIMEOUT_S, ConfirmBroker, ConfirmRequest, ConfirmSource, compare_pairing_string
 from device.engine import FORGERY_ALARM_AT, Device, RefusalBudget
 from device.errors import Declined, DeviceError, PadExhausted, UnknownContact
 from device.home import WrongPin
-from device.package import Kind
 from device.pairing import PairingBusy, PairingLocked, PairingManager
 from device.rooms.rpc import room_methods
 from device.storage.lock import DeviceLocked, DeviceWiped, StoreLock
@@ -53,8 +51,10 @@ from hrng.errors import HRNGError
 from hrng.mixer import pad_random
 from hrng.sources import parse_url
 from onetimechat import boundedjson, rpc
-from onetimechat.errors import OTCError, UsageError
+from onetimechat import package as fmt
+from onetimechat.errors import OTCError, PackageRefused, UsageError
 from onetimechat.net import listen_failure
+from onetimechat.package import Kind
 from onetimechat.serving import Guard, Refusal, guarded_server
 
 log = logging.getLogger("otc.device")
@@ -501,9 +501,7 @@ class DeviceService:
 def _ceremony_compare(source: ConfirmSource) -> Callable[[str], bool] | None:
     """How the owner compares a pairing string when the device has no screen of its own."""
     if source.name in ("auto", "tty"):
-        from provisioning.cli import _compare
-
-        return _compare(source.name)
+        return compare_pairing_string(source.name)
     return None
 
 
@@ -675,7 +673,8 @@ def create_app(config: ServerConfig) -> Flask:
         return response
 
     @app.errorhandler(DeviceError)
-    def refused(exc: DeviceError) -> Response:
+    @app.errorhandler(PackageRefused)  # the package format's own refusals (onetimechat/errors.py)
+    def refused(exc: DeviceError | PackageRefused) -> Response:
         status = {"pairing-failed": 401, "locked": 423, "wiped": 423}.get(exc.code, 400)
         return error(status, exc.code, str(exc))
 

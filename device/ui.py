@@ -13,7 +13,6 @@ modes) that the broker asks; it shows requests and codes through the console.
 
 from __future__ import annotations
 
-import enum
 import itertools
 import threading
 import time
@@ -21,41 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from device.confirm import ConfirmRequest
-
-
-class LockState(enum.Enum):
-    NO_PIN = "no-pin"  # first start: the owner sets a PIN
-    LOCKED = "locked"
-    UNLOCKED = "unlocked"
-    WIPED = "wiped"  # too many wrong PINs: pads and keys are gone
-    UNLOCKABLE = "unlockable"  # a home made without a PIN (emulated devices, tests, demo)
-
-
-@dataclass(frozen=True)
-class PinStatus:
-    """The lock as the PIN screen shows it."""
-
-    state: LockState
-    failures: int = 0  # wrong PINs in a row
-    retry_at: float = 0.0  # time.time() before which no PIN is accepted
-    wipe_after: int = 10  # wrong PINs in a row that wipe the device
-    warn_from: int = 7  # failures from which the screen warns of the wipe
-
-    @property
-    def attempts_left(self) -> int:
-        return max(self.wipe_after - self.failures, 0)
-
-    @property
-    def warning(self) -> bool:
-        return self.failures >= self.warn_from
-
-
-@dataclass(frozen=True)
-class PinResult:
-    ok: bool
-    status: PinStatus
-    message: str
+from device.confirm import DEFAULT_TIMEOUT_S, ConfirmRequest
+from device.storage.lock import LockState, PinResult, PinStatus
+from provisioning.view import CeremonyView
 
 
 class PinLock(Protocol):
@@ -122,30 +89,6 @@ class ConfirmView:
     room: str | None = None
     policy: str | None = None
     members: int | None = None
-
-
-@dataclass(frozen=True)
-class CeremonyView:
-    """In-person pairing as the screen shows it (provisioning fills it in)."""
-
-    peer: str
-    stage: str  # "compare", "transfer", "verify", "done", "failed"
-    sas: str | None = None  # the short authentication string both owners compare
-    done: int = 0
-    total: int = 0
-    rate: float = 0.0  # bytes per second
-    eta: float = 0.0  # seconds left
-    fingerprint: str | None = None
-    message: str = ""
-    existing: bool = False  # the peer's device is a contact already: the pad is added to it
-    # An attribute-key grant (device/abe/rpc.py) is a ceremony too: the owners compare the pairing string and
-    # what is granted, who by and to whom.
-    kind: str = "pad"  # "pad" or "grant"
-    role: str | None = None  # "host" (the authority) or "join" (the member)
-    authority: str | None = None
-    authority_fingerprint: str | None = None
-    member: str | None = None
-    attributes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -481,8 +424,8 @@ class PanelSource:
     name: str = "touchscreen"
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def ask(self, request: ConfirmRequest, timeout: float) -> bool:
-        return self.console.ask(request, timeout)
+    def ask(self, request: ConfirmRequest, timeout: float | None = None) -> bool:
+        return self.console.ask(request, DEFAULT_TIMEOUT_S if timeout is None else timeout)
 
     def show_code(self, code: str) -> None:
         self.console.show_code(code)

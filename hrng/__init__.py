@@ -7,7 +7,7 @@ Layers, from the inside out:
 * :mod:`hrng.sources` -- random sources named by URL (serial, OneRNG, file, os:);
 * :mod:`hrng.mixer` -- the XOR of every checked hardware source and the OS CSPRNG;
 * :mod:`hrng.emulator` -- a serial HRNG on a pseudo-terminal, for tests and demos;
-* :mod:`hrng.cli` -- the ``otc hrng`` commands.
+* :mod:`onetimechat.cli.hrng` -- the ``otc hrng`` commands.
 
 Importing any of them touches no hardware. ``docs/hrng.md`` has the details.
 """

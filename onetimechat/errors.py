@@ -36,3 +36,27 @@ class UsageError(OTCError):
 
     code = "usage"
     exit_status = 2
+
+
+class PackageRefused(OTCError):
+    """Package refused: it is not a valid package for this device."""
+
+    code = "rejected"
+
+
+class MalformedPackage(PackageRefused):
+    """Package refused: it is not a well-formed package."""
+
+    code = "malformed"
+
+
+class WithdrawnFormat(MalformedPackage):
+    """Package refused: it is an OTC1 (package format v1) package, which is withdrawn; the sender must pair again."""
+
+    code = "withdrawn-format"
+
+
+class InvalidPackage(PackageRefused):
+    """Package refused: it failed authentication; nothing was decrypted."""
+
+    code = "invalid"

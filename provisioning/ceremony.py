@@ -55,7 +55,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from device.errors import ContactExists
 from device.localpair import check_size
-from device.package import auth_key_range
 from device.storage.atrest import PadCipher
 from device.storage.padfile import PadFile, sync_directory
 from device.storage.padstore import (
@@ -68,13 +67,14 @@ from device.storage.padstore import (
     check_name,
     device_id_for,
 )
-from device.ui import CeremonyView
 from onetimechat.errors import OTCError
+from onetimechat.package import auth_key_range
 from provisioning.agree import HOST, JOIN, agree
 from provisioning.agree import format_sas as format_sas
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyError, CeremonyRefused
 from provisioning.settle import MAX_LISTED, holding_proof, listing
 from provisioning.settle import proven as settled
+from provisioning.view import CeremonyView
 from provisioning.wire import PAYLOAD_OFFSET, SHARE, Wire
 
 PROTOCOL = "otc-pairing-v4"  # v3: commitments bind bytes, shares committed ahead, pads confirmed by both;
@@ -273,6 +273,20 @@ class Partial:
         self.state_path(store, self.pad_id).unlink(missing_ok=True)
 
 
+def check_request(role: str, size: int | None, name: str | None) -> str | None:
+    """What a ceremony refuses before anyone connects: the role, the host's pad size, the contact's name.
+
+    Returns the name as it will be stored (None: the peer's own name is used).
+    """
+    if role not in (HOST, JOIN):
+        raise ValueError("role is host or join")
+    if role == HOST:
+        if size is None:
+            raise ValueError("the host chooses the size")
+        check_size(size)
+    return check_name(name) if name else None
+
+
 class Ceremony:
     """One device's side of the pairing ceremony."""
 
@@ -280,12 +294,7 @@ class Ceremony:
                  size: int | None = None, name: str | None = None, chunk: int = CHUNK,
                  on_progress: ProgressHook | None = None, on_sas: Callable[[str], None] | None = None,
                  persist_every: int = PERSIST_CHUNKS) -> None:
-        if role not in (HOST, JOIN):
-            raise ValueError("role is host or join")
-        if role == HOST:
-            if size is None:
-                raise ValueError("the host chooses the size")
-            check_size(size)
+        checked_name = check_request(role, size, name)
         if not 4096 <= chunk <= MAX_CHUNK:
             raise ValueError("chunk size out of range")
         if persist_every < 1:
@@ -295,7 +304,7 @@ class Ceremony:
         self.random_bytes = random_bytes
         self.compare = compare
         self.size = size
-        self.name = check_name(name) if name else None
+        self.name = checked_name
         self.chunk = chunk
         self.on_progress = on_progress or (lambda view: None)
         self.on_sas = on_sas or (lambda sas: None)

@@ -173,8 +173,8 @@ def test_a_grant_leaves_a_renewal_pad_that_carries_the_next_periods_key(homes):
     it without meeting; the member opens it once; a forged or replayed renewal changes nothing."""
     import sqlite3
 
-    from device import package as fmt
     from device.abe.renewal import PAD_BYTES, RenewalPads, RenewalRefused, plan_renewal, renew
+    from onetimechat import package as fmt
 
     auth, member = homes
     owners = Owners({HOST: True, JOIN: True})

@@ -40,7 +40,7 @@ def loaded_after(*argv: str) -> list[str]:
     (("--version",), ()),
     (("--help",), ()),
     ((), ()),
-    (("send", "--help"), ("device",)),  # device.package (the header a laptop reads), without numpy
+    (("send", "--help"), ("device",)),  # onetimechat.package (the header a laptop reads), without numpy
 ])
 def test_only_the_part_it_runs_is_imported(argv, allowed):
     loaded = set(loaded_after(*argv))

@@ -9,15 +9,11 @@ import threading
 
 import pytest
 
-from device import package as fmt
 from device.confirm import ConfirmRequest
 from device.engine import Device
 from device.errors import (
     ContactExists,
     Declined,
-    InvalidPackage,
-    MalformedPackage,
-    MessageRejected,
     OutOfRange,
     PadExhausted,
     Replay,
@@ -25,8 +21,10 @@ from device.errors import (
     UnknownPad,
 )
 from device.localpair import pair_local
-from device.package import Kind
 from device.storage.padstore import PadStore
+from onetimechat import package as fmt
+from onetimechat.errors import InvalidPackage, MalformedPackage, PackageRefused
+from onetimechat.package import Kind
 from tests.conftest import Counter, det_bytes, make_pair, pad_bytes, receive_state
 
 
@@ -127,7 +125,7 @@ def test_every_single_bit_flip_is_refused_and_changes_nothing(tmp_path):
         for bit in range(len(package) * 8):
             flipped = bytearray(package)
             flipped[bit // 8] ^= 1 << (bit % 8)
-            with pytest.raises(MessageRejected) as info:
+            with pytest.raises(PackageRefused) as info:
                 b.unpackage(bytes(flipped))
             codes.add(info.value.code)
             assert "flip any bit" not in str(info.value)
@@ -243,7 +241,7 @@ def test_no_pad_bytes_or_plaintext_in_the_event_log_or_errors(tmp_path):
         forged[5] ^= 1
         attempts.append(bytes(forged))
         for attempt in attempts:
-            with pytest.raises(MessageRejected) as info:
+            with pytest.raises(PackageRefused) as info:
                 b.unpackage(attempt)
             errors.append(str(info.value))
         with pytest.raises(PadExhausted) as info:

@@ -15,9 +15,9 @@ import pytest
 import requests
 
 from client.errors import RemoteError
-from device import package as fmt
 from device.engine import REFUSAL_ROWS, Device
 from device.storage.padstore import EVENTS_KEPT, PadStore
+from onetimechat import package as fmt
 
 ATTACK_CALLS = 150_000
 OVER_HTTP = 1_500  # the rest go straight into the WSGI app's handler, to keep the test's time reasonable

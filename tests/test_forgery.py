@@ -1,7 +1,7 @@
 """A hostile relay against package v2: the forgery that broke v1, and the rules that keep R apart.
 
 The forger here is written in the test from DESIGN.md's byte layout (``struct``
-and ``cryptography``'s Poly1305), not from ``device.package``: it is what a
+and ``cryptography``'s Poly1305), not from ``onetimechat.package``: it is what a
 relay that holds back one message of known text can compute.
 
 The v1 attack (issue 16): in v1 the MAC key was the first 32 bytes of the segment
@@ -26,9 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from device.engine import Device
-from device.errors import InvalidPackage, PadExhausted, RetiredPad, WithdrawnFormat
+from device.errors import PadExhausted, RetiredPad
 from device.localpair import pair_local
 from device.storage.padstore import PadStore
+from onetimechat.errors import InvalidPackage, WithdrawnFormat
 from tests.conftest import make_pair, otc, pad_bytes, receive_state
 from tests.rpc_fixtures import RpcDevice, ScriptedSource, start_server
 

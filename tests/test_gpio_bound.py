@@ -93,16 +93,17 @@ def test_without_a_screen_the_buttons_approve_nothing():
 
 
 def test_gpio_serve_opens_the_screen_with_the_buttons(tmp_path, monkeypatch):
-    from device import cli
+    from onetimechat.cli import device as cli
 
     monkeypatch.setenv("OTC_GPIO", "fake")
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     monkeypatch.setenv("SDL_AUDIODRIVER", "dummy")
     panel = cli._start_panel("gpio", Console("alice", "gpio"))
     try:
-        assert isinstance(panel, cli.ScreenAndButtons)
+        assert isinstance(panel, cli.Panel)
         assert type(panel.screen).__name__ == "TouchscreenApp" and isinstance(panel.buttons, GpioPanel)
     finally:
+        assert panel.buttons is not None
         panel.buttons.pins.cleanup()
         panel.screen.close()
 

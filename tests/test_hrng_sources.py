@@ -136,7 +136,7 @@ def test_canonical_urls_round_trip(scheme, parts, h, timeout, mode):
 
 
 def test_importing_hrng_touches_no_hardware():
-    code = "import sys, hrng.cli, hrng.mixer, hrng.sources, hrng.emulator; print('serial' in sys.modules)"
+    code = "import sys, onetimechat.cli.hrng, hrng.mixer, hrng.sources, hrng.emulator; print('serial' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
 

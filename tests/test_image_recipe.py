@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from device import confirm
+from device import production as real_device
 from device.storage.lock import StoreLock
 from device.storage.padstore import DB_NAME, PadStore
 from device.touchscreen import firstboot
@@ -87,8 +88,8 @@ def cable_address() -> ipaddress.IPv4Interface:
 
 
 def test_device_unit_serves_the_touchscreen_on_the_cable_address_only():
-    from device.cli import cmd_serve
     from device.server import parse_listen
+    from onetimechat.cli.device import cmd_serve
 
     args = otc_args("otc-device.service")
     assert args.func is cmd_serve
@@ -110,7 +111,7 @@ def test_device_unit_serves_the_touchscreen_on_the_cable_address_only():
 
 
 def test_hrng_unit_reads_the_pis_generator_through_the_health_tests():
-    from hrng.cli import cmd_test
+    from onetimechat.cli.hrng import cmd_test
 
     args = otc_args("otc-hrng.service")
     assert args.func is cmd_test
@@ -272,12 +273,12 @@ def test_first_boot_does_nothing_when_the_device_exists(tmp_path, capsys):
 def production(tmp_path, monkeypatch):
     marker = tmp_path / "production"
     marker.write_text("image\n")
-    monkeypatch.setattr(confirm, "PRODUCTION_MARKER", marker)
+    monkeypatch.setattr(real_device, "MARKER", marker)
     return marker
 
 
 def test_the_image_ships_the_production_marker():
-    assert (IMAGE / "rootfs" / str(confirm.PRODUCTION_MARKER).lstrip("/")).is_file()
+    assert (IMAGE / "rootfs" / str(real_device.MARKER).lstrip("/")).is_file()
 
 
 def test_auto_confirmation_is_refused_on_the_image(production, tmp_path):
@@ -289,7 +290,7 @@ def test_auto_confirmation_is_refused_on_the_image(production, tmp_path):
 
 
 def test_auto_confirmation_works_off_the_image(tmp_path, monkeypatch):
-    monkeypatch.setattr(confirm, "PRODUCTION_MARKER", tmp_path / "absent")
+    monkeypatch.setattr(real_device, "MARKER", tmp_path / "absent")
     assert confirm.make_source("auto", tmp_path).name == "auto"
 
 
@@ -305,22 +306,20 @@ def test_serve_and_package_with_auto_fail_on_the_image_with_one_line(production,
 
 
 def test_pairing_in_person_with_auto_is_refused_on_the_image(production):
-    from provisioning import cli as pcli
-
     with pytest.raises(confirm.AutoRefused):
-        pcli._compare("auto")
+        confirm.compare_pairing_string("auto")
 
 
 def test_attribute_grants_with_auto_are_refused_on_the_image(production):
-    from device.abe import cli as abecli
+    from device.abe.grant import confirm_grant
 
     with pytest.raises(confirm.AutoRefused):
-        abecli._confirmer("auto")
+        confirm_grant("auto")
     if terminal.has_terminal():
-        assert callable(abecli._confirmer("tty"))
+        assert callable(confirm_grant("tty"))
     else:  # tty is allowed on the image; here there is no terminal to ask on, and it says so
         with pytest.raises(UsageError, match="No terminal"):
-            abecli._confirmer("tty")
+            confirm_grant("tty")
 
 
 # -- the scripts ----------------------------------------------------------------------------------

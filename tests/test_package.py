@@ -1,7 +1,7 @@
-"""Package format v2 (device/package.py) against DESIGN.md, "Package format v2".
+"""Package format v2 (onetimechat/package.py) against DESIGN.md, "Package format v2".
 
 Known answers come from tests/vectors/package_v2.json, which
-tests/vectors/make_package_v2.py builds without importing device.package or
+tests/vectors/make_package_v2.py builds without importing onetimechat.package or
 the cryptography package (its Poly1305 is RFC 8439's arithmetic, written out).
 The withdrawn v1 vectors (tests/vectors/package_v1.json) are kept to show that
 every OTC1 package is refused with its own error.
@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from device import package as pkg
-from device.errors import InvalidPackage, MalformedPackage, WithdrawnFormat
-from device.package import Kind, Package, decode, encode, open_package, parse, seal, xor
+from onetimechat import package as pkg
+from onetimechat.errors import InvalidPackage, MalformedPackage, WithdrawnFormat
+from onetimechat.package import Kind, Package, decode, encode, open_package, parse, seal, xor
 
 VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
 VECTORS_FILE = VECTORS_DIR / "package_v2.json"

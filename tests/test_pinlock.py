@@ -92,7 +92,7 @@ def test_encrypted_homes_exchange_messages_like_plain_ones(tmp_path):
         reply = b.package("alice", b"and back")
         assert a.unpackage(reply.package).plaintext == b"and back"
     # The package is exactly what the unencrypted engine makes from the same pad.
-    from device import package as fmt
+    from onetimechat import package as fmt
 
     text = b"sealed at rest, plain on the wire"
     assert bytes(sent.package) == bytes(fmt.seal(1, pad_id, 16, pad[16 : 16 + 16 + len(text)], text, pad[:16]))

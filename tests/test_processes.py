@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from device import package as fmt
 from device.engine import Device
 from device.storage.padstore import PadStore
+from onetimechat import package as fmt
 from tests.conftest import ROOT, make_pair, otc, pad_bytes, receive_state
 
 WORKER = str(ROOT / "tests" / "worker.py")

@@ -304,8 +304,8 @@ def said(device: Device, text: str) -> None:
 
 def fetch_renewals(device: Device) -> list[str]:
     """The member's laptop reads its renewal mailboxes; the device opens each renewal on its pad."""
-    from device import package as fmt
     from device.abe.renewal import RenewalPads
+    from onetimechat import package as fmt
 
     pads = RenewalPads(AbeKeys(device.store))
     messages, _ = device.relay.receive({m: 0 for m in pads.mailboxes()}, limit=100)

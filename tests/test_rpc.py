@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from client.errors import DeviceRefused, PairingError, RemoteError
 from client.rpc import DeviceClient, pair
 from client.state import ClientState
-from device import package as fmt
 from device.engine import Device
-from device.package import Kind
 from device.pairing import lockout_delay
+from onetimechat import package as fmt
 from onetimechat import rpc
+from onetimechat.package import Kind
 from tests.conftest import otc, pad_bytes, receive_state
 
 DOCUMENTED_HTTP_ERRORS = {

@@ -8,10 +8,10 @@ import pytest
 
 from client.errors import RemoteError
 from device.engine import Device
-from device.errors import InvalidPackage
 from device.server import Server, ServerConfig
 from device.touchscreen.testing import Screen, open_app
 from device.ui import Console, PanelSource
+from onetimechat.errors import InvalidPackage
 from tests.conftest import make_pair
 from tests.rpc_fixtures import RpcDevice
 

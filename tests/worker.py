@@ -23,9 +23,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from device import package as fmt  # noqa: E402
 from device.engine import Device  # noqa: E402
-from device.errors import MessageRejected  # noqa: E402
+from onetimechat import package as fmt  # noqa: E402
+from onetimechat.errors import PackageRefused  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
                 try:
                     plaintext = device.unpackage_base64(line).plaintext
                     sink.write(f"ok {hashlib.sha256(plaintext).hexdigest()}\n")
-                except MessageRejected as exc:
+                except PackageRefused as exc:
                     sink.write(f"refused {exc.code}\n")
         return 0
     raise SystemExit(f"unknown mode {mode}")

@@ -45,6 +45,7 @@ from device.abe.policy import check_unreserved, parse_attributes
 from device.abe.renewal import RenewalPads, make_pad
 from device.abe.scheme import check_member_key, keygen
 from device.abe.store import AbeKeys, grant_fingerprint
+from device.confirm import terminal_check
 from device.storage.padstore import PadStore, device_id_for
 from provisioning.agree import HOST, JOIN, agree
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyRefused
@@ -90,6 +91,18 @@ class GrantView:
 
 Confirm = Callable[[GrantView], bool]
 
+
+
+
+def confirm_grant(mode: str) -> Callable[[GrantView], bool]:
+    """How the owner confirms a grant on the device's terminal (tty; auto in tests): both sides' view, then ask."""
+    def show(view: GrantView) -> None:
+        for line in view.lines():
+            print(line, flush=True)
+
+    return terminal_check(mode, what="grant", command="otc abe grant", show=show,
+                          question=lambda view: f"Does the other device show {view.sas} and the same attributes? "
+                                                "[y/N] ")
 
 def _expect(wire: Wire, kind: str) -> tuple[dict, bytes]:
     message, data = wire.recv()

@@ -37,13 +37,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from device import package as fmt
 from device.abe.encoding import decode_member_key
 from device.abe.errors import AbeError, MalformedAbeData, Revoked, UnknownMember
 from device.abe.periods import MAX_PERIOD_S, Period, when
 from device.abe.store import AbeKeys, HeldKey, renewal_for
-from device.errors import DeviceError, InvalidPackage, MalformedPackage
+from onetimechat import package as fmt
 from onetimechat.crypto import derive_key, equal
+from onetimechat.errors import InvalidPackage, MalformedPackage
 from provisioning.errors import CeremonyBroken
 from provisioning.wire import Wire
 
@@ -228,7 +228,7 @@ class RenewalPads:
         """Open a renewal package on this device: the key it carries, stored. RenewalRefused otherwise."""
         try:
             parsed = fmt.parse(data)
-        except (MalformedPackage, DeviceError):
+        except MalformedPackage:
             raise RenewalRefused("That is not a renewal package.") from None
         rows = self.store.read("SELECT authority_id FROM abe_pads WHERE pad_id = ? AND role = 'member' AND"
                                " confirmed = 1", (parsed.pad_id,))

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from device.abe.errors import AlreadyAuthority, Revoked
-from device.abe.grant import GrantView, grant_host, grant_join
+from device.abe.grant import GrantView, confirm_grant, grant_host, grant_join
 from device.abe.periods import parse_duration
 from device.abe.policy import Policy, check_unreserved, parse_attributes
 from device.abe.store import AbeKeys
@@ -37,8 +37,8 @@ from device.confirm import ConfirmRequest, ConfirmSource
 from device.errors import Declined, DeviceError
 from device.rooms.rpc import rooms_for
 from device.storage.padstore import PadStore, check_name
-from device.ui import CeremonyView
 from provisioning.agree import HOST, JOIN
+from provisioning.view import CeremonyView
 from provisioning.wire import Wire
 
 
@@ -178,9 +178,9 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
         return {"mailboxes": RenewalPads(AbeKeys(service.ready())).mailboxes()}
 
     def open_renewal(client: Any, params: dict) -> dict:
-        from device import package as fmt
         from device.abe.renewal import RenewalPads, RenewalRefused
-        from device.errors import MalformedPackage
+        from onetimechat import package as fmt
+        from onetimechat.errors import MalformedPackage
 
         try:
             data = fmt.decode(_text(params, "package"))
@@ -249,7 +249,5 @@ def start_grant(service: Any, client: Any, params: dict) -> dict:
 def _fallback(source: ConfirmSource) -> Callable[[GrantView], bool] | None:
     """How the owner confirms a grant when the device has no screen of its own (tty; auto in tests)."""
     if source.name in ("auto", "tty"):
-        from device.abe.cli import _confirmer
-
-        return _confirmer(source.name)  # type: ignore[no-any-return]
+        return confirm_grant(source.name)
     return None

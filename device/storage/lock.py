@@ -20,6 +20,7 @@ that slow; docs/pin-lock.md says how slow.
 from __future__ import annotations
 
 import base64
+import enum
 import fcntl
 import json
 import os
@@ -29,16 +30,52 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from device import production
 from device.errors import DeviceError
 from device.storage.database import is_plain, overwrite_and_unlink
 from device.storage.padfile import sync_directory
-from device.ui import LockState, PinResult, PinStatus
+
+
+class LockState(enum.Enum):
+    NO_PIN = "no-pin"  # first start: the owner sets a PIN
+    LOCKED = "locked"
+    UNLOCKED = "unlocked"
+    WIPED = "wiped"  # too many wrong PINs: pads and keys are gone
+    UNLOCKABLE = "unlockable"  # a home made without a PIN (emulated devices, tests, demo)
+
+
+@dataclass(frozen=True)
+class PinStatus:
+    """The lock as the PIN screen shows it."""
+
+    state: LockState
+    failures: int = 0  # wrong PINs in a row
+    retry_at: float = 0.0  # time.time() before which no PIN is accepted
+    wipe_after: int = 10  # wrong PINs in a row that wipe the device
+    warn_from: int = 7  # failures from which the screen warns of the wipe
+
+    @property
+    def attempts_left(self) -> int:
+        return max(self.wipe_after - self.failures, 0)
+
+    @property
+    def warning(self) -> bool:
+        return self.failures >= self.warn_from
+
+
+@dataclass(frozen=True)
+class PinResult:
+    ok: bool
+    status: PinStatus
+    message: str
+
 
 LOCK_FILE = "lock.json"
 WIPED_FILE = "wiped"
@@ -112,9 +149,7 @@ def _tried(secret: str) -> str:
 def default_kdf_params() -> dict:
     """scrypt's parameters for new locks: :data:`KDF_PARAMS`, or the test-only cheap ones when asked."""
     if os.environ.get(TEST_KDF_ENV) == "1":
-        from device.confirm import PRODUCTION_MARKER
-
-        if PRODUCTION_MARKER.exists():
+        if production.is_production():
             raise BadPin(f"{TEST_KDF_ENV} is for tests; this is a real device, where PINs get the full scrypt cost.")
         return dict(TEST_KDF_PARAMS)
     return dict(KDF_PARAMS)

@@ -44,11 +44,11 @@ from device.errors import (
     UnknownContact,
 )
 from device.intervals import IntervalSet
-from device.package import auth_key_range, halves
 from device.storage import database, schema
 from device.storage.atrest import FileNames, PadCipher, SecretBox, database_key
 from device.storage.lock import KEY_LEN, LOCK_FILE, WIPED_FILE, DeviceLocked, DeviceWiped, StoreLock, check_pin
 from device.storage.padfile import PadFile, sync_directory
+from onetimechat.package import auth_key_range, halves
 
 DB_NAME = "device.db"
 PADS_DIR = "pads"

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Self
 
 import pygame
 
@@ -81,7 +82,7 @@ class TouchscreenApp:
         self._press: _Press | None = None
         self._quit = False
 
-    def __enter__(self) -> TouchscreenApp:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

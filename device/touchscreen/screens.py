@@ -471,7 +471,7 @@ def draw_confirm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     # Exact while every byte counts; rounded once the figures are too long to read at a glance.
     left_after = f"{view.left_after:,} bytes" if view.left_after < 100_000 else human_bytes(view.left_after)
     cost = ("Nothing is encrypted; no pad is used" if question else
-            f"{plural(view.members, 'member')} · policy {view.policy} · no pad is used" if room else
+            f"{plural(view.members or 0, 'member')} · policy {view.policy} · no pad is used" if room else
             f"Uses {view.consumes:,} pad bytes · {left_after} left after")
     c.text(cost, (MARGIN, 326), 24, role="pad", width=560 if view.queued else WIDTH - 2 * MARGIN, min_size=14)
     if view.queued:

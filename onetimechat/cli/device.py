@@ -8,8 +8,8 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from device import package as fmt
 from device.clients import ClientRegistry
 from device.confirm import DEFAULT_TIMEOUT_S, MODES, ConfirmBroker, ConfirmSource, make_source
 from device.engine import Device
@@ -20,9 +20,15 @@ from device.storage.lock import StoreLock, read_pin_file
 from device.storage.padstore import PadStore
 from hrng.errors import HRNGError
 from hrng.mixer import pad_random
+from onetimechat import package as fmt
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
 from onetimechat.text import format_event, parse_size
+
+if TYPE_CHECKING:  # the screen and buttons load only where they run (`otc device serve`)
+    from device.gpio import GpioPanel
+    from device.touchscreen.app import TouchscreenApp
+    from device.ui import Console
 
 
 def register(parts: argparse._SubParsersAction) -> None:
@@ -164,55 +170,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
             if args.confirm == "tty":
                 _unlock_on_tty(service.lock)
-        if args.confirm in ("touchscreen", "gpio"):
+        if panel is not None:
             server.start()
-            panel.run()  # type: ignore[union-attr]  # the screen owns the main thread
+            panel.run()  # the screen owns the main thread
         else:
-            if panel is not None:
-                panel.start()
             server.run()
     except KeyboardInterrupt:
         pass
     finally:
         if panel is not None:
-            (panel.stop if hasattr(panel, "stop") else panel.close)()
+            panel.stop()
         server.close()
         print("otc: device server stopped", file=sys.stderr)
     return 0
 
 
-def _start_panel(mode: str, console: object) -> object:
+def _start_panel(mode: str, console: Console) -> Panel:
     """The screen (touchscreen), or the screen and the buttons (gpio: a press answers only what the screen shows;
     without a screen, gpio is refused rather than approving blind)."""
     from device.touchscreen.app import TouchscreenApp
 
     # SDL_VIDEODRIVER picks the driver: kmsdrm on the Pi (set by its service), dummy in tests.
-    screen = TouchscreenApp(console, fullscreen=True)  # type: ignore[arg-type]
-    if mode == "gpio":
-        from device.gpio import GpioPanel, make_pins
+    screen = TouchscreenApp(console, fullscreen=True)
+    if mode != "gpio":
+        return Panel(screen)
+    from device.gpio import GpioPanel, make_pins
 
-        try:
-            buttons = GpioPanel(console, make_pins())  # type: ignore[arg-type]
-        except BaseException:
-            screen.close()
-            raise
-        return ScreenAndButtons(screen, buttons)
-    return screen
+    try:
+        return Panel(screen, GpioPanel(console, make_pins()))
+    except BaseException:
+        screen.close()
+        raise
 
 
-class ScreenAndButtons:
-    """``gpio`` mode: the screen shows each request (main thread), the buttons answer it (their own thread)."""
+class Panel:
+    """The device's own screen, and in ``gpio`` mode its buttons: the screen shows each request (it owns the
+    main thread), the buttons answer it (their own thread)."""
 
-    def __init__(self, screen: object, buttons: object) -> None:
+    def __init__(self, screen: TouchscreenApp, buttons: GpioPanel | None = None) -> None:
         self.screen, self.buttons = screen, buttons
 
     def run(self) -> None:
-        self.buttons.start()  # type: ignore[attr-defined]
-        self.screen.run()  # type: ignore[attr-defined]
+        if self.buttons is not None:
+            self.buttons.start()
+        self.screen.run()
 
     def stop(self) -> None:
-        self.buttons.stop()  # type: ignore[attr-defined]
-        self.screen.close()  # type: ignore[attr-defined]
+        if self.buttons is not None:
+            self.buttons.stop()
+        self.screen.close()
 
 
 def _unlock_on_tty(lock: StoreLock) -> None:

@@ -141,7 +141,7 @@ def _members(n: int | None) -> str:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from client.messages_cli import message_text
+    from onetimechat.cli.messages import message_text
 
     text = message_text(args.message)
     client = _client(args)

@@ -102,7 +102,7 @@ def describe(event: Event) -> list[str]:
     """The plain-text lines of one received event (warnings on their own lines)."""
     lines = []
     if event.kind == "text":
-        lines.append(f"{event.contact}: {visible(event.text)}")
+        lines.append(f"{event.contact}: {visible(event.text or '')}")
     elif event.kind == "receipt":
         when = f" (sent {clock(event.sent.created)})" if event.sent else ""
         lines.append(f"{event.contact}: ✓✓ delivered{when}")

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from device.errors import InvalidPackage, MalformedPackage, WithdrawnFormat
+from onetimechat.errors import InvalidPackage, MalformedPackage, WithdrawnFormat
 
 if TYPE_CHECKING:
     import numpy as np

@@ -36,26 +36,26 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # Each part's CLI module has register(parts), adding its subcommands.
-PART_MODULES = ("device.cli", "client.cli", "client.messages_cli", "hrng.cli", "relay.cli", "provisioning.cli",
-                "device.abe.cli", "client.rooms_cli",)
+PART_MODULES = tuple(f"onetimechat.cli.{name}" for name in
+                     ("device", "client", "messages", "hrng", "relay", "pair", "abe", "room"))
 
 # Which module registers each top-level command, with its one-line help: `otc X` imports only X's
 # module, and `otc`, `otc --help` and `otc --version` import none (tests check this table against
 # what the modules register).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "device": ("device.cli", "the pad device's own commands"),
-    "pad": ("device.cli", "pads between devices"),
-    "client": ("client.cli", "this laptop's link to its device"),
-    "send": ("client.messages_cli", "send a message (the device asks its owner to confirm it)"),
-    "recv": ("client.messages_cli", "receive waiting messages"),
-    "outbox": ("client.messages_cli", "what waits for the relay: list it, retry it, or drop an item"),
-    "who": ("client.messages_cli", "which contacts are online now (opt-in presence)"),
-    "chat": ("client.messages_cli", "interactive chat"),
-    "hrng": ("hrng.cli", "the hardware random source"),
-    "relay": ("relay.cli", "the untrusted relay (a mailbox server)"),
-    "pair": ("provisioning.cli", "pair two devices in person and make a pad"),
-    "abe": ("device.abe.cli", "attribute-based keys on this device"),
-    "room": ("client.rooms_cli", "attribute-based rooms"),
+    "device": ("onetimechat.cli.device", "the pad device's own commands"),
+    "pad": ("onetimechat.cli.device", "pads between devices"),
+    "client": ("onetimechat.cli.client", "this laptop's link to its device"),
+    "send": ("onetimechat.cli.messages", "send a message (the device asks its owner to confirm it)"),
+    "recv": ("onetimechat.cli.messages", "receive waiting messages"),
+    "outbox": ("onetimechat.cli.messages", "what waits for the relay: list it, retry it, or drop an item"),
+    "who": ("onetimechat.cli.messages", "which contacts are online now (opt-in presence)"),
+    "chat": ("onetimechat.cli.messages", "interactive chat"),
+    "hrng": ("onetimechat.cli.hrng", "the hardware random source"),
+    "relay": ("onetimechat.cli.relay", "the untrusted relay (a mailbox server)"),
+    "pair": ("onetimechat.cli.pair", "pair two devices in person and make a pad"),
+    "abe": ("onetimechat.cli.abe", "attribute-based keys on this device"),
+    "room": ("onetimechat.cli.room", "attribute-based rooms"),
 }
 
 

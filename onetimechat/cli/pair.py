@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import argparse
 import socket
-import sys
 from pathlib import Path
 
-from device.confirm import MODES, refuse_auto_in_production
+from device.confirm import MODES, compare_pairing_string
 from device.home import open_home
 from device.localpair import check_size
-from device.ui import CeremonyView
 from hrng.errors import HRNGError
 from hrng.mixer import pad_random
-from onetimechat import terminal
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
 from onetimechat.text import parse_size
 from provisioning.agree import CONNECT_WAIT_S, accept_one, connect
 from provisioning.ceremony import HOST, JOIN, Ceremony
+from provisioning.view import CeremonyView
 from provisioning.wire import Wire
 
 IDLE_TIMEOUT_S = 600.0  # an owner may take a while to compare the pairing string
@@ -57,25 +55,6 @@ def register(parts: argparse._SubParsersAction) -> None:
         p.set_defaults(func=cmd_host if name == "host" else cmd_join)
 
 
-def _compare(mode: str):
-    if mode == "auto":
-        refuse_auto_in_production()
-        def approve(sas: str) -> bool:
-            print("otc: confirmation mode 'auto': the pairing string is accepted without comparing "
-                  "(tests and demos only)", file=sys.stderr)
-            return True
-        return approve
-    if mode == "tty":
-        no_terminal = "No terminal to confirm the pairing string on; choose another --confirm."
-        if not terminal.has_terminal():
-            raise UsageError(no_terminal)  # before anything listens or connects
-
-        def ask(sas: str) -> bool:
-            return terminal.yes(f"Does the other device show {sas}? [y/N] ", no_terminal=no_terminal)
-        return ask
-    raise UsageError(f"`otc pair` confirms with tty or auto; {mode} runs through `otc device serve`.")
-
-
 def _run(args: argparse.Namespace, role: str, sock: socket.socket) -> int:
     sock.settimeout(IDLE_TIMEOUT_S)
     wire = Wire(sock)
@@ -94,7 +73,7 @@ def _run(args: argparse.Namespace, role: str, sock: socket.socket) -> int:
 
         with pad_random(args.hrng, on_alarm=log_alarm) as random_bytes:
             ceremony = Ceremony(
-                store, role, random_bytes=random_bytes, compare=_compare(args.confirm),
+                store, role, random_bytes=random_bytes, compare=compare_pairing_string(args.confirm),
                 size=getattr(args, "size", None), name=args.name, on_progress=on_progress,
                 on_sas=lambda sas: print(f"Pairing string: {sas} (the other device must show the same)",
                                          flush=True),
@@ -143,7 +122,7 @@ def _runner(args: argparse.Namespace):
 
     if from_laptop(args):
         return _run_from_laptop
-    _compare(args.confirm)  # a mode that cannot work is refused before anything listens or connects
+    compare_pairing_string(args.confirm)  # a mode that cannot work is refused before anything listens or connects
     return _run
 
 

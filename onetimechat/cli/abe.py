@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from device.abe.errors import AbeError, MalformedAbeData, NotAnAuthority
-from device.abe.grant import GrantView, grant_host, grant_join
+from device.abe.grant import confirm_grant, grant_host, grant_join
 from device.abe.periods import when
 from device.abe.store import AbeKeys, grant_local
-from device.confirm import MODES, refuse_auto_in_production
+from device.confirm import MODES
 from device.home import open_home
 from hrng.mixer import pad_random
-from onetimechat import terminal
 from onetimechat.errors import UsageError
 from onetimechat.text import plural
 from provisioning.agree import accept_one, connect
@@ -376,9 +375,9 @@ def cmd_renewals(args: argparse.Namespace) -> int:
 def _renewals_here(args: argparse.Namespace, relay) -> list[dict]:  # type: ignore[no-untyped-def]
     import time
 
-    from device import package as fmt
     from device.abe.renewal import RenewalPads, RenewalRefused
     from device.errors import DeviceError
+    from onetimechat import package as fmt
 
     out: list[dict] = []
     with open_home(args.home, args.pin_file) as store:
@@ -396,32 +395,6 @@ def _renewals_here(args: argparse.Namespace, relay) -> list[dict]:  # type: igno
 
 
 # -- in person ---------------------------------------------------------------------------
-
-
-def _confirmer(mode: str):  # type: ignore[no-untyped-def]
-    def show(view: GrantView) -> None:
-        for line in view.lines():
-            print(line, flush=True)
-
-    if mode == "auto":
-        refuse_auto_in_production()
-        def approve(view: GrantView) -> bool:
-            show(view)
-            print("otc: confirmation mode 'auto': the grant is accepted without comparing "
-                  "(tests and demos only)", file=sys.stderr)
-            return True
-        return approve
-    if mode == "tty":
-        no_terminal = "No terminal to confirm the grant on; choose another --confirm."
-        if not terminal.has_terminal():
-            raise UsageError(no_terminal)  # before anything listens or connects
-
-        def ask(view: GrantView) -> bool:
-            show(view)
-            return terminal.yes(f"Does the other device show {view.sas} and the same attributes? [y/N] ",
-                                no_terminal=no_terminal)
-        return ask
-    raise UsageError(f"`otc abe grant` confirms with tty or auto; {mode} runs through `otc device serve`.")
 
 
 def _timed(sock: socket.socket) -> socket.socket:
@@ -470,7 +443,7 @@ def cmd_grant_host(args: argparse.Namespace) -> int:
         if not any(a["own"] for a in device.call("abe_status")["authorities"]):
             raise NotAnAuthority()  # a clear error before waiting for the member
         return _grant_from_laptop(args, "host", device, accept_one(args.listen))
-    confirm = _confirmer(args.confirm)
+    confirm = confirm_grant(args.confirm)
     with open_home(args.home, args.pin_file) as store:
         AbeKeys(store).master()  # a clear error before waiting if this device is no authority
         with _randomness(args.hrng) as random_bytes:
@@ -489,7 +462,7 @@ def cmd_grant_join(args: argparse.Namespace) -> int:
 
     if from_laptop(args):
         return _grant_from_laptop(args, "join", _device(args), connect(args.connect, "a grant"))
-    confirm = _confirmer(args.confirm)
+    confirm = confirm_grant(args.confirm)
     with open_home(args.home, args.pin_file) as store:
         with _randomness(args.hrng) as random_bytes:
             wire = Wire(_timed(connect(args.connect, "a grant")))

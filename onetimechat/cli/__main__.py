@@ -1,0 +1,5 @@
+"""`python -m onetimechat.cli`: the same as `otc`."""
+
+from onetimechat.cli import run
+
+run()
