@@ -74,6 +74,24 @@ STYLE = Style.from_dict({
 })
 
 
+class Backoff:
+    """Waits that double after each failure, from one second up to MAX_BACKOFF_S, and start over after a success.
+
+    A wait ends early when ``stop`` is set (the chat is closing).
+    """
+
+    def __init__(self, stop: threading.Event, first: float = 1.0, ceiling: float = MAX_BACKOFF_S) -> None:
+        self.stop, self.first, self.ceiling = stop, first, ceiling
+        self.delay = first
+
+    def wait(self) -> None:
+        self.stop.wait(self.delay)
+        self.delay = min(self.delay * 2, self.ceiling)
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
 @dataclass(frozen=True)
 class Command:
     """One typed line, parsed."""
@@ -539,17 +557,16 @@ class Chat:
                          name="otc-chat-room", daemon=True).start()
 
     def _watch(self, room_id: str, name: str, stop: threading.Event) -> None:
-        backoff = 1.0
+        backoff = Backoff(self.stop)
         while not (self.stop.is_set() or stop.is_set()):
             try:
                 events = self.rooms.sync(room_id, wait=POLL_WAIT_S)
             except DeviceRefused:
                 return
             except ClientError:
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                backoff.wait()
                 continue
-            backoff = 1.0
+            backoff.reset()
             for event in events:
                 self._room_event(name, event)
 
@@ -575,7 +592,7 @@ class Chat:
 
     def receiver(self) -> None:
         """Long-poll the relay, have the device open what arrives, and keep the outbox moving."""
-        backoff = 1.0
+        backoff = Backoff(self.stop)
         refreshed = 0.0
         while not self.stop.is_set():
             try:
@@ -588,11 +605,10 @@ class Chat:
                 self.health(relay=True)
                 if result.waiting:
                     self.health(device=False, note=f"{result.waiting} message(s) wait: the device does not answer")
-                    self.stop.wait(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    backoff.wait()
                     continue
                 self._flush()
-                backoff = 1.0
+                backoff.reset()
             except DeviceRefused as exc:
                 self.health(device=False, note="this laptop is not paired with the device any more")
                 self.system(str(exc), "error")
@@ -603,8 +619,7 @@ class Chat:
                 self.health(device=False, note=f"the device does not answer; retrying ({exc.code})")
             else:
                 continue
-            self.stop.wait(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
+            backoff.wait()
 
     def _flush(self) -> None:
         sent, waiting = self.messenger.flush()
