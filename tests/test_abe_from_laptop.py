@@ -31,13 +31,9 @@ from relay.app import create_app
 from relay.config import RelayConfig
 from relay.server import RelayServer
 from tests.conftest import otc
-from tests.test_pair_from_laptop import Served, carried, finish, owner, serve, served
+from tests.test_pair_from_laptop import Served, approve_everything, carried, client_of, finish, owner, serve, served
 
 POLICY = "STAFF and (OPS or ADMIN)"
-
-
-def client_of(device: Served) -> DeviceClient:
-    return DeviceClient(device.url, state=ClientState(device.laptop), timeout=60)
 
 
 def answer_confirm(console: Console, approve: bool, seen: list) -> threading.Thread:
@@ -51,22 +47,6 @@ def answer_confirm(console: Console, approve: bool, seen: list) -> threading.Thr
                 seen.append(view)
                 console.decide(approve, view.request_id)
                 return
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
-def approve_everything(consoles: list[Console], stop: threading.Event) -> threading.Thread:
-    """Owners who approve every room message on their screens."""
-
-    def run() -> None:
-        while not stop.is_set():
-            for console in consoles:
-                view = console.snapshot().confirm
-                if view is not None:
-                    console.decide(True, view.request_id)
             time.sleep(0.02)
 
     thread = threading.Thread(target=run, daemon=True)

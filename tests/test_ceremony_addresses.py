@@ -9,37 +9,13 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 
 import pytest
 
-from client.rpc import DeviceClient
-from client.state import ClientState
-from device.ui import Console
 from tests.conftest import otc
-from tests.test_pair_from_laptop import Served, carried, finish, owner, serve
+from tests.test_pair_from_laptop import approve_everything, carried, client_of, finish, owner, serve
 
 ALICE, BOB, LAPTOP = "127.0.0.2", "127.0.0.3", "127.0.0.4"
-
-
-def client_of(device: Served) -> DeviceClient:
-    return DeviceClient(device.url, state=ClientState(device.laptop), timeout=60)
-
-
-def approve_everything(consoles: list[Console], stop: threading.Event) -> threading.Thread:
-    """Owners who approve every question on their devices' screens."""
-
-    def run() -> None:
-        while not stop.is_set():
-            for console in consoles:
-                view = console.snapshot().confirm
-                if view is not None:
-                    console.decide(True, view.request_id)
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from client.rpc import pair
+from client.rpc import DeviceClient, pair
 from client.state import ClientState
 from device.server import Server, ServerConfig
 from device.storage.padstore import INITIATOR, RESPONDER, PadStore
@@ -88,6 +88,27 @@ def owner(device: Served, answer: bool, seen: list, keep: Callable[[Snapshot], o
                 device.console.answer_ceremony(answer)
                 return
             time.sleep(0.05)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def client_of(device: Served) -> DeviceClient:
+    """The device's paired laptop, as a client of its RPC."""
+    return DeviceClient(device.url, state=ClientState(device.laptop), timeout=60)
+
+
+def approve_everything(consoles: list[Console], stop: threading.Event) -> threading.Thread:
+    """Owners who approve every question (and every room message) on their devices' screens, until ``stop``."""
+
+    def run() -> None:
+        while not stop.is_set():
+            for console in consoles:
+                view = console.snapshot().confirm
+                if view is not None:
+                    console.decide(True, view.request_id)
+            time.sleep(0.02)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
