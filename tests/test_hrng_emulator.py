@@ -195,7 +195,7 @@ def start_emulate(*args: str) -> tuple[subprocess.Popen, str]:
 
 def stop(proc: subprocess.Popen) -> str:
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=10)
+    _, err = proc.communicate(timeout=60)  # generous: a loaded CI machine, not a figure under test
     assert proc.returncode == 0, err
     return err
 
@@ -238,7 +238,7 @@ def test_otc_hrng_emulate_disconnect_exits_by_itself():
     proc, url = start_emulate("--rate", "4M", "--fault", "disconnect", "--fault-after", "8K")
     line = one_line_error(otc("hrng", "test", "--source", url, "--bytes", "1M"))
     assert "disconnected" in line
-    _, err = proc.communicate(timeout=10)
+    _, err = proc.communicate(timeout=60)  # generous: a loaded CI machine, not a figure under test
     assert proc.returncode == 0 and "disconnected itself" in err
 
 
