@@ -169,7 +169,7 @@ def test_parse_command_errors(line, error):
 def test_parse_command_never_crashes(line):
     command = parse_command(line, GROUPS)
     assert command.name in {"send", "group", "groups", "contacts", "log", "receipts", "help", "exit", "error", "empty",
-                            "rooms", "join", "leave", "room"}
+                            "rooms", "join", "leave", "room", "who", "share"}
     if command.name == "send":
         assert command.contacts and all(command.contacts) and command.text
 
