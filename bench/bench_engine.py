@@ -160,13 +160,13 @@ def after_gaps(root: Path, gaps: int, count: int = 1000) -> None:
     pad = b.store.pads("alice")[0]
     start = pad.peer_half[0]  # alice (the initiator) sends upward from 16
     reached = start + pad.recv_reached
-    with b.store.transaction() as conn:
+    with b.store._transaction() as conn:
         for i in range(gaps):
             lo = reached + (2 * i + 1) * seg  # every other segment: a gap before each
             b.store.add_consumed(conn, pad.pad_id, lo, lo + seg)
-    with a.store.transaction() as conn:  # alice's next packages start past the gapped stretch
+    with a.store._transaction() as conn:  # alice's next packages start past the gapped stretch
         conn.execute("UPDATE pads SET send_next = ? WHERE pad_id = ?", (reached + (2 * gaps + 1) * seg, pad.pad_id))
-    ranges = len(b.store.read("SELECT 1 FROM consumed WHERE pad_id = ?", (pad.pad_id,)))
+    ranges = len(b.store._read("SELECT 1 FROM consumed WHERE pad_id = ?", (pad.pad_id,)))
     after = p50()
     print(f"unpackage p50 (100-byte, durable): {before * 1e6:,.0f} µs with no gaps, {after * 1e6:,.0f} µs after "
           f"{gaps:,} gaps ({ranges:,} consumed ranges; {after / before:.2f}x)")

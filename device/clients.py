@@ -6,6 +6,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from device.storage.clients_tables import ClientTable
 from device.storage.padstore import PadStore, check_name
 from onetimechat.rpc import Keys
 
@@ -39,36 +40,27 @@ class ClientRegistry:
 
     def __init__(self, store: PadStore) -> None:
         self.store = store
+        self.table = ClientTable(store)
 
     def add(self, name: str, key: bytes) -> bytes:
         """Store a newly paired client; return its id."""
         check_name(name)
         client_id = secrets.token_bytes(16)
         stored = self.store.secrets.seal(key, client_id) if self.store.secrets else key
-        with self.store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO clients (client_id, name, key, created) VALUES (?, ?, ?, ?)",
-                (client_id, name, stored, time.time()),
-            )
-            self.store.log(conn, "client-paired", detail=f"laptop {name} ({client_id.hex()[:8]})")
+        self.table.add(client_id, name, stored)
         return client_id
 
     def get(self, client_id: bytes) -> PairedClient | None:
         """An active (not revoked) client, or None."""
-        rows = self.store.read(
-            "SELECT client_id, name, key, created, last_used, revoked FROM clients"
-            " WHERE client_id = ? AND revoked IS NULL",
-            (client_id,),
-        )
-        return self._client(rows[0]) if rows else None
+        row = self.table.active(client_id)
+        return self._client(row) if row is not None else None
 
     def might_accept(self, client_id: bytes, counter: int) -> bool:
         """Whether a call from ``client_id`` with ``counter`` could pass, judged before its body is read: the
         client is paired and not revoked, and the counter is above the last one accepted. One read, no write;
         :meth:`accept_counter` still decides, once the call authenticates."""
-        rows = self.store.read("SELECT last_counter FROM clients WHERE client_id = ? AND revoked IS NULL",
-                               (client_id,))
-        return bool(rows) and int(rows[0][0] or 0) < counter
+        last = self.table.last_counter(client_id)
+        return last is not None and last < counter
 
     def accept_counter(self, client_id: bytes, counter: int) -> bool:
         """Record ``counter`` as the client's latest, if it is above every earlier one.
@@ -76,19 +68,10 @@ class ClientRegistry:
         Atomic and durable: of two calls with one counter, exactly one passes,
         and a restart cannot roll the counter back.
         """
-        with self.store.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE clients SET last_counter = ?, last_used = ?"
-                " WHERE client_id = ? AND revoked IS NULL AND last_counter < ?",
-                (counter, time.time(), client_id, counter),
-            )
-            return cur.rowcount == 1
+        return self.table.accept_counter(client_id, counter)
 
     def list(self) -> list[PairedClient]:
-        rows = self.store.read(
-            "SELECT client_id, name, key, created, last_used, revoked FROM clients ORDER BY created"
-        )
-        return [self._client(r) for r in rows]
+        return [self._client(r) for r in self.table.rows()]
 
     def find(self, prefix: str) -> PairedClient | None:
         """The one client whose id starts with ``prefix`` (hex), if exactly one does."""
@@ -97,14 +80,7 @@ class ClientRegistry:
         return matches[0] if len(matches) == 1 else None
 
     def revoke(self, client_id: bytes, how: str | None = None) -> bool:
-        with self.store.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE clients SET revoked = ? WHERE client_id = ? AND revoked IS NULL", (time.time(), client_id)
-            )
-            if cur.rowcount:
-                self.store.log(conn, "client-revoked",
-                               detail=f"client {client_id.hex()[:8]}" + (f", {how}" if how else ""))
-            return cur.rowcount == 1
+        return self.table.revoke(client_id, how)
 
     def _client(self, row: tuple) -> PairedClient:
         client_id, stored = bytes(row[0]), bytes(row[2])

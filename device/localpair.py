@@ -72,8 +72,8 @@ def check_size(size: int) -> None:
 
 def _check_contact(store: PadStore, peer: PadStore) -> None:
     """Refuse early if ``store`` already has a different device under ``peer``'s name."""
-    row = store.read("SELECT peer_device_id FROM contacts WHERE name = ?", (peer.device_name,))
-    if row and bytes(row[0][0]) != peer.device_id:
+    known = store.contact_device(peer.device_name)
+    if known is not None and known != peer.device_id:
         raise ContactExists(
             f"{store.device_name} already has a contact named {peer.device_name!r} for another device."
         )

@@ -177,9 +177,7 @@ class PairingManager:
                 self._fail("a wrong code")
             client_id = self.registry.add(session.name, session.key)
             device_proof = rpc.confirmation(session.key, b"device", transcript + client_id)
-            with self.store.transaction() as conn:
-                self.store.set_setting(conn, "pairing_failures", "0")
-                self.store.set_setting(conn, "pairing_locked_until", "0")
+            self.store.save_settings({"pairing_failures": "0", "pairing_locked_until": "0"})
             self._drop()
             return client_id, device_proof
 
@@ -226,23 +224,21 @@ class PairingManager:
         unlogged = int(setting("pairing_unlogged", "0") or 0)
         if now - window >= LOG_WINDOW_S or now < window:
             window, logged = now, 0
-        with self.store.transaction() as conn:
-            self.store.set_setting(conn, "pairing_failures", str(failures))
-            self.store.set_setting(conn, "pairing_last_failure", str(now))
-            self.store.set_setting(conn, "pairing_locked_until", str(now + delay))
-            if logged < LOGGED_PER_WINDOW:
-                detail = f"{why}; {failures} failure(s) in a row"
-                if delay:
-                    detail += f"; pairing locked for {int(delay)} s"
-                if unlogged:
-                    detail += f"; {unlogged} earlier failure(s) counted but not logged one by one"
-                self.store.log(conn, "pairing-failed", detail=detail)
-                logged, unlogged = logged + 1, 0
-            else:
-                unlogged += 1  # past the hour's rows: counted, told in the next row
-            self.store.set_setting(conn, "pairing_log_window", str(window))
-            self.store.set_setting(conn, "pairing_log_count", str(logged))
-            self.store.set_setting(conn, "pairing_unlogged", str(unlogged))
+        detail: str | None = None
+        if logged < LOGGED_PER_WINDOW:
+            detail = f"{why}; {failures} failure(s) in a row"
+            if delay:
+                detail += f"; pairing locked for {int(delay)} s"
+            if unlogged:
+                detail += f"; {unlogged} earlier failure(s) counted but not logged one by one"
+            logged, unlogged = logged + 1, 0
+        else:
+            unlogged += 1  # past the hour's rows: counted, told in the next row
+        self.store.save_settings(  # one commit, the failure's row with it
+            {"pairing_failures": str(failures), "pairing_last_failure": str(now),
+             "pairing_locked_until": str(now + delay), "pairing_log_window": str(window),
+             "pairing_log_count": str(logged), "pairing_unlogged": str(unlogged)},
+            event="pairing-failed" if detail is not None else None, detail=detail)
         self._drop()
         raise PairingFailed()
 

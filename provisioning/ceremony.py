@@ -396,7 +396,7 @@ class Ceremony:
             if self.name and known != self.name:
                 raise ContactExists(f"That device is already a contact, named {known!r}.")
             return known
-        if self.store.read("SELECT 1 FROM contacts WHERE name = ?", (name,)):
+        if self.store.contact_device(name) is not None:
             raise ContactExists(f"A contact named {name!r} already exists for another device; "
                                 "choose another with --name.")
         return name

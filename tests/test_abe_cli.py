@@ -133,10 +133,10 @@ def test_keys_are_sealed_at_rest_in_a_pin_locked_home(tmp_path):
     # The rows are sealed under the storage key, inside a database sealed whole (docs/pin-lock.md).
     with open_home(auth, pin) as store:
         master = AbeKeys(store).master()
-        ((stored_master,),) = store.read("SELECT master_key FROM abe_authorities")
+        ((stored_master,),) = store._read("SELECT master_key FROM abe_authorities")
     with open_home(alice, pin) as store:
         (key,) = AbeKeys(store).member_keys()
-        ((stored_key,),) = store.read("SELECT secret FROM abe_keys")
+        ((stored_key,),) = store._read("SELECT secret FROM abe_keys")
     for home in (auth, alice):
         with pytest.raises(sqlite3.DatabaseError):
             sqlite3.connect(home / "device.db").execute("SELECT 1 FROM abe_keys").fetchone()
@@ -178,7 +178,7 @@ def test_periods_members_and_revocation_at_the_command_line(homes, tmp_path):
     (held,) = status["held"]
     assert held["period"] == 1 and held["state"] == "valid" and status["warnings"] == []
     with open_home(alice, None) as store:
-        with store.transaction() as conn:
+        with store._transaction() as conn:
             conn.execute("UPDATE abe_keys SET starts = ?, ends = ?", (time.time() - 29 * 86400, time.time() + 3600))
     out = otc("abe", "status", "--home", str(alice), check=True).stdout.decode()
     assert "renewal due" in out and "WARNING: the key from campus for ADMIN, STAFF (period 1) expires at" in out

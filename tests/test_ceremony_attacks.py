@@ -579,7 +579,7 @@ def cutting_connect(drop: tuple[str, int] | None, counts: dict[str, int], cut_at
 
 def holdings(home: Path) -> dict[bytes, bool]:
     with PadStore(home) as store:
-        return {p.pad_id: bool(store.read("SELECT confirmed FROM pads WHERE pad_id = ?", (p.pad_id,))[0][0])
+        return {p.pad_id: bool(store._read("SELECT confirmed FROM pads WHERE pad_id = ?", (p.pad_id,))[0][0])
                 for p in store.pads()}
 
 

@@ -75,7 +75,7 @@ def forget_identity(home: Path) -> None:
 
 def contact_ids(home: Path) -> dict[str, bytes]:
     with PadStore(home) as store:
-        return {name: bytes(pid) for name, pid in store.read("SELECT name, peer_device_id FROM contacts")}
+        return {name: bytes(pid) for name, pid in store._read("SELECT name, peer_device_id FROM contacts")}
 
 
 def linked() -> tuple[socket.socket, socket.socket]:

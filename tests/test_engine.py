@@ -317,7 +317,7 @@ def test_exhaustion_warnings_at_10_and_1_percent_and_a_clear_refusal(tmp_path):
         sent = a.package("bob", bytes(84 + 30))  # leaves 54 bytes: under 1%
         assert [e["event"] for e in events(a)].count("pad-low") == 2
         a.store.sync_wipes()  # the wipes' batched sync, then their bookkeeping, before the snapshot
-        with a.store.transaction():
+        with a.store._transaction():
             pass
         state = receive_state(home_a)
         with pytest.raises(PadExhausted) as info:
@@ -389,13 +389,13 @@ def test_threads_get_disjoint_segments(pair):
 def test_interrupted_wipes_are_finished_by_the_next_store(tmp_path):
     home_a, home_b, pad_id = make_pair(tmp_path)
     with PadStore(home_a) as store:
-        with store.transaction() as conn:
+        with store._transaction() as conn:
             store.add_consumed(conn, pad_id, 0, 64)
             conn.execute('INSERT INTO pending_wipe (pad_id, start, "end", owner) VALUES (?, 0, 64, ?)',
                          (pad_id, "00000000deadbeef"))
     assert pad_bytes(home_a, pad_id)[:64] != bytes(64)
     with PadStore(home_a) as store:
-        assert store.read("SELECT count(*) FROM pending_wipe")[0][0] == 0
+        assert store._read("SELECT count(*) FROM pending_wipe")[0][0] == 0
         assert [e["event"] for e in store.events()][-1] == "recovered"
     assert pad_bytes(home_a, pad_id)[:64] == bytes(64)
 
@@ -403,11 +403,11 @@ def test_interrupted_wipes_are_finished_by_the_next_store(tmp_path):
 def test_a_live_stores_pending_wipes_are_left_to_it(tmp_path):
     home_a, home_b, pad_id = make_pair(tmp_path)
     with PadStore(home_a) as live:
-        with live.transaction() as conn:
+        with live._transaction() as conn:
             live.add_consumed(conn, pad_id, 0, 64)
             live.add_pending_wipe(conn, pad_id, 0, 64)
         with PadStore(home_a) as other:
-            assert other.read("SELECT count(*) FROM pending_wipe")[0][0] == 1
+            assert other._read("SELECT count(*) FROM pending_wipe")[0][0] == 1
         assert pad_bytes(home_a, pad_id)[:64] != bytes(64)
 
 

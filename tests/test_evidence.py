@@ -93,11 +93,11 @@ def test_security_events_are_never_rotated_out_by_ordinary_ones(tmp_path):
         for event in ("replay", "invalid", "gap", "pairing-failed", "hrng-alarm", "wipe", "forgery-alarm"):
             store.log_event(event, detail="evidence")
         store.log_event("declined", detail="an ordinary event, old enough to rotate")
-        with store.transaction() as conn:
+        with store._transaction() as conn:
             for _ in range(EVENTS_KEPT + 2_000):
-                store.log(conn, "ceremony-started", detail="flood")
-        kept = {row[0] for row in store.read("SELECT DISTINCT event FROM events")}
-        ordinary = store.read("SELECT count(*) FROM events WHERE event = 'ceremony-started'")[0][0]
+                store._log(conn, "ceremony-started", detail="flood")
+        kept = {row[0] for row in store._read("SELECT DISTINCT event FROM events")}
+        ordinary = store._read("SELECT count(*) FROM events WHERE event = 'ceremony-started'")[0][0]
     assert {"replay", "invalid", "gap", "pairing-failed", "hrng-alarm", "wipe", "forgery-alarm"} <= kept
     assert "declined" not in kept and "init" not in kept  # ordinary events do rotate
     assert ordinary < EVENTS_KEPT + 1000  # rotation runs every thousandth row

@@ -38,7 +38,7 @@ from tests.test_provisioning import homes, run_pair
 
 def member_keys(home: Path) -> dict[bytes, bool]:
     with PadStore(home) as store:
-        return {bytes(r[0]): bool(r[1]) for r in store.read("SELECT key_id, confirmed FROM abe_keys")}
+        return {bytes(r[0]): bool(r[1]) for r in store._read("SELECT key_id, confirmed FROM abe_keys")}
 
 
 def pose_as_authority(mallory: Path, member: Path, public, her_key) -> dict:

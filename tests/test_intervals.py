@@ -307,7 +307,7 @@ def test_merging_finds_the_left_neighbour_by_the_primary_key(tmp_path):
     from device.storage.padstore import PadStore
 
     PadStore.init(tmp_path / "a", "alice").close()
-    with PadStore(tmp_path / "a") as store, store.transaction() as conn:
+    with PadStore(tmp_path / "a") as store, store._transaction() as conn:
         pad_id = bytes(16)
         for i in range(50):
             store.add_consumed(conn, pad_id, 10 * i, 10 * i + 5)  # 50 ranges with gaps

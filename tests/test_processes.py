@@ -109,7 +109,7 @@ def test_sigkill_while_packaging_never_hands_out_pad_twice(tmp_path):
     # A fresh store finishes any destruction a killed process left undone.
     with PadStore(home_a) as store:
         pad = store.pads("bob")[0]
-        assert store.read("SELECT count(*) FROM pending_wipe")[0][0] == 0
+        assert store._read("SELECT count(*) FROM pending_wipe")[0][0] == 0
         reserved = store.consumed(pad_id)
     assert list(reserved) == [(16, pad.send_next)]  # one run of reserved pad from 16 (after R)
     assert all(s >= 16 and e <= pad.send_next for s, e in segments)
@@ -149,7 +149,7 @@ def test_sigkill_between_a_packages_commit_and_its_wipe_still_destroys_the_segme
     if where == "before-wipe":
         assert pad_bytes(home_a, pad_id)[start:end] == original[start:end]  # its pad still there
     with PadStore(home_a) as store:  # the next opener finishes it
-        assert store.read("SELECT count(*) FROM pending_wipe")[0][0] == 0
+        assert store._read("SELECT count(*) FROM pending_wipe")[0][0] == 0
     assert pad_bytes(home_a, pad_id)[16:end] == bytes(end - 16)
     assert pad_bytes(home_a, pad_id)[end:] == original[end:]
     with Device.open(home_b) as b:  # the five before it open; none of them reused the segment

@@ -226,7 +226,7 @@ def test_room_states_are_sealed_at_rest_in_a_pin_locked_home(tmp_path):
         with pytest.raises(sqlite3.DatabaseError):  # the database is sealed whole (docs/pin-lock.md)...
             sqlite3.connect(tmp_path / "alice" / "device.db").execute("SELECT 1 FROM settings").fetchone()
         with open_home(tmp_path / "alice", pin) as store:
-            rows = store.read("SELECT value FROM settings WHERE name LIKE 'room:%'")
+            rows = store._read("SELECT value FROM settings WHERE name LIKE 'room:%'")
         assert len(rows) == 1  # ...and inside it the room's row (its value is base64)...
         stored += base64.b64decode(rows[0][0])
         for secret in secrets:  # ...but none of its secrets, raw, in hex or in base64

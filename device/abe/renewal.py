@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,6 +40,7 @@ from device.abe.encoding import decode_member_key
 from device.abe.errors import AbeError, MalformedAbeData, Revoked, UnknownMember
 from device.abe.periods import MAX_PERIOD_S, Period, when
 from device.abe.store import AbeKeys, HeldKey, renewal_for
+from device.storage.abe_tables import RenewalPadUsed
 from onetimechat import package as fmt
 from onetimechat.crypto import derive_key, equal
 from onetimechat.errors import InvalidPackage, MalformedPackage
@@ -129,35 +129,20 @@ class RenewalPads:
     def __init__(self, keys: AbeKeys) -> None:
         self.keys = keys
         self.store = keys.store
-
-    def _seal(self, pad: bytes, pad_id: bytes) -> bytes:
-        return self.store.secrets.seal(pad, b"abe pad " + pad_id) if self.store.secrets else pad
-
-    def _open(self, stored: bytes, pad_id: bytes) -> bytearray:
-        raw = self.store.secrets.open(bytes(stored), b"abe pad " + pad_id) if self.store.secrets else bytes(stored)
-        return bytearray(raw)
+        self.tables = keys.tables
 
     def add(self, pad: bytes, key_id: bytes, authority_id: bytes, peer_device_id: bytes | None, role: str) -> bytes:
         """Keep a pad made in a grant, pending with that grant (key ``key_id``); its pad_id."""
         pad_id, mailbox = pad_identity(pad)
-        with self.store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO abe_pads (pad_id, key_id, authority_id, peer_device_id, role, mailbox, size, pad, next,"
-                " confirmed, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-                (pad_id, key_id, authority_id, peer_device_id, role, mailbox, len(pad), self._seal(pad, pad_id),
-                 fmt.AUTH_KEY_LEN, time.time()))
-            self.store.log(conn, "abe-renewal-pad", pad_id=pad_id,
-                           detail=f"renewal pad of {len(pad)} bytes made in a grant ({role})")
+        self.tables.add_renewal_pad(pad, pad_id, mailbox, key_id, authority_id, peer_device_id, role)
         return pad_id
 
     def mailboxes(self) -> list[str]:
         """The member's renewal mailboxes (confirmed pads), for the laptop to read."""
-        return [bytes(r[0]).hex() for r in self.store.read(
-            "SELECT mailbox FROM abe_pads WHERE role = 'member' AND confirmed = 1 ORDER BY created")]
+        return [mailbox.hex() for mailbox in self.tables.member_mailboxes()]
 
     def describe(self) -> list[dict]:
-        rows = self.store.read("SELECT pad_id, role, size, next, confirmed, peer_device_id FROM abe_pads"
-                               " ORDER BY created")
+        rows = self.tables.renewal_pad_rows()
         return [{"pad_id": bytes(r[0]).hex(), "role": r[1], "left": max(0, r[2] - r[3]), "confirmed": bool(r[4])}
                 for r in rows]
 
@@ -171,8 +156,7 @@ class RenewalPads:
         for i in issued:
             if i.member_device_id is not None:
                 devices[i.member_device_id] = i.member
-        with_pad = {bytes(r[0]) for r in self.store.read(
-            "SELECT peer_device_id FROM abe_pads WHERE role = 'authority' AND confirmed = 1")}
+        with_pad = self.tables.members_with_pad()
         out, left = [], []
         for device_id, name in devices.items():
             try:
@@ -195,30 +179,22 @@ class RenewalPads:
         prior = renewal_for(self.keys, device_id)
         if any(i.member_device_id == device_id and i.period == period.number for i in self.keys.issued()):
             return None
-        rows = self.store.read("SELECT pad_id FROM abe_pads WHERE role = 'authority' AND confirmed = 1 AND"
-                               " peer_device_id = ? ORDER BY created DESC", (device_id,))
-        if not rows:
+        pad_ids = self.tables.pads_to(device_id)
+        if not pad_ids:
             raise NoRenewalPad(f"There is no renewal pad with {prior.member}.")
         key = self.keys.issue(prior.attributes, member=prior.member, member_device_id=device_id,
                               how="renewal over the pad", random_bytes=random_bytes, period=period)
         body = BODY.pack(BODY_MAGIC, BODY_VERSION, period.number, period.starts, period.ends) + key.encode()
-        for (pad_id,) in rows:
-            pad_id = bytes(pad_id)
-            with self.store.transaction() as conn:  # reserve, build, destroy: one commit, before it leaves
-                size, next_free, stored, mailbox = conn.execute(
-                    "SELECT size, next, pad, mailbox FROM abe_pads WHERE pad_id = ?", (pad_id,)).fetchone()
-                end = next_free + fmt.segment_length(len(body))
-                if end > size:
-                    continue  # this pad is used up: the next one, if any
-                pad = self._open(stored, pad_id)
-                package = fmt.seal(fmt.Kind.CONTROL, pad_id, next_free, bytes(pad[next_free:end]), body,
-                                   bytes(pad[:fmt.AUTH_KEY_LEN]))
-                pad[next_free:end] = bytes(end - next_free)
-                conn.execute("UPDATE abe_pads SET pad = ?, next = ? WHERE pad_id = ?",
-                             (self._seal(bytes(pad), pad_id), end, pad_id))
-                self.store.log(conn, "abe-renewal-sent", pad_id=pad_id, offset=next_free, length=end - next_free,
-                               detail=f"key for period {period.number} to {prior.member}")
-            return Renewal(prior.member, key.key_id, bytes(mailbox).hex(), fmt.encode(bytes(package)))
+        for pad_id in pad_ids:
+            sealed = self.tables.seal_on_renewal_pad(  # reserve, build, destroy: one commit, before it leaves
+                pad_id, len(body),
+                lambda offset, segment, auth_key: bytes(
+                    fmt.seal(fmt.Kind.CONTROL, pad_id, offset, segment, body, auth_key)),  # noqa: B023 - called at once
+                detail=f"key for period {period.number} to {prior.member}")
+            if sealed is None:
+                continue  # this pad is used up: the next one, if any
+            package, mailbox = sealed
+            return Renewal(prior.member, key.key_id, mailbox.hex(), fmt.encode(package))
         raise NoRenewalPad(f"The renewal pad with {prior.member} is used up: renew in person (a grant makes a "
                            "new one).")
 
@@ -230,24 +206,21 @@ class RenewalPads:
             parsed = fmt.parse(data)
         except MalformedPackage:
             raise RenewalRefused("That is not a renewal package.") from None
-        rows = self.store.read("SELECT authority_id FROM abe_pads WHERE pad_id = ? AND role = 'member' AND"
-                               " confirmed = 1", (parsed.pad_id,))
-        if parsed.kind != fmt.Kind.CONTROL or not rows:
+        authority_id = self.tables.member_pad_authority(parsed.pad_id)
+        if parsed.kind != fmt.Kind.CONTROL or authority_id is None:
             raise RenewalRefused("That renewal is for no renewal pad of this device.")
-        authority_id = bytes(rows[0][0])
         public = next((p for p in self._publics() if equal(p.authority_id, authority_id)), None)
         if public is None:
             raise RenewalRefused("This device no longer knows the renewal's authority.")
         start, end = parsed.segment
-        size, frontier, stored = self.store.read("SELECT size, next, pad FROM abe_pads WHERE pad_id = ?",
-                                                 (parsed.pad_id,))[0]
-        if start < frontier or end > size:  # used, or outside the pad: refused before a pad byte is read
+        found = self.tables.renewal_segment(parsed.pad_id, start, end)
+        if found is None:  # used, or outside the pad: refused before a pad byte is read
             self.store.log_event("abe-renewal-replay", detail=f"renewal pad {parsed.pad_id.hex()[:16]}, offset "
                                                               f"{start}: used or out of range")
             raise RenewalRefused("That renewal was opened already (or is out of range): refused.")
-        pad = self._open(stored, parsed.pad_id)
+        segment, auth_key = found
         try:
-            body = fmt.open_package(parsed, bytes(pad[start:end]), bytes(pad[:fmt.AUTH_KEY_LEN]))
+            body = fmt.open_package(parsed, segment, auth_key)
         except InvalidPackage:
             self.store.log_event("abe-renewal-forged", detail=f"renewal pad {parsed.pad_id.hex()[:16]}, offset "
                                                               f"{start}: the tag failed")
@@ -263,26 +236,16 @@ class RenewalPads:
         except (struct.error, AbeError):
             raise RenewalRefused("The renewal's contents are malformed.") from None
         period = Period(number, starts, ends)
-        self.keys.add_member_key(public, key, window=(period.starts, period.ends),
-                                 after=lambda conn: self._destroy(conn, parsed.pad_id, end))
+        try:
+            self.keys.add_member_key(public, key, window=(period.starts, period.ends), renewal=(parsed.pad_id, end))
+        except RenewalPadUsed:
+            raise RenewalRefused("That renewal was opened already: refused.") from None
         return next(k for k in self.keys.held() if k.key_id == key.key_id)
-
-    def _destroy(self, conn, pad_id: bytes, end: int) -> None:  # type: ignore[no-untyped-def]
-        size, frontier, stored = conn.execute("SELECT size, next, pad FROM abe_pads WHERE pad_id = ?",
-                                              (pad_id,)).fetchone()
-        if end <= frontier:
-            raise RenewalRefused("That renewal was opened already: refused.")
-        pad = self._open(stored, pad_id)
-        pad[fmt.AUTH_KEY_LEN if frontier < fmt.AUTH_KEY_LEN else frontier:end] = bytes(
-            end - max(frontier, fmt.AUTH_KEY_LEN))
-        conn.execute("UPDATE abe_pads SET pad = ?, next = ? WHERE pad_id = ?",
-                     (self._seal(bytes(pad), pad_id), end, pad_id))
-        self.store.log(conn, "abe-renewal-opened", pad_id=pad_id, detail=f"renewed key stored, pad used to {end}")
 
     def _publics(self) -> list:
         from device.abe.encoding import decode_public_key
 
-        return [decode_public_key(bytes(r[0])) for r in self.store.read("SELECT public_key FROM abe_authorities")]
+        return [decode_public_key(public) for public in self.tables.public_keys()]
 
 
 def end_text(period: Period) -> str:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -45,6 +43,7 @@ from device.abe.group import RandomBytes
 from device.abe.periods import DEFAULT_PERIOD_S, Period, warn_at, when
 from device.abe.policy import Policy, check_unreserved, parse_attributes
 from device.abe.scheme import Encapsulation, check_member_key, decapsulate, encapsulate, keygen, setup
+from device.storage.abe_tables import AbeTables
 from device.storage.padstore import PadStore, device_id_for
 from onetimechat.crypto import equal
 
@@ -127,6 +126,7 @@ class AbeKeys:
 
     def __init__(self, store: PadStore) -> None:
         self.store = store
+        self.tables = AbeTables(store)
 
     # -- sealing ------------------------------------------------------------------------
 
@@ -142,24 +142,17 @@ class AbeKeys:
         """Make this device an attribute authority named after it (once)."""
         if self._own_row() is not None:
             raise AlreadyAuthority()
-        if self.store.read("SELECT 1 FROM abe_authorities WHERE name = ?", (self.store.device_name,)):
+        if self.tables.authority_named(self.store.device_name):
             raise AbeError(f"This device already holds keys from another authority named "
                            f"{self.store.device_name!r}; an authority needs a unique name.")
         master = setup(self.store.device_name, random_bytes)
         aid = master.public.authority_id
-        with self.store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO abe_authorities (authority_id, name, public_key, master_key, created)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (aid, master.public.name, master.public.encode(), self._seal(master.encode(), b"abe master " + aid),
-                 time.time()),
-            )
-            self.store.log(conn, "abe-authority", detail=f"attribute authority {master.public.fingerprint}")
+        self.tables.add_own_authority(aid, master.public.name, master.public.encode(),
+                                      self._seal(master.encode(), b"abe master " + aid), master.public.fingerprint)
         return master.public
 
-    def _own_row(self) -> tuple | None:
-        rows = self.store.read("SELECT authority_id, master_key FROM abe_authorities WHERE master_key IS NOT NULL")
-        return rows[0] if rows else None
+    def _own_row(self) -> tuple[bytes, bytes] | None:
+        return self.tables.own_authority()
 
     def master(self) -> MasterKey:
         row = self._own_row()
@@ -169,17 +162,14 @@ class AbeKeys:
         return decode_master_key(self._open(row[1], b"abe master " + aid))
 
     def public_key(self, name: str) -> PublicKey:
-        rows = self.store.read("SELECT public_key FROM abe_authorities WHERE name = ?", (name,))
-        if not rows:
+        stored = self.tables.public_key_named(name)
+        if stored is None:
             raise UnknownAuthority(f"This device knows no attribute authority named {name!r}.")
-        return decode_public_key(bytes(rows[0][0]))
+        return decode_public_key(stored)
 
     def check_authority(self, public: PublicKey) -> None:
         """Refuse a public key whose name belongs to another authority here."""
-        rows = self.store.read(
-            "SELECT authority_id, public_key FROM abe_authorities WHERE name = ? OR authority_id = ?",
-            (public.name, public.authority_id))
-        for aid, stored in rows:
+        for aid, stored in self.tables.authorities_like(public.name, public.authority_id):
             if equal(bytes(aid), public.authority_id) and equal(bytes(stored), public.encode()):
                 continue
             if equal(bytes(aid), public.authority_id):
@@ -189,14 +179,12 @@ class AbeKeys:
 
     def knows(self, public: PublicKey) -> bool:
         """Whether this device holds exactly this public key already."""
-        rows = self.store.read("SELECT public_key FROM abe_authorities WHERE authority_id = ?",
-                               (public.authority_id,))
-        return bool(rows) and equal(bytes(rows[0][0]), public.encode())
+        stored = self.tables.public_key_of(public.authority_id)
+        return stored is not None and equal(stored, public.encode())
 
     def authorities(self) -> list[dict]:
         out = []
-        for aid, name, pk, master in self.store.read(
-                "SELECT authority_id, name, public_key, master_key FROM abe_authorities ORDER BY created"):
+        for aid, name, pk, master in self.tables.authority_rows():
             public = decode_public_key(bytes(pk))
             keys = [k.attributes for k in self.member_keys(bytes(aid))]
             out.append({"name": name, "authority_id": bytes(aid).hex(), "fingerprint": public.fingerprint,
@@ -207,52 +195,36 @@ class AbeKeys:
 
     def add_member_key(self, public: PublicKey, key: MemberKey, pending: bool = False,
                        window: tuple[float, float] | None = None,
-                       after: Callable[[sqlite3.Connection], None] | None = None) -> str:
+                       renewal: tuple[bytes, int] | None = None) -> str:
         """Store a key received from its authority, after checking it against the public key; its grant
         fingerprint. A ``pending`` key is not used until :meth:`confirm_grant` (the authority holds the
-        grant too). ``window`` is (starts, ends) of the key's period, which a key with a period needs."""
+        grant too). ``window`` is (starts, ends) of the key's period, which a key with a period needs. With
+        ``renewal`` (pad id, end) the renewal pad the key came on is used up to ``end`` in the same commit
+        (RenewalPadUsed, and nothing stored, if it already was)."""
         self.check_authority(public)
         check_member_key(public, key)
-        if self.store.read("SELECT 1 FROM abe_keys WHERE key_id = ?", (key.key_id,)):
+        if self.tables.member_key_known(key.key_id):
             raise AbeError("The authority sent a key whose id this device already holds.")
         if (key.period is None) != (window is None) or (window is not None and not window[0] < window[1]):
             raise MalformedAbeData("The key's period does not match what its authority says of it.")
-        with self.store.transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO abe_authorities (authority_id, name, public_key, master_key, created)"
-                " VALUES (?, ?, ?, NULL, ?)",
-                (public.authority_id, public.name, public.encode(), time.time()),
-            )
-            # The authority files this device under its identity's hash (its id, unless made before identities).
-            fingerprint = grant_fingerprint(public.authority_id, key, device_id_for(self.store.identity_public))
-            conn.execute(
-                "INSERT INTO abe_keys (key_id, authority_id, attributes, secret, created, confirmed, fingerprint,"
-                " period, starts, ends) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key.key_id, key.authority_id, ",".join(key.attributes),
-                 self._seal(key.encode(), b"abe key " + key.key_id), time.time(), int(not pending), fingerprint,
-                 key.period, window[0] if window else None, window[1] if window else None),
-            )
-            self.store.log(conn, "abe-key-received",
-                           detail=f"key for {', '.join(key.attributes)} from authority {public.name}")
-            if after is not None:
-                after(conn)  # in the same commit (a renewal destroys its pad bytes with it)
+        # The authority files this device under its identity's hash (its id, unless made before identities).
+        fingerprint = grant_fingerprint(public.authority_id, key, device_id_for(self.store.identity_public))
+        self.tables.add_member_key(
+            authority_id=public.authority_id, authority_name=public.name, public_key=public.encode(),
+            key_id=key.key_id, attributes=",".join(key.attributes),
+            sealed_key=self._seal(key.encode(), b"abe key " + key.key_id), pending=pending, fingerprint=fingerprint,
+            period=key.period, window=window,
+            detail=f"key for {', '.join(key.attributes)} from authority {public.name}", renewal=renewal)
         return fingerprint
 
     def member_keys(self, authority_id: bytes | None = None) -> list[MemberKey]:
         """This device's keys (those whose grant both devices are known to hold)."""
-        sql = "SELECT key_id, secret FROM abe_keys WHERE confirmed = 1"
-        params: tuple = ()
-        if authority_id is not None:
-            sql += " AND authority_id = ?"
-            params = (authority_id,)
-        rows = self.store.read(sql + " ORDER BY created", params)
-        return [decode_member_key(self._open(secret, b"abe key " + bytes(kid))) for kid, secret in rows]
+        rows = self.tables.member_key_rows(authority_id)
+        return [decode_member_key(self._open(secret, b"abe key " + kid)) for kid, secret in rows]
 
     def held(self) -> list[HeldKey]:
         """The keys this device holds (confirmed), as shown: attributes and periods, never a key."""
-        rows = self.store.read(
-            "SELECT k.key_id, a.name, k.authority_id, k.attributes, k.period, k.starts, k.ends FROM abe_keys k"
-            " JOIN abe_authorities a ON a.authority_id = k.authority_id WHERE k.confirmed = 1 ORDER BY k.created")
+        rows = self.tables.held_rows()
         return [HeldKey(bytes(r[0]), r[1], bytes(r[2]), tuple(r[3].split(",")), r[4], r[5], r[6]) for r in rows]
 
     def periods_held(self, authority_id: bytes) -> dict[int, tuple[float, float]]:
@@ -290,8 +262,7 @@ class AbeKeys:
 
     def periods(self) -> list[Period]:
         aid = self.master().public.authority_id
-        return [Period(r[0], r[1], r[2]) for r in self.store.read(
-            "SELECT period, starts, ends FROM abe_periods WHERE authority_id = ? ORDER BY period", (aid,))]
+        return [Period(r[0], r[1], r[2]) for r in self.tables.period_rows(aid)]
 
     def current_period(self, now: float | None = None) -> Period | None:
         """The authority's running period (the newest that has begun and not ended), if any."""
@@ -310,17 +281,11 @@ class AbeKeys:
             return made
         known = self.periods()
         last = known[-1] if known else None
-        with self.store.transaction() as conn:
-            if last is not None and early and last.ends > now:
-                conn.execute("UPDATE abe_periods SET ends = ? WHERE authority_id = ? AND period = ?",
-                             (now, aid, last.number))
-                conn.execute("UPDATE abe_issued SET ends = ? WHERE authority_id = ? AND period = ? AND ends > ?",
-                             (now, aid, last.number, now))
-            conn.execute("INSERT INTO abe_periods (authority_id, period, starts, ends) VALUES (?, ?, ?, ?)",
-                         (aid, made.number, made.starts, made.ends))
-            note = " (the last one ended early)" if early else ""
-            self.store.log(conn, "abe-period",
-                           detail=f"period {made.number} from {when(made.starts)} to {when(made.ends)}{note}")
+        note = " (the last one ended early)" if early else ""
+        self.tables.add_period(aid, made.number, made.starts, made.ends,
+                               detail=f"period {made.number} from {when(made.starts)} to {when(made.ends)}{note}",
+                               end_early=(last.number, now) if last is not None and early and last.ends > now
+                               else None)
         return made
 
     def preview_next_period(self, length: float | None = None, now: float | None = None, early: bool = False
@@ -357,16 +322,11 @@ class AbeKeys:
         key = keygen(master, names, random_bytes, period=period.number)
         fingerprint = grant_fingerprint(key.authority_id, key, member_device_id) if member_device_id else None
         proof = self._seal(grant_proof_key(key), b"abe proof " + key.key_id)
-        with self.store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO abe_issued (key_id, authority_id, member, member_device_id, attributes, how, issued,"
-                " confirmed, fingerprint, proof_key, period, starts, ends)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key.key_id, key.authority_id, member, member_device_id, ",".join(key.attributes), how, time.time(),
-                 int(not pending), fingerprint, proof, period.number, period.starts, period.ends),
-            )
-            self.store.log(conn, "abe-key-issued",
-                           detail=f"key for {', '.join(key.attributes)} to {member} ({how}, period {period.number})")
+        self.tables.add_issued(
+            key_id=key.key_id, authority_id=key.authority_id, member=member, member_device_id=member_device_id,
+            attributes=",".join(key.attributes), how=how, pending=pending, fingerprint=fingerprint,
+            sealed_proof=proof, period=period.number, starts=period.starts, ends=period.ends,
+            detail=f"key for {', '.join(key.attributes)} to {member} ({how}, period {period.number})")
         return key
 
     def find_issued(self, who: str) -> list[Issued]:
@@ -387,12 +347,8 @@ class AbeKeys:
         if not found:
             raise Revoked(f"The keys of {who[:40]!r} are already revoked.")
         now = time.time()
-        with self.store.transaction() as conn:
-            for i in found:
-                conn.execute("UPDATE abe_issued SET revoked = ? WHERE key_id = ? AND revoked IS NULL",
-                             (now, i.key_id))
-            self.store.log(conn, "abe-revoked", detail=f"{len(found)} key(s) of {found[0].member} revoked: "
-                                                       "no renewal")
+        self.tables.revoke_issued([i.key_id for i in found], now,
+                                  detail=f"{len(found)} key(s) of {found[0].member} revoked: no renewal")
         return [Issued(**{**i.__dict__, "revoked": now}) for i in found]
 
     # -- grants both devices hold (in person, v2) -------------------------------------------------
@@ -401,58 +357,35 @@ class AbeKeys:
         """The grants between this device and another: as the authority, the keys issued to the device
         ``peer``; as a member, the keys held from the authority ``peer`` (an authority id). Each key id
         maps to (confirmed, fingerprint, attributes)."""
-        if as_authority:
-            rows = self.store.read("SELECT key_id, confirmed, fingerprint, attributes FROM abe_issued"
-                                   " WHERE member_device_id = ?", (peer,))
-        else:
-            rows = self.store.read("SELECT key_id, confirmed, fingerprint, attributes FROM abe_keys"
-                                   " WHERE authority_id = ?", (peer,))
+        rows = self.tables.grant_rows(peer, as_authority)
         return {bytes(r[0]): (bool(r[1]), r[2], tuple(r[3].split(","))) for r in rows}
 
     def grant_proof_keys(self, peer: bytes, as_authority: bool) -> dict[bytes, bytes]:
         """The proof key of each grant with ``peer`` (as in :meth:`grants_with`) that has one: a member derives
         it from its key, an authority keeps it (records from before schema step 6 have none)."""
         if as_authority:
-            rows = self.store.read("SELECT key_id, proof_key FROM abe_issued WHERE member_device_id = ?"
-                                   " AND proof_key IS NOT NULL", (peer,))
-            return {bytes(kid): self._open(proof, b"abe proof " + bytes(kid)) for kid, proof in rows}
-        rows = self.store.read("SELECT key_id, secret FROM abe_keys WHERE authority_id = ?", (peer,))
-        return {bytes(kid): grant_proof_key(decode_member_key(self._open(secret, b"abe key " + bytes(kid))))
-                for kid, secret in rows}
+            return {kid: self._open(proof, b"abe proof " + kid) for kid, proof in self.tables.issued_proof_keys(peer)}
+        return {kid: grant_proof_key(decode_member_key(self._open(secret, b"abe key " + kid)))
+                for kid, secret in self.tables.held_key_rows(peer)}
 
     def authority_identity(self, authority_id: bytes) -> bytes | None:
         """The identity of the device an authority's keys came from, once known (see schema step 7)."""
-        rows = self.store.read("SELECT device_identity FROM abe_authorities WHERE authority_id = ?",
-                               (authority_id,))
-        return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
+        return self.tables.authority_identity(authority_id)
 
     def bind_authority_identity(self, authority_id: bytes, identity: bytes) -> None:
         """Remember which device an authority's keys come from (only where none is known)."""
-        with self.store.transaction() as conn:
-            conn.execute("UPDATE abe_authorities SET device_identity = ? WHERE authority_id = ?"
-                         " AND device_identity IS NULL AND master_key IS NULL", (identity, authority_id))
+        self.tables.bind_authority_identity(authority_id, identity)
 
     def confirm_grant(self, key_id: bytes, as_authority: bool) -> None:
         """The other device holds this grant too: the key may be used (member), the issue counts (authority)."""
-        table = "abe_issued" if as_authority else "abe_keys"
-        with self.store.transaction() as conn:
-            if conn.execute(f"UPDATE {table} SET confirmed = 1 WHERE key_id = ? AND confirmed = 0",
-                            (key_id,)).rowcount:
-                self.store.log(conn, "abe-grant-confirmed", detail=f"key {key_id.hex()[:16]}")
-            conn.execute("UPDATE abe_pads SET confirmed = 1 WHERE key_id = ?", (key_id,))  # its renewal pad
+        self.tables.confirm_grant(key_id, as_authority)  # its renewal pad with it, in one commit
 
     def discard_grant(self, key_id: bytes, as_authority: bool) -> None:
         """Forget a grant the other device does not hold (never one both were known to hold)."""
-        table = "abe_issued" if as_authority else "abe_keys"
-        with self.store.transaction() as conn:
-            conn.execute("DELETE FROM abe_pads WHERE key_id = ? AND confirmed = 0", (key_id,))
-            if conn.execute(f"DELETE FROM {table} WHERE key_id = ? AND confirmed = 0", (key_id,)).rowcount:
-                self.store.log(conn, "abe-grant-discarded",
-                               detail=f"key {key_id.hex()[:16]}: the other device does not hold it")
+        self.tables.discard_grant(key_id, as_authority)
 
     def issued(self) -> list[Issued]:
-        rows = self.store.read("SELECT key_id, member, member_device_id, attributes, how, issued, period, starts,"
-                               " ends, revoked FROM abe_issued WHERE confirmed = 1 ORDER BY issued")
+        rows = self.tables.issued_rows()
         return [Issued(key_id=bytes(r[0]), member=r[1], member_device_id=bytes(r[2]) if r[2] else None,
                        attributes=tuple(r[3].split(",")), how=r[4], issued=r[5], period=r[6], starts=r[7],
                        ends=r[8], revoked=r[9]) for r in rows]

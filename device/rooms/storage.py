@@ -54,7 +54,7 @@ class DeviceRoomStore:
 
     def load_all(self) -> dict[bytes, dict]:
         out = {}
-        for name, value in self.store.read("SELECT name, value FROM settings WHERE name LIKE ?", (PREFIX + "%",)):
+        for name, value in self.store.settings_with_prefix(PREFIX).items():
             room_id = bytes.fromhex(name[len(PREFIX):])
             raw = base64.b64decode(value)
             if self.store.secrets:
@@ -66,9 +66,7 @@ class DeviceRoomStore:
         raw = json.dumps(state, sort_keys=True).encode()
         if self.store.secrets:
             raw = self.store.secrets.seal(raw, self._context(room_id))
-        with self.store.transaction() as conn:
-            self.store.set_setting(conn, PREFIX + room_id.hex(), base64.b64encode(raw).decode())
+        self.store.save_settings({PREFIX + room_id.hex(): base64.b64encode(raw).decode()})
 
     def delete(self, room_id: bytes) -> None:
-        with self.store.transaction() as conn:
-            conn.execute("DELETE FROM settings WHERE name = ?", (PREFIX + room_id.hex(),))
+        self.store.delete_setting(PREFIX + room_id.hex())

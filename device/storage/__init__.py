@@ -2,8 +2,13 @@
 
 * :mod:`device.storage.schema` -- the versioned schema and its upgrade steps;
 * :mod:`device.storage.padfile` -- reading and destroying pad bytes;
-* :mod:`device.storage.padstore` -- the store: transactions, reservations,
-  the consumed-interval sets, the event log and crash recovery.
+* :mod:`device.storage.padstore` -- the store and the seven rules of pad use:
+  named operations (reserve, send, receive, wipe, contacts, events, ...), the
+  consumed-interval sets, the event log and crash recovery; its transactions
+  and connections never leave this package;
+* :mod:`device.storage.abe_tables`, :mod:`device.storage.clients_tables` --
+  the SQL of the attribute-key and paired-laptop tables, for device/abe and
+  device/clients.py.
 
 Pad bytes are reached only through :class:`~device.storage.padfile.PadFile`,
 so the PIN-locked store (a later issue) can put an encrypting file behind the

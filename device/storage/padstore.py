@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -39,15 +40,22 @@ from device.errors import (
     DeviceExists,
     DeviceNotInitialised,
     InvalidName,
+    OutOfRange,
+    PadExhausted,
     PadUnconfirmed,
+    Replay,
+    RetiredPad,
     StoreError,
     UnknownContact,
+    UnknownPad,
 )
 from device.intervals import IntervalSet
 from device.storage import database, schema
 from device.storage.atrest import FileNames, PadCipher, SecretBox, database_key
 from device.storage.lock import KEY_LEN, LOCK_FILE, WIPED_FILE, DeviceLocked, DeviceWiped, StoreLock, check_pin
 from device.storage.padfile import PadFile, sync_directory
+from onetimechat import package as fmt
+from onetimechat.errors import InvalidPackage, PackageRefused
 from onetimechat.package import auth_key_range, halves
 
 DB_NAME = "device.db"
@@ -92,6 +100,8 @@ WIPE_SYNC_BATCH = 64  # or after this many segments, whichever comes first
 
 PAD_FORMAT = 2  # package format v2: both authentication keys set aside
 MIN_PAD_SIZE = 256  # both authentication keys and room for messages each way
+
+T = TypeVar("T")
 
 INITIATOR = "initiator"
 RESPONDER = "responder"
@@ -215,6 +225,132 @@ class PadRecord:
         }
 
 
+# -- the rules of pad use (DESIGN.md; docs/pad-engine.md) ------------------------------------------------------
+#
+# Every rule that touches pad state holds here, in the store, and nowhere else: the engine (device/engine.py)
+# only makes and opens packages from the bytes these operations hand it.
+#
+# 1. Reserve before use: :meth:`PadStore.reserve` commits a send segment as consumed (durably) before
+#    :meth:`PadStore.send` reads its bytes; reservations are serialised by SQLite across threads and processes.
+# 2. Destroy after use: :meth:`PadStore.send` overwrites the segment once the package is made,
+#    :meth:`PadStore.receive` once a package is verified and decrypted.
+# 3. Check before reading: :meth:`PadStore.receive` refuses a package overlapping a consumed segment (a replay)
+#    before it reads a pad byte.
+# 4. Verify before changing state: a package that fails its tag moves no receive state (only its count of tag
+#    failures); only a verified package is committed as received.
+# 5. Report gaps: a verified package that skips unreceived pad is reported (warning and log).
+# 6. Uniform errors: refusals are the few codes of :mod:`device.errors`.
+# 7. Local log: refusals, gaps, declines and exhaustion go to the event log with pad_id/offset/length, never
+#    pad bytes or plaintext (refusals beyond a budget counted, :class:`RefusalBudget`).
+
+FORGERY_ALARM_AT = 3  # tag failures on one pad that raise the alarm (DESIGN.md)
+REFUSAL_ROWS = 30  # package refusals logged one by one per interval; the rest are counted
+REFUSALS_INTERVAL_S = 60.0
+LOW_LEVELS = ((2, 100), (1, 10))  # (level, percent): under 1% is level 2, under 10% level 1
+
+
+def retired_text(contact: str) -> str:
+    return (f"The pad shared with {contact} was made before package format v2 and is retired:"
+            f" pair with {contact} again.")
+
+
+def forgery_text(contact: str, failures: int) -> str:
+    return (f"forgery-alarm: {failures} packages from {contact}'s side failed authentication:"
+            " someone is forging messages (see the event log)")
+
+
+def low_level(left: int, total: int) -> int:
+    """0 while at least 10% is left, 1 under 10%, 2 under 1%."""
+    for level, divisor in LOW_LEVELS:
+        if left * divisor < total:
+            return level
+    return 0
+
+
+def low_warning(contact: str, left: int, total: int) -> str:
+    pct = 100.0 * left / total if total else 0.0
+    return f"pad-low: {left} bytes ({pct:.1f}%) of the pad for sending to {contact} are left"
+
+
+def _span(bounds: tuple[int, int]) -> tuple[int, int]:
+    """(start, length) of a half-open range, as the pad file reads it."""
+    return bounds[0], bounds[1] - bounds[0]
+
+
+class RefusalBudget:
+    """Package refusals: the first few of each interval are logged one by one (pad, offset, length), the rest
+    counted and written as one ``package-refusals`` row an interval.
+
+    A flood of junk packages (from a hostile laptop, or from the relay through an honest one) could otherwise
+    cost a synced commit each, wearing the SD card, and fill the log with rows that are never rotated out.
+    Tag failures beyond the budget are counted per pad in memory and added with the aggregate, so the
+    forgery alarm still counts every one (the first ``REFUSAL_ROWS`` of an interval are durable at once).
+    """
+
+    def __init__(self, rows: int = REFUSAL_ROWS, interval: float = REFUSALS_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rows, self.interval, self.clock = rows, interval, clock
+        self._lock = threading.Lock()
+        self._window = clock()
+        self._used = 0
+        self._last_flush = clock()
+        self._counts: dict[str, int] = {}
+        self._failures: dict[bytes, int] = {}
+
+    def allow(self) -> bool:
+        """Whether this refusal may be written as a row of its own now."""
+        with self._lock:
+            now = self.clock()
+            if now - self._window >= self.interval:
+                self._window, self._used = now, 0
+            if self._used < self.rows:
+                self._used += 1
+                return True
+            return False
+
+    def defer(self, event: str, pad_id: bytes | None = None) -> None:
+        with self._lock:
+            self._counts[event] = self._counts.get(event, 0) + 1
+            if event == "invalid" and pad_id is not None:
+                self._failures[pad_id] = self._failures.get(pad_id, 0) + 1
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+    def due(self) -> bool:
+        with self._lock:
+            return bool(self._counts) and self.clock() - self._last_flush >= self.interval
+
+    def take(self) -> tuple[dict[str, int], dict[bytes, int]]:
+        with self._lock:
+            counts, failures = self._counts, self._failures
+            self._counts, self._failures, self._last_flush = {}, {}, self.clock()
+            return counts, failures
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A send segment committed as consumed (rule 1): ``[start, end)`` of ``pad``, and warnings about the pad."""
+
+    pad: PadRecord
+    start: int
+    end: int
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class Received(Generic[T]):
+    """A package verified on ``pad`` at ``[start, end)``, committed as received: what its opener gave, and gap
+    or lateness warnings."""
+
+    pad: PadRecord
+    start: int
+    end: int
+    opened: T
+    warnings: list[str]
+
+
 _PAD_COLUMNS = (
     "pad_id, contact, role, size, split, mailbox_out, mailbox_in, send_next, send_count, "
     "recv_frontier, recv_bytes, recv_count, low_level, created, format"
@@ -280,14 +416,14 @@ class PadStore:
         (stored,) = self._conn().execute("SELECT identity FROM device WHERE id = 1").fetchone()
         if stored is None or (self.secrets and len(stored) == IDENTITY_SEED_LEN):
             seed = secrets.token_bytes(IDENTITY_SEED_LEN) if stored is None else bytes(stored)
-            with self.transaction() as conn:
+            with self._transaction() as conn:
                 (current,) = conn.execute("SELECT identity FROM device WHERE id = 1").fetchone()
                 if current is None or (self.secrets and len(current) == IDENTITY_SEED_LEN):
                     seed = seed if current is None else bytes(current)
                     conn.execute("UPDATE device SET identity = ? WHERE id = 1",
                                  (self.secrets.seal(seed, IDENTITY_CONTEXT) if self.secrets else seed,))
                     if current is None:
-                        self.log(conn, "identity", detail="this device's identity key was made (its id stays)")
+                        self._log(conn, "identity", detail="this device's identity key was made (its id stays)")
                 (stored,) = conn.execute("SELECT identity FROM device WHERE id = 1").fetchone()
         seed = self.secrets.open(bytes(stored), IDENTITY_CONTEXT) if self.secrets else bytes(stored)
         return Ed25519PrivateKey.from_private_bytes(seed)
@@ -302,17 +438,22 @@ class PadStore:
 
     def peer_identity(self, peer_device_id: bytes) -> tuple[str, bytes | None] | None:
         """(contact name, the identity it was made with, or None for a contact from before) for a device id."""
-        rows = self.read("SELECT name, peer_identity FROM contacts WHERE peer_device_id = ?", (peer_device_id,))
+        rows = self._read("SELECT name, peer_identity FROM contacts WHERE peer_device_id = ?", (peer_device_id,))
         if not rows:
             return None
         return str(rows[0][0]), bytes(rows[0][1]) if rows[0][1] is not None else None
 
+    def contact_device(self, name: str) -> bytes | None:
+        """The device id of the contact named ``name``, if there is one."""
+        rows = self._read("SELECT peer_device_id FROM contacts WHERE name = ?", (name,))
+        return bytes(rows[0][0]) if rows else None
+
     def bind_identity(self, peer_device_id: bytes, identity: bytes) -> None:
         """Remember the identity of the contact with ``peer_device_id`` (only where none is known)."""
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             if conn.execute("UPDATE contacts SET peer_identity = ? WHERE peer_device_id = ? AND peer_identity IS NULL",
                             (identity, peer_device_id)).rowcount:
-                self.log(conn, "contact-identity", detail="a contact's device identity is known from now on")
+                self._log(conn, "contact-identity", detail="a contact's device identity is known from now on")
 
     # -- creation -----------------------------------------------------------------
 
@@ -357,7 +498,7 @@ class PadStore:
                     (time.time(), f"device {name} created"),
                 )
                 if key is not None:
-                    cls.set_setting(conn, FILES_SEALED, "1")
+                    cls._set_setting(conn, FILES_SEALED, "1")
                 conn.execute("COMMIT")
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
@@ -427,13 +568,13 @@ class PadStore:
             schema.upgrade(self._conn())
             if alone and self.setting(FILES_SEALED) is None:
                 self._seal_files()
-                with self.transaction() as conn:
-                    self.set_setting(conn, FILES_SEALED, "1")
+                with self._transaction() as conn:
+                    self._set_setting(conn, FILES_SEALED, "1")
 
     def _seal_files(self) -> None:
         """Rename the pad files of an older locked home to opaque names; seal its ceremonies' state."""
         pads = self.home / PADS_DIR
-        for (pad_id,) in self.read("SELECT pad_id FROM pads"):
+        for (pad_id,) in self._read("SELECT pad_id FROM pads"):
             legacy = pads / f"{bytes(pad_id).hex()}{PAD_SUFFIX}"
             if legacy.exists():
                 os.replace(legacy, self.pad_path(bytes(pad_id)))
@@ -503,7 +644,7 @@ class PadStore:
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction, serialised across threads and processes, committed durably."""
         conn = self._conn()
         try:
@@ -529,7 +670,7 @@ class PadStore:
             for listener in self.listeners:
                 listener(event, fields)
 
-    def read(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Run a read-only query outside any write transaction."""
         return self._conn().execute(sql, params).fetchall()
 
@@ -542,7 +683,7 @@ class PadStore:
             pass
         try:
             if getattr(self, "_wiped", None) and getattr(self, "db_path", None):
-                with self.transaction():
+                with self._transaction():
                     pass
         except Exception:  # noqa: BLE001, S110 - recovery redoes the wipes; close must not fail
             pass
@@ -570,20 +711,23 @@ class PadStore:
     # -- contacts and pads --------------------------------------------------------
 
     def contacts(self) -> list[str]:
-        return [r[0] for r in self.read("SELECT name FROM contacts ORDER BY name")]
+        return [r[0] for r in self._read("SELECT name FROM contacts ORDER BY name")]
 
     def pads(self, contact: str | None = None) -> list[PadRecord]:
         if contact is None:
-            rows = self.read(f"SELECT {_PAD_COLUMNS} FROM pads ORDER BY contact, created")
+            rows = self._read(f"SELECT {_PAD_COLUMNS} FROM pads ORDER BY contact, created")
         else:
-            rows = self.read(f"SELECT {_PAD_COLUMNS} FROM pads WHERE contact = ? ORDER BY created", (contact,))
+            rows = self._read(f"SELECT {_PAD_COLUMNS} FROM pads WHERE contact = ? ORDER BY created", (contact,))
         return [_pad_record(r) for r in rows]
 
-    def pad(self, pad_id: bytes, conn: sqlite3.Connection | None = None) -> PadRecord | None:
-        row = (conn or self._conn()).execute(f"SELECT {_PAD_COLUMNS} FROM pads WHERE pad_id = ?", (pad_id,)).fetchone()
+    def pad(self, pad_id: bytes) -> PadRecord | None:
+        return self._pad(self._conn(), pad_id)
+
+    def _pad(self, conn: sqlite3.Connection, pad_id: bytes) -> PadRecord | None:
+        row = conn.execute(f"SELECT {_PAD_COLUMNS} FROM pads WHERE pad_id = ?", (pad_id,)).fetchone()
         return _pad_record(row) if row else None
 
-    def pads_for_send(self, conn: sqlite3.Connection, contact: str) -> list[PadRecord]:
+    def _pads_for_send(self, conn: sqlite3.Connection, contact: str) -> list[PadRecord]:
         """The contact's pads that can send (retired ones, and ones the peer is not yet known to hold, left
         out), oldest first."""
         if conn.execute("SELECT 1 FROM contacts WHERE name = ?", (contact,)).fetchone() is None:
@@ -597,22 +741,211 @@ class PadStore:
                                  f"for {contact}'s first message on it.")
         return [_pad_record(r) for r in rows]
 
+    # -- sending (rules 1, 2, 7) -------------------------------------------------------
+
+    def reserve(self, contact: str, length: int) -> Reservation:
+        """Durably reserve the next segment for a message of ``length`` bytes to ``contact`` (rule 1): the
+        first pad that can send and has room, oldest first. PadExhausted (logged), RetiredPad, UnknownContact
+        or PadUnconfirmed otherwise."""
+        need = fmt.segment_length(length)
+        with self._transaction() as conn:
+            pads = self._pads_for_send(conn, contact)
+            for pad in pads:
+                segment = pad.reserve_range(need)
+                if segment is not None:
+                    start, end = segment
+                    return Reservation(pad, start, end, self._reserve(conn, pad, start, end))
+            left = max((p.send_left for p in pads), default=0)
+            if not pads and any(p.retired for p in self.pads(contact)):
+                raise RetiredPad(retired_text(contact))
+            self._log(conn, "pad-exhausted", contact=contact, length=length,
+                      detail=f"needed {need} pad bytes, {left} left")
+        raise PadExhausted(
+            f"Not enough pad left to send to {contact}: this message needs {need} pad bytes and {left} are left."
+        )
+
+    def _reserve(self, conn: sqlite3.Connection, pad: PadRecord, start: int, end: int) -> list[str]:
+        send_next = end if pad.role == INITIATOR else start
+        left = pad.send_left - (end - start)
+        level = low_level(left, pad.send_total)
+        conn.execute(
+            "UPDATE pads SET send_next = ?, send_count = send_count + 1, low_level = max(low_level, ?)"
+            " WHERE pad_id = ?",
+            (send_next, level, pad.pad_id),
+        )
+        self.add_consumed(conn, pad.pad_id, start, end)
+        self.add_pending_wipe(conn, pad.pad_id, start, end)
+        warnings = []
+        if level:
+            warnings.append(low_warning(pad.contact, left, pad.send_total))
+            if level > pad.low_level:
+                self._log(conn, "pad-low", contact=pad.contact, pad_id=pad.pad_id, offset=start,
+                          length=end - start - fmt.MASK_LEN, detail=f"{left} of {pad.send_total} bytes left")
+        return warnings
+
+    def send(self, contact: str, length: int, make: Callable[[Reservation, memoryview, memoryview], T]
+             ) -> tuple[Reservation, T]:
+        """Reserve a segment for ``length`` bytes to ``contact`` (rule 1), then give ``make`` the reservation,
+        the segment's bytes and this device's authentication key; the segment is overwritten whatever ``make``
+        does (rule 2). What ``make`` returns (the package)."""
+        reservation = self.reserve(contact, length)
+        pad, start, end = reservation.pad, reservation.start, reservation.end
+        try:
+            pad_file = self.pad_file(pad)
+            segment = pad_file.read(start, fmt.segment_length(length))
+            made = make(reservation, segment, pad_file.read(*_span(pad.own_auth_key)))
+        finally:
+            self.wipe(pad, start, end)
+        return reservation, made
+
+    # -- receiving (rules 2 to 5, 7) -------------------------------------------------------
+
+    def receive(self, pad_id: bytes, offset: int, length: int, start: int, end: int,
+                open_package: Callable[[memoryview, memoryview], T], refusals: RefusalBudget) -> Received[T]:
+        """Commit a package on ``pad_id`` at segment ``[start, end)`` as received, if ``open_package`` (given the
+        segment's bytes and the peer's authentication key) verifies and opens it.
+
+        Refused, logged within ``refusals`` (rule 7), before any pad byte is read: an unknown pad, a retired
+        one, a segment outside the peer's half, one overlapping a consumed segment (a replay, rule 3). A
+        package whose tag fails (``open_package`` raises InvalidPackage) only counts a tag failure on the pad
+        (rule 4): the third raises the forgery alarm. A verified one moves the receive state, its segment is
+        consumed, a gap is reported (rule 5), and its bytes are overwritten after the commit (rule 2)."""
+        refusal: PackageRefused | None = None
+        received: Received[T] | None = None
+        with self._transaction() as conn:
+            pad = self._pad(conn, pad_id)
+            fields: dict = {"pad_id": pad_id, "offset": offset, "length": length}
+            if pad is None:
+                refusal = UnknownPad()
+                self._refusal(conn, refusals, "unknown-pad", **fields)
+            else:
+                fields["contact"] = pad.contact
+                lo, hi = pad.peer_half
+                if pad.retired:
+                    refusal = RetiredPad(retired_text(pad.contact))
+                    self._refusal(conn, refusals, "retired-pad", **fields)
+                elif not (lo <= start and end <= hi):
+                    refusal = OutOfRange()
+                    self._refusal(conn, refusals, "out-of-range", **fields)
+                elif self.overlaps(conn, pad.pad_id, start, end):
+                    refusal = Replay()
+                    self._refusal(conn, refusals, "replay", **fields)
+                else:
+                    pad_file = self.pad_file(pad)
+                    segment = pad_file.read(start, end - start)
+                    try:
+                        opened = open_package(segment, pad_file.read(*_span(pad.peer_auth_key)))
+                    except InvalidPackage as exc:
+                        refusal = exc
+                        self._tag_failed(conn, refusals, pad, fields)
+                    else:
+                        received = Received(pad, start, end, opened, self._accept(conn, pad, start, end))
+        if refusal is not None:
+            self.flush_refusals(refusals, force=False)
+            raise refusal
+        assert received is not None
+        self.wipe(received.pad, start, end)
+        return received
+
+    def _accept(self, conn: sqlite3.Connection, pad: PadRecord, start: int, end: int) -> list[str]:
+        """Record a verified package's segment as consumed; return gap warnings."""
+        frontier = pad.recv_frontier
+        warnings = []
+        if pad.role == INITIATOR:  # the peer sends downward from the top
+            gap = frontier - end
+            new_frontier = min(frontier, start)
+        else:  # the peer sends upward from the split's other side, i.e. from 0
+            gap = start - frontier
+            new_frontier = max(frontier, end)
+        if gap > 0:
+            warnings.append(
+                f"gap: {gap} bytes of {pad.contact}'s pad before this message were never received;"
+                " messages may have been dropped or delayed"
+            )
+            self._log(conn, "gap", contact=pad.contact, pad_id=pad.pad_id, offset=start,
+                      length=end - start - fmt.MASK_LEN, detail=f"{gap} bytes skipped")
+        elif new_frontier == frontier:
+            warnings.append("late: this message arrived after messages sent later")
+        conn.execute(
+            # A valid package from the peer on a pad proves the peer holds it: it may send now (confirmed).
+            "UPDATE pads SET recv_frontier = ?, recv_bytes = recv_bytes + ?, recv_count = recv_count + 1,"
+            " confirmed = 1 WHERE pad_id = ?",
+            (new_frontier, end - start, pad.pad_id),
+        )
+        self.add_consumed(conn, pad.pad_id, start, end)
+        self.add_pending_wipe(conn, pad.pad_id, start, end)
+        return warnings
+
+    # -- refusals (rule 7) ------------------------------------------------------------------
+
+    def _refusal(self, conn: sqlite3.Connection, refusals: RefusalBudget, event: str, **fields: object) -> None:
+        """Log one package refusal, within the budget; count it beyond."""
+        if refusals.allow():
+            self._log(conn, event, **fields)  # type: ignore[arg-type]
+        else:
+            refusals.defer(event)
+
+    def _tag_failed(self, conn: sqlite3.Connection, refusals: RefusalBudget, pad: PadRecord, fields: dict) -> None:
+        """Log a package that failed its tag, count it for the pad, and raise the alarm from the third."""
+        if not refusals.allow():
+            refusals.defer("invalid", pad.pad_id)  # counted for the alarm with the next aggregate
+            return
+        self._log(conn, "invalid", detail="authentication failed", **fields)
+        failures = self.count_tag_failure(conn, pad.pad_id)
+        if failures >= FORGERY_ALARM_AT:
+            self._log(conn, "forgery-alarm", contact=pad.contact, pad_id=pad.pad_id,
+                      detail=f"{failures} packages on this pad failed authentication: someone is forging")
+
+    def log_malformed(self, refusals: RefusalBudget, code: str, size: int) -> None:
+        """Log a package that does not parse, within the budget; count it beyond."""
+        if refusals.allow():
+            self.log_event("malformed", length=size, detail=code)
+        else:
+            refusals.defer("malformed")
+            self.flush_refusals(refusals, force=False)
+
+    def flush_refusals(self, refusals: RefusalBudget, force: bool = True) -> None:
+        """Write the package refusals counted beyond the budget as one row (when due, or ``force``), and add
+        the tag failures among them to their pads' counts (raising the forgery alarm where due)."""
+        if not force and not refusals.due():
+            return
+        counts, failures = refusals.take()
+        if not counts:
+            return
+        with self._transaction() as conn:
+            detail = "; ".join(f"{n} {event}" for event, n in sorted(counts.items()))
+            self._log(conn, "package-refusals", length=sum(counts.values()),
+                      detail=f"refused beyond the per-minute log budget: {detail}")
+            names = {p.pad_id: p.contact for p in self.pads()}
+            for pad_id, n in failures.items():
+                if pad_id in names:
+                    total = self.count_tag_failure(conn, pad_id, n)
+                    if total >= FORGERY_ALARM_AT > total - n:
+                        self._log(conn, "forgery-alarm", contact=names[pad_id], pad_id=pad_id,
+                                  detail=f"{total} packages on this pad failed authentication: someone is forging")
+
+    def event_counts(self, events: tuple[str, ...]) -> dict[str, int]:
+        """How many times each of ``events`` is in the log."""
+        marks = ",".join("?" * len(events))
+        return dict(self._read(f"SELECT event, count(*) FROM events WHERE event IN ({marks}) GROUP BY event",
+                               events))
+
     # -- whether the peer holds a pad (pairing in person v3) ---------------------------
 
     def peer_pads(self, peer_device_id: bytes) -> dict[bytes, tuple[bool, str | None]]:
         """Every pad this device shares with the device ``peer_device_id``: whether it is confirmed, and its
         fingerprint (None for pads made before pairing recorded it)."""
-        rows = self.read("SELECT p.pad_id, p.confirmed, p.fingerprint FROM pads p JOIN contacts c"
+        rows = self._read("SELECT p.pad_id, p.confirmed, p.fingerprint FROM pads p JOIN contacts c"
                          " ON p.contact = c.name WHERE c.peer_device_id = ?", (peer_device_id,))
         return {bytes(r[0]): (bool(r[1]), r[2]) for r in rows}
 
     def confirm_pad(self, pad_id: bytes, how: str) -> bool:
         """Mark a pad usable: its peer holds it too (``how`` says how this device knows). Whether it changed."""
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             changed = conn.execute("UPDATE pads SET confirmed = 1 WHERE pad_id = ? AND confirmed = 0",
                                    (pad_id,)).rowcount
             if changed:
-                self.log(conn, "pad-confirmed", pad_id=pad_id, detail=how)
+                self._log(conn, "pad-confirmed", pad_id=pad_id, detail=how)
         return bool(changed)
 
     def destroy_retired(self) -> int:
@@ -621,7 +954,7 @@ class PadStore:
         Their metadata stays, so status can say the contact must pair again.
         """
         done = 0
-        for pad_id, contact in self.read("SELECT pad_id, contact FROM pads WHERE format < ?", (PAD_FORMAT,)):
+        for pad_id, contact in self._read("SELECT pad_id, contact FROM pads WHERE format < ?", (PAD_FORMAT,)):
             path = self.pad_path(bytes(pad_id))
             try:  # another process opening the home may be destroying the same file: either one finishes
                 size = path.stat().st_size
@@ -655,7 +988,7 @@ class PadStore:
 
     def tag_failures(self) -> dict[bytes, int]:
         """Packages that failed their tag, per pad (kept across restarts)."""
-        return {bytes(pad_id): count for pad_id, count in self.read("SELECT pad_id, count FROM tag_failures")}
+        return {bytes(pad_id): count for pad_id, count in self._read("SELECT pad_id, count FROM tag_failures")}
 
     def pad_path(self, pad_id: bytes, suffix: str = PAD_SUFFIX) -> Path:
         """Where a pad's file lies (or, with another ``suffix``, another file of that pad's)."""
@@ -700,7 +1033,7 @@ class PadStore:
             raise StoreError("The pad file is missing.")
         split = size // 2
         now = time.time()
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             row = conn.execute("SELECT name FROM contacts WHERE peer_device_id = ?", (peer_device_id,)).fetchone()
             if row is None:
                 if conn.execute("SELECT 1 FROM contacts WHERE name = ?", (contact,)).fetchone():
@@ -727,7 +1060,7 @@ class PadStore:
             if not confirmed or fingerprint is not None:
                 conn.execute("UPDATE pads SET confirmed = ?, fingerprint = ? WHERE pad_id = ?",
                              (int(confirmed), fingerprint, pad_id))
-            self.log(conn, "pad-added", contact=contact, pad_id=pad_id, length=size,
+            self._log(conn, "pad-added", contact=contact, pad_id=pad_id, length=size,
                      detail=f"{role}, {size} bytes")
         record = self.pad(pad_id)
         assert record is not None
@@ -735,7 +1068,7 @@ class PadStore:
 
     def remove_unused_pad(self, pad_id: bytes) -> None:
         """Undo :meth:`add_pad` for a pad never used (a failed pairing); delete its file."""
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             row = conn.execute(
                 "SELECT contact FROM pads WHERE pad_id = ? AND send_count = 0 AND recv_count = 0", (pad_id,)
             ).fetchone()
@@ -746,7 +1079,7 @@ class PadStore:
                     "DELETE FROM contacts WHERE name = ? AND NOT EXISTS (SELECT 1 FROM pads WHERE contact = ?)",
                     (row[0], row[0]),
                 )
-                self.log(conn, "pad-removed", contact=row[0], pad_id=pad_id, detail="pairing did not complete")
+                self._log(conn, "pad-removed", contact=row[0], pad_id=pad_id, detail="pairing did not complete")
         self.pad_path(pad_id).unlink(missing_ok=True)
 
     # -- the consumed-interval set (same algorithm as device.intervals) -------------
@@ -787,7 +1120,7 @@ class PadStore:
             conn.execute('INSERT INTO consumed (pad_id, start, "end") VALUES (?, ?, ?)', (pad_id, start, end))
 
     def consumed(self, pad_id: bytes) -> IntervalSet:
-        rows = self.read('SELECT start, "end" FROM consumed WHERE pad_id = ? ORDER BY start', (pad_id,))
+        rows = self._read('SELECT start, "end" FROM consumed WHERE pad_id = ? ORDER BY start', (pad_id,))
         return IntervalSet(rows)
 
     # -- destroying used pad --------------------------------------------------------
@@ -839,7 +1172,7 @@ class PadStore:
 
     def recover(self) -> int:
         """Overwrite segments left pending by stores that died; return how many."""
-        rows = self.read('SELECT pad_id, start, "end", owner FROM pending_wipe WHERE owner != ?', (self.owner,))
+        rows = self._read('SELECT pad_id, start, "end", owner FROM pending_wipe WHERE owner != ?', (self.owner,))
         dead: dict[str, bool] = {}
         done = []
         for pad_id, start, end, owner in rows:
@@ -852,9 +1185,9 @@ class PadStore:
                 self.pad_file(pad).wipe(start, end - start)
             done.append((pad_id, start))
         if done:
-            with self.transaction() as conn:
+            with self._transaction() as conn:
                 conn.executemany("DELETE FROM pending_wipe WHERE pad_id = ? AND start = ?", done)
-                self.log(conn, "recovered", detail=f"{len(done)} interrupted segment(s) destroyed")
+                self._log(conn, "recovered", detail=f"{len(done)} interrupted segment(s) destroyed")
         for owner, is_dead in dead.items():
             if is_dead:
                 (self.home / RUN_DIR / f"{owner}.lock").unlink(missing_ok=True)
@@ -885,11 +1218,28 @@ class PadStore:
     # -- settings -------------------------------------------------------------------
 
     def setting(self, name: str, default: str | None = None) -> str | None:
-        rows = self.read("SELECT value FROM settings WHERE name = ?", (name,))
+        rows = self._read("SELECT value FROM settings WHERE name = ?", (name,))
         return rows[0][0] if rows else default
 
+    def settings_with_prefix(self, prefix: str) -> dict[str, str]:
+        """Every setting whose name starts with ``prefix``."""
+        return {str(name): str(value) for name, value in
+                self._read("SELECT name, value FROM settings WHERE name LIKE ?", (prefix + "%",))}
+
+    def save_settings(self, values: dict[str, str], event: str | None = None, detail: str | None = None) -> None:
+        """Set ``values`` in one commit, with the event ``event`` (if given) logged in it."""
+        with self._transaction() as conn:
+            for name, value in values.items():
+                self._set_setting(conn, name, value)
+            if event is not None:
+                self._log(conn, event, detail=detail)
+
+    def delete_setting(self, name: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM settings WHERE name = ?", (name,))
+
     @staticmethod
-    def set_setting(conn: sqlite3.Connection, name: str, value: str) -> None:
+    def _set_setting(conn: sqlite3.Connection, name: str, value: str) -> None:
         conn.execute(
             "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             (name, value),
@@ -897,7 +1247,7 @@ class PadStore:
 
     # -- the event log --------------------------------------------------------------
 
-    def log(
+    def _log(
         self,
         conn: sqlite3.Connection,
         event: str,
@@ -932,11 +1282,11 @@ class PadStore:
 
     def log_event(self, event: str, **fields: object) -> None:
         """Append to the event log in a transaction of its own."""
-        with self.transaction() as conn:
-            self.log(conn, event, **fields)  # type: ignore[arg-type]
+        with self._transaction() as conn:
+            self._log(conn, event, **fields)  # type: ignore[arg-type]
 
     def events(self, limit: int = 50) -> list[dict]:
-        rows = self.read(
+        rows = self._read(
             'SELECT id, ts, event, contact, pad_id, "offset", length, detail FROM events ORDER BY id DESC LIMIT ?',
             (limit,),
         )

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build known-answer vectors for package format v1 (DESIGN.md, "Package format v1").
 
-This script deliberately does NOT import ``device.package``: it rebuilds each
+This script deliberately does NOT import ``onetimechat.package``: it rebuilds each
 package from the written format with ``struct``, ``cryptography``'s Poly1305
 and a plain byte-by-byte XOR, so that ``tests/test_package.py`` compares the
 implementation against an independent construction.

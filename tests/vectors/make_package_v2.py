@@ -2,7 +2,7 @@
 """Build known-answer vectors for package format v2 (DESIGN.md, "Package format v2").
 
 Independent of the implementation twice over: this script does NOT import
-``device.package`` (nor anything of the project), and it does not use
+``onetimechat.package`` (nor anything of the project), and it does not use
 ``cryptography`` either. Poly1305 is written out below from RFC 8439, section
 2.5.1, as big-integer arithmetic, and pinned to the RFC's own test vector
 (section 2.5.2) before anything is built with it; XOR is byte by byte.
