@@ -699,38 +699,23 @@ def parse_listen(text: str) -> tuple[str, int]:
                                      "not a wildcard.")
 
 
-class Server:
-    """The app under waitress, bound to exactly one address."""
+class Server(GuardedServer):
+    """The app under waitress, bound to exactly one address (onetimechat/serving.py)."""
 
     def __init__(self, config: ServerConfig, host: str, port: int, threads: int = 16) -> None:
-        self.app = create_app(replace(config, address=host))
+        app = create_app(replace(config, address=host))
         try:
-            self.server = GuardedServer(self.app, host, port, config.guard, name="otc-device-server",
-                                        screen=CallScreen(self.app.extensions["otc"]), threads=threads,
-                                        ident="otc-device", connection_limit=CONNECTION_LIMIT, channel_timeout=60,
-                                        clear_untrusted_proxy_headers=True)
+            super().__init__(app, host, port, config.guard, name="otc-device-server",
+                             screen=CallScreen(app.extensions["otc"]), threads=threads, ident="otc-device",
+                             connection_limit=CONNECTION_LIMIT, channel_timeout=60, clear_untrusted_proxy_headers=True)
         except OSError as exc:
-            self.app.extensions["otc"].close()
+            app.extensions["otc"].close()
             clear = getattr(config.source, "clear_code", None)
             if clear is not None:  # a code shown in advance (auto) belongs to no device: a script must not pair
                 clear()            # with whatever else listens there (a cold run of the README)
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise UsageError(listen_failure(shown, exc)) from None
-        self.host = host
-        self.port = self.server.port
 
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def run(self) -> None:
-        self.server.run()
-
-    def start(self) -> Server:
-        """Serve in a background thread (tests, benchmarks)."""
-        self.server.start()
-        return self
-
-    def close(self) -> None:
-        self.server.close(timeout=5)
+    def close(self, timeout: float = 5.0) -> None:
+        super().close(timeout)
         self.app.extensions["otc"].close()

@@ -334,11 +334,13 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, screen: BodyScr
 class GuardedServer:
     """A guarded waitress server for ``app``, bound to ``host:port`` when built (port 0: a free one, which
     ``port`` then names; an OSError if it cannot listen). ``run()`` serves until ``close()``; ``start()`` runs
-    it in a thread (tests, benchmarks). ``adjustments`` are waitress's (threads, connection_limit, ...)."""
+    it in a thread (tests, benchmarks). ``adjustments`` are waitress's (threads, connection_limit, ...). The
+    device's and the relay's servers are this, with their app and settings."""
 
     def __init__(self, app: Any, host: str, port: int, guard: Guard, name: str = "otc-server",
                  screen: BodyScreen | None = None, **adjustments: Any) -> None:
         self._server = guarded_server(app, host, port, guard, screen=screen, **adjustments)
+        self.app = app
         self.host = host
         self.port = int(self._server.effective_port)
         self.name = name

@@ -20,7 +20,7 @@ def parse_listen(text: str) -> tuple[str, int]:
                             localhost=True)
 
 
-class RelayServer:
+class RelayServer(GuardedServer):
     """Serve ``app`` on one address. ``start()`` runs it in a thread (tests, benchmarks)."""
 
     def __init__(self, app: Flask, host: str, port: int, threads: int = DEFAULT_THREADS,
@@ -31,13 +31,12 @@ class RelayServer:
             # The load balancer's X-Forwarded-For names the client, for rate limits.
             proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_count": 1,
                      "trusted_proxy_headers": {"x-forwarded-for"}}
-        self.app = app
         # One address holds at most so many connections and must send its headers in time
         # (onetimechat/serving.py); a trusted proxy carries many clients, so it is not capped.
         guard = Guard(per_address=config.connections_per_address or 1 << 30, header_timeout=config.header_timeout,
                       request_timeout=config.request_timeout,
                       exempt=frozenset({trusted_proxy}) if trusted_proxy else frozenset())
-        self.server = GuardedServer(
+        super().__init__(
             app, host, port, guard, name="otc-relay-server", threads=threads, ident="otc-relay",
             # Long polls hold a thread each and a connection; leave room for both.
             connection_limit=max(1000, 4 * threads), backlog=1024,
@@ -45,23 +44,10 @@ class RelayServer:
             # Up to twice the app's limit the app answers 413 in JSON; beyond, waitress does.
             max_request_body_size=2 * config.max_request_bytes(),
             clear_untrusted_proxy_headers=True, **proxy)
-        self.host = host
-        self.port = self.server.port
 
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def run(self) -> None:
-        self.server.run()
-
-    def start(self) -> RelayServer:
-        self.server.start()
-        return self
-
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
         """Wake waiting requests, let them answer, stop the server and close the store."""
         relay = self.app.extensions["otc_relay"]
         relay.notifier.close()  # long polls answer now
-        self.server.close(timeout=30)
+        super().close(timeout)
         relay.close()
