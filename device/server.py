@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import ipaddress
 import json
 import logging
 import os
@@ -50,12 +49,12 @@ from device.ui import Console, ContactView, LaptopView, LockState
 from hrng.errors import HRNGError
 from hrng.mixer import pad_random
 from hrng.sources import parse_url
-from onetimechat import boundedjson, rpc
+from onetimechat import boundedjson, net, rpc
 from onetimechat import package as fmt
 from onetimechat.errors import OTCError, PackageRefused, UsageError
 from onetimechat.net import listen_failure
 from onetimechat.package import Kind
-from onetimechat.serving import Guard, Refusal, guarded_server
+from onetimechat.serving import Guard, GuardedServer, Refusal
 
 log = logging.getLogger("otc.device")
 
@@ -694,65 +693,28 @@ def create_app(config: ServerConfig) -> Flask:
 
 def parse_listen(text: str) -> tuple[str, int]:
     """HOST:PORT with HOST a literal IP address; a wildcard address is refused."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise BadRequest("--listen takes HOST:PORT, such as 192.168.7.1:8470.")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise BadRequest("--listen needs a literal IP address (the cable-side address), not a name.") from None
-    if address.is_unspecified:
-        raise BadRequest("The device serves on one address only: give the cable-side address, not a wildcard.")
-    return str(address), int(port_text)
+    return net.parse_listen(text, "192.168.7.1:8470", "the cable-side address", BadRequest,
+                            wildcard="The device serves on one address only: give the cable-side address, "
+                                     "not a wildcard.")
 
 
-class Server:
-    """The app under waitress, bound to exactly one address."""
+class Server(GuardedServer):
+    """The app under waitress, bound to exactly one address (onetimechat/serving.py)."""
 
     def __init__(self, config: ServerConfig, host: str, port: int, threads: int = 16) -> None:
-        self.app = create_app(replace(config, address=host))
+        app = create_app(replace(config, address=host))
         try:
-            self.server = guarded_server(self.app, host, port, config.guard, threads=threads, ident="otc-device",
-                                         screen=CallScreen(self.app.extensions["otc"]),
-                                         connection_limit=CONNECTION_LIMIT, channel_timeout=60,
-                                         clear_untrusted_proxy_headers=True)
+            super().__init__(app, host, port, config.guard, name="otc-device-server",
+                             screen=CallScreen(app.extensions["otc"]), threads=threads, ident="otc-device",
+                             connection_limit=CONNECTION_LIMIT, channel_timeout=60, clear_untrusted_proxy_headers=True)
         except OSError as exc:
-            self.app.extensions["otc"].close()
+            app.extensions["otc"].close()
             clear = getattr(config.source, "clear_code", None)
             if clear is not None:  # a code shown in advance (auto) belongs to no device: a script must not pair
                 clear()            # with whatever else listens there (a cold run of the README)
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise UsageError(listen_failure(shown, exc)) from None
-        self.host = host
-        self.port = int(self.server.effective_port)  # type: ignore[union-attr]
-        self._thread: threading.Thread | None = None
-        self._closing = False
 
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def run(self) -> None:
-        try:
-            self.server.run()
-        except Exception:
-            # Closing from another thread pulls sockets from under the loop; that is the stop.
-            if not self._closing:
-                raise
-
-    def start(self) -> Server:
-        """Serve in a background thread (tests, benchmarks)."""
-        self._thread = threading.Thread(target=self.run, name="otc-device-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._closing = True
-        for channel in list(self.server._map.values()):  # type: ignore[union-attr]
-            channel.close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self.server.task_dispatcher.shutdown()  # type: ignore[union-attr]
+    def close(self, timeout: float = 5.0) -> None:
+        super().close(timeout)
         self.app.extensions["otc"].close()

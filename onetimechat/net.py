@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import functools
 import ipaddress
+from collections.abc import Callable
 
 REASONS = {
     errno.EADDRINUSE: "another program already listens there (choose another port, or stop it)",
@@ -36,6 +37,30 @@ def listen_failure(address: str, exc: OSError) -> str:
     """``Cannot listen on ADDRESS: <reason>.`` for an OSError raised by bind/listen."""
     reason = REASONS.get(exc.errno or 0) or exc.strerror or type(exc).__name__
     return f"Cannot listen on {address}: {reason}."
+
+
+def parse_listen(text: str, example: str, address: str, error: Callable[[str], Exception] = ValueError,
+                 localhost: bool = False, wildcard: str | None = None) -> tuple[str, int]:
+    """A server's ``--listen HOST:PORT`` (``[::1]:PORT`` for IPv6) as (address, port), HOST a literal IP address.
+
+    ``example`` and ``address`` go in the messages (``such as {example}``, ``a literal IP address ({address})``);
+    ``localhost`` reads as 127.0.0.1 if allowed; a wildcard address (0.0.0.0, ::) is refused with the message
+    ``wildcard`` if that is given. Refusals raise ``error(message)``.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise error(f"--listen takes HOST:PORT, such as {example}.")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if localhost and host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise error(f"--listen needs a literal IP address ({address}), not a name: the server binds exactly "
+                    "that address.") from None
+    if wildcard is not None and ip.is_unspecified:
+        raise error(wildcard)
+    return str(ip), int(port_text)
 
 
 def _ip(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -38,6 +38,19 @@ Maintenance runs every second (waitress's ``cleanup_interval``), so a timed out
 connection is closed within a second of its deadline. Sockets are polled with
 ``poll`` (``select`` cannot watch more than 1024). Nothing here imports waitress
 until a server is built: the laptop's plain install has no server.
+
+**The one place waitress is known.** The servers (device/server.py,
+relay/server.py) use only :class:`GuardedServer`: built bound to its address
+(``port`` is the one it got), served by ``run()`` or ``start()`` (a thread),
+stopped by ``close()``. What the guard needs from waitress (its channel, its
+parser, its accept and maintenance hooks, its task threads) is reached here and
+nowhere else; waitress publishes no hooks for any of it. Its own public
+``close()`` is not enough to stop a server either: it closes the listening
+socket and the loop's trigger, but the loop goes on serving every open
+connection, and a task that ends afterwards fails to wake it. So
+:meth:`GuardedServer.close` lets the running tasks finish first, then closes
+every socket inside the loop, which then returns (docs/relay-protocol.md,
+"Serving").
 """
 
 from __future__ import annotations
@@ -47,7 +60,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from onetimechat.net import BLOCK_SHARES, client_block, client_group
 
@@ -173,16 +186,14 @@ class Guard:
         return (group,) if block is None else (group, block)
 
 
-def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: type | None = None,
-                   screen: BodyScreen | None = None, **adjustments: Any) -> Any:
-    """A waitress TCP server for ``app`` on ``host:port`` that enforces ``guard`` (and ``screen``, if given)."""
+def guarded_server(app: Any, host: str, port: int, guard: Guard, screen: BodyScreen | None = None,
+                   **adjustments: Any) -> Any:
+    """The waitress TCP server under a :class:`GuardedServer` (tests that drive its accept use it bare)."""
     from waitress.adjustments import Adjustments
     from waitress.channel import HTTPChannel
     from waitress.server import TcpWSGIServer
 
-    base_channel = channel_class or HTTPChannel
-
-    class GuardedChannel(base_channel):  # type: ignore[valid-type, misc]
+    class GuardedChannel(HTTPChannel):  # type: ignore[misc]
         """A connection that knows when its current request started and counts itself per address."""
 
         if screen is not None:
@@ -197,6 +208,21 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
             self.otc_pending = True  # the first request's clock starts when the connection opens
             self.otc_counted = True
             super().__init__(server, sock, addr, adj, map=map)
+
+        def writable(self) -> bool:
+            """waitress's, minus a busy loop (still there in waitress 3.0.2; docs/relay-protocol.md, "Serving").
+
+            While a request's task runs, it sends its own output (``write_soon`` flushes). If the main loop
+            also polls the socket for writing then, ``poll`` returns at once on every pass but the loop may not
+            touch the buffer the task holds: it spins, and the interpreter lock it keeps taking is the one the
+            task needs to finish. So the loop only asks to write when no task runs (it flushes leftovers once
+            the task ends; waitress wakes it then), when output piles past the high watermark (the task is
+            waiting for the loop), or when the connection is closing.
+            """
+            if self.requests and not (self.will_close or self.close_when_flushed) \
+                    and self.total_outbufs_len <= self.adj.outbuf_high_watermark:
+                return False
+            return bool(super().writable())
 
         def received(self, data: bytes) -> bool:
             if data and not self.otc_pending:
@@ -303,3 +329,72 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, channel_class: 
                     channel.will_close = True
 
     return GuardedServer()
+
+
+class GuardedServer:
+    """A guarded waitress server for ``app``, bound to ``host:port`` when built (port 0: a free one, which
+    ``port`` then names; an OSError if it cannot listen). ``run()`` serves until ``close()``; ``start()`` runs
+    it in a thread (tests, benchmarks). ``adjustments`` are waitress's (threads, connection_limit, ...). The
+    device's and the relay's servers are this, with their app and settings."""
+
+    def __init__(self, app: Any, host: str, port: int, guard: Guard, name: str = "otc-server",
+                 screen: BodyScreen | None = None, **adjustments: Any) -> None:
+        self._server = guarded_server(app, host, port, guard, screen=screen, **adjustments)
+        self.app = app
+        self.host = host
+        self.port = int(self._server.effective_port)
+        self.name = name
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._close_lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def refused(self) -> int:
+        """Connections closed at accept: over an address's cap, or with every connection being served."""
+        return int(self._server.otc_refused)
+
+    @property
+    def evicted(self) -> int:
+        """Connections closed to make room for a new one at the connection limit."""
+        return int(self._server.otc_evicted)
+
+    def run(self) -> None:
+        """Serve until :meth:`close` (or a KeyboardInterrupt in this thread, after which call close)."""
+        try:
+            self._server.run()
+        except Exception:
+            if not self._closing:  # closing without a running loop pulls sockets from under it: that is the stop
+                raise
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Let running requests finish (``timeout`` seconds at most; waiting ones are dropped), then close every
+        socket and stop the loop. A second call does nothing."""
+        from waitress import wasyncore
+
+        with self._close_lock:
+            if self._closing:
+                return
+            self._closing = True
+        server = self._server
+        # First the tasks: one still running after the sockets close would fail to wake the (closed) loop.
+        server.task_dispatcher.shutdown(timeout=timeout)
+        if self._thread is not None and self._thread.is_alive():
+            # Close every socket (keep-alive connections too) inside the loop, which then finds nothing left to
+            # serve and returns.
+            try:
+                server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+            except OSError:
+                wasyncore.close_all(server._map)
+            self._thread.join(timeout=10)
+        else:
+            wasyncore.close_all(server._map)

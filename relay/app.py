@@ -62,14 +62,7 @@ class Relay:
         self.block_limiter = RateLimiter(config.rate_limit * shares, config.rate_burst * shares)
         self.presence_limiter = RateLimiter(config.presence_rate, config.presence_burst)
         self.presence_block_limiter = RateLimiter(config.presence_rate * shares, config.presence_burst * shares)
-        self.limits = Limits(config.mailbox_max_messages, config.mailbox_max_bytes,
-                             origin_max_bytes=config.address_max_bytes,
-                             origin_new_mailboxes=config.address_new_mailboxes,
-                             block_max_bytes=config.address_max_bytes * shares,
-                             block_new_mailboxes=config.address_new_mailboxes * shares,
-                             origin_presence=config.presence_per_address,
-                             block_presence=config.presence_per_address * shares,
-                             max_presence=config.max_presence)
+        self.limits = Limits.of(config)
         # Deletions by acknowledgement since the last sweep, per origin: (requests, messages) (see ack_summary).
         self._acks: dict[str, list[int]] = {}
         self._acks_lock = threading.Lock()

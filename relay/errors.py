@@ -19,114 +19,71 @@ class RelayError(OTCError):
     #: Seconds after which a retry may succeed (sent as Retry-After), if any.
     retry_after: int | None = None
 
+    def __init_subclass__(cls, code: str = "", status: int = 0, retry_after: int | None = None) -> None:
+        """Each refusal below names its code, status and Retry-After in its class line."""
+        super().__init_subclass__()
+        cls.code = code or cls.code
+        cls.status = status or cls.status
+        cls.retry_after = retry_after if retry_after is not None else cls.retry_after
 
-class BadRequest(RelayError):
+
+class BadRequest(RelayError, code="bad-request"):
     """The request is not well formed."""
 
-    code = "bad-request"
 
-
-class NotFound(RelayError):
+class NotFound(RelayError, code="not-found", status=404):
     """No such endpoint."""
 
-    code = "not-found"
-    status = 404
 
-
-class MethodNotAllowed(RelayError):
+class MethodNotAllowed(RelayError, code="method-not-allowed", status=405):
     """This endpoint does not take that HTTP method."""
 
-    code = "method-not-allowed"
-    status = 405
 
-
-class TooLarge(RelayError):
+class TooLarge(RelayError, code="too-large", status=413):
     """The request or the message is larger than this relay accepts."""
 
-    code = "too-large"
-    status = 413
 
-
-class MailboxFull(RelayError):
+class MailboxFull(RelayError, code="mailbox-full", status=429, retry_after=60):
     """The mailbox holds as many messages as this relay keeps; try again after its reader has caught up."""
 
-    code = "mailbox-full"
-    status = 429
-    retry_after = 60
 
-
-class AddressQuota(RelayError):
+class AddressQuota(RelayError, code="address-quota", status=429, retry_after=60):
     """This address has as many bytes stored on this relay as it may; try again once its messages are read."""
 
-    code = "address-quota"
-    status = 429
-    retry_after = 60
 
-
-class TooManyMailboxes(RelayError):
+class TooManyMailboxes(RelayError, code="address-mailboxes", status=429, retry_after=3600):
     """This address has made as many new mailboxes today as it may; try again later."""
 
-    code = "address-mailboxes"
-    status = 429
-    retry_after = 3600
 
-
-class PresenceQuota(RelayError):
+class PresenceQuota(RelayError, code="presence-quota", status=429, retry_after=60):
     """This address (or the relay) has as many presence handles online as it may; try again later."""
 
-    code = "presence-quota"
-    status = 429
-    retry_after = 60
 
-
-class InsufficientStorage(RelayError):
+class InsufficientStorage(RelayError, code="insufficient-storage", status=507, retry_after=60):
     """The relay's disk is nearly full; new messages wait until it has room (nothing stored is dropped)."""
 
-    code = "insufficient-storage"
-    status = 507
-    retry_after = 60
 
-
-class RateLimited(RelayError):
+class RateLimited(RelayError, code="rate-limited", status=429, retry_after=1):
     """Too many requests from this address; slow down."""
 
-    code = "rate-limited"
-    status = 429
-    retry_after = 1
 
-
-class Busy(RelayError):
+class Busy(RelayError, code="busy", status=429, retry_after=1):
     """Too many requests are already waiting for messages; try again shortly."""
 
-    code = "busy"
-    status = 429
-    retry_after = 1
 
-
-class HandleTaken(RelayError):
+class HandleTaken(RelayError, code="handle-taken", status=409):
     """That handle is online under another token."""
 
-    code = "handle-taken"
-    status = 409
 
-
-class Unavailable(RelayError):
+class Unavailable(RelayError, code="unavailable", status=503, retry_after=5):
     """The relay's store is unavailable; nothing was stored, try again."""
 
-    code = "unavailable"
-    status = 503
-    retry_after = 5
 
-
-class StoreError(RelayError):
+class StoreError(RelayError, code="store", status=503):
     """The relay's store cannot be used."""
 
-    code = "store"
-    status = 503
 
-
-class ConfigError(RelayError):
+class ConfigError(RelayError, code="config"):
     """The relay's configuration is not usable."""
 
-    code = "config"
     exit_status = 2

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from onetimechat.serving import Guard, guarded_server
+from onetimechat.serving import Guard, GuardedServer
 
 
 @pytest.fixture(autouse=True)
@@ -37,12 +37,10 @@ def _app(environ, start_response):
 
 @pytest.fixture
 def small_server() -> Iterator[int]:
-    server = guarded_server(_app, "127.0.0.1", 0, Guard(per_address=8, header_timeout=1.0, request_timeout=3.0),
-                            channel_timeout=3)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server = GuardedServer(_app, "127.0.0.1", 0, Guard(per_address=8, header_timeout=1.0, request_timeout=3.0),
+                           channel_timeout=3).start()
     try:
-        yield int(server.effective_port)
+        yield server.port
     finally:
         server.close()
 

@@ -17,7 +17,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from relay.config import parse_db_url
+from relay.config import RelayConfig, parse_db_url
 
 
 @dataclass(frozen=True)
@@ -48,20 +48,36 @@ class Presence:
 
 @dataclass(frozen=True)
 class Limits:
-    """Quotas the store enforces inside the send transaction: per mailbox, and per client address (origin)."""
+    """Quotas the store enforces inside the send transaction: per mailbox, per client address (origin), and for
+    all the origins of one IPv6 /48 (its block) together, ``block_shares`` times an origin's. 0: no cap."""
 
     max_messages: int
     max_bytes: int
-    origin_max_bytes: int = 0  # bytes stored from one origin, MESSAGE_OVERHEAD a message included; 0: no cap
-    origin_new_mailboxes: int = 0  # mailboxes one origin may make per window; 0: no cap
+    origin_max_bytes: int = 0  # bytes stored from one origin, MESSAGE_OVERHEAD a message included
+    origin_new_mailboxes: int = 0  # mailboxes one origin may make per window
     new_mailbox_window: float = 86400.0
-    # The same for all the /64s of one IPv6 /48 together (its "block"); 0: no cap.
-    block_max_bytes: int = 0
-    block_new_mailboxes: int = 0
-    # Presence handles live at once: per origin, per block, and in all; 0: no cap.
-    origin_presence: int = 0
-    block_presence: int = 0
-    max_presence: int = 0
+    origin_presence: int = 0  # presence handles live at once per origin
+    max_presence: int = 0  # and in all
+    block_shares: int = 0
+
+    @classmethod
+    def of(cls, config: RelayConfig) -> Limits:
+        """The quotas ``config`` sets (its address caps are the origin caps)."""
+        return cls(config.mailbox_max_messages, config.mailbox_max_bytes, origin_max_bytes=config.address_max_bytes,
+                   origin_new_mailboxes=config.address_new_mailboxes, origin_presence=config.presence_per_address,
+                   max_presence=config.max_presence, block_shares=config.block_shares)
+
+    @property
+    def block_max_bytes(self) -> int:
+        return self.origin_max_bytes * self.block_shares
+
+    @property
+    def block_new_mailboxes(self) -> int:
+        return self.origin_new_mailboxes * self.block_shares
+
+    @property
+    def block_presence(self) -> int:
+        return self.origin_presence * self.block_shares
 
 
 #: What one stored message costs its origin besides its contents (its row, ids and index entries).

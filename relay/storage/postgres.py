@@ -16,9 +16,9 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from relay.errors import RelayError, StoreError, Unavailable
+from relay.errors import StoreError, Unavailable
 from relay.storage import schema
-from relay.storage.sql import Op, SQLStore
+from relay.storage.sql import Op, SQLStore, run_batch
 
 log = logging.getLogger("otc.relay")
 
@@ -147,15 +147,7 @@ class PostgresStore(SQLStore):
         # Pipeline mode: statements whose results are not read (savepoints, writes) travel
         # with the next one that is, so a send costs one round trip, and the batch one more.
         with self._conn() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-            tx = _Tx(cur)
-            for op in batch:
-                cur.execute("SAVEPOINT op")
-                try:
-                    op.value = op.fn(tx)
-                except RelayError as exc:
-                    cur.execute("ROLLBACK TO SAVEPOINT op")
-                    op.error = exc
-                cur.execute("RELEASE SAVEPOINT op")
+            run_batch(cur.execute, _Tx(cur), batch)
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[_Tx]:

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from relay.errors import AddressQuota, MailboxFull, PresenceQuota, TooManyMailboxes
+from relay.errors import AddressQuota, MailboxFull, PresenceQuota, RelayError, TooManyMailboxes
 from relay.storage import MESSAGE_OVERHEAD, Limits, Message, Presence, Sent, Store
 
 # How many mailboxes with expired messages one sweep clears (the next sweep does the rest).
@@ -57,6 +57,20 @@ class Op:
         self.value: Any = None
         self.error: BaseException | None = None
         self.wake = threading.Event()
+
+
+def run_batch(execute: Callable[[str], Any], tx: Tx, batch: list[Op]) -> None:
+    """Run each function of ``batch`` under its own savepoint, inside a transaction ``execute`` already opened
+    (the :meth:`SQLStore._commit` contract): a refusal (a RelayError) undoes that function's writes and is kept
+    in its Op; any other failure is raised."""
+    for op in batch:
+        execute("SAVEPOINT op")
+        try:
+            op.value = op.fn(tx)
+        except RelayError as exc:
+            execute("ROLLBACK TO SAVEPOINT op")
+            op.error = exc
+        execute("RELEASE SAVEPOINT op")
 
 
 class SQLStore(Store):

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from relay.errors import RelayError, StoreError, Unavailable
+from relay.errors import StoreError, Unavailable
 from relay.storage import schema
-from relay.storage.sql import Op, SQLStore
+from relay.storage.sql import Op, SQLStore, run_batch
 
 log = logging.getLogger("otc.relay")
 
@@ -135,15 +135,7 @@ class SQLiteStore(SQLStore):
             with self._conn() as conn:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    tx = _Tx(conn)
-                    for op in batch:
-                        conn.execute("SAVEPOINT op")
-                        try:
-                            op.value = op.fn(tx)
-                        except RelayError as exc:
-                            conn.execute("ROLLBACK TO op")
-                            op.error = exc
-                        conn.execute("RELEASE op")
+                    run_batch(conn.execute, _Tx(conn), batch)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
