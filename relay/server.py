@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+from typing import Any
 
 from flask import Flask
 
@@ -61,7 +62,7 @@ class RelayServer:
     def __init__(self, app: Flask, host: str, port: int, threads: int = DEFAULT_THREADS,
                  trusted_proxy: str | None = None) -> None:
         config: RelayConfig = app.extensions["otc_relay"].config
-        proxy = {}
+        proxy: dict[str, Any] = {}
         if trusted_proxy:
             # The load balancer's X-Forwarded-For names the client, for rate limits.
             proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_count": 1,
