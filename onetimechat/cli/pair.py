@@ -127,6 +127,8 @@ def _runner(args: argparse.Namespace):
     if from_laptop(args):
         return _run_from_laptop
     compare_pairing_string(args.confirm)  # a mode that cannot work is refused before anything listens or connects
+    # So is an install without the device's stack (a laptop's plain install): `otc` names the extra it lacks.
+    import provisioning.ceremony  # noqa: F401
     return _run
 
 
