@@ -31,7 +31,7 @@ from device.ui import LockState
 from hrng.sources import parse_url
 from onetimechat import cli, terminal
 from onetimechat.errors import UsageError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, build_wheel
 
 IMAGE = ROOT / "image"
 UNITS = IMAGE / "rootfs/etc/systemd/system"
@@ -385,10 +385,8 @@ def test_the_image_installs_the_device_and_the_pis_extras_of_the_real_wheel(tmp_
     # The recipe's own line: the device's stack and the Pi's GPIO, not the relay's or the tests' extras.
     recipe = (IMAGE / "build.sh").read_text()
     assert '--extra device --extra pi --without pygame' in recipe
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
     module = image_module("requirements")
-    (wheel,) = tmp_path.glob("onetimechat-*.whl")
+    wheel = build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as whl:
         metadata = whl.read(next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))).decode()
     names = [re.match(r"[A-Za-z0-9_.-]+", spec).group(0).lower()

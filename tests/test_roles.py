@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -25,13 +24,12 @@ import pytest
 import requests
 
 from onetimechat.cli import EXIT_MISSING_PART
-from tests.conftest import ROOT, otc
+from tests.conftest import PARTS, build_wheel, otc
 from tests.relay_fixtures import RelayProcess
 from tests.test_rpc_cli import Serving
 
 pytestmark = pytest.mark.slow
 
-PARTS = ("onetimechat", "device", "client", "relay", "hrng", "provisioning")
 # What each extra brings, by import name: none of it in a plain install.
 DEVICE_MODULES = ("flask", "waitress", "pygame", "numpy", "py_arkworks_bls12381", "sqlcipher3", "serial")
 INSTALL_TIMEOUT_S = 600
@@ -39,17 +37,7 @@ INSTALL_TIMEOUT_S = 600
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """The project's wheel, built from a copy of the sources (no build/ left behind, none reused)."""
-    work = tmp_path_factory.mktemp("wheel")
-    src = work / "src"
-    src.mkdir()
-    for name in ("setup.py", "pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    for part in PARTS:
-        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(work / "dist"), str(src)], check=True, capture_output=True, timeout=INSTALL_TIMEOUT_S)
-    (built,) = (work / "dist").glob("onetimechat-*.whl")
+    built = build_wheel(tmp_path_factory.mktemp("wheel"))
     with zipfile.ZipFile(built) as whl:
         tops = {name.split("/", 1)[0] for name in whl.namelist() if name.endswith(".py")}
     assert tops == set(PARTS)
