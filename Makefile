@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): setup.py pyproject.toml
 	@bash scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[device,relay,postgres,test,dev]'
 	@touch $@
 
 demo: $(STAMP)

@@ -11,12 +11,11 @@ import shutil
 from collections.abc import Callable, Iterator
 
 from device.errors import ContactExists, StoreError
+from device.padsize import check_size
 from device.storage.padfile import PadFile
-from device.storage.padstore import INITIATOR, MIN_PAD_SIZE, RESPONDER, PadStore
+from device.storage.padstore import INITIATOR, RESPONDER, PadStore
 
 CHUNK = 1 << 20
-MIN_PAD = MIN_PAD_SIZE
-MAX_PAD = 1 << 40
 
 RandomBytes = Callable[[int], bytes]
 
@@ -63,11 +62,6 @@ def pair_local(
     a.bind_identity(b.device_id, b.identity_public)  # each contact remembers the other's identity
     b.bind_identity(a.device_id, a.identity_public)
     return pad_id
-
-
-def check_size(size: int) -> None:
-    if not MIN_PAD <= size <= MAX_PAD:
-        raise StoreError(f"A pad must be between {MIN_PAD} bytes and 1 TiB.")
 
 
 def _check_contact(store: PadStore, peer: PadStore) -> None:

@@ -74,9 +74,9 @@ rm -rf "$wheels" "$OUT/site"
 mkdir -p "$wheels" "$OUT/site"
 "$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w "$wheels" "$REPO"
 wheel=$(ls "$wheels"/onetimechat-*.whl)
-# The project's runtime requirements, the Pi's extra (RPi.GPIO over gpiochip), but not
+# The device's runtime requirements (the wheel's [device] and [pi] extras: RPi.GPIO over gpiochip), but not
 # pygame: Debian's is the one built with SDL's kmsdrm driver.
-"$PY" "$HERE/requirements.py" "$wheel" --extra pi --without pygame > "$OUT/requirements.txt"
+"$PY" "$HERE/requirements.py" "$wheel" --extra device --extra pi --without pygame > "$OUT/requirements.txt"
 # The versions the test suite ran with, where the venv has them.
 "$PY" -m pip freeze --disable-pip-version-check --exclude-editable | grep -E '^[A-Za-z0-9_.-]+==' \
     > "$OUT/constraints.txt" || true

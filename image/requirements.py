@@ -27,8 +27,8 @@ def requirements(metadata: str, extras: list[str], without: list[str]) -> list[s
         if marker.strip() and not extra:
             spec = line  # a platform marker: pip evaluates it
         name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
-        if name and _canonical(name.group(1)) not in skip:
-            out.append(spec.strip())
+        if name and _canonical(name.group(1)) not in skip and spec.strip() not in out:
+            out.append(spec.strip())  # once: the [pi] extra repeats [device]'s requirements
     return out
 
 

@@ -54,7 +54,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from device.errors import ContactExists
-from device.localpair import check_size
+from device.padsize import check_size
 from device.storage.atrest import PadCipher
 from device.storage.padfile import PadFile, sync_directory
 from device.storage.padstore import (
@@ -69,9 +69,10 @@ from device.storage.padstore import (
 )
 from onetimechat.errors import OTCError
 from onetimechat.package import auth_key_range
-from provisioning.agree import HOST, JOIN, agree
+from provisioning.agree import agree
 from provisioning.agree import format_sas as format_sas
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyError, CeremonyRefused
+from provisioning.link import HOST, JOIN
 from provisioning.settle import MAX_LISTED, holding_proof, listing
 from provisioning.settle import proven as settled
 from provisioning.view import CeremonyView

@@ -16,6 +16,7 @@ from device.localpair import pair_local
 from device.storage.padstore import PadStore
 
 ROOT = Path(__file__).resolve().parent.parent
+PARTS = ("onetimechat", "device", "client", "relay", "hrng", "provisioning")  # the packages setup.py installs
 
 # The test-only scrypt knob (device/storage/lock.py): new PIN locks in tests derive with n=2^10, not the real
 # cost (about a second a try on a Pi). Subprocesses inherit it. tests/test_pin_strength.py runs the real
@@ -84,6 +85,22 @@ def receive_state(home: Path) -> dict:
 
 def pad_bytes(home: Path, pad_id: bytes) -> bytes:
     return (home / "pads" / f"{pad_id.hex()}.pad").read_bytes()
+
+
+def build_wheel(work: Path) -> Path:
+    """The project's wheel, built in ``work`` from a copy of the sources (no build/ left in the tree, none reused)."""
+    import shutil
+
+    src = work / "src"
+    src.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for part in PARTS:
+        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(work / "dist"), str(src)], check=True, capture_output=True, timeout=600)
+    (wheel,) = (work / "dist").glob("onetimechat-*.whl")
+    return wheel
 
 
 def otc(*args: str, input: bytes | None = None, env: dict | None = None, check: bool = False,

@@ -311,7 +311,7 @@ def test_a_device_without_a_screen_confirms_a_grant_on_its_terminal_or_in_auto_m
     from device.abe.store import AbeKeys
     from device.confirm import AutoConfirm
     from device.server import Server, ServerConfig
-    from provisioning.agree import connect
+    from provisioning.link import connect
 
     servers = []
     for name in ("auth", "bob"):

@@ -25,9 +25,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from device.storage.padstore import PadStore
 from onetimechat.errors import OTCError
-from provisioning.agree import HOST, JOIN, Agreement, agree, joiner_sas
+from provisioning.agree import Agreement, agree, joiner_sas
 from provisioning.ceremony import PROTOCOL, Ceremony
 from provisioning.errors import CeremonyBroken
+from provisioning.link import HOST, JOIN
 from provisioning.wire import Wire
 
 AGREEMENT_FRAMES = 3  # COMMIT (host to joiner), HELLO (joiner to host), REVEAL (host to joiner)

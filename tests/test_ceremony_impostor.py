@@ -25,9 +25,10 @@ import pytest
 from device.abe.store import AbeKeys
 from device.engine import Device
 from device.storage.padstore import PadStore, device_id_for
-from provisioning.agree import HOST, JOIN, agree
+from provisioning.agree import agree
 from provisioning.ceremony import PROTOCOL, Ceremony
 from provisioning.errors import CeremonyBroken, CeremonyRefused
+from provisioning.link import HOST, JOIN
 from provisioning.wire import Wire
 from tests.test_ceremony_attacks import CHUNK, cutting_connect, holdings, run_grant
 from tests.test_provisioning import homes, run_pair

@@ -25,9 +25,10 @@ from device.abe.grant import PROTOCOL as GRANT
 from device.abe.store import AbeKeys, grant_local
 from device.engine import Device
 from device.storage.padstore import PadStore, device_id_for
-from provisioning.agree import HOST, agree, weak_identity
+from provisioning.agree import agree, weak_identity
 from provisioning.ceremony import Ceremony, Partial
 from provisioning.errors import CeremonyBroken, CeremonyRefused
+from provisioning.link import HOST
 from provisioning.wire import Wire
 from tests.test_ceremony_attacks import CHUNK, cutting_connect, run_grant
 from tests.test_ceremony_impostor import linked, member_side

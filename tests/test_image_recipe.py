@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,7 @@ from device.ui import LockState
 from hrng.sources import parse_url
 from onetimechat import cli, terminal
 from onetimechat.errors import UsageError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, build_wheel
 
 IMAGE = ROOT / "image"
 UNITS = IMAGE / "rootfs/etc/systemd/system"
@@ -377,6 +379,22 @@ def test_the_wheels_requirements_skip_debians_pygame_and_add_the_pis_gpio():
                 "Provides-Extra: test\nRequires-Dist: pytest>=8; extra == \"test\"\n")
     assert module.requirements(metadata, ["pi"], ["PyGame"]) == [
         "cryptography>=42", 'tomli; python_version < "3.11"', "rpi-lgpio>=0.6"]
+
+
+def test_the_image_installs_the_device_and_the_pis_extras_of_the_real_wheel(tmp_path):
+    # The recipe's own line: the device's stack and the Pi's GPIO, not the relay's or the tests' extras.
+    recipe = (IMAGE / "build.sh").read_text()
+    assert '--extra device --extra pi --without pygame' in recipe
+    module = image_module("requirements")
+    wheel = build_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as whl:
+        metadata = whl.read(next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    names = [re.match(r"[A-Za-z0-9_.-]+", spec).group(0).lower()
+             for spec in module.requirements(metadata, ["device", "pi"], ["pygame"])]
+    assert len(names) == len(set(names))
+    assert {"cryptography", "requests", "spake2", "flask", "waitress", "numpy", "pyserial", "py-arkworks-bls12381",
+            "sqlcipher3", "rpi-lgpio"} <= set(names)
+    assert not {"pygame", "pytest", "psycopg", "ruff"} & set(names)
 
 
 def test_the_boot_report_check():

@@ -18,9 +18,9 @@ import pytest
 from device.engine import Device
 from device.storage.padstore import INITIATOR, RESPONDER, PadStore
 from onetimechat.errors import UsageError
-from provisioning.agree import connect_address, listen_address
 from provisioning.ceremony import HOST, JOIN, Ceremony, Partial
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyError, CeremonyRefused
+from provisioning.link import connect_address, listen_address
 from provisioning.wire import Wire
 from tests.conftest import ROOT
 

@@ -47,8 +47,9 @@ from device.abe.scheme import check_member_key, keygen
 from device.abe.store import AbeKeys, grant_fingerprint
 from device.confirm import terminal_check
 from device.storage.padstore import PadStore, device_id_for
-from provisioning.agree import HOST, JOIN, agree
+from provisioning.agree import agree
 from provisioning.errors import CeremonyAborted, CeremonyBroken, CeremonyRefused
+from provisioning.link import HOST, JOIN
 from provisioning.settle import holding_proof, listing
 from provisioning.settle import proven as settled
 from provisioning.wire import Wire

@@ -37,7 +37,7 @@ from device.confirm import ConfirmRequest, ConfirmSource
 from device.errors import Declined, DeviceError
 from device.rooms.rpc import rooms_for
 from device.storage.padstore import PadStore, check_name
-from provisioning.agree import HOST, JOIN
+from provisioning.link import HOST, JOIN
 from provisioning.view import CeremonyView
 from provisioning.wire import Wire
 

@@ -50,6 +50,7 @@ from device.errors import (
     UnknownPad,
 )
 from device.intervals import IntervalSet
+from device.padsize import MIN_PAD_SIZE
 from device.storage import database, schema
 from device.storage.atrest import FileNames, PadCipher, SecretBox, database_key
 from device.storage.lock import KEY_LEN, LOCK_FILE, WIPED_FILE, DeviceLocked, DeviceWiped, StoreLock, check_pin
@@ -99,7 +100,6 @@ WIPE_SYNC_DELAY_S = 0.2  # a used segment's zeros are durable this soon after it
 WIPE_SYNC_BATCH = 64  # or after this many segments, whichever comes first
 
 PAD_FORMAT = 2  # package format v2: both authentication keys set aside
-MIN_PAD_SIZE = 256  # both authentication keys and room for messages each way
 
 T = TypeVar("T")
 

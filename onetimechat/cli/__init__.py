@@ -1,9 +1,12 @@
 """The `otc` command: one entry point, subcommands per part.
 
 Errors the user can act on derive from :class:`~onetimechat.errors.OTCError`
-and are printed as one line, ``ERROR: <text>``, with a non-zero exit. Anything
-else is a bug: it is reported by type only (its message could hold secrets),
-with the traceback only when ``OTC_DEBUG=1``.
+and are printed as one line, ``ERROR: <text>``, with a non-zero exit. So is a
+command that needs a part this install lacks: a plain install is the laptop
+client, and the device's and the relay's stacks are extras (setup.py), so
+`otc device serve` there says which extra to install. Anything else is a bug:
+it is reported by type only (its message could hold secrets), with the
+traceback only when ``OTC_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -25,6 +29,7 @@ from onetimechat.errors import OTCError, UsageError  # noqa: E402
 from onetimechat.text import visible  # noqa: E402
 
 EXIT_INTERNAL = 70
+EXIT_MISSING_PART = 69  # EX_UNAVAILABLE: this install lacks the part the command needs
 EXIT_INTERRUPTED = 130
 
 
@@ -59,6 +64,46 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# The modules each extra of setup.py brings that a plain install (the laptop client) lacks, by the name they are
+# imported under; Flask and waitress serve both the device and the relay.
+EXTRA_MODULES: dict[str, frozenset[str]] = {
+    "device": frozenset({"flask", "waitress", "numpy", "pygame", "serial", "py_arkworks_bls12381", "sqlcipher3"}),
+    "relay": frozenset({"flask", "waitress"}),
+    "postgres": frozenset({"psycopg"}),
+    "pi": frozenset({"RPi", "lgpio"}),
+}
+EXTRA_NAMES = {"device": "the device part", "relay": "the relay part", "postgres": "the relay's PostgreSQL storage",
+               "pi": "the Raspberry Pi's GPIO"}
+
+
+def missing_part(extra: str, command: str) -> str:
+    """The one line that says ``command`` needs ``extra``, and how to install it."""
+    return f"`{command}` needs {EXTRA_NAMES[extra]}: pipx install 'onetimechat[{extra}]'"
+
+
+def missing_extra(exc: ImportError, part: str | None) -> str | None:
+    """The extra whose absence ``exc`` is (a module of it not installed), or None: then ``exc`` is a bug."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    top = exc.name.split(".")[0]
+    if part == "relay" and top in EXTRA_MODULES["relay"]:
+        return "relay"
+    return next((extra for extra, modules in EXTRA_MODULES.items() if top in modules), None)
+
+
+def _command_words(argv: Sequence[str], args: argparse.Namespace | None) -> str:
+    """``otc PART COMMAND``: from the parsed arguments, or, if parsing needed the missing part, the first two words."""
+    if args is not None:
+        words = [getattr(args, dest, None) for dest in ("part", "command", "role")]
+    else:
+        words = []
+        for arg in argv:
+            if arg.startswith("-") or len(words) == 2 or (words and not re.fullmatch(r"[a-z][a-z-]*", arg)):
+                break
+            words.append(arg)
+    return " ".join(["otc", *(str(w) for w in words if w)])
+
+
 def build_parser(command: str | None = None, *, everything: bool = True) -> ArgumentParser:
     """The `otc` parser: every part (``everything``), only ``command``'s part, or none imported.
 
@@ -76,7 +121,13 @@ def build_parser(command: str | None = None, *, everything: bool = True) -> Argu
     wanted = set(PART_MODULES) if everything else {COMMANDS[command][0]} if command in COMMANDS else set()
     for name in PART_MODULES:
         if name in wanted:
-            importlib.import_module(name).register(parts)
+            try:
+                module = importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if not everything or missing_extra(exc, None) is None:
+                    raise
+                continue  # the whole parser (shell completion): a part this install lacks keeps its placeholder
+            module.register(parts)
     registered = set(parts.choices)
     for name, (_module, help_text) in COMMANDS.items():
         if name not in registered:
@@ -86,6 +137,7 @@ def build_parser(command: str | None = None, *, everything: bool = True) -> Argu
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    args: argparse.Namespace | None = None
     try:
         if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (argcomplete); otherwise not imported
             import argcomplete
@@ -109,6 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(f"Give --home DIR (on the device) or --device NAME|URL (from its laptop): {exc}"
                                  ) from None
         return int(args.func(args) or 0)
+    except ImportError as exc:
+        extra = missing_extra(exc, args.part if args is not None else next(
+            (arg for arg in argv if not arg.startswith("-")), None))
+        if extra is None:
+            return _internal_error(exc)
+        print(f"ERROR: {missing_part(extra, _command_words(argv, args))}", file=sys.stderr)
+        return EXIT_MISSING_PART
     except OTCError as exc:
         # An error's text may come from a server (a hostile relay or device): never print it raw.
         print(f"ERROR: {visible(str(exc))}", file=sys.stderr)
@@ -120,11 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except Exception as exc:  # noqa: BLE001 - last line of defence: never show secrets
-        if os.environ.get("OTC_DEBUG") == "1":
-            traceback.print_exc()
-        print(f"ERROR: internal error ({type(exc).__name__}); run with OTC_DEBUG=1 for details",
-              file=sys.stderr)
-        return EXIT_INTERNAL
+        return _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> int:
+    if os.environ.get("OTC_DEBUG") == "1":
+        traceback.print_exception(exc)
+    print(f"ERROR: internal error ({type(exc).__name__}); run with OTC_DEBUG=1 for details", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 def run() -> None:

@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from device.abe.errors import AbeError, MalformedAbeData, NotAnAuthority
-from device.abe.grant import confirm_grant, grant_host, grant_join
 from device.abe.periods import when
-from device.abe.store import AbeKeys, grant_local
 from device.confirm import MODES
-from device.home import open_home
-from hrng.mixer import pad_random
 from onetimechat.errors import UsageError
 from onetimechat.text import plural
-from provisioning.agree import accept_one, connect
+from provisioning.link import accept_one, connect
 from provisioning.wire import Wire
+
+# From the laptop (--device) these commands need only the modules above, which a plain install (the laptop
+# client) can import; on the device itself (--home) they import the device's stack (BLS12-381, its store) when
+# run.
 
 if TYPE_CHECKING:
     from client.rpc import DeviceClient
@@ -186,6 +186,9 @@ def cmd_authority(args: argparse.Namespace) -> int:
         made = _device(args).call("abe_authority")
         name, fingerprint = made["name"], made["fingerprint"]
     else:
+        from device.abe.store import AbeKeys
+        from device.home import open_home
+
         with open_home(args.home, args.pin_file) as store:
             public = AbeKeys(store).become_authority()
         name, fingerprint = public.name, public.fingerprint
@@ -194,6 +197,9 @@ def cmd_authority(args: argparse.Namespace) -> int:
 
 
 def cmd_grant_local(args: argparse.Namespace) -> int:
+    from device.abe.store import AbeKeys, grant_local
+    from device.home import open_home
+
     if args.auth_home.resolve() == args.member_home.resolve():
         raise UsageError("AUTH_HOME and MEMBER_HOME must be two different devices.")
     with open_home(args.auth_home, args.auth_pin_file) as auth, \
@@ -207,6 +213,9 @@ def cmd_grant_local(args: argparse.Namespace) -> int:
 
 
 def cmd_encaps(args: argparse.Namespace) -> int:
+    from device.abe.store import AbeKeys
+    from device.home import open_home
+
     with open_home(args.home, args.pin_file) as store:
         sealed = AbeKeys(store).encapsulate(args.authority, args.policy)
     ciphertext = base64.b64encode(sealed.ciphertext.encode()).decode()
@@ -229,6 +238,8 @@ def read_ciphertext(raw: bytes) -> bytes:
 
 def cmd_decaps(args: argparse.Namespace) -> int:
     from device.abe.scheme import key_fingerprint
+    from device.abe.store import AbeKeys
+    from device.home import open_home
 
     data = read_ciphertext(sys.stdin.buffer.read(MAX_STDIN + 1))
     with open_home(args.home, args.pin_file) as store:
@@ -244,6 +255,7 @@ def _shown(args: argparse.Namespace, method: str) -> dict | None:
         answer = _device(args).call(method)
     else:
         from device.abe import rpc
+        from device.home import open_home
 
         with open_home(args.home, args.pin_file) as store:
             answer = getattr(rpc, method)(store)
@@ -303,6 +315,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         print("Confirm on the device's screen.", flush=True)
         revoked = _device(args).call("abe_revoke", member=args.member)["revoked"]
     else:
+        from device.abe.store import AbeKeys
+        from device.home import open_home
+
         with open_home(args.home, args.pin_file) as store:
             revoked = [i.to_dict() for i in AbeKeys(store).revoke(args.member)]
     print(f"Revoked {plural(len(revoked), 'key')} of {revoked[0]['member']}: no renewal from now on. Its last "
@@ -324,6 +339,8 @@ def cmd_renew(args: argparse.Namespace) -> int:
         relay = RelayClient(relay_url, on_answer=device.state.relay_answered)
     else:
         from device.abe.renewal import plan_renewal, renew
+        from device.abe.store import AbeKeys
+        from device.home import open_home
 
         with open_home(args.home, args.pin_file) as store:
             keys = AbeKeys(store)
@@ -376,7 +393,9 @@ def _renewals_here(args: argparse.Namespace, relay) -> list[dict]:  # type: igno
     import time
 
     from device.abe.renewal import RenewalPads, RenewalRefused
+    from device.abe.store import AbeKeys
     from device.errors import DeviceError
+    from device.home import open_home
     from onetimechat import package as fmt
 
     out: list[dict] = []
@@ -404,6 +423,8 @@ def _timed(sock: socket.socket) -> socket.socket:
 
 def _randomness(urls: list[str]):  # type: ignore[no-untyped-def]
     """The key material's randomness: the HRNG mixer when given sources, else the OS CSPRNG."""
+    from hrng.mixer import pad_random
+
     return pad_random(urls) if urls else contextlib.nullcontext(os.urandom)
 
 
@@ -443,6 +464,10 @@ def cmd_grant_host(args: argparse.Namespace) -> int:
         if not any(a["own"] for a in device.call("abe_status")["authorities"]):
             raise NotAnAuthority()  # a clear error before waiting for the member
         return _grant_from_laptop(args, "host", device, accept_one(args.listen))
+    from device.abe.grant import confirm_grant, grant_host
+    from device.abe.store import AbeKeys
+    from device.home import open_home
+
     confirm = confirm_grant(args.confirm)
     with open_home(args.home, args.pin_file) as store:
         AbeKeys(store).master()  # a clear error before waiting if this device is no authority
@@ -462,6 +487,9 @@ def cmd_grant_join(args: argparse.Namespace) -> int:
 
     if from_laptop(args):
         return _grant_from_laptop(args, "join", _device(args), connect(args.connect, "a grant"))
+    from device.abe.grant import confirm_grant, grant_join
+    from device.home import open_home
+
     confirm = confirm_grant(args.confirm)
     with open_home(args.home, args.pin_file) as store:
         with _randomness(args.hrng) as random_bytes:

@@ -15,7 +15,8 @@ from device.confirm import DEFAULT_TIMEOUT_S, MODES, ConfirmBroker, ConfirmSourc
 from device.engine import Device
 from device.errors import InvalidMessage
 from device.home import WrongPin, open_home
-from device.localpair import check_size, pair_local
+from device.localpair import pair_local
+from device.padsize import check_size
 from device.storage.lock import StoreLock, read_pin_file
 from device.storage.padstore import PadStore
 from hrng.errors import HRNGError

@@ -7,17 +7,17 @@ import socket
 from pathlib import Path
 
 from device.confirm import MODES, compare_pairing_string
-from device.home import open_home
-from device.localpair import check_size
+from device.padsize import check_size
 from hrng.errors import HRNGError
-from hrng.mixer import pad_random
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
 from onetimechat.text import parse_size
-from provisioning.agree import CONNECT_WAIT_S, accept_one, connect
-from provisioning.ceremony import HOST, JOIN, Ceremony
+from provisioning.link import CONNECT_WAIT_S, HOST, JOIN, accept_one, connect
 from provisioning.view import CeremonyView
 from provisioning.wire import Wire
+
+# The laptop carrying its device's ceremony (--device) needs only the modules above, which a plain install (the
+# laptop client) can import; the ceremony run on the device itself (--home) imports the device's stack when run.
 
 IDLE_TIMEOUT_S = 600.0  # an owner may take a while to compare the pairing string
 
@@ -56,6 +56,10 @@ def register(parts: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace, role: str, sock: socket.socket) -> int:
+    from device.home import open_home
+    from hrng.mixer import pad_random
+    from provisioning.ceremony import Ceremony
+
     sock.settimeout(IDLE_TIMEOUT_S)
     wire = Wire(sock)
     bar: Progress | None = None
@@ -123,6 +127,8 @@ def _runner(args: argparse.Namespace):
     if from_laptop(args):
         return _run_from_laptop
     compare_pairing_string(args.confirm)  # a mode that cannot work is refused before anything listens or connects
+    # So is an install without the device's stack (a laptop's plain install): `otc` names the extra it lacks.
+    import provisioning.ceremony  # noqa: F401
     return _run
 
 
