@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from device.abe.errors import AbeError, MalformedAbeData, NotAnAuthority
 from device.abe.periods import when
 from device.confirm import MODES
+from onetimechat.cli.common import command_group, home, home_or_device
 from onetimechat.errors import UsageError
 from onetimechat.text import plural
 from provisioning.link import accept_one, connect
@@ -33,17 +34,15 @@ MAX_STDIN = 1 << 20
 
 
 def register(parts: argparse._SubParsersAction) -> None:
-    abe = parts.add_parser("abe", help="attribute-based keys on this device",
-                           description="Attribute-based keys: this device as an authority, keys issued in "
-                           "person, and encapsulation under policies. Keys never leave the device.")
-    sub = abe.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    sub = command_group(parts, "abe", "attribute-based keys on this device",
+                        "Attribute-based keys: this device as an authority, keys issued in person, and "
+                        "encapsulation under policies. Keys never leave the device.")
 
     p = sub.add_parser("authority", help="make this device an attribute authority",
                        description="Make this device an attribute authority, named after the device. "
                        "Its master key never leaves it. With --device, from the laptop paired with it: the "
                        "owner confirms on the device's screen.")
-    _home_or_device(p)
+    home_or_device(p)
     p.set_defaults(func=cmd_authority)
 
     p = sub.add_parser("grant-local", help="issue a key on one machine (development, tests)",
@@ -69,7 +68,7 @@ def register(parts: argparse._SubParsersAction) -> None:
     for role, helptext in (("host", "on the authority: offer a key for --attributes"),
                            ("join", "on the member's device: receive the key")):
         p = gsub.add_parser(role, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
-        _home_or_device(p)
+        home_or_device(p)
         if role == "host":
             p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to wait for the member")
             p.add_argument("--attributes", required=True, help="comma-separated attributes, e.g. STAFF,ADMIN")
@@ -85,7 +84,7 @@ def register(parts: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encaps", help="a fresh key under a policy",
                        description='Make a fresh key under --policy for --authority\'s members and print '
                        '{"ciphertext": base64, "key_fingerprint": hex}. The key stays on the device.')
-    _home(p)
+    home(p)
     p.add_argument("--authority", required=True, metavar="NAME", help="the attribute authority")
     p.add_argument("--policy", required=True, help="e.g. 'STAFF and (ADMIN or 2 of (A, B, C))'")
     p.set_defaults(func=cmd_encaps)
@@ -93,20 +92,20 @@ def register(parts: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decaps", help="recover the key of a ciphertext from stdin",
                        description='Read a base64 ciphertext (or the JSON `otc abe encaps` prints) on stdin '
                        'and print {"key_fingerprint": hex}. A refusal exits non-zero with one line on stderr.')
-    _home(p)
+    home(p)
     p.set_defaults(func=cmd_decaps)
 
     p = sub.add_parser("status", help="authorities, keys held and keys issued",
                        description="Show the authorities this device knows, the keys it holds (attributes, "
                        "period, when it ends, renewal due) and, for an authority, what it issued (never a key).")
-    _home_or_device(p)
+    home_or_device(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("members", help="the keys this authority issued: member, attributes, period, revocation",
                        description="List the keys this authority issued: member, attributes, the period each is "
                        "for and when it ends, and whether it is revoked (never a key).")
-    _home_or_device(p)
+    home_or_device(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_members)
 
@@ -115,7 +114,7 @@ def register(parts: argparse._SubParsersAction) -> None:
                        "hex digits) revoked: the authority renews them no more, so once the period ends (or "
                        "is ended early) the member reads no room's new "
                        "epochs. With --device, the owner confirms on the device's screen.")
-    _home_or_device(p)
+    home_or_device(p)
     p.add_argument("member", metavar="MEMBER|KEY_ID", help="the member's name or a key id")
     p.set_defaults(func=cmd_revoke)
 
@@ -125,7 +124,7 @@ def register(parts: argparse._SubParsersAction) -> None:
                        "period begins when the running one ends; --end-period ends it now (everyone but the "
                        "revoked is renewed, and rooms move on as the renewed devices sync). With --device, the "
                        "owner confirms on the device's screen.")
-    _home_or_device(p)
+    home_or_device(p)
     p.add_argument("member", nargs="?", metavar="MEMBER|KEY_ID", help="only this member (default: all)")
     p.add_argument("--end-period", action="store_true", help="end the running period now")
     p.add_argument("--period", metavar="DURATION", type=_duration,
@@ -137,23 +136,9 @@ def register(parts: argparse._SubParsersAction) -> None:
     p = sub.add_parser("renewals", help="receive renewed keys the authority sent",
                        description="Read this device's renewal mailboxes on the relay and have the device open "
                        "each renewal on its pad and store the key (`otc room recv` does it too).")
-    _home_or_device(p)
+    home_or_device(p)
     p.add_argument("--relay", metavar="URL", help="the relay (with --device, default the last one given)")
     p.set_defaults(func=cmd_renewals)
-
-
-def _home(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--home", required=True, type=Path, help="the device's state directory")
-    p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
-
-
-def _home_or_device(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--home", type=Path, help="the device's state directory (run on the device)")
-    where.add_argument("--device", metavar="NAME|URL",
-                       help="the device this laptop is paired with (its owner confirms on its screen); with "
-                       "neither --home nor --device, the one `otc client` remembers")
-    p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device (with --home)")
 
 
 def _period(p: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ from device.storage.padstore import PadStore
 from hrng.errors import HRNGError
 from hrng.mixer import pad_random
 from onetimechat import package as fmt
+from onetimechat.cli.common import command_group
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
 from onetimechat.text import format_event, parse_size
@@ -33,10 +34,8 @@ if TYPE_CHECKING:  # the screen and buttons load only where they run (`otc devic
 
 
 def register(parts: argparse._SubParsersAction) -> None:
-    dev = parts.add_parser("device", help="the pad device's own commands",
-                           description="Commands that run on the pad device (or an emulated one).")
-    sub = dev.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    sub = command_group(parts, "device", "the pad device's own commands",
+                        "Commands that run on the pad device (or an emulated one).")
 
     p = sub.add_parser("init", help="create a device in a home directory",
                        description="Create a new pad device in --home, PIN-locked with --pin-file. Without it "
@@ -119,10 +118,7 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
     p.set_defaults(func=cmd_revoke)
 
-    pad = parts.add_parser("pad", help="pads between devices",
-                           description="Make pads between devices.")
-    psub = pad.add_subparsers(dest="command", metavar="COMMAND")
-    psub.required = True
+    psub = command_group(parts, "pad", "pads between devices", "Make pads between devices.")
     p = psub.add_parser("pair-local", help="a pad between two devices on one machine (development, demo)",
                         description="Make a pad shared by two device homes on this machine; "
                         "HOME_A becomes the initiator. For development and demos: the pad never "

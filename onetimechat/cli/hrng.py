@@ -14,6 +14,7 @@ from hrng.errors import HRNGError, InsecureSource
 from hrng.estimate import byte_counts, chi_square, most_common_value
 from hrng.mixer import INSECURE_NOTICE, CheckedSource
 from hrng.sources import open_source, parse_url
+from onetimechat.cli.common import command_group
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress, human_bytes
 from onetimechat.text import parse_size
@@ -24,10 +25,8 @@ SOURCE_HELP = ("serial:///dev/ttyACM0 (TrueRNG-style), onerng:///dev/ttyACM0, fi
 CHUNK = 1 << 16
 MIN_BYTES = 1024  # fewer say nothing about a source
 def register(parts: argparse._SubParsersAction) -> None:
-    hrng = parts.add_parser("hrng", help="the hardware random source",
-                            description="Test a random source, or emulate a serial HRNG for tests and demos.")
-    sub = hrng.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    sub = command_group(parts, "hrng", "the hardware random source",
+                        "Test a random source, or emulate a serial HRNG for tests and demos.")
 
     p = sub.add_parser("test", help="read a source: throughput, health tests, min-entropy, chi-square",
                        description="Read --bytes from a source through the SP 800-90B health tests (after the "

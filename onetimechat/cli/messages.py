@@ -13,6 +13,7 @@ from client.messenger import Event, Messenger
 from client.relay import MAX_WAIT_S, RelayClient
 from client.rpc import DeviceClient
 from client.state import home_help
+from onetimechat.cli.common import device_and_relay
 from onetimechat.errors import UsageError
 from onetimechat.text import visible
 
@@ -76,10 +77,7 @@ def register(parts: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.epilog = home_help()
-    p.add_argument("--device", metavar="NAME|URL",
-                   help="the paired device's name or URL, e.g. http://10.77.0.1:8470 (default: the one remembered)")
-    p.add_argument("--relay", metavar="URL",
-                   help="the relay, e.g. https://relay.example:8080 (remembered; default: the last one given)")
+    device_and_relay(p)
     p.add_argument("--no-receipts", action="store_true",
                    help="do not have the device answer received messages with delivery receipts (saves pad)")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import socket
-from pathlib import Path
 
 from device.confirm import MODES, compare_pairing_string
 from device.padsize import check_size
 from hrng.errors import HRNGError
+from onetimechat.cli.common import command_group, home_or_device
 from onetimechat.errors import UsageError
 from onetimechat.progress import Progress
 from onetimechat.text import parse_size
@@ -23,22 +23,16 @@ IDLE_TIMEOUT_S = 600.0  # an owner may take a while to compare the pairing strin
 
 
 def register(parts: argparse._SubParsersAction) -> None:
-    pair = parts.add_parser("pair", help="pair two devices in person and make a pad",
-                            description="Pair two devices in person: run `otc pair host` on one and "
-                            "`otc pair join` on the other, compare the pairing string both show, and "
-                            "they make a pad from both HRNGs. With --home, on the device itself; with "
-                            "--device, from the laptop paired with it: the laptops carry the ceremony "
-                            "and each owner compares and confirms on the device's own screen.")
-    sub = pair.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    sub = command_group(parts, "pair", "pair two devices in person and make a pad",
+                        "Pair two devices in person: run `otc pair host` on one and `otc pair join` on the "
+                        "other, compare the pairing string both show, and they make a pad from both HRNGs. "
+                        "With --home, on the device itself; with --device, from the laptop paired with it: the "
+                        "laptops carry the ceremony and each owner compares and confirms on the device's own "
+                        "screen.")
     for name, helptext in (("host", "host the ceremony (this device becomes the initiator)"),
                            ("join", "join a ceremony hosted by the other device")):
         p = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
-        where = p.add_mutually_exclusive_group()
-        where.add_argument("--home", type=Path, help="this device's state directory (run on the device)")
-        where.add_argument("--device", metavar="NAME|URL",
-                           help="the device this laptop is paired with (it runs the ceremony and asks its owner); "
-                           "with neither --home nor --device, the one `otc client` remembers")
+        home_or_device(p, on_device="(it runs the ceremony and asks its owner)")
         if name == "host":
             p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to wait for the other device")
             p.add_argument("--size", required=True, type=parse_size, help="pad size in bytes (e.g. 64M)")
@@ -51,7 +45,6 @@ def register(parts: argparse._SubParsersAction) -> None:
                        help="who confirms the pairing string (default: tty)")
         p.add_argument("--hrng", action="append", default=[], metavar="URL",
                        help="a hardware random source to mix in (repeatable); without it, the OS CSPRNG alone")
-        p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
         p.set_defaults(func=cmd_host if name == "host" else cmd_join)
 
 

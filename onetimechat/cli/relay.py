@@ -9,6 +9,7 @@ import signal
 import sys
 from types import FrameType
 
+from onetimechat.cli.common import command_group
 from onetimechat.net import listen_failure
 from relay.config import DAY, RelayConfig, describe_db
 from relay.errors import ConfigError
@@ -40,11 +41,9 @@ def _positive(kind: type) -> object:
 
 
 def register(parts: argparse._SubParsersAction) -> None:
-    relay = parts.add_parser("relay", help="the untrusted relay (a mailbox server)",
-                             description="The relay stores and forwards packages between mailboxes. "
-                             "It never sees plaintext or keys; see docs/relay-protocol.md for what it sees.")
-    sub = relay.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    sub = command_group(parts, "relay", "the untrusted relay (a mailbox server)",
+                        "The relay stores and forwards packages between mailboxes. It never sees plaintext or "
+                        "keys; see docs/relay-protocol.md for what it sees.")
     d = RelayConfig()
     p = sub.add_parser("serve", help="run the relay",
                        description="Serve the relay on exactly one address with a production WSGI server "

@@ -9,31 +9,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from client.relay import MAX_WAIT_S, RelayClient
 from client.rooms import KEY_WAIT_S, RoomClient
 from client.rpc import DeviceClient
+from onetimechat.cli.common import command_group, device_and_relay, home_or_device
 from onetimechat.errors import UsageError
 from onetimechat.text import plural, visible
 
 
 def register(parts: argparse._SubParsersAction) -> None:
-    room = parts.add_parser("room", help="attribute-based rooms",
-                            description="Group rooms whose members are defined by attributes. Keys and epoch "
-                            "secrets stay on the device; the laptop moves room items through the relay.")
-    sub = room.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    sub = command_group(parts, "room", "attribute-based rooms",
+                        "Group rooms whose members are defined by attributes. Keys and epoch secrets stay on the "
+                        "device; the laptop moves room items through the relay.")
 
     p = sub.add_parser("create", help="create a room on this authority's device",
                        description="Create a room of this device's attribute authority; prints its invite "
                        "(public: it lets a device with matching keys join, and opens nothing by itself). With "
                        "--device, on the authority device this laptop is paired with.")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--home", type=Path, help="the authority device's home (run on the device)")
-    where.add_argument("--device", metavar="NAME|URL", help="the authority device this laptop is paired with "
-                       "(with neither --home nor --device, the one `otc client` remembers)")
-    p.add_argument("--pin-file", type=Path, help="the home's PIN, if it is PIN-locked (with --home)")
+    home_or_device(p, device="the authority device")
     p.add_argument("--name", required=True, help="the room's name")
     p.add_argument("--policy", required=True, help="who may read, e.g. 'STAFF and (ADMIN or OPS)'")
     p.set_defaults(func=cmd_create)
@@ -44,7 +38,7 @@ def register(parts: argparse._SubParsersAction) -> None:
             ("leave", "leave a room (the device deletes its membership keys)", "room"),
             ("list", "the device's rooms: members, epoch, whether it holds the epoch key", None)):
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        _common(p)
+        device_and_relay(p)
         if extra:
             p.add_argument(extra, metavar=extra.upper(),
                            help="the invite string `otc room create` printed" if extra == "invite"
@@ -59,23 +53,18 @@ def register(parts: argparse._SubParsersAction) -> None:
     p = sub.add_parser("send", help="send a message to a room (confirmed on the device)",
                        description="Send MESSAGE to ROOM under its current epoch key, after the device's owner "
                        "confirms it (the screen shows the room, its policy and the member count).")
-    _common(p)
+    device_and_relay(p)
     p.add_argument("room", metavar="ROOM", help="the room's name (or its id)")
     p.add_argument("message", metavar="MESSAGE", help="the text to send; - reads it from stdin")
     p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("recv", help="receive room messages",
                        description="Read every room's new items through the device; print the messages it opened.")
-    _common(p)
+    device_and_relay(p)
     p.add_argument("--wait", type=float, default=0, metavar="S",
                    help=f"wait up to S seconds for something new (at most {MAX_WAIT_S})")
     p.add_argument("--json", action="store_true", help="one JSON object per message")
     p.set_defaults(func=cmd_recv)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", metavar="NAME|URL", help="the paired device (default: the one remembered)")
-    p.add_argument("--relay", metavar="URL", help="the relay (default: the last one given)")
 
 
 def _client(args: argparse.Namespace) -> RoomClient:
