@@ -22,7 +22,17 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   If none is accepted within ``leader_timeout`` of the change, the member at
   rank r takes the duty after r timeouts. The first valid distribution in
   relay order wins (a signed, K_abe-authenticated one from a roster member,
-  sealing to exactly the roster), so every member installs the same key.
+  sealing to exactly the roster): the same one for every member.
+* **Key commitment.** A distribution commits to its epoch key (a hash bound
+  to room, epoch and distributor). A member whose entry does not open, or
+  opens to another key, refuses it and posts an *objection*. An objection
+  by a roster member that has not objected before, against a distributor not
+  yet barred, bars that distributor from distributing in this room (nobody
+  but the two can tell which one lies, so an objector objects once per
+  membership) and re-keys the room: a new epoch, same roster, distributed by
+  the first member not barred. So the members who accept a distribution all
+  hold one key, and one who was sealed another makes everybody move on
+  without the distributor's help.
 * **Names.** Each membership carries the display name its owner chose at
   join, inside its signed contribution and under its bind tag: a message is
   shown under the name of the contribution whose key signed it. A name that
@@ -135,6 +145,11 @@ class _Epoch:
     distributed: bool = False
     sent: int = 0
     highest: dict[bytes, int] = field(default_factory=dict)
+    #: The distributor of the epoch's distribution (the first in relay order to pass every public check), once
+    #: seen: later ones are ignored, whether or not this member's entry opened to the committed key.
+    dealer: bytes | None = None
+    #: This member's entry did not open to the committed key: it owes an objection (True), or posted it (False).
+    objection: bool | None = None
 
 
 def short(member: bytes) -> str:
@@ -172,6 +187,11 @@ class RoomMember:
         #: re-contributes by itself when its renewed key's period begins.
         self.wanted = False
         self._ks: dict[bytes, bytes] = {}
+        #: Members barred from distributing (objected to), and members that objected (once per membership).
+        self.barred: set[bytes] = set()
+        self.objected: set[bytes] = set()
+        #: Distributions this member refused because its entry did not open to the committed key.
+        self.mismatches = 0
         #: Decapsulations this member computed (each is one multi-pairing).
         self.decapsulations = 0
 
@@ -318,16 +338,29 @@ class RoomMember:
             mine = self.members[self.me].period if self.me is not None else None
             if usable is not None and usable >= self.period and (mine is None or usable > mine):
                 out.append(self._contribute(self.name))
-        return out + self._distribute()
+        return out + self._distribute() + self._object()
+
+    def _object(self) -> list[bytes]:
+        """The objection this member owes to the current epoch's distribution, once (and only while it may)."""
+        e = self.current_epoch
+        if e is None or self.me is None or self._sig is None or self.me in self.objected:
+            return []
+        epoch = self.epochs[e]
+        if not epoch.objection or epoch.dealer is None or epoch.dealer in self.barred:
+            return []
+        epoch.objection = False
+        return [wire.objection(self.room.room_id, e, epoch.dealer, self.me,
+                               Ed25519PrivateKey.from_private_bytes(self._sig))]
 
     def _distribute(self) -> list[bytes]:
         e = self.current_epoch
         if e is None or not self.joined or self._sig is None or self._period_ended():
             return []
         epoch = self.epochs[e]
-        if epoch.key is not None or epoch.kabe is None or epoch.distributed or self.me not in epoch.roster:
+        if (epoch.key is not None or epoch.kabe is None or epoch.distributed or epoch.dealer is not None
+                or self.me not in epoch.roster or self.me in self.barred):
             return []
-        rank = epoch.roster.index(self.me)
+        rank = [m for m in epoch.roster if m not in self.barred].index(self.me)
         if self.clock() < epoch.seen_at + rank * self.leader_timeout:
             return []
         targets = [(m, self.members[m].x_pub) for m in epoch.roster]
@@ -360,6 +393,8 @@ class RoomMember:
                 event = self._leave(ref, item)
             elif isinstance(item, wire.Distribution):
                 event = self._distribution(ref, item)
+            elif isinstance(item, wire.Objection):
+                event = self._objection(ref, item)
             else:
                 event = self._message(ref, item)
         except RoomItemRefused:
@@ -524,13 +559,14 @@ class RoomMember:
 
     def _distribution(self, ref: int, item: wire.Distribution) -> Event:
         epoch = self.epochs.get(item.epoch)
-        if epoch is None or not self.joined or self.me not in epoch.roster or epoch.key is not None:
+        if (epoch is None or not self.joined or self.me not in epoch.roster or epoch.key is not None
+                or epoch.dealer is not None):
             return Event(ref, "distribution", "ignored", epoch=item.epoch)
         newest = max((n for n, ep in self.epochs.items() if ep.key is not None), default=-1)
         if item.epoch < newest:
             return Event(ref, "distribution", "ignored", epoch=item.epoch)
         session = wire.sid(self.room.room_id, item.epoch, epoch.roster)
-        if not equal(item.sid, session) or item.leader not in epoch.roster:
+        if not equal(item.sid, session) or item.leader not in epoch.roster or item.leader in self.barred:
             raise RoomItemRefused()
         wire.verify(self.members[item.leader].sig_pub, item.signature, item.signed)
         if [m for m, _ in item.sealed] != epoch.roster:
@@ -539,8 +575,22 @@ class RoomMember:
             return Event(ref, "distribution", "unreadable", epoch=item.epoch)
         wire.check_distribution_mac(item, epoch.kabe)
         assert self.me is not None
-        g = wire.open_sealed(item, self.me, X25519PrivateKey.from_private_bytes(self._x))
-        epoch.key = wire.epoch_key(epoch.kabe, g, self.room.room_id, item.epoch)
+        # Every public check passed: this is the epoch's distribution for every member (later ones are ignored).
+        # Whether my entry opens to the key it commits to, only I can tell: if it does not, the distributor sealed
+        # other members another key (or garbage), and I refuse it and object, which re-keys the room.
+        epoch.dealer = item.leader
+        try:
+            g = wire.open_sealed(item, self.me, X25519PrivateKey.from_private_bytes(self._x))
+            key = wire.epoch_key(epoch.kabe, g, self.room.room_id, item.epoch)
+            genuine = equal(wire.key_commitment(key, self.room.room_id, item.epoch, item.leader), item.commit)
+        except RoomItemRefused:
+            genuine = False
+        if not genuine:
+            epoch.objection, epoch.kabe = True, None
+            self.mismatches += 1
+            return self._event(ref, "distribution", "mismatch", item.leader, epoch=item.epoch,
+                               members=len(epoch.roster))
+        epoch.key = key
         epoch.kabe = None
         now = self.clock()
         for n, older in self.epochs.items():
@@ -550,6 +600,27 @@ class RoomMember:
                     older.delete_at = now + self.grace
         return self._event(ref, "distribution", "accepted", item.leader, epoch=item.epoch,
                            own=item.leader == self.me, members=len(epoch.roster))
+
+    def _objection(self, ref: int, item: wire.Objection) -> Event:
+        """A member objects to an epoch's distribution. An objection by a roster member that has not objected
+        before, against another not yet barred, bars that one from distributing here and, if it names the current
+        epoch, re-keys the room: a new epoch, same roster. Nobody else can tell whether the distributor or the
+        objector lies: each objection costs a member its only one. Every member decides the same way from the same
+        public items, joined or not."""
+        objector = self.members.get(item.objector)
+        if (objector is None or item.objector not in self.roster or item.leader not in self.roster
+                or equal(item.objector, item.leader)):
+            return Event(ref, "objection", "ignored", epoch=item.epoch)
+        wire.verify(objector.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
+        if item.objector in self.objected or item.leader in self.barred:
+            return Event(ref, "objection", "ignored", epoch=item.epoch, sender=self.label(item.objector),
+                         sender_id=short(item.objector))
+        self.barred.add(item.leader)
+        self.objected.add(item.objector)
+        if not self.joined or item.epoch != self.current_epoch:
+            return self._event(ref, "objection", "accepted", item.objector, epoch=item.epoch)
+        self._new_epoch(ref)
+        return self._event(ref, "objection", "accepted", item.objector, epoch=ref, members=len(self.roster))
 
     def _message(self, ref: int, item: wire.Message) -> Event:
         epoch = self.epochs.get(item.epoch)
@@ -617,8 +688,11 @@ class RoomMember:
             "ciphertexts": sorted(c.hex() for c in self.ciphertexts),
             "roster": [m.hex() for m in self.roster],
             "epochs": [[n, [m.hex() for m in ep.roster], ep.seen_at, hx(ep.kabe), hx(ep.key), ep.delete_at,
-                        ep.distributed, ep.sent, {m.hex(): c for m, c in ep.highest.items()}]
+                        ep.distributed, ep.sent, {m.hex(): c for m, c in ep.highest.items()}, hx(ep.dealer),
+                        ep.objection]
                        for n, ep in self.epochs.items()],
+            "barred": sorted(m.hex() for m in self.barred), "objected": sorted(m.hex() for m in self.objected),
+            "mismatches": self.mismatches,
             "me": hx(self.me), "x": hx(self._x), "sig": hx(self._sig), "k": hx(self._k),
             "pending": hx(self._pending), "name": self.name, "ks": {m.hex(): k.hex() for m, k in self._ks.items()},
             "decapsulations": self.decapsulations,
@@ -642,9 +716,15 @@ class RoomMember:
         member.period = data.get("period", 0)
         member.ciphertexts = {bytes.fromhex(c) for c in data["ciphertexts"]}
         member.roster = [bytes.fromhex(m) for m in data["roster"]]
-        for n, roster, seen_at, kabe, key, delete_at, distributed, sent, highest in data["epochs"]:
+        for n, roster, seen_at, kabe, key, delete_at, distributed, sent, highest, *rest in data["epochs"]:
+            # Since the key commitment (issue 22): the epoch's distributor and this member's objection.
+            dealer, objection = (rest + [None, None])[:2]
             member.epochs[n] = _Epoch([bytes.fromhex(m) for m in roster], seen_at, bx(kabe), bx(key), delete_at,
-                                      distributed, sent, {bytes.fromhex(m): c for m, c in highest.items()})
+                                      distributed, sent, {bytes.fromhex(m): c for m, c in highest.items()},
+                                      bx(dealer), objection)
+        member.barred = {bytes.fromhex(m) for m in data.get("barred", [])}
+        member.objected = {bytes.fromhex(m) for m in data.get("objected", [])}
+        member.mismatches = data.get("mismatches", 0)
         member.me, member._x, member._sig = bx(data["me"]), bx(data["x"]), bx(data["sig"])
         member._k, member._pending = bx(data["k"]), bx(data["pending"])
         member.name = data.get("name")

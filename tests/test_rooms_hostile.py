@@ -1,0 +1,190 @@
+"""Rooms under a hostile member or relay (issue 22, the outside review's open points).
+
+Each attacker is written here, from the item layout in docs/rooms.md and the shared crypto primitives, not
+from the code it attacks: a hostile member device holds what a member holds (its K_abe, its signing key, the
+roster's public keys) and builds what it likes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from device.rooms.protocol import RoomMember
+from onetimechat.crypto import derive_key, mac
+from tests.rooms_helpers import World
+
+# -- a hostile member device, from the documented layout -----------------------------------------------------
+
+
+def _pub(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def hostile_distribution(room_id: bytes, epoch: int, roster: list[tuple[bytes, bytes]], leader: bytes,
+                         sig: Ed25519PrivateKey, kabe: bytes, sealed_to: dict[bytes, bytes | None],
+                         committed: bytes, *, kind: int = 6) -> bytes:
+    """A distribution (type 6) committing to the epoch key of ``committed`` (a G_e) and sealing to each member
+    the G_e in ``sealed_to`` (None: 48 random bytes, which open to nothing). Everything public checks."""
+    h = hashlib.sha256(b"otc room sid v1" + room_id + struct.pack(">QH", epoch, len(roster)))
+    for mid, _ in roster:
+        h.update(mid)
+    session = h.digest()
+    eph = X25519PrivateKey.generate()
+    head = b"ORM1" + bytes([kind]) + room_id + struct.pack(">Q", epoch) + session + leader + _pub(eph)
+    parts = [head, struct.pack(">H", len(roster))]
+    for mid, x_pub in roster:
+        g = sealed_to[mid]
+        if g is None:
+            parts += [mid, os.urandom(48)]
+            continue
+        shared = eph.exchange(X25519PublicKey.from_public_bytes(x_pub))
+        key = derive_key(shared + _pub(eph) + x_pub + session, "otc room seal v1")
+        parts += [mid, ChaCha20Poly1305(key).encrypt(bytes(12), g, head + mid)]
+    if kind == 6:
+        epoch_key = derive_key(kabe + committed, f"otc room epoch key v1 {room_id.hex()} {epoch}")
+        parts.append(hashlib.sha256(b"otc room epoch commit v1" + room_id + struct.pack(">Q", epoch) + leader
+                                    + epoch_key).digest())
+    body = b"".join(parts)
+    body += mac(derive_key(kabe, "otc room distribution mac v1"), body)
+    return body + sig.sign(body)
+
+
+def hostile_objection(room_id: bytes, epoch: int, leader: bytes, objector: bytes, sig: Ed25519PrivateKey) -> bytes:
+    body = b"ORM1" + bytes([7]) + room_id + struct.pack(">Q", epoch) + leader + objector
+    return body + sig.sign(body)
+
+
+def _silenced(member: RoomMember) -> RoomMember:
+    """A member device whose owner runs hostile code: it posts only what the test makes it post."""
+    member.duties = lambda: []  # type: ignore[method-assign]
+    return member
+
+
+def _room_with_a_hostile_leader() -> tuple[World, RoomMember, RoomMember, RoomMember]:
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    m, a, b = w.members
+    _silenced(m)  # first on the roster: the leader
+    for member in (m, a, b):
+        w.log.post(member.join(member is m and "mallory" or None))
+        w.log.sync()
+    return w, m, a, b
+
+
+def _split(w: World, m: RoomMember, sealed: dict[bytes, bytes | None], committed: bytes, **kw) -> int:
+    e = m.current_epoch
+    assert e is not None and m.epochs[e].kabe is not None
+    roster = [(mid, m.members[mid].x_pub) for mid in m.epochs[e].roster]
+    return w.log.post(hostile_distribution(w.room.room_id, e, roster, m.me, Ed25519PrivateKey.from_private_bytes(
+        m._sig), m.epochs[e].kabe, sealed, committed, **kw))
+
+
+# -- 1. epoch-key denial by a hostile distributor -------------------------------------------------------------
+
+
+def test_a_distributor_that_seals_another_key_to_one_member_is_caught_and_the_room_rekeys_without_it():
+    w, m, a, b = _room_with_a_hostile_leader()
+    e = a.current_epoch
+    g1, g2 = os.urandom(32), os.urandom(32)
+    # Mallory commits to g1's key, seals g1 to herself and a, and g2 to b: before the commitment, a and b would
+    # each have installed a key and silently never read each other.
+    _split(w, m, {m.me: g1, a.me: g1, b.me: g2}, g1)
+    w.log.sync()
+    assert b.mismatches == 1 and a.mismatches == 0
+    mismatch = [ev for ev in w.log.events[id(b)] if ev.kind == "distribution" and ev.outcome == "mismatch"]
+    assert mismatch and mismatch[0].sender == "mallory" and mismatch[0].epoch == e
+    # b's objection re-keyed the room; a (first not barred) distributed; everybody holds one key again.
+    assert a.barred == b.barred == m.barred == {m.me} and a.objected == {b.me}
+    e2 = a.current_epoch
+    assert e2 > e and b.current_epoch == e2 and a.status()["members"] == 3
+    assert a.epochs[e2].key is not None and a.epochs[e2].key == b.epochs[e2].key
+    w.log.post(a.send("from a"))
+    w.log.post(b.send("from b"))
+    w.log.sync()
+    assert "from b" in w.log.texts(a) and "from a" in w.log.texts(b)
+    # Mallory, barred, can no longer distribute: her next split is refused by everyone.
+    w.log.post(a.leave())
+    w.log.deliver(m), w.log.deliver(b)
+    e3 = b.current_epoch
+    _split(w, m, {m.me: g1, b.me: g2}, g1)
+    w.log.deliver(b)
+    assert w.log.events[id(b)][-1].outcome == "refused" and b.epochs[e3].key is None
+    # b, the objector, still distributes (an objection costs it only its next objection).
+    w.log.sync()
+    assert b.epochs[e3].key is not None
+
+
+def test_a_distribution_with_garbage_for_some_is_refused_by_them_and_everyone_converges():
+    w, m, a, b = _room_with_a_hostile_leader()
+    g = os.urandom(32)
+    _split(w, m, {m.me: g, a.me: None, b.me: g}, g)  # a's entry opens to nothing
+    w.log.sync()
+    assert a.mismatches == 1
+    e = a.current_epoch
+    assert a.epochs[e].key is not None and a.epochs[e].key == b.epochs[e].key
+    # The key a refused is not the one the room runs on: the new epoch's key is a's (b was sealed g, now stale).
+    assert m.barred == {m.me} and m.objected == {a.me}
+
+
+def test_everyone_sealed_a_different_key_objects_once_and_the_first_objection_decides():
+    w, m, a, b = _room_with_a_hostile_leader()
+    _split(w, m, {m.me: os.urandom(32), a.me: os.urandom(32), b.me: os.urandom(32)}, os.urandom(32))
+    w.log.sync()
+    assert a.mismatches == b.mismatches == 1
+    # Both objected; the first in relay order barred Mallory, the second (against a barred one) was ignored.
+    objections = [ev.outcome for ev in w.log.events[id(a)] if ev.kind == "objection"]
+    assert objections == ["accepted", "ignored"]
+    e = a.current_epoch
+    assert a.epochs[e].key is not None and a.epochs[e].key == b.epochs[e].key
+
+
+def test_a_distribution_without_a_commitment_is_refused():
+    w, m, a, b = _room_with_a_hostile_leader()
+    g = os.urandom(32)
+    _split(w, m, {m.me: g, a.me: g, b.me: g}, g, kind=2)  # the withdrawn layout: nothing to check against
+    w.log.sync()
+    assert [ev.outcome for ev in w.log.events[id(a)] if ev.kind == "item"][-1] == "refused"
+    assert not a.status()["keyed"]
+
+
+def test_a_false_objection_is_bounded_one_per_membership():
+    """Mallory objects to a's honest distribution: a is barred (nobody can tell who lied), the room re-keys, and
+    Mallory has used her one objection."""
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    a, m, b = w.members
+    _silenced(m)
+    for member in (a, m, b):
+        w.log.post(member.join())
+        w.log.sync()
+    e = a.current_epoch
+    assert a.status()["keyed"] and m.epochs[e].key == a.epochs[e].key  # a's honest distribution
+    sig = Ed25519PrivateKey.from_private_bytes(m._sig)
+    w.log.post(hostile_objection(w.room.room_id, e, a.me, m.me, sig))  # a lie: a's distribution was fine
+    w.log.sync()
+    assert a.barred == {a.me} and a.objected == {m.me}
+    w.clock.now += a.leader_timeout  # Mallory, first not barred, stays silent: b takes the duty after a timeout
+    w.log.sync()
+    e2 = a.current_epoch
+    assert e2 > e and a.epochs[e2].key is not None and a.epochs[e2].key == b.epochs[e2].key  # b distributed
+    # Again, against b: Mallory is barred, so it changes nothing.
+    w.log.post(hostile_objection(w.room.room_id, e2, b.me, m.me, sig))
+    w.log.sync()
+    assert a.current_epoch == e2 and a.barred == {a.me}
+
+
+def test_the_bars_and_objections_survive_the_store():
+    import json
+
+    w, m, a, b = _room_with_a_hostile_leader()
+    g = os.urandom(32)
+    _split(w, m, {m.me: g, a.me: g, b.me: None}, g)
+    w.log.deliver(b)
+    again = RoomMember.from_dict(json.loads(json.dumps(b.to_dict())), b.keys, clock=w.clock)
+    (objection,) = again.duties()
+    assert objection[4] == 7 and again.mismatches == 1
