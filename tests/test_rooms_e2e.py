@@ -377,6 +377,12 @@ def test_a_revoked_member_reads_nothing_after_its_period_even_by_rejoining(four)
     sync_all(room, devices)
     assert "period two" in m4.read and "period two" not in m2.read
     assert any(e.get("kind") == "message" and e.get("outcome") == "unreadable" for e in m2.events)
+    # m2's device still holds the period-1 epoch key (its own key runs for weeks yet in its eyes) and so do m1
+    # and m4 for the grace: what m2 says now is under a period the room left, after the move, and is not shown.
+    said(m2, "revoked but talking")
+    sync_all(room, devices)
+    assert "revoked but talking" not in m1.read and "revoked but talking" not in m4.read
+    assert any(e.get("outcome") == "late" and e["sender"].startswith("m2~") for e in m1.events)
 
     # m2, still holding its old key, leaves and joins again: it reads nothing of the new period.
     assert AbeKeys(m2.store).member_keys()[0].key_id == old_key.key_id

@@ -188,3 +188,39 @@ def test_the_bars_and_objections_survive_the_store():
     again = RoomMember.from_dict(json.loads(json.dumps(b.to_dict())), b.keys, clock=w.clock)
     (objection,) = again.duties()
     assert objection[4] == 7 and again.mismatches == 1
+
+
+# -- 5. a revoked member's messages after the authority ended its period early --------------------------------
+
+
+def test_a_revoked_members_messages_after_the_early_end_are_not_shown_though_the_old_key_is_still_held():
+    """The authority ended period 1 early and renewed a and b, not c. c's device needs no hostile code: its
+    period-1 key runs for weeks yet in its own eyes, so it keeps sending under the period-1 epoch, whose key a and
+    b keep for the grace (300 s) after the room moves. What c posted before the move was in flight and is read;
+    what it posts after is under a period the room provably left (the move was a contribution under PERIOD_2,
+    which only a key issued after the authority's start of period 2 makes), so it is not shown."""
+    from tests.test_rooms import _period_world, _renew
+
+    w, renewed = _period_world()
+    a, b, c = w.members
+    old = a.current_epoch
+    w.log.post(c.send("in flight before the end"))
+    _renew(w.keys[0], renewed[0])
+    _renew(w.keys[1], renewed[1])
+    w.log.sync()  # a and b re-contribute under period 2: the room moves
+    assert a.period == b.period == 2 and c.period == 1
+    assert "in flight before the end" in w.log.texts(a) and "in flight before the end" in w.log.texts(b)
+    assert a.epochs[old].key is not None  # the grace: without the rule, the next one would be read
+    w.log.post(c.send("after the end"))
+    w.log.sync()
+    for m in (a, b):
+        assert "after the end" not in w.log.texts(m)
+        (late,) = [ev for ev in w.log.events[id(m)] if ev.outcome == "late"]
+        assert late.kind == "message" and late.text is None and late.sender_id == c.me[:6].hex()
+    assert "after the end" in w.log.texts(c)  # c reads itself: nothing is taken from it, it is left behind
+    # The rule survives the store.
+    import json
+
+    again = RoomMember.from_dict(json.loads(json.dumps(a.to_dict())), a.keys, clock=w.clock)
+    ref = w.log.post(c.send("and again"))
+    assert again.receive(ref, w.log.items[ref - 1]).outcome == "late"

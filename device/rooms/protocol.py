@@ -108,8 +108,10 @@ class Event:
     """What one relay item did (never a secret; ``text`` only for a message this member opened)."""
 
     ref: int
-    kind: str  # contribution, leave, distribution, message
-    outcome: str  # accepted, skipped, ignored, unreadable, refused
+    kind: str  # contribution, leave, distribution, objection, message
+    # accepted, skipped, ignored, held, unreadable, refused; mismatch (a distribution whose key is not the one it
+    # commits to); late (a message under a key period the room had left before it, not shown)
+    outcome: str
     epoch: int | None = None
     sender: str | None = None  # a member's display name, disambiguated (see RoomMember.label)
     sender_id: str | None = None  # a member's short id (hex)
@@ -150,6 +152,8 @@ class _Epoch:
     dealer: bytes | None = None
     #: This member's entry did not open to the committed key: it owes an objection (True), or posted it (False).
     objection: bool | None = None
+    #: The room's key period when the epoch began.
+    period: int = 0
 
 
 def short(member: bytes) -> str:
@@ -183,6 +187,10 @@ class RoomMember:
         #: The room's key period as this member knows it; contributions of later periods held aside.
         self.period = 0
         self.future: dict[bytes, _Member] = {}
+        #: Where the room moved to each later period: period -> the ref of the contribution that moved it. That
+        #: contribution decapsulated under the period's attribute, so it was made with a key the authority issued
+        #: for the period, at or after its (authenticated) start: everything after it on the relay came later.
+        self.moves: dict[int, int] = {}
         #: Whether the owner wants this device in the room (it joined and has not left): it then
         #: re-contributes by itself when its renewed key's period begins.
         self.wanted = False
@@ -429,7 +437,7 @@ class RoomMember:
                     self.future[mid] = record
                     self.ciphertexts.add(item.ciphertext_bytes)
                     return Event(ref, "contribution", "held", sender_id=short(mid))
-            self._advance(period)
+            self._advance(period, ref)
             if isinstance(k, bytes):
                 self._admit(ref, item, VALID)
                 self._ks[mid] = k
@@ -482,7 +490,7 @@ class RoomMember:
             return None
         return k
 
-    def _advance(self, period: int) -> None:
+    def _advance(self, period: int, ref: int) -> None:
         """The room moves to key ``period``: the earlier period's contributions leave the roster (my membership
         too, if it was of one: its keys are deleted, as on leave), those held aside for this period join it
         (undecided, in relay order)."""
@@ -491,6 +499,7 @@ class RoomMember:
             self._forget_membership()
             self._pending, self._next, self.name, self.wanted = pending, following, name, wanted
         self.period = period
+        self.moves[period] = ref
         for mid in [m for m in self.roster if self.members[m].period < period]:
             self.roster.remove(mid)
             self._ks.pop(mid, None)
@@ -535,7 +544,7 @@ class RoomMember:
 
     def _new_epoch(self, ref: int) -> None:
         roster = list(self.roster)
-        epoch = _Epoch(roster=roster, seen_at=self.clock())
+        epoch = _Epoch(roster=roster, seen_at=self.clock(), period=self.period)
         if all(m in self._ks for m in roster):
             epoch.kabe = wire.k_abe([self._ks[m] for m in roster], wire.sid(self.room.room_id, ref, roster))
         self.epochs[ref] = epoch
@@ -631,6 +640,12 @@ class RoomMember:
         wire.verify(self.members[item.sender].sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
         if item.counter <= epoch.highest.get(item.sender, 0):
             raise RoomItemRefused()
+        if any(period > epoch.period and moved < ref for period, moved in self.moves.items()):
+            # Under an epoch of a key period the room has left, and after (on the relay) the contribution that
+            # moved it, which was made after the authority's start of the new period: so sent after the old
+            # period ended (early, by the authority, for a revoked member), whatever the epoch key's grace. Not
+            # shown; in flight (before the move) it is read as usual.
+            return self._event(ref, "message", "late", item.sender, epoch=item.epoch, members=len(epoch.roster))
         data = wire.open_message(item, epoch.roster.index(item.sender), epoch.key)
         try:
             text = data.decode("utf-8")
@@ -689,10 +704,10 @@ class RoomMember:
             "roster": [m.hex() for m in self.roster],
             "epochs": [[n, [m.hex() for m in ep.roster], ep.seen_at, hx(ep.kabe), hx(ep.key), ep.delete_at,
                         ep.distributed, ep.sent, {m.hex(): c for m, c in ep.highest.items()}, hx(ep.dealer),
-                        ep.objection]
+                        ep.objection, ep.period]
                        for n, ep in self.epochs.items()],
             "barred": sorted(m.hex() for m in self.barred), "objected": sorted(m.hex() for m in self.objected),
-            "mismatches": self.mismatches,
+            "mismatches": self.mismatches, "moves": {str(p): r for p, r in self.moves.items()},
             "me": hx(self.me), "x": hx(self._x), "sig": hx(self._sig), "k": hx(self._k),
             "pending": hx(self._pending), "name": self.name, "ks": {m.hex(): k.hex() for m, k in self._ks.items()},
             "decapsulations": self.decapsulations,
@@ -718,13 +733,15 @@ class RoomMember:
         member.roster = [bytes.fromhex(m) for m in data["roster"]]
         for n, roster, seen_at, kabe, key, delete_at, distributed, sent, highest, *rest in data["epochs"]:
             # Since the key commitment (issue 22): the epoch's distributor and this member's objection.
-            dealer, objection = (rest + [None, None])[:2]
+            # Then the epoch's key period (unknown before: taken as the room's, so never "late").
+            dealer, objection, period = (rest + [None, None, data.get("period", 0)])[:3]
             member.epochs[n] = _Epoch([bytes.fromhex(m) for m in roster], seen_at, bx(kabe), bx(key), delete_at,
                                       distributed, sent, {bytes.fromhex(m): c for m, c in highest.items()},
-                                      bx(dealer), objection)
+                                      bx(dealer), objection, period)
         member.barred = {bytes.fromhex(m) for m in data.get("barred", [])}
         member.objected = {bytes.fromhex(m) for m in data.get("objected", [])}
         member.mismatches = data.get("mismatches", 0)
+        member.moves = {int(p): r for p, r in data.get("moves", {}).items()}
         member.me, member._x, member._sig = bx(data["me"]), bx(data["x"]), bx(data["sig"])
         member._k, member._pending = bx(data["k"]), bx(data["pending"])
         member.name = data.get("name")
