@@ -224,3 +224,71 @@ def test_a_revoked_members_messages_after_the_early_end_are_not_shown_though_the
     again = RoomMember.from_dict(json.loads(json.dumps(a.to_dict())), a.keys, clock=w.clock)
     ref = w.log.post(c.send("and again"))
     assert again.receive(ref, w.log.items[ref - 1]).outcome == "late"
+
+
+# -- 4. a flood of contributions under periods nobody here holds ---------------------------------------------
+
+
+def _contribution_under(w: World, period: int) -> bytes:
+    """What anyone with the authority's public key makes (a hostile relay included): a contribution under
+    '(policy) and PERIOD_<period>', with fresh keys, fully well-formed."""
+    from device.abe.policy import Policy
+    from device.abe.scheme import encapsulate
+
+    enc = encapsulate(w.master.public, Policy.parse(f"({w.room.policy.text}) and PERIOD_{period}"))
+    x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    head = (b"ORM1" + bytes([5]) + w.room.room_id + struct.pack(">I", len(enc.ciphertext.encode()))
+            + enc.ciphertext.encode() + _pub(x) + _pub(sig) + bytes([7]) + b"mallory")
+    bind = mac(derive_key(enc.key, "otc room bind v2"), w.room.room_id, _pub(x), _pub(sig), b"mallory")
+    return head + bind + sig.sign(head + bind)
+
+
+def test_a_flood_of_contributions_under_periods_nobody_holds_is_bounded_and_expires():
+    """Anyone with the authority's public key (a hostile relay too) can post contributions under periods to come;
+    a device holds them aside until it can tell. A flood is bounded (the farthest periods go first, so a genuine
+    contribution of the next period is kept) and dropped once no period could still be running."""
+    from device.rooms.protocol import HELD_MAX_AGE_S, MAX_HELD
+    from tests.test_rooms import _period_world, _renew
+
+    w, renewed = _period_world()
+    a, b, c = w.members
+    flood = [_contribution_under(w, 99 if n % 3 else 50) for n in range(MAX_HELD + 60)]
+    for raw in flood:
+        w.log.post(raw)
+    w.log.deliver(a)
+    assert len(a.future) == MAX_HELD and a.held_dropped == 60
+    fifty = sum(1 for n in range(MAX_HELD + 60) if n % 3 == 0)
+    assert sum(r.period == 50 for r in a.future.values()) == fifty  # the farthest (99) went first
+    # A genuine renewed member's contribution after the flood is held (the next period stays longest) and counts
+    # once a is renewed too.
+    _renew(w.keys[1], renewed[1])
+    w.log.sync()
+    assert b.period == 2 and a.period == 1 and b.me in a.future and len(a.future) == MAX_HELD
+    _renew(w.keys[0], renewed[0])
+    w.log.sync()
+    assert a.period == 2 and a.status()["keyed"] and a.epochs[a.current_epoch].key == b.epochs[b.current_epoch].key
+    assert {r.period for r in a.future.values()} == {50, 99} and len(a.future) <= MAX_HELD
+    # No period lasts longer than HELD_MAX_AGE_S: held that long, they are dropped, their ciphertexts forgotten.
+    w.clock.now += HELD_MAX_AGE_S
+    a.duties()
+    assert a.future == {} and a.status()["later_periods"] == []
+    assert len(a.to_dict()["ciphertexts"]) == len(a.members)
+
+
+def test_held_contributions_go_when_this_devices_key_of_their_period_has_ended():
+    from tests.test_rooms import _period_world
+
+    w, _ = _period_world()
+    a = w.members[0]
+    # a holds a key of period 2 whose window has not begun (issued ahead): period-2 contributions are held.
+    w.keys[0].windows[2] = (w.clock.now + 100, w.clock.now + 200)
+    w.keys[0].periods_held = lambda aid: {1: (0.0, float("inf")), 2: w.keys[0].windows[2]}  # type: ignore
+    w.log.post(_contribution_under(w, 2))
+    w.log.deliver(a)
+    assert len(a.future) == 1
+    w.clock.now += 150
+    a.prune_held()  # begun: kept (it is checked once this device's own contribution moves the room)
+    assert len(a.future) == 1
+    w.clock.now += 100
+    a.prune_held()
+    assert a.future == {}

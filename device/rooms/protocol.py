@@ -71,6 +71,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device.abe.encoding import Ciphertext, PublicKey, decode_ciphertext
 from device.abe.errors import AbeError, NotSatisfied
+from device.abe.periods import MAX_PERIOD_S
 from device.abe.policy import Policy, attribute_period, period_attribute
 from device.rooms import wire
 from device.rooms.errors import (
@@ -91,6 +92,11 @@ MAX_TEXT_BYTES = 64 << 10
 VALID, PENDING, UNKNOWN = "valid", "pending", "unknown"
 
 MAX_REF = (1 << 63) - 1  # the largest item ref a relay can give
+#: Contributions of later periods held aside, at most, per room; beyond, those of the latest periods go first.
+MAX_HELD = 128
+#: A held contribution is dropped this long after it came: a genuine one was made once its period had begun,
+#: and no period lasts longer (device/abe/periods.py), so by then its period is over.
+HELD_MAX_AGE_S = MAX_PERIOD_S
 
 
 class Keys(Protocol):
@@ -135,6 +141,7 @@ class _Member:
     ciphertext: bytes | None = None
     name: str = ""  # the display name in its (signed, bound) contribution; "" for an unnamed one
     period: int = 0  # the key period its ciphertext is under (0: none)
+    held_at: float = 0.0  # when it was held aside (a contribution of a later period only)
 
 
 @dataclass
@@ -191,6 +198,8 @@ class RoomMember:
         #: contribution decapsulated under the period's attribute, so it was made with a key the authority issued
         #: for the period, at or after its (authenticated) start: everything after it on the relay came later.
         self.moves: dict[int, int] = {}
+        #: Held contributions dropped (over the bound, or their period over).
+        self.held_dropped = 0
         #: Whether the owner wants this device in the room (it joined and has not left): it then
         #: re-contributes by itself when its renewed key's period begins.
         self.wanted = False
@@ -346,6 +355,7 @@ class RoomMember:
             mine = self.members[self.me].period if self.me is not None else None
             if usable is not None and usable >= self.period and (mine is None or usable > mine):
                 out.append(self._contribute(self.name))
+        self.prune_held()
         return out + self._distribute() + self._object()
 
     def _object(self) -> list[bytes]:
@@ -434,9 +444,12 @@ class RoomMember:
                 if k is None:
                     return Event(ref, "contribution", "skipped", sender_id=short(mid))
                 if k is False:  # undecidable here (no key of that period yet): held aside
+                    record.held_at = self.clock()
                     self.future[mid] = record
                     self.ciphertexts.add(item.ciphertext_bytes)
-                    return Event(ref, "contribution", "held", sender_id=short(mid))
+                    self._bound_held()
+                    outcome = "held" if mid in self.future else "dropped"
+                    return Event(ref, "contribution", outcome, sender_id=short(mid))
             self._advance(period, ref)
             if isinstance(k, bytes):
                 self._admit(ref, item, VALID)
@@ -467,6 +480,34 @@ class RoomMember:
             return Event(ref, "contribution", "skipped", sender_id=short(mid))
         self._new_epoch(ref)
         return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
+
+    def _drop_held(self, mid: bytes) -> None:
+        record = self.future.pop(mid)
+        if record.ciphertext is not None:
+            self.ciphertexts.discard(record.ciphertext)
+        self.held_dropped += 1
+
+    def _bound_held(self) -> None:
+        """At most MAX_HELD contributions held aside: beyond, those of the latest periods (the next period's,
+        which genuine renewals are, stay longest), the latest on the relay first, are dropped."""
+        while len(self.future) > MAX_HELD:
+            self._drop_held(max(self.future, key=lambda m: (self.future[m].period, self.future[m].ref)))
+
+    def prune_held(self) -> list[bytes]:
+        """Drop held contributions whose period is over: this device holds a key of that period and it has ended,
+        or a key of a later one that has begun (periods follow each other), or the contribution is older than any
+        period lasts. Their ciphertexts are forgotten too (a replay is held again, and bounded again)."""
+        if not self.future:
+            return []
+        now = self.clock()
+        windows = self.keys.periods_held(self.room.authority_id)
+        begun = [p for p, (starts, _) in windows.items() if starts <= now]
+        gone = [mid for mid, r in self.future.items()
+                if now - r.held_at >= HELD_MAX_AGE_S or (r.period in windows and now >= windows[r.period][1])
+                or any(p > r.period for p in begun)]
+        for mid in gone:
+            self._drop_held(mid)
+        return gone
 
     def _admit(self, ref: int, item: wire.Contribution, status: str) -> None:
         period = self.period_of(item.ciphertext) or 0
@@ -707,7 +748,7 @@ class RoomMember:
                         ep.objection, ep.period]
                        for n, ep in self.epochs.items()],
             "barred": sorted(m.hex() for m in self.barred), "objected": sorted(m.hex() for m in self.objected),
-            "mismatches": self.mismatches, "moves": {str(p): r for p, r in self.moves.items()},
+            "mismatches": self.mismatches, "held_dropped": self.held_dropped, "moves": {str(p): r for p, r in self.moves.items()},
             "me": hx(self.me), "x": hx(self._x), "sig": hx(self._sig), "k": hx(self._k),
             "pending": hx(self._pending), "name": self.name, "ks": {m.hex(): k.hex() for m, k in self._ks.items()},
             "decapsulations": self.decapsulations,
@@ -742,6 +783,7 @@ class RoomMember:
         member.objected = {bytes.fromhex(m) for m in data.get("objected", [])}
         member.mismatches = data.get("mismatches", 0)
         member.moves = {int(p): r for p, r in data.get("moves", {}).items()}
+        member.held_dropped = data.get("held_dropped", 0)
         member.me, member._x, member._sig = bx(data["me"]), bx(data["x"]), bx(data["sig"])
         member._k, member._pending = bx(data["k"]), bx(data["pending"])
         member.name = data.get("name")
@@ -760,14 +802,15 @@ class RoomMember:
 
 def _row(mid: bytes, r: _Member) -> list:
     return [mid.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status,
-            r.ciphertext.hex() if r.ciphertext is not None else None, r.name, r.period]
+            r.ciphertext.hex() if r.ciphertext is not None else None, r.name, r.period, r.held_at]
 
 
 def _from_row(row: list) -> tuple[bytes, _Member]:
-    m, ref, x_pub, sig_pub, bind, status, ct, *rest = row  # a name since issue 22, then a period
+    m, ref, x_pub, sig_pub, bind, status, ct, *rest = row  # a name since issue 22, then a period, then held_at
+    name, period, held_at = (rest + ["", 0, None][len(rest):])[:3]
     return bytes.fromhex(m), _Member(ref, bytes.fromhex(x_pub), bytes.fromhex(sig_pub), bytes.fromhex(bind), status,
-                                     bytes.fromhex(ct) if ct is not None else None, rest[0] if rest else "",
-                                     rest[1] if len(rest) > 1 else 0)
+                                     bytes.fromhex(ct) if ct is not None else None, name, period,
+                                     time.time() if held_at is None else held_at)
 
 
 def _raw(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
