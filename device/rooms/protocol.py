@@ -748,7 +748,8 @@ class RoomMember:
                         ep.objection, ep.period]
                        for n, ep in self.epochs.items()],
             "barred": sorted(m.hex() for m in self.barred), "objected": sorted(m.hex() for m in self.objected),
-            "mismatches": self.mismatches, "held_dropped": self.held_dropped, "moves": {str(p): r for p, r in self.moves.items()},
+            "mismatches": self.mismatches, "held_dropped": self.held_dropped,
+            "moves": {str(p): r for p, r in self.moves.items()},
             "me": hx(self.me), "x": hx(self._x), "sig": hx(self._sig), "k": hx(self._k),
             "pending": hx(self._pending), "name": self.name, "ks": {m.hex(): k.hex() for m, k in self._ks.items()},
             "decapsulations": self.decapsulations,
