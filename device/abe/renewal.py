@@ -26,6 +26,13 @@ that the key matches the authority's public key and carries the period it
 says, stores the key for that period, and overwrites the bytes up to the
 segment's end, in one transaction. A forged, altered or replayed package
 changes nothing.
+
+**Sending again.** The authority keeps each renewal package it sent, byte
+for byte (device/storage/sent_renewals.py), until the key's period is over.
+A package the relay lost is re-sent as it was (``otc abe renew --resend``):
+no pad byte is used again and nothing new is issued, so the same pad bytes
+never carry two different contents. The member's device opens it once; a
+second copy is refused as opened already.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from device.abe.encoding import decode_member_key
 from device.abe.errors import AbeError, MalformedAbeData, Revoked, UnknownMember
 from device.abe.periods import MAX_PERIOD_S, Period, when
 from device.abe.store import AbeKeys, HeldKey, renewal_for
+from device.storage import sent_renewals
 from onetimechat import package as fmt
 from onetimechat.crypto import derive_key, equal
 from onetimechat.errors import InvalidPackage, MalformedPackage
@@ -218,9 +226,28 @@ class RenewalPads:
                              (self._seal(bytes(pad), pad_id), end, pad_id))
                 self.store.log(conn, "abe-renewal-sent", pad_id=pad_id, offset=next_free, length=end - next_free,
                                detail=f"key for period {period.number} to {prior.member}")
-            return Renewal(prior.member, key.key_id, bytes(mailbox).hex(), fmt.encode(bytes(package)))
+                renewal = Renewal(prior.member, key.key_id, bytes(mailbox).hex(), fmt.encode(bytes(package)))
+                # Kept with the pad's use, in the same commit: a lost package can be sent again as it was.
+                sent_renewals.keep(self.store, conn, dict(renewal.to_dict(), period=period.number, ends=period.ends))
+            return renewal
         raise NoRenewalPad(f"The renewal pad with {prior.member} is used up: renew in person (a grant makes a "
                            "new one).")
+
+    def resend(self, who: str | None = None, now: float | None = None) -> list[Renewal]:
+        """The renewal packages sent for periods not over yet (to ``who`` only, a name or key id, if given), as
+        they were: nothing issued, no pad byte used. A revoked key's package is not sent again; those of periods
+        over are forgotten."""
+        now = time.time() if now is None else now
+        records = sent_renewals.load(self.store)
+        sent_renewals.forget(self.store, [r["key_id"] for r in records if r["ends"] <= now])
+        revoked = {i.key_id.hex() for i in self.keys.issued() if i.revoked is not None}
+        out = [Renewal(r["member"], bytes.fromhex(r["key_id"]), r["mailbox"], r["package"]) for r in records
+               if r["ends"] > now and r["key_id"] not in revoked
+               and (who is None or who in (r["member"], r["key_id"]) or (len(who) >= 8 and r["key_id"].startswith(
+                   who.lower())))]
+        if who is not None and not out:
+            raise UnknownMember(f"No renewal sent to {who[:40]} is waiting for its period (nothing to re-send).")
+        return out
 
     # -- the member -----------------------------------------------------------------------------------------
 
