@@ -292,3 +292,31 @@ def test_held_contributions_go_when_this_devices_key_of_their_period_has_ended()
     w.clock.now += 100
     a.prune_held()
     assert a.future == {}
+
+
+# -- 3. look-alike display names --------------------------------------------------------------------------
+
+
+def test_look_alike_display_names_are_each_shown_with_their_memberships_id():
+    """Mallory joins as a name that looks like alice's (case, separators, 1/l, 0/o, rn/m): both are shown with
+    their ids wherever senders are shown (room recv and the chat take the device's label)."""
+    from device.rooms.protocol import skeleton
+
+    assert len({skeleton(n) for n in ("alice", "Alice", "ALlCE", "a1ice", "al-ice", "al.ice", "aIice")}) == 1
+    assert skeleton("bob") == skeleton("b0b") and skeleton("mary") == skeleton("rnary")
+    assert skeleton("alice") != skeleton("alicia") and skeleton("bob") != skeleton("rob")
+    for look_alike in ("Alice", "a1ice", "al_ice", "alice"):
+        w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+        a, m, b = w.members
+        w.log.post(a.join("alice"))
+        w.log.post(b.join("bob"))
+        w.log.sync()
+        w.log.post(m.join(look_alike))
+        w.log.sync()
+        w.log.post(a.send("from the real one"))
+        w.log.post(m.send("from the look-alike"))
+        w.log.sync()
+        shown = {ev.text: ev.sender for ev in w.log.events[id(b)] if ev.kind == "message"}
+        assert shown["from the real one"] == f"alice~{a.me[:6].hex()}"
+        assert shown["from the look-alike"] == f"{look_alike}~{m.me[:6].hex()}"
+        assert b.label(b.me) == "bob"  # a name nobody's looks like is shown as chosen

@@ -167,6 +167,24 @@ def short(member: bytes) -> str:
     return member[:6].hex()
 
 
+_LOOK_ALIKE = str.maketrans({"0": "o", "1": "l", "i": "l", "|": "l", "5": "s", "2": "z", "8": "b", "6": "b",
+                             "9": "g", "3": "e", "4": "a", "7": "t"})
+
+
+def skeleton(name: str) -> str:
+    """What a display name looks like, for telling look-alikes apart: NFKC, case folded, separators (``.``,
+    ``_``, ``-``) dropped, ``rn`` as ``m``, ``vv`` as ``w``, ``cl`` as ``d``, and digits and letters that are
+    easily taken for one another (0/o, 1/l/I, 5/s, ...) made one. Names are ASCII letters, digits and separators
+    (wire.check_name), so no other script can appear in one. Two names with the same skeleton are each shown with
+    their membership's short id."""
+    import unicodedata
+
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    folded = "".join(c for c in folded if c not in "._-")
+    folded = folded.replace("rn", "m").replace("vv", "w").replace("cl", "d")
+    return folded.translate(_LOOK_ALIKE)
+
+
 class RoomMember:
     """One device's state in one room."""
 
@@ -236,13 +254,14 @@ class RoomMember:
 
     def label(self, member: bytes) -> str:
         """How a member is shown: its display name, with its short id when another membership this member has
-        seen in the room chose the same name (or when it chose none). ``~`` is not allowed in a name, so the
-        disambiguated form cannot be chosen by anyone."""
+        seen in the room chose the same name or one that looks like it (:func:`skeleton`), or when it chose none.
+        ``~`` is not allowed in a name, so the disambiguated form cannot be chosen by anyone."""
         record = self.members.get(member)
         name = record.name if record is not None else ""
         if not name:
             return f"member~{short(member)}"
-        if sum(m.name == name for m in self.members.values()) > 1:
+        mine = skeleton(name)
+        if sum(bool(m.name) and skeleton(m.name) == mine for m in self.members.values()) > 1:
             return f"{name}~{short(member)}"
         return name
 
