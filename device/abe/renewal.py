@@ -26,6 +26,13 @@ that the key matches the authority's public key and carries the period it
 says, stores the key for that period, and overwrites the bytes up to the
 segment's end, in one transaction. A forged, altered or replayed package
 changes nothing.
+
+**Sending again.** The authority keeps each renewal package it sent, byte
+for byte (device/storage/sent_renewals.py), until the key's period is over.
+A package the relay lost is re-sent as it was (``otc abe renew --resend``):
+no pad byte is used again and nothing new is issued, so the same pad bytes
+never carry two different contents. The member's device opens it once; a
+second copy is refused as opened already.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +48,7 @@ from device.abe.encoding import decode_member_key
 from device.abe.errors import AbeError, MalformedAbeData, Revoked, UnknownMember
 from device.abe.periods import MAX_PERIOD_S, Period, when
 from device.abe.store import AbeKeys, HeldKey, renewal_for
+from device.storage import sent_renewals
 from device.storage.abe_tables import RenewalPadUsed
 from onetimechat import package as fmt
 from onetimechat.crypto import derive_key, equal
@@ -186,17 +195,37 @@ class RenewalPads:
                               how="renewal over the pad", random_bytes=random_bytes, period=period)
         body = BODY.pack(BODY_MAGIC, BODY_VERSION, period.number, period.starts, period.ends) + key.encode()
         for pad_id in pad_ids:
-            sealed = self.tables.seal_on_renewal_pad(  # reserve, build, destroy: one commit, before it leaves
+            sealed = self.tables.seal_on_renewal_pad(  # reserve, build, destroy, keep: one commit, before it leaves
                 pad_id, len(body),
                 lambda offset, segment, auth_key: bytes(
                     fmt.seal(fmt.Kind.CONTROL, pad_id, offset, segment, body, auth_key)),  # noqa: B023 - called at once
-                detail=f"key for period {period.number} to {prior.member}")
+                detail=f"key for period {period.number} to {prior.member}",
+                # Kept with the pad's use, in the same commit: a lost package can be sent again as it was.
+                keep=lambda package, mailbox: dict(
+                    Renewal(prior.member, key.key_id, mailbox.hex(), fmt.encode(package)).to_dict(),
+                    period=period.number, ends=period.ends))
             if sealed is None:
                 continue  # this pad is used up: the next one, if any
             package, mailbox = sealed
             return Renewal(prior.member, key.key_id, mailbox.hex(), fmt.encode(package))
         raise NoRenewalPad(f"The renewal pad with {prior.member} is used up: renew in person (a grant makes a "
                            "new one).")
+
+    def resend(self, who: str | None = None, now: float | None = None) -> list[Renewal]:
+        """The renewal packages sent for periods not over yet (to ``who`` only, a name or key id, if given), as
+        they were: nothing issued, no pad byte used. A revoked key's package is not sent again; those of periods
+        over are forgotten."""
+        now = time.time() if now is None else now
+        records = sent_renewals.load(self.store)
+        sent_renewals.forget(self.store, [r["key_id"] for r in records if r["ends"] <= now])
+        revoked = {i.key_id.hex() for i in self.keys.issued() if i.revoked is not None}
+        out = [Renewal(r["member"], bytes.fromhex(r["key_id"]), r["mailbox"], r["package"]) for r in records
+               if r["ends"] > now and r["key_id"] not in revoked
+               and (who is None or who in (r["member"], r["key_id"]) or (len(who) >= 8 and r["key_id"].startswith(
+                   who.lower())))]
+        if who is not None and not out:
+            raise UnknownMember(f"No renewal sent to {who[:40]} is waiting for its period (nothing to re-send).")
+        return out
 
     # -- the member -----------------------------------------------------------------------------------------
 

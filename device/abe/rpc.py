@@ -5,6 +5,8 @@
     abe_revoke      {"member"}            -> {"revoked": [...]}  (the owner confirms first)
     abe_renew       {"member"?, "end_period"?, "period"?} -> {"period", "renewals": [{"member", "mailbox",
                                              "package"}], "left": [...]}   (the owner confirms first)
+    abe_renew       {"resend": true, "member"?} -> {"renewals": [...]}   (those already sent, byte for byte, for
+                                             periods not over: nothing issued, no pad used, nothing asked)
     abe_renewal_mailboxes {}              -> {"mailboxes": [hex]}   (a member's renewal pads' relay mailboxes)
     abe_open_renewal {"package"}          -> {"key": {...}}   (a renewal package from the relay; never the key)
     abe_authority   {"name"?}             -> {"name", "fingerprint"}   (the owner confirms first)
@@ -153,6 +155,15 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
         who = params.get("member")
         if who is not None:
             who = _text(params, "member")
+        resend = params.get("resend", False)
+        if not isinstance(resend, bool):
+            raise BadAbeRequest("'resend' is true or false.")
+        if resend:  # the packages already sent, byte for byte: nothing issued, no pad used, so nothing to ask
+            from device.abe.renewal import RenewalPads
+
+            keys = AbeKeys(store)
+            keys.master()
+            return {"renewals": [r.to_dict() for r in RenewalPads(keys).resend(who)]}
         early = params.get("end_period", False)
         length = params.get("period")
         if not isinstance(early, bool) or (length is not None and (isinstance(length, bool)

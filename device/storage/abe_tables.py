@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+from device.storage import sent_renewals
 from device.storage.padstore import PadStore
 from onetimechat import package as fmt
 
@@ -249,11 +250,13 @@ class AbeTables:
             " ORDER BY created DESC", (member_device_id,))]
 
     def seal_on_renewal_pad(self, pad_id: bytes, length: int, make: Callable[[int, bytes, bytes], bytes],
-                            detail: str) -> tuple[bytes, bytes] | None:
+                            detail: str, keep: Callable[[bytes, bytes], dict] | None = None
+                            ) -> tuple[bytes, bytes] | None:
         """Reserve, build, destroy: one commit, before the package leaves. The next segment of the renewal pad
         for a body of ``length`` bytes goes to ``make`` (offset, segment, authentication key) and is destroyed
         with the frontier moved past it; (the package ``make`` returned, the pad's mailbox). None if the pad
-        has no room left (nothing changes)."""
+        has no room left (nothing changes). ``keep`` (package, mailbox) gives the record of the package kept
+        for re-sending (device/storage/sent_renewals.py), written in the same commit."""
         with self.store._transaction() as conn:
             size, next_free, stored, mailbox = conn.execute(
                 "SELECT size, next, pad, mailbox FROM abe_pads WHERE pad_id = ?", (pad_id,)).fetchone()
@@ -267,6 +270,8 @@ class AbeTables:
                          (self._seal_pad(bytes(pad), pad_id), end, pad_id))
             self.store._log(conn, "abe-renewal-sent", pad_id=pad_id, offset=next_free, length=end - next_free,
                             detail=detail)
+            if keep is not None:
+                sent_renewals.keep(self.store, conn, keep(package, bytes(mailbox)))
         return package, bytes(mailbox)
 
     def member_pad_authority(self, pad_id: bytes) -> bytes | None:

@@ -127,6 +127,9 @@ def register(parts: argparse._SubParsersAction) -> None:
     home_or_device(p)
     p.add_argument("member", nargs="?", metavar="MEMBER|KEY_ID", help="only this member (default: all)")
     p.add_argument("--end-period", action="store_true", help="end the running period now")
+    p.add_argument("--resend", action="store_true",
+                   help="send again, byte for byte, the renewals already sent for periods not over yet (one the "
+                   "relay lost): nothing new is issued, no pad byte is used, the device is not asked")
     p.add_argument("--period", metavar="DURATION", type=_duration,
                    help="how long the next period lasts (default: as long as the last one)")
     p.add_argument("--relay", metavar="URL", help="the relay to post the renewals to (with --device, default the "
@@ -313,6 +316,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_renew(args: argparse.Namespace) -> int:
     from client.relay import RelayClient
 
+    if args.resend:
+        return _resend(args)
     relay: RelayClient | None
     if args.device:
         device = _device(args)
@@ -346,6 +351,42 @@ def cmd_renew(args: argparse.Namespace) -> int:
           file=sys.stderr if relay is None else sys.stdout)
     for why in left:
         print(f"Not renewed: {why}", file=sys.stderr if relay is None else sys.stdout)
+    if not renewals:
+        print("A member renewed for this period already has its package: if the relay lost it, "
+              "otc abe renew --resend sends it again.", file=sys.stderr if relay is None else sys.stdout)
+    return 0
+
+
+def _resend(args: argparse.Namespace) -> int:
+    """``otc abe renew --resend``: the kept packages, posted again as they were."""
+    import secrets
+
+    from client.relay import RelayClient
+
+    if args.end_period or args.period:
+        raise UsageError("--resend sends what was sent: it takes no --end-period or --period.")
+    relay: RelayClient | None
+    if args.device:
+        device = _device(args)
+        renewals = device.call("abe_renew", resend=True, **({"member": args.member} if args.member else {}))[
+            "renewals"]
+        relay = RelayClient(device.state.resolve_relay(args.relay), on_answer=device.state.relay_answered)
+    else:
+        from device.abe.renewal import RenewalPads
+        from device.abe.store import AbeKeys
+        from device.home import open_home
+
+        with open_home(args.home, args.pin_file) as store:
+            renewals = [r.to_dict() for r in RenewalPads(AbeKeys(store)).resend(args.member)]
+        relay = RelayClient(args.relay) if args.relay else None
+    for r in renewals:
+        if relay is None:
+            print(json.dumps({"mailbox": r["mailbox"], "package": r["package"], "member": r["member"]}))
+        else:  # a new message id: a relay that lost the package may still remember the first one's
+            relay.send(r["mailbox"], r["package"], f"{r['key_id']}-{secrets.token_hex(4)}")
+    print(f"Re-sent {plural(len(renewals), 'renewal')}"
+          f"{': ' + ', '.join(r['member'] for r in renewals) if renewals else ''} (the same packages: no pad "
+          "used, nothing issued).", file=sys.stderr if relay is None else sys.stdout)
     return 0
 
 
