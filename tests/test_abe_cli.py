@@ -212,3 +212,21 @@ def test_renewal_over_the_pad_at_the_command_line(homes, tmp_path):
         assert printed.stdout == b"" and "Renewed 0 members for period 2" in printed.stderr.decode()
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("text", ["1m", "90m", "12h", "11d", "12d", "30d", "2w", "400d", "34560000s"])
+def test_a_period_crosses_the_rpc_as_seconds(text):
+    """The laptop sends a period as seconds; the device takes every length the command line takes (30d too)."""
+    from device.abe.periods import check_period, parse_duration
+
+    seconds = parse_duration(text)
+    assert check_period(seconds) == seconds == parse_duration(f"{int(seconds)}s")
+
+
+@pytest.mark.parametrize("seconds", [59, 400 * 86400 + 1, 10**30])
+def test_a_period_out_of_range_is_refused(seconds):
+    from device.abe.errors import BadPeriod
+    from device.abe.periods import check_period
+
+    with pytest.raises(BadPeriod, match="from a minute to 400 days"):
+        check_period(seconds)

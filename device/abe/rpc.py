@@ -32,7 +32,7 @@ from typing import Any
 
 from device.abe.errors import AlreadyAuthority, Revoked
 from device.abe.grant import GrantView, confirm_grant, grant_host, grant_join
-from device.abe.periods import parse_duration
+from device.abe.periods import check_period
 from device.abe.policy import Policy, check_unreserved, parse_attributes
 from device.abe.store import AbeKeys
 from device.confirm import ConfirmRequest, ConfirmSource
@@ -170,7 +170,7 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
                                                                    or not isinstance(length, (int, float)))):
             raise BadAbeRequest("'end_period' is true or false, 'period' a number of seconds.")
         if length is not None:
-            length = parse_duration(f"{int(length)}s")
+            length = check_period(length)
         keys = AbeKeys(store)
         keys.master()
         plan = plan_renewal(keys, who, early, length)  # who gets nothing, and why, before the owner is asked
@@ -219,7 +219,7 @@ def start_grant(service: Any, client: Any, params: dict) -> dict:
     if period is not None:
         if role != HOST or isinstance(period, bool) or not isinstance(period, (int, float)):
             raise BadAbeRequest("Only the authority's side (host) gives a period, in seconds.")
-        period = parse_duration(f"{int(period)}s")
+        period = check_period(period)
     store = service.ready()
     attributes: tuple[str, ...] = ()
     if role == HOST:
