@@ -25,7 +25,7 @@ from device.storage.padstore import PadStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("device", "provisioning", "client", "relay", "hrng", "onetimechat")
-DEVICE_SIDE = ("device", "provisioning")  # the packages that open a device store
+DEVICE_SIDE = ("device", "provisioning", "onetimechat")  # the packages that open a device store (the CLI too)
 STORAGE = ROOT / "device" / "storage"
 
 # The pad store's own tables: the pads, their used ranges and pending wipes, tag failures, contacts, the event
@@ -38,6 +38,9 @@ TABLE_REF = re.compile(r'\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+"?(\w+)', re.IGNORE
 # What a PadStore keeps to itself: its connections and transactions.
 STORE_PRIVATE = frozenset({"transaction", "read", "_transaction", "_read", "_conn", "_conns", "_local", "conn",
                            "_log", "_set_setting"})
+# The store's private names, which no code outside device/storage/ reads on anything but its own ``self``
+# (whatever the variable is called: ``s = self.store; s._transaction()``), nor by ``getattr(x, "_conn")``.
+STORE_ONLY = frozenset(name for name in STORE_PRIVATE if name.startswith("_"))
 
 
 def _modules() -> list[Path]:
@@ -84,7 +87,14 @@ def store_reach(tree: ast.AST) -> list[str]:
     """Calls and attribute reads that take a PadStore's connection or transaction."""
     hits = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in STORE_PRIVATE and _store_like(node.value):
+        if isinstance(node, ast.Attribute) and (
+                (node.attr in STORE_PRIVATE and _store_like(node.value))
+                or (node.attr in STORE_ONLY and not (isinstance(node.value, ast.Name)
+                                                      and node.value.id in ("self", "cls")))):
+            hits.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr")
+              and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
+              and node.args[1].value in STORE_PRIVATE):
             hits.append(f"line {node.lineno}: {ast.unparse(node)}")
     return hits
 
@@ -159,6 +169,10 @@ def test_the_store_offers_no_public_connection() -> None:
     ('q = f"SELECT count(*) FROM events WHERE event IN ({marks})"\n', 1),
     ('s = "DELETE FROM consumed WHERE pad_id = ?"\n', 1),
     ('data = sys.stdin.buffer.read()\nhello = "select your contacts"\n', 0),
+    # Whatever the store is called, and by name.
+    ('s = self.store\nwith s._transaction() as c:\n    pass\n', 1),
+    ('getattr(keeper, "_conn")()\n', 1),
+    ('self._read(path)\n', 0),
 ])
 def test_the_checks_catch(source: str, caught: int) -> None:
     """The checks themselves: what they catch and what they leave alone."""
