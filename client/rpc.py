@@ -50,13 +50,23 @@ class DeviceClient:
         for attempt in range(2):
             counter = self.state.next_counter(self.url)
             body = rpc.seal_request(self.keys, self.creds.client_id, counter, {"method": method, "params": params})
-            response = self._post("/v1/call", data=body, headers={"Content-Type": "application/octet-stream"})
+            response = self._post("/v1/call", data=body, headers={"Content-Type": "application/octet-stream"},
+                                  stream=True)
+            try:  # in one read, not requests' 10 KiB chunks (issue 21)
+                response._content = response.raw.read(decode_content=True)
+            except Exception:  # noqa: BLE001 - urllib3 and socket errors alike: the device went away mid-answer
+                raise DeviceUnreachable(f"The device at {self.url} stopped answering mid-call.") from None
+            finally:
+                response.close()
             if response.status_code == 401:
                 # Another call from this laptop may have overtaken this one (counters must
                 # rise); a refused call did nothing, so one retry with a new counter is safe.
                 if attempt == 0:
                     continue
+                self._check_version()
                 raise DeviceRefused()
+            if response.status_code == 400 and _error_code(response) == "protocol-version":
+                raise ClientError(_error_text(response))  # a device newer than this laptop's otc
             if response.status_code == 400:  # a call the device took as malformed: its code, as for a refusal
                 raise RemoteError("bad-request", _error_text(response))
             if response.status_code != 200:
@@ -70,6 +80,17 @@ class DeviceClient:
             raise RemoteError(from_server(answer.get("error", "error"), 60),
                               from_server(answer.get("message", "The device refused.")))
         raise AssertionError("unreachable")
+
+    def _check_version(self) -> None:
+        """After a refused call: a device of another protocol version refuses every call as unauthorized (an
+        old device does not know version 2), so ask its health which version it speaks and say so."""
+        try:
+            response = self.session.get(self.url + "/v1/health", timeout=(CONNECT_TIMEOUT_S, 10))
+            theirs = boundedjson.loads(response.content).get("protocol")
+        except (requests.RequestException, ValueError, AttributeError):
+            return
+        if isinstance(theirs, int) and theirs != rpc.VERSION:
+            raise ClientError(rpc.version_mismatch(theirs, "laptop"))
 
     def _post(self, path: str, **kwargs: Any) -> requests.Response:
         try:
@@ -90,7 +111,11 @@ class DeviceClient:
         return self.call("contacts")
 
     def package(self, contact: str, text: str) -> dict:
-        return self.call("package", contact=contact, text=text)
+        """The device's answer, its ``package`` in base64 (as the relay carries it; it travels raw)."""
+        answer = self.call("package", contact=contact, text=text)
+        if isinstance(answer, dict) and isinstance(answer.get("package"), bytes):
+            answer["package"] = base64.b64encode(answer["package"]).decode("ascii")
+        return answer
 
     def unpackage(self, package_b64: str, receipt: bool = False) -> dict:
         return self.call("unpackage", package=package_b64, receipt=receipt)
@@ -103,6 +128,14 @@ class DeviceClient:
 
     def revoke(self, client_id: str) -> dict:
         return self.call("revoke", client_id=client_id)
+
+
+def _error_code(response: requests.Response) -> str:
+    try:
+        data = boundedjson.loads(response.content)
+    except ValueError:
+        return ""
+    return str(data.get("error", "")) if isinstance(data, dict) else ""
 
 
 def _error_text(response: requests.Response) -> str:
