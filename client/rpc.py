@@ -29,6 +29,10 @@ from onetimechat.text import from_server
 
 DEFAULT_TIMEOUT_S = 300.0  # a package call waits for the owner's decision
 CONNECT_TIMEOUT_S = 5.0
+# The largest answer a device gives (a package of the largest message, sealed, with room to spare); an answer
+# announced or running longer is not read on (a hostile cable must not fill the laptop's memory).
+MAX_ANSWER_BYTES = 64 << 20
+MAX_HEALTH_BYTES = 4096
 
 
 class DeviceClient:
@@ -50,10 +54,14 @@ class DeviceClient:
         for attempt in range(2):
             counter = self.state.next_counter(self.url)
             body = rpc.seal_request(self.keys, self.creds.client_id, counter, {"method": method, "params": params})
-            response = self._post("/v1/call", data=body, headers={"Content-Type": "application/octet-stream"},
-                                  stream=True)
-            try:  # in one read, not requests' 10 KiB chunks (issue 21)
-                response._content = response.raw.read(decode_content=True)
+            # The device never compresses: an answer in another encoding (a decompression bomb from the cable)
+            # is refused, not inflated.
+            response = self._post("/v1/call", data=body, stream=True,
+                                  headers={"Content-Type": "application/octet-stream", "Accept-Encoding": "identity"})
+            try:  # in one read, not requests' 10 KiB chunks (issue 21), and never more than an answer can be
+                response._content = _read_bounded(response, MAX_ANSWER_BYTES)
+            except ForgedResponse:
+                raise
             except Exception:  # noqa: BLE001 - urllib3 and socket errors alike: the device went away mid-answer
                 raise DeviceUnreachable(f"The device at {self.url} stopped answering mid-call.") from None
             finally:
@@ -66,7 +74,10 @@ class DeviceClient:
                 self._check_version()
                 raise DeviceRefused()
             if response.status_code == 400 and _error_code(response) == "protocol-version":
-                raise ClientError(_error_text(response))  # a device newer than this laptop's otc
+                # A device newer than this laptop's otc, says an answer no one authenticated: the laptop says it
+                # in its own words (never the answer's advice) and changes nothing.
+                raise ClientError(f"The device at {self.url} refused this laptop's protocol version {rpc.VERSION} "
+                                  "(an unauthenticated answer): if the device was upgraded, upgrade otc here too.")
             if response.status_code == 400:  # a call the device took as malformed: its code, as for a refusal
                 raise RemoteError("bad-request", _error_text(response))
             if response.status_code != 200:
@@ -85,9 +96,13 @@ class DeviceClient:
         """After a refused call: a device of another protocol version refuses every call as unauthorized (an
         old device does not know version 2), so ask its health which version it speaks and say so."""
         try:
-            response = self.session.get(self.url + "/v1/health", timeout=(CONNECT_TIMEOUT_S, 10))
-            theirs = boundedjson.loads(response.content).get("protocol")
-        except (requests.RequestException, ValueError, AttributeError):
+            response = self.session.get(self.url + "/v1/health", timeout=(CONNECT_TIMEOUT_S, 10), stream=True,
+                                        headers={"Accept-Encoding": "identity"})
+            try:
+                theirs = boundedjson.loads(_read_bounded(response, MAX_HEALTH_BYTES)).get("protocol")
+            finally:
+                response.close()
+        except (requests.RequestException, ValueError, AttributeError, ForgedResponse, OSError):
             return
         if isinstance(theirs, int) and theirs != rpc.VERSION:
             raise ClientError(rpc.version_mismatch(theirs, "laptop"))
@@ -128,6 +143,20 @@ class DeviceClient:
 
     def revoke(self, client_id: str) -> dict:
         return self.call("revoke", client_id=client_id)
+
+
+def _read_bounded(response: requests.Response, limit: int) -> bytes:
+    """The answer's body as sent (no content decoding), at most ``limit`` bytes; ForgedResponse otherwise."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ForgedResponse()
+    announced = response.headers.get("Content-Length")
+    if announced is not None and (not announced.strip().isdigit() or int(announced) > limit):
+        raise ForgedResponse()
+    data = response.raw.read(limit + 1, decode_content=False)
+    if len(data) > limit:
+        raise ForgedResponse()
+    return bytes(data)
 
 
 def _error_code(response: requests.Response) -> str:

@@ -2,7 +2,7 @@
 
 Endpoints (protocol version 1):
 
-    GET  /v1/health          no pairing needed: {"status": "ok", "protocol": 1}
+    GET  /v1/health          no pairing needed: {"status": "ok", "protocol": 2}
     POST /v1/pair/begin      {"name"}                -> {"session", "digits", "expires_in"}
     POST /v1/pair/exchange   {"session", "message"}  -> {"message"}
     POST /v1/pair/confirm    {"session", "confirm"}  -> {"client_id", "confirm"}
@@ -62,6 +62,7 @@ DEFAULT_MAX_REQUEST = 48 << 20  # a 32 MiB message, base64 and sealed, fits
 # Largest body of anything but a sealed call: pairing messages and health are a few hundred bytes. Nobody gets
 # to send (and have buffered) more before the device knows who is asking.
 PREAUTH_MAX_REQUEST = 16 << 10
+BODY_BUDGET = DEFAULT_MAX_REQUEST + (16 << 20)
 CONNECTION_LIMIT = 512  # in all; one address holds at most ServerConfig.guard.per_address of them
 REFUSALS_FLUSH_S = 60.0  # unauthenticated refusals reach the event log at most once a minute, in aggregate
 
@@ -89,7 +90,11 @@ class ServerConfig:
     console: Console | None = None  # the device's screen and buttons, if it has them
     hrng: tuple[str, ...] = ()  # hardware random sources for pads made in person (none: the OS CSPRNG)
     # Connections per client address and how long a request may take to arrive (onetimechat/serving.py).
-    guard: Guard = field(default_factory=lambda: Guard(per_address=16, header_timeout=10.0, request_timeout=300.0))
+    # The call screen's body budget: every body let in past its header, in all, at once (the largest call, and
+    # room for small ones beside it). A flood under a paired client's header (its id is sent in the clear)
+    # holds at most this much memory or spool, not connections times 8 MiB (an outside review, issue 21).
+    guard: Guard = field(default_factory=lambda: Guard(per_address=16, header_timeout=10.0, request_timeout=300.0,
+                                                       body_budget=BODY_BUDGET))
     # The address the RPC is served on (the cable-side address on the image): ceremonies carried by the
     # laptop listen there too, since that is where the laptop reaches the device. Server sets it.
     address: str = "127.0.0.1"
@@ -458,11 +463,17 @@ class DeviceService:
                 return True
             why = ("replayed or reordered" if self.clients.get(client_id) is not None
                    else "from an unpaired or revoked client")
+        self.refused_unread(why)
+        return False
+
+    def refused_unread(self, why: str) -> None:
+        """Count a call refused before its body was read, as every unauthenticated refusal is counted."""
+        if self.store is None:
+            return
         self.refusals.defer(why)
         if self.refusals.due():
             # Not on the server's network loop: the row is a synced commit.
             threading.Thread(target=self.flush_refusals, name="otc-refusals", daemon=True).start()
-        return False
 
     def call(self, body: bytes) -> bytes:
         """Authenticate, check the counter, run the method, seal the answer."""
@@ -583,6 +594,7 @@ class CallScreen:
 
     def body(self, method: str, path: str, head: bytes) -> Refusal | None:
         if method == "POST" and (other := other_version(head)) is not None:
+            self.service.refused_unread("of another protocol version")  # counted like any refusal (evidence)
             return other
         try:
             allowed = method != "POST" or self.service.screen_call(head)

@@ -151,9 +151,9 @@ def unframe(plain: bytes, section: str) -> dict:
     end = _LENGTH.size + size
     if size > MAX_CONTROL or end > len(plain):
         raise MalformedPayload()
-    try:
-        payload = boundedjson.loads(plain[_LENGTH.size : end])
-    except ValueError:
+    try:  # UTF-8 as the format says (json.loads of bytes would guess UTF-16 or UTF-32 too)
+        payload = boundedjson.loads(plain[_LENGTH.size : end].decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError included
         raise MalformedPayload() from None
     if not isinstance(payload, dict):
         raise MalformedPayload()
@@ -162,11 +162,11 @@ def unframe(plain: bytes, section: str) -> dict:
             json.dumps(payload, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             raise NotUnicode() from None
-    names = payload.pop(BLOB_FIELD, None)
-    if names is None:
+    if BLOB_FIELD not in payload:
         if end != len(plain):
             raise MalformedPayload()
         return payload
+    names = payload.pop(BLOB_FIELD)  # present, it names at least one blob (null or [] is not a framing)
     fields = payload.get(section)
     if not isinstance(names, list) or not names or len(names) > MAX_BLOBS or not isinstance(fields, dict):
         raise MalformedPayload()
