@@ -429,13 +429,17 @@ def _renewals_here(args: argparse.Namespace, relay) -> list[dict]:  # type: igno
         pads = RenewalPads(AbeKeys(store))
         cursors = {m: 0 for m in pads.mailboxes()}
         messages, _ = relay.receive(cursors, limit=500) if cursors else ([], True)
-        for m in messages:
-            try:
-                held = pads.open(fmt.decode(m.contents))
-            except (RenewalRefused, DeviceError) as exc:
-                out.append({"outcome": "used" if "opened already" in str(exc) else "refused", "reason": str(exc)})
-            else:
-                out.append({"outcome": "stored", "key": held.to_dict(time.time())})
+        try:
+            for m in messages:
+                try:
+                    held = pads.open(fmt.decode(m.contents))
+                except (RenewalRefused, DeviceError) as exc:
+                    out.append({"outcome": "used" if "opened already" in str(exc) else "refused",
+                                "reason": str(exc)})
+                else:
+                    out.append({"outcome": "stored", "key": held.to_dict(time.time())})
+        finally:
+            pads.flush_refusals()  # those beyond the log budget, as one row
     return out
 
 
