@@ -200,3 +200,37 @@ def test_two_opens_of_one_renewal_at_once_store_it_exactly_once(renewal, tmp_pat
         finally:
             for s in stores:
                 s.close()
+
+
+def test_the_devices_screen_shows_a_renewal_pads_forgery_alarm_live_and_after_a_restart(renewal):
+    """Through the device's server (abe_open_renewal, its RefusalBudget): the alarm on its screen."""
+    from device.server import Server, ServerConfig
+    from device.ui import Console, PanelSource
+
+    _, member, genuine = renewal
+    relay = HostileRelay(genuine)
+
+    def serve() -> tuple[Server, Console]:
+        console = Console("alice", "touchscreen")
+        return Server(ServerConfig(home=member, source=PanelSource(console), console=console), "127.0.0.1", 0), \
+            console
+
+    server, console = serve()
+    try:
+        service = server.app.extensions["otc"]
+        open_renewal = service.methods["abe_open_renewal"]
+        for _ in range(FORGERY_ALARM_AT):
+            assert not [a for a in console.snapshot().alarms if a.kind == "forgery-alarm"]
+            with pytest.raises(RenewalRefused):
+                open_renewal(None, {"package": fmt.encode(relay.forge())})
+        (alarm,) = [a for a in console.snapshot().alarms if a.kind == "forgery-alarm"]
+        assert HOLDER in alarm.text
+        assert open_renewal(None, {"package": fmt.encode(genuine)})["key"]["period"] == 2
+    finally:
+        server.close()
+    server, console = serve()  # a forgery alarm outlives restarts: tag failures are counted on disk
+    try:
+        (alarm,) = [a for a in console.snapshot().alarms if a.kind == "forgery-alarm"]
+        assert HOLDER in alarm.text and f"{FORGERY_ALARM_AT} packages refused" in alarm.text
+    finally:
+        server.close()
