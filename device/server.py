@@ -42,6 +42,7 @@ from device.errors import Declined, DeviceError, PadExhausted, UnknownContact
 from device.home import WrongPin
 from device.pairing import PairingBusy, PairingLocked, PairingManager
 from device.rooms.rpc import room_methods
+from device.storage.abe_tables import AbeTables
 from device.storage.lock import DeviceLocked, DeviceWiped, StoreLock
 from device.storage.padstore import PadStore
 from device.ui import Console, ContactView, LaptopView, LockState
@@ -180,6 +181,7 @@ class DeviceService:
             self.console.set_device_name(store.device_name)
             # A forgery alarm outlives restarts: tag failures are counted on disk.
             names = {pad.pad_id: pad.contact for pad in store.pads()}
+            names.update(AbeTables(store).renewal_pad_holders())  # renewal pads: their authority's
             for pad_id, failures in store.tag_failures().items():
                 if failures >= FORGERY_ALARM_AT and pad_id in names:
                     self.console.raise_alarm("forgery-alarm", f"{ALARM_EVENTS['forgery-alarm']} ({names[pad_id]}):"

@@ -13,6 +13,7 @@ import pytest
 
 from device.abe.store import AbeKeys
 from device.home import open_home
+from device.storage.padstore import PadStore
 from tests.conftest import ROOT, otc
 from tests.test_cli import one_line_error
 
@@ -203,6 +204,11 @@ def test_renewal_over_the_pad_at_the_command_line(homes, tmp_path):
         assert "bob" in one_line_error(otc("abe", "renew", "--home", str(auth), "bob", "--relay", server.url))
         got = otc("abe", "renewals", "--home", str(alice), "--relay", server.url, check=True).stdout.decode()
         assert "Stored a renewed key for ADMIN, STAFF from authority campus (period 2" in got
+        # Opened, the package is deleted from the relay: the next read does not replay it to the device.
+        assert "No new renewal." in otc("abe", "renewals", "--home", str(alice), "--relay", server.url,
+                                        check=True).stdout.decode()
+        with PadStore(alice) as a:
+            assert not [e for e in a.events(200) if e["event"] == "abe-renewal-replay"]
         status = json.loads(otc("abe", "status", "--home", str(alice), "--json", check=True).stdout)
         assert [(k["period"], k["state"]) for k in status["held"]] == [(1, "valid"), (2, "future")]
         assert "No new renewal." in otc("abe", "renewals", "--home", str(bob), "--relay", server.url,

@@ -210,6 +210,8 @@ def test_an_authority_on_a_device_without_a_shell(devices, tmp_path):
         assert "Stored a renewed key for ADMIN, STAFF from authority auth (period 2" in got.stdout.decode()
         assert "No new renewal." in otc("abe", "renewals", "--device", carol.url, "--relay", relay.url,
                                         env=carol.env, check=True).stdout.decode()
+        with PadStore(carol.home) as c:  # the relay deleted the opened renewal: not handed to the device again
+            assert not [e for e in c.events(200) if e["event"] == "abe-renewal-replay"]
         assert "No new renewal." in otc("abe", "renewals", "--device", bob.url, "--relay", relay.url,
                                         env=bob.env, check=True).stdout.decode()
     finally:

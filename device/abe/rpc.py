@@ -197,7 +197,9 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
             data = fmt.decode(_text(params, "package"))
         except MalformedPackage:
             raise RenewalRefused("That is not a renewal package.") from None
-        held = RenewalPads(AbeKeys(service.ready())).open(data)
+        store = service.ready()
+        # Refused renewals are package refusals: logged within the device's budget, as unpackage's are.
+        held = RenewalPads(AbeKeys(store), refusals=service.device.refusals).open(data)
         return {"key": held.to_dict(time.time())}
 
     return {"abe_status": status, "abe_authority": authority, "room_create": room_create,

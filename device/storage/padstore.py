@@ -78,7 +78,7 @@ EVENTS_KEPT = 100_000
 SECURITY_EVENTS = frozenset({
     "invalid", "replay", "gap", "out-of-range", "unknown-pad", "malformed", "pairing-failed", "rpc-refused",
     "forgery-alarm", "retired-pad", "alarm", "tamper", "wipe", "package-refusals", "ceremony-impostor",
-    "room-key-mismatch",
+    "room-key-mismatch", "abe-renewal-forged", "abe-renewal-replay", "abe-renewal-out-of-range",
 })
 SECURITY_EVENT_PREFIXES = ("hrng",)  # every HRNG alarm code (hrng/errors.py) is one
 
@@ -243,6 +243,10 @@ class PadRecord:
 # 6. Uniform errors: refusals are the few codes of :mod:`device.errors`.
 # 7. Local log: refusals, gaps, declines and exhaustion go to the event log with pad_id/offset/length, never
 #    pad bytes or plaintext (refusals beyond a budget counted, :class:`RefusalBudget`).
+#
+# Renewal pads (their bytes in the ``abe_pads`` table) are one-time pads under the same rules: their reserve
+# and use are one transaction each in device/storage/abe_tables.py, and their refusals, tag failures and
+# forgery alarm go through ``_refusal``, ``_tag_failed`` and ``flush_refusals`` here.
 
 FORGERY_ALARM_AT = 3  # tag failures on one pad that raise the alarm (DESIGN.md)
 REFUSAL_ROWS = 30  # package refusals logged one by one per interval; the rest are counted
@@ -297,6 +301,7 @@ class RefusalBudget:
         self._last_flush = clock()
         self._counts: dict[str, int] = {}
         self._failures: dict[bytes, int] = {}
+        self._holders: dict[bytes, str] = {}  # whose pad each counted tag failure was on, for the alarm
 
     def allow(self) -> bool:
         """Whether this refusal may be written as a row of its own now."""
@@ -309,11 +314,19 @@ class RefusalBudget:
                 return True
             return False
 
-    def defer(self, event: str, pad_id: bytes | None = None) -> None:
+    def defer(self, event: str, pad_id: bytes | None = None, holder: str | None = None) -> None:
+        """Count a refusal beyond the budget; with ``pad_id``, a tag failure on that pad (``holder``: whose)."""
         with self._lock:
             self._counts[event] = self._counts.get(event, 0) + 1
-            if event == "invalid" and pad_id is not None:
+            if pad_id is not None:
                 self._failures[pad_id] = self._failures.get(pad_id, 0) + 1
+                if holder is not None:
+                    self._holders[pad_id] = holder
+
+    def holder(self, pad_id: bytes) -> str | None:
+        """Whose pad ``pad_id`` is, as given with a tag failure counted on it."""
+        with self._lock:
+            return self._holders.get(pad_id)
 
     def pending(self) -> int:
         with self._lock:
@@ -838,7 +851,7 @@ class PadStore:
                         opened = open_package(segment, pad_file.read(*_span(pad.peer_auth_key)))
                     except InvalidPackage as exc:
                         refusal = exc
-                        self._tag_failed(conn, refusals, pad, fields)
+                        self._tag_failed(conn, refusals, pad.pad_id, pad.contact, fields)
                     else:
                         received = Received(pad, start, end, opened, self._accept(conn, pad, start, end))
         if refusal is not None:
@@ -886,15 +899,17 @@ class PadStore:
         else:
             refusals.defer(event)
 
-    def _tag_failed(self, conn: sqlite3.Connection, refusals: RefusalBudget, pad: PadRecord, fields: dict) -> None:
-        """Log a package that failed its tag, count it for the pad, and raise the alarm from the third."""
+    def _tag_failed(self, conn: sqlite3.Connection, refusals: RefusalBudget, pad_id: bytes, holder: str,
+                    fields: dict, event: str = "invalid") -> None:
+        """Log a package that failed its tag (as ``event``), count it for the pad, and raise the alarm from the
+        third. ``holder`` is whom the pad is shared with (a contact; for a renewal pad, its authority)."""
         if not refusals.allow():
-            refusals.defer("invalid", pad.pad_id)  # counted for the alarm with the next aggregate
+            refusals.defer(event, pad_id, holder)  # counted for the alarm with the next aggregate
             return
-        self._log(conn, "invalid", detail="authentication failed", **fields)
-        failures = self.count_tag_failure(conn, pad.pad_id)
+        self._log(conn, event, detail="authentication failed", **fields)
+        failures = self.count_tag_failure(conn, pad_id)
         if failures >= FORGERY_ALARM_AT:
-            self._log(conn, "forgery-alarm", contact=pad.contact, pad_id=pad.pad_id,
+            self._log(conn, "forgery-alarm", contact=holder, pad_id=pad_id,
                       detail=f"{failures} packages on this pad failed authentication: someone is forging")
 
     def log_malformed(self, refusals: RefusalBudget, code: str, size: int) -> None:
@@ -919,10 +934,11 @@ class PadStore:
                       detail=f"refused beyond the per-minute log budget: {detail}")
             names = {p.pad_id: p.contact for p in self.pads()}
             for pad_id, n in failures.items():
-                if pad_id in names:
+                holder = names.get(pad_id) or refusals.holder(pad_id)  # a renewal pad's: its authority
+                if holder is not None:
                     total = self.count_tag_failure(conn, pad_id, n)
                     if total >= FORGERY_ALARM_AT > total - n:
-                        self._log(conn, "forgery-alarm", contact=names[pad_id], pad_id=pad_id,
+                        self._log(conn, "forgery-alarm", contact=holder, pad_id=pad_id,
                                   detail=f"{total} packages on this pad failed authentication: someone is forging")
 
     def event_counts(self, events: tuple[str, ...]) -> dict[str, int]:

@@ -418,6 +418,7 @@ def cmd_renewals(args: argparse.Namespace) -> int:
 def _renewals_here(args: argparse.Namespace, relay) -> list[dict]:  # type: ignore[no-untyped-def]
     import time
 
+    from client.errors import RelayRefused, RelayUnavailable
     from device.abe.renewal import RenewalPads, RenewalRefused
     from device.abe.store import AbeKeys
     from device.errors import DeviceError
@@ -429,13 +430,31 @@ def _renewals_here(args: argparse.Namespace, relay) -> list[dict]:  # type: igno
         pads = RenewalPads(AbeKeys(store))
         cursors = {m: 0 for m in pads.mailboxes()}
         messages, _ = relay.receive(cursors, limit=500) if cursors else ([], True)
-        for m in messages:
+        done: dict[str, int] = {}  # per mailbox, the last ref through which every package is finished with
+        try:
+            for m in messages:
+                final = True
+                try:
+                    held = pads.open(fmt.decode(m.contents))
+                except (RenewalRefused, DeviceError) as exc:
+                    final = isinstance(exc, RenewalRefused)
+                    out.append({"outcome": "used" if "opened already" in str(exc) else "refused",
+                                "reason": str(exc)})
+                else:
+                    out.append({"outcome": "stored", "key": held.to_dict(time.time())})
+                if final and done.get(m.mailbox, 0) >= 0:
+                    done[m.mailbox] = m.ref
+                else:
+                    done[m.mailbox] = -1  # read again next time from here
+        finally:
+            pads.flush_refusals()  # those beyond the log budget, as one row
+    # The relay may delete them: the next read does not hand the device its opened renewals again (replays).
+    for mailbox, through in done.items():
+        if through > 0:
             try:
-                held = pads.open(fmt.decode(m.contents))
-            except (RenewalRefused, DeviceError) as exc:
-                out.append({"outcome": "used" if "opened already" in str(exc) else "refused", "reason": str(exc)})
-            else:
-                out.append({"outcome": "stored", "key": held.to_dict(time.time())})
+                relay.ack(mailbox, through)
+            except (RelayUnavailable, RelayRefused):
+                break
     return out
 
 
