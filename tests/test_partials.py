@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from device.errors import ContactExists
+from device.errors import ContactExists, StoreError
 from device.storage.lock import StoreLock
 from device.storage.padstore import INITIATOR, PadStore
 from device.storage.partials import INSTALL_SUFFIX, PARTIAL_STATE_SUFFIX, PARTIAL_SUFFIX
@@ -210,6 +210,12 @@ def test_a_failed_install_leaves_the_partial_as_it_was(tmp_path):
                                    size=1 << 16, mailbox_out=os.urandom(16), mailbox_in=os.urandom(16))
         assert _files(a) == before and store.pad(second) is None
         assert store.partials.data_path(second).exists() and not store.pad_path(second).exists()
+        # Nor is a partial ever moved over a pad's file.
+        store.pad_path(second).write_bytes(b"another pad")
+        with pytest.raises(StoreError):
+            store.partials.install(second, contact="carol", peer_device_id=carol.device_id, role=INITIATOR,
+                                   size=1 << 16, mailbox_out=os.urandom(16), mailbox_in=os.urandom(16))
+        assert store.pad_path(second).read_bytes() == b"another pad" and store.partials.data_path(second).exists()
 
 
 def test_recovery_leaves_an_install_under_way_alone(tmp_path):

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from device.errors import StoreError
 from device.storage.padfile import PadFile, sync_directory
 
 if TYPE_CHECKING:
@@ -164,6 +165,8 @@ class Partials:
         data, final, marker = self.data_path(pad_id), store.pad_path(pad_id), store.pad_path(pad_id, INSTALL_SUFFIX)
         if not data.is_file():
             raise FileNotFoundError(f"no partial pad {data.name}")
+        if final.exists() or marker.exists():  # never over another pad's file, nor beside another install
+            raise StoreError("A pad with this id is already here.")
         fd = os.open(data, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
             os.fsync(fd)  # the pad's bytes are on disk before any name says it is a pad
