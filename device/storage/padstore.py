@@ -24,6 +24,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import sqlite3
 import threading
 import time
@@ -55,6 +56,7 @@ from device.storage import database, schema
 from device.storage.atrest import FileNames, PadCipher, SecretBox, database_key
 from device.storage.lock import KEY_LEN, LOCK_FILE, WIPED_FILE, DeviceLocked, DeviceWiped, StoreLock, check_pin
 from device.storage.padfile import PadFile, sync_directory
+from device.storage.partials import PARTIAL_STATE_SUFFIX, PARTIAL_SUFFIX, Partials
 from onetimechat import package as fmt
 from onetimechat.errors import InvalidPackage, PackageRefused
 from onetimechat.package import auth_key_range, halves
@@ -64,9 +66,6 @@ PADS_DIR = "pads"
 RUN_DIR = "run"
 OPEN_LOCK = "open.flock"  # not *.lock: those are the owners' locks
 PAD_SUFFIX = ".pad"
-# A pairing ceremony's files while it runs (provisioning/ceremony.py, Partial): the pad so far, and its state.
-PARTIAL_SUFFIX = ".pad.partial"
-PARTIAL_STATE_SUFFIX = ".ceremony.json"
 # Set in a sealed store once the pads folder holds no file named by a pad id (a home locked by an older
 # version named them so, and kept a ceremony's state in the clear).
 FILES_SEALED = "files-sealed"
@@ -400,6 +399,8 @@ class PadStore:
         self._wiped_lock = threading.Lock()
         self._wipe_sync_lock = threading.Lock()
         self.owner = secrets.token_hex(8)
+        #: The pads being made in this home: their files, from the first byte until they are pads.
+        self.partials = Partials(self, self.home / PADS_DIR)
         #: Called as listener(event, fields) for each event, once its transaction commits.
         self.listeners: list[Callable[[str, dict], None]] = []
         self._logged = threading.local()
@@ -415,6 +416,7 @@ class PadStore:
             self.device_id: bytes = bytes(row[1])
             self._identity = self._load_identity()
             self.recover()
+            self.partials.recover()
             self.destroy_retired()
         except BaseException:
             self.close()
@@ -1016,6 +1018,10 @@ class PadStore:
         """How this home encrypts a pad at rest (None without a PIN)."""
         return PadCipher(self._storage_key, pad_id) if self._storage_key else None
 
+    def free_space(self) -> int:
+        """Bytes free on the disk that holds this home's pads."""
+        return shutil.disk_usage(self.home / PADS_DIR).free
+
     def pad_file(self, pad: PadRecord) -> PadFile:
         with self._pad_files_lock:
             pad_file = self._pad_files.get(pad.pad_id)
@@ -1037,7 +1043,8 @@ class PadStore:
         confirmed: bool = True,
         fingerprint: str | None = None,
     ) -> PadRecord:
-        """Register a pad whose file is already at :meth:`pad_path`.
+        """Register a pad whose file is already at :meth:`pad_path` (a pad made here goes through
+        :meth:`Partials.install <device.storage.partials.Partials.install>`, which moves it there and calls this).
 
         A pad made in person is added unconfirmed (it does not send) until the peer is known to hold it.
         """
