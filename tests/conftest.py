@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +15,12 @@ import pytest
 from device.engine import Device
 from device.localpair import pair_local
 from device.storage.padstore import PadStore
+
+# A run started in the background of a non-interactive shell (`pytest ... &`) inherits SIGINT ignored, and so
+# would every program it starts: the tests that press Ctrl-C at a prompt, or stop an emulator with SIGINT,
+# would see nothing happen. Python's own handler here gives every child the default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("onetimechat", "device", "client", "relay", "hrng", "provisioning")  # the packages setup.py installs
