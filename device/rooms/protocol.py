@@ -602,7 +602,12 @@ class RoomMember:
         self.decapsulations += 1
         return key
 
-    def _new_epoch(self, ref: int) -> None:
+    def _new_epoch(self, ref: int, *, rekey: bool = False) -> None:
+        """Epoch ``ref`` begins: a roster change, or (``rekey``) an accepted objection, same roster. A roster
+        change clears the bars and the objections spent: they hold for one roster (see :meth:`_objection`)."""
+        if not rekey:
+            self.barred.clear()
+            self.objected.clear()
         roster = list(self.roster)
         epoch = _Epoch(roster=roster, seen_at=self.clock(), period=self.period)
         if all(m in self._ks for m in roster):
@@ -675,7 +680,15 @@ class RoomMember:
         before, against another not yet barred, bars that one from distributing here and, if it names the current
         epoch, re-keys the room: a new epoch, same roster. Nobody else can tell whether the distributor or the
         objector lies: each objection costs a member its only one. Every member decides the same way from the same
-        public items, joined or not."""
+        public items.
+
+        Bars and spent objections hold until the next roster change (every member, joined or newly joined, clears
+        them at the same item), and a member not joined takes none: a newcomer cannot judge the objections made
+        before its own contribution came back (it has decapsulated nobody yet; a contribution every member skips
+        is still on its roster), and its own contribution is a roster change that clears them for everyone
+        anyway. So a newcomer and the members already in the room always hold the same bars."""
+        if not self.joined:
+            return Event(ref, "objection", "ignored", epoch=item.epoch)
         objector = self.members.get(item.objector)
         if (objector is None or item.objector not in self.roster or item.leader not in self.roster
                 or equal(item.objector, item.leader)):
@@ -686,9 +699,9 @@ class RoomMember:
                          sender_id=short(item.objector))
         self.barred.add(item.leader)
         self.objected.add(item.objector)
-        if not self.joined or item.epoch != self.current_epoch:
+        if item.epoch != self.current_epoch:
             return self._event(ref, "objection", "accepted", item.objector, epoch=item.epoch)
-        self._new_epoch(ref)
+        self._new_epoch(ref, rekey=True)
         return self._event(ref, "objection", "accepted", item.objector, epoch=ref, members=len(self.roster))
 
     def _message(self, ref: int, item: wire.Message) -> Event:
