@@ -57,8 +57,12 @@ def hostile_distribution(room_id: bytes, epoch: int, roster: list[tuple[bytes, b
     return body + sig.sign(body)
 
 
-def hostile_objection(room_id: bytes, epoch: int, leader: bytes, objector: bytes, sig: Ed25519PrivateKey) -> bytes:
-    body = b"ORM1" + bytes([7]) + room_id + struct.pack(">Q", epoch) + leader + objector
+def hostile_objection(room_id: bytes, epoch: int, leader: bytes, objector: bytes, sig: Ed25519PrivateKey,
+                      okey: bytes | None = None) -> bytes:
+    """An objection (type 8), MACed under ``okey`` (HKDF of the epoch's K_abe: a member's); None, as anyone
+    without K_abe must: a random MAC."""
+    body = b"ORM1" + bytes([8]) + room_id + struct.pack(">Q", epoch) + leader + objector
+    body += mac(okey, body) if okey is not None else os.urandom(32)
     return body + sig.sign(body)
 
 
@@ -168,7 +172,7 @@ def test_a_false_objection_is_bounded_one_per_membership():
     e = a.current_epoch
     assert a.status()["keyed"] and m.epochs[e].key == a.epochs[e].key  # a's honest distribution
     sig = Ed25519PrivateKey.from_private_bytes(m._sig)
-    w.log.post(hostile_objection(w.room.room_id, e, a.me, m.me, sig))  # a lie: a's distribution was fine
+    w.log.post(hostile_objection(w.room.room_id, e, a.me, m.me, sig, m.epochs[e].okey))  # a lie: a's was fine
     w.log.sync()
     assert a.barred == {a.me} and a.objected == {m.me}
     w.clock.now += a.leader_timeout  # Mallory, first not barred, stays silent: b takes the duty after a timeout
@@ -176,7 +180,7 @@ def test_a_false_objection_is_bounded_one_per_membership():
     e2 = a.current_epoch
     assert e2 > e and a.epochs[e2].key is not None and a.epochs[e2].key == b.epochs[e2].key  # b distributed
     # Again, against b: Mallory is barred, so it changes nothing.
-    w.log.post(hostile_objection(w.room.room_id, e2, b.me, m.me, sig))
+    w.log.post(hostile_objection(w.room.room_id, e2, b.me, m.me, sig, m.epochs[e2].okey))
     w.log.sync()
     assert a.current_epoch == e2 and a.barred == {a.me}
 
@@ -190,7 +194,7 @@ def test_the_bars_and_objections_survive_the_store():
     w.log.deliver(b)
     again = RoomMember.from_dict(json.loads(json.dumps(b.to_dict())), b.keys, clock=w.clock)
     (objection,) = again.duties()
-    assert objection[4] == 7 and again.mismatches == 1
+    assert objection[4] == 8 and again.mismatches == 1
 
 
 # -- 5. a revoked member's messages after the authority ended its period early --------------------------------
@@ -395,3 +399,86 @@ def test_the_relay_alone_does_not_split_a_newcomer_from_the_room():
     ct[-1] ^= 1
     raw, mid, sig = _garbage_contribution(w, bytes(ct))
     _newcomer_after_a_skipped_objection(w, raw, mid, sig)
+
+
+def _outsider_contribution(w: World, name: bytes = b"guest"):
+    """A valid contribution made from the authority's public key only (no attribute key: anyone, the relay
+    included, can make one). It decapsulates and binds, so it takes a roster slot; its maker knows its own k_j
+    but no one else's, so never K_abe."""
+    from device.abe.scheme import encapsulate
+
+    enc = encapsulate(w.master.public, w.room.policy)
+    x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    ct = enc.ciphertext.encode()
+    head = (b"ORM1" + bytes([5]) + w.room.room_id + struct.pack(">I", len(ct)) + ct + _pub(x) + _pub(sig)
+            + bytes([len(name)]) + name)
+    bind = mac(derive_key(enc.key, "otc room bind v2"), w.room.room_id, _pub(x), _pub(sig), name)
+    raw = head + bind + sig.sign(head + bind)
+    return raw, wire.member_id(raw), sig
+
+
+def test_an_outsider_with_only_the_public_key_cannot_bar_the_distributors():
+    """Memberships are free (a contribution from the public key gets a roster slot), but an objection is MACed
+    under the epoch's K_abe, which an outsider cannot derive: every one it posts is refused, nobody is barred,
+    the room stays keyed."""
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    a, b, c = w.members
+    for m in (a, b, c):
+        w.log.post(m.join(None))
+        w.log.sync()
+    for victim in (a, b, c):
+        raw, mid, sig = _outsider_contribution(w)
+        w.log.post(raw)
+        w.log.sync(rounds=1)
+        e = a.current_epoch
+        assert mid in a.roster and a.epochs[e].dealer is not None
+        w.log.post(hostile_objection(w.room.room_id, e, a.epochs[e].dealer, mid, sig))
+        w.log.sync(rounds=1)
+        assert [ev.outcome for ev in w.log.events[id(a)] if ev.kind in ("objection", "item")][-1] == "refused"
+    assert a.barred == b.barred == c.barred == set() and a.objected == set()
+    for _ in range(3):
+        w.clock.now += a.leader_timeout
+        w.log.sync()
+    e = a.current_epoch
+    assert a.epochs[e].key is not None and a.epochs[e].key == b.epochs[e].key == c.epochs[e].key
+
+
+def test_outsider_memberships_cause_no_objection_rekeys():
+    """One attacker opening many memberships (free, from the public key) used to re-key the room once per
+    membership by objecting: without K_abe, none of its objections count."""
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    a, b, _ = w.members
+    w.log.members = [a, b]
+    for x in (a, b):
+        w.log.post(x.join(None))
+        w.log.sync()
+    rekeys = 0
+    for i in range(5):
+        raw, mid, sig = _outsider_contribution(w, b"m%d" % i)
+        w.log.post(raw)
+        w.log.sync()
+        before = a.current_epoch
+        w.log.post(hostile_objection(w.room.room_id, before, a.epochs[before].dealer, mid, sig))
+        w.log.sync()
+        rekeys += a.current_epoch != before
+    assert rekeys == 0 and a.barred == set()
+
+
+def test_an_objection_naming_another_than_the_epochs_distributor_is_ignored():
+    """A key-holding hostile member (its MAC is right) may object only to the epoch's actual distributor: it
+    cannot bar the next in line before that one has distributed anything."""
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    a, m, b = w.members
+    _silenced(m)
+    for member in (a, m, b):
+        w.log.post(member.join())
+        w.log.sync()
+    e = a.current_epoch
+    assert a.epochs[e].dealer == a.me
+    sig = Ed25519PrivateKey.from_private_bytes(m._sig)
+    w.log.post(hostile_objection(w.room.room_id, e, b.me, m.me, sig, m.epochs[e].okey))  # b never distributed
+    w.log.sync()
+    assert a.current_epoch == e and a.barred == b.barred == set() and a.objected == set()
+    w.log.post(hostile_objection(w.room.room_id, e, a.me, m.me, sig, os.urandom(32)))  # a wrong MAC
+    w.log.sync()
+    assert a.current_epoch == e and a.barred == set()

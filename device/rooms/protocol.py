@@ -161,6 +161,8 @@ class _Epoch:
     objection: bool | None = None
     #: The room's key period when the epoch began.
     period: int = 0
+    #: The key the epoch's objections are MACed under (wire.objection_key of its K_abe), kept with the epoch.
+    okey: bytes | None = field(default=None, repr=False)
 
 
 def short(member: bytes) -> str:
@@ -383,10 +385,10 @@ class RoomMember:
         if e is None or self.me is None or self._sig is None or self.me in self.objected:
             return []
         epoch = self.epochs[e]
-        if not epoch.objection or epoch.dealer is None or epoch.dealer in self.barred:
+        if not epoch.objection or epoch.dealer is None or epoch.dealer in self.barred or epoch.okey is None:
             return []
         epoch.objection = False
-        return [wire.objection(self.room.room_id, e, epoch.dealer, self.me,
+        return [wire.objection(self.room.room_id, e, epoch.dealer, self.me, epoch.okey,
                                Ed25519PrivateKey.from_private_bytes(self._sig))]
 
     def _distribute(self) -> list[bytes]:
@@ -612,6 +614,7 @@ class RoomMember:
         epoch = _Epoch(roster=roster, seen_at=self.clock(), period=self.period)
         if all(m in self._ks for m in roster):
             epoch.kabe = wire.k_abe([self._ks[m] for m in roster], wire.sid(self.room.room_id, ref, roster))
+            epoch.okey = wire.objection_key(epoch.kabe)
         self.epochs[ref] = epoch
 
     def _leave(self, ref: int, item: wire.Leave) -> Event:
@@ -676,9 +679,11 @@ class RoomMember:
                            own=item.leader == self.me, members=len(epoch.roster))
 
     def _objection(self, ref: int, item: wire.Objection) -> Event:
-        """A member objects to an epoch's distribution. An objection by a roster member that has not objected
-        before, against another not yet barred, bars that one from distributing here and, if it names the current
-        epoch, re-keys the room: a new epoch, same roster. Nobody else can tell whether the distributor or the
+        """A member objects to the current epoch's distribution. An objection by a roster member that has not
+        objected before, against the epoch's distributor (the sender of its first valid distribution) not yet
+        barred, MACed under the epoch's objection key (so its objector could derive K_abe: not an outsider with a
+        contribution made from the public key, nor the relay), bars the distributor from distributing here and
+        re-keys the room: a new epoch, same roster. Nobody else can tell whether the distributor or the
         objector lies: each objection costs a member its only one. Every member decides the same way from the same
         public items.
 
@@ -690,17 +695,18 @@ class RoomMember:
         if not self.joined:
             return Event(ref, "objection", "ignored", epoch=item.epoch)
         objector = self.members.get(item.objector)
-        if (objector is None or item.objector not in self.roster or item.leader not in self.roster
-                or equal(item.objector, item.leader)):
+        epoch = self.epochs.get(item.epoch)
+        if (objector is None or epoch is None or item.epoch != self.current_epoch or epoch.dealer is None
+                or not equal(item.leader, epoch.dealer) or item.objector not in epoch.roster
+                or equal(item.objector, item.leader) or epoch.okey is None):
             return Event(ref, "objection", "ignored", epoch=item.epoch)
         wire.verify(objector.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
+        wire.check_objection_mac(item, epoch.okey)
         if item.objector in self.objected or item.leader in self.barred:
             return Event(ref, "objection", "ignored", epoch=item.epoch, sender=self.label(item.objector),
                          sender_id=short(item.objector))
         self.barred.add(item.leader)
         self.objected.add(item.objector)
-        if item.epoch != self.current_epoch:
-            return self._event(ref, "objection", "accepted", item.objector, epoch=item.epoch)
         self._new_epoch(ref, rekey=True)
         return self._event(ref, "objection", "accepted", item.objector, epoch=ref, members=len(self.roster))
 
@@ -740,7 +746,7 @@ class RoomMember:
                  if ep.key is None and newest is not None and n < newest and n not in gone]
         for n in gone:
             epoch = self.epochs.pop(n)
-            epoch.key = epoch.kabe = None
+            epoch.key = epoch.kabe = epoch.okey = None
         return sorted(gone)
 
     def _forget_membership(self) -> None:
@@ -755,7 +761,7 @@ class RoomMember:
                 member.status = PENDING
         now = self.clock()
         for epoch in self.epochs.values():
-            epoch.kabe = None
+            epoch.kabe = epoch.okey = None
             if epoch.key is not None and epoch.delete_at is None:
                 epoch.delete_at = now + self.grace
         self.expire()
@@ -777,7 +783,7 @@ class RoomMember:
             "roster": [m.hex() for m in self.roster],
             "epochs": [[n, [m.hex() for m in ep.roster], ep.seen_at, hx(ep.kabe), hx(ep.key), ep.delete_at,
                         ep.distributed, ep.sent, {m.hex(): c for m, c in ep.highest.items()}, hx(ep.dealer),
-                        ep.objection, ep.period]
+                        ep.objection, ep.period, hx(ep.okey)]
                        for n, ep in self.epochs.items()],
             "barred": sorted(m.hex() for m in self.barred), "objected": sorted(m.hex() for m in self.objected),
             "mismatches": self.mismatches, "held_dropped": self.held_dropped,
@@ -808,10 +814,11 @@ class RoomMember:
         for n, roster, seen_at, kabe, key, delete_at, distributed, sent, highest, *rest in data["epochs"]:
             # Since the key commitment (issue 22): the epoch's distributor and this member's objection.
             # Then the epoch's key period (unknown before: taken as the room's, so never "late").
-            dealer, objection, period = (rest + [None, None, data.get("period", 0)])[:3]
+            # Then the key of the epoch's objections (issue 22d; none before: its objections are ignored).
+            dealer, objection, period, okey = (rest + [None, None, data.get("period", 0), None][len(rest):])[:4]
             member.epochs[n] = _Epoch([bytes.fromhex(m) for m in roster], seen_at, bx(kabe), bx(key), delete_at,
                                       distributed, sent, {bytes.fromhex(m): c for m, c in highest.items()},
-                                      bx(dealer), objection, period)
+                                      bx(dealer), objection, period, bx(okey))
         member.barred = {bytes.fromhex(m) for m in data.get("barred", [])}
         member.objected = {bytes.fromhex(m) for m in data.get("objected", [])}
         member.mismatches = data.get("mismatches", 0)
