@@ -279,7 +279,7 @@ def test_a_flood_of_contributions_under_periods_nobody_holds_is_bounded_and_expi
     w.clock.now += HELD_MAX_AGE_S
     a.duties()
     assert a.future == {} and a.status()["later_periods"] == []
-    assert len(a.to_dict()["ciphertexts"]) == len(a.members)
+    assert len(a.to_dict()["ciphertexts"]) == len(a.roster)  # the roster's only (issue 22d)
 
 
 def test_held_contributions_go_when_this_devices_key_of_their_period_has_ended():
@@ -482,3 +482,36 @@ def test_an_objection_naming_another_than_the_epochs_distributor_is_ignored():
     w.log.post(hostile_objection(w.room.room_id, e, a.me, m.me, sig, os.urandom(32)))  # a wrong MAC
     w.log.sync()
     assert a.current_epoch == e and a.barred == set()
+
+
+def test_ciphertexts_of_held_contributions_that_left_and_of_skipped_ones_are_forgotten():
+    """Anyone with the public key posts contributions under a later period and their leaves (or contributions
+    every member skips): their ciphertexts used to stay in the device's state for ever. Now only the roster's
+    and the held ones' are kept."""
+    from device.abe.policy import Policy
+    from device.rooms.protocol import MAX_HELD
+    from tests.test_rooms import _period_world
+
+    w, _ = _period_world()
+    a = w.members[0]
+    kept = set(a.ciphertexts)
+    pol = Policy.parse(f"({w.room.policy.text}) and PERIOD_7")
+    from device.abe.scheme import encapsulate
+
+    for _ in range(2 * MAX_HELD):
+        enc = encapsulate(w.master.public, pol)
+        x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        ct = enc.ciphertext.encode()
+        head = (b"ORM1" + bytes([5]) + w.room.room_id + struct.pack(">I", len(ct)) + ct + _pub(x) + _pub(sig)
+                + bytes([5]) + b"guest")
+        bind = mac(derive_key(enc.key, "otc room bind v2"), w.room.room_id, _pub(x), _pub(sig), b"guest")
+        raw = head + bind + sig.sign(head + bind)
+        w.log.post(raw)
+        w.log.post(b"ORM1" + bytes([4]) + w.room.room_id + wire.member_id(raw)
+                   + sig.sign(b"ORM1" + bytes([4]) + w.room.room_id + wire.member_id(raw)))
+    for _ in range(20):
+        w.log.post(_garbage_contribution(w)[0])
+    w.log.deliver(a)
+    a.prune_held()
+    assert a.future == {} and a.ciphertexts == kept
+    assert a.ciphertexts == {a.members[m].ciphertext for m in a.roster}

@@ -493,20 +493,24 @@ class RoomMember:
             return self._event(ref, "contribution", "accepted", mid, epoch=ref, own=True, members=len(self.roster))
         if not self.joined:
             self._admit(ref, item, PENDING)
-            self.members[mid].ciphertext = item.ciphertext_bytes
             return self._event(ref, "contribution", "accepted", mid, members=len(self.roster))
         self._admit(ref, item, PENDING)
-        self.members[mid].ciphertext = item.ciphertext_bytes
         if not self._settle(mid):
             return Event(ref, "contribution", "skipped", sender_id=short(mid))
         self._new_epoch(ref)
         return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
 
     def _drop_held(self, mid: bytes) -> None:
-        record = self.future.pop(mid)
+        self._unlist(self.future.pop(mid))
+        self.held_dropped += 1
+
+    def _unlist(self, record: _Member) -> None:
+        """A contribution off the roster (it left, was skipped, or its period is over) or no longer held: its
+        ciphertext is forgotten. So the ciphertexts kept are those of the roster and of the contributions held
+        aside (at most MAX_HELD), never more."""
         if record.ciphertext is not None:
             self.ciphertexts.discard(record.ciphertext)
-        self.held_dropped += 1
+            record.ciphertext = None
 
     def _bound_held(self) -> None:
         """At most MAX_HELD contributions held aside: beyond, those of the latest periods (the next period's,
@@ -532,8 +536,8 @@ class RoomMember:
 
     def _admit(self, ref: int, item: wire.Contribution, status: str) -> None:
         period = self.period_of(item.ciphertext) or 0
-        self.members[item.member_id] = _Member(ref, item.x_pub, item.sig_pub, item.bind, status, name=item.name,
-                                               period=period)
+        self.members[item.member_id] = _Member(ref, item.x_pub, item.sig_pub, item.bind, status,
+                                               item.ciphertext_bytes, name=item.name, period=period)
         self.ciphertexts.add(item.ciphertext_bytes)
         self.roster.append(item.member_id)
 
@@ -565,9 +569,12 @@ class RoomMember:
         for mid in [m for m in self.roster if self.members[m].period < period]:
             self.roster.remove(mid)
             self._ks.pop(mid, None)
+            self._unlist(self.members[mid])
         for mid, record in sorted(self.future.items(), key=lambda kv: kv[1].ref):
             if record.period <= period:
                 del self.future[mid]
+                if record.period < period:
+                    self._unlist(record)
                 if record.period == period:
                     self.members[mid] = record
                     self.roster.append(mid)
@@ -586,7 +593,7 @@ class RoomMember:
         if k is None or not equal(wire.bind_tag(k, self.room.room_id, member.x_pub, member.sig_pub,
                                                 member.name or None), member.bind):
             self.roster.remove(mid)
-            del self.members[mid]
+            self._unlist(self.members.pop(mid))
             return False
         member.status = VALID
         self._ks[mid] = k
@@ -621,7 +628,7 @@ class RoomMember:
         held = self.future.get(item.member)
         if held is not None:  # a member of a later period, held aside, leaves before this device can tell
             wire.verify(held.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
-            del self.future[item.member]
+            self._unlist(self.future.pop(item.member))
             return Event(ref, "leave", "held", sender_id=short(item.member))
         member = self.members.get(item.member)
         if member is None or item.member not in self.roster:
@@ -629,6 +636,7 @@ class RoomMember:
         wire.verify(member.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
         self.roster.remove(item.member)
         self._ks.pop(item.member, None)
+        self._unlist(member)
         if not self.joined:
             return self._event(ref, "leave", "accepted", item.member, members=len(self.roster))
         self._new_epoch(ref)
