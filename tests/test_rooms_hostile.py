@@ -515,3 +515,20 @@ def test_ciphertexts_of_held_contributions_that_left_and_of_skipped_ones_are_for
     a.prune_held()
     assert a.future == {} and a.ciphertexts == kept
     assert a.ciphertexts == {a.members[m].ciphertext for m in a.roster}
+
+
+def test_look_alikes_made_of_a_mapped_character_and_a_swap_are_caught():
+    """"cIaude" (a capital I: in most fonts an l) escaped "claude": the two-letter swaps ran before the
+    characters were mapped. Now characters first, then the swaps until nothing changes."""
+    from device.rooms.protocol import skeleton
+
+    assert skeleton("claude") == skeleton("cIaude") == skeleton("c1aude") == skeleton("daude")
+    assert skeleton("rnary") == skeleton("mary") and skeleton("vvill") == skeleton("wiII")
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    a, m, b = w.members
+    w.log.post(a.join("claude"))
+    w.log.post(b.join("bob"))
+    w.log.sync()
+    w.log.post(m.join("cIaude"))
+    w.log.sync()
+    assert b.label(a.me) == f"claude~{a.me[:6].hex()}" and b.label(m.me) == f"cIaude~{m.me[:6].hex()}"

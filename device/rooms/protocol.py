@@ -175,16 +175,21 @@ _LOOK_ALIKE = str.maketrans({"0": "o", "1": "l", "i": "l", "|": "l", "5": "s", "
 
 def skeleton(name: str) -> str:
     """What a display name looks like, for telling look-alikes apart: NFKC, case folded, separators (``.``,
-    ``_``, ``-``) dropped, ``rn`` as ``m``, ``vv`` as ``w``, ``cl`` as ``d``, and digits and letters that are
-    easily taken for one another (0/o, 1/l/I, 5/s, ...) made one. Names are ASCII letters, digits and separators
-    (wire.check_name), so no other script can appear in one. Two names with the same skeleton are each shown with
-    their membership's short id."""
+    ``_``, ``-``) dropped, digits and letters that are easily taken for one another (0/o, 1/l/I, 5/s, ...) made
+    one, then ``rn`` as ``m``, ``vv`` as ``w``, ``cl`` as ``d`` until nothing changes. Names are ASCII letters,
+    digits and separators (wire.check_name), so no other script can appear in one. Two names with the same
+    skeleton are each shown with their membership's short id."""
     import unicodedata
 
     folded = unicodedata.normalize("NFKC", name).casefold()
-    folded = "".join(c for c in folded if c not in "._-")
-    folded = folded.replace("rn", "m").replace("vv", "w").replace("cl", "d")
-    return folded.translate(_LOOK_ALIKE)
+    folded = "".join(c for c in folded if c not in "._-").translate(_LOOK_ALIKE)
+    # Characters first, then the two-letter look-alikes until none is left: mapped the other way round, "cIaude"
+    # (a capital I) escaped "claude" (an outside review, issue 22d), and one swap can make another ("rnn").
+    while True:
+        swapped = folded.replace("rn", "m").replace("vv", "w").replace("cl", "d")
+        if swapped == folded:
+            return folded
+        folded = swapped
 
 
 class RoomMember:
