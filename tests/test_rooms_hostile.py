@@ -532,3 +532,28 @@ def test_look_alikes_made_of_a_mapped_character_and_a_swap_are_caught():
     w.log.post(m.join("cIaude"))
     w.log.sync()
     assert b.label(a.me) == f"claude~{a.me[:6].hex()}" and b.label(m.me) == f"cIaude~{m.me[:6].hex()}"
+
+
+def test_a_member_renewed_after_it_held_the_move_hides_the_revoked_members_later_messages():
+    """a held b's period-2 contribution aside (a's renewal not opened yet); a opens its renewal, then revoked c
+    posts under the period-1 epoch. a used to show it (no move recorded until its own contribution came back),
+    though it held the proof that the room had moved (b's ref). Now a checks the held contributions of a period
+    first, once its key of it has begun, and records the move at the earliest genuine one's ref."""
+    from tests.test_rooms import _period_world, _renew
+
+    w, renewed = _period_world()
+    a, b, c = w.members
+    _renew(w.keys[1], renewed[1])
+    w.log.sync()
+    assert b.period == 2 and a.period == 1 and b.me in a.future
+    held_ref = a.future[b.me].ref
+    _renew(w.keys[0], renewed[0])  # a's period 2 has begun now
+    w.log.post(c.send("revoked c, after the move"))
+    w.log.deliver(a)
+    assert "revoked c, after the move" not in w.log.texts(a)
+    assert a.moves[2] == held_ref and a.period == 2
+    late = [ev for ev in w.log.events[id(a)] if ev.kind == "message"][-1]
+    assert late.outcome == "late"
+    w.log.sync()
+    e = a.current_epoch
+    assert a.epochs[e].key is not None and a.epochs[e].key == b.epochs[b.current_epoch].key

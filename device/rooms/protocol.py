@@ -376,6 +376,7 @@ class RoomMember:
         begun (if its owner wants it in the room), and the distribution of the current epoch (leader, or the next
         after timeouts)."""
         out = []
+        self._take_held()
         if self.wanted and self._pending is None:
             usable = self.usable_period()
             mine = self.members[self.me].period if self.me is not None else None
@@ -430,6 +431,7 @@ class RoomMember:
             self.last_ref = ref
             return Event(ref, "item", "refused")
         kind = type(item).__name__.lower()
+        self._take_held()
         try:
             if isinstance(item, wire.Contribution):
                 event = self._contribution(ref, item)
@@ -504,6 +506,30 @@ class RoomMember:
             return Event(ref, "contribution", "skipped", sender_id=short(mid))
         self._new_epoch(ref)
         return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
+
+    def _take_held(self) -> None:
+        """Once this device's key of a held period has begun (a renewal opened after the contribution that moved
+        the room came), the held contributions of that period are checked first, in relay order, and the room
+        moves at the earliest genuine one's ref: what came on the relay after it (a revoked member's messages
+        under the old period) is judged against that move, not against this device's later contribution."""
+        if not self.future or not self.joined:
+            return
+        usable = self.usable_period()
+        if usable is None:
+            return
+        for mid, record in sorted(self.future.items(), key=lambda kv: kv[1].ref):
+            if record.period > usable or record.period <= self.period or mid not in self.future:
+                continue
+            k = self._check(record)
+            if k is None:  # not genuine: gone, like one skipped on arrival
+                self._unlist(self.future.pop(mid))
+                continue
+            if k is False:
+                continue
+            self._advance(record.period, record.ref)  # the record joins the roster (this device is no longer in)
+            record.status = VALID
+            self._ks[mid] = k
+            return
 
     def _drop_held(self, mid: bytes) -> None:
         self._unlist(self.future.pop(mid))
