@@ -524,7 +524,7 @@ class RoomMember:
             if k is None:  # not genuine: gone, like one skipped on arrival
                 self._unlist(self.future.pop(mid))
                 continue
-            if k is False:
+            if not isinstance(k, bytes):  # undecidable here
                 continue
             self._advance(record.period, record.ref)  # the record joins the roster (this device is no longer in)
             record.status = VALID
