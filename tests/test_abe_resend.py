@@ -86,3 +86,27 @@ def test_a_revoked_members_kept_renewal_is_not_sent_again(homes):  # noqa: F811
         assert [r.package for r in RenewalPads(keys).resend("alice")] == [sent.package]
         keys.revoke("alice")
         assert RenewalPads(keys).resend() == []
+
+
+def test_revoking_by_the_grant_key_id_stops_the_resend_of_the_renewal(homes):  # noqa: F811
+    """An outside review (issue 22d): ``otc abe revoke KEYID`` with the member's grant key marks that key only,
+    not the renewal issued since, and --resend skipped only packages whose own key was revoked: the revoked
+    member's next-period key went out again. Now any revoked key of the member device stops every re-send to it."""
+    from device.abe.errors import Revoked
+    from device.abe.renewal import UnknownMember, plan_renewal, renew
+    from device.abe.store import renewal_for
+
+    auth, member = homes
+    issued, received = grant(auth, member, "STAFF", Owners({HOST: True, JOIN: True}))
+    assert not isinstance(issued, Exception)
+    with PadStore(auth) as store:
+        keys = AbeKeys(store)
+        first = keys.issued()[0]
+        (sent,) = renew(keys, plan_renewal(keys), os.urandom)
+        assert [r.package for r in RenewalPads(keys).resend()] == [sent.package]
+        keys.revoke(first.key_id.hex()[:16])  # the member's grant key
+        with pytest.raises(Revoked):
+            renewal_for(keys, first.member_device_id)
+        assert RenewalPads(keys).resend() == []
+        with pytest.raises(UnknownMember, match="nothing to re-send"):
+            RenewalPads(keys).resend(first.member)

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from device.rooms import wire
 from device.rooms.protocol import RoomMember
 from onetimechat.crypto import derive_key, mac
 from tests.rooms_helpers import World
@@ -56,8 +57,12 @@ def hostile_distribution(room_id: bytes, epoch: int, roster: list[tuple[bytes, b
     return body + sig.sign(body)
 
 
-def hostile_objection(room_id: bytes, epoch: int, leader: bytes, objector: bytes, sig: Ed25519PrivateKey) -> bytes:
-    body = b"ORM1" + bytes([7]) + room_id + struct.pack(">Q", epoch) + leader + objector
+def hostile_objection(room_id: bytes, epoch: int, leader: bytes, objector: bytes, sig: Ed25519PrivateKey,
+                      okey: bytes | None = None) -> bytes:
+    """An objection (type 8), MACed under ``okey`` (HKDF of the epoch's K_abe: a member's); None, as anyone
+    without K_abe must: a random MAC."""
+    body = b"ORM1" + bytes([8]) + room_id + struct.pack(">Q", epoch) + leader + objector
+    body += mac(okey, body) if okey is not None else os.urandom(32)
     return body + sig.sign(body)
 
 
@@ -108,16 +113,18 @@ def test_a_distributor_that_seals_another_key_to_one_member_is_caught_and_the_ro
     w.log.post(b.send("from b"))
     w.log.sync()
     assert "from b" in w.log.texts(a) and "from a" in w.log.texts(b)
-    # Mallory, barred, can no longer distribute: her next split is refused by everyone.
+    # A roster change clears the bars (they hold for one roster: a newcomer could not judge the old ones):
+    # Mallory may cheat once more, and b, its objection restored, re-keys the room again without her.
     w.log.post(a.leave())
     w.log.deliver(m), w.log.deliver(b)
     e3 = b.current_epoch
+    assert b.barred == set()
     _split(w, m, {m.me: g1, b.me: g2}, g1)
-    w.log.deliver(b)
-    assert w.log.events[id(b)][-1].outcome == "refused" and b.epochs[e3].key is None
-    # b, the objector, still distributes (an objection costs it only its next objection).
     w.log.sync()
-    assert b.epochs[e3].key is not None
+    assert b.mismatches == 2 and b.barred == {m.me} and b.current_epoch > e3
+    w.clock.now += b.leader_timeout
+    w.log.sync()
+    assert b.epochs[b.current_epoch].key is not None  # b, the objector, distributes
 
 
 def test_a_distribution_with_garbage_for_some_is_refused_by_them_and_everyone_converges():
@@ -165,7 +172,7 @@ def test_a_false_objection_is_bounded_one_per_membership():
     e = a.current_epoch
     assert a.status()["keyed"] and m.epochs[e].key == a.epochs[e].key  # a's honest distribution
     sig = Ed25519PrivateKey.from_private_bytes(m._sig)
-    w.log.post(hostile_objection(w.room.room_id, e, a.me, m.me, sig))  # a lie: a's distribution was fine
+    w.log.post(hostile_objection(w.room.room_id, e, a.me, m.me, sig, m.epochs[e].okey))  # a lie: a's was fine
     w.log.sync()
     assert a.barred == {a.me} and a.objected == {m.me}
     w.clock.now += a.leader_timeout  # Mallory, first not barred, stays silent: b takes the duty after a timeout
@@ -173,7 +180,7 @@ def test_a_false_objection_is_bounded_one_per_membership():
     e2 = a.current_epoch
     assert e2 > e and a.epochs[e2].key is not None and a.epochs[e2].key == b.epochs[e2].key  # b distributed
     # Again, against b: Mallory is barred, so it changes nothing.
-    w.log.post(hostile_objection(w.room.room_id, e2, b.me, m.me, sig))
+    w.log.post(hostile_objection(w.room.room_id, e2, b.me, m.me, sig, m.epochs[e2].okey))
     w.log.sync()
     assert a.current_epoch == e2 and a.barred == {a.me}
 
@@ -187,7 +194,7 @@ def test_the_bars_and_objections_survive_the_store():
     w.log.deliver(b)
     again = RoomMember.from_dict(json.loads(json.dumps(b.to_dict())), b.keys, clock=w.clock)
     (objection,) = again.duties()
-    assert objection[4] == 7 and again.mismatches == 1
+    assert objection[4] == 8 and again.mismatches == 1
 
 
 # -- 5. a revoked member's messages after the authority ended its period early --------------------------------
@@ -272,7 +279,7 @@ def test_a_flood_of_contributions_under_periods_nobody_holds_is_bounded_and_expi
     w.clock.now += HELD_MAX_AGE_S
     a.duties()
     assert a.future == {} and a.status()["later_periods"] == []
-    assert len(a.to_dict()["ciphertexts"]) == len(a.members)
+    assert len(a.to_dict()["ciphertexts"]) == len(a.roster)  # the roster's only (issue 22d)
 
 
 def test_held_contributions_go_when_this_devices_key_of_their_period_has_ended():
@@ -320,3 +327,233 @@ def test_look_alike_display_names_are_each_shown_with_their_memberships_id():
         assert shown["from the real one"] == f"alice~{a.me[:6].hex()}"
         assert shown["from the look-alike"] == f"{look_alike}~{m.me[:6].hex()}"
         assert b.label(b.me) == "bob"  # a name nobody's looks like is shown as chosen
+
+
+# -- 6. an outside review of the newest defences (issue 22d): the red team's attackers, inverted -------------
+
+
+def _garbage_contribution(w: World, ct: bytes | None = None, name: bytes = b"ghost"):
+    """A named contribution (type 5) under the room policy whose bind is random: every member that decapsulates
+    it skips it. ``ct``: a ciphertext to re-wrap (the relay's way: it holds no key, not even the public one);
+    else one made from the authority's public key (anyone's way)."""
+    from device.abe.scheme import encapsulate
+
+    if ct is None:
+        ct = encapsulate(w.master.public, w.room.policy).ciphertext.encode()
+    x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    head = (b"ORM1" + bytes([5]) + w.room.room_id + struct.pack(">I", len(ct)) + ct + _pub(x) + _pub(sig)
+            + bytes([len(name)]) + name)
+    body = head + os.urandom(32)
+    raw = body + sig.sign(body)
+    return raw, wire.member_id(raw), sig
+
+
+def _newcomer_after_a_skipped_objection(w: World, raw: bytes, mid: bytes, sig: Ed25519PrivateKey) -> None:
+    a, b, c = w.members
+    w.log.post(raw)
+    w.log.post(hostile_objection(w.room.room_id, a.current_epoch, a.me, mid, sig))
+    w.log.sync()
+    assert a.barred == b.barred == set()  # the members in the room skip both
+    w.log.members = [a, b, c]
+    w.log.events[id(c)] = []
+    w.log.post(c.join(None))  # c reads the mailbox from the start, as any newcomer
+    for _ in range(5):
+        w.clock.now += a.leader_timeout
+        w.log.sync()
+    e = a.current_epoch
+    assert c.barred == a.barred == b.barred == set()
+    assert c.current_epoch == e and c.epochs[e].key is not None and c.epochs[e].key == a.epochs[e].key
+    w.log.post(a.send("hello c"))
+    w.log.post(c.send("hello a"))
+    w.log.sync()
+    assert "hello c" in w.log.texts(c) and "hello a" in w.log.texts(a) and c.mismatches == a.mismatches == 0
+
+
+def test_a_skipped_contributions_objection_does_not_split_a_later_newcomer_from_the_room():
+    """Anyone with the invite posts a contribution every member skips, and its objection against the leader a.
+    A newcomer, which cannot judge either before its own contribution comes back, used to take the objection
+    and bar a, alone: a distributed for the newcomer's epoch, the newcomer refused it and held another key
+    from b, silently. Now a member not joined takes no objection, and a roster change clears the bars for all."""
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    a, b, c = w.members
+    w.log.members = [a, b]
+    for m in (a, b):
+        w.log.post(m.join(None))
+        w.log.sync()
+    raw, mid, sig = _garbage_contribution(w)
+    _newcomer_after_a_skipped_objection(w, raw, mid, sig)
+
+
+def test_the_relay_alone_does_not_split_a_newcomer_from_the_room():
+    """The relay holds no key at all: it re-wraps a member's contribution ciphertext (one byte flipped) with
+    fresh keys and a random bind, and posts an objection from it against the leader."""
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    a, b, c = w.members
+    w.log.members = [a, b]
+    for m in (a, b):
+        w.log.post(m.join(None))
+        w.log.sync()
+    first = wire.decode(wire.from_text(w.log.items[0]), w.room.room_id)
+    assert isinstance(first, wire.Contribution)
+    ct = bytearray(first.ciphertext_bytes)
+    ct[-1] ^= 1
+    raw, mid, sig = _garbage_contribution(w, bytes(ct))
+    _newcomer_after_a_skipped_objection(w, raw, mid, sig)
+
+
+def _outsider_contribution(w: World, name: bytes = b"guest"):
+    """A valid contribution made from the authority's public key only (no attribute key: anyone, the relay
+    included, can make one). It decapsulates and binds, so it takes a roster slot; its maker knows its own k_j
+    but no one else's, so never K_abe."""
+    from device.abe.scheme import encapsulate
+
+    enc = encapsulate(w.master.public, w.room.policy)
+    x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    ct = enc.ciphertext.encode()
+    head = (b"ORM1" + bytes([5]) + w.room.room_id + struct.pack(">I", len(ct)) + ct + _pub(x) + _pub(sig)
+            + bytes([len(name)]) + name)
+    bind = mac(derive_key(enc.key, "otc room bind v2"), w.room.room_id, _pub(x), _pub(sig), name)
+    raw = head + bind + sig.sign(head + bind)
+    return raw, wire.member_id(raw), sig
+
+
+def test_an_outsider_with_only_the_public_key_cannot_bar_the_distributors():
+    """Memberships are free (a contribution from the public key gets a roster slot), but an objection is MACed
+    under the epoch's K_abe, which an outsider cannot derive: every one it posts is refused, nobody is barred,
+    the room stays keyed."""
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    a, b, c = w.members
+    for m in (a, b, c):
+        w.log.post(m.join(None))
+        w.log.sync()
+    for victim in (a, b, c):
+        raw, mid, sig = _outsider_contribution(w)
+        w.log.post(raw)
+        w.log.sync(rounds=1)
+        e = a.current_epoch
+        assert mid in a.roster and a.epochs[e].dealer is not None
+        w.log.post(hostile_objection(w.room.room_id, e, a.epochs[e].dealer, mid, sig))
+        w.log.sync(rounds=1)
+        assert [ev.outcome for ev in w.log.events[id(a)] if ev.kind in ("objection", "item")][-1] == "refused"
+    assert a.barred == b.barred == c.barred == set() and a.objected == set()
+    for _ in range(3):
+        w.clock.now += a.leader_timeout
+        w.log.sync()
+    e = a.current_epoch
+    assert a.epochs[e].key is not None and a.epochs[e].key == b.epochs[e].key == c.epochs[e].key
+
+
+def test_outsider_memberships_cause_no_objection_rekeys():
+    """One attacker opening many memberships (free, from the public key) used to re-key the room once per
+    membership by objecting: without K_abe, none of its objections count."""
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    a, b, _ = w.members
+    w.log.members = [a, b]
+    for x in (a, b):
+        w.log.post(x.join(None))
+        w.log.sync()
+    rekeys = 0
+    for i in range(5):
+        raw, mid, sig = _outsider_contribution(w, b"m%d" % i)
+        w.log.post(raw)
+        w.log.sync()
+        before = a.current_epoch
+        w.log.post(hostile_objection(w.room.room_id, before, a.epochs[before].dealer, mid, sig))
+        w.log.sync()
+        rekeys += a.current_epoch != before
+    assert rekeys == 0 and a.barred == set()
+
+
+def test_an_objection_naming_another_than_the_epochs_distributor_is_ignored():
+    """A key-holding hostile member (its MAC is right) may object only to the epoch's actual distributor: it
+    cannot bar the next in line before that one has distributed anything."""
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    a, m, b = w.members
+    _silenced(m)
+    for member in (a, m, b):
+        w.log.post(member.join())
+        w.log.sync()
+    e = a.current_epoch
+    assert a.epochs[e].dealer == a.me
+    sig = Ed25519PrivateKey.from_private_bytes(m._sig)
+    w.log.post(hostile_objection(w.room.room_id, e, b.me, m.me, sig, m.epochs[e].okey))  # b never distributed
+    w.log.sync()
+    assert a.current_epoch == e and a.barred == b.barred == set() and a.objected == set()
+    w.log.post(hostile_objection(w.room.room_id, e, a.me, m.me, sig, os.urandom(32)))  # a wrong MAC
+    w.log.sync()
+    assert a.current_epoch == e and a.barred == set()
+
+
+def test_ciphertexts_of_held_contributions_that_left_and_of_skipped_ones_are_forgotten():
+    """Anyone with the public key posts contributions under a later period and their leaves (or contributions
+    every member skips): their ciphertexts used to stay in the device's state for ever. Now only the roster's
+    and the held ones' are kept."""
+    from device.abe.policy import Policy
+    from device.rooms.protocol import MAX_HELD
+    from tests.test_rooms import _period_world
+
+    w, _ = _period_world()
+    a = w.members[0]
+    kept = set(a.ciphertexts)
+    pol = Policy.parse(f"({w.room.policy.text}) and PERIOD_7")
+    from device.abe.scheme import encapsulate
+
+    for _ in range(2 * MAX_HELD):
+        enc = encapsulate(w.master.public, pol)
+        x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        ct = enc.ciphertext.encode()
+        head = (b"ORM1" + bytes([5]) + w.room.room_id + struct.pack(">I", len(ct)) + ct + _pub(x) + _pub(sig)
+                + bytes([5]) + b"guest")
+        bind = mac(derive_key(enc.key, "otc room bind v2"), w.room.room_id, _pub(x), _pub(sig), b"guest")
+        raw = head + bind + sig.sign(head + bind)
+        w.log.post(raw)
+        w.log.post(b"ORM1" + bytes([4]) + w.room.room_id + wire.member_id(raw)
+                   + sig.sign(b"ORM1" + bytes([4]) + w.room.room_id + wire.member_id(raw)))
+    for _ in range(20):
+        w.log.post(_garbage_contribution(w)[0])
+    w.log.deliver(a)
+    a.prune_held()
+    assert a.future == {} and a.ciphertexts == kept
+    assert a.ciphertexts == {a.members[m].ciphertext for m in a.roster}
+
+
+def test_look_alikes_made_of_a_mapped_character_and_a_swap_are_caught():
+    """"cIaude" (a capital I: in most fonts an l) escaped "claude": the two-letter swaps ran before the
+    characters were mapped. Now characters first, then the swaps until nothing changes."""
+    from device.rooms.protocol import skeleton
+
+    assert skeleton("claude") == skeleton("cIaude") == skeleton("c1aude") == skeleton("daude")
+    assert skeleton("rnary") == skeleton("mary") and skeleton("vvill") == skeleton("wiII")
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    a, m, b = w.members
+    w.log.post(a.join("claude"))
+    w.log.post(b.join("bob"))
+    w.log.sync()
+    w.log.post(m.join("cIaude"))
+    w.log.sync()
+    assert b.label(a.me) == f"claude~{a.me[:6].hex()}" and b.label(m.me) == f"cIaude~{m.me[:6].hex()}"
+
+
+def test_a_member_renewed_after_it_held_the_move_hides_the_revoked_members_later_messages():
+    """a held b's period-2 contribution aside (a's renewal not opened yet); a opens its renewal, then revoked c
+    posts under the period-1 epoch. a used to show it (no move recorded until its own contribution came back),
+    though it held the proof that the room had moved (b's ref). Now a checks the held contributions of a period
+    first, once its key of it has begun, and records the move at the earliest genuine one's ref."""
+    from tests.test_rooms import _period_world, _renew
+
+    w, renewed = _period_world()
+    a, b, c = w.members
+    _renew(w.keys[1], renewed[1])
+    w.log.sync()
+    assert b.period == 2 and a.period == 1 and b.me in a.future
+    held_ref = a.future[b.me].ref
+    _renew(w.keys[0], renewed[0])  # a's period 2 has begun now
+    w.log.post(c.send("revoked c, after the move"))
+    w.log.deliver(a)
+    assert "revoked c, after the move" not in w.log.texts(a)
+    assert a.moves[2] == held_ref and a.period == 2
+    late = [ev for ev in w.log.events[id(a)] if ev.kind == "message"][-1]
+    assert late.outcome == "late"
+    w.log.sync()
+    e = a.current_epoch
+    assert a.epochs[e].key is not None and a.epochs[e].key == b.epochs[b.current_epoch].key

@@ -221,12 +221,15 @@ class RenewalPads:
 
     def resend(self, who: str | None = None, now: float | None = None) -> list[Renewal]:
         """The renewal packages sent for periods not over yet (to ``who`` only, a name or key id, if given), as
-        they were: nothing issued, no pad byte used. A revoked key's package is not sent again; those of periods
-        over are forgotten."""
+        they were: nothing issued, no pad byte used. A package is not sent again to a revoked member device (any
+        key issued to that device revoked: ``otc abe revoke KEYID`` names its grant key, not the renewal's); those
+        of periods over are forgotten."""
         now = time.time() if now is None else now
         records = sent_renewals.load(self.store)
         sent_renewals.forget(self.store, [r["key_id"] for r in records if r["ends"] <= now])
-        revoked = {i.key_id.hex() for i in self.keys.issued() if i.revoked is not None}
+        issued = self.keys.issued()
+        revoked_devices = {i.member_device_id for i in issued if i.revoked is not None and i.member_device_id}
+        revoked = {i.key_id.hex() for i in issued if i.revoked is not None or i.member_device_id in revoked_devices}
         out = [Renewal(r["member"], bytes.fromhex(r["key_id"]), r["mailbox"], r["package"]) for r in records
                if r["ends"] > now and r["key_id"] not in revoked
                and (who is None or who in (r["member"], r["key_id"]) or (len(who) >= 8 and r["key_id"].startswith(

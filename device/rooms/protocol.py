@@ -161,6 +161,8 @@ class _Epoch:
     objection: bool | None = None
     #: The room's key period when the epoch began.
     period: int = 0
+    #: The key the epoch's objections are MACed under (wire.objection_key of its K_abe), kept with the epoch.
+    okey: bytes | None = field(default=None, repr=False)
 
 
 def short(member: bytes) -> str:
@@ -173,16 +175,21 @@ _LOOK_ALIKE = str.maketrans({"0": "o", "1": "l", "i": "l", "|": "l", "5": "s", "
 
 def skeleton(name: str) -> str:
     """What a display name looks like, for telling look-alikes apart: NFKC, case folded, separators (``.``,
-    ``_``, ``-``) dropped, ``rn`` as ``m``, ``vv`` as ``w``, ``cl`` as ``d``, and digits and letters that are
-    easily taken for one another (0/o, 1/l/I, 5/s, ...) made one. Names are ASCII letters, digits and separators
-    (wire.check_name), so no other script can appear in one. Two names with the same skeleton are each shown with
-    their membership's short id."""
+    ``_``, ``-``) dropped, digits and letters that are easily taken for one another (0/o, 1/l/I, 5/s, ...) made
+    one, then ``rn`` as ``m``, ``vv`` as ``w``, ``cl`` as ``d`` until nothing changes. Names are ASCII letters,
+    digits and separators (wire.check_name), so no other script can appear in one. Two names with the same
+    skeleton are each shown with their membership's short id."""
     import unicodedata
 
     folded = unicodedata.normalize("NFKC", name).casefold()
-    folded = "".join(c for c in folded if c not in "._-")
-    folded = folded.replace("rn", "m").replace("vv", "w").replace("cl", "d")
-    return folded.translate(_LOOK_ALIKE)
+    folded = "".join(c for c in folded if c not in "._-").translate(_LOOK_ALIKE)
+    # Characters first, then the two-letter look-alikes until none is left: mapped the other way round, "cIaude"
+    # (a capital I) escaped "claude" (an outside review, issue 22d), and one swap can make another ("rnn").
+    while True:
+        swapped = folded.replace("rn", "m").replace("vv", "w").replace("cl", "d")
+        if swapped == folded:
+            return folded
+        folded = swapped
 
 
 class RoomMember:
@@ -369,6 +376,7 @@ class RoomMember:
         begun (if its owner wants it in the room), and the distribution of the current epoch (leader, or the next
         after timeouts)."""
         out = []
+        self._take_held()
         if self.wanted and self._pending is None:
             usable = self.usable_period()
             mine = self.members[self.me].period if self.me is not None else None
@@ -383,10 +391,10 @@ class RoomMember:
         if e is None or self.me is None or self._sig is None or self.me in self.objected:
             return []
         epoch = self.epochs[e]
-        if not epoch.objection or epoch.dealer is None or epoch.dealer in self.barred:
+        if not epoch.objection or epoch.dealer is None or epoch.dealer in self.barred or epoch.okey is None:
             return []
         epoch.objection = False
-        return [wire.objection(self.room.room_id, e, epoch.dealer, self.me,
+        return [wire.objection(self.room.room_id, e, epoch.dealer, self.me, epoch.okey,
                                Ed25519PrivateKey.from_private_bytes(self._sig))]
 
     def _distribute(self) -> list[bytes]:
@@ -423,6 +431,7 @@ class RoomMember:
             self.last_ref = ref
             return Event(ref, "item", "refused")
         kind = type(item).__name__.lower()
+        self._take_held()
         try:
             if isinstance(item, wire.Contribution):
                 event = self._contribution(ref, item)
@@ -491,20 +500,48 @@ class RoomMember:
             return self._event(ref, "contribution", "accepted", mid, epoch=ref, own=True, members=len(self.roster))
         if not self.joined:
             self._admit(ref, item, PENDING)
-            self.members[mid].ciphertext = item.ciphertext_bytes
             return self._event(ref, "contribution", "accepted", mid, members=len(self.roster))
         self._admit(ref, item, PENDING)
-        self.members[mid].ciphertext = item.ciphertext_bytes
         if not self._settle(mid):
             return Event(ref, "contribution", "skipped", sender_id=short(mid))
         self._new_epoch(ref)
         return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
 
+    def _take_held(self) -> None:
+        """Once this device's key of a held period has begun (a renewal opened after the contribution that moved
+        the room came), the held contributions of that period are checked first, in relay order, and the room
+        moves at the earliest genuine one's ref: what came on the relay after it (a revoked member's messages
+        under the old period) is judged against that move, not against this device's later contribution."""
+        if not self.future or not self.joined:
+            return
+        usable = self.usable_period()
+        if usable is None:
+            return
+        for mid, record in sorted(self.future.items(), key=lambda kv: kv[1].ref):
+            if record.period > usable or record.period <= self.period or mid not in self.future:
+                continue
+            k = self._check(record)
+            if k is None:  # not genuine: gone, like one skipped on arrival
+                self._unlist(self.future.pop(mid))
+                continue
+            if not isinstance(k, bytes):  # undecidable here
+                continue
+            self._advance(record.period, record.ref)  # the record joins the roster (this device is no longer in)
+            record.status = VALID
+            self._ks[mid] = k
+            return
+
     def _drop_held(self, mid: bytes) -> None:
-        record = self.future.pop(mid)
+        self._unlist(self.future.pop(mid))
+        self.held_dropped += 1
+
+    def _unlist(self, record: _Member) -> None:
+        """A contribution off the roster (it left, was skipped, or its period is over) or no longer held: its
+        ciphertext is forgotten. So the ciphertexts kept are those of the roster and of the contributions held
+        aside (at most MAX_HELD), never more."""
         if record.ciphertext is not None:
             self.ciphertexts.discard(record.ciphertext)
-        self.held_dropped += 1
+            record.ciphertext = None
 
     def _bound_held(self) -> None:
         """At most MAX_HELD contributions held aside: beyond, those of the latest periods (the next period's,
@@ -530,8 +567,8 @@ class RoomMember:
 
     def _admit(self, ref: int, item: wire.Contribution, status: str) -> None:
         period = self.period_of(item.ciphertext) or 0
-        self.members[item.member_id] = _Member(ref, item.x_pub, item.sig_pub, item.bind, status, name=item.name,
-                                               period=period)
+        self.members[item.member_id] = _Member(ref, item.x_pub, item.sig_pub, item.bind, status,
+                                               item.ciphertext_bytes, name=item.name, period=period)
         self.ciphertexts.add(item.ciphertext_bytes)
         self.roster.append(item.member_id)
 
@@ -563,9 +600,12 @@ class RoomMember:
         for mid in [m for m in self.roster if self.members[m].period < period]:
             self.roster.remove(mid)
             self._ks.pop(mid, None)
+            self._unlist(self.members[mid])
         for mid, record in sorted(self.future.items(), key=lambda kv: kv[1].ref):
             if record.period <= period:
                 del self.future[mid]
+                if record.period < period:
+                    self._unlist(record)
                 if record.period == period:
                     self.members[mid] = record
                     self.roster.append(mid)
@@ -584,7 +624,7 @@ class RoomMember:
         if k is None or not equal(wire.bind_tag(k, self.room.room_id, member.x_pub, member.sig_pub,
                                                 member.name or None), member.bind):
             self.roster.remove(mid)
-            del self.members[mid]
+            self._unlist(self.members.pop(mid))
             return False
         member.status = VALID
         self._ks[mid] = k
@@ -602,18 +642,24 @@ class RoomMember:
         self.decapsulations += 1
         return key
 
-    def _new_epoch(self, ref: int) -> None:
+    def _new_epoch(self, ref: int, *, rekey: bool = False) -> None:
+        """Epoch ``ref`` begins: a roster change, or (``rekey``) an accepted objection, same roster. A roster
+        change clears the bars and the objections spent: they hold for one roster (see :meth:`_objection`)."""
+        if not rekey:
+            self.barred.clear()
+            self.objected.clear()
         roster = list(self.roster)
         epoch = _Epoch(roster=roster, seen_at=self.clock(), period=self.period)
         if all(m in self._ks for m in roster):
             epoch.kabe = wire.k_abe([self._ks[m] for m in roster], wire.sid(self.room.room_id, ref, roster))
+            epoch.okey = wire.objection_key(epoch.kabe)
         self.epochs[ref] = epoch
 
     def _leave(self, ref: int, item: wire.Leave) -> Event:
         held = self.future.get(item.member)
         if held is not None:  # a member of a later period, held aside, leaves before this device can tell
             wire.verify(held.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
-            del self.future[item.member]
+            self._unlist(self.future.pop(item.member))
             return Event(ref, "leave", "held", sender_id=short(item.member))
         member = self.members.get(item.member)
         if member is None or item.member not in self.roster:
@@ -621,6 +667,7 @@ class RoomMember:
         wire.verify(member.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
         self.roster.remove(item.member)
         self._ks.pop(item.member, None)
+        self._unlist(member)
         if not self.joined:
             return self._event(ref, "leave", "accepted", item.member, members=len(self.roster))
         self._new_epoch(ref)
@@ -671,24 +718,35 @@ class RoomMember:
                            own=item.leader == self.me, members=len(epoch.roster))
 
     def _objection(self, ref: int, item: wire.Objection) -> Event:
-        """A member objects to an epoch's distribution. An objection by a roster member that has not objected
-        before, against another not yet barred, bars that one from distributing here and, if it names the current
-        epoch, re-keys the room: a new epoch, same roster. Nobody else can tell whether the distributor or the
+        """A member objects to the current epoch's distribution. An objection by a roster member that has not
+        objected before, against the epoch's distributor (the sender of its first valid distribution) not yet
+        barred, MACed under the epoch's objection key (so its objector could derive K_abe: not an outsider with a
+        contribution made from the public key, nor the relay), bars the distributor from distributing here and
+        re-keys the room: a new epoch, same roster. Nobody else can tell whether the distributor or the
         objector lies: each objection costs a member its only one. Every member decides the same way from the same
-        public items, joined or not."""
+        public items.
+
+        Bars and spent objections hold until the next roster change (every member, joined or newly joined, clears
+        them at the same item), and a member not joined takes none: a newcomer cannot judge the objections made
+        before its own contribution came back (it has decapsulated nobody yet; a contribution every member skips
+        is still on its roster), and its own contribution is a roster change that clears them for everyone
+        anyway. So a newcomer and the members already in the room always hold the same bars."""
+        if not self.joined:
+            return Event(ref, "objection", "ignored", epoch=item.epoch)
         objector = self.members.get(item.objector)
-        if (objector is None or item.objector not in self.roster or item.leader not in self.roster
-                or equal(item.objector, item.leader)):
+        epoch = self.epochs.get(item.epoch)
+        if (objector is None or epoch is None or item.epoch != self.current_epoch or epoch.dealer is None
+                or not equal(item.leader, epoch.dealer) or item.objector not in epoch.roster
+                or equal(item.objector, item.leader) or epoch.okey is None):
             return Event(ref, "objection", "ignored", epoch=item.epoch)
         wire.verify(objector.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
+        wire.check_objection_mac(item, epoch.okey)
         if item.objector in self.objected or item.leader in self.barred:
             return Event(ref, "objection", "ignored", epoch=item.epoch, sender=self.label(item.objector),
                          sender_id=short(item.objector))
         self.barred.add(item.leader)
         self.objected.add(item.objector)
-        if not self.joined or item.epoch != self.current_epoch:
-            return self._event(ref, "objection", "accepted", item.objector, epoch=item.epoch)
-        self._new_epoch(ref)
+        self._new_epoch(ref, rekey=True)
         return self._event(ref, "objection", "accepted", item.objector, epoch=ref, members=len(self.roster))
 
     def _message(self, ref: int, item: wire.Message) -> Event:
@@ -727,7 +785,7 @@ class RoomMember:
                  if ep.key is None and newest is not None and n < newest and n not in gone]
         for n in gone:
             epoch = self.epochs.pop(n)
-            epoch.key = epoch.kabe = None
+            epoch.key = epoch.kabe = epoch.okey = None
         return sorted(gone)
 
     def _forget_membership(self) -> None:
@@ -742,7 +800,7 @@ class RoomMember:
                 member.status = PENDING
         now = self.clock()
         for epoch in self.epochs.values():
-            epoch.kabe = None
+            epoch.kabe = epoch.okey = None
             if epoch.key is not None and epoch.delete_at is None:
                 epoch.delete_at = now + self.grace
         self.expire()
@@ -764,7 +822,7 @@ class RoomMember:
             "roster": [m.hex() for m in self.roster],
             "epochs": [[n, [m.hex() for m in ep.roster], ep.seen_at, hx(ep.kabe), hx(ep.key), ep.delete_at,
                         ep.distributed, ep.sent, {m.hex(): c for m, c in ep.highest.items()}, hx(ep.dealer),
-                        ep.objection, ep.period]
+                        ep.objection, ep.period, hx(ep.okey)]
                        for n, ep in self.epochs.items()],
             "barred": sorted(m.hex() for m in self.barred), "objected": sorted(m.hex() for m in self.objected),
             "mismatches": self.mismatches, "held_dropped": self.held_dropped,
@@ -795,10 +853,11 @@ class RoomMember:
         for n, roster, seen_at, kabe, key, delete_at, distributed, sent, highest, *rest in data["epochs"]:
             # Since the key commitment (issue 22): the epoch's distributor and this member's objection.
             # Then the epoch's key period (unknown before: taken as the room's, so never "late").
-            dealer, objection, period = (rest + [None, None, data.get("period", 0)])[:3]
+            # Then the key of the epoch's objections (issue 22d; none before: its objections are ignored).
+            dealer, objection, period, okey = (rest + [None, None, data.get("period", 0), None][len(rest):])[:4]
             member.epochs[n] = _Epoch([bytes.fromhex(m) for m in roster], seen_at, bx(kabe), bx(key), delete_at,
                                       distributed, sent, {bytes.fromhex(m): c for m, c in highest.items()},
-                                      bx(dealer), objection, period)
+                                      bx(dealer), objection, period, bx(okey))
         member.barred = {bytes.fromhex(m) for m in data.get("barred", [])}
         member.objected = {bytes.fromhex(m) for m in data.get("objected", [])}
         member.mismatches = data.get("mismatches", 0)

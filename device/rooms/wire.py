@@ -13,7 +13,8 @@ strict: exact lengths, nothing trailing, the right room.
 | 5 | named contribution | as 1, with name_len 1, name between the Ed25519 pub and bind |
 | 6 | distribution | epoch 8, sid 32, leader 32, ephemeral X25519 32, n 2, n x (member 32, sealed 48), |
 |   |              | commit 32, mac 32, sig 64 |
-| 7 | objection | epoch 8, leader 32, objector 32, sig 64 |
+| 7 | objection (withdrawn: anyone could post one; now refused as malformed) | |
+| 8 | objection | epoch 8, leader 32, objector 32, mac 32, sig 64 |
 
 A member's *id* is the hash of its contribution's bytes. ``bind`` is a MAC
 under k_j over the room and the two public keys (and, in a named
@@ -25,8 +26,9 @@ before it. Devices post named contributions (type 5); type 1 is still read
 bound to the room, the epoch and the distributor, so each member checks that the key it unsealed is the one
 every other member will check against (a distributor cannot seal different keys to different members
 unseen); an *objection* is a member's signed statement that the distribution of an epoch did not open to
-the committed key for it. The crypto helpers below (sid, K_abe, sealing G_e, the epoch key
-and message nonces) are the only place these secrets are combined.
+the committed key for it, MACed under a key derived from that epoch's K_abe (so only a member that could
+derive K_abe can object; the withdrawn type 7 had no MAC). The crypto helpers below (sid, K_abe, sealing G_e,
+the epoch key and message nonces) are the only place these secrets are combined.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from onetimechat.crypto import derive_key, equal, mac
 
 MAGIC = b"ORM1"
 CONTRIBUTION, OLD_DISTRIBUTION, MESSAGE, LEAVE, NAMED_CONTRIBUTION = 1, 2, 3, 4, 5
-DISTRIBUTION, OBJECTION = 6, 7
+DISTRIBUTION, OLD_OBJECTION, OBJECTION = 6, 7, 8
 ROOM_ID_BYTES = 16
 ID_BYTES = 32
 KEY_BYTES = 32
@@ -191,7 +193,12 @@ class Objection:
     epoch: int
     leader: bytes
     objector: bytes
+    mac: bytes
     raw: bytes
+
+    @property
+    def maced(self) -> bytes:
+        return self.raw[:-SIG_BYTES - KEY_BYTES]
 
     @property
     def signature(self) -> bytes:
@@ -286,10 +293,10 @@ def decode(raw: bytes, room_id: bytes) -> Item:
         r.end()
         return Distribution(room_id, epoch, sid, leader, eph, sealed, commit, tag, raw)
     if kind == OBJECTION:
-        epoch, leader, objector = r.int(8), r.take(ID_BYTES), r.take(ID_BYTES)
+        epoch, leader, objector, tag = r.int(8), r.take(ID_BYTES), r.take(ID_BYTES), r.take(KEY_BYTES)
         r.take(SIG_BYTES)
         r.end()
-        return Objection(room_id, epoch, leader, objector, raw)
+        return Objection(room_id, epoch, leader, objector, tag, raw)
     if kind == MESSAGE:
         epoch, sender, counter = r.int(8), r.take(ID_BYTES), r.int(8)
         body = r.take(len(raw) - r.at - SIG_BYTES)
@@ -341,9 +348,22 @@ def leave(room_id: bytes, member: bytes, sig_key: Ed25519PrivateKey) -> bytes:
     return body + sig_key.sign(body)
 
 
-def objection(room_id: bytes, epoch: int, leader: bytes, objector: bytes, sig_key: Ed25519PrivateKey) -> bytes:
+def objection_key(kabe: bytes) -> bytes:
+    """The key an epoch's objections are MACed under: only a member that derived the epoch's K_abe holds it."""
+    return derive_key(kabe, "otc room objection v1")
+
+
+def objection(room_id: bytes, epoch: int, leader: bytes, objector: bytes, okey: bytes,
+              sig_key: Ed25519PrivateKey) -> bytes:
+    """An objection (type 8): MACed under ``okey`` (:func:`objection_key` of the epoch's K_abe), then signed."""
     body = _header(OBJECTION, room_id) + struct.pack(">Q", epoch) + leader + objector
+    body += mac(okey, body)
     return body + sig_key.sign(body)
+
+
+def check_objection_mac(item: Objection, okey: bytes) -> None:
+    if not equal(mac(okey, item.maced), item.mac):
+        raise RoomItemRefused()
 
 
 def _raw_public(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
