@@ -10,7 +10,8 @@ What crosses processes, and how (docs/relay-protocol.md, "Worker processes"):
 
 * messages, quotas and presence are in the store, shared as they already were by separate relay processes;
 * a long poll in one worker is woken by a send in another through the store's watcher: PostgreSQL's
-  LISTEN/NOTIFY, or for SQLite a poll of ``PRAGMA data_version`` every 50 ms (relay/storage/sqlite.py);
+  LISTEN/NOTIFY, or for SQLite an inotify doorbell each commit rings, then ``PRAGMA data_version``
+  (relay/storage/sqlite.py);
 * rate limits: the workers share one set of buckets, so N workers allow what one does;
 * per worker: the open connections per address (each worker's guard counts its own, so one address may hold
   N times ``--connections-per-address`` in all), the long polls held (``--max-waits``, ``--waits-per-address``:
