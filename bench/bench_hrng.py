@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -32,14 +33,14 @@ from hrng.sources import BytesSource  # noqa: E402
 MiB = 1 << 20
 
 
-def best_of(rounds: int, fn) -> float:
-    """The fastest of ``rounds`` runs of ``fn`` (seconds): the steady state, not the noise."""
+def rates(rounds: int, mb: float, fn) -> str:
+    """MB/s of ``rounds`` runs of ``fn`` over ``mb`` MB: the median, and the slowest and fastest run."""
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return f"{mb / statistics.median(times):,.0f} MB/s ({mb / max(times):,.0f}-{mb / min(times):,.0f})"
 
 
 def in_memory(total_mib: int, rounds: int) -> None:
@@ -62,14 +63,10 @@ def in_memory(total_mib: int, rounds: int) -> None:
                 m.read(MiB)
 
     mb = total / 1e6
-    health = mb / best_of(rounds, health_only)
-    osr = mb / best_of(rounds, os_only)
-    one = mb / best_of(rounds, lambda: mixer(1))
-    two = mb / best_of(rounds, lambda: mixer(2))
-    print(f"health tests alone: {health:,.0f} MB/s; OS CSPRNG alone: {osr:,.0f} MB/s")
-    print(f"health tests + mixer, one hardware source: {one:,.0f} MB/s (target >= 50 MB/s; "
-          f"{total_mib} MiB in 1 MiB reads, best of {rounds})")
-    print(f"health tests + mixer, two hardware sources: {two:,.0f} MB/s")
+    print(f"health tests alone: {rates(rounds, mb, health_only)}; OS CSPRNG alone: {rates(rounds, mb, os_only)}")
+    print(f"health tests + mixer, one hardware source: {rates(rounds, mb, lambda: mixer(1))} (target >= 50 MB/s; "
+          f"{total_mib} MiB in 1 MiB reads; the median of {rounds} runs, then the slowest and fastest)")
+    print(f"health tests + mixer, two hardware sources: {rates(rounds, mb, lambda: mixer(2))}")
 
 
 def emulated(rate: int, seconds: float) -> None:
@@ -100,7 +97,7 @@ def emulated(rate: int, seconds: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=256, help="MiB through the mixer per round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the in-memory figures (best is shown)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the in-memory figures (median and spread)")
     parser.add_argument("--rate", type=int, default=1_000_000, help="the emulated source's rate, bytes/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long to read the emulated source")
     args = parser.parse_args()

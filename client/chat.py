@@ -577,6 +577,16 @@ class Chat:
             self.add(Line(time.time(), "in", f"#{name} {event.get('sender', '?')}", str(event.get("text", ""))))
         elif kind == "message" and outcome == "unreadable":
             self.system(f"#{name}: a message this device cannot read (sent under a key it does not hold)")
+        elif kind == "message" and outcome == "late":
+            self.system(f"#{name}: a message from {event.get('sender', 'a member')} under a key period that had "
+                        "ended (sent after the room moved on): not shown")
+        elif kind == "distribution" and outcome == "mismatch":
+            self.add(Line(time.time(), "error", name, f"#{name}: a key distribution was refused",
+                          warnings=[f"alarm: {event.get('sender', 'a member')} sealed this device another key than "
+                                    "the one it committed to; the device objected and the room re-keys"]))
+        elif kind == "objection" and outcome == "accepted":
+            self.system(f"#{name}: {event.get('sender', 'a member')} objected to a key distribution: the room "
+                        "re-keys")
         elif kind == "contribution" and outcome == "accepted":
             who = "you joined" if own else f"{event.get('sender', 'a member')} joined"
             self.system(f"#{name}: {who} ({members} on the roster)")

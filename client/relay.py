@@ -17,12 +17,13 @@ from urllib.parse import urlsplit
 import requests
 
 from client.errors import RelayRefused, RelayUnavailable
+from client.limits import MAX_WAIT
 from client.state import normalise_url
 from onetimechat import boundedjson
 from onetimechat.text import from_server
 
 CONNECT_TIMEOUT_S = 5.0
-MAX_WAIT_S = 60
+MAX_WAIT_S = MAX_WAIT  # the relay's longest wait for one request
 
 
 @dataclass(frozen=True)

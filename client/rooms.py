@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from client.errors import ClientError, RemoteError
+from client.errors import ClientError, RelayRefused, RelayUnavailable, RemoteError
 from client.relay import RelayClient
 from client.rpc import DeviceClient
 
@@ -91,7 +91,8 @@ def fetch_renewals(device: DeviceClient, relay: RelayClient) -> list[dict]:
     cursors = {m: 0 for m in mailboxes}
     out: list[dict] = []
     while cursors:
-        messages, complete = relay.receive(cursors, limit=BATCH)
+        # ack: the relay may delete what the device finished with (see below), the earlier batches' messages.
+        messages, complete = relay.receive(cursors, limit=BATCH, ack=any(cursors.values()))
         for message in messages:
             cursors[message.mailbox] = max(cursors[message.mailbox], message.ref)
             try:
@@ -105,4 +106,13 @@ def fetch_renewals(device: DeviceClient, relay: RelayClient) -> list[dict]:
                 out.append({"outcome": "stored", "key": key})
         if complete or not messages:
             break
+    # Each package read was stored, found opened already, or refused for good (anything else raised above):
+    # the relay may delete them, so the next read does not hand the device its opened renewals again (each one
+    # a replay it keeps in its log as evidence). Best effort: if the relay does not answer, they are read again.
+    for mailbox, through in cursors.items():
+        if through:
+            try:
+                relay.ack(mailbox, through)
+            except (RelayUnavailable, RelayRefused):
+                break
     return out

@@ -29,6 +29,10 @@ from onetimechat.text import from_server
 
 DEFAULT_TIMEOUT_S = 300.0  # a package call waits for the owner's decision
 CONNECT_TIMEOUT_S = 5.0
+# The largest answer a device gives (a package of the largest message, sealed, with room to spare); an answer
+# announced or running longer is not read on (a hostile cable must not fill the laptop's memory).
+MAX_ANSWER_BYTES = 64 << 20
+MAX_HEALTH_BYTES = 4096
 
 
 class DeviceClient:
@@ -50,13 +54,30 @@ class DeviceClient:
         for attempt in range(2):
             counter = self.state.next_counter(self.url)
             body = rpc.seal_request(self.keys, self.creds.client_id, counter, {"method": method, "params": params})
-            response = self._post("/v1/call", data=body, headers={"Content-Type": "application/octet-stream"})
+            # The device never compresses: an answer in another encoding (a decompression bomb from the cable)
+            # is refused, not inflated.
+            response = self._post("/v1/call", data=body, stream=True,
+                                  headers={"Content-Type": "application/octet-stream", "Accept-Encoding": "identity"})
+            try:  # in one read, not requests' 10 KiB chunks (issue 21), and never more than an answer can be
+                response._content = _read_bounded(response, MAX_ANSWER_BYTES)
+            except ForgedResponse:
+                raise
+            except Exception:  # noqa: BLE001 - urllib3 and socket errors alike: the device went away mid-answer
+                raise DeviceUnreachable(f"The device at {self.url} stopped answering mid-call.") from None
+            finally:
+                response.close()
             if response.status_code == 401:
                 # Another call from this laptop may have overtaken this one (counters must
                 # rise); a refused call did nothing, so one retry with a new counter is safe.
                 if attempt == 0:
                     continue
+                self._check_version()
                 raise DeviceRefused()
+            if response.status_code == 400 and _error_code(response) == "protocol-version":
+                # A device newer than this laptop's otc, says an answer no one authenticated: the laptop says it
+                # in its own words (never the answer's advice) and changes nothing.
+                raise ClientError(f"The device at {self.url} refused this laptop's protocol version {rpc.VERSION} "
+                                  "(an unauthenticated answer): if the device was upgraded, upgrade otc here too.")
             if response.status_code == 400:  # a call the device took as malformed: its code, as for a refusal
                 raise RemoteError("bad-request", _error_text(response))
             if response.status_code != 200:
@@ -70,6 +91,21 @@ class DeviceClient:
             raise RemoteError(from_server(answer.get("error", "error"), 60),
                               from_server(answer.get("message", "The device refused.")))
         raise AssertionError("unreachable")
+
+    def _check_version(self) -> None:
+        """After a refused call: a device of another protocol version refuses every call as unauthorized (an
+        old device does not know version 2), so ask its health which version it speaks and say so."""
+        try:
+            response = self.session.get(self.url + "/v1/health", timeout=(CONNECT_TIMEOUT_S, 10), stream=True,
+                                        headers={"Accept-Encoding": "identity"})
+            try:
+                theirs = boundedjson.loads(_read_bounded(response, MAX_HEALTH_BYTES)).get("protocol")
+            finally:
+                response.close()
+        except (requests.RequestException, ValueError, AttributeError, ForgedResponse, OSError):
+            return
+        if isinstance(theirs, int) and theirs != rpc.VERSION:
+            raise ClientError(rpc.version_mismatch(theirs, "laptop"))
 
     def _post(self, path: str, **kwargs: Any) -> requests.Response:
         try:
@@ -90,7 +126,11 @@ class DeviceClient:
         return self.call("contacts")
 
     def package(self, contact: str, text: str) -> dict:
-        return self.call("package", contact=contact, text=text)
+        """The device's answer, its ``package`` in base64 (as the relay carries it; it travels raw)."""
+        answer = self.call("package", contact=contact, text=text)
+        if isinstance(answer, dict) and isinstance(answer.get("package"), bytes):
+            answer["package"] = base64.b64encode(answer["package"]).decode("ascii")
+        return answer
 
     def unpackage(self, package_b64: str, receipt: bool = False) -> dict:
         return self.call("unpackage", package=package_b64, receipt=receipt)
@@ -103,6 +143,28 @@ class DeviceClient:
 
     def revoke(self, client_id: str) -> dict:
         return self.call("revoke", client_id=client_id)
+
+
+def _read_bounded(response: requests.Response, limit: int) -> bytes:
+    """The answer's body as sent (no content decoding), at most ``limit`` bytes; ForgedResponse otherwise."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ForgedResponse()
+    announced = response.headers.get("Content-Length")
+    if announced is not None and (not announced.strip().isdigit() or int(announced) > limit):
+        raise ForgedResponse()
+    data = response.raw.read(limit + 1, decode_content=False)
+    if len(data) > limit:
+        raise ForgedResponse()
+    return bytes(data)
+
+
+def _error_code(response: requests.Response) -> str:
+    try:
+        data = boundedjson.loads(response.content)
+    except ValueError:
+        return ""
+    return str(data.get("error", "")) if isinstance(data, dict) else ""
 
 
 def _error_text(response: requests.Response) -> str:

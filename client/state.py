@@ -26,10 +26,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from client.errors import NotPaired
 from onetimechat.errors import UsageError
-from onetimechat.rpc import MAX_COUNTER, Keys
+
+if TYPE_CHECKING:
+    from onetimechat.rpc import Keys
 
 CONFIG = "config.json"
 
@@ -103,6 +106,8 @@ class Credentials:
 
     @property
     def keys(self) -> Keys:
+        from onetimechat.rpc import Keys  # the crypto loads when a call is made, not for --help
+
         return Keys.from_pairing_key(self.key)
 
 
@@ -232,6 +237,8 @@ class ClientState:
         Counters follow the clock in microseconds (so a lost write cannot make
         one repeat) and never go below the last one used.
         """
+        from onetimechat.rpc import MAX_COUNTER
+
         path = self._path(url)
         with self._locked(path):
             record = json.loads(path.read_text())

@@ -20,6 +20,7 @@ from device.errors import (
     InvalidMessage,
     UnknownContact,
 )
+from device.storage.abe_tables import AbeTables
 from device.storage.padstore import (
     FORGERY_ALARM_AT,
     REFUSAL_ROWS,
@@ -38,7 +39,10 @@ from onetimechat.package import Kind
 # Re-exported: the refusal budget and the alarm threshold are the store's (the rules of pad use), named here too.
 __all__ = ["FORGERY_ALARM_AT", "REFUSAL_ROWS", "Device", "Packaged", "RefusalBudget", "Unpackaged", "forgery_text",
            "kind_name", "low_level", "low_warning", "retired_text"]
-SECURITY_EVENTS = ("invalid", "replay", "out-of-range", "unknown-pad", "malformed")
+# Refusals status warns of. A renewal pad's too (device/abe/renewal.py), but not a renewal's replay: a laptop
+# reading renewals hands the device the ones it opened again (kept as evidence all the same).
+SECURITY_EVENTS = ("invalid", "replay", "out-of-range", "unknown-pad", "malformed", "abe-renewal-forged",
+                   "abe-renewal-out-of-range")
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,11 @@ class Device:
                 warnings.append(f"pad-exhausted: no pad is left for sending to {name}")
             elif low_level(send_left, send_total):
                 warnings.append(low_warning(name, send_left, send_total))
+        # A renewal pad (device/storage/abe_tables.py) is a one-time pad under the same rules: its forgery alarm
+        # is shown as a contact pad's is.
+        for pad_id, holder in AbeTables(self.store).renewal_pad_holders().items():
+            if failures.get(pad_id, 0) >= FORGERY_ALARM_AT:
+                alarms.append(forgery_text(holder, failures[pad_id]))
         warnings[:0] = alarms
         counts = self.store.event_counts(SECURITY_EVENTS)
         for event in SECURITY_EVENTS:

@@ -7,12 +7,10 @@ machine saw the pad. Pairing in person (``provisioning/``) is the real thing.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 
 from device.errors import ContactExists, StoreError
 from device.padsize import check_size
-from device.storage.padfile import PadFile
 from device.storage.padstore import INITIATOR, RESPONDER, PadStore
 
 CHUNK = 1 << 20
@@ -39,25 +37,26 @@ def pair_local(
     _check_contact(a, b)
     _check_contact(b, a)
     for store in (a, b):
-        if shutil.disk_usage(store.home).free < size + (64 << 20):
-            raise StoreError(f"Not enough free disk space in {store.home} for a {size}-byte pad.")
+        if store.free_space() < size + (64 << 20):
+            raise StoreError(f"Not enough free disk space for {store.device_name}'s copy of a {size}-byte pad.")
     pad_id = random_bytes(16)
     mailbox_ab, mailbox_ba = random_bytes(16), random_bytes(16)
-    PadFile.create([a.pad_path(pad_id), b.pad_path(pad_id)], size, _chunks(random_bytes, size), progress,
-                   ciphers=[a.pad_cipher(pad_id), b.pad_cipher(pad_id)])
+    # Each copy is a partial pad of its store until both are whole; then each store installs its own (moves it
+    # into place and adds it in one crash-safe step: device/storage/partials.py).
     try:
-        a.add_pad(contact=b.device_name, peer_device_id=b.device_id, pad_id=pad_id, role=INITIATOR,
-                  size=size, mailbox_out=mailbox_ab, mailbox_in=mailbox_ba)
+        _write_both([a, b], pad_id, size, _chunks(random_bytes, size), progress)
+        a.partials.install(pad_id, contact=b.device_name, peer_device_id=b.device_id, role=INITIATOR, size=size,
+                           mailbox_out=mailbox_ab, mailbox_in=mailbox_ba, confirmed=True)
     except BaseException:
-        a.pad_path(pad_id).unlink(missing_ok=True)
-        b.pad_path(pad_id).unlink(missing_ok=True)
+        a.partials.discard(pad_id)
+        b.partials.discard(pad_id)
         raise
     try:
-        b.add_pad(contact=a.device_name, peer_device_id=a.device_id, pad_id=pad_id, role=RESPONDER,
-                  size=size, mailbox_out=mailbox_ba, mailbox_in=mailbox_ab)
+        b.partials.install(pad_id, contact=a.device_name, peer_device_id=a.device_id, role=RESPONDER, size=size,
+                           mailbox_out=mailbox_ba, mailbox_in=mailbox_ab, confirmed=True)
     except BaseException:
         a.remove_unused_pad(pad_id)
-        b.pad_path(pad_id).unlink(missing_ok=True)
+        b.partials.discard(pad_id)
         raise
     a.bind_identity(b.device_id, b.identity_public)  # each contact remembers the other's identity
     b.bind_identity(a.device_id, a.identity_public)
@@ -71,6 +70,36 @@ def _check_contact(store: PadStore, peer: PadStore) -> None:
         raise ContactExists(
             f"{store.device_name} already has a contact named {peer.device_name!r} for another device."
         )
+
+
+def _write_both(stores: list[PadStore], pad_id: bytes, size: int, chunks: Iterator[bytes],
+                progress: Callable[[int], None] | None) -> None:
+    """Write the same ``size`` bytes into each store's partial pad ``pad_id``, each encrypted as its home keeps
+    pads (the store syncs them as it installs them)."""
+    fds: list[int] = []
+    try:
+        for store in stores:
+            fds.append(store.partials.begin(pad_id, size))
+        ciphers = [store.pad_cipher(pad_id) for store in stores]
+        written = 0
+        for chunk in chunks:
+            for fd, cipher in zip(fds, ciphers):
+                _pwrite_all(fd, cipher.crypt(chunk, written) if cipher else chunk, written)
+            written += len(chunk)
+            if progress:
+                progress(written)
+        if written != size:
+            raise ValueError("pad source gave the wrong number of bytes")
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _chunks(random_bytes: RandomBytes, size: int) -> Iterator[bytes]:

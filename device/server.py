@@ -2,7 +2,7 @@
 
 Endpoints (protocol version 1):
 
-    GET  /v1/health          no pairing needed: {"status": "ok", "protocol": 1}
+    GET  /v1/health          no pairing needed: {"status": "ok", "protocol": 2}
     POST /v1/pair/begin      {"name"}                -> {"session", "digits", "expires_in"}
     POST /v1/pair/exchange   {"session", "message"}  -> {"message"}
     POST /v1/pair/confirm    {"session", "confirm"}  -> {"client_id", "confirm"}
@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import logging
 import os
 import threading
@@ -43,6 +42,7 @@ from device.errors import Declined, DeviceError, PadExhausted, UnknownContact
 from device.home import WrongPin
 from device.pairing import PairingBusy, PairingLocked, PairingManager
 from device.rooms.rpc import room_methods
+from device.storage.abe_tables import AbeTables
 from device.storage.lock import DeviceLocked, DeviceWiped, StoreLock
 from device.storage.padstore import PadStore
 from device.ui import Console, ContactView, LaptopView, LockState
@@ -58,11 +58,12 @@ from onetimechat.serving import Guard, GuardedServer, Refusal
 
 log = logging.getLogger("otc.device")
 
-PROTOCOL = 1
+PROTOCOL = rpc.VERSION
 DEFAULT_MAX_REQUEST = 48 << 20  # a 32 MiB message, base64 and sealed, fits
 # Largest body of anything but a sealed call: pairing messages and health are a few hundred bytes. Nobody gets
 # to send (and have buffered) more before the device knows who is asking.
 PREAUTH_MAX_REQUEST = 16 << 10
+BODY_BUDGET = DEFAULT_MAX_REQUEST + (16 << 20)
 CONNECTION_LIMIT = 512  # in all; one address holds at most ServerConfig.guard.per_address of them
 REFUSALS_FLUSH_S = 60.0  # unauthenticated refusals reach the event log at most once a minute, in aggregate
 
@@ -71,6 +72,12 @@ class BadRequest(DeviceError):
     """The request is not well formed."""
 
     code = "bad-request"
+
+
+# How waitress moves a large call (issue 21): 256 KiB per socket read instead of 8 KiB (a 1 MiB call is 4 reads
+# through the parser, not 128), and bodies and answers up to 8 MiB kept in memory instead of spooled to a
+# temporary file (the app reads the whole call into memory anyway; past 8 MiB waitress spools as before).
+IO_ADJUSTMENTS: dict[str, Any] = {"recv_bytes": 256 * 1024, "inbuf_overflow": 8 << 20, "outbuf_overflow": 8 << 20}
 
 
 @dataclass
@@ -84,7 +91,11 @@ class ServerConfig:
     console: Console | None = None  # the device's screen and buttons, if it has them
     hrng: tuple[str, ...] = ()  # hardware random sources for pads made in person (none: the OS CSPRNG)
     # Connections per client address and how long a request may take to arrive (onetimechat/serving.py).
-    guard: Guard = field(default_factory=lambda: Guard(per_address=16, header_timeout=10.0, request_timeout=300.0))
+    # The call screen's body budget: every body let in past its header, in all, at once (the largest call, and
+    # room for small ones beside it). A flood under a paired client's header (its id is sent in the clear)
+    # holds at most this much memory or spool, not connections times 8 MiB (an outside review, issue 21).
+    guard: Guard = field(default_factory=lambda: Guard(per_address=16, header_timeout=10.0, request_timeout=300.0,
+                                                       body_budget=BODY_BUDGET))
     # The address the RPC is served on (the cable-side address on the image): ceremonies carried by the
     # laptop listen there too, since that is where the laptop reaches the device. Server sets it.
     address: str = "127.0.0.1"
@@ -170,6 +181,7 @@ class DeviceService:
             self.console.set_device_name(store.device_name)
             # A forgery alarm outlives restarts: tag failures are counted on disk.
             names = {pad.pad_id: pad.contact for pad in store.pads()}
+            names.update(AbeTables(store).renewal_pad_holders())  # renewal pads: their authority's
             for pad_id, failures in store.tag_failures().items():
                 if failures >= FORGERY_ALARM_AT and pad_id in names:
                     self.console.raise_alarm("forgery-alarm", f"{ALARM_EVENTS['forgery-alarm']} ({names[pad_id]}):"
@@ -316,7 +328,7 @@ class DeviceService:
         result = self.device.package(contact, text.encode("utf-8"))
         return {
             "contact": contact,
-            "package": fmt.encode(result.package),
+            "package": bytes(result.package),  # raw: it travels as a blob (onetimechat/rpc.py)
             "mailbox": result.mailbox.hex(),
             "length": result.length,
             "consumed": result.consumed,
@@ -324,7 +336,9 @@ class DeviceService:
         }
 
     def unpackage(self, client: PairedClient, params: dict) -> dict:
-        received = self.device.unpackage_base64(_str(params, "package"))
+        package = params.get("package")
+        received = (self.device.unpackage(package) if isinstance(package, bytes)  # raw, as package answers it
+                    else self.device.unpackage_base64(_str(params, "package")))
         answer = received.to_json()
         if params.get("receipt") is True and received.kind == Kind.TEXT:
             # The message is already opened; a receipt that cannot be made only costs a warning.
@@ -451,11 +465,17 @@ class DeviceService:
                 return True
             why = ("replayed or reordered" if self.clients.get(client_id) is not None
                    else "from an unpaired or revoked client")
+        self.refused_unread(why)
+        return False
+
+    def refused_unread(self, why: str) -> None:
+        """Count a call refused before its body was read, as every unauthenticated refusal is counted."""
+        if self.store is None:
+            return
         self.refusals.defer(why)
         if self.refusals.due():
             # Not on the server's network loop: the row is a synced commit.
             threading.Thread(target=self.flush_refusals, name="otc-refusals", daemon=True).start()
-        return False
 
     def call(self, body: bytes) -> bytes:
         """Authenticate, check the counter, run the method, seal the answer."""
@@ -468,22 +488,25 @@ class DeviceService:
         if client is None:
             self._refused("from an unpaired or revoked client")
         payload: dict | None
+        malformed = ""
         try:
             payload = rpc.open_request(client.keys, body)
         except rpc.Unauthorized:
             self._refused("that did not authenticate")
-        except rpc.MalformedPayload:  # from the paired laptop itself: an error it is told, not a refusal
+        except rpc.MalformedPayload as exc:  # from the paired laptop itself: an error it is told, not a refusal
             payload = None
+            malformed = "The call is not a framed JSON object of finite values."
+            if isinstance(exc, rpc.NotUnicode):
+                malformed = "The call's text is not valid Unicode (it holds lone surrogates)."
         if not self.clients.accept_counter(client_id, counter):
             self._refused("replayed or reordered")
         if payload is None:  # authentic, counted; told in the clear (the reason holds nothing secret)
-            raise BadRequest("The call is not a JSON object of finite values.")
+            raise BadRequest(malformed)
         try:
             method = payload.get("method")
             params = payload.get("params", {})
             if not isinstance(method, str) or method not in self.methods or not isinstance(params, dict):
                 raise BadRequest("Unknown method or malformed parameters.")
-            _check_unicode(params)
             answer = {"ok": True, "result": self.methods[method](client, params)}
         except OTCError as exc:
             answer = {"ok": False, "error": exc.code, "message": str(exc)}
@@ -502,14 +525,6 @@ def _ceremony_compare(source: ConfirmSource) -> Callable[[str], bool] | None:
     if source.name in ("auto", "tty"):
         return compare_pairing_string(source.name)
     return None
-
-
-def _check_unicode(params: dict) -> None:
-    """JSON can carry lone surrogates (\\ud800) that no UTF-8 text holds: refuse them before any method runs."""
-    try:
-        json.dumps(params, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest("The call's text is not valid Unicode (it holds lone surrogates).") from None
 
 
 def _str(params: dict, name: str, allow_empty: bool = False) -> str:
@@ -580,12 +595,28 @@ class CallScreen:
         return 0
 
     def body(self, method: str, path: str, head: bytes) -> Refusal | None:
+        if method == "POST" and (other := other_version(head)) is not None:
+            self.service.refused_unread("of another protocol version")  # counted like any refusal (evidence)
+            return other
         try:
             allowed = method != "POST" or self.service.screen_call(head)
         except Exception as exc:  # noqa: BLE001 - the network loop must not fail; the app answers this request
             log.warning("call screen: %s; the request goes to the app", type(exc).__name__)
             return None
         return None if allowed else Refusal(401, "unauthorized", "Unauthorized.")
+
+
+def other_version(head: bytes) -> Refusal | None:
+    """A call of another protocol version (its header well formed but for version 1, say: an old laptop's otc)
+    is told so in the clear, before its body is read: nothing in it is secret (``/v1/health`` says the
+    version), and the owner learns what to upgrade instead of reading "unauthorized"."""
+    try:
+        rpc.parse_request_header(head + bytes(16))
+    except rpc.OtherVersion as exc:
+        return Refusal(400, "protocol-version", rpc.version_mismatch(exc.version, "device"))
+    except rpc.Unauthorized:
+        pass
+    return None
 
 
 def create_app(config: ServerConfig) -> Flask:
@@ -647,14 +678,22 @@ def create_app(config: ServerConfig) -> Flask:
     def call() -> Response:
         # The header first: an unpaired client, or a stale counter, is refused before the rest is read (under
         # waitress the CallScreen has already done this as the bytes arrived).
-        if request.content_length is None:
+        length = request.content_length
+        if length is None:
             return error(411, "length-required", "Send the body with a Content-Length.")
+        if length > config.max_request_bytes:
+            return error(413, "request-entity-too-large", "Request Entity Too Large")
         stream = request.stream
         head = stream.read(rpc.REQUEST_HEADER.size)
+        other = other_version(head)
+        if other is not None:
+            return error(other.status, other.code, other.message)
         if not service.screen_call(head):
             return error(401, "unauthorized", "Unauthorized.")
         try:
-            sealed = service.call(head + stream.read(config.max_request_bytes))
+            # Exactly the rest: read(n) sizes its buffer by n, and a read of the 48 MiB limit for a 1 MiB call
+            # cost more than the call (issue 21).
+            sealed = service.call(head + stream.read(length - len(head)))
         except rpc.Unauthorized:
             return error(401, "unauthorized", "Unauthorized.")
         return Response(sealed, status=200, mimetype="application/octet-stream")
@@ -706,7 +745,8 @@ class Server(GuardedServer):
         try:
             super().__init__(app, host, port, config.guard, name="otc-device-server",
                              screen=CallScreen(app.extensions["otc"]), threads=threads, ident="otc-device",
-                             connection_limit=CONNECTION_LIMIT, channel_timeout=60, clear_untrusted_proxy_headers=True)
+                             connection_limit=CONNECTION_LIMIT, channel_timeout=60, clear_untrusted_proxy_headers=True,
+                             **IO_ADJUSTMENTS)
         except OSError as exc:
             app.extensions["otc"].close()
             clear = getattr(config.source, "clear_code", None)

@@ -75,6 +75,37 @@ class Refusal:
     message: str
 
 
+BUSY = Refusal(503, "busy", "Too many large requests are arriving at once; try again shortly.")
+
+
+class BodyBudget:
+    """The body bytes a server holds for requests being read or waiting to run, in all (memory or spooled).
+
+    A screened request (:class:`BodyScreen`) reserves its Content-Length when the screen lets its body in, and
+    gives it back when the request has been served or its connection closes. A body that does not fit is
+    refused (503, in JSON) before it is read: a flood of large bodies, even under a valid-looking header, holds
+    at most ``limit`` bytes, not connections times body size.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            self.peak = max(self.peak, self.used)
+            return True
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.used = max(self.used - n, 0)
+
+
 class BodyScreen(Protocol):
     """Judges a request before its body is read (see :func:`guarded_server`)."""
 
@@ -93,6 +124,7 @@ def _json_error(refusal: Refusal) -> Any:
     class JsonError(Error):  # type: ignore[misc]
         code = refusal.status
         reason = HTTPStatus(refusal.status).phrase
+        otc_json = True
 
         def to_response(self, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
             body = json.dumps({"error": refusal.code, "message": refusal.message}).encode()
@@ -101,7 +133,32 @@ def _json_error(refusal: Refusal) -> Any:
     return JsonError(refusal.message)
 
 
-def _screened_parser(screen: BodyScreen) -> type:
+def _as_json(error: Any) -> Any:
+    """waitress's own refusal of malformed HTTP (plain text) as the servers' JSON error, with its status; a
+    request the parser cannot take (501: a Transfer-Encoding it does not do) is the client's error, a 400."""
+    if error is None or getattr(error, "otc_json", False):
+        return error
+    status = 400 if error.code == 501 or not 400 <= error.code < 500 else error.code
+    code = HTTPStatus(status).phrase.lower().replace(" ", "-")
+    return _json_error(Refusal(status, code, f"{HTTPStatus(status).phrase}: the request is not well formed HTTP."))
+
+
+def _json_parser() -> type:
+    """waitress's request parser, answering its own refusals in JSON (every server of ours does)."""
+    from waitress.parser import HTTPRequestParser
+
+    class JsonParser(HTTPRequestParser):  # type: ignore[misc]
+        error: Any
+
+        def received(self, data: bytes) -> int:
+            n = int(super().received(data))
+            self.error = _as_json(self.error)
+            return n
+
+    return JsonParser
+
+
+def _screened_parser(screen: BodyScreen, budget: BodyBudget | None) -> type:
     from waitress.parser import HTTPRequestParser
     from waitress.utilities import RequestEntityTooLarge
 
@@ -112,8 +169,33 @@ def _screened_parser(screen: BodyScreen) -> type:
         error: Any
         otc_want = -1  # -1: headers not judged yet; then how many body bytes the screen still waits for
         otc_head = b""
+        otc_reserved = 0  # body bytes this request holds of the server's budget
+
+        def otc_admit(self, size: int, n: int) -> int:
+            """The screen let the body in: it must fit the server's budget, or it is refused before it is read."""
+            length = int(self.content_length or 0)
+            if budget is None or not length:
+                return n
+            if not budget.reserve(length):
+                return self.otc_refuse(BUSY, size)
+            self.otc_reserved = length
+            return n
+
+        def otc_release(self) -> None:
+            if self.otc_reserved and budget is not None:
+                budget.release(self.otc_reserved)
+            self.otc_reserved = 0
+
+        def close(self) -> None:
+            super().close()
+            self.otc_release()
 
         def received(self, data: bytes) -> int:
+            n = self.otc_screen(data)
+            self.error = _as_json(self.error)  # waitress's own refusals too, in JSON
+            return n
+
+        def otc_screen(self, data: bytes) -> int:
             if self.completed:
                 return 0
             n = int(super().received(data))
@@ -135,6 +217,8 @@ def _screened_parser(screen: BodyScreen) -> type:
                 if self.otc_want and self.completed:  # an empty body
                     self.otc_want = 0
                     return self.otc_judge(b"", len(data), n)
+                if not self.otc_want:  # no head to see: the body is let in now
+                    return self.otc_admit(len(data), n)
                 return n
             if self.otc_want > 0:
                 self.otc_head += data[: min(n, self.otc_want - len(self.otc_head))]
@@ -145,10 +229,11 @@ def _screened_parser(screen: BodyScreen) -> type:
 
         def otc_judge(self, head: bytes, size: int, n: int) -> int:
             verdict = screen.body(self.command, self.path, head)
-            return n if verdict is None else self.otc_refuse(verdict, size)
+            return self.otc_admit(size, n) if verdict is None else self.otc_refuse(verdict, size)
 
         def otc_refuse(self, refusal: Refusal, size: int) -> int:
             # Answered at once, then the connection closes: the rest of the body is never read.
+            self.otc_release()
             self.error = _json_error(refusal)
             self.completed = True
             self.connection_close = True
@@ -171,6 +256,7 @@ class Guard:
     request_timeout: float = 300.0
     exempt: frozenset[str] = frozenset()  # addresses not capped ("*": none is)
     per_block: int = 0  # connections from one IPv6 /48 in all; 0: BLOCK_SHARES times per_address
+    body_budget: int = 0  # body bytes held at once for screened requests, in all (BodyBudget); 0: no budget
 
     def exempts(self, address: str) -> bool:
         return address in self.exempt or "*" in self.exempt
@@ -196,11 +282,12 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, screen: BodyScr
     from waitress.channel import HTTPChannel
     from waitress.server import TcpWSGIServer
 
+    budget = BodyBudget(guard.body_budget) if guard.body_budget and screen is not None else None
+
     class GuardedChannel(HTTPChannel):  # type: ignore[misc]
         """A connection that knows when its current request started and counts itself per address."""
 
-        if screen is not None:
-            parser_class = _screened_parser(screen)
+        parser_class = _screened_parser(screen, budget) if screen is not None else _json_parser()
 
         def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:  # noqa: A002
             self.otc_address = addr[0] if isinstance(addr, tuple) else str(addr)
@@ -244,6 +331,12 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, screen: BodyScr
             if self.otc_counted:
                 self.otc_counted = False
                 self.server.otc_release(self.otc_keys)
+            # A body cut off with its connection (waitress closes only the requests it served) gives back its
+            # share of the budget.
+            for parser in (self.request, *self.requests):
+                release = getattr(parser, "otc_release", None)
+                if release is not None:
+                    release()
             super().del_channel(map)
 
     class GuardedServer(TcpWSGIServer):  # type: ignore[misc]
@@ -255,6 +348,7 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, screen: BodyScr
             self.otc_lock = threading.Lock()
             self.otc_refused = 0  # connections closed at accept for being over the per-address cap
             self.otc_evicted = 0  # connections closed to make room for a new one at the connection limit
+            self.otc_budget = budget
             if sock is None:
                 adj = Adjustments(host=host, port=port, cleanup_interval=1, asyncore_use_poll=True, **adjustments)
                 super().__init__(app, adj=adj)

@@ -37,18 +37,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import mmap
 import os
 import secrets
-import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial as bind
-from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -56,11 +53,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from device.errors import ContactExists
 from device.padsize import check_size
 from device.storage.atrest import PadCipher
-from device.storage.padfile import PadFile, sync_directory
+from device.storage.padfile import PadFile
 from device.storage.padstore import (
     INITIATOR,
-    PARTIAL_STATE_SUFFIX,
-    PARTIAL_SUFFIX,
     RESPONDER,
     PadRecord,
     PadStore,
@@ -85,7 +80,6 @@ MAX_CHUNK = 4 << 20
 WINDOW = 4  # own shares generated (and sealed) ahead of the peer's
 MAX_HELD = 2 * WINDOW + 2  # the peer's sealed shares held for their keys, at most (memory stays bounded)
 TAG_BYTES = 16  # a chunk's GMAC tag
-ORPHAN_AGE_S = 600.0  # a pad file with no record beside it, untouched this long, is a killed ceremony's
 MAX_PARTIALS = 4  # unfinished pads kept, all peers together (a peer has one at a time); the stalest go first
 SPACE_MARGIN = 64 << 20  # free space a ceremony leaves beyond its pad and every kept partial's remainder
 PERSIST_CHUNKS = 16  # verified progress is synced and recorded every this many chunks,
@@ -181,43 +175,30 @@ class Partial:
     contact: str
     hashes: list[str] = field(default_factory=list)  # the verified chunks' tags, in order (a prefix of them)
 
-    # In a PIN-locked home both files are named by an HMAC of the pad id and the state is sealed
-    # (PadStore.pad_path, PadStore.seal_file): the pads folder shows no pad id, peer, mailbox or contact.
-    @staticmethod
-    def state_path(store: PadStore, pad_id: str) -> Path:
-        return store.pad_path(bytes.fromhex(pad_id), PARTIAL_STATE_SUFFIX)
-
-    @staticmethod
-    def data_path(store: PadStore, pad_id: str) -> Path:
-        return store.pad_path(bytes.fromhex(pad_id), PARTIAL_SUFFIX)
+    # Its files are the pad store's (device/storage/partials.py, ``store.partials``): the store names them (in a
+    # PIN-locked home by an HMAC of the pad id) and seals the record, so the pads folder shows no pad id, peer,
+    # mailbox or contact. The ceremony only says what the record holds and when it is saved.
 
     @classmethod
     def recorded(cls, store: PadStore) -> list[Partial]:
         """Every partial pad with its record and its file, the least recently advanced first (a record is
         rewritten as the transfer verifies chunks)."""
         found = []
-        for path in sorted((store.home / "pads").glob("*" + PARTIAL_STATE_SUFFIX)):
+        for record in store.partials.records():
             try:
-                partial = cls(**json.loads(store.open_file(path.read_bytes(), path.name)))
-                advanced = path.stat().st_mtime
-            except (OSError, ValueError, TypeError):
+                found.append(cls(**record))
+            except TypeError:  # not a ceremony's record
                 continue
-            if cls.data_path(store, partial.pad_id).exists():
-                found.append((advanced, partial))
-        return [partial for _, partial in sorted(found, key=lambda item: item[0])]
+        return found
 
     @classmethod
     def all_for_peer(cls, store: PadStore, peer_device_id: bytes) -> list[Partial]:
         return [p for p in cls.recorded(store) if p.peer_device_id == peer_device_id.hex()]
 
     def unwritten(self, store: PadStore) -> int:
-        """Bytes of the pad not on disk yet: its file is made sparse at the pad's size (``ftruncate``), so a
-        resume may still need the rest of it."""
-        try:
-            held = os.stat(self.data_path(store, self.pad_id)).st_blocks * 512
-        except FileNotFoundError:
-            held = 0
-        return max(self.size - held, 0)
+        """Bytes of the pad not on disk yet: its file is sparse at the pad's size, so a resume may still need
+        the rest of it."""
+        return store.partials.unwritten(bytes.fromhex(self.pad_id), self.size)
 
     @classmethod
     def for_peer(cls, store: PadStore, peer_device_id: bytes) -> Partial | None:
@@ -234,44 +215,17 @@ class Partial:
 
     def proof_key(self, store: PadStore) -> bytes:
         """The proof key of a wholly verified partial pad (see :func:`proof_key`)."""
-        pad_id = bytes.fromhex(self.pad_id)
-        pad_file = PadFile(self.data_path(store, self.pad_id), self.size, store.pad_cipher(pad_id))
+        pad_file = store.partials.pad_file(bytes.fromhex(self.pad_id), self.size)
         try:
             return proof_key(pad_file, self.size)
         finally:
             pad_file.close()
 
-    @classmethod
-    def sweep_orphans(cls, store: PadStore, min_age: float = ORPHAN_AGE_S) -> list[str]:
-        """Delete what a ceremony killed before its first record left: a pad file with no record beside it
-        (and half-written records). Nothing can resume from them; a live ceremony records its file within a
-        second of making it, so only files untouched for ``min_age`` seconds go. Returns the pad ids swept."""
-        pads = store.home / "pads"
-        now = time.time()
-        swept = []
-
-        def old(path: Path) -> bool:
-            try:
-                return now - path.stat().st_mtime >= min_age
-            except FileNotFoundError:
-                return False
-
-        for data in sorted(pads.glob("*" + PARTIAL_SUFFIX)):
-            pad_id = data.name[: -len(PARTIAL_SUFFIX)]  # the file's name: in a PIN-locked home, not the pad id
-            if not data.with_name(pad_id + PARTIAL_STATE_SUFFIX).exists() and old(data):
-                data.unlink(missing_ok=True)
-                swept.append(pad_id)
-        for tmp in pads.glob("*" + PARTIAL_STATE_SUFFIX + ".tmp"):
-            if old(tmp):
-                tmp.unlink(missing_ok=True)
-        return swept
-
     def save(self, store: PadStore) -> None:
-        store.write_sealed(self.state_path(store, self.pad_id), json.dumps(asdict(self)).encode())
+        store.partials.save(bytes.fromhex(self.pad_id), asdict(self))
 
     def discard(self, store: PadStore) -> None:
-        self.data_path(store, self.pad_id).unlink(missing_ok=True)
-        self.state_path(store, self.pad_id).unlink(missing_ok=True)
+        store.partials.discard(bytes.fromhex(self.pad_id))
 
 
 def check_request(role: str, size: int | None, name: str | None) -> str | None:
@@ -321,8 +275,8 @@ class Ceremony:
     # -- the whole ceremony ------------------------------------------------------------
 
     def run(self, wire: Wire) -> PadRecord:
-        for pad_id in Partial.sweep_orphans(self.store):
-            self.store.log_event("ceremony-swept", detail=f"an unrecorded partial pad {pad_id[:8]} was deleted")
+        for name in self.store.partials.sweep_orphans():
+            self.store.log_event("ceremony-swept", detail=f"an unrecorded partial pad {name[:8]} was deleted")
         peer_device_id = self._check_identity(wire, self._agree(wire))
         # A device id already filed under a contact: the screen says the pad joins that contact, so an owner
         # facing someone else sees it.
@@ -405,7 +359,7 @@ class Ceremony:
     def _check_space(self, size: int, kept: int = 0) -> None:
         """Refuse unless the disk holds ``size`` more bytes beside ``kept``, what kept partial pads may still
         fill, and the margin."""
-        if shutil.disk_usage(self.store.home).free - kept < size + SPACE_MARGIN:
+        if self.store.free_space() - kept < size + SPACE_MARGIN:
             beside = f" beside {kept} bytes that unfinished pads may still fill" if kept else ""
             raise CeremonyRefused(f"Not enough free disk space for a {size}-byte pad{beside}.")
 
@@ -434,7 +388,7 @@ class Ceremony:
         while len(others) >= MAX_PARTIALS:
             self._sweep(others.pop(0), f"at most {MAX_PARTIALS} unfinished pads are kept")
         need = resuming.unwritten(store) if resuming is not None else size
-        free = shutil.disk_usage(store.home).free
+        free = store.free_space()
         left = [p.unwritten(store) for p in others]
         # Sweeping a partial frees what it wrote and what it may still fill: its whole size.
         if free - sum(left) + sum(p.size for p in others) >= need + SPACE_MARGIN:
@@ -511,9 +465,7 @@ class Ceremony:
             and partial.chunk == chunk and partial.role == JOIN
         # A pad id this device holds, or another ceremony's partial pad has, is never reused: a host offering
         # it would otherwise overwrite that pad's progress (an outside review).
-        if self.store.pad(pad_id) is not None or (not resuming and (
-                Partial.state_path(self.store, pad_id.hex()).exists()
-                or Partial.data_path(self.store, pad_id.hex()).exists())):
+        if self.store.pad(pad_id) is not None or (not resuming and self.store.partials.exists(pad_id)):
             wire.send({"t": "refuse", "reason": "pad id already in use"})
             raise CeremonyRefused("The offered pad id is already in use.")
         if partial is not None and not resuming:
@@ -555,17 +507,14 @@ class Ceremony:
         pad_id = bytes.fromhex(partial.pad_id)
         step = partial.chunk
         total_chunks = -(-partial.size // step)
-        path = Partial.data_path(store, partial.pad_id)
 
         def length_of(i: int) -> int:
             return min(step, partial.size - i * step)
 
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        # The partial pad's file, sparse at the pad's size, and its record, made durable by the store.
+        fd = store.partials.begin(pad_id, partial.size, asdict(partial))
         writer = None
         try:
-            os.ftruncate(fd, partial.size)
-            partial.save(store)
-            sync_directory(path.parent)
             tag_key = AESGCM(wire.export("otc ceremony v3 chunk tags"))
             peer_role = JOIN if self.role == HOST else HOST
             sender = _Sender(wire, _filler(self.random_bytes), range(start, total_chunks), length_of, step,
@@ -706,21 +655,18 @@ class Ceremony:
         return self.store.pad(pad_id) or record
 
     def _store_pad(self, partial: Partial) -> PadRecord:
-        """Move a wholly verified partial pad into place and record it, not yet confirmed."""
+        """Install a wholly verified partial pad as a pad, not yet confirmed (the store moves it into place and
+        adds it in one crash-safe operation: ``store.partials.install``)."""
         pad_id = bytes.fromhex(partial.pad_id)
-        final = self.store.pad_path(pad_id)
-        os.replace(Partial.data_path(self.store, partial.pad_id), final)
-        sync_directory(final.parent)
         h2j, j2h = bytes.fromhex(partial.mailbox_h2j), bytes.fromhex(partial.mailbox_j2h)
         hosted = partial.role == HOST
         fp = partial.fingerprint()
-        record = self.store.add_pad(
-            contact=partial.contact, peer_device_id=bytes.fromhex(partial.peer_device_id), pad_id=pad_id,
+        record = self.store.partials.install(
+            pad_id, contact=partial.contact, peer_device_id=bytes.fromhex(partial.peer_device_id),
             role=INITIATOR if hosted else RESPONDER, size=partial.size,
             mailbox_out=h2j if hosted else j2h, mailbox_in=j2h if hosted else h2j,
             confirmed=False, fingerprint=fp,
         )
-        Partial.state_path(self.store, partial.pad_id).unlink(missing_ok=True)
         if self.peer_identity:  # the contact's device, from now on, is the one holding this identity
             self.store.bind_identity(bytes.fromhex(partial.peer_device_id), self.peer_identity)
         self.store.log_event("pad-paired", contact=partial.contact, pad_id=pad_id, length=partial.size,

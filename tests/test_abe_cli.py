@@ -13,6 +13,7 @@ import pytest
 
 from device.abe.store import AbeKeys
 from device.home import open_home
+from device.storage.padstore import PadStore
 from tests.conftest import ROOT, otc
 from tests.test_cli import one_line_error
 
@@ -203,6 +204,11 @@ def test_renewal_over_the_pad_at_the_command_line(homes, tmp_path):
         assert "bob" in one_line_error(otc("abe", "renew", "--home", str(auth), "bob", "--relay", server.url))
         got = otc("abe", "renewals", "--home", str(alice), "--relay", server.url, check=True).stdout.decode()
         assert "Stored a renewed key for ADMIN, STAFF from authority campus (period 2" in got
+        # Opened, the package is deleted from the relay: the next read does not replay it to the device.
+        assert "No new renewal." in otc("abe", "renewals", "--home", str(alice), "--relay", server.url,
+                                        check=True).stdout.decode()
+        with PadStore(alice) as a:
+            assert not [e for e in a.events(200) if e["event"] == "abe-renewal-replay"]
         status = json.loads(otc("abe", "status", "--home", str(alice), "--json", check=True).stdout)
         assert [(k["period"], k["state"]) for k in status["held"]] == [(1, "valid"), (2, "future")]
         assert "No new renewal." in otc("abe", "renewals", "--home", str(bob), "--relay", server.url,
@@ -212,3 +218,21 @@ def test_renewal_over_the_pad_at_the_command_line(homes, tmp_path):
         assert printed.stdout == b"" and "Renewed 0 members for period 2" in printed.stderr.decode()
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("text", ["1m", "90m", "12h", "11d", "12d", "30d", "2w", "400d", "34560000s"])
+def test_a_period_crosses_the_rpc_as_seconds(text):
+    """The laptop sends a period as seconds; the device takes every length the command line takes (30d too)."""
+    from device.abe.periods import check_period, parse_duration
+
+    seconds = parse_duration(text)
+    assert check_period(seconds) == seconds == parse_duration(f"{int(seconds)}s")
+
+
+@pytest.mark.parametrize("seconds", [59, 400 * 86400 + 1, 10**30])
+def test_a_period_out_of_range_is_refused(seconds):
+    from device.abe.errors import BadPeriod
+    from device.abe.periods import check_period
+
+    with pytest.raises(BadPeriod, match="from a minute to 400 days"):
+        check_period(seconds)

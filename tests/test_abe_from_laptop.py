@@ -197,7 +197,9 @@ def test_an_authority_on_a_device_without_a_shell(devices, tmp_path):
             assert len([p for p in RenewalPads(AbeKeys(a)).describe() if p["confirmed"]]) == 2
         seen_renew: list = []
         answering = answer_confirm(auth.console, True, seen_renew)
-        result = otc("abe", "renew", "--device", auth.url, "--relay", relay.url, "--end-period", env=auth.env)
+        # A month-long next period, as the help's own example says: it crosses the RPC in seconds (2,592,000).
+        result = otc("abe", "renew", "--device", auth.url, "--relay", relay.url, "--end-period", "--period", "30d",
+                     env=auth.env)
         answering.join(5)
         assert result.returncode == 0, result.stderr
         assert seen_renew[0].kind == "abe-renew" and "Renew the keys of carol for period 2" in seen_renew[0].text
@@ -208,6 +210,8 @@ def test_an_authority_on_a_device_without_a_shell(devices, tmp_path):
         assert "Stored a renewed key for ADMIN, STAFF from authority auth (period 2" in got.stdout.decode()
         assert "No new renewal." in otc("abe", "renewals", "--device", carol.url, "--relay", relay.url,
                                         env=carol.env, check=True).stdout.decode()
+        with PadStore(carol.home) as c:  # the relay deleted the opened renewal: not handed to the device again
+            assert not [e for e in c.events(200) if e["event"] == "abe-renewal-replay"]
         assert "No new renewal." in otc("abe", "renewals", "--device", bob.url, "--relay", relay.url,
                                         env=bob.env, check=True).stdout.decode()
     finally:

@@ -38,7 +38,7 @@ def raw_request(port: int, path: str, length: int, body_head: bytes = b"",
 
 
 def call_header(client_id: bytes, counter: int) -> bytes:
-    return struct.pack(">4sB16sQ", b"OTCR", 1, client_id, counter)
+    return struct.pack(">4sB16sQ", b"OTCR", rpc.VERSION, client_id, counter)
 
 
 def test_an_unpaired_sender_is_refused_before_its_body(rpc_device):

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -428,8 +427,7 @@ def test_the_free_space_check_counts_what_kept_partials_may_still_fill(tmp_path,
     # The partials' files are sparse: they take no space yet, but a resume fills them. With 300 MiB free,
     # before, every 64 MiB offer passed (300 >= 64 + 64) however many were kept.
     alice = tmp_path / "alice"
-    monkeypatch.setattr("provisioning.ceremony.shutil.disk_usage",
-                        lambda path: SimpleNamespace(free=300 * MiB if Path(path) == alice else 1 << 50))
+    monkeypatch.setattr(PadStore, "free_space", lambda self: 300 * MiB if self.home == alice else 1 << 50)
     PadStore.init(alice, "alice").close()
     claimed = peers(tmp_path, 4)
     with PadStore(alice) as store:

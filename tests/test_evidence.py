@@ -18,6 +18,7 @@ from client.errors import RemoteError
 from device.engine import REFUSAL_ROWS, Device
 from device.storage.padstore import EVENTS_KEPT, PadStore
 from onetimechat import package as fmt
+from onetimechat import rpc
 
 ATTACK_CALLS = 150_000
 OVER_HTTP = 1_500  # the rest go straight into the WSGI app's handler, to keep the test's time reasonable
@@ -25,7 +26,7 @@ OVER_HTTP = 1_500  # the rest go straight into the WSGI app's handler, to keep t
 
 def forged_call() -> bytes:
     """A call body as an outsider makes one: the right header, a random client id and counter, noise for a seal."""
-    header = struct.pack(">4sB16sQ", b"OTCR", 1, os.urandom(16), int.from_bytes(os.urandom(4), "big") + 1)
+    header = struct.pack(">4sB16sQ", b"OTCR", rpc.VERSION, os.urandom(16), int.from_bytes(os.urandom(4), "big") + 1)
     return header + os.urandom(48)
 
 

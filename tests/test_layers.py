@@ -61,6 +61,11 @@ def copy_of_tree(tmp_path_factory):
      "The laptop client uses the shared protocol code only"),
     # The laptop client pulling in a device-side library.
     ("client/relay.py", "import pygame\n", "The laptop client uses the shared protocol code only"),
+    ("client/relay.py", "import RPi.GPIO\n", "The laptop client uses the shared protocol code only"),
+    # A laptop command reaching into the device (its module is the command line's, but a laptop runs it).
+    ("onetimechat/cli/messages.py", "def _reach():\n    from device.engine import Device\n",
+     "The laptop's own commands"),
+    ("onetimechat/cli/room.py", "import numpy\n", "The laptop's own commands"),
     # The device importing the client.
     ("device/engine.py", "import client.rpc\n", "Below the command line, nothing imports the client"),
     # The relay importing the device's storage.

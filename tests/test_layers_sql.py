@@ -25,7 +25,7 @@ from device.storage.padstore import PadStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("device", "provisioning", "client", "relay", "hrng", "onetimechat")
-DEVICE_SIDE = ("device", "provisioning")  # the packages that open a device store
+DEVICE_SIDE = ("device", "provisioning", "onetimechat")  # the packages that open a device store (the CLI too)
 STORAGE = ROOT / "device" / "storage"
 
 # The pad store's own tables: the pads, their used ranges and pending wipes, tag failures, contacts, the event
@@ -38,6 +38,9 @@ TABLE_REF = re.compile(r'\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+"?(\w+)', re.IGNORE
 # What a PadStore keeps to itself: its connections and transactions.
 STORE_PRIVATE = frozenset({"transaction", "read", "_transaction", "_read", "_conn", "_conns", "_local", "conn",
                            "_log", "_set_setting"})
+# The store's private names, which no code outside device/storage/ reads on anything but its own ``self``
+# (whatever the variable is called: ``s = self.store; s._transaction()``), nor by ``getattr(x, "_conn")``.
+STORE_ONLY = frozenset(name for name in STORE_PRIVATE if name.startswith("_"))
 
 
 def _modules() -> list[Path]:
@@ -84,7 +87,14 @@ def store_reach(tree: ast.AST) -> list[str]:
     """Calls and attribute reads that take a PadStore's connection or transaction."""
     hits = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in STORE_PRIVATE and _store_like(node.value):
+        if isinstance(node, ast.Attribute) and (
+                (node.attr in STORE_PRIVATE and _store_like(node.value))
+                or (node.attr in STORE_ONLY and not (isinstance(node.value, ast.Name)
+                                                      and node.value.id in ("self", "cls")))):
+            hits.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr")
+              and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
+              and node.args[1].value in STORE_PRIVATE):
             hits.append(f"line {node.lineno}: {ast.unparse(node)}")
     return hits
 
@@ -159,8 +169,132 @@ def test_the_store_offers_no_public_connection() -> None:
     ('q = f"SELECT count(*) FROM events WHERE event IN ({marks})"\n', 1),
     ('s = "DELETE FROM consumed WHERE pad_id = ?"\n', 1),
     ('data = sys.stdin.buffer.read()\nhello = "select your contacts"\n', 0),
+    # Whatever the store is called, and by name.
+    ('s = self.store\nwith s._transaction() as c:\n    pass\n', 1),
+    ('getattr(keeper, "_conn")()\n', 1),
+    ('self._read(path)\n', 0),
 ])
 def test_the_checks_catch(source: str, caught: int) -> None:
     """The checks themselves: what they catch and what they leave alone."""
     tree = ast.parse(source)
     assert len(sql_on_tables(tree, PAD_TABLES)) + len(store_reach(tree)) + len(sql_runs(tree)) == caught
+
+
+# -- the pad store's files (issue 20, an outside review): their layout and lifecycle are the store's too ----------
+#
+# The pads folder's layout (``HOME/pads``, the names the store gives a pad's files: opaque in a PIN-locked home)
+# and every step of a pad file's life (made, written, listed, swept, discarded, moved into place as a pad) belong
+# to device/storage/ (PadStore and its Partials). So outside it no module may
+#
+# * read a store's ``home`` (``store.home``, ``self.store.home``), or build a path with the pads folder
+#   (``... / "pads"``, ``... / PADS_DIR``);
+# * ask the store where a file lies (``pad_path``, ``data_path``, ``state_path``) or import its layout's names
+#   (``PADS_DIR``, ``PAD_SUFFIX``, ``PARTIAL_SUFFIX``, ``PARTIAL_STATE_SUFFIX``);
+# * glob, unlink, rename, replace, truncate, touch or write a file reached from a store (directly, or through a
+#   name bound to such a path or to a descriptor the store handed out).
+
+LAYOUT_NAMES = frozenset({"PADS_DIR", "PAD_SUFFIX", "PARTIAL_SUFFIX", "PARTIAL_STATE_SUFFIX"})
+LAYOUT_CALLS = frozenset({"pad_path", "data_path", "state_path"})
+OS_FILE_CALLS = frozenset({"replace", "rename", "renames", "unlink", "remove", "ftruncate", "truncate", "link",
+                           "symlink", "open", "listdir", "scandir"})
+SHUTIL_FILE_CALLS = frozenset({"move", "rmtree", "copy", "copyfile", "copy2", "disk_usage"})
+PATH_FILE_METHODS = frozenset({"glob", "rglob", "iterdir", "unlink", "rename", "replace", "truncate", "touch",
+                               "write_bytes", "write_text", "rmdir", "mkdir"})
+
+
+def _reaches_files(node: ast.AST, tainted: set[str]) -> bool:
+    """Whether an expression reaches the store's files: a store, a path the store gave, or a name bound to one."""
+    for sub in ast.walk(node):
+        if isinstance(sub, (ast.Name, ast.Attribute)) and _store_like(sub):
+            return True
+        if isinstance(sub, ast.Name) and sub.id in tainted:
+            return True
+        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute) and sub.func.attr in LAYOUT_CALLS:
+            return True
+        if isinstance(sub, ast.BinOp) and isinstance(sub.op, ast.Div) and _pads_folder(sub.right):
+            return True
+    return False
+
+
+def _pads_folder(node: ast.expr) -> bool:
+    return (isinstance(node, ast.Constant) and node.value == "pads") or \
+        (isinstance(node, ast.Name) and node.id == "PADS_DIR")
+
+
+def _tainted_names(tree: ast.AST) -> set[str]:
+    """Names bound (anywhere in the module) to something that reaches the store's files, to a fixpoint."""
+    tainted: set[str] = set()
+    while True:
+        before = len(tainted)
+        for node in ast.walk(tree):
+            targets: list[ast.expr] = []
+            value: ast.AST | None = None
+            if isinstance(node, ast.Assign):
+                targets, value = node.targets, node.value
+            elif isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr)) and node.value is not None:
+                targets, value = [node.target], node.value
+            elif isinstance(node, (ast.For, ast.comprehension)):
+                targets, value = [node.target], node.iter
+            elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+                targets, value = [node.optional_vars], node.context_expr
+            if value is None or not _reaches_files(value, tainted):
+                continue
+            for target in targets:
+                tainted |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+        if len(tainted) == before:
+            return tainted
+
+
+def store_files(tree: ast.AST) -> list[str]:
+    """Where a module outside device/storage/ handles the store's files itself."""
+    hits = []
+    tainted = _tainted_names(tree)
+    for node in ast.walk(tree):
+        where = f"line {getattr(node, 'lineno', 0)}: "
+        if isinstance(node, ast.Attribute) and node.attr == "home" and _store_like(node.value):
+            hits.append(where + ast.unparse(node))
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and _pads_folder(node.right):
+            hits.append(where + ast.unparse(node))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("device.storage"):
+            hits += [where + f"imports {a.name}" for a in node.names if a.name in LAYOUT_NAMES]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            func = node.func
+            owner = func.value.id if isinstance(func.value, ast.Name) else None
+            if func.attr in LAYOUT_CALLS:
+                hits.append(where + ast.unparse(node))
+            elif (owner == "os" and func.attr in OS_FILE_CALLS) or (owner == "shutil" and
+                                                                     func.attr in SHUTIL_FILE_CALLS):
+                if any(_reaches_files(arg, tainted) for arg in [*node.args, *(k.value for k in node.keywords)]):
+                    hits.append(where + ast.unparse(node))
+            elif owner not in ("os", "shutil") and func.attr in PATH_FILE_METHODS and \
+                    _reaches_files(func.value, tainted):
+                hits.append(where + ast.unparse(node))
+    return hits
+
+
+def test_no_module_outside_the_store_handles_its_files() -> None:
+    """The pad-file lifecycle is the store's: nothing outside device/storage/ builds, lists, truncates, moves or
+    deletes a store's files (provisioning makes its pads through ``store.partials``)."""
+    found = {}
+    for path in _modules():
+        hits = store_files(_parse(path))
+        if hits:
+            found[str(path.relative_to(ROOT))] = hits
+    assert not found, "The store's files handled outside device/storage/:\n" + _report(found)
+
+
+@pytest.mark.parametrize(("source", "caught"), [
+    ('for p in (store.home / "pads").glob("*.ceremony.json"):\n    p.unlink()\n', 4),  # home, /pads, glob, unlink
+    ('final = self.store.pad_path(pad_id)\nos.replace(tmp, final)\n', 2),
+    ('fd = os.open(Partial.data_path(store, pid), os.O_RDWR)\nos.ftruncate(fd, size)\n', 3),
+    ('a.pad_path(pad_id).unlink(missing_ok=True)\n', 2),
+    ('free = shutil.disk_usage(self.store.home).free\n', 2),
+    ('from device.storage.padstore import PARTIAL_SUFFIX, PadStore\n', 1),
+    ('pads = home / PADS_DIR\nfor p in pads.iterdir():\n    p.unlink()\n', 3),
+    # What the store hands out may be written through, and other files are the module's own business.
+    ('fd = self.store.partials.begin(pad_id, size, record)\nos.pwrite(fd, chunk, 0)\nos.close(fd)\n', 0),
+    ('os.replace(tmp, self.home / PAIRING_CODE_FILE)\n(self.home / "x").unlink()\n', 0),
+    ('text = name.replace("_", "-")\nfor p in (state.home / "devices").glob("*.json"):\n    p.read_text()\n', 0),
+])
+def test_the_file_checks_catch(source: str, caught: int) -> None:
+    assert len(store_files(ast.parse(source))) == caught, store_files(ast.parse(source))

@@ -317,7 +317,7 @@ def test_resuming_the_largest_pad_offers_every_recorded_tag_in_one_frame(tmp_pat
             Partial(pad_id=pad_id, peer_device_id=other.device_id.hex(), role=role, size=size, chunk=chunk,
                     mailbox_h2j=boxes[0], mailbox_j2h=boxes[1], contact=other.device_name,
                     hashes=recorded).save(store)
-            Partial.data_path(store, pad_id).touch()
+            store.partials.data_path(bytes.fromhex(pad_id)).touch()
     starts = {}
 
     def transfer(self, wire, partial, start):
@@ -363,9 +363,9 @@ def test_a_resume_starts_at_the_last_record_whatever_was_written_after_it(tmp_pa
     partial_a.hashes = partial_a.hashes[: recorded - 3]  # alice's last record lagged three chunks behind
     with PadStore(a) as store_a:
         partial_a.save(store_a)
-        _overwrite(Partial.data_path(store_a, partial_a.pad_id), (recorded - 3) * chunk)
+        _overwrite(store_a.partials.data_path(bytes.fromhex(partial_a.pad_id)), (recorded - 3) * chunk)
     with PadStore(b) as store_b:
-        _overwrite(Partial.data_path(store_b, partial_b.pad_id), len(partial_b.hashes) * chunk)
+        _overwrite(store_b.partials.data_path(bytes.fromhex(partial_b.pad_id)), len(partial_b.hashes) * chunk)
     views: list = []
     (ra, fa, _), (rb, fb, _) = run_pair(a, b, size, on_progress=views.append)
     assert ra.pad_id.hex() == partial_a.pad_id and fa == fb and pad_of(a, ra) == pad_of(b, rb)

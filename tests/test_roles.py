@@ -102,7 +102,7 @@ def missing_part_line(result: subprocess.CompletedProcess, command: str, extra: 
     """``result`` is the one-line refusal of ``command`` for want of ``extra``."""
     assert result.returncode == EXIT_MISSING_PART, result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"ERROR: `{command}` needs the {extra} part: pipx install 'onetimechat[{extra}]'"]
+        f"ERROR: `{command}` needs the {extra} part: pipx install --force 'onetimechat[{extra}]'"]
 
 
 def test_a_plain_install_is_the_laptop_client_and_chats_with_a_device_and_relay_of_the_full_install(

@@ -377,6 +377,12 @@ def test_a_revoked_member_reads_nothing_after_its_period_even_by_rejoining(four)
     sync_all(room, devices)
     assert "period two" in m4.read and "period two" not in m2.read
     assert any(e.get("kind") == "message" and e.get("outcome") == "unreadable" for e in m2.events)
+    # m2's device still holds the period-1 epoch key (its own key runs for weeks yet in its eyes) and so do m1
+    # and m4 for the grace: what m2 says now is under a period the room left, after the move, and is not shown.
+    said(m2, "revoked but talking")
+    sync_all(room, devices)
+    assert "revoked but talking" not in m1.read and "revoked but talking" not in m4.read
+    assert any(e.get("outcome") == "late" and e["sender"].startswith("m2~") for e in m1.events)
 
     # m2, still holding its old key, leaves and joins again: it reads nothing of the new period.
     assert AbeKeys(m2.store).member_keys()[0].key_id == old_key.key_id
@@ -411,3 +417,44 @@ def test_a_revoked_member_reads_nothing_after_its_period_even_by_rejoining(four)
         if isinstance(decoded, wire.Contribution) and r1.period_of(decoded.ciphertext) == 2:
             with pytest.raises(Exception):
                 decapsulate(old_key, decoded.ciphertext)
+
+
+def test_a_hostile_distributor_is_caught_on_the_device_and_the_room_rekeys_through_the_relay(world):
+    """Alice's device runs hostile code: it never posts its duties, and seals carol another key than the one its
+    distribution commits to (the attacker: tests/test_rooms_hostile.py's, from the documented layout)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tests.test_rooms_hostile import hostile_distribution
+
+    room, devices, clock, relay, auth = world
+    alice, bob, carol = (devices[n] for n in ("alice", "bob", "carol"))
+
+    def hostile_sync() -> None:  # reads, posts nothing of what its device owes
+        member = alice.rooms.find("ops")
+        messages, _ = relay.receive({room.mailbox: member.last_ref}, limit=500)
+        alice.rooms.receive("ops", [(m.ref, m.contents) for m in messages])
+
+    for d in (alice, bob, carol):
+        d.post(room, d.rooms.join("ops"))
+        hostile_sync()
+        bob.sync(room), carol.sync(room)
+    m = alice.rooms.find("ops")
+    e = m.current_epoch
+    g1, g2 = os.urandom(32), os.urandom(32)
+    roster = [(mid, m.members[mid].x_pub) for mid in m.epochs[e].roster]
+    sealed = {mid: g1 for mid, _ in roster} | {carol.rooms.find("ops").me: g2}
+    alice.post(room, wire.to_text(hostile_distribution(room.room_id, e, roster, m.me,
+                                                       Ed25519PrivateKey.from_private_bytes(m._sig),
+                                                       m.epochs[e].kabe, sealed, g1)))
+    for _ in range(3):
+        hostile_sync()
+        bob.sync(room), carol.sync(room)
+    alarms = [ev for ev in carol.store.events(500) if ev["event"] == "room-key-mismatch"]
+    assert len(alarms) == 1 and f"epoch {e}" in alarms[0]["detail"] and "alice" in alarms[0]["detail"]
+    assert any(ev["event"] == "room-objection" for ev in bob.store.events(500))
+    b, c = bob.rooms.find("ops"), carol.rooms.find("ops")
+    e2 = b.current_epoch
+    assert e2 > e and c.current_epoch == e2 and b.epochs[e2].key is not None and b.epochs[e2].key == c.epochs[e2].key
+    bob.post(room, bob.rooms.send("ops", "bob after the re-key"))
+    carol.sync(room)
+    assert "bob after the re-key" in carol.read

@@ -49,7 +49,7 @@ def settled_state(device) -> dict:
 def test_health_needs_no_pairing(rpc_device):
     response = requests.get(rpc_device.url + "/v1/health", timeout=10)
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "protocol": 1}
+    assert response.json() == {"status": "ok", "protocol": rpc.VERSION}
 
 
 def test_pairing_with_the_right_code_and_a_call(rpc_device):

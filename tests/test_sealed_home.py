@@ -87,7 +87,7 @@ def build(tmp_path: Path) -> tuple[list[Path], dict[str, bytes | str], list[PadS
                       chunk=4096, mailbox_h2j=os.urandom(16).hex(), mailbox_j2h=os.urandom(16).hex(),
                       contact=PARTIAL_CONTACT, hashes=[os.urandom(16).hex()])
     partial.save(a)
-    Partial.data_path(a, partial.pad_id).write_bytes(os.urandom(4096))
+    a.partials.data_path(bytes.fromhex(partial.pad_id)).write_bytes(os.urandom(4096))
     assert Partial.for_peer(a, bytes.fromhex(partial.peer_device_id)) == partial  # it still resumes
     with Device(a) as alice, Device(b) as bob:  # messages, and their events (closes both stores)
         bob.unpackage(alice.package(BOB, b"hello").package)
@@ -163,7 +163,7 @@ def legacy_home(tmp_path: Path, monkeypatch) -> tuple[Path, Path, bytes]:
                           chunk=4096, mailbox_h2j=os.urandom(16).hex(), mailbox_j2h=os.urandom(16).hex(),
                           contact=PARTIAL_CONTACT, hashes=[os.urandom(16).hex()])
         partial.save(a)
-        Partial.data_path(a, partial.pad_id).write_bytes(bytes(4096))
+        a.partials.data_path(bytes.fromhex(partial.pad_id)).write_bytes(bytes(4096))
         (a.home / "pads" / f"{partial.pad_id}.ceremony.json.tmp").write_text(json.dumps({"contact": ALICE}))
     monkeypatch.setattr(PadStore, "_open_sealed", real)
     assert (home / "pads" / f"{pad_id.hex()}.pad").exists()
@@ -184,7 +184,7 @@ def test_a_home_locked_before_sealing_is_sealed_at_its_next_unlock(tmp_path, mon
         with PadStore(peer) as bob_store:
             partial = Partial.for_peer(store, bob_store.device_id)
         assert partial is not None and partial.contact == PARTIAL_CONTACT  # the interrupted ceremony resumes
-        assert Partial.data_path(store, partial.pad_id).exists()
+        assert store.partials.data_path(bytes.fromhex(partial.pad_id)).exists()
         with Device(store) as alice, Device.open(peer) as bob:  # the pad, renamed, still works both ways
             assert bob.unpackage(alice.package(BOB, b"after sealing").package).plaintext == b"after sealing"
             assert alice.unpackage(bob.package(ALICE, b"and back").package).plaintext == b"and back"

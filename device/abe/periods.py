@@ -22,7 +22,7 @@ MIN_PERIOD_S = 60.0
 MAX_PERIOD_S = 400 * DAY_S
 WARN_BEFORE_S = 7 * DAY_S  # a member's device warns this long before its key's period ends (or a quarter of it)
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY_S, "w": 7 * DAY_S}
-_DURATION = re.compile(r"([1-9][0-9]{0,5})([smhdw])")
+_DURATION = re.compile(r"([1-9][0-9]{0,7})([smhdw])")  # up to 8 digits: 400 days in seconds
 
 
 def parse_duration(text: str) -> float:
@@ -30,10 +30,14 @@ def parse_duration(text: str) -> float:
     match = _DURATION.fullmatch(text.strip().lower()) if isinstance(text, str) else None
     if match is None:
         raise BadPeriod(f"A period is a number and a unit (s, m, h, d, w), e.g. 30d; not {str(text)[:20]!r}.")
-    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    return check_period(int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def check_period(seconds: float) -> float:
+    """A period's length in seconds, as the laptop sends it over the RPC: from a minute to 400 days."""
     if not MIN_PERIOD_S <= seconds <= MAX_PERIOD_S:
         raise BadPeriod("A period lasts from a minute to 400 days.")
-    return seconds
+    return float(seconds)
 
 
 def when(ts: float | None) -> str | None:

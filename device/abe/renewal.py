@@ -24,8 +24,19 @@ at or after the pad's frontier (anything before it is used: refused before
 a pad byte is read), checks the tag (Wegman-Carter, information-theoretic),
 that the key matches the authority's public key and carries the period it
 says, stores the key for that period, and overwrites the bytes up to the
-segment's end, in one transaction. A forged, altered or replayed package
-changes nothing.
+segment's end, in one transaction (the check and the use cannot be split
+by another open). A forged, altered or replayed package changes nothing
+but the log: renewal pads are one-time pads under the pad store's rules
+(device/storage/padstore.py), so a failed tag is counted on its pad and the
+third raises the forgery alarm, and refusals are logged within the
+device's RefusalBudget as evidence kept through log rotation.
+
+**Sending again.** The authority keeps each renewal package it sent, byte
+for byte (device/storage/sent_renewals.py), until the key's period is over.
+A package the relay lost is re-sent as it was (``otc abe renew --resend``):
+no pad byte is used again and nothing new is issued, so the same pad bytes
+never carry two different contents. The member's device opens it once; a
+second copy is refused as opened already.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,7 +52,9 @@ from device.abe.encoding import decode_member_key
 from device.abe.errors import AbeError, MalformedAbeData, Revoked, UnknownMember
 from device.abe.periods import MAX_PERIOD_S, Period, when
 from device.abe.store import AbeKeys, HeldKey, renewal_for
-from device.storage.abe_tables import RenewalPadUsed
+from device.errors import OutOfRange, Replay, UnknownPad
+from device.storage import sent_renewals
+from device.storage.padstore import RefusalBudget
 from onetimechat import package as fmt
 from onetimechat.crypto import derive_key, equal
 from onetimechat.errors import InvalidPackage, MalformedPackage
@@ -126,10 +140,13 @@ class Renewal:
 class RenewalPads:
     """The renewal pads of one device (table abe_pads, schema step 8)."""
 
-    def __init__(self, keys: AbeKeys) -> None:
+    def __init__(self, keys: AbeKeys, refusals: RefusalBudget | None = None) -> None:
         self.keys = keys
         self.store = keys.store
         self.tables = keys.tables
+        #: Refusals of renewals are package refusals: logged one by one within this budget, counted beyond it
+        #: (the device's server passes its own, device/abe/rpc.py).
+        self.refusals = refusals if refusals is not None else RefusalBudget()
 
     def add(self, pad: bytes, key_id: bytes, authority_id: bytes, peer_device_id: bytes | None, role: str) -> bytes:
         """Keep a pad made in a grant, pending with that grant (key ``key_id``); its pad_id."""
@@ -186,11 +203,15 @@ class RenewalPads:
                               how="renewal over the pad", random_bytes=random_bytes, period=period)
         body = BODY.pack(BODY_MAGIC, BODY_VERSION, period.number, period.starts, period.ends) + key.encode()
         for pad_id in pad_ids:
-            sealed = self.tables.seal_on_renewal_pad(  # reserve, build, destroy: one commit, before it leaves
+            sealed = self.tables.seal_on_renewal_pad(  # reserve, build, destroy, keep: one commit, before it leaves
                 pad_id, len(body),
                 lambda offset, segment, auth_key: bytes(
                     fmt.seal(fmt.Kind.CONTROL, pad_id, offset, segment, body, auth_key)),  # noqa: B023 - called at once
-                detail=f"key for period {period.number} to {prior.member}")
+                detail=f"key for period {period.number} to {prior.member}",
+                # Kept with the pad's use, in the same commit: a lost package can be sent again as it was.
+                keep=lambda package, mailbox: dict(
+                    Renewal(prior.member, key.key_id, mailbox.hex(), fmt.encode(package)).to_dict(),
+                    period=period.number, ends=period.ends))
             if sealed is None:
                 continue  # this pad is used up: the next one, if any
             package, mailbox = sealed
@@ -198,10 +219,30 @@ class RenewalPads:
         raise NoRenewalPad(f"The renewal pad with {prior.member} is used up: renew in person (a grant makes a "
                            "new one).")
 
+    def resend(self, who: str | None = None, now: float | None = None) -> list[Renewal]:
+        """The renewal packages sent for periods not over yet (to ``who`` only, a name or key id, if given), as
+        they were: nothing issued, no pad byte used. A revoked key's package is not sent again; those of periods
+        over are forgotten."""
+        now = time.time() if now is None else now
+        records = sent_renewals.load(self.store)
+        sent_renewals.forget(self.store, [r["key_id"] for r in records if r["ends"] <= now])
+        revoked = {i.key_id.hex() for i in self.keys.issued() if i.revoked is not None}
+        out = [Renewal(r["member"], bytes.fromhex(r["key_id"]), r["mailbox"], r["package"]) for r in records
+               if r["ends"] > now and r["key_id"] not in revoked
+               and (who is None or who in (r["member"], r["key_id"]) or (len(who) >= 8 and r["key_id"].startswith(
+                   who.lower())))]
+        if who is not None and not out:
+            raise UnknownMember(f"No renewal sent to {who[:40]} is waiting for its period (nothing to re-send).")
+        return out
+
     # -- the member -----------------------------------------------------------------------------------------
 
     def open(self, data: bytes) -> HeldKey:
-        """Open a renewal package on this device: the key it carries, stored. RenewalRefused otherwise."""
+        """Open a renewal package on this device: the key it carries, stored. RenewalRefused otherwise.
+
+        Under the pad store's rules, in one transaction (AbeTables.open_on_renewal_pad): a segment outside the
+        pad or below its frontier (used) is refused before a pad byte is read; a failed tag is counted on the
+        pad (the forgery alarm from the third); refusals are logged within this device's RefusalBudget."""
         try:
             parsed = fmt.parse(data)
         except MalformedPackage:
@@ -212,35 +253,39 @@ class RenewalPads:
         public = next((p for p in self._publics() if equal(p.authority_id, authority_id)), None)
         if public is None:
             raise RenewalRefused("This device no longer knows the renewal's authority.")
+        opened: list[bytes] = []
+
+        def open_renewal(segment: bytes, auth_key: bytes) -> dict:
+            body = fmt.open_package(parsed, segment, auth_key)  # InvalidPackage: counted, nothing else changes
+            # Verified: the authority made it. The key is stored and the bytes up to its end destroyed, one commit.
+            try:
+                magic, version, number, starts, ends = BODY.unpack_from(body)
+                if magic != BODY_MAGIC or version != BODY_VERSION or not 0 < ends - starts <= MAX_PERIOD_S:
+                    raise MalformedAbeData()
+                key = decode_member_key(body[BODY.size:])
+                if key.period != number:
+                    raise MalformedAbeData()
+            except (struct.error, AbeError):
+                raise RenewalRefused("The renewal's contents are malformed.") from None
+            opened.append(key.key_id)
+            return self.keys.member_key_row(public, key, window=(starts, ends))
+
         start, end = parsed.segment
-        found = self.tables.renewal_segment(parsed.pad_id, start, end)
-        if found is None:  # used, or outside the pad: refused before a pad byte is read
-            self.store.log_event("abe-renewal-replay", detail=f"renewal pad {parsed.pad_id.hex()[:16]}, offset "
-                                                              f"{start}: used or out of range")
-            raise RenewalRefused("That renewal was opened already (or is out of range): refused.")
-        segment, auth_key = found
         try:
-            body = fmt.open_package(parsed, segment, auth_key)
-        except InvalidPackage:
-            self.store.log_event("abe-renewal-forged", detail=f"renewal pad {parsed.pad_id.hex()[:16]}, offset "
-                                                              f"{start}: the tag failed")
-            raise RenewalRefused() from None
-        # Verified: the authority made it. Store the key and destroy the bytes up to its end, in one commit.
-        try:
-            magic, version, number, starts, ends = BODY.unpack_from(body)
-            if magic != BODY_MAGIC or version != BODY_VERSION or not 0 < ends - starts <= MAX_PERIOD_S:
-                raise MalformedAbeData()
-            key = decode_member_key(body[BODY.size:])
-            if key.period != number:
-                raise MalformedAbeData()
-        except (struct.error, AbeError):
-            raise RenewalRefused("The renewal's contents are malformed.") from None
-        period = Period(number, starts, ends)
-        try:
-            self.keys.add_member_key(public, key, window=(period.starts, period.ends), renewal=(parsed.pad_id, end))
-        except RenewalPadUsed:
+            self.tables.open_on_renewal_pad(parsed.pad_id, start, end, open_renewal, self.refusals)
+        except Replay:  # used: refused before a pad byte was read
             raise RenewalRefused("That renewal was opened already: refused.") from None
-        return next(k for k in self.keys.held() if k.key_id == key.key_id)
+        except OutOfRange:
+            raise RenewalRefused("That renewal is outside its renewal pad: refused.") from None
+        except UnknownPad:
+            raise RenewalRefused("That renewal is for no renewal pad of this device.") from None
+        except InvalidPackage:
+            raise RenewalRefused() from None
+        return next(k for k in self.keys.held() if k.key_id == opened[0])
+
+    def flush_refusals(self, force: bool = True) -> None:
+        """Write the refusals counted beyond the log budget (as the pad store does for packages)."""
+        self.store.flush_refusals(self.refusals, force)
 
     def _publics(self) -> list:
         from device.abe.encoding import decode_public_key

@@ -5,6 +5,8 @@
     abe_revoke      {"member"}            -> {"revoked": [...]}  (the owner confirms first)
     abe_renew       {"member"?, "end_period"?, "period"?} -> {"period", "renewals": [{"member", "mailbox",
                                              "package"}], "left": [...]}   (the owner confirms first)
+    abe_renew       {"resend": true, "member"?} -> {"renewals": [...]}   (those already sent, byte for byte, for
+                                             periods not over: nothing issued, no pad used, nothing asked)
     abe_renewal_mailboxes {}              -> {"mailboxes": [hex]}   (a member's renewal pads' relay mailboxes)
     abe_open_renewal {"package"}          -> {"key": {...}}   (a renewal package from the relay; never the key)
     abe_authority   {"name"?}             -> {"name", "fingerprint"}   (the owner confirms first)
@@ -30,7 +32,7 @@ from typing import Any
 
 from device.abe.errors import AlreadyAuthority, Revoked
 from device.abe.grant import GrantView, confirm_grant, grant_host, grant_join
-from device.abe.periods import parse_duration
+from device.abe.periods import check_period
 from device.abe.policy import Policy, check_unreserved, parse_attributes
 from device.abe.store import AbeKeys
 from device.confirm import ConfirmRequest, ConfirmSource
@@ -153,13 +155,22 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
         who = params.get("member")
         if who is not None:
             who = _text(params, "member")
+        resend = params.get("resend", False)
+        if not isinstance(resend, bool):
+            raise BadAbeRequest("'resend' is true or false.")
+        if resend:  # the packages already sent, byte for byte: nothing issued, no pad used, so nothing to ask
+            from device.abe.renewal import RenewalPads
+
+            keys = AbeKeys(store)
+            keys.master()
+            return {"renewals": [r.to_dict() for r in RenewalPads(keys).resend(who)]}
         early = params.get("end_period", False)
         length = params.get("period")
         if not isinstance(early, bool) or (length is not None and (isinstance(length, bool)
                                                                    or not isinstance(length, (int, float)))):
             raise BadAbeRequest("'end_period' is true or false, 'period' a number of seconds.")
         if length is not None:
-            length = parse_duration(f"{int(length)}s")
+            length = check_period(length)
         keys = AbeKeys(store)
         keys.master()
         plan = plan_renewal(keys, who, early, length)  # who gets nothing, and why, before the owner is asked
@@ -186,7 +197,9 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
             data = fmt.decode(_text(params, "package"))
         except MalformedPackage:
             raise RenewalRefused("That is not a renewal package.") from None
-        held = RenewalPads(AbeKeys(service.ready())).open(data)
+        store = service.ready()
+        # Refused renewals are package refusals: logged within the device's budget, as unpackage's are.
+        held = RenewalPads(AbeKeys(store), refusals=service.device.refusals).open(data)
         return {"key": held.to_dict(time.time())}
 
     return {"abe_status": status, "abe_authority": authority, "room_create": room_create,
@@ -208,7 +221,7 @@ def start_grant(service: Any, client: Any, params: dict) -> dict:
     if period is not None:
         if role != HOST or isinstance(period, bool) or not isinstance(period, (int, float)):
             raise BadAbeRequest("Only the authority's side (host) gives a period, in seconds.")
-        period = parse_duration(f"{int(period)}s")
+        period = check_period(period)
     store = service.ready()
     attributes: tuple[str, ...] = ()
     if role == HOST:

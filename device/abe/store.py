@@ -194,13 +194,19 @@ class AbeKeys:
     # -- member keys ------------------------------------------------------------------------
 
     def add_member_key(self, public: PublicKey, key: MemberKey, pending: bool = False,
-                       window: tuple[float, float] | None = None,
-                       renewal: tuple[bytes, int] | None = None) -> str:
+                       window: tuple[float, float] | None = None) -> str:
         """Store a key received from its authority, after checking it against the public key; its grant
         fingerprint. A ``pending`` key is not used until :meth:`confirm_grant` (the authority holds the
-        grant too). ``window`` is (starts, ends) of the key's period, which a key with a period needs. With
-        ``renewal`` (pad id, end) the renewal pad the key came on is used up to ``end`` in the same commit
-        (RenewalPadUsed, and nothing stored, if it already was)."""
+        grant too). ``window`` is (starts, ends) of the key's period, which a key with a period needs."""
+        row = self.member_key_row(public, key, pending, window)
+        self.tables.add_member_key(**row)
+        return str(row["fingerprint"])
+
+    def member_key_row(self, public: PublicKey, key: MemberKey, pending: bool = False,
+                       window: tuple[float, float] | None = None) -> dict:
+        """A key received from its authority, checked against the public key and sealed, as the tables keep it
+        (:meth:`AbeTables.add_member_key`'s arguments); a renewal's is stored with the use of its renewal pad,
+        in one commit (device/abe/renewal.py)."""
         self.check_authority(public)
         check_member_key(public, key)
         if self.tables.member_key_known(key.key_id):
@@ -209,13 +215,12 @@ class AbeKeys:
             raise MalformedAbeData("The key's period does not match what its authority says of it.")
         # The authority files this device under its identity's hash (its id, unless made before identities).
         fingerprint = grant_fingerprint(public.authority_id, key, device_id_for(self.store.identity_public))
-        self.tables.add_member_key(
+        return dict(
             authority_id=public.authority_id, authority_name=public.name, public_key=public.encode(),
             key_id=key.key_id, attributes=",".join(key.attributes),
             sealed_key=self._seal(key.encode(), b"abe key " + key.key_id), pending=pending, fingerprint=fingerprint,
             period=key.period, window=window,
-            detail=f"key for {', '.join(key.attributes)} from authority {public.name}", renewal=renewal)
-        return fingerprint
+            detail=f"key for {', '.join(key.attributes)} from authority {public.name}")
 
     def member_keys(self, authority_id: bytes | None = None) -> list[MemberKey]:
         """This device's keys (those whose grant both devices are known to hold)."""

@@ -22,7 +22,17 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   If none is accepted within ``leader_timeout`` of the change, the member at
   rank r takes the duty after r timeouts. The first valid distribution in
   relay order wins (a signed, K_abe-authenticated one from a roster member,
-  sealing to exactly the roster), so every member installs the same key.
+  sealing to exactly the roster): the same one for every member.
+* **Key commitment.** A distribution commits to its epoch key (a hash bound
+  to room, epoch and distributor). A member whose entry does not open, or
+  opens to another key, refuses it and posts an *objection*. An objection
+  by a roster member that has not objected before, against a distributor not
+  yet barred, bars that distributor from distributing in this room (nobody
+  but the two can tell which one lies, so an objector objects once per
+  membership) and re-keys the room: a new epoch, same roster, distributed by
+  the first member not barred. So the members who accept a distribution all
+  hold one key, and one who was sealed another makes everybody move on
+  without the distributor's help.
 * **Names.** Each membership carries the display name its owner chose at
   join, inside its signed contribution and under its bind tag: a message is
   shown under the name of the contribution whose key signed it. A name that
@@ -61,6 +71,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device.abe.encoding import Ciphertext, PublicKey, decode_ciphertext
 from device.abe.errors import AbeError, NotSatisfied
+from device.abe.periods import MAX_PERIOD_S
 from device.abe.policy import Policy, attribute_period, period_attribute
 from device.rooms import wire
 from device.rooms.errors import (
@@ -81,6 +92,11 @@ MAX_TEXT_BYTES = 64 << 10
 VALID, PENDING, UNKNOWN = "valid", "pending", "unknown"
 
 MAX_REF = (1 << 63) - 1  # the largest item ref a relay can give
+#: Contributions of later periods held aside, at most, per room; beyond, those of the latest periods go first.
+MAX_HELD = 128
+#: A held contribution is dropped this long after it came: a genuine one was made once its period had begun,
+#: and no period lasts longer (device/abe/periods.py), so by then its period is over.
+HELD_MAX_AGE_S = MAX_PERIOD_S
 
 
 class Keys(Protocol):
@@ -98,8 +114,10 @@ class Event:
     """What one relay item did (never a secret; ``text`` only for a message this member opened)."""
 
     ref: int
-    kind: str  # contribution, leave, distribution, message
-    outcome: str  # accepted, skipped, ignored, unreadable, refused
+    kind: str  # contribution, leave, distribution, objection, message
+    # accepted, skipped, ignored, held, unreadable, refused; mismatch (a distribution whose key is not the one it
+    # commits to); late (a message under a key period the room had left before it, not shown)
+    outcome: str
     epoch: int | None = None
     sender: str | None = None  # a member's display name, disambiguated (see RoomMember.label)
     sender_id: str | None = None  # a member's short id (hex)
@@ -123,6 +141,7 @@ class _Member:
     ciphertext: bytes | None = None
     name: str = ""  # the display name in its (signed, bound) contribution; "" for an unnamed one
     period: int = 0  # the key period its ciphertext is under (0: none)
+    held_at: float = 0.0  # when it was held aside (a contribution of a later period only)
 
 
 @dataclass
@@ -135,10 +154,35 @@ class _Epoch:
     distributed: bool = False
     sent: int = 0
     highest: dict[bytes, int] = field(default_factory=dict)
+    #: The distributor of the epoch's distribution (the first in relay order to pass every public check), once
+    #: seen: later ones are ignored, whether or not this member's entry opened to the committed key.
+    dealer: bytes | None = None
+    #: This member's entry did not open to the committed key: it owes an objection (True), or posted it (False).
+    objection: bool | None = None
+    #: The room's key period when the epoch began.
+    period: int = 0
 
 
 def short(member: bytes) -> str:
     return member[:6].hex()
+
+
+_LOOK_ALIKE = str.maketrans({"0": "o", "1": "l", "i": "l", "|": "l", "5": "s", "2": "z", "8": "b", "6": "b",
+                             "9": "g", "3": "e", "4": "a", "7": "t"})
+
+
+def skeleton(name: str) -> str:
+    """What a display name looks like, for telling look-alikes apart: NFKC, case folded, separators (``.``,
+    ``_``, ``-``) dropped, ``rn`` as ``m``, ``vv`` as ``w``, ``cl`` as ``d``, and digits and letters that are
+    easily taken for one another (0/o, 1/l/I, 5/s, ...) made one. Names are ASCII letters, digits and separators
+    (wire.check_name), so no other script can appear in one. Two names with the same skeleton are each shown with
+    their membership's short id."""
+    import unicodedata
+
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    folded = "".join(c for c in folded if c not in "._-")
+    folded = folded.replace("rn", "m").replace("vv", "w").replace("cl", "d")
+    return folded.translate(_LOOK_ALIKE)
 
 
 class RoomMember:
@@ -168,10 +212,21 @@ class RoomMember:
         #: The room's key period as this member knows it; contributions of later periods held aside.
         self.period = 0
         self.future: dict[bytes, _Member] = {}
+        #: Where the room moved to each later period: period -> the ref of the contribution that moved it. That
+        #: contribution decapsulated under the period's attribute, so it was made with a key the authority issued
+        #: for the period, at or after its (authenticated) start: everything after it on the relay came later.
+        self.moves: dict[int, int] = {}
+        #: Held contributions dropped (over the bound, or their period over).
+        self.held_dropped = 0
         #: Whether the owner wants this device in the room (it joined and has not left): it then
         #: re-contributes by itself when its renewed key's period begins.
         self.wanted = False
         self._ks: dict[bytes, bytes] = {}
+        #: Members barred from distributing (objected to), and members that objected (once per membership).
+        self.barred: set[bytes] = set()
+        self.objected: set[bytes] = set()
+        #: Distributions this member refused because its entry did not open to the committed key.
+        self.mismatches = 0
         #: Decapsulations this member computed (each is one multi-pairing).
         self.decapsulations = 0
 
@@ -199,13 +254,14 @@ class RoomMember:
 
     def label(self, member: bytes) -> str:
         """How a member is shown: its display name, with its short id when another membership this member has
-        seen in the room chose the same name (or when it chose none). ``~`` is not allowed in a name, so the
-        disambiguated form cannot be chosen by anyone."""
+        seen in the room chose the same name or one that looks like it (:func:`skeleton`), or when it chose none.
+        ``~`` is not allowed in a name, so the disambiguated form cannot be chosen by anyone."""
         record = self.members.get(member)
         name = record.name if record is not None else ""
         if not name:
             return f"member~{short(member)}"
-        if sum(m.name == name for m in self.members.values()) > 1:
+        mine = skeleton(name)
+        if sum(bool(m.name) and skeleton(m.name) == mine for m in self.members.values()) > 1:
             return f"{name}~{short(member)}"
         return name
 
@@ -318,16 +374,30 @@ class RoomMember:
             mine = self.members[self.me].period if self.me is not None else None
             if usable is not None and usable >= self.period and (mine is None or usable > mine):
                 out.append(self._contribute(self.name))
-        return out + self._distribute()
+        self.prune_held()
+        return out + self._distribute() + self._object()
+
+    def _object(self) -> list[bytes]:
+        """The objection this member owes to the current epoch's distribution, once (and only while it may)."""
+        e = self.current_epoch
+        if e is None or self.me is None or self._sig is None or self.me in self.objected:
+            return []
+        epoch = self.epochs[e]
+        if not epoch.objection or epoch.dealer is None or epoch.dealer in self.barred:
+            return []
+        epoch.objection = False
+        return [wire.objection(self.room.room_id, e, epoch.dealer, self.me,
+                               Ed25519PrivateKey.from_private_bytes(self._sig))]
 
     def _distribute(self) -> list[bytes]:
         e = self.current_epoch
         if e is None or not self.joined or self._sig is None or self._period_ended():
             return []
         epoch = self.epochs[e]
-        if epoch.key is not None or epoch.kabe is None or epoch.distributed or self.me not in epoch.roster:
+        if (epoch.key is not None or epoch.kabe is None or epoch.distributed or epoch.dealer is not None
+                or self.me not in epoch.roster or self.me in self.barred):
             return []
-        rank = epoch.roster.index(self.me)
+        rank = [m for m in epoch.roster if m not in self.barred].index(self.me)
         if self.clock() < epoch.seen_at + rank * self.leader_timeout:
             return []
         targets = [(m, self.members[m].x_pub) for m in epoch.roster]
@@ -360,6 +430,8 @@ class RoomMember:
                 event = self._leave(ref, item)
             elif isinstance(item, wire.Distribution):
                 event = self._distribution(ref, item)
+            elif isinstance(item, wire.Objection):
+                event = self._objection(ref, item)
             else:
                 event = self._message(ref, item)
         except RoomItemRefused:
@@ -391,10 +463,13 @@ class RoomMember:
                 if k is None:
                     return Event(ref, "contribution", "skipped", sender_id=short(mid))
                 if k is False:  # undecidable here (no key of that period yet): held aside
+                    record.held_at = self.clock()
                     self.future[mid] = record
                     self.ciphertexts.add(item.ciphertext_bytes)
-                    return Event(ref, "contribution", "held", sender_id=short(mid))
-            self._advance(period)
+                    self._bound_held()
+                    outcome = "held" if mid in self.future else "dropped"
+                    return Event(ref, "contribution", outcome, sender_id=short(mid))
+            self._advance(period, ref)
             if isinstance(k, bytes):
                 self._admit(ref, item, VALID)
                 self._ks[mid] = k
@@ -425,6 +500,34 @@ class RoomMember:
         self._new_epoch(ref)
         return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
 
+    def _drop_held(self, mid: bytes) -> None:
+        record = self.future.pop(mid)
+        if record.ciphertext is not None:
+            self.ciphertexts.discard(record.ciphertext)
+        self.held_dropped += 1
+
+    def _bound_held(self) -> None:
+        """At most MAX_HELD contributions held aside: beyond, those of the latest periods (the next period's,
+        which genuine renewals are, stay longest), the latest on the relay first, are dropped."""
+        while len(self.future) > MAX_HELD:
+            self._drop_held(max(self.future, key=lambda m: (self.future[m].period, self.future[m].ref)))
+
+    def prune_held(self) -> list[bytes]:
+        """Drop held contributions whose period is over: this device holds a key of that period and it has ended,
+        or a key of a later one that has begun (periods follow each other), or the contribution is older than any
+        period lasts. Their ciphertexts are forgotten too (a replay is held again, and bounded again)."""
+        if not self.future:
+            return []
+        now = self.clock()
+        windows = self.keys.periods_held(self.room.authority_id)
+        begun = [p for p, (starts, _) in windows.items() if starts <= now]
+        gone = [mid for mid, r in self.future.items()
+                if now - r.held_at >= HELD_MAX_AGE_S or (r.period in windows and now >= windows[r.period][1])
+                or any(p > r.period for p in begun)]
+        for mid in gone:
+            self._drop_held(mid)
+        return gone
+
     def _admit(self, ref: int, item: wire.Contribution, status: str) -> None:
         period = self.period_of(item.ciphertext) or 0
         self.members[item.member_id] = _Member(ref, item.x_pub, item.sig_pub, item.bind, status, name=item.name,
@@ -447,7 +550,7 @@ class RoomMember:
             return None
         return k
 
-    def _advance(self, period: int) -> None:
+    def _advance(self, period: int, ref: int) -> None:
         """The room moves to key ``period``: the earlier period's contributions leave the roster (my membership
         too, if it was of one: its keys are deleted, as on leave), those held aside for this period join it
         (undecided, in relay order)."""
@@ -456,6 +559,7 @@ class RoomMember:
             self._forget_membership()
             self._pending, self._next, self.name, self.wanted = pending, following, name, wanted
         self.period = period
+        self.moves[period] = ref
         for mid in [m for m in self.roster if self.members[m].period < period]:
             self.roster.remove(mid)
             self._ks.pop(mid, None)
@@ -500,7 +604,7 @@ class RoomMember:
 
     def _new_epoch(self, ref: int) -> None:
         roster = list(self.roster)
-        epoch = _Epoch(roster=roster, seen_at=self.clock())
+        epoch = _Epoch(roster=roster, seen_at=self.clock(), period=self.period)
         if all(m in self._ks for m in roster):
             epoch.kabe = wire.k_abe([self._ks[m] for m in roster], wire.sid(self.room.room_id, ref, roster))
         self.epochs[ref] = epoch
@@ -524,13 +628,14 @@ class RoomMember:
 
     def _distribution(self, ref: int, item: wire.Distribution) -> Event:
         epoch = self.epochs.get(item.epoch)
-        if epoch is None or not self.joined or self.me not in epoch.roster or epoch.key is not None:
+        if (epoch is None or not self.joined or self.me not in epoch.roster or epoch.key is not None
+                or epoch.dealer is not None):
             return Event(ref, "distribution", "ignored", epoch=item.epoch)
         newest = max((n for n, ep in self.epochs.items() if ep.key is not None), default=-1)
         if item.epoch < newest:
             return Event(ref, "distribution", "ignored", epoch=item.epoch)
         session = wire.sid(self.room.room_id, item.epoch, epoch.roster)
-        if not equal(item.sid, session) or item.leader not in epoch.roster:
+        if not equal(item.sid, session) or item.leader not in epoch.roster or item.leader in self.barred:
             raise RoomItemRefused()
         wire.verify(self.members[item.leader].sig_pub, item.signature, item.signed)
         if [m for m, _ in item.sealed] != epoch.roster:
@@ -539,8 +644,22 @@ class RoomMember:
             return Event(ref, "distribution", "unreadable", epoch=item.epoch)
         wire.check_distribution_mac(item, epoch.kabe)
         assert self.me is not None
-        g = wire.open_sealed(item, self.me, X25519PrivateKey.from_private_bytes(self._x))
-        epoch.key = wire.epoch_key(epoch.kabe, g, self.room.room_id, item.epoch)
+        # Every public check passed: this is the epoch's distribution for every member (later ones are ignored).
+        # Whether my entry opens to the key it commits to, only I can tell: if it does not, the distributor sealed
+        # other members another key (or garbage), and I refuse it and object, which re-keys the room.
+        epoch.dealer = item.leader
+        try:
+            g = wire.open_sealed(item, self.me, X25519PrivateKey.from_private_bytes(self._x))
+            key = wire.epoch_key(epoch.kabe, g, self.room.room_id, item.epoch)
+            genuine = equal(wire.key_commitment(key, self.room.room_id, item.epoch, item.leader), item.commit)
+        except RoomItemRefused:
+            genuine = False
+        if not genuine:
+            epoch.objection, epoch.kabe = True, None
+            self.mismatches += 1
+            return self._event(ref, "distribution", "mismatch", item.leader, epoch=item.epoch,
+                               members=len(epoch.roster))
+        epoch.key = key
         epoch.kabe = None
         now = self.clock()
         for n, older in self.epochs.items():
@@ -551,6 +670,27 @@ class RoomMember:
         return self._event(ref, "distribution", "accepted", item.leader, epoch=item.epoch,
                            own=item.leader == self.me, members=len(epoch.roster))
 
+    def _objection(self, ref: int, item: wire.Objection) -> Event:
+        """A member objects to an epoch's distribution. An objection by a roster member that has not objected
+        before, against another not yet barred, bars that one from distributing here and, if it names the current
+        epoch, re-keys the room: a new epoch, same roster. Nobody else can tell whether the distributor or the
+        objector lies: each objection costs a member its only one. Every member decides the same way from the same
+        public items, joined or not."""
+        objector = self.members.get(item.objector)
+        if (objector is None or item.objector not in self.roster or item.leader not in self.roster
+                or equal(item.objector, item.leader)):
+            return Event(ref, "objection", "ignored", epoch=item.epoch)
+        wire.verify(objector.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
+        if item.objector in self.objected or item.leader in self.barred:
+            return Event(ref, "objection", "ignored", epoch=item.epoch, sender=self.label(item.objector),
+                         sender_id=short(item.objector))
+        self.barred.add(item.leader)
+        self.objected.add(item.objector)
+        if not self.joined or item.epoch != self.current_epoch:
+            return self._event(ref, "objection", "accepted", item.objector, epoch=item.epoch)
+        self._new_epoch(ref)
+        return self._event(ref, "objection", "accepted", item.objector, epoch=ref, members=len(self.roster))
+
     def _message(self, ref: int, item: wire.Message) -> Event:
         epoch = self.epochs.get(item.epoch)
         if epoch is None or epoch.key is None:
@@ -560,6 +700,12 @@ class RoomMember:
         wire.verify(self.members[item.sender].sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
         if item.counter <= epoch.highest.get(item.sender, 0):
             raise RoomItemRefused()
+        if any(period > epoch.period and moved < ref for period, moved in self.moves.items()):
+            # Under an epoch of a key period the room has left, and after (on the relay) the contribution that
+            # moved it, which was made after the authority's start of the new period: so sent after the old
+            # period ended (early, by the authority, for a revoked member), whatever the epoch key's grace. Not
+            # shown; in flight (before the move) it is read as usual.
+            return self._event(ref, "message", "late", item.sender, epoch=item.epoch, members=len(epoch.roster))
         data = wire.open_message(item, epoch.roster.index(item.sender), epoch.key)
         try:
             text = data.decode("utf-8")
@@ -617,8 +763,12 @@ class RoomMember:
             "ciphertexts": sorted(c.hex() for c in self.ciphertexts),
             "roster": [m.hex() for m in self.roster],
             "epochs": [[n, [m.hex() for m in ep.roster], ep.seen_at, hx(ep.kabe), hx(ep.key), ep.delete_at,
-                        ep.distributed, ep.sent, {m.hex(): c for m, c in ep.highest.items()}]
+                        ep.distributed, ep.sent, {m.hex(): c for m, c in ep.highest.items()}, hx(ep.dealer),
+                        ep.objection, ep.period]
                        for n, ep in self.epochs.items()],
+            "barred": sorted(m.hex() for m in self.barred), "objected": sorted(m.hex() for m in self.objected),
+            "mismatches": self.mismatches, "held_dropped": self.held_dropped,
+            "moves": {str(p): r for p, r in self.moves.items()},
             "me": hx(self.me), "x": hx(self._x), "sig": hx(self._sig), "k": hx(self._k),
             "pending": hx(self._pending), "name": self.name, "ks": {m.hex(): k.hex() for m, k in self._ks.items()},
             "decapsulations": self.decapsulations,
@@ -642,9 +792,18 @@ class RoomMember:
         member.period = data.get("period", 0)
         member.ciphertexts = {bytes.fromhex(c) for c in data["ciphertexts"]}
         member.roster = [bytes.fromhex(m) for m in data["roster"]]
-        for n, roster, seen_at, kabe, key, delete_at, distributed, sent, highest in data["epochs"]:
+        for n, roster, seen_at, kabe, key, delete_at, distributed, sent, highest, *rest in data["epochs"]:
+            # Since the key commitment (issue 22): the epoch's distributor and this member's objection.
+            # Then the epoch's key period (unknown before: taken as the room's, so never "late").
+            dealer, objection, period = (rest + [None, None, data.get("period", 0)])[:3]
             member.epochs[n] = _Epoch([bytes.fromhex(m) for m in roster], seen_at, bx(kabe), bx(key), delete_at,
-                                      distributed, sent, {bytes.fromhex(m): c for m, c in highest.items()})
+                                      distributed, sent, {bytes.fromhex(m): c for m, c in highest.items()},
+                                      bx(dealer), objection, period)
+        member.barred = {bytes.fromhex(m) for m in data.get("barred", [])}
+        member.objected = {bytes.fromhex(m) for m in data.get("objected", [])}
+        member.mismatches = data.get("mismatches", 0)
+        member.moves = {int(p): r for p, r in data.get("moves", {}).items()}
+        member.held_dropped = data.get("held_dropped", 0)
         member.me, member._x, member._sig = bx(data["me"]), bx(data["x"]), bx(data["sig"])
         member._k, member._pending = bx(data["k"]), bx(data["pending"])
         member.name = data.get("name")
@@ -663,14 +822,15 @@ class RoomMember:
 
 def _row(mid: bytes, r: _Member) -> list:
     return [mid.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status,
-            r.ciphertext.hex() if r.ciphertext is not None else None, r.name, r.period]
+            r.ciphertext.hex() if r.ciphertext is not None else None, r.name, r.period, r.held_at]
 
 
 def _from_row(row: list) -> tuple[bytes, _Member]:
-    m, ref, x_pub, sig_pub, bind, status, ct, *rest = row  # a name since issue 22, then a period
+    m, ref, x_pub, sig_pub, bind, status, ct, *rest = row  # a name since issue 22, then a period, then held_at
+    name, period, held_at = (rest + ["", 0, None][len(rest):])[:3]
     return bytes.fromhex(m), _Member(ref, bytes.fromhex(x_pub), bytes.fromhex(sig_pub), bytes.fromhex(bind), status,
-                                     bytes.fromhex(ct) if ct is not None else None, rest[0] if rest else "",
-                                     rest[1] if len(rest) > 1 else 0)
+                                     bytes.fromhex(ct) if ct is not None else None, name, period,
+                                     time.time() if held_at is None else held_at)
 
 
 def _raw(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:

@@ -136,6 +136,16 @@ class DeviceRooms:
             refused = sum(e.outcome == "refused" for e in events)
             if refused:
                 self.pads.log_event("room-refused", detail=f"room {member.room.name}: {refused} item(s) refused")
+            for e in events:
+                if e.kind == "distribution" and e.outcome == "mismatch":
+                    # Evidence (kept for good): a member sealed this device another key than the one it committed to.
+                    self.pads.log_event("room-key-mismatch", detail=f"room {member.room.name}: the distribution of "
+                                        f"epoch {e.epoch} by {e.sender} did not open to the key it commits to: "
+                                        "refused, objection posted")
+                elif e.kind == "objection" and e.outcome == "accepted":
+                    self.pads.log_event("room-objection", detail=f"room {member.room.name}: {e.sender} objected "
+                                        "to a distribution; its distributor is barred from distributing, the room "
+                                        "re-keys")
             return {"events": [e.to_dict() for e in events], "post": post, "status": member.status()}
 
     def send(self, name: str, text: str) -> str:

@@ -1,4 +1,4 @@
-"""Rooms on the wire: the descriptor, invite strings and the four relay items.
+"""Rooms on the wire: the descriptor, invite strings and the relay items.
 
 Every item starts ``"ORM1" | type (1) | room_id (16)``; integers are
 big-endian; on the relay an item is standard base64 with padding. Decoding is
@@ -7,10 +7,13 @@ strict: exact lengths, nothing trailing, the right room.
 | type | item | after the header |
 |---|---|---|
 | 1 | contribution | ct_len 4, ABE ciphertext of k_j, X25519 pub 32, Ed25519 pub 32, bind 32, sig 64 |
-| 2 | distribution | epoch 8, sid 32, leader 32, ephemeral X25519 32, n 2, n x (member 32, sealed 48), mac 32, sig 64 |
+| 2 | distribution (withdrawn: it had no commitment to its key; now refused as malformed) | |
 | 3 | message | epoch 8, sender id 32, counter 8, ciphertext (ChaCha20-Poly1305), sig 64 |
 | 4 | leave | member id 32, sig 64 |
 | 5 | named contribution | as 1, with name_len 1, name between the Ed25519 pub and bind |
+| 6 | distribution | epoch 8, sid 32, leader 32, ephemeral X25519 32, n 2, n x (member 32, sealed 48), |
+|   |              | commit 32, mac 32, sig 64 |
+| 7 | objection | epoch 8, leader 32, objector 32, sig 64 |
 
 A member's *id* is the hash of its contribution's bytes. ``bind`` is a MAC
 under k_j over the room and the two public keys (and, in a named
@@ -18,7 +21,11 @@ contribution, the member's display name), so a contribution's ciphertext
 cannot be reposted with someone else's keys or name (whoever decapsulates
 checks it); ``sig`` is by the contribution's own Ed25519 key over everything
 before it. Devices post named contributions (type 5); type 1 is still read
-(its member has no name and is shown by id). The crypto helpers below (sid, K_abe, sealing G_e, the epoch key
+(its member has no name and is shown by id). A distribution carries ``commit``, a hash of the epoch key
+bound to the room, the epoch and the distributor, so each member checks that the key it unsealed is the one
+every other member will check against (a distributor cannot seal different keys to different members
+unseen); an *objection* is a member's signed statement that the distribution of an epoch did not open to
+the committed key for it. The crypto helpers below (sid, K_abe, sealing G_e, the epoch key
 and message nonces) are the only place these secrets are combined.
 """
 
@@ -46,7 +53,8 @@ from onetimechat import boundedjson
 from onetimechat.crypto import derive_key, equal, mac
 
 MAGIC = b"ORM1"
-CONTRIBUTION, DISTRIBUTION, MESSAGE, LEAVE, NAMED_CONTRIBUTION = 1, 2, 3, 4, 5
+CONTRIBUTION, OLD_DISTRIBUTION, MESSAGE, LEAVE, NAMED_CONTRIBUTION = 1, 2, 3, 4, 5
+DISTRIBUTION, OBJECTION = 6, 7
 ROOM_ID_BYTES = 16
 ID_BYTES = 32
 KEY_BYTES = 32
@@ -140,6 +148,7 @@ class Distribution:
     leader: bytes
     eph_pub: bytes
     sealed: tuple[tuple[bytes, bytes], ...]
+    commit: bytes
     mac: bytes
     raw: bytes
 
@@ -175,6 +184,21 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Objection:
+    """A member's signed word that the epoch's distribution, by ``leader``, did not open to its committed key."""
+
+    room_id: bytes
+    epoch: int
+    leader: bytes
+    objector: bytes
+    raw: bytes
+
+    @property
+    def signature(self) -> bytes:
+        return self.raw[-SIG_BYTES:]
+
+
+@dataclass(frozen=True)
 class Leave:
     room_id: bytes
     member: bytes
@@ -185,7 +209,7 @@ class Leave:
         return self.raw[-SIG_BYTES:]
 
 
-Item = Contribution | Distribution | Message | Leave
+Item = Contribution | Distribution | Message | Leave | Objection
 
 
 def member_id(contribution: bytes) -> bytes:
@@ -257,10 +281,15 @@ def decode(raw: bytes, room_id: bytes) -> Item:
         if not 1 <= n <= MAX_ROSTER:
             raise MalformedRoomData("The room item is malformed.")
         sealed = tuple((r.take(ID_BYTES), r.take(SEALED_BYTES)) for _ in range(n))
-        tag = r.take(KEY_BYTES)
+        commit, tag = r.take(KEY_BYTES), r.take(KEY_BYTES)
         r.take(SIG_BYTES)
         r.end()
-        return Distribution(room_id, epoch, sid, leader, eph, sealed, tag, raw)
+        return Distribution(room_id, epoch, sid, leader, eph, sealed, commit, tag, raw)
+    if kind == OBJECTION:
+        epoch, leader, objector = r.int(8), r.take(ID_BYTES), r.take(ID_BYTES)
+        r.take(SIG_BYTES)
+        r.end()
+        return Objection(room_id, epoch, leader, objector, raw)
     if kind == MESSAGE:
         epoch, sender, counter = r.int(8), r.take(ID_BYTES), r.int(8)
         body = r.take(len(raw) - r.at - SIG_BYTES)
@@ -312,6 +341,11 @@ def leave(room_id: bytes, member: bytes, sig_key: Ed25519PrivateKey) -> bytes:
     return body + sig_key.sign(body)
 
 
+def objection(room_id: bytes, epoch: int, leader: bytes, objector: bytes, sig_key: Ed25519PrivateKey) -> bytes:
+    body = _header(OBJECTION, room_id) + struct.pack(">Q", epoch) + leader + objector
+    return body + sig_key.sign(body)
+
+
 def _raw_public(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -340,13 +374,19 @@ def epoch_key(kabe: bytes, g: bytes, room_id: bytes, epoch: int) -> bytes:
     return derive_key(kabe + g, f"otc room epoch key v1 {room_id.hex()} {epoch}")
 
 
+def key_commitment(key: bytes, room_id: bytes, epoch: int, leader: bytes) -> bytes:
+    """A distribution's commitment to its epoch key: a hash bound to the room, the epoch and the distributor."""
+    return hashlib.sha256(b"otc room epoch commit v1" + room_id + struct.pack(">Q", epoch) + leader + key).digest()
+
+
 def _seal_key(shared: bytes, eph_pub: bytes, member_pub: bytes, session: bytes) -> bytes:
     return derive_key(shared + eph_pub + member_pub + session, "otc room seal v1")
 
 
 def distribution(room_id: bytes, epoch: int, session: bytes, leader: bytes, roster: list[tuple[bytes, bytes]],
                  g: bytes, kabe: bytes, sig_key: Ed25519PrivateKey, eph: X25519PrivateKey) -> bytes:
-    """G_e sealed to each (member id, X25519 pub) of the roster, MACed under K_abe, signed by the leader."""
+    """G_e sealed to each (member id, X25519 pub) of the roster, a commitment to the epoch key, MACed under K_abe,
+    signed by the leader."""
     eph_pub = _raw_public(eph)
     head = _header(DISTRIBUTION, room_id) + struct.pack(">Q", epoch) + session + leader + eph_pub
     parts = [head, struct.pack(">H", len(roster))]
@@ -354,6 +394,7 @@ def distribution(room_id: bytes, epoch: int, session: bytes, leader: bytes, rost
         shared = eph.exchange(X25519PublicKey.from_public_bytes(x_pub))
         aead = ChaCha20Poly1305(_seal_key(shared, eph_pub, x_pub, session))
         parts += [mid, aead.encrypt(bytes(12), g, head + mid)]
+    parts.append(key_commitment(epoch_key(kabe, g, room_id, epoch), room_id, epoch, leader))
     body = b"".join(parts)
     body += mac(derive_key(kabe, "otc room distribution mac v1"), body)
     return body + sig_key.sign(body)

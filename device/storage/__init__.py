@@ -6,6 +6,10 @@
   named operations (reserve, send, receive, wipe, contacts, events, ...), the
   consumed-interval sets, the event log and crash recovery; its transactions
   and connections never leave this package;
+* :mod:`device.storage.partials` -- a pad being made (``store.partials``): its
+  files from the first byte, listed, swept, discarded, and installed as a pad
+  in one crash-safe step; nothing outside this package handles the store's
+  files;
 * :mod:`device.storage.abe_tables`, :mod:`device.storage.clients_tables` --
   the SQL of the attribute-key and paired-laptop tables, for device/abe and
   device/clients.py.

@@ -3,9 +3,12 @@
 
 Those modules decide (what a key is, which grant counts, whom a renewal reaches) and seal the secrets they
 keep; these are the statements that keep them in the device store, each operation one commit. A renewal pad's
-bytes are handled here too: reserving its next segment, destroying used bytes and recording the new frontier
-are one commit with the package or key they go with (see :meth:`AbeTables.seal_on_renewal_pad` and
-:meth:`AbeTables.add_member_key`).
+bytes are handled here too, under the pad store's rules of pad use (device/storage/padstore.py): reserving its
+next segment, destroying used bytes and recording the new frontier are one commit with the package or key they
+go with (:meth:`AbeTables.seal_on_renewal_pad`, :meth:`AbeTables.open_on_renewal_pad`); a renewal that opens
+is checked (range, replay), read, verified, stored and its bytes destroyed in one transaction, and its
+refusals, tag failures and forgery alarm are the pad store's (:class:`~device.storage.padstore.RefusalBudget`,
+``tag_failures``, ``forgery-alarm``, evidence kept through log rotation).
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from device.storage.padstore import PadStore
+from device.errors import OutOfRange, Replay, UnknownPad
+from device.storage import sent_renewals
+from device.storage.padstore import PadStore, RefusalBudget
 from onetimechat import package as fmt
+from onetimechat.errors import InvalidPackage
 
 
-class RenewalPadUsed(Exception):
-    """A renewal's segment of its pad was used already (opened twice, or a race): nothing was stored."""
+def renewal_holder(authority_name: str) -> str:
+    """Whom a member's renewal pad is shared with, as the event log and the forgery alarm name it."""
+    return f"attribute authority {authority_name}"
 
 
 class AbeTables:
@@ -87,25 +94,30 @@ class AbeTables:
 
     def add_member_key(self, *, authority_id: bytes, authority_name: str, public_key: bytes, key_id: bytes,
                        attributes: str, sealed_key: bytes, pending: bool, fingerprint: str, period: int | None,
-                       window: tuple[float, float] | None, detail: str,
-                       renewal: tuple[bytes, int] | None = None) -> None:
-        """Keep a member key (and its authority, if new), in one commit; with ``renewal`` (pad id, end) the
-        renewal pad it came on is used up to ``end`` in that commit too (RenewalPadUsed if it was already)."""
+                       window: tuple[float, float] | None, detail: str) -> None:
+        """Keep a member key (and its authority, if new), in one commit."""
         with self.store._transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO abe_authorities (authority_id, name, public_key, master_key, created)"
-                " VALUES (?, ?, ?, NULL, ?)",
-                (authority_id, authority_name, public_key, time.time()),
-            )
-            conn.execute(
-                "INSERT INTO abe_keys (key_id, authority_id, attributes, secret, created, confirmed, fingerprint,"
-                " period, starts, ends) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key_id, authority_id, attributes, sealed_key, time.time(), int(not pending), fingerprint,
-                 period, window[0] if window else None, window[1] if window else None),
-            )
-            self.store._log(conn, "abe-key-received", detail=detail)
-            if renewal is not None:
-                self._use_renewal_pad(conn, *renewal)  # in the same commit: the pad bytes go with the key's arrival
+            self._insert_member_key(conn, authority_id=authority_id, authority_name=authority_name,
+                                    public_key=public_key, key_id=key_id, attributes=attributes,
+                                    sealed_key=sealed_key, pending=pending, fingerprint=fingerprint, period=period,
+                                    window=window, detail=detail)
+
+    def _insert_member_key(self, conn: sqlite3.Connection, *, authority_id: bytes, authority_name: str,
+                           public_key: bytes, key_id: bytes, attributes: str, sealed_key: bytes, pending: bool,
+                           fingerprint: str, period: int | None, window: tuple[float, float] | None,
+                           detail: str) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO abe_authorities (authority_id, name, public_key, master_key, created)"
+            " VALUES (?, ?, ?, NULL, ?)",
+            (authority_id, authority_name, public_key, time.time()),
+        )
+        conn.execute(
+            "INSERT INTO abe_keys (key_id, authority_id, attributes, secret, created, confirmed, fingerprint,"
+            " period, starts, ends) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key_id, authority_id, attributes, sealed_key, time.time(), int(not pending), fingerprint,
+             period, window[0] if window else None, window[1] if window else None),
+        )
+        self.store._log(conn, "abe-key-received", detail=detail)
 
     def member_key_rows(self, authority_id: bytes | None = None) -> list[tuple[bytes, bytes]]:
         """(key id, sealed key) of the confirmed member keys (of ``authority_id``), oldest first."""
@@ -249,11 +261,13 @@ class AbeTables:
             " ORDER BY created DESC", (member_device_id,))]
 
     def seal_on_renewal_pad(self, pad_id: bytes, length: int, make: Callable[[int, bytes, bytes], bytes],
-                            detail: str) -> tuple[bytes, bytes] | None:
+                            detail: str, keep: Callable[[bytes, bytes], dict] | None = None
+                            ) -> tuple[bytes, bytes] | None:
         """Reserve, build, destroy: one commit, before the package leaves. The next segment of the renewal pad
         for a body of ``length`` bytes goes to ``make`` (offset, segment, authentication key) and is destroyed
         with the frontier moved past it; (the package ``make`` returned, the pad's mailbox). None if the pad
-        has no room left (nothing changes)."""
+        has no room left (nothing changes). ``keep`` (package, mailbox) gives the record of the package kept
+        for re-sending (device/storage/sent_renewals.py), written in the same commit."""
         with self.store._transaction() as conn:
             size, next_free, stored, mailbox = conn.execute(
                 "SELECT size, next, pad, mailbox FROM abe_pads WHERE pad_id = ?", (pad_id,)).fetchone()
@@ -267,6 +281,8 @@ class AbeTables:
                          (self._seal_pad(bytes(pad), pad_id), end, pad_id))
             self.store._log(conn, "abe-renewal-sent", pad_id=pad_id, offset=next_free, length=end - next_free,
                             detail=detail)
+            if keep is not None:
+                sent_renewals.keep(self.store, conn, keep(package, bytes(mailbox)))
         return package, bytes(mailbox)
 
     def member_pad_authority(self, pad_id: bytes) -> bytes | None:
@@ -275,24 +291,55 @@ class AbeTables:
                                 " confirmed = 1", (pad_id,))
         return bytes(rows[0][0]) if rows else None
 
-    def renewal_segment(self, pad_id: bytes, start: int, end: int) -> tuple[bytes, bytes] | None:
-        """(the segment's bytes, the pad's authentication key) of a renewal at ``[start, end)``; None, before a
-        pad byte is read, if the segment is used (below the frontier) or outside the pad."""
-        size, frontier, stored = self.store._read("SELECT size, next, pad FROM abe_pads WHERE pad_id = ?",
-                                                  (pad_id,))[0]
-        if start < frontier or end > size:
-            return None
-        pad = self._open_pad(stored, pad_id)
-        return bytes(pad[start:end]), bytes(pad[:fmt.AUTH_KEY_LEN])
+    def renewal_pad_holders(self) -> dict[bytes, str]:
+        """Whom each of the member's renewal pads is shared with (its authority), by pad id: the name its tag
+        failures and forgery alarm are shown under."""
+        return {bytes(pad_id): renewal_holder(name) for pad_id, name in self.store._read(
+            "SELECT p.pad_id, a.name FROM abe_pads p JOIN abe_authorities a ON a.authority_id = p.authority_id"
+            " WHERE p.role = 'member'")}
 
-    def _use_renewal_pad(self, conn: sqlite3.Connection, pad_id: bytes, end: int) -> None:
-        size, frontier, stored = conn.execute("SELECT size, next, pad FROM abe_pads WHERE pad_id = ?",
-                                              (pad_id,)).fetchone()
-        if end <= frontier:
-            raise RenewalPadUsed()
-        pad = self._open_pad(stored, pad_id)
-        pad[fmt.AUTH_KEY_LEN if frontier < fmt.AUTH_KEY_LEN else frontier:end] = bytes(
-            end - max(frontier, fmt.AUTH_KEY_LEN))
-        conn.execute("UPDATE abe_pads SET pad = ?, next = ? WHERE pad_id = ?",
-                     (self._seal_pad(bytes(pad), pad_id), end, pad_id))
-        self.store._log(conn, "abe-renewal-opened", pad_id=pad_id, detail=f"renewed key stored, pad used to {end}")
+    def open_on_renewal_pad(self, pad_id: bytes, start: int, end: int,
+                            open_package: Callable[[bytes, bytes], dict], refusals: RefusalBudget) -> None:
+        """Check, read, verify, store, destroy: one commit, as the pad store receives a package (rules 2 to 4,
+        6, 7 of device/storage/padstore.py). A renewal on the member's renewal pad ``pad_id`` at ``[start,
+        end)`` is refused before a pad byte is read if that is outside the pad (OutOfRange) or starts below
+        the pad's frontier (Replay: used); else ``open_package`` (the segment's bytes, the pad's
+        authentication key) verifies and opens it and gives the member key to keep (the keyword arguments of
+        :meth:`add_member_key`): the key is stored and the pad's bytes up to ``end`` destroyed in the same
+        transaction. If its tag fails (InvalidPackage) nothing changes but the pad's count of tag failures:
+        the third raises the forgery alarm. Refusals are logged within ``refusals``. UnknownPad if ``pad_id``
+        is no confirmed renewal pad of the member's."""
+        refusal: Exception | None = None
+        with self.store._transaction() as conn:
+            row = conn.execute(
+                "SELECT p.size, p.next, p.pad, a.name FROM abe_pads p JOIN abe_authorities a"
+                " ON a.authority_id = p.authority_id WHERE p.pad_id = ? AND p.role = 'member' AND p.confirmed = 1",
+                (pad_id,)).fetchone()
+            if row is None:
+                raise UnknownPad()
+            size, frontier, stored, name = row
+            holder = renewal_holder(name)
+            fields: dict = {"contact": holder, "pad_id": pad_id, "offset": start, "length": end - start}
+            if not fmt.AUTH_KEY_LEN <= start < end <= size:
+                refusal = OutOfRange()
+                self.store._refusal(conn, refusals, "abe-renewal-out-of-range", **fields)
+            elif start < frontier:  # the pad is used below its frontier (and destroyed: all zeros)
+                refusal = Replay()
+                self.store._refusal(conn, refusals, "abe-renewal-replay", **fields)
+            else:
+                pad = self._open_pad(stored, pad_id)
+                try:
+                    key = open_package(bytes(pad[start:end]), bytes(pad[:fmt.AUTH_KEY_LEN]))
+                except InvalidPackage as exc:
+                    refusal = exc
+                    self.store._tag_failed(conn, refusals, pad_id, holder, fields, event="abe-renewal-forged")
+                else:
+                    self._insert_member_key(conn, **key)
+                    pad[frontier:end] = bytes(end - frontier)  # destroyed with the key's arrival, same commit
+                    conn.execute("UPDATE abe_pads SET pad = ?, next = ? WHERE pad_id = ?",
+                                 (self._seal_pad(bytes(pad), pad_id), end, pad_id))
+                    self.store._log(conn, "abe-renewal-opened", contact=holder, pad_id=pad_id, offset=start,
+                                    length=end - start, detail=f"renewed key stored, pad used to {end}")
+        if refusal is not None:
+            self.store.flush_refusals(refusals, force=False)
+            raise refusal

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import sqlite3
 import threading
 import time
@@ -55,6 +56,7 @@ from device.storage import database, schema
 from device.storage.atrest import FileNames, PadCipher, SecretBox, database_key
 from device.storage.lock import KEY_LEN, LOCK_FILE, WIPED_FILE, DeviceLocked, DeviceWiped, StoreLock, check_pin
 from device.storage.padfile import PadFile, sync_directory
+from device.storage.partials import PARTIAL_STATE_SUFFIX, PARTIAL_SUFFIX, Partials
 from onetimechat import package as fmt
 from onetimechat.errors import InvalidPackage, PackageRefused
 from onetimechat.package import auth_key_range, halves
@@ -64,9 +66,6 @@ PADS_DIR = "pads"
 RUN_DIR = "run"
 OPEN_LOCK = "open.flock"  # not *.lock: those are the owners' locks
 PAD_SUFFIX = ".pad"
-# A pairing ceremony's files while it runs (provisioning/ceremony.py, Partial): the pad so far, and its state.
-PARTIAL_SUFFIX = ".pad.partial"
-PARTIAL_STATE_SUFFIX = ".ceremony.json"
 # Set in a sealed store once the pads folder holds no file named by a pad id (a home locked by an older
 # version named them so, and kept a ceremony's state in the clear).
 FILES_SEALED = "files-sealed"
@@ -78,6 +77,7 @@ EVENTS_KEPT = 100_000
 SECURITY_EVENTS = frozenset({
     "invalid", "replay", "gap", "out-of-range", "unknown-pad", "malformed", "pairing-failed", "rpc-refused",
     "forgery-alarm", "retired-pad", "alarm", "tamper", "wipe", "package-refusals", "ceremony-impostor",
+    "room-key-mismatch", "abe-renewal-forged", "abe-renewal-replay", "abe-renewal-out-of-range",
 })
 SECURITY_EVENT_PREFIXES = ("hrng",)  # every HRNG alarm code (hrng/errors.py) is one
 
@@ -242,6 +242,10 @@ class PadRecord:
 # 6. Uniform errors: refusals are the few codes of :mod:`device.errors`.
 # 7. Local log: refusals, gaps, declines and exhaustion go to the event log with pad_id/offset/length, never
 #    pad bytes or plaintext (refusals beyond a budget counted, :class:`RefusalBudget`).
+#
+# Renewal pads (their bytes in the ``abe_pads`` table) are one-time pads under the same rules: their reserve
+# and use are one transaction each in device/storage/abe_tables.py, and their refusals, tag failures and
+# forgery alarm go through ``_refusal``, ``_tag_failed`` and ``flush_refusals`` here.
 
 FORGERY_ALARM_AT = 3  # tag failures on one pad that raise the alarm (DESIGN.md)
 REFUSAL_ROWS = 30  # package refusals logged one by one per interval; the rest are counted
@@ -296,6 +300,7 @@ class RefusalBudget:
         self._last_flush = clock()
         self._counts: dict[str, int] = {}
         self._failures: dict[bytes, int] = {}
+        self._holders: dict[bytes, str] = {}  # whose pad each counted tag failure was on, for the alarm
 
     def allow(self) -> bool:
         """Whether this refusal may be written as a row of its own now."""
@@ -308,11 +313,19 @@ class RefusalBudget:
                 return True
             return False
 
-    def defer(self, event: str, pad_id: bytes | None = None) -> None:
+    def defer(self, event: str, pad_id: bytes | None = None, holder: str | None = None) -> None:
+        """Count a refusal beyond the budget; with ``pad_id``, a tag failure on that pad (``holder``: whose)."""
         with self._lock:
             self._counts[event] = self._counts.get(event, 0) + 1
-            if event == "invalid" and pad_id is not None:
+            if pad_id is not None:
                 self._failures[pad_id] = self._failures.get(pad_id, 0) + 1
+                if holder is not None:
+                    self._holders[pad_id] = holder
+
+    def holder(self, pad_id: bytes) -> str | None:
+        """Whose pad ``pad_id`` is, as given with a tag failure counted on it."""
+        with self._lock:
+            return self._holders.get(pad_id)
 
     def pending(self) -> int:
         with self._lock:
@@ -386,6 +399,8 @@ class PadStore:
         self._wiped_lock = threading.Lock()
         self._wipe_sync_lock = threading.Lock()
         self.owner = secrets.token_hex(8)
+        #: The pads being made in this home: their files, from the first byte until they are pads.
+        self.partials = Partials(self, self.home / PADS_DIR)
         #: Called as listener(event, fields) for each event, once its transaction commits.
         self.listeners: list[Callable[[str, dict], None]] = []
         self._logged = threading.local()
@@ -401,6 +416,7 @@ class PadStore:
             self.device_id: bytes = bytes(row[1])
             self._identity = self._load_identity()
             self.recover()
+            self.partials.recover()
             self.destroy_retired()
         except BaseException:
             self.close()
@@ -837,7 +853,7 @@ class PadStore:
                         opened = open_package(segment, pad_file.read(*_span(pad.peer_auth_key)))
                     except InvalidPackage as exc:
                         refusal = exc
-                        self._tag_failed(conn, refusals, pad, fields)
+                        self._tag_failed(conn, refusals, pad.pad_id, pad.contact, fields)
                     else:
                         received = Received(pad, start, end, opened, self._accept(conn, pad, start, end))
         if refusal is not None:
@@ -885,15 +901,17 @@ class PadStore:
         else:
             refusals.defer(event)
 
-    def _tag_failed(self, conn: sqlite3.Connection, refusals: RefusalBudget, pad: PadRecord, fields: dict) -> None:
-        """Log a package that failed its tag, count it for the pad, and raise the alarm from the third."""
+    def _tag_failed(self, conn: sqlite3.Connection, refusals: RefusalBudget, pad_id: bytes, holder: str,
+                    fields: dict, event: str = "invalid") -> None:
+        """Log a package that failed its tag (as ``event``), count it for the pad, and raise the alarm from the
+        third. ``holder`` is whom the pad is shared with (a contact; for a renewal pad, its authority)."""
         if not refusals.allow():
-            refusals.defer("invalid", pad.pad_id)  # counted for the alarm with the next aggregate
+            refusals.defer(event, pad_id, holder)  # counted for the alarm with the next aggregate
             return
-        self._log(conn, "invalid", detail="authentication failed", **fields)
-        failures = self.count_tag_failure(conn, pad.pad_id)
+        self._log(conn, event, detail="authentication failed", **fields)
+        failures = self.count_tag_failure(conn, pad_id)
         if failures >= FORGERY_ALARM_AT:
-            self._log(conn, "forgery-alarm", contact=pad.contact, pad_id=pad.pad_id,
+            self._log(conn, "forgery-alarm", contact=holder, pad_id=pad_id,
                       detail=f"{failures} packages on this pad failed authentication: someone is forging")
 
     def log_malformed(self, refusals: RefusalBudget, code: str, size: int) -> None:
@@ -918,10 +936,11 @@ class PadStore:
                       detail=f"refused beyond the per-minute log budget: {detail}")
             names = {p.pad_id: p.contact for p in self.pads()}
             for pad_id, n in failures.items():
-                if pad_id in names:
+                holder = names.get(pad_id) or refusals.holder(pad_id)  # a renewal pad's: its authority
+                if holder is not None:
                     total = self.count_tag_failure(conn, pad_id, n)
                     if total >= FORGERY_ALARM_AT > total - n:
-                        self._log(conn, "forgery-alarm", contact=names[pad_id], pad_id=pad_id,
+                        self._log(conn, "forgery-alarm", contact=holder, pad_id=pad_id,
                                   detail=f"{total} packages on this pad failed authentication: someone is forging")
 
     def event_counts(self, events: tuple[str, ...]) -> dict[str, int]:
@@ -999,6 +1018,10 @@ class PadStore:
         """How this home encrypts a pad at rest (None without a PIN)."""
         return PadCipher(self._storage_key, pad_id) if self._storage_key else None
 
+    def free_space(self) -> int:
+        """Bytes free on the disk that holds this home's pads."""
+        return shutil.disk_usage(self.home / PADS_DIR).free
+
     def pad_file(self, pad: PadRecord) -> PadFile:
         with self._pad_files_lock:
             pad_file = self._pad_files.get(pad.pad_id)
@@ -1020,7 +1043,8 @@ class PadStore:
         confirmed: bool = True,
         fingerprint: str | None = None,
     ) -> PadRecord:
-        """Register a pad whose file is already at :meth:`pad_path`.
+        """Register a pad whose file is already at :meth:`pad_path` (a pad made here goes through
+        :meth:`Partials.install <device.storage.partials.Partials.install>`, which moves it there and calls this).
 
         A pad made in person is added unconfirmed (it does not send) until the peer is known to hold it.
         """

@@ -77,8 +77,11 @@ EXTRA_NAMES = {"device": "the device part", "relay": "the relay part", "postgres
 
 
 def missing_part(extra: str, command: str) -> str:
-    """The one line that says ``command`` needs ``extra``, and how to install it."""
-    return f"`{command}` needs {EXTRA_NAMES[extra]}: pipx install 'onetimechat[{extra}]'"
+    """The one line that says ``command`` needs ``extra``, and how to add it to this install.
+
+    ``--force``: pipx leaves an installed app as it is without it (the laptop has onetimechat already).
+    """
+    return f"`{command}` needs {EXTRA_NAMES[extra]}: pipx install --force 'onetimechat[{extra}]'"
 
 
 def missing_extra(exc: ImportError, part: str | None) -> str | None:

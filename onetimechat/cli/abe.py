@@ -127,6 +127,9 @@ def register(parts: argparse._SubParsersAction) -> None:
     home_or_device(p)
     p.add_argument("member", nargs="?", metavar="MEMBER|KEY_ID", help="only this member (default: all)")
     p.add_argument("--end-period", action="store_true", help="end the running period now")
+    p.add_argument("--resend", action="store_true",
+                   help="send again, byte for byte, the renewals already sent for periods not over yet (one the "
+                   "relay lost): nothing new is issued, no pad byte is used, the device is not asked")
     p.add_argument("--period", metavar="DURATION", type=_duration,
                    help="how long the next period lasts (default: as long as the last one)")
     p.add_argument("--relay", metavar="URL", help="the relay to post the renewals to (with --device, default the "
@@ -313,6 +316,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_renew(args: argparse.Namespace) -> int:
     from client.relay import RelayClient
 
+    if args.resend:
+        return _resend(args)
     relay: RelayClient | None
     if args.device:
         device = _device(args)
@@ -346,6 +351,42 @@ def cmd_renew(args: argparse.Namespace) -> int:
           file=sys.stderr if relay is None else sys.stdout)
     for why in left:
         print(f"Not renewed: {why}", file=sys.stderr if relay is None else sys.stdout)
+    if not renewals:
+        print("A member renewed for this period already has its package: if the relay lost it, "
+              "otc abe renew --resend sends it again.", file=sys.stderr if relay is None else sys.stdout)
+    return 0
+
+
+def _resend(args: argparse.Namespace) -> int:
+    """``otc abe renew --resend``: the kept packages, posted again as they were."""
+    import secrets
+
+    from client.relay import RelayClient
+
+    if args.end_period or args.period:
+        raise UsageError("--resend sends what was sent: it takes no --end-period or --period.")
+    relay: RelayClient | None
+    if args.device:
+        device = _device(args)
+        renewals = device.call("abe_renew", resend=True, **({"member": args.member} if args.member else {}))[
+            "renewals"]
+        relay = RelayClient(device.state.resolve_relay(args.relay), on_answer=device.state.relay_answered)
+    else:
+        from device.abe.renewal import RenewalPads
+        from device.abe.store import AbeKeys
+        from device.home import open_home
+
+        with open_home(args.home, args.pin_file) as store:
+            renewals = [r.to_dict() for r in RenewalPads(AbeKeys(store)).resend(args.member)]
+        relay = RelayClient(args.relay) if args.relay else None
+    for r in renewals:
+        if relay is None:
+            print(json.dumps({"mailbox": r["mailbox"], "package": r["package"], "member": r["member"]}))
+        else:  # a new message id: a relay that lost the package may still remember the first one's
+            relay.send(r["mailbox"], r["package"], f"{r['key_id']}-{secrets.token_hex(4)}")
+    print(f"Re-sent {plural(len(renewals), 'renewal')}"
+          f"{': ' + ', '.join(r['member'] for r in renewals) if renewals else ''} (the same packages: no pad "
+          "used, nothing issued).", file=sys.stderr if relay is None else sys.stdout)
     return 0
 
 
@@ -377,6 +418,7 @@ def cmd_renewals(args: argparse.Namespace) -> int:
 def _renewals_here(args: argparse.Namespace, relay) -> list[dict]:  # type: ignore[no-untyped-def]
     import time
 
+    from client.errors import RelayRefused, RelayUnavailable
     from device.abe.renewal import RenewalPads, RenewalRefused
     from device.abe.store import AbeKeys
     from device.errors import DeviceError
@@ -388,13 +430,31 @@ def _renewals_here(args: argparse.Namespace, relay) -> list[dict]:  # type: igno
         pads = RenewalPads(AbeKeys(store))
         cursors = {m: 0 for m in pads.mailboxes()}
         messages, _ = relay.receive(cursors, limit=500) if cursors else ([], True)
-        for m in messages:
+        done: dict[str, int] = {}  # per mailbox, the last ref through which every package is finished with
+        try:
+            for m in messages:
+                final = True
+                try:
+                    held = pads.open(fmt.decode(m.contents))
+                except (RenewalRefused, DeviceError) as exc:
+                    final = isinstance(exc, RenewalRefused)
+                    out.append({"outcome": "used" if "opened already" in str(exc) else "refused",
+                                "reason": str(exc)})
+                else:
+                    out.append({"outcome": "stored", "key": held.to_dict(time.time())})
+                if final and done.get(m.mailbox, 0) >= 0:
+                    done[m.mailbox] = m.ref
+                else:
+                    done[m.mailbox] = -1  # read again next time from here
+        finally:
+            pads.flush_refusals()  # those beyond the log budget, as one row
+    # The relay may delete them: the next read does not hand the device its opened renewals again (replays).
+    for mailbox, through in done.items():
+        if through > 0:
             try:
-                held = pads.open(fmt.decode(m.contents))
-            except (RenewalRefused, DeviceError) as exc:
-                out.append({"outcome": "used" if "opened already" in str(exc) else "refused", "reason": str(exc)})
-            else:
-                out.append({"outcome": "stored", "key": held.to_dict(time.time())})
+                relay.ack(mailbox, through)
+            except (RelayUnavailable, RelayRefused):
+                break
     return out
 
 

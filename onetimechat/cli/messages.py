@@ -6,16 +6,17 @@ import argparse
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from client.errors import ClientError, RelayUnavailable
-from client.mailstore import MailStore
-from client.messenger import Event, Messenger
-from client.relay import MAX_WAIT_S, RelayClient
-from client.rpc import DeviceClient
+from client.limits import MAX_WAIT as MAX_WAIT_S
 from client.state import home_help
 from onetimechat.cli.common import device_and_relay
 from onetimechat.errors import UsageError
 from onetimechat.text import visible
+
+if TYPE_CHECKING:  # the network, the mail store and the messenger load when a command runs, not for --help
+    from client.messenger import Event, Messenger
 
 
 def register(parts: argparse._SubParsersAction) -> None:
@@ -83,6 +84,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def messenger_for(args: argparse.Namespace, device_timeout: float | None = None) -> Messenger:
+    from client.mailstore import MailStore
+    from client.messenger import Messenger
+    from client.relay import RelayClient
+    from client.rpc import DeviceClient
+
     device = DeviceClient(args.device) if device_timeout is None else DeviceClient(args.device,
                                                                                    timeout=device_timeout)
     relay = RelayClient(device.state.resolve_relay(args.relay), on_answer=device.state.relay_answered)
@@ -186,6 +192,11 @@ def _age(seconds: float) -> str:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
+    from client.mailstore import MailStore
+    from client.messenger import Messenger
+    from client.relay import RelayClient
+    from client.rpc import DeviceClient
+
     device = DeviceClient(args.device)
     store = MailStore(device.url)
     if args.action == "retry":

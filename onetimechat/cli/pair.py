@@ -119,9 +119,10 @@ def _runner(args: argparse.Namespace):
 
     if from_laptop(args):
         return _run_from_laptop
-    compare_pairing_string(args.confirm)  # a mode that cannot work is refused before anything listens or connects
-    # So is an install without the device's stack (a laptop's plain install): `otc` names the extra it lacks.
+    # An install without the device's stack (a laptop's plain install) is refused first: `otc` names the extra.
     import provisioning.ceremony  # noqa: F401
+
+    compare_pairing_string(args.confirm)  # a mode that cannot work is refused before anything listens or connects
     return _run
 
 

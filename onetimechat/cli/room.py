@@ -158,13 +158,19 @@ def cmd_recv(args: argparse.Namespace) -> int:
             print(json.dumps({"renewal": k}) if args.json else f"[{k['authority']}] {line}")
     for room in client.rooms():
         for event in client.sync(room["room_id"], wait=args.wait):
-            if event.get("kind") == "message" and event.get("outcome") in ("unreadable", "refused"):
-                why = ("sent under an epoch this device holds no key for"
-                       if event["outcome"] == "unreadable" else "refused: forged or altered")
+            if event.get("kind") == "message" and event.get("outcome") in ("unreadable", "refused", "late"):
+                why = {"unreadable": "sent under an epoch this device holds no key for",
+                       "late": f"from {event.get('sender')}, under a key period that had ended: sent after the "
+                               "room moved on, not shown"}.get(event["outcome"], "refused: forged or altered")
                 if args.json:
                     print(json.dumps({"room": room["room"], **event}))
                 else:
                     print(f"[{room['room']}] a message this device cannot open ({why})")
+                continue
+            if event.get("kind") == "distribution" and event.get("outcome") == "mismatch":
+                line = (f"[{room['room']}] alarm: {event.get('sender')} sealed this device another key than the one "
+                        "its distribution commits to; refused, objection posted (the room re-keys)")
+                print(json.dumps({"room": room["room"], **event}) if args.json else visible(line))
                 continue
             if event.get("text") is None:
                 continue

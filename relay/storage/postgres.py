@@ -33,7 +33,7 @@ def _psycopg() -> Any:
     try:
         import psycopg
     except ImportError:
-        raise StoreError("A PostgreSQL store needs psycopg 3: pipx install 'onetimechat[postgres]'.") from None
+        raise StoreError("A PostgreSQL store needs psycopg 3: pipx install --force 'onetimechat[postgres]'.") from None
     return psycopg
 
 

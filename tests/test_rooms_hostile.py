@@ -1,0 +1,322 @@
+"""Rooms under a hostile member or relay (issue 22, the outside review's open points).
+
+Each attacker is written here, from the item layout in docs/rooms.md and the shared crypto primitives, not
+from the code it attacks: a hostile member device holds what a member holds (its K_abe, its signing key, the
+roster's public keys) and builds what it likes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from device.rooms.protocol import RoomMember
+from onetimechat.crypto import derive_key, mac
+from tests.rooms_helpers import World
+
+# -- a hostile member device, from the documented layout -----------------------------------------------------
+
+
+def _pub(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def hostile_distribution(room_id: bytes, epoch: int, roster: list[tuple[bytes, bytes]], leader: bytes,
+                         sig: Ed25519PrivateKey, kabe: bytes, sealed_to: dict[bytes, bytes | None],
+                         committed: bytes, *, kind: int = 6) -> bytes:
+    """A distribution (type 6) committing to the epoch key of ``committed`` (a G_e) and sealing to each member
+    the G_e in ``sealed_to`` (None: 48 random bytes, which open to nothing). Everything public checks."""
+    h = hashlib.sha256(b"otc room sid v1" + room_id + struct.pack(">QH", epoch, len(roster)))
+    for mid, _ in roster:
+        h.update(mid)
+    session = h.digest()
+    eph = X25519PrivateKey.generate()
+    head = b"ORM1" + bytes([kind]) + room_id + struct.pack(">Q", epoch) + session + leader + _pub(eph)
+    parts = [head, struct.pack(">H", len(roster))]
+    for mid, x_pub in roster:
+        g = sealed_to[mid]
+        if g is None:
+            parts += [mid, os.urandom(48)]
+            continue
+        shared = eph.exchange(X25519PublicKey.from_public_bytes(x_pub))
+        key = derive_key(shared + _pub(eph) + x_pub + session, "otc room seal v1")
+        parts += [mid, ChaCha20Poly1305(key).encrypt(bytes(12), g, head + mid)]
+    if kind == 6:
+        epoch_key = derive_key(kabe + committed, f"otc room epoch key v1 {room_id.hex()} {epoch}")
+        parts.append(hashlib.sha256(b"otc room epoch commit v1" + room_id + struct.pack(">Q", epoch) + leader
+                                    + epoch_key).digest())
+    body = b"".join(parts)
+    body += mac(derive_key(kabe, "otc room distribution mac v1"), body)
+    return body + sig.sign(body)
+
+
+def hostile_objection(room_id: bytes, epoch: int, leader: bytes, objector: bytes, sig: Ed25519PrivateKey) -> bytes:
+    body = b"ORM1" + bytes([7]) + room_id + struct.pack(">Q", epoch) + leader + objector
+    return body + sig.sign(body)
+
+
+def _silenced(member: RoomMember) -> RoomMember:
+    """A member device whose owner runs hostile code: it posts only what the test makes it post."""
+    member.duties = lambda: []  # type: ignore[method-assign]
+    return member
+
+
+def _room_with_a_hostile_leader() -> tuple[World, RoomMember, RoomMember, RoomMember]:
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    m, a, b = w.members
+    _silenced(m)  # first on the roster: the leader
+    for member in (m, a, b):
+        w.log.post(member.join(member is m and "mallory" or None))
+        w.log.sync()
+    return w, m, a, b
+
+
+def _split(w: World, m: RoomMember, sealed: dict[bytes, bytes | None], committed: bytes, **kw) -> int:
+    e = m.current_epoch
+    assert e is not None and m.epochs[e].kabe is not None
+    roster = [(mid, m.members[mid].x_pub) for mid in m.epochs[e].roster]
+    return w.log.post(hostile_distribution(w.room.room_id, e, roster, m.me, Ed25519PrivateKey.from_private_bytes(
+        m._sig), m.epochs[e].kabe, sealed, committed, **kw))
+
+
+# -- 1. epoch-key denial by a hostile distributor -------------------------------------------------------------
+
+
+def test_a_distributor_that_seals_another_key_to_one_member_is_caught_and_the_room_rekeys_without_it():
+    w, m, a, b = _room_with_a_hostile_leader()
+    e = a.current_epoch
+    g1, g2 = os.urandom(32), os.urandom(32)
+    # Mallory commits to g1's key, seals g1 to herself and a, and g2 to b: before the commitment, a and b would
+    # each have installed a key and silently never read each other.
+    _split(w, m, {m.me: g1, a.me: g1, b.me: g2}, g1)
+    w.log.sync()
+    assert b.mismatches == 1 and a.mismatches == 0
+    mismatch = [ev for ev in w.log.events[id(b)] if ev.kind == "distribution" and ev.outcome == "mismatch"]
+    assert mismatch and mismatch[0].sender == "mallory" and mismatch[0].epoch == e
+    # b's objection re-keyed the room; a (first not barred) distributed; everybody holds one key again.
+    assert a.barred == b.barred == m.barred == {m.me} and a.objected == {b.me}
+    e2 = a.current_epoch
+    assert e2 > e and b.current_epoch == e2 and a.status()["members"] == 3
+    assert a.epochs[e2].key is not None and a.epochs[e2].key == b.epochs[e2].key
+    w.log.post(a.send("from a"))
+    w.log.post(b.send("from b"))
+    w.log.sync()
+    assert "from b" in w.log.texts(a) and "from a" in w.log.texts(b)
+    # Mallory, barred, can no longer distribute: her next split is refused by everyone.
+    w.log.post(a.leave())
+    w.log.deliver(m), w.log.deliver(b)
+    e3 = b.current_epoch
+    _split(w, m, {m.me: g1, b.me: g2}, g1)
+    w.log.deliver(b)
+    assert w.log.events[id(b)][-1].outcome == "refused" and b.epochs[e3].key is None
+    # b, the objector, still distributes (an objection costs it only its next objection).
+    w.log.sync()
+    assert b.epochs[e3].key is not None
+
+
+def test_a_distribution_with_garbage_for_some_is_refused_by_them_and_everyone_converges():
+    w, m, a, b = _room_with_a_hostile_leader()
+    g = os.urandom(32)
+    _split(w, m, {m.me: g, a.me: None, b.me: g}, g)  # a's entry opens to nothing
+    w.log.sync()
+    assert a.mismatches == 1
+    e = a.current_epoch
+    assert a.epochs[e].key is not None and a.epochs[e].key == b.epochs[e].key
+    # The key a refused is not the one the room runs on: the new epoch's key is a's (b was sealed g, now stale).
+    assert m.barred == {m.me} and m.objected == {a.me}
+
+
+def test_everyone_sealed_a_different_key_objects_once_and_the_first_objection_decides():
+    w, m, a, b = _room_with_a_hostile_leader()
+    _split(w, m, {m.me: os.urandom(32), a.me: os.urandom(32), b.me: os.urandom(32)}, os.urandom(32))
+    w.log.sync()
+    assert a.mismatches == b.mismatches == 1
+    # Both objected; the first in relay order barred Mallory, the second (against a barred one) was ignored.
+    objections = [ev.outcome for ev in w.log.events[id(a)] if ev.kind == "objection"]
+    assert objections == ["accepted", "ignored"]
+    e = a.current_epoch
+    assert a.epochs[e].key is not None and a.epochs[e].key == b.epochs[e].key
+
+
+def test_a_distribution_without_a_commitment_is_refused():
+    w, m, a, b = _room_with_a_hostile_leader()
+    g = os.urandom(32)
+    _split(w, m, {m.me: g, a.me: g, b.me: g}, g, kind=2)  # the withdrawn layout: nothing to check against
+    w.log.sync()
+    assert [ev.outcome for ev in w.log.events[id(a)] if ev.kind == "item"][-1] == "refused"
+    assert not a.status()["keyed"]
+
+
+def test_a_false_objection_is_bounded_one_per_membership():
+    """Mallory objects to a's honest distribution: a is barred (nobody can tell who lied), the room re-keys, and
+    Mallory has used her one objection."""
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    a, m, b = w.members
+    _silenced(m)
+    for member in (a, m, b):
+        w.log.post(member.join())
+        w.log.sync()
+    e = a.current_epoch
+    assert a.status()["keyed"] and m.epochs[e].key == a.epochs[e].key  # a's honest distribution
+    sig = Ed25519PrivateKey.from_private_bytes(m._sig)
+    w.log.post(hostile_objection(w.room.room_id, e, a.me, m.me, sig))  # a lie: a's distribution was fine
+    w.log.sync()
+    assert a.barred == {a.me} and a.objected == {m.me}
+    w.clock.now += a.leader_timeout  # Mallory, first not barred, stays silent: b takes the duty after a timeout
+    w.log.sync()
+    e2 = a.current_epoch
+    assert e2 > e and a.epochs[e2].key is not None and a.epochs[e2].key == b.epochs[e2].key  # b distributed
+    # Again, against b: Mallory is barred, so it changes nothing.
+    w.log.post(hostile_objection(w.room.room_id, e2, b.me, m.me, sig))
+    w.log.sync()
+    assert a.current_epoch == e2 and a.barred == {a.me}
+
+
+def test_the_bars_and_objections_survive_the_store():
+    import json
+
+    w, m, a, b = _room_with_a_hostile_leader()
+    g = os.urandom(32)
+    _split(w, m, {m.me: g, a.me: g, b.me: None}, g)
+    w.log.deliver(b)
+    again = RoomMember.from_dict(json.loads(json.dumps(b.to_dict())), b.keys, clock=w.clock)
+    (objection,) = again.duties()
+    assert objection[4] == 7 and again.mismatches == 1
+
+
+# -- 5. a revoked member's messages after the authority ended its period early --------------------------------
+
+
+def test_a_revoked_members_messages_after_the_early_end_are_not_shown_though_the_old_key_is_still_held():
+    """The authority ended period 1 early and renewed a and b, not c. c's device needs no hostile code: its
+    period-1 key runs for weeks yet in its own eyes, so it keeps sending under the period-1 epoch, whose key a and
+    b keep for the grace (300 s) after the room moves. What c posted before the move was in flight and is read;
+    what it posts after is under a period the room provably left (the move was a contribution under PERIOD_2,
+    which only a key issued after the authority's start of period 2 makes), so it is not shown."""
+    from tests.test_rooms import _period_world, _renew
+
+    w, renewed = _period_world()
+    a, b, c = w.members
+    old = a.current_epoch
+    w.log.post(c.send("in flight before the end"))
+    _renew(w.keys[0], renewed[0])
+    _renew(w.keys[1], renewed[1])
+    w.log.sync()  # a and b re-contribute under period 2: the room moves
+    assert a.period == b.period == 2 and c.period == 1
+    assert "in flight before the end" in w.log.texts(a) and "in flight before the end" in w.log.texts(b)
+    assert a.epochs[old].key is not None  # the grace: without the rule, the next one would be read
+    w.log.post(c.send("after the end"))
+    w.log.sync()
+    for m in (a, b):
+        assert "after the end" not in w.log.texts(m)
+        (late,) = [ev for ev in w.log.events[id(m)] if ev.outcome == "late"]
+        assert late.kind == "message" and late.text is None and late.sender_id == c.me[:6].hex()
+    assert "after the end" in w.log.texts(c)  # c reads itself: nothing is taken from it, it is left behind
+    # The rule survives the store.
+    import json
+
+    again = RoomMember.from_dict(json.loads(json.dumps(a.to_dict())), a.keys, clock=w.clock)
+    ref = w.log.post(c.send("and again"))
+    assert again.receive(ref, w.log.items[ref - 1]).outcome == "late"
+
+
+# -- 4. a flood of contributions under periods nobody here holds ---------------------------------------------
+
+
+def _contribution_under(w: World, period: int) -> bytes:
+    """What anyone with the authority's public key makes (a hostile relay included): a contribution under
+    '(policy) and PERIOD_<period>', with fresh keys, fully well-formed."""
+    from device.abe.policy import Policy
+    from device.abe.scheme import encapsulate
+
+    enc = encapsulate(w.master.public, Policy.parse(f"({w.room.policy.text}) and PERIOD_{period}"))
+    x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    head = (b"ORM1" + bytes([5]) + w.room.room_id + struct.pack(">I", len(enc.ciphertext.encode()))
+            + enc.ciphertext.encode() + _pub(x) + _pub(sig) + bytes([7]) + b"mallory")
+    bind = mac(derive_key(enc.key, "otc room bind v2"), w.room.room_id, _pub(x), _pub(sig), b"mallory")
+    return head + bind + sig.sign(head + bind)
+
+
+def test_a_flood_of_contributions_under_periods_nobody_holds_is_bounded_and_expires():
+    """Anyone with the authority's public key (a hostile relay too) can post contributions under periods to come;
+    a device holds them aside until it can tell. A flood is bounded (the farthest periods go first, so a genuine
+    contribution of the next period is kept) and dropped once no period could still be running."""
+    from device.rooms.protocol import HELD_MAX_AGE_S, MAX_HELD
+    from tests.test_rooms import _period_world, _renew
+
+    w, renewed = _period_world()
+    a, b, c = w.members
+    flood = [_contribution_under(w, 99 if n % 3 else 50) for n in range(MAX_HELD + 60)]
+    for raw in flood:
+        w.log.post(raw)
+    w.log.deliver(a)
+    assert len(a.future) == MAX_HELD and a.held_dropped == 60
+    fifty = sum(1 for n in range(MAX_HELD + 60) if n % 3 == 0)
+    assert sum(r.period == 50 for r in a.future.values()) == fifty  # the farthest (99) went first
+    # A genuine renewed member's contribution after the flood is held (the next period stays longest) and counts
+    # once a is renewed too.
+    _renew(w.keys[1], renewed[1])
+    w.log.sync()
+    assert b.period == 2 and a.period == 1 and b.me in a.future and len(a.future) == MAX_HELD
+    _renew(w.keys[0], renewed[0])
+    w.log.sync()
+    assert a.period == 2 and a.status()["keyed"] and a.epochs[a.current_epoch].key == b.epochs[b.current_epoch].key
+    assert {r.period for r in a.future.values()} == {50, 99} and len(a.future) <= MAX_HELD
+    # No period lasts longer than HELD_MAX_AGE_S: held that long, they are dropped, their ciphertexts forgotten.
+    w.clock.now += HELD_MAX_AGE_S
+    a.duties()
+    assert a.future == {} and a.status()["later_periods"] == []
+    assert len(a.to_dict()["ciphertexts"]) == len(a.members)
+
+
+def test_held_contributions_go_when_this_devices_key_of_their_period_has_ended():
+    from tests.test_rooms import _period_world
+
+    w, _ = _period_world()
+    a = w.members[0]
+    # a holds a key of period 2 whose window has not begun (issued ahead): period-2 contributions are held.
+    w.keys[0].windows[2] = (w.clock.now + 100, w.clock.now + 200)
+    w.keys[0].periods_held = lambda aid: {1: (0.0, float("inf")), 2: w.keys[0].windows[2]}  # type: ignore
+    w.log.post(_contribution_under(w, 2))
+    w.log.deliver(a)
+    assert len(a.future) == 1
+    w.clock.now += 150
+    a.prune_held()  # begun: kept (it is checked once this device's own contribution moves the room)
+    assert len(a.future) == 1
+    w.clock.now += 100
+    a.prune_held()
+    assert a.future == {}
+
+
+# -- 3. look-alike display names --------------------------------------------------------------------------
+
+
+def test_look_alike_display_names_are_each_shown_with_their_memberships_id():
+    """Mallory joins as a name that looks like alice's (case, separators, 1/l, 0/o, rn/m): both are shown with
+    their ids wherever senders are shown (room recv and the chat take the device's label)."""
+    from device.rooms.protocol import skeleton
+
+    assert len({skeleton(n) for n in ("alice", "Alice", "ALlCE", "a1ice", "al-ice", "al.ice", "aIice")}) == 1
+    assert skeleton("bob") == skeleton("b0b") and skeleton("mary") == skeleton("rnary")
+    assert skeleton("alice") != skeleton("alicia") and skeleton("bob") != skeleton("rob")
+    for look_alike in ("Alice", "a1ice", "al_ice", "alice"):
+        w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+        a, m, b = w.members
+        w.log.post(a.join("alice"))
+        w.log.post(b.join("bob"))
+        w.log.sync()
+        w.log.post(m.join(look_alike))
+        w.log.sync()
+        w.log.post(a.send("from the real one"))
+        w.log.post(m.send("from the look-alike"))
+        w.log.sync()
+        shown = {ev.text: ev.sender for ev in w.log.events[id(b)] if ev.kind == "message"}
+        assert shown["from the real one"] == f"alice~{a.me[:6].hex()}"
+        assert shown["from the look-alike"] == f"{look_alike}~{m.me[:6].hex()}"
+        assert b.label(b.me) == "bob"  # a name nobody's looks like is shown as chosen
