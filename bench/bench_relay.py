@@ -1,33 +1,45 @@
 """Relay benchmarks (`make bench`): figures printed, never asserted.
 
 For each store (a SQLite file; a throwaway PostgreSQL server with its default,
-durable settings) one `otc relay serve` process on loopback, 50 concurrent
-clients: each sends ~200-byte packages (a 100-byte message in base64) to the
-next client's mailbox and long-polls its own, acknowledging by cursor. A
-message counts when its reader has it. Printed:
+durable settings) `otc relay serve` on loopback with 1 and with 2 worker
+processes (`--workers`), 50 clients: each sends ~200-byte packages (a 100-byte
+message in base64) to the next client's mailbox and long-polls its own,
+acknowledging by cursor. A message counts when its reader has it. Printed:
 
 * the delivery latency of a long-polling reader (from the start of the send
   request to the long poll returning the message), p50 and p99: on an idle
-  relay, while the clients offer 500 messages/s on a fixed schedule, and while
-  they send as fast as the relay answers (then every request queues behind
-  about a hundred others);
-* the messages per second sent and delivered in those two phases; the second
-  is the relay's sustained maximum.
+  relay, and while the clients offer 500 messages/s on a fixed schedule;
+* the relay's sustained maximum: messages per second sent and delivered while
+  every client sends as fast as the relay answers, measured in ROUNDS rounds
+  that alternate 1 and 2 workers (the machine is shared: alternating keeps a
+  slow minute from favouring one), as the median and the range;
+* where the CPU went: the relay's processes, the store's server (PostgreSQL),
+  the load generator, and everything else on the machine (in cores: 100% is
+  one core of the two).
 
-The clients run in separate processes (two for the load, one for the latency
-probe) so their own interpreter locks do not throttle the relay; all share the
-machine's cores with the relay and its store. Targets (issue 5): at least 500
-messages/s and p50 under 50 ms on SQLite.
+The relay runs with its default limits. They are per client address, so the
+clients do not share one: each client's sender and its reader connect from
+their own loopback address (127.0.1.n and 127.0.2.n, n = 1..50), 100 addresses
+each held to the default 50 requests/s, as 50 people's devices would be.
+
+The load generator is one process running every client as a coroutine on raw
+keep-alive HTTP/1.1 connections (asyncio; no HTTP library), so it leaves the
+cores to the relay; its CPU is printed. The latency probe (a sender every 20 ms
+and its long-polling reader) runs in a process of its own. Targets: issue 5, at
+least 500 messages/s and p50 under 50 ms on SQLite; issue 21, 2 workers at
+least 1.5 times one on this 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import multiprocessing
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,19 +51,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 CLIENTS = 50
+ROUNDS = 3
 PACKAGE = "T1RDMQ" + "A" * 194  # a base64 package of about the size a 100-byte message makes
 
 
 class Http:
     """One keep-alive connection; JSON in, (status, JSON) out."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, port: int, source: str) -> None:
+        self.port, self.source = port, source
         self.conn: http.client.HTTPConnection | None = None
 
     def post(self, path: str, body: dict) -> tuple[int, dict]:
         if self.conn is None:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120,
+                                                   source_address=(self.source, 0))
         try:
             self.conn.request("POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"})
             response = self.conn.getresponse()
@@ -62,76 +76,103 @@ class Http:
             raise
 
 
-def load_worker(port: int, mailboxes: list[str], mine: range, start: float, window: tuple[float, float],
-                rate: float | None, out: multiprocessing.Queue) -> None:
-    """Senders and readers for clients ``mine``; puts (sent, delivered) inside the window.
+class Conn:
+    """One raw keep-alive HTTP/1.1 connection from a given loopback source address."""
+
+    def __init__(self, port: int, source: str) -> None:
+        self.port, self.source = port, source
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: bytes, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port,
+                                                                     local_addr=(self.source, 0))
+        assert self.reader is not None
+        try:
+            self.writer.write(b"POST %s HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body))
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            at = head.lower().index(b"content-length:") + 15
+            data = await self.reader.readexactly(int(head[at:head.index(b"\r\n", at)]))
+            return int(head[9:12]), data
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            self.writer.close()
+            self.writer = None
+            return 0, b""
+
+
+def load_worker(port: int, mailboxes: list[str], start: float, window: tuple[float, float], rate: float | None,
+                out: multiprocessing.Queue) -> None:
+    """Every client's sender and reader as coroutines; puts its counts inside the window and its CPU.
 
     Each sender sends ``rate`` messages per second on a fixed schedule, or with ``rate`` None
     as fast as the relay answers.
     """
     stop = window[1]
     counts = {"sent": 0, "delivered": 0, "errors": 0}
-    lock = threading.Lock()
+    statuses: dict[int, int] = {}  # the errors' HTTP statuses (0: a connection failed)
+    tag = secrets.token_hex(4)
 
-    def sender(n: int) -> None:
-        http = Http(port)
+    def failed(status: int) -> None:
+        counts["errors"] += 1
+        statuses[status] = statuses.get(status, 0) + 1
+
+    async def sender(n: int) -> None:
+        conn = Conn(port, f"127.0.1.{n + 1}")
         target = mailboxes[(n + 1) % len(mailboxes)]
         seq = 0
         due = start + (n / len(mailboxes)) / rate if rate else 0.0  # spread the clients' schedules
         while time.time() < stop:
             if rate:
                 due += 1 / rate
-                time.sleep(max(0.0, due - time.time()))
-            try:
-                status, _ = http.post("/v1/send", {"mailbox": target, "contents": PACKAGE, "id": f"{n}-{seq}"})
-            except OSError:
-                status = 0
-            now = time.time()
-            with lock:
-                if status != 200:
-                    counts["errors"] += 1
-                elif window[0] <= now < window[1]:
-                    counts["sent"] += 1
-            seq += 1
-
-    def reader(n: int) -> None:
-        http = Http(port)
-        cursor = 0
-        while time.time() < stop:
-            try:
-                status, answer = http.post("/v1/receive", {"mailboxes": {mailboxes[n]: cursor}, "wait": 1,
-                                                            "ack": True})
-            except OSError:
-                status, answer = 0, {}
+                await asyncio.sleep(max(0.0, due - time.time()))
+            body = b'{"mailbox": "%s", "contents": "%s", "id": "%s-%d-%d"}' % (
+                target.encode(), PACKAGE.encode(), tag.encode(), n, seq)
+            status, _ = await conn.post(b"/v1/send", body)
             now = time.time()
             if status != 200:
-                with lock:
-                    counts["errors"] += 1
-                continue
-            if answer["messages"]:
-                cursor = answer["messages"][-1]["ref"]
-                if window[0] <= now < window[1]:
-                    with lock:
-                        counts["delivered"] += len(answer["messages"])
+                failed(status)
+                await asyncio.sleep(0.1)
+            elif window[0] <= now < window[1]:
+                counts["sent"] += 1
+            seq += 1
 
-    time.sleep(max(0.0, start - time.time()))
-    threads = [threading.Thread(target=f, args=(n,), daemon=True) for n in mine for f in (sender, reader)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    out.put(counts)
+    async def reader(n: int) -> None:
+        conn = Conn(port, f"127.0.2.{n + 1}")
+        cursor = 0
+        while time.time() < stop:
+            body = b'{"mailboxes": {"%s": %d}, "wait": 1, "ack": true}' % (mailboxes[n].encode(), cursor)
+            status, data = await conn.post(b"/v1/receive", body)
+            now = time.time()
+            if status != 200:
+                failed(status)
+                await asyncio.sleep(0.1)
+                continue
+            messages = json.loads(data)["messages"]
+            if messages:
+                cursor = messages[-1]["ref"]
+                if window[0] <= now < window[1]:
+                    counts["delivered"] += len(messages)
+
+    async def main() -> None:
+        await asyncio.sleep(max(0.0, start - time.time()))
+        await asyncio.gather(*(f(n) for n in range(CLIENTS) for f in (sender, reader)))
+
+    asyncio.run(main())
+    out.put({**counts, "statuses": statuses})
 
 
 def probe_worker(port: int, start: float, window: tuple[float, float], out: multiprocessing.Queue) -> None:
-    """A sender every 20 ms and a long-polling reader on their own mailbox: delivery latencies."""
+    """A sender every 25 ms and a long-polling reader on their own mailbox (each from its own address, within
+    the default 50 requests/s): delivery latencies."""
     mailbox = f"probe-{secrets.token_hex(8)}"
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
     done = threading.Event()
 
     def reader() -> None:
-        http = Http(port)
+        http = Http(port, "127.0.3.2")
         cursor = 0
         while not done.is_set():
             status, answer = http.post("/v1/receive", {"mailboxes": {mailbox: cursor}, "wait": 5, "ack": True})
@@ -145,7 +186,7 @@ def probe_worker(port: int, start: float, window: tuple[float, float], out: mult
     time.sleep(max(0.0, start - time.time()))
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
-    http = Http(port)
+    http = Http(port, "127.0.3.1")
     n = 0
     while time.time() < window[1]:
         text = f"{n}:{PACKAGE}"
@@ -154,7 +195,7 @@ def probe_worker(port: int, start: float, window: tuple[float, float], out: mult
             sent_at[text] = began
         http.post("/v1/send", {"mailbox": mailbox, "contents": text})
         n += 1
-        time.sleep(0.02)
+        time.sleep(0.025)
     time.sleep(0.5)
     done.set()
     out.put(sorted(latencies))
@@ -165,15 +206,39 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_relay(db: str, log: Path) -> tuple[subprocess.Popen, int]:
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def family(pid: int) -> list[int]:
+    """``pid`` and its children (a relay's workers, a PostgreSQL server's backends)."""
+    found = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def start_relay(db: str, workers: int, log: Path) -> tuple[subprocess.Popen, int]:
+    """`otc relay serve` with its default limits."""
     with log.open("ab") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "onetimechat.cli", "relay", "serve", "--listen", "127.0.0.1:0", "--db", db,
-             "--rate-limit", "0", "--waits-per-address", "0", "--connections-per-address", "0"],
+             "--workers", str(workers)],
             stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -182,32 +247,61 @@ def start_relay(db: str, log: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError(f"the relay did not start: {log.read_text()[-2000:]}")
 
 
-def measure(port: int, proc: subprocess.Popen, warmup: float, seconds: float,
-            rate: float | None) -> tuple[float, float, int, float, list[float]]:
-    """One phase: (sends/s, deliveries/s, errors, relay CPU share, probe latencies)."""
+class Phase:
+    """One measured phase's figures."""
+
+    def __init__(self, sent: float, delivered: float, errors: int, statuses: dict, relay_cpu: list[float],
+                 store_cpu: float | None, load_cpu: float, latencies: list[float], other_cpu: float) -> None:
+        self.sent, self.delivered, self.errors, self.statuses = sent, delivered, errors, statuses
+        self.other_cpu = other_cpu
+        self.relay_cpu, self.store_cpu, self.load_cpu, self.latencies = relay_cpu, store_cpu, load_cpu, latencies
+
+    def cpu_text(self) -> str:
+        relay = f"relay CPU {sum(self.relay_cpu):.0%} of a core"
+        if len(self.relay_cpu) > 2:  # the parent (idle) and its workers
+            relay += " (workers " + " + ".join(f"{c:.0%}" for c in self.relay_cpu[1:]) + ")"
+        store = "" if self.store_cpu is None else f", PostgreSQL {self.store_cpu:.0%}"
+        errors = f", {self.errors} errors {self.statuses}" if self.errors else ", no errors"
+        return (f"{relay}{store}, load generator {self.load_cpu:.0%}, other work on the machine "
+                f"{self.other_cpu:.0%}{errors}")
+
+
+def measure(port: int, proc: subprocess.Popen, store_pid: int | None, warmup: float, seconds: float,
+            rate: float | None, probe: bool) -> Phase:
+    """One phase: the load generator (and with ``probe`` the latency probe) against the relay."""
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = ctx.Queue()
     mailboxes = [f"bench-{secrets.token_hex(8)}-{n}" for n in range(CLIENTS)]
-    start = time.time() + 2.0  # the workers start together
+    start = time.time() + 2.0  # the processes start together
     window = (start + warmup, start + warmup + seconds)
-    half = CLIENTS // 2
     per_client = rate / CLIENTS if rate else None
-    workers = [ctx.Process(target=load_worker, args=(port, mailboxes, part, start, window, per_client, out))
-               for part in (range(0, half), range(half, CLIENTS))]
-    workers.append(ctx.Process(target=probe_worker, args=(port, start, window, out)))
+    load = ctx.Process(target=load_worker, args=(port, mailboxes, start, window, per_client, out))
+    workers = [load]
+    if probe:
+        workers.append(ctx.Process(target=probe_worker, args=(port, start, window, out)))
     for w in workers:
         w.start()
     time.sleep(max(0.0, window[0] - time.time()))
-    cpu0 = cpu_seconds(proc.pid)
+    relay_pids = family(proc.pid)
+    store_pids = family(store_pid) if store_pid else []
+    relay0 = [cpu_seconds(pid) for pid in relay_pids]
+    store0 = sum(cpu_seconds(pid) for pid in store_pids)
+    load0 = cpu_seconds(load.pid) if load.pid else 0.0
+    mine = [pid for pid in (*relay_pids, *store_pids, *(w.pid for w in workers)) if pid]
+    busy0, mine0 = machine_busy(), sum(cpu_seconds(pid) for pid in mine)
     time.sleep(max(0.0, window[1] - time.time()))
-    cpu = (cpu_seconds(proc.pid) - cpu0) / seconds
+    # What other programs took meanwhile (other sessions share this machine), in cores.
+    other_cpu = max(0.0, (machine_busy() - busy0) - (sum(cpu_seconds(pid) for pid in mine) - mine0)) / seconds
+    relay_cpu = [(cpu_seconds(pid) - c) / seconds for pid, c in zip(relay_pids, relay0, strict=True)]
+    store_cpu = (sum(cpu_seconds(pid) for pid in store_pids) - store0) / seconds if store_pid else None
+    load_cpu = ((cpu_seconds(load.pid) if load.pid else 0.0) - load0) / seconds
     results = [out.get(timeout=300) for _ in workers]
     for w in workers:
         w.join()
-    counts = [r for r in results if isinstance(r, dict)]
-    latencies = next(r for r in results if isinstance(r, list))
-    return (sum(c["sent"] for c in counts) / seconds, sum(c["delivered"] for c in counts) / seconds,
-            sum(c["errors"] for c in counts), cpu, latencies)
+    counts = next(r for r in results if isinstance(r, dict))
+    latencies = next((r for r in results if isinstance(r, list)), [])
+    return Phase(counts["sent"] / seconds, counts["delivered"] / seconds, counts["errors"], counts["statuses"],
+                 relay_cpu, store_cpu, load_cpu, latencies, other_cpu)
 
 
 def latency_text(values: list[float]) -> str:
@@ -215,42 +309,58 @@ def latency_text(values: list[float]) -> str:
             f"({len(values)} probes)")
 
 
-def run(label: str, db: str, folder: Path, warmup: float, seconds: float, rate: float) -> None:
+def worker_label(workers: int) -> str:
+    return f"{workers} worker{'s' if workers > 1 else ''}"
+
+
+def run(label: str, db: str, folder: Path, warmup: float, seconds: float, rate: float, rounds: int,
+        store_pid: int | None) -> None:
     ctx = multiprocessing.get_context("spawn")
-    proc, port = start_relay(db, folder / f"relay-{label}.log")
-    try:
-        out: multiprocessing.Queue = ctx.Queue()
-        start = time.time() + 1.0
-        probe = ctx.Process(target=probe_worker, args=(port, start, (start + 0.5, start + 3.5), out))
-        probe.start()
-        idle = out.get(timeout=120)
-        probe.join()
-        print(f"{label}: long-poll delivery latency, idle relay: {latency_text(idle)}")
-        sent, delivered, errors, cpu, latencies = measure(port, proc, warmup, seconds, rate)
-        print(f"{label}: {CLIENTS} clients offering {rate:,.0f} messages/s: {delivered:,.0f} delivered/s "
-              f"({sent:,.0f} sends/s, relay CPU {cpu:.0%} of a core, {errors} errors); long-poll delivery "
-              f"latency {latency_text(latencies)}")
-        sent, delivered, errors, cpu, latencies = measure(port, proc, warmup, seconds, None)
-        print(f"{label}: {CLIENTS} clients as fast as it answers: {delivered:,.0f} messages/s sent and delivered "
-              f"({sent:,.0f} sends/s, relay CPU {cpu:.0%} of a core, {errors} errors); long-poll delivery "
-              f"latency {latency_text(latencies)}")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    sustained: dict[int, list[float]] = {1: [], 2: []}
+    for n in range(rounds):
+        for workers in (1, 2) if n % 2 == 0 else (2, 1):
+            name = f"{label}, {worker_label(workers)}"
+            proc, port = start_relay(db, workers, folder / f"relay-{label}-{workers}.log")
+            try:
+                if n == 0:
+                    out: multiprocessing.Queue = ctx.Queue()
+                    start = time.time() + 1.0
+                    probe = ctx.Process(target=probe_worker, args=(port, start, (start + 0.5, start + 3.5), out))
+                    probe.start()
+                    idle = out.get(timeout=120)
+                    probe.join()
+                    print(f"{name}: long-poll delivery latency, idle relay: {latency_text(idle)}", flush=True)
+                    paced = measure(port, proc, store_pid, warmup, seconds, rate, probe=True)
+                    print(f"{name}: {CLIENTS} clients offering {rate:,.0f} messages/s: {paced.delivered:,.0f} "
+                          f"delivered/s ({paced.sent:,.0f} sends/s; {paced.cpu_text()}); long-poll delivery "
+                          f"latency {latency_text(paced.latencies)}", flush=True)
+                full = measure(port, proc, store_pid, warmup, seconds, None, probe=False)
+                sustained[workers].append(full.delivered)
+                print(f"{name}, round {n + 1}: {CLIENTS} clients as fast as it answers: {full.delivered:,.0f} "
+                      f"messages/s sent and delivered ({full.sent:,.0f} sends/s; {full.cpu_text()})", flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=90)
+    one, two = (statistics.median(sustained[w]) for w in (1, 2))
+    spread = {w: f"{min(v):,.0f}-{max(v):,.0f}" for w, v in sustained.items()}
+    print(f"{label}: sustained messages/s at {CLIENTS} clients, median of {rounds} (range): 1 worker {one:,.0f} "
+          f"({spread[1]}), 2 workers {two:,.0f} ({spread[2]}): 2 workers give {two / one:.2f} times one", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per store")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per phase")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     parser.add_argument("--rate", type=float, default=500.0, help="offered messages/s for the paced phase")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="sustained-rate rounds per worker count")
     parser.add_argument("--store", choices=("sqlite", "postgresql", "both"), default="both")
     args = parser.parse_args()
-    print(f"relay: {os.cpu_count()} CPUs; the relay, its store and the clients share them")
+    print(f"relay: {os.cpu_count()} CPUs; the relay, its store and the load generator share them; default limits, "
+          f"each client's sender and reader on its own loopback address")
     with tempfile.TemporaryDirectory(prefix="otc-bench-relay-") as tmp:
         folder = Path(tmp)
         if args.store in ("sqlite", "both"):
-            run("SQLite", str(folder / "relay.db"), folder, args.warmup, args.seconds, args.rate)
+            run("SQLite", str(folder / "relay.db"), folder, args.warmup, args.seconds, args.rate, args.rounds, None)
         if args.store in ("postgresql", "both"):
             from tests.relay_pg import PostgresUnavailable, TempPostgres
 
@@ -260,7 +370,9 @@ def main() -> None:
                 print(f"PostgreSQL: not run ({exc})")
                 return
             try:
-                run("PostgreSQL", pg.create_database("bench"), folder, args.warmup, args.seconds, args.rate)
+                postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+                run("PostgreSQL", pg.create_database("bench"), folder, args.warmup, args.seconds, args.rate,
+                    args.rounds, postmaster)
             finally:
                 pg.stop()
 

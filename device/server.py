@@ -77,7 +77,7 @@ class BadRequest(DeviceError):
 # How waitress moves a large call (issue 21): 256 KiB per socket read instead of 8 KiB (a 1 MiB call is 4 reads
 # through the parser, not 128), and bodies and answers up to 8 MiB kept in memory instead of spooled to a
 # temporary file (the app reads the whole call into memory anyway; past 8 MiB waitress spools as before).
-IO_ADJUSTMENTS = {"recv_bytes": 256 * 1024, "inbuf_overflow": 8 << 20, "outbuf_overflow": 8 << 20}
+IO_ADJUSTMENTS: dict[str, Any] = {"recv_bytes": 256 * 1024, "inbuf_overflow": 8 << 20, "outbuf_overflow": 8 << 20}
 
 
 @dataclass

@@ -56,6 +56,7 @@ every socket inside the loop, which then returns (docs/relay-protocol.md,
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -273,8 +274,10 @@ class Guard:
 
 
 def guarded_server(app: Any, host: str, port: int, guard: Guard, screen: BodyScreen | None = None,
-                   **adjustments: Any) -> Any:
-    """The waitress TCP server under a :class:`GuardedServer` (tests that drive its accept use it bare)."""
+                   sock: socket.socket | None = None, **adjustments: Any) -> Any:
+    """The waitress TCP server under a :class:`GuardedServer` (tests that drive its accept use it bare); with
+    ``sock``, it serves that listening socket (bound by a parent, shared by worker processes) instead of
+    binding ``host:port``."""
     from waitress.adjustments import Adjustments
     from waitress.channel import HTTPChannel
     from waitress.server import TcpWSGIServer
@@ -346,8 +349,14 @@ def guarded_server(app: Any, host: str, port: int, guard: Guard, screen: BodyScr
             self.otc_refused = 0  # connections closed at accept for being over the per-address cap
             self.otc_evicted = 0  # connections closed to make room for a new one at the connection limit
             self.otc_budget = budget
-            adj = Adjustments(host=host, port=port, cleanup_interval=1, asyncore_use_poll=True, **adjustments)
-            super().__init__(app, adj=adj)
+            if sock is None:
+                adj = Adjustments(host=host, port=port, cleanup_interval=1, asyncore_use_poll=True, **adjustments)
+                super().__init__(app, adj=adj)
+                return
+            # As waitress's create_server serves its ``sockets``: the socket is already bound and listening.
+            adj = Adjustments(sockets=[sock], cleanup_interval=1, asyncore_use_poll=True, **adjustments)
+            super().__init__(app, adj=adj, _sock=sock, bind_socket=False,
+                             sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
 
         def readable(self) -> bool:
             # waitress stops accepting at connection_limit; here the server keeps accepting and makes room
@@ -429,11 +438,15 @@ class GuardedServer:
     """A guarded waitress server for ``app``, bound to ``host:port`` when built (port 0: a free one, which
     ``port`` then names; an OSError if it cannot listen). ``run()`` serves until ``close()``; ``start()`` runs
     it in a thread (tests, benchmarks). ``adjustments`` are waitress's (threads, connection_limit, ...). The
-    device's and the relay's servers are this, with their app and settings."""
+    device's and the relay's servers are this, with their app and settings.
+
+    With ``sock`` it serves a socket already bound and listening instead (``host`` and ``port`` only name it):
+    several worker processes then accept from one socket (``otc relay serve --workers``). Each worker guards its
+    own connections, so the per-address connection cap holds per worker."""
 
     def __init__(self, app: Any, host: str, port: int, guard: Guard, name: str = "otc-server",
-                 screen: BodyScreen | None = None, **adjustments: Any) -> None:
-        self._server = guarded_server(app, host, port, guard, screen=screen, **adjustments)
+                 screen: BodyScreen | None = None, sock: socket.socket | None = None, **adjustments: Any) -> None:
+        self._server = guarded_server(app, host, port, guard, screen=screen, sock=sock, **adjustments)
         self.app = app
         self.host = host
         self.port = int(self._server.effective_port)

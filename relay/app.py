@@ -38,7 +38,7 @@ from relay import protocol as p
 from relay.config import RelayConfig
 from relay.errors import BadRequest, HandleTaken, InsufficientStorage, PresenceQuota, RateLimited, RelayError
 from relay.notify import Notifier
-from relay.ratelimit import RateLimiter, client_key
+from relay.ratelimit import Limiters, client_key
 from relay.storage import Limits, Message, Sent, Store, open_store
 
 log = logging.getLogger("otc.relay")
@@ -51,17 +51,15 @@ class Relay:
     """Everything one app serves: the store, waiting requests, limits and the expiry sweeper."""
 
     def __init__(self, config: RelayConfig, store: Store | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, limiters: Limiters | None = None) -> None:
         self.config = config
         self.store = store if store is not None else open_store(config.db, pool_size=config.db_pool)
         self.clock = clock
         self.notifier = Notifier(config.max_waits, config.max_waits_per_address)
-        shares = config.block_shares
-        self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
-        # An IPv6 /48's shared bucket (onetimechat/net.py); with no block shares, none.
-        self.block_limiter = RateLimiter(config.rate_limit * shares, config.rate_burst * shares)
-        self.presence_limiter = RateLimiter(config.presence_rate, config.presence_burst)
-        self.presence_block_limiter = RateLimiter(config.presence_rate * shares, config.presence_burst * shares)
+        # Worker processes share their buckets (made before they were forked: relay/ratelimit.py).
+        limiters = limiters if limiters is not None else Limiters.of(config)
+        self.limiter, self.block_limiter = limiters.requests, limiters.block_requests
+        self.presence_limiter, self.presence_block_limiter = limiters.presence, limiters.block_presence
         self.limits = Limits.of(config)
         # Deletions by acknowledgement since the last sweep, per origin: (requests, messages) (see ack_summary).
         self._acks: dict[str, list[int]] = {}
@@ -198,13 +196,14 @@ def error_response(status: int, code: str, message: str, retry_after: float | No
 
 
 def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: Store | None = None,
-               clock: Callable[[], float] = time.time) -> Flask:
-    """The relay app. ``app.extensions["otc_relay"].close()`` stops its threads and store."""
+               clock: Callable[[], float] = time.time, limiters: Limiters | None = None) -> Flask:
+    """The relay app. ``app.extensions["otc_relay"].close()`` stops its threads and store. ``limiters``: rate
+    limit buckets shared with other worker processes (relay/ratelimit.py), else its own."""
     if config is None:
         config = RelayConfig()
     elif not isinstance(config, RelayConfig):
         config = RelayConfig.from_mapping(config)
-    relay = Relay(config, store=store, clock=clock)
+    relay = Relay(config, store=store, clock=clock, limiters=limiters)
     app = Flask("otc-relay", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes()
     app.config["MAX_FORM_MEMORY_SIZE"] = config.max_request_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from flask import Flask
@@ -21,10 +22,11 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 class RelayServer(GuardedServer):
-    """Serve ``app`` on one address. ``start()`` runs it in a thread (tests, benchmarks)."""
+    """Serve ``app`` on one address. ``start()`` runs it in a thread (tests, benchmarks). With ``sock``, serve
+    that listening socket, shared with other worker processes (relay/workers.py)."""
 
     def __init__(self, app: Flask, host: str, port: int, threads: int = DEFAULT_THREADS,
-                 trusted_proxy: str | None = None) -> None:
+                 trusted_proxy: str | None = None, sock: socket.socket | None = None) -> None:
         config: RelayConfig = app.extensions["otc_relay"].config
         proxy: dict[str, Any] = {}
         if trusted_proxy:
@@ -37,7 +39,7 @@ class RelayServer(GuardedServer):
                       request_timeout=config.request_timeout,
                       exempt=frozenset({trusted_proxy}) if trusted_proxy else frozenset())
         super().__init__(
-            app, host, port, guard, name="otc-relay-server", threads=threads, ident="otc-relay",
+            app, host, port, guard, name="otc-relay-server", sock=sock, threads=threads, ident="otc-relay",
             # Long polls hold a thread each and a connection; leave room for both.
             connection_limit=max(1000, 4 * threads), backlog=1024,
             channel_timeout=int(config.max_wait) + 60,

@@ -56,6 +56,9 @@ def register(parts: argparse._SubParsersAction) -> None:
                    "(default: onetimechat/relay/relay.db in the user data directory)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help=f"server threads; each long poll holds one (default {DEFAULT_THREADS})")
+    p.add_argument("--workers", type=_positive(int), default=1,
+                   help="worker processes serving the one address and store, each with --threads threads "
+                        "(default 1; see docs/relay-protocol.md, \"Worker processes\", for what limits mean then)")
     p.add_argument("--max-waits", type=_positive(int), default=None,
                    help="long polls held at once (default: three quarters of --threads)")
     p.add_argument("--waits-per-address", type=_positive(int), default=d.max_waits_per_address,
@@ -109,6 +112,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         connections_per_address=args.connections_per_address, address_max_bytes=args.address_bytes,
         address_new_mailboxes=args.address_mailboxes, min_free_bytes=args.min_free)
     logging.basicConfig(level=logging.INFO, format="otc relay: %(levelname)s %(message)s", stream=sys.stderr)
+    if args.workers > 1:
+        return _serve_workers(args, config, host, port, threads)
     app = create_app(config)
     relay = app.extensions["otc_relay"]
     try:
@@ -116,9 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         relay.close()
         raise ConfigError(listen_failure(args.listen, exc)) from None
-    found = relay.store.found_version
-    state = "new" if found == 0 else f"upgraded from v{found}" if found < LATEST else "existing"
-    print(f"otc relay: storage {describe_db(config.db)} (schema v{LATEST}, {state})", flush=True)
+    _storage_line(config, relay.store.found_version)
     print(f"otc relay: listening on {server.url} ({threads} threads)", flush=True)
     signal.signal(signal.SIGTERM, _stop)
     try:
@@ -129,3 +132,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.close()
     print("otc relay: stopped", flush=True)
     return 0
+
+
+def _storage_line(config: RelayConfig, found: int) -> None:
+    state = "new" if found == 0 else f"upgraded from v{found}" if found < LATEST else "existing"
+    print(f"otc relay: storage {describe_db(config.db)} (schema v{LATEST}, {state})", flush=True)
+
+
+def _serve_workers(args: argparse.Namespace, config: RelayConfig, host: str, port: int, threads: int) -> int:
+    """--workers N: the store opened (and upgraded) once here, the socket bound here, then N forked workers
+    (relay/workers.py)."""
+    from relay import workers
+    from relay.storage import open_store
+
+    store = open_store(config.db, pool_size=1)
+    found = store.found_version
+    store.close()
+    try:
+        sock = workers.bind(host, port)
+    except OSError as exc:
+        raise ConfigError(listen_failure(args.listen, exc)) from None
+    _storage_line(config, found)
+    name, bound = sock.getsockname()[:2]
+    url = f"http://[{name}]:{bound}" if ":" in name else f"http://{name}:{bound}"
+
+    def started(n: int, pid: int) -> None:
+        print(f"otc relay: worker {n} of {args.workers}: pid {pid}", flush=True)
+
+    try:
+        status = workers.serve(sock, config, args.workers, threads, args.trusted_proxy, started,
+                               listening=lambda: print(f"otc relay: listening on {url} ({args.workers} workers of "
+                                                       f"{threads} threads)", flush=True))
+    finally:
+        sock.close()
+    print("otc relay: stopped", flush=True)
+    return status

@@ -1,0 +1,202 @@
+"""`otc relay serve --workers N`: N worker processes serving one listening socket and one store.
+
+One relay process is bound by Python's interpreter lock to about one core. With ``--workers N`` the parent
+binds the listening socket, makes the rate limit buckets in shared memory (relay/ratelimit.py), and forks N
+workers; each builds its own app (store connections, long polls, expiry sweeper, store watcher) and serves the
+inherited socket with its own guarded waitress server (onetimechat/serving.py). The kernel hands each new
+connection to whichever worker accepts it first, and the connection stays with that worker.
+
+What crosses processes, and how (docs/relay-protocol.md, "Worker processes"):
+
+* messages, quotas and presence are in the store, shared as they already were by separate relay processes;
+* a long poll in one worker is woken by a send in another through the store's watcher: PostgreSQL's
+  LISTEN/NOTIFY, or for SQLite an inotify doorbell each commit rings, then ``PRAGMA data_version``
+  (relay/storage/sqlite.py);
+* rate limits: the workers share one set of buckets, so N workers allow what one does;
+* per worker: the open connections per address (each worker's guard counts its own, so one address may hold
+  N times ``--connections-per-address`` in all), the long polls held (``--max-waits``, ``--waits-per-address``:
+  each holds one of that worker's threads), and ``--threads``.
+
+Supervision: the parent serves nothing. SIGTERM or SIGINT to it stops every worker the way one relay stops
+(running requests finish, long polls answer), waits for them, and exits 0. A worker that dies is reported on
+stderr and started again, unless it died within ``START_GRACE_S`` of being started (it cannot start: a store
+it cannot open, say): then the parent stops the others and exits 1, for the service manager to see. Each worker
+asks the kernel to send it SIGTERM if the parent dies (Linux), so none is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from relay.config import RelayConfig
+from relay.ratelimit import Limiters
+
+log = logging.getLogger("otc.relay")
+
+# A worker that exits sooner than this after being started is taken for one that cannot start.
+START_GRACE_S = 2.0
+# How long the workers get to stop (a relay lets running requests finish for 30 s) before they are killed.
+STOP_WAIT_S = 50.0
+BACKLOG = 1024
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PR_SET_PDEATHSIG = 1
+
+
+class _Stopping(Exception):
+    """SIGTERM reached the parent."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``, as waitress would bind it (OSError if it cannot)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM to this process when its parent dies (nothing elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+def _worker(sock: socket.socket, config: RelayConfig, threads: int, trusted_proxy: str | None,
+            limiters: Limiters, parent: int) -> int:
+    """A forked worker's life: serve the shared socket until SIGTERM or SIGINT, then stop as one relay does."""
+    from relay.app import create_app
+    from relay.server import RelayServer
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for number in _SIGNALS:  # once: a second signal must not cut the clean stop short
+            signal.signal(number, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    for number in _SIGNALS:
+        signal.signal(number, stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    _die_with_parent()
+    if os.getppid() != parent:
+        return 0  # the parent died before we could ask to follow it
+    server = None
+    try:
+        app = create_app(config, limiters=limiters)
+        host, port = sock.getsockname()[:2]
+        server = RelayServer(app, host, port, threads=threads, trusted_proxy=trusted_proxy, sock=sock)
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for number in _SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+        if server is not None:
+            server.close()
+    return 0
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def serve(sock: socket.socket, config: RelayConfig, workers: int, threads: int, trusted_proxy: str | None,
+          started: Callable[[int, int], None], listening: Callable[[], None] = lambda: None) -> int:
+    """Fork ``workers`` workers on ``sock`` and supervise them until SIGTERM or SIGINT; the exit status.
+    ``started(n, pid)`` is told of each worker started (n from 1), restarted ones too; ``listening()`` once all
+    are. Call it with no threads running (it forks)."""
+    limiters = Limiters.of(config, shared=True)
+    parent = os.getpid()
+    pids: dict[int, tuple[int, float]] = {}  # pid -> (worker number, when started)
+
+    def spawn(n: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # no stop between fork and recording the pid
+        try:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    code = _worker(sock, config, threads, trusted_proxy, limiters, parent)
+                except BaseException as exc:  # noqa: BLE001 - a worker reports and exits, never returns
+                    log.error("worker %d failed: %s", n, type(exc).__name__)
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            pids[pid] = (n, time.monotonic())
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        started(n, pid)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise _Stopping
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    status = 0
+    try:
+        for n in range(1, workers + 1):
+            spawn(n)
+        listening()
+        while True:
+            pid, how = os.waitpid(-1, 0)
+            if pid not in pids:
+                continue
+            n, since = pids.pop(pid)
+            if time.monotonic() - since < START_GRACE_S:
+                log.error("worker %d (pid %d) %s as it started; stopping the relay", n, pid, _describe(how))
+                status = 1
+                break
+            log.warning("worker %d (pid %d) %s; starting it again", n, pid, _describe(how))
+            spawn(n)
+    except (KeyboardInterrupt, _Stopping):
+        pass
+    finally:
+        for number in _SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+        _stop_all(pids)
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return status
+
+
+def _stop_all(pids: dict[int, tuple[int, float]]) -> None:
+    """SIGTERM every worker, wait for all (SIGKILL past STOP_WAIT_S), and reap them."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_WAIT_S
+    while pids:
+        for pid in list(pids):
+            try:
+                done, how = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, how = pid, 0
+            if done:
+                n, _ = pids.pop(pid)
+                if how and not (os.WIFEXITED(how) and os.WEXITSTATUS(how) == 0):
+                    log.warning("worker %d (pid %d) %s while stopping", n, pid, _describe(how))
+        if pids and time.monotonic() > deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            deadline = float("inf")
+        if pids:
+            time.sleep(0.05)
