@@ -312,6 +312,44 @@ class Policy:
         build(self.root, {0: 1})
         return tuple(rows), width[0]
 
+    @cached_property
+    def kernel(self) -> tuple[tuple[int, ...], ...]:
+        """A basis of the vectors u with u^T M = 0 (mod r): the relations every honest row of shares keeps.
+
+        Shares made by :meth:`shares` are M . y, so sum u_i lambda_i = 0 for each u here; a ciphertext whose
+        rows break one is inconsistent: different satisfying sets of attributes would recover different
+        secrets (scheme.check_consistent refuses it for every member alike). Empty when M has independent rows.
+        """
+        rows, width = self.matrix
+        n = len(rows)
+        # Solve M^T u = 0: Gauss-Jordan over the width x n matrix M^T, mod r.
+        a = [[rows[j].get(c, 0) % ORDER for j in range(n)] for c in range(width)]
+        pivots: list[int] = []
+        r = 0
+        for col in range(n):
+            pivot = next((i for i in range(r, width) if a[i][col]), None)
+            if pivot is None:
+                continue
+            a[r], a[pivot] = a[pivot], a[r]
+            inv = pow(a[r][col], ORDER - 2, ORDER)
+            a[r] = [x * inv % ORDER for x in a[r]]
+            for i in range(width):
+                if i != r and a[i][col]:
+                    f = a[i][col]
+                    a[i] = [(x - f * y) % ORDER for x, y in zip(a[i], a[r])]
+            pivots.append(col)
+            r += 1
+            if r == width:
+                break
+        basis = []
+        for free in (c for c in range(n) if c not in pivots):
+            u = [0] * n
+            u[free] = 1
+            for i, col in enumerate(pivots):
+                u[col] = (-a[i][free]) % ORDER
+            basis.append(tuple(u))
+        return tuple(basis)
+
     def shares(self, secret: int, random_scalar: Callable[[], int]) -> list[int]:
         """One share of ``secret`` per row: M_i . (secret, y_2, ..., y_d) with fresh random y."""
         rows, width = self.matrix

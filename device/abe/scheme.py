@@ -153,8 +153,37 @@ def pairing_inputs(member: MemberKey, ciphertext: Ciphertext) -> tuple[list[G1Po
     return g1s, g2s
 
 
+def check_consistent(ciphertext: Ciphertext, random_bytes: RandomBytes = os.urandom) -> None:
+    """DecapsulationFailed unless the ciphertext's rows are shares of one secret (an outside review, issue 22).
+
+    Honest rows are C_i = g1^(a lambda_i) H(rho(i))^(-r_i), D_i = g2^(r_i) with lambda = M y, so for every u
+    with u^T M = 0: e(sum u_i C_i, g2) * prod e(u_i H(rho(i)), D_i) = e(g,g)^(a sum u_i lambda_i) = 1. A row
+    spoiled by someone who knows only the public key (to cut off the members who decapsulate through it)
+    breaks that, whatever attributes a member holds, so every member refuses it alike, before any pairing
+    with its key. One random combination of the kernel's basis (a forged row passes with probability 1/r):
+    one multi-pairing of at most rows + 1 pairs; none when the policy's rows are independent ("A and B").
+    """
+    basis = ciphertext.policy.kernel
+    if not basis:
+        return
+    if len(ciphertext.rows) != len(ciphertext.policy.rows):
+        raise DecapsulationFailed()
+    weights = [random_scalar(random_bytes) for _ in basis]
+    u = [sum(w * b[i] for w, b in zip(weights, basis)) % ORDER for i in range(len(ciphertext.rows))]
+    used = [i for i, x in enumerate(u) if x]
+    g1s = [G1Point.multiexp_unchecked([ciphertext.rows[i][0] for i in used], [scalar(u[i]) for i in used])]
+    g2s = [G2_GENERATOR]
+    for i in used:
+        g1s.append(hash_attribute(ciphertext.policy.rows[i]) * scalar(u[i]))
+        g2s.append(ciphertext.rows[i][1])
+    if not GT.pairing_check(g1s, g2s):
+        raise DecapsulationFailed()
+
+
 def decapsulate(member: MemberKey, ciphertext: Ciphertext) -> bytes:
-    """The key in ``ciphertext``; NotSatisfied or DecapsulationFailed (a wrong tag) otherwise."""
+    """The key in ``ciphertext``; NotSatisfied or DecapsulationFailed (a wrong tag, or rows that are not
+    shares of one secret) otherwise."""
+    check_consistent(ciphertext)
     g1s, g2s = pairing_inputs(member, ciphertext)
     key, tag = _derive(GT.multi_pairing(g1s, g2s), ciphertext.body())
     if not equal(tag, ciphertext.tag):
