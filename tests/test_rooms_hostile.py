@@ -72,13 +72,18 @@ def _silenced(member: RoomMember) -> RoomMember:
     return member
 
 
+def _join_all(w: World, *members: RoomMember, names: dict | None = None) -> None:
+    """Each member joins in turn (under ``names``' display name, or its device's), and everyone reads the relay."""
+    for member in members:
+        w.log.post(member.join((names or {}).get(member)))
+        w.log.sync()
+
+
 def _room_with_a_hostile_leader() -> tuple[World, RoomMember, RoomMember, RoomMember]:
     w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
     m, a, b = w.members
     _silenced(m)  # first on the roster: the leader
-    for member in (m, a, b):
-        w.log.post(member.join(member is m and "mallory" or None))
-        w.log.sync()
+    _join_all(w, m, a, b, names={m: "mallory"})
     return w, m, a, b
 
 
@@ -166,9 +171,7 @@ def test_a_false_objection_is_bounded_one_per_membership():
     w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
     a, m, b = w.members
     _silenced(m)
-    for member in (a, m, b):
-        w.log.post(member.join())
-        w.log.sync()
+    _join_all(w, a, m, b)
     e = a.current_epoch
     assert a.status()["keyed"] and m.epochs[e].key == a.epochs[e].key  # a's honest distribution
     sig = Ed25519PrivateKey.from_private_bytes(m._sig)
@@ -377,9 +380,7 @@ def test_a_skipped_contributions_objection_does_not_split_a_later_newcomer_from_
     w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
     a, b, c = w.members
     w.log.members = [a, b]
-    for m in (a, b):
-        w.log.post(m.join(None))
-        w.log.sync()
+    _join_all(w, a, b)
     raw, mid, sig = _garbage_contribution(w)
     _newcomer_after_a_skipped_objection(w, raw, mid, sig)
 
@@ -390,9 +391,7 @@ def test_the_relay_alone_does_not_split_a_newcomer_from_the_room():
     w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
     a, b, c = w.members
     w.log.members = [a, b]
-    for m in (a, b):
-        w.log.post(m.join(None))
-        w.log.sync()
+    _join_all(w, a, b)
     first = wire.decode(wire.from_text(w.log.items[0]), w.room.room_id)
     assert isinstance(first, wire.Contribution)
     ct = bytearray(first.ciphertext_bytes)
@@ -423,9 +422,7 @@ def test_an_outsider_with_only_the_public_key_cannot_bar_the_distributors():
     the room stays keyed."""
     w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
     a, b, c = w.members
-    for m in (a, b, c):
-        w.log.post(m.join(None))
-        w.log.sync()
+    _join_all(w, a, b, c)
     for victim in (a, b, c):
         raw, mid, sig = _outsider_contribution(w)
         w.log.post(raw)
@@ -449,9 +446,7 @@ def test_outsider_memberships_cause_no_objection_rekeys():
     w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
     a, b, _ = w.members
     w.log.members = [a, b]
-    for x in (a, b):
-        w.log.post(x.join(None))
-        w.log.sync()
+    _join_all(w, a, b)
     rekeys = 0
     for i in range(5):
         raw, mid, sig = _outsider_contribution(w, b"m%d" % i)
@@ -470,9 +465,7 @@ def test_an_objection_naming_another_than_the_epochs_distributor_is_ignored():
     w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
     a, m, b = w.members
     _silenced(m)
-    for member in (a, m, b):
-        w.log.post(member.join())
-        w.log.sync()
+    _join_all(w, a, m, b)
     e = a.current_epoch
     assert a.epochs[e].dealer == a.me
     sig = Ed25519PrivateKey.from_private_bytes(m._sig)
