@@ -39,20 +39,6 @@ def _start_body(sock: socket.socket, client_id: bytes, counter: int, length: int
     sock.sendall(HEADER.pack(b"OTCR", 2, client_id, counter) + bytes(16))
 
 
-def _answer(sock: socket.socket, wait: float = 10.0) -> bytes:
-    sock.settimeout(wait)
-    data = b""
-    try:
-        while b"\r\n\r\n" not in data or not data.endswith(b"}"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    except TimeoutError:
-        pass
-    return data
-
-
 def test_a_flood_of_large_bodies_under_a_paired_header_holds_at_most_the_budget(rpc_device):  # noqa: F811
     laptop = rpc_device.pair_client()
     assert laptop.call("ping")["client"] == "laptop"  # the laptop works before the flood
