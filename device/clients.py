@@ -62,13 +62,15 @@ class ClientRegistry:
         last = self.table.last_counter(client_id)
         return last is not None and last < counter
 
-    def accept_counter(self, client_id: bytes, counter: int) -> bool:
+    def accept_counter(self, client_id: bytes, counter: int, durable: bool = True) -> bool:
         """Record ``counter`` as the client's latest, if it is above every earlier one.
 
         Atomic and durable: of two calls with one counter, exactly one passes,
-        and a restart cannot roll the counter back.
+        and a restart cannot roll the counter back. With ``durable=False`` the
+        record is not synced by itself: the caller makes it durable (the store's
+        next durable commit does, or ``store.make_durable()``) before it answers.
         """
-        return self.table.accept_counter(client_id, counter)
+        return self.table.accept_counter(client_id, counter, durable)
 
     def list(self) -> list[PairedClient]:
         return [self._client(r) for r in self.table.rows()]

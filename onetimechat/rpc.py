@@ -103,6 +103,19 @@ MAX_CONTROL = 1 << 20  # the JSON part: parameters and results other than blobs 
 _LENGTH = struct.Struct(">I")
 
 
+class BlobText(str):
+    """Text that arrived as a text blob, with the exact UTF-8 bytes it came as (``utf8``, checked by decoding
+    them): the device packages those bytes, not the text encoded once more (issue 21)."""
+
+    __slots__ = ("utf8",)
+    utf8: bytes
+
+
+def utf8_of(text: str) -> bytes:
+    """``text`` in UTF-8: the bytes it arrived as, if it came as a text blob."""
+    return text.utf8 if isinstance(text, BlobText) else text.encode("utf-8")
+
+
 class MalformedPayload(ValueError):
     """A sealed call that authenticated but whose payload is not a call (bad framing, JSON too deep, NaN, not
     an object)."""
@@ -183,10 +196,13 @@ def unframe(plain: bytes, section: str) -> dict:
         if kind == "b":
             fields[name] = bytes(chunk)
         else:
+            raw = bytes(chunk)
             try:
-                fields[name] = str(chunk, "utf-8")
+                text = BlobText(raw.decode("utf-8"))
             except UnicodeDecodeError:
                 raise NotUnicode() from None
+            text.utf8 = raw
+            fields[name] = text
         at += length
     if at != len(plain):
         raise MalformedPayload()

@@ -40,9 +40,10 @@ class ClientTable:
                                 (client_id,))
         return int(rows[0][0] or 0) if rows else None
 
-    def accept_counter(self, client_id: bytes, counter: int) -> bool:
-        """Record ``counter`` as the client's latest if it is above every earlier one (atomic and durable)."""
-        with self.store._transaction() as conn:
+    def accept_counter(self, client_id: bytes, counter: int, durable: bool = True) -> bool:
+        """Record ``counter`` as the client's latest if it is above every earlier one (atomic; durable, or with
+        ``durable=False`` once the store's next durable commit or ``make_durable`` runs)."""
+        with self.store._transaction(durable=durable) as conn:
             cur = conn.execute(
                 "UPDATE clients SET last_counter = ?, last_used = ?"
                 " WHERE client_id = ? AND revoked IS NULL AND last_counter < ?",

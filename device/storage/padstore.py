@@ -398,6 +398,10 @@ class PadStore:
         self._wipe_timer: threading.Timer | None = None
         self._wiped_lock = threading.Lock()
         self._wipe_sync_lock = threading.Lock()
+        # Commits numbered in commit order, and the last one known durable (see _transaction's durable=False).
+        self._commits_lock = threading.Lock()
+        self._commits = 0
+        self._durable_through = 0
         self.owner = secrets.token_hex(8)
         #: The pads being made in this home: their files, from the first byte until they are pads.
         self.partials = Partials(self, self.home / PADS_DIR)
@@ -660,31 +664,70 @@ class PadStore:
         return conn
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction, serialised across threads and processes, committed durably."""
+    def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction, serialised across threads and processes, committed durably.
+
+        With ``durable=False`` the commit is not synced (SQLite's synchronous=NORMAL for it): it becomes durable
+        with the next durable commit of any connection (the WAL is one append-only file, and that commit's
+        sync covers every frame before it), or by :meth:`make_durable`, which the caller must reach before it
+        answers anyone (issue 21: a call's counter rides on its package's sync)."""
         conn = self._conn()
+        if not durable:
+            conn.execute("PRAGMA synchronous = NORMAL")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except database.operational_errors() as exc:
-            raise StoreError("The device store is busy or unavailable; try again.") from exc
-        with self._wiped_lock:
-            wiped, self._wiped = self._wiped, []
-        self._logged.events = []
-        try:
-            if wiped:
-                conn.executemany("DELETE FROM pending_wipe WHERE pad_id = ? AND start = ?", wiped)
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except database.operational_errors() as exc:
+                raise StoreError("The device store is busy or unavailable; try again.") from exc
             with self._wiped_lock:
-                self._wiped[:0] = wiped
-            raise
+                wiped, self._wiped = self._wiped, []
+            self._logged.events = []
+            try:
+                if wiped:
+                    conn.executemany("DELETE FROM pending_wipe WHERE pad_id = ? AND start = ?", wiped)
+                yield conn
+                with self._commits_lock:  # numbered under the write lock: in the order they commit
+                    self._commits += 1
+                    number = self._commits
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                with self._wiped_lock:
+                    self._wiped[:0] = wiped
+                raise
+            finally:
+                logged, self._logged.events = self._logged.events, []
         finally:
-            logged, self._logged.events = self._logged.events, []
+            if not durable:
+                conn.execute("PRAGMA synchronous = FULL")
+        with self._commits_lock:
+            if durable:
+                self._durable_through = max(self._durable_through, number)
+            else:
+                self._local.light = number
         for event, fields in logged if self.listeners else ():
             for listener in self.listeners:
                 listener(event, fields)
+
+    def make_durable(self) -> None:
+        """Make this thread's last commit made with ``durable=False`` durable, unless a durable commit since
+        has (then this costs nothing): one sync of the WAL."""
+        number = getattr(self._local, "light", 0)
+        self._local.light = 0
+        with self._commits_lock:
+            if number <= self._durable_through:
+                return
+        try:
+            fd = os.open(str(self.db_path) + "-wal", os.O_RDONLY)
+        except FileNotFoundError:  # checkpointed and removed: a checkpoint syncs the WAL before it copies it
+            pass
+        else:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        with self._commits_lock:
+            self._durable_through = max(self._durable_through, number)
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Run a read-only query outside any write transaction."""

@@ -1,0 +1,202 @@
+"""One durable sync per package or unpackage call over the device RPC (issue 21).
+
+The device commits a call's counter unsynced when the call is a package or an
+unpackage, and the call's own commit (the reservation, the received mark)
+syncs it with everything before it in the WAL; whatever the call does, the
+counter is durable before the answer leaves. These tests count the syncs of a
+real device server process with a preloaded shim that counts every
+``fsync``/``fdatasync`` (bench/native/syncdelay.c, built with the system
+compiler; SQLite's syncs go through it too), and check the store's rule for
+unsynced commits directly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from client.errors import RemoteError
+from client.rpc import DeviceClient, pair
+from client.state import ClientState
+from device.engine import Device
+from device.localpair import pair_local
+from device.storage.padstore import PadStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _shim(tmp: Path) -> Path:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the sync-counting shim")
+    lib = tmp / "syncdelay.so"
+    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(lib), str(ROOT / "bench/native/syncdelay.c"),
+                    "-ldl"], check=True, timeout=120)
+    return lib
+
+
+class Syncs:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> int:
+        return int.from_bytes(self.path.read_bytes()[:8], "little")
+
+
+@pytest.fixture
+def counted_device(tmp_path):
+    """Alice's device served in its own process under the counting shim; Bob's store in this one."""
+    a, b = PadStore.init(tmp_path / "a", "alice"), PadStore.init(tmp_path / "b", "bob")
+    pair_local(a, b, 1 << 20)
+    a.close()
+    b.close()
+    counter = tmp_path / "syncs"
+    counter.write_bytes(bytes(8))
+    env = dict(os.environ, LD_PRELOAD=str(_shim(tmp_path)), OTC_SYNC_COUNTER=str(counter), OTC_SYNC_DELAY_US="0",
+               PYTHONUNBUFFERED="1")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "onetimechat.cli", "device", "serve", "--home", str(tmp_path / "a"),
+         "--listen", "127.0.0.1:0", "--confirm", "auto"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    drain = None
+    try:
+        assert server.stdout is not None
+        url = None
+        for line in server.stdout:
+            found = re.search(r"serving on (http://\S+)", line)
+            if found:
+                url = found.group(1)
+                break
+        assert url, "the device server did not start"
+        drain = threading.Thread(target=server.stdout.read, daemon=True)  # keep its pipe drained
+        drain.start()
+        state = ClientState(tmp_path / "laptop")
+        pair(url, name="test", code=(tmp_path / "a" / "pairing-code").read_text().strip(), state=state)
+        client = DeviceClient(url, state=state)
+        # Each of the server's 16 threads opens its own connection on its first call, and SQLite syncs the home
+        # directory once with a connection's first sync: a cost of the first calls, not of each.
+        for _ in range(48):
+            client.status()
+        yield client, Syncs(counter), tmp_path / "b"
+    finally:
+        server.terminate()
+        server.wait(30)
+        if drain is not None:
+            drain.join(30)
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+def _syncs_per_call(syncs: Syncs, call, times: int = 10) -> float:
+    before = syncs.read()
+    for _ in range(times):
+        call()
+    return (syncs.read() - before) / times
+
+
+def test_a_package_call_syncs_once(counted_device):
+    client, syncs, _ = counted_device
+    client.package("bob", "warm up")
+    assert _syncs_per_call(syncs, lambda: client.package("bob", "Grüße, one sync")) == 1
+
+
+def test_an_unpackage_call_syncs_once_and_a_receipt_is_a_package_of_its_own(counted_device):
+    client, syncs, bob_home = counted_device
+    with Device(PadStore(bob_home)) as bob:
+        packages = [bob.package("alice", f"message {i}".encode()).package for i in range(21)]
+    feed = iter(packages)
+    client.unpackage(bytes(next(feed)))  # type: ignore[arg-type]
+    assert _syncs_per_call(syncs, lambda: client.unpackage(bytes(next(feed)))) == 1  # type: ignore[arg-type]
+    # With a receipt the device also seals a package back (its own reservation): two.
+    assert _syncs_per_call(syncs, lambda: client.unpackage(bytes(next(feed)), receipt=True)) == 2  # type: ignore
+
+
+def test_a_folded_call_that_commits_nothing_still_makes_its_counter_durable(counted_device):
+    """An unknown contact: no reservation follows the counter, so the device syncs it itself before it
+    answers (else a power cut after the answer could let the same call be replayed)."""
+    client, syncs, _ = counted_device
+
+    def refused() -> None:
+        with pytest.raises(RemoteError):
+            client.package("nobody", "hello")
+
+    assert _syncs_per_call(syncs, refused) == 1
+
+
+def test_other_calls_keep_a_durable_counter(counted_device):
+    client, syncs, _ = counted_device
+    assert _syncs_per_call(syncs, client.status) == 1
+
+
+# -- the store's rule for unsynced commits ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = PadStore.init(tmp_path / "home", "alice")
+    yield s
+    s.close()
+
+
+def _count_fsyncs(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    return calls
+
+
+def _light(store: PadStore) -> None:
+    with store._transaction(durable=False) as conn:
+        conn.execute("UPDATE device SET name = name WHERE id = 1")
+
+
+def test_an_unsynced_commit_alone_is_synced_by_make_durable(store, monkeypatch):
+    _light(store)
+    calls = _count_fsyncs(monkeypatch)
+    store.make_durable()
+    assert len(calls) == 1
+    store.make_durable()  # nothing left to make durable
+    assert len(calls) == 1
+
+
+def test_a_later_durable_commit_covers_an_unsynced_one(store, monkeypatch):
+    _light(store)
+    store.log_event("test-event")  # a durable commit after it: its sync covers the WAL before it
+    calls = _count_fsyncs(monkeypatch)
+    store.make_durable()
+    assert calls == []
+
+
+def test_a_durable_commit_on_another_thread_covers_it_too(store, monkeypatch):
+    _light(store)
+    worker = threading.Thread(target=store.log_event, args=("test-event",))
+    worker.start()
+    worker.join(30)
+    calls = _count_fsyncs(monkeypatch)
+    store.make_durable()
+    assert calls == []
+
+
+def test_an_earlier_durable_commit_does_not_cover_a_later_unsynced_one(store, monkeypatch):
+    store.log_event("test-event")
+    _light(store)
+    calls = _count_fsyncs(monkeypatch)
+    store.make_durable()
+    assert len(calls) == 1
+
+
+def test_an_unsynced_commit_leaves_the_connection_durable_for_the_next(store):
+    _light(store)
+    assert store._conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
