@@ -126,7 +126,9 @@ def register(parts: argparse._SubParsersAction) -> None:
                        "owner confirms on the device's screen.")
     home_or_device(p)
     p.add_argument("member", nargs="?", metavar="MEMBER|KEY_ID", help="only this member (default: all)")
-    p.add_argument("--end-period", action="store_true", help="end the running period now")
+    p.add_argument("--end-period", action="store_true",
+                   help="end the running period now (a next period already issued ahead is withdrawn: a new one "
+                   "replaces it)")
     p.add_argument("--resend", action="store_true",
                    help="send again, byte for byte, the renewals already sent for periods not over yet (one the "
                    "relay lost): nothing new is issued, no pad byte is used, the device is not asked")
