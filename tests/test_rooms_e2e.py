@@ -419,6 +419,13 @@ def test_a_revoked_member_reads_nothing_after_its_period_even_by_rejoining(four)
                 decapsulate(old_key, decoded.ciphertext)
 
 
+def rejoin(device: Device, room: Room, devices: dict) -> None:
+    """The device leaves the room and joins it again, everyone syncing after each."""
+    for item in (device.rooms.leave, device.rooms.join):
+        device.post(room, item("ops"))
+        sync_all(room, devices)
+
+
 def fetch_new_renewals(device: Device) -> list[int]:
     """As fetch_renewals, skipping those this device opened before (the relay keeps them here): periods stored."""
     from device.abe.renewal import RenewalPads, RenewalRefused
@@ -519,10 +526,7 @@ def test_ending_early_withdraws_the_period_issued_ahead(four):
     assert "period three" in m1.read and "period three" not in m2.read
 
     # m2 leaves and rejoins with its period-1 key: skipped, reads nothing.
-    m2.post(room, m2.rooms.leave("ops"))
-    sync_all(room, devices)
-    m2.post(room, m2.rooms.join("ops"))
-    sync_all(room, devices)
+    rejoin(m2, room, devices)
     said(m1, "after m2 rejoined")
     sync_all(room, devices)
     assert "after m2 rejoined" in m4.read and "after m2 rejoined" not in m2.read
@@ -533,10 +537,7 @@ def test_ending_early_withdraws_the_period_issued_ahead(four):
     clock.now = first.ends + 60
     sync_all(room, devices)
     assert m2.rooms.find("ops").status()["my_period"] == 2
-    m2.post(room, m2.rooms.leave("ops"))
-    sync_all(room, devices)
-    m2.post(room, m2.rooms.join("ops"))
-    sync_all(room, devices)
+    rejoin(m2, room, devices)
     clock.now += 3 * r1.leader_timeout  # long enough for any duty to fall to m2 on its own roster
     sync_all(room, devices)
     assert m2.rooms.find("ops").status()["keyed"]  # its own epoch of period 2, with its hand-made membership
