@@ -341,8 +341,7 @@ class AbeKeys:
         now = time.time() if now is None else now
         known = self.periods()
         last = known[-1] if known else None
-        ahead = last is not None and last.starts > now
-        if last is not None and ahead and not early:
+        if last is not None and last.starts > now and not early:
             return last, False  # the next period is already made (a renewal before it begins)
         length = length if length is not None else (last.ends - last.starts if last else DEFAULT_PERIOD_S)
         starts = now if last is None or early or last.ends <= now else last.ends
