@@ -213,6 +213,19 @@ def renewals() -> None:
         print(f"renewal of {len(members)} members: {sum(times):.2f} s (the issue asks under a minute); opening one "
               f"on a member's device: {statistics.median(opens) * 1e3:.1f} ms (median of {len(opens)}, "
               f"spread {min(opens) * 1e3:.1f}-{max(opens) * 1e3:.1f} ms)")
+        # Renewed ahead (the next period made now, from the running one's end), then ended early all the same: the
+        # period issued ahead is withdrawn and everyone is renewed again for the one replacing it.
+        ahead = keys.next_period()
+        for store in members:
+            assert pads.renew(store.device_id, ahead, os.urandom) is not None
+        t = time.perf_counter()
+        replacing = keys.next_period(early=True)
+        again = [pads.renew(store.device_id, replacing, os.urandom) for store in members]
+        withdrawal = time.perf_counter() - t
+        assert keys.periods()[-2].ends == keys.periods()[-2].starts and all(r is not None for r in again)
+        print(f"ending early after renewing ahead (period {ahead.number} withdrawn, {len(members)} members renewed "
+              f"for period {replacing.number}): {withdrawal:.2f} s, {withdrawal / len(members) * 1e3:.1f} ms per "
+              "member")
         for store in (auth, *members):
             store.close()
 

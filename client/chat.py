@@ -36,12 +36,13 @@ from prompt_toolkit.styles import Style
 from client import presence
 from client.errors import ClientError, DeviceRefused, RelayRefused, RelayUnavailable, RemoteError
 from client.messenger import Event, Messenger, Outgoing
-from client.rooms import RoomClient
+from client.rooms import RoomClient, fetch_renewals
 from onetimechat.text import format_event, plural
 
 POLL_WAIT_S = 25
 DEVICE_PING_S = 3.0  # how often the status line checks that the device answers
 CONTACTS_REFRESH_S = 60
+RENEWALS_EVERY_S = 20  # how often a watched room first fetches the authority's renewed keys, at most
 MAX_BACKOFF_S = 10.0
 COMMANDS = ("send", "ms", "group", "groups", "gs", "contacts", "who", "share", "log", "rooms", "join", "leave",
             "receipts", "help", "exit")
@@ -247,6 +248,8 @@ class Chat:
         self.rooms = RoomClient(messenger.device, messenger.relay)
         self.room_names: list[str] = []
         self.watching: dict[str, threading.Event] = {}  # room_id -> stop
+        self._renewals_lock = threading.Lock()
+        self._renewals_at = float("-inf")
         self.input = Buffer(multiline=False, history=InMemoryHistory(), completer=ChatCompleter(self),
                             complete_while_typing=False, accept_handler=self._accept)
         self.app: Application = self._build()
@@ -560,6 +563,7 @@ class Chat:
         backoff = Backoff(self.stop)
         while not (self.stop.is_set() or stop.is_set()):
             try:
+                self._renewals()
                 events = self.rooms.sync(room_id, wait=POLL_WAIT_S)
             except DeviceRefused:
                 return
@@ -569,6 +573,22 @@ class Chat:
             backoff.reset()
             for event in events:
                 self._room_event(name, event)
+
+    def _renewals(self) -> None:
+        """The authority's renewed keys first (as `otc room recv` does), at most every RENEWALS_EVERY_S and one room
+        at a time: a renewed device moves its rooms on at their next sync, and one that has its renewal never
+        follows a revoked member into a period the authority withdrew (docs/rooms.md "Revocation")."""
+        with self._renewals_lock:
+            if time.monotonic() - self._renewals_at < RENEWALS_EVERY_S:
+                return
+            self._renewals_at = time.monotonic()
+            for got in fetch_renewals(self.rooms.device, self.rooms.relay):
+                if got["outcome"] == "stored":
+                    k = got["key"]
+                    self.system(f"renewed key stored: {', '.join(k['attributes'])} from authority {k['authority']}, "
+                                f"period {k['period']} ({k['starts']} to {k['ends']})")
+                elif got["outcome"] == "refused":
+                    self.add(Line(time.time(), "error", "renewal", f"a renewal was refused: {got['reason']}"))
 
     def _room_event(self, name: str, event: dict) -> None:
         kind, outcome, own = event.get("kind"), event.get("outcome"), bool(event.get("own"))

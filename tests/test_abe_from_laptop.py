@@ -214,6 +214,25 @@ def test_an_authority_on_a_device_without_a_shell(devices, tmp_path):
             assert not [e for e in c.events(200) if e["event"] == "abe-renewal-replay"]
         assert "No new renewal." in otc("abe", "renewals", "--device", bob.url, "--relay", relay.url,
                                         env=bob.env, check=True).stdout.decode()
+        # Renewed ahead (period 3, from period 2's end), then the period ended early all the same: period 3 is
+        # withdrawn, period 4 starts now; the authority's screen says so, and carol's device never uses period 3.
+        texts = []
+        for extra in ((), ("--end-period",)):
+            seen_renew = []
+            answering = answer_confirm(auth.console, True, seen_renew)
+            result = otc("abe", "renew", "--device", auth.url, "--relay", relay.url, *extra, env=auth.env)
+            answering.join(5)
+            assert result.returncode == 0, result.stderr
+            texts.append((seen_renew[0].text, result.stdout.decode()))
+        assert "Renewed 1 member for period 3" in texts[0][1] and "WITHDRAWN" not in texts[0][0]
+        assert "Period 3, whose keys were issued ahead, is WITHDRAWN" in texts[1][0]
+        assert "Renewed 1 member for period 4" in texts[1][1] and "Period 3, issued ahead, is withdrawn" in texts[1][1]
+        got = otc("abe", "renewals", "--device", carol.url, "--relay", relay.url, env=carol.env, check=True)
+        assert "(period 3" in got.stdout.decode() and "(period 4" in got.stdout.decode()
+        status = otc("abe", "status", "--device", carol.url, env=carol.env, check=True).stdout.decode()
+        assert "(period 3, " in status and "WITHDRAWN" in status
+        listed = otc("abe", "members", "--device", auth.url, env=auth.env, check=True).stdout.decode()
+        assert "period 3 withdrawn" in listed
     finally:
         stop.set()
         approver.join(5)

@@ -6,6 +6,7 @@ checked is what a person sees on each screen.
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -214,6 +215,56 @@ def test_rooms_in_the_chat(tmp_path):
         chats["bob"].type("leave ops")
         chats["bob"].wait_for("#ops: left")
         chats["alice"].wait_for("#ops: bob left", timeout=60)
+        for chat in chats.values():
+            assert chat.close() == 0
+            assert "Traceback" not in chat.text()
+    finally:
+        world.close()
+
+
+@pytest.mark.slow  # about a minute: the chat's long polls (25 s) and its renewal check (every 20 s)
+def test_a_chat_takes_its_renewed_key_and_its_room_moves_on(tmp_path):
+    """The authority ends the period early and renews both members over their pads: each chat fetches its renewal by
+    itself (nobody runs `otc room recv`), says so, and the room moves to the new period, where they read on."""
+    from client.rpc import DeviceClient
+    from client.state import ClientState
+    from device.abe.store import grant_local
+    from device.storage.padstore import PadStore
+    from onetimechat.cli import main
+
+    world = make_world(tmp_path, names=("alice", "bob"))
+    try:
+        auth = tmp_path / "auth"
+        PadStore.init(auth, "auth").close()
+        assert main(["abe", "authority", "--home", str(auth)]) == 0
+        for name, attributes in (("alice", "STAFF,ADMIN"), ("bob", "STAFF,OPS")):
+            with PadStore(auth) as a, PadStore(world.people[name].home) as member:
+                grant_local(a, member, attributes)
+        invite = otc_out(["room", "create", "--home", str(auth), "--name", "ops", "--policy",
+                          "STAFF and (ADMIN or OPS)"]).strip().splitlines()[-1]
+        devices = {n: DeviceClient(p.url, state=ClientState(p.laptop)) for n, p in world.people.items()}
+        for device in devices.values():
+            device.call("room_add", invite=invite)
+        chats = {name: world.chat(name) for name in ("alice", "bob")}
+        for name, chat in chats.items():
+            chat.wait_for("contacts:")
+            chat.type("join ops")
+            chat.wait_for("#ops: you joined")
+        chats["bob"].wait_for("members share a new key", timeout=60)
+        chats["alice"].type("#ops: period one")
+        chats["bob"].wait_for("#ops alice: period one", timeout=60)
+        otc_out(["abe", "renew", "--home", str(auth), "--end-period", "--relay", world.relay_url])
+        for name, chat in chats.items():
+            chat.wait_for("renewed key stored: ", timeout=90)
+            assert "period 2 (" in chat.text()
+        deadline = time.monotonic() + 90
+        while {d.call("rooms")[0]["period"] for d in devices.values()} != {2} and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert [d.call("rooms")[0]["period"] for d in devices.values()] == [2, 2]
+        chats["alice"].type("#ops: period two")
+        # alice's name now stands for two memberships in the room (period 1's and 2's): shown with its id.
+        seen = chats["bob"].wait_for(": period two", timeout=90)
+        assert re.search(r"#ops alice~[0-9a-f]{12}: period two", seen)
         for chat in chats.values():
             assert chat.close() == 0
             assert "Traceback" not in chat.text()

@@ -419,6 +419,155 @@ def test_a_revoked_member_reads_nothing_after_its_period_even_by_rejoining(four)
                 decapsulate(old_key, decoded.ciphertext)
 
 
+def rejoin(device: Device, room: Room, devices: dict) -> None:
+    """The device leaves the room and joins it again, everyone syncing after each."""
+    for item in (device.rooms.leave, device.rooms.join):
+        device.post(room, item("ops"))
+        sync_all(room, devices)
+
+
+def fetch_new_renewals(device: Device) -> list[int]:
+    """As fetch_renewals, skipping those this device opened before (the relay keeps them here): periods stored."""
+    from device.abe.renewal import RenewalPads, RenewalRefused
+    from onetimechat import package as fmt
+
+    pads = RenewalPads(AbeKeys(device.store))
+    messages, _ = device.relay.receive({m: 0 for m in pads.mailboxes()}, limit=100)
+    out = []
+    for m in messages:
+        try:
+            out.append(pads.open(fmt.decode(m.contents)).period)
+        except RenewalRefused as exc:
+            assert "opened already" in str(exc)
+    return out
+
+
+def test_ending_early_withdraws_the_period_issued_ahead(four):
+    """Issue 22's last gap, end to end: the authority renewed everyone ahead (in period 1's last week, period 2's
+    keys went out, the member later revoked included), then revokes m2 and ends the period early all the same.
+    Period 2 is withdrawn: period 3 starts now, for all but m2. The attacker is m2's own device, which holds the
+    keys of periods 1 and 2 and runs as its owner likes: it talks on, posts a contribution under period 2 by
+    hand before the others move, leaves and rejoins, and is still there when period 2's start arrives. It reads
+    nothing from the withdrawal on; m1, renewed over its pad, and m4, renewed late, read on."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from device.abe.periods import DAY_S
+    from device.abe.renewal import plan_renewal, renew
+    from device.abe.scheme import encapsulate
+
+    room, devices, clock, auth = four
+    m1, m2, m3, m4 = (devices[n] for n in FOUR)
+    for d in devices.values():
+        d.room = room
+    for d in (m1, m2, m4):
+        d.post(room, d.rooms.join("ops"))
+        sync_all(room, devices)
+    keys = AbeKeys(auth)
+    aid = keys.master().public.authority_id
+    first = keys.periods()[0]
+
+    # Period 1's last week: the authority renews everyone ahead, m2 included (not revoked yet).
+    clock.now = first.ends - 6 * DAY_S
+    ahead = renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now)
+    assert sorted(r.member for r in ahead) == ["m1", "m2", "m3", "m4"]
+    for r in ahead:
+        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    for d in (m1, m2, m4):
+        assert fetch_new_renewals(d) == [2]
+    sync_all(room, devices)
+    said(m1, "still period one")
+    sync_all(room, devices)
+    assert all("still period one" in d.read for d in (m1, m2, m4))
+    assert {d.rooms.find("ops").period for d in (m1, m2, m4)} == {1}  # period 2 has not begun
+
+    # The authority revokes m2, then ends the period early: refused before ("has not begun yet"), now period
+    # 2 is withdrawn and period 3 starts now, for m1, m3 and m4.
+    keys.revoke("m2")
+    plan = plan_renewal(keys, end_period=True, now=clock.now)
+    assert plan.withdraws is not None and plan.withdraws.number == 2 and plan.period.number == 3
+    assert [name for _, name in plan.members] == ["m1", "m3", "m4"] and plan.left == ["m2: revoked"]
+    withdrawal = clock.now
+    early = renew(keys, plan, os.urandom, now=clock.now)
+    assert [p.number for p in keys.periods()] == [1, 2, 3] and keys.periods()[1].ends == withdrawal
+
+    # m2 moves first, before anyone renewed has synced: a contribution made by hand under period 2 (it holds
+    # that key: it can bind it), then a message in the old epoch.
+    public = AbeKeys(m2.store).public_key("auth")
+    r2 = m2.rooms.find("ops")
+    enc = encapsulate(public, r2.policy_for(2))
+    m2.post(room, wire.to_text(wire.contribution(room.room_id, enc.ciphertext.encode(), enc.key,
+                                                 X25519PrivateKey.generate(), Ed25519PrivateKey.generate(), "m2")))
+    for r in early:
+        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    assert fetch_new_renewals(m2) == []  # nothing for m2
+    assert fetch_new_renewals(m1) == [3]  # m1 renewed now; m4 later
+    held = {k.period: k for k in AbeKeys(m1.store).held()}
+    assert held[2].withdrawn and set(AbeKeys(m1.store).periods_held(aid)) == {1, 3}
+    sync_all(room, devices)
+    r1 = m1.rooms.find("ops")
+    # m1 held m2's period-2 contribution aside (its withdrawn key decapsulates nothing) instead of moving the
+    # room to period 2, then moved it to period 3 with its own contribution.
+    assert r1.period == 3 and 2 not in r1.moves and r1.status()["epoch_members"] == 1
+    said(m2, "m2 after the withdrawal")
+    sync_all(room, devices)
+    assert "m2 after the withdrawal" not in m1.read  # late: after the move, under the period the room left
+    assert any(e.get("outcome") == "late" and e["sender"].startswith("m2") for e in m1.events)
+    # m4, not renewed yet, is still in period 1 with m2 (docs/rooms.md "What remains"): it reads it.
+    assert "m2 after the withdrawal" in m4.read
+
+    # m4, renewed late, catches up from what it held aside and reads on with m1; m2 does not.
+    assert fetch_new_renewals(m4) == [3]
+    sync_all(room, devices)
+    r4 = m4.rooms.find("ops")
+    assert r4.period == 3 and r4.status()["keyed"] and r1.status()["epoch_members"] == 2
+    said(m4, "period three")
+    sync_all(room, devices)
+    assert "period three" in m1.read and "period three" not in m2.read
+
+    # m2 leaves and rejoins with its period-1 key: skipped, reads nothing.
+    rejoin(m2, room, devices)
+    said(m1, "after m2 rejoined")
+    sync_all(room, devices)
+    assert "after m2 rejoined" in m4.read and "after m2 rejoined" not in m2.read
+
+    # Period 2's start arrives. m2's device takes its (withdrawn, but it cannot know) period-2 key and rejoins by
+    # itself under it; it leaves and joins again under it too. The renewed members' rooms are in period 3, which
+    # is after period 2: they skip both; their own devices never use the withdrawn key.
+    clock.now = first.ends + 60
+    sync_all(room, devices)
+    assert m2.rooms.find("ops").status()["my_period"] == 2
+    rejoin(m2, room, devices)
+    clock.now += 3 * r1.leader_timeout  # long enough for any duty to fall to m2 on its own roster
+    sync_all(room, devices)
+    assert m2.rooms.find("ops").status()["keyed"]  # its own epoch of period 2, with its hand-made membership
+    said(m2, "m2 in period two")
+    said(m4, "after period two began")
+    sync_all(room, devices)
+    for d in (m1, m4):
+        r = d.rooms.find("ops")
+        assert r.period == 3 and r.status()["my_period"] == 3 and r.status()["epoch_members"] == 2
+        assert "m2 in period two" not in d.read
+    assert "after period two began" in m1.read and "after period two began" not in m2.read
+    skipped = [e for e in m1.events if e["kind"] == "contribution" and e["outcome"] == "skipped"]
+    assert len(skipped) >= 3  # m2's rejoin under period 1, then twice under period 2
+
+    # What m2 holds, pooled, opens no contribution of period 3 on the relay.
+    recorded, _ = m2.relay.receive({room.mailbox: 0}, limit=500)
+    theirs = [i for i in (wire.decode(wire.from_text(m.contents), room.room_id) for m in recorded)
+              if isinstance(i, wire.Contribution) and r1.period_of(i.ciphertext) == 3]
+    assert len(theirs) == 2
+    for key in AbeKeys(m2.store).member_keys(aid):
+        assert key.period in (1, 2)
+        for item in theirs:
+            with pytest.raises(Exception):
+                decapsulate(key, item.ciphertext)
+    # Nothing m1 or m4 said from the withdrawal on reached m2; everything did reach each other.
+    after = ["period three", "after m2 rejoined", "after period two began"]
+    assert not set(after) & set(m2.read)
+    assert all(t in m1.read and t in m4.read for t in after)
+
+
 def test_a_hostile_distributor_is_caught_on_the_device_and_the_room_rekeys_through_the_relay(world):
     """Alice's device runs hostile code: it never posts its duties, and seals carol another key than the one its
     distribution commits to (the attacker: tests/test_rooms_hostile.py's, from the documented layout)."""

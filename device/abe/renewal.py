@@ -226,6 +226,10 @@ class RenewalPads:
         of periods over are forgotten."""
         now = time.time() if now is None else now
         records = sent_renewals.load(self.store)
+        # A period ended early, or withdrawn (issued ahead, then replaced), is over at its end in the records now.
+        ends = {p.number: p.ends for p in self.keys.periods()}
+        for r in records:
+            r["ends"] = min(r["ends"], ends.get(r["period"], r["ends"]))
         sent_renewals.forget(self.store, [r["key_id"] for r in records if r["ends"] <= now])
         issued = self.keys.issued()
         revoked_devices = {i.member_device_id for i in issued if i.revoked is not None and i.member_device_id}
@@ -309,6 +313,9 @@ class RenewPlan:
     early: bool
     members: list[tuple[bytes, str]]
     left: list[str]
+    #: The period issued ahead that ending early withdraws (its keys, the revoked members' too, open nothing of
+    #: a room that moved on), or None.
+    withdraws: Period | None = None
 
     def question(self) -> str:
         who = ", ".join(name for _, name in self.members) or "nobody"
@@ -316,6 +323,10 @@ class RenewPlan:
         if self.early:
             lines.append("The running period ends NOW for everyone: members not renewed (revoked) read no room's "
                          "new epochs from the moment the others' devices move on.")
+        if self.withdraws is not None:
+            lines.append(f"Period {self.withdraws.number}, whose keys were issued ahead, is WITHDRAWN: it never "
+                         f"begins, and its keys (a revoked member's too) open no room's epochs after the move. "
+                         f"Period {self.period.number} replaces it from now.")
         if self.left:
             lines.append("Not renewed: " + "; ".join(self.left))
         lines.append("Each renewal is sent on the renewal pad the grant left with that member.")
@@ -326,7 +337,8 @@ def plan_renewal(keys: AbeKeys, who: str | None = None, end_period: bool = False
                  now: float | None = None) -> RenewPlan:
     members, left = RenewalPads(keys).plan(who)
     period, new = keys.preview_next_period(length, now, early=end_period)
-    return RenewPlan(period, new, end_period, members, left)
+    ahead = keys.issued_ahead(now) if end_period and new else None
+    return RenewPlan(period, new, end_period, members, left, ahead)
 
 
 def renew(keys: AbeKeys, plan: RenewPlan, random_bytes: Callable[[int], bytes], now: float | None = None

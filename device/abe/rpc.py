@@ -181,7 +181,8 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
             store.log_event("declined", detail=f"renewing keys, asked by laptop {client.name}")
             raise Declined("The owner did not approve: nothing was renewed.")
         renewals = renew(keys, plan, service.session_random)
-        return {"period": plan.period.to_dict(), "renewals": [r.to_dict() for r in renewals], "left": plan.left}
+        return {"period": plan.period.to_dict(), "renewals": [r.to_dict() for r in renewals], "left": plan.left,
+                "withdrawn": plan.withdraws.to_dict() if plan.withdraws is not None else None}
 
     def renewal_mailboxes(client: Any, params: dict) -> dict:
         from device.abe.renewal import RenewalPads

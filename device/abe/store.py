@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -104,9 +104,15 @@ class HeldKey:
     period: int | None
     starts: float | None
     ends: float | None
+    #: A later period of its authority begins no later than this key's: the authority withdrew this period
+    #: (it ended the running one early after issuing this one ahead, see :func:`withdrawn_keys`).
+    withdrawn: bool = False
 
     def state(self, now: float) -> str:
-        """valid, expiring (renewal due), expired, or future (a renewal whose period has not begun)."""
+        """valid, expiring (renewal due), expired, future (a renewal whose period has not begun), or withdrawn
+        (its period was replaced before it began: never used)."""
+        if self.withdrawn:
+            return "withdrawn"
         if self.ends is None or self.starts is None:
             return "valid"
         if now >= self.ends:
@@ -119,6 +125,22 @@ class HeldKey:
         return {"key_id": self.key_id.hex(), "authority": self.authority, "attributes": list(self.attributes),
                 "period": self.period, "starts": when(self.starts), "ends": when(self.ends),
                 "state": self.state(now)}
+
+
+def withdrawn_keys(keys: list[HeldKey]) -> set[bytes]:
+    """The ids of the keys whose period a later period of the same authority withdrew: one numbered after it
+    that begins no later than it does. Periods otherwise follow each other (each begins when the one before
+    ends, or later), so that happens only when the authority ended its running period early after issuing the
+    next one ahead (:meth:`AbeKeys.next_period`): the period that replaces it begins now, before the one issued
+    ahead would have. Whichever order the renewals arrive in, the withdrawn key is never used on this device."""
+    out = set()
+    for key in keys:
+        if key.period is None or key.starts is None:
+            continue
+        if any(equal(other.authority_id, key.authority_id) and other.period is not None and other.period > key.period
+               and other.starts is not None and other.starts <= key.starts for other in keys):
+            out.add(key.key_id)
+    return out
 
 
 class AbeKeys:
@@ -223,21 +245,26 @@ class AbeKeys:
             detail=f"key for {', '.join(key.attributes)} from authority {public.name}")
 
     def member_keys(self, authority_id: bytes | None = None) -> list[MemberKey]:
-        """This device's keys (those whose grant both devices are known to hold)."""
+        """This device's keys (those whose grant both devices are known to hold), but those of a withdrawn
+        period: they decapsulate nothing (a room contribution under that period is undecidable here)."""
+        gone = {k.key_id for k in self.held() if k.withdrawn}
         rows = self.tables.member_key_rows(authority_id)
-        return [decode_member_key(self._open(secret, b"abe key " + kid)) for kid, secret in rows]
+        return [decode_member_key(self._open(secret, b"abe key " + kid)) for kid, secret in rows if kid not in gone]
 
     def held(self) -> list[HeldKey]:
-        """The keys this device holds (confirmed), as shown: attributes and periods, never a key."""
+        """The keys this device holds (confirmed), as shown: attributes and periods, never a key. A key of a
+        withdrawn period is listed, marked so (:func:`withdrawn_keys`)."""
         rows = self.tables.held_rows()
-        return [HeldKey(bytes(r[0]), r[1], bytes(r[2]), tuple(r[3].split(",")), r[4], r[5], r[6]) for r in rows]
+        keys = [HeldKey(bytes(r[0]), r[1], bytes(r[2]), tuple(r[3].split(",")), r[4], r[5], r[6]) for r in rows]
+        gone = withdrawn_keys(keys)
+        return [replace(k, withdrawn=True) if k.key_id in gone else k for k in keys]
 
     def periods_held(self, authority_id: bytes) -> dict[int, tuple[float, float]]:
         """The periods of ``authority_id`` this device holds a key for: number -> (starts, ends). A key from
-        before periods counts as period 0, without end."""
+        before periods counts as period 0, without end; a withdrawn period does not count."""
         out: dict[int, tuple[float, float]] = {}
         for key in self.held():
-            if equal(key.authority_id, authority_id):
+            if equal(key.authority_id, authority_id) and not key.withdrawn:
                 if key.period is None or key.starts is None or key.ends is None:
                     out.setdefault(0, (0.0, float("inf")))
                 else:
@@ -253,7 +280,7 @@ class AbeKeys:
             newer = any(equal(k.authority_id, key.authority_id) and (k.period or 0) > (key.period or 0)
                         for k in held)
             state = key.state(now)
-            if newer or state not in ("expiring", "expired"):
+            if newer or key.withdrawn or state not in ("expiring", "expired"):
                 continue
             what = f"the key from {key.authority} for {', '.join(key.attributes)} (period {key.period})"
             if state == "expired":
@@ -277,32 +304,45 @@ class AbeKeys:
 
     def next_period(self, length: float | None = None, now: float | None = None, early: bool = False) -> Period:
         """The period after the newest (made if need be): it begins when the newest ends, or at once when
-        there is none, it has ended or ``early`` (the newest then ends now: "end the period early"). Its
-        length is ``length``, or the newest one's."""
+        there is none, it has ended or ``early`` ("end the period early"). Its length is ``length``, or the
+        newest one's. Ending early ends every period not over yet now, in the same commit: the running one, and
+        the one issued ahead if any (a renewal in the running period's last week), which is *withdrawn* (it
+        starts and ends now, and so do its keys in the records): the new period, numbered after it, starts
+        now and replaces it (see :meth:`preview_next_period`)."""
         now = time.time() if now is None else now
         aid = self.master().public.authority_id
         made, new = self.preview_next_period(length, now, early)
         if not new:
             return made
-        known = self.periods()
-        last = known[-1] if known else None
+        ahead = self.issued_ahead(now) if early else None
         note = " (the last one ended early)" if early else ""
+        if ahead is not None:
+            note = f" (the running one ended early; period {ahead.number}, issued ahead, withdrawn)"
         self.tables.add_period(aid, made.number, made.starts, made.ends,
                                detail=f"period {made.number} from {when(made.starts)} to {when(made.ends)}{note}",
-                               end_early=(last.number, now) if last is not None and early and last.ends > now
-                               else None)
+                               end_at=now if early else None)
         return made
+
+    def issued_ahead(self, now: float | None = None) -> Period | None:
+        """The period issued ahead, if any: the newest, when it has not begun yet (renewed in the running
+        period's last week)."""
+        now = time.time() if now is None else now
+        known = self.periods()
+        return known[-1] if known and known[-1].starts > now else None
 
     def preview_next_period(self, length: float | None = None, now: float | None = None, early: bool = False
                             ) -> tuple[Period, bool]:
-        """What :meth:`next_period` would give, and whether it would make it (nothing is written)."""
+        """What :meth:`next_period` would give, and whether it would make it (nothing is written).
+
+        Ending early while a period is issued ahead (not begun) withdraws that one: the new period is numbered
+        after it (rooms follow the highest period, so the withdrawn one is behind them for good: docs/rooms.md
+        "Periods") and, like any period made by ending early, starts now and lasts ``length`` or as long as the
+        newest (here the withdrawn one)."""
         now = time.time() if now is None else now
         known = self.periods()
         last = known[-1] if known else None
         if last is not None and last.starts > now and not early:
             return last, False  # the next period is already made (a renewal before it begins)
-        if last is not None and early and last.starts > now:
-            raise AbeError("The next period has not begun yet; it cannot end early.")
         length = length if length is not None else (last.ends - last.starts if last else DEFAULT_PERIOD_S)
         starts = now if last is None or early or last.ends <= now else last.ends
         return Period((last.number if last else 0) + 1, starts, starts + length), True

@@ -296,7 +296,8 @@ class RoomMember:
 
     def usable_period(self) -> int | None:
         """The newest period this device holds a key of that has begun and not ended (0: a key from before
-        periods), or None."""
+        periods), or None. A withdrawn period is not held (AbeKeys.periods_held): after its start, a device
+        renewed for the period that replaced it never contributes under it."""
         now = self.clock()
         usable = [p for p, (starts, ends) in self.keys.periods_held(self.room.authority_id).items()
                   if starts <= now < ends]

@@ -141,16 +141,17 @@ class AbeTables:
                                 (authority_id,))
 
     def add_period(self, authority_id: bytes, number: int, starts: float, ends: float, detail: str,
-                   end_early: tuple[int, float] | None = None) -> None:
-        """Record a period; with ``end_early`` (number, now) the period ``number`` and its keys end ``now`` in
-        the same commit."""
+                   end_at: float | None = None) -> None:
+        """Record a period; with ``end_at`` (now: "end the period early") every period of this authority not over
+        by then ends then, and one not begun yet (issued ahead) is withdrawn: it starts then too. The keys issued
+        for them are recorded so, in the same commit."""
         with self.store._transaction() as conn:
-            if end_early is not None:
-                last, now = end_early
-                conn.execute("UPDATE abe_periods SET ends = ? WHERE authority_id = ? AND period = ?",
-                             (now, authority_id, last))
-                conn.execute("UPDATE abe_issued SET ends = ? WHERE authority_id = ? AND period = ? AND ends > ?",
-                             (now, authority_id, last, now))
+            if end_at is not None:
+                for table in ("abe_periods", "abe_issued"):
+                    conn.execute(f"UPDATE {table} SET starts = ? WHERE authority_id = ? AND starts > ?",
+                                 (end_at, authority_id, end_at))
+                    conn.execute(f"UPDATE {table} SET ends = ? WHERE authority_id = ? AND ends > ?",
+                                 (end_at, authority_id, end_at))
             conn.execute("INSERT INTO abe_periods (authority_id, period, starts, ends) VALUES (?, ?, ?, ?)",
                          (authority_id, number, starts, ends))
             self.store._log(conn, "abe-period", detail=detail)

@@ -126,7 +126,9 @@ def register(parts: argparse._SubParsersAction) -> None:
                        "owner confirms on the device's screen.")
     home_or_device(p)
     p.add_argument("member", nargs="?", metavar="MEMBER|KEY_ID", help="only this member (default: all)")
-    p.add_argument("--end-period", action="store_true", help="end the running period now")
+    p.add_argument("--end-period", action="store_true",
+                   help="end the running period now (a next period already issued ahead is withdrawn: a new one "
+                   "replaces it)")
     p.add_argument("--resend", action="store_true",
                    help="send again, byte for byte, the renewals already sent for periods not over yet (one the "
                    "relay lost): nothing new is issued, no pad byte is used, the device is not asked")
@@ -281,7 +283,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _validity(k: dict) -> str:
     if k.get("period") is None:
         return " (no period: from before periods)"
-    state = {"expiring": ", renewal due", "expired": ", EXPIRED", "future": ", not yet begun"}.get(k["state"], "")
+    state = {"expiring": ", renewal due", "expired": ", EXPIRED", "future": ", not yet begun",
+             "withdrawn": ", WITHDRAWN: replaced by a later period, never used"}.get(k["state"], "")
     return f" (period {k['period']}, {k['starts']} to {k['ends']}{state})"
 
 
@@ -293,6 +296,8 @@ def cmd_members(args: argparse.Namespace) -> int:
         print("This authority has issued no key yet.")
     for i in members["issued"]:
         period = f"period {i['period']} until {i['ends']}" if i["period"] is not None else "no period"
+        if i["period"] is not None and i["starts"] == i["ends"]:
+            period = f"period {i['period']} withdrawn {i['ends']}"
         revoked = f"REVOKED {i['revoked']}" if i["revoked"] else "renewable"
         print(f"{i['member']:<20} {', '.join(i['attributes']):<24} {period}  {revoked}  key {i['key_id'][:16]}")
     return 0
@@ -326,6 +331,7 @@ def cmd_renew(args: argparse.Namespace) -> int:
         answer = device.call("abe_renew", **({"member": args.member} if args.member else {}),
                              end_period=args.end_period, **({"period": args.period} if args.period else {}))
         period, renewals, left = answer["period"], answer["renewals"], answer["left"]
+        withdrawn = answer.get("withdrawn")
         relay = RelayClient(relay_url, on_answer=device.state.relay_answered)
     else:
         from device.abe.renewal import plan_renewal, renew
@@ -338,6 +344,7 @@ def cmd_renew(args: argparse.Namespace) -> int:
             with _randomness([]) as random_bytes:
                 renewals = [r.to_dict() for r in renew(keys, plan, random_bytes)]
             period, left = plan.period.to_dict(), plan.left
+            withdrawn = plan.withdraws.to_dict() if plan.withdraws is not None else None
         relay = RelayClient(args.relay) if args.relay else None
     if relay is None:
         for r in renewals:
@@ -349,6 +356,9 @@ def cmd_renew(args: argparse.Namespace) -> int:
           f"{period['ends']}){': ' + ', '.join(r['member'] for r in renewals) if renewals else ''}"
           f"{'; sent through the relay' if relay is not None and renewals else ''}.",
           file=sys.stderr if relay is None else sys.stdout)
+    if withdrawn is not None:
+        print(f"Period {withdrawn['period']}, issued ahead, is withdrawn: its keys open no room's epochs once the "
+              f"rooms move to period {period['period']}.", file=sys.stderr if relay is None else sys.stdout)
     for why in left:
         print(f"Not renewed: {why}", file=sys.stderr if relay is None else sys.stdout)
     if not renewals:
