@@ -326,14 +326,9 @@ class DeviceService:
         if contact not in self.ready().contacts():
             raise UnknownContact(f"No contact named {contact!r} on this device.")
         result = self.device.package(contact, text.encode("utf-8"))
-        return {
-            "contact": contact,
-            "package": bytes(result.package),  # raw: it travels as a blob (onetimechat/rpc.py)
-            "mailbox": result.mailbox.hex(),
-            "length": result.length,
-            "consumed": result.consumed,
-            "warnings": result.warnings,
-        }
+        # The package raw (it travels as a blob, onetimechat/rpc.py), and any request for more pad the device
+        # made with it, for the laptop to send after it (docs/pad-lifecycle.md).
+        return {**result.to_json(), "control": [c.to_json() for c in result.control]}
 
     def unpackage(self, client: PairedClient, params: dict) -> dict:
         package = params.get("package")
@@ -349,6 +344,12 @@ class DeviceService:
             else:
                 answer["receipt"] = {"package": fmt.encode(receipt.package), "mailbox": receipt.mailbox.hex(),
                                      "consumed": receipt.consumed}
+        if received.control == "request":
+            # The device's own answer to a request it just opened: a grant within its owner's policy (or none).
+            grant = self.device.answer_request(received)
+            if grant is not None:
+                answer["grant"] = {"package": fmt.encode(grant.package), "mailbox": grant.mailbox.hex(),
+                                   "consumed": grant.consumed}
         return answer
 
     def events(self, client: PairedClient, params: dict) -> list[dict]:
