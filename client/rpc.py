@@ -128,12 +128,8 @@ class DeviceClient:
     def package(self, contact: str, text: str) -> dict:
         """The device's answer, its ``package`` in base64 (as the relay carries it; it travels raw)."""
         answer = self.call("package", contact=contact, text=text)
-        if isinstance(answer, dict):
-            # With it, any request for more pad the device made (docs/pad-lifecycle.md), to send after it.
-            control = answer.get("control")
-            for item in [answer, *(control if isinstance(control, list) else [])]:
-                if isinstance(item, dict) and isinstance(item.get("package"), bytes):
-                    item["package"] = base64.b64encode(item["package"]).decode("ascii")
+        if isinstance(answer, dict) and isinstance(answer.get("package"), bytes):
+            answer["package"] = base64.b64encode(answer["package"]).decode("ascii")
         return answer
 
     def unpackage(self, package_b64: str, receipt: bool = False) -> dict:

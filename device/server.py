@@ -327,8 +327,9 @@ class DeviceService:
             raise UnknownContact(f"No contact named {contact!r} on this device.")
         result = self.device.package(contact, text.encode("utf-8"))
         # The package raw (it travels as a blob, onetimechat/rpc.py), and any request for more pad the device
-        # made with it, for the laptop to send after it (docs/pad-lifecycle.md).
-        return {**result.to_json(), "control": [c.to_json() for c in result.control]}
+        # made with it (small: base64 in the JSON), for the laptop to send after it (docs/pad-lifecycle.md).
+        control = [{**c.to_json(), "package": fmt.encode(c.package)} for c in result.control]
+        return {**result.to_json(), "control": control}
 
     def unpackage(self, client: PairedClient, params: dict) -> dict:
         package = params.get("package")
