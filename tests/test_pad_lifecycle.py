@@ -6,6 +6,7 @@ and imports nothing of the project: no pad byte in two packages, whatever is los
 
 from __future__ import annotations
 
+import json
 import secrets
 import struct
 import threading
@@ -17,7 +18,7 @@ from device.errors import NothingToGrant, PadExhausted, Replay
 from onetimechat import package as fmt
 from onetimechat.errors import PackageRefused
 from tests import lifecycle_checker as checker
-from tests.conftest import make_pair, pad_bytes, receive_state
+from tests.conftest import make_pair, otc, pad_bytes, receive_state
 
 SIZE = 4096
 HALF = SIZE // 2
@@ -403,3 +404,30 @@ def test_ask_mode_setting_off_makes_no_requests(tmp_path):
         sent: list[bytes] = []
         send_until_exhausted(a, "bob", sent)
         assert all(checker.kind(p) == 1 for p in sent)
+
+
+def test_the_owner_asks_and_grants_from_the_device_shell(tmp_path):
+    home_a, home_b, pad_id = make_pair(tmp_path, size=SIZE)
+    request = otc("device", "ask", "--home", str(home_a), "bob", "--bytes", "500", check=True).stdout
+    opened = json.loads(otc("device", "unpackage", "--home", str(home_b), input=request, check=True).stdout)
+    assert opened["kind"] == "control" and opened["control"] == {"type": "request", "wanted": 500,
+                                                                  "left": HALF - 16 - 34, "outcome": "request"}
+    assert "grant" not in opened  # alice is not low: bob's device gives nothing by itself
+    given = otc("device", "grant", "--home", str(home_b), "alice", "700", check=True)
+    assert b"Gave alice 700 bytes" in given.stderr
+    status = json.loads(otc("device", "status", "--home", str(home_b), "--json", check=True).stdout)
+    assert status["contacts"][0]["granted_unseen"] == 700
+    assert b"700 bytes given to alice are not in use yet" in otc("device", "status", "--home", str(home_b)).stdout
+    applied = json.loads(otc("device", "unpackage", "--home", str(home_a), input=given.stdout, check=True).stdout)
+    assert applied["control"]["type"] == "grant" and applied["control"]["outcome"] == "applied"
+    status = json.loads(otc("device", "status", "--home", str(home_a), "--json", check=True).stdout)
+    assert status["contacts"][0]["pads"][0]["split"] == HALF + 700
+    # The policy is the owner's setting, on the device.
+    assert b"grants: auto, up to 50%" in otc("device", "grants", "--home", str(home_b), check=True).stdout
+    assert b"grants: ask, up to 20%" in otc("device", "grants", "--home", str(home_b), "--mode", "ask",
+                                            "--share", "20", check=True).stdout
+    for args, needle in ((["grants", "--share", "0"], b"percent from 1 to 100"),
+                         (["grant", "carol", "100"], b"No contact named 'carol'"),
+                         (["grant", "alice", "10"], b"no unused pad to give alice")):
+        bad = otc("device", args[0], "--home", str(home_b), *args[1:])
+        assert bad.returncode != 0 and needle in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
