@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +44,11 @@ def percentile(samples: list[float], pct: float) -> float:
     return ordered[min(int(len(ordered) * pct / 100), len(ordered) - 1)]
 
 
+def code_reader(home: Path) -> Callable[[], str]:
+    """The pairing code the auto source writes to the device's home, as a script reads it."""
+    return lambda: (home / PAIRING_CODE_FILE).read_text().strip()
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="otc-bench-lifecycle-") as tmp:
         root = Path(tmp)
@@ -60,8 +66,7 @@ def main() -> None:
                 server = Server(ServerConfig(home=home, source=AutoConfirm(home)), "127.0.0.1", 0).start()
                 servers.append(server)
                 state = ClientState(root / f"{name}-laptop")
-                pair(server.url, name=f"{name}-laptop", state=state,
-                     ask_code=lambda home=home: (home / PAIRING_CODE_FILE).read_text().strip())
+                pair(server.url, name=f"{name}-laptop", state=state, ask_code=code_reader(home))
                 device = DeviceClient(server.url, state=state, timeout=30)
                 people[name] = Messenger(device, RelayClient(relay.url), MailStore(device.url, home=state.home))
             alice, bob = people["alice"], people["bob"]
