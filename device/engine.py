@@ -62,6 +62,8 @@ class Packaged:
     warnings: list[str] = field(default_factory=list)
     #: Control packages made with this one (a request for more pad when the half runs low), to send after it.
     control: tuple[Packaged, ...] = ()
+    #: For a grant: the bytes of pad it gives.
+    gives: int = 0
 
     @property
     def consumed(self) -> int:
@@ -236,7 +238,7 @@ class Device:
         reserved, given, package = self.store.grant(
             pad_id, amount,
             lambda r, body, segment, key: fmt.seal(Kind.CONTROL, r.pad.pad_id, r.start, segment, body, key))
-        return _packaged(reserved, package, fmt.CONTROL.size), given
+        return replace(_packaged(reserved, package, fmt.CONTROL.size), gives=given), given
 
     def granted_unseen(self) -> dict[bytes, int]:
         """Per pad, the bytes this device gave that no package from the peer has used yet."""

@@ -302,7 +302,8 @@ class DeviceService:
         by_name: dict[str, dict] = {}
         store = self.ready()
         for name in store.contacts():
-            by_name[name] = {"name": name, "send_left": 0, "receive_left": 0, "mailboxes_out": [],
+            by_name[name] = {"name": name, "send_left": 0, "receive_left": 0, "send_total": 0, "receive_total": 0,
+                             "mailboxes_out": [],
                              "mailboxes_in": [], "must_pair_again": False, "forgery_alarm": False}
         failures = store.tag_failures()
         usable: set[str] = set()
@@ -314,6 +315,8 @@ class DeviceService:
                 usable.add(pad.contact)
             entry["send_left"] += pad.send_left
             entry["receive_left"] += pad.recv_left
+            entry["send_total"] += 0 if pad.retired else pad.send_total
+            entry["receive_total"] += 0 if pad.retired else pad.recv_total
             entry["mailboxes_out"].append(pad.mailbox_out.hex())
             entry["mailboxes_in"].append(pad.mailbox_in.hex())
         for name in usable:
@@ -350,7 +353,7 @@ class DeviceService:
             grant = self.device.answer_request(received)
             if grant is not None:
                 answer["grant"] = {"package": fmt.encode(grant.package), "mailbox": grant.mailbox.hex(),
-                                   "consumed": grant.consumed}
+                                   "consumed": grant.consumed, "gives": grant.gives}
         return answer
 
     def events(self, client: PairedClient, params: dict) -> list[dict]:

@@ -348,7 +348,8 @@ def cmd_unpackage(args: argparse.Namespace) -> int:
         answer = result.to_json()
         grant = device.answer_request(result)  # a request for pad: the device's policy answers it
         if grant is not None:
-            answer["grant"] = {"package": fmt.encode(grant.package), "mailbox": grant.mailbox.hex()}
+            answer["grant"] = {"package": fmt.encode(grant.package), "mailbox": grant.mailbox.hex(),
+                               "gives": grant.gives}
     print(json.dumps(answer, ensure_ascii=False))
     return 0
 
