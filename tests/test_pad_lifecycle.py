@@ -310,6 +310,19 @@ def test_nothing_to_grant(tmp_path):
         assert b.store.pad(pad_id) == before  # a refused grant reserves nothing
 
 
+def both_talk(talkers: list[threading.Thread], readers: list[threading.Thread], stop: threading.Event,
+              timeout: float = 300) -> None:
+    """Run the talkers and readers together; once the talkers are done, ``stop`` the readers (bounded)."""
+    for t in talkers + readers:
+        t.start()
+    for t in talkers:
+        t.join(timeout=timeout)
+    stop.set()
+    for t in readers:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in talkers + readers)
+
+
 def test_concurrent_sends_while_requests_and_grants_are_in_flight_never_share_a_byte(tmp_path):
     """Both owners talk at once, each device in two threads (sending, and opening what arrives); a relay written
     here delivers every package in a random order, late, some never; devices ask and grant by themselves, both
@@ -367,18 +380,10 @@ def test_concurrent_sends_while_requests_and_grants_are_in_flight_never_share_a_
             if grant is not None:
                 post(peer, bytes(grant.package))
 
-    threads = [threading.Thread(target=talker, args=("alice", "bob", [200, 10])),
-               threading.Thread(target=talker, args=("bob", "alice", [10, 200])),
-               threading.Thread(target=reader, args=("alice", "bob")),
-               threading.Thread(target=reader, args=("bob", "alice"))]
-    for t in threads:
-        t.start()
-    for t in threads[:2]:
-        t.join(timeout=120)
-    stop.set()
-    for t in threads[2:]:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads)
+    both_talk([threading.Thread(target=talker, args=("alice", "bob", [200, 10])),
+               threading.Thread(target=talker, args=("bob", "alice", [10, 200]))],
+              [threading.Thread(target=reader, args=("alice", "bob")),
+               threading.Thread(target=reader, args=("bob", "alice"))], stop)
     reader("alice", "bob")  # what is still on its way arrives
     reader("bob", "alice")
     reader("alice", "bob")

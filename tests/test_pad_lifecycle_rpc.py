@@ -20,6 +20,7 @@ from client.state import ClientState
 from onetimechat import package as fmt
 from tests import lifecycle_checker as checker
 from tests.chat_fixtures import make_world
+from tests.test_pad_lifecycle import both_talk
 
 SIZE = 8192
 
@@ -127,18 +128,10 @@ def test_concurrent_sends_over_the_rpc_while_a_request_and_grant_are_in_flight(w
             except RelayUnavailable:  # the relay's rate limit: back off as the chat does
                 stop.wait(0.5)
 
-    threads = [threading.Thread(target=talk, args=("alice", "bob", 200, 50)),
-               threading.Thread(target=talk, args=("bob", "alice", 20, 50)),
-               threading.Thread(target=listen_with, args=("alice",)),
-               threading.Thread(target=listen_with, args=("bob",))]
-    for t in threads:
-        t.start()
-    for t in threads[:2]:
-        t.join(timeout=300)
-    stop.set()
-    for t in threads[2:]:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads)
+    both_talk([threading.Thread(target=talk, args=("alice", "bob", 200, 50)),
+               threading.Thread(target=talk, args=("bob", "alice", 20, 50))],
+              [threading.Thread(target=listen_with, args=("alice",)),
+               threading.Thread(target=listen_with, args=("bob",))], stop)
     for _ in range(3):  # what is still on its way arrives (a grant answered in the last round, say)
         for name in people_listen:
             for m in (people[name], people_listen[name]):

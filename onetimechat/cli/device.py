@@ -68,25 +68,27 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
     p.set_defaults(func=cmd_unpackage)
 
-    p = sub.add_parser("ask", help="ask a contact's device for more pad to send with",
-                       description="Print a request (a control package, base64) asking CONTACT's device for more "
-                       "of its unused pad to send with (docs/pad-lifecycle.md). It costs 34 bytes of pad. The "
-                       "device also asks by itself when what is left for a contact falls under 10%% and 1%%.")
-    p.add_argument("--home", required=True, type=Path, help="the device's state directory")
-    p.add_argument("contact", metavar="CONTACT", help="whose device to ask")
-    p.add_argument("--bytes", type=parse_size, help="how much to ask for (default: as much as this device's half)")
-    p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
-    p.set_defaults(func=cmd_ask)
+    def contact_command(name: str, help: str, description: str, contact: str) -> argparse.ArgumentParser:
+        """A device-shell command about one contact: --home, CONTACT, --pin-file."""
+        p = sub.add_parser(name, help=help, description=description)
+        p.add_argument("--home", required=True, type=Path, help="the device's state directory")
+        p.add_argument("contact", metavar="CONTACT", help=contact)
+        p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
+        return p
 
-    p = sub.add_parser("grant", help="give a contact some of this device's unused pad",
-                       description="Move this device's own limit to give CONTACT up to BYTES of its unused half "
-                       "of their pad, then print the grant (a control package, base64) for the contact's device, "
-                       "which takes the bytes when it opens it. Bytes given are never used by this device again, "
-                       "even if the grant is lost on the way (docs/pad-lifecycle.md).")
-    p.add_argument("--home", required=True, type=Path, help="the device's state directory")
-    p.add_argument("contact", metavar="CONTACT", help="whom to give pad")
+    p = contact_command("ask", "ask a contact's device for more pad to send with",
+                        "Print a request (a control package, base64) asking CONTACT's device for more of its "
+                        "unused pad to send with (docs/pad-lifecycle.md). It costs 34 bytes of pad. The device "
+                        "also asks by itself when what is left for a contact falls under 10%% and 1%%.",
+                        "whose device to ask")
+    p.add_argument("--bytes", type=parse_size, help="how much to ask for (default: as much as this device's half)")
+    p.set_defaults(func=cmd_ask)
+    p = contact_command("grant", "give a contact some of this device's unused pad",
+                        "Move this device's own limit to give CONTACT up to BYTES of its unused half of their "
+                        "pad, then print the grant (a control package, base64) for the contact's device, which "
+                        "takes the bytes when it opens it. Bytes given are never used by this device again, even "
+                        "if the grant is lost on the way (docs/pad-lifecycle.md).", "whom to give pad")
     p.add_argument("bytes", metavar="BYTES", type=parse_size, help="how much to give at most (e.g. 64K)")
-    p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
     p.set_defaults(func=cmd_grant)
 
     p = sub.add_parser("grants", help="how this device answers requests for pad",
