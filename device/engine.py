@@ -274,7 +274,7 @@ class Device:
                 text = (f"{received.contact}'s device is running out of pad to send to you and asks for"
                         f" {request.wanted} bytes (it has {request.left} left). Give it {amount} of your"
                         f" {spare} unused bytes?").encode()
-                approved = self.confirm.ask(ConfirmRequest(contact=received.contact, kind="grant", plaintext=text,
+                approved = self.confirm.ask(ConfirmRequest(contact=received.contact, kind="pad-grant", plaintext=text,
                                                            consumes=fmt.segment_length(fmt.CONTROL.size) + amount,
                                                            left_after=spare - amount))
                 if not approved:
