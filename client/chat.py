@@ -36,6 +36,7 @@ from prompt_toolkit.styles import Style
 from client import presence
 from client.errors import ClientError, DeviceRefused, RelayRefused, RelayUnavailable, RemoteError
 from client.messenger import Event, Messenger, Outgoing
+from client.padwatch import PadWatch
 from client.rooms import RoomClient, fetch_renewals
 from onetimechat.text import format_event, plural
 
@@ -246,6 +247,8 @@ class Chat:
         self.stop = threading.Event()
         self.sends: queue.Queue[Command] = queue.Queue()
         self.rooms = RoomClient(messenger.device, messenger.relay)
+        self.padwatch = PadWatch()  # what is said about the pad left with each contact (client/padwatch.py)
+        self.padwatch_lock = threading.Lock()
         self.room_names: list[str] = []
         self.watching: dict[str, threading.Event] = {}  # room_id -> stop
         self._renewals_lock = threading.Lock()
@@ -436,8 +439,7 @@ class Chat:
                         self.system(f"{c['name']}: pad retired (made before package format v2):"
                                     " pair with them again in person", "error")
                         continue
-                    self.system(f"{c['name']}: {c['send_left']} bytes of pad left to send, "
-                                f"{c['receive_left']} to receive")
+                    self.system(self.padwatch.describe(c))
                     if c.get("forgery_alarm"):
                         self.system(f"{c['name']}: FORGERY ALARM: packages on this pad failed authentication;"
                                     " someone is forging messages (see log)", "error")
@@ -528,6 +530,11 @@ class Chat:
                     with self.lock:
                         self.by_segment[(sent.pad_id, sent.offset)] = out
                     self.health(relay=sent.state != "queued")
+                    self.padwatch.note(contact, "send", len(command.text.encode()))
+                    if sent.asked:
+                        self.system(f"the pad to send to {contact} is running low: your device asked {contact}'s "
+                                    "device for more")
+                    self._watch_pad()
                 self.refresh()
 
     def _send_room(self, command: Command) -> None:
@@ -663,9 +670,41 @@ class Chat:
         if waiting:
             raise RelayUnavailable()
 
+    def _watch_pad(self) -> None:
+        """Say when the pad left with a contact, either way, falls under 10% or 1% (client/padwatch.py)."""
+        try:
+            contacts = self.messenger.device.contacts()
+        except ClientError:
+            return  # the device is away: the next message asks again
+        with self.padwatch_lock:
+            said = self.padwatch.observe(contacts)
+        for text in said:
+            self.add(Line(time.time(), "error", text=f"⚠ {text}"))
+
+    def _control(self, event: Event) -> None:
+        """A request for pad, or a grant, that the device opened: what it did, in words."""
+        control, who = event.control or {}, event.contact
+        outcome = control.get("outcome")
+        if outcome == "request":
+            gives = (event.reply or {}).get("gives")
+            self.system(f"{who}'s device asked for more pad to send to you; "
+                        + (f"your device gave {gives} bytes of its unused pad" if event.reply is not None
+                           else "your device gave none (its policy: otc device grants)"))
+        elif outcome == "applied":
+            moved = [w.split(": ", 1)[1] for w in event.warnings if w.startswith("split-moved:")]
+            self.system(f"the split moved: {moved[0] if moved else who + ' gave more pad'}")
+        else:
+            self.add(Line(event.at, "error", who, f"a pad grant from {who} was not applied",
+                          warnings=event.warnings))
+        self._watch_pad()
+
     def _deliver(self, event: Event) -> None:
         if event.kind == "text":
             self.add(Line(event.at, "in", event.contact, event.text or "", warnings=event.warnings))
+            self.padwatch.note(event.contact, "receive", len((event.text or "").encode()))
+            self._watch_pad()
+        elif event.kind == "control":
+            self._control(event)
         elif event.kind == "receipt":
             target = event.receipt_for or {}
             with self.lock:
@@ -690,9 +729,11 @@ class Chat:
         self.system(f"One Time Chat with device at {self.messenger.device.url} via relay "
                     f"{self.messenger.relay.url}. Type help for commands.")
         try:
-            self.messenger.refresh_contacts()
+            contacts = self.messenger.refresh_contacts()
             names = ", ".join(self.contact_names()) or "none yet"
             self.system(f"contacts: {names}")
+            for text in self.padwatch.observe(contacts):  # a pad already low when the chat opens
+                self.add(Line(time.time(), "error", text=f"⚠ {text}"))
         except DeviceRefused:
             raise
         except ClientError as exc:

@@ -51,6 +51,8 @@ class Event:
     code: str = ""
     sent: SentRecord | None = None
     receipt_for: dict | None = None
+    control: dict | None = None  # a control package (kind 4): what it said and what the device did
+    reply: dict | None = None  # the grant the device made for a request it opened, to send back
     at: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
@@ -60,6 +62,8 @@ class Event:
                                   "text": self.text, "ref": self.ref, "warnings": self.warnings}
         if self.code:
             result["error"] = self.code
+        if self.control:
+            result["control"] = self.control
         if self.receipt_for is not None:
             result["receipt_for"] = self.receipt_for
             result["delivered"] = self.sent is not None
@@ -78,6 +82,7 @@ class Outgoing:
     warnings: list[str] = field(default_factory=list)
     error: str = ""
     delivered: bool = False
+    asked: bool = False  # the device asked the contact for more pad with this message
     at: float = field(default_factory=time.time)
 
 
@@ -137,6 +142,14 @@ class Messenger:
                       created=time.time(), attempts=0)
         self.store.queue(item)
         out.state = "sent" if self._try_send(item) else "queued"
+        control = answer.get("control")
+        for made in control if isinstance(control, list) else []:
+            # The device asked the contact for more pad with this message (docs/pad-lifecycle.md).
+            request = self._control_item(contact, made)
+            if request is not None:
+                self.store.queue(request)
+                self._try_send(request)
+                out.asked = True
         return out
 
     def flush(self) -> tuple[list[Queued], int]:
@@ -199,6 +212,12 @@ class Messenger:
             deliver(event)
             self.store.finish(self.relay.url, message.mailbox, message.ref,
                               self._receipt_item(event, receipt_answer))
+            if event.kind == "control" and event.reply is not None:
+                # The device's grant for a request it just opened: sent like a receipt, through the outbox.
+                grant = self._control_item(event.contact, event.reply)
+                if grant is not None:
+                    self.store.queue(grant)
+                    self._try_send(grant)
             result.handled += 1
         return result
 
@@ -242,10 +261,25 @@ class Messenger:
             if isinstance(target, dict):
                 sent = self.store.delivered(str(target.get("pad_id")), int(target.get("offset", -1)))
             event = Event("receipt", warnings=warnings, receipt_for=target, sent=sent, **base)
+        elif kind == "control":
+            control = answer.get("control")
+            grant = answer.get("grant")
+            event = Event("control", warnings=warnings, control=control if isinstance(control, dict) else {},
+                          reply=grant if isinstance(grant, dict) else None, **base)
         else:
             event = Event("other", warnings=[*warnings, f"unsupported: a {kind} message (not shown)"], **base)
         receipt = answer.get("receipt")
         return event, receipt if isinstance(receipt, dict) else None
+
+    def _control_item(self, contact: str, made: dict) -> Queued | None:
+        """A control package the device made (a request, or a grant), ready for the outbox."""
+        package = made.get("package")
+        if not isinstance(package, str) or not isinstance(made.get("mailbox"), str):
+            return None
+        header = fmt.parse(fmt.decode(package))
+        return Queued(id=secrets.token_hex(16), relay=self.relay.url, mailbox=str(made["mailbox"]),
+                      contents=package, contact=contact, kind="control", pad_id=header.pad_id.hex(),
+                      offset=header.offset, created=time.time(), attempts=0)
 
     def _receipt_item(self, event: Event, receipt: dict | None) -> Queued | None:
         if not receipt:

@@ -11,22 +11,26 @@ bytes the store hands it), the owner's confirmation, and the status report.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from device.confirm import Confirmer, ConfirmRequest
 from device.errors import (
     Declined,
+    DeviceError,
     InvalidMessage,
+    NothingToGrant,
     UnknownContact,
 )
 from device.storage.abe_tables import AbeTables
 from device.storage.padstore import (
     FORGERY_ALARM_AT,
+    MIN_GRANT,
     REFUSAL_ROWS,
     PadRecord,
     PadStore,
     RefusalBudget,
+    Reservation,
     forgery_text,
     low_level,
     low_warning,
@@ -56,10 +60,19 @@ class Packaged:
     length: int
     mailbox: bytes
     warnings: list[str] = field(default_factory=list)
+    #: Control packages made with this one (a request for more pad when the half runs low), to send after it.
+    control: tuple[Packaged, ...] = ()
+    #: For a grant: the bytes of pad it gives.
+    gives: int = 0
 
     @property
     def consumed(self) -> int:
         return fmt.segment_length(self.length)
+
+    def to_json(self) -> dict:
+        """How the device RPC answers a package (raw bytes: they travel as a blob, onetimechat/rpc.py)."""
+        return {"contact": self.contact, "package": bytes(self.package), "mailbox": self.mailbox.hex(),
+                "length": self.length, "consumed": self.consumed, "warnings": self.warnings}
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,8 @@ class Unpackaged:
     pad_id: bytes
     offset: int
     warnings: list[str] = field(default_factory=list)
+    #: For a control package: "request", "applied" (the split moved), "refused" or "malformed".
+    control: str | None = None
 
     def to_json(self) -> dict:
         """The JSON object of `otc device unpackage` (DESIGN.md)."""
@@ -91,6 +106,8 @@ class Unpackaged:
                 warnings.append("bad-receipt: a receipt from this contact could not be read")
             else:
                 result["receipt_for"] = {"pad_id": pad_id.hex(), "offset": offset}
+        if self.kind == Kind.CONTROL:
+            result["control"] = control_json(self.plaintext, self.control)
         if self.kind != Kind.TEXT:
             result["data"] = fmt.encode(self.plaintext)
         return result
@@ -98,6 +115,36 @@ class Unpackaged:
 
 def kind_name(kind: Kind) -> str:
     return kind.name.lower().replace("_", "-")
+
+
+def control_json(body: bytes, outcome: str | None) -> dict:
+    """What a control package said, and what this device did with it (no secrets: numbers about the split)."""
+    try:
+        control = fmt.parse_control(body)
+    except PackageRefused:
+        return {"type": None, "outcome": outcome}
+    if isinstance(control, fmt.PadRequest):
+        return {"type": "request", "wanted": control.wanted, "left": control.left, "outcome": outcome}
+    return {"type": "grant", "epoch": control.epoch, "split": control.split, "outcome": outcome}
+
+
+# Moving the split (docs/pad-lifecycle.md): the owner's settings, in the device store.
+GRANT_MODE = "pad-grant"  # auto: grant by itself within the rule below; ask: ask the owner on the screen; off
+GRANT_SHARE = "pad-grant-share"  # percent of this device's unused half one grant may give (default 50)
+ASK_MODE = "pad-ask"  # auto: ask the contact for more when the half falls under 10% and under 1%; off
+GRANT_MODES = ("auto", "ask", "off")
+ASK_MODES = ("auto", "off")
+DEFAULT_SHARE = 50
+
+
+def grant_amount(mode: str, share: int, spare: int, request: fmt.PadRequest) -> int:
+    """How many bytes to give for ``request`` with ``spare`` unused bytes (after the grant package's own), before
+    the owner is asked (mode ask) or by itself (mode auto: only when it has more than twice what the asker has).
+    0: none."""
+    if mode == "off" or (mode == "auto" and spare <= 2 * request.left):
+        return 0
+    amount = min(request.wanted, spare * share // 100)
+    return amount if amount >= MIN_GRANT else 0
 
 
 class Device:
@@ -141,7 +188,20 @@ class Device:
         need = fmt.segment_length(len(plaintext))
         if self.confirm is not None:
             self._confirm(contact, kind, plaintext, need)
-        return self._seal(contact, kind, plaintext)
+        sealed, reserved = self._seal_reserved(contact, kind, plaintext)
+        if reserved.crossed and self._running_low(contact) and self.store.setting(ASK_MODE, "auto") == "auto":
+            # What is left to send to the contact just fell under 10% (or 1%): ask for more, on this pad.
+            try:
+                request = self.ask(contact, reserved.pad.send_total)
+            except DeviceError:
+                return sealed  # no room left even for a request
+            return replace(sealed, control=(request,))
+        return sealed
+
+    def _running_low(self, contact: str) -> bool:
+        """Whether all the pad left for sending to ``contact``, every usable pad together, is under 10%."""
+        pads = [p for p in self.store.pads(contact) if not p.retired]
+        return low_level(sum(p.send_left for p in pads), sum(p.send_total for p in pads)) > 0
 
     def receipt(self, received: Unpackaged) -> Packaged:
         """A delivery receipt (kind 3) for a message just received, sent back to its sender.
@@ -153,13 +213,82 @@ class Device:
         return self._seal(received.contact, Kind.RECEIPT, fmt.receipt_body(received.pad_id, received.offset))
 
     def _seal(self, contact: str, kind: Kind, plaintext: bytes) -> Packaged:
+        return self._seal_reserved(contact, kind, plaintext)[0]
+
+    def _seal_reserved(self, contact: str, kind: Kind, plaintext: bytes) -> tuple[Packaged, Reservation]:
         """Seal on a segment the store reserves (rule 1) and destroys once the package is made (rule 2)."""
         reserved, package = self.store.send(
             contact, len(plaintext),
             lambda r, segment, auth_key: fmt.seal(kind, r.pad.pad_id, r.start, segment, plaintext, auth_key))
-        pad = reserved.pad
-        return Packaged(package, contact, pad.pad_id, reserved.start, len(plaintext), pad.mailbox_out,
-                        reserved.warnings)
+        return _packaged(reserved, package, len(plaintext)), reserved
+
+    # -- moving the split (docs/pad-lifecycle.md) ---------------------------------------
+
+    def ask(self, contact: str, wanted: int) -> Packaged:
+        """A request (kind 4) to ``contact``'s device for ``wanted`` more bytes of pad to send with. It needs no
+        confirmation: its body is made here, and it gives nothing away."""
+        reserved, package = self.store.ask(
+            contact, wanted,
+            lambda r, body, segment, key: fmt.seal(Kind.CONTROL, r.pad.pad_id, r.start, segment, body, key))
+        return _packaged(reserved, package, fmt.CONTROL.size)
+
+    def grant(self, pad_id: bytes, amount: int) -> tuple[Packaged, int]:
+        """Give the peer up to ``amount`` bytes of this device's unused half of ``pad_id`` (its own limit moves
+        first, durably); the grant package (kind 4) to send, and how many bytes it gives."""
+        reserved, given, package = self.store.grant(
+            pad_id, amount,
+            lambda r, body, segment, key: fmt.seal(Kind.CONTROL, r.pad.pad_id, r.start, segment, body, key))
+        return replace(_packaged(reserved, package, fmt.CONTROL.size), gives=given), given
+
+    def granted_unseen(self) -> dict[bytes, int]:
+        """Per pad, the bytes this device gave that no package from the peer has used yet."""
+        return {pad.pad_id: given for pad in self.store.pads()
+                if (given := sum(m["amount"] for m in self.store.split_moves(pad.pad_id)
+                                 if m["how"] == "granted" and m["seen"] is None))}
+
+    def grant_policy(self) -> tuple[str, int]:
+        """(mode, share): how this device answers requests for pad."""
+        mode = self.store.setting(GRANT_MODE, "auto") or "auto"
+        share = int(self.store.setting(GRANT_SHARE, str(DEFAULT_SHARE)) or DEFAULT_SHARE)
+        return (mode if mode in GRANT_MODES else "auto"), share
+
+    def answer_request(self, received: Unpackaged) -> Packaged | None:
+        """The grant for a request just opened, if this device's policy (or its owner, on the screen) gives one.
+
+        Only a request this call opened is answered (it travels as its Unpackaged), so a laptop cannot make the
+        device grant by itself; the grant's size is the policy's, never the laptop's."""
+        if received.kind != Kind.CONTROL or received.control != "request":
+            return None
+        request = fmt.parse_control(received.plaintext)
+        assert isinstance(request, fmt.PadRequest)
+        pad = self.store.pad(received.pad_id)
+        if pad is None:
+            return None
+        mode, share = self.grant_policy()
+        spare = pad.send_left - fmt.segment_length(fmt.CONTROL.size)
+        amount = grant_amount(mode, share, spare, request)
+        if amount and mode == "ask":
+            if self.confirm is None:
+                amount = 0  # no screen to ask on: the owner can grant with `otc device grant`
+            else:
+                text = (f"{received.contact}'s device is running out of pad to send to you and asks for"
+                        f" {request.wanted} bytes (it has {request.left} left). Give it {amount} of your"
+                        f" {spare} unused bytes?").encode()
+                approved = self.confirm.ask(ConfirmRequest(contact=received.contact, kind="pad-grant", plaintext=text,
+                                                           consumes=fmt.segment_length(fmt.CONTROL.size) + amount,
+                                                           left_after=spare - amount))
+                if not approved:
+                    self.store.log_event("declined", contact=received.contact, length=amount,
+                                         detail="the owner did not give pad to the contact")
+                    return None
+        if not amount:
+            self.store.log_event("grant-not-given", contact=received.contact, pad_id=received.pad_id,
+                                 detail=f"policy {mode}: {spare} unused here, {request.left} left there")
+            return None
+        try:
+            return self.grant(received.pad_id, amount)[0]
+        except NothingToGrant:
+            return None
 
     def _confirm(self, contact: str, kind: Kind, plaintext: bytes, need: int) -> None:
         pads = self.store.pads(contact)
@@ -189,9 +318,10 @@ class Device:
         start, end = pkg.segment
         received = self.store.receive(pkg.pad_id, pkg.offset, pkg.length, start, end,
                                       lambda segment, auth_key: fmt.open_package(pkg, segment, auth_key),
-                                      self.refusals)
+                                      self.refusals, control=pkg.kind == Kind.CONTROL)
         pad = received.pad
-        return Unpackaged(pad.contact, pkg.kind, received.opened, pad.pad_id, start, received.warnings)
+        return Unpackaged(pad.contact, pkg.kind, received.opened, pad.pad_id, start, received.warnings,
+                          received.control)
 
     def unpackage_base64(self, text: str | bytes) -> Unpackaged:
         """:meth:`unpackage` for a package in its base64 (wire) form."""
@@ -217,9 +347,13 @@ class Device:
             pads_by_contact.setdefault(pad.contact, []).append(pad)
         failures = self.store.tag_failures()
         alarms = []
+        unseen = self.granted_unseen()
         for name in self.store.contacts():
             every = pads_by_contact.get(name, [])
             pads = [p for p in every if not p.retired]
+            if given := sum(unseen.get(p.pad_id, 0) for p in every):
+                warnings.append(f"grant-unseen: {given} bytes this device gave {name} are not in use by {name}'s"
+                                " device yet; if the grant was lost on the way, nobody will ever use them")
             send_total = sum(p.send_total for p in pads)
             send_left = sum(p.send_left for p in pads)
             forged = sum(failures.get(p.pad_id, 0) for p in every)
@@ -230,7 +364,9 @@ class Device:
                 "send": {"total": send_total, "used": sum(p.send_used for p in pads), "left": send_left},
                 "receive": {"total": sum(p.recv_total for p in pads), "used": sum(p.recv_bytes for p in pads),
                             "left": sum(p.recv_left for p in pads)},
-                "pads": [dict(p.to_dict(), tag_failures=failures.get(p.pad_id, 0)) for p in every],
+                "pads": [dict(p.to_dict(), tag_failures=failures.get(p.pad_id, 0),
+                              granted_unseen=unseen.get(p.pad_id, 0)) for p in every],
+                "granted_unseen": sum(unseen.get(p.pad_id, 0) for p in every),
                 "tag_failures": forged,
                 "forgery_alarm": alarmed,
                 "must_pair_again": bool(retired) and not pads,
@@ -264,3 +400,8 @@ class Device:
             "refusals_pending": self.refusals.pending(),  # beyond the log budget, written within a minute
             "events": self.store.events(events),
         }
+
+
+def _packaged(reserved: Reservation, package: bytes | bytearray, length: int) -> Packaged:
+    pad = reserved.pad
+    return Packaged(package, pad.contact, pad.pad_id, reserved.start, length, pad.mailbox_out, reserved.warnings)

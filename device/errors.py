@@ -58,6 +58,12 @@ class PadExhausted(DeviceError):
     code = "pad-exhausted"
 
 
+class NothingToGrant(DeviceError):
+    """This device has no unused pad to give the contact (docs/pad-lifecycle.md)."""
+
+    code = "nothing-to-grant"
+
+
 class PadUnconfirmed(PadExhausted):
     """The pad is not usable yet: this device does not know that the peer's device holds it too."""
 

@@ -304,7 +304,8 @@ class DeviceService:
         by_name: dict[str, dict] = {}
         store = self.ready()
         for name in store.contacts():
-            by_name[name] = {"name": name, "send_left": 0, "receive_left": 0, "mailboxes_out": [],
+            by_name[name] = {"name": name, "send_left": 0, "receive_left": 0, "send_total": 0, "receive_total": 0,
+                             "mailboxes_out": [],
                              "mailboxes_in": [], "must_pair_again": False, "forgery_alarm": False}
         failures = store.tag_failures()
         usable: set[str] = set()
@@ -316,6 +317,8 @@ class DeviceService:
                 usable.add(pad.contact)
             entry["send_left"] += pad.send_left
             entry["receive_left"] += pad.recv_left
+            entry["send_total"] += 0 if pad.retired else pad.send_total
+            entry["receive_total"] += 0 if pad.retired else pad.recv_total
             entry["mailboxes_out"].append(pad.mailbox_out.hex())
             entry["mailboxes_in"].append(pad.mailbox_in.hex())
         for name in usable:
@@ -327,15 +330,11 @@ class DeviceService:
         text = _str(params, "text", allow_empty=True)
         if contact not in self.ready().contacts():
             raise UnknownContact(f"No contact named {contact!r} on this device.")
-        result = self.device.package(contact, rpc.utf8_of(text))  # as it came: not encoded once more
-        return {
-            "contact": contact,
-            "package": bytes(result.package),  # raw: it travels as a blob (onetimechat/rpc.py)
-            "mailbox": result.mailbox.hex(),
-            "length": result.length,
-            "consumed": result.consumed,
-            "warnings": result.warnings,
-        }
+        result = self.device.package(contact, rpc.utf8_of(text))  # as it came: not encoded again
+        # The package raw (it travels as a blob, onetimechat/rpc.py), and any request for more pad the device
+        # made with it (small: base64 in the JSON), for the laptop to send after it (docs/pad-lifecycle.md).
+        control = [{**c.to_json(), "package": fmt.encode(c.package)} for c in result.control]
+        return {**result.to_json(), "control": control}
 
     def unpackage(self, client: PairedClient, params: dict) -> dict:
         package = params.get("package")
@@ -351,6 +350,12 @@ class DeviceService:
             else:
                 answer["receipt"] = {"package": fmt.encode(receipt.package), "mailbox": receipt.mailbox.hex(),
                                      "consumed": receipt.consumed}
+        if received.control == "request":
+            # The device's own answer to a request it just opened: a grant within its owner's policy (or none).
+            grant = self.device.answer_request(received)
+            if grant is not None:
+                answer["grant"] = {"package": fmt.encode(grant.package), "mailbox": grant.mailbox.hex(),
+                                   "consumed": grant.consumed, "gives": grant.gives}
         return answer
 
     def events(self, client: PairedClient, params: dict) -> list[dict]:

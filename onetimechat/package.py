@@ -263,6 +263,57 @@ def parse_receipt(body: bytes) -> tuple[bytes, int]:
     return bytes(pad_id), offset
 
 
+# A control package (kind 4) moves the split between a pad's two halves (docs/pad-lifecycle.md). Its body is
+# made on the device, never by a laptop: a version byte, a type, and two numbers.
+#   request (1): the low side asks for ``wanted`` more bytes; it has ``left`` in its half.
+#   grant   (2): the owner of the bytes has moved its own limit to ``split``, at its split ``epoch``; the
+#                other device takes the bytes up to it when it opens the grant (if no later change came first).
+CONTROL = struct.Struct(">BBQQ")
+CONTROL_VERSION = 1
+CONTROL_REQUEST = 1
+CONTROL_GRANT = 2
+
+
+@dataclass(frozen=True)
+class PadRequest:
+    """A request for more pad: how much the asker would like, and how much it has left."""
+
+    wanted: int
+    left: int
+
+
+@dataclass(frozen=True)
+class PadGrant:
+    """A grant: the granter's split epoch when it gave the bytes, and the split it moved its limit to."""
+
+    epoch: int
+    split: int
+
+
+def request_body(wanted: int, left: int) -> bytes:
+    """The plaintext of a request for ``wanted`` more bytes from a device with ``left`` in its half."""
+    return CONTROL.pack(CONTROL_VERSION, CONTROL_REQUEST, wanted, left)
+
+
+def grant_body(epoch: int, split: int) -> bytes:
+    """The plaintext of a grant moving the split to ``split``, made at the granter's split ``epoch``."""
+    return CONTROL.pack(CONTROL_VERSION, CONTROL_GRANT, epoch, split)
+
+
+def parse_control(body: bytes) -> PadRequest | PadGrant:
+    """A control package's body; MalformedPackage if it is not one."""
+    if len(body) != CONTROL.size:
+        raise MalformedPackage("Control package refused: it has the wrong length.")
+    version, kind, first, second = CONTROL.unpack(body)
+    if version != CONTROL_VERSION:
+        raise MalformedPackage("Control package refused: unknown control version.")
+    if kind == CONTROL_REQUEST:
+        return PadRequest(first, second)
+    if kind == CONTROL_GRANT:
+        return PadGrant(first, second)
+    raise MalformedPackage("Control package refused: unknown control type.")
+
+
 def encode(package: bytes | bytearray | memoryview) -> str:
     """A package as it travels in JSON: standard base64 with padding."""
     return base64.b64encode(package).decode("ascii")

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from device.confirm import ConfirmRequest
-from device.engine import Device
+from device.engine import ASK_MODE, Device
 from device.errors import (
     ContactExists,
     Declined,
@@ -302,6 +302,7 @@ def test_unknown_contact(pair):
 def test_exhaustion_warnings_at_10_and_1_percent_and_a_clear_refusal(tmp_path):
     home_a, home_b, pad_id = make_pair(tmp_path, size=20_000)  # 10,000 bytes per half, 9,984 after R
     with Device.open(home_a) as a, Device.open(home_b) as b:
+        a.store.save_settings({ASK_MODE: "off"})  # no request for more pad at 10% and 1% (test_pad_lifecycle.py)
         lefts_with_warning = []
         for i in range(98):  # 100 pad bytes each: 9,800 used, 184 left
             sent = a.package("bob", bytes(84))

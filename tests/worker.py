@@ -8,6 +8,15 @@
         WHERE: "before-wipe" (its reservation committed, nothing of the
         segment overwritten yet) or "before-sync" (overwritten, the batched
         sync of the zeros not yet done).
+    python tests/worker.py package-until-full HOME CONTACT SIZE OUT
+        packages messages of SIZE bytes until the pad is exhausted, one base64
+        package per line to OUT (and any request for more pad made with one).
+    python tests/worker.py grant-loop HOME PAD_HEX AMOUNT OUT
+        gives the peer AMOUNT bytes of pad, then sends it a short message, over
+        and over (5 ms apart) until nothing is left to give; a line per package.
+    python tests/worker.py grant-die HOME PAD_HEX AMOUNT
+        gives AMOUNT bytes and SIGKILLs itself after the grant's commit, before
+        its package exists (a grant lost before it left the device).
     python tests/worker.py unpackage HOME IN OUT
         unpackages every line of IN, appending "ok <sha256 of plaintext>" or
         "refused <code>" per line to OUT.
@@ -61,6 +70,37 @@ def main(argv: list[str]) -> int:
             PadFile.wipe = die_in_wipe  # type: ignore[method-assign]
             device.package(contact, b"the last message")
         return 1
+    if mode == "package-until-full":
+        from device.errors import PadExhausted
+
+        home, contact, size, out = argv[1], argv[2], int(argv[3]), argv[4]
+        with Device.open(home) as device, open(out, "a", buffering=1) as sink:
+            for i in itertools.count():
+                try:
+                    made = device.package(contact, f"{os.getpid()}-{i} ".encode().ljust(size, b"."))
+                except PadExhausted:
+                    return 0
+                for package in (made.package, *(c.package for c in made.control)):
+                    sink.write(fmt.encode(package) + "\n")
+    if mode in ("grant-loop", "grant-die"):
+        import signal
+
+        from device.errors import NothingToGrant, PadExhausted
+
+        home, pad_id, amount = argv[1], bytes.fromhex(argv[2]), int(argv[3])
+        with Device.open(home) as device:
+            if mode == "grant-die":
+                device.store.grant(pad_id, amount, lambda *made: os.kill(os.getpid(), signal.SIGKILL))
+                return 1
+            contact = device.store.pad(pad_id).contact
+            with open(argv[4], "a", buffering=1) as sink:
+                while True:
+                    try:
+                        sink.write(fmt.encode(device.grant(pad_id, amount)[0].package) + "\n")
+                        sink.write(fmt.encode(device.package(contact, b"and a word from me").package) + "\n")
+                    except (NothingToGrant, PadExhausted):
+                        return 0
+                    time.sleep(0.005)
     if mode == "unpackage":
         home, source, out = argv[1], argv[2], argv[3]
         with Device.open(home) as device, open(source) as lines, open(out, "a", buffering=1) as sink:

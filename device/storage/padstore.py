@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -41,6 +41,7 @@ from device.errors import (
     DeviceExists,
     DeviceNotInitialised,
     InvalidName,
+    NothingToGrant,
     OutOfRange,
     PadExhausted,
     PadUnconfirmed,
@@ -58,8 +59,8 @@ from device.storage.lock import KEY_LEN, LOCK_FILE, WIPED_FILE, DeviceLocked, De
 from device.storage.padfile import PadFile, sync_directory
 from device.storage.partials import PARTIAL_STATE_SUFFIX, PARTIAL_SUFFIX, Partials
 from onetimechat import package as fmt
-from onetimechat.errors import InvalidPackage, PackageRefused
-from onetimechat.package import auth_key_range, halves
+from onetimechat.errors import InvalidPackage, MalformedPackage, PackageRefused
+from onetimechat.package import AUTH_KEY_LEN, auth_key_range, halves
 
 DB_NAME = "device.db"
 PADS_DIR = "pads"
@@ -78,6 +79,7 @@ SECURITY_EVENTS = frozenset({
     "invalid", "replay", "gap", "out-of-range", "unknown-pad", "malformed", "pairing-failed", "rpc-refused",
     "forgery-alarm", "retired-pad", "alarm", "tamper", "wipe", "package-refusals", "ceremony-impostor",
     "room-key-mismatch", "abe-renewal-forged", "abe-renewal-replay", "abe-renewal-out-of-range",
+    "grant-refused", "control-malformed",
 })
 SECURITY_EVENT_PREFIXES = ("hrng",)  # every HRNG alarm code (hrng/errors.py) is one
 
@@ -100,6 +102,7 @@ WIPE_SYNC_DELAY_S = 0.2  # a used segment's zeros are durable this soon after it
 WIPE_SYNC_BATCH = 64  # or after this many segments, whichever comes first
 
 PAD_FORMAT = 2  # package format v2: both authentication keys set aside
+MIN_GRANT = 64  # the fewest bytes a grant gives (a grant costs its giver 34): less is not worth a package
 
 T = TypeVar("T")
 
@@ -135,6 +138,8 @@ class PadRecord:
 
     #: 2 for pads made with authentication keys set aside (package v2); 1 for retired v1 pads.
     format: int = PAD_FORMAT
+    #: How many times this device moved the split (granting bytes, or taking a grant): docs/pad-lifecycle.md.
+    split_epoch: int = 0
 
     @property
     def retired(self) -> bool:
@@ -216,6 +221,7 @@ class PadRecord:
             "role": self.role,
             "size": self.size,
             "split": self.split,
+            "split_epoch": self.split_epoch,
             "format": self.format,
             "retired": self.retired,
             "send": {"total": self.send_total, "used": self.send_used, "left": self.send_left,
@@ -350,6 +356,8 @@ class Reservation:
     start: int
     end: int
     warnings: list[str]
+    #: Whether this reservation took the half under 10%, or under 1%, for the first time (time to ask for more).
+    crossed: bool = False
 
 
 @dataclass(frozen=True)
@@ -362,11 +370,13 @@ class Received(Generic[T]):
     end: int
     opened: T
     warnings: list[str]
+    #: For a control package: "request", "applied" (the split moved), "refused" or "malformed".
+    control: str | None = None
 
 
 _PAD_COLUMNS = (
     "pad_id, contact, role, size, split, mailbox_out, mailbox_in, send_next, send_count, "
-    "recv_frontier, recv_bytes, recv_count, low_level, created, format"
+    "recv_frontier, recv_bytes, recv_count, low_level, created, format, split_epoch"
 )
 
 
@@ -806,24 +816,34 @@ class PadStore:
         """Durably reserve the next segment for a message of ``length`` bytes to ``contact`` (rule 1): the
         first pad that can send and has room, oldest first. PadExhausted (logged), RetiredPad, UnknownContact
         or PadUnconfirmed otherwise."""
-        need = fmt.segment_length(length)
+        exhausted: PadExhausted | None = None
         with self._transaction() as conn:
-            pads = self._pads_for_send(conn, contact)
-            for pad in pads:
-                segment = pad.reserve_range(need)
-                if segment is not None:
-                    start, end = segment
-                    return Reservation(pad, start, end, self._reserve(conn, pad, start, end))
-            left = max((p.send_left for p in pads), default=0)
-            if not pads and any(p.retired for p in self.pads(contact)):
-                raise RetiredPad(retired_text(contact))
-            self._log(conn, "pad-exhausted", contact=contact, length=length,
-                      detail=f"needed {need} pad bytes, {left} left")
+            try:
+                return self._reserve_for(conn, contact, length)
+            except PadExhausted as exc:
+                exhausted = exc  # logged in this transaction, which commits
+        raise exhausted
+
+    def _reserve_for(self, conn: sqlite3.Connection, contact: str, length: int) -> Reservation:
+        """:meth:`reserve` inside ``conn``'s transaction; PadExhausted once it has logged it there."""
+        need = fmt.segment_length(length)
+        pads = self._pads_for_send(conn, contact)
+        for pad in pads:
+            segment = pad.reserve_range(need)
+            if segment is not None:
+                start, end = segment
+                warnings, crossed = self._reserve(conn, pad, start, end)
+                return Reservation(pad, start, end, warnings, crossed)
+        left = max((p.send_left for p in pads), default=0)
+        if not pads and any(p.retired for p in self.pads(contact)):
+            raise RetiredPad(retired_text(contact))
+        self._log(conn, "pad-exhausted", contact=contact, length=length,
+                  detail=f"needed {need} pad bytes, {left} left")
         raise PadExhausted(
             f"Not enough pad left to send to {contact}: this message needs {need} pad bytes and {left} are left."
         )
 
-    def _reserve(self, conn: sqlite3.Connection, pad: PadRecord, start: int, end: int) -> list[str]:
+    def _reserve(self, conn: sqlite3.Connection, pad: PadRecord, start: int, end: int) -> tuple[list[str], bool]:
         send_next = end if pad.role == INITIATOR else start
         left = pad.send_left - (end - start)
         level = low_level(left, pad.send_total)
@@ -840,7 +860,7 @@ class PadStore:
             if level > pad.low_level:
                 self._log(conn, "pad-low", contact=pad.contact, pad_id=pad.pad_id, offset=start,
                           length=end - start - fmt.MASK_LEN, detail=f"{left} of {pad.send_total} bytes left")
-        return warnings
+        return warnings, level > pad.low_level
 
     def send(self, contact: str, length: int, make: Callable[[Reservation, memoryview, memoryview], T]
              ) -> tuple[Reservation, T]:
@@ -848,19 +868,23 @@ class PadStore:
         the segment's bytes and this device's authentication key; the segment is overwritten whatever ``make``
         does (rule 2). What ``make`` returns (the package)."""
         reservation = self.reserve(contact, length)
+        return reservation, self._use(reservation, make)
+
+    def _use(self, reservation: Reservation, make: Callable[[Reservation, memoryview, memoryview], T]) -> T:
+        """Hand a committed reservation's bytes and this device's R to ``make``; overwrite them whatever it does."""
         pad, start, end = reservation.pad, reservation.start, reservation.end
         try:
             pad_file = self.pad_file(pad)
-            segment = pad_file.read(start, fmt.segment_length(length))
-            made = make(reservation, segment, pad_file.read(*_span(pad.own_auth_key)))
+            segment = pad_file.read(start, end - start)
+            return make(reservation, segment, pad_file.read(*_span(pad.own_auth_key)))
         finally:
             self.wipe(pad, start, end)
-        return reservation, made
 
     # -- receiving (rules 2 to 5, 7) -------------------------------------------------------
 
     def receive(self, pad_id: bytes, offset: int, length: int, start: int, end: int,
-                open_package: Callable[[memoryview, memoryview], T], refusals: RefusalBudget) -> Received[T]:
+                open_package: Callable[[memoryview, memoryview], T], refusals: RefusalBudget,
+                control: bool = False) -> Received[T]:
         """Commit a package on ``pad_id`` at segment ``[start, end)`` as received, if ``open_package`` (given the
         segment's bytes and the peer's authentication key) verifies and opens it.
 
@@ -868,7 +892,10 @@ class PadStore:
         one, a segment outside the peer's half, one overlapping a consumed segment (a replay, rule 3). A
         package whose tag fails (``open_package`` raises InvalidPackage) only counts a tag failure on the pad
         (rule 4): the third raises the forgery alarm. A verified one moves the receive state, its segment is
-        consumed, a gap is reported (rule 5), and its bytes are overwritten after the commit (rule 2)."""
+        consumed, a gap is reported (rule 5), and its bytes are overwritten after the commit (rule 2).
+
+        With ``control`` (a kind-4 package, whose opener returns its body), a verified request is recorded and a
+        verified grant applied or refused in that same commit (:meth:`_on_control`)."""
         refusal: PackageRefused | None = None
         received: Received[T] | None = None
         with self._transaction() as conn:
@@ -898,7 +925,12 @@ class PadStore:
                         refusal = exc
                         self._tag_failed(conn, refusals, pad.pad_id, pad.contact, fields)
                     else:
-                        received = Received(pad, start, end, opened, self._accept(conn, pad, start, end))
+                        warnings = self._accept(conn, pad, start, end)
+                        outcome = None
+                        if control:
+                            outcome, more = self._on_control(conn, pad, bytes(opened), start)  # type: ignore[call-overload]
+                            warnings += more
+                        received = Received(pad, start, end, opened, warnings, outcome)
         if refusal is not None:
             self.flush_refusals(refusals, force=False)
             raise refusal
@@ -933,7 +965,140 @@ class PadStore:
         )
         self.add_consumed(conn, pad.pad_id, start, end)
         self.add_pending_wipe(conn, pad.pad_id, start, end)
+        # A grant of this device's is seen taken once the peer sends with its bytes.
+        for move_id, old, new in conn.execute(
+                "SELECT id, old_split, new_split FROM split_moves WHERE pad_id = ? AND how = 'granted'"
+                " AND seen IS NULL", (pad.pad_id,)).fetchall():
+            if start < max(old, new) and min(old, new) < end:
+                conn.execute("UPDATE split_moves SET seen = ? WHERE id = ?", (time.time(), move_id))
         return warnings
+
+    # -- moving the split (docs/pad-lifecycle.md) ---------------------------------------------------------
+    #
+    # Only the owner of bytes gives them away. A grant moves this device's own limit, durably, in the commit that
+    # reserves the grant package's own segment, before that package exists; the peer takes the bytes when it
+    # opens the grant, in the commit that records the grant as received. Each device counts the changes of its
+    # split (``split_epoch``): a grant made at epoch e is taken only by a device still at epoch e or before it,
+    # and only if it moves the split in that device's favour onto bytes it has not seen used. So whatever is
+    # lost, delayed, replayed or reordered, whichever device is killed at whatever moment, and even when both
+    # grant at once, no byte is ever inside both halves (the proof is in docs/pad-lifecycle.md).
+
+    def ask(self, contact: str, wanted: int, make: Callable[[Reservation, bytes, memoryview, memoryview], T]
+            ) -> tuple[Reservation, T]:
+        """Ask ``contact`` for ``wanted`` more bytes: reserve a control segment (rule 1) and record the request
+        in one commit, then give ``make`` the reservation, the request's body, the segment's bytes and R."""
+        length = fmt.CONTROL.size
+        exhausted: PadExhausted | None = None
+        with self._transaction() as conn:
+            try:
+                reservation = self._reserve_for(conn, contact, length)
+            except PadExhausted as exc:
+                exhausted = exc
+            else:
+                pad = reservation.pad
+                left = pad.send_left - (reservation.end - reservation.start)
+                self._move(conn, pad.pad_id, "asked", amount=wanted, offset=reservation.start)
+                self._log(conn, "pad-asked", contact=contact, pad_id=pad.pad_id, offset=reservation.start,
+                          length=length, detail=f"asked for {wanted} more bytes to send with; {left} left")
+        if exhausted is not None:
+            raise exhausted
+        body = fmt.request_body(wanted, left)
+        return reservation, self._use(reservation, lambda r, segment, key: make(r, body, segment, key))
+
+    def grant(self, pad_id: bytes, amount: int, make: Callable[[Reservation, bytes, memoryview, memoryview], T]
+              ) -> tuple[Reservation, int, T]:
+        """Give the peer up to ``amount`` bytes of this device's unused half of ``pad_id``: in one commit, reserve
+        the grant's own segment (rule 1), move this device's limit past the bytes given, count the epoch and
+        record the grant; then give ``make`` the reservation, the grant's body, the segment's bytes and R.
+        Returns (the reservation, the bytes given, what ``make`` made). NothingToGrant if fewer than
+        :data:`MIN_GRANT` bytes can be given."""
+        need = fmt.segment_length(fmt.CONTROL.size)
+        with self._transaction() as conn:
+            pad = self._pad(conn, pad_id)
+            if pad is None:
+                raise UnknownPad()
+            if pad.retired:
+                raise RetiredPad(retired_text(pad.contact))
+            if not conn.execute("SELECT confirmed FROM pads WHERE pad_id = ?", (pad_id,)).fetchone()[0]:
+                raise PadUnconfirmed(f"The pad with {pad.contact} is not usable yet.")
+            segment = pad.reserve_range(need)
+            amount = min(amount, pad.send_left - need)
+            if segment is None or amount < MIN_GRANT:
+                raise NothingToGrant(f"This device has no unused pad to give {pad.contact}.")
+            start, end = segment
+            warnings, _ = self._reserve(conn, pad, start, end)
+            old = pad.split
+            new = old - amount if pad.role == INITIATOR else old + amount
+            left, total = pad.send_left - need - amount, pad.send_total - amount
+            conn.execute("UPDATE pads SET split = ?, split_epoch = split_epoch + 1, low_level = max(low_level, ?)"
+                         " WHERE pad_id = ?", (new, low_level(left, total), pad_id))
+            self._move(conn, pad_id, "granted", epoch=pad.split_epoch, old=old, new=new, amount=amount, offset=start)
+            self._log(conn, "pad-granted", contact=pad.contact, pad_id=pad_id, offset=start,
+                      length=fmt.CONTROL.size,
+                      detail=f"gave {amount} bytes of this device's half: split {old} -> {new}; {left} left")
+        reservation = Reservation(pad, start, end, warnings)
+        body = fmt.grant_body(pad.split_epoch, new)
+        return reservation, amount, self._use(reservation, lambda r, segment, key: make(r, body, segment, key))
+
+    def _on_control(self, conn: sqlite3.Connection, pad: PadRecord, body: bytes, start: int
+                    ) -> tuple[str, list[str]]:
+        """A verified control package from the peer, just recorded as received: record a request; apply a grant
+        (or refuse it: out of date, or not in this device's favour). Returns (outcome, warnings)."""
+        contact = pad.contact
+        try:
+            control = fmt.parse_control(body)
+        except MalformedPackage:
+            self._log(conn, "control-malformed", contact=contact, pad_id=pad.pad_id, offset=start,
+                      length=len(body), detail="a control package this device cannot read")
+            return "malformed", [f"control-malformed: a control package from {contact}'s device could not be read"]
+        if isinstance(control, fmt.PadRequest):
+            self._move(conn, pad.pad_id, "requested", amount=control.wanted, offset=start)
+            self._log(conn, "pad-requested", contact=contact, pad_id=pad.pad_id, offset=start,
+                      length=fmt.CONTROL.size, detail=f"asks for {control.wanted} more bytes; {control.left} left")
+            return "request", [f"pad-requested: {contact}'s device asked for {control.wanted} more bytes of pad"
+                               f" to send with ({control.left} left)"]
+        now = self._pad(conn, pad.pad_id)
+        assert now is not None
+        old, new = now.split, control.split
+        if now.role == INITIATOR:  # the initiator's half grows upward, the responder's downward
+            gained = (old, new) if old < new <= now.size - AUTH_KEY_LEN else None
+        else:
+            gained = (new, old) if AUTH_KEY_LEN <= new < old else None
+        why = ""
+        if control.epoch < now.split_epoch:
+            why = "it is out of date: the split changed after it was made"
+        elif gained is None:
+            why = "it would not give this device any bytes"
+        elif self.overlaps(conn, pad.pad_id, *gained):
+            why = "it gives bytes already used"
+        if why:
+            self._log(conn, "grant-refused", contact=contact, pad_id=pad.pad_id, offset=start,
+                      length=fmt.CONTROL.size, detail=f"split {new} at epoch {control.epoch} refused: {why}")
+            return "refused", [f"grant-refused: a grant from {contact}'s device was refused ({why});"
+                               " the split did not move"]
+        assert gained is not None
+        moved = replace(now, split=new)
+        conn.execute("UPDATE pads SET split = ?, split_epoch = ?, low_level = ? WHERE pad_id = ?",
+                     (new, control.epoch + 1, low_level(moved.send_left, moved.send_total), pad.pad_id))
+        amount = gained[1] - gained[0]
+        self._move(conn, pad.pad_id, "applied", epoch=control.epoch, old=old, new=new, amount=amount, offset=start)
+        self._log(conn, "split-moved", contact=contact, pad_id=pad.pad_id, offset=start, length=fmt.CONTROL.size,
+                  detail=f"{contact} gave {amount} bytes: split {old} -> {new}; {moved.send_left} left")
+        return "applied", [f"split-moved: {contact}'s device gave {amount} bytes of pad;"
+                           f" {moved.send_left} bytes are left for sending to {contact}"]
+
+    @staticmethod
+    def _move(conn: sqlite3.Connection, pad_id: bytes, how: str, *, epoch: int | None = None, old: int | None = None,
+              new: int | None = None, amount: int | None = None, offset: int | None = None) -> None:
+        conn.execute('INSERT INTO split_moves (pad_id, how, epoch, old_split, new_split, amount, "offset", ts)'
+                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (pad_id, how, epoch, old, new, amount, offset, time.time()))
+
+    def split_moves(self, pad_id: bytes) -> list[dict]:
+        """Every request and grant of a pad, sent or received, oldest first (no secrets)."""
+        rows = self._read('SELECT how, epoch, old_split, new_split, amount, "offset", ts, seen FROM split_moves'
+                          " WHERE pad_id = ? ORDER BY id", (pad_id,))
+        return [{"how": r[0], "epoch": r[1], "old_split": r[2], "new_split": r[3], "amount": r[4], "offset": r[5],
+                 "time": r[6], "seen": r[7]} for r in rows]
 
     # -- refusals (rule 7) ------------------------------------------------------------------
 
@@ -1400,4 +1565,5 @@ def _pad_record(row: tuple) -> PadRecord:
         low_level=row[12],
         created=row[13],
         format=row[14],
+        split_epoch=row[15],
     )

@@ -202,6 +202,26 @@ STEPS: list[str] = [
         created REAL NOT NULL
     );
     """,
+    # 9 -> 10: moving the split (issue 23, docs/pad-lifecycle.md). ``split_epoch`` counts the changes of a pad's
+    # split this device has made or taken (a grant applies only at or after the epoch it was made at);
+    # ``split_moves`` keeps each request and grant, sent or received: a grant this device gave stays "unseen"
+    # until a package from the peer uses its bytes (a grant lost on the way leaves them to nobody).
+    """
+    ALTER TABLE pads ADD COLUMN split_epoch INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE split_moves (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        pad_id BLOB NOT NULL,
+        how TEXT NOT NULL CHECK (how IN ('asked', 'requested', 'granted', 'applied')),
+        epoch INTEGER,
+        old_split INTEGER,
+        new_split INTEGER,
+        amount INTEGER,
+        "offset" INTEGER,
+        ts REAL NOT NULL,
+        seen REAL
+    );
+    CREATE INDEX split_moves_by_pad ON split_moves (pad_id, how);
+    """,
 ]
 
 LATEST = len(STEPS)

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from device.clients import ClientRegistry
 from device.confirm import DEFAULT_TIMEOUT_S, MODES, ConfirmBroker, ConfirmSource, make_source
-from device.engine import Device
-from device.errors import InvalidMessage
+from device.engine import ASK_MODE, ASK_MODES, GRANT_MODE, GRANT_MODES, GRANT_SHARE, Device
+from device.errors import InvalidMessage, NothingToGrant, UnknownContact
 from device.home import WrongPin, open_home
 from device.localpair import pair_local
 from device.padsize import check_size
@@ -67,6 +67,41 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("--home", required=True, type=Path, help="the device's state directory")
     p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
     p.set_defaults(func=cmd_unpackage)
+
+    def contact_command(name: str, help: str, description: str, contact: str) -> argparse.ArgumentParser:
+        """A device-shell command about one contact: --home, CONTACT, --pin-file."""
+        p = sub.add_parser(name, help=help, description=description)
+        p.add_argument("--home", required=True, type=Path, help="the device's state directory")
+        p.add_argument("contact", metavar="CONTACT", help=contact)
+        p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
+        return p
+
+    p = contact_command("ask", "ask a contact's device for more pad to send with",
+                        "Print a request (a control package, base64) asking CONTACT's device for more of its "
+                        "unused pad to send with (docs/pad-lifecycle.md). It costs 34 bytes of pad. The device "
+                        "also asks by itself when what is left for a contact falls under 10%% and 1%%.",
+                        "whose device to ask")
+    p.add_argument("--bytes", type=parse_size, help="how much to ask for (default: as much as this device's half)")
+    p.set_defaults(func=cmd_ask)
+    p = contact_command("grant", "give a contact some of this device's unused pad",
+                        "Move this device's own limit to give CONTACT up to BYTES of its unused half of their "
+                        "pad, then print the grant (a control package, base64) for the contact's device, which "
+                        "takes the bytes when it opens it. Bytes given are never used by this device again, even "
+                        "if the grant is lost on the way (docs/pad-lifecycle.md).", "whom to give pad")
+    p.add_argument("bytes", metavar="BYTES", type=parse_size, help="how much to give at most (e.g. 64K)")
+    p.set_defaults(func=cmd_grant)
+
+    p = sub.add_parser("grants", help="how this device answers requests for pad",
+                       description="Show, or set, how this device answers a contact's request for more pad: "
+                       "auto (by itself, only when it has more than twice what the asker has left), ask (on its "
+                       "screen), or off; the share of its unused pad one grant may give; and whether it asks by "
+                       "itself when it runs low.")
+    p.add_argument("--home", required=True, type=Path, help="the device's state directory")
+    p.add_argument("--mode", choices=GRANT_MODES, help="auto (the default), ask or off")
+    p.add_argument("--share", type=int, metavar="PERCENT", help="percent of unused pad one grant gives (1-100; 50)")
+    p.add_argument("--ask", choices=ASK_MODES, help="ask contacts for more by itself when low: auto or off")
+    p.add_argument("--pin-file", type=Path, help="the PIN of a PIN-locked device")
+    p.set_defaults(func=cmd_grants)
 
     p = sub.add_parser("status", help="contacts, pad left per direction, warnings",
                        description="Show contacts, pad left per direction, warnings and recent events.")
@@ -312,7 +347,58 @@ def cmd_unpackage(args: argparse.Namespace) -> int:
     data = sys.stdin.buffer.read()
     with Device(open_home(args.home, args.pin_file)) as device:
         result = device.unpackage_base64(data)
-    print(json.dumps(result.to_json(), ensure_ascii=False))
+        answer = result.to_json()
+        grant = device.answer_request(result)  # a request for pad: the device's policy answers it
+        if grant is not None:
+            answer["grant"] = {"package": fmt.encode(grant.package), "mailbox": grant.mailbox.hex(),
+                               "gives": grant.gives}
+    print(json.dumps(answer, ensure_ascii=False))
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    with Device(open_home(args.home, args.pin_file)) as device:
+        pads = [p for p in device.store.pads(args.contact) if not p.retired]
+        wanted = args.bytes if args.bytes is not None else max((p.send_total for p in pads), default=0)
+        if wanted < 1:
+            raise UsageError("Ask for at least one byte (--bytes).")
+        result = device.ask(args.contact, wanted)
+    print(fmt.encode(result.package))
+    return 0
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    with Device(open_home(args.home, args.pin_file)) as device:
+        if args.contact not in device.store.contacts():
+            raise UnknownContact(f"No contact named {args.contact!r} on this device.")
+        # The contact's oldest usable pad with the most to give (the one it sends on first).
+        pads = sorted((p for p in device.store.pads(args.contact) if not p.retired), key=lambda p: -p.send_left)
+        if not pads:
+            raise NothingToGrant(f"This device has no unused pad to give {args.contact}.")
+        result, given = device.grant(pads[0].pad_id, args.bytes)
+    print(fmt.encode(result.package))
+    print(f"Gave {args.contact} {given} bytes of pad: send them this grant; until their device opens it, nobody "
+          "uses those bytes.", file=sys.stderr)
+    return 0
+
+
+def cmd_grants(args: argparse.Namespace) -> int:
+    values: dict[str, str] = {}
+    if args.mode is not None:
+        values[GRANT_MODE] = args.mode
+    if args.share is not None:
+        if not 1 <= args.share <= 100:
+            raise UsageError("--share is a percent from 1 to 100.")
+        values[GRANT_SHARE] = str(args.share)
+    if args.ask is not None:
+        values[ASK_MODE] = args.ask
+    with Device(open_home(args.home, args.pin_file)) as device:
+        if values:
+            device.store.save_settings(values, event="settings",
+                                       detail="grants: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        mode, share = device.grant_policy()
+        ask = device.store.setting(ASK_MODE, "auto")
+    print(f"grants: {mode}, up to {share}% of unused pad a grant; asks by itself when low: {ask}")
     return 0
 
 
@@ -334,6 +420,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             d = contact[key]
             pct = 100.0 * d["left"] / d["total"] if d["total"] else 0.0
             print(f"{label:<15} {d['used']} of {d['total']} pad bytes used, {d['left']} left ({pct:.1f}%)")
+        if contact["granted_unseen"]:
+            print(f"  {contact['granted_unseen']} bytes given to {contact['name']} are not in use yet")
         if contact["must_pair_again"]:
             print("  pad retired: it was made before package format v2; pair with this contact again")
         if contact["forgery_alarm"]:
