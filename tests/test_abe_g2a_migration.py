@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 
 import pytest
 from py_arkworks_bls12381 import GT
@@ -127,3 +128,31 @@ def test_an_authority_device_that_sends_another_g2a_at_a_grant_is_refused(homes)
     assert isinstance(received, Exception) and "malformed offer" in str(received)
     with PadStore(member) as store:
         assert AbeKeys(store).held() == []
+
+
+def test_a_renewal_from_an_authority_before_g2a_still_opens(homes):  # noqa: F811
+    """An authority device on older software renews with a version 1 body (no g2^a), written here from the
+    layout docs/abe.md gave it: the member opens it and stays on the rows-only check, still warning."""
+    from device.storage.abe_tables import AbeTables
+
+    auth, member = homes
+    issued, received = grant(auth, member, "STAFF", Owners({HOST: True, JOIN: True}))
+    assert not isinstance(issued, Exception) and not isinstance(received, Exception), (issued, received)
+    set_back(member)
+    with PadStore(auth) as store:
+        keys = AbeKeys(store)
+        period = keys.next_period(early=True)
+        member_id = keys.issued()[0].member_device_id
+        key = keys.issue(("STAFF",), member="alice", member_device_id=member_id, how="renewal over the pad",
+                         period=period)
+        body = struct.pack(">4sBIdd", b"OREN", 1, period.number, period.starts, period.ends) + key.encode()
+        tables = AbeTables(store)
+        (pad_id,) = tables.pads_to(member_id)
+        sealed = tables.seal_on_renewal_pad(pad_id, len(body), lambda offset, segment, auth_key: bytes(
+            fmt.seal(fmt.Kind.CONTROL, pad_id, offset, segment, body, auth_key)), detail="older software")
+        assert sealed is not None
+    with PadStore(member) as store:
+        keys = AbeKeys(store)
+        held = RenewalPads(keys).open(sealed[0])
+        assert held.period == 2 and keys.public_key("campus").g2_a is None
+        assert any("no g2^a" in w for w in keys.key_warnings())
