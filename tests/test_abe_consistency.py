@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from py_arkworks_bls12381 import GT, G1Point, G2Point
 
 from device.abe import scheme
@@ -30,6 +32,7 @@ from device.abe.errors import DecapsulationFailed, MalformedAbeData, NotSatisfie
 from device.abe.group import G1_GENERATOR, G2_GENERATOR, hash_attribute, random_scalar, scalar
 from device.abe.policy import ORDER, Policy, relations
 from device.abe.scheme import _derive, check_consistent, decapsulate, encapsulate, keygen, setup
+from tests.abe_helpers import NAMES, policy_trees, render
 
 
 def rows_for(public: PublicKey, policy: Policy, shares: list[int]) -> tuple[tuple[G1Point, G2Point], ...]:
@@ -232,3 +235,51 @@ def test_junk_contributions_do_not_repeat_the_policys_elimination(authority, mon
     honest = encapsulate(master.public, room)
     assert decapsulate(member, decode_ciphertext(honest.ciphertext.encode()), master.public) == honest.key
     assert runs == [room.text]
+
+
+# -- every policy: the relations hold, and no forgery tells two keys apart ----------------------------------------
+
+KEYS_FOR = [list(NAMES), list(NAMES), NAMES[:6], NAMES[2:9], NAMES[::2], NAMES[1::2]]
+
+
+@pytest.fixture(scope="module")
+def many(authority):
+    master, _ = authority
+    return master, [keygen(master, attrs) for attrs in KEYS_FOR]
+
+
+@given(policy_trees(max_leaves=6), st.sampled_from(["honest", "spoiled", "unbound", "both"]), st.data())
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_on_any_policy_every_satisfying_key_gets_the_same_key_or_the_same_refusal(many, tree, attack, data):
+    master, keys = many
+    policy = Policy.parse(render(tree))
+    rows, width = policy.matrix
+    # The relations, by plain arithmetic: w*^T M = (1, 0, ..., 0) and u^T M = 0 for each kernel vector.
+    for vector, target in [(policy.reconstruction, 1)] + [(u, 0) for u in policy.kernel]:
+        for col in range(width):
+            assert sum(x * rows[i].get(col, 0) for i, x in vector) % ORDER == (target if col == 0 else 0)
+    public = master.public
+    s0 = random_scalar(os.urandom)
+    s1 = (s0 + random_scalar(os.urandom)) % ORDER if attack in ("unbound", "both") else s0
+    shares = policy.shares(s1, lambda: random_scalar(os.urandom))
+    if attack in ("spoiled", "both"):
+        row = data.draw(st.integers(0, len(shares) - 1))
+        shares[row] = (shares[row] + random_scalar(os.urandom)) % ORDER
+    # Tagged for the Z of the first key (all attributes; the forger knows its L): with that key's coefficients w,
+    # Z = e(g,g)^(alpha s0) e(g1^a, L)^(s0 - sum w_i share_i), which is e(g,g)^(alpha s0) when honest.
+    w = policy.prune(keys[0].Kx)
+    assert w is not None
+    recovered = sum(c * shares[i] for i, c in w.items()) % ORDER
+    z = public.powers.pow(s0) * GT.pairing(public.g1_a * scalar(s0 - recovered), keys[0].L)
+    ciphertext, key = sealed(public, policy, G1_GENERATOR * scalar(s0), rows_for(public, policy, shares), z)
+    outcomes = set()
+    for member in keys:
+        if not policy.satisfied_by(member.Kx):
+            continue
+        try:
+            outcomes.add(decapsulate(member, ciphertext, public))
+        except DecapsulationFailed:
+            outcomes.add(b"refused")
+    assert len(outcomes) <= 1, (policy.text, attack)
+    if attack == "honest":
+        assert outcomes == {key}
