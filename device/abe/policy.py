@@ -433,8 +433,8 @@ RELATIONS_CACHED = 64
 @lru_cache(maxsize=RELATIONS_CACHED)
 def relations(text: str) -> Relations:
     """The kernel basis and reconstruction vector of the canonical policy ``text``, computed once per process
-    (Gauss-Jordan over the scalar field in Python: 2.4 s for "255 of (256 attributes)" on the shared machine,
-    under 10 ms for the policies rooms use; bench/bench_abe.py) and kept in a bounded LRU."""
+    (Gauss-Jordan over the scalar field in Python: 2.4 to 4 s for "255 of (256 attributes)" on the shared
+    machine, a millisecond or less up to 20 attributes; bench/bench_abe.py) and kept in a bounded LRU."""
     policy = Policy.parse(text)
     if policy.text != text:
         raise PolicyError("the policy text is not canonical", 0)
