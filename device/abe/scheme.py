@@ -167,7 +167,7 @@ def check_consistent(ciphertext: Ciphertext, g2_a: G2Point | None, random_bytes:
     Every satisfying key computes the same Z = e(g,g)^(alpha s0) exactly when x = M y (then every reconstruction
     vector w gives sum w_i x_i = y_1) and y_1 = a s0. The check takes v = w* + sum_j omega_j b_j, with w* the
     policy's fixed reconstruction vector (sum w*_i M_i = (1, 0, ..., 0)), b_j the basis of u^T M = 0 and the
-    omega_j random, and tests, in one multi-pairing of (rows used) + 2 pairs,
+    omega_j random, and tests, in one multi-pairing of (rows where v is not 0) + 2 pairs,
 
         e(sum v_i C_i, g2) * prod_i e(v_i H(rho(i)), D_i) * e(-C0, h) = e(g,g)^(sum v_i x_i - a s0) = 1.
 
@@ -191,8 +191,8 @@ def check_consistent(ciphertext: Ciphertext, g2_a: G2Point | None, random_bytes:
         for i, x in b:
             v[i] = (v.get(i, 0) + omega * x) % ORDER
     used = sorted(i for i, x in v.items() if x)
-    if not used:
-        return  # rows-only check with omega orthogonal to nothing: probability 1/r
+    if not used:  # cannot happen: w* is not zero, the basis is independent and every omega non-zero
+        raise DecapsulationFailed()
     cs = [ciphertext.rows[i][0] for i in used]
     if all(v[i] == 1 for i in used):
         aggregate = cs[0]
@@ -205,8 +205,8 @@ def check_consistent(ciphertext: Ciphertext, g2_a: G2Point | None, random_bytes:
         g1s.append(-ciphertext.c0)
         g2s.append(g2_a)
     for i in used:
-        h = hash_attribute(policy.rows[i])
-        g1s.append(h if v[i] == 1 else h * scalar(v[i]))
+        hx = hash_attribute(policy.rows[i])
+        g1s.append(hx if v[i] == 1 else hx * scalar(v[i]))
         g2s.append(ciphertext.rows[i][1])
     if not GT.pairing_check(g1s, g2s):
         raise DecapsulationFailed()
