@@ -240,7 +240,7 @@ def decode_public_key(data: bytes) -> PublicKey:
     return _decode_public_key(bytes(data))
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)  # a device knows a few authorities; each entry may hold its FixedBase table (about 0.6 MB)
 def _decode_public_key(data: bytes) -> PublicKey:
     r = _Reader(data, PUBLIC_KEY, PUBLIC_KEY_FULL)
     authority_id = r.take(ID_BYTES)
