@@ -64,7 +64,7 @@ class Keys:
         assert isinstance(ciphertext, Ciphertext)
         if ciphertext.policy.prune(self.member.Kx) is None:
             raise NotSatisfied()
-        return decapsulate(self.member, ciphertext)
+        return decapsulate(self.member, ciphertext, self.public)
 
     def periods_held(self, authority_id: bytes) -> dict[int, tuple[float, float]]:
         return {self.member.period or 0: (0.0, float("inf"))}
@@ -156,9 +156,9 @@ def main() -> None:
             session = wire.sid(room.room_id, ref, [bytes(32)] * len(cts))
 
             def all_decapsulate(member: MemberKey = keys.member, cts: list[bytes] = cts,
-                                session: bytes = session) -> bytes:
+                                session: bytes = session, public: PublicKey = keys.public) -> bytes:
                 # From the bytes, as a member gets them (decoding checks subgroups, as ours does).
-                return wire.k_abe([decapsulate(member, decode_ciphertext(ct)) for ct in cts], session)
+                return wire.k_abe([decapsulate(member, decode_ciphertext(ct), public) for ct in cts], session)
 
             row["2014"] = best(all_decapsulate)
             rows.append((n, row))

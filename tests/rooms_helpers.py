@@ -28,7 +28,7 @@ class Keys:
         assert isinstance(ciphertext, Ciphertext)
         if self.member is None or ciphertext.policy.prune(self.member.Kx) is None:
             raise NotSatisfied()
-        return decapsulate(self.member, ciphertext)
+        return decapsulate(self.member, ciphertext, self.public)
 
     def periods_held(self, authority_id: bytes) -> dict[int, tuple[float, float]]:
         if self.member is None:

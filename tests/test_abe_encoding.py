@@ -50,6 +50,11 @@ def test_public_and_master_key_layout():
     assert bytes.fromhex(str(GT.pairing(G1Point() * Scalar(alpha), G2Point()))) == egg
     public = decode_public_key(pk)
     assert decode_master_key(mk).public == public and public.encode() == pk
+    # Kind 5: kind 1's body, then g2^a (independently: g2 times a), which decoding checks against g1^a.
+    full = bytes.fromhex(VECTORS["public_key_full"])
+    assert full[:6] == b"OABE\x01\x05" and full[6:-96] == pk[6:]
+    assert full[-96:] == bytes((G2Point() * Scalar(a)).to_compressed_bytes())
+    assert decode_public_key(full).encode_full() == full and decode_public_key(full).fingerprint == public.fingerprint
 
 
 def test_member_key_layout():
@@ -91,4 +96,5 @@ def test_ciphertext_vectors(case):
     # And through the code: decode, re-encode, decapsulate with the member key.
     ciphertext = decode_ciphertext(data)
     assert ciphertext.encode() == data
-    assert decapsulate(decode_member_key(bytes.fromhex(VECTORS["member_key"])), ciphertext).hex() == case["key"]
+    public = decode_master_key(mk).public  # with g2^a, from a
+    assert decapsulate(decode_member_key(bytes.fromhex(VECTORS["member_key"])), ciphertext, public).hex() == case["key"]

@@ -41,10 +41,10 @@ def test_round_trip_succeeds_exactly_when_satisfied(authority, tree, attributes,
     sealed = encapsulate(authority.public, policy)
     ciphertext = decode_ciphertext(sealed.ciphertext.encode()) if via_bytes else sealed.ciphertext
     if evaluate(tree, attributes):
-        assert decapsulate(key, ciphertext) == sealed.key
+        assert decapsulate(key, ciphertext, authority.public) == sealed.key
     else:
         with pytest.raises(NotSatisfied):
-            decapsulate(key, ciphertext)
+            decapsulate(key, ciphertext, authority.public)
 
 
 @given(st.data())
@@ -73,7 +73,7 @@ def test_decoders_refuse_junk_cleanly(authority, member_keys, data):
         return
     if i == 0:  # a ciphertext that still decodes must not decapsulate to a different key unnoticed
         try:
-            decapsulate(member_keys[len(NAMES)], decoded)
+            decapsulate(member_keys[len(NAMES)], decoded, authority.public)
         except AbeError:
             pass
 
@@ -81,7 +81,7 @@ def test_decoders_refuse_junk_cleanly(authority, member_keys, data):
 def test_fresh_keys_every_time(authority, member_keys):
     a, b = encapsulate(authority.public, "A0"), encapsulate(authority.public, "A0")
     assert a.key != b.key and a.ciphertext.encode() != b.ciphertext.encode()
-    assert decapsulate(member_keys[1], a.ciphertext) == a.key
+    assert decapsulate(member_keys[1], a.ciphertext, authority.public) == a.key
     assert a.fingerprint != b.fingerprint and len(a.fingerprint) == 32
 
 
@@ -90,29 +90,29 @@ def test_collusion_fails(authority):
     sealed = encapsulate(authority.public, "A0 and A1")
     for key in (alice, bob):
         with pytest.raises(NotSatisfied):
-            decapsulate(key, sealed.ciphertext)
+            decapsulate(key, sealed.ciphertext, authority.public)
     # Pool their attribute components under either one's K and L: the result is not the key.
     for base in (alice, bob):
         pooled = dataclasses.replace(base, Kx={"A0": alice.Kx["A0"], "A1": bob.Kx["A1"]})
         with pytest.raises(DecapsulationFailed):
-            decapsulate(pooled, sealed.ciphertext)
+            decapsulate(pooled, sealed.ciphertext, authority.public)
 
 
 def test_other_authority_refused(authority):
     other = setup("elsewhere")
     sealed = encapsulate(other.public, "A0")
     with pytest.raises(NotSatisfied):
-        decapsulate(keygen(authority, ["A0"]), sealed.ciphertext)
+        decapsulate(keygen(authority, ["A0"]), sealed.ciphertext, authority.public)
     forged = dataclasses.replace(keygen(other, ["A0"]), authority_id=authority.public.authority_id)
     with pytest.raises(DecapsulationFailed):
-        decapsulate(forged, encapsulate(authority.public, "A0").ciphertext)
+        decapsulate(forged, encapsulate(authority.public, "A0").ciphertext, authority.public)
 
 
 def test_tampered_and_truncated_ciphertexts_are_refused_cleanly(authority, member_keys):
     sealed = encapsulate(authority.public, "(A0 or A5) and 2 of (A1, A2, A3)")
     data = sealed.ciphertext.encode()
     key = member_keys[4]
-    assert decapsulate(key, decode_ciphertext(data)) == sealed.key
+    assert decapsulate(key, decode_ciphertext(data), authority.public) == sealed.key
     for cut in range(len(data)):
         with pytest.raises(MalformedAbeData):
             decode_ciphertext(data[:cut])
@@ -123,7 +123,7 @@ def test_tampered_and_truncated_ciphertexts_are_refused_cleanly(authority, membe
         flipped = bytearray(data)
         flipped[i] ^= 0x01
         try:
-            decapsulate(key, decode_ciphertext(bytes(flipped)))
+            decapsulate(key, decode_ciphertext(bytes(flipped)), authority.public)
         except AbeError:
             refused += 1
         else:
@@ -137,10 +137,10 @@ def test_tampering_with_an_unused_row_or_the_policy_is_refused(authority, member
     # Row 1 (A6) is not used by a key for A0, yet the tag covers it.
     swapped = dataclasses.replace(ct, rows=(ct.rows[0], (ct.rows[1][0] + G1Point(), ct.rows[1][1])))
     with pytest.raises(DecapsulationFailed):
-        decapsulate(member_keys[1], decode_ciphertext(swapped.encode()))
+        decapsulate(member_keys[1], decode_ciphertext(swapped.encode()), authority.public)
     loosened = dataclasses.replace(ct, policy=Policy.parse("A0 or A1"))
     with pytest.raises(DecapsulationFailed):
-        decapsulate(member_keys[2], decode_ciphertext(loosened.encode()))
+        decapsulate(member_keys[2], decode_ciphertext(loosened.encode()), authority.public)
 
 
 def test_wrong_subgroup_points_are_refused(authority):

@@ -423,7 +423,7 @@ def _renew(keys: Keys, new: Keys) -> None:
         for k in (new, old):
             if ct.policy.prune(k.Kx) is not None:
                 from device.abe.scheme import decapsulate
-                return decapsulate(k, ct)
+                return decapsulate(k, ct, keys.public)
         from device.abe.errors import NotSatisfied
         raise NotSatisfied()
 
@@ -541,7 +541,7 @@ def test_a_contribution_under_a_period_still_to_come_does_not_move_the_room_earl
         def decapsulate(self, ct):
             for key in self.held:
                 if ct.policy.prune(key.Kx) is not None:
-                    return decapsulate(key, ct)
+                    return decapsulate(key, ct, self.public)
             raise NotSatisfied()
 
         def periods_held(self, authority_id):

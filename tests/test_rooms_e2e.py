@@ -170,7 +170,8 @@ def test_rooms_end_to_end(world):
         assert not any(opened)
     # What the attribute key does open: every k_j, so K_abe; never G_e.
     first = wire.decode(wire.from_text(recorded[0].contents), room.room_id)
-    assert isinstance(first, wire.Contribution) and decapsulate(carol_key, first.ciphertext)
+    assert isinstance(first, wire.Contribution) and decapsulate(carol_key, first.ciphertext,
+                                                                     AbeKeys(carol.store).public_key_of(room.authority_id))
 
     # A declined message is not encrypted.
     bob.owner.decline = True
@@ -416,7 +417,7 @@ def test_a_revoked_member_reads_nothing_after_its_period_even_by_rejoining(four)
         decoded = wire.decode(wire.from_text(item.contents), room.room_id)
         if isinstance(decoded, wire.Contribution) and r1.period_of(decoded.ciphertext) == 2:
             with pytest.raises(Exception):
-                decapsulate(old_key, decoded.ciphertext)
+                decapsulate(old_key, decoded.ciphertext, public)
 
 
 def rejoin(device: Device, room: Room, devices: dict) -> None:

@@ -246,11 +246,36 @@ def _contribution_under(w: World, period: int) -> bytes:
     from device.abe.scheme import encapsulate
 
     enc = encapsulate(w.master.public, Policy.parse(f"({w.room.policy.text}) and PERIOD_{period}"))
+    return _contribution(w, enc.ciphertext.encode(), enc.key)
+
+
+def _contribution(w: World, ciphertext: bytes, key: bytes) -> bytes:
+    """A named contribution (type 5) carrying ``ciphertext``, bound with the ``key`` its maker knows."""
     x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    head = (b"ORM1" + bytes([5]) + w.room.room_id + struct.pack(">I", len(enc.ciphertext.encode()))
-            + enc.ciphertext.encode() + _pub(x) + _pub(sig) + bytes([7]) + b"mallory")
-    bind = mac(derive_key(enc.key, "otc room bind v2"), w.room.room_id, _pub(x), _pub(sig), b"mallory")
+    head = (b"ORM1" + bytes([5]) + w.room.room_id + struct.pack(">I", len(ciphertext))
+            + ciphertext + _pub(x) + _pub(sig) + bytes([7]) + b"mallory")
+    bind = mac(derive_key(key, "otc room bind v2"), w.room.room_id, _pub(x), _pub(sig), b"mallory")
     return head + bind + sig.sign(head + bind)
+
+
+def test_a_contribution_only_one_members_key_opens_is_skipped_by_every_member():
+    """An outside review (issue 22): whoever knows one member's L = g2^t (the authority computed it at keygen)
+    and the public key shares one secret in the rows and puts another's C0, tagged for that member's Z
+    (tests/test_abe_consistency.py ``unbound``): b would admit it and c, with the same attributes, skip it.
+    The consistency check binds C0: every member skips it; one roster, one key."""
+    from tests.test_abe_consistency import unbound
+
+    w = World(["STAFF,OPS", "STAFF,ADMIN", "STAFF,ADMIN"])
+    a, b, c = w.members
+    _join_all(w, a, b, c)
+    assert len(a.roster) == 3
+    victim = w.keys[1].member
+    assert victim is not None
+    ciphertext, key = unbound(w.master.public, w.room.policy, victim.L)
+    w.log.post(_contribution(w, ciphertext.encode(), key))
+    w.log.sync()
+    assert a.roster == b.roster == c.roster and len(b.roster) == 3
+    assert a.epochs[a.current_epoch].key == b.epochs[b.current_epoch].key == c.epochs[c.current_epoch].key
 
 
 def test_a_flood_of_contributions_under_periods_nobody_holds_is_bounded_and_expires():

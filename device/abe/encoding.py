@@ -14,16 +14,21 @@ tests/vectors/make_abe_vectors.py).
 | 2 | master key | public_len 2, public key, alpha 32, a 32 |
 | 3 | member key | authority_id 16, key_id 16, K (G2), L (G2), n 2, n x (len 1, attribute, K_x (G1)) |
 | 4 | ciphertext | authority_id 16, policy_len 2, policy, C0 (G1), n 2, n x (C_i (G1), D_i (G2)), tag 16 |
+| 5 | public key with g2^a | kind 1's body, then g2^a (G2), checked: e(g1^a, g2) = e(g1, g2^a) |
+
+Kind 1 stays what an authority's id and fingerprint cover and what grants send; g2^a (an outside review,
+issue 22: it binds C0 in the consistency check) is fixed by g1^a through the pairing equation, so it needs no
+certifying of its own and may come from anywhere. Devices store kind 5 once they have g2^a.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass, field, replace
+from functools import cached_property, lru_cache
 
-from py_arkworks_bls12381 import GT, G1Point, G2Point
+from py_arkworks_bls12381 import GT, G1Point, G2Point, Scalar
 
 from device.abe.errors import MalformedAbeData, PolicyError
 from device.abe.group import (
@@ -43,7 +48,7 @@ from device.storage.padstore import check_name
 
 MAGIC = b"OABE"
 VERSION = 1
-PUBLIC_KEY, MASTER_KEY, MEMBER_KEY, CIPHERTEXT = 1, 2, 3, 4
+PUBLIC_KEY, MASTER_KEY, MEMBER_KEY, CIPHERTEXT, PUBLIC_KEY_FULL = 1, 2, 3, 4, 5
 ID_BYTES = 16
 TAG_BYTES = 16
 MAX_CIPHERTEXT_BYTES = 1 << 20
@@ -57,6 +62,22 @@ class PublicKey:
     name: str
     g1_a: G1Point
     egg_alpha: GT
+    #: g2^a, h in docs/abe.md: binds C0 in scheme.check_consistent. None in a public key a device received before
+    #: an outside review of issue 22 added it, until a grant or renewal brings it.
+    g2_a: G2Point | None = field(default=None, repr=False, compare=False)
+
+    def with_g2_a(self, g2_a: G2Point) -> PublicKey:
+        """This key with ``g2_a``, checked against g1^a: e(g1^a, g2) = e(g1, g2_a). MalformedAbeData otherwise."""
+        if not GT.pairing_check([self.g1_a, -G1Point()], [G2Point(), g2_a]):
+            raise MalformedAbeData("The authority's g2^a does not match its public key.")
+        return replace(self, g2_a=g2_a)
+
+    def encode_full(self) -> bytes:
+        """Kind 5 (with g2^a) when this key has it, else kind 1: what a device stores."""
+        if self.g2_a is None:
+            return self.encode()
+        return _header(PUBLIC_KEY_FULL) + self.encode()[len(_header(PUBLIC_KEY)):] + bytes(
+            self.g2_a.to_compressed_bytes())
 
     @cached_property
     def powers(self) -> FixedBase:
@@ -64,6 +85,7 @@ class PublicKey:
         return FixedBase(self.egg_alpha)
 
     def encode(self) -> bytes:
+        """Kind 1: the key's identity (its id and fingerprint cover these bytes), without g2^a."""
         name = self.name.encode()
         return (_header(PUBLIC_KEY) + self.authority_id + bytes([len(name)]) + name
                 + bytes(self.g1_a.to_compressed_bytes()) + gt_encode(self.egg_alpha))
@@ -173,7 +195,7 @@ def _header(kind: int) -> bytes:
 
 
 class _Reader:
-    def __init__(self, data: bytes, kind: int) -> None:
+    def __init__(self, data: bytes, *kinds: int) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise MalformedAbeData()
         self.data = bytes(data)
@@ -183,8 +205,9 @@ class _Reader:
         version, got = self.take(1)[0], self.take(1)[0]
         if version != VERSION:
             raise MalformedAbeData(f"Unsupported attribute-based encoding version {version}.")
-        if got != kind:
+        if got not in kinds:
             raise MalformedAbeData()
+        self.kind = got
 
     def take(self, n: int) -> bytes:
         if self.pos + n > len(self.data):
@@ -211,7 +234,15 @@ class _Reader:
 
 
 def decode_public_key(data: bytes) -> PublicKey:
-    r = _Reader(data, PUBLIC_KEY)
+    """A public key of kind 1, or of kind 5 with its g2^a checked (a pairing check, once per key and process)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MalformedAbeData()
+    return _decode_public_key(bytes(data))
+
+
+@lru_cache(maxsize=16)  # a device knows a few authorities; each entry may hold its FixedBase table (about 0.6 MB)
+def _decode_public_key(data: bytes) -> PublicKey:
+    r = _Reader(data, PUBLIC_KEY, PUBLIC_KEY_FULL)
     authority_id = r.take(ID_BYTES)
     try:
         name = check_name(r.take(r.u8()).decode("ascii"))
@@ -219,8 +250,10 @@ def decode_public_key(data: bytes) -> PublicKey:
         raise MalformedAbeData() from None
     g1_a = g1_decode(r.take(G1_BYTES))
     egg_alpha = gt_decode(r.take(GT_BYTES))
+    g2_a = g2_decode(r.take(G2_BYTES)) if r.kind == PUBLIC_KEY_FULL else None
     r.end()
-    return PublicKey(authority_id=authority_id, name=name, g1_a=g1_a, egg_alpha=egg_alpha)
+    public = PublicKey(authority_id=authority_id, name=name, g1_a=g1_a, egg_alpha=egg_alpha)
+    return public if g2_a is None else public.with_g2_a(g2_a)
 
 
 def decode_master_key(data: bytes) -> MasterKey:
@@ -228,7 +261,8 @@ def decode_master_key(data: bytes) -> MasterKey:
     public = decode_public_key(r.take(r.u16()))
     alpha, a = r.scalar(), r.scalar()
     r.end()
-    return MasterKey(public=public, alpha=alpha, a=a)
+    # g2^a from a itself (the master key's public key is kind 1: an authority from before has it at once).
+    return MasterKey(public=replace(public, g2_a=G2Point() * Scalar(a)), alpha=alpha, a=a)
 
 
 def decode_member_key(data: bytes) -> MemberKey:

@@ -5,8 +5,9 @@ The two devices run the same authenticated key agreement as pad pairing
 authentication string), under the protocol name ``otc-abe-grant-v4``. Then,
 over the sealed link:
 
-1. the authority sends its public key, the attributes it offers and the
-   period the key is for (number, start, end: the key carries PERIOD_<n>);
+1. the authority sends its public key (with g2^a beside it, which the member
+   checks against g1^a), the attributes it offers and the period the key is
+   for (number, start, end: the key carries PERIOD_<n>);
 2. both devices show the pairing string, the authority's name and
    fingerprint, the member's name and the attributes; each owner confirms on
    his own device (either "no" stops the grant, nothing is issued);
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 
 from device.abe.encoding import decode_member_key, decode_public_key
 from device.abe.errors import AbeError, PolicyError
+from device.abe.group import g2_decode
 from device.abe.periods import MAX_PERIOD_S, Period, when
 from device.abe.policy import check_unreserved, parse_attributes
 from device.abe.renewal import RenewalPads, make_pad
@@ -214,8 +216,10 @@ def grant_host(store: PadStore, wire: Wire, attributes: str | list[str], confirm
     check_unreserved(names, "a key's attributes")
     agreed = agree(wire, HOST, store, random_bytes, PROTOCOL)
     chosen = keys.period_for_grant(period)
-    wire.send({"t": "offer", "attributes": list(names), "period": [chosen.number, chosen.starts, chosen.ends]},
-              public.encode())
+    offer: dict = {"t": "offer", "attributes": list(names), "period": [chosen.number, chosen.starts, chosen.ends]}
+    if public.g2_a is not None:  # always, from the master key; a member before it ignores the field
+        offer["g2_a"] = bytes(public.g2_a.to_compressed_bytes()).hex()
+    wire.send(offer, public.encode())
     view = GrantView(role=HOST, sas=agreed.sas, authority=public.name, fingerprint=public.fingerprint,
                      member=agreed.peer_name, attributes=names, period=chosen)
     _both_confirm(wire, view, confirm)
@@ -244,6 +248,8 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
     offer, data = _expect(wire, "offer")
     try:
         public = decode_public_key(data)
+        if "g2_a" in offer:  # fixed by g1^a (checked): it needs no trust of its own; absent from older authorities
+            public = public.with_g2_a(g2_decode(bytes.fromhex(str(offer["g2_a"]))))
         names = parse_attributes([str(a) for a in offer["attributes"]])
         check_unreserved(names, "a key's attributes")
         number, starts, ends = offer["period"]

@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from device.abe.errors import PolicyError
 
@@ -312,14 +312,27 @@ class Policy:
         build(self.root, {0: 1})
         return tuple(rows), width[0]
 
-    @cached_property
-    def kernel(self) -> tuple[tuple[int, ...], ...]:
-        """A basis of the vectors u with u^T M = 0 (mod r): the relations every honest row of shares keeps.
+    @property
+    def kernel(self) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """A basis of the vectors u with u^T M = 0 (mod r), each sparse ((row, value) pairs, values non-zero):
+        the relations every honest row of shares keeps. Empty when M has independent rows ("A and B").
 
         Shares made by :meth:`shares` are M . y, so sum u_i lambda_i = 0 for each u here; a ciphertext whose
         rows break one is inconsistent: different satisfying sets of attributes would recover different
-        secrets (scheme.check_consistent refuses it for every member alike). Empty when M has independent rows.
+        secrets (scheme.check_consistent refuses it for every member alike). Computed once per canonical text
+        in this process (:func:`relations`), not per Policy object: every ciphertext decoded from outside
+        parses a new one (an outside review, issue 22).
         """
+        return relations(self.text).kernel
+
+    @property
+    def reconstruction(self) -> tuple[tuple[int, int], ...]:
+        """A fixed w* with sum w*_i M_i = (1, 0, ..., 0), sparse: the coefficients of the fewest rows that
+        satisfy the policy when every attribute is held. So sum w*_i lambda_i is the shared secret, for honest
+        shares; scheme.check_consistent checks it against C0."""
+        return relations(self.text).reconstruction
+
+    def _kernel(self) -> tuple[tuple[tuple[int, int], ...], ...]:
         rows, width = self.matrix
         n = len(rows)
         # Solve M^T u = 0: Gauss-Jordan over the width x n matrix M^T, mod r.
@@ -343,11 +356,11 @@ class Policy:
                 break
         basis = []
         for free in (c for c in range(n) if c not in pivots):
-            u = [0] * n
-            u[free] = 1
+            u = {free: 1}
             for i, col in enumerate(pivots):
-                u[col] = (-a[i][free]) % ORDER
-            basis.append(tuple(u))
+                if a[i][free]:
+                    u[col] = (-a[i][free]) % ORDER
+            basis.append(tuple(sorted(u.items())))
         return tuple(basis)
 
     def shares(self, secret: int, random_scalar: Callable[[], int]) -> list[int]:
@@ -402,3 +415,29 @@ class Policy:
 
         assign(self.root, 1)
         return out
+
+
+@dataclass(frozen=True)
+class Relations:
+    """What a consistency check needs of a policy's share matrix M (scheme.check_consistent)."""
+
+    kernel: tuple[tuple[tuple[int, int], ...], ...]
+    reconstruction: tuple[tuple[int, int], ...]
+
+
+#: How many policies' relations a process keeps: a device checks ciphertexts under its rooms' policies (each
+#: also with a period attribute), and a ciphertext reaches the check only under a policy one of its keys satisfies.
+RELATIONS_CACHED = 64
+
+
+@lru_cache(maxsize=RELATIONS_CACHED)
+def relations(text: str) -> Relations:
+    """The kernel basis and reconstruction vector of the canonical policy ``text``, computed once per process
+    (Gauss-Jordan over the scalar field in Python: 2.4 to 4 s for "255 of (256 attributes)" on the shared
+    machine, a millisecond or less up to 20 attributes; bench/bench_abe.py) and kept in a bounded LRU."""
+    policy = Policy.parse(text)
+    if policy.text != text:
+        raise PolicyError("the policy text is not canonical", 0)
+    coefficients = policy.prune(policy.rows)
+    assert coefficients is not None  # every attribute held satisfies every policy
+    return Relations(kernel=policy._kernel(), reconstruction=tuple(sorted(coefficients.items())))

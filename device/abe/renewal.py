@@ -15,7 +15,14 @@ the pad), sealed under the storage key in a PIN-locked home.
 authority (the pad's initiator: R = pad[0:16], segments from offset 16
 upward; the pad has no member-to-authority direction). Its plaintext is::
 
-    "OREN" | version 1 | period (4) | starts (8, float) | ends (8, float) | member key (docs/abe.md kind 3)
+    "OREN" | version 2 | period (4) | starts (8, float) | ends (8, float) | member key (docs/abe.md kind 3)
+           | g2^a (G2, 96)
+
+Version 2 carries the authority's g2^a (an outside review, issue 22: it binds C0 in the consistency check), so
+a member granted before it gets it with its next renewal; the member checks it against g1^a and keeps it with
+the public key. A member still reads version 1 (from an authority's older software); a member device of older
+software refuses version 2 as malformed, changing nothing (no pad byte is used), and opens it once updated
+(``otc abe renew --resend`` posts it again).
 
 The authority reserves the segment, builds the package and overwrites the
 segment's bytes in one transaction before the package leaves the device
@@ -50,6 +57,7 @@ from dataclasses import dataclass
 
 from device.abe.encoding import decode_member_key
 from device.abe.errors import AbeError, MalformedAbeData, Revoked, UnknownMember
+from device.abe.group import G2_BYTES, g2_decode
 from device.abe.periods import MAX_PERIOD_S, Period, when
 from device.abe.store import AbeKeys, HeldKey, renewal_for
 from device.errors import OutOfRange, Replay, UnknownPad
@@ -66,7 +74,8 @@ PAD_BINDING = "otc abe renewal pad binding v1"
 COMMIT_LABEL = b"otc abe renewal pad commitment v1\x00"
 BODY = struct.Struct(">4sBIdd")
 BODY_MAGIC = b"OREN"
-BODY_VERSION = 1
+BODY_VERSION = 2
+BODY_VERSIONS = (1, 2)  # a member reads both (version 1: without g2^a)
 
 
 class RenewalRefused(AbeError):
@@ -201,7 +210,10 @@ class RenewalPads:
             raise NoRenewalPad(f"There is no renewal pad with {prior.member}.")
         key = self.keys.issue(prior.attributes, member=prior.member, member_device_id=device_id,
                               how="renewal over the pad", random_bytes=random_bytes, period=period)
-        body = BODY.pack(BODY_MAGIC, BODY_VERSION, period.number, period.starts, period.ends) + key.encode()
+        public = self.keys.master().public
+        assert public.g2_a is not None  # a master key always gives it
+        body = (BODY.pack(BODY_MAGIC, BODY_VERSION, period.number, period.starts, period.ends) + key.encode()
+                + bytes(public.g2_a.to_compressed_bytes()))
         for pad_id in pad_ids:
             sealed = self.tables.seal_on_renewal_pad(  # reserve, build, destroy, keep: one commit, before it leaves
                 pad_id, len(body),
@@ -267,15 +279,18 @@ class RenewalPads:
             # Verified: the authority made it. The key is stored and the bytes up to its end destroyed, one commit.
             try:
                 magic, version, number, starts, ends = BODY.unpack_from(body)
-                if magic != BODY_MAGIC or version != BODY_VERSION or not 0 < ends - starts <= MAX_PERIOD_S:
+                if magic != BODY_MAGIC or version not in BODY_VERSIONS or not 0 < ends - starts <= MAX_PERIOD_S:
                     raise MalformedAbeData()
-                key = decode_member_key(body[BODY.size:])
+                end = len(body) - (G2_BYTES if version >= 2 else 0)
+                key = decode_member_key(body[BODY.size:end])
                 if key.period != number:
                     raise MalformedAbeData()
+                # g2^a is checked against g1^a (with_g2_a): the key stored with it keeps it, from now on.
+                held = public if version < 2 else public.with_g2_a(g2_decode(body[end:]))
             except (struct.error, AbeError):
                 raise RenewalRefused("The renewal's contents are malformed.") from None
             opened.append(key.key_id)
-            return self.keys.member_key_row(public, key, window=(starts, ends))
+            return self.keys.member_key_row(held, key, window=(starts, ends))
 
         start, end = parsed.segment
         try:

@@ -1,6 +1,6 @@
 """CP-ABE as a KEM: Waters 2011 (large universe) over BLS12-381, in Charm's CPabe09 layout.
 
-    setup:   alpha, a random; public (g1^a, e(g1,g2)^alpha); master (alpha, a)
+    setup:   alpha, a random; public (g1^a, e(g1,g2)^alpha, h = g2^a); master (alpha, a)
     keygen:  t random; K = g2^(alpha + a t), L = g2^t, K_x = H(x)^t for each attribute x (H into G1)
     encaps:  s random, shares lambda_i of s by the policy's LSSS, r_i random per row;
              C0 = g1^s, C_i = g1^(a lambda_i) H(rho(i))^(-r_i), D_i = g2^(r_i);
@@ -11,6 +11,10 @@
 
 Correctness: e(C0, K) = e(g,g)^(alpha s + a s t) and the other k+1 pairs give
 e(g,g)^(-a t sum w_i lambda_i) = e(g,g)^(-a s t).
+
+Before any pairing with a member's key, :func:`check_consistent` checks from public data that the rows are
+shares of C0's secret (an outside review, issue 22; the algebra is in its docstring), so every key that
+satisfies the policy computes the same Z, whoever made the ciphertext.
 
 The key and a 16-byte confirmation tag are HKDF (``derive_key``) of the
 canonical encoding of Z together with a hash of the ciphertext body, so a
@@ -77,7 +81,7 @@ def setup(name: str, random_bytes: RandomBytes = os.urandom) -> MasterKey:
     alpha, a = random_scalar(random_bytes), random_scalar(random_bytes)
     g1_a, egg_alpha = G1_GENERATOR * scalar(a), GT.pairing(G1_GENERATOR * scalar(alpha), G2_GENERATOR)
     public = PublicKey(authority_id=certified_authority_id(name, g1_a, egg_alpha), name=name, g1_a=g1_a,
-                       egg_alpha=egg_alpha)
+                       egg_alpha=egg_alpha, g2_a=G2_GENERATOR * scalar(a))
     return MasterKey(public=public, alpha=alpha, a=a)
 
 
@@ -153,38 +157,71 @@ def pairing_inputs(member: MemberKey, ciphertext: Ciphertext) -> tuple[list[G1Po
     return g1s, g2s
 
 
-def check_consistent(ciphertext: Ciphertext, random_bytes: RandomBytes = os.urandom) -> None:
-    """DecapsulationFailed unless the ciphertext's rows are shares of one secret (an outside review, issue 22).
+def check_consistent(ciphertext: Ciphertext, g2_a: G2Point | None, random_bytes: RandomBytes = os.urandom) -> None:
+    """DecapsulationFailed unless the ciphertext's rows are shares of the secret of its C0 (an outside review,
+    issue 22), checked from public data alone: ``g2_a`` is the authority's h = g2^a.
 
-    Honest rows are C_i = g1^(a lambda_i) H(rho(i))^(-r_i), D_i = g2^(r_i) with lambda = M y, so for every u
-    with u^T M = 0: e(sum u_i C_i, g2) * prod e(u_i H(rho(i)), D_i) = e(g,g)^(a sum u_i lambda_i) = 1. A row
-    spoiled by someone who knows only the public key (to cut off the members who decapsulate through it)
-    breaks that, whatever attributes a member holds, so every member refuses it alike, before any pairing
-    with its key. One random combination of the kernel's basis (a forged row passes with probability 1/r):
-    one multi-pairing of at most rows + 1 pairs; none when the policy's rows are independent ("A and B").
+    For any row pair let X_i = e(C_i, g2) e(H(rho(i)), D_i); honest rows give X_i = e(g,g)^(a lambda_i), and a
+    member key (K = g2^(alpha + a t), L = g2^t, K_x = H(x)^t) decapsulates to
+    Z = e(C0, K) prod X_i^(-w_i t) = e(g,g)^(alpha s0 + t (a s0 - sum w_i x_i)) with C0 = g1^s0, x_i = log X_i.
+    Every satisfying key computes the same Z = e(g,g)^(alpha s0) exactly when x = M y (then every reconstruction
+    vector w gives sum w_i x_i = y_1) and y_1 = a s0. The check takes v = w* + sum_j omega_j b_j, with w* the
+    policy's fixed reconstruction vector (sum w*_i M_i = (1, 0, ..., 0)), b_j the basis of u^T M = 0 and the
+    omega_j random, and tests, in one multi-pairing of (rows where v is not 0) + 2 pairs,
+
+        e(sum v_i C_i, g2) * prod_i e(v_i H(rho(i)), D_i) * e(-C0, h) = e(g,g)^(sum v_i x_i - a s0) = 1.
+
+    Its exponent is sum_j omega_j (b_j . x) + (w* . x - a s0): if some b_j . x is non-zero it vanishes for one
+    omega in r, else it is w* . x - a s0, zero only when y_1 = a s0. So a ciphertext passes (but with
+    probability 1/r) only if every satisfying key gets the same Z, and so the same key and tag: a forger holding
+    anything short of the master key (another member's L included) can no longer make one member accept and
+    another refuse. Without ``g2_a`` (a public key from before the review) only the rows are checked (the C0
+    pair left out, and nothing when the rows are independent): every member refuses a spoiled row alike, but
+    Z may still depend on t.
     """
-    basis = ciphertext.policy.kernel
-    if not basis:
-        return
-    if len(ciphertext.rows) != len(ciphertext.policy.rows):
+    policy = ciphertext.policy
+    if len(ciphertext.rows) != len(policy.rows):
         raise DecapsulationFailed()
-    weights = [random_scalar(random_bytes) for _ in basis]
-    u = [sum(w * b[i] for w, b in zip(weights, basis)) % ORDER for i in range(len(ciphertext.rows))]
-    used = [i for i, x in enumerate(u) if x]
-    g1s = [G1Point.multiexp_unchecked([ciphertext.rows[i][0] for i in used], [scalar(u[i]) for i in used])]
-    g2s = [G2_GENERATOR]
+    basis = policy.kernel
+    if g2_a is None and not basis:
+        return
+    v: dict[int, int] = dict(policy.reconstruction) if g2_a is not None else {}
+    for b in basis:
+        omega = random_scalar(random_bytes)
+        for i, x in b:
+            v[i] = (v.get(i, 0) + omega * x) % ORDER
+    used = sorted(i for i, x in v.items() if x)
+    if not used:  # cannot happen: w* is not zero, the basis is independent and every omega non-zero
+        raise DecapsulationFailed()
+    cs = [ciphertext.rows[i][0] for i in used]
+    if all(v[i] == 1 for i in used):
+        aggregate = cs[0]
+        for c in cs[1:]:
+            aggregate = aggregate + c
+    else:
+        aggregate = G1Point.multiexp_unchecked(cs, [scalar(v[i]) for i in used])
+    g1s, g2s = [aggregate], [G2_GENERATOR]
+    if g2_a is not None:
+        g1s.append(-ciphertext.c0)
+        g2s.append(g2_a)
     for i in used:
-        g1s.append(hash_attribute(ciphertext.policy.rows[i]) * scalar(u[i]))
+        hx = hash_attribute(policy.rows[i])
+        g1s.append(hx if v[i] == 1 else hx * scalar(v[i]))
         g2s.append(ciphertext.rows[i][1])
     if not GT.pairing_check(g1s, g2s):
         raise DecapsulationFailed()
 
 
-def decapsulate(member: MemberKey, ciphertext: Ciphertext) -> bytes:
-    """The key in ``ciphertext``; NotSatisfied or DecapsulationFailed (a wrong tag, or rows that are not
-    shares of one secret) otherwise."""
-    check_consistent(ciphertext)
-    g1s, g2s = pairing_inputs(member, ciphertext)
+def decapsulate(member: MemberKey, ciphertext: Ciphertext, public: PublicKey) -> bytes:
+    """The key in ``ciphertext``, with ``member`` (a key of ``public``'s authority); NotSatisfied or
+    DecapsulationFailed (rows that are not shares of C0's secret, or a wrong tag) otherwise. The ciphertext is
+    checked (:func:`check_consistent`) after the prune step and before any pairing with the member's key."""
+    if not equal(public.authority_id, ciphertext.authority_id):
+        raise NotSatisfied("This key is from another attribute authority than the ciphertext.")
+    if len(ciphertext.rows) != len(ciphertext.policy.rows):
+        raise DecapsulationFailed()  # a Ciphertext built by hand (the decoder refuses it)
+    g1s, g2s = pairing_inputs(member, ciphertext)  # NotSatisfied: no pairing at all
+    check_consistent(ciphertext, public.g2_a)
     key, tag = _derive(GT.multi_pairing(g1s, g2s), ciphertext.body())
     if not equal(tag, ciphertext.tag):
         raise DecapsulationFailed()

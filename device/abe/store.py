@@ -169,7 +169,7 @@ class AbeKeys:
                            f"{self.store.device_name!r}; an authority needs a unique name.")
         master = setup(self.store.device_name, random_bytes)
         aid = master.public.authority_id
-        self.tables.add_own_authority(aid, master.public.name, master.public.encode(),
+        self.tables.add_own_authority(aid, master.public.name, master.public.encode_full(),
                                       self._seal(master.encode(), b"abe master " + aid), master.public.fingerprint)
         return master.public
 
@@ -181,7 +181,13 @@ class AbeKeys:
         if row is None:
             raise NotAnAuthority()
         aid = bytes(row[0])
-        return decode_master_key(self._open(row[1], b"abe master " + aid))
+        master = decode_master_key(self._open(row[1], b"abe master " + aid))
+        stored = self.tables.public_key_of(aid)
+        if stored is not None and decode_public_key(stored).g2_a is None:
+            # An authority set up before g2^a was public (an outside review, issue 22): its own row gets it from
+            # the master key, the first time the master key is opened (grants and renewals then send it).
+            self.tables.upgrade_public_key(aid, master.public.encode_full())
+        return master
 
     def public_key(self, name: str) -> PublicKey:
         stored = self.tables.public_key_named(name)
@@ -189,10 +195,17 @@ class AbeKeys:
             raise UnknownAuthority(f"This device knows no attribute authority named {name!r}.")
         return decode_public_key(stored)
 
+    def public_key_of(self, authority_id: bytes) -> PublicKey | None:
+        """The public key of the authority ``authority_id`` as this device holds it (with g2^a, if it has it)."""
+        stored = self.tables.public_key_of(authority_id)
+        return None if stored is None else decode_public_key(stored)
+
     def check_authority(self, public: PublicKey) -> None:
         """Refuse a public key whose name belongs to another authority here."""
         for aid, stored in self.tables.authorities_like(public.name, public.authority_id):
-            if equal(bytes(aid), public.authority_id) and equal(bytes(stored), public.encode()):
+            # The same key with or without g2^a (fixed by g1^a: decode_public_key checks it) is the same key.
+            if equal(bytes(aid), public.authority_id) and equal(decode_public_key(bytes(stored)).encode(),
+                                                                 public.encode()):
                 continue
             if equal(bytes(aid), public.authority_id):
                 raise AbeError(f"This device already knows another attribute authority by the id that "
@@ -201,8 +214,8 @@ class AbeKeys:
 
     def knows(self, public: PublicKey) -> bool:
         """Whether this device holds exactly this public key already."""
-        stored = self.tables.public_key_of(public.authority_id)
-        return stored is not None and equal(stored, public.encode())
+        held = self.public_key_of(public.authority_id)
+        return held is not None and equal(held.encode(), public.encode())
 
     def authorities(self) -> list[dict]:
         out = []
@@ -238,7 +251,7 @@ class AbeKeys:
         # The authority files this device under its identity's hash (its id, unless made before identities).
         fingerprint = grant_fingerprint(public.authority_id, key, device_id_for(self.store.identity_public))
         return dict(
-            authority_id=public.authority_id, authority_name=public.name, public_key=public.encode(),
+            authority_id=public.authority_id, authority_name=public.name, public_key=public.encode_full(),
             key_id=key.key_id, attributes=",".join(key.attributes),
             sealed_key=self._seal(key.encode(), b"abe key " + key.key_id), pending=pending, fingerprint=fingerprint,
             period=key.period, window=window,
@@ -287,6 +300,12 @@ class AbeKeys:
                 out.append(f"{what} expired at {when(key.ends)}: ask the authority to renew it")
             else:
                 out.append(f"{what} expires at {when(key.ends)}: ask the authority to renew it")
+        for authority_id, name in sorted({(k.authority_id, k.authority) for k in held}):
+            public = self.public_key_of(authority_id)
+            if public is not None and public.g2_a is None:
+                out.append(f"authority {name}'s public key here has no g2^a (received before it was sent): room "
+                           "ciphertexts are checked for consistent rows but not bound to their C0 until its next "
+                           "renewal or grant brings it (docs/abe.md \"The consistency check\")")
         return out
     # -- issuing (the authority) -------------------------------------------------------------
 
@@ -447,12 +466,13 @@ class AbeKeys:
         """The key a ciphertext carries, with a key of this device that satisfies its policy."""
         ct = decode_ciphertext(ciphertext) if isinstance(ciphertext, (bytes, bytearray)) else ciphertext
         keys = [k for k in self.member_keys(ct.authority_id) if ct.policy.prune(k.Kx) is not None]
-        if not keys:
+        public = self.public_key_of(ct.authority_id)
+        if not keys or public is None:
             raise NotSatisfied()
         failure: AbeError = DecapsulationFailed()
         for key in keys:
             try:
-                return decapsulate(key, ct)
+                return decapsulate(key, ct, public)
             except DecapsulationFailed as exc:
                 failure = exc
         raise failure

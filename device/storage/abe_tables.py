@@ -63,6 +63,13 @@ class AbeTables:
         rows = self.store._read("SELECT public_key FROM abe_authorities WHERE authority_id = ?", (authority_id,))
         return bytes(rows[0][0]) if rows else None
 
+    def upgrade_public_key(self, authority_id: bytes, public_key: bytes) -> None:
+        """Replace an authority's public key by the same key with g2^a (the caller checked it is the same)."""
+        with self.store._transaction() as conn:
+            conn.execute("UPDATE abe_authorities SET public_key = ? WHERE authority_id = ?", (public_key, authority_id))
+            self.store._log(conn, "abe-authority-g2a", detail=f"authority {authority_id.hex()[:16]}: public key "
+                                                              "with g2^a")
+
     def authorities_like(self, name: str, authority_id: bytes) -> list[tuple[bytes, bytes]]:
         """(authority id, public key) of the authorities named ``name`` or with the id ``authority_id``."""
         rows = self.store._read("SELECT authority_id, public_key FROM abe_authorities WHERE name = ? OR"
@@ -111,6 +118,10 @@ class AbeTables:
             " VALUES (?, ?, ?, NULL, ?)",
             (authority_id, authority_name, public_key, time.time()),
         )
+        # A public key with g2^a (kind 5, 96 bytes longer) replaces the same key without it, held from before
+        # (AbeKeys.check_authority has checked that it is the same key).
+        conn.execute("UPDATE abe_authorities SET public_key = ? WHERE authority_id = ? AND master_key IS NULL"
+                     " AND length(public_key) < ?", (public_key, authority_id, len(public_key)))
         conn.execute(
             "INSERT INTO abe_keys (key_id, authority_id, attributes, secret, created, confirmed, fingerprint,"
             " period, starts, ends) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -49,6 +49,7 @@ def build() -> dict:
     return {
         "source": "tests/vectors/make_abe_vectors.py (pinned SHAKE-256 randomness)",
         "public_key": master.public.encode().hex(),
+        "public_key_full": master.public.encode_full().hex(),
         "master_key": master.encode().hex(),
         "member_key": member.encode().hex(),
         "member_attributes": sorted(ATTRIBUTES),
