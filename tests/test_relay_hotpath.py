@@ -21,34 +21,33 @@ from tests.relay_fixtures import BACKENDS, Clock, fresh_db, postgres_fixture  # 
 LIMITS = {"min_free_bytes": 0, "sweep_interval": 3600.0, "max_message_bytes": 64, "mailbox_max_messages": 3,
           "rate_limit": 0.3, "rate_burst": 2, "max_waits_per_address": 0, "address_new_mailboxes": 0}
 
-# (client address, path, body, content type): every client address is new, except the one that runs out of its
-# rate (0.3 a second, a burst of 2: its third request is a 429 with Retry-After 4).
+SENDS = [
+    b'{"mailbox": "box", "contents": "aGk=", "id": "k1"}',
+    b'{"mailbox": "box", "contents": "aGk=", "id": "k1"}',
+    '{"mailbox": "bo\u00eete", "contents": "caf\u00e9 \u2603"}'.encode(),
+    b'{"mailbox": "box", "contents": "second", "sender": "ann"}',
+    b'{"mailbox": "box", "contents": "third"}',
+    b'{"mailbox": "box", "contents": "full now"}',
+    json.dumps({"mailbox": "big", "contents": "A" * 65}).encode(),
+    b" ", b"not json", b"[1, 2]", b'{"mailbox": 5, "contents": "x"}', b'{"mailbox": "a\\u0000b", "contents": "x"}',
+    b'{"mailbox": "box", "contents": "x", "id": ""}', b"[" * 5000 + b"]" * 5000,
+]
+RECEIVES = [
+    b'{"mailboxes": {"box": 0, "bo\\u00eete": 0}}', b'{"mailboxes": {"box": 0}, "limit": 1}',
+    b'{"mailboxes": {"box": 1}, "ack": true, "wait": 0}', b'{"mailboxes": ["box"]}',
+    b'{"mailboxes": {"box": 0}, "ack": 1}', b'{"mailboxes": {}}', b'{"mailboxes": {"box": -1}}',
+    b'{"mailboxes": {"box": 0}, "wait": true}',
+]
+# (client address, path, body, content type): every client address is new, except the last one's, which runs
+# out of its rate (0.3 a second, a burst of 2: its third request is a 429 with Retry-After 4). The lean path
+# reads any content type as JSON, as Flask's routes do.
 REQUESTS: list[tuple[str, str, bytes, str]] = [
-    ("127.0.1.1", "/v1/send", b'{"mailbox": "box", "contents": "aGk=", "id": "k1"}', "application/json"),
-    ("127.0.1.2", "/v1/send", b'{"mailbox": "box", "contents": "aGk=", "id": "k1"}', "application/json"),
-    ("127.0.1.3", "/v1/send", '{"mailbox": "bo\u00eete", "contents": "caf\u00e9 \u2603"}'.encode(), "text/plain"),
-    ("127.0.1.4", "/v1/send", b'{"mailbox": "box", "contents": "second", "sender": "ann"}', "application/json"),
-    ("127.0.1.5", "/v1/send", b'{"mailbox": "box", "contents": "third"}', ""),
-    ("127.0.1.6", "/v1/send", b'{"mailbox": "box", "contents": "full now"}', "application/json"),
-    ("127.0.1.7", "/v1/send", json.dumps({"mailbox": "big", "contents": "A" * 65}).encode(), "application/json"),
-    ("127.0.1.8", "/v1/send", b" ", "application/json"),
-    ("127.0.1.9", "/v1/send", b"not json", "application/json"),
-    ("127.0.1.10", "/v1/send", b"[1, 2]", "application/json"),
-    ("127.0.1.11", "/v1/send", b'{"mailbox": 5, "contents": "x"}', "application/json"),
-    ("127.0.1.12", "/v1/send", b'{"mailbox": "a\\u0000b", "contents": "x"}', "application/json"),
-    ("127.0.1.13", "/v1/send", b'{"mailbox": "box", "contents": "x", "id": ""}', "application/json"),
-    ("127.0.1.14", "/v1/send", b"[" * 5000 + b"]" * 5000, "application/json"),
-    ("127.0.2.1", "/v1/receive", b'{"mailboxes": {"box": 0, "bo\\u00eete": 0}}', "application/json"),
-    ("127.0.2.2", "/v1/receive", b'{"mailboxes": {"box": 0}, "limit": 1}', "application/json"),
-    ("127.0.2.3", "/v1/receive", b'{"mailboxes": {"box": 1}, "ack": true, "wait": 0}', "application/json"),
-    ("127.0.2.4", "/v1/receive", b'{"mailboxes": ["box"]}', "application/json"),
-    ("127.0.2.5", "/v1/receive", b'{"mailboxes": {"box": 0}, "ack": 1}', "application/json"),
-    ("127.0.2.6", "/v1/receive", b'{"mailboxes": {}}', "application/json"),
-    ("127.0.2.7", "/v1/receive", b'{"mailboxes": {"box": -1}}', "application/json"),
-    ("127.0.2.8", "/v1/receive", b'{"mailboxes": {"box": 0}, "wait": true}', "application/json"),
-    ("127.0.3.1", "/v1/receive", b'{"mailboxes": {"box": 0}}', "application/json"),
-    ("127.0.3.1", "/v1/send", b'{"mailbox": "other", "contents": "x"}', "application/json"),
-    ("127.0.3.1", "/v1/receive", b'{"mailboxes": {"box": 0}}', "application/json"),
+    *((f"127.0.1.{n + 1}", "/v1/send", body, ("application/json", "text/plain", "")[n % 3])
+      for n, body in enumerate(SENDS)),
+    *((f"127.0.2.{n + 1}", "/v1/receive", body, "application/json") for n, body in enumerate(RECEIVES)),
+    *(("127.0.3.1", path, body, "application/json") for path, body in (
+        ("/v1/receive", b'{"mailboxes": {"box": 0}}'), ("/v1/send", b'{"mailbox": "other", "contents": "x"}'),
+        ("/v1/receive", b'{"mailboxes": {"box": 0}}'))),
 ]
 
 
