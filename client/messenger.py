@@ -20,12 +20,15 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from client.errors import ClientError, DeviceRefused, RelayRefused, RelayUnavailable, RemoteError
+from client.errors import ClientError, DeviceRefused, FileSaveError, RelayRefused, RelayUnavailable, RemoteError
+from client.files import FileCorrupt, IncomingFiles, Progress, Received, Sent, default_downloads, send_file
 from client.mailstore import MailStore, Queued, SentRecord
 from client.relay import RelayClient, RelayMessage
 from client.rpc import DeviceClient
+from onetimechat import attachment as att
 from onetimechat import package as fmt
 
 # The device's refusals of a package that will never change: the message is finished with.
@@ -35,14 +38,25 @@ FINAL_REFUSALS = {
     "malformed": "tamper: a message that is not a valid package was discarded",
     "out-of-range": "tamper: a message outside this contact's half of the pad was discarded",
     "unknown-pad": "tamper: a message for a pad this device does not have was discarded",
+    # Files (docs/attachments.md): a part refused for good; the file it belongs to never completes.
+    "file-tampered": "tamper: a part of a file failed its authentication check and was discarded",
+    "file-order": "tamper: a part of a file came out of order (one before it is missing) and was discarded",
+    "file-duplicate": "replay: a part of a file that was already received came again and was discarded",
+    "file-unknown": "tamper: a part of a file whose header never came (or that is finished) was discarded",
+    "file-size": "tamper: a part of a file disagrees with the size its header announced; it was discarded",
+    "file-name": "tamper: a file whose name holds a path separator or a control character was refused",
+    "file-corrupt": "tamper: a file received does not match its SHA-256 fingerprint; it was discarded",
 }
+# The base64 of a streamed file part's magic "OTCF" (onetimechat/attachment.py): such a message goes to the
+# device's file_open, not to unpackage.
+STREAM_PART_B64 = "T1RDRg"
 
 
 @dataclass
 class Event:
     """Something to show: a message, a receipt, a refusal, or a state change."""
 
-    kind: str  # text | receipt | refused | other | reopened
+    kind: str  # text | receipt | file | refused | other | reopened
     contact: str
     ref: int = 0
     mailbox: str = ""
@@ -51,6 +65,7 @@ class Event:
     code: str = ""
     sent: SentRecord | None = None
     receipt_for: dict | None = None
+    file: Received | None = None  # a file's header or part: where the file stands (saved, once complete)
     at: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
@@ -63,6 +78,11 @@ class Event:
         if self.receipt_for is not None:
             result["receipt_for"] = self.receipt_for
             result["delivered"] = self.sent is not None
+        if self.kind == "file" and self.file is not None:
+            result["kind"] = "file"
+            result["file"] = {"id": self.file.file_id, "name": self.file.name, "size": self.file.size,
+                              "received": self.file.done, "saved": self.file.saved or None,
+                              "sha256": self.file.sha256 or None}
         return result
 
 
@@ -97,10 +117,12 @@ class PollResult:
 class Messenger:
     """One laptop's link between its device and a relay."""
 
-    def __init__(self, device: DeviceClient, relay: RelayClient, store: MailStore) -> None:
+    def __init__(self, device: DeviceClient, relay: RelayClient, store: MailStore,
+                 downloads: Path | None = None) -> None:
         self.device = device
         self.relay = relay
         self.store = store
+        self.files = IncomingFiles(store, device, downloads or default_downloads())
         self.contacts: list[dict] = []
         self.inbound: dict[str, str] = {}  # mailbox -> contact
 
@@ -138,6 +160,12 @@ class Messenger:
         self.store.queue(item)
         out.state = "sent" if self._try_send(item) else "queued"
         return out
+
+    def send_file(self, contact: str, path: str | Path, otp: bool = False, progress: Progress | None = None,
+                  hashing: Progress | None = None) -> Sent:
+        """Send a file (the device asks its owner to confirm its name, size and fingerprint), or resume it."""
+        return send_file(self.device, self.relay, self.store, contact, path, otp=otp, progress=progress,
+                         hashing=hashing)
 
     def flush(self) -> tuple[list[Queued], int]:
         """Send what waits in the outbox, oldest first; (what went, how many still wait)."""
@@ -196,7 +224,8 @@ class Messenger:
                 result.waiting += 1
                 result.device_error = str(exc)
                 continue
-            deliver(event)
+            if event.code != "file-again":  # a part saved before a cut, given again: nothing new to show
+                deliver(event)
             self.store.finish(self.relay.url, message.mailbox, message.ref,
                               self._receipt_item(event, receipt_answer))
             result.handled += 1
@@ -217,7 +246,14 @@ class Messenger:
         again = self.store.begin_open(self.relay.url, message.mailbox, message.ref)
         base: dict[str, Any] = {"contact": contact, "ref": message.ref, "mailbox": message.mailbox}
         try:
+            if message.contents.startswith(STREAM_PART_B64):
+                return self._open_part(message, again, base), None
             answer = self.device.unpackage(message.contents, receipt=self.receipts)
+            if answer.get("kind") in ("file", "file-part"):
+                return self._file_event(answer, base), None
+        except FileCorrupt as exc:
+            return Event("refused", warnings=[f"{FINAL_REFUSALS['file-corrupt']} ({exc})"], code=exc.code,
+                         **base), None
         except RemoteError as exc:
             if exc.code not in FINAL_REFUSALS:
                 raise DeviceDown(f"The device could not open messages now ({exc}); they wait on the relay.") \
@@ -227,7 +263,7 @@ class Messenger:
                     "lost: this message was opened by the device when this client stopped before showing it;"
                     " the device never releases a message twice"], code="reopened", **base), None
             return Event("refused", warnings=[FINAL_REFUSALS[exc.code]], code=exc.code, **base), None
-        except DeviceRefused:
+        except (DeviceRefused, FileSaveError):  # a file that cannot be saved now: its part waits on the relay
             raise
         except ClientError as exc:
             raise DeviceDown(f"{exc} Messages wait on the relay.") from None
@@ -246,6 +282,39 @@ class Messenger:
             event = Event("other", warnings=[*warnings, f"unsupported: a {kind} message (not shown)"], **base)
         receipt = answer.get("receipt")
         return event, receipt if isinstance(receipt, dict) else None
+
+    def _open_part(self, message: RelayMessage, again: bool, base: dict[str, Any]) -> Event:
+        """A streamed file part: opened by the device in order, its bytes saved by :class:`IncomingFiles`."""
+        import base64
+        import binascii
+
+        try:
+            raw = base64.b64decode(message.contents, validate=True)
+            file_id, index, _ = att.part_address(raw)
+        except (binascii.Error, ValueError, fmt.MalformedPackage):
+            raise RemoteError("malformed", "a file part that is not one") from None
+        new = self.files.expects(file_id.hex(), index)
+        if new is False:  # saved already: given again after a cut (ours), or repeated by the relay
+            if again:
+                return Event("other", code="file-again", warnings=[], **base)
+            raise RemoteError("file-duplicate", "a part given twice")
+        answer = self.device.call("file_open", part=raw)
+        received = self.files.part(base["contact"], answer["file"], answer["data"])
+        return Event("file", file=received, **base)
+
+    def _file_event(self, answer: dict, base: dict[str, Any]) -> Event:
+        """A file's header (or an --otp part) the device opened under the pad."""
+        info = answer.get("file") or {}
+        base["contact"] = str(answer.get("contact", base["contact"]))
+        warnings = [str(w) for w in answer.get("warnings", [])]
+        if answer.get("kind") == "file":
+            return Event("file", file=self.files.header(base["contact"], info), warnings=warnings, **base)
+        data = answer.get("data")
+        if not isinstance(data, bytes):
+            import base64
+
+            data = base64.b64decode(str(data))
+        return Event("file", file=self.files.part(base["contact"], info, data), warnings=warnings, **base)
 
     def _receipt_item(self, event: Event, receipt: dict | None) -> Queued | None:
         if not receipt:
