@@ -140,8 +140,14 @@ def send_file(device: DeviceClient, relay: RelayClient, store: MailStore, contac
             record["sent"], record["header"] = 0, ""
             store.set_setting(OUT + file_id, json.dumps(record))
         try:
-            _send_parts(device, relay, store, handle, where, st, record, progress, patience)
+            if int(record["sent"]) < int(record["parts"]):
+                _send_parts(device, relay, store, handle, where, st, record, progress, patience)
         except (FileChangedLocally, RemoteError) as exc:
+            if isinstance(exc, RemoteError) and exc.code == "file-unknown" and resumed:
+                # The device ended this send (a run cut after it forgot the key): the relay never got all of
+                # it, so the file goes again, as a new file.
+                store.delete_setting(OUT + file_id)
+                return send_file(device, relay, store, contact, path, otp, progress, hashing, patience)
             if isinstance(exc, FileChangedLocally) or exc.code == "file-changed":
                 _abandon(device, store, file_id)
                 raise FileChangedLocally(f"{where} changed while it was being sent: nothing more of it is sent "
@@ -373,7 +379,10 @@ class IncomingFiles:
         try:
             fd = os.open(record["temp"], os.O_WRONLY | os.O_CREAT, 0o600)
             try:
-                os.pwrite(fd, data, index * int(record["part_size"]))
+                view, at = memoryview(data), index * int(record["part_size"])
+                while view:  # a write may stop short of a full disk (or a file size limit): the next one fails
+                    written = os.pwrite(fd, view, at)
+                    view, at = view[written:], at + written
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -432,6 +441,17 @@ class IncomingFiles:
                 os.close(dir_fd)
             return final
         raise FileSaveError(f"Cannot find a free name for {record['name']} in {self.downloads}.")
+
+    def fail(self, file_id: str) -> str:
+        """Discard a file that can never complete: its temporary file, its record and its key on the device.
+        Its name ("" if this laptop knew no such file)."""
+        record = self._record(file_id)
+        if record is None:
+            return ""
+        Path(record["temp"]).unlink(missing_ok=True)
+        self._hashers.pop(file_id, None)
+        self._forget(file_id)
+        return f"{record['name']} from {record['contact']}"
 
     def _forget(self, file_id: str) -> None:
         self.store.delete_setting(IN + file_id)

@@ -47,6 +47,8 @@ FINAL_REFUSALS = {
     "file-name": "tamper: a file whose name holds a path separator or a control character was refused",
     "file-corrupt": "tamper: a file received does not match its SHA-256 fingerprint; it was discarded",
 }
+# Refusals of a part after which its file can never complete.
+FATAL_TO_FILE = frozenset({"file-tampered", "file-order", "file-size"})
 # The base64 of a streamed file part's magic "OTCF" (onetimechat/attachment.py): such a message goes to the
 # device's file_open, not to unpackage.
 STREAM_PART_B64 = "T1RDRg"
@@ -262,7 +264,10 @@ class Messenger:
                 return Event("reopened", warnings=[
                     "lost: this message was opened by the device when this client stopped before showing it;"
                     " the device never releases a message twice"], code="reopened", **base), None
-            return Event("refused", warnings=[FINAL_REFUSALS[exc.code]], code=exc.code, **base), None
+            warning = FINAL_REFUSALS[exc.code]
+            if exc.code in FATAL_TO_FILE and str(exc).endswith(" discarded"):
+                warning += f"; the file {str(exc)[: -len(' discarded')]} cannot be completed and was discarded"
+            return Event("refused", warnings=[warning], code=exc.code, **base), None
         except (DeviceRefused, FileSaveError):  # a file that cannot be saved now: its part waits on the relay
             raise
         except ClientError as exc:
@@ -298,7 +303,16 @@ class Messenger:
             if again:
                 return Event("other", code="file-again", warnings=[], **base)
             raise RemoteError("file-duplicate", "a part given twice")
-        answer = self.device.call("file_open", part=raw)
+        try:
+            answer = self.device.call("file_open", part=raw)
+        except RemoteError as exc:
+            if exc.code in FATAL_TO_FILE:
+                # The file can never complete (a part is missing, altered or of the wrong size): it is
+                # discarded on this laptop and its key on the device, rather than waited for.
+                name = self.files.fail(file_id.hex())
+                if name:
+                    raise RemoteError(exc.code, f"{name} discarded") from None
+            raise
         received = self.files.part(base["contact"], answer["file"], answer["data"])
         return Event("file", file=received, **base)
 

@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # the network, the mail store and the messenger load when a c
     from client.messenger import Event, Messenger
 
 
+FILE_WAIT_S = 30  # mid-file, how long a receive waits for the next part before it stops
+
+
 def register(parts: argparse._SubParsersAction) -> None:
     p = parts.add_parser("send", help="send a message or a file (the device asks its owner to confirm it)",
                          description="Send MESSAGE to CONTACT: the device packages it after its owner confirms "
@@ -44,6 +47,9 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", type=float, default=0, metavar="SECONDS",
                    help=f"wait up to SECONDS for a first message (at most {MAX_WAIT_S} per request; default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object per message")
+    p.add_argument("--part-wait", type=float, default=FILE_WAIT_S, metavar="SECONDS",
+                   help="while a file is arriving, how long to wait for its next part before stopping "
+                   f"(default {FILE_WAIT_S}; run otc recv again to go on)")
     p.set_defaults(func=cmd_recv)
 
     p = parts.add_parser("outbox", help="what waits for the relay: list it, retry it, or drop an item",
@@ -108,9 +114,6 @@ def messenger_for(args: argparse.Namespace, device_timeout: float | None = None)
     if args.no_receipts:
         messenger.receipts = False
     return messenger
-
-
-FILE_WAIT_S = 30  # mid-file, how long a receive waits for the next part before it stops
 
 
 def clock(at: float) -> str:
@@ -240,11 +243,11 @@ def cmd_recv(args: argparse.Namespace) -> int:
         left = deadline - time.monotonic()
         # A file on its way: keep receiving while its parts come (each poll waits for the next one).
         files = bool(moving)
-        wait = FILE_WAIT_S if files else max(0, min(left, MAX_WAIT_S))
+        wait = max(0, min(args.part_wait, MAX_WAIT_S)) if files else max(0, min(left, MAX_WAIT_S))
         try:
             result = messenger.poll(show, wait=wait)
         except RelayUnavailable:
-            if not files or (busy and time.monotonic() - busy > FILE_WAIT_S):
+            if not files or (busy and time.monotonic() - busy > args.part_wait):
                 raise
             busy = busy or time.monotonic()
             time.sleep(0.2)  # busy (rate limits) mid-file: try again shortly
@@ -256,9 +259,9 @@ def cmd_recv(args: argparse.Namespace) -> int:
             raise ClientError(f"{result.waiting} message(s) wait on the relay: {result.device_error}")
         if moving and result.handled:
             continue
-        if moving:
+        names = ", ".join(visible(f["name"]) for f in messenger.files.pending() if f["id"] in moving)
+        if names:
             messenger.acknowledge()
-            names = ", ".join(visible(f["name"]) for f in messenger.files.pending() if f["id"] in moving)
             raise ClientError(f"Incomplete: {names}; the rest has not reached the relay yet (run otc recv again "
                               "to go on).")
         if total or deadline - time.monotonic() <= 0:
