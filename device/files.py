@@ -191,8 +191,8 @@ class FileTransfers:
             return {"next": session.hashed, "sealed": len(session.digests), "contact": session.contact,
                     "file": session.header.public()}
 
-    def seal(self, file_id: bytes, index: int, data: bytes, want: bool = True) -> tuple[bytes | bytearray | None,
-                                                                                         bool]:
+    def seal(self, file_id: bytes, index: int, data: bytes | memoryview, want: bool = True
+             ) -> tuple[bytes | bytearray | None, bool]:
         """Part ``index`` of an outgoing file: (its bytes to send, whether it is the last). With ``want``
         False (a resume feeding parts already sent, to hash them again) nothing is sealed.
 

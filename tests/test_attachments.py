@@ -335,3 +335,29 @@ def test_a_hostile_relay_cannot_slip_a_bad_part_into_a_file(world, tmp_path, att
                for w in refused), refused
     assert got.returncode == 0, got.stderr
     assert saved(downloads) == [] and partials(downloads) == []
+
+
+def test_a_file_in_the_chat(world, tmp_path):
+    """`/file` in `otc chat` on both sides (real chats in pseudo-terminals, read as a person sees them)."""
+    original = make_file(tmp_path / "plan.pdf", 2 * MiB + 1)
+    downloads = tmp_path / "bob-downloads"
+    alice = world.chat("alice", "--downloads", str(tmp_path / "alice-downloads"))
+    bob = world.chat("bob", "--downloads", str(downloads))
+    alice.wait_for("contacts: bob")
+    bob.wait_for("contacts: alice")
+    alice.type(f"/file bob {original}")
+    bob.wait_for("alice is sending you plan.pdf (2.0 MiB)")
+    bob.wait_for(f"alice: 📎 plan.pdf (2.0 MiB) saved as {downloads / 'plan.pdf'}")
+    alice.wait_for("me → bob: 📎 plan.pdf (2.0 MiB)  ✓")
+    assert sha(downloads / "plan.pdf") == sha(original)
+    # The owner was asked about the file, as a file (its name, size and fingerprint).
+    asked = world.people["alice"].source.asked[-1]
+    assert asked.startswith("File: plan.pdf\nSize: 2,097,153 bytes\nSHA-256: " + sha(original)[:4])
+    # `/file PATH` goes to the contact of the last message.
+    bob.type("alice: thanks, here is mine")
+    alice.wait_for("bob: thanks, here is mine")
+    reply = make_file(tmp_path / "notes.txt", 10)
+    bob.type(f"/file {reply}")
+    alice.wait_for("bob is sending you notes.txt")
+    bob.wait_for("me → alice: 📎 notes.txt (10 B)  ✓")
+    alice.wait_for(f"bob: 📎 notes.txt (10 B) saved as {tmp_path / 'alice-downloads' / 'notes.txt'}")
