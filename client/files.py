@@ -121,7 +121,7 @@ def send_file(device: DeviceClient, relay: RelayClient, store: MailStore, contac
         except FileNameRefused:
             raise FileSendError(f"{FileNameRefused.user_text()} Rename the file and send it again.") from None
         key = str(where.resolve())
-        record = _find_outgoing(store, key, contact, _identity(st), otp)
+        record = _find_outgoing(device, store, key, contact, _identity(st), otp)
         resumed = record is not None
         if record is None:
             sha256 = _hash(handle, st.st_size, hashing)
@@ -168,13 +168,14 @@ def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
-def _find_outgoing(store: MailStore, key: str, contact: str, identity: list[int], otp: bool) -> dict | None:
-    for name, value in store.settings_with_prefix(OUT).items():
+def _find_outgoing(device: DeviceClient, store: MailStore, key: str, contact: str, identity: list[int],
+                   otp: bool) -> dict | None:
+    for value in store.settings_with_prefix(OUT).values():
         record = json.loads(value)
         if record["path"] == key and record["contact"] == contact and record["otp"] == otp:
             if record["identity"] == identity:
                 return record
-            store.delete_setting(name)  # the file changed since: that send can never finish
+            _abandon(device, store, str(record["id"]))  # the file changed since: that send can never finish
     return None
 
 
