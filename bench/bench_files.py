@@ -78,6 +78,8 @@ def run(args: list[str], env: dict | None = None) -> None:
 
 
 def end_to_end(work: Path) -> None:
+    from client.files import sha256_file
+
     work.mkdir(parents=True)
     procs = []
     try:
@@ -112,7 +114,7 @@ def end_to_end(work: Path) -> None:
         out, _ = receiver.communicate(timeout=600)
         total = time.perf_counter() - t0
         (saved,) = [p for p in downloads.iterdir() if not p.name.startswith(".")]
-        same = _sha(saved) == _sha(original)
+        same = sha256_file(saved) == sha256_file(original)
         size = FILE_MIB * MiB
         print(f"end to end, {FILE_MIB} MiB laptop -> device -> relay -> device -> laptop on loopback: "
               f"{size / total / 1e6:.0f} MB/s ({total:.1f} s from `otc send` starting to `otc recv` done; the "
@@ -121,14 +123,6 @@ def end_to_end(work: Path) -> None:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=30)
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MiB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def main() -> None:

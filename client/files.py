@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from client.errors import ClientError, FileSaveError, FileSendError, RelayUnavailable, RemoteError
 from client.mailstore import MailStore
@@ -124,7 +125,7 @@ def send_file(device: DeviceClient, relay: RelayClient, store: MailStore, contac
         record = _find_outgoing(device, store, key, contact, _identity(st), otp)
         resumed = record is not None
         if record is None:
-            sha256 = _hash(handle, st.st_size, hashing)
+            sha256 = _hash(handle, st.st_size, hashing).digest()
             _check_unchanged(where, st)
             answer = device.call("file_begin", contact=contact, name=name, size=st.st_size, sha256=sha256.hex(),
                                  otp=otp)
@@ -187,7 +188,8 @@ def _abandon(device: DeviceClient, store: MailStore, file_id: str) -> None:
         pass
 
 
-def _hash(handle, size: int, hashing: Progress | None) -> bytes:  # type: ignore[no-untyped-def]
+def _hash(handle: BinaryIO, size: int = 0, hashing: Progress | None = None) -> hashlib._Hash:
+    """The SHA-256 of what ``handle`` reads to its end (``hashing`` told as it goes)."""
     h = hashlib.sha256()
     done = 0
     if hashing is not None:
@@ -197,7 +199,13 @@ def _hash(handle, size: int, hashing: Progress | None) -> bytes:  # type: ignore
         done += len(chunk)
         if hashing is not None:
             hashing(done, size)
-    return h.digest()
+    return h
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, in hex (as ``sha256sum`` prints it)."""
+    with open(path, "rb") as f:
+        return _hash(f).hexdigest()
 
 
 def _check_unchanged(where: Path, st: os.stat_result) -> None:
@@ -400,12 +408,11 @@ class IncomingFiles:
         size = int(record["size"])
         try:
             actual = temp.stat().st_size if size else (temp.stat().st_size if temp.exists() else 0)
-            if hasher is None or count != int(record["parts"]):
+            if hasher is None or count != int(record["parts"]):  # cut and resumed: read it back
                 hasher = hashlib.sha256()
                 if size:
                     with open(temp, "rb") as f:
-                        while chunk := f.read(4 << 20):
-                            hasher.update(chunk)
+                        hasher = _hash(f)
         except OSError as exc:
             raise FileSaveError(f"Cannot read back {record['name']}: {exc.strerror}.") from None
         if actual != size or hasher.hexdigest() != record["sha256"]:

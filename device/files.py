@@ -118,26 +118,24 @@ class FileTransfers:
             raw = store.secrets.open(raw, (prefix + file_id.hex()).encode())
         return json.loads(raw)
 
+    def _record(self, prefix: str, file_id: bytes) -> tuple[str, att.FileHeader, dict]:
+        """(contact, header, the rest) of a file this device records; FileUnknown if it has none."""
+        record = self._load(prefix, file_id)
+        if record is None:
+            raise FileUnknown()
+        return record["contact"], _header_of(record["header"]), record
+
     def _outgoing(self, file_id: bytes) -> _Outgoing:
-        session = self._out.get(file_id)
-        if session is None:
-            record = self._load(OUT, file_id)
-            if record is None:
-                raise FileUnknown()
-            session = _Outgoing(record["contact"], _header_of(record["header"]),
-                                [bytes.fromhex(d) for d in record["digests"]])
-            self._out[file_id] = session
-        return session
+        if file_id not in self._out:
+            contact, header, record = self._record(OUT, file_id)
+            self._out[file_id] = _Outgoing(contact, header, [bytes.fromhex(d) for d in record["digests"]])
+        return self._out[file_id]
 
     def _incoming(self, file_id: bytes) -> _Incoming:
-        session = self._in.get(file_id)
-        if session is None:
-            record = self._load(IN, file_id)
-            if record is None:
-                raise FileUnknown()
-            session = _Incoming(record["contact"], _header_of(record["header"]), int(record["next"]))
-            self._in[file_id] = session
-        return session
+        if file_id not in self._in:
+            contact, header, record = self._record(IN, file_id)
+            self._in[file_id] = _Incoming(contact, header, int(record["next"]))
+        return self._in[file_id]
 
     def _save_outgoing(self, file_id: bytes, session: _Outgoing, event: str | None = None,
                        detail: str | None = None) -> None:

@@ -7,7 +7,6 @@ sender and the receiver: it alters, drops, repeats and swaps parts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import resource
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from client.files import FileChangedLocally, FileVanished
+from client.files import FileChangedLocally, FileVanished, sha256_file
 from client.mailstore import MailStore
 from client.messenger import Messenger
 from client.relay import RelayClient
@@ -40,12 +39,7 @@ def world(tmp_path):
     w.close()
 
 
-def sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MiB):
-            h.update(chunk)
-    return h.hexdigest()
+sha = sha256_file
 
 
 def make_file(path: Path, size: int) -> Path:
