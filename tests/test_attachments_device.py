@@ -8,6 +8,7 @@ a malicious peer device that sends a header naming a path.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import struct
@@ -394,3 +395,30 @@ def test_stream_parts_round_trip(data, part_size):
         out += chunk
     assert out == data
     assert att.parse_header(att.header_body(header)) == header
+
+
+def test_a_thief_of_a_locked_sd_card_finds_no_file_key(tmp_path):
+    """The SD-card thief: a PIN-locked home is scanned byte by byte for the file's key, in flight and after."""
+    from device.storage.lock import StoreLock
+    from device.storage.padstore import PadStore
+    from tests.test_pinlock import PIN, home_contains, pinned_pair
+
+    home_a, _, _, _ = pinned_pair(tmp_path)
+    lock = StoreLock(home_a)
+    assert lock.unlock(PIN).ok
+    drawn = os.urandom(16 + 32 + 7)
+    key = drawn[16:48]
+    data = os.urandom(PART + 1)
+    with PadStore(home_a, storage_key=lock.key) as store, Device(store) as alice:
+        alice.random = lambda n: drawn[:n]
+        header, _ = alice.files.begin("bob", "a.bin", len(data), hashlib.sha256(data).digest())
+        alice.files.seal(header.file_id, 0, data[:PART])
+        # Mid-send: the key is in the store, sealed.
+        assert not home_contains(home_a, key)
+        (record,) = store.settings_with_prefix("file-out:").values()
+        opened = base64.b64decode(record)
+        assert base64.b64encode(key) not in opened and key not in opened  # sealed again inside the sealed store
+        alice.files.seal(header.file_id, 1, data[PART:])
+        assert alice.files.end(header.file_id)
+        assert store.settings_with_prefix("file-") == {}
+    assert not home_contains(home_a, key)
