@@ -36,7 +36,7 @@ from prompt_toolkit.layout.processors import BeforeInput
 from prompt_toolkit.styles import Style
 
 from client import presence
-from client.errors import ClientError, DeviceRefused, RelayRefused, RelayUnavailable, RemoteError
+from client.errors import ClientError, DeviceRefused, FileSaveError, RelayRefused, RelayUnavailable, RemoteError
 from client.messenger import Event, Messenger, Outgoing
 from client.rooms import RoomClient
 from onetimechat.progress import Progress, human_bytes
@@ -683,6 +683,8 @@ class Chat:
                 return
             except RelayUnavailable:
                 self.health(relay=False)
+            except FileSaveError as exc:  # a full disk, say: the part waits on the relay, tried again later
+                self.system(str(exc), "error")
             except ClientError as exc:
                 self.health(device=False, note=f"the device does not answer; retrying ({exc.code})")
             else:

@@ -355,3 +355,51 @@ def test_a_file_in_the_chat(world, tmp_path):
     alice.wait_for("bob is sending you notes.txt")
     bob.wait_for("me → alice: 📎 notes.txt (10 B)  ✓")
     alice.wait_for(f"bob: 📎 notes.txt (10 B) saved as {tmp_path / 'alice-downloads' / 'notes.txt'}")
+
+
+def test_a_send_resumes_after_the_sending_device_restarts(world, tmp_path):
+    """The device's running hash is lost with its process: the laptop feeds it the parts the relay has again
+    (hashed only, not sealed or sent twice), then the rest."""
+    original = make_file(tmp_path / "archive.tar", 6 * MiB + 3)
+    alice = world.people["alice"]
+    proc = subprocess.Popen([sys.executable, "-m", "onetimechat.cli", "send", "--device", alice.url, "--relay",
+                             world.relay_url, "--file", str(original), "bob"], env={**os.environ, **alice.env},
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_until(lambda: len(relay_rows(world)) >= 3 or proc.poll() is not None)
+    proc.kill()
+    proc.communicate()
+    assert proc.returncode != 0, "the send finished before the cut"
+    alice.stop()
+    alice.start()  # the same home and port: a device unplugged and plugged in again
+    again = send(world, original)
+    assert again.returncode == 0, again.stderr
+    assert "resumed and sent archive.tar" in again.stdout.decode()
+    assert len(relay_rows(world)) == 8  # the header and 7 parts, each once
+    downloads = tmp_path / "downloads"
+    assert recv(world, downloads).returncode == 0
+    (path,) = saved(downloads)
+    assert sha(path) == sha(original)
+
+
+def test_a_receive_resumes_after_the_receiving_device_restarts(world, tmp_path):
+    """The receiving device keeps each file's place durably: restarted mid-file, it opens the next part."""
+    original = make_file(tmp_path / "archive.tar", 3 * MiB + 3)
+    assert send(world, original).returncode == 0
+    bob = world.people["bob"]
+    downloads = tmp_path / "downloads"
+    m = messenger(world, "bob", downloads)
+    seen = []
+
+    def stop_after_two(event) -> None:
+        seen.append(event)
+        if len(seen) == 3:  # the header and two parts
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        m.poll(stop_after_two)
+    bob.stop()
+    bob.start()
+    got = recv(world, downloads)
+    assert got.returncode == 0, got.stderr
+    (path,) = saved(downloads)
+    assert sha(path) == sha(original)
