@@ -104,25 +104,46 @@ def end_to_end(work: Path) -> None:
             for _ in range(FILE_MIB):
                 f.write(os.urandom(MiB))
         downloads = work / "downloads"
+        servers = dict(zip(("relay", "device alice", "device bob"), procs))
+        before = {name: _cpu(proc.pid) for name, proc in servers.items()}
         t0 = time.perf_counter()
         receiver = subprocess.Popen([*OTC, "recv", "--device", urls["bob"], "--relay", relay, "--downloads",
                                      str(downloads), "--wait", "60"], cwd=ROOT, env=envs["bob"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        subprocess.run([*OTC, "send", "--device", urls["alice"], "--relay", relay, "--file", str(original), "bob"],
-                       cwd=ROOT, env=envs["alice"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sender = subprocess.Popen([*OTC, "send", "--device", urls["alice"], "--relay", relay, "--file",
+                                   str(original), "bob"], cwd=ROOT, env=envs["alice"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        _, status, sender_use = os.wait4(sender.pid, 0)
         sent = time.perf_counter() - t0
-        out, _ = receiver.communicate(timeout=600)
+        _, _, receiver_use = os.wait4(receiver.pid, 0)
         total = time.perf_counter() - t0
+        sender.returncode = receiver.returncode = 0  # reaped above
+        if status:
+            raise SystemExit("otc send failed")
+        used = {name: _cpu(proc.pid) - before[name] for name, proc in servers.items()}
+        used["laptop sending"] = sender_use.ru_utime + sender_use.ru_stime
+        used["laptop receiving"] = receiver_use.ru_utime + receiver_use.ru_stime
         (saved,) = [p for p in downloads.iterdir() if not p.name.startswith(".")]
         same = sha256_file(saved) == sha256_file(original)
         size = FILE_MIB * MiB
         print(f"end to end, {FILE_MIB} MiB laptop -> device -> relay -> device -> laptop on loopback: "
               f"{size / total / 1e6:.0f} MB/s ({total:.1f} s from `otc send` starting to `otc recv` done; the "
               f"sender finished after {sent:.1f} s; SHA-256 {'identical' if same else 'DIFFERENT'})")
+        # Where the time goes: CPU per MiB in each process (a machine shared with others waits for it too).
+        print("  CPU per MiB: " + ", ".join(f"{name} {seconds / FILE_MIB * 1000:.1f} ms"
+                                             for name, seconds in used.items())
+              + f"; in all {sum(used.values()) / FILE_MIB * 1000:.1f} ms, over {total / FILE_MIB * 1000:.1f} ms "
+              f"of wall time per MiB and {os.cpu_count()} cores")
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds (user and system) a running process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
