@@ -504,8 +504,9 @@ def draw_message(c: Canvas, ctl: Controller, view: ConfirmView, msg: MessageView
 
 def draw_file_card(c: Canvas, file: FileSummary) -> None:
     """A file to send, as a file: a FILE badge, its name, its size and its SHA-256 fingerprint."""
-    x, y, w, h = MESSAGE_BOX
-    c.fill(PANEL, MESSAGE_BOX, radius=10)
+    x, y, _, h = MESSAGE_BOX
+    w = WIDTH - 2 * MARGIN  # no scroll column beside it: everything is on the card
+    c.fill(PANEL, (x, y, w, h), radius=10)
     c.fill(ACCENT, (x + 12, y + 14, 84, 40), radius=6)
     c.text("FILE", (x + 54, y + 34), 24, BACKGROUND, anchor="center", role="file-badge")
     c.text(file.name, (x + 110, y + 14), 32, role="file-name", width=w - 124, min_size=16)
