@@ -386,7 +386,7 @@ class IncomingFiles:
 
     def _write(self, record: dict, index: int, data: bytes) -> None:
         try:
-            fd = os.open(record["temp"], os.O_WRONLY | os.O_CREAT, 0o600)
+            fd = os.open(record["temp"], os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 view, at = memoryview(data), index * int(record["part_size"])
                 while view:  # a write may stop short of a full disk (or a file size limit): the next one fails

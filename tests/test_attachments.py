@@ -403,3 +403,14 @@ def test_a_receive_resumes_after_the_receiving_device_restarts(world, tmp_path):
     assert got.returncode == 0, got.stderr
     (path,) = saved(downloads)
     assert sha(path) == sha(original)
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--otp", "bob", "hello"], "ERROR: --otp is for files: otc send --file PATH --otp CONTACT (a message always "
+                                "goes under the pad)."),
+    (["--file", "x.pdf", "bob", "hello"], "ERROR: Give either a MESSAGE or --file PATH, not both."),
+])
+def test_send_usage_errors_are_one_line(tmp_path, args, line):
+    result = otc("send", "--device", "http://127.0.0.1:9", *args, env={"OTC_CLIENT_HOME": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.decode().strip().splitlines() == [line]

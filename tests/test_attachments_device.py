@@ -422,3 +422,38 @@ def test_a_thief_of_a_locked_sd_card_finds_no_file_key(tmp_path):
         assert alice.files.end(header.file_id)
         assert store.settings_with_prefix("file-") == {}
     assert not home_contains(home_a, key)
+
+
+# -- the receiving laptop's name for a file ----------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=300))
+def test_a_saved_name_is_always_a_plain_visible_file_name(name):
+    from client.files import TEMP_PREFIX, safe_name
+
+    safe = safe_name(name)
+    assert safe and len(safe) <= 200
+    assert "/" not in safe and "\\" not in safe and "\0" not in safe
+    assert not safe.startswith(".") and not safe.startswith(TEMP_PREFIX)
+    assert not any(ord(ch) < 32 or ord(ch) == 127 for ch in safe)
+    assert safe not in (".", "..")
+
+
+@pytest.mark.parametrize("name,safe", [("report.pdf", "report.pdf"), (".bashrc", "bashrc"), ("...", "file"),
+                                       ("CON.txt", "_CON.txt"), ('a<b>:c"d|e?f*g', "a_b__c_d_e_f_g"),
+                                       (" spaced ", "spaced")])
+def test_saved_names(name, safe):
+    from client.files import safe_name
+
+    assert safe_name(name) == safe
+
+
+def test_a_saved_name_never_overwrites(tmp_path):
+    from client.files import unique_path
+
+    (tmp_path / "a.txt").write_text("mine")
+    (tmp_path / "a (1).txt").write_text("mine too")
+    assert unique_path(tmp_path, "a.txt") == tmp_path / "a (2).txt"
+    (tmp_path / "noext").write_text("x")
+    assert unique_path(tmp_path, "noext") == tmp_path / "noext (1)"
