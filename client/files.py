@@ -101,7 +101,7 @@ def relay_send(relay: RelayClient, mailbox: str, contents: str, message_id: str,
                                     "or full until the contact receives): run the same command again to "
                                     "resume.") from None
             time.sleep(pause)
-            pause = min(pause * 2, 2.0)
+            pause = min(pause * 2, 0.5)  # a full mailbox frees as the contact receives: look again soon
 
 
 def send_file(device: DeviceClient, relay: RelayClient, store: MailStore, contact: str, path: str | os.PathLike,

@@ -306,6 +306,10 @@ class Messenger:
         try:
             answer = self.device.call("file_open", part=raw)
         except RemoteError as exc:
+            if again and exc.code == "file-unknown":
+                # This run's or an earlier one's: the file was completed (and ended) before the relay cursor
+                # moved past its last part.
+                return Event("other", code="file-again", warnings=[], **base)
             if exc.code in FATAL_TO_FILE:
                 # The file can never complete (a part is missing, altered or of the wrong size): it is
                 # discarded on this laptop and its key on the device, rather than waited for.

@@ -414,3 +414,24 @@ def test_send_usage_errors_are_one_line(tmp_path, args, line):
     result = otc("send", "--device", "http://127.0.0.1:9", *args, env={"OTC_CLIENT_HOME": str(tmp_path)})
     assert result.returncode == 2
     assert result.stderr.decode().strip().splitlines() == [line]
+
+
+def test_a_receive_cut_just_after_the_file_is_saved_shows_no_false_alarm(world, tmp_path):
+    """Cut after the file took its name but before the relay cursor moved past its last part: the part comes
+    again, the laptop knows it as its own, and nothing is refused or saved twice."""
+    original = make_file(tmp_path / "memo.txt", 5000)
+    assert send(world, original).returncode == 0
+    downloads = tmp_path / "downloads"
+    m = messenger(world, "bob", downloads)
+
+    def cut_when_saved(event) -> None:
+        if event.file is not None and event.file.saved:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        m.poll(cut_when_saved)
+    got = recv(world, downloads)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == b""  # nothing refused, nothing new
+    (path,) = saved(downloads)
+    assert sha(path) == sha(original)
