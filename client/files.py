@@ -21,6 +21,7 @@ import json
 import os
 import queue
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -115,7 +116,7 @@ def send_file(device: DeviceClient, relay: RelayClient, store: MailStore, contac
         raise FileSendError(f"Cannot read {where}: {exc.strerror or 'unreadable'}.") from None
     with handle:
         st = os.fstat(handle.fileno())
-        if not _is_regular(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
             raise FileSendError(f"{where} is not a regular file.")
         try:
             name = att.check_name(where.name)
@@ -157,16 +158,11 @@ def send_file(device: DeviceClient, relay: RelayClient, store: MailStore, contac
         try:
             device.call("file_end", file=file_id)  # the device forgets the file's key
         except ClientError:
-            pass  # the parts are all on the relay; the key goes at the next send's clean-up
-        store.delete_setting(OUT + file_id)
+            pass  # every part is on the relay; the record stays, so the same command again ends the key
+        else:
+            store.delete_setting(OUT + file_id)
         return Sent(file_id, name, int(record["size"]), int(record["parts"]), contact, resumed,
                     str(record["sha256"]))
-
-
-def _is_regular(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(mode)
 
 
 def _find_outgoing(device: DeviceClient, store: MailStore, key: str, contact: str, identity: list[int],
