@@ -17,6 +17,7 @@ two and keeps the promises of issue 6:
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,6 +126,9 @@ class Messenger:
         self.relay = relay
         self.store = store
         self.files = IncomingFiles(store, device, downloads or default_downloads())
+        # The next batch of a file's parts, fetched while the current one is opened: (cursors, thread, result).
+        self._ahead: tuple[dict[str, int], threading.Thread, dict[str, Any]] | None = None
+        self._ahead_relay: RelayClient | None = None
         self.contacts: list[dict] = []
         self.inbound: dict[str, str] = {}  # mailbox -> contact
 
@@ -211,7 +215,12 @@ class Messenger:
         if not self.inbound:
             self.refresh_contacts()
         cursors = self.store.cursors(self.relay.url, sorted(self.inbound))
-        messages, _ = self.relay.receive(cursors, wait=wait, ack=True)
+        messages = self._prefetched(cursors)
+        ahead = messages is not None
+        if messages is None:
+            messages, _ = self.relay.receive(cursors, wait=wait, ack=True)
+        if any(m.contents.startswith(STREAM_PART_B64) for m in messages):
+            self._fetch_ahead(cursors, messages)  # a file's parts: the next batch comes while these are opened
         result = PollResult()
         stuck: set[str] = set()
         for message in messages:
@@ -231,7 +240,39 @@ class Messenger:
             self.store.finish(self.relay.url, message.mailbox, message.ref,
                               self._receipt_item(event, receipt_answer))
             result.handled += 1
+        if ahead:
+            self.acknowledge()  # fetched without acknowledging: the relay may now delete what is done
         return result
+
+    def _fetch_ahead(self, cursors: dict[str, int], batch: list[RelayMessage]) -> None:
+        """Start fetching the batch after ``batch`` on a relay connection of its own, acknowledging nothing
+        (nothing of ``batch`` is finished yet)."""
+        after = dict(cursors)
+        for message in batch:
+            after[message.mailbox] = max(after[message.mailbox], message.ref)
+        if self._ahead_relay is None:
+            self._ahead_relay = RelayClient(self.relay.url, timeout=self.relay.timeout)
+        relay = self._ahead_relay
+        box: dict[str, Any] = {}
+
+        def fetch() -> None:
+            try:
+                box["messages"] = relay.receive(after, wait=0, ack=False)[0]
+            except ClientError:
+                pass  # the next poll fetches as usual
+
+        thread = threading.Thread(target=fetch, name="otc-fetch-ahead", daemon=True)
+        thread.start()
+        self._ahead = (after, thread, box)
+
+    def _prefetched(self, cursors: dict[str, int]) -> list[RelayMessage] | None:
+        """The batch fetched ahead, if it is the one that follows where the cursors stand now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] != cursors:
+            return None
+        ahead[1].join(timeout=self.relay.timeout + 5)
+        messages = ahead[2].get("messages")
+        return messages or None
 
     def acknowledge(self) -> None:
         """Tell the relay to delete what this laptop has finished with (best effort)."""
