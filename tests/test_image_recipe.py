@@ -106,7 +106,7 @@ def test_device_unit_serves_the_touchscreen_on_the_cable_address_only():
     unit = parse_unit(UNITS / "otc-device.service")
     assert value(unit, "Unit", "ConditionPathExists") == f"{HOME}/{DB_NAME}"
     env = dict(item.split("=", 1) for item in shlex.split(value(unit, "Service", "Environment")))
-    assert env["SDL_VIDEODRIVER"] == "kmsdrm"
+    assert env["OTC_PANEL"] == "fbdev"  # frames to /dev/fb0, touches from evdev
     allowed = " ".join(values(unit, "Service", "IPAddressAllow")).split()
     assert value(unit, "Service", "IPAddressDeny") == "any"
     assert str(cable_address().network) in allowed
@@ -418,5 +418,5 @@ def test_the_boot_report_check():
     found = module.problems(module.parse(bad), "10.77.0.1:8470")
     assert found == ["otc-hrng.service is failed, not active", "failed units: 1",
                      "the image's Python packages do not all import: failed ImportError: lgpio",
-                     "the device's touchscreen does not hold the display (no DRM card open in its process)",
+                     "the device's touchscreen does not hold the display (no framebuffer open in its process)",
                      "something else listens: tcp 0.0.0.0:22", "something else listens: udp 0.0.0.0:67"]
