@@ -420,3 +420,29 @@ def test_the_boot_report_check():
                      "the image's Python packages do not all import: failed ImportError: lgpio",
                      "the device's touchscreen does not hold the display (no framebuffer open in its process)",
                      "something else listens: tcp 0.0.0.0:22", "something else listens: udp 0.0.0.0:67"]
+
+
+def test_the_end_to_end_run_reads_a_pairing_code_off_the_panels_pixels(tmp_path):
+    """image/e2e.py reads the code from a screendump (a PPM, with noise): each digit against the ten drawn."""
+    import numpy as np
+
+    e2e = image_module("e2e")
+    ref = e2e.Reference(tmp_path / "ref")
+    rng = np.random.default_rng(25)
+    for code in ("4071-9352", "1111-8888", "0369-2580"):
+        snap = e2e.Snapshot(device_name=e2e.NAME, lock=e2e.PinStatus(e2e.LockState.UNLOCKED),
+                            confirm_mode="touchscreen", pairing_code=code)
+        pixels, _ = ref.draw(snap)
+        noisy = np.clip(pixels.astype(int) + rng.integers(-12, 13, pixels.shape), 0, 255).astype(np.uint8)
+        ppm = b"P6\n800 480\n255\n" + noisy.tobytes()
+        shown = e2e.read_ppm(ppm)
+
+        class Panel(e2e.Run):
+            def __init__(self) -> None:  # the run's screen reading only: no QEMU
+                self.ref, self.deadline, self.n, self.work = ref, float("inf"), 0, tmp_path
+
+            def shot(self):
+                return shown
+
+        assert Panel().read_code() == code
+    ref.app.close()
