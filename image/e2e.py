@@ -52,7 +52,7 @@ import pygame  # noqa: E402
 from device.touchscreen.canvas import ACCENT, BACKGROUND  # noqa: E402
 from device.touchscreen.firstboot import FirstBootApp  # noqa: E402
 from device.touchscreen.frame import Frame, Rect  # noqa: E402
-from device.ui import CeremonyView, ConfirmView, ContactView, LockState, PinStatus, Snapshot  # noqa: E402
+from device.ui import LOCKED_NAME, CeremonyView, ConfirmView, ContactView, LockState, PinStatus, Snapshot  # noqa: E402
 
 SCREEN = (800, 480)
 ABS_MAX = 0x7FFF  # QEMU's absolute axes run 0..0x7fff; its tablets report that range to the guest
@@ -158,6 +158,8 @@ class Reference:
 
 
 def score(shot: np.ndarray, ref: np.ndarray, rect: Rect) -> float:
+    if shot.shape != ref.shape:
+        return 1.0  # not the panel's mode yet (QEMU's own 640x480 before the guest sets one)
     x, y, w, h = rect
     a = shot[y:y + h, x:x + w].astype(np.int16)
     b = ref[y:y + h, x:x + w].astype(np.int16)
@@ -251,9 +253,8 @@ class Run:
             raise Failed(f"otc {args[0]} {args[1] if len(args) > 1 else ''} failed: {proc.stderr.strip()[-400:]}")
         return proc
 
-    def background(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "onetimechat.cli", *args], env=env or self.env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    def background(self, name: str, *args: str) -> Proc:
+        return Proc(self.work / f"{name}.log", [sys.executable, "-m", "onetimechat.cli", *args], self.env)
 
     # -- the steps ----------------------------------------------------------------------------------
 
@@ -278,7 +279,8 @@ class Run:
         log("name and PIN set by taps; the device is created (PIN-locked)")
 
     def unlock(self, pin: str, timeout: float) -> None:
-        locked = Snapshot(device_name=NAME, lock=PinStatus(LockState.LOCKED), confirm_mode="touchscreen")
+        # Locked, the device does not know its own name (it is sealed with the PIN).
+        locked = Snapshot(device_name=LOCKED_NAME, lock=PinStatus(LockState.LOCKED), confirm_mode="touchscreen")
         ref, frame = self.ref.draw(locked)
         regions = regions_of(frame, ("title", "device", "prompt"), ("key-1", "key-5", "ok", "delete"))
         shot = self.wait_for("the lock screen", ref, regions, timeout)
@@ -334,16 +336,11 @@ class Run:
 
     def make_pad(self, peer_home: Path) -> None:
         self.otc("device", "init", "--home", str(peer_home), "--name", PEER, "--no-pin")
-        host = self.background("pair", "host", "--device", self.url, "--listen", "127.0.0.1:0", "--size", "64K")
-        assert host.stdout is not None
-        seen = ""
-        while not (m := re.search(r"waiting for the other device on 127\.0\.0\.1:(\d+)", seen)):
-            line = host.stdout.readline()
-            if not line:
-                raise Failed(f"otc pair host: {seen[-300:]}")
-            seen += line
-        join = self.background("pair", "join", "--home", str(peer_home), "--connect", f"127.0.0.1:{m.group(1)}",
-                               "--confirm", "auto")
+        host = self.background("pair-host", "pair", "host", "--device", self.url, "--listen", "127.0.0.1:0",
+                               "--size", "64K")
+        port = host.wait_for(r"waiting for the other device on 127\.0\.0\.1:(\d+)", 60)
+        join = self.background("pair-join", "pair", "join", "--home", str(peer_home), "--connect",
+                               f"127.0.0.1:{port}", "--confirm", "auto")
         try:
             compare_view = CeremonyView(PEER, "compare", sas="000-000-000")
             ref, frame = self.ref.draw(Snapshot(device_name=NAME, lock=PinStatus(LockState.UNLOCKED),
@@ -356,20 +353,19 @@ class Run:
             ref, frame = self.ref.draw(Snapshot(device_name=NAME, lock=PinStatus(LockState.UNLOCKED),
                                                 confirm_mode="touchscreen", ceremony=done))
             self.wait_for("the pad made", ref, regions_of(frame, ("stage",), ("back",)), 180)
-            host_out, _ = host.communicate(timeout=120)
-            join_out, _ = join.communicate(timeout=120)
+            host_rc, host_out = host.finish(120)
+            join_rc, join_out = join.finish(120)
         finally:
-            for p in (host, join):
-                if p.poll() is None:
-                    p.kill()
-        if host.returncode != 0 or join.returncode != 0:
+            host.stop()
+            join.stop()
+        if host_rc != 0 or join_rc != 0:
             raise Failed(f"the ceremony failed: {host_out[-300:]} {join_out[-300:]}")
         time.sleep(0.5)
         self.tap(frame, "back")
         log(f"a 64 KiB pad made with {PEER} (an emulated device here); Same tapped on the panel")
 
-    def confirm(self, text: str, answer: str, relay: str) -> subprocess.Popen[str]:
-        send = self.background("send", "--device", self.url, "--relay", relay, PEER, text)
+    def confirm(self, text: str, answer: str, relay: str) -> Proc:
+        send = self.background(f"send-{answer}", "send", "--device", self.url, "--relay", relay, PEER, text)
         view = ConfirmView(request_id=1, contact=PEER, kind="text", text=text, consumes=0, left_after=0,
                            deadline=time.monotonic() + 60, queued=0)
         snap = Snapshot(device_name=NAME, lock=PinStatus(LockState.UNLOCKED), confirm_mode="touchscreen",
@@ -430,14 +426,41 @@ def _pin_stage(stage: str, pin: str) -> Callable[[FirstBootApp], None]:
     return prepare
 
 
-def wait_url(proc: subprocess.Popen[str], pattern: str) -> str:
-    assert proc.stdout is not None
-    for _ in range(200):
-        line = proc.stdout.readline()
-        m = re.search(pattern + r" (http://[0-9.:]+)", line)
-        if m:
-            return m.group(1)
-    raise Failed(f"no {pattern!r} from a server")
+class Proc:
+    """A command in the background, its output in a log file (never a pipe nobody drains)."""
+
+    def __init__(self, log_path: Path, argv: list[str], env: dict[str, str]) -> None:
+        self.log_path = log_path
+        with log_path.open("wb") as out:
+            self.popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                          stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float) -> str:
+        """The first group of ``pattern`` once the output shows it."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            m = re.search(pattern, self.output())
+            if m:
+                return m.group(1)
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise Failed(f"{self.log_path.stem}: no {pattern!r} in its output: {self.output()[-300:]}")
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        return self.popen.wait(timeout), self.output()
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
 
 
 def main() -> int:
@@ -451,7 +474,7 @@ def main() -> int:
     deadline = start + args.timeout
     run = Run(Qmp(args.qmp), args.work, args.port, deadline)
     pin = "".join(secrets.choice("0123456789") for _ in range(8))
-    servers: list[subprocess.Popen[str]] = []
+    servers: list[Proc] = []
     try:
         run.first_start(pin, boot_timeout=args.timeout)
         log(f"[{time.monotonic() - start:.0f}s] first start done")
@@ -459,24 +482,24 @@ def main() -> int:
         log(f"[{time.monotonic() - start:.0f}s] unlocked")
         run.pair_laptop()
         relay_db = args.work / "relay.db"
-        relay = run.background("relay", "serve", "--listen", "127.0.0.1:0", "--db", f"sqlite:///{relay_db}")
+        relay = run.background("relay", "relay", "serve", "--listen", "127.0.0.1:0", "--db", f"sqlite:///{relay_db}")
         servers.append(relay)
-        relay_url = wait_url(relay, "listening on")
+        relay_url = relay.wait_for(r"listening on (http://[0-9.:]+)", 60)
         peer_home = args.work / "peer"
         run.make_pad(peer_home)
         log(f"[{time.monotonic() - start:.0f}s] pad made")
 
         text = "Meet at the north gate at 7. Bring the blue folder."
         send = run.confirm(text, "accept", relay_url)
-        out, _ = send.communicate(timeout=120)
-        if send.returncode != 0:
+        rc, out = send.finish(120)
+        if rc != 0:
             raise Failed(f"otc send after Accept failed: {out.strip()[-300:]}")
         run.after("accepted")
         # The package reached the relay: the other device reads the text.
-        peer = run.background("device", "serve", "--home", str(peer_home), "--listen", "127.0.0.1:0",
-                              "--confirm", "auto")
+        peer = run.background("peer-device", "device", "serve", "--home", str(peer_home), "--listen",
+                              "127.0.0.1:0", "--confirm", "auto")
         servers.append(peer)
-        peer_url = wait_url(peer, "serving on")
+        peer_url = peer.wait_for(r"serving on (http://[0-9.:]+)", 60)
         peer_env = dict(run.env, OTC_CLIENT_HOME=str(args.work / "peer-laptop"))
         child = pexpect.spawn(sys.executable, ["-m", "onetimechat.cli", "client", "pair", "--device", peer_url,
                                                "--name", "peer-laptop"], env=peer_env, encoding="utf-8", timeout=60)
@@ -494,18 +517,14 @@ def main() -> int:
         log(f"[{time.monotonic() - start:.0f}s] Accept tapped: the package went to the relay and {PEER} read it")
 
         send = run.confirm("This one should not go.", "decline", relay_url)
-        out, _ = send.communicate(timeout=120)
-        if send.returncode == 0 or "did not approve" not in out:
+        rc, out = send.finish(120)
+        if rc == 0 or "did not approve" not in out:
             raise Failed(f"otc send after Decline did not report the refusal: {out.strip()[-300:]}")
         log(f"Decline tapped: the send was refused ({out.strip().splitlines()[-1][:100]})")
         run.after("declined")
     finally:
         for server in servers:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            server.stop()
         (args.work / "scores.json").write_text(json.dumps(run.scores, indent=2) + "\n")
     log(f"passed in {time.monotonic() - start:.0f}s; {run.n} screendumps taken; scores in {args.work}/scores.json")
     return 0

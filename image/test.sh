@@ -15,9 +15,10 @@
 # another and tap Decline (refused). Each screen is compared region by region
 # with the same screen drawn here by the device's code; the screendumps and
 # their scores are kept in build/image/test/ (scores.json).
-# The copy gets one thing the image lacks: a report unit that prints the
+# The copy gets two things the image lacks: a report unit that prints the
 # units' states and the listening sockets on the serial console, since the
-# image has no login of any kind.
+# image has no login of any kind; and a narrow local port range, so that the
+# port a ceremony listens on is one QEMU forwards.
 # Environment: IMAGE_OUT (default build/image), IMAGE_TEST_TIMEOUT (seconds
 # for the end-to-end run, default 600), PY (the venv's python).
 set -euo pipefail
@@ -58,7 +59,35 @@ mcopy -n -i "$fat" "::/$kernel" "$WORK/vmlinuz"
 mcopy -n -i "$fat" "::/$initrd" "$WORK/initrd.img"
 echo "  kernel $kernel, initrd $initrd (from the image's firmware partition)"
 
+# A ceremony carried by the laptop has the device listen on a port of its own (any free one) that the laptop
+# connects to over the cable. QEMU's user network forwards only the ports it is told: the copy's kernel picks
+# such ports from 8 that are free here, each forwarded to the same port on this machine.
+ceremony_base=$("$PY" - <<'PY'
+import socket
+for base in range(20100, 30000, 8):
+    held = []
+    try:
+        for p in range(base, base + 8):
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        for s in held:
+            s.close()
+    print(base)
+    break
+PY
+)
+[ -n "$ceremony_base" ] || die "no 8 free ports here for the ceremonies' forwarding"
+echo "net.ipv4.ip_local_port_range = $ceremony_base $((ceremony_base + 7))" > "$WORK/90-otc-image-test.conf"
+forwards=""
+for p in $(seq "$ceremony_base" $((ceremony_base + 7))); do forwards="$forwards,hostfwd=tcp:127.0.0.1:$p-10.77.0.1:$p"; done
+
 {
+    echo "write $WORK/90-otc-image-test.conf /etc/sysctl.d/90-otc-image-test.conf"
+    echo "set_inode_field /etc/sysctl.d/90-otc-image-test.conf mode 0100644"
     echo "write $HERE/test/otc-image-test-report /usr/local/sbin/otc-image-test-report"
     echo "set_inode_field /usr/local/sbin/otc-image-test-report mode 0100755"
     echo "write $HERE/test/otc-image-test-report.service /etc/systemd/system/otc-image-test-report.service"
@@ -76,7 +105,7 @@ qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 2048 -nodefaults -display 
     -kernel "$WORK/vmlinuz" -initrd "$WORK/initrd.img" \
     -append "root=LABEL=$ROOT_LABEL rw rootwait fsck.repair=yes net.ifnames=0 console=ttyAMA0 consoleblank=0 vt.global_cursor_default=0" \
     -drive "file=$disk,format=raw,if=none,id=disk,cache=unsafe" -device virtio-blk-pci,drive=disk \
-    -netdev "user,id=net0,net=10.77.0.0/24,host=10.77.0.2,dhcpstart=10.77.0.100,hostfwd=tcp:127.0.0.1:$port-10.77.0.1:$DEVICE_PORT" \
+    -netdev "user,id=net0,net=10.77.0.0/24,host=10.77.0.2,dhcpstart=10.77.0.100,hostfwd=tcp:127.0.0.1:$port-10.77.0.1:$DEVICE_PORT$forwards" \
     -device virtio-net-pci,netdev=net0,romfile= \
     -device virtio-rng-pci -device virtio-gpu-pci,xres=800,yres=480 -device virtio-keyboard-pci -device virtio-tablet-pci \
     -serial "file:$serial" -qmp "unix:$WORK/qmp.sock,server,nowait" &

@@ -265,6 +265,16 @@ def test_qemus_tablet_range_maps_to_the_screen_ends_and_middle():
     assert tracker.feed(read_events(tablet_tap(512, 300, (1024, 600))))[0] == Touch("down", (512, 300))
 
 
+def test_a_reader_opened_after_earlier_touches_starts_from_the_axes_values():
+    """The kernel sends an axis only when it changes: the second process to read the tablet (the device after
+    the first-start screens) sees no ABS_X for a tap straight below the last one."""
+    last_x = round(700 * 32767 / 799)
+    stream = b"".join([ev(EV_ABS, ABS_Y, round(100 * 32767 / 479)), syn(), ev(EV_KEY, BTN_LEFT, 1), syn(),
+                       ev(EV_KEY, BTN_LEFT, 0), syn()])
+    opened_later = TouchTracker(TABLET, Axis(0, 32767, last_x), Axis(0, 32767, 0), size=(800, 480))
+    assert opened_later.feed(read_events(stream)) == [Touch("down", (700, 100)), Touch("up", (700, 100))]
+
+
 def test_a_stream_the_kernel_dropped_part_of_is_skipped_to_the_next_report():
     stream = b"".join([ev(EV_ABS, ABS_X, 1000), ev(EV_SYN, SYN_DROPPED, 0), ev(EV_KEY, BTN_LEFT, 1), syn(),
                        ev(EV_ABS, ABS_X, 32767), ev(EV_ABS, ABS_Y, 0), ev(EV_KEY, BTN_LEFT, 1), syn(),

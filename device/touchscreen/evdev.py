@@ -53,6 +53,7 @@ class Axis:
 
     minimum: int
     maximum: int
+    value: int = 0  # where it was when read: the kernel sends an axis again only when it changes
 
     def to_pixel(self, value: int, pixels: int) -> int:
         """``value`` on a screen ``pixels`` wide: the range's ends are the first and last pixel."""
@@ -158,7 +159,10 @@ class TouchTracker:
         self.size = size
         self._button = caps.button
         self._single = caps.single
-        self._raw = [0, 0]  # ABS_X, ABS_Y as last reported
+        # ABS_X, ABS_Y as last reported. The kernel drops a value equal to the axis's current one, so a reader
+        # opened after earlier touches starts from the axes' values when opened (EVIOCGABS), or a touch that
+        # moves along one axis only would keep the other at zero.
+        self._raw = [x.value, y.value]
         self._pressed = False  # the button's state as last reported
         self._slot = 0
         self._slots: dict[int, list[int]] = {}  # slot: [tracking id, x, y]
@@ -194,7 +198,7 @@ class TouchTracker:
         elif code == ABS_MT_SLOT:
             self._slot = value
         elif code in (ABS_MT_TRACKING_ID, ABS_MT_POSITION_X, ABS_MT_POSITION_Y):
-            slot = self._slots.setdefault(self._slot, [-1, 0, 0])
+            slot = self._slots.setdefault(self._slot, [-1, self.x_axis.value, self.y_axis.value])
             slot[(ABS_MT_TRACKING_ID, ABS_MT_POSITION_X, ABS_MT_POSITION_Y).index(code)] = value
 
     def _contact(self) -> tuple[bool, tuple[int, int]]:
@@ -267,8 +271,8 @@ class TouchDevice:
             fcntl.ioctl(self.fd, eviocgabs(code), buf)
         except OSError as e:
             raise TouchError(f"the touch device {self.path} has no axis {code:#x}: {e.strerror}") from None
-        _, minimum, maximum, _, _, _ = ABSINFO.unpack(buf)
-        return Axis(minimum, maximum)
+        value, minimum, maximum, _, _, _ = ABSINFO.unpack(buf)
+        return Axis(minimum, maximum, value)
 
     def read(self) -> list[Touch]:
         """The touches completed since the last read; raises :class:`TouchError` if the device went away."""
