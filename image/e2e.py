@@ -230,16 +230,22 @@ class Run:
                              f"see {self.work}/failed-{what}.png")
             time.sleep(1.0)
 
-    def keep(self, name: str, shot: np.ndarray, ref: np.ndarray, regions: dict[str, Rect]) -> None:
-        """Save a screendump compared, with its scores."""
+    def keep(self, name: str, shot: np.ndarray, ref: np.ndarray, regions: dict[str, Rect],
+             decoy: np.ndarray) -> None:
+        """Save a screendump compared, with its scores. ``decoy`` is the same screen drawn with other content
+        (another message, another name): the regions must tell it apart, or the comparison proves nothing."""
         c = compare(name, shot, ref, regions)
+        d = compare(name, shot, decoy, regions)
         save_png(shot, self.work / f"{name}.png")
         save_png(ref, self.work / f"{name}-expected.png")
-        self.scores[name] = {"regions": c.regions, "worst": c.worst, "whole": c.whole, "match_below": MATCH}
-        log(f"{name}: worst region {c.worst:.4f}, whole screen {c.whole:.4f} ({len(c.regions)} regions) "
-            f"-> {name}.png")
+        self.scores[name] = {"regions": c.regions, "worst": c.worst, "whole": c.whole, "match_below": MATCH,
+                             "decoy_regions": d.regions, "decoy_worst": d.worst}
+        log(f"{name}: worst region {c.worst:.4f}, whole screen {c.whole:.4f} ({len(c.regions)} regions; the same "
+            f"screen with other content: worst {d.worst:.4f}) -> {name}.png")
         if not c.ok():
             raise Failed(f"{name}: the panel's regions differ from the screen drawn here: {c.regions}")
+        if d.ok():
+            raise Failed(f"{name}: the regions compared do not tell the screen from one with other content")
 
     def tap(self, frame: Frame, name: str, settle: float = 0.25) -> None:
         x, y, w, h = next(t.rect for t in frame.targets if t.name == name)
@@ -262,7 +268,7 @@ class Run:
         ref, frame = self.ref.draw(naming="")
         regions = regions_of(frame, ("title", "prompt", "hint"), ("char-q", "next"))
         shot = self.wait_for("the first-start screen", ref, regions, boot_timeout)
-        self.keep("first-start", shot, ref, regions)
+        self.keep("first-start", shot, ref, regions, decoy=self.ref.draw(naming="q")[0])
         for ch in NAME:
             self.tap(frame, f"char-{ch}", settle=0.15)
         ref, frame = self.ref.draw(naming=NAME)
@@ -278,13 +284,14 @@ class Run:
             self.tap(frame, "ok", settle=0.5)
         log("name and PIN set by taps; the device is created (PIN-locked)")
 
-    def unlock(self, pin: str, timeout: float) -> None:
+    def unlock(self, pin: str, timeout: float, keep: str = "locked") -> None:
         # Locked, the device does not know its own name (it is sealed with the PIN).
         locked = Snapshot(device_name=LOCKED_NAME, lock=PinStatus(LockState.LOCKED), confirm_mode="touchscreen")
         ref, frame = self.ref.draw(locked)
         regions = regions_of(frame, ("title", "device", "prompt"), ("key-1", "key-5", "ok", "delete"))
         shot = self.wait_for("the lock screen", ref, regions, timeout)
-        self.keep("locked", shot, ref, regions)
+        first_pin = Snapshot(device_name=NAME, lock=PinStatus(LockState.NO_PIN), confirm_mode="touchscreen")
+        self.keep(keep, shot, ref, regions, decoy=self.ref.draw(first_pin, prepare=_pin_stage("new", pin))[0])
         time.sleep(0.5)
         for d in pin:
             self.tap(frame, f"key-{d}", settle=0.15)
@@ -374,7 +381,11 @@ class Run:
         regions = regions_of(frame, ("title", "recipient", "message"), ("accept", "decline"))
         shot = self.wait_for(f"the confirm screen ({answer})", ref, regions, 120)
         if answer == "accept":
-            self.keep("confirm", shot, ref, regions)
+            other = ConfirmView(request_id=1, contact="pear", kind="text", text=text.replace("north", "south"),
+                                consumes=0, left_after=0, deadline=time.monotonic() + 60, queued=0)
+            decoy = self.ref.draw(Snapshot(device_name=NAME, lock=PinStatus(LockState.UNLOCKED),
+                                           confirm_mode="touchscreen", confirm=other))[0]
+            self.keep("confirm", shot, ref, regions, decoy)
         time.sleep(0.6)
         self.tap(frame, answer)
         return send
@@ -386,7 +397,9 @@ class Run:
         ref, frame = self.ref.draw(home)
         regions = regions_of(frame, ("title", "heading", "contact", "client"), ())
         shot = self.wait_for(f"the home screen after {name}", ref, regions, 60)
-        self.keep(name, shot, ref, regions)
+        other = Snapshot(device_name="qemu-tess", lock=PinStatus(LockState.UNLOCKED), confirm_mode="touchscreen",
+                         contacts=(ContactView("pear", 1, 2, 1, 2),), clients=(LAPTOP,))
+        self.keep(name, shot, ref, regions, decoy=self.ref.draw(other)[0])
 
 
 def ink(pixels: np.ndarray) -> np.ndarray:
@@ -522,6 +535,11 @@ def main() -> int:
             raise Failed(f"otc send after Decline did not report the refusal: {out.strip()[-300:]}")
         log(f"Decline tapped: the send was refused ({out.strip().splitlines()[-1][:100]})")
         run.after("declined")
+        # Power-cut and restart: the device starts locked; the PIN typed on the panel unlocks it.
+        run.qmp.cmd("system_reset")
+        log(f"[{time.monotonic() - start:.0f}s] reset (as a power cut); waiting for the lock screen")
+        run.unlock(pin, timeout=300, keep="locked-after-restart")
+        log(f"[{time.monotonic() - start:.0f}s] unlocked again after the restart")
     finally:
         for server in servers:
             server.stop()
