@@ -26,6 +26,8 @@ opened on import.
 from __future__ import annotations
 
 import os
+import statistics
+import sys
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -38,6 +40,7 @@ from device.touchscreen.fbdev import FramebufferError, FramebufferWriter, Geomet
 
 TOUCH_ID = 1  # the touch id the framebuffer panel's finger events carry (SDL's own are per device)
 RESCAN_S = 1.0  # how often to look again for a touch device that is not there yet
+TIMED_FRAMES = 20  # the first frames' time to convert and write is told once (the journal on the image)
 
 
 class Panel(ABC):
@@ -107,6 +110,7 @@ class FramebufferPanel(Panel):
         self._scanned_at = float("-inf")
         self._size = (0, 0)
         self.touch_problem: str | None = None  # why no touch device is read, while none is
+        self.frame_times: list[float] = []
 
     def open(self, size: tuple[int, int], fullscreen: bool) -> pygame.Surface:
         self._size = size
@@ -136,10 +140,18 @@ class FramebufferPanel(Panel):
     def present(self) -> None:
         if self.writer is None or self.surface is None:
             return
+        started = time.perf_counter()
         try:
             self.writer.write(self.surface)
         except OSError as e:
             raise ConfirmUnavailable(f"The touchscreen stopped taking frames: {self.fb}: {e.strerror}.") from None
+        if len(self.frame_times) < TIMED_FRAMES:
+            self.frame_times.append(time.perf_counter() - started)
+            if len(self.frame_times) == TIMED_FRAMES:
+                g = self.writer.geometry
+                print(f"otc: panel {self.fb} ({g.name.rstrip(chr(0))}, {g.xres}x{g.yres}, {g.bits_per_pixel} bpp): "
+                      f"a frame converted and written in {statistics.median(self.frame_times) * 1000:.1f} ms "
+                      f"(median of the first {TIMED_FRAMES})", file=sys.stderr, flush=True)
 
     def _scan(self) -> None:
         self._scanned_at = time.monotonic()
