@@ -147,7 +147,7 @@ while ! grep -aq OTC-REPORT-END "$serial"; do
     kill -0 "$qemu" 2>/dev/null || die "qemu exited; see $serial"
     sleep 3
 done
-report=$(sed -n '/OTC-REPORT-BEGIN/,/OTC-REPORT-END/p' "$serial" | tr -d '\r' | grep -av '^\s*\[.*\(OK\|FAILED\).*\]')
+report=$(sed -n '/OTC-REPORT-BEGIN/,/OTC-REPORT-END/{p;/OTC-REPORT-END/q}' "$serial" | tr -d '\r' | grep -av '^\s*\[.*\(OK\|FAILED\).*\]')
 while IFS= read -r line; do echo "  $line"; done <<<"$report"
 "$PY" "$HERE/check_report.py" --listen "10.77.0.1:$DEVICE_PORT" <<<"$report"
 
