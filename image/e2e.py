@@ -35,7 +35,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -221,7 +220,7 @@ def compare(name: str, shot: np.ndarray, ref: np.ndarray, regions: dict[str, Rec
 class Run:
     def __init__(self, qmp: Qmp, work: Path, port: int, deadline: float) -> None:
         self.qmp, self.work, self.port, self.deadline = qmp, work, port, deadline
-        self.ref = Reference(Path(tempfile.mkdtemp(prefix="otc-e2e-ref-")))
+        self.ref = Reference(work / "reference-home")  # never created: the screens drawn here set no PIN
         self.scores: dict[str, dict] = {}
         self.n = 0
         self.url = f"http://127.0.0.1:{port}"
