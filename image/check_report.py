@@ -6,9 +6,9 @@ The report (image/test/otc-image-test-report) has one fact a line:
 ``unit NAME STATE``, ``listen PROTO LOCAL-ADDRESS``, ``failed N``,
 ``failed-unit ...``, ``imports ok``, ``panel-fds N``, ``root-mib N`` and ``log ...``. The
 image passes when the device's units are active, no unit failed, the device's
-process holds the display (its touchscreen opened the DRM card through SDL's
-kmsdrm), the device RPC listens on the cable-side address, and nothing else
-listens anywhere but the DHCP server on the cable-side interface.
+process holds the display (its touchscreen opened the framebuffer device),
+the device RPC listens on the cable-side address, and nothing else listens
+anywhere but the DHCP server on the cable-side interface.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def problems(report: Report, listen: str) -> list[str]:
     if report.imports != "ok":
         found.append(f"the image's Python packages do not all import: {report.imports or 'not reported'}")
     if not report.panel_fds:
-        found.append("the device's touchscreen does not hold the display (no DRM card open in its process)")
+        found.append("the device's touchscreen does not hold the display (no framebuffer open in its process)")
     if ("tcp", listen) not in report.listening:
         found.append(f"the device RPC does not listen on {listen}")
     for proto, local in report.listening:

@@ -106,7 +106,7 @@ def test_device_unit_serves_the_touchscreen_on_the_cable_address_only():
     unit = parse_unit(UNITS / "otc-device.service")
     assert value(unit, "Unit", "ConditionPathExists") == f"{HOME}/{DB_NAME}"
     env = dict(item.split("=", 1) for item in shlex.split(value(unit, "Service", "Environment")))
-    assert env["SDL_VIDEODRIVER"] == "kmsdrm"
+    assert env["OTC_PANEL"] == "fbdev"  # frames to /dev/fb0, touches from evdev
     allowed = " ".join(values(unit, "Service", "IPAddressAllow")).split()
     assert value(unit, "Service", "IPAddressDeny") == "any"
     assert str(cable_address().network) in allowed
@@ -418,5 +418,31 @@ def test_the_boot_report_check():
     found = module.problems(module.parse(bad), "10.77.0.1:8470")
     assert found == ["otc-hrng.service is failed, not active", "failed units: 1",
                      "the image's Python packages do not all import: failed ImportError: lgpio",
-                     "the device's touchscreen does not hold the display (no DRM card open in its process)",
+                     "the device's touchscreen does not hold the display (no framebuffer open in its process)",
                      "something else listens: tcp 0.0.0.0:22", "something else listens: udp 0.0.0.0:67"]
+
+
+def test_the_end_to_end_run_reads_a_pairing_code_off_the_panels_pixels(tmp_path):
+    """image/e2e.py reads the code from a screendump (a PPM, with noise): each digit against the ten drawn."""
+    import numpy as np
+
+    e2e = image_module("e2e")
+    ref = e2e.Reference(tmp_path / "ref")
+    rng = np.random.default_rng(25)
+    for code in ("4071-9352", "1111-8888", "0369-2580"):
+        snap = e2e.Snapshot(device_name=e2e.NAME, lock=e2e.PinStatus(e2e.LockState.UNLOCKED),
+                            confirm_mode="touchscreen", pairing_code=code)
+        pixels, _ = ref.draw(snap)
+        noisy = np.clip(pixels.astype(int) + rng.integers(-12, 13, pixels.shape), 0, 255).astype(np.uint8)
+        ppm = b"P6\n800 480\n255\n" + noisy.tobytes()
+        shown = e2e.read_ppm(ppm)
+
+        class Panel(e2e.Run):
+            def __init__(self) -> None:  # the run's screen reading only: no QEMU
+                self.ref, self.deadline, self.n, self.work = ref, float("inf"), 0, tmp_path
+
+            def shot(self):
+                return shown
+
+        assert Panel().read_code() == code
+    ref.app.close()

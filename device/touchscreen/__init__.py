@@ -5,8 +5,11 @@ The screen is a view of :class:`device.ui.Console`: every frame is drawn from
 the panel is a function of device state, never of the RPC thread.
 
 * ``app`` -- :class:`~device.touchscreen.app.TouchscreenApp`: opens the
-  display (SDL's kmsdrm driver on the Pi, the dummy driver in tests), runs
-  the main loop in the main thread;
+  panel, runs the main loop in the main thread;
+* ``panel`` -- the one interface to the display and its touches, chosen by
+  ``OTC_PANEL``: the framebuffer (``fbdev``: frames to /dev/fb0 through
+  ``fbdev``, touches from the kernel's evdev device through ``evdev``; the
+  image), or an SDL driver (``dummy`` in tests, ``kmsdrm``, a window);
 * ``screens`` -- which screen applies (lock and first start, then a
   confirmation, the pairing ceremony, a pairing code, home with its alarms)
   and how each one is drawn;

@@ -4,7 +4,7 @@ Run it in the main thread (SDL wants its video and events there); the RPC
 server runs in other threads and reaches the screen only through the
 :class:`~device.ui.Console`::
 
-    app = TouchscreenApp(console, fullscreen=True, driver="kmsdrm")
+    app = TouchscreenApp(console, fullscreen=True, panel=FramebufferPanel())  # or driver="kmsdrm", "dummy"
     try:
         app.run(stop)  # returns when ``stop`` is set (or the window is closed)
     finally:
@@ -13,7 +13,6 @@ server runs in other threads and reaches the screen only through the
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -22,10 +21,10 @@ from typing import Self
 
 import pygame
 
-from device.confirm import ConfirmUnavailable
 from device.touchscreen.canvas import HEIGHT, WIDTH, Canvas
 from device.touchscreen.controller import Controller
 from device.touchscreen.frame import Frame
+from device.touchscreen.panel import Panel, SdlPanel, panel_from_setting
 from device.touchscreen.pointer import Pointer, PointerInput
 from device.touchscreen.screens import DRAW, choose
 from device.touchscreen.text import Fonts
@@ -50,25 +49,18 @@ class TouchscreenApp:
     size = (WIDTH, HEIGHT)
 
     def __init__(self, console: Console, *, fullscreen: bool, driver: str | None = None,
-                 arm_delay: float = ARM_DELAY_S, wall: Callable[[], float] = time.time,
+                 panel: Panel | None = None, arm_delay: float = ARM_DELAY_S, wall: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        """Open the display: SDL's ``driver`` ("kmsdrm" on the Pi, "dummy" in tests), else SDL's choice."""
+        """Open the display: ``panel``, else SDL's ``driver`` ("dummy" in tests), else the one ``OTC_PANEL``
+        names (device/touchscreen/panel.py; the image's units choose the framebuffer)."""
         self.console = console
         self.arm_delay = arm_delay
         self.monotonic = monotonic
-        if driver:
-            os.environ["SDL_VIDEODRIVER"] = driver
-        try:
-            # Only what the screen needs: pygame.init() would also open audio (ALSA) for nothing.
-            pygame.display.init()
-            pygame.font.init()
-            self.surface = pygame.display.set_mode(self.size, pygame.FULLSCREEN if fullscreen else 0)
-        except pygame.error as e:
-            pygame.display.quit()
-            raise ConfirmUnavailable(f"The touchscreen could not be opened: {e}.") from None
+        if panel is None:
+            panel = SdlPanel(driver) if driver else panel_from_setting()
+        self.panel = panel
+        self.surface = panel.open(self.size, fullscreen)
         pygame.display.set_caption(f"One Time Chat: {console.device_name}")
-        if fullscreen:
-            pygame.mouse.set_visible(False)
         self.fonts = Fonts()
         self.controller = Controller(console, self.fonts, wall=wall, monotonic=monotonic)
         self.controller.redraw = self._redraw
@@ -89,7 +81,7 @@ class TouchscreenApp:
         self.close()
 
     def close(self) -> None:
-        pygame.display.quit()
+        self.panel.close()
 
     # -- drawing -----------------------------------------------------------------------
 
@@ -123,7 +115,7 @@ class TouchscreenApp:
             self._shown_at = self.monotonic()
         self.frame = frame
         self._actions, self._scrollers = canvas.actions, canvas.scrollers
-        pygame.display.flip()
+        self.panel.present()
         self._drawn_at = self.monotonic()
         return frame
 
@@ -188,7 +180,7 @@ class TouchscreenApp:
 
     def step(self) -> Frame:
         """Handle the events waiting, then draw: one turn of :meth:`run`, for tests and scripts."""
-        for event in pygame.event.get():
+        for event in [*pygame.event.get(), *self.panel.touches()]:
             self.handle(event)
         return self.render()
 
@@ -197,7 +189,7 @@ class TouchscreenApp:
         self.render()
         while not self._quit and not (stop is not None and stop.is_set()):
             dirty = False
-            for event in [pygame.event.wait(FRAME_MS), *pygame.event.get()]:
+            for event in [pygame.event.wait(FRAME_MS), *pygame.event.get(), *self.panel.touches()]:
                 dirty = self.handle(event) or dirty
             now = self.monotonic()
             if dirty or self.console.changed.is_set() or now - self._drawn_at >= REFRESH_S:

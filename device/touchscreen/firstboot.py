@@ -15,7 +15,6 @@ starts; it asks for the PIN once more to unlock.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 from collections.abc import Callable
@@ -169,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"otc-firstboot: {args.home} already holds a device", file=sys.stderr)
         return 0
     try:
-        # SDL_VIDEODRIVER picks the driver: kmsdrm on the Pi (set by the service), dummy in tests.
-        with FirstBootApp(args.home, fullscreen=not args.windowed, driver=os.environ.get("SDL_VIDEODRIVER")) as app:
+        # OTC_PANEL picks the panel: the framebuffer on the image (set by the service), SDL's dummy in tests.
+        with FirstBootApp(args.home, fullscreen=not args.windowed) as app:
             created = app.run_setup()
     except DeviceError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

@@ -222,7 +222,7 @@ def _start_panel(mode: str, console: Console) -> Panel:
     without a screen, gpio is refused rather than approving blind)."""
     from device.touchscreen.app import TouchscreenApp
 
-    # SDL_VIDEODRIVER picks the driver: kmsdrm on the Pi (set by its service), dummy in tests.
+    # OTC_PANEL picks the panel: the framebuffer on the image (set by its service), SDL's dummy in tests.
     screen = TouchscreenApp(console, fullscreen=True)
     if mode != "gpio":
         return Panel(screen)
