@@ -58,9 +58,14 @@ def holder(client: RawClient, relay_port: int, pids: list[int]) -> int | None:
     return None
 
 
+FRESH_S = 4.0  # how old a found connection may be when the search ends (the header timeout is 10 s)
+
+
 def one_per_worker(relay: RelayProcess, pids: list[int]) -> dict[int, RawClient]:
-    """A keep-alive connection held by each worker (connections are opened until both have one)."""
-    found: dict[int, RawClient] = {}
+    """A keep-alive connection held by each worker (connections are opened until both have one), each opened
+    within the last FRESH_S seconds: the relay closes a connection that sends no request within its header
+    timeout (10 s), and finding the workers' connections can take seconds on a loaded machine."""
+    found: dict[int, tuple[RawClient, float]] = {}
     spare: list[RawClient] = []
     for _ in range(200):
         client = RawClient("127.0.0.1", relay.port, timeout=30)
@@ -68,6 +73,7 @@ def one_per_worker(relay: RelayProcess, pids: list[int]) -> dict[int, RawClient]
         # Connected, with no request: requests would spend the client's rate (a burst of 10), and the kernel may
         # hand many connections in a row to one worker.
         conn.connect()
+        opened = time.monotonic()
         client.conn = conn
         pid = None
         deadline = time.monotonic() + 10
@@ -75,16 +81,18 @@ def one_per_worker(relay: RelayProcess, pids: list[int]) -> dict[int, RawClient]
             pid = holder(client, relay.port, pids)
             if pid is None:
                 time.sleep(0.01)
-        if pid is not None and pid not in found:
-            found[pid] = client
+        if pid is not None and (pid not in found or time.monotonic() - found[pid][1] > FRESH_S):
+            if pid in found:
+                spare.append(found[pid][0])
+            found[pid] = (client, opened)
         else:
             spare.append(client)
-        if len(found) == len(pids):
+        if len(found) == len(pids) and all(time.monotonic() - at <= FRESH_S for _, at in found.values()):
             break
     for client in spare:
         client.close()
     assert len(found) == len(pids), f"connections reached only workers {sorted(found)} of {pids}"
-    return found
+    return {pid: client for pid, (client, _) in found.items()}
 
 
 def alive(pid: int) -> bool:
@@ -141,8 +149,7 @@ def test_a_send_in_one_worker_wakes_a_long_poll_in_the_other(two_workers):
 
 def test_the_rate_limit_holds_across_workers(two_workers):
     pids = worker_pids(two_workers)
-    clients = one_per_worker(two_workers, pids)  # no request spent
-    time.sleep(2.5)  # full buckets again
+    clients = one_per_worker(two_workers, pids)  # no request spent: the buckets are full
     try:
         began = time.monotonic()
         statuses = []
