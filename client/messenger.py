@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from client.errors import ClientError, DeviceRefused, RelayRefused, RelayUnavailable, RemoteError
+from client.errors import ClientError, DeviceInternalError, DeviceRefused, RelayRefused, RelayUnavailable, RemoteError
 from client.mailstore import MailStore, Queued, SentRecord
 from client.relay import RelayClient, RelayMessage
 from client.rpc import DeviceClient
@@ -36,6 +36,9 @@ FINAL_REFUSALS = {
     "out-of-range": "tamper: a message outside this contact's half of the pad was discarded",
     "unknown-pad": "tamper: a message for a pad this device does not have was discarded",
 }
+# A message the device failed to open with an internal error this many times is set aside as refused: one package
+# that breaks the device must not hold its mailbox (and every message after it) for good.
+INTERNAL_TRIES = 3
 
 
 @dataclass
@@ -237,6 +240,12 @@ class Messenger:
         base: dict[str, Any] = {"contact": contact, "ref": message.ref, "mailbox": message.mailbox}
         try:
             answer = self.device.unpackage(message.contents, receipt=self.receipts)
+        except DeviceInternalError as exc:
+            if self.store.open_failed(self.relay.url, message.mailbox, message.ref) < INTERNAL_TRIES:
+                raise DeviceDown(f"{exc} Messages wait on the relay.") from None
+            return Event("refused", warnings=[
+                f"device-error: the device failed {INTERNAL_TRIES} times to open a message (an internal error);"
+                " it was set aside so that the messages after it can be read"], code="device-error", **base), None
         except RemoteError as exc:
             if exc.code not in FINAL_REFUSALS:
                 raise DeviceDown(f"The device could not open messages now ({exc}); they wait on the relay.") \

@@ -79,7 +79,7 @@ SECURITY_EVENTS = frozenset({
     "invalid", "replay", "gap", "out-of-range", "unknown-pad", "malformed", "pairing-failed", "rpc-refused",
     "forgery-alarm", "retired-pad", "alarm", "tamper", "wipe", "package-refusals", "ceremony-impostor",
     "room-key-mismatch", "abe-renewal-forged", "abe-renewal-replay", "abe-renewal-out-of-range",
-    "grant-refused", "control-malformed",
+    "grant-refused", "control-malformed", "control-failed",
 })
 SECURITY_EVENT_PREFIXES = ("hrng",)  # every HRNG alarm code (hrng/errors.py) is one
 
@@ -103,6 +103,9 @@ WIPE_SYNC_BATCH = 64  # or after this many segments, whichever comes first
 
 PAD_FORMAT = 2  # package format v2: both authentication keys set aside
 MIN_GRANT = 64  # the fewest bytes a grant gives (a grant costs its giver 34): less is not worth a package
+# A split epoch counts one device's grants and takings: it never comes near this honestly. A grant naming an epoch
+# at or past it is refused before it reaches SQLite's 64-bit integers (and this device's own next epoch with it).
+MAX_SPLIT_EPOCH = 1 << 62
 
 T = TypeVar("T")
 
@@ -928,7 +931,7 @@ class PadStore:
                         warnings = self._accept(conn, pad, start, end)
                         outcome = None
                         if control:
-                            outcome, more = self._on_control(conn, pad, bytes(opened), start)  # type: ignore[call-overload]
+                            outcome, more = self._on_control_guarded(conn, pad, bytes(opened), start)  # type: ignore[call-overload]
                             warnings += more
                         received = Received(pad, start, end, opened, warnings, outcome)
         if refusal is not None:
@@ -1023,12 +1026,13 @@ class PadStore:
                 raise PadUnconfirmed(f"The pad with {pad.contact} is not usable yet.")
             segment = pad.reserve_range(need)
             amount = min(amount, pad.send_left - need)
-            if segment is None or amount < MIN_GRANT:
+            if segment is None or amount < MIN_GRANT or pad.split_epoch >= MAX_SPLIT_EPOCH:
                 raise NothingToGrant(f"This device has no unused pad to give {pad.contact}.")
             start, end = segment
             warnings, _ = self._reserve(conn, pad, start, end)
             old = pad.split
             new = old - amount if pad.role == INITIATOR else old + amount
+            body = fmt.grant_body(pad.split_epoch, new)  # made before the commit: a grant that cannot be said is none
             left, total = pad.send_left - need - amount, pad.send_total - amount
             conn.execute("UPDATE pads SET split = ?, split_epoch = split_epoch + 1, low_level = max(low_level, ?)"
                          " WHERE pad_id = ?", (new, low_level(left, total), pad_id))
@@ -1037,8 +1041,29 @@ class PadStore:
                       length=fmt.CONTROL.size,
                       detail=f"gave {amount} bytes of this device's half: split {old} -> {new}; {left} left")
         reservation = Reservation(pad, start, end, warnings)
-        body = fmt.grant_body(pad.split_epoch, new)
         return reservation, amount, self._use(reservation, lambda r, segment, key: make(r, body, segment, key))
+
+    def _on_control_guarded(self, conn: sqlite3.Connection, pad: PadRecord, body: bytes, start: int
+                            ) -> tuple[str, list[str]]:
+        """:meth:`_on_control` inside a savepoint: whatever goes wrong in it, the verified package's segment is
+        still recorded as consumed (and wiped after the commit); what the control package would have changed is
+        undone, and it is set aside as ``control-failed`` (kept as evidence)."""
+        events = getattr(self._logged, "events", None)
+        logged = len(events) if events is not None else 0
+        conn.execute("SAVEPOINT control")
+        try:
+            result = self._on_control(conn, pad, body, start)
+        except Exception as exc:  # noqa: BLE001 - a peer's numbers must never leave a verified segment unconsumed
+            conn.execute("ROLLBACK TO control")
+            if events is not None:
+                del events[logged:]
+            self._log(conn, "control-failed", contact=pad.contact, pad_id=pad.pad_id, offset=start,
+                      length=len(body), detail=f"a control package could not be applied ({type(exc).__name__});"
+                      " it was set aside and changed nothing")
+            result = "malformed", [f"control-malformed: a control package from {pad.contact}'s device could not"
+                                   " be applied; it changed nothing"]
+        conn.execute("RELEASE control")
+        return result
 
     def _on_control(self, conn: sqlite3.Connection, pad: PadRecord, body: bytes, start: int
                     ) -> tuple[str, list[str]]:
@@ -1052,11 +1077,13 @@ class PadStore:
                       length=len(body), detail="a control package this device cannot read")
             return "malformed", [f"control-malformed: a control package from {contact}'s device could not be read"]
         if isinstance(control, fmt.PadRequest):
-            self._move(conn, pad.pad_id, "requested", amount=control.wanted, offset=start)
+            # A peer's numbers: nobody can want or have more than the whole pad.
+            wanted, left = min(control.wanted, pad.size), min(control.left, pad.size)
+            self._move(conn, pad.pad_id, "requested", amount=wanted, offset=start)
             self._log(conn, "pad-requested", contact=contact, pad_id=pad.pad_id, offset=start,
-                      length=fmt.CONTROL.size, detail=f"asks for {control.wanted} more bytes; {control.left} left")
-            return "request", [f"pad-requested: {contact}'s device asked for {control.wanted} more bytes of pad"
-                               f" to send with ({control.left} left)"]
+                      length=fmt.CONTROL.size, detail=f"asks for {wanted} more bytes; {left} left")
+            return "request", [f"pad-requested: {contact}'s device asked for {wanted} more bytes of pad"
+                               f" to send with ({left} left)"]
         now = self._pad(conn, pad.pad_id)
         assert now is not None
         old, new = now.split, control.split
@@ -1065,7 +1092,9 @@ class PadStore:
         else:
             gained = (new, old) if AUTH_KEY_LEN <= new < old else None
         why = ""
-        if control.epoch < now.split_epoch:
+        if control.epoch >= MAX_SPLIT_EPOCH:
+            why = "its epoch is out of range"
+        elif control.epoch < now.split_epoch:
             why = "it is out of date: the split changed after it was made"
         elif gained is None:
             why = "it would not give this device any bytes"

@@ -1,0 +1,206 @@
+"""Moving the split under attack: the outside review's findings (docs/pad-lifecycle.md, "What each attack gets").
+
+The attacker is a malicious peer device (it holds the whole pad, so it can seal any package on its half with the
+right tag), a hostile relay, or a hostile laptop. Its packages are sealed by tests/lifecycle_checker.py from
+DESIGN.md's table alone; the devices are the project's real ones, in process or behind their RPC servers.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from client.errors import ClientError
+from client.mailstore import MailStore
+from client.messenger import INTERNAL_TRIES, Messenger
+from client.relay import RelayClient
+from client.rpc import DeviceClient
+from client.state import ClientState
+from device.engine import Device
+from device.errors import NothingToGrant, Replay
+from device.storage.padstore import PadStore
+from onetimechat import package as fmt
+from tests import lifecycle_checker as checker
+from tests.chat_fixtures import make_world
+from tests.conftest import make_pair, pad_bytes
+
+SIZE = 4096
+BOBS_FIRST = SIZE - 16 - 34  # the responder's first control segment (it sends downward from N - 16)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """alice (initiator) and bob (responder) in process, and a copy of the pad as it was made (bob's, the
+    malicious peer's)."""
+    home_a, home_b, pad_id = make_pair(tmp_path, size=SIZE)
+    pad = pad_bytes(home_a, pad_id)
+    a, b = Device.open(home_a), Device.open(home_b)
+    yield a, b, pad_id, pad
+    a.close()
+    b.close()
+
+
+def split_of(device: Device, pad_id: bytes) -> tuple[int, int]:
+    pad = device.store.pad(pad_id)
+    assert pad is not None
+    return pad.split, pad.split_epoch
+
+
+def assert_consumed_and_wiped(device: Device, package: bytes) -> None:
+    """The package opens no more (its segment is consumed) and its pad bytes are zeros on disk."""
+    with pytest.raises(Replay):
+        device.unpackage(package)
+    start, end = checker.segment(package)
+    pad_id = package[5:21]
+    assert pad_bytes(device.store.home, pad_id)[start:end] == bytes(end - start)
+
+
+# -- F1: numbers past SQLite's integers in a correctly tagged control package -----------------------------------
+
+@pytest.mark.parametrize("epoch", [2**64 - 1, 2**63 - 1, 2**63 - 2, 2**62])
+def test_a_grant_with_an_epoch_out_of_range_is_refused_consumed_and_wiped(pair, epoch):
+    a, _b, pad_id, pad = pair
+    before = split_of(a, pad_id)
+    grant = checker.forge_grant(pad, False, pad_id, BOBS_FIRST, epoch, SIZE // 2 + 500)
+    opened = a.unpackage(grant)
+    assert opened.control == "refused"
+    assert any("epoch is out of range" in w for w in opened.warnings)
+    assert split_of(a, pad_id) == before
+    assert_consumed_and_wiped(a, grant)
+    assert a.store.event_counts(("grant-refused",)) == {"grant-refused": 1}
+
+
+def test_a_request_with_numbers_past_the_pad_is_recorded_within_it(pair):
+    a, _b, pad_id, pad = pair
+    request = checker.forge_request(pad, False, pad_id, BOBS_FIRST, 2**64 - 1, 2**64 - 1)
+    opened = a.unpackage(request)
+    assert opened.control == "request"
+    (move,) = [m for m in a.store.split_moves(pad_id) if m["how"] == "requested"]
+    assert move["amount"] == SIZE  # nobody can want more than the whole pad
+    assert a.answer_request(opened) is None  # it says it has the whole pad left: nothing is given
+    assert_consumed_and_wiped(a, request)
+
+
+def test_the_highest_epoch_taken_still_leaves_every_grant_sayable(pair):
+    """F1b: an epoch just under the bound is applied; this device's own grants go on until its epoch would
+    reach the bound, then it gives nothing -- refused before any commit, never a grant that cannot be said."""
+    a, b, pad_id, pad = pair
+    grant = checker.forge_grant(pad, False, pad_id, BOBS_FIRST, (1 << 62) - 2, SIZE // 2 + 600)
+    assert a.unpackage(grant).control == "applied"
+    assert split_of(a, pad_id) == (SIZE // 2 + 600, (1 << 62) - 1)
+    made, given = a.grant(pad_id, 100)
+    assert given == 100 and checker.control(bytes(made.package), pad) == ("grant", (1 << 62) - 1, SIZE // 2 + 500)
+    assert split_of(a, pad_id) == (SIZE // 2 + 500, 1 << 62)
+    assert isinstance(a.store.pad(pad_id).split_epoch, int)
+    moves = len(a.store.split_moves(pad_id))
+    with pytest.raises(NothingToGrant):
+        a.grant(pad_id, 100)
+    assert split_of(a, pad_id) == (SIZE // 2 + 500, 1 << 62) and len(a.store.split_moves(pad_id)) == moves
+    # The grant alice made at epoch 2^62 - 1 opens at bob's as any grant does (here refused: the split it names
+    # is not in his favour, as the forged grant never moved his limit).
+    assert b.unpackage(bytes(made.package)).control == "refused"
+
+
+def test_any_failure_applying_a_control_package_still_consumes_and_wipes_it(pair, monkeypatch):
+    """Whatever goes wrong while a verified control package is applied (here a fault put into the store), its
+    segment is recorded as used and overwritten: it is set aside (control-failed), never left to open again."""
+    a, _b, pad_id, pad = pair
+
+    def broken(*_args):
+        raise OverflowError("a fault while applying a control package")
+
+    monkeypatch.setattr(PadStore, "_on_control", broken)
+    before = split_of(a, pad_id)
+    grant = checker.forge_grant(pad, False, pad_id, BOBS_FIRST, 0, SIZE // 2 + 500)
+    opened = a.unpackage(grant)
+    assert opened.control == "malformed"
+    assert split_of(a, pad_id) == before
+    assert_consumed_and_wiped(a, grant)
+    assert a.store.event_counts(("control-failed",)) == {"control-failed": 1}
+
+
+# -- F1 over the RPC: a poisoned control package does not hold the laptop's mailbox ------------------------------
+
+RPC_SIZE = 8192
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = make_world(tmp_path, names=("alice", "bob"), size=RPC_SIZE)
+    yield w
+    w.close()
+
+
+def laptop(world, who: str) -> Messenger:
+    person = world.people[who]
+    device = DeviceClient(person.url, state=ClientState(person.laptop), timeout=30)
+    return Messenger(device, RelayClient(world.relay_url), MailStore(device.url, home=person.laptop))
+
+
+def the_pad(world) -> tuple[bytes, bytes]:
+    (path,) = (world.people["alice"].home / "pads").glob("*.pad")
+    return bytes.fromhex(path.stem), path.read_bytes()
+
+
+def poll_a_few_times(m: Messenger, times: int) -> list:
+    events: list = []
+    for _ in range(times):
+        try:
+            m.poll(events.append)
+        except ClientError:
+            pass
+    return events
+
+
+def test_a_poisoned_grant_from_the_peer_is_refused_and_the_next_message_is_read(world):
+    pad_id, pad = the_pad(world)
+    alice, bob = laptop(world, "alice"), laptop(world, "bob")
+    (contact,) = alice.device.call("contacts")
+    # bob's device seals the poison below where it sends from next, so that its ordinary message follows
+    poison = checker.forge_grant(pad, False, pad_id, RPC_SIZE - 16 - 34 - 1000, 2**64 - 1, RPC_SIZE // 2 + 500)
+    RelayClient(world.relay_url).send(contact["mailboxes_in"][0], fmt.encode(poison), secrets.token_hex(16))
+    bob.send("alice", "hello after the poison")
+    events = poll_a_few_times(alice, 1)
+    assert [e.kind for e in events] == ["control", "text"]
+    assert events[0].control["outcome"] == "refused" and events[1].text == "hello after the poison"
+
+
+def test_a_message_the_device_keeps_failing_on_is_set_aside_after_a_few_tries(world, monkeypatch):
+    """A device bug (put here by a fault in the device server's process) answers one package with 500 "internal"
+    each time: the laptop tries it INTERNAL_TRIES times, then sets it aside as refused and reads what follows."""
+    alice, bob = laptop(world, "alice"), laptop(world, "bob")
+    bob.send("alice", "the package that breaks the device")
+    bob.send("alice", "the next message")
+    (contact,) = alice.device.call("contacts")
+    (first, _second), _ = RelayClient(world.relay_url).receive({contact["mailboxes_in"][0]: 0})
+    broken = fmt.decode(first.contents)
+    unpackage = Device.unpackage
+
+    def failing(self, data):
+        if bytes(data) == broken:
+            raise RuntimeError("a device bug")
+        return unpackage(self, data)
+
+    monkeypatch.setattr(Device, "unpackage", failing)
+    events = poll_a_few_times(alice, INTERNAL_TRIES - 1)
+    assert events == []  # the device may be down for a moment: the messages wait on the relay
+    events = poll_a_few_times(alice, 1)
+    assert [(e.kind, e.code) for e in events] == [("refused", "device-error"), ("text", "")]
+    assert "device-error" in events[0].warnings[0] and events[1].text == "the next message"
+    assert poll_a_few_times(alice, 1) == []  # finished with: neither comes back
+
+
+def test_the_failure_count_survives_a_restart_of_the_laptop(world):
+    """The count lives in the laptop's message store, one row per message: a client restarted between tries
+    does not start again from nothing, and a finished message's count goes with it."""
+    person = world.people["alice"]
+    url = laptop(world, "alice").device.url
+    for expected in range(1, INTERNAL_TRIES + 1):
+        store = MailStore(url, home=person.laptop)
+        assert store.open_failed("relay", "mailbox", 7) == expected
+        store.close()
+    store = MailStore(url, home=person.laptop)
+    store.finish("relay", "mailbox", 7)
+    assert store.open_failed("relay", "mailbox", 7) == 1
+    store.close()
