@@ -11,6 +11,8 @@ bytes the store hands it), the owner's confirmation, and the status report.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -137,6 +139,11 @@ ASK_MODES = ("auto", "off")
 DEFAULT_SHARE = 50
 
 
+def spare_of(pad: PadRecord) -> int:
+    """The unused bytes of ``pad``'s half a grant could give (after the grant package's own segment)."""
+    return pad.send_left - fmt.segment_length(fmt.CONTROL.size)
+
+
 def grant_amount(mode: str, share: int, spare: int, request: fmt.PadRequest) -> int:
     """How many bytes to give for ``request`` with ``spare`` unused bytes (after the grant package's own), before
     the owner is asked (mode ask) or by itself (mode auto: only when it has more than twice what the asker has).
@@ -155,6 +162,8 @@ class Device:
         self.store = store
         self.confirm = confirm
         self.refusals = refusals or RefusalBudget()
+        self._answer_locks: dict[bytes, threading.Lock] = {}
+        self._answer_locks_lock = threading.Lock()
 
     @classmethod
     def open(cls, home: str | os.PathLike[str], confirm: Confirmer | None = None) -> Device:
@@ -232,9 +241,10 @@ class Device:
             lambda r, body, segment, key: fmt.seal(Kind.CONTROL, r.pad.pad_id, r.start, segment, body, key))
         return _packaged(reserved, package, fmt.CONTROL.size)
 
-    def grant(self, pad_id: bytes, amount: int) -> tuple[Packaged, int]:
+    def grant(self, pad_id: bytes, amount: int | Callable[[PadRecord], int]) -> tuple[Packaged, int]:
         """Give the peer up to ``amount`` bytes of this device's unused half of ``pad_id`` (its own limit moves
-        first, durably); the grant package (kind 4) to send, and how many bytes it gives."""
+        first, durably); the grant package (kind 4) to send, and how many bytes it gives. ``amount`` may be a
+        function of the pad as it is in the grant's commit (:meth:`PadStore.grant`)."""
         reserved, given, package = self.store.grant(
             pad_id, amount,
             lambda r, body, segment, key: fmt.seal(Kind.CONTROL, r.pad.pad_id, r.start, segment, body, key))
@@ -261,11 +271,21 @@ class Device:
             return None
         request = fmt.parse_control(received.plaintext)
         assert isinstance(request, fmt.PadRequest)
+        # One request at a time per pad (in this process), so that what the owner is shown is the pad as the
+        # grant will find it; across processes the grant's own commit decides again on the locked pad row.
+        with self._answering(received.pad_id):
+            return self._answer(received, request)
+
+    def _answering(self, pad_id: bytes) -> threading.Lock:
+        with self._answer_locks_lock:
+            return self._answer_locks.setdefault(pad_id, threading.Lock())
+
+    def _answer(self, received: Unpackaged, request: fmt.PadRequest) -> Packaged | None:
         pad = self.store.pad(received.pad_id)
         if pad is None:
             return None
         mode, share = self.grant_policy()
-        spare = pad.send_left - fmt.segment_length(fmt.CONTROL.size)
+        spare = spare_of(pad)
         amount = grant_amount(mode, share, spare, request)
         if amount and mode == "ask":
             if self.confirm is None:
@@ -285,9 +305,18 @@ class Device:
             self.store.log_event("grant-not-given", contact=received.contact, pad_id=received.pad_id,
                                  detail=f"policy {mode}: {spare} unused here, {request.left} left there")
             return None
+        offered = amount
+
+        def decide(now: PadRecord) -> int:
+            # The policy again, on the pad as the grant's commit finds it: never more than was offered (and, in
+            # ask mode, approved), nor than the policy allows of what is unused now.
+            return min(offered, grant_amount(mode, share, spare_of(now), request))
+
         try:
-            return self.grant(received.pad_id, amount)[0]
+            return self.grant(received.pad_id, decide)[0]
         except NothingToGrant:
+            self.store.log_event("grant-not-given", contact=received.contact, pad_id=received.pad_id,
+                                 detail=f"policy {mode}: by the time of the grant, too little unused here to give")
             return None
 
     def _confirm(self, contact: str, kind: Kind, plaintext: bytes, need: int) -> None:

@@ -8,6 +8,7 @@ DESIGN.md's table alone; the devices are the project's real ones, in process or 
 from __future__ import annotations
 
 import secrets
+import threading
 
 import pytest
 
@@ -204,3 +205,86 @@ def test_the_failure_count_survives_a_restart_of_the_laptop(world):
     store.finish("relay", "mailbox", 7)
     assert store.open_failed("relay", "mailbox", 7) == 1
     store.close()
+
+
+# -- F2: requests answered at once never give more than the policy allows ---------------------------------------
+
+BIG = 65536
+
+
+def bob_requests(pad: bytes, pad_id: bytes, count: int, left: int = 0) -> list[bytes]:
+    """``count`` genuine-looking requests from bob (the responder), each on its own segment, asking for a lot."""
+    return [checker.forge_request(pad, False, pad_id, BIG - 16 - 34 * (i + 1), 10**9, left) for i in range(count)]
+
+
+def test_two_requests_answered_at_once_by_two_processes_give_no_more_than_the_policy(tmp_path, monkeypatch):
+    """Two device processes on one home (the RPC server and `otc device`, say) each open a request and decide
+    before either grants: the grant's commit decides again on the locked pad, so the two together give at most
+    half, then half of what is left (75%), never everything."""
+    home_a, _home_b, pad_id = make_pair(tmp_path, size=BIG)
+    pad = pad_bytes(home_a, pad_id)
+    first, second = Device.open(home_a), Device.open(home_a)
+    unused = first.store.pad(pad_id).send_left
+    opened = [device.unpackage(package) for device, package in zip((first, second), bob_requests(pad, pad_id, 2))]
+    both_decided = threading.Barrier(2)
+    grant = Device.grant
+
+    def after_both_decided(self, pad_id, amount):  # one schedule two processes can take
+        both_decided.wait(timeout=10)
+        return grant(self, pad_id, amount)
+
+    monkeypatch.setattr(Device, "grant", after_both_decided)
+    given: list[int] = []
+    threads = [threading.Thread(target=lambda d=d, u=u: given.append(getattr(d.answer_request(u), "gives", 0)))
+               for d, u in zip((first, second), opened)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    left = first.store.pad(pad_id).send_left
+    first.close()
+    second.close()
+    assert len(given) == 2 and all(given), given
+    assert sum(given) <= unused * 3 // 4, (given, unused)
+    assert left >= unused // 4 - 2 * 34  # what is left, but for the two grants' own segments
+
+
+def test_ask_mode_shows_the_owner_the_pad_as_the_grant_finds_it(tmp_path):
+    """F2b: two requests being answered at once (two laptops, or one hostile laptop making two calls); the
+    owner approves both screens. The second screen is shown after the first grant, with its numbers; together
+    they give no more than the policy's share of what was unused at each grant."""
+    from device.engine import GRANT_MODE
+
+    home_a, _home_b, pad_id = make_pair(tmp_path, size=BIG)
+    pad = pad_bytes(home_a, pad_id)
+    shown: list[str] = []
+
+    both_asked = threading.Barrier(2)
+
+    class Owner:  # approves whatever the screen says, after waiting a little for a second question to come
+        def ask(self, request):
+            try:
+                both_asked.wait(timeout=2)  # where the two answers' numbers were both worked out before either
+            except threading.BrokenBarrierError:
+                pass
+            shown.append(request.plaintext.decode())
+            return True
+
+    a = Device(PadStore(home_a), Owner())  # type: ignore[arg-type]
+    a.store.save_settings({GRANT_MODE: "ask"})
+    unused = a.store.pad(pad_id).send_left
+    opened = [a.unpackage(p) for p in bob_requests(pad, pad_id, 2)]
+    given: list[int] = []
+    threads = [threading.Thread(target=lambda u=u: given.append(getattr(a.answer_request(u), "gives", 0)))
+               for u in opened]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    left = a.store.pad(pad_id).send_left
+    a.close()
+    spare = [unused - 34, unused - 34 - given[0] - 34]
+    assert shown == [f"bob's device is running out of pad to send to you and asks for {10**9} bytes (it has 0"
+                     f" left). Give it {s // 2} of your {s} unused bytes?" for s in spare], shown
+    assert given == [s // 2 for s in spare]
+    assert left >= unused // 4 - 2 * 34

@@ -1008,13 +1008,14 @@ class PadStore:
         body = fmt.request_body(wanted, left)
         return reservation, self._use(reservation, lambda r, segment, key: make(r, body, segment, key))
 
-    def grant(self, pad_id: bytes, amount: int, make: Callable[[Reservation, bytes, memoryview, memoryview], T]
-              ) -> tuple[Reservation, int, T]:
+    def grant(self, pad_id: bytes, amount: int | Callable[[PadRecord], int],
+              make: Callable[[Reservation, bytes, memoryview, memoryview], T]) -> tuple[Reservation, int, T]:
         """Give the peer up to ``amount`` bytes of this device's unused half of ``pad_id``: in one commit, reserve
         the grant's own segment (rule 1), move this device's limit past the bytes given, count the epoch and
         record the grant; then give ``make`` the reservation, the grant's body, the segment's bytes and R.
-        Returns (the reservation, the bytes given, what ``make`` made). NothingToGrant if fewer than
-        :data:`MIN_GRANT` bytes can be given."""
+        ``amount`` may be a function of the pad as it is inside that commit (a policy: decided on the locked row,
+        so that two grants decided at once cannot both count the same unused bytes). Returns (the reservation,
+        the bytes given, what ``make`` made). NothingToGrant if fewer than :data:`MIN_GRANT` bytes can be given."""
         need = fmt.segment_length(fmt.CONTROL.size)
         with self._transaction() as conn:
             pad = self._pad(conn, pad_id)
@@ -1025,7 +1026,7 @@ class PadStore:
             if not conn.execute("SELECT confirmed FROM pads WHERE pad_id = ?", (pad_id,)).fetchone()[0]:
                 raise PadUnconfirmed(f"The pad with {pad.contact} is not usable yet.")
             segment = pad.reserve_range(need)
-            amount = min(amount, pad.send_left - need)
+            amount = min(amount(pad) if callable(amount) else amount, pad.send_left - need)
             if segment is None or amount < MIN_GRANT or pad.split_epoch >= MAX_SPLIT_EPOCH:
                 raise NothingToGrant(f"This device has no unused pad to give {pad.contact}.")
             start, end = segment
