@@ -144,11 +144,18 @@ def spare_of(pad: PadRecord) -> int:
     return pad.send_left - fmt.segment_length(fmt.CONTROL.size)
 
 
-def grant_amount(mode: str, share: int, spare: int, request: fmt.PadRequest) -> int:
+def seen_left(pad: PadRecord) -> int:
+    """What the peer may still have of its half of ``pad``, as far as this device has seen it use it: its half
+    (as far as this device's split bounds it) less what verified packages from it have used. A peer that says it
+    has nothing left has to spend real packages before this device believes it."""
+    return max(0, pad.recv_total - pad.recv_bytes)
+
+
+def grant_amount(mode: str, share: int, spare: int, request: fmt.PadRequest, seen_left: int = 0) -> int:
     """How many bytes to give for ``request`` with ``spare`` unused bytes (after the grant package's own), before
-    the owner is asked (mode ask) or by itself (mode auto: only when it has more than twice what the asker has).
-    0: none."""
-    if mode == "off" or (mode == "auto" and spare <= 2 * request.left):
+    the owner is asked (mode ask) or by itself (mode auto: only when it has more than twice what the asker has:
+    what it says it has, or, if more, what this device has not yet seen it use, ``seen_left``). 0: none."""
+    if mode == "off" or (mode == "auto" and spare <= 2 * max(request.left, seen_left)):
         return 0
     amount = min(request.wanted, spare * share // 100)
     return amount if amount >= MIN_GRANT else 0
@@ -241,7 +248,7 @@ class Device:
             lambda r, body, segment, key: fmt.seal(Kind.CONTROL, r.pad.pad_id, r.start, segment, body, key))
         return _packaged(reserved, package, fmt.CONTROL.size)
 
-    def grant(self, pad_id: bytes, amount: int | Callable[[PadRecord], int]) -> tuple[Packaged, int]:
+    def grant(self, pad_id: bytes, amount: int | Callable[[PadRecord, int], int]) -> tuple[Packaged, int]:
         """Give the peer up to ``amount`` bytes of this device's unused half of ``pad_id`` (its own limit moves
         first, durably); the grant package (kind 4) to send, and how many bytes it gives. ``amount`` may be a
         function of the pad as it is in the grant's commit (:meth:`PadStore.grant`)."""
@@ -286,7 +293,13 @@ class Device:
             return None
         mode, share = self.grant_policy()
         spare = spare_of(pad)
-        amount = grant_amount(mode, share, spare, request)
+        unseen = self.store.granted_unseen(pad.pad_id)
+        if mode == "auto" and unseen:
+            # One grant at a time: the next only once the peer has been seen using this one's bytes.
+            self.store.log_event("grant-not-given", contact=received.contact, pad_id=received.pad_id,
+                                 detail=f"policy auto: {unseen} bytes given earlier are not in use yet")
+            return None
+        amount = grant_amount(mode, share, spare, request, seen_left(pad))
         if amount and mode == "ask":
             if self.confirm is None:
                 amount = 0  # no screen to ask on: the owner can grant with `otc device grant`
@@ -303,14 +316,17 @@ class Device:
                     return None
         if not amount:
             self.store.log_event("grant-not-given", contact=received.contact, pad_id=received.pad_id,
-                                 detail=f"policy {mode}: {spare} unused here, {request.left} left there")
+                                 detail=f"policy {mode}: {spare} unused here, {request.left} left there"
+                                        f" ({seen_left(pad)} not seen used)")
             return None
         offered = amount
 
-        def decide(now: PadRecord) -> int:
+        def decide(now: PadRecord, unseen_now: int) -> int:
             # The policy again, on the pad as the grant's commit finds it: never more than was offered (and, in
             # ask mode, approved), nor than the policy allows of what is unused now.
-            return min(offered, grant_amount(mode, share, spare_of(now), request))
+            if mode == "auto" and unseen_now:
+                return 0
+            return min(offered, grant_amount(mode, share, spare_of(now), request, seen_left(now)))
 
         try:
             return self.grant(received.pad_id, decide)[0]

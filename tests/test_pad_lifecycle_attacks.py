@@ -213,17 +213,26 @@ BIG = 65536
 
 
 def bob_requests(pad: bytes, pad_id: bytes, count: int, left: int = 0) -> list[bytes]:
-    """``count`` genuine-looking requests from bob (the responder), each on its own segment, asking for a lot."""
-    return [checker.forge_request(pad, False, pad_id, BIG - 16 - 34 * (i + 1), 10**9, left) for i in range(count)]
+    """``count`` requests sealed as bob's (the responder's), each on its own segment at the bottom of his half
+    (clear of where his device sends from), asking for a lot."""
+    return [checker.forge_request(pad, False, pad_id, BIG // 2 + 34 * i, 10**9, left) for i in range(count)]
+
+
+def bob_talks(a: Device, b: Device, pad_id: bytes, down_to: int = 6000) -> None:
+    """bob's device really sends until it has ``down_to`` bytes left, and alice's opens it all."""
+    while b.store.pad(pad_id).send_left > down_to:
+        a.unpackage(bytes(b.package("alice", b"b" * 1000).package))
 
 
 def test_two_requests_answered_at_once_by_two_processes_give_no_more_than_the_policy(tmp_path, monkeypatch):
     """Two device processes on one home (the RPC server and `otc device`, say) each open a request and decide
     before either grants: the grant's commit decides again on the locked pad, so the two together give at most
     half, then half of what is left (75%), never everything."""
-    home_a, _home_b, pad_id = make_pair(tmp_path, size=BIG)
+    home_a, home_b, pad_id = make_pair(tmp_path, size=BIG)
     pad = pad_bytes(home_a, pad_id)
     first, second = Device.open(home_a), Device.open(home_a)
+    with Device.open(home_b) as bob:
+        bob_talks(first, bob, pad_id)
     unused = first.store.pad(pad_id).send_left
     opened = [device.unpackage(package) for device, package in zip((first, second), bob_requests(pad, pad_id, 2))]
     both_decided = threading.Barrier(2)
@@ -244,7 +253,7 @@ def test_two_requests_answered_at_once_by_two_processes_give_no_more_than_the_po
     left = first.store.pad(pad_id).send_left
     first.close()
     second.close()
-    assert len(given) == 2 and all(given), given
+    assert len(given) == 2 and given[0] + given[1] > 0, given
     assert sum(given) <= unused * 3 // 4, (given, unused)
     assert left >= unused // 4 - 2 * 34  # what is left, but for the two grants' own segments
 
@@ -288,3 +297,30 @@ def test_ask_mode_shows_the_owner_the_pad_as_the_grant_finds_it(tmp_path):
                      f" left). Give it {s // 2} of your {s} unused bytes?" for s in spare], shown
     assert given == [s // 2 for s in spare]
     assert left >= unused // 4 - 2 * 34
+
+
+# -- L1: a peer that says it has nothing left must spend real packages before it is given more -----------------
+
+def test_a_peer_saying_it_has_nothing_left_gets_nothing_until_seen_using_its_half(tmp_path):
+    """bob's device lies in its requests ("0 left"), from the bottom of its half (so that it spends almost
+    nothing). alice's device judges by what it has seen bob use: nothing is given until bob has really sent most
+    of his half, then one grant, and no other until bob is seen using that one's bytes."""
+    home_a, home_b, pad_id = make_pair(tmp_path, size=BIG)
+    pad = pad_bytes(home_a, pad_id)
+    a, b = Device.open(home_a), Device.open(home_b)
+    unused = a.store.pad(pad_id).send_left
+    lies = iter(checker.forge_request(pad, False, pad_id, BIG // 2 + 34 * i, 10**9, 0) for i in range(40))
+
+    def lie() -> int:
+        answer = a.answer_request(a.unpackage(next(lies)))
+        return answer.gives if answer is not None else 0
+
+    assert sum(lie() for _ in range(12)) == 0  # 12 requests, 408 bytes of bob's: nothing
+    assert a.store.pad(pad_id).send_left == unused
+    bob_talks(a, b, pad_id)  # bob really talks: alice sees his half used
+    first = lie()
+    assert 0 < first <= (unused - 34) // 2
+    assert sum(lie() for _ in range(12)) == 0  # that grant is not in use yet: nothing more
+    assert a.store.pad(pad_id).split == BIG // 2 - first  # alice's limit moved once
+    a.close()
+    b.close()

@@ -1008,13 +1008,14 @@ class PadStore:
         body = fmt.request_body(wanted, left)
         return reservation, self._use(reservation, lambda r, segment, key: make(r, body, segment, key))
 
-    def grant(self, pad_id: bytes, amount: int | Callable[[PadRecord], int],
+    def grant(self, pad_id: bytes, amount: int | Callable[[PadRecord, int], int],
               make: Callable[[Reservation, bytes, memoryview, memoryview], T]) -> tuple[Reservation, int, T]:
         """Give the peer up to ``amount`` bytes of this device's unused half of ``pad_id``: in one commit, reserve
         the grant's own segment (rule 1), move this device's limit past the bytes given, count the epoch and
         record the grant; then give ``make`` the reservation, the grant's body, the segment's bytes and R.
-        ``amount`` may be a function of the pad as it is inside that commit (a policy: decided on the locked row,
-        so that two grants decided at once cannot both count the same unused bytes). Returns (the reservation,
+        ``amount`` may be a function of the pad as it is inside that commit and of the bytes this device gave that
+        the peer has not been seen using yet (a policy: decided on the locked row, so that two grants decided at
+        once cannot both count the same unused bytes). Returns (the reservation,
         the bytes given, what ``make`` made). NothingToGrant if fewer than :data:`MIN_GRANT` bytes can be given."""
         need = fmt.segment_length(fmt.CONTROL.size)
         with self._transaction() as conn:
@@ -1026,7 +1027,9 @@ class PadStore:
             if not conn.execute("SELECT confirmed FROM pads WHERE pad_id = ?", (pad_id,)).fetchone()[0]:
                 raise PadUnconfirmed(f"The pad with {pad.contact} is not usable yet.")
             segment = pad.reserve_range(need)
-            amount = min(amount(pad) if callable(amount) else amount, pad.send_left - need)
+            if callable(amount):
+                amount = amount(pad, self._granted_unseen(conn, pad_id))
+            amount = min(amount, pad.send_left - need)
             if segment is None or amount < MIN_GRANT or pad.split_epoch >= MAX_SPLIT_EPOCH:
                 raise NothingToGrant(f"This device has no unused pad to give {pad.contact}.")
             start, end = segment
@@ -1122,6 +1125,16 @@ class PadStore:
               new: int | None = None, amount: int | None = None, offset: int | None = None) -> None:
         conn.execute('INSERT INTO split_moves (pad_id, how, epoch, old_split, new_split, amount, "offset", ts)'
                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (pad_id, how, epoch, old, new, amount, offset, time.time()))
+
+    @staticmethod
+    def _granted_unseen(conn: sqlite3.Connection, pad_id: bytes) -> int:
+        """The bytes of ``pad_id`` this device gave that no package from the peer has used yet."""
+        return int(conn.execute("SELECT coalesce(sum(amount), 0) FROM split_moves WHERE pad_id = ?"
+                                " AND how = 'granted' AND seen IS NULL", (pad_id,)).fetchone()[0])
+
+    def granted_unseen(self, pad_id: bytes) -> int:
+        """The bytes of ``pad_id`` this device gave that no package from the peer has used yet."""
+        return self._granted_unseen(self._conn(), pad_id)
 
     def split_moves(self, pad_id: bytes) -> list[dict]:
         """Every request and grant of a pad, sent or received, oldest first (no secrets)."""
