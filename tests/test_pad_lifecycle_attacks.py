@@ -324,3 +324,25 @@ def test_a_peer_saying_it_has_nothing_left_gets_nothing_until_seen_using_its_hal
     assert a.store.pad(pad_id).split == BIG // 2 - first  # alice's limit moved once
     a.close()
     b.close()
+
+
+# -- F3: after crossing grants, bytes handed back are this device's again, not "given and unseen" ----------------
+
+def test_a_grant_that_hands_back_a_refused_grants_bytes_clears_its_unseen_warning(pair):
+    a, b, pad_id, pad = pair
+    h, _ = a.grant(pad_id, 500)  # alice: split 2048 -> 1548
+    g, _ = b.grant(pad_id, 500)  # bob: 2048 -> 2548 (crossing)
+    assert a.unpackage(bytes(g.package)).control == "refused"
+    assert b.unpackage(bytes(h.package)).control == "refused"
+    assert a.granted_unseen() == {pad_id: 500}
+    g2, _ = b.grant(pad_id, 300)  # bob: 2548 -> 2848, at epoch 1: it gives alice [1548, 2848)
+    assert a.unpackage(bytes(g2.package)).control == "applied"
+    assert a.store.pad(pad_id).split == 2848
+    sent = [bytes(h.package), bytes(g.package), bytes(g2.package)]
+    while a.store.pad(pad_id).send_left >= 116:
+        sent.append(bytes(a.package("bob", b"q" * 100).package))
+    checker.assert_no_byte_twice(sent, SIZE)
+    assert any(s < 2048 and e > 1548 for s, e in map(checker.segment, sent[3:]))  # alice uses them again
+    assert a.granted_unseen() == {}
+    assert not any(w.startswith("grant-unseen") for w in a.status()["warnings"])
+    assert a.store.event_counts(("grant-returned",)) == {"grant-returned": 1}

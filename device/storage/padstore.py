@@ -969,12 +969,21 @@ class PadStore:
         self.add_consumed(conn, pad.pad_id, start, end)
         self.add_pending_wipe(conn, pad.pad_id, start, end)
         # A grant of this device's is seen taken once the peer sends with its bytes.
-        for move_id, old, new in conn.execute(
-                "SELECT id, old_split, new_split FROM split_moves WHERE pad_id = ? AND how = 'granted'"
-                " AND seen IS NULL", (pad.pad_id,)).fetchall():
+        self._grants_done_with(conn, pad.pad_id, start, end)
+        return warnings
+
+    @staticmethod
+    def _grants_done_with(conn: sqlite3.Connection, pad_id: bytes, start: int, end: int) -> int:
+        """Mark this device's unseen grants of ``pad_id`` that give any byte of ``[start, end)`` as seen: the
+        peer used those bytes, or a grant this device took gave them back to it. The bytes so marked."""
+        done = 0
+        for move_id, old, new, amount in conn.execute(
+                "SELECT id, old_split, new_split, amount FROM split_moves WHERE pad_id = ? AND how = 'granted'"
+                " AND seen IS NULL", (pad_id,)).fetchall():
             if start < max(old, new) and min(old, new) < end:
                 conn.execute("UPDATE split_moves SET seen = ? WHERE id = ?", (time.time(), move_id))
-        return warnings
+                done += amount
+        return done
 
     # -- moving the split (docs/pad-lifecycle.md) ---------------------------------------------------------
     #
@@ -1117,6 +1126,11 @@ class PadStore:
         self._move(conn, pad.pad_id, "applied", epoch=control.epoch, old=old, new=new, amount=amount, offset=start)
         self._log(conn, "split-moved", contact=contact, pad_id=pad.pad_id, offset=start, length=fmt.CONTROL.size,
                   detail=f"{contact} gave {amount} bytes: split {old} -> {new}; {moved.send_left} left")
+        # After crossing grants, a grant taken may hand back bytes of this device's own refused grant: they are
+        # this device's to use again, no longer given and unseen.
+        if back := self._grants_done_with(conn, pad.pad_id, *gained):
+            self._log(conn, "grant-returned", contact=contact, pad_id=pad.pad_id, offset=start,
+                      length=fmt.CONTROL.size, detail=f"a grant of {back} bytes this device made came back with it")
         return "applied", [f"split-moved: {contact}'s device gave {amount} bytes of pad;"
                            f" {moved.send_left} bytes are left for sending to {contact}"]
 
