@@ -87,7 +87,8 @@ class Unpackaged:
     pad_id: bytes
     offset: int
     warnings: list[str] = field(default_factory=list)
-    #: For a control package: "request", "applied" (the split moved), "refused" or "malformed".
+    #: For a control package: "request", "applied" (the split moved), "repeated" (a copy of the grant taken last:
+    #: nothing changes), "refused" or "malformed".
     control: str | None = None
 
     def to_json(self) -> dict:
@@ -257,6 +258,13 @@ class Device:
             lambda r, body, segment, key: fmt.seal(Kind.CONTROL, r.pad.pad_id, r.start, segment, body, key))
         return replace(_packaged(reserved, package, fmt.CONTROL.size), gives=given), given
 
+    def regrant(self, pad_id: bytes) -> Packaged:
+        """This device's last grant of ``pad_id`` again, on a new segment, while the peer is not using it
+        (:meth:`PadStore.regrant`); it gives nothing more (``gives`` 0). NothingToGrant if there is none."""
+        reserved, package = self.store.regrant(
+            pad_id, lambda r, body, segment, key: fmt.seal(Kind.CONTROL, r.pad.pad_id, r.start, segment, body, key))
+        return _packaged(reserved, package, fmt.CONTROL.size)
+
     def granted_unseen(self) -> dict[bytes, int]:
         """Per pad, the bytes this device gave that no package from the peer has used yet."""
         return {pad.pad_id: given for pad in self.store.pads()
@@ -294,6 +302,13 @@ class Device:
         mode, share = self.grant_policy()
         spare = spare_of(pad)
         unseen = self.store.granted_unseen(pad.pad_id)
+        if unseen:
+            # The asker may never have had the last grant (a relay can drop exactly the grants): say it again.
+            # It gives nothing more, so no policy or owner is asked.
+            try:
+                return self.regrant(received.pad_id)
+            except NothingToGrant:
+                pass
         if mode == "auto" and unseen:
             # One grant at a time: the next only once the peer has been seen using this one's bytes.
             self.store.log_event("grant-not-given", contact=received.contact, pad_id=received.pad_id,

@@ -968,8 +968,9 @@ class PadStore:
         )
         self.add_consumed(conn, pad.pad_id, start, end)
         self.add_pending_wipe(conn, pad.pad_id, start, end)
-        # A grant of this device's is seen taken once the peer sends with its bytes.
-        self._grants_done_with(conn, pad.pad_id, start, end)
+        # A grant of this device's is seen taken once the peer sends with its bytes, or past them (it sends in
+        # order: its pointer went through them).
+        self._grants_done_with(conn, pad.pad_id, *((start, pad.size) if pad.role == INITIATOR else (0, end)))
         return warnings
 
     @staticmethod
@@ -1028,13 +1029,7 @@ class PadStore:
         the bytes given, what ``make`` made). NothingToGrant if fewer than :data:`MIN_GRANT` bytes can be given."""
         need = fmt.segment_length(fmt.CONTROL.size)
         with self._transaction() as conn:
-            pad = self._pad(conn, pad_id)
-            if pad is None:
-                raise UnknownPad()
-            if pad.retired:
-                raise RetiredPad(retired_text(pad.contact))
-            if not conn.execute("SELECT confirmed FROM pads WHERE pad_id = ?", (pad_id,)).fetchone()[0]:
-                raise PadUnconfirmed(f"The pad with {pad.contact} is not usable yet.")
+            pad = self._grantable(conn, pad_id)
             segment = pad.reserve_range(need)
             if callable(amount):
                 amount = amount(pad, self._granted_unseen(conn, pad_id))
@@ -1055,6 +1050,42 @@ class PadStore:
                       detail=f"gave {amount} bytes of this device's half: split {old} -> {new}; {left} left")
         reservation = Reservation(pad, start, end, warnings)
         return reservation, amount, self._use(reservation, lambda r, segment, key: make(r, body, segment, key))
+
+    def _grantable(self, conn: sqlite3.Connection, pad_id: bytes) -> PadRecord:
+        """A pad this device may send a grant on: known, not retired, confirmed."""
+        pad = self._pad(conn, pad_id)
+        if pad is None:
+            raise UnknownPad()
+        if pad.retired:
+            raise RetiredPad(retired_text(pad.contact))
+        if not conn.execute("SELECT confirmed FROM pads WHERE pad_id = ?", (pad_id,)).fetchone()[0]:
+            raise PadUnconfirmed(f"The pad with {pad.contact} is not usable yet.")
+        return pad
+
+    def regrant(self, pad_id: bytes, make: Callable[[Reservation, bytes, memoryview, memoryview], T]
+                ) -> tuple[Reservation, T]:
+        """Say this device's last grant of ``pad_id`` again, on a new segment: the same body (the epoch it was
+        made at, the split it named), when it is not in use by the peer yet and nothing changed this device's
+        split since (so it is still the whole of what this device has given). It gives nothing more: a copy is
+        what the first package, delayed, would be (the epoch rule makes the later of the two out of date), so
+        a relay that lost the first does not burn the bytes for good. NothingToGrant otherwise."""
+        with self._transaction() as conn:
+            pad = self._grantable(conn, pad_id)
+            last = conn.execute("SELECT epoch, new_split, seen FROM split_moves WHERE pad_id = ? AND how = 'granted'"
+                                " ORDER BY id DESC LIMIT 1", (pad_id,)).fetchone()
+            segment = pad.reserve_range(fmt.segment_length(fmt.CONTROL.size))
+            if (last is None or last[2] is not None or last[1] != pad.split or last[0] + 1 != pad.split_epoch
+                    or segment is None):
+                raise NothingToGrant(f"This device has no grant to {pad.contact} to send again.")
+            epoch, split = last[0], last[1]
+            body = fmt.grant_body(epoch, split)
+            start, end = segment
+            warnings, _ = self._reserve(conn, pad, start, end)
+            self._log(conn, "pad-grant-resent", contact=pad.contact, pad_id=pad_id, offset=start,
+                      length=fmt.CONTROL.size, detail=f"the grant of split {split} at epoch {epoch} again:"
+                      f" {pad.contact}'s device is not using it yet")
+        reservation = Reservation(pad, start, end, warnings)
+        return reservation, self._use(reservation, lambda r, segment, key: make(r, body, segment, key))
 
     def _on_control_guarded(self, conn: sqlite3.Connection, pad: PadRecord, body: bytes, start: int
                             ) -> tuple[str, list[str]]:
@@ -1104,6 +1135,13 @@ class PadStore:
             gained = (old, new) if old < new <= now.size - AUTH_KEY_LEN else None
         else:
             gained = (new, old) if AUTH_KEY_LEN <= new < old else None
+        if control.epoch + 1 == now.split_epoch and control.split == old and conn.execute(
+                "SELECT 1 FROM split_moves WHERE pad_id = ? AND how = 'applied' AND epoch = ? AND new_split = ?",
+                (pad.pad_id, control.epoch, old)).fetchone():
+            # A copy of the grant this device took last (the granter said it again, not knowing it arrived).
+            self._log(conn, "grant-repeated", contact=contact, pad_id=pad.pad_id, offset=start,
+                      length=fmt.CONTROL.size, detail=f"split {new} at epoch {control.epoch}: already taken")
+            return "repeated", []
         why = ""
         if control.epoch >= MAX_SPLIT_EPOCH:
             why = "its epoch is out of range"
