@@ -31,16 +31,19 @@ SIZE = 4096
 BOBS_FIRST = SIZE - 16 - 34  # the responder's first control segment (it sends downward from N - 16)
 
 
+def opened_pair(tmp_path, size: int):
+    """alice (initiator) and bob (responder) in process, the pad id, and a copy of the pad as it was made (what
+    the malicious peer holds); closed after the test."""
+    home_a, home_b, pad_id = make_pair(tmp_path, size=size)
+    devices = Device.open(home_a), Device.open(home_b)
+    yield (*devices, pad_id, pad_bytes(home_a, pad_id))
+    for device in devices:
+        device.close()
+
+
 @pytest.fixture
 def pair(tmp_path):
-    """alice (initiator) and bob (responder) in process, and a copy of the pad as it was made (bob's, the
-    malicious peer's)."""
-    home_a, home_b, pad_id = make_pair(tmp_path, size=SIZE)
-    pad = pad_bytes(home_a, pad_id)
-    a, b = Device.open(home_a), Device.open(home_b)
-    yield a, b, pad_id, pad
-    a.close()
-    b.close()
+    yield from opened_pair(tmp_path, SIZE)
 
 
 def split_of(device: Device, pad_id: bytes) -> tuple[int, int]:
@@ -225,6 +228,18 @@ def bob_talks(a: Device, b: Device, pad_id: bytes, down_to: int = 6000) -> None:
         a.unpackage(bytes(b.package("alice", b"b" * 1000).package))
 
 
+def answered_at_once(answers) -> list[int]:
+    """Each (device, opened request) answered in its own thread, all at once: the bytes each grant gave."""
+    given: list[int] = []
+    threads = [threading.Thread(target=lambda d=d, u=u: given.append(getattr(d.answer_request(u), "gives", 0)))
+               for d, u in answers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return given
+
+
 def test_two_requests_answered_at_once_by_two_processes_give_no_more_than_the_policy(tmp_path, monkeypatch):
     """Two device processes on one home (the RPC server and `otc device`, say) each open a request and decide
     before either grants: the grant's commit decides again on the locked pad, so the two together give at most
@@ -244,13 +259,7 @@ def test_two_requests_answered_at_once_by_two_processes_give_no_more_than_the_po
         return grant(self, pad_id, amount)
 
     monkeypatch.setattr(Device, "grant", after_both_decided)
-    given: list[int] = []
-    threads = [threading.Thread(target=lambda d=d, u=u: given.append(getattr(d.answer_request(u), "gives", 0)))
-               for d, u in zip((first, second), opened)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    given = answered_at_once(zip((first, second), opened))
     left = first.store.pad(pad_id).send_left
     first.close()
     second.close()
@@ -284,13 +293,7 @@ def test_ask_mode_shows_the_owner_the_pad_as_the_grant_finds_it(tmp_path):
     a.store.save_settings({GRANT_MODE: "ask"})
     unused = a.store.pad(pad_id).send_left
     opened = [a.unpackage(p) for p in bob_requests(pad, pad_id, 2)]
-    given: list[int] = []
-    threads = [threading.Thread(target=lambda u=u: given.append(getattr(a.answer_request(u), "gives", 0)))
-               for u in opened]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    given = answered_at_once((a, u) for u in opened)
     left = a.store.pad(pad_id).send_left
     a.close()
     spare = unused - 34
@@ -358,11 +361,7 @@ L2_SIZE = 16384  # room for a request at 1% too
 
 @pytest.fixture
 def pair16k(tmp_path):
-    home_a, home_b, pad_id = make_pair(tmp_path, size=L2_SIZE)
-    a, b = Device.open(home_a), Device.open(home_b)
-    yield a, b, pad_id, pad_bytes(home_a, pad_id)
-    a.close()
-    b.close()
+    yield from opened_pair(tmp_path, L2_SIZE)
 
 
 def alice_talks_and_asks(a: Device, b: Device, deliver_grant, size: int = 20, rounds: int = 1000) -> list[bytes]:
