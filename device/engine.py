@@ -249,7 +249,7 @@ class Device:
             lambda r, body, segment, key: fmt.seal(Kind.CONTROL, r.pad.pad_id, r.start, segment, body, key))
         return _packaged(reserved, package, fmt.CONTROL.size)
 
-    def grant(self, pad_id: bytes, amount: int | Callable[[PadRecord, int], int]) -> tuple[Packaged, int]:
+    def grant(self, pad_id: bytes, amount: int | Callable[[PadRecord, bool], int]) -> tuple[Packaged, int]:
         """Give the peer up to ``amount`` bytes of this device's unused half of ``pad_id`` (its own limit moves
         first, durably); the grant package (kind 4) to send, and how many bytes it gives. ``amount`` may be a
         function of the pad as it is in the grant's commit (:meth:`PadStore.grant`)."""
@@ -301,19 +301,13 @@ class Device:
             return None
         mode, share = self.grant_policy()
         spare = spare_of(pad)
-        unseen = self.store.granted_unseen(pad.pad_id)
-        if unseen:
-            # The asker may never have had the last grant (a relay can drop exactly the grants): say it again.
-            # It gives nothing more, so no policy or owner is asked.
-            try:
-                return self.regrant(received.pad_id)
-            except NothingToGrant:
-                pass
-        if mode == "auto" and unseen:
-            # One grant at a time: the next only once the peer has been seen using this one's bytes.
-            self.store.log_event("grant-not-given", contact=received.contact, pad_id=received.pad_id,
-                                 detail=f"policy auto: {unseen} bytes given earlier are not in use yet")
-            return None
+        # While this device's last grant is not in use and still stands, the asker may never have had it (a
+        # relay can drop exactly the grants): it is said again, and nothing more is given -- in any mode, so no
+        # owner is asked. A new grant only once the peer is seen using that one (or the split moved since).
+        try:
+            return self.regrant(received.pad_id)
+        except NothingToGrant:
+            pass
         amount = grant_amount(mode, share, spare, request, seen_left(pad))
         if amount and mode == "ask":
             if self.confirm is None:
@@ -336,10 +330,11 @@ class Device:
             return None
         offered = amount
 
-        def decide(now: PadRecord, unseen_now: int) -> int:
+        def decide(now: PadRecord, pending: bool) -> int:
             # The policy again, on the pad as the grant's commit finds it: never more than was offered (and, in
-            # ask mode, approved), nor than the policy allows of what is unused now.
-            if mode == "auto" and unseen_now:
+            # ask mode, approved), nor than the policy allows of what is unused now; and in auto mode nothing
+            # while a grant made meanwhile (by another process) is pending.
+            if mode == "auto" and pending:
                 return 0
             return min(offered, grant_amount(mode, share, spare_of(now), request, seen_left(now)))
 

@@ -26,6 +26,7 @@ from onetimechat.errors import OTCError
 from tests import lifecycle_checker as checker
 from tests.chat_fixtures import make_world
 from tests.conftest import make_pair, pad_bytes
+from tests.test_pad_lifecycle import send_until_exhausted
 
 SIZE = 4096
 BOBS_FIRST = SIZE - 16 - 34  # the responder's first control segment (it sends downward from N - 16)
@@ -422,16 +423,22 @@ def test_a_grant_dropped_once_is_said_again_and_its_bytes_are_used(pair16k):
     assert not any(w.startswith("grant-unseen") for w in b.status()["warnings"])
 
 
-def test_a_copy_of_a_grant_already_taken_changes_nothing(pair):
-    a, b, pad_id, pad = pair
-    sent: list[bytes] = []
-    while True:  # alice talks until her device asks; bob reads it all
+def talk_read_until_asking(a: Device, b: Device, sent: list[bytes]) -> bytes:
+    """alice talks until her device asks for more pad, bob's reading it all; the request (kept in ``sent``)."""
+    while True:
         made = a.package("bob", b"x" * 100)
         sent.append(bytes(made.package))
         b.unpackage(bytes(made.package))
         if made.control:
-            break
-    first = b.answer_request(b.unpackage(bytes(made.control[0].package)))
+            sent.append(bytes(made.control[0].package))
+            return sent[-1]
+
+
+def test_a_copy_of_a_grant_already_taken_changes_nothing(pair):
+    a, b, pad_id, pad = pair
+    sent: list[bytes] = []
+    request = talk_read_until_asking(a, b, sent)
+    first = b.answer_request(b.unpackage(request))
     assert first is not None and a.unpackage(bytes(first.package)).control == "applied"
     before = split_of(a, pad_id)
     again = b.regrant(pad_id)  # bob has not seen alice use it yet: he may say it again
@@ -440,8 +447,7 @@ def test_a_copy_of_a_grant_already_taken_changes_nothing(pair):
     assert opened.control == "repeated" and opened.warnings == []
     assert split_of(a, pad_id) == before
     assert a.store.event_counts(("grant-refused",)) == {}
-    checker.assert_no_byte_twice([*sent, bytes(made.control[0].package), bytes(first.package),
-                                  bytes(again.package)], SIZE)
+    checker.assert_no_byte_twice([*sent, bytes(first.package), bytes(again.package)], SIZE)
 
 
 def _hostile_relay_run(tmp_path, seed: int, steps: int = 900) -> tuple[int, dict[str, int]]:
@@ -515,7 +521,26 @@ def _hostile_relay_run(tmp_path, seed: int, steps: int = 900) -> tuple[int, dict
             device.close()
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(12))
 def test_a_hostile_relay_and_killed_granters_never_put_a_byte_in_two_packages(tmp_path, seed):
     produced, outcomes = _hostile_relay_run(tmp_path, seed)
     assert produced > 50 and outcomes.get("applied", 0) > 0, outcomes
+
+
+def test_after_crossing_grants_a_request_gets_a_new_grant_not_a_dead_copy(pair):
+    """Both owners grant at once: each grant is refused at the other side, and neither can ever apply (each
+    side's epoch is past it). Saying one again would be refused to no end: the next request is answered by the
+    policy, with a grant that applies."""
+    a, b, pad_id, pad = pair
+    h, _ = a.grant(pad_id, 300)
+    g, _ = b.grant(pad_id, 300)
+    assert a.unpackage(bytes(g.package)).control == "refused"
+    assert b.unpackage(bytes(h.package)).control == "refused"
+    sent = [bytes(h.package), bytes(g.package)]
+    answer = b.answer_request(b.unpackage(talk_read_until_asking(a, b, sent)))
+    assert answer is not None and answer.gives > 0
+    sent.append(bytes(answer.package))
+    assert a.unpackage(bytes(answer.package)).control == "applied"
+    assert split_of(a, pad_id)[0] == split_of(b, pad_id)[0]
+    send_until_exhausted(a, "bob", sent)
+    checker.assert_no_byte_twice(sent, SIZE)

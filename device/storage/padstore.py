@@ -1018,21 +1018,21 @@ class PadStore:
         body = fmt.request_body(wanted, left)
         return reservation, self._use(reservation, lambda r, segment, key: make(r, body, segment, key))
 
-    def grant(self, pad_id: bytes, amount: int | Callable[[PadRecord, int], int],
+    def grant(self, pad_id: bytes, amount: int | Callable[[PadRecord, bool], int],
               make: Callable[[Reservation, bytes, memoryview, memoryview], T]) -> tuple[Reservation, int, T]:
         """Give the peer up to ``amount`` bytes of this device's unused half of ``pad_id``: in one commit, reserve
         the grant's own segment (rule 1), move this device's limit past the bytes given, count the epoch and
         record the grant; then give ``make`` the reservation, the grant's body, the segment's bytes and R.
-        ``amount`` may be a function of the pad as it is inside that commit and of the bytes this device gave that
-        the peer has not been seen using yet (a policy: decided on the locked row, so that two grants decided at
-        once cannot both count the same unused bytes). Returns (the reservation,
+        ``amount`` may be a function of the pad as it is inside that commit and of whether this device's last
+        grant of it still stands unused (:meth:`_pending_grant`): a policy decided on the locked row, so that two
+        grants decided at once cannot both count the same unused bytes. Returns (the reservation,
         the bytes given, what ``make`` made). NothingToGrant if fewer than :data:`MIN_GRANT` bytes can be given."""
         need = fmt.segment_length(fmt.CONTROL.size)
         with self._transaction() as conn:
             pad = self._grantable(conn, pad_id)
             segment = pad.reserve_range(need)
             if callable(amount):
-                amount = amount(pad, self._granted_unseen(conn, pad_id))
+                amount = amount(pad, self._pending_grant(conn, pad) is not None)
             amount = min(amount, pad.send_left - need)
             if segment is None or amount < MIN_GRANT or pad.split_epoch >= MAX_SPLIT_EPOCH:
                 raise NothingToGrant(f"This device has no unused pad to give {pad.contact}.")
@@ -1071,13 +1071,11 @@ class PadStore:
         a relay that lost the first does not burn the bytes for good. NothingToGrant otherwise."""
         with self._transaction() as conn:
             pad = self._grantable(conn, pad_id)
-            last = conn.execute("SELECT epoch, new_split, seen FROM split_moves WHERE pad_id = ? AND how = 'granted'"
-                                " ORDER BY id DESC LIMIT 1", (pad_id,)).fetchone()
+            pending = self._pending_grant(conn, pad)
             segment = pad.reserve_range(fmt.segment_length(fmt.CONTROL.size))
-            if (last is None or last[2] is not None or last[1] != pad.split or last[0] + 1 != pad.split_epoch
-                    or segment is None):
+            if pending is None or segment is None:
                 raise NothingToGrant(f"This device has no grant to {pad.contact} to send again.")
-            epoch, split = last[0], last[1]
+            epoch, split = pending
             body = fmt.grant_body(epoch, split)
             start, end = segment
             warnings, _ = self._reserve(conn, pad, start, end)
@@ -1151,6 +1149,9 @@ class PadStore:
             why = "it would not give this device any bytes"
         elif self.overlaps(conn, pad.pad_id, *gained):
             why = "it gives bytes already used"
+        if control.epoch < MAX_SPLIT_EPOCH:  # whatever becomes of it, the peer's epoch is past the one it names
+            conn.execute("UPDATE pads SET peer_epoch = max(peer_epoch, ?) WHERE pad_id = ?",
+                         (control.epoch + 1, pad.pad_id))
         if why:
             self._log(conn, "grant-refused", contact=contact, pad_id=pad.pad_id, offset=start,
                       length=fmt.CONTROL.size, detail=f"split {new} at epoch {control.epoch} refused: {why}")
@@ -1179,14 +1180,19 @@ class PadStore:
                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (pad_id, how, epoch, old, new, amount, offset, time.time()))
 
     @staticmethod
-    def _granted_unseen(conn: sqlite3.Connection, pad_id: bytes) -> int:
-        """The bytes of ``pad_id`` this device gave that no package from the peer has used yet."""
-        return int(conn.execute("SELECT coalesce(sum(amount), 0) FROM split_moves WHERE pad_id = ?"
-                                " AND how = 'granted' AND seen IS NULL", (pad_id,)).fetchone()[0])
-
-    def granted_unseen(self, pad_id: bytes) -> int:
-        """The bytes of ``pad_id`` this device gave that no package from the peer has used yet."""
-        return self._granted_unseen(self._conn(), pad_id)
+    def _pending_grant(conn: sqlite3.Connection, pad: PadRecord) -> tuple[int, int] | None:
+        """This device's last grant of ``pad`` -- (the epoch it was made at, the split it named) -- if the peer
+        has not been seen using it and nothing has changed this device's split since: it may still be on its way
+        (or lost), and it is still the whole of what this device has given. None otherwise."""
+        last = conn.execute("SELECT epoch, new_split, seen FROM split_moves WHERE pad_id = ? AND how = 'granted'"
+                            " ORDER BY id DESC LIMIT 1", (pad.pad_id,)).fetchone()
+        if last is None or last[2] is not None or last[1] != pad.split or last[0] + 1 != pad.split_epoch:
+            return None
+        # The peer made a grant at an epoch at or past this one's: its own epoch is past it, so this grant was
+        # taken already or never will be (crossing grants): saying it again would be refused, to no end.
+        if last[0] < conn.execute("SELECT peer_epoch FROM pads WHERE pad_id = ?", (pad.pad_id,)).fetchone()[0]:
+            return None
+        return int(last[0]), int(last[1])
 
     def split_moves(self, pad_id: bytes) -> list[dict]:
         """Every request and grant of a pad, sent or received, oldest first (no secrets)."""
