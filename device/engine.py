@@ -408,7 +408,8 @@ class Device:
             pads = [p for p in every if not p.retired]
             if given := sum(unseen.get(p.pad_id, 0) for p in every):
                 warnings.append(f"grant-unseen: {given} bytes this device gave {name} are not in use by {name}'s"
-                                " device yet; if the grant was lost on the way, nobody will ever use them")
+                                " device yet; a grant lost on the way is sent again when that device next asks"
+                                " (unless the split has moved since: then nobody will use them)")
             send_total = sum(p.send_total for p in pads)
             send_left = sum(p.send_left for p in pads)
             forged = sum(failures.get(p.pad_id, 0) for p in every)
