@@ -317,6 +317,7 @@ def run(label: str, db: str, folder: Path, warmup: float, seconds: float, rate: 
         store_pid: int | None) -> None:
     ctx = multiprocessing.get_context("spawn")
     sustained: dict[int, list[float]] = {1: [], 2: []}
+    per_cpu: dict[int, list[float]] = {1: [], 2: []}  # messages per second of the relay's CPU
     for n in range(rounds):
         for workers in (1, 2) if n % 2 == 0 else (2, 1):
             name = f"{label}, {worker_label(workers)}"
@@ -336,6 +337,7 @@ def run(label: str, db: str, folder: Path, warmup: float, seconds: float, rate: 
                           f"latency {latency_text(paced.latencies)}", flush=True)
                 full = measure(port, proc, store_pid, warmup, seconds, None, probe=False)
                 sustained[workers].append(full.delivered)
+                per_cpu[workers].append(full.delivered / max(sum(full.relay_cpu), 1e-9))
                 print(f"{name}, round {n + 1}: {CLIENTS} clients as fast as it answers: {full.delivered:,.0f} "
                       f"messages/s sent and delivered ({full.sent:,.0f} sends/s; {full.cpu_text()})", flush=True)
             finally:
@@ -344,7 +346,16 @@ def run(label: str, db: str, folder: Path, warmup: float, seconds: float, rate: 
     one, two = (statistics.median(sustained[w]) for w in (1, 2))
     spread = {w: f"{min(v):,.0f}-{max(v):,.0f}" for w, v in sustained.items()}
     print(f"{label}: sustained messages/s at {CLIENTS} clients, median of {rounds} (range): 1 worker {one:,.0f} "
-          f"({spread[1]}), 2 workers {two:,.0f} ({spread[2]}): 2 workers give {two / one:.2f} times one", flush=True)
+          f"({spread[1]}), 2 workers {two:,.0f} ({spread[2]}): 2 workers give {two / one:.2f} times one "
+          f"(machine load average now {load_average()})", flush=True)
+    # What the relay does with the CPU it gets, whatever the machine's other work leaves it.
+    print(f"{label}: messages per second of relay CPU (one core), median: 1 worker "
+          f"{statistics.median(per_cpu[1]):,.0f}, 2 workers {statistics.median(per_cpu[2]):,.0f}", flush=True)
+
+
+def load_average() -> str:
+    """The kernel's 1, 5 and 15 minute load averages (other sessions share this machine)."""
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -356,7 +367,7 @@ def main() -> None:
     parser.add_argument("--store", choices=("sqlite", "postgresql", "both"), default="both")
     args = parser.parse_args()
     print(f"relay: {os.cpu_count()} CPUs; the relay, its store and the load generator share them; default limits, "
-          f"each client's sender and reader on its own loopback address")
+          f"each client's sender and reader on its own loopback address; machine load average {load_average()}")
     with tempfile.TemporaryDirectory(prefix="otc-bench-relay-") as tmp:
         folder = Path(tmp)
         if args.store in ("sqlite", "both"):

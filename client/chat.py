@@ -12,10 +12,12 @@ plaintext.
 
 from __future__ import annotations
 
+import io
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer
@@ -34,10 +36,11 @@ from prompt_toolkit.layout.processors import BeforeInput
 from prompt_toolkit.styles import Style
 
 from client import presence
-from client.errors import ClientError, DeviceRefused, RelayRefused, RelayUnavailable, RemoteError
+from client.errors import ClientError, DeviceRefused, FileSaveError, RelayRefused, RelayUnavailable, RemoteError
 from client.messenger import Event, Messenger, Outgoing
 from client.padwatch import PadWatch
 from client.rooms import RoomClient, fetch_renewals
+from onetimechat.progress import Progress, human_bytes
 from onetimechat.text import format_event, plural
 
 POLL_WAIT_S = 25
@@ -49,6 +52,8 @@ COMMANDS = ("send", "ms", "group", "groups", "gs", "contacts", "who", "share", "
             "receipts", "help", "exit")
 HELP = """commands:
   <contact>: <message>        send a message (also: send <contact> <message>)
+  /file [<contact>] <path>    send a file (to the contact of the last message if none is named); the device
+                              asks you to confirm its name, size and fingerprint; it resumes if cut
   ms <a,b,...> <message>      send the same message to several contacts (each confirmed on the device)
   group <name> <a,b,...>      save a group;  gs <group> <message>  send to a saved group
   groups                      the saved groups
@@ -98,7 +103,8 @@ class Backoff:
 class Command:
     """One typed line, parsed."""
 
-    name: str  # send | group | contacts | log | receipts | help | exit | error | empty | rooms | join | leave | room
+    name: str  # send | file | group | contacts | log | receipts | help | exit | error | empty | rooms | join | leave
+    #            | room
     contacts: tuple[str, ...] = ()
     text: str = ""
     group: str = ""
@@ -115,6 +121,10 @@ def parse_command(line: str, groups: dict[str, list[str]]) -> Command:
     word = head.lower()
     if word in ("exit", "quit") and not rest:
         return Command("exit")
+    if word in ("/file", "file"):
+        if not rest:
+            return Command("error", text="usage: /file [<contact>] <path>")
+        return Command("file", text=rest)
     if word in ("help", "?") and not rest:
         return Command("help")
     if word in ("contacts", "log", "rooms", "groups", "who") and not rest:
@@ -253,6 +263,8 @@ class Chat:
         self.watching: dict[str, threading.Event] = {}  # room_id -> stop
         self._renewals_lock = threading.Lock()
         self._renewals_at = float("-inf")
+        self.transfers: dict[str, Progress] = {}  # files on their way, each with its progress (status line)
+        self.last_contact = ""  # of the last message written or received: where /file PATH goes
         self.input = Buffer(multiline=False, history=InMemoryHistory(), completer=ChatCompleter(self),
                             complete_while_typing=False, accept_handler=self._accept)
         self.app: Application = self._build()
@@ -330,7 +342,10 @@ class Chat:
         receipts = "receipts on" if self._receipts else "receipts off"
         left = f" device {device} · {receipts} · "
         style = "class:status.bad" if self.status_bad else "class:status"
-        return [("class:status", left), (style, f" {self.status} "), ("class:status", "  (help: commands)")]
+        with self.lock:
+            moving = " · ".join(bar.line() for bar in self.transfers.values())
+        return [("class:status", left), (style, f" {self.status} "),
+                ("class:status", f"  {moving}" if moving else "  (help: commands)")]
 
     _receipts = True
 
@@ -418,6 +433,8 @@ class Chat:
             self.system(command.text, "error")
         elif command.name == "room":
             self.sends.put(command)
+        elif command.name == "file":
+            threading.Thread(target=self._send_file, args=(command.text,), daemon=True).start()
         elif command.name == "send":
             unknown = [c for c in command.contacts if self.messenger.contacts and c not in self.contact_names()]
             if unknown:
@@ -516,6 +533,7 @@ class Chat:
                 self._send_room(command)
                 continue
             for contact in command.contacts:
+                self.last_contact = contact
                 out = Outgoing(contact, command.text)
                 self.add(Line(out.at, "out", contact, command.text, out=out))
                 try:
@@ -536,6 +554,46 @@ class Chat:
                                     "device for more")
                     self._watch_pad()
                 self.refresh()
+
+    def _send_file(self, text: str) -> None:
+        """`/file [<contact>] <path>`: the file through the device and the relay, its progress on the status
+        line (rate and time left)."""
+        contacts = self.contact_names()
+        head, _, rest = text.partition(" ")
+        if head.rstrip(":") in contacts and rest.strip():
+            contact, path = head.rstrip(":"), rest.strip()
+        else:
+            contact = self.last_contact or (contacts[0] if len(contacts) == 1 else "")
+            path = text
+            if not contact:
+                self.system("to whom? /file <contact> <path> (or write to them first)", "error")
+                return
+        where = Path(path).expanduser()
+        key = f"send:{where}:{contact}"
+        self.system(f"sending {where.name} to {contact}: confirm its name, size and fingerprint on your device…")
+
+        def moved(done: int, total: int) -> None:
+            with self.lock:
+                bar = self.transfers.get(key)
+                if bar is None:
+                    bar = self.transfers[key] = _bar(total, f"↑ {where.name[:30]}")
+                bar.done = done
+            self.refresh()
+
+        try:
+            sent = self.messenger.send_file(contact, where, progress=moved)
+        except RemoteError as exc:
+            self.system("the file was declined on the device; nothing was sent" if exc.code == "declined"
+                        else f"{where.name} not sent: {exc}", "error")
+        except ClientError as exc:
+            self.system(str(exc), "error")
+        else:
+            text = f"📎 {sent.name} ({human_bytes(sent.size)})"
+            self.add(Line(time.time(), "out", contact, text, out=Outgoing(contact, text, state="sent")))
+        finally:
+            with self.lock:
+                self.transfers.pop(key, None)
+            self.refresh()
 
     def _send_room(self, command: Command) -> None:
         out = Outgoing(f"#{command.room}", command.text)
@@ -652,6 +710,8 @@ class Chat:
                 return
             except RelayUnavailable:
                 self.health(relay=False)
+            except FileSaveError as exc:  # a full disk, say: the part waits on the relay, tried again later
+                self.system(str(exc), "error")
             except ClientError as exc:
                 self.health(device=False, note=f"the device does not answer; retrying ({exc.code})")
             else:
@@ -702,7 +762,25 @@ class Chat:
         self._watch_pad()
 
     def _deliver(self, event: Event) -> None:
-        if event.kind == "text":
+        if event.kind in ("text", "file"):
+            self.last_contact = event.contact
+        if event.kind == "file" and event.file is not None:
+            f = event.file
+            with self.lock:
+                bar = self.transfers.get(f.file_id)
+                if bar is None and not f.saved:
+                    bar = self.transfers[f.file_id] = _bar(f.size, f"↓ {f.name[:30]}")
+                    self.add(Line(event.at, "system", event.contact,
+                                  f"{event.contact} is sending you {f.name} ({human_bytes(f.size)})"))
+                if bar is not None:
+                    bar.done = f.done
+                if f.saved:
+                    self.transfers.pop(f.file_id, None)
+            if f.saved:
+                self.add(Line(event.at, "in", event.contact, f"📎 {f.name} ({human_bytes(f.size)}) saved as {f.saved}",
+                              warnings=event.warnings))
+            self.refresh()
+        elif event.kind == "text":
             self.add(Line(event.at, "in", event.contact, event.text or "", warnings=event.warnings))
             self.padwatch.note(event.contact, "receive", len((event.text or "").encode()))
             self._watch_pad()
@@ -759,6 +837,11 @@ class Chat:
         finally:
             self.stop.set()
         return 0
+
+
+def _bar(total: int, label: str) -> Progress:
+    """A progress figure for the status line (drawn there, never on a stream of its own)."""
+    return Progress(total, label, stream=io.StringIO(), interactive=False)
 
 
 def run_chat(messenger: Messenger) -> int:

@@ -66,3 +66,15 @@ class RelayRefused(ClientError):
     """The relay refused the request."""
 
     code = "relay-refused"
+
+
+class FileSendError(ClientError):
+    """The file could not be sent."""
+
+    code = "file"
+
+
+class FileSaveError(ClientError):
+    """A file received could not be saved."""
+
+    code = "file-save"

@@ -118,6 +118,17 @@ class MailStore:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
 
+    def settings_with_prefix(self, prefix: str) -> dict[str, str]:
+        """Every setting whose name starts with ``prefix`` (the files being sent and received: client/files.py)."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, value FROM settings WHERE substr(name, 1, ?) = ?",
+                                    (len(prefix), prefix)).fetchall()
+        return {str(name): str(value) for name, value in rows}
+
+    def delete_setting(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM settings WHERE name = ?", (name,))
+
     def groups(self) -> dict[str, list[str]]:
         with self._lock:
             rows = self._db.execute("SELECT name, members FROM groups ORDER BY name").fetchall()

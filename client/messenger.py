@@ -17,15 +17,27 @@ two and keeps the promises of issue 6:
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from client.errors import ClientError, DeviceInternalError, DeviceRefused, RelayRefused, RelayUnavailable, RemoteError
+from client.errors import (
+    ClientError,
+    DeviceInternalError,
+    DeviceRefused,
+    FileSaveError,
+    RelayRefused,
+    RelayUnavailable,
+    RemoteError,
+)
+from client.files import FileCorrupt, IncomingFiles, Progress, Received, Sent, default_downloads, send_file
 from client.mailstore import MailStore, Queued, SentRecord
 from client.relay import RelayClient, RelayMessage
 from client.rpc import DeviceClient
+from onetimechat import attachment as att
 from onetimechat import package as fmt
 
 # The device's refusals of a package that will never change: the message is finished with.
@@ -35,17 +47,30 @@ FINAL_REFUSALS = {
     "malformed": "tamper: a message that is not a valid package was discarded",
     "out-of-range": "tamper: a message outside this contact's half of the pad was discarded",
     "unknown-pad": "tamper: a message for a pad this device does not have was discarded",
+    # Files (docs/attachments.md): a part refused for good; the file it belongs to never completes.
+    "file-tampered": "tamper: a part of a file failed its authentication check and was discarded",
+    "file-order": "tamper: a part of a file came out of order (one before it is missing) and was discarded",
+    "file-duplicate": "replay: a part of a file that was already received came again and was discarded",
+    "file-unknown": "tamper: a part of a file whose header never came (or that is finished) was discarded",
+    "file-size": "tamper: a part of a file disagrees with the size its header announced; it was discarded",
+    "file-name": "tamper: a file whose name holds a path separator or a control character was refused",
+    "file-corrupt": "tamper: a file received does not match its SHA-256 fingerprint; it was discarded",
 }
 # A message the device failed to open with an internal error this many times is set aside as refused: one package
 # that breaks the device must not hold its mailbox (and every message after it) for good.
 INTERNAL_TRIES = 3
+# Refusals of a part after which its file can never complete.
+FATAL_TO_FILE = frozenset({"file-tampered", "file-order", "file-size"})
+# The base64 of a streamed file part's magic "OTCF" (onetimechat/attachment.py): such a message goes to the
+# device's file_open, not to unpackage.
+STREAM_PART_B64 = "T1RDRg"
 
 
 @dataclass
 class Event:
     """Something to show: a message, a receipt, a refusal, or a state change."""
 
-    kind: str  # text | receipt | refused | other | reopened
+    kind: str  # text | receipt | file | refused | other | reopened
     contact: str
     ref: int = 0
     mailbox: str = ""
@@ -56,6 +81,7 @@ class Event:
     receipt_for: dict | None = None
     control: dict | None = None  # a control package (kind 4): what it said and what the device did
     reply: dict | None = None  # the grant the device made for a request it opened, to send back
+    file: Received | None = None  # a file's header or part: where the file stands (saved, once complete)
     at: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
@@ -70,6 +96,11 @@ class Event:
         if self.receipt_for is not None:
             result["receipt_for"] = self.receipt_for
             result["delivered"] = self.sent is not None
+        if self.kind == "file" and self.file is not None:
+            result["kind"] = "file"
+            result["file"] = {"id": self.file.file_id, "name": self.file.name, "size": self.file.size,
+                              "received": self.file.done, "saved": self.file.saved or None,
+                              "sha256": self.file.sha256 or None}
         return result
 
 
@@ -105,10 +136,15 @@ class PollResult:
 class Messenger:
     """One laptop's link between its device and a relay."""
 
-    def __init__(self, device: DeviceClient, relay: RelayClient, store: MailStore) -> None:
+    def __init__(self, device: DeviceClient, relay: RelayClient, store: MailStore,
+                 downloads: Path | None = None) -> None:
         self.device = device
         self.relay = relay
         self.store = store
+        self.files = IncomingFiles(store, device, downloads or default_downloads())
+        # The next batch of a file's parts, fetched while the current one is opened: (cursors, thread, result).
+        self._ahead: tuple[dict[str, int], threading.Thread, dict[str, Any]] | None = None
+        self._ahead_relay: RelayClient | None = None
         self.contacts: list[dict] = []
         self.inbound: dict[str, str] = {}  # mailbox -> contact
 
@@ -155,6 +191,12 @@ class Messenger:
                 out.asked = True
         return out
 
+    def send_file(self, contact: str, path: str | Path, otp: bool = False, progress: Progress | None = None,
+                  hashing: Progress | None = None) -> Sent:
+        """Send a file (the device asks its owner to confirm its name, size and fingerprint), or resume it."""
+        return send_file(self.device, self.relay, self.store, contact, path, otp=otp, progress=progress,
+                         hashing=hashing)
+
     def flush(self) -> tuple[list[Queued], int]:
         """Send what waits in the outbox, oldest first; (what went, how many still wait)."""
         sent: list[Queued] = []
@@ -197,7 +239,12 @@ class Messenger:
         if not self.inbound:
             self.refresh_contacts()
         cursors = self.store.cursors(self.relay.url, sorted(self.inbound))
-        messages, _ = self.relay.receive(cursors, wait=wait, ack=True)
+        messages = self._prefetched(cursors)
+        ahead = messages is not None
+        if messages is None:
+            messages, _ = self.relay.receive(cursors, wait=wait, ack=True)
+        if any(m.contents.startswith(STREAM_PART_B64) for m in messages):
+            self._fetch_ahead(cursors, messages)  # a file's parts: the next batch comes while these are opened
         result = PollResult()
         stuck: set[str] = set()
         for message in messages:
@@ -212,7 +259,8 @@ class Messenger:
                 result.waiting += 1
                 result.device_error = str(exc)
                 continue
-            deliver(event)
+            if event.code != "file-again":  # a part saved before a cut, given again: nothing new to show
+                deliver(event)
             self.store.finish(self.relay.url, message.mailbox, message.ref,
                               self._receipt_item(event, receipt_answer))
             if event.kind == "control" and event.reply is not None:
@@ -222,7 +270,39 @@ class Messenger:
                     self.store.queue(grant)
                     self._try_send(grant)
             result.handled += 1
+        if ahead:
+            self.acknowledge()  # fetched without acknowledging: the relay may now delete what is done
         return result
+
+    def _fetch_ahead(self, cursors: dict[str, int], batch: list[RelayMessage]) -> None:
+        """Start fetching the batch after ``batch`` on a relay connection of its own, acknowledging nothing
+        (nothing of ``batch`` is finished yet)."""
+        after = dict(cursors)
+        for message in batch:
+            after[message.mailbox] = max(after[message.mailbox], message.ref)
+        if self._ahead_relay is None:
+            self._ahead_relay = RelayClient(self.relay.url, timeout=self.relay.timeout)
+        relay = self._ahead_relay
+        box: dict[str, Any] = {}
+
+        def fetch() -> None:
+            try:
+                box["messages"] = relay.receive(after, wait=0, ack=False)[0]
+            except ClientError:
+                pass  # the next poll fetches as usual
+
+        thread = threading.Thread(target=fetch, name="otc-fetch-ahead", daemon=True)
+        thread.start()
+        self._ahead = (after, thread, box)
+
+    def _prefetched(self, cursors: dict[str, int]) -> list[RelayMessage] | None:
+        """The batch fetched ahead, if it is the one that follows where the cursors stand now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] != cursors:
+            return None
+        ahead[1].join(timeout=self.relay.timeout + 5)
+        messages = ahead[2].get("messages")
+        return messages or None
 
     def acknowledge(self) -> None:
         """Tell the relay to delete what this laptop has finished with (best effort)."""
@@ -239,13 +319,20 @@ class Messenger:
         again = self.store.begin_open(self.relay.url, message.mailbox, message.ref)
         base: dict[str, Any] = {"contact": contact, "ref": message.ref, "mailbox": message.mailbox}
         try:
+            if message.contents.startswith(STREAM_PART_B64):
+                return self._open_part(message, again, base), None
             answer = self.device.unpackage(message.contents, receipt=self.receipts)
+            if answer.get("kind") in ("file", "file-part"):
+                return self._file_event(answer, base), None
         except DeviceInternalError as exc:
             if self.store.open_failed(self.relay.url, message.mailbox, message.ref) < INTERNAL_TRIES:
                 raise DeviceDown(f"{exc} Messages wait on the relay.") from None
             return Event("refused", warnings=[
                 f"device-error: the device failed {INTERNAL_TRIES} times to open a message (an internal error);"
                 " it was set aside so that the messages after it can be read"], code="device-error", **base), None
+        except FileCorrupt as exc:
+            return Event("refused", warnings=[f"{FINAL_REFUSALS['file-corrupt']} ({exc})"], code=exc.code,
+                         **base), None
         except RemoteError as exc:
             if exc.code not in FINAL_REFUSALS:
                 raise DeviceDown(f"The device could not open messages now ({exc}); they wait on the relay.") \
@@ -254,8 +341,11 @@ class Messenger:
                 return Event("reopened", warnings=[
                     "lost: this message was opened by the device when this client stopped before showing it;"
                     " the device never releases a message twice"], code="reopened", **base), None
-            return Event("refused", warnings=[FINAL_REFUSALS[exc.code]], code=exc.code, **base), None
-        except DeviceRefused:
+            warning = FINAL_REFUSALS[exc.code]
+            if exc.code in FATAL_TO_FILE and str(exc).endswith(" discarded"):
+                warning += f"; the file {str(exc)[: -len(' discarded')]} cannot be completed and was discarded"
+            return Event("refused", warnings=[warning], code=exc.code, **base), None
+        except (DeviceRefused, FileSaveError):  # a file that cannot be saved now: its part waits on the relay
             raise
         except ClientError as exc:
             raise DeviceDown(f"{exc} Messages wait on the relay.") from None
@@ -289,6 +379,52 @@ class Messenger:
         return Queued(id=secrets.token_hex(16), relay=self.relay.url, mailbox=str(made["mailbox"]),
                       contents=package, contact=contact, kind="control", pad_id=header.pad_id.hex(),
                       offset=header.offset, created=time.time(), attempts=0)
+
+    def _open_part(self, message: RelayMessage, again: bool, base: dict[str, Any]) -> Event:
+        """A streamed file part: opened by the device in order, its bytes saved by :class:`IncomingFiles`."""
+        import base64
+        import binascii
+
+        try:
+            raw = base64.b64decode(message.contents, validate=True)
+            file_id, index, _ = att.part_address(raw)
+        except (binascii.Error, ValueError, fmt.MalformedPackage):
+            raise RemoteError("malformed", "a file part that is not one") from None
+        new = self.files.expects(file_id.hex(), index)
+        if new is False:  # saved already: given again after a cut (ours), or repeated by the relay
+            if again:
+                return Event("other", code="file-again", warnings=[], **base)
+            raise RemoteError("file-duplicate", "a part given twice")
+        try:
+            answer = self.device.call("file_open", part=raw)
+        except RemoteError as exc:
+            if again and exc.code == "file-unknown":
+                # This run's or an earlier one's: the file was completed (and ended) before the relay cursor
+                # moved past its last part.
+                return Event("other", code="file-again", warnings=[], **base)
+            if exc.code in FATAL_TO_FILE:
+                # The file can never complete (a part is missing, altered or of the wrong size): it is
+                # discarded on this laptop and its key on the device, rather than waited for.
+                name = self.files.fail(file_id.hex())
+                if name:
+                    raise RemoteError(exc.code, f"{name} discarded") from None
+            raise
+        received = self.files.part(base["contact"], answer["file"], answer["data"])
+        return Event("file", file=received, **base)
+
+    def _file_event(self, answer: dict, base: dict[str, Any]) -> Event:
+        """A file's header (or an --otp part) the device opened under the pad."""
+        info = answer.get("file") or {}
+        base["contact"] = str(answer.get("contact", base["contact"]))
+        warnings = [str(w) for w in answer.get("warnings", [])]
+        if answer.get("kind") == "file":
+            return Event("file", file=self.files.header(base["contact"], info), warnings=warnings, **base)
+        data = answer.get("data")
+        if not isinstance(data, bytes):
+            import base64
+
+            data = base64.b64decode(str(data))
+        return Event("file", file=self.files.part(base["contact"], info, data), warnings=warnings, **base)
 
     def _receipt_item(self, event: Event, receipt: dict | None) -> Queued | None:
         if not receipt:

@@ -44,6 +44,26 @@ PAIRING_CODE_FILE = "pairing-code"
 
 
 @dataclass(frozen=True)
+class FileSummary:
+    """A file the owner is asked to send (docs/attachments.md): shown apart from any text."""
+
+    name: str
+    size: int
+    sha256: str  # hex
+    mode: str  # "stream" (under the file's key) or "otp" (under the pad)
+
+    def fingerprint(self) -> str:
+        """The SHA-256 in groups of four hex digits, as ``sha256sum`` prints it but readable."""
+        return " ".join(self.sha256[i : i + 4] for i in range(0, len(self.sha256), 4))
+
+    def describe(self) -> str:
+        """The request's text: what every confirmation source shows."""
+        how = "entirely under the pad (--otp)" if self.mode == "otp" else "under a new key from this device"
+        return (f"File: {visible(self.name)}\nSize: {self.size:,} bytes\nSHA-256: {self.fingerprint()}\n"
+                f"Sent {how}.")
+
+
+@dataclass(frozen=True)
 class ConfirmRequest:
     """What the owner is asked to approve."""
 
@@ -56,6 +76,8 @@ class ConfirmRequest:
     room: str | None = None
     policy: str | None = None
     members: int | None = None
+    # A file (device/files.py): its name, size and fingerprint, shown as a file, not as a message.
+    file: FileSummary | None = None
 
 
 class Confirmer(Protocol):
@@ -186,7 +208,8 @@ class TtyConfirm:
             question = request.kind in QUESTION_KINDS
             lines = [
                 "",
-                "Confirm:" if question else f"Encrypt this {request.kind} message to {request.contact}?",
+                "Confirm:" if question else f"Send this file to {request.contact}?" if request.file else
+                f"Encrypt this {request.kind} message to {request.contact}?",
                 "-" * 60,
                 *text.split("\n"),
                 "-" * 60,

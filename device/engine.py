@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from device.confirm import Confirmer, ConfirmRequest
+from device.confirm import Confirmer, ConfirmRequest, FileSummary
 from device.errors import (
     Declined,
     DeviceError,
@@ -90,6 +90,9 @@ class Unpackaged:
     #: For a control package: "request", "applied" (the split moved), "repeated" (a copy of the grant taken last:
     #: nothing changes), "refused" or "malformed".
     control: str | None = None
+    # A file's header or --otp part (kind 2, device/files.py): what the laptop may know of it. The header's
+    # plaintext (which holds the file's key) is never returned.
+    file: dict | None = None
 
     def to_json(self) -> dict:
         """The JSON object of `otc device unpackage` (DESIGN.md)."""
@@ -111,7 +114,12 @@ class Unpackaged:
                 result["receipt_for"] = {"pad_id": pad_id.hex(), "offset": offset}
         if self.kind == Kind.CONTROL:
             result["control"] = control_json(self.plaintext, self.control)
-        if self.kind != Kind.TEXT:
+        if self.file is not None:
+            result["kind"] = "file-part" if "index" in self.file else "file"
+            result["file"] = self.file
+            if "index" in self.file:
+                result["data"] = fmt.encode(self.plaintext)
+        elif self.kind != Kind.TEXT:
             result["data"] = fmt.encode(self.plaintext)
         return result
 
@@ -172,6 +180,11 @@ class Device:
         self.refusals = refusals or RefusalBudget()
         self._answer_locks: dict[bytes, threading.Lock] = {}
         self._answer_locks_lock = threading.Lock()
+        #: Where file keys come from: the server sets its HRNG mixer (DeviceService.session_random).
+        self.random: Callable[[int], bytes] = os.urandom
+        from device.files import FileTransfers  # it builds on this class
+
+        self.files = FileTransfers(self)
 
     @classmethod
     def open(cls, home: str | os.PathLike[str], confirm: Confirmer | None = None) -> Device:
@@ -228,6 +241,15 @@ class Device:
         and it is made only in the call that opened that message.
         """
         return self._seal(received.contact, Kind.RECEIPT, fmt.receipt_body(received.pad_id, received.offset))
+
+    def seal(self, contact: str, kind: Kind, plaintext: bytes) -> Packaged:
+        """Seal without asking: for what the owner already confirmed (a file's header and parts)."""
+        return self._seal(contact, kind, plaintext)
+
+    def confirm_file(self, contact: str, file: FileSummary, need: int) -> None:
+        """Ask the owner to send ``file`` (its name, size and fingerprint), costing ``need`` pad bytes."""
+        if self.confirm is not None:
+            self._confirm(contact, Kind.FILE_PART, file.describe().encode("utf-8"), need, file)
 
     def _seal(self, contact: str, kind: Kind, plaintext: bytes) -> Packaged:
         return self._seal_reserved(contact, kind, plaintext)[0]
@@ -345,15 +367,16 @@ class Device:
                                  detail=f"policy {mode}: by the time of the grant, too little unused here to give")
             return None
 
-    def _confirm(self, contact: str, kind: Kind, plaintext: bytes, need: int) -> None:
+    def _confirm(self, contact: str, kind: Kind, plaintext: bytes, need: int, file: FileSummary | None = None
+                 ) -> None:
         pads = self.store.pads(contact)
         if not pads and contact not in self.store.contacts():
             raise UnknownContact(f"No contact named {contact!r} on this device.")
         fitting = [p for p in pads if p.reserve_range(need) is not None]
         left_after = (fitting[0].send_left - need) if fitting else 0
         if fitting:
-            request = ConfirmRequest(contact=contact, kind=kind_name(kind), plaintext=plaintext,
-                                     consumes=need, left_after=left_after)
+            request = ConfirmRequest(contact=contact, kind="file" if file else kind_name(kind), plaintext=plaintext,
+                                     consumes=need, left_after=left_after, file=file)
             approved = self.confirm.ask(request)  # type: ignore[union-attr]
             if not approved:
                 self.store.log_event("declined", contact=contact, length=len(plaintext),
@@ -375,8 +398,11 @@ class Device:
                                       lambda segment, auth_key: fmt.open_package(pkg, segment, auth_key),
                                       self.refusals, control=pkg.kind == Kind.CONTROL)
         pad = received.pad
-        return Unpackaged(pad.contact, pkg.kind, received.opened, pad.pad_id, start, received.warnings,
-                          received.control)
+        opened = Unpackaged(pad.contact, pkg.kind, received.opened, pad.pad_id, start, received.warnings,
+                            received.control)
+        if pkg.kind == Kind.FILE_PART:  # a file's header or --otp part: its pad is spent, the file is checked
+            return self.files.received(opened)
+        return opened
 
     def unpackage_base64(self, text: str | bytes) -> Unpackaged:
         """:meth:`unpackage` for a package in its base64 (wire) form."""

@@ -142,6 +142,7 @@ class DeviceService:
             "package": self.package,
             "unpackage": self.unpackage,
             "events": self.events,
+            **self.file_methods(),
             "clients": self.list_clients,
             "revoke": self.revoke,
             **room_methods(self),  # device/rooms/rpc.py
@@ -174,6 +175,7 @@ class DeviceService:
                 self.store = None
             store = PadStore(self.config.home, storage_key=key)
             self.device = Device(store, self.broker)
+            self.device.random = self.session_random  # file keys from the HRNG mixer (DESIGN.md, "HRNG")
             self.clients = ClientRegistry(store)
             self.pairing = PairingManager(store, self.clients, self.config.source, ttl=self.config.pairing_ttl,
                                           in_advance=self.config.source.name == "auto")
@@ -341,6 +343,8 @@ class DeviceService:
         received = (self.device.unpackage(package) if isinstance(package, bytes)  # raw, as package answers it
                     else self.device.unpackage_base64(_str(params, "package")))
         answer = received.to_json()
+        if answer.get("kind") == "file-part":
+            answer["data"] = received.plaintext  # raw: it travels as a blob
         if params.get("receipt") is True and received.kind == Kind.TEXT:
             # The message is already opened; a receipt that cannot be made only costs a warning.
             try:
@@ -357,6 +361,59 @@ class DeviceService:
                 answer["grant"] = {"package": fmt.encode(grant.package), "mailbox": grant.mailbox.hex(),
                                    "consumed": grant.consumed, "gives": grant.gives}
         return answer
+
+    # -- files (device/files.py, docs/attachments.md) -------------------------------------------------------
+
+    def file_methods(self) -> dict[str, Callable[[PairedClient, dict], Any]]:
+        return {"file_begin": self.file_begin, "file_part": self.file_part, "file_resume": self.file_resume,
+                "file_open": self.file_open, "file_info": self.file_info, "file_end": self.file_end}
+
+    def file_begin(self, client: PairedClient, params: dict) -> dict:
+        """Confirm a file with the owner and seal its header: the header package, and the file's public header."""
+        self.ready()
+        contact = _str(params, "contact")
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise BadRequest("The parameter 'name' must be a string.")
+        sha256 = _hex_field(params, "sha256", 32)
+        header, packaged = self.device.files.begin(contact, name, _int(params, "size", 0, 0, 1 << 40), sha256,
+                                                   otp=params.get("otp") is True)
+        return {"file": header.public(), "package": bytes(packaged.package), "mailbox": packaged.mailbox.hex(),
+                "consumed": packaged.consumed, "warnings": packaged.warnings}
+
+    def file_part(self, client: PairedClient, params: dict) -> dict:
+        """Seal part ``index`` of a file being sent (``want`` false: only hash it again, on a resume)."""
+        self.ready()
+        data = params.get("data")
+        if not isinstance(data, bytes):
+            raise BadRequest("The parameter 'data' must be bytes.")
+        part, last = self.device.files.seal(_hex_field(params, "file", 16), _int(params, "index", 0, 0, 2**32 - 1),
+                                            data, want=params.get("want", True) is not False)
+        return {"part": bytes(part) if part is not None else None, "last": last}
+
+    def file_resume(self, client: PairedClient, params: dict) -> dict:
+        self.ready()
+        return self.device.files.resume(_hex_field(params, "file", 16))
+
+    def file_open(self, client: PairedClient, params: dict) -> dict:
+        """Open a streamed part received: its bytes, and where it stands in its file."""
+        self.ready()
+        part = params.get("part")
+        if not isinstance(part, bytes):
+            raise BadRequest("The parameter 'part' must be bytes.")
+        data, info = self.device.files.open_part(part)
+        return {"data": data, "file": info}
+
+    def file_info(self, client: PairedClient, params: dict) -> dict:
+        self.ready()
+        return self.device.files.info(_hex_field(params, "file", 16))
+
+    def file_end(self, client: PairedClient, params: dict) -> dict:
+        """Forget a file sent or received: its key leaves the device's store."""
+        self.ready()
+        file_id = _hex_field(params, "file", 16)
+        return {"ended": self.device.files.end(file_id, "file-end", f"file {file_id.hex()[:8]} ended by laptop "
+                                                                      f"{client.name}")}
 
     def events(self, client: PairedClient, params: dict) -> list[dict]:
         self.flush_refusals(force=False)

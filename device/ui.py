@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from device.confirm import DEFAULT_TIMEOUT_S, ConfirmRequest
+from device.confirm import DEFAULT_TIMEOUT_S, ConfirmRequest, FileSummary
 from device.storage.lock import LockState, PinResult, PinStatus
 from provisioning.view import CeremonyView
 
@@ -89,6 +89,8 @@ class ConfirmView:
     room: str | None = None
     policy: str | None = None
     members: int | None = None
+    # A file to send (device/files.py): its name, size and fingerprint, drawn as a file, not as a message.
+    file: FileSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,7 @@ class Console:
                 room=request.room,
                 policy=request.policy,
                 members=request.members,
+                file=request.file,
             )
             self._decision = None
             self._touch()

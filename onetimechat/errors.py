@@ -60,3 +60,48 @@ class InvalidPackage(PackageRefused):
     """Package refused: it failed authentication; nothing was decrypted."""
 
     code = "invalid"
+
+
+# -- attachments (onetimechat/attachment.py, docs/attachments.md) ------------------------------------------
+
+
+class FileNameRefused(PackageRefused):
+    """File refused: its name is empty, too long, or holds a path separator or a control character."""
+
+    code = "file-name"
+
+
+class FileSizeMismatch(PackageRefused):
+    """File part refused: its length disagrees with the size the file's header announced."""
+
+    code = "file-size"
+
+
+class FilePartInvalid(PackageRefused):
+    """File part refused: it failed authentication (altered, or not of this file); nothing was decrypted."""
+
+    code = "file-tampered"
+
+
+class FilePartOrder(PackageRefused):
+    """File part refused: it came out of order (a part before it is missing or was moved); nothing was decrypted."""
+
+    code = "file-order"
+
+
+class FilePartDuplicate(PackageRefused):
+    """File part refused: this part of the file was already received (a duplicate)."""
+
+    code = "file-duplicate"
+
+
+class FileUnknown(PackageRefused):
+    """File part refused: this device holds no header for its file (unknown, or finished)."""
+
+    code = "file-unknown"
+
+
+class FileChanged(PackageRefused):
+    """File refused: its bytes changed while it was being sent and no longer match the fingerprint confirmed."""
+
+    code = "file-changed"

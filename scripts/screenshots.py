@@ -23,6 +23,7 @@ time.tzset()
 
 import pygame  # noqa: E402
 
+from device.confirm import FileSummary  # noqa: E402
 from device.touchscreen.app import TouchscreenApp  # noqa: E402
 from device.ui import (  # noqa: E402
     Alarm,
@@ -160,6 +161,12 @@ def main(out: Path) -> None:
                        text="Deploy window moved to 14:00; Bob has the rollback plan.", consumes=0, left_after=0,
                        deadline=MONO + 51, queued=0, room="ops", policy="STAFF and (ADMIN or OPS)", members=4)
     shot("confirm-room", base(confirm=room))
+    # A file (docs/attachments.md): its name, size and fingerprint on a card of its own.
+    plan = FileSummary("site plan, rev 7.pdf", 4_718_593,
+                       "9f2c41d07be3a5c8e61f0d2b47a9c3e58d1f6a0b27c4e9d35a8b1f0c6e2d7a4b9", "stream")
+    shot("confirm-file", base(confirm=ConfirmView(request_id=14, contact="bob", kind="file", text=plan.describe(),
+                                                  consumes=140, left_after=int(498.3 * MiB), deadline=MONO + 48,
+                                                  queued=0, file=plan)))
 
     # A laptop pairing, and the in-person ceremony at each stage.
     shot("pairing-code", base(pairing_code="4071-9352"))

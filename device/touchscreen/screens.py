@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 
-from device.confirm import QUESTION_KINDS
+from device.confirm import QUESTION_KINDS, FileSummary
 from device.touchscreen.canvas import (
     ACCENT,
     BACKGROUND,
@@ -27,8 +27,8 @@ from device.touchscreen.canvas import (
     WIDTH,
     Canvas,
 )
-from device.touchscreen.controller import MAX_PIN, MIN_PASSPHRASE, MIN_PIN, Controller
-from device.ui import ContactView, LockState, Snapshot
+from device.touchscreen.controller import MAX_PIN, MIN_PASSPHRASE, MIN_PIN, Controller, MessageView
+from device.ui import ConfirmView, ContactView, LockState, Snapshot
 from onetimechat.text import plural
 
 ALARM_TITLES = {
@@ -434,7 +434,6 @@ def draw_confirm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     now = ctl.monotonic()
     left = max(view.deadline - now, 0.0)
     msg = ctl.message_view(view, MESSAGE_SIZE, MESSAGE_TEXT[2])
-    layout = msg.layout
 
     # Who it is for, and how long the owner has.
     countdown = c.text(f"Declines in {duration(left)}", (WIDTH - MARGIN, 16), 26, WARN if left < 10 else MUTED,
@@ -442,9 +441,10 @@ def draw_confirm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     badge_left = alarm_badge(c, snap, countdown.left - 14, 14)
     # Becoming an authority, revoking a laptop, creating a room: a yes-or-no question, not a message to encrypt.
     question = view.kind in QUESTION_KINDS
-    head = c.text("Confirm" if question else "Encrypt for", (MARGIN, 16), 28, MUTED, role="title")
+    title = "Confirm" if question else "Send a file to" if view.file is not None else "Encrypt for"
+    head = c.text(title, (MARGIN, 16), 28, MUTED, role="title")
     room = view.kind == "room" and view.room is not None  # its policy and member count go on the cost line
-    kind = "" if view.kind == "text" or question or room else f" ({view.kind})"
+    kind = "" if view.kind in ("text", "file") or question or room else f" ({view.kind})"
     c.text(f"room {view.room}" if room else view.contact + kind, (head.right + 10, 10), 36, role="recipient",
            width=badge_left - head.right - 24, min_size=20)
     full = msg.countdown_from or 1.0
@@ -452,20 +452,12 @@ def draw_confirm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     c.fill(WARN if left < 10 else ACCENT, (0, 58, round(WIDTH * min(left / full, 1.0)), 4))
     c.frame.redraw_at = now + 0.2
 
-    # The whole message: dragged or paged through.
-    c.fill(PANEL, MESSAGE_BOX, radius=10)
-    viewport = MESSAGE_TEXT[3]
-    for _ in range(ctl.console.take_scroll(view.request_id)):  # pages the Confirm button asked for (gpio)
-        ctl.scroll(view.request_id, viewport - layout.line_height, viewport)
-    c.message(layout, MESSAGE_TEXT, msg.offset, TEXT, WARN)
-    if not view.text:
-        c.text("(an empty message)", MESSAGE_TEXT[:2], MESSAGE_SIZE, MUTED, role="message-empty")
-    c.scroller("message", MESSAGE_BOX, lambda dy: ctl.scroll(view.request_id, -dy, viewport))
-    at_end = layout.complete and msg.offset + viewport >= layout.known_height
-    msg.seen_end = msg.seen_end or at_end
-    if not (layout.complete and layout.known_height <= viewport):
-        scroll_column(c, ctl, view.request_id, msg.offset, viewport, at_end, len(layout.lines), layout.complete,
-                      layout.line_height)
+    if view.file is not None:
+        # A file: its name, size and fingerprint, in a card of its own (never drawn as a message's text).
+        draw_file_card(c, view.file)
+        msg.seen_end = True  # the card shows everything at once: nothing to scroll to
+    else:
+        draw_message(c, ctl, view, msg)
 
     # What it costs.
     # Exact while every byte counts; rounded once the figures are too long to read at a glance.
@@ -490,6 +482,41 @@ def draw_confirm(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
         accept = "Scroll to the end first: the Confirm button pages down" if buttons else "Scroll to the end first"
     c.button("accept", accept, (408, 368, 376, 100), lambda: ctl.decide(view.request_id, True), kind="good",
              enabled=open_ and msg.seen_end, size=22 if buttons and accept.startswith("Scroll") else 40)
+
+
+def draw_message(c: Canvas, ctl: Controller, view: ConfirmView, msg: MessageView) -> None:
+    """The whole message: dragged or paged through."""
+    layout = msg.layout
+    c.fill(PANEL, MESSAGE_BOX, radius=10)
+    viewport = MESSAGE_TEXT[3]
+    for _ in range(ctl.console.take_scroll(view.request_id)):  # pages the Confirm button asked for (gpio)
+        ctl.scroll(view.request_id, viewport - layout.line_height, viewport)
+    c.message(layout, MESSAGE_TEXT, msg.offset, TEXT, WARN)
+    if not view.text:
+        c.text("(an empty message)", MESSAGE_TEXT[:2], MESSAGE_SIZE, MUTED, role="message-empty")
+    c.scroller("message", MESSAGE_BOX, lambda dy: ctl.scroll(view.request_id, -dy, viewport))
+    at_end = layout.complete and msg.offset + viewport >= layout.known_height
+    msg.seen_end = msg.seen_end or at_end
+    if not (layout.complete and layout.known_height <= viewport):
+        scroll_column(c, ctl, view.request_id, msg.offset, viewport, at_end, len(layout.lines), layout.complete,
+                      layout.line_height)
+
+
+def draw_file_card(c: Canvas, file: FileSummary) -> None:
+    """A file to send, as a file: a FILE badge, its name, its size and its SHA-256 fingerprint."""
+    x, y, _, h = MESSAGE_BOX
+    w = WIDTH - 2 * MARGIN  # no scroll column beside it: everything is on the card
+    c.fill(PANEL, (x, y, w, h), radius=10)
+    c.fill(ACCENT, (x + 12, y + 14, 84, 40), radius=6)
+    c.text("FILE", (x + 54, y + 34), 24, BACKGROUND, anchor="center", role="file-badge")
+    c.text(file.name, (x + 110, y + 14), 32, role="file-name", width=w - 124, min_size=16)
+    c.text(f"{file.size:,} bytes ({human_bytes(file.size)})", (x + 12, y + 70), 26, role="file-size")
+    c.text("SHA-256 fingerprint", (x + 12, y + 110), 20, MUTED, role="label")
+    groups = file.fingerprint().split(" ")
+    for row in range(2):
+        c.text(" ".join(groups[row * 8 : row * 8 + 8]), (x + 12, y + 136 + row * 34), 26, role="fingerprint")
+    how = "Entirely under the pad (--otp)" if file.mode == "otp" else "Under a new key from this device's RNG"
+    c.text(how, (x + 12, y + h - 40), 20, MUTED, role="file-mode", width=w - 24, min_size=12)
 
 
 def scroll_column(c: Canvas, ctl: Controller, request_id: int, offset: int, viewport: int, at_end: bool,

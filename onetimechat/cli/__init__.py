@@ -51,7 +51,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "device": ("onetimechat.cli.device", "the pad device's own commands"),
     "pad": ("onetimechat.cli.device", "pads between devices"),
     "client": ("onetimechat.cli.client", "this laptop's link to its device"),
-    "send": ("onetimechat.cli.messages", "send a message (the device asks its owner to confirm it)"),
+    "send": ("onetimechat.cli.messages", "send a message or a file (the device asks its owner to confirm it)"),
     "recv": ("onetimechat.cli.messages", "receive waiting messages"),
     "outbox": ("onetimechat.cli.messages", "what waits for the relay: list it, retry it, or drop an item"),
     "who": ("onetimechat.cli.messages", "which contacts are online now (opt-in presence)"),

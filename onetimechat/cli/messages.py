@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from client.errors import ClientError, RelayUnavailable
@@ -13,19 +14,30 @@ from client.limits import MAX_WAIT as MAX_WAIT_S
 from client.state import home_help
 from onetimechat.cli.common import device_and_relay
 from onetimechat.errors import UsageError
+from onetimechat.progress import Progress, human_bytes
 from onetimechat.text import visible
 
 if TYPE_CHECKING:  # the network, the mail store and the messenger load when a command runs, not for --help
     from client.messenger import Event, Messenger
 
 
+FILE_WAIT_S = 30  # mid-file, how long a receive waits for the next part before it stops
+
+
 def register(parts: argparse._SubParsersAction) -> None:
-    p = parts.add_parser("send", help="send a message (the device asks its owner to confirm it)",
+    p = parts.add_parser("send", help="send a message or a file (the device asks its owner to confirm it)",
                          description="Send MESSAGE to CONTACT: the device packages it after its owner confirms "
-                         "it; the package goes to the relay (or waits in the local outbox if the relay is down).")
+                         "it; the package goes to the relay (or waits in the local outbox if the relay is down). "
+                         "With --file PATH, send a file instead: the device asks its owner to confirm the file's "
+                         "name, size and fingerprint, encrypts it in parts and the parts stream through the relay; "
+                         "a send cut anywhere resumes when the same command runs again (docs/attachments.md).")
     _common(p)
+    p.add_argument("--file", metavar="PATH", help="send the file at PATH instead of a message")
+    p.add_argument("--otp", action="store_true",
+                   help="with --file: send the whole file under the pad (information-theoretic; it costs the "
+                   "file's size and 37 bytes per 1 MiB part in pad, and is refused if the pad left is too small)")
     p.add_argument("contact", metavar="CONTACT", help="the contact's name on the device")
-    p.add_argument("message", metavar="MESSAGE", help="the text to send; - reads it from stdin")
+    p.add_argument("message", metavar="MESSAGE", nargs="?", help="the text to send; - reads it from stdin")
     p.set_defaults(func=cmd_send)
 
     p = parts.add_parser("recv", help="receive waiting messages",
@@ -35,6 +47,9 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", type=float, default=0, metavar="SECONDS",
                    help=f"wait up to SECONDS for a first message (at most {MAX_WAIT_S} per request; default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object per message")
+    p.add_argument("--part-wait", type=float, default=FILE_WAIT_S, metavar="SECONDS",
+                   help="while a file is arriving, how long to wait for its next part before stopping "
+                   f"(default {FILE_WAIT_S}; run otc recv again to go on)")
     p.set_defaults(func=cmd_recv)
 
     p = parts.add_parser("outbox", help="what waits for the relay: list it, retry it, or drop an item",
@@ -81,6 +96,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     device_and_relay(p)
     p.add_argument("--no-receipts", action="store_true",
                    help="do not have the device answer received messages with delivery receipts (saves pad)")
+    p.add_argument("--downloads", metavar="DIR",
+                   help="where files received are saved (default: $OTC_DOWNLOADS, else ~/Downloads)")
 
 
 def messenger_for(args: argparse.Namespace, device_timeout: float | None = None) -> Messenger:
@@ -92,7 +109,8 @@ def messenger_for(args: argparse.Namespace, device_timeout: float | None = None)
     device = DeviceClient(args.device) if device_timeout is None else DeviceClient(args.device,
                                                                                    timeout=device_timeout)
     relay = RelayClient(device.state.resolve_relay(args.relay), on_answer=device.state.relay_answered)
-    messenger = Messenger(device, relay, MailStore(device.url))
+    downloads = Path(args.downloads).expanduser() if getattr(args, "downloads", None) else None
+    messenger = Messenger(device, relay, MailStore(device.url), downloads=downloads)
     if args.no_receipts:
         messenger.receipts = False
     return messenger
@@ -110,6 +128,13 @@ def describe(event: Event) -> list[str]:
     elif event.kind == "receipt":
         when = f" (sent {clock(event.sent.created)})" if event.sent else ""
         lines.append(f"{event.contact}: ✓✓ delivered{when}")
+    elif event.kind == "file" and event.file is not None:
+        f = event.file
+        if f.saved:
+            lines.append(f"{event.contact}: file {visible(f.name)} ({f.size:,} bytes, SHA-256 {f.sha256[:16]}…) "
+                         f"saved as {f.saved}")
+        elif f.done == 0:
+            lines.append(f"{event.contact}: sending you the file {visible(f.name)} ({human_bytes(f.size)})")
     elif event.kind == "other":
         lines.append(f"{event.contact}: (a message this client cannot show)")
     lines.extend(f"  WARNING {event.contact}: {w}" if event.kind in ("refused", "reopened") else f"  WARNING: {w}"
@@ -132,6 +157,15 @@ def message_text(given: str) -> str:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        if args.message is not None:
+            raise UsageError("Give either a MESSAGE or --file PATH, not both.")
+        return send_file(args)
+    if args.otp:
+        raise UsageError("--otp is for files: otc send --file PATH --otp CONTACT (a message always goes under "
+                         "the pad).")
+    if args.message is None:
+        raise UsageError("A MESSAGE is required (or --file PATH to send a file).")
     args.message = message_text(args.message)
     messenger = messenger_for(args)
     messenger.flush()
@@ -148,12 +182,55 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+class Bars:
+    """A progress bar with rate and time left per file (on stderr), made when its first figure comes."""
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        self.bars: dict[str, Progress] = {}
+
+    def update(self, key: str, name: str, done: int, total: int) -> None:
+        bar = self.bars.get(key)
+        if bar is None:
+            bar = self.bars[key] = Progress(total, f"{self.verb} {visible(name)[:40]}")
+        bar.update(done)
+        if done >= total:
+            self.bars.pop(key).finish()
+
+
+def send_file(args: argparse.Namespace) -> int:
+    """`otc send --file PATH CONTACT`: the file in parts through the device and the relay (or its resume)."""
+    messenger = messenger_for(args)
+    messenger.flush()
+    name = Path(args.file).name
+    bars = Bars("sending")
+    hashing = Bars("hashing")
+    if sys.stderr.isatty():
+        print("otc: confirm the file on your device…", file=sys.stderr, flush=True)
+    sent = messenger.send_file(args.contact, args.file, otp=args.otp,
+                               progress=lambda done, total: bars.update("send", name, done, total),
+                               hashing=lambda done, total: hashing.update("hash", name, done, total))
+    how = "resumed and sent" if sent.resumed else "sent"
+    print(f"{how} {visible(sent.name)} to {sent.contact}: {sent.size:,} bytes in {sent.parts} part(s), "
+          f"SHA-256 {sent.sha256}")
+    return 0
+
+
 def cmd_recv(args: argparse.Namespace) -> int:
     messenger = messenger_for(args)
     messenger.flush()
     messenger.refresh_contacts()
 
+    bars = Bars("receiving")
+    moving: set[str] = set()  # files whose parts came in this run and that are not complete yet
+
     def show(event: Event) -> None:
+        if event.kind == "file" and event.file is not None:
+            f = event.file
+            bars.update(f.file_id, f.name, f.done, f.size)
+            (moving.discard if f.saved else moving.add)(f.file_id)
+            if not f.saved and (f.done or args.json):
+                return  # a part: the bar shows it
         if args.json:
             print(json.dumps(event.to_json(), ensure_ascii=False), flush=True)
         else:
@@ -161,13 +238,32 @@ def cmd_recv(args: argparse.Namespace) -> int:
 
     deadline = time.monotonic() + max(args.wait, 0)
     total = 0
+    busy = 0.0  # since when the relay has been busy, mid-file
     while True:
         left = deadline - time.monotonic()
-        result = messenger.poll(show, wait=max(0, min(left, MAX_WAIT_S)))
+        # A file on its way: keep receiving while its parts come (each poll waits for the next one).
+        files = bool(moving)
+        wait = max(0, min(args.part_wait, MAX_WAIT_S)) if files else max(0, min(left, MAX_WAIT_S))
+        try:
+            result = messenger.poll(show, wait=wait)
+        except RelayUnavailable:
+            if not files or (busy and time.monotonic() - busy > args.part_wait):
+                raise
+            busy = busy or time.monotonic()
+            time.sleep(0.2)  # busy (rate limits) mid-file: try again shortly
+            continue
+        busy = 0.0
         total += result.handled
         if result.waiting:
             messenger.acknowledge()
             raise ClientError(f"{result.waiting} message(s) wait on the relay: {result.device_error}")
+        if moving and result.handled:
+            continue
+        names = ", ".join(visible(f["name"]) for f in messenger.files.pending() if f["id"] in moving)
+        if names:
+            messenger.acknowledge()
+            raise ClientError(f"Incomplete: {names}; the rest has not reached the relay yet (run otc recv again "
+                              "to go on).")
         if total or deadline - time.monotonic() <= 0:
             break
     messenger.acknowledge()

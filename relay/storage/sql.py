@@ -5,7 +5,9 @@ Writes go through a group commit: each request queues its function; one
 thread at a time leads, running everything queued so far in one transaction
 (each function under its own savepoint, so a refusal undoes only its own
 writes) with one durable commit for all, then wakes their threads and hands
-the lead to the next one waiting. Nobody gets an answer before that commit.
+the lead to the next one waiting. A store whose writers take turns across
+processes (SQLite) makes the leader wait for its turn before it takes the
+batch, so what queued meanwhile joins the same commit. Nobody gets an answer before that commit.
 One commit (one sync) per batch instead of per request, and one thread doing
 store work instead of many contending for it. Reads use :meth:`SQLStore._read`.
 Statements are written with ``?`` placeholders.
@@ -109,11 +111,14 @@ class SQLStore(Store):
         return mine.value
 
     def _lead(self) -> None:
-        with self._queue_lock:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        batch: list[Op] = []
         try:
-            self._commit(sorted(batch, key=lambda op: op.key))
+            with self._writer_turn():
+                # Taken once it is this process's turn to write: what queued while it waited joins this commit.
+                batch = self._take_batch()
+                self._commit(sorted(batch, key=lambda op: op.key))
         except BaseException as exc:  # noqa: BLE001 - the commit failed: nothing in the batch was kept
+            batch = batch or self._take_batch()  # failed before its turn: the queue's head fails with it
             for op in batch:
                 op.value, op.error = None, exc
         finally:
@@ -125,6 +130,16 @@ class SQLStore(Store):
                     self._queue[0].wake.set()  # still leading: the next thread takes over
                 else:
                     self._leading = False
+
+    def _take_batch(self) -> list[Op]:
+        with self._queue_lock:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        return batch
+
+    def _writer_turn(self) -> contextlib.AbstractContextManager[None]:
+        """Held while this process's leader takes its batch and commits it: the store's writer lock across
+        processes, if it has one (SQLite: one writer at a time)."""
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def _commit(self, batch: list[Op]) -> None:

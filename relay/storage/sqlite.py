@@ -155,7 +155,7 @@ class SQLiteStore(SQLStore):
 
     def _commit(self, batch: list[Op]) -> None:
         try:
-            with self._conn() as conn, self._writing():
+            with self._conn() as conn:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     run_batch(conn.execute, _Tx(conn), batch)
@@ -170,7 +170,7 @@ class SQLiteStore(SQLStore):
             raise
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
+    def _writer_turn(self) -> Iterator[None]:
         """The writers' lock across processes (the group commit's leader is this process's one writer)."""
         fcntl.flock(self._writer, fcntl.LOCK_EX)
         try:
