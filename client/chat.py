@@ -748,11 +748,14 @@ class Chat:
         if outcome == "request":
             gives = (event.reply or {}).get("gives")
             self.system(f"{who}'s device asked for more pad to send to you; "
-                        + (f"your device gave {gives} bytes of its unused pad" if event.reply is not None
-                           else "your device gave none (its policy: otc device grants)"))
+                        + ("your device gave none (its policy: otc device grants)" if event.reply is None
+                           else f"your device gave {gives} bytes of its unused pad" if gives
+                           else "your device sent again what it gave before (not in use by it yet)"))
         elif outcome == "applied":
             moved = [w.split(": ", 1)[1] for w in event.warnings if w.startswith("split-moved:")]
             self.system(f"the split moved: {moved[0] if moved else who + ' gave more pad'}")
+        elif outcome == "repeated":
+            pass  # a copy of the grant taken last: nothing changed, nothing to say
         else:
             self.add(Line(event.at, "error", who, f"a pad grant from {who} was not applied",
                           warnings=event.warnings))

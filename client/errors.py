@@ -49,6 +49,13 @@ class RemoteError(ClientError):
         super().__init__(message)
 
 
+class DeviceInternalError(ClientError):
+    """The device failed on a call (its answer 500 "internal"): a bug of the device's, or a package it cannot
+    handle; nothing says trying again helps (client/messenger.py tries a message a few times, then sets it aside)."""
+
+    code = "internal"
+
+
 class RelayUnavailable(ClientError):
     """The relay does not answer or is busy; messages wait and are retried."""
 

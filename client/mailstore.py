@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS cursors (
 CREATE TABLE IF NOT EXISTS opened (
     relay TEXT NOT NULL, mailbox TEXT NOT NULL, ref INTEGER NOT NULL, PRIMARY KEY (relay, mailbox, ref));
 CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, members TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS open_failures (
+    relay TEXT NOT NULL, mailbox TEXT NOT NULL, ref INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (relay, mailbox, ref));
 """
 
 
@@ -201,6 +204,15 @@ class MailStore:
                 db.execute("INSERT INTO opened VALUES (?, ?, ?)", (relay, mailbox, ref))
         return seen is not None
 
+    def open_failed(self, relay: str, mailbox: str, ref: int) -> int:
+        """Count one more time the device failed to open a message (an internal error); the count so far."""
+        with self._tx() as db:
+            db.execute("INSERT INTO open_failures VALUES (?, ?, ?, 1) ON CONFLICT (relay, mailbox, ref)"
+                       " DO UPDATE SET count = count + 1", (relay, mailbox, ref))
+            row = db.execute("SELECT count FROM open_failures WHERE relay = ? AND mailbox = ? AND ref = ?",
+                             (relay, mailbox, ref)).fetchone()
+        return int(row[0])
+
     def finish(self, relay: str, mailbox: str, ref: int, receipt: Queued | None = None) -> None:
         """A message is handled for good: move the cursor past it (and keep its receipt to send)."""
         with self._tx() as db:
@@ -211,3 +223,5 @@ class MailStore:
             db.execute("INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT (relay, mailbox)"
                        " DO UPDATE SET after = max(after, excluded.after)", (relay, mailbox, ref))
             db.execute("DELETE FROM opened WHERE relay = ? AND mailbox = ? AND ref <= ?", (relay, mailbox, ref))
+            db.execute("DELETE FROM open_failures WHERE relay = ? AND mailbox = ? AND ref <= ?",
+                       (relay, mailbox, ref))

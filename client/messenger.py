@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.errors import ClientError, DeviceRefused, FileSaveError, RelayRefused, RelayUnavailable, RemoteError
+from client.errors import (
+    ClientError,
+    DeviceInternalError,
+    DeviceRefused,
+    FileSaveError,
+    RelayRefused,
+    RelayUnavailable,
+    RemoteError,
+)
 from client.files import FileCorrupt, IncomingFiles, Progress, Received, Sent, default_downloads, send_file
 from client.mailstore import MailStore, Queued, SentRecord
 from client.relay import RelayClient, RelayMessage
@@ -48,6 +56,9 @@ FINAL_REFUSALS = {
     "file-name": "tamper: a file whose name holds a path separator or a control character was refused",
     "file-corrupt": "tamper: a file received does not match its SHA-256 fingerprint; it was discarded",
 }
+# A message the device failed to open with an internal error this many times is set aside as refused: one package
+# that breaks the device must not hold its mailbox (and every message after it) for good.
+INTERNAL_TRIES = 3
 # Refusals of a part after which its file can never complete.
 FATAL_TO_FILE = frozenset({"file-tampered", "file-order", "file-size"})
 # The base64 of a streamed file part's magic "OTCF" (onetimechat/attachment.py): such a message goes to the
@@ -313,6 +324,12 @@ class Messenger:
             answer = self.device.unpackage(message.contents, receipt=self.receipts)
             if answer.get("kind") in ("file", "file-part"):
                 return self._file_event(answer, base), None
+        except DeviceInternalError as exc:
+            if self.store.open_failed(self.relay.url, message.mailbox, message.ref) < INTERNAL_TRIES:
+                raise DeviceDown(f"{exc} Messages wait on the relay.") from None
+            return Event("refused", warnings=[
+                f"device-error: the device failed {INTERNAL_TRIES} times to open a message (an internal error);"
+                " it was set aside so that the messages after it can be read"], code="device-error", **base), None
         except FileCorrupt as exc:
             return Event("refused", warnings=[f"{FINAL_REFUSALS['file-corrupt']} ({exc})"], code=exc.code,
                          **base), None

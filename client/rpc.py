@@ -16,6 +16,7 @@ import requests
 
 from client.errors import (
     ClientError,
+    DeviceInternalError,
     DeviceRefused,
     DeviceUnreachable,
     ForgedResponse,
@@ -80,6 +81,8 @@ class DeviceClient:
                                   "(an unauthenticated answer): if the device was upgraded, upgrade otc here too.")
             if response.status_code == 400:  # a call the device took as malformed: its code, as for a refusal
                 raise RemoteError("bad-request", _error_text(response))
+            if response.status_code == 500 and _error_code(response) == "internal":
+                raise DeviceInternalError(f"The device failed on this call: {_error_text(response)}")
             if response.status_code != 200:
                 raise ClientError(f"The device answered {response.status_code}: {_error_text(response)}")
             try:

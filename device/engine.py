@@ -11,6 +11,7 @@ bytes the store hands it), the owner's confirmation, and the status report.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -86,7 +87,8 @@ class Unpackaged:
     pad_id: bytes
     offset: int
     warnings: list[str] = field(default_factory=list)
-    #: For a control package: "request", "applied" (the split moved), "refused" or "malformed".
+    #: For a control package: "request", "applied" (the split moved), "repeated" (a copy of the grant taken last:
+    #: nothing changes), "refused" or "malformed".
     control: str | None = None
     # A file's header or --otp part (kind 2, device/files.py): what the laptop may know of it. The header's
     # plaintext (which holds the file's key) is never returned.
@@ -146,11 +148,23 @@ ASK_MODES = ("auto", "off")
 DEFAULT_SHARE = 50
 
 
-def grant_amount(mode: str, share: int, spare: int, request: fmt.PadRequest) -> int:
+def spare_of(pad: PadRecord) -> int:
+    """The unused bytes of ``pad``'s half a grant could give (after the grant package's own segment)."""
+    return pad.send_left - fmt.segment_length(fmt.CONTROL.size)
+
+
+def seen_left(pad: PadRecord) -> int:
+    """What the peer may still have of its half of ``pad``, as far as this device has seen it use it: its half
+    (as far as this device's split bounds it) less what verified packages from it have used. A peer that says it
+    has nothing left has to spend real packages before this device believes it."""
+    return max(0, pad.recv_total - pad.recv_bytes)
+
+
+def grant_amount(mode: str, share: int, spare: int, request: fmt.PadRequest, seen_left: int = 0) -> int:
     """How many bytes to give for ``request`` with ``spare`` unused bytes (after the grant package's own), before
-    the owner is asked (mode ask) or by itself (mode auto: only when it has more than twice what the asker has).
-    0: none."""
-    if mode == "off" or (mode == "auto" and spare <= 2 * request.left):
+    the owner is asked (mode ask) or by itself (mode auto: only when it has more than twice what the asker has:
+    what it says it has, or, if more, what this device has not yet seen it use, ``seen_left``). 0: none."""
+    if mode == "off" or (mode == "auto" and spare <= 2 * max(request.left, seen_left)):
         return 0
     amount = min(request.wanted, spare * share // 100)
     return amount if amount >= MIN_GRANT else 0
@@ -164,6 +178,8 @@ class Device:
         self.store = store
         self.confirm = confirm
         self.refusals = refusals or RefusalBudget()
+        self._answer_locks: dict[bytes, threading.Lock] = {}
+        self._answer_locks_lock = threading.Lock()
         #: Where file keys come from: the server sets its HRNG mixer (DeviceService.session_random).
         self.random: Callable[[int], bytes] = os.urandom
         from device.files import FileTransfers  # it builds on this class
@@ -255,13 +271,21 @@ class Device:
             lambda r, body, segment, key: fmt.seal(Kind.CONTROL, r.pad.pad_id, r.start, segment, body, key))
         return _packaged(reserved, package, fmt.CONTROL.size)
 
-    def grant(self, pad_id: bytes, amount: int) -> tuple[Packaged, int]:
+    def grant(self, pad_id: bytes, amount: int | Callable[[PadRecord, bool], int]) -> tuple[Packaged, int]:
         """Give the peer up to ``amount`` bytes of this device's unused half of ``pad_id`` (its own limit moves
-        first, durably); the grant package (kind 4) to send, and how many bytes it gives."""
+        first, durably); the grant package (kind 4) to send, and how many bytes it gives. ``amount`` may be a
+        function of the pad as it is in the grant's commit (:meth:`PadStore.grant`)."""
         reserved, given, package = self.store.grant(
             pad_id, amount,
             lambda r, body, segment, key: fmt.seal(Kind.CONTROL, r.pad.pad_id, r.start, segment, body, key))
         return replace(_packaged(reserved, package, fmt.CONTROL.size), gives=given), given
+
+    def regrant(self, pad_id: bytes) -> Packaged:
+        """This device's last grant of ``pad_id`` again, on a new segment, while the peer is not using it
+        (:meth:`PadStore.regrant`); it gives nothing more (``gives`` 0). NothingToGrant if there is none."""
+        reserved, package = self.store.regrant(
+            pad_id, lambda r, body, segment, key: fmt.seal(Kind.CONTROL, r.pad.pad_id, r.start, segment, body, key))
+        return _packaged(reserved, package, fmt.CONTROL.size)
 
     def granted_unseen(self) -> dict[bytes, int]:
         """Per pad, the bytes this device gave that no package from the peer has used yet."""
@@ -284,12 +308,29 @@ class Device:
             return None
         request = fmt.parse_control(received.plaintext)
         assert isinstance(request, fmt.PadRequest)
+        # One request at a time per pad (in this process), so that what the owner is shown is the pad as the
+        # grant will find it; across processes the grant's own commit decides again on the locked pad row.
+        with self._answering(received.pad_id):
+            return self._answer(received, request)
+
+    def _answering(self, pad_id: bytes) -> threading.Lock:
+        with self._answer_locks_lock:
+            return self._answer_locks.setdefault(pad_id, threading.Lock())
+
+    def _answer(self, received: Unpackaged, request: fmt.PadRequest) -> Packaged | None:
         pad = self.store.pad(received.pad_id)
         if pad is None:
             return None
         mode, share = self.grant_policy()
-        spare = pad.send_left - fmt.segment_length(fmt.CONTROL.size)
-        amount = grant_amount(mode, share, spare, request)
+        spare = spare_of(pad)
+        # While this device's last grant is not in use and still stands, the asker may never have had it (a
+        # relay can drop exactly the grants): it is said again, and nothing more is given -- in any mode, so no
+        # owner is asked. A new grant only once the peer is seen using that one (or the split moved since).
+        try:
+            return self.regrant(received.pad_id)
+        except NothingToGrant:
+            pass
+        amount = grant_amount(mode, share, spare, request, seen_left(pad))
         if amount and mode == "ask":
             if self.confirm is None:
                 amount = 0  # no screen to ask on: the owner can grant with `otc device grant`
@@ -306,11 +347,24 @@ class Device:
                     return None
         if not amount:
             self.store.log_event("grant-not-given", contact=received.contact, pad_id=received.pad_id,
-                                 detail=f"policy {mode}: {spare} unused here, {request.left} left there")
+                                 detail=f"policy {mode}: {spare} unused here, {request.left} left there"
+                                        f" ({seen_left(pad)} not seen used)")
             return None
+        offered = amount
+
+        def decide(now: PadRecord, pending: bool) -> int:
+            # The policy again, on the pad as the grant's commit finds it: never more than was offered (and, in
+            # ask mode, approved), nor than the policy allows of what is unused now; and in auto mode nothing
+            # while a grant made meanwhile (by another process) is pending.
+            if mode == "auto" and pending:
+                return 0
+            return min(offered, grant_amount(mode, share, spare_of(now), request, seen_left(now)))
+
         try:
-            return self.grant(received.pad_id, amount)[0]
+            return self.grant(received.pad_id, decide)[0]
         except NothingToGrant:
+            self.store.log_event("grant-not-given", contact=received.contact, pad_id=received.pad_id,
+                                 detail=f"policy {mode}: by the time of the grant, too little unused here to give")
             return None
 
     def _confirm(self, contact: str, kind: Kind, plaintext: bytes, need: int, file: FileSummary | None = None
@@ -380,7 +434,8 @@ class Device:
             pads = [p for p in every if not p.retired]
             if given := sum(unseen.get(p.pad_id, 0) for p in every):
                 warnings.append(f"grant-unseen: {given} bytes this device gave {name} are not in use by {name}'s"
-                                " device yet; if the grant was lost on the way, nobody will ever use them")
+                                " device yet; a grant lost on the way is sent again when that device next asks"
+                                " (unless the split has moved since: then nobody will use them)")
             send_total = sum(p.send_total for p in pads)
             send_left = sum(p.send_left for p in pads)
             forged = sum(failures.get(p.pad_id, 0) for p in every)

@@ -49,3 +49,35 @@ def control(package: bytes, pad: bytes) -> tuple[str, int, int]:
     version, what, first, second = struct.unpack(">BBQQ", plaintext(package, pad))
     assert version == 1
     return ("request" if what == 1 else "grant" if what == 2 else "?"), first, second
+
+
+# -- the malicious peer's side: sealing packages of its own with a copy of the pad ---------------------------------
+# A malicious peer device holds the whole pad, so it can seal any package on its half: these build them by
+# DESIGN.md's table alone (Poly1305 under the sender's R and the segment's 16 mask bytes, over header and
+# ciphertext), so the attack tests depend on nothing of the code they attack.
+
+CONTROL = struct.Struct(">BBQQ")  # version, type (1 request, 2 grant), two numbers (docs/pad-lifecycle.md)
+
+
+def seal(pad: bytes, sender_is_initiator: bool, kind: int, pad_id: bytes, offset: int, body: bytes) -> bytes:
+    """A package sealed as the peer would: on ``pad[offset : offset + 16 + len(body)]``, tagged under its R."""
+    from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+    segment_bytes = pad[offset : offset + MASK_LEN + len(body)]
+    assert len(segment_bytes) == MASK_LEN + len(body)
+    head = HEADER.pack(b"OTC2", kind, pad_id, offset, len(body))
+    ciphertext = bytes(p ^ k for p, k in zip(body, segment_bytes[MASK_LEN:]))
+    r = pad[:R_LEN] if sender_is_initiator else pad[len(pad) - R_LEN :]
+    mac = Poly1305(r + segment_bytes[:MASK_LEN])
+    mac.update(head + ciphertext)
+    return head + ciphertext + mac.finalize()
+
+
+def forge_grant(pad: bytes, sender_is_initiator: bool, pad_id: bytes, offset: int, epoch: int, split: int) -> bytes:
+    """A correctly tagged grant (kind 4) with whatever numbers the peer likes."""
+    return seal(pad, sender_is_initiator, 4, pad_id, offset, CONTROL.pack(1, 2, epoch, split))
+
+
+def forge_request(pad: bytes, sender_is_initiator: bool, pad_id: bytes, offset: int, wanted: int, left: int) -> bytes:
+    """A correctly tagged request (kind 4) with whatever numbers the peer likes."""
+    return seal(pad, sender_is_initiator, 4, pad_id, offset, CONTROL.pack(1, 1, wanted, left))

@@ -284,7 +284,8 @@ def _as_made_before_v2(home) -> None:
     """Turn a home back into schema 3 (package v1's), exactly as such a home looks on disk."""
     conn = sqlite3.connect(home / "device.db")
     try:
-        conn.executescript("DROP TABLE split_moves; ALTER TABLE pads DROP COLUMN split_epoch;"  # step 10
+        conn.executescript("ALTER TABLE pads DROP COLUMN peer_epoch;"  # step 11
+                           "DROP TABLE split_moves; ALTER TABLE pads DROP COLUMN split_epoch;"  # step 10
                            "DROP TABLE abe_pads;"  # step 9
                            "DROP TABLE abe_periods; ALTER TABLE abe_keys DROP COLUMN period;"  # step 8
                            "ALTER TABLE abe_keys DROP COLUMN starts; ALTER TABLE abe_keys DROP COLUMN ends;"

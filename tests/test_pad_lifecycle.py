@@ -128,8 +128,8 @@ def test_the_grant_policy(devices):
     # Auto: nothing while alice has as much as bob; a share of bob's unused bytes once she is low.
     b.store.save_settings({GRANT_MODE: "auto", GRANT_SHARE: "10"})
     assert b.answer_request(b.unpackage(a.ask("bob", 1000).package)) is None
-    for _ in range(8):
-        a.package("bob", b"z" * 200)
+    for _ in range(8):  # bob sees alice use her half (what she says she has left is not enough by itself)
+        b.unpackage(a.package("bob", b"z" * 200).package)
     grant = b.answer_request(b.unpackage(a.ask("bob", 1000).package))
     assert grant is not None
     a.unpackage(grant.package)
@@ -170,6 +170,8 @@ def test_a_grant_lost_by_the_relay_is_not_applied_and_its_bytes_go_to_nobody(dev
     a, b, pad_id, original = devices
     sent: list[bytes] = []
     request = talk_until_asking(a, "bob", sent)
+    for package in sent[:-1]:
+        b.unpackage(package)
     lost = b.answer_request(b.unpackage(request.package))  # the relay drops it
     assert lost is not None
     _, _, lost_split = checker.control(lost.package, original)

@@ -79,7 +79,7 @@ SECURITY_EVENTS = frozenset({
     "invalid", "replay", "gap", "out-of-range", "unknown-pad", "malformed", "pairing-failed", "rpc-refused",
     "forgery-alarm", "retired-pad", "alarm", "tamper", "wipe", "package-refusals", "ceremony-impostor",
     "room-key-mismatch", "abe-renewal-forged", "abe-renewal-replay", "abe-renewal-out-of-range",
-    "grant-refused", "control-malformed",
+    "grant-refused", "control-malformed", "control-failed",
 })
 SECURITY_EVENT_PREFIXES = ("hrng",)  # every HRNG alarm code (hrng/errors.py) is one
 
@@ -103,6 +103,9 @@ WIPE_SYNC_BATCH = 64  # or after this many segments, whichever comes first
 
 PAD_FORMAT = 2  # package format v2: both authentication keys set aside
 MIN_GRANT = 64  # the fewest bytes a grant gives (a grant costs its giver 34): less is not worth a package
+# A split epoch counts one device's grants and takings: it never comes near this honestly. A grant naming an epoch
+# at or past it is refused before it reaches SQLite's 64-bit integers (and this device's own next epoch with it).
+MAX_SPLIT_EPOCH = 1 << 62
 
 T = TypeVar("T")
 
@@ -928,7 +931,7 @@ class PadStore:
                         warnings = self._accept(conn, pad, start, end)
                         outcome = None
                         if control:
-                            outcome, more = self._on_control(conn, pad, bytes(opened), start)  # type: ignore[call-overload]
+                            outcome, more = self._on_control_guarded(conn, pad, bytes(opened), start)  # type: ignore[call-overload]
                             warnings += more
                         received = Received(pad, start, end, opened, warnings, outcome)
         if refusal is not None:
@@ -965,13 +968,23 @@ class PadStore:
         )
         self.add_consumed(conn, pad.pad_id, start, end)
         self.add_pending_wipe(conn, pad.pad_id, start, end)
-        # A grant of this device's is seen taken once the peer sends with its bytes.
-        for move_id, old, new in conn.execute(
-                "SELECT id, old_split, new_split FROM split_moves WHERE pad_id = ? AND how = 'granted'"
-                " AND seen IS NULL", (pad.pad_id,)).fetchall():
+        # A grant of this device's is seen taken once the peer sends with its bytes, or past them (it sends in
+        # order: its pointer went through them).
+        self._grants_done_with(conn, pad.pad_id, *((start, pad.size) if pad.role == INITIATOR else (0, end)))
+        return warnings
+
+    @staticmethod
+    def _grants_done_with(conn: sqlite3.Connection, pad_id: bytes, start: int, end: int) -> int:
+        """Mark this device's unseen grants of ``pad_id`` that give any byte of ``[start, end)`` as seen: the
+        peer used those bytes, or a grant this device took gave them back to it. The bytes so marked."""
+        done = 0
+        for move_id, old, new, amount in conn.execute(
+                "SELECT id, old_split, new_split, amount FROM split_moves WHERE pad_id = ? AND how = 'granted'"
+                " AND seen IS NULL", (pad_id,)).fetchall():
             if start < max(old, new) and min(old, new) < end:
                 conn.execute("UPDATE split_moves SET seen = ? WHERE id = ?", (time.time(), move_id))
-        return warnings
+                done += amount
+        return done
 
     # -- moving the split (docs/pad-lifecycle.md) ---------------------------------------------------------
     #
@@ -1005,30 +1018,29 @@ class PadStore:
         body = fmt.request_body(wanted, left)
         return reservation, self._use(reservation, lambda r, segment, key: make(r, body, segment, key))
 
-    def grant(self, pad_id: bytes, amount: int, make: Callable[[Reservation, bytes, memoryview, memoryview], T]
-              ) -> tuple[Reservation, int, T]:
+    def grant(self, pad_id: bytes, amount: int | Callable[[PadRecord, bool], int],
+              make: Callable[[Reservation, bytes, memoryview, memoryview], T]) -> tuple[Reservation, int, T]:
         """Give the peer up to ``amount`` bytes of this device's unused half of ``pad_id``: in one commit, reserve
         the grant's own segment (rule 1), move this device's limit past the bytes given, count the epoch and
         record the grant; then give ``make`` the reservation, the grant's body, the segment's bytes and R.
-        Returns (the reservation, the bytes given, what ``make`` made). NothingToGrant if fewer than
-        :data:`MIN_GRANT` bytes can be given."""
+        ``amount`` may be a function of the pad as it is inside that commit and of whether this device's last
+        grant of it still stands unused (:meth:`_pending_grant`): a policy decided on the locked row, so that two
+        grants decided at once cannot both count the same unused bytes. Returns (the reservation,
+        the bytes given, what ``make`` made). NothingToGrant if fewer than :data:`MIN_GRANT` bytes can be given."""
         need = fmt.segment_length(fmt.CONTROL.size)
         with self._transaction() as conn:
-            pad = self._pad(conn, pad_id)
-            if pad is None:
-                raise UnknownPad()
-            if pad.retired:
-                raise RetiredPad(retired_text(pad.contact))
-            if not conn.execute("SELECT confirmed FROM pads WHERE pad_id = ?", (pad_id,)).fetchone()[0]:
-                raise PadUnconfirmed(f"The pad with {pad.contact} is not usable yet.")
+            pad = self._grantable(conn, pad_id)
             segment = pad.reserve_range(need)
+            if callable(amount):
+                amount = amount(pad, self._pending_grant(conn, pad) is not None)
             amount = min(amount, pad.send_left - need)
-            if segment is None or amount < MIN_GRANT:
+            if segment is None or amount < MIN_GRANT or pad.split_epoch >= MAX_SPLIT_EPOCH:
                 raise NothingToGrant(f"This device has no unused pad to give {pad.contact}.")
             start, end = segment
             warnings, _ = self._reserve(conn, pad, start, end)
             old = pad.split
             new = old - amount if pad.role == INITIATOR else old + amount
+            body = fmt.grant_body(pad.split_epoch, new)  # made before the commit: a grant that cannot be said is none
             left, total = pad.send_left - need - amount, pad.send_total - amount
             conn.execute("UPDATE pads SET split = ?, split_epoch = split_epoch + 1, low_level = max(low_level, ?)"
                          " WHERE pad_id = ?", (new, low_level(left, total), pad_id))
@@ -1037,8 +1049,63 @@ class PadStore:
                       length=fmt.CONTROL.size,
                       detail=f"gave {amount} bytes of this device's half: split {old} -> {new}; {left} left")
         reservation = Reservation(pad, start, end, warnings)
-        body = fmt.grant_body(pad.split_epoch, new)
         return reservation, amount, self._use(reservation, lambda r, segment, key: make(r, body, segment, key))
+
+    def _grantable(self, conn: sqlite3.Connection, pad_id: bytes) -> PadRecord:
+        """A pad this device may send a grant on: known, not retired, confirmed."""
+        pad = self._pad(conn, pad_id)
+        if pad is None:
+            raise UnknownPad()
+        if pad.retired:
+            raise RetiredPad(retired_text(pad.contact))
+        if not conn.execute("SELECT confirmed FROM pads WHERE pad_id = ?", (pad_id,)).fetchone()[0]:
+            raise PadUnconfirmed(f"The pad with {pad.contact} is not usable yet.")
+        return pad
+
+    def regrant(self, pad_id: bytes, make: Callable[[Reservation, bytes, memoryview, memoryview], T]
+                ) -> tuple[Reservation, T]:
+        """Say this device's last grant of ``pad_id`` again, on a new segment: the same body (the epoch it was
+        made at, the split it named), when it is not in use by the peer yet and nothing changed this device's
+        split since (so it is still the whole of what this device has given). It gives nothing more: a copy is
+        what the first package, delayed, would be (the epoch rule makes the later of the two out of date), so
+        a relay that lost the first does not burn the bytes for good. NothingToGrant otherwise."""
+        with self._transaction() as conn:
+            pad = self._grantable(conn, pad_id)
+            pending = self._pending_grant(conn, pad)
+            segment = pad.reserve_range(fmt.segment_length(fmt.CONTROL.size))
+            if pending is None or segment is None:
+                raise NothingToGrant(f"This device has no grant to {pad.contact} to send again.")
+            epoch, split = pending
+            body = fmt.grant_body(epoch, split)
+            start, end = segment
+            warnings, _ = self._reserve(conn, pad, start, end)
+            self._log(conn, "pad-grant-resent", contact=pad.contact, pad_id=pad_id, offset=start,
+                      length=fmt.CONTROL.size, detail=f"the grant of split {split} at epoch {epoch} again:"
+                      f" {pad.contact}'s device is not using it yet")
+        reservation = Reservation(pad, start, end, warnings)
+        return reservation, self._use(reservation, lambda r, segment, key: make(r, body, segment, key))
+
+    def _on_control_guarded(self, conn: sqlite3.Connection, pad: PadRecord, body: bytes, start: int
+                            ) -> tuple[str, list[str]]:
+        """:meth:`_on_control` inside a savepoint: whatever goes wrong in it, the verified package's segment is
+        still recorded as consumed (and wiped after the commit); what the control package would have changed is
+        undone, and it is set aside as ``control-failed`` (kept as evidence)."""
+        events = getattr(self._logged, "events", None)
+        logged = len(events) if events is not None else 0
+        conn.execute("SAVEPOINT control")
+        try:
+            result = self._on_control(conn, pad, body, start)
+        except Exception as exc:  # noqa: BLE001 - a peer's numbers must never leave a verified segment unconsumed
+            conn.execute("ROLLBACK TO control")
+            if events is not None:
+                del events[logged:]
+            self._log(conn, "control-failed", contact=pad.contact, pad_id=pad.pad_id, offset=start,
+                      length=len(body), detail=f"a control package could not be applied ({type(exc).__name__});"
+                      " it was set aside and changed nothing")
+            result = "malformed", [f"control-malformed: a control package from {pad.contact}'s device could not"
+                                   " be applied; it changed nothing"]
+        conn.execute("RELEASE control")
+        return result
 
     def _on_control(self, conn: sqlite3.Connection, pad: PadRecord, body: bytes, start: int
                     ) -> tuple[str, list[str]]:
@@ -1052,11 +1119,13 @@ class PadStore:
                       length=len(body), detail="a control package this device cannot read")
             return "malformed", [f"control-malformed: a control package from {contact}'s device could not be read"]
         if isinstance(control, fmt.PadRequest):
-            self._move(conn, pad.pad_id, "requested", amount=control.wanted, offset=start)
+            # A peer's numbers: nobody can want or have more than the whole pad.
+            wanted, left = min(control.wanted, pad.size), min(control.left, pad.size)
+            self._move(conn, pad.pad_id, "requested", amount=wanted, offset=start)
             self._log(conn, "pad-requested", contact=contact, pad_id=pad.pad_id, offset=start,
-                      length=fmt.CONTROL.size, detail=f"asks for {control.wanted} more bytes; {control.left} left")
-            return "request", [f"pad-requested: {contact}'s device asked for {control.wanted} more bytes of pad"
-                               f" to send with ({control.left} left)"]
+                      length=fmt.CONTROL.size, detail=f"asks for {wanted} more bytes; {left} left")
+            return "request", [f"pad-requested: {contact}'s device asked for {wanted} more bytes of pad"
+                               f" to send with ({left} left)"]
         now = self._pad(conn, pad.pad_id)
         assert now is not None
         old, new = now.split, control.split
@@ -1064,13 +1133,25 @@ class PadStore:
             gained = (old, new) if old < new <= now.size - AUTH_KEY_LEN else None
         else:
             gained = (new, old) if AUTH_KEY_LEN <= new < old else None
+        if control.epoch + 1 == now.split_epoch and control.split == old and conn.execute(
+                "SELECT 1 FROM split_moves WHERE pad_id = ? AND how = 'applied' AND epoch = ? AND new_split = ?",
+                (pad.pad_id, control.epoch, old)).fetchone():
+            # A copy of the grant this device took last (the granter said it again, not knowing it arrived).
+            self._log(conn, "grant-repeated", contact=contact, pad_id=pad.pad_id, offset=start,
+                      length=fmt.CONTROL.size, detail=f"split {new} at epoch {control.epoch}: already taken")
+            return "repeated", []
         why = ""
-        if control.epoch < now.split_epoch:
+        if control.epoch >= MAX_SPLIT_EPOCH:
+            why = "its epoch is out of range"
+        elif control.epoch < now.split_epoch:
             why = "it is out of date: the split changed after it was made"
         elif gained is None:
             why = "it would not give this device any bytes"
         elif self.overlaps(conn, pad.pad_id, *gained):
             why = "it gives bytes already used"
+        if control.epoch < MAX_SPLIT_EPOCH:  # whatever becomes of it, the peer's epoch is past the one it names
+            conn.execute("UPDATE pads SET peer_epoch = max(peer_epoch, ?) WHERE pad_id = ?",
+                         (control.epoch + 1, pad.pad_id))
         if why:
             self._log(conn, "grant-refused", contact=contact, pad_id=pad.pad_id, offset=start,
                       length=fmt.CONTROL.size, detail=f"split {new} at epoch {control.epoch} refused: {why}")
@@ -1084,6 +1165,11 @@ class PadStore:
         self._move(conn, pad.pad_id, "applied", epoch=control.epoch, old=old, new=new, amount=amount, offset=start)
         self._log(conn, "split-moved", contact=contact, pad_id=pad.pad_id, offset=start, length=fmt.CONTROL.size,
                   detail=f"{contact} gave {amount} bytes: split {old} -> {new}; {moved.send_left} left")
+        # After crossing grants, a grant taken may hand back bytes of this device's own refused grant: they are
+        # this device's to use again, no longer given and unseen.
+        if back := self._grants_done_with(conn, pad.pad_id, *gained):
+            self._log(conn, "grant-returned", contact=contact, pad_id=pad.pad_id, offset=start,
+                      length=fmt.CONTROL.size, detail=f"a grant of {back} bytes this device made came back with it")
         return "applied", [f"split-moved: {contact}'s device gave {amount} bytes of pad;"
                            f" {moved.send_left} bytes are left for sending to {contact}"]
 
@@ -1092,6 +1178,21 @@ class PadStore:
               new: int | None = None, amount: int | None = None, offset: int | None = None) -> None:
         conn.execute('INSERT INTO split_moves (pad_id, how, epoch, old_split, new_split, amount, "offset", ts)'
                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (pad_id, how, epoch, old, new, amount, offset, time.time()))
+
+    @staticmethod
+    def _pending_grant(conn: sqlite3.Connection, pad: PadRecord) -> tuple[int, int] | None:
+        """This device's last grant of ``pad`` -- (the epoch it was made at, the split it named) -- if the peer
+        has not been seen using it and nothing has changed this device's split since: it may still be on its way
+        (or lost), and it is still the whole of what this device has given. None otherwise."""
+        last = conn.execute("SELECT epoch, new_split, seen FROM split_moves WHERE pad_id = ? AND how = 'granted'"
+                            " ORDER BY id DESC LIMIT 1", (pad.pad_id,)).fetchone()
+        if last is None or last[2] is not None or last[1] != pad.split or last[0] + 1 != pad.split_epoch:
+            return None
+        # The peer made a grant at an epoch at or past this one's: its own epoch is past it, so this grant was
+        # taken already or never will be (crossing grants): saying it again would be refused, to no end.
+        if last[0] < conn.execute("SELECT peer_epoch FROM pads WHERE pad_id = ?", (pad.pad_id,)).fetchone()[0]:
+            return None
+        return int(last[0]), int(last[1])
 
     def split_moves(self, pad_id: bytes) -> list[dict]:
         """Every request and grant of a pad, sent or received, oldest first (no secrets)."""

@@ -222,6 +222,12 @@ STEPS: list[str] = [
     );
     CREATE INDEX split_moves_by_pad ON split_moves (pad_id, how);
     """,
+    # 10 -> 11: the least the peer's split epoch can be, from the grants it sent (each made at an epoch e leaves
+    # it at e + 1 or more): a grant of this device's made at an epoch below it can never apply there, so it is
+    # not said again (docs/pad-lifecycle.md, step 5).
+    """
+    ALTER TABLE pads ADD COLUMN peer_epoch INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 LATEST = len(STEPS)
