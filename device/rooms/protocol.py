@@ -306,9 +306,28 @@ class RoomMember:
     def join(self, name: str | None = None) -> bytes:
         """A contribution to post: k_j under the room policy and this device's key period, fresh X25519 and
         Ed25519 keys, and the display name ``name`` (bound to them; a type-1 contribution without one if None)."""
+        self._drop_stale_pending()
         if self.joined or self._pending is not None:
             raise RoomError("This device is already in that room (or joining it).")
         return self._contribute(name)
+
+    def _pending_period(self) -> int | None:
+        """The key period of my contribution on its way (None: none on its way)."""
+        if self._pending is None:
+            return None
+        item = wire.decode(self._pending, self.room.room_id)
+        assert isinstance(item, wire.Contribution)
+        return self.period_of(item.ciphertext) or 0
+
+    def _drop_stale_pending(self) -> None:
+        """My contribution on its way is of a period the room has left: it will be skipped when it comes back
+        (everyone skips an earlier period's), so it is forgotten now and, if the owner still wants this device in
+        the room, :meth:`duties` contributes again under the room's period. Kept, it made the device wait for
+        itself for good (an outside review: a member renewed late, whose contribution of the withdrawn period was
+        on its way when its renewal opened, stayed out of the room, and ``room join`` said it was joining)."""
+        period = self._pending_period()
+        if period is not None and period < self.period:
+            self._pending = self._next = None
 
     def _contribute(self, name: str | None) -> bytes:
         public = self.keys.public_key(self.room.authority)
@@ -378,6 +397,7 @@ class RoomMember:
         after timeouts)."""
         out = []
         self._take_held()
+        self._drop_stale_pending()  # a state stored before the fix may still wait for one
         if self.wanted and self._pending is None:
             usable = self.usable_period()
             mine = self.members[self.me].period if self.me is not None else None
@@ -598,6 +618,7 @@ class RoomMember:
             self._pending, self._next, self.name, self.wanted = pending, following, name, wanted
         self.period = period
         self.moves[period] = ref
+        self._drop_stale_pending()
         for mid in [m for m in self.roster if self.members[m].period < period]:
             self.roster.remove(mid)
             self._ks.pop(mid, None)
