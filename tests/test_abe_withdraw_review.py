@@ -1,3 +1,4 @@
+# ruff: noqa: F811 (the fixture four, imported, is each test's argument)
 """An outside review of "ending early withdraws the period issued ahead" (issue 22), its attacks as regressions.
 
 Each test plays the review's scenario end to end (real devices' stores, a real relay on loopback) and asserts
@@ -11,6 +12,7 @@ import os
 from device.abe.periods import DAY_S
 from device.abe.renewal import plan_renewal, renew
 from device.abe.store import AbeKeys
+from device.storage.padstore import PadStore
 from tests.test_rooms_e2e import fetch_new_renewals, four, said, sync_all  # noqa: F401, F811 (fixture)
 
 
@@ -41,7 +43,7 @@ def _renewed_ahead_then_m2_revoked_and_ended_early(room, devices, clock, auth):
     return first
 
 
-def test_a_member_renewed_late_while_its_withdrawn_periods_contribution_is_on_its_way_gets_back_in(four):  # noqa: F811
+def test_a_member_renewed_late_while_its_withdrawn_periods_contribution_is_on_its_way_gets_back_in(four):
     """Finding 1: at period 2's original start m4 (its renewal delayed, offline) re-contributes under period 2,
     which its device cannot know was withdrawn; its period-3 renewal opens before that contribution comes back.
     The room moves to period 3 and skips m4's period-2 contribution: m4 must contribute again under period 3 and
@@ -64,3 +66,137 @@ def test_a_member_renewed_late_while_its_withdrawn_periods_contribution_is_on_it
     said(m4, "m4 back")
     sync_all(room, devices)
     assert "m4 back" in m1.read and "m4 back" not in devices["m2"].read
+
+
+def _use_up_renewal_pad(auth, keys: AbeKeys, name: str) -> None:
+    """The authority's renewal pad with ``name`` used up (a member renewed many times over the years)."""
+    device_id = next(i.member_device_id for i in keys.issued() if i.member == name)
+    with auth._transaction() as conn:
+        conn.execute("UPDATE abe_pads SET next = size WHERE role = 'authority' AND peer_device_id = ?", (device_id,))
+
+
+def _period_two_starts_and_m4_speaks(room, devices, clock, first) -> None:
+    clock.now = first.ends + 60  # period 2's original start: m2 (revoked, renewed ahead) moves into it
+    for _ in range(3):
+        sync_all(room, devices)
+        clock.now += 100
+    said(devices["m4"], "m4 secret after the withdrawal")
+    sync_all(room, devices)
+
+
+def _ahead_for_everyone(room, devices, clock, auth):
+    m1 = devices["m1"]
+    for d in devices.values():
+        d.room = room
+    for d in (m1, devices["m2"], devices["m4"]):
+        d.post(room, d.rooms.join("ops"))
+        sync_all(room, devices)
+    keys = AbeKeys(auth)
+    first = keys.periods()[0]
+    clock.now = first.ends - 6 * DAY_S
+    for r in renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now):
+        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    for name in ("m1", "m2", "m4"):
+        assert fetch_new_renewals(devices[name]) == [2]
+    return keys, first
+
+
+def test_a_used_up_renewal_pad_leaves_its_member_out_and_renews_the_others(four):
+    """Finding 2: m3's renewal pad is used up. Planned: m3 is left out at once, saying why. Used up between the
+    plan and the approval: renew() reports m3 and renews the members after it (before, it stopped at m3 after the
+    early end was made: m4 got nothing and followed the revoked m2 into the withdrawn period 2), and no key is
+    recorded issued to m3 without a package."""
+    room, devices, clock, auth = four
+    m1, m2 = devices["m1"], devices["m2"]
+    keys, first = _ahead_for_everyone(room, devices, clock, auth)
+    keys.revoke("m2")
+    _use_up_renewal_pad(auth, keys, "m3")
+    planned = plan_renewal(keys, end_period=True, now=clock.now)
+    assert [n for _, n in planned.members] == ["m1", "m4"]
+    assert any(why.startswith("m3: renewal pad used up") for why in planned.left)
+    # Now the race: planned while m3's pad had room, used up before the owner approved.
+    with auth._transaction() as conn:
+        conn.execute("UPDATE abe_pads SET next = 16 WHERE role = 'authority' AND peer_device_id = ?",
+                     (next(i.member_device_id for i in keys.issued() if i.member == "m3"),))
+    plan = plan_renewal(keys, end_period=True, now=clock.now)
+    assert [n for _, n in plan.members] == ["m1", "m3", "m4"]
+    _use_up_renewal_pad(auth, keys, "m3")
+    done = renew(keys, plan, os.urandom, now=clock.now)
+    assert sorted(r.member for r in done) == ["m1", "m4"]
+    assert len(done.failed) == 1 and done.failed[0].startswith("m3: ") and "used up" in done.failed[0]
+    assert not [i for i in keys.issued() if i.member == "m3" and i.period == 3]  # no record without a package
+    for r in done:
+        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    for name in ("m1", "m4"):
+        assert fetch_new_renewals(devices[name]) == [3]
+    sync_all(room, devices)
+    _period_two_starts_and_m4_speaks(room, devices, clock, first)
+    assert "m4 secret after the withdrawal" in m1.read
+    assert "m4 secret after the withdrawal" not in m2.read
+
+
+def test_a_member_left_out_of_the_early_end_is_given_the_running_period_over_its_pad(four):
+    """Finding 2: a member left out of the early end (here `otc abe renew --end-period m1`) and renewed later over
+    its pad gets the running period (3), not the one after it (4, starting when 3 ends): with period 4 its device
+    did not see period 2 as withdrawn and followed the revoked m2 into it at its original start."""
+    room, devices, clock, auth = four
+    m1, m2, m4 = devices["m1"], devices["m2"], devices["m4"]
+    keys, first = _ahead_for_everyone(room, devices, clock, auth)
+    keys.revoke("m2")
+    for r in renew(keys, plan_renewal(keys, "m1", end_period=True, now=clock.now), os.urandom, now=clock.now):
+        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    assert fetch_new_renewals(m1) == [3]
+    clock.now += 3600
+    plan = plan_renewal(keys, "m4", now=clock.now)
+    assert [n for _, n in plan.catch_up] == ["m4"] and plan.running is not None and plan.running.number == 3
+    assert "hold no key of the running period" in plan.question()
+    late = renew(keys, plan, os.urandom, now=clock.now)
+    assert [p.number for p in keys.periods()] == [1, 2, 3]  # no period made after the running one
+    for r in late:
+        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    assert fetch_new_renewals(m4) == [3]
+    assert {k.period: k.withdrawn for k in AbeKeys(m4.store).held()}[2]
+    sync_all(room, devices)
+    _period_two_starts_and_m4_speaks(room, devices, clock, first)
+    assert "m4 secret after the withdrawal" in m1.read
+    assert "m4 secret after the withdrawal" not in m2.read
+
+
+def test_an_early_end_with_the_relay_down_says_it_was_done_and_a_retry_ends_no_other_period(tmp_path):
+    """Minor finding: `otc abe renew --end-period --relay URL` with the relay down ended the period but said only
+    "relay does not answer", and running it again ended another period. Now the error says the early end was done
+    and that --resend delivers it; the retry is refused (--again overrides); --resend posts the kept package."""
+    import socket
+
+    from relay.app import create_app
+    from relay.config import RelayConfig
+    from relay.server import RelayServer
+    from tests.conftest import otc
+    from tests.test_cli import one_line_error
+
+    auth, alice, x = tmp_path / "campus", tmp_path / "alice", tmp_path / "x"
+    for home in (auth, alice, x):
+        otc("device", "init", "--home", str(home), "--name", home.name, check=True)
+    otc("abe", "authority", "--home", str(auth), check=True)
+    for home in (alice, x):
+        otc("abe", "grant-local", "--attributes", "STAFF", str(auth), str(home), check=True)
+    otc("abe", "revoke", "--home", str(auth), "x", check=True)
+    with socket.socket() as s:  # a loopback port nobody listens on: the relay is down
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    error = one_line_error(otc("abe", "renew", "--home", str(auth), "--end-period", "--relay", down))
+    assert "does not answer" in error and "period 2 began now" in error and "otc abe renew --resend" in error
+    with PadStore(auth) as store:
+        assert [p.number for p in AbeKeys(store).periods()] == [1, 2]
+    again = one_line_error(otc("abe", "renew", "--home", str(auth), "--end-period", "--relay", down))
+    assert "--resend" in again and "--again" in again
+    with PadStore(auth) as store:
+        assert [p.number for p in AbeKeys(store).periods()] == [1, 2]  # no other period ended
+    server = RelayServer(create_app(RelayConfig(db=f"sqlite:///{tmp_path / 'relay.db'}")), "127.0.0.1", 0,
+                         threads=4).start()
+    try:
+        otc("abe", "renew", "--home", str(auth), "--resend", "--relay", server.url, check=True)
+        got = otc("abe", "renewals", "--home", str(alice), "--relay", server.url, check=True).stdout.decode()
+        assert "(period 2" in got
+    finally:
+        server.close()

@@ -53,12 +53,13 @@ import hmac
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from device.abe.encoding import decode_member_key
+from device.abe.encoding import MemberKey, decode_member_key
 from device.abe.errors import AbeError, MalformedAbeData, Revoked, UnknownMember
 from device.abe.group import G2_BYTES, g2_decode
 from device.abe.periods import MAX_PERIOD_S, Period, when
+from device.abe.policy import period_attribute
 from device.abe.store import AbeKeys, HeldKey, renewal_for
 from device.errors import OutOfRange, Replay, UnknownPad
 from device.storage import sent_renewals
@@ -174,9 +175,10 @@ class RenewalPads:
 
     # -- the authority ------------------------------------------------------------------------------------
 
-    def plan(self, who: str | None = None) -> tuple[list[tuple[bytes, str]], list[str]]:
-        """Whom a renewal reaches: ([(member device id, name)] with a pad and not revoked, [names left out and
-        why]). ``who``: one member (a name or key id), else every member."""
+    def plan(self, who: str | None = None, period: int = 1) -> tuple[list[tuple[bytes, str]], list[str]]:
+        """Whom a renewal reaches: ([(member device id, name)] with a pad with room for it and not revoked, [names
+        left out and why]). ``who``: one member (a name or key id), else every member; ``period``: the period
+        number it issues (its attribute's length counts in the pad bytes a renewal takes)."""
         issued = self.keys.find_issued(who) if who is not None else self.keys.issued()
         devices: dict[bytes, str] = {}
         for i in issued:
@@ -193,6 +195,10 @@ class RenewalPads:
             if device_id not in with_pad:
                 left.append(f"{name}: no renewal pad (granted before them, or on one machine): renew in person")
                 continue
+            attributes = (*renewal_for(self.keys, device_id).attributes, period_attribute(period))
+            if self.tables.pad_room(device_id) < fmt.segment_length(renewal_length(attributes)):
+                left.append(f"{name}: renewal pad used up: renew in person (a grant makes a new one)")
+                continue
             out.append((device_id, name))
         if who is not None and not out:
             raise (Revoked if any(x.endswith("revoked") for x in left) else NoRenewalPad)(
@@ -208,8 +214,9 @@ class RenewalPads:
         pad_ids = self.tables.pads_to(device_id)
         if not pad_ids:
             raise NoRenewalPad(f"There is no renewal pad with {prior.member}.")
-        key = self.keys.issue(prior.attributes, member=prior.member, member_device_id=device_id,
-                              how="renewal over the pad", random_bytes=random_bytes, period=period)
+        # The key's record is written with the package that carries it, in one commit (seal_on_renewal_pad).
+        key, record = self.keys.make_key(prior.attributes, member=prior.member, member_device_id=device_id,
+                                         how="renewal over the pad", random_bytes=random_bytes, period=period)
         public = self.keys.master().public
         assert public.g2_a is not None  # a master key always gives it
         body = (BODY.pack(BODY_MAGIC, BODY_VERSION, period.number, period.starts, period.ends) + key.encode()
@@ -223,7 +230,8 @@ class RenewalPads:
                 # Kept with the pad's use, in the same commit: a lost package can be sent again as it was.
                 keep=lambda package, mailbox: dict(
                     Renewal(prior.member, key.key_id, mailbox.hex(), fmt.encode(package)).to_dict(),
-                    period=period.number, ends=period.ends))
+                    period=period.number, ends=period.ends),
+                issued=record)
             if sealed is None:
                 continue  # this pad is used up: the next one, if any
             package, mailbox = sealed
@@ -319,6 +327,19 @@ def end_text(period: Period) -> str:
     return f"period {period.number}, {when(period.starts)} to {when(period.ends)}"
 
 
+def renewal_length(all_attributes: tuple[str, ...]) -> int:
+    """The body length of a renewal carrying a key of ``all_attributes`` (its period's included)."""
+    return BODY.size + MemberKey.encoded_length(all_attributes) + G2_BYTES
+
+
+class Renewed(list[Renewal]):
+    """The renewals made, and ``failed``: each member whose renewal failed, and why (the others were renewed)."""
+
+    def __init__(self, renewals: list[Renewal] | None = None, failed: list[str] | None = None) -> None:
+        super().__init__(renewals or [])
+        self.failed = failed or []
+
+
 @dataclass(frozen=True)
 class RenewPlan:
     """What a renewal will do, shown to the owner before anything is written."""
@@ -331,13 +352,28 @@ class RenewPlan:
     #: The period issued ahead that ending early withdraws (its keys, the revoked members' too, open nothing of
     #: a room that moved on), or None.
     withdraws: Period | None = None
+    #: Members that hold no key of the running period (left out of an early end, their renewal failed): they get
+    #: the running period's key (``running``), so their devices take the early end (a later period that begins
+    #: no later than the one they hold ahead withdraws it there), instead of the period after it.
+    catch_up: list[tuple[bytes, str]] = field(default_factory=list)
+    running: Period | None = None
+    #: Ending early: the running period, when it began less than RECENT_S ago (maybe by the early end this one
+    #: repeats, whose packages did not reach the relay: ``--resend`` delivers them). Asked again (``again``).
+    recent: Period | None = None
 
     def question(self) -> str:
         who = ", ".join(name for _, name in self.members) or "nobody"
-        lines = [f"Renew the keys of {who} for {end_text(self.period)}?"]
+        lines = [f"Renew the keys of {who} for {end_text(self.period)}?"] if self.members or self.early else []
+        if self.catch_up and self.running is not None:
+            lines.append(f"Give {', '.join(name for _, name in self.catch_up)}, who hold no key of the running "
+                         f"period, its key: {end_text(self.running)}?")
         if self.early:
             lines.append("The running period ends NOW for everyone: members not renewed (revoked) read no room's "
                          "new epochs from the moment the others' devices move on.")
+        if self.recent is not None:
+            lines.append(f"Period {self.recent.number} began only at {when(self.recent.starts)}: if that was an "
+                         "early end whose renewals did not arrive, `otc abe renew --resend` delivers them, and this "
+                         f"ends period {self.recent.number} too.")
         if self.withdraws is not None:
             lines.append(f"Period {self.withdraws.number}, whose keys were issued ahead, is WITHDRAWN: it never "
                          f"begins, and its keys (a revoked member's too) open no room's epochs after the move. "
@@ -348,27 +384,78 @@ class RenewPlan:
         return "\n\n".join(lines)
 
 
+#: A period that began less than this long ago is not ended early again without being asked (check_again).
+RECENT_S = 3600.0
+
+
 def plan_renewal(keys: AbeKeys, who: str | None = None, end_period: bool = False, length: float | None = None,
                  now: float | None = None) -> RenewPlan:
-    members, left = RenewalPads(keys).plan(who)
     period, new = keys.preview_next_period(length, now, early=end_period)
+    members, left = RenewalPads(keys).plan(who, period.number)
     ahead = keys.issued_ahead(now) if end_period and new else None
-    return RenewPlan(period, new, end_period, members, left, ahead)
+    running = None if end_period else keys.current_period(now)
+    catch_up: list[tuple[bytes, str]] = []
+    if running is not None and running.number != period.number:
+        # A member with no key of the running period (an early end that failed for it, or was planned before it
+        # was renewed ahead) gets that period, not the next: issued the period after it, its device would not
+        # see the period it holds ahead as withdrawn, and would follow a revoked member into it (an outside
+        # review, finding 2).
+        have = {i.member_device_id for i in keys.issued() if i.period == running.number}
+        catch_up = [m for m in members if m[0] not in have]
+        members = [m for m in members if m[0] in have]
+    current = keys.current_period(now) if end_period else None
+    now = time.time() if now is None else now
+    # A period after another (the first one began at a grant) that began a moment ago: maybe by an early end.
+    recent = current if current is not None and current.number > 1 and now - current.starts < RECENT_S else None
+    return RenewPlan(period, new and (end_period or bool(members)), end_period, members, left, ahead, catch_up,
+                     running, recent)
+
+
+class EndedRecently(AbeError):
+    """Ending early again a period that began a moment ago (an early end retried): asked again, or refused."""
+
+    code = "abe-ended-recently"
+
+
+def check_again(plan: RenewPlan, again: bool) -> None:
+    """Refuse ending early a period that began less than RECENT_S ago unless ``again`` says so: a retry of an
+    early end whose packages did not reach the relay would otherwise end another period, silently (an outside
+    review). ``otc abe renew --resend`` delivers the kept packages instead."""
+    if plan.recent is not None and not again:
+        raise EndedRecently(
+            f"Period {plan.recent.number} began only at {when(plan.recent.starts)} (an early end just made?): "
+            "its renewals are kept; `otc abe renew --resend` delivers them. To end it early too, add --again.")
 
 
 def renew(keys: AbeKeys, plan: RenewPlan, random_bytes: Callable[[int], bytes], now: float | None = None
-          ) -> list[Renewal]:
+          ) -> Renewed:
     """Carry out ``plan`` (once its owner approved it): the period made if need be, each member's renewal sealed
-    on its pad (a member that already has a key of that period is skipped)."""
-    known = {p.number: p for p in keys.periods()}
-    if plan.period.number not in known and plan.period.number != max(known, default=0) + 1:
-        raise AbeError("The authority's periods changed since the renewal was planned: nothing was renewed.")
-    period = known.get(plan.period.number) or keys.next_period(plan.period.ends - plan.period.starts, now,
-                                                               early=plan.early)
-    if period.number != plan.period.number:
-        raise AbeError("The authority's periods changed since the renewal was planned: nothing was renewed.")
+    on its pad (a member that already has a key of that period is skipped). A member whose renewal fails (its
+    pad used up since the plan) is reported in ``failed`` and the others are renewed: before (an outside review)
+    the first failure stopped the loop after the early end was made, and later members got nothing."""
+    period: Period | None = None
+    if plan.members or plan.early:  # (only catching members up on the running period makes no period)
+        known = {p.number: p for p in keys.periods()}
+        if plan.period.number not in known and plan.period.number != max(known, default=0) + 1:
+            raise AbeError("The authority's periods changed since the renewal was planned: nothing was renewed.")
+        period = known.get(plan.period.number) or keys.next_period(plan.period.ends - plan.period.starts, now,
+                                                                   early=plan.early)
+        if period.number != plan.period.number:
+            raise AbeError("The authority's periods changed since the renewal was planned: nothing was renewed.")
     pads = RenewalPads(keys)
-    return [r for device_id, _ in plan.members if (r := pads.renew(device_id, period, random_bytes)) is not None]
+    out = Renewed()
+    for targets, issued_for in ((plan.catch_up, plan.running), (plan.members, period)):
+        for device_id, name in targets:
+            assert issued_for is not None
+            try:
+                renewal = pads.renew(device_id, issued_for, random_bytes)
+            except AbeError as exc:  # NoRenewalPad, Revoked: nothing of it was written
+                out.failed.append(f"{name}: {exc}")
+                continue
+            if renewal is not None:
+                out.append(renewal)
+    return out
 
 
-__all__ = ["PAD_BYTES", "NoRenewalPad", "Renewal", "RenewalPads", "RenewalRefused", "UnknownMember", "make_pad"]
+__all__ = ["PAD_BYTES", "NoRenewalPad", "Renewal", "RenewalPads", "RenewalRefused", "Renewed", "UnknownMember",
+           "make_pad"]

@@ -379,6 +379,15 @@ class AbeKeys:
         """A new member key for ``period`` (the running one, or a new one, when None), recorded as issued before
         it leaves (the authority keeps no copy). A ``pending`` record counts once :meth:`confirm_grant` says
         the member holds the key."""
+        key, record = self.make_key(attributes, member, member_device_id, how, random_bytes, pending, period)
+        self.tables.add_issued(**record)
+        return key
+
+    def make_key(self, attributes: str | list[str] | tuple[str, ...], member: str, member_device_id: bytes | None,
+                 how: str, random_bytes: RandomBytes = os.urandom, pending: bool = False,
+                 period: Period | None = None) -> tuple[MemberKey, dict]:
+        """A new member key, as :meth:`issue` makes it, and the record of it to write (nothing is written): the
+        caller writes the record in the same commit as whatever carries the key (a renewal on its pad)."""
         master = self.master()
         names = parse_attributes(attributes)
         check_unreserved(names, "a key's attributes")
@@ -386,12 +395,11 @@ class AbeKeys:
         key = keygen(master, names, random_bytes, period=period.number)
         fingerprint = grant_fingerprint(key.authority_id, key, member_device_id) if member_device_id else None
         proof = self._seal(grant_proof_key(key), b"abe proof " + key.key_id)
-        self.tables.add_issued(
+        return key, dict(
             key_id=key.key_id, authority_id=key.authority_id, member=member, member_device_id=member_device_id,
             attributes=",".join(key.attributes), how=how, pending=pending, fingerprint=fingerprint,
             sealed_proof=proof, period=period.number, starts=period.starts, ends=period.ends,
             detail=f"key for {', '.join(key.attributes)} to {member} ({how}, period {period.number})")
-        return key
 
     def find_issued(self, who: str) -> list[Issued]:
         """The confirmed keys issued to the member named ``who``, or the one whose key id starts with ``who``

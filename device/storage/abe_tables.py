@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 
 from device.errors import OutOfRange, Replay, UnknownPad
 from device.storage import sent_renewals
@@ -167,18 +168,23 @@ class AbeTables:
                          (authority_id, number, starts, ends))
             self.store._log(conn, "abe-period", detail=detail)
 
-    def add_issued(self, *, key_id: bytes, authority_id: bytes, member: str, member_device_id: bytes | None,
-                   attributes: str, how: str, pending: bool, fingerprint: str | None, sealed_proof: bytes,
-                   period: int, starts: float, ends: float, detail: str) -> None:
+    def add_issued(self, **record: Any) -> None:
+        """Record a key issued (the keyword arguments of :meth:`_insert_issued`)."""
         with self.store._transaction() as conn:
-            conn.execute(
-                "INSERT INTO abe_issued (key_id, authority_id, member, member_device_id, attributes, how, issued,"
-                " confirmed, fingerprint, proof_key, period, starts, ends)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key_id, authority_id, member, member_device_id, attributes, how, time.time(),
-                 int(not pending), fingerprint, sealed_proof, period, starts, ends),
-            )
-            self.store._log(conn, "abe-key-issued", detail=detail)
+            self._insert_issued(conn, **record)
+
+    def _insert_issued(self, conn: sqlite3.Connection, *, key_id: bytes, authority_id: bytes, member: str,
+                       member_device_id: bytes | None, attributes: str, how: str, pending: bool,
+                       fingerprint: str | None, sealed_proof: bytes, period: int, starts: float, ends: float,
+                       detail: str) -> None:
+        conn.execute(
+            "INSERT INTO abe_issued (key_id, authority_id, member, member_device_id, attributes, how, issued,"
+            " confirmed, fingerprint, proof_key, period, starts, ends)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key_id, authority_id, member, member_device_id, attributes, how, time.time(),
+             int(not pending), fingerprint, sealed_proof, period, starts, ends),
+        )
+        self.store._log(conn, "abe-key-issued", detail=detail)
 
     def revoke_issued(self, key_ids: list[bytes], now: float, detail: str) -> None:
         with self.store._transaction() as conn:
@@ -272,14 +278,24 @@ class AbeTables:
             "SELECT pad_id FROM abe_pads WHERE role = 'authority' AND confirmed = 1 AND peer_device_id = ?"
             " ORDER BY created DESC", (member_device_id,))]
 
+    def pad_room(self, member_device_id: bytes) -> int:
+        """The most pad bytes one renewal to ``member_device_id`` can take: the largest room left on one of the
+        authority's confirmed renewal pads with it (0: none, or all used up)."""
+        return max((size - next_free for size, next_free in self.store._read(
+            "SELECT size, next FROM abe_pads WHERE role = 'authority' AND confirmed = 1 AND peer_device_id = ?",
+            (member_device_id,))), default=0)
+
     def seal_on_renewal_pad(self, pad_id: bytes, length: int, make: Callable[[int, bytes, bytes], bytes],
-                            detail: str, keep: Callable[[bytes, bytes], dict] | None = None
-                            ) -> tuple[bytes, bytes] | None:
+                            detail: str, keep: Callable[[bytes, bytes], dict] | None = None,
+                            issued: dict | None = None) -> tuple[bytes, bytes] | None:
         """Reserve, build, destroy: one commit, before the package leaves. The next segment of the renewal pad
         for a body of ``length`` bytes goes to ``make`` (offset, segment, authentication key) and is destroyed
         with the frontier moved past it; (the package ``make`` returned, the pad's mailbox). None if the pad
         has no room left (nothing changes). ``keep`` (package, mailbox) gives the record of the package kept
-        for re-sending (device/storage/sent_renewals.py), written in the same commit."""
+        for re-sending (device/storage/sent_renewals.py), written in the same commit; so is ``issued``, the record
+        of the key the package carries (the keyword arguments of :meth:`_insert_issued`): a key is recorded issued
+        only with the package that carries it, never without (an outside review found an issued record with no
+        package after a pad was used up)."""
         with self.store._transaction() as conn:
             size, next_free, stored, mailbox = conn.execute(
                 "SELECT size, next, pad, mailbox FROM abe_pads WHERE pad_id = ?", (pad_id,)).fetchone()
@@ -293,6 +309,8 @@ class AbeTables:
                          (self._seal_pad(bytes(pad), pad_id), end, pad_id))
             self.store._log(conn, "abe-renewal-sent", pad_id=pad_id, offset=next_free, length=end - next_free,
                             detail=detail)
+            if issued is not None:
+                self._insert_issued(conn, **issued)
             if keep is not None:
                 sent_renewals.keep(self.store, conn, keep(package, bytes(mailbox)))
         return package, bytes(mailbox)
