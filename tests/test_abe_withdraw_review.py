@@ -200,3 +200,41 @@ def test_an_early_end_with_the_relay_down_says_it_was_done_and_a_retry_ends_no_o
         assert "(period 2" in got
     finally:
         server.close()
+
+
+def test_a_renewed_member_sends_nothing_under_the_old_period_while_its_move_is_on_its_way(four):
+    """Finding 4: right after `otc abe renewals`, `otc room send` synced once (posting the device's contribution of
+    the new period) and sent under the old period's epoch, still keyed: the revoked member read it and the renewed
+    members dropped it as late. Now the device refuses (the client waits, saying for what) until its move is back
+    and the new epoch keyed; then the message goes under the new period, out of the revoked member's reach."""
+    import pytest
+
+    from device.rooms.errors import MovingPeriod
+
+    room, devices, clock, auth = four
+    m1, m2, m4 = devices["m1"], devices["m2"], devices["m4"]
+    _ahead_for_everyone(room, devices, clock, auth)
+    sync_all(room, devices)
+    keys = AbeKeys(auth)
+    keys.revoke("m2")
+    for r in renew(keys, plan_renewal(keys, end_period=True, now=clock.now), os.urandom, now=clock.now):
+        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    assert fetch_new_renewals(m1) == [3]
+    status = m1.rooms.find("ops").status()
+    assert status["moving_to"] == 3 and not status["keyed"]  # renewed, not moved yet: the old epoch is not usable
+    with pytest.raises(MovingPeriod, match="key period 3"):
+        m1.rooms.send("ops", "m1 secret, sent after renewing")
+    m1.sync(room)  # its period-3 contribution is posted (not back yet)
+    with pytest.raises(MovingPeriod):
+        m1.rooms.send("ops", "m1 secret, sent after renewing")
+    assert fetch_new_renewals(m4) == [3]
+    for _ in range(3):
+        sync_all(room, devices)
+        clock.now += 31
+    assert m1.rooms.find("ops").status()["keyed"]
+    said(m1, "m1 secret, sent after renewing")
+    for _ in range(3):
+        sync_all(room, devices)
+        clock.now += 31
+    assert "m1 secret, sent after renewing" not in m2.read
+    assert "m1 secret, sent after renewing" in m4.read

@@ -77,6 +77,7 @@ from device.rooms import wire
 from device.rooms.errors import (
     EpochChanged,
     MalformedRoomData,
+    MovingPeriod,
     NoEpochKey,
     NotJoined,
     RoomError,
@@ -247,16 +248,29 @@ class RoomMember:
     def current_epoch(self) -> int | None:
         return max(self.epochs) if self.epochs else None
 
+    def moving_to(self) -> int | None:
+        """The later key period this device is moving the room to, or None: its own contribution of it is on its
+        way, or (wanted in the room) its renewed key of it has begun, so its next duties contribute under it.
+        Until that contribution is back the current epoch is the old period's, which a member not renewed (a
+        revoked one) still holds: nothing is sent under it (:meth:`send`)."""
+        pending = self._pending_period()
+        if pending is not None and pending > self.period:
+            return pending
+        usable = self.usable_period() if self.wanted else None
+        return usable if usable is not None and usable > self.period else None
+
     def status(self) -> dict:
         e = self.current_epoch
         epoch = self.epochs.get(e) if e is not None else None
+        moving = self.moving_to()
         return {"room": self.room.name, "room_id": self.room.room_id.hex(), "policy": self.room.policy.text,
                 "joined": self.joined, "joining": self._pending is not None, "me": short(self.me) if self.me else None,
                 "display_name": self.label(self.me) if self.me else self.name,
                 "period": self.period, "my_period": self.members[self.me].period if self.me else None,
                 "later_periods": sorted({m.period for m in self.future.values()}),
                 "members": len(self.roster), "epoch": e, "epoch_members": len(epoch.roster) if epoch else None,
-                "keyed": bool(epoch and epoch.key), "last_ref": self.last_ref,
+                "keyed": bool(epoch and epoch.key) and moving is None, "moving_to": moving,
+                "last_ref": self.last_ref,
                 "epochs_with_keys": sorted(n for n, ep in self.epochs.items() if ep.key)}
 
     def label(self, member: bytes) -> str:
@@ -369,12 +383,27 @@ class RoomMember:
         self.wanted = False
         return raw
 
+    def check_sending(self) -> None:
+        """MovingPeriod if this device must not send now because it is moving the room to a later key period
+        (:meth:`moving_to`), or its own contribution is on its way (before: "not a member (join it first)")."""
+        moving = self.moving_to()
+        if moving is not None:
+            # Sent now, under the old period's epoch, a revoked member would read it, and the renewed members
+            # (who moved at this device's contribution) would drop it as late (an outside review, finding 4).
+            raise MovingPeriod(f"This device is moving the room to key period {moving} (its renewed key): "
+                               "nothing was sent. Its contribution comes back, then the new epoch's key; send "
+                               "after that.")
+        if not self.joined and self._pending is not None:
+            raise MovingPeriod(f"This device's contribution to the room (key period {self._pending_period()}) is "
+                               "on its way: nothing was sent. Send once it is back and the epoch is keyed.")
+
     def send(self, text: str, epoch: int | None = None) -> bytes:
         """A message under the current epoch's key (never an older one); with ``epoch``, only if that epoch (the
         one whose member count the owner approved) is still the current one."""
         data = text.encode("utf-8")
         if len(data) > MAX_TEXT_BYTES:
             raise RoomError(f"A room message holds at most {MAX_TEXT_BYTES} bytes.")
+        self.check_sending()
         if not self.joined or self._sig is None:
             raise NotJoined()
         assert self.me is not None

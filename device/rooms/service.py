@@ -152,6 +152,7 @@ class DeviceRooms:
         """A room message, after the owner confirms it (room, policy, member count shown)."""
         with self._lock:
             member = self.find(name)
+            member.check_sending()
             status = member.status()
             if not status["keyed"]:
                 raise NoEpochKey()
