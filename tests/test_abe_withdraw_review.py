@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from device.abe.periods import DAY_S
 from device.abe.renewal import plan_renewal, renew
 from device.abe.store import AbeKeys
@@ -238,3 +240,56 @@ def test_a_renewed_member_sends_nothing_under_the_old_period_while_its_move_is_o
         clock.now += 31
     assert "m1 secret, sent after renewing" not in m2.read
     assert "m1 secret, sent after renewing" in m4.read
+
+
+@pytest.fixture
+def authority(tmp_path):
+    """An authority with period 1 (30 days from its start), alice and x granted, each with a renewal pad."""
+    from device.abe.store import grant_local
+
+    auth = PadStore.init(tmp_path / "auth", "auth")
+    keys = AbeKeys(auth)
+    keys.become_authority()
+    members = {name: PadStore.init(tmp_path / name, name) for name in ("alice", "x")}
+    for store in members.values():
+        grant_local(auth, store, "STAFF")
+    yield keys, members, keys.periods()[0].starts
+    for store in (auth, *members.values()):
+        store.close()
+
+
+def test_an_early_end_approved_after_the_withdrawn_period_began_is_refused(authority):
+    """Finding 5, case 2: the owner was shown "Period 2 ... is WITHDRAWN: it never begins" (planned before period
+    2's start) and approved after it began: period 2 had run, x's key of it was not withdrawn. Now the plan is
+    made again at approval; the periods changed, so nothing is renewed and the owner is told."""
+    from device.abe.renewal import PlanChanged
+
+    keys, members, t0 = authority
+    start_2 = t0 + 30 * DAY_S
+    renew(keys, plan_renewal(keys, now=start_2 - DAY_S), os.urandom, now=start_2 - DAY_S)
+    keys.revoke("x")
+    plan = plan_renewal(keys, end_period=True, now=start_2 - 5)
+    assert plan.withdraws is not None and plan.withdraws.number == 2 and "WITHDRAWN" in plan.question()
+    before = (keys.periods(), keys.issued())
+    with pytest.raises(PlanChanged, match="nothing was renewed"):
+        renew(keys, plan, os.urandom, now=start_2 + 5)
+    assert (keys.periods(), keys.issued()) == before
+
+
+def test_an_early_end_approved_after_a_renewal_ahead_is_refused(authority):
+    """Finding 5, case 1: an early end planned while nothing was issued ahead, approved after a renewal that
+    issued period 2 ahead: it "succeeded" with no early end at all (period 1 ran on, x read on). Refused now."""
+    from device.abe.renewal import PlanChanged
+
+    keys, members, t0 = authority
+    now = t0 + 25 * DAY_S
+    keys.revoke("x")
+    plan_end = plan_renewal(keys, end_period=True, now=now)
+    assert plan_end.early and plan_end.period.number == 2 and plan_end.withdraws is None
+    renew(keys, plan_renewal(keys, now=now), os.urandom, now=now)  # the other request, approved first
+    with pytest.raises(PlanChanged):
+        renew(keys, plan_end, os.urandom, now=now + 1)
+    assert keys.periods()[0].ends > now + 1  # nothing pretended: period 1 was not ended by a refused request
+    # Asked again, the early end withdraws period 2 and period 3 starts now.
+    done = renew(keys, plan_renewal(keys, end_period=True, now=now + 2), os.urandom, now=now + 2)
+    assert [r.member for r in done] == ["alice"] and keys.periods()[0].ends == now + 2

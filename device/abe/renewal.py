@@ -51,9 +51,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from device.abe.encoding import MemberKey, decode_member_key
 from device.abe.errors import AbeError, MalformedAbeData, Revoked, UnknownMember
@@ -360,6 +361,15 @@ class RenewPlan:
     #: Ending early: the running period, when it began less than RECENT_S ago (maybe by the early end this one
     #: repeats, whose packages did not reach the relay: ``--resend`` delivers them). Asked again (``again``).
     recent: Period | None = None
+    #: What it was planned from (re-planned at approval: :func:`renew`).
+    who: str | None = None
+    length: float | None = None
+
+    def shape(self) -> tuple:
+        """What the owner approved, as far as periods go: re-planned at approval, it must be the same."""
+        number = (lambda p: p.number if p is not None else None)  # noqa: E731
+        return (self.period.number, self.new_period, self.early, number(self.withdraws), number(self.running),
+                sorted(d for d, _ in self.catch_up))
 
     def question(self) -> str:
         who = ", ".join(name for _, name in self.members) or "nobody"
@@ -408,7 +418,17 @@ def plan_renewal(keys: AbeKeys, who: str | None = None, end_period: bool = False
     # A period after another (the first one began at a grant) that began a moment ago: maybe by an early end.
     recent = current if current is not None and current.number > 1 and now - current.starts < RECENT_S else None
     return RenewPlan(period, new and (end_period or bool(members)), end_period, members, left, ahead, catch_up,
-                     running, recent)
+                     running, recent, who, length)
+
+
+class PlanChanged(AbeError):
+    """The authority's periods changed between the plan the owner was shown and its approval."""
+
+    code = "abe-plan-changed"
+
+
+#: One renewal at a time on this device: re-planning at approval and carrying it out are not split by another.
+_RENEWING = threading.Lock()
 
 
 class EndedRecently(AbeError):
@@ -433,6 +453,22 @@ def renew(keys: AbeKeys, plan: RenewPlan, random_bytes: Callable[[int], bytes], 
     on its pad (a member that already has a key of that period is skipped). A member whose renewal fails (its
     pad used up since the plan) is reported in ``failed`` and the others are renewed: before (an outside review)
     the first failure stopped the loop after the early end was made, and later members got nothing."""
+    with _RENEWING:
+        # Re-planned now, under the lock: the owner approved what the screen said, planned before the request
+        # waited its turn on the screen. Another renewal approved meanwhile (one issuing a period ahead), or a
+        # period begun meanwhile (the one shown as withdrawn), changes what this one would do: refused (an outside
+        # review, finding 5: an early end queued behind a renewal ahead did no early end at all; one approved
+        # after the withdrawn period's start said WITHDRAWN while that period had run).
+        fresh = plan_renewal(keys, plan.who, plan.early, plan.length, now)
+        if fresh.shape() != plan.shape():
+            raise PlanChanged("The authority's periods changed since this renewal was planned (another renewal, "
+                              "or a period began, while it waited for approval): nothing was renewed. Ask again.")
+        # The members approved (one revoked or whose pad was used up since is reported in `failed`), the periods
+        # as they are now (an early end starts at the approval).
+        return _carry_out(keys, replace(fresh, members=plan.members), random_bytes, now)
+
+
+def _carry_out(keys: AbeKeys, plan: RenewPlan, random_bytes: Callable[[int], bytes], now: float | None) -> Renewed:
     period: Period | None = None
     if plan.members or plan.early:  # (only catching members up on the running period makes no period)
         known = {p.number: p for p in keys.periods()}
