@@ -293,3 +293,41 @@ def test_an_early_end_approved_after_a_renewal_ahead_is_refused(authority):
     # Asked again, the early end withdraws period 2 and period 3 starts now.
     done = renew(keys, plan_renewal(keys, end_period=True, now=now + 2), os.urandom, now=now + 2)
     assert [r.member for r in done] == ["alice"] and keys.periods()[0].ends == now + 2
+
+
+@pytest.mark.parametrize("ahead", [True, False], ids=["renewed-ahead-then-ended-early", "ended-early"])
+def test_a_device_clock_behind_the_authority_moves_on_when_its_renewal_opens(four, ahead):
+    """Finding 6: the period that replaces the one ended early starts at the authority's "now"; a renewed device
+    whose clock is 10 minutes behind (a Pi has no time source on the cable) saw it as future, kept its room in
+    the old period for those 10 minutes, and the revoked m2 read what it said. A period that ends a held one
+    early counts as begun on the device from the moment its renewal is opened."""
+    from device.rooms.service import DeviceRooms
+
+    room, devices, clock, auth = four
+    m1, m2 = devices["m1"], devices["m2"]
+    for d in devices.values():
+        d.room = room
+    for d in (m1, m2):
+        d.post(room, d.rooms.join("ops"))
+        sync_all(room, devices)
+    keys = AbeKeys(auth)
+    clock.now = keys.periods()[0].ends - 6 * DAY_S
+    if ahead:
+        for r in renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now):
+            m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+        for d in (m1, m2):
+            fetch_new_renewals(d)
+    keys.revoke("m2")
+    for r in renew(keys, plan_renewal(keys, end_period=True, now=clock.now), os.urandom, now=clock.now):
+        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    m1.rooms = DeviceRooms(m1.store, m1.owner, clock=lambda: clock.now - 600.0)  # 10 minutes behind
+    clock.now += 5
+    assert fetch_new_renewals(m1) == [3 if ahead else 2]
+    held = {k.period: k.state(clock.now - 600.0) for k in AbeKeys(m1.store).held()}
+    assert held[3 if ahead else 2] != "future"
+    for _ in range(2):
+        sync_all(room, devices)
+    assert m1.rooms.find("ops").period == (3 if ahead else 2)
+    said(m1, "m1, renewed 5 s after the early end")
+    sync_all(room, devices)
+    assert "m1, renewed 5 s after the early end" not in m2.read

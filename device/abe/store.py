@@ -107,6 +107,10 @@ class HeldKey:
     #: A later period of its authority begins no later than this key's: the authority withdrew this period
     #: (it ended the running one early after issuing this one ahead, see :func:`withdrawn_keys`).
     withdrawn: bool = False
+    #: Its period begins before an earlier-numbered held key's ends: the authority ended that one early (and
+    #: withdrew the one issued ahead, if any). It counts as begun on this device from the moment it is held,
+    #: whatever the device's clock says (see :func:`early_keys`).
+    early: bool = False
 
     def state(self, now: float) -> str:
         """valid, expiring (renewal due), expired, future (a renewal whose period has not begun), or withdrawn
@@ -117,7 +121,7 @@ class HeldKey:
             return "valid"
         if now >= self.ends:
             return "expired"
-        if now < self.starts:
+        if now < self.starts and not self.early:
             return "future"
         return "expiring" if now >= warn_at(self.starts, self.ends) else "valid"
 
@@ -139,6 +143,25 @@ def withdrawn_keys(keys: list[HeldKey]) -> set[bytes]:
             continue
         if any(equal(other.authority_id, key.authority_id) and other.period is not None and other.period > key.period
                and other.starts is not None and other.starts <= key.starts for other in keys):
+            out.add(key.key_id)
+    return out
+
+
+def early_keys(keys: list[HeldKey]) -> set[bytes]:
+    """The ids of the keys whose period begins before an earlier-numbered held key of the same authority ends:
+    the authority ended that period early (``otc abe renew --end-period``; the one it issued ahead, if any, is
+    withdrawn), and the new period starts at the *authority's* now. Such a key counts as begun on this device
+    from the moment it is held (its renewal opened), whatever this device's clock says: a Pi has no clock of its
+    own worth the name, and one ten minutes behind kept its rooms in the old period for those ten minutes, its
+    messages readable by the revoked member (an outside review, finding 6). Only the authority can make such a
+    key (a renewal opens only under the tag of its pad, a grant only in person), so nobody else can move a
+    device's rooms early with it."""
+    out = set()
+    for key in keys:
+        if key.period is None or key.starts is None:
+            continue
+        if any(equal(other.authority_id, key.authority_id) and other.period is not None and other.period < key.period
+               and other.ends is not None and key.starts < other.ends for other in keys):
             out.add(key.key_id)
     return out
 
@@ -269,8 +292,8 @@ class AbeKeys:
         withdrawn period is listed, marked so (:func:`withdrawn_keys`)."""
         rows = self.tables.held_rows()
         keys = [HeldKey(bytes(r[0]), r[1], bytes(r[2]), tuple(r[3].split(",")), r[4], r[5], r[6]) for r in rows]
-        gone = withdrawn_keys(keys)
-        return [replace(k, withdrawn=True) if k.key_id in gone else k for k in keys]
+        gone, early = withdrawn_keys(keys), early_keys(keys)
+        return [replace(k, withdrawn=k.key_id in gone, early=k.key_id in early) for k in keys]
 
     def periods_held(self, authority_id: bytes) -> dict[int, tuple[float, float]]:
         """The periods of ``authority_id`` this device holds a key for: number -> (starts, ends). A key from
@@ -280,8 +303,8 @@ class AbeKeys:
             if equal(key.authority_id, authority_id) and not key.withdrawn:
                 if key.period is None or key.starts is None or key.ends is None:
                     out.setdefault(0, (0.0, float("inf")))
-                else:
-                    out[key.period] = (key.starts, key.ends)
+                else:  # a period that ended an earlier one early has begun here since its key is held
+                    out[key.period] = (0.0 if key.early else key.starts, key.ends)
         return out
 
     def key_warnings(self, now: float | None = None) -> list[str]:
