@@ -331,3 +331,73 @@ def test_a_device_clock_behind_the_authority_moves_on_when_its_renewal_opens(fou
     said(m1, "m1, renewed 5 s after the early end")
     sync_all(room, devices)
     assert "m1, renewed 5 s after the early end" not in m2.read
+
+
+BAD_RENEW = [
+    {"resend": True, "end_period": True}, {"resend": True, "period": 3600}, {"resend": True, "again": True},
+    {"resend": True, "end_period": "x"}, {"again": "yes"}, {"again": 1}, {"end_period": "yes"}, {"period": True},
+]
+
+
+def test_the_renew_rpc_refuses_what_the_command_line_refuses(tmp_path):
+    """Minor finding: abe_renew with resend: true silently ignored end_period and period (a laptop asking to end
+    the period early was told "re-sent"). Each of these comes back as a one-line coded 4xx error, before the
+    owner is asked anything (a declining owner stands by: nothing may reach the screen)."""
+    import threading
+    import time
+
+    from client.errors import RemoteError
+    from device.abe.store import grant_local
+    from tests.test_pair_from_laptop import client_of, served
+
+    for auth, bob in served(tmp_path, "auth", "bob"):
+        with PadStore(auth.home) as store, PadStore(bob.home) as member:
+            AbeKeys(store).become_authority()
+            grant_local(store, member, "STAFF")
+        asked = []
+        stop = threading.Event()
+
+        def decline() -> None:
+            while not stop.is_set():
+                view = auth.console.snapshot().confirm
+                if view is not None:
+                    asked.append(view.kind)
+                    auth.console.decide(False, view.request_id)
+                time.sleep(0.02)
+
+        screen = threading.Thread(target=decline, daemon=True)
+        screen.start()
+        try:
+            client = client_of(auth)
+            for params in BAD_RENEW:
+                with pytest.raises(RemoteError) as info:
+                    client.call("abe_renew", **params)
+                assert info.value.code == "bad-request", params
+                assert len(str(info.value).splitlines()) == 1
+            assert asked == []
+        finally:
+            stop.set()
+            screen.join(5)
+
+
+def test_members_shows_withdrawn_only_for_a_period_that_never_ran(tmp_path):
+    """Minor finding: `otc abe members` decided "withdrawn" on the times' text, to the second: a period ended
+    early within its first second was shown withdrawn. Now on the times themselves."""
+    import math
+
+    from device.abe.store import grant_local
+    from tests.conftest import otc
+
+    auth, alice = tmp_path / "campus", tmp_path / "alice"
+    for home in (auth, alice):
+        otc("device", "init", "--home", str(home), "--name", home.name, check=True)
+    otc("abe", "authority", "--home", str(auth), check=True)
+    with PadStore(auth) as store, PadStore(alice) as member:
+        grant_local(store, member, "STAFF")
+        keys = AbeKeys(store)
+        starts = keys.periods()[0].starts
+        within = starts + min(0.4, (math.floor(starts) + 1 - starts) / 2)  # the same second as the start
+        renew(keys, plan_renewal(keys, end_period=True, now=within), os.urandom, now=within)
+        assert keys.periods()[0].ends == within > starts
+    listed = otc("abe", "members", "--home", str(auth), check=True).stdout.decode()
+    assert "period 1 withdrawn" not in listed and "period 1 until" in listed and "period 2 until" in listed

@@ -158,6 +158,10 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
         resend = params.get("resend", False)
         if not isinstance(resend, bool):
             raise BadAbeRequest("'resend' is true or false.")
+        if resend and any(params.get(k) not in (None, False) for k in ("end_period", "period", "again")):
+            # As the command line: ignoring them, a laptop asking to end the period early would be told "ok"
+            # (an outside review).
+            raise BadAbeRequest("'resend' sends what was sent: it takes no end_period, period or again.")
         if resend:  # the packages already sent, byte for byte: nothing issued, no pad used, so nothing to ask
             from device.abe.renewal import RenewalPads
 

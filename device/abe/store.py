@@ -90,6 +90,10 @@ class Issued:
             "starts": when(self.starts),
             "ends": when(self.ends),
             "revoked": when(self.revoked),
+            # Withdrawn (issued ahead, then replaced by ending early): it starts and ends at the same instant.
+            # Decided on the times themselves, not on their text to the second (a period ended early in its
+            # first second was shown withdrawn: an outside review).
+            "withdrawn": self.starts is not None and self.starts == self.ends,
         }
 
 

@@ -299,7 +299,7 @@ def cmd_members(args: argparse.Namespace) -> int:
         print("This authority has issued no key yet.")
     for i in members["issued"]:
         period = f"period {i['period']} until {i['ends']}" if i["period"] is not None else "no period"
-        if i["period"] is not None and i["starts"] == i["ends"]:
+        if i["period"] is not None and i.get("withdrawn", i["starts"] == i["ends"]):  # (older devices: text)
             period = f"period {i['period']} withdrawn {i['ends']}"
         revoked = f"REVOKED {i['revoked']}" if i["revoked"] else "renewable"
         print(f"{i['member']:<20} {', '.join(i['attributes']):<24} {period}  {revoked}  key {i['key_id'][:16]}")
