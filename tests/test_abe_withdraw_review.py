@@ -401,3 +401,48 @@ def test_members_shows_withdrawn_only_for_a_period_that_never_ran(tmp_path):
         assert keys.periods()[0].ends == within > starts
     listed = otc("abe", "members", "--home", str(auth), check=True).stdout.decode()
     assert "period 1 withdrawn" not in listed and "period 1 until" in listed and "period 2 until" in listed
+
+
+@pytest.mark.xfail(strict=True, reason="known limit, docs/rooms.md 'Planted next-period contributions': designed, "
+                   "not built (strict: once fixed, this passes and the marker must go)")
+def test_a_contribution_planted_from_the_public_key_does_not_hide_old_period_messages(four):
+    """Finding 3 (a): an outsider (m3, whose keys do not satisfy the policy; only the authority's public key and the
+    invite) plants a contribution under period 3 on day 2 of period 1. After the renewal ahead and the early end,
+    m4, offline meanwhile, must still read the honest period-1 messages written on days 3 to 5."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from device.abe.encoding import decode_public_key
+    from device.abe.policy import Policy
+    from device.abe.scheme import encapsulate
+    from device.rooms import wire
+
+    room, devices, clock, auth = four
+    m1, m2, m3, m4 = (devices[n] for n in ("m1", "m2", "m3", "m4"))
+    for d in devices.values():
+        d.room = room
+    for d in (m1, m2, m4):
+        d.post(room, d.rooms.join("ops"))
+        sync_all(room, devices)
+    keys = AbeKeys(auth)
+    first = keys.periods()[0]
+    public = decode_public_key(keys.master().public.encode())  # what every member's device holds
+    enc = encapsulate(public, Policy.parse(f"({room.policy.text}) and PERIOD_3"))
+    m3.post(room, wire.to_text(wire.contribution(room.room_id, enc.ciphertext.encode(), enc.key,
+                                                 X25519PrivateKey.generate(), Ed25519PrivateKey.generate(), "m1")))
+    online = {n: d for n, d in devices.items() if n != "m4"}
+    for day in (3, 4, 5):
+        said(m1, f"period one, day {day}")
+        sync_all(room, online)
+    clock.now = first.ends - 6 * DAY_S
+    for r in renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now):
+        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    keys.revoke("m2")
+    for r in renew(keys, plan_renewal(keys, end_period=True, now=clock.now), os.urandom, now=clock.now):
+        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    for d in (m1, m2):
+        fetch_new_renewals(d)
+    sync_all(room, online)
+    fetch_new_renewals(m4)  # m4 back online: its renewals first, then the room (as `otc room recv` does)
+    sync_all(room, devices)
+    assert all(f"period one, day {day}" in m4.read for day in (3, 4, 5))

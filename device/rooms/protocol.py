@@ -220,9 +220,9 @@ class RoomMember:
         #: The room's key period as this member knows it; contributions of later periods held aside.
         self.period = 0
         self.future: dict[bytes, _Member] = {}
-        #: Where the room moved to each later period: period -> the ref of the contribution that moved it. That
-        #: contribution decapsulated under the period's attribute, so it was made with a key the authority issued
-        #: for the period, at or after its (authenticated) start: everything after it on the relay came later.
+        #: Where the room moved to each later period: period -> the ref of the contribution that moved it. An
+        #: honest device makes one only once its key of the period has begun; but anyone with the public key can
+        #: make one earlier (docs/rooms.md "Planted next-period contributions": a known limit, not fixed).
         self.moves: dict[int, int] = {}
         #: Held contributions dropped (over the bound, or their period over).
         self.held_dropped = 0
@@ -811,9 +811,10 @@ class RoomMember:
             raise RoomItemRefused()
         if any(period > epoch.period and moved < ref for period, moved in self.moves.items()):
             # Under an epoch of a key period the room has left, and after (on the relay) the contribution that
-            # moved it, which was made after the authority's start of the new period: so sent after the old
-            # period ended (early, by the authority, for a revoked member), whatever the epoch key's grace. Not
-            # shown; in flight (before the move) it is read as usual.
+            # moved it, which an honest member makes after the authority's start of the new period: so sent after
+            # the old period ended (early, by the authority, for a revoked member), whatever the epoch key's
+            # grace. Not shown; in flight (before the move) it is read as usual. A contribution planted earlier
+            # from the public key pulls this cut earlier (docs/rooms.md "Planted next-period contributions").
             return self._event(ref, "message", "late", item.sender, epoch=item.epoch, members=len(epoch.roster))
         data = wire.open_message(item, epoch.roster.index(item.sender), epoch.key)
         try:
