@@ -18,26 +18,35 @@ from device.storage.padstore import PadStore
 from tests.test_rooms_e2e import fetch_new_renewals, four, said, sync_all  # noqa: F401, F811 (fixture)
 
 
+def _joined(room, devices, names=("m1", "m2", "m4")) -> None:
+    """Every device reads the room; ``names`` join it, one after the other, everyone syncing after each."""
+    for d in devices.values():
+        d.room = room
+    for name in names:
+        devices[name].post(room, devices[name].rooms.join("ops"))
+        sync_all(room, devices)
+
+
+def _post(sender, renewals) -> None:
+    """The authority's laptop (here through ``sender``'s relay client) posts each renewal to its mailbox."""
+    for r in renewals:
+        sender.relay.send(r.mailbox, r.package, r.key_id.hex())
+
+
 def _renewed_ahead_then_m2_revoked_and_ended_early(room, devices, clock, auth):
     """m1, m2, m4 in the room; everyone renewed ahead 6 days before period 1's end (period 2), m2 revoked, the
     period ended early (period 3 from now, period 2 withdrawn). m1 takes its renewals and moves to period 3."""
     m1, m2, m4 = devices["m1"], devices["m2"], devices["m4"]
-    for d in devices.values():
-        d.room = room
-    for d in (m1, m2, m4):
-        d.post(room, d.rooms.join("ops"))
-        sync_all(room, devices)
+    _joined(room, devices)
     keys = AbeKeys(auth)
     first = keys.periods()[0]
     clock.now = first.ends - 6 * DAY_S
-    for r in renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now):
-        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    _post(m1, renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now))
     for d in (m1, m2, m4):
         fetch_new_renewals(d)
     sync_all(room, devices)
     keys.revoke("m2")
-    for r in renew(keys, plan_renewal(keys, end_period=True, now=clock.now), os.urandom, now=clock.now):
-        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    _post(m1, renew(keys, plan_renewal(keys, end_period=True, now=clock.now), os.urandom, now=clock.now))
     fetch_new_renewals(m1)
     sync_all(room, {"m1": m1, "m2": m2})
     sync_all(room, {"m1": m1, "m2": m2})
@@ -88,16 +97,11 @@ def _period_two_starts_and_m4_speaks(room, devices, clock, first) -> None:
 
 def _ahead_for_everyone(room, devices, clock, auth):
     m1 = devices["m1"]
-    for d in devices.values():
-        d.room = room
-    for d in (m1, devices["m2"], devices["m4"]):
-        d.post(room, d.rooms.join("ops"))
-        sync_all(room, devices)
+    _joined(room, devices)
     keys = AbeKeys(auth)
     first = keys.periods()[0]
     clock.now = first.ends - 6 * DAY_S
-    for r in renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now):
-        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    _post(m1, renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now))
     for name in ("m1", "m2", "m4"):
         assert fetch_new_renewals(devices[name]) == [2]
     return keys, first
@@ -127,8 +131,7 @@ def test_a_used_up_renewal_pad_leaves_its_member_out_and_renews_the_others(four)
     assert sorted(r.member for r in done) == ["m1", "m4"]
     assert len(done.failed) == 1 and done.failed[0].startswith("m3: ") and "used up" in done.failed[0]
     assert not [i for i in keys.issued() if i.member == "m3" and i.period == 3]  # no record without a package
-    for r in done:
-        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    _post(m1, done)
     for name in ("m1", "m4"):
         assert fetch_new_renewals(devices[name]) == [3]
     sync_all(room, devices)
@@ -145,8 +148,7 @@ def test_a_member_left_out_of_the_early_end_is_given_the_running_period_over_its
     m1, m2, m4 = devices["m1"], devices["m2"], devices["m4"]
     keys, first = _ahead_for_everyone(room, devices, clock, auth)
     keys.revoke("m2")
-    for r in renew(keys, plan_renewal(keys, "m1", end_period=True, now=clock.now), os.urandom, now=clock.now):
-        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    _post(m1, renew(keys, plan_renewal(keys, "m1", end_period=True, now=clock.now), os.urandom, now=clock.now))
     assert fetch_new_renewals(m1) == [3]
     clock.now += 3600
     plan = plan_renewal(keys, "m4", now=clock.now)
@@ -154,8 +156,7 @@ def test_a_member_left_out_of_the_early_end_is_given_the_running_period_over_its
     assert "hold no key of the running period" in plan.question()
     late = renew(keys, plan, os.urandom, now=clock.now)
     assert [p.number for p in keys.periods()] == [1, 2, 3]  # no period made after the running one
-    for r in late:
-        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    _post(m1, late)
     assert fetch_new_renewals(m4) == [3]
     assert {k.period: k.withdrawn for k in AbeKeys(m4.store).held()}[2]
     sync_all(room, devices)
@@ -219,8 +220,7 @@ def test_a_renewed_member_sends_nothing_under_the_old_period_while_its_move_is_o
     sync_all(room, devices)
     keys = AbeKeys(auth)
     keys.revoke("m2")
-    for r in renew(keys, plan_renewal(keys, end_period=True, now=clock.now), os.urandom, now=clock.now):
-        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    _post(m1, renew(keys, plan_renewal(keys, end_period=True, now=clock.now), os.urandom, now=clock.now))
     assert fetch_new_renewals(m1) == [3]
     status = m1.rooms.find("ops").status()
     assert status["moving_to"] == 3 and not status["keyed"]  # renewed, not moved yet: the old epoch is not usable
@@ -305,21 +305,15 @@ def test_a_device_clock_behind_the_authority_moves_on_when_its_renewal_opens(fou
 
     room, devices, clock, auth = four
     m1, m2 = devices["m1"], devices["m2"]
-    for d in devices.values():
-        d.room = room
-    for d in (m1, m2):
-        d.post(room, d.rooms.join("ops"))
-        sync_all(room, devices)
+    _joined(room, devices, ("m1", "m2"))
     keys = AbeKeys(auth)
     clock.now = keys.periods()[0].ends - 6 * DAY_S
     if ahead:
-        for r in renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now):
-            m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+        _post(m1, renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now))
         for d in (m1, m2):
             fetch_new_renewals(d)
     keys.revoke("m2")
-    for r in renew(keys, plan_renewal(keys, end_period=True, now=clock.now), os.urandom, now=clock.now):
-        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    _post(m1, renew(keys, plan_renewal(keys, end_period=True, now=clock.now), os.urandom, now=clock.now))
     m1.rooms = DeviceRooms(m1.store, m1.owner, clock=lambda: clock.now - 600.0)  # 10 minutes behind
     clock.now += 5
     assert fetch_new_renewals(m1) == [3 if ahead else 2]
@@ -419,11 +413,7 @@ def test_a_contribution_planted_from_the_public_key_does_not_hide_old_period_mes
 
     room, devices, clock, auth = four
     m1, m2, m3, m4 = (devices[n] for n in ("m1", "m2", "m3", "m4"))
-    for d in devices.values():
-        d.room = room
-    for d in (m1, m2, m4):
-        d.post(room, d.rooms.join("ops"))
-        sync_all(room, devices)
+    _joined(room, devices)
     keys = AbeKeys(auth)
     first = keys.periods()[0]
     public = decode_public_key(keys.master().public.encode())  # what every member's device holds
@@ -435,11 +425,9 @@ def test_a_contribution_planted_from_the_public_key_does_not_hide_old_period_mes
         said(m1, f"period one, day {day}")
         sync_all(room, online)
     clock.now = first.ends - 6 * DAY_S
-    for r in renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now):
-        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    _post(m1, renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now))
     keys.revoke("m2")
-    for r in renew(keys, plan_renewal(keys, end_period=True, now=clock.now), os.urandom, now=clock.now):
-        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    _post(m1, renew(keys, plan_renewal(keys, end_period=True, now=clock.now), os.urandom, now=clock.now))
     for d in (m1, m2):
         fetch_new_renewals(d)
     sync_all(room, online)
