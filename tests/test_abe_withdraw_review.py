@@ -397,12 +397,9 @@ def test_members_shows_withdrawn_only_for_a_period_that_never_ran(tmp_path):
     assert "period 1 withdrawn" not in listed and "period 1 until" in listed and "period 2 until" in listed
 
 
-@pytest.mark.xfail(strict=True, reason="known limit, docs/rooms.md 'Planted next-period contributions': designed, "
-                   "not built (strict: once fixed, this passes and the marker must go)")
-def test_a_contribution_planted_from_the_public_key_does_not_hide_old_period_messages(four):
-    """Finding 3 (a): an outsider (m3, whose keys do not satisfy the policy; only the authority's public key and the
-    invite) plants a contribution under period 3 on day 2 of period 1. After the renewal ahead and the early end,
-    m4, offline meanwhile, must still read the honest period-1 messages written on days 3 to 5."""
+def _planted(room, public_key: bytes, period: int) -> str:
+    """What anyone with the invite and the authority's public key makes (no attribute key at all): a well-formed
+    contribution under ``(policy) and PERIOD_<period>``, bound with its own k_j, named like a member."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -411,15 +408,21 @@ def test_a_contribution_planted_from_the_public_key_does_not_hide_old_period_mes
     from device.abe.scheme import encapsulate
     from device.rooms import wire
 
+    enc = encapsulate(decode_public_key(public_key), Policy.parse(f"({room.policy.text}) and PERIOD_{period}"))
+    return wire.to_text(wire.contribution(room.room_id, enc.ciphertext.encode(), enc.key,
+                                          X25519PrivateKey.generate(), Ed25519PrivateKey.generate(), "m1"))
+
+
+def test_a_contribution_planted_from_the_public_key_does_not_hide_old_period_messages(four):
+    """Finding 3 (a): an outsider (m3, whose keys do not satisfy the policy; only the authority's public key and the
+    invite) plants a contribution under period 3 on day 2 of period 1. After the renewal ahead and the early end,
+    m4, offline meanwhile, must still read the honest period-1 messages written on days 3 to 5."""
     room, devices, clock, auth = four
     m1, m2, m3, m4 = (devices[n] for n in ("m1", "m2", "m3", "m4"))
     _joined(room, devices)
     keys = AbeKeys(auth)
     first = keys.periods()[0]
-    public = decode_public_key(keys.master().public.encode())  # what every member's device holds
-    enc = encapsulate(public, Policy.parse(f"({room.policy.text}) and PERIOD_3"))
-    m3.post(room, wire.to_text(wire.contribution(room.room_id, enc.ciphertext.encode(), enc.key,
-                                                 X25519PrivateKey.generate(), Ed25519PrivateKey.generate(), "m1")))
+    m3.post(room, _planted(room, keys.master().public.encode(), 3))  # day 2 of period 1, guessing period 3
     online = {n: d for n, d in devices.items() if n != "m4"}
     for day in (3, 4, 5):
         said(m1, f"period one, day {day}")
@@ -434,3 +437,31 @@ def test_a_contribution_planted_from_the_public_key_does_not_hide_old_period_mes
     fetch_new_renewals(m4)  # m4 back online: its renewals first, then the room (as `otc room recv` does)
     sync_all(room, devices)
     assert all(f"period one, day {day}" in m4.read for day in (3, 4, 5))
+
+
+def test_contributions_planted_from_the_public_key_take_no_roster_slot_of_the_new_period(four):
+    """Finding 3 (b): five contributions planted under period 2 during period 1 were the first five entries of
+    every roster of period 2, and each re-key waited five leader timeouts. Now they are checked against the
+    period's secret at the move and dropped: the renewed members' rooms are keyed without waiting, and again
+    after a member leaves and rejoins."""
+    room, devices, clock, auth = four
+    m1, m3, m4 = devices["m1"], devices["m3"], devices["m4"]
+    _joined(room, devices, ("m1", "m4"))
+    keys = AbeKeys(auth)
+    for _ in range(5):
+        m3.post(room, _planted(room, keys.master().public.encode(), 2))
+    sync_all(room, devices)
+    first = keys.periods()[0]
+    _post(m1, renew(keys, plan_renewal(keys, now=first.ends - DAY_S), os.urandom, now=first.ends - DAY_S))
+    for d in (m1, m4):
+        assert fetch_new_renewals(d) == [2]
+    clock.now = first.ends + 1  # period 2 begins
+    for _ in range(3):
+        sync_all(room, devices)
+    r1 = m1.rooms.find("ops")
+    assert r1.period == 2 and r1.status()["keyed"] and r1.status()["epoch_members"] == 2
+    for item in (m4.rooms.leave, m4.rooms.join):
+        m4.post(room, item("ops"))
+        sync_all(room, devices)
+    sync_all(room, devices)
+    assert r1.status()["keyed"] and m4.rooms.find("ops").status()["keyed"]  # no leader timeout passed

@@ -15,8 +15,12 @@ the pad), sealed under the storage key in a PIN-locked home.
 authority (the pad's initiator: R = pad[0:16], segments from offset 16
 upward; the pad has no member-to-authority direction). Its plaintext is::
 
-    "OREN" | version 2 | period (4) | starts (8, float) | ends (8, float) | member key (docs/abe.md kind 3)
-           | g2^a (G2, 96)
+    "OREN" | version 3 | period (4) | starts (8, float) | ends (8, float) | member key (docs/abe.md kind 3)
+           | g2^a (G2, 96) | period secret (32)
+
+Version 3 carries the period's secret (an outside review, issue 22: room contributions that move a room to the
+period are bound with it, docs/rooms.md "Planted next-period contributions, and period secrets"); a member reads
+versions 1 and 2 too (without it).
 
 Version 2 carries the authority's g2^a (an outside review, issue 22: it binds C0 in the consistency check), so
 a member granted before it gets it with its next renewal; the member checks it against g1^a and keeps it with
@@ -76,8 +80,9 @@ PAD_BINDING = "otc abe renewal pad binding v1"
 COMMIT_LABEL = b"otc abe renewal pad commitment v1\x00"
 BODY = struct.Struct(">4sBIdd")
 BODY_MAGIC = b"OREN"
-BODY_VERSION = 2
-BODY_VERSIONS = (1, 2)  # a member reads both (version 1: without g2^a)
+BODY_VERSION = 3
+BODY_VERSIONS = (1, 2, 3)  # a member reads all (1: without g2^a; 2: without the period secret)
+PERIOD_SECRET_BYTES = 32
 
 
 class RenewalRefused(AbeError):
@@ -221,7 +226,7 @@ class RenewalPads:
         public = self.keys.master().public
         assert public.g2_a is not None  # a master key always gives it
         body = (BODY.pack(BODY_MAGIC, BODY_VERSION, period.number, period.starts, period.ends) + key.encode()
-                + bytes(public.g2_a.to_compressed_bytes()))
+                + bytes(public.g2_a.to_compressed_bytes()) + self.keys.period_secret_for(period.number))
         for pad_id in pad_ids:
             sealed = self.tables.seal_on_renewal_pad(  # reserve, build, destroy, keep: one commit, before it leaves
                 pad_id, len(body),
@@ -290,16 +295,18 @@ class RenewalPads:
                 magic, version, number, starts, ends = BODY.unpack_from(body)
                 if magic != BODY_MAGIC or version not in BODY_VERSIONS or not 0 < ends - starts <= MAX_PERIOD_S:
                     raise MalformedAbeData()
-                end = len(body) - (G2_BYTES if version >= 2 else 0)
+                secret = body[len(body) - PERIOD_SECRET_BYTES:] if version >= 3 else None
+                tail = len(body) - (PERIOD_SECRET_BYTES if version >= 3 else 0)
+                end = tail - (G2_BYTES if version >= 2 else 0)
                 key = decode_member_key(body[BODY.size:end])
                 if key.period != number:
                     raise MalformedAbeData()
                 # g2^a is checked against g1^a (with_g2_a): the key stored with it keeps it, from now on.
-                held = public if version < 2 else public.with_g2_a(g2_decode(body[end:]))
+                held = public if version < 2 else public.with_g2_a(g2_decode(body[end:tail]))
             except (struct.error, AbeError):
                 raise RenewalRefused("The renewal's contents are malformed.") from None
             opened.append(key.key_id)
-            return self.keys.member_key_row(held, key, window=(starts, ends))
+            return self.keys.member_key_row(held, key, window=(starts, ends), period_secret=secret)
 
         start, end = parsed.segment
         try:
@@ -330,7 +337,7 @@ def end_text(period: Period) -> str:
 
 def renewal_length(all_attributes: tuple[str, ...]) -> int:
     """The body length of a renewal carrying a key of ``all_attributes`` (its period's included)."""
-    return BODY.size + MemberKey.encoded_length(all_attributes) + G2_BYTES
+    return BODY.size + MemberKey.encoded_length(all_attributes) + G2_BYTES + PERIOD_SECRET_BYTES
 
 
 class Renewed(list[Renewal]):

@@ -45,7 +45,7 @@ from device.abe.policy import Policy, check_unreserved, parse_attributes
 from device.abe.scheme import Encapsulation, check_member_key, decapsulate, encapsulate, keygen, setup
 from device.storage.abe_tables import AbeTables
 from device.storage.padstore import PadStore, device_id_for
-from onetimechat.crypto import equal
+from onetimechat.crypto import derive_key, equal
 
 
 def grant_fingerprint(authority_id: bytes, key: MemberKey, member_device_id: bytes) -> str:
@@ -256,16 +256,16 @@ class AbeKeys:
     # -- member keys ------------------------------------------------------------------------
 
     def add_member_key(self, public: PublicKey, key: MemberKey, pending: bool = False,
-                       window: tuple[float, float] | None = None) -> str:
+                       window: tuple[float, float] | None = None, period_secret: bytes | None = None) -> str:
         """Store a key received from its authority, after checking it against the public key; its grant
         fingerprint. A ``pending`` key is not used until :meth:`confirm_grant` (the authority holds the
         grant too). ``window`` is (starts, ends) of the key's period, which a key with a period needs."""
-        row = self.member_key_row(public, key, pending, window)
+        row = self.member_key_row(public, key, pending, window, period_secret)
         self.tables.add_member_key(**row)
         return str(row["fingerprint"])
 
     def member_key_row(self, public: PublicKey, key: MemberKey, pending: bool = False,
-                       window: tuple[float, float] | None = None) -> dict:
+                       window: tuple[float, float] | None = None, period_secret: bytes | None = None) -> dict:
         """A key received from its authority, checked against the public key and sealed, as the tables keep it
         (:meth:`AbeTables.add_member_key`'s arguments); a renewal's is stored with the use of its renewal pad,
         in one commit (device/abe/renewal.py)."""
@@ -282,7 +282,30 @@ class AbeKeys:
             key_id=key.key_id, attributes=",".join(key.attributes),
             sealed_key=self._seal(key.encode(), b"abe key " + key.key_id), pending=pending, fingerprint=fingerprint,
             period=key.period, window=window,
+            sealed_period_secret=(self._seal(period_secret, b"abe period secret " + key.key_id)
+                                  if period_secret is not None and key.period is not None else None),
             detail=f"key for {', '.join(key.attributes)} from authority {public.name}")
+
+    # -- period secrets (docs/rooms.md "Period secrets") -------------------------------------------
+
+    def period_secret_for(self, period: int) -> bytes:
+        """The authority's secret of its period ``period``: derived from its master key (nothing stored), sent
+        with every key of that period (renewal, grant). Room contributions of the period are bound with it."""
+        master = self.master()
+        return derive_key(master.encode(), f"otc room period secret v1 {master.public.authority_id.hex()} {period}")
+
+    def period_secret(self, authority_id: bytes, period: int) -> bytes | None:
+        """The secret of ``authority_id``'s period ``period`` this device holds (delivered with a key of that
+        period, not withdrawn; or derived, on the authority's own device), or None."""
+        own = self._own_row()
+        if own is not None and equal(own[0], authority_id):
+            return self.period_secret_for(period)
+        for key in self.held():
+            if equal(key.authority_id, authority_id) and key.period == period and not key.withdrawn:
+                sealed = self.tables.sealed_period_secret(key.key_id)
+                if sealed is not None:
+                    return self._open(sealed, b"abe period secret " + key.key_id)
+        return None
 
     def member_keys(self, authority_id: bytes | None = None) -> list[MemberKey]:
         """This device's keys (those whose grant both devices are known to hold), but those of a withdrawn
@@ -533,7 +556,8 @@ def renew_local(authority: PadStore, member: PadStore, period: Period) -> Member
     prior = renewal_for(auth, member.device_id)
     key = auth.issue(prior.attributes, member=prior.member, member_device_id=member.device_id, how="renewal, local",
                      period=period)
-    AbeKeys(member).add_member_key(public, key, window=(period.starts, period.ends))
+    AbeKeys(member).add_member_key(public, key, window=(period.starts, period.ends),
+                                   period_secret=auth.period_secret_for(period.number))
     return key
 
 
@@ -550,7 +574,8 @@ def grant_local(authority: PadStore, member: PadStore, attributes: str | list[st
     chosen = period if isinstance(period, Period) else auth.period_for_grant(period)
     member_id = device_id_for(member.identity_public)
     key = auth.issue(attributes, member=member.device_name, member_device_id=member_id, how="local", period=chosen)
-    AbeKeys(member).add_member_key(public, key, window=(chosen.starts, chosen.ends))
+    AbeKeys(member).add_member_key(public, key, window=(chosen.starts, chosen.ends),
+                                   period_secret=auth.period_secret_for(chosen.number))
     from device.abe.renewal import PAD_BYTES, RenewalPads
 
     pad = os.urandom(PAD_BYTES)  # one machine sees it anyway (development, tests)

@@ -45,7 +45,9 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   moves the room to that period once this member can tell it is genuine
   (it decapsulates it with a key of that period, or it is its own), and
   until then is held aside (so a contribution under a period nobody holds
-  keys for changes nothing). Moving drops every contribution of the earlier
+  keys for changes nothing); a device that holds the period's secret (sent
+  by the authority with the period's keys) takes only one bound with it as
+  genuine (see :meth:`RoomMember._bound`). Moving drops every contribution of the earlier
   period from the roster (a new epoch begins), and a member whose device
   holds a key of the new period re-contributes by itself. A member without
   such a key (revoked: not renewed) is left out: it cannot decapsulate the
@@ -108,6 +110,8 @@ class Keys(Protocol):
     def decapsulate(self, ciphertext: bytes | Ciphertext) -> bytes: ...
 
     def periods_held(self, authority_id: bytes) -> dict[int, tuple[float, float]]: ...
+
+    def period_secret(self, authority_id: bytes, period: int) -> bytes | None: ...
 
 
 @dataclass
@@ -220,9 +224,9 @@ class RoomMember:
         #: The room's key period as this member knows it; contributions of later periods held aside.
         self.period = 0
         self.future: dict[bytes, _Member] = {}
-        #: Where the room moved to each later period: period -> the ref of the contribution that moved it. An
-        #: honest device makes one only once its key of the period has begun; but anyone with the public key can
-        #: make one earlier (docs/rooms.md "Planted next-period contributions": a known limit, not fixed).
+        #: Where the room moved to each later period: period -> the ref of the contribution that moved it: the
+        #: first bound with the period's secret (which the authority sends with the period's keys), so made by a
+        #: device holding a key of the period, once begun (docs/rooms.md "... and period secrets").
         self.moves: dict[int, int] = {}
         #: Held contributions dropped (over the bound, or their period over).
         self.held_dropped = 0
@@ -359,7 +363,13 @@ class RoomMember:
         enc = encapsulate(public, self.policy_for(period), self.random_bytes)
         x = X25519PrivateKey.from_private_bytes(self.random_bytes(32))
         sig = Ed25519PrivateKey.from_private_bytes(self.random_bytes(32))
-        raw = wire.contribution(self.room.room_id, enc.ciphertext.encode(), enc.key, x, sig, name)
+        # A contribution that moves the room to a later period is bound with that period's secret, when this
+        # device holds it: only such a one can move a room (see _bound). One in the room's period is bound with
+        # k_j alone, as before period secrets, so members whose key of the period came without its secret (an
+        # authority's older software) can check it.
+        secret = self._secret(period) if period > self.period else None
+        bound = wire.period_bind_key(enc.key, secret) if secret is not None else enc.key
+        raw = wire.contribution(self.room.room_id, enc.ciphertext.encode(), bound, x, sig, name)
         self._next, self._pending = (_raw(x), _raw(sig), enc.key), raw
         self.name, self.wanted = name, True
         return raw
@@ -632,10 +642,28 @@ class RoomMember:
             return False
         except AbeError:
             return None
-        if not equal(wire.bind_tag(k, self.room.room_id, member.x_pub, member.sig_pub, member.name or None),
-                     member.bind):
-            return None
-        return k
+        return k if self._bound(k, member, strict=True) else None
+
+    def _secret(self, period: int) -> bytes | None:
+        """The secret of the room authority's key period ``period`` this device holds, if any."""
+        return self.keys.period_secret(self.room.authority_id, period) if period > 0 else None
+
+    def _bound(self, k: bytes, member: _Member, strict: bool) -> bool:
+        """Whether a contribution's bind is right. Bound with its period's secret (by a maker that holds it),
+        or, unless ``strict`` or this device holds no secret of that period, with k_j alone (a maker renewed by
+        an authority from before period secrets). ``strict`` for a contribution of a later period than the
+        room's, held aside or moving it: one made from the public key alone (an outsider's, a relay's, a revoked
+        member's under a period it holds no key of) then counts for nothing: it neither moves the room (and so
+        hides no old-period message as late) nor takes a roster slot (docs/rooms.md "Period secrets")."""
+        def tag(key: bytes) -> bytes:
+            return wire.bind_tag(key, self.room.room_id, member.x_pub, member.sig_pub, member.name or None)
+
+        secret = self._secret(member.period)
+        if secret is not None and equal(tag(wire.period_bind_key(k, secret)), member.bind):
+            return True
+        if secret is not None and strict:
+            return False
+        return equal(tag(k), member.bind)
 
     def _advance(self, period: int, ref: int) -> None:
         """The room moves to key ``period``: the earlier period's contributions leave the roster (my membership
@@ -648,6 +676,7 @@ class RoomMember:
         self.period = period
         self.moves[period] = ref
         self._drop_stale_pending()
+        moved = False
         for mid in [m for m in self.roster if self.members[m].period < period]:
             self.roster.remove(mid)
             self._ks.pop(mid, None)
@@ -658,6 +687,20 @@ class RoomMember:
                 if record.period < period:
                     self._unlist(record)
                 if record.period == period:
+                    if not moved and record.ref < ref:
+                        # Before (on the relay) the contribution that moves the room here (this device's own, when
+                        # it joins late): checked as strictly as a moving one, bound with the period's secret, or
+                        # gone (one planted from the public key takes no roster slot). The first that passes is
+                        # where the room moved; those after it are checked as any of the period's (_settle).
+                        k = self._check(record)
+                        if k is None:
+                            self._unlist(record)
+                            continue
+                        if isinstance(k, bytes):
+                            record.status = VALID
+                            self._ks[mid] = k
+                            moved = True
+                            self.moves[period] = record.ref
                     self.members[mid] = record
                     self.roster.append(mid)
 
@@ -672,8 +715,7 @@ class RoomMember:
             return True
         except AbeError:
             k = None
-        if k is None or not equal(wire.bind_tag(k, self.room.room_id, member.x_pub, member.sig_pub,
-                                                member.name or None), member.bind):
+        if k is None or not self._bound(k, member, strict=False):
             self.roster.remove(mid)
             self._unlist(self.members.pop(mid))
             return False
@@ -814,7 +856,7 @@ class RoomMember:
             # moved it, which an honest member makes after the authority's start of the new period: so sent after
             # the old period ended (early, by the authority, for a revoked member), whatever the epoch key's
             # grace. Not shown; in flight (before the move) it is read as usual. A contribution planted earlier
-            # from the public key pulls this cut earlier (docs/rooms.md "Planted next-period contributions").
+            # from the public key cannot place this cut: it is not bound with the period's secret.
             return self._event(ref, "message", "late", item.sender, epoch=item.epoch, members=len(epoch.roster))
         data = wire.open_message(item, epoch.roster.index(item.sender), epoch.key)
         try:

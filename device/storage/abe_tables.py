@@ -13,6 +13,7 @@ refusals, tag failures and forgery alarm are the pad store's (:class:`~device.st
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 import time
 from collections.abc import Callable
@@ -23,6 +24,9 @@ from device.storage import sent_renewals
 from device.storage.padstore import PadStore, RefusalBudget
 from onetimechat import package as fmt
 from onetimechat.errors import InvalidPackage
+
+#: Settings row of the period secret that came with a member key (sealed as the key is).
+PERIOD_SECRET_PREFIX = "abe-period-secret:"  # noqa: S105 - a settings row name
 
 
 def renewal_holder(authority_name: str) -> str:
@@ -102,18 +106,19 @@ class AbeTables:
 
     def add_member_key(self, *, authority_id: bytes, authority_name: str, public_key: bytes, key_id: bytes,
                        attributes: str, sealed_key: bytes, pending: bool, fingerprint: str, period: int | None,
-                       window: tuple[float, float] | None, detail: str) -> None:
-        """Keep a member key (and its authority, if new), in one commit."""
+                       window: tuple[float, float] | None, detail: str,
+                       sealed_period_secret: bytes | None = None) -> None:
+        """Keep a member key (and its authority, if new; and the period secret sent with it), in one commit."""
         with self.store._transaction() as conn:
             self._insert_member_key(conn, authority_id=authority_id, authority_name=authority_name,
                                     public_key=public_key, key_id=key_id, attributes=attributes,
                                     sealed_key=sealed_key, pending=pending, fingerprint=fingerprint, period=period,
-                                    window=window, detail=detail)
+                                    window=window, detail=detail, sealed_period_secret=sealed_period_secret)
 
     def _insert_member_key(self, conn: sqlite3.Connection, *, authority_id: bytes, authority_name: str,
                            public_key: bytes, key_id: bytes, attributes: str, sealed_key: bytes, pending: bool,
                            fingerprint: str, period: int | None, window: tuple[float, float] | None,
-                           detail: str) -> None:
+                           detail: str, sealed_period_secret: bytes | None = None) -> None:
         conn.execute(
             "INSERT OR IGNORE INTO abe_authorities (authority_id, name, public_key, master_key, created)"
             " VALUES (?, ?, ?, NULL, ?)",
@@ -129,7 +134,15 @@ class AbeTables:
             (key_id, authority_id, attributes, sealed_key, time.time(), int(not pending), fingerprint,
              period, window[0] if window else None, window[1] if window else None),
         )
+        if sealed_period_secret is not None:  # with the key, in its commit (docs/rooms.md "Period secrets")
+            self.store._set_setting(conn, PERIOD_SECRET_PREFIX + key_id.hex(),
+                                    base64.b64encode(sealed_period_secret).decode())
         self.store._log(conn, "abe-key-received", detail=detail)
+
+    def sealed_period_secret(self, key_id: bytes) -> bytes | None:
+        """The sealed period secret delivered with the member key ``key_id``, if its authority sent one."""
+        rows = self.store._read("SELECT value FROM settings WHERE name = ?", (PERIOD_SECRET_PREFIX + key_id.hex(),))
+        return base64.b64decode(rows[0][0]) if rows else None
 
     def member_key_rows(self, authority_id: bytes | None = None) -> list[tuple[bytes, bytes]]:
         """(key id, sealed key) of the confirmed member keys (of ``authority_id``), oldest first."""
