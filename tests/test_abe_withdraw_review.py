@@ -465,3 +465,23 @@ def test_contributions_planted_from_the_public_key_take_no_roster_slot_of_the_ne
         sync_all(room, devices)
     sync_all(room, devices)
     assert r1.status()["keyed"] and m4.rooms.find("ops").status()["keyed"]  # no leader timeout passed
+
+
+def test_the_command_line_says_a_member_left_out_got_the_running_periods_key(tmp_path):
+    """Finding 2 at the command line: after `otc abe renew --end-period alice`, `otc abe renew bob` gives bob the
+    running period (2), says so, and makes no period after it."""
+    from tests.conftest import otc
+
+    auth, alice, bob = tmp_path / "campus", tmp_path / "alice", tmp_path / "bob"
+    for home in (auth, alice, bob):
+        otc("device", "init", "--home", str(home), "--name", home.name, check=True)
+    otc("abe", "authority", "--home", str(auth), check=True)
+    for home in (alice, bob):
+        otc("abe", "grant-local", "--attributes", "STAFF", str(auth), str(home), check=True)
+    ended = otc("abe", "renew", "--home", str(auth), "--end-period", "alice", check=True).stderr.decode()
+    assert "Renewed 1 member for period 2" in ended and ": alice" in ended
+    caught = otc("abe", "renew", "--home", str(auth), "bob", check=True)
+    assert "Gave 1 member the running period 2's key" in caught.stderr.decode() and ": bob" in caught.stderr.decode()
+    assert "Renewed" not in caught.stderr.decode() and len(caught.stdout.decode().splitlines()) == 1
+    with PadStore(auth) as store:
+        assert [p.number for p in AbeKeys(store).periods()] == [1, 2]

@@ -147,10 +147,11 @@ class Renewal:
     key_id: bytes
     mailbox: str
     package: str  # base64
+    period: int | None = None  # the key's period (known when it was just issued)
 
     def to_dict(self) -> dict:
         return {"member": self.member, "key_id": self.key_id.hex(), "mailbox": self.mailbox,
-                "package": self.package}
+                "package": self.package, **({"period": self.period} if self.period is not None else {})}
 
 
 class RenewalPads:
@@ -241,7 +242,7 @@ class RenewalPads:
             if sealed is None:
                 continue  # this pad is used up: the next one, if any
             package, mailbox = sealed
-            return Renewal(prior.member, key.key_id, mailbox.hex(), fmt.encode(package))
+            return Renewal(prior.member, key.key_id, mailbox.hex(), fmt.encode(package), period.number)
         raise NoRenewalPad(f"The renewal pad with {prior.member} is used up: renew in person (a grant makes a "
                            "new one).")
 

@@ -191,6 +191,7 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
         renewals = renew(keys, plan, service.session_random)
         return {"period": plan.period.to_dict(), "renewals": [r.to_dict() for r in renewals], "left": plan.left,
                 "failed": renewals.failed,
+                "running": plan.running.to_dict() if plan.catch_up and plan.running is not None else None,
                 "withdrawn": plan.withdraws.to_dict() if plan.withdraws is not None else None}
 
     def renewal_mailboxes(client: Any, params: dict) -> dict:

@@ -336,7 +336,7 @@ def cmd_renew(args: argparse.Namespace) -> int:
                              end_period=args.end_period, **({"period": args.period} if args.period else {}),
                              **({"again": True} if args.again else {}))
         period, renewals, left = answer["period"], answer["renewals"], answer["left"]
-        failed = answer.get("failed", [])
+        failed, running = answer.get("failed", []), answer.get("running")
         withdrawn = answer.get("withdrawn")
         relay = RelayClient(relay_url, on_answer=device.state.relay_answered)
     else:
@@ -353,6 +353,7 @@ def cmd_renew(args: argparse.Namespace) -> int:
             renewals, failed = [r.to_dict() for r in done], done.failed
             period, left = plan.period.to_dict(), plan.left
             withdrawn = plan.withdraws.to_dict() if plan.withdraws is not None else None
+            running = plan.running.to_dict() if plan.catch_up and plan.running is not None else None
         relay = RelayClient(args.relay) if args.relay else None
     if relay is None:
         for r in renewals:
@@ -367,10 +368,20 @@ def cmd_renew(args: argparse.Namespace) -> int:
             raise RelayUnavailable(f"{str(exc).rstrip('.')}: but the renewal was done ({done_text}; "
                               f"{plural(len(renewals), 'package')} kept): `otc abe renew --resend` delivers them once "
                               "the relay answers. Do not end the period early again.") from None
-    print(f"Renewed {plural(len(renewals), 'member')} for period {period['period']} ({period['starts']} to "
-          f"{period['ends']}){': ' + ', '.join(r['member'] for r in renewals) if renewals else ''}"
-          f"{'; sent through the relay' if relay is not None and renewals else ''}.",
-          file=sys.stderr if relay is None else sys.stdout)
+    out = sys.stderr if relay is None else sys.stdout
+    sent = "; sent through the relay" if relay is not None else ""
+    if running is not None:  # members that held no key of the running period got it (not the next one's)
+        caught = [r["member"] for r in renewals if r.get("period") == running["period"]]
+        renewals_next = [r for r in renewals if r.get("period") != running["period"]]
+        print(f"Gave {plural(len(caught), 'member')} the running period {running['period']}'s key ({running['starts']} "
+              f"to {running['ends']}), holding none of it{': ' + ', '.join(caught) if caught else ''}"
+              f"{sent if caught else ''}.", file=out)
+    else:
+        renewals_next = renewals
+    if renewals_next or running is None:
+        print(f"Renewed {plural(len(renewals_next), 'member')} for period {period['period']} ({period['starts']} to "
+              f"{period['ends']}){': ' + ', '.join(r['member'] for r in renewals_next) if renewals_next else ''}"
+              f"{sent if renewals_next else ''}.", file=out)
     if withdrawn is not None:
         print(f"Period {withdrawn['period']}, issued ahead, is withdrawn: its keys open no room's epochs once the "
               f"rooms move to period {period['period']}.", file=sys.stderr if relay is None else sys.stdout)
