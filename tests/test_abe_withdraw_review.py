@@ -165,6 +165,20 @@ def test_a_member_left_out_of_the_early_end_is_given_the_running_period_over_its
     assert "m4 secret after the withdrawal" not in m2.read
 
 
+def _homes_at_the_command_line(tmp_path, *members: str):
+    """`otc device init` for an authority "campus" and ``members``; `otc abe authority`; each member granted STAFF
+    on one machine (`otc abe grant-local`, which leaves a renewal pad). The homes, authority first."""
+    from tests.conftest import otc
+
+    homes = [tmp_path / name for name in ("campus", *members)]
+    for home in homes:
+        otc("device", "init", "--home", str(home), "--name", home.name, check=True)
+    otc("abe", "authority", "--home", str(homes[0]), check=True)
+    for home in homes[1:]:
+        otc("abe", "grant-local", "--attributes", "STAFF", str(homes[0]), str(home), check=True)
+    return homes
+
+
 def test_an_early_end_with_the_relay_down_says_it_was_done_and_a_retry_ends_no_other_period(tmp_path):
     """Minor finding: `otc abe renew --end-period --relay URL` with the relay down ended the period but said only
     "relay does not answer", and running it again ended another period. Now the error says the early end was done
@@ -177,12 +191,7 @@ def test_an_early_end_with_the_relay_down_says_it_was_done_and_a_retry_ends_no_o
     from tests.conftest import otc
     from tests.test_cli import one_line_error
 
-    auth, alice, x = tmp_path / "campus", tmp_path / "alice", tmp_path / "x"
-    for home in (auth, alice, x):
-        otc("device", "init", "--home", str(home), "--name", home.name, check=True)
-    otc("abe", "authority", "--home", str(auth), check=True)
-    for home in (alice, x):
-        otc("abe", "grant-local", "--attributes", "STAFF", str(auth), str(home), check=True)
+    auth, alice, _ = _homes_at_the_command_line(tmp_path, "alice", "x")
     otc("abe", "revoke", "--home", str(auth), "x", check=True)
     with socket.socket() as s:  # a loopback port nobody listens on: the relay is down
         s.bind(("127.0.0.1", 0))
@@ -472,12 +481,7 @@ def test_the_command_line_says_a_member_left_out_got_the_running_periods_key(tmp
     running period (2), says so, and makes no period after it."""
     from tests.conftest import otc
 
-    auth, alice, bob = tmp_path / "campus", tmp_path / "alice", tmp_path / "bob"
-    for home in (auth, alice, bob):
-        otc("device", "init", "--home", str(home), "--name", home.name, check=True)
-    otc("abe", "authority", "--home", str(auth), check=True)
-    for home in (alice, bob):
-        otc("abe", "grant-local", "--attributes", "STAFF", str(auth), str(home), check=True)
+    auth, _, _ = _homes_at_the_command_line(tmp_path, "alice", "bob")
     ended = otc("abe", "renew", "--home", str(auth), "--end-period", "alice", check=True).stderr.decode()
     assert "Renewed 1 member for period 2" in ended and ": alice" in ended
     caught = otc("abe", "renew", "--home", str(auth), "bob", check=True)
