@@ -489,3 +489,54 @@ def test_the_command_line_says_a_member_left_out_got_the_running_periods_key(tmp
     assert "Renewed" not in caught.stderr.decode() and len(caught.stdout.decode().splitlines()) == 1
     with PadStore(auth) as store:
         assert [p.number for p in AbeKeys(store).periods()] == [1, 2]
+
+
+def test_an_early_end_queued_behind_a_renewal_ahead_on_the_devices_screen_is_refused(tmp_path):
+    """Finding 5 through the device: laptop B asks for an ordinary renewal (it will issue period 2 ahead), and while
+    it waits on the screen, laptop A asks to end the period early (planned then: period 2 from now). The owner
+    approves B, then A: A is refused with a coded error, and nothing of it is done (before, it "succeeded" with no
+    early end at all, the revoked member reading on)."""
+    import threading
+
+    from client.errors import RemoteError
+    from device.abe.store import grant_local
+    from tests.test_pair_from_laptop import client_of, served
+
+    def wait_for(condition) -> None:
+        for _ in range(2000):
+            if condition():
+                return
+            threading.Event().wait(0.01)
+        raise AssertionError("the device's screen never got there")
+
+    for auth, bob in served(tmp_path, "auth", "bob"):
+        with PadStore(auth.home) as store, PadStore(bob.home) as member, \
+                PadStore.init(tmp_path / "carol", "carol") as carol:
+            AbeKeys(store).become_authority()
+            grant_local(store, member, "STAFF")
+            grant_local(store, carol, "STAFF")
+            AbeKeys(store).revoke("bob")  # whom the early end is for; carol is renewed
+        answers: dict[str, object] = {}
+
+        def call(who: str, **params) -> None:
+            try:
+                answers[who] = client_of(auth).call("abe_renew", **params)
+            except RemoteError as exc:
+                answers[who] = exc
+
+        b = threading.Thread(target=call, args=("B",), daemon=True)
+        b.start()
+        wait_for(lambda: auth.console.snapshot().confirm is not None)
+        a = threading.Thread(target=call, args=("A",), kwargs={"end_period": True}, daemon=True)
+        a.start()
+        wait_for(lambda: auth.console.snapshot().confirm.queued == 1)  # A planned, waiting behind B
+        shown = auth.console.snapshot().confirm
+        auth.console.decide(True, shown.request_id)
+        b.join(30)
+        wait_for(lambda: (view := auth.console.snapshot().confirm) is not None and view.request_id != shown.request_id)
+        auth.console.decide(True, auth.console.snapshot().confirm.request_id)
+        a.join(30)
+        assert isinstance(answers["A"], RemoteError) and answers["A"].code == "abe-plan-changed", answers
+        with PadStore(auth.home) as store:
+            periods = AbeKeys(store).periods()
+        assert [p.number for p in periods] == [1, 2] and periods[1].starts == periods[0].ends  # no early end
