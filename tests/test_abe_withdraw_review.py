@@ -540,3 +540,66 @@ def test_an_early_end_queued_behind_a_renewal_ahead_on_the_devices_screen_is_ref
         with PadStore(auth.home) as store:
             periods = AbeKeys(store).periods()
         assert [p.number for p in periods] == [1, 2] and periods[1].starts == periods[0].ends  # no early end
+
+
+def test_room_send_right_after_a_renewal_waits_for_the_move_through_the_device_and_relay(tmp_path):
+    """Finding 4 the way people hit it: `otc abe renewals`, then `otc room send` (RoomClient.send, as the command
+    line and the chat do), against served devices and a real relay. The client waits, saying it waits for the
+    device's move to the new period, and the message goes out under the new period: the revoked bob, whose device
+    holds the old epoch's key, does not read it."""
+    from client.relay import RelayClient
+    from client.rooms import RoomClient, fetch_renewals
+    from client.rpc import DeviceClient, pair
+    from client.state import ClientState
+    from device.abe.store import grant_local
+    from relay.app import create_app
+    from relay.config import RelayConfig
+    from relay.server import RelayServer
+    from tests.chat_fixtures import OwnerSource, Person
+
+    PadStore.init(tmp_path / "auth", "auth").close()
+    with PadStore(tmp_path / "auth") as store:
+        AbeKeys(store).become_authority()
+    relay_server = RelayServer(create_app(RelayConfig(db=f"sqlite:///{tmp_path / 'relay.db'}")), "127.0.0.1", 0,
+                               threads=8).start()
+    relay = RelayClient(relay_server.url)
+    people = {}
+    try:
+        for name in ("alice", "bob"):
+            PadStore.init(tmp_path / name, name).close()
+            with PadStore(tmp_path / "auth") as auth, PadStore(tmp_path / name) as member:
+                grant_local(auth, member, "STAFF,OPS")
+            person = Person(name, tmp_path / name, tmp_path / f"{name}-laptop", OwnerSource())
+            person.start()
+            state = ClientState(person.laptop)
+            pair(person.url, name=f"{name}-laptop", ask_code=lambda p=person: p.source.codes[-1], state=state)
+            people[name] = (person, RoomClient(DeviceClient(person.url, state=state), RelayClient(relay_server.url)))
+        with PadStore(tmp_path / "auth") as store:
+            from device.rooms.service import DeviceRooms
+            from tests.test_rooms_e2e import Owner
+
+            invite = DeviceRooms(store, Owner()).create("ops", "STAFF and OPS").invite()
+        alice, bob = people["alice"][1], people["bob"][1]
+        for client in (alice, bob):
+            client.device.call("room_add", invite=invite)
+        for client in (alice, bob):
+            client.join("ops")
+            for c in (alice, bob):
+                c.sync("ops")
+        alice.send("ops", "before the end")
+        assert "before the end" in [e.get("text") for e in bob.sync("ops")]
+        with PadStore(tmp_path / "auth") as store:
+            keys = AbeKeys(store)
+            keys.revoke("bob")
+            for r in renew(keys, plan_renewal(keys, end_period=True), os.urandom):
+                relay.send(r.mailbox, r.package, r.key_id.hex())
+        assert [g["outcome"] for g in fetch_renewals(alice.device, relay)] == ["stored"]
+        waited: list[dict] = []
+        alice.send("ops", "after renewing", on_wait=waited.append)
+        assert waited and waited[0]["moving_to"] == 2 and not waited[0]["keyed"]
+        assert alice.room("ops")["period"] == 2
+        assert "after renewing" not in [e.get("text") for e in bob.sync("ops")]
+    finally:
+        for person, _ in people.values():
+            person.stop()
+        relay_server.close()
