@@ -211,6 +211,7 @@ def test_room_states_are_sealed_at_rest_in_a_pin_locked_home(tmp_path):
                                        store=open_home(tmp_path / name, pin))
                 grant_local(auth, devices[name].store, "STAFF,OPS")
             room = DeviceRooms(auth, Owner()).create("ops", POLICY)
+            period_secret = AbeKeys(auth).period_secret_for(1)  # sent with the members' keys of period 1
         for d in devices.values():
             d.rooms.add(Room.from_invite(room.invite()))
         for d in devices.values():
@@ -220,7 +221,8 @@ def test_room_states_are_sealed_at_rest_in_a_pin_locked_home(tmp_path):
         state = alice.to_dict()
         key = alice.epochs[alice.current_epoch].key
         assert key is not None and state["x"] and state["sig"] and state["k"]
-        secrets = [key, *(bytes.fromhex(state[k]) for k in ("x", "sig", "k"))]
+        secrets = [key, period_secret, *(bytes.fromhex(state[k]) for k in ("x", "sig", "k"))]
+        assert AbeKeys(devices["alice"].store).period_secret(room.authority_id, 1) == period_secret
         for d in devices.values():
             d.store.close()
         stored = b"".join(p.read_bytes() for p in (tmp_path / "alice").iterdir() if p.name.startswith("device.db"))
@@ -228,8 +230,9 @@ def test_room_states_are_sealed_at_rest_in_a_pin_locked_home(tmp_path):
             sqlite3.connect(tmp_path / "alice" / "device.db").execute("SELECT 1 FROM settings").fetchone()
         with open_home(tmp_path / "alice", pin) as store:
             rows = store._read("SELECT value FROM settings WHERE name LIKE 'room:%'")
-        assert len(rows) == 1  # ...and inside it the room's row (its value is base64)...
-        stored += base64.b64decode(rows[0][0])
+            kept = store._read("SELECT value FROM settings WHERE name LIKE 'abe-period-secret:%'")
+        assert len(rows) == 1 and len(kept) == 1  # ...and inside it the room's row and the period secret's...
+        stored += base64.b64decode(rows[0][0]) + base64.b64decode(kept[0][0])
         for secret in secrets:  # ...but none of its secrets, raw, in hex or in base64
             for form in (secret, secret.hex().encode(), base64.b64encode(secret)):
                 assert form not in stored
