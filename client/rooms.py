@@ -74,7 +74,9 @@ class RoomClient:
         self.sync(name)
         room = self.room(name)
         deadline = time.monotonic() + wait
-        while room["joined"] and not room["keyed"] and time.monotonic() < deadline:
+        # Joining counts too: a device renewed for a later key period leaves the old period's membership when the
+        # room moves, and is back once its own contribution of the new one is (its status says ``moving_to``).
+        while (room["joined"] or room["joining"]) and not room["keyed"] and time.monotonic() < deadline:
             if on_wait is not None:
                 on_wait(room)
                 on_wait = None

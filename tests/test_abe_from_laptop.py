@@ -217,7 +217,11 @@ def test_an_authority_on_a_device_without_a_shell(devices, tmp_path):
         # Renewed ahead (period 3, from period 2's end), then the period ended early all the same: period 3 is
         # withdrawn, period 4 starts now; the authority's screen says so, and carol's device never uses period 3.
         texts = []
-        for extra in ((), ("--end-period",)):
+        # Period 2 began by an early end a moment ago: ending early again is refused before anything is asked
+        # (a retried early end would end another period), unless --again says so.
+        refused = otc("abe", "renew", "--device", auth.url, "--relay", relay.url, "--end-period", env=auth.env)
+        assert refused.returncode != 0 and b"--again" in refused.stderr and b"--resend" in refused.stderr
+        for extra in ((), ("--end-period", "--again")):
             seen_renew = []
             answering = answer_confirm(auth.console, True, seen_renew)
             result = otc("abe", "renew", "--device", auth.url, "--relay", relay.url, *extra, env=auth.env)

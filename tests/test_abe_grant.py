@@ -209,6 +209,12 @@ def test_a_grant_leaves_a_renewal_pad_that_carries_the_next_periods_key(homes):
             pads_here.open(data)
         assert sorted(k.period for k in AbeKeys(store).held()) == [1, 2]
         assert {e["event"] for e in store.events(50)} >= {"abe-renewal-forged", "abe-renewal-replay"}
+        # Each key came with its period's secret (the grant's over the ceremony, the renewal's on the pad): the
+        # member binds its room contributions of that period with it (docs/rooms.md "Period secrets").
+        got = {p: AbeKeys(store).period_secret(held.authority_id, p) for p in (1, 2, 3)}
+    with PadStore(auth) as store:
+        made = {p: AbeKeys(store).period_secret_for(p) for p in (1, 2, 3)}
+    assert got[1] == made[1] and got[2] == made[2] and got[3] is None and made[1] != made[2]
     # The used bytes are gone on both devices.
     for home in (auth, member):
         with sqlite3.connect(home / "device.db") as db:

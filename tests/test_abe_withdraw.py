@@ -15,7 +15,7 @@ import pytest
 from device.abe.errors import NotSatisfied
 from device.abe.periods import DAY_S, Period
 from device.abe.policy import Policy
-from device.abe.renewal import RenewalPads, plan_renewal, renew
+from device.abe.renewal import PlanChanged, RenewalPads, plan_renewal, renew
 from device.abe.scheme import encapsulate
 from device.abe.store import AbeKeys, HeldKey, grant_local, withdrawn_keys
 from device.storage.padstore import PadStore
@@ -81,8 +81,11 @@ def test_ending_early_with_a_period_issued_ahead_withdraws_it_and_starts_one_aft
     for later in (now + 1, t0 + 30 * DAY_S + 1, now + 30 * DAY_S - 1):  # period 2's own start changes nothing
         assert keys.current_period(later).number == 3 and keys.issued_ahead(later) is None
     assert keys.period_for_grant(now=now + 1).number == 3  # a grant in person now is for period 3
-    # The same renewal again changes nothing; the next ordinary renewal is for period 4, from period 3's end.
-    assert renew(keys, plan, os.urandom, now=now + 1) == []
+    # The same renewal again changes nothing (its plan is stale: refused, re-planned at approval); the next
+    # ordinary renewal is for period 4, from period 3's end.
+    with pytest.raises(PlanChanged):
+        renew(keys, plan, os.urandom, now=now + 1)
+    assert keys.periods()[-1].number == 3
     assert keys.preview_next_period(now=now + 1) == (Period(4, now + 30 * DAY_S, now + 60 * DAY_S), True)
 
 

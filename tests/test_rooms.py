@@ -547,6 +547,9 @@ def test_a_contribution_under_a_period_still_to_come_does_not_move_the_room_earl
         def periods_held(self, authority_id):
             return dict(self.windows)
 
+        def period_secret(self, authority_id, period):
+            return None
+
     w = World(attrs)
     w.keys = [Renewed(w.master.public, keygen(w.master, a, period=1)) for a in attrs]
     w.members = [w.member(k) for k in w.keys]

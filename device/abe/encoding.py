@@ -154,6 +154,13 @@ class MemberKey:
         periods = [p for p in map(attribute_period, self.Kx) if p is not None]
         return periods[0] if len(periods) == 1 else None
 
+    @staticmethod
+    def encoded_length(all_attributes: tuple[str, ...] | list[str]) -> int:
+        """The length of :meth:`encode` for a key with ``all_attributes`` (its period's included), without the
+        key: what a renewal of it takes of a pad."""
+        return (len(_header(MEMBER_KEY)) + 2 * ID_BYTES + 2 * G2_BYTES + 2
+                + sum(1 + len(name.encode("ascii")) + G1_BYTES for name in all_attributes))
+
     def encode(self) -> bytes:
         out = [_header(MEMBER_KEY), self.authority_id, self.key_id,
                bytes(self.K.to_compressed_bytes()), bytes(self.L.to_compressed_bytes()),

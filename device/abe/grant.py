@@ -235,7 +235,9 @@ def grant_host(store: PadStore, wire: Wire, attributes: str | list[str], confirm
                      random_bytes=random_bytes, pending=True, period=chosen)
     RenewalPads(keys).add(pad, key.key_id, public.authority_id, member_id, "authority")
     fingerprint = grant_fingerprint(public.authority_id, key, member_id)
-    wire.send({"t": "key"}, key.encode())
+    # The period's secret with the key (over the ceremony's sealed link): the member binds its room contributions
+    # of the period with it (docs/rooms.md "Period secrets"). An older member ignores the field.
+    wire.send({"t": "key", "period_secret": keys.period_secret_for(chosen.number).hex()}, key.encode())
     _finish(wire, keys, key.key_id, fingerprint, as_authority=True)
     return Granted(key_id=key.key_id, attributes=key.attributes, fingerprint=fingerprint)
 
@@ -297,12 +299,17 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
         keys.bind_authority_identity(public.authority_id, agreed.peer_identity)
         return earlier
     pad = make_pad(wire, random_bytes, "member")
-    _, data = _expect(wire, "key")
+    message, data = _expect(wire, "key")
+    secret = message.get("period_secret")  # from an older authority: none
+    if secret is not None and (not isinstance(secret, str) or len(secret) != 64
+                               or any(c not in "0123456789abcdef" for c in secret)):
+        raise CeremonyBroken("The other device broke the grant protocol.")
     try:
         key = decode_member_key(data)
         if key.attributes != names or key.period != period.number:
             raise CeremonyBroken("The key does not carry the attributes and period both owners confirmed.")
-        fingerprint = keys.add_member_key(public, key, pending=True, window=(period.starts, period.ends))
+        fingerprint = keys.add_member_key(public, key, pending=True, window=(period.starts, period.ends),
+                                          period_secret=bytes.fromhex(secret) if secret is not None else None)
     except AbeError:
         raise CeremonyBroken("The other device sent a key that does not match its authority.") from None
     # Only the authority's own device can make a key that checks against its public key: its identity is

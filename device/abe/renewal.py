@@ -15,8 +15,12 @@ the pad), sealed under the storage key in a PIN-locked home.
 authority (the pad's initiator: R = pad[0:16], segments from offset 16
 upward; the pad has no member-to-authority direction). Its plaintext is::
 
-    "OREN" | version 2 | period (4) | starts (8, float) | ends (8, float) | member key (docs/abe.md kind 3)
-           | g2^a (G2, 96)
+    "OREN" | version 3 | period (4) | starts (8, float) | ends (8, float) | member key (docs/abe.md kind 3)
+           | g2^a (G2, 96) | period secret (32)
+
+Version 3 carries the period's secret (an outside review, issue 22: room contributions that move a room to the
+period are bound with it, docs/rooms.md "Planted next-period contributions, and period secrets"); a member reads
+versions 1 and 2 too (without it).
 
 Version 2 carries the authority's g2^a (an outside review, issue 22: it binds C0 in the consistency check), so
 a member granted before it gets it with its next renewal; the member checks it against g1^a and keeps it with
@@ -51,14 +55,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from device.abe.encoding import decode_member_key
+from device.abe.encoding import MemberKey, decode_member_key
 from device.abe.errors import AbeError, MalformedAbeData, Revoked, UnknownMember
 from device.abe.group import G2_BYTES, g2_decode
 from device.abe.periods import MAX_PERIOD_S, Period, when
+from device.abe.policy import period_attribute
 from device.abe.store import AbeKeys, HeldKey, renewal_for
 from device.errors import OutOfRange, Replay, UnknownPad
 from device.storage import sent_renewals
@@ -74,8 +80,9 @@ PAD_BINDING = "otc abe renewal pad binding v1"
 COMMIT_LABEL = b"otc abe renewal pad commitment v1\x00"
 BODY = struct.Struct(">4sBIdd")
 BODY_MAGIC = b"OREN"
-BODY_VERSION = 2
-BODY_VERSIONS = (1, 2)  # a member reads both (version 1: without g2^a)
+BODY_VERSION = 3
+BODY_VERSIONS = (1, 2, 3)  # a member reads all (1: without g2^a; 2: without the period secret)
+PERIOD_SECRET_BYTES = 32
 
 
 class RenewalRefused(AbeError):
@@ -140,10 +147,11 @@ class Renewal:
     key_id: bytes
     mailbox: str
     package: str  # base64
+    period: int | None = None  # the key's period (known when it was just issued)
 
     def to_dict(self) -> dict:
         return {"member": self.member, "key_id": self.key_id.hex(), "mailbox": self.mailbox,
-                "package": self.package}
+                "package": self.package, **({"period": self.period} if self.period is not None else {})}
 
 
 class RenewalPads:
@@ -174,9 +182,10 @@ class RenewalPads:
 
     # -- the authority ------------------------------------------------------------------------------------
 
-    def plan(self, who: str | None = None) -> tuple[list[tuple[bytes, str]], list[str]]:
-        """Whom a renewal reaches: ([(member device id, name)] with a pad and not revoked, [names left out and
-        why]). ``who``: one member (a name or key id), else every member."""
+    def plan(self, who: str | None = None, period: int = 1) -> tuple[list[tuple[bytes, str]], list[str]]:
+        """Whom a renewal reaches: ([(member device id, name)] with a pad with room for it and not revoked, [names
+        left out and why]). ``who``: one member (a name or key id), else every member; ``period``: the period
+        number it issues (its attribute's length counts in the pad bytes a renewal takes)."""
         issued = self.keys.find_issued(who) if who is not None else self.keys.issued()
         devices: dict[bytes, str] = {}
         for i in issued:
@@ -193,6 +202,10 @@ class RenewalPads:
             if device_id not in with_pad:
                 left.append(f"{name}: no renewal pad (granted before them, or on one machine): renew in person")
                 continue
+            attributes = (*renewal_for(self.keys, device_id).attributes, period_attribute(period))
+            if self.tables.pad_room(device_id) < fmt.segment_length(renewal_length(attributes)):
+                left.append(f"{name}: renewal pad used up: renew in person (a grant makes a new one)")
+                continue
             out.append((device_id, name))
         if who is not None and not out:
             raise (Revoked if any(x.endswith("revoked") for x in left) else NoRenewalPad)(
@@ -208,12 +221,13 @@ class RenewalPads:
         pad_ids = self.tables.pads_to(device_id)
         if not pad_ids:
             raise NoRenewalPad(f"There is no renewal pad with {prior.member}.")
-        key = self.keys.issue(prior.attributes, member=prior.member, member_device_id=device_id,
-                              how="renewal over the pad", random_bytes=random_bytes, period=period)
+        # The key's record is written with the package that carries it, in one commit (seal_on_renewal_pad).
+        key, record = self.keys.make_key(prior.attributes, member=prior.member, member_device_id=device_id,
+                                         how="renewal over the pad", random_bytes=random_bytes, period=period)
         public = self.keys.master().public
         assert public.g2_a is not None  # a master key always gives it
         body = (BODY.pack(BODY_MAGIC, BODY_VERSION, period.number, period.starts, period.ends) + key.encode()
-                + bytes(public.g2_a.to_compressed_bytes()))
+                + bytes(public.g2_a.to_compressed_bytes()) + self.keys.period_secret_for(period.number))
         for pad_id in pad_ids:
             sealed = self.tables.seal_on_renewal_pad(  # reserve, build, destroy, keep: one commit, before it leaves
                 pad_id, len(body),
@@ -223,11 +237,12 @@ class RenewalPads:
                 # Kept with the pad's use, in the same commit: a lost package can be sent again as it was.
                 keep=lambda package, mailbox: dict(
                     Renewal(prior.member, key.key_id, mailbox.hex(), fmt.encode(package)).to_dict(),
-                    period=period.number, ends=period.ends))
+                    period=period.number, ends=period.ends),
+                issued=record)
             if sealed is None:
                 continue  # this pad is used up: the next one, if any
             package, mailbox = sealed
-            return Renewal(prior.member, key.key_id, mailbox.hex(), fmt.encode(package))
+            return Renewal(prior.member, key.key_id, mailbox.hex(), fmt.encode(package), period.number)
         raise NoRenewalPad(f"The renewal pad with {prior.member} is used up: renew in person (a grant makes a "
                            "new one).")
 
@@ -281,16 +296,18 @@ class RenewalPads:
                 magic, version, number, starts, ends = BODY.unpack_from(body)
                 if magic != BODY_MAGIC or version not in BODY_VERSIONS or not 0 < ends - starts <= MAX_PERIOD_S:
                     raise MalformedAbeData()
-                end = len(body) - (G2_BYTES if version >= 2 else 0)
+                secret = body[len(body) - PERIOD_SECRET_BYTES:] if version >= 3 else None
+                tail = len(body) - (PERIOD_SECRET_BYTES if version >= 3 else 0)
+                end = tail - (G2_BYTES if version >= 2 else 0)
                 key = decode_member_key(body[BODY.size:end])
                 if key.period != number:
                     raise MalformedAbeData()
                 # g2^a is checked against g1^a (with_g2_a): the key stored with it keeps it, from now on.
-                held = public if version < 2 else public.with_g2_a(g2_decode(body[end:]))
+                held = public if version < 2 else public.with_g2_a(g2_decode(body[end:tail]))
             except (struct.error, AbeError):
                 raise RenewalRefused("The renewal's contents are malformed.") from None
             opened.append(key.key_id)
-            return self.keys.member_key_row(held, key, window=(starts, ends))
+            return self.keys.member_key_row(held, key, window=(starts, ends), period_secret=secret)
 
         start, end = parsed.segment
         try:
@@ -319,6 +336,19 @@ def end_text(period: Period) -> str:
     return f"period {period.number}, {when(period.starts)} to {when(period.ends)}"
 
 
+def renewal_length(all_attributes: tuple[str, ...]) -> int:
+    """The body length of a renewal carrying a key of ``all_attributes`` (its period's included)."""
+    return BODY.size + MemberKey.encoded_length(all_attributes) + G2_BYTES + PERIOD_SECRET_BYTES
+
+
+class Renewed(list[Renewal]):
+    """The renewals made, and ``failed``: each member whose renewal failed, and why (the others were renewed)."""
+
+    def __init__(self, renewals: list[Renewal] | None = None, failed: list[str] | None = None) -> None:
+        super().__init__(renewals or [])
+        self.failed = failed or []
+
+
 @dataclass(frozen=True)
 class RenewPlan:
     """What a renewal will do, shown to the owner before anything is written."""
@@ -331,13 +361,37 @@ class RenewPlan:
     #: The period issued ahead that ending early withdraws (its keys, the revoked members' too, open nothing of
     #: a room that moved on), or None.
     withdraws: Period | None = None
+    #: Members that hold no key of the running period (left out of an early end, their renewal failed): they get
+    #: the running period's key (``running``), so their devices take the early end (a later period that begins
+    #: no later than the one they hold ahead withdraws it there), instead of the period after it.
+    catch_up: list[tuple[bytes, str]] = field(default_factory=list)
+    running: Period | None = None
+    #: Ending early: the running period, when it began less than RECENT_S ago (maybe by the early end this one
+    #: repeats, whose packages did not reach the relay: ``--resend`` delivers them). Asked again (``again``).
+    recent: Period | None = None
+    #: What it was planned from (re-planned at approval: :func:`renew`).
+    who: str | None = None
+    length: float | None = None
+
+    def shape(self) -> tuple:
+        """What the owner approved, as far as periods go: re-planned at approval, it must be the same."""
+        number = (lambda p: p.number if p is not None else None)  # noqa: E731
+        return (self.period.number, self.new_period, self.early, number(self.withdraws), number(self.running),
+                sorted(d for d, _ in self.catch_up))
 
     def question(self) -> str:
         who = ", ".join(name for _, name in self.members) or "nobody"
-        lines = [f"Renew the keys of {who} for {end_text(self.period)}?"]
+        lines = [f"Renew the keys of {who} for {end_text(self.period)}?"] if self.members or self.early else []
+        if self.catch_up and self.running is not None:
+            lines.append(f"Give {', '.join(name for _, name in self.catch_up)}, who hold no key of the running "
+                         f"period, its key: {end_text(self.running)}?")
         if self.early:
             lines.append("The running period ends NOW for everyone: members not renewed (revoked) read no room's "
                          "new epochs from the moment the others' devices move on.")
+        if self.recent is not None:
+            lines.append(f"Period {self.recent.number} began only at {when(self.recent.starts)}: if that was an "
+                         "early end whose renewals did not arrive, `otc abe renew --resend` delivers them, and this "
+                         f"ends period {self.recent.number} too.")
         if self.withdraws is not None:
             lines.append(f"Period {self.withdraws.number}, whose keys were issued ahead, is WITHDRAWN: it never "
                          f"begins, and its keys (a revoked member's too) open no room's epochs after the move. "
@@ -348,27 +402,104 @@ class RenewPlan:
         return "\n\n".join(lines)
 
 
+#: A period that began less than this long ago is not ended early again without being asked (check_again).
+RECENT_S = 3600.0
+
+
 def plan_renewal(keys: AbeKeys, who: str | None = None, end_period: bool = False, length: float | None = None,
                  now: float | None = None) -> RenewPlan:
-    members, left = RenewalPads(keys).plan(who)
     period, new = keys.preview_next_period(length, now, early=end_period)
+    members, left = RenewalPads(keys).plan(who, period.number)
     ahead = keys.issued_ahead(now) if end_period and new else None
-    return RenewPlan(period, new, end_period, members, left, ahead)
+    running = None if end_period else keys.current_period(now)
+    catch_up: list[tuple[bytes, str]] = []
+    if running is not None and running.number != period.number:
+        # A member with no key of the running period (an early end that failed for it, or was planned before it
+        # was renewed ahead) gets that period, not the next: issued the period after it, its device would not
+        # see the period it holds ahead as withdrawn, and would follow a revoked member into it (an outside
+        # review, finding 2).
+        have = {i.member_device_id for i in keys.issued() if i.period == running.number}
+        catch_up = [m for m in members if m[0] not in have]
+        members = [m for m in members if m[0] in have]
+    current = keys.current_period(now) if end_period else None
+    now = time.time() if now is None else now
+    # A period after another (the first one began at a grant) that began a moment ago: maybe by an early end.
+    recent = current if current is not None and current.number > 1 and now - current.starts < RECENT_S else None
+    return RenewPlan(period, new and (end_period or bool(members)), end_period, members, left, ahead, catch_up,
+                     running, recent, who, length)
+
+
+class PlanChanged(AbeError):
+    """The authority's periods changed between the plan the owner was shown and its approval."""
+
+    code = "abe-plan-changed"
+
+
+#: One renewal at a time on this device: re-planning at approval and carrying it out are not split by another.
+_RENEWING = threading.Lock()
+
+
+class EndedRecently(AbeError):
+    """Ending early again a period that began a moment ago (an early end retried): asked again, or refused."""
+
+    code = "abe-ended-recently"
+
+
+def check_again(plan: RenewPlan, again: bool) -> None:
+    """Refuse ending early a period that began less than RECENT_S ago unless ``again`` says so: a retry of an
+    early end whose packages did not reach the relay would otherwise end another period, silently (an outside
+    review). ``otc abe renew --resend`` delivers the kept packages instead."""
+    if plan.recent is not None and not again:
+        raise EndedRecently(
+            f"Period {plan.recent.number} began only at {when(plan.recent.starts)} (an early end just made?): "
+            "its renewals are kept; `otc abe renew --resend` delivers them. To end it early too, add --again.")
 
 
 def renew(keys: AbeKeys, plan: RenewPlan, random_bytes: Callable[[int], bytes], now: float | None = None
-          ) -> list[Renewal]:
+          ) -> Renewed:
     """Carry out ``plan`` (once its owner approved it): the period made if need be, each member's renewal sealed
-    on its pad (a member that already has a key of that period is skipped)."""
-    known = {p.number: p for p in keys.periods()}
-    if plan.period.number not in known and plan.period.number != max(known, default=0) + 1:
-        raise AbeError("The authority's periods changed since the renewal was planned: nothing was renewed.")
-    period = known.get(plan.period.number) or keys.next_period(plan.period.ends - plan.period.starts, now,
-                                                               early=plan.early)
-    if period.number != plan.period.number:
-        raise AbeError("The authority's periods changed since the renewal was planned: nothing was renewed.")
+    on its pad (a member that already has a key of that period is skipped). A member whose renewal fails (its
+    pad used up since the plan) is reported in ``failed`` and the others are renewed: before (an outside review)
+    the first failure stopped the loop after the early end was made, and later members got nothing."""
+    with _RENEWING:
+        # Re-planned now, under the lock: the owner approved what the screen said, planned before the request
+        # waited its turn on the screen. Another renewal approved meanwhile (one issuing a period ahead), or a
+        # period begun meanwhile (the one shown as withdrawn), changes what this one would do: refused (an outside
+        # review, finding 5: an early end queued behind a renewal ahead did no early end at all; one approved
+        # after the withdrawn period's start said WITHDRAWN while that period had run).
+        fresh = plan_renewal(keys, plan.who, plan.early, plan.length, now)
+        if fresh.shape() != plan.shape():
+            raise PlanChanged("The authority's periods changed since this renewal was planned (another renewal, "
+                              "or a period began, while it waited for approval): nothing was renewed. Ask again.")
+        # The members approved (one revoked or whose pad was used up since is reported in `failed`), the periods
+        # as they are now (an early end starts at the approval).
+        return _carry_out(keys, replace(fresh, members=plan.members), random_bytes, now)
+
+
+def _carry_out(keys: AbeKeys, plan: RenewPlan, random_bytes: Callable[[int], bytes], now: float | None) -> Renewed:
+    period: Period | None = None
+    if plan.members or plan.early:  # (only catching members up on the running period makes no period)
+        known = {p.number: p for p in keys.periods()}
+        if plan.period.number not in known and plan.period.number != max(known, default=0) + 1:
+            raise AbeError("The authority's periods changed since the renewal was planned: nothing was renewed.")
+        period = known.get(plan.period.number) or keys.next_period(plan.period.ends - plan.period.starts, now,
+                                                                   early=plan.early)
+        if period.number != plan.period.number:
+            raise AbeError("The authority's periods changed since the renewal was planned: nothing was renewed.")
     pads = RenewalPads(keys)
-    return [r for device_id, _ in plan.members if (r := pads.renew(device_id, period, random_bytes)) is not None]
+    out = Renewed()
+    for targets, issued_for in ((plan.catch_up, plan.running), (plan.members, period)):
+        for device_id, name in targets:
+            assert issued_for is not None
+            try:
+                renewal = pads.renew(device_id, issued_for, random_bytes)
+            except AbeError as exc:  # NoRenewalPad, Revoked: nothing of it was written
+                out.failed.append(f"{name}: {exc}")
+                continue
+            if renewal is not None:
+                out.append(renewal)
+    return out
 
 
-__all__ = ["PAD_BYTES", "NoRenewalPad", "Renewal", "RenewalPads", "RenewalRefused", "UnknownMember", "make_pad"]
+__all__ = ["PAD_BYTES", "NoRenewalPad", "Renewal", "RenewalPads", "RenewalRefused", "Renewed", "UnknownMember",
+           "make_pad"]

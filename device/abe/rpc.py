@@ -149,7 +149,7 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
         return {"revoked": [i.to_dict() for i in keys.revoke(who)]}
 
     def renew_keys(client: Any, params: dict) -> dict:
-        from device.abe.renewal import plan_renewal, renew
+        from device.abe.renewal import check_again, plan_renewal, renew
 
         store = service.ready()
         who = params.get("member")
@@ -158,6 +158,10 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
         resend = params.get("resend", False)
         if not isinstance(resend, bool):
             raise BadAbeRequest("'resend' is true or false.")
+        if resend and any(params.get(k) not in (None, False) for k in ("end_period", "period", "again")):
+            # As the command line: ignoring them, a laptop asking to end the period early would be told "ok"
+            # (an outside review).
+            raise BadAbeRequest("'resend' sends what was sent: it takes no end_period, period or again.")
         if resend:  # the packages already sent, byte for byte: nothing issued, no pad used, so nothing to ask
             from device.abe.renewal import RenewalPads
 
@@ -173,7 +177,11 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
             length = check_period(length)
         keys = AbeKeys(store)
         keys.master()
+        again = params.get("again", False)
+        if not isinstance(again, bool):
+            raise BadAbeRequest("'again' is true or false.")
         plan = plan_renewal(keys, who, early, length)  # who gets nothing, and why, before the owner is asked
+        check_again(plan, again)
         request = ConfirmRequest(contact="attribute authority", kind="abe-renew",
                                  plaintext=(plan.question() + f"\n\nAsked by the laptop {client.name}.").encode(),
                                  consumes=0, left_after=0)
@@ -182,6 +190,8 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
             raise Declined("The owner did not approve: nothing was renewed.")
         renewals = renew(keys, plan, service.session_random)
         return {"period": plan.period.to_dict(), "renewals": [r.to_dict() for r in renewals], "left": plan.left,
+                "failed": renewals.failed,
+                "running": plan.running.to_dict() if plan.catch_up and plan.running is not None else None,
                 "withdrawn": plan.withdraws.to_dict() if plan.withdraws is not None else None}
 
     def renewal_mailboxes(client: Any, params: dict) -> dict:

@@ -45,7 +45,7 @@ from device.abe.policy import Policy, check_unreserved, parse_attributes
 from device.abe.scheme import Encapsulation, check_member_key, decapsulate, encapsulate, keygen, setup
 from device.storage.abe_tables import AbeTables
 from device.storage.padstore import PadStore, device_id_for
-from onetimechat.crypto import equal
+from onetimechat.crypto import derive_key, equal
 
 
 def grant_fingerprint(authority_id: bytes, key: MemberKey, member_device_id: bytes) -> str:
@@ -90,6 +90,10 @@ class Issued:
             "starts": when(self.starts),
             "ends": when(self.ends),
             "revoked": when(self.revoked),
+            # Withdrawn (issued ahead, then replaced by ending early): it starts and ends at the same instant.
+            # Decided on the times themselves, not on their text to the second (a period ended early in its
+            # first second was shown withdrawn: an outside review).
+            "withdrawn": self.starts is not None and self.starts == self.ends,
         }
 
 
@@ -107,6 +111,10 @@ class HeldKey:
     #: A later period of its authority begins no later than this key's: the authority withdrew this period
     #: (it ended the running one early after issuing this one ahead, see :func:`withdrawn_keys`).
     withdrawn: bool = False
+    #: Its period begins before an earlier-numbered held key's ends: the authority ended that one early (and
+    #: withdrew the one issued ahead, if any). It counts as begun on this device from the moment it is held,
+    #: whatever the device's clock says (see :func:`early_keys`).
+    early: bool = False
 
     def state(self, now: float) -> str:
         """valid, expiring (renewal due), expired, future (a renewal whose period has not begun), or withdrawn
@@ -117,7 +125,7 @@ class HeldKey:
             return "valid"
         if now >= self.ends:
             return "expired"
-        if now < self.starts:
+        if now < self.starts and not self.early:
             return "future"
         return "expiring" if now >= warn_at(self.starts, self.ends) else "valid"
 
@@ -139,6 +147,25 @@ def withdrawn_keys(keys: list[HeldKey]) -> set[bytes]:
             continue
         if any(equal(other.authority_id, key.authority_id) and other.period is not None and other.period > key.period
                and other.starts is not None and other.starts <= key.starts for other in keys):
+            out.add(key.key_id)
+    return out
+
+
+def early_keys(keys: list[HeldKey]) -> set[bytes]:
+    """The ids of the keys whose period begins before an earlier-numbered held key of the same authority ends:
+    the authority ended that period early (``otc abe renew --end-period``; the one it issued ahead, if any, is
+    withdrawn), and the new period starts at the *authority's* now. Such a key counts as begun on this device
+    from the moment it is held (its renewal opened), whatever this device's clock says: a Pi has no clock of its
+    own worth the name, and one ten minutes behind kept its rooms in the old period for those ten minutes, its
+    messages readable by the revoked member (an outside review, finding 6). Only the authority can make such a
+    key (a renewal opens only under the tag of its pad, a grant only in person), so nobody else can move a
+    device's rooms early with it."""
+    out = set()
+    for key in keys:
+        if key.period is None or key.starts is None:
+            continue
+        if any(equal(other.authority_id, key.authority_id) and other.period is not None and other.period < key.period
+               and other.ends is not None and key.starts < other.ends for other in keys):
             out.add(key.key_id)
     return out
 
@@ -229,16 +256,16 @@ class AbeKeys:
     # -- member keys ------------------------------------------------------------------------
 
     def add_member_key(self, public: PublicKey, key: MemberKey, pending: bool = False,
-                       window: tuple[float, float] | None = None) -> str:
+                       window: tuple[float, float] | None = None, period_secret: bytes | None = None) -> str:
         """Store a key received from its authority, after checking it against the public key; its grant
         fingerprint. A ``pending`` key is not used until :meth:`confirm_grant` (the authority holds the
         grant too). ``window`` is (starts, ends) of the key's period, which a key with a period needs."""
-        row = self.member_key_row(public, key, pending, window)
+        row = self.member_key_row(public, key, pending, window, period_secret)
         self.tables.add_member_key(**row)
         return str(row["fingerprint"])
 
     def member_key_row(self, public: PublicKey, key: MemberKey, pending: bool = False,
-                       window: tuple[float, float] | None = None) -> dict:
+                       window: tuple[float, float] | None = None, period_secret: bytes | None = None) -> dict:
         """A key received from its authority, checked against the public key and sealed, as the tables keep it
         (:meth:`AbeTables.add_member_key`'s arguments); a renewal's is stored with the use of its renewal pad,
         in one commit (device/abe/renewal.py)."""
@@ -255,7 +282,30 @@ class AbeKeys:
             key_id=key.key_id, attributes=",".join(key.attributes),
             sealed_key=self._seal(key.encode(), b"abe key " + key.key_id), pending=pending, fingerprint=fingerprint,
             period=key.period, window=window,
+            sealed_period_secret=(self._seal(period_secret, b"abe period secret " + key.key_id)
+                                  if period_secret is not None and key.period is not None else None),
             detail=f"key for {', '.join(key.attributes)} from authority {public.name}")
+
+    # -- period secrets (docs/rooms.md "Period secrets") -------------------------------------------
+
+    def period_secret_for(self, period: int) -> bytes:
+        """The authority's secret of its period ``period``: derived from its master key (nothing stored), sent
+        with every key of that period (renewal, grant). Room contributions of the period are bound with it."""
+        master = self.master()
+        return derive_key(master.encode(), f"otc room period secret v1 {master.public.authority_id.hex()} {period}")
+
+    def period_secret(self, authority_id: bytes, period: int) -> bytes | None:
+        """The secret of ``authority_id``'s period ``period`` this device holds (delivered with a key of that
+        period, not withdrawn; or derived, on the authority's own device), or None."""
+        own = self._own_row()
+        if own is not None and equal(own[0], authority_id):
+            return self.period_secret_for(period)
+        for key in self.held():
+            if equal(key.authority_id, authority_id) and key.period == period and not key.withdrawn:
+                sealed = self.tables.sealed_period_secret(key.key_id)
+                if sealed is not None:
+                    return self._open(sealed, b"abe period secret " + key.key_id)
+        return None
 
     def member_keys(self, authority_id: bytes | None = None) -> list[MemberKey]:
         """This device's keys (those whose grant both devices are known to hold), but those of a withdrawn
@@ -269,8 +319,8 @@ class AbeKeys:
         withdrawn period is listed, marked so (:func:`withdrawn_keys`)."""
         rows = self.tables.held_rows()
         keys = [HeldKey(bytes(r[0]), r[1], bytes(r[2]), tuple(r[3].split(",")), r[4], r[5], r[6]) for r in rows]
-        gone = withdrawn_keys(keys)
-        return [replace(k, withdrawn=True) if k.key_id in gone else k for k in keys]
+        gone, early = withdrawn_keys(keys), early_keys(keys)
+        return [replace(k, withdrawn=k.key_id in gone, early=k.key_id in early) for k in keys]
 
     def periods_held(self, authority_id: bytes) -> dict[int, tuple[float, float]]:
         """The periods of ``authority_id`` this device holds a key for: number -> (starts, ends). A key from
@@ -280,8 +330,8 @@ class AbeKeys:
             if equal(key.authority_id, authority_id) and not key.withdrawn:
                 if key.period is None or key.starts is None or key.ends is None:
                     out.setdefault(0, (0.0, float("inf")))
-                else:
-                    out[key.period] = (key.starts, key.ends)
+                else:  # a period that ended an earlier one early has begun here since its key is held
+                    out[key.period] = (0.0 if key.early else key.starts, key.ends)
         return out
 
     def key_warnings(self, now: float | None = None) -> list[str]:
@@ -379,6 +429,15 @@ class AbeKeys:
         """A new member key for ``period`` (the running one, or a new one, when None), recorded as issued before
         it leaves (the authority keeps no copy). A ``pending`` record counts once :meth:`confirm_grant` says
         the member holds the key."""
+        key, record = self.make_key(attributes, member, member_device_id, how, random_bytes, pending, period)
+        self.tables.add_issued(**record)
+        return key
+
+    def make_key(self, attributes: str | list[str] | tuple[str, ...], member: str, member_device_id: bytes | None,
+                 how: str, random_bytes: RandomBytes = os.urandom, pending: bool = False,
+                 period: Period | None = None) -> tuple[MemberKey, dict]:
+        """A new member key, as :meth:`issue` makes it, and the record of it to write (nothing is written): the
+        caller writes the record in the same commit as whatever carries the key (a renewal on its pad)."""
         master = self.master()
         names = parse_attributes(attributes)
         check_unreserved(names, "a key's attributes")
@@ -386,12 +445,11 @@ class AbeKeys:
         key = keygen(master, names, random_bytes, period=period.number)
         fingerprint = grant_fingerprint(key.authority_id, key, member_device_id) if member_device_id else None
         proof = self._seal(grant_proof_key(key), b"abe proof " + key.key_id)
-        self.tables.add_issued(
+        return key, dict(
             key_id=key.key_id, authority_id=key.authority_id, member=member, member_device_id=member_device_id,
             attributes=",".join(key.attributes), how=how, pending=pending, fingerprint=fingerprint,
             sealed_proof=proof, period=period.number, starts=period.starts, ends=period.ends,
             detail=f"key for {', '.join(key.attributes)} to {member} ({how}, period {period.number})")
-        return key
 
     def find_issued(self, who: str) -> list[Issued]:
         """The confirmed keys issued to the member named ``who``, or the one whose key id starts with ``who``
@@ -498,7 +556,8 @@ def renew_local(authority: PadStore, member: PadStore, period: Period) -> Member
     prior = renewal_for(auth, member.device_id)
     key = auth.issue(prior.attributes, member=prior.member, member_device_id=member.device_id, how="renewal, local",
                      period=period)
-    AbeKeys(member).add_member_key(public, key, window=(period.starts, period.ends))
+    AbeKeys(member).add_member_key(public, key, window=(period.starts, period.ends),
+                                   period_secret=auth.period_secret_for(period.number))
     return key
 
 
@@ -515,7 +574,8 @@ def grant_local(authority: PadStore, member: PadStore, attributes: str | list[st
     chosen = period if isinstance(period, Period) else auth.period_for_grant(period)
     member_id = device_id_for(member.identity_public)
     key = auth.issue(attributes, member=member.device_name, member_device_id=member_id, how="local", period=chosen)
-    AbeKeys(member).add_member_key(public, key, window=(chosen.starts, chosen.ends))
+    AbeKeys(member).add_member_key(public, key, window=(chosen.starts, chosen.ends),
+                                   period_secret=auth.period_secret_for(chosen.number))
     from device.abe.renewal import PAD_BYTES, RenewalPads
 
     pad = os.urandom(PAD_BYTES)  # one machine sees it anyway (development, tests)

@@ -41,6 +41,12 @@ class EpochChanged(RoomError):
     code = "room-epoch-changed"
 
 
+class MovingPeriod(RoomError):
+    """This device is moving the room to its renewed key's period: nothing is sent under the old one's epoch."""
+
+    code = "room-moving-period"
+
+
 class NoEpochKey(RoomError):
     """The room has no epoch key yet: wait for its leader's distribution."""
 

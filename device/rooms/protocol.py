@@ -45,7 +45,9 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   moves the room to that period once this member can tell it is genuine
   (it decapsulates it with a key of that period, or it is its own), and
   until then is held aside (so a contribution under a period nobody holds
-  keys for changes nothing). Moving drops every contribution of the earlier
+  keys for changes nothing); a device that holds the period's secret (sent
+  by the authority with the period's keys) takes only one bound with it as
+  genuine (see :meth:`RoomMember._bound`). Moving drops every contribution of the earlier
   period from the roster (a new epoch begins), and a member whose device
   holds a key of the new period re-contributes by itself. A member without
   such a key (revoked: not renewed) is left out: it cannot decapsulate the
@@ -77,6 +79,7 @@ from device.rooms import wire
 from device.rooms.errors import (
     EpochChanged,
     MalformedRoomData,
+    MovingPeriod,
     NoEpochKey,
     NotJoined,
     RoomError,
@@ -107,6 +110,8 @@ class Keys(Protocol):
     def decapsulate(self, ciphertext: bytes | Ciphertext) -> bytes: ...
 
     def periods_held(self, authority_id: bytes) -> dict[int, tuple[float, float]]: ...
+
+    def period_secret(self, authority_id: bytes, period: int) -> bytes | None: ...
 
 
 @dataclass
@@ -219,9 +224,9 @@ class RoomMember:
         #: The room's key period as this member knows it; contributions of later periods held aside.
         self.period = 0
         self.future: dict[bytes, _Member] = {}
-        #: Where the room moved to each later period: period -> the ref of the contribution that moved it. That
-        #: contribution decapsulated under the period's attribute, so it was made with a key the authority issued
-        #: for the period, at or after its (authenticated) start: everything after it on the relay came later.
+        #: Where the room moved to each later period: period -> the ref of the contribution that moved it: the
+        #: first bound with the period's secret (which the authority sends with the period's keys), so made by a
+        #: device holding a key of the period, once begun (docs/rooms.md "... and period secrets").
         self.moves: dict[int, int] = {}
         #: Held contributions dropped (over the bound, or their period over).
         self.held_dropped = 0
@@ -247,16 +252,29 @@ class RoomMember:
     def current_epoch(self) -> int | None:
         return max(self.epochs) if self.epochs else None
 
+    def moving_to(self) -> int | None:
+        """The later key period this device is moving the room to, or None: its own contribution of it is on its
+        way, or (wanted in the room) its renewed key of it has begun, so its next duties contribute under it.
+        Until that contribution is back the current epoch is the old period's, which a member not renewed (a
+        revoked one) still holds: nothing is sent under it (:meth:`send`)."""
+        pending = self._pending_period()
+        if pending is not None and pending > self.period:
+            return pending
+        usable = self.usable_period() if self.wanted else None
+        return usable if usable is not None and usable > self.period else None
+
     def status(self) -> dict:
         e = self.current_epoch
         epoch = self.epochs.get(e) if e is not None else None
+        moving = self.moving_to()
         return {"room": self.room.name, "room_id": self.room.room_id.hex(), "policy": self.room.policy.text,
                 "joined": self.joined, "joining": self._pending is not None, "me": short(self.me) if self.me else None,
                 "display_name": self.label(self.me) if self.me else self.name,
                 "period": self.period, "my_period": self.members[self.me].period if self.me else None,
                 "later_periods": sorted({m.period for m in self.future.values()}),
                 "members": len(self.roster), "epoch": e, "epoch_members": len(epoch.roster) if epoch else None,
-                "keyed": bool(epoch and epoch.key), "last_ref": self.last_ref,
+                "keyed": bool(epoch and epoch.key) and moving is None, "moving_to": moving,
+                "last_ref": self.last_ref,
                 "epochs_with_keys": sorted(n for n, ep in self.epochs.items() if ep.key)}
 
     def label(self, member: bytes) -> str:
@@ -306,9 +324,28 @@ class RoomMember:
     def join(self, name: str | None = None) -> bytes:
         """A contribution to post: k_j under the room policy and this device's key period, fresh X25519 and
         Ed25519 keys, and the display name ``name`` (bound to them; a type-1 contribution without one if None)."""
+        self._drop_stale_pending()
         if self.joined or self._pending is not None:
             raise RoomError("This device is already in that room (or joining it).")
         return self._contribute(name)
+
+    def _pending_period(self) -> int | None:
+        """The key period of my contribution on its way (None: none on its way)."""
+        if self._pending is None:
+            return None
+        item = wire.decode(self._pending, self.room.room_id)
+        assert isinstance(item, wire.Contribution)
+        return self.period_of(item.ciphertext) or 0
+
+    def _drop_stale_pending(self) -> None:
+        """My contribution on its way is of a period the room has left: it will be skipped when it comes back
+        (everyone skips an earlier period's), so it is forgotten now and, if the owner still wants this device in
+        the room, :meth:`duties` contributes again under the room's period. Kept, it made the device wait for
+        itself for good (an outside review: a member renewed late, whose contribution of the withdrawn period was
+        on its way when its renewal opened, stayed out of the room, and ``room join`` said it was joining)."""
+        period = self._pending_period()
+        if period is not None and period < self.period:
+            self._pending = self._next = None
 
     def _contribute(self, name: str | None) -> bytes:
         public = self.keys.public_key(self.room.authority)
@@ -326,7 +363,13 @@ class RoomMember:
         enc = encapsulate(public, self.policy_for(period), self.random_bytes)
         x = X25519PrivateKey.from_private_bytes(self.random_bytes(32))
         sig = Ed25519PrivateKey.from_private_bytes(self.random_bytes(32))
-        raw = wire.contribution(self.room.room_id, enc.ciphertext.encode(), enc.key, x, sig, name)
+        # A contribution that moves the room to a later period is bound with that period's secret, when this
+        # device holds it: only such a one can move a room (see _bound). One in the room's period is bound with
+        # k_j alone, as before period secrets, so members whose key of the period came without its secret (an
+        # authority's older software) can check it.
+        secret = self._secret(period) if period > self.period else None
+        bound = wire.period_bind_key(enc.key, secret) if secret is not None else enc.key
+        raw = wire.contribution(self.room.room_id, enc.ciphertext.encode(), bound, x, sig, name)
         self._next, self._pending = (_raw(x), _raw(sig), enc.key), raw
         self.name, self.wanted = name, True
         return raw
@@ -350,12 +393,27 @@ class RoomMember:
         self.wanted = False
         return raw
 
+    def check_sending(self) -> None:
+        """MovingPeriod if this device must not send now because it is moving the room to a later key period
+        (:meth:`moving_to`), or its own contribution is on its way (before: "not a member (join it first)")."""
+        moving = self.moving_to()
+        if moving is not None:
+            # Sent now, under the old period's epoch, a revoked member would read it, and the renewed members
+            # (who moved at this device's contribution) would drop it as late (an outside review, finding 4).
+            raise MovingPeriod(f"This device is moving the room to key period {moving} (its renewed key): "
+                               "nothing was sent. Its contribution comes back, then the new epoch's key; send "
+                               "after that.")
+        if not self.joined and self._pending is not None:
+            raise MovingPeriod(f"This device's contribution to the room (key period {self._pending_period()}) is "
+                               "on its way: nothing was sent. Send once it is back and the epoch is keyed.")
+
     def send(self, text: str, epoch: int | None = None) -> bytes:
         """A message under the current epoch's key (never an older one); with ``epoch``, only if that epoch (the
         one whose member count the owner approved) is still the current one."""
         data = text.encode("utf-8")
         if len(data) > MAX_TEXT_BYTES:
             raise RoomError(f"A room message holds at most {MAX_TEXT_BYTES} bytes.")
+        self.check_sending()
         if not self.joined or self._sig is None:
             raise NotJoined()
         assert self.me is not None
@@ -378,6 +436,7 @@ class RoomMember:
         after timeouts)."""
         out = []
         self._take_held()
+        self._drop_stale_pending()  # a state stored before the fix may still wait for one
         if self.wanted and self._pending is None:
             usable = self.usable_period()
             mine = self.members[self.me].period if self.me is not None else None
@@ -583,10 +642,28 @@ class RoomMember:
             return False
         except AbeError:
             return None
-        if not equal(wire.bind_tag(k, self.room.room_id, member.x_pub, member.sig_pub, member.name or None),
-                     member.bind):
-            return None
-        return k
+        return k if self._bound(k, member, strict=True) else None
+
+    def _secret(self, period: int) -> bytes | None:
+        """The secret of the room authority's key period ``period`` this device holds, if any."""
+        return self.keys.period_secret(self.room.authority_id, period) if period > 0 else None
+
+    def _bound(self, k: bytes, member: _Member, strict: bool) -> bool:
+        """Whether a contribution's bind is right. Bound with its period's secret (by a maker that holds it),
+        or, unless ``strict`` or this device holds no secret of that period, with k_j alone (a maker renewed by
+        an authority from before period secrets). ``strict`` for a contribution of a later period than the
+        room's, held aside or moving it: one made from the public key alone (an outsider's, a relay's, a revoked
+        member's under a period it holds no key of) then counts for nothing: it neither moves the room (and so
+        hides no old-period message as late) nor takes a roster slot (docs/rooms.md "Period secrets")."""
+        def tag(key: bytes) -> bytes:
+            return wire.bind_tag(key, self.room.room_id, member.x_pub, member.sig_pub, member.name or None)
+
+        secret = self._secret(member.period)
+        if secret is not None and equal(tag(wire.period_bind_key(k, secret)), member.bind):
+            return True
+        if secret is not None and strict:
+            return False
+        return equal(tag(k), member.bind)
 
     def _advance(self, period: int, ref: int) -> None:
         """The room moves to key ``period``: the earlier period's contributions leave the roster (my membership
@@ -598,6 +675,8 @@ class RoomMember:
             self._pending, self._next, self.name, self.wanted = pending, following, name, wanted
         self.period = period
         self.moves[period] = ref
+        self._drop_stale_pending()
+        moved = False
         for mid in [m for m in self.roster if self.members[m].period < period]:
             self.roster.remove(mid)
             self._ks.pop(mid, None)
@@ -608,6 +687,20 @@ class RoomMember:
                 if record.period < period:
                     self._unlist(record)
                 if record.period == period:
+                    if not moved and record.ref < ref:
+                        # Before (on the relay) the contribution that moves the room here (this device's own, when
+                        # it joins late): checked as strictly as a moving one, bound with the period's secret, or
+                        # gone (one planted from the public key takes no roster slot). The first that passes is
+                        # where the room moved; those after it are checked as any of the period's (_settle).
+                        k = self._check(record)
+                        if k is None:
+                            self._unlist(record)
+                            continue
+                        if isinstance(k, bytes):
+                            record.status = VALID
+                            self._ks[mid] = k
+                            moved = True
+                            self.moves[period] = record.ref
                     self.members[mid] = record
                     self.roster.append(mid)
 
@@ -622,8 +715,7 @@ class RoomMember:
             return True
         except AbeError:
             k = None
-        if k is None or not equal(wire.bind_tag(k, self.room.room_id, member.x_pub, member.sig_pub,
-                                                member.name or None), member.bind):
+        if k is None or not self._bound(k, member, strict=False):
             self.roster.remove(mid)
             self._unlist(self.members.pop(mid))
             return False
@@ -761,9 +853,10 @@ class RoomMember:
             raise RoomItemRefused()
         if any(period > epoch.period and moved < ref for period, moved in self.moves.items()):
             # Under an epoch of a key period the room has left, and after (on the relay) the contribution that
-            # moved it, which was made after the authority's start of the new period: so sent after the old
-            # period ended (early, by the authority, for a revoked member), whatever the epoch key's grace. Not
-            # shown; in flight (before the move) it is read as usual.
+            # moved it, which an honest member makes after the authority's start of the new period: so sent after
+            # the old period ended (early, by the authority, for a revoked member), whatever the epoch key's
+            # grace. Not shown; in flight (before the move) it is read as usual. A contribution planted earlier
+            # from the public key cannot place this cut: it is not bound with the period's secret.
             return self._event(ref, "message", "late", item.sender, epoch=item.epoch, members=len(epoch.roster))
         data = wire.open_message(item, epoch.roster.index(item.sender), epoch.key)
         try:

@@ -106,7 +106,8 @@ class DeviceRooms:
             # device count itself a member it could never read as (an outside review).
             now = member.clock()
             held = [k.attributes for k in self.keys.held() if equal(k.authority_id, room.authority_id)
-                    and not k.withdrawn and (k.starts is None or k.ends is None or k.starts <= now < k.ends)]
+                    and not k.withdrawn and (k.starts is None or k.ends is None
+                                             or (k.starts <= now or k.early) and now < k.ends)]
             if not any(room.policy.satisfied_by(attributes) for attributes in held):
                 what = "; ".join(", ".join(a) for a in held) if held else "no key of this authority"
                 raise RoomError(f"This device's keys from {room.authority} ({what}) do not satisfy the room's "
@@ -152,6 +153,7 @@ class DeviceRooms:
         """A room message, after the owner confirms it (room, policy, member count shown)."""
         with self._lock:
             member = self.find(name)
+            member.check_sending()
             status = member.status()
             if not status["keyed"]:
                 raise NoEpochKey()

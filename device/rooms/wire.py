@@ -329,6 +329,13 @@ def bind_tag(k: bytes, room_id: bytes, x_pub: bytes, sig_pub: bytes, name: str |
     return mac(derive_key(k, "otc room bind v2"), room_id, x_pub, sig_pub, name.encode("ascii"))
 
 
+def period_bind_key(k: bytes, period_secret: bytes) -> bytes:
+    """What a contribution of a key period is bound with when its maker holds the period's secret (sent by the
+    authority with every key of the period): k_j under that secret, so the bind proves both (docs/rooms.md
+    "Period secrets"). Pass it as ``k`` to :func:`contribution` and :func:`bind_tag`; K_abe still uses k_j."""
+    return mac(derive_key(period_secret, "otc room period bind v1"), k)
+
+
 def contribution(room_id: bytes, ciphertext: bytes, k: bytes, x_key: X25519PrivateKey,
                  sig_key: Ed25519PrivateKey, name: str | None = None) -> bytes:
     """A contribution; with ``name`` (a display name), a named one (type 5), whose bind covers the name."""

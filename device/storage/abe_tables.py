@@ -13,15 +13,20 @@ refusals, tag failures and forgery alarm are the pad store's (:class:`~device.st
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 
 from device.errors import OutOfRange, Replay, UnknownPad
 from device.storage import sent_renewals
 from device.storage.padstore import PadStore, RefusalBudget
 from onetimechat import package as fmt
 from onetimechat.errors import InvalidPackage
+
+#: Settings row of the period secret that came with a member key (sealed as the key is).
+PERIOD_SECRET_PREFIX = "abe-period-secret:"  # noqa: S105 - a settings row name
 
 
 def renewal_holder(authority_name: str) -> str:
@@ -101,18 +106,19 @@ class AbeTables:
 
     def add_member_key(self, *, authority_id: bytes, authority_name: str, public_key: bytes, key_id: bytes,
                        attributes: str, sealed_key: bytes, pending: bool, fingerprint: str, period: int | None,
-                       window: tuple[float, float] | None, detail: str) -> None:
-        """Keep a member key (and its authority, if new), in one commit."""
+                       window: tuple[float, float] | None, detail: str,
+                       sealed_period_secret: bytes | None = None) -> None:
+        """Keep a member key (and its authority, if new; and the period secret sent with it), in one commit."""
         with self.store._transaction() as conn:
             self._insert_member_key(conn, authority_id=authority_id, authority_name=authority_name,
                                     public_key=public_key, key_id=key_id, attributes=attributes,
                                     sealed_key=sealed_key, pending=pending, fingerprint=fingerprint, period=period,
-                                    window=window, detail=detail)
+                                    window=window, detail=detail, sealed_period_secret=sealed_period_secret)
 
     def _insert_member_key(self, conn: sqlite3.Connection, *, authority_id: bytes, authority_name: str,
                            public_key: bytes, key_id: bytes, attributes: str, sealed_key: bytes, pending: bool,
                            fingerprint: str, period: int | None, window: tuple[float, float] | None,
-                           detail: str) -> None:
+                           detail: str, sealed_period_secret: bytes | None = None) -> None:
         conn.execute(
             "INSERT OR IGNORE INTO abe_authorities (authority_id, name, public_key, master_key, created)"
             " VALUES (?, ?, ?, NULL, ?)",
@@ -128,7 +134,15 @@ class AbeTables:
             (key_id, authority_id, attributes, sealed_key, time.time(), int(not pending), fingerprint,
              period, window[0] if window else None, window[1] if window else None),
         )
+        if sealed_period_secret is not None:  # with the key, in its commit (docs/rooms.md "Period secrets")
+            self.store._set_setting(conn, PERIOD_SECRET_PREFIX + key_id.hex(),
+                                    base64.b64encode(sealed_period_secret).decode())
         self.store._log(conn, "abe-key-received", detail=detail)
+
+    def sealed_period_secret(self, key_id: bytes) -> bytes | None:
+        """The sealed period secret delivered with the member key ``key_id``, if its authority sent one."""
+        rows = self.store._read("SELECT value FROM settings WHERE name = ?", (PERIOD_SECRET_PREFIX + key_id.hex(),))
+        return base64.b64decode(rows[0][0]) if rows else None
 
     def member_key_rows(self, authority_id: bytes | None = None) -> list[tuple[bytes, bytes]]:
         """(key id, sealed key) of the confirmed member keys (of ``authority_id``), oldest first."""
@@ -167,18 +181,23 @@ class AbeTables:
                          (authority_id, number, starts, ends))
             self.store._log(conn, "abe-period", detail=detail)
 
-    def add_issued(self, *, key_id: bytes, authority_id: bytes, member: str, member_device_id: bytes | None,
-                   attributes: str, how: str, pending: bool, fingerprint: str | None, sealed_proof: bytes,
-                   period: int, starts: float, ends: float, detail: str) -> None:
+    def add_issued(self, **record: Any) -> None:
+        """Record a key issued (the keyword arguments of :meth:`_insert_issued`)."""
         with self.store._transaction() as conn:
-            conn.execute(
-                "INSERT INTO abe_issued (key_id, authority_id, member, member_device_id, attributes, how, issued,"
-                " confirmed, fingerprint, proof_key, period, starts, ends)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key_id, authority_id, member, member_device_id, attributes, how, time.time(),
-                 int(not pending), fingerprint, sealed_proof, period, starts, ends),
-            )
-            self.store._log(conn, "abe-key-issued", detail=detail)
+            self._insert_issued(conn, **record)
+
+    def _insert_issued(self, conn: sqlite3.Connection, *, key_id: bytes, authority_id: bytes, member: str,
+                       member_device_id: bytes | None, attributes: str, how: str, pending: bool,
+                       fingerprint: str | None, sealed_proof: bytes, period: int, starts: float, ends: float,
+                       detail: str) -> None:
+        conn.execute(
+            "INSERT INTO abe_issued (key_id, authority_id, member, member_device_id, attributes, how, issued,"
+            " confirmed, fingerprint, proof_key, period, starts, ends)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key_id, authority_id, member, member_device_id, attributes, how, time.time(),
+             int(not pending), fingerprint, sealed_proof, period, starts, ends),
+        )
+        self.store._log(conn, "abe-key-issued", detail=detail)
 
     def revoke_issued(self, key_ids: list[bytes], now: float, detail: str) -> None:
         with self.store._transaction() as conn:
@@ -272,14 +291,24 @@ class AbeTables:
             "SELECT pad_id FROM abe_pads WHERE role = 'authority' AND confirmed = 1 AND peer_device_id = ?"
             " ORDER BY created DESC", (member_device_id,))]
 
+    def pad_room(self, member_device_id: bytes) -> int:
+        """The most pad bytes one renewal to ``member_device_id`` can take: the largest room left on one of the
+        authority's confirmed renewal pads with it (0: none, or all used up)."""
+        return max((size - next_free for size, next_free in self.store._read(
+            "SELECT size, next FROM abe_pads WHERE role = 'authority' AND confirmed = 1 AND peer_device_id = ?",
+            (member_device_id,))), default=0)
+
     def seal_on_renewal_pad(self, pad_id: bytes, length: int, make: Callable[[int, bytes, bytes], bytes],
-                            detail: str, keep: Callable[[bytes, bytes], dict] | None = None
-                            ) -> tuple[bytes, bytes] | None:
+                            detail: str, keep: Callable[[bytes, bytes], dict] | None = None,
+                            issued: dict | None = None) -> tuple[bytes, bytes] | None:
         """Reserve, build, destroy: one commit, before the package leaves. The next segment of the renewal pad
         for a body of ``length`` bytes goes to ``make`` (offset, segment, authentication key) and is destroyed
         with the frontier moved past it; (the package ``make`` returned, the pad's mailbox). None if the pad
         has no room left (nothing changes). ``keep`` (package, mailbox) gives the record of the package kept
-        for re-sending (device/storage/sent_renewals.py), written in the same commit."""
+        for re-sending (device/storage/sent_renewals.py), written in the same commit; so is ``issued``, the record
+        of the key the package carries (the keyword arguments of :meth:`_insert_issued`): a key is recorded issued
+        only with the package that carries it, never without (an outside review found an issued record with no
+        package after a pad was used up)."""
         with self.store._transaction() as conn:
             size, next_free, stored, mailbox = conn.execute(
                 "SELECT size, next, pad, mailbox FROM abe_pads WHERE pad_id = ?", (pad_id,)).fetchone()
@@ -293,6 +322,8 @@ class AbeTables:
                          (self._seal_pad(bytes(pad), pad_id), end, pad_id))
             self.store._log(conn, "abe-renewal-sent", pad_id=pad_id, offset=next_free, length=end - next_free,
                             detail=detail)
+            if issued is not None:
+                self._insert_issued(conn, **issued)
             if keep is not None:
                 sent_renewals.keep(self.store, conn, keep(package, bytes(mailbox)))
         return package, bytes(mailbox)

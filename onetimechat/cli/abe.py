@@ -129,6 +129,9 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("--end-period", action="store_true",
                    help="end the running period now (a next period already issued ahead is withdrawn: a new one "
                    "replaces it)")
+    p.add_argument("--again", action="store_true",
+                   help="with --end-period: end the running period early even though it began less than an hour "
+                   "ago (by default refused: a retried early end would end another period)")
     p.add_argument("--resend", action="store_true",
                    help="send again, byte for byte, the renewals already sent for periods not over yet (one the "
                    "relay lost): nothing new is issued, no pad byte is used, the device is not asked")
@@ -296,7 +299,7 @@ def cmd_members(args: argparse.Namespace) -> int:
         print("This authority has issued no key yet.")
     for i in members["issued"]:
         period = f"period {i['period']} until {i['ends']}" if i["period"] is not None else "no period"
-        if i["period"] is not None and i["starts"] == i["ends"]:
+        if i["period"] is not None and i.get("withdrawn", i["starts"] == i["ends"]):  # (older devices: text)
             period = f"period {i['period']} withdrawn {i['ends']}"
         revoked = f"REVOKED {i['revoked']}" if i["revoked"] else "renewable"
         print(f"{i['member']:<20} {', '.join(i['attributes']):<24} {period}  {revoked}  key {i['key_id'][:16]}")
@@ -319,6 +322,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_renew(args: argparse.Namespace) -> int:
+    from client.errors import RelayUnavailable
     from client.relay import RelayClient
 
     if args.resend:
@@ -329,42 +333,66 @@ def cmd_renew(args: argparse.Namespace) -> int:
         relay_url = device.state.resolve_relay(args.relay)
         print("Confirm on the device's screen.", flush=True)
         answer = device.call("abe_renew", **({"member": args.member} if args.member else {}),
-                             end_period=args.end_period, **({"period": args.period} if args.period else {}))
+                             end_period=args.end_period, **({"period": args.period} if args.period else {}),
+                             **({"again": True} if args.again else {}))
         period, renewals, left = answer["period"], answer["renewals"], answer["left"]
+        failed, running = answer.get("failed", []), answer.get("running")
         withdrawn = answer.get("withdrawn")
         relay = RelayClient(relay_url, on_answer=device.state.relay_answered)
     else:
-        from device.abe.renewal import plan_renewal, renew
+        from device.abe.renewal import check_again, plan_renewal, renew
         from device.abe.store import AbeKeys
         from device.home import open_home
 
         with open_home(args.home, args.pin_file) as store:
             keys = AbeKeys(store)
             plan = plan_renewal(keys, args.member, args.end_period, args.period)
+            check_again(plan, args.again)
             with _randomness([]) as random_bytes:
-                renewals = [r.to_dict() for r in renew(keys, plan, random_bytes)]
+                done = renew(keys, plan, random_bytes)
+            renewals, failed = [r.to_dict() for r in done], done.failed
             period, left = plan.period.to_dict(), plan.left
             withdrawn = plan.withdraws.to_dict() if plan.withdraws is not None else None
+            running = plan.running.to_dict() if plan.catch_up and plan.running is not None else None
         relay = RelayClient(args.relay) if args.relay else None
     if relay is None:
         for r in renewals:
             print(json.dumps({"mailbox": r["mailbox"], "package": r["package"], "member": r["member"]}))
     else:
-        for r in renewals:
-            relay.send(r["mailbox"], r["package"], r["key_id"])
-    print(f"Renewed {plural(len(renewals), 'member')} for period {period['period']} ({period['starts']} to "
-          f"{period['ends']}){': ' + ', '.join(r['member'] for r in renewals) if renewals else ''}"
-          f"{'; sent through the relay' if relay is not None and renewals else ''}.",
-          file=sys.stderr if relay is None else sys.stdout)
+        try:
+            for r in renewals:
+                relay.send(r["mailbox"], r["package"], r["key_id"])
+        except RelayUnavailable as exc:
+            done_text = (f"period {period['period']} began now (the running one ended early)" if args.end_period
+                         else f"renewals for period {period['period']} were issued")
+            raise RelayUnavailable(f"{str(exc).rstrip('.')}: but the renewal was done ({done_text}; "
+                              f"{plural(len(renewals), 'package')} kept): `otc abe renew --resend` delivers them once "
+                              "the relay answers. Do not end the period early again.") from None
+    out = sys.stderr if relay is None else sys.stdout
+    sent = "; sent through the relay" if relay is not None else ""
+    if running is not None:  # members that held no key of the running period got it (not the next one's)
+        caught = [r["member"] for r in renewals if r.get("period") == running["period"]]
+        renewals_next = [r for r in renewals if r.get("period") != running["period"]]
+        print(f"Gave {plural(len(caught), 'member')} the running period {running['period']}'s key ({running['starts']} "
+              f"to {running['ends']}), holding none of it{': ' + ', '.join(caught) if caught else ''}"
+              f"{sent if caught else ''}.", file=out)
+    else:
+        renewals_next = renewals
+    if renewals_next or running is None:
+        print(f"Renewed {plural(len(renewals_next), 'member')} for period {period['period']} ({period['starts']} to "
+              f"{period['ends']}){': ' + ', '.join(r['member'] for r in renewals_next) if renewals_next else ''}"
+              f"{sent if renewals_next else ''}.", file=out)
     if withdrawn is not None:
         print(f"Period {withdrawn['period']}, issued ahead, is withdrawn: its keys open no room's epochs once the "
               f"rooms move to period {period['period']}.", file=sys.stderr if relay is None else sys.stdout)
     for why in left:
         print(f"Not renewed: {why}", file=sys.stderr if relay is None else sys.stdout)
+    for why in failed:
+        print(f"Not renewed (failed; the others were): {why}", file=sys.stderr)
     if not renewals:
         print("A member renewed for this period already has its package: if the relay lost it, "
               "otc abe renew --resend sends it again.", file=sys.stderr if relay is None else sys.stdout)
-    return 0
+    return 1 if failed else 0
 
 
 def _resend(args: argparse.Namespace) -> int:

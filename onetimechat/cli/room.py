@@ -136,8 +136,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     client = _client(args)
 
     def waiting(room: dict) -> None:
-        print(f"otc: {room['room']}: waiting for the epoch key the membership change calls for (up to "
-              f"{KEY_WAIT_S:.0f} s)…", file=sys.stderr, flush=True)
+        what = (f"this device's move to key period {room['moving_to']} (its renewed key) and the new epoch's key"
+                if room.get("moving_to") else "the epoch key the membership change calls for")
+        print(f"otc: {room['room']}: waiting for {what} (up to {KEY_WAIT_S:.0f} s)…", file=sys.stderr, flush=True)
 
     client.send(args.room, text, on_wait=waiting)
     client.sync(args.room)
