@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -824,6 +824,22 @@ class PadStore:
                 exhausted = exc  # logged in this transaction, which commits
         raise exhausted
 
+    def refuse_send(self, contact: str, length: int, need: int) -> None:
+        """The refusal :meth:`reserve` gives a message of ``length`` bytes when no pad that can send has room
+        for ``need`` pad bytes, logged the same way, reserving nothing: for a confirmation that cannot be
+        asked (Device._confirm), so that nothing is sealed that the owner was not asked for. Returns only if
+        a pad has room now (a grant applied since the caller looked)."""
+        exhausted: PadExhausted | None = None
+        with self._transaction() as conn:
+            pads = self._pads_for_send(conn, contact)
+            if any(pad.reserve_range(need) is not None for pad in pads):
+                return
+            try:
+                self._refuse(conn, contact, length, need, pads)
+            except PadExhausted as exc:
+                exhausted = exc  # logged in this transaction, which commits
+        raise exhausted
+
     def _reserve_for(self, conn: sqlite3.Connection, contact: str, length: int) -> Reservation:
         """:meth:`reserve` inside ``conn``'s transaction; PadExhausted once it has logged it there."""
         need = fmt.segment_length(length)
@@ -834,6 +850,11 @@ class PadStore:
                 start, end = segment
                 warnings, crossed = self._reserve(conn, pad, start, end)
                 return Reservation(pad, start, end, warnings, crossed)
+        self._refuse(conn, contact, length, need, pads)
+
+    def _refuse(self, conn: sqlite3.Connection, contact: str, length: int, need: int, pads: list[PadRecord]
+                ) -> NoReturn:
+        """No pad in ``pads`` has room for ``need`` bytes: RetiredPad, or PadExhausted logged in ``conn``."""
         left = max((p.send_left for p in pads), default=0)
         if not pads and any(p.retired for p in self.pads(contact)):
             raise RetiredPad(retired_text(contact))

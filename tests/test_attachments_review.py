@@ -1,0 +1,129 @@
+"""An outside review's attacks on attachments, kept as regression tests (docs/attachments.md, "Attacks").
+
+The attackers are written here, independent of the code they attack: a hostile laptop that calls its device's
+methods in an order or at a moment of its choosing (two RPC calls at once are two threads), a malicious peer
+device whose headers are built from the byte layout in docs/attachments.md with pyca primitives, never with
+onetimechat/attachment.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import pytest
+
+from device.engine import Device
+from device.errors import PadExhausted
+from tests.conftest import make_pair
+
+
+class Owner:
+    """The owner at the screen: says yes, and remembers every question."""
+
+    def __init__(self) -> None:
+        self.asked: list = []
+
+    def ask(self, request, timeout=None) -> bool:
+        self.asked.append(request)
+        return True
+
+
+def _nearly_empty(tmp_path):
+    """Alice's device with 60 bytes of pad left to send to bob (the owner approved a text that took the rest),
+    bob's device, the owner, and a grant of 4096 bytes from bob's device that alice's laptop holds."""
+    home_a, home_b, pad_id = make_pair(tmp_path, size=1 << 16)
+    owner = Owner()
+    alice, bob = Device.open(home_a, owner), Device.open(home_b)
+    left = alice.store.pads("bob")[0].send_left
+    alice.package("bob", b"x" * (left - 16 - 60))
+    assert alice.store.pads("bob")[0].send_left < 104 + 5 + 16  # a file header cannot fit
+    grant = bytes(bob.grant(pad_id, 4096)[0].package)
+    return alice, bob, owner, grant
+
+
+# -- 1 (HIGH): a file or a text sealed with no confirmation when a grant lands between the check and the seal --
+
+def test_a_grant_landing_during_file_begin_never_seals_an_unconfirmed_header(tmp_path):
+    """The laptop hands its device the grant (unpackage) just after begin found no pad with room and before it
+    reserves: the header must not go out unless the owner was asked."""
+    alice, bob, owner, grant = _nearly_empty(tmp_path)
+    try:
+        asked = len(owner.asked)
+        real = alice.store.save_settings
+        fired = {}
+
+        def save_settings(values, event=None, detail=None):
+            real(values, event, detail)
+            if event == "file-send" and not fired:  # the laptop's concurrent unpackage lands here
+                fired["grant"] = alice.unpackage(grant)
+
+        alice.store.save_settings = save_settings
+        data = b"exfiltrated"
+        sealed = None
+        try:
+            sealed = alice.files.begin("bob", "x.bin", len(data), hashlib.sha256(data).digest())
+        except PadExhausted:
+            pass
+        assert sealed is None or len(owner.asked) > asked, "a file header was sealed and the owner never asked"
+        if sealed is None:
+            assert not fired, "refused before anything was recorded"
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_a_file_that_cannot_fit_is_refused_before_it_is_recorded_or_asked(tmp_path):
+    alice, bob, owner, _ = _nearly_empty(tmp_path)
+    try:
+        asked = len(owner.asked)
+        with pytest.raises(PadExhausted) as info:
+            alice.files.begin("bob", "x.bin", 3, hashlib.sha256(b"abc").digest())
+        assert "pad bytes and" in str(info.value)
+        assert len(owner.asked) == asked
+        assert not alice.store.settings_with_prefix("file-out:")
+    finally:
+        alice.close()
+        bob.close()
+
+
+def _race(tmp_path, trials: int, spin: float, send) -> int:
+    """Run ``send(alice)`` on one thread while the laptop applies a grant on another; how many sends were
+    sealed with the owner never asked."""
+    wins = 0
+    for t in range(trials):
+        alice, bob, owner, grant = _nearly_empty(tmp_path / str(t))
+        try:
+            asked = len(owner.asked)
+            out: dict = {}
+
+            def run():
+                try:
+                    out["sealed"] = send(alice)
+                except PadExhausted:
+                    pass
+
+            th = threading.Thread(target=run)
+            t0 = time.perf_counter()
+            th.start()
+            while time.perf_counter() - t0 < t * spin:  # a different moment each trial
+                pass
+            alice.unpackage(grant)
+            th.join(timeout=60)
+            assert not th.is_alive()
+            if "sealed" in out and len(owner.asked) == asked:
+                wins += 1
+        finally:
+            alice.close()
+            bob.close()
+    return wins
+
+
+def test_the_grant_race_for_a_file_with_real_threads(tmp_path):
+    assert _race(tmp_path, 30, 0.00025,
+                 lambda alice: alice.files.begin("bob", "x.bin", 3, hashlib.sha256(b"abc").digest())) == 0
+
+
+def test_the_grant_race_for_a_text_with_real_threads(tmp_path):
+    assert _race(tmp_path, 30, 0.0001, lambda alice: alice.package("bob", b"y" * 200)) == 0
