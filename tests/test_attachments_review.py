@@ -9,6 +9,7 @@ onetimechat/attachment.py.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 
@@ -16,6 +17,7 @@ import pytest
 
 from device.engine import Device
 from device.errors import PadExhausted
+from onetimechat.errors import OTCError
 from tests.conftest import make_pair
 
 
@@ -127,3 +129,65 @@ def test_the_grant_race_for_a_file_with_real_threads(tmp_path):
 
 def test_the_grant_race_for_a_text_with_real_threads(tmp_path):
     assert _race(tmp_path, 30, 0.0001, lambda alice: alice.package("bob", b"y" * 200)) == 0
+
+
+# -- 2 (MEDIUM): an --otp part sealed again spent fresh pad without the owner ----------------------------------
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def devices(tmp_path):
+    home_a, home_b, _ = make_pair(tmp_path, size=1 << 23)
+    owner = Owner()
+    alice, bob = Device.open(home_a, owner), Device.open(home_b)
+    yield alice, bob, owner
+    alice.close()
+    bob.close()
+
+
+def send_used(device: Device, contact: str) -> int:
+    return sum(p.send_used for p in device.store.pads(contact))
+
+
+def test_an_otp_part_sealed_again_spends_no_more_pad_and_is_the_same_package(devices):
+    """A hostile laptop asks for part 0 of an --otp file again and again (an honest resume asks again for the
+    parts the relay had not taken): the pad spent stays what the owner confirmed, and every repeat is the very
+    package sealed the first time, which the receiver opens once."""
+    alice, bob, owner = devices
+    data = os.urandom(MiB + 100)  # two parts
+    start = send_used(alice, "bob")
+    header, packaged = alice.files.begin("bob", "a.bin", len(data), hashlib.sha256(data).digest(), otp=True)
+    confirmed = owner.asked[0].consumes  # what the owner was told it costs
+    first = bytes(alice.files.seal(header.file_id, 0, data[:MiB])[0])
+    for _ in range(5):
+        assert bytes(alice.files.seal(header.file_id, 0, data[:MiB])[0]) == first
+    last = bytes(alice.files.seal(header.file_id, 1, data[MiB:])[0])
+    assert bytes(alice.files.seal(header.file_id, 1, data[MiB:])[0]) == last
+    assert send_used(alice, "bob") - start == confirmed
+    assert len(owner.asked) == 1
+    # The receiver: the header, then part 0 (twice from the relay: the second is the pad's replay), then part 1.
+    bob.unpackage(bytes(packaged.package))
+    assert bob.unpackage(first).plaintext == data[:MiB]
+    with pytest.raises(OTCError):
+        bob.unpackage(first)
+    assert bob.unpackage(last).plaintext == data[MiB:]
+    # Other bytes for a part already sealed are still refused (the send ends).
+    with pytest.raises(OTCError):
+        alice.files.seal(header.file_id, 0, os.urandom(MiB))
+
+
+def test_an_otp_part_repeat_survives_a_restart_and_the_kept_packages_go_with_the_file(tmp_path):
+    home_a, home_b, _ = make_pair(tmp_path, size=1 << 23)
+    owner = Owner()
+    data = os.urandom(MiB + 5)
+    with Device.open(home_a, owner) as alice:
+        header, _ = alice.files.begin("bob", "a.bin", len(data), hashlib.sha256(data).digest(), otp=True)
+        first = bytes(alice.files.seal(header.file_id, 0, data[:MiB])[0])
+        used = send_used(alice, "bob")
+    with Device.open(home_a, owner) as alice:  # the device restarted; the laptop resumes from part 0
+        assert bytes(alice.files.seal(header.file_id, 0, data[:MiB])[0]) == first
+        assert send_used(alice, "bob") == used
+        alice.files.end(header.file_id)
+        assert not alice.store.settings_with_prefix("file-otp:")
+
