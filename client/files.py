@@ -275,27 +275,58 @@ _UNSAFE = re.compile(r'[<>:"|?*\x00-\x1f\x7f]')
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
+NAME_MAX = 255  # bytes in one file name (Linux, macOS; UTF-8)
+SAVE_NAME_BYTES = NAME_MAX - len(" (9999)")  # room for unique_path's " (n)"
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    return text.encode("utf-8")[:max(limit, 0)].decode("utf-8", "ignore")
+
+
 def safe_name(name: str) -> str:
     """A received file's name made safe to save anywhere: no separators, control characters, leading dots
-    (hidden files, and this client's temporary names) or names a system reserves; at most 200 characters."""
+    (hidden files, and this client's temporary names) or names a system reserves; at most 200 characters and
+    SAVE_NAME_BYTES bytes of UTF-8 (a name the device takes may be 255 bytes, and " (1)" must still fit),
+    its extension kept."""
     name = name.replace("/", "_").replace("\\", "_")
     name = _UNSAFE.sub("_", name).strip().lstrip(".").strip()
     if name.split(".")[0].lower() in _RESERVED:
         name = "_" + name
-    if len(name) > 200:
+    if len(name) > 200 or len(name.encode("utf-8")) > SAVE_NAME_BYTES:
         stem, dot, ext = name.rpartition(".")
-        name = (stem[: 200 - len(ext) - 1] + "." + ext) if dot and len(ext) < 20 else name[:200]
+        if dot and stem and len(ext.encode("utf-8")) < 20:
+            name = _fit(stem[: 200 - len(ext) - 1], SAVE_NAME_BYTES - len(ext.encode("utf-8")) - 1) + "." + ext
+        else:
+            name = _fit(name[:200], SAVE_NAME_BYTES)
     return name or "file"
 
 
+def _taken(path: Path) -> bool:
+    """Whether ``path`` names anything (a link too); any error but "no such file" counts as taken."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def unique_path(folder: Path, name: str) -> Path:
-    """``folder/name``, or ``name (1)``, ``name (2)``... : the first that does not exist."""
+    """``folder/name``, or ``name (1)``, ``name (2)``... : the first that does not exist (each at most
+    NAME_MAX bytes: the stem is cut to make room)."""
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:
         stem, ext = name, ""
+    suffix = "." + ext if ext else ""
     for n in range(10_000):
-        candidate = folder / (name if n == 0 else f"{stem} ({n}){'.' + ext if ext else ''}")
-        if not candidate.exists() and not candidate.is_symlink():
+        if n == 0:
+            candidate = folder / name
+        else:
+            mark = f" ({n}){suffix}"
+            candidate = folder / (_fit(stem, NAME_MAX - len(mark.encode("utf-8"))) + mark)
+        if not _taken(candidate):
             return candidate
     raise FileSaveError(f"Too many files named {name} in {folder}.")
 
@@ -416,9 +447,15 @@ class IncomingFiles:
             self._forget(file_id)
             raise FileCorrupt(f"{record['name']} from {record['contact']} does not match its size or SHA-256 "
                               "fingerprint: it was discarded.")
-        if not temp.exists():
-            temp.touch(mode=0o600)  # an empty file has no part written
-        final = self._link(temp, record)
+        try:
+            if not temp.exists():
+                temp.touch(mode=0o600)  # an empty file has no part written
+            final = self._link(temp, record)
+        except OSError as exc:  # whatever the system says, one line: the part waits on the relay
+            if exc.errno in _NO_SPACE:
+                raise DiskFull(f"No space left in {self.downloads} to save {record['name']}.") from None
+            raise FileSaveError(f"Cannot save {record['name']} in {self.downloads}: "
+                                f"{exc.strerror or type(exc).__name__}.") from None
         self._forget(file_id)
         return Received(file_id, str(record["name"]), size, size, str(record["contact"]), str(final),
                         str(record["sha256"]))
@@ -433,10 +470,6 @@ class IncomingFiles:
                 os.link(temp, final)
             except FileExistsError:
                 continue  # taken meanwhile: the next free name
-            except OSError as exc:
-                if exc.errno in _NO_SPACE:
-                    raise DiskFull(f"No space left in {self.downloads} to save {record['name']}.") from None
-                raise FileSaveError(f"Cannot save {record['name']} in {self.downloads}: {exc.strerror}.") from None
             temp.unlink()
             dir_fd = os.open(self.downloads, os.O_RDONLY)
             try:

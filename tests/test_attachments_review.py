@@ -12,13 +12,15 @@ import hashlib
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from device.engine import Device
 from device.errors import PadExhausted
 from onetimechat.errors import OTCError
-from tests.conftest import make_pair
+from tests.conftest import make_pair, otc
+from tests.test_attachments import recv, send, world  # noqa: F401 - the fixture
 
 
 class Owner:
@@ -190,4 +192,68 @@ def test_an_otp_part_repeat_survives_a_restart_and_the_kept_packages_go_with_the
         assert send_used(alice, "bob") == used
         alice.files.end(header.file_id)
         assert not alice.store.settings_with_prefix("file-otp:")
+
+
+# -- 3 (MEDIUM): a peer's long multibyte name jammed `otc recv` for every contact -------------------------------
+
+class _Device:
+    """The laptop's device, as far as saving a received file goes: it forgets a file when told."""
+
+    def call(self, method, **params):
+        assert method == "file_end"
+        return {"ended": True}
+
+
+def _save(files, n: int, name: str, data: bytes) -> str:
+    info = {"id": (bytes([n]) * 16).hex(), "name": name, "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "parts": 1, "part_size": MiB}
+    files.header("mallory", info)
+    return files.part("mallory", {**info, "index": 0, "last": True}, data).saved
+
+
+@pytest.mark.parametrize("name", ["ж" * 126, "ж" * 127 + "a", "€" * 83 + ".pdf", "a" * 248 + ".tar.gz",
+                                  "日本" * 40 + "." + "x" * 14])
+def test_a_long_multibyte_name_received_three_times_is_saved_three_times(tmp_path, name):
+    """Names up to 255 bytes of UTF-8 (all the device takes): the same one three times gets three files, none
+    over NAME_MAX, the extension kept when there is a short one."""
+    from client.files import IncomingFiles
+    from client.mailstore import MailStore
+
+    assert len(name.encode()) <= 255
+    downloads = tmp_path / "dl"
+    files = IncomingFiles(MailStore("http://device.invalid:1", home=tmp_path / "client"), _Device(), downloads)
+    saved = [_save(files, n, name, b"hello %d" % n) for n in range(3)]
+    assert len(set(saved)) == 3
+    for n, path in enumerate(saved):
+        assert Path(path).read_bytes() == b"hello %d" % n
+        assert len(os.path.basename(path).encode()) <= 255
+        if name.endswith((".pdf", ".gz")):
+            assert path.endswith(name[name.rindex("."):])
+    assert sorted(p.name for p in downloads.iterdir()) == sorted(os.path.basename(p) for p in saved)
+
+
+def test_a_name_that_cannot_be_checked_is_taken_not_a_crash(tmp_path):
+    from client.files import unique_path
+
+    long = "x" * 300  # over NAME_MAX: the system answers ENAMETOOLONG, not "no such file"
+    assert unique_path(tmp_path, long).name != long
+
+
+def test_a_long_cyrillic_name_received_twice_is_saved_and_the_text_after_it_shown(world, tmp_path):  # noqa: F811
+    """End to end (a real relay, two devices): a 252-byte name whose " (1)" would be 256 bytes, received when a
+    file of that name is already there; `otc recv` saves it and shows the text that follows."""
+    name = "ж" * 126
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / name).write_text("already here")  # the same file received last week
+    original = tmp_path / name
+    original.write_text("report")
+    assert send(world, original).returncode == 0
+    alice = world.people["alice"]
+    assert otc("send", "--device", alice.url, "--relay", world.relay_url, "bob", "hello after the file",
+               env=alice.env).returncode == 0
+    got = recv(world, downloads)
+    assert got.returncode == 0, got.stderr
+    assert b"hello after the file" in got.stdout
+    assert sorted(p.read_text() for p in downloads.iterdir()) == ["already here", "report"]
 
