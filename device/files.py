@@ -252,13 +252,10 @@ class FileTransfers:
         with self._lock:
             self._out.pop(file_id, None)
             self._in.pop(file_id, None)
-            known = [p for p in (OUT, IN) if store.setting(p + file_id.hex()) is not None]
-            for prefix in known:
-                store.delete_setting(prefix + file_id.hex())
-            for name in store.settings_with_prefix(f"{OTP_KEPT}{file_id.hex()}:"):
-                store.delete_setting(name)
-            if event is not None:
-                store.log_event(event, detail=detail)
+            known = [p + file_id.hex() for p in (OUT, IN) if store.setting(p + file_id.hex()) is not None]
+            kept = list(store.settings_with_prefix(f"{OTP_KEPT}{file_id.hex()}:"))
+            if known or kept or event is not None:
+                store.erase_settings(known + kept, event, detail)  # the key overwritten, not just unlinked
         return bool(known)
 
     # -- receiving ------------------------------------------------------------------------------------------

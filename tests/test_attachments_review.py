@@ -8,6 +8,7 @@ onetimechat/attachment.py.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import threading
@@ -256,4 +257,42 @@ def test_a_long_cyrillic_name_received_twice_is_saved_and_the_text_after_it_show
     assert got.returncode == 0, got.stderr
     assert b"hello after the file" in got.stdout
     assert sorted(p.read_text() for p in downloads.iterdir()) == ["already here", "report"]
+
+
+# -- 4 (LOW-MEDIUM): an ended file's key stayed on the card ------------------------------------------------------
+
+def _traces(key: bytes) -> list[bytes]:
+    """Every form a file key could take in the store's bytes: raw, its base64, and the base64 of a record
+    holding that base64 (each of the three alignments, trimmed of its edge characters)."""
+    b64 = base64.b64encode(key)
+    forms = [key, b64]
+    for shift in range(3):
+        forms.append(base64.b64encode(b"x" * shift + b'"key": "' + b64)[12:-4])
+    return forms
+
+
+def test_an_ended_files_key_is_gone_from_both_cards(tmp_path):
+    """An SD-card thief of an unlocked home (no PIN: the store is plaintext SQLite) reads device.db and its WAL
+    after a file ended: the key is in neither, on the sending device nor on the receiving one, though the
+    sender's record holding it was rewritten at every part."""
+    home_a, home_b, _ = make_pair(tmp_path, size=1 << 23)
+    drawn = os.urandom(55)  # the file's id, key and nonce prefix, as the device's random source gives them
+    data = os.urandom(3 * MiB + 9)
+    with Device.open(home_a, Owner()) as alice, Device.open(home_b) as bob:
+        alice.random = lambda n: drawn[:n]
+        header, packaged = alice.files.begin("bob", "k.bin", len(data), hashlib.sha256(data).digest())
+        parts = [bytes(alice.files.seal(header.file_id, i, data[i * MiB:(i + 1) * MiB])[0]) for i in range(4)]
+        bob.unpackage(bytes(packaged.package))
+        for part in parts:
+            bob.files.open_part(part)
+        key = drawn[16:48]
+        assert any(form in _card(home_a) for form in _traces(key)), "the attacker finds a live key"
+        assert alice.files.end(header.file_id) and bob.files.end(header.file_id)
+        for home in (home_a, home_b):
+            card = _card(home)
+            assert not [form for form in _traces(key) if form in card], f"the key is still in {home.name}'s store"
+
+
+def _card(home: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in home.rglob("device.db*") if p.is_file())
 

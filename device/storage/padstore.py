@@ -1491,6 +1491,17 @@ class PadStore:
         with self._transaction() as conn:
             conn.execute("DELETE FROM settings WHERE name = ?", (name,))
 
+    def erase_settings(self, names: list[str], event: str | None = None, detail: str | None = None) -> None:
+        """Delete ``names`` (secrets: a file's key) in one commit, then copy the WAL into the database and empty
+        it, so that no earlier version of those rows stays on the card: the rows are zeroed where they lay
+        (``secure_delete``, on for every connection), and the WAL's old frames go with the checkpoint.
+        Best effort for the WAL: a reader still holding an older snapshot lets the next checkpoint finish it."""
+        with self._transaction() as conn:
+            conn.executemany("DELETE FROM settings WHERE name = ?", [(name,) for name in names])
+            if event is not None:
+                self._log(conn, event, detail=detail)
+        self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     @staticmethod
     def _set_setting(conn: sqlite3.Connection, name: str, value: str) -> None:
         conn.execute(
