@@ -296,3 +296,30 @@ def test_an_ended_files_key_is_gone_from_both_cards(tmp_path):
 def _card(home: Path) -> bytes:
     return b"".join(p.read_bytes() for p in home.rglob("device.db*") if p.is_file())
 
+
+# -- 5 (LOW): the confirm card hid the end of a long name ----------------------------------------------------------
+
+@pytest.mark.parametrize("name", [
+    "Holiday photos from the lake house, summer 2026, selected and edited for the family" + " " * 30 + ".jpg.exe",
+    "W" * 200 + ".pdf.scr", "x" * 240 + ".exe"])
+def test_the_confirm_card_shows_a_long_names_end(name):
+    """A name long enough to be cut (a hostile laptop pads it) must not hide from the owner what opens it."""
+    from device.confirm import FileSummary
+    from device.storage.lock import LockState
+    from device.touchscreen.testing import Screen, open_app
+    from device.ui import ConfirmView, Console, PinStatus, Snapshot
+
+    file = FileSummary(name, 3_500_000, "ab" * 32, "stream")
+    view = ConfirmView(request_id=1, contact="bob", kind="file", text=file.describe(), consumes=125,
+                       left_after=32_000, deadline=5042.5, queued=0, file=file)
+    app = open_app(Console("alice", "touchscreen"), monotonic=lambda: 5000.0, wall=lambda: 1.7e9)
+    try:
+        screen = Screen(app)
+        app.render(Snapshot(device_name="alice", lock=PinStatus(LockState.UNLOCKED), confirm_mode="touchscreen",
+                            confirm=view))
+        shown = screen.texts("file-name")
+        assert len(shown) == 1 and shown[0].endswith(name[-8:]), shown
+        assert shown[0].startswith(name[:4]) and "…" in shown[0]
+    finally:
+        app.close()
+
