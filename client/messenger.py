@@ -46,6 +46,7 @@ FINAL_REFUSALS = {
     "file-unknown": "tamper: a part of a file whose header never came (or that is finished) was discarded",
     "file-size": "tamper: a part of a file disagrees with the size its header announced; it was discarded",
     "file-name": "tamper: a file whose name holds a path separator or a control character was refused",
+    "file-id": "tamper: a file header reused the id of a file this device already has; it was refused",
     "file-corrupt": "tamper: a file received does not match its SHA-256 fingerprint; it was discarded",
 }
 # Refusals of a part after which its file can never complete.

@@ -36,6 +36,7 @@ from onetimechat import package as fmt
 from onetimechat.crypto import equal
 from onetimechat.errors import (
     FileChanged,
+    FileIdTaken,
     FilePartDuplicate,
     FilePartOrder,
     FileSizeMismatch,
@@ -269,12 +270,17 @@ class FileTransfers:
         if att.body_type(body) == att.HEADER_TYPE:
             header = att.parse_header(body)
             with self._lock:
-                if self._load(IN, header.file_id) is None:
-                    session = _Incoming(opened.contact, header)
-                    self._save_incoming(header.file_id, session, "file-receive",
-                                        f"{att.MODES[header.mode]} file of {header.size} bytes from "
-                                        f"{opened.contact}")
-                    self._in[header.file_id] = session
+                # An id this device already has, either way, is refused: a peer reusing the id of the file this
+                # device sends it (in the clear in every part) would otherwise let a garbage part under it, and
+                # the laptop's discard of "that incoming file", end this device's own send.
+                if any(self._load(prefix, header.file_id) is not None for prefix in (OUT, IN)):
+                    self.device.store.log_event("file-refused", contact=opened.contact,
+                                                detail="a file header reused the id of a file this device has")
+                    raise FileIdTaken()
+                session = _Incoming(opened.contact, header)
+                self._save_incoming(header.file_id, session, "file-receive",
+                                    f"{att.MODES[header.mode]} file of {header.size} bytes from {opened.contact}")
+                self._in[header.file_id] = session
             return replace(opened, plaintext=b"", file={**header.public(), "header": True})
         file_id, index, data = att.parse_otp_part(body)
         with self._lock:

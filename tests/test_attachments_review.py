@@ -20,6 +20,7 @@ import pytest
 from device.engine import Device
 from device.errors import PadExhausted
 from onetimechat.errors import OTCError
+from onetimechat.package import Kind
 from tests.conftest import make_pair, otc
 from tests.test_attachments import recv, send, world  # noqa: F401 - the fixture
 
@@ -323,3 +324,41 @@ def test_the_confirm_card_shows_a_long_names_end(name):
     finally:
         app.close()
 
+
+# -- 6 (LOW): a peer header reusing my outgoing file's id let the relay end my send --------------------------------
+
+def _header_plain(file_id: bytes, size: int, sha: bytes, key: bytes, prefix: bytes, name: bytes) -> bytes:
+    """A file header's plaintext, from the byte layout in docs/attachments.md (type 1, version 1, streamed)."""
+    return (bytes([1, 1, 1]) + file_id + size.to_bytes(8, "big") + MiB.to_bytes(4, "big") + sha + key + prefix
+            + len(name).to_bytes(2, "big") + name)
+
+
+def test_a_peer_header_reusing_a_known_files_id_is_refused_and_my_send_goes_on(devices):
+    """bob's device (malicious; the relay shows it alice's file ids, in the clear in every part) sends alice a
+    header with the id of the file alice is sending to him: refused, nothing recorded under that id, so no part
+    or discard of "that incoming file" can end alice's own send."""
+    alice, bob, _ = devices
+    data = os.urandom(2 * MiB)
+    header, _ = alice.files.begin("bob", "mine.bin", len(data), hashlib.sha256(data).digest())
+    alice.files.seal(header.file_id, 0, data[:MiB])
+    fid = header.file_id
+    decoy = bob.seal("alice", Kind.FILE_PART, _header_plain(fid, 10, bytes(32), os.urandom(32), os.urandom(7),
+                                                             b"decoy"))
+    with pytest.raises(OTCError) as caught:
+        alice.unpackage(bytes(decoy.package))
+    assert caught.value.code == "file-id"
+    with pytest.raises(OTCError) as caught:  # a garbage part under that id: no incoming file of that id
+        alice.files.open_part(b"OTCF\x01" + fid + bytes(5) + os.urandom(32))
+    assert caught.value.code == "file-unknown"
+    assert alice.files.seal(fid, 1, data[MiB:])[0]  # alice's send goes on
+    # A second header for a file already being received is refused the same way.
+    other = os.urandom(16)
+    first = bob.seal("alice", Kind.FILE_PART, _header_plain(other, 3, hashlib.sha256(b"abc").digest(),
+                                                             os.urandom(32), os.urandom(7), b"a.txt"))
+    again = bob.seal("alice", Kind.FILE_PART, _header_plain(other, 3, hashlib.sha256(b"xyz").digest(),
+                                                             os.urandom(32), os.urandom(7), b"b.txt"))
+    alice.unpackage(bytes(first.package))
+    with pytest.raises(OTCError) as caught:
+        alice.unpackage(bytes(again.package))
+    assert caught.value.code == "file-id"
+    assert alice.files.info(other)["name"] == "a.txt"
