@@ -111,9 +111,12 @@ def send_file(device: DeviceClient, relay: RelayClient, store: MailStore, contac
     """Send the file at ``path`` to ``contact`` (the device asks its owner first), or resume its send."""
     where = Path(path)
     try:
-        handle = open(where, "rb")  # noqa: SIM115 - closed below, and read from a worker thread
+        # Non-blocking: opening a FIFO (or a device) for reading may wait for a writer forever. It is refused
+        # below as not a regular file; a regular file's reads never block anyway.
+        fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise FileSendError(f"Cannot read {where}: {exc.strerror or 'unreadable'}.") from None
+    handle = os.fdopen(fd, "rb")  # closed below, and read from a worker thread
     with handle:
         st = os.fstat(handle.fileno())
         if not stat.S_ISREG(st.st_mode):

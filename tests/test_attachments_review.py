@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -362,3 +363,18 @@ def test_a_peer_header_reusing_a_known_files_id_is_refused_and_my_send_goes_on(d
         alice.unpackage(bytes(again.package))
     assert caught.value.code == "file-id"
     assert alice.files.info(other)["name"] == "a.txt"
+
+
+# -- 7 (LOW): `otc send --file` on a FIFO hung -----------------------------------------------------------------
+
+def test_send_file_on_a_fifo_is_one_line_not_a_hang(world, tmp_path):  # noqa: F811
+    """A FIFO (or any path that is not a regular file, opened for reading with no writer) is refused in one
+    line, at once, and nothing is asked of the device."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    try:
+        got = send(world, fifo, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("otc send --file FIFO hangs") from None
+    err = got.stderr.decode().strip().splitlines()
+    assert got.returncode != 0 and len(err) == 1 and "not a regular file" in err[0], err
