@@ -316,6 +316,23 @@ def _taken(path: Path) -> bool:
     return True
 
 
+def _size(path: Path) -> int:
+    """The size of the regular file at ``path``; -1 if there is none."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return -1
+    return st.st_size if stat.S_ISREG(st.st_mode) else -1
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file (two links to it); False if either is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def unique_path(folder: Path, name: str) -> Path:
     """``folder/name``, or ``name (1)``, ``name (2)``... : the first that does not exist (each at most
     NAME_MAX bytes: the stem is cut to make room)."""
@@ -399,6 +416,11 @@ class IncomingFiles:
         if record is None:  # the header was opened by a run cut before it recorded it: the device knows it
             known = self.device.call("file_info", file=file_id)
             record = self._new(str(known.get("contact", contact)), known, index)
+        if record.get("final"):  # a run cut while it named the complete, verified file
+            if not Path(record["temp"]).exists() and _size(Path(record["final"])) == int(record["size"]):
+                return self._saved(record, Path(record["final"]))  # named; only the record was left
+            if int(record["next"]) >= int(record["parts"]):
+                return self._finish(record)  # checked again, then named (the link made, if it was, is kept)
         if index < int(record["next"]):
             return self._received(record, int(record["next"]))  # given again after a cut: already saved
         if index != int(record["next"]):
@@ -459,28 +481,41 @@ class IncomingFiles:
                 raise DiskFull(f"No space left in {self.downloads} to save {record['name']}.") from None
             raise FileSaveError(f"Cannot save {record['name']} in {self.downloads}: "
                                 f"{exc.strerror or type(exc).__name__}.") from None
-        self._forget(file_id)
-        return Received(file_id, str(record["name"]), size, size, str(record["contact"]), str(final),
+        return self._saved(record, final)
+
+    def _saved(self, record: dict, final: Path) -> Received:
+        self._forget(str(record["id"]))
+        size = int(record["size"])
+        return Received(str(record["id"]), str(record["name"]), size, size, str(record["contact"]), str(final),
                         str(record["sha256"]))
 
     def _link(self, temp: Path, record: dict) -> Path:
         """Give the verified file its final name: a hard link that fails rather than overwrite, then the
         temporary name goes."""
+        done = record.get("final")
+        if done and _same_file(temp, Path(done)):  # cut between the link and the unlink: it has its name
+            self._unlink_temp(temp)
+            return Path(done)
         name = safe_name(str(record["name"]))
         for _ in range(100):
             final = unique_path(self.downloads, name)
+            record["final"] = str(final)  # recorded first: a run cut after the link finds the file named
+            self._save(record)
             try:
                 os.link(temp, final)
             except FileExistsError:
                 continue  # taken meanwhile: the next free name
-            temp.unlink()
-            dir_fd = os.open(self.downloads, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            self._unlink_temp(temp)
             return final
         raise FileSaveError(f"Cannot find a free name for {record['name']} in {self.downloads}.")
+
+    def _unlink_temp(self, temp: Path) -> None:
+        temp.unlink()
+        dir_fd = os.open(self.downloads, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def fail(self, file_id: str) -> str:
         """Discard a file that can never complete: its temporary file, its record and its key on the device.

@@ -378,3 +378,51 @@ def test_send_file_on_a_fifo_is_one_line_not_a_hang(world, tmp_path):  # noqa: F
         raise AssertionError("otc send --file FIFO hangs") from None
     err = got.stderr.decode().strip().splitlines()
     assert got.returncode != 0 and len(err) == 1 and "not a regular file" in err[0], err
+
+
+# -- 8 (LOW): a receiver cut between os.link and the temporary name's unlink saved the file twice ------------------
+
+@pytest.mark.parametrize("where", ["between link and unlink", "after unlink, before the record goes"])
+def test_a_receiver_cut_while_it_names_the_file_saves_it_once(tmp_path, monkeypatch, where):
+    """The laptop is killed while it gives a verified file its final name; the next run gets the last part
+    again (the device gives the part just opened once more): one file, under its name, no temporary left."""
+    from client.files import IncomingFiles
+    from client.mailstore import MailStore
+
+    downloads = tmp_path / "dl"
+    store = MailStore("http://device.invalid:1", home=tmp_path / "client")
+    data = b"payload"
+    info = {"id": "ab" * 16, "name": "doc.txt", "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "parts": 1, "part_size": MiB}
+    files = IncomingFiles(store, _Device(), downloads)
+    files.header("mallory", info)
+    cut = {"armed": True}
+    if where == "between link and unlink":
+        real_unlink = Path.unlink
+
+        def unlink(self, *a, **k):
+            if cut["armed"] and self.name.startswith(".otc-"):
+                cut["armed"] = False
+                raise KeyboardInterrupt  # the laptop is killed here
+            return real_unlink(self, *a, **k)
+
+        monkeypatch.setattr(Path, "unlink", unlink)
+    else:
+        real_delete = store.delete_setting
+
+        def delete_setting(name):
+            if cut["armed"]:
+                cut["armed"] = False
+                raise KeyboardInterrupt
+            return real_delete(name)
+
+        monkeypatch.setattr(store, "delete_setting", delete_setting)
+    with pytest.raises(KeyboardInterrupt):
+        files.part("mallory", {**info, "index": 0, "last": True}, data)
+    assert not cut["armed"]
+    files = IncomingFiles(store, _Device(), downloads)  # the next run
+    saved = files.part("mallory", {**info, "index": 0, "last": True}, data)
+    assert saved.saved == str(downloads / "doc.txt")
+    assert [p.name for p in downloads.iterdir()] == ["doc.txt"]
+    assert (downloads / "doc.txt").read_bytes() == data
+    assert not files.pending()
