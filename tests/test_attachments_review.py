@@ -18,23 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from device.confirm import FileSummary
 from device.engine import Device
 from device.errors import PadExhausted
 from onetimechat.errors import OTCError
 from onetimechat.package import Kind
 from tests.conftest import make_pair, otc
 from tests.test_attachments import recv, send, world  # noqa: F401 - the fixture
-
-
-class Owner:
-    """The owner at the screen: says yes, and remembers every question."""
-
-    def __init__(self) -> None:
-        self.asked: list = []
-
-    def ask(self, request, timeout=None) -> bool:
-        self.asked.append(request)
-        return True
+from tests.test_attachments_device import Owner, devices, file_card  # noqa: F401 - the fixture
 
 
 def _nearly_empty(tmp_path):
@@ -141,21 +132,11 @@ def test_the_grant_race_for_a_text_with_real_threads(tmp_path):
 MiB = 1 << 20
 
 
-@pytest.fixture
-def devices(tmp_path):
-    home_a, home_b, _ = make_pair(tmp_path, size=1 << 23)
-    owner = Owner()
-    alice, bob = Device.open(home_a, owner), Device.open(home_b)
-    yield alice, bob, owner
-    alice.close()
-    bob.close()
-
-
 def send_used(device: Device, contact: str) -> int:
     return sum(p.send_used for p in device.store.pads(contact))
 
 
-def test_an_otp_part_sealed_again_spends_no_more_pad_and_is_the_same_package(devices):
+def test_an_otp_part_sealed_again_spends_no_more_pad_and_is_the_same_package(devices):  # noqa: F811
     """A hostile laptop asks for part 0 of an --otp file again and again (an honest resume asks again for the
     parts the relay had not taken): the pad spent stays what the owner confirmed, and every repeat is the very
     package sealed the first time, which the receiver opens once."""
@@ -306,24 +287,10 @@ def _card(home: Path) -> bytes:
     "W" * 200 + ".pdf.scr", "x" * 240 + ".exe"])
 def test_the_confirm_card_shows_a_long_names_end(name):
     """A name long enough to be cut (a hostile laptop pads it) must not hide from the owner what opens it."""
-    from device.confirm import FileSummary
-    from device.storage.lock import LockState
-    from device.touchscreen.testing import Screen, open_app
-    from device.ui import ConfirmView, Console, PinStatus, Snapshot
-
-    file = FileSummary(name, 3_500_000, "ab" * 32, "stream")
-    view = ConfirmView(request_id=1, contact="bob", kind="file", text=file.describe(), consumes=125,
-                       left_after=32_000, deadline=5042.5, queued=0, file=file)
-    app = open_app(Console("alice", "touchscreen"), monotonic=lambda: 5000.0, wall=lambda: 1.7e9)
-    try:
-        screen = Screen(app)
-        app.render(Snapshot(device_name="alice", lock=PinStatus(LockState.UNLOCKED), confirm_mode="touchscreen",
-                            confirm=view))
+    with file_card(FileSummary(name, 3_500_000, "ab" * 32, "stream")) as (_, screen):
         shown = screen.texts("file-name")
         assert len(shown) == 1 and shown[0].endswith(name[-8:]), shown
         assert shown[0].startswith(name[:4]) and "…" in shown[0]
-    finally:
-        app.close()
 
 
 # -- 6 (LOW): a peer header reusing my outgoing file's id let the relay end my send --------------------------------
@@ -334,7 +301,7 @@ def _header_plain(file_id: bytes, size: int, sha: bytes, key: bytes, prefix: byt
             + len(name).to_bytes(2, "big") + name)
 
 
-def test_a_peer_header_reusing_a_known_files_id_is_refused_and_my_send_goes_on(devices):
+def test_a_peer_header_reusing_a_known_files_id_is_refused_and_my_send_goes_on(devices):  # noqa: F811
     """bob's device (malicious; the relay shows it alice's file ids, in the clear in every part) sends alice a
     header with the id of the file alice is sending to him: refused, nothing recorded under that id, so no part
     or discard of "that incoming file" can end alice's own send."""
