@@ -23,6 +23,7 @@ from device.engine import Device
 from device.errors import PadExhausted
 from onetimechat.errors import OTCError
 from onetimechat.package import Kind
+from tests.chat_fixtures import make_world
 from tests.conftest import make_pair, otc
 from tests.test_attachments import recv, send, world  # noqa: F401 - the fixture
 from tests.test_attachments_device import Owner, devices, file_card  # noqa: F401 - the fixture
@@ -393,3 +394,29 @@ def test_a_receiver_cut_while_it_names_the_file_saves_it_once(tmp_path, monkeypa
     assert [p.name for p in downloads.iterdir()] == ["doc.txt"]
     assert (downloads / "doc.txt").read_bytes() == data
     assert not files.pending()
+
+
+def test_a_file_that_cannot_be_saved_holds_back_only_its_own_contacts_messages(tmp_path):
+    """End to end: bob's downloads folder cannot be made (a file is in its way); alice's file waits on the relay
+    with a one-line refusal, and carol's text is shown all the same; once the way is clear the file arrives.
+    (Before the fix it failed whenever alice's mailbox came first in the batch: its mailbox ids are random.)"""
+    w = make_world(tmp_path, names=("bob", "alice", "carol"), size=1 << 20)
+    try:
+        original = tmp_path / "notes.txt"
+        original.write_text("the notes")
+        assert send(w, original).returncode == 0  # alice to bob
+        carol = w.people["carol"]
+        assert otc("send", "--device", carol.url, "--relay", w.relay_url, "bob", "hello from carol",
+                   env=carol.env).returncode == 0
+        blocked = tmp_path / "downloads"
+        blocked.write_text("not a folder")
+        got = recv(w, blocked)
+        err = got.stderr.decode().strip().splitlines()
+        assert got.returncode != 0 and len(err) == 1 and "downloads" in err[0], err
+        assert b"hello from carol" in got.stdout
+        blocked.unlink()
+        again = recv(w, blocked)
+        assert again.returncode == 0, again.stderr
+        assert (blocked / "notes.txt").read_text() == "the notes"
+    finally:
+        w.close()
