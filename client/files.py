@@ -111,9 +111,12 @@ def send_file(device: DeviceClient, relay: RelayClient, store: MailStore, contac
     """Send the file at ``path`` to ``contact`` (the device asks its owner first), or resume its send."""
     where = Path(path)
     try:
-        handle = open(where, "rb")  # noqa: SIM115 - closed below, and read from a worker thread
+        # Non-blocking: opening a FIFO (or a device) for reading may wait for a writer forever. It is refused
+        # below as not a regular file; a regular file's reads never block anyway.
+        fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise FileSendError(f"Cannot read {where}: {exc.strerror or 'unreadable'}.") from None
+    handle = os.fdopen(fd, "rb")  # closed below, and read from a worker thread
     with handle:
         st = os.fstat(handle.fileno())
         if not stat.S_ISREG(st.st_mode):
@@ -275,27 +278,75 @@ _UNSAFE = re.compile(r'[<>:"|?*\x00-\x1f\x7f]')
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
+NAME_MAX = 255  # bytes in one file name (Linux, macOS; UTF-8)
+SAVE_NAME_BYTES = NAME_MAX - len(" (9999)")  # room for unique_path's " (n)"
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    return text.encode("utf-8")[:max(limit, 0)].decode("utf-8", "ignore")
+
+
 def safe_name(name: str) -> str:
     """A received file's name made safe to save anywhere: no separators, control characters, leading dots
-    (hidden files, and this client's temporary names) or names a system reserves; at most 200 characters."""
+    (hidden files, and this client's temporary names) or names a system reserves; at most 200 characters and
+    SAVE_NAME_BYTES bytes of UTF-8 (a name the device takes may be 255 bytes, and " (1)" must still fit),
+    its extension kept."""
     name = name.replace("/", "_").replace("\\", "_")
     name = _UNSAFE.sub("_", name).strip().lstrip(".").strip()
     if name.split(".")[0].lower() in _RESERVED:
         name = "_" + name
-    if len(name) > 200:
+    if len(name) > 200 or len(name.encode("utf-8")) > SAVE_NAME_BYTES:
         stem, dot, ext = name.rpartition(".")
-        name = (stem[: 200 - len(ext) - 1] + "." + ext) if dot and len(ext) < 20 else name[:200]
+        if dot and stem and len(ext.encode("utf-8")) < 20:
+            name = _fit(stem[: 200 - len(ext) - 1], SAVE_NAME_BYTES - len(ext.encode("utf-8")) - 1) + "." + ext
+        else:
+            name = _fit(name[:200], SAVE_NAME_BYTES)
     return name or "file"
 
 
+def _taken(path: Path) -> bool:
+    """Whether ``path`` names anything (a link too); any error but "no such file" counts as taken."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _size(path: Path) -> int:
+    """The size of the regular file at ``path``; -1 if there is none."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return -1
+    return st.st_size if stat.S_ISREG(st.st_mode) else -1
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file (two links to it); False if either is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def unique_path(folder: Path, name: str) -> Path:
-    """``folder/name``, or ``name (1)``, ``name (2)``... : the first that does not exist."""
+    """``folder/name``, or ``name (1)``, ``name (2)``... : the first that does not exist (each at most
+    NAME_MAX bytes: the stem is cut to make room)."""
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:
         stem, ext = name, ""
+    suffix = "." + ext if ext else ""
     for n in range(10_000):
-        candidate = folder / (name if n == 0 else f"{stem} ({n}){'.' + ext if ext else ''}")
-        if not candidate.exists() and not candidate.is_symlink():
+        if n == 0:
+            candidate = folder / name
+        else:
+            mark = f" ({n}){suffix}"
+            candidate = folder / (_fit(stem, NAME_MAX - len(mark.encode("utf-8"))) + mark)
+        if not _taken(candidate):
             return candidate
     raise FileSaveError(f"Too many files named {name} in {folder}.")
 
@@ -365,6 +416,11 @@ class IncomingFiles:
         if record is None:  # the header was opened by a run cut before it recorded it: the device knows it
             known = self.device.call("file_info", file=file_id)
             record = self._new(str(known.get("contact", contact)), known, index)
+        if record.get("final"):  # a run cut while it named the complete, verified file
+            if not Path(record["temp"]).exists() and _size(Path(record["final"])) == int(record["size"]):
+                return self._saved(record, Path(record["final"]))  # named; only the record was left
+            if int(record["next"]) >= int(record["parts"]):
+                return self._finish(record)  # checked again, then named (the link made, if it was, is kept)
         if index < int(record["next"]):
             return self._received(record, int(record["next"]))  # given again after a cut: already saved
         if index != int(record["next"]):
@@ -416,35 +472,50 @@ class IncomingFiles:
             self._forget(file_id)
             raise FileCorrupt(f"{record['name']} from {record['contact']} does not match its size or SHA-256 "
                               "fingerprint: it was discarded.")
-        if not temp.exists():
-            temp.touch(mode=0o600)  # an empty file has no part written
-        final = self._link(temp, record)
-        self._forget(file_id)
-        return Received(file_id, str(record["name"]), size, size, str(record["contact"]), str(final),
+        try:
+            if not temp.exists():
+                temp.touch(mode=0o600)  # an empty file has no part written
+            final = self._link(temp, record)
+        except OSError as exc:  # whatever the system says, one line: the part waits on the relay
+            if exc.errno in _NO_SPACE:
+                raise DiskFull(f"No space left in {self.downloads} to save {record['name']}.") from None
+            raise FileSaveError(f"Cannot save {record['name']} in {self.downloads}: "
+                                f"{exc.strerror or type(exc).__name__}.") from None
+        return self._saved(record, final)
+
+    def _saved(self, record: dict, final: Path) -> Received:
+        self._forget(str(record["id"]))
+        size = int(record["size"])
+        return Received(str(record["id"]), str(record["name"]), size, size, str(record["contact"]), str(final),
                         str(record["sha256"]))
 
     def _link(self, temp: Path, record: dict) -> Path:
         """Give the verified file its final name: a hard link that fails rather than overwrite, then the
         temporary name goes."""
+        done = record.get("final")
+        if done and _same_file(temp, Path(done)):  # cut between the link and the unlink: it has its name
+            self._unlink_temp(temp)
+            return Path(done)
         name = safe_name(str(record["name"]))
         for _ in range(100):
             final = unique_path(self.downloads, name)
+            record["final"] = str(final)  # recorded first: a run cut after the link finds the file named
+            self._save(record)
             try:
                 os.link(temp, final)
             except FileExistsError:
                 continue  # taken meanwhile: the next free name
-            except OSError as exc:
-                if exc.errno in _NO_SPACE:
-                    raise DiskFull(f"No space left in {self.downloads} to save {record['name']}.") from None
-                raise FileSaveError(f"Cannot save {record['name']} in {self.downloads}: {exc.strerror}.") from None
-            temp.unlink()
-            dir_fd = os.open(self.downloads, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            self._unlink_temp(temp)
             return final
         raise FileSaveError(f"Cannot find a free name for {record['name']} in {self.downloads}.")
+
+    def _unlink_temp(self, temp: Path) -> None:
+        temp.unlink()
+        dir_fd = os.open(self.downloads, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def fail(self, file_id: str) -> str:
         """Discard a file that can never complete: its temporary file, its record and its key on the device.

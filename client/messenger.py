@@ -54,6 +54,7 @@ FINAL_REFUSALS = {
     "file-unknown": "tamper: a part of a file whose header never came (or that is finished) was discarded",
     "file-size": "tamper: a part of a file disagrees with the size its header announced; it was discarded",
     "file-name": "tamper: a file whose name holds a path separator or a control character was refused",
+    "file-id": "tamper: a file header reused the id of a file this device already has; it was refused",
     "file-corrupt": "tamper: a file received does not match its SHA-256 fingerprint; it was discarded",
 }
 # A message the device failed to open with an internal error this many times is set aside as refused: one package
@@ -247,12 +248,19 @@ class Messenger:
             self._fetch_ahead(cursors, messages)  # a file's parts: the next batch comes while these are opened
         result = PollResult()
         stuck: set[str] = set()
+        unsaved: ClientError | None = None
         for message in messages:
             if message.mailbox in stuck:
                 result.waiting += 1
                 continue
             try:
                 event, receipt_answer = self._open(message)
+            except (DeviceRefused, FileSaveError) as exc:
+                # A file that cannot be saved now: its part waits on the relay, and so does the rest of its
+                # mailbox (in order); other mailboxes go on. Raised once they are done.
+                stuck.add(message.mailbox)
+                unsaved = unsaved or exc
+                continue
             except DeviceDown as exc:
                 # Keep this mailbox's order: nothing after a message still waiting is opened.
                 stuck.add(message.mailbox)
@@ -272,6 +280,8 @@ class Messenger:
             result.handled += 1
         if ahead:
             self.acknowledge()  # fetched without acknowledging: the relay may now delete what is done
+        if unsaved is not None:
+            raise unsaved
         return result
 
     def _fetch_ahead(self, cursors: dict[str, int], batch: list[RelayMessage]) -> None:

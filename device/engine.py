@@ -373,16 +373,19 @@ class Device:
         if not pads and contact not in self.store.contacts():
             raise UnknownContact(f"No contact named {contact!r} on this device.")
         fitting = [p for p in pads if p.reserve_range(need) is not None]
+        if not fitting:
+            # Refused here, as the reservation would refuse it, never left to the reservation: a grant applied
+            # in between (docs/pad-lifecycle.md) would let it seal what the owner was never asked for.
+            self.store.refuse_send(contact, len(plaintext), need)
+            fitting = [p for p in self.store.pads(contact) if p.reserve_range(need) is not None]
         left_after = (fitting[0].send_left - need) if fitting else 0
-        if fitting:
-            request = ConfirmRequest(contact=contact, kind="file" if file else kind_name(kind), plaintext=plaintext,
-                                     consumes=need, left_after=left_after, file=file)
-            approved = self.confirm.ask(request)  # type: ignore[union-attr]
-            if not approved:
-                self.store.log_event("declined", contact=contact, length=len(plaintext),
-                                     detail="the owner declined or did not answer in time")
-                raise Declined()
-        # A message that cannot fit is refused by the reservation, without asking.
+        request = ConfirmRequest(contact=contact, kind="file" if file else kind_name(kind), plaintext=plaintext,
+                                 consumes=need, left_after=left_after, file=file)
+        approved = self.confirm.ask(request)  # type: ignore[union-attr]
+        if not approved:
+            self.store.log_event("declined", contact=contact, length=len(plaintext),
+                                 detail="the owner declined or did not answer in time")
+            raise Declined()
 
     # -- receiving ------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ The device does every encryption of a file, as it does of a text:
   of the parts and refuses to seal the last one unless the whole file matches the fingerprint the owner
   confirmed, so a laptop cannot get a file out under a fingerprint it does not have. It records the SHA-256
   of every part before it gives the part out: a part sealed again (a resume) must be the same bytes, since
-  a second plaintext under the same key and nonce would break the cipher.
+  a second plaintext under the same key and nonce would break the cipher. An ``--otp`` part's package is
+  kept until the file ends and given back on a repeat, so the pad spent is exactly what the owner confirmed.
 * **Receiving.** A header package opened under the pad records the file; :meth:`FileTransfers.open_part`
   opens its parts strictly in order and hands their bytes to the laptop (never the key). The part just
   given may be asked for again (the laptop may have been cut before it saved it); any earlier one is a
@@ -35,6 +36,7 @@ from onetimechat import package as fmt
 from onetimechat.crypto import equal
 from onetimechat.errors import (
     FileChanged,
+    FileIdTaken,
     FilePartDuplicate,
     FilePartOrder,
     FileSizeMismatch,
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from device.engine import Device, Packaged, Unpackaged
 
 OUT, IN = "file-out:", "file-in:"
+OTP_KEPT = "file-otp:"  # an --otp part's package, kept for a repeat: file-otp:<file_id>:<index>
 
 
 @dataclass
@@ -229,8 +232,16 @@ class FileTransfers:
                 if session.aead is None:
                     session.aead = att.stream_key(header)
                 return att.seal_part(header, session.aead, index, data), last
-            body = att.otp_part_body(header, index, data)
-        return self.device.seal(session.contact, Kind.FILE_PART, body).package, last
+            # An --otp part is sealed under the pad once: a repeat (a resume) gets the package kept for it, never
+            # fresh pad the owner did not confirm. Kept (ciphertext only) before it is given out; only a device
+            # cut between sealing and keeping it (the package never left) seals that part again.
+            name = f"{OTP_KEPT}{file_id.hex()}:{index}"
+            kept = self.device.store.setting(name)
+            if kept is not None:
+                return base64.b64decode(kept), last
+            package = self.device.seal(session.contact, Kind.FILE_PART, att.otp_part_body(header, index, data))
+            self.device.store.save_settings({name: base64.b64encode(package.package).decode()})
+            return package.package, last
 
     def _fail(self, file_id: bytes, session: _Outgoing, why: str) -> None:
         self.end(file_id, "file-changed", f"to {session.contact}: {why}; the send is ended")
@@ -242,11 +253,10 @@ class FileTransfers:
         with self._lock:
             self._out.pop(file_id, None)
             self._in.pop(file_id, None)
-            known = [p for p in (OUT, IN) if store.setting(p + file_id.hex()) is not None]
-            for prefix in known:
-                store.delete_setting(prefix + file_id.hex())
-            if event is not None:
-                store.log_event(event, detail=detail)
+            known = [p + file_id.hex() for p in (OUT, IN) if store.setting(p + file_id.hex()) is not None]
+            kept = list(store.settings_with_prefix(f"{OTP_KEPT}{file_id.hex()}:"))
+            if known or kept or event is not None:
+                store.erase_settings(known + kept, event, detail)  # the key overwritten, not just unlinked
         return bool(known)
 
     # -- receiving ------------------------------------------------------------------------------------------
@@ -260,12 +270,17 @@ class FileTransfers:
         if att.body_type(body) == att.HEADER_TYPE:
             header = att.parse_header(body)
             with self._lock:
-                if self._load(IN, header.file_id) is None:
-                    session = _Incoming(opened.contact, header)
-                    self._save_incoming(header.file_id, session, "file-receive",
-                                        f"{att.MODES[header.mode]} file of {header.size} bytes from "
-                                        f"{opened.contact}")
-                    self._in[header.file_id] = session
+                # An id this device already has, either way, is refused: a peer reusing the id of the file this
+                # device sends it (in the clear in every part) would otherwise let a garbage part under it, and
+                # the laptop's discard of "that incoming file", end this device's own send.
+                if any(self._load(prefix, header.file_id) is not None for prefix in (OUT, IN)):
+                    self.device.store.log_event("file-refused", contact=opened.contact,
+                                                detail="a file header reused the id of a file this device has")
+                    raise FileIdTaken()
+                session = _Incoming(opened.contact, header)
+                self._save_incoming(header.file_id, session, "file-receive",
+                                    f"{att.MODES[header.mode]} file of {header.size} bytes from {opened.contact}")
+                self._in[header.file_id] = session
             return replace(opened, plaintext=b"", file={**header.public(), "header": True})
         file_id, index, data = att.parse_otp_part(body)
         with self._lock:

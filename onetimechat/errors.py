@@ -101,6 +101,12 @@ class FileUnknown(PackageRefused):
     code = "file-unknown"
 
 
+class FileIdTaken(PackageRefused):
+    """File refused: its header reuses the id of a file this device is already sending or receiving."""
+
+    code = "file-id"
+
+
 class FileChanged(PackageRefused):
     """File refused: its bytes changed while it was being sent and no longer match the fingerprint confirmed."""
 

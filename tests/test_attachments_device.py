@@ -12,6 +12,9 @@ import base64
 import hashlib
 import os
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -116,8 +119,9 @@ def test_the_file_key_never_leaves_the_device(devices):
     assert key not in package
 
 
-def test_confirm_screen_shows_a_file_apart_from_a_text(tmp_path):
-    file = FileSummary("holiday photos.zip", 3_500_000, "ab" * 32, "stream")
+@contextmanager
+def file_card(file: FileSummary) -> Iterator[tuple[Any, Screen]]:
+    """The touchscreen app showing ``file`` for the owner to confirm (sending to bob), and its screen."""
     view = ConfirmView(request_id=1, contact="bob", kind="file", text=file.describe(), consumes=125,
                        left_after=32_000, deadline=5042.5, queued=0, file=file)
     app = open_app(Console("alice", "touchscreen"), monotonic=lambda: 5000.0, wall=lambda: 1.7e9)
@@ -125,6 +129,13 @@ def test_confirm_screen_shows_a_file_apart_from_a_text(tmp_path):
         screen = Screen(app)
         app.render(Snapshot(device_name="alice", lock=PinStatus(LockState.UNLOCKED), confirm_mode="touchscreen",
                             confirm=view))
+        yield app, screen
+    finally:
+        app.close()
+
+
+def test_confirm_screen_shows_a_file_apart_from_a_text(tmp_path):
+    with file_card(FileSummary("holiday photos.zip", 3_500_000, "ab" * 32, "stream")) as (app, screen):
         assert screen.texts("title") == ["Send a file to"]
         assert screen.texts("recipient") == ["bob"]
         assert screen.texts("file-badge") == ["FILE"]
@@ -140,8 +151,6 @@ def test_confirm_screen_shows_a_file_apart_from_a_text(tmp_path):
                                                 consumes=21, left_after=32_000, deadline=5042.5, queued=0)))
         assert screen.texts("title") == ["Encrypt for"] and screen.texts("file-badge") == []
         assert screen.texts("message") == ["hello"]
-    finally:
-        app.close()
 
 
 def test_a_declined_file_sends_nothing_and_spends_no_pad(devices):

@@ -80,6 +80,10 @@ def connect(path: Path, key: bytes | None, timeout: float) -> sqlite3.Connection
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
+    # What a row held is overwritten with zeros when it is deleted or rewritten, not left in a free page or a
+    # cell's free space: a file's key (its record is rewritten at every part, then deleted) must not outlive
+    # the file on the card (docs/attachments.md).
+    conn.execute("PRAGMA secure_delete = ON")
     return conn  # type: ignore[no-any-return]
 
 

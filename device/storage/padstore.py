@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -827,6 +827,22 @@ class PadStore:
                 exhausted = exc  # logged in this transaction, which commits
         raise exhausted
 
+    def refuse_send(self, contact: str, length: int, need: int) -> None:
+        """The refusal :meth:`reserve` gives a message of ``length`` bytes when no pad that can send has room
+        for ``need`` pad bytes, logged the same way, reserving nothing: for a confirmation that cannot be
+        asked (Device._confirm), so that nothing is sealed that the owner was not asked for. Returns only if
+        a pad has room now (a grant applied since the caller looked)."""
+        exhausted: PadExhausted | None = None
+        with self._transaction() as conn:
+            pads = self._pads_for_send(conn, contact)
+            if any(pad.reserve_range(need) is not None for pad in pads):
+                return
+            try:
+                self._refuse(conn, contact, length, need, pads)
+            except PadExhausted as exc:
+                exhausted = exc  # logged in this transaction, which commits
+        raise exhausted
+
     def _reserve_for(self, conn: sqlite3.Connection, contact: str, length: int) -> Reservation:
         """:meth:`reserve` inside ``conn``'s transaction; PadExhausted once it has logged it there."""
         need = fmt.segment_length(length)
@@ -837,6 +853,11 @@ class PadStore:
                 start, end = segment
                 warnings, crossed = self._reserve(conn, pad, start, end)
                 return Reservation(pad, start, end, warnings, crossed)
+        self._refuse(conn, contact, length, need, pads)
+
+    def _refuse(self, conn: sqlite3.Connection, contact: str, length: int, need: int, pads: list[PadRecord]
+                ) -> NoReturn:
+        """No pad in ``pads`` has room for ``need`` bytes: RetiredPad, or PadExhausted logged in ``conn``."""
         left = max((p.send_left for p in pads), default=0)
         if not pads and any(p.retired for p in self.pads(contact)):
             raise RetiredPad(retired_text(contact))
@@ -1570,6 +1591,17 @@ class PadStore:
     def delete_setting(self, name: str) -> None:
         with self._transaction() as conn:
             conn.execute("DELETE FROM settings WHERE name = ?", (name,))
+
+    def erase_settings(self, names: list[str], event: str | None = None, detail: str | None = None) -> None:
+        """Delete ``names`` (secrets: a file's key) in one commit, then copy the WAL into the database and empty
+        it, so that no earlier version of those rows stays on the card: the rows are zeroed where they lay
+        (``secure_delete``, on for every connection), and the WAL's old frames go with the checkpoint.
+        Best effort for the WAL: a reader still holding an older snapshot lets the next checkpoint finish it."""
+        with self._transaction() as conn:
+            conn.executemany("DELETE FROM settings WHERE name = ?", [(name,) for name in names])
+            if event is not None:
+                self._log(conn, event, detail=detail)
+        self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     @staticmethod
     def _set_setting(conn: sqlite3.Connection, name: str, value: str) -> None:

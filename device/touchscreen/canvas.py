@@ -89,10 +89,11 @@ class Canvas:
     # -- text ------------------------------------------------------------------------
 
     def text(self, text: str, pos: tuple[int, int], size: int, color: Color = TEXT, *, role: str = "text",
-             anchor: str = "topleft", width: int | None = None, min_size: int = 16) -> pygame.Rect:
-        """One line; shrunk (then cut with "…") to fit ``width`` if given."""
+             anchor: str = "topleft", width: int | None = None, min_size: int = 16, keep_end: bool = False
+             ) -> pygame.Rect:
+        """One line; shrunk (then cut with "…", in the middle with ``keep_end``) to fit ``width`` if given."""
         if width is not None:
-            text, size = fit(self.fonts, text, size, width, min_size)
+            text, size = fit(self.fonts, text, size, width, min_size, keep_end)
         else:
             text = self.fonts.visible(text)
         image = self.fonts.get(size).render(text, True, color)

@@ -509,7 +509,8 @@ def draw_file_card(c: Canvas, file: FileSummary) -> None:
     c.fill(PANEL, (x, y, w, h), radius=10)
     c.fill(ACCENT, (x + 12, y + 14, 84, 40), radius=6)
     c.text("FILE", (x + 54, y + 34), 24, BACKGROUND, anchor="center", role="file-badge")
-    c.text(file.name, (x + 110, y + 14), 32, role="file-name", width=w - 124, min_size=16)
+    # Cut in the middle if it must be: the end of the name (what opens the file) always shows.
+    c.text(file.name, (x + 110, y + 14), 32, role="file-name", width=w - 124, min_size=16, keep_end=True)
     c.text(f"{file.size:,} bytes ({human_bytes(file.size)})", (x + 12, y + 70), 26, role="file-size")
     c.text("SHA-256 fingerprint", (x + 12, y + 110), 20, MUTED, role="label")
     groups = file.fingerprint().split(" ")

@@ -131,14 +131,24 @@ class Fonts:
         return "".join(run.text for run in self.runs(text))
 
 
-def fit(fonts: Fonts, text: str, size: int, width: int, min_size: int = 16) -> tuple[str, int]:
-    """The largest size (down to ``min_size``) at which ``text`` fits ``width``; cut with "…" below that."""
+def fit(fonts: Fonts, text: str, size: int, width: int, min_size: int = 16, keep_end: bool = False
+        ) -> tuple[str, int]:
+    """The largest size (down to ``min_size``) at which ``text`` fits ``width``; cut with "…" below that: at
+    the end, or with ``keep_end`` in the middle, so that the end (a file name's extension) stays in view."""
     text = fonts.visible(text)
     while size > min_size and fonts.get(size).size(text)[0] > width:
         size -= 2
     font = fonts.get(size)
     if font.size(text)[0] <= width:
         return text, size
+    if keep_end:
+        head, tail = text[: len(text) // 2], text[len(text) // 2 :]
+        while (head or tail) and font.size(head + "…" + tail)[0] > width:
+            if len(head) >= len(tail):
+                head = head[:-1]
+            else:
+                tail = tail[1:]
+        return head + "…" + tail, size
     while text and font.size(text + "…")[0] > width:
         text = text[:-1]
     return text + "…", size
