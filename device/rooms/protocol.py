@@ -95,7 +95,7 @@ MAX_TEXT_BYTES = 64 << 10
 VALID, PENDING, UNKNOWN = "valid", "pending", "unknown"
 
 MAX_REF = (1 << 63) - 1  # the largest item ref a relay can give
-#: Contributions of later periods held aside, at most, per room; beyond, those of the latest periods go first.
+#: Contributions of later periods held aside, at most, per room; beyond, those this device can least use go first.
 MAX_HELD = 128
 #: A held contribution is dropped this long after it came: a genuine one was made once its period had begun,
 #: and no period lasts longer (device/abe/periods.py), so by then its period is over.
@@ -604,10 +604,27 @@ class RoomMember:
             record.ciphertext = None
 
     def _bound_held(self) -> None:
-        """At most MAX_HELD contributions held aside: beyond, those of the latest periods (the next period's,
-        which genuine renewals are, stay longest), the latest on the relay first, are dropped."""
+        """At most MAX_HELD contributions held aside. Beyond, first those whose period is over for this device
+        (prune_held), then those this device can least use: of a period below the newest it holds a key of
+        (junk under a past period: the lowest first), then of a period it holds no key of (the farthest first),
+        and only last those of the newest period it holds a key of (where a genuine move is); within a later
+        period, the earliest on the relay first (a flood planted ahead of the rollover goes before the move
+        that follows it)."""
+        if len(self.future) <= MAX_HELD:
+            return
+        self.prune_held()
+        newest = max(self.keys.periods_held(self.room.authority_id), default=None)
+
+        def worth(mid: bytes) -> tuple[int, int, int]:
+            r = self.future[mid]
+            if newest is None or r.period > newest:
+                return (1, -r.period, r.ref)
+            if r.period < newest:
+                return (0, r.period, -r.ref)
+            return (2, 0, r.ref)
+
         while len(self.future) > MAX_HELD:
-            self._drop_held(max(self.future, key=lambda m: (self.future[m].period, self.future[m].ref)))
+            self._drop_held(min(self.future, key=worth))
 
     def prune_held(self) -> list[bytes]:
         """Drop held contributions whose period is over: this device holds a key of that period and it has ended,
