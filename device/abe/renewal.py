@@ -435,8 +435,12 @@ class PlanChanged(AbeError):
     code = "abe-plan-changed"
 
 
-#: One renewal at a time on this device: re-planning at approval and carrying it out are not split by another.
+#: One renewal at a time on this device: re-planning at approval and carrying it out are not split by another
+#: (a thread of this process; another process on the same home is kept out by the home's RENEW_LOCK flock).
 _RENEWING = threading.Lock()
+#: The home-level lock (run/abe-renew.flock) held around the re-plan and the carry-out: `otc abe renew --home`
+#: beside the device server's approved abe_renew cannot both act on a stale plan (an outside review, abe2 D1).
+RENEW_LOCK = "abe-renew"
 
 
 class EndedRecently(AbeError):
@@ -461,7 +465,7 @@ def renew(keys: AbeKeys, plan: RenewPlan, random_bytes: Callable[[int], bytes], 
     on its pad (a member that already has a key of that period is skipped). A member whose renewal fails (its
     pad used up since the plan) is reported in ``failed`` and the others are renewed: before (an outside review)
     the first failure stopped the loop after the early end was made, and later members got nothing."""
-    with _RENEWING:
+    with _RENEWING, keys.store.home_lock(RENEW_LOCK):
         # Re-planned now, under the lock: the owner approved what the screen said, planned before the request
         # waited its turn on the screen. Another renewal approved meanwhile (one issuing a period ahead), or a
         # period begun meanwhile (the one shown as withdrawn), changes what this one would do: refused (an outside
@@ -482,6 +486,8 @@ def _carry_out(keys: AbeKeys, plan: RenewPlan, random_bytes: Callable[[int], byt
         known = {p.number: p for p in keys.periods()}
         if plan.period.number not in known and plan.period.number != max(known, default=0) + 1:
             raise AbeError("The authority's periods changed since the renewal was planned: nothing was renewed.")
+        if plan.early and plan.period.number in known:  # an early end makes its period: never one made already
+            raise PlanChanged("The authority's periods changed since the renewal was planned: nothing was renewed.")
         period = known.get(plan.period.number) or keys.next_period(plan.period.ends - plan.period.starts, now,
                                                                    early=plan.early)
         if period.number != plan.period.number:

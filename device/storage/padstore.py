@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generic, NoReturn, TypeVar
@@ -745,6 +745,11 @@ class PadStore:
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Run a read-only query outside any write transaction."""
         return self._conn().execute(sql, params).fetchall()
+
+    def home_lock(self, name: str) -> AbstractContextManager[None]:
+        """An exclusive flock on ``run/<name>.flock`` in this home: held, it serialises one kind of work across
+        every process that opens this home (the device server and `otc ... --home` beside it)."""
+        return _flocked(self.home / RUN_DIR / f"{name}.flock")
 
     def close(self) -> None:
         """Flush bookkeeping and release files and locks."""
