@@ -44,6 +44,17 @@ def _join(room, devices, names) -> None:
         devices[n].post(room, devices[n].rooms.join("ops"))
         sync_all(room, devices)
 
+def _newcomer_joins(room, players, m2, clock) -> None:
+    """m2 reads the room's history, then joins (as `otc room join` does); a few leader timeouts pass."""
+    players["m2"] = m2
+    m2.room = room
+    sync_all(room, {"m2": m2}, 1)
+    m2.post(room, m2.rooms.join("ops"))
+    for _ in range(4):
+        clock.now += 40
+        sync_all(room, players, 2)
+
+
 @pytest.mark.parametrize("plants", ["none (control)", "flood of old-period junk"])
 def test_B4_junk_under_a_past_period_does_not_shut_a_newcomer_out_of_the_running_period(four, plants):
     """After the room moved to period 2, anyone with the public key posts MAX_HELD contributions under PERIOD_1
@@ -70,13 +81,7 @@ def test_B4_junk_under_a_past_period_does_not_shut_a_newcomer_out_of_the_running
     public = decode_public_key(keys.master().public.encode())
     for _ in range(MAX_HELD if plants != "none (control)" else 0):
         m3.post(room, _plant(room, public, 1, None))
-    players["m2"] = m2
-    m2.room = room
-    sync_all(room, {"m2": m2}, 1)  # the newcomer reads the room, then joins (as `otc room join` does)
-    m2.post(room, m2.rooms.join("ops"))
-    for _ in range(4):
-        clock.now += 40
-        sync_all(room, players, 2)
+    _newcomer_joins(room, players, m2, clock)
     said(m1, "welcome m2")
     for _ in range(2):
         sync_all(room, players, 2)
@@ -127,13 +132,7 @@ def test_B2_a_flood_of_public_key_plants_ahead_of_the_rollover_does_not_evict_th
     # A roster change that does not remove m1's evicted contribution (m2 joins) does not heal the split.
     m2 = devices["m2"]
     fetch_new_renewals(m2)
-    players["m2"] = m2
-    m2.room = room
-    sync_all(room, {"m2": m2}, 1)
-    m2.post(room, m2.rooms.join("ops"))
-    for _ in range(4):
-        clock.now += 40
-        sync_all(room, players, 2)
+    _newcomer_joins(room, players, m2, clock)
     said(m1, "hello period two")
     for _ in range(3):
         clock.now += 40
