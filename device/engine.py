@@ -153,11 +153,13 @@ def spare_of(pad: PadRecord) -> int:
     return pad.send_left - fmt.segment_length(fmt.CONTROL.size)
 
 
-def seen_left(pad: PadRecord) -> int:
+def seen_left(pad: PadRecord, lost: int = 0) -> int:
     """What the peer may still have of its half of ``pad``, as far as this device has seen it use it: its half
-    (as far as this device's split bounds it) less what verified packages from it have used. A peer that says it
-    has nothing left has to spend real packages before this device believes it."""
-    return max(0, pad.recv_total - pad.recv_bytes)
+    (as far as this device's split bounds it) less what verified packages from it have used, and less ``lost``,
+    the bytes of this device's last grant if it died crossing the peer's (:meth:`PadStore.lost_grant`: the peer
+    never took them). A peer that says it has nothing left has to spend real packages before this device
+    believes it."""
+    return max(0, pad.recv_total - pad.recv_bytes - lost)
 
 
 def grant_amount(mode: str, share: int, spare: int, request: fmt.PadRequest, seen_left: int = 0) -> int:
@@ -330,7 +332,8 @@ class Device:
             return self.regrant(received.pad_id)
         except NothingToGrant:
             pass
-        amount = grant_amount(mode, share, spare, request, seen_left(pad))
+        lost = self.store.lost_grant(pad.pad_id)
+        amount = grant_amount(mode, share, spare, request, seen_left(pad, lost))
         if amount and mode == "ask":
             if self.confirm is None:
                 amount = 0  # no screen to ask on: the owner can grant with `otc device grant`
@@ -348,7 +351,7 @@ class Device:
         if not amount:
             self.store.log_event("grant-not-given", contact=received.contact, pad_id=received.pad_id,
                                  detail=f"policy {mode}: {spare} unused here, {request.left} left there"
-                                        f" ({seen_left(pad)} not seen used)")
+                                        f" ({seen_left(pad, lost)} not seen used)")
             return None
         offered = amount
 
@@ -358,7 +361,7 @@ class Device:
             # while a grant made meanwhile (by another process) is pending.
             if mode == "auto" and pending:
                 return 0
-            return min(offered, grant_amount(mode, share, spare_of(now), request, seen_left(now)))
+            return min(offered, grant_amount(mode, share, spare_of(now), request, seen_left(now, lost)))
 
         try:
             return self.grant(received.pad_id, decide)[0]

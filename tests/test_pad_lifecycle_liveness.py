@@ -1,0 +1,74 @@
+"""Moving the split after crossing grants (docs/pad-lifecycle.md, "attacks"): what each device believes of the
+other's half, and what a grant given back in part leaves given. The second outside review's liveness findings
+(C3, C5), each written as the fixed behaviour; the byte check is the independent one in lifecycle_checker."""
+from __future__ import annotations
+
+import pytest
+
+from device.engine import Device
+from device.errors import DeviceError
+from tests import lifecycle_checker as checker
+from tests.conftest import make_pair
+
+SIZE = 4096
+
+
+@pytest.fixture
+def pair(tmp_path):
+    home_a, home_b, pad_id = make_pair(tmp_path, size=SIZE)
+    a, b = Device.open(home_a), Device.open(home_b)
+    yield a, b, pad_id
+    a.close()
+    b.close()
+
+
+def crossing(a: Device, b: Device, pad_id: bytes, amount: int) -> list[bytes]:
+    """Both owners grant at once: each grant is refused by the other device (out of date)."""
+    h, _ = a.grant(pad_id, amount)
+    g, _ = b.grant(pad_id, amount)
+    assert a.unpackage(bytes(g.package)).control == "refused"
+    assert b.unpackage(bytes(h.package)).control == "refused"
+    return [bytes(h.package), bytes(g.package)]
+
+
+def test_after_crossing_grants_auto_mode_gives_again(pair):
+    """C3: after crossing, neither device counts its own dead grant as the peer's unused half, so when alice
+    has used what she can, bob's device (auto, with 1400+ bytes unused) gives her some again; no byte twice."""
+    a, b, pad_id = pair
+    sent = crossing(a, b, pad_id, 500)
+    assert b.store.lost_grant(pad_id) == 500 and a.store.lost_grant(pad_id) == 500
+    given = []
+    for _ in range(200):
+        try:
+            m = a.package("bob", b"y" * 40)
+        except DeviceError:
+            break
+        sent.append(bytes(m.package))
+        b.unpackage(bytes(m.package))
+        for c in m.control:
+            sent.append(bytes(c.package))
+            answer = b.answer_request(b.unpackage(bytes(c.package)))
+            if answer is not None:
+                given.append(answer.gives)
+                sent.append(bytes(answer.package))
+                a.unpackage(bytes(answer.package))
+        if any(given):
+            break
+    checker.assert_no_byte_twice(sent, SIZE)
+    assert any(given), "bob's device never gave alice's device pad again after the crossing"
+    assert b.store.lost_grant(pad_id) == 0  # the grant that moved the split over those bytes ends the loss
+
+
+def test_a_partial_hand_back_counts_only_the_bytes_given_back(pair):
+    """C5: alice gives 500; bob takes them and gives 100 back: alice's log says 100 came back, and the 400 bob
+    still holds unused stay counted as given and unseen."""
+    a, b, pad_id = pair
+    h, _ = a.grant(pad_id, 500)
+    assert b.unpackage(bytes(h.package)).control == "applied"
+    g, _ = b.grant(pad_id, 100)
+    assert a.unpackage(bytes(g.package)).control == "applied"
+    events = [e for e in a.store.events(20) if e.get("event") == "grant-returned"]
+    assert events and events[0]["detail"].startswith("100 bytes")
+    assert a.granted_unseen() == {pad_id: 400}
+    assert b.store.pad(pad_id).split == SIZE // 2 - 400
+    assert a.store.lost_grant(pad_id) == 0  # bob took it: not lost
