@@ -290,10 +290,17 @@ class Device:
         return _packaged(reserved, package, fmt.CONTROL.size)
 
     def granted_unseen(self) -> dict[bytes, int]:
-        """Per pad, the bytes this device gave that no package from the peer has used yet."""
+        """Per pad, the bytes this device gave that no package from the peer has used yet, but for a grant lost
+        crossing the peer's (:meth:`granted_lost`): those the peer may still take or use."""
         return {pad.pad_id: given for pad in self.store.pads()
                 if (given := sum(m["amount"] for m in self.store.split_moves(pad.pad_id)
-                                 if m["how"] == "granted" and m["seen"] is None))}
+                                 if m["how"] == "granted" and m["seen"] is None)
+                    - self.store.lost_grant(pad.pad_id))}
+
+    def granted_lost(self) -> dict[bytes, int]:
+        """Per pad, the bytes of this device's grant that died crossing the peer's (:meth:`PadStore.lost_grant`):
+        nobody's until the next grant moves the split over them; never sent again."""
+        return {pad.pad_id: lost for pad in self.store.pads() if (lost := self.store.lost_grant(pad.pad_id))}
 
     def grant_policy(self) -> tuple[str, int]:
         """(mode, share): how this device answers requests for pad."""
@@ -435,6 +442,7 @@ class Device:
         failures = self.store.tag_failures()
         alarms = []
         unseen = self.granted_unseen()
+        lost = self.granted_lost()
         for name in self.store.contacts():
             every = pads_by_contact.get(name, [])
             pads = [p for p in every if not p.retired]
@@ -442,6 +450,9 @@ class Device:
                 warnings.append(f"grant-unseen: {given} bytes this device gave {name} are not in use by {name}'s"
                                 " device yet; a grant lost on the way is sent again when that device next asks"
                                 " (unless the split has moved since: then nobody will use them)")
+            if dead := sum(lost.get(p.pad_id, 0) for p in every):
+                warnings.append(f"grant-lost: {dead} bytes this device gave {name} crossed a grant from {name}'s"
+                                " device and neither applied: they are nobody's until the next grant")
             send_total = sum(p.send_total for p in pads)
             send_left = sum(p.send_left for p in pads)
             forged = sum(failures.get(p.pad_id, 0) for p in every)
@@ -453,8 +464,10 @@ class Device:
                 "receive": {"total": sum(p.recv_total for p in pads), "used": sum(p.recv_bytes for p in pads),
                             "left": sum(p.recv_left for p in pads)},
                 "pads": [dict(p.to_dict(), tag_failures=failures.get(p.pad_id, 0),
-                              granted_unseen=unseen.get(p.pad_id, 0)) for p in every],
+                              granted_unseen=unseen.get(p.pad_id, 0), granted_lost=lost.get(p.pad_id, 0))
+                          for p in every],
                 "granted_unseen": sum(unseen.get(p.pad_id, 0) for p in every),
+                "granted_lost": sum(lost.get(p.pad_id, 0) for p in every),
                 "tag_failures": forged,
                 "forgery_alarm": alarmed,
                 "must_pair_again": bool(retired) and not pads,

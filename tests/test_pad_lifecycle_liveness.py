@@ -72,3 +72,20 @@ def test_a_partial_hand_back_counts_only_the_bytes_given_back(pair):
     assert a.granted_unseen() == {pad_id: 400}
     assert b.store.pad(pad_id).split == SIZE // 2 - 400
     assert a.store.lost_grant(pad_id) == 0  # bob took it: not lost
+
+
+def test_after_crossing_status_reports_the_dead_grant_as_lost_not_as_to_be_sent_again(pair):
+    """C2: after crossing, status does not promise a copy of the dead grant (none is ever sent: a request gets
+    no copy of it); it reports those bytes as lost, nobody's until the next grant."""
+    a, b, pad_id = pair
+    crossing(a, b, pad_id, 500)
+    status = a.status()
+    assert not any(w.startswith("grant-unseen") for w in status["warnings"])
+    lost = [w for w in status["warnings"] if w.startswith("grant-lost")]
+    assert lost and lost[0].startswith("grant-lost: 500 bytes") and "nobody's until the next grant" in lost[0]
+    contact = status["contacts"][0]
+    assert (contact["granted_unseen"], contact["granted_lost"]) == (0, 500)
+    request = b.ask("alice", 1000)
+    answer = a.answer_request(a.unpackage(bytes(request.package)))
+    # whatever the answer is, it is no copy of the dead grant (a copy gives nothing and would be refused)
+    assert answer is None or (answer.gives > 0 and b.unpackage(bytes(answer.package)).control == "applied")
