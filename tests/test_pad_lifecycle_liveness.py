@@ -7,8 +7,9 @@ import pytest
 
 from device.engine import Device
 from device.errors import DeviceError
+from onetimechat import package as fmt
 from tests import lifecycle_checker as checker
-from tests.conftest import make_pair
+from tests.conftest import make_pair, pad_bytes
 
 SIZE = 4096
 
@@ -89,3 +90,37 @@ def test_after_crossing_status_reports_the_dead_grant_as_lost_not_as_to_be_sent_
     answer = a.answer_request(a.unpackage(bytes(request.package)))
     # whatever the answer is, it is no copy of the dead grant (a copy gives nothing and would be refused)
     assert answer is None or (answer.gives > 0 and b.unpackage(bytes(answer.package)).control == "applied")
+
+
+BIG = 65536
+
+
+def test_a_peer_asking_without_using_its_grant_burns_at_most_three_copies(tmp_path):
+    """C4: a lying peer device (the attacker: it asks again and again, from its own old half, never touching
+    the bytes granted, so the grant stays unseen) gets the grant said again for at most 3 requests; after that
+    the auto policy gives nothing while the grant is pending: the granter's half costs at most 3 segments."""
+    home_a, home_b, pad_id = make_pair(tmp_path, size=BIG)
+    pad = pad_bytes(home_a, pad_id)
+    with Device.open(home_a) as a, Device.open(home_b) as b:
+        while b.store.pad(pad_id).send_left > 6000:  # bob's device talks, alice's sees it use its half
+            a.unpackage(bytes(b.package("alice", b"b" * 1000).package))
+        bob_next = b.store.pad(pad_id).send_next  # bob's unused old half lies below his pointer
+        control = fmt.segment_length(fmt.CONTROL.size)
+
+        def lie(offset: int):  # a request "0 left", sealed by the attacker on bob's side of the pad
+            request = checker.forge_request(pad, False, pad_id, offset, 10**9, 0)
+            return a.answer_request(a.unpackage(request))
+
+        first = lie(BIG // 2)
+        assert first is not None and first.gives > 0
+        before = a.store.pad(pad_id).send_left
+        answers = []
+        offset = BIG // 2 + control
+        while offset + control <= bob_next and len(answers) < 60:
+            answers.append(lie(offset))
+            offset += control
+        after = a.store.pad(pad_id).send_left
+    copies = [x for x in answers if x is not None]
+    assert len(answers) == 60 and len(copies) == 3 and all(x.gives == 0 for x in copies)
+    assert answers[3:] == [None] * 57
+    assert before - after == 3 * control

@@ -106,6 +106,9 @@ MIN_GRANT = 64  # the fewest bytes a grant gives (a grant costs its giver 34): l
 # A split epoch counts one device's grants and takings: it never comes near this honestly. A grant naming an epoch
 # at or past it is refused before it reaches SQLite's 64-bit integers (and this device's own next epoch with it).
 MAX_SPLIT_EPOCH = 1 << 62
+# The most requests one grant is said again for (:meth:`PadStore.regrant`): each copy costs the granter a
+# segment, so a peer asking again and again without using the grant burns at most this many.
+MAX_GRANT_COPIES = 3
 
 T = TypeVar("T")
 
@@ -1118,7 +1121,9 @@ class PadStore:
         made at, the split it named), when it is not in use by the peer yet and nothing changed this device's
         split since (so it is still the whole of what this device has given). It gives nothing more: a copy is
         what the first package, delayed, would be (the epoch rule makes the later of the two out of date), so
-        a relay that lost the first does not burn the bytes for good. NothingToGrant otherwise."""
+        a relay that lost the first does not burn the bytes for good. At most for :data:`MAX_GRANT_COPIES`
+        requests received since the grant (a peer asking without using it burns no more of this device's half
+        than that); NothingToGrant otherwise."""
         with self._transaction() as conn:
             pad = self._grantable(conn, pad_id)
             pending = self._pending_grant(conn, pad)
@@ -1126,6 +1131,12 @@ class PadStore:
             if pending is None or segment is None:
                 raise NothingToGrant(f"This device has no grant to {pad.contact} to send again.")
             epoch, split = pending
+            asked = conn.execute(
+                "SELECT count(*) FROM split_moves WHERE pad_id = ? AND how = 'requested' AND id >"
+                " (SELECT max(id) FROM split_moves WHERE pad_id = ? AND how = 'granted')",
+                (pad_id, pad_id)).fetchone()[0]
+            if asked > MAX_GRANT_COPIES:
+                raise NothingToGrant(f"The grant to {pad.contact} was sent again {MAX_GRANT_COPIES} times already.")
             body = fmt.grant_body(epoch, split)
             start, end = segment
             warnings, _ = self._reserve(conn, pad, start, end)
