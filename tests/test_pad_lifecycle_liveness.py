@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from device.engine import Device
-from device.errors import DeviceError
 from onetimechat import package as fmt
 from tests import lifecycle_checker as checker
 from tests.conftest import make_pair, pad_bytes
+from tests.test_pad_lifecycle_attacks import alice_talks_and_asks
 
 SIZE = 4096
 
@@ -38,25 +38,10 @@ def test_after_crossing_grants_auto_mode_gives_again(pair):
     a, b, pad_id = pair
     sent = crossing(a, b, pad_id, 500)
     assert b.store.lost_grant(pad_id) == 500 and a.store.lost_grant(pad_id) == 500
-    given = []
-    for _ in range(200):
-        try:
-            m = a.package("bob", b"y" * 40)
-        except DeviceError:
-            break
-        sent.append(bytes(m.package))
-        b.unpackage(bytes(m.package))
-        for c in m.control:
-            sent.append(bytes(c.package))
-            answer = b.answer_request(b.unpackage(bytes(c.package)))
-            if answer is not None:
-                given.append(answer.gives)
-                sent.append(bytes(answer.package))
-                a.unpackage(bytes(answer.package))
-        if any(given):
-            break
+    outcomes: list[str | None] = []
+    sent += alice_talks_and_asks(a, b, lambda grant: outcomes.append(a.unpackage(grant).control), size=40)
     checker.assert_no_byte_twice(sent, SIZE)
-    assert any(given), "bob's device never gave alice's device pad again after the crossing"
+    assert "applied" in outcomes, "bob's device never gave alice's device pad again after the crossing"
     assert b.store.lost_grant(pad_id) == 0  # the grant that moved the split over those bytes ends the loss
 
 
