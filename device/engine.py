@@ -156,8 +156,8 @@ def spare_of(pad: PadRecord) -> int:
 def seen_left(pad: PadRecord, lost: int = 0) -> int:
     """What the peer may still have of its half of ``pad``, as far as this device has seen it use it: its half
     (as far as this device's split bounds it) less what verified packages from it have used, and less ``lost``,
-    the bytes past the peer's own limit (:meth:`PadStore.not_the_peers`: after crossing grants, both refused
-    grants' bytes). A peer that says it has nothing left has to spend real packages before this device
+    the bytes of this device's last grant if it died crossing the peer's (:meth:`PadStore.lost_grant`: the peer
+    never took them). A peer that says it has nothing left has to spend real packages before this device
     believes it."""
     return max(0, pad.recv_total - pad.recv_bytes - lost)
 
@@ -339,7 +339,7 @@ class Device:
             return self.regrant(received.pad_id)
         except NothingToGrant:
             pass
-        lost = self.store.not_the_peers(pad)
+        lost = self.store.lost_grant(pad.pad_id)
         amount = grant_amount(mode, share, spare, request, seen_left(pad, lost))
         if amount and mode == "ask":
             if self.confirm is None:

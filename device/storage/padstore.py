@@ -1026,17 +1026,6 @@ class PadStore:
         the split over them, and no copy of it is ever sent (:meth:`_pending_grant`). 0 if none."""
         return self._lost_grant(self._conn(), pad_id)
 
-    def not_the_peers(self, pad: PadRecord) -> int:
-        """Bytes of the peer's half, as this device's split bounds it, that the peer cannot have: past the split
-        its latest grant named (refused ones too: its own limit moved), or else this device's lost grant
-        (:meth:`lost_grant`). What the auto policy leaves out of what the peer may still have."""
-        conn = self._conn()
-        named = conn.execute("SELECT peer_grant_split FROM pads WHERE pad_id = ?", (pad.pad_id,)).fetchone()
-        beyond = 0
-        if named is not None and named[0] is not None:
-            beyond = max(0, (named[0] - pad.split) if pad.role == INITIATOR else (pad.split - named[0]))
-        return max(beyond, self._lost_grant(conn, pad.pad_id))
-
     @staticmethod
     def _lost_grant(conn: sqlite3.Connection, pad_id: bytes) -> int:
         last = conn.execute("SELECT epoch, amount, seen FROM split_moves WHERE pad_id = ? AND how = 'granted'"
@@ -1106,8 +1095,8 @@ class PadStore:
             new = old - amount if pad.role == INITIATOR else old + amount
             body = fmt.grant_body(pad.split_epoch, new)  # made before the commit: a grant that cannot be said is none
             left, total = pad.send_left - need - amount, pad.send_total - amount
-            conn.execute("UPDATE pads SET split = ?, split_epoch = split_epoch + 1, low_level = max(low_level, ?),"
-                         " peer_grant_split = NULL WHERE pad_id = ?", (new, low_level(left, total), pad_id))
+            conn.execute("UPDATE pads SET split = ?, split_epoch = split_epoch + 1, low_level = max(low_level, ?)"
+                         " WHERE pad_id = ?", (new, low_level(left, total), pad_id))
             self._move(conn, pad_id, "granted", epoch=pad.split_epoch, old=old, new=new, amount=amount, offset=start)
             self._log(conn, "pad-granted", contact=pad.contact, pad_id=pad_id, offset=start,
                       length=fmt.CONTROL.size,
@@ -1222,9 +1211,8 @@ class PadStore:
         elif self.overlaps(conn, pad.pad_id, *gained):
             why = "it gives bytes already used"
         if control.epoch < MAX_SPLIT_EPOCH:  # whatever becomes of it, the peer's epoch is past the one it names
-            conn.execute("UPDATE pads SET peer_grant_split = CASE WHEN ? >= peer_epoch THEN ? ELSE peer_grant_split"
-                         " END, peer_epoch = max(peer_epoch, ?) WHERE pad_id = ?",
-                         (control.epoch + 1, control.split, control.epoch + 1, pad.pad_id))
+            conn.execute("UPDATE pads SET peer_epoch = max(peer_epoch, ?) WHERE pad_id = ?",
+                         (control.epoch + 1, pad.pad_id))
         if why:
             self._log(conn, "grant-refused", contact=contact, pad_id=pad.pad_id, offset=start,
                       length=fmt.CONTROL.size, detail=f"split {new} at epoch {control.epoch} refused: {why}")

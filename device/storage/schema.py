@@ -228,12 +228,6 @@ STEPS: list[str] = [
     """
     ALTER TABLE pads ADD COLUMN peer_epoch INTEGER NOT NULL DEFAULT 0;
     """,
-    # 11 -> 12: the split named in the peer's latest verified grant (applied or refused), until this device
-    # grants again (NULL): the peer's own limit, so a grant of the peer's refused in a crossing does not leave
-    # its bytes counted as the peer's (docs/pad-lifecycle.md, step 5; only the auto policy reads it).
-    """
-    ALTER TABLE pads ADD COLUMN peer_grant_split INTEGER;
-    """,
 ]
 
 LATEST = len(STEPS)
