@@ -109,3 +109,24 @@ def test_a_peer_asking_without_using_its_grant_burns_at_most_three_copies(tmp_pa
     assert len(answers) == 60 and len(copies) == 3 and all(x.gives == 0 for x in copies)
     assert answers[3:] == [None] * 57
     assert before - after == 3 * control
+
+
+def test_a_lying_peers_far_epoch_does_not_make_a_pending_grant_count_as_lost(tmp_path):
+    """A lying peer device (the attacker forges, with its own side of the pad, a grant at epoch 2^62 - 1 naming
+    a split against alice) is refused; it pushes alice's peer epoch, yet alice's pending grant does not count as
+    lost, so auto still judges bob by what he was seen to use and gives him nothing more."""
+    home_a, home_b, pad_id = make_pair(tmp_path, size=BIG)
+    pad = pad_bytes(home_a, pad_id)
+    with Device.open(home_a) as a, Device.open(home_b) as b:
+        while b.store.pad(pad_id).send_left > 6000:
+            a.unpackage(bytes(b.package("alice", b"b" * 1000).package))
+    control = fmt.segment_length(fmt.CONTROL.size)
+    with Device.open(home_a) as a:
+        first = a.answer_request(a.unpackage(checker.forge_request(pad, False, pad_id, BIG // 2, 10**9, 0)))
+        assert first is not None and first.gives > 0
+        bad = checker.forge_grant(pad, False, pad_id, BIG // 2 + control, (1 << 62) - 1, BIG // 2 + 10)
+        assert a.unpackage(bad).control == "refused"
+        assert a.store.lost_grant(pad_id) == 0
+        given = [a.answer_request(a.unpackage(checker.forge_request(pad, False, pad_id, BIG // 2 + control * i,
+                                                                    10**9, 0))) for i in range(2, 12)]
+        assert all(x is None or x.gives == 0 for x in given)

@@ -1021,8 +1021,8 @@ class PadStore:
 
     def lost_grant(self, pad_id: bytes) -> int:
         """The bytes of this device's last grant of ``pad_id`` if it died crossing a grant of the peer's: not seen
-        used, the peer granted at its epoch or past it (``peer_epoch``), and this device has applied no grant of
-        the peer's made after it. Both grants were refused: those bytes are nobody's until the next grant moves
+        used, the peer's latest grant made at that same epoch (``peer_epoch`` one past it), and this device has
+        applied no grant of the peer's made after it. Both grants were refused: those bytes are nobody's until the next grant moves
         the split over them, and no copy of it is ever sent (:meth:`_pending_grant`). 0 if none."""
         return self._lost_grant(self._conn(), pad_id)
 
@@ -1033,7 +1033,10 @@ class PadStore:
         if last is None or last[2] is not None:
             return 0
         peer_epoch = conn.execute("SELECT peer_epoch FROM pads WHERE pad_id = ?", (pad_id,)).fetchone()[0]
-        if last[0] >= peer_epoch or conn.execute(
+        # Exactly crossing: the peer granted at this grant's own epoch. A peer epoch pushed further (a lying
+        # peer's refused grant) never makes a grant count as lost, so it cannot shrink what auto believes the
+        # peer still has (docs/pad-lifecycle.md, C3).
+        if last[0] + 1 != peer_epoch or conn.execute(
                 "SELECT 1 FROM split_moves WHERE pad_id = ? AND how = 'applied' AND epoch > ?",
                 (pad_id, last[0])).fetchone():
             return 0
