@@ -1022,8 +1022,8 @@ class PadStore:
     def lost_grant(self, pad_id: bytes) -> int:
         """The bytes of this device's last grant of ``pad_id`` if it died crossing a grant of the peer's: not seen
         used, the peer's latest grant made at that same epoch (``peer_epoch`` one past it), and this device has
-        applied no grant of the peer's made after it. Both grants were refused: those bytes are nobody's until the next grant moves
-        the split over them, and no copy of it is ever sent (:meth:`_pending_grant`). 0 if none."""
+        applied no grant of the peer's made after it. Both grants were refused: those bytes are nobody's until the
+        next grant moves the split over them, and no copy of it is ever sent (:meth:`_pending_grant`). 0 if none."""
         return self._lost_grant(self._conn(), pad_id)
 
     @staticmethod
