@@ -449,6 +449,7 @@ class Device:
             if given := sum(unseen.get(p.pad_id, 0) for p in every):
                 warnings.append(f"grant-unseen: {given} bytes this device gave {name} are not in use by {name}'s"
                                 " device yet; a grant lost on the way is sent again when that device next asks"
+                                " (for up to 3 requests)"
                                 " (unless the split has moved since: then nobody will use them)")
             if dead := sum(lost.get(p.pad_id, 0) for p in every):
                 warnings.append(f"grant-lost: {dead} bytes this device gave {name} crossed a grant from {name}'s"
