@@ -153,11 +153,13 @@ def spare_of(pad: PadRecord) -> int:
     return pad.send_left - fmt.segment_length(fmt.CONTROL.size)
 
 
-def seen_left(pad: PadRecord) -> int:
+def seen_left(pad: PadRecord, lost: int = 0) -> int:
     """What the peer may still have of its half of ``pad``, as far as this device has seen it use it: its half
-    (as far as this device's split bounds it) less what verified packages from it have used. A peer that says it
-    has nothing left has to spend real packages before this device believes it."""
-    return max(0, pad.recv_total - pad.recv_bytes)
+    (as far as this device's split bounds it) less what verified packages from it have used, and less ``lost``,
+    the bytes of this device's last grant if it died crossing the peer's (:meth:`PadStore.lost_grant`: the peer
+    never took them). A peer that says it has nothing left has to spend real packages before this device
+    believes it."""
+    return max(0, pad.recv_total - pad.recv_bytes - lost)
 
 
 def grant_amount(mode: str, share: int, spare: int, request: fmt.PadRequest, seen_left: int = 0) -> int:
@@ -288,10 +290,17 @@ class Device:
         return _packaged(reserved, package, fmt.CONTROL.size)
 
     def granted_unseen(self) -> dict[bytes, int]:
-        """Per pad, the bytes this device gave that no package from the peer has used yet."""
+        """Per pad, the bytes this device gave that no package from the peer has used yet, but for a grant lost
+        crossing the peer's (:meth:`granted_lost`): those the peer may still take or use."""
         return {pad.pad_id: given for pad in self.store.pads()
                 if (given := sum(m["amount"] for m in self.store.split_moves(pad.pad_id)
-                                 if m["how"] == "granted" and m["seen"] is None))}
+                                 if m["how"] == "granted" and m["seen"] is None)
+                    - self.store.lost_grant(pad.pad_id))}
+
+    def granted_lost(self) -> dict[bytes, int]:
+        """Per pad, the bytes of this device's grant that died crossing the peer's (:meth:`PadStore.lost_grant`):
+        nobody's until the next grant moves the split over them; never sent again."""
+        return {pad.pad_id: lost for pad in self.store.pads() if (lost := self.store.lost_grant(pad.pad_id))}
 
     def grant_policy(self) -> tuple[str, int]:
         """(mode, share): how this device answers requests for pad."""
@@ -330,7 +339,8 @@ class Device:
             return self.regrant(received.pad_id)
         except NothingToGrant:
             pass
-        amount = grant_amount(mode, share, spare, request, seen_left(pad))
+        lost = self.store.lost_grant(pad.pad_id)
+        amount = grant_amount(mode, share, spare, request, seen_left(pad, lost))
         if amount and mode == "ask":
             if self.confirm is None:
                 amount = 0  # no screen to ask on: the owner can grant with `otc device grant`
@@ -348,7 +358,7 @@ class Device:
         if not amount:
             self.store.log_event("grant-not-given", contact=received.contact, pad_id=received.pad_id,
                                  detail=f"policy {mode}: {spare} unused here, {request.left} left there"
-                                        f" ({seen_left(pad)} not seen used)")
+                                        f" ({seen_left(pad, lost)} not seen used)")
             return None
         offered = amount
 
@@ -358,7 +368,7 @@ class Device:
             # while a grant made meanwhile (by another process) is pending.
             if mode == "auto" and pending:
                 return 0
-            return min(offered, grant_amount(mode, share, spare_of(now), request, seen_left(now)))
+            return min(offered, grant_amount(mode, share, spare_of(now), request, seen_left(now, lost)))
 
         try:
             return self.grant(received.pad_id, decide)[0]
@@ -432,13 +442,18 @@ class Device:
         failures = self.store.tag_failures()
         alarms = []
         unseen = self.granted_unseen()
+        lost = self.granted_lost()
         for name in self.store.contacts():
             every = pads_by_contact.get(name, [])
             pads = [p for p in every if not p.retired]
             if given := sum(unseen.get(p.pad_id, 0) for p in every):
                 warnings.append(f"grant-unseen: {given} bytes this device gave {name} are not in use by {name}'s"
                                 " device yet; a grant lost on the way is sent again when that device next asks"
+                                " (for up to 3 requests)"
                                 " (unless the split has moved since: then nobody will use them)")
+            if dead := sum(lost.get(p.pad_id, 0) for p in every):
+                warnings.append(f"grant-lost: {dead} bytes this device gave {name} crossed a grant from {name}'s"
+                                " device and neither applied: they are nobody's until the next grant")
             send_total = sum(p.send_total for p in pads)
             send_left = sum(p.send_left for p in pads)
             forged = sum(failures.get(p.pad_id, 0) for p in every)
@@ -450,8 +465,10 @@ class Device:
                 "receive": {"total": sum(p.recv_total for p in pads), "used": sum(p.recv_bytes for p in pads),
                             "left": sum(p.recv_left for p in pads)},
                 "pads": [dict(p.to_dict(), tag_failures=failures.get(p.pad_id, 0),
-                              granted_unseen=unseen.get(p.pad_id, 0)) for p in every],
+                              granted_unseen=unseen.get(p.pad_id, 0), granted_lost=lost.get(p.pad_id, 0))
+                          for p in every],
                 "granted_unseen": sum(unseen.get(p.pad_id, 0) for p in every),
+                "granted_lost": sum(lost.get(p.pad_id, 0) for p in every),
                 "tag_failures": forged,
                 "forgery_alarm": alarmed,
                 "must_pair_again": bool(retired) and not pads,

@@ -341,7 +341,7 @@ def test_a_grant_that_hands_back_a_refused_grants_bytes_clears_its_unseen_warnin
     g, _ = b.grant(pad_id, 500)  # bob: 2048 -> 2548 (crossing)
     assert a.unpackage(bytes(g.package)).control == "refused"
     assert b.unpackage(bytes(h.package)).control == "refused"
-    assert a.granted_unseen() == {pad_id: 500}
+    assert a.granted_unseen() == {} and a.granted_lost() == {pad_id: 500}  # dead in the crossing (C2)
     g2, _ = b.grant(pad_id, 300)  # bob: 2548 -> 2848, at epoch 1: it gives alice [1548, 2848)
     assert a.unpackage(bytes(g2.package)).control == "applied"
     assert a.store.pad(pad_id).split == 2848

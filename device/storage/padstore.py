@@ -106,6 +106,9 @@ MIN_GRANT = 64  # the fewest bytes a grant gives (a grant costs its giver 34): l
 # A split epoch counts one device's grants and takings: it never comes near this honestly. A grant naming an epoch
 # at or past it is refused before it reaches SQLite's 64-bit integers (and this device's own next epoch with it).
 MAX_SPLIT_EPOCH = 1 << 62
+# The most requests one grant is said again for (:meth:`PadStore.regrant`): each copy costs the granter a
+# segment, so a peer asking again and again without using the grant burns at most this many.
+MAX_GRANT_COPIES = 3
 
 T = TypeVar("T")
 
@@ -1000,17 +1003,49 @@ class PadStore:
         return warnings
 
     @staticmethod
-    def _grants_done_with(conn: sqlite3.Connection, pad_id: bytes, start: int, end: int) -> int:
+    def _grants_done_with(conn: sqlite3.Connection, pad_id: bytes, start: int, end: int, *,
+                          returned: bool = False) -> int:
         """Mark this device's unseen grants of ``pad_id`` that give any byte of ``[start, end)`` as seen: the
-        peer used those bytes, or a grant this device took gave them back to it. The bytes so marked."""
+        peer used those bytes (it sends in order: the whole grant is done with). With ``returned``, a grant this
+        device took gave ``[start, end)`` back: only the overlap is done with, so a grant given back in part
+        stays unseen for the rest (its ``amount`` becomes what the peer still holds). The bytes so marked."""
         done = 0
         for move_id, old, new, amount in conn.execute(
                 "SELECT id, old_split, new_split, amount FROM split_moves WHERE pad_id = ? AND how = 'granted'"
                 " AND seen IS NULL", (pad_id,)).fetchall():
-            if start < max(old, new) and min(old, new) < end:
+            lo, hi = max(start, min(old, new)), min(end, max(old, new))
+            if lo >= hi:
+                continue
+            back = min(amount, hi - lo) if returned else amount
+            if back < amount:
+                conn.execute("UPDATE split_moves SET amount = ? WHERE id = ?", (amount - back, move_id))
+            else:
                 conn.execute("UPDATE split_moves SET seen = ? WHERE id = ?", (time.time(), move_id))
-                done += amount
+            done += back
         return done
+
+    def lost_grant(self, pad_id: bytes) -> int:
+        """The bytes of this device's last grant of ``pad_id`` if it died crossing a grant of the peer's: not seen
+        used, the peer's latest grant made at that same epoch (``peer_epoch`` one past it), and this device has
+        applied no grant of the peer's made after it. Both grants were refused: those bytes are nobody's until the
+        next grant moves the split over them, and no copy of it is ever sent (:meth:`_pending_grant`). 0 if none."""
+        return self._lost_grant(self._conn(), pad_id)
+
+    @staticmethod
+    def _lost_grant(conn: sqlite3.Connection, pad_id: bytes) -> int:
+        last = conn.execute("SELECT epoch, amount, seen FROM split_moves WHERE pad_id = ? AND how = 'granted'"
+                            " ORDER BY id DESC LIMIT 1", (pad_id,)).fetchone()
+        if last is None or last[2] is not None:
+            return 0
+        peer_epoch = conn.execute("SELECT peer_epoch FROM pads WHERE pad_id = ?", (pad_id,)).fetchone()[0]
+        # Exactly crossing: the peer granted at this grant's own epoch. A peer epoch pushed further (a lying
+        # peer's refused grant) never makes a grant count as lost, so it cannot shrink what auto believes the
+        # peer still has (docs/pad-lifecycle.md, C3).
+        if last[0] + 1 != peer_epoch or conn.execute(
+                "SELECT 1 FROM split_moves WHERE pad_id = ? AND how = 'applied' AND epoch > ?",
+                (pad_id, last[0])).fetchone():
+            return 0
+        return int(last[1])
 
     # -- moving the split (docs/pad-lifecycle.md) ---------------------------------------------------------
     #
@@ -1094,7 +1129,9 @@ class PadStore:
         made at, the split it named), when it is not in use by the peer yet and nothing changed this device's
         split since (so it is still the whole of what this device has given). It gives nothing more: a copy is
         what the first package, delayed, would be (the epoch rule makes the later of the two out of date), so
-        a relay that lost the first does not burn the bytes for good. NothingToGrant otherwise."""
+        a relay that lost the first does not burn the bytes for good. At most for :data:`MAX_GRANT_COPIES`
+        requests received since the grant (a peer asking without using it burns no more of this device's half
+        than that); NothingToGrant otherwise."""
         with self._transaction() as conn:
             pad = self._grantable(conn, pad_id)
             pending = self._pending_grant(conn, pad)
@@ -1102,6 +1139,12 @@ class PadStore:
             if pending is None or segment is None:
                 raise NothingToGrant(f"This device has no grant to {pad.contact} to send again.")
             epoch, split = pending
+            asked = conn.execute(
+                "SELECT count(*) FROM split_moves WHERE pad_id = ? AND how = 'requested' AND id >"
+                " (SELECT max(id) FROM split_moves WHERE pad_id = ? AND how = 'granted')",
+                (pad_id, pad_id)).fetchone()[0]
+            if asked > MAX_GRANT_COPIES:
+                raise NothingToGrant(f"The grant to {pad.contact} was sent again {MAX_GRANT_COPIES} times already.")
             body = fmt.grant_body(epoch, split)
             start, end = segment
             warnings, _ = self._reserve(conn, pad, start, end)
@@ -1193,9 +1236,9 @@ class PadStore:
                   detail=f"{contact} gave {amount} bytes: split {old} -> {new}; {moved.send_left} left")
         # After crossing grants, a grant taken may hand back bytes of this device's own refused grant: they are
         # this device's to use again, no longer given and unseen.
-        if back := self._grants_done_with(conn, pad.pad_id, *gained):
+        if back := self._grants_done_with(conn, pad.pad_id, *gained, returned=True):
             self._log(conn, "grant-returned", contact=contact, pad_id=pad.pad_id, offset=start,
-                      length=fmt.CONTROL.size, detail=f"a grant of {back} bytes this device made came back with it")
+                      length=fmt.CONTROL.size, detail=f"{back} bytes of a grant this device made came back with it")
         return "applied", [f"split-moved: {contact}'s device gave {amount} bytes of pad;"
                            f" {moved.send_left} bytes are left for sending to {contact}"]
 

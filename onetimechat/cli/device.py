@@ -422,6 +422,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{label:<15} {d['used']} of {d['total']} pad bytes used, {d['left']} left ({pct:.1f}%)")
         if contact["granted_unseen"]:
             print(f"  {contact['granted_unseen']} bytes given to {contact['name']} are not in use yet")
+        if contact.get("granted_lost"):
+            print(f"  {contact['granted_lost']} bytes given to {contact['name']} crossed a grant of theirs:"
+                  " nobody's until the next grant")
         if contact["must_pair_again"]:
             print("  pad retired: it was made before package format v2; pair with this contact again")
         if contact["forgery_alarm"]:
