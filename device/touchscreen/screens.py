@@ -346,8 +346,11 @@ def draw_home(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     if ctl.notice:
         c.paragraph(ctl.notice[0], (x, 330, w, 50), 22, GOOD, role="notice")
     if snap.lock.state == LockState.UNLOCKED:
-        c.button("change-pin", "Change PIN", (x, HEIGHT - MARGIN - 72, w, 72), ctl.start_change_pin, kind="plain",
-                 size=28)
+        # Lock: the store closes and the key is forgotten until the PIN is entered again.
+        half = (w - 12) // 2
+        c.button("lock", "Lock", (x, HEIGHT - MARGIN - 72, half, 72), ctl.lock, kind="plain", size=28)
+        c.button("change-pin", "Change PIN", (x + half + 12, HEIGHT - MARGIN - 72, w - half - 12, 72),
+                 ctl.start_change_pin, kind="plain", size=28)
     else:
         c.paragraph("No PIN: this home was made without one.", (x, HEIGHT - MARGIN - 56, w, 56), 18, MUTED,
                     role="text")
