@@ -211,16 +211,17 @@ class DeviceService:
         (none begins meanwhile); None once locked, or why not (no PIN to lock with, a call or ceremony under
         way that did not end within ``wait`` seconds: nothing is closed then)."""
         if not self.lock.locked_home:
-            return "This device has no PIN: there is nothing to lock it with."
-        if self.ceremonies.busy():
-            return "A ceremony is under way: lock the device once it has ended."
+            return "No PIN: nothing to lock it with."
         with self._gate:
             if self.store is None:
                 return None  # already locked (or wiped)
             self._locking = True
             try:
                 if not self._gate.wait_for(lambda: self._in_flight == 0, timeout=wait):
-                    return "A call from a laptop is under way: try again once it has finished."
+                    return "A call is under way: lock again soon."
+                # Checked with no call in flight and none able to begin: none can arm a ceremony meanwhile.
+                if self.ceremonies.busy():
+                    return "A ceremony runs: lock after it."
                 self.flush_refusals()  # the refusals counted so far, while the store is open
                 self.device.flush_refusals()
                 with self._open_lock:

@@ -224,7 +224,7 @@ class Console:
     def lock_device(self) -> str | None:
         """Lock the device by hand (the Lock button): None once locked, or why it was not."""
         if self._lock_now is None or self.lock.status().state != LockState.UNLOCKED:
-            return "This device has no PIN: there is nothing to lock it with."
+            return "No PIN: nothing to lock it with."
         why = self._lock_now()
         self._touch()
         return why

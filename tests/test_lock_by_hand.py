@@ -166,7 +166,7 @@ def test_a_device_without_a_pin_shows_no_lock_button(tmp_path):
     service = server.app.extensions["otc"]
     console.attach(service.lock, service.panel_status, lock_now=service.lock_device)
     try:
-        assert service.lock_device() == "This device has no PIN: there is nothing to lock it with."
+        assert service.lock_device() == "No PIN: nothing to lock it with."
         assert console.lock_device() is not None and service.store is not None
         from device.touchscreen.testing import Screen, open_app
         app = open_app(console)
@@ -191,7 +191,7 @@ def test_a_lock_waits_for_the_package_in_flight_and_no_pad_byte_is_used_twice(se
 
     # A lock that cannot wait refuses and leaves everything open.
     why = served.service.lock_device(wait=0.2)
-    assert why is not None and "under way" in why
+    assert why == "A call is under way: lock again soon."
     assert served.service.store is not None
 
     # A lock that waits: no call begins meanwhile, the one in flight runs to its end, then the store closes.
@@ -229,3 +229,17 @@ def test_a_lock_waits_for_the_package_in_flight_and_no_pad_byte_is_used_twice(se
     with Device(open_home(served.home_b, write_pin(served.home_b.parent, PIN, "pin-b"))) as bob:
         got = [bob.unpackage(base64.b64decode(a[0]["package"])).plaintext for a in (first, second)]
     assert got == [b"in flight", b"after the unlock"]
+
+
+def test_a_lock_tapped_while_a_call_is_under_way_says_so_and_closes_nothing(served):
+    served.console.attach(served.service.lock, served.service.panel_status,
+                          lock_now=lambda: served.service.lock_device(wait=0.1))
+    wait_screen(served.app, "home")
+    with served.service.serving():  # a laptop's call under way
+        served.tap("lock")
+        frame = served.app.step()
+    assert frame.screen == "home" and "A call is under way: lock again soon." in " ".join(frame.text().split())
+    assert served.service.store is not None and served.client.status()["contacts"][0]["name"] == "bob"
+    served.tap("lock")
+    wait_screen(served.app, "lock")
+    assert served.service.store is None

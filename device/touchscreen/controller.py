@@ -195,9 +195,11 @@ class Controller:
 
     def lock(self) -> None:
         """The Lock button: the device closes its store and forgets its key; the lock screen follows."""
-        why = self.console.lock_device()
-        if why is not None:
-            self.notice = (why, self.monotonic() + 5.0)
+        def lock() -> None:
+            why = self.console.lock_device()
+            if why is not None:
+                self.notice = (why, self.monotonic() + 5.0)
+        self._slow("Locking…", lock)  # calls in flight end first (a few seconds at most)
 
     def start_change_pin(self) -> None:
         self.changing_pin = True

@@ -343,7 +343,9 @@ def draw_home(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     c.text("Random source", (x, y + 14), 22, MUTED, role="heading")
     c.paragraph(snap.hrng, (x, y + 44, w, 84), 22, role="hrng")
 
-    if ctl.notice:
+    if ctl.busy:
+        c.paragraph(ctl.busy, (x, 330, w, 50), 22, ACCENT, role="busy")
+    elif ctl.notice:
         c.paragraph(ctl.notice[0], (x, 330, w, 50), 22, GOOD, role="notice")
     if snap.lock.state == LockState.UNLOCKED:
         # Lock: the store closes and the key is forgotten until the PIN is entered again.
