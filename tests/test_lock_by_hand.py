@@ -7,6 +7,7 @@ real server on loopback with a PIN-locked home and a paired laptop.
 
 from __future__ import annotations
 
+import base64
 import threading
 from pathlib import Path
 
@@ -94,6 +95,15 @@ class Served:
         thread.start()
         return thread
 
+    def send_accepted(self, text: str) -> list:
+        """Send ``text`` from the laptop and tap Accept on the confirm screen: the call's answer."""
+        answers: list = []
+        thread = self.send(text, answers)
+        wait_screen(self.app, "confirm")
+        self.tap("accept")
+        step_until_done(self.app, thread)
+        return answers
+
     def close(self) -> None:
         if self.app is not None:
             self.app.close()
@@ -145,15 +155,7 @@ def test_a_tap_on_lock_seals_the_home_until_the_pin_is_tapped(served):
     served.unlock_by_taps()
     assert served.service.store is not None
     assert served.console.snapshot().device_name == "alice"
-    answers: list = []
-    thread = served.send("after the lock", answers)
-    served.app.console.changed.wait(0.01)
-    for _ in range(2000):
-        if served.app.step().screen == "confirm":
-            break
-        served.console.changed.wait(0.01)
-    served.tap("accept")
-    step_until_done(served.app, thread)
+    answers = served.send_accepted("after the lock")
     assert isinstance(answers[0], dict) and answers[0]["package"]
 
 
@@ -184,10 +186,7 @@ def test_a_lock_waits_for_the_package_in_flight_and_no_pad_byte_is_used_twice(se
     wait_screen(served.app, "home")
     first: list = []
     sending = served.send("in flight", first)
-    for _ in range(2000):
-        if served.app.step().screen == "confirm":
-            break
-        served.console.changed.wait(0.01)
+    wait_screen(served.app, "confirm")
 
     # A lock that cannot wait refuses and leaves everything open.
     why = served.service.lock_device(wait=0.2)
@@ -212,15 +211,7 @@ def test_a_lock_waits_for_the_package_in_flight_and_no_pad_byte_is_used_twice(se
     assert served.service.store is None and served.service.lock.key is None
 
     served.unlock_by_taps()
-    second: list = []
-    sending = served.send("after the unlock", second)
-    for _ in range(2000):
-        if served.app.step().screen == "confirm":
-            break
-        served.console.changed.wait(0.01)
-    served.tap("accept")
-    step_until_done(served.app, sending)
-    import base64
+    second = served.send_accepted("after the unlock")
     packages = [fmt.parse(base64.b64decode(a[0]["package"])) for a in (first, second)]
     (a0, a1), (b0, b1) = packages[0].segment, packages[1].segment
     assert a1 <= b0 or b1 <= a0  # disjoint pad ranges
