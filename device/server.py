@@ -230,6 +230,7 @@ class DeviceService:
             finally:
                 self._locking = False
         store.close()
+        store.forget_keys()
         log.info("device locked by hand")
         if self.console is not None:
             self.console.set_device_name(LOCKED_NAME)  # its name is sealed again

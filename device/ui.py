@@ -216,11 +216,6 @@ class Console:
         self._touch()
         return done
 
-    @property
-    def can_lock(self) -> bool:
-        """Whether the owner can lock the device by hand: it has a PIN, is unlocked, and knows how to lock."""
-        return self._lock_now is not None and self.lock.status().state == LockState.UNLOCKED
-
     def lock_device(self) -> str | None:
         """Lock the device by hand (the Lock button): None once locked, or why it was not."""
         if self._lock_now is None or self.lock.status().state != LockState.UNLOCKED:

@@ -8,6 +8,7 @@ real server on loopback with a PIN-locked home and a paired laptop.
 from __future__ import annotations
 
 import base64
+import gc
 import threading
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from client.errors import ClientError
 from device.engine import Device
 from device.home import open_home
 from device.server import Server, ServerConfig
-from device.storage.lock import LockState
+from device.storage.atrest import database_key
+from device.storage.lock import LockState, StoreLock
 from device.storage.padstore import PadStore
 from device.touchscreen.app import TouchscreenApp
 from device.touchscreen.fbdev import Geometry
@@ -127,6 +129,17 @@ def step_until_done(app: TouchscreenApp, thread: threading.Thread) -> None:
     raise AssertionError(f"still running, screen {app.frame.screen}")
 
 
+def fields_of(obj: object) -> list:
+    """The values an object holds by name (instances' dicts are not all objects of their own to gc)."""
+    if isinstance(obj, dict):
+        return list(obj.values())
+    try:
+        fields = vars(obj)
+    except Exception:  # noqa: BLE001 - no fields (or a proxy to nothing, as flask's globals outside a request)
+        return []
+    return list(fields.values()) if isinstance(fields, dict) else []
+
+
 def test_a_tap_on_lock_seals_the_home_until_the_pin_is_tapped(served):
     wait_screen(served.app, "home")
     assert served.client.status()["contacts"][0]["name"] == "bob"
@@ -151,6 +164,15 @@ def test_a_tap_on_lock_seals_the_home_until_the_pin_is_tapped(served):
             assert LAPTOP.encode() not in path.read_bytes(), path
     with pytest.raises(Exception):  # noqa: B017 - whatever it raises, the store does not open keyless
         PadStore(served.home).close()
+    # Nor does the running process keep a reference to the storage key or the database's key derived from it.
+    thief = StoreLock(served.home)
+    assert thief.unlock(PIN).ok
+    key = thief.key
+    assert key is not None
+    secrets = (key, database_key(key))
+    held = [type(obj).__name__ for obj in gc.get_objects() if not isinstance(obj, type)
+            and any(isinstance(v, bytes) and v is not key and v in secrets for v in fields_of(obj))]
+    assert held == []
 
     served.unlock_by_taps()
     assert served.service.store is not None
