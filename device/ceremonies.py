@@ -259,6 +259,11 @@ class CeremonyRunner:
             if record.ended is None and record.stop is not None:
                 record.stop()
 
+    def busy(self) -> bool:
+        """Whether a ceremony holds the slot now (armed, or running)."""
+        with self._lock:
+            return self._busy()
+
     def ask_owner(self, view: CeremonyView, fallback: Callable[[], bool] | None) -> bool:
         """Show ``view`` (stage "compare") and wait for the owner's answer on the device's screen, or ask
         ``fallback`` on a device without one (tty, auto)."""

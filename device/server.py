@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from device.abe.rpc import abe_methods, start_grant
@@ -45,7 +45,7 @@ from device.rooms.rpc import room_methods
 from device.storage.abe_tables import AbeTables
 from device.storage.lock import DeviceLocked, DeviceWiped, StoreLock
 from device.storage.padstore import PadStore
-from device.ui import Console, ContactView, LaptopView, LockState
+from device.ui import LOCKED_NAME, Console, ContactView, LaptopView, LockState
 from hrng.errors import HRNGError
 from hrng.mixer import pad_random
 from hrng.sources import parse_url
@@ -79,6 +79,8 @@ class BadRequest(DeviceError):
 # temporary file (the app reads the whole call into memory anyway; past 8 MiB waitress spools as before).
 # Calls whose counter is committed unsynced, to be made durable by the call's own commit (DeviceService.call).
 FOLDED_COUNTER_METHODS = frozenset({"package", "unpackage"})
+# How long locking waits for the calls in flight to finish before it refuses (the owner taps Lock again).
+LOCK_WAIT_S = 5.0
 IO_ADJUSTMENTS: dict[str, Any] = {"recv_bytes": 256 * 1024, "inbuf_overflow": 8 << 20, "outbuf_overflow": 8 << 20}
 
 
@@ -127,6 +129,10 @@ class DeviceService:
         self.console = config.console
         self._open_lock = threading.Lock()
         self.store: PadStore | None = None
+        # Calls in flight hold the store open: locking by hand lets none begin and waits for these to end.
+        self._gate = threading.Condition()
+        self._in_flight = 0
+        self._locking = False
         self.lock.on_unlock.append(self._open)
         self.lock.on_wipe.append(self._wiped)
         if not self.lock.locked_home:
@@ -198,6 +204,52 @@ class DeviceService:
             store.close()
         if self.console is not None:
             self.console.raise_alarm("wipe", "Too many wrong PINs: this device erased its pads and keys.")
+
+    def lock_device(self, wait: float = LOCK_WAIT_S) -> str | None:
+        """The owner locks the device by hand: the store closes and the key is forgotten, so the home is sealed
+        again and only health and 423 answers are served until the PIN is entered. Calls in flight finish first
+        (none begins meanwhile); None once locked, or why not (no PIN to lock with, a call or ceremony under
+        way that did not end within ``wait`` seconds: nothing is closed then)."""
+        if not self.lock.locked_home:
+            return "No PIN: nothing to lock it with."
+        with self._gate:
+            if self.store is None:
+                return None  # already locked (or wiped)
+            self._locking = True
+            try:
+                if not self._gate.wait_for(lambda: self._in_flight == 0, timeout=wait):
+                    return "A call is under way: lock again soon."
+                # Checked with no call in flight and none able to begin: none can arm a ceremony meanwhile.
+                if self.ceremonies.busy():
+                    return "A ceremony runs: lock after it."
+                self.flush_refusals()  # the refusals counted so far, while the store is open
+                self.device.flush_refusals()
+                with self._open_lock:
+                    store, self.store = self.store, None
+                self.lock.lock()
+            finally:
+                self._locking = False
+        store.close()
+        store.forget_keys()
+        log.info("device locked by hand")
+        if self.console is not None:
+            self.console.set_device_name(LOCKED_NAME)  # its name is sealed again
+        return None
+
+    @contextmanager
+    def serving(self) -> Iterator[PadStore]:
+        """Hold the open store for one call: a call begun runs to its end before a lock by hand closes it."""
+        with self._gate:
+            if self._locking:
+                raise DeviceLocked("The device is locking: enter its PIN on the device.")
+            store = self.ready()
+            self._in_flight += 1
+        try:
+            yield store
+        finally:
+            with self._gate:
+                self._in_flight -= 1
+                self._gate.notify_all()
 
     def _on_event(self, event: str, fields: dict) -> None:
         if self.console is not None and event in ALARM_EVENTS:
@@ -518,17 +570,19 @@ class DeviceService:
         read: a well formed header from a paired, unrevoked client with a counter above its last. A refusal is
         counted like any other unauthenticated one. While the device is locked, the call is read and answered
         423 as before (nothing is opened)."""
-        if self.store is None:
-            return True
         try:
-            client_id, counter = rpc.parse_request_header(head + bytes(16))  # the tag is not here yet
-        except rpc.Unauthorized:
-            why = "malformed"
-        else:
-            if self.clients.might_accept(client_id, counter):
-                return True
-            why = ("replayed or reordered" if self.clients.get(client_id) is not None
-                   else "from an unpaired or revoked client")
+            with self.serving():
+                try:
+                    client_id, counter = rpc.parse_request_header(head + bytes(16))  # the tag is not here yet
+                except rpc.Unauthorized:
+                    why = "malformed"
+                else:
+                    if self.clients.might_accept(client_id, counter):
+                        return True
+                    why = ("replayed or reordered" if self.clients.get(client_id) is not None
+                           else "from an unpaired or revoked client")
+        except (DeviceLocked, DeviceWiped):
+            return True
         self.refused_unread(why)
         return False
 
@@ -539,7 +593,14 @@ class DeviceService:
         self.refusals.defer(why)
         if self.refusals.due():
             # Not on the server's network loop: the row is a synced commit.
-            threading.Thread(target=self.flush_refusals, name="otc-refusals", daemon=True).start()
+            threading.Thread(target=self._flush_refusals_served, name="otc-refusals", daemon=True).start()
+
+    def _flush_refusals_served(self) -> None:
+        try:
+            with self.serving():
+                self.flush_refusals()
+        except (DeviceLocked, DeviceWiped):
+            pass  # counted still: written at the next flush once unlocked, or at close
 
     def call(self, body: bytes) -> bytes:
         """Authenticate, check the counter, run the method, seal the answer."""
@@ -715,8 +776,17 @@ def create_app(config: ServerConfig) -> Flask:
     @app.before_request
     def only_health_while_locked() -> Response | None:
         if request.path != "/v1/health":
-            service.ready()  # raises DeviceLocked / DeviceWiped: 423
+            # Raises DeviceLocked / DeviceWiped: 423. Held to the request's end, so a lock by hand waits for it.
+            serving = service.serving()
+            serving.__enter__()
+            g.otc_serving = serving
         return None
+
+    @app.teardown_request
+    def served(exc: BaseException | None) -> None:
+        serving = g.pop("otc_serving", None)
+        if serving is not None:
+            serving.__exit__(None, None, None)
 
     @app.get("/v1/health")
     def health() -> Response:

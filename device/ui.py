@@ -152,16 +152,19 @@ class Console:
         self._scroll: tuple[int, int] = (0, 0)  # (request id, pages the buttons asked the screen to scroll down)
         self._laptops: LaptopsProvider | None = None
         self._revoke: Callable[[str], bool] | None = None
+        self._lock_now: Callable[[], str | None] | None = None
         self.changed = threading.Event()  # set whenever something on screen changes
 
     def attach(self, lock: PinLock, status: StatusProvider, laptops: LaptopsProvider | None = None,
-               revoke: Callable[[str], bool] | None = None) -> None:
-        """Connect the console to the device's lock and status (once the device is built), and to its list of
-        paired laptops and a way to revoke one."""
+               revoke: Callable[[str], bool] | None = None,
+               lock_now: Callable[[], str | None] | None = None) -> None:
+        """Connect the console to the device's lock and status (once the device is built), to its list of
+        paired laptops and a way to revoke one, and to a way to lock the device by hand."""
         self.lock = lock
         self._status = status
         self._laptops = laptops
         self._revoke = revoke
+        self._lock_now = lock_now
         self._touch()
 
     # -- what the screens read -----------------------------------------------------
@@ -212,6 +215,14 @@ class Console:
         done = self._revoke(client_id)
         self._touch()
         return done
+
+    def lock_device(self) -> str | None:
+        """Lock the device by hand (the Lock button): None once locked, or why it was not."""
+        if self._lock_now is None or self.lock.status().state != LockState.UNLOCKED:
+            return "No PIN: nothing to lock it with."
+        why = self._lock_now()
+        self._touch()
+        return why
 
     def answer_ceremony(self, same: bool) -> bool:
         """The owner compared the pairing string: True if both screens match."""

@@ -19,7 +19,10 @@ screens on /dev/fb0 (virtio-gpu's fbdev emulation) and reads taps from
   against the ten digits drawn in its place), makes a pad with a device
   emulated here (the image taps Same), sends a message and taps Accept (the
   package reaches the relay and the other device reads the text), sends
-  another and taps Decline (the send is refused).
+  another and taps Decline (the send is refused); taps Lock (the lock screen
+  shows, a call is answered 423 "locked", health still answers), types the
+  PIN by taps and sends one more, accepted by a tap; last resets the machine
+  as a power cut (the device starts locked) and unlocks it again.
 
 The screendumps compared are saved in WORK as PNG, and their scores in
 WORK/scores.json. Secrets (the PIN, the pairing code) are never printed.
@@ -47,6 +50,7 @@ os.environ["PYGAME_HIDE_SUPPORT_PROMPT"] = "1"
 import numpy as np  # noqa: E402
 import pexpect  # noqa: E402
 import pygame  # noqa: E402
+import requests  # noqa: E402
 
 from device.touchscreen.canvas import ACCENT, BACKGROUND  # noqa: E402
 from device.touchscreen.firstboot import FirstBootApp  # noqa: E402
@@ -300,7 +304,8 @@ class Run:
             self.tap(frame, "ok", settle=0.5)
         log("name and PIN set by taps; the device is created (PIN-locked)")
 
-    def unlock(self, pin: str, timeout: float, keep: str = "locked") -> None:
+    def unlock(self, pin: str, timeout: float, keep: str = "locked",
+               while_locked: Callable[[], None] | None = None) -> None:
         # Locked, the device does not know its own name (it is sealed with the PIN).
         locked = Snapshot(device_name=LOCKED_NAME, lock=PinStatus(LockState.LOCKED), confirm_mode="touchscreen")
         ref, frame = self.ref.draw(locked)
@@ -308,6 +313,8 @@ class Run:
         shot = self.wait_for("the lock screen", ref, regions, timeout)
         first_pin = Snapshot(device_name=NAME, lock=PinStatus(LockState.NO_PIN), confirm_mode="touchscreen")
         self.keep(keep, shot, ref, regions, decoy=self.ref.draw(first_pin, prepare=_pin_stage("new", pin))[0])
+        if while_locked is not None:
+            while_locked()
         time.sleep(0.5)
         for d in pin:
             self.tap(frame, f"key-{d}", settle=0.15)
@@ -387,7 +394,36 @@ class Run:
         self.tap(frame, "back")
         log(f"a 64 KiB pad made with {PEER} (an emulated device here); Same tapped on the panel")
 
-    def confirm(self, text: str, answer: str, relay: str) -> Proc:
+    def lock(self) -> None:
+        """Tap Lock on the home screen (the panel shows it after Decline): the lock screen follows."""
+        home = Snapshot(device_name=NAME, lock=PinStatus(LockState.UNLOCKED), confirm_mode="touchscreen",
+                        contacts=(ContactView(PEER, 1, 2, 1, 2),), clients=(LAPTOP,))
+        _, frame = self.ref.draw(home)
+        time.sleep(0.5)
+        self.tap(frame, "lock")
+        log("Lock tapped on the home screen")
+
+    def refused_while_locked(self) -> None:
+        """While locked, the device answers health and nothing else: the laptop's call gets 423 "locked"."""
+        answer = requests.post(self.url + "/v1/call", data=bytes(80), timeout=30,
+                               headers={"Content-Type": "application/octet-stream"})
+        error = answer.json().get("error") if answer.headers.get("Content-Type", "").startswith("application/json") \
+            else None
+        if answer.status_code != 423 or error != "locked":
+            raise Failed(f"a call to the locked device was answered {answer.status_code} ({error})")
+        status = self.otc("client", "status", "--device", self.url, check=False)
+        if status.returncode == 0 or "locked" not in status.stderr:
+            raise Failed(f"otc client status on the locked device: rc {status.returncode}, "
+                         f"{status.stderr.strip()[-200:]}")
+        health = requests.get(self.url + "/v1/health", timeout=30).status_code
+        if health != 200:
+            raise Failed(f"health on the locked device answered {health}")
+        said = status.stderr.strip().splitlines()[-1][:120]
+        self.scores.setdefault("locked-by-tap", {})["answers_while_locked"] = {
+            "call": [answer.status_code, error], "otc client status": said, "health": health}
+        log(f"locked: a call is answered 423 locked; otc client status says: {said}; health answers 200")
+
+    def confirm(self, text: str, answer: str, relay: str, keep: str = "confirm") -> Proc:
         send = self.background(f"send-{answer}", "send", "--device", self.url, "--relay", relay, PEER, text)
         view = ConfirmView(request_id=1, contact=PEER, kind="text", text=text, consumes=0, left_after=0,
                            deadline=time.monotonic() + 60, queued=0)
@@ -396,12 +432,12 @@ class Run:
         ref, frame = self.ref.draw(snap)
         regions = regions_of(frame, ("title", "recipient", "message"), ("accept", "decline"))
         shot = self.wait_for(f"the confirm screen ({answer})", ref, regions, 120)
-        if answer == "accept":
+        if answer == "accept" and keep:
             other = ConfirmView(request_id=1, contact="pear", kind="text", text=text.replace("north", "south"),
                                 consumes=0, left_after=0, deadline=time.monotonic() + 60, queued=0)
             decoy = self.ref.draw(Snapshot(device_name=NAME, lock=PinStatus(LockState.UNLOCKED),
                                            confirm_mode="touchscreen", confirm=other))[0]
-            self.keep("confirm", shot, ref, regions, decoy)
+            self.keep(keep, shot, ref, regions, decoy)
         time.sleep(0.6)
         self.tap(frame, answer)
         return send
@@ -551,6 +587,17 @@ def main() -> int:
             raise Failed(f"otc send after Decline did not report the refusal: {out.strip()[-300:]}")
         log(f"Decline tapped: the send was refused ({out.strip().splitlines()[-1][:100]})")
         run.after("declined")
+        # Locked by hand: a tap on Lock, a call refused as locked, the PIN typed by taps, one more message.
+        run.lock()
+        run.unlock(pin, timeout=120, keep="locked-by-tap", while_locked=run.refused_while_locked)
+        log(f"[{time.monotonic() - start:.0f}s] locked by a tap and unlocked by PIN taps")
+        text = "Back at the north gate at 9, same folder."
+        send = run.confirm(text, "accept", relay_url, keep="confirm-after-unlock")
+        rc, out = send.finish(120)
+        if rc != 0:
+            raise Failed(f"otc send after the unlock failed: {out.strip()[-300:]}")
+        run.after("accepted-after-unlock")
+        log(f"[{time.monotonic() - start:.0f}s] a message sent after the unlock, accepted by a tap")
         # Power-cut and restart: the device starts locked; the PIN typed on the panel unlocks it.
         run.qmp.cmd("system_reset")
         log(f"[{time.monotonic() - start:.0f}s] reset (as a power cut); waiting for the lock screen")

@@ -222,7 +222,7 @@ def test_a_touch_begun_before_the_confirmation_appeared_does_not_answer_it(devic
     lock.unlocked = True
     console, broker, screen = device(lock=lock, wall=clock)
     screen.refresh()
-    spot = (680, 430)  # on home's Change PIN, and where Accept will be
+    spot = (730, 430)  # on home's Change PIN, and where Accept will be
     assert screen.frame.target_at(spot).name == "change-pin"
     screen.press(spot)
     screen.refresh()

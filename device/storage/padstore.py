@@ -754,6 +754,15 @@ class PadStore:
         every process that opens this home (the device server and `otc ... --home` beside it)."""
         return _flocked(self.home / RUN_DIR / f"{name}.flock")
 
+    def forget_keys(self) -> None:
+        """After close, on a lock by hand: drop this store's references to the storage key and the keys derived
+        from it, so nothing the closed store leaves behind (the engine, the registry built on it) holds them.
+        (Python cannot overwrite the bytes themselves; they are freed with their last reference.)"""
+        self._storage_key = None
+        self.secrets = None
+        self._db_key = None
+        self._names = None
+
     def close(self) -> None:
         """Flush bookkeeping and release files and locks."""
         try:

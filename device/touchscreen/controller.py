@@ -193,6 +193,14 @@ class Controller:
                     self._say(result.message)
             self._slow("Changing the PIN…", change_pin)
 
+    def lock(self) -> None:
+        """The Lock button: the device closes its store and forgets its key; the lock screen follows."""
+        def lock() -> None:
+            why = self.console.lock_device()
+            if why is not None:
+                self.notice = (why, self.monotonic() + 5.0)
+        self._slow("Locking…", lock)  # calls in flight end first (a few seconds at most)
+
     def start_change_pin(self) -> None:
         self.changing_pin = True
 

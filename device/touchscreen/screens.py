@@ -343,11 +343,17 @@ def draw_home(c: Canvas, snap: Snapshot, ctl: Controller) -> None:
     c.text("Random source", (x, y + 14), 22, MUTED, role="heading")
     c.paragraph(snap.hrng, (x, y + 44, w, 84), 22, role="hrng")
 
-    if ctl.notice:
+    if ctl.busy:
+        c.paragraph(ctl.busy, (x, 330, w, 50), 22, ACCENT, role="busy")
+    elif ctl.notice:
         c.paragraph(ctl.notice[0], (x, 330, w, 50), 22, GOOD, role="notice")
     if snap.lock.state == LockState.UNLOCKED:
-        c.button("change-pin", "Change PIN", (x, HEIGHT - MARGIN - 72, w, 72), ctl.start_change_pin, kind="plain",
-                 size=28)
+        # Lock: the store closes and the key is forgotten until the PIN is entered again.
+        # Side by side, each label whole (the column is 208 pixels wide).
+        lock_w = 64
+        c.button("lock", "Lock", (x, HEIGHT - MARGIN - 72, lock_w, 72), ctl.lock, kind="plain", size=20)
+        c.button("change-pin", "Change PIN", (x + lock_w + 8, HEIGHT - MARGIN - 72, w - lock_w - 8, 72),
+                 ctl.start_change_pin, kind="plain", size=20)
     else:
         c.paragraph("No PIN: this home was made without one.", (x, HEIGHT - MARGIN - 56, w, 56), 18, MUTED,
                     role="text")

@@ -191,7 +191,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = Server(config, host, port)
     service = server.app.extensions["otc"]
     if console is not None:
-        console.attach(service.lock, service.panel_status, service.panel_laptops, service.revoke_from_panel)
+        console.attach(service.lock, service.panel_status, service.panel_laptops, service.revoke_from_panel,
+                       service.lock_device)
     try:
         signal.signal(signal.SIGTERM, _raise_interrupt)
         # Not the name of a PIN-locked device: this line goes to the system journal, on the same SD card.
