@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.bench_sync import Counter as Syncs
+from bench.bench_sync import build_shim
 from client.errors import RemoteError
 from client.rpc import DeviceClient, pair
 from client.state import ClientState
@@ -33,21 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _shim(tmp: Path) -> Path:
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    lib = build_shim(tmp)
+    if lib is None:
         pytest.skip("no C compiler to build the sync-counting shim")
-    lib = tmp / "syncdelay.so"
-    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(lib), str(ROOT / "bench/native/syncdelay.c"),
-                    "-ldl"], check=True, timeout=120)
     return lib
-
-
-class Syncs:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def read(self) -> int:
-        return int.from_bytes(self.path.read_bytes()[:8], "little")
 
 
 @pytest.fixture
