@@ -604,7 +604,7 @@ class DeviceService:
 
     def call(self, body: bytes) -> bytes:
         """Authenticate, check the counter, run the method, seal the answer."""
-        self.ready()
+        store = self.ready()
         try:
             client_id, counter = rpc.parse_request_header(body)
         except rpc.Unauthorized:
@@ -630,7 +630,6 @@ class DeviceService:
         # a power cut could let be replayed. Other calls keep a durable counter first (what they do may not
         # all go through the store's commits).
         folded = method in FOLDED_COUNTER_METHODS
-        store = self.ready()
         if not self.clients.accept_counter(client_id, counter, durable=not folded):
             self._refused("replayed or reordered")
         try:
