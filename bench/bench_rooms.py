@@ -69,7 +69,7 @@ class Keys:
     def periods_held(self, authority_id: bytes) -> dict[int, tuple[float, float]]:
         return {self.member.period or 0: (0.0, float("inf"))}
 
-    def period_secret(self, authority_id: bytes, period: int) -> bytes | None:
+    def room_period_secret(self, authority_id: bytes, room_id: bytes, period: int) -> bytes | None:
         return None  # keys made here, without their authority's period secrets (binds with k_j alone)
 
 

@@ -35,7 +35,7 @@ class Keys:
             return {}
         return {self.member.period or 0: self.windows.get(self.member.period or 0, (0.0, float("inf")))}
 
-    def period_secret(self, authority_id: bytes, period: int) -> bytes | None:
+    def room_period_secret(self, authority_id: bytes, room_id: bytes, period: int) -> bytes | None:
         return None  # keys made by hand, without period secrets: binds with k_j alone, as before them
 
 

@@ -174,9 +174,13 @@ def test_a_grant_leaves_a_renewal_pad_that_carries_the_next_periods_key(homes):
     import sqlite3
 
     from device.abe.renewal import PAD_BYTES, RenewalPads, RenewalRefused, plan_renewal, renew
+    from device.rooms.service import DeviceRooms
     from onetimechat import package as fmt
 
     auth, member = homes
+    with PadStore(auth) as store:  # the authority's rooms: the member's key satisfies the first one's policy only
+        staff, admins = (DeviceRooms(store, None).create(name, policy).room_id  # type: ignore[arg-type]
+                         for name, policy in (("staff", "STAFF"), ("admins", "ADMIN")))
     owners = Owners({HOST: True, JOIN: True})
     issued, received = grant(auth, member, "STAFF", owners)
     assert not isinstance(issued, Exception) and not isinstance(received, Exception), (issued, received)
@@ -209,12 +213,16 @@ def test_a_grant_leaves_a_renewal_pad_that_carries_the_next_periods_key(homes):
             pads_here.open(data)
         assert sorted(k.period for k in AbeKeys(store).held()) == [1, 2]
         assert {e["event"] for e in store.events(50)} >= {"abe-renewal-forged", "abe-renewal-replay"}
-        # Each key came with its period's secret (the grant's over the ceremony, the renewal's on the pad): the
-        # member binds its room contributions of that period with it (docs/rooms.md "Period secrets").
-        got = {p: AbeKeys(store).period_secret(held.authority_id, p) for p in (1, 2, 3)}
+        # Each key came with the period's secret of each room whose policy it satisfies (the grant's over the
+        # ceremony, the renewal's on the pad), and of no other room (docs/rooms.md "Period secrets, per room").
+        got = {(r, p): AbeKeys(store).room_period_secret(held.authority_id, r, p)
+               for r in (staff, admins) for p in (1, 2, 3)}
     with PadStore(auth) as store:
-        made = {p: AbeKeys(store).period_secret_for(p) for p in (1, 2, 3)}
-    assert got[1] == made[1] and got[2] == made[2] and got[3] is None and made[1] != made[2]
+        made = {(r, p): AbeKeys(store).room_period_secret(held.authority_id, r, p)
+                for r in (staff, admins) for p in (1, 2, 3)}
+    assert got[staff, 1] == made[staff, 1] and got[staff, 2] == made[staff, 2] and made[staff, 1] != made[staff, 2]
+    assert got[staff, 3] is None and made[admins, 1] not in (None, made[staff, 1])
+    assert [got[admins, p] for p in (1, 2, 3)] == [None] * 3
     # The used bytes are gone on both devices.
     for home in (auth, member):
         with sqlite3.connect(home / "device.db") as db:

@@ -547,7 +547,7 @@ def test_a_contribution_under_a_period_still_to_come_does_not_move_the_room_earl
         def periods_held(self, authority_id):
             return dict(self.windows)
 
-        def period_secret(self, authority_id, period):
+        def room_period_secret(self, authority_id, room_id, period):
             return None
 
     w = World(attrs)

@@ -206,12 +206,13 @@ def test_room_states_are_sealed_at_rest_in_a_pin_locked_home(tmp_path):
         devices = {}
         with open_home(tmp_path / "auth", pin) as auth:
             AbeKeys(auth).become_authority()
+            room = DeviceRooms(auth, Owner()).create("ops", POLICY)
             for name in ("alice", "bob"):
                 devices[name] = Device(tmp_path / name, RelayClient(server.url), clock,
                                        store=open_home(tmp_path / name, pin))
                 grant_local(auth, devices[name].store, "STAFF,OPS")
-            room = DeviceRooms(auth, Owner()).create("ops", POLICY)
-            period_secret = AbeKeys(auth).period_secret_for(1)  # sent with the members' keys of period 1
+            # The room's secret of period 1, sent with the members' keys of period 1 (their attributes satisfy it).
+            period_secret = AbeKeys(auth).room_period_secret(room.authority_id, room.room_id, 1)
         for d in devices.values():
             d.rooms.add(Room.from_invite(room.invite()))
         for d in devices.values():
@@ -222,7 +223,7 @@ def test_room_states_are_sealed_at_rest_in_a_pin_locked_home(tmp_path):
         key = alice.epochs[alice.current_epoch].key
         assert key is not None and state["x"] and state["sig"] and state["k"]
         secrets = [key, period_secret, *(bytes.fromhex(state[k]) for k in ("x", "sig", "k"))]
-        assert AbeKeys(devices["alice"].store).period_secret(room.authority_id, 1) == period_secret
+        assert AbeKeys(devices["alice"].store).room_period_secret(room.authority_id, room.room_id, 1) == period_secret
         for d in devices.values():
             d.store.close()
         stored = b"".join(p.read_bytes() for p in (tmp_path / "alice").iterdir() if p.name.startswith("device.db"))

@@ -235,9 +235,11 @@ def grant_host(store: PadStore, wire: Wire, attributes: str | list[str], confirm
                      random_bytes=random_bytes, pending=True, period=chosen)
     RenewalPads(keys).add(pad, key.key_id, public.authority_id, member_id, "authority")
     fingerprint = grant_fingerprint(public.authority_id, key, member_id)
-    # The period's secret with the key (over the ceremony's sealed link): the member binds its room contributions
-    # of the period with it (docs/rooms.md "Period secrets"). An older member ignores the field.
-    wire.send({"t": "key", "period_secret": keys.period_secret_for(chosen.number).hex()}, key.encode())
+    # With the key (over the ceremony's sealed link), the period's secret of each room of this authority whose
+    # policy the key satisfies: the member binds and tags its room contributions of the period with it
+    # (docs/rooms.md "Period secrets, per room"). An older member ignores the field.
+    rooms = keys.room_secrets_for(chosen.number, key.all_attributes)
+    wire.send({"t": "key", "room_secrets": rooms.hex()}, key.encode())
     _finish(wire, keys, key.key_id, fingerprint, as_authority=True)
     return Granted(key_id=key.key_id, attributes=key.attributes, fingerprint=fingerprint)
 
@@ -300,8 +302,9 @@ def grant_join(store: PadStore, wire: Wire, confirm: Confirm,
         return earlier
     pad = make_pad(wire, random_bytes, "member")
     message, data = _expect(wire, "key")
-    secret = message.get("period_secret")  # from an older authority: none
-    if secret is not None and (not isinstance(secret, str) or len(secret) != 64
+    # Room secrets; from an older authority, the period's secret (then any room's is derived from it); or none.
+    secret = message.get("room_secrets", message.get("period_secret"))
+    if secret is not None and (not isinstance(secret, str) or len(secret) % 2
                                or any(c not in "0123456789abcdef" for c in secret)):
         raise CeremonyBroken("The other device broke the grant protocol.")
     try:

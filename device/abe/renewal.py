@@ -15,12 +15,14 @@ the pad), sealed under the storage key in a PIN-locked home.
 authority (the pad's initiator: R = pad[0:16], segments from offset 16
 upward; the pad has no member-to-authority direction). Its plaintext is::
 
-    "OREN" | version 3 | period (4) | starts (8, float) | ends (8, float) | member key (docs/abe.md kind 3)
-           | g2^a (G2, 96) | period secret (32)
+    "OREN" | version 4 | period (4) | starts (8, float) | ends (8, float) | member key (docs/abe.md kind 3)
+           | g2^a (G2, 96) | room secrets ("R" | n x (room id 16 | secret 32)) | their length (2)
 
-Version 3 carries the period's secret (an outside review, issue 22: room contributions that move a room to the
-period are bound with it, docs/rooms.md "Planted next-period contributions, and period secrets"); a member reads
-versions 1 and 2 too (without it).
+Version 4 carries the period's secret of each room of the authority's that its device knows and whose policy
+the key's attributes satisfy (docs/rooms.md "Period secrets, per room": a member's room contributions of the
+period are bound and tagged with it). Version 3 carried the authority's period secret itself, from which any key
+holder could derive every room's; a member still reads it (and versions 1 and 2, without any), and a member
+device of older software refuses version 4 as malformed (no pad byte used) and opens it once updated.
 
 Version 2 carries the authority's g2^a (an outside review, issue 22: it binds C0 in the consistency check), so
 a member granted before it gets it with its next renewal; the member checks it against g1^a and keeps it with
@@ -65,7 +67,7 @@ from device.abe.errors import AbeError, MalformedAbeData, Revoked, UnknownMember
 from device.abe.group import G2_BYTES, g2_decode
 from device.abe.periods import MAX_PERIOD_S, Period, when
 from device.abe.policy import period_attribute
-from device.abe.store import AbeKeys, HeldKey, renewal_for
+from device.abe.store import AbeKeys, HeldKey, check_room_secrets, renewal_for
 from device.errors import OutOfRange, Replay, UnknownPad
 from device.storage import sent_renewals
 from device.storage.padstore import RefusalBudget
@@ -80,8 +82,8 @@ PAD_BINDING = "otc abe renewal pad binding v1"
 COMMIT_LABEL = b"otc abe renewal pad commitment v1\x00"
 BODY = struct.Struct(">4sBIdd")
 BODY_MAGIC = b"OREN"
-BODY_VERSION = 3
-BODY_VERSIONS = (1, 2, 3)  # a member reads all (1: without g2^a; 2: without the period secret)
+BODY_VERSION = 4
+BODY_VERSIONS = (1, 2, 3, 4)  # a member reads all (1: without g2^a; 2: without a secret; 3: the period's secret)
 PERIOD_SECRET_BYTES = 32
 
 
@@ -203,7 +205,8 @@ class RenewalPads:
                 left.append(f"{name}: no renewal pad (granted before them, or on one machine): renew in person")
                 continue
             attributes = (*renewal_for(self.keys, device_id).attributes, period_attribute(period))
-            if self.tables.pad_room(device_id) < fmt.segment_length(renewal_length(attributes)):
+            rooms = self.keys.room_secrets_for(period, attributes)
+            if self.tables.pad_room(device_id) < fmt.segment_length(renewal_length(attributes, len(rooms))):
                 left.append(f"{name}: renewal pad used up: renew in person (a grant makes a new one)")
                 continue
             out.append((device_id, name))
@@ -226,8 +229,9 @@ class RenewalPads:
                                          how="renewal over the pad", random_bytes=random_bytes, period=period)
         public = self.keys.master().public
         assert public.g2_a is not None  # a master key always gives it
+        rooms = self.keys.room_secrets_for(period.number, key.all_attributes)
         body = (BODY.pack(BODY_MAGIC, BODY_VERSION, period.number, period.starts, period.ends) + key.encode()
-                + bytes(public.g2_a.to_compressed_bytes()) + self.keys.period_secret_for(period.number))
+                + bytes(public.g2_a.to_compressed_bytes()) + rooms + struct.pack(">H", len(rooms)))
         for pad_id in pad_ids:
             sealed = self.tables.seal_on_renewal_pad(  # reserve, build, destroy, keep: one commit, before it leaves
                 pad_id, len(body),
@@ -296,9 +300,15 @@ class RenewalPads:
                 magic, version, number, starts, ends = BODY.unpack_from(body)
                 if magic != BODY_MAGIC or version not in BODY_VERSIONS or not 0 < ends - starts <= MAX_PERIOD_S:
                     raise MalformedAbeData()
-                secret = body[len(body) - PERIOD_SECRET_BYTES:] if version >= 3 else None
-                tail = len(body) - (PERIOD_SECRET_BYTES if version >= 3 else 0)
+                if version >= 4:  # the room secrets, then their length (2)
+                    tail = len(body) - 2 - struct.unpack(">H", body[-2:])[0]
+                    secret: bytes | None = check_room_secrets(body[tail:-2])
+                else:
+                    secret = body[len(body) - PERIOD_SECRET_BYTES:] if version == 3 else None
+                    tail = len(body) - (PERIOD_SECRET_BYTES if version == 3 else 0)
                 end = tail - (G2_BYTES if version >= 2 else 0)
+                if end < BODY.size:
+                    raise MalformedAbeData()
                 key = decode_member_key(body[BODY.size:end])
                 if key.period != number:
                     raise MalformedAbeData()
@@ -336,9 +346,10 @@ def end_text(period: Period) -> str:
     return f"period {period.number}, {when(period.starts)} to {when(period.ends)}"
 
 
-def renewal_length(all_attributes: tuple[str, ...]) -> int:
-    """The body length of a renewal carrying a key of ``all_attributes`` (its period's included)."""
-    return BODY.size + MemberKey.encoded_length(all_attributes) + G2_BYTES + PERIOD_SECRET_BYTES
+def renewal_length(all_attributes: tuple[str, ...], room_secrets: int) -> int:
+    """The body length of a renewal carrying a key of ``all_attributes`` (its period's included) and
+    ``room_secrets`` bytes of room secrets."""
+    return BODY.size + MemberKey.encoded_length(all_attributes) + G2_BYTES + room_secrets + 2
 
 
 class Renewed(list[Renewal]):

@@ -47,6 +47,46 @@ from device.storage.abe_tables import AbeTables
 from device.storage.padstore import PadStore, device_id_for
 from onetimechat.crypto import derive_key, equal
 
+ROOM_ID_BYTES = 16
+ROOM_SECRET_BYTES = 32
+ROOM_SECRETS_MAGIC = b"R"  # before it, 32 bytes: the authority's period secret itself (older software)
+#: Room secrets sent with one key, at most (the authority's own rooms; a renewal carries 48 bytes each).
+MAX_ROOM_SECRETS = 256
+
+
+def room_secret(period_secret: bytes, room_id: bytes) -> bytes:
+    """A room's secret of a key period, from the authority's secret of that period (docs/rooms.md "Period
+    secrets, per room"): what a contribution of the period to that room is bound and tagged with."""
+    return derive_key(period_secret, f"otc room period secret v2 {room_id.hex()}")
+
+
+def encode_room_secrets(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """Room secrets as sent with a key and kept sealed with it: ``"R" | n x (room_id 16 | secret 32)``."""
+    return ROOM_SECRETS_MAGIC + b"".join(room_id + secret for room_id, secret in pairs)
+
+
+def check_room_secrets(data: bytes) -> bytes:
+    """``data`` if it is encoded room secrets (or, from older software, a period secret), else MalformedAbeData."""
+    pair = ROOM_ID_BYTES + ROOM_SECRET_BYTES
+    if len(data) == ROOM_SECRET_BYTES:
+        return data
+    if (data[:1] != ROOM_SECRETS_MAGIC or (len(data) - 1) % pair
+            or (len(data) - 1) // pair > MAX_ROOM_SECRETS):
+        raise MalformedAbeData("The room secrets sent with a key are malformed.")
+    return data
+
+
+def decode_room_secrets(data: bytes, room_id: bytes) -> bytes | None:
+    """The secret of ``room_id`` in what came with a key: an entry for it, or (32 bytes: a period secret from
+    older software) derived from that."""
+    if len(data) == ROOM_SECRET_BYTES:
+        return room_secret(data, room_id)
+    pair = ROOM_ID_BYTES + ROOM_SECRET_BYTES
+    for at in range(1, len(data) - pair + 1, pair):
+        if equal(data[at:at + ROOM_ID_BYTES], room_id):
+            return data[at + ROOM_ID_BYTES:at + pair]
+    return None
+
 
 def grant_fingerprint(authority_id: bytes, key: MemberKey, member_device_id: bytes) -> str:
     """What both screens show at the end of a grant: a hash of the key granted, who by and to whom."""
@@ -282,29 +322,55 @@ class AbeKeys:
             key_id=key.key_id, attributes=",".join(key.attributes),
             sealed_key=self._seal(key.encode(), b"abe key " + key.key_id), pending=pending, fingerprint=fingerprint,
             period=key.period, window=window,
-            sealed_period_secret=(self._seal(period_secret, b"abe period secret " + key.key_id)
+            # The room secrets sent with the key (or a period secret, from older software), sealed as the key is.
+            sealed_period_secret=(self._seal(check_room_secrets(period_secret), b"abe period secret " + key.key_id)
                                   if period_secret is not None and key.period is not None else None),
             detail=f"key for {', '.join(key.attributes)} from authority {public.name}")
 
-    # -- period secrets (docs/rooms.md "Period secrets") -------------------------------------------
+    # -- period secrets, per room (docs/rooms.md "Period secrets, per room") ----------------------
 
     def period_secret_for(self, period: int) -> bytes:
-        """The authority's secret of its period ``period``: derived from its master key (nothing stored), sent
-        with every key of that period (renewal, grant). Room contributions of the period are bound with it."""
+        """The authority's secret of its period ``period``: derived from its master key (nothing stored). It
+        stays on the authority's device (before per-room secrets it was sent with every key of the period): each
+        room's secret of the period is derived from it (:func:`room_secret`)."""
         master = self.master()
         return derive_key(master.encode(), f"otc room period secret v1 {master.public.authority_id.hex()} {period}")
 
-    def period_secret(self, authority_id: bytes, period: int) -> bytes | None:
-        """The secret of ``authority_id``'s period ``period`` this device holds (delivered with a key of that
-        period, not withdrawn; or derived, on the authority's own device), or None."""
+    def room_secrets_for(self, period: int, attributes: tuple[str, ...] | list[str]) -> bytes:
+        """What goes with a key of ``period`` and ``attributes`` (renewal, grant): the secret of the period of
+        every room of this authority this device knows whose policy those attributes satisfy, encoded
+        (:func:`encode_room_secrets`). A member holds a room's secret only if it could read the room."""
+        from device.storage.room_states import room_descriptors
+
+        own = self.master().public.authority_id
+        secret = self.period_secret_for(period)
+        pairs = []
+        for room in room_descriptors(self.store):
+            try:
+                room_id, authority_id = bytes.fromhex(room["room_id"]), bytes.fromhex(room["authority_id"])
+                policy = Policy.parse(room["policy"])
+            except (KeyError, TypeError, ValueError, AbeError):
+                continue  # a state this software cannot read is no room to issue for
+            if equal(authority_id, own) and len(room_id) == ROOM_ID_BYTES and policy.satisfied_by(attributes):
+                pairs.append((room_id, room_secret(secret, room_id)))
+        return encode_room_secrets(sorted(pairs)[:MAX_ROOM_SECRETS])
+
+    def room_period_secret(self, authority_id: bytes, room_id: bytes, period: int) -> bytes | None:
+        """The secret of room ``room_id`` for ``authority_id``'s period ``period`` this device holds: issued with
+        a key of that period (not withdrawn) whose attributes satisfy the room's policy; derived from the
+        period's secret a renewal or grant of older software sent (any room: the weakness per-room secrets
+        close, until the member's next renewal); or derived, on the authority's own device. None otherwise."""
         own = self._own_row()
         if own is not None and equal(own[0], authority_id):
-            return self.period_secret_for(period)
+            return room_secret(self.period_secret_for(period), room_id)
         for key in self.held():
             if equal(key.authority_id, authority_id) and key.period == period and not key.withdrawn:
                 sealed = self.tables.sealed_period_secret(key.key_id)
-                if sealed is not None:
-                    return self._open(sealed, b"abe period secret " + key.key_id)
+                if sealed is None:
+                    continue
+                found = decode_room_secrets(self._open(sealed, b"abe period secret " + key.key_id), room_id)
+                if found is not None:
+                    return found
         return None
 
     def member_keys(self, authority_id: bytes | None = None) -> list[MemberKey]:
@@ -557,7 +623,7 @@ def renew_local(authority: PadStore, member: PadStore, period: Period) -> Member
     key = auth.issue(prior.attributes, member=prior.member, member_device_id=member.device_id, how="renewal, local",
                      period=period)
     AbeKeys(member).add_member_key(public, key, window=(period.starts, period.ends),
-                                   period_secret=auth.period_secret_for(period.number))
+                                   period_secret=auth.room_secrets_for(period.number, key.all_attributes))
     return key
 
 
@@ -575,7 +641,7 @@ def grant_local(authority: PadStore, member: PadStore, attributes: str | list[st
     member_id = device_id_for(member.identity_public)
     key = auth.issue(attributes, member=member.device_name, member_device_id=member_id, how="local", period=chosen)
     AbeKeys(member).add_member_key(public, key, window=(chosen.starts, chosen.ends),
-                                   period_secret=auth.period_secret_for(chosen.number))
+                                   period_secret=auth.room_secrets_for(chosen.number, key.all_attributes))
     from device.abe.renewal import PAD_BYTES, RenewalPads
 
     pad = os.urandom(PAD_BYTES)  # one machine sees it anyway (development, tests)

@@ -111,7 +111,7 @@ class Keys(Protocol):
 
     def periods_held(self, authority_id: bytes) -> dict[int, tuple[float, float]]: ...
 
-    def period_secret(self, authority_id: bytes, period: int) -> bytes | None: ...
+    def room_period_secret(self, authority_id: bytes, room_id: bytes, period: int) -> bytes | None: ...
 
 
 @dataclass
@@ -363,13 +363,16 @@ class RoomMember:
         enc = encapsulate(public, self.policy_for(period), self.random_bytes)
         x = X25519PrivateKey.from_private_bytes(self.random_bytes(32))
         sig = Ed25519PrivateKey.from_private_bytes(self.random_bytes(32))
-        # A contribution that moves the room to a later period is bound with that period's secret, when this
-        # device holds it: only such a one can move a room (see _bound). One in the room's period is bound with
-        # k_j alone, as before period secrets, so members whose key of the period came without its secret (an
-        # authority's older software) can check it.
-        secret = self._secret(period) if period > self.period else None
-        bound = wire.period_bind_key(enc.key, secret) if secret is not None else enc.key
-        raw = wire.contribution(self.room.room_id, enc.ciphertext.encode(), bound, x, sig, name)
+        # A contribution that moves the room to a later period is bound with the room's secret of that period,
+        # when this device holds it: only such a one can move a room (see _bound). One in the room's period is
+        # bound with k_j alone, as before period secrets, so members whose key of the period came without the
+        # room's secret (an authority's older software) can check it. Either is tagged with the secret (type 9),
+        # so a member still in an earlier period holds it aside only if the tag is right (see _contribution).
+        secret = self._secret(period)
+        moving = secret if period > self.period else None
+        bound = wire.period_bind_key(enc.key, moving) if moving is not None else enc.key
+        raw = wire.contribution(self.room.room_id, enc.ciphertext.encode(), bound, x, sig, name,
+                                tag_secret=secret if name is not None else None)
         self._next, self._pending = (_raw(x), _raw(sig), enc.key), raw
         self.name, self.wanted = name, True
         return raw
@@ -522,6 +525,16 @@ class RoomMember:
             record = _Member(ref, item.x_pub, item.sig_pub, item.bind, PENDING, item.ciphertext_bytes, item.name,
                              period)
             k = None
+            secret = self._secret(period)
+            if not own and secret is not None:
+                # This device holds the room's secret of that period (its key of it has come, begun or not): a
+                # contribution not tagged with it, made from the public key alone (an outsider's, the relay's, a
+                # key holder's whose attributes do not satisfy the policy), is skipped now, never held aside, so
+                # no flood of them can push the genuine one out (docs/rooms.md "A flood of contributions ...").
+                try:
+                    wire.check_contribution_tag(item, secret)
+                except RoomItemRefused:
+                    return Event(ref, "contribution", "skipped", sender_id=short(mid))
             if not own:
                 # A later period counts only once this device's own key of it has begun: a contribution under a
                 # period still to come (anyone can make one from the public key) is held aside until then,
@@ -662,8 +675,10 @@ class RoomMember:
         return k if self._bound(k, member, strict=True) else None
 
     def _secret(self, period: int) -> bytes | None:
-        """The secret of the room authority's key period ``period`` this device holds, if any."""
-        return self.keys.period_secret(self.room.authority_id, period) if period > 0 else None
+        """This room's secret of its authority's key period ``period``, if this device holds it: the authority
+        issues it with the period's keys whose attributes satisfy the room's policy (docs/rooms.md "Period
+        secrets, per room"), so a key holder that could not read the room cannot bind or tag for it."""
+        return self.keys.room_period_secret(self.room.authority_id, self.room.room_id, period) if period > 0 else None
 
     def _bound(self, k: bytes, member: _Member, strict: bool) -> bool:
         """Whether a contribution's bind is right. Bound with its period's secret (by a maker that holds it),

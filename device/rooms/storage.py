@@ -10,13 +10,12 @@ so old pages vanish at the next checkpoint (docs/rooms.md says what that means).
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Protocol
 
-from device.storage.padstore import PadStore
+from device.storage.room_states import DeviceRoomStore
 
-PREFIX = "room:"
+__all__ = ["DeviceRoomStore", "MemoryRoomStore", "RoomStore"]
 
 
 class RoomStore(Protocol):
@@ -41,32 +40,3 @@ class MemoryRoomStore:
 
     def delete(self, room_id: bytes) -> None:
         self.rows.pop(room_id, None)
-
-
-class DeviceRoomStore:
-    """Room states in the device's store (sealed when the home is PIN-locked)."""
-
-    def __init__(self, store: PadStore) -> None:
-        self.store = store
-
-    def _context(self, room_id: bytes) -> bytes:
-        return b"room state " + room_id
-
-    def load_all(self) -> dict[bytes, dict]:
-        out = {}
-        for name, value in self.store.settings_with_prefix(PREFIX).items():
-            room_id = bytes.fromhex(name[len(PREFIX):])
-            raw = base64.b64decode(value)
-            if self.store.secrets:
-                raw = self.store.secrets.open(raw, self._context(room_id))
-            out[room_id] = json.loads(raw)
-        return out
-
-    def save(self, room_id: bytes, state: dict) -> None:
-        raw = json.dumps(state, sort_keys=True).encode()
-        if self.store.secrets:
-            raw = self.store.secrets.seal(raw, self._context(room_id))
-        self.store.save_settings({PREFIX + room_id.hex(): base64.b64encode(raw).decode()})
-
-    def delete(self, room_id: bytes) -> None:
-        self.store.delete_setting(PREFIX + room_id.hex())

@@ -15,6 +15,7 @@ strict: exact lengths, nothing trailing, the right room.
 |   |              | commit 32, mac 32, sig 64 |
 | 7 | objection (withdrawn: anyone could post one; now refused as malformed) | |
 | 8 | objection | epoch 8, leader 32, objector 32, mac 32, sig 64 |
+| 9 | tagged contribution | as 5, with tag 32 between bind and sig |
 
 A member's *id* is the hash of its contribution's bytes. ``bind`` is a MAC
 under k_j over the room and the two public keys (and, in a named
@@ -22,7 +23,14 @@ contribution, the member's display name), so a contribution's ciphertext
 cannot be reposted with someone else's keys or name (whoever decapsulates
 checks it); ``sig`` is by the contribution's own Ed25519 key over everything
 before it. Devices post named contributions (type 5); type 1 is still read
-(its member has no name and is shown by id). A distribution carries ``commit``, a hash of the epoch key
+(its member has no name and is shown by id). A device that holds the room's
+secret of its key's period (device/abe/store.py ``room_secret``, which the authority
+issues per room, with the period's keys, to members whose attributes satisfy
+the room's policy) posts a *tagged* contribution (type 9): ``tag`` is a MAC
+under that secret over everything before it, so a device holding the secret
+checks it on arrival, without decapsulating, and never holds aside a
+contribution of a later period made from the public key alone.
+A distribution carries ``commit``, a hash of the epoch key
 bound to the room, the epoch and the distributor, so each member checks that the key it unsealed is the one
 every other member will check against (a distributor cannot seal different keys to different members
 unseen); an *objection* is a member's signed statement that the distribution of an epoch did not open to
@@ -56,7 +64,7 @@ from onetimechat.crypto import derive_key, equal, mac
 
 MAGIC = b"ORM1"
 CONTRIBUTION, OLD_DISTRIBUTION, MESSAGE, LEAVE, NAMED_CONTRIBUTION = 1, 2, 3, 4, 5
-DISTRIBUTION, OLD_OBJECTION, OBJECTION = 6, 7, 8
+DISTRIBUTION, OLD_OBJECTION, OBJECTION, TAGGED_CONTRIBUTION = 6, 7, 8, 9
 ROOM_ID_BYTES = 16
 ID_BYTES = 32
 KEY_BYTES = 32
@@ -136,10 +144,16 @@ class Contribution:
     bind: bytes
     raw: bytes
     name: str = ""  # the display name a member chose (a named contribution); "" in a type-1 one
+    tag: bytes | None = None  # a tagged contribution's (type 9) MAC under the room's period secret
 
     @property
     def member_id(self) -> bytes:
         return member_id(self.raw)
+
+    @property
+    def tagged(self) -> bytes:
+        """What a tagged contribution's tag covers: everything before it."""
+        return self.raw[:-SIG_BYTES - KEY_BYTES]
 
 
 @dataclass(frozen=True)
@@ -266,22 +280,24 @@ def decode(raw: bytes, room_id: bytes) -> Item:
     if not equal(raw[5:HEADER_BYTES], room_id):
         raise MalformedRoomData("The item is for another room.")
     kind, r = raw[4], _Reader(raw)
-    if kind in (CONTRIBUTION, NAMED_CONTRIBUTION):
+    if kind in (CONTRIBUTION, NAMED_CONTRIBUTION, TAGGED_CONTRIBUTION):
         ct_bytes = r.take(r.int(4))
         x_pub, sig_pub = r.take(32), r.take(32)
         name = ""
-        if kind == NAMED_CONTRIBUTION:
+        if kind != CONTRIBUTION:
             try:
                 name = check_name(r.take(r.int(1)).decode("ascii"))
             except (UnicodeDecodeError, InvalidName):
                 raise MalformedRoomData("The room item is malformed.") from None
-        bind, _ = r.take(KEY_BYTES), r.take(SIG_BYTES)
+        bind = r.take(KEY_BYTES)
+        tag = r.take(KEY_BYTES) if kind == TAGGED_CONTRIBUTION else None
+        r.take(SIG_BYTES)
         r.end()
         try:
             ct = decode_ciphertext(ct_bytes)
         except AbeError:
             raise MalformedRoomData("The room item is malformed.") from None
-        return Contribution(room_id, ct, ct_bytes, x_pub, sig_pub, bind, raw, name)
+        return Contribution(room_id, ct, ct_bytes, x_pub, sig_pub, bind, raw, name, tag)
     if kind == DISTRIBUTION:
         epoch, sid, leader, eph = r.int(8), r.take(32), r.take(ID_BYTES), r.take(32)
         n = r.int(2)
@@ -329,24 +345,42 @@ def bind_tag(k: bytes, room_id: bytes, x_pub: bytes, sig_pub: bytes, name: str |
     return mac(derive_key(k, "otc room bind v2"), room_id, x_pub, sig_pub, name.encode("ascii"))
 
 
-def period_bind_key(k: bytes, period_secret: bytes) -> bytes:
-    """What a contribution of a key period is bound with when its maker holds the period's secret (sent by the
-    authority with every key of the period): k_j under that secret, so the bind proves both (docs/rooms.md
-    "Period secrets"). Pass it as ``k`` to :func:`contribution` and :func:`bind_tag`; K_abe still uses k_j."""
-    return mac(derive_key(period_secret, "otc room period bind v1"), k)
+def period_bind_key(k: bytes, secret: bytes) -> bytes:
+    """What a contribution of a key period is bound with when its maker holds the room's secret of the period
+    (device/abe/store.py ``room_secret``): k_j under that secret, so the bind proves both (docs/rooms.md "Period
+    secrets"). Pass it as ``k`` to :func:`contribution` and :func:`bind_tag`; K_abe still uses k_j."""
+    return mac(derive_key(secret, "otc room period bind v1"), k)
+
+
+def contribution_tag(secret: bytes, tagged: bytes) -> bytes:
+    """A tagged contribution's tag: a MAC under the room's period secret over everything before it (checked
+    on arrival by a device that holds the secret, before anything is held aside or decapsulated)."""
+    return mac(derive_key(secret, "otc room period tag v1"), tagged)
+
+
+def check_contribution_tag(item: Contribution, secret: bytes) -> None:
+    """RoomItemRefused unless ``item`` is a tagged contribution whose tag is right under ``secret``."""
+    if item.tag is None or not equal(contribution_tag(secret, item.tagged), item.tag):
+        raise RoomItemRefused()
 
 
 def contribution(room_id: bytes, ciphertext: bytes, k: bytes, x_key: X25519PrivateKey,
-                 sig_key: Ed25519PrivateKey, name: str | None = None) -> bytes:
-    """A contribution; with ``name`` (a display name), a named one (type 5), whose bind covers the name."""
+                 sig_key: Ed25519PrivateKey, name: str | None = None, tag_secret: bytes | None = None) -> bytes:
+    """A contribution; with ``name`` (a display name), a named one (type 5), whose bind covers the name; with
+    ``tag_secret`` too (the room's secret of the contribution's period), a tagged one (type 9)."""
     x_pub, sig_pub = _raw_public(x_key), _raw_public(sig_key)
     head = struct.pack(">I", len(ciphertext)) + ciphertext + x_pub + sig_pub
     if name is None:
+        if tag_secret is not None:
+            raise ValueError("a tagged contribution is a named one")
         body = _header(CONTRIBUTION, room_id) + head
     else:
         raw_name = check_name(name).encode("ascii")
-        body = _header(NAMED_CONTRIBUTION, room_id) + head + bytes([len(raw_name)]) + raw_name
+        kind = NAMED_CONTRIBUTION if tag_secret is None else TAGGED_CONTRIBUTION
+        body = _header(kind, room_id) + head + bytes([len(raw_name)]) + raw_name
     body += bind_tag(k, room_id, x_pub, sig_pub, name)
+    if tag_secret is not None:
+        body += contribution_tag(tag_secret, body)
     return body + sig_key.sign(body)
 
 
