@@ -147,6 +147,9 @@ class _Member:
     name: str = ""  # the display name in its (signed, bound) contribution; "" for an unnamed one
     period: int = 0  # the key period its ciphertext is under (0: none)
     held_at: float = 0.0  # when it was held aside (a contribution of a later period only)
+    #: The item's bytes while it is held aside untagged-checked (this device held no room secret of its period
+    #: then): its tag is checked once this device holds the secret (RoomMember._untag_held).
+    raw: bytes | None = None
 
 
 @dataclass
@@ -366,13 +369,16 @@ class RoomMember:
         # A contribution that moves the room to a later period is bound with the room's secret of that period,
         # when this device holds it: only such a one can move a room (see _bound). One in the room's period is
         # bound with k_j alone, as before period secrets, so members whose key of the period came without the
-        # room's secret (an authority's older software) can check it. Either is tagged with the secret (type 9),
-        # so a member still in an earlier period holds it aside only if the tag is right (see _contribution).
+        # room's secret (an authority's older software) can check it. In a period the room tags (every key of it
+        # was issued with the room's secret), it is tagged with the secret too (type 9): see _tag_ok.
         secret = self._secret(period)
         moving = secret if period > self.period else None
         bound = wire.period_bind_key(enc.key, moving) if moving is not None else enc.key
-        raw = wire.contribution(self.room.room_id, enc.ciphertext.encode(), bound, x, sig, name,
-                                tag_secret=secret if name is not None else None)
+        tag = secret if self.room.tagged(period) else None
+        if self.room.tagged(period) and (secret is None or name is None):
+            raise RoomError(f"This device's key of period {period} came without the room's secret (its authority "
+                            "did not know the room then, or runs older software): ask the authority to renew it.")
+        raw = wire.contribution(self.room.room_id, enc.ciphertext.encode(), bound, x, sig, name, tag_secret=tag)
         self._next, self._pending = (_raw(x), _raw(sig), enc.key), raw
         self.name, self.wanted = name, True
         return raw
@@ -521,20 +527,17 @@ class RoomMember:
         if mid in self.members or mid in self.future or item.ciphertext_bytes in self.ciphertexts:
             return Event(ref, "contribution", "ignored", sender_id=short(mid))
         own = self._pending is not None and equal(wire.member_id(self._pending), mid)
+        tagged = self._tag_ok(item, period)
+        if tagged is False and not own:
+            # In a period the room tags, a contribution without the room's secret's tag (made from the public key
+            # alone: an outsider's, the relay's, or a key holder's whose attributes do not satisfy the policy) is
+            # skipped on arrival by every member holding the secret: never held aside, so no flood of them pushes
+            # a genuine one out, and it takes no roster slot (docs/rooms.md "A flood of contributions ...").
+            return Event(ref, "contribution", "skipped", sender_id=short(mid))
         if period > self.period:
             record = _Member(ref, item.x_pub, item.sig_pub, item.bind, PENDING, item.ciphertext_bytes, item.name,
                              period)
             k = None
-            secret = self._secret(period)
-            if not own and secret is not None:
-                # This device holds the room's secret of that period (its key of it has come, begun or not): a
-                # contribution not tagged with it, made from the public key alone (an outsider's, the relay's, a
-                # key holder's whose attributes do not satisfy the policy), is skipped now, never held aside, so
-                # no flood of them can push the genuine one out (docs/rooms.md "A flood of contributions ...").
-                try:
-                    wire.check_contribution_tag(item, secret)
-                except RoomItemRefused:
-                    return Event(ref, "contribution", "skipped", sender_id=short(mid))
             if not own:
                 # A later period counts only once this device's own key of it has begun: a contribution under a
                 # period still to come (anyone can make one from the public key) is held aside until then,
@@ -546,6 +549,8 @@ class RoomMember:
                     return Event(ref, "contribution", "skipped", sender_id=short(mid))
                 if k is False:  # undecidable here (no key of that period yet): held aside
                     record.held_at = self.clock()
+                    if tagged is None and self.room.tagged(period):  # its tag checked once the secret is here
+                        record.raw = item.raw
                     self.future[mid] = record
                     self.ciphertexts.add(item.ciphertext_bytes)
                     self._bound_held()
@@ -585,6 +590,7 @@ class RoomMember:
         the room came), the held contributions of that period are checked first, in relay order, and the room
         moves at the earliest genuine one's ref: what came on the relay after it (a revoked member's messages
         under the old period) is judged against that move, not against this device's later contribution."""
+        self._untag_held()
         if not self.future or not self.joined:
             return
         usable = self.usable_period()
@@ -603,6 +609,34 @@ class RoomMember:
             record.status = VALID
             self._ks[mid] = k
             return
+
+    def _tag_ok(self, item: wire.Contribution, period: int) -> bool | None:
+        """Whether a contribution of ``period`` carries the tag the room requires (True also when the room does
+        not tag that period), or None when this device cannot tell (it holds no room secret of that period: no
+        key of it yet). Every member holding the secret decides alike: the authority issued it with every key of
+        a period the room tags (Room.tagged_from)."""
+        if not self.room.tagged(period):
+            return True
+        secret = self._secret(period)
+        if secret is None:
+            return None
+        try:
+            wire.check_contribution_tag(item, secret)
+        except RoomItemRefused:
+            return False
+        return True
+
+    def _untag_held(self) -> None:
+        """Held contributions whose tag this device could not check when they came (no room secret of their
+        period then) and now can: dropped if it is wrong, as on arrival."""
+        for mid, record in list(self.future.items()):
+            if record.raw is None or self._secret(record.period) is None:
+                continue
+            item = wire.decode(record.raw, self.room.room_id)
+            assert isinstance(item, wire.Contribution)
+            record.raw = None
+            if not self._tag_ok(item, record.period):
+                self._unlist(self.future.pop(mid))
 
     def _drop_held(self, mid: bytes) -> None:
         self._unlist(self.future.pop(mid))
@@ -625,6 +659,7 @@ class RoomMember:
         that follows it)."""
         if len(self.future) <= MAX_HELD:
             return
+        self._untag_held()
         self.prune_held()
         newest = max(self.keys.periods_held(self.room.authority_id), default=None)
 
@@ -643,6 +678,7 @@ class RoomMember:
         """Drop held contributions whose period is over: this device holds a key of that period and it has ended,
         or a key of a later one that has begun (periods follow each other), or the contribution is older than any
         period lasts. Their ciphertexts are forgotten too (a replay is held again, and bounded again)."""
+        self._untag_held()
         if not self.future:
             return []
         now = self.clock()
@@ -705,6 +741,7 @@ class RoomMember:
             pending, following, name, wanted = self._pending, self._next, self.name, self.wanted
             self._forget_membership()
             self._pending, self._next, self.name, self.wanted = pending, following, name, wanted
+        self._untag_held()
         self.period = period
         self.moves[period] = ref
         self._drop_stale_pending()
@@ -1007,15 +1044,18 @@ class RoomMember:
 
 def _row(mid: bytes, r: _Member) -> list:
     return [mid.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status,
-            r.ciphertext.hex() if r.ciphertext is not None else None, r.name, r.period, r.held_at]
+            r.ciphertext.hex() if r.ciphertext is not None else None, r.name, r.period, r.held_at,
+            r.raw.hex() if r.raw is not None else None]
 
 
 def _from_row(row: list) -> tuple[bytes, _Member]:
-    m, ref, x_pub, sig_pub, bind, status, ct, *rest = row  # a name since issue 22, then a period, then held_at
-    name, period, held_at = (rest + ["", 0, None][len(rest):])[:3]
+    # A name since issue 22, then a period, then held_at, then the raw item of one held before its tag was checked.
+    m, ref, x_pub, sig_pub, bind, status, ct, *rest = row
+    name, period, held_at, raw = (rest + ["", 0, None, None][len(rest):])[:4]
     return bytes.fromhex(m), _Member(ref, bytes.fromhex(x_pub), bytes.fromhex(sig_pub), bytes.fromhex(bind), status,
                                      bytes.fromhex(ct) if ct is not None else None, name, period,
-                                     time.time() if held_at is None else held_at)
+                                     time.time() if held_at is None else held_at,
+                                     bytes.fromhex(raw) if raw is not None else None)
 
 
 def _raw(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:

@@ -54,7 +54,12 @@ class DeviceRooms:
         public = self.keys.master().public
         parsed = Policy.parse(policy)
         check_unreserved(parsed.rows, "a room's policy")
-        room = Room(os.urandom(ROOM_ID_BYTES), check_name(name), parsed, public.name, public.authority_id)
+        # Contributions must be tagged with the room's period secret from the period after the newest this
+        # authority has issued keys of: every key of it is issued now that the room exists, with the room's secret
+        # (docs/rooms.md "Period secrets, per room").
+        tagged_from = max((p.number for p in self.keys.periods()), default=0) + 1
+        room = Room(os.urandom(ROOM_ID_BYTES), check_name(name), parsed, public.name, public.authority_id,
+                    tagged_from)
         return self.add(room)
 
     def add(self, room: Room) -> Room:

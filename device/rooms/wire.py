@@ -88,15 +88,31 @@ class Room:
     policy: Policy
     authority: str
     authority_id: bytes
+    #: The first key period whose contributions must be tagged with the room's period secret (type 9): the
+    #: period after the newest its authority had issued keys of when it made the room, so every key of it came
+    #: with the room's secret (docs/rooms.md "Period secrets, per room"). None: a room from before tags.
+    tagged_from: int | None = None
 
     def to_dict(self) -> dict:
-        return {"room_id": self.room_id.hex(), "name": self.name, "policy": self.policy.text,
-                "authority": self.authority, "authority_id": self.authority_id.hex()}
+        out: dict = {"room_id": self.room_id.hex(), "name": self.name, "policy": self.policy.text,
+                     "authority": self.authority, "authority_id": self.authority_id.hex()}
+        if self.tagged_from is not None:
+            out["tagged_from"] = self.tagged_from
+        return out
+
+    def tagged(self, period: int) -> bool:
+        """Whether contributions of key ``period`` to this room must carry the room's period tag."""
+        return self.tagged_from is not None and period >= self.tagged_from
 
     @classmethod
     def from_dict(cls, data: object) -> Room:
-        if not isinstance(data, dict) or set(data) != {"room_id", "name", "policy", "authority", "authority_id"}:
-            raise MalformedRoomData("A room descriptor has room_id, name, policy, authority and authority_id.")
+        fields = {"room_id", "name", "policy", "authority", "authority_id"}
+        if not isinstance(data, dict) or set(data) not in (fields, fields | {"tagged_from"}):
+            raise MalformedRoomData("A room descriptor has room_id, name, policy, authority and authority_id (and "
+                                    "tagged_from).")
+        tagged_from = data.get("tagged_from")
+        if tagged_from is not None and (type(tagged_from) is not int or not 1 <= tagged_from < 1 << 31):
+            raise MalformedRoomData("The room descriptor is malformed.")
         try:
             room_id, authority_id = bytes.fromhex(data["room_id"]), bytes.fromhex(data["authority_id"])
             name, authority = check_name(data["name"]), check_name(data["authority"])
@@ -105,7 +121,7 @@ class Room:
             raise MalformedRoomData("The room descriptor is malformed.") from None
         if len(room_id) != ROOM_ID_BYTES or len(authority_id) != 16:
             raise MalformedRoomData("The room descriptor is malformed.")
-        return cls(room_id, name, policy, authority, authority_id)
+        return cls(room_id, name, policy, authority, authority_id, tagged_from)
 
     @property
     def mailbox(self) -> str:
