@@ -45,9 +45,12 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   moves the room to that period once this member can tell it is genuine
   (it decapsulates it with a key of that period, or it is its own), and
   until then is held aside (so a contribution under a period nobody holds
-  keys for changes nothing); a device that holds the period's secret (sent
-  by the authority with the period's keys) takes only one bound with it as
-  genuine (see :meth:`RoomMember._bound`). Moving drops every contribution of the earlier
+  keys for changes nothing); a device that holds the room's secret of the
+  period (sent by the authority with the period's keys that satisfy the
+  room's policy) takes only one bound with it as genuine (see
+  :meth:`RoomMember._bound`), and in a period the room tags
+  (``Room.tagged_from``) skips one without the secret's tag on arrival, never
+  holding it aside (:meth:`RoomMember._tag_ok`). Moving drops every contribution of the earlier
   period from the roster (a new epoch begins), and a member whose device
   holds a key of the new period re-contributes by itself. A member without
   such a key (revoked: not renewed) is left out: it cannot decapsulate the
@@ -722,7 +725,7 @@ class RoomMember:
         an authority from before period secrets). ``strict`` for a contribution of a later period than the
         room's, held aside or moving it: one made from the public key alone (an outsider's, a relay's, a revoked
         member's under a period it holds no key of) then counts for nothing: it neither moves the room (and so
-        hides no old-period message as late) nor takes a roster slot (docs/rooms.md "Period secrets")."""
+        hides no old-period message as late) nor takes a roster slot (docs/rooms.md "Period secrets, per room")."""
         def tag(key: bytes) -> bytes:
             return wire.bind_tag(key, self.room.room_id, member.x_pub, member.sig_pub, member.name or None)
 

@@ -134,7 +134,7 @@ class AbeTables:
             (key_id, authority_id, attributes, sealed_key, time.time(), int(not pending), fingerprint,
              period, window[0] if window else None, window[1] if window else None),
         )
-        if sealed_period_secret is not None:  # with the key, in its commit (docs/rooms.md "Period secrets")
+        if sealed_period_secret is not None:  # with the key, in its commit (docs/rooms.md "Period secrets, per room")
             self.store._set_setting(conn, PERIOD_SECRET_PREFIX + key_id.hex(),
                                     base64.b64encode(sealed_period_secret).decode())
         self.store._log(conn, "abe-key-received", detail=detail)
