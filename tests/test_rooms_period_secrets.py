@@ -34,6 +34,7 @@ from device.abe.renewal import plan_renewal, renew
 from device.abe.scheme import encapsulate
 from device.abe.store import AbeKeys
 from device.rooms.service import DeviceRooms
+from device.storage.padstore import PadStore
 from tests.test_rooms_e2e import Owner, fetch_new_renewals, four, said, sync_all  # noqa: F401 (fixture)
 
 # -- the attacker's own encoder (docs/rooms.md "Items") -------------------------------------------------------
@@ -219,3 +220,39 @@ def test_a_flood_posted_after_the_genuine_move_does_not_evict_it(four, flood):
     assert r1.status()["keyed"] and r4.status()["keyed"]
     assert r4.period == 2 and r4.status()["epoch_members"] == r1.status()["epoch_members"] == 2
     assert "hello period two" in m4.read
+
+
+# -- older software ----------------------------------------------------------------------------------------------
+
+
+def test_what_older_software_sent_and_made_still_works(tmp_path):
+    """A key that came with the authority's period secret itself (renewal version 3, the grant's period_secret)
+    still gives each room's secret, derived as docs/rooms.md says; an invite without tagged_from (a room made
+    before tags) is read and tags nothing; one with it round-trips."""
+    from device.abe.encoding import decode_public_key
+    from device.rooms.wire import Room
+    from device.storage.padstore import device_id_for
+
+    auth, member = (PadStore.init(tmp_path / n, n) for n in ("auth", "member"))
+    try:
+        keys = AbeKeys(auth)
+        keys.become_authority()
+        period = keys.period_for_grant(None)
+        key = keys.issue("STAFF", member="member", member_device_id=device_id_for(member.identity_public),
+                         how="local", period=period)
+        old_secret = keys.period_secret_for(period.number)
+        AbeKeys(member).add_member_key(decode_public_key(keys.master().public.encode()), key,
+                                       window=(period.starts, period.ends), period_secret=old_secret)
+        room_id = os.urandom(16)
+        got = AbeKeys(member).room_period_secret(keys.master().public.authority_id, room_id, period.number)
+        assert got == _room_secret(old_secret, room_id) != old_secret
+        made = DeviceRooms(auth, Owner()).create("ops", "STAFF")
+        assert made.tagged_from == period.number + 1  # keys of the running period came before the room
+        described = made.to_dict()
+        old = Room.from_dict({k: v for k, v in described.items() if k != "tagged_from"})
+        assert old.tagged_from is None and not old.tagged(period.number + 5)
+        assert Room.from_invite(made.invite()) == made and made.tagged(period.number + 1)
+        assert not made.tagged(period.number)
+    finally:
+        auth.close()
+        member.close()

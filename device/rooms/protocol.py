@@ -452,7 +452,10 @@ class RoomMember:
         if self.wanted and self._pending is None:
             usable = self.usable_period()
             mine = self.members[self.me].period if self.me is not None else None
-            if usable is not None and usable >= self.period and (mine is None or usable > mine):
+            # Not in a period the room tags without the room's secret (its key came without it): `room join` says
+            # why; here, at every sync, it would only fail again.
+            if (usable is not None and usable >= self.period and (mine is None or usable > mine)
+                    and (not self.room.tagged(usable) or self._secret(usable) is not None)):
                 out.append(self._contribute(self.name))
         self.prune_held()
         return out + self._distribute() + self._object()
