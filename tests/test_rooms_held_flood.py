@@ -44,6 +44,47 @@ def _join(room, devices, names) -> None:
         devices[n].post(room, devices[n].rooms.join("ops"))
         sync_all(room, devices)
 
+def renew_everyone_a_day_before(four, openers):
+    """The authority renews every member for period 2 a day before it (at the test's clock); the devices
+    ``openers`` open their renewals. The authority's keys and period 1."""
+    _, _, clock, auth = four
+    keys = AbeKeys(auth)
+    first = keys.periods()[0]
+    clock.now = first.ends - DAY_S
+    _post_renewals(openers[0], renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now))
+    for d in openers:
+        assert fetch_new_renewals(d) == [2]
+    return keys, first
+
+
+class Behind:
+    """A device's clock, ``offset`` seconds behind the test's (a Pi has no real clock)."""
+
+    def __init__(self, clock) -> None:
+        self.clock, self.offset = clock, 0.0
+
+    def __call__(self) -> float:
+        return self.clock.now - self.offset
+
+
+def rollover_with_m4_behind(four, before_renewal=lambda: None):
+    """m1 and m4 join (then ``before_renewal()``); everyone is renewed for period 2 a day before it, and m1 and
+    m4 open their renewals; at the rollover m4's clock is a minute behind, and m1 moves first (its period-2
+    contribution is posted; m4 has not synced). The players and the authority's keys."""
+    room, devices, clock, auth = four
+    m1, m4 = devices["m1"], devices["m4"]
+    behind = Behind(clock)
+    m4.rooms = DeviceRooms(m4.store, m4.owner, clock=behind)
+    players = {"m1": m1, "m4": m4}
+    _join(room, players, ("m1", "m4"))
+    before_renewal()
+    keys, first = renew_everyone_a_day_before(four, (m1, m4))
+    behind.offset = 60.0
+    clock.now = first.ends + 30  # period 2 has begun for m1, not yet for m4 (30 s to go, on its clock)
+    sync_all(room, {"m1": m1}, 2)  # m1 moves, posts its period-2 contribution
+    return players, keys
+
+
 def _newcomer_joins(room, players, m2, clock) -> None:
     """m2 reads the room's history, then joins (as `otc room join` does); a few leader timeouts pass."""
     players["m2"] = m2
@@ -68,12 +109,7 @@ def test_B4_junk_under_a_past_period_does_not_shut_a_newcomer_out_of_the_running
     m1, m2, m3, m4 = (devices[n] for n in ("m1", "m2", "m3", "m4"))
     players = {"m1": m1, "m4": m4}
     _join(room, players, ("m1", "m4"))
-    keys = AbeKeys(auth)
-    first = keys.periods()[0]
-    clock.now = first.ends - DAY_S
-    _post_renewals(m1, renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now))
-    for d in (m1, m2, m4):
-        assert fetch_new_renewals(d) == [2]
+    keys, first = renew_everyone_a_day_before(four, (m1, m2, m4))
     clock.now = first.ends + 5
     for _ in range(3):
         sync_all(room, players, 2)
@@ -100,30 +136,14 @@ def test_B2_a_flood_of_public_key_plants_ahead_of_the_rollover_does_not_evict_th
 
     room, devices, clock, auth = four
     m1, m3, m4 = devices["m1"], devices["m3"], devices["m4"]
+    public = decode_public_key(AbeKeys(auth).master().public.encode())
 
-    class Behind:
-        offset = 0.0
+    def plant() -> None:
+        for _ in range(MAX_HELD if plants == "flood" else 0):
+            m3.post(room, _plant(room, public, 2, None))  # no key needed at all
+        sync_all(room, {"m1": m1, "m4": m4}, 1)
 
-        def __call__(self) -> float:
-            return clock.now - self.offset
-
-    behind = Behind()
-    m4.rooms = DeviceRooms(m4.store, m4.owner, clock=behind)
-    players = {"m1": m1, "m4": m4}
-    _join(room, players, ("m1", "m4"))
-    keys = AbeKeys(auth)
-    public = decode_public_key(keys.master().public.encode())
-    for _ in range(MAX_HELD if plants == "flood" else 0):
-        m3.post(room, _plant(room, public, 2, None))  # no key needed at all
-    sync_all(room, players, 1)
-    first = keys.periods()[0]
-    clock.now = first.ends - DAY_S
-    _post_renewals(m1, renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now))
-    for d in (m1, m4):
-        assert fetch_new_renewals(d) == [2]
-    behind.offset = 60.0
-    clock.now = first.ends + 30  # period 2 has begun for m1, not yet for m4 (30 s before, on its clock)
-    sync_all(room, {"m1": m1}, 2)  # m1 moves, posts its period-2 contribution
+    players, _ = rollover_with_m4_behind(four, plant)
     sync_all(room, {"m4": m4}, 1)  # m4 sees it while it cannot check it yet
     print("m4 held_dropped:", m4.rooms.find("ops").held_dropped)
     for _ in range(6):  # later: everyone's clock well past the start; leader timeouts pass

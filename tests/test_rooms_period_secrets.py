@@ -28,14 +28,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from device.abe.encoding import decode_public_key
-from device.abe.periods import DAY_S
 from device.abe.policy import Policy
-from device.abe.renewal import plan_renewal, renew
 from device.abe.scheme import encapsulate
 from device.abe.store import AbeKeys
 from device.rooms.service import DeviceRooms
 from device.storage.padstore import PadStore
 from tests.test_rooms_e2e import Owner, fetch_new_renewals, four, said, sync_all  # noqa: F401 (fixture)
+from tests.test_rooms_held_flood import _join, renew_everyone_a_day_before, rollover_with_m4_behind
 
 # -- the attacker's own encoder (docs/rooms.md "Items") -------------------------------------------------------
 
@@ -78,19 +77,6 @@ def _contribution(room, public_key, period: int, secret: bytes | None, *, tag: s
     return base64.b64encode(body + sig.sign(body)).decode()
 
 
-def _post_renewals(sender, renewals) -> None:
-    for r in renewals:
-        sender.relay.send(r.mailbox, r.package, r.key_id.hex())
-
-
-def _join(room, devices, names) -> None:
-    for d in devices.values():
-        d.room = room
-    for n in names:
-        devices[n].post(room, devices[n].rooms.join("ops"))
-        sync_all(room, devices)
-
-
 def _ref_of(device, room, text: str) -> int:
     messages, _ = device.relay.receive({room.mailbox: 0}, limit=1000)
     return next(m.ref for m in messages if m.contents == text)
@@ -128,12 +114,7 @@ def test_a_key_holder_outside_the_policy_can_neither_move_the_rooms_period_nor_t
     players = {"m1": m1, "m4": m4}
     _join(room, players, ("m1", "m4"))
     DeviceRooms(auth, Owner()).create("night", "OPS")  # m3's own room: its key satisfies that policy
-    keys = AbeKeys(auth)
-    first = keys.periods()[0]
-    clock.now = first.ends - DAY_S
-    _post_renewals(m1, renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now))
-    for d in (m1, m3, m4):
-        assert fetch_new_renewals(d) == [2]
+    keys, first = renew_everyone_a_day_before(four, (m1, m3, m4))
     public = decode_public_key(keys.master().public.encode())
     if holds.startswith("the authority"):
         secrets = [_room_secret(keys.period_secret_for(2), room.room_id)]
@@ -177,27 +158,8 @@ def test_a_flood_posted_after_the_genuine_move_does_not_evict_it(four, flood):
 
     room, devices, clock, auth = four
     m1, m3, m4 = devices["m1"], devices["m3"], devices["m4"]
-
-    class Behind:
-        offset = 0.0
-
-        def __call__(self) -> float:
-            return clock.now - self.offset
-
-    behind = Behind()
-    m4.rooms = DeviceRooms(m4.store, m4.owner, clock=behind)
-    players = {"m1": m1, "m4": m4}
-    _join(room, players, ("m1", "m4"))
-    keys = AbeKeys(auth)
+    players, keys = rollover_with_m4_behind(four)
     public = decode_public_key(keys.master().public.encode())
-    first = keys.periods()[0]
-    clock.now = first.ends - DAY_S
-    _post_renewals(m1, renew(keys, plan_renewal(keys, now=clock.now), os.urandom, now=clock.now))
-    for d in (m1, m4):
-        assert fetch_new_renewals(d) == [2]
-    behind.offset = 60.0
-    clock.now = first.ends + 30  # period 2 has begun for m1, not yet for m4 (30 s to go, on its clock)
-    sync_all(room, {"m1": m1}, 2)  # m1 moves, posts its period-2 contribution
     assert m1.rooms.find("ops").period == 2
     count = 0 if flood == "none (control)" else MAX_HELD + 8
     for _ in range(count):
