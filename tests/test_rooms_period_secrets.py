@@ -218,3 +218,33 @@ def test_what_older_software_sent_and_made_still_works(tmp_path):
     finally:
         auth.close()
         member.close()
+
+
+def test_a_device_without_the_secret_yet_holds_the_flood_and_drops_it_once_its_renewal_opens(four):
+    """m4 has not opened its renewal when it reads m1's genuine move and 20 untagged contributions under PERIOD_2
+    posted after it: it cannot check their tags, so it holds them aside (within the bound). Once its renewal
+    opens (with the room's secret), it drops them before it looks at them for the move: it moves with m1 alone,
+    on the same roster as m1, and reads what m1 says in period 2."""
+    room, devices, clock, auth = four
+    m1, m3, m4 = devices["m1"], devices["m3"], devices["m4"]
+    players = {"m1": m1, "m4": m4}
+    _join(room, players, ("m1", "m4"))
+    keys, first = renew_everyone_a_day_before(four, (m1,))
+    clock.now = first.ends + 5
+    sync_all(room, {"m1": m1}, 2)  # m1 moves
+    public = decode_public_key(keys.master().public.encode())
+    for _ in range(20):
+        m3.post(room, _contribution(room, public, 2, None))
+    sync_all(room, {"m4": m4}, 1)
+    r4 = m4.rooms.find("ops")
+    assert r4.period == 1 and r4.status()["later_periods"] == [2]
+    assert fetch_new_renewals(m4) == [2]
+    for _ in range(4):
+        clock.now += 40
+        sync_all(room, players, 2)
+    said(m1, "hello period two")
+    sync_all(room, players, 2)
+    r1 = m1.rooms.find("ops")
+    assert r4.period == 2 and r4.status()["keyed"]
+    assert r4.status()["epoch_members"] == r1.status()["epoch_members"] == 2
+    assert "hello period two" in m4.read

@@ -150,8 +150,8 @@ class _Member:
     name: str = ""  # the display name in its (signed, bound) contribution; "" for an unnamed one
     period: int = 0  # the key period its ciphertext is under (0: none)
     held_at: float = 0.0  # when it was held aside (a contribution of a later period only)
-    #: The item's bytes while it is held aside untagged-checked (this device held no room secret of its period
-    #: then): its tag is checked once this device holds the secret (RoomMember._untag_held).
+    #: The item's bytes while it is held aside before its tag could be checked (this device held no room secret
+    #: of its period when it came): the tag is checked once it does (RoomMember._check_held_tags).
     raw: bytes | None = None
 
 
@@ -596,7 +596,7 @@ class RoomMember:
         the room came), the held contributions of that period are checked first, in relay order, and the room
         moves at the earliest genuine one's ref: what came on the relay after it (a revoked member's messages
         under the old period) is judged against that move, not against this device's later contribution."""
-        self._untag_held()
+        self._check_held_tags()
         if not self.future or not self.joined:
             return
         usable = self.usable_period()
@@ -632,7 +632,7 @@ class RoomMember:
             return False
         return True
 
-    def _untag_held(self) -> None:
+    def _check_held_tags(self) -> None:
         """Held contributions whose tag this device could not check when they came (no room secret of their
         period then) and now can: dropped if it is wrong, as on arrival."""
         for mid, record in list(self.future.items()):
@@ -665,7 +665,7 @@ class RoomMember:
         that follows it)."""
         if len(self.future) <= MAX_HELD:
             return
-        self._untag_held()
+        self._check_held_tags()
         self.prune_held()
         newest = max(self.keys.periods_held(self.room.authority_id), default=None)
 
@@ -684,7 +684,7 @@ class RoomMember:
         """Drop held contributions whose period is over: this device holds a key of that period and it has ended,
         or a key of a later one that has begun (periods follow each other), or the contribution is older than any
         period lasts. Their ciphertexts are forgotten too (a replay is held again, and bounded again)."""
-        self._untag_held()
+        self._check_held_tags()
         if not self.future:
             return []
         now = self.clock()
@@ -747,7 +747,7 @@ class RoomMember:
             pending, following, name, wanted = self._pending, self._next, self.name, self.wanted
             self._forget_membership()
             self._pending, self._next, self.name, self.wanted = pending, following, name, wanted
-        self._untag_held()
+        self._check_held_tags()
         self.period = period
         self.moves[period] = ref
         self._drop_stale_pending()
