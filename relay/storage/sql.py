@@ -117,6 +117,7 @@ class SQLStore(Store):
                 # Taken once it is this process's turn to write: what queued while it waited joins this commit.
                 batch = self._take_batch()
                 self._commit(sorted(batch, key=lambda op: op.key))
+            self._make_durable()  # after the turn: the other processes write meanwhile
         except BaseException as exc:  # noqa: BLE001 - the commit failed: nothing in the batch was kept
             batch = batch or self._take_batch()  # failed before its turn: the queue's head fails with it
             for op in batch:
@@ -140,6 +141,11 @@ class SQLStore(Store):
         """Held while this process's leader takes its batch and commits it: the store's writer lock across
         processes, if it has one (SQLite: one writer at a time)."""
         return contextlib.nullcontext()
+
+    def _make_durable(self) -> None:
+        """Called after a commit, outside the writers' turn and before anyone is answered: make it durable if
+        the commit itself did not (SQLite's writer commits without syncing and syncs here)."""
+        return None
 
     @abc.abstractmethod
     def _commit(self, batch: list[Op]) -> None:
@@ -264,13 +270,26 @@ class SQLStore(Store):
     def ack(self, mailbox: str, through: int | None, refs: Sequence[int], now: float) -> int:
         return self._transact(lambda tx: self._delete(tx, mailbox, through, refs, now), mailbox)
 
-    def ack_cursors(self, cursors: Sequence[tuple[str, int]], now: float) -> int:
-        """Delete everything up to each cursor, in one transaction."""
-        cursors = [(m, c) for m, c in cursors if c > 0]
+    def ack_each(self, cursors: Sequence[tuple[str, int]], now: float) -> dict[str, int]:
+        """Delete everything up to each (mailbox, ref) cursor, in one transaction; how many went, per mailbox.
+        The counters of the addresses that sent them are taken off once each, whatever the number of mailboxes
+        (relay/acks.py merges many polls' acknowledgements into one call)."""
+        cursors = sorted((m, c) for m, c in cursors if c > 0)
         if not cursors:
-            return 0
-        cursors.sort()
-        return self._transact(lambda tx: sum(self._delete(tx, m, c, (), now) for m, c in cursors), cursors[0][0])
+            return {}
+
+        def op(tx: Tx) -> dict[str, int]:
+            freed: dict[str, int] = {}
+            counts = {}
+            for mailbox, through in cursors:
+                sizes = tx.all("DELETE FROM messages WHERE mailbox = ? AND ref <= ? RETURNING size, origin, block",
+                               (mailbox, through))
+                self._uncount_mailbox(tx, mailbox, sizes, now, freed)
+                counts[mailbox] = len(sizes)
+            self._uncount_origins(tx, freed)
+            return counts
+
+        return self._transact(op, cursors[0][0])
 
     def _delete(self, tx: Tx, mailbox: str, through: int | None, refs: Sequence[int], now: float) -> int:
         # Messages first, then the mailbox's counters, and only if something went: a poll that
@@ -286,20 +305,29 @@ class SQLStore(Store):
         self._uncount(tx, mailbox, sizes, now)
         return len(sizes)
 
-    @staticmethod
-    def _uncount(tx: Tx, mailbox: str, sizes: list[tuple], now: float) -> None:
+    @classmethod
+    def _uncount(cls, tx: Tx, mailbox: str, sizes: list[tuple], now: float) -> None:
         """Take deleted messages, as (size, origin, block) rows, off their mailbox's, origins' and blocks'
         counts."""
+        freed: dict[str, int] = {}
+        cls._uncount_mailbox(tx, mailbox, sizes, now, freed)
+        cls._uncount_origins(tx, freed)
+
+    @staticmethod
+    def _uncount_mailbox(tx: Tx, mailbox: str, sizes: list[tuple], now: float, freed: dict[str, int]) -> None:
+        """Take deleted messages off their mailbox's counts; add what they free to ``freed`` per origin/block."""
         if sizes:
             tx.run("UPDATE mailboxes SET count = count - ?, bytes = bytes - ?, touched = ? WHERE mailbox = ?",
                    (len(sizes), sum(int(s[0]) for s in sizes), now, mailbox))
-            freed: dict[str, int] = {}
             for size, *whose in sizes:
                 for who in whose:
                     if who:  # messages stored before origins (or blocks) were counted have none
                         freed[who] = freed.get(who, 0) + int(size) + MESSAGE_OVERHEAD
-            for origin in sorted(freed):
-                tx.run("UPDATE origins SET bytes = bytes - ? WHERE origin = ?", (freed[origin], origin))
+
+    @staticmethod
+    def _uncount_origins(tx: Tx, freed: dict[str, int]) -> None:
+        for origin in sorted(freed):
+            tx.run("UPDATE origins SET bytes = bytes - ? WHERE origin = ?", (freed[origin], origin))
 
     # -- presence ---------------------------------------------------------------------
 
