@@ -37,18 +37,8 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from onetimechat.net import client_keys
 from relay import protocol as p
-from relay.acks import MergedAcks
 from relay.config import RelayConfig
-from relay.errors import (
-    AddressQuota,
-    BadRequest,
-    HandleTaken,
-    InsufficientStorage,
-    MailboxFull,
-    PresenceQuota,
-    RateLimited,
-    RelayError,
-)
+from relay.errors import BadRequest, HandleTaken, InsufficientStorage, PresenceQuota, RateLimited, RelayError
 from relay.notify import Notifier
 from relay.ratelimit import Limiters, client_key
 from relay.storage import Limits, Message, Sent, Store, open_store
@@ -80,7 +70,6 @@ class Relay:
         self._origin_key = self.store.origin_key().to_bytes(8, "big")
         self._disk_path = self.store.disk_path() if config.min_free_bytes else None
         self._stop = threading.Event()
-        self.acks = MergedAcks(self.store, clock, self.acknowledge)  # polls' acknowledgements, merged
         self.store.watch(self.notifier.notify, self.notifier.notify_all)
         self._sweeper = threading.Thread(target=self._sweep_loop, name="otc-relay-sweep", daemon=True)
         self._sweeper.start()
@@ -113,20 +102,18 @@ class Relay:
             exc.retry_after = max(1, math.ceil(retry))
             raise exc
 
-    def acknowledge(self, deleted: int, remote: str | None, requests: int = 1) -> None:
-        """Count a deletion by acknowledgement (by ``requests`` requests from ``remote``), for the log's summary
-        (an address's pseudonym, never a mailbox)."""
+    def acknowledge(self, deleted: int, remote: str | None) -> None:
+        """Count a deletion by acknowledgement, for the log's summary (an address's pseudonym, never a mailbox)."""
         if deleted <= 0:
             return
         origin = self.origin(client_key(remote))
         with self._acks_lock:
             entry = self._acks.setdefault(origin, [0, 0])
-            entry[0] += requests
+            entry[0] += 1
             entry[1] += deleted
 
     def ack_summary(self) -> str | None:
         """One line on what acknowledgements deleted since the last summary (None if nothing was)."""
-        self.acks.flush()  # what polls acknowledged up to now counts in this summary
         with self._acks_lock:
             acks, self._acks = self._acks, {}
         if not acks:
@@ -153,15 +140,8 @@ class Relay:
         self.check_disk()
         now = self.clock()
         origin, block = self.origins(remote) if remote is not None else ("", "")
-        try:
-            sent = self.store.send(mailbox, sender, contents, client_id, now, now + self.config.expire_seconds,
-                                   self.limits, origin, block)
-        except (MailboxFull, AddressQuota):
-            # Never refused for want of room an acknowledgement still waiting to be applied frees (relay/acks.py).
-            if not self.acks.flush():
-                raise
-            sent = self.store.send(mailbox, sender, contents, client_id, now, now + self.config.expire_seconds,
-                                   self.limits, origin, block)
+        sent = self.store.send(mailbox, sender, contents, client_id, now, now + self.config.expire_seconds,
+                               self.limits, origin, block)
         if not sent.duplicate:
             self.notifier.notify(mailbox)
         return sent
@@ -209,7 +189,6 @@ class Relay:
         self._stop.set()
         self.notifier.close()
         self._sweeper.join(timeout=10)
-        self.acks.close()
         self.store.close()
 
 
@@ -349,9 +328,8 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
         if not isinstance(ack, bool):
             raise BadRequest("The field 'ack' must be true or false.")
         if ack:
-            # The reader has everything up to its cursors: delete it (one round trip, not two), merged with
-            # other polls' acknowledgements and without waiting for it (relay/acks.py).
-            relay.acks.note(cursors, remote_addr or "-")
+            # The reader has everything up to its cursors: delete it (one round trip, not two).
+            relay.acknowledge(relay.store.ack_cursors(cursors, relay.clock()), remote_addr or "-")
         found, complete = relay.receive(cursors, limit, wait, client_key(remote_addr))
         return {"messages": [p.message_v1(m) for m in found], "complete": complete}
 

@@ -115,7 +115,7 @@ def test_the_store_writes_through_it_and_reads_back_what_it_wrote(tmp_path):
         assert again.duplicate and again.ref == sent[0].ref
         found, complete = store.fetch([("box", 0)], 10, 1 << 20, 1500.0)
         assert complete and [m.contents for m in found] == [f"package {n} é" for n in range(5)]
-        assert store.ack_each([("box", sent[2].ref)], 1500.0) == {"box": 3}
+        assert store.ack_cursors([("box", sent[2].ref)], 1500.0) == 3
         assert [m.ref for m in store.fetch([("box", 0)], 10, 1 << 20, 1500.0)[0]] == [s.ref for s in sent[3:]]
     finally:
         store.close()

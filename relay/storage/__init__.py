@@ -121,9 +121,8 @@ class Store(abc.ABC):
         """Delete delivered messages (all up to ``through``, and each of ``refs``); how many went."""
 
     @abc.abstractmethod
-    def ack_each(self, cursors: Sequence[tuple[str, int]], now: float) -> dict[str, int]:
-        """Delete every message up to each (mailbox, ref) cursor, in one transaction; how many went, per
-        mailbox."""
+    def ack_cursors(self, cursors: Sequence[tuple[str, int]], now: float) -> int:
+        """Delete every message up to each (mailbox, ref) cursor, in one transaction."""
 
     @abc.abstractmethod
     def announce(self, handle: str, token_hash: bytes, now: float, expires_at: float, origin: str = "",

@@ -270,26 +270,13 @@ class SQLStore(Store):
     def ack(self, mailbox: str, through: int | None, refs: Sequence[int], now: float) -> int:
         return self._transact(lambda tx: self._delete(tx, mailbox, through, refs, now), mailbox)
 
-    def ack_each(self, cursors: Sequence[tuple[str, int]], now: float) -> dict[str, int]:
-        """Delete everything up to each (mailbox, ref) cursor, in one transaction; how many went, per mailbox.
-        The counters of the addresses that sent them are taken off once each, whatever the number of mailboxes
-        (relay/acks.py merges many polls' acknowledgements into one call)."""
-        cursors = sorted((m, c) for m, c in cursors if c > 0)
+    def ack_cursors(self, cursors: Sequence[tuple[str, int]], now: float) -> int:
+        """Delete everything up to each cursor, in one transaction."""
+        cursors = [(m, c) for m, c in cursors if c > 0]
         if not cursors:
-            return {}
-
-        def op(tx: Tx) -> dict[str, int]:
-            freed: dict[str, int] = {}
-            counts = {}
-            for mailbox, through in cursors:
-                sizes = tx.all("DELETE FROM messages WHERE mailbox = ? AND ref <= ? RETURNING size, origin, block",
-                               (mailbox, through))
-                self._uncount_mailbox(tx, mailbox, sizes, now, freed)
-                counts[mailbox] = len(sizes)
-            self._uncount_origins(tx, freed)
-            return counts
-
-        return self._transact(op, cursors[0][0])
+            return 0
+        cursors.sort()
+        return self._transact(lambda tx: sum(self._delete(tx, m, c, (), now) for m, c in cursors), cursors[0][0])
 
     def _delete(self, tx: Tx, mailbox: str, through: int | None, refs: Sequence[int], now: float) -> int:
         # Messages first, then the mailbox's counters, and only if something went: a poll that
@@ -305,29 +292,20 @@ class SQLStore(Store):
         self._uncount(tx, mailbox, sizes, now)
         return len(sizes)
 
-    @classmethod
-    def _uncount(cls, tx: Tx, mailbox: str, sizes: list[tuple], now: float) -> None:
+    @staticmethod
+    def _uncount(tx: Tx, mailbox: str, sizes: list[tuple], now: float) -> None:
         """Take deleted messages, as (size, origin, block) rows, off their mailbox's, origins' and blocks'
         counts."""
-        freed: dict[str, int] = {}
-        cls._uncount_mailbox(tx, mailbox, sizes, now, freed)
-        cls._uncount_origins(tx, freed)
-
-    @staticmethod
-    def _uncount_mailbox(tx: Tx, mailbox: str, sizes: list[tuple], now: float, freed: dict[str, int]) -> None:
-        """Take deleted messages off their mailbox's counts; add what they free to ``freed`` per origin/block."""
         if sizes:
             tx.run("UPDATE mailboxes SET count = count - ?, bytes = bytes - ?, touched = ? WHERE mailbox = ?",
                    (len(sizes), sum(int(s[0]) for s in sizes), now, mailbox))
+            freed: dict[str, int] = {}
             for size, *whose in sizes:
                 for who in whose:
                     if who:  # messages stored before origins (or blocks) were counted have none
                         freed[who] = freed.get(who, 0) + int(size) + MESSAGE_OVERHEAD
-
-    @staticmethod
-    def _uncount_origins(tx: Tx, freed: dict[str, int]) -> None:
-        for origin in sorted(freed):
-            tx.run("UPDATE origins SET bytes = bytes - ? WHERE origin = ?", (freed[origin], origin))
+            for origin in sorted(freed):
+                tx.run("UPDATE origins SET bytes = bytes - ? WHERE origin = ?", (freed[origin], origin))
 
     # -- presence ---------------------------------------------------------------------
 
