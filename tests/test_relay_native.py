@@ -163,3 +163,10 @@ def test_no_send_is_answered_before_a_sync_after_its_commit(tmp_path, native_wri
         drain.join(30)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def test_a_file_it_cannot_open_is_an_operational_error(tmp_path):
+    if native.native_library() is None:
+        pytest.skip("no shared libsqlite3 in this process")
+    with pytest.raises(sqlite3.OperationalError):
+        native.NativeConnection(str(tmp_path / "no such folder" / "relay.db"), 1.0)

@@ -141,9 +141,12 @@ class NativeConnection:
         code = self._lib.sqlite3_open_v2(os.fsencode(path), ctypes.byref(handle),
                                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, None)
         self._db = handle
-        if code != SQLITE_OK:
-            self._raise(code)  # closes below via close() by the caller's cleanup
         self._statements: dict[str, ctypes.c_void_p] = {}
+        if code != SQLITE_OK:
+            try:
+                self._raise(code)
+            finally:
+                self.close()  # SQLite makes a handle even when it cannot open the file
         self._lib.sqlite3_busy_timeout(self._db, int(busy_timeout_s * 1000))
         self.execute("PRAGMA journal_mode=WAL")
         self.execute("PRAGMA synchronous=NORMAL")  # the store syncs the WAL after the commit (see above)
