@@ -208,7 +208,8 @@ class Relay:
 
     def ack_cursors(self, cursors: Sequence[tuple[str, int]]) -> int:
         """Delete every message up to each cursor (and their content files); how many went."""
-        files = self.store.part_files([c for c in cursors if c[1] > 0]) if self.parts is not None else []
+        moved = [c for c in cursors if c[1] > 0]
+        files = self.store.part_files(moved) if self.parts is not None and moved else []
         deleted = self.store.ack_cursors(cursors, self.clock())
         self._remove_gone(files)
         return deleted

@@ -349,3 +349,24 @@ def test_a_hostile_relays_batches_are_refused_in_one_way(monkeypatch):
     monkeypatch.setattr(laptop.session, "post", lambda *a, **k: Answer(odd))
     messages, _ = laptop.receive_raw({"box": 0})
     assert [(m.ref, m.data) for m in messages] == [(4, b"ok")]
+
+
+def test_an_older_relay_gets_parts_in_base64(relay_factory, monkeypatch):
+    """A relay without the binary endpoints (404) gets a part in JSON, as before, and is read in JSON."""
+    client, relay = relay_factory()
+    laptop = RelayClient(client.url)
+    real_post = laptop.session.post
+
+    class NotFound:
+        status_code = 404
+        headers = {"Content-Type": "application/json"}
+        content = b'{"error": "not-found", "message": "Not Found"}'
+
+    monkeypatch.setattr(laptop.session, "post",
+                        lambda url, *a, **k: NotFound() if "-bin" in url else real_post(url, *a, **k))
+    part = b"OTCF" + os.urandom(3000)
+    assert laptop.send_raw("box", part, "file-9-0") == 1
+    assert laptop.binary is False
+    messages, _ = laptop.receive_raw({"box": 0})
+    assert [(m.contents, m.data) for m in messages] == [(base64.b64encode(part).decode(), None)]
+    assert content_files(relay) == []  # stored as text, in its row
