@@ -418,7 +418,8 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
         return {"messages": [p.message_v1(m) for m in found], "complete": complete}
 
     # A file's parts travel as raw bytes both ways (docs/relay-protocol.md, "Binary parts"): no base64, no JSON
-    # around a megabyte. The message is stored as RAW_MARK and its bytes; JSON answers carry it in base64.
+    # around a megabyte. The bytes are kept in a content file (SQLite) or in the row (Relay.send_raw); JSON answers
+    # carry them in base64.
     max_raw = config.max_message_bytes * 3 // 4  # its base64 fits where a text message's must
 
     def send_bin(call: Call) -> dict[str, Any]:
