@@ -88,13 +88,16 @@ def _identity(st: os.stat_result) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def relay_send(relay: RelayClient, mailbox: str, contents: str, message_id: str,
+def relay_send(relay: RelayClient, mailbox: str, contents: str | bytes, message_id: str,
                patience: float = RELAY_PATIENCE_S, stop: threading.Event | None = None) -> int:
-    """Hand ``contents`` to the relay, retrying (same idempotency key) while it is busy, full or away."""
+    """Hand ``contents`` (text, or a part's raw bytes) to the relay, retrying (same idempotency key) while it is
+    busy, full or away."""
     started = time.monotonic()
     pause = 0.05
     while True:
         try:
+            if isinstance(contents, bytes):
+                return relay.send_raw(mailbox, contents, message_id)
             return relay.send(mailbox, contents, message_id)
         except RelayUnavailable:
             if time.monotonic() - started > patience or (stop is not None and stop.is_set()):
@@ -256,8 +259,9 @@ def _send_parts(device: DeviceClient, relay: RelayClient, store: MailStore, hand
                 raise part
             if part is None:  # hashed again only: the relay has it
                 continue
-            relay_send(relay, str(record["mailbox"]), base64.b64encode(part).decode("ascii"),
-                       f"file-{file_id}-{index}", patience, stop)
+            # A streamed part goes as raw bytes; an --otp part is a package, sent as every package is (base64).
+            contents = part if att.is_stream_part(part) else base64.b64encode(part).decode("ascii")
+            relay_send(relay, str(record["mailbox"]), contents, f"file-{file_id}-{index}", patience, stop)
             record["sent"] = index + 1
             store.set_setting(OUT + file_id, json.dumps(record))
             if progress is not None:

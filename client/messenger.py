@@ -243,8 +243,8 @@ class Messenger:
         messages = self._prefetched(cursors)
         ahead = messages is not None
         if messages is None:
-            messages, _ = self.relay.receive(cursors, wait=wait, ack=True)
-        if any(m.contents.startswith(STREAM_PART_B64) for m in messages):
+            messages, _ = self.relay.receive_raw(cursors, wait=wait, ack=True)
+        if any(m.data is not None or m.contents.startswith(STREAM_PART_B64) for m in messages):
             self._fetch_ahead(cursors, messages)  # a file's parts: the next batch comes while these are opened
         result = PollResult()
         stuck: set[str] = set()
@@ -297,7 +297,7 @@ class Messenger:
 
         def fetch() -> None:
             try:
-                box["messages"] = relay.receive(after, wait=0, ack=False)[0]
+                box["messages"] = relay.receive_raw(after, wait=0, ack=False)[0]
             except ClientError:
                 pass  # the next poll fetches as usual
 
@@ -329,9 +329,10 @@ class Messenger:
         again = self.store.begin_open(self.relay.url, message.mailbox, message.ref)
         base: dict[str, Any] = {"contact": contact, "ref": message.ref, "mailbox": message.mailbox}
         try:
-            if message.contents.startswith(STREAM_PART_B64):
+            if message.contents.startswith(STREAM_PART_B64) or (message.data is not None
+                                                                and att.is_stream_part(message.data)):
                 return self._open_part(message, again, base), None
-            answer = self.device.unpackage(message.contents, receipt=self.receipts)
+            answer = self.device.unpackage(message.text(), receipt=self.receipts)
             if answer.get("kind") in ("file", "file-part"):
                 return self._file_event(answer, base), None
         except DeviceInternalError as exc:
@@ -396,7 +397,7 @@ class Messenger:
         import binascii
 
         try:
-            raw = base64.b64decode(message.contents, validate=True)
+            raw = message.data if message.data is not None else base64.b64decode(message.contents, validate=True)
             file_id, index, _ = att.part_address(raw)
         except (binascii.Error, ValueError, fmt.MalformedPackage):
             raise RemoteError("malformed", "a file part that is not one") from None

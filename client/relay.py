@@ -9,17 +9,19 @@ is :class:`RelayRefused`.
 
 from __future__ import annotations
 
+import base64
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 
 from client.errors import RelayRefused, RelayUnavailable
 from client.limits import MAX_WAIT
 from client.state import normalise_url
-from onetimechat import boundedjson
+from onetimechat import boundedjson, relaywire
 from onetimechat.text import from_server
 
 CONNECT_TIMEOUT_S = 5.0
@@ -30,7 +32,12 @@ MAX_WAIT_S = MAX_WAIT  # the relay's longest wait for one request
 class RelayMessage:
     mailbox: str
     ref: int
-    contents: str
+    contents: str  # text; "" when the message came as raw bytes (``data``)
+    data: bytes | None = None  # a message sent as raw bytes (a file's part), from a binary batch
+
+    def text(self) -> str:
+        """The contents as text: the base64 of raw bytes, as a JSON answer would have carried them."""
+        return self.contents if self.data is None else base64.b64encode(self.data).decode("ascii")
 
 
 class RelayClient:
@@ -46,14 +53,61 @@ class RelayClient:
             raise RelayRefused(f"A relay URL looks like http://HOST:PORT, not {url[:60]!r}.")
         self.session = session or requests.Session()
         self.timeout = timeout
+        self.binary: bool | None = None  # whether the relay takes and gives raw parts (None: not known yet)
 
     def send(self, mailbox: str, contents: str, message_id: str) -> int:
         """Store ``contents`` in ``mailbox``; the ref it got. Safe to repeat with the same ``message_id``."""
-        answer = self._post("/v1/send", {"mailbox": mailbox, "contents": contents, "id": message_id})
+        return self._ref(self._post("/v1/send", {"mailbox": mailbox, "contents": contents, "id": message_id}))
+
+    def send_raw(self, mailbox: str, data: bytes, message_id: str) -> int:
+        """Store the raw bytes ``data`` (a file's part) in ``mailbox``, with no base64 nor JSON around them
+        (``/v1/send-bin``); a relay without it gets them in base64 (``/v1/send``). Safe to repeat."""
+        if self.binary is not False:
+            query = urlencode({"mailbox": mailbox, "id": message_id})
+            answer = self._post(f"/v1/send-bin?{query}", None, raw=data)
+            if answer is not None:
+                return self._ref(answer)
+        return self.send(mailbox, base64.b64encode(data).decode("ascii"), message_id)
+
+    def _ref(self, answer: dict) -> int:
         ref = answer.get("ref")
         if not isinstance(ref, int) or isinstance(ref, bool) or ref < 1:
             raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer.")
         return ref
+
+    def receive_raw(self, cursors: dict[str, int], wait: float = 0, limit: int = 100,
+                    ack: bool = False) -> tuple[list[RelayMessage], bool]:
+        """As :meth:`receive`, in a binary batch (``/v1/receive-bin``): raw messages come as bytes (``data``),
+        neither in base64 nor in JSON. A relay without it answers in JSON (:meth:`receive`)."""
+        if not cursors:
+            return [], True
+        if self.binary is not False:
+            wait_s = max(0, min(int(wait), MAX_WAIT_S))
+            body = self._post("/v1/receive-bin", {"mailboxes": cursors, "wait": wait_s, "limit": limit, "ack": ack},
+                              timeout=wait_s + self.timeout, binary=True)
+            if body is not None:
+                try:
+                    batch, complete = relaywire.unframe(body)
+                except relaywire.MalformedBatch:
+                    raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer.") from None
+                messages = []
+                for meta, contents in batch:
+                    mailbox, ref = meta.get("mailbox"), meta.get("ref")
+                    # As in receive: what is not a message for a mailbox we asked about, after its cursor, is
+                    # ignored (a hostile relay may answer anything).
+                    if not (mailbox in cursors and isinstance(ref, int) and not isinstance(ref, bool)
+                            and ref > cursors[mailbox]):
+                        continue
+                    if meta["kind"] == "raw":
+                        messages.append(RelayMessage(mailbox, ref, "", bytes(contents)))
+                        continue
+                    try:
+                        messages.append(RelayMessage(mailbox, ref, bytes(contents).decode("utf-8")))
+                    except UnicodeDecodeError:
+                        continue
+                messages.sort(key=lambda m: (list(cursors).index(m.mailbox), m.ref))
+                return messages, complete
+        return self.receive(cursors, wait, limit, ack)
 
     def receive(self, cursors: dict[str, int], wait: float = 0, limit: int = 100,
                 ack: bool = False) -> tuple[list[RelayMessage], bool]:
@@ -107,12 +161,35 @@ class RelayClient:
         self._answered()
         return {str(item["handle"]) for item in data["online"] if isinstance(item, dict) and "handle" in item}
 
-    def _post(self, path: str, payload: dict[str, Any], timeout: float | None = None) -> dict:
+    @typing.overload
+    def _post(self, path: str, payload: dict[str, Any] | None, timeout: float | None = None, *,
+              raw: bytes | None = None, binary: typing.Literal[True]) -> bytes | None: ...
+
+    @typing.overload
+    def _post(self, path: str, payload: dict[str, Any] | None, timeout: float | None = None, *,
+              raw: bytes | None = None, binary: bool = False) -> Any: ...
+
+    def _post(self, path: str, payload: dict[str, Any] | None, timeout: float | None = None, *,
+              raw: bytes | None = None, binary: bool = False) -> Any:
+        """The relay's JSON answer (a dict). With ``raw``, the body is those raw bytes; with ``binary``, the
+        answer is a binary batch (its bytes). For a ``/v1/*-bin`` path: None if the relay has no such
+        endpoint (an older relay: the caller falls back to JSON)."""
+        bin_path = "-bin" in path
+        kwargs: dict[str, Any] = ({"data": raw, "headers": {"Content-Type": relaywire.CONTENT_TYPE}}
+                                  if raw is not None else {"json": payload})
         try:
-            response = self.session.post(self.url + path, json=payload,
-                                         timeout=(CONNECT_TIMEOUT_S, timeout or self.timeout))
+            response = self.session.post(self.url + path, timeout=(CONNECT_TIMEOUT_S, timeout or self.timeout),
+                                         **kwargs)
         except requests.RequestException:
             raise RelayUnavailable(f"The relay at {self.url} does not answer.") from None
+        if bin_path and response.status_code in (404, 405):
+            self.binary = False
+            return None
+        if (binary and response.status_code == 200
+                and response.headers.get("Content-Type", "").startswith(relaywire.CONTENT_TYPE)):
+            self.binary = True
+            self._answered()
+            return response.content
         try:
             data = boundedjson.loads(response.content)
         except ValueError:  # not JSON, or nested too deep for a hostile relay to crash us
@@ -121,9 +198,12 @@ class RelayClient:
             raise RelayUnavailable(f"The relay at {self.url} is busy or unavailable ({response.status_code}).")
         if not isinstance(data, dict):
             raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer ({response.status_code}).")
-        if response.status_code == 200:
-            self._answered()
         if response.status_code != 200:
             message = from_server(data.get("message") or data.get("error") or "no details")
             raise RelayRefused(f"The relay refused the request ({response.status_code}): {message}")
+        if binary:  # JSON where a batch must be
+            raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer.")
+        if bin_path:
+            self.binary = True
+        self._answered()
         return data

@@ -8,6 +8,8 @@
     GET  /v1/info                                 protocol, limits, server time
     POST /v1/send      {"mailbox", "contents", ["sender"], ["id"]}
     POST /v1/receive   {"mailboxes": {id: after_ref}, ["wait"], ["limit"], ["ack"]}   long poll
+    POST /v1/send-bin  ?mailbox&[id]&[sender], body: the message's raw bytes (a file's part)
+    POST /v1/receive-bin  as /v1/receive; answers a binary batch (onetimechat/relaywire.py)
     POST /v1/ack       {"mailbox", ["through"], ["refs"]}                    delete delivered
     POST /v1/announce  {"handle", "token", ["ttl"]}                          opt-in presence
     POST /v1/withdraw  {"handle", "token"}
@@ -29,21 +31,36 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
+from onetimechat import relaywire
 from onetimechat.net import client_keys
 from relay import protocol as p
 from relay.config import RelayConfig
-from relay.errors import BadRequest, HandleTaken, InsufficientStorage, PresenceQuota, RateLimited, RelayError
+from relay.errors import (
+    BadRequest,
+    HandleTaken,
+    InsufficientStorage,
+    PresenceQuota,
+    RateLimited,
+    RelayError,
+    UnsupportedMediaType,
+)
 from relay.notify import Notifier
+from relay.parts import PartFiles
 from relay.ratelimit import Limiters, client_key
-from relay.storage import Limits, Message, Sent, Store, open_store
+from relay.storage import FILE_MARK, RAW_MARK, Limits, Message, Sent, Store, open_store
 
 log = logging.getLogger("otc.relay")
+
+ORPHAN_SWEEPS = 60  # content files no message names are looked for at every so many sweeps (the first too)
 
 _HTTP_CODES = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 413: "too-large",
                414: "too-large", 431: "too-large"}
@@ -70,6 +87,10 @@ class Relay:
         self._origin_key = self.store.origin_key().to_bytes(8, "big")
         self._disk_path = self.store.disk_path() if config.min_free_bytes else None
         self._stop = threading.Event()
+        # Raw messages (a file's parts) of a SQLite store are kept in content files beside it (relay/parts.py).
+        where = getattr(self.store, "path", None) if self.store.kind == "sqlite" else None
+        self.parts = PartFiles(Path(where).with_name(Path(where).name + "-parts")) if where is not None else None
+        self._sweeps = 0
         self.store.watch(self.notifier.notify, self.notifier.notify_all)
         self._sweeper = threading.Thread(target=self._sweep_loop, name="otc-relay-sweep", daemon=True)
         self._sweeper.start()
@@ -135,29 +156,85 @@ class Relay:
             raise InsufficientStorage()
 
     def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None,
-             remote: str | None = None) -> Sent:
+             remote: str | None = None, size: int | None = None) -> Sent:
         """Store a message from the client at ``remote`` (its address; None: counted against no address)."""
         self.check_disk()
         now = self.clock()
         origin, block = self.origins(remote) if remote is not None else ("", "")
         sent = self.store.send(mailbox, sender, contents, client_id, now, now + self.config.expire_seconds,
-                               self.limits, origin, block)
+                               self.limits, origin, block, size)
         if not sent.duplicate:
             self.notifier.notify(mailbox)
         return sent
+
+    def send_raw(self, mailbox: str, sender: str, data: bytes, client_id: str | None, remote: str | None) -> Sent:
+        """Store a message sent as raw bytes (a file's part): in a content file written and synced before the
+        message is recorded (SQLite), else in its row."""
+        if self.parts is None:
+            return self.send(mailbox, sender, RAW_MARK + data, client_id, remote)
+        self.check_disk()
+        name = self.parts.write(data)
+        try:
+            sent = self.send(mailbox, sender, FILE_MARK + name.encode("ascii"), client_id, remote, len(data) + 1)
+        except BaseException:
+            self.parts.remove([name])  # refused (a quota, a full store) or failed: nothing names it
+            raise
+        if sent.duplicate:
+            self.parts.remove([name])  # the message was stored before, with its own file
+        return sent
+
+    def _with_contents(self, found: list[Message]) -> list[Message]:
+        """Messages whose bytes are in content files, with their bytes; one whose file is gone (acknowledged
+        and deleted since it was fetched) is left out."""
+        if self.parts is None or not any(m.stored for m in found):
+            return found
+        loaded = []
+        for m in found:
+            if m.stored:
+                data = self.parts.read(m.stored)
+                if data is None:
+                    continue
+                m = replace(m, raw=data, stored=None)
+            loaded.append(m)
+        return loaded
+
+    def ack(self, mailbox: str, through: int | None, refs: Sequence[int]) -> int:
+        """Delete delivered messages (and their content files); how many went."""
+        top = max([through or 0, *refs])
+        files = self.store.part_files([(mailbox, top)]) if self.parts is not None and top else []
+        deleted = self.store.ack(mailbox, through, refs, self.clock())
+        self._remove_gone(files)
+        return deleted
+
+    def ack_cursors(self, cursors: Sequence[tuple[str, int]]) -> int:
+        """Delete every message up to each cursor (and their content files); how many went."""
+        moved = [c for c in cursors if c[1] > 0]
+        files = self.store.part_files(moved) if self.parts is not None and moved else []
+        deleted = self.store.ack_cursors(cursors, self.clock())
+        self._remove_gone(files)
+        return deleted
+
+    def _remove_gone(self, files: list[tuple[str, int, str]]) -> None:
+        """Unlink the content files of these messages that are no longer stored."""
+        if self.parts is None or not files:
+            return
+        there = self.store.still_there([(m, r) for m, r, _ in files])
+        self.parts.remove(name for m, r, name in files if (m, r) not in there)
 
     def receive(self, cursors: Sequence[tuple[str, int]], limit: int, wait: float,
                 address: str) -> tuple[list[Message], bool]:
         """Messages after each cursor; with ``wait``, hold the request until some arrive."""
         size = self.config.max_answer_bytes
         if wait <= 0:
-            return self.store.fetch(cursors, limit, size, self.clock())
+            found, complete = self.store.fetch(cursors, limit, size, self.clock())
+            return self._with_contents(found), complete
         watch = self.notifier.watch([m for m, _ in cursors], address)
         try:
             deadline = time.monotonic() + wait
             while True:
                 watch.clear()  # before looking, so a send landing meanwhile still wakes us
                 found, complete = self.store.fetch(cursors, limit, size, self.clock())
+                found = self._with_contents(found)
                 left = deadline - time.monotonic()
                 if found or left <= 0 or self.notifier.closed:
                     return found, complete
@@ -167,7 +244,23 @@ class Relay:
 
     def sweep(self) -> dict[str, int]:
         now = self.clock()
-        return self.store.sweep(now, idle_before=now - self.config.expire_seconds)
+        files = self.store.part_files(expired_before=now) if self.parts is not None else []
+        counts = self.store.sweep(now, idle_before=now - self.config.expire_seconds)
+        self._remove_gone(files)
+        if self._sweeps % ORPHAN_SWEEPS == 0:
+            removed = self.remove_orphans()
+            if removed:
+                log.info("removed %d content files no message named", removed)
+        self._sweeps += 1
+        return counts
+
+    def remove_orphans(self, now: float | None = None) -> int:
+        """Remove the content files no message names, left by a relay cut between writing one and recording
+        it (or between deleting a message and unlinking its file); how many went."""
+        if self.parts is None:
+            return 0
+        live = {name for _, _, name in self.store.part_files(limit=1 << 62)}
+        return self.parts.remove_orphans(self.parts.orphans(live, now))
 
     def _sweep_loop(self) -> None:
         while not self._stop.is_set():
@@ -321,6 +414,39 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
                 "duplicate": sent.duplicate}
 
     def receive_v1(data: dict[str, Any], remote_addr: str | None) -> dict[str, Any]:
+        found, complete = receive_any(data, remote_addr)
+        return {"messages": [p.message_v1(m) for m in found], "complete": complete}
+
+    # A file's parts travel as raw bytes both ways (docs/relay-protocol.md, "Binary parts"): no base64, no JSON
+    # around a megabyte. The bytes are kept in a content file (SQLite) or in the row (Relay.send_raw); JSON answers
+    # carry them in base64.
+    max_raw = config.max_message_bytes * 3 // 4  # its base64 fits where a text message's must
+
+    def send_bin(call: Call) -> dict[str, Any]:
+        if call.mimetype != relaywire.CONTENT_TYPE:
+            raise UnsupportedMediaType(f"The body must be {relaywire.CONTENT_TYPE}: the message's bytes.")
+        try:
+            query = parse_qs(call.query, keep_blank_values=True, strict_parsing=bool(call.query), max_num_fields=8,
+                             errors="strict")
+        except ValueError:  # UnicodeDecodeError included
+            raise BadRequest("The query string must be mailbox=ID, optionally &id=KEY and &sender=NAME.") from None
+        unknown = set(query) - {"mailbox", "id", "sender"}
+        if unknown:
+            raise BadRequest("The query string takes only 'mailbox', 'id' and 'sender'.")
+        mailbox = p.query_ident(query, "mailbox")
+        client_id = p.query_ident(query, "id", required=False)
+        sender = p.query_ident(query, "sender", required=False) or ""
+        assert mailbox is not None
+        contents = p.raw_contents(call.body, max_raw)
+        sent = relay.send_raw(mailbox, sender, contents, client_id, call.remote or "-")
+        return {"mailbox": mailbox, "ref": sent.ref, "expires_at": round(sent.expires_at, 3),
+                "duplicate": sent.duplicate}
+
+    def receive_bin(call: Call) -> list[bytes]:
+        found, complete = receive_any(p.json_object(call.body), call.remote)
+        return relaywire.frame([p.message_bin(m) for m in found], complete)
+
+    def receive_any(data: dict[str, Any], remote_addr: str | None) -> tuple[list[Message], bool]:
         cursors = p.cursors(data.get("mailboxes"), config.max_mailboxes)
         wait = p.seconds(data.get("wait", 0), "wait", config.max_wait)
         limit = min(p.number(data.get("limit", config.max_batch), "limit", 1), config.max_batch)
@@ -329,14 +455,26 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
             raise BadRequest("The field 'ack' must be true or false.")
         if ack:
             # The reader has everything up to its cursors: delete it (one round trip, not two).
-            relay.acknowledge(relay.store.ack_cursors(cursors, relay.clock()), remote_addr or "-")
-        found, complete = relay.receive(cursors, limit, wait, client_key(remote_addr))
-        return {"messages": [p.message_v1(m) for m in found], "complete": complete}
+            relay.acknowledge(relay.ack_cursors(cursors), remote_addr or "-")
+        return relay.receive(cursors, limit, wait, client_key(remote_addr))
 
-    hot = {"/v1/send": send_v1, "/v1/receive": receive_v1}
+    hot: dict[str, Callable[[Call], dict[str, Any] | list[bytes]]] = {
+        "/v1/send": lambda call: send_v1(p.json_object(call.body), call.remote),
+        "/v1/receive": lambda call: receive_v1(p.json_object(call.body), call.remote),
+        "/v1/send-bin": send_bin,
+        "/v1/receive-bin": receive_bin,
+    }
+
+    def flask_route(answer: Callable[[Call], dict[str, Any] | list[bytes]]) -> Callable[[], Response]:
+        def route() -> Response:
+            call = Call(request.get_data(cache=False), request.query_string.decode("latin-1"), request.mimetype,
+                        request.remote_addr)
+            return as_response(answer(call))
+
+        return route
+
     for path, answer in hot.items():
-        app.add_url_rule(path, answer.__name__, lambda answer=answer: jsonify(answer(body(), request.remote_addr)),
-                         methods=["POST"])
+        app.add_url_rule(path, path, flask_route(answer), methods=["POST"])
 
     @app.post("/v1/ack")
     def ack_v1() -> Response:
@@ -352,7 +490,7 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
             raise BadRequest("Say which messages to delete: 'through' (a ref) and/or 'refs' (a list).")
         # Idempotent: what is already gone counts 0. Anyone who knows the mailbox id may do this (see
         # docs/relay-protocol.md, "Who may delete"); deletions are summed per address in the log.
-        deleted = relay.store.ack(mailbox, through, refs, relay.clock())
+        deleted = relay.ack(mailbox, through, refs)
         relay.acknowledge(deleted, remote())
         return jsonify({"mailbox": mailbox, "deleted": deleted})
 
@@ -422,6 +560,21 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
     return app
 
 
+class Call:
+    """A hot request: its body, query string, media type (without parameters) and the client's address."""
+
+    __slots__ = ("body", "query", "mimetype", "remote")
+
+    def __init__(self, body: bytes, query: str, mimetype: str, remote: str | None) -> None:
+        self.body, self.query, self.mimetype, self.remote = body, query, mimetype, remote
+
+
+def as_response(answer: dict[str, Any] | list[bytes]) -> Response:
+    if isinstance(answer, dict):
+        return jsonify(answer)
+    return Response(b"".join(answer), mimetype=relaywire.CONTENT_TYPE)
+
+
 _JSON = json.JSONEncoder(ensure_ascii=True, sort_keys=True, separators=(",", ":"))  # jsonify's, byte for byte
 _JSON_HEADER = ("Content-Type", "application/json")
 _STATUS = {code: f"{code} {phrase.upper()}" for code, phrase in HTTP_STATUS_CODES.items()}  # as werkzeug's
@@ -438,7 +591,7 @@ class HotPath:
     """
 
     def __init__(self, flask_app: Callable[..., Any], relay: Relay,
-                 hot: Mapping[str, Callable[[dict[str, Any], str | None], dict[str, Any]]], max_body: int) -> None:
+                 hot: Mapping[str, Callable[[Call], dict[str, Any] | list[bytes]]], max_body: int) -> None:
         self.flask_app, self.relay, self.hot, self.max_body = flask_app, relay, hot, max_body
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -449,14 +602,22 @@ class HotPath:
             return self.flask_app(environ, start_response)
         remote_addr = environ.get("REMOTE_ADDR")
         retry_after = None
+        payload: dict[str, Any] | list[bytes]
         try:
             self.relay.admit(remote_addr or "-")
-            status, payload = 200, answer(p.json_object(environ["wsgi.input"].read(int(length))), remote_addr)
+            mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+            call = Call(environ["wsgi.input"].read(int(length)), environ.get("QUERY_STRING", ""), mimetype,
+                        remote_addr)
+            status, payload = 200, answer(call)
         except RelayError as exc:
             status, payload, retry_after = exc.status, {"error": exc.code, "message": str(exc)}, exc.retry_after
         except Exception as exc:  # noqa: BLE001 - as Flask's handler: the type only, a JSON 500
             log.error("internal error on POST %s: %s", environ["PATH_INFO"], type(exc).__name__)
             status, payload = 500, {"error": "internal", "message": "Internal error."}
+        if isinstance(payload, list):  # a binary batch
+            headers = [("Content-Type", relaywire.CONTENT_TYPE), ("Content-Length", str(sum(map(len, payload))))]
+            start_response(_STATUS[status], headers)
+            return payload
         data = (_JSON.encode(payload) + "\n").encode("ascii")
         headers = [_JSON_HEADER, ("Content-Length", str(len(data)))]
         if retry_after is not None:

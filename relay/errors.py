@@ -43,6 +43,10 @@ class TooLarge(RelayError, code="too-large", status=413):
     """The request or the message is larger than this relay accepts."""
 
 
+class UnsupportedMediaType(RelayError, code="unsupported-media-type", status=415):
+    """The body is not of the type this endpoint takes."""
+
+
 class MailboxFull(RelayError, code="mailbox-full", status=429, retry_after=60):
     """The mailbox holds as many messages as this relay keeps; try again after its reader has caught up."""
 

@@ -7,6 +7,7 @@ be tested and fuzzed alone. Every refusal is a :class:`~relay.errors.BadRequest`
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 import unicodedata
@@ -71,6 +72,27 @@ def contents(value: Any, max_bytes: int, name: str = "contents") -> bytes:
     return raw
 
 
+def raw_contents(body: bytes, max_bytes: int) -> bytes:
+    """A message sent as raw bytes (``/v1/send-bin``): 1 to ``max_bytes`` bytes."""
+    if not body:
+        raise BadRequest("The body (the message's bytes) must not be empty.")
+    if len(body) > max_bytes:
+        raise TooLarge(f"The message is larger than this relay accepts ({max_bytes} bytes raw).")
+    return body
+
+
+def query_ident(query: dict[str, list[str]], name: str, required: bool = True) -> str | None:
+    """An id from the query string (given at most once)."""
+    values = query.get(name, [])
+    if len(values) > 1:
+        raise BadRequest(f"The parameter {name!r} is given more than once.")
+    if not values:
+        if required:
+            raise BadRequest(f"The parameter {name!r} is missing.")
+        return None
+    return ident(values[0], name)
+
+
 def number(value: Any, name: str, lo: int = 0, hi: int = MAX_REF) -> int:
     """A whole number from JSON (booleans are not numbers here)."""
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
@@ -119,13 +141,26 @@ def cursors(value: Any, max_mailboxes: int) -> list[tuple[str, int]]:
 # -- answers ----------------------------------------------------------------------------
 
 
+def text_of(m: Message) -> str:
+    """A message's contents as JSON answers carry them: its text, or the base64 of its raw bytes (what a client
+    that sends parts in JSON would have sent)."""
+    return m.contents if m.raw is None else base64.b64encode(m.raw).decode("ascii")
+
+
 def message_2015(m: Message) -> dict[str, Any]:
-    return {"ref": m.ref, "recipient_uid": m.mailbox, "sender_uid": m.sender, "contents": m.contents}
+    return {"ref": m.ref, "recipient_uid": m.mailbox, "sender_uid": m.sender, "contents": text_of(m)}
 
 
 def message_v1(m: Message) -> dict[str, Any]:
-    return {"mailbox": m.mailbox, "ref": m.ref, "sender": m.sender, "contents": m.contents,
+    return {"mailbox": m.mailbox, "ref": m.ref, "sender": m.sender, "contents": text_of(m),
             "sent_at": round(m.sent_at, 3), "expires_at": round(m.expires_at, 3)}
+
+
+def message_bin(m: Message) -> tuple[dict[str, Any], bytes]:
+    """A message for a binary batch (onetimechat/relaywire.py): its routing, and its contents as they came."""
+    meta = {"mailbox": m.mailbox, "ref": m.ref, "sender": m.sender, "sent_at": round(m.sent_at, 3),
+            "expires_at": round(m.expires_at, 3), "kind": "text" if m.raw is None else "raw"}
+    return meta, m.contents.encode("utf-8") if m.raw is None else m.raw
 
 
 def presence_v1(p: Presence) -> dict[str, Any]:

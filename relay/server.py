@@ -45,7 +45,12 @@ class RelayServer(GuardedServer):
             channel_timeout=int(config.max_wait) + 60,
             # Up to twice the app's limit the app answers 413 in JSON; beyond, waitress does.
             max_request_body_size=2 * config.max_request_bytes(),
-            clear_untrusted_proxy_headers=True, **proxy)
+            clear_untrusted_proxy_headers=True,
+            # A file's part (1 MiB raw, 1.4 MB in base64) is read and answered in memory, in 256 KiB reads: by
+            # default waitress reads 8 KiB at a time and spools bodies above 512 KB, and answers above 1 MiB, to
+            # temporary files (docs/attachments.md, "Speed").
+            recv_bytes=256 * 1024, inbuf_overflow=2 * 1024 * 1024, outbuf_overflow=8 * 1024 * 1024,
+            **proxy)
 
     def close(self, timeout: float = 30.0) -> None:
         """Wake waiting requests, let them answer, stop the server and close the store."""

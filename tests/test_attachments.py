@@ -289,9 +289,28 @@ def test_a_full_disk_on_the_receiver_loses_nothing(world, tmp_path):
     assert sha(path) == sha(original)
 
 
+def served(world, contents: bytes) -> bytes:
+    """What the relay serves for a message's stored contents: the bytes of its content file (0xFE and the file's
+    name: a part sent raw, relay/parts.py), the raw bytes after 0xFF (a part sent raw, in the row), else the
+    contents (text: a package or a part in base64)."""
+    if contents[:1] == b"\xfe":
+        return (Path(f"{world.relay_db}-parts") / contents[1:].decode("ascii")).read_bytes()
+    return contents[1:] if contents[:1] == b"\xff" else contents
+
+
+def serve(world, row: tuple[int, str, bytes], data: bytes) -> None:
+    """The hostile relay serves ``data`` for this message from now on (in its content file, if it has one)."""
+    row_id, _, contents = row
+    if contents[:1] == b"\xfe":
+        (Path(f"{world.relay_db}-parts") / contents[1:].decode("ascii")).write_bytes(data)
+    else:
+        edit_relay(world, "UPDATE messages SET contents = ? WHERE id = ?", data, row_id)
+
+
 def parts_on_relay(world) -> list[tuple[int, str, bytes]]:
     rows = relay_rows(world)
-    return [row for row in rows if row[2].startswith(b"T1RDRg")]  # "OTCF" in base64: the streamed parts
+    # "OTCF", raw or in base64: the streamed parts.
+    return [row for row in rows if served(world, row[2])[:4] == b"OTCF" or row[2].startswith(b"T1RDRg")]
 
 
 def edit_relay(world, sql: str, *args) -> None:
@@ -302,9 +321,9 @@ def edit_relay(world, sql: str, *args) -> None:
 def flip_one_byte(contents: bytes) -> bytes:
     import base64
 
-    raw = bytearray(base64.b64decode(contents))
+    raw = bytearray(contents if contents[:4] == b"OTCF" else base64.b64decode(contents))
     raw[200] ^= 1
-    return base64.b64encode(bytes(raw))
+    return bytes(raw) if contents[:4] == b"OTCF" else base64.b64encode(bytes(raw))
 
 
 @pytest.mark.parametrize("attack,warning", [
@@ -318,16 +337,16 @@ def test_a_hostile_relay_cannot_slip_a_bad_part_into_a_file(world, tmp_path, att
     assert send(world, original).returncode == 0
     parts = parts_on_relay(world)
     assert len(parts) == 4
-    (first_id, _, first), (second_id, _, second) = parts[0], parts[1]
+    first, second = served(world, parts[0][2]), served(world, parts[1][2])
     if attack == "tamper":
-        edit_relay(world, "UPDATE messages SET contents = ? WHERE id = ?", flip_one_byte(second), second_id)
+        serve(world, parts[1], flip_one_byte(second))
     elif attack == "drop":
-        edit_relay(world, "DELETE FROM messages WHERE id = ?", second_id)
+        edit_relay(world, "DELETE FROM messages WHERE id = ?", parts[1][0])
     elif attack == "duplicate":
-        edit_relay(world, "UPDATE messages SET contents = ? WHERE id = ?", first, second_id)
+        serve(world, parts[1], first)
     else:
-        edit_relay(world, "UPDATE messages SET contents = ? WHERE id = ?", second, first_id)
-        edit_relay(world, "UPDATE messages SET contents = ? WHERE id = ?", first, second_id)
+        serve(world, parts[0], second)
+        serve(world, parts[1], first)
     downloads = tmp_path / "downloads"
     got = recv(world, downloads)
     lines = [json.loads(line) for line in got.stdout.decode().splitlines()]

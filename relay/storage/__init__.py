@@ -19,15 +19,24 @@ from dataclasses import dataclass
 
 from relay.config import RelayConfig, parse_db_url
 
+#: The first byte of a message's stored contents when they were sent as raw bytes (``/v1/send-bin``: a file's
+#: part), the raw bytes after it. Text contents are stored as their UTF-8, which never begins with 0xFF.
+RAW_MARK = b"\xff"
+#: The first byte of a message's stored contents when its raw bytes are kept in a content file beside the store
+#: (relay/parts.py: SQLite keeps a large value in a chain of small pages), the file's name (ASCII) after it.
+FILE_MARK = b"\xfe"
+
 
 @dataclass(frozen=True)
 class Message:
     mailbox: str
     ref: int
     sender: str
-    contents: str
+    contents: str  # text; "" for a message sent as raw bytes
     sent_at: float
     expires_at: float
+    raw: bytes | None = None  # the bytes of a message sent as raw bytes
+    stored: str | None = None  # the name of the content file that holds them, until the relay reads it
 
 
 @dataclass(frozen=True)
@@ -94,10 +103,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None, now: float,
-             expires_at: float, limits: Limits, origin: str = "", block: str = "") -> Sent:
+             expires_at: float, limits: Limits, origin: str = "", block: str = "", size: int | None = None) -> Sent:
         """Store one message durably and return its ref; raises MailboxFull, AddressQuota or
         TooManyMailboxes over quota. ``origin`` names the sending address (a keyed hash of its IPv4 address
-        or IPv6 /64), ``block`` its IPv6 /48 (likewise; '' for IPv4)."""
+        or IPv6 /64), ``block`` its IPv6 /48 (likewise; '' for IPv4). ``size``: the bytes it counts as, if not
+        its ``contents``' (a message whose bytes are in a content file, relay/parts.py)."""
 
     @abc.abstractmethod
     def origin_key(self) -> int:
@@ -111,6 +121,16 @@ class Store(abc.ABC):
     def fetch(self, cursors: Sequence[tuple[str, int]], limit: int, max_bytes: int,
               now: float) -> tuple[list[Message], bool]:
         """Live messages with ref > cursor, per mailbox in the order given; and whether that was all."""
+
+    def part_files(self, cursors: Sequence[tuple[str, int]] = (), expired_before: float | None = None,
+                   limit: int = 100_000) -> list[tuple[str, int, str]]:
+        """(mailbox, ref, file name) of the messages kept in content files (relay/parts.py): up to each cursor's
+        ref, or expired before ``expired_before``, or (neither given) all. A store that keeps none: []."""
+        return []
+
+    def still_there(self, messages: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of these (mailbox, ref) messages are still stored."""
+        return set(messages)
 
     @abc.abstractmethod
     def next_ref(self, mailbox: str) -> int:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from relay.errors import AddressQuota, MailboxFull, PresenceQuota, RelayError, TooManyMailboxes
-from relay.storage import MESSAGE_OVERHEAD, Limits, Message, Presence, Sent, Store
+from relay.storage import FILE_MARK, MESSAGE_OVERHEAD, RAW_MARK, Limits, Message, Presence, Sent, Store
 
 # How many mailboxes with expired messages one sweep clears (the next sweep does the rest).
 SWEEP_MAILBOXES = 1000
@@ -165,8 +165,9 @@ class SQLStore(Store):
     # -- messages ---------------------------------------------------------------------
 
     def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None, now: float,
-             expires_at: float, limits: Limits, origin: str = "", block: str = "") -> Sent:
-        size = len(contents)
+             expires_at: float, limits: Limits, origin: str = "", block: str = "", size: int | None = None) -> Sent:
+        """``size``: the bytes the message counts as, if not its ``contents``' (a content file's, relay/parts.py)."""
+        size = len(contents) if size is None else size
 
         def op(tx: Tx) -> Sent:
             next_ref, count, nbytes, seen_ref, seen_expires = self._lock_mailbox(tx, mailbox, client_id, now,
@@ -249,16 +250,57 @@ class SQLStore(Store):
                 room = limit - len(found)
                 if room <= 0 or (found and total >= max_bytes):
                     return found, False
-                rows = tx.all("SELECT ref, sender, contents, created, expires FROM messages "
+                rows = tx.all("SELECT ref, sender, contents, created, expires, size FROM messages "
                               "WHERE mailbox = ? AND ref > ? AND expires > ? ORDER BY ref LIMIT ?",
                               (mailbox, after, now, room + 1))
-                for n, (ref, sender, contents, created, expires) in enumerate(rows):
-                    if n == room or (found and total + len(contents) > max_bytes):
+                for n, (ref, sender, contents, created, expires, stored_size) in enumerate(rows):
+                    blob = bytes(contents)
+                    mark = blob[:1]
+                    # Raw bytes count as their base64, what a JSON answer carries of them.
+                    size = len(blob) if mark not in (RAW_MARK, FILE_MARK) else 4 * ((int(stored_size) + 2) // 3)
+                    if n == room or (found and total + size > max_bytes):
                         return found, False
-                    total += len(contents)
-                    found.append(Message(mailbox, int(ref), sender, bytes(contents).decode("utf-8"),
-                                         float(created), float(expires)))
+                    total += size
+                    if mark == RAW_MARK:
+                        message = Message(mailbox, int(ref), sender, "", float(created), float(expires), blob[1:])
+                    elif mark == FILE_MARK:
+                        message = Message(mailbox, int(ref), sender, "", float(created), float(expires),
+                                          stored=blob[1:].decode("ascii"))
+                    else:
+                        message = Message(mailbox, int(ref), sender, blob.decode("utf-8"), float(created),
+                                          float(expires))
+                    found.append(message)
         return found, True
+
+    # -- content files (relay/parts.py): which messages name one -------------------------------------------
+
+    _FILE_ROWS = "length(contents) <= 64 AND substr(contents, 1, 1) = ?"  # the length first: no large value read
+
+    def part_files(self, cursors: Sequence[tuple[str, int]] = (), expired_before: float | None = None,
+                   limit: int = 100_000) -> list[tuple[str, int, str]]:
+        """(mailbox, ref, file name) of the messages kept in content files: up to each cursor's ref, or expired
+        before ``expired_before``, or (neither given) all."""
+        found: list[tuple[str, int, str]] = []
+        with self._read() as tx:
+            if expired_before is not None:
+                rows = [tx.all("SELECT mailbox, ref, contents FROM messages WHERE expires <= ? AND "
+                               + self._FILE_ROWS + " LIMIT ?", (expired_before, FILE_MARK, limit))]
+            elif cursors:
+                rows = [tx.all("SELECT mailbox, ref, contents FROM messages WHERE mailbox = ? AND ref <= ? AND "
+                               + self._FILE_ROWS + " LIMIT ?", (mailbox, through, FILE_MARK, limit))
+                        for mailbox, through in cursors]
+            else:
+                rows = [tx.all("SELECT mailbox, ref, contents FROM messages WHERE " + self._FILE_ROWS + " LIMIT ?",
+                               (FILE_MARK, limit))]
+        for group in rows:
+            found += [(str(m), int(r), bytes(c)[1:].decode("ascii")) for m, r, c in group]
+        return found
+
+    def still_there(self, messages: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of these (mailbox, ref) messages are still stored."""
+        with self._read() as tx:
+            return {(m, r) for m, r in messages
+                    if tx.one("SELECT 1 FROM messages WHERE mailbox = ? AND ref = ?", (m, r)) is not None}
 
     def next_ref(self, mailbox: str) -> int:
         with self._read() as tx:
