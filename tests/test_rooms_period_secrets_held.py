@@ -1,5 +1,7 @@
-"""Red team 22 (ported from its review): attacks on per-room period secrets and tags that HELD (kept as regression tests). Items and
-encodings are built by hand from the documented formats where the attack is on parsing."""
+# ruff: noqa: F811
+"""Red team 22 (ported from its review): attacks on per-room period secrets and tags that HELD (kept as
+regression tests). Items and encodings are built by hand from the documented formats where the attack is on
+parsing."""
 
 from __future__ import annotations
 
@@ -13,8 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device.abe.errors import MalformedAbeData
 from device.abe.policy import Policy
-from device.abe.store import (MAX_ROOM_SECRETS, check_room_secrets, decode_room_secrets, encode_room_secrets,
-                              room_secret)
+from device.abe.store import MAX_ROOM_SECRETS, check_room_secrets, decode_room_secrets, encode_room_secrets, room_secret
 from device.rooms import wire
 from device.rooms.errors import MalformedRoomData, RoomItemRefused
 from device.rooms.wire import Room
@@ -162,9 +163,9 @@ def test_a_revoked_member_reuses_its_last_periods_secret_for_the_next_period(fou
     from device.abe.periods import DAY_S
     from device.abe.renewal import plan_renewal, renew
     from device.abe.store import AbeKeys
-    from tests.test_rooms_period_secrets_review import _contribution, _ref_of, _said
     from tests.test_rooms_e2e import fetch_new_renewals
     from tests.test_rooms_period_secrets import _what_its_device_holds
+    from tests.test_rooms_period_secrets_review import _contribution, _ref_of, _said
 
     room, devices, clock, auth = four
     m1, m2, m4 = devices["m1"], devices["m2"], devices["m4"]
