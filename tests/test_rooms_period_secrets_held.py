@@ -165,7 +165,7 @@ def test_a_revoked_member_reuses_its_last_periods_secret_for_the_next_period(fou
     from device.abe.store import AbeKeys
     from tests.test_rooms_e2e import fetch_new_renewals
     from tests.test_rooms_period_secrets import _what_its_device_holds
-    from tests.test_rooms_period_secrets_review import _contribution, _ref_of, _said
+    from tests.test_rooms_period_secrets_review import _contribution, _plant, _said
 
     room, devices, clock, auth = four
     m1, m2, m4 = devices["m1"], devices["m2"], devices["m4"]
@@ -203,10 +203,7 @@ def test_a_revoked_member_reuses_its_last_periods_secret_for_the_next_period(fou
     held = _what_its_device_holds(m2.store)
     secrets = held + [_hkdf_room(s, room.room_id) for s in held]
     public = decode_public_key(keys.master().public.encode())
-    plants = [_contribution(room, public, 3, s, kind=k) for s in secrets for k in (5, 9)]
-    for p in plants:
-        m2.post(room, p)
-    refs = [_ref_of(m1, room, p) for p in plants]
+    refs = _plant(m2, room, [_contribution(room, public, 3, s, kind=k) for s in secrets for k in (5, 9)])
     clock.now = second.ends + 5
     for _ in range(3):
         sync_all(room, players, 2)

@@ -10,72 +10,42 @@ devices' room code.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import importlib.util
 import json
-import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from device.abe.encoding import decode_public_key
 from device.abe.policy import Policy
-from device.abe.scheme import encapsulate
 from device.abe.store import AbeKeys
 from device.rooms.service import DeviceRooms
 from device.rooms.wire import Room
 from device.storage.padstore import PadStore
 from tests.test_rooms_e2e import POLICY, Owner, four, sync_all  # noqa: F401 (fixture)
 from tests.test_rooms_held_flood import renew_everyone_a_day_before
+from tests.test_rooms_period_secrets import _contribution as _encode  # the attacker's own encoder
+from tests.test_rooms_period_secrets import _ref_of
 
 REPO = Path(__file__).resolve().parent.parent
 BEFORE = "5b39562"  # the commit before per-room secrets and tags: what an older device runs
 
 
-def _hkdf(key: bytes, purpose: str) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(key)
+def _contribution(room, public_key, period: int, secret: bytes | None, *, kind: int = 5) -> str:
+    """A named (5) or tagged (9) contribution under ``(policy) and PERIOD_<period>`` from the public key alone,
+    by the attacker's own encoder (tests/test_rooms_period_secrets.py): bound with k_j, or with ``secret`` as the
+    room's period secret; a type 9 carries the right tag under ``secret``, or (no secret) 32 random bytes."""
+    tag = "none" if kind == 5 else "right" if secret is not None else "garbage"
+    return _encode(room, public_key, period, secret, tag=tag, name=b"m9")
 
 
-def _mac(key: bytes, *parts: bytes) -> bytes:
-    h = hmac.new(key, digestmod=hashlib.sha256)
-    for part in parts:
-        h.update(len(part).to_bytes(8, "big") + part)
-    return h.digest()
-
-
-def _contribution(room, public_key, period: int, secret: bytes | None, *, kind: int = 5,
-                  tag: bytes | None = None, name: bytes = b"m9") -> str:
-    """A named (5) or tagged (9) contribution under ``(policy) and PERIOD_<period>`` from the public key alone:
-    bound with k_j, or with ``secret`` as the room's period secret (docs/rooms.md "Period secrets, per room");
-    a type 9 carries ``tag``, or the right tag under ``secret``, or 32 random bytes."""
-    enc = encapsulate(public_key, Policy.parse(f"({room.policy.text}) and PERIOD_{period}"))
-    x_pub = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    sig = Ed25519PrivateKey.generate()
-    sig_pub = sig.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    k = enc.key if secret is None else _mac(_hkdf(secret, "otc room period bind v1"), enc.key)
-    ct = enc.ciphertext.encode()
-    body = (b"ORM1" + bytes([kind]) + room.room_id + struct.pack(">I", len(ct)) + ct + x_pub + sig_pub
-            + bytes([len(name)]) + name)
-    body += _mac(_hkdf(k, "otc room bind v2"), room.room_id, x_pub, sig_pub, name)
-    if kind == 9:
-        if tag is None:
-            tag = _mac(_hkdf(secret, "otc room period tag v1"), body) if secret is not None else os.urandom(32)
-        body += tag
-    return base64.b64encode(body + sig.sign(body)).decode()
-
-
-def _ref_of(device, room, text: str) -> int:
-    messages, _ = device.relay.receive({room.mailbox: 0}, limit=1000)
-    return next(m.ref for m in messages if m.contents == text)
+def _plant(device, room, plants: list[str]) -> list[int]:
+    """Post ``plants`` from ``device``; their refs on the relay."""
+    for p in plants:
+        device.post(room, p)
+    return [_ref_of(device, room, p) for p in plants]
 
 
 def _old_module(path: str, name: str):
@@ -185,12 +155,8 @@ def test_a_reenrolled_invite_with_a_weaker_policy_hands_the_rooms_secret_to_a_ke
     keys, first = renew_everyone_a_day_before(four, (m1, m3, m4))
     got = AbeKeys(m3.store).room_period_secret(room.authority_id, room.room_id, 2)
     public = decode_public_key(keys.master().public.encode())
-    plants = []
-    if got is not None:  # m3's own device holds the genuine room's secret of period 2
-        plants = [_contribution(room, public, 2, got, kind=9)]
-        for p in plants:
-            m3.post(room, p)
-    plant_refs = [_ref_of(m1, room, p) for p in plants]
+    # m3's own device may hold the genuine room's secret of period 2: its plant, if so
+    plant_refs = _plant(m3, room, [_contribution(room, public, 2, got, kind=9)] if got is not None else [])
     clock.now = first.ends + 5
     for _ in range(3):
         sync_all(room, players, 2)
