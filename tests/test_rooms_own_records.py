@@ -6,7 +6,6 @@ knew counted once; a member whose rooms were cut is named in `otc abe members` a
 from __future__ import annotations
 
 import base64
-import json
 import os
 
 import pytest
@@ -15,10 +14,13 @@ from device.abe.policy import Policy
 from device.abe.renewal import plan_renewal
 from device.abe.rpc import abe_members
 from device.abe.store import MAX_ROOM_SECRETS, OWN_ROOMS_COUNTED, AbeKeys, decode_room_secrets
+from device.home import open_home
 from device.rooms.errors import RoomError
 from device.rooms.service import DeviceRooms
 from device.rooms.wire import Room
 from device.storage.padstore import PadStore, device_id_for
+from tests.conftest import otc
+from tests.test_cli import one_line_error
 from tests.test_rooms_e2e import Owner, four  # noqa: F401 (fixture)
 
 
@@ -99,18 +101,33 @@ def test_an_authority_from_before_the_records_counts_the_rooms_it_knew_once(auth
     assert [i["rooms_cut"] for i in listed] == [2]
 
 
-def test_own_room_records_are_sealed_when_the_home_is_locked(authority):
-    """What an authority created stays as private as its room states: sealed under the storage key when the home
-    is PIN-locked (no policy text in the settings row then)."""
-    auth, _, keys = authority
-    DeviceRooms(auth, Owner()).create("hidden", "STAFF")
-    rows = auth.settings_with_prefix("abe-own-room:")
-    assert len(rows) == 1
-    raw = base64.b64decode(next(iter(rows.values())))
-    if auth.secrets is None:
-        assert json.loads(raw)["policy"] == "STAFF"
-    else:
-        assert b"STAFF" not in raw
+def test_own_room_records_are_sealed_in_a_pin_locked_home_and_cut_members_named_at_the_command_line(tmp_path):
+    """What an authority created stays as private as its room states (sealed under the storage key when the home
+    is PIN-locked: no policy text in the row); `otc abe members` names a member whose rooms were cut, and
+    `otc room create` refuses past the cap with one line."""
+    pin = tmp_path / "pin"
+    pin.write_text("493817\n")
+    auth, alice = tmp_path / "campus", tmp_path / "alice"
+    for home in (auth, alice):
+        otc("device", "init", "--home", str(home), "--name", home.name, "--pin-file", str(pin), check=True)
+    otc("abe", "authority", "--home", str(auth), "--pin-file", str(pin), check=True)
+    otc("abe", "grant-local", "--attributes", "STAFF", str(auth), str(alice), "--auth-pin-file", str(pin),
+        "--member-pin-file", str(pin), check=True)
+    otc("room", "create", "--home", str(auth), "--pin-file", str(pin), "--name", "hidden", "--policy", "QWERTY",
+        check=True)
+    with open_home(auth, pin) as store:
+        (row,) = store.settings_with_prefix("abe-own-room:").values()
+        assert b"QWERTY" not in base64.b64decode(row)
+        assert [p.text for p, _ in AbeKeys(store).own_rooms().values()] == ["QWERTY"]
+        # An authority from before the records that knew more rooms than a key carries (as room states).
+        keys, rooms = AbeKeys(store), DeviceRooms(store, Owner())
+        for i in range(MAX_ROOM_SECRETS + 1):
+            rooms.add(_invite(keys, os.urandom(16), f"r{i}", "STAFF"))
+        store.delete_setting(OWN_ROOMS_COUNTED)
+    shown = otc("abe", "members", "--home", str(auth), "--pin-file", str(pin), check=True).stdout.decode()
+    assert "alice" in shown and "1 room CUT" in shown
+    refused = otc("room", "create", "--home", str(auth), "--pin-file", str(pin), "--name", "more", "--policy", "X")
+    assert "the most it can issue secrets for" in one_line_error(refused)
 
 
 def test_the_renewal_plan_names_members_whose_rooms_were_cut(four):
