@@ -74,6 +74,7 @@ from device.storage.padstore import RefusalBudget
 from onetimechat import package as fmt
 from onetimechat.crypto import derive_key, equal
 from onetimechat.errors import InvalidPackage, MalformedPackage
+from onetimechat.text import plural
 from provisioning.errors import CeremonyBroken
 from provisioning.wire import Wire
 
@@ -383,6 +384,9 @@ class RenewPlan:
     #: What it was planned from (re-planned at approval: :func:`renew`).
     who: str | None = None
     length: float | None = None
+    #: Members whose keys satisfy more rooms than a key carries secrets of (MAX_ROOM_SECRETS; only an authority
+    #: from before the cap at create): "name: n rooms", renewed without the rest (AbeKeys.rooms_cut).
+    cut: list[str] = field(default_factory=list)
 
     def shape(self) -> tuple:
         """What the owner approved, as far as periods go: re-planned at approval, it must be the same."""
@@ -409,6 +413,8 @@ class RenewPlan:
                          f"Period {self.period.number} replaces it from now.")
         if self.left:
             lines.append("Not renewed: " + "; ".join(self.left))
+        if self.cut:
+            lines.append("Renewed without some rooms' secrets (more rooms than a key carries): " + "; ".join(self.cut))
         lines.append("Each renewal is sent on the renewal pad the grant left with that member.")
         return "\n\n".join(lines)
 
@@ -436,8 +442,10 @@ def plan_renewal(keys: AbeKeys, who: str | None = None, end_period: bool = False
     now = time.time() if now is None else now
     # A period after another (the first one began at a grant) that began a moment ago: maybe by an early end.
     recent = current if current is not None and current.number > 1 and now - current.starts < RECENT_S else None
+    cut = [f"{name}: {plural(n, 'room')} cut" for device_id, name in members + catch_up
+           if (n := keys.rooms_cut(renewal_for(keys, device_id).attributes))]
     return RenewPlan(period, new and (end_period or bool(members)), end_period, members, left, ahead, catch_up,
-                     running, recent, who, length)
+                     running, recent, who, length, cut)
 
 
 class PlanChanged(AbeError):

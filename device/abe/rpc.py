@@ -75,7 +75,7 @@ def abe_members(store: PadStore) -> dict:
     """What `otc abe members --json` prints: every key this authority issued (never a key)."""
     keys = AbeKeys(store)
     keys.master()  # abe-not-authority
-    return {"issued": [i.to_dict() for i in keys.issued()],
+    return {"issued": [dict(i.to_dict(), rooms_cut=keys.rooms_cut(i.attributes)) for i in keys.issued()],
             "periods": [p.to_dict() for p in keys.periods()]}
 
 
@@ -190,7 +190,7 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
             raise Declined("The owner did not approve: nothing was renewed.")
         renewals = renew(keys, plan, service.session_random)
         return {"period": plan.period.to_dict(), "renewals": [r.to_dict() for r in renewals], "left": plan.left,
-                "failed": renewals.failed,
+                "cut": plan.cut, "failed": renewals.failed,
                 "running": plan.running.to_dict() if plan.catch_up and plan.running is not None else None,
                 "withdrawn": plan.withdraws.to_dict() if plan.withdraws is not None else None}
 

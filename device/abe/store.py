@@ -10,7 +10,9 @@ prints only fingerprints; the room protocol keeps them in memory).
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, replace
@@ -50,8 +52,14 @@ from onetimechat.crypto import derive_key, equal
 ROOM_ID_BYTES = 16
 ROOM_SECRET_BYTES = 32
 ROOM_SECRETS_MAGIC = b"R"  # before it, 32 bytes: the authority's period secret itself (older software)
-#: Room secrets sent with one key, at most (the authority's own rooms; a renewal carries 48 bytes each).
+#: Room secrets sent with one key, at most (the authority's own rooms; a renewal carries 48 bytes each), and the
+#: rooms an authority may create (so no key's rooms are ever cut: docs/rooms.md "Period secrets, per room").
 MAX_ROOM_SECRETS = 256
+#: Settings rows of the rooms this authority created (room id, policy, tagged_from), sealed as its keys are: the
+#: only rooms it issues secrets for. Never written from an invite (an outside review, issue 22).
+OWN_ROOM_PREFIX = "abe-own-room:"
+#: Set once the rooms an authority knew before those records were counted as its own (or at its creation).
+OWN_ROOMS_COUNTED = "abe-own-rooms-counted"
 
 
 def room_secret(period_secret: bytes, room_id: bytes) -> bytes:
@@ -238,6 +246,7 @@ class AbeKeys:
         aid = master.public.authority_id
         self.tables.add_own_authority(aid, master.public.name, master.public.encode_full(),
                                       self._seal(master.encode(), b"abe master " + aid), master.public.fingerprint)
+        self.store.save_settings({OWN_ROOMS_COUNTED: "1"})  # a new authority: only rooms it creates count
         return master.public
 
     def _own_row(self) -> tuple[bytes, bytes] | None:
@@ -336,24 +345,73 @@ class AbeKeys:
         master = self.master()
         return derive_key(master.encode(), f"otc room period secret v1 {master.public.authority_id.hex()} {period}")
 
-    def room_secrets_for(self, period: int, attributes: tuple[str, ...] | list[str]) -> bytes:
-        """What goes with a key of ``period`` and ``attributes`` (renewal, grant): the secret of the period of
-        every room of this authority this device knows whose policy those attributes satisfy, encoded
-        (:func:`encode_room_secrets`). A member holds a room's secret only if it could read the room."""
+    # -- the rooms this authority created (docs/rooms.md "Period secrets, per room") -------------
+
+    def _own_room_context(self, room_id: bytes) -> bytes:
+        return b"abe own room " + room_id
+
+    def record_own_room(self, room_id: bytes, policy: Policy, tagged_from: int | None) -> None:
+        """Record a room this authority creates (before its descriptor leaves): its secrets are issued from this
+        record, never from a room state or an invite (anyone can write an invite naming this authority, with any
+        room id and policy). At most MAX_ROOM_SECRETS rooms, so no key's secrets are ever cut."""
+        self.master()  # an authority's only
+        rooms = self.own_rooms()
+        if len(rooms) >= MAX_ROOM_SECRETS:
+            raise AbeError(f"This authority has created {len(rooms)} rooms, the most it can issue secrets for "
+                           f"({MAX_ROOM_SECRETS}); no more rooms can be created.")
+        raw = json.dumps({"policy": policy.text, "tagged_from": tagged_from}, sort_keys=True).encode()
+        sealed = base64.b64encode(self._seal(raw, self._own_room_context(room_id))).decode()
+        self.store.save_settings({OWN_ROOM_PREFIX + room_id.hex(): sealed}, event="abe-room",
+                                 detail=f"room created, policy {policy.text}")
+
+    def _count_rooms_known_before(self) -> None:
+        """Once, on an authority from before the records: the rooms of it this device keeps a state of count as
+        its own (they are what it issued secrets for until then). From then on only rooms it creates count."""
         from device.storage.room_states import room_descriptors
 
+        if self.store.setting(OWN_ROOMS_COUNTED) is not None:
+            return
         own = self.master().public.authority_id
-        secret = self.period_secret_for(period)
-        pairs = []
+        values = {OWN_ROOMS_COUNTED: "1"}
         for room in room_descriptors(self.store):
             try:
                 room_id, authority_id = bytes.fromhex(room["room_id"]), bytes.fromhex(room["authority_id"])
                 policy = Policy.parse(room["policy"])
             except (KeyError, TypeError, ValueError, AbeError):
                 continue  # a state this software cannot read is no room to issue for
-            if equal(authority_id, own) and len(room_id) == ROOM_ID_BYTES and policy.satisfied_by(attributes):
-                pairs.append((room_id, room_secret(secret, room_id)))
-        return encode_room_secrets(sorted(pairs)[:MAX_ROOM_SECRETS])
+            tagged_from = room.get("tagged_from")
+            if equal(authority_id, own) and len(room_id) == ROOM_ID_BYTES:
+                raw = json.dumps({"policy": policy.text, "tagged_from": tagged_from}, sort_keys=True).encode()
+                values[OWN_ROOM_PREFIX + room_id.hex()] = base64.b64encode(
+                    self._seal(raw, self._own_room_context(room_id))).decode()
+        self.store.save_settings(values, event="abe-room", detail=f"{len(values) - 1} rooms known before counted")
+
+    def own_rooms(self) -> dict[bytes, tuple[Policy, int | None]]:
+        """The rooms this authority created: room id -> (policy, tagged_from)."""
+        self._count_rooms_known_before()
+        out = {}
+        for name, value in self.store.settings_with_prefix(OWN_ROOM_PREFIX).items():
+            room_id = bytes.fromhex(name[len(OWN_ROOM_PREFIX):])
+            record = json.loads(self._open(base64.b64decode(value), self._own_room_context(room_id)))
+            out[room_id] = (Policy.parse(record["policy"]), record["tagged_from"])
+        return out
+
+    def _rooms_satisfied(self, attributes: tuple[str, ...] | list[str]) -> list[bytes]:
+        return sorted(rid for rid, (policy, _) in self.own_rooms().items() if policy.satisfied_by(attributes))
+
+    def room_secrets_for(self, period: int, attributes: tuple[str, ...] | list[str]) -> bytes:
+        """What goes with a key of ``period`` and ``attributes`` (renewal, grant): the secret of the period of
+        every room this authority created whose policy those attributes satisfy, encoded
+        (:func:`encode_room_secrets`). A member holds a room's secret only if it could read the room. Past
+        MAX_ROOM_SECRETS (only an authority from before the cap at create), the rest are cut:
+        :meth:`rooms_cut` says how many."""
+        secret = self.period_secret_for(period)
+        pairs = [(room_id, room_secret(secret, room_id)) for room_id in self._rooms_satisfied(attributes)]
+        return encode_room_secrets(pairs[:MAX_ROOM_SECRETS])
+
+    def rooms_cut(self, attributes: tuple[str, ...] | list[str]) -> int:
+        """How many rooms a key of ``attributes`` satisfies beyond the MAX_ROOM_SECRETS it can carry secrets of."""
+        return max(0, len(self._rooms_satisfied(attributes)) - MAX_ROOM_SECRETS)
 
     def room_period_secret(self, authority_id: bytes, room_id: bytes, period: int) -> bytes | None:
         """The secret of room ``room_id`` for ``authority_id``'s period ``period`` this device holds: issued with

@@ -67,7 +67,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -247,6 +248,19 @@ class RoomMember:
         self.mismatches = 0
         #: Decapsulations this member computed (each is one multi-pairing).
         self.decapsulations = 0
+        #: Within one batch of items (:meth:`reading`): the room's secrets and this device's periods, looked up
+        #: once (an outside review: a flood held aside cost a key lookup per held item per item read).
+        self._cache: dict[object, object] | None = None
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """A batch of items read (and the duties after them): this device's keys do not change meanwhile, so each
+        room secret and the periods held are looked up once in it."""
+        self._cache = {}
+        try:
+            yield
+        finally:
+            self._cache = None
 
     # -- what callers see -------------------------------------------------------------------
 
@@ -323,7 +337,7 @@ class RoomMember:
         periods), or None. A withdrawn period is not held (AbeKeys.periods_held): after its start, a device
         renewed for the period that replaced it never contributes under it."""
         now = self.clock()
-        usable = [p for p, (starts, ends) in self.keys.periods_held(self.room.authority_id).items()
+        usable = [p for p, (starts, ends) in self._periods_held().items()
                   if starts <= now < ends]
         return max(usable) if usable else None
 
@@ -392,7 +406,7 @@ class RoomMember:
         if self.me is None:
             return False
         period = self.members[self.me].period
-        window = self.keys.periods_held(self.room.authority_id).get(period)
+        window = self._periods_held().get(period)
         return period > 0 and (window is None or self.clock() >= window[1])
 
     def leave(self) -> bytes:
@@ -620,9 +634,11 @@ class RoomMember:
         """Whether a contribution of ``period`` carries the tag the room requires (True also when the room does
         not tag that period), or None when this device cannot tell (it holds no room secret of that period: no
         key of it yet). Every member holding the secret decides alike: the authority issued it with every key of
-        a period the room tags (Room.tagged_from)."""
+        a period the room tags (Room.tagged_from). A tagged (type-9) item in a period the room does not tag is
+        False: an older device refuses it as malformed, so taking it would split the roster (an outside review:
+        anyone can make one from the public key; honest devices never send one there)."""
         if not self.room.tagged(period):
-            return True
+            return item.tag is None
         secret = self._secret(period)
         if secret is None:
             return None
@@ -667,7 +683,7 @@ class RoomMember:
             return
         self._check_held_tags()
         self.prune_held()
-        newest = max(self.keys.periods_held(self.room.authority_id), default=None)
+        newest = max(self._periods_held(), default=None)
 
         def worth(mid: bytes) -> tuple[int, int, int]:
             r = self.future[mid]
@@ -688,7 +704,7 @@ class RoomMember:
         if not self.future:
             return []
         now = self.clock()
-        windows = self.keys.periods_held(self.room.authority_id)
+        windows = self._periods_held()
         begun = [p for p, (starts, _) in windows.items() if starts <= now]
         gone = [mid for mid, r in self.future.items()
                 if now - r.held_at >= HELD_MAX_AGE_S or (r.period in windows and now >= windows[r.period][1])
@@ -720,7 +736,22 @@ class RoomMember:
         """This room's secret of its authority's key period ``period``, if this device holds it: the authority
         issues it with the period's keys whose attributes satisfy the room's policy (docs/rooms.md "Period
         secrets, per room"), so a key holder that could not read the room cannot bind or tag for it."""
-        return self.keys.room_period_secret(self.room.authority_id, self.room.room_id, period) if period > 0 else None
+        if period <= 0:
+            return None
+        if self._cache is None:
+            return self.keys.room_period_secret(self.room.authority_id, self.room.room_id, period)
+        if ("secret", period) not in self._cache:
+            self._cache[("secret", period)] = self.keys.room_period_secret(self.room.authority_id, self.room.room_id,
+                                                                          period)
+        return self._cache[("secret", period)]  # type: ignore[return-value]
+
+    def _periods_held(self) -> dict[int, tuple[float, float]]:
+        """This device's key periods of the room's authority (Keys.periods_held), once per batch."""
+        if self._cache is None:
+            return self.keys.periods_held(self.room.authority_id)
+        if "periods" not in self._cache:
+            self._cache["periods"] = self.keys.periods_held(self.room.authority_id)
+        return self._cache["periods"]  # type: ignore[return-value]
 
     def _bound(self, k: bytes, member: _Member, strict: bool) -> bool:
         """Whether a contribution's bind is right. Bound with its period's secret (by a maker that holds it),

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from device.abe.errors import PolicyError
+from device.abe.errors import AbeError, NotAnAuthority, PolicyError
 from device.abe.policy import Policy, check_unreserved
 from device.abe.store import AbeKeys
 from device.confirm import Confirmer, ConfirmRequest
@@ -60,13 +60,21 @@ class DeviceRooms:
         tagged_from = max((p.number for p in self.keys.periods()), default=0) + 1
         room = Room(os.urandom(ROOM_ID_BYTES), check_name(name), parsed, public.name, public.authority_id,
                     tagged_from)
-        return self.add(room)
+        with self._lock:
+            if any(m.room.name == room.name for m in self.rooms.values()):
+                raise RoomError(f"This device already has a room named {room.name!r}.")
+            try:  # its secrets are issued from this record only, never from an invite (docs/rooms.md)
+                self.keys.record_own_room(room.room_id, parsed, tagged_from)
+            except AbeError as exc:
+                raise RoomError(str(exc)) from None
+            return self.add(room)
 
     def add(self, room: Room) -> Room:
         try:  # a hand-made invite could carry a period attribute in its policy (an outside review)
             check_unreserved(room.policy.rows, "a room's policy")
         except PolicyError as exc:
             raise RoomError(f"This invite's policy is not a room's: {exc}") from None
+        self._check_own(room)
         with self._lock:
             if room.room_id in self.rooms:
                 return self.rooms[room.room_id].room
@@ -77,6 +85,21 @@ class DeviceRooms:
             self._save(member)
             self.pads.log_event("room-added", detail=f"room {room.name} ({room.policy.text})")
             return room
+
+    def _check_own(self, room: Room) -> None:
+        """On an authority's device, an invite of a room it created must say what it created: one re-added after
+        the room's state was lost could carry a doctored policy (an outside review, issue 22). The secrets it
+        issues come from its record either way."""
+        try:
+            own = self.keys.master().public.authority_id
+        except NotAnAuthority:
+            return
+        if not equal(room.authority_id, own):
+            return
+        record = self.keys.own_rooms().get(room.room_id)
+        if record is not None and (record[0].text != room.policy.text or record[1] != room.tagged_from):
+            raise RoomError(f"This invite's room {room.name!r} is not the room this authority created with that "
+                            f"id (policy {record[0].text}): refused.")
 
     def find(self, name_or_id: str) -> RoomMember:
         for member in self.rooms.values():
@@ -135,9 +158,10 @@ class DeviceRooms:
             raise RoomError(f"At most {MAX_ITEMS_PER_CALL} room items per call.")
         with self._lock:
             member = self.find(name)
-            events = [member.receive(ref, text) for ref, text in sorted(items)]
-            member.expire()
-            post = [to_text(raw) for raw in member.duties()]
+            with member.reading():
+                events = [member.receive(ref, text) for ref, text in sorted(items)]
+                member.expire()
+                post = [to_text(raw) for raw in member.duties()]
             self._save(member)
             refused = sum(e.outcome == "refused" for e in events)
             if refused:

@@ -1,6 +1,7 @@
 """Room states in the device's store: one settings row per room, sealed under the storage key when the home is
 PIN-locked (device/rooms/storage.py says why). Here, below the rooms and the attribute-based keys, so an
-authority's device can list the rooms it knows when it issues their period secrets (device/abe/store.py)."""
+authority from before its own-room records can count the rooms it knew, once (AbeKeys.own_rooms): from then on
+it issues period secrets only for the rooms it created, never from these states (device/abe/store.py)."""
 
 from __future__ import annotations
 

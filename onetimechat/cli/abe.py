@@ -302,7 +302,9 @@ def cmd_members(args: argparse.Namespace) -> int:
         if i["period"] is not None and i.get("withdrawn", i["starts"] == i["ends"]):  # (older devices: text)
             period = f"period {i['period']} withdrawn {i['ends']}"
         revoked = f"REVOKED {i['revoked']}" if i["revoked"] else "renewable"
-        print(f"{i['member']:<20} {', '.join(i['attributes']):<24} {period}  {revoked}  key {i['key_id'][:16]}")
+        cut = (f"  {plural(i['rooms_cut'], 'room')} CUT (more rooms than a key carries secrets of)"
+               if i.get("rooms_cut") else "")
+        print(f"{i['member']:<20} {', '.join(i['attributes']):<24} {period}  {revoked}  key {i['key_id'][:16]}{cut}")
     return 0
 
 
@@ -336,6 +338,7 @@ def cmd_renew(args: argparse.Namespace) -> int:
                              end_period=args.end_period, **({"period": args.period} if args.period else {}),
                              **({"again": True} if args.again else {}))
         period, renewals, left = answer["period"], answer["renewals"], answer["left"]
+        cut = answer.get("cut", [])
         failed, running = answer.get("failed", []), answer.get("running")
         withdrawn = answer.get("withdrawn")
         relay = RelayClient(relay_url, on_answer=device.state.relay_answered)
@@ -351,7 +354,7 @@ def cmd_renew(args: argparse.Namespace) -> int:
             with _randomness([]) as random_bytes:
                 done = renew(keys, plan, random_bytes)
             renewals, failed = [r.to_dict() for r in done], done.failed
-            period, left = plan.period.to_dict(), plan.left
+            period, left, cut = plan.period.to_dict(), plan.left, plan.cut
             withdrawn = plan.withdraws.to_dict() if plan.withdraws is not None else None
             running = plan.running.to_dict() if plan.catch_up and plan.running is not None else None
         relay = RelayClient(args.relay) if args.relay else None
@@ -387,6 +390,9 @@ def cmd_renew(args: argparse.Namespace) -> int:
               f"rooms move to period {period['period']}.", file=sys.stderr if relay is None else sys.stdout)
     for why in left:
         print(f"Not renewed: {why}", file=sys.stderr if relay is None else sys.stdout)
+    for why in cut:
+        print(f"Renewed without some rooms' secrets (more rooms than a key carries): {why}",
+              file=sys.stderr if relay is None else sys.stdout)
     for why in failed:
         print(f"Not renewed (failed; the others were): {why}", file=sys.stderr)
     if not renewals:
