@@ -200,19 +200,22 @@ class Relay:
 
     def ack(self, mailbox: str, through: int | None, refs: Sequence[int]) -> int:
         """Delete delivered messages (and their content files); how many went."""
-        top = max([through or 0, *refs])
-        files = self.store.part_files([(mailbox, top)]) if self.parts is not None and top else []
-        deleted = self.store.ack(mailbox, through, refs, self.clock())
-        self._remove_gone(files)
+        gone: list[str] = []
+        deleted = self.store.ack(mailbox, through, refs, self.clock(), gone)
+        self._remove_files(gone)
         return deleted
 
     def ack_cursors(self, cursors: Sequence[tuple[str, int]]) -> int:
         """Delete every message up to each cursor (and their content files); how many went."""
-        moved = [c for c in cursors if c[1] > 0]
-        files = self.store.part_files(moved) if self.parts is not None and moved else []
-        deleted = self.store.ack_cursors(cursors, self.clock())
-        self._remove_gone(files)
+        gone: list[str] = []
+        deleted = self.store.ack_cursors(cursors, self.clock(), gone)
+        self._remove_files(gone)
         return deleted
+
+    def _remove_files(self, gone: list[str]) -> None:
+        """Unlink the content files of messages a committed deletion removed."""
+        if self.parts is not None and gone:
+            self.parts.remove(gone)
 
     def _remove_gone(self, files: list[tuple[str, int, str]]) -> None:
         """Unlink the content files of these messages that are no longer stored."""

@@ -137,12 +137,14 @@ class Store(abc.ABC):
         """The ref the next message to ``mailbox`` will get."""
 
     @abc.abstractmethod
-    def ack(self, mailbox: str, through: int | None, refs: Sequence[int], now: float) -> int:
-        """Delete delivered messages (all up to ``through``, and each of ``refs``); how many went."""
+    def ack(self, mailbox: str, through: int | None, refs: Sequence[int], now: float,
+            gone: list[str] | None = None) -> int:
+        """Delete delivered messages (all up to ``through``, and each of ``refs``); how many went. The names of
+        the content files of those deleted are added to ``gone`` (relay/parts.py)."""
 
     @abc.abstractmethod
-    def ack_cursors(self, cursors: Sequence[tuple[str, int]], now: float) -> int:
-        """Delete every message up to each (mailbox, ref) cursor, in one transaction."""
+    def ack_cursors(self, cursors: Sequence[tuple[str, int]], now: float, gone: list[str] | None = None) -> int:
+        """Delete every message up to each (mailbox, ref) cursor, in one transaction; as :meth:`ack`."""
 
     @abc.abstractmethod
     def announce(self, handle: str, token_hash: bytes, now: float, expires_at: float, origin: str = "",

@@ -309,30 +309,41 @@ class SQLStore(Store):
                 row = tx.one("SELECT value FROM relay_meta WHERE key = 'ref_floor'")
         return int(row[0]) if row else 1
 
-    def ack(self, mailbox: str, through: int | None, refs: Sequence[int], now: float) -> int:
-        return self._transact(lambda tx: self._delete(tx, mailbox, through, refs, now), mailbox)
+    def ack(self, mailbox: str, through: int | None, refs: Sequence[int], now: float,
+            gone: list[str] | None = None) -> int:
+        return self._transact(lambda tx: self._delete(tx, mailbox, through, refs, now, gone), mailbox)
 
-    def ack_cursors(self, cursors: Sequence[tuple[str, int]], now: float) -> int:
+    def ack_cursors(self, cursors: Sequence[tuple[str, int]], now: float, gone: list[str] | None = None) -> int:
         """Delete everything up to each cursor, in one transaction."""
         cursors = [(m, c) for m, c in cursors if c > 0]
         if not cursors:
             return 0
         cursors.sort()
-        return self._transact(lambda tx: sum(self._delete(tx, m, c, (), now) for m, c in cursors), cursors[0][0])
+        return self._transact(lambda tx: sum(self._delete(tx, m, c, (), now, gone) for m, c in cursors),
+                              cursors[0][0])
 
-    def _delete(self, tx: Tx, mailbox: str, through: int | None, refs: Sequence[int], now: float) -> int:
+    # What a deletion returns of each message: its size and whose it was, and its content file's name if it has
+    # one (relay/parts.py; the length first, so no large value is read).
+    _DELETED = "RETURNING size, origin, block, CASE WHEN length(contents) <= 64 AND substr(contents, 1, 1) = ? " \
+               "THEN contents END"
+
+    def _delete(self, tx: Tx, mailbox: str, through: int | None, refs: Sequence[int], now: float,
+                gone: list[str] | None = None) -> int:
         # Messages first, then the mailbox's counters, and only if something went: a poll that
-        # acknowledges nothing new writes nothing (no lock, no sync).
-        sizes: list[tuple] = []
+        # acknowledges nothing new writes nothing (no lock, no sync). The names of the content files of what
+        # went are added to ``gone``, from the deletion itself: exactly what this commit removes.
+        rows: list[tuple] = []
         if through is not None:
-            sizes += tx.all("DELETE FROM messages WHERE mailbox = ? AND ref <= ? RETURNING size, origin, block",
-                            (mailbox, through))
+            rows += tx.all("DELETE FROM messages WHERE mailbox = ? AND ref <= ? " + self._DELETED,
+                           (mailbox, through, FILE_MARK))
         if refs:
             marks = ", ".join("?" * len(refs))
-            sizes += tx.all(f"DELETE FROM messages WHERE mailbox = ? AND ref IN ({marks}) "
-                            "RETURNING size, origin, block", (mailbox, *refs))
-        self._uncount(tx, mailbox, sizes, now)
-        return len(sizes)
+            rows += tx.all(f"DELETE FROM messages WHERE mailbox = ? AND ref IN ({marks}) " + self._DELETED,
+                           (mailbox, *refs, FILE_MARK))
+        self._uncount(tx, mailbox, [row[:3] for row in rows], now)
+        if gone is not None:
+            gone += [bytes(row[3])[1:].decode("ascii") for row in rows if row[3] is not None]
+        return len(rows)
 
     @staticmethod
     def _uncount(tx: Tx, mailbox: str, sizes: list[tuple], now: float) -> None:
