@@ -442,8 +442,9 @@ def plan_renewal(keys: AbeKeys, who: str | None = None, end_period: bool = False
     now = time.time() if now is None else now
     # A period after another (the first one began at a grant) that began a moment ago: maybe by an early end.
     recent = current if current is not None and current.number > 1 and now - current.starts < RECENT_S else None
+    cut_of = keys.cut_counter()
     cut = [f"{name}: {plural(n, 'room')} cut" for device_id, name in members + catch_up
-           if (n := keys.rooms_cut(renewal_for(keys, device_id).attributes))]
+           if (n := cut_of(renewal_for(keys, device_id).attributes))]
     return RenewPlan(period, new and (end_period or bool(members)), end_period, members, left, ahead, catch_up,
                      running, recent, who, length, cut)
 
