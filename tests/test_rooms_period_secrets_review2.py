@@ -204,14 +204,10 @@ def test_a_re_added_room_with_no_record_is_flagged_and_recorded_only_as_the_owne
     list` and the renewal plan flag it; `otc room add --own` records it only as the owner confirms on the device,
     with the device's own descriptor (never a doctored policy); keys issued after carry its secret."""
     from client.errors import RemoteError
-    from client.rpc import DeviceClient, pair
-    from client.state import ClientState
+    from client.rpc import DeviceClient
     from onetimechat.cli import main
-    from relay.app import create_app
-    from relay.config import RelayConfig
-    from relay.server import RelayServer
-    from tests.chat_fixtures import Person
     from tests.test_rooms_confirmed import Owner as Declining
+    from tests.test_rooms_confirmed import paired
 
     PadStore.init(tmp_path / "auth", "auth").close()
     PadStore.init(tmp_path / "member", "member").close()
@@ -219,14 +215,8 @@ def test_a_re_added_room_with_no_record_is_flagged_and_recorded_only_as_the_owne
         public = AbeKeys(auth).become_authority()
         auth.delete_setting(OWN_ROOMS_COUNTED)  # software from before the records; G's state was lost there
     lost = Room(os.urandom(16), "roomzq", Policy.parse("STAFF"), public.name, public.authority_id, 1)
-    relay = RelayServer(create_app(RelayConfig(db=f"sqlite:///{tmp_path / 'relay.db'}", min_free_bytes=0)),
-                        "127.0.0.1", 0, threads=4).start()
     owner = Declining()
-    person = Person("auth", tmp_path / "auth", tmp_path / "auth-laptop", owner)
-    person.start()
-    try:
-        state = ClientState(person.laptop)
-        pair(person.url, name="auth-laptop", ask_code=lambda: owner.codes[-1], state=state)
+    with paired(tmp_path, "auth", owner) as (relay, person, state):
         monkeypatch.setenv("OTC_CLIENT_HOME", str(person.laptop))
         cli = ["--device", person.url, "--relay", relay.url]
         capsys.readouterr()
@@ -254,9 +244,6 @@ def test_a_re_added_room_with_no_record_is_flagged_and_recorded_only_as_the_owne
         assert owner.kinds[-1] == "room-own"
         with pytest.raises(RemoteError, match="nothing to record"):
             device.call("room_add", invite=lost.invite(), own=True)
-    finally:
-        person.stop()
-        relay.close()
     with PadStore(tmp_path / "auth") as auth, PadStore(tmp_path / "member") as member:
         keys = AbeKeys(auth)
         assert keys.own_rooms()[lost.room_id][0].text == "STAFF"
