@@ -252,3 +252,35 @@ def test_a_re_added_room_with_no_record_is_flagged_and_recorded_only_as_the_owne
                          how="local", period=keys.period_for_grant(None))
         got = _room_secret(keys.period_secret_for(key.period), lost.room_id)
         assert got in _secrets_issued(keys, key.period, key.all_attributes)
+
+
+def test_a_catch_up_renewal_with_the_secret_of_a_room_made_since_does_not_split_it(four):
+    """The catch-up route to F2: m1 is renewed for period 2 before the room is made, m4 is not; period 2 begins,
+    the room is made (tagged from 3), then the renewal plan gives m4 the running period's key late, with
+    R_2(room). m1 holds no R_2(room), m4 does: both must take each other's contribution in period 2."""
+    room0, devices, clock, auth = four
+    m1, m4 = devices["m1"], devices["m4"]
+    keys = AbeKeys(auth)
+    first = keys.periods()[0]
+    clock.now = first.ends - DAY_S
+    for r in renew(keys, plan_renewal(keys, "m1", now=clock.now), os.urandom, now=clock.now):
+        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    assert fetch_new_renewals(m1) == [2]
+    clock.now = first.ends + 30  # period 2 runs; m4 holds no key of it
+    late = DeviceRooms(auth, Owner()).create("late", "STAFF and (ADMIN or OPS)")
+    assert late.tagged_from == 3
+    plan = plan_renewal(keys, "m4", now=clock.now)
+    assert [name for _, name in plan.catch_up] == ["m4"]
+    for r in renew(keys, plan, os.urandom, now=clock.now):
+        m4.relay.send(r.mailbox, r.package, r.key_id.hex())
+    assert fetch_new_renewals(m4) == [2]
+    r2 = _room_secret(keys.period_secret_for(2), late.room_id)
+    assert r2 in _what_its_device_holds(m4.store) and r2 not in _what_its_device_holds(m1.store)
+    players = {"m1": m1, "m4": m4}
+    for d in players.values():
+        d.rooms.add(Room.from_invite(late.invite()))
+    for d in (m4, m1):
+        d.post(late, d.rooms.join("late"))
+        sync_all(late, players)
+    assert m1.rooms.find("late").period == 2
+    assert len(_agree(late, players)) == 2
