@@ -397,6 +397,16 @@ class AbeKeys:
             out[room_id] = (Policy.parse(record["policy"]), record["tagged_from"])
         return out
 
+    def own_authority_id(self) -> bytes | None:
+        """This device's authority id, if it is one (nothing unsealed)."""
+        row = self._own_row()
+        return bytes(row[0]) if row is not None else None
+
+    def own_room_ids(self) -> set[bytes]:
+        """The ids of the rooms this authority created: the names of its records, nothing unsealed."""
+        self._count_rooms_known_before()
+        return {bytes.fromhex(name[len(OWN_ROOM_PREFIX):]) for name in self.store.settings_with_prefix(OWN_ROOM_PREFIX)}
+
     def unrecorded_rooms(self) -> list[dict]:
         """On an authority's device, the descriptors of the rooms naming it that this device keeps a state of but
         has no record of creating: an authority upgraded from software before the records, whose room's state was
@@ -405,11 +415,10 @@ class AbeKeys:
         (`otc room add`, `otc room list`, the renewal plan) and may record it (`otc room add --own`)."""
         from device.storage.room_states import room_descriptors
 
-        try:
-            own = self.master().public.authority_id
-        except NotAnAuthority:
+        own = self.own_authority_id()
+        if own is None:
             return []
-        recorded = self.own_rooms()
+        recorded = self.own_room_ids()
         out = []
         for room in room_descriptors(self.store):
             try:

@@ -105,12 +105,21 @@ class DeviceRooms:
         """A warning, if ``room`` names this device's authority and it has no record of creating it (its state
         lost before an upgrade, then re-added: an outside review, red team 22b F4): its members get no secret of
         it, so none can contribute in its tagged periods. None otherwise."""
-        if not any(equal(bytes.fromhex(r["room_id"]), room.room_id) for r in self.keys.unrecorded_rooms()):
+        if room.room_id not in self._unrecorded_ids():
             return None
         return (f"Room {room.name!r} names this authority, which has no record of creating it: keys it issues "
                 "carry no secret of the room, so members cannot contribute in its tagged periods. If this authority "
                 f"created it, `otc room add --own INVITE` records it as its own (policy {room.policy.text}, "
                 "confirmed on the device).")
+
+    def _unrecorded_ids(self) -> set[bytes]:
+        """The rooms of this device naming its authority that it has no record of creating (see unrecorded()):
+        record names only, nothing unsealed (listed at every `rooms` call, so at every laptop sync)."""
+        own = self.keys.own_authority_id()
+        if own is None:
+            return set()
+        mine = {rid for rid, member in self.rooms.items() if equal(member.room.authority_id, own)}
+        return mine - self.keys.own_room_ids() if mine else set()
 
     def record_own(self, room: Room) -> Room:
         """Record ``room`` (re-added, its state lost before an upgrade) as created by this authority: keys issued
@@ -134,19 +143,19 @@ class DeviceRooms:
 
     def list(self) -> list[dict]:
         with self._lock:
-            unrecorded = {r["room_id"] for r in self.keys.unrecorded_rooms()}
+            unrecorded = self._unrecorded_ids()
             return [self._describe(m, unrecorded) for m in self.rooms.values()]
 
     def describe(self, name_or_id: str) -> dict:
         """A room's status with its invite and relay mailbox."""
         with self._lock:
-            return self._describe(self.find(name_or_id), {r["room_id"] for r in self.keys.unrecorded_rooms()})
+            return self._describe(self.find(name_or_id), self._unrecorded_ids())
 
     @staticmethod
-    def _describe(member: RoomMember, unrecorded: set[str]) -> dict:
+    def _describe(member: RoomMember, unrecorded: set[bytes]) -> dict:
         """``unrecorded``: whether this authority's own room has no record of its creation (see unrecorded())."""
         return dict(member.status(), authority=member.room.authority, invite=member.room.invite(),
-                    mailbox=member.room.mailbox, unrecorded=member.room.room_id.hex() in unrecorded)
+                    mailbox=member.room.mailbox, unrecorded=member.room.room_id in unrecorded)
 
     # -- the protocol -----------------------------------------------------------------------
 
