@@ -101,21 +101,30 @@ def test_devices_holding_and_not_holding_the_secret_decide_every_item_alike(four
 # -- F2: a room made between two members' renewals ahead ------------------------------------------------------
 
 
+def _send_renewals(keys: AbeKeys, plan, device, now: float) -> None:
+    for r in renew(keys, plan, os.urandom, now=now):
+        device.relay.send(r.mailbox, r.package, r.key_id.hex())
+
+
+def _m1_renewed_a_day_ahead(four):
+    """`otc abe renew m1` a day before period 1 ends (period 2 issued ahead to m1 alone): m1, m4, the
+    authority's keys, period 1, the clock."""
+    room0, devices, clock, auth = four
+    keys = AbeKeys(auth)
+    first = keys.periods()[0]
+    clock.now = first.ends - DAY_S
+    _send_renewals(keys, plan_renewal(keys, "m1", now=clock.now), devices["m1"], clock.now)
+    return devices["m1"], devices["m4"], keys, first, clock
+
+
 def test_a_room_made_between_two_members_renewals_ahead_splits_at_the_period_change(four):
     """The owner renews m1 ahead (`otc abe renew m1`), makes a room, then renews m4: m4's key of period 2 carries
     R_2(late), m1's does not; the room is tagged from period 3. Both are in it in period 1; at the move to 2
     each must take the other's moving contribution."""
-    room0, devices, clock, auth = four
-    m1, m4 = devices["m1"], devices["m4"]
-    keys = AbeKeys(auth)
-    first = keys.periods()[0]
-    clock.now = first.ends - DAY_S
-    for r in renew(keys, plan_renewal(keys, "m1", now=clock.now), os.urandom, now=clock.now):
-        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
-    late = DeviceRooms(auth, Owner()).create("late", "STAFF and (ADMIN or OPS)")
+    m1, m4, keys, first, clock = _m1_renewed_a_day_ahead(four)
+    late = DeviceRooms(keys.store, Owner()).create("late", "STAFF and (ADMIN or OPS)")
     assert late.tagged_from == 3  # period 2 exists already (issued ahead to m1)
-    for r in renew(keys, plan_renewal(keys, "m4", now=clock.now), os.urandom, now=clock.now):
-        m4.relay.send(r.mailbox, r.package, r.key_id.hex())
+    _send_renewals(keys, plan_renewal(keys, "m4", now=clock.now), m4, clock.now)
     assert fetch_new_renewals(m1) == [2] and fetch_new_renewals(m4) == [2]
     r2 = _room_secret(keys.period_secret_for(2), late.room_id)
     assert r2 in _what_its_device_holds(m4.store) and r2 not in _what_its_device_holds(m1.store)
@@ -258,21 +267,14 @@ def test_a_catch_up_renewal_with_the_secret_of_a_room_made_since_does_not_split_
     """The catch-up route to F2: m1 is renewed for period 2 before the room is made, m4 is not; period 2 begins,
     the room is made (tagged from 3), then the renewal plan gives m4 the running period's key late, with
     R_2(room). m1 holds no R_2(room), m4 does: both must take each other's contribution in period 2."""
-    room0, devices, clock, auth = four
-    m1, m4 = devices["m1"], devices["m4"]
-    keys = AbeKeys(auth)
-    first = keys.periods()[0]
-    clock.now = first.ends - DAY_S
-    for r in renew(keys, plan_renewal(keys, "m1", now=clock.now), os.urandom, now=clock.now):
-        m1.relay.send(r.mailbox, r.package, r.key_id.hex())
+    m1, m4, keys, first, clock = _m1_renewed_a_day_ahead(four)
     assert fetch_new_renewals(m1) == [2]
     clock.now = first.ends + 30  # period 2 runs; m4 holds no key of it
-    late = DeviceRooms(auth, Owner()).create("late", "STAFF and (ADMIN or OPS)")
+    late = DeviceRooms(keys.store, Owner()).create("late", "STAFF and (ADMIN or OPS)")
     assert late.tagged_from == 3
     plan = plan_renewal(keys, "m4", now=clock.now)
     assert [name for _, name in plan.catch_up] == ["m4"]
-    for r in renew(keys, plan, os.urandom, now=clock.now):
-        m4.relay.send(r.mailbox, r.package, r.key_id.hex())
+    _send_renewals(keys, plan, m4, clock.now)
     assert fetch_new_renewals(m4) == [2]
     r2 = _room_secret(keys.period_secret_for(2), late.room_id)
     assert r2 in _what_its_device_holds(m4.store) and r2 not in _what_its_device_holds(m1.store)
