@@ -37,8 +37,8 @@ T = TypeVar("T")
 MODES = ("touchscreen", "gpio", "tty", "auto")
 # Requests that are a yes-or-no question to the owner, not a message to encrypt: becoming an attribute authority
 # (device/abe/rpc.py), revoking a paired laptop (device/server.py), creating a room (device/abe/rpc.py), adding
-# a room from an invite and leaving one (device/rooms/rpc.py).
-QUESTION_KINDS = frozenset({"authority", "revoke", "room-create", "room-add", "room-leave", "pad-grant"})
+# a room from an invite, recording a re-added one as its authority's own and leaving one (device/rooms/rpc.py).
+QUESTION_KINDS = frozenset({"authority", "revoke", "room-create", "room-add", "room-own", "room-leave", "pad-grant"})
 DEFAULT_TIMEOUT_S = 60.0
 PAIRING_CODE_FILE = "pairing-code"
 

@@ -6,6 +6,9 @@ owner declines (or is away), nothing changes: no room is added, no membership ke
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 from client.errors import RemoteError
@@ -36,20 +39,31 @@ class Owner(OwnerSource):
         return super().ask(request, timeout) and request.kind not in self.decline_kinds
 
 
+@contextmanager
+def paired(tmp_path, name: str, owner: OwnerSource) -> Iterator[tuple[RelayServer, Person, ClientState]]:
+    """A relay, the device of the home ``tmp_path/name`` (made before) confirming with ``owner``, and a laptop
+    paired with it; stopped after."""
+    relay = RelayServer(create_app(RelayConfig(db=f"sqlite:///{tmp_path / 'relay.db'}", min_free_bytes=0)),
+                        "127.0.0.1", 0, threads=4).start()
+    person = Person(name, tmp_path / name, tmp_path / f"{name}-laptop", owner)
+    person.start()
+    try:
+        state = ClientState(person.laptop)
+        pair(person.url, name=f"{name}-laptop", ask_code=lambda: owner.codes[-1], state=state)
+        yield relay, person, state
+    finally:
+        person.stop()
+        relay.close()
+
+
 def test_room_add_and_room_leave_need_the_owners_approval(tmp_path, capsys):
     PadStore.init(tmp_path / "auth", "auth").close()
     assert main(["abe", "authority", "--home", str(tmp_path / "auth")]) == 0
-    relay = RelayServer(create_app(RelayConfig(db=f"sqlite:///{tmp_path / 'relay.db'}", min_free_bytes=0)),
-                        "127.0.0.1", 0, threads=4).start()
     PadStore.init(tmp_path / "bob", "bob").close()
     with PadStore(tmp_path / "auth") as auth, PadStore(tmp_path / "bob") as member:
         grant_local(auth, member, "STAFF")
     owner = Owner()
-    bob = Person("bob", tmp_path / "bob", tmp_path / "bob-laptop", owner)
-    bob.start()
-    try:
-        state = ClientState(bob.laptop)
-        pair(bob.url, name="bob-laptop", ask_code=lambda: owner.codes[-1], state=state)
+    with paired(tmp_path, "bob", owner) as (relay, bob, state):
         hostile = DeviceClient(bob.url, state=state)
         capsys.readouterr()
         assert main(["room", "create", "--home", str(tmp_path / "auth"), "--name", "ops", "--policy", "STAFF"]) == 0
@@ -83,9 +97,6 @@ def test_room_add_and_room_leave_need_the_owners_approval(tmp_path, capsys):
         owner.decline_kinds = set()
         assert hostile.call("room_leave", room="ops")["post"]
         assert not rooms.room("ops")["joined"]
-    finally:
-        bob.stop()
-        relay.close()
 
 
 class _Yes:

@@ -387,6 +387,8 @@ class RenewPlan:
     #: Members whose keys satisfy more rooms than a key carries secrets of (MAX_ROOM_SECRETS; only an authority
     #: from before the cap at create): "name: n rooms", renewed without the rest (AbeKeys.rooms_cut).
     cut: list[str] = field(default_factory=list)
+    #: Rooms naming this authority with no record of their creation (AbeKeys.unrecorded_rooms): "name (policy)".
+    unrecorded: list[str] = field(default_factory=list)
 
     def shape(self) -> tuple:
         """What the owner approved, as far as periods go: re-planned at approval, it must be the same."""
@@ -415,6 +417,8 @@ class RenewPlan:
             lines.append("Not renewed: " + "; ".join(self.left))
         if self.cut:
             lines.append("Renewed without some rooms' secrets (more rooms than a key carries): " + "; ".join(self.cut))
+        if self.unrecorded:
+            lines.append(unrecorded_text(self.unrecorded))
         lines.append("Each renewal is sent on the renewal pad the grant left with that member.")
         return "\n\n".join(lines)
 
@@ -442,10 +446,20 @@ def plan_renewal(keys: AbeKeys, who: str | None = None, end_period: bool = False
     now = time.time() if now is None else now
     # A period after another (the first one began at a grant) that began a moment ago: maybe by an early end.
     recent = current if current is not None and current.number > 1 and now - current.starts < RECENT_S else None
+    cut_of = keys.cut_counter()
     cut = [f"{name}: {plural(n, 'room')} cut" for device_id, name in members + catch_up
-           if (n := keys.rooms_cut(renewal_for(keys, device_id).attributes))]
+           if (n := cut_of(renewal_for(keys, device_id).attributes))]
+    unrecorded = [f"{room.get('name')} ({room.get('policy')})" for room in keys.unrecorded_rooms()]
     return RenewPlan(period, new and (end_period or bool(members)), end_period, members, left, ahead, catch_up,
-                     running, recent, who, length, cut)
+                     running, recent, who, length, cut, unrecorded)
+
+
+def unrecorded_text(rooms: list[str]) -> str:
+    """What the owner is told of rooms naming this authority that it has no record of creating."""
+    return (f"This authority has no record of creating {plural(len(rooms), 'room')} it keeps: {'; '.join(rooms)}. "
+            "Keys carry no secret for them, so members cannot contribute in their tagged periods. If this "
+            "authority created one, `otc room add --own INVITE` records it (confirmed on the device, its policy "
+            "shown): keys issued after that carry its secret.")
 
 
 class PlanChanged(AbeError):

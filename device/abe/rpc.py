@@ -75,7 +75,8 @@ def abe_members(store: PadStore) -> dict:
     """What `otc abe members --json` prints: every key this authority issued (never a key)."""
     keys = AbeKeys(store)
     keys.master()  # abe-not-authority
-    return {"issued": [dict(i.to_dict(), rooms_cut=keys.rooms_cut(i.attributes)) for i in keys.issued()],
+    cut = keys.cut_counter()
+    return {"issued": [dict(i.to_dict(), rooms_cut=cut(i.attributes)) for i in keys.issued()],
             "periods": [p.to_dict() for p in keys.periods()]}
 
 

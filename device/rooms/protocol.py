@@ -48,7 +48,9 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   keys for changes nothing); a device that holds the room's secret of the
   period (sent by the authority with the period's keys that satisfy the
   room's policy) takes only one bound with it as genuine (see
-  :meth:`RoomMember._bound`), and in a period the room tags
+  :meth:`RoomMember._bound`; in a room with ``tagged_from``, only in the
+  periods it tags: before them every device binds and checks with k_j
+  alone, whatever it holds, so all decide alike), and in a period the room tags
   (``Room.tagged_from``) skips one without the secret's tag on arrival, never
   holding it aside (:meth:`RoomMember._tag_ok`). Moving drops every contribution of the earlier
   period from the roster (a new epoch begins), and a member whose device
@@ -383,13 +385,15 @@ class RoomMember:
         enc = encapsulate(public, self.policy_for(period), self.random_bytes)
         x = X25519PrivateKey.from_private_bytes(self.random_bytes(32))
         sig = Ed25519PrivateKey.from_private_bytes(self.random_bytes(32))
-        # A contribution that moves the room to a later period is bound with the room's secret of that period,
-        # when this device holds it: only such a one can move a room (see _bound). One in the room's period is
+        # A contribution that moves the room to a later period is bound with the room's secret of that period
+        # in a period the room tags (in a room from before tags: when this device holds it): only such a one can
+        # move a room (see _bound, _bind_secret). One in the room's period is
         # bound with k_j alone, as before period secrets, so members whose key of the period came without the
         # room's secret (an authority's older software) can check it. In a period the room tags (every key of it
         # was issued with the room's secret), it is tagged with the secret too (type 9): see _tag_ok.
         secret = self._secret(period)
-        moving = secret if period > self.period else None
+        bind_secret = self._bind_secret(period)
+        moving = bind_secret if period > self.period else None
         bound = wire.period_bind_key(enc.key, moving) if moving is not None else enc.key
         tag = secret if self.room.tagged(period) else None
         if self.room.tagged(period) and (secret is None or name is None):
@@ -745,6 +749,18 @@ class RoomMember:
                                                                           period)
         return self._cache[("secret", period)]  # type: ignore[return-value]
 
+    def _bind_secret(self, period: int) -> bytes | None:
+        """The room's secret that binds (and is checked strictly on) a moving contribution of ``period``, decided
+        by the room's descriptor and the period, never by what this device happens to hold in a period some
+        members hold it and some do not. In a room with ``tagged_from``: the secret in the periods it tags
+        (every key of them carries it), None before (keys granted before the room carry none, those after do:
+        everyone binds with k_j alone and no check is strict, the documented weakness of untagged periods; an
+        outside review found members granted before and after the room, or renewed ahead on either side of it,
+        refusing each other's moves). A room without ``tagged_from`` (from before tags): the secret if held."""
+        if self.room.tagged_from is not None and not self.room.tagged(period):
+            return None
+        return self._secret(period)
+
     def _periods_held(self) -> dict[int, tuple[float, float]]:
         """This device's key periods of the room's authority (Keys.periods_held), once per batch."""
         if self._cache is None:
@@ -763,7 +779,7 @@ class RoomMember:
         def tag(key: bytes) -> bytes:
             return wire.bind_tag(key, self.room.room_id, member.x_pub, member.sig_pub, member.name or None)
 
-        secret = self._secret(member.period)
+        secret = self._bind_secret(member.period)
         if secret is not None and equal(tag(wire.period_bind_key(k, secret)), member.bind):
             return True
         if secret is not None and strict:

@@ -1,7 +1,8 @@
 """The device RPC's room methods (added to DeviceService.methods by device/server.py).
 
     rooms          {}                         -> [status of each room, with its invite]
-    room_add       {"invite"}                 -> status             (confirmed by the owner first)
+    room_add       {"invite", "own"?}         -> status, "warning"  (confirmed by the owner first; own: on the
+                                                                    authority, record a re-added room it created)
     room_join      {"room", "name"?}          -> {"post": [item]}   (name: a display name; default the device's)
     room_leave     {"room"}                   -> {"post": [item]}   (confirmed by the owner first)
     room_receive   {"room", "items": [[ref, contents], ...]} -> {"events", "post", "status"}
@@ -69,13 +70,25 @@ def room_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
     def room_add(client: Any, params: dict) -> dict:
         r = rooms_for(service)
         invite = Room.from_invite(_param(params, "invite"))
+        if not isinstance(params.get("own", False), bool):
+            raise BadRoomRequest("The parameter 'own' must be true or false.")
         if invite.room_id not in r.rooms:  # adding one the device has changes nothing: not asked
             ask(client, "room-add", invite,
                 f"Add the room {invite.name}?\n\nPolicy: {invite.policy.text}\nAuthority: {invite.authority}\n\n"
                 "A paired laptop can then join it if this device's attribute keys satisfy the policy.",
                 "no room was added")
-        room = r.add(invite)
-        return r.find(room.room_id.hex()).status()
+        room = r.add(invite)  # the device's own descriptor, if it had the room already
+        if params.get("own", False):
+            if r.unrecorded(room) is None:
+                raise BadRoomRequest(f"The room {room.name!r} is not one this authority keeps without a record of "
+                                     "creating it: nothing to record.")
+            ask(client, "room-own", room,
+                f"Record the room {room.name} as created by this authority?\n\nPolicy: {room.policy.text}\n"
+                f"Tagged from key period: {room.tagged_from}\n\nKeys issued from now on whose attributes satisfy "
+                "the policy carry the room's secret. Only if this authority created it: an invite is public, anyone "
+                "can write one naming this authority.", "the room was not recorded")
+            r.record_own(room)
+        return dict(r.find(room.room_id.hex()).status(), warning=r.unrecorded(room))
 
     def room_join(client: Any, params: dict) -> dict:
         display = _param(params, "name") if params.get("name") is not None else None

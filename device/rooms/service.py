@@ -101,6 +101,40 @@ class DeviceRooms:
             raise RoomError(f"This invite's room {room.name!r} is not the room this authority created with that "
                             f"id (policy {record[0].text}): refused.")
 
+    def unrecorded(self, room: Room) -> str | None:
+        """A warning, if ``room`` names this device's authority and it has no record of creating it (its state
+        lost before an upgrade, then re-added: an outside review, red team 22b F4): its members get no secret of
+        it, so none can contribute in its tagged periods. None otherwise."""
+        if room.room_id not in self._unrecorded_ids():
+            return None
+        return (f"Room {room.name!r} names this authority, which has no record of creating it: keys it issues "
+                "carry no secret of the room, so members cannot contribute in its tagged periods. If this authority "
+                f"created it, `otc room add --own INVITE` records it as its own (policy {room.policy.text}, "
+                "confirmed on the device).")
+
+    def _unrecorded_ids(self) -> set[bytes]:
+        """The rooms of this device naming its authority that it has no record of creating (see unrecorded()):
+        record names only, nothing unsealed (listed at every `rooms` call, so at every laptop sync)."""
+        own = self.keys.own_authority_id()
+        if own is None:
+            return set()
+        mine = {rid for rid, member in self.rooms.items() if equal(member.room.authority_id, own)}
+        return mine - self.keys.own_room_ids() if mine else set()
+
+    def record_own(self, room: Room) -> Room:
+        """Record ``room`` (re-added, its state lost before an upgrade) as created by this authority: keys issued
+        from now on whose attributes satisfy its policy carry its secret. The owner confirms it first (the RPC
+        shows the policy): an invite is public, anyone can write one naming this authority."""
+        with self._lock:
+            room = self.add(room)  # the device's own descriptor, if it had the room already: never the invite's
+            if self.unrecorded(room) is None:
+                return room  # recorded already (or not this authority's room): _check_own compared the policy
+            try:
+                self.keys.record_own_room(room.room_id, room.policy, room.tagged_from)
+            except AbeError as exc:
+                raise RoomError(str(exc)) from None
+            return room
+
     def find(self, name_or_id: str) -> RoomMember:
         for member in self.rooms.values():
             if name_or_id in (member.room.name, member.room.room_id.hex()):
@@ -109,17 +143,19 @@ class DeviceRooms:
 
     def list(self) -> list[dict]:
         with self._lock:
-            return [self._describe(m) for m in self.rooms.values()]
+            unrecorded = self._unrecorded_ids()
+            return [self._describe(m, unrecorded) for m in self.rooms.values()]
 
     def describe(self, name_or_id: str) -> dict:
         """A room's status with its invite and relay mailbox."""
         with self._lock:
-            return self._describe(self.find(name_or_id))
+            return self._describe(self.find(name_or_id), self._unrecorded_ids())
 
     @staticmethod
-    def _describe(member: RoomMember) -> dict:
+    def _describe(member: RoomMember, unrecorded: set[bytes]) -> dict:
+        """``unrecorded``: whether this authority's own room has no record of its creation (see unrecorded())."""
         return dict(member.status(), authority=member.room.authority, invite=member.room.invite(),
-                    mailbox=member.room.mailbox)
+                    mailbox=member.room.mailbox, unrecorded=member.room.room_id in unrecorded)
 
     # -- the protocol -----------------------------------------------------------------------
 

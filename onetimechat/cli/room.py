@@ -43,6 +43,11 @@ def register(parts: argparse._SubParsersAction) -> None:
             p.add_argument(extra, metavar=extra.upper(),
                            help="the invite string `otc room create` printed" if extra == "invite"
                            else "the room's name (or its id)")
+        if name == "add":
+            p.add_argument("--own", action="store_true",
+                           help="on the authority's device: record this re-added room as one it created (its "
+                           "state lost before an upgrade), so keys issued from now on carry its secret; the "
+                           "device shows the policy and asks")
         if name == "join":
             p.add_argument("--name", metavar="NAME", dest="display",
                            help="the name the room shows for you (letters, digits, . _ -; default: the "
@@ -93,8 +98,12 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    status = _client(args).device.call("room_add", invite=args.invite)
-    print(f"Added room {status['room']} ({status['policy']}).")
+    params = {"own": True} if args.own else {}
+    status = _client(args).device.call("room_add", invite=args.invite, **params)
+    print(f"Added room {status['room']} ({status['policy']})" + (", recorded as this authority's own." if args.own
+                                                                 else "."))
+    if status.get("warning"):
+        print(f"otc: warning: {status['warning']}", file=sys.stderr)
     return 0
 
 
@@ -122,6 +131,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                  f"epoch {room['epoch']} ({_members(room['epoch_members'])}, "
                  f"{'key held' if room['keyed'] else 'no key'})")
         print(f"{room['room']}: {room['policy']} -- {state}, {room['members']} on the roster, {epoch}")
+        if room.get("unrecorded"):
+            print(f"  warning: this authority has no record of creating {room['room']}: members get no secret "
+                  "for its tagged periods (`otc room add --own INVITE` records it, confirmed on the device)")
     return 0
 
 
