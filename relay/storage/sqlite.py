@@ -28,7 +28,6 @@ from typing import Any
 from relay.errors import StoreError, Unavailable
 from relay.storage import schema
 from relay.storage.sql import Op, SQLStore, run_batch
-from relay.storage.sqlite_native import NativeConnection, native_library
 
 log = logging.getLogger("otc.relay")
 
@@ -61,20 +60,6 @@ class _Tx:
         return cur.rowcount
 
 
-def _commit_batch(begin: Callable[[], Any], execute: Callable[[str], Any], tx: Any,
-                  in_transaction: Callable[[], bool], batch: list[Op]) -> None:
-    """BEGIN IMMEDIATE, the batch (relay/storage/sql.py's run_batch), COMMIT; ROLLBACK if anything failed."""
-    begin()
-    try:
-        run_batch(execute, tx, batch)
-        execute("COMMIT")
-    except BaseException:
-        if in_transaction():
-            with contextlib.suppress(sqlite3.Error):
-                execute("ROLLBACK")
-        raise
-
-
 class SQLiteStore(SQLStore):
     kind = "sqlite"
 
@@ -86,11 +71,6 @@ class SQLiteStore(SQLStore):
         self._own_ids: set[int] = set()  # messages this process wrote, which its watcher skips
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
-        # The group commit's connection (relay/storage/sqlite_native.py), made by the first leader; None: the
-        # sqlite3 module's connections write (no shared libsqlite3 to call).
-        self._native: NativeConnection | None = None
-        self._native_lock = threading.Lock()
-        self._wal: int | None = None  # the WAL, open to sync it after a native commit
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
@@ -175,53 +155,19 @@ class SQLiteStore(SQLStore):
 
     def _commit(self, batch: list[Op]) -> None:
         try:
-            if native_library() is not None:
-                self._commit_native(batch)
-                return
             with self._conn() as conn:
-                _commit_batch(lambda: conn.execute("BEGIN IMMEDIATE"), conn.execute, _Tx(conn),
-                              lambda: conn.in_transaction, batch)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    run_batch(conn.execute, _Tx(conn), batch)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
         except BaseException:
             self._own_ids.clear()  # their ids may be reused, possibly by another process
             raise
-
-    def _commit_native(self, batch: list[Op]) -> None:
-        """The batch on the native connection, the GIL held throughout but for BEGIN (sqlite_native.py); the
-        commit is not synced: :meth:`_make_durable` syncs the WAL once this process's turn is over."""
-        with self._native_lock:
-            if self._closed.is_set():
-                raise Unavailable()
-            try:
-                if self._native is None:
-                    self._native = NativeConnection(str(self.path), BUSY_TIMEOUT_S)
-                native = self._native
-                _commit_batch(native.begin, native.execute, native, lambda: native.in_transaction, batch)
-            except sqlite3.OperationalError as exc:
-                log.warning("store unavailable: %s", type(exc).__name__)
-                raise Unavailable() from None
-
-    def _make_durable(self) -> None:
-        if self._native is None:
-            return  # the sqlite3 module's connections commit with synchronous=FULL
-        wal = f"{self.path}-wal"
-        try:
-            if self._wal is not None and os.fstat(self._wal).st_ino != os.stat(wal).st_ino:
-                os.close(self._wal)  # a new WAL (the old one was checkpointed and removed)
-                self._wal = None
-            if self._wal is None:
-                self._wal = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
-            os.fdatasync(self._wal)
-        except FileNotFoundError:
-            # No WAL: everything was checkpointed into the database file (synced by the checkpoint, but sync it
-            # again: it costs nothing next to being wrong).
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            log.warning("store unavailable: the WAL could not be synced (%s)", exc.strerror)
-            raise Unavailable() from None
 
     @contextlib.contextmanager
     def _writer_turn(self) -> Iterator[None]:
@@ -329,14 +275,6 @@ class SQLiteStore(SQLStore):
         self._closed.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
-        with self._native_lock:
-            if self._native is not None:
-                self._native.close()
-                self._native = None
-            if self._wal is not None:
-                with contextlib.suppress(OSError):
-                    os.close(self._wal)
-                self._wal = None
         with self._pool_lock:
             idle, self._idle = self._idle, []
         for conn in idle:
