@@ -117,6 +117,7 @@ class SQLStore(Store):
                 # Taken once it is this process's turn to write: what queued while it waited joins this commit.
                 batch = self._take_batch()
                 self._commit(sorted(batch, key=lambda op: op.key))
+            self._make_durable()  # after the turn: the other processes write meanwhile
         except BaseException as exc:  # noqa: BLE001 - the commit failed: nothing in the batch was kept
             batch = batch or self._take_batch()  # failed before its turn: the queue's head fails with it
             for op in batch:
@@ -140,6 +141,11 @@ class SQLStore(Store):
         """Held while this process's leader takes its batch and commits it: the store's writer lock across
         processes, if it has one (SQLite: one writer at a time)."""
         return contextlib.nullcontext()
+
+    def _make_durable(self) -> None:
+        """Called after a commit, outside the writers' turn and before anyone is answered: make it durable if
+        the commit itself did not (SQLite commits without syncing and syncs the WAL here)."""
+        return None
 
     @abc.abstractmethod
     def _commit(self, batch: list[Op]) -> None:
