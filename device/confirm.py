@@ -219,6 +219,9 @@ class TtyConfirm:
                 f"Approve? [y/N] (declines in {int(timeout)} s) ",
             ]
             with self._lock:
+                # Only an answer typed after this question counts (a "y" typed before it, by anyone at the
+                # device's keyboard, would otherwise approve it unseen).
+                terminal.discard_typeahead(fd)
                 os.write(fd, "\n".join(lines).encode("utf-8", errors="replace"))
             return self._answer(fd, timeout)
         finally:

@@ -10,6 +10,7 @@ once for reading and once for writing.)
 from __future__ import annotations
 
 import os
+import termios
 
 from onetimechat.errors import UsageError
 
@@ -20,6 +21,15 @@ class NoAnswer(UsageError):
     """No answer was typed (the terminal closed, or Ctrl-D)."""
 
     code = "no-answer"
+
+
+def discard_typeahead(fd: int) -> None:
+    """Throw away what was typed on the terminal ``fd`` before the question is shown: an answer is only
+    ever one typed after its question (a stray "y" typed earlier must not approve the next request)."""
+    try:
+        termios.tcflush(fd, termios.TCIFLUSH)
+    except (termios.error, OSError):  # not a terminal: nothing to flush
+        pass
 
 
 def ask(prompt: str, *, no_terminal: str, tty: str = TTY) -> str:
@@ -38,6 +48,7 @@ def ask(prompt: str, *, no_terminal: str, tty: str = TTY) -> str:
         except OSError:
             raise UsageError(no_terminal) from None
         with inp:
+            discard_typeahead(inp.fileno())
             out.write(prompt)
             out.flush()
             line = inp.readline()

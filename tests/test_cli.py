@@ -11,6 +11,7 @@ import time
 import pytest
 
 from device.confirm import ConfirmRequest, TtyConfirm
+from onetimechat import terminal
 from tests.conftest import otc
 
 
@@ -137,9 +138,10 @@ def test_confirm_without_a_terminal_is_a_clear_error(devices):
     assert status["contacts"][0]["send"]["used"] == 0
 
 
-def _answer_on_pty(answer: bytes | None, timeout: float = 5.0) -> tuple[bool, bytes]:
+def _answer_on_pty(answer: bytes | None, timeout: float = 5.0, typed_before: bytes = b"") -> tuple[bool, bytes]:
     master, slave = os.openpty()
     shown = bytearray()
+    os.write(master, typed_before)  # typed at the device's keyboard before any question was shown
 
     def operator() -> None:
         deadline = time.monotonic() + 3
@@ -170,6 +172,36 @@ def test_tty_confirmation_on_a_real_pseudo_terminal():
     assert _answer_on_pty(b"n\n")[0] is False
     assert _answer_on_pty(b"\n")[0] is False
     assert _answer_on_pty(None, timeout=0.3)[0] is False
+
+
+def test_a_yes_typed_before_the_question_approves_nothing():
+    # Someone at the device types "y" and Enter while no question is shown; the next request must still wait
+    # for its own answer: declined by the owner's "n", or by the timeout.
+    approved, shown = _answer_on_pty(b"n\n", typed_before=b"y\n")
+    assert approved is False and b"Approve?" in shown
+    assert _answer_on_pty(None, timeout=0.3, typed_before=b"yes\ny\n")[0] is False
+    assert _answer_on_pty(b"y\n", typed_before=b"n\n")[0] is True
+
+
+def test_a_ceremony_question_ignores_what_was_typed_before_it():
+    master, slave = os.openpty()
+    shown = bytearray()
+
+    def owner() -> None:  # answers once the question is on the screen
+        while b"[y/N]" not in shown:
+            shown.extend(os.read(master, 4096))
+        os.write(master, b"n\n")
+
+    try:
+        os.write(master, b"y\n")  # typed ahead
+        answering = threading.Thread(target=owner, daemon=True)
+        answering.start()
+        assert terminal.yes("Does the other device show 1234? [y/N] ", no_terminal="none",
+                            tty=os.ttyname(slave)) is False
+        answering.join(30)
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_init_without_a_pin_says_in_one_line_the_home_is_not_locked(tmp_path):
