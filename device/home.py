@@ -15,7 +15,8 @@ class WrongPin(DeviceError):
     code = "wrong-pin"
 
 
-def open_home(home: str | os.PathLike[str], pin_file: str | os.PathLike[str] | None = None) -> PadStore:
+def open_home(home: str | os.PathLike[str], pin_file: str | os.PathLike[str] | None = None,
+              pin_flag: str = "--pin-file") -> PadStore:
     """The store of ``home``; a PIN-locked home is unlocked with the PIN in ``pin_file``.
 
     A wrong PIN counts like one typed on the device: it doubles the wait before
@@ -25,7 +26,7 @@ def open_home(home: str | os.PathLike[str], pin_file: str | os.PathLike[str] | N
     if not lock.locked_home:
         return PadStore(home)
     if pin_file is None:
-        raise DeviceLocked("This device is PIN-locked: pass --pin-file (or unlock it on its screen).")
+        raise DeviceLocked(f"{home} is PIN-locked: pass {pin_flag} (or unlock it on its screen).")
     result = lock.unlock(read_pin_file(pin_file))
     if not result.ok:
         raise WrongPin(result.message)

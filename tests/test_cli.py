@@ -219,3 +219,21 @@ def test_init_without_a_pin_says_in_one_line_the_home_is_not_locked(tmp_path):
     assert locked.stderr == b"" and "(PIN-locked)" in locked.stdout.decode()
     both = otc("device", "init", "--home", str(tmp_path / "d"), "--name", "dave", "--pin-file", str(pin), "--no-pin")
     assert both.returncode == 2 and not (tmp_path / "d").exists()
+
+
+def test_hints_name_the_flag_and_the_help_that_explain_the_mistake(tmp_path):
+    # A cold run of the README: the hints pointed at `otc --help` and at a flag pair-local does not have.
+    words = otc("send", "alice", "text", "via", "send")
+    assert words.returncode == 2 and "(see `otc send --help`)" in words.stderr.decode()
+    deep = otc("device", "status", "--no-such-flag")
+    assert deep.returncode == 2 and "(see `otc device status --help`)" in deep.stderr.decode()
+    empty = otc("send", "alice", "--device", "http://127.0.0.1:9", "--relay", "http://127.0.0.1:9")
+    assert empty.returncode == 2 and "- to read it from stdin" in empty.stderr.decode()
+    pin = tmp_path / "pin"
+    pin.write_text("482913\n")
+    otc("device", "init", "--home", str(tmp_path / "a"), "--name", "alice", "--pin-file", str(pin), check=True)
+    otc("device", "init", "--home", str(tmp_path / "b"), "--name", "bob", "--no-pin", check=True)
+    locked = otc("pad", "pair-local", "--size", "4096", str(tmp_path / "a"), str(tmp_path / "b"))
+    error = locked.stderr.decode()
+    assert locked.returncode != 0 and "--pin-file-a" in error and "PIN-locked" in error
+    assert len([ln for ln in error.splitlines() if ln.strip()]) == 1

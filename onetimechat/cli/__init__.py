@@ -37,7 +37,20 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and a UsageError."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
+        raise UsageError(f"{message} (see `{self._command_for_help()} --help`)")
+
+    def _command_for_help(self) -> str:
+        """The deepest (sub)command named on the command line: arguments argparse could not place are reported
+        by the top parser, but the help that explains them is the subcommand's (`otc send --help`)."""
+        parser: argparse.ArgumentParser = self
+        for word in sys.argv[1:]:
+            if word.startswith("-"):
+                break
+            choices = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+            if not isinstance(choices, dict) or word not in choices:
+                break
+            parser = choices[word]
+        return parser.prog
 
 
 # Each part's CLI module has register(parts), adding its subcommands.

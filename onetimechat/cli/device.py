@@ -452,7 +452,8 @@ def cmd_pair_local(args: argparse.Namespace) -> int:
     if args.home_a.resolve() == args.home_b.resolve():
         raise UsageError("HOME_A and HOME_B must be two different devices.")
     check_size(args.size)
-    with open_home(args.home_a, args.pin_file_a) as a, open_home(args.home_b, args.pin_file_b) as b:
+    with open_home(args.home_a, args.pin_file_a, "--pin-file-a") as a, \
+            open_home(args.home_b, args.pin_file_b, "--pin-file-b") as b:
         def log_alarm(alarm: HRNGError) -> None:  # the HRNG stopped: both devices log why
             for store in (a, b):
                 store.log_event(alarm.code, detail=str(alarm))

@@ -165,7 +165,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise UsageError("--otp is for files: otc send --file PATH --otp CONTACT (a message always goes under "
                          "the pad).")
     if args.message is None:
-        raise UsageError("A MESSAGE is required (or --file PATH to send a file).")
+        raise UsageError("A MESSAGE is required: otc send CONTACT 'text' (quoted if it has spaces), - to read it "
+                         "from stdin, or --file PATH to send a file.")
     args.message = message_text(args.message)
     messenger = messenger_for(args)
     messenger.flush()
