@@ -121,6 +121,12 @@ class Outgoing:
     at: float = field(default_factory=time.time)
 
 
+def _streamed(message: RelayMessage) -> bool:
+    """Whether a relay message is a streamed file part (opened by the device's file_open)."""
+    return message.contents.startswith(STREAM_PART_B64) or (message.data is not None
+                                                            and att.is_stream_part(message.data))
+
+
 class DeviceDown(ClientError):
     """The device did not open the waiting messages (unplugged, locked or busy); they stay on the relay."""
 
@@ -286,8 +292,10 @@ class Messenger:
                 continue
             if event.code != "file-again":  # a part saved before a cut, given again: nothing new to show
                 deliver(event)
-            self.store.finish(self.relay.url, message.mailbox, message.ref,
-                              self._receipt_item(event, receipt_answer))
+            # A streamed part's cursor is not synced: its part is saved durably already (IncomingFiles), so a power
+            # cut that loses the cursor only has the part come again, known as saved ("file-again").
+            self.store.finish(self.relay.url, message.mailbox, message.ref, self._receipt_item(event, receipt_answer),
+                              durable=not _streamed(message))
             if event.kind == "control" and event.reply is not None:
                 # The device's grant for a request it just opened: sent like a receipt, through the outbox.
                 grant = self._control_item(event.contact, event.reply)
@@ -340,11 +348,13 @@ class Messenger:
         """Open one message on the device: what to show, and the receipt the device made (if any). ``following``:
         the message after it in the batch (a file's next part is opened while this one is saved)."""
         contact = self.inbound.get(message.mailbox, "?")
-        again = self.store.begin_open(self.relay.url, message.mailbox, message.ref)
+        streamed = _streamed(message)
+        # Not synced for a streamed part: what ``again`` decides for one (a part saved, a file completed, before a
+        # cut) is known only after a synced commit of its own (the part's record), which makes this durable too.
+        again = self.store.begin_open(self.relay.url, message.mailbox, message.ref, durable=not streamed)
         base: dict[str, Any] = {"contact": contact, "ref": message.ref, "mailbox": message.mailbox}
         try:
-            if message.contents.startswith(STREAM_PART_B64) or (message.data is not None
-                                                                and att.is_stream_part(message.data)):
+            if streamed:
                 return self._open_part(message, again, base, following), None
             answer = self.device.unpackage(message.text(), receipt=self.receipts)
             if answer.get("kind") in ("file", "file-part"):
