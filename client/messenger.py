@@ -152,9 +152,9 @@ class Messenger:
         # The next batch of a file's parts, fetched while the current one is opened: (cursors, thread, result).
         self._ahead: tuple[dict[str, int], threading.Thread, dict[str, Any]] | None = None
         self._ahead_relay: RelayClient | None = None
-        # The next part of a file, opened by the device while this laptop saves the current one: (mailbox, ref,
+        # The next part of a file, opened by the device while this laptop saves the current one: (the message,
         # thread, result). At most one: the device gives its last two parts again (device/files.py GIVEN_AGAIN).
-        self._opening: tuple[str, int, threading.Thread, dict[str, Any]] | None = None
+        self._opening: tuple[RelayMessage, threading.Thread, dict[str, Any]] | None = None
         self.contacts: list[dict] = []
         self.inbound: dict[str, str] = {}  # mailbox -> contact
 
@@ -253,6 +253,7 @@ class Messenger:
         ahead = messages is not None
         if messages is None:
             messages, _ = self.relay.receive_raw(cursors, wait=wait, ack=True)
+        self._drop_opening(keep=messages[0] if messages else None)  # opened ahead of this batch, or never taken
         if any(m.data is not None or m.contents.startswith(STREAM_PART_B64) for m in messages):
             self._fetch_ahead(cursors, messages)  # a file's parts: the next batch comes while these are opened
         result = PollResult()
@@ -260,7 +261,7 @@ class Messenger:
         try:
             unsaved = self._deliver(messages, deliver, result, stuck)
         finally:
-            self._drop_opening()
+            self._drop_opening(keep=self._first_fetched())
         if ahead:
             self.acknowledge()  # fetched without acknowledging: the relay may now delete what is done
         if unsaved is not None:
@@ -277,7 +278,8 @@ class Messenger:
                 result.waiting += 1
                 continue
             try:
-                event, receipt_answer = self._open(message, messages[at + 1] if at + 1 < len(messages) else None)
+                event, receipt_answer = self._open(message, messages[at + 1] if at + 1 < len(messages)
+                                                   else self._first_fetched())
             except (DeviceRefused, FileSaveError) as exc:
                 # A file that cannot be saved now: its part waits on the relay, and so does the rest of its
                 # mailbox (in order); other mailboxes go on. Raised once they are done.
@@ -325,6 +327,14 @@ class Messenger:
         thread = threading.Thread(target=fetch, name="otc-fetch-ahead", daemon=True)
         thread.start()
         self._ahead = (after, thread, box)
+
+    def _first_fetched(self) -> RelayMessage | None:
+        """The first message of the batch fetched ahead, if it has come (never waited for)."""
+        ahead = self._ahead
+        if ahead is None or ahead[1].is_alive():
+            return None
+        fetched = ahead[2].get("messages")
+        return fetched[0] if fetched else None
 
     def _prefetched(self, cursors: dict[str, int]) -> list[RelayMessage] | None:
         """The batch fetched ahead, if it is the one that follows where the cursors stand now."""
@@ -453,8 +463,9 @@ class Messenger:
         return Event("file", file=received, **base)
 
     def _open_ahead(self, following: RelayMessage | None, mailbox: str, file_id: bytes, index: int) -> None:
-        """Have the device open ``following`` on a thread if it is part ``index + 1`` of the same file, while this
-        laptop saves part ``index``: a pipeline of two. A cut loses neither: the device gives its last two parts
+        """Have the device open ``following`` (the next message of the batch, or the first of the next batch when
+        it has been fetched) on a thread if it is part ``index + 1`` of the same file, while this laptop saves part
+        ``index``: a pipeline of two. A cut loses neither: the device gives its last two parts
         again (device/files.py), and this laptop asks for the one after only once part ``index`` is saved."""
         if following is None or following.mailbox != mailbox or following.data is None \
                 or not att.is_stream_part(following.data):
@@ -475,24 +486,26 @@ class Messenger:
 
         thread = threading.Thread(target=open_part, name="otc-open-ahead", daemon=True)
         thread.start()
-        self._opening = (following.mailbox, following.ref, thread, box)
+        self._opening = (following, thread, box)
 
     def _opened(self, message: RelayMessage) -> dict | None:
         """The device's answer for ``message`` if it was opened ahead (None if it was not): raises its error."""
         opening = self._opening
-        if opening is None or opening[:2] != (message.mailbox, message.ref):
+        if opening is None or opening[0] is not message:
             return None
         self._opening = None
-        opening[2].join()
-        if "error" in opening[3]:
-            raise opening[3]["error"]
-        return opening[3].get("answer")
+        opening[1].join()
+        if "error" in opening[2]:
+            raise opening[2]["error"]
+        return opening[2].get("answer")
 
-    def _drop_opening(self) -> None:
-        """Forget a part opened ahead and never saved (its turn did not come): the device gives it again."""
-        opening, self._opening = self._opening, None
-        if opening is not None:
-            opening[2].join()
+    def _drop_opening(self, keep: RelayMessage | None = None) -> None:
+        """Forget a part opened ahead and never saved (its turn did not come: the device gives it again), unless
+        it is ``keep`` (the first of the next batch, fetched ahead: the next poll takes it up)."""
+        opening = self._opening
+        if opening is not None and opening[0] is not keep:
+            self._opening = None
+            opening[1].join()
 
     def _file_event(self, answer: dict, base: dict[str, Any]) -> Event:
         """A file's header (or an --otp part) the device opened under the pad."""

@@ -472,7 +472,7 @@ def test_a_receive_cut_while_two_parts_are_in_flight_resumes_identical(world, tm
     def write_then_cut(record: dict, index: int, data: bytes) -> None:
         if index == 1:
             assert m._opening is not None, "part 2 is not being opened while part 1 is saved"
-            m._opening[2].join()  # the device has opened part 2
+            m._opening[1].join()  # the device has opened part 2
             file_ids.append(record["id"])
             raise KeyboardInterrupt  # the laptop is killed before part 1 is written
         write(record, index, data)
