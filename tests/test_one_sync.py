@@ -130,6 +130,10 @@ def test_other_calls_keep_a_durable_counter(counted_device):
 # -- file parts (issue 24): the part's own commit carries the counter ---------------------------------------------
 
 
+# Counted as "< 1.5 a call", not "== 1": a sync now and then that no call causes by itself (a WAL checkpoint, a
+# server thread's first connection syncing its directory) must not fail a count of ten calls; two a call is 2.0.
+
+
 def _file(parts: int) -> tuple[bytes, str]:
     data = os.urandom(parts * att.PART_SIZE)
     return data, hashlib.sha256(data).hexdigest()
@@ -148,7 +152,7 @@ def test_a_file_part_call_syncs_once(counted_device):
         client.call("file_part", file=file_id, index=index, data=part)
 
     seal()
-    assert _syncs_per_call(syncs, seal) == 1
+    assert _syncs_per_call(syncs, seal) < 1.5  # one a call (before: two)
 
 
 def test_a_file_open_call_syncs_once_and_a_refused_one_too(counted_device):
@@ -164,14 +168,14 @@ def test_a_file_open_call_syncs_once_and_a_refused_one_too(counted_device):
     client.unpackage(bytes(packaged.package))  # type: ignore[arg-type]
     feed = iter(sealed)
     client.call("file_open", part=next(feed))
-    assert _syncs_per_call(syncs, lambda: client.call("file_open", part=next(feed))) == 1
+    assert _syncs_per_call(syncs, lambda: client.call("file_open", part=next(feed))) < 1.5  # one a call (before: two)
 
     def refused(part: bytes, code: str) -> None:
         with pytest.raises(RemoteError) as caught:
             client.call("file_open", part=part)
         assert caught.value.code == code
 
-    assert _syncs_per_call(syncs, lambda: refused(sealed[0], "file-duplicate"), times=3) == 1
+    assert _syncs_per_call(syncs, lambda: refused(sealed[0], "file-duplicate"), times=4) < 1.5
 
 
 # -- the store's rule for unsynced commits ---------------------------------------------------------------------
