@@ -263,7 +263,10 @@ def _send_parts(device: DeviceClient, relay: RelayClient, store: MailStore, hand
             contents = part if att.is_stream_part(part) else base64.b64encode(part).decode("ascii")
             relay_send(relay, str(record["mailbox"]), contents, f"file-{file_id}-{index}", patience, stop)
             record["sent"] = index + 1
-            store.set_setting(OUT + file_id, json.dumps(record))
+            # Not synced: a power cut that loses it only has the parts after the last one synced fed again and
+            # sent again under the same idempotency keys, which the relay keeps as long as the parts (and the
+            # device seals a part again only from the same bytes).
+            store.set_setting(OUT + file_id, json.dumps(record), durable=False)
             if progress is not None:
                 progress(min((index + 1) * part_size, size), size)
     finally:

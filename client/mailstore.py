@@ -93,15 +93,24 @@ class MailStore:
                 raise RuntimeError("the client's message store is newer than this software")
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction, synced; with ``durable=False`` not synced (SQLite's synchronous=NORMAL for it):
+        it becomes durable with the next synced commit (the WAL is one append-only file, and that commit's sync
+        covers every frame before it), and a power cut may lose it until then."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
 
     def close(self) -> None:
         with self._lock:
@@ -114,8 +123,8 @@ class MailStore:
             row = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
         return row[0] if row else default
 
-    def set_setting(self, name: str, value: str) -> None:
-        with self._tx() as db:
+    def set_setting(self, name: str, value: str, durable: bool = True) -> None:
+        with self._tx(durable) as db:
             db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
 
     def settings_with_prefix(self, prefix: str) -> dict[str, str]:
@@ -195,9 +204,10 @@ class MailStore:
             rows = dict(self._db.execute("SELECT mailbox, after FROM cursors WHERE relay = ?", (relay,)).fetchall())
         return {mailbox: int(rows.get(mailbox, 0)) for mailbox in mailboxes}
 
-    def begin_open(self, relay: str, mailbox: str, ref: int) -> bool:
-        """Record that a message goes to the device now; True if an earlier run already sent it there."""
-        with self._tx() as db:
+    def begin_open(self, relay: str, mailbox: str, ref: int, durable: bool = True) -> bool:
+        """Record that a message goes to the device now; True if an earlier run already sent it there.
+        ``durable=False``: not synced (a file's part, whose saving syncs it: client/messenger.py)."""
+        with self._tx(durable) as db:
             seen = db.execute("SELECT 1 FROM opened WHERE relay = ? AND mailbox = ? AND ref = ?",
                               (relay, mailbox, ref)).fetchone()
             if not seen:
@@ -213,9 +223,10 @@ class MailStore:
                              (relay, mailbox, ref)).fetchone()
         return int(row[0])
 
-    def finish(self, relay: str, mailbox: str, ref: int, receipt: Queued | None = None) -> None:
-        """A message is handled for good: move the cursor past it (and keep its receipt to send)."""
-        with self._tx() as db:
+    def finish(self, relay: str, mailbox: str, ref: int, receipt: Queued | None = None, durable: bool = True) -> None:
+        """A message is handled for good: move the cursor past it (and keep its receipt to send). ``durable=False``:
+        not synced (a file's part, saved durably already: lost, the part only comes again, known as saved)."""
+        with self._tx(durable) as db:
             if receipt is not None:
                 db.execute("INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (receipt.id, receipt.relay, receipt.mailbox, receipt.contents, receipt.contact,

@@ -121,6 +121,12 @@ class Outgoing:
     at: float = field(default_factory=time.time)
 
 
+def _streamed(message: RelayMessage) -> bool:
+    """Whether a relay message is a streamed file part (opened by the device's file_open)."""
+    return message.contents.startswith(STREAM_PART_B64) or (message.data is not None
+                                                            and att.is_stream_part(message.data))
+
+
 class DeviceDown(ClientError):
     """The device did not open the waiting messages (unplugged, locked or busy); they stay on the relay."""
 
@@ -146,6 +152,9 @@ class Messenger:
         # The next batch of a file's parts, fetched while the current one is opened: (cursors, thread, result).
         self._ahead: tuple[dict[str, int], threading.Thread, dict[str, Any]] | None = None
         self._ahead_relay: RelayClient | None = None
+        # The next part of a file, opened by the device while this laptop saves the current one: (the message,
+        # thread, result). At most one: the device gives its last two parts again (device/files.py GIVEN_AGAIN).
+        self._opening: tuple[RelayMessage, threading.Thread, dict[str, Any]] | None = None
         self.contacts: list[dict] = []
         self.inbound: dict[str, str] = {}  # mailbox -> contact
 
@@ -244,17 +253,33 @@ class Messenger:
         ahead = messages is not None
         if messages is None:
             messages, _ = self.relay.receive_raw(cursors, wait=wait, ack=True)
+        self._drop_opening(keep=messages[0] if messages else None)  # opened ahead of this batch, or never taken
         if any(m.data is not None or m.contents.startswith(STREAM_PART_B64) for m in messages):
             self._fetch_ahead(cursors, messages)  # a file's parts: the next batch comes while these are opened
         result = PollResult()
         stuck: set[str] = set()
+        try:
+            unsaved = self._deliver(messages, deliver, result, stuck)
+        finally:
+            self._drop_opening(keep=self._first_fetched())
+        if ahead:
+            self.acknowledge()  # fetched without acknowledging: the relay may now delete what is done
+        if unsaved is not None:
+            raise unsaved
+        return result
+
+    def _deliver(self, messages: list[RelayMessage], deliver: Callable[[Event], None], result: PollResult,
+                 stuck: set[str]) -> ClientError | None:
+        """Open and deliver each message of a batch in order (poll); the first file that could not be saved now
+        (its error, for poll to raise once the other mailboxes are done)."""
         unsaved: ClientError | None = None
-        for message in messages:
+        for at, message in enumerate(messages):
             if message.mailbox in stuck:
                 result.waiting += 1
                 continue
             try:
-                event, receipt_answer = self._open(message)
+                event, receipt_answer = self._open(message, messages[at + 1] if at + 1 < len(messages)
+                                                   else self._first_fetched())
             except (DeviceRefused, FileSaveError) as exc:
                 # A file that cannot be saved now: its part waits on the relay, and so does the rest of its
                 # mailbox (in order); other mailboxes go on. Raised once they are done.
@@ -269,8 +294,10 @@ class Messenger:
                 continue
             if event.code != "file-again":  # a part saved before a cut, given again: nothing new to show
                 deliver(event)
-            self.store.finish(self.relay.url, message.mailbox, message.ref,
-                              self._receipt_item(event, receipt_answer))
+            # A streamed part's cursor is not synced: its part is saved durably already (IncomingFiles), so a power
+            # cut that loses the cursor only has the part come again, known as saved ("file-again").
+            self.store.finish(self.relay.url, message.mailbox, message.ref, self._receipt_item(event, receipt_answer),
+                              durable=not _streamed(message))
             if event.kind == "control" and event.reply is not None:
                 # The device's grant for a request it just opened: sent like a receipt, through the outbox.
                 grant = self._control_item(event.contact, event.reply)
@@ -278,11 +305,7 @@ class Messenger:
                     self.store.queue(grant)
                     self._try_send(grant)
             result.handled += 1
-        if ahead:
-            self.acknowledge()  # fetched without acknowledging: the relay may now delete what is done
-        if unsaved is not None:
-            raise unsaved
-        return result
+        return unsaved
 
     def _fetch_ahead(self, cursors: dict[str, int], batch: list[RelayMessage]) -> None:
         """Start fetching the batch after ``batch`` on a relay connection of its own, acknowledging nothing
@@ -305,6 +328,14 @@ class Messenger:
         thread.start()
         self._ahead = (after, thread, box)
 
+    def _first_fetched(self) -> RelayMessage | None:
+        """The first message of the batch fetched ahead, if it has come (never waited for)."""
+        ahead = self._ahead
+        if ahead is None or ahead[1].is_alive():
+            return None
+        fetched = ahead[2].get("messages")
+        return fetched[0] if fetched else None
+
     def _prefetched(self, cursors: dict[str, int]) -> list[RelayMessage] | None:
         """The batch fetched ahead, if it is the one that follows where the cursors stand now."""
         ahead, self._ahead = self._ahead, None
@@ -323,15 +354,18 @@ class Messenger:
                 except (RelayUnavailable, RelayRefused):
                     return  # the next receive (ack=True) does it
 
-    def _open(self, message: RelayMessage) -> tuple[Event, dict | None]:
-        """Open one message on the device: what to show, and the receipt the device made (if any)."""
+    def _open(self, message: RelayMessage, following: RelayMessage | None = None) -> tuple[Event, dict | None]:
+        """Open one message on the device: what to show, and the receipt the device made (if any). ``following``:
+        the message after it in the batch (a file's next part is opened while this one is saved)."""
         contact = self.inbound.get(message.mailbox, "?")
-        again = self.store.begin_open(self.relay.url, message.mailbox, message.ref)
+        streamed = _streamed(message)
+        # Not synced for a streamed part: what ``again`` decides for one (a part saved, a file completed, before a
+        # cut) is known only after a synced commit of its own (the part's record), which makes this durable too.
+        again = self.store.begin_open(self.relay.url, message.mailbox, message.ref, durable=not streamed)
         base: dict[str, Any] = {"contact": contact, "ref": message.ref, "mailbox": message.mailbox}
         try:
-            if message.contents.startswith(STREAM_PART_B64) or (message.data is not None
-                                                                and att.is_stream_part(message.data)):
-                return self._open_part(message, again, base), None
+            if streamed:
+                return self._open_part(message, again, base, following), None
             answer = self.device.unpackage(message.text(), receipt=self.receipts)
             if answer.get("kind") in ("file", "file-part"):
                 return self._file_event(answer, base), None
@@ -391,8 +425,10 @@ class Messenger:
                       contents=package, contact=contact, kind="control", pad_id=header.pad_id.hex(),
                       offset=header.offset, created=time.time(), attempts=0)
 
-    def _open_part(self, message: RelayMessage, again: bool, base: dict[str, Any]) -> Event:
-        """A streamed file part: opened by the device in order, its bytes saved by :class:`IncomingFiles`."""
+    def _open_part(self, message: RelayMessage, again: bool, base: dict[str, Any],
+                   following: RelayMessage | None = None) -> Event:
+        """A streamed file part: opened by the device in order, its bytes saved by :class:`IncomingFiles` while
+        the device opens the next (``following``, if it is this file's next part)."""
         import base64
         import binascii
 
@@ -407,7 +443,9 @@ class Messenger:
                 return Event("other", code="file-again", warnings=[], **base)
             raise RemoteError("file-duplicate", "a part given twice")
         try:
-            answer = self.device.call("file_open", part=raw)
+            answer = self._opened(message)
+            if answer is None:
+                answer = self.device.call("file_open", part=raw)
         except RemoteError as exc:
             if again and exc.code == "file-unknown":
                 # This run's or an earlier one's: the file was completed (and ended) before the relay cursor
@@ -420,8 +458,54 @@ class Messenger:
                 if name:
                     raise RemoteError(exc.code, f"{name} discarded") from None
             raise
+        self._open_ahead(following, message.mailbox, file_id, index)
         received = self.files.part(base["contact"], answer["file"], answer["data"])
         return Event("file", file=received, **base)
+
+    def _open_ahead(self, following: RelayMessage | None, mailbox: str, file_id: bytes, index: int) -> None:
+        """Have the device open ``following`` (the next message of the batch, or the first of the next batch when
+        it has been fetched) on a thread if it is part ``index + 1`` of the same file, while this laptop saves part
+        ``index``: a pipeline of two. A cut loses neither: the device gives its last two parts
+        again (device/files.py), and this laptop asks for the one after only once part ``index`` is saved."""
+        if following is None or following.mailbox != mailbox or following.data is None \
+                or not att.is_stream_part(following.data):
+            return
+        try:
+            next_id, next_index, _ = att.part_address(following.data)
+        except (ValueError, fmt.MalformedPackage):
+            return  # refused when its turn comes, as before
+        if next_id != file_id or next_index != index + 1:
+            return
+        part, box = following.data, {}
+
+        def open_part() -> None:
+            try:
+                box["answer"] = self.device.call("file_open", part=part)
+            except ClientError as exc:
+                box["error"] = exc  # raised when its turn comes, as if it had been asked then
+
+        thread = threading.Thread(target=open_part, name="otc-open-ahead", daemon=True)
+        thread.start()
+        self._opening = (following, thread, box)
+
+    def _opened(self, message: RelayMessage) -> dict | None:
+        """The device's answer for ``message`` if it was opened ahead (None if it was not): raises its error."""
+        opening = self._opening
+        if opening is None or opening[0] is not message:
+            return None
+        self._opening = None
+        opening[1].join()
+        if "error" in opening[2]:
+            raise opening[2]["error"]
+        return opening[2].get("answer")
+
+    def _drop_opening(self, keep: RelayMessage | None = None) -> None:
+        """Forget a part opened ahead and never saved (its turn did not come: the device gives it again), unless
+        it is ``keep`` (the first of the next batch, fetched ahead: the next poll takes it up)."""
+        opening = self._opening
+        if opening is not None and opening[0] is not keep:
+            self._opening = None
+            opening[1].join()
 
     def _file_event(self, answer: dict, base: dict[str, Any]) -> Event:
         """A file's header (or an --otp part) the device opened under the pad."""

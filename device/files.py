@@ -12,9 +12,10 @@ The device does every encryption of a file, as it does of a text:
   a second plaintext under the same key and nonce would break the cipher. An ``--otp`` part's package is
   kept until the file ends and given back on a repeat, so the pad spent is exactly what the owner confirmed.
 * **Receiving.** A header package opened under the pad records the file; :meth:`FileTransfers.open_part`
-  opens its parts strictly in order and hands their bytes to the laptop (never the key). The part just
-  given may be asked for again (the laptop may have been cut before it saved it); any earlier one is a
-  duplicate, any later one out of order.
+  opens its parts strictly in order and hands their bytes to the laptop (never the key). The last
+  :data:`GIVEN_AGAIN` parts given may be asked for again: the laptop may have been cut before it saved them, and
+  it has the device open a part while it saves the one before (client/messenger.py), so two may be in flight.
+  Any earlier one is a duplicate, any later one out of order.
 
 The key stays on the device until the laptop ends the transfer (:meth:`FileTransfers.end`).
 """
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
 
 OUT, IN = "file-out:", "file-in:"
 OTP_KEPT = "file-otp:"  # an --otp part's package, kept for a repeat: file-otp:<file_id>:<index>
+# Streamed parts a laptop may have opened again (the last ones given): the one it saves and the one opened meanwhile.
+# Before issue 24's speed work only the last one: a laptop could not open a part before it had saved the previous.
+GIVEN_AGAIN = 2
 
 
 @dataclass
@@ -299,7 +303,7 @@ class FileTransfers:
                 raise FileUnknown()
             if index > session.next:
                 raise FilePartOrder()
-            if index < session.next - 1:
+            if index < session.next - GIVEN_AGAIN:
                 raise FilePartDuplicate()
             if session.aead is None:
                 session.aead = att.stream_key(session.header)
@@ -308,7 +312,8 @@ class FileTransfers:
             return data, self._part_info(session, index)
 
     def _take(self, file_id: bytes, session: _Incoming, index: int, length: int, again_ok: bool) -> None:
-        """Move the receive state past part ``index`` (verified), or accept it again as the last one given."""
+        """Move the receive state past part ``index`` (verified), or accept it again as one of the last given
+        (``again_ok``: a streamed part)."""
         if length != session.header.part_length(index):
             raise FileSizeMismatch()
         if index == session.next:
@@ -320,13 +325,13 @@ class FileTransfers:
                 raise
         elif index > session.next:
             raise FilePartOrder()
-        elif not (again_ok and index == session.next - 1):
+        elif not (again_ok and index >= session.next - GIVEN_AGAIN):
             raise FilePartDuplicate()
 
     def _part_info(self, session: _Incoming, index: int) -> dict:
         header = session.header
         return {"id": header.file_id.hex(), "index": index, "last": header.is_last(index),
-                "parts": header.parts, "size": header.size, "complete": session.next == header.parts}
+                "parts": header.parts, "size": header.size, "complete": index + 1 == header.parts}  # in order
 
     def info(self, file_id: bytes) -> dict:
         """The public header of a file being received, and the next part the device expects."""

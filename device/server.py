@@ -77,8 +77,9 @@ class BadRequest(DeviceError):
 # How waitress moves a large call (issue 21): 256 KiB per socket read instead of 8 KiB (a 1 MiB call is 4 reads
 # through the parser, not 128), and bodies and answers up to 8 MiB kept in memory instead of spooled to a
 # temporary file (the app reads the whole call into memory anyway; past 8 MiB waitress spools as before).
-# Calls whose counter is committed unsynced, to be made durable by the call's own commit (DeviceService.call).
-FOLDED_COUNTER_METHODS = frozenset({"package", "unpackage"})
+# Calls whose counter is committed unsynced, to be made durable by the call's own commit (DeviceService.call):
+# everything they do goes through the store's commits (a file part's record, its place: device/files.py).
+FOLDED_COUNTER_METHODS = frozenset({"package", "unpackage", "file_part", "file_open"})
 # How long locking waits for the calls in flight to finish before it refuses (the owner taps Lock again).
 LOCK_WAIT_S = 5.0
 IO_ADJUSTMENTS: dict[str, Any] = {"recv_bytes": 256 * 1024, "inbuf_overflow": 8 << 20, "outbuf_overflow": 8 << 20}
@@ -624,11 +625,11 @@ class DeviceService:
             if isinstance(exc, rpc.NotUnicode):
                 malformed = "The call's text is not valid Unicode (it holds lone surrogates)."
         method = payload.get("method") if payload is not None else None
-        # One sync per call (issue 21): a package or unpackage call's counter is committed unsynced and rides
-        # on the sync of the call's own commit (the reservation, the received mark); whatever the call does,
-        # it is made durable before any answer leaves (make_durable below), so no answer can come from a call
-        # a power cut could let be replayed. Other calls keep a durable counter first (what they do may not
-        # all go through the store's commits).
+        # One sync per call (issue 21): a package, unpackage, file_part or file_open call's counter is committed
+        # unsynced and rides on the sync of the call's own commit (the reservation, the received mark, a file
+        # part's digest or place, issue 24); whatever the call does, it is made durable before any answer leaves
+        # (make_durable below), so no answer can come from a call a power cut could let be replayed. Other calls
+        # keep a durable counter first (what they do may not all go through the store's commits).
         folded = method in FOLDED_COUNTER_METHODS
         if not self.clients.accept_counter(client_id, counter, durable=not folded):
             self._refused("replayed or reordered")

@@ -456,3 +456,35 @@ def test_a_receive_cut_just_after_the_file_is_saved_shows_no_false_alarm(world, 
     assert got.stdout == b""  # nothing refused, nothing new
     (path,) = saved(downloads)
     assert sha(path) == sha(original)
+
+
+def test_a_receive_cut_while_two_parts_are_in_flight_resumes_identical(world, tmp_path):
+    """The laptop saves part 1 while the device opens part 2 (client/messenger.py): cut there, the device has
+    opened two parts this laptop never saved. The next run gets both again (the device gives its last two parts
+    again) and the file arrives identical, with nothing refused."""
+    original = make_file(tmp_path / "film.mkv", 4 * MiB + 3)
+    assert send(world, original).returncode == 0
+    downloads = tmp_path / "downloads"
+    m = messenger(world, "bob", downloads)
+    write = m.files._write
+    file_ids = []
+
+    def write_then_cut(record: dict, index: int, data: bytes) -> None:
+        if index == 1:
+            assert m._opening is not None, "part 2 is not being opened while part 1 is saved"
+            m._opening[1].join()  # the device has opened part 2
+            file_ids.append(record["id"])
+            raise KeyboardInterrupt  # the laptop is killed before part 1 is written
+        write(record, index, data)
+
+    m.files._write = write_then_cut  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        m.poll(lambda event: None)
+    assert m.device.call("file_info", file=file_ids[0])["next"] == 3  # parts 1 and 2 opened, neither saved
+    got = recv(world, downloads)
+    assert got.returncode == 0, got.stderr
+    lines = [json.loads(line) for line in got.stdout.decode().splitlines()]
+    assert not [line for line in lines if line.get("error")], lines
+    (path,) = saved(downloads)
+    assert sha(path) == sha(original)
+    assert partials(downloads) == [] and relay_rows(world) == []

@@ -216,8 +216,12 @@ def test_a_duplicated_part_is_refused(three_parts):
     bob, _, parts, _ = three_parts
     first = bob.files.open_part(parts[0])
     second = bob.files.open_part(parts[1])
-    # The part just given may be given again once (its laptop may have been cut before it saved it)...
+    third = bob.files.open_part(parts[2])
+    # The last two parts given may be given again (their laptop may have been cut before it saved them: it saves
+    # one while the device opens the next)...
+    assert bob.files.open_part(parts[2]) == third
     assert bob.files.open_part(parts[1]) == second
+    assert bob.files.open_part(parts[2]) == third
     # ...but an earlier one is a duplicate.
     with pytest.raises(FilePartDuplicate):
         bob.files.open_part(parts[0])

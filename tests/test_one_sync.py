@@ -12,6 +12,7 @@ unsynced commits directly.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -29,6 +30,7 @@ from client.state import ClientState
 from device.engine import Device
 from device.localpair import pair_local
 from device.storage.padstore import PadStore
+from onetimechat import attachment as att
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,6 +125,57 @@ def test_a_folded_call_that_commits_nothing_still_makes_its_counter_durable(coun
 def test_other_calls_keep_a_durable_counter(counted_device):
     client, syncs, _ = counted_device
     assert _syncs_per_call(syncs, client.status) == 1
+
+
+# -- file parts (issue 24): the part's own commit carries the counter ---------------------------------------------
+
+
+# Counted as "< 1.5 a call", not "== 1": a sync now and then that no call causes by itself (a WAL checkpoint, a
+# server thread's first connection syncing its directory) must not fail a count of ten calls; two a call is 2.0.
+
+
+def _file(parts: int) -> tuple[bytes, str]:
+    data = os.urandom(parts * att.PART_SIZE)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def test_a_file_part_call_syncs_once(counted_device):
+    """Sealing a part records its SHA-256 durably (one commit): the call's counter rides on that sync."""
+    client, syncs, _ = counted_device
+    data, sha256 = _file(11)
+    file_id = client.call("file_begin", contact="bob", name="a.bin", size=len(data), sha256=sha256)["file"]["id"]
+    parts = iter(range(11))
+
+    def seal() -> None:
+        index = next(parts)
+        part = data[index * att.PART_SIZE:(index + 1) * att.PART_SIZE]
+        client.call("file_part", file=file_id, index=index, data=part)
+
+    seal()
+    assert _syncs_per_call(syncs, seal) < 1.5  # one a call (before: two)
+
+
+def test_a_file_open_call_syncs_once_and_a_refused_one_too(counted_device):
+    """Opening a part records its place durably (one commit), and a part refused (out of order, given twice)
+    commits nothing: the device syncs the counter itself before it answers."""
+    client, syncs, bob_home = counted_device
+    data, sha256 = _file(11)
+    with Device(PadStore(bob_home)) as bob:
+        header, packaged = bob.files.begin("alice", "a.bin", len(data), bytes.fromhex(sha256))
+        view = memoryview(data)
+        sealed = [bytes(bob.files.seal(header.file_id, i, view[i * att.PART_SIZE:(i + 1) * att.PART_SIZE])[0] or b"")
+                  for i in range(header.parts)]
+    client.unpackage(bytes(packaged.package))  # type: ignore[arg-type]
+    feed = iter(sealed)
+    client.call("file_open", part=next(feed))
+    assert _syncs_per_call(syncs, lambda: client.call("file_open", part=next(feed))) < 1.5  # one a call (before: two)
+
+    def refused(part: bytes, code: str) -> None:
+        with pytest.raises(RemoteError) as caught:
+            client.call("file_open", part=part)
+        assert caught.value.code == code
+
+    assert _syncs_per_call(syncs, lambda: refused(sealed[0], "file-duplicate"), times=4) < 1.5
 
 
 # -- the store's rule for unsynced commits ---------------------------------------------------------------------

@@ -335,6 +335,13 @@ def test_a_hostile_relays_batches_are_refused_in_one_way(monkeypatch):
 
         def __init__(self, content: bytes) -> None:
             self.content = content
+            self.raw = self  # the laptop reads a batch from the raw stream, in one go
+
+        def read(self, amt: int | None = None, decode_content: bool = True) -> bytes:
+            return self.content
+
+        def close(self) -> None:
+            pass
 
     for content in answers:
         monkeypatch.setattr(laptop.session, "post", lambda *a, content=content, **k: Answer(content))

@@ -272,6 +272,25 @@ def test_pairings_and_counters_survive_a_restart(rpc_device):
     assert send_raw(rpc_device, old).status_code == 401
 
 
+def test_counters_rise_across_processes_and_leave_the_credentials_file_alone(tmp_path):
+    """Two processes' states share one counter file (issue 24): every counter is above every earlier one, a
+    credentials file's own counter (an older otc's) still counts, and a call never rewrites the pairing key's
+    file."""
+    from client.state import Credentials
+
+    ahead = 1 << 62  # a counter an older otc recorded, far above the clock
+    ClientState(tmp_path).save(Credentials("http://127.0.0.1:9", bytes(16), bytes(32), "laptop", "alice"))
+    path = ClientState(tmp_path)._path("http://127.0.0.1:9")
+    path.write_text(json.dumps({**json.loads(path.read_text()), "counter": ahead}))
+    before = (path.read_bytes(), os.stat(path).st_ino, os.stat(path).st_mtime_ns)
+    first, second = ClientState(tmp_path), ClientState(tmp_path)
+    counters = [state.next_counter("http://127.0.0.1:9") for _ in range(5) for state in (first, second)]
+    assert counters[0] > ahead and counters == sorted(set(counters))
+    assert (path.read_bytes(), os.stat(path).st_ino, os.stat(path).st_mtime_ns) == before
+    path.with_suffix(".counter").write_bytes(b"\x01")  # cut short (a lost write): the clock and the rest still hold
+    assert ClientState(tmp_path).next_counter("http://127.0.0.1:9") > ahead
+
+
 def test_errors_are_documented_codes_without_secrets(rpc_device):
     client = rpc_device.pair_client()
     rpc_device.source.decisions.put(True)
