@@ -83,6 +83,11 @@ class Unavailable(RelayError, code="unavailable", status=503, retry_after=5):
     """The relay's store is unavailable; nothing was stored, try again."""
 
 
+class NotDurable(Unavailable):
+    """The store committed but could not sync the commit: whether it is kept is not known. Try again with the
+    same idempotency key (a send kept is found as a duplicate); nothing that commit may name is removed."""
+
+
 class StoreError(RelayError, code="store", status=503):
     """The relay's store cannot be used."""
 

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from client.errors import RelayUnavailable
 from client.relay import RelayClient
 from onetimechat import relaywire
+from relay import app as relay_app
 from relay import parts as parts_module
 from relay.app import create_app
 from relay.config import RelayConfig
@@ -41,6 +42,13 @@ from tests.relay_fixtures import (  # noqa: F401 - fixtures
 
 MiB = 1 << 20
 OCTETS = {"Content-Type": "application/octet-stream"}
+
+
+@pytest.fixture(autouse=True)
+def every_part_in_a_file(monkeypatch):
+    """These tests attack the content files: every raw part goes to one, however small (by default a part under
+    relay.app.INLINE_RAW_BYTES stays in its row: tests/test_relay_parts_review.py)."""
+    monkeypatch.setattr(relay_app, "INLINE_RAW_BYTES", 0)
 
 
 def send_bin(client, mailbox: str, data: bytes, message_id: str | None = None, **extra) -> requests.Response:

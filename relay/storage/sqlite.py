@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from relay.errors import StoreError, Unavailable
+from relay.errors import NotDurable, StoreError, Unavailable
 from relay.storage import schema
 from relay.storage.sql import Op, SQLStore, run_batch
 
@@ -200,7 +200,7 @@ class SQLiteStore(SQLStore):
                 os.close(fd)
         except OSError as exc:
             log.warning("store unavailable: the WAL could not be synced (%s)", exc.strerror)
-            raise Unavailable() from None
+            raise NotDurable() from None
 
     @contextlib.contextmanager
     def _writer_turn(self) -> Iterator[None]:
