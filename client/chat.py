@@ -599,13 +599,16 @@ class Chat:
         out = Outgoing(f"#{command.room}", command.text)
         self.add(Line(out.at, "out", out.contact, command.text, out=out))
         try:
-            self.rooms.send(command.room, command.text)
+            fetched = self.rooms.send(command.room, command.text)
         except RemoteError as exc:
             out.state, out.error = ("declined", "") if exc.code == "declined" else ("failed", str(exc))
         except ClientError as exc:
             out.state, out.error = "failed", str(exc)
         else:
             out.state = "sent"
+            # What the send fetched first (messages not read yet among them): the device's cursor is past them.
+            for event in fetched:
+                self._room_event(command.room, event)
         self.refresh()
 
     # -- rooms ----------------------------------------------------------------------

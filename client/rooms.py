@@ -67,11 +67,12 @@ class RoomClient:
         self._post(room["mailbox"], self.device.call("room_leave", room=room["room_id"])["post"])
 
     def send(self, name: str, text: str, wait: float = KEY_WAIT_S, on_wait: Callable[[dict], None] | None = None
-             ) -> None:
+             ) -> list[dict]:
         """Send under the current epoch key, first fetching (or waiting up to ``wait`` s for) the key a
         membership change calls for: a leader's own distribution comes back from the relay, a member waits
-        for the leader's."""
-        self.sync(name)
+        for the leader's. Returns the events those syncs brought: the device's cursor has moved past them, so
+        the caller shows them (or nothing ever will)."""
+        events = self.sync(name)
         room = self.room(name)
         deadline = time.monotonic() + wait
         # Joining counts too: a device renewed for a later key period leaves the old period's membership when the
@@ -80,9 +81,10 @@ class RoomClient:
             if on_wait is not None:
                 on_wait(room)
                 on_wait = None
-            self.sync(name, wait=max(1.0, min(5.0, deadline - time.monotonic())))
+            events += self.sync(name, wait=max(1.0, min(5.0, deadline - time.monotonic())))
             room = self.room(name)
         self._post(room["mailbox"], self.device.call("room_send", room=room["room_id"], text=text)["post"])
+        return events
 
 
 def fetch_renewals(device: DeviceClient, relay: RelayClient) -> list[dict]:

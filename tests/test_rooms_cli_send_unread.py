@@ -1,0 +1,90 @@
+"""A send never loses the room messages not read yet: the sync it runs first moves the device's cursor past
+them, so the CLI prints them (before "sent to #room") and the chat shows them (review of issue 22, user A)."""
+
+from __future__ import annotations
+
+import pytest
+
+from client.relay import RelayClient
+from client.rooms import RoomClient
+from client.rpc import DeviceClient, pair
+from client.state import ClientState
+from device.abe.store import grant_local
+from device.storage.padstore import PadStore
+from onetimechat.cli import main
+from relay.app import create_app
+from relay.config import RelayConfig
+from relay.server import RelayServer
+from tests.chat_fixtures import OwnerSource, Person
+
+
+@pytest.fixture
+def room(tmp_path, capsys):
+    """Carol and bob, members of room ops4 on their own devices, a real relay between them."""
+    PadStore.init(tmp_path / "auth", "auth").close()
+    assert main(["abe", "authority", "--home", str(tmp_path / "auth")]) == 0
+    relay = RelayServer(create_app(RelayConfig(db=f"sqlite:///{tmp_path / 'relay.db'}")), "127.0.0.1", 0,
+                        threads=8).start()
+    people: dict[str, tuple[Person, RoomClient]] = {}
+    try:
+        for name in ("carol", "bob"):
+            PadStore.init(tmp_path / name, name).close()
+            with PadStore(tmp_path / "auth") as auth, PadStore(tmp_path / name) as member:
+                grant_local(auth, member, "STAFF,OPS")
+            person = Person(name, tmp_path / name, tmp_path / f"{name}-laptop", OwnerSource())
+            person.start()
+            state = ClientState(person.laptop)
+            pair(person.url, name=f"{name}-laptop", ask_code=lambda p=person: p.source.codes[-1], state=state)
+            people[name] = (person, RoomClient(DeviceClient(person.url, state=state), RelayClient(relay.url)))
+        capsys.readouterr()
+        assert main(["room", "create", "--home", str(tmp_path / "auth"), "--name", "ops4", "--policy", "OPS"]) == 0
+        invite = capsys.readouterr().out.strip().splitlines()[-1]
+        for _, client in people.values():
+            client.device.call("room_add", invite=invite)
+            client.join("ops4")
+        for _ in range(3):
+            for _, client in people.values():
+                client.sync("ops4")
+        assert all(client.room("ops4")["keyed"] for _, client in people.values())
+        yield people, relay.url
+    finally:
+        for person, _ in people.values():
+            person.stop()
+        relay.close()
+
+
+def otc(people, relay_url, monkeypatch, capsys, who: str, *argv: str) -> list[str]:
+    person = people[who][0]
+    monkeypatch.setenv("OTC_CLIENT_HOME", str(person.laptop))
+    capsys.readouterr()
+    assert main(["room", argv[0], "--device", person.url, "--relay", relay_url, *argv[1:]]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_a_message_not_read_yet_is_printed_by_the_send_that_fetched_it(room, monkeypatch, capsys):
+    people, relay_url = room
+    assert otc(people, relay_url, monkeypatch, capsys, "carol", "send", "ops4", "E1") == ["sent to #ops4"]
+    # Before: bob's send fetched E1, the device moved past it, and nothing ever showed it.
+    out = otc(people, relay_url, monkeypatch, capsys, "bob", "send", "ops4", "E2")
+    assert out == ["[ops4] carol: E1", "sent to #ops4"]
+    # Shown once: the next recv has nothing of it (and bob's own E2 was not printed back at him as news).
+    assert otc(people, relay_url, monkeypatch, capsys, "bob", "recv") == []
+    assert otc(people, relay_url, monkeypatch, capsys, "carol", "recv") == ["[ops4] bob: E2"]
+
+
+def test_the_chat_shows_what_its_send_fetched(room):
+    from client.chat import Chat, Command
+
+    people, _ = room
+    people["carol"][1].send("ops4", "E1")
+    shown: list[tuple[str, str]] = []
+
+    class Screen:  # the part of Chat a send uses, without a terminal
+        rooms = people["bob"][1]
+        add = refresh = staticmethod(lambda *a: None)
+
+        def _room_event(self, name: str, event: dict) -> None:
+            shown.append((name, event.get("text")))
+
+    Chat._send_room(Screen(), Command(name="room", room="ops4", text="E2"))  # type: ignore[arg-type]
+    assert ("ops4", "E1") in shown
