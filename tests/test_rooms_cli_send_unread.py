@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from client.relay import RelayClient
 from client.rooms import RoomClient
-from client.rpc import DeviceClient, pair
-from client.state import ClientState
-from device.abe.store import grant_local
 from device.storage.padstore import PadStore
 from onetimechat.cli import main
 from relay.app import create_app
 from relay.config import RelayConfig
 from relay.server import RelayServer
-from tests.chat_fixtures import OwnerSource, Person
+from tests.chat_fixtures import Person, room_member
 
 
 @pytest.fixture
@@ -28,14 +24,7 @@ def room(tmp_path, capsys):
     people: dict[str, tuple[Person, RoomClient]] = {}
     try:
         for name in ("carol", "bob"):
-            PadStore.init(tmp_path / name, name).close()
-            with PadStore(tmp_path / "auth") as auth, PadStore(tmp_path / name) as member:
-                grant_local(auth, member, "STAFF,OPS")
-            person = Person(name, tmp_path / name, tmp_path / f"{name}-laptop", OwnerSource())
-            person.start()
-            state = ClientState(person.laptop)
-            pair(person.url, name=f"{name}-laptop", ask_code=lambda p=person: p.source.codes[-1], state=state)
-            people[name] = (person, RoomClient(DeviceClient(person.url, state=state), RelayClient(relay.url)))
+            people[name] = room_member(tmp_path, name, "STAFF,OPS", relay.url)
         capsys.readouterr()
         assert main(["room", "create", "--home", str(tmp_path / "auth"), "--name", "ops4", "--policy", "OPS"]) == 0
         invite = capsys.readouterr().out.strip().splitlines()[-1]

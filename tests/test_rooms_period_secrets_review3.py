@@ -24,6 +24,25 @@ from tests.test_rooms import ATTRS, _period_world, _renew
 from tests.test_rooms_hostile import _contribution_under, _garbage_contribution
 
 
+def _secret_world(attrs: list[str], tagged_from: int | None, secret: bytes, holds) -> World:
+    """Members of period 1 joined in a room tagged from ``tagged_from``; member i holds ``secret`` as the room's
+    secret of a period p it holds a key of when ``holds(i, p)`` (the authority's issuance, as the test has it)."""
+    w = World(attrs)
+    w.room = dataclasses.replace(w.room, tagged_from=tagged_from)
+    for i, (keys, attributes) in enumerate(zip(w.keys, attrs)):
+        keys.member = keygen(w.master, attributes, period=1)
+
+        def room_period_secret(aid, rid, period, keys=keys, i=i):
+            return secret if holds(i, period) and period in keys.periods_held(aid) else None
+        keys.room_period_secret = room_period_secret  # type: ignore[method-assign]
+    w.members = [w.member(k) for k in w.keys]
+    w.log = Log(w.members)
+    for n, m in enumerate(w.members):
+        w.log.post(m.join(f"m{n}"))
+        w.log.sync()
+    return w
+
+
 @pytest.mark.parametrize("attack", [False, True], ids=["control", "rewrapped-first"])
 def test_a_rewrapped_ciphertext_before_a_genuine_move_splits_a_member_renewed_late(attack):
     w, renewed = _period_world()
@@ -91,20 +110,7 @@ def test_the_same_in_a_tagged_period_for_a_member_whose_renewal_opens_late(attac
     arrival; a member whose renewal has not opened (no key, no secret of the period yet) holds it aside with its
     ciphertext, ignores the genuine tagged move as a duplicate ciphertext, and drops the re-wrap once its
     secret arrives: the genuine move is gone for it."""
-    secret2 = os.urandom(32)
-    w = World(ATTRS[:3])
-    w.room = dataclasses.replace(w.room, tagged_from=2)
-    for keys, attrs in zip(w.keys, ATTRS[:3]):
-        keys.member = keygen(w.master, attrs, period=1)
-
-        def room_period_secret(aid, rid, period, keys=keys):
-            return secret2 if period == 2 and 2 in keys.periods_held(aid) else None
-        keys.room_period_secret = room_period_secret  # type: ignore[method-assign]
-    w.members = [w.member(k) for k in w.keys]
-    w.log = Log(w.members)
-    for m in w.members:
-        w.log.post(m.join(f"m{w.members.index(m)}"))
-        w.log.sync()
+    w = _secret_world(ATTRS[:3], 2, os.urandom(32), lambda i, period: period == 2)
     renewed = [type(w.keys[0])(w.master.public, keygen(w.master, attrs, period=2)) for attrs in ATTRS[:3]]
     a, b, c = w.members
     assert len(a.roster) == len(b.roster) == 3
@@ -133,21 +139,8 @@ def test_the_same_in_a_tagged_period_for_a_member_whose_renewal_opens_late(attac
 
 
 def test_a_device_without_the_rooms_secret_takes_an_outsiders_move_in_a_tagged_period():
-    secret2 = os.urandom(32)
-    w = World(ATTRS[:3])
-    w.room = dataclasses.replace(w.room, tagged_from=2)
-    for i, (keys, attrs) in enumerate(zip(w.keys, ATTRS[:3])):
-        keys.member = keygen(w.master, attrs, period=1)
-
-        def room_period_secret(aid, rid, period, keys=keys, i=i):
-            # a (i == 0) was renewed before the owner recorded the room (`room add --own`): no secret of it.
-            return secret2 if period == 2 and i != 0 and 2 in keys.periods_held(aid) else None
-        keys.room_period_secret = room_period_secret  # type: ignore[method-assign]
-    w.members = [w.member(k) for k in w.keys]
-    w.log = Log(w.members)
-    for n, m in enumerate(w.members):
-        w.log.post(m.join(f"m{n}"))
-        w.log.sync()
+    # a (i == 0) was renewed before the owner recorded the room (`room add --own`): no secret of it.
+    w = _secret_world(ATTRS[:3], 2, os.urandom(32), lambda i, period: period == 2 and i != 0)
     a, b, c = w.members
     renewed = [type(w.keys[0])(w.master.public, keygen(w.master, attrs, period=2)) for attrs in ATTRS[:3]]
     _renew(w.keys[0], renewed[0])
@@ -167,22 +160,9 @@ def test_members_renewed_before_and_after_the_own_record_take_each_others_moves(
     when it was made: tests/test_rooms_own_records.py
     ``test_a_room_recorded_mid_cycle_gets_secrets_from_the_next_period_only``): neither holds period 2's secret,
     so both bind and check alike."""
-    secret2 = os.urandom(32)
-    w = World(ATTRS[:2])
-    assert w.room.tagged_from is None
-    for i, (keys, attrs) in enumerate(zip(w.keys, ATTRS[:2])):
-        keys.member = keygen(w.master, attrs, period=1)
-
-        def room_period_secret(aid, rid, period, keys=keys):
-            # a (i == 0): renewed for period 2 before the owner ran `room add --own`; b after. Neither gets period
-            # 2's secret now (secrets_from = 3); the third period's keys carry it for both.
-            return secret2 if period == 3 and 3 in keys.periods_held(aid) else None
-        keys.room_period_secret = room_period_secret  # type: ignore[method-assign]
-    w.members = [w.member(k) for k in w.keys]
-    w.log = Log(w.members)
-    for n, m in enumerate(w.members):
-        w.log.post(m.join(f"m{n}"))
-        w.log.sync()
+    # a (i == 0): renewed for period 2 before the owner ran `room add --own`; b after. Neither gets period 2's
+    # secret now (secrets_from = 3); the third period's keys carry it for both.
+    w = _secret_world(ATTRS[:2], None, os.urandom(32), lambda i, period: period == 3)
     a, b = w.members
     assert len(a.roster) == len(b.roster) == 2
     renewed = [type(w.keys[0])(w.master.public, keygen(w.master, attrs, period=2)) for attrs in ATTRS[:2]]
