@@ -487,7 +487,7 @@ class Chat:
                 self.system(f"delivery receipts {command.text}")
                 self.refresh()
             elif command.name == "rooms":
-                rooms = self.refresh_rooms()
+                rooms = self.follow_rooms()
                 if not rooms:
                     self.system("no rooms on the device: add an invite with otc room add")
                 for room in rooms:
@@ -618,6 +618,16 @@ class Chat:
         self.room_names = [str(r["room"]) for r in rooms]
         return rooms
 
+    def follow_rooms(self) -> list[dict]:
+        """Watch every room the device is in or joining, those added or joined since the chat opened too (from
+        another terminal): unwatched, a room's messages were not shown and, on its leader, no key was sent until
+        the chat restarted (an outside review). The device's rooms."""
+        rooms = self.refresh_rooms()
+        for room in rooms:
+            if room["joined"] or room["joining"]:
+                self.watch(room)
+        return rooms
+
     def watch(self, room: dict) -> None:
         """Follow a room's traffic through the device, as it arrives (one long poll per room)."""
         if room["room_id"] in self.watching:
@@ -696,6 +706,7 @@ class Chat:
             try:
                 if not self.messenger.inbound or time.monotonic() - refreshed > CONTACTS_REFRESH_S:
                     self.messenger.refresh_contacts()  # a pad paired meanwhile brings new mailboxes
+                    self.follow_rooms()  # and a room added or joined meanwhile (`otc room join` elsewhere)
                     refreshed = time.monotonic()
                 self._flush()
                 self.health(relay=True)
@@ -823,9 +834,7 @@ class Chat:
         except ClientError as exc:
             self.set_status(f"the device does not answer ({exc.code})", bad=True)
         try:
-            for room in self.refresh_rooms():
-                if room["joined"] or room["joining"]:
-                    self.watch(room)
+            self.follow_rooms()
         except DeviceRefused:
             raise
         except ClientError:

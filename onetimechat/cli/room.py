@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from client.errors import RelayUnavailable
 from client.relay import MAX_WAIT_S, RelayClient
 from client.rooms import KEY_WAIT_S, RoomClient
 from client.rpc import DeviceClient
@@ -99,11 +100,18 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     params = {"own": True} if args.own else {}
-    status = _client(args).device.call("room_add", invite=args.invite, **params)
+    client = _client(args)
+    status = client.device.call("room_add", invite=args.invite, **params)
     print(f"Added room {status['room']} ({status['policy']})" + (", recorded as this authority's own." if args.own
                                                                  else "."))
     if status.get("warning"):
         print(f"otc: warning: {status['warning']}", file=sys.stderr)
+    if args.relay:
+        # As --relay's help says: remembered, once it has answered (adding needs nothing from it).
+        try:
+            client.relay.online()
+        except RelayUnavailable as exc:
+            print(f"otc: warning: {exc} Not remembered.", file=sys.stderr)
     return 0
 
 

@@ -1,5 +1,8 @@
-"""A send never loses the room messages not read yet: the sync it runs first moves the device's cursor past
-them, so the CLI prints them (before "sent to #room") and the chat shows them (review of issue 22, user A)."""
+"""Rooms at the terminal, from a user's review of issue 22 (real devices, a real relay):
+- a send never loses the room messages not read yet: the sync it runs first moves the device's cursor past them,
+  so the CLI prints them (before "sent to #room") and the chat shows them;
+- an open chat follows the rooms joined after it started;
+- `otc room add --relay URL` remembers the relay, as its help says."""
 
 from __future__ import annotations
 
@@ -77,3 +80,60 @@ def test_the_chat_shows_what_its_send_fetched(room):
 
     Chat._send_room(Screen(), Command(name="room", room="ops4", text="E2"))  # type: ignore[arg-type]
     assert ("ops4", "E1") in shown
+
+
+def test_an_open_chat_follows_a_room_joined_after_it_started(room):
+    """The receiver's periodic refresh (the contacts' one) watches every room the device is in or joining: before,
+    only those at start-up (and one joined in the chat), so a room joined from another terminal showed nothing
+    and, on its leader, no key went out until the chat restarted."""
+    import threading
+    from types import SimpleNamespace
+
+    from client.chat import Chat
+
+    people, _ = room
+    watched: list[str] = []
+    stop = threading.Event()
+
+    def poll(deliver, wait):
+        stop.set()
+        return SimpleNamespace(waiting=0)
+
+    class Screen:  # the part of Chat the receiver uses, without a terminal
+        messenger = SimpleNamespace(inbound={}, refresh_contacts=lambda: None, poll=poll)
+        rooms = people["bob"][1]
+        _flush = health = system = _deliver = staticmethod(lambda *a, **k: None)
+        follow_rooms = Chat.follow_rooms
+        refresh_rooms = Chat.refresh_rooms
+
+        def __init__(self) -> None:
+            self.stop = stop
+
+        def watch(self, r: dict) -> None:
+            watched.append(r["room"])
+
+    Chat.receiver(Screen())  # type: ignore[arg-type]
+    assert watched == ["ops4"]
+
+
+def test_room_add_remembers_the_relay_it_was_given(room, tmp_path, monkeypatch, capsys):
+    from client.state import ClientState
+
+    people, relay_url = room
+    bob = people["bob"][0]
+    monkeypatch.setenv("OTC_CLIENT_HOME", str(bob.laptop))
+    invites = []
+    for name in ("ops5", "ops6"):
+        assert main(["room", "create", "--home", str(tmp_path / "auth"), "--name", name, "--policy", "OPS"]) == 0
+        invites.append(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ClientState(bob.laptop).config().get("relay") is None
+    # A relay that does not answer is not remembered (as everywhere): said on stderr, the room added all the same.
+    assert main(["room", "add", "--device", bob.url, "--relay", "http://127.0.0.1:1", invites[0]]) == 0
+    out = capsys.readouterr()
+    assert "Added room ops5" in out.out and "Not remembered." in out.err
+    assert ClientState(bob.laptop).config().get("relay") is None
+    # Before: never remembered, the relay being left untouched.
+    assert main(["room", "add", "--device", bob.url, "--relay", relay_url, invites[1]]) == 0
+    assert ClientState(bob.laptop).config().get("relay") == relay_url
+    assert main(["room", "list", "--device", bob.url]) == 0  # no --relay needed now
+    assert "ops6" in capsys.readouterr().out
