@@ -599,16 +599,16 @@ class Chat:
         out = Outgoing(f"#{command.room}", command.text)
         self.add(Line(out.at, "out", out.contact, command.text, out=out))
         try:
-            fetched = self.rooms.send(command.room, command.text)
+            # What the send fetches first (messages not read yet among them: the device's cursor is past them) is
+            # shown as it comes, whether or not the owner then declines.
+            self.rooms.send(command.room, command.text, on_events=lambda events: self._room_events(command.room,
+                                                                                                 events))
         except RemoteError as exc:
             out.state, out.error = ("declined", "") if exc.code == "declined" else ("failed", str(exc))
         except ClientError as exc:
             out.state, out.error = "failed", str(exc)
         else:
             out.state = "sent"
-            # What the send fetched first (messages not read yet among them): the device's cursor is past them.
-            for event in fetched:
-                self._room_event(command.room, event)
         self.refresh()
 
     # -- rooms ----------------------------------------------------------------------
@@ -649,8 +649,7 @@ class Chat:
                 backoff.wait()
                 continue
             backoff.reset()
-            for event in events:
-                self._room_event(name, event)
+            self._room_events(name, events)
 
     def _renewals(self) -> None:
         """The authority's renewed keys first (as `otc room recv` does), at most every RENEWALS_EVERY_S and one room
@@ -667,6 +666,10 @@ class Chat:
                                 f"period {k['period']} ({k['starts']} to {k['ends']})")
                 elif got["outcome"] == "refused":
                     self.add(Line(time.time(), "error", "renewal", f"a renewal was refused: {got['reason']}"))
+
+    def _room_events(self, name: str, events: list[dict]) -> None:
+        for event in events:
+            self._room_event(name, event)
 
     def _room_event(self, name: str, event: dict) -> None:
         kind, outcome, own = event.get("kind"), event.get("outcome"), bool(event.get("own"))

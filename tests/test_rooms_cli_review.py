@@ -64,6 +64,17 @@ def test_a_message_not_read_yet_is_printed_by_the_send_that_fetched_it(room, mon
     assert otc(people, relay_url, monkeypatch, capsys, "carol", "recv") == ["[ops4] bob: E2"]
 
 
+def test_a_declined_send_still_prints_what_it_fetched(room, monkeypatch, capsys):
+    people, relay_url = room
+    otc(people, relay_url, monkeypatch, capsys, "carol", "send", "ops4", "E3")
+    people["bob"][0].source.decline.add("not this")
+    bob = people["bob"][0]
+    monkeypatch.setenv("OTC_CLIENT_HOME", str(bob.laptop))
+    assert main(["room", "send", "--device", bob.url, "--relay", relay_url, "ops4", "not this"]) != 0
+    assert capsys.readouterr().out.splitlines() == ["[ops4] carol: E3"]
+    assert otc(people, relay_url, monkeypatch, capsys, "bob", "recv") == []
+
+
 def test_the_chat_shows_what_its_send_fetched(room):
     from client.chat import Chat, Command
 
@@ -74,6 +85,8 @@ def test_the_chat_shows_what_its_send_fetched(room):
     class Screen:  # the part of Chat a send uses, without a terminal
         rooms = people["bob"][1]
         add = refresh = staticmethod(lambda *a: None)
+
+        _room_events = Chat._room_events
 
         def _room_event(self, name: str, event: dict) -> None:
             shown.append((name, event.get("text")))

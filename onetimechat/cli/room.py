@@ -160,8 +160,9 @@ def cmd_send(args: argparse.Namespace) -> int:
                 if room.get("moving_to") else "the epoch key the membership change calls for")
         print(f"otc: {room['room']}: waiting for {what} (up to {KEY_WAIT_S:.0f} s)…", file=sys.stderr, flush=True)
 
-    # What the send's syncs fetched (messages not read yet among them) is shown before the confirmation.
-    show_events(args.room, client.send(args.room, text, on_wait=waiting))
+    # What the send's syncs fetch (messages not read yet among them) is shown at once: before the device asks
+    # its owner, and whether or not the owner declines.
+    client.send(args.room, text, on_wait=waiting, on_events=lambda events: show_events(args.room, events))
     print(f"sent to #{args.room}")
     after = client.sync(args.room)
     mine = next((i for i, e in enumerate(after) if e.get("kind") == "message" and e.get("own")
