@@ -351,21 +351,25 @@ class AbeKeys:
     def _own_room_context(self, room_id: bytes) -> bytes:
         return b"abe own room " + room_id
 
-    def record_own_room(self, room_id: bytes, policy: Policy, tagged_from: int | None) -> None:
+    def record_own_room(self, room_id: bytes, policy: Policy, tagged_from: int | None, *,
+                        late: bool = False) -> None:
         """Record a room this authority creates (before its descriptor leaves): its secrets are issued from this
         record, never from a room state or an invite (anyone can write an invite naming this authority, with any
         room id and policy). At most MAX_ROOM_SECRETS rooms, so no key's secrets are ever cut.
 
-        Its secrets go with keys of the period after the newest issued so far and later (``secrets_from``), never
-        with a key of a period some of whose keys went out before the record: a room recorded in the middle of a
-        renewal cycle (`otc room add --own`) would leave some members of that period holding its secret and some
-        not, and in a room without ``tagged_from`` they would refuse each other's moves (red team 22c F3)."""
+        ``late``: a room recorded after it was made (`otc room add --own`, its state lost before an upgrade): its
+        secrets go with keys of the period after the newest issued so far and later (``secrets_from``), never with
+        a key of a period some of whose keys went out before the record: recorded in the middle of a renewal
+        cycle, it would leave some members of that period holding its secret and some not, and in a room without
+        ``tagged_from`` they would refuse each other's moves (red team 22c F3). A room recorded at create goes with
+        every key issued from then on (``secrets_from`` 0): its periods before ``tagged_from`` bind alike whatever
+        a device holds (rule 4), so a key of the running period issued after the create may carry it."""
         self.master()  # an authority's only
         rooms = self.own_rooms()
         if len(rooms) >= MAX_ROOM_SECRETS:
             raise AbeError(f"This authority has created {len(rooms)} rooms, the most it can issue secrets for "
                            f"({MAX_ROOM_SECRETS}); no more rooms can be created.")
-        secrets_from = max((p.number for p in self.periods()), default=0) + 1
+        secrets_from = max((p.number for p in self.periods()), default=0) + 1 if late else 0
         raw = json.dumps({"policy": policy.text, "tagged_from": tagged_from, "secrets_from": secrets_from},
                          sort_keys=True).encode()
         sealed = base64.b64encode(self._seal(raw, self._own_room_context(room_id))).decode()
