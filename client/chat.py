@@ -487,7 +487,7 @@ class Chat:
                 self.system(f"delivery receipts {command.text}")
                 self.refresh()
             elif command.name == "rooms":
-                rooms = self.refresh_rooms()
+                rooms = self.follow_rooms()
                 if not rooms:
                     self.system("no rooms on the device: add an invite with otc room add")
                 for room in rooms:
@@ -599,7 +599,10 @@ class Chat:
         out = Outgoing(f"#{command.room}", command.text)
         self.add(Line(out.at, "out", out.contact, command.text, out=out))
         try:
-            self.rooms.send(command.room, command.text)
+            # What the send fetches first (messages not read yet among them: the device's cursor is past them) is
+            # shown as it comes, whether or not the owner then declines.
+            self.rooms.send(command.room, command.text, on_events=lambda events: self._room_events(command.room,
+                                                                                                 events))
         except RemoteError as exc:
             out.state, out.error = ("declined", "") if exc.code == "declined" else ("failed", str(exc))
         except ClientError as exc:
@@ -613,6 +616,16 @@ class Chat:
     def refresh_rooms(self) -> list[dict]:
         rooms = self.rooms.rooms()
         self.room_names = [str(r["room"]) for r in rooms]
+        return rooms
+
+    def follow_rooms(self) -> list[dict]:
+        """Watch every room the device is in or joining, those added or joined since the chat opened too (from
+        another terminal): unwatched, a room's messages were not shown and, on its leader, no key was sent until
+        the chat restarted (an outside review). The device's rooms."""
+        rooms = self.refresh_rooms()
+        for room in rooms:
+            if room["joined"] or room["joining"]:
+                self.watch(room)
         return rooms
 
     def watch(self, room: dict) -> None:
@@ -636,8 +649,7 @@ class Chat:
                 backoff.wait()
                 continue
             backoff.reset()
-            for event in events:
-                self._room_event(name, event)
+            self._room_events(name, events)
 
     def _renewals(self) -> None:
         """The authority's renewed keys first (as `otc room recv` does), at most every RENEWALS_EVERY_S and one room
@@ -654,6 +666,10 @@ class Chat:
                                 f"period {k['period']} ({k['starts']} to {k['ends']})")
                 elif got["outcome"] == "refused":
                     self.add(Line(time.time(), "error", "renewal", f"a renewal was refused: {got['reason']}"))
+
+    def _room_events(self, name: str, events: list[dict]) -> None:
+        for event in events:
+            self._room_event(name, event)
 
     def _room_event(self, name: str, event: dict) -> None:
         kind, outcome, own = event.get("kind"), event.get("outcome"), bool(event.get("own"))
@@ -693,6 +709,7 @@ class Chat:
             try:
                 if not self.messenger.inbound or time.monotonic() - refreshed > CONTACTS_REFRESH_S:
                     self.messenger.refresh_contacts()  # a pad paired meanwhile brings new mailboxes
+                    self.follow_rooms()  # and a room added or joined meanwhile (`otc room join` elsewhere)
                     refreshed = time.monotonic()
                 self._flush()
                 self.health(relay=True)
@@ -820,9 +837,7 @@ class Chat:
         except ClientError as exc:
             self.set_status(f"the device does not answer ({exc.code})", bad=True)
         try:
-            for room in self.refresh_rooms():
-                if room["joined"] or room["joining"]:
-                    self.watch(room)
+            self.follow_rooms()
         except DeviceRefused:
             raise
         except ClientError:

@@ -66,12 +66,23 @@ class RoomClient:
         room = self.room(name)
         self._post(room["mailbox"], self.device.call("room_leave", room=room["room_id"])["post"])
 
-    def send(self, name: str, text: str, wait: float = KEY_WAIT_S, on_wait: Callable[[dict], None] | None = None
-             ) -> None:
+    def send(self, name: str, text: str, wait: float = KEY_WAIT_S, on_wait: Callable[[dict], None] | None = None,
+             on_events: Callable[[list[dict]], None] | None = None) -> list[dict]:
         """Send under the current epoch key, first fetching (or waiting up to ``wait`` s for) the key a
         membership change calls for: a leader's own distribution comes back from the relay, a member waits
-        for the leader's."""
-        self.sync(name)
+        for the leader's. The events those syncs bring (the device's cursor is past them, so the caller shows
+        them or nothing ever will) go to ``on_events`` as they come, before the device is asked to send (which
+        the owner may decline); without it, they are returned."""
+        kept: list[dict] = []
+
+        def fetched(events: list[dict]) -> None:
+            if on_events is not None:
+                if events:
+                    on_events(events)
+            else:
+                kept.extend(events)
+
+        fetched(self.sync(name))
         room = self.room(name)
         deadline = time.monotonic() + wait
         # Joining counts too: a device renewed for a later key period leaves the old period's membership when the
@@ -80,9 +91,10 @@ class RoomClient:
             if on_wait is not None:
                 on_wait(room)
                 on_wait = None
-            self.sync(name, wait=max(1.0, min(5.0, deadline - time.monotonic())))
+            fetched(self.sync(name, wait=max(1.0, min(5.0, deadline - time.monotonic()))))
             room = self.room(name)
         self._post(room["mailbox"], self.device.call("room_send", room=room["room_id"], text=text)["post"])
+        return kept
 
 
 def fetch_renewals(device: DeviceClient, relay: RelayClient) -> list[dict]:

@@ -84,6 +84,25 @@ class Person:
         return {"OTC_CLIENT_HOME": str(self.laptop)}
 
 
+def room_member(tmp_path: Path, name: str, attributes: str, relay_url: str):
+    """A device granted ``attributes`` by the authority home at tmp_path/auth, started, paired with its laptop:
+    (Person, RoomClient through the relay at ``relay_url``)."""
+    from client.relay import RelayClient
+    from client.rooms import RoomClient
+    from client.rpc import DeviceClient
+    from device.abe.store import grant_local
+    from device.storage.padstore import PadStore
+
+    PadStore.init(tmp_path / name, name).close()
+    with PadStore(tmp_path / "auth") as auth, PadStore(tmp_path / name) as member:
+        grant_local(auth, member, attributes)
+    person = Person(name, tmp_path / name, tmp_path / f"{name}-laptop", OwnerSource())
+    person.start()
+    state = ClientState(person.laptop)
+    pair(person.url, name=f"{name}-laptop", ask_code=lambda: person.source.codes[-1], state=state)
+    return person, RoomClient(DeviceClient(person.url, state=state), RelayClient(relay_url))
+
+
 @dataclass
 class World:
     relay_url: str

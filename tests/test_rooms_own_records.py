@@ -146,3 +146,27 @@ def test_the_renewal_plan_names_members_whose_rooms_were_cut(four):
     assert staff and sorted(why.split(":")[0] for why in plan.cut) == staff
     assert all(why.endswith(": 1 room cut") for why in plan.cut)  # the fixture's room and these 256
     assert "Renewed without some rooms' secrets" in plan.question()
+
+
+def test_a_room_recorded_mid_cycle_gets_secrets_from_the_next_period_only(authority):
+    """Red team 22c F3: `otc room add --own` while keys of the current period are out (some issued before the
+    record, some after) would give that period's secret to those after only; in a room without ``tagged_from``
+    the two kinds of member refuse each other's moves. Before: every key issued after the record carried it. Now:
+    keys of the period after the newest issued at the record and later (``secrets_from``), the authority's own
+    device alike."""
+    auth, member, keys = authority
+    keys.own_rooms()  # the one-time count is behind this authority: later rooms are recorded, or not, one by one
+    room = DeviceRooms(auth, Owner()).add(
+        Room(os.urandom(16), "lost", Policy.parse("STAFF"), keys.master().public.name,
+             keys.master().public.authority_id, None))  # its state lost before an upgrade, re-added
+    before, period = _issue(keys, member, "STAFF")
+    DeviceRooms(auth, Owner()).record_own(room)
+    after, same = _issue(keys, member, "STAFF")
+    assert same.number == period.number
+    for key in (before, after):
+        assert decode_room_secrets(keys.room_secrets_for(period.number, key.all_attributes), room.room_id) is None
+    authority_id = keys.master().public.authority_id
+    assert keys.room_period_secret(authority_id, room.room_id, period.number) is None
+    nxt = period.number + 1
+    assert decode_room_secrets(keys.room_secrets_for(nxt, after.all_attributes), room.room_id) is not None
+    assert keys.room_period_secret(authority_id, room.room_id, nxt) is not None

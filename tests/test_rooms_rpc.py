@@ -7,17 +7,12 @@ import json
 import pytest
 
 from client.errors import RemoteError
-from client.relay import RelayClient
-from client.rooms import RoomClient
-from client.rpc import DeviceClient, pair
-from client.state import ClientState
-from device.abe.store import grant_local
 from device.storage.padstore import PadStore
 from onetimechat.cli import main
 from relay.app import create_app
 from relay.config import RelayConfig
 from relay.server import RelayServer
-from tests.chat_fixtures import OwnerSource, Person
+from tests.chat_fixtures import OwnerSource, room_member
 
 POLICY = "STAFF and (ADMIN or OPS)"
 
@@ -30,14 +25,7 @@ def test_rooms_over_the_rpc(tmp_path, capsys, monkeypatch):
                                threads=8).start()
     try:
         for name, attributes in (("alice", "STAFF,ADMIN"), ("bob", "STAFF,OPS"), ("dave", "OPS")):
-            PadStore.init(tmp_path / name, name).close()
-            with PadStore(tmp_path / "auth") as auth, PadStore(tmp_path / name) as member:
-                grant_local(auth, member, attributes)
-            person = Person(name, tmp_path / name, tmp_path / f"{name}-laptop", OwnerSource())
-            person.start()
-            state = ClientState(person.laptop)
-            pair(person.url, name=f"{name}-laptop", ask_code=lambda p=person: p.source.codes[-1], state=state)
-            people[name] = (person, RoomClient(DeviceClient(person.url, state=state), RelayClient(relay_server.url)))
+            people[name] = room_member(tmp_path, name, attributes, relay_server.url)
         capsys.readouterr()
         assert main(["room", "create", "--home", str(tmp_path / "auth"), "--name", "ops", "--policy", POLICY]) == 0
         invite = capsys.readouterr().out.strip().splitlines()[-1]

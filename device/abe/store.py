@@ -351,16 +351,27 @@ class AbeKeys:
     def _own_room_context(self, room_id: bytes) -> bytes:
         return b"abe own room " + room_id
 
-    def record_own_room(self, room_id: bytes, policy: Policy, tagged_from: int | None) -> None:
+    def record_own_room(self, room_id: bytes, policy: Policy, tagged_from: int | None, *,
+                        late: bool = False) -> None:
         """Record a room this authority creates (before its descriptor leaves): its secrets are issued from this
         record, never from a room state or an invite (anyone can write an invite naming this authority, with any
-        room id and policy). At most MAX_ROOM_SECRETS rooms, so no key's secrets are ever cut."""
+        room id and policy). At most MAX_ROOM_SECRETS rooms, so no key's secrets are ever cut.
+
+        ``late``: a room recorded after it was made (`otc room add --own`, its state lost before an upgrade): its
+        secrets go with keys of the period after the newest issued so far and later (``secrets_from``), never with
+        a key of a period some of whose keys went out before the record: recorded in the middle of a renewal
+        cycle, it would leave some members of that period holding its secret and some not, and in a room without
+        ``tagged_from`` they would refuse each other's moves (red team 22c F3). A room recorded at create goes with
+        every key issued from then on (``secrets_from`` 0): its periods before ``tagged_from`` bind alike whatever
+        a device holds (rule 4), so a key of the running period issued after the create may carry it."""
         self.master()  # an authority's only
         rooms = self.own_rooms()
         if len(rooms) >= MAX_ROOM_SECRETS:
             raise AbeError(f"This authority has created {len(rooms)} rooms, the most it can issue secrets for "
                            f"({MAX_ROOM_SECRETS}); no more rooms can be created.")
-        raw = json.dumps({"policy": policy.text, "tagged_from": tagged_from}, sort_keys=True).encode()
+        secrets_from = max((p.number for p in self.periods()), default=0) + 1 if late else 0
+        raw = json.dumps({"policy": policy.text, "tagged_from": tagged_from, "secrets_from": secrets_from},
+                         sort_keys=True).encode()
         sealed = base64.b64encode(self._seal(raw, self._own_room_context(room_id))).decode()
         self.store.save_settings({OWN_ROOM_PREFIX + room_id.hex(): sealed}, event="abe-room",
                                  detail=f"room created, policy {policy.text}")
@@ -389,12 +400,18 @@ class AbeKeys:
 
     def own_rooms(self) -> dict[bytes, tuple[Policy, int | None]]:
         """The rooms this authority created: room id -> (policy, tagged_from)."""
+        return {room_id: (policy, tagged_from) for room_id, (policy, tagged_from, _) in self._own_records().items()}
+
+    def _own_records(self) -> dict[bytes, tuple[Policy, int | None, int]]:
+        """room id -> (policy, tagged_from, secrets_from): the first period whose keys carry the room's secret
+        (0: every period, for a record from before secrets_from: the rooms known before the records, whose
+        secrets went with every key)."""
         self._count_rooms_known_before()
         out = {}
         for name, value in self.store.settings_with_prefix(OWN_ROOM_PREFIX).items():
             room_id = bytes.fromhex(name[len(OWN_ROOM_PREFIX):])
             record = json.loads(self._open(base64.b64decode(value), self._own_room_context(room_id)))
-            out[room_id] = (Policy.parse(record["policy"]), record["tagged_from"])
+            out[room_id] = (Policy.parse(record["policy"]), record["tagged_from"], int(record.get("secrets_from", 0)))
         return out
 
     def own_authority_id(self) -> bytes | None:
@@ -441,7 +458,9 @@ class AbeKeys:
         MAX_ROOM_SECRETS (only an authority from before the cap at create), the rest are cut:
         :meth:`rooms_cut` says how many."""
         secret = self.period_secret_for(period)
-        pairs = [(room_id, room_secret(secret, room_id)) for room_id in self._rooms_satisfied(attributes)]
+        records = self._own_records()
+        rooms = {rid: (policy, tagged_from) for rid, (policy, tagged_from, since) in records.items() if period >= since}
+        pairs = [(room_id, room_secret(secret, room_id)) for room_id in self._rooms_satisfied(attributes, rooms)]
         return encode_room_secrets(pairs[:MAX_ROOM_SECRETS])
 
     def rooms_cut(self, attributes: tuple[str, ...] | list[str],
@@ -470,6 +489,9 @@ class AbeKeys:
         close, until the member's next renewal); or derived, on the authority's own device. None otherwise."""
         own = self._own_row()
         if own is not None and equal(own[0], authority_id):
+            record = self._own_records().get(room_id)
+            if record is not None and period < record[2]:
+                return None  # as its members: no key of that period carries the room's secret (red team 22c F3)
             return room_secret(self.period_secret_for(period), room_id)
         for key in self.held():
             if equal(key.authority_id, authority_id) and key.period == period and not key.withdrawn:

@@ -220,6 +220,10 @@ class RoomMember:
         self.grace = grace
         self.last_ref = 0
         self.members: dict[bytes, _Member] = {}
+        #: The ciphertexts of the contributions accepted (status VALID): a later item carrying one is a duplicate.
+        #: An undecided one's (held aside, or pending on a newcomer's roster) is not here: a hostile relay could
+        #: copy a genuine ciphertext into a fake placed first, and the device that must wait to judge it would
+        #: lose the genuine one (red team 22c F1). Both wait; the first valid in relay order is taken.
         self.ciphertexts: set[bytes] = set()
         self.roster: list[bytes] = []
         self.epochs: dict[int, _Epoch] = {}
@@ -576,7 +580,6 @@ class RoomMember:
                     if tagged is None and self.room.tagged(period):  # its tag checked once the secret is here
                         record.raw = item.raw
                     self.future[mid] = record
-                    self.ciphertexts.add(item.ciphertext_bytes)
                     self._bound_held()
                     outcome = "held" if mid in self.future else "dropped"
                     return Event(ref, "contribution", outcome, sender_id=short(mid))
@@ -623,15 +626,14 @@ class RoomMember:
         for mid, record in sorted(self.future.items(), key=lambda kv: kv[1].ref):
             if record.period > usable or record.period <= self.period or mid not in self.future:
                 continue
-            k = self._check(record)
+            k = self._check(record) if record.ciphertext not in self.ciphertexts else None
             if k is None:  # not genuine: gone, like one skipped on arrival
                 self._unlist(self.future.pop(mid))
                 continue
             if not isinstance(k, bytes):  # undecidable here
                 continue
             self._advance(record.period, record.ref)  # the record joins the roster (this device is no longer in)
-            record.status = VALID
-            self._ks[mid] = k
+            self._valid(mid, record, k)
             return
 
     def _tag_ok(self, item: wire.Contribution, period: int) -> bool | None:
@@ -670,9 +672,9 @@ class RoomMember:
 
     def _unlist(self, record: _Member) -> None:
         """A contribution off the roster (it left, was skipped, or its period is over) or no longer held: its
-        ciphertext is forgotten. So the ciphertexts kept are those of the roster and of the contributions held
-        aside (at most MAX_HELD), never more."""
-        if record.ciphertext is not None:
+        ciphertext is forgotten. So the ciphertexts kept are those of the accepted contributions on the roster,
+        never more; an undecided one's was never kept (another accepted item may carry it: it stays)."""
+        if record.ciphertext is not None and record.status == VALID:
             self.ciphertexts.discard(record.ciphertext)
             record.ciphertext = None
 
@@ -721,13 +723,18 @@ class RoomMember:
         period = self.period_of(item.ciphertext) or 0
         self.members[item.member_id] = _Member(ref, item.x_pub, item.sig_pub, item.bind, status,
                                                item.ciphertext_bytes, name=item.name, period=period)
-        self.ciphertexts.add(item.ciphertext_bytes)
+        if status == VALID:
+            self.ciphertexts.add(item.ciphertext_bytes)
         self.roster.append(item.member_id)
 
     def _check(self, member: _Member) -> bytes | bool | None:
         """A held contribution's k_j if it is genuine, False if this device cannot tell (no key of its period),
-        None if it is not (it does not decapsulate, or its bind is wrong)."""
+        None if it is not (it does not decapsulate, or its bind is wrong). In a period the room tags, a device
+        without the room's secret of it cannot tell either: it never falls back to k_j alone, which would take a
+        move made from the public key that every device holding the secret skips (red team 22c F2)."""
         assert member.ciphertext is not None
+        if self.room.tagged(member.period) and self._secret(member.period) is None:
+            return False
         try:
             k = self._decapsulate(member.ciphertext)
         except NotSatisfied:
@@ -814,36 +821,44 @@ class RoomMember:
                         # it joins late): checked as strictly as a moving one, bound with the period's secret, or
                         # gone (one planted from the public key takes no roster slot). The first that passes is
                         # where the room moved; those after it are checked as any of the period's (_settle).
-                        k = self._check(record)
+                        k = self._check(record) if record.ciphertext not in self.ciphertexts else None
                         if k is None:
                             self._unlist(record)
                             continue
                         if isinstance(k, bytes):
-                            record.status = VALID
-                            self._ks[mid] = k
+                            self._valid(mid, record, k)
                             moved = True
                             self.moves[period] = record.ref
                     self.members[mid] = record
                     self.roster.append(mid)
 
     def _settle(self, mid: bytes) -> bool:
-        """Decapsulate a pending contribution once: keep it (valid or undecidable here) or drop it."""
+        """Decapsulate a pending contribution once: keep it (valid or undecidable here) or drop it. One whose
+        ciphertext an earlier accepted contribution carries is dropped undecapsulated (a copy: red team 22c F1)."""
         member = self.members[mid]
         assert member.ciphertext is not None
-        try:
-            k = self._decapsulate(member.ciphertext)
-        except NotSatisfied:
-            member.status = UNKNOWN
-            return True
-        except AbeError:
-            k = None
+        k: bytes | None = None
+        if member.ciphertext not in self.ciphertexts:
+            try:
+                k = self._decapsulate(member.ciphertext)
+            except NotSatisfied:
+                member.status = UNKNOWN
+                return True
+            except AbeError:
+                k = None
         if k is None or not self._bound(k, member, strict=False):
             self.roster.remove(mid)
             self._unlist(self.members.pop(mid))
             return False
-        member.status = VALID
-        self._ks[mid] = k
+        self._valid(mid, member, k)
         return True
+
+    def _valid(self, mid: bytes, member: _Member, k: bytes) -> None:
+        """A contribution accepted, with its k_j: from now on its ciphertext in another item is a duplicate."""
+        member.status = VALID
+        if member.ciphertext is not None:
+            self.ciphertexts.add(member.ciphertext)
+        self._ks[mid] = k
 
     def _decapsulate(self, ciphertext: bytes) -> bytes:
         ct = decode_ciphertext(ciphertext)
@@ -1014,6 +1029,7 @@ class RoomMember:
         for member in self.members.values():
             if member.status in (VALID, UNKNOWN) and member.ciphertext is not None:
                 member.status = PENDING
+        self.ciphertexts.clear()  # none accepted now: the rejoin's pass takes the first valid of each again
         now = self.clock()
         for epoch in self.epochs.values():
             epoch.kabe = epoch.okey = None
@@ -1064,7 +1080,9 @@ class RoomMember:
             mid, record = _from_row(row)
             member.future[mid] = record
         member.period = data.get("period", 0)
-        member.ciphertexts = {bytes.fromhex(c) for c in data["ciphertexts"]}
+        # The accepted ones' (a state stored before red team 22c F1 lists the undecided ones' too).
+        member.ciphertexts = {r.ciphertext for r in member.members.values()
+                              if r.status == VALID and r.ciphertext is not None}
         member.roster = [bytes.fromhex(m) for m in data["roster"]]
         for n, roster, seen_at, kabe, key, delete_at, distributed, sent, highest, *rest in data["epochs"]:
             # Since the key commitment (issue 22): the epoch's distributor and this member's objection.

@@ -130,7 +130,7 @@ class DeviceRooms:
             if self.unrecorded(room) is None:
                 return room  # recorded already (or not this authority's room): _check_own compared the policy
             try:
-                self.keys.record_own_room(room.room_id, room.policy, room.tagged_from)
+                self.keys.record_own_room(room.room_id, room.policy, room.tagged_from, late=True)
             except AbeError as exc:
                 raise RoomError(str(exc)) from None
             return room

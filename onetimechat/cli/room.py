@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from client.errors import RelayUnavailable
 from client.relay import MAX_WAIT_S, RelayClient
 from client.rooms import KEY_WAIT_S, RoomClient
 from client.rpc import DeviceClient
@@ -99,19 +100,26 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     params = {"own": True} if args.own else {}
-    status = _client(args).device.call("room_add", invite=args.invite, **params)
+    client = _client(args)
+    status = client.device.call("room_add", invite=args.invite, **params)
     print(f"Added room {status['room']} ({status['policy']})" + (", recorded as this authority's own." if args.own
                                                                  else "."))
     if status.get("warning"):
         print(f"otc: warning: {status['warning']}", file=sys.stderr)
+    if args.relay:
+        # As --relay's help says: remembered, once it has answered (adding needs nothing from it).
+        try:
+            client.relay.online()
+        except RelayUnavailable as exc:
+            print(f"otc: warning: {exc} Not remembered.", file=sys.stderr)
     return 0
 
 
 def cmd_join(args: argparse.Namespace) -> int:
     client = _client(args)
-    client.sync(args.room)
+    show_events(args.room, client.sync(args.room))
     client.join(args.room, args.display)
-    client.sync(args.room)
+    show_events(args.room, client.sync(args.room))
     shown = client.room(args.room).get("display_name") or args.display
     print(f"Joined {args.room} as {shown}: the room's key comes with its leader's next distribution.")
     return 0
@@ -152,9 +160,14 @@ def cmd_send(args: argparse.Namespace) -> int:
                 if room.get("moving_to") else "the epoch key the membership change calls for")
         print(f"otc: {room['room']}: waiting for {what} (up to {KEY_WAIT_S:.0f} s)…", file=sys.stderr, flush=True)
 
-    client.send(args.room, text, on_wait=waiting)
-    client.sync(args.room)
+    # What the send's syncs fetch (messages not read yet among them) is shown at once: before the device asks
+    # its owner, and whether or not the owner declines.
+    client.send(args.room, text, on_wait=waiting, on_events=lambda events: show_events(args.room, events))
     print(f"sent to #{args.room}")
+    after = client.sync(args.room)
+    mine = next((i for i, e in enumerate(after) if e.get("kind") == "message" and e.get("own")
+                 and e.get("text") == text), None)
+    show_events(args.room, [e for i, e in enumerate(after) if i != mine])  # all but the message just sent
     return 0
 
 
@@ -170,28 +183,34 @@ def cmd_recv(args: argparse.Namespace) -> int:
                     f"until {k['ends']}")
             print(json.dumps({"renewal": k}) if args.json else f"[{k['authority']}] {line}")
     for room in client.rooms():
-        for event in client.sync(room["room_id"], wait=args.wait):
-            if event.get("kind") == "message" and event.get("outcome") in ("unreadable", "refused", "late"):
-                why = {"unreadable": "sent under an epoch this device holds no key for",
-                       "late": f"from {event.get('sender')}, under a key period that had ended: sent after the "
-                               "room moved on, not shown"}.get(event["outcome"], "refused: forged or altered")
-                if args.json:
-                    print(json.dumps({"room": room["room"], **event}))
-                else:
-                    print(f"[{room['room']}] a message this device cannot open ({why})")
-                continue
-            if event.get("kind") == "distribution" and event.get("outcome") == "mismatch":
-                line = (f"[{room['room']}] alarm: {event.get('sender')} sealed this device another key than the one "
-                        "its distribution commits to; refused, objection posted (the room re-keys)")
-                print(json.dumps({"room": room["room"], **event}) if args.json else visible(line))
-                continue
-            if event.get("text") is None:
-                continue
-            if args.json:
-                print(json.dumps({"room": room["room"], **event}))
-            else:
-                # A member's text as it came could drive the terminal: every hidden character shown visibly.
-                print(visible(f"[{room['room']}] {event['sender']}{' (me)' if event.get('own') else ''}: "
-                              f"{event['text']}"))
+        show_events(room["room"], client.sync(room["room_id"], wait=args.wait), as_json=args.json)
     sys.stdout.flush()
     return 0
+
+
+def show_events(room: str, events: list[dict], as_json: bool = False) -> None:
+    """Print a sync's events as `room recv` does: the device has moved its cursor past them, so whatever
+    fetched them (a recv, a send, a join) shows them, or nothing ever will."""
+    for event in events:
+        if event.get("kind") == "message" and event.get("outcome") in ("unreadable", "refused", "late"):
+            why = {"unreadable": "sent under an epoch this device holds no key for",
+                   "late": f"from {event.get('sender')}, under a key period that had ended: sent after the "
+                           "room moved on, not shown"}.get(event["outcome"], "refused: forged or altered")
+            if as_json:
+                print(json.dumps({"room": room, **event}))
+            else:
+                print(f"[{room}] a message this device cannot open ({why})")
+            continue
+        if event.get("kind") == "distribution" and event.get("outcome") == "mismatch":
+            line = (f"[{room}] alarm: {event.get('sender')} sealed this device another key than the one "
+                    "its distribution commits to; refused, objection posted (the room re-keys)")
+            print(json.dumps({"room": room, **event}) if as_json else visible(line))
+            continue
+        if event.get("text") is None:
+            continue
+        if as_json:
+            print(json.dumps({"room": room, **event}))
+        else:
+            # A member's text as it came could drive the terminal: every hidden character shown visibly.
+            print(visible(f"[{room}] {event['sender']}{' (me)' if event.get('own') else ''}: "
+                          f"{event['text']}"))
