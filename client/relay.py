@@ -52,12 +52,14 @@ def read_bounded(response: Any, limit: int) -> bytes:
     return bytes(data)
 
 
-def _wanted(cursors: dict[str, int], mailbox: object, ref: object) -> typing.TypeGuard[str]:
-    """Whether a relay's routing names a message for a mailbox we asked about, after its cursor, with a ref the
-    laptop can store. A hostile relay may answer anything (a list for a mailbox, a ref past 64 bits): what is not
-    such a message is ignored, never a TypeError or an OverflowError further on."""
-    return (isinstance(mailbox, str) and mailbox in cursors and isinstance(ref, int) and not isinstance(ref, bool)
-            and cursors[mailbox] < ref <= MAX_REF)
+def _wanted(cursors: dict[str, int], mailbox: object, ref: object) -> tuple[str, int] | None:
+    """(mailbox, ref) if a relay's routing names a message for a mailbox we asked about, after its cursor, with a
+    ref the laptop can store; None otherwise. A hostile relay may answer anything (a list for a mailbox, a ref
+    past 64 bits): what is not such a message is ignored, never a TypeError or an OverflowError further on."""
+    if (isinstance(mailbox, str) and mailbox in cursors and isinstance(ref, int) and not isinstance(ref, bool)
+            and cursors[mailbox] < ref <= MAX_REF):
+        return mailbox, ref
+    return None
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,10 @@ class RelayClient:
                     raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer.") from None
                 messages = []
                 for meta, contents in batch:
-                    mailbox, ref = meta.get("mailbox"), meta.get("ref")
-                    if not _wanted(cursors, mailbox, ref):
+                    wanted = _wanted(cursors, meta.get("mailbox"), meta.get("ref"))
+                    if wanted is None:
                         continue
+                    mailbox, ref = wanted
                     if meta["kind"] == "raw":
                         messages.append(RelayMessage(mailbox, ref, "", bytes(contents)))
                         continue
@@ -155,9 +158,9 @@ class RelayClient:
             # asked about, after its cursor, is ignored.
             if not isinstance(item, dict):
                 continue
-            mailbox, ref, contents = item.get("mailbox"), item.get("ref"), item.get("contents")
-            if _wanted(cursors, mailbox, ref) and isinstance(contents, str):
-                messages.append(RelayMessage(mailbox, ref, contents))
+            wanted, contents = _wanted(cursors, item.get("mailbox"), item.get("ref")), item.get("contents")
+            if wanted is not None and isinstance(contents, str):
+                messages.append(RelayMessage(*wanted, contents))
         complete = answer.get("complete", True)
         if not isinstance(complete, bool):  # "false" is not true
             raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer.")
