@@ -390,6 +390,24 @@ class IncomingFiles:
     def _save(self, record: dict) -> None:
         self.store.set_setting(IN + record["id"], json.dumps(record))
 
+    def _advance(self, record: dict) -> None:
+        """Save that the record's parts up to ``next`` are written, never going back: another otc process on this
+        home (``otc chat`` while ``otc recv`` runs) may have saved later parts meanwhile (its record stands), or
+        ended the file (nothing brings it back, and the part just written, if it made a new temporary file, is
+        removed). Read and written in one transaction of the store."""
+        gone = False
+
+        def change(stored: str | None) -> str | None:
+            nonlocal gone
+            gone = stored is None
+            if gone or int(json.loads(stored or "{}")["next"]) >= int(record["next"]):
+                return None
+            return json.dumps(record)
+
+        self.store.update_setting(IN + record["id"], change)
+        if gone:
+            Path(record["temp"]).unlink(missing_ok=True)
+
     def expects(self, file_id: str, index: int) -> bool | None:
         """Whether part ``index`` is new to this laptop (None: the laptop knows no such file)."""
         record = self._record(file_id)
@@ -439,7 +457,7 @@ class IncomingFiles:
             self._hashers[file_id] = (index + 1, hasher)
         record["next"] = index + 1
         if index + 1 < int(record["parts"]):
-            self._save(record)
+            self._advance(record)
             return self._received(record, index + 1)
         return self._finish(record)
 

@@ -19,7 +19,7 @@ import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +126,16 @@ class MailStore:
     def set_setting(self, name: str, value: str, durable: bool = True) -> None:
         with self._tx(durable) as db:
             db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
+
+    def update_setting(self, name: str, change: Callable[[str | None], str | None], durable: bool = True) -> None:
+        """Read and rewrite one setting in one write transaction, so that no other process's write lands in
+        between: ``change`` gets the stored value (None: there is none) and gives the one to store (None: leave
+        it as it is)."""
+        with self._tx(durable) as db:
+            row = db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+            value = change(str(row[0]) if row else None)
+            if value is not None:
+                db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
 
     def settings_with_prefix(self, prefix: str) -> dict[str, str]:
         """Every setting whose name starts with ``prefix`` (the files being sent and received: client/files.py)."""

@@ -26,6 +26,40 @@ from onetimechat.text import from_server
 
 CONNECT_TIMEOUT_S = 5.0
 MAX_WAIT_S = MAX_WAIT  # the relay's longest wait for one request
+# The largest answer read from a relay: its batches stop at 8 MiB of contents (max_answer_bytes) past the first
+# message (at most 2 MiB), and a JSON answer carries them in base64 (4/3), with up to 10,000 routings. An answer
+# announced or running longer is refused (a hostile relay must not fill the laptop's memory), and the laptop asks
+# for it uncompressed and inflates nothing: a gzip bomb is refused, not read.
+MAX_ANSWER_BYTES = 24 << 20
+MAX_REF = (1 << 63) - 1  # refs are SQLite integers on the laptop (its mail store) as on the relay
+
+
+class Unbounded(ValueError):
+    """An answer in another encoding than identity, or announced or running longer than its limit."""
+
+
+def read_bounded(response: Any, limit: int) -> bytes:
+    """A streamed answer's body as sent (never inflated), at most ``limit`` bytes; :class:`Unbounded` else."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise Unbounded("encoded")
+    announced = response.headers.get("Content-Length")
+    if announced is not None and (not announced.strip().isdigit() or int(announced) > limit):
+        raise Unbounded("too long")
+    data = response.raw.read(limit + 1, decode_content=False)
+    if len(data) > limit:
+        raise Unbounded("too long")
+    return bytes(data)
+
+
+def _wanted(cursors: dict[str, int], mailbox: object, ref: object) -> tuple[str, int] | None:
+    """(mailbox, ref) if a relay's routing names a message for a mailbox we asked about, after its cursor, with a
+    ref the laptop can store; None otherwise. A hostile relay may answer anything (a list for a mailbox, a ref
+    past 64 bits): what is not such a message is ignored, never a TypeError or an OverflowError further on."""
+    if (isinstance(mailbox, str) and mailbox in cursors and isinstance(ref, int) and not isinstance(ref, bool)
+            and cursors[mailbox] < ref <= MAX_REF):
+        return mailbox, ref
+    return None
 
 
 @dataclass(frozen=True)
@@ -71,7 +105,7 @@ class RelayClient:
 
     def _ref(self, answer: dict) -> int:
         ref = answer.get("ref")
-        if not isinstance(ref, int) or isinstance(ref, bool) or ref < 1:
+        if not isinstance(ref, int) or isinstance(ref, bool) or not 1 <= ref <= MAX_REF:
             raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer.")
         return ref
 
@@ -92,12 +126,10 @@ class RelayClient:
                     raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer.") from None
                 messages = []
                 for meta, contents in batch:
-                    mailbox, ref = meta.get("mailbox"), meta.get("ref")
-                    # As in receive: what is not a message for a mailbox we asked about, after its cursor, is
-                    # ignored (a hostile relay may answer anything).
-                    if not (mailbox in cursors and isinstance(ref, int) and not isinstance(ref, bool)
-                            and ref > cursors[mailbox]):
+                    wanted = _wanted(cursors, meta.get("mailbox"), meta.get("ref"))
+                    if wanted is None:
                         continue
+                    mailbox, ref = wanted
                     if meta["kind"] == "raw":
                         messages.append(RelayMessage(mailbox, ref, "", bytes(contents)))
                         continue
@@ -126,12 +158,14 @@ class RelayClient:
             # asked about, after its cursor, is ignored.
             if not isinstance(item, dict):
                 continue
-            mailbox, ref, contents = item.get("mailbox"), item.get("ref"), item.get("contents")
-            if (mailbox in cursors and isinstance(ref, int) and not isinstance(ref, bool)
-                    and ref > cursors[mailbox] and isinstance(contents, str)):
-                messages.append(RelayMessage(mailbox, ref, contents))
+            wanted, contents = _wanted(cursors, item.get("mailbox"), item.get("ref")), item.get("contents")
+            if wanted is not None and isinstance(contents, str):
+                messages.append(RelayMessage(*wanted, contents))
+        complete = answer.get("complete", True)
+        if not isinstance(complete, bool):  # "false" is not true
+            raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer.")
         messages.sort(key=lambda m: (list(cursors).index(m.mailbox), m.ref))
-        return messages, bool(answer.get("complete", True))
+        return messages, complete
 
     def ack(self, mailbox: str, through: int) -> None:
         """Delete the mailbox's messages up to ``through`` (the reader has them)."""
@@ -175,27 +209,28 @@ class RelayClient:
         answer is a binary batch (its bytes). For a ``/v1/*-bin`` path: None if the relay has no such
         endpoint (an older relay: the caller falls back to JSON)."""
         bin_path = "-bin" in path
-        kwargs: dict[str, Any] = ({"data": raw, "headers": {"Content-Type": relaywire.CONTENT_TYPE}}
-                                  if raw is not None else {"json": payload})
-        body: bytes | None = None
+        headers = {"Accept-Encoding": "identity"}  # nothing to inflate (a gzip bomb is refused, not read)
+        kwargs: dict[str, Any] = ({"data": raw, "headers": {**headers, "Content-Type": relaywire.CONTENT_TYPE}}
+                                  if raw is not None else {"json": payload, "headers": headers})
         try:
-            # A batch is read in one go below, not in requests' 10 KiB chunks joined (8 MiB of parts: 800 reads).
+            # Read in one go below, not in requests' 10 KiB chunks joined (8 MiB of parts: 800 reads), and never
+            # more than a relay's answer can be.
             response = self.session.post(self.url + path, timeout=(CONNECT_TIMEOUT_S, timeout or self.timeout),
-                                         stream=binary, **kwargs)
-            if (binary and response.status_code == 200
-                    and response.headers.get("Content-Type", "").startswith(relaywire.CONTENT_TYPE)):
-                try:
-                    body = response.raw.read(decode_content=True)
-                finally:
-                    response.close()
-            else:
-                content = response.content
+                                         stream=True, **kwargs)
+            try:
+                content = read_bounded(response, MAX_ANSWER_BYTES)
+            finally:
+                response.close()
+        except Unbounded:
+            raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer (too long or "
+                                   "compressed).") from None
         except Exception:  # noqa: BLE001 - requests', urllib3's and socket errors alike: the relay went away
             raise RelayUnavailable(f"The relay at {self.url} does not answer.") from None
-        if body is not None:
+        if (binary and response.status_code == 200
+                and response.headers.get("Content-Type", "").startswith(relaywire.CONTENT_TYPE)):
             self.binary = True
             self._answered()
-            return body
+            return content
         if bin_path and response.status_code in (404, 405):
             self.binary = False
             return None

@@ -23,6 +23,7 @@ from client.errors import (
     PairingError,
     RemoteError,
 )
+from client.relay import Unbounded, read_bounded
 from client.state import ClientState, Credentials
 from onetimechat import boundedjson, rpc
 from onetimechat.crypto import equal
@@ -150,16 +151,10 @@ class DeviceClient:
 
 def _read_bounded(response: requests.Response, limit: int) -> bytes:
     """The answer's body as sent (no content decoding), at most ``limit`` bytes; ForgedResponse otherwise."""
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise ForgedResponse()
-    announced = response.headers.get("Content-Length")
-    if announced is not None and (not announced.strip().isdigit() or int(announced) > limit):
-        raise ForgedResponse()
-    data = response.raw.read(limit + 1, decode_content=False)
-    if len(data) > limit:
-        raise ForgedResponse()
-    return bytes(data)
+    try:
+        return read_bounded(response, limit)
+    except Unbounded:
+        raise ForgedResponse() from None
 
 
 def _error_code(response: requests.Response) -> str:

@@ -69,6 +69,7 @@ def unframe(body: bytes) -> tuple[list[tuple[dict[str, Any], memoryview]], bool]
             raise MalformedBatch("entry")
         out.append((entry, view[at : at + length]))
         at += length
-    if at != len(body):
+    complete = control.get("complete", True)
+    if at != len(body) or not isinstance(complete, bool):  # "false" is not true
         raise MalformedBatch("length")
-    return out, bool(control.get("complete", True))
+    return out, complete

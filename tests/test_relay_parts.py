@@ -372,10 +372,19 @@ def test_an_older_relay_gets_parts_in_base64(relay_factory, monkeypatch):
     laptop = RelayClient(client.url)
     real_post = laptop.session.post
 
-    class NotFound:
+    class NotFound:  # a streamed answer, read as sent (client/relay.py read_bounded)
         status_code = 404
         headers = {"Content-Type": "application/json"}
         content = b'{"error": "not-found", "message": "Not Found"}'
+
+        def __init__(self) -> None:
+            self.raw = self
+
+        def read(self, amt: int | None = None, decode_content: bool = True) -> bytes:
+            return self.content
+
+        def close(self) -> None:
+            pass
 
     monkeypatch.setattr(laptop.session, "post",
                         lambda url, *a, **k: NotFound() if "-bin" in url else real_post(url, *a, **k))
