@@ -642,14 +642,13 @@ class Chat:
         while not (self.stop.is_set() or stop.is_set()):
             try:
                 self._renewals()
-                events = self.rooms.sync(room_id, wait=POLL_WAIT_S)
+                self.rooms.sync(room_id, wait=POLL_WAIT_S, on_events=lambda events: self._room_events(name, events))
             except DeviceRefused:
                 return
             except ClientError:
                 backoff.wait()
                 continue
             backoff.reset()
-            self._room_events(name, events)
 
     def _renewals(self) -> None:
         """The authority's renewed keys first (as `otc room recv` does), at most every RENEWALS_EVERY_S and one room

@@ -40,8 +40,11 @@ class RoomClient:
         for item in items:
             self.relay.send(mailbox, item, secrets.token_hex(16))
 
-    def sync(self, name: str, wait: float = 0) -> list[dict]:
-        """Everything new in the room, through the device; the events it reports."""
+    def sync(self, name: str, wait: float = 0, on_events: Callable[[list[dict]], None] | None = None) -> list[dict]:
+        """Everything new in the room, through the device; the events it reports. With ``on_events``, each
+        batch's events go to it as soon as the device has read the batch (and none are returned): the device's
+        cursor is past them then, so a later batch that fails must not take them with it (an outside review:
+        200 unread messages read by the device and never shown)."""
         room = self.room(name)
         mailbox, cursor = room["mailbox"], room["last_ref"]
         events: list[dict] = []
@@ -50,7 +53,10 @@ class RoomClient:
             wait = 0
             answer: dict[str, Any] = self.device.call("room_receive", room=room["room_id"],
                                                       items=[[m.ref, m.contents] for m in messages])
-            events += answer["events"]
+            if on_events is None:
+                events += answer["events"]
+            elif answer["events"]:
+                on_events(answer["events"])
             self._post(mailbox, answer["post"])
             cursor = answer["status"]["last_ref"]
             if complete or not messages:
@@ -82,7 +88,7 @@ class RoomClient:
             else:
                 kept.extend(events)
 
-        fetched(self.sync(name))
+        self.sync(name, on_events=fetched)
         room = self.room(name)
         deadline = time.monotonic() + wait
         # Joining counts too: a device renewed for a later key period leaves the old period's membership when the
@@ -91,7 +97,7 @@ class RoomClient:
             if on_wait is not None:
                 on_wait(room)
                 on_wait = None
-            fetched(self.sync(name, wait=max(1.0, min(5.0, deadline - time.monotonic()))))
+            self.sync(name, wait=max(1.0, min(5.0, deadline - time.monotonic())), on_events=fetched)
             room = self.room(name)
         self._post(room["mailbox"], self.device.call("room_send", room=room["room_id"], text=text)["post"])
         return kept

@@ -117,9 +117,9 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_join(args: argparse.Namespace) -> int:
     client = _client(args)
-    show_events(args.room, client.sync(args.room))
+    client.sync(args.room, on_events=lambda events: show_events(args.room, events))
     client.join(args.room, args.display)
-    show_events(args.room, client.sync(args.room))
+    client.sync(args.room, on_events=lambda events: show_events(args.room, events))
     shown = client.room(args.room).get("display_name") or args.display
     print(f"Joined {args.room} as {shown}: the room's key comes with its leader's next distribution.")
     return 0
@@ -183,7 +183,9 @@ def cmd_recv(args: argparse.Namespace) -> int:
                     f"until {k['ends']}")
             print(json.dumps({"renewal": k}) if args.json else f"[{k['authority']}] {line}")
     for room in client.rooms():
-        show_events(room["room"], client.sync(room["room_id"], wait=args.wait), as_json=args.json)
+        # Each batch's events are printed as soon as the device has read it (its cursor is past them then).
+        client.sync(room["room_id"], wait=args.wait,
+                    on_events=lambda events, name=room["room"]: show_events(name, events, as_json=args.json))
     sys.stdout.flush()
     return 0
 
