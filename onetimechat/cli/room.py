@@ -7,6 +7,7 @@ through a paired device and a relay, moving only room items.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -184,8 +185,8 @@ def cmd_recv(args: argparse.Namespace) -> int:
             print(json.dumps({"renewal": k}) if args.json else f"[{k['authority']}] {line}")
     for room in client.rooms():
         # Each batch's events are printed as soon as the device has read it (its cursor is past them then).
-        client.sync(room["room_id"], wait=args.wait,
-                    on_events=lambda events, name=room["room"]: show_events(name, events, as_json=args.json))
+        client.sync(room["room_id"], wait=args.wait, on_events=functools.partial(show_events, room["room"],
+                                                                                 as_json=args.json))
     sys.stdout.flush()
     return 0
 
