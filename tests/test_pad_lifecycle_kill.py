@@ -99,9 +99,12 @@ def test_sigkill_of_either_device_during_grants_never_puts_a_byte_in_two_package
     assert len(released) == len(set(released))
     assert {r for r in results if not r.startswith("ok ")} <= {"refused replay"}
     assert len(released) >= len(alice_segments) - rounds  # at most one lost per kill, in its commit window
-    # Bob's status counts what he gave and alice never used: exactly the grants lost to kills.
+    # Bob's status counts what he gave and has not seen alice use: every grant lost to a kill, and any grant
+    # alice applied whose packages bob never opened (her last package can itself be lost to a kill: a CI run
+    # saw 1,500 bytes so, with both splits equal).
     with Device.open(home_b) as b:
-        assert b.status()["contacts"][0]["granted_unseen"] == b_pad.split - a_pad.split
+        unseen = b.status()["contacts"][0]["granted_unseen"]
+    assert b_pad.split - a_pad.split <= unseen <= b_pad.split - size // 2
 
 
 def test_a_grant_killed_before_its_package_exists_is_lost_and_its_bytes_go_to_nobody(tmp_path):
