@@ -164,9 +164,11 @@ class Relay:
             raise InsufficientStorage()
 
     def send(self, mailbox: str, sender: str, contents: bytes, client_id: str | None,
-             remote: str | None = None, size: int | None = None) -> Sent:
-        """Store a message from the client at ``remote`` (its address; None: counted against no address)."""
-        self.check_disk()
+             remote: str | None = None, size: int | None = None, disk_checked: bool = False) -> Sent:
+        """Store a message from the client at ``remote`` (its address; None: counted against no address).
+        ``disk_checked``: the caller has just checked the disk (one statvfs per send)."""
+        if not disk_checked:
+            self.check_disk()
         now = self.clock()
         origin, block = self.origins(remote) if remote is not None else ("", "")
         sent = self.store.send(mailbox, sender, contents, client_id, now, now + self.config.expire_seconds,
@@ -185,7 +187,8 @@ class Relay:
         self.check_disk()
         name = self.parts.write(data)
         try:
-            sent = self.send(mailbox, sender, FILE_MARK + name.encode("ascii"), client_id, remote, len(data) + 1)
+            sent = self.send(mailbox, sender, FILE_MARK + name.encode("ascii"), client_id, remote, len(data) + 1,
+                             disk_checked=True)
         except NotDurable:
             # Committed, perhaps: the row may name the file. The sender retries with its key and finds it; the
             # orphan sweep removes the file if no row names it (an outside review: unlinking it here lost a
@@ -232,13 +235,6 @@ class Relay:
         if self.parts is not None and gone:
             self.parts.remove(gone)
 
-    def _remove_gone(self, files: list[tuple[str, int, str]]) -> None:
-        """Unlink the content files of these messages that are no longer stored."""
-        if self.parts is None or not files:
-            return
-        there = self.store.still_there([(m, r) for m, r, _ in files])
-        self.parts.remove(name for m, r, name in files if (m, r) not in there)
-
     def receive(self, cursors: Sequence[tuple[str, int]], limit: int, wait: float,
                 address: str) -> tuple[list[Message], bool]:
         """Messages after each cursor; with ``wait``, hold the request until some arrive."""
@@ -262,9 +258,9 @@ class Relay:
 
     def sweep(self) -> dict[str, int]:
         now = self.clock()
-        files = self.store.part_files(expired_before=now) if self.parts is not None else []
-        counts = self.store.sweep(now, idle_before=now - self.config.expire_seconds)
-        self._remove_gone(files)
+        gone: list[str] = []
+        counts = self.store.sweep(now, idle_before=now - self.config.expire_seconds, gone=gone)
+        self._remove_files(gone)
         if self._sweeps % ORPHAN_SWEEPS == 0:
             removed = self.remove_orphans()
             if removed:

@@ -122,15 +122,10 @@ class Store(abc.ABC):
               now: float) -> tuple[list[Message], bool]:
         """Live messages with ref > cursor, per mailbox in the order given; and whether that was all."""
 
-    def part_files(self, cursors: Sequence[tuple[str, int]] = (), expired_before: float | None = None,
-                   limit: int = 100_000) -> list[tuple[str, int, str]]:
-        """(mailbox, ref, file name) of the messages kept in content files (relay/parts.py): up to each cursor's
-        ref, or expired before ``expired_before``, or (neither given) all. A store that keeps none: []."""
+    def part_files(self, limit: int = 100_000) -> list[tuple[str, int, str]]:
+        """(mailbox, ref, file name) of the messages kept in content files (relay/parts.py). A store that keeps
+        none: []."""
         return []
-
-    def still_there(self, messages: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
-        """Which of these (mailbox, ref) messages are still stored."""
-        return set(messages)
 
     @abc.abstractmethod
     def next_ref(self, mailbox: str) -> int:
@@ -161,8 +156,9 @@ class Store(abc.ABC):
         """Handles online now, by name."""
 
     @abc.abstractmethod
-    def sweep(self, now: float, idle_before: float) -> dict[str, int]:
-        """Delete what has expired, and mailboxes empty and untouched since ``idle_before``."""
+    def sweep(self, now: float, idle_before: float, gone: list[str] | None = None) -> dict[str, int]:
+        """Delete what has expired, and mailboxes empty and untouched since ``idle_before``. The names of the
+        content files of the messages deleted are added to ``gone``, as :meth:`ack` does."""
 
     @abc.abstractmethod
     def watch(self, changed: Callable[[str], None], unknown: Callable[[], None]) -> None:

@@ -276,31 +276,12 @@ class SQLStore(Store):
 
     _FILE_ROWS = "length(contents) <= 64 AND substr(contents, 1, 1) = ?"  # the length first: no large value read
 
-    def part_files(self, cursors: Sequence[tuple[str, int]] = (), expired_before: float | None = None,
-                   limit: int = 100_000) -> list[tuple[str, int, str]]:
-        """(mailbox, ref, file name) of the messages kept in content files: up to each cursor's ref, or expired
-        before ``expired_before``, or (neither given) all."""
-        found: list[tuple[str, int, str]] = []
+    def part_files(self, limit: int = 100_000) -> list[tuple[str, int, str]]:
+        """(mailbox, ref, file name) of the messages kept in content files."""
         with self._read() as tx:
-            if expired_before is not None:
-                rows = [tx.all("SELECT mailbox, ref, contents FROM messages WHERE expires <= ? AND "
-                               + self._FILE_ROWS + " LIMIT ?", (expired_before, FILE_MARK, limit))]
-            elif cursors:
-                rows = [tx.all("SELECT mailbox, ref, contents FROM messages WHERE mailbox = ? AND ref <= ? AND "
-                               + self._FILE_ROWS + " LIMIT ?", (mailbox, through, FILE_MARK, limit))
-                        for mailbox, through in cursors]
-            else:
-                rows = [tx.all("SELECT mailbox, ref, contents FROM messages WHERE " + self._FILE_ROWS + " LIMIT ?",
-                               (FILE_MARK, limit))]
-        for group in rows:
-            found += [(str(m), int(r), bytes(c)[1:].decode("ascii")) for m, r, c in group]
-        return found
-
-    def still_there(self, messages: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
-        """Which of these (mailbox, ref) messages are still stored."""
-        with self._read() as tx:
-            return {(m, r) for m, r in messages
-                    if tx.one("SELECT 1 FROM messages WHERE mailbox = ? AND ref = ?", (m, r)) is not None}
+            rows = tx.all("SELECT mailbox, ref, contents FROM messages WHERE " + self._FILE_ROWS + " LIMIT ?",
+                          (FILE_MARK, limit))
+        return [(str(m), int(r), bytes(c)[1:].decode("ascii")) for m, r, c in rows]
 
     def next_ref(self, mailbox: str) -> int:
         with self._read() as tx:
@@ -423,7 +404,7 @@ class SQLStore(Store):
 
     # -- expiry -----------------------------------------------------------------------
 
-    def sweep(self, now: float, idle_before: float) -> dict[str, int]:
+    def sweep(self, now: float, idle_before: float, gone: list[str] | None = None) -> dict[str, int]:
         counts = {"messages": 0, "ids": 0, "presence": 0, "mailboxes": 0}
         with self._read() as tx:
             expired = [r[0] for r in tx.all("SELECT DISTINCT mailbox FROM messages WHERE expires <= ? LIMIT ?",
@@ -432,10 +413,12 @@ class SQLStore(Store):
         def expire(mailbox: str) -> Callable[[Tx], int]:
             # One mailbox per transaction, like an acknowledgement.
             def op(tx: Tx) -> int:
-                sizes = tx.all("DELETE FROM messages WHERE mailbox = ? AND expires <= ? RETURNING size, origin, block",
-                               (mailbox, now))
-                self._uncount(tx, mailbox, sizes, now)
-                return len(sizes)
+                rows = tx.all("DELETE FROM messages WHERE mailbox = ? AND expires <= ? " + self._DELETED,
+                              (mailbox, now, FILE_MARK))
+                self._uncount(tx, mailbox, [row[:3] for row in rows], now)
+                if gone is not None:  # the content files of what this commit removes, from the deletion itself
+                    gone.extend(bytes(row[3])[1:].decode("ascii") for row in rows if row[3] is not None)
+                return len(rows)
 
             return op
 
@@ -447,14 +430,14 @@ class SQLStore(Store):
             ids = len(tx.all("DELETE FROM sent_ids WHERE expires <= ? RETURNING 1", (now,)))
             presence = len(tx.all("DELETE FROM presence WHERE expires <= ? RETURNING 1", (now,)))
             floor = tx.one("SELECT value FROM relay_meta WHERE key = 'ref_floor'" + self.LOCK)
-            gone = tx.all("DELETE FROM mailboxes WHERE count = 0 AND touched <= ? RETURNING next_ref",
-                          (idle_before,))
-            if gone:
-                top = max([int(floor[0]) if floor else 1] + [int(r[0]) for r in gone])
+            forgotten = tx.all("DELETE FROM mailboxes WHERE count = 0 AND touched <= ? RETURNING next_ref",
+                               (idle_before,))
+            if forgotten:
+                top = max([int(floor[0]) if floor else 1] + [int(r[0]) for r in forgotten])
                 tx.run("UPDATE relay_meta SET value = ? WHERE key = 'ref_floor'", (top,))
             # An address with nothing stored and no recent new mailbox is forgotten.
             tx.run("DELETE FROM origins WHERE bytes <= 0 AND window_start <= ?", (idle_before,))
-            return ids, presence, len(gone)
+            return ids, presence, len(forgotten)
 
         counts["ids"], counts["presence"], counts["mailboxes"] = self._transact(forget)
         return counts
