@@ -253,6 +253,14 @@ def test_a_re_added_room_with_no_record_is_flagged_and_recorded_only_as_the_owne
         assert owner.kinds[-1] == "room-own"
         with pytest.raises(RemoteError, match="nothing to record"):
             device.call("room_add", invite=lost.invite(), own=True)
+        # A new room whose record the owner declines is still added (the first question was approved): said so.
+        other = Room(os.urandom(16), "roomzr", Policy.parse("STAFF"), public.name, public.authority_id, 1)
+        owner.decline_kinds = {"room-own"}
+        with pytest.raises(RemoteError, match="the room was added, but not recorded as this authority's own"):
+            device.call("room_add", invite=other.invite(), own=True)
+        owner.decline_kinds = set()
+        assert main(["room", "list", *cli]) == 0
+        assert "roomzr" in capsys.readouterr().out
     with PadStore(tmp_path / "auth") as auth, PadStore(tmp_path / "member") as member:
         keys = AbeKeys(auth)
         assert keys.own_rooms()[lost.room_id][0].text == "STAFF"

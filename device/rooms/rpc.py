@@ -72,7 +72,8 @@ def room_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
         invite = Room.from_invite(_param(params, "invite"))
         if not isinstance(params.get("own", False), bool):
             raise BadRoomRequest("The parameter 'own' must be true or false.")
-        if invite.room_id not in r.rooms:  # adding one the device has changes nothing: not asked
+        new = invite.room_id not in r.rooms
+        if new:  # adding one the device has changes nothing: not asked
             ask(client, "room-add", invite,
                 f"Add the room {invite.name}?\n\nPolicy: {invite.policy.text}\nAuthority: {invite.authority}\n\n"
                 "A paired laptop can then join it if this device's attribute keys satisfy the policy.",
@@ -86,7 +87,9 @@ def room_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
                 f"Record the room {room.name} as created by this authority?\n\nPolicy: {room.policy.text}\n"
                 f"Tagged from key period: {room.tagged_from}\n\nKeys issued from now on whose attributes satisfy "
                 "the policy carry the room's secret. Only if this authority created it: an invite is public, anyone "
-                "can write one naming this authority.", "the room was not recorded")
+                "can write one naming this authority.",
+                # Two questions: the first approved, the room is on the device; say so (a cold run read it as lost).
+                "the room was added, but not recorded as this authority's own" if new else "the room was not recorded")
             r.record_own(room)
         return dict(r.find(room.room_id.hex()).status(), warning=r.unrecorded(room))
 
