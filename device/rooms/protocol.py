@@ -15,7 +15,15 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   yields the same k_j (or the same refusal). A contribution is decapsulated
   once, and only when needed: a member decapsulates each newcomer's; a
   newcomer, when its own contribution comes back, decapsulates each
-  contribution then on the roster. Before that it only keeps them.
+  contribution then on the roster. Before that it only keeps them, on its
+  roster (never evicted), but for the contribution that moved the room into
+  a later key period, which a device whose key of that period has begun
+  checks as it reads it, as the members did (red team 22d F1). A ciphertext
+  is decapsulated once however many items carry it (a bounded cache in
+  memory, cleared on leave: F2). When my own contribution comes back after
+  an undecided item carrying its ciphertext (a member's re-wrap), I settle
+  that item first, as the members did; if they took it, mine counts for
+  nothing and I contribute again with a fresh ciphertext (F5).
 * **Epochs.** Every roster change starts an epoch, numbered by the relay ref
   of the item that made it. K_abe = XOR of HMAC(k_j, sid) over the roster.
 * **Leader.** The roster's first member draws G_e and posts the distribution.
@@ -52,7 +60,9 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   periods it tags: before them every device binds and checks with k_j
   alone, whatever it holds, so all decide alike), and in a period the room tags
   (``Room.tagged_from``) skips one without the secret's tag on arrival, never
-  holding it aside (:meth:`RoomMember._tag_ok`). Moving drops every contribution of the earlier
+  holding it aside (:meth:`RoomMember._tag_ok`). A held contribution whose member leaves is
+  kept, marked, until its period is decided: it may be where the room moved, and the members
+  that followed it bound with k_j alone (red team 22d F3). Moving drops every contribution of the earlier
   period from the roster (a new epoch begins), and a member whose device
   holds a key of the new period re-contributes by itself. A member without
   such a key (revoked: not renewed) is left out: it cannot decapsulate the
@@ -67,8 +77,10 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -106,6 +118,9 @@ MAX_HELD = 128
 #: A held contribution is dropped this long after it came: a genuine one was made once its period had begun,
 #: and no period lasts longer (device/abe/periods.py), so by then its period is over.
 HELD_MAX_AGE_S = MAX_PERIOD_S
+#: Ciphertexts whose decapsulation (k_j, or the scheme's refusal) this device keeps in memory, at most: a copy of one
+#: (re-wrapped with fresh keys and another bind: microseconds for anyone) costs no pairing (red team 22d F2).
+MAX_DECAPSULATED = 1024
 
 
 class Keys(Protocol):
@@ -127,7 +142,8 @@ class Event:
     ref: int
     kind: str  # contribution, leave, distribution, objection, message
     # accepted, skipped, ignored, held, unreadable, refused; mismatch (a distribution whose key is not the one it
-    # commits to); late (a message under a key period the room had left before it, not shown)
+    # commits to); late (a message under a key period the room had left before it, not shown); copied (my own
+    # contribution, after an earlier copy of its ciphertext that the members took: contributed again)
     outcome: str
     epoch: int | None = None
     sender: str | None = None  # a member's display name, disambiguated (see RoomMember.label)
@@ -156,6 +172,9 @@ class _Member:
     #: The item's bytes while it is held aside before its tag could be checked (this device held no room secret
     #: of its period when it came): the tag is checked once it does (RoomMember._check_held_tags).
     raw: bytes | None = None
+    #: A held contribution whose member left before this device could tell whether it is genuine: kept (never
+    #: on a roster) until its period is decided, because it may be where the room moved (red team 22d F3).
+    left: bool = False
 
 
 @dataclass
@@ -254,6 +273,11 @@ class RoomMember:
         self.mismatches = 0
         #: Decapsulations this member computed (each is one multi-pairing).
         self.decapsulations = 0
+        #: What each ciphertext recently decapsulated decapsulated to (by its SHA-256): its k_j, or None if the
+        #: scheme refused it. Every satisfying key yields the same, so it holds for any copy of the ciphertext
+        #: in another item. In memory only, at most MAX_DECAPSULATED (the oldest go first), and cleared with every
+        #: other k_j when this device leaves (red team 22d F2).
+        self._decapsulated: OrderedDict[bytes, bytes | None] = OrderedDict()
         #: Within one batch of items (:meth:`reading`): the room's secrets and this device's periods, looked up
         #: once (an outside review: a flood held aside cost a key lookup per held item per item read).
         self._cache: dict[object, object] | None = None
@@ -552,9 +576,11 @@ class RoomMember:
         period = self.period_of(item.ciphertext)
         if period is None or period < self.period:
             return Event(ref, "contribution", "skipped", sender_id=short(mid))
-        if mid in self.members or mid in self.future or item.ciphertext_bytes in self.ciphertexts:
-            return Event(ref, "contribution", "ignored", sender_id=short(mid))
         own = self._pending is not None and equal(wire.member_id(self._pending), mid)
+        if mid in self.members or mid in self.future or item.ciphertext_bytes in self.ciphertexts:
+            if own:  # an earlier item carrying my ciphertext was taken: every member ignores mine (F5 below)
+                return self._taken(ref, mid)
+            return Event(ref, "contribution", "ignored", sender_id=short(mid))
         tagged = self._tag_ok(item, period)
         if tagged is False and not own:
             # In a period the room tags, a contribution without the room's secret's tag (made from the public key
@@ -572,7 +598,7 @@ class RoomMember:
                 # never moves the room early (an outside review stalled rooms for up to a week so).
                 usable = self.usable_period()
                 begun = usable is not None and usable >= period
-                k = self._check(record) if self.joined and begun else False
+                k = self._check(record) if begun else False
                 if k is None:
                     return Event(ref, "contribution", "skipped", sender_id=short(mid))
                 if k is False:  # undecidable here (no key of that period yet): held aside
@@ -593,6 +619,8 @@ class RoomMember:
                 return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
         if own:
             assert self._next is not None
+            if self._copy_taken(item.ciphertext_bytes):
+                return self._taken(ref, mid)
             self._admit(ref, item, VALID)
             self._x, self._sig, self._k = self._next
             self._ks[mid] = self._k
@@ -611,6 +639,29 @@ class RoomMember:
             return Event(ref, "contribution", "skipped", sender_id=short(mid))
         self._new_epoch(ref)
         return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
+
+    def _copy_taken(self, ciphertext: bytes) -> bool:
+        """Whether an earlier item on the roster carrying my contribution's ciphertext is taken by the members: a
+        member can decapsulate my ciphertext and re-wrap it with its own keys and a right bind; ordered before
+        mine (a relay colluding, or a race), every member in the room takes that copy (the first valid in relay
+        order) and ignores mine as a duplicate. So I settle such an undecided copy first, as they did (red team
+        22d F5); before, I took mine and dropped the copy, and kept another roster than theirs."""
+        for other in list(self.roster):
+            record = self.members[other]
+            if record.ciphertext is None or not equal(record.ciphertext, ciphertext):
+                continue
+            if record.status == PENDING:
+                self._settle(other)
+            if other in self.roster and self.members[other].status == VALID:
+                return True
+        return False
+
+    def _taken(self, ref: int, mid: bytes) -> Event:
+        """My contribution came back after a copy of its ciphertext that every member took: mine counts for
+        nothing, so it is forgotten, and :meth:`duties` contributes again with a fresh ciphertext (the owner
+        still wants this device in the room)."""
+        self._pending = self._next = None
+        return Event(ref, "contribution", "copied", sender_id=short(mid), own=True)
 
     def _take_held(self) -> None:
         """Once this device's key of a held period has begun (a renewal opened after the contribution that moved
@@ -632,8 +683,11 @@ class RoomMember:
                 continue
             if not isinstance(k, bytes):  # undecidable here
                 continue
-            self._advance(record.period, record.ref)  # the record joins the roster (this device is no longer in)
-            self._valid(mid, record, k)
+            # The record joins the roster (this device is no longer in), unless its member has left since: then
+            # it only marks where the room moved.
+            self._advance(record.period, record.ref)
+            if not record.left:
+                self._valid(mid, record, k)
             return
 
     def _tag_ok(self, item: wire.Contribution, period: int) -> bool | None:
@@ -820,15 +874,19 @@ class RoomMember:
                         # Before (on the relay) the contribution that moves the room here (this device's own, when
                         # it joins late): checked as strictly as a moving one, bound with the period's secret, or
                         # gone (one planted from the public key takes no roster slot). The first that passes is
-                        # where the room moved; those after it are checked as any of the period's (_settle).
+                        # where the room moved, even if its member has left since; those after it are checked as
+                        # any of the period's (_settle).
                         k = self._check(record) if record.ciphertext not in self.ciphertexts else None
                         if k is None:
                             self._unlist(record)
                             continue
                         if isinstance(k, bytes):
-                            self._valid(mid, record, k)
                             moved = True
                             self.moves[period] = record.ref
+                            if not record.left:
+                                self._valid(mid, record, k)
+                    if record.left:  # it left: never on the roster (the move it marks is recorded above)
+                        continue
                     self.members[mid] = record
                     self.roster.append(mid)
 
@@ -861,15 +919,29 @@ class RoomMember:
         self._ks[mid] = k
 
     def _decapsulate(self, ciphertext: bytes) -> bytes:
+        """A ciphertext's k_j (AbeError if the scheme refuses it; NotSatisfied if no key of this device fits),
+        computed once per ciphertext while it stays in the bounded cache: N copies of one cost one pairing."""
+        digest = hashlib.sha256(ciphertext).digest()
+        if digest in self._decapsulated:
+            self._decapsulated.move_to_end(digest)
+            known = self._decapsulated[digest]
+            if known is None:
+                raise AbeError("The contribution's ciphertext was refused before.")
+            return known
         ct = decode_ciphertext(ciphertext)
+        key: bytes | None = None
         try:
             key = self.keys.decapsulate(ct)
         except NotSatisfied:
-            raise  # no key of this device fits: refused before any pairing
+            raise  # no key of this device fits: refused before any pairing (a renewal may change that: not kept)
         except AbeError:
-            self.decapsulations += 1  # the pairing was computed; the tag refused it
-            raise
+            pass  # the pairing was computed; the check refused it
         self.decapsulations += 1
+        self._decapsulated[digest] = key
+        while len(self._decapsulated) > MAX_DECAPSULATED:
+            self._decapsulated.popitem(last=False)
+        if key is None:
+            raise AbeError("The contribution's ciphertext does not decapsulate.")
         return key
 
     def _new_epoch(self, ref: int, *, rekey: bool = False) -> None:
@@ -888,8 +960,13 @@ class RoomMember:
     def _leave(self, ref: int, item: wire.Leave) -> Event:
         held = self.future.get(item.member)
         if held is not None:  # a member of a later period, held aside, leaves before this device can tell
+            if held.left:
+                return Event(ref, "leave", "ignored")
             wire.verify(held.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
-            self._unlist(self.future.pop(item.member))
+            # Kept, marked: if it is genuine it is where the room moved for every member that could tell on
+            # arrival, and the members that followed it bound with k_j alone. Deleted, it left this device
+            # checking them strictly, and dropping them all (red team 22d F3).
+            held.left = True
             return Event(ref, "leave", "held", sender_id=short(item.member))
         member = self.members.get(item.member)
         if member is None or item.member not in self.roster:
@@ -1024,6 +1101,7 @@ class RoomMember:
         self._x = self._sig = self._k = self._pending = self._next = None
         self.name = None
         self._ks.clear()
+        self._decapsulated.clear()
         # Every k_j is gone: the others' contributions are undecided again, to be decapsulated anew
         # (once each) if this device rejoins.
         for member in self.members.values():
@@ -1116,17 +1194,18 @@ class RoomMember:
 def _row(mid: bytes, r: _Member) -> list:
     return [mid.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status,
             r.ciphertext.hex() if r.ciphertext is not None else None, r.name, r.period, r.held_at,
-            r.raw.hex() if r.raw is not None else None]
+            r.raw.hex() if r.raw is not None else None, r.left]
 
 
 def _from_row(row: list) -> tuple[bytes, _Member]:
-    # A name since issue 22, then a period, then held_at, then the raw item of one held before its tag was checked.
+    # A name since issue 22, then a period, then held_at, then the raw item of one held before its tag was checked,
+    # then whether its member left while it was held (red team 22d F3).
     m, ref, x_pub, sig_pub, bind, status, ct, *rest = row
-    name, period, held_at, raw = (rest + ["", 0, None, None][len(rest):])[:4]
+    name, period, held_at, raw, left = (rest + ["", 0, None, None, False][len(rest):])[:5]
     return bytes.fromhex(m), _Member(ref, bytes.fromhex(x_pub), bytes.fromhex(sig_pub), bytes.fromhex(bind), status,
                                      bytes.fromhex(ct) if ct is not None else None, name, period,
                                      time.time() if held_at is None else held_at,
-                                     bytes.fromhex(raw) if raw is not None else None)
+                                     bytes.fromhex(raw) if raw is not None else None, bool(left))
 
 
 def _raw(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
