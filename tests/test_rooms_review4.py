@@ -3,6 +3,7 @@ the review wrote them, and tests of what an attacker could do with the fixes (do
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -327,6 +328,11 @@ def test_a_held_leave_is_taken_once_and_a_replayed_contribution_that_left_stays_
     w.log.post(mover)
     w.log.sync()
     assert len(a.future) == 1 and all(r.left for r in a.future.values()) and a.period == 1
+    # The mark is part of the stored state (a device restarted between the leave and its renewal keeps it).
+    stored = RoomMember.from_dict(json.loads(json.dumps(a.to_dict())), a.keys, clock=w.clock)
+    assert [r.left for r in stored.future.values()] == [True]
+    w.members[0] = w.log.members[0] = a = stored
+    w.log.events[id(a)] = []
     _renew(w.keys[0], renewed[0])
     _renew(w.keys[2], renewed[2])
     _tick(w, 4)
