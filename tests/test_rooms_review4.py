@@ -60,6 +60,18 @@ def _alice_and_bob_in() -> World:
     return w
 
 
+def _a_room_of_132() -> tuple[World, RoomMember]:
+    """A room in period 1 whose member a has taken 129 contributions made from the public key (an untagged period:
+    the known limit) after the three members': 132 on its roster."""
+    w, _ = _period_world()
+    a = w.members[0]
+    w.log.members = [a]
+    for _ in range(129):
+        w.log.post(_contribution_under(w, 1))
+    w.log.deliver(a)
+    return w, a
+
+
 def _tick(w: World, rounds: int) -> None:
     """``rounds`` leader timeouts pass, everyone syncing after each."""
     for _ in range(rounds):
@@ -345,12 +357,7 @@ def test_a_newcomer_that_read_the_room_before_joining_agrees_past_the_held_bound
     """F1's fix: a device with a key of the room's period checks, as it reads, the contribution that moved the room
     there, as the members did; the period's later contributions go on its roster undecided (as long as the roster,
     never evicted). Here it reads the whole mailbox (131 members of period 1) before it is asked to join."""
-    w, _ = _period_world()
-    a = w.members[0]
-    w.log.members = [a]
-    for _ in range(129):
-        w.log.post(_contribution_under(w, 1))
-    w.log.deliver(a)
+    w, a = _a_room_of_132()
     d = w.member(Keys(w.master.public, keygen(w.master, ATTRS[0], period=1)))
     w.log.members = [a, d]
     w.log.deliver(d)
@@ -454,3 +461,156 @@ def test_a_leaver_forgets_every_k_j_it_decapsulated_at_once_and_the_memory_of_th
         w.log.post(raw)
     w.log.deliver(a)
     assert len(a._decapsulated) == 1 and a.decapsulations == cost + 3
+
+
+# -- Found while fixing F1: a member renewed late in a room of more than MAX_HELD members ---------------------------
+
+
+def _late_member_in_a_big_room(extra: int):
+    """A room tagged from period 2: b moves it, c follows, then ``extra`` more members follow (k_j-bound and
+    tagged, as devices already in period 2 make them), all before a's renewal opens: a holds them aside."""
+    secret = os.urandom(32)
+    w = _secret_world(ATTRS[:3], 2, secret, lambda i, period: period == 2)
+    a, b, c = w.members
+    renewed = [Keys(w.master.public, keygen(w.master, attrs, period=2)) for attrs in ATTRS[:3]]
+    _renew(w.keys[1], renewed[1])
+    w.log.sync()
+    _renew(w.keys[2], renewed[2])
+    _tick(w, 3)
+    policy = Policy.parse(f"({w.room.policy.text}) and PERIOD_2")
+    for n in range(extra):
+        enc = encapsulate(w.master.public, policy)
+        w.log.post(wire.contribution(w.room.room_id, enc.ciphertext.encode(), enc.key, X25519PrivateKey.generate(),
+                                     Ed25519PrivateKey.generate(), f"member{n}", tag_secret=secret))
+    return w, renewed
+
+
+@pytest.mark.parametrize("extra", [10, 130], ids=["small", "more-than-held"])
+def test_a_member_renewed_late_in_a_room_of_more_than_128_members_reads_the_move_again(extra):
+    """Before: a member whose renewal opened after more than MAX_HELD members had moved evicted the earliest held
+    (the mover among them), then checked the followers strictly and kept itself alone. Now it notes what it
+    evicted and, once its key of that period has begun, reads the room's mailbox again from the first of them
+    (its cursor moves back; the client needs nothing new), taking only the period's contributions and leaves."""
+    w, renewed = _late_member_in_a_big_room(extra)
+    a, b, c = w.members
+    w.log.sync()
+    assert len(c.roster) == 2 + extra and a.period == 1
+    assert a.held_dropped == max(0, extra + 2 - 128)
+    shown = len(w.log.texts(a))
+    _renew(w.keys[0], renewed[0])
+    _tick(w, 4)
+    assert a.period == c.period == 2
+    _same_key(a, c)
+    assert a.moves[2] == c.moves[2] and len(w.log.texts(a)) == shown  # nothing shown twice
+
+
+def test_a_member_reading_again_what_the_relay_no_longer_holds_goes_on():
+    """The relay (or its expiry) no longer gives the items to read again: the member goes on from the next item it
+    is given, never stuck waiting for them (it keeps the roster it can tell, as before the fix); the items of the
+    batch that moved its cursor back come again after what is read again."""
+    w, renewed = _late_member_in_a_big_room(130)
+    a, b, c = w.members
+    w.log.sync()
+    end = a.last_ref
+    _renew(w.keys[0], renewed[0])
+    w.log.post(c.send("after"))
+    events = w.log.deliver(a)
+    assert a.last_ref < end and a.replay is not None  # it asks to read again
+    assert [e.outcome for e in events] == ["deferred"]  # the new item waits for them
+    a.duties()  # the batch is over
+    assert a.receive(end + 1, w.log.items[end]).kind == "message"  # the relay gives only what came after
+    assert a.last_ref == end + 1 and a.replay is None
+
+
+def test_the_clients_sync_reads_again_from_where_the_device_moved_its_cursor_back_and_ends():
+    """The client follows the device's cursor: moved back (a period's contributions to read again), the same sync
+    fetches from there, once, and ends when the relay has nothing more (fakes: written here, not the device)."""
+    import types
+
+    from client.rooms import RoomClient
+
+    class Device:
+        def __init__(self) -> None:
+            self.last_ref, self.moved, self.got = 0, False, []
+
+        def call(self, method: str, **params):
+            if method == "rooms":
+                return [{"room": "ops", "room_id": "00", "mailbox": "mb", "last_ref": self.last_ref}]
+            assert method == "room_receive"
+            refs = [ref for ref, _ in params["items"]]
+            self.got.append(refs)
+            self.last_ref = max([self.last_ref] + refs)
+            if not self.moved and self.last_ref == 10:
+                self.moved, self.last_ref = True, 3  # read again from ref 4
+            return {"events": [], "post": [], "status": {"last_ref": self.last_ref}}
+
+    class Relay:
+        def receive(self, cursors, wait=0, limit=200):
+            (cursor,) = cursors.values()
+            return [types.SimpleNamespace(ref=r, contents="x") for r in range(cursor + 1, 11)][:limit], True
+
+        def send(self, *a):
+            pass
+
+    device = Device()
+    RoomClient(device, Relay()).sync("ops")  # type: ignore[arg-type]
+    assert device.got == [list(range(1, 11)), list(range(4, 11))] and device.last_ref == 10
+
+
+def test_a_relays_flood_that_overflows_the_held_bound_costs_one_reading_again_and_splits_nobody():
+    """A hostile relay fills a late member's held bound with plants from the public key under the next period,
+    before and after the genuine move (a room whose periods carry secrets, untagged: only the strict bind tells).
+    The member reads the mailbox again once, at its renewal: it skips the plants before the move as the members
+    did, takes those after it as they did, and agrees with them; it asks for nothing more afterwards."""
+    from device.rooms.protocol import MAX_HELD
+
+    secret = os.urandom(32)
+    w = _secret_world(ATTRS[:3], None, secret, lambda i, period: period == 2)
+    a, b, c = w.members
+    renewed = [Keys(w.master.public, keygen(w.master, attrs, period=2)) for attrs in ATTRS[:3]]
+    for _ in range(MAX_HELD // 2 + 5):
+        w.log.post(_planted_under(w, 2)[0])
+    _renew(w.keys[1], renewed[1])
+    w.log.sync()  # b skips the plants on arrival and moves the room
+    for _ in range(MAX_HELD // 2 + 5):
+        w.log.post(_planted_under(w, 2)[0])  # after the move: the members take them (untagged: the known limit)
+    _renew(w.keys[2], renewed[2])
+    _tick(w, 3)
+    assert a.period == 1 and a.held_dropped > 0 and 2 in a.evicted
+    _renew(w.keys[0], renewed[0])
+    _tick(w, 4)
+    assert a.period == c.period == 2 and a.moves[2] == c.moves[2] and a.replay is None and a.evicted == {}
+    _same_key(a, c)
+    last = a.last_ref
+    _tick(w, 1)
+    assert a.last_ref >= last
+
+
+def test_plants_under_many_far_periods_leave_a_bounded_memory_of_what_was_dropped():
+    from device.rooms.protocol import MAX_EVICTED_PERIODS, MAX_HELD
+
+    w, _ = _period_world()
+    a = w.members[0]
+    w.log.members = [a]
+    for period in range(3, 3 + MAX_HELD + 40):
+        w.log.post(_contribution_under(w, period))
+    w.log.deliver(a)
+    assert len(a.future) == MAX_HELD and 0 < len(a.evicted) <= MAX_EVICTED_PERIODS
+    assert max(a.evicted) < 3 + MAX_HELD + 40 - 1  # the nearest periods kept
+
+
+def test_a_newcomer_that_read_a_big_room_before_its_key_began_reads_it_again_and_agrees():
+    """A newcomer reads a room of 132 period-1 members while its key of period 1 has not begun (it holds them
+    aside, over the bound); once the key begins it joins: it reads the room again first and agrees."""
+    w, a = _a_room_of_132()
+    keys = Keys(w.master.public, keygen(w.master, ATTRS[0], period=1))
+    keys.windows[1] = (w.clock.now + 60, float("inf"))
+    d = w.member(keys)
+    w.log.members = [a, d]
+    w.log.deliver(d)
+    assert d.period == 0 and len(d.future) == 128 and d.evicted
+    w.clock.now += 61
+    w.log.post(d.join("dave"))
+    _tick(w, 3)
+    assert d.joined and d.replay is None
+    _same_key(d, a)

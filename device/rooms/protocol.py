@@ -62,7 +62,10 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   (``Room.tagged_from``) skips one without the secret's tag on arrival, never
   holding it aside (:meth:`RoomMember._tag_ok`). A held contribution whose member leaves is
   kept, marked, until its period is decided: it may be where the room moved, and the members
-  that followed it bound with k_j alone (red team 22d F3). Moving drops every contribution of the earlier
+  that followed it bound with k_j alone (red team 22d F3). A device that dropped held contributions
+  of a later period over ``MAX_HELD`` reads the mailbox again from the first of them once its key
+  of that period begins (its cursor moves back; only that period's contributions and leaves are
+  taken, as on arrival): it never decides a move from what is left. Moving drops every contribution of the earlier
   period from the roster (a new epoch begins), and a member whose device
   holds a key of the new period re-contributes by itself. A member without
   such a key (revoked: not renewed) is left out: it cannot decapsulate the
@@ -118,6 +121,8 @@ MAX_HELD = 128
 #: A held contribution is dropped this long after it came: a genuine one was made once its period had begun,
 #: and no period lasts longer (device/abe/periods.py), so by then its period is over.
 HELD_MAX_AGE_S = MAX_PERIOD_S
+#: Later periods whose dropped held contributions this device remembers (to read them again), at most: the nearest.
+MAX_EVICTED_PERIODS = 8
 #: Ciphertexts whose decapsulation (k_j, or the scheme's refusal) this device keeps in memory, at most: a copy of one
 #: (re-wrapped with fresh keys and another bind: microseconds for anyone) costs no pairing (red team 22d F2).
 MAX_DECAPSULATED = 1024
@@ -262,6 +267,14 @@ class RoomMember:
         self.moves: dict[int, int] = {}
         #: Held contributions dropped (over the bound, or their period over).
         self.held_dropped = 0
+        #: Later periods some of whose held contributions were dropped over the bound: period -> the earliest ref
+        #: dropped. Once this device's key of such a period begins, it reads the mailbox again from there.
+        self.evicted: dict[int, int] = {}
+        #: Reading the mailbox again (the cursor moved back): (the last ref read before, the period it is for). Only
+        #: that period's contributions and leaves are taken; everything else was read before.
+        self.replay: tuple[int, int] | None = None
+        #: The batch that moved the cursor back: its later items wait for the items read again (in memory).
+        self._deferring = False
         #: Whether the owner wants this device in the room (it joined and has not left): it then
         #: re-contributes by itself when its renewed key's period begins.
         self.wanted = False
@@ -494,8 +507,11 @@ class RoomMember:
         after timeouts)."""
         out = []
         self._take_held()
+        # The batch is over: what it deferred comes again after the items read again (the cursor is back).
+        self._deferring = False
         self._drop_stale_pending()  # a state stored before the fix may still wait for one
-        if self.wanted and self._pending is None:
+        # Not while reading the mailbox again for a later period: the room's move there is not decided yet.
+        if self.wanted and self._pending is None and self.replay is None:
             usable = self.usable_period()
             mine = self.members[self.me].period if self.me is not None else None
             # Not in a period the room tags without the room's secret (its key came without it): `room join` says
@@ -546,6 +562,12 @@ class RoomMember:
             return Event(ref, "item", "refused")
         if ref <= self.last_ref:
             return Event(ref, "item", "ignored")
+        if self.replay is not None:
+            if ref <= self.replay[0]:
+                return self._read_again(ref, contents)
+            if self._deferring:
+                return Event(ref, "item", "deferred")
+            self.replay = None  # what was to be read again is no longer on the relay: on from here
         try:
             item = wire.decode(wire.from_text(contents), self.room.room_id)
         except MalformedRoomData:
@@ -553,6 +575,8 @@ class RoomMember:
             return Event(ref, "item", "refused")
         kind = type(item).__name__.lower()
         self._take_held()
+        if self.replay is not None:  # this item moved the cursor back: it comes again after what is read again
+            return Event(ref, "item", "deferred")
         try:
             if isinstance(item, wire.Contribution):
                 event = self._contribution(ref, item)
@@ -569,6 +593,27 @@ class RoomMember:
         self.last_ref = ref
         self.expire()
         return event
+
+    def _read_again(self, ref: int, contents: str) -> Event:
+        """An item read before, read again for the period whose held contributions were dropped over the bound
+        (:meth:`_take_held`): only that period's contributions and leaves count, decided as on arrival by a device
+        whose key of it has begun (the first bound with its secret moves the room; the rest go on the roster,
+        undecided). Messages, distributions and objections were taken (or not) the first time."""
+        assert self.replay is not None
+        until, period = self.replay
+        self._deferring = False
+        self.last_ref = ref
+        if ref >= until:
+            self.replay = None
+        try:
+            item = wire.decode(wire.from_text(contents), self.room.room_id)
+            if isinstance(item, wire.Contribution) and self.period_of(item.ciphertext) == period:
+                return self._contribution(ref, item)
+            if isinstance(item, wire.Leave):
+                return self._leave(ref, item)
+        except (MalformedRoomData, RoomItemRefused):
+            return Event(ref, "item", "refused")
+        return Event(ref, "item", "ignored")
 
     def _contribution(self, ref: int, item: wire.Contribution) -> Event:
         wire.verify(item.sig_pub, item.raw[-wire.SIG_BYTES:], item.raw[:-wire.SIG_BYTES])
@@ -669,10 +714,28 @@ class RoomMember:
         moves at the earliest genuine one's ref: what came on the relay after it (a revoked member's messages
         under the old period) is judged against that move, not against this device's later contribution."""
         self._check_held_tags()
-        if not self.future or not self.joined:
+        if self.replay is not None:
             return
         usable = self.usable_period()
         if usable is None:
+            return
+        # Joined or not: a newcomer that read the room before its key began would decide at its join from what it
+        # held.
+        for period in sorted(self.evicted):
+            if period <= self.period:
+                del self.evicted[period]
+            elif period <= usable:
+                # Some of this period's contributions were dropped over the bound before this device could judge
+                # them (the mover, perhaps): deciding from the rest would keep another roster than the members'.
+                # Read the mailbox again from the first dropped (or held) one instead (red team 22d, found at F1).
+                start = min([self.evicted.pop(period)] + [r.ref for r in self.future.values() if r.period == period])
+                for mid in [m for m, r in self.future.items() if r.period == period]:
+                    del self.future[mid]
+                self.replay = (self.last_ref, period)
+                self.last_ref = start - 1
+                self._deferring = True
+                return
+        if not self.future or not self.joined:
             return
         for mid, record in sorted(self.future.items(), key=lambda kv: kv[1].ref):
             if record.period > usable or record.period <= self.period or mid not in self.future:
@@ -754,7 +817,13 @@ class RoomMember:
             return (2, 0, r.ref)
 
         while len(self.future) > MAX_HELD:
-            self._drop_held(min(self.future, key=worth))
+            mid = min(self.future, key=worth)
+            record = self.future[mid]
+            if record.period > self.period:
+                self.evicted[record.period] = min(self.evicted.get(record.period, record.ref), record.ref)
+                if len(self.evicted) > MAX_EVICTED_PERIODS:  # junk under many far periods: the farthest go
+                    del self.evicted[max(self.evicted)]
+            self._drop_held(mid)
 
     def prune_held(self) -> list[bytes]:
         """Drop held contributions whose period is over: this device holds a key of that period and it has ended,
@@ -1136,6 +1205,8 @@ class RoomMember:
                        for n, ep in self.epochs.items()],
             "barred": sorted(m.hex() for m in self.barred), "objected": sorted(m.hex() for m in self.objected),
             "mismatches": self.mismatches, "held_dropped": self.held_dropped,
+            "evicted": {str(p): r for p, r in self.evicted.items()},
+            "replay": list(self.replay) if self.replay is not None else None,
             "moves": {str(p): r for p, r in self.moves.items()},
             "me": hx(self.me), "x": hx(self._x), "sig": hx(self._sig), "k": hx(self._k),
             "pending": hx(self._pending), "name": self.name, "ks": {m.hex(): k.hex() for m, k in self._ks.items()},
@@ -1175,6 +1246,9 @@ class RoomMember:
         member.mismatches = data.get("mismatches", 0)
         member.moves = {int(p): r for p, r in data.get("moves", {}).items()}
         member.held_dropped = data.get("held_dropped", 0)
+        member.evicted = {int(p): r for p, r in data.get("evicted", {}).items()}
+        replay = data.get("replay")
+        member.replay = (replay[0], replay[1]) if replay is not None else None
         member.me, member._x, member._sig = bx(data["me"]), bx(data["x"]), bx(data["sig"])
         member._k, member._pending = bx(data["k"]), bx(data["pending"])
         member.name = data.get("name")
