@@ -148,7 +148,8 @@ class Event:
     kind: str  # contribution, leave, distribution, objection, message
     # accepted, skipped, ignored, held, unreadable, refused; mismatch (a distribution whose key is not the one it
     # commits to); late (a message under a key period the room had left before it, not shown); copied (my own
-    # contribution, after an earlier copy of its ciphertext that the members took: contributed again)
+    # contribution, after an earlier copy of its ciphertext that the members took: contributed again); deferred (an
+    # item after the cursor moved back to read a period's contributions again: it comes again after them)
     outcome: str
     epoch: int | None = None
     sender: str | None = None  # a member's display name, disambiguated (see RoomMember.label)
