@@ -690,6 +690,10 @@ class Chat:
         elif kind == "contribution" and outcome == "accepted":
             who = "you joined" if own else f"{event.get('sender', 'a member')} joined"
             self.system(f"#{name}: {who} ({members} on the roster)")
+        elif kind == "contribution" and outcome == "copied":
+            self.add(Line(time.time(), "error", name, f"#{name}: your contribution was copied",
+                          warnings=["another membership posted a copy of this device's contribution before it (only "
+                                    "a member can): the device contributes again"]))
         elif kind == "contribution" and outcome == "skipped":
             self.system(f"#{name}: a contribution that does not satisfy the room's policy was skipped")
         elif kind == "distribution" and outcome == "accepted":

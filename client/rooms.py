@@ -59,7 +59,10 @@ class RoomClient:
                 on_events(answer["events"])
             self._post(mailbox, answer["post"])
             cursor = answer["status"]["last_ref"]
-            if complete or not messages:
+            # The device may move its cursor back, to read a period's contributions again (docs/rooms.md "Red team
+            # 22d"): then the loop goes on from there.
+            moved_back = bool(messages) and cursor < messages[-1].ref
+            if (complete or not messages) and not moved_back:
                 return events
 
     def join(self, name: str, display: str | None = None) -> None:

@@ -15,7 +15,15 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   yields the same k_j (or the same refusal). A contribution is decapsulated
   once, and only when needed: a member decapsulates each newcomer's; a
   newcomer, when its own contribution comes back, decapsulates each
-  contribution then on the roster. Before that it only keeps them.
+  contribution then on the roster. Before that it only keeps them, on its
+  roster (never evicted), but for the contribution that moved the room into
+  a later key period, which a device whose key of that period has begun
+  checks as it reads it, as the members did (red team 22d F1). A ciphertext
+  is decapsulated once however many items carry it (a bounded cache in
+  memory, cleared on leave: F2). When my own contribution comes back after
+  an undecided item carrying its ciphertext (a member's re-wrap), I settle
+  that item first, as the members did; if they took it, mine counts for
+  nothing and I contribute again with a fresh ciphertext (F5).
 * **Epochs.** Every roster change starts an epoch, numbered by the relay ref
   of the item that made it. K_abe = XOR of HMAC(k_j, sid) over the roster.
 * **Leader.** The roster's first member draws G_e and posts the distribution.
@@ -52,7 +60,12 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   periods it tags: before them every device binds and checks with k_j
   alone, whatever it holds, so all decide alike), and in a period the room tags
   (``Room.tagged_from``) skips one without the secret's tag on arrival, never
-  holding it aside (:meth:`RoomMember._tag_ok`). Moving drops every contribution of the earlier
+  holding it aside (:meth:`RoomMember._tag_ok`). A held contribution whose member leaves is
+  kept, marked, until its period is decided: it may be where the room moved, and the members
+  that followed it bound with k_j alone (red team 22d F3). A device that dropped held contributions
+  of a later period over ``MAX_HELD`` reads the mailbox again from the first of them once its key
+  of that period begins (its cursor moves back; only that period's contributions and leaves are
+  taken, as on arrival): it never decides a move from what is left. Moving drops every contribution of the earlier
   period from the roster (a new epoch begins), and a member whose device
   holds a key of the new period re-contributes by itself. A member without
   such a key (revoked: not renewed) is left out: it cannot decapsulate the
@@ -67,8 +80,10 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -106,6 +121,11 @@ MAX_HELD = 128
 #: A held contribution is dropped this long after it came: a genuine one was made once its period had begun,
 #: and no period lasts longer (device/abe/periods.py), so by then its period is over.
 HELD_MAX_AGE_S = MAX_PERIOD_S
+#: Later periods whose dropped held contributions this device remembers (to read them again), at most: the nearest.
+MAX_EVICTED_PERIODS = 8
+#: Ciphertexts whose decapsulation (k_j, or the scheme's refusal) this device keeps in memory, at most: a copy of one
+#: (re-wrapped with fresh keys and another bind: microseconds for anyone) costs no pairing (red team 22d F2).
+MAX_DECAPSULATED = 1024
 
 
 class Keys(Protocol):
@@ -127,7 +147,9 @@ class Event:
     ref: int
     kind: str  # contribution, leave, distribution, objection, message
     # accepted, skipped, ignored, held, unreadable, refused; mismatch (a distribution whose key is not the one it
-    # commits to); late (a message under a key period the room had left before it, not shown)
+    # commits to); late (a message under a key period the room had left before it, not shown); copied (my own
+    # contribution, after an earlier copy of its ciphertext that the members took: contributed again); deferred (an
+    # item after the cursor moved back to read a period's contributions again: it comes again after them)
     outcome: str
     epoch: int | None = None
     sender: str | None = None  # a member's display name, disambiguated (see RoomMember.label)
@@ -156,6 +178,9 @@ class _Member:
     #: The item's bytes while it is held aside before its tag could be checked (this device held no room secret
     #: of its period when it came): the tag is checked once it does (RoomMember._check_held_tags).
     raw: bytes | None = None
+    #: A held contribution whose member left before this device could tell whether it is genuine: kept (never
+    #: on a roster) until its period is decided, because it may be where the room moved (red team 22d F3).
+    left: bool = False
 
 
 @dataclass
@@ -243,6 +268,14 @@ class RoomMember:
         self.moves: dict[int, int] = {}
         #: Held contributions dropped (over the bound, or their period over).
         self.held_dropped = 0
+        #: Later periods some of whose held contributions were dropped over the bound: period -> the earliest ref
+        #: dropped. Once this device's key of such a period begins, it reads the mailbox again from there.
+        self.evicted: dict[int, int] = {}
+        #: Reading the mailbox again (the cursor moved back): (the last ref read before, the period it is for). Only
+        #: that period's contributions and leaves are taken; everything else was read before.
+        self.replay: tuple[int, int] | None = None
+        #: The batch that moved the cursor back: its later items wait for the items read again (in memory).
+        self._deferring = False
         #: Whether the owner wants this device in the room (it joined and has not left): it then
         #: re-contributes by itself when its renewed key's period begins.
         self.wanted = False
@@ -254,6 +287,11 @@ class RoomMember:
         self.mismatches = 0
         #: Decapsulations this member computed (each is one multi-pairing).
         self.decapsulations = 0
+        #: What each ciphertext recently decapsulated decapsulated to (by its SHA-256): its k_j, or None if the
+        #: scheme refused it. Every satisfying key yields the same, so it holds for any copy of the ciphertext
+        #: in another item. In memory only, at most MAX_DECAPSULATED (the oldest go first), and cleared with every
+        #: other k_j when this device leaves (red team 22d F2).
+        self._decapsulated: OrderedDict[bytes, bytes | None] = OrderedDict()
         #: Within one batch of items (:meth:`reading`): the room's secrets and this device's periods, looked up
         #: once (an outside review: a flood held aside cost a key lookup per held item per item read).
         self._cache: dict[object, object] | None = None
@@ -470,8 +508,11 @@ class RoomMember:
         after timeouts)."""
         out = []
         self._take_held()
+        # The batch is over: what it deferred comes again after the items read again (the cursor is back).
+        self._deferring = False
         self._drop_stale_pending()  # a state stored before the fix may still wait for one
-        if self.wanted and self._pending is None:
+        # Not while reading the mailbox again for a later period: the room's move there is not decided yet.
+        if self.wanted and self._pending is None and self.replay is None:
             usable = self.usable_period()
             mine = self.members[self.me].period if self.me is not None else None
             # Not in a period the room tags without the room's secret (its key came without it): `room join` says
@@ -522,6 +563,12 @@ class RoomMember:
             return Event(ref, "item", "refused")
         if ref <= self.last_ref:
             return Event(ref, "item", "ignored")
+        if self.replay is not None:
+            if ref <= self.replay[0]:
+                return self._read_again(ref, contents)
+            if self._deferring:
+                return Event(ref, "item", "deferred")
+            self.replay = None  # what was to be read again is no longer on the relay: on from here
         try:
             item = wire.decode(wire.from_text(contents), self.room.room_id)
         except MalformedRoomData:
@@ -529,6 +576,8 @@ class RoomMember:
             return Event(ref, "item", "refused")
         kind = type(item).__name__.lower()
         self._take_held()
+        if self.replay is not None:  # this item moved the cursor back: it comes again after what is read again
+            return Event(ref, "item", "deferred")
         try:
             if isinstance(item, wire.Contribution):
                 event = self._contribution(ref, item)
@@ -546,15 +595,38 @@ class RoomMember:
         self.expire()
         return event
 
+    def _read_again(self, ref: int, contents: str) -> Event:
+        """An item read before, read again for the period whose held contributions were dropped over the bound
+        (:meth:`_take_held`): only that period's contributions and leaves count, decided as on arrival by a device
+        whose key of it has begun (the first bound with its secret moves the room; the rest go on the roster,
+        undecided). Messages, distributions and objections were taken (or not) the first time."""
+        assert self.replay is not None
+        until, period = self.replay
+        self._deferring = False
+        self.last_ref = ref
+        if ref >= until:
+            self.replay = None
+        try:
+            item = wire.decode(wire.from_text(contents), self.room.room_id)
+            if isinstance(item, wire.Contribution) and self.period_of(item.ciphertext) == period:
+                return self._contribution(ref, item)
+            if isinstance(item, wire.Leave):
+                return self._leave(ref, item)
+        except (MalformedRoomData, RoomItemRefused):
+            return Event(ref, "item", "refused")
+        return Event(ref, "item", "ignored")
+
     def _contribution(self, ref: int, item: wire.Contribution) -> Event:
         wire.verify(item.sig_pub, item.raw[-wire.SIG_BYTES:], item.raw[:-wire.SIG_BYTES])
         mid = item.member_id
         period = self.period_of(item.ciphertext)
         if period is None or period < self.period:
             return Event(ref, "contribution", "skipped", sender_id=short(mid))
-        if mid in self.members or mid in self.future or item.ciphertext_bytes in self.ciphertexts:
-            return Event(ref, "contribution", "ignored", sender_id=short(mid))
         own = self._pending is not None and equal(wire.member_id(self._pending), mid)
+        if mid in self.members or mid in self.future or item.ciphertext_bytes in self.ciphertexts:
+            if own:  # an earlier item carrying my ciphertext was taken: every member ignores mine (F5 below)
+                return self._taken(ref, mid)
+            return Event(ref, "contribution", "ignored", sender_id=short(mid))
         tagged = self._tag_ok(item, period)
         if tagged is False and not own:
             # In a period the room tags, a contribution without the room's secret's tag (made from the public key
@@ -572,7 +644,7 @@ class RoomMember:
                 # never moves the room early (an outside review stalled rooms for up to a week so).
                 usable = self.usable_period()
                 begun = usable is not None and usable >= period
-                k = self._check(record) if self.joined and begun else False
+                k = self._check(record) if begun else False
                 if k is None:
                     return Event(ref, "contribution", "skipped", sender_id=short(mid))
                 if k is False:  # undecidable here (no key of that period yet): held aside
@@ -593,6 +665,8 @@ class RoomMember:
                 return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
         if own:
             assert self._next is not None
+            if self._copy_taken(item.ciphertext_bytes):
+                return self._taken(ref, mid)
             self._admit(ref, item, VALID)
             self._x, self._sig, self._k = self._next
             self._ks[mid] = self._k
@@ -612,16 +686,57 @@ class RoomMember:
         self._new_epoch(ref)
         return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
 
+    def _copy_taken(self, ciphertext: bytes) -> bool:
+        """Whether an earlier item on the roster carrying my contribution's ciphertext is taken by the members: a
+        member can decapsulate my ciphertext and re-wrap it with its own keys and a right bind; ordered before
+        mine (a relay colluding, or a race), every member in the room takes that copy (the first valid in relay
+        order) and ignores mine as a duplicate. So I settle such an undecided copy first, as they did (red team
+        22d F5); before, I took mine and dropped the copy, and kept another roster than theirs."""
+        for other in list(self.roster):
+            record = self.members[other]
+            if record.ciphertext is None or not equal(record.ciphertext, ciphertext):
+                continue
+            if record.status == PENDING:
+                self._settle(other)
+            if other in self.roster and self.members[other].status == VALID:
+                return True
+        return False
+
+    def _taken(self, ref: int, mid: bytes) -> Event:
+        """My contribution came back after a copy of its ciphertext that every member took: mine counts for
+        nothing, so it is forgotten, and :meth:`duties` contributes again with a fresh ciphertext (the owner
+        still wants this device in the room)."""
+        self._pending = self._next = None
+        return Event(ref, "contribution", "copied", sender_id=short(mid), own=True)
+
     def _take_held(self) -> None:
         """Once this device's key of a held period has begun (a renewal opened after the contribution that moved
         the room came), the held contributions of that period are checked first, in relay order, and the room
         moves at the earliest genuine one's ref: what came on the relay after it (a revoked member's messages
         under the old period) is judged against that move, not against this device's later contribution."""
         self._check_held_tags()
-        if not self.future or not self.joined:
+        if self.replay is not None:
             return
         usable = self.usable_period()
         if usable is None:
+            return
+        # Joined or not: a newcomer that read the room before its key began would decide at its join from what it
+        # held.
+        for period in sorted(self.evicted):
+            if period <= self.period:
+                del self.evicted[period]
+            elif period <= usable:
+                # Some of this period's contributions were dropped over the bound before this device could judge
+                # them (the mover, perhaps): deciding from the rest would keep another roster than the members'.
+                # Read the mailbox again from the first dropped (or held) one instead (red team 22d, found at F1).
+                start = min([self.evicted.pop(period)] + [r.ref for r in self.future.values() if r.period == period])
+                for mid in [m for m, r in self.future.items() if r.period == period]:
+                    del self.future[mid]
+                self.replay = (self.last_ref, period)
+                self.last_ref = start - 1
+                self._deferring = True
+                return
+        if not self.future or not self.joined:
             return
         for mid, record in sorted(self.future.items(), key=lambda kv: kv[1].ref):
             if record.period > usable or record.period <= self.period or mid not in self.future:
@@ -632,8 +747,11 @@ class RoomMember:
                 continue
             if not isinstance(k, bytes):  # undecidable here
                 continue
-            self._advance(record.period, record.ref)  # the record joins the roster (this device is no longer in)
-            self._valid(mid, record, k)
+            # The record joins the roster (this device is no longer in), unless its member has left since: then
+            # it only marks where the room moved.
+            self._advance(record.period, record.ref)
+            if not record.left:
+                self._valid(mid, record, k)
             return
 
     def _tag_ok(self, item: wire.Contribution, period: int) -> bool | None:
@@ -700,7 +818,13 @@ class RoomMember:
             return (2, 0, r.ref)
 
         while len(self.future) > MAX_HELD:
-            self._drop_held(min(self.future, key=worth))
+            mid = min(self.future, key=worth)
+            record = self.future[mid]
+            if record.period > self.period:
+                self.evicted[record.period] = min(self.evicted.get(record.period, record.ref), record.ref)
+                if len(self.evicted) > MAX_EVICTED_PERIODS:  # junk under many far periods: the farthest go
+                    del self.evicted[max(self.evicted)]
+            self._drop_held(mid)
 
     def prune_held(self) -> list[bytes]:
         """Drop held contributions whose period is over: this device holds a key of that period and it has ended,
@@ -820,15 +944,19 @@ class RoomMember:
                         # Before (on the relay) the contribution that moves the room here (this device's own, when
                         # it joins late): checked as strictly as a moving one, bound with the period's secret, or
                         # gone (one planted from the public key takes no roster slot). The first that passes is
-                        # where the room moved; those after it are checked as any of the period's (_settle).
+                        # where the room moved, even if its member has left since; those after it are checked as
+                        # any of the period's (_settle).
                         k = self._check(record) if record.ciphertext not in self.ciphertexts else None
                         if k is None:
                             self._unlist(record)
                             continue
                         if isinstance(k, bytes):
-                            self._valid(mid, record, k)
                             moved = True
                             self.moves[period] = record.ref
+                            if not record.left:
+                                self._valid(mid, record, k)
+                    if record.left:  # it left: never on the roster (the move it marks is recorded above)
+                        continue
                     self.members[mid] = record
                     self.roster.append(mid)
 
@@ -861,15 +989,29 @@ class RoomMember:
         self._ks[mid] = k
 
     def _decapsulate(self, ciphertext: bytes) -> bytes:
+        """A ciphertext's k_j (AbeError if the scheme refuses it; NotSatisfied if no key of this device fits),
+        computed once per ciphertext while it stays in the bounded cache: N copies of one cost one pairing."""
+        digest = hashlib.sha256(ciphertext).digest()
+        if digest in self._decapsulated:
+            self._decapsulated.move_to_end(digest)
+            known = self._decapsulated[digest]
+            if known is None:
+                raise AbeError("The contribution's ciphertext was refused before.")
+            return known
         ct = decode_ciphertext(ciphertext)
+        key: bytes | None = None
         try:
             key = self.keys.decapsulate(ct)
         except NotSatisfied:
-            raise  # no key of this device fits: refused before any pairing
+            raise  # no key of this device fits: refused before any pairing (a renewal may change that: not kept)
         except AbeError:
-            self.decapsulations += 1  # the pairing was computed; the tag refused it
-            raise
+            pass  # the pairing was computed; the check refused it
         self.decapsulations += 1
+        self._decapsulated[digest] = key
+        while len(self._decapsulated) > MAX_DECAPSULATED:
+            self._decapsulated.popitem(last=False)
+        if key is None:
+            raise AbeError("The contribution's ciphertext does not decapsulate.")
         return key
 
     def _new_epoch(self, ref: int, *, rekey: bool = False) -> None:
@@ -888,8 +1030,13 @@ class RoomMember:
     def _leave(self, ref: int, item: wire.Leave) -> Event:
         held = self.future.get(item.member)
         if held is not None:  # a member of a later period, held aside, leaves before this device can tell
+            if held.left:
+                return Event(ref, "leave", "ignored")
             wire.verify(held.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
-            self._unlist(self.future.pop(item.member))
+            # Kept, marked: if it is genuine it is where the room moved for every member that could tell on
+            # arrival, and the members that followed it bound with k_j alone. Deleted, it left this device
+            # checking them strictly, and dropping them all (red team 22d F3).
+            held.left = True
             return Event(ref, "leave", "held", sender_id=short(item.member))
         member = self.members.get(item.member)
         if member is None or item.member not in self.roster:
@@ -1024,6 +1171,7 @@ class RoomMember:
         self._x = self._sig = self._k = self._pending = self._next = None
         self.name = None
         self._ks.clear()
+        self._decapsulated.clear()
         # Every k_j is gone: the others' contributions are undecided again, to be decapsulated anew
         # (once each) if this device rejoins.
         for member in self.members.values():
@@ -1058,6 +1206,8 @@ class RoomMember:
                        for n, ep in self.epochs.items()],
             "barred": sorted(m.hex() for m in self.barred), "objected": sorted(m.hex() for m in self.objected),
             "mismatches": self.mismatches, "held_dropped": self.held_dropped,
+            "evicted": {str(p): r for p, r in self.evicted.items()},
+            "replay": list(self.replay) if self.replay is not None else None,
             "moves": {str(p): r for p, r in self.moves.items()},
             "me": hx(self.me), "x": hx(self._x), "sig": hx(self._sig), "k": hx(self._k),
             "pending": hx(self._pending), "name": self.name, "ks": {m.hex(): k.hex() for m, k in self._ks.items()},
@@ -1097,6 +1247,9 @@ class RoomMember:
         member.mismatches = data.get("mismatches", 0)
         member.moves = {int(p): r for p, r in data.get("moves", {}).items()}
         member.held_dropped = data.get("held_dropped", 0)
+        member.evicted = {int(p): r for p, r in data.get("evicted", {}).items()}
+        replay = data.get("replay")
+        member.replay = (replay[0], replay[1]) if replay is not None else None
         member.me, member._x, member._sig = bx(data["me"]), bx(data["x"]), bx(data["sig"])
         member._k, member._pending = bx(data["k"]), bx(data["pending"])
         member.name = data.get("name")
@@ -1116,17 +1269,18 @@ class RoomMember:
 def _row(mid: bytes, r: _Member) -> list:
     return [mid.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status,
             r.ciphertext.hex() if r.ciphertext is not None else None, r.name, r.period, r.held_at,
-            r.raw.hex() if r.raw is not None else None]
+            r.raw.hex() if r.raw is not None else None, r.left]
 
 
 def _from_row(row: list) -> tuple[bytes, _Member]:
-    # A name since issue 22, then a period, then held_at, then the raw item of one held before its tag was checked.
+    # A name since issue 22, then a period, then held_at, then the raw item of one held before its tag was checked,
+    # then whether its member left while it was held (red team 22d F3).
     m, ref, x_pub, sig_pub, bind, status, ct, *rest = row
-    name, period, held_at, raw = (rest + ["", 0, None, None][len(rest):])[:4]
+    name, period, held_at, raw, left = (rest + ["", 0, None, None, False][len(rest):])[:5]
     return bytes.fromhex(m), _Member(ref, bytes.fromhex(x_pub), bytes.fromhex(sig_pub), bytes.fromhex(bind), status,
                                      bytes.fromhex(ct) if ct is not None else None, name, period,
                                      time.time() if held_at is None else held_at,
-                                     bytes.fromhex(raw) if raw is not None else None)
+                                     bytes.fromhex(raw) if raw is not None else None, bool(left))
 
 
 def _raw(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:

@@ -209,6 +209,11 @@ def show_events(room: str, events: list[dict], as_json: bool = False) -> None:
                     "its distribution commits to; refused, objection posted (the room re-keys)")
             print(json.dumps({"room": room, **event}) if as_json else visible(line))
             continue
+        if event.get("kind") == "contribution" and event.get("outcome") == "copied":
+            line = (f"[{room}] warning: another membership posted a copy of this device's contribution before it "
+                    "(only a member can); the device contributes again")
+            print(json.dumps({"room": room, **event}) if as_json else line)
+            continue
         if event.get("text") is None:
             continue
         if as_json:
