@@ -155,3 +155,27 @@ def test_an_invite_whose_policy_names_a_key_period_is_refused(tmp_path):
     finally:
         auth.close()
         member.close()
+
+
+def test_a_rooms_invite_is_shown_again_from_the_device(tmp_path, capsys, monkeypatch):
+    """A lost invite (a cold run: nothing showed it again) is printed by `otc room invite ROOM` from the room the
+    device holds; an unknown room is one line and a non-zero exit."""
+    PadStore.init(tmp_path / "auth", "auth").close()
+    assert main(["abe", "authority", "--home", str(tmp_path / "auth")]) == 0
+    PadStore.init(tmp_path / "bob", "bob").close()
+    with PadStore(tmp_path / "auth") as auth, PadStore(tmp_path / "bob") as member:
+        grant_local(auth, member, "STAFF")
+    with paired(tmp_path, "bob", Owner()) as (relay, bob, state):
+        monkeypatch.setenv("OTC_CLIENT_HOME", str(bob.laptop))
+        cli = ["--device", bob.url, "--relay", relay.url]
+        capsys.readouterr()
+        assert main(["room", "create", "--home", str(tmp_path / "auth"), "--name", "ops", "--policy", "STAFF"]) == 0
+        invite = capsys.readouterr().out.strip().splitlines()[-1]
+        assert main(["room", "add", *cli, invite]) == 0
+        capsys.readouterr()
+        assert main(["room", "invite", *cli, "ops"]) == 0
+        out = capsys.readouterr().out.strip().splitlines()
+        assert out == ["Room ops (STAFF). Invite:", invite]
+        assert main(["room", "invite", *cli, "nope"]) != 0
+        _, err = capsys.readouterr()
+        assert err.count("\n") == 1 and "knows no room 'nope'" in err

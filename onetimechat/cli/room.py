@@ -38,7 +38,9 @@ def register(parts: argparse._SubParsersAction) -> None:
             ("add", "add a room to the device from its invite", "invite"),
             ("join", "post this device's contribution to a room", "room"),
             ("leave", "leave a room (the device deletes its membership keys)", "room"),
-            ("list", "the device's rooms: members, epoch, whether it holds the epoch key", None)):
+            ("list", "the device's rooms: members, epoch, whether it holds the epoch key", None),
+            ("invite", "print a room's invite again, to add the room on another device (invites are public)",
+             "room")):
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         device_and_relay(p)
         if extra:
@@ -143,6 +145,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         if room.get("unrecorded"):
             print(f"  warning: this authority has no record of creating {room['room']}: members get no secret "
                   "for its tagged periods (`otc room add --own INVITE` records it, confirmed on the device)")
+    return 0
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    room = _client(args).room(args.room)
+    print(f"Room {room['room']} ({room['policy']}). Invite:")
+    print(room["invite"])
     return 0
 
 
