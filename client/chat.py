@@ -492,13 +492,16 @@ class Chat:
                     self.system("no rooms on the device: add an invite with otc room add")
                 for room in rooms:
                     state = "member" if room["joined"] else "joining" if room["joining"] else "not joined"
+                    epoch = ("no epoch yet" if room["epoch"] is None else
+                             f"epoch {room['epoch']}: {plural(room['epoch_members'] or 0, 'member')}"
+                             f"{'' if room['keyed'] and room['joined'] else ' (no key here)'}")
                     self.system(f"#{room['room']}: {room['policy']} · {state} · {room['members']} on the roster · "
-                                f"epoch {room['epoch']}: {plural(room['epoch_members'] or 0, 'member')}"
-                                f"{'' if room['keyed'] else ' (no key here)'}")
+                                f"{epoch}")
             elif command.name == "join":
                 room = self.rooms.room(command.room)
                 self.rooms.join(command.room, command.text or None)
-                self.system(f"#{room['room']}: joining as {command.text or 'this device'}; members decapsulate "
+                shown = command.text or self.messenger.device.creds.device_name or "this device's name"
+                self.system(f"#{room['room']}: joining as {shown}; members decapsulate "
                             "your contribution and the leader "
                             "sends the new epoch key")
                 self.watch(room)
@@ -697,7 +700,8 @@ class Chat:
         elif kind == "contribution" and outcome == "skipped":
             self.system(f"#{name}: a contribution that does not satisfy the room's policy was skipped")
         elif kind == "distribution" and outcome == "accepted":
-            self.system(f"#{name}: epoch {event.get('epoch')}: {plural(members or 0, 'member')} share a new key")
+            self.system(f"#{name}: epoch {event.get('epoch')}: {plural(members or 0, 'member')} "
+                        f"{'holds' if members == 1 else 'share'} a new key")
         elif kind == "leave" and outcome == "accepted":
             self.system(f"#{name}: {event.get('sender', 'a member')} left ({members} on the roster)")
         elif outcome == "refused":

@@ -48,6 +48,7 @@ class MovingPeriod(RoomError):
 
 
 class NoEpochKey(RoomError):
-    """The room has no epoch key yet: wait for its leader's distribution."""
+    """The room has no epoch key yet: wait for its leader's distribution (if the leader is offline, the next
+    member takes the duty after 30 s: `otc room recv` again, then send)."""
 
     code = "room-no-key"

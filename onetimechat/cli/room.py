@@ -138,9 +138,10 @@ def cmd_leave(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     for room in _client(args).rooms():
         state = "member" if room["joined"] else "joining" if room["joining"] else "not joined"
+        # After a leave the device keeps old epoch keys for the grace period, but holds no membership: no key.
         epoch = ("no epoch yet" if room["epoch"] is None else
                  f"epoch {room['epoch']} ({_members(room['epoch_members'])}, "
-                 f"{'key held' if room['keyed'] else 'no key'})")
+                 f"{'key held' if room['keyed'] and room['joined'] else 'no key'})")
         print(f"{room['room']}: {room['policy']} -- {state}, {room['members']} on the roster, {epoch}")
         if room.get("unrecorded"):
             print(f"  warning: this authority has no record of creating {room['room']}: members get no secret "
@@ -203,7 +204,21 @@ def cmd_recv(args: argparse.Namespace) -> int:
 def show_events(room: str, events: list[dict], as_json: bool = False) -> None:
     """Print a sync's events as `room recv` does: the device has moved its cursor past them, so whatever
     fetched them (a recv, a send, a join) shows them, or nothing ever will."""
+    unreadable = 0  # in a row: one line for them (a newcomer's first read meets the room's whole history)
+
+    def flush() -> None:
+        nonlocal unreadable
+        if unreadable:
+            print(f"[{room}] {'a message' if unreadable == 1 else f'{unreadable} messages'} this device cannot "
+                  "open (sent under an epoch this device holds no key for: before it joined, while it was away, "
+                  "or before its key came)")
+        unreadable = 0
+
     for event in events:
+        if event.get("kind") == "message" and event.get("outcome") == "unreadable" and not as_json:
+            unreadable += 1
+            continue
+        flush()
         if event.get("kind") == "message" and event.get("outcome") in ("unreadable", "refused", "late"):
             why = {"unreadable": "sent under an epoch this device holds no key for",
                    "late": f"from {event.get('sender')}, under a key period that had ended: sent after the "
@@ -231,3 +246,4 @@ def show_events(room: str, events: list[dict], as_json: bool = False) -> None:
             # A member's text as it came could drive the terminal: every hidden character shown visibly.
             print(visible(f"[{room}] {event['sender']}{' (me)' if event.get('own') else ''}: "
                           f"{event['text']}"))
+    flush()
