@@ -183,3 +183,7 @@ def test_otc_abe_renew_end_period_withdraws_the_period_issued_ahead(world, capsy
     assert main(["abe", "members", "--home", home]) == 0
     listed = capsys.readouterr().out
     assert listed.count("period 2 withdrawn") == 2 and "period 3 until" in listed
+    # Only each member's newest key is the one a renewal renews; the older ones say what replaced them.
+    alice = [line for line in listed.splitlines() if line.startswith("alice ")]
+    shown = [("renewable" in line, "renewed (period 3)" in line) for line in alice]
+    assert shown == [(False, True), (False, True), (True, False)]  # periods 1 and 2 (withdrawn), then 3

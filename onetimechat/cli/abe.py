@@ -297,11 +297,18 @@ def cmd_members(args: argparse.Namespace) -> int:
         return 0
     if not members["issued"]:
         print("This authority has issued no key yet.")
+    # A member's keys of earlier periods are not what a renewal renews (a cold run read them as "renewable").
+    newest: dict[str, int] = {}
+    for i in members["issued"]:
+        if i["period"] is not None:
+            newest[i["member"]] = max(newest.get(i["member"], i["period"]), i["period"])
     for i in members["issued"]:
         period = f"period {i['period']} until {i['ends']}" if i["period"] is not None else "no period"
         if i["period"] is not None and i.get("withdrawn", i["starts"] == i["ends"]):  # (older devices: text)
             period = f"period {i['period']} withdrawn {i['ends']}"
-        revoked = f"REVOKED {i['revoked']}" if i["revoked"] else "renewable"
+        later = newest.get(i["member"])
+        revoked = (f"REVOKED {i['revoked']}" if i["revoked"] else
+                   f"renewed (period {later})" if later is not None and (i["period"] or 0) < later else "renewable")
         cut = (f"  {plural(i['rooms_cut'], 'room')} CUT (more rooms than a key carries secrets of)"
                if i.get("rooms_cut") else "")
         print(f"{i['member']:<20} {', '.join(i['attributes']):<24} {period}  {revoked}  key {i['key_id'][:16]}{cut}")
