@@ -122,6 +122,12 @@ def test_a_members_device_never_uses_a_withdrawn_periods_key(world):
     assert not held[1].withdrawn and not held[3].withdrawn
     assert set(alice.periods_held(aid)) == {1, 3}  # what rooms go by: period 2 is not there...
     assert held[3].ends < held[2].ends  # ...not even after period 3 ends, before period 2 would have
+    # What the device shows (a cold run: `otc abe status` still gave period 1's end of 30 days): ended early,
+    # at period 3's start; period 3 itself as issued.
+    shown = {k.period: k.to_dict(t0 + 26 * DAY_S) for k in alice.held()}
+    assert shown[1]["state"] == "ended" and shown[1]["ends"] == shown[3]["starts"]
+    assert shown[3]["state"] == "valid" and shown[2]["state"] == "withdrawn"
+    assert held[1].ended_early == held[3].starts and held[3].ended_early is None
     assert [k.period for k in alice.member_keys(aid)] == [1, 3]
     # A contribution under period 2 (the revoked member's, after period 2's start) is undecidable here: the
     # withdrawn key decapsulates nothing, so the room neither moves to period 2 nor admits it.

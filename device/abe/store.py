@@ -164,12 +164,17 @@ class HeldKey:
     #: withdrew the one issued ahead, if any). It counts as begun on this device from the moment it is held,
     #: whatever the device's clock says (see :func:`early_keys`).
     early: bool = False
+    #: When a later period of its authority began before this key's period ended: the authority ended this
+    #: one early (what the device shows; its rules go by ``early`` and ``withdrawn``).
+    ended_early: float | None = None
 
     def state(self, now: float) -> str:
-        """valid, expiring (renewal due), expired, future (a renewal whose period has not begun), or withdrawn
-        (its period was replaced before it began: never used)."""
+        """valid, expiring (renewal due), expired, future (a renewal whose period has not begun), withdrawn
+        (its period was replaced before it began: never used), or ended (the authority ended it early)."""
         if self.withdrawn:
             return "withdrawn"
+        if self.ended_early is not None and now >= self.ended_early:
+            return "ended"
         if self.ends is None or self.starts is None:
             return "valid"
         if now >= self.ends:
@@ -180,8 +185,8 @@ class HeldKey:
 
     def to_dict(self, now: float) -> dict:
         return {"key_id": self.key_id.hex(), "authority": self.authority, "attributes": list(self.attributes),
-                "period": self.period, "starts": when(self.starts), "ends": when(self.ends),
-                "state": self.state(now)}
+                "period": self.period, "starts": when(self.starts),
+                "ends": when(self.ends if self.ended_early is None else self.ended_early), "state": self.state(now)}
 
 
 def withdrawn_keys(keys: list[HeldKey]) -> set[bytes]:
@@ -217,6 +222,17 @@ def early_keys(keys: list[HeldKey]) -> set[bytes]:
                and other.ends is not None and key.starts < other.ends for other in keys):
             out.add(key.key_id)
     return out
+
+
+def _ended_early(key: HeldKey, keys: list[HeldKey]) -> float | None:
+    """When the earliest later period of ``key``'s authority held here, not withdrawn, began before ``key``'s
+    ended (the authority ended it early); None if none did."""
+    if key.period is None or key.ends is None or key.withdrawn:
+        return None
+    cuts = [other.starts for other in keys
+            if equal(other.authority_id, key.authority_id) and other.period is not None and other.period > key.period
+            and not other.withdrawn and other.starts is not None and other.starts < key.ends]
+    return min(cuts) if cuts else None
 
 
 class AbeKeys:
@@ -516,7 +532,8 @@ class AbeKeys:
         rows = self.tables.held_rows()
         keys = [HeldKey(bytes(r[0]), r[1], bytes(r[2]), tuple(r[3].split(",")), r[4], r[5], r[6]) for r in rows]
         gone, early = withdrawn_keys(keys), early_keys(keys)
-        return [replace(k, withdrawn=k.key_id in gone, early=k.key_id in early) for k in keys]
+        marked = [replace(k, withdrawn=k.key_id in gone, early=k.key_id in early) for k in keys]
+        return [replace(k, ended_early=_ended_early(k, marked)) for k in marked]
 
     def periods_held(self, authority_id: bytes) -> dict[int, tuple[float, float]]:
         """The periods of ``authority_id`` this device holds a key for: number -> (starts, ends). A key from

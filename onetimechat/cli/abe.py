@@ -287,7 +287,8 @@ def _validity(k: dict) -> str:
     if k.get("period") is None:
         return " (no period: from before periods)"
     state = {"expiring": ", renewal due", "expired": ", EXPIRED", "future": ", not yet begun",
-             "withdrawn": ", WITHDRAWN: replaced by a later period, never used"}.get(k["state"], "")
+             "withdrawn": ", WITHDRAWN: replaced by a later period, never used",
+             "ended": ", ENDED EARLY by the authority"}.get(k["state"], "")
     return f" (period {k['period']}, {k['starts']} to {k['ends']}{state})"
 
 
