@@ -250,6 +250,16 @@ class RoomMember:
         #: copy a genuine ciphertext into a fake placed first, and the device that must wait to judge it would
         #: lose the genuine one (red team 22c F1). Both wait; the first valid in relay order is taken.
         self.ciphertexts: set[bytes] = set()
+        #: Each ciphertext accepted in the room's key period (by its SHA-256), with the ref of the item that carried
+        #: it and its period, kept after that member leaves: a ciphertext counts once in the room, so a later item
+        #: carrying it is a copy for every device, whether the first is still there or has left (red team 22e R2).
+        #: Cleared for the periods the room leaves (their contributions are skipped anyway).
+        self.spent: dict[bytes, tuple[int, int]] = {}
+        #: Undecided contributions (a newcomer's pending, a held one of a later period) whose member left before
+        #: this device judged them, by their ciphertext's SHA-256: what it takes to check their bind (no
+        #: ciphertext). Judged only when a later item carries the same ciphertext (:meth:`_copy`): one of them
+        #: bound right was accepted by the members, and the later item is a copy (red team 22e R2).
+        self.gone: dict[bytes, list[_Member]] = {}
         self.roster: list[bytes] = []
         self.epochs: dict[int, _Epoch] = {}
         self.me: bytes | None = None
@@ -274,6 +284,9 @@ class RoomMember:
         #: Reading the mailbox again (the cursor moved back): (the last ref read before, the period it is for). Only
         #: that period's contributions and leaves are taken; everything else was read before.
         self.replay: tuple[int, int] | None = None
+        #: Later periods this device read the mailbox again for (at most once each: red team 22e R1). Their
+        #: contributions dropped over the bound since are not noted again: reading again could not decide them.
+        self.reread: set[int] = set()
         #: The batch that moved the cursor back: its later items wait for the items read again (in memory).
         self._deferring = False
         #: Whether the owner wants this device in the room (it joined and has not left): it then
@@ -623,7 +636,7 @@ class RoomMember:
         if period is None or period < self.period:
             return Event(ref, "contribution", "skipped", sender_id=short(mid))
         own = self._pending is not None and equal(wire.member_id(self._pending), mid)
-        if mid in self.members or mid in self.future or item.ciphertext_bytes in self.ciphertexts:
+        if mid in self.members or mid in self.future or self._spent(item.ciphertext_bytes, ref):
             if own:  # an earlier item carrying my ciphertext was taken: every member ignores mine (F5 below)
                 return self._taken(ref, mid)
             return Event(ref, "contribution", "ignored", sender_id=short(mid))
@@ -665,7 +678,7 @@ class RoomMember:
                 return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
         if own:
             assert self._next is not None
-            if self._copy_taken(item.ciphertext_bytes):
+            if self._copy_taken(item.ciphertext_bytes, ref):
                 return self._taken(ref, mid)
             self._admit(ref, item, VALID)
             self._x, self._sig, self._k = self._next
@@ -686,12 +699,13 @@ class RoomMember:
         self._new_epoch(ref)
         return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
 
-    def _copy_taken(self, ciphertext: bytes) -> bool:
+    def _copy_taken(self, ciphertext: bytes, ref: int) -> bool:
         """Whether an earlier item on the roster carrying my contribution's ciphertext is taken by the members: a
         member can decapsulate my ciphertext and re-wrap it with its own keys and a right bind; ordered before
         mine (a relay colluding, or a race), every member in the room takes that copy (the first valid in relay
         order) and ignores mine as a duplicate. So I settle such an undecided copy first, as they did (red team
-        22d F5); before, I took mine and dropped the copy, and kept another roster than theirs."""
+        22d F5); before, I took mine and dropped the copy, and kept another roster than theirs. Likewise an earlier
+        copy they took whose member has left since (red team 22e R2: :meth:`_copy`)."""
         for other in list(self.roster):
             record = self.members[other]
             if record.ciphertext is None or not equal(record.ciphertext, ciphertext):
@@ -700,7 +714,7 @@ class RoomMember:
                 self._settle(other)
             if other in self.roster and self.members[other].status == VALID:
                 return True
-        return False
+        return self._copy(ciphertext, ref)
 
     def _taken(self, ref: int, mid: bytes) -> Event:
         """My contribution came back after a copy of its ciphertext that every member took: mine counts for
@@ -725,10 +739,14 @@ class RoomMember:
         for period in sorted(self.evicted):
             if period <= self.period:
                 del self.evicted[period]
-            elif period <= usable:
+            elif period <= usable and self._can_judge(period):
                 # Some of this period's contributions were dropped over the bound before this device could judge
                 # them (the mover, perhaps): deciding from the rest would keep another roster than the members'.
-                # Read the mailbox again from the first dropped (or held) one instead (red team 22d, found at F1).
+                # Read the mailbox again from the first dropped (or held) one instead (red team 22d, found at F1),
+                # once: what is dropped over the bound while or after reading again is not noted (_bound_held).
+                # And only a period this device can judge: without the room's secret of a period it tags, reading
+                # again held them again, dropped them again and moved back again for ever (red team 22e R1).
+                self.reread.add(period)
                 start = min([self.evicted.pop(period)] + [r.ref for r in self.future.values() if r.period == period])
                 for mid in [m for m, r in self.future.items() if r.period == period]:
                     del self.future[mid]
@@ -741,7 +759,7 @@ class RoomMember:
         for mid, record in sorted(self.future.items(), key=lambda kv: kv[1].ref):
             if record.period > usable or record.period <= self.period or mid not in self.future:
                 continue
-            k = self._check(record) if record.ciphertext not in self.ciphertexts else None
+            k = self._check(record) if not self._copy(record.ciphertext, record.ref) else None
             if k is None:  # not genuine: gone, like one skipped on arrival
                 self._unlist(self.future.pop(mid))
                 continue
@@ -753,6 +771,11 @@ class RoomMember:
             if not record.left:
                 self._valid(mid, record, k)
             return
+
+    def _can_judge(self, period: int) -> bool:
+        """Whether this device can judge contributions of ``period`` (its key of it begun): not in a period the room
+        tags unless it holds the room's secret of it (:meth:`_check`)."""
+        return not self.room.tagged(period) or self._secret(period) is not None
 
     def _tag_ok(self, item: wire.Contribution, period: int) -> bool | None:
         """Whether a contribution of ``period`` carries the tag the room requires (True also when the room does
@@ -820,7 +843,7 @@ class RoomMember:
         while len(self.future) > MAX_HELD:
             mid = min(self.future, key=worth)
             record = self.future[mid]
-            if record.period > self.period:
+            if record.period > self.period and record.period not in self.reread:
                 self.evicted[record.period] = min(self.evicted.get(record.period, record.ref), record.ref)
                 if len(self.evicted) > MAX_EVICTED_PERIODS:  # junk under many far periods: the farthest go
                     del self.evicted[max(self.evicted)]
@@ -849,6 +872,7 @@ class RoomMember:
                                                item.ciphertext_bytes, name=item.name, period=period)
         if status == VALID:
             self.ciphertexts.add(item.ciphertext_bytes)
+            self._spend(item.ciphertext_bytes, ref, period)
         self.roster.append(item.member_id)
 
     def _check(self, member: _Member) -> bytes | bool | None:
@@ -928,6 +952,11 @@ class RoomMember:
         self._check_held_tags()
         self.period = period
         self.moves[period] = ref
+        # An earlier period's contribution is skipped anyway: its ciphertexts need not be remembered.
+        self.spent = {d: first for d, first in self.spent.items() if first[1] >= period}
+        self.gone = {d: kept for d, kept in ((d, [r for r in rs if r.period >= period])
+                                             for d, rs in self.gone.items()) if kept}
+        self.reread = {p for p in self.reread if p > period}
         self._drop_stale_pending()
         moved = False
         for mid in [m for m in self.roster if self.members[m].period < period]:
@@ -946,7 +975,7 @@ class RoomMember:
                         # gone (one planted from the public key takes no roster slot). The first that passes is
                         # where the room moved, even if its member has left since; those after it are checked as
                         # any of the period's (_settle).
-                        k = self._check(record) if record.ciphertext not in self.ciphertexts else None
+                        k = self._check(record) if not self._copy(record.ciphertext, record.ref) else None
                         if k is None:
                             self._unlist(record)
                             continue
@@ -956,6 +985,10 @@ class RoomMember:
                             if not record.left:
                                 self._valid(mid, record, k)
                     if record.left:  # it left: never on the roster (the move it marks is recorded above)
+                        if record.ref == self.moves[period] and record.ciphertext is not None:
+                            self._spend(record.ciphertext, record.ref, period)  # it moved the room: accepted
+                        else:
+                            self._went(record)
                         continue
                     self.members[mid] = record
                     self.roster.append(mid)
@@ -966,7 +999,7 @@ class RoomMember:
         member = self.members[mid]
         assert member.ciphertext is not None
         k: bytes | None = None
-        if member.ciphertext not in self.ciphertexts:
+        if not self._copy(member.ciphertext, member.ref):
             try:
                 k = self._decapsulate(member.ciphertext)
             except NotSatisfied:
@@ -986,7 +1019,61 @@ class RoomMember:
         member.status = VALID
         if member.ciphertext is not None:
             self.ciphertexts.add(member.ciphertext)
+            self._spend(member.ciphertext, member.ref, member.period)
         self._ks[mid] = k
+
+    def _spend(self, ciphertext: bytes, ref: int, period: int) -> None:
+        """The item at ``ref`` carrying ``ciphertext`` was accepted (or moved the room): the ciphertext counts
+        once in the room, even after that member leaves (red team 22e R2)."""
+        digest = hashlib.sha256(ciphertext).digest()
+        first = self.spent.get(digest)
+        if first is None or ref < first[0]:
+            self.spent[digest] = (ref, period)
+        self.gone.pop(digest, None)
+
+    def _spent(self, ciphertext: bytes, ref: int) -> bool:
+        """Whether an item before ``ref`` on the relay carrying ``ciphertext`` was accepted by this device."""
+        first = self.spent.get(hashlib.sha256(ciphertext).digest())
+        return first is not None and first[0] < ref
+
+    def _copy(self, ciphertext: bytes | None, ref: int) -> bool:
+        """Whether the contribution at ``ref`` carrying ``ciphertext`` is a copy: an earlier item carrying it was
+        accepted, whether its member is still in the room or has left. The members took the first valid one in
+        relay order and ignored every later one; a device that had not judged the first when its member left (a
+        newcomer, a member renewed late holding it aside) judges it now from what it kept (:attr:`gone`): the
+        ciphertext's k_j (one decapsulation, which the later item needs anyway) and the first's bind. Before (red
+        team 22e R2) it forgot the first at its leave and took the later one: another roster than the members'."""
+        if ciphertext is None:
+            return False
+        if self._spent(ciphertext, ref):
+            return True
+        digest = hashlib.sha256(ciphertext).digest()
+        earlier = sorted((r for r in self.gone.get(digest, []) if r.ref < ref), key=lambda r: r.ref)
+        if not earlier:
+            return False
+        try:
+            k: bytes | None = self._decapsulate(ciphertext)
+        except NotSatisfied:
+            return False  # this device cannot tell (nor judge the later item): undecidable, as before
+        except AbeError:
+            k = None
+        for record in earlier:
+            if k is not None and self._bound(k, record, strict=False):
+                self._spend(ciphertext, record.ref, record.period)
+                return True
+        # None of them was genuine: forgotten, as the members skipped them.
+        self.gone[digest] = [r for r in self.gone[digest] if r.ref >= ref]
+        if not self.gone[digest]:
+            del self.gone[digest]
+        return False
+
+    def _went(self, record: _Member) -> None:
+        """An undecided contribution's member left: kept (without its ciphertext) to judge a later copy of it."""
+        if record.ciphertext is None:
+            return
+        kept = _Member(record.ref, record.x_pub, record.sig_pub, record.bind, record.status, None, record.name,
+                       record.period)
+        self.gone.setdefault(hashlib.sha256(record.ciphertext).digest(), []).append(kept)
 
     def _decapsulate(self, ciphertext: bytes) -> bytes:
         """A ciphertext's k_j (AbeError if the scheme refuses it; NotSatisfied if no key of this device fits),
@@ -1044,6 +1131,8 @@ class RoomMember:
         wire.verify(member.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
         self.roster.remove(item.member)
         self._ks.pop(item.member, None)
+        if member.status != VALID:
+            self._went(member)
         self._unlist(member)
         if not self.joined:
             return self._event(ref, "leave", "accepted", item.member, members=len(self.roster))
@@ -1199,6 +1288,9 @@ class RoomMember:
             "period": self.period, "wanted": self.wanted,
             "next": [hx(b) for b in self._next] if self._next is not None else None,
             "ciphertexts": sorted(c.hex() for c in self.ciphertexts),
+            "spent": {d.hex(): list(first) for d, first in self.spent.items()},
+            "gone": {d.hex(): [_row(b"", r) for r in rs] for d, rs in self.gone.items()},
+            "reread": sorted(self.reread),
             "roster": [m.hex() for m in self.roster],
             "epochs": [[n, [m.hex() for m in ep.roster], ep.seen_at, hx(ep.kabe), hx(ep.key), ep.delete_at,
                         ep.distributed, ep.sent, {m.hex(): c for m, c in ep.highest.items()}, hx(ep.dealer),
@@ -1233,6 +1325,15 @@ class RoomMember:
         # The accepted ones' (a state stored before red team 22c F1 lists the undecided ones' too).
         member.ciphertexts = {r.ciphertext for r in member.members.values()
                               if r.status == VALID and r.ciphertext is not None}
+        # Since red team 22e: the ciphertexts accepted, kept after their members left (before: the roster's).
+        spent = data.get("spent")
+        if spent is None:
+            spent = {hashlib.sha256(r.ciphertext).hexdigest(): [r.ref, r.period] for r in member.members.values()
+                     if r.status == VALID and r.ciphertext is not None}
+        member.spent = {bytes.fromhex(d): (ref, period) for d, (ref, period) in spent.items()}
+        member.gone = {bytes.fromhex(d): [_from_row(row)[1] for row in rows]
+                       for d, rows in data.get("gone", {}).items()}
+        member.reread = set(data.get("reread", []))
         member.roster = [bytes.fromhex(m) for m in data["roster"]]
         for n, roster, seen_at, kabe, key, delete_at, distributed, sent, highest, *rest in data["epochs"]:
             # Since the key commitment (issue 22): the epoch's distributor and this member's objection.
