@@ -189,3 +189,225 @@ def test_an_insiders_copy_of_a_members_contribution_splits_newcomers_once_that_m
     assert d.joined and d.roster == b.roster, (len(d.roster), len(b.roster))
     e = b.current_epoch
     assert d.current_epoch == e and d.epochs[e].key is not None and d.epochs[e].key == b.epochs[e].key
+
+
+# -- Against the fixes: what an attacker can still do --------------------------------------------------------------
+# The attackers below are written from the documented item layout (the helpers above), not from the room code.
+
+def _alice_and_bob(*more: str) -> tuple[World, list[RoomMember]]:
+    """Alice and bob in a room (no periods), carol and the devices of ``more`` outside it."""
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS", *more])
+    a, b = w.members[:2]
+    w.log.members = [a, b]
+    for m, name in ((a, "alice"), (b, "bob")):
+        w.log.post(m.join(name))
+        w.log.sync()
+    return w, w.members
+
+
+def _relays_y(w: World) -> tuple[bytes, bytes, bytes, Ed25519PrivateKey]:
+    """What the relay makes from the public key (untagged room): a ciphertext, its k_j, Y carrying it, Y's key."""
+    enc = encapsulate(w.master.public, w.room.policy)
+    ct = enc.ciphertext.encode()
+    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
+    return ct, enc.key, y, y_sig
+
+
+def _settle(w: World, rounds: int = 4) -> None:
+    for _ in range(rounds):
+        w.clock.now += DEFAULT_LEADER_TIMEOUT_S
+        w.log.sync()
+
+
+def _agreed(w: World, *members: RoomMember) -> None:
+    """Every device keeps one roster and holds one epoch key."""
+    first = members[0]
+    e = first.current_epoch
+    for m in members:
+        assert m.joined and m.roster == first.roster, (len(m.roster), len(first.roster))
+        assert m.current_epoch == e and m.epochs[e].key is not None and m.epochs[e].key == first.epochs[e].key
+
+
+def _ciphertext(w: World, raw: bytes) -> bytes:
+    """The ciphertext field of a contribution (type 1, 5 or 9): after magic, type and room id, a 4-byte length."""
+    start = 4 + 1 + len(w.room.room_id)
+    (n,) = struct.unpack(">I", raw[start:start + 4])
+    return raw[start + 4:start + 4 + n]
+
+
+@pytest.mark.parametrize("leave", [False, True], ids=["copy-stays", "copy-leaves"])
+def test_a_relay_cannot_block_a_genuine_contribution_with_a_copy_of_its_ciphertext_placed_first(leave):
+    """The relay sees carol's contribution, places a copy of its ciphertext before it (fresh keys; the relay does
+    not know k_j, so its bind is wrong) and, to make the copy count once it is gone, the copy's leave. Now that a
+    ciphertext counts once in the room: does the copy (gone or not) block carol's? Every device must take carol's,
+    the members on arrival, carol at its own, and a later newcomer at its join (which holds the gone copy aside
+    as undecided)."""
+    w, (a, b, c, d) = _alice_and_bob("STAFF,OPS")
+    genuine = c.join("carol")
+    copy, copy_sig = _wrapped(w, _ciphertext(w, genuine), os.urandom(32), b"mallory")
+    w.log.post(copy)
+    if leave:
+        w.log.post(_leave_item(w, copy, copy_sig))
+    w.log.post(genuine)
+    w.log.members = [a, b, c]
+    _settle(w)
+    _agreed(w, a, b, c)
+    assert len(a.roster) == 3
+    w.log.members = [a, b, c, d]
+    w.log.post(d.join("dave"))
+    _settle(w)
+    _agreed(w, a, b, c, d)
+    assert len(a.roster) == 4
+
+
+def test_an_insiders_copy_placed_before_a_newcomer_then_gone_makes_it_contribute_again_alike():
+    """An insider (bob) decapsulates carol's contribution on its way, re-wraps its ciphertext bound right, and a
+    colluding relay orders the copy first, then the copy's leave, then carol's. The members took the copy (the first
+    valid one) and remember its ciphertext after it left: carol's is a copy to them. Carol must see the same (her
+    ciphertext was taken), contribute again with a fresh one, and be keyed with everyone."""
+    from device.abe.encoding import decode_ciphertext
+
+    w, (a, b, c) = _alice_and_bob()
+    genuine = c.join("carol")
+    ct = _ciphertext(w, genuine)
+    k = w.keys[1].decapsulate(decode_ciphertext(ct))  # bob's own key opens it
+    copy, copy_sig = _wrapped(w, ct, k, b"bob2")
+    w.log.post(copy)
+    w.log.sync()
+    w.log.post(_leave_item(w, copy, copy_sig))
+    w.log.post(genuine)
+    w.log.members = [a, b, c]
+    _settle(w)
+    _agreed(w, a, b, c)
+    assert len(a.roster) == 3 and all(a.members[m].ciphertext != ct for m in a.roster)
+    assert any(e.outcome == "copied" for e in w.log.events[id(c)])
+
+
+def test_a_copy_posted_after_the_original_left_counts_for_nobody():
+    """Before, a copy posted after its original's leave was taken by everyone (alike). Now every device drops it,
+    members and newcomers alike: the ciphertext was accepted once in the room."""
+    w, (a, b, c) = _alice_and_bob()
+    ct, key, y, y_sig = _relays_y(w)
+    w.log.post(y)
+    _settle(w, 2)
+    assert len(a.roster) == 3
+    w.log.post(_leave_item(w, y, y_sig))
+    _settle(w, 2)
+    x, _ = _wrapped(w, ct, key, b"xavier")
+    w.log.post(x)
+    _settle(w, 2)
+    assert len(a.roster) == len(b.roster) == 2
+    w.log.members = [a, b, c]
+    w.log.post(c.join("carol"))
+    _settle(w)
+    _agreed(w, a, b, c)
+    assert len(c.roster) == 3
+
+
+def test_a_newcomer_restarted_between_the_originals_leave_and_its_join_still_drops_the_copy():
+    """What a device keeps of a gone, undecided contribution is in its stored state: a newcomer restarted between
+    Y's leave and its own join decides as the members did."""
+    w, (a, b, c) = _alice_and_bob()
+    ct, key, y, y_sig = _relays_y(w)
+    x, _ = _wrapped(w, ct, key, b"xavier")
+    w.log.post(y)
+    w.log.post(x)
+    w.log.post(_leave_item(w, y, y_sig))
+    _settle(w, 2)
+    w.log.deliver(c)
+    c2 = RoomMember.from_dict(c.to_dict(), w.keys[2], clock=w.clock)
+    w.log.members = [a, b, c2]
+    w.log.post(c2.join("carol"))
+    _settle(w)
+    _agreed(w, a, b, c2)
+
+
+def test_a_member_renewed_late_drops_an_insiders_copy_whose_original_left_while_held():
+    """R2 on the late-renewed member's path: bob moves the room to period 2, carol follows; insider bob copies
+    carol's period-2 contribution (bound right) once; carol leaves. Alice, renewed late, held all of them aside
+    (carol's marked gone): once her key begins she moves the room with the members and must drop bob's copy as
+    they did."""
+    from device.abe.encoding import decode_ciphertext
+
+    w = World(ATTRS[:3])
+    for keys, attrs in zip(w.keys, ATTRS[:3]):
+        keys.member = keygen(w.master, attrs, period=1)
+    a, b, c = w.members
+    for m in w.members:
+        w.log.post(m.join())
+        w.log.sync()
+    renewed = [Keys(w.master.public, keygen(w.master, attrs, period=2)) for attrs in ATTRS[:3]]
+    _renew(w.keys[1], renewed[1])
+    _settle(w, 2)
+    _renew(w.keys[2], renewed[2])
+    _settle(w, 2)
+    assert b.period == c.period == 2 and len(b.roster) == 2 and a.period == 1
+    c_raw = next(w.log.items[m.ref - 1] for m in [c.members[c.me]])
+    from device.rooms.wire import from_text
+
+    ct = _ciphertext(w, from_text(c_raw))
+    k = renewed[1].decapsulate(decode_ciphertext(ct))
+    copy, _ = _wrapped(w, ct, k, b"bob2")
+    w.log.post(copy)
+    _settle(w, 2)
+    assert len(b.roster) == 2
+    w.log.post(c.leave())
+    w.log.members = [a, b]
+    _settle(w, 2)
+    assert len(b.roster) == 1
+    _renew(w.keys[0], renewed[0])
+    _settle(w)
+    _agreed(w, a, b)
+    assert len(a.roster) == 2
+
+
+def test_a_device_that_gets_the_rooms_secret_later_reads_again_once_then_never_for_more_plants():
+    """R1's device, then its renewal brings the room's secret of period 2: it can judge now, so it reads the
+    dropped contributions again once (untagged plants: skipped on arrival). More plants after that are skipped on
+    arrival too: no reading again, each sync returns at once."""
+    secret = os.urandom(32)
+    w = _secret_world(ATTRS[:2], 2, secret, lambda i, period: i == 1 and period == 2)
+    a, b = w.members
+    renewed = [Keys(w.master.public, keygen(w.master, attrs, period=2)) for attrs in ATTRS[:2]]
+    _renew(w.keys[0], renewed[0])
+    w.log.members = [a]
+    w.log.sync()
+    for _ in range(130):
+        w.log.post(_plant(w, 2))
+    assert _client_sync(w, a, limit=6) == 1  # it cannot judge them: no reading again
+    assert a.future and 2 in a.evicted
+    w.keys[0].room_period_secret = lambda aid, rid, p: secret if p == 2 else None  # type: ignore[method-assign]
+    assert _client_sync(w, a, limit=6) <= 2  # now it can: once
+    assert not any(r.period == 2 for r in a.future) and 2 not in a.evicted
+    for _ in range(130):
+        w.log.post(_plant(w, 2))
+    assert _client_sync(w, a, limit=6) == 1
+
+
+def test_the_client_follows_a_move_back_once_per_sync():
+    """The backstop: a device that moved its cursor back at every batch (a bug, or R1 before the fix) kept
+    `otc room recv` from returning. The client follows the first move back; the next sync goes on from there."""
+    import types
+
+    from client.rooms import RoomClient
+
+    class Device:
+        calls = 0
+
+        def call(self, method: str, **params):
+            if method == "rooms":
+                return [{"room": "ops", "room_id": "00", "mailbox": "mb", "last_ref": 0}]
+            assert method == "room_receive"
+            Device.calls += 1
+            assert Device.calls <= 5, "the sync never returned"
+            return {"events": [], "post": [], "status": {"last_ref": 0}}  # back to the start, every time
+
+    class Relay:
+        def receive(self, cursors, wait=0, limit=200):
+            return [types.SimpleNamespace(ref=i, contents="x") for i in range(1, 4)], True
+
+        def send(self, *a):
+            raise AssertionError("nothing to post")
+
+    RoomClient(Device(), Relay()).sync("ops")  # type: ignore[arg-type]
+    assert Device.calls == 2
