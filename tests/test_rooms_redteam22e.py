@@ -260,11 +260,14 @@ def test_a_relay_cannot_block_a_genuine_contribution_with_a_copy_of_its_cipherte
     assert len(a.roster) == 4
 
 
-def test_an_insiders_copy_placed_before_a_newcomer_then_gone_makes_it_contribute_again_alike():
+@pytest.mark.parametrize("gone_first", [False, True], ids=["gone-after-hers", "gone-before-hers"])
+def test_an_insiders_copy_placed_before_a_newcomer_then_gone_decides_alike(gone_first):
     """An insider (bob) decapsulates carol's contribution on its way, re-wraps its ciphertext bound right, and a
-    colluding relay orders the copy first, then the copy's leave, then carol's. The members took the copy (the first
-    valid one) and remember its ciphertext after it left: carol's is a copy to them. Carol must see the same (her
-    ciphertext was taken), contribute again with a fresh one, and be keyed with everyone."""
+    colluding relay orders the copy first, and the copy's leave before or after carol's item. Carol held the copy
+    undecided (she has not joined) and must decide as the members did on arrival. Copy gone after hers: they took
+    the copy and ignored hers (a copy to them): she must see her ciphertext taken, contribute again with a fresh
+    one, and be keyed with everyone. Copy gone before hers: they took hers (the copy was no longer on their
+    roster): so must she."""
     from device.abe.encoding import decode_ciphertext
 
     w, (a, b, c) = _alice_and_bob()
@@ -274,18 +277,24 @@ def test_an_insiders_copy_placed_before_a_newcomer_then_gone_makes_it_contribute
     copy, copy_sig = _wrapped(w, ct, k, b"bob2")
     w.log.post(copy)
     w.log.sync()
-    w.log.post(_leave_item(w, copy, copy_sig))
+    if gone_first:
+        w.log.post(_leave_item(w, copy, copy_sig))
     w.log.post(genuine)
+    if not gone_first:
+        w.log.post(_leave_item(w, copy, copy_sig))
     w.log.members = [a, b, c]
     _settle(w)
     _agreed(w, a, b, c)
-    assert len(a.roster) == 3 and all(a.members[m].ciphertext != ct for m in a.roster)
-    assert any(e.outcome == "copied" for e in w.log.events[id(c)])
+    assert len(a.roster) == 3
+    copied = any(e.outcome == "copied" for e in w.log.events[id(c)])
+    theirs = {a.members[m].ciphertext for m in a.roster}
+    assert (ct in theirs, copied) == ((True, False) if gone_first else (False, True))
 
 
-def test_a_copy_posted_after_the_original_left_counts_for_nobody():
-    """Before, a copy posted after its original's leave was taken by everyone (alike). Now every device drops it,
-    members and newcomers alike: the ciphertext was accepted once in the room."""
+def test_a_copy_posted_after_the_original_left_is_taken_by_every_device_alike():
+    """A copy posted after its original's leave is taken by the members (the original is no longer on their
+    roster: as in 22d, so members of that software and of this one agree); a newcomer that kept the original,
+    undecided, until its leave must take it too: the copy did not come while the original was there."""
     w, (a, b, c) = _alice_and_bob()
     ct, key, y, y_sig = _relays_y(w)
     w.log.post(y)
@@ -296,12 +305,12 @@ def test_a_copy_posted_after_the_original_left_counts_for_nobody():
     x, _ = _wrapped(w, ct, key, b"xavier")
     w.log.post(x)
     _settle(w, 2)
-    assert len(a.roster) == len(b.roster) == 2
+    assert len(a.roster) == len(b.roster) == 3
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
     _settle(w)
     _agreed(w, a, b, c)
-    assert len(c.roster) == 3
+    assert len(c.roster) == 4
 
 
 def test_a_newcomer_restarted_between_the_originals_leave_and_its_join_still_drops_the_copy():
@@ -411,3 +420,23 @@ def test_the_client_follows_a_move_back_once_per_sync():
 
     RoomClient(Device(), Relay()).sync("ops")  # type: ignore[arg-type]
     assert Device.calls == 2
+
+
+def test_a_copy_of_a_copy_is_judged_as_the_members_did():
+    """The relay alone (untagged room), every item from the public key: E; G, a copy of E (ignored by the members,
+    kept undecided by a newcomer); E's leave; W, another copy (E is gone: the members take it); G's leave. The
+    newcomer kept E and G undecided; W came while G was there, but G was itself a copy (of E, there when G came):
+    it never counted, so W is taken by the newcomer too."""
+    w, (a, b, c) = _alice_and_bob()
+    ct, key, e, e_sig = _relays_y(w)
+    g, g_sig = _wrapped(w, ct, key, b"gina")
+    x, _ = _wrapped(w, ct, key, b"walt")
+    for item in (e, g, _leave_item(w, e, e_sig), x, _leave_item(w, g, g_sig)):
+        w.log.post(item)
+        _settle(w, 1)
+    assert len(a.roster) == len(b.roster) == 3  # alice, bob, walt
+    w.log.members = [a, b, c]
+    w.log.post(c.join("carol"))
+    _settle(w)
+    _agreed(w, a, b, c)
+    assert len(c.roster) == 4

@@ -23,7 +23,14 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   memory, cleared on leave: F2). When my own contribution comes back after
   an undecided item carrying its ciphertext (a member's re-wrap), I settle
   that item first, as the members did; if they took it, mine counts for
-  nothing and I contribute again with a fresh ciphertext (F5).
+  nothing and I contribute again with a fresh ciphertext (F5). An item is a
+  copy when an accepted item carrying its ciphertext was on the roster when
+  it came, whether that member is still there or has left since: an
+  undecided contribution whose member left (a newcomer's, one held aside) is
+  kept without its ciphertext, with the ref of its leave, and judged when an
+  item that came while it was there carries the same ciphertext, so a
+  newcomer or a member renewed late drops the copy as the members did on
+  arrival (red team 22e R2, :meth:`RoomMember._copy`).
 * **Epochs.** Every roster change starts an epoch, numbered by the relay ref
   of the item that made it. K_abe = XOR of HMAC(k_j, sid) over the roster.
 * **Leader.** The roster's first member draws G_e and posts the distribution.
@@ -65,7 +72,9 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   that followed it bound with k_j alone (red team 22d F3). A device that dropped held contributions
   of a later period over ``MAX_HELD`` reads the mailbox again from the first of them once its key
   of that period begins (its cursor moves back; only that period's contributions and leaves are
-  taken, as on arrival): it never decides a move from what is left. Moving drops every contribution of the earlier
+  taken, as on arrival): it never decides a move from what is left. It does so once per period, and only for a
+  period it can judge (untagged, or it holds the room's secret of it): what is dropped over the bound after that
+  is not noted again (red team 22e R1). Moving drops every contribution of the earlier
   period from the roster (a new epoch begins), and a member whose device
   holds a key of the new period re-contributes by itself. A member without
   such a key (revoked: not renewed) is left out: it cannot decapsulate the
@@ -181,6 +190,8 @@ class _Member:
     #: A held contribution whose member left before this device could tell whether it is genuine: kept (never
     #: on a roster) until its period is decided, because it may be where the room moved (red team 22d F3).
     left: bool = False
+    #: The ref of its leave (red team 22e R2: a held or undecided contribution that left; 0 while it has not).
+    left_at: int = 0
 
 
 @dataclass
@@ -250,15 +261,10 @@ class RoomMember:
         #: copy a genuine ciphertext into a fake placed first, and the device that must wait to judge it would
         #: lose the genuine one (red team 22c F1). Both wait; the first valid in relay order is taken.
         self.ciphertexts: set[bytes] = set()
-        #: Each ciphertext accepted in the room's key period (by its SHA-256), with the ref of the item that carried
-        #: it and its period, kept after that member leaves: a ciphertext counts once in the room, so a later item
-        #: carrying it is a copy for every device, whether the first is still there or has left (red team 22e R2).
-        #: Cleared for the periods the room leaves (their contributions are skipped anyway).
-        self.spent: dict[bytes, tuple[int, int]] = {}
-        #: Undecided contributions (a newcomer's pending, a held one of a later period) whose member left before
-        #: this device judged them, by their ciphertext's SHA-256: what it takes to check their bind (no
-        #: ciphertext). Judged only when a later item carries the same ciphertext (:meth:`_copy`): one of them
-        #: bound right was accepted by the members, and the later item is a copy (red team 22e R2).
+        #: Undecided contributions (a newcomer's pending ones, held ones of a later period) whose member left before
+        #: this device judged them, by their ciphertext's SHA-256, with the ref of their leave (``left_at``): what it
+        #: takes to check their bind (no ciphertext). Judged only when an item that came while one was there carries
+        #: the same ciphertext (:meth:`_copy`): the members took the first and ignored that item (red team 22e R2).
         self.gone: dict[bytes, list[_Member]] = {}
         self.roster: list[bytes] = []
         self.epochs: dict[int, _Epoch] = {}
@@ -636,7 +642,7 @@ class RoomMember:
         if period is None or period < self.period:
             return Event(ref, "contribution", "skipped", sender_id=short(mid))
         own = self._pending is not None and equal(wire.member_id(self._pending), mid)
-        if mid in self.members or mid in self.future or self._spent(item.ciphertext_bytes, ref):
+        if mid in self.members or mid in self.future or item.ciphertext_bytes in self.ciphertexts:
             if own:  # an earlier item carrying my ciphertext was taken: every member ignores mine (F5 below)
                 return self._taken(ref, mid)
             return Event(ref, "contribution", "ignored", sender_id=short(mid))
@@ -872,7 +878,6 @@ class RoomMember:
                                                item.ciphertext_bytes, name=item.name, period=period)
         if status == VALID:
             self.ciphertexts.add(item.ciphertext_bytes)
-            self._spend(item.ciphertext_bytes, ref, period)
         self.roster.append(item.member_id)
 
     def _check(self, member: _Member) -> bytes | bool | None:
@@ -953,7 +958,6 @@ class RoomMember:
         self.period = period
         self.moves[period] = ref
         # An earlier period's contribution is skipped anyway: its ciphertexts need not be remembered.
-        self.spent = {d: first for d, first in self.spent.items() if first[1] >= period}
         self.gone = {d: kept for d, kept in ((d, [r for r in rs if r.period >= period])
                                              for d, rs in self.gone.items()) if kept}
         self.reread = {p for p in self.reread if p > period}
@@ -985,10 +989,8 @@ class RoomMember:
                             if not record.left:
                                 self._valid(mid, record, k)
                     if record.left:  # it left: never on the roster (the move it marks is recorded above)
-                        if record.ref == self.moves[period] and record.ciphertext is not None:
-                            self._spend(record.ciphertext, record.ref, period)  # it moved the room: accepted
-                        else:
-                            self._went(record)
+                        # Kept to judge a copy that came while it was there; the mover was accepted.
+                        self._went(record, record.left_at, VALID if record.ref == self.moves[period] else PENDING)
                         continue
                     self.members[mid] = record
                     self.roster.append(mid)
@@ -1019,60 +1021,42 @@ class RoomMember:
         member.status = VALID
         if member.ciphertext is not None:
             self.ciphertexts.add(member.ciphertext)
-            self._spend(member.ciphertext, member.ref, member.period)
         self._ks[mid] = k
 
-    def _spend(self, ciphertext: bytes, ref: int, period: int) -> None:
-        """The item at ``ref`` carrying ``ciphertext`` was accepted (or moved the room): the ciphertext counts
-        once in the room, even after that member leaves (red team 22e R2)."""
-        digest = hashlib.sha256(ciphertext).digest()
-        first = self.spent.get(digest)
-        if first is None or ref < first[0]:
-            self.spent[digest] = (ref, period)
-        self.gone.pop(digest, None)
-
-    def _spent(self, ciphertext: bytes, ref: int) -> bool:
-        """Whether an item before ``ref`` on the relay carrying ``ciphertext`` was accepted by this device."""
-        first = self.spent.get(hashlib.sha256(ciphertext).digest())
-        return first is not None and first[0] < ref
-
     def _copy(self, ciphertext: bytes | None, ref: int) -> bool:
-        """Whether the contribution at ``ref`` carrying ``ciphertext`` is a copy: an earlier item carrying it was
-        accepted, whether its member is still in the room or has left. The members took the first valid one in
-        relay order and ignored every later one; a device that had not judged the first when its member left (a
-        newcomer, a member renewed late holding it aside) judges it now from what it kept (:attr:`gone`): the
-        ciphertext's k_j (one decapsulation, which the later item needs anyway) and the first's bind. Before (red
-        team 22e R2) it forgot the first at its leave and took the later one: another roster than the members'."""
+        """Whether the contribution at ``ref`` carrying ``ciphertext`` is a copy: an accepted item carrying it was
+        on the roster when it came, whether its member is still there or has left since. The members judged it
+        on arrival so (the first valid in relay order is taken, a later one carrying its ciphertext ignored). A
+        device that had not judged the first when its member left (a newcomer, a member renewed late holding it
+        aside) judges it now from what it kept (:attr:`gone`): the ciphertext's k_j (one decapsulation, which the
+        later item needs anyway) and the first's bind, and whether the first was itself a copy. Before (red team
+        22e R2) it forgot the first at its leave and took the later one: another roster than the members'. A copy
+        that comes after the first's leave is taken by every device alike, as before."""
         if ciphertext is None:
             return False
-        if self._spent(ciphertext, ref):
+        if ciphertext in self.ciphertexts:
             return True
-        digest = hashlib.sha256(ciphertext).digest()
-        earlier = sorted((r for r in self.gone.get(digest, []) if r.ref < ref), key=lambda r: r.ref)
-        if not earlier:
-            return False
-        try:
-            k: bytes | None = self._decapsulate(ciphertext)
-        except NotSatisfied:
-            return False  # this device cannot tell (nor judge the later item): undecidable, as before
-        except AbeError:
-            k = None
+        earlier = sorted((r for r in self.gone.get(hashlib.sha256(ciphertext).digest(), [])
+                          if r.ref < ref < r.left_at), key=lambda r: r.ref)
         for record in earlier:
-            if k is not None and self._bound(k, record, strict=False):
-                self._spend(ciphertext, record.ref, record.period)
+            if record.status == VALID:
                 return True
-        # None of them was genuine: forgotten, as the members skipped them.
-        self.gone[digest] = [r for r in self.gone[digest] if r.ref >= ref]
-        if not self.gone[digest]:
-            del self.gone[digest]
+            try:
+                k = self._decapsulate(ciphertext)
+            except AbeError:  # NotSatisfied too: this device cannot tell, nor judge the later item
+                return False
+            if self._bound(k, record, strict=False) and not self._copy(ciphertext, record.ref):
+                record.status = VALID
+                return True
         return False
 
-    def _went(self, record: _Member) -> None:
-        """An undecided contribution's member left: kept (without its ciphertext) to judge a later copy of it."""
+    def _went(self, record: _Member, left_at: int, status: str = PENDING) -> None:
+        """An undecided contribution's member left (at ``left_at``): kept, without its ciphertext, to judge an item
+        carrying that ciphertext that came while it was there."""
         if record.ciphertext is None:
             return
-        kept = _Member(record.ref, record.x_pub, record.sig_pub, record.bind, record.status, None, record.name,
-                       record.period)
+        kept = _Member(record.ref, record.x_pub, record.sig_pub, record.bind, status, None, record.name,
+                       record.period, left_at=left_at)
         self.gone.setdefault(hashlib.sha256(record.ciphertext).digest(), []).append(kept)
 
     def _decapsulate(self, ciphertext: bytes) -> bytes:
@@ -1123,7 +1107,7 @@ class RoomMember:
             # Kept, marked: if it is genuine it is where the room moved for every member that could tell on
             # arrival, and the members that followed it bound with k_j alone. Deleted, it left this device
             # checking them strictly, and dropping them all (red team 22d F3).
-            held.left = True
+            held.left, held.left_at = True, ref
             return Event(ref, "leave", "held", sender_id=short(item.member))
         member = self.members.get(item.member)
         if member is None or item.member not in self.roster:
@@ -1132,7 +1116,7 @@ class RoomMember:
         self.roster.remove(item.member)
         self._ks.pop(item.member, None)
         if member.status != VALID:
-            self._went(member)
+            self._went(member, ref)
         self._unlist(member)
         if not self.joined:
             return self._event(ref, "leave", "accepted", item.member, members=len(self.roster))
@@ -1288,7 +1272,6 @@ class RoomMember:
             "period": self.period, "wanted": self.wanted,
             "next": [hx(b) for b in self._next] if self._next is not None else None,
             "ciphertexts": sorted(c.hex() for c in self.ciphertexts),
-            "spent": {d.hex(): list(first) for d, first in self.spent.items()},
             "gone": {d.hex(): [_row(b"", r) for r in rs] for d, rs in self.gone.items()},
             "reread": sorted(self.reread),
             "roster": [m.hex() for m in self.roster],
@@ -1325,12 +1308,7 @@ class RoomMember:
         # The accepted ones' (a state stored before red team 22c F1 lists the undecided ones' too).
         member.ciphertexts = {r.ciphertext for r in member.members.values()
                               if r.status == VALID and r.ciphertext is not None}
-        # Since red team 22e: the ciphertexts accepted, kept after their members left (before: the roster's).
-        spent = data.get("spent")
-        if spent is None:
-            spent = {hashlib.sha256(r.ciphertext).hexdigest(): [r.ref, r.period] for r in member.members.values()
-                     if r.status == VALID and r.ciphertext is not None}
-        member.spent = {bytes.fromhex(d): (ref, period) for d, (ref, period) in spent.items()}
+        # Since red team 22e: undecided contributions whose member left.
         member.gone = {bytes.fromhex(d): [_from_row(row)[1] for row in rows]
                        for d, rows in data.get("gone", {}).items()}
         member.reread = set(data.get("reread", []))
@@ -1370,18 +1348,18 @@ class RoomMember:
 def _row(mid: bytes, r: _Member) -> list:
     return [mid.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status,
             r.ciphertext.hex() if r.ciphertext is not None else None, r.name, r.period, r.held_at,
-            r.raw.hex() if r.raw is not None else None, r.left]
+            r.raw.hex() if r.raw is not None else None, r.left, r.left_at]
 
 
 def _from_row(row: list) -> tuple[bytes, _Member]:
     # A name since issue 22, then a period, then held_at, then the raw item of one held before its tag was checked,
-    # then whether its member left while it was held (red team 22d F3).
+    # then whether its member left while it was held (red team 22d F3), then the ref of that leave (22e R2).
     m, ref, x_pub, sig_pub, bind, status, ct, *rest = row
-    name, period, held_at, raw, left = (rest + ["", 0, None, None, False][len(rest):])[:5]
+    name, period, held_at, raw, left, left_at = (rest + ["", 0, None, None, False, 0][len(rest):])[:6]
     return bytes.fromhex(m), _Member(ref, bytes.fromhex(x_pub), bytes.fromhex(sig_pub), bytes.fromhex(bind), status,
                                      bytes.fromhex(ct) if ct is not None else None, name, period,
                                      time.time() if held_at is None else held_at,
-                                     bytes.fromhex(raw) if raw is not None else None, bool(left))
+                                     bytes.fromhex(raw) if raw is not None else None, bool(left), left_at)
 
 
 def _raw(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
