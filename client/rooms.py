@@ -48,6 +48,7 @@ class RoomClient:
         room = self.room(name)
         mailbox, cursor = room["mailbox"], room["last_ref"]
         events: list[dict] = []
+        followed = False
         while True:
             messages, complete = self.relay.receive({mailbox: cursor}, wait=wait, limit=BATCH)
             wait = 0
@@ -60,8 +61,12 @@ class RoomClient:
             self._post(mailbox, answer["post"])
             cursor = answer["status"]["last_ref"]
             # The device may move its cursor back, to read a period's contributions again (docs/rooms.md "Red team
-            # 22d"): then the loop goes on from there.
+            # 22d"): then the loop goes on from there, once per sync. A device that moved back again and again
+            # kept the sync from ever returning (red team 22e R1): the next sync goes on from its cursor.
             moved_back = bool(messages) and cursor < messages[-1].ref
+            if moved_back and followed:
+                return events
+            followed = followed or moved_back
             if (complete or not messages) and not moved_back:
                 return events
 

@@ -23,7 +23,14 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   memory, cleared on leave: F2). When my own contribution comes back after
   an undecided item carrying its ciphertext (a member's re-wrap), I settle
   that item first, as the members did; if they took it, mine counts for
-  nothing and I contribute again with a fresh ciphertext (F5).
+  nothing and I contribute again with a fresh ciphertext (F5). An item is a
+  copy when an accepted item carrying its ciphertext was on the roster when
+  it came, whether that member is still there or has left since: an
+  undecided contribution whose member left (a newcomer's, one held aside) is
+  kept without its ciphertext, with the ref of its leave, and judged when an
+  item that came while it was there carries the same ciphertext, so a
+  newcomer or a member renewed late drops the copy as the members did on
+  arrival (red team 22e R2, :meth:`RoomMember._copy`).
 * **Epochs.** Every roster change starts an epoch, numbered by the relay ref
   of the item that made it. K_abe = XOR of HMAC(k_j, sid) over the roster.
 * **Leader.** The roster's first member draws G_e and posts the distribution.
@@ -65,7 +72,9 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   that followed it bound with k_j alone (red team 22d F3). A device that dropped held contributions
   of a later period over ``MAX_HELD`` reads the mailbox again from the first of them once its key
   of that period begins (its cursor moves back; only that period's contributions and leaves are
-  taken, as on arrival): it never decides a move from what is left. Moving drops every contribution of the earlier
+  taken, as on arrival): it never decides a move from what is left. It does so once per period, and only for a
+  period it can judge (untagged, or it holds the room's secret of it): what is dropped over the bound after that
+  is not noted again (red team 22e R1). Moving drops every contribution of the earlier
   period from the roster (a new epoch begins), and a member whose device
   holds a key of the new period re-contributes by itself. A member without
   such a key (revoked: not renewed) is left out: it cannot decapsulate the
@@ -181,6 +190,8 @@ class _Member:
     #: A held contribution whose member left before this device could tell whether it is genuine: kept (never
     #: on a roster) until its period is decided, because it may be where the room moved (red team 22d F3).
     left: bool = False
+    #: The ref of its leave (red team 22e R2: a held or undecided contribution that left; 0 while it has not).
+    left_at: int = 0
 
 
 @dataclass
@@ -250,6 +261,11 @@ class RoomMember:
         #: copy a genuine ciphertext into a fake placed first, and the device that must wait to judge it would
         #: lose the genuine one (red team 22c F1). Both wait; the first valid in relay order is taken.
         self.ciphertexts: set[bytes] = set()
+        #: Undecided contributions (a newcomer's pending ones, held ones of a later period) whose member left before
+        #: this device judged them, by their ciphertext's SHA-256, with the ref of their leave (``left_at``): what it
+        #: takes to check their bind (no ciphertext). Judged only when an item that came while one was there carries
+        #: the same ciphertext (:meth:`_copy`): the members took the first and ignored that item (red team 22e R2).
+        self.gone: dict[bytes, list[_Member]] = {}
         self.roster: list[bytes] = []
         self.epochs: dict[int, _Epoch] = {}
         self.me: bytes | None = None
@@ -274,6 +290,9 @@ class RoomMember:
         #: Reading the mailbox again (the cursor moved back): (the last ref read before, the period it is for). Only
         #: that period's contributions and leaves are taken; everything else was read before.
         self.replay: tuple[int, int] | None = None
+        #: Later periods this device read the mailbox again for (at most once each: red team 22e R1). Their
+        #: contributions dropped over the bound since are not noted again: reading again could not decide them.
+        self.reread: set[int] = set()
         #: The batch that moved the cursor back: its later items wait for the items read again (in memory).
         self._deferring = False
         #: Whether the owner wants this device in the room (it joined and has not left): it then
@@ -665,7 +684,7 @@ class RoomMember:
                 return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
         if own:
             assert self._next is not None
-            if self._copy_taken(item.ciphertext_bytes):
+            if self._copy_taken(item.ciphertext_bytes, ref):
                 return self._taken(ref, mid)
             self._admit(ref, item, VALID)
             self._x, self._sig, self._k = self._next
@@ -686,12 +705,13 @@ class RoomMember:
         self._new_epoch(ref)
         return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
 
-    def _copy_taken(self, ciphertext: bytes) -> bool:
+    def _copy_taken(self, ciphertext: bytes, ref: int) -> bool:
         """Whether an earlier item on the roster carrying my contribution's ciphertext is taken by the members: a
         member can decapsulate my ciphertext and re-wrap it with its own keys and a right bind; ordered before
         mine (a relay colluding, or a race), every member in the room takes that copy (the first valid in relay
         order) and ignores mine as a duplicate. So I settle such an undecided copy first, as they did (red team
-        22d F5); before, I took mine and dropped the copy, and kept another roster than theirs."""
+        22d F5); before, I took mine and dropped the copy, and kept another roster than theirs. Likewise an earlier
+        copy they took whose member has left since (red team 22e R2: :meth:`_copy`)."""
         for other in list(self.roster):
             record = self.members[other]
             if record.ciphertext is None or not equal(record.ciphertext, ciphertext):
@@ -700,7 +720,7 @@ class RoomMember:
                 self._settle(other)
             if other in self.roster and self.members[other].status == VALID:
                 return True
-        return False
+        return self._copy(ciphertext, ref)
 
     def _taken(self, ref: int, mid: bytes) -> Event:
         """My contribution came back after a copy of its ciphertext that every member took: mine counts for
@@ -725,10 +745,14 @@ class RoomMember:
         for period in sorted(self.evicted):
             if period <= self.period:
                 del self.evicted[period]
-            elif period <= usable:
+            elif period <= usable and self._can_judge(period):
                 # Some of this period's contributions were dropped over the bound before this device could judge
                 # them (the mover, perhaps): deciding from the rest would keep another roster than the members'.
-                # Read the mailbox again from the first dropped (or held) one instead (red team 22d, found at F1).
+                # Read the mailbox again from the first dropped (or held) one instead (red team 22d, found at F1),
+                # once: what is dropped over the bound while or after reading again is not noted (_bound_held).
+                # And only a period this device can judge: without the room's secret of a period it tags, reading
+                # again held them again, dropped them again and moved back again for ever (red team 22e R1).
+                self.reread.add(period)
                 start = min([self.evicted.pop(period)] + [r.ref for r in self.future.values() if r.period == period])
                 for mid in [m for m, r in self.future.items() if r.period == period]:
                     del self.future[mid]
@@ -741,7 +765,7 @@ class RoomMember:
         for mid, record in sorted(self.future.items(), key=lambda kv: kv[1].ref):
             if record.period > usable or record.period <= self.period or mid not in self.future:
                 continue
-            k = self._check(record) if record.ciphertext not in self.ciphertexts else None
+            k = self._check(record) if not self._copy(record.ciphertext, record.ref) else None
             if k is None:  # not genuine: gone, like one skipped on arrival
                 self._unlist(self.future.pop(mid))
                 continue
@@ -753,6 +777,11 @@ class RoomMember:
             if not record.left:
                 self._valid(mid, record, k)
             return
+
+    def _can_judge(self, period: int) -> bool:
+        """Whether this device can judge contributions of ``period`` (its key of it begun): not in a period the room
+        tags unless it holds the room's secret of it (:meth:`_check`)."""
+        return not self.room.tagged(period) or self._secret(period) is not None
 
     def _tag_ok(self, item: wire.Contribution, period: int) -> bool | None:
         """Whether a contribution of ``period`` carries the tag the room requires (True also when the room does
@@ -820,7 +849,7 @@ class RoomMember:
         while len(self.future) > MAX_HELD:
             mid = min(self.future, key=worth)
             record = self.future[mid]
-            if record.period > self.period:
+            if record.period > self.period and record.period not in self.reread:
                 self.evicted[record.period] = min(self.evicted.get(record.period, record.ref), record.ref)
                 if len(self.evicted) > MAX_EVICTED_PERIODS:  # junk under many far periods: the farthest go
                     del self.evicted[max(self.evicted)]
@@ -928,6 +957,10 @@ class RoomMember:
         self._check_held_tags()
         self.period = period
         self.moves[period] = ref
+        # An earlier period's contribution is skipped anyway: its ciphertexts need not be remembered.
+        self.gone = {d: kept for d, kept in ((d, [r for r in rs if r.period >= period])
+                                             for d, rs in self.gone.items()) if kept}
+        self.reread = {p for p in self.reread if p > period}
         self._drop_stale_pending()
         moved = False
         for mid in [m for m in self.roster if self.members[m].period < period]:
@@ -946,7 +979,7 @@ class RoomMember:
                         # gone (one planted from the public key takes no roster slot). The first that passes is
                         # where the room moved, even if its member has left since; those after it are checked as
                         # any of the period's (_settle).
-                        k = self._check(record) if record.ciphertext not in self.ciphertexts else None
+                        k = self._check(record) if not self._copy(record.ciphertext, record.ref) else None
                         if k is None:
                             self._unlist(record)
                             continue
@@ -956,6 +989,8 @@ class RoomMember:
                             if not record.left:
                                 self._valid(mid, record, k)
                     if record.left:  # it left: never on the roster (the move it marks is recorded above)
+                        # Kept to judge a copy that came while it was there; the mover was accepted.
+                        self._went(record, record.left_at, VALID if record.ref == self.moves[period] else PENDING)
                         continue
                     self.members[mid] = record
                     self.roster.append(mid)
@@ -966,7 +1001,7 @@ class RoomMember:
         member = self.members[mid]
         assert member.ciphertext is not None
         k: bytes | None = None
-        if member.ciphertext not in self.ciphertexts:
+        if not self._copy(member.ciphertext, member.ref):
             try:
                 k = self._decapsulate(member.ciphertext)
             except NotSatisfied:
@@ -987,6 +1022,42 @@ class RoomMember:
         if member.ciphertext is not None:
             self.ciphertexts.add(member.ciphertext)
         self._ks[mid] = k
+
+    def _copy(self, ciphertext: bytes | None, ref: int) -> bool:
+        """Whether the contribution at ``ref`` carrying ``ciphertext`` is a copy: an accepted item carrying it was
+        on the roster when it came, whether its member is still there or has left since. The members judged it
+        on arrival so (the first valid in relay order is taken, a later one carrying its ciphertext ignored). A
+        device that had not judged the first when its member left (a newcomer, a member renewed late holding it
+        aside) judges it now from what it kept (:attr:`gone`): the ciphertext's k_j (one decapsulation, which the
+        later item needs anyway) and the first's bind, and whether the first was itself a copy. Before (red team
+        22e R2) it forgot the first at its leave and took the later one: another roster than the members'. A copy
+        that comes after the first's leave is taken by every device alike, as before."""
+        if ciphertext is None:
+            return False
+        if ciphertext in self.ciphertexts:
+            return True
+        earlier = sorted((r for r in self.gone.get(hashlib.sha256(ciphertext).digest(), [])
+                          if r.ref < ref < r.left_at), key=lambda r: r.ref)
+        for record in earlier:
+            if record.status == VALID:
+                return True
+            try:
+                k = self._decapsulate(ciphertext)
+            except AbeError:  # NotSatisfied too: this device cannot tell, nor judge the later item
+                return False
+            if self._bound(k, record, strict=False) and not self._copy(ciphertext, record.ref):
+                record.status = VALID
+                return True
+        return False
+
+    def _went(self, record: _Member, left_at: int, status: str = PENDING) -> None:
+        """An undecided contribution's member left (at ``left_at``): kept, without its ciphertext, to judge an item
+        carrying that ciphertext that came while it was there."""
+        if record.ciphertext is None:
+            return
+        kept = _Member(record.ref, record.x_pub, record.sig_pub, record.bind, status, None, record.name,
+                       record.period, left_at=left_at)
+        self.gone.setdefault(hashlib.sha256(record.ciphertext).digest(), []).append(kept)
 
     def _decapsulate(self, ciphertext: bytes) -> bytes:
         """A ciphertext's k_j (AbeError if the scheme refuses it; NotSatisfied if no key of this device fits),
@@ -1036,7 +1107,7 @@ class RoomMember:
             # Kept, marked: if it is genuine it is where the room moved for every member that could tell on
             # arrival, and the members that followed it bound with k_j alone. Deleted, it left this device
             # checking them strictly, and dropping them all (red team 22d F3).
-            held.left = True
+            held.left, held.left_at = True, ref
             return Event(ref, "leave", "held", sender_id=short(item.member))
         member = self.members.get(item.member)
         if member is None or item.member not in self.roster:
@@ -1044,6 +1115,8 @@ class RoomMember:
         wire.verify(member.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
         self.roster.remove(item.member)
         self._ks.pop(item.member, None)
+        if member.status != VALID:
+            self._went(member, ref)
         self._unlist(member)
         if not self.joined:
             return self._event(ref, "leave", "accepted", item.member, members=len(self.roster))
@@ -1199,6 +1272,8 @@ class RoomMember:
             "period": self.period, "wanted": self.wanted,
             "next": [hx(b) for b in self._next] if self._next is not None else None,
             "ciphertexts": sorted(c.hex() for c in self.ciphertexts),
+            "gone": {d.hex(): [_row(b"", r) for r in rs] for d, rs in self.gone.items()},
+            "reread": sorted(self.reread),
             "roster": [m.hex() for m in self.roster],
             "epochs": [[n, [m.hex() for m in ep.roster], ep.seen_at, hx(ep.kabe), hx(ep.key), ep.delete_at,
                         ep.distributed, ep.sent, {m.hex(): c for m, c in ep.highest.items()}, hx(ep.dealer),
@@ -1233,6 +1308,10 @@ class RoomMember:
         # The accepted ones' (a state stored before red team 22c F1 lists the undecided ones' too).
         member.ciphertexts = {r.ciphertext for r in member.members.values()
                               if r.status == VALID and r.ciphertext is not None}
+        # Since red team 22e: undecided contributions whose member left.
+        member.gone = {bytes.fromhex(d): [_from_row(row)[1] for row in rows]
+                       for d, rows in data.get("gone", {}).items()}
+        member.reread = set(data.get("reread", []))
         member.roster = [bytes.fromhex(m) for m in data["roster"]]
         for n, roster, seen_at, kabe, key, delete_at, distributed, sent, highest, *rest in data["epochs"]:
             # Since the key commitment (issue 22): the epoch's distributor and this member's objection.
@@ -1269,18 +1348,18 @@ class RoomMember:
 def _row(mid: bytes, r: _Member) -> list:
     return [mid.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status,
             r.ciphertext.hex() if r.ciphertext is not None else None, r.name, r.period, r.held_at,
-            r.raw.hex() if r.raw is not None else None, r.left]
+            r.raw.hex() if r.raw is not None else None, r.left, r.left_at]
 
 
 def _from_row(row: list) -> tuple[bytes, _Member]:
     # A name since issue 22, then a period, then held_at, then the raw item of one held before its tag was checked,
-    # then whether its member left while it was held (red team 22d F3).
+    # then whether its member left while it was held (red team 22d F3), then the ref of that leave (22e R2).
     m, ref, x_pub, sig_pub, bind, status, ct, *rest = row
-    name, period, held_at, raw, left = (rest + ["", 0, None, None, False][len(rest):])[:5]
+    name, period, held_at, raw, left, left_at = (rest + ["", 0, None, None, False, 0][len(rest):])[:6]
     return bytes.fromhex(m), _Member(ref, bytes.fromhex(x_pub), bytes.fromhex(sig_pub), bytes.fromhex(bind), status,
                                      bytes.fromhex(ct) if ct is not None else None, name, period,
                                      time.time() if held_at is None else held_at,
-                                     bytes.fromhex(raw) if raw is not None else None, bool(left))
+                                     bytes.fromhex(raw) if raw is not None else None, bool(left), left_at)
 
 
 def _raw(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
