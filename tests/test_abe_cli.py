@@ -236,3 +236,28 @@ def test_a_period_out_of_range_is_refused(seconds):
 
     with pytest.raises(BadPeriod, match="from a minute to 400 days"):
         check_period(seconds)
+
+
+def test_the_confirm_hint_shows_only_while_the_device_takes_its_time(capsys, monkeypatch):
+    """`otc abe authority|renew|revoke --device` say "Confirm on the device's screen." only once the answer takes
+    longer than a refusal (a cold run saw the hint before refusals the device gave at once, without asking)."""
+    import time
+
+    from onetimechat.cli import abe
+
+    class Refusing:
+        def call(self, method, **params):
+            raise ValueError("refused at once")
+
+    class Asking:
+        def call(self, method, **params):
+            time.sleep(2)  # the owner reads the screen
+            return {"ok": method}
+
+    monkeypatch.setattr(abe, "CONFIRM_HINT_S", 30.0)
+    with pytest.raises(ValueError):
+        abe._asking(Refusing(), "abe_revoke", member="nobody")
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(abe, "CONFIRM_HINT_S", 0.0)
+    assert abe._asking(Asking(), "abe_renew") == {"ok": "abe_renew"}
+    assert capsys.readouterr().out == "Confirm on the device's screen.\n"

@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from device.abe.errors import AbeError, MalformedAbeData, NotAnAuthority
 from device.abe.periods import when
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from client.rpc import DeviceClient
 
 IDLE_TIMEOUT_S = 600.0  # an owner may take a while to compare the screens
+CONFIRM_HINT_S = 0.5  # a device answers a refusal sooner; one it asks its owner about takes longer
 MAX_STDIN = 1 << 20
 
 
@@ -173,10 +174,24 @@ def _device(args: argparse.Namespace) -> DeviceClient:
     return DeviceClient(args.device)
 
 
+def _asking(device: Any, method: str, **params: Any) -> Any:
+    """``device.call(method, ...)``, saying "Confirm on the device's screen." once the answer takes longer than a
+    refusal would (a cold run saw the hint before refusals the device gave at once, without asking)."""
+    import threading
+
+    hint = threading.Timer(CONFIRM_HINT_S, lambda: print("Confirm on the device's screen.", flush=True))
+    hint.daemon = True
+    hint.start()
+    try:
+        return device.call(method, **params)
+    finally:
+        hint.cancel()
+        hint.join()
+
+
 def cmd_authority(args: argparse.Namespace) -> int:
     if args.device:
-        print("Confirm on the device's screen.", flush=True)
-        made = _device(args).call("abe_authority")
+        made = _asking(_device(args), "abe_authority")
         name, fingerprint = made["name"], made["fingerprint"]
     else:
         from device.abe.store import AbeKeys
@@ -318,8 +333,7 @@ def cmd_members(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     if args.device:
-        print("Confirm on the device's screen.", flush=True)
-        revoked = _device(args).call("abe_revoke", member=args.member)["revoked"]
+        revoked = _asking(_device(args), "abe_revoke", member=args.member)["revoked"]
     else:
         from device.abe.store import AbeKeys
         from device.home import open_home
@@ -341,10 +355,9 @@ def cmd_renew(args: argparse.Namespace) -> int:
     if args.device:
         device = _device(args)
         relay_url = device.state.resolve_relay(args.relay)
-        print("Confirm on the device's screen.", flush=True)
-        answer = device.call("abe_renew", **({"member": args.member} if args.member else {}),
-                             end_period=args.end_period, **({"period": args.period} if args.period else {}),
-                             **({"again": True} if args.again else {}))
+        answer = _asking(device, "abe_renew", **({"member": args.member} if args.member else {}),
+                         end_period=args.end_period, **({"period": args.period} if args.period else {}),
+                         **({"again": True} if args.again else {}))
         period, renewals, left = answer["period"], answer["renewals"], answer["left"]
         cut = answer.get("cut", [])
         failed, running = answer.get("failed", []), answer.get("running")
