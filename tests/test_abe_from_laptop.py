@@ -237,6 +237,35 @@ def test_an_authority_on_a_device_without_a_shell(devices, tmp_path):
         assert "(period 3, " in status and "WITHDRAWN" in status
         listed = otc("abe", "members", "--device", auth.url, env=auth.env, check=True).stdout.decode()
         assert "period 3 withdrawn" in listed
+        # Carol renewed ahead (period 5), approved; asked again, nothing is left to issue: the owner is not asked
+        # to approve a renewal of nobody (a cold run's screen asked, then said "Renewed 0 members").
+        seen_renew = []
+        answering = answer_confirm(auth.console, True, seen_renew)
+        otc("abe", "renew", "--device", auth.url, "--relay", relay.url, "carol", env=auth.env, check=True)
+        answering.join(5)
+        assert len(seen_renew) == 1
+        asked: list = []
+        done = threading.Event()
+
+        def decline_any() -> None:  # were anything asked, it is seen and declined (the call then fails)
+            while not done.is_set():
+                view = auth.console.snapshot().confirm
+                if view is not None:
+                    asked.append(view)
+                    auth.console.decide(False, view.request_id)
+                done.wait(0.02)
+
+        watcher = threading.Thread(target=decline_any, daemon=True)
+        watcher.start()
+        try:
+            result = otc("abe", "renew", "--device", auth.url, "--relay", relay.url, "carol", env=auth.env)
+        finally:
+            done.set()
+            watcher.join(5)
+        assert result.returncode == 0, result.stderr
+        out = result.stdout.decode()
+        assert "Renewed 0 members" in out and "Not renewed: carol: already holds a key of period 5" in out
+        assert "Confirm on the device" not in out and asked == []
     finally:
         stop.set()
         approver.join(5)

@@ -195,12 +195,16 @@ class RenewalPads:
             if i.member_device_id is not None:
                 devices[i.member_device_id] = i.member
         with_pad = self.tables.members_with_pad()
-        out, left = [], []
+        holding = {i.member_device_id for i in self.keys.issued() if i.period == period}
+        out, left, already = [], [], []
         for device_id, name in devices.items():
             try:
                 renewal_for(self.keys, device_id)
             except Revoked:
                 left.append(f"{name}: revoked")
+                continue
+            if device_id in holding:  # renewed already: nothing to issue, nothing to ask (a cold run was asked)
+                already.append(f"{name}: already holds a key of period {period}")
                 continue
             if device_id not in with_pad:
                 left.append(f"{name}: no renewal pad (granted before them, or on one machine): renew in person")
@@ -211,10 +215,10 @@ class RenewalPads:
                 left.append(f"{name}: renewal pad used up: renew in person (a grant makes a new one)")
                 continue
             out.append((device_id, name))
-        if who is not None and not out:
+        if who is not None and not out and not already:
             raise (Revoked if any(x.endswith("revoked") for x in left) else NoRenewalPad)(
                 f"{who[:40]} gets no renewal: {'; '.join(left)}.")
-        return out, left
+        return out, left + already
 
     def renew(self, device_id: bytes, period: Period, random_bytes: Callable[[int], bytes]) -> Renewal | None:
         """Issue ``device_id``'s member a key for ``period`` and seal it on their renewal pad (None: it already

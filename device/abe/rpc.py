@@ -183,6 +183,11 @@ def abe_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
             raise BadAbeRequest("'again' is true or false.")
         plan = plan_renewal(keys, who, early, length)  # who gets nothing, and why, before the owner is asked
         check_again(plan, again)
+        if not (plan.members or plan.early or plan.catch_up):
+            # Nothing to issue (each one asked for already renewed, or revoked): the owner is not asked to approve
+            # "nobody" (a cold run: the screen asked for a renewal of 0 members).
+            return {"period": plan.period.to_dict(), "renewals": [], "left": plan.left, "cut": plan.cut,
+                    "failed": [], "running": None, "withdrawn": None}
         request = ConfirmRequest(contact="attribute authority", kind="abe-renew",
                                  plaintext=(plan.question() + f"\n\nAsked by the laptop {client.name}.").encode(),
                                  consumes=0, left_after=0)
