@@ -89,6 +89,7 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import time
@@ -123,6 +124,8 @@ DEFAULT_GRACE_S = 300.0
 MAX_TEXT_BYTES = 64 << 10
 
 VALID, PENDING, UNKNOWN = "valid", "pending", "unknown"
+#: A gone record (RoomMember.gone) whose bind was checked and is right (red team 22f): taken unless a copy.
+BOUND = "bound"
 
 MAX_REF = (1 << 63) - 1  # the largest item ref a relay can give
 #: Contributions of later periods held aside, at most, per room; beyond, those this device can least use go first.
@@ -266,6 +269,9 @@ class RoomMember:
         #: takes to check their bind (no ciphertext). Judged only when an item that came while one was there carries
         #: the same ciphertext (:meth:`_copy`): the members took the first and ignored that item (red team 22e R2).
         self.gone: dict[bytes, list[_Member]] = {}
+        #: Per ciphertext SHA-256 in :attr:`gone`: the stays of those the members took (:meth:`_judge_gone`),
+        #: computed once, again only when a record is added. In memory only.
+        self._gone_taken: dict[bytes, tuple[list[int], list[int]]] = {}
         self.roster: list[bytes] = []
         self.epochs: dict[int, _Epoch] = {}
         self.me: bytes | None = None
@@ -960,6 +966,7 @@ class RoomMember:
         # An earlier period's contribution is skipped anyway: its ciphertexts need not be remembered.
         self.gone = {d: kept for d, kept in ((d, [r for r in rs if r.period >= period])
                                              for d, rs in self.gone.items()) if kept}
+        self._gone_taken.clear()
         self.reread = {p for p in self.reread if p > period}
         self._drop_stale_pending()
         moved = False
@@ -1036,19 +1043,45 @@ class RoomMember:
             return False
         if ciphertext in self.ciphertexts:
             return True
-        earlier = sorted((r for r in self.gone.get(hashlib.sha256(ciphertext).digest(), [])
-                          if r.ref < ref < r.left_at), key=lambda r: r.ref)
-        for record in earlier:
-            if record.status == VALID:
-                return True
-            try:
-                k = self._decapsulate(ciphertext)
-            except AbeError:  # NotSatisfied too: this device cannot tell, nor judge the later item
-                return False
-            if self._bound(k, record, strict=False) and not self._copy(ciphertext, record.ref):
-                record.status = VALID
-                return True
-        return False
+        digest = hashlib.sha256(ciphertext).digest()
+        if digest not in self.gone:
+            return False
+        if digest not in self._gone_taken:
+            self._gone_taken[digest] = self._judge_gone(digest, ciphertext)
+        starts, ends = self._gone_taken[digest]
+        i = bisect.bisect_left(starts, ref)  # the taken ones that came before ref: starts[:i]
+        return i > 0 and ends[i - 1] > ref
+
+    def _judge_gone(self, digest: bytes, ciphertext: bytes) -> tuple[list[int], list[int]]:
+        """The stays (ref, ref of its leave) of the gone contributions carrying ``ciphertext`` that the members
+        took, as (their refs, the latest leave among each and those before it): each record judged once, in ref
+        order, without recursion (red team 22f F3: a chain of overlapping stays overflowed the stack; F2: every
+        judgement walked the whole list, n*m bind checks). Its bind is checked once (the verdict kept on the
+        record: BOUND, or dropped if wrong); it was taken unless an earlier taken one was there when it came (a
+        copy). The mover of a period (VALID) was taken. A device that cannot decapsulate the ciphertext counts the
+        movers only (it cannot judge the later item either)."""
+        k: bytes | None = None
+        try:
+            k = self._decapsulate(ciphertext)
+        except AbeError:  # NotSatisfied too
+            pass
+        kept: list[_Member] = []
+        for record in sorted(self.gone[digest], key=lambda r: r.ref):
+            if record.status == PENDING and k is not None:
+                if not self._bound(k, record, strict=False):
+                    continue  # a wrong bind: no member ever took it, it makes nothing a copy
+                record.status = BOUND
+            kept.append(record)
+        self.gone[digest] = kept
+        starts: list[int] = []
+        ends: list[int] = []
+        latest = 0
+        for record in kept:
+            if record.status == VALID or (record.status == BOUND and record.ref >= latest):
+                latest = max(latest, record.left_at)
+                starts.append(record.ref)
+                ends.append(latest)
+        return starts, ends
 
     def _went(self, record: _Member, left_at: int, status: str = PENDING) -> None:
         """An undecided contribution's member left (at ``left_at``): kept, without its ciphertext, to judge an item
@@ -1057,7 +1090,9 @@ class RoomMember:
             return
         kept = _Member(record.ref, record.x_pub, record.sig_pub, record.bind, status, None, record.name,
                        record.period, left_at=left_at)
-        self.gone.setdefault(hashlib.sha256(record.ciphertext).digest(), []).append(kept)
+        digest = hashlib.sha256(record.ciphertext).digest()
+        self.gone.setdefault(digest, []).append(kept)
+        self._gone_taken.pop(digest, None)
 
     def _decapsulate(self, ciphertext: bytes) -> bytes:
         """A ciphertext's k_j (AbeError if the scheme refuses it; NotSatisfied if no key of this device fits),
