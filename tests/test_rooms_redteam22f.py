@@ -142,3 +142,67 @@ def test_a_chain_of_overlapping_gone_copies_overflows_the_newcomers_stack():
     w.log.post(c.join("carol"))
     _settle(w)
     _agreed(a, b, c)
+
+
+def test_a_copy_that_arrives_as_a_waiting_newcomers_key_begins_is_taken_beside_its_held_original():
+    """Severity: medium (an insider in any period, a hostile relay alone in one the room does not tag).
+
+    A device not joined (a newcomer whose key of the room's next period was issued ahead) holds that period's
+    contributions aside while its key has not begun. The members move the room to period 2 at bob's contribution
+    Y. An insider (alice) decapsulates Y, re-wraps Y's ciphertext under fresh keys, binds it right and posts it:
+    the members ignore it (Y is on their roster). The newcomer reads it after its key began: RoomMember._take_held
+    does nothing for a device not joined, so the copy is judged first, strictly, as a would-be mover, passes, and
+    the room 'moves' at it: _advance takes the held Y (the earlier genuine one) as the move, puts its ciphertext
+    among the accepted ones, and then the copy is admitted as valid anyway (the copy check ran before _advance).
+    Its roster has alice's copy, the members' does not: it is never keyed."""
+    _waiting_newcomer_and_a_copy_of_the_mover(copy_read_first=False)
+
+
+def _waiting_newcomer_and_a_copy_of_the_mover(copy_read_first: bool) -> None:
+    from device.abe.encoding import decode_ciphertext
+    from device.abe.scheme import keygen
+    from device.rooms import wire
+    from tests.rooms_helpers import Keys
+    from tests.test_rooms import _renew
+
+    attrs = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
+    w = World(attrs)
+    for keys, at in zip(w.keys, attrs):
+        keys.member = keygen(w.master, at, period=1)
+    a, b, c = w.members
+    w.log.members = [a, b]
+    w.log.post(a.join("alice"))
+    w.log.sync()
+    w.log.post(b.join("bob"))
+    w.log.sync()
+    # The newcomer: its only key is of period 2, issued ahead, beginning at `starts`.
+    starts = w.clock.now + 10_000
+    w.keys[2].member = keygen(w.master, attrs[2], period=2)
+    w.keys[2].windows = {2: (starts, float("inf"))}
+    # Alice and bob renewed for period 2 (begun): bob moves the room, alice follows.
+    renewed = [Keys(w.master.public, keygen(w.master, at, period=2)) for at in attrs[:2]]
+    _renew(w.keys[1], renewed[1])
+    _settle(w, 2)
+    _renew(w.keys[0], renewed[0])
+    _settle(w, 2)
+    assert a.period == b.period == 2 and len(a.roster) == 2 and a.roster == b.roster
+    w.log.deliver(c)  # the newcomer reads the room before its key begins: period 2's contributions held aside
+    assert c.future and not c.joined
+    # The insider's copy of bob's period-2 contribution (the room's mover), by hand.
+    y_raw = wire.from_text(w.log.items[b.members[b.me].ref - 1])
+    start = 4 + 1 + len(w.room.room_id)
+    (n,) = struct.unpack(">I", y_raw[start:start + 4])
+    ct = y_raw[start + 4:start + 4 + n]
+    k = renewed[0].decapsulate(decode_ciphertext(ct))
+    w.log.post(_wrapped(w, ct, k, b"alice2")[0])
+    _settle(w, 2)
+    assert len(a.roster) == 2
+    if copy_read_first:
+        w.log.deliver(c)  # the copy held aside too, before the key begins
+    w.clock.now = starts + 1  # the newcomer's key begins; it reads on, then joins
+    w.log.members = [a, b, c]
+    w.log.deliver(c)
+    w.log.post(c.join("carol"))
+    _settle(w)
+    assert a.roster == b.roster
+    _agreed(a, b, c)

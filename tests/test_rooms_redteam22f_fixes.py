@@ -8,7 +8,14 @@ import pytest
 
 from device.abe.scheme import encapsulate
 from tests.rooms_helpers import World
-from tests.test_rooms_redteam22f import _agreed, _leave_item, _post_chain, _settle, _wrapped
+from tests.test_rooms_redteam22f import (
+    _agreed,
+    _leave_item,
+    _post_chain,
+    _settle,
+    _waiting_newcomer_and_a_copy_of_the_mover,
+    _wrapped,
+)
 from tests.test_rooms_review4 import _alice_and_bob_in as _room
 
 
@@ -46,3 +53,9 @@ def test_wrong_bound_gone_records_are_dropped_at_their_first_judgement():
     _settle(w, 2)
     _newcomer_joins(w)
     assert sum(len(rs) for rs in c.gone.values()) == 0
+
+
+def test_a_copy_of_the_mover_held_aside_with_it_by_a_waiting_newcomer():
+    """F4 the other way: the waiting newcomer reads the insider's copy before its key begins, so holds it beside
+    the mover; once its key begins the mover moves the room and the copy is dropped as the members did."""
+    _waiting_newcomer_and_a_copy_of_the_mover(copy_read_first=True)

@@ -682,6 +682,12 @@ class RoomMember:
                     return Event(ref, "contribution", outcome, sender_id=short(mid))
             self._advance(period, ref)
             if isinstance(k, bytes):
+                if self._copy(item.ciphertext_bytes, ref):
+                    # A held contribution of the period before it, carrying its ciphertext, moved the room (a
+                    # newcomer whose key began meanwhile decides the held ones only here): this one is a copy, as
+                    # the members judged it on arrival. Before (red team 22f F4) it was checked before _advance
+                    # only, and taken beside its original.
+                    return Event(ref, "contribution", "ignored", sender_id=short(mid))
                 self._admit(ref, item, VALID)
                 self._ks[mid] = k
                 if not self.joined:
