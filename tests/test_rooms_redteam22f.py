@@ -206,3 +206,94 @@ def _waiting_newcomer_and_a_copy_of_the_mover(copy_read_first: bool) -> None:
     _settle(w)
     assert a.roster == b.roster
     _agreed(a, b, c)
+
+
+def test_a_replayed_copy_after_its_originals_leave_splits_newcomers():
+    """Severity: medium (a hostile relay alone in a period the room does not tag; an insider who re-posts its own
+    copy in any period, if the relay stores an item twice).
+
+    The 22e rule: an item is a copy if an accepted item with its ciphertext was on the roster when it came. The
+    members apply it on arrival and, for a copy, keep nothing (not even its member id). A newcomer keeps the copy
+    on its roster, undecided, under its member id, and ignores any later item with that member id. So the relay
+    posts Y (made from the public key, bound right), X (Y's ciphertext re-wrapped, bound right), Y's leave, and
+    then X again, byte for byte. The members: Y taken, X ignored (a copy), Y gone, X's replay taken (its member id
+    unknown to them, its ciphertext on no roster now). The newcomer: Y and X pending, Y gone (kept as 'gone'),
+    X's replay ignored (its member id known), and at its join X dropped as a copy of the gone Y. Its roster lacks
+    X, the members' has it: it is never keyed. A static log: every later newcomer is out for good."""
+    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    a, b, c = w.members
+    w.log.members = [a, b]
+    w.log.post(a.join("alice"))
+    w.log.sync()
+    w.log.post(b.join("bob"))
+    w.log.sync()
+    # The hostile relay (public key only): Y, its copy X, Y's leave, X again.
+    enc = encapsulate(w.master.public, w.room.policy)
+    ct = enc.ciphertext.encode()
+    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
+    x, _ = _wrapped(w, ct, enc.key, b"xavier")
+    w.log.post(y)
+    w.log.post(x)
+    w.log.post(_leave_item(w, y, y_sig))
+    w.log.post(x)  # the replay
+    _settle(w, 3)
+    w.log.members = [a, b, c]
+    w.log.post(c.join("carol"))
+    _settle(w)
+    assert a.roster == b.roster
+    _agreed(a, b, c)
+
+
+def test_an_insider_alone_splits_newcomers_by_posting_its_copy_twice_in_a_tagged_room():
+    """Severity: medium (an insider, through an honest relay, in a room that tags every period; the same cause as
+    test_a_replayed_copy_after_its_originals_leave_splits_newcomers: the relay stores an item posted twice).
+
+    Insider b decapsulates honest member c's contribution (its key opens it), re-wraps c's ciphertext under fresh
+    keys, binds it with k_j and tags it with the room's secret of period 1 (b holds it), and posts it: the members
+    ignore it as a copy (c's is on their roster). c later leaves, honestly. b posts the same bytes again: the
+    members take it now (its ciphertext is on no roster, its member id unknown to them: they kept nothing of the
+    copy). A newcomer that read the room from the start kept the first post undecided under that member id, so it
+    ignores the second, and at its join drops the first as a copy of c's (gone): its roster lacks b's second
+    membership, the members' has it. Every newcomer from then on is never keyed."""
+    import os
+
+    from device.abe.encoding import decode_ciphertext
+    from device.abe.scheme import keygen
+    from device.rooms import wire
+    from tests.rooms_helpers import Keys
+    from tests.test_rooms import ATTRS
+    from tests.test_rooms_period_secrets_review3 import _secret_world
+
+    secret = os.urandom(32)
+    w = _secret_world(ATTRS[:3], 1, secret, lambda i, period: period == 1)
+    a, b, c = w.members
+    assert a.period == b.period == c.period == 1 and len(a.roster) == 3
+    c_raw = wire.from_text(w.log.items[c.members[c.me].ref - 1])
+    start = 4 + 1 + len(w.room.room_id)
+    (n,) = struct.unpack(">I", c_raw[start:start + 4])
+    ct = c_raw[start + 4:start + 4 + n]
+    k = w.keys[1].decapsulate(decode_ciphertext(ct))  # the insider's own key opens it
+    # The insider's copy, by hand: type 9 = type 5 with a tag under the room's period secret before the signature.
+    x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    name = b"bob2"
+    body = (b"ORM1" + bytes([9]) + w.room.room_id + struct.pack(">I", len(ct)) + ct + _pub(x) + _pub(sig)
+            + bytes([len(name)]) + name)
+    body += mac(derive_key(k, "otc room bind v2"), w.room.room_id, _pub(x), _pub(sig), name)
+    body += mac(derive_key(secret, "otc room period tag v1"), body)
+    copy = body + sig.sign(body)
+    w.log.post(copy)
+    _settle(w, 2)
+    assert len(b.roster) == 3
+    w.log.post(c.leave())  # honest
+    w.log.members = [a, b]
+    _settle(w, 2)
+    w.log.post(copy)  # the same bytes again, through the honest relay
+    _settle(w, 2)
+    keys = Keys(w.master.public, keygen(w.master, ATTRS[2], period=1))
+    keys.room_period_secret = lambda aid, rid, p: secret if p == 1 else None  # type: ignore[method-assign]
+    d = w.member(keys)
+    w.log.members = [a, b, d]
+    w.log.post(d.join("dave"))
+    _settle(w)
+    assert a.roster == b.roster
+    _agreed(a, b, d)

@@ -195,6 +195,10 @@ class _Member:
     left: bool = False
     #: The ref of its leave (red team 22e R2: a held or undecided contribution that left; 0 while it has not).
     left_at: int = 0
+    #: The refs of later posts of the same item (its member id is a hash of its bytes) while it is undecided (on a
+    #: newcomer's roster, or held aside): the members ignored each post that was a copy and kept nothing of it, so
+    #: they take the first that is not; the newcomer judges each post at its own ref (red team 22f F1).
+    reposts: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -651,6 +655,11 @@ class RoomMember:
         if mid in self.members or mid in self.future or item.ciphertext_bytes in self.ciphertexts:
             if own:  # an earlier item carrying my ciphertext was taken: every member ignores mine (F5 below)
                 return self._taken(ref, mid)
+            # A later post of an item this device holds undecided: judged at its own ref too (red team 22f F1).
+            undecided = self.members[mid] if mid in self.roster and self.members[mid].status == PENDING else None
+            undecided = self.future.get(mid, undecided)
+            if undecided is not None and not undecided.left:
+                undecided.reposts.append(ref)
             return Event(ref, "contribution", "ignored", sender_id=short(mid))
         tagged = self._tag_ok(item, period)
         if tagged is False and not own:
@@ -703,9 +712,7 @@ class RoomMember:
             self._ks[mid] = self._k
             self.me, self._pending, self._next = mid, None, None
             # The newcomer's one pass: each contribution on the roster, decapsulated once.
-            for other in list(self.roster):
-                if self.members[other].status == PENDING:
-                    self._settle(other)
+            self._settle_posts([other for other in self.roster if self.members[other].status == PENDING])
             self._new_epoch(ref)
             return self._event(ref, "contribution", "accepted", mid, epoch=ref, own=True, members=len(self.roster))
         if not self.joined:
@@ -724,14 +731,11 @@ class RoomMember:
         order) and ignores mine as a duplicate. So I settle such an undecided copy first, as they did (red team
         22d F5); before, I took mine and dropped the copy, and kept another roster than theirs. Likewise an earlier
         copy they took whose member has left since (red team 22e R2: :meth:`_copy`)."""
-        for other in list(self.roster):
-            record = self.members[other]
-            if record.ciphertext is None or not equal(record.ciphertext, ciphertext):
-                continue
-            if record.status == PENDING:
-                self._settle(other)
-            if other in self.roster and self.members[other].status == VALID:
-                return True
+        same = [other for other in self.roster if self.members[other].ciphertext is not None
+                and equal(self.members[other].ciphertext, ciphertext)]  # type: ignore[arg-type]
+        self._settle_posts([other for other in same if self.members[other].status == PENDING], until=ref)
+        if any(other in self.roster and self.members[other].status == VALID for other in same):
+            return True
         return self._copy(ciphertext, ref)
 
     def _taken(self, ref: int, mid: bytes) -> Event:
@@ -1008,6 +1012,35 @@ class RoomMember:
                     self.members[mid] = record
                     self.roster.append(mid)
 
+    def _settle_posts(self, mids: list[bytes], until: int | None = None) -> None:
+        """Settle pending contributions post by post, in relay order (each post of one, before ``until``): a post
+        that is a copy is skipped, as the members did on arrival, and the next post of the same item judged at its
+        own ref; the first that is not is settled there (and moves to that place on the roster); one all of whose
+        posts are copies is dropped (unless ``until`` cuts its later posts off). Before (red team 22f F1) only the
+        first post was judged: the members took a replay after the original's leave, a newcomer dropped it."""
+        posts = sorted((r, mid) for mid in mids for r in [self.members[mid].ref, *self.members[mid].reposts]
+                       if until is None or r < until)
+        last = {mid: i for i, (_, mid) in enumerate(posts)}
+        for i, (ref, mid) in enumerate(posts):
+            member = self.members.get(mid)
+            if member is None or mid not in self.roster or member.status != PENDING:
+                continue
+            later = i < last[mid] or (until is not None and any(r >= until for r in member.reposts))
+            if later and self._copy(member.ciphertext, ref):
+                continue
+            if ref != member.ref:
+                self._move(mid, ref)
+            self._settle(mid)
+
+    def _move(self, mid: bytes, ref: int) -> None:
+        """A pending contribution taken at a later post of it (``ref``): placed on the roster where the members
+        put it, before the first contribution that came after that post."""
+        member = self.members[mid]
+        member.ref, member.reposts = ref, [r for r in member.reposts if r > ref]
+        self.roster.remove(mid)
+        at = next((i for i, other in enumerate(self.roster) if self.members[other].ref > ref), len(self.roster))
+        self.roster.insert(at, mid)
+
     def _settle(self, mid: bytes) -> bool:
         """Decapsulate a pending contribution once: keep it (valid or undecidable here) or drop it. One whose
         ciphertext an earlier accepted contribution carries is dropped undecapsulated (a copy: red team 22c F1)."""
@@ -1082,10 +1115,17 @@ class RoomMember:
         starts: list[int] = []
         ends: list[int] = []
         latest = 0
-        for record in kept:
-            if record.status == VALID or (record.status == BOUND and record.ref >= latest):
+        done: set[int] = set()
+        # Each post of each (F1: a post that was a copy was ignored, a later one of the same item may be taken).
+        posts = sorted((r, i) for i, record in enumerate(kept) for r in [record.ref, *record.reposts])
+        for ref, i in posts:
+            record = kept[i]
+            if i in done or record.status not in (VALID, BOUND):
+                continue
+            if record.status == VALID or ref > latest:
+                done.add(i)
                 latest = max(latest, record.left_at)
-                starts.append(record.ref)
+                starts.append(ref)
                 ends.append(latest)
         return starts, ends
 
@@ -1095,7 +1135,7 @@ class RoomMember:
         if record.ciphertext is None:
             return
         kept = _Member(record.ref, record.x_pub, record.sig_pub, record.bind, status, None, record.name,
-                       record.period, left_at=left_at)
+                       record.period, left_at=left_at, reposts=[r for r in record.reposts if r < left_at])
         digest = hashlib.sha256(record.ciphertext).digest()
         self.gone.setdefault(digest, []).append(kept)
         self._gone_taken.pop(digest, None)
@@ -1389,18 +1429,19 @@ class RoomMember:
 def _row(mid: bytes, r: _Member) -> list:
     return [mid.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status,
             r.ciphertext.hex() if r.ciphertext is not None else None, r.name, r.period, r.held_at,
-            r.raw.hex() if r.raw is not None else None, r.left, r.left_at]
+            r.raw.hex() if r.raw is not None else None, r.left, r.left_at, r.reposts]
 
 
 def _from_row(row: list) -> tuple[bytes, _Member]:
     # A name since issue 22, then a period, then held_at, then the raw item of one held before its tag was checked,
     # then whether its member left while it was held (red team 22d F3), then the ref of that leave (22e R2).
     m, ref, x_pub, sig_pub, bind, status, ct, *rest = row
-    name, period, held_at, raw, left, left_at = (rest + ["", 0, None, None, False, 0][len(rest):])[:6]
+    name, period, held_at, raw, left, left_at, reposts = (rest + ["", 0, None, None, False, 0, []][len(rest):])[:7]
     return bytes.fromhex(m), _Member(ref, bytes.fromhex(x_pub), bytes.fromhex(sig_pub), bytes.fromhex(bind), status,
                                      bytes.fromhex(ct) if ct is not None else None, name, period,
                                      time.time() if held_at is None else held_at,
-                                     bytes.fromhex(raw) if raw is not None else None, bool(left), left_at)
+                                     bytes.fromhex(raw) if raw is not None else None, bool(left), left_at,
+                                     [int(r) for r in reposts])
 
 
 def _raw(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
