@@ -142,3 +142,28 @@ def test_a_member_renewed_late_takes_an_insiders_replayed_copy_as_the_members_di
     _settle(w)
     _agreed(a, b)
     assert len(a.roster) == 3
+
+
+def test_a_newcomer_restarted_after_the_replay_decides_as_the_members_did():
+    """The later posts' refs are in the stored state, with a gone record's too: Y, X, Y's leave, X again (taken
+    by the members), Z (a copy of the replayed X: ignored), X's leave; the newcomer reads it all, restarts, joins.
+    Z's verdict needs X's replay ref kept in its gone record (at X's first ref X was a copy, not taken)."""
+    from device.rooms.protocol import RoomMember
+
+    w = _room()
+    a, b, c = w.members
+    enc = encapsulate(w.master.public, w.room.policy)
+    ct = enc.ciphertext.encode()
+    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
+    x, x_sig = _wrapped(w, ct, enc.key, b"xavier")
+    for item in (y, x, _leave_item(w, y, y_sig), x, _wrapped(w, ct, enc.key, b"zoe")[0], _leave_item(w, x, x_sig)):
+        w.log.post(item)
+    _settle(w, 3)
+    assert len(a.roster) == 2  # Z was a copy of the replayed X; X has left
+    w.log.deliver(c)
+    c2 = RoomMember.from_dict(c.to_dict(), w.keys[2], clock=w.clock)
+    w.log.members = [a, b, c2]
+    w.log.post(c2.join("carol"))
+    _settle(w)
+    assert a.roster == b.roster
+    _agreed(a, b, c2)

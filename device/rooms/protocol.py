@@ -30,7 +30,12 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   kept without its ciphertext, with the ref of its leave, and judged when an
   item that came while it was there carries the same ciphertext, so a
   newcomer or a member renewed late drops the copy as the members did on
-  arrival (red team 22e R2, :meth:`RoomMember._copy`).
+  arrival (red team 22e R2, :meth:`RoomMember._copy`). Those kept records are
+  judged once each, in ref order, without recursion (red team 22f F3, F2:
+  :meth:`RoomMember._judge_gone`). The same item posted again (its member id
+  a hash of its bytes) is judged at each post: a device holding it undecided
+  keeps the refs of its later posts and takes it at the first that is not a
+  copy, where the members did (22f F1, :meth:`RoomMember._settle_posts`).
 * **Epochs.** Every roster change starts an epoch, numbered by the relay ref
   of the item that made it. K_abe = XOR of HMAC(k_j, sid) over the roster.
 * **Leader.** The roster's first member draws G_e and posts the distribution.
