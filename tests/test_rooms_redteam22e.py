@@ -331,17 +331,16 @@ def test_a_newcomer_restarted_between_the_originals_leave_and_its_join_still_dro
     _agreed(w, a, b, c2)
 
 
-def test_a_member_renewed_late_drops_an_insiders_copy_whose_original_left_while_held():
-    """R2 on the late-renewed member's path: bob moves the room to period 2, carol follows; insider bob copies
-    carol's period-2 contribution (bound right) once; carol leaves. Alice, renewed late, held all of them aside
-    (carol's marked gone): once her key begins she moves the room with the members and must drop bob's copy as
-    they did."""
+def _late_alice_and_bobs_copy() -> tuple[World, bytes, list[Keys]]:
+    """Bob moves the room to period 2, carol follows, alice (renewed late) stays in period 1; insider bob copies
+    carol's period-2 contribution (bound right) and posts it once (ignored: carol's is there). The copy's bytes and
+    the renewed keys (alice's first) come back."""
     from device.abe.encoding import decode_ciphertext
 
     w = World(ATTRS[:3])
     for keys, attrs in zip(w.keys, ATTRS[:3]):
         keys.member = keygen(w.master, attrs, period=1)
-    a, b, c = w.members
+    _, b, c = w.members
     for m in w.members:
         w.log.post(m.join())
         w.log.sync()
@@ -350,7 +349,7 @@ def test_a_member_renewed_late_drops_an_insiders_copy_whose_original_left_while_
     _settle(w, 2)
     _renew(w.keys[2], renewed[2])
     _settle(w, 2)
-    assert b.period == c.period == 2 and len(b.roster) == 2 and a.period == 1
+    assert b.period == c.period == 2 and len(b.roster) == 2 and w.members[0].period == 1
     c_raw = next(w.log.items[m.ref - 1] for m in [c.members[c.me]])
     from device.rooms.wire import from_text
 
@@ -360,6 +359,16 @@ def test_a_member_renewed_late_drops_an_insiders_copy_whose_original_left_while_
     w.log.post(copy)
     _settle(w, 2)
     assert len(b.roster) == 2
+    return w, copy, renewed
+
+
+def test_a_member_renewed_late_drops_an_insiders_copy_whose_original_left_while_held():
+    """R2 on the late-renewed member's path: bob moves the room to period 2, carol follows; insider bob copies
+    carol's period-2 contribution (bound right) once; carol leaves. Alice, renewed late, held all of them aside
+    (carol's marked gone): once her key begins she moves the room with the members and must drop bob's copy as
+    they did."""
+    w, copy, renewed = _late_alice_and_bobs_copy()
+    a, b, c = w.members
     w.log.post(c.leave())
     w.log.members = [a, b]
     _settle(w, 2)

@@ -30,7 +30,12 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   kept without its ciphertext, with the ref of its leave, and judged when an
   item that came while it was there carries the same ciphertext, so a
   newcomer or a member renewed late drops the copy as the members did on
-  arrival (red team 22e R2, :meth:`RoomMember._copy`).
+  arrival (red team 22e R2, :meth:`RoomMember._copy`). Those kept records are
+  judged once each, in ref order, without recursion (red team 22f F3, F2:
+  :meth:`RoomMember._judge_gone`). The same item posted again (its member id
+  a hash of its bytes) is judged at each post: a device holding it undecided
+  keeps the refs of its later posts and takes it at the first that is not a
+  copy, where the members did (22f F1, :meth:`RoomMember._settle_posts`).
 * **Epochs.** Every roster change starts an epoch, numbered by the relay ref
   of the item that made it. K_abe = XOR of HMAC(k_j, sid) over the roster.
 * **Leader.** The roster's first member draws G_e and posts the distribution.
@@ -89,6 +94,7 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import time
@@ -123,6 +129,8 @@ DEFAULT_GRACE_S = 300.0
 MAX_TEXT_BYTES = 64 << 10
 
 VALID, PENDING, UNKNOWN = "valid", "pending", "unknown"
+#: A gone record (RoomMember.gone) whose bind was checked and is right (red team 22f): taken unless a copy.
+BOUND = "bound"
 
 MAX_REF = (1 << 63) - 1  # the largest item ref a relay can give
 #: Contributions of later periods held aside, at most, per room; beyond, those this device can least use go first.
@@ -192,6 +200,10 @@ class _Member:
     left: bool = False
     #: The ref of its leave (red team 22e R2: a held or undecided contribution that left; 0 while it has not).
     left_at: int = 0
+    #: The refs of later posts of the same item (its member id is a hash of its bytes) while it is undecided (on a
+    #: newcomer's roster, or held aside): the members ignored each post that was a copy and kept nothing of it, so
+    #: they take the first that is not; the newcomer judges each post at its own ref (red team 22f F1).
+    reposts: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -266,6 +278,9 @@ class RoomMember:
         #: takes to check their bind (no ciphertext). Judged only when an item that came while one was there carries
         #: the same ciphertext (:meth:`_copy`): the members took the first and ignored that item (red team 22e R2).
         self.gone: dict[bytes, list[_Member]] = {}
+        #: Per ciphertext SHA-256 in :attr:`gone`: the stays of those the members took (:meth:`_judge_gone`),
+        #: computed once, again only when a record is added. In memory only.
+        self._gone_taken: dict[bytes, tuple[list[int], list[int]]] = {}
         self.roster: list[bytes] = []
         self.epochs: dict[int, _Epoch] = {}
         self.me: bytes | None = None
@@ -645,6 +660,11 @@ class RoomMember:
         if mid in self.members or mid in self.future or item.ciphertext_bytes in self.ciphertexts:
             if own:  # an earlier item carrying my ciphertext was taken: every member ignores mine (F5 below)
                 return self._taken(ref, mid)
+            # A later post of an item this device holds undecided: judged at its own ref too (red team 22f F1).
+            undecided = self.members[mid] if mid in self.roster and self.members[mid].status == PENDING else None
+            undecided = self.future.get(mid, undecided)
+            if undecided is not None and not undecided.left:
+                undecided.reposts.append(ref)
             return Event(ref, "contribution", "ignored", sender_id=short(mid))
         tagged = self._tag_ok(item, period)
         if tagged is False and not own:
@@ -676,6 +696,12 @@ class RoomMember:
                     return Event(ref, "contribution", outcome, sender_id=short(mid))
             self._advance(period, ref)
             if isinstance(k, bytes):
+                if self._copy(item.ciphertext_bytes, ref):
+                    # A held contribution of the period before it, carrying its ciphertext, moved the room (a
+                    # newcomer whose key began meanwhile decides the held ones only here): this one is a copy, as
+                    # the members judged it on arrival. Before (red team 22f F4) it was checked before _advance
+                    # only, and taken beside its original.
+                    return Event(ref, "contribution", "ignored", sender_id=short(mid))
                 self._admit(ref, item, VALID)
                 self._ks[mid] = k
                 if not self.joined:
@@ -691,9 +717,7 @@ class RoomMember:
             self._ks[mid] = self._k
             self.me, self._pending, self._next = mid, None, None
             # The newcomer's one pass: each contribution on the roster, decapsulated once.
-            for other in list(self.roster):
-                if self.members[other].status == PENDING:
-                    self._settle(other)
+            self._settle_posts([other for other in self.roster if self.members[other].status == PENDING])
             self._new_epoch(ref)
             return self._event(ref, "contribution", "accepted", mid, epoch=ref, own=True, members=len(self.roster))
         if not self.joined:
@@ -712,14 +736,11 @@ class RoomMember:
         order) and ignores mine as a duplicate. So I settle such an undecided copy first, as they did (red team
         22d F5); before, I took mine and dropped the copy, and kept another roster than theirs. Likewise an earlier
         copy they took whose member has left since (red team 22e R2: :meth:`_copy`)."""
-        for other in list(self.roster):
-            record = self.members[other]
-            if record.ciphertext is None or not equal(record.ciphertext, ciphertext):
-                continue
-            if record.status == PENDING:
-                self._settle(other)
-            if other in self.roster and self.members[other].status == VALID:
-                return True
+        same = [other for other in self.roster if self.members[other].ciphertext is not None
+                and equal(self.members[other].ciphertext, ciphertext)]  # type: ignore[arg-type]
+        self._settle_posts([other for other in same if self.members[other].status == PENDING], until=ref)
+        if any(other in self.roster and self.members[other].status == VALID for other in same):
+            return True
         return self._copy(ciphertext, ref)
 
     def _taken(self, ref: int, mid: bytes) -> Event:
@@ -960,6 +981,7 @@ class RoomMember:
         # An earlier period's contribution is skipped anyway: its ciphertexts need not be remembered.
         self.gone = {d: kept for d, kept in ((d, [r for r in rs if r.period >= period])
                                              for d, rs in self.gone.items()) if kept}
+        self._gone_taken.clear()
         self.reread = {p for p in self.reread if p > period}
         self._drop_stale_pending()
         moved = False
@@ -994,6 +1016,35 @@ class RoomMember:
                         continue
                     self.members[mid] = record
                     self.roster.append(mid)
+
+    def _settle_posts(self, mids: list[bytes], until: int | None = None) -> None:
+        """Settle pending contributions post by post, in relay order (each post of one, before ``until``): a post
+        that is a copy is skipped, as the members did on arrival, and the next post of the same item judged at its
+        own ref; the first that is not is settled there (and moves to that place on the roster); one all of whose
+        posts are copies is dropped (unless ``until`` cuts its later posts off). Before (red team 22f F1) only the
+        first post was judged: the members took a replay after the original's leave, a newcomer dropped it."""
+        posts = sorted((r, mid) for mid in mids for r in [self.members[mid].ref, *self.members[mid].reposts]
+                       if until is None or r < until)
+        last = {mid: i for i, (_, mid) in enumerate(posts)}
+        for i, (ref, mid) in enumerate(posts):
+            member = self.members.get(mid)
+            if member is None or mid not in self.roster or member.status != PENDING:
+                continue
+            later = i < last[mid] or (until is not None and any(r >= until for r in member.reposts))
+            if later and self._copy(member.ciphertext, ref):
+                continue
+            if ref != member.ref:
+                self._move(mid, ref)
+            self._settle(mid)
+
+    def _move(self, mid: bytes, ref: int) -> None:
+        """A pending contribution taken at a later post of it (``ref``): placed on the roster where the members
+        put it, before the first contribution that came after that post."""
+        member = self.members[mid]
+        member.ref, member.reposts = ref, [r for r in member.reposts if r > ref]
+        self.roster.remove(mid)
+        at = next((i for i, other in enumerate(self.roster) if self.members[other].ref > ref), len(self.roster))
+        self.roster.insert(at, mid)
 
     def _settle(self, mid: bytes) -> bool:
         """Decapsulate a pending contribution once: keep it (valid or undecidable here) or drop it. One whose
@@ -1036,19 +1087,52 @@ class RoomMember:
             return False
         if ciphertext in self.ciphertexts:
             return True
-        earlier = sorted((r for r in self.gone.get(hashlib.sha256(ciphertext).digest(), [])
-                          if r.ref < ref < r.left_at), key=lambda r: r.ref)
-        for record in earlier:
-            if record.status == VALID:
-                return True
-            try:
-                k = self._decapsulate(ciphertext)
-            except AbeError:  # NotSatisfied too: this device cannot tell, nor judge the later item
-                return False
-            if self._bound(k, record, strict=False) and not self._copy(ciphertext, record.ref):
-                record.status = VALID
-                return True
-        return False
+        digest = hashlib.sha256(ciphertext).digest()
+        if digest not in self.gone:
+            return False
+        if digest not in self._gone_taken:
+            self._gone_taken[digest] = self._judge_gone(digest, ciphertext)
+        starts, ends = self._gone_taken[digest]
+        i = bisect.bisect_left(starts, ref)  # the taken ones that came before ref: starts[:i]
+        return i > 0 and ends[i - 1] > ref
+
+    def _judge_gone(self, digest: bytes, ciphertext: bytes) -> tuple[list[int], list[int]]:
+        """The stays (ref, ref of its leave) of the gone contributions carrying ``ciphertext`` that the members
+        took, as (their refs, the latest leave among each and those before it): each record judged once, in ref
+        order, without recursion (red team 22f F3: a chain of overlapping stays overflowed the stack; F2: every
+        judgement walked the whole list, n*m bind checks). Its bind is checked once (the verdict kept on the
+        record: BOUND, or dropped if wrong); it was taken unless an earlier taken one was there when it came (a
+        copy). The mover of a period (VALID) was taken. A device that cannot decapsulate the ciphertext counts the
+        movers only (it cannot judge the later item either)."""
+        k: bytes | None = None
+        try:
+            k = self._decapsulate(ciphertext)
+        except AbeError:  # NotSatisfied too
+            pass
+        kept: list[_Member] = []
+        for record in sorted(self.gone[digest], key=lambda r: r.ref):
+            if record.status == PENDING and k is not None:
+                if not self._bound(k, record, strict=False):
+                    continue  # a wrong bind: no member ever took it, it makes nothing a copy
+                record.status = BOUND
+            kept.append(record)
+        self.gone[digest] = kept
+        starts: list[int] = []
+        ends: list[int] = []
+        latest = 0
+        done: set[int] = set()
+        # Each post of each (F1: a post that was a copy was ignored, a later one of the same item may be taken).
+        posts = sorted((r, i) for i, record in enumerate(kept) for r in [record.ref, *record.reposts])
+        for ref, i in posts:
+            record = kept[i]
+            if i in done or record.status not in (VALID, BOUND):
+                continue
+            if record.status == VALID or ref > latest:
+                done.add(i)
+                latest = max(latest, record.left_at)
+                starts.append(ref)
+                ends.append(latest)
+        return starts, ends
 
     def _went(self, record: _Member, left_at: int, status: str = PENDING) -> None:
         """An undecided contribution's member left (at ``left_at``): kept, without its ciphertext, to judge an item
@@ -1056,8 +1140,10 @@ class RoomMember:
         if record.ciphertext is None:
             return
         kept = _Member(record.ref, record.x_pub, record.sig_pub, record.bind, status, None, record.name,
-                       record.period, left_at=left_at)
-        self.gone.setdefault(hashlib.sha256(record.ciphertext).digest(), []).append(kept)
+                       record.period, left_at=left_at, reposts=[r for r in record.reposts if r < left_at])
+        digest = hashlib.sha256(record.ciphertext).digest()
+        self.gone.setdefault(digest, []).append(kept)
+        self._gone_taken.pop(digest, None)
 
     def _decapsulate(self, ciphertext: bytes) -> bytes:
         """A ciphertext's k_j (AbeError if the scheme refuses it; NotSatisfied if no key of this device fits),
@@ -1348,18 +1434,19 @@ class RoomMember:
 def _row(mid: bytes, r: _Member) -> list:
     return [mid.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status,
             r.ciphertext.hex() if r.ciphertext is not None else None, r.name, r.period, r.held_at,
-            r.raw.hex() if r.raw is not None else None, r.left, r.left_at]
+            r.raw.hex() if r.raw is not None else None, r.left, r.left_at, r.reposts]
 
 
 def _from_row(row: list) -> tuple[bytes, _Member]:
     # A name since issue 22, then a period, then held_at, then the raw item of one held before its tag was checked,
     # then whether its member left while it was held (red team 22d F3), then the ref of that leave (22e R2).
     m, ref, x_pub, sig_pub, bind, status, ct, *rest = row
-    name, period, held_at, raw, left, left_at = (rest + ["", 0, None, None, False, 0][len(rest):])[:6]
+    name, period, held_at, raw, left, left_at, reposts = (rest + ["", 0, None, None, False, 0, []][len(rest):])[:7]
     return bytes.fromhex(m), _Member(ref, bytes.fromhex(x_pub), bytes.fromhex(sig_pub), bytes.fromhex(bind), status,
                                      bytes.fromhex(ct) if ct is not None else None, name, period,
                                      time.time() if held_at is None else held_at,
-                                     bytes.fromhex(raw) if raw is not None else None, bool(left), left_at)
+                                     bytes.fromhex(raw) if raw is not None else None, bool(left), left_at,
+                                     [int(r) for r in reposts])
 
 
 def _raw(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
