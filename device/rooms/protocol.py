@@ -18,7 +18,8 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   contribution then on the roster. Before that it only keeps them, on its
   roster (never evicted), but for the contribution that moved the room into
   a later key period, which a device whose key of that period has begun
-  checks as it reads it, as the members did (red team 22d F1). A ciphertext
+  checks as it reads it, as the members did (red team 22d F1), after it
+  decided what it held of that period (red team 22g G2). A ciphertext
   is decapsulated once however many items carry it (a bounded cache in
   memory, cleared on leave: F2). When my own contribution comes back after
   an undecided item carrying its ciphertext (a member's re-wrap), I settle
@@ -673,6 +674,14 @@ class RoomMember:
             # skipped on arrival by every member holding the secret: never held aside, so no flood of them pushes
             # a genuine one out, and it takes no roster slot (docs/rooms.md "A flood of contributions ...").
             return Event(ref, "contribution", "skipped", sender_id=short(mid))
+        if period > self.period and not own and self.future and not self.joined:
+            usable = self.usable_period()
+            if usable is not None and usable >= period:
+                # A device not joined whose key of the period has begun decides what it held of it first, as a
+                # joined one did before this item (_take_held): the room may have moved at a held one, and then
+                # this one is a follower, bound with k_j alone, not a would-be mover checked strictly. Before (red
+                # team 22g G2) it was checked strictly, failed, and was skipped for good; the members took it.
+                self._decide_held(usable)
         if period > self.period:
             record = _Member(ref, item.x_pub, item.sig_pub, item.bind, PENDING, item.ciphertext_bytes, item.name,
                              period)
@@ -781,8 +790,14 @@ class RoomMember:
                 self.last_ref = start - 1
                 self._deferring = True
                 return
-        if not self.future or not self.joined:
-            return
+        if self.joined:
+            self._decide_held(usable)
+
+    def _decide_held(self, usable: int) -> None:
+        """The held contributions of the periods this device's key has begun in (up to ``usable``), checked in relay
+        order: the room moves at the earliest genuine one's ref (once). A joined device does it before each item
+        (:meth:`_take_held`); one not joined before it judges an arriving contribution of a later period (red team
+        22g G2, :meth:`_contribution`)."""
         for mid, record in sorted(self.future.items(), key=lambda kv: kv[1].ref):
             if record.period > usable or record.period <= self.period or mid not in self.future:
                 continue
