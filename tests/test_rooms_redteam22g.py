@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import struct
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -62,7 +61,6 @@ def _two_members() -> tuple[World, RoomMember, RoomMember, RoomMember]:
     return w, a, b, c
 
 
-@pytest.mark.xfail(strict=True, reason="red team 22g G1: not fixed yet (docs/rooms.md)")
 def test_a_copys_leave_before_its_replay_splits_newcomers():
     """Severity: medium (a newcomer's roster split from the members', for good: it is never keyed, nor is any later
     newcomer; anyone who can post to the mailbox with the public key in a period the room does not tag, through an
@@ -96,7 +94,6 @@ def test_a_copys_leave_before_its_replay_splits_newcomers():
     _agreed(a, b, c)
 
 
-@pytest.mark.xfail(strict=True, reason="red team 22g G1: not fixed yet (docs/rooms.md)")
 def test_a_held_copys_leave_before_its_replay_splits_a_member_renewed_late():
     """Severity: medium (a member renewed late keeps another roster than the members', for good: it is never keyed
     again; an insider renewed for the room's next period, through an honest relay; in a period the room does not
@@ -154,7 +151,6 @@ def test_a_held_copys_leave_before_its_replay_splits_a_member_renewed_late():
     _agreed(a, c)
 
 
-@pytest.mark.xfail(strict=True, reason="red team 22g G1: not fixed yet (docs/rooms.md)")
 def test_a_copys_leave_splits_a_newcomer_that_joined_before_the_replay():
     """Severity: medium (as test_a_copys_leave_before_its_replay_splits_newcomers: a joined device's roster split from
     the other members', for good; anyone with the public key in a period the room does not tag).

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from device.abe.encoding import Policy
 from device.abe.scheme import encapsulate, keygen
 from tests.rooms_helpers import Keys, World
 from tests.test_rooms import _renew
-from tests.test_rooms_redteam22g import _agreed, _settle, _tagged_world, _wrapped
+from tests.test_rooms_redteam22g import _agreed, _leave_item, _settle, _tagged_world, _two_members, _wrapped
 
 ATTRS = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
 
@@ -101,5 +103,109 @@ def test_a_held_move_whose_member_left_still_moves_a_waiting_newcomer_before_the
     w.log.deliver(c)
     assert c.period == 2 and c.roster == a.roster
     w.log.post(c.join("carol"))
+    _settle(w)
+    _agreed(a, c)
+
+
+def _script(w: World, steps: str) -> None:
+    """Posts the attacker's items in order: Y and X (one ciphertext made from the public key, both bound right),
+    'y'/'x' a leave signed by Y's/X's key (the same bytes each time an item is posted again)."""
+    for _ in _split_script(w, steps.split(), []):
+        pass
+
+
+SCRIPTS = [
+    "Y X x X x y X",  # copies twice, each with its leave, then the original leaves: the last post taken
+    "X x X",  # X taken at its first post, leaves: its later post ignored by the members
+    "Y X x y X x",  # the replay taken, then it leaves again
+    "Y X x y X x X",  # ... and is posted once more: ignored (taken before)
+    "Y X x y Y X",  # Y leaves, Y posted again (ignored: taken before), X taken
+    "Y X y x X",  # X's leave after Y's: X was a copy, its leave did nothing, the replay taken
+    "X Y x Y y X",  # X taken, Y a copy, X leaves, Y again (taken now), Y leaves, X again (ignored)
+]
+
+
+@pytest.mark.parametrize("steps", SCRIPTS)
+def test_posts_and_leaves_judged_late_as_the_members_did_on_arrival(steps):
+    """A newcomer that reads all of it before it joins (what it holds undecided, leaves and posts again) must
+    keep the members' roster: on their roster from its first post that is not a copy to its first leave after."""
+    w, a, b, c = _two_members()
+    _script(w, steps)
+    _settle(w, 2)
+    assert a.roster == b.roster
+    w.log.members = [a, b, c]
+    w.log.post(c.join("carol"))
+    _settle(w)
+    _agreed(a, b, c)
+
+
+@pytest.mark.parametrize("steps", SCRIPTS)
+def test_the_same_read_by_a_newcomer_joined_halfway_and_by_one_restarted(steps):
+    """The newcomer joins after the first three items (its join pass judges what came so far), and another
+    newcomer's state is stored and loaded halfway (the gone records keep their member ids): both agree."""
+    from device.rooms.protocol import RoomMember
+
+    w, a, b, c = _two_members()
+    first, rest = steps.split()[:3], steps.split()[3:]
+    parts = _split_script(w, first, rest)
+    next(parts)
+    _settle(w, 2)
+    w.log.members = [a, b, c]
+    w.log.post(c.join("carol"))
+    _settle(w)
+    _agreed(a, b, c)
+    c.__dict__.update(RoomMember.from_dict(c.to_dict(), w.keys[2], clock=w.clock).__dict__)
+    next(parts, None)
+    _settle(w)
+    _agreed(a, b, c)
+
+
+def _split_script(w: World, first: list[str], rest: list[str]):
+    enc = encapsulate(w.master.public, w.room.policy)
+    ct = enc.ciphertext.encode()
+    items = {name: _wrapped(w, ct, enc.key, name.encode() * 4) for name in "YX"}
+    for part in (first, rest):
+        for step in part:
+            raw, sig = items[step.upper()]
+            w.log.post(raw if step.isupper() else _leave_item(w, raw, sig))
+        yield
+
+
+@pytest.mark.parametrize("after", ["x", "x X", "x X x", ""])
+def test_a_held_copy_posted_again_and_left_again_before_the_late_member_is_renewed(after):
+    """G1b with more: after the insider's copy X of bob's period-2 contribution, X's leave, bob's leave and X posted
+    again (taken by the members), X leaves again, is posted again (ignored: taken before), leaves again (ignored).
+    Carol, renewed late, holds all of it aside: her roster must be the members' once she follows the move."""
+    from device.abe.encoding import decode_ciphertext
+    from device.rooms import wire
+
+    w = World(ATTRS)
+    a, b, c = w.members
+    for i, name in enumerate(("alice", "bob", "carol")):  # members of period 1
+        w.keys[i].member = keygen(w.master, ATTRS[i], period=1)
+        w.log.post(w.members[i].join(name))
+        _settle(w, 2)
+    renewed = [Keys(w.master.public, keygen(w.master, at, period=2)) for at in ATTRS]
+    _renew(w.keys[1], renewed[1])
+    _settle(w, 2)
+    _renew(w.keys[0], renewed[0])
+    _settle(w, 3)
+    assert c.period == 1 and c.future
+    y_raw = wire.from_text(w.log.items[b.members[b.me].ref - 1])
+    start = 4 + 1 + len(w.room.room_id)
+    n = int.from_bytes(y_raw[start:start + 4], "big")
+    ct = y_raw[start + 4:start + 4 + n]
+    x, x_sig = _wrapped(w, ct, renewed[0].decapsulate(decode_ciphertext(ct)), b"alice2")
+    w.log.post(x)
+    w.log.post(_leave_item(w, x, x_sig))
+    w.log.post(b.leave())
+    w.log.members = [a, c]
+    _settle(w, 2)
+    w.log.post(x)
+    for step in after.split():
+        w.log.post(x if step == "X" else _leave_item(w, x, x_sig))
+    _settle(w, 2)
+    assert len(a.roster) == (1 if after.count("x") else 2)
+    _renew(w.keys[2], renewed[2])
     _settle(w)
     _agreed(a, c)

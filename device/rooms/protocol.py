@@ -36,7 +36,11 @@ The rules (DESIGN.md "Attribute-based rooms"; docs/rooms.md):
   :meth:`RoomMember._judge_gone`). The same item posted again (its member id
   a hash of its bytes) is judged at each post: a device holding it undecided
   keeps the refs of its later posts and takes it at the first that is not a
-  copy, where the members did (22f F1, :meth:`RoomMember._settle_posts`).
+  copy, where the members did (22f F1, :meth:`RoomMember._settle_posts`);
+  a post of an item it held undecided that left (a leave the members may
+  have ignored, the item a copy for them) goes on its roster again, and is
+  dropped only if the members took the item at an earlier post (red team
+  22g G1, :meth:`RoomMember._returned`, :meth:`RoomMember._back`).
 * **Epochs.** Every roster change starts an epoch, numbered by the relay ref
   of the item that made it. K_abe = XOR of HMAC(k_j, sid) over the roster.
 * **Leader.** The roster's first member draws G_e and posts the distribution.
@@ -205,6 +209,12 @@ class _Member:
     #: newcomer's roster, or held aside): the members ignored each post that was a copy and kept nothing of it, so
     #: they take the first that is not; the newcomer judges each post at its own ref (red team 22f F1).
     reposts: list[int] = field(default_factory=list)
+    #: The member id of a gone record (RoomMember.gone; b"" on records stored before red team 22g): a later
+    #: record of the same item is not taken if an earlier one was (the members ignore its later posts).
+    mid: bytes = b""
+    #: A held contribution that left: the refs of its later leaves, each after a post of it after the one before
+    #: (``left_at`` the first): the members may have taken it at such a post and dropped it at the next leave.
+    leaves: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -281,7 +291,7 @@ class RoomMember:
         self.gone: dict[bytes, list[_Member]] = {}
         #: Per ciphertext SHA-256 in :attr:`gone`: the stays of those the members took (:meth:`_judge_gone`),
         #: computed once, again only when a record is added. In memory only.
-        self._gone_taken: dict[bytes, tuple[list[int], list[int]]] = {}
+        self._gone_taken: dict[bytes, tuple[list[int], list[int], set[bytes]]] = {}
         self.roster: list[bytes] = []
         self.epochs: dict[int, _Epoch] = {}
         self.me: bytes | None = None
@@ -664,9 +674,10 @@ class RoomMember:
             # A later post of an item this device holds undecided: judged at its own ref too (red team 22f F1).
             undecided = self.members[mid] if mid in self.roster and self.members[mid].status == PENDING else None
             undecided = self.future.get(mid, undecided)
-            if undecided is not None and not undecided.left:
+            if undecided is not None:  # held and left too: its leave may have done nothing (red team 22g G1)
                 undecided.reposts.append(ref)
-            return Event(ref, "contribution", "ignored", sender_id=short(mid))
+            if not self._returned(mid, item):
+                return Event(ref, "contribution", "ignored", sender_id=short(mid))
         tagged = self._tag_ok(item, period)
         if tagged is False and not own:
             # In a period the room tags, a contribution without the room's secret's tag (made from the public key
@@ -737,6 +748,22 @@ class RoomMember:
             return Event(ref, "contribution", "skipped", sender_id=short(mid))
         self._new_epoch(ref)
         return self._event(ref, "contribution", "accepted", mid, epoch=ref, members=len(self.roster))
+
+    def _returned(self, mid: bytes, item: wire.Contribution) -> bool:
+        """Whether a post of a known member id is judged anew: the item left here while undecided (this device
+        never accepted it: a newcomer's pending one, one held aside) and the post is not a copy of an accepted one
+        on the roster. The members may have ignored it until then (each post a copy) and so ignored its leave too:
+        this post is then the first they judge. Whether they took it at an earlier post is told when it is settled
+        (:meth:`_taken_before`). Before (red team 22g G1) it was ignored as a known member's; the members took it."""
+        record = self.members.get(mid)
+        return (record is not None and record.status == PENDING and mid not in self.roster
+                and mid not in self.future and item.ciphertext_bytes not in self.ciphertexts)
+
+    def _taken_before(self, mid: bytes, ciphertext: bytes) -> bool:
+        """Whether the members took this item at an earlier post, before a leave of it (its gone record was taken:
+        :meth:`_judge_gone`): they ignore any later post of it (its member id known to them)."""
+        digest = hashlib.sha256(ciphertext).digest()
+        return digest in self.gone and mid in self._gone_verdicts(digest, ciphertext)[2]
 
     def _copy_taken(self, ciphertext: bytes, ref: int) -> bool:
         """Whether an earlier item on the roster carrying my contribution's ciphertext is taken by the members: a
@@ -1027,10 +1054,32 @@ class RoomMember:
                                 self._valid(mid, record, k)
                     if record.left:  # it left: never on the roster (the move it marks is recorded above)
                         # Kept to judge a copy that came while it was there; the mover was accepted.
-                        self._went(record, record.left_at, VALID if record.ref == self.moves[period] else PENDING)
+                        self._went(mid, record, record.left_at, VALID if record.ref == self.moves[period] else PENDING)
+                        self._back(mid, record)
                         continue
                     self.members[mid] = record
                     self.roster.append(mid)
+
+    def _back(self, mid: bytes, record: _Member) -> None:
+        """A held contribution that left, posted again after its leave: if the members ignored it until its leave
+        (each post a copy), they ignored the leave too and judged the next post; so it goes on the roster at that
+        post, undecided, as a post judged anew (:meth:`_returned`, :meth:`_taken_before`: red team 22g G1b)."""
+        if record.ref == self.moves.get(record.period) or record.ciphertext is None:
+            return
+        left_at = record.left_at
+        for leave in [*record.leaves, 0]:
+            later = [r for r in record.reposts if r > left_at]
+            if not later:
+                return
+            back = _Member(later[0], record.x_pub, record.sig_pub, record.bind, PENDING, record.ciphertext,
+                           record.name, record.period, reposts=later[1:])
+            if leave:  # it left again: a gone record of that stay, judged with the others (_judge_gone)
+                self._went(mid, back, leave)
+                left_at = leave
+                continue
+        self.members[mid] = back
+        at = next((i for i, other in enumerate(self.roster) if self.members[other].ref > back.ref), len(self.roster))
+        self.roster.insert(at, mid)
 
     def _settle_posts(self, mids: list[bytes], until: int | None = None) -> None:
         """Settle pending contributions post by post, in relay order (each post of one, before ``until``): a post
@@ -1066,6 +1115,12 @@ class RoomMember:
         ciphertext an earlier accepted contribution carries is dropped undecapsulated (a copy: red team 22c F1)."""
         member = self.members[mid]
         assert member.ciphertext is not None
+        if self._taken_before(mid, member.ciphertext):
+            # Taken by the members at an earlier post, then gone: this post they ignored. Kept as accepted and
+            # gone (off the roster, no ciphertext), so any later post is ignored here too, as by them.
+            self.roster.remove(mid)
+            member.status, member.ciphertext = VALID, None
+            return False
         k: bytes | None = None
         if not self._copy(member.ciphertext, member.ref):
             try:
@@ -1105,20 +1160,25 @@ class RoomMember:
         digest = hashlib.sha256(ciphertext).digest()
         if digest not in self.gone:
             return False
-        if digest not in self._gone_taken:
-            self._gone_taken[digest] = self._judge_gone(digest, ciphertext)
-        starts, ends = self._gone_taken[digest]
+        starts, ends, _ = self._gone_verdicts(digest, ciphertext)
         i = bisect.bisect_left(starts, ref)  # the taken ones that came before ref: starts[:i]
         return i > 0 and ends[i - 1] > ref
 
-    def _judge_gone(self, digest: bytes, ciphertext: bytes) -> tuple[list[int], list[int]]:
+    def _gone_verdicts(self, digest: bytes, ciphertext: bytes) -> tuple[list[int], list[int], set[bytes]]:
+        if digest not in self._gone_taken:
+            self._gone_taken[digest] = self._judge_gone(digest, ciphertext)
+        return self._gone_taken[digest]
+
+    def _judge_gone(self, digest: bytes, ciphertext: bytes) -> tuple[list[int], list[int], set[bytes]]:
         """The stays (ref, ref of its leave) of the gone contributions carrying ``ciphertext`` that the members
         took, as (their refs, the latest leave among each and those before it): each record judged once, in ref
         order, without recursion (red team 22f F3: a chain of overlapping stays overflowed the stack; F2: every
         judgement walked the whole list, n*m bind checks). Its bind is checked once (the verdict kept on the
         record: BOUND, or dropped if wrong); it was taken unless an earlier taken one was there when it came (a
-        copy). The mover of a period (VALID) was taken. A device that cannot decapsulate the ciphertext counts the
-        movers only (it cannot judge the later item either)."""
+        copy). The mover of a period (VALID) was taken, and so was an accepted one that left while a record of its
+        ciphertext was here (its stay kept: red team 22g G1c). A later record of an item the members took is not
+        taken (they ignored its later posts); the member ids taken are returned too. A device that cannot
+        decapsulate the ciphertext counts the VALID ones only (it cannot judge the later item either)."""
         k: bytes | None = None
         try:
             k = self._decapsulate(ciphertext)
@@ -1136,26 +1196,29 @@ class RoomMember:
         ends: list[int] = []
         latest = 0
         done: set[int] = set()
+        taken: set[bytes] = set()
         # Each post of each (F1: a post that was a copy was ignored, a later one of the same item may be taken).
         posts = sorted((r, i) for i, record in enumerate(kept) for r in [record.ref, *record.reposts])
         for ref, i in posts:
             record = kept[i]
-            if i in done or record.status not in (VALID, BOUND):
+            if i in done or record.status not in (VALID, BOUND) or (record.mid and record.mid in taken):
                 continue
             if record.status == VALID or ref > latest:
                 done.add(i)
+                if record.mid:
+                    taken.add(record.mid)
                 latest = max(latest, record.left_at)
                 starts.append(ref)
                 ends.append(latest)
-        return starts, ends
+        return starts, ends, taken
 
-    def _went(self, record: _Member, left_at: int, status: str = PENDING) -> None:
+    def _went(self, mid: bytes, record: _Member, left_at: int, status: str = PENDING) -> None:
         """An undecided contribution's member left (at ``left_at``): kept, without its ciphertext, to judge an item
-        carrying that ciphertext that came while it was there."""
+        carrying that ciphertext that came while it was there (and whether the members took it: red team 22g)."""
         if record.ciphertext is None:
             return
         kept = _Member(record.ref, record.x_pub, record.sig_pub, record.bind, status, None, record.name,
-                       record.period, left_at=left_at, reposts=[r for r in record.reposts if r < left_at])
+                       record.period, left_at=left_at, reposts=[r for r in record.reposts if r < left_at], mid=mid)
         digest = hashlib.sha256(record.ciphertext).digest()
         self.gone.setdefault(digest, []).append(kept)
         self._gone_taken.pop(digest, None)
@@ -1202,9 +1265,13 @@ class RoomMember:
     def _leave(self, ref: int, item: wire.Leave) -> Event:
         held = self.future.get(item.member)
         if held is not None:  # a member of a later period, held aside, leaves before this device can tell
-            if held.left:
+            last = held.leaves[-1] if held.leaves else held.left_at
+            if held.left and not (held.reposts and held.reposts[-1] > last):
                 return Event(ref, "leave", "ignored")
             wire.verify(held.sig_pub, item.signature, item.raw[:-wire.SIG_BYTES])
+            if held.left:  # posted again since its last leave: this leave may end a stay (red team 22g G1b)
+                held.leaves.append(ref)
+                return Event(ref, "leave", "held", sender_id=short(item.member))
             # Kept, marked: if it is genuine it is where the room moved for every member that could tell on
             # arrival, and the members that followed it bound with k_j alone. Deleted, it left this device
             # checking them strictly, and dropping them all (red team 22d F3).
@@ -1217,7 +1284,11 @@ class RoomMember:
         self.roster.remove(item.member)
         self._ks.pop(item.member, None)
         if member.status != VALID:
-            self._went(member, ref)
+            self._went(item.member, member, ref)
+        elif member.ciphertext is not None and hashlib.sha256(member.ciphertext).digest() in self.gone:
+            # An accepted one whose ciphertext a gone record carries: its stay is kept, so whether that record was
+            # a copy can still be told after this leave (red team 22g G1c).
+            self._went(item.member, member, ref, VALID)
         self._unlist(member)
         if not self.joined:
             return self._event(ref, "leave", "accepted", item.member, members=len(self.roster))
@@ -1373,7 +1444,7 @@ class RoomMember:
             "period": self.period, "wanted": self.wanted,
             "next": [hx(b) for b in self._next] if self._next is not None else None,
             "ciphertexts": sorted(c.hex() for c in self.ciphertexts),
-            "gone": {d.hex(): [_row(b"", r) for r in rs] for d, rs in self.gone.items()},
+            "gone": {d.hex(): [_row(r.mid, r) for r in rs] for d, rs in self.gone.items()},
             "reread": sorted(self.reread),
             "roster": [m.hex() for m in self.roster],
             "epochs": [[n, [m.hex() for m in ep.roster], ep.seen_at, hx(ep.kabe), hx(ep.key), ep.delete_at,
@@ -1410,8 +1481,8 @@ class RoomMember:
         member.ciphertexts = {r.ciphertext for r in member.members.values()
                               if r.status == VALID and r.ciphertext is not None}
         # Since red team 22e: undecided contributions whose member left.
-        member.gone = {bytes.fromhex(d): [_from_row(row)[1] for row in rows]
-                       for d, rows in data.get("gone", {}).items()}
+        # Since red team 22g: a gone record's member id in the row's first column ("" before).
+        member.gone = {bytes.fromhex(d): [_gone_row(row) for row in rows] for d, rows in data.get("gone", {}).items()}
         member.reread = set(data.get("reread", []))
         member.roster = [bytes.fromhex(m) for m in data["roster"]]
         for n, roster, seen_at, kabe, key, delete_at, distributed, sent, highest, *rest in data["epochs"]:
@@ -1449,19 +1520,27 @@ class RoomMember:
 def _row(mid: bytes, r: _Member) -> list:
     return [mid.hex(), r.ref, r.x_pub.hex(), r.sig_pub.hex(), r.bind.hex(), r.status,
             r.ciphertext.hex() if r.ciphertext is not None else None, r.name, r.period, r.held_at,
-            r.raw.hex() if r.raw is not None else None, r.left, r.left_at, r.reposts]
+            r.raw.hex() if r.raw is not None else None, r.left, r.left_at, r.reposts, r.leaves]
 
 
 def _from_row(row: list) -> tuple[bytes, _Member]:
     # A name since issue 22, then a period, then held_at, then the raw item of one held before its tag was checked,
     # then whether its member left while it was held (red team 22d F3), then the ref of that leave (22e R2).
     m, ref, x_pub, sig_pub, bind, status, ct, *rest = row
-    name, period, held_at, raw, left, left_at, reposts = (rest + ["", 0, None, None, False, 0, []][len(rest):])[:7]
+    # Then the refs of its later posts (22f F1), then of its later leaves (22g G1b).
+    name, period, held_at, raw, left, left_at, reposts, leaves = (
+        rest + ["", 0, None, None, False, 0, [], []][len(rest):])[:8]
     return bytes.fromhex(m), _Member(ref, bytes.fromhex(x_pub), bytes.fromhex(sig_pub), bytes.fromhex(bind), status,
                                      bytes.fromhex(ct) if ct is not None else None, name, period,
                                      time.time() if held_at is None else held_at,
                                      bytes.fromhex(raw) if raw is not None else None, bool(left), left_at,
-                                     [int(r) for r in reposts])
+                                     [int(r) for r in reposts], leaves=[int(r) for r in leaves])
+
+
+def _gone_row(row: list) -> _Member:
+    mid, record = _from_row(row)
+    record.mid = mid
+    return record
 
 
 def _raw(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
