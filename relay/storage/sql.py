@@ -321,10 +321,16 @@ class SQLStore(Store):
             marks = ", ".join("?" * len(refs))
             rows += tx.all(f"DELETE FROM messages WHERE mailbox = ? AND ref IN ({marks}) " + self._DELETED,
                            (mailbox, *refs, FILE_MARK))
-        self._uncount(tx, mailbox, [row[:3] for row in rows], now)
+        self._deleted(tx, mailbox, rows, now, gone)
+        return len(rows)
+
+    @classmethod
+    def _deleted(cls, tx: Tx, mailbox: str, rows: list[tuple], now: float, gone: list[str] | None) -> None:
+        """After a deletion ``... RETURNING`` :attr:`_DELETED`: its messages taken off the counts, and the names of
+        their content files added to ``gone`` (what this commit removes, from the deletion itself)."""
+        cls._uncount(tx, mailbox, [row[:3] for row in rows], now)
         if gone is not None:
             gone += [bytes(row[3])[1:].decode("ascii") for row in rows if row[3] is not None]
-        return len(rows)
 
     @staticmethod
     def _uncount(tx: Tx, mailbox: str, sizes: list[tuple], now: float) -> None:
@@ -415,9 +421,7 @@ class SQLStore(Store):
             def op(tx: Tx) -> int:
                 rows = tx.all("DELETE FROM messages WHERE mailbox = ? AND expires <= ? " + self._DELETED,
                               (mailbox, now, FILE_MARK))
-                self._uncount(tx, mailbox, [row[:3] for row in rows], now)
-                if gone is not None:  # the content files of what this commit removes, from the deletion itself
-                    gone.extend(bytes(row[3])[1:].decode("ascii") for row in rows if row[3] is not None)
+                self._deleted(tx, mailbox, rows, now, gone)
                 return len(rows)
 
             return op
