@@ -189,17 +189,18 @@ class RenewalPads:
         """Whom a renewal reaches: ([(member device id, name)] with a pad with room for it and not revoked, [names
         left out and why]). ``who``: one member (a name or key id), else every member; ``period``: the period
         number it issues (its attribute's length counts in the pad bytes a renewal takes)."""
-        issued = self.keys.find_issued(who) if who is not None else self.keys.issued()
+        everyone = self.keys.issued()  # read once: a renewal of 50 members read it 101 times
+        issued = self.keys.find_issued(who) if who is not None else everyone
         devices: dict[bytes, str] = {}
         for i in issued:
             if i.member_device_id is not None:
                 devices[i.member_device_id] = i.member
         with_pad = self.tables.members_with_pad()
-        holding = {i.member_device_id for i in self.keys.issued() if i.period == period}
+        holding = {i.member_device_id for i in everyone if i.period == period}
         out, left, already = [], [], []
         for device_id, name in devices.items():
             try:
-                renewal_for(self.keys, device_id)
+                prior = renewal_for(self.keys, device_id, everyone)
             except Revoked:
                 left.append(f"{name}: revoked")
                 continue
@@ -209,7 +210,7 @@ class RenewalPads:
             if device_id not in with_pad:
                 left.append(f"{name}: no renewal pad (granted before them, or on one machine): renew in person")
                 continue
-            attributes = (*renewal_for(self.keys, device_id).attributes, period_attribute(period))
+            attributes = (*prior.attributes, period_attribute(period))
             rooms = self.keys.room_secrets_for(period, attributes)
             if self.tables.pad_room(device_id) < fmt.segment_length(renewal_length(attributes, len(rooms))):
                 left.append(f"{name}: renewal pad used up: renew in person (a grant makes a new one)")

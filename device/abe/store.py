@@ -749,10 +749,11 @@ class AbeKeys:
         raise failure
 
 
-def renewal_for(auth: AbeKeys, member_device_id: bytes) -> Issued:
+def renewal_for(auth: AbeKeys, member_device_id: bytes, issued: list[Issued] | None = None) -> Issued:
     """The key a renewal re-issues for the device ``member_device_id``: its newest confirmed one, unless revoked
-    (Revoked) or none (UnknownMember)."""
-    mine = [i for i in auth.issued() if i.member_device_id is not None and equal(i.member_device_id, member_device_id)]
+    (Revoked) or none (UnknownMember). ``issued``: ``auth.issued()``, if the caller has read it already."""
+    mine = [i for i in (auth.issued() if issued is None else issued)
+            if i.member_device_id is not None and equal(i.member_device_id, member_device_id)]
     if not mine:
         raise UnknownMember("This authority issued no key to that device.")
     newest = mine[-1]
