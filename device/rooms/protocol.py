@@ -822,9 +822,13 @@ class RoomMember:
 
     def _decide_held(self, usable: int) -> None:
         """The held contributions of the periods this device's key has begun in (up to ``usable``), checked in relay
-        order: the room moves at the earliest genuine one's ref (once). A joined device does it before each item
-        (:meth:`_take_held`); one not joined before it judges an arriving contribution of a later period (red team
-        22g G2, :meth:`_contribution`)."""
+        order: the room moves at the earliest genuine one's ref, then on at the next genuine one of a later period
+        than the room's, and so on, until none held up to ``usable`` is left, as the members moved on arrival. A
+        joined device does it before each item (:meth:`_take_held`); one not joined before it judges an arriving
+        contribution of a later period (red team 22g G2, :meth:`_contribution`). Before (red team 22h H1, H1b) it
+        stopped after the first move: a device holding the moves of two or three later periods at once (keys
+        issued ahead, or renewed late for several periods) judged the last period's follower as a would-be mover,
+        strictly, and skipped it; the members took it."""
         for mid, record in sorted(self.future.items(), key=lambda kv: kv[1].ref):
             if record.period > usable or record.period <= self.period or mid not in self.future:
                 continue
@@ -839,7 +843,6 @@ class RoomMember:
             self._advance(record.period, record.ref)
             if not record.left:
                 self._valid(mid, record, k)
-            return
 
     def _can_judge(self, period: int) -> bool:
         """Whether this device can judge contributions of ``period`` (its key of it begun): not in a period the room
