@@ -256,7 +256,6 @@ def test_a_member_renewed_late_for_three_periods_drops_the_last_periods_follower
     _agreed(a, b, c)
 
 
-@pytest.mark.xfail(reason="red team 22h H3: open", strict=True)
 def test_an_earlier_periods_contribution_after_a_waiting_newcomers_decided_move_goes_on_its_roster():
     """Severity: high (a newcomer's roster split from the members' for good, never keyed; anyone with the public key
     posting one item, or a hostile relay replaying an earlier-period contribution, in a room that tags its periods).
@@ -310,7 +309,6 @@ def test_an_earlier_periods_contribution_after_a_waiting_newcomers_decided_move_
     _agreed(a, b, c)
 
 
-@pytest.mark.xfail(reason="red team 22h H4: open", strict=True)
 def test_a_copy_of_a_held_move_read_after_the_newcomers_key_began_outlives_the_moves_leave():
     """Severity: medium (a newcomer's roster split from the members' for good, never keyed; an insider holding a key
     of the period, through an honest relay; the same stale check as H3).

@@ -693,6 +693,15 @@ class RoomMember:
                 # this one is a follower, bound with k_j alone, not a would-be mover checked strictly. Before (red
                 # team 22g G2) it was checked strictly, failed, and was skipped for good; the members took it.
                 self._decide_held(usable)
+                # Judged again against the period and the roster the members had when it came: an earlier period's
+                # is skipped, and one whose ciphertext a contribution just decided carries (the held move) is a
+                # copy, ignored. Before (red team 22h H3, H4) both checks ran only before the move: an earlier
+                # period's contribution (anyone's, from the public key) and an insider's copy of the held move went
+                # on the newcomer's roster, undecided, and split it from the members.
+                if period < self.period:
+                    return Event(ref, "contribution", "skipped", sender_id=short(mid))
+                if self._copy(item.ciphertext_bytes, ref):
+                    return Event(ref, "contribution", "ignored", sender_id=short(mid))
         if period > self.period:
             record = _Member(ref, item.x_pub, item.sig_pub, item.bind, PENDING, item.ciphertext_bytes, item.name,
                              period)
