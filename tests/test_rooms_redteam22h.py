@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from device.abe.scheme import encapsulate
 from tests.rooms_helpers import World
 from tests.test_rooms_redteam22g import _agreed, _leave_item, _settle, _wrapped
@@ -196,7 +194,6 @@ def _held_leave_repost_flood(n: int) -> int:
     return steps
 
 
-@pytest.mark.xfail(reason="red team 22h H2: open", strict=True)
 def test_a_held_items_leaves_and_reposts_cost_quadratic_cpu_when_its_period_is_decided():
     """Severity: low (CPU/availability: one pass quadratic in the items an attacker posts; anyone who can post with
     the public key in a period the room does not tag, an insider in a tagged one).
