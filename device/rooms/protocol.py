@@ -1301,9 +1301,13 @@ class RoomMember:
         self._ks.pop(item.member, None)
         if member.status != VALID:
             self._went(item.member, member, ref)
-        elif member.ciphertext is not None and hashlib.sha256(member.ciphertext).digest() in self.gone:
+        elif member.ciphertext is not None and (not self.joined
+                                                or hashlib.sha256(member.ciphertext).digest() in self.gone):
             # An accepted one whose ciphertext a gone record carries: its stay is kept, so whether that record was
-            # a copy can still be told after this leave (red team 22g G1c).
+            # a copy can still be told after this leave (red team 22g G1c). Likewise any accepted one leaving while
+            # this device is not joined (a held move decided early, 22g G2): a copy of it held beside it went on
+            # the roster undecided when the room moved and is judged at the join, after this leave. Before (found
+            # with red team 22h H4's fix) no stay was kept and the newcomer took the copy; the members ignored it.
             self._went(item.member, member, ref, VALID)
         self._unlist(member)
         if not self.joined:
