@@ -323,3 +323,49 @@ def test_the_join_pass_of_a_held_items_leaves_and_reposts_is_linear_and_agrees()
     w.log.post(c.join("carol"))
     _settle(w)
     _agreed(a, b, c)
+
+
+def test_labels_from_the_count_of_skeletons_are_those_of_every_name_compared(monkeypatch):
+    """RoomMember.label counts skeletons as records come and go (docs/rooms.md, red team 22f F2's cost): after
+    look-alike names posted, left, posted again and taken off the roster, every label is what comparing the name
+    with every membership seen gives, and one label costs one skeleton."""
+    from device.rooms import protocol
+
+    w = _untagged_world()
+    a, b, c = w.members
+    w.log.members = [a, b]
+    for m, name in ((a, "alice"), (b, "bob")):
+        w.log.post(m.join(name))
+        _settle(w, 2)
+    policy = a.policy_for(1)
+    enc = encapsulate(w.master.public, policy)
+    ct = enc.ciphertext.encode()
+    made = [_wrapped(w, ct if i % 2 else encapsulate(w.master.public, policy).ciphertext.encode(),
+                     enc.key, name) for i, name in enumerate([b"rnallory", b"mallory", b"MaIlory", b"bob", b"b0b"])]
+    for raw, _ in made:
+        w.log.post(raw)
+    for raw, sig in made[:3]:
+        w.log.post(_leave_item(w, raw, sig))
+    w.log.post(made[0][0])
+    w.log.members = [a, b, c]
+    w.log.deliver(c)
+    calls = 0
+    real = protocol.skeleton
+
+    def counted(name: str) -> str:
+        nonlocal calls
+        calls += 1
+        return real(name)
+
+    monkeypatch.setattr(protocol, "skeleton", counted)
+    for m in (a, b, c):
+        for mid, record in m.members.items():
+            mine = real(record.name) if record.name else None
+            same = sum(bool(r.name) and real(r.name) == mine for r in m.members.values())
+            calls = 0
+            label = m.label(mid)
+            assert calls <= 1
+            assert label == (f"member~{protocol.short(mid)}" if not record.name
+                             else f"{record.name}~{protocol.short(mid)}" if same > 1 else record.name)
+    labels = [c.label(mid) for mid in c.members]
+    assert "alice" in labels and sum("~" in label for label in labels) >= 4, labels

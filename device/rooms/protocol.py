@@ -103,7 +103,7 @@ import bisect
 import hashlib
 import os
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -265,6 +265,43 @@ def skeleton(name: str) -> str:
         folded = swapped
 
 
+class _Members(dict[bytes, _Member]):
+    """The memberships a device has seen in a room (RoomMember.members), with a count of their display names'
+    skeletons kept as records come and go, so :meth:`RoomMember.label` costs one skeleton, not one per membership.
+    Before, each label walked every record: a newcomer's reading of a flood of named contributions (undecided on
+    its roster until its join) was quadratic, half of its CPU (docs/rooms.md, red team 22f F2). A record's name
+    never changes; records change only by ``m[mid] = r``, ``del m[mid]`` and ``m.pop(mid)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skeletons: Counter[str] = Counter()
+
+    def _count(self, record: _Member, by: int) -> None:
+        if record.name:
+            self.skeletons[skeleton(record.name)] += by
+
+    def __setitem__(self, mid: bytes, record: _Member) -> None:
+        old = self.get(mid)
+        if old is not None:
+            self._count(old, -1)
+        super().__setitem__(mid, record)
+        self._count(record, 1)
+
+    def __delitem__(self, mid: bytes) -> None:
+        self._count(self[mid], -1)
+        super().__delitem__(mid)
+
+    def pop(self, mid: bytes) -> _Member:  # type: ignore[override]
+        record = super().pop(mid)
+        self._count(record, -1)
+        return record
+
+    def _uncounted(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("RoomMember.members changes only by m[mid] = r, del m[mid] and m.pop(mid).")
+
+    update = setdefault = popitem = clear = __ior__ = _uncounted  # type: ignore[assignment]
+
+
 class RoomMember:
     """One device's state in one room."""
 
@@ -278,7 +315,7 @@ class RoomMember:
         self.leader_timeout = leader_timeout
         self.grace = grace
         self.last_ref = 0
-        self.members: dict[bytes, _Member] = {}
+        self.members = _Members()
         #: The ciphertexts of the contributions accepted (status VALID): a later item carrying one is a duplicate.
         #: An undecided one's (held aside, or pending on a newcomer's roster) is not here: a hostile relay could
         #: copy a genuine ciphertext into a fake placed first, and the device that must wait to judge it would
@@ -394,8 +431,7 @@ class RoomMember:
         name = record.name if record is not None else ""
         if not name:
             return f"member~{short(member)}"
-        mine = skeleton(name)
-        if sum(bool(m.name) and skeleton(m.name) == mine for m in self.members.values()) > 1:
+        if self.members.skeletons[skeleton(name)] > 1:
             return f"{name}~{short(member)}"
         return name
 
