@@ -103,7 +103,7 @@ import bisect
 import hashlib
 import os
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -265,6 +265,43 @@ def skeleton(name: str) -> str:
         folded = swapped
 
 
+class _Members(dict[bytes, _Member]):
+    """The memberships a device has seen in a room (RoomMember.members), with a count of their display names'
+    skeletons kept as records come and go, so :meth:`RoomMember.label` costs one skeleton, not one per membership.
+    Before, each label walked every record: a newcomer's reading of a flood of named contributions (undecided on
+    its roster until its join) was quadratic, half of its CPU (docs/rooms.md, red team 22f F2). A record's name
+    never changes; records change only by ``m[mid] = r``, ``del m[mid]`` and ``m.pop(mid)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skeletons: Counter[str] = Counter()
+
+    def _count(self, record: _Member, by: int) -> None:
+        if record.name:
+            self.skeletons[skeleton(record.name)] += by
+
+    def __setitem__(self, mid: bytes, record: _Member) -> None:
+        old = self.get(mid)
+        if old is not None:
+            self._count(old, -1)
+        super().__setitem__(mid, record)
+        self._count(record, 1)
+
+    def __delitem__(self, mid: bytes) -> None:
+        self._count(self[mid], -1)
+        super().__delitem__(mid)
+
+    def pop(self, mid: bytes) -> _Member:  # type: ignore[override]
+        record = super().pop(mid)
+        self._count(record, -1)
+        return record
+
+    def _uncounted(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("RoomMember.members changes only by m[mid] = r, del m[mid] and m.pop(mid).")
+
+    update = setdefault = popitem = clear = __ior__ = _uncounted  # type: ignore[assignment]
+
+
 class RoomMember:
     """One device's state in one room."""
 
@@ -278,7 +315,7 @@ class RoomMember:
         self.leader_timeout = leader_timeout
         self.grace = grace
         self.last_ref = 0
-        self.members: dict[bytes, _Member] = {}
+        self.members = _Members()
         #: The ciphertexts of the contributions accepted (status VALID): a later item carrying one is a duplicate.
         #: An undecided one's (held aside, or pending on a newcomer's roster) is not here: a hostile relay could
         #: copy a genuine ciphertext into a fake placed first, and the device that must wait to judge it would
@@ -394,8 +431,7 @@ class RoomMember:
         name = record.name if record is not None else ""
         if not name:
             return f"member~{short(member)}"
-        mine = skeleton(name)
-        if sum(bool(m.name) and skeleton(m.name) == mine for m in self.members.values()) > 1:
+        if self.members.skeletons[skeleton(name)] > 1:
             return f"{name}~{short(member)}"
         return name
 
@@ -693,6 +729,15 @@ class RoomMember:
                 # this one is a follower, bound with k_j alone, not a would-be mover checked strictly. Before (red
                 # team 22g G2) it was checked strictly, failed, and was skipped for good; the members took it.
                 self._decide_held(usable)
+                # Judged again against the period and the roster the members had when it came: an earlier period's
+                # is skipped, and one whose ciphertext a contribution just decided carries (the held move) is a
+                # copy, ignored. Before (red team 22h H3, H4) both checks ran only before the move: an earlier
+                # period's contribution (anyone's, from the public key) and an insider's copy of the held move went
+                # on the newcomer's roster, undecided, and split it from the members.
+                if period < self.period:
+                    return Event(ref, "contribution", "skipped", sender_id=short(mid))
+                if self._copy(item.ciphertext_bytes, ref):
+                    return Event(ref, "contribution", "ignored", sender_id=short(mid))
         if period > self.period:
             record = _Member(ref, item.x_pub, item.sig_pub, item.bind, PENDING, item.ciphertext_bytes, item.name,
                              period)
@@ -822,9 +867,13 @@ class RoomMember:
 
     def _decide_held(self, usable: int) -> None:
         """The held contributions of the periods this device's key has begun in (up to ``usable``), checked in relay
-        order: the room moves at the earliest genuine one's ref (once). A joined device does it before each item
-        (:meth:`_take_held`); one not joined before it judges an arriving contribution of a later period (red team
-        22g G2, :meth:`_contribution`)."""
+        order: the room moves at the earliest genuine one's ref, then on at the next genuine one of a later period
+        than the room's, and so on, until none held up to ``usable`` is left, as the members moved on arrival. A
+        joined device does it before each item (:meth:`_take_held`); one not joined before it judges an arriving
+        contribution of a later period (red team 22g G2, :meth:`_contribution`). Before (red team 22h H1, H1b) it
+        stopped after the first move: a device holding the moves of two or three later periods at once (keys
+        issued ahead, or renewed late for several periods) judged the last period's follower as a would-be mover,
+        strictly, and skipped it; the members took it."""
         for mid, record in sorted(self.future.items(), key=lambda kv: kv[1].ref):
             if record.period > usable or record.period <= self.period or mid not in self.future:
                 continue
@@ -839,7 +888,6 @@ class RoomMember:
             self._advance(record.period, record.ref)
             if not record.left:
                 self._valid(mid, record, k)
-            return
 
     def _can_judge(self, period: int) -> bool:
         """Whether this device can judge contributions of ``period`` (its key of it begun): not in a period the room
@@ -1066,13 +1114,17 @@ class RoomMember:
         post, undecided, as a post judged anew (:meth:`_returned`, :meth:`_taken_before`: red team 22g G1b)."""
         if record.ref == self.moves.get(record.period) or record.ciphertext is None:
             return
+        # One walk of the posts, each stay's found by binary search: before (red team 22h H2) every leave filtered
+        # all the posts again, n leaves and posts cost n^2 steps in one pass.
+        reposts = sorted(record.reposts)
         left_at = record.left_at
         for leave in [*record.leaves, 0]:
-            later = [r for r in record.reposts if r > left_at]
-            if not later:
+            first = bisect.bisect_right(reposts, left_at)  # the first post after the last leave
+            if first == len(reposts):
                 return
-            back = _Member(later[0], record.x_pub, record.sig_pub, record.bind, PENDING, record.ciphertext,
-                           record.name, record.period, reposts=later[1:])
+            last = bisect.bisect_left(reposts, leave, first) if leave else len(reposts)
+            back = _Member(reposts[first], record.x_pub, record.sig_pub, record.bind, PENDING, record.ciphertext,
+                           record.name, record.period, reposts=reposts[first + 1:last])
             if leave:  # it left again: a gone record of that stay, judged with the others (_judge_gone)
                 self._went(mid, back, leave)
                 left_at = leave
@@ -1285,9 +1337,13 @@ class RoomMember:
         self._ks.pop(item.member, None)
         if member.status != VALID:
             self._went(item.member, member, ref)
-        elif member.ciphertext is not None and hashlib.sha256(member.ciphertext).digest() in self.gone:
+        elif member.ciphertext is not None and (not self.joined
+                                                or hashlib.sha256(member.ciphertext).digest() in self.gone):
             # An accepted one whose ciphertext a gone record carries: its stay is kept, so whether that record was
-            # a copy can still be told after this leave (red team 22g G1c).
+            # a copy can still be told after this leave (red team 22g G1c). Likewise any accepted one leaving while
+            # this device is not joined (a held move decided early, 22g G2): a copy of it held beside it went on
+            # the roster undecided when the room moved and is judged at the join, after this leave. Before (found
+            # with red team 22h H4's fix) no stay was kept and the newcomer took the copy; the members ignored it.
             self._went(item.member, member, ref, VALID)
         self._unlist(member)
         if not self.joined:
