@@ -47,6 +47,7 @@ from types import FrameType
 
 from relay.config import RelayConfig
 from relay.ratelimit import Limiters
+from relay.writer import link as writer_line
 
 log = logging.getLogger("otc.relay")
 
@@ -142,17 +143,18 @@ def _writer(config: RelayConfig, parent: int, control: socket.socket) -> int:
     """The writer process's life (relay/writer.py): run the workers' writes until SIGTERM or SIGINT."""
     from relay.storage import open_store
     from relay.storage.sql import SQLStore
-    from relay.writer import serve_writer, stop_pipe
+    from relay.writer import StopPipe, serve_writer
 
-    stop, ring = stop_pipe()
-    if not _child(parent, ring):
+    stop = StopPipe()
+    if not _child(parent, stop.ring):
         return 0
     store = open_store(config.db, pool_size=1)
     assert isinstance(store, SQLStore)
     try:
-        serve_writer(store, control, stop)
+        serve_writer(store, control, stop.reader)
     finally:
         store.close()
+        stop.close()
     return 0
 
 
@@ -182,15 +184,10 @@ def serve(sock: socket.socket, config: RelayConfig, workers: int, threads: int, 
         """A line from worker ``n`` to the writer, its ends handed to both."""
         if 0 not in controls or n not in controls:
             return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            socket.send_fds(controls[0], [str(n).encode()], [ours.fileno()])
-            socket.send_fds(controls[n], [b"w"], [theirs.fileno()])
+            writer_line(controls[0], controls[n], n)
         except OSError as exc:  # one of them is gone; it is linked again when started again
             log.warning("could not link worker %d to the writer: %s", n, exc.strerror)
-        finally:
-            ours.close()
-            theirs.close()
 
     def spawn(n: int) -> None:
         control = child_end = None

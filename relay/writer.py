@@ -28,7 +28,6 @@ import selectors
 import socket
 import struct
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from relay import errors
@@ -87,6 +86,18 @@ class _Frames:
         return frames
 
 
+def link(writer_control: socket.socket, worker_control: socket.socket, worker: int) -> None:
+    """A new line between a worker and the writer: a socket pair whose ends go to each over its control line (the
+    supervisor's; raises OSError if either is gone)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        socket.send_fds(writer_control, [str(worker).encode()], [ours.fileno()])
+        socket.send_fds(worker_control, [b"w"], [theirs.fileno()])
+    finally:
+        ours.close()
+        theirs.close()
+
+
 # -- the writer ------------------------------------------------------------------------------------------
 
 
@@ -125,7 +136,9 @@ def serve_writer(store: SQLStore, control: socket.socket, stop: socket.socket) -
                     line.sock.close()
                     lines.remove(line)
             if queued:
-                queued = _commit(store, queued)
+                batch, queued = queued[:MAX_BATCH], queued[MAX_BATCH:]
+                _commit(store, batch)
+                _answer(batch)
     finally:
         selector.close()
         for line in lines:
@@ -158,7 +171,7 @@ def _read_line(store: SQLStore, line: _Line, queued: list[tuple[_Line, int, Op]]
             rid, name, args, key = _load(frame)
             if name not in OPS or not isinstance(args, tuple) or not isinstance(rid, int):
                 raise ValueError("not a write operation")
-            queued.append((line, rid, Op(store.operation(name, args), str(key))))
+            queued.append((line, rid, Op(store.operation(name, args), str(key), waits=False)))
     except Exception as exc:  # noqa: BLE001 - anything malformed drops the line, never the writer
         log.error("writer: worker %s sent a malformed request (%s); its line is closed", line.worker,
                   type(exc).__name__)
@@ -166,16 +179,21 @@ def _read_line(store: SQLStore, line: _Line, queued: list[tuple[_Line, int, Op]]
     return True
 
 
-def _commit(store: SQLStore, queued: list[tuple[_Line, int, Op]]) -> list[tuple[_Line, int, Op]]:
-    """Commit up to MAX_BATCH queued operations in one durable transaction and answer them; what is left."""
-    now, rest = queued[:MAX_BATCH], queued[MAX_BATCH:]
+def _commit(store: SQLStore, batch: list[tuple[_Line, int, Op]]) -> None:
+    """Commit ``batch`` in one durable transaction (SQLStore.commit_batch). Syncing in a second thread while this
+    one commits the next batch was tried: batches of 4 operations instead of 19, and more CPU per message
+    (docs/relay-protocol.md, "The writer process")."""
     try:
-        store.commit_batch(lambda: [op for _, _, op in now])
+        store.commit_batch(lambda: [op for _, _, op in batch])
     except Exception as exc:  # noqa: BLE001 - the writers' turn could not be had: nothing was written
         log.warning("writer: batch not committed (%s)", type(exc).__name__)
-        SQLStore._failed([op for _, _, op in now], exc)
+        SQLStore._failed([op for _, _, op in batch], exc)
+
+
+def _answer(done: list[tuple[_Line, int, Op]]) -> None:
+    """Each operation's result or refusal, in one frame per worker."""
     answers: dict[_Line, list[tuple[int, RelayError | None, Any]]] = {}
-    for line, rid, op in now:
+    for line, rid, op in done:
         error = op.error
         if error is not None and not isinstance(error, RelayError):
             log.error("writer: a batch failed: %s", type(error).__name__)
@@ -184,7 +202,6 @@ def _commit(store: SQLStore, queued: list[tuple[_Line, int, Op]]) -> list[tuple[
     for line, items in answers.items():
         with contextlib.suppress(OSError):  # a worker gone: its line is dropped when read
             line.sock.sendall(_frame(items))
-    return rest
 
 
 # -- a worker's link -------------------------------------------------------------------------------------
@@ -220,7 +237,21 @@ class WriterLink:
         self._ids = itertools.count(1)
         self._started = False
         self._closed = False
-        threading.Thread(target=self._take_lines, name="otc-relay-writer-lines", daemon=True).start()
+        self._threads = [threading.Thread(target=self._take_lines, name="otc-relay-writer-lines", daemon=True)]
+        self._threads[0].start()
+
+    def close(self) -> None:
+        """Take no more lines and drop the current one (the store is closing)."""
+        with self._changed:
+            self._closed = True
+            link, self._link = self._link, None
+            self._changed.notify_all()
+        for sock in [self._control] + ([link.sock] if link is not None else []):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._control.close()
 
     def call(self, name: str, args: tuple, key: str) -> Any:
         link = self._current(LINK_WAIT_S if self._started else START_WAIT_S)
@@ -264,10 +295,15 @@ class WriterLink:
             link = _Link(socket.socket(fileno=fds[0]))
             link.sock.setblocking(True)
             with self._changed:
+                if self._closed:
+                    link.sock.close()
+                    return
                 self._link = link
                 self._changed.notify_all()
-            threading.Thread(target=self._answers, args=(link,), name="otc-relay-writer-answers",
-                             daemon=True).start()
+            answers = threading.Thread(target=self._answers, args=(link,), name="otc-relay-writer-answers",
+                                       daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()] + [answers]
+            answers.start()
 
     def _answers(self, link: _Link) -> None:
         frames = _Frames()
@@ -299,15 +335,18 @@ class WriterLink:
             link.sock.close()
 
 
-def stop_pipe() -> tuple[socket.socket, Callable[[], None]]:
-    """A socket that becomes readable when the returned function is called (from a signal handler too)."""
-    reader, writer = socket.socketpair()
-    reader.setblocking(False)
-    writer.setblocking(False)
+class StopPipe:
+    """A socket (``reader``) that becomes readable once :meth:`ring` is called (from a signal handler too)."""
 
-    def ring() -> None:
+    def __init__(self) -> None:
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def ring(self) -> None:
         with contextlib.suppress(OSError):
-            writer.send(b"\0")
+            self._writer.send(b"\0")
 
-    return reader, ring
-
+    def close(self) -> None:
+        self.reader.close()
+        self._writer.close()

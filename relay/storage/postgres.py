@@ -185,6 +185,7 @@ class PostgresStore(SQLStore):
 
     def close(self) -> None:
         self._closed.set()
+        self._close_writer()
         if self._watcher is not None:
             if self._watcher.is_alive() and self._idle:
                 # Wake the listener now rather than at its next timeout (pool connections notify too).

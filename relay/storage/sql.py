@@ -49,6 +49,8 @@ class Writer(Protocol):
 
     def call(self, name: str, args: tuple, key: str) -> Any: ...
 
+    def close(self) -> None: ...
+
 
 class Tx(Protocol):
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None: ...
@@ -58,18 +60,21 @@ class Tx(Protocol):
     def run(self, sql: str, params: Sequence[Any] = ()) -> int: ...  # rowcount; -1 if not known yet
 
 
+_NO_WAKE = threading.Event()  # an Op nobody waits for (the writer process's)
+
+
 class Op:
     """One queued transaction function and, once committed, its outcome."""
 
     __slots__ = ("fn", "key", "done", "value", "error", "wake")
 
-    def __init__(self, fn: Callable[[Tx], Any], key: str) -> None:
+    def __init__(self, fn: Callable[[Tx], Any], key: str, waits: bool = True) -> None:
         self.fn = fn
         self.key = key
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
-        self.wake = threading.Event()
+        self.wake = threading.Event() if waits else _NO_WAKE
 
 
 def run_batch(execute: Callable[[str], Any], tx: Tx, batch: list[Op]) -> None:
@@ -108,6 +113,10 @@ class SQLStore(Store):
     def use_writer(self, writer: Writer) -> None:
         """Send every write to ``writer`` (a worker of ``--workers N``: the writer process commits them)."""
         self._writer_link = writer
+
+    def _close_writer(self) -> None:
+        if self._writer_link is not None:
+            self._writer_link.close()
 
     def operation(self, name: str, args: Sequence[Any]) -> Callable[[Tx], Any]:
         """The transaction function of the write operation ``name`` (one of OPS) with ``args``."""

@@ -312,6 +312,7 @@ class SQLiteStore(SQLStore):
 
     def close(self) -> None:
         self._closed.set()
+        self._close_writer()
         if self._wal is not None:
             with contextlib.suppress(OSError):
                 os.close(self._wal)
