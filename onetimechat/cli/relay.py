@@ -11,7 +11,7 @@ from types import FrameType
 
 from onetimechat.cli.common import command_group
 from onetimechat.net import listen_failure
-from relay.config import DAY, RelayConfig, describe_db
+from relay.config import DAY, RelayConfig, describe_db, parse_db_url
 from relay.errors import ConfigError
 from relay.server import DEFAULT_THREADS, RelayServer, parse_listen
 from relay.storage.schema import LATEST
@@ -61,7 +61,7 @@ def register(parts: argparse._SubParsersAction) -> None:
                         "(default 1; see docs/relay-protocol.md, \"Worker processes\", for what limits mean then)")
     p.add_argument("--writer", action=argparse.BooleanOptionalAction, default=None,
                    help="run every write in one writer process that the workers send them to (default: with "
-                        "--workers 2 or more)")
+                        "--workers 2 or more on PostgreSQL)")
     p.add_argument("--max-waits", type=_positive(int), default=None,
                    help="long polls held at once (default: three quarters of --threads)")
     p.add_argument("--waits-per-address", type=_positive(int), default=d.max_waits_per_address,
@@ -115,7 +115,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         connections_per_address=args.connections_per_address, address_max_bytes=args.address_bytes,
         address_new_mailboxes=args.address_mailboxes, min_free_bytes=args.min_free)
     logging.basicConfig(level=logging.INFO, format="otc relay: %(levelname)s %(message)s", stream=sys.stderr)
-    writer = args.writer if args.writer is not None else args.workers > 1
+    # The writer process pays on PostgreSQL and not on SQLite (docs/relay-protocol.md, "The writer process").
+    writer = args.writer if args.writer is not None else (args.workers > 1 and
+                                                          parse_db_url(config.db)[0] == "postgresql")
     if args.workers > 1 or writer:
         return _serve_workers(args, config, host, port, threads, writer)
     app = create_app(config)
