@@ -60,8 +60,8 @@ def register(parts: argparse._SubParsersAction) -> None:
                    help="worker processes serving the one address and store, each with --threads threads "
                         "(default 1; see docs/relay-protocol.md, \"Worker processes\", for what limits mean then)")
     p.add_argument("--writer", action=argparse.BooleanOptionalAction, default=None,
-                   help="run every write in one writer process that the workers send them to (default: with "
-                        "--workers 2 or more on PostgreSQL)")
+                   help="run every write in one writer process that the workers send them to (default: on "
+                        "PostgreSQL)")
     p.add_argument("--max-waits", type=_positive(int), default=None,
                    help="long polls held at once (default: three quarters of --threads)")
     p.add_argument("--waits-per-address", type=_positive(int), default=d.max_waits_per_address,
@@ -115,9 +115,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         connections_per_address=args.connections_per_address, address_max_bytes=args.address_bytes,
         address_new_mailboxes=args.address_mailboxes, min_free_bytes=args.min_free)
     logging.basicConfig(level=logging.INFO, format="otc relay: %(levelname)s %(message)s", stream=sys.stderr)
-    # The writer process pays on PostgreSQL and not on SQLite (docs/relay-protocol.md, "The writer process").
-    writer = args.writer if args.writer is not None else (args.workers > 1 and
-                                                          parse_db_url(config.db)[0] == "postgresql")
+    # The writer process pays on PostgreSQL, with one worker as with two, and not on SQLite (docs/relay-protocol.md,
+    # "The writer process").
+    writer = args.writer if args.writer is not None else parse_db_url(config.db)[0] == "postgresql"
     if args.workers > 1 or writer:
         return _serve_workers(args, config, host, port, threads, writer)
     app = create_app(config)
@@ -169,7 +169,8 @@ def _serve_workers(args: argparse.Namespace, config: RelayConfig, host: str, por
 
     try:
         status = workers.serve(sock, config, args.workers, threads, args.trusted_proxy, started,
-                               listening=lambda: print(f"otc relay: listening on {url} ({args.workers} workers of "
+                               listening=lambda: print(f"otc relay: listening on {url} ({args.workers} "
+                                                       f"worker{'s' if args.workers > 1 else ''} of "
                                                        f"{threads} threads)", flush=True),
                                writer=writer)
     finally:
