@@ -59,6 +59,8 @@ from relay.config import RelayConfig  # noqa: E402 - after the path is set
 CLIENTS = 50
 RATE_LIMIT = RelayConfig().rate_limit  # requests/s per client address, the relay's default
 LOADGEN: Path | None = None  # the C load generator (bench/native/loadgen.c), once built
+TREE = ROOT  # the checkout whose relay runs (--tree: another one, to compare in the same minutes)
+RELAY_ARGS: list[str] = []  # more `otc relay serve` options (--writer)
 ROUNDS = 3
 PACKAGE = "T1RDMQ" + "A" * 194  # a base64 package of about the size a 100-byte message makes
 
@@ -241,17 +243,20 @@ def family(pid: int) -> list[int]:
     return found
 
 
-def start_relay(db: str, workers: int, log: Path) -> tuple[subprocess.Popen, int]:
-    """`otc relay serve` with its default limits."""
+def start_relay(db: str, workers: int, log: Path) -> tuple[subprocess.Popen, int, int | None]:
+    """`otc relay serve` with its default limits; its process, port and writer process (if it has one)."""
     with log.open("ab") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "onetimechat.cli", "relay", "serve", "--listen", "127.0.0.1:0", "--db", db,
-             "--workers", str(workers)],
-            stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
+             "--workers", str(workers), *RELAY_ARGS],
+            stdout=subprocess.PIPE, stderr=err, text=True, cwd=TREE)
     assert proc.stdout is not None
+    writer = None
     for line in proc.stdout:
+        if " writer process, pid " in line:
+            writer = int(line.rsplit(" ", 1)[1])
         if " listening on http://" in line:
-            return proc, int(line.split("http://", 1)[1].split()[0].rsplit(":", 1)[1])
+            return proc, int(line.split("http://", 1)[1].split()[0].rsplit(":", 1)[1]), writer
     raise RuntimeError(f"the relay did not start: {log.read_text()[-2000:]}")
 
 
@@ -259,23 +264,43 @@ class Phase:
     """One measured phase's figures."""
 
     def __init__(self, sent: float, delivered: float, errors: int, statuses: dict, relay_cpu: list[float],
-                 store_cpu: float | None, load_cpu: float, latencies: list[float], other_cpu: float) -> None:
+                 store_cpu: float | None, load_cpu: float, latencies: list[float], other_cpu: float,
+                 writer_cpu: float | None = None) -> None:
         self.sent, self.delivered, self.errors, self.statuses = sent, delivered, errors, statuses
         self.other_cpu = other_cpu
         self.relay_cpu, self.store_cpu, self.load_cpu, self.latencies = relay_cpu, store_cpu, load_cpu, latencies
+        self.writer_cpu = writer_cpu  # the writer process's share of relay_cpu (relay/writer.py), if it has one
 
     def cpu_text(self) -> str:
         relay = f"relay CPU {sum(self.relay_cpu):.0%} of a core"
         if len(self.relay_cpu) > 2:  # the parent (idle) and its workers
-            relay += " (workers " + " + ".join(f"{c:.0%}" for c in self.relay_cpu[1:]) + ")"
+            workers = sorted(self.relay_cpu[1:])
+            if self.writer_cpu is not None:
+                workers.remove(self.writer_cpu)
+            relay += " (workers " + " + ".join(f"{c:.0%}" for c in workers)
+            relay += "" if self.writer_cpu is None else f", writer {self.writer_cpu:.0%}"
+            relay += ")"
         store = "" if self.store_cpu is None else f", PostgreSQL {self.store_cpu:.0%}"
         errors = f", {self.errors} errors {self.statuses}" if self.errors else ", no errors"
         return (f"{relay}{store}, load generator {self.load_cpu:.0%}, other work on the machine "
                 f"{self.other_cpu:.0%}{errors}")
 
+    def per_message_text(self) -> str:
+        """CPU time per message delivered, by process (less sensitive to the machine's other work than the rate)."""
+        each = 1e6 / max(self.delivered, 1e-9)
+        workers = sum(self.relay_cpu) - (self.writer_cpu or 0.0)
+        parts = [f"relay workers {workers * each:.0f}"]
+        if self.writer_cpu is not None:
+            parts.append(f"writer {self.writer_cpu * each:.0f}")
+        if self.store_cpu is not None:
+            parts.append(f"PostgreSQL {self.store_cpu * each:.0f}")
+        parts.append(f"load generator {self.load_cpu * each:.0f}")
+        total = sum(self.relay_cpu) + (self.store_cpu or 0.0) + self.load_cpu
+        return f"CPU per message: {total * each:.0f} us ({', '.join(parts)})"
+
 
 def measure(port: int, proc: subprocess.Popen, store_pid: int | None, warmup: float, seconds: float,
-            rate: float | None, probe: bool) -> Phase:
+            rate: float | None, probe: bool, writer: int | None = None) -> Phase:
     """One phase: the load generator (and with ``probe`` the latency probe) against the relay."""
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = ctx.Queue()
@@ -320,8 +345,9 @@ def measure(port: int, proc: subprocess.Popen, store_pid: int | None, warmup: fl
         results.append(json.loads(answer))
     counts = next(r for r in results if isinstance(r, dict))
     latencies = next((r for r in results if isinstance(r, list)), [])
+    writer_cpu = relay_cpu[relay_pids.index(writer)] if writer in relay_pids else None
     return Phase(counts["sent"] / seconds, counts["delivered"] / seconds, counts["errors"], counts["statuses"],
-                 relay_cpu, store_cpu, load_cpu, latencies, other_cpu)
+                 relay_cpu, store_cpu, load_cpu, latencies, other_cpu, writer_cpu)
 
 
 def latency_text(values: list[float]) -> str:
@@ -334,16 +360,16 @@ def worker_label(workers: int) -> str:
 
 
 def run(label: str, db: str, folder: Path, warmup: float, seconds: float, rate: float, rounds: int,
-        store_pid: int | None) -> None:
+        store_pid: int | None, sustained_only: bool = False) -> None:
     ctx = multiprocessing.get_context("spawn")
     sustained: dict[int, list[float]] = {1: [], 2: []}
     per_cpu: dict[int, list[float]] = {1: [], 2: []}  # messages per second of the relay's CPU
     for n in range(rounds):
         for workers in (1, 2) if n % 2 == 0 else (2, 1):
             name = f"{label}, {worker_label(workers)}"
-            proc, port = start_relay(db, workers, folder / f"relay-{label}-{workers}.log")
+            proc, port, writer = start_relay(db, workers, folder / f"relay-{label}-{workers}.log")
             try:
-                if n == 0:
+                if n == 0 and not sustained_only:
                     out: multiprocessing.Queue = ctx.Queue()
                     start = time.time() + 1.0
                     probe = ctx.Process(target=probe_worker, args=(port, start, (start + 0.5, start + 3.5), out))
@@ -351,15 +377,16 @@ def run(label: str, db: str, folder: Path, warmup: float, seconds: float, rate: 
                     idle = out.get(timeout=120)
                     probe.join()
                     print(f"{name}: long-poll delivery latency, idle relay: {latency_text(idle)}", flush=True)
-                    paced = measure(port, proc, store_pid, warmup, seconds, rate, probe=True)
+                    paced = measure(port, proc, store_pid, warmup, seconds, rate, probe=True, writer=writer)
                     print(f"{name}: {CLIENTS} clients offering {rate:,.0f} messages/s: {paced.delivered:,.0f} "
                           f"delivered/s ({paced.sent:,.0f} sends/s; {paced.cpu_text()}); long-poll delivery "
                           f"latency {latency_text(paced.latencies)}", flush=True)
-                full = measure(port, proc, store_pid, warmup, seconds, None, probe=False)
+                full = measure(port, proc, store_pid, warmup, seconds, None, probe=False, writer=writer)
                 sustained[workers].append(full.delivered)
                 per_cpu[workers].append(full.delivered / max(sum(full.relay_cpu), 1e-9))
                 print(f"{name}, round {n + 1}: {CLIENTS} clients as fast as it answers: {full.delivered:,.0f} "
-                      f"messages/s sent and delivered ({full.sent:,.0f} sends/s; {full.cpu_text()})", flush=True)
+                      f"messages/s sent and delivered ({full.sent:,.0f} sends/s; {full.cpu_text()}; "
+                      f"{full.per_message_text()})", flush=True)
             finally:
                 proc.terminate()
                 proc.wait(timeout=90)
@@ -399,7 +426,18 @@ def main() -> None:
     parser.add_argument("--python-loadgen", action="store_true",
                         help="drive the relay with the Python asyncio generator instead of the C one")
     parser.add_argument("--store", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--sustained-only", action="store_true",
+                        help="measure only the sustained rate (no latency phases)")
+    parser.add_argument("--writer", choices=("on", "off"), default=None,
+                        help="run the relay with --writer or --no-writer (default: its own default)")
+    parser.add_argument("--tree", type=Path, default=ROOT,
+                        help="the checkout whose relay runs (to compare another branch in the same minutes)")
     args = parser.parse_args()
+    global TREE
+    TREE = args.tree.resolve()
+    if args.writer is not None:
+        RELAY_ARGS.append("--writer" if args.writer == "on" else "--no-writer")
+    print(f"relay from {TREE}{' ' + ' '.join(RELAY_ARGS) if RELAY_ARGS else ''}")
     print(f"relay: {os.cpu_count()} CPUs; the relay, its store and the load generator share them; default limits, "
           f"each client's sender and reader on its own loopback address; machine load average {load_average()}")
     with tempfile.TemporaryDirectory(prefix="otc-bench-relay-") as tmp:
@@ -409,7 +447,8 @@ def main() -> None:
         print("load generator: " + (f"{LOADGEN.name} (C, bench/native/loadgen.c)" if LOADGEN else
                                     "Python asyncio (one process)"), flush=True)
         if args.store in ("sqlite", "both"):
-            run("SQLite", str(folder / "relay.db"), folder, args.warmup, args.seconds, args.rate, args.rounds, None)
+            run("SQLite", str(folder / "relay.db"), folder, args.warmup, args.seconds, args.rate, args.rounds, None,
+                args.sustained_only)
         if args.store in ("postgresql", "both"):
             from tests.relay_pg import PostgresUnavailable, TempPostgres
 
@@ -421,7 +460,7 @@ def main() -> None:
             try:
                 postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
                 run("PostgreSQL", pg.create_database("bench"), folder, args.warmup, args.seconds, args.rate,
-                    args.rounds, postmaster)
+                    args.rounds, postmaster, args.sustained_only)
             finally:
                 pg.stop()
 

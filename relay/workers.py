@@ -17,11 +17,19 @@ What crosses processes, and how (docs/relay-protocol.md, "Worker processes"):
   N times ``--connections-per-address`` in all), the long polls held (``--max-waits``, ``--waits-per-address``:
   each holds one of that worker's threads), and ``--threads``.
 
+Writes (``writer=True``; the command line sets it for N > 1 on PostgreSQL): a writer process, forked first,
+runs every worker's writes (relay/writer.py). The parent keeps a control line (a socket pair) to the writer
+and to each worker; for each worker it makes a socket pair and hands one end to the writer and the other to
+the worker over their control lines (SCM_RIGHTS), at start and whenever either is started again. No path
+names a line: only the writer and its workers hold one.
+
 Supervision: the parent serves nothing. SIGTERM or SIGINT to it stops every worker the way one relay stops
 (running requests finish, long polls answer), waits for them, and exits 0. A worker that dies is reported on
 stderr and started again, unless it died within ``START_GRACE_S`` of being started (it cannot start: a store
-it cannot open, say): then the parent stops the others and exits 1, for the service manager to see. Each worker
-asks the kernel to send it SIGTERM if the parent dies (Linux), so none is left behind.
+it cannot open, say): then the parent stops the others and exits 1, for the service manager to see. The
+writer is supervised the same way; while it is down the workers answer writes 503 ``unavailable``. On stopping,
+the workers stop first (their running requests may still write), then the writer. Each child asks the kernel
+to send it SIGTERM if the parent dies (Linux), so none is left behind.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from types import FrameType
 
 from relay.config import RelayConfig
 from relay.ratelimit import Limiters
+from relay.writer import link as writer_line
 
 log = logging.getLogger("otc.relay")
 
@@ -77,26 +86,46 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
-def _worker(sock: socket.socket, config: RelayConfig, threads: int, trusted_proxy: str | None,
-            limiters: Limiters, parent: int) -> int:
-    """A forked worker's life: serve the shared socket until SIGTERM or SIGINT, then stop as one relay does."""
-    from relay.app import create_app
-    from relay.server import RelayServer
+def _child(parent: int, on_stop: Callable[[], None]) -> bool:
+    """A forked child's signals: ``on_stop()`` at the first SIGTERM or SIGINT (the next ones ignored), and SIGTERM
+    when the parent dies. False if the parent died already."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
         for number in _SIGNALS:  # once: a second signal must not cut the clean stop short
             signal.signal(number, signal.SIG_IGN)
-        raise KeyboardInterrupt
+        on_stop()
 
     for number in _SIGNALS:
         signal.signal(number, stop)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     _die_with_parent()
-    if os.getppid() != parent:
+    return os.getppid() == parent
+
+
+def _interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def _worker(sock: socket.socket, config: RelayConfig, threads: int, trusted_proxy: str | None,
+            limiters: Limiters, parent: int, control: socket.socket | None) -> int:
+    """A forked worker's life: serve the shared socket until SIGTERM or SIGINT, then stop as one relay does.
+    With a ``control`` line, its writes go to the writer process (relay/writer.py)."""
+    from relay.app import create_app
+    from relay.server import RelayServer
+    from relay.storage import open_store
+    from relay.storage.sql import SQLStore
+    from relay.writer import WriterLink
+
+    if not _child(parent, _interrupt):
         return 0  # the parent died before we could ask to follow it
     server = None
     try:
-        app = create_app(config, limiters=limiters)
+        store = None
+        if control is not None:
+            store = open_store(config.db, pool_size=config.db_pool)
+            assert isinstance(store, SQLStore)
+            store.use_writer(WriterLink(control))
+        app = create_app(config, store=store, limiters=limiters)
         host, port = sock.getsockname()[:2]
         server = RelayServer(app, host, port, threads=threads, trusted_proxy=trusted_proxy, sock=sock)
         server.run()
@@ -110,22 +139,60 @@ def _worker(sock: socket.socket, config: RelayConfig, threads: int, trusted_prox
     return 0
 
 
+def _writer(config: RelayConfig, parent: int, control: socket.socket) -> int:
+    """The writer process's life (relay/writer.py): run the workers' writes until SIGTERM or SIGINT."""
+    from relay.storage import open_store
+    from relay.storage.sql import SQLStore
+    from relay.writer import StopPipe, serve_writer
+
+    stop = StopPipe()
+    if not _child(parent, stop.ring):
+        return 0
+    store = open_store(config.db, pool_size=1)
+    assert isinstance(store, SQLStore)
+    try:
+        serve_writer(store, control, stop.reader)
+    finally:
+        store.close()
+        stop.close()
+    return 0
+
+
 def _describe(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"killed by signal {os.WTERMSIG(status)}"
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
+def _control_pair() -> tuple[socket.socket, socket.socket]:
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
 def serve(sock: socket.socket, config: RelayConfig, workers: int, threads: int, trusted_proxy: str | None,
-          started: Callable[[int, int], None], listening: Callable[[], None] = lambda: None) -> int:
-    """Fork ``workers`` workers on ``sock`` and supervise them until SIGTERM or SIGINT; the exit status.
-    ``started(n, pid)`` is told of each worker started (n from 1), restarted ones too; ``listening()`` once all
-    are. Call it with no threads running (it forks)."""
+          started: Callable[[int, int], None], listening: Callable[[], None] = lambda: None,
+          writer: bool = False) -> int:
+    """Fork ``workers`` workers on ``sock`` (with ``writer``, and a writer process for their writes first) and
+    supervise them until SIGTERM or SIGINT; the exit status. ``started(n, pid)`` is told of each worker started
+    (n from 1; 0 is the writer), restarted ones too; ``listening()`` once all are. Call it with no threads running
+    (it forks)."""
     limiters = Limiters.of(config, shared=True)
     parent = os.getpid()
-    pids: dict[int, tuple[int, float]] = {}  # pid -> (worker number, when started)
+    pids: dict[int, tuple[int, float]] = {}  # pid -> (worker number, when started); the writer is number 0
+    controls: dict[int, socket.socket] = {}  # number -> the parent's end of its control line (with a writer)
+
+    def link(n: int) -> None:
+        """A line from worker ``n`` to the writer, its ends handed to both."""
+        if 0 not in controls or n not in controls:
+            return
+        try:
+            writer_line(controls[0], controls[n], n)
+        except OSError as exc:  # one of them is gone; it is linked again when started again
+            log.warning("could not link worker %d to the writer: %s", n, exc.strerror)
 
     def spawn(n: int) -> None:
+        control = child_end = None
+        if writer:
+            control, child_end = _control_pair()
         sys.stdout.flush()
         sys.stderr.flush()
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # no stop between fork and recording the pid
@@ -134,9 +201,17 @@ def serve(sock: socket.socket, config: RelayConfig, workers: int, threads: int, 
             if pid == 0:
                 code = 1
                 try:
-                    code = _worker(sock, config, threads, trusted_proxy, limiters, parent)
+                    for other in [*controls.values(), control]:
+                        if other is not None:
+                            other.close()  # a line's end only in its two processes
+                    if n == 0:
+                        assert child_end is not None
+                        sock.close()  # the writer serves no clients
+                        code = _writer(config, parent, child_end)
+                    else:
+                        code = _worker(sock, config, threads, trusted_proxy, limiters, parent, child_end)
                 except BaseException as exc:  # noqa: BLE001 - a worker reports and exits, never returns
-                    log.error("worker %d failed: %s", n, type(exc).__name__)
+                    log.error("%s failed: %s", f"worker {n}" if n else "the writer", type(exc).__name__)
                 finally:
                     sys.stdout.flush()
                     sys.stderr.flush()
@@ -144,6 +219,19 @@ def serve(sock: socket.socket, config: RelayConfig, workers: int, threads: int, 
             pids[pid] = (n, time.monotonic())
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            if child_end is not None:
+                child_end.close()
+        if control is not None:
+            old = controls.pop(n, None)
+            if old is not None:
+                old.close()
+            controls[n] = control
+            if n == 0:
+                for worker in sorted(controls):
+                    if worker:
+                        link(worker)
+            else:
+                link(n)
         started(n, pid)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -152,7 +240,7 @@ def serve(sock: socket.socket, config: RelayConfig, workers: int, threads: int, 
     previous = signal.signal(signal.SIGTERM, on_term)
     status = 0
     try:
-        for n in range(1, workers + 1):
+        for n in range(0 if writer else 1, workers + 1):
             spawn(n)
         listening()
         while True:
@@ -160,18 +248,24 @@ def serve(sock: socket.socket, config: RelayConfig, workers: int, threads: int, 
             if pid not in pids:
                 continue
             n, since = pids.pop(pid)
+            name = f"worker {n}" if n else "the writer"
             if time.monotonic() - since < START_GRACE_S:
-                log.error("worker %d (pid %d) %s as it started; stopping the relay", n, pid, _describe(how))
+                log.error("%s (pid %d) %s as it started; stopping the relay", name, pid, _describe(how))
                 status = 1
                 break
-            log.warning("worker %d (pid %d) %s; starting it again", n, pid, _describe(how))
+            log.warning("%s (pid %d) %s; starting it again", name, pid, _describe(how))
             spawn(n)
     except (KeyboardInterrupt, _Stopping):
         pass
     finally:
         for number in _SIGNALS:
             signal.signal(number, signal.SIG_IGN)
+        # The workers first: their running requests may still write.
+        writers = {pid: pids.pop(pid) for pid, (n, _) in list(pids.items()) if n == 0}
         _stop_all(pids)
+        _stop_all(writers)
+        for control in controls.values():
+            control.close()
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     return status
@@ -192,7 +286,8 @@ def _stop_all(pids: dict[int, tuple[int, float]]) -> None:
             if done:
                 n, _ = pids.pop(pid)
                 if how and not (os.WIFEXITED(how) and os.WEXITSTATUS(how) == 0):
-                    log.warning("worker %d (pid %d) %s while stopping", n, pid, _describe(how))
+                    log.warning("%s (pid %d) %s while stopping", f"worker {n}" if n else "the writer", pid,
+                                _describe(how))
         if pids and time.monotonic() > deadline:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):

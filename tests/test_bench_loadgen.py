@@ -25,7 +25,7 @@ def test_the_load_generators_counts_match_the_relays_store(tmp_path, rate):
     if loadgen is None:
         pytest.skip("no C compiler to build the load generator")
     db = tmp_path / "relay.db"
-    proc, port = bench_relay.start_relay(str(db), 1, tmp_path / "relay.log")
+    proc, port, _ = bench_relay.start_relay(str(db), 1, tmp_path / "relay.log")
     clients = 4
     try:
         start = time.time() + 0.3

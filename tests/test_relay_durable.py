@@ -27,7 +27,7 @@ from bench.bench_sync import build_shim
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _serve_counted(tmp_path: Path, workers: int):
+def _serve_counted(tmp_path: Path, workers: int, *extra: str):
     lib = build_shim(tmp_path)
     if lib is None:
         pytest.skip("no C compiler to build the sync-counting shim")
@@ -37,7 +37,7 @@ def _serve_counted(tmp_path: Path, workers: int):
                PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "onetimechat.cli", "relay", "serve", "--listen", "127.0.0.1:0",
-         "--db", f"sqlite:///{tmp_path / 'relay.db'}", "--workers", str(workers)],
+         "--db", f"sqlite:///{tmp_path / 'relay.db'}", "--workers", str(workers), *extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -59,9 +59,11 @@ def _post(url: str, path: str, body: dict) -> dict:
         return json.loads(answer.read())
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_no_write_is_answered_before_a_sync_after_its_commit(tmp_path, workers):
-    proc, drain, url, syncs = _serve_counted(tmp_path, workers)
+# With --writer, the writer process commits and syncs every worker's writes (relay/writer.py).
+@pytest.mark.parametrize(("workers", "writer"), [(1, ()), (2, ()), (1, ("--writer",)), (2, ("--writer",))],
+                         ids=["1 worker", "2 workers", "1 worker, writer", "2 workers, writer"])
+def test_no_write_is_answered_before_a_sync_after_its_commit(tmp_path, workers, writer):
+    proc, drain, url, syncs = _serve_counted(tmp_path, workers, *writer)
     mailbox = "m" * 32
     try:
         for n in range(30):

@@ -11,7 +11,7 @@ from types import FrameType
 
 from onetimechat.cli.common import command_group
 from onetimechat.net import listen_failure
-from relay.config import DAY, RelayConfig, describe_db
+from relay.config import DAY, RelayConfig, describe_db, parse_db_url
 from relay.errors import ConfigError
 from relay.server import DEFAULT_THREADS, RelayServer, parse_listen
 from relay.storage.schema import LATEST
@@ -59,6 +59,9 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=_positive(int), default=1,
                    help="worker processes serving the one address and store, each with --threads threads "
                         "(default 1; see docs/relay-protocol.md, \"Worker processes\", for what limits mean then)")
+    p.add_argument("--writer", action=argparse.BooleanOptionalAction, default=None,
+                   help="run every write in one writer process that the workers send them to (default: on "
+                        "PostgreSQL)")
     p.add_argument("--max-waits", type=_positive(int), default=None,
                    help="long polls held at once (default: three quarters of --threads)")
     p.add_argument("--waits-per-address", type=_positive(int), default=d.max_waits_per_address,
@@ -112,8 +115,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         connections_per_address=args.connections_per_address, address_max_bytes=args.address_bytes,
         address_new_mailboxes=args.address_mailboxes, min_free_bytes=args.min_free)
     logging.basicConfig(level=logging.INFO, format="otc relay: %(levelname)s %(message)s", stream=sys.stderr)
-    if args.workers > 1:
-        return _serve_workers(args, config, host, port, threads)
+    # The writer process pays on PostgreSQL, with one worker as with two, and not on SQLite (docs/relay-protocol.md,
+    # "The writer process").
+    writer = args.writer if args.writer is not None else parse_db_url(config.db)[0] == "postgresql"
+    if args.workers > 1 or writer:
+        return _serve_workers(args, config, host, port, threads, writer)
     app = create_app(config)
     relay = app.extensions["otc_relay"]
     try:
@@ -139,9 +145,10 @@ def _storage_line(config: RelayConfig, found: int) -> None:
     print(f"otc relay: storage {describe_db(config.db)} (schema v{LATEST}, {state})", flush=True)
 
 
-def _serve_workers(args: argparse.Namespace, config: RelayConfig, host: str, port: int, threads: int) -> int:
+def _serve_workers(args: argparse.Namespace, config: RelayConfig, host: str, port: int, threads: int,
+                   writer: bool) -> int:
     """--workers N: the store opened (and upgraded) once here, the socket bound here, then N forked workers
-    (relay/workers.py)."""
+    (relay/workers.py), and with ``writer`` the writer process their writes go to (relay/writer.py)."""
     from relay import workers
     from relay.storage import open_store
 
@@ -157,12 +164,15 @@ def _serve_workers(args: argparse.Namespace, config: RelayConfig, host: str, por
     url = f"http://[{name}]:{bound}" if ":" in name else f"http://{name}:{bound}"
 
     def started(n: int, pid: int) -> None:
-        print(f"otc relay: worker {n} of {args.workers}: pid {pid}", flush=True)
+        print(f"otc relay: worker {n} of {args.workers}: pid {pid}" if n else f"otc relay: writer process, pid {pid}",
+              flush=True)
 
     try:
         status = workers.serve(sock, config, args.workers, threads, args.trusted_proxy, started,
-                               listening=lambda: print(f"otc relay: listening on {url} ({args.workers} workers of "
-                                                       f"{threads} threads)", flush=True))
+                               listening=lambda: print(f"otc relay: listening on {url} ({args.workers} "
+                                                       f"worker{'s' if args.workers > 1 else ''} of "
+                                                       f"{threads} threads)", flush=True),
+                               writer=writer)
     finally:
         sock.close()
     print("otc relay: stopped", flush=True)

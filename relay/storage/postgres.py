@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -77,7 +76,6 @@ class PostgresStore(SQLStore):
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
         self._init_group_commit()
-        self._instance = secrets.token_hex(8)  # tells this process's notifications from others'
         try:
             conn = self._connect()
         except self._pg.Error as exc:
@@ -154,9 +152,11 @@ class PostgresStore(SQLStore):
         with self._conn() as conn, conn.cursor() as cur:
             yield _Tx(cur)
 
-    def _after_send(self, tx: Any, mailbox: str) -> None:
-        # Delivered at commit to every listening relay process; ours skips its own.
-        tx.run("SELECT pg_notify(?, ?)", (CHANNEL, f"{self._instance} {mailbox}"))
+    def _after_send(self, tx: Any, mailbox: str, tag: str) -> int | None:
+        # Delivered at commit to every listening relay process; the sending one (``tag``: under --workers N, the
+        # worker that asked the writer process for the send) skips its own.
+        tx.run("SELECT pg_notify(?, ?)", (CHANNEL, f"{tag} {mailbox}"))
+        return None
 
     # -- watching other processes -------------------------------------------------------
 
@@ -177,7 +177,7 @@ class PostgresStore(SQLStore):
                             if self._closed.is_set():
                                 break
                             sender, _, mailbox = note.payload.partition(" ")
-                            if sender != self._instance:
+                            if sender != self._tag:
                                 changed(mailbox)
             except self._pg.Error as exc:
                 log.warning("store listener: %s; reconnecting", type(exc).__name__)
@@ -185,6 +185,7 @@ class PostgresStore(SQLStore):
 
     def close(self) -> None:
         self._closed.set()
+        self._close_writer()
         if self._watcher is not None:
             if self._watcher.is_alive() and self._idle:
                 # Wake the listener now rather than at its next timeout (pool connections notify too).

@@ -1,6 +1,9 @@
 """The store's algorithms in SQL that SQLite and PostgreSQL both run.
 
-Every write is a function of one transaction handed to :meth:`SQLStore._transact`.
+Every write is a named operation of one transaction (a method ``_op_<name>`` taking the
+transaction and plain, picklable arguments) handed to :meth:`SQLStore._transact` by name,
+so a store may run it itself or send it as data to the relay's writer process
+(relay/writer.py), which runs every worker's writes.
 Writes go through a group commit: each request queues its function; one
 thread at a time leads, running everything queued so far in one transaction
 (each function under its own savepoint, so a refusal undoes only its own
@@ -27,7 +30,7 @@ import contextlib
 import secrets
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from relay.errors import AddressQuota, MailboxFull, PresenceQuota, RelayError, TooManyMailboxes
 from relay.storage import FILE_MARK, MESSAGE_OVERHEAD, RAW_MARK, Limits, Message, Presence, Sent, Store
@@ -36,7 +39,17 @@ from relay.storage import FILE_MARK, MESSAGE_OVERHEAD, RAW_MARK, Limits, Message
 SWEEP_MAILBOXES = 1000
 # Most transaction functions committed together.
 MAX_BATCH = 256
-T = TypeVar("T")
+#: The write operations (``SQLStore._op_<name>``): all a writer process will run.
+OPS = frozenset({"send", "origin_key", "ack", "ack_cursors", "announce", "withdraw", "expire", "forget"})
+
+
+class Writer(Protocol):
+    """Where a store sends its writes instead of committing them itself (relay/writer.py's link to the writer
+    process): ``call`` returns the operation's result once durably committed, or raises its RelayError."""
+
+    def call(self, name: str, args: tuple, key: str) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 class Tx(Protocol):
@@ -47,18 +60,21 @@ class Tx(Protocol):
     def run(self, sql: str, params: Sequence[Any] = ()) -> int: ...  # rowcount; -1 if not known yet
 
 
+_NO_WAKE = threading.Event()  # an Op nobody waits for (the writer process's)
+
+
 class Op:
     """One queued transaction function and, once committed, its outcome."""
 
     __slots__ = ("fn", "key", "done", "value", "error", "wake")
 
-    def __init__(self, fn: Callable[[Any], Any], key: str) -> None:
+    def __init__(self, fn: Callable[[Tx], Any], key: str, waits: bool = True) -> None:
         self.fn = fn
         self.key = key
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
-        self.wake = threading.Event()
+        self.wake = threading.Event() if waits else _NO_WAKE
 
 
 def run_batch(execute: Callable[[str], Any], tx: Tx, batch: list[Op]) -> None:
@@ -84,19 +100,41 @@ class SQLStore(Store):
     _queue: list[Op]
     _queue_lock: threading.Lock
     _leading: bool
+    _writer_link: Writer | None = None
+    #: Tells this process's sends from others' to the store's watcher (PostgreSQL's notifications).
+    _tag: str = ""
 
     def _init_group_commit(self) -> None:
         self._queue = []
         self._queue_lock = threading.Lock()
         self._leading = False  # a thread is committing; the others wait for it
+        self._tag = secrets.token_hex(8)
 
-    def _transact(self, fn: Callable[[Tx], T], key: str = "") -> T:
-        """Run ``fn`` in a write transaction; its result once durably committed.
+    def use_writer(self, writer: Writer) -> None:
+        """Send every write to ``writer`` (a worker of ``--workers N``: the writer process commits them)."""
+        self._writer_link = writer
 
-        If ``fn`` raises, nothing it wrote is kept and the error is raised here.
-        ``key`` (the mailbox) orders functions within a batch.
+    def _close_writer(self) -> None:
+        if self._writer_link is not None:
+            self._writer_link.close()
+
+    def operation(self, name: str, args: Sequence[Any]) -> Callable[[Tx], Any]:
+        """The transaction function of the write operation ``name`` (one of OPS) with ``args``."""
+        if name not in OPS:
+            raise ValueError(f"no write operation {name!r}")
+        method = getattr(self, "_op_" + name)
+        return lambda tx: method(tx, *args)
+
+    def _transact(self, name: str, args: tuple, key: str = "") -> Any:
+        """Run the write operation ``name`` with ``args`` in a write transaction; its result once durably
+        committed (here, or by the writer process if the store has one).
+
+        If it raises, nothing it wrote is kept and the error is raised here.
+        ``key`` (the mailbox) orders operations within a batch.
         """
-        mine = Op(fn, key)
+        if self._writer_link is not None:
+            return self._writer_link.call(name, args, key)
+        mine = Op(self.operation(name, args), key)
         with self._queue_lock:
             self._queue.append(mine)
             lead = not self._leading
@@ -113,15 +151,10 @@ class SQLStore(Store):
     def _lead(self) -> None:
         batch: list[Op] = []
         try:
-            with self._writer_turn():
-                # Taken once it is this process's turn to write: what queued while it waited joins this commit.
-                batch = self._take_batch()
-                self._commit(sorted(batch, key=lambda op: op.key))
-            self._make_durable()  # after the turn: the other processes write meanwhile
-        except BaseException as exc:  # noqa: BLE001 - the commit failed: nothing in the batch was kept
-            batch = batch or self._take_batch()  # failed before its turn: the queue's head fails with it
-            for op in batch:
-                op.value, op.error = None, exc
+            batch = self.commit_batch(self._take_batch)
+        except BaseException as exc:  # noqa: BLE001 - failed before its turn: the queue's head fails with it
+            batch = self._take_batch()
+            self._failed(batch, exc)
         finally:
             for op in batch:
                 op.done = True
@@ -131,6 +164,28 @@ class SQLStore(Store):
                     self._queue[0].wake.set()  # still leading: the next thread takes over
                 else:
                     self._leading = False
+
+    def commit_batch(self, take: Callable[[], list[Op]]) -> list[Op]:
+        """Commit the operations ``take()`` gives once it is this process's turn to write (what queued while it
+        waited joins this commit), in one durable transaction; each Op gets its value or its error. If the commit
+        fails, every one of them gets that failure. Raises only if the turn itself could not be had."""
+        with self._writer_turn():
+            batch = take()
+            try:
+                self._commit(sorted(batch, key=lambda op: op.key))
+            except BaseException as exc:  # noqa: BLE001 - the commit failed: nothing in the batch was kept
+                self._failed(batch, exc)
+                return batch
+        try:
+            self._make_durable()  # after the turn: the other processes write meanwhile
+        except BaseException as exc:  # noqa: BLE001 - not durable: nobody may be told it is stored
+            self._failed(batch, exc)
+        return batch
+
+    @staticmethod
+    def _failed(batch: list[Op], exc: BaseException) -> None:
+        for op in batch:
+            op.value, op.error = None, exc
 
     def _take_batch(self) -> list[Op]:
         with self._queue_lock:
@@ -159,8 +214,10 @@ class SQLStore(Store):
     def _read(self) -> contextlib.AbstractContextManager[Tx]:
         """A connection for reads."""
 
-    def _after_send(self, tx: Tx, mailbox: str) -> None:
-        """Called inside the send transaction, after the message's row is written."""
+    def _after_send(self, tx: Tx, mailbox: str, tag: str) -> int | None:
+        """Called inside the send transaction, after the message's row is written, for a send by the process
+        ``tag`` names; the message's id, if the store has one."""
+        return None
 
     # -- messages ---------------------------------------------------------------------
 
@@ -168,36 +225,45 @@ class SQLStore(Store):
              expires_at: float, limits: Limits, origin: str = "", block: str = "", size: int | None = None) -> Sent:
         """``size``: the bytes the message counts as, if not its ``contents``' (a content file's, relay/parts.py)."""
         size = len(contents) if size is None else size
+        sent, sent_id = self._transact("send", (mailbox, sender, contents, client_id, now, expires_at, limits, origin,
+                                                block, size, self._tag), mailbox)
+        if sent_id is not None and self._writer_link is not None:
+            self._sent_here(sent_id)
+        return sent
 
-        def op(tx: Tx) -> Sent:
-            next_ref, count, nbytes, seen_ref, seen_expires = self._lock_mailbox(tx, mailbox, client_id, now,
-                                                                                 origin, limits, block)
-            if seen_ref is not None:
-                return Sent(int(seen_ref), float(seen_expires), duplicate=True)
-            ref, count, nbytes = int(next_ref), int(count), int(nbytes)
-            if count + 1 > limits.max_messages or nbytes + size > limits.max_bytes:
-                raise MailboxFull()
-            # Charged and checked in one statement each; a refusal undoes the charges with the rest of the send.
-            for who, cap in ((origin, limits.origin_max_bytes), (block, limits.block_max_bytes)):
-                if who:
-                    used = tx.one("INSERT INTO origins (origin, bytes, new_mailboxes, window_start) "
-                                  "VALUES (?, ?, 0, ?) ON CONFLICT (origin) DO UPDATE SET "
-                                  "bytes = origins.bytes + excluded.bytes RETURNING bytes",
-                                  (who, size + MESSAGE_OVERHEAD, now))
-                    if cap and used is not None and int(used[0]) > cap:
-                        raise AddressQuota()
-            tx.run("UPDATE mailboxes SET next_ref = ?, count = count + 1, bytes = bytes + ?, touched = ? "
-                   "WHERE mailbox = ?", (ref + 1, size, now, mailbox))
-            tx.run("INSERT INTO messages (mailbox, ref, sender, contents, size, created, expires, origin, block) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (mailbox, ref, sender, contents, size, now, expires_at, origin, block))
-            self._after_send(tx, mailbox)
-            if client_id is not None:
-                tx.run("INSERT INTO sent_ids (mailbox, client_id, ref, expires) VALUES (?, ?, ?, ?)",
-                       (mailbox, client_id, ref, expires_at))
-            return Sent(ref, expires_at)
+    def _sent_here(self, sent_id: int) -> None:
+        """A message this process sent was stored under ``sent_id`` (SQLite's watcher skips those)."""
 
-        return self._transact(op, mailbox)
+    def _op_send(self, tx: Tx, mailbox: str, sender: str, contents: bytes, client_id: str | None, now: float,
+                 expires_at: float, limits: Limits, origin: str, block: str, size: int,
+                 tag: str) -> tuple[Sent, int | None]:
+        """A send, and the stored message's id if the store has one (``tag``: the sending process's)."""
+        next_ref, count, nbytes, seen_ref, seen_expires = self._lock_mailbox(tx, mailbox, client_id, now,
+                                                                             origin, limits, block)
+        if seen_ref is not None:
+            return Sent(int(seen_ref), float(seen_expires), duplicate=True), None
+        ref, count, nbytes = int(next_ref), int(count), int(nbytes)
+        if count + 1 > limits.max_messages or nbytes + size > limits.max_bytes:
+            raise MailboxFull()
+        # Charged and checked in one statement each; a refusal undoes the charges with the rest of the send.
+        for who, cap in ((origin, limits.origin_max_bytes), (block, limits.block_max_bytes)):
+            if who:
+                used = tx.one("INSERT INTO origins (origin, bytes, new_mailboxes, window_start) "
+                              "VALUES (?, ?, 0, ?) ON CONFLICT (origin) DO UPDATE SET "
+                              "bytes = origins.bytes + excluded.bytes RETURNING bytes",
+                              (who, size + MESSAGE_OVERHEAD, now))
+                if cap and used is not None and int(used[0]) > cap:
+                    raise AddressQuota()
+        tx.run("UPDATE mailboxes SET next_ref = ?, count = count + 1, bytes = bytes + ?, touched = ? "
+               "WHERE mailbox = ?", (ref + 1, size, now, mailbox))
+        tx.run("INSERT INTO messages (mailbox, ref, sender, contents, size, created, expires, origin, block) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (mailbox, ref, sender, contents, size, now, expires_at, origin, block))
+        sent_id = self._after_send(tx, mailbox, tag)
+        if client_id is not None:
+            tx.run("INSERT INTO sent_ids (mailbox, client_id, ref, expires) VALUES (?, ?, ?, ?)",
+                   (mailbox, client_id, ref, expires_at))
+        return Sent(ref, expires_at), sent_id
 
     def _lock_mailbox(self, tx: Tx, mailbox: str, client_id: str | None, now: float, origin: str,
                       limits: Limits, block: str = "") -> tuple:
@@ -232,14 +298,14 @@ class SQLStore(Store):
         return row
 
     def origin_key(self) -> int:
-        def op(tx: Tx) -> int:
-            tx.run("INSERT INTO relay_meta (key, value) VALUES ('origin_key', ?) ON CONFLICT (key) DO NOTHING",
-                   (secrets.randbits(63),))
-            row = tx.one("SELECT value FROM relay_meta WHERE key = 'origin_key'")
-            assert row is not None
-            return int(row[0])
+        return int(self._transact("origin_key", (secrets.randbits(63),)))
 
-        return self._transact(op)
+    @staticmethod
+    def _op_origin_key(tx: Tx, made: int) -> int:
+        tx.run("INSERT INTO relay_meta (key, value) VALUES ('origin_key', ?) ON CONFLICT (key) DO NOTHING", (made,))
+        row = tx.one("SELECT value FROM relay_meta WHERE key = 'origin_key'")
+        assert row is not None
+        return int(row[0])
 
     def fetch(self, cursors: Sequence[tuple[str, int]], limit: int, max_bytes: int,
               now: float) -> tuple[list[Message], bool]:
@@ -292,16 +358,30 @@ class SQLStore(Store):
 
     def ack(self, mailbox: str, through: int | None, refs: Sequence[int], now: float,
             gone: list[str] | None = None) -> int:
-        return self._transact(lambda tx: self._delete(tx, mailbox, through, refs, now, gone), mailbox)
+        return self._deleting("ack", (mailbox, through, tuple(refs), now), mailbox, gone)
 
     def ack_cursors(self, cursors: Sequence[tuple[str, int]], now: float, gone: list[str] | None = None) -> int:
         """Delete everything up to each cursor, in one transaction."""
-        cursors = [(m, c) for m, c in cursors if c > 0]
+        cursors = sorted((m, c) for m, c in cursors if c > 0)
         if not cursors:
             return 0
-        cursors.sort()
-        return self._transact(lambda tx: sum(self._delete(tx, m, c, (), now, gone) for m, c in cursors),
-                              cursors[0][0])
+        return self._deleting("ack_cursors", (cursors, now), cursors[0][0], gone)
+
+    def _deleting(self, name: str, args: tuple, key: str, gone: list[str] | None) -> int:
+        """A deleting operation's count; the names of the content files it deleted added to ``gone``."""
+        count, files = self._transact(name, args, key)
+        if gone is not None:
+            gone += files
+        return int(count)
+
+    def _op_ack(self, tx: Tx, mailbox: str, through: int | None, refs: tuple[int, ...],
+                now: float) -> tuple[int, list[str]]:
+        gone: list[str] = []
+        return self._delete(tx, mailbox, through, refs, now, gone), gone
+
+    def _op_ack_cursors(self, tx: Tx, cursors: list[tuple[str, int]], now: float) -> tuple[int, list[str]]:
+        gone: list[str] = []
+        return sum(self._delete(tx, m, c, (), now, gone) for m, c in cursors), gone
 
     # What a deletion returns of each message: its size and whose it was, and its content file's name if it has
     # one (relay/parts.py; the length first, so no large value is read).
@@ -309,7 +389,7 @@ class SQLStore(Store):
                "THEN contents END"
 
     def _delete(self, tx: Tx, mailbox: str, through: int | None, refs: Sequence[int], now: float,
-                gone: list[str] | None = None) -> int:
+                gone: list[str]) -> int:
         # Messages first, then the mailbox's counters, and only if something went: a poll that
         # acknowledges nothing new writes nothing (no lock, no sync). The names of the content files of what
         # went are added to ``gone``, from the deletion itself: exactly what this commit removes.
@@ -325,12 +405,11 @@ class SQLStore(Store):
         return len(rows)
 
     @classmethod
-    def _deleted(cls, tx: Tx, mailbox: str, rows: list[tuple], now: float, gone: list[str] | None) -> None:
+    def _deleted(cls, tx: Tx, mailbox: str, rows: list[tuple], now: float, gone: list[str]) -> None:
         """After a deletion ``... RETURNING`` :attr:`_DELETED`: its messages taken off the counts, and the names of
         their content files added to ``gone`` (what this commit removes, from the deletion itself)."""
         cls._uncount(tx, mailbox, [row[:3] for row in rows], now)
-        if gone is not None:
-            gone += [bytes(row[3])[1:].decode("ascii") for row in rows if row[3] is not None]
+        gone += [bytes(row[3])[1:].decode("ascii") for row in rows if row[3] is not None]
 
     @staticmethod
     def _uncount(tx: Tx, mailbox: str, sizes: list[tuple], now: float) -> None:
@@ -351,28 +430,29 @@ class SQLStore(Store):
 
     def announce(self, handle: str, token_hash: bytes, now: float, expires_at: float, origin: str = "",
                  block: str = "", limits: Limits | None = None) -> Presence | None:
-        def op(tx: Tx) -> Presence | None:
-            if limits is not None:
-                live = tx.one("SELECT token_hash FROM presence WHERE handle = ? AND expires > ?" + self.LOCK,
-                              (handle, now))
-                if live is None:  # a new claim (a renewal never counts): within each cap?
-                    self._presence_room(tx, now, origin, block, limits)
-            # One upsert: a live handle is only renewed under its own token.
-            row = tx.one(
-                "INSERT INTO presence (handle, token_hash, since, expires, origin, block) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (handle) DO UPDATE SET "
-                "since = CASE WHEN presence.expires > ? THEN presence.since ELSE excluded.since END, "
-                "token_hash = excluded.token_hash, expires = excluded.expires, "
-                # A renewal keeps the handle counted where it was claimed: renewing from another address
-                # would move it off the first one's cap, which could then claim more (an outside review).
-                "origin = CASE WHEN presence.expires > ? THEN presence.origin ELSE excluded.origin END, "
-                "block = CASE WHEN presence.expires > ? THEN presence.block ELSE excluded.block END "
-                "WHERE presence.expires <= ? OR presence.token_hash = excluded.token_hash "
-                "RETURNING since",
-                (handle, token_hash, now, expires_at, origin, block, now, now, now, now))
-            return None if row is None else Presence(handle, float(row[0]), expires_at)
+        return self._transact("announce", (handle, token_hash, now, expires_at, origin, block, limits))
 
-        return self._transact(op)
+    def _op_announce(self, tx: Tx, handle: str, token_hash: bytes, now: float, expires_at: float, origin: str,
+                     block: str, limits: Limits | None) -> Presence | None:
+        if limits is not None:
+            live = tx.one("SELECT token_hash FROM presence WHERE handle = ? AND expires > ?" + self.LOCK,
+                          (handle, now))
+            if live is None:  # a new claim (a renewal never counts): within each cap?
+                self._presence_room(tx, now, origin, block, limits)
+        # One upsert: a live handle is only renewed under its own token.
+        row = tx.one(
+            "INSERT INTO presence (handle, token_hash, since, expires, origin, block) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (handle) DO UPDATE SET "
+            "since = CASE WHEN presence.expires > ? THEN presence.since ELSE excluded.since END, "
+            "token_hash = excluded.token_hash, expires = excluded.expires, "
+            # A renewal keeps the handle counted where it was claimed: renewing from another address
+            # would move it off the first one's cap, which could then claim more (an outside review).
+            "origin = CASE WHEN presence.expires > ? THEN presence.origin ELSE excluded.origin END, "
+            "block = CASE WHEN presence.expires > ? THEN presence.block ELSE excluded.block END "
+            "WHERE presence.expires <= ? OR presence.token_hash = excluded.token_hash "
+            "RETURNING since",
+            (handle, token_hash, now, expires_at, origin, block, now, now, now, now))
+        return None if row is None else Presence(handle, float(row[0]), expires_at)
 
     @staticmethod
     def _presence_room(tx: Tx, now: float, origin: str, block: str, limits: Limits) -> None:
@@ -390,17 +470,16 @@ class SQLStore(Store):
                 raise PresenceQuota()
 
     def withdraw(self, handle: str, token_hash: bytes, now: float) -> bool | None:
-        def op(tx: Tx) -> bool | None:
-            row = tx.one("SELECT token_hash FROM presence WHERE handle = ? AND expires > ?" + self.LOCK,
-                         (handle, now))
-            if row is None:
-                return None
-            if bytes(row[0]) != token_hash:
-                return False
-            tx.run("DELETE FROM presence WHERE handle = ?", (handle,))
-            return True
+        return self._transact("withdraw", (handle, token_hash, now))
 
-        return self._transact(op)
+    def _op_withdraw(self, tx: Tx, handle: str, token_hash: bytes, now: float) -> bool | None:
+        row = tx.one("SELECT token_hash FROM presence WHERE handle = ? AND expires > ?" + self.LOCK, (handle, now))
+        if row is None:
+            return None
+        if bytes(row[0]) != token_hash:
+            return False
+        tx.run("DELETE FROM presence WHERE handle = ?", (handle,))
+        return True
 
     def online(self, now: float, limit: int) -> list[Presence]:
         with self._read() as tx:
@@ -415,33 +494,29 @@ class SQLStore(Store):
         with self._read() as tx:
             expired = [r[0] for r in tx.all("SELECT DISTINCT mailbox FROM messages WHERE expires <= ? LIMIT ?",
                                              (now, SWEEP_MAILBOXES))]
-
-        def expire(mailbox: str) -> Callable[[Tx], int]:
-            # One mailbox per transaction, like an acknowledgement.
-            def op(tx: Tx) -> int:
-                rows = tx.all("DELETE FROM messages WHERE mailbox = ? AND expires <= ? " + self._DELETED,
-                              (mailbox, now, FILE_MARK))
-                self._deleted(tx, mailbox, rows, now, gone)
-                return len(rows)
-
-            return op
-
         for mailbox in expired:
-            counts["messages"] += self._transact(expire(mailbox), mailbox)
-
-        def forget(tx: Tx) -> tuple[int, int, int]:
-            # Counted through RETURNING: rowcounts are not known yet in PostgreSQL's pipeline mode.
-            ids = len(tx.all("DELETE FROM sent_ids WHERE expires <= ? RETURNING 1", (now,)))
-            presence = len(tx.all("DELETE FROM presence WHERE expires <= ? RETURNING 1", (now,)))
-            floor = tx.one("SELECT value FROM relay_meta WHERE key = 'ref_floor'" + self.LOCK)
-            forgotten = tx.all("DELETE FROM mailboxes WHERE count = 0 AND touched <= ? RETURNING next_ref",
-                               (idle_before,))
-            if forgotten:
-                top = max([int(floor[0]) if floor else 1] + [int(r[0]) for r in forgotten])
-                tx.run("UPDATE relay_meta SET value = ? WHERE key = 'ref_floor'", (top,))
-            # An address with nothing stored and no recent new mailbox is forgotten.
-            tx.run("DELETE FROM origins WHERE bytes <= 0 AND window_start <= ?", (idle_before,))
-            return ids, presence, len(forgotten)
-
-        counts["ids"], counts["presence"], counts["mailboxes"] = self._transact(forget)
+            # One mailbox per transaction, like an acknowledgement.
+            counts["messages"] += self._deleting("expire", (mailbox, now), mailbox, gone)
+        counts["ids"], counts["presence"], counts["mailboxes"] = self._transact("forget", (now, idle_before))
         return counts
+
+    def _op_expire(self, tx: Tx, mailbox: str, now: float) -> tuple[int, list[str]]:
+        rows = tx.all("DELETE FROM messages WHERE mailbox = ? AND expires <= ? " + self._DELETED,
+                      (mailbox, now, FILE_MARK))
+        gone: list[str] = []
+        self._deleted(tx, mailbox, rows, now, gone)
+        return len(rows), gone
+
+    def _op_forget(self, tx: Tx, now: float, idle_before: float) -> tuple[int, int, int]:
+        # Counted through RETURNING: rowcounts are not known yet in PostgreSQL's pipeline mode.
+        ids = len(tx.all("DELETE FROM sent_ids WHERE expires <= ? RETURNING 1", (now,)))
+        presence = len(tx.all("DELETE FROM presence WHERE expires <= ? RETURNING 1", (now,)))
+        floor = tx.one("SELECT value FROM relay_meta WHERE key = 'ref_floor'" + self.LOCK)
+        forgotten = tx.all("DELETE FROM mailboxes WHERE count = 0 AND touched <= ? RETURNING next_ref",
+                           (idle_before,))
+        if forgotten:
+            top = max([int(floor[0]) if floor else 1] + [int(r[0]) for r in forgotten])
+            tx.run("UPDATE relay_meta SET value = ? WHERE key = 'ref_floor'", (top,))
+        # An address with nothing stored and no recent new mailbox is forgotten.
+        tx.run("DELETE FROM origins WHERE bytes <= 0 AND window_start <= ?", (idle_before,))
+        return ids, presence, len(forgotten)

@@ -217,9 +217,15 @@ class SQLiteStore(SQLStore):
     def disk_path(self) -> str | None:
         return str(self.path.parent)
 
-    def _after_send(self, tx: Any, mailbox: str) -> None:
-        if tx.last_id is not None:
-            self._own_ids.add(tx.last_id)
+    def _after_send(self, tx: Any, mailbox: str, tag: str) -> int | None:
+        if tag == self._tag and tx.last_id is not None:
+            self._own_ids.add(tx.last_id)  # inside the transaction: the watcher can never see it first
+        return tx.last_id
+
+    def _sent_here(self, sent_id: int) -> None:
+        # A send committed by the writer process: its id is known once answered, which may be after this
+        # process's watcher saw the commit (then it woke the mailbox's waiters too, which costs one read).
+        self._own_ids.add(sent_id)
 
     # -- watching other processes ---------------------------------------------------------
 
@@ -306,6 +312,7 @@ class SQLiteStore(SQLStore):
 
     def close(self) -> None:
         self._closed.set()
+        self._close_writer()
         if self._wal is not None:
             with contextlib.suppress(OSError):
                 os.close(self._wal)
