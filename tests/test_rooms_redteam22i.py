@@ -44,7 +44,6 @@ def _leave(room_id: bytes, contribution: bytes, sig: Ed25519PrivateKey) -> bytes
     return body + sig.sign(body)
 
 
-@pytest.mark.xfail(strict=True, reason="red team 22i H1: not fixed yet")
 def test_a_would_be_mover_that_failed_posted_again_after_the_move_is_lost_to_a_member_renewed_late():
     """Severity: medium (a member renewed late keeps another roster than the members', never keyed again; an
     insider holding the room's secret of the next period, through an honest relay; in a room without
@@ -93,7 +92,6 @@ def _cut_ciphertext(raw: bytes, room_id: bytes) -> bytes:
     return raw[start + 4:start + 4 + n]
 
 
-@pytest.mark.xfail(strict=True, reason="red team 22i H2: not fixed yet")
 def test_a_held_copy_back_on_the_roster_after_its_leave_is_placed_before_the_followers_held_after_it():
     """Severity: medium (a member renewed late, or a waiting newcomer, keeps the members' roster in another order:
     the sid differs, every distribution is refused as sealing to another roster, never keyed; an insider holding
@@ -228,7 +226,6 @@ def test_a_members_gone_record_makes_each_copy_posted_and_left_rejudge_every_sta
     assert large < 7 * small, (small, large)
 
 
-@pytest.mark.xfail(strict=True, reason="red team 22i H4: not fixed yet")
 def test_reading_again_one_period_decides_a_later_periods_held_contributions_and_loses_its_evicted_ones():
     """Severity: medium (a waiting newcomer keeps another roster than the members', never keyed; anyone with the
     public key, through an honest relay, in a period the room does not tag; with no attacker in a room of more
@@ -271,7 +268,6 @@ def test_reading_again_one_period_decides_a_later_periods_held_contributions_and
     _agreed(b, c)
 
 
-@pytest.mark.xfail(strict=True, reason="red team 22i H5: not fixed yet")
 def test_a_copys_gone_record_judged_while_its_original_is_still_on_the_roster_counts_as_taken():
     """Severity: medium (a newcomer's roster split from the members' for good, never keyed; anyone with the public
     key, through an honest relay, in a period the room does not tag; an insider re-wrapping a member's ciphertext
@@ -317,7 +313,6 @@ def test_a_copys_gone_record_judged_while_its_original_is_still_on_the_roster_co
     _agreed(a, b, c)
 
 
-@pytest.mark.xfail(strict=True, reason="red team 22i H6: not fixed yet")
 def test_a_leave_read_again_is_filed_twice_for_a_held_item_of_a_later_period_and_drops_its_later_post():
     """Severity: medium (a member renewed late keeps another roster than the members', never keyed again; anyone with
     the public key, through an honest relay, in a period the room does not tag, where the room's next period has
