@@ -7,7 +7,6 @@ import hashlib
 import os
 import struct
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -208,7 +207,6 @@ def _gone_flood(n: int) -> int:
     return work
 
 
-@pytest.mark.xfail(strict=True, reason="red team 22i H3: not fixed yet")
 def test_a_members_gone_record_makes_each_copy_posted_and_left_rejudge_every_stay():
     """Severity: low (CPU: quadratic in the items an attacker posts, for a member holding a gone record of the
     ciphertext; anyone with the public key in a period the room does not tag, an insider in a tagged one).

@@ -219,6 +219,46 @@ class _Member:
 
 
 @dataclass
+class _Verdicts:
+    """The stays of one ciphertext's gone contributions that the members took (RoomMember._judge_gone): their refs
+    (``starts``), the latest leave among each and those before it (``ends``), the member ids taken, the latest
+    leave so far and the latest post judged. Records come in ref order (a leave files the stay that it ends), so
+    one after every post judged is judged on from here (:meth:`judge`); an accepted item on the roster carrying the
+    ciphertext is a stay left open (ends at MAX_REF) until its leave closes it (red team 22i H3)."""
+
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    taken: set[bytes] = field(default_factory=set)
+    latest: int = 0
+    last: int = 0
+
+    def judge(self, record: _Member, ref: int) -> bool:
+        """The post of ``record`` at ``ref`` (after every post judged before): whether the members took it
+        there. Taken unless an earlier taken stay was still open when it came (a copy); the mover of a period and
+        an accepted one (VALID) always; a later record of an item taken never (they ignored its later posts)."""
+        self.last = max(self.last, ref)
+        if record.status not in (VALID, BOUND) or (record.mid and record.mid in self.taken):
+            return False
+        if record.status != VALID and ref <= self.latest:
+            return False
+        if record.mid:
+            self.taken.add(record.mid)
+        self.latest = max(self.latest, record.left_at)
+        self.starts.append(ref)
+        self.ends.append(self.latest)
+        return True
+
+    def close(self, record: _Member) -> bool:
+        """The stay left open for an accepted item ends at its leave (``record``, its gone record): whether it
+        was the open one (the last taken: none is taken while it is open)."""
+        if not (self.ends and self.ends[-1] == MAX_REF and self.starts[-1] == record.ref and record.mid in self.taken):
+            return False
+        self.latest = max(self.ends[-2] if len(self.ends) > 1 else 0, record.left_at)
+        self.ends[-1] = self.latest
+        return True
+
+
+@dataclass
 class _Epoch:
     roster: list[bytes]
     seen_at: float
@@ -328,8 +368,9 @@ class RoomMember:
         #: the same ciphertext (:meth:`_copy`): the members took the first and ignored that item (red team 22e R2).
         self.gone: dict[bytes, list[_Member]] = {}
         #: Per ciphertext SHA-256 in :attr:`gone`: the stays of those the members took (:meth:`_judge_gone`),
-        #: computed once, again only when a record is added. In memory only.
-        self._gone_taken: dict[bytes, tuple[list[int], list[int], set[bytes]]] = {}
+        #: computed once, then kept up to date as records come (in full again only when one comes out of ref order,
+        #: and when the room moves). In memory only.
+        self._gone_taken: dict[bytes, _Verdicts] = {}
         self.roster: list[bytes] = []
         self.epochs: dict[int, _Epoch] = {}
         self.me: bytes | None = None
@@ -821,7 +862,7 @@ class RoomMember:
         """Whether the members took this item at an earlier post, before a leave of it (its gone record was taken:
         :meth:`_judge_gone`): they ignore any later post of it (its member id known to them)."""
         digest = hashlib.sha256(ciphertext).digest()
-        return digest in self.gone and mid in self._gone_verdicts(digest, ciphertext)[2]
+        return digest in self.gone and mid in self._gone_verdicts(digest, ciphertext).taken
 
     def _copy_taken(self, ciphertext: bytes, ref: int) -> bool:
         """Whether an earlier item on the roster carrying my contribution's ciphertext is taken by the members: a
@@ -1026,7 +1067,7 @@ class RoomMember:
                                                item.ciphertext_bytes, name=item.name, period=period)
         if status == VALID:
             self.ciphertexts.add(item.ciphertext_bytes)
-            self._gone_taken.pop(hashlib.sha256(item.ciphertext_bytes).digest(), None)  # an open stay (_judge_gone)
+            self._open_stay(item.member_id, ref, item.ciphertext_bytes)
         self.roster.append(item.member_id)
 
     def _check(self, member: _Member) -> bytes | bool | None:
@@ -1253,7 +1294,7 @@ class RoomMember:
         member.status = VALID
         if member.ciphertext is not None:
             self.ciphertexts.add(member.ciphertext)
-            self._gone_taken.pop(hashlib.sha256(member.ciphertext).digest(), None)  # an open stay (_judge_gone)
+            self._open_stay(mid, member.ref, member.ciphertext)
         self._ks[mid] = k
 
     def _copy(self, ciphertext: bytes | None, ref: int) -> bool:
@@ -1272,16 +1313,28 @@ class RoomMember:
         digest = hashlib.sha256(ciphertext).digest()
         if digest not in self.gone:
             return False
-        starts, ends, _ = self._gone_verdicts(digest, ciphertext)
-        i = bisect.bisect_left(starts, ref)  # the taken ones that came before ref: starts[:i]
-        return i > 0 and ends[i - 1] > ref
+        verdicts = self._gone_verdicts(digest, ciphertext)
+        i = bisect.bisect_left(verdicts.starts, ref)  # the taken ones that came before ref: starts[:i]
+        return i > 0 and verdicts.ends[i - 1] > ref
 
-    def _gone_verdicts(self, digest: bytes, ciphertext: bytes) -> tuple[list[int], list[int], set[bytes]]:
+    def _open_stay(self, mid: bytes, ref: int, ciphertext: bytes) -> None:
+        """An accepted item carrying ``ciphertext`` goes on the roster at ``ref``: a stay left open in the verdicts
+        kept of it (red team 22i H5), judged on from them if it came after every post judged, else judged again."""
+        digest = hashlib.sha256(ciphertext).digest()
+        verdicts = self._gone_taken.get(digest)
+        if verdicts is None:
+            return
+        if ref <= verdicts.last:
+            del self._gone_taken[digest]
+            return
+        verdicts.judge(_Member(ref, b"", b"", b"", VALID, left_at=MAX_REF, mid=mid), ref)
+
+    def _gone_verdicts(self, digest: bytes, ciphertext: bytes) -> _Verdicts:
         if digest not in self._gone_taken:
             self._gone_taken[digest] = self._judge_gone(digest, ciphertext)
         return self._gone_taken[digest]
 
-    def _judge_gone(self, digest: bytes, ciphertext: bytes) -> tuple[list[int], list[int], set[bytes]]:
+    def _judge_gone(self, digest: bytes, ciphertext: bytes) -> _Verdicts:
         """The stays (ref, ref of its leave) of the gone contributions carrying ``ciphertext`` that the members
         took, as (their refs, the latest leave among each and those before it): each record judged once, in ref
         order, without recursion (red team 22f F3: a chain of overlapping stays overflowed the stack; F2: every
@@ -1309,25 +1362,15 @@ class RoomMember:
                 record.status = BOUND
             kept.append(record)
         self.gone[digest] = [record for record in kept if record.left_at != MAX_REF]
-        starts: list[int] = []
-        ends: list[int] = []
-        latest = 0
+        verdicts = _Verdicts()
         done: set[int] = set()
-        taken: set[bytes] = set()
         # Each post of each (F1: a post that was a copy was ignored, a later one of the same item may be taken).
         posts = sorted((r, i) for i, record in enumerate(kept) for r in [record.ref, *record.reposts])
         for ref, i in posts:
-            record = kept[i]
-            if i in done or record.status not in (VALID, BOUND) or (record.mid and record.mid in taken):
-                continue
-            if record.status == VALID or ref > latest:
+            if i not in done and verdicts.judge(kept[i], ref):
                 done.add(i)
-                if record.mid:
-                    taken.add(record.mid)
-                latest = max(latest, record.left_at)
-                starts.append(ref)
-                ends.append(latest)
-        return starts, ends, taken
+        verdicts.last = max([verdicts.last, *(ref for ref, _ in posts[-1:])])
+        return verdicts
 
     def _went(self, mid: bytes, record: _Member, left_at: int, status: str = PENDING) -> None:
         """An undecided contribution's member left (at ``left_at``): kept, without its ciphertext, to judge an item
@@ -1337,8 +1380,37 @@ class RoomMember:
         kept = _Member(record.ref, record.x_pub, record.sig_pub, record.bind, status, None, record.name,
                        record.period, left_at=left_at, reposts=[r for r in record.reposts if r < left_at], mid=mid)
         digest = hashlib.sha256(record.ciphertext).digest()
+        verdicts = self._gone_taken.get(digest)
+        if verdicts is not None and not verdicts.close(kept):
+            # Judged on from the verdicts kept if it came after every post judged (each (post, leave) of a flood
+            # costs one step, not a walk of all: red team 22i H3), else judged again with the others.
+            on = self._judge_on(verdicts, kept, record.ciphertext) if kept.ref > verdicts.last else None
+            if on is None:
+                del self._gone_taken[digest]
+            elif not on:
+                return  # a wrong bind: no member ever took it, it makes nothing a copy (as _judge_gone drops it)
         self.gone.setdefault(digest, []).append(kept)
-        self._gone_taken.pop(digest, None)
+
+    def _judge_on(self, verdicts: _Verdicts, kept: _Member, ciphertext: bytes) -> bool | None:
+        """A gone record after every post judged, judged on from ``verdicts``, its bind checked as in
+        :meth:`_judge_gone`: whether it is kept (False: a wrong bind), or None if no key of this device fits now
+        (judged again with the others, later)."""
+        if kept.status == PENDING:
+            try:
+                k: bytes | None = self._decapsulate(ciphertext)
+            except NotSatisfied:
+                return None
+            except AbeError:
+                k = None
+            if k is not None:
+                if not self._bound(k, kept, strict=False):
+                    return False
+                kept.status = BOUND
+        for ref in [kept.ref, *kept.reposts]:
+            if verdicts.judge(kept, ref):
+                break
+        verdicts.last = max(verdicts.last, kept.ref, *kept.reposts)
+        return True
 
     def _decapsulate(self, ciphertext: bytes) -> bytes:
         """A ciphertext's k_j (AbeError if the scheme refuses it; NotSatisfied if no key of this device fits),
