@@ -319,3 +319,40 @@ def test_a_held_items_leave_posted_again_by_an_attacker_is_filed_once():
     w.log.members = [a, b, c]
     _settle(w)
     _agreed(a, b, c)
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_waiting_newcomer_reads_each_period_with_dropped_items_again_before_a_later_plant_decides(restart):
+    """H4's fix: as in the review's test (bob's moves to 2 and 3 and the first plants of period 3 dropped over the
+    bound by a waiting newcomer), but a period-3 plant made from the public key comes after her keys began and
+    before her join: the first item she reads then moves her cursor back, and reading periods 2 and 3 again she
+    decides no held item of a later period early. With ``restart``, her device is stored and loaded while it reads
+    again."""
+    from device.rooms.protocol import MAX_HELD
+    from tests.test_rooms_redteam22h_fixes import _bob_moves, _newcomer_waits, _restart
+
+    w = _untagged_world()
+    a, b, c = w.members
+    k = _bob_moves(w, 3)
+    for i in range(MAX_HELD + 1):
+        enc = encapsulate(w.master.public, c.policy_for(3))
+        w.log.post(_wrapped(w, enc.ciphertext.encode(), enc.key, b"p%d" % i)[0])
+    w.log.members = [b]
+    _settle(w, 1)
+    starts = w.clock.now + 10_000
+    _newcomer_waits(w, k, 3, {2: starts, 3: starts})
+    assert {2, 3} <= set(c.evicted)
+    w.clock.now = starts + 1
+    enc = encapsulate(w.master.public, c.policy_for(3))
+    w.log.post(_wrapped(w, enc.ciphertext.encode(), enc.key, b"late")[0])
+    w.log.deliver(c)
+    assert c.replay is not None
+    if restart:
+        _restart(w, c, 2)
+    for _ in range(4):
+        w.log.deliver(c)
+    assert c.replay is None and c.moves.get(3) == b.moves[3]
+    w.log.members = [b, c]
+    w.log.post(c.join("carol"))
+    _settle(w)
+    _agreed(b, c)
