@@ -356,3 +356,37 @@ def test_a_waiting_newcomer_reads_each_period_with_dropped_items_again_before_a_
     w.log.post(c.join("carol"))
     _settle(w)
     _agreed(b, c)
+
+
+def _join_pass(n: int) -> int:
+    """The work (lines of every function judging gone records run) of carol's join pass: n copies of one
+    ciphertext on her roster undecided (the members took the first), then Y, another copy, posted and left (a gone
+    record whose post comes after them all)."""
+    w = World(ATTRS)
+    a, b, c = w.members
+    ct, kj, y, y_sig = _yves(w)
+    for i in range(n):
+        w.log.post(_wrapped(w, ct, kj, b"c%d" % i)[0])
+    w.log.post(y)
+    w.log.post(_leave_item(w, y, y_sig))
+    _settle(w, 1)
+    w.log.deliver(c)
+    w.log.members = [a, b, c]
+    w.log.post(c.join("carol"))
+    names = {"_judge_gone", "judge", "close", "_went", "_judge_on", "_open_stay", "_gone_verdicts", "_copy",
+             "_taken_before"}
+    work = _lines_in(lambda: w.log.deliver(c), names)
+    _settle(w)
+    _agreed(a, b, c)
+    assert len(a.roster) == 4
+    return work
+
+
+def test_a_newcomers_join_pass_over_copies_before_a_gone_record_is_linear():
+    """The open stays of H5's fix in the join pass: the first copy accepted comes before the gone record's post
+    (judged already), so the verdicts kept are thrown away and judged again once (a walk of the roster); the copies
+    after it are copies of an accepted one, and only one item carrying the ciphertext is accepted: linear, as
+    before the fix."""
+    small = _join_pass(100)
+    large = _join_pass(400)
+    assert large < 6 * small, (small, large)
