@@ -13,7 +13,7 @@ import sys
 
 from client.errors import RelayUnavailable
 from client.relay import MAX_WAIT_S, RelayClient
-from client.rooms import KEY_WAIT_S, RoomClient
+from client.rooms import KEY_WAIT_S, RoomClient, find_room
 from client.rpc import DeviceClient
 from onetimechat.cli.common import command_group, device_and_relay, home_or_device
 from onetimechat.errors import UsageError
@@ -135,8 +135,13 @@ def cmd_leave(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_rooms(args: argparse.Namespace) -> list[dict]:
+    """The device's rooms, as it holds them: no relay needed (a `--relay` given is not used)."""
+    return DeviceClient(args.device).call("rooms")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    for room in _client(args).rooms():
+    for room in _device_rooms(args):
         state = "member" if room["joined"] else "joining" if room["joining"] else "not joined"
         # After a leave the device keeps old epoch keys for the grace period, but holds no membership: no key.
         epoch = ("no epoch yet" if room["epoch"] is None else
@@ -150,7 +155,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_invite(args: argparse.Namespace) -> int:
-    room = _client(args).room(args.room)
+    room = find_room(_device_rooms(args), args.room)
     print(f"Room {room['room']} ({room['policy']}). Invite:")
     print(room["invite"])
     return 0
