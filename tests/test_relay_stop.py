@@ -24,7 +24,7 @@ import requests
 
 from tests.chat_fixtures import make_world
 from tests.conftest import ROOT, otc
-from tests.relay_fixtures import RelayProcess
+from tests.relay_fixtures import BACKENDS, RelayProcess, fresh_db, postgres_fixture  # noqa: F401 - fixtures
 
 HANG_GUARD_S = 60  # only against a hang; nothing here is timed
 
@@ -52,8 +52,8 @@ def test_recv_waits_out_its_time_in_a_few_polls_when_nothing_arrives(tmp_path):
         world.close()
 
 
-def _relay(tmp_path: Path, *extra: str) -> RelayProcess:
-    return RelayProcess(f"sqlite:///{tmp_path / 'relay.db'}", "--rate-limit", "0", *extra,
+def _relay(tmp_path: Path, *extra: str, db: str = "") -> RelayProcess:
+    return RelayProcess(db or f"sqlite:///{tmp_path / 'relay.db'}", "--rate-limit", "0", *extra,
                         log=tmp_path / "relay.log").start()
 
 
@@ -121,11 +121,14 @@ def _stop(relay: RelayProcess, how: str) -> int:
     return status
 
 
-@pytest.mark.parametrize("extra", [("--workers", "2"), ("--writer",)], ids=["2-workers", "writer"])
+@pytest.mark.parametrize(("store", "extra"), [("sqlite", ("--workers", "2")), ("sqlite", ("--writer",)),
+                                              ("postgresql", ())],  # a writer process, with one worker too
+                         ids=["2-workers", "writer", "postgresql"])
 @pytest.mark.parametrize("how", ["sigint-group", "sigterm-parent", "sigterm-all", "sighup-group"])
-def test_a_multi_process_relay_stops_cleanly_on_each_signal(tmp_path, extra, how):
+def test_a_multi_process_relay_stops_cleanly_on_each_signal(request, tmp_path, store, extra, how):
+    db = fresh_db(request, store, tmp_path)
     for _ in range(3):  # the race showed in 4 runs of 5
-        relay = _relay(tmp_path, *extra)
+        relay = _relay(tmp_path, *extra, db=db)
         try:
             _traffic(relay)
             status = _stop(relay, how)
@@ -141,8 +144,9 @@ def test_a_multi_process_relay_stops_cleanly_on_each_signal(tmp_path, extra, how
 
 @pytest.mark.parametrize("extra", [(), ("--workers", "2")], ids=["1-worker", "2-workers"])
 @pytest.mark.parametrize("how", ["sigint-group", "sigterm-parent"])
-def test_a_long_poll_gets_its_empty_answer_when_the_relay_stops(tmp_path, extra, how):
-    relay = _relay(tmp_path, *extra)
+@pytest.mark.parametrize("store", BACKENDS)  # PostgreSQL: a writer process too, with one worker as with two
+def test_a_long_poll_gets_its_empty_answer_when_the_relay_stops(request, tmp_path, store, extra, how):
+    relay = _relay(tmp_path, *extra, db=fresh_db(request, store, tmp_path))
     answers: list = []
     try:
         assert requests.get(f"{relay.url}/v1/info", timeout=HANG_GUARD_S).status_code == 200  # a worker serves
