@@ -122,10 +122,11 @@ def _stop(relay: RelayProcess, how: str) -> int:
 
 
 @pytest.mark.parametrize(("store", "extra"), [("sqlite", ("--workers", "2")), ("sqlite", ("--writer",)),
-                                              ("postgresql", ())],  # a writer process, with one worker too
-                         ids=["2-workers", "writer", "postgresql"])
+                                              ("postgresql", ()),  # a writer process, with one worker too
+                                              ("sqlite", ())],  # one process: SIGHUP is new there too
+                         ids=["2-workers", "writer", "postgresql", "1-process"])
 @pytest.mark.parametrize("how", ["sigint-group", "sigterm-parent", "sigterm-all", "sighup-group"])
-def test_a_multi_process_relay_stops_cleanly_on_each_signal(request, tmp_path, store, extra, how):
+def test_a_relay_stops_cleanly_on_each_signal(request, tmp_path, store, extra, how):
     db = fresh_db(request, store, tmp_path)
     for _ in range(3):  # the race showed in 4 runs of 5
         relay = _relay(tmp_path, *extra, db=db)
