@@ -10,6 +10,7 @@ is :class:`RelayRefused`.
 from __future__ import annotations
 
 import base64
+import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,12 @@ def read_bounded(response: Any, limit: int) -> bytes:
     if len(data) > limit:
         raise Unbounded("too long")
     return bytes(data)
+
+
+def wait_seconds(wait: float) -> int:
+    """The whole seconds a long poll asks the relay to wait: a fraction rounds up, so a caller that polls until
+    its deadline waits out the last fraction of a second instead of asking again and again with 0."""
+    return math.ceil(max(0.0, min(wait, MAX_WAIT_S)))
 
 
 def _wanted(cursors: dict[str, int], mailbox: object, ref: object) -> tuple[str, int] | None:
@@ -116,7 +123,7 @@ class RelayClient:
         if not cursors:
             return [], True
         if self.binary is not False:
-            wait_s = max(0, min(int(wait), MAX_WAIT_S))
+            wait_s = wait_seconds(wait)
             body = self._post("/v1/receive-bin", {"mailboxes": cursors, "wait": wait_s, "limit": limit, "ack": ack},
                               timeout=wait_s + self.timeout, binary=True)
             if body is not None:
@@ -146,7 +153,7 @@ class RelayClient:
         """Messages after each mailbox's cursor, waiting up to ``wait`` seconds for the first one."""
         if not cursors:
             return [], True
-        wait_s = max(0, min(int(wait), MAX_WAIT_S))
+        wait_s = wait_seconds(wait)
         answer = self._post("/v1/receive", {"mailboxes": cursors, "wait": wait_s, "limit": limit, "ack": ack},
                             timeout=wait_s + self.timeout)
         raw = answer.get("messages")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import signal
 import sys
-from types import FrameType
 
 from onetimechat.cli.common import command_group
 from onetimechat.net import listen_failure
+from onetimechat.serving import interrupt, on_stop_signals
 from relay.config import DAY, RelayConfig, describe_db, parse_db_url
 from relay.errors import ConfigError
 from relay.server import DEFAULT_THREADS, RelayServer, parse_listen
@@ -97,10 +96,6 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def _stop(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from relay.app import create_app
 
@@ -129,13 +124,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(listen_failure(args.listen, exc)) from None
     _storage_line(config, relay.store.found_version)
     print(f"otc relay: listening on {server.url} ({threads} threads)", flush=True)
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
+    on_stop_signals(interrupt)
+    server.serve_until_interrupted()
     print("otc relay: stopped", flush=True)
     return 0
 
