@@ -156,10 +156,11 @@ def too_new(found: int) -> str:
 
 # Code, not data: replaced (CREATE OR REPLACE) whenever it differs, at every start, under the upgrade lock, and
 # never a version step, so relays of an older version still open the store. ``otc_relay_batch`` runs a batch's
-# sends and deletions (relay/storage/postgres.py) in one round trip, each element in its own exception block (a
-# subtransaction: a refusal undoes only its own writes, as the savepoint per operation does); the statements are
-# relay/storage/sql.py's ``_op_send`` and ``_delete``, in the same order. Element kinds: 's' a send, 'd' a
-# deletion (ack, ack_cursors). A refusal is returned as its code, never raised; any other error fails the batch.
+# sends and deletions (relay/storage/postgres.py) in one round trip, each send in its own exception block (a
+# subtransaction: a refusal undoes only its own writes, as the savepoint per operation does; a deletion refuses
+# nothing and needs none); the statements are relay/storage/sql.py's ``_op_send`` and ``_delete``, in the same
+# order. Element kinds: 's' a send, 'd' a deletion (ack, ack_cursors). A refusal is returned as its code, never
+# raised; any other error fails the batch.
 BATCH_FUNCTION = "otc_relay_batch"
 BATCH_ARGS = ("a_kind text[], a_mailbox text[], a_sender text[], a_contents bytea[], a_client_id text[], "
               "a_now float8[], a_expires float8[], a_origin text[], a_block text[], a_size bigint[], a_tag text[], "
@@ -186,8 +187,8 @@ DECLARE
 BEGIN
     FOR i IN 1 .. coalesce(array_length(a_kind, 1), 0) LOOP
         r_code := ''; r_ref := NULL; r_expires := NULL; r_duplicate := false; r_n := 0; r_files := '{}';
-        BEGIN
-            IF a_kind[i] = 's' THEN
+        IF a_kind[i] = 's' THEN
+            BEGIN
                 SELECT m.next_ref, m.count, m.bytes, s.ref AS seen_ref, s.expires AS seen_expires INTO row_
                     FROM mailboxes m LEFT JOIN sent_ids s ON s.mailbox = m.mailbox AND s.client_id = a_client_id[i]
                     WHERE m.mailbox = a_mailbox[i] FOR UPDATE OF m;
@@ -245,34 +246,33 @@ BEGIN
                     END IF;
                     r_ref := row_.next_ref; r_expires := a_expires[i];
                 END IF;
-            ELSE
-                -- A deletion: what went is taken off the counts, and its content files are named.
-                WITH gone AS (DELETE FROM messages WHERE mailbox = a_mailbox[i]
-                              AND (ref <= a_through[i] OR ref = ANY (a_refs[first_ref : first_ref + a_nrefs[i] - 1]))
-                              RETURNING size, origin, block,
-                              CASE WHEN length(contents) <= 64 AND substr(contents, 1, 1) = a_file_mark
-                                   THEN contents END AS file)
-                SELECT count(*), coalesce(sum(size), 0), array_agg(size), array_agg(origin), array_agg(block),
-                       coalesce(array_agg(file) FILTER (WHERE file IS NOT NULL), '{}')
-                    INTO r_n, total, g_sizes, g_origins, g_blocks, r_files FROM gone;
-                IF r_n > 0 THEN
-                    UPDATE mailboxes SET count = count - r_n, bytes = bytes - total, touched = a_now[i]
-                        WHERE mailbox = a_mailbox[i];
-                    -- Credited in the order sql.py's _uncount credits (sorted by code point).
-                    FOR who, amount IN
-                        SELECT w, sum(s + a_overhead) FROM (
-                            SELECT unnest(g_origins) AS w, unnest(g_sizes) AS s
-                            UNION ALL SELECT unnest(g_blocks), unnest(g_sizes)) f
-                        WHERE w <> '' GROUP BY w ORDER BY w COLLATE "C"
-                    LOOP
-                        UPDATE origins SET bytes = bytes - amount WHERE origin = who;
-                    END LOOP;
-                END IF;
+            EXCEPTION WHEN SQLSTATE 'OTC01' THEN
+                r_code := SQLERRM; r_ref := NULL; r_expires := NULL; r_duplicate := false; r_n := 0; r_files := '{}';
+            END;
+        ELSE
+            -- A deletion: what went is taken off the counts, and its content files are named. It refuses
+            -- nothing (any error fails the whole batch), so it needs no subtransaction.
+            WITH gone AS (DELETE FROM messages WHERE mailbox = a_mailbox[i]
+                          AND (ref <= a_through[i] OR ref = ANY (a_refs[first_ref : first_ref + a_nrefs[i] - 1]))
+                          RETURNING size, origin, block,
+                          CASE WHEN length(contents) <= 64 AND substr(contents, 1, 1) = a_file_mark
+                               THEN contents END AS file)
+            SELECT count(*), coalesce(sum(size), 0), array_agg(size), array_agg(origin), array_agg(block),
+                   coalesce(array_agg(file) FILTER (WHERE file IS NOT NULL), '{}')
+                INTO r_n, total, g_sizes, g_origins, g_blocks, r_files FROM gone;
+            IF r_n > 0 THEN
+                UPDATE mailboxes SET count = count - r_n, bytes = bytes - total, touched = a_now[i]
+                    WHERE mailbox = a_mailbox[i];
+                -- Credited in the order sql.py's _uncount credits (sorted by code point).
+                FOR who, amount IN
+                    SELECT w, sum(s + a_overhead) FROM (
+                        SELECT unnest(g_origins) AS w, unnest(g_sizes) AS s
+                        UNION ALL SELECT unnest(g_blocks), unnest(g_sizes)) f
+                    WHERE w <> '' GROUP BY w ORDER BY w COLLATE "C"
+                LOOP
+                    UPDATE origins SET bytes = bytes - amount WHERE origin = who;
+                END LOOP;
             END IF;
-        EXCEPTION WHEN SQLSTATE 'OTC01' THEN
-            r_code := SQLERRM; r_ref := NULL; r_expires := NULL; r_duplicate := false; r_n := 0; r_files := '{}';
-        END;
-        IF a_kind[i] <> 's' THEN
             first_ref := first_ref + a_nrefs[i];
         END IF;
         RETURN NEXT;
