@@ -25,6 +25,7 @@ CHANNEL = "otc_relay"
 # pg_advisory_xact_lock key for schema upgrades (any fixed number; ours spells "otc-rely").
 UPGRADE_LOCK = 0x6F74632D72656C79
 POOL_WAIT_S = 30.0
+CONNECT_TIMEOUT_S = 10
 #: The operations a batch runs in schema.BATCH_FUNCTION (one round trip for a run of them); the others run as
 #: statements, each under its savepoint.
 IN_FUNCTION = frozenset({"send", "ack", "ack_cursors"})
@@ -35,7 +36,6 @@ _CALL = (f"SELECT * FROM {schema.BATCH_FUNCTION}(%s::text[], %s::text[], %s::tex
          "%s::float8[], %s::float8[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], "
          "%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::float8[], %s::bigint[], %s::int[], "
          "%s::bigint[], %s, %s, %s)")
-CONNECT_TIMEOUT_S = 10
 
 
 def _psycopg() -> Any:
@@ -156,8 +156,9 @@ class PostgresStore(SQLStore):
             self._slots.release()
 
     def _commit(self, batch: list[Op]) -> None:
-        # Pipeline mode: statements whose results are not read (savepoints, writes) travel
-        # with the next one that is, so a send costs one round trip, and the batch one more.
+        # Each run of sends and deletions is one call of the batch function (one round trip); the other
+        # operations go as statements in pipeline mode, where those whose results are not read (savepoints,
+        # writes) travel with the next one that is. The commit is one more round trip.
         with self._conn() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
             tx = _Tx(cur)
             run: list[Op] = []
@@ -225,7 +226,7 @@ class PostgresStore(SQLStore):
 
 def _run_in_function(cur: Any, run: list[Op]) -> None:
     """Run ``run`` (sends and deletions, IN_FUNCTION) in one call of schema.BATCH_FUNCTION: one round trip, each
-    element in its own subtransaction; each Op gets the value or refusal its ``_op_<name>`` would have given."""
+    send in its own subtransaction; each Op gets the value or refusal its ``_op_<name>`` would have given."""
     columns: list[list[Any]] = [[] for _ in range(20)]
     owners: list[int] = []  # the index in ``run`` of each element (ack_cursors makes one per cursor)
 
