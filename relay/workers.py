@@ -17,7 +17,7 @@ What crosses processes, and how (docs/relay-protocol.md, "Worker processes"):
   N times ``--connections-per-address`` in all), the long polls held (``--max-waits``, ``--waits-per-address``:
   each holds one of that worker's threads), and ``--threads``.
 
-Writes (``writer=True``; the command line sets it on PostgreSQL, one worker or more): a writer process, forked first,
+Writes (``writer=True``; the command line sets it on PostgreSQL with one worker): a writer process, forked first,
 runs every worker's writes (relay/writer.py). The parent keeps a control line (a socket pair) to the writer
 and to each worker; for each worker it makes a socket pair and hands one end to the writer and the other to
 the worker over their control lines (SCM_RIGHTS), at start and whenever either is started again. No path
