@@ -1611,6 +1611,9 @@ class RoomMember:
         self.name = None
         self._ks.clear()
         self._decapsulated.clear()
+        # Verdicts of gone records counted this membership's accepted items as open stays: they are undecided
+        # now, and stale stays dropped a copy at the rejoin that the members kept (red team 22j H1). Judged anew.
+        self._gone_taken.clear()
         # Every k_j is gone: the others' contributions are undecided again, to be decapsulated anew
         # (once each) if this device rejoins.
         for member in self.members.values():
