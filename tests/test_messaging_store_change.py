@@ -1,0 +1,165 @@
+"""A relay given a new store at the same address loses no message (docs/client.md, "Cursors and the relay's store").
+
+The reproduction a user found following the README cold: bob reads three messages, the relay is restarted on
+the same address with another ``--db``, alice sends two more ("sent to bob"), and bob's `otc recv` showed nothing
+while its acknowledgement deleted them (the new store numbers refs from 1 again; bob's cursor was 3). Real relay
+and device servers on 127.0.0.1, the real `otc` and client code; the new store is SQLite or PostgreSQL (the
+tests' real server).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+
+import pytest
+
+from client.mailstore import MailStore
+from client.messenger import Event, Messenger
+from client.relay import RelayClient
+from client.rpc import DeviceClient
+from client.state import ClientState
+from relay.app import create_app
+from relay.config import RelayConfig
+from relay.server import RelayServer
+from tests.chat_fixtures import World, make_world
+from tests.conftest import otc
+from tests.relay_fixtures import BACKENDS, fresh_db, postgres_fixture  # noqa: F401 - fixtures
+
+NOTICE = "has a new store: reading it from the start"
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = make_world(tmp_path, names=("alice", "bob"))
+    yield w
+    w.close()
+
+
+def send(world: World, who: str, to: str, text: str) -> str:
+    person = world.people[who]
+    result = otc("send", "--device", person.url, "--relay", world.relay_url, to, text, env=person.env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode()
+
+
+def recv(world: World, who: str) -> tuple[list[str], str]:
+    """The texts `otc recv --json` shows, and what it writes on stderr."""
+    import json
+
+    person = world.people[who]
+    result = otc("recv", "--device", person.url, "--relay", world.relay_url, "--json", env=person.env)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert all(not line["warnings"] for line in lines), lines  # no gap, no replay, no tamper
+    return [line["text"] for line in lines if line["kind"] == "text"], result.stderr.decode()
+
+
+def new_store(world: World, db: str) -> None:
+    """The relay stopped and started again on the same address with another store (``--db``)."""
+    port = int(world.relay_url.rsplit(":", 1)[1])
+    world.relay.close()
+    world.relay = RelayServer(create_app(RelayConfig(db=db)), "127.0.0.1", port, threads=32).start()
+
+
+def stored(world: World, who: str = "bob") -> list[int]:
+    """The refs the relay's store holds for ``who``'s mailboxes."""
+    person = world.people[who]
+    mailboxes = [m for c in DeviceClient(person.url, state=ClientState(person.laptop)).contacts()
+                 for m in c.get("mailboxes_in", [])]
+    relay = world.relay.app.extensions["otc_relay"]
+    found, _ = relay.store.fetch([(m, 0) for m in sorted(mailboxes)], 1000, 1 << 30, time.time())
+    return [m.ref for m in found]
+
+
+def messenger(world: World, who: str) -> Messenger:
+    person = world.people[who]
+    device = DeviceClient(person.url, state=ClientState(person.laptop), timeout=30)
+    return Messenger(device, RelayClient(world.relay_url), MailStore(device.url, home=person.laptop))
+
+
+def another_db(request: pytest.FixtureRequest, backend: str, tmp_path) -> str:
+    folder = tmp_path / f"store-{secrets.token_hex(4)}"
+    folder.mkdir()
+    return fresh_db(request, backend, folder)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_users_reproduction_loses_nothing(world, request, backend, tmp_path):
+    for text in ("one", "two", "three"):
+        send(world, "alice", "bob", text)
+    assert recv(world, "bob") == (["one", "two", "three"], "")
+    new_store(world, another_db(request, backend, tmp_path))  # moving to PostgreSQL, or a lost disk
+    for text in ("four", "five"):
+        assert send(world, "alice", "bob", text).strip() == "sent to bob"
+    assert stored(world) == [1, 2]
+    texts, stderr = recv(world, "bob")
+    assert texts == ["four", "five"]
+    assert stderr.strip() == f"WARNING: the relay at {world.relay_url} {NOTICE}"  # one line, once
+    assert stored(world) == []  # read, then acknowledged on the new store
+    assert recv(world, "bob") == ([], "")
+    send(world, "alice", "bob", "six")
+    assert recv(world, "bob") == (["six"], "")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_new_store_already_past_the_readers_cursor_loses_nothing(world, request, backend, tmp_path):
+    """As in the load test: the new store's refs had passed the reader's cursor before it read (12 of 12
+    deleted there, cursor 29): a check of the cursor against the store's next ref would not see it."""
+    alice, bob = messenger(world, "alice"), messenger(world, "bob")
+    for n in range(3):
+        alice.send("bob", f"old {n}")
+    seen: list[Event] = []
+    bob.poll(seen.append)
+    bob.acknowledge()
+    new_store(world, another_db(request, backend, tmp_path))
+    for n in range(5):
+        alice.send("bob", f"new {n}")
+    assert stored(world) == [1, 2, 3, 4, 5]  # past bob's cursor, 3
+    while bob.poll(seen.append).handled:
+        pass
+    bob.acknowledge()
+    assert [e.text for e in seen if e.kind == "text"] == [f"old {n}" for n in range(3)] + [f"new {n}" for n in range(5)]
+    assert [e.warnings for e in seen if e.kind == "notice"] == [[f"the relay at {world.relay_url} {NOTICE}"]]
+    assert all(not e.warnings for e in seen if e.kind == "text")
+    assert stored(world) == []
+
+
+def test_a_laptop_that_knows_no_store_reads_once_without_acknowledging(world):
+    """A first read at a relay, or the first after an upgrade from before store identities (cursors kept, no
+    identity): nothing is deleted before the relay has said which store the cursors are refs of."""
+    alice, bob = messenger(world, "alice"), messenger(world, "bob")
+    for n in range(3):
+        alice.send("bob", f"m{n}")
+    seen: list[Event] = []
+    bob.poll(seen.append)  # the first read: learns the store
+    assert stored(world) == [1, 2, 3]
+    with sqlite3.connect(bob.store.path) as db:  # as a laptop from before: cursors, no identity
+        db.execute("DELETE FROM relay_stores")
+    bob.poll(seen.append)
+    assert stored(world) == [1, 2, 3]  # read without acknowledging
+    assert bob.store.relay_store(world.relay_url) == world.relay.app.extensions["otc_relay"].store_id
+    bob.poll(seen.append)
+    assert stored(world) == []  # now acknowledged, naming the store
+    assert [e.text for e in seen] == ["m0", "m1", "m2"]
+
+
+def test_the_chat_reads_a_new_store_from_the_start(world, tmp_path):
+    bob = world.chat("bob")
+    bob.wait_for("contacts: alice")
+    send(world, "alice", "bob", "before the move")
+    bob.wait_for("alice: before the move", timeout=60)
+    new_store(world, f"sqlite:///{tmp_path / 'two.db'}")
+    for text in ("after one", "after two"):
+        send(world, "alice", "bob", text)
+    screen = bob.wait_for("alice: after two", timeout=90)
+    assert "alice: after one" in screen
+    assert screen.count(NOTICE) == 1
+    assert "tamper" not in screen and "replay" not in screen and "gap" not in screen
+    deadline = time.monotonic() + 60  # the chat's next read acknowledges them
+    while stored(world) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stored(world) == []
+    assert bob.close() == 0
+    assert "Traceback" not in bob.text()
