@@ -9,11 +9,15 @@ tests' real server).
 
 from __future__ import annotations
 
+import io
+import json as _json
 import secrets
 import sqlite3
 import time
 
 import pytest
+import requests
+import urllib3
 
 from client.mailstore import MailStore
 from client.messenger import Event, Messenger
@@ -163,3 +167,60 @@ def test_the_chat_reads_a_new_store_from_the_start(world, tmp_path):
     assert stored(world) == []
     assert bob.close() == 0
     assert "Traceback" not in bob.text()
+
+
+class LyingRelay(requests.Session):
+    """A hostile relay in front of an honest store: it keeps every message (acknowledgements are dropped) and
+    names whatever store identity it likes in its answers (``lie``), checking none it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lie = "aaaaaaaaaaaaaaaa"
+
+    def post(self, url, json=None, **kwargs):  # type: ignore[no-untyped-def, override]
+        if "-bin" in url:  # JSON only, so the lie is easy to write
+            return self._answer(404, {"error": "not-found", "message": "no"})
+        body = dict(json or {})
+        body.pop("store", None)
+        if url.endswith("/v1/ack"):
+            return self._answer(200, {"mailbox": body.get("mailbox"), "deleted": 0, "store": self.lie})
+        body["ack"] = False
+        answer = super().post(url, json=body, timeout=kwargs.get("timeout"))
+        data = answer.json()
+        data["store"] = self.lie
+        return self._answer(answer.status_code, data)
+
+    @staticmethod
+    def _answer(status: int, data: dict) -> requests.Response:
+        raw = _json.dumps(data).encode()
+        response = requests.Response()
+        response.status_code = status
+        response.headers["Content-Type"] = "application/json"
+        response.headers["Content-Length"] = str(len(raw))
+        response.raw = urllib3.HTTPResponse(body=io.BytesIO(raw), preload_content=False)
+        return response
+
+
+def test_a_relay_lying_about_its_store_makes_the_laptop_read_again_never_lose_or_repeat(world):
+    """A hostile relay can already withhold and delete anything; a lie about its store only has the laptop read
+    from the start, and what it had read comes again as the replays the device refuses (shown as replays, as
+    any copy a relay sends again): no message lost, none shown twice."""
+    lying = LyingRelay()
+    alice = messenger(world, "alice")
+    person = world.people["bob"]
+    device = DeviceClient(person.url, state=ClientState(person.laptop), timeout=30)
+    bob = Messenger(device, RelayClient(world.relay_url, session=lying), MailStore(device.url, home=person.laptop))
+    for n in range(3):
+        alice.send("bob", f"m{n}")
+    seen: list[Event] = []
+    bob.poll(seen.append)
+    bob.acknowledge()
+    lying.lie = "bbbbbbbbbbbbbbbb"  # "a new store": the same messages, refs from 1
+    alice.send("bob", "m3")
+    for _ in range(3):
+        bob.poll(seen.append)
+    texts = [e.text for e in seen if e.kind == "text"]
+    assert texts == ["m0", "m1", "m2", "m3"]  # each once, none lost
+    assert [e.code for e in seen if e.kind == "refused"] == ["replay"] * 3
+    assert [e.code for e in seen if e.kind == "notice"] == ["store-changed"]
+    assert stored(world) == [1, 2, 3, 4]  # the lying relay kept everything: it could anyway
