@@ -224,3 +224,37 @@ def test_a_relay_lying_about_its_store_makes_the_laptop_read_again_never_lose_or
     assert [e.code for e in seen if e.kind == "refused"] == ["replay"] * 3
     assert [e.code for e in seen if e.kind == "notice"] == ["store-changed"]
     assert stored(world) == [1, 2, 3, 4]  # the lying relay kept everything: it could anyway
+
+
+class OldRelay(requests.Session):
+    """A relay from before store identities: it names no store and ignores the one it is given."""
+
+    def post(self, url, json=None, **kwargs):  # type: ignore[no-untyped-def, override]
+        if "-bin" in url:
+            return LyingRelay._answer(404, {"error": "not-found", "message": "no"})
+        body = {k: v for k, v in (json or {}).items() if k != "store"}
+        answer = super().post(url, json=body, timeout=kwargs.get("timeout"))
+        data = {k: v for k, v in answer.json().items() if k != "store"}
+        return LyingRelay._answer(answer.status_code, data)
+
+
+def test_a_relay_from_before_store_identities_is_read_and_acknowledged_as_before(world):
+    alice = messenger(world, "alice")
+    person = world.people["bob"]
+    device = DeviceClient(person.url, state=ClientState(person.laptop), timeout=30)
+    bob = Messenger(device, RelayClient(world.relay_url, session=OldRelay()), MailStore(device.url, home=person.laptop))
+    seen: list[Event] = []
+    for round_ in range(2):
+        for n in range(2):
+            alice.send("bob", f"r{round_} m{n}")
+        bob.poll(seen.append)
+        bob.acknowledge()
+        assert stored(world) == []  # acknowledged as before, no identity named
+    assert bob.store.relay_store(world.relay_url) == ""
+    assert [e.text for e in seen] == ["r0 m0", "r0 m1", "r1 m0", "r1 m1"]
+    # The relay upgraded in place (its store the same): its identity is learnt, the cursors kept.
+    bob.relay = RelayClient(world.relay_url)
+    alice.send("bob", "after the upgrade")
+    bob.poll(seen.append)
+    assert [e.text for e in seen][-1:] == ["after the upgrade"] and not [e for e in seen if e.kind == "notice"]
+    assert bob.store.relay_store(world.relay_url) == world.relay.app.extensions["otc_relay"].store_id
