@@ -300,9 +300,13 @@ class Messenger:
         deliver(Event("notice", contact="", code="store-changed",
                       warnings=[f"the relay at {url} has a new store: reading it from the start"]))
         cursors = self.store.cursors(url, sorted(self.inbound))
-        messages, _ = self.relay.receive_raw(cursors, wait=0, ack=False, store=seen)
+        flapping = RelayUnavailable(f"The relay at {url} answers from another store at each request.")
+        try:
+            messages, _ = self.relay.receive_raw(cursors, wait=0, ack=False, store=seen)
+        except StoreChanged:
+            raise flapping from None
         if self.relay.store_seen not in (None, seen):
-            raise RelayUnavailable(f"The relay at {url} answers from another store at each request.")
+            raise flapping
         return cursors, messages
 
     def _deliver(self, messages: list[RelayMessage], deliver: Callable[[Event], None], result: PollResult,
