@@ -19,6 +19,7 @@ import pytest
 import requests
 import urllib3
 
+from client.errors import RelayUnavailable
 from client.mailstore import MailStore
 from client.messenger import Event, Messenger
 from client.relay import RelayClient
@@ -176,6 +177,7 @@ class LyingRelay(requests.Session):
     def __init__(self) -> None:
         super().__init__()
         self.lie = "aaaaaaaaaaaaaaaa"
+        self.flapping = False  # another identity in every answer
 
     def post(self, url, json=None, **kwargs):  # type: ignore[no-untyped-def, override]
         if "-bin" in url:  # JSON only, so the lie is easy to write
@@ -187,6 +189,8 @@ class LyingRelay(requests.Session):
         body["ack"] = False
         answer = super().post(url, json=body, timeout=kwargs.get("timeout"))
         data = answer.json()
+        if self.flapping:
+            self.lie = secrets.token_hex(8)
         data["store"] = self.lie
         return self._answer(answer.status_code, data)
 
@@ -258,3 +262,20 @@ def test_a_relay_from_before_store_identities_is_read_and_acknowledged_as_before
     bob.poll(seen.append)
     assert [e.text for e in seen][-1:] == ["after the upgrade"] and not [e for e in seen if e.kind == "notice"]
     assert bob.store.relay_store(world.relay_url) == world.relay.app.extensions["otc_relay"].store_id
+
+
+def test_a_relay_naming_another_store_in_every_answer_is_unavailable_and_loses_nothing(world):
+    lying = LyingRelay()
+    alice = messenger(world, "alice")
+    person = world.people["bob"]
+    device = DeviceClient(person.url, state=ClientState(person.laptop), timeout=30)
+    bob = Messenger(device, RelayClient(world.relay_url, session=lying), MailStore(device.url, home=person.laptop))
+    seen: list[Event] = []
+    bob.poll(seen.append)  # learns "aaa..."
+    alice.send("bob", "held")
+    lying.flapping = True
+    with pytest.raises(RelayUnavailable, match="another store at each request"):
+        bob.poll(seen.append)
+    lying.flapping = False
+    bob.poll(seen.append)
+    assert [e.text for e in seen if e.kind == "text"] == ["held"]
