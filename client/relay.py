@@ -10,6 +10,7 @@ is :class:`RelayRefused`.
 from __future__ import annotations
 
 import base64
+import math
 import re
 import typing
 from collections.abc import Callable
@@ -57,6 +58,12 @@ def read_bounded(response: Any, limit: int) -> bytes:
     if len(data) > limit:
         raise Unbounded("too long")
     return bytes(data)
+
+
+def wait_seconds(wait: float) -> int:
+    """The whole seconds a long poll asks the relay to wait: a fraction rounds up, so a caller that polls until
+    its deadline waits out the last fraction of a second instead of asking again and again with 0."""
+    return math.ceil(max(0.0, min(wait, MAX_WAIT_S)))
 
 
 def _wanted(cursors: dict[str, int], mailbox: object, ref: object) -> tuple[str, int] | None:
@@ -133,7 +140,7 @@ class RelayClient:
         if not cursors:
             return [], True
         if self.binary is not False:
-            wait_s = max(0, min(int(wait), MAX_WAIT_S))
+            wait_s = wait_seconds(wait)
             body = self._post("/v1/receive-bin", _reading(cursors, wait_s, limit, ack, store),
                               timeout=wait_s + self.timeout, binary=True)
             if body is not None:
@@ -166,7 +173,7 @@ class RelayClient:
         the answer's is kept in :attr:`store_seen`."""
         if not cursors:
             return [], True
-        wait_s = max(0, min(int(wait), MAX_WAIT_S))
+        wait_s = wait_seconds(wait)
         answer = self._post("/v1/receive", _reading(cursors, wait_s, limit, ack, store),
                             timeout=wait_s + self.timeout)
         self.store_seen = store_identity(answer.get("store"))

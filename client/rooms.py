@@ -22,6 +22,14 @@ BATCH = 200
 KEY_WAIT_S = 30.0  # how long a send waits for the epoch key after a membership change
 
 
+def find_room(rooms: list[dict], name: str) -> dict:
+    """The room of the device's ``rooms`` (its ``rooms`` call) named ``name`` (or with that id)."""
+    for room in rooms:
+        if name in (room["room"], room["room_id"]):
+            return room
+    raise ClientError(f"The device knows no room {name!r} (add it with its invite first).")
+
+
 class RoomClient:
     def __init__(self, device: DeviceClient, relay: RelayClient) -> None:
         self.device = device
@@ -31,10 +39,7 @@ class RoomClient:
         return self.device.call("rooms")
 
     def room(self, name: str) -> dict:
-        for room in self.rooms():
-            if name in (room["room"], room["room_id"]):
-                return room
-        raise ClientError(f"The device knows no room {name!r} (add it with its invite first).")
+        return find_room(self.rooms(), name)
 
     def _post(self, mailbox: str, items: list[str]) -> None:
         for item in items:

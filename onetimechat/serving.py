@@ -55,15 +55,45 @@ every socket inside the loop, which then returns (docs/relay-protocol.md,
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
+import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from types import FrameType
 from typing import Any, Protocol, Self
 
 from onetimechat.net import BLOCK_SHARES, client_block, client_group
+
+# What stops a server run in the foreground: a service manager's SIGTERM, Ctrl-C, the terminal closing.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def on_stop_signals(on_stop: Callable[[], None]) -> None:
+    """Call ``on_stop()`` (in the main thread) at the first of :data:`STOP_SIGNALS`; the next ones do nothing, so a
+    second signal (Ctrl-C reaches every process of the group, and a parent then sends its workers SIGTERM) cannot
+    cut the clean stop short. The handler stays a Python function: set to SIG_IGN while one of these signals is
+    pending, Python prints "Signal 15 ignored due to race condition" with a traceback."""
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            on_stop()
+
+    for number in STOP_SIGNALS:
+        signal.signal(number, stop)
+
+
+def interrupt() -> None:
+    """An ``on_stop`` for :func:`on_stop_signals`: the main thread gets a KeyboardInterrupt, as at Ctrl-C."""
+    raise KeyboardInterrupt
 
 
 @dataclass(frozen=True)
@@ -454,6 +484,7 @@ class GuardedServer:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._close_lock = threading.Lock()
+        self._failed: Exception | None = None
 
     @property
     def url(self) -> str:
@@ -471,17 +502,59 @@ class GuardedServer:
         return int(self._server.otc_evicted)
 
     def run(self) -> None:
-        """Serve until :meth:`close` (or a KeyboardInterrupt in this thread, after which call close)."""
+        """Serve in this thread until :meth:`close` is called from another."""
         try:
             self._server.run()
-        except Exception:
+        except Exception as exc:
             if not self._closing:  # closing without a running loop pulls sockets from under it: that is the stop
+                self._failed = exc
                 raise
 
     def start(self) -> Self:
         self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self._thread.start()
         return self
+
+    def serve_until_interrupted(self) -> None:
+        """Serve until a KeyboardInterrupt reaches the calling (main) thread (SIGINT, or a handler that raises it
+        for SIGTERM), then stop as :meth:`close` does.
+
+        The loop runs in a thread of its own, never in the thread the signal interrupts: waitress's loop takes a
+        KeyboardInterrupt for a stop of its own, waiting 5 s for every task, long polls too, before
+        :meth:`close` could answer them (docs/relay-protocol.md, "Serving"). Its loop also keeps serving while
+        :meth:`close` lets the running requests finish, so their answers go out whole. The main thread waits on
+        a socket that every signal rings (``signal.set_wakeup_fd``): the kernel may deliver a signal to any of
+        the server's threads, and a main thread blocked elsewhere would never run its Python handler."""
+        ring, woken = socket.socketpair()
+        ring.setblocking(False)
+        woken.setblocking(False)
+        ended = threading.Event()
+
+        def run() -> None:
+            try:
+                self.run()
+            finally:
+                ended.set()
+                with contextlib.suppress(OSError):
+                    ring.send(b"\0")
+
+        previous = signal.set_wakeup_fd(ring.fileno(), warn_on_full_buffer=False)
+        try:
+            self._thread = threading.Thread(target=run, name=self.name, daemon=True)
+            self._thread.start()
+            while not ended.is_set():
+                select.select([woken], [], [])  # a signal's handler runs as this returns
+                with contextlib.suppress(BlockingIOError):
+                    woken.recv(4096)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.set_wakeup_fd(previous)
+            ring.close()
+            woken.close()
+            self.close()
+        if self._failed is not None:
+            raise self._failed
 
     def close(self, timeout: float = 30.0) -> None:
         """Let running requests finish (``timeout`` seconds at most; waiting ones are dropped), then close every
@@ -493,15 +566,31 @@ class GuardedServer:
                 return
             self._closing = True
         server = self._server
+        # No new connections (a worker closes only its own copy of a shared socket). The requests being served
+        # answer "Connection: close", so no client sends another on a connection that is going away; the waiting
+        # ones are woken to answer now.
+        self._inside_loop(lambda: wasyncore.dispatcher.close(server))
+        for channel in list(server.active_channels.values()):
+            for request in list(channel.requests):
+                request.headers["CONNECTION"] = "close"
+        self.wake()
         # First the tasks: one still running after the sockets close would fail to wake the (closed) loop.
         server.task_dispatcher.shutdown(timeout=timeout)
+        # Then close every socket (keep-alive connections too) inside the loop, which then finds nothing left to
+        # serve and returns.
+        self._inside_loop(lambda: wasyncore.close_all(server._map))
         if self._thread is not None and self._thread.is_alive():
-            # Close every socket (keep-alive connections too) inside the loop, which then finds nothing left to
-            # serve and returns.
-            try:
-                server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-            except OSError:
-                wasyncore.close_all(server._map)
             self._thread.join(timeout=10)
-        else:
-            wasyncore.close_all(server._map)
+
+    def wake(self) -> None:
+        """Wake requests waiting for something (long polls), so they answer now: the server is stopping."""
+
+    def _inside_loop(self, action: Callable[[], None]) -> None:
+        """Run ``action`` in the serving thread if the loop runs (it iterates over the sockets), else here."""
+        if self._thread is not None and self._thread.is_alive():
+            try:
+                self._server.trigger.pull_trigger(action)
+                return
+            except OSError:
+                pass
+        action()

@@ -52,9 +52,12 @@ class RelayServer(GuardedServer):
             recv_bytes=256 * 1024, inbuf_overflow=2 * 1024 * 1024, outbuf_overflow=8 * 1024 * 1024,
             **proxy)
 
+    def wake(self) -> None:
+        """Long polls answer now (their empty answer, or what arrived), as the server stops."""
+        self.app.extensions["otc_relay"].notifier.close()
+
     def close(self, timeout: float = 30.0) -> None:
-        """Wake waiting requests, let them answer, stop the server and close the store."""
-        relay = self.app.extensions["otc_relay"]
-        relay.notifier.close()  # long polls answer now
+        """Stop taking connections, wake waiting requests, let running ones answer, stop the server and close the
+        store."""
         super().close(timeout)
-        relay.close()
+        self.app.extensions["otc_relay"].close()

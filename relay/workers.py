@@ -17,13 +17,13 @@ What crosses processes, and how (docs/relay-protocol.md, "Worker processes"):
   N times ``--connections-per-address`` in all), the long polls held (``--max-waits``, ``--waits-per-address``:
   each holds one of that worker's threads), and ``--threads``.
 
-Writes (``writer=True``; the command line sets it on PostgreSQL, one worker or more): a writer process, forked first,
+Writes (``writer=True``; the command line sets it on PostgreSQL with one worker): a writer process, forked first,
 runs every worker's writes (relay/writer.py). The parent keeps a control line (a socket pair) to the writer
 and to each worker; for each worker it makes a socket pair and hands one end to the writer and the other to
 the worker over their control lines (SCM_RIGHTS), at start and whenever either is started again. No path
 names a line: only the writer and its workers hold one.
 
-Supervision: the parent serves nothing. SIGTERM or SIGINT to it stops every worker the way one relay stops
+Supervision: the parent serves nothing. SIGTERM, SIGINT or SIGHUP to it stops every worker the way one relay stops
 (running requests finish, long polls answer), waits for them, and exits 0. A worker that dies is reported on
 stderr and started again, unless it died within ``START_GRACE_S`` of being started (it cannot start: a store
 it cannot open, say): then the parent stops the others and exits 1, for the service manager to see. The
@@ -43,8 +43,8 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from types import FrameType
 
+from onetimechat.serving import STOP_SIGNALS, interrupt, on_stop_signals
 from relay.config import RelayConfig
 from relay.ratelimit import Limiters
 from relay.writer import link as writer_line
@@ -56,12 +56,12 @@ START_GRACE_S = 2.0
 # How long the workers get to stop (a relay lets running requests finish for 30 s) before they are killed.
 STOP_WAIT_S = 50.0
 BACKLOG = 1024
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_SIGNALS = STOP_SIGNALS
 PR_SET_PDEATHSIG = 1
 
 
 class _Stopping(Exception):
-    """SIGTERM reached the parent."""
+    """SIGTERM, SIGINT or SIGHUP reached the parent."""
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -87,28 +87,17 @@ def _die_with_parent() -> None:
 
 
 def _child(parent: int, on_stop: Callable[[], None]) -> bool:
-    """A forked child's signals: ``on_stop()`` at the first SIGTERM or SIGINT (the next ones ignored), and SIGTERM
-    when the parent dies. False if the parent died already."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        for number in _SIGNALS:  # once: a second signal must not cut the clean stop short
-            signal.signal(number, signal.SIG_IGN)
-        on_stop()
-
-    for number in _SIGNALS:
-        signal.signal(number, stop)
+    """A forked child's signals: ``on_stop()`` at the first SIGTERM, SIGINT or SIGHUP (the next ones do nothing),
+    and SIGTERM when the parent dies. False if the parent died already."""
+    on_stop_signals(on_stop)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     _die_with_parent()
     return os.getppid() == parent
 
 
-def _interrupt() -> None:
-    raise KeyboardInterrupt
-
-
 def _worker(sock: socket.socket, config: RelayConfig, threads: int, trusted_proxy: str | None,
             limiters: Limiters, parent: int, control: socket.socket | None) -> int:
-    """A forked worker's life: serve the shared socket until SIGTERM or SIGINT, then stop as one relay does.
+    """A forked worker's life: serve the shared socket until SIGTERM, SIGINT or SIGHUP, then stop as one relay does.
     With a ``control`` line, its writes go to the writer process (relay/writer.py)."""
     from relay.app import create_app
     from relay.server import RelayServer
@@ -116,7 +105,7 @@ def _worker(sock: socket.socket, config: RelayConfig, threads: int, trusted_prox
     from relay.storage.sql import SQLStore
     from relay.writer import WriterLink
 
-    if not _child(parent, _interrupt):
+    if not _child(parent, interrupt):
         return 0  # the parent died before we could ask to follow it
     server = None
     try:
@@ -128,19 +117,18 @@ def _worker(sock: socket.socket, config: RelayConfig, threads: int, trusted_prox
         app = create_app(config, store=store, limiters=limiters)
         host, port = sock.getsockname()[:2]
         server = RelayServer(app, host, port, threads=threads, trusted_proxy=trusted_proxy, sock=sock)
-        server.run()
+        server.serve_until_interrupted()
     except KeyboardInterrupt:
         pass
     finally:
-        for number in _SIGNALS:
-            signal.signal(number, signal.SIG_IGN)
+        on_stop_signals(lambda: None)  # stopping: a later signal changes nothing
         if server is not None:
             server.close()
     return 0
 
 
 def _writer(config: RelayConfig, parent: int, control: socket.socket) -> int:
-    """The writer process's life (relay/writer.py): run the workers' writes until SIGTERM or SIGINT."""
+    """The writer process's life (relay/writer.py): run the workers' writes until SIGTERM, SIGINT or SIGHUP."""
     from relay.storage import open_store
     from relay.storage.sql import SQLStore
     from relay.writer import StopPipe, serve_writer
@@ -148,6 +136,7 @@ def _writer(config: RelayConfig, parent: int, control: socket.socket) -> int:
     stop = StopPipe()
     if not _child(parent, stop.ring):
         return 0
+    stop.ring_on_signals()
     store = open_store(config.db, pool_size=1)
     assert isinstance(store, SQLStore)
     try:
@@ -172,7 +161,7 @@ def serve(sock: socket.socket, config: RelayConfig, workers: int, threads: int, 
           started: Callable[[int, int], None], listening: Callable[[], None] = lambda: None,
           writer: bool = False) -> int:
     """Fork ``workers`` workers on ``sock`` (with ``writer``, and a writer process for their writes first) and
-    supervise them until SIGTERM or SIGINT; the exit status. ``started(n, pid)`` is told of each worker started
+    supervise them until SIGTERM, SIGINT or SIGHUP; the exit status. ``started(n, pid)`` is told of each worker started
     (n from 1; 0 is the writer), restarted ones too; ``listening()`` once all are. Call it with no threads running
     (it forks)."""
     limiters = Limiters.of(config, shared=True)
@@ -234,10 +223,11 @@ def serve(sock: socket.socket, config: RelayConfig, workers: int, threads: int, 
                 link(n)
         started(n, pid)
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
+    def on_stop() -> None:
         raise _Stopping
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = {number: signal.getsignal(number) for number in _SIGNALS}
+    on_stop_signals(on_stop)
     status = 0
     try:
         for n in range(0 if writer else 1, workers + 1):
@@ -258,16 +248,16 @@ def serve(sock: socket.socket, config: RelayConfig, workers: int, threads: int, 
     except (KeyboardInterrupt, _Stopping):
         pass
     finally:
-        for number in _SIGNALS:
-            signal.signal(number, signal.SIG_IGN)
+        on_stop_signals(lambda: None)  # stopping: a later signal changes nothing
         # The workers first: their running requests may still write.
         writers = {pid: pids.pop(pid) for pid, (n, _) in list(pids.items()) if n == 0}
         _stop_all(pids)
         _stop_all(writers)
         for control in controls.values():
             control.close()
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for number, handler in previous.items():
+            if handler is not None:  # None: not set from Python
+                signal.signal(number, handler)
     return status
 
 

@@ -25,6 +25,7 @@ import itertools
 import logging
 import pickle
 import selectors
+import signal
 import socket
 import struct
 import threading
@@ -340,6 +341,7 @@ class StopPipe:
 
     def __init__(self) -> None:
         self.reader, self._writer = socket.socketpair()
+        self._previous: int | None = None  # the wakeup fd before ring_on_signals
         self.reader.setblocking(False)
         self._writer.setblocking(False)
 
@@ -347,6 +349,14 @@ class StopPipe:
         with contextlib.suppress(OSError):
             self._writer.send(b"\0")
 
+    def ring_on_signals(self) -> None:
+        """Every signal with a Python handler rings it too, from whichever thread the kernel delivered it to (the
+        main thread, waiting on ``reader``, would otherwise never run the handler). Main thread only."""
+        self._previous = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+
     def close(self) -> None:
+        if self._previous is not None:
+            signal.set_wakeup_fd(self._previous)
+            self._previous = None
         self.reader.close()
         self._writer.close()

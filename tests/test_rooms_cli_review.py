@@ -150,3 +150,23 @@ def test_room_add_remembers_the_relay_it_was_given(room, tmp_path, monkeypatch, 
     assert ClientState(bob.laptop).config().get("relay") == relay_url
     assert main(["room", "list", "--device", bob.url]) == 0  # no --relay needed now
     assert "ops6" in capsys.readouterr().out
+
+
+def test_room_list_and_invite_need_no_relay(room, tmp_path, monkeypatch, capsys):
+    """A cold run: the authority's laptop, never given a relay, could not list its device's rooms or print an
+    invite again ("No relay given and none remembered"); both read only the device."""
+    from client.state import ClientState
+
+    people, _relay_url = room
+    bob = people["bob"][0]
+    fresh = tmp_path / "fresh-laptop"
+    monkeypatch.setenv("OTC_CLIENT_HOME", str(fresh))
+    # The laptop's pairing with bob's device is what the device client needs; the relay it never had.
+    ClientState(fresh).save(ClientState(bob.laptop).load(bob.url))
+    assert ClientState(fresh).config().get("relay") is None
+    assert main(["room", "list", "--device", bob.url]) == 0
+    assert "ops4" in capsys.readouterr().out
+    assert main(["room", "invite", "--device", bob.url, "ops4"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("otcroom1.")
+    assert main(["room", "invite", "--device", bob.url, "nosuch"]) == 1
+    assert "knows no room 'nosuch'" in capsys.readouterr().err

@@ -399,6 +399,12 @@ def test_a_revoked_member_reads_nothing_after_its_period_even_by_rejoining(four)
     # and m4 for the grace: what m2 says now is under a period the room left, after the move, and is not shown.
     said(m2, "revoked but talking")
     sync_all(room, devices)
+    # m2's `room send` and `room recv` say why (a cold run: "sent to #ops", and nothing else); m1's say nothing.
+    from onetimechat.cli.room import later_period_hint
+
+    hint = later_period_hint(m2.rooms.find("ops").status())
+    assert hint is not None and "key period 2" in hint and "refused as late" in hint
+    assert later_period_hint(m1.rooms.find("ops").status()) is None
     assert "revoked but talking" not in m1.read and "revoked but talking" not in m4.read
     assert any(e.get("outcome") == "late" and e["sender"].startswith("m2~") for e in m1.events)
 

@@ -132,7 +132,8 @@ def register(parts: argparse._SubParsersAction) -> None:
                    "replaces it)")
     p.add_argument("--again", action="store_true",
                    help="with --end-period: end the running period early even though it began less than an hour "
-                   "ago (by default refused: a retried early end would end another period)")
+                   "ago after another (by default refused: a retried early end would end another period; the first "
+                   "period, begun at the grant, is never refused)")
     p.add_argument("--resend", action="store_true",
                    help="send again, byte for byte, the renewals already sent for periods not over yet (one the "
                    "relay lost): nothing new is issued, no pad byte is used, the device is not asked")

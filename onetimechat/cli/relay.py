@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import signal
 import sys
-from types import FrameType
 
 from onetimechat.cli.common import command_group
 from onetimechat.net import listen_failure
+from onetimechat.serving import interrupt, on_stop_signals
 from relay.config import DAY, RelayConfig, describe_db, parse_db_url
 from relay.errors import ConfigError
 from relay.server import DEFAULT_THREADS, RelayServer, parse_listen
@@ -61,7 +60,7 @@ def register(parts: argparse._SubParsersAction) -> None:
                         "(default 1; see docs/relay-protocol.md, \"Worker processes\", for what limits mean then)")
     p.add_argument("--writer", action=argparse.BooleanOptionalAction, default=None,
                    help="run every write in one writer process that the workers send them to (default: on "
-                        "PostgreSQL)")
+                        "PostgreSQL with one worker)")
     p.add_argument("--max-waits", type=_positive(int), default=None,
                    help="long polls held at once (default: three quarters of --threads)")
     p.add_argument("--waits-per-address", type=_positive(int), default=d.max_waits_per_address,
@@ -97,10 +96,6 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def _stop(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from relay.app import create_app
 
@@ -115,9 +110,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         connections_per_address=args.connections_per_address, address_max_bytes=args.address_bytes,
         address_new_mailboxes=args.address_mailboxes, min_free_bytes=args.min_free)
     logging.basicConfig(level=logging.INFO, format="otc relay: %(levelname)s %(message)s", stream=sys.stderr)
-    # The writer process pays on PostgreSQL, with one worker as with two, and not on SQLite (docs/relay-protocol.md,
-    # "The writer process").
-    writer = args.writer if args.writer is not None else parse_db_url(config.db)[0] == "postgresql"
+    # The writer process pays on PostgreSQL with one worker, and not with several now that a batch is one
+    # round trip, nor on SQLite (docs/relay-protocol.md, "The writer process", "A batch in one round trip").
+    writer = args.writer if args.writer is not None else (
+        parse_db_url(config.db)[0] == "postgresql" and args.workers == 1)
     if args.workers > 1 or writer:
         return _serve_workers(args, config, host, port, threads, writer)
     app = create_app(config)
@@ -129,13 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(listen_failure(args.listen, exc)) from None
     _storage_line(config, relay.store.found_version)
     print(f"otc relay: listening on {server.url} ({threads} threads)", flush=True)
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
+    on_stop_signals(interrupt)
+    server.serve_until_interrupted()
     print("otc relay: stopped", flush=True)
     return 0
 

@@ -13,7 +13,7 @@ import sys
 
 from client.errors import RelayUnavailable
 from client.relay import MAX_WAIT_S, RelayClient
-from client.rooms import KEY_WAIT_S, RoomClient
+from client.rooms import KEY_WAIT_S, RoomClient, find_room
 from client.rpc import DeviceClient
 from onetimechat.cli.common import command_group, device_and_relay, home_or_device
 from onetimechat.errors import UsageError
@@ -135,8 +135,13 @@ def cmd_leave(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_rooms(args: argparse.Namespace) -> list[dict]:
+    """The device's rooms, as it holds them: no relay needed (a `--relay` given is not used)."""
+    return DeviceClient(args.device).call("rooms")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    for room in _client(args).rooms():
+    for room in _device_rooms(args):
         state = "member" if room["joined"] else "joining" if room["joining"] else "not joined"
         # After a leave the device keeps old epoch keys for the grace period, but holds no membership: no key.
         epoch = ("no epoch yet" if room["epoch"] is None else
@@ -150,7 +155,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_invite(args: argparse.Namespace) -> int:
-    room = _client(args).room(args.room)
+    room = find_room(_device_rooms(args), args.room)
     print(f"Room {room['room']} ({room['policy']}). Invite:")
     print(room["invite"])
     return 0
@@ -158,6 +163,19 @@ def cmd_invite(args: argparse.Namespace) -> int:
 
 def _members(n: int | None) -> str:
     return plural(n or 0, "member")
+
+
+def later_period_hint(room: dict) -> str | None:
+    """A line for a joined member whose room holds contributions under a later key period this device cannot
+    judge (it holds no begun key of it, and is not moving there): if the members moved, they refuse what it sends
+    as late, and it was not told (a cold run: a revoked member's `room send` said "sent" and nothing else)."""
+    later = [p for p in room.get("later_periods") or () if p > room["period"] and p != room.get("moving_to")]
+    if not room.get("joined") or not later:
+        return None
+    return (f"otc: #{room['room']}: contributions under key period {later[0]} are on the relay, and this device "
+            f"holds no begun key of that period: if the members moved there, what it sends under period "
+            f"{room['period']} is refused as late and it reads nothing new. Its renewal comes with `otc room recv` "
+            "(`otc abe status` shows its keys); a member the authority revoked gets none.")
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -179,6 +197,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     mine = next((i for i, e in enumerate(after) if e.get("kind") == "message" and e.get("own")
                  and e.get("text") == text), None)
     show_events(args.room, [e for i, e in enumerate(after) if i != mine])  # all but the message just sent
+    hint = later_period_hint(client.room(args.room))
+    if hint:
+        print(hint, file=sys.stderr)
     return 0
 
 
@@ -198,6 +219,10 @@ def cmd_recv(args: argparse.Namespace) -> int:
         client.sync(room["room_id"], wait=args.wait, on_events=functools.partial(show_events, room["room"],
                                                                                  as_json=args.json))
     sys.stdout.flush()
+    for room in client.rooms():
+        hint = later_period_hint(room)
+        if hint:
+            print(hint, file=sys.stderr)
     return 0
 
 

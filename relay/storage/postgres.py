@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from relay.errors import StoreError, Unavailable
-from relay.storage import schema
-from relay.storage.sql import Op, SQLStore, run_batch
+from relay.errors import AddressQuota, MailboxFull, RelayError, StoreError, TooManyMailboxes, Unavailable
+from relay.storage import FILE_MARK, MESSAGE_OVERHEAD, Sent, schema
+from relay.storage.sql import Op, Operation, SQLStore, run_batch
 
 log = logging.getLogger("otc.relay")
 
@@ -26,6 +26,16 @@ CHANNEL = "otc_relay"
 UPGRADE_LOCK = 0x6F74632D72656C79
 POOL_WAIT_S = 30.0
 CONNECT_TIMEOUT_S = 10
+#: The operations a batch runs in schema.BATCH_FUNCTION (one round trip for a run of them); the others run as
+#: statements, each under its savepoint.
+IN_FUNCTION = frozenset({"send", "ack", "ack_cursors"})
+# The refusals the function returns as codes.
+REFUSALS: dict[str, type[RelayError]] = {"full": MailboxFull, "quota": AddressQuota, "mailboxes": TooManyMailboxes}
+# Its call: every argument cast, so psycopg's choice of array types (int2[] for small numbers) does not matter.
+_CALL = (f"SELECT * FROM {schema.BATCH_FUNCTION}(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[], "
+         "%s::float8[], %s::float8[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], "
+         "%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::float8[], %s::bigint[], %s::int[], "
+         "%s::bigint[], %s, %s, %s)")
 
 
 def _psycopg() -> Any:
@@ -107,6 +117,10 @@ class PostgresStore(SQLStore):
                 for statement in schema.statements(schema.STEPS[step]["postgresql"]):
                     conn.execute(statement)
                 conn.execute("UPDATE relay_schema SET version = %s", (step + 1,))
+            body = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = %s",
+                                (schema.BATCH_FUNCTION,)).fetchone()
+            if body is None or body[0] != schema.BATCH_BODY:
+                conn.execute(schema.batch_function())
         return found
 
     # -- connections ------------------------------------------------------------------
@@ -142,10 +156,22 @@ class PostgresStore(SQLStore):
             self._slots.release()
 
     def _commit(self, batch: list[Op]) -> None:
-        # Pipeline mode: statements whose results are not read (savepoints, writes) travel
-        # with the next one that is, so a send costs one round trip, and the batch one more.
+        # Each run of sends and deletions is one call of the batch function (one round trip); the other
+        # operations go as statements in pipeline mode, where those whose results are not read (savepoints,
+        # writes) travel with the next one that is. The commit is one more round trip.
         with self._conn() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-            run_batch(cur.execute, _Tx(cur), batch)
+            tx = _Tx(cur)
+            run: list[Op] = []
+            for op in batch:
+                if isinstance(op.fn, Operation) and op.fn.name in IN_FUNCTION:
+                    run.append(op)
+                    continue
+                if run:
+                    _run_in_function(cur, run)
+                    run = []
+                run_batch(cur.execute, tx, [op])
+            if run:
+                _run_in_function(cur, run)
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[_Tx]:
@@ -196,6 +222,52 @@ class PostgresStore(SQLStore):
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _run_in_function(cur: Any, run: list[Op]) -> None:
+    """Run ``run`` (sends and deletions, IN_FUNCTION) in one call of schema.BATCH_FUNCTION: one round trip, each
+    send in its own subtransaction; each Op gets the value or refusal its ``_op_<name>`` would have given."""
+    columns: list[list[Any]] = [[] for _ in range(20)]
+    owners: list[int] = []  # the index in ``run`` of each element (ack_cursors makes one per cursor)
+
+    def element(kind: str, *values: Any) -> None:
+        for column, value in zip(columns, (kind, *values), strict=True):
+            column.append(value)
+
+    refs: list[int] = []
+    names: list[str] = []
+    for n, op in enumerate(run):
+        assert isinstance(op.fn, Operation)
+        name, args = op.fn.name, op.fn.args
+        names.append(name)
+        if name == "send":
+            mailbox, sender, contents, client_id, now, expires_at, limits, origin, block, size, tag = args
+            element("s", mailbox, sender, contents, client_id, now, expires_at, origin, block, size, tag,
+                    limits.max_messages, limits.max_bytes, limits.origin_max_bytes, limits.block_max_bytes,
+                    limits.origin_new_mailboxes, limits.block_new_mailboxes, limits.new_mailbox_window, None, 0)
+            owners.append(n)
+            continue
+        deletions = [(args[0], args[1], args[2])] if name == "ack" else [(m, c, ()) for m, c in args[0]]
+        now = args[-1]
+        for mailbox, through, some in deletions:
+            element("d", mailbox, None, None, None, now, *[None] * 12, through, len(some))
+            refs += some
+            owners.append(n)
+    rows = cur.execute(_CALL, (*columns, refs, CHANNEL, MESSAGE_OVERHEAD, FILE_MARK)).fetchall()
+    assert len(rows) == len(owners)
+    deleted: dict[int, tuple[int, list[str]]] = {}
+    for n, (code, ref, expires, duplicate, count, files) in zip(owners, rows, strict=True):
+        op = run[n]
+        if code:
+            op.error = REFUSALS[code]()
+        elif names[n] == "send":
+            op.value = Sent(int(ref), float(expires), duplicate=bool(duplicate)), None
+        else:
+            total, gone = deleted.setdefault(n, (0, []))
+            gone += [bytes(f)[1:].decode("ascii") for f in files]
+            deleted[n] = total + int(count), gone
+    for n, value in deleted.items():
+        run[n].value = value
 
 
 def _first_line(exc: BaseException) -> str:

@@ -77,6 +77,21 @@ class Op:
         self.wake = threading.Event() if waits else _NO_WAKE
 
 
+class Operation:
+    """A named write operation with its arguments, callable as its transaction function (a store may also run it
+    its own way: PostgreSQL runs sends and deletions in a server-side function, relay/storage/postgres.py)."""
+
+    __slots__ = ("name", "args", "method")
+
+    def __init__(self, name: str, args: tuple, method: Callable[..., Any]) -> None:
+        self.name = name
+        self.args = args
+        self.method = method
+
+    def __call__(self, tx: Tx) -> Any:
+        return self.method(tx, *self.args)
+
+
 def run_batch(execute: Callable[[str], Any], tx: Tx, batch: list[Op]) -> None:
     """Run each function of ``batch`` under its own savepoint, inside a transaction ``execute`` already opened
     (the :meth:`SQLStore._commit` contract): a refusal (a RelayError) undoes that function's writes and is kept
@@ -118,12 +133,11 @@ class SQLStore(Store):
         if self._writer_link is not None:
             self._writer_link.close()
 
-    def operation(self, name: str, args: Sequence[Any]) -> Callable[[Tx], Any]:
+    def operation(self, name: str, args: Sequence[Any]) -> Operation:
         """The transaction function of the write operation ``name`` (one of OPS) with ``args``."""
         if name not in OPS:
             raise ValueError(f"no write operation {name!r}")
-        method = getattr(self, "_op_" + name)
-        return lambda tx: method(tx, *args)
+        return Operation(name, tuple(args), getattr(self, "_op_" + name))
 
     def _transact(self, name: str, args: tuple, key: str = "") -> Any:
         """Run the write operation ``name`` with ``args`` in a write transaction; its result once durably
