@@ -810,6 +810,9 @@ class Chat:
             self._watch_pad()
         elif event.kind == "control":
             self._control(event)
+        elif event.kind == "notice":  # the relay's news (a new store), not a message
+            for warning in event.warnings:
+                self.system(warning, "error")
         elif event.kind == "receipt":
             target = event.receipt_for or {}
             with self.lock:

@@ -68,6 +68,17 @@ class RelayRefused(ClientError):
     code = "relay-refused"
 
 
+class StoreChanged(RelayRefused):
+    """The relay's store is not the one this laptop's cursors were read from (it was replaced); nothing was
+    deleted."""
+
+    code = "store-changed"
+
+    def __init__(self, store: str, message: str | None = None) -> None:
+        self.store = store  # the relay's store identity, as it gave it
+        super().__init__(message)
+
+
 class FileSendError(ClientError):
     """The file could not be sent."""
 

@@ -7,6 +7,8 @@ One SQLite file per paired device under ``$OTC_CLIENT_HOME/messages/``:
 - ``sent``: which packages went out (pad_id, offset, contact, times) so a
   delivery receipt can be matched to them; no text;
 - ``cursors``: per relay and mailbox, the last ref handled for good;
+- ``relay_stores``: per relay, the identity of the store those cursors are
+  refs of (docs/client.md, "Cursors and the relay's store");
 - ``opened``: messages handed to the device and not yet finished, so a run
   that stopped in between knows the device's "replay" for one of them is its
   own earlier attempt, not an attack;
@@ -41,6 +43,7 @@ CREATE TABLE IF NOT EXISTS cursors (
 CREATE TABLE IF NOT EXISTS opened (
     relay TEXT NOT NULL, mailbox TEXT NOT NULL, ref INTEGER NOT NULL, PRIMARY KEY (relay, mailbox, ref));
 CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, members TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS relay_stores (relay TEXT PRIMARY KEY, store TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS open_failures (
     relay TEXT NOT NULL, mailbox TEXT NOT NULL, ref INTEGER NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (relay, mailbox, ref));
@@ -213,6 +216,28 @@ class MailStore:
         with self._lock:
             rows = dict(self._db.execute("SELECT mailbox, after FROM cursors WHERE relay = ?", (relay,)).fetchall())
         return {mailbox: int(rows.get(mailbox, 0)) for mailbox in mailboxes}
+
+    def relay_store(self, relay: str) -> str | None:
+        """The identity of the relay's store this laptop's cursors there are refs of: None if the relay never
+        answered a read (or not since this laptop recorded them), '' if it answered without one (a relay from
+        before store identities)."""
+        with self._lock:
+            row = self._db.execute("SELECT store FROM relay_stores WHERE relay = ?", (relay,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def learn_store(self, relay: str, store: str) -> None:
+        """Record the relay's store identity, the cursors kept (they are refs of that store: the first read
+        that gave it, or a relay upgraded in place, its store the same)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO relay_stores VALUES (?, ?)", (relay, store))
+
+    def store_changed(self, relay: str, store: str) -> None:
+        """The relay's store is another (``store``): its messages are all new to this laptop. Every cursor there
+        goes back to 0, with what was kept by ref (opened, failed), and ``store`` is recorded, in one commit."""
+        with self._tx() as db:
+            for table in ("cursors", "opened", "open_failures"):
+                db.execute(f"DELETE FROM {table} WHERE relay = ?", (relay,))  # noqa: S608 - the names above
+            db.execute("INSERT OR REPLACE INTO relay_stores VALUES (?, ?)", (relay, store))
 
     def begin_open(self, relay: str, mailbox: str, ref: int, durable: bool = True) -> bool:
         """Record that a message goes to the device now; True if an earlier run already sent it there.

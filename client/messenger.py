@@ -32,6 +32,7 @@ from client.errors import (
     RelayRefused,
     RelayUnavailable,
     RemoteError,
+    StoreChanged,
 )
 from client.files import FileCorrupt, IncomingFiles, Progress, Received, Sent, default_downloads, send_file
 from client.mailstore import MailStore, Queued, SentRecord
@@ -71,7 +72,7 @@ STREAM_PART_B64 = "T1RDRg"
 class Event:
     """Something to show: a message, a receipt, a refusal, or a state change."""
 
-    kind: str  # text | receipt | file | refused | other | reopened
+    kind: str  # text | receipt | file | refused | other | reopened | notice (the relay's, not a message)
     contact: str
     ref: int = 0
     mailbox: str = ""
@@ -252,7 +253,7 @@ class Messenger:
         messages = self._prefetched(cursors)
         ahead = messages is not None
         if messages is None:
-            messages, _ = self.relay.receive_raw(cursors, wait=wait, ack=True)
+            cursors, messages = self._receive(cursors, wait, deliver)
         self._drop_opening(keep=messages[0] if messages else None)  # opened ahead of this batch, or never taken
         if any(m.data is not None or m.contents.startswith(STREAM_PART_B64) for m in messages):
             self._fetch_ahead(cursors, messages)  # a file's parts: the next batch comes while these are opened
@@ -267,6 +268,46 @@ class Messenger:
         if unsaved is not None:
             raise unsaved
         return result
+
+    def _receive(self, cursors: dict[str, int], wait: float,
+                 deliver: Callable[[Event], None]) -> tuple[dict[str, int], list[RelayMessage]]:
+        """The batch after ``cursors``, the relay told to delete what they say is finished if its store is the
+        one they are refs of; (the cursors it was read after, the batch). A relay whose store is another (it
+        refuses them, 409 ``store-changed``, or answers with another identity) is read from the start: its
+        messages are all new to this laptop (docs/client.md, "Cursors and the relay's store")."""
+        url = self.relay.url
+        known = self.store.relay_store(url)
+        seen: str | None
+        try:
+            # Nothing recorded (the first read there, or the first since this laptop kept identities): read
+            # without acknowledging, to learn which store the cursors are refs of.
+            messages, _ = self.relay.receive_raw(cursors, wait=wait, ack=known is not None, store=known or None)
+        except StoreChanged as exc:
+            seen = exc.store
+        else:
+            seen = self.relay.store_seen
+            if seen is None or seen == known:  # the same store, or a relay from before store identities
+                if known is None:
+                    self.store.learn_store(url, "")
+                return cursors, messages
+            if not known:  # learnt: the first read there, or a relay upgraded in place (its store the same)
+                self.store.learn_store(url, seen)
+                return cursors, messages
+            # Another identity in an answer to cursors that named ours: a relay that did not check them.
+        assert seen is not None
+        self.store.store_changed(url, seen)
+        self._ahead = None
+        deliver(Event("notice", contact="", code="store-changed",
+                      warnings=[f"the relay at {url} has a new store: reading it from the start"]))
+        cursors = self.store.cursors(url, sorted(self.inbound))
+        flapping = RelayUnavailable(f"The relay at {url} answers from another store at each request.")
+        try:
+            messages, _ = self.relay.receive_raw(cursors, wait=0, ack=False, store=seen)
+        except StoreChanged:
+            raise flapping from None
+        if self.relay.store_seen not in (None, seen):
+            raise flapping
+        return cursors, messages
 
     def _deliver(self, messages: list[RelayMessage], deliver: Callable[[Event], None], result: PollResult,
                  stuck: set[str]) -> ClientError | None:
@@ -316,13 +357,16 @@ class Messenger:
         if self._ahead_relay is None:
             self._ahead_relay = RelayClient(self.relay.url, timeout=self.relay.timeout)
         relay = self._ahead_relay
+        known = self.store.relay_store(self.relay.url) or None
         box: dict[str, Any] = {}
 
         def fetch() -> None:
             try:
-                box["messages"] = relay.receive_raw(after, wait=0, ack=False)[0]
+                messages = relay.receive_raw(after, wait=0, ack=False, store=known)[0]
             except ClientError:
-                pass  # the next poll fetches as usual
+                return  # the next poll fetches as usual (and finds out about a store changed meanwhile)
+            if relay.store_seen in (None, known):  # refs of the store the cursors are refs of
+                box["messages"] = messages
 
         thread = threading.Thread(target=fetch, name="otc-fetch-ahead", daemon=True)
         thread.start()
@@ -346,12 +390,16 @@ class Messenger:
         return messages or None
 
     def acknowledge(self) -> None:
-        """Tell the relay to delete what this laptop has finished with (best effort)."""
+        """Tell the relay to delete what this laptop has finished with (best effort), if its store is the one the
+        cursors are refs of: never before a read has said which store that is."""
+        known = self.store.relay_store(self.relay.url)
+        if known is None:
+            return
         for mailbox, after in self.store.cursors(self.relay.url, sorted(self.inbound)).items():
             if after:
                 try:
-                    self.relay.ack(mailbox, after)
-                except (RelayUnavailable, RelayRefused):
+                    self.relay.ack(mailbox, after, store=known or None)
+                except (RelayUnavailable, RelayRefused):  # StoreChanged too: the next poll reads the new store
                     return  # the next receive (ack=True) does it
 
     def _open(self, message: RelayMessage, following: RelayMessage | None = None) -> tuple[Event, dict | None]:

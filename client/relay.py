@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
-from client.errors import RelayRefused, RelayUnavailable
+from client.errors import RelayRefused, RelayUnavailable, StoreChanged
 from client.limits import MAX_WAIT
 from client.state import normalise_url
 from onetimechat import boundedjson, relaywire
@@ -33,6 +34,12 @@ MAX_WAIT_S = MAX_WAIT  # the relay's longest wait for one request
 # for it uncompressed and inflates nothing: a gzip bomb is refused, not read.
 MAX_ANSWER_BYTES = 24 << 20
 MAX_REF = (1 << 63) - 1  # refs are SQLite integers on the laptop (its mail store) as on the relay
+STORE_ID = re.compile(r"[0-9a-f]{16}")  # a relay store's identity (docs/relay-protocol.md, "Store identity")
+
+
+def store_identity(value: object) -> str | None:
+    """A store identity as a relay gave it, if it is one (None: none, or not one: read as a relay without)."""
+    return value if isinstance(value, str) and STORE_ID.fullmatch(value) else None
 
 
 class Unbounded(ValueError):
@@ -69,6 +76,14 @@ def _wanted(cursors: dict[str, int], mailbox: object, ref: object) -> tuple[str,
     return None
 
 
+def _reading(cursors: dict[str, int], wait: int, limit: int, ack: bool, store: str | None) -> dict[str, Any]:
+    """A receive request's body (``store`` only when known: a relay from before store identities ignores it)."""
+    body: dict[str, Any] = {"mailboxes": cursors, "wait": wait, "limit": limit, "ack": ack}
+    if store is not None:
+        body["store"] = store
+    return body
+
+
 @dataclass(frozen=True)
 class RelayMessage:
     mailbox: str
@@ -95,6 +110,8 @@ class RelayClient:
         self.session = session or requests.Session()
         self.timeout = timeout
         self.binary: bool | None = None  # whether the relay takes and gives raw parts (None: not known yet)
+        # The store identity the relay's last receive or acknowledgement answer gave (None: it gave none).
+        self.store_seen: str | None = None
 
     def send(self, mailbox: str, contents: str, message_id: str) -> int:
         """Store ``contents`` in ``mailbox``; the ref it got. Safe to repeat with the same ``message_id``."""
@@ -117,20 +134,21 @@ class RelayClient:
         return ref
 
     def receive_raw(self, cursors: dict[str, int], wait: float = 0, limit: int = 100,
-                    ack: bool = False) -> tuple[list[RelayMessage], bool]:
+                    ack: bool = False, store: str | None = None) -> tuple[list[RelayMessage], bool]:
         """As :meth:`receive`, in a binary batch (``/v1/receive-bin``): raw messages come as bytes (``data``),
         neither in base64 nor in JSON. A relay without it answers in JSON (:meth:`receive`)."""
         if not cursors:
             return [], True
         if self.binary is not False:
             wait_s = wait_seconds(wait)
-            body = self._post("/v1/receive-bin", {"mailboxes": cursors, "wait": wait_s, "limit": limit, "ack": ack},
+            body = self._post("/v1/receive-bin", _reading(cursors, wait_s, limit, ack, store),
                               timeout=wait_s + self.timeout, binary=True)
             if body is not None:
                 try:
-                    batch, complete = relaywire.unframe(body)
+                    batch, complete, seen = relaywire.unframe_with_store(body)
                 except relaywire.MalformedBatch:
                     raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer.") from None
+                self.store_seen = store_identity(seen)
                 messages = []
                 for meta, contents in batch:
                     wanted = _wanted(cursors, meta.get("mailbox"), meta.get("ref"))
@@ -146,16 +164,19 @@ class RelayClient:
                         continue
                 messages.sort(key=lambda m: (list(cursors).index(m.mailbox), m.ref))
                 return messages, complete
-        return self.receive(cursors, wait, limit, ack)
+        return self.receive(cursors, wait, limit, ack, store)
 
     def receive(self, cursors: dict[str, int], wait: float = 0, limit: int = 100,
-                ack: bool = False) -> tuple[list[RelayMessage], bool]:
-        """Messages after each mailbox's cursor, waiting up to ``wait`` seconds for the first one."""
+                ack: bool = False, store: str | None = None) -> tuple[list[RelayMessage], bool]:
+        """Messages after each mailbox's cursor, waiting up to ``wait`` seconds for the first one. ``store``: the
+        store identity the cursors were read from (a relay with another store refuses: :class:`StoreChanged`);
+        the answer's is kept in :attr:`store_seen`."""
         if not cursors:
             return [], True
         wait_s = wait_seconds(wait)
-        answer = self._post("/v1/receive", {"mailboxes": cursors, "wait": wait_s, "limit": limit, "ack": ack},
+        answer = self._post("/v1/receive", _reading(cursors, wait_s, limit, ack, store),
                             timeout=wait_s + self.timeout)
+        self.store_seen = store_identity(answer.get("store"))
         raw = answer.get("messages")
         if not isinstance(raw, list):
             raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer.")
@@ -174,9 +195,13 @@ class RelayClient:
         messages.sort(key=lambda m: (list(cursors).index(m.mailbox), m.ref))
         return messages, complete
 
-    def ack(self, mailbox: str, through: int) -> None:
-        """Delete the mailbox's messages up to ``through`` (the reader has them)."""
-        self._post("/v1/ack", {"mailbox": mailbox, "through": through})
+    def ack(self, mailbox: str, through: int, store: str | None = None) -> None:
+        """Delete the mailbox's messages up to ``through`` (the reader has them), if the relay's store is
+        ``store`` (when given: :class:`StoreChanged` else, nothing deleted)."""
+        payload: dict[str, Any] = {"mailbox": mailbox, "through": through}
+        if store is not None:
+            payload["store"] = store
+        self.store_seen = store_identity(self._post("/v1/ack", payload).get("store"))
 
     def announce(self, handle: str, token: str, ttl: float) -> None:
         """Say ``handle`` is online for ``ttl`` seconds (opt-in presence)."""
@@ -249,6 +274,10 @@ class RelayClient:
             raise RelayUnavailable(f"The relay at {self.url} is busy or unavailable ({response.status_code}).")
         if not isinstance(data, dict):
             raise RelayUnavailable(f"The relay at {self.url} gave a malformed answer ({response.status_code}).")
+        if response.status_code == 409 and data.get("error") == "store-changed":
+            store = store_identity(data.get("store"))
+            if store is not None:
+                raise StoreChanged(store, f"The relay at {self.url} has a new store; nothing was deleted.")
         if response.status_code != 200:
             message = from_server(data.get("message") or data.get("error") or "no details")
             raise RelayRefused(f"The relay refused the request ({response.status_code}): {message}")

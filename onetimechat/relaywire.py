@@ -3,7 +3,7 @@ frames it) and the laptop (which reads it from a relay it does not trust).
 
     batch   := magic "OTCB" (4) | control_length (4, big-endian) | control (UTF-8 JSON object) | contents...
     control := {"messages": [{"mailbox", "ref", "sender", "sent_at", "expires_at", "kind", "length"}, ...],
-                "complete": bool}
+                "complete": bool, "store": the relay's store identity (from relays that have one)}
 
 Each message's contents follow the control in order, ``length`` bytes each, the lengths adding up to exactly
 the bytes after the control: ``kind`` "raw" for contents sent as raw bytes (a file's part), "text" for text
@@ -34,11 +34,14 @@ class MalformedBatch(ValueError):
     not add up."""
 
 
-def frame(messages: list[tuple[dict[str, Any], bytes]], complete: bool) -> list[bytes]:
+def frame(messages: list[tuple[dict[str, Any], bytes]], complete: bool, store: str | None = None) -> list[bytes]:
     """A batch: each message's routing (a dict, its ``kind`` set) with its contents. The parts, to be joined
-    or written in turn."""
+    or written in turn. ``store``: the relay's store identity, carried in the control."""
     entries = [{**meta, "length": len(contents)} for meta, contents in messages]
-    control = json.dumps({"messages": entries, "complete": complete}, separators=(",", ":"),
+    head: dict[str, Any] = {"messages": entries, "complete": complete}
+    if store is not None:
+        head["store"] = store
+    control = json.dumps(head, separators=(",", ":"),
                          ensure_ascii=True).encode("ascii")
     return [_HEAD.pack(MAGIC, len(control)), control, *(contents for _, contents in messages)]
 
@@ -46,6 +49,12 @@ def frame(messages: list[tuple[dict[str, Any], bytes]], complete: bool) -> list[
 def unframe(body: bytes) -> tuple[list[tuple[dict[str, Any], memoryview]], bool]:
     """The (routing, contents) of each message of a batch, and whether it is complete; MalformedBatch for
     anything that is not a batch. The contents are views into ``body`` (no copy)."""
+    out, complete, _ = unframe_with_store(body)
+    return out, complete
+
+
+def unframe_with_store(body: bytes) -> tuple[list[tuple[dict[str, Any], memoryview]], bool, Any]:
+    """As :func:`unframe`, and the control's ``store`` as given (None if it has none; its reader judges it)."""
     if len(body) < _HEAD.size:
         raise MalformedBatch("short")
     magic, size = _HEAD.unpack_from(body, 0)
@@ -72,4 +81,4 @@ def unframe(body: bytes) -> tuple[list[tuple[dict[str, Any], memoryview]], bool]
     complete = control.get("complete", True)
     if at != len(body) or not isinstance(complete, bool):  # "false" is not true
         raise MalformedBatch("length")
-    return out, complete
+    return out, complete, control.get("store")

@@ -52,6 +52,7 @@ from relay.errors import (
     PresenceQuota,
     RateLimited,
     RelayError,
+    StoreChanged,
     UnsupportedMediaType,
 )
 from relay.notify import Notifier
@@ -91,6 +92,8 @@ class Relay:
         self._acks_lock = threading.Lock()
         # Addresses are kept only as a keyed hash (the origin), under a secret of the store's.
         self._origin_key = self.store.origin_key().to_bytes(8, "big")
+        # Readers' cursors are refs of this store: its identity tells them when another store is behind the address.
+        self.store_id = self.store.store_id()
         self._disk_path = self.store.disk_path() if config.min_free_bytes else None
         self._stop = threading.Event()
         # Raw messages (a file's parts) of a SQLite store are kept in content files beside it (relay/parts.py).
@@ -100,6 +103,12 @@ class Relay:
         self.store.watch(self.notifier.notify, self.notifier.notify_all)
         self._sweeper = threading.Thread(target=self._sweep_loop, name="otc-relay-sweep", daemon=True)
         self._sweeper.start()
+
+    def check_store(self, given: str | None) -> None:
+        """Refuse (StoreChanged, 409) a reader whose cursors were read from another store than this one; a reader
+        that names none (a client from before store identities) is served as before."""
+        if given is not None and given != self.store_id:
+            raise StoreChanged(self.store_id)
 
     def origin(self, address: str) -> str:
         """The keyed hash that stands for a client address (an IPv4 address, an IPv6 /64 or /48) in the store."""
@@ -304,8 +313,9 @@ def presence_token_hash(token: str) -> bytes:
     return hashlib.sha256(b"otc-relay presence token\x00" + token.encode("utf-8")).digest()
 
 
-def error_response(status: int, code: str, message: str, retry_after: float | None = None) -> Response:
-    response = jsonify({"error": code, "message": message})
+def error_response(status: int, code: str, message: str, retry_after: float | None = None,
+                   fields: Mapping[str, str] | None = None) -> Response:
+    response = jsonify({**(fields or {}), "error": code, "message": message})
     response.status_code = status
     if retry_after is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
@@ -394,6 +404,7 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
         return jsonify({
             "service": "otc-relay",
             "protocol": p.PROTOCOL,
+            "store": relay.store_id,
             "time": round(relay.clock(), 3),
             "limits": {
                 "max_message_bytes": config.max_message_bytes,
@@ -429,7 +440,7 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
 
     def receive_v1(data: dict[str, Any], remote_addr: str | None) -> dict[str, Any]:
         found, complete = receive_any(data, remote_addr)
-        return {"messages": [p.message_v1(m) for m in found], "complete": complete}
+        return {"messages": [p.message_v1(m) for m in found], "complete": complete, "store": relay.store_id}
 
     # A file's parts travel as raw bytes both ways (docs/relay-protocol.md, "Binary parts"): no base64, no JSON
     # around a megabyte. The bytes are kept in a content file (SQLite) or in the row (Relay.send_raw); JSON answers
@@ -458,7 +469,7 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
 
     def receive_bin(call: Call) -> list[bytes]:
         found, complete = receive_any(p.json_object(call.body), call.remote)
-        return relaywire.frame([p.message_bin(m) for m in found], complete)
+        return relaywire.frame([p.message_bin(m) for m in found], complete, store=relay.store_id)
 
     def receive_any(data: dict[str, Any], remote_addr: str | None) -> tuple[list[Message], bool]:
         cursors = p.cursors(data.get("mailboxes"), config.max_mailboxes)
@@ -467,6 +478,8 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
         ack = data.get("ack", False)
         if not isinstance(ack, bool):
             raise BadRequest("The field 'ack' must be true or false.")
+        # Cursors read from another store mean nothing here: neither deleted up to nor read after.
+        relay.check_store(p.store_id(data))
         if ack:
             # The reader has everything up to its cursors: delete it (one round trip, not two).
             relay.acknowledge(relay.ack_cursors(cursors), remote_addr or "-")
@@ -502,11 +515,12 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
         refs = sorted({p.number(r, "refs") for r in refs})
         if through is None and not refs:
             raise BadRequest("Say which messages to delete: 'through' (a ref) and/or 'refs' (a list).")
+        relay.check_store(p.store_id(data))
         # Idempotent: what is already gone counts 0. Anyone who knows the mailbox id may do this (see
         # docs/relay-protocol.md, "Who may delete"); deletions are summed per address in the log.
         deleted = relay.ack(mailbox, through, refs)
         relay.acknowledge(deleted, remote())
-        return jsonify({"mailbox": mailbox, "deleted": deleted})
+        return jsonify({"mailbox": mailbox, "deleted": deleted, "store": relay.store_id})
 
     @app.post("/v1/announce")
     def announce_v1() -> Response:
@@ -550,7 +564,7 @@ def create_app(config: RelayConfig | Mapping[str, Any] | None = None, *, store: 
 
     @app.errorhandler(RelayError)
     def refused(exc: RelayError) -> Response:
-        return error_response(exc.status, exc.code, str(exc), exc.retry_after)
+        return error_response(exc.status, exc.code, str(exc), exc.retry_after, exc.fields())
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -624,7 +638,8 @@ class HotPath:
                         remote_addr)
             status, payload = 200, answer(call)
         except RelayError as exc:
-            status, payload, retry_after = exc.status, {"error": exc.code, "message": str(exc)}, exc.retry_after
+            status, retry_after = exc.status, exc.retry_after
+            payload = {**exc.fields(), "error": exc.code, "message": str(exc)}
         except Exception as exc:  # noqa: BLE001 - as Flask's handler: the type only, a JSON 500
             log.error("internal error on POST %s: %s", environ["PATH_INFO"], type(exc).__name__)
             status, payload = 500, {"error": "internal", "message": "Internal error."}

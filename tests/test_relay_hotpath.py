@@ -71,6 +71,8 @@ def two_relays(request: pytest.FixtureRequest, backend: str, tmp_path) -> tuple[
         folder = tmp_path / name
         folder.mkdir()
         apps.append(create_app(RelayConfig(db=fresh_db(request, backend, folder), **LIMITS), clock=clock))
+    # One store identity for both, as one store's: answers carry it (docs/relay-protocol.md, "Store identity").
+    apps[1].extensions["otc_relay"].store_id = apps[0].extensions["otc_relay"].store_id
     lean = apps[0].wsgi_app
     assert isinstance(lean, HotPath)
     return lean, apps[1].wsgi_app.flask_app, apps

@@ -160,7 +160,10 @@ def test_a_long_poll_gets_its_empty_answer_when_the_relay_stops(request, tmp_pat
             relay.kill()
     log = (tmp_path / "relay.log").read_text()
     assert status == 0, log
-    assert answers == [(200, {"messages": [], "complete": True})], answers
+    # With the store's identity, as every read's answer (docs/relay-protocol.md, "Store identity").
+    assert [(code, {k: v for k, v in body.items() if k != "store"}) for code, body in answers] == [
+        (200, {"messages": [], "complete": True})], answers
+    assert all(len(body["store"]) == 16 for _, body in answers), answers
     _assert_clean(log)
 
 

@@ -137,6 +137,8 @@ def describe(event: Event) -> list[str]:
             lines.append(f"{event.contact}: sending you the file {visible(f.name)} ({human_bytes(f.size)})")
     elif event.kind == "other":
         lines.append(f"{event.contact}: (a message this client cannot show)")
+    elif event.kind == "notice":  # the relay's news, not a message
+        return [f"WARNING: {w}" for w in event.warnings]
     lines.extend(f"  WARNING {event.contact}: {w}" if event.kind in ("refused", "reopened") else f"  WARNING: {w}"
                  for w in event.warnings)
     return lines
@@ -226,6 +228,9 @@ def cmd_recv(args: argparse.Namespace) -> int:
     moving: set[str] = set()  # files whose parts came in this run and that are not complete yet
 
     def show(event: Event) -> None:
+        if event.kind == "notice":  # the relay's news (a new store), not a message: no JSON line of its own
+            print("\n".join(describe(event)), file=sys.stderr, flush=True)
+            return
         if event.kind == "file" and event.file is not None:
             f = event.file
             bars.update(f.file_id, f.name, f.done, f.size)

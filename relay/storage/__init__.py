@@ -113,6 +113,12 @@ class Store(abc.ABC):
     def origin_key(self) -> int:
         """The store's secret for hashing client addresses into origins (made on first use)."""
 
+    @abc.abstractmethod
+    def store_id(self) -> str:
+        """The store's identity: 16 hex digits, random, made once on first use and kept with the store (a copy of
+        its files keeps it; a new store gets another). Readers' cursors are refs of one store; this tells them
+        when the store behind an address is another (docs/relay-protocol.md, "Store identity")."""
+
     def disk_path(self) -> str | None:
         """A path on the filesystem the store writes to, if it is local (for the free-space watermark)."""
         return None

@@ -40,7 +40,7 @@ SWEEP_MAILBOXES = 1000
 # Most transaction functions committed together.
 MAX_BATCH = 256
 #: The write operations (``SQLStore._op_<name>``): all a writer process will run.
-OPS = frozenset({"send", "origin_key", "ack", "ack_cursors", "announce", "withdraw", "expire", "forget"})
+OPS = frozenset({"send", "origin_key", "store_id", "ack", "ack_cursors", "announce", "withdraw", "expire", "forget"})
 
 
 class Writer(Protocol):
@@ -316,8 +316,22 @@ class SQLStore(Store):
 
     @staticmethod
     def _op_origin_key(tx: Tx, made: int) -> int:
-        tx.run("INSERT INTO relay_meta (key, value) VALUES ('origin_key', ?) ON CONFLICT (key) DO NOTHING", (made,))
-        row = tx.one("SELECT value FROM relay_meta WHERE key = 'origin_key'")
+        return SQLStore._made_once(tx, "origin_key", made)
+
+    def store_id(self) -> str:
+        return f"{int(self._transact('store_id', (secrets.randbits(63),))):016x}"
+
+    @staticmethod
+    def _op_store_id(tx: Tx, made: int) -> int:
+        # A store from before identities gets one the first time a relay of this version opens it.
+        return SQLStore._made_once(tx, "store_id", made)
+
+    @staticmethod
+    def _made_once(tx: Tx, key: str, made: int) -> int:
+        """The value of ``key`` in relay_meta: ``made`` if this is the first asking (by any process), else the
+        value the first one stored."""
+        tx.run("INSERT INTO relay_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, made))
+        row = tx.one("SELECT value FROM relay_meta WHERE key = ?", (key,))
         assert row is not None
         return int(row[0])
 
