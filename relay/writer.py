@@ -32,7 +32,7 @@ import threading
 from typing import Any
 
 from relay import errors
-from relay.errors import RelayError, Unavailable
+from relay.errors import NotDurable, RelayError, Unavailable
 from relay.storage.sql import MAX_BATCH, OPS, Op, SQLStore
 
 log = logging.getLogger("otc.relay")
@@ -330,7 +330,10 @@ class WriterLink:
             link.closed = True
             left, link.waiting = link.waiting, {}
         for waiting in left.values():
-            waiting.error = Unavailable()
+            # Sent whole and not answered: the writer may have committed it (its answer lost), so whatever the
+            # write names must stay (a raw part's content file: an outside review, R2, found a committed part's
+            # file unlinked and the retry answered as a duplicate). The client retries under its key.
+            waiting.error = NotDurable()
             waiting.done.set()
         with contextlib.suppress(OSError):
             link.sock.close()
