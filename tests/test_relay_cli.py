@@ -39,6 +39,8 @@ def test_relay_commands_have_help():
     (["--listen", "127.0.0.1:0", "--db", "mysql://somewhere/db"], "Unknown store URL scheme"),
     (["--listen", "127.0.0.1:0", "--db", "sqlite://relative.db"], "SQLite URL"),
     (["--listen", "127.0.0.1:0", "--max-message", "lots"], "not a size"),
+    # A send over the writer's frame bound cut its worker off from the writer for good (red team relay-s31 R4).
+    (["--listen", "127.0.0.1:0", "--writer", "--max-message", "100M"], "add --no-writer"),
 ])
 def test_bad_arguments_are_one_line_errors(args, says, tmp_path):
     result = otc("relay", "serve", *args, env={"XDG_DATA_HOME": str(tmp_path)})

@@ -114,6 +114,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # round trip, nor on SQLite (docs/relay-protocol.md, "The writer process", "A batch in one round trip").
     writer = args.writer if args.writer is not None else (
         parse_db_url(config.db)[0] == "postgresql" and args.workers == 1)
+    if writer:
+        from relay.writer import MAX_FRAME
+
+        # A send goes to the writer in one frame; one over its bound would cut the worker off (red team
+        # relay-s31 R4: every later write of that worker answered 503).
+        most = (MAX_FRAME - 1024 * 1024) >> 20
+        if config.max_message_bytes > most << 20:
+            raise ConfigError(f"With the writer process (the default on PostgreSQL with one worker) a message is at "
+                              f"most {most}M: lower --max-message, or add --no-writer.")
     if args.workers > 1 or writer:
         return _serve_workers(args, config, host, port, threads, writer)
     app = create_app(config)
