@@ -279,9 +279,11 @@ class Messenger:
         known = self.store.relay_store(url)
         seen: str | None
         try:
-            # Nothing recorded (the first read there, or the first since this laptop kept identities): read
-            # without acknowledging, to learn which store the cursors are refs of.
-            messages, _ = self.relay.receive_raw(cursors, wait=wait, ack=known is not None, store=known or None)
+            # No identity recorded (the first read there, the first since this laptop kept identities, or a relay
+            # from before them, which may have been upgraded onto a new store since): read without acknowledging,
+            # to learn which store the cursors are refs of. A relay that names none is acknowledged by
+            # acknowledge(), as before.
+            messages, _ = self.relay.receive_raw(cursors, wait=wait, ack=bool(known), store=known or None)
         except StoreChanged as exc:
             seen = exc.store
         else:
@@ -290,15 +292,23 @@ class Messenger:
                 if known is None:
                     self.store.learn_store(url, "")
                 return cursors, messages
-            if not known:  # learnt: the first read there, or a relay upgraded in place (its store the same)
+            if not known and not any(cursors.values()):  # learnt at the first read there: nothing to be refs of
                 self.store.learn_store(url, seen)
                 return cursors, messages
-            # Another identity in an answer to cursors that named ours: a relay that did not check them.
+            # Another identity in an answer to cursors that named ours (a relay that did not check them), or a
+            # first identity for cursors kept without one: they may be refs of an older store (R1, R5 of the
+            # review), so they are not trusted.
         assert seen is not None
+        upgraded = not known
         self.store.store_changed(url, seen)
         self._ahead = None
-        deliver(Event("notice", contact="", code="store-changed",
-                      warnings=[f"the relay at {url} has a new store: reading it from the start"]))
+        # A relay that names its store for the first time may be the same store upgraded in place: read from the
+        # start, what this laptop finished with and the relay did not delete yet comes again, and the device
+        # refuses each as a replay (shown as such, once per message left unacknowledged).
+        deliver(Event("notice", contact="", code="store-changed", warnings=[
+            f"the relay at {url} names its store for the first time: reading it from the start (messages read"
+            " already may be refused as replays)" if upgraded else
+            f"the relay at {url} has a new store: reading it from the start"]))
         cursors = self.store.cursors(url, sorted(self.inbound))
         flapping = RelayUnavailable(f"The relay at {url} answers from another store at each request.")
         try:
