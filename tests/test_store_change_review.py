@@ -102,6 +102,8 @@ def test_r5_a_laptop_upgraded_after_its_relay_moved_to_a_new_store_trusts_its_ol
     for _ in range(3):
         bob.poll(seen.append)  # the laptop, upgraded now
     bob.acknowledge()
+    texts = [e.text for e in seen if e.kind == "text"]
+    assert texts == [f"old {n}" for n in range(3)] + [f"new {n}" for n in range(3)], texts
 
 
 def test_r8_renewals_acknowledged_without_a_store_delete_a_new_stores_packages(tmp_path):
