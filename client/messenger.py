@@ -153,6 +153,9 @@ class Messenger:
         # The next batch of a file's parts, fetched while the current one is opened: (cursors, thread, result).
         self._ahead: tuple[dict[str, int], threading.Thread, dict[str, Any]] | None = None
         self._ahead_relay: RelayClient | None = None
+        # Per mailbox, the cursor last acknowledged to a relay from before store identities (read without
+        # acknowledging: _receive acknowledges after its answer, only what moved since).
+        self._acked_unnamed: dict[str, int] = {}
         # The next part of a file, opened by the device while this laptop saves the current one: (the message,
         # thread, result). At most one: the device gives its last two parts again (device/files.py GIVEN_AGAIN).
         self._opening: tuple[RelayMessage, threading.Thread, dict[str, Any]] | None = None
@@ -291,6 +294,8 @@ class Messenger:
             if seen is None or seen == known:  # the same store, or a relay from before store identities
                 if known is None:
                     self.store.learn_store(url, "")
+                elif seen is None:  # still a relay from before: acknowledged as before, once it said so
+                    self._acknowledge_unnamed(cursors)
                 return cursors, messages
             if not known and not any(cursors.values()):  # learnt at the first read there: nothing to be refs of
                 self.store.learn_store(url, seen)
@@ -318,6 +323,20 @@ class Messenger:
         if self.relay.store_seen not in (None, seen):
             raise flapping
         return cursors, messages
+
+    def _acknowledge_unnamed(self, cursors: dict[str, int]) -> None:
+        """Acknowledge ``cursors`` to a relay from before store identities that just answered a read naming none
+        (what the read's ``ack: true`` did before: it cannot be sent with the read, which may meet a relay
+        upgraded onto a new store). Best effort; only the mailboxes whose cursor moved since the last time."""
+        for mailbox, after in cursors.items():
+            if after and self._acked_unnamed.get(mailbox) != after:
+                try:
+                    self.relay.ack(mailbox, after)
+                except (RelayUnavailable, RelayRefused):
+                    return
+                if self.relay.store_seen is not None:  # upgraded meanwhile: the next read finds out
+                    return
+                self._acked_unnamed[mailbox] = after
 
     def _deliver(self, messages: list[RelayMessage], deliver: Callable[[Event], None], result: PollResult,
                  stuck: set[str]) -> ClientError | None:

@@ -269,6 +269,33 @@ def test_a_relay_from_before_store_identities_is_read_and_acknowledged_as_before
     assert bob.store.relay_store(world.relay_url) == world.relay.app.extensions["otc_relay"].store_id
 
 
+def test_the_chats_polls_alone_acknowledge_to_a_relay_from_before_store_identities(world):
+    """The chat only polls: a relay that names no store is acknowledged after the read's answer said so (the read
+    itself no longer acknowledges with no store: it may meet that relay upgraded onto a new store), and only the
+    mailboxes whose cursor moved."""
+    acks: list[dict] = []
+
+    class Counting(OldRelay):
+        def post(self, url, json=None, **kwargs):  # type: ignore[no-untyped-def, override]
+            if url.endswith("/v1/ack"):
+                acks.append(dict(json or {}))
+            return super().post(url, json=json, **kwargs)
+
+    alice = messenger(world, "alice")
+    person = world.people["bob"]
+    device = DeviceClient(person.url, state=ClientState(person.laptop), timeout=30)
+    bob = Messenger(device, RelayClient(world.relay_url, session=Counting()), MailStore(device.url, home=person.laptop))
+    seen: list[Event] = []
+    for n in range(2):
+        alice.send("bob", f"m{n}")
+    bob.poll(seen.append)  # learns '': nothing acknowledged before it knew
+    assert stored(world) == [1, 2] and acks == []
+    bob.poll(seen.append)
+    assert stored(world) == [] and [a["through"] for a in acks] == [2]
+    bob.poll(seen.append)  # nothing moved: no acknowledgement again
+    assert len(acks) == 1 and [e.text for e in seen] == ["m0", "m1"]
+
+
 def test_a_relay_naming_another_store_in_every_answer_is_unavailable_and_loses_nothing(world):
     lying = LyingRelay()
     alice = messenger(world, "alice")
