@@ -78,10 +78,11 @@ def stored(world: World, who: str = "bob") -> list[int]:
     return [m.ref for m in found]
 
 
-def messenger(world: World, who: str) -> Messenger:
+def messenger(world: World, who: str, session: requests.Session | None = None) -> Messenger:
     person = world.people[who]
     device = DeviceClient(person.url, state=ClientState(person.laptop), timeout=30)
-    return Messenger(device, RelayClient(world.relay_url), MailStore(device.url, home=person.laptop))
+    relay = RelayClient(world.relay_url) if session is None else RelayClient(world.relay_url, session=session)
+    return Messenger(device, relay, MailStore(device.url, home=person.laptop))
 
 
 def another_db(request: pytest.FixtureRequest, backend: str, tmp_path) -> str:
@@ -281,10 +282,7 @@ def test_the_chats_polls_alone_acknowledge_to_a_relay_from_before_store_identiti
                 acks.append(dict(json or {}))
             return super().post(url, json=json, **kwargs)
 
-    alice = messenger(world, "alice")
-    person = world.people["bob"]
-    device = DeviceClient(person.url, state=ClientState(person.laptop), timeout=30)
-    bob = Messenger(device, RelayClient(world.relay_url, session=Counting()), MailStore(device.url, home=person.laptop))
+    alice, bob = messenger(world, "alice"), messenger(world, "bob", session=Counting())
     seen: list[Event] = []
     for n in range(2):
         alice.send("bob", f"m{n}")
