@@ -153,6 +153,9 @@ class Messenger:
         # The next batch of a file's parts, fetched while the current one is opened: (cursors, thread, result).
         self._ahead: tuple[dict[str, int], threading.Thread, dict[str, Any]] | None = None
         self._ahead_relay: RelayClient | None = None
+        # Per mailbox, the cursor last acknowledged to a relay from before store identities (read without
+        # acknowledging: _receive acknowledges after its answer, only what moved since).
+        self._acked_unnamed: dict[str, int] = {}
         # The next part of a file, opened by the device while this laptop saves the current one: (the message,
         # thread, result). At most one: the device gives its last two parts again (device/files.py GIVEN_AGAIN).
         self._opening: tuple[RelayMessage, threading.Thread, dict[str, Any]] | None = None
@@ -279,9 +282,11 @@ class Messenger:
         known = self.store.relay_store(url)
         seen: str | None
         try:
-            # Nothing recorded (the first read there, or the first since this laptop kept identities): read
-            # without acknowledging, to learn which store the cursors are refs of.
-            messages, _ = self.relay.receive_raw(cursors, wait=wait, ack=known is not None, store=known or None)
+            # No identity recorded (the first read there, the first since this laptop kept identities, or a relay
+            # from before them, which may have been upgraded onto a new store since): read without acknowledging,
+            # to learn which store the cursors are refs of. A relay that names none is acknowledged by
+            # acknowledge(), as before.
+            messages, _ = self.relay.receive_raw(cursors, wait=wait, ack=bool(known), store=known or None)
         except StoreChanged as exc:
             seen = exc.store
         else:
@@ -289,16 +294,26 @@ class Messenger:
             if seen is None or seen == known:  # the same store, or a relay from before store identities
                 if known is None:
                     self.store.learn_store(url, "")
+                elif seen is None:  # still a relay from before: acknowledged as before, once it said so
+                    self._acknowledge_unnamed(cursors)
                 return cursors, messages
-            if not known:  # learnt: the first read there, or a relay upgraded in place (its store the same)
+            if not known and not any(cursors.values()):  # learnt at the first read there: nothing to be refs of
                 self.store.learn_store(url, seen)
                 return cursors, messages
-            # Another identity in an answer to cursors that named ours: a relay that did not check them.
+            # Another identity in an answer to cursors that named ours (a relay that did not check them), or a
+            # first identity for cursors kept without one: they may be refs of an older store (R1, R5 of the
+            # review), so they are not trusted.
         assert seen is not None
+        upgraded = not known
         self.store.store_changed(url, seen)
         self._ahead = None
-        deliver(Event("notice", contact="", code="store-changed",
-                      warnings=[f"the relay at {url} has a new store: reading it from the start"]))
+        # A relay that names its store for the first time may be the same store upgraded in place: read from the
+        # start, what this laptop finished with and the relay did not delete yet comes again, and the device
+        # refuses each as a replay (shown as such, once per message left unacknowledged).
+        deliver(Event("notice", contact="", code="store-changed", warnings=[
+            f"the relay at {url} names its store for the first time: reading it from the start (messages read"
+            " already may be refused as replays)" if upgraded else
+            f"the relay at {url} has a new store: reading it from the start"]))
         cursors = self.store.cursors(url, sorted(self.inbound))
         flapping = RelayUnavailable(f"The relay at {url} answers from another store at each request.")
         try:
@@ -308,6 +323,20 @@ class Messenger:
         if self.relay.store_seen not in (None, seen):
             raise flapping
         return cursors, messages
+
+    def _acknowledge_unnamed(self, cursors: dict[str, int]) -> None:
+        """Acknowledge ``cursors`` to a relay from before store identities that just answered a read naming none
+        (what the read's ``ack: true`` did before: it cannot be sent with the read, which may meet a relay
+        upgraded onto a new store). Best effort; only the mailboxes whose cursor moved since the last time."""
+        for mailbox, after in cursors.items():
+            if after and self._acked_unnamed.get(mailbox) != after:
+                try:
+                    self.relay.ack(mailbox, after)
+                except (RelayUnavailable, RelayRefused):
+                    return
+                if self.relay.store_seen is not None:  # upgraded meanwhile: the next read finds out
+                    return
+                self._acked_unnamed[mailbox] = after
 
     def _deliver(self, messages: list[RelayMessage], deliver: Callable[[Event], None], result: PollResult,
                  stuck: set[str]) -> ClientError | None:

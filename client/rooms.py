@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from client.errors import ClientError, RelayRefused, RelayUnavailable, RemoteError
+from client.errors import ClientError, RelayRefused, RelayUnavailable, RemoteError, StoreChanged
 from client.relay import RelayClient
 from client.rpc import DeviceClient
 
@@ -123,9 +123,15 @@ def fetch_renewals(device: DeviceClient, relay: RelayClient) -> list[dict]:
     mailboxes = device.call("abe_renewal_mailboxes")["mailboxes"]
     cursors = {m: 0 for m in mailboxes}
     out: list[dict] = []
+    store: str | None = None  # the store the first batch came from, named in every acknowledgement after it
     while cursors:
-        # ack: the relay may delete what the device finished with (see below), the earlier batches' messages.
-        messages, complete = relay.receive(cursors, limit=BATCH, ack=any(cursors.values()))
+        # ack: the relay may delete what the device finished with (see below), the earlier batches' messages,
+        # if its store is still the one they were read from (else StoreChanged: nothing deleted, read next run).
+        try:
+            messages, complete = relay.receive(cursors, limit=BATCH, ack=any(cursors.values()), store=store)
+        except StoreChanged:
+            break  # the store swapped between batches: nothing deleted; the next run reads the new one
+        store = store or relay.store_seen
         for message in messages:
             cursors[message.mailbox] = max(cursors[message.mailbox], message.ref)
             try:
@@ -145,7 +151,7 @@ def fetch_renewals(device: DeviceClient, relay: RelayClient) -> list[dict]:
     for mailbox, through in cursors.items():
         if through:
             try:
-                relay.ack(mailbox, through)
-            except (RelayUnavailable, RelayRefused):
+                relay.ack(mailbox, through, store=store)
+            except (RelayUnavailable, RelayRefused):  # StoreChanged too: the next run reads the new store
                 break
     return out

@@ -496,6 +496,7 @@ def _renewals_here(args: argparse.Namespace, relay) -> list[dict]:  # type: igno
         pads = RenewalPads(AbeKeys(store))
         cursors = {m: 0 for m in pads.mailboxes()}
         messages, _ = relay.receive(cursors, limit=500) if cursors else ([], True)
+        read_from = relay.store_seen  # named in the acknowledgement: a store swapped meanwhile refuses it
         done: dict[str, int] = {}  # per mailbox, the last ref through which every package is finished with
         try:
             for m in messages:
@@ -518,8 +519,8 @@ def _renewals_here(args: argparse.Namespace, relay) -> list[dict]:  # type: igno
     for mailbox, through in done.items():
         if through > 0:
             try:
-                relay.ack(mailbox, through)
-            except (RelayUnavailable, RelayRefused):
+                relay.ack(mailbox, through, store=read_from)
+            except (RelayUnavailable, RelayRefused):  # StoreChanged too: nothing deleted, the next run reads again
                 break
     return out
 
