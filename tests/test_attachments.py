@@ -174,6 +174,8 @@ def test_a_send_cut_at_a_random_moment_resumes_and_arrives_identical(world, tmp_
         if proc.returncode == 0:
             break  # it finished before the cut
         cuts += 1
+        if len(relay_rows(world)) >= 14:
+            break  # cut after its last part reached the relay: running it again would send the file anew
     assert cuts >= 1
     # A cut after the last part reached the relay (the send done, the process not yet gone) leaves nothing to
     # resume: the same command would send the file again, as a new one.
