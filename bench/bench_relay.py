@@ -298,6 +298,10 @@ class Phase:
         total = sum(self.relay_cpu) + (self.store_cpu or 0.0) + self.load_cpu
         return f"CPU per message: {total * each:.0f} us ({', '.join(parts)})"
 
+    def cpu_per_message(self) -> float:
+        """Seconds of CPU per message delivered: the relay's processes, the store's server, the load generator."""
+        return (sum(self.relay_cpu) + (self.store_cpu or 0.0) + self.load_cpu) / max(self.delivered, 1e-9)
+
 
 def measure(port: int, proc: subprocess.Popen, store_pid: int | None, warmup: float, seconds: float,
             rate: float | None, probe: bool, writer: int | None = None) -> Phase:
@@ -364,6 +368,7 @@ def run(label: str, db: str, folder: Path, warmup: float, seconds: float, rate: 
     ctx = multiprocessing.get_context("spawn")
     sustained: dict[int, list[float]] = {1: [], 2: []}
     per_cpu: dict[int, list[float]] = {1: [], 2: []}  # messages per second of the relay's CPU
+    cost: dict[int, list[float]] = {1: [], 2: []}  # CPU seconds per message, every process the bench runs
     for n in range(rounds):
         for workers in (1, 2) if n % 2 == 0 else (2, 1):
             name = f"{label}, {worker_label(workers)}"
@@ -384,6 +389,7 @@ def run(label: str, db: str, folder: Path, warmup: float, seconds: float, rate: 
                 full = measure(port, proc, store_pid, warmup, seconds, None, probe=False, writer=writer)
                 sustained[workers].append(full.delivered)
                 per_cpu[workers].append(full.delivered / max(sum(full.relay_cpu), 1e-9))
+                cost[workers].append(full.cpu_per_message())
                 print(f"{name}, round {n + 1}: {CLIENTS} clients as fast as it answers: {full.delivered:,.0f} "
                       f"messages/s sent and delivered ({full.sent:,.0f} sends/s; {full.cpu_text()}; "
                       f"{full.per_message_text()})", flush=True)
@@ -399,6 +405,15 @@ def run(label: str, db: str, folder: Path, warmup: float, seconds: float, rate: 
     # What the relay does with the CPU it gets, whatever the machine's other work leaves it.
     print(f"{label}: messages per second of relay CPU (one core), median: 1 worker "
           f"{statistics.median(per_cpu[1]):,.0f}, 2 workers {statistics.median(per_cpu[2]):,.0f}", flush=True)
+    # The most 2 workers could move here, whatever the relay's code: every process the bench runs (relay, store
+    # server, load generator) shares the machine's cores, and the default limits cap what 50 clients may send.
+    cores = os.cpu_count() or 1
+    by_cpu = cores / statistics.median(cost[2])
+    cap = CLIENTS * RATE_LIMIT
+    print(f"{label}: ceiling for 2 workers on this machine: its {cores} cores at the CPU per message measured with "
+          f"2 workers ({statistics.median(cost[2]) * 1e6:,.0f} us, store server and load generator included) "
+          f"allow {by_cpu:,.0f} messages/s ({by_cpu / one:.2f} times one worker's median), the default limits "
+          f"{cap:,.0f} ({cap / one:.2f} times); measured {two / one:.2f} times", flush=True)
 
 
 def load_average() -> str:
