@@ -6,6 +6,7 @@ import argparse
 import logging
 import re
 import sys
+from pathlib import Path
 
 from onetimechat.cli.common import command_group
 from onetimechat.net import listen_failure
@@ -94,6 +95,35 @@ def register(parts: argparse._SubParsersAction) -> None:
     p.add_argument("--db-pool", type=_positive(int), default=d.db_pool,
                    help=f"store connections per process (default {d.db_pool})")
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("new-identity", help="give a store restored from a backup a new identity",
+                       description="Run this after restoring a relay's store from a backup, with every relay "
+                       "process of that store stopped, before starting them again. A restored store numbers its "
+                       "messages from where the backup was, below the refs laptops have read; under its old "
+                       "identity their next acknowledgements would delete its new messages unread. Under a new "
+                       "one they read it from the start (docs/relay-protocol.md, \"Store identity\").")
+    p.add_argument("--db", default="", metavar="URL",
+                   help="the restored store: sqlite:///relative.db, sqlite:////absolute.db or postgresql://... "
+                   "(default: onetimechat/relay/relay.db in the user data directory)")
+    p.set_defaults(func=cmd_new_identity)
+
+
+def cmd_new_identity(args: argparse.Namespace) -> int:
+    from relay.storage import open_store
+
+    config = RelayConfig(db=args.db)
+    kind, target = parse_db_url(config.db)
+    if kind == "sqlite" and not Path(target).is_file():
+        raise ConfigError(f"No relay store at {describe_db(config.db)}: nothing to give a new identity.")
+    store = open_store(config.db, pool_size=1)
+    try:
+        if store.found_version == 0:  # an empty PostgreSQL database (its tables were made just now)
+            raise ConfigError(f"No relay store at {describe_db(config.db)}: nothing to give a new identity.")
+        old, new = store.new_store_id()
+    finally:
+        store.close()
+    print(f"otc relay: {describe_db(config.db)}: store identity {old} replaced by {new}; start the relay again "
+          f"(laptops will read it from the start)")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -119,6 +119,11 @@ class Store(abc.ABC):
         its files keeps it; a new store gets another). Readers' cursors are refs of one store; this tells them
         when the store behind an address is another (docs/relay-protocol.md, "Store identity")."""
 
+    @abc.abstractmethod
+    def new_store_id(self) -> tuple[str, str]:
+        """Give the store a new identity, random like the first: for a store restored from a backup, whose refs
+        went back (``otc relay new-identity``). Returns (the old identity, the new one)."""
+
     def disk_path(self) -> str | None:
         """A path on the filesystem the store writes to, if it is local (for the free-space watermark)."""
         return None

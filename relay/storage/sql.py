@@ -40,7 +40,8 @@ SWEEP_MAILBOXES = 1000
 # Most transaction functions committed together.
 MAX_BATCH = 256
 #: The write operations (``SQLStore._op_<name>``): all a writer process will run.
-OPS = frozenset({"send", "origin_key", "store_id", "ack", "ack_cursors", "announce", "withdraw", "expire", "forget"})
+OPS = frozenset({"send", "origin_key", "store_id", "new_store_id", "ack", "ack_cursors", "announce", "withdraw",
+                 "expire", "forget"})
 
 
 class Writer(Protocol):
@@ -325,6 +326,19 @@ class SQLStore(Store):
     def _op_store_id(tx: Tx, made: int) -> int:
         # A store from before identities gets one the first time a relay of this version opens it.
         return SQLStore._made_once(tx, "store_id", made)
+
+    def new_store_id(self) -> tuple[str, str]:
+        old = self.store_id()
+        while True:
+            made = secrets.randbits(63)
+            if f"{made:016x}" != old:
+                break
+        return old, f"{int(self._transact('new_store_id', (made,))):016x}"
+
+    @staticmethod
+    def _op_new_store_id(tx: Tx, made: int) -> int:
+        tx.run("UPDATE relay_meta SET value = ? WHERE key = 'store_id'", (made,))
+        return made
 
     @staticmethod
     def _made_once(tx: Tx, key: str, made: int) -> int:
