@@ -26,6 +26,8 @@ CHANNEL = "otc_relay"
 UPGRADE_LOCK = 0x6F74632D72656C79
 POOL_WAIT_S = 30.0
 CONNECT_TIMEOUT_S = 10
+#: Runs of a batch the server aborts (deadlock, serialization failure) before it fails.
+COMMIT_ATTEMPTS = 3
 #: The operations a batch runs in schema.BATCH_FUNCTION (one round trip for a run of them); the others run as
 #: statements, each under its savepoint.
 IN_FUNCTION = frozenset({"send", "ack", "ack_cursors"})
@@ -156,10 +158,28 @@ class PostgresStore(SQLStore):
             self._slots.release()
 
     def _commit(self, batch: list[Op]) -> None:
+        # A batch the server aborts to end a deadlock (another relay process's batch locked, in another order,
+        # mailboxes this one needs: an acknowledgement of several mailboxes locks them where its first one falls
+        # in the batch) or a serialization failure kept nothing: it runs again, up to COMMIT_ATTEMPTS times in
+        # all, and only then fails (503, as any store failure). Review relay-s31 R6.
+        with self._conn() as conn:
+            for attempt in range(1, COMMIT_ATTEMPTS + 1):
+                try:
+                    self._commit_once(conn, batch)
+                    return
+                except (self._pg.errors.DeadlockDetected, self._pg.errors.SerializationFailure) as exc:
+                    if attempt == COMMIT_ATTEMPTS or conn.closed:
+                        raise
+                    log.info("store: a batch the server aborted (%s) runs again", type(exc).__name__)
+                    for op in batch:
+                        op.value, op.error = None, None
+
+    @staticmethod
+    def _commit_once(conn: Any, batch: list[Op]) -> None:
         # Each run of sends and deletions is one call of the batch function (one round trip); the other
         # operations go as statements in pipeline mode, where those whose results are not read (savepoints,
         # writes) travel with the next one that is. The commit is one more round trip.
-        with self._conn() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+        with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
             tx = _Tx(cur)
             run: list[Op] = []
             for op in batch:
