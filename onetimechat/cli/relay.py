@@ -6,7 +6,6 @@ import argparse
 import logging
 import re
 import sys
-from pathlib import Path
 
 from onetimechat.cli.common import command_group
 from onetimechat.net import listen_failure
@@ -111,18 +110,15 @@ def cmd_new_identity(args: argparse.Namespace) -> int:
     from relay.storage import open_store
 
     config = RelayConfig(db=args.db)
-    kind, target = parse_db_url(config.db)
-    if kind == "sqlite" and not Path(target).is_file():
-        raise ConfigError(f"No relay store at {describe_db(config.db)}: nothing to give a new identity.")
-    store = open_store(config.db, pool_size=1)
+    # Alone: only a store that exists (none is made), and only while no relay has it open (a running relay keeps
+    # the identity it read at its start: its laptops would go on deleting the restored store's new messages).
+    store = open_store(config.db, pool_size=1, alone=True)
     try:
-        if store.found_version == 0:  # an empty PostgreSQL database (its tables were made just now)
-            raise ConfigError(f"No relay store at {describe_db(config.db)}: nothing to give a new identity.")
         old, new = store.new_store_id()
     finally:
         store.close()
-    print(f"otc relay: {describe_db(config.db)}: store identity {old} replaced by {new}; start the relay again "
-          f"(laptops will read it from the start)")
+    print(f"otc relay: {describe_db(config.db)}: store identity {old or '(none yet)'} replaced by {new}; start "
+          f"the relay again (laptops will read it from the start)")
     return 0
 
 

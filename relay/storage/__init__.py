@@ -120,9 +120,10 @@ class Store(abc.ABC):
         when the store behind an address is another (docs/relay-protocol.md, "Store identity")."""
 
     @abc.abstractmethod
-    def new_store_id(self) -> tuple[str, str]:
+    def new_store_id(self) -> tuple[str | None, str]:
         """Give the store a new identity, random like the first: for a store restored from a backup, whose refs
-        went back (``otc relay new-identity``). Returns (the old identity, the new one)."""
+        went back (``otc relay new-identity``, on a store opened ``alone``). Returns (the old identity, None if it
+        had none yet, and the new one)."""
 
     def disk_path(self) -> str | None:
         """A path on the filesystem the store writes to, if it is local (for the free-space watermark)."""
@@ -180,13 +181,15 @@ class Store(abc.ABC):
         """Stop watching and close every connection."""
 
 
-def open_store(url: str, pool_size: int = 16) -> Store:
-    """The store a ``--db`` URL names, its schema brought up to date."""
+def open_store(url: str, pool_size: int = 16, *, alone: bool = False) -> Store:
+    """The store a ``--db`` URL names, its schema brought up to date. ``alone`` (an operator's command such as
+    ``otc relay new-identity``): only an existing relay store (none is made: StoreError), and only while no relay
+    process has it open (else StoreError; none can open it until this one is closed)."""
     kind, target = parse_db_url(url)
     if kind == "postgresql":
         from relay.storage.postgres import PostgresStore
 
-        return PostgresStore(target, pool_size=pool_size)
+        return PostgresStore(target, pool_size=pool_size, alone=alone)
     from relay.storage.sqlite import SQLiteStore
 
-    return SQLiteStore(target, pool_size=pool_size)
+    return SQLiteStore(target, pool_size=pool_size, alone=alone)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -27,7 +29,8 @@ UPGRADE_LOCK = 0x6F74632D72656C79
 POOL_WAIT_S = 30.0
 CONNECT_TIMEOUT_S = 10
 #: Runs of a batch the server aborts (deadlock, serialization failure) before it fails.
-COMMIT_ATTEMPTS = 3
+COMMIT_ATTEMPTS = 5
+RETRY_JITTER_MS = 10  # the most a run waits before the next, times the runs so far
 #: The operations a batch runs in schema.BATCH_FUNCTION (one round trip for a run of them); the others run as
 #: statements, each under its savepoint.
 IN_FUNCTION = frozenset({"send", "ack", "ack_cursors"})
@@ -79,7 +82,7 @@ class PostgresStore(SQLStore):
     SHARE = " FOR SHARE"
     LOCK_MAILBOX = " FOR UPDATE OF m"
 
-    def __init__(self, conninfo: str, pool_size: int = 8) -> None:
+    def __init__(self, conninfo: str, pool_size: int = 8, *, alone: bool = False) -> None:
         self._pg = _psycopg()
         self._conninfo = conninfo
         self._idle: list[Any] = []
@@ -93,11 +96,26 @@ class PostgresStore(SQLStore):
         except self._pg.Error as exc:
             raise StoreError(f"Cannot connect to the PostgreSQL store: {_first_line(exc)}") from None
         try:
+            if alone:
+                self._check_alone(conn)
             self.found_version = self._upgrade(conn)
         except BaseException:
             conn.close()
             raise
         self._idle.append(conn)
+
+    @staticmethod
+    def _check_alone(conn: Any) -> None:
+        """For a store opened alone: the database holds a relay store, and no relay process is connected to it
+        (relays name their connections otc-relay and otc-relay-listen). A relay starting after this check is not
+        held back: the operator's command says to stop them first, and the check catches the ones forgotten."""
+        if conn.execute("SELECT to_regclass('relay_meta')").fetchone()[0] is None:
+            raise StoreError("No relay store in this PostgreSQL database (it holds no relay's tables).")
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND application_name LIKE 'otc-relay%%' AND pid <> pg_backend_pid()").fetchone()
+        if row[0]:
+            raise StoreError(f"{row[0]} relay connection{'s are' if row[0] != 1 else ' is'} open to this store: "
+                             "stop every relay process of it first.")
 
     def _connect(self) -> Any:
         conn = self._pg.connect(self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
@@ -173,6 +191,8 @@ class PostgresStore(SQLStore):
                     log.info("store: a batch the server aborted (%s) runs again", type(exc).__name__)
                     for op in batch:
                         op.value, op.error = None, None
+                    # A moment apart, at random, so the batch it collided with (likely run again too) goes first.
+                    time.sleep(secrets.randbelow(RETRY_JITTER_MS * attempt + 1) / 1000)
 
     @staticmethod
     def _commit_once(conn: Any, batch: list[Op]) -> None:

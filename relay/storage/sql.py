@@ -40,8 +40,10 @@ SWEEP_MAILBOXES = 1000
 # Most transaction functions committed together.
 MAX_BATCH = 256
 #: The write operations (``SQLStore._op_<name>``): all a writer process will run.
-OPS = frozenset({"send", "origin_key", "store_id", "new_store_id", "ack", "ack_cursors", "announce", "withdraw",
-                 "expire", "forget"})
+OPS = frozenset({"send", "origin_key", "store_id", "ack", "ack_cursors", "announce", "withdraw", "expire", "forget"})
+#: Write operations only an operator's command runs, on a store it opened alone: never sent to a writer process
+#: (which runs only OPS).
+LOCAL_OPS = frozenset({"new_store_id"})
 
 
 class Writer(Protocol):
@@ -136,7 +138,7 @@ class SQLStore(Store):
 
     def operation(self, name: str, args: Sequence[Any]) -> Operation:
         """The transaction function of the write operation ``name`` (one of OPS) with ``args``."""
-        if name not in OPS:
+        if name not in OPS and not (name in LOCAL_OPS and self._writer_link is None):
             raise ValueError(f"no write operation {name!r}")
         return Operation(name, tuple(args), getattr(self, "_op_" + name))
 
@@ -327,18 +329,19 @@ class SQLStore(Store):
         # A store from before identities gets one the first time a relay of this version opens it.
         return SQLStore._made_once(tx, "store_id", made)
 
-    def new_store_id(self) -> tuple[str, str]:
-        old = self.store_id()
-        while True:
-            made = secrets.randbits(63)
-            if f"{made:016x}" != old:
-                break
-        return old, f"{int(self._transact('new_store_id', (made,))):016x}"
+    def new_store_id(self) -> tuple[str | None, str]:
+        old, made = self._transact("new_store_id", (secrets.randbits(63),))
+        return (None if old is None else f"{int(old):016x}"), f"{int(made):016x}"
 
     @staticmethod
-    def _op_new_store_id(tx: Tx, made: int) -> int:
-        tx.run("UPDATE relay_meta SET value = ? WHERE key = 'store_id'", (made,))
-        return made
+    def _op_new_store_id(tx: Tx, made: int) -> tuple[int | None, int]:
+        row = tx.one("SELECT value FROM relay_meta WHERE key = 'store_id'")
+        old = None if row is None else int(row[0])
+        while made == old:
+            made = secrets.randbits(63)
+        tx.run("INSERT INTO relay_meta (key, value) VALUES ('store_id', ?) "
+               "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (made,))
+        return old, made
 
     @staticmethod
     def _made_once(tx: Tx, key: str, made: int) -> int:

@@ -71,8 +71,10 @@ class _Tx:
 class SQLiteStore(SQLStore):
     kind = "sqlite"
 
-    def __init__(self, path: str | Path, pool_size: int = 8) -> None:
+    def __init__(self, path: str | Path, pool_size: int = 8, *, alone: bool = False) -> None:
         self.path = Path(path)
+        if alone:
+            _check_existing(self.path)
         self._idle: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._init_group_commit()
@@ -89,9 +91,11 @@ class SQLiteStore(SQLStore):
         except OSError as exc:
             raise StoreError(f"Cannot open the relay store's lock file next to {self.path}: {exc.strerror}.") \
                 from None
+        self._open: int | None = None
         try:
             conn = self._connect()
             try:
+                self._open = _hold_open(self.path, alone)
                 self.found_version = self._upgrade(conn)
                 self._make_durable()
             except BaseException:
@@ -99,6 +103,8 @@ class SQLiteStore(SQLStore):
                 raise
         except BaseException:
             os.close(self._writer)
+            if self._open is not None:
+                os.close(self._open)
             raise
         self._idle.append(conn)
 
@@ -325,3 +331,52 @@ class SQLiteStore(SQLStore):
             conn.close()
         with contextlib.suppress(OSError):
             os.close(self._writer)
+        if self._open is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._open)  # its lock goes with it
+            self._open = None
+
+
+OPEN_WAIT_S = 10.0
+
+
+def _check_existing(path: Path) -> None:
+    """For a store opened alone: ``path`` is a relay store already (read without writing, so nothing is made)."""
+    if not path.is_file():
+        raise StoreError(f"No relay store at {path}.")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            ours = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'relay_meta'")
+            found = ours.fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} cannot be used as a relay store ({type(exc).__name__}).") from None
+    if not found:
+        raise StoreError(f"No relay store at {path} (the file holds no relay's tables).")
+
+
+def _hold_open(path: Path, alone: bool) -> int:
+    """A descriptor of the store's file with a ``flock`` held while the store is open: shared by every relay
+    process, exclusive for a store opened ``alone`` (refused while any relay holds it; relays starting meanwhile
+    wait up to OPEN_WAIT_S for it). SQLite's own locks are fcntl locks, which flock locks do not touch."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if alone:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(f"A relay has the store {path} open: stop every relay process of it first.") \
+                    from None
+            return fd
+        deadline = time.monotonic() + OPEN_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"The store {path} is held by an operator's command (otc relay new-identity); "
+                                     "try again once it is done.") from None
+                time.sleep(0.05)
+    except BaseException:
+        os.close(fd)
+        raise
