@@ -328,12 +328,21 @@ class Messenger:
         """Acknowledge ``cursors`` to a relay from before store identities that just answered a read naming none
         (what the read's ``ack: true`` did before: it cannot be sent with the read, which may meet a relay
         upgraded onto a new store). Best effort; only the mailboxes whose cursor moved since the last time."""
+        self._ack_cursors(cursors, None, unnamed=True)
+
+    def _ack_cursors(self, cursors: dict[str, int], store: str | None, unnamed: bool = False) -> None:
+        """Acknowledge each mailbox's cursor (none at 0) to the relay, naming ``store`` if given; best effort: the
+        first refusal or unavailable relay ends it (StoreChanged too: the next read finds out). ``unnamed`` (a relay
+        from before store identities): only the cursors moved since recorded in ``_acked_unnamed``, each recorded
+        once acknowledged; a relay that names a store in its answer ends it, that cursor not recorded."""
         for mailbox, after in cursors.items():
-            if after and self._acked_unnamed.get(mailbox) != after:
-                try:
-                    self.relay.ack(mailbox, after)
-                except (RelayUnavailable, RelayRefused):
-                    return
+            if not after or (unnamed and self._acked_unnamed.get(mailbox) == after):
+                continue
+            try:
+                self.relay.ack(mailbox, after, store=store)
+            except (RelayUnavailable, RelayRefused):
+                return
+            if unnamed:
                 if self.relay.store_seen is not None:  # upgraded meanwhile: the next read finds out
                     return
                 self._acked_unnamed[mailbox] = after
@@ -424,12 +433,9 @@ class Messenger:
         known = self.store.relay_store(self.relay.url)
         if known is None:
             return
-        for mailbox, after in self.store.cursors(self.relay.url, sorted(self.inbound)).items():
-            if after:
-                try:
-                    self.relay.ack(mailbox, after, store=known or None)
-                except (RelayUnavailable, RelayRefused):  # StoreChanged too: the next poll reads the new store
-                    return  # the next receive (ack=True) does it
+        # Stops at the first failure (StoreChanged too: the next poll reads the new store); the next receive
+        # (ack=True) does it.
+        self._ack_cursors(self.store.cursors(self.relay.url, sorted(self.inbound)), known or None)
 
     def _open(self, message: RelayMessage, following: RelayMessage | None = None) -> tuple[Event, dict | None]:
         """Open one message on the device: what to show, and the receipt the device made (if any). ``following``:
