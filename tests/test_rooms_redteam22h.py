@@ -188,11 +188,7 @@ def test_a_member_renewed_late_for_three_periods_drops_the_last_periods_follower
     secrets = {p: os.urandom(32) for p in (1, 2, 3, 4)}
     w = tagged_world(attrs, secrets)
     a, b, c = w.members
-    w.log.members = [a, b, c]
-    for m, name in ((a, "alice"), (b, "bob"), (c, "carol")):
-        w.log.post(m.join(name))
-        settle(w, 2)
-    agreed(a, b, c)
+    joined(w, 3)
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(attrs) for p in (1, 2, 3, 4)}
     held = {1: k[1, 1]}
     for p in (2, 3, 4):  # bob renewed period after period: he moves the room each time

@@ -17,6 +17,7 @@ from tests.rooms_helpers import (
     agreed,
     hold,
     item_ciphertext,
+    joined,
     leave_item,
     restart_device,
     settle,
@@ -30,11 +31,7 @@ def _bob_moves(w, last: int):
     """A tagged room, alice and bob in (period 1); bob renewed period after period moves it to 2, ..., ``last``
     (carol reads none of it yet). Returns the keys made, by (member, period)."""
     a, b, c = w.members
-    w.log.members = [a, b]
-    for m, name in ((a, "alice"), (b, "bob")):
-        w.log.post(m.join(name))
-        settle(w, 2)
-    agreed(a, b)
+    joined(w, 2)
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(ATTRS) for p in range(1, last + 1)}
     held = {1: k[1, 1]}
     w.log.members = [b]

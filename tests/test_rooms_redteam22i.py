@@ -12,6 +12,7 @@ from tests.rooms_helpers import (
     agreed,
     cut_ciphertext,
     hold,
+    joined,
     leave_item,
     lines_in,
     settle,
@@ -38,11 +39,7 @@ def test_a_would_be_mover_that_failed_posted_again_after_the_move_is_lost_to_a_m
     secrets = {1: os.urandom(32), 2: os.urandom(32)}
     w = tagged_world(ATTRS, secrets)
     a, b, c = w.members
-    w.log.members = [a, b, c]
-    for m, name in ((a, "alice"), (b, "bob"), (c, "carol")):
-        w.log.post(m.join(name))
-        settle(w, 2)
-    agreed(a, b, c)
+    joined(w, 3)
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(ATTRS) for p in (1, 2)}
     # The insider (a holder of R_2): P, bound with k_j alone, tagged right.
     enc = encapsulate(w.master.public, c.policy_for(2))
@@ -85,11 +82,7 @@ def test_a_held_copy_back_on_the_roster_after_its_leave_is_placed_before_the_fol
     secrets = {1: os.urandom(32), 2: os.urandom(32)}
     w = tagged_world(ATTRS, secrets)
     a, b, c = w.members
-    w.log.members = [a, b, c]
-    for m, name in ((a, "alice"), (b, "bob"), (c, "carol")):
-        w.log.post(m.join(name))
-        settle(w, 2)
-    agreed(a, b, c)
+    joined(w, 3)
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(ATTRS) for p in (1, 2)}
     hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})  # bob renewed: he moves the room
     settle(w, 2)
@@ -269,11 +262,7 @@ def test_a_leave_read_again_is_filed_twice_for_a_held_item_of_a_later_period_and
 
     w = untagged_world()
     a, b, c = w.members
-    w.log.members = [a, b, c]
-    for m, name in ((a, "alice"), (b, "bob"), (c, "carol")):
-        w.log.post(m.join(name))
-        settle(w, 2)
-    agreed(a, b, c)
+    joined(w, 3)
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(ATTRS) for p in (1, 2, 3)}
     starts = w.clock.now + 100_000
     hold(w.keys[2], {1: k[2, 1], 2: k[2, 2], 3: k[2, 3]}, {2: (starts, float("inf")), 3: (starts, float("inf"))})
