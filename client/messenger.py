@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from client.errors import (
     ClientError,
@@ -126,6 +126,56 @@ def _streamed(message: RelayMessage) -> bool:
     """Whether a relay message is a streamed file part (opened by the device's file_open)."""
     return message.contents.startswith(STREAM_PART_B64) or (message.data is not None
                                                             and att.is_stream_part(message.data))
+
+
+class ReadTerms(NamedTuple):
+    """How a read of the relay is asked (read_terms)."""
+
+    ack: bool  # the read itself acknowledges the cursors
+    store: str | None  # the store identity the read names (the relay refuses it if its store is another)
+
+
+def read_terms(known: str | None) -> ReadTerms:
+    """How ``Messenger._receive`` asks for the batch after its cursors, given the identity recorded for the relay's
+    store (``known``: None if none is recorded, '' for a relay that named none). An identity recorded: the read
+    names it and acknowledges the cursors. None recorded (the first read there, the first since this laptop kept
+    identities, or a relay from before them, which may have been upgraded onto a new store since): read without
+    acknowledging, to learn which store the cursors are refs of. A relay that names none ('') is acknowledged after
+    its answer says so (store_decision), as before."""
+    return ReadTerms(ack=bool(known), store=known or None)
+
+
+@dataclass(frozen=True)
+class StoreDecision:
+    """What a read's answer about the relay's store means for the cursors this laptop keeps there
+    (store_decision). At most one of ``record``, ``ack_unnamed`` and ``reset`` is set; none: the same store."""
+
+    record: str | None = None  # the cursors stand: record this identity for the relay ('': a relay naming none)
+    ack_unnamed: bool = False  # the cursors stand: acknowledge them now, naming no store (a relay from before)
+    reset: str | None = None  # another store: every cursor back to 0, this identity recorded, the read made again
+    upgraded: bool = False  # with ``reset``: no identity was recorded, the relay names its store for the first time
+
+
+def store_decision(known: str | None, seen: str | None, refused: bool = False,
+                   cursors_moved: bool = False) -> StoreDecision:
+    """What ``Messenger._receive`` does with the store identity: ``known``, the one recorded for the relay (None:
+    none recorded; '': a relay that named none); ``seen``, the one its answer named (None: a relay from before
+    store identities); ``refused``, the read was refused (409 ``store-changed``, ``seen`` the relay's store);
+    ``cursors_moved``, a cursor there is past 0 (docs/client.md, "Cursors and the relay's store")."""
+    if not refused:
+        if seen is None or seen == known:  # the same store, or a relay from before store identities
+            if known is None:
+                return StoreDecision(record="")
+            if seen is None:  # still a relay from before: acknowledged as before, once it said so
+                return StoreDecision(ack_unnamed=True)
+            return StoreDecision()
+        if not known and not cursors_moved:  # learnt at the first read there: nothing to be refs of
+            return StoreDecision(record=seen)
+        # Another identity in an answer to cursors that named ours (a relay that did not check them), or a first
+        # identity for cursors kept without one: they may be refs of an older store (R1, R5 of the review), so they
+        # are not trusted.
+    assert seen is not None
+    return StoreDecision(reset=seen, upgraded=not known)
 
 
 class DeviceDown(ClientError):
@@ -280,31 +330,21 @@ class Messenger:
         messages are all new to this laptop (docs/client.md, "Cursors and the relay's store")."""
         url = self.relay.url
         known = self.store.relay_store(url)
-        seen: str | None
+        terms = read_terms(known)
         try:
-            # No identity recorded (the first read there, the first since this laptop kept identities, or a relay
-            # from before them, which may have been upgraded onto a new store since): read without acknowledging,
-            # to learn which store the cursors are refs of. A relay that names none is acknowledged by
-            # acknowledge(), as before.
-            messages, _ = self.relay.receive_raw(cursors, wait=wait, ack=bool(known), store=known or None)
+            messages, _ = self.relay.receive_raw(cursors, wait=wait, ack=terms.ack, store=terms.store)
         except StoreChanged as exc:
-            seen = exc.store
+            decision = store_decision(known, exc.store, refused=True)
         else:
-            seen = self.relay.store_seen
-            if seen is None or seen == known:  # the same store, or a relay from before store identities
-                if known is None:
-                    self.store.learn_store(url, "")
-                elif seen is None:  # still a relay from before: acknowledged as before, once it said so
+            decision = store_decision(known, self.relay.store_seen, cursors_moved=any(cursors.values()))
+            if decision.reset is None:
+                if decision.record is not None:
+                    self.store.learn_store(url, decision.record)
+                if decision.ack_unnamed:
                     self._acknowledge_unnamed(cursors)
                 return cursors, messages
-            if not known and not any(cursors.values()):  # learnt at the first read there: nothing to be refs of
-                self.store.learn_store(url, seen)
-                return cursors, messages
-            # Another identity in an answer to cursors that named ours (a relay that did not check them), or a
-            # first identity for cursors kept without one: they may be refs of an older store (R1, R5 of the
-            # review), so they are not trusted.
+        seen, upgraded = decision.reset, decision.upgraded
         assert seen is not None
-        upgraded = not known
         self.store.store_changed(url, seen)
         self._ahead = None
         # A relay that names its store for the first time may be the same store upgraded in place: read from the
@@ -328,12 +368,21 @@ class Messenger:
         """Acknowledge ``cursors`` to a relay from before store identities that just answered a read naming none
         (what the read's ``ack: true`` did before: it cannot be sent with the read, which may meet a relay
         upgraded onto a new store). Best effort; only the mailboxes whose cursor moved since the last time."""
+        self._ack_cursors(cursors, None, unnamed=True)
+
+    def _ack_cursors(self, cursors: dict[str, int], store: str | None, unnamed: bool = False) -> None:
+        """Acknowledge each mailbox's cursor (none at 0) to the relay, naming ``store`` if given; best effort: the
+        first refusal or unavailable relay ends it (StoreChanged too: the next read finds out). ``unnamed`` (a relay
+        from before store identities): only the cursors moved since recorded in ``_acked_unnamed``, each recorded
+        once acknowledged; a relay that names a store in its answer ends it, that cursor not recorded."""
         for mailbox, after in cursors.items():
-            if after and self._acked_unnamed.get(mailbox) != after:
-                try:
-                    self.relay.ack(mailbox, after)
-                except (RelayUnavailable, RelayRefused):
-                    return
+            if not after or (unnamed and self._acked_unnamed.get(mailbox) == after):
+                continue
+            try:
+                self.relay.ack(mailbox, after, store=store)
+            except (RelayUnavailable, RelayRefused):
+                return
+            if unnamed:
                 if self.relay.store_seen is not None:  # upgraded meanwhile: the next read finds out
                     return
                 self._acked_unnamed[mailbox] = after
@@ -424,12 +473,9 @@ class Messenger:
         known = self.store.relay_store(self.relay.url)
         if known is None:
             return
-        for mailbox, after in self.store.cursors(self.relay.url, sorted(self.inbound)).items():
-            if after:
-                try:
-                    self.relay.ack(mailbox, after, store=known or None)
-                except (RelayUnavailable, RelayRefused):  # StoreChanged too: the next poll reads the new store
-                    return  # the next receive (ack=True) does it
+        # Stops at the first failure (StoreChanged too: the next poll reads the new store); the next receive
+        # (ack=True) does it.
+        self._ack_cursors(self.store.cursors(self.relay.url, sorted(self.inbound)), known or None)
 
     def _open(self, message: RelayMessage, following: RelayMessage | None = None) -> tuple[Event, dict | None]:
         """Open one message on the device: what to show, and the receipt the device made (if any). ``following``:

@@ -4,36 +4,24 @@ itself, byte by byte where it posts items, independent of the code it attacks.""
 from __future__ import annotations
 
 import os
-import struct
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from device.abe.policy import Policy
 from device.abe.scheme import encapsulate, keygen
 from device.rooms.protocol import DEFAULT_LEADER_TIMEOUT_S, RoomMember
-from onetimechat.crypto import derive_key, mac
-from tests.rooms_helpers import Keys, World
+from tests.rooms_helpers import Keys, World, agreed, cut_ciphertext, leave_item, settle, wrapped
 from tests.test_rooms import ATTRS, _renew
 from tests.test_rooms_period_secrets_review3 import _secret_world
-
-
-def _pub(key) -> bytes:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def _plant(w: World, period: int, name: bytes = b"mallory") -> bytes:
     """What anyone with the authority's public key and the room invite makes: a named contribution (type 5) under
     '(policy) and PERIOD_<period>', fresh keys, bound with its k_j alone, no tag."""
     enc = encapsulate(w.master.public, Policy.parse(f"({w.room.policy.text}) and PERIOD_{period}"))
-    ct = enc.ciphertext.encode()
-    x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    head = (b"ORM1" + bytes([5]) + w.room.room_id + struct.pack(">I", len(ct)) + ct + _pub(x) + _pub(sig)
-            + bytes([len(name)]) + name)
-    bind = mac(derive_key(enc.key, "otc room bind v2"), w.room.room_id, _pub(x), _pub(sig), name)
-    return head + bind + sig.sign(head + bind)
+    return wrapped(w, enc.ciphertext.encode(), enc.key, name)[0]
 
 
 def _client_sync(w: World, m: RoomMember, limit: int) -> int:
@@ -86,22 +74,6 @@ def test_a_device_that_cannot_judge_its_begun_period_reads_the_room_again_for_go
 
 # -- R2: a copy placed after the original, then the original leaves -----------------------------------------------
 
-def _wrapped(w: World, ct: bytes, key: bytes, name: bytes = b"mallory") -> tuple[bytes, Ed25519PrivateKey]:
-    """A named contribution (type 5) carrying the ciphertext ``ct`` under fresh keys, bound with ``key`` (its k_j,
-    which its maker knows), and its signing key."""
-    x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    head = (b"ORM1" + bytes([5]) + w.room.room_id + struct.pack(">I", len(ct)) + ct + _pub(x) + _pub(sig)
-            + bytes([len(name)]) + name)
-    bind = mac(derive_key(key, "otc room bind v2"), w.room.room_id, _pub(x), _pub(sig), name)
-    return head + bind + sig.sign(head + bind), sig
-
-
-def _leave_item(w: World, contribution: bytes, sig: Ed25519PrivateKey) -> bytes:
-    import hashlib
-
-    body = b"ORM1" + bytes([4]) + w.room.room_id + hashlib.sha256(b"otc room member v1" + contribution).digest()
-    return body + sig.sign(body)
-
 
 @pytest.mark.parametrize("leave", [False, True], ids=["original-stays", "original-leaves"])
 def test_a_copy_after_the_original_whose_original_then_leaves_splits_newcomers(leave):
@@ -125,12 +97,12 @@ def test_a_copy_after_the_original_whose_original_then_leaves_splits_newcomers(l
     # The hostile relay (public key only): Y, its copy X (bound right: the relay made k_j), Y's leave.
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
-    x, _ = _wrapped(w, ct, enc.key, b"xavier")
+    y, y_sig = wrapped(w, ct, enc.key, b"yves")
+    x, _ = wrapped(w, ct, enc.key, b"xavier")
     w.log.post(y)
     w.log.post(x)
     if leave:
-        w.log.post(_leave_item(w, y, y_sig))
+        w.log.post(leave_item(w, y, y_sig))
     for _ in range(3):
         w.clock.now += DEFAULT_LEADER_TIMEOUT_S
         w.log.sync()
@@ -192,7 +164,8 @@ def test_an_insiders_copy_of_a_members_contribution_splits_newcomers_once_that_m
 
 
 # -- Against the fixes: what an attacker can still do --------------------------------------------------------------
-# The attackers below are written from the documented item layout (the helpers above), not from the room code.
+# The attackers below are written from the documented item layout (tests/rooms_helpers.py), not from the room
+# code.
 
 def _alice_and_bob(*more: str) -> tuple[World, list[RoomMember]]:
     """Alice and bob in a room (no periods), carol and the devices of ``more`` outside it."""
@@ -209,30 +182,8 @@ def _relays_y(w: World) -> tuple[bytes, bytes, bytes, Ed25519PrivateKey]:
     """What the relay makes from the public key (untagged room): a ciphertext, its k_j, Y carrying it, Y's key."""
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
+    y, y_sig = wrapped(w, ct, enc.key, b"yves")
     return ct, enc.key, y, y_sig
-
-
-def _settle(w: World, rounds: int = 4) -> None:
-    for _ in range(rounds):
-        w.clock.now += DEFAULT_LEADER_TIMEOUT_S
-        w.log.sync()
-
-
-def _agreed(w: World, *members: RoomMember) -> None:
-    """Every device keeps one roster and holds one epoch key."""
-    first = members[0]
-    e = first.current_epoch
-    for m in members:
-        assert m.joined and m.roster == first.roster, (len(m.roster), len(first.roster))
-        assert m.current_epoch == e and m.epochs[e].key is not None and m.epochs[e].key == first.epochs[e].key
-
-
-def _ciphertext(w: World, raw: bytes) -> bytes:
-    """The ciphertext field of a contribution (type 1, 5 or 9): after magic, type and room id, a 4-byte length."""
-    start = 4 + 1 + len(w.room.room_id)
-    (n,) = struct.unpack(">I", raw[start:start + 4])
-    return raw[start + 4:start + 4 + n]
 
 
 @pytest.mark.parametrize("leave", [False, True], ids=["copy-stays", "copy-leaves"])
@@ -244,19 +195,19 @@ def test_a_relay_cannot_block_a_genuine_contribution_with_a_copy_of_its_cipherte
     as undecided)."""
     w, (a, b, c, d) = _alice_and_bob("STAFF,OPS")
     genuine = c.join("carol")
-    copy, copy_sig = _wrapped(w, _ciphertext(w, genuine), os.urandom(32), b"mallory")
+    copy, copy_sig = wrapped(w, cut_ciphertext(genuine, w.room.room_id), os.urandom(32), b"mallory")
     w.log.post(copy)
     if leave:
-        w.log.post(_leave_item(w, copy, copy_sig))
+        w.log.post(leave_item(w, copy, copy_sig))
     w.log.post(genuine)
     w.log.members = [a, b, c]
-    _settle(w)
-    _agreed(w, a, b, c)
+    settle(w)
+    agreed(a, b, c)
     assert len(a.roster) == 3
     w.log.members = [a, b, c, d]
     w.log.post(d.join("dave"))
-    _settle(w)
-    _agreed(w, a, b, c, d)
+    settle(w)
+    agreed(a, b, c, d)
     assert len(a.roster) == 4
 
 
@@ -272,19 +223,19 @@ def test_an_insiders_copy_placed_before_a_newcomer_then_gone_decides_alike(gone_
 
     w, (a, b, c) = _alice_and_bob()
     genuine = c.join("carol")
-    ct = _ciphertext(w, genuine)
+    ct = cut_ciphertext(genuine, w.room.room_id)
     k = w.keys[1].decapsulate(decode_ciphertext(ct))  # bob's own key opens it
-    copy, copy_sig = _wrapped(w, ct, k, b"bob2")
+    copy, copy_sig = wrapped(w, ct, k, b"bob2")
     w.log.post(copy)
     w.log.sync()
     if gone_first:
-        w.log.post(_leave_item(w, copy, copy_sig))
+        w.log.post(leave_item(w, copy, copy_sig))
     w.log.post(genuine)
     if not gone_first:
-        w.log.post(_leave_item(w, copy, copy_sig))
+        w.log.post(leave_item(w, copy, copy_sig))
     w.log.members = [a, b, c]
-    _settle(w)
-    _agreed(w, a, b, c)
+    settle(w)
+    agreed(a, b, c)
     assert len(a.roster) == 3
     copied = any(e.outcome == "copied" for e in w.log.events[id(c)])
     theirs = {a.members[m].ciphertext for m in a.roster}
@@ -298,18 +249,18 @@ def test_a_copy_posted_after_the_original_left_is_taken_by_every_device_alike():
     w, (a, b, c) = _alice_and_bob()
     ct, key, y, y_sig = _relays_y(w)
     w.log.post(y)
-    _settle(w, 2)
+    settle(w, 2)
     assert len(a.roster) == 3
-    w.log.post(_leave_item(w, y, y_sig))
-    _settle(w, 2)
-    x, _ = _wrapped(w, ct, key, b"xavier")
+    w.log.post(leave_item(w, y, y_sig))
+    settle(w, 2)
+    x, _ = wrapped(w, ct, key, b"xavier")
     w.log.post(x)
-    _settle(w, 2)
+    settle(w, 2)
     assert len(a.roster) == len(b.roster) == 3
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(w, a, b, c)
+    settle(w)
+    agreed(a, b, c)
     assert len(c.roster) == 4
 
 
@@ -318,17 +269,17 @@ def test_a_newcomer_restarted_between_the_originals_leave_and_its_join_still_dro
     Y's leave and its own join decides as the members did."""
     w, (a, b, c) = _alice_and_bob()
     ct, key, y, y_sig = _relays_y(w)
-    x, _ = _wrapped(w, ct, key, b"xavier")
+    x, _ = wrapped(w, ct, key, b"xavier")
     w.log.post(y)
     w.log.post(x)
-    w.log.post(_leave_item(w, y, y_sig))
-    _settle(w, 2)
+    w.log.post(leave_item(w, y, y_sig))
+    settle(w, 2)
     w.log.deliver(c)
     c2 = RoomMember.from_dict(c.to_dict(), w.keys[2], clock=w.clock)
     w.log.members = [a, b, c2]
     w.log.post(c2.join("carol"))
-    _settle(w)
-    _agreed(w, a, b, c2)
+    settle(w)
+    agreed(a, b, c2)
 
 
 def _late_alice_and_bobs_copy() -> tuple[World, bytes, list[Keys]]:
@@ -346,18 +297,18 @@ def _late_alice_and_bobs_copy() -> tuple[World, bytes, list[Keys]]:
         w.log.sync()
     renewed = [Keys(w.master.public, keygen(w.master, attrs, period=2)) for attrs in ATTRS[:3]]
     _renew(w.keys[1], renewed[1])
-    _settle(w, 2)
+    settle(w, 2)
     _renew(w.keys[2], renewed[2])
-    _settle(w, 2)
+    settle(w, 2)
     assert b.period == c.period == 2 and len(b.roster) == 2 and w.members[0].period == 1
     c_raw = next(w.log.items[m.ref - 1] for m in [c.members[c.me]])
     from device.rooms.wire import from_text
 
-    ct = _ciphertext(w, from_text(c_raw))
+    ct = cut_ciphertext(from_text(c_raw), w.room.room_id)
     k = renewed[1].decapsulate(decode_ciphertext(ct))
-    copy, _ = _wrapped(w, ct, k, b"bob2")
+    copy, _ = wrapped(w, ct, k, b"bob2")
     w.log.post(copy)
-    _settle(w, 2)
+    settle(w, 2)
     assert len(b.roster) == 2
     return w, copy, renewed
 
@@ -371,11 +322,11 @@ def test_a_member_renewed_late_drops_an_insiders_copy_whose_original_left_while_
     a, b, c = w.members
     w.log.post(c.leave())
     w.log.members = [a, b]
-    _settle(w, 2)
+    settle(w, 2)
     assert len(b.roster) == 1
     _renew(w.keys[0], renewed[0])
-    _settle(w)
-    _agreed(w, a, b)
+    settle(w)
+    agreed(a, b)
     assert len(a.roster) == 2
 
 
@@ -438,14 +389,14 @@ def test_a_copy_of_a_copy_is_judged_as_the_members_did():
     it never counted, so W is taken by the newcomer too."""
     w, (a, b, c) = _alice_and_bob()
     ct, key, e, e_sig = _relays_y(w)
-    g, g_sig = _wrapped(w, ct, key, b"gina")
-    x, _ = _wrapped(w, ct, key, b"walt")
-    for item in (e, g, _leave_item(w, e, e_sig), x, _leave_item(w, g, g_sig)):
+    g, g_sig = wrapped(w, ct, key, b"gina")
+    x, _ = wrapped(w, ct, key, b"walt")
+    for item in (e, g, leave_item(w, e, e_sig), x, leave_item(w, g, g_sig)):
         w.log.post(item)
-        _settle(w, 1)
+        settle(w, 1)
     assert len(a.roster) == len(b.roster) == 3  # alice, bob, walt
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(w, a, b, c)
+    settle(w)
+    agreed(a, b, c)
     assert len(c.roster) == 4

@@ -3,50 +3,14 @@ itself, byte by byte where it posts items, independent of the code it attacks.""
 
 from __future__ import annotations
 
-import hashlib
 import struct
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from device.abe.scheme import encapsulate
-from device.rooms.protocol import DEFAULT_LEADER_TIMEOUT_S, RoomMember
 from onetimechat.crypto import derive_key, mac
-from tests.rooms_helpers import World
-
-
-def _pub(key) -> bytes:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
-def _wrapped(w: World, ct: bytes, key: bytes, name: bytes) -> tuple[bytes, Ed25519PrivateKey]:
-    """A named contribution (type 5): magic, type, room id, 4-byte length, ciphertext, X25519 and Ed25519 public
-    keys, name length and name, bind = MAC(HKDF(k_j, 'otc room bind v2'), room id, keys, name), signature."""
-    x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    head = (b"ORM1" + bytes([5]) + w.room.room_id + struct.pack(">I", len(ct)) + ct + _pub(x) + _pub(sig)
-            + bytes([len(name)]) + name)
-    bind = mac(derive_key(key, "otc room bind v2"), w.room.room_id, _pub(x), _pub(sig), name)
-    return head + bind + sig.sign(head + bind), sig
-
-
-def _leave_item(w: World, contribution: bytes, sig: Ed25519PrivateKey) -> bytes:
-    body = b"ORM1" + bytes([4]) + w.room.room_id + hashlib.sha256(b"otc room member v1" + contribution).digest()
-    return body + sig.sign(body)
-
-
-def _settle(w: World, rounds: int = 4) -> None:
-    for _ in range(rounds):
-        w.clock.now += DEFAULT_LEADER_TIMEOUT_S
-        w.log.sync()
-
-
-def _agreed(*members: RoomMember) -> None:
-    first = members[0]
-    e = first.current_epoch
-    for m in members:
-        assert m.joined and m.roster == first.roster, (len(m.roster), len(first.roster))
-        assert m.current_epoch == e and m.epochs[e].key is not None and m.epochs[e].key == first.epochs[e].key
+from tests.rooms_helpers import Keys, World, agreed, leave_item, pub, settle, wrapped
 
 
 def test_gone_copies_cost_a_newcomer_quadratic_work_at_its_join(monkeypatch):
@@ -75,13 +39,13 @@ def test_gone_copies_cost_a_newcomer_quadratic_work_at_its_join(monkeypatch):
     ct = enc.ciphertext.encode()
     junk = bytes(32)  # not k_j: every bind is wrong
     n = m = 200
-    ys = [_wrapped(w, ct, junk, b"y%d" % i) for i in range(n)]
+    ys = [wrapped(w, ct, junk, b"y%d" % i) for i in range(n)]
     for y, _ in ys:
         w.log.post(y)
     for i in range(m):
-        w.log.post(_wrapped(w, ct, junk, b"x%d" % i)[0])
+        w.log.post(wrapped(w, ct, junk, b"x%d" % i)[0])
     for y, sig in ys:
-        w.log.post(_leave_item(w, y, sig))
+        w.log.post(leave_item(w, y, sig))
     w.log.sync()
     items = 2 * n + m
     calls = 0
@@ -95,8 +59,8 @@ def test_gone_copies_cost_a_newcomer_quadratic_work_at_its_join(monkeypatch):
     monkeypatch.setattr(wire, "bind_tag", counted)
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
     assert calls <= 4 * items, f"{calls} bind checks for {items} items"
 
 
@@ -107,14 +71,14 @@ def _post_chain(w: World, links: int) -> None:
     ct = enc.ciphertext.encode()
     previous = None
     for i in range(links):
-        r, sig = _wrapped(w, ct, enc.key, b"r%d" % i)
+        r, sig = wrapped(w, ct, enc.key, b"r%d" % i)
         w.log.post(r)
         if previous is not None:
-            w.log.post(_leave_item(w, *previous))
+            w.log.post(leave_item(w, *previous))
         previous = (r, sig)
-    w.log.post(_wrapped(w, ct, enc.key, b"xavier")[0])
+    w.log.post(wrapped(w, ct, enc.key, b"xavier")[0])
     assert previous is not None
-    w.log.post(_leave_item(w, *previous))
+    w.log.post(leave_item(w, *previous))
 
 
 def test_a_chain_of_overlapping_gone_copies_overflows_the_newcomers_stack():
@@ -137,11 +101,11 @@ def test_a_chain_of_overlapping_gone_copies_overflows_the_newcomers_stack():
     w.log.post(b.join("bob"))
     w.log.sync()
     _post_chain(w, 1100)
-    _settle(w, 2)
+    settle(w, 2)
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
 
 
 def test_a_copy_that_arrives_as_a_waiting_newcomers_key_begins_is_taken_beside_its_held_original():
@@ -162,7 +126,6 @@ def _waiting_newcomer_and_a_copy_of_the_mover(copy_read_first: bool) -> None:
     from device.abe.encoding import decode_ciphertext
     from device.abe.scheme import keygen
     from device.rooms import wire
-    from tests.rooms_helpers import Keys
     from tests.test_rooms import _renew
 
     attrs = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
@@ -182,9 +145,9 @@ def _waiting_newcomer_and_a_copy_of_the_mover(copy_read_first: bool) -> None:
     # Alice and bob renewed for period 2 (begun): bob moves the room, alice follows.
     renewed = [Keys(w.master.public, keygen(w.master, at, period=2)) for at in attrs[:2]]
     _renew(w.keys[1], renewed[1])
-    _settle(w, 2)
+    settle(w, 2)
     _renew(w.keys[0], renewed[0])
-    _settle(w, 2)
+    settle(w, 2)
     assert a.period == b.period == 2 and len(a.roster) == 2 and a.roster == b.roster
     w.log.deliver(c)  # the newcomer reads the room before its key begins: period 2's contributions held aside
     assert c.future and not c.joined
@@ -194,8 +157,8 @@ def _waiting_newcomer_and_a_copy_of_the_mover(copy_read_first: bool) -> None:
     (n,) = struct.unpack(">I", y_raw[start:start + 4])
     ct = y_raw[start + 4:start + 4 + n]
     k = renewed[0].decapsulate(decode_ciphertext(ct))
-    w.log.post(_wrapped(w, ct, k, b"alice2")[0])
-    _settle(w, 2)
+    w.log.post(wrapped(w, ct, k, b"alice2")[0])
+    settle(w, 2)
     assert len(a.roster) == 2
     if copy_read_first:
         w.log.deliver(c)  # the copy held aside too, before the key begins
@@ -203,9 +166,9 @@ def _waiting_newcomer_and_a_copy_of_the_mover(copy_read_first: bool) -> None:
     w.log.members = [a, b, c]
     w.log.deliver(c)
     w.log.post(c.join("carol"))
-    _settle(w)
+    settle(w)
     assert a.roster == b.roster
-    _agreed(a, b, c)
+    agreed(a, b, c)
 
 
 def test_a_replayed_copy_after_its_originals_leave_splits_newcomers():
@@ -230,18 +193,18 @@ def test_a_replayed_copy_after_its_originals_leave_splits_newcomers():
     # The hostile relay (public key only): Y, its copy X, Y's leave, X again.
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
-    x, _ = _wrapped(w, ct, enc.key, b"xavier")
+    y, y_sig = wrapped(w, ct, enc.key, b"yves")
+    x, _ = wrapped(w, ct, enc.key, b"xavier")
     w.log.post(y)
     w.log.post(x)
-    w.log.post(_leave_item(w, y, y_sig))
+    w.log.post(leave_item(w, y, y_sig))
     w.log.post(x)  # the replay
-    _settle(w, 3)
+    settle(w, 3)
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
+    settle(w)
     assert a.roster == b.roster
-    _agreed(a, b, c)
+    agreed(a, b, c)
 
 
 def test_an_insider_alone_splits_newcomers_by_posting_its_copy_twice_in_a_tagged_room():
@@ -260,7 +223,6 @@ def test_an_insider_alone_splits_newcomers_by_posting_its_copy_twice_in_a_tagged
     from device.abe.encoding import decode_ciphertext
     from device.abe.scheme import keygen
     from device.rooms import wire
-    from tests.rooms_helpers import Keys
     from tests.test_rooms import ATTRS
     from tests.test_rooms_period_secrets_review3 import _secret_world
 
@@ -276,24 +238,24 @@ def test_an_insider_alone_splits_newcomers_by_posting_its_copy_twice_in_a_tagged
     # The insider's copy, by hand: type 9 = type 5 with a tag under the room's period secret before the signature.
     x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     name = b"bob2"
-    body = (b"ORM1" + bytes([9]) + w.room.room_id + struct.pack(">I", len(ct)) + ct + _pub(x) + _pub(sig)
+    body = (b"ORM1" + bytes([9]) + w.room.room_id + struct.pack(">I", len(ct)) + ct + pub(x) + pub(sig)
             + bytes([len(name)]) + name)
-    body += mac(derive_key(k, "otc room bind v2"), w.room.room_id, _pub(x), _pub(sig), name)
+    body += mac(derive_key(k, "otc room bind v2"), w.room.room_id, pub(x), pub(sig), name)
     body += mac(derive_key(secret, "otc room period tag v1"), body)
     copy = body + sig.sign(body)
     w.log.post(copy)
-    _settle(w, 2)
+    settle(w, 2)
     assert len(b.roster) == 3
     w.log.post(c.leave())  # honest
     w.log.members = [a, b]
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(copy)  # the same bytes again, through the honest relay
-    _settle(w, 2)
+    settle(w, 2)
     keys = Keys(w.master.public, keygen(w.master, ATTRS[2], period=1))
     keys.room_period_secret = lambda aid, rid, p: secret if p == 1 else None  # type: ignore[method-assign]
     d = w.member(keys)
     w.log.members = [a, b, d]
     w.log.post(d.join("dave"))
-    _settle(w)
+    settle(w)
     assert a.roster == b.roster
-    _agreed(a, b, d)
+    agreed(a, b, d)

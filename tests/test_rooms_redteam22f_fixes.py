@@ -1,21 +1,14 @@
 """What an attacker can still try against the red team 22f fixes (docs/rooms.md "Red team 22f"): every device,
 member or newcomer, must keep the members' roster. The attackers post items byte by byte (the helpers of
-tests/test_rooms_redteam22f.py write them from the room's public key, independent of the code they attack)."""
+tests/rooms_helpers.py write them from the room's public key, independent of the code they attack)."""
 
 from __future__ import annotations
 
 import pytest
 
 from device.abe.scheme import encapsulate
-from tests.rooms_helpers import World
-from tests.test_rooms_redteam22f import (
-    _agreed,
-    _leave_item,
-    _post_chain,
-    _settle,
-    _waiting_newcomer_and_a_copy_of_the_mover,
-    _wrapped,
-)
+from tests.rooms_helpers import World, agreed, leave_item, settle, wrapped
+from tests.test_rooms_redteam22f import _post_chain, _waiting_newcomer_and_a_copy_of_the_mover
 from tests.test_rooms_review4 import _alice_and_bob_in as _room
 
 
@@ -23,9 +16,9 @@ def _newcomer_joins(w: World) -> None:
     a, b, c = w.members
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
+    settle(w)
     assert a.roster == b.roster
-    _agreed(a, b, c)
+    agreed(a, b, c)
 
 
 @pytest.mark.parametrize("links", [1, 2, 3, 4, 7])
@@ -34,7 +27,7 @@ def test_a_short_chain_of_gone_copies_is_judged_as_the_members_did(links):
     (inside its stay) is a copy or taken; the newcomer's iterative verdicts must match the members' on arrival."""
     w = _room()
     _post_chain(w, links)
-    _settle(w, 2)
+    settle(w, 2)
     _newcomer_joins(w)
 
 
@@ -44,13 +37,13 @@ def test_wrong_bound_gone_records_are_dropped_at_their_first_judgement():
     c = w.members[2]
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    ys = [_wrapped(w, ct, bytes(32), b"y%d" % i) for i in range(20)]
+    ys = [wrapped(w, ct, bytes(32), b"y%d" % i) for i in range(20)]
     for y, _ in ys:
         w.log.post(y)
-    w.log.post(_wrapped(w, ct, enc.key, b"xavier")[0])
+    w.log.post(wrapped(w, ct, enc.key, b"xavier")[0])
     for y, sig in ys:
-        w.log.post(_leave_item(w, y, sig))
-    _settle(w, 2)
+        w.log.post(leave_item(w, y, sig))
+    settle(w, 2)
     _newcomer_joins(w)
     assert sum(len(rs) for rs in c.gone.values()) == 0
 
@@ -68,19 +61,19 @@ def test_a_copy_posted_many_times_around_its_originals_leave():
     w = _room()
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
-    x, x_sig = _wrapped(w, ct, enc.key, b"xavier")
-    z, _ = _wrapped(w, ct, enc.key, b"zoe")
+    y, y_sig = wrapped(w, ct, enc.key, b"yves")
+    x, x_sig = wrapped(w, ct, enc.key, b"xavier")
+    z, _ = wrapped(w, ct, enc.key, b"zoe")
     w.log.post(y)
     for _ in range(3):
         w.log.post(x)
-    w.log.post(_leave_item(w, y, y_sig))
+    w.log.post(leave_item(w, y, y_sig))
     w.log.post(x)
     w.log.post(x)
     w.log.post(z)
-    w.log.post(_leave_item(w, x, x_sig))
+    w.log.post(leave_item(w, x, x_sig))
     w.log.post(z)
-    _settle(w, 3)
+    settle(w, 3)
     a = w.members[0]
     assert len(a.roster) == 3  # alice, bob, and Z's second post
     _newcomer_joins(w)
@@ -91,12 +84,12 @@ def test_a_replay_whose_original_is_still_there_stays_a_copy():
     w = _room()
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    y, _ = _wrapped(w, ct, enc.key, b"yves")
-    x, _ = _wrapped(w, ct, enc.key, b"xavier")
+    y, _ = wrapped(w, ct, enc.key, b"yves")
+    x, _ = wrapped(w, ct, enc.key, b"xavier")
     w.log.post(y)
     for _ in range(3):
         w.log.post(x)
-    _settle(w, 3)
+    settle(w, 3)
     assert len(w.members[0].roster) == 3
     _newcomer_joins(w)
     assert len(w.members[2].roster) == 4
@@ -108,16 +101,16 @@ def test_a_replay_after_the_original_left_before_the_newcomer_read_it():
     w = _room()
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
-    x, x_sig = _wrapped(w, ct, enc.key, b"xavier")
+    y, y_sig = wrapped(w, ct, enc.key, b"yves")
+    x, x_sig = wrapped(w, ct, enc.key, b"xavier")
     w.log.post(y)
     w.log.post(x)
-    w.log.post(_leave_item(w, y, y_sig))
+    w.log.post(leave_item(w, y, y_sig))
     w.log.post(x)
-    w.log.post(_wrapped(w, ct, enc.key, b"walter")[0])  # a copy of the replayed X: ignored
-    w.log.post(_leave_item(w, x, x_sig))
-    w.log.post(_wrapped(w, ct, enc.key, b"victor")[0])  # nothing carries it now: taken
-    _settle(w, 3)
+    w.log.post(wrapped(w, ct, enc.key, b"walter")[0])  # a copy of the replayed X: ignored
+    w.log.post(leave_item(w, x, x_sig))
+    w.log.post(wrapped(w, ct, enc.key, b"victor")[0])  # nothing carries it now: taken
+    settle(w, 3)
     assert len(w.members[0].roster) == 3
     _newcomer_joins(w)
 
@@ -134,13 +127,13 @@ def test_a_member_renewed_late_takes_an_insiders_replayed_copy_as_the_members_di
     a, b, c = w.members
     w.log.post(c.leave())
     w.log.members = [a, b]
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(copy)  # the same bytes again
-    _settle(w, 2)
+    settle(w, 2)
     assert len(b.roster) == 2  # bob and the replayed copy
     _renew(w.keys[0], renewed[0])
-    _settle(w)
-    _agreed(a, b)
+    settle(w)
+    agreed(a, b)
     assert len(a.roster) == 3
 
 
@@ -154,16 +147,16 @@ def test_a_newcomer_restarted_after_the_replay_decides_as_the_members_did():
     a, b, c = w.members
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
-    x, x_sig = _wrapped(w, ct, enc.key, b"xavier")
-    for item in (y, x, _leave_item(w, y, y_sig), x, _wrapped(w, ct, enc.key, b"zoe")[0], _leave_item(w, x, x_sig)):
+    y, y_sig = wrapped(w, ct, enc.key, b"yves")
+    x, x_sig = wrapped(w, ct, enc.key, b"xavier")
+    for item in (y, x, leave_item(w, y, y_sig), x, wrapped(w, ct, enc.key, b"zoe")[0], leave_item(w, x, x_sig)):
         w.log.post(item)
-    _settle(w, 3)
+    settle(w, 3)
     assert len(a.roster) == 2  # Z was a copy of the replayed X; X has left
     w.log.deliver(c)
     c2 = RoomMember.from_dict(c.to_dict(), w.keys[2], clock=w.clock)
     w.log.members = [a, b, c2]
     w.log.post(c2.join("carol"))
-    _settle(w)
+    settle(w)
     assert a.roster == b.roster
-    _agreed(a, b, c2)
+    agreed(a, b, c2)

@@ -3,51 +3,11 @@ itself, byte by byte where it posts items, independent of the code it attacks.""
 
 from __future__ import annotations
 
-import hashlib
 import struct
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from device.abe.scheme import encapsulate
-from device.rooms.protocol import DEFAULT_LEADER_TIMEOUT_S, RoomMember
-from onetimechat.crypto import derive_key, mac
-from tests.rooms_helpers import World
-
-
-def _pub(key) -> bytes:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
-def _wrapped(w: World, ct: bytes, key: bytes, name: bytes) -> tuple[bytes, Ed25519PrivateKey]:
-    """A named contribution (type 5): magic, type, room id, 4-byte length, ciphertext, X25519 and Ed25519 public
-    keys, name length and name, bind = MAC(HKDF(k_j, 'otc room bind v2'), room id, keys, name), signature."""
-    x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    head = (b"ORM1" + bytes([5]) + w.room.room_id + struct.pack(">I", len(ct)) + ct + _pub(x) + _pub(sig)
-            + bytes([len(name)]) + name)
-    bind = mac(derive_key(key, "otc room bind v2"), w.room.room_id, _pub(x), _pub(sig), name)
-    return head + bind + sig.sign(head + bind), sig
-
-
-def _leave_item(w: World, contribution: bytes, sig: Ed25519PrivateKey) -> bytes:
-    """A leave (type 4): magic, type, room id, member id = SHA-256('otc room member v1' || contribution), signed."""
-    body = b"ORM1" + bytes([4]) + w.room.room_id + hashlib.sha256(b"otc room member v1" + contribution).digest()
-    return body + sig.sign(body)
-
-
-def _settle(w: World, rounds: int = 4) -> None:
-    for _ in range(rounds):
-        w.clock.now += DEFAULT_LEADER_TIMEOUT_S
-        w.log.sync()
-
-
-def _agreed(*members: RoomMember) -> None:
-    first = members[0]
-    e = first.current_epoch
-    for m in members:
-        assert m.joined and m.roster == first.roster, (len(m.roster), len(first.roster))
-        assert m.current_epoch == e and m.epochs[e].key is not None and m.epochs[e].key == first.epochs[e].key
+from device.rooms.protocol import RoomMember
+from tests.rooms_helpers import Keys, World, agreed, leave_item, settle, tagged_world, wrapped
 
 
 def _two_members() -> tuple[World, RoomMember, RoomMember, RoomMember]:
@@ -78,20 +38,20 @@ def test_a_copys_leave_before_its_replay_splits_newcomers():
     w, a, b, c = _two_members()
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
-    x, x_sig = _wrapped(w, ct, enc.key, b"xavier")
+    y, y_sig = wrapped(w, ct, enc.key, b"yves")
+    x, x_sig = wrapped(w, ct, enc.key, b"xavier")
     w.log.post(y)
     w.log.post(x)
-    w.log.post(_leave_item(w, x, x_sig))  # the members ignore it (X is on no roster of theirs)
-    w.log.post(_leave_item(w, y, y_sig))
+    w.log.post(leave_item(w, x, x_sig))  # the members ignore it (X is on no roster of theirs)
+    w.log.post(leave_item(w, y, y_sig))
     w.log.post(x)  # the replay: the members take it
-    _settle(w, 3)
+    settle(w, 3)
     assert len(a.roster) == 3 and a.roster == b.roster
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
+    settle(w)
     assert a.roster == b.roster
-    _agreed(a, b, c)
+    agreed(a, b, c)
 
 
 def test_a_held_copys_leave_before_its_replay_splits_a_member_renewed_late():
@@ -111,7 +71,6 @@ def test_a_held_copys_leave_before_its_replay_splits_a_member_renewed_late():
     from device.abe.encoding import decode_ciphertext
     from device.abe.scheme import keygen
     from device.rooms import wire
-    from tests.rooms_helpers import Keys
     from tests.test_rooms import _renew
 
     attrs = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
@@ -121,13 +80,13 @@ def test_a_held_copys_leave_before_its_replay_splits_a_member_renewed_late():
     a, b, c = w.members
     for m, name in ((a, "alice"), (b, "bob"), (c, "carol")):
         w.log.post(m.join(name))
-        _settle(w, 2)
-    _agreed(a, b, c)
+        settle(w, 2)
+    agreed(a, b, c)
     renewed = [Keys(w.master.public, keygen(w.master, at, period=2)) for at in attrs]
     _renew(w.keys[1], renewed[1])
-    _settle(w, 2)
+    settle(w, 2)
     _renew(w.keys[0], renewed[0])
-    _settle(w, 3)
+    settle(w, 3)
     assert a.period == b.period == 2 and len(a.roster) == 2 and a.roster == b.roster
     assert c.period == 1 and c.future  # carol, not renewed yet, holds their contributions aside
     # The insider's copy of bob's period-2 contribution, by hand.
@@ -136,19 +95,19 @@ def test_a_held_copys_leave_before_its_replay_splits_a_member_renewed_late():
     (n,) = struct.unpack(">I", y_raw[start:start + 4])
     ct = y_raw[start + 4:start + 4 + n]
     k = renewed[0].decapsulate(decode_ciphertext(ct))
-    x, x_sig = _wrapped(w, ct, k, b"alice2")
+    x, x_sig = wrapped(w, ct, k, b"alice2")
     w.log.post(x)
-    w.log.post(_leave_item(w, x, x_sig))  # ignored by the members: X is on no roster of theirs
-    _settle(w, 2)
+    w.log.post(leave_item(w, x, x_sig))  # ignored by the members: X is on no roster of theirs
+    settle(w, 2)
     w.log.post(b.leave())  # honest
     w.log.members = [a, c]
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(x)  # the same bytes again: the members take it
-    _settle(w, 2)
+    settle(w, 2)
     assert len(a.roster) == 2
     _renew(w.keys[2], renewed[2])  # carol renewed, late
-    _settle(w)
-    _agreed(a, c)
+    settle(w)
+    agreed(a, c)
 
 
 def test_a_copys_leave_splits_a_newcomer_that_joined_before_the_replay():
@@ -164,42 +123,21 @@ def test_a_copys_leave_splits_a_newcomer_that_joined_before_the_replay():
     w, a, b, c = _two_members()
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
-    x, x_sig = _wrapped(w, ct, enc.key, b"xavier")
+    y, y_sig = wrapped(w, ct, enc.key, b"yves")
+    x, x_sig = wrapped(w, ct, enc.key, b"xavier")
     w.log.post(y)
     w.log.post(x)
-    w.log.post(_leave_item(w, x, x_sig))
-    _settle(w, 2)
+    w.log.post(leave_item(w, x, x_sig))
+    settle(w, 2)
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, b, c)  # so far, all agree: Y on every roster
-    w.log.post(_leave_item(w, y, y_sig))
+    settle(w)
+    agreed(a, b, c)  # so far, all agree: Y on every roster
+    w.log.post(leave_item(w, y, y_sig))
     w.log.post(x)  # the replay: the members take it
-    _settle(w)
+    settle(w)
     assert a.roster == b.roster and len(a.roster) == 4
-    _agreed(a, b, c)
-
-
-def _tagged_world(attrs: list[str], secrets: dict[int, bytes]) -> World:
-    """A room tagged from period 1; every key of a period comes with the room's secret of it (the authority's
-    issuance as designed); members of period 1."""
-    import dataclasses
-
-    from device.abe.scheme import keygen
-    from tests.rooms_helpers import Log
-
-    w = World(attrs)
-    w.room = dataclasses.replace(w.room, tagged_from=1)
-    for keys, at in zip(w.keys, attrs):
-        keys.member = keygen(w.master, at, period=1)
-
-        def room_period_secret(aid, rid, period, keys=keys):
-            return secrets.get(period) if period in keys.periods_held(aid) else None
-        keys.room_period_secret = room_period_secret  # type: ignore[method-assign]
-    w.members = [w.member(k) for k in w.keys]
-    w.log = Log(w.members)
-    return w
+    agreed(a, b, c)
 
 
 def test_a_waiting_newcomer_whose_key_began_drops_the_followers_of_a_held_move_in_a_tagged_room():
@@ -219,19 +157,18 @@ def test_a_waiting_newcomer_whose_key_began_drops_the_followers_of_a_held_move_i
     import os
 
     from device.abe.scheme import keygen
-    from tests.rooms_helpers import Keys
     from tests.test_rooms import _renew
 
     attrs = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
     secrets = {1: os.urandom(32), 2: os.urandom(32)}
-    w = _tagged_world(attrs, secrets)
+    w = tagged_world(attrs, secrets)
     a, b, c = w.members
     w.log.members = [a, b]
     w.log.post(a.join("alice"))
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(b.join("bob"))
-    _settle(w, 2)
-    _agreed(a, b)
+    settle(w, 2)
+    agreed(a, b)
     # The newcomer: its only key is of period 2, issued ahead (with the room's secret of period 2).
     starts = w.clock.now + 10_000
     w.keys[2].member = keygen(w.master, attrs[2], period=2)
@@ -239,18 +176,18 @@ def test_a_waiting_newcomer_whose_key_began_drops_the_followers_of_a_held_move_i
     renewed = [Keys(w.master.public, keygen(w.master, at, period=2)) for at in attrs[:2]]
     _renew(w.keys[1], renewed[1])  # bob renewed: he moves the room
     w.log.members = [b]
-    _settle(w, 2)
+    settle(w, 2)
     assert b.period == 2
     w.log.deliver(c)  # carol reads the room before her key begins: bob's move held aside
     assert c.future and not c.joined
     w.clock.now = starts + 1  # her key begins
     _renew(w.keys[0], renewed[0])  # alice renewed: she follows
     w.log.members = [a, b]
-    _settle(w, 2)
-    _agreed(a, b)
+    settle(w, 2)
+    agreed(a, b)
     assert len(a.roster) == 2 and a.period == 2
     w.log.members = [a, b, c]
     w.log.deliver(c)  # alice's follow, read after carol's key began
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)

@@ -1,6 +1,6 @@
 """What an attacker can still try against the red team 22g fixes (docs/rooms.md "Red team 22g"): every device,
 member or newcomer, must keep the members' roster. The attackers post items byte by byte (the helpers of
-tests/test_rooms_redteam22g.py write them from the room's public key, independent of the code they attack)."""
+tests/rooms_helpers.py write them from the room's public key, independent of the code they attack)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import pytest
 
 from device.abe.encoding import Policy
 from device.abe.scheme import encapsulate, keygen
-from tests.rooms_helpers import Keys, World
+from tests.rooms_helpers import ATTRS, Keys, World, agreed, leave_item, settle, tagged_world, wrapped
 from tests.test_rooms import _renew
-from tests.test_rooms_redteam22g import _agreed, _leave_item, _settle, _tagged_world, _two_members, _wrapped
-
-ATTRS = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
+from tests.test_rooms_redteam22g import _two_members
 
 
 def _period_2(w: World) -> Policy:
@@ -30,7 +28,7 @@ def _waiting_newcomer(w: World, before_move=None, before_begin=None) -> int:
     w.log.members = [a, b]
     for m, name in ((a, "alice"), (b, "bob")):
         w.log.post(m.join(name))
-        _settle(w, 2)
+        settle(w, 2)
     starts = w.clock.now + 10_000
     w.keys[2].member = keygen(w.master, ATTRS[2], period=2)
     w.keys[2].windows = {2: (starts, float("inf"))}
@@ -38,11 +36,11 @@ def _waiting_newcomer(w: World, before_move=None, before_begin=None) -> int:
         before_move(w)
     _renew(w.keys[1], Keys(w.master.public, keygen(w.master, ATTRS[1], period=2)))
     w.log.members = [b]
-    _settle(w, 2)
+    settle(w, 2)
     assert b.period == 2
     if before_begin is not None:
         before_begin(w)
-        _settle(w, 2)
+        settle(w, 2)
     w.log.deliver(c)
     assert c.future and not c.joined
     w.clock.now = starts + 1
@@ -53,12 +51,12 @@ def _follow_and_join(w: World) -> None:
     a, b, c = w.members
     _renew(w.keys[0], Keys(w.master.public, keygen(w.master, ATTRS[0], period=2)))
     w.log.members = [a, b]
-    _settle(w, 2)
+    settle(w, 2)
     w.log.members = [a, b, c]
     w.log.deliver(c)
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
     assert len(a.roster) == 3
 
 
@@ -69,14 +67,14 @@ def test_a_fake_move_held_before_the_genuine_one_is_dropped_when_the_newcomer_de
     in relay order: the fake fails the strict check and is gone, bob's move moves the room, alice's follow is a
     follower. Her roster is the members'."""
     secrets = {1: os.urandom(32), 2: os.urandom(32)}
-    w = _tagged_world(ATTRS, secrets)
+    w = tagged_world(ATTRS, secrets)
     w.room = w.room.__class__(**{**w.room.__dict__, "tagged_from": None})
     for m in w.members:
         m.room = w.room
 
     def fake(w: World) -> None:
         enc = encapsulate(w.master.public, _period_2(w))
-        w.log.post(_wrapped(w, enc.ciphertext.encode(), enc.key, b"mallory")[0])
+        w.log.post(wrapped(w, enc.ciphertext.encode(), enc.key, b"mallory")[0])
 
     _waiting_newcomer(w, before_move=fake)
     assert len(w.members[2].future) == 4  # alice's and bob's of period 1, the fake, the move
@@ -89,22 +87,22 @@ def test_a_held_move_whose_member_left_still_moves_a_waiting_newcomer_before_the
     follow arriving makes her decide the held move first (where the room moved) and take the follow, bound with
     k_j alone, as the members did; and an insider's copy of the follow posted right after is ignored by all."""
     secrets = {1: os.urandom(32), 2: os.urandom(32)}
-    w = _tagged_world(ATTRS, secrets)
+    w = tagged_world(ATTRS, secrets)
     a, b, c = w.members
     _waiting_newcomer(w)
     _renew(w.keys[0], Keys(w.master.public, keygen(w.master, ATTRS[0], period=2)))
     w.log.members = [a, b]
-    _settle(w, 2)
+    settle(w, 2)
     assert len(a.roster) == 2 and a.period == 2
     w.log.post(b.leave())  # the mover leaves
     w.log.members = [a]
-    _settle(w, 2)
+    settle(w, 2)
     w.log.members = [a, c]
     w.log.deliver(c)
     assert c.period == 2 and c.roster == a.roster
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, c)
+    settle(w)
+    agreed(a, c)
 
 
 def _script(w: World, steps: str) -> None:
@@ -131,12 +129,12 @@ def test_posts_and_leaves_judged_late_as_the_members_did_on_arrival(steps):
     keep the members' roster: on their roster from its first post that is not a copy to its first leave after."""
     w, a, b, c = _two_members()
     _script(w, steps)
-    _settle(w, 2)
+    settle(w, 2)
     assert a.roster == b.roster
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
 
 
 @pytest.mark.parametrize("steps", SCRIPTS)
@@ -149,25 +147,25 @@ def test_the_same_read_by_a_newcomer_joined_halfway_and_by_one_restarted(steps):
     first, rest = steps.split()[:3], steps.split()[3:]
     parts = _split_script(w, first, rest)
     next(parts)
-    _settle(w, 2)
+    settle(w, 2)
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
     c.__dict__.update(RoomMember.from_dict(c.to_dict(), w.keys[2], clock=w.clock).__dict__)
     next(parts, None)
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
 
 
 def _split_script(w: World, first: list[str], rest: list[str]):
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    items = {name: _wrapped(w, ct, enc.key, name.encode() * 4) for name in "YX"}
+    items = {name: wrapped(w, ct, enc.key, name.encode() * 4) for name in "YX"}
     for part in (first, rest):
         for step in part:
             raw, sig = items[step.upper()]
-            w.log.post(raw if step.isupper() else _leave_item(w, raw, sig))
+            w.log.post(raw if step.isupper() else leave_item(w, raw, sig))
         yield
 
 
@@ -184,28 +182,28 @@ def test_a_held_copy_posted_again_and_left_again_before_the_late_member_is_renew
     for i, name in enumerate(("alice", "bob", "carol")):  # members of period 1
         w.keys[i].member = keygen(w.master, ATTRS[i], period=1)
         w.log.post(w.members[i].join(name))
-        _settle(w, 2)
+        settle(w, 2)
     renewed = [Keys(w.master.public, keygen(w.master, at, period=2)) for at in ATTRS]
     _renew(w.keys[1], renewed[1])
-    _settle(w, 2)
+    settle(w, 2)
     _renew(w.keys[0], renewed[0])
-    _settle(w, 3)
+    settle(w, 3)
     assert c.period == 1 and c.future
     y_raw = wire.from_text(w.log.items[b.members[b.me].ref - 1])
     start = 4 + 1 + len(w.room.room_id)
     n = int.from_bytes(y_raw[start:start + 4], "big")
     ct = y_raw[start + 4:start + 4 + n]
-    x, x_sig = _wrapped(w, ct, renewed[0].decapsulate(decode_ciphertext(ct)), b"alice2")
+    x, x_sig = wrapped(w, ct, renewed[0].decapsulate(decode_ciphertext(ct)), b"alice2")
     w.log.post(x)
-    w.log.post(_leave_item(w, x, x_sig))
+    w.log.post(leave_item(w, x, x_sig))
     w.log.post(b.leave())
     w.log.members = [a, c]
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(x)
     for step in after.split():
-        w.log.post(x if step == "X" else _leave_item(w, x, x_sig))
-    _settle(w, 2)
+        w.log.post(x if step == "X" else leave_item(w, x, x_sig))
+    settle(w, 2)
     assert len(a.roster) == (1 if after.count("x") else 2)
     _renew(w.keys[2], renewed[2])
-    _settle(w)
-    _agreed(a, c)
+    settle(w)
+    agreed(a, c)

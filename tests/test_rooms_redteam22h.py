@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from device.abe.scheme import encapsulate
-from tests.rooms_helpers import World
-from tests.test_rooms_redteam22g import _agreed, _leave_item, _settle, _wrapped
+from tests.rooms_helpers import (
+    ATTRS,
+    Keys,
+    World,
+    agreed,
+    hold,
+    joined,
+    leave_item,
+    lines_in,
+    settle,
+    tagged_world,
+    wrapped,
+)
 
 
 def _three():
-    w = World(["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"])
+    w = World(ATTRS)
+    joined(w, 3)
     a, b, c = w.members
-    w.log.members = [a, b, c]
-    for m, n in ((a, "alice"), (b, "bob"), (c, "carol")):
-        w.log.post(m.join(n))
-        _settle(w, 2)
-    _agreed(a, b, c)
     return w, a, b, c
 
 
@@ -23,23 +30,23 @@ def test_rejoiner_copy_leave_replay():
     leaves: Y (public key, bound right), X (Y's ciphertext re-wrapped), X's leave, Y's leave, X again."""
     w, a, b, c = _three()
     w.log.post(c.leave())
-    _settle(w, 2)
+    settle(w, 2)
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
-    x, x_sig = _wrapped(w, ct, enc.key, b"xavier")
+    y, y_sig = wrapped(w, ct, enc.key, b"yves")
+    x, x_sig = wrapped(w, ct, enc.key, b"xavier")
     w.log.post(y)
     w.log.post(x)
-    w.log.post(_leave_item(w, x, x_sig))
+    w.log.post(leave_item(w, x, x_sig))
     w.log.post(x)
-    w.log.post(_leave_item(w, x, x_sig))
-    w.log.post(_leave_item(w, y, y_sig))
+    w.log.post(leave_item(w, x, x_sig))
+    w.log.post(leave_item(w, y, y_sig))
     w.log.post(x)
-    _settle(w, 3)
+    settle(w, 3)
     assert a.roster == b.roster
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
 
 
 def test_rejoiner_member_replayed_after_leave():
@@ -48,34 +55,15 @@ def test_rejoiner_member_replayed_after_leave():
     w, a, b, c = _three()
     bob_item = w.log.items[b.members[b.me].ref - 1]
     w.log.post(c.leave())
-    _settle(w, 2)
+    settle(w, 2)
     w.log.members = [a, c]
     w.log.post(b.leave())
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post_text(bob_item) if hasattr(w.log, "post_text") else w.log.items.append(bob_item)
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, c)
-
-
-def _hold(keys, member_keys: dict, windows: dict | None = None) -> None:
-    """The device holds these key periods' keys (as a device store would): decapsulates with the one that fits."""
-    from device.abe.errors import NotSatisfied
-    from device.abe.scheme import decapsulate
-
-    windows = windows or {}
-
-    def decaps(ct, keys=keys, mks=dict(member_keys)):
-        for mk in mks.values():
-            if ct.policy.prune(mk.Kx) is not None:
-                return decapsulate(mk, ct, keys.public)
-        raise NotSatisfied()
-
-    keys.member = member_keys[max(member_keys)]
-    keys.decapsulate = decaps
-    keys.periods_held = lambda aid, ps=sorted(member_keys), ws=dict(windows): {
-        p: ws.get(p, (0.0, float("inf"))) for p in ps}
+    settle(w)
+    agreed(a, c)
 
 
 def test_a_waiting_newcomer_holding_two_periods_moves_once_and_drops_the_later_periods_follower():
@@ -93,72 +81,44 @@ def test_a_waiting_newcomer_holding_two_periods_moves_once_and_drops_the_later_p
     import os
 
     from device.abe.scheme import keygen
-    from tests.test_rooms_redteam22g import _tagged_world
 
     attrs = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
     secrets = {1: os.urandom(32), 2: os.urandom(32), 3: os.urandom(32)}
-    w = _tagged_world(attrs, secrets)
+    w = tagged_world(attrs, secrets)
     a, b, c = w.members
     w.log.members = [a, b]
     w.log.post(a.join("alice"))
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(b.join("bob"))
-    _settle(w, 2)
-    _agreed(a, b)
+    settle(w, 2)
+    agreed(a, b)
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(attrs) for p in (1, 2, 3)}
     starts = w.clock.now + 10_000
-    _hold(w.keys[2], {2: k[2, 2], 3: k[2, 3]}, {2: (starts, float("inf")), 3: (starts, float("inf"))})
-    _hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})  # bob renewed for 2: he moves the room
+    hold(w.keys[2], {2: k[2, 2], 3: k[2, 3]}, {2: (starts, float("inf")), 3: (starts, float("inf"))})
+    hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})  # bob renewed for 2: he moves the room
     w.log.members = [b]
-    _settle(w, 2)
+    settle(w, 2)
     assert b.period == 2
-    _hold(w.keys[1], {1: k[1, 1], 2: k[1, 2], 3: k[1, 3]})  # and for 3: he moves it again
-    _settle(w, 2)
+    hold(w.keys[1], {1: k[1, 1], 2: k[1, 2], 3: k[1, 3]})  # and for 3: he moves it again
+    settle(w, 2)
     assert b.period == 3
     w.log.deliver(c)  # carol reads the room before her keys begin: both moves held aside
     assert c.future and not c.joined
     w.clock.now = starts + 1  # her keys begin
-    _hold(w.keys[0], {1: k[0, 1], 3: k[0, 3]})  # alice renewed for 3: she follows
+    hold(w.keys[0], {1: k[0, 1], 3: k[0, 3]})  # alice renewed for 3: she follows
     w.log.members = [a, b]
-    _settle(w, 2)
-    _agreed(a, b)
+    settle(w, 2)
+    agreed(a, b)
     assert len(a.roster) == 2 and a.period == 3
     w.log.members = [a, b, c]
     w.log.deliver(c)  # alice's follow, read after carol's keys began
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, b, c)
-
-
-def _steps(run) -> int:
-    """The lines of device/rooms/protocol.py executed by ``run()`` (each turn of a loop or comprehension counts):
-    the work done, counted, not timed."""
-    import sys
-
-    from device.rooms import protocol
-
-    count = 0
-
-    def local(frame, event, arg):
-        nonlocal count
-        if event == "line":
-            count += 1
-        return local
-
-    def calls(frame, event, arg):
-        return local if frame.f_code.co_filename == protocol.__file__ else None
-
-    before = sys.gettrace()
-    sys.settrace(calls)
-    try:
-        run()
-    finally:
-        sys.settrace(before)
-    return count
+    settle(w)
+    agreed(a, b, c)
 
 
 def _held_leave_repost_flood(n: int) -> int:
-    """The steps of the newcomer's join pass (lines of the protocol run: :func:`_steps`) after a held item X posted,
+    """The steps of the newcomer's join pass (lines of the protocol run: :func:`lines_in`) after a held item X posted,
     then n times (X's leave, X again)."""
     from device.abe.scheme import keygen
 
@@ -169,19 +129,19 @@ def _held_leave_repost_flood(n: int) -> int:
     a, b, c = w.members
     w.log.members = [a, b]
     w.log.post(a.join("alice"))
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(b.join("bob"))
-    _settle(w, 2)
+    settle(w, 2)
     starts = w.clock.now + 10_000
     w.keys[2].member = keygen(w.master, attrs[2], period=2)  # carol: a newcomer of period 2, issued ahead
     w.keys[2].windows = {2: (starts, float("inf"))}
     policy = c.policy_for(2)
     ez, ex = encapsulate(w.master.public, policy), encapsulate(w.master.public, policy)
-    z, _ = _wrapped(w, ez.ciphertext.encode(), ez.key, b"zed")  # the period's first (the move): not X
-    x, x_sig = _wrapped(w, ex.ciphertext.encode(), ex.key, b"xavier")
+    z, _ = wrapped(w, ez.ciphertext.encode(), ez.key, b"zed")  # the period's first (the move): not X
+    x, x_sig = wrapped(w, ex.ciphertext.encode(), ex.key, b"xavier")
     w.log.post(z)
     w.log.post(x)
-    leave = _leave_item(w, x, x_sig)
+    leave = leave_item(w, x, x_sig)
     for _ in range(n):  # one leave kept after each post (RoomMember._leave: held.leaves), each post kept (reposts)
         w.log.post(leave)
         w.log.post(x)
@@ -189,7 +149,7 @@ def _held_leave_repost_flood(n: int) -> int:
     w.clock.now = starts + 1
     w.log.members = [c]
     w.log.post(c.join("carol"))
-    steps = _steps(lambda: w.log.deliver(c))  # the period decided: RoomMember._back walks every repost per leave
+    steps = lines_in(lambda: w.log.deliver(c))  # the period decided: RoomMember._back walks every repost per leave
     assert c.joined
     return steps
 
@@ -223,34 +183,29 @@ def test_a_member_renewed_late_for_three_periods_drops_the_last_periods_follower
     import os
 
     from device.abe.scheme import keygen
-    from tests.test_rooms_redteam22g import _tagged_world
 
     attrs = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
     secrets = {p: os.urandom(32) for p in (1, 2, 3, 4)}
-    w = _tagged_world(attrs, secrets)
+    w = tagged_world(attrs, secrets)
     a, b, c = w.members
-    w.log.members = [a, b, c]
-    for m, name in ((a, "alice"), (b, "bob"), (c, "carol")):
-        w.log.post(m.join(name))
-        _settle(w, 2)
-    _agreed(a, b, c)
+    joined(w, 3)
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(attrs) for p in (1, 2, 3, 4)}
     held = {1: k[1, 1]}
     for p in (2, 3, 4):  # bob renewed period after period: he moves the room each time
         held[p] = k[1, p]
-        _hold(w.keys[1], dict(held))
-        _settle(w, 2)
+        hold(w.keys[1], dict(held))
+        settle(w, 2)
         assert b.period == p
     assert c.period == 1 and len(c.future) >= 3  # carol holds the three moves aside
     w.log.members = [a, b]
-    _hold(w.keys[0], {1: k[0, 1], 4: k[0, 4]})  # alice renewed for 4: she follows
-    _settle(w, 2)
-    _agreed(a, b)
+    hold(w.keys[0], {1: k[0, 1], 4: k[0, 4]})  # alice renewed for 4: she follows
+    settle(w, 2)
+    agreed(a, b)
     assert a.period == 4 and len(a.roster) == 2
-    _hold(w.keys[2], {p: k[2, p] for p in (1, 2, 3, 4)})  # carol renewed late, for 2, 3 and 4 at once
+    hold(w.keys[2], {p: k[2, p] for p in (1, 2, 3, 4)})  # carol renewed late, for 2, 3 and 4 at once
     w.log.members = [a, b, c]
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
 
 
 def test_an_earlier_periods_contribution_after_a_waiting_newcomers_decided_move_goes_on_its_roster():
@@ -269,41 +224,39 @@ def test_an_earlier_periods_contribution_after_a_waiting_newcomers_decided_move_
     import os
 
     from device.abe.scheme import keygen
-    from tests.rooms_helpers import Keys
     from tests.test_rooms import _renew
-    from tests.test_rooms_redteam22g import _tagged_world
 
     attrs = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
     secrets = {1: os.urandom(32), 2: os.urandom(32)}
-    w = _tagged_world(attrs, secrets)
+    w = tagged_world(attrs, secrets)
     a, b, c = w.members
     w.log.members = [a, b]
     w.log.post(a.join("alice"))
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(b.join("bob"))
-    _settle(w, 2)
-    _agreed(a, b)
+    settle(w, 2)
+    agreed(a, b)
     starts = w.clock.now + 10_000
     w.keys[2].member = keygen(w.master, attrs[2], period=2)
     w.keys[2].windows = {2: (starts, float("inf"))}
     renewed = [Keys(w.master.public, keygen(w.master, at, period=2)) for at in attrs[:2]]
     _renew(w.keys[1], renewed[1])
     _renew(w.keys[0], renewed[0])
-    _settle(w, 3)
-    _agreed(a, b)
+    settle(w, 3)
+    agreed(a, b)
     assert a.period == 2
     w.log.deliver(c)  # carol reads the room before her key begins: all held aside
     assert c.future and not c.joined
     w.clock.now = starts + 1
     # The attacker: a period-1 contribution from the public key alone.
     enc = encapsulate(w.master.public, c.policy_for(1))
-    p1, _ = _wrapped(w, enc.ciphertext.encode(), enc.key, b"mallory")
+    p1, _ = wrapped(w, enc.ciphertext.encode(), enc.key, b"mallory")
     w.log.post(p1)
     w.log.members = [a, b, c]
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
 
 
 def test_a_copy_of_a_held_move_read_after_the_newcomers_key_began_outlives_the_moves_leave():
@@ -323,7 +276,6 @@ def test_a_copy_of_a_held_move_read_after_the_newcomers_key_began_outlives_the_m
     from device.abe.encoding import decode_ciphertext
     from device.abe.scheme import keygen
     from device.rooms import wire
-    from tests.rooms_helpers import Keys
     from tests.test_rooms import _renew
 
     attrs = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
@@ -333,17 +285,17 @@ def test_a_copy_of_a_held_move_read_after_the_newcomers_key_began_outlives_the_m
     a, b, c = w.members
     w.log.members = [a, b]
     w.log.post(a.join("alice"))
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(b.join("bob"))
-    _settle(w, 2)
-    _agreed(a, b)
+    settle(w, 2)
+    agreed(a, b)
     starts = w.clock.now + 10_000
     w.keys[2].member = keygen(w.master, attrs[2], period=2)
     w.keys[2].windows = {2: (starts, float("inf"))}
     renewed = [Keys(w.master.public, keygen(w.master, at, period=2)) for at in attrs[:2]]
     _renew(w.keys[1], renewed[1])  # bob renewed: he moves the room
     w.log.members = [b]
-    _settle(w, 2)
+    settle(w, 2)
     assert b.period == 2
     w.log.deliver(c)  # carol holds bob's move aside
     assert c.future and not c.joined
@@ -354,16 +306,16 @@ def test_a_copy_of_a_held_move_read_after_the_newcomers_key_began_outlives_the_m
     (n,) = struct.unpack(">I", y_raw[start:start + 4])
     ct = y_raw[start + 4:start + 4 + n]
     k = renewed[0].decapsulate(decode_ciphertext(ct))
-    x, _ = _wrapped(w, ct, k, b"alice2")
+    x, _ = wrapped(w, ct, k, b"alice2")
     w.log.post(x)  # the members ignore it: bob's ciphertext is on their roster
     w.log.members = [b, c]
-    _settle(w, 2)
+    settle(w, 2)
     _renew(w.keys[0], renewed[0])  # alice follows honestly
     w.log.members = [a, b, c]
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(b.leave())
     w.log.members = [a, c]
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, c)
+    settle(w)
+    agreed(a, c)

@@ -1,66 +1,44 @@
 """What an attacker can still try against the red team 22h fixes (docs/rooms.md "Red team 22h"): every device,
 member, waiting newcomer or member renewed late, must keep the members' roster. The attackers post items byte by
-byte (the helpers of tests/test_rooms_redteam22g.py write them from the room's public key, independent of the
+byte (the helpers of tests/rooms_helpers.py write them from the room's public key, independent of the
 code they attack)."""
 
 from __future__ import annotations
 
 import os
-import struct
 
 import pytest
 
 from device.abe.encoding import decode_ciphertext
 from device.abe.scheme import encapsulate, keygen
-from device.rooms import wire
-from device.rooms.protocol import RoomMember
-from tests.test_rooms_redteam22g import _agreed, _leave_item, _settle, _tagged_world, _wrapped
-from tests.test_rooms_redteam22h import _hold
-
-ATTRS = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
-
-
-def _untagged_world():
-    """A room that tags no period (no room secrets; every bind with k_j alone): anyone with the public key can
-    make a contribution every device takes, and an insider re-wraps a member's ciphertext (members of period 1)."""
-    import dataclasses
-
-    w = _tagged_world(ATTRS, {})
-    w.room = dataclasses.replace(w.room, tagged_from=None)
-    for m in w.members:
-        m.room = w.room
-    return w
-
-
-def _restart(w, m: RoomMember, i: int) -> None:
-    """Member ``i``'s device stored and loaded (a restart): it goes on from its stored state."""
-    m.__dict__.update(RoomMember.from_dict(m.to_dict(), w.keys[i], clock=w.clock).__dict__)
-
-
-def _ciphertext(w, item_ref: int) -> bytes:
-    """The ciphertext in the contribution at ``item_ref``, cut out of its bytes by hand."""
-    raw = wire.from_text(w.log.items[item_ref - 1])
-    start = 4 + 1 + len(w.room.room_id)
-    (n,) = struct.unpack(">I", raw[start:start + 4])
-    return raw[start + 4:start + 4 + n]
+from tests.rooms_helpers import (
+    ATTRS,
+    Keys,
+    agreed,
+    hold,
+    item_ciphertext,
+    joined,
+    leave_item,
+    restart_device,
+    settle,
+    tagged_world,
+    untagged_world,
+    wrapped,
+)
 
 
 def _bob_moves(w, last: int):
     """A tagged room, alice and bob in (period 1); bob renewed period after period moves it to 2, ..., ``last``
     (carol reads none of it yet). Returns the keys made, by (member, period)."""
     a, b, c = w.members
-    w.log.members = [a, b]
-    for m, name in ((a, "alice"), (b, "bob")):
-        w.log.post(m.join(name))
-        _settle(w, 2)
-    _agreed(a, b)
+    joined(w, 2)
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(ATTRS) for p in range(1, last + 1)}
     held = {1: k[1, 1]}
     w.log.members = [b]
     for p in range(2, last + 1):
         held[p] = k[1, p]
-        _hold(w.keys[1], dict(held))
-        _settle(w, 2)
+        hold(w.keys[1], dict(held))
+        settle(w, 2)
         assert b.period == p
     return k
 
@@ -69,17 +47,17 @@ def _newcomer_waits(w, k, last: int, begins: dict[int, float]) -> None:
     """Carol, a newcomer, holds keys of periods 2, ..., ``last`` issued ahead (beginning at ``begins``) and reads
     the room before any begins: every move held aside."""
     c = w.members[2]
-    _hold(w.keys[2], {p: k[2, p] for p in range(2, last + 1)}, {p: (begins[p], float("inf")) for p in begins})
+    hold(w.keys[2], {p: k[2, p] for p in range(2, last + 1)}, {p: (begins[p], float("inf")) for p in begins})
     w.log.deliver(c)
     assert c.future and not c.joined
 
 
 def _alice_follows(w, k, last: int, members: int = 2) -> None:
     a, b, _ = w.members
-    _hold(w.keys[0], {1: k[0, 1], last: k[0, last]})
+    hold(w.keys[0], {1: k[0, 1], last: k[0, last]})
     w.log.members = [a, b]
-    _settle(w, 2)
-    _agreed(a, b)
+    settle(w, 2)
+    agreed(a, b)
     assert a.period == last and len(a.roster) == members
 
 
@@ -88,7 +66,7 @@ def test_a_waiting_newcomer_holding_four_later_periods_moves_four_times_before_t
     """Carol holds bob's moves to 2, 3, 4 and 5 (keys of all four issued ahead); her keys begin; alice's follow of
     period 5 makes her decide what she held: four moves, in relay order, then the follow is a follower, as the
     members took it. With ``restart``, her device is stored and loaded after her keys began, before the follow."""
-    w = _tagged_world(ATTRS, {p: os.urandom(32) for p in range(1, 6)})
+    w = tagged_world(ATTRS, {p: os.urandom(32) for p in range(1, 6)})
     a, b, c = w.members
     k = _bob_moves(w, 5)
     starts = w.clock.now + 10_000
@@ -96,7 +74,7 @@ def test_a_waiting_newcomer_holding_four_later_periods_moves_four_times_before_t
     assert len([r for r in c.future.values() if r.period > 1]) == 4
     w.clock.now = starts + 1
     if restart:
-        _restart(w, c, 2)
+        restart_device(w, c, w.keys[2])
     _follow_then_join(w, k, 5)
 
 
@@ -108,8 +86,8 @@ def _follow_then_join(w, k, last: int) -> None:
     assert c.period == last and c.roster == a.roster
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
 
 
 def test_a_waiting_newcomer_whose_keys_begin_two_by_two_restarted_between_the_moves():
@@ -118,10 +96,9 @@ def test_a_waiting_newcomer_whose_keys_begin_two_by_two_restarted_between_the_mo
     it; carol decides what she held of 2 and 3 (two moves) and takes it as a follower of 3. Her device is stored
     and loaded; then 4 and 5 begin and alice's follow of 5 arrives: carol moves twice more (dave's is off her
     roster, an earlier period's) and takes the follow, as the members did."""
-    from tests.rooms_helpers import Keys
 
     secrets = {p: os.urandom(32) for p in range(1, 6)}
-    w = _tagged_world(ATTRS, secrets)
+    w = tagged_world(ATTRS, secrets)
     a, b, c = w.members
     k = _bob_moves(w, 5)
     first, later = w.clock.now + 10_000, w.clock.now + 20_000
@@ -131,11 +108,11 @@ def test_a_waiting_newcomer_whose_keys_begin_two_by_two_restarted_between_the_mo
     dave_keys.room_period_secret = lambda aid, rid, p: secrets[p] if p == 3 else None  # type: ignore[method-assign]
     w.log.post(w.member(dave_keys).join("dave"))
     w.log.members = [a, b]
-    _settle(w, 1)
+    settle(w, 1)
     assert len(b.roster) == 1 and b.period == 5  # dave skipped
     w.log.deliver(c)
     assert c.period == 3 and len(c.roster) == 2 and not c.joined  # bob's move to 3 and dave
-    _restart(w, c, 2)
+    restart_device(w, c, w.keys[2])
     w.clock.now = later + 1
     _follow_then_join(w, k, 5)
 
@@ -145,27 +122,27 @@ def test_a_member_renewed_late_for_four_periods_in_two_renewals_restarted_betwee
     """Carol, a member of period 1, holds bob's moves to 2, ..., 5 and alice's follow of 5. She is renewed for 2
     and 3 first (moves twice, out of the room: its period is 5 for the members), stored and loaded, then renewed
     for 4 and 5: she moves twice more, takes alice's follow, and joins again with the members' roster."""
-    w = _tagged_world(ATTRS, {p: os.urandom(32) for p in range(1, 6)})
+    w = tagged_world(ATTRS, {p: os.urandom(32) for p in range(1, 6)})
     a, b, c = w.members
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w, 2)
+    settle(w, 2)
     k = _bob_moves(w, 5)
     assert c.period == 1
     _alice_follows(w, k, 5)
     w.log.members = [a, b, c]
     w.log.deliver(c)
     assert c.period == 1 and len(c.future) >= 5
-    _hold(w.keys[2], {p: k[2, p] for p in (1, 2, 3)})
+    hold(w.keys[2], {p: k[2, p] for p in (1, 2, 3)})
     w.log.members = [c]
-    _settle(w, 1)
+    settle(w, 1)
     assert c.period == 3
     if restart:
-        _restart(w, c, 2)
-    _hold(w.keys[2], {p: k[2, p] for p in range(1, 6)})
+        restart_device(w, c, w.keys[2])
+    hold(w.keys[2], {p: k[2, p] for p in range(1, 6)})
     w.log.members = [a, b, c]
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
     assert len(a.roster) == 3
 
 
@@ -175,7 +152,7 @@ def test_a_contribution_of_a_period_between_the_held_moves_is_skipped_after_them
     public key (bound right), then a hostile relay replays bob's move to 3 byte for byte. The first makes her
     decide what she held: she moves to 4 (three moves); both are then of an earlier period: skipped, as the
     members (in period 4) skipped them."""
-    w = _untagged_world()
+    w = untagged_world()
     a, b, c = w.members
     k = _bob_moves(w, 4)
     m3 = b.moves[3]
@@ -183,16 +160,16 @@ def test_a_contribution_of_a_period_between_the_held_moves_is_skipped_after_them
     _newcomer_waits(w, k, 4, dict.fromkeys(range(2, 5), starts))
     w.clock.now = starts + 1
     enc = encapsulate(w.master.public, c.policy_for(3))
-    w.log.post(_wrapped(w, enc.ciphertext.encode(), enc.key, b"mallory")[0])
+    w.log.post(wrapped(w, enc.ciphertext.encode(), enc.key, b"mallory")[0])
     w.log.post(w.log.items[m3 - 1])
     w.log.members = [a, b, c]
-    _settle(w, 1)
+    settle(w, 1)
     assert c.period == 4 and c.roster == b.roster
     _alice_follows(w, k, 4)
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
 
 
 def test_a_relay_replays_an_earlier_periods_member_to_the_newcomer_as_the_trigger():
@@ -200,7 +177,7 @@ def test_a_relay_replays_an_earlier_periods_member_to_the_newcomer_as_the_trigge
     again, byte for byte, alice's period-1 contribution after carol's key began (the members skip it: an earlier
     period's; carol held it, so its member id is known to her: ignored) and a period-1 contribution of bob's made
     anew by hand (a member renewed posting under its old period). Neither goes on carol's roster."""
-    w = _tagged_world(ATTRS, {1: os.urandom(32), 2: os.urandom(32)})
+    w = tagged_world(ATTRS, {1: os.urandom(32), 2: os.urandom(32)})
     a, b, c = w.members
     k = _bob_moves(w, 2)
     starts = w.clock.now + 10_000
@@ -208,12 +185,12 @@ def test_a_relay_replays_an_earlier_periods_member_to_the_newcomer_as_the_trigge
     w.clock.now = starts + 1
     w.log.post(w.log.items[a.members[a.me].ref - 1])
     enc = encapsulate(w.master.public, c.policy_for(1))
-    w.log.post(_wrapped(w, enc.ciphertext.encode(), enc.key, b"bob")[0])
+    w.log.post(wrapped(w, enc.ciphertext.encode(), enc.key, b"bob")[0])
     _alice_follows(w, k, 2)
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
 
 
 @pytest.mark.parametrize("copy_at", ["trigger", "held", "after_follow"])
@@ -227,12 +204,12 @@ def test_a_copy_of_the_last_held_move_is_ignored_however_it_is_placed(copy_at, m
     ciphertext on their roster): carol must too, whether she decides at X, at alice's follow, or at her join. (``held``
     with the mover leaving: the stay of a held move decided early (22g G2) was not kept at its leave, the newcomer took
     X at its join; found writing these tests, one period is enough.)"""
-    w = _untagged_world()
+    w = untagged_world()
     a, b, c = w.members
     k = _bob_moves(w, last)
     starts = w.clock.now + 10_000
-    ct = _ciphertext(w, b.moves[last])
-    x, _ = _wrapped(w, ct, keygen_decaps(w, k[0, last], ct), b"alice2")
+    ct = item_ciphertext(w, b.moves[last])
+    x, _ = wrapped(w, ct, keygen_decaps(w, k[0, last], ct), b"alice2")
     if copy_at == "held":
         w.log.post(x)
     _newcomer_waits(w, k, last, dict.fromkeys(range(2, last + 1), starts))
@@ -244,14 +221,14 @@ def test_a_copy_of_the_last_held_move_is_ignored_however_it_is_placed(copy_at, m
     if copy_at == "after_follow":
         w.log.post(x)
     w.log.members = [a, b, c]
-    _settle(w, 1)
+    settle(w, 1)
     if mover_leaves:
         w.log.post(b.leave())
         w.log.members = [a, c]
-        _settle(w, 2)
+        settle(w, 2)
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(*w.log.members)
+    settle(w)
+    agreed(*w.log.members)
     assert len(a.roster) == (2 if mover_leaves else 3)
 
 
@@ -266,27 +243,27 @@ def test_a_copy_of_a_held_move_posted_again_after_the_moves_leave_is_taken_as_by
     """H4's check must not drop what the members took: X (a copy of bob's move) comes while carol holds the move
     and is ignored; bob leaves; the same bytes of X are posted again: the members take it (its ciphertext on no
     roster, its member id unknown to them), and so must carol, decided before or at her join."""
-    w = _untagged_world()
+    w = untagged_world()
     a, b, c = w.members
     k = _bob_moves(w, 2)
     starts = w.clock.now + 10_000
-    ct = _ciphertext(w, b.moves[2])
-    x, x_sig = _wrapped(w, ct, keygen_decaps(w, k[0, 2], ct), b"alice2")
+    ct = item_ciphertext(w, b.moves[2])
+    x, x_sig = wrapped(w, ct, keygen_decaps(w, k[0, 2], ct), b"alice2")
     _newcomer_waits(w, k, 2, {2: starts})
     w.clock.now = starts + 1
     w.log.post(x)
     _alice_follows(w, k, 2)
     w.log.members = [a, b, c]
-    _settle(w, 1)
+    settle(w, 1)
     w.log.post(b.leave())
     w.log.members = [a, c]
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(x)
-    _settle(w, 2)
+    settle(w, 2)
     assert len(a.roster) == 2
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, c)
+    settle(w)
+    agreed(a, c)
     assert len(a.roster) == 3
     del x_sig
 
@@ -295,34 +272,34 @@ def test_the_join_pass_of_a_held_items_leaves_and_reposts_is_linear_and_agrees()
     """H2's fix (one walk of the posts): X held, then n times (X's leave, X again), with a copy Y of X's
     ciphertext posted in the middle of one of X's stays and again after the last leave: the members' roster and
     the newcomer's agree (Y a copy while X is there; the last post of X taken)."""
-    w = _untagged_world()
+    w = untagged_world()
     a, b, c = w.members
     k = _bob_moves(w, 2)
     starts = w.clock.now + 10_000
-    _hold(w.keys[2], {2: k[2, 2]}, {2: (starts, float("inf"))})
+    hold(w.keys[2], {2: k[2, 2]}, {2: (starts, float("inf"))})
     w.log.deliver(c)
     enc = encapsulate(w.master.public, c.policy_for(2))
     ct = enc.ciphertext.encode()
-    x, x_sig = _wrapped(w, ct, enc.key, b"xavier")
-    y, _ = _wrapped(w, ct, enc.key, b"yves")
+    x, x_sig = wrapped(w, ct, enc.key, b"xavier")
+    y, _ = wrapped(w, ct, enc.key, b"yves")
     w.log.post(x)
     for i in range(40):
-        w.log.post(_leave_item(w, x, x_sig))
+        w.log.post(leave_item(w, x, x_sig))
         w.log.post(x)
         if i == 20:
             w.log.post(y)
-    w.log.post(_leave_item(w, x, x_sig))
+    w.log.post(leave_item(w, x, x_sig))
     w.log.post(y)
     w.log.post(x)
     w.log.members = [b]
-    _settle(w, 1)
+    settle(w, 1)
     w.log.deliver(c)
     w.clock.now = starts + 1
     _alice_follows(w, k, 2, members=3)
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
 
 
 def test_labels_from_the_count_of_skeletons_are_those_of_every_name_compared(monkeypatch):
@@ -331,21 +308,21 @@ def test_labels_from_the_count_of_skeletons_are_those_of_every_name_compared(mon
     with every membership seen gives, and one label costs one skeleton."""
     from device.rooms import protocol
 
-    w = _untagged_world()
+    w = untagged_world()
     a, b, c = w.members
     w.log.members = [a, b]
     for m, name in ((a, "alice"), (b, "bob")):
         w.log.post(m.join(name))
-        _settle(w, 2)
+        settle(w, 2)
     policy = a.policy_for(1)
     enc = encapsulate(w.master.public, policy)
     ct = enc.ciphertext.encode()
-    made = [_wrapped(w, ct if i % 2 else encapsulate(w.master.public, policy).ciphertext.encode(),
+    made = [wrapped(w, ct if i % 2 else encapsulate(w.master.public, policy).ciphertext.encode(),
                      enc.key, name) for i, name in enumerate([b"rnallory", b"mallory", b"MaIlory", b"bob", b"b0b"])]
     for raw, _ in made:
         w.log.post(raw)
     for raw, sig in made[:3]:
-        w.log.post(_leave_item(w, raw, sig))
+        w.log.post(leave_item(w, raw, sig))
     w.log.post(made[0][0])
     w.log.members = [a, b, c]
     w.log.deliver(c)

@@ -3,44 +3,24 @@ where it posts items, from the room's public key and what the attacker holds, in
 
 from __future__ import annotations
 
-import hashlib
 import os
-import struct
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from device.abe.scheme import encapsulate, keygen
-from onetimechat.crypto import derive_key, mac
-from tests.test_rooms_redteam22g import _agreed, _settle, _tagged_world
-from tests.test_rooms_redteam22h import _hold
-
-ATTRS = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
-
-
-def _pub(key) -> bytes:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
-def _tagged_item(room_id: bytes, ct: bytes, bind_key: bytes, name: bytes, tag_secret: bytes | None):
-    """A named contribution, type 9 (tagged, with ``tag_secret``) or 5: magic, type, room id, 4-byte length,
-    ciphertext, X25519 and Ed25519 public keys, name length and name, bind = MAC(HKDF(bind_key, 'otc room bind
-    v2'), room id, keys, name), tag = MAC(HKDF(secret, 'otc room period tag v1'), everything before it),
-    signature. Returns the bytes and the signing key."""
-    x, sig = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    kind = 9 if tag_secret is not None else 5
-    head = (b"ORM1" + bytes([kind]) + room_id + struct.pack(">I", len(ct)) + ct + _pub(x) + _pub(sig)
-            + bytes([len(name)]) + name)
-    body = head + mac(derive_key(bind_key, "otc room bind v2"), room_id, _pub(x), _pub(sig), name)
-    if tag_secret is not None:
-        body += mac(derive_key(tag_secret, "otc room period tag v1"), body)
-    return body + sig.sign(body), sig
-
-
-def _leave(room_id: bytes, contribution: bytes, sig: Ed25519PrivateKey) -> bytes:
-    body = b"ORM1" + bytes([4]) + room_id + hashlib.sha256(b"otc room member v1" + contribution).digest()
-    return body + sig.sign(body)
+from tests.rooms_helpers import (
+    ATTRS,
+    World,
+    agreed,
+    cut_ciphertext,
+    hold,
+    joined,
+    leave_item,
+    lines_in,
+    settle,
+    tagged_item,
+    tagged_world,
+    untagged_world,
+    wrapped,
+)
 
 
 def test_a_would_be_mover_that_failed_posted_again_after_the_move_is_lost_to_a_member_renewed_late():
@@ -57,38 +37,27 @@ def test_a_would_be_mover_that_failed_posted_again_after_the_move_is_lost_to_a_m
     members took is lost. The insider's P: a period-2 contribution from the public key, tagged with R_2 (so no
     device skips it on arrival), bound with k_j alone; posted before bob's move and again after it."""
     secrets = {1: os.urandom(32), 2: os.urandom(32)}
-    w = _tagged_world(ATTRS, secrets)
+    w = tagged_world(ATTRS, secrets)
     a, b, c = w.members
-    w.log.members = [a, b, c]
-    for m, name in ((a, "alice"), (b, "bob"), (c, "carol")):
-        w.log.post(m.join(name))
-        _settle(w, 2)
-    _agreed(a, b, c)
+    joined(w, 3)
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(ATTRS) for p in (1, 2)}
     # The insider (a holder of R_2): P, bound with k_j alone, tagged right.
     enc = encapsulate(w.master.public, c.policy_for(2))
-    p, _ = _tagged_item(w.room.room_id, enc.ciphertext.encode(), enc.key, b"pat", secrets[2])
+    p, _ = tagged_item(w.room.room_id, enc.ciphertext.encode(), enc.key, b"pat", secrets[2])
     w.log.post(p)
-    _hold(w.keys[0], {1: k[0, 1], 2: k[0, 2]})  # alice and bob renewed: they skip P (strict) and move
-    _hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})
-    _settle(w, 2)
+    hold(w.keys[0], {1: k[0, 1], 2: k[0, 2]})  # alice and bob renewed: they skip P (strict) and move
+    hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})
+    settle(w, 2)
     assert a.period == b.period == 2 and len(a.roster) == 2
     assert c.period == 1 and len(c.future) == 3  # carol, not renewed yet, holds P and the two moves
     w.log.post(p)  # P again: a follower for the members, taken
-    _settle(w, 2)
-    _agreed(a, b)
+    settle(w, 2)
+    agreed(a, b)
     assert len(a.roster) == 3
-    _hold(w.keys[2], {1: k[2, 1], 2: k[2, 2]})  # carol renewed late
-    _settle(w)
+    hold(w.keys[2], {1: k[2, 1], 2: k[2, 2]})  # carol renewed late
+    settle(w)
     assert a.roster == b.roster
-    _agreed(a, b, c)
-
-
-def _cut_ciphertext(raw: bytes, room_id: bytes) -> bytes:
-    """The ciphertext in a contribution's bytes, cut out by hand (after magic, type, room id and its length)."""
-    start = 4 + 1 + len(room_id)
-    (n,) = struct.unpack(">I", raw[start:start + 4])
-    return raw[start + 4:start + 4 + n]
+    agreed(a, b, c)
 
 
 def test_a_held_copy_back_on_the_roster_after_its_leave_is_placed_before_the_followers_held_after_it():
@@ -111,97 +80,62 @@ def test_a_held_copy_back_on_the_roster_after_its_leave_is_placed_before_the_fol
     from device.rooms import wire
 
     secrets = {1: os.urandom(32), 2: os.urandom(32)}
-    w = _tagged_world(ATTRS, secrets)
+    w = tagged_world(ATTRS, secrets)
     a, b, c = w.members
-    w.log.members = [a, b, c]
-    for m, name in ((a, "alice"), (b, "bob"), (c, "carol")):
-        w.log.post(m.join(name))
-        _settle(w, 2)
-    _agreed(a, b, c)
+    joined(w, 3)
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(ATTRS) for p in (1, 2)}
-    _hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})  # bob renewed: he moves the room
-    _settle(w, 2)
+    hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})  # bob renewed: he moves the room
+    settle(w, 2)
     assert b.period == 2
     move = wire.from_text(w.log.items[b.moves[2] - 1])
     # The insider (holding a key of period 2 and R_2): X, M's ciphertext re-wrapped, bound right and tagged.
-    ct = _cut_ciphertext(move, w.room.room_id)
+    ct = cut_ciphertext(move, w.room.room_id)
     kj = decapsulate(k[0, 2], decode_ciphertext(ct), w.master.public)
-    x, x_sig = _tagged_item(w.room.room_id, ct, kj, b"xavier", secrets[2])
+    x, x_sig = tagged_item(w.room.room_id, ct, kj, b"xavier", secrets[2])
     w.log.post(x)
-    w.log.post(_leave(w.room.room_id, x, x_sig))
-    _hold(w.keys[0], {1: k[0, 1], 2: k[0, 2]})  # alice renewed: she follows
-    _settle(w, 2)
+    w.log.post(leave_item(w, x, x_sig))
+    hold(w.keys[0], {1: k[0, 1], 2: k[0, 2]})  # alice renewed: she follows
+    settle(w, 2)
     assert a.period == 2 and len(a.roster) == 2
     w.log.post(b.leave())
     w.log.members = [a, c]
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(x)  # X again: the members take it
-    _settle(w, 2)
+    settle(w, 2)
     assert len(a.roster) == 2 and a.roster[1] == wire.member_id(x)
     assert c.period == 1  # carol held all of it
-    _hold(w.keys[2], {1: k[2, 1], 2: k[2, 2]})  # carol renewed late
-    _settle(w)
+    hold(w.keys[2], {1: k[2, 1], 2: k[2, 2]})  # carol renewed late
+    settle(w)
     assert sorted(c.roster) == sorted(a.roster)  # the same members...
-    _agreed(a, c)  # ...in another order: another sid
-
-
-def _lines_in(run, names: set[str]) -> int:
-    """The lines of device/rooms/protocol.py run inside the functions ``names`` while ``run()`` runs: the work
-    counted, not timed."""
-    import sys
-
-    from device.rooms import protocol
-
-    count = 0
-
-    def local(frame, event, arg):
-        nonlocal count
-        if event == "line":
-            count += 1
-        return local
-
-    def calls(frame, event, arg):
-        if frame.f_code.co_filename == protocol.__file__ and frame.f_code.co_name in names:
-            return local
-        return None
-
-    before = sys.gettrace()
-    sys.settrace(calls)
-    try:
-        run()
-    finally:
-        sys.settrace(before)
-    return count
+    agreed(a, c)  # ...in another order: another sid
 
 
 def _gone_flood(n: int) -> int:
     """The work (lines of RoomMember._judge_gone run) of a member that holds a gone record of a ciphertext in
     reading n (copy, its leave) pairs of it."""
-    from tests.rooms_helpers import World
-    from tests.test_rooms_redteam22g import _leave_item, _wrapped
 
     w = World(ATTRS)  # a room that tags no period: anyone with the public key makes contributions every device takes
     a, b, c = w.members
     w.log.members = [a, b]
     w.log.post(a.join("alice"))
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(b.join("bob"))
-    _settle(w, 2)
+    settle(w, 2)
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
+    y, y_sig = wrapped(w, ct, enc.key, b"yves")
     w.log.post(y)
-    w.log.post(_leave_item(w, y, y_sig))
+    w.log.post(leave_item(w, y, y_sig))
     w.log.deliver(c)  # carol, not joined yet: Y undecided, then gone: a gone record of its ciphertext
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w, 2)
-    _agreed(a, b, c)
+    settle(w, 2)
+    agreed(a, b, c)
     for i in range(n):  # the attacker: the same ciphertext re-wrapped, bound right, posted and left, n times
-        x, x_sig = _wrapped(w, ct, enc.key, b"x%d" % i)
+        x, x_sig = wrapped(w, ct, enc.key, b"x%d" % i)
         w.log.post(x)
-        w.log.post(_leave_item(w, x, x_sig))
-    work = _lines_in(lambda: w.log.deliver(c), {"_judge_gone"})
+        w.log.post(leave_item(w, x, x_sig))
+    work = lines_in(lambda: w.log.deliver(c), {"_judge_gone"})
     w.log.deliver(a)
     assert c.roster == a.roster
     return work
@@ -243,17 +177,16 @@ def test_reading_again_one_period_decides_a_later_periods_held_contributions_and
     Her keys begin; she joins: reading period 1 again, the first period-1 contribution makes her decide the held
     plants: she moves to 3 at the first plant still held; bob's move to 3 and the plants before it are lost."""
     from device.rooms.protocol import MAX_HELD
-    from tests.test_rooms_redteam22g import _wrapped
-    from tests.test_rooms_redteam22h_fixes import _bob_moves, _newcomer_waits, _untagged_world
+    from tests.test_rooms_redteam22h_fixes import _bob_moves, _newcomer_waits
 
-    w = _untagged_world()
+    w = untagged_world()
     a, b, c = w.members
     k = _bob_moves(w, 3)
     for i in range(MAX_HELD + 1):  # the attacker: period-3 contributions from the public key, bound right
         enc = encapsulate(w.master.public, c.policy_for(3))
-        w.log.post(_wrapped(w, enc.ciphertext.encode(), enc.key, b"p%d" % i)[0])
+        w.log.post(wrapped(w, enc.ciphertext.encode(), enc.key, b"p%d" % i)[0])
     w.log.members = [b]
-    _settle(w, 1)
+    settle(w, 1)
     assert b.period == 3 and len(b.roster) == MAX_HELD + 2
     starts = w.clock.now + 10_000
     _newcomer_waits(w, k, 3, {2: starts, 3: starts})
@@ -261,9 +194,9 @@ def test_reading_again_one_period_decides_a_later_periods_held_contributions_and
     w.clock.now = starts + 1
     w.log.members = [b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
+    settle(w)
     assert c.moves.get(3) == b.moves[3], "carol moved to 3 at a plant after bob's move (dropped over the bound)"
-    _agreed(b, c)
+    agreed(b, c)
 
 
 def test_a_copys_gone_record_judged_while_its_original_is_still_on_the_roster_counts_as_taken():
@@ -280,35 +213,33 @@ def test_a_copys_gone_record_judged_while_its_original_is_still_on_the_roster_co
     attacker posts Y (from the public key, bound right), G (Y's ciphertext re-wrapped, bound right), G's leave and
     G again (a copy for the members: Y is on their roster); carol, who read all that, joins; Y leaves; G is posted
     once more: the members take it, carol ignores it."""
-    from tests.rooms_helpers import World
-    from tests.test_rooms_redteam22g import _leave_item, _wrapped
 
     w = World(ATTRS)
     a, b, c = w.members
     w.log.members = [a, b]
     w.log.post(a.join("alice"))
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(b.join("bob"))
-    _settle(w, 2)
+    settle(w, 2)
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
-    g, g_sig = _wrapped(w, ct, enc.key, b"gus")
+    y, y_sig = wrapped(w, ct, enc.key, b"yves")
+    g, g_sig = wrapped(w, ct, enc.key, b"gus")
     w.log.post(y)
     w.log.post(g)  # a copy: ignored by the members
-    w.log.post(_leave_item(w, g, g_sig))  # ignored by the members
+    w.log.post(leave_item(w, g, g_sig))  # ignored by the members
     w.log.post(g)  # again a copy: Y is on their roster
-    _settle(w, 2)
+    settle(w, 2)
     assert len(a.roster) == 3
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w, 2)
-    _agreed(a, b, c)  # so far so good: G is on nobody's roster
-    w.log.post(_leave_item(w, y, y_sig))
+    settle(w, 2)
+    agreed(a, b, c)  # so far so good: G is on nobody's roster
+    w.log.post(leave_item(w, y, y_sig))
     w.log.post(g)  # the members take it: Y's ciphertext is on no roster, G's member id unknown to them
-    _settle(w)
+    settle(w)
     assert len(a.roster) == 4 and a.roster == b.roster
-    _agreed(a, b, c)
+    agreed(a, b, c)
 
 
 def test_a_leave_read_again_is_filed_twice_for_a_held_item_of_a_later_period_and_drops_its_later_post():
@@ -328,43 +259,37 @@ def test_a_leave_read_again_is_filed_twice_for_a_held_item_of_a_later_period_and
     Y's leave, H again (taken). Over the bound she drops period-2 plants (a period below her newest key). Her keys
     begin: she reads period 2 again from bob's move, H's leave with it; then she contributes under 3."""
     from device.rooms.protocol import MAX_HELD
-    from tests.test_rooms_redteam22g import _leave_item, _wrapped
-    from tests.test_rooms_redteam22h_fixes import _untagged_world
 
-    w = _untagged_world()
+    w = untagged_world()
     a, b, c = w.members
-    w.log.members = [a, b, c]
-    for m, name in ((a, "alice"), (b, "bob"), (c, "carol")):
-        w.log.post(m.join(name))
-        _settle(w, 2)
-    _agreed(a, b, c)
+    joined(w, 3)
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(ATTRS) for p in (1, 2, 3)}
     starts = w.clock.now + 100_000
-    _hold(w.keys[2], {1: k[2, 1], 2: k[2, 2], 3: k[2, 3]}, {2: (starts, float("inf")), 3: (starts, float("inf"))})
-    _hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})  # bob renewed for 2: he moves the room
-    _settle(w, 1)
+    hold(w.keys[2], {1: k[2, 1], 2: k[2, 2], 3: k[2, 3]}, {2: (starts, float("inf")), 3: (starts, float("inf"))})
+    hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})  # bob renewed for 2: he moves the room
+    settle(w, 1)
     for i in range(MAX_HELD + 1):  # period-2 contributions from the public key: taken by the members
         enc = encapsulate(w.master.public, c.policy_for(2))
-        w.log.post(_wrapped(w, enc.ciphertext.encode(), enc.key, b"p%d" % i)[0])
-    _hold(w.keys[0], {1: k[0, 1], 2: k[0, 2]})  # alice follows
-    _settle(w, 2)
-    _hold(w.keys[1], {1: k[1, 1], 2: k[1, 2], 3: k[1, 3]})  # bob renewed for 3: he moves the room again
-    _settle(w, 1)
-    _hold(w.keys[0], {1: k[0, 1], 2: k[0, 2], 3: k[0, 3]})  # alice follows
-    _settle(w, 2)
+        w.log.post(wrapped(w, enc.ciphertext.encode(), enc.key, b"p%d" % i)[0])
+    hold(w.keys[0], {1: k[0, 1], 2: k[0, 2]})  # alice follows
+    settle(w, 2)
+    hold(w.keys[1], {1: k[1, 1], 2: k[1, 2], 3: k[1, 3]})  # bob renewed for 3: he moves the room again
+    settle(w, 1)
+    hold(w.keys[0], {1: k[0, 1], 2: k[0, 2], 3: k[0, 3]})  # alice follows
+    settle(w, 2)
     assert a.period == b.period == 3 and len(a.roster) == 2
     enc = encapsulate(w.master.public, c.policy_for(3))
     ct = enc.ciphertext.encode()
-    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
-    h, h_sig = _wrapped(w, ct, enc.key, b"hal")
+    y, y_sig = wrapped(w, ct, enc.key, b"yves")
+    h, h_sig = wrapped(w, ct, enc.key, b"hal")
     w.log.post(y)
     w.log.post(h)
-    w.log.post(_leave_item(w, h, h_sig))
-    w.log.post(_leave_item(w, y, y_sig))
+    w.log.post(leave_item(w, h, h_sig))
+    w.log.post(leave_item(w, y, y_sig))
     w.log.post(h)
-    _settle(w, 2)
+    settle(w, 2)
     assert len(a.roster) == 3 and a.roster == b.roster  # bob, alice, H
     assert c.period == 1 and 2 in c.evicted and 3 not in c.evicted  # carol held it all, dropped period-2 plants
     w.clock.now = starts + 1  # her keys begin
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)

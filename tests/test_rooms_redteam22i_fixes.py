@@ -1,7 +1,7 @@
 """What an attacker can still try against the red team 22i fixes (docs/rooms.md "Red team 22i"): every device,
 member, waiting newcomer or member renewed late, must keep the members' roster. The attackers post items byte by
-byte (the helpers of tests/test_rooms_redteam22g.py and tests/test_rooms_redteam22i.py write them from the room's
-public key and what the attacker holds, independent of the code they attack)."""
+byte (the helpers of tests/rooms_helpers.py write them from the room's public key and what the attacker holds,
+independent of the code they attack)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,22 @@ import pytest
 from device.abe.encoding import decode_ciphertext
 from device.abe.scheme import decapsulate, encapsulate, keygen
 from device.rooms import wire
-from tests.rooms_helpers import World
-from tests.test_rooms_redteam22g import _agreed, _leave_item, _settle, _tagged_world, _wrapped
-from tests.test_rooms_redteam22h import _hold
-from tests.test_rooms_redteam22h_fixes import _untagged_world
-from tests.test_rooms_redteam22i import _cut_ciphertext, _leave, _lines_in, _tagged_item
-
-ATTRS = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
+from tests.rooms_helpers import (
+    ATTRS,
+    World,
+    agreed,
+    hold,
+    item_ciphertext,
+    joined,
+    leave_item,
+    lines_in,
+    restart_device,
+    settle,
+    tagged_item,
+    tagged_world,
+    untagged_world,
+    wrapped,
+)
 
 # The posts of P (a would-be mover bound with k_j alone, tagged right) around bob's move M, and its leaves ("L").
 PATTERNS = {
@@ -31,25 +40,15 @@ PATTERNS = {
 }
 
 
-def _joined(w: World, count: int) -> None:
-    """The first ``count`` of alice, bob and carol join, one after the other."""
-    members = w.members[:count]
-    w.log.members = list(members)
-    for m, name in zip(members, ("alice", "bob", "carol")):
-        w.log.post(m.join(name))
-        _settle(w, 2)
-    _agreed(*members)
-
-
 def _carol_waits(w: World, k: dict, carol: str) -> float:
     """Carol a member of period 1 (to be renewed late), or a newcomer with a key of period 2 issued ahead: when
     it begins."""
     starts = w.clock.now + 100_000
     if carol == "member renewed late":
-        _joined(w, 3)
+        joined(w, 3)
     else:
-        _joined(w, 2)
-        _hold(w.keys[2], {1: k[2, 1], 2: k[2, 2]}, {2: (starts, float("inf"))})
+        joined(w, 2)
+        hold(w.keys[2], {1: k[2, 1], 2: k[2, 2]}, {2: (starts, float("inf"))})
     return starts
 
 
@@ -57,22 +56,22 @@ def _carol_decides(w: World, k: dict, carol: str, starts: float, members: list) 
     """Carol renewed late, or the newcomer's key begun and her contribution posted: she decides what she held."""
     c = w.members[2]
     if carol == "member renewed late":
-        _hold(w.keys[2], {1: k[2, 1], 2: k[2, 2]})
+        hold(w.keys[2], {1: k[2, 1], 2: k[2, 2]})
     else:
         w.clock.now = starts + 1
         w.log.post(c.join("carol"))
     w.log.members = [*members, c]
-    _settle(w)
-    _agreed(*members, c)
+    settle(w)
+    agreed(*members, c)
 
 
 def _yves(w: World):
     """Alice and bob in a room that tags no period; Y made from the public key (bound right): its ciphertext and
     k_j, its bytes and signing key."""
-    _joined(w, 2)
+    joined(w, 2)
     enc = encapsulate(w.master.public, w.room.policy)
     ct = enc.ciphertext.encode()
-    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
+    y, y_sig = wrapped(w, ct, enc.key, b"yves")
     return ct, enc.key, y, y_sig
 
 
@@ -84,26 +83,26 @@ def test_a_failed_would_be_movers_posts_are_judged_in_relay_order(pattern, carol
     what she held at her renewal (RoomMember._decide_held) or, a newcomer, at her own contribution's return
     (RoomMember._advance's strict path): the same roster as the members'."""
     secrets = {1: os.urandom(32), 2: os.urandom(32)}
-    w = _tagged_world(ATTRS, secrets)
+    w = tagged_world(ATTRS, secrets)
     a, b, c = w.members
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(ATTRS) for p in (1, 2)}
     starts = _carol_waits(w, k, carol)
     enc = encapsulate(w.master.public, c.policy_for(2))
-    p, p_sig = _tagged_item(w.room.room_id, enc.ciphertext.encode(), enc.key, b"pat", secrets[2])
+    p, p_sig = tagged_item(w.room.room_id, enc.ciphertext.encode(), enc.key, b"pat", secrets[2])
     for step in PATTERNS[pattern]:
         if step == "P":
             w.log.post(p)
         elif step == "L":
-            w.log.post(_leave(w.room.room_id, p, p_sig))
+            w.log.post(leave_item(w, p, p_sig))
         else:
-            _hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})
+            hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})
             w.log.members = [b]
-            _settle(w, 1)
+            settle(w, 1)
             assert b.period == 2
-    _hold(w.keys[0], {1: k[0, 1], 2: k[0, 2]})  # alice follows
+    hold(w.keys[0], {1: k[0, 1], 2: k[0, 2]})  # alice follows
     w.log.members = [a, b]
-    _settle(w, 2)
-    _agreed(a, b)
+    settle(w, 2)
+    agreed(a, b)
     taken = PATTERNS[pattern][-1] == "P" and "M" in PATTERNS[pattern][:-1]
     assert (wire.member_id(p) in a.roster) == taken
     w.log.deliver(c)
@@ -118,42 +117,42 @@ def test_held_copies_back_after_their_leaves_are_placed_in_relay_order_among_the
     members appended each as it came; carol, deciding what she held, places each later post by its ref once all
     are on the roster: the same order, the same sid."""
     secrets = {1: os.urandom(32), 2: os.urandom(32)}
-    w = _tagged_world(ATTRS, secrets)
+    w = tagged_world(ATTRS, secrets)
     a, b, c = w.members
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(ATTRS) for p in (1, 2)}
     starts = _carol_waits(w, k, carol)
-    _hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})  # bob moves the room
+    hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})  # bob moves the room
     w.log.members = [b]
-    _settle(w, 1)
-    ct = _cut_ciphertext(wire.from_text(w.log.items[b.moves[2] - 1]), w.room.room_id)
+    settle(w, 1)
+    ct = item_ciphertext(w, b.moves[2])
     kj = decapsulate(k[0, 2], decode_ciphertext(ct), w.master.public)
-    copies = [_tagged_item(w.room.room_id, ct, kj, b"xavier", secrets[2])]  # X: a copy of M
+    copies = [tagged_item(w.room.room_id, ct, kj, b"xavier", secrets[2])]  # X: a copy of M
 
     def follower(name: bytes) -> tuple[bytes, object, bytes, bytes]:
         e = encapsulate(w.master.public, c.policy_for(2))
-        raw, sig = _tagged_item(w.room.room_id, e.ciphertext.encode(), e.key, name, secrets[2])
+        raw, sig = tagged_item(w.room.room_id, e.ciphertext.encode(), e.key, name, secrets[2])
         return raw, sig, e.ciphertext.encode(), e.key
 
     f1, f1_sig, f1_ct, f1_key = follower(b"f1")
     w.log.post(f1)
-    copies.append(_tagged_item(w.room.room_id, f1_ct, f1_key, b"wes", secrets[2]))  # W: a copy of f1
+    copies.append(tagged_item(w.room.room_id, f1_ct, f1_key, b"wes", secrets[2]))  # W: a copy of f1
     for x, x_sig in copies:
         w.log.post(x)
-        w.log.post(_leave(w.room.room_id, x, x_sig))
+        w.log.post(leave_item(w, x, x_sig))
     w.log.post(follower(b"f2")[0])
-    _hold(w.keys[0], {1: k[0, 1], 2: k[0, 2]})  # alice follows
+    hold(w.keys[0], {1: k[0, 1], 2: k[0, 2]})  # alice follows
     w.log.members = [a, b]
-    _settle(w, 2)
+    settle(w, 2)
     w.log.post(b.leave())
     w.log.members = [a]
-    _settle(w, 1)
+    settle(w, 1)
     w.log.post(follower(b"f3")[0])
-    w.log.post(_leave(w.room.room_id, f1, f1_sig))
+    w.log.post(leave_item(w, f1, f1_sig))
     w.log.post(copies[1][0])  # W again: taken (f1 gone)
     w.log.post(follower(b"f4")[0])
     w.log.post(copies[0][0])  # X again: taken (bob gone)
     w.log.post(follower(b"f5")[0])
-    _settle(w, 1)
+    settle(w, 1)
     assert len(a.roster) == 7 and a.roster[-2] == wire.member_id(copies[0][0])
     w.log.deliver(c)
     assert c.period == 1
@@ -168,24 +167,24 @@ def _gone_flood(n: int, copies: bool) -> tuple[int, World]:
     a, b, c = w.members
     ct, kj, y, y_sig = _yves(w)
     w.log.post(y)
-    w.log.post(_leave_item(w, y, y_sig))
+    w.log.post(leave_item(w, y, y_sig))
     w.log.deliver(c)  # carol, not joined yet: Y undecided, then gone
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
-    _settle(w, 2)
+    settle(w, 2)
     for i in range(n):
-        x, x_sig = _wrapped(w, ct, kj, b"x%d" % i)
+        x, x_sig = wrapped(w, ct, kj, b"x%d" % i)
         w.log.post(x)
         if copies:
-            z, z_sig = _wrapped(w, ct, kj, b"z%d" % i)
+            z, z_sig = wrapped(w, ct, kj, b"z%d" % i)
             w.log.post(z)
-        w.log.post(_leave_item(w, x, x_sig))
+        w.log.post(leave_item(w, x, x_sig))
         if copies:
             w.log.post(z)
-            w.log.post(_leave_item(w, z, z_sig))
+            w.log.post(leave_item(w, z, z_sig))
     names = {"_judge_gone", "judge", "close", "_went", "_judge_on", "_open_stay", "_gone_verdicts", "_copy",
              "_taken_before"}
-    work = _lines_in(lambda: w.log.deliver(c), names)
+    work = lines_in(lambda: w.log.deliver(c), names)
     w.log.deliver(a)
     assert c.roster == a.roster
     return work, w
@@ -204,9 +203,9 @@ def test_the_verdicts_kept_up_to_date_cost_linear_work_and_are_those_judged_in_f
         fresh = c._judge_gone(digest, b"")  # the ciphertext is needed only to decapsulate: cached
         assert (fresh.starts, fresh.ends, fresh.taken) == (kept.starts, kept.ends, kept.taken)
     enc = encapsulate(w.master.public, w.room.policy)
-    w.log.post(_wrapped(w, enc.ciphertext.encode(), enc.key, b"late")[0])
-    _settle(w)
-    _agreed(a, b, c)
+    w.log.post(wrapped(w, enc.ciphertext.encode(), enc.key, b"late")[0])
+    settle(w)
+    agreed(a, b, c)
 
 
 @pytest.mark.parametrize("join", ["before Y leaves", "after Y leaves", "after G's last post"])
@@ -218,31 +217,31 @@ def test_a_copy_posted_and_left_while_its_original_stays_is_judged_a_copy_whenev
     w = World(ATTRS)
     a, b, c = w.members
     ct, kj, y, y_sig = _yves(w)
-    g, g_sig = _wrapped(w, ct, kj, b"gus")
+    g, g_sig = wrapped(w, ct, kj, b"gus")
     w.log.post(y)
     for _ in range(2):
         w.log.post(g)
-        w.log.post(_leave_item(w, g, g_sig))
+        w.log.post(leave_item(w, g, g_sig))
     w.log.post(g)
-    _settle(w, 2)
+    settle(w, 2)
     assert len(a.roster) == 3
     w.log.members = [a, b, c]
 
     def carol_joins():
         w.log.post(c.join("carol"))
-        _settle(w, 2)
+        settle(w, 2)
 
     if join == "before Y leaves":
         carol_joins()
-    w.log.post(_leave_item(w, y, y_sig))
+    w.log.post(leave_item(w, y, y_sig))
     if join == "after Y leaves":
         carol_joins()
     w.log.post(g)
     if join == "after G's last post":
         carol_joins()
-    _settle(w)
+    settle(w)
     assert wire.member_id(g) in a.roster and a.roster == b.roster
-    _agreed(a, b, c)
+    agreed(a, b, c)
 
 
 def test_reading_again_while_waiting_for_its_own_contribution_keeps_the_current_periods_posts_back_after_a_leave():
@@ -255,25 +254,25 @@ def test_reading_again_while_waiting_for_its_own_contribution_keeps_the_current_
     in period 1 and she joins there: another roster than the members' (another sid)."""
     from device.rooms.protocol import MAX_HELD
 
-    w = _untagged_world()
+    w = untagged_world()
     a, b, c = w.members
-    _joined(w, 2)
+    joined(w, 2)
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(ATTRS) for p in (1, 2)}
     starts = w.clock.now + 100_000
-    _hold(w.keys[2], {1: k[2, 1], 2: k[2, 2]}, {2: (starts, float("inf"))})
+    hold(w.keys[2], {1: k[2, 1], 2: k[2, 2]}, {2: (starts, float("inf"))})
     enc = encapsulate(w.master.public, c.policy_for(1))
     ct = enc.ciphertext.encode()
-    z, z_sig = _wrapped(w, ct, enc.key, b"zoe")
-    y, y_sig = _wrapped(w, ct, enc.key, b"yves")
+    z, z_sig = wrapped(w, ct, enc.key, b"zoe")
+    y, y_sig = wrapped(w, ct, enc.key, b"yves")
     w.log.post(z)
     w.log.post(y)
     for i in range(MAX_HELD + 1):  # junk of period 2: bound wrong, every device skips it once it can judge it
         e = encapsulate(w.master.public, c.policy_for(2))
-        w.log.post(_wrapped(w, e.ciphertext.encode(), os.urandom(32), b"j%d" % i)[0])
-    w.log.post(_leave_item(w, y, y_sig))
-    w.log.post(_leave_item(w, z, z_sig))
+        w.log.post(wrapped(w, e.ciphertext.encode(), os.urandom(32), b"j%d" % i)[0])
+    w.log.post(leave_item(w, y, y_sig))
+    w.log.post(leave_item(w, z, z_sig))
     w.log.post(y)
-    _settle(w, 2)
+    settle(w, 2)
     assert wire.member_id(y) in a.roster and a.roster == b.roster
     w.log.deliver(c)
     assert 2 in c.evicted and c.period == 1
@@ -296,29 +295,29 @@ def test_a_held_items_leave_posted_again_by_an_attacker_is_filed_once():
     which X is not, came first) and dropped it at the first leave after it; carol files each leave once, in
     order."""
     secrets = {1: os.urandom(32), 2: os.urandom(32)}
-    w = _tagged_world(ATTRS, secrets)
+    w = tagged_world(ATTRS, secrets)
     a, b, c = w.members
-    _joined(w, 3)
+    joined(w, 3)
     k = {(i, p): keygen(w.master, at, period=p) for i, at in enumerate(ATTRS) for p in (1, 2)}
-    _hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})
+    hold(w.keys[1], {1: k[1, 1], 2: k[1, 2]})
     w.log.members = [b]
-    _settle(w, 1)
+    settle(w, 1)
     enc = encapsulate(w.master.public, c.policy_for(2))
-    x, x_sig = _tagged_item(w.room.room_id, enc.ciphertext.encode(), enc.key, b"xavier", secrets[2])
-    leave = _leave(w.room.room_id, x, x_sig)
+    x, x_sig = tagged_item(w.room.room_id, enc.ciphertext.encode(), enc.key, b"xavier", secrets[2])
+    leave = leave_item(w, x, x_sig)
     for step in (x, leave, x, leave, leave, x):
         w.log.post(step)
-    _hold(w.keys[0], {1: k[0, 1], 2: k[0, 2]})
+    hold(w.keys[0], {1: k[0, 1], 2: k[0, 2]})
     w.log.members = [a, b]
-    _settle(w, 2)
-    _agreed(a, b)
+    settle(w, 2)
+    agreed(a, b)
     w.log.deliver(c)
     held = c.future[wire.member_id(x)]
     assert [held.left_at, *held.leaves] == sorted({held.left_at, *held.leaves})
-    _hold(w.keys[2], {1: k[2, 1], 2: k[2, 2]})
+    hold(w.keys[2], {1: k[2, 1], 2: k[2, 2]})
     w.log.members = [a, b, c]
-    _settle(w)
-    _agreed(a, b, c)
+    settle(w)
+    agreed(a, b, c)
 
 
 @pytest.mark.parametrize("restart", [False, True])
@@ -329,33 +328,33 @@ def test_a_waiting_newcomer_reads_each_period_with_dropped_items_again_before_a_
     decides no held item of a later period early. With ``restart``, her device is stored and loaded while it reads
     again."""
     from device.rooms.protocol import MAX_HELD
-    from tests.test_rooms_redteam22h_fixes import _bob_moves, _newcomer_waits, _restart
+    from tests.test_rooms_redteam22h_fixes import _bob_moves, _newcomer_waits
 
-    w = _untagged_world()
+    w = untagged_world()
     a, b, c = w.members
     k = _bob_moves(w, 3)
     for i in range(MAX_HELD + 1):
         enc = encapsulate(w.master.public, c.policy_for(3))
-        w.log.post(_wrapped(w, enc.ciphertext.encode(), enc.key, b"p%d" % i)[0])
+        w.log.post(wrapped(w, enc.ciphertext.encode(), enc.key, b"p%d" % i)[0])
     w.log.members = [b]
-    _settle(w, 1)
+    settle(w, 1)
     starts = w.clock.now + 10_000
     _newcomer_waits(w, k, 3, {2: starts, 3: starts})
     assert {2, 3} <= set(c.evicted)
     w.clock.now = starts + 1
     enc = encapsulate(w.master.public, c.policy_for(3))
-    w.log.post(_wrapped(w, enc.ciphertext.encode(), enc.key, b"late")[0])
+    w.log.post(wrapped(w, enc.ciphertext.encode(), enc.key, b"late")[0])
     w.log.deliver(c)
     assert c.replay is not None
     if restart:
-        _restart(w, c, 2)
+        restart_device(w, c, w.keys[2])
     for _ in range(4):
         w.log.deliver(c)
     assert c.replay is None and c.moves.get(3) == b.moves[3]
     w.log.members = [b, c]
     w.log.post(c.join("carol"))
-    _settle(w)
-    _agreed(b, c)
+    settle(w)
+    agreed(b, c)
 
 
 def _join_pass(n: int) -> int:
@@ -366,18 +365,18 @@ def _join_pass(n: int) -> int:
     a, b, c = w.members
     ct, kj, y, y_sig = _yves(w)
     for i in range(n):
-        w.log.post(_wrapped(w, ct, kj, b"c%d" % i)[0])
+        w.log.post(wrapped(w, ct, kj, b"c%d" % i)[0])
     w.log.post(y)
-    w.log.post(_leave_item(w, y, y_sig))
-    _settle(w, 1)
+    w.log.post(leave_item(w, y, y_sig))
+    settle(w, 1)
     w.log.deliver(c)
     w.log.members = [a, b, c]
     w.log.post(c.join("carol"))
     names = {"_judge_gone", "judge", "close", "_went", "_judge_on", "_open_stay", "_gone_verdicts", "_copy",
              "_taken_before"}
-    work = _lines_in(lambda: w.log.deliver(c), names)
-    _settle(w)
-    _agreed(a, b, c)
+    work = lines_in(lambda: w.log.deliver(c), names)
+    settle(w)
+    agreed(a, b, c)
     assert len(a.roster) == 4
     return work
 

@@ -5,11 +5,8 @@ tests), independent of the code it attacks."""
 from __future__ import annotations
 
 from device.rooms import wire
-from tests.rooms_helpers import World
-from tests.test_rooms_redteam22g import _agreed, _leave_item, _settle, _wrapped
+from tests.rooms_helpers import ATTRS, World, agreed, leave_item, settle, wrapped
 from tests.test_rooms_redteam22i_fixes import _yves
-
-ATTRS = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS"]
 
 
 def test_a_rejoiner_drops_a_copy_it_accepted_in_its_previous_membership_when_it_rejoins():
@@ -31,31 +28,31 @@ def test_a_rejoiner_drops_a_copy_it_accepted_in_its_previous_membership_when_it_
     w = World(ATTRS)
     a, b, c = w.members
     ct, kj, y, y_sig = _yves(w)
-    g, _ = _wrapped(w, ct, kj, b"gus")
+    g, _ = wrapped(w, ct, kj, b"gus")
     w.log.post(y)
-    _settle(w, 2)
+    settle(w, 2)
     assert len(a.roster) == 3
     w.log.post(b.leave())
     w.log.members = [a]
     w.log.deliver(b)  # bob, away, still reads the room
-    _settle(w, 1)
-    w.log.post(_leave_item(w, y, y_sig))
-    _settle(w, 1)
+    settle(w, 1)
+    w.log.post(leave_item(w, y, y_sig))
+    settle(w, 1)
     w.log.deliver(b)
     w.log.post(b.join("bob"))
     w.log.members = [a, b]
-    _settle(w, 2)
-    _agreed(a, b)
+    settle(w, 2)
+    agreed(a, b)
     w.log.post(g)  # taken by every member
-    _settle(w, 2)
-    _agreed(a, b)
+    settle(w, 2)
+    agreed(a, b)
     assert wire.member_id(g) in b.roster and len(a.roster) == 3
     w.log.post(b.leave())
     w.log.members = [a]
-    _settle(w, 1)
+    settle(w, 1)
     w.log.deliver(b)
     w.log.post(b.join("bob"))
     w.log.members = [a, b]
-    _settle(w)
+    settle(w)
     assert wire.member_id(g) in a.roster
-    _agreed(a, b)
+    agreed(a, b)

@@ -21,10 +21,7 @@ import pytest
 from device.abe.encoding import decode_ciphertext
 from device.abe.scheme import decapsulate, encapsulate
 from device.rooms import wire
-from device.rooms.protocol import RoomMember
-from tests.rooms_helpers import World
-from tests.test_rooms_redteam22g import _leave_item, _settle, _wrapped
-from tests.test_rooms_redteam22i import _cut_ciphertext
+from tests.rooms_helpers import World, cut_ciphertext, leave_item, restart_device, settle, wrapped
 
 ATTRS = ["STAFF,ADMIN", "STAFF,OPS", "STAFF,ADMIN,OPS", "STAFF,ADMIN", "STAFF,OPS"]
 SEEDS = 260  # without 22j's fix, seeds 63, 138 and 245 split bob from the others
@@ -42,29 +39,25 @@ class _Script:
         return int.from_bytes(hashlib.sha256(b"%d/%d" % (self.seed, self.n)).digest()[:8], "big") % k
 
 
-def _restart(w: World, m: RoomMember, keys) -> None:
-    m.__dict__.update(RoomMember.from_dict(m.to_dict(), keys, clock=w.clock).__dict__)
-
-
 def _run(seed: int) -> tuple[list, list[list[bytes]]]:
     pick = _Script(seed)
     w = World(ATTRS)
     a, b, c, d, e = w.members
     w.log.members = [a, b]
     w.log.post(a.join("alice"))
-    _settle(w, 1)
+    settle(w, 1)
     w.log.post(b.join("bob"))
-    _settle(w, 1)
+    settle(w, 1)
     wraps = []
     for _ in range(2):
         enc = encapsulate(w.master.public, w.room.policy)
         wraps.append((enc.ciphertext.encode(), enc.key))
-    own = _cut_ciphertext(wire.from_text(w.log.items[0]), w.room.room_id)
+    own = cut_ciphertext(wire.from_text(w.log.items[0]), w.room.room_id)
     wraps.append((own, decapsulate(w.keys[2].member, decode_ciphertext(own), w.master.public)))
     items = []
     for i in range(7):
         ct, kj = wraps[0] if i < 3 else wraps[1] if i < 5 else wraps[2]
-        items.append(_wrapped(w, ct, kj, b"i%d" % i))
+        items.append(wrapped(w, ct, kj, b"i%d" % i))
     dave_at = pick.below(STEPS + 1)
     script: list[tuple] = []
     for step in range(STEPS):
@@ -84,10 +77,10 @@ def _run(seed: int) -> tuple[list, list[list[bytes]]]:
             elif b._pending is None:
                 w.log.post(b.join("bob"))
         else:
-            w.log.post(_leave_item(w, items[s[1]][0], items[s[1]][1]))
+            w.log.post(leave_item(w, items[s[1]][0], items[s[1]][1]))
         for m in (a, b, c, d, e):
             w.log.deliver(m)
-        _restart(w, e, w.keys[4])
+        restart_device(w, e, w.keys[4])
     if not b.joined and b._pending is None:
         w.log.post(b.join("bob"))
     w.log.post(c.join("carol"))
