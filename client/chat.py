@@ -683,6 +683,10 @@ class Chat:
         elif kind == "message" and outcome == "late":
             self.system(f"#{name}: a message from {event.get('sender', 'a member')} under a key period that had "
                         "ended (sent after the room moved on): not shown")
+        elif kind == "store":
+            what = "names its store for the first time" if event.get("first") else "has a new store"
+            self.system(f"#{name}: the relay {what}: the room is formed again there"
+                        + (", this device joins it again" if event.get("rejoin") else ""))
         elif kind == "distribution" and outcome == "mismatch":
             self.add(Line(time.time(), "error", name, f"#{name}: a key distribution was refused",
                           warnings=[f"alarm: {event.get('sender', 'a member')} sealed this device another key than "

@@ -226,6 +226,13 @@ def cmd_recv(args: argparse.Namespace) -> int:
     return 0
 
 
+def store_notice(room: str, event: dict) -> str:
+    """The one line a room's ``store`` event shows (docs/rooms.md "The relay's store changes (R7)")."""
+    what = "names its store for the first time" if event.get("first") else "has a new store"
+    rejoin = ", this device joins it again" if event.get("rejoin") else ""
+    return f"[{room}] the relay {what}: the room is formed again there{rejoin}"
+
+
 def show_events(room: str, events: list[dict], as_json: bool = False) -> None:
     """Print a sync's events as `room recv` does: the device has moved its cursor past them, so whatever
     fetched them (a recv, a send, a join) shows them, or nothing ever will."""
@@ -240,6 +247,10 @@ def show_events(room: str, events: list[dict], as_json: bool = False) -> None:
         unreadable = 0
 
     for event in events:
+        if event.get("kind") == "store":
+            flush()
+            print(json.dumps({"room": room, **event}) if as_json else store_notice(room, event))
+            continue
         if event.get("kind") == "message" and event.get("outcome") == "unreadable" and not as_json:
             unreadable += 1
             continue
