@@ -100,12 +100,28 @@ class Member:
         return [(e["sender"], e["text"]) for e in self.events[since:] if e.get("text") is not None]
 
 
-class World:
+class MovableRelay:
+    """A real relay on a SQLite file, which :meth:`new_store` moves to another at the same address."""
+
     def __init__(self, tmp_path) -> None:
         self.tmp = tmp_path
         self.server = RelayServer(create_app(RelayConfig(db=f"sqlite:///{tmp_path / 'one.db'}")), "127.0.0.1", 0,
                                   threads=8).start()
         self.url = self.server.url
+
+    def new_store(self, name: str) -> None:
+        """Stopped and started again on the same address with another store (``--db``: moved to another
+        database, or a lost disk)."""
+        port = int(self.url.rsplit(":", 1)[1])
+        self.server.close()
+        self.server = RelayServer(create_app(RelayConfig(db=f"sqlite:///{self.tmp / name}")), "127.0.0.1", port,
+                                  threads=8).start()
+
+
+class World:
+    def __init__(self, tmp_path) -> None:
+        self.movable = MovableRelay(tmp_path)
+        self.url = self.movable.url
         self.clock = Clock()
         self.auth = PadStore.init(tmp_path / "auth", "auth")
         AbeKeys(self.auth).become_authority()
@@ -118,10 +134,7 @@ class World:
             member.rooms.add(Room.from_invite(self.room.invite()))
 
     def new_store(self, name: str) -> None:
-        port = int(self.url.rsplit(":", 1)[1])
-        self.server.close()
-        self.server = RelayServer(create_app(RelayConfig(db=f"sqlite:///{self.tmp / name}")), "127.0.0.1", port,
-                                  threads=8).start()
+        self.movable.new_store(name)
 
     def items(self) -> list[str]:
         """Everything the room's mailbox holds now, in relay order (what an attacker records)."""
@@ -150,7 +163,7 @@ class World:
         for member in self.m.values():
             member.store.close()
         self.auth.close()
-        self.server.close()
+        self.movable.server.close()
 
 
 @pytest.fixture
@@ -409,3 +422,46 @@ def _is_leave(w: World, item: str) -> bool:
     from device.rooms import wire
 
     return isinstance(wire.decode(wire.from_text(item), w.room.room_id), wire.Leave)
+
+
+def test_a_room_kept_from_before_r7_takes_the_relays_first_identity_as_a_store_change(world):
+    """A room state stored before R7 has a cursor and no store: the relay may have moved meanwhile (R5 of the
+    1:1 review), so the first identity it names is a store change, as for the laptop's cursors: the room forms
+    again on the store the relay names, said once ("names its store for the first time")."""
+    w = world
+    who = ("alice", "bob", "carol")
+    start(w, who)
+    for n in who:  # states as a device from before R7 stored them
+        state = w.m[n].state.to_dict()
+        del state["store"]
+        w.m[n].rooms.store.save(w.m[n].state.room.room_id, state)
+        w.m[n].rooms = DeviceRooms(w.m[n].store, Owner(), clock=w.clock)
+        w.m[n].client = RoomClient(Local(w.m[n].rooms), w.relay)  # type: ignore[arg-type]
+        assert w.m[n].rooms.describe("ops")["store"] is None
+    mark = {n: len(w.m[n].events) for n in who}
+    w.converge(who)
+    for n in who:
+        assert [e for e in w.m[n].events[mark[n]:] if e["kind"] == "store"] == [
+            {"ref": 0, "kind": "store", "outcome": "changed", "first": True, "rejoin": True}]
+    formed(w, who)
+    w.send("bob", "on")
+    w.converge(who, 1)
+    assert all(("bob", "on") in [(s.split("~")[0], t) for s, t in w.m[n].texts(mark[n])] for n in who)
+
+
+def test_a_relay_naming_no_store_is_read_as_before(world):
+    """A relay from before store identities: nothing recorded but "", nothing reset, the room read as before."""
+    w = world
+
+    class Unnamed(RelayClient):
+        def receive(self, cursors, wait=0, limit=100, ack=False, store=None):
+            answer = super().receive(cursors, wait, limit, ack, None)
+            self.store_seen = None
+            return answer
+
+    unnamed = Unnamed(w.url)
+    for n in ("alice", "bob"):
+        w.m[n].client = RoomClient(Local(w.m[n].rooms), unnamed)  # type: ignore[arg-type]
+    start(w, ("alice", "bob"))
+    assert all(w.m[n].rooms.describe("ops")["store"] == "" for n in ("alice", "bob"))
+    assert not [e for n in ("alice", "bob") for e in w.m[n].events if e["kind"] == "store"]
