@@ -511,3 +511,26 @@ def test_a_revoked_member_stays_out_of_the_new_store(world):
     for n in who:
         shown = [t for _, t in w.m[n].texts(mark[n])]
         assert shown == [f"new {m}" for m in who], (n, shown)
+
+
+def test_a_send_the_owner_approves_while_the_room_forms_again_sends_nothing(world):
+    """The owner confirms a message while the chat's reader finds the store changed: nothing is sent, and the
+    room's new state is not overwritten by the one the owner was shown."""
+    from device.rooms.errors import EpochChanged
+
+    w = world
+    start(w, ("alice", "bob"))
+    alice = w.m["alice"]
+    recorded = alice.rooms.describe("ops")["store"]
+    other = "f" * 16 if recorded != "f" * 16 else "e" * 16
+
+    class Owner:
+        def ask(self, request) -> bool:
+            alice.rooms.new_store("ops", other)  # meanwhile, on the reader's thread
+            return True
+
+    alice.rooms.confirm = Owner()  # type: ignore[assignment]
+    with pytest.raises(EpochChanged, match="store changed while you decided"):
+        alice.rooms.send("ops", "not sent")
+    assert alice.rooms.describe("ops")["store"] == other and alice.rooms.describe("ops")["last_ref"] == 0
+    assert DeviceRooms(alice.store, Owner(), clock=w.clock).describe("ops")["store"] == other  # as stored

@@ -272,6 +272,11 @@ class DeviceRooms:
             self.pads.log_event("declined", detail=f"room message to {member.room.name}")
             raise Declined()
         with self._lock:
+            if self.rooms.get(member.room.room_id) is not member:
+                # The room formed again on a new relay store while the owner decided (new_store): the state
+                # shown is gone, with its keys; saving it would undo the new one.
+                raise EpochChanged("The relay's store changed while you decided: the room is being formed again "
+                                   "there; nothing was sent: send again once it is.")
             try:
                 raw = member.send(text, epoch=shown_epoch)
             except EpochChanged:
