@@ -123,3 +123,23 @@ def test_the_chat_says_it_in_one_line():
     Chat._room_events(Screen(), "ops", [{"ref": 0, "kind": "store", "outcome": "changed", "first": False,  # type: ignore[arg-type]
                                           "rejoin": True}])
     assert lines == ["#ops: the relay has a new store: the room is formed again there, this device joins it again"]
+
+
+def test_the_rpc_takes_only_store_identities(room):
+    from client.errors import RemoteError
+
+    people, _ = room
+    device = people["bob"][1].device
+    for bad in ("", "x" * 16, "ABCDEF0123456789", 7, None, "0" * 17):
+        with pytest.raises(RemoteError) as exc:
+            device.call("room_store", room="ops", store=bad)
+        assert exc.value.code == "bad-request"
+    for bad in ("x" * 16, 7, ["0" * 16]):
+        with pytest.raises(RemoteError) as exc:
+            device.call("room_receive", room="ops", items=[], store=bad)
+        assert exc.value.code == "bad-request"
+    recorded = people["bob"][1].room("ops")["store"]
+    with pytest.raises(RemoteError) as exc:  # items of another store than the room's cursor is of
+        device.call("room_receive", room="ops", items=[], store="0" * 16 if recorded != "0" * 16 else "1" * 16)
+    assert exc.value.code == "room-other-store" and "nothing was read" in str(exc.value)
+    assert device.call("room_store", room="ops", store=recorded)["events"] == []  # the same store: nothing
