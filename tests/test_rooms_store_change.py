@@ -534,3 +534,22 @@ def test_a_send_the_owner_approves_while_the_room_forms_again_sends_nothing(worl
         alice.rooms.send("ops", "not sent")
     assert alice.rooms.describe("ops")["store"] == other and alice.rooms.describe("ops")["last_ref"] == 0
     assert DeviceRooms(alice.store, Owner(), clock=w.clock).describe("ops")["store"] == other  # as stored
+
+
+def test_a_membership_from_before_display_names_joins_the_new_store_under_the_devices_name(world):
+    """A state stored before display names holds none: contributing again without one is refused in a period the
+    room tags (here period 1 is not tagged: the name is taken all the same), which would have kept the member out
+    of the new store and failed every sync."""
+    w = world
+    who = ("alice", "bob")
+    start(w, who)
+    state = w.m["alice"].state.to_dict()
+    state["name"] = None
+    w.m["alice"].rooms.store.save(w.m["alice"].state.room.room_id, state)
+    w.m["alice"].rooms = DeviceRooms(w.m["alice"].store, Owner(), clock=w.clock)
+    w.m["alice"].client = RoomClient(Local(w.m["alice"].rooms), w.relay)  # type: ignore[arg-type]
+    assert w.m["alice"].state.name is None
+    w.new_store("two.db")
+    w.converge(who)
+    formed(w, who)
+    assert w.m["alice"].rooms.describe("ops")["display_name"] == "alice"

@@ -245,6 +245,8 @@ class DeviceRooms:
                 return {"events": [], "post": [], "status": member.status()}
             first = not member.store
             fresh, posts = member.on_new_store(store)
+            if fresh.wanted and fresh.name is None:  # a membership from before display names: joins as `join` does
+                fresh.name = self.pads.device_name
             self.rooms[member.room.room_id] = fresh
             self._save(fresh)
             self.pads.log_event("room-store-changed", detail=f"room {fresh.room.name}: the relay answers from "
