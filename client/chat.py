@@ -39,7 +39,7 @@ from client import presence
 from client.errors import ClientError, DeviceRefused, FileSaveError, RelayRefused, RelayUnavailable, RemoteError
 from client.messenger import Event, Messenger, Outgoing
 from client.padwatch import PadWatch
-from client.rooms import RoomClient, fetch_renewals
+from client.rooms import RoomClient, fetch_renewals, store_notice
 from onetimechat.progress import Progress, human_bytes
 from onetimechat.text import format_event, plural
 
@@ -684,9 +684,7 @@ class Chat:
             self.system(f"#{name}: a message from {event.get('sender', 'a member')} under a key period that had "
                         "ended (sent after the room moved on): not shown")
         elif kind == "store":
-            what = "names its store for the first time" if event.get("first") else "has a new store"
-            self.system(f"#{name}: the relay {what}: the room is formed again there"
-                        + (", this device joins it again" if event.get("rejoin") else ""))
+            self.system(f"#{name}: {store_notice(event)}")
         elif kind == "distribution" and outcome == "mismatch":
             self.add(Line(time.time(), "error", name, f"#{name}: a key distribution was refused",
                           warnings=[f"alarm: {event.get('sender', 'a member')} sealed this device another key than "

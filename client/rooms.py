@@ -150,6 +150,13 @@ class RoomClient:
         return kept
 
 
+def store_notice(event: dict) -> str:
+    """What a room's ``store`` event says, in one line (docs/rooms.md "The relay's store changes (R7)")."""
+    what = "names its store for the first time" if event.get("first") else "has a new store"
+    rejoin = ", this device joins it again" if event.get("rejoin") else ""
+    return f"the relay {what}: the room is formed again there{rejoin}"
+
+
 def other_store(known: str | None, seen: str | None, cursor: int) -> bool:
     """Whether a room read whose cursor is a ref of the store ``known`` (None: none recorded; "": a relay that
     named none) met another store ``seen`` (None: the relay named none): the rules of the laptop's cursors

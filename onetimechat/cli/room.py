@@ -13,7 +13,7 @@ import sys
 
 from client.errors import RelayUnavailable
 from client.relay import MAX_WAIT_S, RelayClient
-from client.rooms import KEY_WAIT_S, RoomClient, find_room
+from client.rooms import KEY_WAIT_S, RoomClient, find_room, store_notice
 from client.rpc import DeviceClient
 from onetimechat.cli.common import command_group, device_and_relay, home_or_device
 from onetimechat.errors import UsageError
@@ -226,13 +226,6 @@ def cmd_recv(args: argparse.Namespace) -> int:
     return 0
 
 
-def store_notice(room: str, event: dict) -> str:
-    """The one line a room's ``store`` event shows (docs/rooms.md "The relay's store changes (R7)")."""
-    what = "names its store for the first time" if event.get("first") else "has a new store"
-    rejoin = ", this device joins it again" if event.get("rejoin") else ""
-    return f"[{room}] the relay {what}: the room is formed again there{rejoin}"
-
-
 def show_events(room: str, events: list[dict], as_json: bool = False) -> None:
     """Print a sync's events as `room recv` does: the device has moved its cursor past them, so whatever
     fetched them (a recv, a send, a join) shows them, or nothing ever will."""
@@ -249,7 +242,7 @@ def show_events(room: str, events: list[dict], as_json: bool = False) -> None:
     for event in events:
         if event.get("kind") == "store":
             flush()
-            print(json.dumps({"room": room, **event}) if as_json else store_notice(room, event))
+            print(json.dumps({"room": room, **event}) if as_json else f"[{room}] {store_notice(event)}")
             continue
         if event.get("kind") == "message" and event.get("outcome") == "unreadable" and not as_json:
             unreadable += 1
