@@ -39,7 +39,7 @@ from client import presence
 from client.errors import ClientError, DeviceRefused, FileSaveError, RelayRefused, RelayUnavailable, RemoteError
 from client.messenger import Event, Messenger, Outgoing
 from client.padwatch import PadWatch
-from client.rooms import RoomClient, fetch_renewals
+from client.rooms import RoomClient, fetch_renewals, store_notice
 from onetimechat.progress import Progress, human_bytes
 from onetimechat.text import format_event, plural
 
@@ -683,6 +683,8 @@ class Chat:
         elif kind == "message" and outcome == "late":
             self.system(f"#{name}: a message from {event.get('sender', 'a member')} under a key period that had "
                         "ended (sent after the room moved on): not shown")
+        elif kind == "store":
+            self.system(f"#{name}: {store_notice(event)}")
         elif kind == "distribution" and outcome == "mismatch":
             self.add(Line(time.time(), "error", name, f"#{name}: a key distribution was refused",
                           warnings=[f"alarm: {event.get('sender', 'a member')} sealed this device another key than "

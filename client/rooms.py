@@ -49,22 +49,56 @@ class RoomClient:
         """Everything new in the room, through the device; the events it reports. With ``on_events``, each
         batch's events go to it as soon as the device has read the batch (and none are returned): the device's
         cursor is past them then, so a later batch that fails must not take them with it (an outside review:
-        200 unread messages read by the device and never shown)."""
+        200 unread messages read by the device and never shown).
+
+        The room's cursor is a ref of one relay store, which the device records with it (``store``) and this
+        read names: a relay answering from another store (409 ``store-changed``, another identity, or a first
+        one for a cursor kept without) is reported to the device, which starts the room afresh there and posts
+        its membership again; the read goes on from that store's start (docs/rooms.md "The relay's store changes
+        (R7)"). The device's ``store`` event says so, once."""
         room = self.room(name)
-        mailbox, cursor = room["mailbox"], room["last_ref"]
+        room_id, mailbox, cursor, known = room["room_id"], room["mailbox"], room["last_ref"], room.get("store")
+        tracked = "store" in room  # a device from before R7 records no store: read as before
         events: list[dict] = []
-        followed = False
-        while True:
-            messages, complete = self.relay.receive({mailbox: cursor}, wait=wait, limit=BATCH)
-            wait = 0
-            answer: dict[str, Any] = self.device.call("room_receive", room=room["room_id"],
-                                                      items=[[m.ref, m.contents] for m in messages])
+
+        def got(batch: list[dict]) -> None:
             if on_events is None:
-                events += answer["events"]
-            elif answer["events"]:
-                on_events(answer["events"])
+                events.extend(batch)
+            elif batch:
+                on_events(batch)
+
+        followed = changed = False
+        while True:
+            try:
+                if tracked:
+                    messages, complete = self.relay.receive({mailbox: cursor}, wait=wait, limit=BATCH,
+                                                            store=known or None)
+                    seen = self.relay.store_seen
+                else:
+                    messages, complete = self.relay.receive({mailbox: cursor}, wait=wait, limit=BATCH)
+                    seen = None
+            except StoreChanged as exc:
+                if exc.store == known:  # "not your store", naming it: no answer to act on
+                    raise RelayUnavailable(f"The relay at {self.relay.url} gave a malformed answer.") from None
+                messages, complete, seen = [], True, exc.store
+            if tracked and other_store(known, seen, cursor):
+                assert seen is not None
+                if changed:  # a second change within one sync
+                    raise RelayUnavailable(f"The relay at {self.relay.url} answers from another store at each "
+                                           "request.")
+                changed = True
+                answer: dict[str, Any] = self.device.call("room_store", room=room_id, store=seen)
+                got(answer["events"])
+                self._post(mailbox, answer["post"])
+                known, cursor, wait = seen, answer["status"]["last_ref"], 0
+                continue
+            wait = 0
+            params: dict[str, Any] = {"store": seen or ""} if tracked else {}
+            answer = self.device.call("room_receive", room=room_id, items=[[m.ref, m.contents] for m in messages],
+                                      **params)
+            got(answer["events"])
             self._post(mailbox, answer["post"])
-            cursor = answer["status"]["last_ref"]
+            cursor, known = answer["status"]["last_ref"], answer["status"].get("store", known)
             # The device may move its cursor back, to read a period's contributions again (docs/rooms.md "Red team
             # 22d"): then the loop goes on from there, once per sync. A device that moved back again and again
             # kept the sync from ever returning (red team 22e R1): the next sync goes on from its cursor.
@@ -114,6 +148,23 @@ class RoomClient:
             room = self.room(name)
         self._post(room["mailbox"], self.device.call("room_send", room=room["room_id"], text=text)["post"])
         return kept
+
+
+def store_notice(event: dict) -> str:
+    """What a room's ``store`` event says, in one line (docs/rooms.md "The relay's store changes (R7)")."""
+    what = "names its store for the first time" if event.get("first") else "has a new store"
+    rejoin = ", this device joins it again" if event.get("rejoin") else ""
+    return f"the relay {what}: the room is formed again there{rejoin}"
+
+
+def other_store(known: str | None, seen: str | None, cursor: int) -> bool:
+    """Whether a room read whose cursor is a ref of the store ``known`` (None: none recorded; "": a relay that
+    named none) met another store ``seen`` (None: the relay named none): the rules of the laptop's cursors
+    (docs/client.md "Cursors and the relay's store"). A relay naming none is read as before; a first identity
+    is learnt where the room has read nothing yet, and is a change for a cursor kept without one."""
+    if seen is None or seen == known:
+        return False
+    return bool(known) or cursor > 0
 
 
 def fetch_renewals(device: DeviceClient, relay: RelayClient) -> list[dict]:

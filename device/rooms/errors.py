@@ -52,3 +52,10 @@ class NoEpochKey(RoomError):
     member takes the duty after 30 s: `otc room recv` again, then send)."""
 
     code = "room-no-key"
+
+
+class OtherStore(RoomError):
+    """The items were read from another relay store than the one the room's cursor counts refs of: the laptop
+    reports the store change first (``room_store``), then reads the new store from its start."""
+
+    code = "room-other-store"

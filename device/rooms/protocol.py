@@ -356,6 +356,9 @@ class RoomMember:
         self.leader_timeout = leader_timeout
         self.grace = grace
         self.last_ref = 0
+        #: The relay store the refs here are of (docs/rooms.md "The relay's store changes (R7)"): its identity, ""
+        #: for a relay that names none, None before any read recorded one.
+        self.store: str | None = None
         self.members = _Members()
         #: The ciphertexts of the contributions accepted (status VALID): a later item carrying one is a duplicate.
         #: An undecided one's (held aside, or pending on a newcomer's roster) is not here: a hostile relay could
@@ -462,7 +465,7 @@ class RoomMember:
                 "later_periods": sorted({m.period for m in self.future.values()}),
                 "members": len(self.roster), "epoch": e, "epoch_members": len(epoch.roster) if epoch else None,
                 "keyed": bool(epoch and epoch.key) and moving is None, "moving_to": moving,
-                "last_ref": self.last_ref,
+                "last_ref": self.last_ref, "store": self.store,
                 "epochs_with_keys": sorted(n for n, ep in self.epochs.items() if ep.key)}
 
     def label(self, member: bytes) -> str:
@@ -587,6 +590,33 @@ class RoomMember:
         self._forget_membership()
         self.wanted = False
         return raw
+
+    def on_new_store(self, store: str) -> tuple[RoomMember, list[bytes]]:
+        """The relay answers from another store than the one this state's refs are of (``store``, its identity):
+        the room's items there are numbered from 1 again, and none of this state's refs, epochs, rosters or keys
+        mean anything there. The room's state afresh on that store, as a device that has just added the room has
+        it (its cursor at 0, no epoch, no roster, the key period to be learnt from what it reads), keeping only
+        whether the owner wants this device in the room and the name it chose; if it does, the fresh state's
+        next :meth:`duties` contributes anew, so the room forms again on the new store from the contributions
+        every member posts there, read by all in the same order. With the fresh state, the leave items of this
+        device's membership and of its contribution on its way (posted on the new store: if the store did not
+        change after all, a relay's lie, they end those memberships for every member; on a new store they name
+        no one and are ignored). This state's keys are all forgotten (docs/rooms.md "The relay's store changes
+        (R7)")."""
+        fresh = RoomMember(self.room, self.keys, clock=self.clock, random_bytes=self.random_bytes,
+                           leader_timeout=self.leader_timeout, grace=self.grace)
+        fresh.store, fresh.wanted, fresh.name = store, self.wanted, self.name
+        posts = []
+        if self.me is not None and self._sig is not None:
+            posts.append(wire.leave(self.room.room_id, self.me, Ed25519PrivateKey.from_private_bytes(self._sig)))
+        if self._pending is not None and self._next is not None:
+            posts.append(wire.leave(self.room.room_id, wire.member_id(self._pending),
+                                    Ed25519PrivateKey.from_private_bytes(self._next[1])))
+        self._forget_membership()
+        for epoch in self.epochs.values():
+            epoch.key = epoch.kabe = epoch.okey = None
+        self.epochs.clear()
+        return fresh, posts
 
     def check_sending(self) -> None:
         """MovingPeriod if this device must not send now because it is moving the room to a later key period
@@ -1635,7 +1665,7 @@ class RoomMember:
             return b.hex() if b is not None else None
 
         return {
-            "version": 1, "room": self.room.to_dict(), "last_ref": self.last_ref,
+            "version": 1, "room": self.room.to_dict(), "last_ref": self.last_ref, "store": self.store,
             "members": [_row(m, r) for m, r in self.members.items()],
             "future": [_row(m, r) for m, r in self.future.items()],
             "period": self.period, "wanted": self.wanted,
@@ -1667,6 +1697,7 @@ class RoomMember:
             raise RoomError("The stored room state is of an unknown version.")
         member = cls(Room.from_dict(data["room"]), keys, **kwargs)  # type: ignore[arg-type]
         member.last_ref = data["last_ref"]
+        member.store = data.get("store")  # None in a state stored before R7: no store recorded
         for row in data["members"]:
             mid, record = _from_row(row)
             member.members[mid] = record

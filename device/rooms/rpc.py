@@ -5,7 +5,10 @@
                                                                     authority, record a re-added room it created)
     room_join      {"room", "name"?}          -> {"post": [item]}   (name: a display name; default the device's)
     room_leave     {"room"}                   -> {"post": [item]}   (confirmed by the owner first)
-    room_receive   {"room", "items": [[ref, contents], ...]} -> {"events", "post", "status"}
+    room_receive   {"room", "items": [[ref, contents], ...], "store"?} -> {"events", "post", "status"}
+                                              (store: the relay store they were read from, "" if it names none)
+    room_store     {"room", "store"}          -> {"events", "post", "status"}  (the relay answers from another
+                                                                    store: the room forms again there, R7)
     room_send      {"room", "text"}           -> {"post": [item]}   (confirmed by the owner first)
 
 Items are relay text; the laptop moves them and nothing else. ``room`` is a
@@ -17,6 +20,7 @@ owner added, receiving and the read-only methods are not asked.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +32,7 @@ from device.rooms.service import MAX_ITEMS_PER_CALL, DeviceRooms
 from device.rooms.wire import Room
 
 _lock = threading.Lock()
+STORE_ID = re.compile(r"[0-9a-f]{16}")  # a relay store's identity (docs/relay-protocol.md, "Store identity")
 
 
 class BadRoomRequest(DeviceError):
@@ -117,10 +122,19 @@ def room_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
                     or isinstance(item[0], bool) or not 1 <= item[0] <= MAX_REF or not isinstance(item[1], str)):
                 raise BadRoomRequest("Each item is [ref, contents], ref from 1 to 2^63-1.")
             items.append((item[0], item[1]))
-        return rooms_for(service).receive(_param(params, "room"), items)
+        store = params.get("store")
+        if store is not None and (not isinstance(store, str) or store and not STORE_ID.fullmatch(store)):
+            raise BadRoomRequest("'store' is a relay store's identity (16 hex digits), or \"\" for none.")
+        return rooms_for(service).receive(_param(params, "room"), items, store)
+
+    def room_store(client: Any, params: dict) -> dict:
+        store = params.get("store")
+        if not isinstance(store, str) or not STORE_ID.fullmatch(store):
+            raise BadRoomRequest("'store' is a relay store's identity (16 hex digits).")
+        return rooms_for(service).new_store(_param(params, "room"), store)
 
     def room_send(client: Any, params: dict) -> dict:
         return {"post": [rooms_for(service).send(_param(params, "room"), _param(params, "text", True))]}
 
     return {"rooms": rooms, "room_add": room_add, "room_join": room_join, "room_leave": room_leave,
-            "room_receive": room_receive, "room_send": room_send}
+            "room_receive": room_receive, "room_store": room_store, "room_send": room_send}

@@ -19,7 +19,7 @@ from device.abe.policy import Policy, check_unreserved
 from device.abe.store import AbeKeys
 from device.confirm import Confirmer, ConfirmRequest
 from device.errors import Declined
-from device.rooms.errors import EpochChanged, NoEpochKey, RoomError, UnknownRoom
+from device.rooms.errors import EpochChanged, NoEpochKey, OtherStore, RoomError, UnknownRoom
 from device.rooms.protocol import DEFAULT_GRACE_S, DEFAULT_LEADER_TIMEOUT_S, RoomMember
 from device.rooms.storage import DeviceRoomStore, RoomStore
 from device.rooms.wire import ROOM_ID_BYTES, Room, to_text
@@ -188,12 +188,17 @@ class DeviceRooms:
             self.pads.log_event("room-left", detail=f"room {member.room.name}: membership keys deleted")
             return to_text(raw)
 
-    def receive(self, name: str, items: builtins.list[tuple[int, str]]) -> dict:
-        """Relay items in ref order -> events (texts of messages opened) and items this device must post."""
+    def receive(self, name: str, items: builtins.list[tuple[int, str]], store: str | None = None) -> dict:
+        """Relay items in ref order -> events (texts of messages opened) and items this device must post.
+        ``store``: the identity of the relay store they were read from ("" for a relay that names none; None from
+        a laptop from before R7: not checked). Items of another store than the room's cursor is of are refused
+        (:class:`OtherStore`): the laptop reports the change first (:meth:`new_store`)."""
         if len(items) > MAX_ITEMS_PER_CALL:
             raise RoomError(f"At most {MAX_ITEMS_PER_CALL} room items per call.")
         with self._lock:
             member = self.find(name)
+            if store is not None:
+                self._check_store(member, store)
             with member.reading():
                 events = [member.receive(ref, text) for ref, text in sorted(items)]
                 member.expire()
@@ -214,6 +219,42 @@ class DeviceRooms:
                                         "re-keys")
             return {"events": [e.to_dict() for e in events], "post": post, "status": member.status()}
 
+    @staticmethod
+    def _check_store(member: RoomMember, store: str) -> None:
+        """The rules of the laptop's cursors (docs/client.md "Cursors and the relay's store"), for a room's: the
+        store recorded is the one read, or the relay names none (as before identities); a first identity (or
+        none) is recorded if the room has read nothing yet (no ref to be of), or the first time a relay naming
+        none is read. Anything else is a store change, which the laptop reports first (:meth:`new_store`)."""
+        recorded = member.store
+        if recorded == store or (store == "" and recorded):
+            return
+        if (recorded is None and (store == "" or member.last_ref == 0)) or (recorded == "" and member.last_ref == 0):
+            member.store = store
+            return
+        raise OtherStore(f"The relay's store is not the one room {member.room.name!r} was read from: nothing was "
+                         "read (the laptop reports the change first).")
+
+    def new_store(self, name: str, store: str) -> dict:
+        """The laptop reports that the relay answers the room's mailbox from another store (``store``, its
+        identity) than the one the room's refs are of: the room's relay state starts afresh there (see
+        RoomMember.on_new_store), and this device posts its membership there again. Idempotent: a store already
+        recorded changes nothing. ``events``: one ``store`` event (none if nothing changed)."""
+        with self._lock:
+            member = self.find(name)
+            if member.store == store:
+                return {"events": [], "post": [], "status": member.status()}
+            first = not member.store
+            fresh, posts = member.on_new_store(store)
+            if fresh.wanted and fresh.name is None:  # a membership from before display names: joins as `join` does
+                fresh.name = self.pads.device_name
+            self.rooms[member.room.room_id] = fresh
+            self._save(fresh)
+            self.pads.log_event("room-store-changed", detail=f"room {fresh.room.name}: the relay answers from "
+                                f"another store; the room is formed again there{' (first identity)' if first else ''}")
+            event = {"ref": 0, "kind": "store", "outcome": "changed", "first": first,
+                     "rejoin": fresh.wanted}
+            return {"events": [event], "post": [to_text(raw) for raw in posts], "status": fresh.status()}
+
     def send(self, name: str, text: str) -> str:
         """A room message, after the owner confirms it (room, policy, member count shown)."""
         with self._lock:
@@ -233,6 +274,11 @@ class DeviceRooms:
             self.pads.log_event("declined", detail=f"room message to {member.room.name}")
             raise Declined()
         with self._lock:
+            if self.rooms.get(member.room.room_id) is not member:
+                # The room formed again on a new relay store while the owner decided (new_store): the state
+                # shown is gone, with its keys; saving it would undo the new one.
+                raise EpochChanged("The relay's store changed while you decided: the room is being formed again "
+                                   "there; nothing was sent: send again once it is.")
             try:
                 raw = member.send(text, epoch=shown_epoch)
             except EpochChanged:

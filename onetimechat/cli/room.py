@@ -13,7 +13,7 @@ import sys
 
 from client.errors import RelayUnavailable
 from client.relay import MAX_WAIT_S, RelayClient
-from client.rooms import KEY_WAIT_S, RoomClient, find_room
+from client.rooms import KEY_WAIT_S, RoomClient, find_room, store_notice
 from client.rpc import DeviceClient
 from onetimechat.cli.common import command_group, device_and_relay, home_or_device
 from onetimechat.errors import UsageError
@@ -240,6 +240,10 @@ def show_events(room: str, events: list[dict], as_json: bool = False) -> None:
         unreadable = 0
 
     for event in events:
+        if event.get("kind") == "store":
+            flush()
+            print(json.dumps({"room": room, **event}) if as_json else f"[{room}] {store_notice(event)}")
+            continue
         if event.get("kind") == "message" and event.get("outcome") == "unreadable" and not as_json:
             unreadable += 1
             continue
