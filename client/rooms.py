@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from client.errors import ClientError, RelayRefused, RelayUnavailable, RemoteError, StoreChanged
+from client.messenger import store_decision
 from client.relay import RelayClient
 from client.rpc import DeviceClient
 
@@ -162,9 +163,7 @@ def other_store(known: str | None, seen: str | None, cursor: int) -> bool:
     named none) met another store ``seen`` (None: the relay named none): the rules of the laptop's cursors
     (docs/client.md "Cursors and the relay's store"). A relay naming none is read as before; a first identity
     is learnt where the room has read nothing yet, and is a change for a cursor kept without one."""
-    if seen is None or seen == known:
-        return False
-    return bool(known) or cursor > 0
+    return store_decision(known, seen, cursors_moved=cursor > 0).reset is not None
 
 
 def fetch_renewals(device: DeviceClient, relay: RelayClient) -> list[dict]:
