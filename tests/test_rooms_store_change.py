@@ -46,13 +46,14 @@ class Local:
         if method == "rooms":
             return r.list()
         if method == "room_receive":
-            return r.receive(p["room"], [(ref, text) for ref, text in p["items"]], p.get("store"))
+            return r.receive(p["room"], [(ref, text) for ref, text in p["items"]], p.get("store"),
+                             p.get("complete", False))
         if method == "room_store":
             return r.new_store(p["room"], p["store"])
         if method == "room_join":
             return {"post": [r.join(p["room"], p.get("name"))]}
         if method == "room_leave":
-            return {"post": [r.leave(p["room"])]}
+            return {"post": r.leave(p["room"])}
         if method == "room_send":
             return {"post": [r.send(p["room"], p["text"])]}
         raise AssertionError(method)

@@ -4,9 +4,12 @@
     room_add       {"invite", "own"?}         -> status, "warning"  (confirmed by the owner first; own: on the
                                                                     authority, record a re-added room it created)
     room_join      {"room", "name"?}          -> {"post": [item]}   (name: a display name; default the device's)
-    room_leave     {"room"}                   -> {"post": [item]}   (confirmed by the owner first)
-    room_receive   {"room", "items": [[ref, contents], ...], "store"?} -> {"events", "post", "status"}
-                                              (store: the relay store they were read from, "" if it names none)
+    room_leave     {"room"}                   -> {"post": [item, ...]}  (confirmed by the owner first; joined,
+                                                                    joining or wanted in the room)
+    room_receive   {"room", "items": [[ref, contents], ...], "store"?, "complete"?} -> {"events", "post", "status"}
+                                              (store: the relay store they were read from, "" if it names none;
+                                              complete: the items reach the mailbox's end, so what the device
+                                              owes and did not read back is posted again)
     room_store     {"room", "store"}          -> {"events", "post", "status"}  (the relay answers from another
                                                                     store: the room forms again there, R7)
     room_send      {"room", "text"}           -> {"post": [item]}   (confirmed by the owner first)
@@ -110,7 +113,7 @@ def room_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
             f"Leave the room {room.name}?\n\nThis device deletes its membership keys for it at once: it can no "
             "longer read the room's messages, and joining again needs new keys from the room.",
             "the device did not leave the room")
-        return {"post": [r.leave(name)]}
+        return {"post": r.leave(name)}
 
     def room_receive(client: Any, params: dict) -> dict:
         raw = params.get("items")
@@ -125,7 +128,10 @@ def room_methods(service: Any) -> dict[str, Callable[[Any, dict], Any]]:
         store = params.get("store")
         if store is not None and (not isinstance(store, str) or store and not STORE_ID.fullmatch(store)):
             raise BadRoomRequest("'store' is a relay store's identity (16 hex digits), or \"\" for none.")
-        return rooms_for(service).receive(_param(params, "room"), items, store)
+        complete = params.get("complete", False)
+        if not isinstance(complete, bool):
+            raise BadRoomRequest("'complete' is true or false.")
+        return rooms_for(service).receive(_param(params, "room"), items, store, complete)
 
     def room_store(client: Any, params: dict) -> dict:
         store = params.get("store")

@@ -180,29 +180,41 @@ class DeviceRooms:
             self._save(member)
             return to_text(raw)
 
-    def leave(self, name: str) -> str:
+    def leave(self, name: str) -> builtins.list[str]:
+        """The leave items to post (of the membership, of a contribution on its way; none for a device that only
+        wanted in, its contribution not made yet): the owner no longer wants this device in the room."""
         with self._lock:
             member = self.find(name)
-            raw = member.leave()
+            raws = member.leave_items()
             self._save(member)
             self.pads.log_event("room-left", detail=f"room {member.room.name}: membership keys deleted")
-            return to_text(raw)
+            return [to_text(raw) for raw in raws]
 
-    def receive(self, name: str, items: builtins.list[tuple[int, str]], store: str | None = None) -> dict:
+    def receive(self, name: str, items: builtins.list[tuple[int, str]], store: str | None = None,
+                complete: bool = False) -> dict:
         """Relay items in ref order -> events (texts of messages opened) and items this device must post.
         ``store``: the identity of the relay store they were read from ("" for a relay that names none; None from
         a laptop from before R7: not checked). Items of another store than the room's cursor is of are refused
-        (:class:`OtherStore`): the laptop reports the change first (:meth:`new_store`)."""
+        (:class:`OtherStore`): the laptop reports the change first (:meth:`new_store`). ``complete``: the items
+        reach the end of the mailbox; what this device owed before them (its leaves, its contribution on its way:
+        RoomMember.owing) and did not find in the mailbox is in ``post`` again (red team R7 M2, L1, L2)."""
         if len(items) > MAX_ITEMS_PER_CALL:
             raise RoomError(f"At most {MAX_ITEMS_PER_CALL} room items per call.")
         with self._lock:
             member = self.find(name)
             if store is not None:
                 self._check_store(member, store)
+            before = member.owing()
             with member.reading():
                 events = [member.receive(ref, text) for ref, text in sorted(items)]
                 member.expire()
-                post = [to_text(raw) for raw in member.duties()]
+                raws = member.duties()
+            if complete and member.replay is None:
+                # Posted before and not in the mailbox: the post was lost (or a relay dropped it). Posted again, with
+                # the same idempotency key (client/rooms.py), so an honest relay that had it keeps one copy.
+                owing = member.owing()
+                raws += [raw for raw in before if raw in owing and raw not in raws]
+            post = [to_text(raw) for raw in raws]
             self._save(member)
             refused = sum(e.outcome == "refused" for e in events)
             if refused:
