@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_rooms_store_change import World, formed, start
+from tests.test_rooms_store_change import World, start
 
 
 @pytest.fixture

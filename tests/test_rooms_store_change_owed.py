@@ -146,3 +146,32 @@ def test_leaves_owed_are_bounded(world):
     for i in range(MAX_OWED + 3):
         member._owe(bytes([i]) * 40)
     assert len(member.owed) == MAX_OWED and member.owed[0] == bytes([3]) * 40  # the oldest went first
+
+
+def test_leaving_while_the_rejoin_is_on_its_way_or_not_made_yet(world):
+    """Red team R7 M3: after a store change the device wants in and has no membership; `room leave` ends that wish,
+    with a leave of the contribution on its way if there is one (owed until read back), and nothing after it."""
+    w = world
+    who = ("alice", "bob", "carol")
+    start(w, who)
+    w.new_store("two.db")
+    # Bob: told of the change (as RoomClient.sync does first), before the read whose duties contribute again.
+    w.relay.receive({w.room.mailbox: 0})
+    answer = w.m["bob"].rooms.new_store("ops", w.relay.store_seen)
+    w.m["bob"].client._post(w.room.mailbox, answer["post"])  # the leave of its old membership
+    assert not answer["status"]["joining"] and w.m["bob"].state.wanted
+    assert w.m["bob"].rooms.leave("ops") == []  # nothing on its way: nothing to post; the wish ends
+    assert not w.m["bob"].state.wanted and w.m["bob"].state.owing() == w.m["bob"].state.owed
+    # Carol: her new contribution is on its way; leaving makes its leave.
+    w.m["carol"].sync()
+    assert w.m["carol"].rooms.describe("ops")["joining"]
+    items = w.m["carol"].rooms.leave("ops")
+    assert len(items) == 1 and not w.m["carol"].state.wanted
+    w.m["carol"].client._post(w.room.mailbox, items)
+    w.converge(("alice", "bob", "carol"), rounds=2)
+    for n in ("bob", "carol"):
+        status = w.m[n].rooms.describe("ops")
+        assert not status["joined"] and not status["joining"] and status["owed"] == 0
+    assert w.m["alice"].rooms.describe("ops")["members"] == 1  # neither is on the new store's roster
+    with pytest.raises(Exception, match="not a member"):
+        w.m["carol"].rooms.leave("ops")

@@ -597,10 +597,13 @@ class RoomMember:
         return self.leave_items()[0]
 
     def leave_items(self) -> list[bytes]:
-        """The leave items to post: of this member's membership and of its contribution of a later period on its
-        way (before, that one had none: it came back as a membership nobody held); their keys are deleted at once.
-        Not joined: :class:`NotJoined`. The items are owed until read back (:attr:`owed`)."""
-        if not self.joined or self._sig is None:
+        """The leave items to post: of this member's membership and of its contribution on its way (one of a later
+        period had none before: it came back as a membership nobody held); their keys are deleted at once, and
+        the owner no longer wants this device in the room, so it does not contribute again by itself. Before (red
+        team R7 M3) only a joined member could leave: between a store change and the return of the device's new
+        contribution, `room leave` was refused, and the device came back by itself. Not joined, joining nor
+        wanted: :class:`NotJoined`. The items are owed until read back (:attr:`owed`)."""
+        if not self.joined and self._pending is None and not self.wanted:
             raise NotJoined()
         posts = self._leaves()
         self._forget_membership()
