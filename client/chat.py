@@ -261,6 +261,9 @@ class Chat:
         self.padwatch_lock = threading.Lock()
         self.room_names: list[str] = []
         self.watching: dict[str, threading.Event] = {}  # room_id -> stop
+        #: Rooms forming again on the relay's store (their history read again: see _room_events): "join" until this
+        #: device's own contribution is back, "read" for the store's first read (a device not rejoining).
+        self._reforming: dict[str, str] = {}
         self._renewals_lock = threading.Lock()
         self._renewals_at = float("-inf")
         self.transfers: dict[str, Progress] = {}  # files on their way, each with its progress (status line)
@@ -670,8 +673,48 @@ class Chat:
                     self.add(Line(time.time(), "error", "renewal", f"a renewal was refused: {got['reason']}"))
 
     def _room_events(self, name: str, events: list[dict]) -> None:
+        """A batch of a room's events, as `otc room recv` shows them (onetimechat/cli/room.py show_events): messages
+        this device cannot open, in a row, in one line. After a ``store`` event (the room forms again on the
+        relay's store: docs/rooms.md "The relay's store changes (R7)"), the room's history read again as a
+        newcomer's is not news: its membership changes (joins, leaves, keys, objections) are not shown until this
+        device's own contribution is back (or, not rejoining, for the store's first read: the batch after the
+        event). Before (red team R7 L3, L4) the chat showed them all again, and one line per old message."""
+        reforming: dict[str, str] = self.__dict__.setdefault("_reforming", {})
+        state = reforming.get(name)
+        unreadable = 0
+        read = False
+
+        def flush() -> None:
+            nonlocal unreadable
+            if unreadable > 1:
+                self.system(f"#{name}: {unreadable} messages this device cannot read (sent under keys it does not "
+                            "hold: before it joined, while it was away, or before its key came)")
+            elif unreadable:
+                self._room_event(name, {"kind": "message", "outcome": "unreadable"})
+            unreadable = 0
+
         for event in events:
+            kind, outcome, own = event.get("kind"), event.get("outcome"), bool(event.get("own"))
+            read = kind != "store"  # an item of the store read after the event (the events before it are not)
+            if kind == "message" and outcome == "unreadable":
+                unreadable += 1
+                continue
+            flush()
+            if kind == "store":
+                state = "join" if event.get("rejoin") else "read"
+            elif kind == "contribution" and own and outcome == "accepted":
+                state = None
+            elif state is not None and kind in ("contribution", "leave", "distribution", "objection") \
+                    and outcome in ("accepted", "skipped"):
+                continue
             self._room_event(name, event)
+        flush()
+        if state == "read" and read:
+            state = None
+        if state is None:
+            reforming.pop(name, None)
+        else:
+            reforming[name] = state
 
     def _room_event(self, name: str, event: dict) -> None:
         kind, outcome, own = event.get("kind"), event.get("outcome"), bool(event.get("own"))
