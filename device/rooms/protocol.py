@@ -641,7 +641,7 @@ class RoomMember:
     def owing(self) -> list[bytes]:
         """What this device has posted (or is about to) and not yet read back from the mailbox: the leaves it made
         and its contribution on its way. Posted again by the laptop after a complete read that did not show them
-        (:meth:`repost`)."""
+        (DeviceRooms.receive)."""
         return self.owed + ([self._pending] if self._pending is not None else [])
 
     def on_new_store(self, store: str) -> tuple[RoomMember, list[bytes]]:
