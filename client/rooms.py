@@ -9,7 +9,7 @@ never acknowledged: members read them at their own pace.
 
 from __future__ import annotations
 
-import hashlib
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,7 +44,12 @@ class RoomClient:
 
     def _post(self, mailbox: str, items: list[str]) -> None:
         for item in items:
-            self.relay.send(mailbox, item, item_id(item))
+            # A fresh idempotency key per post, never one derived from the item: the relay keeps a key as long as its
+            # message would live, even deleted, so anyone who deleted the item once (a room's mailbox is its id,
+            # in every invite) or posted junk under its key first would make every re-post of it store nothing
+            # (red team R7b). A re-post comes only after a complete read did not show the item, and a copy of
+            # a contribution or a leave is ignored by every member.
+            self.relay.send(mailbox, item, secrets.token_hex(16))
 
     def sync(self, name: str, wait: float = 0, on_events: Callable[[list[dict]], None] | None = None) -> list[dict]:
         """Everything new in the room, through the device; the events it reports. With ``on_events``, each
@@ -165,12 +170,6 @@ def other_store(known: str | None, seen: str | None, cursor: int) -> bool:
     (docs/client.md "Cursors and the relay's store"). A relay naming none is read as before; a first identity
     is learnt where the room has read nothing yet, and is a change for a cursor kept without one."""
     return store_decision(known, seen, cursors_moved=cursor > 0).reset is not None
-
-
-def item_id(item: str) -> str:
-    """The idempotency key a room item is posted with: its hash, so the same item posted again (the device's
-    items owed, red team R7 M2) is one copy on an honest relay. Room items are public (the relay has them)."""
-    return "room-" + hashlib.sha256(b"otc room item\0" + item.encode("ascii")).hexdigest()[:32]
 
 
 def fetch_renewals(device: DeviceClient, relay: RelayClient) -> list[dict]:

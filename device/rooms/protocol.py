@@ -391,6 +391,12 @@ class RoomMember:
         #: them again while a complete read does not show them (red team R7 M2, L1, L2: one lost post left a
         #: ghost membership, or the device waiting for its own contribution, for good).
         self.owed: list[bytes] = []
+        #: The store each leave owed belongs on (the store of the membership it ends; "" or None: unknown), and
+        #: the leaves read back on another store than their own (``dormant``): they ended nothing there, so if the
+        #: relay ever moves back to their store they are posted there first (red team R7b: a relay moved from S1
+        #: to S2 and back kept every S1 membership on the roster, sealed each new key).
+        self.owed_on: dict[bytes, str | None] = {}
+        self.dormant: list[bytes] = []
         #: The room's key period as this member knows it; contributions of later periods held aside.
         self.period = 0
         self.future: dict[bytes, _Member] = {}
@@ -604,6 +610,9 @@ class RoomMember:
         contribution, `room leave` was refused, and the device came back by itself. Not joined, joining nor
         wanted: :class:`NotJoined`. The items are owed until read back (:attr:`owed`)."""
         if not self.joined and self._pending is None and not self.wanted:
+            owing = self.owing()
+            if owing:  # left already, its leave not read back yet: posted again (red team R7b: nothing else would)
+                return owing
             raise NotJoined()
         posts = self._leaves()
         self._forget_membership()
@@ -622,10 +631,19 @@ class RoomMember:
                                     Ed25519PrivateKey.from_private_bytes(self._next[1])))
         return posts
 
-    def _owe(self, raw: bytes) -> None:
+    def _owe(self, raw: bytes, on: str | None = None) -> None:
+        """Owe ``raw``, an item of the store ``on`` (None: this state's store)."""
         if raw not in self.owed:
             self.owed.append(raw)
+            self.owed_on[raw] = self.store if on is None else on
         del self.owed[:-MAX_OWED]
+        self._trim()
+
+    def _trim(self) -> None:
+        del self.dormant[:-MAX_OWED]
+        kept = set(self.owed) | set(self.dormant)
+        for raw in [r for r in self.owed_on if r not in kept]:
+            del self.owed_on[raw]
 
     def _seen(self, contents: str) -> None:
         """An item read from the mailbox: if it is one this device owes, the relay has it (public items: compared
@@ -637,6 +655,10 @@ class RoomMember:
                 return
             if raw in self.owed:
                 self.owed.remove(raw)
+                on = self.owed_on.get(raw)
+                if on and self.store and on != self.store and raw not in self.dormant:
+                    self.dormant.append(raw)  # it ended nothing here: kept for its own store
+                self._trim()
 
     def owing(self) -> list[bytes]:
         """What this device has posted (or is about to) and not yet read back from the mailbox: the leaves it made
@@ -661,9 +683,18 @@ class RoomMember:
         fresh.store, fresh.wanted, fresh.name = store, self.wanted, self.name
         posts = self._leaves()
         # Owed until read back, on whichever store (red team R7 L1, L2): on a new store they name no one; on the same
-        # one (a lie, the upgrade's first identity) they end the old memberships. The leaves owed before go along.
-        for raw in self.owed + posts:
-            fresh._owe(raw)
+        # one (a lie, the upgrade's first identity) they end the old memberships. The leaves owed before go along,
+        # each with the store it belongs on; those read back on another store than theirs stay dormant, and the
+        # ones of the store the relay is back on now are posted first, before any contribution (red team R7b).
+        back = [raw for raw in self.dormant if self.owed_on.get(raw) == store]
+        for raw in back + posts:
+            fresh._owe(raw, on=self.owed_on.get(raw, self.store) if raw in back else self.store)
+        for raw in self.owed:
+            fresh._owe(raw, on=self.owed_on.get(raw))
+        fresh.dormant = [raw for raw in self.dormant if raw not in back]
+        fresh.owed_on.update({raw: self.owed_on.get(raw) for raw in fresh.dormant})
+        fresh._trim()
+        posts = back + posts
         self._forget_membership()
         for epoch in self.epochs.values():
             epoch.key = epoch.kabe = epoch.okey = None
@@ -1738,6 +1769,8 @@ class RoomMember:
             "moves": {str(p): r for p, r in self.moves.items()},
             "me": hx(self.me), "x": hx(self._x), "sig": hx(self._sig), "k": hx(self._k),
             "pending": hx(self._pending), "owed": [raw.hex() for raw in self.owed], "name": self.name,
+            "owed_on": [self.owed_on.get(raw) for raw in self.owed],
+            "dormant": [[raw.hex(), self.owed_on.get(raw)] for raw in self.dormant],
             "ks": {m.hex(): k.hex() for m, k in self._ks.items()},
             "decapsulations": self.decapsulations,
         }
@@ -1787,6 +1820,10 @@ class RoomMember:
         member._k, member._pending = bx(data["k"]), bx(data["pending"])
         member.name = data.get("name")
         member.owed = [bytes.fromhex(raw) for raw in data.get("owed", [])]  # none owed in a state from before R7 M2
+        stores = data.get("owed_on") or [None] * len(member.owed)  # a state from before R7b: stores unknown
+        member.owed_on = dict(zip(member.owed, stores, strict=False))
+        member.dormant = [bytes.fromhex(raw) for raw, _ in data.get("dormant", [])]
+        member.owed_on.update({bytes.fromhex(raw): on for raw, on in data.get("dormant", [])})
         member.wanted = data.get("wanted", member.me is not None or member._pending is not None)
         following = data.get("next")
         if following is not None:

@@ -210,8 +210,8 @@ class DeviceRooms:
                 member.expire()
                 raws = member.duties()
             if complete and member.replay is None:
-                # Posted before and not in the mailbox: the post was lost (or a relay dropped it). Posted again, with
-                # the same idempotency key (client/rooms.py), so an honest relay that had it keeps one copy.
+                # Posted before and not in the mailbox: the post was lost (or a relay dropped it, or someone deleted
+                # it). Posted again (a fresh idempotency key each time: client/rooms.py).
                 owing = member.owing()
                 raws += [raw for raw in before if raw in owing and raw not in raws]
             post = [to_text(raw) for raw in raws]
