@@ -638,9 +638,14 @@ class RoomMember:
         """Owe ``raw``, an item of the store ``on`` (None: this state's store)."""
         if raw not in self.owed:
             self.owed.append(raw)
-            self.owed_on[raw] = self.store if on is None else on
+            self.owed_on[raw] = on
+            if on is None:
+                self.owed_on[raw] = self._here()
         del self.owed[:-MAX_OWED]
         self._trim()
+
+    def _here(self) -> str | None:
+        return self.store
 
     def _trim(self) -> None:
         del self.dormant[:-MAX_OWED]
@@ -689,20 +694,30 @@ class RoomMember:
         # one (a lie, the upgrade's first identity) they end the old memberships. The leaves owed before go along,
         # each with the store it belongs on; those read back on another store than theirs stay dormant, and the
         # ones of the store the relay is back on now are posted first, before any contribution (red team R7b).
-        back = [raw for raw in self.dormant if self.owed_on.get(raw) == store]
-        for raw in back + posts:
-            fresh._owe(raw, on=self.owed_on.get(raw, self.store) if raw in back else self.store)
-        for raw in self.owed:
-            fresh._owe(raw, on=self.owed_on.get(raw))
-        fresh.dormant = [raw for raw in self.dormant if raw not in back]
-        fresh.owed_on.update({raw: self.owed_on.get(raw) for raw in fresh.dormant})
-        fresh._trim()
-        posts = back + posts
+        self._hand_over(fresh, store, posts)
         self._forget_membership()
         for epoch in self.epochs.values():
             epoch.key = epoch.kabe = epoch.okey = None
         self.epochs.clear()
         return fresh, posts
+
+    def _hand_over(self, fresh: RoomMember, new: str, posts: list[bytes]) -> None:
+        """What this state owes, to ``fresh`` (its state on the store ``new``): ``posts`` (this membership's leaves,
+        of this state's store), what it owed, and its dormant leaves; those dormant for ``new`` (the relay is back
+        on their store) owed again and put first in ``posts``."""
+        back = [raw for raw in self.dormant if self.owed_on.get(raw) == new]
+        mine = self._here()
+        for raw in back:
+            fresh._owe(raw, on=new)
+        for raw in posts:
+            fresh._owe(raw, on=mine)
+        for raw in self.owed:
+            fresh._owe(raw, on=self.owed_on.get(raw))
+        kept = [raw for raw in self.dormant if raw not in back]
+        fresh.dormant = kept
+        fresh.owed_on.update({raw: self.owed_on.get(raw) for raw in kept})
+        fresh._trim()
+        posts[:0] = back
 
     def check_sending(self) -> None:
         """MovingPeriod if this device must not send now because it is moving the room to a later key period
@@ -1823,8 +1838,8 @@ class RoomMember:
         member._k, member._pending = bx(data["k"]), bx(data["pending"])
         member.name = data.get("name")
         member.owed = [bytes.fromhex(raw) for raw in data.get("owed", [])]  # none owed in a state from before R7 M2
-        stores = data.get("owed_on") or [None] * len(member.owed)  # a state from before R7b: stores unknown
-        member.owed_on = dict(zip(member.owed, stores, strict=False))
+        where = data.get("owed_on") or [None] * len(member.owed)  # a state from before R7b: none known
+        member.owed_on = dict(zip(member.owed, where, strict=False))
         member.dormant = [bytes.fromhex(raw) for raw, _ in data.get("dormant", [])]
         member.owed_on.update({bytes.fromhex(raw): on for raw, on in data.get("dormant", [])})
         member.wanted = data.get("wanted", member.me is not None or member._pending is not None)
